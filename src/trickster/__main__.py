@@ -1,0 +1,3 @@
+from trickster.cli import main
+
+raise SystemExit(main())

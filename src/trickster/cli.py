@@ -1,0 +1,140 @@
+"""`trickster data|train|generate|compare|info|quickstart`: thin wrappers over the library.
+
+Every error a user can fix is a UserError: one line on stderr, exit status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from trickster.errors import UserError
+
+TOKENIZER_CHOICES = ("char", "byte")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line instead of usage + message
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="trickster", description="Train a small language model from scratch, watch it learn, use it.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    # data prepare SOURCE
+    data = commands.add_parser("data", help="prepare a corpus into token files")
+    data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    prepare = data_commands.add_parser("prepare", help="tokenize a corpus into train.bin / val.bin")
+    sources = prepare.add_subparsers(dest="source", required=True, parser_class=_Parser)
+    shakespeare = sources.add_parser("shakespeare", help="Tiny Shakespeare (downloaded, SHA-256 checked)")
+    shakespeare.add_argument("--path", help="a local copy instead of downloading")
+    text = sources.add_parser("text", help="local UTF-8 files, folders or glob patterns")
+    text.add_argument("paths", nargs="+", metavar="PATH")
+    sources.add_parser("python-stdlib", help="the running Python's standard library (always offline)")
+    for source in (shakespeare, text, sources.choices["python-stdlib"]):
+        source.add_argument("--tokenizer", choices=TOKENIZER_CHOICES, default="char")
+        source.add_argument("--out", help="output folder (default data/SOURCE-TOKENIZER)")
+        source.add_argument("--val-fraction", type=float, default=0.1)
+
+    # train
+    train = commands.add_parser("train", help="train a model from random weights")
+    _add_config_args(train)
+    train.add_argument("--data", help="prepared data folder (sets data_config.path)")
+    train.add_argument("--out", help="run folder (sets logging_config.output_dir)")
+    train.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    train.add_argument("--no-progress", action="store_true", help="print log lines instead of a bar")
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                       help="override any config key, e.g. training_config.max_steps=200")
+
+    # generate
+    gen = commands.add_parser("generate", help="generate text from a run or checkpoint")
+    gen.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
+    _add_sampling_args(gen)
+    gen.add_argument("--untrained", action="store_true", help="a freshly initialised model of the same shape")
+    gen.add_argument("--no-cache", action="store_true", help="recompute the whole window every token")
+
+    # compare
+    compare = commands.add_parser("compare", help="trained and untrained samples side by side")
+    compare.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
+    _add_sampling_args(compare)
+    compare.add_argument("--data", help="data folder for the validation losses (default: the run's)")
+
+    # info
+    info = commands.add_parser("info", help="parameter breakdown and FLOPs per token")
+    _add_config_args(info)
+    info.add_argument("--checkpoint", metavar="RUN_DIR|CHECKPOINT")
+    info.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+
+    # quickstart
+    quick = commands.add_parser("quickstart", help="prepare data, train `tiny`, compare with untrained")
+    quick.add_argument("--path", help="a local copy of Tiny Shakespeare")
+    quick.add_argument("--steps", type=int, default=1500, help="training steps (default 1500)")
+    quick.add_argument("--out", default="runs/quickstart", help="run folder (a new one if taken)")
+    return parser
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--preset", help="a built-in preset: tiny, nano, mini, midi, mega, gpt2-small")
+    group.add_argument("--config", help="a YAML config file")
+
+
+def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prompt", default="\n", help="text to continue")
+    parser.add_argument("--max-new-tokens", type=int, default=300)
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
+    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or mps")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from trickster import commands
+
+    if args.command == "data":
+        commands.prepare_data(args.source, getattr(args, "paths", None) or getattr(args, "path", None),
+                              args.tokenizer, args.out, args.val_fraction)
+        return 0
+    if args.command == "train":
+        overrides = list(args.overrides)
+        if args.data:
+            overrides.append(f"data_config.path={args.data}")
+        if args.out:
+            overrides.append(f"logging_config.output_dir={args.out}")
+        if not args.preset and not args.config:
+            raise UserError("choose a model: --preset tiny|nano|... or --config FILE.yaml")
+        return commands.train_command(args.preset, args.config, overrides, args.resume,
+                                      progress=False if args.no_progress else None)
+    if args.command == "generate":
+        commands.generate_command(args)
+        return 0
+    if args.command == "compare":
+        commands.compare_command(args)
+        return 0
+    if args.command == "info":
+        commands.info_command(args.preset, args.config, args.checkpoint, args.overrides)
+        return 0
+    if args.command == "quickstart":
+        return commands.quickstart(args.path, args.steps, Path(args.out))
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

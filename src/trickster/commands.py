@@ -1,0 +1,202 @@
+"""What each CLI command does, printing for a person. The argument parsing lives in cli.py."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from trickster import checkpoint as ckpt
+from trickster.config import Config, load_config
+from trickster.data import sources
+from trickster.data.loader import fixed_batches, load_data
+from trickster.data.prepare import prepare
+from trickster.errors import UserError
+from trickster.generate import generate
+from trickster.model import Transformer, flops_per_token, parameter_breakdown
+from trickster.train import evaluate, train
+
+
+def prepare_data(source: str, paths, tokenizer: str, out: str | None, val_fraction: float = 0.1) -> Path:
+    if not 0 < val_fraction < 1:
+        raise UserError(f"--val-fraction must be between 0 and 1 (got {val_fraction})")
+    if source == "shakespeare":
+        corpus = sources.shakespeare(paths)
+    elif source == "text":
+        corpus = sources.local_text(paths)
+    elif source == "python-stdlib":
+        corpus = sources.python_stdlib()
+    else:
+        raise UserError(f"unknown source '{source}'")
+    out_dir = Path(out or f"data/{source}-{tokenizer}")
+    meta = prepare(corpus, tokenizer, out_dir, val_fraction)
+    print(f"{corpus.name}: {corpus.num_chars:,} characters in {len(corpus.documents):,} document(s)")
+    print(f"tokenizer: {tokenizer}, vocabulary {meta['vocab_size']} ({meta['dtype']} token files)")
+    print(f"wrote {out_dir}/train.bin ({meta['train_tokens']:,} tokens), "
+          f"val.bin ({meta['val_tokens']:,} tokens), meta.json, tokenizer.json")
+    return out_dir
+
+
+def train_command(preset, config, overrides, resume: bool, progress=None) -> int:
+    cfg = load_config(config, preset, overrides)
+    result = train(cfg, resume=resume, progress=progress)
+    if result.exit_signal is not None:
+        return 128 + int(result.exit_signal)
+    best = result.state.best_val_loss
+    print(f"done: {result.state.step} steps; best val loss {best:.4f}; run in {result.run_dir}")
+    print(f"next: trickster generate {result.run_dir} --prompt \"ROMEO:\"")
+    return 0
+
+
+def _prompt_ids(tokenizer, prompt: str) -> list[int]:
+    ids = tokenizer.encode(prompt)
+    if not ids:
+        raise UserError("--prompt is empty; give some text to continue, e.g. --prompt 'ROMEO:'")
+    return ids
+
+
+def untrained_like(cfg: Config) -> Transformer:
+    """A freshly initialised model of the same shape, seeded as the training run started."""
+    torch.manual_seed(cfg.training.seed)
+    return Transformer(cfg.model)
+
+
+def _stream(model, tokenizer, ids, args, out=sys.stdout) -> str:
+    decode_next = tokenizer.stream_decoder()
+    pieces = []
+    for token in generate(
+        model, ids, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed,
+        vocab_limit=tokenizer.vocab_size, stop_id=tokenizer.eot_id,
+        use_cache=not getattr(args, "no_cache", False),
+    ):
+        piece = decode_next(token)
+        pieces.append(piece)
+        if out is not None:
+            out.write(piece)
+            out.flush()
+    tail = decode_next(None)
+    if out is not None:
+        out.write(tail + "\n")
+    return "".join(pieces) + tail
+
+
+def _check_sampling(args) -> None:
+    if args.max_new_tokens < 0:
+        raise UserError(f"--max-new-tokens must be >= 0 (got {args.max_new_tokens})")
+    if args.temperature < 0:
+        raise UserError(f"--temperature must be >= 0 (got {args.temperature})")
+    if args.top_k is not None and args.top_k < 1:
+        raise UserError(f"--top-k must be >= 1 (got {args.top_k})")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise UserError(f"--top-p must be in (0, 1] (got {args.top_p})")
+
+
+def generate_command(args) -> None:
+    _check_sampling(args)
+    loaded = ckpt.load_checkpoint(args.target)
+    model = untrained_like(loaded.cfg) if args.untrained else loaded.model
+    model = model.to(args.device)
+    ids = _prompt_ids(loaded.tokenizer, args.prompt)
+    sys.stdout.write(args.prompt)
+    _stream(model, loaded.tokenizer, ids, args)
+
+
+def compare_command(args) -> None:
+    _check_sampling(args)
+    loaded = ckpt.load_checkpoint(args.target)
+    ids = _prompt_ids(loaded.tokenizer, args.prompt)
+    untrained = untrained_like(loaded.cfg)
+    models = {"untrained (random weights)": untrained, f"trained ({loaded.path.name}, step "
+              f"{loaded.info['step']})": loaded.model}
+    losses = _val_losses(loaded, list(models.values()), args.data)
+    for (title, model), loss in zip(models.items(), losses, strict=True):
+        loss_text = f"val loss {loss:.4f}" if loss is not None else "val loss n/a (no data)"
+        print(f"--- {title}: {loss_text} ---")
+        print(args.prompt, end="")
+        _stream(model, loaded.tokenizer, ids, args)
+        print()
+
+
+def _val_losses(loaded, models, data_path) -> list[float | None]:
+    path = data_path or loaded.info.get("data_path")
+    if not path or not (Path(path) / "meta.json").is_file():
+        return [None] * len(models)
+    data = load_data(path)
+    if data.tokenizer.fingerprint() != loaded.tokenizer.fingerprint():
+        raise UserError(f"data in {path} uses another tokenizer than {loaded.path}; pass --data DIR")
+    t = loaded.cfg.training
+    batches = fixed_batches(data.val, loaded.cfg.seq_len, t.batch_size, t.eval_batches, seed=t.seed + 1)
+    return [evaluate(m, batches, torch.device("cpu"), "float32") for m in models]
+
+
+def info_command(preset, config, checkpoint, overrides) -> None:
+    if checkpoint:
+        loaded = ckpt.load_checkpoint(checkpoint)
+        cfg, info = loaded.cfg, loaded.info
+    else:
+        if not preset and not config:
+            raise UserError("choose what to describe: --preset NAME, --config FILE or --checkpoint RUN")
+        cfg, info = load_config(config, preset, overrides), None
+    m = cfg.model
+    note = ""
+    if m.vocab_size == "auto":
+        cfg = cfg.model_copy(deep=True)
+        cfg.model.vocab_size, note = 256, " (auto: set from the tokenizer; counted here as 256)"
+    b = parameter_breakdown(cfg.model)
+    m = cfg.model
+    print(f"model: hidden {m.hidden_dim}, {m.num_layers} layers, {m.num_heads} heads "
+          f"({m.num_kv_heads or m.num_heads} kv), MLP {m.mlp_dim}, context {m.max_seq_len}, "
+          f"vocab {m.vocab_size}{note}")
+    print("parameters:")
+    print(f"  embedding       {b.embedding:>14,}")
+    print(f"  per block       {b.per_block:>14,}")
+    print(f"  blocks (x{m.num_layers:<3})   {b.blocks:>14,}")
+    print(f"  final norm      {b.final_norm:>14,}")
+    output = "tied to the embedding (0 extra)" if b.tied else f"{b.output:,}"
+    print(f"  output          {output:>14}")
+    print(f"  total           {b.total:>14,}")
+    print(f"training FLOPs per token (context {cfg.seq_len}): {flops_per_token(m, cfg.seq_len):,}")
+    if info:
+        print(f"checkpoint: {loaded.path} (step {info['step']}, val loss {info.get('val_loss')}, "
+              f"best {info.get('best_val_loss')})")
+        print(f"tokenizer {info.get('tokenizer_fingerprint')}, data {str(info.get('data_fingerprint'))[:16]}")
+        manifest = info.get("manifest", {})
+        print("versions: " + ", ".join(f"{k} {manifest.get(k)}" for k in ("trickster", "torch", "python")))
+        print(f"git: {manifest.get('git_sha')}, device: {manifest.get('device')}")
+
+
+def quickstart(path: str | None, steps: int, out: Path) -> int:
+    """Prepare data, train the tiny preset, then compare it with an untrained model."""
+    print("1/3 preparing data")
+    try:
+        data_dir = prepare_data("shakespeare", path, "char", "data/shakespeare-char")
+    except UserError as err:
+        if path is not None:
+            raise
+        print(f"  Tiny Shakespeare is not reachable ({err})")
+        print("  falling back to the Python standard library as the corpus")
+        data_dir = prepare_data("python-stdlib", None, "char", "data/python-stdlib-char")
+    run_dir = out
+    suffix = 2
+    while ckpt.latest(run_dir) is not None or (run_dir / "metrics.jsonl").exists():
+        run_dir, suffix = out.with_name(f"{out.name}-{suffix}"), suffix + 1
+    print(f"\n2/3 training the tiny preset for {steps} steps")
+    warmup = min(100, steps // 10)
+    overrides = [
+        f"data_config.path={data_dir}", f"logging_config.output_dir={run_dir}",
+        f"training_config.max_steps={steps}", f"training_config.warmup_steps={warmup}",
+        f"training_config.eval_every={max(1, steps // 6)}", f"training_config.save_every={max(1, steps // 3)}",
+    ]
+    code = train_command("tiny", None, overrides, resume=False)
+    if code:
+        return code
+    print("\n3/3 the same prompt, untrained versus trained")
+    prompt = "ROMEO:" if "shakespeare" in str(data_dir) else "def "
+    args = argparse.Namespace(prompt=prompt, max_new_tokens=250, temperature=0.8, top_k=None, top_p=None,
+                 seed=0, data=None)
+    compare_command(args)
+    print(f"Run folder: {run_dir} (config.yaml, metrics.jsonl, checkpoints/best, final)")
+    print(f"Try: trickster generate {run_dir} --prompt \"{prompt}\" --max-new-tokens 500")
+    return 0

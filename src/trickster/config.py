@@ -1,0 +1,295 @@
+"""Typed run configuration: four YAML sections from the tutorial plus `data_config`.
+
+Every field is documented where it is declared; the docstring is also the `--help` text.
+Loading gathers every problem at once and names the key to change, for example
+`training_config.warmup_steps must be < max_steps (got 2000 >= 1000)`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from trickster.errors import UserError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    vocab_size: int | Literal["auto"] = "auto"
+    """Rows of the embedding table; `auto` takes the tokenizer's vocabulary size at training time."""
+    hidden_dim: int = Field(256, gt=0)
+    """Width of the residual stream."""
+    num_layers: int = Field(6, gt=0)
+    """Number of transformer blocks."""
+    num_heads: int = Field(8, gt=0)
+    """Attention heads; hidden_dim must be divisible by it."""
+    num_kv_heads: int | None = Field(None, gt=0)
+    """Key/value heads for grouped-query attention; empty means num_heads (plain multi-head)."""
+    mlp_dim: int = Field(768, gt=0)
+    """Inner width of the SwiGLU feed-forward network."""
+    max_seq_len: int = Field(512, gt=0)
+    """Longest context the model is built for (rotary tables are precomputed to this length)."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout on attention weights and residual branches during training."""
+    tie_embeddings: bool = True
+    """Share the output projection with the token embedding."""
+    rope_theta: float = Field(10000.0, gt=0)
+    """Base of the rotary position frequencies."""
+    norm_eps: float = Field(1e-5, gt=0)
+    """Epsilon inside RMSNorm."""
+
+
+class DataConfig(_Section):
+    path: str | None = None
+    """Folder written by `trickster data prepare` (train.bin, val.bin, meta.json, tokenizer.json)."""
+
+
+class TrainingConfig(_Section):
+    batch_size: int = Field(16, gt=0)
+    """Sequences per micro-batch."""
+    seq_len: int | None = Field(None, gt=0)
+    """Tokens per training window; empty means model_config.max_seq_len."""
+    max_steps: int = Field(10000, gt=0)
+    """Optimizer steps to train for."""
+    learning_rate: float = Field(3e-4, gt=0)
+    """Peak learning rate, reached at the end of warmup."""
+    min_lr: float = Field(3e-5, ge=0)
+    """Floor of the cosine decay."""
+    warmup_steps: int = Field(1000, ge=0)
+    """Steps of linear warmup from 0 to learning_rate."""
+    weight_decay: float = Field(0.1, ge=0)
+    """AdamW weight decay, applied to weight matrices only (not norms)."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas."""
+    grad_clip: float = Field(1.0, ge=0)
+    """Clip the global gradient norm to this value; 0 disables clipping."""
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    """Micro-batches whose gradients are summed before each optimizer step."""
+    log_every: int = Field(50, gt=0)
+    """Steps between train-loss log lines."""
+    eval_every: int = Field(500, gt=0)
+    """Steps between validation passes (also at step 0 and at the end)."""
+    eval_batches: int = Field(20, gt=0)
+    """Validation batches per evaluation; the same windows every time."""
+    save_every: int = Field(1000, gt=0)
+    """Steps between numbered checkpoints."""
+    sample_every: int | None = Field(None, ge=0)
+    """Steps between text samples; empty means at every evaluation, 0 never."""
+    sample_prompt: str = "\n"
+    """Prompt of the text samples written during training."""
+    sample_tokens: int = Field(200, ge=0)
+    """Tokens generated for each training sample."""
+    seed: int = 1337
+    """Seed of the weights, the batch order and the samples."""
+
+
+class DeviceConfig(_Section):
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    """Where to train: auto picks cuda, then mps, then cpu."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Autocast precision of the forward pass; weights and optimizer state stay float32."""
+    compile: bool = False
+    """Compile the model with torch.compile (checkpoints still hold the plain module)."""
+    threads: int | None = Field(None, gt=0)
+    """CPU threads for PyTorch; empty leaves PyTorch's default."""
+
+
+class LoggingConfig(_Section):
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """How much to print."""
+    output_dir: str = "runs/nano"
+    """Run directory: config, tokenizer, metrics.jsonl, checkpoints/."""
+    progress_bar: bool = True
+    """Show a progress bar with loss, learning rate and tokens/s."""
+
+
+class Config(BaseModel):
+    """A whole run. Section names are the tutorial's (`model_config`, `training_config`, ...)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
+
+    model: ModelConfig = Field(default_factory=ModelConfig, alias="model_config")
+    data: DataConfig = Field(default_factory=DataConfig, alias="data_config")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, alias="training_config")
+    device: DeviceConfig = Field(default_factory=DeviceConfig, alias="device_config")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, alias="logging_config")
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, mode="json")
+
+    @property
+    def seq_len(self) -> int:
+        return self.training.seq_len or self.model.max_seq_len
+
+
+SECTIONS = {name: field.annotation for name, field in Config.model_fields.items()}
+SECTION_ALIASES = {field.alias: name for name, field in Config.model_fields.items()}
+
+
+def preset_names() -> list[str]:
+    files = resources.files("trickster.presets").iterdir()
+    return sorted(f.name.removesuffix(".yaml") for f in files if f.name.endswith(".yaml"))
+
+
+def preset_text(name: str) -> str:
+    if name not in preset_names():
+        hint = _did_you_mean(name, preset_names())
+        raise UserError(f"unknown preset '{name}'{hint}; choose one of {', '.join(preset_names())}")
+    return resources.files("trickster.presets").joinpath(f"{name}.yaml").read_text()
+
+
+def load_config(
+    path: str | Path | None = None, preset: str | None = None, overrides: list[str] = ()
+) -> Config:
+    """Build a Config from a preset or YAML file, then apply `section.key=value` overrides."""
+    if path is not None and preset is not None:
+        raise UserError("give either --preset or --config, not both")
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if preset is not None:
+        raw, source = _parse_yaml(preset_text(preset), f"preset {preset}"), f"preset {preset}"
+    elif path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file {path} not found; pass an existing YAML file to --config")
+        raw, source = _parse_yaml(path.read_text(encoding="utf-8"), str(path)), str(path)
+    for override in overrides:
+        _apply_override(raw, override)
+    return config_from_dict(raw, source)
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as err:
+        problems = _describe_all(err.errors())
+        raise UserError(f"{source}: " + "; ".join(problems)) from None
+    problems = check(cfg)
+    if problems:
+        raise UserError(f"{source}: " + "; ".join(problems))
+    return cfg
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+def check(cfg: Config) -> list[str]:
+    """Problems that span several keys, each naming the key to change."""
+    m, t = cfg.model, cfg.training
+    problems = []
+    if m.hidden_dim % m.num_heads:
+        problems.append(
+            f"model_config.hidden_dim ({m.hidden_dim}) must be divisible by "
+            f"model_config.num_heads ({m.num_heads})"
+        )
+    elif (m.hidden_dim // m.num_heads) % 2:
+        problems.append(
+            f"model_config.hidden_dim / num_heads must be even for rotary embeddings "
+            f"(got {m.hidden_dim} / {m.num_heads} = {m.hidden_dim // m.num_heads})"
+        )
+    kv_heads = m.num_kv_heads or m.num_heads
+    if m.num_heads % kv_heads:
+        problems.append(
+            f"model_config.num_heads ({m.num_heads}) must be divisible by "
+            f"model_config.num_kv_heads ({kv_heads})"
+        )
+    if isinstance(m.vocab_size, int) and m.vocab_size < 2:
+        problems.append(f"model_config.vocab_size must be >= 2 or auto (got {m.vocab_size})")
+    if t.warmup_steps >= t.max_steps and t.warmup_steps > 0:
+        problems.append(
+            f"training_config.warmup_steps must be < max_steps "
+            f"(got {t.warmup_steps} >= {t.max_steps})"
+        )
+    if t.min_lr > t.learning_rate:
+        problems.append(
+            f"training_config.min_lr must be <= learning_rate (got {t.min_lr} > {t.learning_rate})"
+        )
+    if t.seq_len is not None and t.seq_len > m.max_seq_len:
+        problems.append(
+            f"training_config.seq_len ({t.seq_len}) must be <= model_config.max_seq_len "
+            f"({m.max_seq_len})"
+        )
+    return problems
+
+
+def _parse_yaml(text: str, source: str) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or "malformed YAML"
+        raise UserError(f"{source}: malformed YAML{where}: {problem}; fix the file") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: expected a mapping of sections (model_config: ..., ...)")
+    return raw
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> None:
+    key, sep, value = override.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) != 2 or not all(parts):
+        raise UserError(
+            f"override '{override}' must look like section.key=value "
+            "(for example training_config.max_steps=200)"
+        )
+    section, name = parts
+    if section not in SECTION_ALIASES:
+        hint = _did_you_mean(section, list(SECTION_ALIASES))
+        raise UserError(f"override '{override}': unknown section '{section}'{hint}")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else value
+    except yaml.YAMLError:
+        parsed = value
+    target = raw.setdefault(section, {})
+    if not isinstance(target, dict):
+        raise UserError(f"{section} must be a mapping of keys to values")
+    target[name] = parsed
+
+
+def _describe_all(errors: list[dict[str, Any]]) -> list[str]:
+    """One problem per key: a value that fails every member of a union is reported once."""
+    by_key: dict[tuple, list[dict[str, Any]]] = {}
+    for error in errors:
+        by_key.setdefault(tuple(error["loc"][:2]), []).append(error)
+    problems = []
+    for key, group in by_key.items():
+        if len(group) == 1:
+            problems.append(_describe(group[0]))
+        else:
+            kinds = " or ".join(str(e["loc"][-1]) for e in group)
+            problems.append(f"{'.'.join(map(str, key))}: expected {kinds} (got {group[0].get('input')!r})")
+    return problems
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = [str(p) for p in error["loc"]]
+    dotted = ".".join(loc)
+    if error["type"] == "extra_forbidden":
+        if len(loc) == 1:
+            hint = _did_you_mean(loc[0], list(SECTION_ALIASES))
+            return f"unknown section '{loc[0]}'{hint}"
+        section = SECTIONS.get(SECTION_ALIASES.get(loc[0], ""))
+        known = list(section.model_fields) if section else []
+        hint = _did_you_mean(loc[-1], known, prefix=f"{loc[0]}.")
+        return f"unknown key {dotted}{hint}"
+    if error["type"] in ("model_type", "dict_type") and len(loc) == 1:
+        return f"{dotted} must be a mapping of keys to values"
+    message = error["msg"][0].lower() + error["msg"][1:]
+    return f"{dotted}: {message} (got {error.get('input')!r})"
+
+
+def _did_you_mean(name: str, choices: list[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    return f" (did you mean {prefix}{close[0]}?)" if close else ""

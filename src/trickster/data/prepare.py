@@ -1,0 +1,107 @@
+"""Text -> a prepared data folder: train.bin, val.bin (flat token streams), meta.json, tokenizer.json.
+
+The token files are raw arrays of the smallest unsigned dtype that fits the vocabulary, read back
+with numpy.memmap. Documents are separated by the tokenizer's end-of-text token. The folder is
+built under a temporary name and renamed into place, so an existing folder survives any failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from trickster.atomic import replace_dir, staging_dir
+from trickster.data.sources import Corpus
+from trickster.errors import UserError
+from trickster.tokenizers import Tokenizer, build_tokenizer
+
+META_FORMAT = 1
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if vocab_size - 1 <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise ValueError(f"vocabulary of {vocab_size} does not fit in uint32")
+
+
+def split_documents(documents: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
+    """Cut the corpus at (1 - val_fraction) of its characters; the document there is cut in two."""
+    total = sum(len(d) for d in documents)
+    cut = int(total * (1 - val_fraction))
+    train, val, seen = [], [], 0
+    for doc in documents:
+        if seen + len(doc) <= cut:
+            train.append(doc)
+        elif seen >= cut:
+            val.append(doc)
+        else:
+            train.append(doc[: cut - seen])
+            val.append(doc[cut - seen :])
+        seen += len(doc)
+    return train, val
+
+
+def encode_documents(tokenizer: Tokenizer, documents: list[str], dtype: np.dtype) -> np.ndarray:
+    pieces = []
+    for doc in documents:
+        pieces.append(np.asarray(tokenizer.encode(doc), dtype=dtype))
+        if tokenizer.eot_id is not None:
+            pieces.append(np.asarray([tokenizer.eot_id], dtype=dtype))
+    return np.concatenate(pieces) if pieces else np.zeros(0, dtype=dtype)
+
+
+def prepare(corpus: Corpus, tokenizer_kind: str, out_dir: str | Path, val_fraction: float = 0.1) -> dict:
+    """Tokenize a corpus into out_dir and return its meta.json contents."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"output {out_dir} is a file; pass a folder path to --out")
+    if corpus.num_chars == 0:
+        raise UserError(f"corpus '{corpus.name}' is empty; pass files that contain text")
+    train_docs, val_docs = split_documents(corpus.documents, val_fraction)
+    if not val_docs or not any(val_docs):
+        raise UserError(f"corpus '{corpus.name}' is too small to hold out a validation split")
+    many_documents = len(corpus.documents) > 1
+    tokenizer = build_tokenizer(tokenizer_kind, corpus.documents, with_eot=many_documents)
+    dtype = token_dtype(tokenizer.vocab_size)
+    train = encode_documents(tokenizer, train_docs, dtype)
+    val = encode_documents(tokenizer, val_docs, dtype)
+
+    meta = {
+        "format": META_FORMAT,
+        "source": corpus.name,
+        "source_files": corpus.files[:20],
+        "source_file_count": len(corpus.files),
+        "source_sha256": corpus.sha256,
+        "tokenizer": tokenizer.kind,
+        "tokenizer_fingerprint": tokenizer.fingerprint(),
+        "vocab_size": tokenizer.vocab_size,
+        "eot_id": tokenizer.eot_id,
+        "dtype": dtype.name,
+        "documents": len(corpus.documents),
+        "train_chars": sum(len(d) for d in train_docs),
+        "val_chars": sum(len(d) for d in val_docs),
+        "train_tokens": int(train.size),
+        "val_tokens": int(val.size),
+        "tokens_sha256": hashlib.sha256(train.tobytes() + val.tobytes()).hexdigest(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    staging = None
+    try:
+        staging = staging_dir(out_dir)
+        train.tofile(staging / "train.bin")
+        val.tofile(staging / "val.bin")
+        tokenizer.save(staging / "tokenizer.json")
+        (staging / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        replace_dir(staging, out_dir)
+    except OSError as err:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise UserError(f"could not write {out_dir} ({err.strerror}); choose another --out") from None
+    return meta
+

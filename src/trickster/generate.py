@@ -1,0 +1,85 @@
+"""Sampling: temperature, top-k, top-p, and a generation loop with or without a KV cache."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from trickster.model import KVCache, Transformer
+
+
+def sample(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Pick one token per row of logits (B, vocab); temperature 0 means greedy."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # drop a token when the ones ranked above it already reach top_p (the first always stays)
+        drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(
+    model: Transformer,
+    prompt_ids: list[int],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    vocab_limit: int | None = None,
+    stop_id: int | None = None,
+    use_cache: bool = True,
+) -> Iterator[int]:
+    """Yield new token ids one at a time.
+
+    `vocab_limit` masks embedding rows the tokenizer never produces (a 256-row model on a 65-symbol
+    corpus). With the cache, each step feeds one token; without it, the whole window is re-run.
+    Once the context is full, generation continues over the last max_seq_len tokens (uncached).
+    """
+    was_training = model.training
+    model.eval()
+    device = model.tok_embeddings.weight.device
+    max_len = model.cfg.max_seq_len
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    tokens = list(prompt_ids)[-max_len:]
+    cache = None
+    if use_cache:
+        cache = KVCache.empty(model.cfg, 1, max_len, device, model.tok_embeddings.weight.dtype)
+    pending = tokens  # tokens not yet seen by the model (all of them at first)
+    try:
+        for _ in range(max_new_tokens):
+            if cache is not None and cache.length + len(pending) <= max_len:
+                idx = torch.tensor([pending], dtype=torch.long, device=device)
+                logits, _ = model(idx, cache=cache)
+            else:
+                cache = None  # window is full: slide it and recompute
+                idx = torch.tensor([tokens[-max_len:]], dtype=torch.long, device=device)
+                logits, _ = model(idx)
+            next_logits = logits[:, -1, :]
+            if vocab_limit is not None and vocab_limit < next_logits.size(-1):
+                next_logits[:, vocab_limit:] = float("-inf")
+            token = int(sample(next_logits, temperature, top_k, top_p, generator).item())
+            if token == stop_id:
+                return
+            tokens.append(token)
+            pending = [token]
+            yield token
+    finally:
+        model.train(was_training)

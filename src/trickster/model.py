@@ -1,0 +1,223 @@
+"""The Nano-Trickster decoder, top to bottom: RMSNorm, rotary positions, attention, SwiGLU, Block,
+Transformer. Llama's architecture and parameter names follow Meta's reference code, so export
+to Hugging Face is a rename (rotary uses the rotate-half layout that transformers uses).
+
+This file never imports torch.distributed; parallelism is applied to a finished model elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trickster.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # normalise in float32 so bf16/fp16 activations do not lose the mean square
+        normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight
+
+
+def rotary_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Tensor, ...]:
+    """cos and sin of every (position, frequency) pair, repeated for the two halves."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)  # (T, hd/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (T, hd)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half rotary embedding; x is (B, n_heads, T, head_dim), cos/sin are (T, head_dim)."""
+    first, second = x.chunk(2, dim=-1)
+    rotated = torch.cat([-second, first], dim=-1)
+    return (x * cos + rotated * sin).type_as(x)
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every layer for the positions generated so far."""
+
+    keys: list[torch.Tensor]  # each (B, n_kv_heads, max_len, head_dim)
+    values: list[torch.Tensor]
+    length: int = 0  # positions filled
+
+    @classmethod
+    def empty(cls, cfg: ModelConfig, batch: int, max_len: int, device, dtype) -> KVCache:
+        n_kv, head_dim = cfg.num_kv_heads or cfg.num_heads, cfg.hidden_dim // cfg.num_heads
+        shape = (batch, n_kv, max_len, head_dim)
+        zeros = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
+        return cls(keys=zeros, values=[z.clone() for z in zeros])
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads = cfg.num_heads
+        self.n_kv_heads = cfg.num_kv_heads or cfg.num_heads
+        self.head_dim = cfg.hidden_dim // cfg.num_heads
+        self.dropout = cfg.dropout
+        self.wq = nn.Linear(cfg.hidden_dim, self.n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(cfg.hidden_dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(cfg.hidden_dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_dim, bias=False)
+
+    def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+
+        start = 0
+        if cache is not None:
+            start = cache.length
+            cache.keys[layer][:, :, start : start + T] = k
+            cache.values[layer][:, :, start : start + T] = v
+            k = cache.keys[layer][:, :, : start + T]  # (B, nkv, start+T, hd)
+            v = cache.values[layer][:, :, : start + T]
+
+        if T == 1:  # one new token attends to everything before it: no mask needed
+            mask, causal = None, False
+        elif start == 0:
+            mask, causal = None, True
+        else:  # a chunk after cached positions: query i sees keys up to start + i
+            mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+            causal = False
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal,
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.n_kv_heads != self.n_heads,
+        )  # (B, nh, T, hd)
+        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, C)
+        return self.wo(y)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.w1 = nn.Linear(cfg.hidden_dim, cfg.mlp_dim, bias=False)  # gate
+        self.w3 = nn.Linear(cfg.hidden_dim, cfg.mlp_dim, bias=False)  # up
+        self.w2 = nn.Linear(cfg.mlp_dim, cfg.hidden_dim, bias=False)  # down
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attention_norm = RMSNorm(cfg.hidden_dim, cfg.norm_eps)
+        self.attention = Attention(cfg)
+        self.ffn_norm = RMSNorm(cfg.hidden_dim, cfg.norm_eps)
+        self.feed_forward = SwiGLU(cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.dropout(self.attention(self.attention_norm(x), cos, sin, cache, layer))
+        return x + self.dropout(self.feed_forward(self.ffn_norm(x)))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if not isinstance(cfg.vocab_size, int):
+            raise ValueError("vocab_size must be resolved from the tokenizer before building")
+        self.cfg = cfg
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_dim)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_dim, cfg.norm_eps)
+        self.output = nn.Linear(cfg.hidden_dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        cos, sin = rotary_tables(cfg.hidden_dim // cfg.num_heads, cfg.max_seq_len, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)  # (max_seq_len, head_dim)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self, generator: torch.Generator | None = None) -> None:
+        """Initialise every parameter (GPT-2 / nanoGPT scheme):
+
+        - token embedding (and the tied output): normal(0, 0.02)
+        - wq, wk, wv, w1, w3, and an untied output: normal(0, 0.02)
+        - wo and w2, which write into the residual stream: normal(0, 0.02 / sqrt(2 * num_layers))
+        - RMSNorm weights: ones
+        """
+        std, residual_std = 0.02, 0.02 / math.sqrt(2 * self.cfg.num_layers)
+        for name, param in self.named_parameters():
+            if name.endswith("norm.weight"):
+                param.fill_(1.0)
+            elif name.endswith(("wo.weight", "w2.weight")):
+                param.normal_(0.0, residual_std, generator=generator)
+            else:
+                param.normal_(0.0, std, generator=generator)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) token ids -> logits (B, T, vocab); with targets also the mean cross-entropy."""
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
+        cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
+        x = self.tok_embeddings(idx)  # (B, T, C)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, cache, i)
+        if cache is not None:
+            cache.length += T
+        logits = self.output(self.norm(x)).float()  # (B, T, vocab)
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T))
+        return logits, loss
+
+
+@dataclass
+class ParameterBreakdown:
+    embedding: int
+    per_block: int
+    blocks: int
+    final_norm: int
+    output: int  # 0 when tied: the output projection is the embedding matrix
+    tied: bool
+    total: int
+
+
+def parameter_breakdown(cfg: ModelConfig) -> ParameterBreakdown:
+    """Exact parameter counts from the config (matches sum(p.numel()) of the built model)."""
+    d, kv = cfg.hidden_dim, (cfg.num_kv_heads or cfg.num_heads) * (cfg.hidden_dim // cfg.num_heads)
+    vocab = cfg.vocab_size
+    attention = d * d + 2 * d * kv + d * d  # wq, wk, wv, wo
+    per_block = attention + 3 * d * cfg.mlp_dim + 2 * d  # + SwiGLU + two RMSNorms
+    embedding = vocab * d
+    output = 0 if cfg.tie_embeddings else vocab * d
+    blocks = per_block * cfg.num_layers
+    total = embedding + blocks + d + output
+    return ParameterBreakdown(embedding, per_block, blocks, d, output, cfg.tie_embeddings, total)
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
+    """Training FLOPs per token (forward + backward), the PaLM / nanoGPT estimate:
+
+    6 * (parameters used in matrix multiplies) + 12 * num_layers * hidden_dim * seq_len.
+    Matrix parameters are every linear weight of the blocks plus the output projection (the
+    embedding lookup is free); the second term is the attention scores and weighted sum.
+    """
+    b = parameter_breakdown(cfg)
+    matmul_params = b.blocks - 2 * cfg.hidden_dim * cfg.num_layers + cfg.vocab_size * cfg.hidden_dim
+    return 6 * matmul_params + 12 * cfg.num_layers * cfg.hidden_dim * seq_len

@@ -1,0 +1,149 @@
+"""Tokenizers behind one small interface: `encode`, `decode`, a streaming decoder, save and load.
+
+- `char`: one id per character seen in the corpus (65 for Tiny Shakespeare).
+- `byte`: one id per UTF-8 byte (256); decodes any byte sequence, invalid ones as U+FFFD.
+
+Either may carry an end-of-text token (the id after the last symbol) when the corpus has several
+documents. A tokenizer is saved as `tokenizer.json` next to the data and inside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from trickster.errors import UserError
+
+EOT_TEXT = "<|endoftext|>"
+KINDS = ("char", "byte")
+
+
+class Tokenizer:
+    kind: str
+    eot_id: int | None  # end-of-text separator between documents, if this tokenizer has one
+
+    @property
+    def vocab_size(self) -> int:
+        raise NotImplementedError
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def decode(self, ids: Iterable[int]) -> str:
+        decode_next = self.stream_decoder()
+        return "".join(decode_next(i) for i in ids) + decode_next(None)
+
+    def stream_decoder(self) -> Callable[[int | None], str]:
+        """A function fed one id at a time that returns the text completed so far; None flushes."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:
+        raise NotImplementedError
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False), encoding="utf-8")
+
+    def fingerprint(self) -> str:
+        """A short hash that changes whenever the id <-> text mapping changes."""
+        text = json.dumps(self.to_dict(), sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class CharTokenizer(Tokenizer):
+    kind = "char"
+
+    def __init__(self, chars: str, with_eot: bool = False):
+        self.chars = chars
+        self.char_to_id = {c: i for i, c in enumerate(chars)}
+        self.eot_id = len(chars) if with_eot else None
+
+    @classmethod
+    def from_texts(cls, texts: Iterable[str], with_eot: bool = False) -> CharTokenizer:
+        seen: set[str] = set()
+        for text in texts:
+            seen.update(text)
+        return cls("".join(sorted(seen)), with_eot)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars) + (self.eot_id is not None)
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            return [self.char_to_id[c] for c in text]
+        except KeyError as err:
+            raise UserError(
+                f"character {err.args[0]!r} is not in this model's character vocabulary; "
+                "use only characters from the training corpus (or a byte tokenizer)"
+            ) from None
+
+    def stream_decoder(self) -> Callable[[int | None], str]:
+        def decode_next(token: int | None) -> str:
+            if token is None or token == self.eot_id:
+                return ""
+            return self.chars[token] if 0 <= token < len(self.chars) else "\ufffd"
+
+        return decode_next
+
+    def to_dict(self) -> dict:
+        return {"kind": "char", "chars": self.chars, "eot": self.eot_id is not None}
+
+
+class ByteTokenizer(Tokenizer):
+    kind = "byte"
+
+    def __init__(self, with_eot: bool = False):
+        self.eot_id = 256 if with_eot else None
+
+    @property
+    def vocab_size(self) -> int:
+        return 256 + (self.eot_id is not None)
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def stream_decoder(self) -> Callable[[int | None], str]:
+        # an incremental decoder holds back an unfinished multi-byte character until it completes
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+        def decode_next(token: int | None) -> str:
+            if token is None:
+                return decoder.decode(b"", final=True)
+            if not 0 <= token < 256:
+                return ""
+            return decoder.decode(bytes([token]))
+
+        return decode_next
+
+    def to_dict(self) -> dict:
+        return {"kind": "byte", "eot": self.eot_id is not None}
+
+
+def from_dict(data: dict) -> Tokenizer:
+    kind = data.get("kind")
+    if kind == "char":
+        return CharTokenizer(data["chars"], bool(data.get("eot")))
+    if kind == "byte":
+        return ByteTokenizer(bool(data.get("eot")))
+    raise UserError(f"unknown tokenizer kind {kind!r}; expected one of {', '.join(KINDS)}")
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    path = Path(path)
+    try:
+        return from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise UserError(f"tokenizer file {path} not found; prepare the data again") from None
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        raise UserError(f"tokenizer file {path} is not a valid tokenizer; prepare the data again") from None
+
+
+def build_tokenizer(kind: str, texts: list[str], with_eot: bool) -> Tokenizer:
+    if kind == "char":
+        return CharTokenizer.from_texts(texts, with_eot)
+    if kind == "byte":
+        return ByteTokenizer(with_eot)
+    raise UserError(f"unknown tokenizer '{kind}'; choose one of {', '.join(KINDS)}")

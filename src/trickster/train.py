@@ -1,0 +1,375 @@
+"""The training loop. `train(cfg)` reads top to bottom: set up, (resume,) loop, finish.
+
+One optimizer step = `gradient_accumulation_steps` micro-batches. Steps are counted from 0; after
+the update at index i, `state.step == i + 1`. Logging, evaluation and checkpoints happen when
+`state.step` is a multiple of their interval, plus an evaluation before the first step and
+everything at the last step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from trickster import checkpoint as ckpt
+from trickster.config import Config, save_config
+from trickster.data.loader import BatchSampler, PreparedData, check_windows, fixed_batches, load_data
+from trickster.errors import UserError
+from trickster.generate import generate
+from trickster.metrics import MetricsLog, read_metrics, run_manifest
+from trickster.model import Transformer, flops_per_token, parameter_breakdown
+from trickster.optim import build_optimizer, lr_at
+from trickster.tokenizers import Tokenizer
+
+
+@dataclass
+class TrainState:
+    """Counters that, with the model, optimizer, sampler and RNGs, define where a run stands."""
+
+    step: int = 0
+    tokens_seen: int = 0
+    best_val_loss: float = math.inf
+    last_val_loss: float | None = None
+    interval_loss_sum: float = 0.0  # train losses since the last log line
+    interval_steps: int = 0
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    state: TrainState
+    exit_signal: int | None = None  # SIGINT / SIGTERM if the run was stopped early
+    params: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device_config.device is cuda but no CUDA GPU is visible; set device_config.device=cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("device_config.device is mps but MPS is not available; set device_config.device=cpu")
+    return torch.device(name)
+
+
+def resolve_vocab(cfg: Config, tokenizer: Tokenizer) -> Config:
+    """Fill vocab_size: auto from the tokenizer, and refuse a model too small for it."""
+    vocab = cfg.model.vocab_size
+    if vocab == "auto":
+        cfg = cfg.model_copy(deep=True)
+        cfg.model.vocab_size = tokenizer.vocab_size
+    elif vocab < tokenizer.vocab_size:
+        raise UserError(
+            f"model_config.vocab_size ({vocab}) is smaller than the tokenizer's vocabulary "
+            f"({tokenizer.vocab_size}); set model_config.vocab_size={tokenizer.vocab_size} or auto"
+        )
+    return cfg
+
+
+def autocast_for(device: torch.device, dtype_name: str):
+    if dtype_name == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype_name))
+
+
+@torch.no_grad()
+def evaluate(model, batches, device: torch.device, dtype_name: str) -> float:
+    """Mean cross-entropy over fixed validation batches."""
+    was_training = model.training
+    model.eval()
+    losses = []
+    for x, y in batches:
+        with autocast_for(device, dtype_name):
+            _, loss = model(x.to(device), y.to(device))
+        losses.append(loss.item())
+    model.train(was_training)
+    return sum(losses) / len(losses)
+
+
+def sample_text(model: Transformer, tokenizer: Tokenizer, prompt: str, tokens: int, seed: int) -> str:
+    """A reproducible sample that does not touch the training RNG."""
+    try:
+        ids = tokenizer.encode(prompt) if prompt else []
+    except UserError:
+        ids = []
+    if not ids:
+        ids = [tokenizer.eot_id] if tokenizer.eot_id is not None else [0]
+    out = generate(
+        model, ids, tokens, temperature=0.8, seed=seed, vocab_limit=tokenizer.vocab_size,
+        stop_id=tokenizer.eot_id,
+    )
+    return prompt + tokenizer.decode(out)
+
+
+class StopSignals:
+    """Turn SIGINT/SIGTERM into a flag that the loop checks after each step."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread: keep default handling
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def train(
+    cfg: Config, resume: bool = False, progress: bool | None = None, echo=print
+) -> TrainResult:
+    t = cfg.training
+    # 1. device, threads and seed
+    device = resolve_device(cfg.device.device)
+    if cfg.device.threads:
+        torch.set_num_threads(cfg.device.threads)
+    torch.manual_seed(t.seed)
+
+    # 2. data and tokenizer; the model's vocabulary follows the tokenizer
+    if cfg.data.path is None:
+        raise UserError("no data: set data_config.path or pass --data DIR (from `trickster data prepare`)")
+    data = load_data(cfg.data.path)
+    cfg = resolve_vocab(cfg, data.tokenizer)
+    seq_len = cfg.seq_len
+    check_windows(data, seq_len)
+
+    # 3. model, optimizer, batches
+    model = Transformer(cfg.model).to(device)
+    step_model = torch.compile(model) if cfg.device.compile else model
+    optimizer = build_optimizer(model, t, device)
+    sampler = BatchSampler(data.train, seq_len, t.batch_size, seed=t.seed)
+    val_batches = fixed_batches(data.val, seq_len, t.batch_size, t.eval_batches, seed=t.seed + 1)
+    use_scaler = cfg.device.dtype == "float16" and device.type == "cuda"
+    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+    state = TrainState()
+
+    # 4. the run directory: a new one, or the newest complete checkpoint of an old one
+    run_dir = Path(cfg.logging.output_dir)
+    _ensure_run_dir(run_dir, resume)
+    metrics = MetricsLog(run_dir / "metrics.jsonl")
+    resumed_from = ckpt.latest(run_dir) if resume else None
+    if resumed_from is not None:
+        _restore(resumed_from, cfg, data, model, optimizer, sampler, state, device)
+        _truncate_metrics(run_dir / "metrics.jsonl", state.step)
+        metrics.write("resume", state.step, checkpoint=resumed_from.name)
+    save_config(cfg, run_dir / "config.yaml")
+    data.tokenizer.save(run_dir / "tokenizer.json")
+    manifest = run_manifest(device)
+    (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+    params = parameter_breakdown(cfg.model)
+    tokens_per_step = t.batch_size * seq_len * t.gradient_accumulation_steps
+    _print_header(echo, cfg, data, params.total, device, tokens_per_step, resumed_from)
+    if resumed_from is None:
+        metrics.write(
+            "start", 0, params=params.total, tokens_per_step=tokens_per_step,
+            flops_per_token=flops_per_token(cfg.model, seq_len), device=str(device),
+        )
+
+    def info(**extra) -> dict:
+        return {
+            "step": state.step, "val_loss": state.last_val_loss, "best_val_loss": _finite(state.best_val_loss),
+            "tokens_seen": state.tokens_seen, "tokenizer_fingerprint": data.tokenizer.fingerprint(),
+            "data_fingerprint": data.meta.get("tokens_sha256"), "data_path": str(data.path),
+            "manifest": manifest, **extra,
+        }
+
+    def trainer_state() -> dict:
+        return {
+            "train_state": state.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "sampler": sampler.state_dict(),
+            "scaler": scaler.state_dict() if use_scaler else {},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+            },
+        }
+
+    def save(name: str, **extra) -> None:
+        ckpt.save_checkpoint(
+            run_dir / "checkpoints" / name, model, cfg, data.tokenizer, info(**extra), trainer_state()
+        )
+
+    def run_eval() -> None:
+        val_loss = evaluate(step_model, val_batches, device, cfg.device.dtype)
+        state.last_val_loss = val_loss
+        record = {"val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50.0))}
+        if _sample_due(t, state.step):
+            record["sample"] = sample_text(model, data.tokenizer, t.sample_prompt, t.sample_tokens, t.seed)
+        metrics.write("eval", state.step, **record)
+        line = f"step {state.step:>6}: val loss {val_loss:.4f}, perplexity {record['val_perplexity']:.2f}"
+        bar.write(line)
+        if "sample" in record:
+            bar.write("  sample: " + record["sample"].replace("\n", "\n          ")[:600])
+        if math.isfinite(val_loss) and val_loss < state.best_val_loss and state.step > 0:
+            state.best_val_loss = val_loss
+            save("best")
+
+    # 5. the loop
+    show_bar = cfg.logging.progress_bar if progress is None else progress
+    bar = tqdm(total=t.max_steps, initial=state.step, disable=not show_bar, unit="step",
+               dynamic_ncols=True, leave=True)
+    if not show_bar:
+        bar.write = echo
+    exit_signal = None
+    model.train()
+    with StopSignals() as stop:
+        if resumed_from is None:
+            run_eval()
+        interval_start, interval_tokens = time.perf_counter(), 0
+        while state.step < t.max_steps:
+            lr = lr_at(state.step, t)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            step_loss = 0.0
+            for _ in range(t.gradient_accumulation_steps):
+                x, y = sampler.next_batch()
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with autocast_for(device, cfg.device.dtype):
+                    _, loss = step_model(x, y)
+                scaler.scale(loss / t.gradient_accumulation_steps).backward()
+                step_loss += loss.item() / t.gradient_accumulation_steps
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf
+            ).item()
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.tokens_seen += tokens_per_step
+            state.interval_loss_sum += step_loss
+            state.interval_steps += 1
+            interval_tokens += tokens_per_step
+            bar.update(1)
+            last = state.step == t.max_steps
+
+            if state.step % t.log_every == 0 or last:
+                elapsed = time.perf_counter() - interval_start
+                train_loss = state.interval_loss_sum / state.interval_steps
+                tokens_per_sec = interval_tokens / elapsed if elapsed > 0 else 0.0
+                metrics.write(
+                    "train", state.step, train_loss=train_loss, lr=lr, grad_norm=grad_norm,
+                    tokens_per_sec=tokens_per_sec, ms_per_step=1000 * elapsed / state.interval_steps,
+                    tokens_seen=state.tokens_seen,
+                )
+                bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}")
+                if not show_bar:
+                    echo(f"step {state.step:>6}: train loss {train_loss:.4f}, lr {lr:.2e}, "
+                         f"{tokens_per_sec:,.0f} tokens/s")
+                state.interval_loss_sum, state.interval_steps = 0.0, 0
+                interval_start, interval_tokens = time.perf_counter(), 0
+            if state.step % t.eval_every == 0 or last:
+                run_eval()
+            if state.step % t.save_every == 0 and not last:
+                save(ckpt.step_name(state.step))
+            if stop.received is not None and not last:
+                exit_signal = stop.received
+                save(ckpt.step_name(state.step))
+                metrics.write("stopped", state.step, signal=signal.Signals(exit_signal).name)
+                bar.write(f"stopped by {signal.Signals(exit_signal).name} at step {state.step}; "
+                          f"saved checkpoints/{ckpt.step_name(state.step)} (continue with --resume)")
+                break
+        if exit_signal is None:
+            save("final")
+            metrics.write("end", state.step, best_val_loss=_finite(state.best_val_loss))
+    bar.close()
+    return TrainResult(run_dir, state, exit_signal, params.total, read_metrics(run_dir / "metrics.jsonl"))
+
+
+def _ensure_run_dir(run_dir: Path, resume: bool) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"logging_config.output_dir {run_dir} is a file; choose a folder path")
+    if not resume and ckpt.latest(run_dir) is not None:
+        raise UserError(
+            f"{run_dir} already holds a trained run; pass --resume to continue it, or choose a new "
+            "folder with --out (nothing was overwritten)"
+        )
+    try:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create run folder {run_dir} ({err.strerror}); choose another --out") from None
+
+
+def _restore(path, cfg, data: PreparedData, model, optimizer, sampler, state, device) -> None:
+    """Load everything a checkpoint holds, after checking it belongs to this run."""
+    saved_cfg = ckpt.read_config(path)
+    if saved_cfg.model != cfg.model:
+        changed = [k for k in cfg.model.model_fields if getattr(saved_cfg.model, k) != getattr(cfg.model, k)]
+        raise UserError(
+            f"cannot resume from {path}: model_config changed ({', '.join(changed)}); "
+            "restore those values or start a new run with another --out"
+        )
+    info = json.loads((path / "info.json").read_text())
+    if info.get("tokenizer_fingerprint") != data.tokenizer.fingerprint():
+        raise UserError(f"cannot resume from {path}: the tokenizer changed; use the data it was trained on")
+    if info.get("data_fingerprint") != data.meta.get("tokens_sha256"):
+        raise UserError(f"cannot resume from {path}: the prepared data changed; use the data it was trained on")
+    ckpt.load_weights(model, path / ckpt.WEIGHTS)
+    trainer = ckpt.load_trainer_state(path)
+    optimizer.load_state_dict(trainer["optimizer"])
+    sampler.load_state_dict(trainer["sampler"])
+    state.load_state_dict(trainer["train_state"])
+    torch.set_rng_state(trainer["rng"]["torch"])
+    if device.type == "cuda" and trainer["rng"]["cuda"]:
+        torch.cuda.set_rng_state_all(trainer["rng"]["cuda"])
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop events logged after the checkpoint we resume from: they will be logged again."""
+    kept = [r for r in read_metrics(path) if r["step"] <= step and r["event"] != "end"]
+    kept = [r for r in kept if not (r["step"] == step and r["event"] in ("stopped",))]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
+
+
+def _sample_due(t, step: int) -> bool:
+    if t.sample_tokens == 0 or t.sample_every == 0:
+        return False
+    return t.sample_every is None or step % t.sample_every == 0 or step == t.max_steps
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _print_header(echo, cfg, data, total_params, device, tokens_per_step, resumed_from) -> None:
+    t = cfg.training
+    echo("=" * 60)
+    echo(f"Training from scratch -> {cfg.logging.output_dir}")
+    echo("=" * 60)
+    echo(f"device: {device} ({cfg.device.dtype})   parameters: {total_params:,}")
+    echo(f"data: {data.path} ({data.meta['tokenizer']} tokenizer, vocab {data.tokenizer.vocab_size}; "
+         f"{len(data.train):,} train / {len(data.val):,} val tokens)")
+    echo(f"steps: {t.max_steps:,} x {tokens_per_step:,} tokens (batch {t.batch_size} x "
+         f"{cfg.seq_len} x accumulation {t.gradient_accumulation_steps}); lr {t.learning_rate} "
+         f"warmup {t.warmup_steps} -> cosine -> {t.min_lr}")
+    if resumed_from is not None:
+        echo(f"resuming from {resumed_from}")
