@@ -248,10 +248,14 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     if section not in SECTION_ALIASES:
         hint = _did_you_mean(section, list(SECTION_ALIASES))
         raise UserError(f"override '{override}': unknown section '{section}'{hint}")
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else value
-    except yaml.YAMLError:
-        parsed = value
+    field = SECTIONS[SECTION_ALIASES[section]].model_fields.get(name)
+    if field is not None and field.annotation is str:
+        parsed = value  # text fields keep the text as typed ("ROMEO:" is not a YAML mapping here)
+    else:
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else value
+        except yaml.YAMLError:
+            parsed = value
     target = raw.setdefault(section, {})
     if not isinstance(target, dict):
         raise UserError(f"{section} must be a mapping of keys to values")

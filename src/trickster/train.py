@@ -323,7 +323,7 @@ def _restore(path, cfg, data: PreparedData, model, optimizer, sampler, state, de
     """Load everything a checkpoint holds, after checking it belongs to this run."""
     saved_cfg = ckpt.read_config(path)
     if saved_cfg.model != cfg.model:
-        changed = [k for k in cfg.model.model_fields if getattr(saved_cfg.model, k) != getattr(cfg.model, k)]
+        changed = [k for k in type(cfg.model).model_fields if getattr(saved_cfg.model, k) != getattr(cfg.model, k)]
         raise UserError(
             f"cannot resume from {path}: model_config changed ({', '.join(changed)}); "
             "restore those values or start a new run with another --out"

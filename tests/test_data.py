@@ -1,0 +1,153 @@
+import functools
+import hashlib
+import http.server
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from trickster.data import sources
+from trickster.data.loader import BatchSampler, fixed_batches, load_data
+from trickster.data.prepare import prepare, split_documents, token_dtype
+from trickster.errors import UserError
+from trickster.tokenizers import load_tokenizer
+
+from .conftest import EXCERPT
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """Serve tmp_path on a local port; yields the base URL."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_shakespeare_prepare_splits_90_10_by_characters(shakespeare_dir):
+    text = EXCERPT.read_text()
+    data = load_data(shakespeare_dir)
+    cut = int(len(text) * 0.9)
+    assert data.meta["train_chars"] == cut and data.meta["val_chars"] == len(text) - cut
+    assert data.tokenizer.decode(data.train) == text[:cut]
+    assert data.tokenizer.decode(data.val) == text[cut:]
+    assert data.train.dtype == np.uint8 and data.meta["dtype"] == "uint8"
+    assert data.meta["source_sha256"] == hashlib.sha256(EXCERPT.read_bytes()).hexdigest()
+    assert data.meta["eot_id"] is None  # one document: nothing to separate
+    assert isinstance(data.train, np.memmap)
+    assert load_tokenizer(shakespeare_dir / "tokenizer.json").vocab_size == data.meta["vocab_size"]
+
+
+def test_download_is_checked_by_sha256(tmp_path, http_server, monkeypatch):
+    (tmp_path / "input.txt").write_bytes(EXCERPT.read_bytes())
+    with pytest.raises(UserError, match="SHA-256"):
+        sources.shakespeare(url=f"{http_server}/input.txt")
+    digest = hashlib.sha256(EXCERPT.read_bytes()).hexdigest()
+    monkeypatch.setattr(sources, "SHAKESPEARE_SHA256", digest)
+    corpus = sources.shakespeare(url=f"{http_server}/input.txt")
+    assert corpus.documents == [EXCERPT.read_text()]
+    assert corpus.sha256 == digest
+
+
+def test_offline_download_says_how_to_pass_a_local_file(http_server):
+    with pytest.raises(UserError, match="--path FILE"):
+        sources.shakespeare(url=f"{http_server}/missing.txt", timeout=5)
+    with pytest.raises(UserError, match="--path FILE"):
+        sources.shakespeare(url="http://127.0.0.1:9/input.txt", timeout=5)
+
+
+def test_text_source_takes_files_folders_and_globs(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "one.txt").write_text("first document\n")
+    (tmp_path / "a" / "two.txt").write_text("second document\n")
+    (tmp_path / "three.md").write_text("third document\n")
+    corpus = sources.local_text([str(tmp_path / "a"), str(tmp_path / "*.md")])
+    assert corpus.documents == ["first document\n", "second document\n", "third document\n"]
+
+    meta = prepare(corpus, "char", tmp_path / "out", val_fraction=0.3)
+    data = load_data(tmp_path / "out")
+    eot = data.tokenizer.eot_id
+    assert eot == meta["eot_id"] is not None
+    stream = np.concatenate([data.train, data.val]).tolist()
+    assert stream.count(eot) == 4  # after each document, and after the piece cut off for train
+    texts = data.tokenizer.decode(stream)
+    assert texts == "".join(corpus.documents)
+
+
+def test_byte_tokenizer_with_documents_adds_an_end_of_text_id(tmp_path):
+    corpus = sources.Corpus("t", ["héllo wörld " * 20, "zweites dokument " * 20])
+    meta = prepare(corpus, "byte", tmp_path / "out")
+    assert meta["vocab_size"] == 257 and meta["eot_id"] == 256 and meta["dtype"] == "uint16"
+
+
+def test_split_documents_keeps_every_character():
+    train, val = split_documents(["aaaa", "bbbbbb"], 0.3)
+    assert train == ["aaaa", "bbb"] and val == ["bbb"]
+
+
+def test_token_dtype_is_the_smallest_that_fits():
+    assert token_dtype(65) == np.uint8 and token_dtype(256) == np.uint8
+    assert token_dtype(257) == np.uint16 and token_dtype(70_000) == np.uint32
+
+
+@pytest.mark.slow
+def test_python_stdlib_corpus_is_available_offline(tmp_path):
+    corpus = sources.python_stdlib()
+    assert len(corpus.documents) > 100 and corpus.num_chars > 1_000_000
+    assert any(f.endswith("os.py") for f in corpus.files)
+    meta = prepare(corpus, "byte", tmp_path / "stdlib")
+    assert meta["train_tokens"] > 9 * meta["val_tokens"] * 0.9
+
+
+def test_prepare_keeps_an_existing_folder_when_the_corpus_is_empty(tmp_path, shakespeare_dir):
+    out = tmp_path / "data"
+    prepare(sources.shakespeare(EXCERPT), "char", out)
+    before = (out / "train.bin").read_bytes()
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(UserError, match="empty"):
+        prepare(sources.local_text([str(tmp_path / "empty.txt")]), "char", out)
+    assert (out / "train.bin").read_bytes() == before
+
+
+def test_targets_are_inputs_shifted_by_exactly_one(shakespeare_dir):
+    data = load_data(shakespeare_dir)
+    sampler = BatchSampler(data.train, seq_len=32, batch_size=4, seed=0)
+    x, y = sampler.next_batch()
+    assert x.shape == y.shape == (4, 32)
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    stream = torch.from_numpy(data.train.astype(np.int64))
+    for row_x, row_y in zip(x, y, strict=True):
+        starts = [s for s in range(len(stream) - 32) if torch.equal(stream[s : s + 32], row_x)]
+        assert any(torch.equal(stream[s + 1 : s + 33], row_y) for s in starts)
+
+
+def test_sampler_is_reproducible_from_its_state(shakespeare_dir):
+    data = load_data(shakespeare_dir)
+    sampler = BatchSampler(data.train, 16, 2, seed=3)
+    sampler.next_batch()
+    state = sampler.state_dict()
+    expected = [sampler.next_batch() for _ in range(3)]
+    other = BatchSampler(data.train, 16, 2, seed=99)
+    other.load_state_dict(state)
+    for (a, b), (c, d) in zip(expected, [other.next_batch() for _ in range(3)], strict=True):
+        assert torch.equal(a, c) and torch.equal(b, d)
+
+
+def test_validation_batches_are_the_same_every_time(shakespeare_dir):
+    data = load_data(shakespeare_dir)
+    first = fixed_batches(data.val, 16, 2, 3, seed=1)
+    second = fixed_batches(data.val, 16, 2, 3, seed=1)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(first, second, strict=True))
+
+
+def test_meta_json_records_counts_and_checksums(shakespeare_dir):
+    meta = json.loads((shakespeare_dir / "meta.json").read_text())
+    for key in ("tokenizer", "vocab_size", "train_tokens", "val_tokens", "source_sha256", "dtype"):
+        assert key in meta
+    assert (shakespeare_dir / "train.bin").stat().st_size == meta["train_tokens"]

@@ -1,0 +1,134 @@
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from trickster import checkpoint as ckpt
+from trickster.config import ModelConfig, config_from_dict
+from trickster.errors import UserError
+from trickster.generate import generate, sample
+from trickster.model import KVCache, Transformer
+from trickster.tokenizers import CharTokenizer
+
+
+def small(**changes) -> ModelConfig:
+    values = dict(vocab_size=40, hidden_dim=32, num_layers=2, num_heads=4, mlp_dim=64, max_seq_len=24)
+    return ModelConfig(**{**values, **changes})
+
+
+@pytest.mark.parametrize("kv_heads", [None, 2])
+def test_cached_and_uncached_greedy_generation_agree(kv_heads):
+    torch.manual_seed(0)
+    model = Transformer(small(num_kv_heads=kv_heads))
+    prompt = [1, 5, 9, 3]
+    cached = list(generate(model, prompt, 30, temperature=0, use_cache=True))
+    uncached = list(generate(model, prompt, 30, temperature=0, use_cache=False))
+    assert cached == uncached
+    assert len(cached) == 30  # runs past max_seq_len by sliding the window
+
+
+def test_cached_logits_match_a_full_forward_pass():
+    torch.manual_seed(0)
+    model = Transformer(small()).eval()
+    idx = torch.randint(0, 40, (1, 12))
+    with torch.no_grad():
+        full, _ = model(idx)
+        cache = KVCache.empty(model.cfg, 1, 24, "cpu", torch.float32)
+        first, _ = model(idx[:, :5], cache=cache)  # prefill
+        rest = [model(idx[:, i : i + 1], cache=cache)[0] for i in range(5, 9)]  # one at a time
+        chunk, _ = model(idx[:, 9:], cache=cache)  # a chunk after cached positions
+    torch.testing.assert_close(torch.cat([first, *rest, chunk], dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_sampling_filters():
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
+    g = torch.Generator().manual_seed(0)
+    assert sample(logits, temperature=0).item() == 3
+    top_k = {sample(logits, 1.0, top_k=2, generator=g).item() for _ in range(200)}
+    assert top_k == {2, 3}
+    # probabilities ~ [0.03, 0.09, 0.24, 0.64]: top_p=0.5 keeps only the first
+    assert {sample(logits, 1.0, top_p=0.5, generator=g).item() for _ in range(100)} == {3}
+    assert {sample(logits, 1.0, top_p=0.8, generator=g).item() for _ in range(300)} == {2, 3}
+    assert len({sample(logits, 5.0, generator=g).item() for _ in range(300)}) == 4
+
+
+def test_seeded_sampling_is_reproducible():
+    torch.manual_seed(0)
+    model = Transformer(small())
+    a = list(generate(model, [1, 2], 20, temperature=1.0, seed=5))
+    b = list(generate(model, [1, 2], 20, temperature=1.0, seed=5))
+    assert a == b
+
+
+def test_vocab_limit_never_samples_padding_rows():
+    torch.manual_seed(0)
+    model = Transformer(small())
+    with torch.no_grad():
+        model.output.weight[30:] += 5.0  # make the unused rows the most likely ones
+    out = list(generate(model, [1], 50, temperature=1.0, seed=0, vocab_limit=30))
+    assert max(out) < 30
+
+
+def _saved(tmp_path, **model_changes):
+    cfg = config_from_dict({"model_config": small(**model_changes).model_dump()})
+    torch.manual_seed(0)
+    model = Transformer(cfg.model)
+    tokenizer = CharTokenizer("".join(chr(65 + i) for i in range(40)))
+    path = ckpt.save_checkpoint(tmp_path / "ck", model, cfg, tokenizer, {"step": 0})
+    return model, path
+
+
+def test_save_and_reload_give_identical_logits_and_generations(tmp_path):
+    model, path = _saved(tmp_path)
+    loaded = ckpt.load_checkpoint(path)
+    idx = torch.randint(0, 40, (2, 10))
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(idx)[0], loaded.model(idx)[0])
+    assert list(generate(model, [3, 4], 15, 1.0, seed=1)) == list(generate(loaded.model, [3, 4], 15, 1.0, seed=1))
+    assert loaded.model.output.weight is loaded.model.tok_embeddings.weight  # still tied
+
+
+def test_reload_catches_a_wrong_vocab_size(tmp_path):
+    _, path = _saved(tmp_path)
+    text = (path / "config.yaml").read_text().replace("vocab_size: 40", "vocab_size: 41")
+    (path / "config.yaml").write_text(text)
+    with pytest.raises(UserError, match=r"tok_embeddings.weight is \(40, 32\).*needs \(41, 32\)"):
+        ckpt.load_checkpoint(path)
+
+
+def test_reload_catches_missing_untied_output_weights(tmp_path):
+    _, path = _saved(tmp_path)
+    text = (path / "config.yaml").read_text().replace("tie_embeddings: true", "tie_embeddings: false")
+    (path / "config.yaml").write_text(text)
+    with pytest.raises(UserError, match=r"missing \['output.weight'\]"):
+        ckpt.load_checkpoint(path)
+
+
+def test_reload_catches_dtype_drift(tmp_path):
+    _, path = _saved(tmp_path)
+    weights = load_file(path / "model.safetensors")
+    save_file({k: v.half() for k, v in weights.items()}, path / "model.safetensors")
+    with pytest.raises(UserError, match="torch.float16, the config needs .* torch.float32"):
+        ckpt.load_checkpoint(path)
+
+
+def test_incomplete_checkpoint_is_never_loaded(tmp_path):
+    _, path = _saved(tmp_path)
+    (path / "COMPLETE").unlink()
+    with pytest.raises(UserError, match="incomplete"):
+        ckpt.load_checkpoint(path)
+
+
+def test_loading_never_unpickles_code(tmp_path):
+    """A trainer.pt that would run code when unpickled is refused, and the code does not run."""
+    _, path = _saved(tmp_path)
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"payload": Exploit()}, path / "trainer.pt")
+    with pytest.raises(UserError, match="refused or damaged"):
+        ckpt.load_trainer_state(path)
+    assert not marker.exists()

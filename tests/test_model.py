@@ -1,0 +1,93 @@
+import pytest
+import torch
+
+from trickster.config import ModelConfig, load_config, preset_names
+from trickster.model import Transformer, apply_rotary, flops_per_token, parameter_breakdown, rotary_tables
+
+
+def small(**changes) -> ModelConfig:
+    values = dict(vocab_size=50, hidden_dim=32, num_layers=2, num_heads=4, mlp_dim=64, max_seq_len=16)
+    return ModelConfig(**{**values, **changes})
+
+
+@pytest.mark.parametrize("name", ["tiny", "nano", "mini", "midi", "mega", "gpt2-small"])
+def test_breakdown_matches_the_built_model(name):
+    cfg = load_config(preset=name).model
+    if cfg.vocab_size == "auto":
+        cfg.vocab_size = 65
+    with torch.device("meta"):  # mega is 1.1B parameters: count without allocating
+        model = Transformer(cfg)
+    unique = {id(p): p.numel() for p in model.parameters()}
+    assert parameter_breakdown(cfg).total == sum(unique.values())
+
+
+def test_nano_is_about_5_2_million_not_11():
+    total = parameter_breakdown(load_config(preset="nano").model).total
+    assert total == 5_180_672
+
+
+def test_mega_has_tinyllama_size():
+    total = parameter_breakdown(load_config(preset="mega").model).total
+    assert total == 1_100_048_384  # TinyLlama-1.1B's published parameter count
+
+
+def test_every_preset_is_listed():
+    assert set(preset_names()) == {"tiny", "nano", "mini", "midi", "mega", "gpt2-small"}
+
+
+def test_tied_output_is_the_embedding_and_untied_is_not():
+    tied = Transformer(small())
+    assert tied.output.weight is tied.tok_embeddings.weight
+    untied = Transformer(small(tie_embeddings=False))
+    assert untied.output.weight is not untied.tok_embeddings.weight
+    extra = parameter_breakdown(small(tie_embeddings=False)).total - parameter_breakdown(small()).total
+    assert extra == 50 * 32
+
+
+@pytest.mark.parametrize("kv_heads", [None, 2, 1])
+def test_attention_is_causal(kv_heads):
+    torch.manual_seed(0)
+    model = Transformer(small(num_kv_heads=kv_heads)).eval()
+    idx = torch.randint(0, 50, (2, 12))
+    changed = idx.clone()
+    changed[:, 8:] = (changed[:, 8:] + 1) % 50
+    with torch.no_grad():
+        a, _ = model(idx)
+        b, _ = model(changed)
+    torch.testing.assert_close(a[:, :8], b[:, :8])
+    assert not torch.allclose(a[:, 8:], b[:, 8:])
+
+
+def test_untrained_loss_is_near_uniform():
+    torch.manual_seed(0)
+    model = Transformer(small())
+    idx, targets = torch.randint(0, 50, (2, 4, 16))
+    _, loss = model(idx, targets)
+    assert abs(loss.item() - torch.log(torch.tensor(50.0)).item()) < 0.1
+
+
+def test_rotary_is_a_rotation_that_depends_on_relative_position():
+    cos, sin = rotary_tables(8, 32, 10000.0)
+    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+
+    def score(i, j):
+        qi = apply_rotary(q, cos[i : i + 1], sin[i : i + 1])
+        kj = apply_rotary(k, cos[j : j + 1], sin[j : j + 1])
+        return (qi * kj).sum()
+
+    torch.testing.assert_close(apply_rotary(q, cos[5:6], sin[5:6]).norm(), q.norm())
+    torch.testing.assert_close(score(3, 1), score(12, 10))
+
+
+def test_flops_per_token_formula():
+    cfg = small()
+    matmuls = 2 * (4 * 32 * 32 + 3 * 32 * 64) + 50 * 32
+    assert flops_per_token(cfg, 16) == 6 * matmuls + 12 * 2 * 32 * 16
+
+
+def test_init_weights_scales_residual_projections():
+    torch.manual_seed(0)
+    model = Transformer(small(hidden_dim=256, num_heads=4, mlp_dim=512, num_layers=8))
+    assert abs(model.layers[0].attention.wq.weight.std().item() - 0.02) < 0.002
+    assert abs(model.layers[0].attention.wo.weight.std().item() - 0.02 / 4) < 0.001
+    assert torch.all(model.norm.weight == 1)

@@ -1,0 +1,185 @@
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from trickster import checkpoint as ckpt
+from trickster.config import config_from_dict
+from trickster.data import sources
+from trickster.data.prepare import prepare
+from trickster.errors import UserError
+from trickster.generate import generate
+from trickster.optim import lr_at
+from trickster.tokenizers import load_tokenizer
+from trickster.train import Transformer, train
+
+from .conftest import micro_config
+
+
+def events(result, kind):
+    return [r for r in result.history if r["event"] == kind]
+
+
+@pytest.mark.slow
+def test_tutorial_checks_on_a_short_cpu_run(micro):
+    """The lab's checks: loss falls by 20%, validation improves, the sample reads like words."""
+    cfg = micro(
+        model_config={"hidden_dim": 96, "num_layers": 3, "num_heads": 4, "mlp_dim": 256},
+        training_config={"max_steps": 150, "log_every": 5, "eval_every": 75, "batch_size": 16,
+                         "warmup_steps": 10, "sample_tokens": 200},
+    )
+    result = train(cfg, echo=lambda *a: None)
+    losses = [r["train_loss"] for r in events(result, "train")]
+    assert len(losses) >= 20
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last <= 0.8 * first, (first, last)
+    vals = [r["val_loss"] for r in events(result, "eval")]
+    assert vals[-1] < vals[0]
+    sample = events(result, "eval")[-1]["sample"]
+    words = sample.split()
+    letters = sum(c.isalpha() for c in sample)
+    assert len(words) >= 10, sample
+    assert letters / len(sample) >= 0.6, sample
+
+    # round trip: a freshly constructed model from the saved files gives identical logits and text
+    loaded = ckpt.load_checkpoint(result.run_dir / "checkpoints" / "final")
+    idx = torch.tensor([loaded.tokenizer.encode("ROMEO: Is it so?")])
+    reference = Transformer(loaded.cfg.model)
+    ckpt.load_weights(reference, loaded.path / ckpt.WEIGHTS)
+    reference.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded.model(idx)[0], reference(idx)[0])
+    text_a = list(generate(loaded.model, idx[0].tolist(), 50, temperature=0.8, seed=3))
+    text_b = list(generate(reference, idx[0].tolist(), 50, temperature=0.8, seed=3))
+    assert text_a == text_b
+
+
+def test_run_folder_holds_config_tokenizer_metrics_and_checkpoints(micro):
+    result = train(micro(), echo=lambda *a: None)
+    run = result.run_dir
+    for name in ("config.yaml", "tokenizer.json", "metrics.jsonl", "manifest.json"):
+        assert (run / name).is_file(), name
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == ["best", "final", "step_000020"]
+    for name in names:
+        folder = run / "checkpoints" / name
+        assert ckpt.is_complete(folder)
+        assert {"model.safetensors", "config.yaml", "tokenizer.json", "trainer.pt", "info.json"} <= {
+            p.name for p in folder.iterdir()
+        }
+    train_events, eval_events = events(result, "train"), events(result, "eval")
+    assert [r["step"] for r in train_events] == list(range(2, 41, 2))
+    assert {"train_loss", "lr", "tokens_per_sec", "grad_norm"} <= set(train_events[0])
+    assert [r["step"] for r in eval_events] == [0, 20, 40]
+    for r in eval_events:
+        assert r["val_perplexity"] == pytest.approx(torch.tensor(r["val_loss"]).exp().item(), rel=1e-5)
+        assert r["sample"].startswith("ROMEO:")
+    best = json.loads((run / "checkpoints" / "best" / "info.json").read_text())
+    assert best["val_loss"] == min(r["val_loss"] for r in eval_events[1:])
+    saved = config_from_dict(yaml.safe_load((run / "config.yaml").read_text()))
+    assert saved.model.vocab_size == load_tokenizer(run / "tokenizer.json").vocab_size  # auto resolved
+
+
+def test_resume_from_a_mid_run_checkpoint_matches_the_uninterrupted_run(micro, tmp_path):
+    """Copy step 20 of a finished 40-step run to a new folder, resume: same losses, same weights."""
+    cfg = micro(training_config={"gradient_accumulation_steps": 2, "log_every": 1}, model_config={"dropout": 0.1})
+    full = train(cfg, echo=lambda *a: None)
+
+    partial_dir = tmp_path / "partial"
+    (partial_dir / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full.run_dir / "checkpoints" / "step_000020", partial_dir / "checkpoints" / "step_000020")
+    lines = (full.run_dir / "metrics.jsonl").read_text().splitlines()
+    kept = [line for line in lines if json.loads(line)["step"] <= 20]
+    kept += [line for line in lines if json.loads(line)["step"] > 20][:3]  # as if killed after 23
+    (partial_dir / "metrics.jsonl").write_text("\n".join(kept) + "\n")
+    resumed_cfg = cfg.model_copy(deep=True)
+    resumed_cfg.logging.output_dir = str(partial_dir)
+    resumed = train(resumed_cfg, resume=True, echo=lambda *a: None)
+
+    def losses(result, kind, key):
+        return [(r["step"], r[key]) for r in events(result, kind)]
+
+    assert losses(resumed, "train", "train_loss") == losses(full, "train", "train_loss")
+    assert losses(resumed, "eval", "val_loss") == losses(full, "eval", "val_loss")
+    a = load_file(full.run_dir / "checkpoints" / "final" / "model.safetensors")
+    b = load_file(partial_dir / "checkpoints" / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_a_changed_model_shape(micro):
+    cfg = micro(training_config={"max_steps": 4, "save_every": 2, "eval_every": 2, "warmup_steps": 1})
+    train(cfg, echo=lambda *a: None)
+    changed = cfg.model_copy(deep=True)
+    changed.model.hidden_dim = 32
+    with pytest.raises(UserError, match=r"model_config changed \(hidden_dim\)"):
+        train(changed, resume=True, echo=lambda *a: None)
+    with pytest.raises(UserError, match="--resume"):
+        train(cfg, echo=lambda *a: None)  # would overwrite the finished run
+
+
+def test_the_model_learns_the_next_token_not_the_one_after(tmp_path):
+    """On a cyclic alphabet the next token is determined: greedy decoding must continue it."""
+    alphabet = "abcdefghijklmnopqrstuvwxyz"
+    corpus = sources.Corpus("alphabet", [alphabet * 400])
+    prepare(corpus, "char", tmp_path / "data")
+    cfg = micro_config(tmp_path / "data", tmp_path / "run", training_config={
+        "max_steps": 60, "eval_every": 60, "save_every": 60, "sample_tokens": 0, "log_every": 10,
+    })
+    result = train(cfg, echo=lambda *a: None)
+    loaded = ckpt.load_checkpoint(result.run_dir)
+    ids = loaded.tokenizer.encode("ghij")
+    out = loaded.tokenizer.decode(generate(loaded.model, ids, 6, temperature=0))
+    assert out == "klmnop"
+
+
+def test_lr_schedule_warmup_then_cosine_to_the_floor(micro):
+    t = micro(training_config={"max_steps": 100, "warmup_steps": 10, "learning_rate": 1.0, "min_lr": 0.1}).training
+    assert lr_at(0, t) == pytest.approx(0.1)
+    assert lr_at(9, t) == pytest.approx(1.0)
+    assert lr_at(10, t) == pytest.approx(1.0)
+    assert lr_at(55, t) == pytest.approx(0.55)
+    assert lr_at(100, t) == pytest.approx(0.1) and lr_at(500, t) == pytest.approx(0.1)
+    assert all(lr_at(s, t) >= lr_at(s + 1, t) for s in range(10, 120))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(shakespeare_dir, tmp_path):
+    run = tmp_path / "run"
+    argv = [sys.executable, "-m", "trickster", "train", "--preset", "tiny", "--data", str(shakespeare_dir),
+            "--out", str(run), "--no-progress", "training_config.max_steps=100000",
+            "training_config.eval_every=100000", "training_config.log_every=1",
+            "model_config.hidden_dim=32", "model_config.num_layers=1", "model_config.mlp_dim=64",
+            "training_config.batch_size=2", "training_config.warmup_steps=1"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and '"train"' not in _read(run / "metrics.jsonl"):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    saved = ckpt.latest(run)
+    assert saved is not None and saved.name.startswith("step_")
+    step = ckpt.checkpoint_step(saved)
+    assert "stopped by SIGINT" in out
+
+    more = argv[:-5] + [f"training_config.max_steps={step + 3}", "model_config.hidden_dim=32",
+                        "model_config.num_layers=1", "model_config.mlp_dim=64",
+                        "training_config.batch_size=2", "training_config.warmup_steps=1", "--resume"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run(more, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert ckpt.checkpoint_step(run / "checkpoints" / "final") == step + 3
+
+
+def _read(path):
+    return path.read_text() if path.exists() else ""
