@@ -128,6 +128,8 @@ class LoadedCheckpoint:
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> LoadedCheckpoint:
     path = resolve(path)
     cfg = read_config(path)
+    if not (path / "tokenizer.json").is_file():
+        raise UserError(f"{path / 'tokenizer.json'} is missing; use another checkpoint")
     tokenizer = load_tokenizer(path / "tokenizer.json")
     try:
         info = json.loads((path / "info.json").read_text())
@@ -183,6 +185,6 @@ def load_trainer_state(path: Path) -> dict:
     except FileNotFoundError:
         raise UserError(f"{file} is missing: this checkpoint holds weights only and cannot resume") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{file} refused or damaged ({first_line[:160]}); resume from another checkpoint") from None
+        reason = str(err).strip().split(". ")[0].splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{file} refused or damaged ({reason[:160]}); resume from another checkpoint") from None
 

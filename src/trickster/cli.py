@@ -88,7 +88,7 @@ def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or mps")
+    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"))
 
 
 def main(argv: list[str] | None = None) -> int:

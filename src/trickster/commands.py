@@ -16,7 +16,7 @@ from trickster.data.prepare import prepare
 from trickster.errors import UserError
 from trickster.generate import generate
 from trickster.model import Transformer, flops_per_token, parameter_breakdown
-from trickster.train import evaluate, train
+from trickster.train import evaluate, resolve_device, train
 
 
 def prepare_data(source: str, paths, tokenizer: str, out: str | None, val_fraction: float = 0.1) -> Path:
@@ -63,7 +63,9 @@ def untrained_like(cfg: Config) -> Transformer:
     return Transformer(cfg.model)
 
 
-def _stream(model, tokenizer, ids, args, out=sys.stdout) -> str:
+def _stream(model, tokenizer, ids, args) -> str:
+    """Print the continuation token by token as it is generated; return it."""
+    out = sys.stdout
     decode_next = tokenizer.stream_decoder()
     pieces = []
     for token in generate(
@@ -73,12 +75,10 @@ def _stream(model, tokenizer, ids, args, out=sys.stdout) -> str:
     ):
         piece = decode_next(token)
         pieces.append(piece)
-        if out is not None:
-            out.write(piece)
-            out.flush()
+        out.write(piece)
+        out.flush()
     tail = decode_next(None)
-    if out is not None:
-        out.write(tail + "\n")
+    out.write(tail + "\n")
     return "".join(pieces) + tail
 
 
@@ -95,9 +95,10 @@ def _check_sampling(args) -> None:
 
 def generate_command(args) -> None:
     _check_sampling(args)
-    loaded = ckpt.load_checkpoint(args.target)
+    device = resolve_device(args.device, "--device")
+    loaded = ckpt.load_checkpoint(args.target, device)
     model = untrained_like(loaded.cfg) if args.untrained else loaded.model
-    model = model.to(args.device)
+    model = model.to(device)
     ids = _prompt_ids(loaded.tokenizer, args.prompt)
     sys.stdout.write(args.prompt)
     _stream(model, loaded.tokenizer, ids, args)
@@ -105,12 +106,13 @@ def generate_command(args) -> None:
 
 def compare_command(args) -> None:
     _check_sampling(args)
-    loaded = ckpt.load_checkpoint(args.target)
+    device = resolve_device(args.device, "--device")
+    loaded = ckpt.load_checkpoint(args.target, device)
     ids = _prompt_ids(loaded.tokenizer, args.prompt)
-    untrained = untrained_like(loaded.cfg)
+    untrained = untrained_like(loaded.cfg).to(device)
     models = {"untrained (random weights)": untrained, f"trained ({loaded.path.name}, step "
               f"{loaded.info['step']})": loaded.model}
-    losses = _val_losses(loaded, list(models.values()), args.data)
+    losses = _val_losses(loaded, list(models.values()), args.data, device)
     for (title, model), loss in zip(models.items(), losses, strict=True):
         loss_text = f"val loss {loss:.4f}" if loss is not None else "val loss n/a (no data)"
         print(f"--- {title}: {loss_text} ---")
@@ -119,7 +121,7 @@ def compare_command(args) -> None:
         print()
 
 
-def _val_losses(loaded, models, data_path) -> list[float | None]:
+def _val_losses(loaded, models, data_path, device) -> list[float | None]:
     path = data_path or loaded.info.get("data_path")
     if not path or not (Path(path) / "meta.json").is_file():
         return [None] * len(models)
@@ -128,7 +130,7 @@ def _val_losses(loaded, models, data_path) -> list[float | None]:
         raise UserError(f"data in {path} uses another tokenizer than {loaded.path}; pass --data DIR")
     t = loaded.cfg.training
     batches = fixed_batches(data.val, loaded.cfg.seq_len, t.batch_size, t.eval_batches, seed=t.seed + 1)
-    return [evaluate(m, batches, torch.device("cpu"), "float32") for m in models]
+    return [evaluate(m, batches, device, "float32") for m in models]
 
 
 def info_command(preset, config, checkpoint, overrides) -> None:
@@ -169,6 +171,8 @@ def info_command(preset, config, checkpoint, overrides) -> None:
 
 def quickstart(path: str | None, steps: int, out: Path) -> int:
     """Prepare data, train the tiny preset, then compare it with an untrained model."""
+    if steps < 1:
+        raise UserError(f"--steps must be at least 1 (got {steps})")
     print("1/3 preparing data")
     try:
         data_dir = prepare_data("shakespeare", path, "char", "data/shakespeare-char")
@@ -180,22 +184,23 @@ def quickstart(path: str | None, steps: int, out: Path) -> int:
         data_dir = prepare_data("python-stdlib", None, "char", "data/python-stdlib-char")
     run_dir = out
     suffix = 2
-    while ckpt.latest(run_dir) is not None or (run_dir / "metrics.jsonl").exists():
+    while run_dir.exists() and any(run_dir.iterdir()):  # never reuse a folder with something in it
         run_dir, suffix = out.with_name(f"{out.name}-{suffix}"), suffix + 1
     print(f"\n2/3 training the tiny preset for {steps} steps")
     warmup = min(100, steps // 10)
+    prompt = "ROMEO:" if "shakespeare" in str(data_dir) else "def "
     overrides = [
         f"data_config.path={data_dir}", f"logging_config.output_dir={run_dir}",
         f"training_config.max_steps={steps}", f"training_config.warmup_steps={warmup}",
-        f"training_config.eval_every={max(1, steps // 6)}", f"training_config.save_every={max(1, steps // 3)}",
+        f"training_config.eval_every={max(1, steps // 6)}",
+        f"training_config.save_every={max(1, steps // 3)}", f"training_config.sample_prompt={prompt}",
     ]
     code = train_command("tiny", None, overrides, resume=False)
     if code:
         return code
     print("\n3/3 the same prompt, untrained versus trained")
-    prompt = "ROMEO:" if "shakespeare" in str(data_dir) else "def "
-    args = argparse.Namespace(prompt=prompt, max_new_tokens=250, temperature=0.8, top_k=None, top_p=None,
-                 seed=0, data=None)
+    args = argparse.Namespace(target=str(run_dir), prompt=prompt, max_new_tokens=250,
+                              temperature=0.8, top_k=None, top_p=None, seed=0, data=None, device="cpu")
     compare_command(args)
     print(f"Run folder: {run_dir} (config.yaml, metrics.jsonl, checkpoints/best, final)")
     print(f"Try: trickster generate {run_dir} --prompt \"{prompt}\" --max-new-tokens 500")

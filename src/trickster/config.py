@@ -160,7 +160,13 @@ def load_config(
         path = Path(path)
         if not path.is_file():
             raise UserError(f"config file {path} not found; pass an existing YAML file to --config")
-        raw, source = _parse_yaml(path.read_text(encoding="utf-8"), str(path)), str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise UserError(
+                f"{path} is not UTF-8 text (bad byte at offset {err.start}); save it as UTF-8"
+            ) from None
+        raw, source = _parse_yaml(text, str(path)), str(path)
     for override in overrides:
         _apply_override(raw, override)
     return config_from_dict(raw, source)

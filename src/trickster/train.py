@@ -51,6 +51,7 @@ class TrainState:
 
 @dataclass
 class TrainResult:
+    cfg: Config  # as resolved for the run (vocab_size filled in)
     run_dir: Path
     state: TrainState
     exit_signal: int | None = None  # SIGINT / SIGTERM if the run was stopped early
@@ -58,7 +59,9 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, key: str = "device_config.device") -> torch.device:
+    """`key` is what the user sets, named in the error: a config key or a command-line flag."""
+    fix = f"{key} cpu" if key.startswith("--") else f"{key}=cpu"
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -66,9 +69,9 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device_config.device is cuda but no CUDA GPU is visible; set device_config.device=cpu")
+        raise UserError(f"{key} is cuda but no CUDA GPU is visible; set {fix}")
     if name == "mps" and not torch.backends.mps.is_available():
-        raise UserError("device_config.device is mps but MPS is not available; set device_config.device=cpu")
+        raise UserError(f"{key} is mps but MPS is not available; set {fix}")
     return torch.device(name)
 
 
@@ -179,6 +182,8 @@ def train(
         _restore(resumed_from, cfg, data, model, optimizer, sampler, state, device)
         _truncate_metrics(run_dir / "metrics.jsonl", state.step)
         metrics.write("resume", state.step, checkpoint=resumed_from.name)
+    elif resume:  # nothing to resume: events of an attempt that saved no checkpoint are dropped
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     data.tokenizer.save(run_dir / "tokenizer.json")
     manifest = run_manifest(device)
@@ -302,7 +307,7 @@ def train(
             save("final")
             metrics.write("end", state.step, best_val_loss=_finite(state.best_val_loss))
     bar.close()
-    return TrainResult(run_dir, state, exit_signal, params.total, read_metrics(run_dir / "metrics.jsonl"))
+    return TrainResult(cfg, run_dir, state, exit_signal, params.total, read_metrics(run_dir / "metrics.jsonl"))
 
 
 def _ensure_run_dir(run_dir: Path, resume: bool) -> None:
@@ -312,6 +317,11 @@ def _ensure_run_dir(run_dir: Path, resume: bool) -> None:
         raise UserError(
             f"{run_dir} already holds a trained run; pass --resume to continue it, or choose a new "
             "folder with --out (nothing was overwritten)"
+        )
+    if not resume and run_dir.is_dir() and any(run_dir.iterdir()):
+        raise UserError(
+            f"{run_dir} already exists and is not empty; choose a new folder with --out, or pass "
+            "--resume to continue a run there (nothing was overwritten)"
         )
     try:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)

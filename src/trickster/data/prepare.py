@@ -21,6 +21,7 @@ from trickster.errors import UserError
 from trickster.tokenizers import Tokenizer, build_tokenizer
 
 META_FORMAT = 1
+PREPARED_FILES = {"train.bin", "val.bin", "meta.json", "tokenizer.json"}
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -61,6 +62,12 @@ def prepare(corpus: Corpus, tokenizer_kind: str, out_dir: str | Path, val_fracti
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"output {out_dir} is a file; pass a folder path to --out")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not set(
+        p.name for p in out_dir.iterdir()) <= PREPARED_FILES:
+        raise UserError(
+            f"{out_dir} already exists and is not a prepared data folder; choose another --out "
+            "(nothing was changed)"
+        )
     if corpus.num_chars == 0:
         raise UserError(f"corpus '{corpus.name}' is empty; pass files that contain text")
     train_docs, val_docs = split_documents(corpus.documents, val_fraction)
@@ -88,7 +95,10 @@ def prepare(corpus: Corpus, tokenizer_kind: str, out_dir: str | Path, val_fracti
         "val_chars": sum(len(d) for d in val_docs),
         "train_tokens": int(train.size),
         "val_tokens": int(val.size),
-        "tokens_sha256": hashlib.sha256(train.tobytes() + val.tobytes()).hexdigest(),
+        # each split hashed on its own: the same text split differently is different data
+        "tokens_sha256": hashlib.sha256(
+            (hashlib.sha256(train.tobytes()).hexdigest() + hashlib.sha256(val.tobytes()).hexdigest()).encode()
+        ).hexdigest(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     staging = None
