@@ -20,7 +20,7 @@ def test_quickstart_prepares_trains_and_compares(tmp_path, monkeypatch, capsys):
     assert float(trained[1]) < float(untrained[1])
     assert (tmp_path / "runs/qs/checkpoints/final/COMPLETE").is_file()
 
-    assert main(args) == 0  # a second run never touches the first: it gets a new folder
+    assert main(args[:-3] + ["2", "--out", "runs/qs"]) == 0  # a second run gets a new folder
     assert (tmp_path / "runs/qs-2/checkpoints/final/COMPLETE").is_file()
 
 
@@ -42,9 +42,25 @@ def test_quickstart_falls_back_to_the_stdlib_when_offline(tmp_path, monkeypatch,
 
 def test_generate_streams_a_continuation_of_the_prompt(tmp_path, shakespeare_dir, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--preset", "tiny", "--data", str(shakespeare_dir), "--out", str(run),
-                 "--no-progress", "training_config.max_steps=4", "training_config.warmup_steps=1",
-                 "training_config.eval_every=2", "model_config.num_layers=1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "tiny",
+                "--data",
+                str(shakespeare_dir),
+                "--out",
+                str(run),
+                "--no-progress",
+                "training_config.max_steps=4",
+                "training_config.warmup_steps=1",
+                "training_config.eval_every=2",
+                "model_config.num_layers=1",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["generate", str(run), "--prompt", "ROMEO:", "--max-new-tokens", "25", "--seed", "1"]) == 0
     first = capsys.readouterr().out

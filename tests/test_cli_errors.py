@@ -37,9 +37,16 @@ def trained_run(shakespeare_dir, tmp_path_factory) -> Path:
     """A 4-step micro run: checkpoints step_000002, best, final. Read-only: copy it to change it."""
     run_dir = tmp_path_factory.mktemp("trained") / "run"
     cfg = micro_config(
-        shakespeare_dir, run_dir,
-        training_config={"max_steps": 4, "warmup_steps": 1, "eval_every": 2, "save_every": 2,
-                         "log_every": 1, "sample_tokens": 8},
+        shakespeare_dir,
+        run_dir,
+        training_config={
+            "max_steps": 4,
+            "warmup_steps": 1,
+            "eval_every": 2,
+            "save_every": 2,
+            "log_every": 1,
+            "sample_tokens": 8,
+        },
     )
     train(cfg, echo=lambda *args, **kwargs: None)
     assert (run_dir / "checkpoints" / "final" / "COMPLETE").is_file()
@@ -80,8 +87,7 @@ class Env:
         """`trickster data prepare text` on a small file; returns the prepared folder."""
         corpus = self.write(f"{name}.txt", text)
         out = str(self.tmp / f"{name}-data")
-        assert cli.main(["data", "prepare", "text", corpus, "--tokenizer", tokenizer,
-                         "--out", out]) == 0
+        assert cli.main(["data", "prepare", "text", corpus, "--tokenizer", tokenizer, "--out", out]) == 0
         return out
 
 
@@ -101,8 +107,14 @@ def staging_leftovers(*roots: Path) -> list[Path]:
 Build = Callable[[Env], list]
 
 
-def case(case_id: str, build: Build, *expected: str, xfail: str | None = None,
-         skip_if: bool = False, skip_reason: str = ""):
+def case(
+    case_id: str,
+    build: Build,
+    *expected: str,
+    xfail: str | None = None,
+    skip_if: bool = False,
+    skip_reason: str = "",
+):
     marks = []
     if xfail:
         marks.append(pytest.mark.xfail(reason=xfail, strict=True))
@@ -176,8 +188,7 @@ def _damaged_meta(env: Env) -> list[str]:
 
 def _corpus_shorter_than_window(env: Env) -> list[str]:
     data = env.prepare_text("to be or not to be, that is the question.\n" * 3)
-    return micro_train(env, "--data", data, "model_config.max_seq_len=256",
-                       "training_config.seq_len=200")
+    return micro_train(env, "--data", data, "model_config.max_seq_len=256", "training_config.seq_len=200")
 
 
 def _run_dir_is_file(env: Env) -> list[str]:
@@ -208,8 +219,12 @@ def _resume_other_data(env: Env) -> list[str]:
 def _resume_resplit_data(env: Env) -> list[str]:
     # the same text with another --val-fraction: train and val overlap what the run trained on
     data = str(env.tmp / "resplit")
-    assert cli.main(["data", "prepare", "shakespeare", "--path", str(EXCERPT),
-                     "--val-fraction", "0.3", "--out", data]) == 0
+    assert (
+        cli.main(
+            ["data", "prepare", "shakespeare", "--path", str(EXCERPT), "--val-fraction", "0.3", "--out", data]
+        )
+        == 0
+    )
     return _trained_run_copy_with(env, "--resume", "--data", data)
 
 
@@ -237,8 +252,9 @@ def _offline_download(env: Env) -> list[str]:
 
 
 def _compare_other_tokenizer(env: Env) -> list[str]:
-    data = env.prepare_text("some unrelated text with its own characters 0123456789\n" * 40,
-                            name="other", tokenizer="byte")
+    data = env.prepare_text(
+        "some unrelated text with its own characters 0123456789\n" * 40, name="other", tokenizer="byte"
+    )
     return ["compare", str(env.run), "--data", data, "--max-new-tokens", "2"]
 
 
@@ -251,8 +267,7 @@ def _ckpt_without(name: str) -> Build:
     return build
 
 
-def _ckpt_with_corrupt(name: str, keep_fraction: float | None = None,
-                       content: bytes | None = None) -> Build:
+def _ckpt_with_corrupt(name: str, keep_fraction: float | None = None, content: bytes | None = None) -> Build:
     def build(env: Env) -> list[str]:
         ckpt = env.copy_checkpoint()
         _corrupt(ckpt / name, keep_fraction, content)
@@ -290,196 +305,371 @@ def _generate(*flags: str) -> Build:
 CASES = [
     # ---- configuration files
     case("config-malformed-yaml", _malformed_yaml, "broken.yaml", "malformed YAML", "line "),
-    case("config-not-found",
-         lambda env: ["train", "--config", str(env.tmp / "nope.yaml")],
-         "nope.yaml not found", "--config"),
+    case(
+        "config-not-found",
+        lambda env: ["train", "--config", str(env.tmp / "nope.yaml")],
+        "nope.yaml not found",
+        "--config",
+    ),
     case("config-not-a-mapping", _yaml_not_mapping, "list.yaml", "expected a mapping"),
     case("config-not-utf8", _yaml_not_utf8, "latin1.yaml", "UTF-8"),
-    case("config-section-not-mapping", _section_not_mapping,
-         "model_config must be a mapping"),
-    case("config-unknown-section", _unknown_section_in_file,
-         "unknown section 'modle_config'", "did you mean model_config"),
-    case("config-unknown-key-in-file", _unknown_key_in_file,
-         "model_config.hiden_dim", "did you mean model_config.hidden_dim"),
-    case("config-wrong-type-in-file", _wrong_type_in_file,
-         "training_config.max_steps", "integer", "'lots'"),
+    case("config-section-not-mapping", _section_not_mapping, "model_config must be a mapping"),
+    case(
+        "config-unknown-section",
+        _unknown_section_in_file,
+        "unknown section 'modle_config'",
+        "did you mean model_config",
+    ),
+    case(
+        "config-unknown-key-in-file",
+        _unknown_key_in_file,
+        "model_config.hiden_dim",
+        "did you mean model_config.hidden_dim",
+    ),
+    case("config-wrong-type-in-file", _wrong_type_in_file, "training_config.max_steps", "integer", "'lots'"),
     # ---- overrides and cross-key checks
-    case("override-unknown-key",
-         lambda env: ["train", "--preset", "tiny", "training_config.max_stepz=3"],
-         "training_config.max_stepz", "max_steps"),
-    case("override-wrong-type",
-         lambda env: micro_train(env, "training_config.batch_size=abc"),
-         "training_config.batch_size", "integer", "'abc'"),
-    case("override-negative-batch-size",
-         lambda env: micro_train(env, "training_config.batch_size=-4"),
-         "training_config.batch_size", "greater than 0", "-4"),
-    case("override-dropout-out-of-range",
-         lambda env: micro_train(env, "model_config.dropout=1.5"),
-         "model_config.dropout", "less than 1", "1.5"),
-    case("hidden-dim-not-divisible-by-heads",
-         lambda env: micro_train(env, "model_config.hidden_dim=100", "model_config.num_heads=8"),
-         "model_config.hidden_dim (100) must be divisible by model_config.num_heads (8)"),
-    case("heads-not-divisible-by-kv-heads",
-         lambda env: micro_train(env, "model_config.num_kv_heads=3"),
-         "model_config.num_heads (4) must be divisible by model_config.num_kv_heads (3)"),
-    case("warmup-not-below-max-steps",
-         lambda env: micro_train(env, "training_config.warmup_steps=40"),
-         "training_config.warmup_steps must be < max_steps", "40 >= 40"),
-    case("min-lr-above-learning-rate",
-         lambda env: micro_train(env, "training_config.min_lr=0.01"),
-         "training_config.min_lr must be <= learning_rate"),
-    case("seq-len-above-max-seq-len",
-         lambda env: micro_train(env, "training_config.seq_len=128"),
-         "training_config.seq_len (128) must be <= model_config.max_seq_len (64)"),
-    case("override-without-equals",
-         lambda env: micro_train(env, "training_config.max_steps"),
-         "override 'training_config.max_steps' must look like section.key=value"),
-    case("override-unknown-section",
-         lambda env: micro_train(env, "trainig_config.max_steps=3"),
-         "unknown section 'trainig_config'", "did you mean training_config"),
-    case("override-device-cuda-without-gpu",
-         lambda env: micro_train(env, "device_config.device=cuda"),
-         "no CUDA GPU", "device_config.device=cpu",
-         skip_if=HAS_CUDA, skip_reason="a CUDA GPU is visible"),
+    case(
+        "override-unknown-key",
+        lambda env: ["train", "--preset", "tiny", "training_config.max_stepz=3"],
+        "training_config.max_stepz",
+        "max_steps",
+    ),
+    case(
+        "override-wrong-type",
+        lambda env: micro_train(env, "training_config.batch_size=abc"),
+        "training_config.batch_size",
+        "integer",
+        "'abc'",
+    ),
+    case(
+        "override-negative-batch-size",
+        lambda env: micro_train(env, "training_config.batch_size=-4"),
+        "training_config.batch_size",
+        "greater than 0",
+        "-4",
+    ),
+    case(
+        "override-dropout-out-of-range",
+        lambda env: micro_train(env, "model_config.dropout=1.5"),
+        "model_config.dropout",
+        "less than 1",
+        "1.5",
+    ),
+    case(
+        "hidden-dim-not-divisible-by-heads",
+        lambda env: micro_train(env, "model_config.hidden_dim=100", "model_config.num_heads=8"),
+        "model_config.hidden_dim (100) must be divisible by model_config.num_heads (8)",
+    ),
+    case(
+        "heads-not-divisible-by-kv-heads",
+        lambda env: micro_train(env, "model_config.num_kv_heads=3"),
+        "model_config.num_heads (4) must be divisible by model_config.num_kv_heads (3)",
+    ),
+    case(
+        "warmup-not-below-max-steps",
+        lambda env: micro_train(env, "training_config.warmup_steps=40"),
+        "training_config.warmup_steps must be < max_steps",
+        "40 >= 40",
+    ),
+    case(
+        "min-lr-above-learning-rate",
+        lambda env: micro_train(env, "training_config.min_lr=0.01"),
+        "training_config.min_lr must be <= learning_rate",
+    ),
+    case(
+        "seq-len-above-max-seq-len",
+        lambda env: micro_train(env, "training_config.seq_len=128"),
+        "training_config.seq_len (128) must be <= model_config.max_seq_len (64)",
+    ),
+    case(
+        "override-without-equals",
+        lambda env: micro_train(env, "training_config.max_steps"),
+        "override 'training_config.max_steps' must look like section.key=value",
+    ),
+    case(
+        "override-unknown-section",
+        lambda env: micro_train(env, "trainig_config.max_steps=3"),
+        "unknown section 'trainig_config'",
+        "did you mean training_config",
+    ),
+    case(
+        "override-device-cuda-without-gpu",
+        lambda env: micro_train(env, "device_config.device=cuda"),
+        "no CUDA GPU",
+        "device_config.device=cpu",
+        skip_if=HAS_CUDA,
+        skip_reason="a CUDA GPU is visible",
+    ),
     # ---- presets and command shape
-    case("unknown-preset", lambda env: ["train", "--preset", "tinyy"],
-         "unknown preset 'tinyy'", "did you mean tiny"),
-    case("preset-and-config",
-         lambda env: ["train", "--preset", "tiny", "--config", env.config()],
-         "--config", "not allowed with argument --preset"),
-    case("train-without-model", lambda env: ["train", "--data", str(env.data)],
-         "choose a model", "--preset", "--config"),
-    case("info-without-target", lambda env: ["info"],
-         "choose what to describe", "--checkpoint"),
-    case("info-vocab-size-not-int",
-         lambda env: ["info", "--preset", "tiny", "model_config.vocab_size=big"],
-         "model_config.vocab_size", "'big'"),
-    case("info-unknown-key",
-         lambda env: ["info", "--preset", "tiny", "model_config.hiden_dim=64"],
-         "model_config.hiden_dim", "did you mean model_config.hidden_dim"),
+    case(
+        "unknown-preset",
+        lambda env: ["train", "--preset", "tinyy"],
+        "unknown preset 'tinyy'",
+        "did you mean tiny",
+    ),
+    case(
+        "preset-and-config",
+        lambda env: ["train", "--preset", "tiny", "--config", env.config()],
+        "--config",
+        "not allowed with argument --preset",
+    ),
+    case(
+        "train-without-model",
+        lambda env: ["train", "--data", str(env.data)],
+        "choose a model",
+        "--preset",
+        "--config",
+    ),
+    case("info-without-target", lambda env: ["info"], "choose what to describe", "--checkpoint"),
+    case(
+        "info-vocab-size-not-int",
+        lambda env: ["info", "--preset", "tiny", "model_config.vocab_size=big"],
+        "model_config.vocab_size",
+        "'big'",
+    ),
+    case(
+        "info-unknown-key",
+        lambda env: ["info", "--preset", "tiny", "model_config.hiden_dim=64"],
+        "model_config.hiden_dim",
+        "did you mean model_config.hidden_dim",
+    ),
     case("unknown-subcommand", lambda env: ["trian"], "invalid choice: 'trian'", "train"),
     case("no-subcommand", lambda env: [], "required", "command"),
     case("prepare-without-source", lambda env: ["data", "prepare"], "required", "source"),
-    case("prepare-unknown-tokenizer",
-         lambda env: ["data", "prepare", "python-stdlib", "--tokenizer", "bpe"],
-         "--tokenizer", "invalid choice: 'bpe'"),
+    case(
+        "prepare-unknown-tokenizer",
+        lambda env: ["data", "prepare", "python-stdlib", "--tokenizer", "bpe"],
+        "--tokenizer",
+        "invalid choice: 'bpe'",
+    ),
     # ---- data folders
-    case("train-no-data-folder",
-         lambda env: micro_train(env, "--data", str(env.tmp / "missing-data")),
-         "missing-data", "meta.json missing", "trickster data prepare"),
-    case("train-data-path-unset",
-         lambda env: micro_train(env, "data_config.path=null"),
-         "no data", "--data DIR"),
-    case("train-truncated-train-bin", _truncated_train_bin,
-         "train.bin holds", "meta.json says", "prepare the data again"),
+    case(
+        "train-no-data-folder",
+        lambda env: micro_train(env, "--data", str(env.tmp / "missing-data")),
+        "missing-data",
+        "meta.json missing",
+        "trickster data prepare",
+    ),
+    case(
+        "train-data-path-unset",
+        lambda env: micro_train(env, "data_config.path=null"),
+        "no data",
+        "--data DIR",
+    ),
+    case(
+        "train-truncated-train-bin",
+        _truncated_train_bin,
+        "train.bin holds",
+        "meta.json says",
+        "prepare the data again",
+    ),
     case("train-damaged-meta", _damaged_meta, "meta.json is damaged", "prepare the data again"),
-    case("vocab-size-below-tokenizer",
-         lambda env: micro_train(env, "model_config.vocab_size=10"),
-         "model_config.vocab_size (10) is smaller than the tokenizer's vocabulary",
-         "model_config.vocab_size=", "auto"),
-    case("corpus-shorter-than-window", _corpus_shorter_than_window,
-         "fewer than one window of 201", "training_config.seq_len"),
-    case("train-run-dir-is-file", _run_dir_is_file,
-         "logging_config.output_dir", "taken is a file"),
-    case("train-over-trained-run", _already_trained,
-         "already holds a trained run", "--resume", "--out"),
-    case("resume-changed-model", _resume_changed_model,
-         "cannot resume", "model_config changed (hidden_dim)"),
-    case("resume-damaged-trainer-state", _resume_damaged_trainer_state,
-         "trainer.pt refused or damaged", "resume from another checkpoint"),
-    case("resume-other-data", _resume_other_data,
-         "cannot resume", "prepared data changed"),
-    case("resume-resplit-data", _resume_resplit_data,
-         "cannot resume", "prepared data changed"),
+    case(
+        "vocab-size-below-tokenizer",
+        lambda env: micro_train(env, "model_config.vocab_size=10"),
+        "model_config.vocab_size (10) is smaller than the tokenizer's vocabulary",
+        "model_config.vocab_size=",
+        "auto",
+    ),
+    case(
+        "corpus-shorter-than-window",
+        _corpus_shorter_than_window,
+        "fewer than one window of 201",
+        "training_config.seq_len",
+    ),
+    case("train-run-dir-is-file", _run_dir_is_file, "logging_config.output_dir", "taken is a file"),
+    case("train-over-trained-run", _already_trained, "already holds a trained run", "--resume", "--out"),
+    case("resume-changed-model", _resume_changed_model, "cannot resume", "model_config changed (hidden_dim)"),
+    case(
+        "resume-damaged-trainer-state",
+        _resume_damaged_trainer_state,
+        "trainer.pt refused or damaged",
+        "resume from another checkpoint",
+    ),
+    case("resume-other-data", _resume_other_data, "cannot resume", "prepared data changed"),
+    case("resume-resplit-data", _resume_resplit_data, "cannot resume", "prepared data changed"),
     # ---- data prepare
-    case("prepare-empty-corpus",
-         lambda env: ["data", "prepare", "text", env.write("empty.txt", ""),
-                      "--out", str(env.tmp / "out")],
-         "corpus 'text' is empty"),
-    case("prepare-not-utf8",
-         lambda env: ["data", "prepare", "text", env.write("latin1.txt", b"caf\xe9\n"),
-                      "--out", str(env.tmp / "out")],
-         "latin1.txt is not UTF-8", "iconv"),
-    case("prepare-glob-matches-nothing",
-         lambda env: ["data", "prepare", "text", str(env.tmp / "corpus" / "*.txt"),
-                      "--out", str(env.tmp / "out")],
-         "no files match", "*.txt"),
-    case("prepare-text-missing-file",
-         lambda env: ["data", "prepare", "text", str(env.tmp / "missing.txt"),
-                      "--out", str(env.tmp / "out")],
-         "missing.txt not found"),
-    case("prepare-empty-folder",
-         lambda env: ["data", "prepare", "text", str(Path(env.write("empty/.keep", "")).parent),
-                      "--out", str(env.tmp / "out")],
-         "corpus 'text' is empty"),
+    case(
+        "prepare-empty-corpus",
+        lambda env: ["data", "prepare", "text", env.write("empty.txt", ""), "--out", str(env.tmp / "out")],
+        "corpus 'text' is empty",
+    ),
+    case(
+        "prepare-not-utf8",
+        lambda env: [
+            "data",
+            "prepare",
+            "text",
+            env.write("latin1.txt", b"caf\xe9\n"),
+            "--out",
+            str(env.tmp / "out"),
+        ],
+        "latin1.txt is not UTF-8",
+        "iconv",
+    ),
+    case(
+        "prepare-glob-matches-nothing",
+        lambda env: [
+            "data",
+            "prepare",
+            "text",
+            str(env.tmp / "corpus" / "*.txt"),
+            "--out",
+            str(env.tmp / "out"),
+        ],
+        "no files match",
+        "*.txt",
+    ),
+    case(
+        "prepare-text-missing-file",
+        lambda env: ["data", "prepare", "text", str(env.tmp / "missing.txt"), "--out", str(env.tmp / "out")],
+        "missing.txt not found",
+    ),
+    case(
+        "prepare-empty-folder",
+        lambda env: [
+            "data",
+            "prepare",
+            "text",
+            str(Path(env.write("empty/.keep", "")).parent),
+            "--out",
+            str(env.tmp / "out"),
+        ],
+        "corpus 'text' is empty",
+    ),
     case("prepare-out-is-file", _prepare_out_is_file, "taken is a file", "--out"),
     case("prepare-out-under-a-file", _prepare_out_under_file, "could not write", "--out"),
     case("prepare-out-is-other-folder", _prepare_out_is_other_folder, "mine", "--out"),
-    case("prepare-bad-val-fraction",
-         lambda env: ["data", "prepare", "python-stdlib", "--val-fraction", "1.5",
-                      "--out", str(env.tmp / "out")],
-         "--val-fraction must be between 0 and 1", "1.5"),
-    case("prepare-shakespeare-missing-path",
-         lambda env: ["data", "prepare", "shakespeare", "--path", str(env.tmp / "missing.txt"),
-                      "--out", str(env.tmp / "out")],
-         "missing.txt not found"),
-    case("prepare-shakespeare-offline", _offline_download,
-         "could not download http://127.0.0.1:9/x", "--path"),
-    case("quickstart-zero-steps",
-         lambda env: ["quickstart", "--steps", "0", "--path", str(EXCERPT)], "--steps"),
-    case("quickstart-missing-path",
-         lambda env: ["quickstart", "--path", str(env.tmp / "missing.txt")],
-         "missing.txt not found"),
+    case(
+        "prepare-bad-val-fraction",
+        lambda env: [
+            "data",
+            "prepare",
+            "python-stdlib",
+            "--val-fraction",
+            "1.5",
+            "--out",
+            str(env.tmp / "out"),
+        ],
+        "--val-fraction must be between 0 and 1",
+        "1.5",
+    ),
+    case(
+        "prepare-shakespeare-missing-path",
+        lambda env: [
+            "data",
+            "prepare",
+            "shakespeare",
+            "--path",
+            str(env.tmp / "missing.txt"),
+            "--out",
+            str(env.tmp / "out"),
+        ],
+        "missing.txt not found",
+    ),
+    case(
+        "prepare-shakespeare-offline", _offline_download, "could not download http://127.0.0.1:9/x", "--path"
+    ),
+    case(
+        "quickstart-zero-steps", lambda env: ["quickstart", "--steps", "0", "--path", str(EXCERPT)], "--steps"
+    ),
+    case(
+        "quickstart-missing-path",
+        lambda env: ["quickstart", "--path", str(env.tmp / "missing.txt")],
+        "missing.txt not found",
+    ),
     # ---- checkpoints
-    case("generate-missing-run-dir",
-         lambda env: ["generate", str(env.tmp / "runs" / "nope")], "nope not found", "run folder"),
-    case("generate-run-without-complete-checkpoint", _run_without_complete,
-         "no complete checkpoint", "train first"),
-    case("generate-incomplete-checkpoint", _ckpt_without("COMPLETE"),
-         "is incomplete", "use another one"),
-    case("generate-truncated-weights", _ckpt_with_corrupt("model.safetensors", keep_fraction=0.5),
-         "model.safetensors is damaged", "use another checkpoint"),
-    case("generate-garbage-weights",
-         _ckpt_with_corrupt("model.safetensors", content=b"not a safetensors file"),
-         "model.safetensors is damaged", "use another checkpoint"),
-    case("generate-weights-disagree-with-config", _ckpt_config_disagrees,
-         "the checkpoint and its config disagree"),
-    case("generate-missing-config", _ckpt_without("config.yaml"),
-         "config.yaml is missing or damaged", "use another checkpoint"),
-    case("generate-damaged-config", _ckpt_with_corrupt("config.yaml", content=b"model_config: [\n"),
-         "config.yaml is missing or damaged"),
-    case("generate-missing-tokenizer", _ckpt_without("tokenizer.json"),
-         "tokenizer.json is missing", "another checkpoint"),
-    case("generate-missing-info", _ckpt_without("info.json"),
-         "info.json is missing or damaged"),
+    case(
+        "generate-missing-run-dir",
+        lambda env: ["generate", str(env.tmp / "runs" / "nope")],
+        "nope not found",
+        "run folder",
+    ),
+    case(
+        "generate-run-without-complete-checkpoint",
+        _run_without_complete,
+        "no complete checkpoint",
+        "train first",
+    ),
+    case("generate-incomplete-checkpoint", _ckpt_without("COMPLETE"), "is incomplete", "use another one"),
+    case(
+        "generate-truncated-weights",
+        _ckpt_with_corrupt("model.safetensors", keep_fraction=0.5),
+        "model.safetensors is damaged",
+        "use another checkpoint",
+    ),
+    case(
+        "generate-garbage-weights",
+        _ckpt_with_corrupt("model.safetensors", content=b"not a safetensors file"),
+        "model.safetensors is damaged",
+        "use another checkpoint",
+    ),
+    case(
+        "generate-weights-disagree-with-config",
+        _ckpt_config_disagrees,
+        "the checkpoint and its config disagree",
+    ),
+    case(
+        "generate-missing-config",
+        _ckpt_without("config.yaml"),
+        "config.yaml is missing or damaged",
+        "use another checkpoint",
+    ),
+    case(
+        "generate-damaged-config",
+        _ckpt_with_corrupt("config.yaml", content=b"model_config: [\n"),
+        "config.yaml is missing or damaged",
+    ),
+    case(
+        "generate-missing-tokenizer",
+        _ckpt_without("tokenizer.json"),
+        "tokenizer.json is missing",
+        "another checkpoint",
+    ),
+    case("generate-missing-info", _ckpt_without("info.json"), "info.json is missing or damaged"),
     case("info-damaged-checkpoint", _info_on_damaged_checkpoint, "model.safetensors is damaged"),
-    case("compare-missing-run-dir",
-         lambda env: ["compare", str(env.tmp / "nope")], "nope not found"),
-    case("compare-other-tokenizer", _compare_other_tokenizer,
-         "uses another tokenizer", "--data DIR"),
+    case("compare-missing-run-dir", lambda env: ["compare", str(env.tmp / "nope")], "nope not found"),
+    case("compare-other-tokenizer", _compare_other_tokenizer, "uses another tokenizer", "--data DIR"),
     # ---- prompts and sampling flags
-    case("prompt-outside-vocabulary", _generate("--prompt", "ROMEO: 42"),
-         "character '4' is not in this model's character vocabulary"),
+    case(
+        "prompt-outside-vocabulary",
+        _generate("--prompt", "ROMEO: 42"),
+        "character '4' is not in this model's character vocabulary",
+    ),
     case("prompt-empty", _generate("--prompt", ""), "--prompt is empty"),
     case("top-p-above-one", _generate("--top-p", "1.5"), "--top-p must be in (0, 1]", "1.5"),
-    case("temperature-negative", _generate("--temperature", "-1"),
-         "--temperature must be >= 0", "-1"),
+    case("temperature-negative", _generate("--temperature", "-1"), "--temperature must be >= 0", "-1"),
     case("top-k-zero", _generate("--top-k", "0"), "--top-k must be >= 1", "0"),
-    case("max-new-tokens-negative", _generate("--max-new-tokens", "-5"),
-         "--max-new-tokens must be >= 0", "-5"),
-    case("max-new-tokens-not-int", _generate("--max-new-tokens", "many"),
-         "--max-new-tokens", "invalid int value: 'many'"),
-    case("compare-bad-top-p",
-         lambda env: ["compare", str(env.run), "--top-p", "0"], "--top-p must be in (0, 1]"),
+    case(
+        "max-new-tokens-negative", _generate("--max-new-tokens", "-5"), "--max-new-tokens must be >= 0", "-5"
+    ),
+    case(
+        "max-new-tokens-not-int",
+        _generate("--max-new-tokens", "many"),
+        "--max-new-tokens",
+        "invalid int value: 'many'",
+    ),
+    case(
+        "compare-bad-top-p",
+        lambda env: ["compare", str(env.run), "--top-p", "0"],
+        "--top-p must be in (0, 1]",
+    ),
     case("generate-unknown-device", _generate("--device", "tpu"), "tpu", "--device"),
-    case("generate-cuda-without-gpu", _generate("--device", "cuda"), "cuda", "--device",
-         skip_if=HAS_CUDA, skip_reason="a CUDA GPU is visible"),
+    case(
+        "generate-cuda-without-gpu",
+        _generate("--device", "cuda"),
+        "cuda",
+        "--device",
+        skip_if=HAS_CUDA,
+        skip_reason="a CUDA GPU is visible",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("build", "expected"), CASES)
-def test_bad_input_is_one_clear_line(build, expected, tmp_path, shakespeare_dir, trained_run,
-                                     monkeypatch, capsys):
+def test_bad_input_is_one_clear_line(
+    build, expected, tmp_path, shakespeare_dir, trained_run, monkeypatch, capsys
+):
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)  # presets name relative folders: keep anything they touch in here
@@ -517,9 +707,23 @@ def test_case_matrix_is_large():
 def test_real_process_exits_2_without_traceback(tmp_path, shakespeare_dir):
     run_dir = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "trickster", "train", "--preset", "tiny",
-         "training_config.max_stepz=3", "--data", str(shakespeare_dir), "--out", str(run_dir)],
-        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "trickster",
+            "train",
+            "--preset",
+            "tiny",
+            "training_config.max_stepz=3",
+            "--data",
+            str(shakespeare_dir),
+            "--out",
+            str(run_dir),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
     )
     assert result.returncode == 2, result
     assert "Traceback" not in result.stderr

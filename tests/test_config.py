@@ -16,35 +16,60 @@ def test_nano_has_the_tutorials_settings():
     cfg = load_config(preset="nano")
     m, t = cfg.model, cfg.training
     assert (m.vocab_size, m.hidden_dim, m.num_layers, m.num_heads, m.mlp_dim, m.max_seq_len) == (
-        256, 256, 6, 8, 768, 512)
+        256,
+        256,
+        6,
+        8,
+        768,
+        512,
+    )
     assert (t.batch_size, t.max_steps, t.learning_rate, t.warmup_steps, t.min_lr, t.grad_clip) == (
-        16, 10000, 3e-4, 1000, 3e-5, 1.0)
+        16,
+        10000,
+        3e-4,
+        1000,
+        3e-5,
+        1.0,
+    )
     assert (t.log_every, t.eval_every, t.save_every) == (50, 500, 1000)
 
 
 def test_dotted_overrides_are_parsed_as_yaml_values():
-    cfg = load_config(preset="tiny", overrides=[
-        "training_config.max_steps=200", "device_config.device=cpu", "training_config.betas=[0.8, 0.9]",
-        "model_config.num_kv_heads=2", "training_config.sample_prompt=JULIET:",
-    ])
+    cfg = load_config(
+        preset="tiny",
+        overrides=[
+            "training_config.max_steps=200",
+            "device_config.device=cpu",
+            "training_config.betas=[0.8, 0.9]",
+            "model_config.num_kv_heads=2",
+            "training_config.sample_prompt=JULIET:",
+        ],
+    )
     assert cfg.training.max_steps == 200 and cfg.device.device == "cpu"
     assert cfg.training.betas == (0.8, 0.9) and cfg.model.num_kv_heads == 2
     assert cfg.training.sample_prompt == "JULIET:"
 
 
 def test_unknown_keys_get_a_suggestion():
-    with pytest.raises(UserError, match=r"unknown key training_config.learning_rat \(did you mean training_config.learning_rate\?\)"):
+    with pytest.raises(
+        UserError,
+        match=r"unknown key training_config.learning_rat \(did you mean training_config.learning_rate\?\)",
+    ):
         config_from_dict({"training_config": {"learning_rat": 0.1}})
-    with pytest.raises(UserError, match=r"unknown section 'trainig_config' \(did you mean training_config\?\)"):
+    with pytest.raises(
+        UserError, match=r"unknown section 'trainig_config' \(did you mean training_config\?\)"
+    ):
         config_from_dict({"trainig_config": {}})
 
 
 def test_every_problem_is_reported_at_once():
     with pytest.raises(UserError) as info:
-        config_from_dict({
-            "model_config": {"hidden_dim": 100, "num_heads": 3},
-            "training_config": {"warmup_steps": 2000, "max_steps": 1000, "min_lr": 1.0},
-        })
+        config_from_dict(
+            {
+                "model_config": {"hidden_dim": 100, "num_heads": 3},
+                "training_config": {"warmup_steps": 2000, "max_steps": 1000, "min_lr": 1.0},
+            }
+        )
     message = str(info.value)
     assert "model_config.hidden_dim (100) must be divisible by model_config.num_heads (3)" in message
     assert "training_config.warmup_steps must be < max_steps (got 2000 >= 1000)" in message
@@ -69,4 +94,9 @@ def test_malformed_yaml_names_the_line(tmp_path):
 def test_saved_config_uses_the_tutorials_section_names(tmp_path):
     save_config(load_config(preset="nano"), tmp_path / "c.yaml")
     assert list(yaml.safe_load((tmp_path / "c.yaml").read_text())) == [
-        "model_config", "data_config", "training_config", "device_config", "logging_config"]
+        "model_config",
+        "data_config",
+        "training_config",
+        "device_config",
+        "logging_config",
+    ]

@@ -84,7 +84,9 @@ def test_save_and_reload_give_identical_logits_and_generations(tmp_path):
     model.eval()
     with torch.no_grad():
         assert torch.equal(model(idx)[0], loaded.model(idx)[0])
-    assert list(generate(model, [3, 4], 15, 1.0, seed=1)) == list(generate(loaded.model, [3, 4], 15, 1.0, seed=1))
+    assert list(generate(model, [3, 4], 15, 1.0, seed=1)) == list(
+        generate(loaded.model, [3, 4], 15, 1.0, seed=1)
+    )
     assert loaded.model.output.weight is loaded.model.tok_embeddings.weight  # still tied
 
 

@@ -33,8 +33,14 @@ def test_tutorial_checks_on_a_short_cpu_run(micro):
     """The lab's checks: loss falls by 20%, validation improves, the sample reads like words."""
     cfg = micro(
         model_config={"hidden_dim": 96, "num_layers": 3, "num_heads": 4, "mlp_dim": 256},
-        training_config={"max_steps": 150, "log_every": 5, "eval_every": 75, "batch_size": 16,
-                         "warmup_steps": 10, "sample_tokens": 200},
+        training_config={
+            "max_steps": 150,
+            "log_every": 5,
+            "eval_every": 75,
+            "batch_size": 16,
+            "warmup_steps": 10,
+            "sample_tokens": 200,
+        },
     )
     result = train(cfg, echo=lambda *a: None)
     losses = [r["train_loss"] for r in events(result, "train")]
@@ -90,7 +96,9 @@ def test_run_folder_holds_config_tokenizer_metrics_and_checkpoints(micro):
 
 def test_resume_from_a_mid_run_checkpoint_matches_the_uninterrupted_run(micro, tmp_path):
     """Copy step 20 of a finished 40-step run to a new folder, resume: same losses, same weights."""
-    cfg = micro(training_config={"gradient_accumulation_steps": 2, "log_every": 1}, model_config={"dropout": 0.1})
+    cfg = micro(
+        training_config={"gradient_accumulation_steps": 2, "log_every": 1}, model_config={"dropout": 0.1}
+    )
     full = train(cfg, echo=lambda *a: None)
 
     partial_dir = tmp_path / "partial"
@@ -130,9 +138,17 @@ def test_the_model_learns_the_next_token_not_the_one_after(tmp_path):
     alphabet = "abcdefghijklmnopqrstuvwxyz"
     corpus = sources.Corpus("alphabet", [alphabet * 400])
     prepare(corpus, "char", tmp_path / "data")
-    cfg = micro_config(tmp_path / "data", tmp_path / "run", training_config={
-        "max_steps": 60, "eval_every": 60, "save_every": 60, "sample_tokens": 0, "log_every": 10,
-    })
+    cfg = micro_config(
+        tmp_path / "data",
+        tmp_path / "run",
+        training_config={
+            "max_steps": 60,
+            "eval_every": 60,
+            "save_every": 60,
+            "sample_tokens": 0,
+            "log_every": 10,
+        },
+    )
     result = train(cfg, echo=lambda *a: None)
     loaded = ckpt.load_checkpoint(result.run_dir)
     ids = loaded.tokenizer.encode("ghij")
@@ -141,7 +157,9 @@ def test_the_model_learns_the_next_token_not_the_one_after(tmp_path):
 
 
 def test_lr_schedule_warmup_then_cosine_to_the_floor(micro):
-    t = micro(training_config={"max_steps": 100, "warmup_steps": 10, "learning_rate": 1.0, "min_lr": 0.1}).training
+    t = micro(
+        training_config={"max_steps": 100, "warmup_steps": 10, "learning_rate": 1.0, "min_lr": 0.1}
+    ).training
     assert lr_at(0, t) == pytest.approx(0.1)
     assert lr_at(9, t) == pytest.approx(1.0)
     assert lr_at(10, t) == pytest.approx(1.0)
@@ -154,11 +172,27 @@ def test_lr_schedule_warmup_then_cosine_to_the_floor(micro):
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(shakespeare_dir, tmp_path):
     run = tmp_path / "run"
-    argv = [sys.executable, "-m", "trickster", "train", "--preset", "tiny", "--data", str(shakespeare_dir),
-            "--out", str(run), "--no-progress", "training_config.max_steps=100000",
-            "training_config.eval_every=100000", "training_config.log_every=1",
-            "model_config.hidden_dim=32", "model_config.num_layers=1", "model_config.mlp_dim=64",
-            "training_config.batch_size=2", "training_config.warmup_steps=1"]
+    argv = [
+        sys.executable,
+        "-m",
+        "trickster",
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        str(shakespeare_dir),
+        "--out",
+        str(run),
+        "--no-progress",
+        "training_config.max_steps=100000",
+        "training_config.eval_every=100000",
+        "training_config.log_every=1",
+        "model_config.hidden_dim=32",
+        "model_config.num_layers=1",
+        "model_config.mlp_dim=64",
+        "training_config.batch_size=2",
+        "training_config.warmup_steps=1",
+    ]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while time.time() < deadline and '"train"' not in _read(run / "metrics.jsonl"):
@@ -172,9 +206,15 @@ def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(shakespeare_dir, tmp_path
     step = ckpt.checkpoint_step(saved)
     assert "stopped by SIGINT" in out
 
-    more = argv[:-5] + [f"training_config.max_steps={step + 3}", "model_config.hidden_dim=32",
-                        "model_config.num_layers=1", "model_config.mlp_dim=64",
-                        "training_config.batch_size=2", "training_config.warmup_steps=1", "--resume"]
+    more = argv[:-5] + [
+        f"training_config.max_steps={step + 3}",
+        "model_config.hidden_dim=32",
+        "model_config.num_layers=1",
+        "model_config.mlp_dim=64",
+        "training_config.batch_size=2",
+        "training_config.warmup_steps=1",
+        "--resume",
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     done = subprocess.run(more, capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr

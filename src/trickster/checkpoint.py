@@ -90,8 +90,7 @@ def latest(run_dir: str | Path) -> Path | None:
     if not folder.is_dir():
         return None
     candidates = [
-        p for p in folder.iterdir()
-        if (STEP_DIR.match(p.name) or p.name == "final") and is_complete(p)
+        p for p in folder.iterdir() if (STEP_DIR.match(p.name) or p.name == "final") and is_complete(p)
     ]
     if not candidates:
         return None
@@ -172,7 +171,9 @@ def load_weights(model: Transformer, file: Path) -> None:
                     )
                 state[name] = tensor
     except (SafetensorError, OSError) as err:
-        raise UserError(f"{file} is damaged or not a safetensors file ({err}); use another checkpoint") from None
+        raise UserError(
+            f"{file} is damaged or not a safetensors file ({err}); use another checkpoint"
+        ) from None
     with torch.no_grad():
         for name, tensor in state.items():
             model.get_parameter(name).copy_(tensor)
@@ -186,5 +187,6 @@ def load_trainer_state(path: Path) -> dict:
         raise UserError(f"{file} is missing: this checkpoint holds weights only and cannot resume") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
         reason = str(err).strip().split(". ")[0].splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{file} refused or damaged ({reason[:160]}); resume from another checkpoint") from None
-
+        raise UserError(
+            f"{file} refused or damaged ({reason[:160]}); resume from another checkpoint"
+        ) from None

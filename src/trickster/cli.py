@@ -20,7 +20,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="trickster", description="Train a small language model from scratch, watch it learn, use it.")
+    parser = _Parser(
+        prog="trickster", description="Train a small language model from scratch, watch it learn, use it."
+    )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     # data prepare SOURCE
@@ -45,8 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="run folder (sets logging_config.output_dir)")
     train.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     train.add_argument("--no-progress", action="store_true", help="print log lines instead of a bar")
-    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                       help="override any config key, e.g. training_config.max_steps=200")
+    train.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. training_config.max_steps=200",
+    )
 
     # generate
     gen = commands.add_parser("generate", help="generate text from a run or checkpoint")
@@ -109,8 +115,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     from trickster import commands
 
     if args.command == "data":
-        commands.prepare_data(args.source, getattr(args, "paths", None) or getattr(args, "path", None),
-                              args.tokenizer, args.out, args.val_fraction)
+        commands.prepare_data(
+            args.source,
+            getattr(args, "paths", None) or getattr(args, "path", None),
+            args.tokenizer,
+            args.out,
+            args.val_fraction,
+        )
         return 0
     if args.command == "train":
         overrides = list(args.overrides)
@@ -120,8 +131,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             overrides.append(f"logging_config.output_dir={args.out}")
         if not args.preset and not args.config:
             raise UserError("choose a model: --preset tiny|nano|... or --config FILE.yaml")
-        return commands.train_command(args.preset, args.config, overrides, args.resume,
-                                      progress=False if args.no_progress else None)
+        return commands.train_command(
+            args.preset, args.config, overrides, args.resume, progress=False if args.no_progress else None
+        )
     if args.command == "generate":
         commands.generate_command(args)
         return 0

@@ -34,8 +34,10 @@ def prepare_data(source: str, paths, tokenizer: str, out: str | None, val_fracti
     meta = prepare(corpus, tokenizer, out_dir, val_fraction)
     print(f"{corpus.name}: {corpus.num_chars:,} characters in {len(corpus.documents):,} document(s)")
     print(f"tokenizer: {tokenizer}, vocabulary {meta['vocab_size']} ({meta['dtype']} token files)")
-    print(f"wrote {out_dir}/train.bin ({meta['train_tokens']:,} tokens), "
-          f"val.bin ({meta['val_tokens']:,} tokens), meta.json, tokenizer.json")
+    print(
+        f"wrote {out_dir}/train.bin ({meta['train_tokens']:,} tokens), "
+        f"val.bin ({meta['val_tokens']:,} tokens), meta.json, tokenizer.json"
+    )
     return out_dir
 
 
@@ -46,7 +48,7 @@ def train_command(preset, config, overrides, resume: bool, progress=None) -> int
         return 128 + int(result.exit_signal)
     best = result.state.best_val_loss
     print(f"done: {result.state.step} steps; best val loss {best:.4f}; run in {result.run_dir}")
-    print(f"next: trickster generate {result.run_dir} --prompt \"ROMEO:\"")
+    print(f'next: trickster generate {result.run_dir} --prompt "ROMEO:"')
     return 0
 
 
@@ -69,8 +71,15 @@ def _stream(model, tokenizer, ids, args) -> str:
     decode_next = tokenizer.stream_decoder()
     pieces = []
     for token in generate(
-        model, ids, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed,
-        vocab_limit=tokenizer.vocab_size, stop_id=tokenizer.eot_id,
+        model,
+        ids,
+        args.max_new_tokens,
+        args.temperature,
+        args.top_k,
+        args.top_p,
+        args.seed,
+        vocab_limit=tokenizer.vocab_size,
+        stop_id=tokenizer.eot_id,
         use_cache=not getattr(args, "no_cache", False),
     ):
         piece = decode_next(token)
@@ -110,8 +119,10 @@ def compare_command(args) -> None:
     loaded = ckpt.load_checkpoint(args.target, device)
     ids = _prompt_ids(loaded.tokenizer, args.prompt)
     untrained = untrained_like(loaded.cfg).to(device)
-    models = {"untrained (random weights)": untrained, f"trained ({loaded.path.name}, step "
-              f"{loaded.info['step']})": loaded.model}
+    models = {
+        "untrained (random weights)": untrained,
+        f"trained ({loaded.path.name}, step {loaded.info['step']})": loaded.model,
+    }
     losses = _val_losses(loaded, list(models.values()), args.data, device)
     for (title, model), loss in zip(models.items(), losses, strict=True):
         loss_text = f"val loss {loss:.4f}" if loss is not None else "val loss n/a (no data)"
@@ -148,9 +159,11 @@ def info_command(preset, config, checkpoint, overrides) -> None:
         cfg.model.vocab_size, note = 256, " (auto: set from the tokenizer; counted here as 256)"
     b = parameter_breakdown(cfg.model)
     m = cfg.model
-    print(f"model: hidden {m.hidden_dim}, {m.num_layers} layers, {m.num_heads} heads "
-          f"({m.num_kv_heads or m.num_heads} kv), MLP {m.mlp_dim}, context {m.max_seq_len}, "
-          f"vocab {m.vocab_size}{note}")
+    print(
+        f"model: hidden {m.hidden_dim}, {m.num_layers} layers, {m.num_heads} heads "
+        f"({m.num_kv_heads or m.num_heads} kv), MLP {m.mlp_dim}, context {m.max_seq_len}, "
+        f"vocab {m.vocab_size}{note}"
+    )
     print("parameters:")
     print(f"  embedding       {b.embedding:>14,}")
     print(f"  per block       {b.per_block:>14,}")
@@ -161,8 +174,10 @@ def info_command(preset, config, checkpoint, overrides) -> None:
     print(f"  total           {b.total:>14,}")
     print(f"training FLOPs per token (context {cfg.seq_len}): {flops_per_token(m, cfg.seq_len):,}")
     if info:
-        print(f"checkpoint: {loaded.path} (step {info['step']}, val loss {info.get('val_loss')}, "
-              f"best {info.get('best_val_loss')})")
+        print(
+            f"checkpoint: {loaded.path} (step {info['step']}, val loss {info.get('val_loss')}, "
+            f"best {info.get('best_val_loss')})"
+        )
         print(f"tokenizer {info.get('tokenizer_fingerprint')}, data {str(info.get('data_fingerprint'))[:16]}")
         manifest = info.get("manifest", {})
         print("versions: " + ", ".join(f"{k} {manifest.get(k)}" for k in ("trickster", "torch", "python")))
@@ -190,18 +205,30 @@ def quickstart(path: str | None, steps: int, out: Path) -> int:
     warmup = min(100, steps // 10)
     prompt = "ROMEO:" if "shakespeare" in str(data_dir) else "def "
     overrides = [
-        f"data_config.path={data_dir}", f"logging_config.output_dir={run_dir}",
-        f"training_config.max_steps={steps}", f"training_config.warmup_steps={warmup}",
+        f"data_config.path={data_dir}",
+        f"logging_config.output_dir={run_dir}",
+        f"training_config.max_steps={steps}",
+        f"training_config.warmup_steps={warmup}",
         f"training_config.eval_every={max(1, steps // 6)}",
-        f"training_config.save_every={max(1, steps // 3)}", f"training_config.sample_prompt={prompt}",
+        f"training_config.save_every={max(1, steps // 3)}",
+        f"training_config.sample_prompt={prompt}",
     ]
     code = train_command("tiny", None, overrides, resume=False)
     if code:
         return code
     print("\n3/3 the same prompt, untrained versus trained")
-    args = argparse.Namespace(target=str(run_dir), prompt=prompt, max_new_tokens=250,
-                              temperature=0.8, top_k=None, top_p=None, seed=0, data=None, device="cpu")
+    args = argparse.Namespace(
+        target=str(run_dir),
+        prompt=prompt,
+        max_new_tokens=250,
+        temperature=0.8,
+        top_k=None,
+        top_p=None,
+        seed=0,
+        data=None,
+        device="cpu",
+    )
     compare_command(args)
     print(f"Run folder: {run_dir} (config.yaml, metrics.jsonl, checkpoints/best, final)")
-    print(f"Try: trickster generate {run_dir} --prompt \"{prompt}\" --max-new-tokens 500")
+    print(f'Try: trickster generate {run_dir} --prompt "{prompt}" --max-new-tokens 500')
     return 0

@@ -212,8 +212,7 @@ def check(cfg: Config) -> list[str]:
         problems.append(f"model_config.vocab_size must be >= 2 or auto (got {m.vocab_size})")
     if t.warmup_steps >= t.max_steps and t.warmup_steps > 0:
         problems.append(
-            f"training_config.warmup_steps must be < max_steps "
-            f"(got {t.warmup_steps} >= {t.max_steps})"
+            f"training_config.warmup_steps must be < max_steps (got {t.warmup_steps} >= {t.max_steps})"
         )
     if t.min_lr > t.learning_rate:
         problems.append(
@@ -221,8 +220,7 @@ def check(cfg: Config) -> list[str]:
         )
     if t.seq_len is not None and t.seq_len > m.max_seq_len:
         problems.append(
-            f"training_config.seq_len ({t.seq_len}) must be <= model_config.max_seq_len "
-            f"({m.max_seq_len})"
+            f"training_config.seq_len ({t.seq_len}) must be <= model_config.max_seq_len ({m.max_seq_len})"
         )
     return problems
 

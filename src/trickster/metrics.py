@@ -35,7 +35,10 @@ def read_metrics(path: str | Path) -> list[dict]:
 def git_sha() -> str | None:
     try:
         result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
             cwd=Path(__file__).parent,
         )
     except (OSError, subprocess.TimeoutExpired):

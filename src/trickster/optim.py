@@ -33,6 +33,4 @@ def build_optimizer(model: nn.Module, cfg: TrainingConfig, device: torch.device)
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(
-        groups, lr=cfg.learning_rate, betas=cfg.betas, fused=device.type == "cuda"
-    )
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=cfg.betas, fused=device.type == "cuda")

@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -118,7 +119,12 @@ def sample_text(model: Transformer, tokenizer: Tokenizer, prompt: str, tokens: i
     if not ids:
         ids = [tokenizer.eot_id] if tokenizer.eot_id is not None else [0]
     out = generate(
-        model, ids, tokens, temperature=0.8, seed=seed, vocab_limit=tokenizer.vocab_size,
+        model,
+        ids,
+        tokens,
+        temperature=0.8,
+        seed=seed,
+        vocab_limit=tokenizer.vocab_size,
         stop_id=tokenizer.eot_id,
     )
     return prompt + tokenizer.decode(out)
@@ -145,9 +151,7 @@ class StopSignals:
             signal.signal(sig, handler)
 
 
-def train(
-    cfg: Config, resume: bool = False, progress: bool | None = None, echo=print
-) -> TrainResult:
+def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo=print) -> TrainResult:
     t = cfg.training
     # 1. device, threads and seed
     device = resolve_device(cfg.device.device)
@@ -194,16 +198,25 @@ def train(
     _print_header(echo, cfg, data, params.total, device, tokens_per_step, resumed_from)
     if resumed_from is None:
         metrics.write(
-            "start", 0, params=params.total, tokens_per_step=tokens_per_step,
-            flops_per_token=flops_per_token(cfg.model, seq_len), device=str(device),
+            "start",
+            0,
+            params=params.total,
+            tokens_per_step=tokens_per_step,
+            flops_per_token=flops_per_token(cfg.model, seq_len),
+            device=str(device),
         )
 
     def info(**extra) -> dict:
         return {
-            "step": state.step, "val_loss": state.last_val_loss, "best_val_loss": _finite(state.best_val_loss),
-            "tokens_seen": state.tokens_seen, "tokenizer_fingerprint": data.tokenizer.fingerprint(),
-            "data_fingerprint": data.meta.get("tokens_sha256"), "data_path": str(data.path),
-            "manifest": manifest, **extra,
+            "step": state.step,
+            "val_loss": state.last_val_loss,
+            "best_val_loss": _finite(state.best_val_loss),
+            "tokens_seen": state.tokens_seen,
+            "tokenizer_fingerprint": data.tokenizer.fingerprint(),
+            "data_fingerprint": data.meta.get("tokens_sha256"),
+            "data_path": str(data.path),
+            "manifest": manifest,
+            **extra,
         }
 
     def trainer_state() -> dict:
@@ -239,9 +252,16 @@ def train(
             save("best")
 
     # 5. the loop
-    show_bar = cfg.logging.progress_bar if progress is None else progress
-    bar = tqdm(total=t.max_steps, initial=state.step, disable=not show_bar, unit="step",
-               dynamic_ncols=True, leave=True)
+    # a bar redraws in place: in a log file (not a terminal) plain lines read better
+    show_bar = cfg.logging.progress_bar and sys.stderr.isatty() if progress is None else progress
+    bar = tqdm(
+        total=t.max_steps,
+        initial=state.step,
+        disable=not show_bar,
+        unit="step",
+        dynamic_ncols=True,
+        leave=True,
+    )
     if not show_bar:
         bar.write = echo
     exit_signal = None
@@ -282,14 +302,21 @@ def train(
                 train_loss = state.interval_loss_sum / state.interval_steps
                 tokens_per_sec = interval_tokens / elapsed if elapsed > 0 else 0.0
                 metrics.write(
-                    "train", state.step, train_loss=train_loss, lr=lr, grad_norm=grad_norm,
-                    tokens_per_sec=tokens_per_sec, ms_per_step=1000 * elapsed / state.interval_steps,
+                    "train",
+                    state.step,
+                    train_loss=train_loss,
+                    lr=lr,
+                    grad_norm=grad_norm,
+                    tokens_per_sec=tokens_per_sec,
+                    ms_per_step=1000 * elapsed / state.interval_steps,
                     tokens_seen=state.tokens_seen,
                 )
                 bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}")
                 if not show_bar:
-                    echo(f"step {state.step:>6}: train loss {train_loss:.4f}, lr {lr:.2e}, "
-                         f"{tokens_per_sec:,.0f} tokens/s")
+                    echo(
+                        f"step {state.step:>6}: train loss {train_loss:.4f}, lr {lr:.2e}, "
+                        f"{tokens_per_sec:,.0f} tokens/s"
+                    )
                 state.interval_loss_sum, state.interval_steps = 0.0, 0
                 interval_start, interval_tokens = time.perf_counter(), 0
             if state.step % t.eval_every == 0 or last:
@@ -300,14 +327,18 @@ def train(
                 exit_signal = stop.received
                 save(ckpt.step_name(state.step))
                 metrics.write("stopped", state.step, signal=signal.Signals(exit_signal).name)
-                bar.write(f"stopped by {signal.Signals(exit_signal).name} at step {state.step}; "
-                          f"saved checkpoints/{ckpt.step_name(state.step)} (continue with --resume)")
+                bar.write(
+                    f"stopped by {signal.Signals(exit_signal).name} at step {state.step}; "
+                    f"saved checkpoints/{ckpt.step_name(state.step)} (continue with --resume)"
+                )
                 break
         if exit_signal is None:
             save("final")
             metrics.write("end", state.step, best_val_loss=_finite(state.best_val_loss))
     bar.close()
-    return TrainResult(cfg, run_dir, state, exit_signal, params.total, read_metrics(run_dir / "metrics.jsonl"))
+    return TrainResult(
+        cfg, run_dir, state, exit_signal, params.total, read_metrics(run_dir / "metrics.jsonl")
+    )
 
 
 def _ensure_run_dir(run_dir: Path, resume: bool) -> None:
@@ -326,14 +357,18 @@ def _ensure_run_dir(run_dir: Path, resume: bool) -> None:
     try:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise UserError(f"cannot create run folder {run_dir} ({err.strerror}); choose another --out") from None
+        raise UserError(
+            f"cannot create run folder {run_dir} ({err.strerror}); choose another --out"
+        ) from None
 
 
 def _restore(path, cfg, data: PreparedData, model, optimizer, sampler, state, device) -> None:
     """Load everything a checkpoint holds, after checking it belongs to this run."""
     saved_cfg = ckpt.read_config(path)
     if saved_cfg.model != cfg.model:
-        changed = [k for k in type(cfg.model).model_fields if getattr(saved_cfg.model, k) != getattr(cfg.model, k)]
+        changed = [
+            k for k in type(cfg.model).model_fields if getattr(saved_cfg.model, k) != getattr(cfg.model, k)
+        ]
         raise UserError(
             f"cannot resume from {path}: model_config changed ({', '.join(changed)}); "
             "restore those values or start a new run with another --out"
@@ -342,7 +377,9 @@ def _restore(path, cfg, data: PreparedData, model, optimizer, sampler, state, de
     if info.get("tokenizer_fingerprint") != data.tokenizer.fingerprint():
         raise UserError(f"cannot resume from {path}: the tokenizer changed; use the data it was trained on")
     if info.get("data_fingerprint") != data.meta.get("tokens_sha256"):
-        raise UserError(f"cannot resume from {path}: the prepared data changed; use the data it was trained on")
+        raise UserError(
+            f"cannot resume from {path}: the prepared data changed; use the data it was trained on"
+        )
     ckpt.load_weights(model, path / ckpt.WEIGHTS)
     trainer = ckpt.load_trainer_state(path)
     optimizer.load_state_dict(trainer["optimizer"])
@@ -376,10 +413,14 @@ def _print_header(echo, cfg, data, total_params, device, tokens_per_step, resume
     echo(f"Training from scratch -> {cfg.logging.output_dir}")
     echo("=" * 60)
     echo(f"device: {device} ({cfg.device.dtype})   parameters: {total_params:,}")
-    echo(f"data: {data.path} ({data.meta['tokenizer']} tokenizer, vocab {data.tokenizer.vocab_size}; "
-         f"{len(data.train):,} train / {len(data.val):,} val tokens)")
-    echo(f"steps: {t.max_steps:,} x {tokens_per_step:,} tokens (batch {t.batch_size} x "
-         f"{cfg.seq_len} x accumulation {t.gradient_accumulation_steps}); lr {t.learning_rate} "
-         f"warmup {t.warmup_steps} -> cosine -> {t.min_lr}")
+    echo(
+        f"data: {data.path} ({data.meta['tokenizer']} tokenizer, vocab {data.tokenizer.vocab_size}; "
+        f"{len(data.train):,} train / {len(data.val):,} val tokens)"
+    )
+    echo(
+        f"steps: {t.max_steps:,} x {tokens_per_step:,} tokens (batch {t.batch_size} x "
+        f"{cfg.seq_len} x accumulation {t.gradient_accumulation_steps}); lr {t.learning_rate} "
+        f"warmup {t.warmup_steps} -> cosine -> {t.min_lr}"
+    )
     if resumed_from is not None:
         echo(f"resuming from {resumed_from}")

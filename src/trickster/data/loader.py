@@ -47,9 +47,7 @@ def load_data(path: str | Path) -> PreparedData:
             raise UserError(
                 f"{file} holds {size} tokens but meta.json says {expected}; prepare the data again"
             )
-        streams[split] = (
-            np.memmap(file, dtype=dtype, mode="r") if size else np.zeros(0, dtype=dtype)
-        )
+        streams[split] = np.memmap(file, dtype=dtype, mode="r") if size else np.zeros(0, dtype=dtype)
     return PreparedData(path, meta, tokenizer, streams["train"], streams["val"])
 
 
