@@ -183,7 +183,7 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo=
     metrics = MetricsLog(run_dir / "metrics.jsonl")
     resumed_from = ckpt.latest(run_dir) if resume else None
     if resumed_from is not None:
-        _restore(resumed_from, cfg, data, model, optimizer, sampler, state, device)
+        _restore(resumed_from, cfg, data, model, optimizer, sampler, scaler, state, device)
         _truncate_metrics(run_dir / "metrics.jsonl", state.step)
         metrics.write("resume", state.step, checkpoint=resumed_from.name)
     elif resume:  # nothing to resume: events of an attempt that saved no checkpoint are dropped
@@ -206,7 +206,7 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo=
             device=str(device),
         )
 
-    def info(**extra) -> dict:
+    def info() -> dict:
         return {
             "step": state.step,
             "val_loss": state.last_val_loss,
@@ -216,7 +216,6 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo=
             "data_fingerprint": data.meta.get("tokens_sha256"),
             "data_path": str(data.path),
             "manifest": manifest,
-            **extra,
         }
 
     def trainer_state() -> dict:
@@ -231,9 +230,9 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo=
             },
         }
 
-    def save(name: str, **extra) -> None:
+    def save(name: str) -> None:
         ckpt.save_checkpoint(
-            run_dir / "checkpoints" / name, model, cfg, data.tokenizer, info(**extra), trainer_state()
+            run_dir / "checkpoints" / name, model, cfg, data.tokenizer, info(), trainer_state()
         )
 
     def run_eval() -> None:
@@ -244,9 +243,9 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo=
             record["sample"] = sample_text(model, data.tokenizer, t.sample_prompt, t.sample_tokens, t.seed)
         metrics.write("eval", state.step, **record)
         line = f"step {state.step:>6}: val loss {val_loss:.4f}, perplexity {record['val_perplexity']:.2f}"
-        bar.write(line)
+        say(line)
         if "sample" in record:
-            bar.write("  sample: " + record["sample"].replace("\n", "\n          ")[:600])
+            say("  sample: " + record["sample"].replace("\n", "\n          ")[:600])
         if math.isfinite(val_loss) and val_loss < state.best_val_loss and state.step > 0:
             state.best_val_loss = val_loss
             save("best")
@@ -262,8 +261,7 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo=
         dynamic_ncols=True,
         leave=True,
     )
-    if not show_bar:
-        bar.write = echo
+    say = bar.write if show_bar else echo
     exit_signal = None
     model.train()
     with StopSignals() as stop:
@@ -321,13 +319,13 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo=
                 interval_start, interval_tokens = time.perf_counter(), 0
             if state.step % t.eval_every == 0 or last:
                 run_eval()
-            if state.step % t.save_every == 0 and not last:
+            stopping = stop.received is not None and not last
+            if (state.step % t.save_every == 0 or stopping) and not last:
                 save(ckpt.step_name(state.step))
-            if stop.received is not None and not last:
+            if stopping:
                 exit_signal = stop.received
-                save(ckpt.step_name(state.step))
                 metrics.write("stopped", state.step, signal=signal.Signals(exit_signal).name)
-                bar.write(
+                say(
                     f"stopped by {signal.Signals(exit_signal).name} at step {state.step}; "
                     f"saved checkpoints/{ckpt.step_name(state.step)} (continue with --resume)"
                 )
@@ -362,7 +360,7 @@ def _ensure_run_dir(run_dir: Path, resume: bool) -> None:
         ) from None
 
 
-def _restore(path, cfg, data: PreparedData, model, optimizer, sampler, state, device) -> None:
+def _restore(path, cfg, data: PreparedData, model, optimizer, sampler, scaler, state, device) -> None:
     """Load everything a checkpoint holds, after checking it belongs to this run."""
     saved_cfg = ckpt.read_config(path)
     if saved_cfg.model != cfg.model:
@@ -385,6 +383,8 @@ def _restore(path, cfg, data: PreparedData, model, optimizer, sampler, state, de
     optimizer.load_state_dict(trainer["optimizer"])
     sampler.load_state_dict(trainer["sampler"])
     state.load_state_dict(trainer["train_state"])
+    if scaler.is_enabled() and trainer["scaler"]:
+        scaler.load_state_dict(trainer["scaler"])
     torch.set_rng_state(trainer["rng"]["torch"])
     if device.type == "cuda" and trainer["rng"]["cuda"]:
         torch.cuda.set_rng_state_all(trainer["rng"]["cuda"])

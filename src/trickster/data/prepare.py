@@ -112,8 +112,10 @@ def prepare(corpus: Corpus, tokenizer_kind: str, out_dir: str | Path, val_fracti
         tokenizer.save(staging / "tokenizer.json")
         (staging / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
         replace_dir(staging, out_dir)
-    except OSError as err:
+    except BaseException as err:  # Ctrl-C included: never leave a half-written folder behind
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
-        raise UserError(f"could not write {out_dir} ({err.strerror}); choose another --out") from None
+        if isinstance(err, OSError):
+            raise UserError(f"could not write {out_dir} ({err.strerror}); choose another --out") from None
+        raise
     return meta
