@@ -42,30 +42,19 @@ def test_quickstart_falls_back_to_the_stdlib_when_offline(tmp_path, monkeypatch,
 
 def test_generate_streams_a_continuation_of_the_prompt(tmp_path, shakespeare_dir, capsys):
     run = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--preset",
-                "tiny",
-                "--data",
-                str(shakespeare_dir),
-                "--out",
-                str(run),
-                "--no-progress",
-                "training_config.max_steps=4",
-                "training_config.warmup_steps=1",
-                "training_config.eval_every=2",
-                "model_config.num_layers=1",
-            ]
-        )
-        == 0
-    )
+    train = "train --preset tiny --no-progress model_config.num_layers=1 training_config.max_steps=4"
+    train += " training_config.warmup_steps=1 training_config.eval_every=2"
+    assert main([*train.split(), "--data", str(shakespeare_dir), "--out", str(run)]) == 0
     capsys.readouterr()
-    assert main(["generate", str(run), "--prompt", "ROMEO:", "--max-new-tokens", "25", "--seed", "1"]) == 0
-    first = capsys.readouterr().out
-    assert first.startswith("ROMEO:") and len(first.rstrip("\n")) == len("ROMEO:") + 25
-    main(["generate", str(run), "--prompt", "ROMEO:", "--max-new-tokens", "25", "--seed", "1", "--no-cache"])
-    assert capsys.readouterr().out == first
+
+    def generate(*flags: str) -> str:
+        assert main(["generate", str(run), "--prompt", "ROMEO:", "--max-new-tokens", "25", *flags]) == 0
+        return capsys.readouterr().out
+
+    first = generate("--seed", "1")
+    assert first.startswith("ROMEO:") and len(first) == len("ROMEO:") + 25 + 1  # one char per token
+    assert generate("--seed", "1", "--no-cache") == first
+    untrained = generate("--seed", "1", "--untrained")
+    assert untrained != first and generate("--seed", "1", "--untrained") == untrained
     main(["info", "--checkpoint", str(run)])
     assert "tied to the embedding" in capsys.readouterr().out

@@ -223,3 +223,48 @@ def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(shakespeare_dir, tmp_path
 
 def _read(path):
     return path.read_text() if path.exists() else ""
+
+
+def test_weight_decay_applies_to_matrices_only(micro):
+    from trickster.optim import build_optimizer
+
+    cfg = micro()
+    cfg.model.vocab_size = 65
+    model = Transformer(cfg.model)
+    decay, no_decay = build_optimizer(model, cfg.training, torch.device("cpu")).param_groups
+    assert decay["weight_decay"] == cfg.training.weight_decay and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(names[id(p)].endswith("norm.weight") for p in no_decay["params"])
+    assert len(no_decay["params"]) == 2 * cfg.model.num_layers + 1
+    total = sum(p.numel() for g in (decay, no_decay) for p in g["params"])
+    assert total == sum(p.numel() for p in model.parameters())
+
+
+def test_bfloat16_autocast_on_cpu_tracks_float32(micro, tmp_path):
+    """Mixed precision changes rounding, not the result: losses agree to a few percent."""
+    base = train(
+        micro(training_config={"max_steps": 10, "eval_every": 10, "save_every": 10}), echo=lambda *a: None
+    )
+    cfg = micro(
+        training_config={"max_steps": 10, "eval_every": 10, "save_every": 10},
+        device_config={"dtype": "bfloat16"},
+        logging_config={"output_dir": str(tmp_path / "bf16")},
+    )
+    bf16 = train(cfg, echo=lambda *a: None)
+    for a, b in zip(events(base, "train"), events(bf16, "train"), strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=0.03)
+    weights = load_file(tmp_path / "bf16" / "checkpoints" / "final" / "model.safetensors")
+    assert all(w.dtype == torch.float32 for w in weights.values())  # master weights stay fp32
+
+
+def test_quiet_log_level_prints_nothing(micro, capsys):
+    printed = []
+    train(
+        micro(
+            training_config={"max_steps": 4, "eval_every": 2, "warmup_steps": 1},
+            logging_config={"log_level": "warning"},
+        ),
+        echo=printed.append,
+    )
+    assert printed == [] and capsys.readouterr().err == ""

@@ -153,6 +153,9 @@ class StopSignals:
 
 def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo=print) -> TrainResult:
     t = cfg.training
+    level = cfg.logging.log_level
+    if level in ("warning", "error"):  # quiet: problems still arrive as errors
+        echo, progress = (lambda *args: None), False
     # 1. device, threads and seed
     device = resolve_device(cfg.device.device)
     if cfg.device.threads:
@@ -299,6 +302,7 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo=
                 elapsed = time.perf_counter() - interval_start
                 train_loss = state.interval_loss_sum / state.interval_steps
                 tokens_per_sec = interval_tokens / elapsed if elapsed > 0 else 0.0
+                ms_per_step = 1000 * elapsed / (interval_tokens // tokens_per_step)  # steps timed here
                 metrics.write(
                     "train",
                     state.step,
@@ -306,14 +310,15 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo=
                     lr=lr,
                     grad_norm=grad_norm,
                     tokens_per_sec=tokens_per_sec,
-                    ms_per_step=1000 * elapsed / state.interval_steps,
+                    ms_per_step=ms_per_step,
                     tokens_seen=state.tokens_seen,
                 )
                 bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}")
                 if not show_bar:
+                    detail = f", grad norm {grad_norm:.3f}, {ms_per_step:.1f} ms/step"
                     echo(
                         f"step {state.step:>6}: train loss {train_loss:.4f}, lr {lr:.2e}, "
-                        f"{tokens_per_sec:,.0f} tokens/s"
+                        f"{tokens_per_sec:,.0f} tokens/s" + (detail if level == "debug" else "")
                     )
                 state.interval_loss_sum, state.interval_steps = 0.0, 0
                 interval_start, interval_tokens = time.perf_counter(), 0
