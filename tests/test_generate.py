@@ -90,19 +90,19 @@ def test_save_and_reload_give_identical_logits_and_generations(tmp_path):
     assert loaded.model.output.weight is loaded.model.tok_embeddings.weight  # still tied
 
 
-def test_reload_catches_a_wrong_vocab_size(tmp_path):
+@pytest.mark.parametrize(
+    ("saved_text", "edited_text", "message"),
+    [
+        ("vocab_size: 40", "vocab_size: 41", r"tok_embeddings.weight is \(40, 32\).*needs \(41, 32\)"),
+        ("tie_embeddings: true", "tie_embeddings: false", r"missing \['output.weight'\]"),
+    ],
+    ids=["wrong-vocab-size", "missing-untied-output"],
+)
+def test_reload_catches_weights_that_disagree_with_the_config(tmp_path, saved_text, edited_text, message):
     _, path = _saved(tmp_path)
-    text = (path / "config.yaml").read_text().replace("vocab_size: 40", "vocab_size: 41")
-    (path / "config.yaml").write_text(text)
-    with pytest.raises(UserError, match=r"tok_embeddings.weight is \(40, 32\).*needs \(41, 32\)"):
-        ckpt.load_checkpoint(path)
-
-
-def test_reload_catches_missing_untied_output_weights(tmp_path):
-    _, path = _saved(tmp_path)
-    text = (path / "config.yaml").read_text().replace("tie_embeddings: true", "tie_embeddings: false")
-    (path / "config.yaml").write_text(text)
-    with pytest.raises(UserError, match=r"missing \['output.weight'\]"):
+    config = path / "config.yaml"
+    config.write_text(config.read_text().replace(saved_text, edited_text))
+    with pytest.raises(UserError, match=message):
         ckpt.load_checkpoint(path)
 
 
