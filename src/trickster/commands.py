@@ -11,12 +11,12 @@ import torch
 from trickster import checkpoint as ckpt
 from trickster.config import Config, load_config
 from trickster.data import sources
-from trickster.data.loader import fixed_batches, load_data
+from trickster.data.loader import load_data
 from trickster.data.prepare import prepare
 from trickster.errors import UserError
 from trickster.generate import generate
 from trickster.model import Transformer, flops_per_token, parameter_breakdown
-from trickster.train import evaluate, resolve_device, train
+from trickster.train import evaluate, resolve_device, train, validation_batches
 
 
 def prepare_data(source: str, paths, tokenizer: str, out: str | None, val_fraction: float = 0.1) -> Path:
@@ -48,7 +48,8 @@ def train_command(preset, config, overrides, resume: bool, progress=None) -> int
         return 128 + int(result.exit_signal)
     best = result.state.best_val_loss
     print(f"done: {result.state.step} steps; best val loss {best:.4f}; run in {result.run_dir}")
-    print(f'next: trickster generate {result.run_dir} --prompt "ROMEO:"')
+    prompt = result.cfg.training.sample_prompt.strip() or "ROMEO:"
+    print(f'next: trickster generate {result.run_dir} --prompt "{prompt}"')
     return 0
 
 
@@ -65,11 +66,10 @@ def untrained_like(cfg: Config) -> Transformer:
     return Transformer(cfg.model)
 
 
-def _stream(model, tokenizer, ids, args) -> str:
-    """Print the continuation token by token as it is generated; return it."""
+def _stream(model, tokenizer, ids, args) -> None:
+    """Print the continuation token by token as it is generated."""
     out = sys.stdout
     decode_next = tokenizer.stream_decoder()
-    pieces = []
     for token in generate(
         model,
         ids,
@@ -82,13 +82,9 @@ def _stream(model, tokenizer, ids, args) -> str:
         stop_id=tokenizer.eot_id,
         use_cache=not getattr(args, "no_cache", False),
     ):
-        piece = decode_next(token)
-        pieces.append(piece)
-        out.write(piece)
+        out.write(decode_next(token))
         out.flush()
-    tail = decode_next(None)
-    out.write(tail + "\n")
-    return "".join(pieces) + tail
+    out.write(decode_next(None) + "\n")
 
 
 def _check_sampling(args) -> None:
@@ -139,8 +135,7 @@ def _val_losses(loaded, models, data_path, device) -> list[float | None]:
     data = load_data(path)
     if data.tokenizer.fingerprint() != loaded.tokenizer.fingerprint():
         raise UserError(f"data in {path} uses another tokenizer than {loaded.path}; pass --data DIR")
-    t = loaded.cfg.training
-    batches = fixed_batches(data.val, loaded.cfg.seq_len, t.batch_size, t.eval_batches, seed=t.seed + 1)
+    batches = validation_batches(data, loaded.cfg)
     return [evaluate(m, batches, device, "float32") for m in models]
 
 
@@ -152,9 +147,8 @@ def info_command(preset, config, checkpoint, overrides) -> None:
         if not preset and not config:
             raise UserError("choose what to describe: --preset NAME, --config FILE or --checkpoint RUN")
         cfg, info = load_config(config, preset, overrides), None
-    m = cfg.model
     note = ""
-    if m.vocab_size == "auto":
+    if cfg.model.vocab_size == "auto":
         cfg = cfg.model_copy(deep=True)
         cfg.model.vocab_size, note = 256, " (auto: set from the tokenizer; counted here as 256)"
     b = parameter_breakdown(cfg.model)

@@ -96,6 +96,12 @@ def autocast_for(device: torch.device, dtype_name: str):
     return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype_name))
 
 
+def validation_batches(data: PreparedData, cfg: Config) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The run's fixed validation windows: every evaluation (and `trickster compare`) uses these."""
+    t = cfg.training
+    return fixed_batches(data.val, cfg.seq_len, t.batch_size, t.eval_batches, seed=t.seed + 1)
+
+
 @torch.no_grad()
 def evaluate(model, batches, device: torch.device, dtype_name: str) -> float:
     """Mean cross-entropy over fixed validation batches."""
@@ -175,7 +181,7 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo=
     step_model = torch.compile(model) if cfg.device.compile else model
     optimizer = build_optimizer(model, t, device)
     sampler = BatchSampler(data.train, seq_len, t.batch_size, seed=t.seed)
-    val_batches = fixed_batches(data.val, seq_len, t.batch_size, t.eval_batches, seed=t.seed + 1)
+    val_batches = validation_batches(data, cfg)
     use_scaler = cfg.device.dtype == "float16" and device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     state = TrainState()
