@@ -117,11 +117,15 @@ def evaluate(model, batches, device: torch.device, dtype_name: str) -> float:
 
 
 def sample_text(model: Transformer, tokenizer: Tokenizer, prompt: str, tokens: int, seed: int) -> str:
-    """A reproducible sample that does not touch the training RNG."""
+    """A reproducible sample that does not touch the training RNG.
+
+    A prompt the tokenizer cannot encode (a character the corpus lacks) is dropped, not fatal:
+    the sample then starts from end-of-text, or from the first symbol.
+    """
     try:
-        ids = tokenizer.encode(prompt) if prompt else []
+        ids = tokenizer.encode(prompt)
     except UserError:
-        ids = []
+        ids, prompt = [], ""
     if not ids:
         ids = [tokenizer.eot_id] if tokenizer.eot_id is not None else [0]
     out = generate(
