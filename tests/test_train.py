@@ -12,7 +12,7 @@ import yaml
 from safetensors.torch import load_file
 
 from trickster import checkpoint as ckpt
-from trickster.config import config_from_dict
+from trickster.config import config_from_dict, load_config
 from trickster.data import sources
 from trickster.data.prepare import prepare
 from trickster.errors import UserError
@@ -29,20 +29,22 @@ def events(result, kind):
 
 
 @pytest.mark.slow
-def test_tutorial_checks_on_a_short_cpu_run(micro):
-    """The lab's checks: loss falls by 20%, validation improves, the sample reads like words."""
-    cfg = micro(
-        model_config={"hidden_dim": 96, "num_layers": 3, "num_heads": 4, "mlp_dim": 256},
-        training_config={
-            "max_steps": 150,
-            "log_every": 5,
-            "eval_every": 75,
-            "batch_size": 16,
-            "warmup_steps": 10,
-            "sample_tokens": 200,
-        },
+def test_tutorial_checks_on_a_short_cpu_run(shakespeare_dir, tmp_path):
+    """The lab's checks on the `tiny` preset: loss falls by 20%, validation improves, the sample
+    reads like words, and the saved model reloads identically."""
+    cfg = load_config(
+        preset="tiny",
+        overrides=[
+            f"data_config.path={shakespeare_dir}",
+            f"logging_config.output_dir={tmp_path / 'run'}",
+            "training_config.max_steps=150",
+            "training_config.warmup_steps=15",
+            "training_config.log_every=5",
+            "training_config.eval_every=75",
+            "training_config.eval_batches=4",
+        ],
     )
-    result = train(cfg, echo=lambda *a: None)
+    result = train(cfg, progress=False, echo=lambda *a: None)
     losses = [r["train_loss"] for r in events(result, "train")]
     assert len(losses) >= 20
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
