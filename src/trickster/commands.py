@@ -16,7 +16,7 @@ from trickster.data.prepare import prepare
 from trickster.errors import UserError
 from trickster.generate import generate
 from trickster.model import Transformer, flops_per_token, parameter_breakdown
-from trickster.train import evaluate, resolve_device, train, validation_batches
+from trickster.train import evaluate, resolve_device, run_dir_in_use, train, validation_batches
 
 
 def prepare_data(source: str, paths, tokenizer: str, out: str | None, val_fraction: float = 0.1) -> Path:
@@ -193,7 +193,7 @@ def quickstart(path: str | None, steps: int, out: Path) -> int:
         data_dir = prepare_data("python-stdlib", None, "char", "data/python-stdlib-char")
     run_dir = out
     suffix = 2
-    while run_dir.exists() and any(run_dir.iterdir()):  # never reuse a folder with something in it
+    while run_dir_in_use(run_dir):
         run_dir, suffix = out.with_name(f"{out.name}-{suffix}"), suffix + 1
     print(f"\n2/3 training the tiny preset for {steps} steps")
     warmup = min(100, steps // 10)

@@ -354,6 +354,11 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo=
     )
 
 
+def run_dir_in_use(run_dir: Path) -> bool:
+    """A run only starts (without --resume) in a folder that is missing or empty."""
+    return run_dir.is_dir() and any(run_dir.iterdir())
+
+
 def _ensure_run_dir(run_dir: Path, resume: bool) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"logging_config.output_dir {run_dir} is a file; choose a folder path")
@@ -362,7 +367,7 @@ def _ensure_run_dir(run_dir: Path, resume: bool) -> None:
             f"{run_dir} already holds a trained run; pass --resume to continue it, or choose a new "
             "folder with --out (nothing was overwritten)"
         )
-    if not resume and run_dir.is_dir() and any(run_dir.iterdir()):
+    if not resume and run_dir_in_use(run_dir):
         raise UserError(
             f"{run_dir} already exists and is not empty; choose a new folder with --out, or pass "
             "--resume to continue a run there (nothing was overwritten)"

@@ -62,11 +62,7 @@ def prepare(corpus: Corpus, tokenizer_kind: str, out_dir: str | Path, val_fracti
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"output {out_dir} is a file; pass a folder path to --out")
-    if (
-        out_dir.is_dir()
-        and any(out_dir.iterdir())
-        and not set(p.name for p in out_dir.iterdir()) <= PREPARED_FILES
-    ):
+    if out_dir.is_dir() and not {p.name for p in out_dir.iterdir()} <= PREPARED_FILES:
         raise UserError(
             f"{out_dir} already exists and is not a prepared data folder; choose another --out "
             "(nothing was changed)"
