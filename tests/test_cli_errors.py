@@ -8,8 +8,10 @@ changed. One subprocess test proves the same for the real process.
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -18,10 +20,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from trickster import cli
 from trickster.config import save_config
 from trickster.data import sources
+from trickster.model import Transformer
 from trickster.train import train
 
 from .conftest import EXCERPT, micro_config
@@ -296,6 +300,44 @@ def _info_on_damaged_checkpoint(env: Env) -> list[str]:
     return ["info", "--checkpoint", str(ckpt)]
 
 
+def _foreign_weights(env: Env) -> list[str]:
+    """A safetensors file from some other model: valid format, other tensor names."""
+    ckpt = env.copy_checkpoint()
+    save_file({"model.embed_tokens.weight": torch.zeros(65, 64)}, ckpt / "model.safetensors")
+    return ["generate", str(ckpt), "--max-new-tokens", "2"]
+
+
+def _resume_in_empty_folder(env: Env) -> list[str]:
+    return micro_train(env, "--resume", "--out", str(env.tmp / "fresh"))
+
+
+def _resume_damaged_metrics(env: Env) -> list[str]:
+    argv = _trained_run_copy_with(env, "--resume", "training_config.max_steps=6")
+    metrics = env.tmp / "run-copy" / "metrics.jsonl"
+    lines = metrics.read_text().splitlines(keepends=True)
+    metrics.write_text("".join(lines[:2]) + "{oops\n" + "".join(lines[2:]))
+    return argv
+
+
+def _diverging_run(env: Env) -> list[str]:
+    forward = Transformer.forward
+
+    def nan_loss(self, idx, targets=None, *args, **kwargs):
+        logits, loss = forward(self, idx, targets, *args, **kwargs)
+        return logits, (loss * float("nan") if self.training and loss is not None else loss)
+
+    env.monkeypatch.setattr(Transformer, "forward", nan_loss)
+    return micro_train(env, "training_config.max_nonfinite_steps=2")
+
+
+def _disk_full_at_checkpoint(env: Env) -> list[str]:
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    env.monkeypatch.setattr("trickster.checkpoint.save_file", no_space)
+    return micro_train(env, "training_config.max_steps=4", "training_config.warmup_steps=1")
+
+
 def _generate(*flags: str) -> Build:
     return lambda env: ["generate", str(env.run), "--max-new-tokens", "2", *flags]
 
@@ -488,6 +530,33 @@ CASES = [
     ),
     case("resume-other-data", _resume_other_data, "cannot resume", "prepared data changed"),
     case("resume-resplit-data", _resume_resplit_data, "cannot resume", "prepared data changed"),
+    case("resume-with-nothing-to-resume", _resume_in_empty_folder, "nothing to resume", "resume=auto"),
+    case("resume-damaged-metrics-line", _resume_damaged_metrics, "metrics.jsonl line 3 is damaged"),
+    case(
+        "override-resume-not-bool-or-auto",
+        lambda env: micro_train(env, "training_config.resume=maybe"),
+        "training_config.resume",
+        "'maybe'",
+    ),
+    case(
+        "override-keep-last-zero",
+        lambda env: micro_train(env, "training_config.keep_last=0"),
+        "training_config.keep_last",
+        "greater than 0",
+    ),
+    case(
+        "training-diverges",
+        _diverging_run,
+        "training stopped at step 2: 2 updates in a row had a non-finite loss",
+        "training_config.learning_rate",
+    ),
+    case(
+        "disk-full-at-checkpoint",
+        _disk_full_at_checkpoint,
+        "could not write checkpoint",
+        "No space left on device",
+        "free disk space",
+    ),
     # ---- data prepare
     case(
         "prepare-empty-corpus",
@@ -627,6 +696,7 @@ CASES = [
         "another checkpoint",
     ),
     case("generate-missing-info", _ckpt_without("info.json"), "info.json is missing or damaged"),
+    case("generate-foreign-weights", _foreign_weights, "does not match its config", "another model"),
     case("info-damaged-checkpoint", _info_on_damaged_checkpoint, "model.safetensors is damaged"),
     case("compare-missing-run-dir", lambda env: ["compare", str(env.tmp / "nope")], "nope not found"),
     case("compare-other-tokenizer", _compare_other_tokenizer, "uses another tokenizer", "--data DIR"),
@@ -666,9 +736,43 @@ CASES = [
 ]
 
 
+ERROR_TABLE = Path(__file__).parent.parent / "docs" / "ERRORS.md"
+SEEN: dict[str, tuple[str, str]] = {}  # case id -> (command, error line), for docs/ERRORS.md
+
+
+@pytest.fixture(scope="module", autouse=True)
+def write_error_table():
+    """`TRICKSTER_WRITE_ERROR_TABLE=1 pytest tests/test_cli_errors.py` rewrites docs/ERRORS.md."""
+    yield
+    if not os.environ.get("TRICKSTER_WRITE_ERROR_TABLE") or len(SEEN) < len(CASES) - 2:
+        return
+    rows = [
+        "# Bad input: what you see",
+        "",
+        "Every case below is a test in `tests/test_cli_errors.py`: one line on stderr, exit status 2,",
+        "no traceback, and no file that existed before is changed or lost. The table is written by",
+        "that test (`TRICKSTER_WRITE_ERROR_TABLE=1 bash scripts/test.sh tests/test_cli_errors.py`);",
+        "`data/` is a prepared data folder, `run/` a trained run, and the other paths lie in a",
+        "scratch folder.",
+        "",
+        "| case | command | error |",
+        "|---|---|---|",
+    ]
+    for case_id, (command, line) in SEEN.items():
+        cells = [case_id, f"`{command}`", line.replace("|", "\\|")]
+        rows.append("| " + " | ".join(cell.replace("\n", " ") for cell in cells) + " |")
+    ERROR_TABLE.write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+
+def _shown(text: str, places: dict[str, str]) -> str:
+    for path, name in places.items():
+        text = text.replace(path, name)
+    return text
+
+
 @pytest.mark.parametrize(("build", "expected"), CASES)
 def test_bad_input_is_one_clear_line(
-    build, expected, tmp_path, shakespeare_dir, trained_run, monkeypatch, capsys
+    build, expected, tmp_path, shakespeare_dir, trained_run, monkeypatch, capsys, request
 ):
     work = tmp_path / "work"
     work.mkdir()
@@ -697,11 +801,18 @@ def test_bad_input_is_one_clear_line(
     changed = {p for p in before if p in after and before[p] != after[p]}
     assert not lost and not changed, f"lost {sorted(lost)}, changed {sorted(changed)}"
     assert not staging_leftovers(*roots)
+    places = {f"{shakespeare_dir}": "data", f"{trained_run}": "run", f"{tmp_path}/": "", f"{tmp_path}": "."}
+    places[f"{Path(__file__).parent.parent}/"] = ""
+    command = "trickster " + " ".join(a if a.strip() and " " not in a else repr(a) for a in argv)
+    SEEN[request.node.callspec.id] = (_shown(command, places), _shown(lines[0], places))
 
 
-def test_case_matrix_is_large():
+def test_case_matrix_is_large_and_documented():
     assert len(CASES) >= 25
     assert len({p.id for p in CASES}) == len(CASES)
+    documented = ERROR_TABLE.read_text(encoding="utf-8")
+    missing = [p.id for p in CASES if f"| {p.id} |" not in documented]
+    assert not missing, f"docs/ERRORS.md lacks {missing}: rewrite it (see its header)"
 
 
 def test_real_process_exits_2_without_traceback(tmp_path, shakespeare_dir):

@@ -15,6 +15,7 @@ unpickled: weights come from safetensors and trainer.pt loads with `weights_only
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
 import shutil
@@ -29,13 +30,14 @@ from safetensors.torch import save_file
 
 from trickster.atomic import replace_dir, staging_dir
 from trickster.config import Config, config_from_dict
-from trickster.errors import UserError
+from trickster.errors import UserError, disk_errors
 from trickster.model import Transformer
 from trickster.tokenizers import Tokenizer, load_tokenizer
 
 COMPLETE = "COMPLETE"
 WEIGHTS = "model.safetensors"
 STEP_DIR = re.compile(r"^step_(\d+)$")
+LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)$")  # see atomic.py
 
 
 def step_name(step: int) -> str:
@@ -59,6 +61,15 @@ def save_checkpoint(
 ) -> Path:
     """Write a complete checkpoint folder at `target`, replacing any older one atomically."""
     target = Path(target)
+    fix = (
+        f"free disk space or make {target.parent} writable, then continue with --resume "
+        "(earlier checkpoints are untouched)"
+    )
+    with disk_errors(f"checkpoint {target}", fix):
+        return _write_checkpoint(target, model, cfg, tokenizer, info, trainer_state)
+
+
+def _write_checkpoint(target, model, cfg, tokenizer, info, trainer_state) -> Path:
     staging = staging_dir(target)
     try:
         save_file(weights_to_save(model), staging / WEIGHTS, metadata={"format": "pt"})
@@ -95,6 +106,66 @@ def latest(run_dir: str | Path) -> Path | None:
     if not candidates:
         return None
     return max(candidates, key=lambda p: (checkpoint_step(p), p.name == "final"))
+
+
+def numbered(run_dir: str | Path) -> list[Path]:
+    """Complete numbered checkpoints, oldest first."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if STEP_DIR.match(p.name) and is_complete(p)]
+    return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
+
+
+def prune(run_dir: str | Path, keep_last: int | None) -> list[Path]:
+    """Delete all but the newest `keep_last` numbered checkpoints. `best` and `final` are separate
+    folders, never touched here, so rotation cannot remove the best weights."""
+    if keep_last is None:
+        return []
+    doomed = numbered(run_dir)[:-keep_last]
+    for path in doomed:
+        # rename first: a kill halfway through deleting leaves a hidden folder, not a half checkpoint
+        trash = path.parent / f".{path.name}.old-{os.getpid()}"
+        path.rename(trash)
+        shutil.rmtree(trash)
+    return doomed
+
+
+def recover(run_dir: str | Path) -> list[str]:
+    """Tidy what a killed writer left in checkpoints/, before a run continues there.
+
+    A kill between the two renames of `replace_dir` leaves `best` (or `final`) only under its old
+    hidden name: put it back. Half-written staging folders of dead processes are deleted.
+    Returns a line for each repair, for the log.
+    """
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    repairs = []
+    for hidden in sorted(folder.glob(".*")):
+        match = LEFTOVER.match(hidden.name)
+        if not match or _alive(int(match["pid"])):
+            continue
+        target = folder / match["name"]
+        if match["kind"] == "old" and not target.exists() and is_complete(hidden):
+            hidden.rename(target)
+            repairs.append(f"restored checkpoints/{target.name} from an interrupted replacement")
+        else:
+            shutil.rmtree(hidden, ignore_errors=True)
+            repairs.append(f"removed {hidden.name}, left by an interrupted write")
+    return repairs
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def resolve(path: str | Path) -> Path:
@@ -157,8 +228,8 @@ def load_weights(model: Transformer, file: Path) -> None:
             missing, unexpected = sorted(set(expected) - names), sorted(names - set(expected))
             if missing or unexpected:
                 raise UserError(
-                    f"{file} does not match its config: missing {missing or 'nothing'}, "
-                    f"unexpected {unexpected or 'nothing'}; was it written by another model?"
+                    f"{file} does not match its config: missing {_some(missing)}, "
+                    f"unexpected {_some(unexpected)}; was it written by another model?"
                 )
             state = {}
             for name in expected:
@@ -177,6 +248,13 @@ def load_weights(model: Transformer, file: Path) -> None:
     with torch.no_grad():
         for name, tensor in state.items():
             model.get_parameter(name).copy_(tensor)
+
+
+def _some(names: list[str], shown: int = 3) -> str:
+    if not names:
+        return "nothing"
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def load_trainer_state(path: Path) -> dict:

@@ -42,8 +42,9 @@ def prepare_data(source: str, paths, tokenizer: str, out: str | None, val_fracti
 
 
 def train_command(preset, config, overrides, resume: bool, progress=None) -> int:
+    """`resume`: the --resume flag; without it training_config.resume decides."""
     cfg = load_config(config, preset, overrides)
-    result = train(cfg, resume=resume, progress=progress)
+    result = train(cfg, resume=True if resume else None, progress=progress)
     if result.exit_signal is not None:
         return 128 + int(result.exit_signal)
     best = result.state.best_val_loss

@@ -81,6 +81,13 @@ class TrainingConfig(_Section):
     """Validation batches per evaluation; the same windows every time."""
     save_every: int = Field(1000, gt=0)
     """Steps between numbered checkpoints."""
+    keep_last: int | None = Field(None, gt=0)
+    """Numbered checkpoints to keep, newest first; empty keeps all. best and final are never deleted."""
+    resume: bool | Literal["auto"] = False
+    """Continue from the run folder's newest complete checkpoint: true requires one (like --resume),
+    auto resumes when there is one and starts afresh when there is none."""
+    max_nonfinite_steps: int = Field(5, gt=0)
+    """Updates skipped in a row for a non-finite loss or gradient norm before the run stops."""
     sample_every: int | None = Field(None, ge=0)
     """Steps between text samples; empty means at every evaluation, 0 never."""
     sample_prompt: str = "\n"

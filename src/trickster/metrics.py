@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from trickster.errors import UserError, disk_errors
+
 
 class MetricsLog:
     """Appends one JSON object per line; every event carries `event`, `step` and `time`."""
@@ -21,15 +23,27 @@ class MetricsLog:
 
     def write(self, event: str, step: int, **values) -> None:
         record = {"event": event, "step": step, "time": round(time.time(), 3), **values}
-        with open(self.path, "a", encoding="utf-8") as f:
+        fix = "free disk space or make the run folder writable, then continue with --resume"
+        with disk_errors(str(self.path), fix), open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def read_metrics(path: str | Path) -> list[dict]:
+    """All events; a last line cut short by a crash (the process killed mid-write) is dropped."""
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    records = []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line:
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number != len(lines):
+                raise UserError(f"{path} line {number} is damaged; delete that line and run again") from None
+    return records
 
 
 def git_sha() -> str | None:

@@ -11,19 +11,21 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import random
 import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from trickster import checkpoint as ckpt
 from trickster.config import Config, save_config
 from trickster.data.loader import BatchSampler, PreparedData, check_windows, fixed_batches, load_data
-from trickster.errors import UserError
+from trickster.errors import UserError, disk_errors
 from trickster.generate import generate
 from trickster.metrics import MetricsLog, read_metrics, run_manifest
 from trickster.model import Transformer, flops_per_token, parameter_breakdown
@@ -39,8 +41,10 @@ class TrainState:
     tokens_seen: int = 0
     best_val_loss: float = math.inf
     last_val_loss: float | None = None
-    interval_loss_sum: float = 0.0  # train losses since the last log line
+    interval_loss_sum: float = 0.0  # finite train losses since the last log line
     interval_steps: int = 0
+    skipped_steps: int = 0  # updates skipped for a non-finite loss or gradient norm, in all
+    nonfinite_streak: int = 0  # ... and in a row, up to now
 
     def state_dict(self) -> dict:
         return asdict(self)
@@ -161,8 +165,13 @@ class StopSignals:
             signal.signal(sig, handler)
 
 
-def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo=print) -> TrainResult:
+def train(
+    cfg: Config, resume: bool | str | None = None, progress: bool | None = None, echo=print
+) -> TrainResult:
+    """`resume`: True (continue, a checkpoint must exist), "auto", False; None takes
+    training_config.resume."""
     t = cfg.training
+    resume = t.resume if resume is None else resume
     level = cfg.logging.log_level
     if level in ("warning", "error"):  # quiet: problems still arrive as errors
         echo, progress = (lambda *args: None), False
@@ -192,23 +201,26 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo=
 
     # 4. the run directory: a new one, or the newest complete checkpoint of an old one
     run_dir = Path(cfg.logging.output_dir)
-    _ensure_run_dir(run_dir, resume)
+    resumed_from, repairs = _open_run_dir(run_dir, resume)
     metrics = MetricsLog(run_dir / "metrics.jsonl")
-    resumed_from = ckpt.latest(run_dir) if resume else None
+    changed = {}
     if resumed_from is not None:
-        _restore(resumed_from, cfg, data, model, optimizer, sampler, scaler, state, device)
+        changed = _restore(resumed_from, cfg, data, model, optimizer, sampler, scaler, state, device)
         _truncate_metrics(run_dir / "metrics.jsonl", state.step)
-        metrics.write("resume", state.step, checkpoint=resumed_from.name)
+        metrics.write("resume", state.step, checkpoint=resumed_from.name, changed=changed, repairs=repairs)
     elif resume:  # nothing to resume: events of an attempt that saved no checkpoint are dropped
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    data.tokenizer.save(run_dir / "tokenizer.json")
     manifest = run_manifest(device)
-    (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    with disk_errors(f"run folder {run_dir}", "free disk space or choose another --out"):
+        save_config(cfg, run_dir / "config.yaml")
+        data.tokenizer.save(run_dir / "tokenizer.json")
+        (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
     params = parameter_breakdown(cfg.model)
     tokens_per_step = t.batch_size * seq_len * t.gradient_accumulation_steps
     _print_header(echo, cfg, data, params.total, device, tokens_per_step, resumed_from)
+    for line in repairs + [f"changed on resume: {k} {old} -> {new}" for k, (old, new) in changed.items()]:
+        echo(line)
     if resumed_from is None:
         metrics.write(
             "start",
@@ -237,29 +249,33 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo=
             "optimizer": optimizer.state_dict(),
             "sampler": sampler.state_dict(),
             "scaler": scaler.state_dict() if use_scaler else {},
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
-            },
+            "rng": rng_state(device),
         }
 
     def save(name: str) -> None:
         ckpt.save_checkpoint(
             run_dir / "checkpoints" / name, model, cfg, data.tokenizer, info(), trainer_state()
         )
+        if ckpt.STEP_DIR.match(name):
+            ckpt.prune(run_dir, t.keep_last)
 
     def run_eval() -> None:
         val_loss = evaluate(step_model, val_batches, device, cfg.device.dtype)
-        state.last_val_loss = val_loss
-        record = {"val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50.0))}
-        if _sample_due(t, state.step):
+        # non-finite weights are neither sampled nor saved as `best`, whatever loss they report
+        healthy = weights_finite(model) and math.isfinite(val_loss)
+        state.last_val_loss = val_loss if healthy else None
+        perplexity = math.exp(min(val_loss, 50.0)) if healthy else None
+        record = {"val_loss": state.last_val_loss, "val_perplexity": perplexity}
+        if healthy and _sample_due(t, state.step):
             record["sample"] = sample_text(model, data.tokenizer, t.sample_prompt, t.sample_tokens, t.seed)
         metrics.write("eval", state.step, **record)
-        line = f"step {state.step:>6}: val loss {val_loss:.4f}, perplexity {record['val_perplexity']:.2f}"
-        say(line)
+        if healthy:
+            say(f"step {state.step:>6}: val loss {val_loss:.4f}, perplexity {perplexity:.2f}")
+        else:
+            say(f"step {state.step:>6}: the weights or the validation loss are not finite")
         if "sample" in record:
             say("  sample: " + record["sample"].replace("\n", "\n          ")[:600])
-        if math.isfinite(val_loss) and val_loss < state.best_val_loss and state.step > 0:
+        if healthy and val_loss < state.best_val_loss and state.step > 0:
             state.best_val_loss = val_loss
             save("best")
 
@@ -277,7 +293,7 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo=
     say = bar.write if show_bar else echo
     exit_signal = None
     model.train()
-    with StopSignals() as stop:
+    with StopSignals() as stop, contextlib.closing(bar):
         if resumed_from is None:
             run_eval()
         interval_start, interval_tokens = time.perf_counter(), 0
@@ -285,32 +301,42 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo=
             lr = lr_at(state.step, t)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            step_loss = 0.0
-            for _ in range(t.gradient_accumulation_steps):
-                x, y = sampler.next_batch()
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with autocast_for(device, cfg.device.dtype):
-                    _, loss = step_model(x, y)
-                scaler.scale(loss / t.gradient_accumulation_steps).backward()
-                step_loss += loss.item() / t.gradient_accumulation_steps
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf
-            ).item()
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            step_loss, grad_norm, applied = train_step(
+                step_model,
+                model,
+                optimizer,
+                scaler,
+                sampler,
+                t.gradient_accumulation_steps,
+                t.grad_clip,
+                device,
+                cfg.device.dtype,
+            )
             state.step += 1
             state.tokens_seen += tokens_per_step
-            state.interval_loss_sum += step_loss
-            state.interval_steps += 1
             interval_tokens += tokens_per_step
+            if applied:
+                state.interval_loss_sum += step_loss
+                state.interval_steps += 1
+                state.nonfinite_streak = 0
+            else:
+                state.skipped_steps += 1
+                state.nonfinite_streak += 1
+                say(
+                    f"step {state.step:>6}: non-finite loss or gradient norm ({step_loss}, {grad_norm}); "
+                    "update skipped"
+                )
+                if state.nonfinite_streak >= t.max_nonfinite_steps:
+                    metrics.write(
+                        "stopped", state.step, reason="non-finite", skipped_steps=state.skipped_steps
+                    )
+                    raise _diverged(run_dir, state)
             bar.update(1)
             last = state.step == t.max_steps
 
             if state.step % t.log_every == 0 or last:
                 elapsed = time.perf_counter() - interval_start
-                train_loss = state.interval_loss_sum / state.interval_steps
+                train_loss = state.interval_loss_sum / state.interval_steps if state.interval_steps else None
                 tokens_per_sec = interval_tokens / elapsed if elapsed > 0 else 0.0
                 ms_per_step = 1000 * elapsed / (interval_tokens // tokens_per_step)  # steps timed here
                 metrics.write(
@@ -318,16 +344,18 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo=
                     state.step,
                     train_loss=train_loss,
                     lr=lr,
-                    grad_norm=grad_norm,
+                    grad_norm=grad_norm if math.isfinite(grad_norm) else None,
                     tokens_per_sec=tokens_per_sec,
                     ms_per_step=ms_per_step,
                     tokens_seen=state.tokens_seen,
+                    skipped_steps=state.skipped_steps,
                 )
-                bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}")
+                shown = "n/a" if train_loss is None else f"{train_loss:.4f}"
+                bar.set_postfix(loss=shown, lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}")
                 if not show_bar:
                     detail = f", grad norm {grad_norm:.3f}, {ms_per_step:.1f} ms/step"
                     echo(
-                        f"step {state.step:>6}: train loss {train_loss:.4f}, lr {lr:.2e}, "
+                        f"step {state.step:>6}: train loss {shown}, lr {lr:.2e}, "
                         f"{tokens_per_sec:,.0f} tokens/s" + (detail if level == "debug" else "")
                     )
                 state.interval_loss_sum, state.interval_steps = 0.0, 0
@@ -347,10 +375,81 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo=
                 break
         if exit_signal is None:
             save("final")
-            metrics.write("end", state.step, best_val_loss=_finite(state.best_val_loss))
-    bar.close()
+            metrics.write(
+                "end",
+                state.step,
+                best_val_loss=_finite(state.best_val_loss),
+                skipped_steps=state.skipped_steps,
+            )
     return TrainResult(
         cfg, run_dir, state, exit_signal, params.total, read_metrics(run_dir / "metrics.jsonl")
+    )
+
+
+def train_step(
+    step_model, model, optimizer, scaler, sampler, accumulation: int, grad_clip: float, device, dtype_name
+) -> tuple[float, float, bool]:
+    """One optimizer step over `accumulation` micro-batches: (mean loss, gradient norm, applied).
+
+    A non-finite loss or gradient norm skips the update and drops the gradients. With float16
+    the GradScaler skips inf/NaN gradients itself while it calibrates; only a non-finite loss
+    counts as a skip then.
+    """
+    step_loss = 0.0
+    for _ in range(accumulation):
+        x, y = sampler.next_batch()
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast_for(device, dtype_name):
+            _, loss = step_model(x, y)
+        scaler.scale(loss / accumulation).backward()
+        step_loss += loss.item() / accumulation
+    scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(
+        model.parameters(), grad_clip if grad_clip > 0 else math.inf
+    ).item()
+    applied = math.isfinite(step_loss) and (math.isfinite(grad_norm) or scaler.is_enabled())
+    if applied:
+        scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return step_loss, grad_norm, applied
+
+
+def weights_finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def rng_state(device: torch.device) -> dict:
+    """Every random generator a run may draw from (NumPy's as a tensor: no pickled arrays)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+    }
+
+
+def set_rng_state(rng: dict, device: torch.device) -> None:
+    torch.set_rng_state(rng["torch"])
+    if device.type == "cuda" and rng["cuda"]:
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    if "python" in rng:
+        version, internal, gauss = rng["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in rng:
+        kind, keys, pos, has_gauss, cached = rng["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+def _diverged(run_dir: Path, state: TrainState) -> UserError:
+    good = ckpt.latest(run_dir)
+    where = f"the last good checkpoint is {good}" if good else "no checkpoint was saved yet"
+    return UserError(
+        f"training stopped at step {state.step}: {state.nonfinite_streak} updates in a row had a "
+        f"non-finite loss or gradient norm; {where}; lower training_config.learning_rate, keep "
+        "training_config.grad_clip on (e.g. 1.0), or use device_config.dtype=bfloat16 instead of "
+        "float16, then continue with --resume"
     )
 
 
@@ -359,9 +458,12 @@ def run_dir_in_use(run_dir: Path) -> bool:
     return run_dir.is_dir() and any(run_dir.iterdir())
 
 
-def _ensure_run_dir(run_dir: Path, resume: bool) -> None:
+def _open_run_dir(run_dir: Path, resume: bool | str) -> tuple[Path | None, list[str]]:
+    """Make sure the run may start here; returns the checkpoint to resume from and any repairs."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"logging_config.output_dir {run_dir} is a file; choose a folder path")
+    repairs = ckpt.recover(run_dir) if resume else []
+    found = ckpt.latest(run_dir) if resume else None
     if not resume and ckpt.latest(run_dir) is not None:
         raise UserError(
             f"{run_dir} already holds a trained run; pass --resume to continue it, or choose a new "
@@ -372,16 +474,30 @@ def _ensure_run_dir(run_dir: Path, resume: bool) -> None:
             f"{run_dir} already exists and is not empty; choose a new folder with --out, or pass "
             "--resume to continue a run there (nothing was overwritten)"
         )
+    if resume is True and found is None:
+        raise UserError(
+            f"nothing to resume in {run_dir}: no complete checkpoint; set training_config.resume=auto "
+            "to start the run afresh there, or drop --resume and choose a new --out"
+        )
     try:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(
             f"cannot create run folder {run_dir} ({err.strerror}); choose another --out"
         ) from None
+    return found, repairs
 
 
-def _restore(path, cfg, data: PreparedData, model, optimizer, sampler, scaler, state, device) -> None:
-    """Load everything a checkpoint holds, after checking it belongs to this run."""
+# May differ between the checkpoint and the resumed run without being reported as a change
+UNREPORTED_ON_RESUME = {"data_config.path", "logging_config.output_dir", "training_config.resume"}
+
+
+def _restore(path, cfg, data: PreparedData, model, optimizer, sampler, scaler, state, device) -> dict:
+    """Load everything a checkpoint holds, after checking it belongs to this run.
+
+    The model shape, tokenizer and data must match; other settings (max_steps, learning rate,
+    intervals, ...) may change: they are returned as {key: [old, new]} to be logged.
+    """
     saved_cfg = ckpt.read_config(path)
     if saved_cfg.model != cfg.model:
         changed = [
@@ -405,9 +521,20 @@ def _restore(path, cfg, data: PreparedData, model, optimizer, sampler, scaler, s
     state.load_state_dict(trainer["train_state"])
     if scaler.is_enabled() and trainer["scaler"]:
         scaler.load_state_dict(trainer["scaler"])
-    torch.set_rng_state(trainer["rng"]["torch"])
-    if device.type == "cuda" and trainer["rng"]["cuda"]:
-        torch.cuda.set_rng_state_all(trainer["rng"]["cuda"])
+    set_rng_state(trainer["rng"], device)
+    return _changed_settings(saved_cfg, cfg)
+
+
+def _changed_settings(old: Config, new: Config) -> dict[str, list]:
+    before, after = old.to_dict(), new.to_dict()
+    changed = {}
+    for section, values in after.items():
+        for key, value in values.items():
+            dotted = f"{section}.{key}"
+            previous = before.get(section, {}).get(key)
+            if previous != value and dotted not in UNREPORTED_ON_RESUME:
+                changed[dotted] = [previous, value]
+    return changed
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

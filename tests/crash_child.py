@@ -1,0 +1,102 @@
+"""Run `trickster ...` in this process and SIGKILL it at a chosen moment (used by test_resume.py).
+
+    python -m tests.crash_child MOMENT N train --config run.yaml
+
+MOMENT, counted from 1 with N:
+    before-batch          just before the N-th micro-batch is drawn (between steps when N-1 is a
+                          multiple of the accumulation, inside a step otherwise)
+    during-eval           inside the N-th evaluation, after its first batch
+    during-trainer-write  half-way through writing the N-th trainer.pt of a checkpoint
+    during-best-replace   the N-th time `best` is replaced: after the old folder is moved aside,
+                          before the new one takes its name
+
+SIGKILL cannot be caught: nothing in the process gets to clean up, as with an OOM kill or a
+power cut. The faults are injected here, in the test, so the product code carries no hooks.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pathlib
+import signal
+import sys
+
+import torch
+
+from trickster import cli
+from trickster import train as train_module
+from trickster.data import loader
+
+
+def die() -> None:
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def on_nth_call(n: int):
+    count = 0
+
+    def due() -> bool:
+        nonlocal count
+        count += 1
+        return count == n
+
+    return due
+
+
+def install(moment: str, n: int) -> None:
+    due = on_nth_call(n)
+    if moment == "before-batch":
+        next_batch = loader.BatchSampler.next_batch
+
+        def patched_next_batch(self):
+            if due():
+                die()
+            return next_batch(self)
+
+        loader.BatchSampler.next_batch = patched_next_batch
+    elif moment == "during-eval":
+        evaluate = train_module.evaluate
+
+        def patched_evaluate(model, batches, device, dtype_name):
+            if due():
+                evaluate(model, batches[:1], device, dtype_name)
+                die()
+            return evaluate(model, batches, device, dtype_name)
+
+        train_module.evaluate = patched_evaluate
+    elif moment == "during-trainer-write":
+        save = torch.save
+
+        def patched_save(obj, f, *args, **kwargs):
+            if due():
+                buffer = io.BytesIO()
+                save(obj, buffer, *args, **kwargs)
+                data = buffer.getvalue()
+                with open(f, "wb") as out:
+                    out.write(data[: len(data) // 2])
+                    out.flush()
+                    os.fsync(out.fileno())
+                die()
+            return save(obj, f, *args, **kwargs)
+
+        torch.save = patched_save
+    elif moment == "during-best-replace":
+        rename = pathlib.Path.rename
+
+        def patched_rename(self, target):
+            # replace_dir's second rename: staging folder -> `best`, once the old one is aside
+            if self.name.startswith(".best.tmp-") and pathlib.Path(target).name == "best":
+                if any(p.name.startswith(".best.old-") for p in self.parent.iterdir()) and due():
+                    die()
+            return rename(self, target)
+
+        pathlib.Path.rename = patched_rename
+    else:
+        raise SystemExit(f"unknown moment {moment!r}")
+
+
+if __name__ == "__main__":
+    install(sys.argv[1], int(sys.argv[2]))
+    sys.exit(cli.main(sys.argv[3:]))

@@ -1,0 +1,325 @@
+"""Runs that survive anything: SIGKILL at chosen moments, rotation, disk errors, non-finite steps.
+
+The kill tests run the real command in a subprocess (tests/crash_child.py injects the fault),
+then resume in this process and compare with one uninterrupted run of the same config: the
+train losses, validation losses and final weights must be identical, bit for bit.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from trickster import checkpoint as ckpt
+from trickster import cli
+from trickster import train as train_module
+from trickster.config import save_config
+from trickster.errors import UserError
+from trickster.model import Transformer
+from trickster.train import train
+
+from .conftest import micro_config
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+ROOT = Path(__file__).parent.parent
+QUIET = {"echo": lambda *a: None}
+
+# 12 steps of 2 micro-batches with dropout: evaluations at 0, 3, 6, 9, 12; numbered
+# checkpoints at 4 and 8; `best` at each evaluation that improves; `final` at 12.
+CRASH_RUN = {
+    "model_config": {"dropout": 0.1},
+    "training_config": {
+        "max_steps": 12,
+        "warmup_steps": 2,
+        "gradient_accumulation_steps": 2,
+        "log_every": 1,
+        "eval_every": 3,
+        "save_every": 4,
+        "eval_batches": 2,
+        "sample_tokens": 8,
+    },
+}
+
+
+def events(history, kind):
+    return [r for r in history if r["event"] == kind]
+
+
+def curve(history):
+    """Everything that must not change when a run is interrupted and resumed."""
+    train_losses = [(r["step"], r["train_loss"]) for r in events(history, "train")]
+    val_losses = [(r["step"], r["val_loss"], r.get("sample")) for r in events(history, "eval")]
+    return train_losses, val_losses
+
+
+def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return load_file(checkpoint / ckpt.WEIGHTS)
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert torch.equal(wa[name], wb[name]), name
+
+
+@pytest.fixture(scope="module")
+def reference(shakespeare_dir, tmp_path_factory):
+    """The uninterrupted run every interrupted one is compared with."""
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    result = train(micro_config(shakespeare_dir, run_dir, **CRASH_RUN), **QUIET)
+    assert [r["step"] for r in events(result.history, "eval")] == [0, 3, 6, 9, 12]
+    return result
+
+
+def crash(
+    shakespeare_dir: Path, run_dir: Path, moment: str, n: int, *flags: str
+) -> subprocess.CompletedProcess:
+    config = run_dir.parent / "run.yaml"
+    save_config(micro_config(shakespeare_dir, run_dir, **CRASH_RUN), config)
+    argv = [sys.executable, "-m", "tests.crash_child", moment, str(n), "train", "--config", str(config)]
+    result = subprocess.run([*argv, *flags], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == -9, f"expected SIGKILL, got {result.returncode}: {result.stderr[-2000:]}"
+    return result
+
+
+KILLS = [
+    # (moment, n, numbered checkpoint to resume from, what the kill leaves behind)
+    pytest.param("before-batch", 13, "step_000004", None, id="between-steps-6-and-7"),
+    pytest.param("before-batch", 14, "step_000004", None, id="inside-step-7-between-micro-batches"),
+    pytest.param("during-eval", 3, "step_000004", None, id="during-the-evaluation-at-step-6"),
+    pytest.param("during-trainer-write", 4, "step_000004", ".step_000008.tmp-", id="writing-step-8"),
+    pytest.param("during-best-replace", 1, "step_000004", ".best.old-", id="replacing-best-at-step-6"),
+]
+
+
+@pytest.mark.parametrize(("moment", "n", "resume_point", "leftover"), KILLS)
+def test_sigkill_then_resume_matches_the_uninterrupted_run(
+    moment, n, resume_point, leftover, reference, shakespeare_dir, tmp_path
+):
+    run_dir = tmp_path / "run"
+    crash(shakespeare_dir, run_dir, moment, n)
+
+    # what the kill left: the newest complete checkpoint is intact and loadable
+    found = ckpt.latest(run_dir)
+    assert found is not None and found.name == resume_point
+    assert ckpt.load_checkpoint(found).info["step"] == 4
+    hidden = [p.name for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".")]
+    if leftover:
+        assert any(name.startswith(leftover) for name in hidden), hidden
+    if moment == "during-best-replace":
+        assert not (run_dir / "checkpoints" / "best").exists()  # only under its hidden old name
+
+    resumed = train(micro_config(shakespeare_dir, run_dir, **CRASH_RUN), resume=True, **QUIET)
+
+    assert curve(resumed.history) == curve(reference.history)
+    assert_same_weights(run_dir / "checkpoints" / "final", reference.run_dir / "checkpoints" / "final")
+    assert_same_weights(run_dir / "checkpoints" / "best", reference.run_dir / "checkpoints" / "best")
+    resumes = events(resumed.history, "resume")
+    assert [(r["step"], r["checkpoint"]) for r in resumes] == [(4, resume_point)]
+    if leftover:
+        assert resumes[0]["repairs"], "the leftover of the killed write was not reported"
+    assert not [p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".")]
+
+
+def test_kill_before_the_first_checkpoint_resume_auto_starts_afresh(reference, shakespeare_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    crash(shakespeare_dir, run_dir, "before-batch", 5)  # inside step 3: nothing saved yet
+    assert ckpt.latest(run_dir) is None and (run_dir / "metrics.jsonl").exists()
+    cfg = micro_config(shakespeare_dir, run_dir, **CRASH_RUN)
+
+    with pytest.raises(UserError, match="nothing to resume .* training_config.resume=auto"):
+        train(cfg, resume=True, **QUIET)
+    cfg.training.resume = "auto"
+    again = train(cfg, **QUIET)
+    assert curve(again.history) == curve(reference.history)
+    assert not events(again.history, "resume")
+    assert_same_weights(run_dir / "checkpoints" / "final", reference.run_dir / "checkpoints" / "final")
+
+
+def test_resume_auto_from_the_cli_continues_a_killed_run(reference, shakespeare_dir, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    crash(shakespeare_dir, run_dir, "before-batch", 19)  # between steps 9 and 10
+    config = tmp_path / "run.yaml"
+    code = cli.main(["train", "--config", str(config), "--no-progress", "training_config.resume=auto"])
+    assert code == 0
+    assert "resuming from" in capsys.readouterr().out
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert curve(history) == curve(reference.history)
+
+
+def test_allowed_changes_on_resume_are_recorded(micro, capsys):
+    cfg = micro(training_config={"max_steps": 6, "warmup_steps": 1, "eval_every": 3, "save_every": 3})
+    train(cfg, **QUIET)
+    longer = cfg.model_copy(deep=True)
+    longer.training.max_steps, longer.training.learning_rate, longer.training.log_every = 9, 1e-3, 3
+    lines = []
+    result = train(longer, resume=True, echo=lines.append)
+    (resume,) = events(result.history, "resume")
+    assert resume["checkpoint"] == "final" and resume["step"] == 6
+    assert resume["changed"] == {
+        "training_config.max_steps": [6, 9],
+        "training_config.learning_rate": [3e-3, 1e-3],
+        "training_config.log_every": [2, 3],
+    }
+    assert "changed on resume: training_config.max_steps 6 -> 9" in lines
+    assert ckpt.checkpoint_step(result.run_dir / "checkpoints" / "final") == 9
+
+
+def test_keep_last_rotation_never_deletes_best(micro, monkeypatch):
+    """Validation losses 5, 1, 2, 3, ...: `best` is step 2's, older than every kept checkpoint."""
+    losses = iter([5.0, 1.0] + [2.0 + i for i in range(20)])
+    monkeypatch.setattr(train_module, "evaluate", lambda *args: next(losses))
+    cfg = micro(
+        training_config={"max_steps": 12, "warmup_steps": 1, "eval_every": 2, "save_every": 2, "keep_last": 2}
+    )
+    result = train(cfg, **QUIET)
+    folder = result.run_dir / "checkpoints"
+    assert [p.name for p in ckpt.numbered(result.run_dir)] == ["step_000008", "step_000010"]
+    assert sorted(p.name for p in folder.iterdir()) == ["best", "final", "step_000008", "step_000010"]
+    best = ckpt.load_checkpoint(folder / "best")
+    assert best.info["step"] == 2 and best.info["best_val_loss"] == 1.0
+
+
+def _nan_loss_at(monkeypatch, bad_calls) -> None:
+    """Training forward passes numbered in `bad_calls` (from 1) return a NaN loss."""
+    forward = Transformer.forward
+    count = 0
+
+    def patched(self, idx, targets=None, *args, **kwargs):
+        nonlocal count
+        logits, loss = forward(self, idx, targets, *args, **kwargs)
+        if self.training and targets is not None:
+            count += 1
+            if bad_calls(count):
+                loss = loss * math.nan
+        return logits, loss
+
+    monkeypatch.setattr(Transformer, "forward", patched)
+
+
+def test_non_finite_steps_are_skipped_and_counted(micro, monkeypatch):
+    _nan_loss_at(monkeypatch, lambda n: n in (5, 6))
+    cfg = micro(
+        training_config={"max_steps": 12, "warmup_steps": 1, "log_every": 1, "max_nonfinite_steps": 3}
+    )
+    result = train(cfg, **QUIET)
+    train_events = {r["step"]: r for r in events(result.history, "train")}
+    assert train_events[5]["train_loss"] is None and train_events[6]["train_loss"] is None
+    assert math.isfinite(train_events[7]["train_loss"])
+    assert train_events[12]["skipped_steps"] == 2
+    assert events(result.history, "end")[0]["skipped_steps"] == 2
+    final = result.run_dir / "checkpoints" / "final"
+    assert all(torch.isfinite(t).all() for t in weights(final).values())
+    # the optimizer took 10 updates in 12 steps
+    trainer = ckpt.load_trainer_state(final)
+    assert {int(s["step"]) for s in trainer["optimizer"]["state"].values()} == {10}
+
+
+def test_a_diverged_run_stops_naming_the_last_good_checkpoint(micro, monkeypatch):
+    _nan_loss_at(monkeypatch, lambda n: n >= 5)
+    cfg = micro(
+        training_config={
+            "max_steps": 20,
+            "warmup_steps": 1,
+            "save_every": 2,
+            "eval_every": 2,
+            "max_nonfinite_steps": 3,
+        }
+    )
+    with pytest.raises(UserError) as caught:
+        train(cfg, **QUIET)
+    message = str(caught.value)
+    assert "training stopped at step 7: 3 updates in a row had a non-finite loss" in message
+    assert "checkpoints/step_000006" in message
+    assert "training_config.learning_rate" in message and "bfloat16" in message
+    stopped = [json.loads(line) for line in (Path(cfg.logging.output_dir) / "metrics.jsonl").open()][-1]
+    assert stopped["event"] == "stopped" and stopped["reason"] == "non-finite"
+
+
+def test_non_finite_weights_never_become_best(micro, monkeypatch):
+    """An evaluation that reports a great loss for broken (NaN) weights must not save them."""
+    evaluate = train_module.evaluate
+    calls = 0
+
+    def poisoned(model, *args):
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # the evaluation at step 2
+            with torch.no_grad():
+                model.norm.weight.fill_(math.nan)
+            return 0.0
+        return evaluate(model, *args)
+
+    monkeypatch.setattr(train_module, "evaluate", poisoned)
+    cfg = micro(
+        training_config={"max_steps": 20, "warmup_steps": 1, "eval_every": 2, "max_nonfinite_steps": 2}
+    )
+    with pytest.raises(UserError, match="non-finite"):
+        train(cfg, **QUIET)
+    assert not (Path(cfg.logging.output_dir) / "checkpoints" / "best").exists()
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        (errno.ENOSPC, "No space left on device"),
+        (errno.EACCES, "Permission denied"),
+        (errno.EROFS, "Read-only"),
+    ],
+)
+def test_a_failed_checkpoint_write_leaves_earlier_checkpoints_intact(micro, monkeypatch, code, reason):
+    from trickster import checkpoint
+
+    save_file = checkpoint.save_file
+    calls = 0
+
+    def failing(tensors, filename, *args, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise OSError(code, __import__("os").strerror(code), str(filename))
+        return save_file(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save_file", failing)
+    cfg = micro(training_config={"max_steps": 8, "warmup_steps": 1, "eval_every": 100, "save_every": 2})
+    with pytest.raises(UserError, match=f"could not write checkpoint .*step_000004 \\({reason}") as caught:
+        train(cfg, **QUIET)
+    assert "earlier checkpoints are untouched" in str(caught.value)
+    run_dir = Path(cfg.logging.output_dir)
+    assert ckpt.latest(run_dir).name == "step_000002"
+    assert ckpt.load_checkpoint(run_dir / "checkpoints" / "step_000002").info["step"] == 2
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_000002"]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_for_the_metrics_is_one_clear_error(micro, tmp_path):
+    """A real ENOSPC: metrics.jsonl points at /dev/full, which refuses every write."""
+    cfg = micro(training_config={"max_steps": 4, "warmup_steps": 1, "eval_every": 2, "save_every": 2})
+    train(cfg, **QUIET)
+    run_dir = Path(cfg.logging.output_dir)
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != "metrics.jsonl"}
+    (run_dir / "metrics.jsonl").unlink()
+    (run_dir / "metrics.jsonl").symlink_to("/dev/full")
+    cfg.training.max_steps = 6
+    with pytest.raises(UserError, match=r"could not write .*metrics.jsonl \(No space left on device\)"):
+        train(cfg, resume=True, **QUIET)
+    assert all(p.read_bytes() == content for p, content in before.items())
+
+
+def test_a_crash_cut_metrics_line_is_dropped(micro):
+    cfg = micro(training_config={"max_steps": 4, "warmup_steps": 1, "eval_every": 2, "save_every": 2})
+    train(cfg, **QUIET)
+    metrics = Path(cfg.logging.output_dir) / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + '{"event": "train", "st')
+    cfg.training.max_steps = 6
+    result = train(cfg, resume=True, **QUIET)
+    assert [r["step"] for r in events(result.history, "train")] == [2, 4, 6]
