@@ -1,8 +1,10 @@
 """The commands a person types, run in-process on small data."""
 
+import json
 import re
 
 import pytest
+import torch
 
 from trickster.cli import main
 
@@ -57,4 +59,10 @@ def test_generate_streams_a_continuation_of_the_prompt(tmp_path, shakespeare_dir
     untrained = generate("--seed", "1", "--untrained")
     assert untrained != first and generate("--seed", "1", "--untrained") == untrained
     main(["info", "--checkpoint", str(run)])
-    assert "tied to the embedding" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "tied to the embedding" in shown
+    info = json.loads((run / "checkpoints" / "best" / "info.json").read_text())
+    assert f"tokenizer sha256 {info['tokenizer_fingerprint']}" in shown
+    assert f"data sha256 {info['data_fingerprint']}" in shown
+    assert f"torch {torch.__version__}" in shown and f"git: {info['manifest']['git_sha']}" in shown
+    assert "  training_config:" in shown and "    max_steps: 4" in shown

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 
 from trickster import checkpoint as ckpt
 from trickster.config import Config, load_config
@@ -173,10 +174,15 @@ def info_command(preset, config, checkpoint, overrides) -> None:
             f"checkpoint: {loaded.path} (step {info['step']}, val loss {info.get('val_loss')}, "
             f"best {info.get('best_val_loss')})"
         )
-        print(f"tokenizer {info.get('tokenizer_fingerprint')}, data {str(info.get('data_fingerprint'))[:16]}")
+        print(f"tokenizer sha256 {info.get('tokenizer_fingerprint')}")
+        print(f"data sha256 {info.get('data_fingerprint')} ({info.get('data_path')})")
         manifest = info.get("manifest", {})
-        print("versions: " + ", ".join(f"{k} {manifest.get(k)}" for k in ("trickster", "torch", "python")))
-        print(f"git: {manifest.get('git_sha')}, device: {manifest.get('device')}")
+        versions = ("trickster", "torch", "numpy", "safetensors", "python")
+        print("versions: " + ", ".join(f"{k} {manifest.get(k)}" for k in versions))
+        print(f"git: {manifest.get('git_sha')}, device: {manifest.get('device')}, saved {info.get('saved')}")
+        print(f"config ({loaded.path / 'config.yaml'}):")
+        for line in yaml.safe_dump(loaded.cfg.to_dict(), sort_keys=False).splitlines():
+            print("  " + line)
 
 
 def quickstart(path: str | None, steps: int, out: Path) -> int:
