@@ -557,6 +557,16 @@ CASES = [
         "No space left on device",
         "free disk space",
     ),
+    case(
+        "mesh-shape-does-not-match-processes",
+        lambda env: micro_train(env, "device_config.enable_fsdp=true", "device_config.mesh_shape=[1, 2]"),
+        "device_config.mesh_shape [1, 2] multiplies to 1 x 2 = 2, but the job has 1 process(es)",
+    ),
+    case(
+        "ddp-and-fsdp-together",
+        lambda env: micro_train(env, "device_config.enable_ddp=true", "device_config.enable_fsdp=true"),
+        "set device_config.enable_ddp or enable_fsdp, not both",
+    ),
     # ---- data prepare
     case(
         "prepare-empty-corpus",

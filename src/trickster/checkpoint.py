@@ -44,10 +44,13 @@ def step_name(step: int) -> str:
     return f"step_{step:06d}"
 
 
-def weights_to_save(model: Transformer) -> dict[str, torch.Tensor]:
-    state = model.state_dict()
+def weights_to_save(
+    model: Transformer, state: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """The tensors of `model.state_dict()` (or of a gathered full `state`), the tied output once."""
+    state = dict(model.state_dict() if state is None else state)
     if model.cfg.tie_embeddings:
-        del state["output.weight"]  # the same tensor as tok_embeddings.weight
+        state.pop("output.weight", None)  # the same tensor as tok_embeddings.weight
     return {name: t.detach().contiguous() for name, t in state.items()}
 
 
@@ -58,21 +61,25 @@ def save_checkpoint(
     tokenizer: Tokenizer,
     info: dict,
     trainer_state: dict | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write a complete checkpoint folder at `target`, replacing any older one atomically."""
+    """Write a complete checkpoint folder at `target`, replacing any older one atomically.
+
+    `weights`: a gathered full state dict, when the model itself is sharded over processes.
+    """
     target = Path(target)
     fix = (
         f"free disk space or make {target.parent} writable, then continue with --resume "
         "(earlier checkpoints are untouched)"
     )
     with disk_errors(f"checkpoint {target}", fix):
-        return _write_checkpoint(target, model, cfg, tokenizer, info, trainer_state)
+        return _write_checkpoint(target, weights_to_save(model, weights), cfg, tokenizer, info, trainer_state)
 
 
-def _write_checkpoint(target, model, cfg, tokenizer, info, trainer_state) -> Path:
+def _write_checkpoint(target, weights, cfg, tokenizer, info, trainer_state) -> Path:
     staging = staging_dir(target)
     try:
-        save_file(weights_to_save(model), staging / WEIGHTS, metadata={"format": "pt"})
+        save_file(weights, staging / WEIGHTS, metadata={"format": "pt"})
         (staging / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         tokenizer.save(staging / "tokenizer.json")
         if trainer_state is not None:

@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from trickster import checkpoint as ckpt
+from trickster import dist
 from trickster.config import Config, load_config
 from trickster.data import sources
 from trickster.data.loader import load_data
@@ -45,9 +46,15 @@ def prepare_data(source: str, paths, tokenizer: str, out: str | None, val_fracti
 def train_command(preset, config, overrides, resume: bool, progress=None) -> int:
     """`resume`: the --resume flag; without it training_config.resume decides."""
     cfg = load_config(config, preset, overrides)
-    result = train(cfg, resume=True if resume else None, progress=progress)
+    try:
+        result = train(cfg, resume=True if resume else None, progress=progress)
+        speaks = dist.is_main_process()  # under torchrun, rank 0 prints the summary
+    finally:
+        dist.shutdown()
     if result.exit_signal is not None:
         return 128 + int(result.exit_signal)
+    if not speaks:
+        return 0
     best = result.state.best_val_loss
     print(f"done: {result.state.step} steps; best val loss {best:.4f}; run in {result.run_dir}")
     prompt = result.cfg.training.sample_prompt.strip() or "ROMEO:"

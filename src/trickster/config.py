@@ -107,6 +107,19 @@ class DeviceConfig(_Section):
     """Compile the model with torch.compile (checkpoints still hold the plain module)."""
     threads: int | None = Field(None, gt=0)
     """CPU threads for PyTorch; empty leaves PyTorch's default."""
+    enable_ddp: bool = False
+    """Data parallel (DistributedDataParallel) over all processes; on by itself under torchrun."""
+    enable_fsdp: bool = False
+    """Shard parameters, gradients and optimizer state with FSDP2 (fully_shard)."""
+    mesh_shape: tuple[int, int] | None = None
+    """[replicate, shard] process grid whose product is the number of processes; with FSDP,
+    hybrid sharding when both exceed 1. Empty: all processes replicate (DDP) or shard (FSDP)."""
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    """Collective backend: auto is nccl on CUDA and gloo on the CPU."""
+    timeout_s: int = Field(600, gt=0)
+    """Seconds a collective may wait for a silent process before the job fails."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in the backward pass: less memory, about 30% more compute."""
 
 
 class LoggingConfig(_Section):
@@ -225,6 +238,13 @@ def check(cfg: Config) -> list[str]:
         problems.append(
             f"training_config.min_lr must be <= learning_rate (got {t.min_lr} > {t.learning_rate})"
         )
+    d = cfg.device
+    if d.enable_ddp and d.enable_fsdp:
+        problems.append(
+            "set device_config.enable_ddp or enable_fsdp, not both (FSDP2 replicates via mesh_shape)"
+        )
+    if d.mesh_shape is not None and min(d.mesh_shape) < 1:
+        problems.append(f"device_config.mesh_shape entries must be >= 1 (got {list(d.mesh_shape)})")
     if t.seq_len is not None and t.seq_len > m.max_seq_len:
         problems.append(
             f"training_config.seq_len ({t.seq_len}) must be <= model_config.max_seq_len ({m.max_seq_len})"

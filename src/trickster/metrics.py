@@ -28,6 +28,13 @@ class MetricsLog:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
+class NoMetrics:
+    """What processes other than rank 0 write: nothing."""
+
+    def write(self, event: str, step: int, **values) -> None:
+        pass
+
+
 def read_metrics(path: str | Path) -> list[dict]:
     """All events; a last line cut short by a crash (the process killed mid-write) is dropped."""
     path = Path(path)

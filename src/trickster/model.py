@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from trickster.config import ModelConfig
@@ -147,6 +148,7 @@ class Transformer(nn.Module):
         cos, sin = rotary_tables(cfg.hidden_dim // cfg.num_heads, cfg.max_seq_len, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)  # (max_seq_len, head_dim)
         self.register_buffer("rope_sin", sin, persistent=False)
+        self.checkpoint_activations = False  # set by the trainer (device_config.activation_checkpointing)
         self.init_weights()
 
     @torch.no_grad()
@@ -181,7 +183,11 @@ class Transformer(nn.Module):
         cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
         x = self.tok_embeddings(idx)  # (B, T, C)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, cache, i)
+            if self.checkpoint_activations and self.training and cache is None:
+                # keep only the block's input; recompute its activations in the backward pass
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, None, i, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, cache, i)
         if cache is not None:
             cache.length += T
         logits = self.output(self.norm(x)).float()  # (B, T, vocab)

@@ -23,11 +23,12 @@ import torch
 from tqdm import tqdm
 
 from trickster import checkpoint as ckpt
+from trickster import dist
 from trickster.config import Config, save_config
 from trickster.data.loader import BatchSampler, PreparedData, check_windows, fixed_batches, load_data
 from trickster.errors import UserError, disk_errors
 from trickster.generate import generate
-from trickster.metrics import MetricsLog, read_metrics, run_manifest
+from trickster.metrics import MetricsLog, NoMetrics, read_metrics, run_manifest
 from trickster.model import Transformer, flops_per_token, parameter_breakdown
 from trickster.optim import build_optimizer, lr_at
 from trickster.tokenizers import Tokenizer
@@ -100,10 +101,20 @@ def autocast_for(device: torch.device, dtype_name: str):
     return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype_name))
 
 
-def validation_batches(data: PreparedData, cfg: Config) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The run's fixed validation windows: every evaluation (and `trickster compare`) uses these."""
-    t = cfg.training
-    return fixed_batches(data.val, cfg.seq_len, t.batch_size, t.eval_batches, seed=t.seed + 1)
+def validation_batches(
+    data: PreparedData, cfg: Config, job: dist.Dist | None = None
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The run's fixed validation windows: every evaluation (and `trickster compare`) uses these.
+
+    Batches hold batch_size x world_size windows, whatever the number of processes; each process
+    evaluates its equal slice, so the mean of the processes' losses is the loss of the whole set.
+    """
+    t, job = cfg.training, job or dist.Dist()
+    batches = fixed_batches(
+        data.val, cfg.seq_len, t.batch_size * job.world_size, t.eval_batches, seed=t.seed + 1
+    )
+    mine = slice(job.rank * t.batch_size, (job.rank + 1) * t.batch_size)
+    return [(x[mine], y[mine]) for x, y in batches]
 
 
 @torch.no_grad()
@@ -175,8 +186,13 @@ def train(
     level = cfg.logging.log_level
     if level in ("warning", "error"):  # quiet: problems still arrive as errors
         echo, progress = (lambda *args: None), False
-    # 1. device, threads and seed
+    # 1. device, processes, threads and seed
     device = resolve_device(cfg.device.device)
+    job = dist.setup(cfg.device, device.type)
+    if device.type == "cuda" and job.active:
+        device = torch.device("cuda", job.local_rank)
+    if not job.is_main:  # rank 0 speaks for the job
+        echo, progress = (lambda *args: None), False
     if cfg.device.threads:
         torch.set_num_threads(cfg.device.threads)
     torch.manual_seed(t.seed)
@@ -189,36 +205,48 @@ def train(
     seq_len = cfg.seq_len
     check_windows(data, seq_len)
 
-    # 3. model, optimizer, batches
+    # 3. the run directory: a new one, or the newest complete checkpoint of an old one
+    run_dir = Path(cfg.logging.output_dir)
+    resumed_from, repairs = _on_main(job, _open_run_dir, run_dir, resume)
+    changed = _check_resumable(resumed_from, cfg, data) if resumed_from is not None else {}
+
+    # 4. model (weights restored before it is wrapped), optimizer, batches
     model = Transformer(cfg.model).to(device)
-    step_model = torch.compile(model) if cfg.device.compile else model
+    if resumed_from is not None:
+        ckpt.load_weights(model, resumed_from / ckpt.WEIGHTS)
+    model.checkpoint_activations = cfg.device.activation_checkpointing
+    step_model = dist.parallelize(model, job, device)
+    if cfg.device.compile:
+        step_model = torch.compile(step_model)
     optimizer = build_optimizer(model, t, device)
-    sampler = BatchSampler(data.train, seq_len, t.batch_size, seed=t.seed)
-    val_batches = validation_batches(data, cfg)
+    sampler = BatchSampler(data.train, seq_len, t.batch_size, t.seed, job.rank, job.world_size)
+    val_batches = validation_batches(data, cfg, job)
     use_scaler = cfg.device.dtype == "float16" and device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     state = TrainState()
-
-    # 4. the run directory: a new one, or the newest complete checkpoint of an old one
-    run_dir = Path(cfg.logging.output_dir)
-    resumed_from, repairs = _open_run_dir(run_dir, resume)
-    metrics = MetricsLog(run_dir / "metrics.jsonl")
-    changed = {}
+    if job.rank > 0:  # other dropout masks on each process (rank 0 draws as a single process would)
+        torch.manual_seed(t.seed + job.rank)
     if resumed_from is not None:
-        changed = _restore(resumed_from, cfg, data, model, optimizer, sampler, scaler, state, device)
-        _truncate_metrics(run_dir / "metrics.jsonl", state.step)
-        metrics.write("resume", state.step, checkpoint=resumed_from.name, changed=changed, repairs=repairs)
-    elif resume:  # nothing to resume: events of an attempt that saved no checkpoint are dropped
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        _restore_trainer(resumed_from, model, optimizer, sampler, scaler, state, device, job.rank)
+
+    metrics = MetricsLog(run_dir / "metrics.jsonl") if job.is_main else NoMetrics()
     manifest = run_manifest(device)
-    with disk_errors(f"run folder {run_dir}", "free disk space or choose another --out"):
-        save_config(cfg, run_dir / "config.yaml")
-        data.tokenizer.save(run_dir / "tokenizer.json")
-        (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    if job.is_main:
+        if resumed_from is not None:
+            _truncate_metrics(run_dir / "metrics.jsonl", state.step)
+            metrics.write(
+                "resume", state.step, checkpoint=resumed_from.name, changed=changed, repairs=repairs
+            )
+        elif resume:  # nothing to resume: events of an attempt that saved no checkpoint are dropped
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        with disk_errors(f"run folder {run_dir}", "free disk space or choose another --out"):
+            save_config(cfg, run_dir / "config.yaml")
+            data.tokenizer.save(run_dir / "tokenizer.json")
+            (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
     params = parameter_breakdown(cfg.model)
-    tokens_per_step = t.batch_size * seq_len * t.gradient_accumulation_steps
-    _print_header(echo, cfg, data, params.total, device, tokens_per_step, resumed_from)
+    tokens_per_step = t.batch_size * job.world_size * seq_len * t.gradient_accumulation_steps
+    _print_header(echo, cfg, data, params.total, device, tokens_per_step, resumed_from, job)
     for line in repairs + [f"changed on resume: {k} {old} -> {new}" for k, (old, new) in changed.items()]:
         echo(line)
     if resumed_from is None:
@@ -227,6 +255,9 @@ def train(
             0,
             params=params.total,
             tokens_per_step=tokens_per_step,
+            global_batch=t.batch_size * job.world_size * t.gradient_accumulation_steps,
+            world_size=job.world_size,
+            parallel=job.mode,
             flops_per_token=flops_per_token(cfg.model, seq_len),
             device=str(device),
         )
@@ -243,24 +274,27 @@ def train(
             "manifest": manifest,
         }
 
-    def trainer_state() -> dict:
-        return {
-            "train_state": state.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "sampler": sampler.state_dict(),
-            "scaler": scaler.state_dict() if use_scaler else {},
-            "rng": rng_state(device),
-        }
-
     def save(name: str) -> None:
-        ckpt.save_checkpoint(
-            run_dir / "checkpoints" / name, model, cfg, data.tokenizer, info(), trainer_state()
-        )
-        if ckpt.STEP_DIR.match(name):
-            ckpt.prune(run_dir, t.keep_last)
+        # every process takes part in gathering the full state; rank 0 writes it
+        weights, optimizer_state = dist.full_state(model, optimizer)
+        rngs = dist.gather(rng_state(device), job)
+        if job.is_main:
+            trainer_state = {
+                "train_state": state.state_dict(),
+                "optimizer": optimizer_state,
+                "sampler": sampler.state_dict(),
+                "scaler": scaler.state_dict() if use_scaler else {},
+                "rng": rngs[0],
+                "rng_per_rank": rngs,
+            }
+            target = run_dir / "checkpoints" / name
+            ckpt.save_checkpoint(target, model, cfg, data.tokenizer, info(), trainer_state, weights=weights)
+            if ckpt.STEP_DIR.match(name):
+                ckpt.prune(run_dir, t.keep_last)
+        dist.barrier(job)
 
     def run_eval() -> None:
-        val_loss = evaluate(step_model, val_batches, device, cfg.device.dtype)
+        val_loss = dist.mean(evaluate(step_model, val_batches, device, cfg.device.dtype), job)
         # non-finite weights are neither sampled nor saved as `best`, whatever loss they report
         healthy = weights_finite(model) and math.isfinite(val_loss)
         state.last_val_loss = val_loss if healthy else None
@@ -311,6 +345,7 @@ def train(
                 t.grad_clip,
                 device,
                 cfg.device.dtype,
+                job,
             )
             state.step += 1
             state.tokens_seen += tokens_per_step
@@ -362,11 +397,11 @@ def train(
                 interval_start, interval_tokens = time.perf_counter(), 0
             if state.step % t.eval_every == 0 or last:
                 run_eval()
-            stopping = stop.received is not None and not last
+            stopping = dist.any_rank(stop.received is not None, job) and not last
             if (state.step % t.save_every == 0 or stopping) and not last:
                 save(ckpt.step_name(state.step))
             if stopping:
-                exit_signal = stop.received
+                exit_signal = stop.received or signal.SIGTERM  # another process was signalled
                 metrics.write("stopped", state.step, signal=signal.Signals(exit_signal).name)
                 say(
                     f"stopped by {signal.Signals(exit_signal).name} at step {state.step}; "
@@ -387,7 +422,16 @@ def train(
 
 
 def train_step(
-    step_model, model, optimizer, scaler, sampler, accumulation: int, grad_clip: float, device, dtype_name
+    step_model,
+    model,
+    optimizer,
+    scaler,
+    sampler,
+    accumulation: int,
+    grad_clip: float,
+    device,
+    dtype_name,
+    job: dist.Dist | None = None,
 ) -> tuple[float, float, bool]:
     """One optimizer step over `accumulation` micro-batches: (mean loss, gradient norm, applied).
 
@@ -395,18 +439,21 @@ def train_step(
     the GradScaler skips inf/NaN gradients itself while it calibrates; only a non-finite loss
     counts as a skip then.
     """
+    job = job or dist.Dist()
     step_loss = 0.0
-    for _ in range(accumulation):
+    for micro_step in range(accumulation):
         x, y = sampler.next_batch()
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast_for(device, dtype_name):
-            _, loss = step_model(x, y)
-        scaler.scale(loss / accumulation).backward()
+        # gradients are averaged across processes once, on the last micro-batch
+        with dist.gradient_sync(step_model, job, micro_step == accumulation - 1):
+            with autocast_for(device, dtype_name):
+                _, loss = step_model(x, y)
+            scaler.scale(loss / accumulation).backward()
         step_loss += loss.item() / accumulation
+    step_loss = dist.mean(step_loss, job)
     scaler.unscale_(optimizer)
-    grad_norm = torch.nn.utils.clip_grad_norm_(
-        model.parameters(), grad_clip if grad_clip > 0 else math.inf
-    ).item()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else math.inf)
+    grad_norm = dist.to_full(norm).item()
     applied = math.isfinite(step_loss) and (math.isfinite(grad_norm) or scaler.is_enabled())
     if applied:
         scaler.step(optimizer)
@@ -453,6 +500,20 @@ def _diverged(run_dir: Path, state: TrainState) -> UserError:
     )
 
 
+def _on_main(job: dist.Dist, fn, *args):
+    """Run `fn` on rank 0 only and hand its result, or its UserError, to every process."""
+    outcome = None
+    if job.is_main:
+        try:
+            outcome = fn(*args)
+        except UserError as err:
+            outcome = err
+    outcome = dist.broadcast(outcome, job)
+    if isinstance(outcome, UserError):
+        raise outcome
+    return outcome
+
+
 def run_dir_in_use(run_dir: Path) -> bool:
     """A run only starts (without --resume) in a folder that is missing or empty."""
     return run_dir.is_dir() and any(run_dir.iterdir())
@@ -492,11 +553,11 @@ def _open_run_dir(run_dir: Path, resume: bool | str) -> tuple[Path | None, list[
 UNREPORTED_ON_RESUME = {"data_config.path", "logging_config.output_dir", "training_config.resume"}
 
 
-def _restore(path, cfg, data: PreparedData, model, optimizer, sampler, scaler, state, device) -> dict:
-    """Load everything a checkpoint holds, after checking it belongs to this run.
+def _check_resumable(path: Path, cfg: Config, data: PreparedData) -> dict:
+    """Refuse a checkpoint of another model, tokenizer or data; return the settings that changed.
 
-    The model shape, tokenizer and data must match; other settings (max_steps, learning rate,
-    intervals, ...) may change: they are returned as {key: [old, new]} to be logged.
+    Other settings (max_steps, learning rate, intervals, ...) may change: they come back as
+    {key: [old, new]} to be logged.
     """
     saved_cfg = ckpt.read_config(path)
     if saved_cfg.model != cfg.model:
@@ -514,15 +575,24 @@ def _restore(path, cfg, data: PreparedData, model, optimizer, sampler, scaler, s
         raise UserError(
             f"cannot resume from {path}: the prepared data changed; use the data it was trained on"
         )
-    ckpt.load_weights(model, path / ckpt.WEIGHTS)
+    return _changed_settings(saved_cfg, cfg)
+
+
+def _restore_trainer(path, model, optimizer, sampler, scaler, state, device, rank: int) -> None:
+    """Optimizer moments, sampler position, counters and random generators of a checkpoint."""
     trainer = ckpt.load_trainer_state(path)
-    optimizer.load_state_dict(trainer["optimizer"])
+    optimizer_state = trainer["optimizer"]
+    if all(isinstance(key, int) for key in optimizer_state["state"]):  # written before 0.2: by position
+        optimizer.load_state_dict(optimizer_state)
+    else:
+        dist.load_full_state(model, optimizer, None, optimizer_state)
     sampler.load_state_dict(trainer["sampler"])
     state.load_state_dict(trainer["train_state"])
     if scaler.is_enabled() and trainer["scaler"]:
         scaler.load_state_dict(trainer["scaler"])
-    set_rng_state(trainer["rng"], device)
-    return _changed_settings(saved_cfg, cfg)
+    per_rank = trainer.get("rng_per_rank") or [trainer["rng"]]
+    if rank < len(per_rank):  # a process the saving job did not have keeps its fresh seed
+        set_rng_state(per_rank[rank], device)
 
 
 def _changed_settings(old: Config, new: Config) -> dict[str, list]:
@@ -554,7 +624,7 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _print_header(echo, cfg, data, total_params, device, tokens_per_step, resumed_from) -> None:
+def _print_header(echo, cfg, data, total_params, device, tokens_per_step, resumed_from, job) -> None:
     t = cfg.training
     echo("=" * 60)
     echo(f"Training from scratch -> {cfg.logging.output_dir}")
@@ -564,10 +634,13 @@ def _print_header(echo, cfg, data, total_params, device, tokens_per_step, resume
         f"data: {data.path} ({data.meta['tokenizer']} tokenizer, vocab {data.tokenizer.vocab_size}; "
         f"{len(data.train):,} train / {len(data.val):,} val tokens)"
     )
+    if job.active:
+        echo(f"processes: {job.world_size} ({job.mode}, mesh {tuple(job.mesh.shape)} replicate x shard)")
     echo(
-        f"steps: {t.max_steps:,} x {tokens_per_step:,} tokens (batch {t.batch_size} x "
-        f"{cfg.seq_len} x accumulation {t.gradient_accumulation_steps}); lr {t.learning_rate} "
-        f"warmup {t.warmup_steps} -> cosine -> {t.min_lr}"
+        f"steps: {t.max_steps:,} x {tokens_per_step:,} tokens (global batch "
+        f"{t.batch_size * job.world_size * t.gradient_accumulation_steps} = {t.batch_size} per process x "
+        f"{job.world_size} process(es) x accumulation {t.gradient_accumulation_steps}, x {cfg.seq_len} "
+        f"tokens); lr {t.learning_rate} warmup {t.warmup_steps} -> cosine -> {t.min_lr}"
     )
     if resumed_from is not None:
         echo(f"resuming from {resumed_from}")

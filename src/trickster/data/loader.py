@@ -70,16 +70,25 @@ def windows(tokens: np.ndarray, starts: torch.Tensor, seq_len: int) -> tuple[tor
 
 
 class BatchSampler:
-    """Random windows over one flat token stream, reproducible from its state_dict."""
+    """Random windows over one flat token stream, reproducible from its state_dict.
 
-    def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, seed: int):
+    Every process draws the same global batch (batch_size x world_size windows, from the same
+    generator) and keeps its own slice: the data order does not depend on how many processes
+    share it, and one state_dict describes all of them.
+    """
+
+    def __init__(
+        self, tokens: np.ndarray, seq_len: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+    ):
         self.tokens, self.seq_len, self.batch_size = tokens, seq_len, batch_size
+        self.rank, self.world_size = rank, world_size
         self.generator = torch.Generator().manual_seed(seed)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         high = len(self.tokens) - self.seq_len  # last start that still has a target after it
-        starts = torch.randint(0, high, (self.batch_size,), generator=self.generator)
-        return windows(self.tokens, starts, self.seq_len)
+        starts = torch.randint(0, high, (self.batch_size * self.world_size,), generator=self.generator)
+        mine = starts[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+        return windows(self.tokens, mine, self.seq_len)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

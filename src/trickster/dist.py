@@ -1,0 +1,215 @@
+"""The only module that imports torch.distributed: process group, device mesh, wrapping, collectives.
+
+`trickster train` alone is one process and never touches torch.distributed. Under torchrun
+(`torchrun --nproc-per-node N -m trickster train ...`) each process reads RANK / WORLD_SIZE /
+LOCAL_RANK, joins the process group and trains its share of every global batch:
+
+    enable_ddp                 DistributedDataParallel: full replicas, gradients all-reduced
+    enable_fsdp                FSDP2 `fully_shard` on every block and the root: parameters,
+                               gradients and AdamW state sharded over mesh_shape[1] processes,
+                               replicated over mesh_shape[0] (hybrid sharding when both > 1)
+
+Checkpoints hold gathered full state dicts (rank 0 writes them), so a run saved on N processes
+resumes on M, and single-process `generate` reads it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from torch.nn.parallel import DistributedDataParallel
+
+from trickster.config import DeviceConfig
+from trickster.errors import UserError
+
+
+@dataclass(frozen=True)
+class MeshShape:
+    """[replicate, shard] degrees; their product must be the number of processes."""
+
+    replicate: int
+    shard: int
+
+    @classmethod
+    def choose(cls, cfg: DeviceConfig, world_size: int) -> MeshShape:
+        if cfg.mesh_shape is None:
+            return cls(1, world_size) if cfg.enable_fsdp else cls(world_size, 1)
+        replicate, shard = cfg.mesh_shape
+        if replicate * shard != world_size:
+            raise UserError(
+                f"device_config.mesh_shape [{replicate}, {shard}] multiplies to {replicate} x {shard} = "
+                f"{replicate * shard}, but the job has {world_size} process(es) (torchrun --nnodes x "
+                "--nproc-per-node); make the product match, or leave mesh_shape empty"
+            )
+        if not cfg.enable_fsdp:
+            return cls(world_size, 1)  # data parallel only: the mesh is just a grid of replicas
+        return cls(replicate, shard)
+
+
+@dataclass
+class Dist:
+    """Where this process stands in the job. The default is the single-process run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    mode: str = "single"  # single | ddp | fsdp
+    mesh: DeviceMesh | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.mode != "single"
+
+
+def setup(cfg: DeviceConfig, device_type: str) -> Dist:
+    """Join the process group when launched by torchrun or when DDP/FSDP is asked for."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1 and not (cfg.enable_ddp or cfg.enable_fsdp):
+        return Dist()
+    if cfg.enable_ddp and cfg.enable_fsdp:
+        raise UserError(
+            "set device_config.enable_ddp or enable_fsdp, not both (FSDP2 replicates via mesh_shape)"
+        )
+    shape = MeshShape.choose(cfg, world_size)  # before joining: a bad mesh leaves nothing behind
+    launched = "RANK" in os.environ  # by torchrun; otherwise a group of one, to exercise the path
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    backend = cfg.backend
+    if backend == "auto":
+        backend = "nccl" if device_type == "cuda" else "gloo"
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank)
+    timeout = datetime.timedelta(seconds=cfg.timeout_s)
+    if not dist.is_initialized():
+        if launched:
+            dist.init_process_group(backend=backend, timeout=timeout)
+        else:
+            address = f"tcp://127.0.0.1:{_free_port()}"
+            dist.init_process_group(backend, init_method=address, rank=0, world_size=1, timeout=timeout)
+    mode = "fsdp" if cfg.enable_fsdp else "ddp"
+    mesh = init_device_mesh(
+        device_type, (shape.replicate, shape.shard), mesh_dim_names=("replicate", "shard")
+    )
+    return Dist(rank, world_size, local_rank, mode, mesh)
+
+
+def shutdown() -> None:
+    """Leave the process group, if this process joined one."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_main_process() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def parallelize(model: torch.nn.Module, d: Dist, device: torch.device) -> torch.nn.Module:
+    """Wrap a finished model for the job. Returns the module to call for training steps.
+
+    FSDP2 shards in place (the same object, still the model for sampling and saving); DDP returns
+    a wrapper around the unchanged model.
+    """
+    if d.mode == "ddp":
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if d.mode == "fsdp":
+        mesh = d.mesh if d.mesh.shape[0] > 1 else d.mesh["shard"]  # 2-D mesh: hybrid sharding
+        for block in model.layers:
+            fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+    return model
+
+
+def gradient_sync(step_model: torch.nn.Module, d: Dist, enabled: bool):
+    """Skip the gradient all-reduce on all but the last micro-batch of a step."""
+    if d.mode == "ddp" and not enabled:
+        return step_model.no_sync()
+    if d.mode == "fsdp":
+        step_model.set_requires_gradient_sync(enabled)
+    return contextlib.nullcontext()
+
+
+def mean(value: float, d: Dist) -> float:
+    if not d.active:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return float(t.item()) / d.world_size
+
+
+def any_rank(flag: bool, d: Dist) -> bool:
+    if not d.active:
+        return flag
+    t = torch.tensor([1 if flag else 0])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def broadcast(obj, d: Dist):
+    """Rank 0's value of `obj` on every rank."""
+    if not d.active:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(obj, d: Dist) -> list:
+    if not d.active:
+        return [obj]
+    out = [None] * d.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(d: Dist) -> None:
+    if d.active:
+        dist.barrier()
+
+
+def to_full(value):
+    """A plain tensor from a DTensor (FSDP2 gradient norms are DTensors)."""
+    return value.full_tensor() if hasattr(value, "full_tensor") else value
+
+
+FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def full_state(model, optimizer) -> tuple[dict, dict]:
+    """Gathered, unsharded model and optimizer state (all ranks call; rank 0 gets the tensors).
+
+    The optimizer state is keyed by parameter name, not position, in every mode, so the same
+    checkpoint loads on any number of processes.
+    """
+    return get_model_state_dict(model, options=FULL), get_optimizer_state_dict(model, optimizer, options=FULL)
+
+
+def load_full_state(model, optimizer, model_state: dict | None, optimizer_state: dict) -> None:
+    """Every rank passes the full state it read from disk; FSDP2 keeps its own shard."""
+    options = StateDictOptions(full_state_dict=True)
+    if model_state is not None:
+        set_model_state_dict(model, model_state, options=options)
+    set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

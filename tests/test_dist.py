@@ -1,0 +1,210 @@
+"""Data parallel and sharded training with torchrun, 2 CPU processes on the gloo backend.
+
+Each comparison runs the real command under torchrun and one process in this test with the same
+global batch (2 processes x 4 windows against 1 process x 8): the losses must agree within 1e-5.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from trickster import checkpoint as ckpt
+from trickster import cli
+from trickster.config import save_config
+from trickster.dist import MeshShape
+from trickster.errors import UserError
+from trickster.train import train
+
+from .conftest import micro_config
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="torchrun with gloo on POSIX")
+ROOT = Path(__file__).parent.parent
+QUIET = {"echo": lambda *a: None}
+
+RUN = {
+    "training_config": {
+        "max_steps": 20,
+        "warmup_steps": 2,
+        "gradient_accumulation_steps": 2,
+        "log_every": 1,
+        "eval_every": 10,
+        "save_every": 10,
+        "eval_batches": 2,
+        "sample_tokens": 8,
+    },
+}
+
+
+def config(shakespeare_dir, run_dir, batch_size: int, **device):
+    sections = {
+        "training_config": {**RUN["training_config"], "batch_size": batch_size},
+        "device_config": {"device": "cpu", "threads": 1, **device},
+    }
+    return micro_config(shakespeare_dir, run_dir, **sections)
+
+
+def torchrun(cfg, tmp_path: Path, *overrides: str, processes: int = 2, wait: bool = True):
+    path = tmp_path / f"{Path(cfg.logging.output_dir).name}.yaml"
+    save_config(cfg, path)
+    argv = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={processes}",
+        "-m",
+        "trickster",
+        "train",
+        "--config",
+        str(path),
+        "--no-progress",
+        *overrides,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if not wait:
+        return subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+    result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def history(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(records, kind="train", key="train_loss"):
+    return [(r["step"], r[key]) for r in records if r["event"] == kind]
+
+
+def assert_close_losses(a, b, tol=1e-5):
+    assert [s for s, _ in a] == [s for s, _ in b]
+    worst = max(abs(x - y) for (_, x), (_, y) in zip(a, b, strict=True))
+    assert worst <= tol, f"largest difference {worst:.2e}"
+
+
+@pytest.fixture(scope="module")
+def single(shakespeare_dir, tmp_path_factory):
+    """One process, 8 windows per micro-batch: the reference for every 2-process run."""
+    run_dir = tmp_path_factory.mktemp("single") / "run"
+    return train(config(shakespeare_dir, run_dir, batch_size=8), **QUIET)
+
+
+@pytest.mark.parametrize("mode", ["enable_ddp", "enable_fsdp"])
+def test_two_processes_match_one_with_the_same_global_batch(mode, single, shakespeare_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    out = torchrun(config(shakespeare_dir, run_dir, batch_size=4, **{mode: True}), tmp_path).stdout
+    assert "global batch 16 = 4 per process x 2 process(es) x accumulation 2" in out
+    records = history(run_dir)
+    start = records[0]
+    assert start["world_size"] == 2 and start["global_batch"] == 16
+    assert start["parallel"] == ("ddp" if mode == "enable_ddp" else "fsdp")
+    assert_close_losses(losses(records), losses(single.history))
+    assert_close_losses(losses(records, "eval", "val_loss"), losses(single.history, "eval", "val_loss"))
+    # one writer: every event once, and a checkpoint that one process loads
+    assert len(losses(records)) == 20
+    final = load_file(run_dir / "checkpoints" / "final" / ckpt.WEIGHTS)
+    reference = load_file(single.run_dir / "checkpoints" / "final" / ckpt.WEIGHTS)
+    for name, tensor in reference.items():
+        torch.testing.assert_close(final[name], tensor, atol=1e-4, rtol=1e-4)
+    assert ckpt.load_checkpoint(run_dir).info["step"] == 20
+
+
+def test_a_two_process_checkpoint_resumes_in_one_process(single, shakespeare_dir, tmp_path):
+    sharded_dir, run_dir = tmp_path / "sharded", tmp_path / "run"
+    torchrun(config(shakespeare_dir, sharded_dir, batch_size=4, enable_fsdp=True), tmp_path)
+    # continue from its step-10 checkpoint, as if the 2-process job had stopped there
+    shutil.copytree(sharded_dir / "checkpoints" / "step_000010", run_dir / "checkpoints" / "step_000010")
+    (run_dir / "metrics.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in history(sharded_dir) if r["step"] <= 10)
+    )
+
+    alone = config(shakespeare_dir, run_dir, batch_size=8)
+    resumed = train(alone, resume=True, **QUIET)
+    (resume,) = [r for r in resumed.history if r["event"] == "resume"]
+    assert resume["step"] == 10 and resume["changed"]["training_config.batch_size"] == [4, 8]
+    assert_close_losses(losses(resumed.history), losses(single.history))
+    assert_close_losses(
+        losses(resumed.history, "eval", "val_loss"), losses(single.history, "eval", "val_loss")
+    )
+
+
+def test_a_dead_process_ends_the_job(shakespeare_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = config(shakespeare_dir, run_dir, batch_size=4, enable_ddp=True, timeout_s=30)
+    proc = torchrun(
+        cfg, tmp_path, "training_config.max_steps=100000", "training_config.eval_every=100000", wait=False
+    )
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and '"train"' not in _read(run_dir / "metrics.jsonl"):
+            time.sleep(0.2)
+        workers = _children(proc.pid)  # torchrun starts one process per rank
+        assert len(workers) >= 2, workers
+        killed_at = time.time()
+        os.kill(workers[-1], signal.SIGKILL)
+        proc.wait(timeout=60)
+        took = time.time() - killed_at
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert took < 60, took
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        text = _read(task / "children").split()
+        found += [int(p) for p in text]
+    return sorted(found)
+
+
+def test_mesh_shape_must_multiply_to_the_number_of_processes(micro):
+    cfg = micro(device_config={"enable_fsdp": True, "mesh_shape": [2, 3]})
+    with pytest.raises(UserError, match=r"mesh_shape \[2, 3\] multiplies to 2 x 3 = 6, but the job has 4"):
+        MeshShape.choose(cfg.device, 4)
+    assert MeshShape.choose(cfg.device, 6) == MeshShape(2, 3)
+    ddp = micro(device_config={"enable_ddp": True, "mesh_shape": [1, 2]})  # the tutorial's N300
+    assert MeshShape.choose(ddp.device, 2) == MeshShape(2, 1)
+
+
+def test_one_process_through_the_distributed_path(micro, capsys):
+    """`enable_ddp` without torchrun: a process group of one, same losses as the plain path."""
+    plain = train(micro(training_config={"max_steps": 6, "warmup_steps": 1, "log_every": 1}), **QUIET)
+    cfg = micro(
+        training_config={"max_steps": 6, "warmup_steps": 1, "log_every": 1},
+        device_config={"enable_ddp": True},
+        logging_config={"output_dir": str(Path(plain.run_dir).parent / "ddp")},
+    )
+    path = Path(plain.run_dir).parent / "ddp.yaml"
+    save_config(cfg, path)
+    assert cli.main(["train", "--config", str(path), "--no-progress"]) == 0
+    assert "processes: 1 (ddp" in capsys.readouterr().out
+    assert_close_losses(losses(history(Path(cfg.logging.output_dir))), losses(plain.history), tol=0)
+    assert not torch.distributed.is_initialized()
+
+
+def test_activation_checkpointing_gives_the_same_losses(micro):
+    steps = {"max_steps": 6, "warmup_steps": 1, "log_every": 1}
+    plain = train(micro(training_config=steps), **QUIET)
+    cfg = micro(training_config=steps, device_config={"activation_checkpointing": True})
+    cfg.logging.output_dir = str(Path(plain.run_dir).parent / "recompute")
+    recomputed = train(cfg, **QUIET)
+    assert_close_losses(losses(recomputed.history), losses(plain.history), tol=1e-6)
