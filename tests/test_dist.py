@@ -7,6 +7,7 @@ global batch (2 processes x 4 windows against 1 process x 8): the losses must ag
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -208,3 +209,24 @@ def test_activation_checkpointing_gives_the_same_losses(micro):
     cfg.logging.output_dir = str(Path(plain.run_dir).parent / "recompute")
     recomputed = train(cfg, **QUIET)
     assert_close_losses(losses(recomputed.history), losses(plain.history), tol=1e-6)
+
+
+def test_mega_shape_under_fsdp2_with_recompute_and_bf16(shakespeare_dir, tmp_path):
+    """mega's structure (grouped-query attention, untied output) scaled down, trained the way mega
+    is meant to be: FSDP2, activation checkpointing, bfloat16 autocast."""
+    run_dir = tmp_path / "run"
+    cfg = config(
+        shakespeare_dir,
+        run_dir,
+        batch_size=2,
+        enable_fsdp=True,
+        activation_checkpointing=True,
+        dtype="bfloat16",
+    )
+    cfg.model.num_heads, cfg.model.num_kv_heads, cfg.model.tie_embeddings = 8, 2, False
+    torchrun(cfg, tmp_path, "training_config.max_steps=8", "training_config.eval_every=8")
+    train_losses = [loss for _, loss in losses(history(run_dir))]
+    assert all(math.isfinite(x) for x in train_losses) and train_losses[-1] < train_losses[0]
+    loaded = ckpt.load_checkpoint(run_dir)
+    assert loaded.model.output.weight is not loaded.model.tok_embeddings.weight
+    assert loaded.model.cfg.num_kv_heads == 2
