@@ -25,7 +25,7 @@ from trickster.config import Config, save_config
 from trickster.data.loader import BatchSampler, PreparedData, check_windows, fixed_batches, load_data
 from trickster.errors import UserError
 from trickster.generate import generate
-from trickster.metrics import MetricsLog, read_metrics, run_manifest
+from trickster.metrics import MetricSinks, read_metrics, run_manifest
 from trickster.model import Transformer, flops_per_token, parameter_breakdown
 from trickster.optim import build_optimizer, lr_at
 from trickster.tokenizers import Tokenizer
@@ -192,8 +192,8 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo=
 
     # 4. the run directory: a new one, or the newest complete checkpoint of an old one
     run_dir = Path(cfg.logging.output_dir)
+    metrics = MetricSinks(run_dir, cfg)  # jsonl, csv, loss.png, TensorBoard, W&B; writes nothing yet
     _ensure_run_dir(run_dir, resume)
-    metrics = MetricsLog(run_dir / "metrics.jsonl")
     resumed_from = ckpt.latest(run_dir) if resume else None
     if resumed_from is not None:
         _restore(resumed_from, cfg, data, model, optimizer, sampler, scaler, state, device)
@@ -349,6 +349,7 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo=
             save("final")
             metrics.write("end", state.step, best_val_loss=_finite(state.best_val_loss))
     bar.close()
+    metrics.close()
     return TrainResult(
         cfg, run_dir, state, exit_signal, params.total, read_metrics(run_dir / "metrics.jsonl")
     )
