@@ -14,12 +14,14 @@ hidden d, MLP m, key/value width kv = num_kv_heads * head_dim, nh heads, vocabul
 - activations saved for the backward pass, per token:
   float32:    L * (8d + 2kv + 4m + nh + 2) * 4
   bf16/fp16:  L * ((4d + nh + 2) * 4 + (4d + 2kv + 4m) * 2)   (RMSNorm keeps float32)
-  plus (2d + 2V) * 4 + 8 for the final norm, the float32 logits, their log-softmax and targets.
+  plus (3d + V + 3) * 4 + 8 for the final norm, the log-softmax of the float32 logits and the
+  targets.
   The float32 line matches, within 1%, the tensors autograd saves for this model on CPU (tested
   in tests/test_plan.py with saved-tensor hooks). The bf16/fp16 line assumes fused attention
   (flash / memory-efficient SDPA on a GPU) that keeps no T x T matrix; on CPU half precision
   keeps more.
-- the logits' gradient, B * T * V * 4, alive at the start of the backward pass.
+- the logits and their gradient, 2 * B * T * V * 4 (float32), both alive at the start of the
+  backward pass.
 
 Not counted: the allocator's cache and fragmentation, the CUDA context (about 0.5 GiB) and the
 temporary buffers of individual kernels; the plan asks for 10% headroom.
@@ -52,7 +54,7 @@ class Memory:
     optimizer: int
     autocast_copy: int
     activations: int
-    logits_grad: int
+    logits: int  # the float32 logits and their gradient
 
     @property
     def state(self) -> int:
@@ -61,7 +63,7 @@ class Memory:
 
     @property
     def total(self) -> int:
-        return self.state + self.activations + self.logits_grad
+        return self.state + self.activations + self.logits
 
 
 def activation_bytes_per_token(cfg: Config) -> int:
@@ -73,7 +75,7 @@ def activation_bytes_per_token(cfg: Config) -> int:
         per_layer = (8 * d + 2 * kv + 4 * m.mlp_dim + nh + 2) * 4
     else:
         per_layer = (4 * d + nh + 2) * 4 + (4 * d + 2 * kv + 4 * m.mlp_dim) * 2
-    return L * per_layer + (2 * d + 2 * V) * 4 + 8
+    return L * per_layer + (3 * d + V + 3) * 4 + 8
 
 
 def memory_estimate(cfg: Config, batch_size: int | None = None, seq_len: int | None = None) -> Memory:
@@ -87,7 +89,7 @@ def memory_estimate(cfg: Config, batch_size: int | None = None, seq_len: int | N
         optimizer=8 * params,
         autocast_copy=2 * params if half else 0,
         activations=tokens * activation_bytes_per_token(cfg),  # per token: no T x T term (fused attention)
-        logits_grad=tokens * cfg.model.vocab_size * 4,
+        logits=2 * tokens * cfg.model.vocab_size * 4,
     )
 
 
@@ -259,7 +261,7 @@ def _advice(plan: Plan) -> list[str]:
             f"{_gib(budget)} usable: choose a smaller model{hint}, or a device with more memory "
             "(sharding across GPUs is not built yet)"
         ]
-    per_sequence = (mem.activations + mem.logits_grad) // t.batch_size
+    per_sequence = (mem.activations + mem.logits) // t.batch_size
     fits_batch = int((budget - mem.state) // per_sequence)
     if fits_batch >= 1:
         accumulation = math.ceil(t.batch_size * t.gradient_accumulation_steps / fits_batch)
@@ -331,7 +333,7 @@ def format_plan(plan: Plan) -> str:
         lines.append(f"  autocast weight copy ({cfg.device.dtype[:4]})    {_gib(mem.autocast_copy):>10}")
     lines += [
         f"  activations                    {_gib(mem.activations):>10}",
-        f"  logits gradient                {_gib(mem.logits_grad):>10}",
+        f"  logits and their gradient      {_gib(mem.logits):>10}",
         f"  total                          {_gib(mem.total):>10}",
     ]
     usable = HEADROOM * plan.device_bytes
