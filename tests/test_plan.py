@@ -149,10 +149,7 @@ def test_plan_command_prints_the_figures(shakespeare_dir, tmp_path, capsys):
     assert f"parameters: {params:,}" in out and "counted here as 256" in out
     assert "compute-optimal (~20 per parameter)" in out and f"{20 * params:,}" in out
     assert "--tokens" in out and "2,500,000" in out
-    assert (
-        "fits:" in out
-        and "time (estimate): the model, batch 8 x 64, ran 3 timed training steps on cpu" in out
-    )
+    assert "fits:" in out and "time (estimate): the model, batch 8 x 64, " in out
     assert not (tmp_path / "run").exists()  # planning trains nothing
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -128,14 +129,16 @@ def benchmark(cfg: Config, device: torch.device, steps: int | None = None) -> Be
 
     The copy keeps the width, heads, MLP, vocabulary, context and dtype, but has at most 2 layers;
     its micro-batch (then, if needed, its context) is halved until one step costs at most about
-    2e10 FLOPs on a CPU (2e13 on a GPU), so the benchmark takes seconds. One warm-up step, then
-    `steps` timed ones (3 on a CPU, 10 on a GPU). The plan assumes the full model trains at the
-    FLOP rate the copy reaches: an estimate, typically pessimistic for small batches.
+    5e10 FLOPs on a CPU (2e13 on a GPU), so the benchmark takes seconds. One warm-up step, then
+    timed steps until at least `steps` (3 on a CPU, 10 on a GPU) and one second have passed (at
+    most 30 steps); the median step time counts, so a moment of contention on a shared machine
+    does not decide it. The plan assumes the full model trains at the FLOP rate the copy reaches:
+    an estimate, usually pessimistic when the copy's batch is smaller than the real one.
     """
     from trickster.train import autocast_for
 
     on_gpu = device.type in ("cuda", "mps")
-    budget = 2e13 if on_gpu else 2e10
+    budget = 2e13 if on_gpu else 5e10
     steps = steps or (10 if on_gpu else 3)
     bench_cfg = cfg.model_copy(deep=True)
     bench_cfg.model.num_layers = min(cfg.model.num_layers, 2)
@@ -170,17 +173,19 @@ def benchmark(cfg: Config, device: torch.device, steps: int | None = None) -> Be
     try:
         step()  # warm-up: allocations, kernel selection
         sync()
-        start = time.perf_counter()
-        for _ in range(steps):
+        times: list[float] = []
+        deadline = time.perf_counter() + 1.0
+        while len(times) < steps or (time.perf_counter() < deadline and len(times) < 30):
+            start = time.perf_counter()
             step()
-        sync()
-        seconds = (time.perf_counter() - start) / steps
+            sync()
+            times.append(time.perf_counter() - start)
     except torch.OutOfMemoryError:
         raise UserError(
             f"the benchmark copy of the model ({bench_cfg.model.num_layers} layers, batch {batch} x "
             f"{seq_len}) does not fit on {device}; lower training_config.batch_size or choose a smaller model"
         ) from None
-    return Benchmark(bench_cfg.model.num_layers, batch, seq_len, steps, seconds, fpt)
+    return Benchmark(bench_cfg.model.num_layers, batch, seq_len, len(times), statistics.median(times), fpt)
 
 
 @dataclass
@@ -330,7 +335,8 @@ def format_plan(plan: Plan) -> str:
         f"  AdamW state (2 x float32)      {_gib(mem.optimizer):>10}",
     ]
     if mem.autocast_copy:
-        lines.append(f"  autocast weight copy ({cfg.device.dtype[:4]})    {_gib(mem.autocast_copy):>10}")
+        short = {"bfloat16": "bf16", "float16": "fp16"}[cfg.device.dtype]
+        lines.append(f"  autocast weight copy ({short})    {_gib(mem.autocast_copy):>10}")
     lines += [
         f"  activations                    {_gib(mem.activations):>10}",
         f"  logits and their gradient      {_gib(mem.logits):>10}",
@@ -361,13 +367,12 @@ def format_plan(plan: Plan) -> str:
         return "\n".join(lines)
     copy = "the model" if b.layers == m.num_layers else f"a {b.layers}-layer copy of the model"
     lines.append(
-        f"time (estimate): {copy}, batch {b.batch_size} x {b.seq_len}, ran {b.steps} timed training "
-        f"steps on {plan.device}: {b.seconds_per_step * 1000:,.1f} ms/step, "
+        f"time (estimate): {copy}, batch {b.batch_size} x {b.seq_len}, {b.steps} timed training "
+        f"steps on {plan.device}: median {b.seconds_per_step * 1000:,.1f} ms/step, "
         f"{b.flops_per_sec / 1e9:,.1f} GFLOP/s"
     )
-    lines.append(
-        f"  at that rate the full model trains {b.flops_per_sec / plan.flops_per_token:,.0f} tokens/s"
-    )
+    rate = b.flops_per_sec / plan.flops_per_token
+    lines.append(f"  at that rate the full model trains {rate:,.{0 if rate >= 10 else 2}f} tokens/s")
     for label, tokens in budgets:
         lines.append(f"  {label:<44} {format_seconds(plan.seconds(tokens)):>16}")
     if not plan.fits:
@@ -382,7 +387,9 @@ def format_seconds(seconds: float) -> str:
         return f"{seconds / 60:.0f} min"
     if seconds < 3 * 86400:
         return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
+    if seconds < 2 * 365 * 86400:
+        return f"{seconds / 86400:.1f} days"
+    return f"{seconds / (365 * 86400):,.0f} years"
 
 
 def _gib(n: float) -> str:
