@@ -276,6 +276,7 @@ def quickstart(path: str | None, steps: int, out: Path) -> int:
         device="cpu",
     )
     compare_command(args)
-    print(f"Run folder: {run_dir} (config.yaml, metrics.jsonl, checkpoints/best, final)")
+    print(f"Run folder: {run_dir} (config.yaml, metrics.jsonl, loss.png, checkpoints/best, final)")
     print(f'Try: trickster generate {run_dir} --prompt "{prompt}" --max-new-tokens 500')
+    print(f"     trickster report {run_dir}   (an HTML page: curves, samples, trained vs untrained)")
     return 0

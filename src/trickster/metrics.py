@@ -185,8 +185,11 @@ class MetricSinks:
             self._tensorboard.close()
             self._tensorboard = None
         if self._wandb is not None:
+            import wandb
+
             self._wandb.finish()
             self._wandb = None
+            wandb.teardown()  # the next run in this process reads WANDB_* afresh
 
     # ---- metrics.csv
     def _write_csv(self, record: dict) -> None:
@@ -243,6 +246,7 @@ class MetricSinks:
                     settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
                 )
             except wandb.errors.Error as err:
+                wandb.teardown()  # W&B keeps process-wide settings: leave none behind
                 first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 raise UserError(
                     f"Weights & Biases did not start ({first_line}); run `wandb login`, set "
