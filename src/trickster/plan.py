@@ -137,6 +137,8 @@ def benchmark(cfg: Config, device: torch.device, steps: int | None = None) -> Be
     """
     from trickster.train import autocast_for
 
+    if cfg.device.threads:  # as train() does
+        torch.set_num_threads(cfg.device.threads)
     on_gpu = device.type in ("cuda", "mps")
     budget = 2e13 if on_gpu else 5e10
     steps = steps or (10 if on_gpu else 3)
