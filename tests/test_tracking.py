@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import csv
 import glob
+import importlib.util
 import json
 import math
 import shutil
 import struct
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -20,6 +23,10 @@ from trickster.errors import UserError
 from trickster.metrics import CSV_FIELDS, csv_rows, read_metrics
 from trickster.train import train
 
+from .conftest import micro_config
+
+HAS_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
+HAS_WANDB = importlib.util.find_spec("wandb") is not None
 QUIET = {"echo": lambda *a: None}
 SHORT = {"max_steps": 12, "warmup_steps": 2, "log_every": 2, "eval_every": 6, "save_every": 6}
 
@@ -38,25 +45,47 @@ def as_csv_strings(rows: list[dict]) -> list[dict]:
 
 
 def colour_pixels(path: Path, rgb: tuple[int, int, int], tolerance: int = 40) -> int:
-    image = Image.open(path).convert("RGB")
-    return sum(
-        1
-        for p in image.get_flattened_data()
-        if all(abs(a - b) <= tolerance for a, b in zip(p, rgb, strict=True))
-    )
+    pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+    return int((np.abs(pixels - np.array(rgb)).max(axis=-1) <= tolerance).sum())
 
 
-def test_csv_mirrors_metrics_jsonl_and_loss_png_is_redrawn_at_each_eval(micro, monkeypatch):
-    calls = []
+@dataclass
+class Tracked:
+    run: Path
+    plot_calls: list[int]  # for each loss.png redraw: the evaluations logged by then
+
+
+@pytest.fixture(scope="module")
+def tracked(shakespeare_dir, tmp_path_factory) -> Tracked:
+    """One 12-step micro run with every sink on (W&B offline): evaluations at steps 0, 6 and 12."""
+    tmp = tmp_path_factory.mktemp("tracked")
+    calls: list[int] = []
     real = plots.write_loss_plot
 
     def spy(run_dir):
         calls.append(len(events(Path(run_dir), "eval")))
         return real(run_dir)
 
-    monkeypatch.setattr(plots, "write_loss_plot", spy)
-    run = train(micro(training_config=SHORT, logging_config={"loss_plot": True}), **QUIET).run_dir
-    assert calls == [1, 2, 3]  # after the evaluations at steps 0, 6 and 12, each already logged
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plots, "write_loss_plot", spy)
+        for name, value in {
+            "WANDB_MODE": "offline",  # nothing is sent
+            "WANDB_DIR": tmp / "wandb-dir",
+            "WANDB_CONFIG_DIR": tmp / "wandb-config",
+            "WANDB_CACHE_DIR": tmp / "wandb-cache",
+            "WANDB_DATA_DIR": tmp / "wandb-data",
+            "WANDB_SILENT": "true",
+        }.items():
+            mp.setenv(name, str(value))
+        logging = {"loss_plot": True, "tensorboard": HAS_TENSORBOARD, "use_wandb": HAS_WANDB}
+        cfg = micro_config(shakespeare_dir, tmp / "run", training_config=SHORT, logging_config=logging)
+        train(cfg, **QUIET)
+    return Tracked(tmp / "run", calls)
+
+
+def test_csv_mirrors_metrics_jsonl_and_loss_png_is_redrawn_at_each_eval(tracked):
+    run = tracked.run
+    assert tracked.plot_calls == [1, 2, 3]  # after the evaluations at steps 0, 6 and 12, each logged
 
     records = read_metrics(run / "metrics.jsonl")
     rows = read_csv(run / "metrics.csv")
@@ -131,11 +160,11 @@ def test_resume_rewinds_the_csv_and_the_tensorboard_events(micro, tmp_path):
     assert all(math.isclose(a, b, rel_tol=1e-6) for (_, a), (_, b) in zip(logged, expected, strict=True))
 
 
-def test_tensorboard_holds_losses_lr_grad_norm_throughput_and_samples(micro):
-    pytest.importorskip("tensorboard")
+@pytest.mark.skipif(not HAS_TENSORBOARD, reason="tensorboard is not installed")
+def test_tensorboard_holds_losses_lr_grad_norm_throughput_and_samples(tracked):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run = train(micro(training_config=SHORT, logging_config={"tensorboard": True}), **QUIET).run_dir
+    run = tracked.run
     acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"tensors": 0}).Reload()
     trains, evals = events(run, "train"), events(run, "eval")
     for tag, key, records in (
@@ -180,19 +209,9 @@ def wandb_records(path: Path):
             yield record
 
 
-def test_wandb_offline_run_records_the_metrics(micro, tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
-    for name, value in {
-        "WANDB_MODE": "offline",  # nothing is sent
-        "WANDB_DIR": tmp_path / "wandb-dir",
-        "WANDB_CONFIG_DIR": tmp_path / "wandb-config",
-        "WANDB_CACHE_DIR": tmp_path / "wandb-cache",
-        "WANDB_DATA_DIR": tmp_path / "wandb-data",
-        "WANDB_SILENT": "true",
-    }.items():
-        monkeypatch.setenv(name, str(value))
-    run = train(micro(training_config=SHORT, logging_config={"use_wandb": True}), **QUIET).run_dir
-
+@pytest.mark.skipif(not HAS_WANDB, reason="wandb is not installed")
+def test_wandb_offline_run_records_the_metrics(tracked):
+    run = tracked.run
     files = glob.glob(str(run / "wandb" / "offline-run-*" / "run-*.wandb"))
     assert len(files) == 1, files
     history, config = {}, {}
