@@ -124,6 +124,8 @@ def test_runs_table_lists_each_run_with_its_numbers(run_dir, tmp_path, capsys):
     lines = (partial / "metrics.jsonl").read_text().splitlines()
     (partial / "metrics.jsonl").write_text("\n".join(lines[:-5]) + "\n" + lines[-5][:20])  # died mid-line
     (runs / "notes").mkdir()  # not a run: ignored
+    damaged = Path(shutil.copytree(run_dir, runs / "c-damaged"))
+    (damaged / "metrics.jsonl").write_text('{"event": "start"\n{"event": "eval"}\n')  # listed, not fatal
 
     assert main(["runs", str(runs)]) == 0
     out = capsys.readouterr().out.splitlines()
@@ -142,7 +144,7 @@ def test_runs_table_lists_each_run_with_its_numbers(run_dir, tmp_path, capsys):
         "time",
         "status",
     ]
-    assert len(out) == 3
+    assert len(out) == 4 and out[3].split()[0] == "c-damaged" and out[3].split()[-1] == "unreadable"
     records = read_metrics(run_dir / "metrics.jsonl")
     start, trains = records[0], [r for r in records if r["event"] == "train"]
     best = min(r["val_loss"] for r in records if r["event"] == "eval" and r["step"] > 0)

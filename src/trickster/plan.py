@@ -368,6 +368,8 @@ def format_plan(plan: Plan) -> str:
         lines.append("time: not measured")
         return "\n".join(lines)
     copy = "the model" if b.layers == m.num_layers else f"a {b.layers}-layer copy of the model"
+    if cfg.device.compile:
+        copy += " (without torch.compile)"
     lines.append(
         f"time (estimate): {copy}, batch {b.batch_size} x {b.seq_len}, {b.steps} timed training "
         f"steps on {plan.device}: median {b.seconds_per_step * 1000:,.1f} ms/step, "

@@ -48,7 +48,7 @@ class Run:
     @property
     def status(self) -> str:
         if not self.records:
-            return "empty"
+            return "unreadable" if self.problem else "empty"
         last = self.records[-1]
         if last["event"] == "end":
             return "finished"
@@ -143,7 +143,13 @@ def find_runs(root: str | Path) -> list[Run]:
     if (root / "metrics.jsonl").is_file():
         return [_read(root)]
     folders = sorted(p for p in root.iterdir() if p.is_dir() and (p / "metrics.jsonl").is_file())
-    return [_read(p) for p in folders]
+    runs = []
+    for folder in folders:
+        try:
+            runs.append(_read(folder))
+        except UserError as err:  # one damaged run does not hide the others
+            runs.append(Run(folder, None, [], problem=str(err)))
+    return runs
 
 
 @functools.cache
