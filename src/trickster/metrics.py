@@ -217,7 +217,7 @@ class MetricSinks:
             config = yaml.safe_dump(self.cfg.to_dict(), sort_keys=False)
             tb.add_text("run/config", _markdown_code(config), step)
         elif r["event"] == "train":
-            for tag, key in TENSORBOARD_SCALARS:
+            for tag, key in TRAIN_SCALARS:
                 if key in r:
                     tb.add_scalar(tag, r[key], step)
         elif r["event"] == "eval":
@@ -254,7 +254,7 @@ class MetricSinks:
                 ) from None
         run, step = self._wandb, r["step"]
         if r["event"] == "train":
-            run.log({tag: r[key] for tag, key in TENSORBOARD_SCALARS if key in r}, step=step)
+            run.log({tag: r[key] for tag, key in TRAIN_SCALARS if key in r}, step=step)
         elif r["event"] == "eval":
             values = {"loss/val": r["val_loss"], "val/perplexity": r["val_perplexity"]}
             if "sample" in r:
@@ -265,7 +265,7 @@ class MetricSinks:
 
 
 # (tag, metrics.jsonl key) of the train events, shared by TensorBoard and W&B
-TENSORBOARD_SCALARS = (
+TRAIN_SCALARS = (
     ("loss/train", "train_loss"),
     ("optim/lr", "lr"),
     ("optim/grad_norm", "grad_norm"),
