@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from trickster.config import Config
 from trickster.errors import UserError
 
 
@@ -124,7 +125,7 @@ def write_csv(records: list[dict], path: str | Path) -> None:
         writer.writerows(csv_rows(records))
 
 
-def require_tracking(cfg) -> None:
+def require_tracking(cfg: Config) -> None:
     """Refuse a config that asks for TensorBoard or W&B when the package is not installed."""
     for key, module, name in (("tensorboard", "tensorboard", "TensorBoard"), ("use_wandb", "wandb", "wandb")):
         if getattr(cfg.logging, key):
@@ -154,7 +155,7 @@ class MetricSinks:
     is made; each sink opens on the first event. Call close() at the end.
     """
 
-    def __init__(self, run_dir: str | Path, cfg):
+    def __init__(self, run_dir: str | Path, cfg: Config):
         require_tracking(cfg)
         self.run_dir, self.cfg = Path(run_dir), cfg
         self.log: MetricsLog | None = None
