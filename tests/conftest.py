@@ -51,7 +51,8 @@ def micro_config(data_dir: Path, run_dir: Path, **sections) -> Config:
             "seed": 7,
         },
         "device_config": {"device": "cpu"},
-        "logging_config": {"output_dir": str(run_dir), "progress_bar": False},
+        # loss.png costs ~0.3 s per evaluation on two busy cores; test_tracking.py turns it on
+        "logging_config": {"output_dir": str(run_dir), "progress_bar": False, "loss_plot": False},
     }
     for section, values in sections.items():
         raw[section].update(values)

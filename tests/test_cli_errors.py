@@ -338,6 +338,39 @@ def _disk_full_at_checkpoint(env: Env) -> list[str]:
     return micro_train(env, "training_config.max_steps=4", "training_config.warmup_steps=1")
 
 
+def _tracking_missing(key: str, module: str) -> Build:
+    def build(env: Env) -> list[str]:
+        env.monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+        return micro_train(env, logging_config={key: True})
+
+    return build
+
+
+def _wandb_not_logged_in(env: Env) -> list[str]:
+    pytest.importorskip("wandb")
+    for name in ("WANDB_API_KEY", "WANDB_MODE"):
+        env.monkeypatch.delenv(name, raising=False)
+    home = env.tmp / "home"  # no ~/.netrc, no W&B settings: nobody is logged in
+    for name, value in {
+        "HOME": home,
+        "NETRC": home / ".netrc",
+        "WANDB_CONFIG_DIR": home / "wandb",
+        "WANDB_DIR": home / "wandb-dir",
+        "WANDB_BASE_URL": "http://127.0.0.1:9",  # should anything try, it reaches nothing
+        "WANDB_SILENT": "true",
+    }.items():
+        env.monkeypatch.setenv(name, str(value))
+    return micro_train(env, logging_config={"use_wandb": True})
+
+
+def _damaged_metrics(env: Env) -> list[str]:
+    run = env.copy_run()
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    lines[2] = lines[2][:15]
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    return ["report", str(run)]
+
+
 def _generate(*flags: str) -> Build:
     return lambda env: ["generate", str(env.run), "--max-new-tokens", "2", *flags]
 
@@ -735,6 +768,77 @@ CASES = [
         "--top-p must be in (0, 1]",
     ),
     case("generate-unknown-device", _generate("--device", "tpu"), "tpu", "--device"),
+    # ---- tracking, reports, runs and plans
+    case(
+        "train-tensorboard-not-installed",
+        _tracking_missing("tensorboard", "tensorboard"),
+        "logging_config.tensorboard is true but TensorBoard is not installed",
+        "pip install nano-trickster[tracking]",
+    ),
+    case(
+        "train-wandb-not-installed",
+        _tracking_missing("use_wandb", "wandb"),
+        "logging_config.use_wandb is true but wandb is not installed",
+        "pip install nano-trickster[tracking]",
+    ),
+    case(
+        "train-wandb-not-logged-in",
+        _wandb_not_logged_in,
+        "Weights & Biases did not start",
+        "wandb login",
+        "WANDB_MODE=offline",
+    ),
+    case(
+        "report-missing-run-dir",
+        lambda env: ["report", str(env.tmp / "runs" / "nope")],
+        "run folder",
+        "nope not found",
+        "trickster train",
+    ),
+    case("report-on-a-file", lambda env: ["report", env.write("notes.txt", "hi\n")], "notes.txt is a file"),
+    case(
+        "report-not-a-run-folder",
+        lambda env: ["report", str(Path(env.write("photos/a.txt", "x")).parent)],
+        "photos is not a run folder (no metrics.jsonl)",
+    ),
+    case("report-damaged-metrics", _damaged_metrics, "metrics.jsonl line 3 is damaged"),
+    case(
+        "report-out-in-missing-folder",
+        lambda env: ["report", str(env.run), "--out", str(env.tmp / "missing" / "report.html")],
+        "cannot write",
+        "--out",
+    ),
+    case("runs-missing-folder", lambda env: ["runs", str(env.tmp / "nope")], "folder", "nope not found"),
+    case("runs-on-a-file", lambda env: ["runs", env.write("notes.txt", "hi\n")], "notes.txt is a file"),
+    case("plan-without-target", lambda env: ["plan"], "choose what to plan", "--preset", "--config"),
+    case(
+        "plan-unknown-preset",
+        lambda env: ["plan", "--preset", "nanoo"],
+        "unknown preset 'nanoo'",
+        "did you mean nano",
+    ),
+    case(
+        "plan-config-not-found",
+        lambda env: ["plan", "--config", str(env.tmp / "nope.yaml")],
+        "nope.yaml not found",
+    ),
+    case(
+        "plan-bad-tokens",
+        lambda env: ["plan", "--preset", "tiny", "--tokens", "lots"],
+        "--tokens must be a positive number",
+        "'lots'",
+    ),
+    case(
+        "plan-unknown-device", lambda env: ["plan", "--preset", "tiny", "--device", "tpu"], "--device", "tpu"
+    ),
+    case(
+        "plan-cuda-without-gpu",
+        lambda env: ["plan", "--preset", "tiny", "--device", "cuda"],
+        "--device is cuda but no CUDA GPU",
+        "--device cpu",
+        skip_if=HAS_CUDA,
+        skip_reason="a CUDA GPU is visible",
+    ),
     case(
         "generate-cuda-without-gpu",
         _generate("--device", "cuda"),

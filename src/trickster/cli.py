@@ -1,4 +1,5 @@
-"""`trickster data|train|generate|compare|info|quickstart`: thin wrappers over the library.
+"""`trickster data|train|generate|compare|info|plan|report|runs|quickstart`: thin wrappers over the
+library.
 
 Every error a user can fix is a UserError: one line on stderr, exit status 2, no traceback.
 """
@@ -73,6 +74,26 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--checkpoint", metavar="RUN_DIR|CHECKPOINT")
     info.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
 
+    # plan
+    plan = commands.add_parser("plan", help="memory, FLOPs, token budget and a measured time estimate")
+    _add_config_args(plan)
+    plan.add_argument("--tokens", help="also estimate the time for this many tokens (e.g. 5000000, 5M, 2e9)")
+    plan.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda", "mps"),
+        help="device to plan and benchmark on (default: device_config.device)",
+    )
+    plan.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+
+    # report
+    report = commands.add_parser("report", help="one self-contained HTML page about a run")
+    report.add_argument("run_dir", metavar="RUN_DIR")
+    report.add_argument("--out", help="file to write (default RUN_DIR/report.html)")
+
+    # runs
+    runs = commands.add_parser("runs", help="a table of the runs in a folder")
+    runs.add_argument("folder", nargs="?", default="runs", metavar="DIR", help="default: runs")
+
     # quickstart
     quick = commands.add_parser("quickstart", help="prepare data, train `tiny`, compare with untrained")
     quick.add_argument("--path", help="a local copy of Tiny Shakespeare")
@@ -142,6 +163,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "info":
         commands.info_command(args.preset, args.config, args.checkpoint, args.overrides)
+        return 0
+    if args.command == "plan":
+        if not args.preset and not args.config:
+            raise UserError("choose what to plan: --preset NAME or --config FILE")
+        commands.plan_command(args.preset, args.config, args.overrides, args.tokens, args.device)
+        return 0
+    if args.command == "report":
+        commands.report_command(args.run_dir, args.out)
+        return 0
+    if args.command == "runs":
+        commands.runs_command(args.folder)
         return 0
     if args.command == "quickstart":
         return commands.quickstart(args.path, args.steps, Path(args.out))

@@ -192,6 +192,59 @@ def info_command(preset, config, checkpoint, overrides) -> None:
             print("  " + line)
 
 
+def plan_command(preset, config, overrides, tokens: str | None, device_name: str | None) -> None:
+    from trickster import plan
+
+    cfg = load_config(config, preset, overrides)
+    budget = plan.parse_tokens(tokens) if tokens is not None else None
+    key = "--device" if device_name else "device_config.device"
+    device = resolve_device(device_name or cfg.device.device, key)
+    name = f"preset {preset}" if preset else str(config)
+    print(plan.format_plan(plan.make_plan(cfg, device, budget, name)))
+
+
+def report_command(run_dir: str, out: str | None) -> None:
+    from trickster.report import write_report
+
+    path = write_report(run_dir, out)
+    print(f"wrote {path} (open it in a browser)")
+
+
+def runs_command(folder: str) -> None:
+    from trickster.report import format_duration
+    from trickster.rundir import find_runs
+
+    runs = find_runs(folder)
+    if not runs:
+        print(f"no runs in {folder} (a run folder holds metrics.jsonl; train one with `trickster train`)")
+        return
+    header = ("run", "preset", "parameters", "steps", "best val loss", "tokens seen", "wall time", "status")
+    rows = []
+    for run in runs:
+        steps = f"{run.step:,}" + (f"/{run.max_steps:,}" if run.max_steps else "")
+        best = run.best_val_loss
+        rows.append(
+            (
+                run.name,
+                run.preset,
+                f"{run.params:,}" if run.params else "?",
+                steps,
+                f"{best:.4f}" if best is not None else "-",
+                f"{run.tokens_seen:,}",
+                format_duration(run.wall_seconds),
+                run.status,
+            )
+        )
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    right = {2, 3, 4, 5, 6}  # numbers line up on the right
+    for row in [header, *rows]:
+        cells = [
+            str(c).rjust(w) if i in right else str(c).ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        print("  ".join(cells).rstrip())
+
+
 def quickstart(path: str | None, steps: int, out: Path) -> int:
     """Prepare data, train the tiny preset, then compare it with an untrained model."""
     if steps < 1:
@@ -237,6 +290,7 @@ def quickstart(path: str | None, steps: int, out: Path) -> int:
         device="cpu",
     )
     compare_command(args)
-    print(f"Run folder: {run_dir} (config.yaml, metrics.jsonl, checkpoints/best, final)")
+    print(f"Run folder: {run_dir} (config.yaml, metrics.jsonl, loss.png, checkpoints/best, final)")
     print(f'Try: trickster generate {run_dir} --prompt "{prompt}" --max-new-tokens 500')
+    print(f"     trickster report {run_dir}   (an HTML page: curves, samples, trained vs untrained)")
     return 0

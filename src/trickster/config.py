@@ -129,6 +129,14 @@ class LoggingConfig(_Section):
     """Run directory: config, tokenizer, metrics.jsonl, checkpoints/."""
     progress_bar: bool = True
     """Show a progress bar with loss, learning rate and tokens/s."""
+    loss_plot: bool = True
+    """Redraw RUN_DIR/loss.png (train and validation loss) after each evaluation."""
+    tensorboard: bool = False
+    """Also write TensorBoard event files to RUN_DIR/tensorboard (needs nano-trickster[tracking])."""
+    use_wandb: bool = False
+    """Also log to Weights & Biases (needs nano-trickster[tracking]); WANDB_MODE=offline keeps it local."""
+    wandb_project: str = "nano-trickster"
+    """Weights & Biases project of the run (used with use_wandb)."""
 
 
 class Config(BaseModel):

@@ -1,7 +1,15 @@
-"""What a run writes about itself: metrics.jsonl (one JSON object per event) and manifest.json."""
+"""What a run writes about itself: metrics.jsonl (one JSON object per event), manifest.json, and
+the sinks that copy each event elsewhere (metrics.csv, loss.png, TensorBoard, Weights & Biases).
+
+The training loop only writes events; plots and reports are built from the run folder afterwards
+(see plots.py and report.py).
+"""
 
 from __future__ import annotations
 
+import csv
+import html
+import importlib
 import json
 import platform
 import subprocess
@@ -10,7 +18,9 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
+from trickster.config import Config
 from trickster.errors import UserError, disk_errors
 
 
@@ -21,17 +31,21 @@ class MetricsLog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
-    def write(self, event: str, step: int, **values) -> None:
+    def write(self, event: str, step: int, **values) -> dict:
         record = {"event": event, "step": step, "time": round(time.time(), 3), **values}
         fix = "free disk space or make the run folder writable, then continue with --resume"
         with disk_errors(str(self.path), fix), open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        return record
 
 
 class NoMetrics:
     """What processes other than rank 0 write: nothing."""
 
     def write(self, event: str, step: int, **values) -> None:
+        pass
+
+    def close(self) -> None:
         pass
 
 
@@ -90,3 +104,200 @@ def run_manifest(device: torch.device) -> dict:
         manifest["gpu"] = torch.cuda.get_device_name(device)
         manifest["cuda"] = torch.version.cuda
     return manifest
+
+
+# --------------------------------------------------------------------------- sinks
+
+TRACKING_EXTRA = "pip install nano-trickster[tracking]"
+
+# metrics.csv: one row per train or eval event; an empty cell is a value that event does not carry
+CSV_FIELDS = (
+    "event",
+    "step",
+    "time",
+    "tokens_seen",
+    "train_loss",
+    "val_loss",
+    "val_perplexity",
+    "lr",
+    "grad_norm",
+    "tokens_per_sec",
+    "ms_per_step",
+)
+
+
+def csv_rows(records: list[dict]) -> list[dict]:
+    """The train and eval events as CSV rows; eval rows get tokens_seen from the start event."""
+    tokens_per_step = next((r["tokens_per_step"] for r in records if r["event"] == "start"), None)
+    rows = []
+    for r in records:
+        if r["event"] not in ("train", "eval"):
+            continue
+        row = {k: r.get(k, "") for k in CSV_FIELDS}
+        if row["tokens_seen"] == "" and tokens_per_step is not None:
+            row["tokens_seen"] = r["step"] * tokens_per_step
+        rows.append(row)
+    return rows
+
+
+def write_csv(records: list[dict], path: str | Path) -> None:
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(csv_rows(records))
+
+
+def require_tracking(cfg: Config) -> None:
+    """Refuse a config that asks for TensorBoard or W&B when the package is not installed."""
+    for key, module, name in (("tensorboard", "tensorboard", "TensorBoard"), ("use_wandb", "wandb", "wandb")):
+        if getattr(cfg.logging, key):
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                raise UserError(
+                    f"logging_config.{key} is true but {name} is not installed; {TRACKING_EXTRA} "
+                    f"(or set logging_config.{key}=false)"
+                ) from None
+
+
+class MetricSinks:
+    """Every training event goes to metrics.jsonl first (the record of the run), then to:
+
+    - metrics.csv: the train and eval numbers as a table, rebuilt from metrics.jsonl whenever a
+      run starts or resumes (so rows after the resumed checkpoint disappear with the JSON lines);
+    - loss.png: redrawn from metrics.jsonl after each evaluation (plots.write_loss_plot), unless
+      logging_config.loss_plot is false;
+    - TensorBoard event files in RUN_DIR/tensorboard (logging_config.tensorboard): train loss,
+      lr, grad norm, tokens/s, ms/step, val loss, perplexity, and the samples as text;
+    - a Weights & Biases run (logging_config.use_wandb) with the same values, its files in
+      RUN_DIR/wandb. A resumed run starts a new W&B run in the same group.
+
+    `write()` takes the same arguments as MetricsLog.write. Creating the sinks only checks that
+    the optional packages are installed and touches no file, so it can come before the run folder
+    is made; each sink opens on the first event. Call close() at the end.
+    """
+
+    def __init__(self, run_dir: str | Path, cfg: Config):
+        require_tracking(cfg)
+        self.run_dir, self.cfg = Path(run_dir), cfg
+        self.log: MetricsLog | None = None
+        self._start: list[dict] = []  # the start event: tokens per step for the eval rows
+        self._tensorboard = None
+        self._wandb = None
+
+    @property
+    def path(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
+
+    def write(self, event: str, step: int, **values) -> None:
+        if self.log is None:
+            self.log = MetricsLog(self.path)
+        record = self.log.write(event, step, **values)
+        self._write_csv(record)
+        if event == "eval" and self.cfg.logging.loss_plot:
+            from trickster.plots import write_loss_plot  # matplotlib loads on the first evaluation
+
+            write_loss_plot(self.run_dir)
+        if self.cfg.logging.tensorboard:
+            self._write_tensorboard(record)
+        if self.cfg.logging.use_wandb:
+            self._write_wandb(record)
+
+    def close(self) -> None:
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
+        if self._wandb is not None:
+            import wandb
+
+            self._wandb.finish()
+            self._wandb = None
+            wandb.teardown()  # the next run in this process reads WANDB_* afresh
+
+    # ---- metrics.csv
+    def _write_csv(self, record: dict) -> None:
+        path = self.run_dir / "metrics.csv"
+        if record["event"] in ("start", "resume") or not path.is_file():
+            records = read_metrics(self.path)  # this event included: the JSON line came first
+            write_csv(records, path)
+            self._start = [r for r in records if r["event"] == "start"][:1]
+            return
+        rows = csv_rows([*self._start, record])
+        if rows:
+            with open(path, "a", encoding="utf-8", newline="") as f:
+                csv.DictWriter(f, fieldnames=CSV_FIELDS).writerow(rows[0])
+
+    # ---- TensorBoard
+    def _write_tensorboard(self, r: dict) -> None:
+        if self._tensorboard is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # on resume, drop the events logged after the checkpoint (they are logged again)
+            purge = r["step"] + 1 if r["event"] == "resume" else None
+            self._tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge)
+        tb, step = self._tensorboard, r["step"]
+        if r["event"] == "start":
+            config = yaml.safe_dump(self.cfg.to_dict(), sort_keys=False)
+            tb.add_text("run/config", _markdown_code(config), step)
+        elif r["event"] == "train":
+            for tag, key in TRAIN_SCALARS:
+                if key in r:
+                    tb.add_scalar(tag, r[key], step)
+        elif r["event"] == "eval":
+            tb.add_scalar("loss/val", r["val_loss"], step)
+            tb.add_scalar("val/perplexity", r["val_perplexity"], step)
+            if "sample" in r:
+                tb.add_text("samples", _markdown_code(r["sample"]), step)
+            tb.flush()
+        else:
+            tb.flush()
+
+    # ---- Weights & Biases
+    def _write_wandb(self, r: dict) -> None:
+        import wandb
+
+        if self._wandb is None:
+            name = self.run_dir.name + (f"-resumed-{r['step']}" if r["event"] == "resume" else "")
+            try:
+                self._wandb = wandb.init(
+                    project=self.cfg.logging.wandb_project,
+                    name=name,
+                    group=self.run_dir.name,
+                    job_type="train",
+                    dir=str(self.run_dir),
+                    config=self.cfg.to_dict(),
+                    settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
+                )
+            except wandb.errors.Error as err:
+                wandb.teardown()  # W&B keeps process-wide settings: leave none behind
+                first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise UserError(
+                    f"Weights & Biases did not start ({first_line}); run `wandb login`, set "
+                    "WANDB_MODE=offline, or set logging_config.use_wandb=false"
+                ) from None
+        run, step = self._wandb, r["step"]
+        if r["event"] == "train":
+            run.log({tag: r[key] for tag, key in TRAIN_SCALARS if key in r}, step=step)
+        elif r["event"] == "eval":
+            values = {"loss/val": r["val_loss"], "val/perplexity": r["val_perplexity"]}
+            if "sample" in r:
+                values["samples"] = wandb.Html(f"<pre>{html.escape(r['sample'])}</pre>")
+            run.log(values, step=step)
+        elif r["event"] == "end":
+            run.summary["best_val_loss"] = r.get("best_val_loss")
+
+
+# (tag, metrics.jsonl key) of the train events, shared by TensorBoard and W&B
+TRAIN_SCALARS = (
+    ("loss/train", "train_loss"),
+    ("optim/lr", "lr"),
+    ("optim/grad_norm", "grad_norm"),
+    ("speed/tokens_per_sec", "tokens_per_sec"),
+    ("speed/ms_per_step", "ms_per_step"),
+    ("tokens_seen", "tokens_seen"),
+)
+
+
+def _markdown_code(text: str) -> str:
+    """TensorBoard renders text as Markdown: indent by four spaces to keep it verbatim."""
+    return "\n".join("    " + line for line in text.splitlines())

@@ -28,7 +28,7 @@ from trickster.config import Config, save_config
 from trickster.data.loader import BatchSampler, PreparedData, check_windows, fixed_batches, load_data
 from trickster.errors import UserError, disk_errors
 from trickster.generate import generate
-from trickster.metrics import MetricsLog, NoMetrics, read_metrics, run_manifest
+from trickster.metrics import MetricSinks, NoMetrics, read_metrics, run_manifest
 from trickster.model import Transformer, flops_per_token, parameter_breakdown
 from trickster.optim import build_optimizer, lr_at
 from trickster.tokenizers import Tokenizer
@@ -207,6 +207,8 @@ def train(
 
     # 3. the run directory: a new one, or the newest complete checkpoint of an old one
     run_dir = Path(cfg.logging.output_dir)
+    # jsonl, csv, loss.png, TensorBoard, W&B: checks the optional packages, writes nothing yet
+    metrics = MetricSinks(run_dir, cfg) if job.is_main else NoMetrics()
     resumed_from, repairs = _on_main(job, _open_run_dir, run_dir, resume)
     changed = _check_resumable(resumed_from, cfg, data) if resumed_from is not None else {}
 
@@ -229,7 +231,6 @@ def train(
     if resumed_from is not None:
         _restore_trainer(resumed_from, model, optimizer, sampler, scaler, state, device, job.rank)
 
-    metrics = MetricsLog(run_dir / "metrics.jsonl") if job.is_main else NoMetrics()
     manifest = run_manifest(device)
     if job.is_main:
         if resumed_from is not None:
@@ -327,7 +328,7 @@ def train(
     say = bar.write if show_bar else echo
     exit_signal = None
     model.train()
-    with StopSignals() as stop, contextlib.closing(bar):
+    with StopSignals() as stop, contextlib.closing(bar), contextlib.closing(metrics):
         if resumed_from is None:
             run_eval()
         interval_start, interval_tokens = time.perf_counter(), 0

@@ -1,0 +1,162 @@
+"""Figures drawn from a run's metrics.jsonl with matplotlib.
+
+`write_loss_plot(run_dir)` redraws RUN_DIR/loss.png (called after each evaluation); report.py
+embeds the same figures in its HTML page. matplotlib's object API (Figure, no pyplot) is used, so
+no display or global state is involved.
+
+Scales: the loss axis is logarithmic when the loss spans more than a factor 1.5 (the early drop
+from ln(vocab) would otherwise flatten the rest); the tokens axis is logarithmic when it spans
+more than a factor 10, which spreads out the first few hundred steps where most of the learning
+shows. The untrained model's validation loss (the evaluation at step 0) is drawn as a reference
+line on both panels.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+
+from trickster.metrics import read_metrics
+
+LOSS_TICKS = (0.5, 0.75, 1, 1.25, 1.5, 1.75, 2, 2.5, 3, 4, 5, 6, 8, 10, 12, 15, 20)
+
+
+@dataclass
+class Curves:
+    """The numbers a plot needs, taken from metrics.jsonl events."""
+
+    train_step: list[int] = field(default_factory=list)
+    train_tokens: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    grad_norm: list[float] = field(default_factory=list)
+    tokens_per_sec: list[float] = field(default_factory=list)
+    val_step: list[int] = field(default_factory=list)
+    val_tokens: list[int | None] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+
+    @classmethod
+    def from_records(cls, records: list[dict]) -> Curves:
+        c = cls()
+        tokens_per_step = next((r["tokens_per_step"] for r in records if r["event"] == "start"), None)
+        for r in records:
+            if r["event"] == "train":
+                c.train_step.append(r["step"])
+                c.train_tokens.append(r.get("tokens_seen", 0))
+                c.train_loss.append(r["train_loss"])
+                c.lr.append(r.get("lr"))
+                c.grad_norm.append(r.get("grad_norm"))
+                c.tokens_per_sec.append(r.get("tokens_per_sec"))
+            elif r["event"] == "eval" and r.get("val_loss") is not None:
+                c.val_step.append(r["step"])
+                c.val_tokens.append(r["step"] * tokens_per_step if tokens_per_step else None)
+                c.val_loss.append(r["val_loss"])
+        return c
+
+    @property
+    def untrained_loss(self) -> float | None:
+        return self.val_loss[self.val_step.index(0)] if 0 in self.val_step else None
+
+
+def loss_figure(records: list[dict], title: str = "") -> Figure | None:
+    """Train and validation loss against steps (left) and tokens seen (right); None if empty."""
+    c = Curves.from_records(records)
+    if not c.train_loss and not c.val_loss:
+        return None
+    fig = Figure(figsize=(11, 4.2), dpi=100, layout="constrained")
+    by_step, by_tokens = fig.subplots(1, 2)
+    val_tokens = [(t, v) for t, v in zip(c.val_tokens, c.val_loss, strict=True) if t]
+    vt, vl = [t for t, _ in val_tokens], [v for _, v in val_tokens]
+    panels = (
+        (by_step, c.train_step, c.train_loss, c.val_step, c.val_loss, "step"),
+        (by_tokens, c.train_tokens, c.train_loss, vt, vl, "tokens seen"),
+    )
+    for ax, tx, ty, vx, vy, xlabel in panels:
+        if ty:
+            ax.plot(tx, ty, color="tab:blue", linewidth=1.2, label="train")
+        if vy:
+            ax.plot(vx, vy, color="tab:orange", marker="o", markersize=4, linewidth=1.2, label="validation")
+        if c.untrained_loss is not None:
+            ax.axhline(
+                c.untrained_loss,
+                color="grey",
+                linestyle=":",
+                linewidth=1,
+                label=f"untrained (step 0): {c.untrained_loss:.3f}",
+            )
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("cross-entropy loss (nats)")
+        ax.grid(True, which="major", alpha=0.3)
+        _loss_scale(ax, [*ty, *vy] + ([c.untrained_loss] if c.untrained_loss else []))
+    positive = [t for t in c.train_tokens + vt if t and t > 0]
+    if positive and max(positive) / min(positive) > 10:
+        by_tokens.set_xscale("log")
+    trained = [(v, s) for s, v in zip(c.val_step, c.val_loss, strict=True) if s > 0]
+    if trained:
+        loss, step = min(trained)
+        offset = {"textcoords": "offset points", "xytext": (-8, 10), "ha": "right"}
+        by_step.annotate(f"best {loss:.3f}", (step, loss), **offset)
+    by_step.legend(loc="upper right", fontsize=8)
+    by_step.set_title("loss by step", fontsize=10)
+    by_tokens.set_title("loss by tokens seen", fontsize=10)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def training_figure(records: list[dict]) -> Figure | None:
+    """Learning rate, gradient norm (before clipping) and throughput against steps."""
+    c = Curves.from_records(records)
+    if not c.train_step:
+        return None
+    fig = Figure(figsize=(11, 2.8), dpi=100, layout="constrained")
+    axes = fig.subplots(1, 3)
+    for ax, values, label, color in (
+        (axes[0], c.lr, "learning rate", "tab:green"),
+        (axes[1], c.grad_norm, "gradient norm (before clipping)", "tab:red"),
+        (axes[2], c.tokens_per_sec, "tokens / s", "tab:purple"),
+    ):
+        points = [(s, v) for s, v in zip(c.train_step, values, strict=True) if v is not None]
+        ax.plot([s for s, _ in points], [v for _, v in points], color=color, linewidth=1.2)
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(True, alpha=0.3)
+    return fig
+
+
+def png_bytes(fig: Figure, dpi: int = 100) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def write_loss_plot(run_dir: str | Path) -> Path | None:
+    """Redraw RUN_DIR/loss.png from metrics.jsonl; written to a temporary name, then renamed."""
+    run_dir = Path(run_dir)
+    fig = loss_figure(read_metrics(run_dir / "metrics.jsonl"), title=run_dir.name)
+    if fig is None:
+        return None
+    path, tmp = run_dir / "loss.png", run_dir / ".loss.png.tmp"
+    tmp.write_bytes(png_bytes(fig))
+    os.replace(tmp, path)
+    return path
+
+
+def _loss_scale(ax, values: list[float]) -> None:
+    """A log axis with plain-number ticks when the loss spans more than a factor 1.5."""
+    finite = [v for v in values if v is not None and 0 < v < float("inf")]
+    if not finite or max(finite) / min(finite) <= 1.5:
+        return
+    ax.set_yscale("log")
+    low, high = min(finite), max(finite)
+    ticks = [t for t in LOSS_TICKS if low * 0.9 <= t <= high * 1.1]
+    if len(ticks) >= 2:
+        ax.yaxis.set_major_locator(FixedLocator(ticks))
+        ax.yaxis.set_major_formatter(lambda value, _: f"{value:g}")
+        ax.yaxis.set_minor_locator(NullLocator())
+        ax.yaxis.set_minor_formatter(NullFormatter())

@@ -1,0 +1,211 @@
+"""Read a run folder after the fact: its config, metrics.jsonl, manifest and checkpoints, and the
+figures `trickster runs` and `trickster report` show (steps, best validation loss, wall time...).
+
+Nothing here runs a model; a run that is still training can be read at any time.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trickster import checkpoint as ckpt
+from trickster.config import Config, load_config, preset_names
+from trickster.errors import UserError
+
+
+@dataclass
+class Run:
+    path: Path
+    cfg: Config | None  # None when config.yaml is missing or damaged
+    records: list[dict]  # metrics.jsonl, one dict per event
+    manifest: dict = field(default_factory=dict)
+    checkpoints: list[Path] = field(default_factory=list)  # complete checkpoint folders
+    problem: str | None = None  # why part of the folder could not be read
+
+    @property
+    def name(self) -> str:
+        return self.path.resolve().name
+
+    def events(self, kind: str) -> list[dict]:
+        return [r for r in self.records if r["event"] == kind]
+
+    @property
+    def start(self) -> dict:
+        return next(iter(self.events("start")), {})
+
+    @property
+    def step(self) -> int:
+        return max((r["step"] for r in self.records), default=0)
+
+    @property
+    def max_steps(self) -> int | None:
+        return self.cfg.training.max_steps if self.cfg else None
+
+    @property
+    def status(self) -> str:
+        if not self.records:
+            return "unreadable" if self.problem else "empty"
+        last = self.records[-1]
+        if last["event"] == "end":
+            return "finished"
+        if last["event"] == "stopped":
+            return f"stopped ({last.get('signal', 'signal')})"
+        return "incomplete"  # still training, or killed without a chance to log it
+
+    @property
+    def params(self) -> int | None:
+        return self.start.get("params")
+
+    @property
+    def tokens_per_step(self) -> int | None:
+        return self.start.get("tokens_per_step")
+
+    @property
+    def tokens_seen(self) -> int:
+        trains = self.events("train")
+        if trains and trains[-1]["step"] == self.step:
+            return trains[-1]["tokens_seen"]
+        return self.step * (self.tokens_per_step or 0)
+
+    @property
+    def untrained_eval(self) -> dict | None:
+        """The evaluation before the first update: the untrained model of the same shape and seed."""
+        return next((r for r in self.events("eval") if r["step"] == 0), None)
+
+    @property
+    def best_eval(self) -> dict | None:
+        trained = [r for r in self.events("eval") if r["step"] > 0 and r.get("val_loss") is not None]
+        return min(trained, key=lambda r: r["val_loss"], default=None)
+
+    @property
+    def best_val_loss(self) -> float | None:
+        best = self.best_eval
+        return best["val_loss"] if best else None
+
+    @property
+    def wall_seconds(self) -> float:
+        """Time from the first to the last event, summed over the segments a resume separates."""
+        total, first, last = 0.0, None, None
+        for r in self.records:
+            if r["event"] == "resume" and first is not None:
+                total += last - first
+                first = None
+            if first is None:
+                first = r["time"]
+            last = r["time"]
+        return total + (last - first if first is not None else 0.0)
+
+    @property
+    def median_tokens_per_sec(self) -> float | None:
+        # the first interval includes warm-up (and the first evaluation): leave it out when we can
+        values = [r["tokens_per_sec"] for r in self.events("train")][1:] or [
+            r["tokens_per_sec"] for r in self.events("train")
+        ]
+        return statistics.median(values) if values else None
+
+    @property
+    def median_ms_per_step(self) -> float | None:
+        values = [r["ms_per_step"] for r in self.events("train")][1:] or [
+            r["ms_per_step"] for r in self.events("train")
+        ]
+        return statistics.median(values) if values else None
+
+    @property
+    def preset(self) -> str:
+        return guess_preset(self.cfg) if self.cfg else "?"
+
+
+def read_run(path: str | Path) -> Run:
+    """A run folder as written by `trickster train`; a clear error if it is not one."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"run folder {path} not found; pass a folder written by `trickster train`")
+    if not path.is_dir():
+        raise UserError(f"{path} is a file, not a run folder; pass a folder written by `trickster train`")
+    if not (path / "metrics.jsonl").is_file():
+        raise UserError(
+            f"{path} is not a run folder (no metrics.jsonl); pass a folder written by `trickster train`"
+        )
+    return _read(path)
+
+
+def find_runs(root: str | Path) -> list[Run]:
+    """Every run folder directly in `root` (or `root` itself if it is one), sorted by name."""
+    root = Path(root)
+    if not root.exists():
+        raise UserError(f"folder {root} not found; pass the folder that holds your runs (default runs/)")
+    if not root.is_dir():
+        raise UserError(f"{root} is a file; pass the folder that holds your runs (default runs/)")
+    if (root / "metrics.jsonl").is_file():
+        return [_read(root)]
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and (p / "metrics.jsonl").is_file())
+    runs = []
+    for folder in folders:
+        try:
+            runs.append(_read(folder))
+        except UserError as err:  # one damaged run does not hide the others
+            runs.append(Run(folder, None, [], problem=str(err)))
+    return runs
+
+
+@functools.cache
+def _preset_models() -> dict[str, dict]:
+    return {name: load_config(preset=name).model.model_dump() for name in preset_names()}
+
+
+def guess_preset(cfg: Config) -> str:
+    """The preset whose model_config the run's matches (vocab_size: auto matches any size)."""
+    model = cfg.model.model_dump()
+    for name, preset in _preset_models().items():
+        if preset["vocab_size"] == "auto":
+            preset = {**preset, "vocab_size": model["vocab_size"]}
+        if preset == model:
+            return name
+    return "custom"
+
+
+def _read(path: Path) -> Run:
+    records, problems = _read_records(path / "metrics.jsonl")
+    cfg = None
+    if (path / "config.yaml").is_file():
+        try:
+            cfg = load_config(path / "config.yaml")
+        except UserError as err:
+            problems.append(str(err))
+    else:
+        problems.append("config.yaml is missing")
+    try:
+        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        manifest = {}
+    checkpoints = sorted(
+        (p for p in (path / "checkpoints").glob("*") if ckpt.is_complete(p)),
+        key=lambda p: (ckpt.checkpoint_step(p), p.name),
+    )
+    return Run(path, cfg, records, manifest, checkpoints, "; ".join(problems) or None)
+
+
+def _read_records(path: Path) -> tuple[list[dict], list[str]]:
+    """metrics.jsonl; a last line cut short (the process died while writing it) is skipped."""
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    records, problems = [], []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if number == len(lines):
+                problems.append(f"the last line of metrics.jsonl is cut short (line {number}); skipped")
+                continue
+            raise UserError(
+                f"{path} line {number} is damaged (not JSON); the run's metrics cannot be read"
+            ) from None
+        if not isinstance(record, dict) or not {"event", "step", "time"} <= record.keys():
+            raise UserError(f"{path} line {number} is not a metrics event; the run's metrics cannot be read")
+        records.append(record)
+    return records, problems

@@ -1,0 +1,167 @@
+"""`trickster plan`: the memory formula against what autograd and AdamW really hold, the advice
+when a run does not fit, and the measured time estimate against a real run."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+import torch
+
+from trickster import plan
+from trickster.cli import main
+from trickster.config import config_from_dict, load_config, preset_names, save_config
+from trickster.errors import UserError
+from trickster.model import Transformer, flops_per_token, parameter_breakdown
+from trickster.optim import build_optimizer
+from trickster.train import train
+
+from .conftest import micro_config
+
+GiB = 1024**3
+
+
+def saved_activation_bytes(cfg, batch: int, seq_len: int) -> int:
+    """Bytes of the tensors autograd saves for backward in one forward pass (weights left out)."""
+    torch.manual_seed(0)
+    model = Transformer(cfg.model)
+    fixed = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    saved = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in fixed:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    idx = torch.randint(0, cfg.model.vocab_size, (batch, seq_len + 1))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(idx[:, :-1], idx[:, 1:])
+    return sum(saved.values())
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        {"hidden_dim": 64, "num_layers": 2, "num_heads": 4, "mlp_dim": 192, "vocab_size": 65},
+        {
+            "hidden_dim": 128,
+            "num_layers": 3,
+            "num_heads": 4,
+            "num_kv_heads": 2,
+            "mlp_dim": 448,
+            "vocab_size": 96,
+        },
+        {"hidden_dim": 96, "num_layers": 1, "num_heads": 2, "mlp_dim": 256, "vocab_size": 300},
+    ],
+    ids=["micro", "gqa", "wide-vocab"],
+)
+def test_activation_formula_matches_the_tensors_autograd_saves(model):
+    cfg = config_from_dict({"model_config": {**model, "max_seq_len": 64}})
+    measured = saved_activation_bytes(cfg, batch=4, seq_len=64)
+    formula = plan.activation_bytes_per_token(cfg) * 4 * 64
+    assert abs(formula - measured) / measured < 0.01, (formula, measured)
+
+
+def test_weights_gradients_and_adamw_state_match_a_real_step():
+    cfg = config_from_dict(
+        {
+            "model_config": {
+                "hidden_dim": 64,
+                "num_layers": 2,
+                "num_heads": 4,
+                "mlp_dim": 192,
+                "vocab_size": 65,
+            }
+        }
+    )
+    model = Transformer(cfg.model)
+    optimizer = build_optimizer(model, cfg.training, torch.device("cpu"))
+    idx = torch.randint(0, 65, (2, 17))
+    model(idx[:, :-1], idx[:, 1:])[1].backward()
+    optimizer.step()
+    memory = plan.memory_estimate(cfg)
+    assert memory.weights == sum(p.numel() * p.element_size() for p in model.parameters())
+    assert memory.gradients == sum(p.grad.numel() * p.grad.element_size() for p in model.parameters())
+    moments = [t for s in optimizer.state.values() for k, t in s.items() if k in ("exp_avg", "exp_avg_sq")]
+    assert memory.optimizer == sum(t.numel() * t.element_size() for t in moments)
+    assert memory.logits == 2 * 16 * 512 * 65 * 4  # the default micro-batch, 16 x 512 tokens
+
+
+def test_a_run_that_does_not_fit_gets_a_batch_that_does(monkeypatch):
+    monkeypatch.setattr(plan, "device_memory", lambda device: (1 * GiB, "RAM"))
+    cfg = load_config(preset="nano")
+    result = plan.make_plan(cfg, torch.device("cpu"), measure=False)
+    assert not result.fits and len(result.advice) == 1
+    text = plan.format_plan(result)
+    assert "DOES NOT FIT" in text and "to fit: lower the micro-batch" in text
+    batch = int(text.split("training_config.batch_size=")[1].split()[0])
+    accumulation = int(text.split("training_config.gradient_accumulation_steps=")[1].split()[0])
+    usable = plan.HEADROOM * GiB
+    assert plan.memory_estimate(cfg, batch_size=batch).total <= usable
+    assert plan.memory_estimate(cfg, batch_size=batch + 1).total > usable
+    assert batch * accumulation >= cfg.training.batch_size
+
+
+def test_a_model_whose_state_alone_does_not_fit_is_told_to_shrink(monkeypatch):
+    monkeypatch.setattr(plan, "device_memory", lambda device: (16 * GiB, "RAM"))
+    result = plan.make_plan(load_config(preset="mega"), torch.device("cpu"), measure=False)
+    assert result.memory.state > plan.HEADROOM * 16 * GiB  # 1.1B parameters x 18 bytes
+    (advice,) = result.advice
+    assert "weights, gradients and AdamW state alone need" in advice
+    suggested = advice.split("such as preset ")[1].split(",")[0]
+    budget = plan.HEADROOM * 16 * GiB
+
+    def preset(name):
+        cfg = load_config(preset=name)
+        cfg.model.vocab_size = 256 if cfg.model.vocab_size == "auto" else cfg.model.vocab_size
+        return cfg, parameter_breakdown(cfg.model).total
+
+    def total(name):
+        return plan.memory_estimate(preset(name)[0]).total
+
+    assert total(suggested) <= budget  # the suggestion fits, and no larger preset below mega does
+    between = [n for n in preset_names() if preset(suggested)[1] < preset(n)[1] < preset("mega")[1]]
+    assert between and all(total(n) > budget for n in between)
+
+
+def test_time_estimate_is_measured_and_close_to_a_real_run(micro):
+    cfg = micro(training_config={"max_steps": 12, "warmup_steps": 2, "log_every": 2, "eval_every": 12})
+    estimate = plan.make_plan(cfg, torch.device("cpu"))
+    bench = estimate.bench
+    assert (bench.layers, bench.batch_size, bench.seq_len) == (2, 8, 64)  # the micro model itself
+    trained = train(cfg, echo=lambda *a: None)
+    real = statistics.median([r["tokens_per_sec"] for r in trained.history if r["event"] == "train"][1:])
+    assert 0.25 < bench.tokens_per_sec / real < 4, (bench.tokens_per_sec, real)
+    tokens = 1_000_000
+    fpt = flops_per_token(estimate.cfg.model, cfg.seq_len)
+    assert estimate.seconds(tokens) == pytest.approx(tokens * fpt / bench.flops_per_sec)
+
+
+def test_plan_command_prints_the_figures(shakespeare_dir, tmp_path, capsys):
+    config = tmp_path / "micro.yaml"
+    save_config(micro_config(shakespeare_dir, tmp_path / "run"), config)
+    assert main(["plan", "--config", str(config), "--tokens", "2.5M", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    cfg = micro_config(shakespeare_dir, tmp_path / "run")
+    cfg.model.vocab_size = 256  # auto counts as 256, and says so
+    params = parameter_breakdown(cfg.model).total
+    assert f"parameters: {params:,}" in out and "counted here as 256" in out
+    assert "compute-optimal (~20 per parameter)" in out and f"{20 * params:,}" in out
+    assert "--tokens" in out and "2,500,000" in out
+    assert "fits:" in out and "time (estimate): the model, batch 8 x 64, " in out
+    assert not (tmp_path / "run").exists()  # planning trains nothing
+
+
+@pytest.mark.parametrize(
+    ("text", "tokens"),
+    [("5000000", 5_000_000), ("5M", 5_000_000), ("2.5b", 2_500_000_000), ("2e9", 2 * 10**9)],
+)
+def test_token_budgets_read_like_people_write_them(text, tokens):
+    assert plan.parse_tokens(text) == tokens
+
+
+@pytest.mark.parametrize("text", ["lots", "-5", "0", "5X", ""])
+def test_a_bad_token_budget_is_refused(text):
+    with pytest.raises(UserError, match="--tokens must be a positive number"):
+        plan.parse_tokens(text)

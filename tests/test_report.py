@@ -1,0 +1,183 @@
+"""`trickster report` and `trickster runs` on a short real run."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import shutil
+import statistics
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from trickster import checkpoint as ckpt
+from trickster.cli import main
+from trickster.config import load_config
+from trickster.metrics import read_metrics
+from trickster.report import format_duration
+from trickster.rundir import Run, guess_preset, read_run
+from trickster.train import train
+
+from .conftest import micro_config
+
+SECTIONS = [
+    "Loss curves",
+    "Trained versus untrained",
+    "Samples at every evaluation",
+    "Learning rate, gradient norm and throughput",
+    "Model",
+    "Config",
+    "Run manifest",
+    "Checkpoints",
+]
+
+
+@pytest.fixture(scope="module")
+def run_dir(shakespeare_dir, tmp_path_factory) -> Path:
+    """A 12-step micro run with an evaluation and a sample at steps 0, 6 and 12 (read-only)."""
+    run = tmp_path_factory.mktemp("report") / "micro-run"
+    training = {"max_steps": 12, "warmup_steps": 2, "log_every": 2, "eval_every": 6, "save_every": 6}
+    train(micro_config(shakespeare_dir, run, training_config=training), echo=lambda *a: None)
+    return run
+
+
+class Page(HTMLParser):
+    """The parts of the page the tests look at."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.tags, self.images, self.headings, self.links = [], [], [], []
+        self._in_h2 = False
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append(tag)
+        if tag == "img":
+            self.images.append(attrs["src"])
+        self.links += [v for k, v in attrs.items() if k in ("src", "href") and v]
+        self._in_h2 = tag == "h2"
+
+    def handle_endtag(self, tag):
+        self._in_h2 = False if tag == "h2" else self._in_h2
+
+    def handle_data(self, data):
+        if self._in_h2:
+            self.headings.append(data)
+
+
+def test_report_is_one_self_contained_page_with_the_whole_story(run_dir, tmp_path, capsys):
+    out = tmp_path / "page.html"
+    assert main(["report", str(run_dir), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {out} (open it in a browser)"
+    text = out.read_text(encoding="utf-8")
+    page = Page(text)
+
+    # self-contained: no scripts, no stylesheets or images from elsewhere, no web address at all
+    assert "script" not in page.tags and "link" not in page.tags
+    assert all(link.startswith("data:image/png;base64,") for link in page.links), page.links
+    assert "http://" not in text and "https://" not in text
+    assert page.headings == SECTIONS
+    sizes = [Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).size for src in page.images]
+    assert sizes == [(1100, 420), (1100, 280)]  # the loss curves, then lr / grad norm / tokens per second
+
+    records = read_metrics(run_dir / "metrics.jsonl")
+    evals = [r for r in records if r["event"] == "eval"]
+    assert [r["step"] for r in evals] == [0, 6, 12] and all("sample" in r for r in evals)
+    samples = text.split("<h2>Samples at every evaluation</h2>")[1].split("<h2>")[0]
+    assert samples.count("<tr>") == 1 + len(evals)
+    for r in evals:  # every sample, escaped, after its highlighted prompt, with its step and loss
+        assert html.escape(r["sample"].removeprefix("ROMEO:")) in samples
+        assert f"<td class='n'>{r['step']:,}</td>" in samples and f"{r['val_loss']:.4f}" in samples
+    comparison = text.split("<h2>Trained versus untrained</h2>")[1].split("<h2>")[0]
+    assert (
+        f"<b>{evals[0]['val_loss']:.4f}</b>" in comparison
+        and f"<b>{evals[-1]['val_loss']:.4f}</b>" in comparison
+    )
+    assert "untrained (step 0" in comparison and "trained (step 12)" in comparison
+
+    loaded = ckpt.load_checkpoint(run_dir / "checkpoints" / "final")
+    total = sum(p.numel() for p in loaded.model.parameters())
+    assert f"<th>total</th><td>{total:,}</td>" in text
+    assert "max_steps: 12" in text  # the config
+    manifest = read_run(run_dir).manifest
+    assert f"<th>torch</th><td>{manifest['torch']}</td>" in text
+    tokens_per_sec = statistics.median([r["tokens_per_sec"] for r in records if r["event"] == "train"][1:])
+    assert f"{tokens_per_sec:,.0f}" in text
+    for name in ("step_000006", "best", "final"):
+        assert f"<th>{name}</th>" in text
+
+
+def test_report_writes_into_the_run_folder_by_default(run_dir, tmp_path):
+    copy = Path(shutil.copytree(run_dir, tmp_path / "copy"))
+    assert main(["report", str(copy)]) == 0
+    assert (copy / "report.html").read_text(encoding="utf-8").startswith("<!doctype html>")
+
+
+def test_runs_table_lists_each_run_with_its_numbers(run_dir, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    shutil.copytree(run_dir, runs / "a-finished")
+    partial = Path(shutil.copytree(run_dir, runs / "b-partial"))
+    lines = (partial / "metrics.jsonl").read_text().splitlines()
+    (partial / "metrics.jsonl").write_text("\n".join(lines[:-5]) + "\n" + lines[-5][:20])  # died mid-line
+    (runs / "notes").mkdir()  # not a run: ignored
+    damaged = Path(shutil.copytree(run_dir, runs / "c-damaged"))
+    (damaged / "metrics.jsonl").write_text('{"event": "start"\n{"event": "eval"}\n')  # listed, not fatal
+
+    assert main(["runs", str(runs)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == [
+        "run",
+        "preset",
+        "parameters",
+        "steps",
+        "best",
+        "val",
+        "loss",
+        "tokens",
+        "seen",
+    ] + [
+        "wall",
+        "time",
+        "status",
+    ]
+    assert len(out) == 4 and out[3].split()[0] == "c-damaged" and out[3].split()[-1] == "unreadable"
+    records = read_metrics(run_dir / "metrics.jsonl")
+    start, trains = records[0], [r for r in records if r["event"] == "train"]
+    best = min(r["val_loss"] for r in records if r["event"] == "eval" and r["step"] > 0)
+    wall = format_duration(records[-1]["time"] - records[0]["time"])
+    expected = ["a-finished", "custom", f"{start['params']:,}", "12/12", f"{best:.4f}"]
+    assert out[1].split() == [*expected, f"{trains[-1]['tokens_seen']:,}", *wall.split(), "finished"]
+    kept = read_run(partial).records
+    assert out[2].split()[0] == "b-partial" and out[2].split()[-1] == "incomplete"
+    assert out[2].split()[3] == f"{kept[-1]['step']}/12"
+    assert read_run(partial).problem.startswith("the last line of metrics.jsonl is cut short")
+
+
+def test_runs_reports_an_empty_folder(tmp_path, capsys):
+    assert main(["runs", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith(f"no runs in {tmp_path}")
+
+
+def test_preset_is_recognised_by_the_model_shape():
+    assert guess_preset(load_config(preset="nano")) == "nano"
+    tiny = load_config(preset="tiny", overrides=["model_config.vocab_size=65"])  # auto, resolved
+    assert guess_preset(tiny) == "tiny"
+    assert guess_preset(load_config(preset="nano", overrides=["model_config.num_layers=5"])) == "custom"
+
+
+def test_wall_time_leaves_out_the_pause_before_a_resume():
+    records = [
+        {"event": "start", "step": 0, "time": 100.0},
+        {"event": "train", "step": 10, "time": 160.0},
+        {"event": "resume", "step": 10, "time": 5000.0},  # an hour later
+        {"event": "train", "step": 20, "time": 5030.0},
+        {"event": "stopped", "step": 20, "time": 5031.0, "signal": "SIGINT"},
+    ]
+    run = Run(Path("r"), None, records)
+    assert run.wall_seconds == 60.0 + 31.0
+    assert run.status == "stopped (SIGINT)"
+    assert format_duration(run.wall_seconds) == "1m 31s" and format_duration(7300) == "2h 01m"
