@@ -1,4 +1,4 @@
-"""`trickster data|train|generate|compare|info|quickstart`: thin wrappers over the library.
+"""`trickster data|train|generate|compare|info|export|import|quickstart`: thin wrappers over the library.
 
 Every error a user can fix is a UserError: one line on stderr, exit status 2, no traceback.
 """
@@ -73,6 +73,20 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--checkpoint", metavar="RUN_DIR|CHECKPOINT")
     info.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
 
+    # export / import (Hugging Face)
+    export = commands.add_parser("export", help="write a run or checkpoint as a Hugging Face Llama folder")
+    export.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
+    export.add_argument("--format", choices=("hf",), default="hf", help="hf: transformers / vLLM folder")
+    export.add_argument("--out", required=True, help="a new folder to write")
+    export.add_argument(
+        "--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="weights dtype"
+    )
+    imp = commands.add_parser("import", help="turn a local Hugging Face Llama folder into a run")
+    import_sources = imp.add_subparsers(dest="source", required=True, parser_class=_Parser)
+    import_hf = import_sources.add_parser("hf", help="a folder written by save_pretrained()")
+    import_hf.add_argument("path", metavar="DIR", help="config.json, model.safetensors, tokenizer.json")
+    import_hf.add_argument("--out", required=True, help="the new run folder")
+
     # quickstart
     quick = commands.add_parser("quickstart", help="prepare data, train `tiny`, compare with untrained")
     quick.add_argument("--path", help="a local copy of Tiny Shakespeare")
@@ -142,6 +156,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "info":
         commands.info_command(args.preset, args.config, args.checkpoint, args.overrides)
+        return 0
+    if args.command == "export":
+        commands.export_command(args.target, args.format, args.out, args.dtype)
+        return 0
+    if args.command == "import":
+        commands.import_command(args.source, args.path, args.out)
         return 0
     if args.command == "quickstart":
         return commands.quickstart(args.path, args.steps, Path(args.out))

@@ -57,7 +57,7 @@ def _prompt_ids(tokenizer, prompt: str) -> list[int]:
     ids = tokenizer.encode(prompt)
     if not ids:
         raise UserError("--prompt is empty; give some text to continue, e.g. --prompt 'ROMEO:'")
-    return ids
+    return tokenizer.start_ids() + ids  # Llama-style tokenizers start every sequence with <s>
 
 
 def untrained_like(cfg: Config) -> Transformer:
@@ -176,6 +176,33 @@ def info_command(preset, config, checkpoint, overrides) -> None:
         manifest = info.get("manifest", {})
         print("versions: " + ", ".join(f"{k} {manifest.get(k)}" for k in ("trickster", "torch", "python")))
         print(f"git: {manifest.get('git_sha')}, device: {manifest.get('device')}")
+
+
+def export_command(target: str, fmt: str, out: str, dtype: str = "float32") -> Path:
+    from trickster import hf
+
+    if fmt != "hf":
+        raise UserError(f"unknown export format '{fmt}'; choose hf")
+    path = hf.export_hf(target, out, dtype)
+    print(f"wrote {path}: config.json, model.safetensors ({dtype}), generation_config.json, tokenizer files")
+    print(f"load it with transformers.AutoModelForCausalLM.from_pretrained('{path}'), or: vllm serve {path}")
+    return path
+
+
+def import_command(source: str, path: str, out: str) -> Path:
+    from trickster import hf
+
+    if source != "hf":
+        raise UserError(f"unknown import source '{source}'; choose hf")
+    run = hf.import_hf(path, out)
+    m = ckpt.read_config(run / "checkpoints" / "final").model
+    print(
+        f"imported {path}: {parameter_breakdown(m).total:,} parameters, hidden {m.hidden_dim}, "
+        f"{m.num_layers} layers, {m.num_heads} heads ({m.num_kv_heads or m.num_heads} kv), "
+        f"vocab {m.vocab_size}"
+    )
+    print(f"wrote {run}/checkpoints/final; try: trickster generate {run} --prompt 'Hello'")
+    return run
 
 
 def quickstart(path: str | None, steps: int, out: Path) -> int:
