@@ -35,8 +35,21 @@ def build_parser() -> argparse.ArgumentParser:
     text = sources.add_parser("text", help="local UTF-8 files, folders or glob patterns")
     text.add_argument("paths", nargs="+", metavar="PATH")
     sources.add_parser("python-stdlib", help="the running Python's standard library (always offline)")
-    for source in (shakespeare, text, sources.choices["python-stdlib"]):
-        source.add_argument("--tokenizer", choices=TOKENIZER_CHOICES, default="char")
+    jsonl = sources.add_parser("jsonl", help='fine-tuning records: {"prompt": ..., "response": ...} per line')
+    jsonl.add_argument("path", metavar="FILE")
+    jsonl.add_argument(
+        "--format",
+        choices=("prompt-response",),
+        default="prompt-response",
+        help="prompt-response: the loss covers each response, never its prompt",
+    )
+    for source in (shakespeare, text, sources.choices["python-stdlib"], jsonl):
+        source.add_argument("--tokenizer", choices=TOKENIZER_CHOICES, help="build a new one (default char)")
+        source.add_argument(
+            "--tokenizer-from",
+            metavar="RUN_DIR|CHECKPOINT|FILE",
+            help="use a model's tokenizer instead (to fine-tune that model on this data)",
+        )
         source.add_argument("--out", help="output folder (default data/SOURCE-TOKENIZER)")
         source.add_argument("--val-fraction", type=float, default=0.1)
 
@@ -135,6 +148,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             args.tokenizer,
             args.out,
             args.val_fraction,
+            tokenizer_from=args.tokenizer_from,
         )
         return 0
     if args.command == "train":

@@ -24,6 +24,7 @@ from trickster import checkpoint as ckpt
 from trickster.config import Config, save_config
 from trickster.data.loader import BatchSampler, PreparedData, check_windows, fixed_batches, load_data
 from trickster.errors import UserError
+from trickster.finetune import setup_finetuning
 from trickster.generate import generate
 from trickster.metrics import MetricsLog, read_metrics, run_manifest
 from trickster.model import Transformer, flops_per_token, parameter_breakdown
@@ -182,6 +183,7 @@ def train(cfg: Config, resume: bool = False, progress: bool | None = None, echo=
 
     # 3. model, optimizer, batches
     model = Transformer(cfg.model).to(device)
+    setup_finetuning(model, cfg, data.tokenizer, echo)  # init_from weights, LoRA (issue 7); else nothing
     step_model = torch.compile(model) if cfg.device.compile else model
     optimizer = build_optimizer(model, t, device)
     sampler = BatchSampler(data.train, seq_len, t.batch_size, seed=t.seed)

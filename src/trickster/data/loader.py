@@ -1,4 +1,9 @@
-"""Read a prepared data folder and draw training windows from its memory-mapped token streams."""
+"""Read a prepared data folder and draw training windows from its memory-mapped token streams.
+
+A folder with a loss mask (prompt/response records, see prepare.py) gives `MaskedTokens` splits:
+their windows carry the target IGNORE_INDEX (-100) wherever the mask is 0, so the loss covers the
+responses only, and the sampler redraws any window that holds no target at all.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +17,27 @@ import torch
 from trickster.errors import UserError
 from trickster.tokenizers import Tokenizer, load_tokenizer
 
+IGNORE_INDEX = -100  # a target the loss skips (F.cross_entropy's ignore_index)
+
+
+@dataclass
+class MaskedTokens:
+    """A flat token stream and its loss mask (1: a target the loss covers, 0: skipped), same length."""
+
+    tokens: np.ndarray
+    loss_mask: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
 
 @dataclass
 class PreparedData:
     path: Path
     meta: dict
     tokenizer: Tokenizer
-    train: np.ndarray  # memory-mapped, flat
-    val: np.ndarray
+    train: np.ndarray | MaskedTokens  # memory-mapped, flat
+    val: np.ndarray | MaskedTokens
 
 
 def load_data(path: str | Path) -> PreparedData:
@@ -48,7 +66,19 @@ def load_data(path: str | Path) -> PreparedData:
                 f"{file} holds {size} tokens but meta.json says {expected}; prepare the data again"
             )
         streams[split] = np.memmap(file, dtype=dtype, mode="r") if size else np.zeros(0, dtype=dtype)
+        if meta.get("loss_mask"):
+            streams[split] = MaskedTokens(streams[split], _read_mask(path, meta, split, size))
     return PreparedData(path, meta, tokenizer, streams["train"], streams["val"])
+
+
+def _read_mask(path: Path, meta: dict, split: str, size: int) -> np.ndarray:
+    try:
+        file = path / meta["loss_mask"][split]
+    except (KeyError, TypeError):
+        raise UserError(f"{path / 'meta.json'} is damaged (loss_mask); prepare the data again") from None
+    if not file.is_file() or file.stat().st_size != size:
+        raise UserError(f"{file} is missing or does not match {split}.bin; prepare the data again")
+    return np.memmap(file, dtype=np.uint8, mode="r") if size else np.zeros(0, dtype=np.uint8)
 
 
 def check_windows(data: PreparedData, seq_len: int) -> None:
@@ -62,24 +92,53 @@ def check_windows(data: PreparedData, seq_len: int) -> None:
             )
 
 
-def windows(tokens: np.ndarray, starts: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, ...]:
-    """Inputs tokens[s : s+T] and targets tokens[s+1 : s+T+1]: the next token, exactly one ahead."""
-    rows = np.stack([tokens[s : s + seq_len + 1] for s in starts.tolist()]).astype(np.int64)
+def windows(
+    tokens: np.ndarray | MaskedTokens, starts: torch.Tensor, seq_len: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs tokens[s : s+T] and targets tokens[s+1 : s+T+1]: the next token, exactly one ahead.
+
+    With a loss mask, a target whose mask is 0 (a prompt token) becomes IGNORE_INDEX.
+    """
+    stream = tokens.tokens if isinstance(tokens, MaskedTokens) else tokens
+    rows = np.stack([stream[s : s + seq_len + 1] for s in starts.tolist()]).astype(np.int64)
     batch = torch.from_numpy(rows)  # (B, T+1)
-    return batch[:, :-1], batch[:, 1:]
+    inputs, targets = batch[:, :-1], batch[:, 1:].clone()
+    if isinstance(tokens, MaskedTokens):
+        mask = np.stack([tokens.loss_mask[s + 1 : s + seq_len + 1] for s in starts.tolist()])
+        targets[torch.from_numpy(mask == 0)] = IGNORE_INDEX  # (B, T)
+    return inputs, targets
 
 
 class BatchSampler:
-    """Random windows over one flat token stream, reproducible from its state_dict."""
+    """Random windows over one flat token stream, reproducible from its state_dict.
 
-    def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, seed: int):
+    With a loss mask, a window without a single target (all prompt) is redrawn: it would teach
+    nothing, and a batch of only such windows would have no loss at all.
+    """
+
+    MAX_REDRAWS = 1000
+
+    def __init__(self, tokens: np.ndarray | MaskedTokens, seq_len: int, batch_size: int, seed: int):
         self.tokens, self.seq_len, self.batch_size = tokens, seq_len, batch_size
         self.generator = torch.Generator().manual_seed(seed)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         high = len(self.tokens) - self.seq_len  # last start that still has a target after it
         starts = torch.randint(0, high, (self.batch_size,), generator=self.generator)
-        return windows(self.tokens, starts, self.seq_len)
+        inputs, targets = windows(self.tokens, starts, self.seq_len)
+        for _ in range(self.MAX_REDRAWS if isinstance(self.tokens, MaskedTokens) else 0):
+            empty = (targets == IGNORE_INDEX).all(dim=1)  # (B,)
+            if not empty.any():
+                break
+            starts[empty] = torch.randint(0, high, (int(empty.sum()),), generator=self.generator)
+            inputs, targets = windows(self.tokens, starts, self.seq_len)
+        else:
+            if isinstance(self.tokens, MaskedTokens) and (targets == IGNORE_INDEX).all():
+                raise UserError(
+                    f"no window of {self.seq_len} tokens found that holds a response token; "
+                    "raise training_config.seq_len or use records with shorter prompts"
+                )
+        return inputs, targets
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}
