@@ -217,3 +217,60 @@ def test_import_of_a_hugging_face_llama_gives_the_same_logits(tmp_path, capsys, 
         back, back_tok = assert_export_matches(run, tmp_path / "back", TEXT)
         assert back_tok(TEXT)["input_ids"] == hf_tok(TEXT)["input_ids"]
         assert back_tok.bos_token == "<s>" and back_tok.eos_token == "</s>"
+
+
+def test_an_imported_model_fine_tunes_with_lora_and_exports(tmp_path, capsys):
+    """The tutorial's path at toy scale: import a Llama, prepare prompt/response records with its
+    tokenizer (each record starts with <s>), train LoRA adapters from it, export the result."""
+    from transformers import AutoModelForCausalLM
+
+    src, _, hf_tok = tiny_llama(tmp_path)
+    run = tmp_path / "run"
+    assert cli.main(["import", "hf", str(src), "--out", str(run)]) == 0
+    lines = [line for line in EXCERPT.read_text().splitlines() if line.strip()][:41]
+    records = [{"prompt": a + "\n", "response": b + "\n"} for a, b in zip(lines, lines[1:], strict=False)]
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    data = tmp_path / "chat"
+    argv = ["data", "prepare", "jsonl", str(tmp_path / "chat.jsonl"), "--tokenizer-from", str(run)]
+    assert cli.main([*argv, "--out", str(data)]) == 0
+    tokens = (data / "train.bin").read_bytes()
+    first = records[0]
+    assert json.loads((data / "meta.json").read_text())["tokenizer"] == "hf"
+    expected = (
+        hf_tok(first["prompt"])["input_ids"]
+        + hf_tok(first["response"], add_special_tokens=False)["input_ids"]
+    )
+    assert list(memoryview(tokens).cast("H")[: len(expected) + 1]) == [*expected, hf_tok.eos_token_id]
+
+    out = tmp_path / "tuned"
+    overrides = [
+        f"training_config.init_from={run}",
+        "training_config.lora={rank: 2, alpha: 4, targets: [q_proj, v_proj]}",
+        "training_config.max_steps=3",
+        "training_config.warmup_steps=1",
+        "training_config.eval_every=3",
+        "training_config.eval_batches=1",
+        "training_config.batch_size=4",
+        "training_config.seq_len=32",
+        "training_config.learning_rate=0.01",
+        "training_config.sample_tokens=4",
+    ]
+    argv = [
+        "train",
+        "--config",
+        str(run / "config.yaml"),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    assert cli.main([*argv, *overrides]) == 0
+    assert "with LoRA rank 2 on wq, wv" in capsys.readouterr().out
+    assert cli.main(["export", str(out), "--out", str(tmp_path / "hf")]) == 0
+    tuned = ckpt.load_checkpoint(out).model
+    theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    idx = torch.tensor([hf_tok(TEXT)["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(idx).logits, tuned(idx)[0])
+        assert not torch.allclose(ckpt.load_checkpoint(run).model(idx)[0], tuned(idx)[0], atol=1e-4)
