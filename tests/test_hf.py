@@ -160,6 +160,7 @@ def tiny_llama(tmp_path, tie=False):
     tok = PreTrainedTokenizerFast(
         tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
     )
+    tok.chat_template = "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
     config = LlamaConfig(
         vocab_size=320,
         hidden_size=64,
@@ -217,6 +218,7 @@ def test_import_of_a_hugging_face_llama_gives_the_same_logits(tmp_path, capsys, 
         back, back_tok = assert_export_matches(run, tmp_path / "back", TEXT)
         assert back_tok(TEXT)["input_ids"] == hf_tok(TEXT)["input_ids"]
         assert back_tok.bos_token == "<s>" and back_tok.eos_token == "</s>"
+        assert back_tok.chat_template == hf_tok.chat_template
 
 
 def test_an_imported_model_fine_tunes_with_lora_and_exports(tmp_path, capsys):

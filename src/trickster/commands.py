@@ -61,6 +61,11 @@ def prepare_data(
     )
     if meta.get("loss_mask"):
         print(f"the loss covers {meta['train_loss_tokens']:,} response tokens of train.bin")
+        if meta["eot_id"] is None:
+            print(
+                "note: this tokenizer has no end-of-text id, so the records follow each other without a "
+                "separator and a model cannot learn where a response ends"
+            )
     return out_dir
 
 

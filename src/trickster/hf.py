@@ -141,6 +141,8 @@ def hf_tokenizer_files(tokenizer: Tokenizer, max_len: int) -> dict[str, dict]:
     if isinstance(tokenizer, HFTokenizer):
         config = {**tokenizer.config, "model_max_length": tokenizer.config.get("model_max_length", max_len)}
         config.pop("added_tokens_decoder", None)  # tokenizer.json already lists them
+        if config.get("tokenizer_class") == "TokenizersBackend":  # transformers 5's name for it
+            config["tokenizer_class"] = "PreTrainedTokenizerFast"  # which transformers 4 loads too
         return {
             "tokenizer.json": tokenizer.tokenizer_json,
             "tokenizer_config.json": config,
@@ -312,6 +314,8 @@ def load_hf_tokenizer(src: Path, hf: dict) -> HFTokenizer:
     config = {}
     if (src / "tokenizer_config.json").is_file():
         config = _read_json(src / "tokenizer_config.json", "save the tokenizer again")
+    if (src / "chat_template.jinja").is_file() and "chat_template" not in config:  # transformers >= 4.50
+        config["chat_template"] = (src / "chat_template.jinja").read_text(encoding="utf-8")
     try:
         tokenizer = HFTokenizer(_read_json(file, "save the tokenizer again"), config)
     except ValueError as err:

@@ -432,7 +432,7 @@ def _finite(value: float) -> float | None:
 def _print_header(echo, cfg, data, total_params, device, tokens_per_step, resumed_from) -> None:
     t = cfg.training
     echo("=" * 60)
-    echo(f"Training from scratch -> {cfg.logging.output_dir}")
+    echo(f"{'Fine-tuning' if t.init_from else 'Training from scratch'} -> {cfg.logging.output_dir}")
     echo("=" * 60)
     echo(f"device: {device} ({cfg.device.dtype})   parameters: {total_params:,}")
     echo(
