@@ -352,9 +352,12 @@ def _init_from_other_tokenizer(env: Env) -> list[str]:
     return micro_train(env, "--data", data, f"training_config.init_from={env.run}")
 
 
-def _without_tokenizers_package(env: Env) -> list[str]:
-    env.monkeypatch.setitem(sys.modules, "tokenizers", None)  # `import tokenizers` raises ImportError
-    return ["export", str(env.run), "--out", str(env.tmp / "hf")]
+def _without(package: str, *flags: str) -> Build:
+    def build(env: Env) -> list[str]:
+        env.monkeypatch.setitem(sys.modules, package, None)  # `import package` raises ImportError
+        return ["export", str(env.run), "--out", str(env.tmp / "out"), *flags]
+
+    return build
 
 
 def _export_into(name: str, content: str | None) -> Build:
@@ -743,8 +746,31 @@ CASES = [
         "--format",
         "invalid choice: 'onnx'",
     ),
+    case("export-without-tokenizers-package", _without("tokenizers"), "pip install 'nano-trickster[hf]'"),
     case(
-        "export-without-tokenizers-package", _without_tokenizers_package, "pip install 'nano-trickster[hf]'"
+        "export-gguf-existing-file",
+        lambda env: ["export", str(env.run), "--format", "gguf", "--out", env.write("model.gguf", "mine")],
+        "model.gguf already exists",
+        "--out",
+    ),
+    case(
+        "export-gguf-bfloat16",
+        lambda env: [
+            "export",
+            str(env.run),
+            "--format",
+            "gguf",
+            "--dtype",
+            "bfloat16",
+            "--out",
+            str(env.tmp / "m"),
+        ],
+        "float32 or float16",
+    ),
+    case(
+        "export-gguf-without-gguf-package",
+        _without("gguf", "--format", "gguf"),
+        "pip install 'nano-trickster[gguf]'",
     ),
     case(
         "import-missing-folder",

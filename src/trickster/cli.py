@@ -89,8 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     # export / import (Hugging Face)
     export = commands.add_parser("export", help="write a run or checkpoint as a Hugging Face Llama folder")
     export.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
-    export.add_argument("--format", choices=("hf",), default="hf", help="hf: transformers / vLLM folder")
-    export.add_argument("--out", required=True, help="a new folder to write")
+    export.add_argument(
+        "--format",
+        choices=("hf", "gguf"),
+        default="hf",
+        help="hf: a transformers / vLLM folder; gguf: one llama.cpp file",
+    )
+    export.add_argument("--out", required=True, help="a new folder (hf) or file (gguf) to write")
     export.add_argument(
         "--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="weights dtype"
     )

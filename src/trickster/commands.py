@@ -217,10 +217,14 @@ def info_command(preset, config, checkpoint, overrides) -> None:
 
 
 def export_command(target: str, fmt: str, out: str, dtype: str = "float32") -> Path:
-    from trickster import hf
+    from trickster import hf, llamacpp
 
+    if fmt == "gguf":
+        path = llamacpp.export_gguf(target, out, dtype)
+        print(f"wrote {path} ({dtype}); run it with llama.cpp: llama-cli -m {path} -p 'ROMEO:' -n 100")
+        return path
     if fmt != "hf":
-        raise UserError(f"unknown export format '{fmt}'; choose hf")
+        raise UserError(f"unknown export format '{fmt}'; choose hf or gguf")
     path = hf.export_hf(target, out, dtype)
     print(f"wrote {path}: config.json, model.safetensors ({dtype}), generation_config.json, tokenizer files")
     print(f"load it with transformers.AutoModelForCausalLM.from_pretrained('{path}'), or: vllm serve {path}")
