@@ -142,20 +142,19 @@ def test_export_refuses_an_existing_folder(trained_run, tmp_path, capsys):
 
 
 def tiny_llama(tmp_path, tie=False):
-    """A random TinyLlama-shaped (GQA, untied head) LlamaForCausalLM and a BPE tokenizer trained on
-    the excerpt with Llama's special tokens and its <s>-prepending template, saved to tmp_path."""
+    """A random TinyLlama-shaped (GQA, untied head) LlamaForCausalLM and a SentencePiece-style BPE
+    tokenizer trained on the excerpt with Llama's special tokens and <s>-prepending template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+    text = EXCERPT.read_text()
     backend = Tokenizer(models.BPE(unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    backend.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first")
     trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<unk>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=sorted(set(text + "\t"))
     )
-    backend.train_from_iterator(EXCERPT.read_text().splitlines(), trainer)
+    backend.train_from_iterator(text.splitlines(keepends=True), trainer)
     backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     tok = PreTrainedTokenizerFast(
         tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
@@ -211,7 +210,14 @@ def test_import_of_a_hugging_face_llama_gives_the_same_logits(tmp_path, capsys, 
     ids = hf_tok("ROMEO:")["input_ids"]
     # the model has 320 rows, the tokenizer 300 ids: ours never samples the unused rows
     expected = hf_greedy(theirs, ids, 8, suppress_tokens=list(range(tokenizer.vocab_size, 320)))
-    assert printed == "ROMEO:" + hf_tok.decode(expected, skip_special_tokens=True) + "\n"
+    assert printed == hf_tok.decode(ids + expected, skip_special_tokens=True) + "\n"
+
+    # streamed text continues the prompt: SentencePiece drops the space of a sequence's first piece
+    whole = hf_tok("ROMEO: Is it so?")["input_ids"]
+    assert whole[: len(ids)] == ids
+    decode_next = tokenizer.stream_decoder(context=ids)
+    assert "".join(decode_next(i) for i in whole[len(ids) :]) + decode_next(None) == " Is it so?"
+    assert tokenizer.decode(whole[len(ids) :]) == "Is it so?"  # what decoding it alone gives
 
     # and export takes it back to Hugging Face unchanged
     if not tie:

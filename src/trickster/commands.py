@@ -107,7 +107,7 @@ def untrained_like(cfg: Config) -> Transformer:
 def _stream(model, tokenizer, ids, args) -> None:
     """Print the continuation token by token as it is generated."""
     out = sys.stdout
-    decode_next = tokenizer.stream_decoder()
+    decode_next = tokenizer.stream_decoder(context=ids)
     for token in generate(
         model,
         ids,

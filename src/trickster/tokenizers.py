@@ -46,8 +46,12 @@ class Tokenizer:
         decode_next = self.stream_decoder()
         return "".join(decode_next(i) for i in ids) + decode_next(None)
 
-    def stream_decoder(self) -> Callable[[int | None], str]:
-        """A function fed one id at a time that returns the text completed so far; None flushes."""
+    def stream_decoder(self, context: Iterable[int] = ()) -> Callable[[int | None], str]:
+        """A function fed one id at a time that returns the text completed so far; None flushes.
+
+        `context` is what came before (the prompt): its text is not returned, but a tokenizer whose
+        pieces depend on their neighbours (SentencePiece's leading space) decodes after it.
+        """
         raise NotImplementedError
 
     def to_dict(self) -> dict:
@@ -90,7 +94,7 @@ class CharTokenizer(Tokenizer):
                 "use only characters from the training corpus (or a byte tokenizer)"
             ) from None
 
-    def stream_decoder(self) -> Callable[[int | None], str]:
+    def stream_decoder(self, context: Iterable[int] = ()) -> Callable[[int | None], str]:
         def decode_next(token: int | None) -> str:
             if token is None or token == self.eot_id:
                 return ""
@@ -115,7 +119,7 @@ class ByteTokenizer(Tokenizer):
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
 
-    def stream_decoder(self) -> Callable[[int | None], str]:
+    def stream_decoder(self, context: Iterable[int] = ()) -> Callable[[int | None], str]:
         # an incremental decoder holds back an unfinished multi-byte character until it completes
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
@@ -167,11 +171,11 @@ class HFTokenizer(Tokenizer):
     def decode(self, ids: Iterable[int]) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=True)
 
-    def stream_decoder(self) -> Callable[[int | None], str]:
+    def stream_decoder(self, context: Iterable[int] = ()) -> Callable[[int | None], str]:
         # decode the whole sequence each time and emit what is new: pieces such as SentencePiece's
         # leading "▁" or a half of a multi-byte character only settle once later ids arrive
-        ids: list[int] = []
-        emitted = ""
+        ids = list(context)
+        emitted = self.decode(ids)
 
         def decode_next(token: int | None) -> str:
             nonlocal emitted
