@@ -344,6 +344,15 @@ def _lora(*overrides: str) -> Build:
     return lambda env: micro_train(env, f"training_config.init_from={env.run}", *overrides)
 
 
+def _lora_checkpoint_without_adapters(env: Env) -> list[str]:
+    # a checkpoint whose config says LoRA, but whose lora.safetensors is gone
+    ckpt = env.copy_checkpoint()
+    config = ckpt / "config.yaml"
+    text = config.read_text().replace("  init_from: null\n", f"  init_from: {env.run}\n")
+    config.write_text(text.replace("  lora: null\n", "  lora: {rank: 4}\n"))
+    return ["generate", str(ckpt), "--max-new-tokens", "2"]
+
+
 def _init_from_other_tokenizer(env: Env) -> list[str]:
     # a character vocabulary of the same size as the run's, but other characters
     size = load_tokenizer(env.run / "tokenizer.json").vocab_size
@@ -864,6 +873,12 @@ CASES = [
         lambda env: micro_train(env, "training_config.lora={rank: 4}"),
         "training_config.lora",
         "training_config.init_from",
+    ),
+    case(
+        "generate-lora-checkpoint-without-adapters",
+        _lora_checkpoint_without_adapters,
+        "lora.safetensors is missing",
+        "use another checkpoint",
     ),
     case(
         "init-from-missing-run",

@@ -142,8 +142,13 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Loa
     except (FileNotFoundError, json.JSONDecodeError):
         raise UserError(f"{path / 'info.json'} is missing or damaged; use another checkpoint") from None
     model = Transformer(cfg.model).to(device)
-    adapted = (path / lora.ADAPTERS).is_file() and cfg.training.lora is not None
+    adapted = cfg.training.lora is not None
     if adapted:  # a LoRA run: load base and adapters as trained, then merge them into a plain model
+        if not (path / lora.ADAPTERS).is_file():
+            raise UserError(
+                f"{path / lora.ADAPTERS} is missing: without it this LoRA checkpoint is only its base "
+                "model; use another checkpoint"
+            )
         lora.apply_lora(model, cfg.training.lora)
     load_weights(model, path / WEIGHTS)
     if adapted:
