@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         source.add_argument("--val-fraction", type=float, default=0.1)
 
     # train
-    train = commands.add_parser("train", help="train a model from random weights")
+    train = commands.add_parser("train", help="train a model from random weights (or fine-tune: init_from)")
     _add_config_args(train)
     train.add_argument("--data", help="prepared data folder (sets data_config.path)")
     train.add_argument("--out", help="run folder (sets logging_config.output_dir)")
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
 
     # export / import (Hugging Face)
-    export = commands.add_parser("export", help="write a run or checkpoint as a Hugging Face Llama folder")
+    export = commands.add_parser("export", help="write a run or checkpoint as a Hugging Face folder or GGUF file")
     export.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
     export.add_argument(
         "--format",
