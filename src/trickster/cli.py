@@ -86,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--checkpoint", metavar="RUN_DIR|CHECKPOINT")
     info.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
 
-    # export / import (Hugging Face)
-    export = commands.add_parser("export", help="write a run or checkpoint as a Hugging Face folder or GGUF file")
+    # export (Hugging Face, GGUF) / import (Hugging Face)
+    export = commands.add_parser("export", help="a run or checkpoint as a Hugging Face folder or GGUF file")
     export.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
     export.add_argument(
         "--format",
