@@ -180,7 +180,7 @@ def tiny_llama(tmp_path, tie=False):
         for p in model.parameters():
             p.normal_(0.0, 0.2) if p.dim() > 1 else p.uniform_(0.5, 1.5)
     src = tmp_path / "tiny-llama"
-    model.save_pretrained(src)
+    model.save_pretrained(src, max_shard_size="100KB" if tie else "1GB")  # the tied one in shards
     tok.save_pretrained(src)
     return src, model, tok
 
@@ -189,6 +189,7 @@ def tiny_llama(tmp_path, tie=False):
 def test_import_of_a_hugging_face_llama_gives_the_same_logits(tmp_path, capsys, tie):
     src, theirs, hf_tok = tiny_llama(tmp_path, tie)
     run = tmp_path / "run"
+    assert (src / "model.safetensors.index.json").is_file() == tie
     assert cli.main(["import", "hf", str(src), "--out", str(run)]) == 0
     loaded = ckpt.load_checkpoint(run)
     assert loaded.cfg.model.num_kv_heads == 2 and loaded.cfg.model.tie_embeddings == tie
