@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import functools
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -26,6 +27,7 @@ from trickster import cli
 from trickster.config import save_config
 from trickster.data import sources
 from trickster.model import Transformer
+from trickster.tokenizers import load_tokenizer
 from trickster.train import train
 
 from .conftest import EXCERPT, micro_config
@@ -346,6 +348,45 @@ def _tracking_missing(key: str, module: str) -> Build:
     return build
 
 
+def _hf_folder(
+    env: Env, config: dict | str | None = None, *, tokenizer: bool = False, weights: str = ""
+) -> str:
+    """A would-be Hugging Face model folder: config.json, maybe a tokenizer.json and a weights file."""
+    folder = env.tmp / "hf-model"
+    folder.mkdir()
+    llama = {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "vocab_size": 300,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 4,
+    }
+    if config is not None:
+        content = config if isinstance(config, str) else json.dumps({**llama, **config})
+        (folder / "config.json").write_text(content)
+    if tokenizer:
+        from tokenizers import Tokenizer, models
+
+        Tokenizer(models.BPE(vocab={"a": 0, "b": 1}, merges=[])).save(str(folder / "tokenizer.json"))
+    if weights:
+        (folder / weights).write_bytes(b"pickled weights")
+    return str(folder)
+
+
+def _import(config: dict | str | None = None, **files) -> Build:
+    return lambda env: ["import", "hf", _hf_folder(env, config, **files), "--out", str(env.tmp / "imported")]
+
+
+def _jsonl(lines: list[str], *flags: str) -> Build:
+    def build(env: Env) -> list[str]:
+        path = env.write("chat.jsonl", "\n".join(lines) + "\n")
+        return ["data", "prepare", "jsonl", path, "--out", str(env.tmp / "chat"), *flags]
+
+    return build
+
+
 def _wandb_not_logged_in(env: Env) -> list[str]:
     pytest.importorskip("wandb")
     for name in ("WANDB_API_KEY", "WANDB_MODE"):
@@ -369,6 +410,50 @@ def _damaged_metrics(env: Env) -> list[str]:
     lines[2] = lines[2][:15]
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     return ["report", str(run)]
+
+
+RECORD = '{"prompt": "Who is there?", "response": "Nay, answer me."}'
+
+
+def _lora(*overrides: str) -> Build:
+    return lambda env: micro_train(env, f"training_config.init_from={env.run}", *overrides)
+
+
+def _lora_checkpoint_without_adapters(env: Env) -> list[str]:
+    # a checkpoint whose config says LoRA, but whose lora.safetensors is gone
+    ckpt = env.copy_checkpoint()
+    config = ckpt / "config.yaml"
+    text = config.read_text().replace("  init_from: null\n", f"  init_from: {env.run}\n")
+    config.write_text(text.replace("  lora: null\n", "  lora: {rank: 4}\n"))
+    return ["generate", str(ckpt), "--max-new-tokens", "2"]
+
+
+def _init_from_other_tokenizer(env: Env) -> list[str]:
+    # a character vocabulary of the same size as the run's, but other characters
+    size = load_tokenizer(env.run / "tokenizer.json").vocab_size
+    chars = "".join(chr(c) for c in range(0x3B1, 0x3B1 + size))  # Greek letters onwards
+    data = env.prepare_text(chars * 30, name="greek")
+    return micro_train(env, "--data", data, f"training_config.init_from={env.run}")
+
+
+def _without(package: str, *flags: str) -> Build:
+    def build(env: Env) -> list[str]:
+        env.monkeypatch.setitem(sys.modules, package, None)  # `import package` raises ImportError
+        return ["export", str(env.run), "--out", str(env.tmp / "out"), *flags]
+
+    return build
+
+
+def _export_into(name: str, content: str | None) -> Build:
+    def build(env: Env) -> list[str]:
+        out = env.tmp / name
+        if content is None:
+            env.write(name, "my notes\n")
+        else:
+            env.write(f"{name}/notes.txt", content)
+        return ["export", str(env.run), "--out", str(out)]
+
+    return build
 
 
 def _generate(*flags: str) -> Build:
@@ -838,6 +923,164 @@ CASES = [
         "--device cpu",
         skip_if=HAS_CUDA,
         skip_reason="a CUDA GPU is visible",
+    ),
+    # ---- Hugging Face export and import
+    case(
+        "export-missing-run",
+        lambda env: ["export", str(env.tmp / "runs" / "nope"), "--out", str(env.tmp / "hf")],
+        "nope not found",
+        "run folder",
+    ),
+    case("export-out-not-empty", _export_into("hf", "mine\n"), "hf already exists and is not empty", "--out"),
+    case("export-out-is-file", _export_into("hf", None), "hf is a file", "--out"),
+    case(
+        "export-unknown-format",
+        lambda env: ["export", str(env.run), "--format", "onnx", "--out", str(env.tmp / "x")],
+        "--format",
+        "invalid choice: 'onnx'",
+    ),
+    case("export-without-tokenizers-package", _without("tokenizers"), "pip install 'nano-trickster[hf]'"),
+    case(
+        "export-gguf-existing-file",
+        lambda env: ["export", str(env.run), "--format", "gguf", "--out", env.write("model.gguf", "mine")],
+        "model.gguf already exists",
+        "--out",
+    ),
+    case(
+        "export-gguf-bfloat16",
+        lambda env: [
+            "export",
+            str(env.run),
+            "--format",
+            "gguf",
+            "--dtype",
+            "bfloat16",
+            "--out",
+            str(env.tmp / "m"),
+        ],
+        "float32 or float16",
+    ),
+    case(
+        "export-gguf-without-gguf-package",
+        _without("gguf", "--format", "gguf"),
+        "pip install 'nano-trickster[gguf]'",
+    ),
+    case(
+        "import-missing-folder",
+        lambda env: ["import", "hf", str(env.tmp / "nope"), "--out", str(env.tmp / "imported")],
+        "nope is not a folder",
+    ),
+    case("import-folder-without-config", _import(None), "has no config.json", "save_pretrained"),
+    case("import-damaged-config", _import("{not json"), "config.json is missing or damaged"),
+    case(
+        "import-unsupported-architecture",
+        _import({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}),
+        "model_type 'gpt2'",
+        "only Llama checkpoints (LlamaForCausalLM)",
+    ),
+    case(
+        "import-rope-scaling",
+        _import({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}),
+        "unsupported Llama variant",
+        "rope scaling 'llama3'",
+    ),
+    case("import-attention-bias", _import({"attention_bias": True}), "attention_bias true"),
+    case("import-without-tokenizer", _import({}), "has no tokenizer.json", "fast tokenizers"),
+    case(
+        "import-pickled-weights",
+        _import({}, tokenizer=True, weights="pytorch_model.bin"),
+        "pickled weights",
+        "safetensors",
+    ),
+    case("import-without-weights", _import({}, tokenizer=True), "has no model.safetensors"),
+    case(
+        "import-out-not-empty",
+        lambda env: ["import", "hf", _hf_folder(env, {}), "--out", str(env.tmp)],
+        "already exists and is not empty",
+    ),
+    # ---- fine-tuning data and config
+    case("jsonl-missing-field", _jsonl([RECORD, '{"prompt": "Who?"}']), 'line 2 has no "response" field'),
+    case("jsonl-not-json", _jsonl([RECORD, "prompt: Who?"]), "chat.jsonl line 2 is not JSON"),
+    case("jsonl-not-an-object", _jsonl([RECORD, '["Who?", "Me."]']), "line 2 is not a JSON object"),
+    case(
+        "jsonl-response-not-a-string",
+        _jsonl([RECORD, '{"prompt": "Who?", "response": 5}']),
+        '"response" must be a string',
+    ),
+    case(
+        "jsonl-empty-response", _jsonl([RECORD, '{"prompt": "Who?", "response": ""}']), '"response" is empty'
+    ),
+    case("jsonl-one-record", _jsonl([RECORD]), "holds 1 record(s)", "at least 2"),
+    case(
+        "jsonl-missing-file",
+        lambda env: ["data", "prepare", "jsonl", str(env.tmp / "nope.jsonl"), "--out", str(env.tmp / "o")],
+        "nope.jsonl not found",
+    ),
+    case(
+        "jsonl-unknown-format",
+        _jsonl([RECORD, RECORD], "--format", "chatml"),
+        "--format",
+        "invalid choice: 'chatml'",
+    ),
+    case(
+        "prepare-tokenizer-and-tokenizer-from",
+        lambda env: _jsonl([RECORD, RECORD], "--tokenizer", "byte", "--tokenizer-from", str(env.run))(env),
+        "either --tokenizer",
+        "--tokenizer-from",
+    ),
+    case(
+        "prepare-tokenizer-from-missing",
+        _jsonl([RECORD, RECORD], "--tokenizer-from", "/nonexistent/run"),
+        "/nonexistent/run not found",
+    ),
+    case(
+        "jsonl-character-outside-the-model-vocabulary",
+        lambda env: _jsonl(
+            [RECORD, '{"prompt": "2 + 2?", "response": "4"}'], "--tokenizer-from", str(env.run)
+        )(env),
+        "character '2' is not in this model's character vocabulary",
+    ),
+    case(
+        "lora-bad-rank",
+        _lora("training_config.lora={rank: 0}"),
+        "training_config.lora.rank",
+        "greater than 0",
+    ),
+    case(
+        "lora-unknown-target",
+        _lora("training_config.lora={targets: [wq, qkv]}"),
+        "training_config.lora.targets: unknown layer 'qkv'",
+        "q_proj",
+    ),
+    case(
+        "lora-without-init-from",
+        lambda env: micro_train(env, "training_config.lora={rank: 4}"),
+        "training_config.lora",
+        "training_config.init_from",
+    ),
+    case(
+        "generate-lora-checkpoint-without-adapters",
+        _lora_checkpoint_without_adapters,
+        "lora.safetensors is missing",
+        "use another checkpoint",
+    ),
+    case(
+        "init-from-missing-run",
+        lambda env: micro_train(env, f"training_config.init_from={env.tmp / 'nope'}"),
+        "nope not found",
+    ),
+    case(
+        "init-from-other-model-shape",
+        _lora("model_config.hidden_dim=32"),
+        "training_config.init_from",
+        "another model_config (hidden_dim 64 there, 32 here)",
+        "--config",
+    ),
+    case(
+        "init-from-other-tokenizer",
+        _init_from_other_tokenizer,
+        "prepared with another tokenizer",
+        "--tokenizer-from",
     ),
     case(
         "generate-cuda-without-gpu",

@@ -2,6 +2,8 @@
 
     checkpoints/step_000500/
         model.safetensors   weights (the tied output projection is stored once, as the embedding)
+        lora.safetensors    LoRA runs only: the adapters; model.safetensors holds the frozen base,
+                            and load_checkpoint merges the two (see lora.py)
         config.yaml         the resolved run config
         tokenizer.json      the tokenizer, so the folder alone is enough to generate
         trainer.pt          optimizer moments, RNG and sampler state (tensors and plain values only)
@@ -28,6 +30,7 @@ import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from trickster import lora
 from trickster.atomic import replace_dir, staging_dir
 from trickster.config import Config, config_from_dict
 from trickster.errors import UserError, disk_errors
@@ -47,8 +50,10 @@ def step_name(step: int) -> str:
 def weights_to_save(
     model: Transformer, state: dict[str, torch.Tensor] | None = None
 ) -> dict[str, torch.Tensor]:
-    """The tensors of `model.state_dict()` (or of a gathered full `state`), the tied output once."""
-    state = dict(model.state_dict() if state is None else state)
+    """The plain model's weights (or those of a gathered full `state`), the tied output once;
+    LoRA adapters, if any, are saved apart (lora.adapter_weights)."""
+    state = model.state_dict() if state is None else state
+    state = {name: t for name, t in state.items() if not lora.is_adapter(name)}
     if model.cfg.tie_embeddings:
         state.pop("output.weight", None)  # the same tensor as tok_embeddings.weight
     return {name: t.detach().contiguous() for name, t in state.items()}
@@ -73,13 +78,18 @@ def save_checkpoint(
         "(earlier checkpoints are untouched)"
     )
     with disk_errors(f"checkpoint {target}", fix):
-        return _write_checkpoint(target, weights_to_save(model, weights), cfg, tokenizer, info, trainer_state)
+        adapters = lora.adapter_weights(model)
+        return _write_checkpoint(
+            target, weights_to_save(model, weights), adapters, cfg, tokenizer, info, trainer_state
+        )
 
 
-def _write_checkpoint(target, weights, cfg, tokenizer, info, trainer_state) -> Path:
+def _write_checkpoint(target, weights, adapters, cfg, tokenizer, info, trainer_state) -> Path:
     staging = staging_dir(target)
     try:
         save_file(weights, staging / WEIGHTS, metadata={"format": "pt"})
+        if adapters:
+            save_file(adapters, staging / lora.ADAPTERS, metadata={"format": "pt"})
         (staging / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         tokenizer.save(staging / "tokenizer.json")
         if trainer_state is not None:
@@ -213,7 +223,17 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Loa
     except (FileNotFoundError, json.JSONDecodeError):
         raise UserError(f"{path / 'info.json'} is missing or damaged; use another checkpoint") from None
     model = Transformer(cfg.model).to(device)
+    adapted = cfg.training.lora is not None
+    if adapted:  # a LoRA run: load base and adapters as trained, then merge them into a plain model
+        if not (path / lora.ADAPTERS).is_file():
+            raise UserError(
+                f"{path / lora.ADAPTERS} is missing: without it this LoRA checkpoint is only its base "
+                "model; use another checkpoint"
+            )
+        lora.apply_lora(model, cfg.training.lora)
     load_weights(model, path / WEIGHTS)
+    if adapted:
+        lora.merge_lora(model)
     model.eval()
     return LoadedCheckpoint(path, cfg, tokenizer, model, info)
 
@@ -227,8 +247,21 @@ def read_config(path: Path) -> Config:
 
 
 def load_weights(model: Transformer, file: Path) -> None:
-    """Copy weights into `model`, refusing any name, shape or dtype that does not match exactly."""
-    expected = weights_to_save(model)
+    """Copy weights into `model`, refusing any name, shape or dtype that does not match exactly.
+
+    A model with LoRA adapters (during a LoRA run) also gets its adapters from lora.safetensors.
+    """
+    state = _read_tensors(file, weights_to_save(model))
+    adapters = lora.adapter_weights(model)
+    if adapters:
+        state.update(_read_tensors(file.parent / lora.ADAPTERS, adapters))
+    with torch.no_grad():
+        for name, tensor in state.items():
+            model.get_parameter(name).copy_(tensor)
+
+
+def _read_tensors(file: Path, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, whose names, shapes and dtypes must match `expected`."""
     try:
         with safe_open(str(file), framework="pt", device="cpu") as f:
             names = set(f.keys())
@@ -252,9 +285,7 @@ def load_weights(model: Transformer, file: Path) -> None:
         raise UserError(
             f"{file} is damaged or not a safetensors file ({err}); use another checkpoint"
         ) from None
-    with torch.no_grad():
-        for name, tensor in state.items():
-            model.get_parameter(name).copy_(tensor)
+    return state
 
 
 def _some(names: list[str], shown: int = 3) -> str:

@@ -1,5 +1,5 @@
-"""`trickster data|train|generate|compare|info|plan|report|runs|quickstart`: thin wrappers over the
-library.
+"""`trickster data|train|generate|compare|info|export|import|plan|report|runs|quickstart`: thin
+wrappers over the library.
 
 Every error a user can fix is a UserError: one line on stderr, exit status 2, no traceback.
 """
@@ -36,13 +36,26 @@ def build_parser() -> argparse.ArgumentParser:
     text = sources.add_parser("text", help="local UTF-8 files, folders or glob patterns")
     text.add_argument("paths", nargs="+", metavar="PATH")
     sources.add_parser("python-stdlib", help="the running Python's standard library (always offline)")
-    for source in (shakespeare, text, sources.choices["python-stdlib"]):
-        source.add_argument("--tokenizer", choices=TOKENIZER_CHOICES, default="char")
+    jsonl = sources.add_parser("jsonl", help='fine-tuning records: {"prompt": ..., "response": ...} per line')
+    jsonl.add_argument("path", metavar="FILE")
+    jsonl.add_argument(
+        "--format",
+        choices=("prompt-response",),
+        default="prompt-response",
+        help="prompt-response: the loss covers each response, never its prompt",
+    )
+    for source in (shakespeare, text, sources.choices["python-stdlib"], jsonl):
+        source.add_argument("--tokenizer", choices=TOKENIZER_CHOICES, help="build a new one (default char)")
+        source.add_argument(
+            "--tokenizer-from",
+            metavar="RUN_DIR|CHECKPOINT|FILE",
+            help="use a model's tokenizer instead (to fine-tune that model on this data)",
+        )
         source.add_argument("--out", help="output folder (default data/SOURCE-TOKENIZER)")
         source.add_argument("--val-fraction", type=float, default=0.1)
 
     # train
-    train = commands.add_parser("train", help="train a model from random weights")
+    train = commands.add_parser("train", help="train a model from random weights (or fine-tune: init_from)")
     _add_config_args(train)
     train.add_argument("--data", help="prepared data folder (sets data_config.path)")
     train.add_argument("--out", help="run folder (sets logging_config.output_dir)")
@@ -93,6 +106,24 @@ def build_parser() -> argparse.ArgumentParser:
     # runs
     runs = commands.add_parser("runs", help="a table of the runs in a folder")
     runs.add_argument("folder", nargs="?", default="runs", metavar="DIR", help="default: runs")
+    # export (Hugging Face, GGUF) / import (Hugging Face)
+    export = commands.add_parser("export", help="a run or checkpoint as a Hugging Face folder or GGUF file")
+    export.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
+    export.add_argument(
+        "--format",
+        choices=("hf", "gguf"),
+        default="hf",
+        help="hf: a transformers / vLLM folder; gguf: one llama.cpp file",
+    )
+    export.add_argument("--out", required=True, help="a new folder (hf) or file (gguf) to write")
+    export.add_argument(
+        "--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="weights dtype"
+    )
+    imp = commands.add_parser("import", help="turn a local Hugging Face Llama folder into a run")
+    import_sources = imp.add_subparsers(dest="source", required=True, parser_class=_Parser)
+    import_hf = import_sources.add_parser("hf", help="a folder written by save_pretrained()")
+    import_hf.add_argument("path", metavar="DIR", help="config.json, model.safetensors, tokenizer.json")
+    import_hf.add_argument("--out", required=True, help="the new run folder")
 
     # quickstart
     quick = commands.add_parser("quickstart", help="prepare data, train `tiny`, compare with untrained")
@@ -142,6 +173,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             args.tokenizer,
             args.out,
             args.val_fraction,
+            tokenizer_from=args.tokenizer_from,
         )
         return 0
     if args.command == "train":
@@ -174,6 +206,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "runs":
         commands.runs_command(args.folder)
+        return 0
+    if args.command == "export":
+        commands.export_command(args.target, args.format, args.out, args.dtype)
+        return 0
+    if args.command == "import":
+        commands.import_command(args.source, args.path, args.out)
         return 0
     if args.command == "quickstart":
         return commands.quickstart(args.path, args.steps, Path(args.out))

@@ -14,33 +14,71 @@ from trickster import dist
 from trickster.config import Config, load_config
 from trickster.data import sources
 from trickster.data.loader import load_data
-from trickster.data.prepare import prepare
+from trickster.data.prepare import prepare, prepare_prompt_response
 from trickster.errors import UserError
 from trickster.generate import generate
 from trickster.model import Transformer, flops_per_token, parameter_breakdown
+from trickster.tokenizers import load_tokenizer
 from trickster.train import evaluate, resolve_device, run_dir_in_use, train, validation_batches
 
 
-def prepare_data(source: str, paths, tokenizer: str, out: str | None, val_fraction: float = 0.1) -> Path:
+def prepare_data(
+    source: str,
+    paths,
+    tokenizer: str | None,
+    out: str | None,
+    val_fraction: float = 0.1,
+    tokenizer_from: str | None = None,
+) -> Path:
     if not 0 < val_fraction < 1:
         raise UserError(f"--val-fraction must be between 0 and 1 (got {val_fraction})")
-    if source == "shakespeare":
-        corpus = sources.shakespeare(paths)
-    elif source == "text":
-        corpus = sources.local_text(paths)
-    elif source == "python-stdlib":
-        corpus = sources.python_stdlib()
+    if tokenizer and tokenizer_from:
+        raise UserError("give either --tokenizer (a new one) or --tokenizer-from (a model's), not both")
+    chosen = _tokenizer_from(tokenizer_from) if tokenizer_from else (tokenizer or "char")
+    kind = chosen if isinstance(chosen, str) else chosen.kind
+    out_dir = Path(out or f"data/{source}-{kind}")
+    if source == "jsonl":
+        records = sources.jsonl_prompt_response(paths)
+        meta = prepare_prompt_response(records, chosen, out_dir, val_fraction)
+        print(
+            f"{records.name}: {len(records.pairs):,} prompt/response records "
+            f"({meta['train_records']:,} train, {meta['val_records']:,} val)"
+        )
     else:
-        raise UserError(f"unknown source '{source}'")
-    out_dir = Path(out or f"data/{source}-{tokenizer}")
-    meta = prepare(corpus, tokenizer, out_dir, val_fraction)
-    print(f"{corpus.name}: {corpus.num_chars:,} characters in {len(corpus.documents):,} document(s)")
-    print(f"tokenizer: {tokenizer}, vocabulary {meta['vocab_size']} ({meta['dtype']} token files)")
+        if source == "shakespeare":
+            corpus = sources.shakespeare(paths)
+        elif source == "text":
+            corpus = sources.local_text(paths)
+        elif source == "python-stdlib":
+            corpus = sources.python_stdlib()
+        else:
+            raise UserError(f"unknown source '{source}'")
+        meta = prepare(corpus, chosen, out_dir, val_fraction)
+        print(f"{corpus.name}: {corpus.num_chars:,} characters in {len(corpus.documents):,} document(s)")
+    print(f"tokenizer: {kind}, vocabulary {meta['vocab_size']} ({meta['dtype']} token files)")
+    masks = ", train.mask.bin, val.mask.bin" if meta.get("loss_mask") else ""
     print(
         f"wrote {out_dir}/train.bin ({meta['train_tokens']:,} tokens), "
-        f"val.bin ({meta['val_tokens']:,} tokens), meta.json, tokenizer.json"
+        f"val.bin ({meta['val_tokens']:,} tokens){masks}, meta.json, tokenizer.json"
     )
+    if meta.get("loss_mask"):
+        print(f"the loss covers {meta['train_loss_tokens']:,} response tokens of train.bin")
+        if meta["eot_id"] is None:
+            print(
+                "note: this tokenizer has no end-of-text id, so the records follow each other without a "
+                "separator and a model cannot learn where a response ends"
+            )
     return out_dir
+
+
+def _tokenizer_from(path: str):
+    """The tokenizer of a run, checkpoint or data folder, or a tokenizer.json file."""
+    target = Path(path)
+    if target.is_file():
+        return load_tokenizer(target)
+    if (target / "tokenizer.json").is_file() and not (target / "checkpoints").is_dir():
+        return load_tokenizer(target / "tokenizer.json")  # a checkpoint or a prepared data folder
+    return load_tokenizer(ckpt.resolve(target) / "tokenizer.json")
 
 
 def train_command(preset, config, overrides, resume: bool, progress=None) -> int:
@@ -66,7 +104,7 @@ def _prompt_ids(tokenizer, prompt: str) -> list[int]:
     ids = tokenizer.encode(prompt)
     if not ids:
         raise UserError("--prompt is empty; give some text to continue, e.g. --prompt 'ROMEO:'")
-    return ids
+    return tokenizer.start_ids() + ids  # Llama-style tokenizers start every sequence with <s>
 
 
 def untrained_like(cfg: Config) -> Transformer:
@@ -78,7 +116,7 @@ def untrained_like(cfg: Config) -> Transformer:
 def _stream(model, tokenizer, ids, args) -> None:
     """Print the continuation token by token as it is generated."""
     out = sys.stdout
-    decode_next = tokenizer.stream_decoder()
+    decode_next = tokenizer.stream_decoder(context=ids)
     for token in generate(
         model,
         ids,
@@ -243,6 +281,37 @@ def runs_command(folder: str) -> None:
             for i, (c, w) in enumerate(zip(row, widths, strict=True))
         ]
         print("  ".join(cells).rstrip())
+
+
+def export_command(target: str, fmt: str, out: str, dtype: str = "float32") -> Path:
+    from trickster import hf, llamacpp
+
+    if fmt == "gguf":
+        path = llamacpp.export_gguf(target, out, dtype)
+        print(f"wrote {path} ({dtype}); run it with llama.cpp: llama-cli -m {path} -p 'ROMEO:' -n 100")
+        return path
+    if fmt != "hf":
+        raise UserError(f"unknown export format '{fmt}'; choose hf or gguf")
+    path = hf.export_hf(target, out, dtype)
+    print(f"wrote {path}: config.json, model.safetensors ({dtype}), generation_config.json, tokenizer files")
+    print(f"load it with transformers.AutoModelForCausalLM.from_pretrained('{path}'), or: vllm serve {path}")
+    return path
+
+
+def import_command(source: str, path: str, out: str) -> Path:
+    from trickster import hf
+
+    if source != "hf":
+        raise UserError(f"unknown import source '{source}'; choose hf")
+    run = hf.import_hf(path, out)
+    m = ckpt.read_config(run / "checkpoints" / "final").model
+    print(
+        f"imported {path}: {parameter_breakdown(m).total:,} parameters, hidden {m.hidden_dim}, "
+        f"{m.num_layers} layers, {m.num_heads} heads ({m.num_kv_heads or m.num_heads} kv), "
+        f"vocab {m.vocab_size}"
+    )
+    print(f"wrote {run}/checkpoints/final; try: trickster generate {run} --prompt 'Hello'")
+    return run
 
 
 def quickstart(path: str | None, steps: int, out: Path) -> int:

@@ -52,6 +52,29 @@ class DataConfig(_Section):
     """Folder written by `trickster data prepare` (train.bin, val.bin, meta.json, tokenizer.json)."""
 
 
+# LoRA targets: our linear layers, and the Hugging Face names that mean the same ones
+LORA_TARGETS = ("wq", "wk", "wv", "wo", "w1", "w3", "w2")
+LORA_HF_NAMES = {
+    "q_proj": "wq",
+    "k_proj": "wk",
+    "v_proj": "wv",
+    "o_proj": "wo",
+    "gate_proj": "w1",
+    "up_proj": "w3",
+    "down_proj": "w2",
+}
+
+
+class LoraConfig(_Section):
+    rank: int = Field(8, gt=0)
+    """Rank r of each adapter: the update to a weight W is (alpha / r) * B @ A, A (r, in), B (out, r)."""
+    alpha: float = Field(16.0, gt=0)
+    """Scale of the update (multiplied by alpha / rank)."""
+    targets: list[str] = Field(default_factory=lambda: ["wq", "wv"])
+    """Linear layers of every block to adapt: wq wk wv wo (attention), w1 w3 w2 (SwiGLU), or their
+    Hugging Face names (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)."""
+
+
 class TrainingConfig(_Section):
     batch_size: int = Field(16, gt=0)
     """Sequences per micro-batch."""
@@ -96,6 +119,11 @@ class TrainingConfig(_Section):
     """Tokens generated for each training sample."""
     seed: int = 1337
     """Seed of the weights, the batch order and the samples."""
+    init_from: str | None = None
+    """Fine-tuning: start from the weights of this run folder or checkpoint instead of random ones
+    (its model_config and tokenizer must match this run's)."""
+    lora: LoraConfig | None = None
+    """Fine-tuning with LoRA: {rank, alpha, targets}; only the adapters train (needs init_from)."""
 
 
 class DeviceConfig(_Section):
@@ -253,6 +281,18 @@ def check(cfg: Config) -> list[str]:
         )
     if d.mesh_shape is not None and min(d.mesh_shape) < 1:
         problems.append(f"device_config.mesh_shape entries must be >= 1 (got {list(d.mesh_shape)})")
+    if t.lora is not None:
+        if t.init_from is None:
+            problems.append(
+                "training_config.lora adapts existing weights: set training_config.init_from=RUN_DIR too"
+            )
+        unknown = [name for name in t.lora.targets if name not in LORA_TARGETS and name not in LORA_HF_NAMES]
+        if unknown or not t.lora.targets:
+            named = ", ".join(map(repr, unknown)) or "(none given)"
+            problems.append(
+                f"training_config.lora.targets: unknown layer {named}; "
+                f"choose from {', '.join(LORA_TARGETS)} (or {', '.join(LORA_HF_NAMES)})"
+            )
     if t.seq_len is not None and t.seq_len > m.max_seq_len:
         problems.append(
             f"training_config.seq_len ({t.seq_len}) must be <= model_config.max_seq_len ({m.max_seq_len})"

@@ -193,7 +193,8 @@ class Transformer(nn.Module):
         logits = self.output(self.norm(x)).float()  # (B, T, vocab)
         if targets is None:
             return logits, None
-        loss = F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T))
+        # a target of -100 (a prompt token in prompt/response data) is skipped by the loss
+        loss = F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T), ignore_index=-100)
         return logits, loss
 
 

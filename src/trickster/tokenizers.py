@@ -2,9 +2,13 @@
 
 - `char`: one id per character seen in the corpus (65 for Tiny Shakespeare).
 - `byte`: one id per UTF-8 byte (256); decodes any byte sequence, invalid ones as U+FFFD.
+- `hf`: a Hugging Face `tokenizer.json` (BPE, SentencePiece-style, ...), as brought in by
+  `trickster import hf`; needs the `tokenizers` package (`pip install 'nano-trickster[hf]'`).
 
-Either may carry an end-of-text token (the id after the last symbol) when the corpus has several
-documents. A tokenizer is saved as `tokenizer.json` next to the data and inside every checkpoint.
+Either of the first two may carry an end-of-text token (the id after the last symbol) when the
+corpus has several documents. A tokenizer is saved as `tokenizer.json` next to the data and inside
+every checkpoint. `bos_id` is the id that starts every sequence (documents, prompts), for the
+tokenizers that have one (Llama's `<s>`); char and byte have none.
 """
 
 from __future__ import annotations
@@ -18,12 +22,18 @@ from pathlib import Path
 from trickster.errors import UserError
 
 EOT_TEXT = "<|endoftext|>"
-KINDS = ("char", "byte")
+KINDS = ("char", "byte", "hf")
+HF_EXTRA = "pip install 'nano-trickster[hf]'"
 
 
 class Tokenizer:
     kind: str
     eot_id: int | None  # end-of-text separator between documents, if this tokenizer has one
+    bos_id: int | None = None  # start of every sequence, if this tokenizer has one
+
+    def start_ids(self) -> list[int]:
+        """What a document or a prompt starts with: [bos_id], or nothing."""
+        return [] if self.bos_id is None else [self.bos_id]
 
     @property
     def vocab_size(self) -> int:
@@ -36,8 +46,12 @@ class Tokenizer:
         decode_next = self.stream_decoder()
         return "".join(decode_next(i) for i in ids) + decode_next(None)
 
-    def stream_decoder(self) -> Callable[[int | None], str]:
-        """A function fed one id at a time that returns the text completed so far; None flushes."""
+    def stream_decoder(self, context: Iterable[int] = ()) -> Callable[[int | None], str]:
+        """A function fed one id at a time that returns the text completed so far; None flushes.
+
+        `context` is what came before (the prompt): its text is not returned, but a tokenizer whose
+        pieces depend on their neighbours (SentencePiece's leading space) decodes after it.
+        """
         raise NotImplementedError
 
     def to_dict(self) -> dict:
@@ -80,7 +94,7 @@ class CharTokenizer(Tokenizer):
                 "use only characters from the training corpus (or a byte tokenizer)"
             ) from None
 
-    def stream_decoder(self) -> Callable[[int | None], str]:
+    def stream_decoder(self, context: Iterable[int] = ()) -> Callable[[int | None], str]:
         def decode_next(token: int | None) -> str:
             if token is None or token == self.eot_id:
                 return ""
@@ -105,7 +119,7 @@ class ByteTokenizer(Tokenizer):
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
 
-    def stream_decoder(self) -> Callable[[int | None], str]:
+    def stream_decoder(self, context: Iterable[int] = ()) -> Callable[[int | None], str]:
         # an incremental decoder holds back an unfinished multi-byte character until it completes
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
@@ -122,12 +136,86 @@ class ByteTokenizer(Tokenizer):
         return {"kind": "byte", "eot": self.eot_id is not None}
 
 
+class HFTokenizer(Tokenizer):
+    """A Hugging Face `tokenizers` tokenizer (e.g. TinyLlama's), with its tokenizer_config.json.
+
+    `encode` adds no special tokens; `bos_id` is the id the tokenizer's own template puts first
+    (found by encoding once with and once without special tokens), so callers add it themselves
+    exactly where a sequence starts. Decoding drops special tokens.
+    """
+
+    kind = "hf"
+
+    def __init__(self, tokenizer_json: dict, config: dict | None = None):
+        tokenizers = require_tokenizers()
+        self.tokenizer_json = tokenizer_json
+        self.config = dict(config or {})  # tokenizer_config.json: special tokens, chat template
+        try:
+            self.backend = tokenizers.Tokenizer.from_str(json.dumps(tokenizer_json))
+        except Exception as err:  # the Rust side raises plain Exception for any malformed field
+            raise ValueError(f"not a Hugging Face tokenizer.json ({err})") from None
+        with_special = self.backend.encode("a").ids
+        plain = self.backend.encode("a", add_special_tokens=False).ids
+        starts = len(with_special) > len(plain) and with_special[1 : 1 + len(plain)] == plain
+        self.bos_id = with_special[0] if starts else None
+        eos = special_token_text(self.config.get("eos_token"))
+        self.eot_id = self.backend.token_to_id(eos) if eos else None
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.backend.decode(list(ids), skip_special_tokens=True)
+
+    def stream_decoder(self, context: Iterable[int] = ()) -> Callable[[int | None], str]:
+        # decode the whole sequence each time and emit what is new: pieces such as SentencePiece's
+        # leading "▁" or a half of a multi-byte character only settle once later ids arrive
+        ids = list(context)
+        emitted = self.decode(ids)
+
+        def decode_next(token: int | None) -> str:
+            nonlocal emitted
+            if token is not None:
+                ids.append(token)
+            text = self.decode(ids)
+            if token is not None and text.endswith("\ufffd"):
+                return ""
+            new, emitted = text[len(emitted) :] if text.startswith(emitted) else "", text
+            return new
+
+        return decode_next
+
+    def to_dict(self) -> dict:
+        return {"kind": "hf", "tokenizer": self.tokenizer_json, "config": self.config}
+
+
+def special_token_text(token) -> str | None:
+    """tokenizer_config.json writes a special token as "</s>" or as {"content": "</s>", ...}."""
+    if isinstance(token, dict):
+        token = token.get("content")
+    return token if isinstance(token, str) and token else None
+
+
+def require_tokenizers():
+    try:
+        import tokenizers
+    except ImportError:
+        raise UserError(f"Hugging Face tokenizers need the `tokenizers` package: {HF_EXTRA}") from None
+    return tokenizers
+
+
 def from_dict(data: dict) -> Tokenizer:
     kind = data.get("kind")
     if kind == "char":
         return CharTokenizer(data["chars"], bool(data.get("eot")))
     if kind == "byte":
         return ByteTokenizer(bool(data.get("eot")))
+    if kind == "hf":
+        return HFTokenizer(data["tokenizer"], data.get("config"))
     raise UserError(f"unknown tokenizer kind {kind!r}; expected one of {', '.join(KINDS)}")
 
 
@@ -137,7 +225,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         return from_dict(json.loads(path.read_text(encoding="utf-8")))
     except FileNotFoundError:
         raise UserError(f"tokenizer file {path} not found; prepare the data again") from None
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError):  # ValueError includes JSONDecodeError
         raise UserError(f"tokenizer file {path} is not a valid tokenizer; prepare the data again") from None
 
 
@@ -146,4 +234,4 @@ def build_tokenizer(kind: str, texts: list[str], with_eot: bool) -> Tokenizer:
         return CharTokenizer.from_texts(texts, with_eot)
     if kind == "byte":
         return ByteTokenizer(with_eot)
-    raise UserError(f"unknown tokenizer '{kind}'; choose one of {', '.join(KINDS)}")
+    raise UserError(f"unknown tokenizer '{kind}'; choose char or byte")

@@ -27,6 +27,7 @@ from trickster import dist
 from trickster.config import Config, save_config
 from trickster.data.loader import BatchSampler, PreparedData, check_windows, fixed_batches, load_data
 from trickster.errors import UserError, disk_errors
+from trickster.finetune import setup_finetuning
 from trickster.generate import generate
 from trickster.metrics import MetricSinks, NoMetrics, read_metrics, run_manifest
 from trickster.model import Transformer, flops_per_token, parameter_breakdown
@@ -214,6 +215,7 @@ def train(
 
     # 4. model (weights restored before it is wrapped), optimizer, batches
     model = Transformer(cfg.model).to(device)
+    setup_finetuning(model, cfg, data.tokenizer, echo)  # init_from weights, LoRA; else nothing
     if resumed_from is not None:
         ckpt.load_weights(model, resumed_from / ckpt.WEIGHTS)
     model.checkpoint_activations = cfg.device.activation_checkpointing
@@ -628,7 +630,7 @@ def _finite(value: float) -> float | None:
 def _print_header(echo, cfg, data, total_params, device, tokens_per_step, resumed_from, job) -> None:
     t = cfg.training
     echo("=" * 60)
-    echo(f"Training from scratch -> {cfg.logging.output_dir}")
+    echo(f"{'Fine-tuning' if t.init_from else 'Training from scratch'} -> {cfg.logging.output_dir}")
     echo("=" * 60)
     echo(f"device: {device} ({cfg.device.dtype})   parameters: {total_params:,}")
     echo(

@@ -3,6 +3,11 @@
 The token files are raw arrays of the smallest unsigned dtype that fits the vocabulary, read back
 with numpy.memmap. Documents are separated by the tokenizer's end-of-text token. The folder is
 built under a temporary name and renamed into place, so an existing folder survives any failure.
+
+Prompt/response records (fine-tuning) add a loss mask that travels with the tokens:
+train.mask.bin and val.mask.bin hold one uint8 per token, 1 where the loss covers the token (the
+response and the end-of-text after it) and 0 where it does not (the prompt), and meta.json names
+them under "loss_mask". Each record is [start id] prompt response [end-of-text].
 """
 
 from __future__ import annotations
@@ -16,12 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from trickster.atomic import replace_dir, staging_dir
-from trickster.data.sources import Corpus
+from trickster.data.sources import Corpus, Records
 from trickster.errors import UserError
 from trickster.tokenizers import Tokenizer, build_tokenizer
 
 META_FORMAT = 1
-PREPARED_FILES = {"train.bin", "val.bin", "meta.json", "tokenizer.json"}
+PREPARED_FILES = {"train.bin", "val.bin", "meta.json", "tokenizer.json", "train.mask.bin", "val.mask.bin"}
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -51,29 +56,31 @@ def split_documents(documents: list[str], val_fraction: float) -> tuple[list[str
 def encode_documents(tokenizer: Tokenizer, documents: list[str], dtype: np.dtype) -> np.ndarray:
     pieces = []
     for doc in documents:
-        pieces.append(np.asarray(tokenizer.encode(doc), dtype=dtype))
+        pieces.append(np.asarray(tokenizer.start_ids() + tokenizer.encode(doc), dtype=dtype))
         if tokenizer.eot_id is not None:
             pieces.append(np.asarray([tokenizer.eot_id], dtype=dtype))
     return np.concatenate(pieces) if pieces else np.zeros(0, dtype=dtype)
 
 
-def prepare(corpus: Corpus, tokenizer_kind: str, out_dir: str | Path, val_fraction: float = 0.1) -> dict:
-    """Tokenize a corpus into out_dir and return its meta.json contents."""
+def prepare(
+    corpus: Corpus, tokenizer_kind: str | Tokenizer, out_dir: str | Path, val_fraction: float = 0.1
+) -> dict:
+    """Tokenize a corpus into out_dir and return its meta.json contents.
+
+    `tokenizer_kind` is char or byte (built from this corpus), or an existing Tokenizer (a
+    model's, to fine-tune it on this text).
+    """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"output {out_dir} is a file; pass a folder path to --out")
-    if out_dir.is_dir() and not {p.name for p in out_dir.iterdir()} <= PREPARED_FILES:
-        raise UserError(
-            f"{out_dir} already exists and is not a prepared data folder; choose another --out "
-            "(nothing was changed)"
-        )
+    _check_out_dir(out_dir)
     if corpus.num_chars == 0:
         raise UserError(f"corpus '{corpus.name}' is empty; pass files that contain text")
     train_docs, val_docs = split_documents(corpus.documents, val_fraction)
     if not val_docs or not any(val_docs):
         raise UserError(f"corpus '{corpus.name}' is too small to hold out a validation split")
     many_documents = len(corpus.documents) > 1
-    tokenizer = build_tokenizer(tokenizer_kind, corpus.documents, with_eot=many_documents)
+    tokenizer = tokenizer_kind
+    if isinstance(tokenizer_kind, str):
+        tokenizer = build_tokenizer(tokenizer_kind, corpus.documents, with_eot=many_documents)
     dtype = token_dtype(tokenizer.vocab_size)
     train = encode_documents(tokenizer, train_docs, dtype)
     val = encode_documents(tokenizer, val_docs, dtype)
@@ -94,17 +101,92 @@ def prepare(corpus: Corpus, tokenizer_kind: str, out_dir: str | Path, val_fracti
         "val_chars": sum(len(d) for d in val_docs),
         "train_tokens": int(train.size),
         "val_tokens": int(val.size),
-        # each split hashed on its own: the same text split differently is different data
-        "tokens_sha256": hashlib.sha256(
-            (hashlib.sha256(train.tobytes()).hexdigest() + hashlib.sha256(val.tobytes()).hexdigest()).encode()
-        ).hexdigest(),
+        "tokens_sha256": _tokens_sha256(train, val),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    _write(out_dir, {"train.bin": train, "val.bin": val}, tokenizer, meta)
+    return meta
+
+
+def prepare_prompt_response(
+    records: Records, tokenizer_kind: str | Tokenizer, out_dir: str | Path, val_fraction: float = 0.1
+) -> dict:
+    """Tokenize prompt/response pairs with a loss mask over the responses; the last val_fraction
+    of the records (at least one) become the validation split. Returns meta.json's contents."""
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir)
+    tokenizer = tokenizer_kind
+    if isinstance(tokenizer_kind, str):  # records must be separated, so that the model learns to stop
+        tokenizer = build_tokenizer(tokenizer_kind, [p + r for p, r in records.pairs], with_eot=True)
+    dtype = token_dtype(tokenizer.vocab_size)
+    n_val = min(max(1, round(len(records.pairs) * val_fraction)), len(records.pairs) - 1)
+    splits = {"train": records.pairs[:-n_val], "val": records.pairs[-n_val:]}
+    end = [] if tokenizer.eot_id is None else [tokenizer.eot_id]
+    arrays, counts = {}, {}
+    for split, pairs in splits.items():
+        tokens, mask = [], []
+        for prompt, response in pairs:
+            prompt_ids = tokenizer.start_ids() + tokenizer.encode(prompt)
+            response_ids = tokenizer.encode(response) + end
+            tokens += prompt_ids + response_ids
+            mask += [0] * len(prompt_ids) + [1] * len(response_ids)
+        arrays[f"{split}.bin"] = np.asarray(tokens, dtype=dtype)
+        arrays[f"{split}.mask.bin"] = np.asarray(mask, dtype=np.uint8)
+        counts[split] = (len(pairs), len(tokens), sum(mask))
+    meta = {
+        "format": META_FORMAT,
+        "source": records.name,
+        "source_files": records.files,
+        "source_file_count": len(records.files),
+        "source_sha256": records.sha256,
+        "layout": "prompt-response",
+        "tokenizer": tokenizer.kind,
+        "tokenizer_fingerprint": tokenizer.fingerprint(),
+        "vocab_size": tokenizer.vocab_size,
+        "eot_id": tokenizer.eot_id,
+        "dtype": dtype.name,
+        "documents": len(records.pairs),
+        "train_records": counts["train"][0],
+        "val_records": counts["val"][0],
+        "train_tokens": counts["train"][1],
+        "val_tokens": counts["val"][1],
+        "train_loss_tokens": counts["train"][2],
+        "val_loss_tokens": counts["val"][2],
+        "loss_mask": {
+            "train": "train.mask.bin",
+            "val": "val.mask.bin",
+            "dtype": "uint8",
+            "meaning": "one per token: 1 = the loss covers it (response), 0 = it does not (prompt)",
+        },
+        "tokens_sha256": _tokens_sha256(*arrays.values()),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    _write(out_dir, arrays, tokenizer, meta)
+    return meta
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"output {out_dir} is a file; pass a folder path to --out")
+    if out_dir.is_dir() and not {p.name for p in out_dir.iterdir()} <= PREPARED_FILES:
+        raise UserError(
+            f"{out_dir} already exists and is not a prepared data folder; choose another --out "
+            "(nothing was changed)"
+        )
+
+
+def _tokens_sha256(*arrays: np.ndarray) -> str:
+    # each array hashed on its own: the same text split differently is different data
+    digests = "".join(hashlib.sha256(a.tobytes()).hexdigest() for a in arrays)
+    return hashlib.sha256(digests.encode()).hexdigest()
+
+
+def _write(out_dir: Path, arrays: dict[str, np.ndarray], tokenizer: Tokenizer, meta: dict) -> None:
     staging = None
     try:
         staging = staging_dir(out_dir)
-        train.tofile(staging / "train.bin")
-        val.tofile(staging / "val.bin")
+        for name, array in arrays.items():
+            array.tofile(staging / name)
         tokenizer.save(staging / "tokenizer.json")
         (staging / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
         replace_dir(staging, out_dir)
@@ -114,4 +196,3 @@ def prepare(corpus: Corpus, tokenizer_kind: str, out_dir: str | Path, val_fracti
         if isinstance(err, OSError):
             raise UserError(f"could not write {out_dir} ({err.strerror}); choose another --out") from None
         raise
-    return meta

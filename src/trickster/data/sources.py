@@ -1,12 +1,15 @@
-"""Where text comes from: Tiny Shakespeare (downloaded and checked), local files, Python's stdlib.
+"""Where text comes from: Tiny Shakespeare (downloaded and checked), local files, Python's stdlib,
+and JSONL prompt/response records for fine-tuning.
 
-Each source returns a list of documents (strings) plus a description for meta.json.
+Each text source returns a list of documents (strings) plus a description for meta.json; the JSONL
+source returns (prompt, response) pairs.
 """
 
 from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import sysconfig
 import urllib.error
 import urllib.request
@@ -29,6 +32,46 @@ class Corpus:
     @property
     def num_chars(self) -> int:
         return sum(len(d) for d in self.documents)
+
+
+@dataclass
+class Records:
+    """Prompt/response pairs: the loss will cover each response, never its prompt."""
+
+    name: str
+    pairs: list[tuple[str, str]]
+    files: list[str] = field(default_factory=list)
+    sha256: str = ""
+
+
+def jsonl_prompt_response(path: str | Path) -> Records:
+    """One JSON object per line with "prompt" and "response" strings (blank lines are skipped)."""
+    path = Path(path)
+    raw = _read_bytes(path)
+    pairs = []
+    for number, line in enumerate(_decode(raw, str(path)).splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path} line {number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{where} is not JSON ({err.msg}); write one JSON object per line") from None
+        if not isinstance(record, dict):
+            raise UserError(f'{where} is not a JSON object; write {{"prompt": "...", "response": "..."}}')
+        for key in ("prompt", "response"):
+            if key not in record:
+                raise UserError(f'{where} has no "{key}" field; each record needs "prompt" and "response"')
+            if not isinstance(record[key], str):
+                raise UserError(f'{where}: "{key}" must be a string (got {type(record[key]).__name__})')
+        if not record["response"]:
+            raise UserError(f'{where}: "response" is empty; the loss would have nothing to learn from')
+        pairs.append((record["prompt"], record["response"]))
+    if len(pairs) < 2:
+        raise UserError(
+            f"{path} holds {len(pairs)} record(s); at least 2 are needed (one for training, one to validate)"
+        )
+    return Records("jsonl", pairs, [str(path)], hashlib.sha256(raw).hexdigest())
 
 
 def shakespeare(path: str | Path | None = None, url: str = SHAKESPEARE_URL, timeout: float = 30) -> Corpus:

@@ -1,0 +1,75 @@
+"""Fine-tuning: start from existing weights (`training_config.init_from`) and, with
+`training_config.lora`, train low-rank adapters only.
+
+`train()` calls `setup_finetuning` once, right after it builds the model and before the optimizer
+sees the parameters; without init_from it does nothing. Loss masking for prompt/response data
+needs nothing here: the data loader gives prompt positions the target -100, which the loss ignores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from trickster import checkpoint as ckpt
+from trickster import lora
+from trickster.config import Config
+from trickster.errors import UserError
+from trickster.model import Transformer
+from trickster.tokenizers import Tokenizer
+
+# model_config fields that decide the weights or what they compute; max_seq_len and dropout may change
+SAME_FIELDS = (
+    "vocab_size",
+    "hidden_dim",
+    "num_layers",
+    "num_heads",
+    "num_kv_heads",
+    "mlp_dim",
+    "tie_embeddings",
+    "rope_theta",
+    "norm_eps",
+)
+
+
+def setup_finetuning(model: Transformer, cfg: Config, tokenizer: Tokenizer, echo: Callable = print) -> None:
+    """Copy the init_from weights into `model`, then add LoRA adapters if configured."""
+    t = cfg.training
+    if t.init_from is None:
+        return
+    source = ckpt.resolve(t.init_from)
+    saved = ckpt.read_config(source)
+    different = [
+        f"{key} {_field(saved, key)} there, {_field(cfg, key)} here"
+        for key in SAME_FIELDS
+        if _field(saved, key) != _field(cfg, key)
+    ]
+    if different:
+        raise UserError(
+            f"training_config.init_from {source} has another model_config ({'; '.join(different)}); "
+            f"start from its config: --config {source / 'config.yaml'}"
+        )
+    loaded = ckpt.load_checkpoint(source)  # a LoRA checkpoint arrives merged
+    if loaded.tokenizer.fingerprint() != tokenizer.fingerprint():
+        raise UserError(
+            f"the data in {cfg.data.path} was prepared with another tokenizer than {source}; prepare it "
+            f"with the model's tokenizer: trickster data prepare ... --tokenizer-from {t.init_from}"
+        )
+    with torch.no_grad():
+        for name, tensor in ckpt.weights_to_save(loaded.model).items():
+            model.get_parameter(name).copy_(tensor)
+    message = f"fine-tuning from {source} (step {loaded.info.get('step')})"
+    if t.lora is not None:
+        trainable = lora.apply_lora(model, t.lora)
+        total = sum(p.numel() for p in model.parameters())
+        message += (
+            f" with LoRA rank {t.lora.rank} on {', '.join(lora.target_names(t.lora))}: "
+            f"{trainable:,} trainable parameters of {total:,}"
+        )
+    echo(message)
+
+
+def _field(cfg: Config, key: str):
+    value = getattr(cfg.model, key)
+    return cfg.model.num_heads if key == "num_kv_heads" and value is None else value

@@ -1,0 +1,405 @@
+"""Hugging Face Llama <-> trickster: a literal name map, then export and import.
+
+Our decoder is Llama with the rotate-half rotary layout that transformers uses, so converting the
+weights is a rename, never a permutation (the idea of torchtitan's `state_dict_adapter`). `{}` is
+the layer index:
+
+    ours                                  Hugging Face LlamaForCausalLM
+    tok_embeddings.weight                 model.embed_tokens.weight
+    layers.{}.attention_norm.weight       model.layers.{}.input_layernorm.weight
+    layers.{}.attention.wq.weight         model.layers.{}.self_attn.q_proj.weight   (and k, v, o)
+    layers.{}.ffn_norm.weight             model.layers.{}.post_attention_layernorm.weight
+    layers.{}.feed_forward.w1.weight      model.layers.{}.mlp.gate_proj.weight      (w3 up, w2 down)
+    norm.weight                           model.norm.weight
+    output.weight                         lm_head.weight (absent when the embedding is tied)
+
+- `export_hf`: a run or checkpoint -> config.json, model.safetensors, generation_config.json and
+  tokenizer files (tokenizer.json, tokenizer_config.json, special_tokens_map.json) that
+  `transformers` and vLLM load. Char and byte tokenizers become a `tokenizers` BPE model without
+  merges whose ids are exactly ours. LoRA adapters are already merged by `load_checkpoint`.
+- `import_hf`: a local Llama folder (config.json, safetensors weights, tokenizer.json) -> a run
+  folder whose `checkpoints/final` `generate`, `export` and `training_config.init_from` accept.
+
+Neither needs `transformers` itself: the files are plain JSON and safetensors, and only the
+tokenizer conversion uses the `tokenizers` package (`pip install 'nano-trickster[hf]'`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from trickster import checkpoint as ckpt
+from trickster.atomic import replace_dir, staging_dir
+from trickster.config import ModelConfig, config_from_dict
+from trickster.errors import UserError
+from trickster.metrics import run_manifest
+from trickster.model import Transformer
+from trickster.tokenizers import EOT_TEXT, HFTokenizer, Tokenizer, require_tokenizers, special_token_text
+
+TO_HF = {
+    "tok_embeddings.weight": "model.embed_tokens.weight",
+    "layers.{}.attention_norm.weight": "model.layers.{}.input_layernorm.weight",
+    "layers.{}.attention.wq.weight": "model.layers.{}.self_attn.q_proj.weight",
+    "layers.{}.attention.wk.weight": "model.layers.{}.self_attn.k_proj.weight",
+    "layers.{}.attention.wv.weight": "model.layers.{}.self_attn.v_proj.weight",
+    "layers.{}.attention.wo.weight": "model.layers.{}.self_attn.o_proj.weight",
+    "layers.{}.ffn_norm.weight": "model.layers.{}.post_attention_layernorm.weight",
+    "layers.{}.feed_forward.w1.weight": "model.layers.{}.mlp.gate_proj.weight",
+    "layers.{}.feed_forward.w3.weight": "model.layers.{}.mlp.up_proj.weight",
+    "layers.{}.feed_forward.w2.weight": "model.layers.{}.mlp.down_proj.weight",
+    "norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+FROM_HF = {hf: ours for ours, hf in TO_HF.items()}
+# buffers some older Hugging Face checkpoints carry; recomputed from the config on both sides
+HF_IGNORED = re.compile(r"\.rotary_emb\.inv_freq$")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def rename(name: str, table: dict[str, str]) -> str | None:
+    """Translate one parameter name with TO_HF or FROM_HF; None if the table has no such name."""
+    layer = re.search(r"\.(\d+)\.", name)
+    if layer is None:
+        return table.get(name)
+    target = table.get(name.replace(layer.group(0), ".{}.", 1))
+    return target.format(layer.group(1)) if target is not None else None
+
+
+# --------------------------------------------------------------------------- export
+
+
+def hf_config(m: ModelConfig, tokenizer: Tokenizer, dtype: str = "float32") -> dict:
+    """config.json for LlamaForCausalLM. rope_theta is written both the transformers-4 way (top
+    level, also read by vLLM) and the transformers-5 way (rope_parameters)."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": m.vocab_size,
+        "hidden_size": m.hidden_dim,
+        "intermediate_size": m.mlp_dim,
+        "num_hidden_layers": m.num_layers,
+        "num_attention_heads": m.num_heads,
+        "num_key_value_heads": m.num_kv_heads or m.num_heads,
+        "head_dim": m.hidden_dim // m.num_heads,
+        "hidden_act": "silu",
+        "max_position_embeddings": m.max_seq_len,
+        "rms_norm_eps": m.norm_eps,
+        "rope_theta": m.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": m.rope_theta},
+        "tie_word_embeddings": m.tie_embeddings,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "mlp_bias": False,
+        "pretraining_tp": 1,
+        "initializer_range": 0.02,
+        "use_cache": True,
+        "bos_token_id": tokenizer.bos_id,
+        "eos_token_id": tokenizer.eot_id,
+        "pad_token_id": None,
+        "torch_dtype": dtype,
+    }
+
+
+def generation_config(m: ModelConfig, tokenizer: Tokenizer) -> dict:
+    """Special ids, and the embedding rows the tokenizer never produces (a 256-row model trained
+    on 65 characters) suppressed, as `trickster generate` masks them."""
+    config = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eot_id}
+    if m.vocab_size > tokenizer.vocab_size:
+        config["suppress_tokens"] = list(range(tokenizer.vocab_size, m.vocab_size))
+    return config
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's printable stand-in character for each byte, as the `tokenizers` ByteLevel step uses."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += range(ord("®"), ord("ÿ") + 1)
+    chars, extra = {b: chr(b) for b in printable}, 0
+    for b in range(256):
+        if b not in chars:
+            chars[b], extra = chr(256 + extra), extra + 1
+    return dict(sorted(chars.items()))
+
+
+def hf_tokenizer_files(tokenizer: Tokenizer, max_len: int) -> dict[str, dict]:
+    """tokenizer.json, tokenizer_config.json and special_tokens_map.json for AutoTokenizer.
+
+    char: a BPE model with one vocabulary entry per character and no merges, joined back by the
+    Fuse decoder; byte: the ByteLevel step maps each byte to its GPT-2 stand-in character, whose
+    vocabulary id is the byte value. Either adds `<|endoftext|>` as a special token at our
+    end-of-text id. (Unlike ours, the char version drops an unknown character instead of failing,
+    and reads a literal "<|endoftext|>" in the text as the special token.)
+    """
+    tokenizers = require_tokenizers()
+    if isinstance(tokenizer, HFTokenizer):
+        config = {**tokenizer.config, "model_max_length": tokenizer.config.get("model_max_length", max_len)}
+        config.pop("added_tokens_decoder", None)  # tokenizer.json already lists them
+        if config.get("tokenizer_class") == "TokenizersBackend":  # transformers 5's name for it
+            config["tokenizer_class"] = "PreTrainedTokenizerFast"  # which transformers 4 loads too
+        return {
+            "tokenizer.json": tokenizer.tokenizer_json,
+            "tokenizer_config.json": config,
+            "special_tokens_map.json": _special_tokens(config),
+        }
+    if tokenizer.kind == "char":
+        vocab = {c: i for i, c in enumerate(tokenizer.chars)}
+        backend = tokenizers.Tokenizer(tokenizers.models.BPE(vocab=vocab, merges=[]))
+        backend.decoder = tokenizers.decoders.Fuse()
+    elif tokenizer.kind == "byte":
+        vocab = {char: b for b, char in bytes_to_unicode().items()}
+        backend = tokenizers.Tokenizer(tokenizers.models.BPE(vocab=vocab, merges=[]))
+        backend.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        backend.decoder = tokenizers.decoders.ByteLevel()
+    else:
+        raise UserError(f"cannot export a {tokenizer.kind!r} tokenizer to Hugging Face")
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "clean_up_tokenization_spaces": False,  # " ." must stay " ." for a character model
+        "model_max_length": max_len,
+        "add_bos_token": False,
+        "add_eos_token": False,
+    }
+    if tokenizer.eot_id is not None:
+        backend.add_special_tokens([tokenizers.AddedToken(EOT_TEXT, special=True, normalized=False)])
+        assert backend.token_to_id(EOT_TEXT) == tokenizer.eot_id
+        config["eos_token"] = EOT_TEXT
+    return {
+        "tokenizer.json": json.loads(backend.to_str()),
+        "tokenizer_config.json": config,
+        "special_tokens_map.json": _special_tokens(config),
+    }
+
+
+def _special_tokens(config: dict) -> dict:
+    names = ("bos_token", "eos_token", "unk_token", "pad_token")
+    return {name: config[name] for name in names if special_token_text(config.get(name))}
+
+
+def export_hf(target: str | Path, out: str | Path, dtype: str = "float32") -> Path:
+    """Write a Hugging Face Llama folder from a run (its best checkpoint) or a checkpoint."""
+    out = Path(out)
+    _check_new_folder(out, "--out")
+    loaded = ckpt.load_checkpoint(target)
+    m, tokenizer = loaded.cfg.model, loaded.tokenizer
+    files = hf_tokenizer_files(tokenizer, m.max_seq_len)
+    state = {}
+    for name, tensor in ckpt.weights_to_save(loaded.model).items():
+        state[rename(name, TO_HF)] = tensor.to(DTYPES[dtype]).contiguous()
+    json_files = {
+        "config.json": hf_config(m, tokenizer, dtype),
+        "generation_config.json": generation_config(m, tokenizer),
+        **files,
+    }
+
+    def write_weights(staging: Path) -> None:
+        save_file(state, staging / "model.safetensors", metadata={"format": "pt"})
+
+    _write_folder(out, write_weights, json_files)
+    return out
+
+
+def _check_new_folder(out: Path, flag: str) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file; pass a new folder path to {flag}")
+    if out.is_dir() and any(out.iterdir()):
+        raise UserError(
+            f"{out} already exists and is not empty; choose a new folder with {flag} (nothing was changed)"
+        )
+
+
+def _write_folder(out: Path, write_weights, json_files: dict[str, dict]) -> None:
+    staging = None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = staging_dir(out)
+        write_weights(staging)
+        for name, content in json_files.items():
+            text = json.dumps(content, indent=2, ensure_ascii=False) + "\n"
+            (staging / name).write_text(text, encoding="utf-8")
+        replace_dir(staging, out)
+    except BaseException as err:  # Ctrl-C included: never leave a half-written folder behind
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(err, OSError):
+            raise UserError(f"could not write {out} ({err.strerror or err}); choose another --out") from None
+        raise
+
+
+# --------------------------------------------------------------------------- import
+
+
+def model_config_from_hf(hf: dict, source: str) -> ModelConfig:
+    """Our model_config for a Hugging Face Llama config.json, refusing what our decoder lacks."""
+    arch = hf.get("architectures") or []
+    if hf.get("model_type") != "llama" or (arch and "LlamaForCausalLM" not in arch):
+        raise UserError(
+            f"{source}: model_type {hf.get('model_type')!r} ({', '.join(arch) or 'no architectures'}) is not "
+            "supported; only Llama checkpoints (LlamaForCausalLM) can be imported"
+        )
+    problems = []
+    if hf.get("hidden_act", "silu") != "silu":
+        problems.append(f"hidden_act {hf['hidden_act']!r} (only silu)")
+    for key in ("attention_bias", "mlp_bias"):
+        if hf.get(key):
+            problems.append(f"{key} true (our layers have no biases)")
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else rope
+    if rope_type not in (None, "default"):
+        problems.append(f"rope scaling {rope_type!r} (only plain rotary)")
+    required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+    missing = [k for k in required if k not in hf]
+    if missing:
+        problems.append(f"missing {', '.join(missing)}")
+    elif hf.get("head_dim") not in (None, hf["hidden_size"] // hf["num_attention_heads"]):
+        problems.append(f"head_dim {hf['head_dim']} != hidden_size / num_attention_heads")
+    if problems:
+        raise UserError(f"{source}: unsupported Llama variant: {'; '.join(problems)}")
+    rope_theta = hf.get("rope_theta") or (rope.get("rope_theta") if isinstance(rope, dict) else None)
+    raw = {
+        "vocab_size": hf["vocab_size"],
+        "hidden_dim": hf["hidden_size"],
+        "num_layers": hf["num_hidden_layers"],
+        "num_heads": hf["num_attention_heads"],
+        "num_kv_heads": hf.get("num_key_value_heads") or hf["num_attention_heads"],
+        "mlp_dim": hf["intermediate_size"],
+        "max_seq_len": hf.get("max_position_embeddings", 2048),
+        "tie_embeddings": bool(hf.get("tie_word_embeddings", False)),
+        "rope_theta": rope_theta or 10000.0,
+        "norm_eps": hf.get("rms_norm_eps", 1e-6),
+        "dropout": 0.0,
+    }
+    return config_from_dict({"model_config": raw}, source).model
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise UserError(f"{path} is missing or damaged; {what}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is not a JSON object; {what}")
+    return data
+
+
+def weight_files(src: Path) -> list[Path]:
+    """model.safetensors, or the shards that model.safetensors.index.json lists."""
+    if (src / "model.safetensors").is_file():
+        return [src / "model.safetensors"]
+    index = src / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(_read_json(index, "save the model again").get("weight_map", {}).values()))
+        return [src / shard for shard in shards]
+    if any(src.glob("*.bin")) or any(src.glob("*.pth")):
+        raise UserError(
+            f"{src} holds pickled weights (.bin/.pth), which are never loaded here; save them as "
+            "safetensors: AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(NEW_DIR)"
+        )
+    raise UserError(f"{src} has no model.safetensors; pass a folder written by save_pretrained()")
+
+
+def load_hf_tokenizer(src: Path, hf: dict) -> HFTokenizer:
+    file = src / "tokenizer.json"
+    if not file.is_file():
+        raise UserError(
+            f"{src} has no tokenizer.json (only fast tokenizers can be imported); write one with "
+            "AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR)"
+        )
+    config = {}
+    if (src / "tokenizer_config.json").is_file():
+        config = _read_json(src / "tokenizer_config.json", "save the tokenizer again")
+    if (src / "chat_template.jinja").is_file() and "chat_template" not in config:  # transformers >= 4.50
+        config["chat_template"] = (src / "chat_template.jinja").read_text(encoding="utf-8")
+    try:
+        tokenizer = HFTokenizer(_read_json(file, "save the tokenizer again"), config)
+    except ValueError as err:
+        raise UserError(f"{file}: {err}; save the tokenizer again") from None
+    eos = hf.get("eos_token_id")
+    eos = eos[0] if isinstance(eos, list) and eos else eos
+    if tokenizer.eot_id is None and isinstance(eos, int):  # name the end-of-text token from config.json
+        text = tokenizer.backend.id_to_token(eos)
+        if text is not None:
+            tokenizer = HFTokenizer(tokenizer.tokenizer_json, {**config, "eos_token": text})
+    return tokenizer
+
+
+def import_hf(src: str | Path, run_dir: str | Path) -> Path:
+    """Turn a local Hugging Face Llama folder into a run folder with one checkpoint, `final`."""
+    src, run_dir = Path(src), Path(run_dir)
+    if not src.is_dir():
+        raise UserError(f"{src} is not a folder; pass a local Hugging Face model folder (config.json, ...)")
+    if not (src / "config.json").is_file():
+        raise UserError(f"{src} has no config.json; pass a folder written by save_pretrained()")
+    _check_new_folder(run_dir, "--out")
+    hf = _read_json(src / "config.json", "pass a folder written by save_pretrained()")
+    model_cfg = model_config_from_hf(hf, str(src / "config.json"))
+    tokenizer = load_hf_tokenizer(src, hf)
+    if model_cfg.vocab_size < tokenizer.vocab_size:
+        raise UserError(
+            f"{src}: the tokenizer has {tokenizer.vocab_size} ids but the model only "
+            f"{model_cfg.vocab_size} embedding rows; they do not belong together"
+        )
+    model = Transformer(model_cfg)
+    _load_hf_weights(model, weight_files(src))
+    cfg = config_from_dict(
+        {"model_config": model_cfg.model_dump(), "logging_config": {"output_dir": str(run_dir)}}, "import"
+    )
+    info = {
+        "step": 0,
+        "imported_from": str(src.resolve()),
+        "val_loss": None,
+        "best_val_loss": None,
+        "tokenizer_fingerprint": tokenizer.fingerprint(),
+        "data_fingerprint": None,
+        "data_path": None,
+        "manifest": run_manifest(torch.device("cpu")),
+    }
+    try:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+        tokenizer.save(run_dir / "tokenizer.json")
+        (run_dir / "manifest.json").write_text(json.dumps(info["manifest"], indent=2))
+        ckpt.save_checkpoint(run_dir / "checkpoints" / "final", model, cfg, tokenizer, info)
+    except OSError as err:
+        raise UserError(f"could not write {run_dir} ({err.strerror or err}); choose another --out") from None
+    return run_dir
+
+
+def _load_hf_weights(model: Transformer, files: list[Path]) -> None:
+    """Copy every Hugging Face tensor into its renamed parameter (as float32), one at a time."""
+    expected = set(ckpt.weights_to_save(model))
+    seen = set()
+    tied = model.cfg.tie_embeddings
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt", device="cpu") as f:
+                for hf_name in f.keys():
+                    if HF_IGNORED.search(hf_name) or (tied and hf_name == "lm_head.weight"):
+                        continue
+                    name = rename(hf_name, FROM_HF)
+                    if name not in expected:
+                        raise UserError(
+                            f"{file}: unexpected tensor {hf_name}; is this a plain Llama checkpoint?"
+                        )
+                    param = model.get_parameter(name)
+                    tensor = f.get_tensor(hf_name)
+                    if tensor.shape != param.shape:
+                        raise UserError(
+                            f"{file}: {hf_name} is {tuple(tensor.shape)}, config.json needs "
+                            f"{tuple(param.shape)}; the weights and config.json disagree"
+                        )
+                    with torch.no_grad():
+                        param.copy_(tensor.float())
+                    seen.add(name)
+        except (SafetensorError, OSError) as err:
+            raise UserError(f"{file} is damaged or not a safetensors file ({err})") from None
+    missing = sorted(expected - seen)
+    if missing:
+        shown = ", ".join(rename(n, TO_HF) for n in missing[:3])
+        raise UserError(f"{files[0].parent}: weights missing for {shown}{' ...' if len(missing) > 3 else ''}")

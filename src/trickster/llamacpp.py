@@ -1,0 +1,161 @@
+"""Export to GGUF, the single-file format of llama.cpp, through the `gguf` package.
+
+llama.cpp's Llama applies rotary embeddings to interleaved pairs (0, 1), (2, 3), ... of each head,
+as Meta's original code did; ours (like transformers) rotates the two halves (i, i + head_dim/2).
+So, unlike the Hugging Face export, wq and wk are permuted: within each head, row i + h*head_dim/2
+moves to row 2i + h (`permute_for_interleaved`, the same permutation as llama.cpp's
+convert_hf_to_gguf.py). Every other tensor is renamed only:
+
+    tok_embeddings.weight            token_embd.weight
+    layers.{}.attention_norm.weight  blk.{}.attn_norm.weight
+    layers.{}.attention.wq.weight    blk.{}.attn_q.weight        (permuted; wk -> attn_k likewise)
+    layers.{}.attention.wv.weight    blk.{}.attn_v.weight
+    layers.{}.attention.wo.weight    blk.{}.attn_output.weight
+    layers.{}.ffn_norm.weight        blk.{}.ffn_norm.weight
+    layers.{}.feed_forward.w1.weight blk.{}.ffn_gate.weight      (w3 ffn_up, w2 ffn_down)
+    norm.weight                      output_norm.weight
+    output.weight                    output.weight (absent when tied: llama.cpp then reuses token_embd)
+
+The tokenizer goes in as a SentencePiece-style ("llama") vocabulary, which llama.cpp matches
+character by character: a char tokenizer lists its characters (a space written "▁", as
+SentencePiece does), a byte tokenizer lists the 256 byte tokens <0x00>..<0xFF> (the space byte as
+"▁"). Imported Hugging Face tokenizers are not converted: export those with --format hf and use
+llama.cpp's own convert_hf_to_gguf.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trickster import checkpoint as ckpt
+from trickster.config import ModelConfig
+from trickster.errors import UserError
+from trickster.hf import rename
+from trickster.tokenizers import EOT_TEXT, Tokenizer
+
+TO_GGUF = {
+    "tok_embeddings.weight": "token_embd.weight",
+    "layers.{}.attention_norm.weight": "blk.{}.attn_norm.weight",
+    "layers.{}.attention.wq.weight": "blk.{}.attn_q.weight",
+    "layers.{}.attention.wk.weight": "blk.{}.attn_k.weight",
+    "layers.{}.attention.wv.weight": "blk.{}.attn_v.weight",
+    "layers.{}.attention.wo.weight": "blk.{}.attn_output.weight",
+    "layers.{}.ffn_norm.weight": "blk.{}.ffn_norm.weight",
+    "layers.{}.feed_forward.w1.weight": "blk.{}.ffn_gate.weight",
+    "layers.{}.feed_forward.w3.weight": "blk.{}.ffn_up.weight",
+    "layers.{}.feed_forward.w2.weight": "blk.{}.ffn_down.weight",
+    "norm.weight": "output_norm.weight",
+    "output.weight": "output.weight",
+}
+SPACE = "\u2581"  # SentencePiece's visible space
+
+
+def permute_for_interleaved(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Rows of a q or k projection from rotate-half order to interleaved-pair order, per head."""
+    out_features = weight.shape[0]
+    head_dim = out_features // n_heads
+    return (
+        weight.reshape(n_heads, 2, head_dim // 2, -1)  # (heads, half, i, in)
+        .transpose(1, 2)  # (heads, i, half, in): row 2i + half
+        .reshape(weight.shape)
+    )
+
+
+def gguf_vocabulary(tokenizer: Tokenizer, rows: int) -> tuple[list[str], list[int]]:
+    """Token texts and llama.cpp token types for every embedding row (unused rows padded)."""
+    import gguf
+
+    normal, control, unused, byte = (
+        gguf.TokenType.NORMAL,
+        gguf.TokenType.CONTROL,
+        gguf.TokenType.UNUSED,
+        gguf.TokenType.BYTE,
+    )
+    if tokenizer.kind == "char":
+        if SPACE in tokenizer.chars:
+            raise UserError(
+                f"this char vocabulary contains {SPACE!r}, which GGUF uses for the space; use --format hf"
+            )
+        tokens = [SPACE if c == " " else c for c in tokenizer.chars]
+        types = [normal] * len(tokens)
+    elif tokenizer.kind == "byte":
+        tokens = [SPACE if b == 0x20 else f"<0x{b:02X}>" for b in range(256)]
+        types = [normal if b == 0x20 else byte for b in range(256)]
+    else:
+        raise UserError(
+            f"GGUF export of a {tokenizer.kind!r} tokenizer is not supported; export with --format hf "
+            "and convert that folder with llama.cpp's convert_hf_to_gguf.py"
+        )
+    if tokenizer.eot_id is not None:
+        tokens.append(EOT_TEXT)
+        types.append(control)
+    for row in range(len(tokens), rows):
+        tokens.append(f"[PAD{row}]")
+        types.append(unused)
+    return tokens, [int(t) for t in types]
+
+
+def export_gguf(target: str | Path, out: str | Path, dtype: str = "float32") -> Path:
+    """Write one .gguf file: hyperparameters, vocabulary and (permuted, renamed) weights."""
+    try:
+        import gguf
+    except ImportError:
+        raise UserError("GGUF export needs the `gguf` package: pip install 'nano-trickster[gguf]'") from None
+    if dtype not in ("float32", "float16"):
+        raise UserError(f"GGUF export writes float32 or float16 weights (got --dtype {dtype})")
+    out = Path(out)
+    if out.exists():
+        raise UserError(f"{out} already exists; choose a new file with --out (nothing was changed)")
+    loaded = ckpt.load_checkpoint(target)  # LoRA adapters arrive merged
+    m: ModelConfig = loaded.cfg.model
+    tokens, types = gguf_vocabulary(loaded.tokenizer, m.vocab_size)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.tmp"
+    writer = gguf.GGUFWriter(staging, "llama")
+    writer.add_name(loaded.path.parent.parent.name if loaded.path.parent.name == "checkpoints" else out.stem)
+    writer.add_context_length(m.max_seq_len)
+    writer.add_embedding_length(m.hidden_dim)
+    writer.add_block_count(m.num_layers)
+    writer.add_feed_forward_length(m.mlp_dim)
+    writer.add_head_count(m.num_heads)
+    writer.add_head_count_kv(m.num_kv_heads or m.num_heads)
+    writer.add_rope_dimension_count(m.hidden_dim // m.num_heads)
+    writer.add_rope_freq_base(m.rope_theta)
+    writer.add_layer_norm_rms_eps(m.norm_eps)
+    writer.add_vocab_size(m.vocab_size)
+    file_type = gguf.LlamaFileType.ALL_F32 if dtype == "float32" else gguf.LlamaFileType.MOSTLY_F16
+    writer.add_file_type(int(file_type))
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_scores([0.0] * len(tokens))
+    writer.add_add_bos_token(False)
+    writer.add_add_eos_token(False)
+    writer.add_add_space_prefix(False)
+    if loaded.tokenizer.eot_id is not None:
+        writer.add_eos_token_id(loaded.tokenizer.eot_id)
+    for name, tensor in ckpt.weights_to_save(loaded.model).items():
+        if name.endswith(("wq.weight", "wk.weight")):
+            heads = m.num_heads if name.endswith("wq.weight") else (m.num_kv_heads or m.num_heads)
+            tensor = permute_for_interleaved(tensor, heads)
+        array = tensor.float().numpy()
+        if dtype == "float16" and array.ndim > 1:  # norms stay float32, as llama.cpp expects
+            array = array.astype(np.float16)
+        writer.add_tensor(rename(name, TO_GGUF), np.ascontiguousarray(array))
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        staging.replace(out)  # the file appears whole or not at all
+    except BaseException as err:
+        writer.close()
+        staging.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise UserError(f"could not write {out} ({err.strerror or err}); choose another --out") from None
+        raise
+    return out

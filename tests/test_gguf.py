@@ -1,0 +1,121 @@
+"""GGUF export, read back with the `gguf` package's reader.
+
+llama.cpp itself is not installed here, so the check is a small reference forward pass written the
+way llama.cpp computes a Llama (rotary on interleaved pairs, tensors by their GGUF names) over the
+tensors read back from the file; its logits must equal ours.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trickster import checkpoint as ckpt
+from trickster import cli
+from trickster.tokenizers import ByteTokenizer, CharTokenizer
+
+from .test_hf import TEXT, random_checkpoint
+
+
+def read_gguf(path):
+    from gguf import GGUFReader
+
+    reader = GGUFReader(path)
+    fields = {name: field.contents() for name, field in reader.fields.items()}
+    tensors = {t.name: torch.from_numpy(np.array(t.data, dtype=np.float32)) for t in reader.tensors}
+    return fields, tensors
+
+
+def interleaved_rope(x, theta):
+    """x (T, heads, head_dim); rotate the pairs (0, 1), (2, 3), ... as llama.cpp's Llama does."""
+    T, _, D = x.shape
+    freqs = theta ** (-torch.arange(0, D, 2, dtype=torch.float32) / D)  # (D/2,)
+    angles = torch.arange(T, dtype=torch.float32)[:, None] * freqs  # (T, D/2)
+    cos, sin = angles.cos()[:, None, :], angles.sin()[:, None, :]  # (T, 1, D/2)
+    even, odd = x[..., 0::2], x[..., 1::2]
+    out = torch.empty_like(x)
+    out[..., 0::2] = even * cos - odd * sin
+    out[..., 1::2] = even * sin + odd * cos
+    return out
+
+
+def reference_logits(fields, t, ids):
+    """A Llama forward pass over GGUF tensors, in llama.cpp's conventions."""
+    layers, heads = fields["llama.block_count"], fields["llama.attention.head_count"]
+    kv_heads, eps = fields["llama.attention.head_count_kv"], fields["llama.attention.layer_norm_rms_epsilon"]
+    theta = fields["llama.rope.freq_base"]
+
+    def norm(x, w):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+    x = t["token_embd.weight"][ids]  # (T, C)
+    T = len(ids)
+    for i in range(layers):
+        b = f"blk.{i}."
+        h = norm(x, t[b + "attn_norm.weight"])
+        q = (h @ t[b + "attn_q.weight"].T).view(T, heads, -1)
+        k = (h @ t[b + "attn_k.weight"].T).view(T, kv_heads, -1)
+        v = (h @ t[b + "attn_v.weight"].T).view(T, kv_heads, -1)
+        q, k = interleaved_rope(q, theta), interleaved_rope(k, theta)
+        k, v = k.repeat_interleave(heads // kv_heads, 1), v.repeat_interleave(heads // kv_heads, 1)
+        scores = torch.einsum("qhd,khd->hqk", q, k) / math.sqrt(q.shape[-1])
+        scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+        attended = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v).reshape(T, -1)
+        x = x + attended @ t[b + "attn_output.weight"].T
+        h = norm(x, t[b + "ffn_norm.weight"])
+        x = (
+            x
+            + (F.silu(h @ t[b + "ffn_gate.weight"].T) * (h @ t[b + "ffn_up.weight"].T))
+            @ t[b + "ffn_down.weight"].T
+        )
+    out = t.get("output.weight", t["token_embd.weight"])  # tied: llama.cpp reuses the embedding
+    return norm(x, t["output_norm.weight"]) @ out.T
+
+
+@pytest.mark.parametrize(
+    ("tokenizer", "model"),
+    [
+        (CharTokenizer.from_texts([TEXT]), {}),
+        (ByteTokenizer(with_eot=True), {"vocab_size": 300, "num_kv_heads": 2, "tie_embeddings": False}),
+    ],
+    ids=["char-tied", "byte-gqa-untied-padded"],
+)
+def test_gguf_export_reads_back_and_computes_our_logits(tmp_path, tokenizer, model):
+    model = {"vocab_size": tokenizer.vocab_size, "rope_theta": 300.0, **model}
+    path = random_checkpoint(tmp_path / "ckpt", tokenizer, **model)
+    out = tmp_path / "model.gguf"
+    assert cli.main(["export", str(path), "--format", "gguf", "--out", str(out)]) == 0
+    fields, tensors = read_gguf(out)
+    loaded = ckpt.load_checkpoint(path)
+    m = loaded.cfg.model
+    assert fields["general.architecture"] == "llama" and fields["tokenizer.ggml.model"] == "llama"
+    assert fields["llama.block_count"] == m.num_layers and fields["llama.embedding_length"] == m.hidden_dim
+    assert fields["llama.attention.head_count_kv"] == (m.num_kv_heads or m.num_heads)
+    assert fields["llama.context_length"] == m.max_seq_len and fields["llama.rope.freq_base"] == 300.0
+    assert ("output.weight" in tensors) == (not m.tie_embeddings)
+
+    tokens, types = fields["tokenizer.ggml.tokens"], fields["tokenizer.ggml.token_type"]
+    assert len(tokens) == m.vocab_size
+    if tokenizer.kind == "char":
+        assert tokens == [c if c != " " else "\u2581" for c in tokenizer.chars]
+        assert "tokenizer.ggml.eos_token_id" not in fields
+    else:
+        assert tokens[0x41] == "<0x41>" and types[0x41] == 6 and tokens[0x20] == "\u2581"
+        assert (
+            tokens[256] == "<|endoftext|>"
+            and types[256] == 3
+            and fields["tokenizer.ggml.eos_token_id"] == 256
+        )
+        assert set(types[257:]) == {5}  # unused rows
+    assert fields["tokenizer.ggml.add_bos_token"] is False
+
+    ids = tokenizer.encode(TEXT)
+    with torch.no_grad():
+        ours = loaded.model(torch.tensor([ids]))[0][0]
+    torch.testing.assert_close(
+        reference_logits(fields, tensors, torch.tensor(ids)), ours, rtol=1e-4, atol=1e-4
+    )

@@ -1,0 +1,285 @@
+"""Hugging Face export and import, checked against `transformers` itself on tiny models.
+
+Every Hugging Face model and tokenizer here is built by the test and saved to tmp_path: no hub,
+no downloads. transformers is imported inside the tests that need it (it takes seconds).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from trickster import checkpoint as ckpt
+from trickster import cli
+from trickster.config import config_from_dict
+from trickster.generate import generate
+from trickster.hf import FROM_HF, TO_HF, rename
+from trickster.model import Transformer
+from trickster.tokenizers import ByteTokenizer, CharTokenizer, load_tokenizer
+from trickster.train import train
+
+from .conftest import EXCERPT, micro_config
+
+TEXT = "ROMEO:\nIs it so?  Then,\tI defy you, stars!\n\n"
+
+
+@pytest.fixture(scope="module")
+def trained_run(shakespeare_dir, tmp_path_factory):
+    """A micro model trained 30 steps on the excerpt (char tokenizer, tied embedding)."""
+    run = tmp_path_factory.mktemp("hf") / "run"
+    cfg = micro_config(
+        shakespeare_dir,
+        run,
+        training_config={"max_steps": 30, "eval_every": 30, "save_every": 30, "sample_tokens": 0},
+    )
+    train(cfg, echo=lambda *a: None)
+    return run
+
+
+def random_checkpoint(path, tokenizer, seed=0, **model):
+    """A checkpoint of random weights large enough that greedy choices are clear-cut."""
+    shape = dict(hidden_dim=32, num_layers=2, num_heads=4, mlp_dim=64, max_seq_len=96)
+    cfg = config_from_dict({"model_config": {**shape, **model}})
+    torch.manual_seed(seed)
+    net = Transformer(cfg.model)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            p.uniform_(0.5, 1.5) if name.endswith("norm.weight") else p.normal_(0.0, 0.3)
+    ckpt.save_checkpoint(path, net, cfg, tokenizer, {"step": 0})
+    return path
+
+
+def hf_greedy(model, ids, n, **options):
+    out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, **options)
+    out = out[0, len(ids) :].tolist()
+    eos = model.generation_config.eos_token_id
+    return out[:-1] if out and out[-1] == eos else out  # ours does not yield the stop token
+
+
+def assert_export_matches(checkpoint_path, out, text):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert cli.main(["export", str(checkpoint_path), "--format", "hf", "--out", str(out)]) == 0
+    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json"} <= {
+        p.name for p in out.iterdir()
+    }
+    loaded = ckpt.load_checkpoint(checkpoint_path)
+    ours, tokenizer = loaded.model, loaded.tokenizer
+    theirs = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    hf_tok = AutoTokenizer.from_pretrained(out)
+
+    ids = tokenizer.start_ids() + tokenizer.encode(text)
+    assert hf_tok(text)["input_ids"] == ids
+    assert hf_tok.decode(ids, skip_special_tokens=True) == tokenizer.decode(ids) == text
+    idx = torch.tensor([ids])
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(idx).logits, ours(idx)[0])
+    n = 20
+    mine = list(
+        generate(ours, ids, n, temperature=0, vocab_limit=tokenizer.vocab_size, stop_id=tokenizer.eot_id)
+    )
+    assert hf_greedy(theirs, ids, n) == mine
+    return theirs, hf_tok
+
+
+def test_name_map_is_a_bijection_over_every_parameter():
+    cfg = config_from_dict(
+        {
+            "model_config": dict(
+                vocab_size=10, hidden_dim=8, num_layers=3, num_heads=2, mlp_dim=16, tie_embeddings=False
+            )
+        }
+    )
+    names = list(Transformer(cfg.model).state_dict())
+    hf_names = [rename(n, TO_HF) for n in names]
+    assert None not in hf_names and len(set(hf_names)) == len(names)
+    assert [rename(n, FROM_HF) for n in hf_names] == names
+    assert rename("layers.2.feed_forward.w1.weight", TO_HF) == "model.layers.2.mlp.gate_proj.weight"
+    assert rename("model.layers.11.self_attn.k_proj.weight", FROM_HF) == "layers.11.attention.wk.weight"
+
+
+def test_export_of_a_trained_char_model_loads_in_transformers(trained_run, tmp_path):
+    theirs, hf_tok = assert_export_matches(trained_run, tmp_path / "hf", EXCERPT.read_text()[:40])
+    assert theirs.config.tie_word_embeddings
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    chars = load_tokenizer(trained_run / "tokenizer.json").vocab_size
+    assert (
+        config["architectures"] == ["LlamaForCausalLM"] and config["vocab_size"] == hf_tok.vocab_size == chars
+    )
+
+
+def test_export_byte_gqa_untied_with_unused_rows(tmp_path):
+    """Byte tokenizer with end-of-text, grouped-query attention, untied output and 300 embedding
+    rows of which the tokenizer uses 257: the unused rows are suppressed as ours masks them."""
+    tokenizer = ByteTokenizer(with_eot=True)
+    path = random_checkpoint(
+        tmp_path / "ckpt", tokenizer, vocab_size=300, num_kv_heads=2, tie_embeddings=False, rope_theta=500.0
+    )
+    theirs, hf_tok = assert_export_matches(path, tmp_path / "hf", "naïve 日本語 🎭\nok")
+    assert hf_tok.eos_token_id == tokenizer.eot_id == 256
+    assert theirs.config.num_key_value_heads == 2 and not theirs.config.tie_word_embeddings
+    assert hf_tok.decode([*"hé".encode(), 256], skip_special_tokens=True) == "hé"
+
+
+def test_export_char_with_end_of_text(tmp_path):
+    tokenizer = CharTokenizer.from_texts([TEXT, "xyz"], with_eot=True)
+    path = random_checkpoint(tmp_path / "ckpt", tokenizer, seed=1, vocab_size=tokenizer.vocab_size)
+    _, hf_tok = assert_export_matches(path, tmp_path / "hf", TEXT)
+    assert hf_tok.eos_token_id == tokenizer.eot_id and hf_tok.decode([0, tokenizer.eot_id]) != ""
+
+
+def test_export_refuses_an_existing_folder(trained_run, tmp_path, capsys):
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "notes.txt").write_text("mine")
+    assert cli.main(["export", str(trained_run), "--out", str(tmp_path / "hf")]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "hf").iterdir()] == ["notes.txt"]
+
+
+# --------------------------------------------------------------------------- import
+
+
+def tiny_llama(tmp_path, tie=False):
+    """A random TinyLlama-shaped (GQA, untied head) LlamaForCausalLM and a SentencePiece-style BPE
+    tokenizer trained on the excerpt with Llama's special tokens and <s>-prepending template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    text = EXCERPT.read_text()
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    backend.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first")
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=sorted(set(text + "\t"))
+    )
+    backend.train_from_iterator(text.splitlines(keepends=True), trainer)
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    tok.chat_template = "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
+    config = LlamaConfig(
+        vocab_size=320,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        rms_norm_eps=1e-5,
+        rope_theta=2000.0,
+        tie_word_embeddings=tie,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.2) if p.dim() > 1 else p.uniform_(0.5, 1.5)
+    src = tmp_path / "tiny-llama"
+    model.save_pretrained(src, max_shard_size="100KB" if tie else "1GB")  # the tied one in shards
+    tok.save_pretrained(src)
+    return src, model, tok
+
+
+@pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
+def test_import_of_a_hugging_face_llama_gives_the_same_logits(tmp_path, capsys, tie):
+    src, theirs, hf_tok = tiny_llama(tmp_path, tie)
+    run = tmp_path / "run"
+    assert (src / "model.safetensors.index.json").is_file() == tie
+    assert cli.main(["import", "hf", str(src), "--out", str(run)]) == 0
+    loaded = ckpt.load_checkpoint(run)
+    assert loaded.cfg.model.num_kv_heads == 2 and loaded.cfg.model.tie_embeddings == tie
+    assert loaded.cfg.model.rope_theta == 2000.0
+
+    tokenizer = load_tokenizer(run / "tokenizer.json")
+    assert tokenizer.bos_id == 1 and tokenizer.eot_id == 2
+    assert tokenizer.start_ids() + tokenizer.encode(TEXT) == hf_tok(TEXT)["input_ids"]
+    assert tokenizer.decode(hf_tok(TEXT)["input_ids"]) == TEXT
+    idx = torch.tensor([hf_tok(TEXT)["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(idx)[0], theirs(idx).logits)
+
+    # generate accepts the run (the prompt starts with <s>, as transformers does)
+    capsys.readouterr()
+    argv = ["generate", str(run), "--prompt", "ROMEO:", "--max-new-tokens", "8", "--temperature", "0"]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    ids = hf_tok("ROMEO:")["input_ids"]
+    # the model has 320 rows, the tokenizer 300 ids: ours never samples the unused rows
+    expected = hf_greedy(theirs, ids, 8, suppress_tokens=list(range(tokenizer.vocab_size, 320)))
+    assert printed == hf_tok.decode(ids + expected, skip_special_tokens=True) + "\n"
+
+    # streamed text continues the prompt: SentencePiece drops the space of a sequence's first piece
+    whole = hf_tok("ROMEO: Is it so?")["input_ids"]
+    assert whole[: len(ids)] == ids
+    decode_next = tokenizer.stream_decoder(context=ids)
+    assert "".join(decode_next(i) for i in whole[len(ids) :]) + decode_next(None) == " Is it so?"
+    assert tokenizer.decode(whole[len(ids) :]) == "Is it so?"  # what decoding it alone gives
+
+    # and export takes it back to Hugging Face unchanged
+    if not tie:
+        back, back_tok = assert_export_matches(run, tmp_path / "back", TEXT)
+        assert back_tok(TEXT)["input_ids"] == hf_tok(TEXT)["input_ids"]
+        assert back_tok.bos_token == "<s>" and back_tok.eos_token == "</s>"
+        assert back_tok.chat_template == hf_tok.chat_template
+
+
+def test_an_imported_model_fine_tunes_with_lora_and_exports(tmp_path, capsys):
+    """The tutorial's path at toy scale: import a Llama, prepare prompt/response records with its
+    tokenizer (each record starts with <s>), train LoRA adapters from it, export the result."""
+    from transformers import AutoModelForCausalLM
+
+    src, _, hf_tok = tiny_llama(tmp_path)
+    run = tmp_path / "run"
+    assert cli.main(["import", "hf", str(src), "--out", str(run)]) == 0
+    lines = [line for line in EXCERPT.read_text().splitlines() if line.strip()][:41]
+    records = [{"prompt": a + "\n", "response": b + "\n"} for a, b in zip(lines, lines[1:], strict=False)]
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    data = tmp_path / "chat"
+    argv = ["data", "prepare", "jsonl", str(tmp_path / "chat.jsonl"), "--tokenizer-from", str(run)]
+    assert cli.main([*argv, "--out", str(data)]) == 0
+    tokens = (data / "train.bin").read_bytes()
+    first = records[0]
+    assert json.loads((data / "meta.json").read_text())["tokenizer"] == "hf"
+    expected = (
+        hf_tok(first["prompt"])["input_ids"]
+        + hf_tok(first["response"], add_special_tokens=False)["input_ids"]
+    )
+    assert list(memoryview(tokens).cast("H")[: len(expected) + 1]) == [*expected, hf_tok.eos_token_id]
+
+    out = tmp_path / "tuned"
+    overrides = [
+        f"training_config.init_from={run}",
+        "training_config.lora={rank: 2, alpha: 4, targets: [q_proj, v_proj]}",
+        "training_config.max_steps=3",
+        "training_config.warmup_steps=1",
+        "training_config.eval_every=3",
+        "training_config.eval_batches=1",
+        "training_config.batch_size=4",
+        "training_config.seq_len=32",
+        "training_config.learning_rate=0.01",
+        "training_config.sample_tokens=4",
+    ]
+    argv = [
+        "train",
+        "--config",
+        str(run / "config.yaml"),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    assert cli.main([*argv, *overrides]) == 0
+    assert "with LoRA rank 2 on wq, wv" in capsys.readouterr().out
+    assert cli.main(["export", str(out), "--out", str(tmp_path / "hf")]) == 0
+    tuned = ckpt.load_checkpoint(out).model
+    theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    idx = torch.tensor([hf_tok(TEXT)["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(idx).logits, tuned(idx)[0])
+        assert not torch.allclose(ckpt.load_checkpoint(run).model(idx)[0], tuned(idx)[0], atol=1e-4)
