@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
+
+from trickster.errors import UserError
 
 
 def staging_dir(target: Path) -> Path:
@@ -48,3 +51,26 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def new_folder(target: Path, flag: str = "--out"):
+    """Yield an empty staging folder; when the block succeeds it becomes `target` in one rename.
+
+    On any failure (Ctrl-C included) the staging folder is removed and `target` is untouched; a
+    failed write (disk full, no permission) becomes one line naming `target` and `flag`.
+    """
+    staging = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = staging_dir(target)
+        yield staging
+        replace_dir(staging, target)
+    except BaseException as err:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(err, OSError):
+            raise UserError(
+                f"could not write {target} ({err.strerror or err}); choose another {flag}"
+            ) from None
+        raise

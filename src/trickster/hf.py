@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import torch
@@ -37,7 +36,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from trickster import checkpoint as ckpt
-from trickster.atomic import replace_dir, staging_dir
+from trickster.atomic import new_folder
 from trickster.config import ModelConfig, config_from_dict
 from trickster.errors import UserError
 from trickster.metrics import run_manifest
@@ -215,21 +214,11 @@ def _check_new_folder(out: Path, flag: str) -> None:
 
 
 def _write_folder(out: Path, write_weights, json_files: dict[str, dict]) -> None:
-    staging = None
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = staging_dir(out)
+    with new_folder(out) as staging:
         write_weights(staging)
         for name, content in json_files.items():
             text = json.dumps(content, indent=2, ensure_ascii=False) + "\n"
             (staging / name).write_text(text, encoding="utf-8")
-        replace_dir(staging, out)
-    except BaseException as err:  # Ctrl-C included: never leave a half-written folder behind
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(err, OSError):
-            raise UserError(f"could not write {out} ({err.strerror or err}); choose another --out") from None
-        raise
 
 
 # --------------------------------------------------------------------------- import

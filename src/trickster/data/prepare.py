@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
-from trickster.atomic import replace_dir, staging_dir
+from trickster.atomic import new_folder
 from trickster.data.sources import Corpus, Records
 from trickster.errors import UserError
 from trickster.tokenizers import Tokenizer, build_tokenizer
@@ -182,17 +181,8 @@ def _tokens_sha256(*arrays: np.ndarray) -> str:
 
 
 def _write(out_dir: Path, arrays: dict[str, np.ndarray], tokenizer: Tokenizer, meta: dict) -> None:
-    staging = None
-    try:
-        staging = staging_dir(out_dir)
+    with new_folder(out_dir) as staging:
         for name, array in arrays.items():
             array.tofile(staging / name)
         tokenizer.save(staging / "tokenizer.json")
         (staging / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        replace_dir(staging, out_dir)
-    except BaseException as err:  # Ctrl-C included: never leave a half-written folder behind
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(err, OSError):
-            raise UserError(f"could not write {out_dir} ({err.strerror}); choose another --out") from None
-        raise
