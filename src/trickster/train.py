@@ -527,8 +527,8 @@ def _open_run_dir(run_dir: Path, resume: bool | str) -> tuple[Path | None, list[
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"logging_config.output_dir {run_dir} is a file; choose a folder path")
     repairs = ckpt.recover(run_dir) if resume else []
-    found = ckpt.latest(run_dir) if resume else None
-    if not resume and ckpt.latest(run_dir) is not None:
+    found = ckpt.latest(run_dir)
+    if not resume and found is not None:
         raise UserError(
             f"{run_dir} already holds a trained run; pass --resume to continue it, or choose a new "
             "folder with --out (nothing was overwritten)"
