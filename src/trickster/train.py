@@ -248,7 +248,8 @@ def train(
             (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
     params = parameter_breakdown(cfg.model)
-    tokens_per_step = t.batch_size * job.world_size * seq_len * t.gradient_accumulation_steps
+    global_batch = t.batch_size * job.world_size * t.gradient_accumulation_steps  # windows per step
+    tokens_per_step = global_batch * seq_len
     _print_header(echo, cfg, data, params.total, device, tokens_per_step, resumed_from, job)
     for line in repairs + [f"changed on resume: {k} {old} -> {new}" for k, (old, new) in changed.items()]:
         echo(line)
@@ -258,7 +259,7 @@ def train(
             0,
             params=params.total,
             tokens_per_step=tokens_per_step,
-            global_batch=t.batch_size * job.world_size * t.gradient_accumulation_steps,
+            global_batch=global_batch,
             world_size=job.world_size,
             parallel=job.mode,
             flops_per_token=flops_per_token(cfg.model, seq_len),
@@ -287,8 +288,7 @@ def train(
                 "optimizer": optimizer_state,
                 "sampler": sampler.state_dict(),
                 "scaler": scaler.state_dict() if use_scaler else {},
-                "rng": rngs[0],
-                "rng_per_rank": rngs,
+                "rng": rngs,  # one entry per process
             }
             target = run_dir / "checkpoints" / name
             ckpt.save_checkpoint(target, model, cfg, data.tokenizer, info(), trainer_state, weights=weights)
@@ -593,7 +593,7 @@ def _restore_trainer(path, model, optimizer, sampler, scaler, state, device, ran
     state.load_state_dict(trainer["train_state"])
     if scaler.is_enabled() and trainer["scaler"]:
         scaler.load_state_dict(trainer["scaler"])
-    per_rank = trainer.get("rng_per_rank") or [trainer["rng"]]
+    per_rank = trainer["rng"] if isinstance(trainer["rng"], list) else [trainer["rng"]]  # 0.1: a dict
     if rank < len(per_rank):  # a process the saving job did not have keeps its fresh seed
         set_rng_state(per_rank[rank], device)
 
@@ -641,7 +641,7 @@ def _print_header(echo, cfg, data, total_params, device, tokens_per_step, resume
         echo(f"processes: {job.world_size} ({job.mode}, mesh {tuple(job.mesh.shape)} replicate x shard)")
     echo(
         f"steps: {t.max_steps:,} x {tokens_per_step:,} tokens (global batch "
-        f"{t.batch_size * job.world_size * t.gradient_accumulation_steps} = {t.batch_size} per process x "
+        f"{tokens_per_step // cfg.seq_len} = {t.batch_size} per process x "
         f"{job.world_size} process(es) x accumulation {t.gradient_accumulation_steps}, x {cfg.seq_len} "
         f"tokens); lr {t.learning_rate} warmup {t.warmup_steps} -> cosine -> {t.min_lr}"
     )
