@@ -33,4 +33,7 @@ def build_optimizer(model: nn.Module, cfg: TrainingConfig, device: torch.device)
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=cfg.betas, fused=device.type == "cuda")
+    # the fused kernel updates every tensor in one pass; on 2 CPU cores it makes a tiny model's step
+    # about a fifth faster than the default per-tensor loop (bench/train_throughput.py)
+    fused = device.type in ("cuda", "cpu")
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=cfg.betas, fused=fused)
