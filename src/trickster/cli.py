@@ -12,7 +12,7 @@ from pathlib import Path
 
 from trickster.errors import UserError
 
-TOKENIZER_CHOICES = ("char", "byte")
+TOKENIZER_CHOICES = ("char", "byte", "bpe", "gpt2")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for source in (shakespeare, text, sources.choices["python-stdlib"], jsonl):
         source.add_argument("--tokenizer", choices=TOKENIZER_CHOICES, help="build a new one (default char)")
+        source.add_argument(
+            "--vocab-size", type=int, metavar="N", help="bpe: the vocabulary to train up to (default 4096)"
+        )
         source.add_argument(
             "--tokenizer-from",
             metavar="RUN_DIR|CHECKPOINT|FILE",
@@ -174,6 +177,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             args.out,
             args.val_fraction,
             tokenizer_from=args.tokenizer_from,
+            vocab_size=args.vocab_size,
         )
         return 0
     if args.command == "train":

@@ -29,17 +29,22 @@ def prepare_data(
     out: str | None,
     val_fraction: float = 0.1,
     tokenizer_from: str | None = None,
+    vocab_size: int | None = None,
 ) -> Path:
     if not 0 < val_fraction < 1:
         raise UserError(f"--val-fraction must be between 0 and 1 (got {val_fraction})")
     if tokenizer and tokenizer_from:
         raise UserError("give either --tokenizer (a new one) or --tokenizer-from (a model's), not both")
+    if vocab_size is not None and tokenizer != "bpe":
+        raise UserError(
+            f"--vocab-size applies to --tokenizer bpe only (got --tokenizer {tokenizer or 'char'})"
+        )
     chosen = _tokenizer_from(tokenizer_from) if tokenizer_from else (tokenizer or "char")
     kind = chosen if isinstance(chosen, str) else chosen.kind
     out_dir = Path(out or f"data/{source}-{kind}")
     if source == "jsonl":
         records = sources.jsonl_prompt_response(paths)
-        meta = prepare_prompt_response(records, chosen, out_dir, val_fraction)
+        meta = prepare_prompt_response(records, chosen, out_dir, val_fraction, vocab_size)
         print(
             f"{records.name}: {len(records.pairs):,} prompt/response records "
             f"({meta['train_records']:,} train, {meta['val_records']:,} val)"
@@ -53,7 +58,7 @@ def prepare_data(
             corpus = sources.python_stdlib()
         else:
             raise UserError(f"unknown source '{source}'")
-        meta = prepare(corpus, chosen, out_dir, val_fraction)
+        meta = prepare(corpus, chosen, out_dir, val_fraction, vocab_size)
         print(f"{corpus.name}: {corpus.num_chars:,} characters in {len(corpus.documents):,} document(s)")
     print(f"tokenizer: {kind}, vocabulary {meta['vocab_size']} ({meta['dtype']} token files)")
     masks = ", train.mask.bin, val.mask.bin" if meta.get("loss_mask") else ""
