@@ -23,8 +23,10 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+
+import numpy as np
 
 from trickster.errors import UserError
 
@@ -59,6 +61,20 @@ class Tokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Many documents at once; bpe and gpt2 encode them in parallel native threads."""
         return [self.encode(text) for text in texts]
+
+    def byte_lengths(self) -> list[int] | None:
+        """UTF-8 bytes each id stands for (0 for special ids), or None where pieces depend on their
+        neighbours (count_bytes then decodes). Bits per byte divides by these."""
+        return None
+
+    def count_bytes(self, ids: Sequence[int]) -> int:
+        """UTF-8 bytes of the text that `ids` encode."""
+        lengths = self.byte_lengths()
+        if lengths is None:
+            return len(self.decode(ids).encode("utf-8"))
+        table = np.asarray([*lengths, 0], dtype=np.int64)  # the extra 0 counts ids past the vocabulary
+        ids = np.asarray(ids, dtype=np.int64)
+        return int(table[np.where((ids >= 0) & (ids < len(lengths)), ids, len(lengths))].sum())
 
     def decode(self, ids: Iterable[int]) -> str:
         decode_next = self.stream_decoder()
@@ -120,6 +136,9 @@ class CharTokenizer(Tokenizer):
 
         return decode_next
 
+    def byte_lengths(self) -> list[int]:
+        return [len(c.encode("utf-8")) for c in self.chars] + [0] * (self.eot_id is not None)
+
     def to_dict(self) -> dict:
         return {"kind": "char", "chars": self.chars, "eot": self.eot_id is not None}
 
@@ -149,6 +168,9 @@ class ByteTokenizer(Tokenizer):
             return decoder.decode(bytes([token]))
 
         return decode_next
+
+    def byte_lengths(self) -> list[int]:
+        return [1] * 256 + [0] * (self.eot_id is not None)
 
     def to_dict(self) -> dict:
         return {"kind": "byte", "eot": self.eot_id is not None}
@@ -256,6 +278,18 @@ class BPETokenizer(HFTokenizer):
         backend.train_from_iterator(texts, trainer)
         return cls(json.loads(backend.to_str()))
 
+    @functools.cached_property
+    def _byte_lengths(self) -> list[int]:
+        # byte-level: each character of a vocabulary entry stands for exactly one byte
+        lengths = [0] * self.vocab_size
+        special = {self.eot_id, self.pad_id}
+        for piece, token in self.backend.get_vocab(with_added_tokens=True).items():
+            lengths[token] = 0 if token in special else len(piece)
+        return lengths
+
+    def byte_lengths(self) -> list[int]:
+        return self._byte_lengths
+
     def to_dict(self) -> dict:
         return {"kind": "bpe", "tokenizer": self.tokenizer_json}
 
@@ -285,6 +319,9 @@ class GPT2Tokenizer(Tokenizer):
         if token == self.eot_id or not 0 <= token < self.eot_id:
             return b""
         return self.encoding.decode_single_token_bytes(token)
+
+    def byte_lengths(self) -> list[int]:
+        return _gpt2_byte_lengths()
 
     def stream_decoder(self, context: Iterable[int] = ()) -> Callable[[int | None], str]:
         # a multi-byte character can be split across ids: hold its bytes back until it completes
@@ -324,6 +361,12 @@ def _gpt2_encoding():
             f"downloaded ({type(err).__name__}); connect once, or point TIKTOKEN_CACHE_DIR at a folder "
             "seeded with scripts/seed_tiktoken_cache.py"
         ) from None
+
+
+@functools.cache
+def _gpt2_byte_lengths() -> list[int]:
+    encoding = _gpt2_encoding()
+    return [len(encoding.decode_single_token_bytes(i)) for i in range(GPT2Tokenizer.eot_id)] + [0]
 
 
 def special_token_text(token) -> str | None:
