@@ -642,9 +642,9 @@ CASES = [
     case("prepare-without-source", lambda env: ["data", "prepare"], "required", "source"),
     case(
         "prepare-unknown-tokenizer",
-        lambda env: ["data", "prepare", "python-stdlib", "--tokenizer", "bpe"],
+        lambda env: ["data", "prepare", "python-stdlib", "--tokenizer", "wordpiece"],
         "--tokenizer",
-        "invalid choice: 'bpe'",
+        "invalid choice: 'wordpiece'",
     ),
     # ---- data folders
     case(
