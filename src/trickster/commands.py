@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import torch
 import yaml
 
 from trickster import checkpoint as ckpt
-from trickster import dist
+from trickster import dist, evaluation
 from trickster.config import Config, load_config
 from trickster.data import sources
 from trickster.data.loader import load_data
@@ -19,7 +20,7 @@ from trickster.errors import UserError
 from trickster.generate import generate
 from trickster.model import Transformer, flops_per_token, parameter_breakdown
 from trickster.tokenizers import load_tokenizer
-from trickster.train import evaluate, resolve_device, run_dir_in_use, train, validation_batches
+from trickster.train import evaluate, padded_vocab, resolve_device, run_dir_in_use, train, validation_batches
 
 
 def prepare_data(
@@ -29,17 +30,22 @@ def prepare_data(
     out: str | None,
     val_fraction: float = 0.1,
     tokenizer_from: str | None = None,
+    vocab_size: int | None = None,
 ) -> Path:
     if not 0 < val_fraction < 1:
         raise UserError(f"--val-fraction must be between 0 and 1 (got {val_fraction})")
     if tokenizer and tokenizer_from:
         raise UserError("give either --tokenizer (a new one) or --tokenizer-from (a model's), not both")
+    if vocab_size is not None and tokenizer != "bpe":
+        raise UserError(
+            f"--vocab-size applies to --tokenizer bpe only (got --tokenizer {tokenizer or 'char'})"
+        )
     chosen = _tokenizer_from(tokenizer_from) if tokenizer_from else (tokenizer or "char")
     kind = chosen if isinstance(chosen, str) else chosen.kind
     out_dir = Path(out or f"data/{source}-{kind}")
     if source == "jsonl":
         records = sources.jsonl_prompt_response(paths)
-        meta = prepare_prompt_response(records, chosen, out_dir, val_fraction)
+        meta = prepare_prompt_response(records, chosen, out_dir, val_fraction, vocab_size)
         print(
             f"{records.name}: {len(records.pairs):,} prompt/response records "
             f"({meta['train_records']:,} train, {meta['val_records']:,} val)"
@@ -53,9 +59,11 @@ def prepare_data(
             corpus = sources.python_stdlib()
         else:
             raise UserError(f"unknown source '{source}'")
-        meta = prepare(corpus, chosen, out_dir, val_fraction)
+        meta = prepare(corpus, chosen, out_dir, val_fraction, vocab_size)
         print(f"{corpus.name}: {corpus.num_chars:,} characters in {len(corpus.documents):,} document(s)")
-    print(f"tokenizer: {kind}, vocabulary {meta['vocab_size']} ({meta['dtype']} token files)")
+    rows = padded_vocab(meta["vocab_size"])
+    padding = f"; a model's vocab_size: auto pads it to {rows}" if rows != meta["vocab_size"] else ""
+    print(f"tokenizer: {kind}, vocabulary {meta['vocab_size']} ({meta['dtype']} token files{padding})")
     masks = ", train.mask.bin, val.mask.bin" if meta.get("loss_mask") else ""
     print(
         f"wrote {out_dir}/train.bin ({meta['train_tokens']:,} tokens), "
@@ -184,6 +192,66 @@ def _val_losses(loaded, models, data_path, device) -> list[float | None]:
         raise UserError(f"data in {path} uses another tokenizer than {loaded.path}; pass --data DIR")
     batches = validation_batches(data, loaded.cfg)
     return [evaluate(m, batches, device, "float32") for m in models]
+
+
+def eval_command(args) -> None:
+    """Score a run on its val split, another prepared folder's, or a text file (see evaluation.py)."""
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise UserError(f"--max-tokens must be >= 1 (got {args.max_tokens})")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1 (got {args.batch_size})")
+    device = resolve_device(args.device, "--device")
+    loaded = ckpt.load_checkpoint(args.target, device)
+    tokenizer = loaded.tokenizer
+    mask, exact_bytes = None, None
+    if args.text:
+        text = _read_text(Path(args.text))
+        tokens, whole_text = evaluation.text_sequence(tokenizer, text, args.text)
+        if whole_text and tokenizer.byte_lengths() is None:
+            exact_bytes = len(text.encode("utf-8"))  # decoding window by window may drop spaces
+        what = f"{args.text} (one document)"
+    else:
+        path = args.data or loaded.info.get("data_path")
+        if not path:
+            raise UserError(f"{loaded.path} does not name its data; pass --data DIR or --text FILE")
+        data = load_data(path)
+        if data.tokenizer.fingerprint() != tokenizer.fingerprint():
+            raise UserError(f"data in {path} uses another tokenizer than {loaded.path}; pass --data DIR")
+        tokens, mask = evaluation.split_tokens(data.val)
+        what = f"{path} (val split)"
+    if args.max_tokens is not None and len(tokens) > args.max_tokens + 1:
+        tokens = tokens[: args.max_tokens + 1]
+        mask = None if mask is None else mask[: args.max_tokens + 1]
+        exact_bytes = None
+    dtype = loaded.cfg.device.dtype if device.type == "cuda" else "float32"
+    score = evaluation.score_sequence(
+        loaded.model, tokens, tokenizer, loaded.cfg.seq_len, device, dtype, args.batch_size, mask
+    )
+    if exact_bytes is not None:
+        score.bytes = exact_bytes
+    if args.json:
+        result = {"checkpoint": str(loaded.path), "step": loaded.info.get("step"), "source": what}
+        print(json.dumps({**result, **score.to_dict(), "context": loaded.cfg.seq_len}))
+        return
+    print(f"{loaded.path} (step {loaded.info.get('step')}) on {what}")
+    print(
+        f"loss {score.loss:.4f}   perplexity {score.perplexity:.3f}   bits per byte {score.bits_per_byte:.4f}"
+    )
+    print(
+        f"{score.tokens:,} tokens, {score.bytes:,} bytes ({score.bytes / score.tokens:.2f} bytes per token); "
+        f"windows of {loaded.cfg.seq_len} tokens, each token predicted once"
+    )
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"--text {path} not found; pass a UTF-8 text file") from None
+    except IsADirectoryError:
+        raise UserError(f"--text {path} is a folder; pass one UTF-8 text file") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"--text {path} is not UTF-8 (byte {err.start}); convert it to UTF-8") from None
 
 
 def info_command(preset, config, checkpoint, overrides) -> None:

@@ -62,12 +62,16 @@ def encode_documents(tokenizer: Tokenizer, documents: list[str], dtype: np.dtype
 
 
 def prepare(
-    corpus: Corpus, tokenizer_kind: str | Tokenizer, out_dir: str | Path, val_fraction: float = 0.1
+    corpus: Corpus,
+    tokenizer_kind: str | Tokenizer,
+    out_dir: str | Path,
+    val_fraction: float = 0.1,
+    vocab_size: int | None = None,
 ) -> dict:
     """Tokenize a corpus into out_dir and return its meta.json contents.
 
-    `tokenizer_kind` is char or byte (built from this corpus), or an existing Tokenizer (a
-    model's, to fine-tune it on this text).
+    `tokenizer_kind` is char, byte, bpe (trained on this corpus up to `vocab_size`) or gpt2, or an
+    existing Tokenizer (a model's, to fine-tune it on this text).
     """
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
@@ -79,7 +83,7 @@ def prepare(
     many_documents = len(corpus.documents) > 1
     tokenizer = tokenizer_kind
     if isinstance(tokenizer_kind, str):
-        tokenizer = build_tokenizer(tokenizer_kind, corpus.documents, with_eot=many_documents)
+        tokenizer = build_tokenizer(tokenizer_kind, corpus.documents, many_documents, vocab_size)
     dtype = token_dtype(tokenizer.vocab_size)
     train = encode_documents(tokenizer, train_docs, dtype)
     val = encode_documents(tokenizer, val_docs, dtype)
@@ -108,7 +112,11 @@ def prepare(
 
 
 def prepare_prompt_response(
-    records: Records, tokenizer_kind: str | Tokenizer, out_dir: str | Path, val_fraction: float = 0.1
+    records: Records,
+    tokenizer_kind: str | Tokenizer,
+    out_dir: str | Path,
+    val_fraction: float = 0.1,
+    vocab_size: int | None = None,
 ) -> dict:
     """Tokenize prompt/response pairs with a loss mask over the responses; the last val_fraction
     of the records (at least one) become the validation split. Returns meta.json's contents."""
@@ -116,7 +124,7 @@ def prepare_prompt_response(
     _check_out_dir(out_dir)
     tokenizer = tokenizer_kind
     if isinstance(tokenizer_kind, str):  # records must be separated, so that the model learns to stop
-        tokenizer = build_tokenizer(tokenizer_kind, [p + r for p, r in records.pairs], with_eot=True)
+        tokenizer = build_tokenizer(tokenizer_kind, [p + r for p, r in records.pairs], True, vocab_size)
     dtype = token_dtype(tokenizer.vocab_size)
     n_val = min(max(1, round(len(records.pairs) * val_fraction)), len(records.pairs) - 1)
     splits = {"train": records.pairs[:-n_val], "val": records.pairs[-n_val:]}
