@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="run folder (sets logging_config.output_dir)")
     train.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     train.add_argument("--no-progress", action="store_true", help="print log lines instead of a bar")
+    precision = train.add_mutually_exclusive_group()  # the tutorial's --fp16, and its bf16 twin
+    precision.add_argument("--fp16", action="store_true", help="same as device_config.dtype=float16")
+    precision.add_argument("--bf16", action="store_true", help="same as device_config.dtype=bfloat16")
+    train.add_argument("--compile", action="store_true", help="same as device_config.compile=true")
     train.add_argument(
         "overrides",
         nargs="*",
@@ -199,6 +203,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             overrides.append(f"data_config.path={args.data}")
         if args.out:
             overrides.append(f"logging_config.output_dir={args.out}")
+        if args.fp16 or args.bf16:
+            overrides.append(f"device_config.dtype={'float16' if args.fp16 else 'bfloat16'}")
+        if args.compile:
+            overrides.append("device_config.compile=true")
         if not args.preset and not args.config:
             raise UserError("choose a model: --preset tiny|nano|... or --config FILE.yaml")
         return commands.train_command(

@@ -130,11 +130,14 @@ class DeviceConfig(_Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     """Where to train: auto picks cuda, then mps, then cpu."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Autocast precision of the forward pass; weights and optimizer state stay float32."""
+    """Autocast precision of the forward pass; weights and optimizer state stay float32. float16
+    adds a GradScaler. float32 matmuls on CUDA use TF32 (Ampere and later)."""
     compile: bool = False
     """Compile the model with torch.compile (checkpoints still hold the plain module)."""
     threads: int | None = Field(None, gt=0)
     """CPU threads for PyTorch; empty leaves PyTorch's default."""
+    peak_tflops: float | None = Field(None, gt=0)
+    """Peak TFLOP/s per device that MFU divides by; empty measures this device's matmul ceiling."""
     enable_ddp: bool = False
     """Data parallel (DistributedDataParallel) over all processes; on by itself under torchrun."""
     enable_fsdp: bool = False

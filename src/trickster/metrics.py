@@ -123,6 +123,8 @@ CSV_FIELDS = (
     "grad_norm",
     "tokens_per_sec",
     "ms_per_step",
+    "mfu",
+    "peak_memory_gib",
 )
 
 
@@ -241,7 +243,7 @@ class MetricSinks:
             tb.add_text("run/config", _markdown_code(config), step)
         elif r["event"] == "train":
             for tag, key in TRAIN_SCALARS:
-                if key in r:
+                if r.get(key) is not None:
                     tb.add_scalar(tag, r[key], step)
         elif r["event"] == "eval":
             tb.add_scalar("loss/val", r["val_loss"], step)
@@ -277,7 +279,7 @@ class MetricSinks:
                 ) from None
         run, step = self._wandb, r["step"]
         if r["event"] == "train":
-            run.log({tag: r[key] for tag, key in TRAIN_SCALARS if key in r}, step=step)
+            run.log({tag: r[key] for tag, key in TRAIN_SCALARS if r.get(key) is not None}, step=step)
         elif r["event"] == "eval":
             values = {"loss/val": r["val_loss"], "val/perplexity": r["val_perplexity"]}
             if "sample" in r:
@@ -294,6 +296,8 @@ TRAIN_SCALARS = (
     ("optim/grad_norm", "grad_norm"),
     ("speed/tokens_per_sec", "tokens_per_sec"),
     ("speed/ms_per_step", "ms_per_step"),
+    ("speed/mfu", "mfu"),
+    ("memory/peak_gib", "peak_memory_gib"),
     ("tokens_seen", "tokens_seen"),
 )
 

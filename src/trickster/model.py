@@ -39,7 +39,7 @@ class RMSNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        x32 = x.float()
+        x32 = x.to(torch.promote_types(x.dtype, torch.float32))  # float64 stays float64
         inv_rms = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
         normed = x32 * inv_rms
         ctx.save_for_backward(normed, inv_rms, weight)
@@ -48,10 +48,11 @@ class RMSNormFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         normed, inv_rms, weight = ctx.saved_tensors
-        grad_normed = grad_out.float() * weight
+        grad_out32 = grad_out.to(normed.dtype)
+        grad_normed = grad_out32 * weight
         # d/dx of x * inv_rms(x): the projection of the gradient along `normed` is removed
         grad_x = (grad_normed - normed * (grad_normed * normed).mean(-1, keepdim=True)) * inv_rms
-        grad_weight = (grad_out.float() * normed).flatten(0, -2).sum(0)
+        grad_weight = (grad_out32 * normed).flatten(0, -2).sum(0)
         return grad_x.type_as(grad_out), grad_weight.type_as(weight), None
 
 

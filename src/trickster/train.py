@@ -31,6 +31,7 @@ from trickster.finetune import setup_finetuning
 from trickster.generate import generate
 from trickster.metrics import MetricSinks, NoMetrics, read_metrics, run_manifest
 from trickster.model import Transformer, flops_per_token, parameter_breakdown
+from trickster.speed import peak_flops
 from trickster.optim import build_optimizer, lr_at
 from trickster.tokenizers import Tokenizer
 
@@ -206,6 +207,9 @@ def train(
         echo, progress = (lambda *args: None), False
     if cfg.device.threads:
         torch.set_num_threads(cfg.device.threads)
+    if device.type == "cuda":  # float32 matmuls in TF32 on Ampere and later (ignored before)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(t.seed)
 
     # 2. data and tokenizer; the model's vocabulary follows the tokenizer
@@ -235,7 +239,7 @@ def train(
     optimizer = build_optimizer(model, t, device)
     sampler = BatchSampler(data.train, seq_len, t.batch_size, t.seed, job.rank, job.world_size)
     val_batches = validation_batches(data, cfg, job)
-    use_scaler = cfg.device.dtype == "float16" and device.type == "cuda"
+    use_scaler = cfg.device.dtype == "float16"
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     state = TrainState()
     if job.rank > 0:  # other dropout masks on each process (rank 0 draws as a single process would)
@@ -263,6 +267,8 @@ def train(
     _print_header(echo, cfg, data, params.total, device, tokens_per_step, resumed_from, job)
     for line in repairs + [f"changed on resume: {k} {old} -> {new}" for k, (old, new) in changed.items()]:
         echo(line)
+    step_flops = flops_per_token(cfg.model, seq_len) * tokens_per_step
+    peak = peak_flops(device, cfg.device.dtype, cfg.device.peak_tflops) if job.is_main else None
     if resumed_from is None:
         metrics.write(
             "start",
@@ -274,6 +280,8 @@ def train(
             parallel=job.mode,
             flops_per_token=flops_per_token(cfg.model, seq_len),
             device=str(device),
+            peak_flops_per_device=peak,
+            peak_source="device_config.peak_tflops" if cfg.device.peak_tflops else "measured matmul",
         )
 
     def info() -> dict:
@@ -387,6 +395,9 @@ def train(
                 train_loss = state.interval_loss_sum / state.interval_steps if state.interval_steps else None
                 tokens_per_sec = interval_tokens / elapsed if elapsed > 0 else 0.0
                 ms_per_step = 1000 * elapsed / (interval_tokens // tokens_per_step)  # steps timed here
+                # model FLOPs utilisation: the job's achieved FLOP/s over all devices' ceilings
+                mfu = step_flops / (ms_per_step / 1000) / (peak * job.world_size) if peak else None
+                memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
                 metrics.write(
                     "train",
                     state.step,
@@ -395,24 +406,31 @@ def train(
                     grad_norm=grad_norm if math.isfinite(grad_norm) else None,
                     tokens_per_sec=tokens_per_sec,
                     ms_per_step=ms_per_step,
+                    mfu=mfu,
+                    peak_memory_gib=memory,
                     tokens_seen=state.tokens_seen,
                     skipped_steps=state.skipped_steps,
                 )
                 shown = "n/a" if train_loss is None else f"{train_loss:.4f}"
+                shown_mfu = "" if mfu is None else f", MFU {mfu:.0%}"
                 bar.set_postfix(loss=shown, lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}")
                 if not show_bar:
                     detail = f", grad norm {grad_norm:.3f}, {ms_per_step:.1f} ms/step"
+                    if memory is not None:
+                        detail += f", peak memory {memory:.2f} GiB"
                     echo(
                         f"step {state.step:>6}: train loss {shown}, lr {lr:.2e}, "
-                        f"{tokens_per_sec:,.0f} tokens/s" + (detail if level == "debug" else "")
+                        f"{tokens_per_sec:,.0f} tokens/s{shown_mfu}" + (detail if level == "debug" else "")
                     )
                 state.interval_loss_sum, state.interval_steps = 0.0, 0
                 interval_start, interval_tokens = time.perf_counter(), 0
+            paused = time.perf_counter()  # evaluations and checkpoints do not count as training time
             if state.step % t.eval_every == 0 or last:
                 run_eval()
             stopping = dist.any_rank(stop.received is not None, job) and not last
             if (state.step % t.save_every == 0 or stopping) and not last:
                 save(ckpt.step_name(state.step))
+            interval_start += time.perf_counter() - paused
             if stopping:
                 exit_signal = stop.received or signal.SIGTERM  # another process was signalled
                 metrics.write("stopped", state.step, signal=signal.Signals(exit_signal).name)
@@ -456,6 +474,8 @@ def train_step(
     step_loss = 0.0
     for micro_step in range(accumulation):
         x, y = sampler.next_batch()
+        if device.type == "cuda":  # page-locked host memory lets the copy overlap the GPU's work
+            x, y = x.pin_memory(), y.pin_memory()
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         # gradients are averaged across processes once, on the last micro-batch
         with dist.gradient_sync(step_model, job, micro_step == accumulation - 1):

@@ -1,0 +1,49 @@
+"""How fast a device can multiply matrices, and what share of that a training run achieves (MFU).
+
+MFU here is achieved FLOP/s (tokens/s x `model.flops_per_token`) over the *measured* matmul ceiling
+of the run's device in the run's compute dtype: the median of timed square matmuls, measured once
+per process. A vendor's datasheet peak is higher than any real kernel reaches (and unknown for most
+CPUs), so a measured ceiling says more about what is left to gain on this machine.
+`device_config.peak_tflops` replaces the measurement (e.g. 989 for an H100 SXM's dense bf16 peak).
+"""
+
+from __future__ import annotations
+
+import functools
+import statistics
+import time
+
+import torch
+
+
+@functools.cache
+def matmul_ceiling(device_type: str, dtype_name: str, device_index: int | None = None) -> float:
+    """Median FLOP/s of square matmuls on this device and dtype (warm-up excluded)."""
+    device = torch.device(device_type, device_index) if device_index is not None else torch.device(device_type)
+    dtype = getattr(torch, dtype_name)
+    size = 8192 if device.type == "cuda" else 1024
+    # a private generator: the run's random streams (dropout, sampling) must not move
+    generator = torch.Generator(device).manual_seed(0)
+    a = torch.randn(size, size, device=device, generator=generator).to(dtype)
+    b = torch.randn(size, size, device=device, generator=generator).to(dtype)
+    times = []
+    for i in range(8):
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= 3:  # the first few runs pick kernels and warm caches
+            times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times)
+
+
+def peak_flops(device: torch.device, dtype_name: str, peak_tflops: float | None = None) -> float | None:
+    """The FLOP/s that MFU divides by: the configured peak, or the measured matmul ceiling.
+
+    float16 on a CPU has no fast matmul path to measure meaningfully, so MFU is left out there.
+    """
+    if peak_tflops:
+        return peak_tflops * 1e12
+    if device.type not in ("cpu", "cuda") or (device.type == "cpu" and dtype_name == "float16"):
+        return None
+    return matmul_ceiling(device.type, dtype_name, device.index)

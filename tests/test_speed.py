@@ -1,0 +1,120 @@
+"""Correctness of the fast paths (not their speed, which bench/ measures): the hand-written RMSNorm
+backward, float16 with a GradScaler, torch.compile, and the MFU the logs report."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from trickster import checkpoint as ckpt
+from trickster.cli import main
+from trickster.model import RMSNormFunction, Transformer
+from trickster.train import train
+
+
+def events(result, kind):
+    return [r for r in result.history if r["event"] == kind]
+
+
+def quiet(*args):
+    pass
+
+
+def test_rmsnorm_backward_matches_numerical_gradients():
+    x = torch.randn(3, 5, 8, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, w: RMSNormFunction.apply(a, w, 1e-5), (x, weight))
+
+
+def test_rmsnorm_matches_the_plain_formula_and_its_autograd():
+    x = torch.randn(4, 6, 32, requires_grad=True)
+    weight = torch.randn(32, requires_grad=True)
+    plain = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * weight
+    fast = RMSNormFunction.apply(x, weight, 1e-5)
+    assert torch.equal(plain, fast)  # the same operations in the same order
+    grad_out = torch.randn_like(plain)
+    expected = torch.autograd.grad(plain, (x, weight), grad_out)
+    got = torch.autograd.grad(fast, (x, weight), grad_out)
+    for a, b in zip(expected, got, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_float16_with_a_grad_scaler_tracks_float32(micro, tmp_path):
+    steps = {"max_steps": 4, "warmup_steps": 1, "eval_every": 4, "eval_batches": 1, "save_every": 4}
+    base = train(micro(training_config=steps), echo=quiet)
+    cfg = micro(
+        training_config=steps,
+        device_config={"dtype": "float16"},
+        logging_config={"output_dir": str(tmp_path / "fp16")},
+    )
+    fp16 = train(cfg, echo=quiet)
+    for a, b in zip(events(base, "train"), events(fp16, "train"), strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=0.03)
+    trainer = torch.load(tmp_path / "fp16" / "checkpoints" / "final" / "trainer.pt", weights_only=True)
+    assert trainer["scaler"]["scale"] > 0  # the scaler's state travels with the checkpoint
+
+
+@pytest.mark.slow
+def test_compiled_training_tracks_eager_and_saves_a_plain_model(micro, tmp_path):
+    steps = {
+        "max_steps": 4,
+        "warmup_steps": 1,
+        "log_every": 1,
+        "eval_every": 4,
+        "save_every": 4,
+        "sample_tokens": 0,
+    }
+    eager = train(micro(training_config=steps), echo=quiet)
+    run = tmp_path / "compiled"
+    cfg = micro(
+        training_config=steps,
+        device_config={"compile": True},
+        logging_config={"output_dir": str(run)},
+    )
+    compiled = train(cfg, echo=quiet)
+    for a, b in zip(events(eager, "train"), events(compiled, "train"), strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+    # the checkpoint holds the plain module's names (no "_orig_mod." prefix) and loads into one
+    weights = load_file(run / "checkpoints" / "final" / "model.safetensors")
+    assert not any("_orig_mod" in name for name in weights)
+    plain = Transformer(compiled.cfg.model)
+    ckpt.load_weights(plain, run / "checkpoints" / "final" / ckpt.WEIGHTS)
+    x = torch.randint(0, 60, (1, 16))
+    eager_model = Transformer(eager.cfg.model)
+    ckpt.load_weights(eager_model, eager.run_dir / "checkpoints" / "final" / ckpt.WEIGHTS)
+    torch.testing.assert_close(plain(x)[0], eager_model(x)[0], rtol=1e-3, atol=1e-4)
+
+
+def test_mfu_in_the_logs_is_achieved_flops_over_the_peak(micro):
+    peak_tflops = 0.5
+    result = train(micro(device_config={"peak_tflops": peak_tflops}), echo=quiet)
+    start = events(result, "start")[0]
+    assert start["peak_flops_per_device"] == peak_tflops * 1e12
+    assert start["peak_source"] == "device_config.peak_tflops"
+    for r in events(result, "train"):
+        flops_per_sec = start["flops_per_token"] * start["tokens_per_step"] / (r["ms_per_step"] / 1000)
+        assert r["mfu"] == pytest.approx(flops_per_sec / (peak_tflops * 1e12))
+        assert r["peak_memory_gib"] is None  # only measured on CUDA
+
+
+def test_mfu_against_the_measured_ceiling_is_a_plausible_fraction(micro):
+    result = train(micro(training_config={"max_steps": 6, "eval_every": 6, "save_every": 6}), echo=quiet)
+    start = events(result, "start")[0]
+    assert start["peak_source"] == "measured matmul" and start["peak_flops_per_device"] > 1e9
+    assert all(0 < r["mfu"] < 1.5 for r in events(result, "train"))
+
+
+def test_fp16_and_compile_flags_set_the_config(shakespeare_dir, tmp_path):
+    out = tmp_path / "run"
+    argv = ["train", "--preset", "tiny", "--data", str(shakespeare_dir), "--out", str(out), "--fp16"]
+    overrides = [
+        "training_config.max_steps=1",
+        "training_config.warmup_steps=0",
+        "model_config.max_seq_len=32",
+        "training_config.batch_size=2",
+    ]
+    assert main(argv + ["--no-progress", *overrides]) == 0
+    saved = (out / "config.yaml").read_text()
+    assert "dtype: float16" in saved and "compile: false" in saved
+    with pytest.raises(SystemExit) as exit_info:  # one precision at a time
+        main(["train", "--preset", "tiny", "--fp16", "--bf16"])
+    assert exit_info.value.code == 2
