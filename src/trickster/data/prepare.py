@@ -228,7 +228,9 @@ def _tokenizer_for(
 def _all_texts(source: Source, progress: bool, what: str) -> Iterator[str]:
     from tqdm import tqdm
 
-    with tqdm(total=source.total_bytes, unit="B", unit_scale=True, desc=what, disable=not progress) as bar:
+    with tqdm(
+        total=source.total_bytes, unit="B", unit_scale=True, desc=what, disable=None if progress else True
+    ) as bar:
         for text, _ in _documents(source, 0.0):
             bar.update(len(text))
             yield text
@@ -428,7 +430,7 @@ def _tokenize_all(
         unit="B",
         unit_scale=True,
         desc="tokenizing",
-        disable=not progress,
+        disable=None if progress else True,  # None: only on a terminal
     )
     try:
         for count, encoded in _encoded_in_order(chunks, tokenizer, workers, (val_fraction, dtype)):

@@ -336,6 +336,11 @@ def tinystories(dataset: str = TINYSTORIES) -> Source:
 
 def _open_hf(dataset: str, config: str | None, split: str):
     datasets = _require("datasets", "Hugging Face datasets need the `datasets` package")
+    import huggingface_hub
+
+    # their retry warnings would bury the one line that says what is wrong
+    datasets.logging.set_verbosity_error()
+    huggingface_hub.utils.logging.set_verbosity_error()
     where = Path(dataset)
     fix = (
         "check the name (and --config/--split) on huggingface.co/datasets and your connection, "
