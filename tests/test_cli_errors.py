@@ -305,6 +305,50 @@ def _partial_with_other_settings(env: Env) -> list[str]:
     return ["data", "prepare", "text", texts, "--tokenizer", "byte", "--out", str(out)]
 
 
+def _gpt2_offline(env: Env) -> list[str]:
+    """No tiktoken cache and no network: tiktoken's download fails as it would offline."""
+    pytest.importorskip("tiktoken")
+    import tiktoken.load
+    import tiktoken.registry
+
+    from trickster import tokenizers
+
+    def offline(url):
+        raise ConnectionError(f"cannot reach {url}")
+
+    env.monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(env.tmp / "empty-cache"))
+    env.monkeypatch.setattr(tiktoken.load, "read_file", offline)
+    env.monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})  # forget an encoding loaded earlier
+    # a fresh memo for the duration of the case (restored afterwards with the old one)
+    env.monkeypatch.setattr(
+        tokenizers, "_gpt2_encoding", functools.cache(tokenizers._gpt2_encoding.__wrapped__)
+    )
+    corpus = env.write("gpt2.txt", "some text\n")
+    return ["data", "prepare", "text", corpus, "--tokenizer", "gpt2", "--out", str(env.tmp / "gpt2")]
+
+
+def _prepare_with(*flags: str) -> Build:
+    def build(env: Env) -> list[str]:
+        corpus = env.write("corpus.txt", "To be, or not to be, that is the question.\n" * 20)
+        return ["data", "prepare", "text", corpus, *flags, "--out", str(env.tmp / "out")]
+
+    return build
+
+
+def _eval_text(content: str | bytes, *flags: str) -> Build:
+    def build(env: Env) -> list[str]:
+        return ["eval", str(env.run), "--text", env.write("held-out.txt", content), "--device", "cpu", *flags]
+
+    return build
+
+
+def _eval_other_tokenizer(env: Env) -> list[str]:
+    data = env.prepare_text(
+        "some unrelated text with its own characters 0123456789\n" * 40, name="other", tokenizer="byte"
+    )
+    return ["eval", str(env.run), "--data", data, "--device", "cpu"]
+
+
 def _compare_other_tokenizer(env: Env) -> list[str]:
     data = env.prepare_text(
         "some unrelated text with its own characters 0123456789\n" * 40, name="other", tokenizer="byte"
@@ -646,9 +690,9 @@ CASES = [
     case("prepare-without-source", lambda env: ["data", "prepare"], "required", "source"),
     case(
         "prepare-unknown-tokenizer",
-        lambda env: ["data", "prepare", "python-stdlib", "--tokenizer", "bpe"],
+        lambda env: ["data", "prepare", "python-stdlib", "--tokenizer", "wordpiece"],
         "--tokenizer",
-        "invalid choice: 'bpe'",
+        "invalid choice: 'wordpiece'",
     ),
     # ---- data folders
     case(
@@ -896,6 +940,34 @@ CASES = [
         lambda env: ["quickstart", "--path", str(env.tmp / "missing.txt")],
         "missing.txt not found",
     ),
+    # ---- tokenizers
+    case(
+        "prepare-bpe-vocab-too-small",
+        _prepare_with("--tokenizer", "bpe", "--vocab-size", "100"),
+        "too small",
+        "4096",
+    ),
+    case(
+        "prepare-vocab-size-without-bpe",
+        _prepare_with("--tokenizer", "char", "--vocab-size", "300"),
+        "--vocab-size applies to --tokenizer bpe only",
+    ),
+    case(
+        "prepare-gpt2-offline-without-cache", _gpt2_offline, "TIKTOKEN_CACHE_DIR", "not in tiktoken's cache"
+    ),
+    # ---- eval
+    case("eval-missing-run-dir", lambda env: ["eval", str(env.tmp / "runs" / "nope")], "nope not found"),
+    case(
+        "eval-missing-text",
+        lambda env: ["eval", str(env.run), "--text", str(env.tmp / "gone.txt")],
+        "not found",
+    ),
+    case("eval-text-not-utf8", _eval_text("caf\xe9\n".encode("latin-1")), "not UTF-8", "convert"),
+    case("eval-empty-text", _eval_text(""), "is empty"),
+    case("eval-text-too-short", _eval_text("a"), "too short", "at least 2"),
+    case("eval-unknown-character", _eval_text("ROMEO: \u00a7\n"), "not in this model's character vocabulary"),
+    case("eval-max-tokens-zero", _eval_text("ROMEO: hi\n", "--max-tokens", "0"), "--max-tokens must be >= 1"),
+    case("eval-data-other-tokenizer", _eval_other_tokenizer, "uses another tokenizer", "--data"),
     # ---- checkpoints
     case(
         "generate-missing-run-dir",

@@ -201,3 +201,19 @@ def test_jsonl_text_field_and_template_and_parquet_give_plain_documents(tmp_path
     assert sorted(split_documents(data, data.train) + split_documents(data, data.val)) == sorted(
         f"{d[:10]}|{d[10:]}" for d in docs
     )
+
+
+def test_bpe_is_trained_on_the_stream_and_encodes_the_same_in_worker_processes(small_shards, tmp_path):
+    pytest.importorskip("tokenizers")
+    paths = [str(small_shards / "texts")]
+    one = prepare(
+        sources.text_files(paths), "bpe", tmp_path / "one", vocab_size=300, workers=1, chunk_chars=300
+    )
+    two = prepare(
+        sources.text_files(paths), "bpe", tmp_path / "two", vocab_size=300, workers=2, chunk_chars=300
+    )
+    assert one["vocab_size"] == 300 and one["dtype"] == "uint16"
+    assert one["tokens_sha256"] == two["tokens_sha256"]
+    data = load_data(tmp_path / "two")
+    docs = split_documents(data, data.train) + split_documents(data, data.val)
+    assert sorted(docs) == sorted(stories(80))

@@ -105,9 +105,11 @@ def test_export_of_a_trained_char_model_loads_in_transformers(trained_run, tmp_p
     assert theirs.config.tie_word_embeddings
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     chars = load_tokenizer(trained_run / "tokenizer.json").vocab_size
-    assert (
-        config["architectures"] == ["LlamaForCausalLM"] and config["vocab_size"] == hf_tok.vocab_size == chars
-    )
+    assert config["architectures"] == ["LlamaForCausalLM"] and hf_tok.vocab_size == chars == 61
+    # vocab_size: auto padded the embedding to 64 rows; generation never picks the 3 pad rows
+    assert config["vocab_size"] == 64
+    generation = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
+    assert generation["suppress_tokens"] == [61, 62, 63]
 
 
 def test_export_byte_gqa_untied_with_unused_rows(tmp_path):

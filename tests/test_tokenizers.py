@@ -2,8 +2,17 @@ import json
 
 import pytest
 
+from trickster import tokenizers
 from trickster.errors import UserError
-from trickster.tokenizers import ByteTokenizer, CharTokenizer, build_tokenizer, load_tokenizer
+from trickster.tokenizers import (
+    EOT_TEXT,
+    ByteTokenizer,
+    CharTokenizer,
+    build_tokenizer,
+    from_dict,
+    load_tokenizer,
+    tiktoken_cache_file,
+)
 
 from .conftest import EXCERPT
 
@@ -53,7 +62,7 @@ def test_out_of_range_ids_never_crash_decoding():
     assert ByteTokenizer().decode([97, 300]) == "a"
 
 
-@pytest.mark.parametrize("kind", ["char", "byte"])
+@pytest.mark.parametrize("kind", ["char", "byte", "bpe"])
 def test_save_and_load_roundtrip(tmp_path, kind):
     tok = build_tokenizer(kind, ["To be, or not to be"], with_eot=True)
     tok.save(tmp_path / "tokenizer.json")
@@ -70,3 +79,112 @@ def test_damaged_tokenizer_file_is_a_user_error(tmp_path):
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(UserError, match="not a valid tokenizer"):
         load_tokenizer(tmp_path / "tokenizer.json")
+
+
+# --------------------------------------------------------------------------- bpe (trained here)
+
+LINES = [
+    "To be, or not to be, that is the question:",
+    "Whether 'tis nobler in the mind to suffer",
+    "The slings and arrows of outrageous fortune,",
+    "Or to take arms against a sea of troubles",
+] * 5
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    return build_tokenizer("bpe", (line for line in LINES), with_eot=False, vocab_size=400)
+
+
+def test_bpe_learns_merges_up_to_the_requested_vocabulary(bpe):
+    assert 258 < bpe.vocab_size <= 400  # 256 bytes + 2 specials + merges learned from the lines
+    assert (bpe.eot_id, bpe.pad_id) == (0, 1)
+    text = "To be, or not to be"
+    ids = bpe.encode(text)
+    assert len(ids) == 7  # each word (with its leading space) and the comma became one token
+    assert bpe.decode(ids) == text
+
+
+def test_bpe_encodes_any_text_even_unseen_bytes(bpe):
+    text = "naïve 日本語 🎭\n\ttabs"
+    assert bpe.decode(bpe.encode(text)) == text
+
+
+def test_bpe_reads_literal_end_of_text_as_plain_text(bpe):
+    ids = bpe.encode(f"a{EOT_TEXT}b")
+    assert bpe.eot_id not in ids
+    assert bpe.decode([*bpe.encode("a"), bpe.eot_id, *bpe.encode("b")]) == "ab"  # eot decodes to nothing
+
+
+def test_bpe_batch_encoding_and_rebuilt_copy_match(bpe):
+    texts = ["To be, or not", "", "sea of troubles 日本"]
+    assert bpe.encode_batch(texts) == [bpe.encode(t) for t in texts]
+    copy = from_dict(bpe.to_dict())  # what a data worker process does
+    assert copy.encode_batch(texts) == bpe.encode_batch(texts)
+    assert copy.fingerprint() == bpe.fingerprint()
+
+
+def test_bpe_stream_decoder_matches_decode(bpe):
+    ids = bpe.encode("outrageous 日本 fortune")
+    decode_next = bpe.stream_decoder()
+    assert "".join(decode_next(i) for i in ids) + decode_next(None) == "outrageous 日本 fortune"
+
+
+def test_bpe_vocab_size_below_the_byte_alphabet_is_a_user_error():
+    with pytest.raises(UserError, match="--vocab-size 100 is too small for bpe"):
+        build_tokenizer("bpe", LINES, with_eot=False, vocab_size=100)
+    with pytest.raises(UserError, match="--vocab-size applies to the bpe tokenizer only"):
+        build_tokenizer("char", LINES, with_eot=False, vocab_size=400)
+
+
+# --------------------------------------------------------------------------- gpt2 (tiktoken)
+
+
+def gpt2_or_skip():
+    pytest.importorskip("tiktoken")
+    if not tiktoken_cache_file().is_file():
+        pytest.skip(
+            f"GPT-2's ranks are not in tiktoken's cache ({tiktoken_cache_file()}); "
+            "seed it with scripts/seed_tiktoken_cache.py"
+        )
+    return build_tokenizer("gpt2", [], with_eot=False)
+
+
+def test_gpt2_matches_the_published_ids():
+    tok = gpt2_or_skip()
+    assert (tok.vocab_size, tok.eot_id) == (50257, 50256)
+    assert tok.encode("Hello world") == [15496, 995]  # GPT-2's well-known ids
+    assert tok.encode(EOT_TEXT) != [50256]  # literal text is never the special id
+    assert tok.decode([15496, 50256, 995]) == "Hello world"
+
+
+def test_gpt2_roundtrips_and_streams_split_characters():
+    tok = gpt2_or_skip()
+    text = "naïve 日本語 🎭"
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text
+    decode_next = tok.stream_decoder()
+    pieces = [decode_next(i) for i in ids] + [decode_next(None)]
+    assert "".join(pieces) == text and "\ufffd" not in "".join(pieces)
+    assert tok.encode_batch(["Hello world", text]) == [[15496, 995], ids]
+    assert tok.to_dict() == {"kind": "gpt2"} and from_dict(tok.to_dict()).encode(text) == ids
+
+
+def test_gpt2_offline_without_cache_is_a_user_error(tmp_path, monkeypatch):
+    pytest.importorskip("tiktoken")
+    import tiktoken.load
+    import tiktoken.registry
+
+    def offline(url):
+        raise ConnectionError(f"cannot reach {url}")
+
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(tiktoken.load, "read_file", offline)
+    monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})  # forget an encoding loaded earlier
+    tokenizers._gpt2_encoding.cache_clear()
+    try:
+        with pytest.raises(UserError, match="TIKTOKEN_CACHE_DIR") as err:
+            build_tokenizer("gpt2", [], with_eot=False)
+        assert str(tmp_path / "empty-cache") in str(err.value)
+    finally:
+        tokenizers._gpt2_encoding.cache_clear()

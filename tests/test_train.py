@@ -19,7 +19,7 @@ from trickster.errors import UserError
 from trickster.generate import generate
 from trickster.optim import lr_at
 from trickster.tokenizers import load_tokenizer
-from trickster.train import Transformer, train
+from trickster.train import Transformer, padded_vocab, train
 
 from .conftest import micro_config
 
@@ -93,7 +93,8 @@ def test_run_folder_holds_config_tokenizer_metrics_and_checkpoints(micro):
     best = json.loads((run / "checkpoints" / "best" / "info.json").read_text())
     assert best["val_loss"] == min(r["val_loss"] for r in eval_events[1:])
     saved = config_from_dict(yaml.safe_load((run / "config.yaml").read_text()))
-    assert saved.model.vocab_size == load_tokenizer(run / "tokenizer.json").vocab_size  # auto resolved
+    # auto resolved: the tokenizer's 61 characters padded to 64 rows
+    assert saved.model.vocab_size == padded_vocab(load_tokenizer(run / "tokenizer.json").vocab_size) == 64
 
 
 def test_resume_from_a_mid_run_checkpoint_matches_the_uninterrupted_run(micro, tmp_path):

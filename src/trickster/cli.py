@@ -1,4 +1,4 @@
-"""`trickster data|train|generate|compare|info|export|import|plan|report|runs|quickstart`: thin
+"""`trickster data|train|generate|compare|eval|info|export|import|plan|report|runs|quickstart`: thin
 wrappers over the library.
 
 Every error a user can fix is a UserError: one line on stderr, exit status 2, no traceback.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from trickster.errors import UserError
 
-TOKENIZER_CHOICES = ("char", "byte")
+TOKENIZER_CHOICES = ("char", "byte", "bpe", "gpt2")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,11 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     for source in sources.choices.values():
         source.add_argument("--tokenizer", choices=TOKENIZER_CHOICES, help="build a new one (default char)")
         source.add_argument(
+            "--vocab-size", type=int, metavar="N", help="bpe: the vocabulary to train up to (default 4096)"
+        )
+        source.add_argument(
             "--tokenizer-from",
             metavar="RUN_DIR|CHECKPOINT|FILE",
             help="use a model's tokenizer instead (to fine-tune that model on this data)",
         )
-        source.add_argument("--vocab-size", type=int, help="vocabulary of a trained tokenizer (bpe)")
         source.add_argument("--out", help="output folder (default data/SOURCE-TOKENIZER)")
         source.add_argument("--val-fraction", type=float, default=0.1)
         source.add_argument("--workers", type=int, help="tokenizing processes (default: one per CPU)")
@@ -103,6 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
     _add_sampling_args(compare)
     compare.add_argument("--data", help="data folder for the validation losses (default: the run's)")
+
+    # eval
+    ev = commands.add_parser("eval", help="loss, perplexity and bits per byte on held-out text")
+    ev.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
+    source = ev.add_mutually_exclusive_group()
+    source.add_argument(
+        "--data", metavar="DIR", help="a prepared data folder: its val split (default: the run's)"
+    )
+    source.add_argument("--text", metavar="FILE", help="a UTF-8 text file, scored as one document")
+    ev.add_argument("--max-tokens", type=int, metavar="N", help="score at most the first N tokens")
+    ev.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
+    ev.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    ev.add_argument("--json", action="store_true", help="one JSON object instead of the table")
 
     # info
     info = commands.add_parser("info", help="parameter breakdown and FLOPs per token")
@@ -225,6 +240,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "compare":
         commands.compare_command(args)
+        return 0
+    if args.command == "eval":
+        commands.eval_command(args)
         return 0
     if args.command == "info":
         commands.info_command(args.preset, args.config, args.checkpoint, args.overrides)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import torch
 import yaml
 
 from trickster import checkpoint as ckpt
-from trickster import dist
+from trickster import dist, evaluation
 from trickster.config import Config, load_config
 from trickster.data import sources
 from trickster.data.loader import load_data
@@ -19,7 +20,7 @@ from trickster.errors import UserError
 from trickster.generate import generate
 from trickster.model import Transformer, flops_per_token, parameter_breakdown
 from trickster.tokenizers import load_tokenizer
-from trickster.train import evaluate, resolve_device, run_dir_in_use, train, validation_batches
+from trickster.train import evaluate, padded_vocab, resolve_device, run_dir_in_use, train, validation_batches
 
 
 def prepare_data(
@@ -47,8 +48,10 @@ def prepare_data(
         raise UserError("give either --tokenizer (a new one) or --tokenizer-from (a model's), not both")
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be at least 1 (got {workers})")
-    if vocab_size is not None and vocab_size < 1:
-        raise UserError(f"--vocab-size must be at least 1 (got {vocab_size})")
+    if vocab_size is not None and tokenizer != "bpe":
+        raise UserError(
+            f"--vocab-size applies to --tokenizer bpe only (got --tokenizer {tokenizer or 'char'})"
+        )
     chosen = _tokenizer_from(tokenizer_from) if tokenizer_from else (tokenizer or "char")
     kind = chosen if isinstance(chosen, str) else chosen.kind
     out_dir = Path(out or f"data/{source}-{kind}")
@@ -56,7 +59,7 @@ def prepare_data(
         if len(paths) != 1:
             raise UserError("--format prompt-response reads one file; pass one FILE (or use --text-field)")
         records = sources.jsonl_prompt_response(paths[0])
-        meta = prepare_prompt_response(records, chosen, out_dir, val_fraction)
+        meta = prepare_prompt_response(records, chosen, out_dir, val_fraction, vocab_size)
         print(
             f"{records.name}: {len(records.pairs):,} prompt/response records "
             f"({meta['train_records']:,} train, {meta['val_records']:,} val)"
@@ -81,7 +84,9 @@ def prepare_data(
         f"{meta['source']}: {meta['input_bytes'] / 1e6:,.1f} MB of text in {meta['documents']:,} document(s) "
         f"({meta['train_documents']:,} train, {meta['val_documents']:,} val; validation: {meta['val_split']})"
     )
-    print(f"tokenizer: {kind}, vocabulary {meta['vocab_size']} ({meta['dtype']} token shards)")
+    print(
+        f"tokenizer: {kind}, vocabulary {meta['vocab_size']} ({meta['dtype']} token shards{_padding(meta)})"
+    )
     print(
         f"wrote {out_dir}: train {meta['train_tokens']:,} tokens in {meta['train_shards']} shard(s), "
         f"val {meta['val_tokens']:,} tokens in {meta['val_shards']} shard(s), index.json, meta.json, "
@@ -110,8 +115,13 @@ def _text_source(
     raise UserError(f"unknown source '{source}'")
 
 
+def _padding(meta: dict) -> str:
+    rows = padded_vocab(meta["vocab_size"])
+    return f"; a model's vocab_size: auto pads it to {rows}" if rows != meta["vocab_size"] else ""
+
+
 def _print_flat(out_dir: Path, kind: str, meta: dict) -> None:
-    print(f"tokenizer: {kind}, vocabulary {meta['vocab_size']} ({meta['dtype']} token files)")
+    print(f"tokenizer: {kind}, vocabulary {meta['vocab_size']} ({meta['dtype']} token files{_padding(meta)})")
     print(
         f"wrote {out_dir}/train.bin ({meta['train_tokens']:,} tokens), "
         f"val.bin ({meta['val_tokens']:,} tokens), train.mask.bin, val.mask.bin, meta.json, tokenizer.json"
@@ -237,6 +247,66 @@ def _val_losses(loaded, models, data_path, device) -> list[float | None]:
         raise UserError(f"data in {path} uses another tokenizer than {loaded.path}; pass --data DIR")
     batches = validation_batches(data, loaded.cfg)
     return [evaluate(m, batches, device, "float32") for m in models]
+
+
+def eval_command(args) -> None:
+    """Score a run on its val split, another prepared folder's, or a text file (see evaluation.py)."""
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise UserError(f"--max-tokens must be >= 1 (got {args.max_tokens})")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1 (got {args.batch_size})")
+    device = resolve_device(args.device, "--device")
+    loaded = ckpt.load_checkpoint(args.target, device)
+    tokenizer = loaded.tokenizer
+    mask, exact_bytes = None, None
+    if args.text:
+        text = _read_text(Path(args.text))
+        tokens, whole_text = evaluation.text_sequence(tokenizer, text, args.text)
+        if whole_text and tokenizer.byte_lengths() is None:
+            exact_bytes = len(text.encode("utf-8"))  # decoding window by window may drop spaces
+        what = f"{args.text} (one document)"
+    else:
+        path = args.data or loaded.info.get("data_path")
+        if not path:
+            raise UserError(f"{loaded.path} does not name its data; pass --data DIR or --text FILE")
+        data = load_data(path)
+        if data.tokenizer.fingerprint() != tokenizer.fingerprint():
+            raise UserError(f"data in {path} uses another tokenizer than {loaded.path}; pass --data DIR")
+        tokens, mask = evaluation.split_tokens(data.val)
+        what = f"{path} (val split)"
+    if args.max_tokens is not None and len(tokens) > args.max_tokens + 1:
+        tokens = tokens[: args.max_tokens + 1]
+        mask = None if mask is None else mask[: args.max_tokens + 1]
+        exact_bytes = None
+    dtype = loaded.cfg.device.dtype if device.type == "cuda" else "float32"
+    score = evaluation.score_sequence(
+        loaded.model, tokens, tokenizer, loaded.cfg.seq_len, device, dtype, args.batch_size, mask
+    )
+    if exact_bytes is not None:
+        score.bytes = exact_bytes
+    if args.json:
+        result = {"checkpoint": str(loaded.path), "step": loaded.info.get("step"), "source": what}
+        print(json.dumps({**result, **score.to_dict(), "context": loaded.cfg.seq_len}))
+        return
+    print(f"{loaded.path} (step {loaded.info.get('step')}) on {what}")
+    print(
+        f"loss {score.loss:.4f}   perplexity {score.perplexity:.3f}   bits per byte {score.bits_per_byte:.4f}"
+    )
+    print(
+        f"{score.tokens:,} tokens, {score.bytes:,} bytes ({score.bytes / score.tokens:.2f} bytes per token); "
+        f"windows of {loaded.cfg.seq_len} tokens, each token predicted once"
+    )
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"--text {path} not found; pass a UTF-8 text file") from None
+    except IsADirectoryError:
+        raise UserError(f"--text {path} is a folder; pass one UTF-8 text file") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"--text {path} is not UTF-8 (byte {err.start}); convert it to UTF-8") from None
 
 
 def info_command(preset, config, checkpoint, overrides) -> None:

@@ -2,11 +2,15 @@
 
 - `char`: one id per character seen in the corpus (65 for Tiny Shakespeare).
 - `byte`: one id per UTF-8 byte (256); decodes any byte sequence, invalid ones as U+FFFD.
+- `bpe`: a byte-level BPE trained on the corpus with Hugging Face `tokenizers` (GPT-2's
+  pre-tokenizer, so any text encodes); always carries `<|endoftext|>` (id 0) and `<|pad|>` (id 1).
+- `gpt2`: GPT-2's own BPE through `tiktoken` (50257 ids, end-of-text 50256). tiktoken fetches its
+  ranks file once and caches it (TIKTOKEN_CACHE_DIR); only {"kind": "gpt2"} is saved.
 - `hf`: a Hugging Face `tokenizer.json` (BPE, SentencePiece-style, ...), as brought in by
   `trickster import hf`; needs the `tokenizers` package (`pip install 'nano-trickster[hf]'`).
 
-Either of the first two may carry an end-of-text token (the id after the last symbol) when the
-corpus has several documents. A tokenizer is saved as `tokenizer.json` next to the data and inside
+char and byte may carry an end-of-text token (the id after the last symbol) when the corpus has
+several documents. A tokenizer is saved as `tokenizer.json` next to the data and inside
 every checkpoint. `bos_id` is the id that starts every sequence (documents, prompts), for the
 tokenizers that have one (Llama's `<s>`); char and byte have none.
 """
@@ -14,16 +18,28 @@ tokenizers that have one (Llama's `<s>`); char and byte have none.
 from __future__ import annotations
 
 import codecs
+import functools
 import hashlib
 import json
-from collections.abc import Callable, Iterable
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+
+import numpy as np
 
 from trickster.errors import UserError
 
 EOT_TEXT = "<|endoftext|>"
-KINDS = ("char", "byte", "hf")
+PAD_TEXT = "<|pad|>"
+KINDS = ("char", "byte", "bpe", "gpt2", "hf")
 HF_EXTRA = "pip install 'nano-trickster[hf]'"
+DEFAULT_BPE_VOCAB = 4096
+# GPT-2's BPE: tiktoken's r50k_base holds exactly GPT-2's ranks, pattern and <|endoftext|> = 50256,
+# in one file (its "gpt2" encoding fetches the same ranks as two older files)
+GPT2_ENCODING = "r50k_base"
+GPT2_RANKS_URL = "https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken"
+GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 
 
 class Tokenizer:
@@ -41,6 +57,24 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         raise NotImplementedError
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Many documents at once; bpe and gpt2 encode them in parallel native threads."""
+        return [self.encode(text) for text in texts]
+
+    def byte_lengths(self) -> list[int] | None:
+        """UTF-8 bytes each id stands for (0 for special ids), or None where pieces depend on their
+        neighbours (count_bytes then decodes). Bits per byte divides by these."""
+        return None
+
+    def count_bytes(self, ids: Sequence[int]) -> int:
+        """UTF-8 bytes of the text that `ids` encode."""
+        lengths = self.byte_lengths()
+        if lengths is None:
+            return len(self.decode(ids).encode("utf-8"))
+        table = np.asarray([*lengths, 0], dtype=np.int64)  # the extra 0 counts ids past the vocabulary
+        ids = np.asarray(ids, dtype=np.int64)
+        return int(table[np.where((ids >= 0) & (ids < len(lengths)), ids, len(lengths))].sum())
 
     def decode(self, ids: Iterable[int]) -> str:
         decode_next = self.stream_decoder()
@@ -102,6 +136,9 @@ class CharTokenizer(Tokenizer):
 
         return decode_next
 
+    def byte_lengths(self) -> list[int]:
+        return [len(c.encode("utf-8")) for c in self.chars] + [0] * (self.eot_id is not None)
+
     def to_dict(self) -> dict:
         return {"kind": "char", "chars": self.chars, "eot": self.eot_id is not None}
 
@@ -131,6 +168,9 @@ class ByteTokenizer(Tokenizer):
             return decoder.decode(bytes([token]))
 
         return decode_next
+
+    def byte_lengths(self) -> list[int]:
+        return [1] * 256 + [0] * (self.eot_id is not None)
 
     def to_dict(self) -> dict:
         return {"kind": "byte", "eot": self.eot_id is not None}
@@ -168,6 +208,9 @@ class HFTokenizer(Tokenizer):
     def encode(self, text: str) -> list[int]:
         return self.backend.encode(text, add_special_tokens=False).ids
 
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+
     def decode(self, ids: Iterable[int]) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=True)
 
@@ -193,6 +236,139 @@ class HFTokenizer(Tokenizer):
         return {"kind": "hf", "tokenizer": self.tokenizer_json, "config": self.config}
 
 
+class BPETokenizer(HFTokenizer):
+    """A byte-level BPE trained on the corpus: GPT-2's pre-tokenizer and byte alphabet (every text
+    encodes, nothing is unknown) and two special tokens, `<|endoftext|>` (0) and `<|pad|>` (1).
+
+    Text that happens to contain "<|endoftext|>" is encoded as ordinary text, never as the special
+    id, so only the data preparation decides where documents end (as tiktoken's encode_ordinary).
+    """
+
+    kind = "bpe"
+
+    def __init__(self, tokenizer_json: dict):
+        config = {"eos_token": EOT_TEXT, "pad_token": PAD_TEXT, "tokenizer_class": "PreTrainedTokenizerFast"}
+        super().__init__(tokenizer_json, config)
+        self.backend.encode_special_tokens = True
+        self.pad_id = self.backend.token_to_id(PAD_TEXT)
+        if self.eot_id is None or self.pad_id is None:
+            raise ValueError(f"a bpe tokenizer must hold {EOT_TEXT} and {PAD_TEXT}")
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int | None = None) -> BPETokenizer:
+        """Learn merges from `texts` (read once, so a generator will do) up to vocab_size ids."""
+        tokenizers = require_tokenizers()
+        vocab_size = DEFAULT_BPE_VOCAB if vocab_size is None else vocab_size
+        alphabet = tokenizers.pre_tokenizers.ByteLevel.alphabet()
+        smallest = len(alphabet) + 2
+        if vocab_size < smallest:
+            raise UserError(
+                f"--vocab-size {vocab_size} is too small for bpe: it needs at least {smallest} "
+                "(256 bytes, end-of-text and pad); try --vocab-size 4096"
+            )
+        backend = tokenizers.Tokenizer(tokenizers.models.BPE())
+        backend.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+        backend.decoder = tokenizers.decoders.ByteLevel()
+        trainer = tokenizers.trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=[EOT_TEXT, PAD_TEXT],
+            initial_alphabet=alphabet,  # every byte is a token even if the corpus lacks it
+            show_progress=False,
+        )
+        backend.train_from_iterator(texts, trainer)
+        return cls(json.loads(backend.to_str()))
+
+    @functools.cached_property
+    def _byte_lengths(self) -> list[int]:
+        # byte-level: each character of a vocabulary entry stands for exactly one byte
+        lengths = [0] * self.vocab_size
+        special = {self.eot_id, self.pad_id}
+        for piece, token in self.backend.get_vocab(with_added_tokens=True).items():
+            lengths[token] = 0 if token in special else len(piece)
+        return lengths
+
+    def byte_lengths(self) -> list[int]:
+        return self._byte_lengths
+
+    def to_dict(self) -> dict:
+        return {"kind": "bpe", "tokenizer": self.tokenizer_json}
+
+
+class GPT2Tokenizer(Tokenizer):
+    """GPT-2's BPE (50257 ids; `<|endoftext|>` = 50256) through tiktoken. Nothing is stored but
+    the name: the ranks come from tiktoken's cache, checked against their SHA-256."""
+
+    kind = "gpt2"
+    eot_id = 50256
+
+    def __init__(self):
+        self.encoding = _gpt2_encoding()
+
+    @property
+    def vocab_size(self) -> int:
+        return self.encoding.n_vocab
+
+    def encode(self, text: str) -> list[int]:
+        return self.encoding.encode_ordinary(text)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.encoding.encode_ordinary_batch(texts)
+
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes one id stands for; nothing for end-of-text and ids past the vocabulary."""
+        if token == self.eot_id or not 0 <= token < self.eot_id:
+            return b""
+        return self.encoding.decode_single_token_bytes(token)
+
+    def byte_lengths(self) -> list[int]:
+        return _gpt2_byte_lengths()
+
+    def stream_decoder(self, context: Iterable[int] = ()) -> Callable[[int | None], str]:
+        # a multi-byte character can be split across ids: hold its bytes back until it completes
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+        def decode_next(token: int | None) -> str:
+            if token is None:
+                return decoder.decode(b"", final=True)
+            return decoder.decode(self.token_bytes(token))
+
+        return decode_next
+
+    def to_dict(self) -> dict:
+        return {"kind": "gpt2"}
+
+
+def tiktoken_cache_file() -> Path:
+    """Where tiktoken looks for GPT-2's ranks: TIKTOKEN_CACHE_DIR (or its default), file = sha1(URL)."""
+    folder = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")
+    folder = folder or os.path.join(tempfile.gettempdir(), "data-gym-cache")
+    return Path(folder) / hashlib.sha1(GPT2_RANKS_URL.encode()).hexdigest()
+
+
+@functools.cache
+def _gpt2_encoding():
+    try:
+        import tiktoken
+    except ImportError:
+        raise UserError(
+            "the gpt2 tokenizer needs the `tiktoken` package: pip install 'nano-trickster[bpe]'"
+        ) from None
+    try:
+        return tiktoken.get_encoding(GPT2_ENCODING)
+    except Exception as err:  # requests' ConnectionError, an HTTP error, a hash mismatch, ...
+        raise UserError(
+            f"GPT-2's BPE ranks are not in tiktoken's cache ({tiktoken_cache_file()}) and could not be "
+            f"downloaded ({type(err).__name__}); connect once, or point TIKTOKEN_CACHE_DIR at a folder "
+            "seeded with scripts/seed_tiktoken_cache.py"
+        ) from None
+
+
+@functools.cache
+def _gpt2_byte_lengths() -> list[int]:
+    encoding = _gpt2_encoding()
+    return [len(encoding.decode_single_token_bytes(i)) for i in range(GPT2Tokenizer.eot_id)] + [0]
+
+
 def special_token_text(token) -> str | None:
     """tokenizer_config.json writes a special token as "</s>" or as {"content": "</s>", ...}."""
     if isinstance(token, dict):
@@ -214,6 +390,10 @@ def from_dict(data: dict) -> Tokenizer:
         return CharTokenizer(data["chars"], bool(data.get("eot")))
     if kind == "byte":
         return ByteTokenizer(bool(data.get("eot")))
+    if kind == "bpe":
+        return BPETokenizer(data["tokenizer"])
+    if kind == "gpt2":
+        return GPT2Tokenizer()
     if kind == "hf":
         return HFTokenizer(data["tokenizer"], data.get("config"))
     raise UserError(f"unknown tokenizer kind {kind!r}; expected one of {', '.join(KINDS)}")
@@ -229,9 +409,22 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         raise UserError(f"tokenizer file {path} is not a valid tokenizer; prepare the data again") from None
 
 
-def build_tokenizer(kind: str, texts: list[str], with_eot: bool) -> Tokenizer:
+def build_tokenizer(
+    kind: str, texts: Iterable[str], with_eot: bool, vocab_size: int | None = None
+) -> Tokenizer:
+    """A new tokenizer for a corpus. `texts` is read at most once (a generator will do).
+
+    `with_eot` applies to char and byte; bpe and gpt2 always have end-of-text. `vocab_size` is
+    the size bpe trains up to (default 4096); the other kinds have a fixed or corpus-given size.
+    """
+    if vocab_size is not None and kind != "bpe":
+        raise UserError(f"--vocab-size applies to the bpe tokenizer only (got --tokenizer {kind})")
     if kind == "char":
         return CharTokenizer.from_texts(texts, with_eot)
     if kind == "byte":
         return ByteTokenizer(with_eot)
-    raise UserError(f"unknown tokenizer '{kind}'; choose char or byte")
+    if kind == "bpe":
+        return BPETokenizer.train(texts, vocab_size)
+    if kind == "gpt2":
+        return GPT2Tokenizer()
+    raise UserError(f"unknown tokenizer '{kind}'; choose char, byte, bpe or gpt2")

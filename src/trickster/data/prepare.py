@@ -217,8 +217,7 @@ def _tokenizer_for(
         # others read nothing, and as the texts are a lazy generator, nothing is read for them
         limit = None if kind == "char" else TOKENIZER_SAMPLE_CHARS
         texts = _bounded(_all_texts(source, progress, f"reading for the {kind} tokenizer"), limit)
-        extra = {} if vocab_size is None else {"vocab_size": vocab_size}
-        tokenizer = build_tokenizer(kind, texts, not source.single_document, **extra)
+        tokenizer = build_tokenizer(kind, texts, not source.single_document, vocab_size)
     tmp = partial / "tokenizer.json.tmp"
     tokenizer.save(tmp)
     tmp.replace(saved)
@@ -277,8 +276,7 @@ def _encode_chunk(task: tuple) -> dict:
     how many documents and characters; and the chunk's size in UTF-8 bytes."""
     texts, splits, val_fraction, dtype = task
     tokenizer = _worker_tokenizer
-    encode_batch = getattr(tokenizer, "encode_batch", None)
-    encoded = encode_batch(texts) if encode_batch else [tokenizer.encode(t) for t in texts]
+    encoded = tokenizer.encode_batch(texts)
     start, end = tokenizer.start_ids(), [] if tokenizer.eot_id is None else [tokenizer.eot_id]
     pieces: dict[str, list] = {s: [] for s in SPLITS}
     counts = {s: [0, 0] for s in SPLITS}
@@ -516,7 +514,11 @@ def _meta(source, tokenizer, record, index, val_fraction, shard_tokens, dtype) -
 
 
 def prepare_prompt_response(
-    records: Records, tokenizer_kind: str | Tokenizer, out_dir: str | Path, val_fraction: float = 0.1
+    records: Records,
+    tokenizer_kind: str | Tokenizer,
+    out_dir: str | Path,
+    val_fraction: float = 0.1,
+    vocab_size: int | None = None,
 ) -> dict:
     """Tokenize prompt/response pairs with a loss mask over the responses; the last val_fraction
     of the records (at least one) become the validation split. Returns meta.json's contents."""
@@ -524,7 +526,7 @@ def prepare_prompt_response(
     _check_out_dir(out_dir)
     tokenizer = tokenizer_kind
     if isinstance(tokenizer_kind, str):  # records must be separated, so that the model learns to stop
-        tokenizer = build_tokenizer(tokenizer_kind, [p + r for p, r in records.pairs], with_eot=True)
+        tokenizer = build_tokenizer(tokenizer_kind, [p + r for p, r in records.pairs], True, vocab_size)
     dtype = token_dtype(tokenizer.vocab_size)
     n_val = min(max(1, round(len(records.pairs) * val_fraction)), len(records.pairs) - 1)
     splits = {"train": records.pairs[:-n_val], "val": records.pairs[-n_val:]}

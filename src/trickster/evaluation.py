@@ -1,0 +1,136 @@
+"""Score a model on a token sequence: loss, perplexity and bits per byte (`trickster eval`).
+
+The sequence is cut into consecutive, non-overlapping windows of the model's training context
+(seq_len = T). Every token after the first is predicted exactly once, from the tokens before it
+in its own window: the first target of a window sees 1 token, the last sees T, so on average a
+token sees about T/2 tokens of context. (A sliding window would give every token the full T at
+T times the cost; this is the cheaper, standard choice, and the same for every model scored.)
+
+Bits per byte = summed cross-entropy in nats / ln 2 / UTF-8 bytes of the text the scored tokens
+encode. Unlike loss and perplexity it does not depend on how the text was cut into tokens, so
+models with different tokenizers can be compared on the same text.
+
+The loss is over the ids the tokenizer can produce: the pad rows of a vocabulary padded to a
+multiple of 64 are masked, as generation masks them, so the loss here can be a hair below the
+training's val loss (which softmaxes over the pad rows too).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trickster.data.loader import IGNORE_INDEX, MaskedTokens
+from trickster.errors import UserError
+from trickster.tokenizers import Tokenizer
+
+
+@dataclass
+class Score:
+    nats: float  # summed cross-entropy of the scored tokens
+    tokens: int  # tokens scored (each predicted once)
+    bytes: int  # UTF-8 bytes of the text those tokens encode
+
+    @property
+    def loss(self) -> float:
+        return self.nats / self.tokens
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.loss)
+
+    @property
+    def bits_per_byte(self) -> float:
+        return self.nats / math.log(2) / self.bytes if self.bytes else float("nan")
+
+    def to_dict(self) -> dict:
+        return {
+            **asdict(self),
+            "loss": self.loss,
+            "perplexity": self.perplexity,
+            "bits_per_byte": self.bits_per_byte,
+        }
+
+
+def text_sequence(tokenizer: Tokenizer, text: str, source: str) -> tuple[np.ndarray, bool]:
+    """The ids to score a text file with, and whether every token of the text is predicted.
+
+    The file is one document: it starts as training documents do, after the tokenizer's start id
+    (Llama's <s>) or, failing that, after an end-of-text (documents in a prepared stream follow
+    one), so that every token of the text is predicted. A char or byte tokenizer with neither
+    leaves the text's first token unpredicted.
+    """
+    if not text:
+        raise UserError(f"{source} is empty; pass a file that contains text")
+    ids = tokenizer.encode(text)  # a char tokenizer raises a UserError for an unknown character
+    start = tokenizer.start_ids() or ([] if tokenizer.eot_id is None else [tokenizer.eot_id])
+    sequence = np.asarray(start + ids, dtype=np.int64)
+    if len(sequence) < 2:
+        raise UserError(f"{source} is too short: it encodes to {len(ids)} token, and at least 2 are needed")
+    return sequence, bool(start)
+
+
+@torch.no_grad()
+def score_sequence(
+    model,
+    tokens,
+    tokenizer: Tokenizer,
+    seq_len: int,
+    device: torch.device,
+    dtype_name: str = "float32",
+    batch_size: int = 8,
+    loss_mask=None,
+) -> Score:
+    """Score `tokens` (a 1-D sliceable sequence) in windows of seq_len; see the module docstring.
+
+    `loss_mask` (same length, 1 = scored) leaves out tokens the data marks as not scored (the
+    prompts of prompt/response records); their bytes are left out too.
+    """
+    from trickster.train import autocast_for  # train imports data and model; keep this module light
+
+    n = len(tokens)
+    if n < 2:
+        raise UserError(f"nothing to score: {n} token(s), and at least 2 are needed")
+    model.eval()
+    limit = tokenizer.vocab_size
+    nats, scored, n_bytes = 0.0, 0, 0
+    starts = list(range(0, n - 1, seq_len))
+    for first in range(0, len(starts), batch_size):
+        group = starts[first : first + batch_size]
+        # windows shorter than seq_len (the last one) are padded; their padding is never a target
+        xs = np.zeros((len(group), seq_len), dtype=np.int64)
+        ys = np.full((len(group), seq_len), IGNORE_INDEX, dtype=np.int64)
+        for row, s in enumerate(group):
+            window = np.asarray(tokens[s : s + seq_len + 1], dtype=np.int64)
+            targets = window[1:]
+            if loss_mask is not None:
+                keep = np.asarray(loss_mask[s + 1 : s + 1 + len(targets)], dtype=bool)
+                targets = np.where(keep, targets, IGNORE_INDEX)
+            xs[row, : len(window) - 1] = window[:-1]
+            ys[row, : len(targets)] = targets
+            kept = targets[targets != IGNORE_INDEX]
+            scored += len(kept)
+            n_bytes += tokenizer.count_bytes(kept)
+        x, y = torch.from_numpy(xs).to(device), torch.from_numpy(ys).to(device)
+        with autocast_for(device, dtype_name):
+            logits, _ = model(x)
+        logits = logits.float()
+        if limit < logits.size(-1):  # the pad rows are never produced, so they get no probability
+            logits[..., limit:] = float("-inf")
+        nats += F.cross_entropy(
+            logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+        ).item()
+    if scored == 0:
+        raise UserError("nothing to score: the loss mask covers none of these tokens")
+    return Score(nats, scored, n_bytes)
+
+
+def split_tokens(split) -> tuple[object, object | None]:
+    """A prepared split as (tokens, loss mask or None)."""
+    if isinstance(split, MaskedTokens):
+        return split.tokens, split.loss_mask
+    return split, None

@@ -1,0 +1,174 @@
+"""`trickster eval` and the scoring under it: loss, perplexity and bits per byte, checked against
+hand computations on tiny random models; vocabulary padding."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from trickster import checkpoint as ckpt
+from trickster import cli
+from trickster.config import config_from_dict
+from trickster.data.loader import load_data
+from trickster.evaluation import score_sequence, text_sequence
+from trickster.model import Transformer
+from trickster.tokenizers import ByteTokenizer, CharTokenizer, load_tokenizer
+from trickster.train import padded_vocab, resolve_vocab
+
+CPU = torch.device("cpu")
+
+
+def random_model(vocab_size: int, max_seq_len: int = 16, seed: int = 0) -> Transformer:
+    cfg = config_from_dict(
+        {
+            "model_config": dict(
+                vocab_size=vocab_size,
+                hidden_dim=16,
+                num_layers=1,
+                num_heads=2,
+                mlp_dim=32,
+                max_seq_len=max_seq_len,
+            )
+        }
+    )
+    torch.manual_seed(seed)
+    model = Transformer(cfg.model)
+    with torch.no_grad():  # larger than the usual init so that the loss differs clearly per token
+        for p in model.parameters():
+            p.normal_(0.0, 0.5)
+    return model.eval()
+
+
+def save_random_checkpoint(path, tokenizer, data_path=None, **training) -> ckpt.Path:
+    rows = padded_vocab(tokenizer.vocab_size)
+    cfg = config_from_dict(
+        {
+            "model_config": dict(
+                vocab_size=rows, hidden_dim=16, num_layers=1, num_heads=2, mlp_dim=32, max_seq_len=16
+            ),
+            "training_config": training,
+        }
+    )
+    torch.manual_seed(1)
+    model = Transformer(cfg.model)
+    info = {"step": 0, **({"data_path": str(data_path)} if data_path else {})}
+    ckpt.save_checkpoint(path, model, cfg, tokenizer, info)
+    return path
+
+
+def eval_json(capsys, *argv) -> dict:
+    capsys.readouterr()
+    assert cli.main(["eval", *argv, "--json", "--device", "cpu"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_vocab_auto_is_padded_to_a_multiple_of_64():
+    assert [padded_vocab(n) for n in (1, 64, 65, 257, 50257)] == [64, 64, 128, 320, 50304]
+    cfg = config_from_dict({"model_config": {"vocab_size": "auto"}})
+    assert resolve_vocab(cfg, CharTokenizer("abc", with_eot=True)).model.vocab_size == 64
+    fixed = config_from_dict({"model_config": {"vocab_size": 4}})
+    assert resolve_vocab(fixed, CharTokenizer("abc", with_eot=True)).model.vocab_size == 4  # as set
+
+
+def test_scores_match_a_token_by_token_hand_computation():
+    tokenizer = CharTokenizer("ab é日\n")  # 1-, 2- and 3-byte characters
+    text = "ab é日\nba 日é a\nb日 éé\n" * 2
+    tokens, whole = text_sequence(tokenizer, text, "test")
+    assert not whole and len(tokens) == len(text)  # no eot or bos: the first char is context only
+    model = random_model(padded_vocab(tokenizer.vocab_size))
+    seq_len = 5  # 38 targets: seven full windows and a partial one
+
+    score = score_sequence(model, tokens, tokenizer, seq_len, CPU, batch_size=3)
+
+    nats = 0.0
+    with torch.no_grad():
+        for j in range(1, len(tokens)):  # target j sees its window's tokens before it
+            start = (j - 1) // seq_len * seq_len
+            logits = model(torch.from_numpy(tokens[start:j])[None])[0][0, -1]
+            logits[tokenizer.vocab_size :] = float("-inf")  # pad rows are never produced
+            nats -= torch.log_softmax(logits, -1)[tokens[j]].item()
+    n_bytes = len(text[1:].encode("utf-8"))
+    assert score.tokens == len(text) - 1 and score.bytes == n_bytes
+    assert score.loss == pytest.approx(nats / (len(text) - 1), rel=1e-5)
+    assert score.bits_per_byte == pytest.approx(nats / math.log(2) / n_bytes, rel=1e-5)
+    assert score.perplexity == pytest.approx(math.exp(nats / (len(text) - 1)), rel=1e-5)
+    assert score.bits_per_byte < score.loss / math.log(2)  # more bytes than tokens
+
+
+def test_a_byte_models_bits_per_byte_is_its_loss_over_ln2(tmp_path, capsys):
+    run = save_random_checkpoint(tmp_path / "ckpt", ByteTokenizer())
+    text = "naïve café, 日本語!\n" * 3
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    result = eval_json(capsys, str(run), "--text", str(tmp_path / "t.txt"))
+    assert result["tokens"] == result["bytes"] == len(text.encode("utf-8")) - 1  # first byte: context
+    assert result["bits_per_byte"] == pytest.approx(result["loss"] / math.log(2), rel=1e-9)
+    assert result["perplexity"] == pytest.approx(math.exp(result["loss"]))
+    assert result["loss"] > 0 and result["context"] == 16
+
+
+def test_eval_on_prepared_bpe_data_and_text_agree(tmp_path, capsys):
+    lines = [f"line {i}: the cat sat on the mat, and the dog sat on the log.\n" for i in range(60)]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(lines), encoding="utf-8")
+    data = tmp_path / "bpe-data"
+    argv = [
+        "data",
+        "prepare",
+        "text",
+        str(corpus),
+        "--tokenizer",
+        "bpe",
+        "--vocab-size",
+        "300",
+        "--out",
+        str(data),
+    ]
+    assert cli.main(argv) == 0
+    assert "vocabulary 300" in capsys.readouterr().out
+    tokenizer = load_tokenizer(data / "tokenizer.json")
+    run = save_random_checkpoint(tmp_path / "ckpt", tokenizer, data_path=data)
+    val = np.asarray(load_data(data).val)
+
+    by_data = eval_json(capsys, str(run))  # the run's own data by default
+    assert by_data["tokens"] == len(val) - 1
+    val_text = tokenizer.decode(val.tolist())
+    assert by_data["bytes"] == len(val_text.encode()) - tokenizer.count_bytes(val[:1])
+    limited = eval_json(capsys, str(run), "--data", str(data), "--max-tokens", "20")
+    assert limited["tokens"] == 20 and limited["bytes"] == tokenizer.count_bytes(val[1:21])
+
+    # the same text as a file: it starts after <|endoftext|>, so every token of it is scored
+    (tmp_path / "val.txt").write_text(val_text, encoding="utf-8")
+    by_text = eval_json(capsys, str(run), "--text", str(tmp_path / "val.txt"))
+    assert by_text["tokens"] == len(tokenizer.encode(val_text))
+    assert by_text["bytes"] == len(val_text.encode())
+    assert by_text["bits_per_byte"] == pytest.approx(by_text["nats"] / math.log(2) / by_text["bytes"])
+
+    capsys.readouterr()
+    assert cli.main(["eval", str(run), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert f"loss {by_data['loss']:.4f}" in printed and "bits per byte" in printed
+
+
+@pytest.mark.slow
+def test_eval_accepts_an_imported_hugging_face_llama(tmp_path, capsys):
+    from .test_hf import TEXT, tiny_llama
+
+    src, theirs, hf_tok = tiny_llama(tmp_path)
+    run = tmp_path / "run"
+    assert cli.main(["import", "hf", str(src), "--out", str(run)]) == 0
+    (tmp_path / "t.txt").write_text(TEXT, encoding="utf-8")
+    result = eval_json(capsys, str(run), "--text", str(tmp_path / "t.txt"))
+
+    ids = hf_tok(TEXT)["input_ids"]  # <s> then the text, as transformers tokenizes it
+    assert len(ids) <= 64  # one window: the imported context is 64
+    with torch.no_grad():
+        logits = theirs(torch.tensor([ids])).logits[0, :-1].float()
+    logits[:, 300:] = float("-inf")  # 320 rows, 300 tokenizer ids
+    nats = torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]), reduction="sum").item()
+    assert result["tokens"] == len(ids) - 1 and result["bytes"] == len(TEXT.encode())
+    assert result["loss"] == pytest.approx(nats / (len(ids) - 1), rel=1e-4)
+    assert result["bits_per_byte"] == pytest.approx(nats / math.log(2) / len(TEXT.encode()), rel=1e-4)
