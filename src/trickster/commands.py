@@ -80,9 +80,14 @@ def prepare_data(
         progress=progress,
         **extra,
     )
+    counts = (
+        ""
+        if meta["documents"] == 1
+        else f"{meta['train_documents']:,} train, {meta['val_documents']:,} val; "
+    )
     print(
         f"{meta['source']}: {meta['input_bytes'] / 1e6:,.1f} MB of text in {meta['documents']:,} document(s) "
-        f"({meta['train_documents']:,} train, {meta['val_documents']:,} val; validation: {meta['val_split']})"
+        f"({counts}validation: {meta['val_split']})"
     )
     print(
         f"tokenizer: {kind}, vocabulary {meta['vocab_size']} ({meta['dtype']} token shards{_padding(meta)})"

@@ -474,11 +474,11 @@ def _check_both_splits(name: str, train_tokens: int, val_tokens: int, record: di
 def _meta(source, tokenizer, record, index, val_fraction, shard_tokens, dtype) -> dict:
     splits = record["splits"]
     if source.single_document:
-        split_rule = f"the last {val_fraction:g} of the characters of the one document"
+        split_rule = f"the last {val_fraction * 100:g}% of the characters of the one document"
     elif source.read_val is not None:
         split_rule = "the source's own validation split"
     else:
-        split_rule = f"whole documents, blake2b hash of the text < {val_fraction:g} of its range"
+        split_rule = f"whole documents, {val_fraction * 100:g}% chosen by a blake2b hash of their text"
     hashes = "".join(shard["sha256"] for s in SPLITS for shard in index[s] + [{"sha256": "|"}])
     content = source.content_sha256() if source.content_sha256 else None
     return {
@@ -499,7 +499,9 @@ def _meta(source, tokenizer, record, index, val_fraction, shard_tokens, dtype) -
         "shard_tokens": shard_tokens,
         "index": "index.json",
         "input_bytes": record["input_bytes"],
-        "documents": splits["train"]["documents"] + splits["val"]["documents"],
+        "documents": 1
+        if source.single_document
+        else splits["train"]["documents"] + splits["val"]["documents"],
         "train_documents": splits["train"]["documents"],
         "val_documents": splits["val"]["documents"],
         "train_chars": splits["train"]["chars"],
