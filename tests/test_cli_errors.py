@@ -182,7 +182,7 @@ def _corrupt(path: Path, keep_fraction: float | None = None, content: bytes | No
 
 def _truncated_train_bin(env: Env) -> list[str]:
     data = env.copy_data()
-    _corrupt(data / "train.bin", keep_fraction=0.5)
+    _corrupt(data / "train" / "000000.bin", keep_fraction=0.5)
     return micro_train(env, f"data_config.path={data}")
 
 
@@ -255,6 +255,54 @@ def _offline_download(env: Env) -> list[str]:
     closed_port = functools.partial(sources.shakespeare, url="http://127.0.0.1:9/x", timeout=2)
     env.monkeypatch.setattr("trickster.commands.sources.shakespeare", closed_port)
     return ["data", "prepare", "shakespeare", "--out", str(env.tmp / "shakespeare")]
+
+
+def _texts(env: Env, count: int, name: str = "texts") -> str:
+    for i in range(count):
+        env.write(f"{name}/{i:03d}.txt", f"document number {i} about nothing in particular\n")
+    return str(env.tmp / name)
+
+
+def _hf_offline(env: Env) -> list[str]:
+    datasets = pytest.importorskip("datasets")
+    import huggingface_hub
+
+    env.monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # as HF_HUB_OFFLINE=1 does
+    env.monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    return ["data", "prepare", "hf", "no-such-user/no-such-dataset", "--out", str(env.tmp / "o")]
+
+
+def _hf_saved(env: Env, *flags: str) -> list[str]:
+    datasets = pytest.importorskip("datasets")
+    folder = env.tmp / "saved"
+    stories = datasets.Dataset.from_dict({"content": ["one story", "another story"]})
+    datasets.DatasetDict({"train": stories}).save_to_disk(str(folder))
+    return ["data", "prepare", "hf", str(folder), "--out", str(env.tmp / "o"), *flags]
+
+
+def _parquet(env: Env, *flags: str) -> list[str]:
+    pytest.importorskip("pyarrow")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"body": ["one story", "another story"]}), env.tmp / "d.parquet")
+    return ["data", "prepare", "parquet", str(env.tmp / "d.parquet"), "--out", str(env.tmp / "o"), *flags]
+
+
+def _partial_with_other_settings(env: Env) -> list[str]:
+    """An interrupted `--tokenizer char` preparation, continued with `--tokenizer byte`."""
+    from trickster.data import prepare as prepare_module
+
+    texts, out = _texts(env, 40), env.tmp / "o"
+
+    def interrupted(task):
+        raise KeyboardInterrupt
+
+    env.monkeypatch.setattr(prepare_module, "_encode_chunk", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_module.prepare(sources.text_files([texts]), "char", out, workers=1, echo=lambda s: None)
+    env.monkeypatch.undo()
+    return ["data", "prepare", "text", texts, "--tokenizer", "byte", "--out", str(out)]
 
 
 def _gpt2_offline(env: Env) -> list[str]:
@@ -663,8 +711,8 @@ CASES = [
     case(
         "train-truncated-train-bin",
         _truncated_train_bin,
-        "train.bin holds",
-        "meta.json says",
+        "000000.bin holds",
+        "index.json says",
         "prepare the data again",
     ),
     case("train-damaged-meta", _damaged_meta, "meta.json is damaged", "prepare the data again"),
@@ -810,6 +858,79 @@ CASES = [
     ),
     case(
         "prepare-shakespeare-offline", _offline_download, "could not download http://127.0.0.1:9/x", "--path"
+    ),
+    case(
+        "prepare-hf-offline-or-unknown", _hf_offline, "could not open dataset 'no-such-user/no-such-dataset'"
+    ),
+    case("prepare-hf-no-text-field", _hf_saved, "has no field 'text'", "(it has: content)", "--text-field"),
+    case(
+        "prepare-hf-no-such-split",
+        lambda env: _hf_saved(env, "--split", "test"),
+        "has no split 'test' (it has: train)",
+        "--split",
+    ),
+    case(
+        "prepare-tinystories-folder-without-validation",
+        lambda env: [
+            "data",
+            "prepare",
+            "tinystories",
+            "--dataset",
+            _texts(env, 3),
+            "--out",
+            str(env.tmp / "o"),
+        ],
+        "could not open dataset",
+        "split 'validation'",
+    ),
+    case("prepare-parquet-no-column", _parquet, "has no column 'text'", "(it has: body)", "--text-field"),
+    case(
+        "prepare-parquet-not-parquet",
+        lambda env: ["data", "prepare", "parquet", env.write("d.parquet", "not parquet"), "--out", "o"],
+        "d.parquet is not a Parquet file",
+    ),
+    case(
+        "prepare-jsonl-no-text-field",
+        _jsonl([RECORD, RECORD], "--text-field", "body"),
+        'chat.jsonl line 1 has no "body" field',
+        "--text-field",
+    ),
+    case(
+        "prepare-jsonl-template-names-missing-field",
+        _jsonl([RECORD, RECORD], "--template", "{question} {response}"),
+        "has no 'question' field, which --template names",
+    ),
+    case(
+        "prepare-jsonl-text-field-and-template",
+        _jsonl([RECORD, RECORD], "--text-field", "prompt", "--template", "{prompt}"),
+        "either --text-field",
+    ),
+    case(
+        "prepare-jsonl-format-with-text-field",
+        _jsonl([RECORD, RECORD], "--format", "prompt-response", "--text-field", "prompt"),
+        "--format prompt-response cannot be combined",
+    ),
+    case(
+        "prepare-no-document-in-validation",
+        lambda env: ["data", "prepare", "text", _texts(env, 2), "--out", str(env.tmp / "o")],
+        "too small to hold out a validation split",
+        "--val-fraction",
+    ),
+    case(
+        "prepare-bad-workers",
+        lambda env: ["data", "prepare", "text", _texts(env, 2), "--workers", "0", "--out", "o"],
+        "--workers must be at least 1",
+    ),
+    case(
+        "prepare-bad-shard-tokens",
+        lambda env: ["data", "prepare", "text", _texts(env, 2), "--shard-tokens", "0", "--out", "o"],
+        "--shard-tokens must be at least 1",
+    ),
+    case(
+        "prepare-continue-with-other-settings",
+        _partial_with_other_settings,
+        "o.partial holds an unfinished preparation with other settings (tokenizer)",
+        "delete",
     ),
     case(
         "quickstart-zero-steps", lambda env: ["quickstart", "--steps", "0", "--path", str(EXCERPT)], "--steps"

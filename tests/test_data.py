@@ -10,7 +10,7 @@ import torch
 
 from trickster.data import sources
 from trickster.data.loader import BatchSampler, fixed_batches, load_data
-from trickster.data.prepare import prepare, split_documents, token_dtype
+from trickster.data.prepare import in_validation, prepare, token_dtype
 from trickster.errors import UserError
 from trickster.tokenizers import load_tokenizer
 
@@ -69,26 +69,47 @@ def test_text_source_takes_files_folders_and_globs(tmp_path):
     (tmp_path / "three.md").write_text("third document\n")
     corpus = sources.local_text([str(tmp_path / "a"), str(tmp_path / "*.md")])
     assert corpus.documents == ["first document\n", "second document\n", "third document\n"]
+    streamed = sources.text_files([str(tmp_path / "a"), str(tmp_path / "*.md")])
+    assert list(streamed.read()) == corpus.documents and not streamed.single_document
 
-    meta = prepare(corpus, "char", tmp_path / "out", val_fraction=0.3)
+
+def test_documents_are_split_whole_by_a_hash_of_their_text(tmp_path):
+    docs = [f"document {i}: " + "abcdefgh"[i % 8] * (i % 13 + 1) + "\n" for i in range(60)]
+    for i, doc in enumerate(docs):
+        (tmp_path / f"{i:03d}.txt").write_text(doc)
+    meta = prepare(sources.text_files([str(tmp_path / "*.txt")]), "char", tmp_path / "out", 0.3)
     data = load_data(tmp_path / "out")
     eot = data.tokenizer.eot_id
     assert eot == meta["eot_id"] is not None
-    stream = np.concatenate([data.train, data.val]).tolist()
-    assert stream.count(eot) == 4  # after each document, and after the piece cut off for train
-    texts = data.tokenizer.decode(stream)
-    assert texts == "".join(corpus.documents)
+
+    def documents(stream):
+        text = data.tokenizer.decode(stream)  # decode drops end-of-text: split on it by ids instead
+        ids = np.asarray(stream).tolist()
+        assert ids.count(eot) == text.count("\n")
+        return [
+            data.tokenizer.decode(d)
+            for d in np.split(np.asarray(ids), np.flatnonzero(np.asarray(ids) == eot) + 1)
+            if len(d)
+        ]
+
+    train, val = documents(data.train), documents(data.val)
+    assert sorted(train + val) == sorted(docs)  # every document whole, in exactly one split
+    assert val == [d for d in docs if in_validation(d, 0.3)] and 0 < len(val) < len(train)
+    assert meta["train_documents"] == len(train) and meta["val_documents"] == len(val)
 
 
 def test_byte_tokenizer_with_documents_adds_an_end_of_text_id(tmp_path):
-    corpus = sources.Corpus("t", ["héllo wörld " * 20, "zweites dokument " * 20])
+    corpus = sources.Corpus("t", [f"héllo wörld {i} " * 20 for i in range(40)])
     meta = prepare(corpus, "byte", tmp_path / "out")
     assert meta["vocab_size"] == 257 and meta["eot_id"] == 256 and meta["dtype"] == "uint16"
 
 
-def test_split_documents_keeps_every_character():
-    train, val = split_documents(["aaaa", "bbbbbb"], 0.3)
-    assert train == ["aaaa", "bbb"] and val == ["bbb"]
+def test_the_validation_choice_depends_on_the_text_only():
+    texts = [f"text number {i}" for i in range(2000)]
+    chosen = [t for t in texts if in_validation(t, 0.1)]
+    assert chosen == [t for t in reversed(texts) if in_validation(t, 0.1)][::-1]
+    assert 150 < len(chosen) < 250  # about the fraction
+    assert not any(in_validation(t, 0.0) for t in texts) and all(in_validation(t, 1.0) for t in texts)
 
 
 def test_token_dtype_is_the_smallest_that_fits():
@@ -108,11 +129,12 @@ def test_python_stdlib_corpus_is_available_offline(tmp_path):
 def test_prepare_keeps_an_existing_folder_when_the_corpus_is_empty(tmp_path, shakespeare_dir):
     out = tmp_path / "data"
     prepare(sources.shakespeare(EXCERPT), "char", out)
-    before = (out / "train.bin").read_bytes()
+    before = (out / "train" / "000000.bin").read_bytes()
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(UserError, match="empty"):
-        prepare(sources.local_text([str(tmp_path / "empty.txt")]), "char", out)
-    assert (out / "train.bin").read_bytes() == before
+        prepare(sources.text_files([str(tmp_path / "empty.txt")]), "char", out)
+    assert (out / "train" / "000000.bin").read_bytes() == before
+    assert not (tmp_path / "data.partial").exists()  # nothing worth continuing was left behind
 
 
 def test_targets_are_inputs_shifted_by_exactly_one(shakespeare_dir):
@@ -150,4 +172,8 @@ def test_meta_json_records_counts_and_checksums(shakespeare_dir):
     meta = json.loads((shakespeare_dir / "meta.json").read_text())
     for key in ("tokenizer", "vocab_size", "train_tokens", "val_tokens", "source_sha256", "dtype"):
         assert key in meta
-    assert (shakespeare_dir / "train.bin").stat().st_size == meta["train_tokens"]
+    index = json.loads((shakespeare_dir / "index.json").read_text())
+    assert [s["file"] for s in index["train"]] == ["train/000000.bin"]
+    assert (shakespeare_dir / "train" / "000000.bin").stat().st_size == meta["train_tokens"]
+    digest = hashlib.sha256((shakespeare_dir / "val" / "000000.bin").read_bytes()).hexdigest()
+    assert index["val"] == [{"file": "val/000000.bin", "tokens": meta["val_tokens"], "sha256": digest}]

@@ -29,22 +29,41 @@ def build_parser() -> argparse.ArgumentParser:
     # data prepare SOURCE
     data = commands.add_parser("data", help="prepare a corpus into token files")
     data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
-    prepare = data_commands.add_parser("prepare", help="tokenize a corpus into train.bin / val.bin")
+    prepare = data_commands.add_parser("prepare", help="tokenize a corpus into token shards")
     sources = prepare.add_subparsers(dest="source", required=True, parser_class=_Parser)
     shakespeare = sources.add_parser("shakespeare", help="Tiny Shakespeare (downloaded, SHA-256 checked)")
     shakespeare.add_argument("--path", help="a local copy instead of downloading")
+    tinystories = sources.add_parser("tinystories", help="TinyStories from Hugging Face (streamed)")
+    tinystories.add_argument(
+        "--dataset",
+        help="another name or a local folder with train and validation splits (default: the hub's)",
+    )
+    hf = sources.add_parser("hf", help="any Hugging Face dataset (streamed), or a local copy of one")
+    hf.add_argument(
+        "dataset", metavar="DATASET", help="hub name (HuggingFaceFW/fineweb-edu) or a local folder"
+    )
+    hf.add_argument("--config", help="the dataset's configuration (subset), e.g. sample-10BT")
+    hf.add_argument("--split", default="train", help="split to read (default train)")
     text = sources.add_parser("text", help="local UTF-8 files, folders or glob patterns")
     text.add_argument("paths", nargs="+", metavar="PATH")
     sources.add_parser("python-stdlib", help="the running Python's standard library (always offline)")
-    jsonl = sources.add_parser("jsonl", help='fine-tuning records: {"prompt": ..., "response": ...} per line')
-    jsonl.add_argument("path", metavar="FILE")
+    jsonl = sources.add_parser(
+        "jsonl", help="JSON lines: a text field, records joined by a template, or prompt/response records"
+    )
+    jsonl.add_argument("paths", nargs="+", metavar="FILE")
     jsonl.add_argument(
         "--format",
+        dest="record_format",
         choices=("prompt-response",),
-        default="prompt-response",
-        help="prompt-response: the loss covers each response, never its prompt",
+        help="prompt-response (the default without --text-field/--template): the loss covers each "
+        "response, never its prompt",
     )
-    for source in (shakespeare, text, sources.choices["python-stdlib"], jsonl):
+    jsonl.add_argument("--template", help='join each record into one document, e.g. "{prompt}\\n{response}"')
+    parquet = sources.add_parser("parquet", help="local Parquet files (streamed by record batch)")
+    parquet.add_argument("paths", nargs="+", metavar="FILE")
+    for source in (hf, jsonl, parquet):
+        source.add_argument("--text-field", help="the field holding the text (default text)")
+    for source in sources.choices.values():
         source.add_argument("--tokenizer", choices=TOKENIZER_CHOICES, help="build a new one (default char)")
         source.add_argument(
             "--vocab-size", type=int, metavar="N", help="bpe: the vocabulary to train up to (default 4096)"
@@ -56,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
         source.add_argument("--out", help="output folder (default data/SOURCE-TOKENIZER)")
         source.add_argument("--val-fraction", type=float, default=0.1)
+        source.add_argument("--workers", type=int, help="tokenizing processes (default: one per CPU)")
+        source.add_argument("--shard-tokens", type=int, help="tokens per shard file (default 100,000,000)")
+        source.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     # train
     train = commands.add_parser("train", help="train a model from random weights (or fine-tune: init_from)")
@@ -194,7 +216,16 @@ def _dispatch(args: argparse.Namespace) -> int:
             args.out,
             args.val_fraction,
             tokenizer_from=args.tokenizer_from,
+            dataset=getattr(args, "dataset", None),
+            config=getattr(args, "config", None),
+            split=getattr(args, "split", "train"),
+            text_field=getattr(args, "text_field", None),
+            template=getattr(args, "template", None),
+            record_format=getattr(args, "record_format", None),
             vocab_size=args.vocab_size,
+            workers=args.workers,
+            shard_tokens=args.shard_tokens,
+            progress=not args.no_progress,
         )
         return 0
     if args.command == "train":

@@ -30,12 +30,24 @@ def prepare_data(
     out: str | None,
     val_fraction: float = 0.1,
     tokenizer_from: str | None = None,
+    *,
+    dataset: str | None = None,
+    config: str | None = None,
+    split: str = "train",
+    text_field: str | None = None,
+    template: str | None = None,
+    record_format: str | None = None,
     vocab_size: int | None = None,
+    workers: int | None = None,
+    shard_tokens: int | None = None,
+    progress: bool = True,
 ) -> Path:
     if not 0 < val_fraction < 1:
         raise UserError(f"--val-fraction must be between 0 and 1 (got {val_fraction})")
     if tokenizer and tokenizer_from:
         raise UserError("give either --tokenizer (a new one) or --tokenizer-from (a model's), not both")
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers must be at least 1 (got {workers})")
     if vocab_size is not None and tokenizer != "bpe":
         raise UserError(
             f"--vocab-size applies to --tokenizer bpe only (got --tokenizer {tokenizer or 'char'})"
@@ -43,40 +55,88 @@ def prepare_data(
     chosen = _tokenizer_from(tokenizer_from) if tokenizer_from else (tokenizer or "char")
     kind = chosen if isinstance(chosen, str) else chosen.kind
     out_dir = Path(out or f"data/{source}-{kind}")
-    if source == "jsonl":
-        records = sources.jsonl_prompt_response(paths)
+    if source == "jsonl" and text_field is None and template is None:
+        if len(paths) != 1:
+            raise UserError("--format prompt-response reads one file; pass one FILE (or use --text-field)")
+        records = sources.jsonl_prompt_response(paths[0])
         meta = prepare_prompt_response(records, chosen, out_dir, val_fraction, vocab_size)
         print(
             f"{records.name}: {len(records.pairs):,} prompt/response records "
             f"({meta['train_records']:,} train, {meta['val_records']:,} val)"
         )
-    else:
-        if source == "shakespeare":
-            corpus = sources.shakespeare(paths)
-        elif source == "text":
-            corpus = sources.local_text(paths)
-        elif source == "python-stdlib":
-            corpus = sources.python_stdlib()
-        else:
-            raise UserError(f"unknown source '{source}'")
-        meta = prepare(corpus, chosen, out_dir, val_fraction, vocab_size)
-        print(f"{corpus.name}: {corpus.num_chars:,} characters in {len(corpus.documents):,} document(s)")
+        _print_flat(out_dir, kind, meta)
+        return out_dir
+    if record_format is not None:
+        raise UserError("--format prompt-response cannot be combined with --text-field or --template")
+    corpus = _text_source(source, paths, dataset, config, split, text_field, template)
+    extra = {} if shard_tokens is None else {"shard_tokens": shard_tokens}
+    meta = prepare(
+        corpus,
+        chosen,
+        out_dir,
+        val_fraction,
+        vocab_size=vocab_size,
+        workers=workers,
+        progress=progress,
+        **extra,
+    )
+    counts = (
+        ""
+        if meta["documents"] == 1
+        else f"{meta['train_documents']:,} train, {meta['val_documents']:,} val; "
+    )
+    print(
+        f"{meta['source']}: {meta['input_bytes'] / 1e6:,.1f} MB of text in {meta['documents']:,} document(s) "
+        f"({counts}validation: {meta['val_split']})"
+    )
+    print(
+        f"tokenizer: {kind}, vocabulary {meta['vocab_size']} ({meta['dtype']} token shards{_padding(meta)})"
+    )
+    print(
+        f"wrote {out_dir}: train {meta['train_tokens']:,} tokens in {meta['train_shards']} shard(s), "
+        f"val {meta['val_tokens']:,} tokens in {meta['val_shards']} shard(s), index.json, meta.json, "
+        "tokenizer.json"
+    )
+    return out_dir
+
+
+def _text_source(
+    source, paths, dataset, config, split, text_field, template
+) -> sources.Source | sources.Corpus:
+    if source == "shakespeare":
+        return sources.shakespeare(paths)
+    if source == "text":
+        return sources.text_files(paths)
+    if source == "python-stdlib":
+        return sources.python_stdlib()
+    if source == "jsonl":
+        return sources.jsonl_documents(paths, text_field, template)
+    if source == "parquet":
+        return sources.parquet_documents(paths, text_field or "text")
+    if source == "tinystories":
+        return sources.tinystories(dataset or sources.TINYSTORIES)
+    if source == "hf":
+        return sources.hf_dataset(dataset, config, split, text_field or "text")
+    raise UserError(f"unknown source '{source}'")
+
+
+def _padding(meta: dict) -> str:
     rows = padded_vocab(meta["vocab_size"])
-    padding = f"; a model's vocab_size: auto pads it to {rows}" if rows != meta["vocab_size"] else ""
-    print(f"tokenizer: {kind}, vocabulary {meta['vocab_size']} ({meta['dtype']} token files{padding})")
-    masks = ", train.mask.bin, val.mask.bin" if meta.get("loss_mask") else ""
+    return f"; a model's vocab_size: auto pads it to {rows}" if rows != meta["vocab_size"] else ""
+
+
+def _print_flat(out_dir: Path, kind: str, meta: dict) -> None:
+    print(f"tokenizer: {kind}, vocabulary {meta['vocab_size']} ({meta['dtype']} token files{_padding(meta)})")
     print(
         f"wrote {out_dir}/train.bin ({meta['train_tokens']:,} tokens), "
-        f"val.bin ({meta['val_tokens']:,} tokens){masks}, meta.json, tokenizer.json"
+        f"val.bin ({meta['val_tokens']:,} tokens), train.mask.bin, val.mask.bin, meta.json, tokenizer.json"
     )
-    if meta.get("loss_mask"):
-        print(f"the loss covers {meta['train_loss_tokens']:,} response tokens of train.bin")
-        if meta["eot_id"] is None:
-            print(
-                "note: this tokenizer has no end-of-text id, so the records follow each other without a "
-                "separator and a model cannot learn where a response ends"
-            )
-    return out_dir
+    print(f"the loss covers {meta['train_loss_tokens']:,} response tokens of train.bin")
+    if meta["eot_id"] is None:
+        print(
+            "note: this tokenizer has no end-of-text id, so the records follow each other without a "
+            "separator and a model cannot learn where a response ends"
+        )
 
 
 def _tokenizer_from(path: str):
@@ -388,13 +448,13 @@ def quickstart(path: str | None, steps: int, out: Path) -> int:
         raise UserError(f"--steps must be at least 1 (got {steps})")
     print("1/3 preparing data")
     try:
-        data_dir = prepare_data("shakespeare", path, "char", "data/shakespeare-char")
+        data_dir = prepare_data("shakespeare", path, "char", "data/shakespeare-char", progress=False)
     except UserError as err:
         if path is not None:
             raise
         print(f"  Tiny Shakespeare is not reachable ({err})")
         print("  falling back to the Python standard library as the corpus")
-        data_dir = prepare_data("python-stdlib", None, "char", "data/python-stdlib-char")
+        data_dir = prepare_data("python-stdlib", None, "char", "data/python-stdlib-char", progress=False)
     run_dir = out
     suffix = 2
     while run_dir_in_use(run_dir):

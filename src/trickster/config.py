@@ -49,7 +49,7 @@ class ModelConfig(_Section):
 
 class DataConfig(_Section):
     path: str | None = None
-    """Folder written by `trickster data prepare` (train.bin, val.bin, meta.json, tokenizer.json)."""
+    """Folder written by `trickster data prepare` (token shards, index.json, meta.json, tokenizer.json)."""
 
 
 # LoRA targets: our linear layers, and the Hugging Face names that mean the same ones

@@ -1,5 +1,8 @@
 """Read a prepared data folder and draw training windows from its memory-mapped token streams.
 
+A split is one token stream: the memory-mapped file itself (a flat folder, or one shard), or its
+shards read in order as one (`ShardedTokens`), so that windows cross shard boundaries.
+
 A folder with a loss mask (prompt/response records, see prepare.py) gives `MaskedTokens` splits:
 their windows carry the target IGNORE_INDEX (-100) wherever the mask is 0, so the loss covers the
 responses only, and the sampler redraws any window that holds no target at all.
@@ -31,13 +34,57 @@ class MaskedTokens:
         return len(self.tokens)
 
 
+class ShardedTokens:
+    """A split's memory-mapped shards read as one flat stream: `len(x)`, `x[i]`, `x[a:b]` (a numpy
+    array, joined across shard boundaries), iteration and `np.asarray(x)` (which reads it all)."""
+
+    def __init__(self, shards: list[np.ndarray]):
+        self.shards = shards
+        self.ends = np.cumsum([len(s) for s in shards])  # token offset where each shard ends
+        self.dtype = shards[0].dtype
+
+    def __len__(self) -> int:
+        return int(self.ends[-1])
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                return np.asarray(self)[index]
+            if stop <= start:
+                return np.zeros(0, self.dtype)
+            first = int(np.searchsorted(self.ends, start, side="right"))
+            last = int(np.searchsorted(self.ends, stop - 1, side="right"))
+            pieces = []
+            for i in range(first, last + 1):
+                base = int(self.ends[i]) - len(self.shards[i])
+                pieces.append(self.shards[i][max(start - base, 0) : stop - base])
+            return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+        position = int(index) + (len(self) if index < 0 else 0)
+        if not 0 <= position < len(self):
+            raise IndexError(f"token {index} is outside a stream of {len(self)}")
+        shard = int(np.searchsorted(self.ends, position, side="right"))
+        return self.shards[shard][position - (int(self.ends[shard]) - len(self.shards[shard]))]
+
+    def __iter__(self):
+        for shard in self.shards:
+            yield from shard
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        joined = np.concatenate(self.shards)
+        return joined if dtype is None else joined.astype(dtype)
+
+    def astype(self, dtype) -> np.ndarray:
+        return np.asarray(self, dtype=dtype)
+
+
 @dataclass
 class PreparedData:
     path: Path
     meta: dict
     tokenizer: Tokenizer
-    train: np.ndarray | MaskedTokens  # memory-mapped, flat
-    val: np.ndarray | MaskedTokens
+    train: np.ndarray | ShardedTokens | MaskedTokens  # memory-mapped, one flat stream
+    val: np.ndarray | ShardedTokens | MaskedTokens
 
 
 def load_data(path: str | Path) -> PreparedData:
@@ -54,7 +101,10 @@ def load_data(path: str | Path) -> PreparedData:
     except (json.JSONDecodeError, KeyError, TypeError):
         raise UserError(f"{meta_file} is damaged; prepare the data again") from None
     tokenizer = load_tokenizer(path / "tokenizer.json")
-    streams = {}
+    if meta.get("layout") == "shards":
+        streams = {split: _read_shards(path, meta, split, dtype) for split in ("train", "val")}
+        return PreparedData(path, meta, tokenizer, streams["train"], streams["val"])
+    streams = {}  # a flat folder (format 1, and prompt/response records with their loss masks)
     for split in ("train", "val"):
         file = path / f"{split}.bin"
         expected = meta.get(f"{split}_tokens")
@@ -69,6 +119,29 @@ def load_data(path: str | Path) -> PreparedData:
         if meta.get("loss_mask"):
             streams[split] = MaskedTokens(streams[split], _read_mask(path, meta, split, size))
     return PreparedData(path, meta, tokenizer, streams["train"], streams["val"])
+
+
+def _read_shards(path: Path, meta: dict, split: str, dtype: np.dtype) -> np.ndarray | ShardedTokens:
+    try:
+        shards = json.loads((path / meta["index"]).read_text(encoding="utf-8"))[split]
+        files = [(path / s["file"], int(s["tokens"])) for s in shards]
+    except FileNotFoundError:
+        raise UserError(f"{path / meta['index']} is missing; prepare the data again") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise UserError(f"{path / 'index.json'} is damaged; prepare the data again") from None
+    arrays = []
+    for file, tokens in files:
+        size = file.stat().st_size // dtype.itemsize if file.is_file() else None
+        if size != tokens:
+            found = "is missing" if size is None else f"holds {size} tokens but index.json says {tokens}"
+            raise UserError(f"{file} {found}; prepare the data again")
+        arrays.append(np.memmap(file, dtype=dtype, mode="r"))
+    expected = meta.get(f"{split}_tokens")
+    if sum(len(a) for a in arrays) != expected or not arrays:
+        raise UserError(
+            f"the {split} shards of {path} do not add up to meta.json's {expected}; prepare the data again"
+        )
+    return arrays[0] if len(arrays) == 1 else ShardedTokens(arrays)
 
 
 def _read_mask(path: Path, meta: dict, split: str, size: int) -> np.ndarray:

@@ -1,8 +1,12 @@
 """Where text comes from: Tiny Shakespeare (downloaded and checked), local files, Python's stdlib,
-and JSONL prompt/response records for fine-tuning.
+JSONL (a text field, a template over each record, or prompt/response pairs for fine-tuning),
+Parquet files, and Hugging Face datasets (TinyStories, FineWeb, any other, or a local copy).
 
-Each text source returns a list of documents (strings) plus a description for meta.json; the JSONL
-source returns (prompt, response) pairs.
+A `Source` reads its documents lazily, one at a time and in a fixed order, so that a corpus larger
+than memory streams through `prepare`; its `identity` says exactly what was read, for meta.json and
+for checking that an interrupted preparation is continued on the same input. Tiny Shakespeare and
+Python's stdlib are small enough to be read whole (`Corpus`); the JSONL prompt/response mode
+returns (prompt, response) pairs (`Records`), which stay in memory.
 """
 
 from __future__ import annotations
@@ -10,9 +14,11 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import string
 import sysconfig
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +26,22 @@ from trickster.errors import UserError
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+TINYSTORIES = "roneneldan/TinyStories"
+DATASETS_EXTRA = "pip install 'nano-trickster[datasets]'"
+
+
+@dataclass
+class Source:
+    """Documents read lazily: `read()` starts a fresh pass over them, always in the same order."""
+
+    name: str
+    identity: dict  # what is read (files with sizes, or a dataset's name/config/split/field)
+    read: Callable[[], Iterator[str]]
+    read_val: Callable[[], Iterator[str]] | None = None  # the source's own validation split, if any
+    single_document: bool = False  # one text: validation is its last characters, not whole documents
+    total_bytes: int | None = None  # of the input, when known up front (for the progress bar)
+    files: list[str] = field(default_factory=list)
+    content_sha256: Callable[[], str] | None = None  # of the bytes the last full read() went through
 
 
 @dataclass
@@ -105,9 +127,290 @@ def download(url: str, timeout: float = 30) -> bytes:
 
 
 def local_text(patterns: list[str]) -> Corpus:
-    """UTF-8 text files, folders (every file inside, recursively) and glob patterns."""
+    """UTF-8 text files, folders (every file inside, recursively) and glob patterns, read whole."""
     files = expand_paths(patterns)
     return _corpus_from_files("text", files)
+
+
+def corpus_source(corpus: Corpus) -> Source:
+    """An in-memory corpus as a Source (one document: validation is its last characters)."""
+    return Source(
+        corpus.name,
+        {"source": corpus.name, "sha256": corpus.sha256, "files": corpus.files[:20]},
+        lambda: iter(corpus.documents),
+        single_document=len(corpus.documents) == 1,
+        total_bytes=None,
+        files=corpus.files,
+        content_sha256=lambda: corpus.sha256,
+    )
+
+
+def text_files(patterns: list[str]) -> Source:
+    """UTF-8 text files, folders and glob patterns; each file is one document, read when its turn
+    comes. One file is one document: its validation split is its last characters."""
+    files = expand_paths(patterns)
+    digest = [hashlib.sha256()]
+
+    def read() -> Iterator[str]:
+        digest[0] = hashlib.sha256()
+        for path in files:
+            raw = _read_bytes(path)
+            text = _decode(raw, str(path))
+            digest[0].update(raw)
+            if text:
+                yield text
+
+    return Source(
+        "text",
+        {"source": "text", "files": _file_identity(files)},
+        read,
+        single_document=len(files) == 1,
+        total_bytes=sum(p.stat().st_size for p in files),
+        files=[str(p) for p in files],
+        content_sha256=lambda: digest[0].hexdigest(),
+    )
+
+
+def jsonl_documents(
+    patterns: list[str], text_field: str | None = None, template: str | None = None
+) -> Source:
+    """One document per JSON line: its `text_field`, or `template` filled from the record's fields
+    (`"{prompt}\\n{response}"`; the escapes \\n and \\t written on a command line become a newline and
+    a tab)."""
+    if (text_field is None) == (template is None):
+        raise UserError(
+            "give jsonl either --text-field FIELD or --template TEMPLATE (or --format prompt-response)"
+        )
+    if template is not None:
+        template = template.replace("\\n", "\n").replace("\\t", "\t")
+        try:
+            names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+        except ValueError as err:
+            raise UserError(
+                f"--template {template!r} is not a valid template ({err}); "
+                "write it like '{prompt}\\n{response}'"
+            ) from None
+        if not names or any(not n.isidentifier() for n in names):
+            raise UserError(
+                f"--template {template!r} must name record fields in braces, like '{{prompt}}\\n{{response}}'"
+            )
+    files = expand_paths(patterns)
+
+    def document(record, where: str) -> str:
+        if not isinstance(record, dict):
+            raise UserError(f"{where} is not a JSON object; write one object per line")
+        if text_field is not None:
+            if text_field not in record:
+                fields = ", ".join(list(record)[:10])
+                raise UserError(
+                    f'{where} has no "{text_field}" field (it has: {fields}); pass --text-field FIELD'
+                )
+            value = record[text_field]
+            if not isinstance(value, str):
+                raise UserError(f'{where}: "{text_field}" must be a string (got {type(value).__name__})')
+            return value
+        try:
+            return template.format_map(record)
+        except KeyError as err:
+            raise UserError(f"{where} has no {err.args[0]!r} field, which --template names") from None
+        except (ValueError, IndexError, AttributeError) as err:
+            raise UserError(f"{where} does not fit --template ({err})") from None
+
+    def read() -> Iterator[str]:
+        for path in files:
+            try:
+                with open(path, encoding="utf-8") as lines:
+                    for number, line in enumerate(lines, start=1):
+                        if not line.strip():
+                            continue
+                        where = f"{path} line {number}"
+                        try:
+                            record = json.loads(line)
+                        except json.JSONDecodeError as err:
+                            raise UserError(
+                                f"{where} is not JSON ({err.msg}); write one JSON object per line"
+                            ) from None
+                        text = document(record, where)
+                        if text:
+                            yield text
+            except UnicodeDecodeError as err:
+                raise UserError(
+                    f"{path} is not UTF-8 text (bad byte at offset {err.start}); convert it to UTF-8"
+                ) from None
+
+    how = {"text_field": text_field} if text_field is not None else {"template": template}
+    return Source(
+        "jsonl",
+        {"source": "jsonl", "files": _file_identity(files), **how},
+        read,
+        total_bytes=sum(p.stat().st_size for p in files),
+        files=[str(p) for p in files],
+    )
+
+
+def parquet_documents(patterns: list[str], text_field: str = "text") -> Source:
+    """One document per row of `text_field`, read one record batch at a time (pyarrow)."""
+    files = expand_paths(patterns)
+    pq = _require("pyarrow.parquet", "Parquet files need the `pyarrow` package")
+    for path in files:
+        try:
+            columns = pq.ParquetFile(path).schema_arrow.names
+        except Exception as err:  # pyarrow raises ArrowInvalid (a ValueError) or OSError
+            raise UserError(f"{path} is not a Parquet file ({_one_line(err)}); pass .parquet files") from None
+        if text_field not in columns:
+            raise UserError(
+                f"{path} has no column '{text_field}' (it has: {', '.join(columns[:10])}); "
+                "pass --text-field COLUMN"
+            )
+
+    def read() -> Iterator[str]:
+        for path in files:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=1024, columns=[text_field]):
+                for text in batch.column(0).to_pylist():
+                    if not isinstance(text, str) and text is not None:
+                        raise UserError(
+                            f"{path}: column '{text_field}' holds {type(text).__name__}, not text"
+                        )
+                    if text:
+                        yield text
+
+    return Source(
+        "parquet",
+        {"source": "parquet", "files": _file_identity(files), "text_field": text_field},
+        read,
+        total_bytes=None,  # compressed sizes say little about the text inside
+        files=[str(p) for p in files],
+    )
+
+
+def hf_dataset(
+    dataset: str,
+    config: str | None = None,
+    split: str = "train",
+    text_field: str = "text",
+    val_split: str | None = None,
+    name: str = "hf",
+) -> Source:
+    """A Hugging Face dataset, streamed (`datasets.load_dataset(..., streaming=True)`).
+
+    `dataset` is a hub name (`HuggingFaceFW/fineweb-edu`) or a local folder: parquet/json/text files
+    (the splits come from the file names, `train-*.parquet`, `validation-*.parquet`) or a dataset
+    written by `save_to_disk`. `val_split` names the dataset's own validation split, if it is used.
+    """
+    _require("datasets", "Hugging Face datasets need the `datasets` package")
+    local = Path(dataset)
+    identity = {
+        "source": name,
+        "dataset": dataset,
+        "config": config,
+        "split": split,
+        "text_field": text_field,
+    }
+    if val_split:
+        identity["val_split"] = val_split
+    if local.is_dir():
+        identity["files"] = _file_identity(sorted(p for p in local.rglob("*") if p.is_file()))
+    elif local.exists():
+        raise UserError(
+            f"{dataset} is a file; pass a dataset name or a folder (for Parquet files use `parquet`)"
+        )
+    read_val = None
+    if val_split:
+
+        def read_val() -> Iterator[str]:
+            return _hf_texts(dataset, config, val_split, text_field)
+
+    return Source(
+        name,
+        identity,
+        lambda: _hf_texts(dataset, config, split, text_field),
+        read_val=read_val,
+        files=[dataset],
+    )
+
+
+def tinystories(dataset: str = TINYSTORIES) -> Source:
+    """TinyStories: one story per row ("text"), with its own validation split."""
+    return hf_dataset(dataset, split="train", text_field="text", val_split="validation", name="tinystories")
+
+
+def _open_hf(dataset: str, config: str | None, split: str):
+    datasets = _require("datasets", "Hugging Face datasets need the `datasets` package")
+    import huggingface_hub
+
+    # their retry warnings would bury the one line that says what is wrong
+    datasets.logging.set_verbosity_error()
+    huggingface_hub.utils.logging.set_verbosity_error()
+    where = Path(dataset)
+    fix = (
+        "check the name (and --config/--split) on huggingface.co/datasets and your connection, "
+        "or pass a local folder"
+    )
+    try:
+        if where.is_dir() and any(
+            (where / f).is_file() for f in ("dataset_dict.json", "dataset_info.json", "state.json")
+        ):
+            saved = datasets.load_from_disk(str(where))
+            if isinstance(saved, datasets.DatasetDict):
+                if split not in saved:
+                    raise UserError(
+                        f"{dataset} has no split '{split}' (it has: {', '.join(saved)}); pass --split"
+                    )
+                saved = saved[split]
+            return saved.to_iterable_dataset()
+        return datasets.load_dataset(dataset, config, split=split, streaming=True)
+    except UserError:
+        raise
+    except Exception as err:  # hub, network and file errors come as many types; the message says which
+        raise UserError(
+            f"could not open dataset '{dataset}' split '{split}' ({_one_line(err)}); {fix}"
+        ) from None
+
+
+def _hf_texts(dataset: str, config: str | None, split: str, text_field: str) -> Iterator[str]:
+    rows = iter(_open_hf(dataset, config, split))
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except Exception as err:  # a dropped connection mid-stream: the partial output is kept
+            raise UserError(
+                f"reading dataset '{dataset}' failed ({_one_line(err)}); check your connection and run the "
+                "same command again to continue"
+            ) from None
+        if text_field not in row:
+            raise UserError(
+                f"dataset '{dataset}' has no field '{text_field}' (it has: {', '.join(list(row)[:10])}); "
+                "pass --text-field FIELD"
+            )
+        text = row[text_field]
+        if not isinstance(text, str) and text is not None:
+            raise UserError(
+                f"dataset '{dataset}': field '{text_field}' holds {type(text).__name__}, not text"
+            )
+        if text:
+            yield text
+
+
+def _require(module: str, why: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(f"{why}: {DATASETS_EXTRA}") from None
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    line = text[0] if text else type(err).__name__
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+def _file_identity(files: list[Path]) -> list:
+    """Each file with its size and modification time: a changed input is noticed without reading it."""
+    return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
 
 
 def python_stdlib() -> Corpus:

@@ -1,0 +1,220 @@
+"""Data preparation throughput and memory: MB/s of input text through the real pipeline
+(`trickster data prepare jsonl --text-field text`, worker processes, shards) for each tokenizer,
+next to a plain single-process tiktoken `encode_ordinary` loop over the same text; then the peak
+memory of the whole process tree for two corpus sizes, to show it stays flat as the corpus grows.
+
+    python bench/prepare_throughput.py                          # 8 MB for MB/s; 4 MB and 16 MB for RSS
+    python bench/prepare_throughput.py --throughput-mb 200 --sizes-mb 100 1000 --workers 2
+
+The corpus is generated in a temporary folder from a seed text (the test excerpt of Tiny
+Shakespeare, or --seed-text) by repetition with variation: documents of 1-8 kB made of seed lines
+with shuffled words, written as JSON lines in 32 MB files. Each measurement runs the CLI in a fresh
+process pinned to the first --workers CPUs (Linux), so that "2 workers" means 2 cores. Peak RSS is
+the largest sum of the resident sets of the command and all its descendants, sampled every 20 ms
+from /proc (Linux); elsewhere, the largest single process (getrusage). gpt2 is skipped with a
+message when tiktoken cannot load r50k_base (no cache and no network: see
+scripts/seed_tiktoken_cache.py).
+
+The command's start-up (a few seconds: Python, torch, spawning the workers) is part of its time, so
+MB/s means something from about 100 MB up; at a few MB the table only shows that everything runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED_TEXT = ROOT / "tests" / "data" / "shakespeare_excerpt.txt"
+FILE_BYTES = 32_000_000
+
+
+def generate_corpus(folder: Path, megabytes: float, seed_text: Path, seed: int = 0) -> list[Path]:
+    """JSON lines {"text": ...} adding up to about `megabytes` MB of UTF-8 text."""
+    lines = [line for line in seed_text.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    files, written, target = [], 0, int(megabytes * 1e6)
+    out, size = None, 0
+    while written < target:
+        if out is None or size >= FILE_BYTES:
+            if out:
+                out.close()
+            files.append(folder / f"part-{len(files):04d}.jsonl")
+            out, size = open(files[-1], "w", encoding="utf-8"), 0  # noqa: SIM115
+        doc, length = [], rng.randint(1000, 8000)
+        while sum(len(x) + 1 for x in doc) < length:
+            words = rng.choice(lines).split()
+            rng.shuffle(words)  # variation: no two documents repeat each other exactly
+            doc.append(" ".join(words))
+        text = "\n".join(doc) + "\n"
+        record = json.dumps({"text": text}, ensure_ascii=False) + "\n"
+        out.write(record)
+        size += len(record)
+        written += len(text.encode("utf-8"))
+    out.close()
+    return files
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        found = []
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found += [int(c) for c in f.read().split()]
+        return found
+    except OSError:
+        return []
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def tree_rss(pid: int) -> int:
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        total += _rss_bytes(current)
+        todo += _children(current)
+    return total
+
+
+def run_measured(argv: list[str], cores: int) -> tuple[float, int, str]:
+    """Wall seconds, peak RSS of the process tree in bytes, and the output of `argv`."""
+    pin = None
+    if hasattr(os, "sched_setaffinity"):
+        allowed = sorted(os.sched_getaffinity(0))[:cores]
+
+        def pin():
+            os.sched_setaffinity(0, allowed)
+
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    start = time.perf_counter()
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=pin, env=env)
+    peak, proc = 0, Path("/proc").is_dir()
+    while child.poll() is None:
+        if proc:
+            peak = max(peak, tree_rss(child.pid))
+        time.sleep(0.02)
+    seconds = time.perf_counter() - start
+    output = child.stdout.read().decode(errors="replace")
+    if child.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed ({child.returncode}):\n{output}")
+    if not proc:  # the largest single descendant (ru_maxrss is in kB on Linux, bytes on macOS)
+        scale = 1 if sys.platform == "darwin" else 1024
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale
+    return seconds, peak, output
+
+
+def prepare_argv(files: list[Path], tokenizer: str, out: Path, workers: int) -> list[str]:
+    argv = [sys.executable, "-m", "trickster", "data", "prepare", "jsonl", *map(str, files)]
+    argv += ["--text-field", "text", "--tokenizer", tokenizer, "--workers", str(workers)]
+    if tokenizer == "bpe":
+        argv += ["--vocab-size", "4096"]
+    return [*argv, "--out", str(out), "--no-progress"]
+
+
+TIKTOKEN_LOOP = """
+import json, sys, time, tiktoken
+enc = tiktoken.get_encoding("r50k_base")
+start, size, tokens = time.perf_counter(), 0, 0
+for path in sys.argv[1:]:
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            text = json.loads(line)["text"]
+            size += len(text.encode("utf-8"))
+            tokens += len(enc.encode_ordinary(text))
+print(size / (time.perf_counter() - start) / 1e6, tokens)
+"""
+
+
+def tiktoken_available() -> str | None:
+    """None if r50k_base loads; else why not."""
+    try:
+        import tiktoken
+
+        tiktoken.get_encoding("r50k_base")
+    except Exception as err:  # ImportError, or no cache and no network
+        return f"{type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}"
+    return None
+
+
+def input_megabytes(out: Path) -> float:
+    return json.loads((out / "meta.json").read_text())["input_bytes"] / 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--throughput-mb", type=float, default=8, help="corpus size for the MB/s table")
+    parser.add_argument(
+        "--sizes-mb", type=float, nargs=2, default=[4, 16], help="two corpus sizes for peak RSS"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=2, help="worker processes, and CPUs pinned (default 2)"
+    )
+    parser.add_argument("--tokenizers", nargs="+", default=["char", "byte", "bpe", "gpt2"])
+    parser.add_argument("--rss-tokenizer", default="byte", help="tokenizer of the peak RSS runs")
+    parser.add_argument("--seed-text", type=Path, default=SEED_TEXT)
+    parser.add_argument("--tmp", type=Path, help="where to build the corpora (default: a temp folder)")
+    args = parser.parse_args()
+
+    why_not_gpt2 = tiktoken_available()
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        tmp = Path(tmp)
+        files = generate_corpus(tmp / "throughput", args.throughput_mb, args.seed_text)
+        what = f"{args.throughput_mb:g} MB of generated text in {len(files)} file(s)"
+        print(f"corpus: {what}; {args.workers} workers; MB/s of the whole command, start-up included")
+        print(f"{'pipeline':<34} {'MB/s':>8} {'seconds':>8} {'peak RSS':>10}")
+        for kind in args.tokenizers:
+            if kind == "gpt2" and why_not_gpt2:
+                print(f"{'gpt2':<34} skipped: tiktoken cannot load r50k_base ({why_not_gpt2})")
+                continue
+            out = tmp / f"out-{kind}"
+            seconds, peak, _ = run_measured(prepare_argv(files, kind, out, args.workers), args.workers)
+            mb = input_megabytes(out)
+            label = f"trickster prepare --tokenizer {kind}"
+            print(f"{label:<34} {mb / seconds:>8.2f} {seconds:>8.1f} {peak / 2**20:>8.0f} MiB")
+        if why_not_gpt2:
+            print(f"{'tiktoken encode_ordinary loop':<34} skipped ({why_not_gpt2})")
+        else:
+            seconds, peak, output = run_measured([sys.executable, "-c", TIKTOKEN_LOOP, *map(str, files)], 1)
+            rate = float(output.split()[0])
+            label = "tiktoken encode_ordinary, 1 proc"
+            print(f"{label:<34} {rate:>8.2f} {seconds:>8.1f} {peak / 2**20:>8.0f} MiB  (MB/s: encoding only)")
+
+        print(f"\npeak RSS of the process tree, --tokenizer {args.rss_tokenizer}, {args.workers} workers")
+        peaks = []
+        for size in args.sizes_mb:
+            files = generate_corpus(tmp / f"rss-{size:g}", size, args.seed_text, seed=1)
+            out = tmp / f"rss-out-{size:g}"
+            seconds, peak, _ = run_measured(
+                prepare_argv(files, args.rss_tokenizer, out, args.workers), args.workers
+            )
+            peaks.append(peak)
+            print(f"{size:>10g} MB  {peak / 2**20:>8.0f} MiB  ({seconds:.1f} s)")
+            for file in files:
+                file.unlink()  # room for the next size
+        change = (peaks[1] - peaks[0]) / peaks[0]
+        print(f"change in peak RSS: {change:+.1%} for {args.sizes_mb[1] / args.sizes_mb[0]:g}x the text")
+
+
+if __name__ == "__main__":
+    main()

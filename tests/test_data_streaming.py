@@ -1,0 +1,219 @@
+"""Streaming, sharded, resumable preparation and the sources behind it (no network: the Hugging Face
+datasets are built inside the tests with `datasets.Dataset.from_dict`)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from trickster import cli
+from trickster.data import prepare as prepare_module
+from trickster.data import sources
+from trickster.data.loader import BatchSampler, ShardedTokens, load_data, windows
+from trickster.data.prepare import in_validation, partial_dir, prepare
+from trickster.errors import UserError
+
+ENCODE_CHUNK = prepare_module._encode_chunk
+WORDS = "the cat sat on a mat while one dog ran far away and came back home at night".split()
+
+
+def stories(count: int, seed: int = 0) -> list[str]:
+    """Distinct little documents of varying length."""
+    rng = np.random.default_rng(seed)
+    return [
+        f"story {i}: " + " ".join(rng.choice(WORDS, size=int(rng.integers(5, 40)))) + ".\n"
+        for i in range(count)
+    ]
+
+
+def write_texts(folder, texts):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, text in enumerate(texts):
+        (folder / f"{i:04d}.txt").write_text(text)
+    return [str(folder)]
+
+
+def split_documents(data, stream) -> list[str]:
+    """The documents of a split, cut at the end-of-text ids."""
+    ids = np.asarray(stream).astype(np.int64)
+    ends = np.flatnonzero(ids == data.tokenizer.eot_id) + 1
+    return [data.tokenizer.decode(piece.tolist()) for piece in np.split(ids, ends) if len(piece)]
+
+
+@pytest.fixture(scope="module")
+def small_shards(tmp_path_factory):
+    """80 documents in shards of 64 tokens (many boundaries), and the same in one shard per split."""
+    root = tmp_path_factory.mktemp("shards")
+    paths = write_texts(root / "texts", stories(80))
+    prepare(sources.text_files(paths), "char", root / "sharded", shard_tokens=64, chunk_chars=300)
+    prepare(sources.text_files(paths), "char", root / "flat", chunk_chars=300)
+    return root
+
+
+def test_shards_read_as_one_stream_with_windows_across_boundaries(small_shards):
+    sharded, flat = load_data(small_shards / "sharded"), load_data(small_shards / "flat")
+    assert isinstance(sharded.train, ShardedTokens) and isinstance(flat.train, np.memmap)
+    index = json.loads((small_shards / "sharded" / "index.json").read_text())
+    assert len(index["train"]) > 10 and all(s["tokens"] == 64 for s in index["train"][:-1])
+    assert 0 < index["train"][-1]["tokens"] <= 64
+    assert sharded.meta["tokens_sha256"] != flat.meta["tokens_sha256"]  # other shards: other data id
+    whole = np.asarray(flat.train)
+    assert len(sharded.train) == len(whole) and np.array_equal(np.asarray(sharded.train), whole)
+    for a, b in [(60, 70), (0, 64), (64, 128), (63, 65), (10, 300), (len(whole) - 5, len(whole))]:
+        assert np.array_equal(sharded.train[a:b], whole[a:b]), (a, b)
+    assert sharded.train[64] == whole[64] and sharded.train[-1] == whole[-1]
+    starts = torch.tensor([0, 50, 60, 127, len(whole) - 17])  # windows of 16 crossing boundaries
+    for got, want in zip(windows(sharded.train, starts, 16), windows(whole, starts, 16), strict=True):
+        assert torch.equal(got, want)
+    a = BatchSampler(sharded.train, 16, 4, seed=5).next_batch()
+    b = BatchSampler(whole, 16, 4, seed=5).next_batch()
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_worker_processes_give_the_same_tokens(small_shards, tmp_path, monkeypatch):
+    pools = []
+    real = prepare_module.multiprocessing.get_context
+
+    def spy(method):
+        pools.append(method)
+        return real(method)
+
+    monkeypatch.setattr(prepare_module.multiprocessing, "get_context", spy)
+    paths = [str(small_shards / "texts")]
+    meta = prepare(sources.text_files(paths), "char", tmp_path / "pool", workers=2, chunk_chars=300)
+    assert pools == ["spawn"]  # the pool really ran
+    assert meta["tokens_sha256"] == load_data(small_shards / "flat").meta["tokens_sha256"]
+
+
+class Interrupt:
+    """Replaces the chunk encoder: Ctrl-C after `after` chunks; counts the chunks encoded."""
+
+    def __init__(self, after: int | None):
+        self.after, self.calls = after, 0
+
+    def __call__(self, task):
+        if self.after is not None and self.calls >= self.after:
+            raise KeyboardInterrupt
+        self.calls += 1
+        return ENCODE_CHUNK(task)
+
+
+def test_an_interrupted_preparation_continues_without_redoing_finished_shards(tmp_path, monkeypatch, capsys):
+    paths = write_texts(tmp_path / "texts", stories(120, seed=1))
+    out = tmp_path / "out"
+    out.mkdir()  # an existing prepared folder must survive the interruption untouched
+    (out / "meta.json").write_text("{}")
+
+    def run():
+        return prepare(sources.text_files(paths), "char", out, shard_tokens=400, chunk_chars=200, workers=1)
+
+    monkeypatch.setattr(prepare_module, "_encode_chunk", Interrupt(after=12))
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    partial = partial_dir(out)
+    assert "run the same command again" in capsys.readouterr().out
+    assert (out / "meta.json").read_text() == "{}" and sorted(p.name for p in out.iterdir()) == ["meta.json"]
+    record = json.loads((partial / "progress.json").read_text())
+    assert record["next_document"] > 0
+    finished = sorted((partial / "train").glob("*.bin"))
+    assert len(finished) == len(record["splits"]["train"]["shards"]) >= 2
+    stamps = {p: p.stat().st_mtime_ns for p in finished}
+
+    second = Interrupt(after=None)
+    monkeypatch.setattr(prepare_module, "_encode_chunk", second)
+    meta = run()
+    assert "continuing the preparation" in capsys.readouterr().out
+    assert not partial.exists() and (out / "index.json").is_file()
+    assert all(p.stat().st_mtime_ns == stamps[p] for p in (out / "train").glob("*.bin") if p in stamps)
+    fresh = Interrupt(after=None)
+    monkeypatch.setattr(prepare_module, "_encode_chunk", fresh)
+    reference = prepare(
+        sources.text_files(paths), "char", tmp_path / "ref", shard_tokens=400, chunk_chars=200, workers=1
+    )
+    assert second.calls == fresh.calls - 12  # the finished chunks were not tokenized again
+    assert meta["tokens_sha256"] == reference["tokens_sha256"]
+    assert meta["train_documents"] + meta["val_documents"] == 120
+
+
+def test_continuing_with_other_settings_is_one_clear_error(tmp_path, monkeypatch):
+    paths = write_texts(tmp_path / "texts", stories(60, seed=2))
+    monkeypatch.setattr(prepare_module, "_encode_chunk", Interrupt(after=3))
+    with pytest.raises(KeyboardInterrupt):
+        prepare(sources.text_files(paths), "char", tmp_path / "out", chunk_chars=200, workers=1, echo=print)
+    monkeypatch.undo()
+    with pytest.raises(UserError, match=r"other settings \(tokenizer\).*delete .*out.partial"):
+        prepare(sources.text_files(paths), "byte", tmp_path / "out", chunk_chars=200)
+    assert (partial_dir(tmp_path / "out") / "progress.json").is_file()  # kept for the right command
+
+
+def test_a_source_with_its_own_validation_split_keeps_it(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    train, val = stories(50, seed=3), stories(8, seed=4)
+    folder = tmp_path / "tinystories"
+    folder.mkdir()
+    datasets.Dataset.from_dict({"text": train}).to_parquet(str(folder / "train.parquet"))
+    datasets.Dataset.from_dict({"text": val}).to_parquet(str(folder / "validation.parquet"))
+    out = tmp_path / "out"
+    argv = ["data", "prepare", "tinystories", "--dataset", str(folder), "--out", str(out)]
+    assert cli.main([*argv, "--no-progress", "--tokenizer", "byte"]) == 0
+    data = load_data(out)
+    assert split_documents(data, data.train) == train and split_documents(data, data.val) == val
+    assert data.meta["source"] == "tinystories" and data.meta["eot_id"] == 256
+
+
+def test_hf_reads_a_dataset_saved_to_disk_with_another_text_field(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    docs = stories(40, seed=5)
+    datasets.Dataset.from_dict({"id": list(range(40)), "content": docs}).save_to_disk(str(tmp_path / "saved"))
+    out = tmp_path / "out"
+    argv = ["data", "prepare", "hf", str(tmp_path / "saved"), "--text-field", "content", "--out", str(out)]
+    assert cli.main([*argv, "--no-progress"]) == 0
+    data = load_data(out)
+    assert sorted(split_documents(data, data.train) + split_documents(data, data.val)) == sorted(docs)
+    assert split_documents(data, data.val) == [d for d in docs if in_validation(d, 0.1)]
+    with pytest.raises(UserError, match="no field 'text'.*--text-field"):
+        prepare(sources.hf_dataset(str(tmp_path / "saved")), "byte", tmp_path / "other")
+
+
+def test_jsonl_text_field_and_template_and_parquet_give_plain_documents(tmp_path):
+    pytest.importorskip("pyarrow")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    docs = stories(30, seed=6)
+    records = [{"prompt": d[:10], "response": d[10:], "text": d} for d in docs]
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    by_field = sources.jsonl_documents([str(tmp_path / "r.jsonl")], text_field="text")
+    assert list(by_field.read()) == docs
+    joined = sources.jsonl_documents([str(tmp_path / "r.jsonl")], template="Q: {prompt}\\nA: {response}")
+    assert list(joined.read()) == [f"Q: {r['prompt']}\nA: {r['response']}" for r in records]
+    pq.write_table(pa.table({"body": docs}), tmp_path / "d.parquet", row_group_size=7)
+    assert list(sources.parquet_documents([str(tmp_path / "d.parquet")], "body").read()) == docs
+
+    out = tmp_path / "out"
+    argv = ["data", "prepare", "jsonl", str(tmp_path / "r.jsonl"), "--template", "{prompt}|{response}"]
+    assert cli.main([*argv, "--out", str(out), "--no-progress", "--val-fraction", "0.3"]) == 0
+    data = load_data(out)
+    assert "loss_mask" not in data.meta and isinstance(data.train, np.memmap)
+    assert sorted(split_documents(data, data.train) + split_documents(data, data.val)) == sorted(
+        f"{d[:10]}|{d[10:]}" for d in docs
+    )
+
+
+def test_bpe_is_trained_on_the_stream_and_encodes_the_same_in_worker_processes(small_shards, tmp_path):
+    pytest.importorskip("tokenizers")
+    paths = [str(small_shards / "texts")]
+    one = prepare(
+        sources.text_files(paths), "bpe", tmp_path / "one", vocab_size=300, workers=1, chunk_chars=300
+    )
+    two = prepare(
+        sources.text_files(paths), "bpe", tmp_path / "two", vocab_size=300, workers=2, chunk_chars=300
+    )
+    assert one["vocab_size"] == 300 and one["dtype"] == "uint16"
+    assert one["tokens_sha256"] == two["tokens_sha256"]
+    data = load_data(tmp_path / "two")
+    docs = split_documents(data, data.train) + split_documents(data, data.val)
+    assert sorted(docs) == sorted(stories(80))
