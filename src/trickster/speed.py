@@ -19,7 +19,7 @@ import torch
 @functools.cache
 def matmul_ceiling(device_type: str, dtype_name: str, device_index: int | None = None) -> float:
     """Median FLOP/s of square matmuls on this device and dtype (warm-up excluded)."""
-    device = torch.device(device_type, device_index) if device_index is not None else torch.device(device_type)
+    device = torch.device(device_type) if device_index is None else torch.device(device_type, device_index)
     dtype = getattr(torch, dtype_name)
     size = 8192 if device.type == "cuda" else 1024
     # a private generator: the run's random streams (dropout, sampling) must not move

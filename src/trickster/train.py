@@ -31,8 +31,8 @@ from trickster.finetune import setup_finetuning
 from trickster.generate import generate
 from trickster.metrics import MetricSinks, NoMetrics, read_metrics, run_manifest
 from trickster.model import Transformer, flops_per_token, parameter_breakdown
-from trickster.speed import peak_flops
 from trickster.optim import build_optimizer, lr_at
+from trickster.speed import peak_flops
 from trickster.tokenizers import Tokenizer
 
 
