@@ -1,50 +1,60 @@
-"""Training throughput of presets on this machine: ms/step, tokens/s, and achieved FLOP/s as a
-fraction of the measured fp32 matmul ceiling. Runs the real training loop (`trickster.train`).
+"""Training throughput on this machine: ms/step, tokens/s, MFU and peak memory for presets x dtypes
+x compile, through the real training loop (`trickster.train`); and, with --peer, the same
+measurement for a GPT-2-style peer built to nanoGPT's recipe (bench/gpt2_peer.py) at matched
+FLOPs per token, run in the same process so that the two figures compare as a ratio.
 
-    python bench/train_throughput.py                       # tiny and nano on the CPU
-    python bench/train_throughput.py --presets tiny --steps 60 --text path/to/input.txt
+    python bench/train_throughput.py                                  # tiny and nano, CPU, float32
+    python bench/train_throughput.py --presets nano --dtypes float32 bfloat16 --compile both
+    python bench/train_throughput.py --device cuda --presets nano gpt2-small --dtypes bfloat16
+    python bench/train_throughput.py --peer small nano                # against the peer
 
-Each preset trains for --steps steps (logging every --interval); the first interval is discarded
-as warm-up and the median of the rest is reported.
+Each configuration trains for --steps steps (logging every --interval); the first interval is
+discarded as warm-up (it also holds torch.compile's compilation) and the median of the rest is
+reported. MFU is achieved FLOP/s (tokens/s x `trickster.model.flops_per_token`) over the measured
+matmul ceiling of the device in that dtype (`trickster.speed`).
+
+The peer shapes are nanoGPT's CPU example (--peer small: 4 layers, 128 wide, 4 heads, context 64,
+batch 12) and the nano preset's size (--peer nano: 6 layers, 256 wide, 8 heads, context 512,
+batch 16). nano-trickster's model runs at the same width, depth, heads, context and batch, with its
+SwiGLU width set so that its FLOPs per token match the peer's GELU MLP (8/3 x width) and its
+vocabulary left unpadded (65), like the peer's.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
+import sys
 import tempfile
-import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from trickster.config import load_config
 from trickster.data import sources
+from trickster.data.loader import load_data
 from trickster.data.prepare import prepare
 from trickster.model import flops_per_token
+from trickster.speed import matmul_ceiling
 from trickster.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import gpt2_peer  # noqa: E402  (a sibling script)
+
 DEFAULT_TEXTS = [
     ROOT.parent / "shared" / "data" / "tinyshakespeare.txt",
     ROOT / "tests" / "data" / "shakespeare_excerpt.txt",
 ]
+PEER_SHAPES = {  # layers, width, heads, context, batch
+    "small": (4, 128, 4, 64, 12),
+    "nano": (6, 256, 8, 512, 16),
+}
 
 
-def matmul_ceiling_gflops(size: int = 1024, repeats: int = 20) -> float:
-    """Median fp32 GFLOP/s of a square matmul: the practical peak of this device."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2 * size**3 / statistics.median(times) / 1e9
-
-
-def bench_preset(preset: str, data_dir: Path, steps: int, interval: int, overrides: list[str]) -> dict:
+def measure(preset: str, data_dir: Path, steps: int, interval: int, overrides: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = load_config(
             preset=preset,
@@ -58,59 +68,121 @@ def bench_preset(preset: str, data_dir: Path, steps: int, interval: int, overrid
                 "training_config.warmup_steps=1",
                 "training_config.sample_tokens=0",
                 "training_config.eval_batches=1",
-                "device_config.device=cpu",
+                "logging_config.loss_plot=false",
                 *overrides,
             ],
         )
         result = train(cfg, progress=False, echo=lambda *a: None)
     intervals = [r for r in result.history if r["event"] == "train"][1:]
     ms = statistics.median(r["ms_per_step"] for r in intervals)
+    mfu = [r["mfu"] for r in intervals if r.get("mfu") is not None]
+    memory = [r["peak_memory_gib"] for r in intervals if r.get("peak_memory_gib") is not None]
     cfg = result.cfg
     tokens_per_step = cfg.training.batch_size * cfg.seq_len * cfg.training.gradient_accumulation_steps
-    tok_s = tokens_per_step / (ms / 1000)
-    flops = flops_per_token(cfg.model, cfg.seq_len)
     return {
-        "preset": preset,
         "params": result.params,
         "batch": f"{cfg.training.batch_size}x{cfg.seq_len}",
         "ms_per_step": ms,
-        "tokens_per_sec": tok_s,
-        "gflops": tok_s * flops / 1e9,
+        "tokens_per_sec": tokens_per_step / (ms / 1000),
+        "flops_per_token": flops_per_token(cfg.model, cfg.seq_len),
+        "mfu": statistics.median(mfu) if mfu else None,
+        "memory": max(memory) if memory else None,
     }
+
+
+def grid(args, data_dir: Path) -> None:
+    compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
+    print(
+        f"{'preset':<11} {'dtype':<9} {'compile':<7} {'params':>12} {'batch':>8} {'ms/step':>9} "
+        f"{'tokens/s':>10} {'MFU':>6} {'peak GiB':>9}"
+    )
+    for preset, dtype, compiled in itertools.product(args.presets, args.dtypes, compiles):
+        steps = args.steps or (60 if preset == "tiny" else 12)
+        interval = args.interval or max(1, steps // 6)
+        overrides = [
+            f"device_config.device={args.device}",
+            f"device_config.dtype={dtype}",
+            f"device_config.compile={str(compiled).lower()}",
+            *args.overrides,
+        ]
+        row = measure(preset, data_dir, steps, interval, overrides)
+        mfu = "n/a" if row["mfu"] is None else f"{row['mfu']:.0%}"
+        memory = "n/a" if row["memory"] is None else f"{row['memory']:.2f}"
+        print(
+            f"{preset:<11} {dtype:<9} {'yes' if compiled else 'no':<7} {row['params']:>12,} "
+            f"{row['batch']:>8} {row['ms_per_step']:>9.1f} {row['tokens_per_sec']:>10,.0f} {mfu:>6} "
+            f"{memory:>9}"
+        )
+
+
+def peer(args, data_dir: Path, shape: str) -> None:
+    layers, width, heads, context, batch = PEER_SHAPES[shape]
+    steps = args.steps or (100 if shape == "small" else 12)
+    tokens = np.asarray(load_data(data_dir).train)
+    peer_args = argparse.Namespace(
+        layers=layers, width=width, heads=heads, context=context, batch=batch, steps=steps, lr=1e-3
+    )
+    times, peer_model = gpt2_peer.train_steps(tokens, peer_args, vocab=65)
+    peer_ms = 1000 * statistics.median(times[max(1, steps // 6) :])
+    peer_flops = gpt2_peer.flops_per_token(peer_model, layers, width, context)
+
+    mlp = round(8 * width / 3)  # SwiGLU's three matrices = GELU's two at 4x width
+    overrides = [
+        "device_config.device=cpu",
+        f"model_config.num_layers={layers}",
+        f"model_config.hidden_dim={width}",
+        f"model_config.num_heads={heads}",
+        f"model_config.mlp_dim={mlp}",
+        f"model_config.max_seq_len={context}",
+        "model_config.vocab_size=65",
+        "model_config.dropout=0.0",
+        f"training_config.batch_size={batch}",
+        "training_config.learning_rate=1e-3",
+        *args.overrides,
+    ]
+    ours = measure("tiny", data_dir, steps, max(1, steps // 6), overrides)
+    peer_tok_s = batch * context / (peer_ms / 1000)
+    print(f"--peer {shape}: {layers} layers, {width} wide, {heads} heads, context {context}, batch {batch}")
+    print(f"  {'':<15} {'FLOPs/token':>12} {'ms/step':>9} {'tokens/s':>10} {'GFLOP/s':>8}")
+    for name, flops, ms, tok_s in (
+        ("gpt2 peer", peer_flops, peer_ms, peer_tok_s),
+        ("nano-trickster", ours["flops_per_token"], ours["ms_per_step"], ours["tokens_per_sec"]),
+    ):
+        print(f"  {name:<15} {flops:>12,} {ms:>9.1f} {tok_s:>10,.0f} {tok_s * flops / 1e9:>8.1f}")
+    ratio = ours["tokens_per_sec"] * ours["flops_per_token"] / (peer_tok_s * peer_flops)
+    print(f"  nano-trickster / peer, FLOP/s at matched FLOPs per token: {ratio:.2f}x")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["tiny", "nano"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtypes", nargs="+", default=["float32"])
+    parser.add_argument("--compile", choices=("off", "on", "both"), default="off")
+    parser.add_argument("--peer", nargs="+", choices=sorted(PEER_SHAPES), help="compare with the peer")
     parser.add_argument("--steps", type=int, default=None, help="default: 60 for tiny, 12 otherwise")
     parser.add_argument("--interval", type=int, default=None)
     parser.add_argument("--text", type=Path, default=next((p for p in DEFAULT_TEXTS if p.exists()), None))
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("overrides", nargs="*", help="config overrides applied to every preset")
+    parser.add_argument("overrides", nargs="*", help="config overrides applied to every run")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"
-        prepare(sources.shakespeare(args.text), "char", data_dir)
-        ceiling = matmul_ceiling_gflops()
+        prepare(sources.shakespeare(args.text), "char", data_dir, progress=False)
+        ceiling = matmul_ceiling("cpu", "float32") if args.device == "cpu" else None
         print(
-            f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-            f"fp32 matmul ceiling {ceiling:.0f} GFLOP/s, text {args.text.name}"
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+            + (f", fp32 matmul ceiling {ceiling / 1e9:.0f} GFLOP/s" if ceiling else "")
+            + f", text {args.text.name}"
         )
-        print(
-            f"{'preset':<8} {'params':>10} {'batch':>8} {'ms/step':>9} {'tokens/s':>10} "
-            f"{'GFLOP/s':>8} {'of ceiling':>10}"
-        )
-        for preset in args.presets:
-            steps = args.steps or (60 if preset == "tiny" else 12)
-            interval = args.interval or max(1, steps // 6)
-            row = bench_preset(preset, data_dir, steps, interval, args.overrides)
-            print(
-                f"{row['preset']:<8} {row['params']:>10,} {row['batch']:>8} {row['ms_per_step']:>9.1f} "
-                f"{row['tokens_per_sec']:>10,.0f} {row['gflops']:>8.1f} {row['gflops'] / ceiling:>10.0%}"
-            )
+        if args.peer:
+            for shape in args.peer:
+                peer(args, data_dir, shape)
+        else:
+            grid(args, data_dir)
 
 
 if __name__ == "__main__":

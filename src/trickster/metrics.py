@@ -135,7 +135,7 @@ def csv_rows(records: list[dict]) -> list[dict]:
     for r in records:
         if r["event"] not in ("train", "eval"):
             continue
-        row = {k: r.get(k, "") for k in CSV_FIELDS}
+        row = {k: "" if r.get(k) is None else r[k] for k in CSV_FIELDS}  # None (not measured): empty
         if row["tokens_seen"] == "" and tokens_per_step is not None:
             row["tokens_seen"] = r["step"] * tokens_per_step
         rows.append(row)

@@ -12,9 +12,9 @@ hidden d, MLP m, key/value width kv = num_kv_heads * head_dim, nh heads, vocabul
   device_config.dtype says (autocast computes in bf16/fp16; it keeps float32 weights). With
   bf16/fp16 autocast also caches a 2-byte copy of every matrix: + 2P.
 - activations saved for the backward pass, per token:
-  float32:    L * (8d + 2kv + 4m + nh + 2) * 4
-  bf16/fp16:  L * ((4d + nh + 2) * 4 + (4d + 2kv + 4m) * 2)   (RMSNorm keeps float32)
-  plus (3d + V + 3) * 4 + 8 for the final norm, the log-softmax of the float32 logits and the
+  float32:    L * (6d + 2kv + 4m + nh + 2) * 4
+  bf16/fp16:  L * ((2d + nh + 2) * 4 + (4d + 2kv + 4m) * 2)   (RMSNorm keeps float32)
+  plus (2d + V + 3) * 4 + 8 for the final norm, the log-softmax of the float32 logits and the
   targets.
   The float32 line matches, within 1%, the tensors autograd saves for this model on CPU (tested
   in tests/test_plan.py with saved-tensor hooks). The bf16/fp16 line assumes fused attention
@@ -73,10 +73,10 @@ def activation_bytes_per_token(cfg: Config) -> int:
     d, L, nh, V = m.hidden_dim, m.num_layers, m.num_heads, m.vocab_size
     kv = (m.num_kv_heads or m.num_heads) * (d // nh)
     if cfg.device.dtype == "float32":
-        per_layer = (8 * d + 2 * kv + 4 * m.mlp_dim + nh + 2) * 4
+        per_layer = (6 * d + 2 * kv + 4 * m.mlp_dim + nh + 2) * 4
     else:
-        per_layer = (4 * d + nh + 2) * 4 + (4 * d + 2 * kv + 4 * m.mlp_dim) * 2
-    return L * per_layer + (3 * d + V + 3) * 4 + 8
+        per_layer = (2 * d + nh + 2) * 4 + (4 * d + 2 * kv + 4 * m.mlp_dim) * 2
+    return L * per_layer + (2 * d + V + 3) * 4 + 8
 
 
 def memory_estimate(cfg: Config, batch_size: int | None = None, seq_len: int | None = None) -> Memory:

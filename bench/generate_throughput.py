@@ -1,0 +1,119 @@
+"""Generation speed on this machine: tokens/s of `trickster.generate` with and without the KV cache,
+next to transformers' `generate` on the same weights (exported with `trickster export hf`).
+
+    python bench/generate_throughput.py                        # tiny and nano presets, CPU
+    python bench/generate_throughput.py --presets nano --new-tokens 256 --repeats 5
+
+Weights are random (speed does not depend on them); every run is greedy, batch 1, from the same
+prompt, and produces the same number of tokens (no stop token), so the runs do equal work. Each
+figure is the median of --repeats timed runs after one warm-up run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from trickster import checkpoint as ckpt
+from trickster.config import load_config
+from trickster.generate import generate
+from trickster.hf import export_hf
+from trickster.model import Transformer
+from trickster.tokenizers import ByteTokenizer
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_preset(preset: str, prompt_len: int, new_tokens: int, repeats: int, workdir: Path) -> dict:
+    cfg = load_config(preset=preset, overrides=["model_config.vocab_size=256"])
+    torch.manual_seed(0)
+    model = Transformer(cfg.model).eval()
+    with torch.no_grad():  # larger random weights: clear-cut greedy choices, so the two agree
+        for name, p in model.named_parameters():
+            p.uniform_(0.5, 1.5) if name.endswith("norm.weight") else p.normal_(0.0, 0.3)
+    prompt = torch.randint(0, 256, (prompt_len,)).tolist()
+    ours_cached = timed(lambda: list(generate(model, prompt, new_tokens, temperature=0)), repeats)
+    ours_uncached = timed(
+        lambda: list(generate(model, prompt, new_tokens, temperature=0, use_cache=False)), repeats
+    )
+
+    row = {
+        "preset": preset,
+        "params": sum(p.numel() for p in model.parameters()),
+        "cached": new_tokens / ours_cached,
+        "uncached": new_tokens / ours_uncached,
+        "hf": None,
+    }
+    try:
+        from transformers import LlamaForCausalLM
+    except ImportError:
+        return row
+    ckpt.save_checkpoint(workdir / preset / "ckpt", model, cfg, ByteTokenizer(), {"step": 0})
+    export_hf(workdir / preset / "ckpt", workdir / preset / "hf")
+    hf_model = LlamaForCausalLM.from_pretrained(workdir / preset / "hf").eval()
+    ids = torch.tensor([prompt])
+
+    def hf_generate():
+        with torch.no_grad():
+            out = hf_model.generate(
+                ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, use_cache=True
+            )
+        assert out.shape[1] == prompt_len + new_tokens
+
+    # the same weights must give the same greedy tokens, or the comparison means nothing
+    ours = list(generate(model, prompt, new_tokens, temperature=0))
+    with torch.no_grad():
+        theirs = hf_model.generate(
+            ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False
+        )[0, prompt_len:]
+    agree = sum(a == b for a, b in zip(ours, theirs.tolist(), strict=True))
+    row["hf"] = new_tokens / timed(hf_generate, repeats)
+    row["agree"] = agree / new_tokens
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=["tiny", "nano"])
+    parser.add_argument("--prompt-tokens", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 1, greedy, "
+        f"{args.prompt_tokens} prompt + {args.new_tokens} new tokens, median of {args.repeats}"
+    )
+    print(
+        f"{'preset':<8} {'params':>11} {'cached tok/s':>13} {'uncached':>9} {'transformers':>13} "
+        f"{'cached / transformers':>22} {'same tokens':>12}"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        for preset in args.presets:
+            r = bench_preset(preset, args.prompt_tokens, args.new_tokens, args.repeats, Path(tmp))
+            hf = "n/a" if r["hf"] is None else f"{r['hf']:,.0f}"
+            ratio = "n/a" if r["hf"] is None else f"{r['cached'] / r['hf']:.2f}x"
+            agree = "n/a" if r["hf"] is None else f"{r['agree']:.0%}"
+            print(
+                f"{r['preset']:<8} {r['params']:>11,} {r['cached']:>13,.0f} {r['uncached']:>9,.0f} "
+                f"{hf:>13} {ratio:>22} {agree:>12}"
+            )
+
+
+if __name__ == "__main__":
+    main()
