@@ -6,7 +6,8 @@ next to transformers' `generate` on the same weights (exported with `trickster e
 
 Weights are random (speed does not depend on them); every run is greedy, batch 1, from the same
 prompt, and produces the same number of tokens (no stop token), so the runs do equal work. Each
-figure is the median of --repeats timed runs after one warm-up run.
+figure is the median of --repeats timed runs after one warm-up run, the three kinds of run
+timed in turns.
 """
 
 from __future__ import annotations
@@ -27,14 +28,18 @@ from trickster.model import Transformer
 from trickster.tokenizers import ByteTokenizer
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def interleaved(fns: dict, repeats: int) -> dict:
+    """Median seconds of each function, timed in turns (one warm-up each), so that a slow spell of
+    a shared machine hits all of them alike."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def bench_preset(preset: str, prompt_len: int, new_tokens: int, repeats: int, workdir: Path) -> dict:
@@ -45,43 +50,34 @@ def bench_preset(preset: str, prompt_len: int, new_tokens: int, repeats: int, wo
         for name, p in model.named_parameters():
             p.uniform_(0.5, 1.5) if name.endswith("norm.weight") else p.normal_(0.0, 0.3)
     prompt = torch.randint(0, 256, (prompt_len,)).tolist()
-    ours_cached = timed(lambda: list(generate(model, prompt, new_tokens, temperature=0)), repeats)
-    ours_uncached = timed(
-        lambda: list(generate(model, prompt, new_tokens, temperature=0, use_cache=False)), repeats
-    )
-
-    row = {
-        "preset": preset,
-        "params": sum(p.numel() for p in model.parameters()),
-        "cached": new_tokens / ours_cached,
-        "uncached": new_tokens / ours_uncached,
-        "hf": None,
+    fns = {
+        "cached": lambda: list(generate(model, prompt, new_tokens, temperature=0)),
+        "uncached": lambda: list(generate(model, prompt, new_tokens, temperature=0, use_cache=False)),
     }
+    row = {"preset": preset, "params": sum(p.numel() for p in model.parameters()), "hf": None}
     try:
         from transformers import LlamaForCausalLM
     except ImportError:
-        return row
-    ckpt.save_checkpoint(workdir / preset / "ckpt", model, cfg, ByteTokenizer(), {"step": 0})
-    export_hf(workdir / preset / "ckpt", workdir / preset / "hf")
-    hf_model = LlamaForCausalLM.from_pretrained(workdir / preset / "hf").eval()
-    ids = torch.tensor([prompt])
+        LlamaForCausalLM = None
+    if LlamaForCausalLM is not None:
+        ckpt.save_checkpoint(workdir / preset / "ckpt", model, cfg, ByteTokenizer(), {"step": 0})
+        export_hf(workdir / preset / "ckpt", workdir / preset / "hf")
+        hf_model = LlamaForCausalLM.from_pretrained(workdir / preset / "hf").eval()
+        ids = torch.tensor([prompt])
 
-    def hf_generate():
-        with torch.no_grad():
-            out = hf_model.generate(
-                ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, use_cache=True
-            )
-        assert out.shape[1] == prompt_len + new_tokens
+        def hf_generate() -> list[int]:
+            with torch.no_grad():
+                out = hf_model.generate(
+                    ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, use_cache=True
+                )
+            return out[0, prompt_len:].tolist()
 
-    # the same weights must give the same greedy tokens, or the comparison means nothing
-    ours = list(generate(model, prompt, new_tokens, temperature=0))
-    with torch.no_grad():
-        theirs = hf_model.generate(
-            ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False
-        )[0, prompt_len:]
-    agree = sum(a == b for a, b in zip(ours, theirs.tolist(), strict=True))
-    row["hf"] = new_tokens / timed(hf_generate, repeats)
-    row["agree"] = agree / new_tokens
+        # the same weights must give the same greedy tokens, or the comparison means nothing
+        ours, theirs = fns["cached"](), hf_generate()
+        row["agree"] = sum(a == b for a, b in zip(ours, theirs, strict=True)) / new_tokens
+        fns["hf"] = hf_generate
+    seconds = interleaved(fns, repeats)
+    row.update({name: new_tokens / s for name, s in seconds.items()})
     return row
 
 

@@ -140,17 +140,24 @@ def peer(args, data_dir: Path, shape: str) -> None:
         "training_config.learning_rate=1e-3",
         *args.overrides,
     ]
-    ours = measure("tiny", data_dir, steps, max(1, steps // 6), overrides)
     peer_tok_s = batch * context / (peer_ms / 1000)
     print(f"--peer {shape}: {layers} layers, {width} wide, {heads} heads, context {context}, batch {batch}")
-    print(f"  {'':<15} {'FLOPs/token':>12} {'ms/step':>9} {'tokens/s':>10} {'GFLOP/s':>8}")
-    for name, flops, ms, tok_s in (
-        ("gpt2 peer", peer_flops, peer_ms, peer_tok_s),
-        ("nano-trickster", ours["flops_per_token"], ours["ms_per_step"], ours["tokens_per_sec"]),
-    ):
-        print(f"  {name:<15} {flops:>12,} {ms:>9.1f} {tok_s:>10,.0f} {tok_s * flops / 1e9:>8.1f}")
-    ratio = ours["tokens_per_sec"] * ours["flops_per_token"] / (peer_tok_s * peer_flops)
-    print(f"  nano-trickster / peer, FLOP/s at matched FLOPs per token: {ratio:.2f}x")
+    print(f"  {'':<26} {'FLOPs/token':>12} {'ms/step':>9} {'tokens/s':>10} {'GFLOP/s':>8} {'vs peer':>8}")
+    print(
+        f"  {'gpt2 peer (eager)':<26} {peer_flops:>12,} {peer_ms:>9.1f} {peer_tok_s:>10,.0f} "
+        f"{peer_tok_s * peer_flops / 1e9:>8.1f} {'1.00x':>8}"
+    )
+    for compiled in {"off": [False], "on": [True], "both": [False, True]}[args.compile]:
+        ours = measure(
+            "tiny", data_dir, steps, max(1, steps // 6), [*overrides, f"device_config.compile={compiled}"]
+        )
+        flops, tok_s = ours["flops_per_token"], ours["tokens_per_sec"]
+        ratio = tok_s * flops / (peer_tok_s * peer_flops)  # FLOP/s at matched FLOPs per token
+        name = "nano-trickster" + (" (compiled)" if compiled else " (eager)")
+        print(
+            f"  {name:<26} {flops:>12,} {ours['ms_per_step']:>9.1f} {tok_s:>10,.0f} "
+            f"{tok_s * flops / 1e9:>8.1f} {ratio:>7.2f}x"
+        )
 
 
 def main() -> None:

@@ -39,6 +39,38 @@ def test_cached_logits_match_a_full_forward_pass():
     torch.testing.assert_close(torch.cat([first, *rest, chunk], dim=1), full, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("kv_heads", [None, 2])
+def test_fused_projections_give_the_same_logits_and_are_dropped_afterwards(kv_heads):
+    torch.manual_seed(0)
+    model = Transformer(small(num_kv_heads=kv_heads)).eval()
+    idx = torch.randint(0, 40, (2, 12))
+    with torch.no_grad():
+        plain, _ = model(idx)
+        with model.fused_projections():
+            assert model.layers[0].attention.fused_qkv is not None
+            fused, _ = model(idx)
+            cache = KVCache.empty(model.cfg, 2, 24, "cpu", torch.float32)
+            stepwise = [model(idx[:, i : i + 1], cache=cache)[0] for i in range(12)]
+    torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.cat(stepwise, dim=1), plain, atol=1e-5, rtol=1e-5)
+    assert all(b.attention.fused_qkv is None and b.feed_forward.fused_gate_up is None for b in model.layers)
+    # training after generation uses the live weights, not a stale fused copy
+    list(generate(model, [1, 2], 3, temperature=0))
+    assert model.layers[0].attention.fused_qkv is None
+
+
+def test_nothing_is_fused_when_a_projection_carries_a_lora_adapter():
+    from trickster.config import LoraConfig
+    from trickster.lora import apply_lora
+
+    torch.manual_seed(0)
+    model = Transformer(small()).eval()
+    apply_lora(model, LoraConfig(rank=2, alpha=4, targets=["wq", "wv"]))
+    with model.fused_projections():
+        assert model.layers[0].attention.fused_qkv is None
+        assert model.layers[0].feed_forward.fused_gate_up is None
+
+
 def test_sampling_filters():
     logits = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
     g = torch.Generator().manual_seed(0)

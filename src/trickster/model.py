@@ -7,6 +7,7 @@ This file never imports torch.distributed; parallelism is applied to a finished 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -25,7 +26,11 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return RMSNormFunction.apply(x, self.weight, self.eps)
+        if torch.is_grad_enabled():
+            return RMSNormFunction.apply(x, self.weight, self.eps)
+        # inference (generation, evaluation): one fused call, no autograd bookkeeping
+        x32 = x.to(torch.promote_types(x.dtype, torch.float32))
+        return F.rms_norm(x32, self.weight.shape, eps=self.eps).type_as(x) * self.weight
 
 
 class RMSNormFunction(torch.autograd.Function):
@@ -57,18 +62,21 @@ class RMSNormFunction(torch.autograd.Function):
 
 
 def rotary_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Tensor, ...]:
-    """cos and sin of every (position, frequency) pair, repeated for the two halves."""
+    """cos and signed sin of every (position, frequency) pair, each (T, head_dim).
+
+    Rotate-half pairs element i with element i + head_dim/2 (the layout transformers uses). The
+    sin table carries the rotation's sign (-sin on the first half, +sin on the second), so that
+    `apply_rotary` needs one `roll` instead of a split, a negation and a concatenation.
+    """
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
     angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)  # (T, hd/2)
-    angles = torch.cat([angles, angles], dim=-1)  # (T, hd)
-    return angles.cos(), angles.sin()
+    return torch.cat([angles.cos(), angles.cos()], dim=-1), torch.cat([-angles.sin(), angles.sin()], dim=-1)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate-half rotary embedding; x is (B, n_heads, T, head_dim), cos/sin are (T, head_dim)."""
-    first, second = x.chunk(2, dim=-1)
-    rotated = torch.cat([-second, first], dim=-1)
-    return (x * cos + rotated * sin).type_as(x)
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half rotary embedding; x is (B, n_heads, T, head_dim), the tables (T, head_dim):
+    (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)."""
+    return (x * cos + x.roll(x.size(-1) // 2, dims=-1) * signed_sin).type_as(x)
 
 
 @dataclass
@@ -98,13 +106,20 @@ class Attention(nn.Module):
         self.wk = nn.Linear(cfg.hidden_dim, self.n_kv_heads * self.head_dim, bias=False)
         self.wv = nn.Linear(cfg.hidden_dim, self.n_kv_heads * self.head_dim, bias=False)
         self.wo = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_dim, bias=False)
+        self.fused_qkv: torch.Tensor | None = None  # set by Transformer.fused_projections()
 
     def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
-        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
-        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if self.fused_qkv is not None:  # generation: one matmul, and one rotation for q and k
+            qkv = F.linear(x, self.fused_qkv).view(B, T, -1, self.head_dim).transpose(1, 2)
+            qk = apply_rotary(qkv[:, : self.n_heads + self.n_kv_heads], cos, sin)
+            q, k = qk.split([self.n_heads, self.n_kv_heads], dim=1)  # (B, nh, T, hd), (B, nkv, T, hd)
+            v = qkv[:, self.n_heads + self.n_kv_heads :]  # (B, nkv, T, hd)
+        else:
+            q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+            k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
+            v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
 
         start = 0
         if cache is not None:
@@ -140,8 +155,12 @@ class SwiGLU(nn.Module):
         self.w1 = nn.Linear(cfg.hidden_dim, cfg.mlp_dim, bias=False)  # gate
         self.w3 = nn.Linear(cfg.hidden_dim, cfg.mlp_dim, bias=False)  # up
         self.w2 = nn.Linear(cfg.mlp_dim, cfg.hidden_dim, bias=False)  # down
+        self.fused_gate_up: torch.Tensor | None = None  # set by Transformer.fused_projections()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused_gate_up is not None:
+            gate, up = F.linear(x, self.fused_gate_up).chunk(2, dim=-1)
+            return self.w2(F.silu(gate) * up)
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
@@ -155,6 +174,9 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        if not (self.training and self.dropout.p > 0):  # a call less per branch: decoding is overhead-bound
+            x = x + self.attention(self.attention_norm(x), cos, sin, cache, layer)
+            return x + self.feed_forward(self.ffn_norm(x))
         x = x + self.dropout(self.attention(self.attention_norm(x), cos, sin, cache, layer))
         return x + self.dropout(self.feed_forward(self.ffn_norm(x)))
 
@@ -173,9 +195,39 @@ class Transformer(nn.Module):
             self.output.weight = self.tok_embeddings.weight
         cos, sin = rotary_tables(cfg.hidden_dim // cfg.num_heads, cfg.max_seq_len, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)  # (max_seq_len, head_dim)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)  # signed: see rotary_tables
         self.checkpoint_activations = False  # set by the trainer (device_config.activation_checkpointing)
         self.init_weights()
+
+    @contextlib.contextmanager
+    def fused_projections(self):
+        """For generation: q, k and v in one matrix multiply, and the MLP's gate and up in another.
+
+        Decoding one token at a time is bound by per-call overhead, not arithmetic, so fewer and
+        wider matmuls are faster (bench/generate_throughput.py); the weights are concatenated once,
+        on entry. Training keeps separate matmuls (there the concatenation would cost each step).
+        Left out, with nothing fused, when a projection is not a plain Linear (a LoRA adapter) or
+        its weight is sharded (FSDP), where a copy of the plain weight would be wrong or partial.
+        """
+        pairs = []
+        for block in self.layers:
+            attention, mlp = block.attention, block.feed_forward
+            pairs.append((attention, "fused_qkv", (attention.wq, attention.wk, attention.wv)))
+            pairs.append((mlp, "fused_gate_up", (mlp.w1, mlp.w3)))
+        plain = all(
+            type(linear) is nn.Linear and type(linear.weight.data) is torch.Tensor
+            for _, _, linears in pairs
+            for linear in linears
+        )
+        try:
+            if plain:
+                with torch.no_grad():
+                    for module, name, linears in pairs:
+                        setattr(module, name, torch.cat([linear.weight for linear in linears]))
+            yield self
+        finally:
+            for module, name, _ in pairs:
+                setattr(module, name, None)
 
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator | None = None) -> None:
