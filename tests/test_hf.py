@@ -17,8 +17,8 @@ from trickster.config import config_from_dict
 from trickster.generate import generate
 from trickster.hf import FROM_HF, TO_HF, rename
 from trickster.model import Transformer
-from trickster.tokenizers import ByteTokenizer, CharTokenizer, load_tokenizer
-from trickster.train import train
+from trickster.tokenizers import ByteTokenizer, CharTokenizer, build_tokenizer, load_tokenizer
+from trickster.train import padded_vocab, train
 
 from .conftest import EXCERPT, micro_config
 
@@ -130,6 +130,19 @@ def test_export_char_with_end_of_text(tmp_path):
     path = random_checkpoint(tmp_path / "ckpt", tokenizer, seed=1, vocab_size=tokenizer.vocab_size)
     _, hf_tok = assert_export_matches(path, tmp_path / "hf", TEXT)
     assert hf_tok.eos_token_id == tokenizer.eot_id and hf_tok.decode([0, tokenizer.eot_id]) != ""
+
+
+def test_export_bpe_tokenizer_json_round_trips_in_transformers(tmp_path):
+    """A byte-level BPE trained on a few lines: transformers' AutoTokenizer gives the same ids, the
+    end-of-text id is its eos, and logits and greedy tokens match ours."""
+    lines = [EXCERPT.read_text()[:3000], "naïve café, déjà vu 🎭", "ROMEO: is it so?"]
+    tokenizer = build_tokenizer("bpe", iter(lines), with_eot=True, vocab_size=320)
+    path = random_checkpoint(
+        tmp_path / "ckpt", tokenizer, seed=2, vocab_size=padded_vocab(tokenizer.vocab_size)
+    )
+    theirs, hf_tok = assert_export_matches(path, tmp_path / "hf", "ROMEO: naïve déjà vu 🎭")
+    assert hf_tok.eos_token_id == tokenizer.eot_id
+    assert theirs.config.vocab_size % 64 == 0 and theirs.config.vocab_size >= tokenizer.vocab_size
 
 
 def test_export_refuses_an_existing_folder(trained_run, tmp_path, capsys):
