@@ -75,10 +75,7 @@ def jsonl_prompt_response(path: str | Path) -> Records:
         if not line.strip():
             continue
         where = f"{path} line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{where} is not JSON ({err.msg}); write one JSON object per line") from None
+        record = _json_line(line, where)
         if not isinstance(record, dict):
             raise UserError(f'{where} is not a JSON object; write {{"prompt": "...", "response": "..."}}')
         for key in ("prompt", "response"):
@@ -94,6 +91,13 @@ def jsonl_prompt_response(path: str | Path) -> Records:
             f"{path} holds {len(pairs)} record(s); at least 2 are needed (one for training, one to validate)"
         )
     return Records("jsonl", pairs, [str(path)], hashlib.sha256(raw).hexdigest())
+
+
+def _json_line(line: str, where: str):
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{where} is not JSON ({err.msg}); write one JSON object per line") from None
 
 
 def shakespeare(path: str | Path | None = None, url: str = SHAKESPEARE_URL, timeout: float = 30) -> Corpus:
@@ -224,13 +228,7 @@ def jsonl_documents(
                         if not line.strip():
                             continue
                         where = f"{path} line {number}"
-                        try:
-                            record = json.loads(line)
-                        except json.JSONDecodeError as err:
-                            raise UserError(
-                                f"{where} is not JSON ({err.msg}); write one JSON object per line"
-                            ) from None
-                        text = document(record, where)
+                        text = document(_json_line(line, where), where)
                         if text:
                             yield text
             except UnicodeDecodeError as err:
