@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from trickster.data.loader import IGNORE_INDEX, MaskedTokens
 from trickster.errors import UserError
+from trickster.generate import mask_unused_rows
 from trickster.tokenizers import Tokenizer
 
 
@@ -96,7 +97,6 @@ def score_sequence(
     if n < 2:
         raise UserError(f"nothing to score: {n} token(s), and at least 2 are needed")
     model.eval()
-    limit = tokenizer.vocab_size
     nats, scored, n_bytes = 0.0, 0, 0
     starts = list(range(0, n - 1, seq_len))
     for first in range(0, len(starts), batch_size):
@@ -119,8 +119,7 @@ def score_sequence(
         with autocast_for(device, dtype_name):
             logits, _ = model(x)
         logits = logits.float()
-        if limit < logits.size(-1):  # the pad rows are never produced, so they get no probability
-            logits[..., limit:] = float("-inf")
+        mask_unused_rows(logits, tokenizer.vocab_size)  # pad rows are never produced
         nats += F.cross_entropy(
             logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=IGNORE_INDEX, reduction="sum"
         ).item()

@@ -34,6 +34,13 @@ def sample(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def mask_unused_rows(logits: torch.Tensor, vocab_limit: int | None) -> None:
+    """In place: ids >= vocab_limit (rows padding the vocabulary to a multiple of 64, which the
+    tokenizer never produces) get no probability."""
+    if vocab_limit is not None and vocab_limit < logits.size(-1):
+        logits[..., vocab_limit:] = float("-inf")
+
+
 @torch.inference_mode()  # lighter than no_grad: no version counters or view tracking per op
 def generate(
     model: Transformer,
@@ -74,8 +81,7 @@ def generate(
                     idx = torch.tensor([tokens[-max_len:]], dtype=torch.long, device=device)
                     logits, _ = model(idx)
                 next_logits = logits[:, -1, :]
-                if vocab_limit is not None and vocab_limit < next_logits.size(-1):
-                    next_logits[:, vocab_limit:] = float("-inf")
+                mask_unused_rows(next_logits, vocab_limit)
                 token = int(sample(next_logits, temperature, top_k, top_p, generator).item())
                 if token == stop_id:
                     return

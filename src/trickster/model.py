@@ -29,8 +29,12 @@ class RMSNorm(nn.Module):
         if torch.is_grad_enabled():
             return RMSNormFunction.apply(x, self.weight, self.eps)
         # inference (generation, evaluation): one fused call, no autograd bookkeeping
-        x32 = x.to(torch.promote_types(x.dtype, torch.float32))
-        return F.rms_norm(x32, self.weight.shape, eps=self.eps).type_as(x) * self.weight
+        return F.rms_norm(at_least_float32(x), self.weight.shape, eps=self.eps).type_as(x) * self.weight
+
+
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 as float32, so a norm does not lose the mean square; float64 stays float64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 class RMSNormFunction(torch.autograd.Function):
@@ -44,7 +48,7 @@ class RMSNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        x32 = x.to(torch.promote_types(x.dtype, torch.float32))  # float64 stays float64
+        x32 = at_least_float32(x)
         inv_rms = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
         normed = x32 * inv_rms
         ctx.save_for_backward(normed, inv_rms, weight)

@@ -267,7 +267,8 @@ def train(
     _print_header(echo, cfg, data, params.total, device, tokens_per_step, resumed_from, job)
     for line in repairs + [f"changed on resume: {k} {old} -> {new}" for k, (old, new) in changed.items()]:
         echo(line)
-    step_flops = flops_per_token(cfg.model, seq_len) * tokens_per_step
+    token_flops = flops_per_token(cfg.model, seq_len)
+    step_flops = token_flops * tokens_per_step
     peak = peak_flops(device, cfg.device.dtype, cfg.device.peak_tflops) if job.is_main else None
     if resumed_from is None:
         metrics.write(
@@ -278,7 +279,7 @@ def train(
             global_batch=global_batch,
             world_size=job.world_size,
             parallel=job.mode,
-            flops_per_token=flops_per_token(cfg.model, seq_len),
+            flops_per_token=token_flops,
             device=str(device),
             peak_flops_per_device=peak,
             peak_source="device_config.peak_tflops" if cfg.device.peak_tflops else "measured matmul",

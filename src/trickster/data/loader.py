@@ -41,6 +41,7 @@ class ShardedTokens:
     def __init__(self, shards: list[np.ndarray]):
         self.shards = shards
         self.ends = np.cumsum([len(s) for s in shards])  # token offset where each shard ends
+        self.starts = self.ends - [len(s) for s in shards]  # ... and where it begins
         self.dtype = shards[0].dtype
 
     def __len__(self) -> int:
@@ -57,14 +58,14 @@ class ShardedTokens:
             last = int(np.searchsorted(self.ends, stop - 1, side="right"))
             pieces = []
             for i in range(first, last + 1):
-                base = int(self.ends[i]) - len(self.shards[i])
+                base = int(self.starts[i])
                 pieces.append(self.shards[i][max(start - base, 0) : stop - base])
             return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
         position = int(index) + (len(self) if index < 0 else 0)
         if not 0 <= position < len(self):
             raise IndexError(f"token {index} is outside a stream of {len(self)}")
         shard = int(np.searchsorted(self.ends, position, side="right"))
-        return self.shards[shard][position - (int(self.ends[shard]) - len(self.shards[shard]))]
+        return self.shards[shard][position - int(self.starts[shard])]
 
     def __iter__(self):
         for shard in self.shards:

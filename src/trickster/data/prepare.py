@@ -53,7 +53,8 @@ from trickster.data.sources import Corpus, Records, Source, corpus_source
 from trickster.errors import UserError
 from trickster.tokenizers import Tokenizer, build_tokenizer, from_dict
 
-META_FORMAT = 2  # 1: flat train.bin/val.bin (still read), 2: shards with index.json
+META_FORMAT = 2  # shards with index.json
+FLAT_FORMAT = 1  # flat train.bin/val.bin: older folders (still read) and prompt/response records
 SHARD_TOKENS = 100_000_000  # like nanoGPT's FineWeb shards
 CHUNK_CHARS = 1_000_000  # documents per task: big enough to amortise the hand-off to a worker
 TOKENIZER_SAMPLE_CHARS = 200_000_000  # bpe learns its merges from at most this much text
@@ -135,9 +136,9 @@ def prepare(
         replace_dir(partial, out_dir)
         return meta
     except KeyboardInterrupt:
-        done = sum(len(record["splits"][s]["shards"]) for s in SPLITS)
         echo(
-            f"interrupted: {done} finished shard(s) kept in {partial}; run the same command again to continue"
+            f"interrupted: {_finished_shards(record)} finished shard(s) kept in {partial}; run the same "
+            "command again to continue"
         )
         raise
     except BaseException:
@@ -174,9 +175,8 @@ def _open_partial(partial: Path, settings: dict, echo: Callable[[str], None]) ->
                 f"{partial} holds an unfinished preparation with other settings ({changed}); run the "
                 f"command that started it to continue, or delete {partial} to start again"
             )
-        done = sum(len(record["splits"][s]["shards"]) for s in SPLITS)
         echo(
-            f"continuing the preparation in {partial}: {done} finished shard(s), "
+            f"continuing the preparation in {partial}: {_finished_shards(record)} finished shard(s), "
             f"{record['next_document']:,} document(s) done"
         )
         return record
@@ -195,6 +195,10 @@ def _open_partial(partial: Path, settings: dict, echo: Callable[[str], None]) ->
     }
     _save_record(partial, record)
     return record
+
+
+def _finished_shards(record: dict) -> int:
+    return sum(len(record["splits"][s]["shards"]) for s in SPLITS)
 
 
 def _save_record(partial: Path, record: dict) -> None:
@@ -545,7 +549,7 @@ def prepare_prompt_response(
         arrays[f"{split}.mask.bin"] = np.asarray(mask, dtype=np.uint8)
         counts[split] = (len(pairs), len(tokens), sum(mask))
     meta = {
-        "format": 1,
+        "format": FLAT_FORMAT,
         "source": records.name,
         "source_files": records.files,
         "source_file_count": len(records.files),
