@@ -1,4 +1,4 @@
-"""Generation speed on this machine: tokens/s of `trickster.generate` with and without the KV cache,
+"""Generation speed on this machine: tokens/s of `trickster.model.generate` with and without the KV cache,
 next to transformers' `generate` on the same weights (exported with `trickster export hf`).
 
     python bench/generate_throughput.py                        # tiny and nano presets, CPU
@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 
-from trickster import checkpoint as ckpt
 from trickster.config import load_config
-from trickster.generate import generate
-from trickster.hf import export_hf
-from trickster.model import Transformer
-from trickster.tokenizers import ByteTokenizer
+from trickster.data.tokenizers import ByteTokenizer
+from trickster.export.hf import export_hf
+from trickster.model.generate import generate
+from trickster.model.transformer import Transformer
+from trickster.train import checkpoint as ckpt
 
 
 def interleaved(fns: dict, repeats: int) -> dict:

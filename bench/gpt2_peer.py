@@ -71,7 +71,7 @@ class PeerGPT(nn.Module):
 
 
 def flops_per_token(model: PeerGPT, layers: int, width: int, context: int) -> int:
-    """The same formula as trickster.model.flops_per_token: 6N + 12 L d T."""
+    """The same formula as trickster.model.flops.flops_per_token: 6N + 12 L d T."""
     return 6 * model.matmul_params() + 12 * layers * width * context
 
 

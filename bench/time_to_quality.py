@@ -20,7 +20,7 @@ import torch
 from trickster.config import load_config
 from trickster.data import sources
 from trickster.data.prepare import prepare
-from trickster.train import train
+from trickster.train.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TEXT = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"

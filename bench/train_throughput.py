@@ -10,8 +10,8 @@ FLOPs per token, run in the same process so that the two figures compare as a ra
 
 Each configuration trains for --steps steps (logging every --interval); the first interval is
 discarded as warm-up (it also holds torch.compile's compilation) and the median of the rest is
-reported. MFU is achieved FLOP/s (tokens/s x `trickster.model.flops_per_token`) over the measured
-matmul ceiling of the device in that dtype (`trickster.speed`).
+reported. MFU is achieved FLOP/s (tokens/s x `trickster.model.flops.flops_per_token`) over the measured
+matmul ceiling of the device in that dtype (`trickster.train.device`).
 
 The peer shapes are nanoGPT's CPU example (--peer small: 4 layers, 128 wide, 4 heads, context 64,
 batch 12) and the nano preset's size (--peer nano: 6 layers, 256 wide, 8 heads, context 512,
@@ -36,9 +36,9 @@ from trickster.config import load_config
 from trickster.data import sources
 from trickster.data.loader import load_data
 from trickster.data.prepare import prepare
-from trickster.model import flops_per_token
-from trickster.speed import matmul_ceiling
-from trickster.train import train
+from trickster.model.flops import flops_per_token
+from trickster.train.device import matmul_ceiling
+from trickster.train.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))

@@ -18,7 +18,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-from trickster.tokenizers import GPT2_RANKS_SHA256, tiktoken_cache_file
+from trickster.data.tokenizers import GPT2_RANKS_SHA256, tiktoken_cache_file
 
 MEMBER_SUFFIX = "whisper/assets/gpt2.tiktoken"
 

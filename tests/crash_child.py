@@ -25,8 +25,8 @@ import sys
 import torch
 
 from trickster import cli
-from trickster import train as train_module
 from trickster.data import loader
+from trickster.train import loop as train_module
 
 
 def die() -> None:

@@ -26,9 +26,9 @@ from safetensors.torch import save_file
 from trickster import cli
 from trickster.config import save_config
 from trickster.data import sources
-from trickster.model import Transformer
-from trickster.tokenizers import load_tokenizer
-from trickster.train import train
+from trickster.data.tokenizers import load_tokenizer
+from trickster.model.transformer import Transformer
+from trickster.train.loop import train
 
 from .conftest import EXCERPT, micro_config
 
@@ -311,7 +311,7 @@ def _gpt2_offline(env: Env) -> list[str]:
     import tiktoken.load
     import tiktoken.registry
 
-    from trickster import tokenizers
+    from trickster.data import tokenizers
 
     def offline(url):
         raise ConnectionError(f"cannot reach {url}")
@@ -428,7 +428,7 @@ def _disk_full_at_checkpoint(env: Env) -> list[str]:
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    env.monkeypatch.setattr("trickster.checkpoint.save_file", no_space)
+    env.monkeypatch.setattr("trickster.train.loop.checkpoint.save_file", no_space)
     return micro_train(env, "training_config.max_steps=4", "training_config.warmup_steps=1")
 
 

@@ -11,8 +11,8 @@ import torch
 from trickster.data import sources
 from trickster.data.loader import BatchSampler, fixed_batches, load_data
 from trickster.data.prepare import in_validation, prepare, token_dtype
+from trickster.data.tokenizers import load_tokenizer
 from trickster.errors import UserError
-from trickster.tokenizers import load_tokenizer
 
 from .conftest import EXCERPT
 

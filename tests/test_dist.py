@@ -20,12 +20,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from trickster import checkpoint as ckpt
 from trickster import cli
 from trickster.config import save_config
-from trickster.dist import MeshShape
 from trickster.errors import UserError
-from trickster.train import train
+from trickster.train import checkpoint as ckpt
+from trickster.train.dist import MeshShape
+from trickster.train.loop import train
 
 from .conftest import micro_config
 

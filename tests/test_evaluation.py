@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from trickster import checkpoint as ckpt
 from trickster import cli
 from trickster.config import config_from_dict
 from trickster.data.loader import load_data
-from trickster.evaluation import score_sequence, text_sequence
-from trickster.model import Transformer
-from trickster.tokenizers import ByteTokenizer, CharTokenizer, load_tokenizer
-from trickster.train import padded_vocab, resolve_vocab
+from trickster.data.tokenizers import ByteTokenizer, CharTokenizer, load_tokenizer
+from trickster.model.transformer import Transformer
+from trickster.model.vocab import padded_vocab, resolve_vocab
+from trickster.observe.evaluation import score_sequence, text_sequence
+from trickster.train import checkpoint as ckpt
 
 CPU = torch.device("cpu")
 

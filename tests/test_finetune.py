@@ -10,12 +10,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from trickster import checkpoint as ckpt
-from trickster import cli, lora
+from trickster import cli
 from trickster.config import config_from_dict
 from trickster.data.loader import IGNORE_INDEX, BatchSampler, MaskedTokens, load_data, windows
-from trickster.model import Transformer
-from trickster.train import evaluate, train, validation_batches
+from trickster.model import lora
+from trickster.model.transformer import Transformer
+from trickster.train import checkpoint as ckpt
+from trickster.train.loop import train
+from trickster.train.validate import evaluate, validation_batches
 
 from .conftest import EXCERPT, micro_config
 

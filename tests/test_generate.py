@@ -2,12 +2,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from trickster import checkpoint as ckpt
 from trickster.config import ModelConfig, config_from_dict
+from trickster.data.tokenizers import CharTokenizer
 from trickster.errors import UserError
-from trickster.generate import generate, sample
-from trickster.model import KVCache, Transformer
-from trickster.tokenizers import CharTokenizer
+from trickster.model.generate import generate, sample
+from trickster.model.transformer import KVCache, Transformer
+from trickster.train import checkpoint as ckpt
 
 
 def small(**changes) -> ModelConfig:
@@ -61,7 +61,7 @@ def test_fused_projections_give_the_same_logits_and_are_dropped_afterwards(kv_he
 
 def test_nothing_is_fused_when_a_projection_carries_a_lora_adapter():
     from trickster.config import LoraConfig
-    from trickster.lora import apply_lora
+    from trickster.model.lora import apply_lora
 
     torch.manual_seed(0)
     model = Transformer(small()).eval()

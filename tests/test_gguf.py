@@ -14,9 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trickster import checkpoint as ckpt
 from trickster import cli
-from trickster.tokenizers import ByteTokenizer, CharTokenizer
+from trickster.data.tokenizers import ByteTokenizer, CharTokenizer
+from trickster.train import checkpoint as ckpt
 
 from .test_hf import TEXT, random_checkpoint
 

@@ -11,14 +11,15 @@ import json
 import pytest
 import torch
 
-from trickster import checkpoint as ckpt
 from trickster import cli
 from trickster.config import config_from_dict
-from trickster.generate import generate
-from trickster.hf import FROM_HF, TO_HF, rename
-from trickster.model import Transformer
-from trickster.tokenizers import ByteTokenizer, CharTokenizer, build_tokenizer, load_tokenizer
-from trickster.train import padded_vocab, train
+from trickster.data.tokenizers import ByteTokenizer, CharTokenizer, build_tokenizer, load_tokenizer
+from trickster.export.hf import FROM_HF, TO_HF, rename
+from trickster.model.generate import generate
+from trickster.model.transformer import Transformer
+from trickster.model.vocab import padded_vocab
+from trickster.train import checkpoint as ckpt
+from trickster.train.loop import train
 
 from .conftest import EXCERPT, micro_config
 

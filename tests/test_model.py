@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from trickster.config import ModelConfig, load_config, preset_names
-from trickster.model import Transformer, apply_rotary, flops_per_token, parameter_breakdown, rotary_tables
+from trickster.model.flops import flops_per_token, parameter_breakdown
+from trickster.model.transformer import Transformer, apply_rotary, rotary_tables
 
 
 def small(**changes) -> ModelConfig:

@@ -12,9 +12,10 @@ from trickster import plan
 from trickster.cli import main
 from trickster.config import config_from_dict, load_config, preset_names, save_config
 from trickster.errors import UserError
-from trickster.model import Transformer, flops_per_token, parameter_breakdown
-from trickster.optim import build_optimizer
-from trickster.train import train
+from trickster.model.flops import flops_per_token, parameter_breakdown
+from trickster.model.transformer import Transformer
+from trickster.train.loop import train
+from trickster.train.optim import build_optimizer
 
 from .conftest import micro_config
 

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from trickster import checkpoint as ckpt
 from trickster.cli import main
 from trickster.config import load_config
-from trickster.metrics import read_metrics
-from trickster.report import format_duration
-from trickster.rundir import Run, guess_preset, read_run
-from trickster.train import train
+from trickster.observe.events import read_metrics
+from trickster.observe.report import format_duration
+from trickster.observe.runs import Run, guess_preset, read_run
+from trickster.train import checkpoint as ckpt
+from trickster.train.loop import train
 
 from .conftest import micro_config
 

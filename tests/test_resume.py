@@ -18,13 +18,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from trickster import checkpoint as ckpt
 from trickster import cli
-from trickster import train as train_module
 from trickster.config import save_config
 from trickster.errors import UserError
-from trickster.model import Transformer
-from trickster.train import train
+from trickster.model.transformer import Transformer
+from trickster.train import checkpoint as ckpt
+from trickster.train import loop as train_module
+from trickster.train.loop import train
 
 from .conftest import micro_config
 
@@ -277,7 +277,7 @@ def test_non_finite_weights_never_become_best(micro, monkeypatch):
     ],
 )
 def test_a_failed_checkpoint_write_leaves_earlier_checkpoints_intact(micro, monkeypatch, code, reason):
-    from trickster import checkpoint
+    from trickster.train import checkpoint
 
     save_file = checkpoint.save_file
     calls = 0

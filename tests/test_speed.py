@@ -5,10 +5,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from trickster import checkpoint as ckpt
 from trickster.cli import main
-from trickster.model import RMSNormFunction, Transformer
-from trickster.train import train
+from trickster.model.transformer import RMSNormFunction, Transformer
+from trickster.train import checkpoint as ckpt
+from trickster.train.loop import train
 
 
 def events(result, kind):

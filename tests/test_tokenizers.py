@@ -2,9 +2,8 @@ import json
 
 import pytest
 
-from trickster import tokenizers
-from trickster.errors import UserError
-from trickster.tokenizers import (
+from trickster.data import tokenizers
+from trickster.data.tokenizers import (
     EOT_TEXT,
     ByteTokenizer,
     CharTokenizer,
@@ -13,6 +12,7 @@ from trickster.tokenizers import (
     load_tokenizer,
     tiktoken_cache_file,
 )
+from trickster.errors import UserError
 
 from .conftest import EXCERPT
 

@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trickster import plots
 from trickster.errors import UserError
-from trickster.metrics import CSV_FIELDS, csv_rows, read_metrics
-from trickster.train import train
+from trickster.observe import plots
+from trickster.observe.events import read_metrics
+from trickster.observe.sinks import CSV_FIELDS, csv_rows
+from trickster.train.loop import train
 
 from .conftest import micro_config
 

@@ -11,15 +11,16 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from trickster import checkpoint as ckpt
 from trickster.config import config_from_dict, load_config
 from trickster.data import sources
 from trickster.data.prepare import prepare
+from trickster.data.tokenizers import load_tokenizer
 from trickster.errors import UserError
-from trickster.generate import generate
-from trickster.optim import lr_at
-from trickster.tokenizers import load_tokenizer
-from trickster.train import Transformer, padded_vocab, train
+from trickster.model.generate import generate
+from trickster.model.vocab import padded_vocab
+from trickster.train import checkpoint as ckpt
+from trickster.train.loop import Transformer, train
+from trickster.train.optim import lr_at
 
 from .conftest import micro_config
 
@@ -229,7 +230,7 @@ def _read(path):
 
 
 def test_weight_decay_applies_to_matrices_only(micro):
-    from trickster.optim import build_optimizer
+    from trickster.train.optim import build_optimizer
 
     cfg = micro()
     cfg.model.vocab_size = 65

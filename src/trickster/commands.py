@@ -10,17 +10,23 @@ from pathlib import Path
 import torch
 import yaml
 
-from trickster import checkpoint as ckpt
-from trickster import dist, evaluation
 from trickster.config import Config, load_config
 from trickster.data import sources
 from trickster.data.loader import load_data
 from trickster.data.prepare import prepare, prepare_prompt_response
+from trickster.data.tokenizers import load_tokenizer
 from trickster.errors import UserError
-from trickster.generate import generate
-from trickster.model import Transformer, flops_per_token, parameter_breakdown
-from trickster.tokenizers import load_tokenizer
-from trickster.train import evaluate, padded_vocab, resolve_device, run_dir_in_use, train, validation_batches
+from trickster.model.flops import flops_per_token, parameter_breakdown
+from trickster.model.generate import generate
+from trickster.model.transformer import Transformer
+from trickster.model.vocab import padded_vocab
+from trickster.observe import evaluation
+from trickster.train import checkpoint as ckpt
+from trickster.train import dist
+from trickster.train.device import resolve_device
+from trickster.train.loop import train
+from trickster.train.resume import run_dir_in_use
+from trickster.train.validate import evaluate, validation_batches
 
 
 def prepare_data(
@@ -370,15 +376,15 @@ def plan_command(preset, config, overrides, tokens: str | None, device_name: str
 
 
 def report_command(run_dir: str, out: str | None) -> None:
-    from trickster.report import write_report
+    from trickster.observe.report import write_report
 
     path = write_report(run_dir, out)
     print(f"wrote {path} (open it in a browser)")
 
 
 def runs_command(folder: str) -> None:
-    from trickster.report import format_duration
-    from trickster.rundir import find_runs
+    from trickster.observe.report import format_duration
+    from trickster.observe.runs import find_runs
 
     runs = find_runs(folder)
     if not runs:
@@ -412,10 +418,10 @@ def runs_command(folder: str) -> None:
 
 
 def export_command(target: str, fmt: str, out: str, dtype: str = "float32") -> Path:
-    from trickster import hf, llamacpp
+    from trickster.export import gguf, hf
 
     if fmt == "gguf":
-        path = llamacpp.export_gguf(target, out, dtype)
+        path = gguf.export_gguf(target, out, dtype)
         print(f"wrote {path} ({dtype}); run it with llama.cpp: llama-cli -m {path} -p 'ROMEO:' -n 100")
         return path
     if fmt != "hf":
@@ -427,7 +433,7 @@ def export_command(target: str, fmt: str, out: str, dtype: str = "float32") -> P
 
 
 def import_command(source: str, path: str, out: str) -> Path:
-    from trickster import hf
+    from trickster.export import hf
 
     if source != "hf":
         raise UserError(f"unknown import source '{source}'; choose hf")

@@ -40,8 +40,10 @@ import torch
 
 from trickster.config import Config, load_config, preset_names
 from trickster.errors import UserError
-from trickster.model import Transformer, flops_per_token, parameter_breakdown
-from trickster.optim import build_optimizer
+from trickster.model.flops import flops_per_token, parameter_breakdown
+from trickster.model.transformer import Transformer
+from trickster.train.device import autocast_for
+from trickster.train.optim import build_optimizer
 
 TOKENS_PER_PARAMETER = 20  # compute-optimal training tokens per parameter (Chinchilla)
 HEADROOM = 0.9  # use at most this fraction of the device's memory
@@ -135,7 +137,6 @@ def benchmark(cfg: Config, device: torch.device, steps: int | None = None) -> Be
     does not decide it. The plan assumes the full model trains at the FLOP rate the copy reaches:
     an estimate, usually pessimistic when the copy's batch is smaller than the real one.
     """
-    from trickster.train import autocast_for
 
     if cfg.device.threads:  # as train() does
         torch.set_num_threads(cfg.device.threads)

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trickster.data.tokenizers import Tokenizer, load_tokenizer
 from trickster.errors import UserError
-from trickster.tokenizers import Tokenizer, load_tokenizer
 
 IGNORE_INDEX = -100  # a target the loss skips (F.cross_entropy's ignore_index)
 

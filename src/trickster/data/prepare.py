@@ -50,8 +50,8 @@ import numpy as np
 
 from trickster.atomic import new_folder, replace_dir
 from trickster.data.sources import Corpus, Records, Source, corpus_source
+from trickster.data.tokenizers import Tokenizer, build_tokenizer, from_dict
 from trickster.errors import UserError
-from trickster.tokenizers import Tokenizer, build_tokenizer, from_dict
 
 META_FORMAT = 2  # shards with index.json
 FLAT_FORMAT = 1  # flat train.bin/val.bin: older folders (still read) and prompt/response records

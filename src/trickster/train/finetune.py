@@ -12,12 +12,12 @@ from collections.abc import Callable
 
 import torch
 
-from trickster import checkpoint as ckpt
-from trickster import lora
 from trickster.config import Config
+from trickster.data.tokenizers import Tokenizer
 from trickster.errors import UserError
-from trickster.model import Transformer
-from trickster.tokenizers import Tokenizer
+from trickster.model import lora
+from trickster.model.transformer import Transformer
+from trickster.train import checkpoint as ckpt
 
 # model_config fields that decide the weights or what they compute; max_seq_len and dropout may change
 SAME_FIELDS = (

@@ -35,13 +35,13 @@ import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from trickster import checkpoint as ckpt
 from trickster.atomic import new_folder
 from trickster.config import ModelConfig, config_from_dict
+from trickster.data.tokenizers import EOT_TEXT, HFTokenizer, Tokenizer, require_tokenizers, special_token_text
 from trickster.errors import UserError
-from trickster.metrics import run_manifest
-from trickster.model import Transformer
-from trickster.tokenizers import EOT_TEXT, HFTokenizer, Tokenizer, require_tokenizers, special_token_text
+from trickster.model.transformer import Transformer
+from trickster.observe.manifest import run_manifest
+from trickster.train import checkpoint as ckpt
 
 TO_HF = {
     "tok_embeddings.weight": "model.embed_tokens.weight",

@@ -30,12 +30,12 @@ import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from trickster import lora
 from trickster.atomic import replace_dir, staging_dir
 from trickster.config import Config, config_from_dict
+from trickster.data.tokenizers import Tokenizer, load_tokenizer
 from trickster.errors import UserError, disk_errors
-from trickster.model import Transformer
-from trickster.tokenizers import Tokenizer, load_tokenizer
+from trickster.model import lora
+from trickster.model.transformer import Transformer
 
 COMPLETE = "COMPLETE"
 WEIGHTS = "model.safetensors"

@@ -11,50 +11,33 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import random
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from trickster import checkpoint as ckpt
-from trickster import dist
 from trickster.config import Config, save_config
-from trickster.data.loader import BatchSampler, PreparedData, check_windows, fixed_batches, load_data
+from trickster.data.loader import BatchSampler, check_windows, load_data
 from trickster.errors import UserError, disk_errors
-from trickster.finetune import setup_finetuning
-from trickster.generate import generate
-from trickster.metrics import MetricSinks, NoMetrics, read_metrics, run_manifest
-from trickster.model import Transformer, flops_per_token, parameter_breakdown
-from trickster.optim import build_optimizer, lr_at
-from trickster.speed import peak_flops
-from trickster.tokenizers import Tokenizer
-
-
-@dataclass
-class TrainState:
-    """Counters that, with the model, optimizer, sampler and RNGs, define where a run stands."""
-
-    step: int = 0
-    tokens_seen: int = 0
-    best_val_loss: float = math.inf
-    last_val_loss: float | None = None
-    interval_loss_sum: float = 0.0  # finite train losses since the last log line
-    interval_steps: int = 0
-    skipped_steps: int = 0  # updates skipped for a non-finite loss or gradient norm, in all
-    nonfinite_streak: int = 0  # ... and in a row, up to now
-
-    def state_dict(self) -> dict:
-        return asdict(self)
-
-    def load_state_dict(self, state: dict) -> None:
-        for name, value in state.items():
-            setattr(self, name, value)
+from trickster.model.flops import flops_per_token, parameter_breakdown
+from trickster.model.transformer import Transformer
+from trickster.model.vocab import resolve_vocab, vocab_note
+from trickster.observe.events import NoMetrics, read_metrics
+from trickster.observe.manifest import run_manifest
+from trickster.observe.sinks import MetricSinks
+from trickster.train import checkpoint as ckpt
+from trickster.train import dist
+from trickster.train.device import autocast_for, peak_flops, resolve_device
+from trickster.train.finetune import setup_finetuning
+from trickster.train.optim import build_optimizer, lr_at
+from trickster.train.resume import check_resumable, open_run_dir, restore_trainer, truncate_metrics
+from trickster.train.signals import StopSignals
+from trickster.train.state import TrainState, rng_state, weights_finite
+from trickster.train.validate import evaluate, sample_text, validation_batches
 
 
 @dataclass
@@ -65,127 +48,6 @@ class TrainResult:
     exit_signal: int | None = None  # SIGINT / SIGTERM if the run was stopped early
     params: int = 0
     history: list[dict] = field(default_factory=list)
-
-
-def resolve_device(name: str, key: str = "device_config.device") -> torch.device:
-    """`key` is what the user sets, named in the error: a config key or a command-line flag."""
-    fix = f"{key} cpu" if key.startswith("--") else f"{key}=cpu"
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"{key} is cuda but no CUDA GPU is visible; set {fix}")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"{key} is mps but MPS is not available; set {fix}")
-    return torch.device(name)
-
-
-VOCAB_MULTIPLE = 64
-
-
-def padded_vocab(size: int, multiple: int = VOCAB_MULTIPLE) -> int:
-    """`size` rounded up to a multiple of 64: embedding and output matmuls run faster on GPUs
-    when the vocabulary dimension is a multiple of the tile size (50257 -> 50304 for GPT-2)."""
-    return -(-size // multiple) * multiple
-
-
-def resolve_vocab(cfg: Config, tokenizer: Tokenizer) -> Config:
-    """Fill vocab_size: auto from the tokenizer (padded up to a multiple of 64; generation, eval
-    and exports never produce the pad rows), and refuse a model too small for it."""
-    vocab = cfg.model.vocab_size
-    if vocab == "auto":
-        cfg = cfg.model_copy(deep=True)
-        cfg.model.vocab_size = padded_vocab(tokenizer.vocab_size)
-    elif vocab < tokenizer.vocab_size:
-        raise UserError(
-            f"model_config.vocab_size ({vocab}) is smaller than the tokenizer's vocabulary "
-            f"({tokenizer.vocab_size}); set model_config.vocab_size={tokenizer.vocab_size} or auto"
-        )
-    return cfg
-
-
-def autocast_for(device: torch.device, dtype_name: str):
-    if dtype_name == "float32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype_name))
-
-
-def validation_batches(
-    data: PreparedData, cfg: Config, job: dist.Dist | None = None
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The run's fixed validation windows: every evaluation (and `trickster compare`) uses these.
-
-    Batches hold batch_size x world_size windows, whatever the number of processes; each process
-    evaluates its equal slice, so the mean of the processes' losses is the loss of the whole set.
-    """
-    t, job = cfg.training, job or dist.Dist()
-    batches = fixed_batches(
-        data.val, cfg.seq_len, t.batch_size * job.world_size, t.eval_batches, seed=t.seed + 1
-    )
-    mine = slice(job.rank * t.batch_size, (job.rank + 1) * t.batch_size)
-    return [(x[mine], y[mine]) for x, y in batches]
-
-
-@torch.no_grad()
-def evaluate(model, batches, device: torch.device, dtype_name: str) -> float:
-    """Mean cross-entropy over fixed validation batches."""
-    was_training = model.training
-    model.eval()
-    losses = []
-    for x, y in batches:
-        with autocast_for(device, dtype_name):
-            _, loss = model(x.to(device), y.to(device))
-        losses.append(loss.item())
-    model.train(was_training)
-    return sum(losses) / len(losses)
-
-
-def sample_text(model: Transformer, tokenizer: Tokenizer, prompt: str, tokens: int, seed: int) -> str:
-    """A reproducible sample that does not touch the training RNG.
-
-    A prompt the tokenizer cannot encode (a character the corpus lacks) is dropped, not fatal:
-    the sample then starts from end-of-text, or from the first symbol.
-    """
-    try:
-        ids = tokenizer.encode(prompt)
-    except UserError:
-        ids, prompt = [], ""
-    if not ids:
-        ids = [tokenizer.eot_id] if tokenizer.eot_id is not None else [0]
-    out = generate(
-        model,
-        ids,
-        tokens,
-        temperature=0.8,
-        seed=seed,
-        vocab_limit=tokenizer.vocab_size,
-        stop_id=tokenizer.eot_id,
-    )
-    return prompt + tokenizer.decode(out)
-
-
-class StopSignals:
-    """Turn SIGINT/SIGTERM into a flag that the loop checks after each step."""
-
-    def __init__(self):
-        self.received: int | None = None
-        self._previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError):  # not the main thread: keep default handling
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.received = signum
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def train(
@@ -224,8 +86,8 @@ def train(
     run_dir = Path(cfg.logging.output_dir)
     # jsonl, csv, loss.png, TensorBoard, W&B: checks the optional packages, writes nothing yet
     metrics = MetricSinks(run_dir, cfg) if job.is_main else NoMetrics()
-    resumed_from, repairs = _on_main(job, _open_run_dir, run_dir, resume)
-    changed = _check_resumable(resumed_from, cfg, data) if resumed_from is not None else {}
+    resumed_from, repairs = _on_main(job, open_run_dir, run_dir, resume)
+    changed = check_resumable(resumed_from, cfg, data) if resumed_from is not None else {}
 
     # 4. model (weights restored before it is wrapped), optimizer, batches
     model = Transformer(cfg.model).to(device)
@@ -245,12 +107,12 @@ def train(
     if job.rank > 0:  # other dropout masks on each process (rank 0 draws as a single process would)
         torch.manual_seed(t.seed + job.rank)
     if resumed_from is not None:
-        _restore_trainer(resumed_from, model, optimizer, sampler, scaler, state, device, job.rank)
+        restore_trainer(resumed_from, model, optimizer, sampler, scaler, state, device, job.rank)
 
     manifest = run_manifest(device)
     if job.is_main:
         if resumed_from is not None:
-            _truncate_metrics(run_dir / "metrics.jsonl", state.step)
+            truncate_metrics(run_dir / "metrics.jsonl", state.step)
             metrics.write(
                 "resume", state.step, checkpoint=resumed_from.name, changed=changed, repairs=repairs
             )
@@ -496,33 +358,6 @@ def train_step(
     return step_loss, grad_norm, applied
 
 
-def weights_finite(model: torch.nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
-
-
-def rng_state(device: torch.device) -> dict:
-    """Every random generator a run may draw from (NumPy's as a tensor: no pickled arrays)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
-        "python": random.getstate(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-    }
-
-
-def set_rng_state(rng: dict, device: torch.device) -> None:
-    torch.set_rng_state(rng["torch"])
-    if device.type == "cuda" and rng["cuda"]:
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    if "python" in rng:
-        version, internal, gauss = rng["python"]
-        random.setstate((version, tuple(internal), gauss))
-    if "numpy" in rng:
-        kind, keys, pos, has_gauss, cached = rng["numpy"]
-        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-
-
 def _diverged(run_dir: Path, state: TrainState) -> UserError:
     good = ckpt.latest(run_dir)
     where = f"the last good checkpoint is {good}" if good else "no checkpoint was saved yet"
@@ -548,106 +383,6 @@ def _on_main(job: dist.Dist, fn, *args):
     return outcome
 
 
-def run_dir_in_use(run_dir: Path) -> bool:
-    """A run only starts (without --resume) in a folder that is missing or empty."""
-    return run_dir.is_dir() and any(run_dir.iterdir())
-
-
-def _open_run_dir(run_dir: Path, resume: bool | str) -> tuple[Path | None, list[str]]:
-    """Make sure the run may start here; returns the checkpoint to resume from and any repairs."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"logging_config.output_dir {run_dir} is a file; choose a folder path")
-    repairs = ckpt.recover(run_dir) if resume else []
-    found = ckpt.latest(run_dir)
-    if not resume and found is not None:
-        raise UserError(
-            f"{run_dir} already holds a trained run; pass --resume to continue it, or choose a new "
-            "folder with --out (nothing was overwritten)"
-        )
-    if not resume and run_dir_in_use(run_dir):
-        raise UserError(
-            f"{run_dir} already exists and is not empty; choose a new folder with --out, or pass "
-            "--resume to continue a run there (nothing was overwritten)"
-        )
-    if resume is True and found is None:
-        raise UserError(
-            f"nothing to resume in {run_dir}: no complete checkpoint; set training_config.resume=auto "
-            "to start the run afresh there, or drop --resume and choose a new --out"
-        )
-    try:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(
-            f"cannot create run folder {run_dir} ({err.strerror}); choose another --out"
-        ) from None
-    return found, repairs
-
-
-# May differ between the checkpoint and the resumed run without being reported as a change
-UNREPORTED_ON_RESUME = {"data_config.path", "logging_config.output_dir", "training_config.resume"}
-
-
-def _check_resumable(path: Path, cfg: Config, data: PreparedData) -> dict:
-    """Refuse a checkpoint of another model, tokenizer or data; return the settings that changed.
-
-    Other settings (max_steps, learning rate, intervals, ...) may change: they come back as
-    {key: [old, new]} to be logged.
-    """
-    saved_cfg = ckpt.read_config(path)
-    if saved_cfg.model != cfg.model:
-        changed = [
-            k for k in type(cfg.model).model_fields if getattr(saved_cfg.model, k) != getattr(cfg.model, k)
-        ]
-        raise UserError(
-            f"cannot resume from {path}: model_config changed ({', '.join(changed)}); "
-            "restore those values or start a new run with another --out"
-        )
-    info = json.loads((path / "info.json").read_text())
-    if info.get("tokenizer_fingerprint") != data.tokenizer.fingerprint():
-        raise UserError(f"cannot resume from {path}: the tokenizer changed; use the data it was trained on")
-    if info.get("data_fingerprint") != data.meta.get("tokens_sha256"):
-        raise UserError(
-            f"cannot resume from {path}: the prepared data changed; use the data it was trained on"
-        )
-    return _changed_settings(saved_cfg, cfg)
-
-
-def _restore_trainer(path, model, optimizer, sampler, scaler, state, device, rank: int) -> None:
-    """Optimizer moments, sampler position, counters and random generators of a checkpoint."""
-    trainer = ckpt.load_trainer_state(path)
-    optimizer_state = trainer["optimizer"]
-    if all(isinstance(key, int) for key in optimizer_state["state"]):  # written before 0.2: by position
-        optimizer.load_state_dict(optimizer_state)
-    else:
-        dist.load_full_state(model, optimizer, None, optimizer_state)
-    sampler.load_state_dict(trainer["sampler"])
-    state.load_state_dict(trainer["train_state"])
-    if scaler.is_enabled() and trainer["scaler"]:
-        scaler.load_state_dict(trainer["scaler"])
-    per_rank = trainer["rng"] if isinstance(trainer["rng"], list) else [trainer["rng"]]  # 0.1: a dict
-    if rank < len(per_rank):  # a process the saving job did not have keeps its fresh seed
-        set_rng_state(per_rank[rank], device)
-
-
-def _changed_settings(old: Config, new: Config) -> dict[str, list]:
-    before, after = old.to_dict(), new.to_dict()
-    changed = {}
-    for section, values in after.items():
-        for key, value in values.items():
-            dotted = f"{section}.{key}"
-            previous = before.get(section, {}).get(key)
-            if previous != value and dotted not in UNREPORTED_ON_RESUME:
-                changed[dotted] = [previous, value]
-    return changed
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop events logged after the checkpoint we resume from: they will be logged again."""
-    kept = [r for r in read_metrics(path) if r["step"] <= step and r["event"] != "end"]
-    kept = [r for r in kept if not (r["step"] == step and r["event"] in ("stopped",))]
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
-
-
 def _sample_due(t, step: int) -> bool:
     if t.sample_tokens == 0 or t.sample_every == 0:
         return False
@@ -656,12 +391,6 @@ def _sample_due(t, step: int) -> bool:
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
-
-
-def vocab_note(tokenizer: Tokenizer, cfg: Config) -> str:
-    """ "vocab 65 (padded to 128)": the tokenizer's ids, and the model's rows where they differ."""
-    rows = cfg.model.vocab_size
-    return f"vocab {tokenizer.vocab_size}" + (f" (padded to {rows})" if rows != tokenizer.vocab_size else "")
 
 
 def _print_header(echo, cfg, data, total_params, device, tokens_per_step, resumed_from, job) -> None:

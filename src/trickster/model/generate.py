@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import torch
 
-from trickster.model import KVCache, Transformer
+from trickster.model.transformer import KVCache, Transformer
 
 
 def sample(

@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trickster import checkpoint as ckpt
 from trickster.config import ModelConfig
+from trickster.data.tokenizers import EOT_TEXT, Tokenizer
 from trickster.errors import UserError
-from trickster.hf import rename
-from trickster.tokenizers import EOT_TEXT, Tokenizer
+from trickster.export.hf import rename
+from trickster.train import checkpoint as ckpt
 
 TO_GGUF = {
     "tok_embeddings.weight": "token_embd.weight",

@@ -12,9 +12,9 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trickster import checkpoint as ckpt
 from trickster.config import Config, load_config, preset_names
 from trickster.errors import UserError
+from trickster.train import checkpoint as ckpt
 
 
 @dataclass

@@ -25,9 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from trickster.data.loader import IGNORE_INDEX, MaskedTokens
+from trickster.data.tokenizers import Tokenizer
 from trickster.errors import UserError
-from trickster.generate import mask_unused_rows
-from trickster.tokenizers import Tokenizer
+from trickster.model.generate import mask_unused_rows
+from trickster.train.device import autocast_for
 
 
 @dataclass
@@ -91,7 +92,6 @@ def score_sequence(
     `loss_mask` (same length, 1 = scored) leaves out tokens the data marks as not scored (the
     prompts of prompt/response records); their bytes are left out too.
     """
-    from trickster.train import autocast_for  # train imports data and model; keep this module light
 
     n = len(tokens)
     if n < 2:

@@ -19,8 +19,8 @@ from pathlib import Path
 import yaml
 
 from trickster.errors import UserError
-from trickster.model import flops_per_token, parameter_breakdown
-from trickster.rundir import Run, read_run
+from trickster.model.flops import flops_per_token, parameter_breakdown
+from trickster.observe.runs import Run, read_run
 
 STYLE = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d232b;
@@ -119,7 +119,7 @@ def _summary(run: Run) -> str:
 
 
 def _figure_section(title: str, kind: str, run: Run) -> str:
-    from trickster import plots
+    from trickster.observe import plots
 
     fig = plots.loss_figure(run.records) if kind == "loss" else plots.training_figure(run.records)
     if fig is None:
@@ -239,7 +239,7 @@ def _manifest(run: Run) -> str:
 def _checkpoints(run: Run) -> str:
     if not run.checkpoints:
         return "<h2>Checkpoints</h2>\n<p class='muted'>No complete checkpoint.</p>"
-    from trickster import checkpoint as ckpt
+    from trickster.train import checkpoint as ckpt
 
     rows = [(p.name, f"step {ckpt.checkpoint_step(p):,}") for p in run.checkpoints]
     return "<h2>Checkpoints</h2>\n" + _table(rows)

@@ -1,4 +1,5 @@
-"""How fast a device can multiply matrices, and what share of that a training run achieves (MFU).
+"""Which device a run uses, its autocast context, how fast the device can multiply matrices,
+and what share of that a training run achieves (MFU).
 
 MFU here is achieved FLOP/s (tokens/s x `model.flops_per_token`) over the *measured* matmul ceiling
 of the run's device in the run's compute dtype: the median of timed square matmuls, measured once
@@ -9,11 +10,14 @@ CPUs), so a measured ceiling says more about what is left to gain on this machin
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import statistics
 import time
 
 import torch
+
+from trickster.errors import UserError
 
 
 @functools.cache
@@ -47,3 +51,25 @@ def peak_flops(device: torch.device, dtype_name: str, peak_tflops: float | None 
     if device.type not in ("cpu", "cuda") or (device.type == "cpu" and dtype_name == "float16"):
         return None
     return matmul_ceiling(device.type, dtype_name, device.index)
+
+
+def resolve_device(name: str, key: str = "device_config.device") -> torch.device:
+    """`key` is what the user sets, named in the error: a config key or a command-line flag."""
+    fix = f"{key} cpu" if key.startswith("--") else f"{key}=cpu"
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"{key} is cuda but no CUDA GPU is visible; set {fix}")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"{key} is mps but MPS is not available; set {fix}")
+    return torch.device(name)
+
+
+def autocast_for(device: torch.device, dtype_name: str):
+    if dtype_name == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype_name))

@@ -1,0 +1,115 @@
+"""Starting in a run folder: refuse to overwrite, find the checkpoint to resume, check it fits
+this run, and restore the trainer's state from it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from trickster.config import Config
+from trickster.data.loader import PreparedData
+from trickster.errors import UserError
+from trickster.observe.events import read_metrics
+from trickster.train import checkpoint as ckpt
+from trickster.train import dist
+from trickster.train.state import set_rng_state
+
+
+def run_dir_in_use(run_dir: Path) -> bool:
+    """A run only starts (without --resume) in a folder that is missing or empty."""
+    return run_dir.is_dir() and any(run_dir.iterdir())
+
+
+def open_run_dir(run_dir: Path, resume: bool | str) -> tuple[Path | None, list[str]]:
+    """Make sure the run may start here; returns the checkpoint to resume from and any repairs."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"logging_config.output_dir {run_dir} is a file; choose a folder path")
+    repairs = ckpt.recover(run_dir) if resume else []
+    found = ckpt.latest(run_dir)
+    if not resume and found is not None:
+        raise UserError(
+            f"{run_dir} already holds a trained run; pass --resume to continue it, or choose a new "
+            "folder with --out (nothing was overwritten)"
+        )
+    if not resume and run_dir_in_use(run_dir):
+        raise UserError(
+            f"{run_dir} already exists and is not empty; choose a new folder with --out, or pass "
+            "--resume to continue a run there (nothing was overwritten)"
+        )
+    if resume is True and found is None:
+        raise UserError(
+            f"nothing to resume in {run_dir}: no complete checkpoint; set training_config.resume=auto "
+            "to start the run afresh there, or drop --resume and choose a new --out"
+        )
+    try:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(
+            f"cannot create run folder {run_dir} ({err.strerror}); choose another --out"
+        ) from None
+    return found, repairs
+
+
+# May differ between the checkpoint and the resumed run without being reported as a change
+UNREPORTED_ON_RESUME = {"data_config.path", "logging_config.output_dir", "training_config.resume"}
+
+
+def check_resumable(path: Path, cfg: Config, data: PreparedData) -> dict:
+    """Refuse a checkpoint of another model, tokenizer or data; return the settings that changed.
+
+    Other settings (max_steps, learning rate, intervals, ...) may change: they come back as
+    {key: [old, new]} to be logged.
+    """
+    saved_cfg = ckpt.read_config(path)
+    if saved_cfg.model != cfg.model:
+        changed = [
+            k for k in type(cfg.model).model_fields if getattr(saved_cfg.model, k) != getattr(cfg.model, k)
+        ]
+        raise UserError(
+            f"cannot resume from {path}: model_config changed ({', '.join(changed)}); "
+            "restore those values or start a new run with another --out"
+        )
+    info = json.loads((path / "info.json").read_text())
+    if info.get("tokenizer_fingerprint") != data.tokenizer.fingerprint():
+        raise UserError(f"cannot resume from {path}: the tokenizer changed; use the data it was trained on")
+    if info.get("data_fingerprint") != data.meta.get("tokens_sha256"):
+        raise UserError(
+            f"cannot resume from {path}: the prepared data changed; use the data it was trained on"
+        )
+    return _changed_settings(saved_cfg, cfg)
+
+
+def restore_trainer(path, model, optimizer, sampler, scaler, state, device, rank: int) -> None:
+    """Optimizer moments, sampler position, counters and random generators of a checkpoint."""
+    trainer = ckpt.load_trainer_state(path)
+    optimizer_state = trainer["optimizer"]
+    if all(isinstance(key, int) for key in optimizer_state["state"]):  # written before 0.2: by position
+        optimizer.load_state_dict(optimizer_state)
+    else:
+        dist.load_full_state(model, optimizer, None, optimizer_state)
+    sampler.load_state_dict(trainer["sampler"])
+    state.load_state_dict(trainer["train_state"])
+    if scaler.is_enabled() and trainer["scaler"]:
+        scaler.load_state_dict(trainer["scaler"])
+    per_rank = trainer["rng"] if isinstance(trainer["rng"], list) else [trainer["rng"]]  # 0.1: a dict
+    if rank < len(per_rank):  # a process the saving job did not have keeps its fresh seed
+        set_rng_state(per_rank[rank], device)
+
+
+def _changed_settings(old: Config, new: Config) -> dict[str, list]:
+    before, after = old.to_dict(), new.to_dict()
+    changed = {}
+    for section, values in after.items():
+        for key, value in values.items():
+            dotted = f"{section}.{key}"
+            previous = before.get(section, {}).get(key)
+            if previous != value and dotted not in UNREPORTED_ON_RESUME:
+                changed[dotted] = [previous, value]
+    return changed
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop events logged after the checkpoint we resume from: they will be logged again."""
+    kept = [r for r in read_metrics(path) if r["step"] <= step and r["event"] != "end"]
+    kept = [r for r in kept if not (r["step"] == step and r["event"] in ("stopped",))]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
