@@ -5,8 +5,11 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import shutil
 import statistics
+import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from trickster.config import load_config
 from trickster.observe.events import read_metrics
 from trickster.observe.report import format_duration
 from trickster.observe.runs import Run, guess_preset, read_run
+from trickster.observe.status import write_status
 from trickster.train import checkpoint as ckpt
 from trickster.train.loop import train
 
@@ -181,3 +185,20 @@ def test_wall_time_leaves_out_the_pause_before_a_resume():
     assert run.wall_seconds == 60.0 + 31.0
     assert run.status == "stopped (SIGINT)"
     assert format_duration(run.wall_seconds) == "1m 31s" and format_duration(7300) == "2h 01m"
+
+
+def test_runs_tells_a_live_run_from_one_whose_process_died(run_dir, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for name in ("live", "dead"):
+        partial = Path(shutil.copytree(run_dir, runs / name))
+        lines = (partial / "metrics.jsonl").read_text().splitlines()
+        (partial / "metrics.jsonl").write_text("\n".join(lines[:-3]) + "\n")  # no end event yet
+    write_status(runs / "live", "running", step=8)  # this process: alive
+    code = "import os; print(os.getpid())"
+    exited = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    record = write_status(runs / "dead", "running", step=8)
+    (runs / "dead" / "status.json").write_text(json.dumps({**record, "pid": int(exited.stdout)}))
+
+    assert main(["runs", str(runs)]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["live"].endswith("running") and rows["dead"].endswith("stopped (process died)")

@@ -136,6 +136,9 @@ class DeviceConfig(_Section):
     """Compile the model with torch.compile (checkpoints still hold the plain module)."""
     threads: int | None = Field(None, gt=0)
     """CPU threads for PyTorch; empty leaves PyTorch's default."""
+    memory_gib: float | None = Field(None, gt=0)
+    """Memory the run may use on its device, in GiB (`trickster plan` and the out-of-memory advice
+    plan within it); empty means all of it: the GPU's memory, or the machine's RAM on a CPU."""
     peak_tflops: float | None = Field(None, gt=0)
     """Peak TFLOP/s per device that MFU divides by; empty measures this device's matmul ceiling."""
     enable_ddp: bool = False
@@ -344,6 +347,9 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     target[name] = parsed
 
 
+_KINDS = {"constrained-int": "an integer > 0", "literal['auto']": "auto"}  # pydantic's union member names
+
+
 def _describe_all(errors: list[dict[str, Any]]) -> list[str]:
     """One problem per key: a value that fails every member of a union is reported once."""
     by_key: dict[tuple, list[dict[str, Any]]] = {}
@@ -354,7 +360,7 @@ def _describe_all(errors: list[dict[str, Any]]) -> list[str]:
         if len(group) == 1:
             problems.append(_describe(group[0]))
         else:
-            kinds = " or ".join(str(e["loc"][-1]) for e in group)
+            kinds = " or ".join(_KINDS.get(str(e["loc"][-1]), str(e["loc"][-1])) for e in group)
             problems.append(f"{'.'.join(map(str, key))}: expected {kinds} (got {group[0].get('input')!r})")
     return problems
 

@@ -96,6 +96,31 @@ def memory_estimate(cfg: Config, batch_size: int | None = None, seq_len: int | N
     )
 
 
+def fitting_batch(cfg: Config, budget: float) -> int:
+    """The largest micro-batch whose step fits in `budget` bytes by the formula (0: not even one)."""
+    mem = memory_estimate(cfg, batch_size=1)
+    return max(0, int((budget - mem.state) // (mem.activations + mem.logits)))
+
+
+def split_global_batch(windows: int, world_size: int, fit: int) -> tuple[int, int]:
+    """(micro-batch <= fit, accumulation) whose product with world_size is `windows`: the fewest
+    accumulation steps that divide each process's share exactly, up to twice the fewest that
+    could do; otherwise the fewest, and the global batch rounds up by less than one micro-batch
+    per step."""
+    share = windows // world_size
+    fewest = math.ceil(share / max(fit, 1))
+    exact = next((a for a in range(fewest, 2 * fewest + 1) if share % a == 0), None)
+    accumulation = exact or fewest
+    return math.ceil(share / accumulation), accumulation
+
+
+def memory_limit(cfg: Config, device: torch.device) -> tuple[int, str]:
+    """device_config.memory_gib in bytes if set, else the device's memory; and what it is."""
+    if cfg.device.memory_gib is not None:
+        return int(cfg.device.memory_gib * GiB), "device_config.memory_gib"
+    return device_memory(device)
+
+
 def device_memory(device: torch.device) -> tuple[int, str]:
     """Total memory of the device in bytes, and what it is."""
     if device.type == "cuda":
@@ -228,7 +253,7 @@ def make_plan(
     t = cfg.training
     params = parameter_breakdown(cfg.model).total
     memory = memory_estimate(cfg)
-    device_bytes, what = device_memory(device)
+    device_bytes, what = memory_limit(cfg, device)
     plan = Plan(
         cfg=cfg,
         name=name,
@@ -269,8 +294,7 @@ def _advice(plan: Plan) -> list[str]:
             f"{_gib(budget)} usable: choose a smaller model{hint}, or a device with more memory "
             "(sharding across GPUs is not built yet)"
         ]
-    per_sequence = (mem.activations + mem.logits) // t.batch_size
-    fits_batch = int((budget - mem.state) // per_sequence)
+    fits_batch = fitting_batch(cfg, budget)
     if fits_batch >= 1:
         accumulation = math.ceil(t.batch_size * t.gradient_accumulation_steps / fits_batch)
         advice = [

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from trickster.config import Config, load_config, preset_names
 from trickster.errors import UserError
+from trickster.observe.status import liveness, read_status
 from trickster.train import checkpoint as ckpt
 
 
@@ -25,6 +26,7 @@ class Run:
     manifest: dict = field(default_factory=dict)
     checkpoints: list[Path] = field(default_factory=list)  # complete checkpoint folders
     problem: str | None = None  # why part of the folder could not be read
+    heartbeat: dict | None = None  # status.json, written by the training process while it runs
 
     @property
     def name(self) -> str:
@@ -53,8 +55,13 @@ class Run:
         if last["event"] == "end":
             return "finished"
         if last["event"] == "stopped":
-            return f"stopped ({last.get('signal', 'signal')})"
-        return "incomplete"  # still training, or killed without a chance to log it
+            return f"stopped ({last.get('signal') or last.get('reason', 'signal')})"
+        live = liveness(self.heartbeat) if self.heartbeat else None
+        if live in ("running", "running?"):
+            return live
+        if live == "stopped":
+            return "stopped (process died)"
+        return "incomplete"  # killed without a chance to log it, by a version without status.json
 
     @property
     def params(self) -> int | None:
@@ -186,7 +193,8 @@ def _read(path: Path) -> Run:
         (p for p in (path / "checkpoints").glob("*") if ckpt.is_complete(p)),
         key=lambda p: (ckpt.checkpoint_step(p), p.name),
     )
-    return Run(path, cfg, records, manifest, checkpoints, "; ".join(problems) or None)
+    problem = "; ".join(problems) or None
+    return Run(path, cfg, records, manifest, checkpoints, problem, read_status(path))
 
 
 def _read_records(path: Path) -> tuple[list[dict], list[str]]:

@@ -1,27 +1,92 @@
-"""SIGINT and SIGTERM during training: stop after the current step and save."""
+"""SIGINT and SIGTERM during training: the first stops the run after the current step and saves;
+a second one ends the process at once.
+
+A Python signal handler only runs between bytecodes, so while one long step runs inside
+PyTorch (hours, with a context that does not fit the machine) it would not run at all. The
+second signal is therefore watched from a thread: CPython's C-level handler writes the signal
+number to the wakeup file descriptor as soon as the signal arrives, the thread (blocked in
+recv, which holds no GIL, as most PyTorch ops hold none) wakes up and ends the process with
+os._exit. Checkpoints are written under a temporary name and renamed, so the newest complete
+one stays valid; a half-written one is tidied by the next --resume.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import socket
+import sys
+import threading
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class StopSignals:
-    """Turn SIGINT/SIGTERM into a flag that the loop checks after each step."""
+    """`received`: the first SIGINT/SIGTERM, which the loop checks after each step.
 
-    def __init__(self):
+    `on_first(signum)` runs on the watcher thread when the first signal arrives (a log line);
+    `on_second(signum)` runs just before the process exits with 128 + signum, as a shell would
+    report a process killed by that signal.
+    """
+
+    def __init__(self, on_first=None, on_second=None):
         self.received: int | None = None
-        self._previous = {}
+        self.on_first, self.on_second = on_first, on_second
+        self._previous: dict = {}
+        self._previous_fd = -1
+        self._reader = self._writer = None
+        self._thread: threading.Thread | None = None
 
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError):  # not the main thread: keep default handling
-                self._previous[sig] = signal.signal(sig, self._handle)
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signals are only delivered to the main thread's handlers: keep the defaults
+        self._reader, self._writer = socket.socketpair()
+        self._writer.setblocking(False)
+        for sig in SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        self._previous_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+        self._thread = threading.Thread(target=self._watch, name="stop-signals", daemon=True)
+        self._thread.start()
         return self
 
-    def _handle(self, signum, frame):
-        self.received = signum
+    def _handle(self, signum, frame) -> None:
+        if self.received is None:
+            self.received = signum
 
-    def __exit__(self, *exc):
+    def _watch(self) -> None:
+        seen = 0
+        while True:
+            try:
+                data = self._reader.recv(64)
+            except OSError:
+                return
+            if not data:  # closed by __exit__
+                return
+            for signum in data:
+                if signum not in SIGNALS:
+                    continue
+                seen += 1
+                if seen == 1:
+                    self.received = self.received or signum
+                    if self.on_first:
+                        self.on_first(signum)
+                else:
+                    if self.on_second:
+                        self.on_second(signum)
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(128 + signum)
+
+    def __exit__(self, *exc) -> None:
+        if self._thread is None:
+            return
+        signal.set_wakeup_fd(self._previous_fd)
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        with contextlib.suppress(OSError):
+            self._writer.shutdown(socket.SHUT_RDWR)
+        self._thread.join(timeout=5)
+        self._reader.close()
+        self._writer.close()
+        self._thread = None

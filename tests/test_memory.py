@@ -1,0 +1,64 @@
+"""Out of memory: the one line names what ran out, a micro-batch and accumulation that the plan's
+formula fits in the memory given, and the checkpoint to resume from."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from trickster import plan
+from trickster.train.memory import out_of_memory
+
+from .conftest import micro_config
+
+GiB = 1024**3
+
+
+def test_the_suggested_micro_batch_fits_and_keeps_the_global_batch(shakespeare_dir, tmp_path):
+    cfg = micro_config(
+        shakespeare_dir, tmp_path, training_config={"batch_size": 64, "gradient_accumulation_steps": 2}
+    )
+    cfg.model.vocab_size = 128
+    # room for the state and about 10 windows by the formula
+    one = plan.memory_estimate(cfg, batch_size=1)
+    budget = one.state + 10.5 * (one.activations + one.logits)
+    cfg.device.memory_gib = budget / plan.HEADROOM / GiB
+    line = str(
+        out_of_memory(cfg, torch.device("cpu"), "a training step", 12, Path("run/checkpoints/step_000010"))
+    )
+    micro, accumulation = map(
+        int, re.search(r"batch_size=(\d+) with gradient_accumulation_steps=(\d+)", line).groups()
+    )
+    assert micro * accumulation == 128  # 64 x 2 windows per step, as before
+    assert micro <= 10 and plan.memory_estimate(cfg, batch_size=micro).total <= budget
+    assert "during a training step at step 12 (micro-batch 64 x 64 tokens)" in line
+    assert "continue from checkpoints/step_000010 with --resume" in line
+    assert "\n" not in line
+
+
+def test_when_one_window_does_not_fit_the_line_says_so(shakespeare_dir, tmp_path):
+    cfg = micro_config(shakespeare_dir, tmp_path, training_config={"batch_size": 1})
+    cfg.model.vocab_size = 128
+    line = str(out_of_memory(cfg, torch.device("cpu"), "an evaluation", 0, None))
+    assert "even a micro-batch of 1 is too large: lower training_config.seq_len" in line
+    assert "no checkpoint was saved yet" in line
+
+
+@pytest.mark.parametrize(
+    ("windows", "fit", "expected"),
+    [
+        (64, 24, (16, 4)),
+        (64, 64, (64, 1)),
+        (64, 100, (64, 1)),
+        (61, 60, (31, 2)),
+        (12, 5, (4, 3)),
+        (7, 1, (1, 7)),
+    ],
+)
+def test_global_batch_split_into_micro_batch_and_accumulation(windows, fit, expected):
+    micro, accumulation = plan.split_global_batch(windows, 1, fit)
+    assert (micro, accumulation) == expected
+    assert micro <= max(fit, 1) and micro * accumulation >= windows

@@ -1,0 +1,49 @@
+"""SIGINT/SIGTERM: the first asks the run to stop after its step, a second ends the process at once
+even while one long PyTorch call runs (real subprocesses, real signals)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+
+
+def start_child(products: int) -> subprocess.Popen:
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.signal_child", str(products)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout.readline().strip() == "busy"
+    time.sleep(0.3)  # inside the first matrix product
+    return child
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_second_signal_ends_the_process_in_the_middle_of_a_pytorch_call(sig):
+    child = start_child(products=3)
+    child.send_signal(sig)
+    assert child.stdout.readline().strip() == f"first {sig.value}"  # seen while the product runs
+    sent = time.monotonic()
+    child.send_signal(sig)
+    out, err = child.communicate(timeout=60)
+    assert time.monotonic() - sent < 2.0
+    assert out.strip() == f"second {sig.value}", (out, err)  # never "finished"
+    assert child.returncode == 128 + sig.value  # as a shell reports a process killed by `sig`
+
+
+@pytest.mark.slow
+def test_one_signal_lets_the_work_finish():
+    child = start_child(products=1)
+    child.send_signal(signal.SIGTERM)
+    out, err = child.communicate(timeout=120)
+    assert out.splitlines() == [f"first {signal.SIGTERM.value}", f"finished, received {signal.SIGTERM.value}"]
+    assert child.returncode == 0, err

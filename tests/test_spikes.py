@@ -1,0 +1,68 @@
+"""The loss-spike detector on its own: what counts as a spike, what is noise, and its state."""
+
+from __future__ import annotations
+
+import random
+
+from trickster.train.spikes import SpikeDetector
+
+
+def noisy(steps: int, level: float = 2.0, seed: int = 0) -> list[float]:
+    rng = random.Random(seed)
+    return [level * (1 + rng.uniform(-0.05, 0.05)) for _ in range(steps)]
+
+
+def feed(detector: SpikeDetector, losses: list[float], first_step: int = 1) -> list:
+    found = []
+    for step, loss in enumerate(losses, first_step):
+        spike = detector.update(step, loss)
+        if spike:
+            found.append(spike)
+    return found
+
+
+def test_three_high_steps_in_a_row_make_a_spike():
+    losses = noisy(30) + [7.0, 8.0, 9.0] + noisy(10, seed=1)
+    spikes = feed(SpikeDetector(factor=2.0, steps=3, window=20), losses)
+    assert len(spikes) == 1
+    spike = spikes[0]
+    assert (spike.first_step, spike.last_step) == (31, 33)
+    assert spike.peak_loss == 9.0
+    assert 1.9 < spike.median < 2.1
+
+
+def test_a_shorter_run_of_high_losses_is_noise():
+    losses = noisy(30) + [7.0, 8.0] + noisy(30, seed=1)
+    assert feed(SpikeDetector(factor=2.0, steps=3, window=20), losses) == []
+
+
+def test_nothing_fires_before_the_window_is_full():
+    # the steep start of training: every loss far below the first ones, then a jump at step 6
+    losses = [5.5, 4.0, 3.0, 2.5, 2.2, 9.0, 9.0, 9.0, 9.0]
+    assert feed(SpikeDetector(factor=2.0, steps=3, window=10), losses) == []
+
+
+def test_high_losses_do_not_raise_the_median_they_are_compared_with():
+    # counted in, 5.0 and 6.0 would lift the median of 4 losses to 3.5, and 7.0 would not be high
+    losses = [2.0, 2.0, 2.0, 2.0, 5.0, 6.0, 7.0]
+    spikes = feed(SpikeDetector(factor=2.0, steps=3, window=4), losses)
+    assert [(s.first_step, s.last_step, s.median) for s in spikes] == [(5, 7, 2.0)]
+
+
+def test_off_when_factor_is_empty():
+    assert feed(SpikeDetector(factor=None, steps=1, window=2), noisy(5) + [100.0] * 5) == []
+
+
+def test_non_finite_losses_are_left_to_the_nonfinite_check():
+    losses = noisy(20) + [float("nan"), float("inf")] + noisy(5, seed=2)
+    assert feed(SpikeDetector(factor=2.0, steps=1, window=10), losses) == []
+
+
+def test_state_dict_continues_exactly():
+    losses = noisy(25) + [7.0, 8.0, 9.0, 9.5] + noisy(10, seed=3)
+    whole = feed(SpikeDetector(2.0, 3, 20), losses)
+    first = SpikeDetector(2.0, 3, 20)
+    assert feed(first, losses[:27]) == []  # stopped in the middle of the high run
+    second = SpikeDetector(2.0, 3, 20)
+    second.load_state_dict(first.state_dict())
+    assert feed(second, losses[27:], first_step=28) == whole
