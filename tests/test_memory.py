@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from trickster import plan
-from trickster.train.memory import out_of_memory
+from trickster.errors import UserError
+from trickster.train.memory import choose_batch, out_of_memory
 
 from .conftest import micro_config
 
@@ -62,3 +63,37 @@ def test_global_batch_split_into_micro_batch_and_accumulation(windows, fit, expe
     micro, accumulation = plan.split_global_batch(windows, 1, fit)
     assert (micro, accumulation) == expected
     assert micro <= max(fit, 1) and micro * accumulation >= windows
+
+
+def auto_config(shakespeare_dir, tmp_path, windows_fitting: float):
+    """The micro config with the memory limit that plan's formula fills with `windows_fitting`
+    windows of 64 tokens (the formula matches autograd's saved tensors: test_plan.py)."""
+    cfg = micro_config(shakespeare_dir, tmp_path)
+    cfg.model.vocab_size = 128
+    one = plan.memory_estimate(cfg, batch_size=1)
+    budget = one.state + windows_fitting * (one.activations + one.logits)
+    cfg.device.memory_gib = budget / plan.HEADROOM / GiB
+    return cfg, budget, one.activations + one.logits
+
+
+def test_auto_batch_is_the_largest_that_fits_and_keeps_the_global_batch(shakespeare_dir, tmp_path):
+    cfg, budget, formula_window = auto_config(shakespeare_dir, tmp_path, windows_fitting=5.5)
+    rng = torch.get_rng_state()
+    chosen = choose_batch(cfg, torch.device("cpu"), windows=32)
+    assert torch.equal(torch.get_rng_state(), rng)  # the run's generators are untouched
+    assert abs(chosen.window_bytes - formula_window) / formula_window < 0.02
+    # 5 windows fit, 6 do not; the 32 windows of a step split exactly: 4 x 8
+    assert (chosen.micro_batch, chosen.accumulation, chosen.global_batch) == (4, 8, 32)
+    assert (
+        plan.memory_estimate(cfg, batch_size=5).total
+        <= budget
+        < plan.memory_estimate(cfg, batch_size=6).total
+    )
+    roomy, _, _ = auto_config(shakespeare_dir, tmp_path, windows_fitting=100)
+    assert choose_batch(roomy, torch.device("cpu"), windows=32).micro_batch == 32  # capped at the step's
+
+
+def test_auto_batch_when_not_even_one_window_fits(shakespeare_dir, tmp_path):
+    cfg, _, _ = auto_config(shakespeare_dir, tmp_path, windows_fitting=0.5)
+    with pytest.raises(UserError, match="a micro-batch of one window of 64 tokens does not fit"):
+        choose_batch(cfg, torch.device("cpu"), windows=8)

@@ -1,7 +1,20 @@
-"""Memory during training: the one line an out-of-memory error becomes."""
+"""Memory during training: a micro-batch that fits (`training_config.batch_size: auto`) and the
+one line an out-of-memory error becomes.
+
+batch_size: auto measures trial steps of a throwaway copy of the model (fresh weights, its own
+AdamW, random tokens; the run's random generators are left untouched) at micro-batches 1 and 2:
+the difference is the memory of one more window, the rest is what does not depend on the batch.
+The largest micro-batch that fits in plan.HEADROOM (90%) of the device's memory (or of
+device_config.memory_gib) follows, capped at each process's share of the global batch; on a GPU a
+last trial step at that size confirms it (one smaller on an out-of-memory error). On a GPU a step
+is measured by the allocator's peak; on a CPU by the tensors a step holds: weights, gradients,
+AdamW state, the activations autograd saves (counted as they are saved) and the logits with
+their gradient, as plan.py's formula counts them.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -9,8 +22,98 @@ import torch
 from trickster import plan
 from trickster.config import Config
 from trickster.errors import UserError
+from trickster.model.transformer import Transformer
+from trickster.train.device import autocast_for
+from trickster.train.optim import build_optimizer
 
 OUT_OF_MEMORY = (torch.OutOfMemoryError, MemoryError)
+
+
+@dataclass
+class AutoBatch:
+    micro_batch: int
+    accumulation: int
+    global_batch: int  # windows per optimizer step, all processes
+    window_bytes: int  # measured memory of one more window in the micro-batch
+    usable_bytes: int  # plan.HEADROOM of the device's (or memory_gib's) memory
+
+    def describe(self, world_size: int) -> str:
+        return (
+            f"batch_size auto: micro-batch {self.micro_batch} x {world_size} process(es) x "
+            f"accumulation {self.accumulation} = {self.global_batch} windows per step (measured "
+            f"{self.window_bytes / 2**20:,.1f} MiB per window, {self.usable_bytes / 2**30:.2f} GiB usable)"
+        )
+
+
+def choose_batch(cfg: Config, device: torch.device, windows: int, world_size: int = 1) -> AutoBatch:
+    """The micro-batch and accumulation for `windows` per optimizer step, measured on `device`."""
+    capacity, _ = plan.memory_limit(cfg, device)
+    usable = int(plan.HEADROOM * capacity)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        model = Transformer(cfg.model).to(device)
+        optimizer = build_optimizer(model, cfg.training, device)
+        try:
+            one = trial_step_bytes(model, optimizer, cfg, device, 1)
+            window = max(1, trial_step_bytes(model, optimizer, cfg, device, 2) - one)
+        except torch.OutOfMemoryError:
+            one = window = None
+        if one is None or one > usable:
+            raise UserError(
+                f"batch_size auto: a micro-batch of one window of {cfg.seq_len} tokens does not fit in "
+                f"the {usable / 2**30:.2f} GiB usable on {device}; lower training_config.seq_len, "
+                "choose a smaller model, or set device_config.activation_checkpointing=true"
+            )
+        fit = min((usable - (one - window)) // window, windows // world_size)
+        micro, accumulation = plan.split_global_batch(windows, world_size, fit)
+        while device.type == "cuda" and micro > 1 and not _fits(model, optimizer, cfg, device, micro, usable):
+            micro, accumulation = plan.split_global_batch(windows, world_size, micro - 1)
+        del model, optimizer
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return AutoBatch(micro, accumulation, micro * accumulation * world_size, window, usable)
+
+
+def _fits(model, optimizer, cfg: Config, device: torch.device, micro: int, usable: int) -> bool:
+    try:
+        return trial_step_bytes(model, optimizer, cfg, device, micro) <= usable
+    except torch.OutOfMemoryError:
+        return False
+
+
+def trial_step_bytes(model, optimizer, cfg: Config, device: torch.device, batch: int) -> int:
+    """Peak bytes of one training step (forward, backward, AdamW) at micro-batch `batch`."""
+    tokens = torch.randint(0, cfg.model.vocab_size, (batch, cfg.seq_len + 1), device=device)
+    fixed = {p.untyped_storage().data_ptr() for p in [*model.parameters(), *model.buffers()]}
+    saved: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in fixed:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with autocast_for(device, cfg.device.dtype):
+            _, loss = model(tokens[:, :-1], tokens[:, 1:])
+    loss.backward()
+    optimizer.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+        optimizer.zero_grad(set_to_none=True)
+        return peak
+    state = sum(_bytes(p) + _bytes(p.grad) for p in model.parameters())
+    state += sum(_bytes(v) for s in optimizer.state.values() for v in s.values())
+    optimizer.zero_grad(set_to_none=True)
+    logits = 2 * batch * cfg.seq_len * cfg.model.vocab_size * 4  # float32 logits and their gradient
+    return state + sum(saved.values()) + logits
+
+
+def _bytes(tensor) -> int:
+    return tensor.numel() * tensor.element_size() if isinstance(tensor, torch.Tensor) else 0
 
 
 def out_of_memory(
