@@ -67,3 +67,14 @@ def micro(shakespeare_dir, tmp_path):
         return micro_config(shakespeare_dir, tmp_path / "run", **sections)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def served_run(shakespeare_dir, tmp_path_factory) -> Path:
+    """A 4-step micro run with checkpoints step_000002, best and final (read-only)."""
+    from trickster.train.loop import train
+
+    run_dir = tmp_path_factory.mktemp("served") / "run"
+    steps = {"max_steps": 4, "warmup_steps": 1, "eval_every": 2, "save_every": 2, "log_every": 1}
+    train(micro_config(shakespeare_dir, run_dir, training_config=steps), echo=lambda *a, **k: None)
+    return run_dir

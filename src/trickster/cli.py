@@ -1,4 +1,4 @@
-"""`trickster data|train|generate|compare|eval|info|export|import|plan|report|runs|quickstart`: thin
+"""`trickster data|train|generate|compare|eval|info|export|import|plan|report|runs|serve|quickstart`: thin
 wrappers over the library.
 
 Every error a user can fix is a UserError: one line on stderr, exit status 2, no traceback.
@@ -167,6 +167,23 @@ def build_parser() -> argparse.ArgumentParser:
     import_hf.add_argument("path", metavar="DIR", help="config.json, model.safetensors, tokenizer.json")
     import_hf.add_argument("--out", required=True, help="the new run folder")
 
+    # serve
+    serve = commands.add_parser("serve", help="an OpenAI-compatible API and a playground page for a run")
+    serve.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="default 8000; 0 picks a free one")
+    serve.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    serve.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on /v1")
+    serve.add_argument(
+        "--checkpoints",
+        metavar="NAMES",
+        help="comma-separated, e.g. best,step_000500,untrained (default: all of the run's and untrained)",
+    )
+    serve.add_argument(
+        "--chat-template", metavar="FILE", help="a Jinja chat template for /v1/chat/completions"
+    )
+    serve.add_argument("--max-batch", type=int, default=16, help="sequences decoded together per model")
+
     # quickstart
     quick = commands.add_parser("quickstart", help="prepare data, train `tiny`, compare with untrained")
     quick.add_argument("--path", help="a local copy of Tiny Shakespeare")
@@ -272,6 +289,20 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "import":
         commands.import_command(args.source, args.path, args.out)
         return 0
+    if args.command == "serve":
+        from trickster.serve.server import serve
+
+        names = [n.strip() for n in args.checkpoints.split(",") if n.strip()] if args.checkpoints else None
+        return serve(
+            args.target,
+            args.host,
+            args.port,
+            args.device,
+            args.api_key,
+            names,
+            args.chat_template,
+            args.max_batch,
+        )
     if args.command == "quickstart":
         return commands.quickstart(args.path, args.steps, Path(args.out))
     raise AssertionError(args.command)

@@ -89,7 +89,9 @@ class KVCache:
 
     keys: list[torch.Tensor]  # each (B, n_kv_heads, max_len, head_dim)
     values: list[torch.Tensor]
-    length: int = 0  # positions filled
+    length: int = 0  # positions filled (by the longest row, once `place` was called)
+    positions: torch.Tensor | None = None  # (B,) each row's next position; set by `place`
+    mask: torch.Tensor | None = None  # (B, 1, 1, length + 1) the keys each row sees; set by `place`
 
     @classmethod
     def empty(cls, cfg: ModelConfig, batch: int, max_len: int, device, dtype) -> KVCache:
@@ -97,6 +99,18 @@ class KVCache:
         shape = (batch, n_kv, max_len, head_dim)
         zeros = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
         return cls(keys=zeros, values=[z.clone() for z in zeros])
+
+    def place(self, positions: list[int]) -> None:
+        """Before a decoding step over rows of different lengths (the server's batch: the first B
+        rows of the cache): row i's one new token goes to position positions[i] and sees the keys
+        up to it. Call it again before each step."""
+        device = self.keys[0].device
+        self.positions = torch.tensor(positions, dtype=torch.long, device=device)
+        self.length = max(positions)
+        self.mask = None  # rows of equal length need none (and then match a lone row's step exactly)
+        if min(positions) != self.length:
+            seen = torch.arange(self.length + 1, device=device) <= self.positions[:, None]
+            self.mask = seen[:, None, None, :]  # (B, 1, 1, length + 1)
 
 
 class Attention(nn.Module):
@@ -125,21 +139,28 @@ class Attention(nn.Module):
             v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
 
-        start = 0
-        if cache is not None:
-            start = cache.length
-            cache.keys[layer][:, :, start : start + T] = k
-            cache.values[layer][:, :, start : start + T] = v
-            k = cache.keys[layer][:, :, : start + T]  # (B, nkv, start+T, hd)
-            v = cache.values[layer][:, :, : start + T]
-
-        if T == 1:  # one new token attends to everything before it: no mask needed
-            mask, causal = None, False
-        elif start == 0:
-            mask, causal = None, True
-        else:  # a chunk after cached positions: query i sees keys up to start + i
-            mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
-            causal = False
+        if cache is not None and cache.positions is not None:  # one token per row, each at its own place
+            rows = torch.arange(B, device=x.device)
+            cache.keys[layer][rows, :, cache.positions] = k[:, :, 0]
+            cache.values[layer][rows, :, cache.positions] = v[:, :, 0]
+            k = cache.keys[layer][:B, :, : cache.length + 1]  # (B, nkv, length+1, hd)
+            v = cache.values[layer][:B, :, : cache.length + 1]
+            mask, causal = cache.mask, False
+        else:
+            start = 0
+            if cache is not None:
+                start = cache.length
+                cache.keys[layer][:, :, start : start + T] = k
+                cache.values[layer][:, :, start : start + T] = v
+                k = cache.keys[layer][:, :, : start + T]  # (B, nkv, start+T, hd)
+                v = cache.values[layer][:, :, : start + T]
+            if T == 1:  # one new token attends to everything before it: no mask needed
+                mask, causal = None, False
+            elif start == 0:
+                mask, causal = None, True
+            else:  # a chunk after cached positions: query i sees keys up to start + i
+                mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+                causal = False
         y = F.scaled_dot_product_attention(
             q,
             k,
@@ -263,6 +284,11 @@ class Transformer(nn.Module):
         if start + T > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
         cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
+        if cache is not None and cache.positions is not None:  # rows at their own places (KVCache.place)
+            if T != 1:
+                raise ValueError(f"rows placed at their own positions take one token each (got {T})")
+            cos = self.rope_cos[cache.positions][:, None, None]  # (B, 1, 1, head_dim)
+            sin = self.rope_sin[cache.positions][:, None, None]
         x = self.tok_embeddings(idx)  # (B, T, C)
         for i, layer in enumerate(self.layers):
             if self.checkpoint_activations and self.training and cache is None:

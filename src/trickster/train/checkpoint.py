@@ -214,14 +214,7 @@ class LoadedCheckpoint:
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> LoadedCheckpoint:
     path = resolve(path)
-    cfg = read_config(path)
-    if not (path / "tokenizer.json").is_file():
-        raise UserError(f"{path / 'tokenizer.json'} is missing; use another checkpoint")
-    tokenizer = load_tokenizer(path / "tokenizer.json")
-    try:
-        info = json.loads((path / "info.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        raise UserError(f"{path / 'info.json'} is missing or damaged; use another checkpoint") from None
+    cfg, tokenizer, info = read_config(path), read_tokenizer(path), read_info(path)
     model = Transformer(cfg.model).to(device)
     adapted = cfg.training.lora is not None
     if adapted:  # a LoRA run: load base and adapters as trained, then merge them into a plain model
@@ -236,6 +229,19 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Loa
         lora.merge_lora(model)
     model.eval()
     return LoadedCheckpoint(path, cfg, tokenizer, model, info)
+
+
+def read_tokenizer(path: Path) -> Tokenizer:
+    if not (path / "tokenizer.json").is_file():
+        raise UserError(f"{path / 'tokenizer.json'} is missing; use another checkpoint")
+    return load_tokenizer(path / "tokenizer.json")
+
+
+def read_info(path: Path) -> dict:
+    try:
+        return json.loads((path / "info.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        raise UserError(f"{path / 'info.json'} is missing or damaged; use another checkpoint") from None
 
 
 def read_config(path: Path) -> Config:

@@ -1,0 +1,6 @@
+"""`trickster serve`: an OpenAI-compatible HTTP API over a run's checkpoints, and a playground page.
+
+app.py (routes) -> choices.py (a request's choices as text) -> engine.py (the batched decoding
+thread); models.py finds and loads the checkpoints, chat.py renders chat templates, schemas.py holds
+the request models and OpenAI's answer and error shapes, server.py binds and runs uvicorn.
+"""

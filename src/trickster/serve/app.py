@@ -1,0 +1,328 @@
+"""The routes: OpenAI's /v1/models, /v1/completions and /v1/chat/completions, and the playground at /.
+
+Every error is OpenAI's error JSON with its status, and the server goes on serving after it.
+Streams are server-sent events in OpenAI's chunk format, ending with `data: [DONE]`; `usage`
+comes with every answer (in a stream: on the last chunk, or on a chunk of its own with
+`stream_options.include_usage`, as OpenAI sends it).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import AsyncIterator
+from importlib import resources
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from trickster.errors import UserError
+from trickster.serve import schemas
+from trickster.serve.chat import TemplateRefused
+from trickster.serve.choices import Delta, Generation
+from trickster.serve.engine import Engine
+from trickster.serve.models import Catalog, Offered
+from trickster.serve.schemas import APIError, ChatRequest, CompletionRequest
+
+MAX_BODY = 1 << 20  # bytes; a prompt longer than any context we train fits many times over
+
+
+class Server:
+    def __init__(
+        self, catalog: Catalog, engine: Engine, api_key: str | None = None, max_body: int = MAX_BODY
+    ):
+        self.catalog, self.engine, self.api_key, self.max_body = catalog, engine, api_key, max_body
+
+    # ------------------------------------------------------------------ routes
+
+    async def playground(self, request: Request) -> Response:
+        page = resources.files("trickster.serve").joinpath("playground.html").read_text(encoding="utf-8")
+        return HTMLResponse(page)
+
+    async def models(self, request: Request) -> Response:
+        self._authorize(request)
+        cards = [self._card(o) for o in self.catalog.offered.values()]
+        return JSONResponse({"object": "list", "data": cards})
+
+    async def model(self, request: Request) -> Response:
+        self._authorize(request)
+        return JSONResponse(self._card(self._offered(request.path_params["name"])))
+
+    async def completions(self, request: Request) -> Response:
+        self._authorize(request)
+        req = schemas.parse(CompletionRequest, await self._body(request))
+        offered = await self._loaded(req.model)
+        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        if not prompts:
+            raise APIError(400, "prompt: give a string (or a list of strings) to continue", param="prompt")
+        ids = [self._encode(offered, p) for p in prompts]
+        for one in ids:
+            self._check_room(offered, len(one), req.max_tokens)
+        generation = self._generation(offered, req, ids, req.max_tokens, req.logprobs)
+        if req.stream:
+            return _sse(self._completion_chunks(generation, req))
+        texts, logprobs, reasons = await _collect(generation)
+        choices = [
+            {
+                "index": i,
+                "text": texts[i],
+                "logprobs": _openai_logprobs(logprobs[i]) if req.logprobs is not None else None,
+                "finish_reason": reasons[i],
+            }
+            for i in range(len(texts))
+        ]
+        use = schemas.usage(generation.prompt_tokens, generation.completion_tokens)
+        return JSONResponse(
+            schemas.envelope("text_completion", schemas.new_id("cmpl"), req.model, choices, use)
+        )
+
+    async def chat_completions(self, request: Request) -> Response:
+        self._authorize(request)
+        req = schemas.parse(ChatRequest, await self._body(request))
+        offered = await self._loaded(req.model)
+        if offered.chat_template is None:
+            raise APIError(
+                400,
+                f"model {req.model!r} has no chat template: it continues text, so use /v1/completions "
+                "(or serve it with --chat-template FILE)",
+                param="model",
+                code="no_chat_template",
+            )
+        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        try:
+            ids = offered.chat_template.prompt_ids(messages)
+        except TemplateRefused as err:
+            raise APIError(400, f"messages: {err}", param="messages") from None
+        except UserError as err:
+            raise APIError(400, f"messages: {err}", param="messages", code="unknown_character") from None
+        max_tokens = req.max_completion_tokens or req.max_tokens or max(1, offered.context - len(ids))
+        self._check_room(offered, len(ids), max_tokens)
+        generation = self._generation(offered, req, [ids], max_tokens, None)
+        if req.stream:
+            return _sse(self._chat_chunks(generation, req))
+        texts, _, reasons = await _collect(generation)
+        choices = [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": texts[i]},
+                "logprobs": None,
+                "finish_reason": reasons[i],
+            }
+            for i in range(len(texts))
+        ]
+        use = schemas.usage(generation.prompt_tokens, generation.completion_tokens)
+        return JSONResponse(
+            schemas.envelope("chat.completion", schemas.new_id("chatcmpl"), req.model, choices, use)
+        )
+
+    # ------------------------------------------------------------------ streams
+
+    async def _completion_chunks(self, generation: Generation, req: CompletionRequest) -> AsyncIterator[dict]:
+        request_id = schemas.new_id("cmpl")
+        async for delta, last in _with_last(generation):
+            choice = {
+                "index": delta.index,
+                "text": delta.text,
+                "logprobs": _openai_logprobs(delta.logprobs) if req.logprobs is not None else None,
+                "finish_reason": delta.finish_reason,
+            }
+            yield self._chunk("text_completion", request_id, req, [choice], generation, last)
+        if _include_usage(req):
+            yield self._chunk("text_completion", request_id, req, [], generation, True)
+
+    async def _chat_chunks(self, generation: Generation, req: ChatRequest) -> AsyncIterator[dict]:
+        request_id, greeted = schemas.new_id("chatcmpl"), set()
+        async for delta, last in _with_last(generation):
+            message = {"content": delta.text} if delta.text or delta.finish_reason is None else {}
+            if delta.index not in greeted:  # the first chunk of each choice names the role
+                message = {"role": "assistant", **message}
+                greeted.add(delta.index)
+            choice = {
+                "index": delta.index,
+                "delta": message,
+                "logprobs": None,
+                "finish_reason": delta.finish_reason,
+            }
+            yield self._chunk("chat.completion.chunk", request_id, req, [choice], generation, last)
+        if _include_usage(req):
+            yield self._chunk("chat.completion.chunk", request_id, req, [], generation, True)
+
+    def _chunk(self, kind, request_id, req, choices, generation, last) -> dict:
+        with_usage = (choices == []) if _include_usage(req) else last
+        use = schemas.usage(generation.prompt_tokens, generation.completion_tokens) if with_usage else None
+        return schemas.envelope(kind, request_id, req.model, choices, use)
+
+    # ------------------------------------------------------------------ checks
+
+    def _authorize(self, request: Request) -> None:
+        if self.api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        token = given[7:] if given.lower().startswith("bearer ") else ""
+        if not token:
+            raise APIError(
+                401, "no API key given; send the header 'Authorization: Bearer KEY'", code="invalid_api_key"
+            )
+        if not hmac.compare_digest(token.encode(), self.api_key.encode()):
+            raise APIError(
+                401, "the API key is wrong; use the key the server was started with", code="invalid_api_key"
+            )
+
+    async def _body(self, request: Request) -> bytes:
+        declared = request.headers.get("content-length", "")
+        too_big = APIError(
+            413, f"the request body is larger than {self.max_body:,} bytes; send a shorter prompt"
+        )
+        if declared.isdigit() and int(declared) > self.max_body:
+            raise too_big
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > self.max_body:
+                raise too_big
+        return bytes(body)
+
+    def _offered(self, name: str) -> Offered:
+        offered = self.catalog.get(name)
+        if offered is None:
+            have = ", ".join(self.catalog.offered)
+            raise APIError(
+                404, f"model {name!r} does not exist; this server has: {have}", "model", "model_not_found"
+            )
+        return offered
+
+    async def _loaded(self, name: str) -> Offered:
+        offered = self._offered(name)
+        if offered.model is None:  # loaded on first use, off the event loop
+            try:
+                await run_in_threadpool(self.catalog.load, name)
+            except UserError as err:
+                raise APIError(500, f"model {name!r} could not be loaded: {err}") from None
+        return offered
+
+    def _encode(self, offered: Offered, prompt: str) -> list[int]:
+        try:
+            ids = offered.tokenizer.encode(prompt)
+        except UserError as err:
+            raise APIError(400, f"prompt: {err}", param="prompt", code="unknown_character") from None
+        if not ids:
+            raise APIError(400, "prompt is empty; give some text to continue", param="prompt")
+        return offered.tokenizer.start_ids() + ids  # as `trickster generate` starts a prompt
+
+    def _check_room(self, offered: Offered, prompt_tokens: int, max_tokens: int) -> None:
+        room = offered.context - prompt_tokens
+        if room < 1:
+            raise APIError(
+                400,
+                f"prompt: {prompt_tokens} tokens fill this model's context of {offered.context} "
+                "tokens; send a shorter prompt",
+                param="prompt",
+                code="context_length_exceeded",
+            )
+        if max_tokens > room:
+            raise APIError(
+                400,
+                f"max_tokens: {max_tokens} new tokens after a prompt of {prompt_tokens} exceed this "
+                f"model's context of {offered.context} tokens; ask for at most {room}",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+
+    def _generation(self, offered, req, ids, max_tokens, logprobs) -> Generation:
+        top_p = req.top_p if req.top_p < 1 else None
+        sampling = dict(
+            max_tokens=max_tokens,
+            temperature=req.temperature,
+            top_k=req.top_k,
+            top_p=top_p,
+            logprobs=logprobs,
+        )
+        return Generation(self.engine, offered, ids, req.n, sampling, req.seed, req.stop or [])
+
+    def _card(self, offered: Offered) -> dict:
+        created = int(offered.path.stat().st_mtime)
+        return schemas.model_card(offered.name, created, offered.card())
+
+
+async def _collect(generation: Generation) -> tuple[list[str], list[list[dict]], list[str | None]]:
+    count = len(generation.choices)
+    texts, logprobs, reasons = [""] * count, [[] for _ in range(count)], [None] * count
+    async for delta in generation.deltas():
+        texts[delta.index] += delta.text
+        logprobs[delta.index] += delta.logprobs
+        reasons[delta.index] = delta.finish_reason or reasons[delta.index]
+    return texts, logprobs, reasons
+
+
+async def _with_last(generation: Generation) -> AsyncIterator[tuple[Delta, bool]]:
+    """Each delta, and whether it finishes the last unfinished choice (the usage goes there)."""
+    open_choices = len(generation.choices)
+    async for delta in generation.deltas():
+        open_choices -= delta.finish_reason is not None
+        if delta.text or delta.logprobs or delta.finish_reason:
+            yield delta, open_choices == 0
+
+
+def _include_usage(req) -> bool:
+    return req.stream_options is not None and req.stream_options.include_usage
+
+
+def _openai_logprobs(entries: list[dict]) -> dict:
+    """OpenAI's legacy completions shape: parallel lists, text offsets into the completion."""
+    offsets, offset = [], 0
+    for entry in entries:
+        offsets.append(offset)
+        offset += len(entry["token"])
+    return {
+        "tokens": [e["token"] for e in entries],
+        "token_logprobs": [e["logprob"] for e in entries],
+        "top_logprobs": [e["top"] for e in entries],
+        "text_offset": offsets,
+    }
+
+
+def _sse(chunks: AsyncIterator[dict]) -> StreamingResponse:
+    async def events():
+        try:
+            async for chunk in chunks:
+                yield f"data: {json.dumps(chunk)}\n\n"
+        except Exception as err:  # headers are gone: the error travels as an event, as OpenAI's does
+            yield f"data: {json.dumps(APIError(500, f'generation failed: {err}').body())}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def _api_error(request: Request, err: APIError) -> Response:
+    return JSONResponse(err.body(), status_code=err.status)
+
+
+async def _http_error(request: Request, err: HTTPException) -> Response:
+    message = {
+        404: f"no route {request.url.path}; the API is under /v1",
+        405: f"{request.method} is not allowed here",
+    }
+    return await _api_error(request, APIError(err.status_code, message.get(err.status_code, str(err.detail))))
+
+
+async def _bug(request: Request, err: Exception) -> Response:
+    return await _api_error(request, APIError(500, f"internal error ({type(err).__name__}: {err})"))
+
+
+def create_app(
+    catalog: Catalog, engine: Engine, api_key: str | None = None, max_body: int = MAX_BODY
+) -> Starlette:
+    server = Server(catalog, engine, api_key, max_body)
+    routes = [
+        Route("/", server.playground),
+        Route("/v1/models", server.models),
+        Route("/v1/models/{name:path}", server.model),
+        Route("/v1/completions", server.completions, methods=["POST"]),
+        Route("/v1/chat/completions", server.chat_completions, methods=["POST"]),
+    ]
+    handlers = {APIError: _api_error, HTTPException: _http_error, Exception: _bug}
+    return Starlette(routes=routes, exception_handlers=handlers)

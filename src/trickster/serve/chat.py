@@ -1,0 +1,53 @@
+"""Chat messages into one prompt, through a Jinja chat template as Hugging Face models ship them.
+
+A model has one when its tokenizer came with it (`trickster import hf`), or when the person serving
+it passes `--chat-template FILE` (for a model fine-tuned on prompt/response records: the template
+writes the conversation the way the records were written). Rendered as transformers renders
+templates: a sandboxed environment, `trim_blocks` and `lstrip_blocks`, `raise_exception`.
+"""
+
+from __future__ import annotations
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from trickster.data.tokenizers import Tokenizer, special_token_text
+from trickster.errors import UserError
+
+
+class TemplateRefused(Exception):
+    """The template itself rejected the conversation (e.g. roles that do not alternate)."""
+
+
+def _raise(message: str):
+    raise TemplateRefused(message)
+
+
+class Template:
+    def __init__(self, source: str, tokenizer: Tokenizer):
+        env = ImmutableSandboxedEnvironment(
+            trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+        )
+        env.globals["raise_exception"] = _raise
+        try:
+            self.template = env.from_string(source)
+        except jinja2.TemplateError as err:
+            raise UserError(f"the chat template does not compile ({err}); fix it or pass another") from None
+        config = getattr(tokenizer, "config", {})
+        self.specials = {key: special_token_text(config.get(key)) or "" for key in ("bos_token", "eos_token")}
+        self.tokenizer = tokenizer
+
+    def render(self, messages: list[dict]) -> str:
+        try:
+            return self.template.render(messages=messages, add_generation_prompt=True, **self.specials)
+        except TemplateRefused:
+            raise
+        except jinja2.TemplateError as err:
+            raise TemplateRefused(f"the model's chat template failed on these messages ({err})") from None
+
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        """The conversation's token ids, starting with the tokenizer's start id unless the template
+        already wrote it (as Llama templates do with {{ bos_token }})."""
+        ids = self.tokenizer.encode(self.render(messages))
+        start = self.tokenizer.start_ids()
+        return ids if ids[: len(start)] == start else start + ids

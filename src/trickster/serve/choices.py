@@ -1,0 +1,145 @@
+"""One request's choices: handed to the engine, their tokens turned back into text as they come.
+
+Choice i of a request with `seed` S samples with seed S + i, so choice 0 is what
+`trickster generate --seed S` prints; without a seed each choice draws a fresh one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from trickster.serve.engine import Engine, Failed, Finished, Sampling, Sequence, Token
+from trickster.serve.models import Offered
+
+
+class StopStrings:
+    """Cuts the text at the first stop string, holding back any tail that could begin one."""
+
+    def __init__(self, stops: list[str]):
+        self.stops, self.held = stops, ""
+
+    def feed(self, piece: str) -> tuple[str, bool]:
+        """The text that is safe to show, and whether a stop string was reached."""
+        text = self.held + piece
+        hits = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.held = ""
+            return text[: min(hits)], True
+        keep = max((k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+        self.held = text[len(text) - keep :]
+        return text[: len(text) - keep], False
+
+    def flush(self) -> str:
+        text, self.held = self.held, ""
+        return text
+
+
+@dataclass
+class Delta:
+    """What one event adds to choice `index`."""
+
+    index: int
+    text: str
+    logprobs: list[dict] = field(default_factory=list)  # one entry per token, when asked for
+    finish_reason: str | None = None
+
+
+@dataclass
+class Choice:
+    index: int
+    prompt_ids: list[int]
+    sequence: Sequence
+    decode: object  # the tokenizer's stream decoder for this choice
+    stops: StopStrings
+    tokens: int = 0  # generated (and counted in usage), up to the one that completed a stop string
+    finished: bool = False
+
+
+class Generation:
+    def __init__(
+        self,
+        engine: Engine,
+        offered: Offered,
+        prompts: list[list[int]],
+        n: int,
+        sampling: dict,
+        seed: int | None,
+        stops: list[str],
+    ):
+        self.engine, self.offered = engine, offered
+        self.queue: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        tokenizer = offered.tokenizer
+        self.prompt_tokens = sum(len(ids) for ids in prompts)  # each prompt once, whatever n is
+        self.choices: list[Choice] = []
+        for ids in prompts:
+            for k in range(n):
+                index = len(self.choices)
+                choice_seed = seed + k if seed is not None else secrets.randbits(63)
+
+                def emit(event, index=index):  # called from the engine's thread
+                    loop.call_soon_threadsafe(self.queue.put_nowait, (index, event))
+
+                sequence = Sequence(
+                    ids, Sampling(**sampling, seed=choice_seed), emit, stop_id=tokenizer.eot_id
+                )
+                decode = tokenizer.stream_decoder(context=ids)
+                self.choices.append(Choice(index, ids, sequence, decode, StopStrings(stops)))
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(c.tokens for c in self.choices)
+
+    def cancel(self) -> None:
+        for choice in self.choices:
+            choice.sequence.cancelled = True
+
+    async def deltas(self) -> AsyncIterator[Delta]:
+        """Each choice's new text as it is generated; a failure in the engine is raised here."""
+        offered = self.offered
+        for choice in self.choices:
+            self.engine.submit(offered.name, offered.model, offered.tokenizer.vocab_size, choice.sequence)
+        unfinished = len(self.choices)
+        try:
+            while unfinished:
+                index, event = await self.queue.get()
+                choice = self.choices[index]
+                if choice.finished:
+                    continue  # tokens decoded after a stop string cut the text
+                if isinstance(event, Failed):
+                    raise event.error
+                delta = self._apply(choice, event)
+                if choice.finished:
+                    unfinished -= 1
+                yield delta
+        finally:
+            self.cancel()
+
+    def _apply(self, choice: Choice, event: Token | Finished) -> Delta:
+        if isinstance(event, Finished):
+            choice.finished = True
+            return Delta(
+                choice.index,
+                choice.stops.feed(choice.decode(None))[0] + choice.stops.flush(),
+                finish_reason=event.reason,
+            )
+        choice.tokens += 1
+        text, stopped = choice.stops.feed(choice.decode(event.id))
+        delta = Delta(choice.index, text)
+        if event.logprob is not None:
+            delta.logprobs.append(self._logprob_entry(event))
+        if stopped:
+            choice.finished, delta.finish_reason = True, "stop"
+            choice.sequence.cancelled = True
+        return delta
+
+    def _logprob_entry(self, event: Token) -> dict:
+        piece = self.offered.tokenizer.decode
+        return {
+            "token": piece([event.id]),
+            "logprob": event.logprob,
+            "top": {piece([i]): lp for i, lp in event.top or []},
+        }

@@ -1,0 +1,220 @@
+"""The decoding scheduler: one worker thread runs every forward pass, so the server's event loop
+never waits on one; the sequences that want the same model are decoded together, one batch per step.
+
+Continuous batching: a sequence joins its model's batch as soon as a row is free (its prompt is
+run alone, into its row of the shared KV cache) and leaves as soon as it is done, while the others
+go on. Each sequence samples from its own logits row with its own `torch.Generator`, through
+model/generate.py's `sample`, so its random stream is the one `trickster generate` would use:
+the same seed gives the same tokens, alone or in a batch of sixteen (to float rounding of the
+batched matrix multiplies, which the tests show does not change the text).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from trickster.model.generate import mask_unused_rows, sample
+from trickster.model.transformer import KVCache, Transformer
+
+
+@dataclass
+class Sampling:
+    max_tokens: int
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int = 0
+    logprobs: int | None = None  # how many of the most likely tokens to report with each token
+
+
+@dataclass
+class Token:
+    """One generated token, as the worker hands it to the request."""
+
+    id: int
+    logprob: float | None = None  # of this token, under the model's distribution (before sampling)
+    top: list[tuple[int, float]] | None = None  # the `logprobs` most likely ids and their logprobs
+
+
+@dataclass
+class Finished:
+    reason: str  # "stop" (the end-of-text token) or "length" (max_tokens reached)
+
+
+@dataclass
+class Failed:
+    error: BaseException
+
+
+Event = Token | Finished | Failed
+
+
+@dataclass
+class Sequence:
+    """One completion being decoded. `emit` is called from the worker thread with each event."""
+
+    prompt_ids: list[int]
+    sampling: Sampling
+    emit: Callable[[Event], None]
+    stop_id: int | None = None
+    cancelled: bool = False  # set by the request (client gone, or a stop string seen)
+    generated: int = 0
+    last: int = -1  # the newest token, not yet fed to the model
+    generator: torch.Generator | None = field(default=None, repr=False)
+
+    @property
+    def length(self) -> int:
+        """Positions of this sequence in the KV cache, which is where `last` goes next."""
+        return len(self.prompt_ids) + self.generated - 1
+
+
+class Batch:
+    """The sequences decoding one model, in the first rows of a KV cache of `capacity` rows."""
+
+    def __init__(self, model: Transformer, vocab_limit: int, capacity: int):
+        self.model, self.vocab_limit, self.capacity = model, vocab_limit, capacity
+        self.waiting: deque[Sequence] = deque()
+        self.rows: list[Sequence] = []
+        self.cache: KVCache | None = None  # allocated while there is work, dropped when idle
+
+    def step(self) -> int:
+        """Admit waiting sequences, then decode one token for every row. Returns the rows decoded."""
+        self._compact()  # rows whose requests went away since the last step
+        if self.cache is None:
+            param = self.model.tok_embeddings.weight
+            cfg = self.model.cfg
+            self.cache = KVCache.empty(cfg, self.capacity, cfg.max_seq_len, param.device, param.dtype)
+        with self.model.fused_projections():
+            while self.waiting and len(self.rows) < self.capacity:
+                seq = self.waiting.popleft()
+                if not seq.cancelled:
+                    self._prefill(seq)
+            self._compact()  # prompts whose first token already ended them
+            if self.rows:
+                self._decode()
+        decoded = len(self.rows)
+        self._compact()
+        if not self.rows and not self.waiting:
+            self.cache = None
+        return decoded
+
+    def _prefill(self, seq: Sequence) -> None:
+        """The prompt alone, as `generate` runs it, into the next free row of the cache."""
+        row = len(self.rows)
+        view = KVCache(
+            [k[row : row + 1] for k in self.cache.keys], [v[row : row + 1] for v in self.cache.values]
+        )
+        device = self.cache.keys[0].device
+        seq.generator = torch.Generator(device=device).manual_seed(seq.sampling.seed)
+        self.rows.append(seq)  # before the forward pass: a failure there must reach this request too
+        logits, _ = self.model(torch.tensor([seq.prompt_ids], device=device), cache=view)
+        self._take(seq, logits[:, -1, :])
+
+    def _decode(self) -> None:
+        device = self.cache.keys[0].device
+        idx = torch.tensor([[s.last] for s in self.rows], device=device)  # (B, 1)
+        self.cache.place([s.length for s in self.rows])
+        try:
+            logits, _ = self.model(idx, cache=self.cache)
+        finally:
+            self.cache.positions = self.cache.mask = None
+        for i, seq in enumerate(self.rows):
+            self._take(seq, logits[i : i + 1, -1, :])
+
+    def _take(self, seq: Sequence, logits: torch.Tensor) -> None:
+        """Sample the sequence's next token from its logits row (1, vocab) and hand it over."""
+        mask_unused_rows(logits, self.vocab_limit)
+        s = seq.sampling
+        token = int(sample(logits, s.temperature, s.top_k, s.top_p, seq.generator).item())
+        if token == seq.stop_id:
+            seq.cancelled = True
+            seq.emit(Finished("stop"))
+            return
+        event = Token(token)
+        if s.logprobs is not None:
+            logprobs = logits[0].log_softmax(-1)
+            event.logprob = float(logprobs[token])
+            top = logprobs.topk(s.logprobs) if s.logprobs > 0 else None
+            event.top = (
+                [] if top is None else list(zip(top.indices.tolist(), top.values.tolist(), strict=True))
+            )
+        seq.last, seq.generated = token, seq.generated + 1
+        seq.emit(event)
+        if seq.generated >= s.max_tokens:
+            seq.cancelled = True
+            seq.emit(Finished("length"))
+
+    def _compact(self) -> None:
+        """Move the last live rows into the rows of finished ones, so the live ones stay first."""
+        live = [s for s in self.rows if not s.cancelled]
+        if len(live) == len(self.rows):
+            return
+        kept = []
+        for seq in self.rows:
+            if seq.cancelled:
+                continue
+            old, new = self.rows.index(seq), len(kept)
+            if old != new:
+                for tensors in (self.cache.keys, self.cache.values):
+                    for t in tensors:
+                        t[new, :, : seq.length] = t[old, :, : seq.length]
+            kept.append(seq)
+        self.rows = kept
+
+
+class Engine:
+    """Runs every model's batch in one worker thread; `submit` may be called from any thread."""
+
+    def __init__(self, capacity: int = 16):
+        self.capacity = capacity
+        self.batches: dict[str, Batch] = {}
+        self.wake = threading.Condition()
+        self.closed = False
+        self.largest_batch = 0  # the most rows decoded in one step (the tests check batching happened)
+        self.thread = threading.Thread(target=self._run, name="trickster-decode", daemon=True)
+        self.thread.start()
+
+    def submit(self, name: str, model: Transformer, vocab_limit: int, seq: Sequence) -> None:
+        with self.wake:
+            batch = self.batches.get(name)
+            if batch is None or batch.model is not model:
+                batch = self.batches[name] = Batch(model, vocab_limit, self.capacity)
+            batch.waiting.append(seq)
+            self.wake.notify()
+
+    def close(self) -> None:
+        with self.wake:
+            self.closed = True
+            self.wake.notify()
+        self.thread.join(timeout=10)
+
+    def _busy(self) -> list[Batch]:
+        return [b for b in self.batches.values() if b.rows or b.waiting]
+
+    def _run(self) -> None:
+        while True:
+            with self.wake:
+                while not self.closed and not self._busy():
+                    self.wake.wait()
+                if self.closed:
+                    return
+                busy = self._busy()
+            for batch in busy:  # one step for each model in turn
+                self._step(batch)
+
+    def _step(self, batch: Batch) -> None:
+        try:
+            with torch.inference_mode():
+                self.largest_batch = max(self.largest_batch, batch.step())
+        except Exception as err:  # a bug or an out-of-memory: fail these requests, keep serving
+            failed, batch.rows, batch.cache = batch.rows, [], None
+            while batch.waiting:
+                failed.append(batch.waiting.popleft())
+            for seq in failed:
+                seq.cancelled = True
+                seq.emit(Failed(err))

@@ -1,0 +1,126 @@
+"""The requests the server accepts (pydantic, strict: a wrongly typed field is an error, not a guess),
+the answers it gives, and OpenAI's error object."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class APIError(Exception):
+    """An answer in OpenAI's error format: {"error": {"message", "type", "param", "code"}}."""
+
+    TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error"}
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+    def body(self) -> dict:
+        kind = self.TYPES.get(self.status, "invalid_request_error" if self.status < 500 else "server_error")
+        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+
+
+class Request(BaseModel):
+    # strict: "16" is not 16; unknown fields (user, presence_penalty, ...) are accepted and ignored
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    model: str = Field(description="a checkpoint of the run: best, final, step_000500, untrained")
+    temperature: float = Field(1.0, ge=0, description="0 means greedy")
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int | None = Field(None, description="an extension (as vLLM has it); 0 or -1 means off")
+    stop: str | list[str] | None = Field(None, description="up to 4 strings that end the text")
+    seed: int | None = Field(None, ge=0, lt=2**63)
+    n: int = Field(1, ge=1, le=16)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value):
+        stops = [value] if isinstance(value, str) else list(value or [])
+        if len(stops) > 4 or any(not s for s in stops):
+            raise ValueError("give at most 4 non-empty stop strings")
+        return stops
+
+    @field_validator("top_k")
+    @classmethod
+    def _top_k(cls, value):
+        return None if value is not None and value <= 0 else value
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+    include_usage: bool = False
+
+
+class CompletionRequest(Request):
+    prompt: str | list[str]
+    max_tokens: int = Field(16, ge=1)
+    logprobs: int | None = Field(None, ge=0, le=20)
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict]
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
+
+
+class ChatRequest(Request):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1, description="default: the rest of the context")
+    max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name for max_tokens")
+
+
+Request.model_rebuild()
+
+
+def parse(kind: type[BaseModel], raw: bytes) -> BaseModel:
+    """The request body as `kind`, or an APIError naming the first field that is wrong."""
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise APIError(400, f"the request body is not valid JSON ({err}); send a JSON object") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "the request body must be a JSON object")
+    try:
+        return kind.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        param = ".".join(str(part) for part in first["loc"]) or None
+        got = "" if first["type"] == "missing" else f" (got {json.dumps(first.get('input'))[:80]})"
+        message = first["msg"].removeprefix("Value error, ")
+        raise APIError(400, f"{param}: {message}{got}", param=param) from None
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def envelope(kind: str, request_id: str, model: str, choices: list[dict], use: dict | None) -> dict:
+    """kind: text_completion, chat.completion or chat.completion.chunk."""
+    body = {"id": request_id, "object": kind, "created": int(time.time()), "model": model, "choices": choices}
+    if use is not None:
+        body["usage"] = use
+    return body
+
+
+def model_card(name: str, created: int, extra: dict) -> dict:
+    return {"id": name, "object": "model", "created": created, "owned_by": "trickster", **extra}

@@ -1,0 +1,92 @@
+"""`trickster serve`: load the run's checkpoints, bind the port, serve until interrupted."""
+
+from __future__ import annotations
+
+import errno
+import socket
+from pathlib import Path
+
+from trickster.errors import UserError
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything is served, so that a taken port is one clear line."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        raise UserError(
+            f"--host {host} is not an address of this machine ({err.strerror}); use 127.0.0.1"
+        ) from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart need not wait for TIME_WAIT
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as err:
+        sock.close()
+        if err.errno == errno.EADDRINUSE:
+            raise UserError(
+                f"port {port} on {host} is in use (another server?); pass --port N with a free port"
+            ) from None
+        if err.errno == errno.EACCES:
+            raise UserError(f"port {port} needs privileges; pass --port N with N above 1023") from None
+        raise UserError(
+            f"cannot listen on {host}:{port} ({err.strerror}); pass another --host or --port"
+        ) from None
+    return sock
+
+
+def read_template(path: str | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = getattr(err, "strerror", None) or str(err)
+        raise UserError(
+            f"--chat-template {path} cannot be read ({reason}); pass a UTF-8 Jinja file"
+        ) from None
+
+
+def serve(
+    target: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    device: str = "auto",
+    api_key: str | None = None,
+    checkpoints: list[str] | None = None,
+    chat_template: str | None = None,
+    max_batch: int = 16,
+) -> int:
+    try:
+        import jinja2  # noqa: F401
+        import starlette  # noqa: F401
+        import uvicorn
+    except ImportError as err:
+        raise UserError(f"serving needs {err.name}: pip install 'nano-trickster[serve]'") from None
+    from trickster.serve.app import create_app
+    from trickster.serve.engine import Engine
+    from trickster.serve.models import Catalog
+    from trickster.train.device import resolve_device
+
+    if max_batch < 1:
+        raise UserError(f"--max-batch must be >= 1 (got {max_batch})")
+    catalog = Catalog(target, resolve_device(device, "--device"), checkpoints, read_template(chat_template))
+    sock = bind(host, port)
+    catalog.load(catalog.default)
+    engine = Engine(max_batch)
+    app = create_app(catalog, engine, api_key)
+    bound = sock.getsockname()[1]
+    names = ", ".join(catalog.offered)
+    url = f"http://{host}:{bound}" if ":" not in host else f"http://[{host}]:{bound}"
+    print(f"serving {names} from {target} at {url}/v1 (playground: {url}/); Ctrl-C stops", flush=True)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=3)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it shut down for: for a server, a normal end
+        pass
+    finally:
+        engine.close()
+        sock.close()
+    return 0

@@ -1,0 +1,56 @@
+"""A `trickster serve` server on 127.0.0.1 (a free port) in a thread of the test process."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from trickster.serve.app import create_app
+from trickster.serve.engine import Engine
+from trickster.serve.models import Catalog
+from trickster.serve.server import bind
+
+
+@dataclass
+class Live:
+    url: str  # http://127.0.0.1:PORT
+    engine: Engine
+    catalog: Catalog
+
+
+@contextlib.contextmanager
+def live_server(
+    target: Path,
+    api_key: str | None = None,
+    chat_template: str | None = None,
+    checkpoints: list[str] | None = None,
+    max_batch: int = 16,
+    max_body: int | None = None,
+):
+    import uvicorn
+
+    catalog = Catalog(target, torch.device("cpu"), checkpoints, chat_template)
+    catalog.load(catalog.default)
+    engine = Engine(max_batch)
+    sock = bind("127.0.0.1", 0)
+    extra = {} if max_body is None else {"max_body": max_body}
+    app = create_app(catalog, engine, api_key, **extra)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started, "the test server did not start"
+    try:
+        yield Live(f"http://127.0.0.1:{sock.getsockname()[1]}", engine, catalog)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        engine.close()
+        sock.close()

@@ -1,0 +1,392 @@
+"""`trickster serve` through the official `openai` client against a live server on 127.0.0.1:
+completions and chat, streamed and not, n, stop, logprobs, seeds that reproduce `trickster generate`,
+every error case with its status (and the server still serving after it), and concurrent clients
+getting what they get alone."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from trickster import cli
+from trickster.config import ModelConfig
+from trickster.model.generate import generate
+from trickster.model.transformer import Transformer
+from trickster.serve.engine import Engine, Finished, Sampling, Sequence, Token
+
+from .live_server import live_server
+
+openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def server(served_run):
+    with live_server(served_run) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def generated(argv: list[str], capsys) -> str:
+    """What `trickster generate` prints after the prompt (it ends with a newline of its own)."""
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    return capsys.readouterr().out
+
+
+def completion(client, **fields) -> str:
+    return client.completions.create(**fields).choices[0].text
+
+
+# ----------------------------------------------------------------------------- answers
+
+
+def test_models_lists_every_checkpoint_and_untrained(client):
+    cards = {m.id: m for m in client.models.list().data}
+    assert set(cards) == {"best", "final", "step_000002", "untrained"}
+    assert cards["step_000002"].model_extra["step"] == 2 and cards["final"].model_extra["step"] == 4
+    assert cards["best"].model_extra["context_length"] == 64 and not cards["best"].model_extra["chat"]
+
+
+@pytest.mark.parametrize("model", ["best", "step_000002", "untrained"])
+def test_seed_gives_the_text_of_trickster_generate(client, served_run, model, capsys):
+    target = served_run / "checkpoints" / model if model != "untrained" else served_run
+    flags = ["--untrained"] if model == "untrained" else []
+    argv = ["generate", str(target), "--prompt", "ROMEO:", "--max-new-tokens", "30", "--seed", "11", *flags]
+    expected = generated([*argv, "--temperature", "0.9", "--top-k", "20"], capsys)
+    answer = client.completions.create(
+        model=model, prompt="ROMEO:", max_tokens=30, seed=11, temperature=0.9, extra_body={"top_k": 20}
+    )
+    assert "ROMEO:" + answer.choices[0].text + "\n" == expected
+    assert answer.usage.prompt_tokens == 6 and answer.usage.completion_tokens == len(answer.choices[0].text)
+    assert answer.usage.total_tokens == 6 + answer.usage.completion_tokens
+
+
+def test_streaming_gives_the_same_text_and_usage_on_the_last_chunk(client, server):
+    fields = dict(model="best", prompt="JULIET:", max_tokens=25, seed=3, temperature=1.0)
+    whole = client.completions.create(**fields)
+    chunks = list(client.completions.create(**fields, stream=True))
+    assert len(chunks) > 5  # one chunk per token, not one at the end
+    assert "".join(c.choices[0].text for c in chunks) == whole.choices[0].text
+    assert [c.usage is not None for c in chunks] == [False] * (len(chunks) - 1) + [True]
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens == 25
+    assert chunks[-1].choices[0].finish_reason == "length"
+    # the raw stream: server-sent events ending with [DONE]; include_usage adds a chunk of its own
+    raw = httpx.post(
+        server.url + "/v1/completions",
+        json={**fields, "stream": True, "stream_options": {"include_usage": True}},
+    )
+    assert raw.headers["content-type"].startswith("text/event-stream")
+    events = [line for line in raw.text.split("\n\n") if line]
+    assert events[-1] == "data: [DONE]"
+    last = json.loads(events[-2].removeprefix("data: "))
+    assert last["choices"] == [] and last["usage"]["completion_tokens"] == 25
+
+
+def test_n_choices_take_consecutive_seeds(client):
+    fields = dict(model="best", prompt="KING:", max_tokens=12, temperature=1.0)
+    many = client.completions.create(**fields, n=3, seed=40)
+    alone = [completion(client, **fields, seed=40 + i) for i in range(3)]
+    assert [c.text for c in sorted(many.choices, key=lambda c: c.index)] == alone
+    assert len(set(alone)) > 1
+    assert many.usage.prompt_tokens == len("KING:") and many.usage.completion_tokens == 36
+    streamed = list(client.completions.create(**fields, n=3, seed=40, stream=True))
+    texts = ["".join(c.choices[0].text for c in streamed if c.choices[0].index == i) for i in range(3)]
+    assert texts == alone
+
+
+def test_stop_strings_cut_the_text(client):
+    fields = dict(model="untrained", prompt="ROMEO:", max_tokens=40, seed=5, temperature=1.0)
+    full = completion(client, **fields)
+    stop = full[10:12]  # two characters from the middle: the text must end before their first place
+    cut = client.completions.create(**fields, stop=[stop, "never seen"])
+    assert cut.choices[0].text == full[: full.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+    streamed = client.completions.create(**fields, stop=stop, stream=True)
+    assert "".join(c.choices[0].text for c in streamed) == full[: full.index(stop)]
+
+
+def test_logprobs_describe_each_token(client):
+    answer = client.completions.create(model="best", prompt="ROMEO:", max_tokens=10, seed=1, logprobs=3)
+    choice = answer.choices[0]
+    assert "".join(choice.logprobs.tokens) == choice.text
+    assert len(choice.logprobs.token_logprobs) == 10 and all(lp <= 0 for lp in choice.logprobs.token_logprobs)
+    for token, logprob, top in zip(
+        choice.logprobs.tokens, choice.logprobs.token_logprobs, choice.logprobs.top_logprobs, strict=True
+    ):
+        assert len(top) == 3 and max(top.values()) >= logprob
+        assert token not in top or top[token] == pytest.approx(logprob)
+    assert choice.logprobs.text_offset == list(range(10))  # one character per token
+
+
+def test_chat_renders_the_template_then_continues(served_run, capsys, tmp_path):
+    with live_server(served_run, chat_template=CHAT_TEMPLATE) as live:
+        client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0)
+        messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who?"}]
+        answer = client.chat.completions.create(model="best", messages=messages, max_tokens=20, seed=2)
+        prompt = "system: Be brief.\nuser: Who?\nassistant:"
+        same = completion(client, model="best", prompt=prompt, max_tokens=20, seed=2)
+        assert answer.choices[0].message.content == same and answer.choices[0].message.role == "assistant"
+        assert answer.usage.prompt_tokens == len(prompt)
+        chunks = list(
+            client.chat.completions.create(
+                model="best", messages=messages, max_tokens=20, seed=2, stream=True
+            )
+        )
+        assert chunks[0].choices[0].delta.role == "assistant"
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == same
+        assert chunks[-1].usage.completion_tokens == 20
+
+
+def test_a_model_without_chat_template_points_to_completions(client):
+    with pytest.raises(openai.BadRequestError, match="use /v1/completions"):
+        client.chat.completions.create(model="best", messages=[{"role": "user", "content": "hi"}])
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def _post(path: str, body: bytes | dict, **headers) -> tuple[str, bytes, dict]:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return path, content, {"Content-Type": "application/json", **headers}
+
+
+GOOD = {"model": "best", "prompt": "ROMEO:", "max_tokens": 2}
+ERRORS = [
+    (
+        "malformed-json",
+        _post("/v1/completions", b'{"model": "best", "prompt": '),
+        400,
+        "not valid JSON",
+        None,
+    ),
+    ("body-not-object", _post("/v1/completions", b"[1, 2]"), 400, "must be a JSON object", None),
+    ("missing-prompt", _post("/v1/completions", {"model": "best"}), 400, "prompt: Field required", "prompt"),
+    ("missing-model", _post("/v1/completions", {"prompt": "A"}), 400, "model: Field required", "model"),
+    (
+        "max-tokens-string",
+        _post("/v1/completions", {**GOOD, "max_tokens": "5"}),
+        400,
+        "valid integer",
+        "max_tokens",
+    ),
+    (
+        "temperature-negative",
+        _post("/v1/completions", {**GOOD, "temperature": -1}),
+        400,
+        "temperature: Input should be greater than or equal to 0 (got -1)",
+        "temperature",
+    ),
+    ("messages-missing", _post("/v1/chat/completions", {"model": "best"}), 400, "messages", "messages"),
+    (
+        "unknown-model",
+        _post("/v1/completions", {**GOOD, "model": "step_999"}),
+        404,
+        "does not exist",
+        "model",
+    ),
+    (
+        "max-tokens-beyond-context",
+        _post("/v1/completions", {**GOOD, "max_tokens": 100}),
+        400,
+        "exceed this model's context of 64 tokens; ask for at most 58",
+        "max_tokens",
+    ),
+    (
+        "prompt-fills-context",
+        _post("/v1/completions", {**GOOD, "prompt": "A" * 64}),
+        400,
+        "fill this model's",
+        "prompt",
+    ),
+    (
+        "character-outside-vocabulary",
+        _post("/v1/completions", {**GOOD, "prompt": "ROMEO: 42"}),
+        400,
+        "not in this model's character vocabulary",
+        "prompt",
+    ),
+    ("empty-prompt", _post("/v1/completions", {**GOOD, "prompt": ""}), 400, "prompt is empty", "prompt"),
+    ("too-many-stops", _post("/v1/completions", {**GOOD, "stop": list("abcde")}), 400, "at most 4", "stop"),
+    (
+        "oversized-body",
+        _post("/v1/completions", {**GOOD, "prompt": "A" * 2_000_000}),
+        413,
+        "larger than",
+        None,
+    ),
+    ("unknown-route", ("/v1/embeddings", b"{}", {}), 404, "no route", None),
+]
+
+
+@pytest.mark.parametrize(("case", "request_", "status", "text", "param"), ERRORS, ids=[e[0] for e in ERRORS])
+def test_errors_are_openai_json_and_the_server_goes_on(server, client, case, request_, status, text, param):
+    path, content, headers = request_
+    answer = httpx.post(server.url + path, content=content, headers=headers, timeout=30)
+    assert answer.status_code == status, answer.text
+    error = answer.json()["error"]
+    assert text in error["message"] and error["param"] == param
+    assert set(error) == {"message", "type", "param", "code"}
+    assert completion(client, **GOOD, seed=0)  # still serving
+
+
+def test_the_openai_client_sees_the_errors_as_its_own_exceptions(client):
+    with pytest.raises(openai.NotFoundError, match="step_999"):
+        client.completions.create(model="step_999", prompt="A")
+    with pytest.raises(openai.BadRequestError, match="at most 58"):
+        client.completions.create(model="best", prompt="ROMEO:", max_tokens=100)
+    with pytest.raises(openai.APIStatusError) as oversized:
+        client.completions.create(model="best", prompt="A" * 2_000_000)
+    assert oversized.value.status_code == 413
+
+
+def test_api_key_is_required_when_set(served_run):
+    with live_server(served_run, api_key="s3cret", checkpoints=["best"]) as live:
+        for key, text in ((None, "no API key"), ("wrong", "the API key is wrong")):
+            headers = {} if key is None else {"Authorization": f"Bearer {key}"}
+            for path in ("/v1/models", "/v1/completions"):
+                answer = (
+                    httpx.post(live.url + path, json=GOOD, headers=headers)
+                    if "compl" in path
+                    else httpx.get(live.url + path, headers=headers)
+                )
+                assert answer.status_code == 401 and text in answer.json()["error"]["message"]
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=live.url + "/v1", api_key="wrong", max_retries=0).models.list()
+        right = openai.OpenAI(base_url=live.url + "/v1", api_key="s3cret", max_retries=0)
+        assert [m.id for m in right.models.list().data] == ["best"]
+        assert completion(right, **GOOD)
+        assert httpx.get(live.url + "/").status_code == 200  # the page itself holds nothing secret
+
+
+# ----------------------------------------------------------------------------- concurrency
+
+
+def test_concurrent_clients_get_what_they_get_alone(client, server):
+    requests = [
+        dict(model=m, prompt=p, max_tokens=k, seed=s, temperature=t, top_p=tp)
+        for m, p, k, s, t, tp in [
+            ("best", "ROMEO:", 40, 1, 0.8, 1.0),
+            ("best", "O", 25, 2, 1.0, 0.9),
+            ("best", "JULIET: What", 30, 3, 0.0, 1.0),
+            ("best", "KING:", 50, 4, 1.2, 1.0),
+            ("untrained", "ROMEO:", 35, 5, 0.9, 1.0),
+            ("untrained", "A", 20, 6, 1.0, 0.5),
+            ("step_000002", "First Citizen:", 30, 7, 0.7, 1.0),
+            ("best", "MENENIUS:", 45, 8, 1.0, 1.0),
+        ]
+    ]
+    alone = [completion(client, **r) for r in requests]
+    server.engine.largest_batch = 0
+    barrier = threading.Barrier(len(requests))
+
+    def together(fields):
+        barrier.wait()
+        return completion(client, **fields)
+
+    with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
+        assert list(pool.map(together, requests)) == alone
+    assert server.engine.largest_batch > 1  # they were decoded together, not one after another
+
+
+def test_engine_batch_matches_lone_generation():
+    """Sequences of different lengths, admitted while others decode (4 rows for 10 sequences),
+    each get the tokens `generate` gives them alone."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        vocab_size=64, hidden_dim=64, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=128, max_seq_len=64
+    )
+    model = Transformer(cfg).eval()
+    with torch.no_grad():  # larger weights than the initialisation: peaked, varied distributions
+        for name, p in model.named_parameters():
+            if not name.endswith("norm.weight"):
+                p.normal_(0.0, 0.3)
+    engine = Engine(capacity=4)
+    jobs = []
+    for i in range(10):
+        prompt = torch.randint(0, 60, (3 + i % 5,)).tolist()
+        sampling = Sampling(
+            max_tokens=10 + 3 * i,
+            temperature=0.0 if i % 3 == 0 else 0.9,
+            top_k=20 if i % 2 else None,
+            top_p=0.9 if i % 4 == 1 else None,
+            seed=i,
+        )
+        events, done = [], threading.Event()
+
+        def emit(event, events=events, done=done):
+            events.append(event)
+            if not isinstance(event, Token):
+                done.set()
+
+        jobs.append((prompt, sampling, events, done))
+        engine.submit("m", model, 60, Sequence(prompt, sampling, emit, stop_id=12))
+    try:
+        for prompt, s, events, done in jobs:
+            assert done.wait(60)
+            alone = generate(
+                model, prompt, s.max_tokens, s.temperature, s.top_k, s.top_p, s.seed, 60, stop_id=12
+            )
+            assert [e.id for e in events[:-1]] == list(alone)
+            assert events[-1] == Finished("length" if len(events) - 1 == s.max_tokens else "stop")
+    finally:
+        engine.close()
+    assert engine.largest_batch == 4
+
+
+# ----------------------------------------------------------------------------- the real command
+
+
+@pytest.mark.slow
+def test_trickster_serve_process_answers_and_stops_on_ctrl_c(served_run, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent / "src")}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "trickster",
+            "serve",
+            str(served_run),
+            "--port",
+            "0",
+            "--device",
+            "cpu",
+            "--checkpoints",
+            "best,untrained",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("serving best, untrained from"), line + process.stderr.read()
+        url = line.split(" at ")[1].split("/v1")[0]
+        assert url.startswith("http://127.0.0.1:")  # loopback unless told otherwise
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        assert len(completion(client, **GOOD)) == 2
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+        assert "Traceback" not in process.stderr.read()
+    finally:
+        process.kill()
