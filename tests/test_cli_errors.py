@@ -209,6 +209,10 @@ def _resume_changed_model(env: Env) -> list[str]:
     return _trained_run_copy_with(env, "--resume", "model_config.hidden_dim=32")
 
 
+def _resume_with_another_optimizer(env: Env) -> list[str]:
+    return _trained_run_copy_with(env, "--resume", "training_config.optimizer=muon")
+
+
 def _resume_damaged_trainer_state(env: Env) -> list[str]:
     argv = _trained_run_copy_with(env, "--resume")
     _corrupt(env.tmp / "run-copy" / "checkpoints" / "final" / "trainer.pt", keep_fraction=0.3)
@@ -639,6 +643,13 @@ CASES = [
         "override 'training_config.max_steps' must look like section.key=value",
     ),
     case(
+        "override-unknown-optimizer",
+        lambda env: micro_train(env, "training_config.optimizer=moun"),
+        "training_config.optimizer",
+        "'adamw' or 'muon'",
+        "did you mean training_config.optimizer=muon",
+    ),
+    case(
         "override-unknown-section",
         lambda env: micro_train(env, "trainig_config.max_steps=3"),
         "unknown section 'trainig_config'",
@@ -732,6 +743,12 @@ CASES = [
     case("train-run-dir-is-file", _run_dir_is_file, "logging_config.output_dir", "taken is a file"),
     case("train-over-trained-run", _already_trained, "already holds a trained run", "--resume", "--out"),
     case("resume-changed-model", _resume_changed_model, "cannot resume", "model_config changed (hidden_dim)"),
+    case(
+        "resume-with-another-optimizer",
+        _resume_with_another_optimizer,
+        "cannot resume",
+        "training_config.optimizer=adamw",
+    ),
     case(
         "resume-damaged-trainer-state",
         _resume_damaged_trainer_state,

@@ -64,16 +64,19 @@ def test_activation_formula_matches_the_tensors_autograd_saves(model):
     assert abs(formula - measured) / measured < 0.01, (formula, measured)
 
 
-def test_weights_gradients_and_adamw_state_match_a_real_step():
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_weights_gradients_and_optimizer_state_match_a_real_step(optimizer):
     cfg = config_from_dict(
         {
             "model_config": {
                 "hidden_dim": 64,
                 "num_layers": 2,
                 "num_heads": 4,
+                "num_kv_heads": 2,
                 "mlp_dim": 192,
                 "vocab_size": 65,
-            }
+            },
+            "training_config": {"optimizer": optimizer},
         }
     )
     model = Transformer(cfg.model)
@@ -84,7 +87,12 @@ def test_weights_gradients_and_adamw_state_match_a_real_step():
     memory = plan.memory_estimate(cfg)
     assert memory.weights == sum(p.numel() * p.element_size() for p in model.parameters())
     assert memory.gradients == sum(p.grad.numel() * p.grad.element_size() for p in model.parameters())
-    moments = [t for s in optimizer.state.values() for k, t in s.items() if k in ("exp_avg", "exp_avg_sq")]
+    moments = [
+        t
+        for s in optimizer.state.values()
+        for k, t in s.items()
+        if k in ("exp_avg", "exp_avg_sq", "momentum_buffer")
+    ]
     assert memory.optimizer == sum(t.numel() * t.element_size() for t in moments)
     assert memory.logits == 2 * 16 * 512 * 65 * 4  # the default micro-batch, 16 x 512 tokens
 

@@ -80,11 +80,21 @@ def reference(shakespeare_dir, tmp_path_factory):
     return result
 
 
+# the same run with Muon on the block matrices: its momentum buffers must come back exactly too
+MUON_RUN = {**CRASH_RUN, "training_config": {**CRASH_RUN["training_config"], "optimizer": "muon"}}
+
+
+@pytest.fixture(scope="module")
+def muon_reference(shakespeare_dir, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("muon-reference") / "run"
+    return train(micro_config(shakespeare_dir, run_dir, **MUON_RUN), **QUIET)
+
+
 def crash(
-    shakespeare_dir: Path, run_dir: Path, moment: str, n: int, *flags: str
+    shakespeare_dir: Path, run_dir: Path, moment: str, n: int, *flags: str, run: dict = CRASH_RUN
 ) -> subprocess.CompletedProcess:
     config = run_dir.parent / "run.yaml"
-    save_config(micro_config(shakespeare_dir, run_dir, **CRASH_RUN), config)
+    save_config(micro_config(shakespeare_dir, run_dir, **run), config)
     argv = [sys.executable, "-m", "tests.crash_child", moment, str(n), "train", "--config", str(config)]
     result = subprocess.run([*argv, *flags], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == -9, f"expected SIGKILL, got {result.returncode}: {result.stderr[-2000:]}"
@@ -128,6 +138,22 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(
     if leftover:
         assert resumes[0]["repairs"], "the leftover of the killed write was not reported"
     assert not [p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_with_muon_matches_the_uninterrupted_run(
+    muon_reference, reference, shakespeare_dir, tmp_path
+):
+    run_dir = tmp_path / "run"
+    crash(shakespeare_dir, run_dir, "before-batch", 14, run=MUON_RUN)  # inside step 7
+    resumed = train(micro_config(shakespeare_dir, run_dir, **MUON_RUN), resume=True, **QUIET)
+
+    assert curve(resumed.history) == curve(muon_reference.history)
+    assert curve(muon_reference.history) != curve(reference.history)  # Muon did train the matrices
+    assert_same_weights(run_dir / "checkpoints" / "final", muon_reference.run_dir / "checkpoints" / "final")
+    trainer = torch.load(run_dir / "checkpoints" / "final" / "trainer.pt", weights_only=True)
+    momentum = trainer["optimizer"]["state"]["layers.0.attention.wq.weight"]
+    assert set(momentum) == {"momentum_buffer"}  # keyed by name, Muon's state beside AdamW's
 
 
 def test_kill_before_the_first_checkpoint_resume_auto_starts_afresh(reference, shakespeare_dir, tmp_path):

@@ -8,6 +8,7 @@ Loading gathers every problem at once and names the key to change, for example
 from __future__ import annotations
 
 import difflib
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -92,6 +93,16 @@ class TrainingConfig(_Section):
     """AdamW weight decay, applied to weight matrices only (not norms)."""
     betas: tuple[float, float] = (0.9, 0.95)
     """AdamW betas."""
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    """adamw: AdamW on every weight. muon: Muon (momentum orthogonalised by Newton-Schulz) on the
+    attention and MLP weight matrices, AdamW (learning_rate, betas, weight_decay) on the embedding,
+    an untied output head and the norm weights."""
+    muon_lr: float = Field(0.02, gt=0)
+    """Muon's peak learning rate (optimizer: muon); it follows the schedule of learning_rate, scaled."""
+    muon_momentum: float = Field(0.95, ge=0, lt=1)
+    """Muon's (Nesterov) momentum."""
+    muon_weight_decay: float = Field(0.0, ge=0)
+    """Muon's decoupled weight decay: each step multiplies its matrices by 1 - lr * muon_weight_decay."""
     grad_clip: float = Field(1.0, ge=0)
     """Clip the global gradient norm to this value; 0 disables clipping."""
     gradient_accumulation_steps: int = Field(1, gt=0)
@@ -379,7 +390,11 @@ def _describe(error: dict[str, Any]) -> str:
     if error["type"] in ("model_type", "dict_type") and len(loc) == 1:
         return f"{dotted} must be a mapping of keys to values"
     message = error["msg"][0].lower() + error["msg"][1:]
-    return f"{dotted}: {message} (got {error.get('input')!r})"
+    hint = ""
+    if error["type"] == "literal_error" and isinstance(error.get("input"), str):
+        choices = re.findall(r"'([^']*)'", error["ctx"]["expected"])
+        hint = _did_you_mean(error["input"], choices, prefix=f"{dotted}=")
+    return f"{dotted}: {message} (got {error.get('input')!r}){hint}"
 
 
 def _did_you_mean(name: str, choices: list[str], prefix: str = "") -> str:

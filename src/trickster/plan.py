@@ -8,7 +8,8 @@ device; the token budget follows the compute-optimal rule of about 20 tokens per
 Memory for one training step, in bytes (P parameters, micro-batch B x T tokens, L layers,
 hidden d, MLP m, key/value width kv = num_kv_heads * head_dim, nh heads, vocabulary V):
 
-- weights 4P, gradients 4P, AdamW state 8P (exp_avg and exp_avg_sq): all float32, whatever
+- weights 4P, gradients 4P, AdamW state 8P (exp_avg and exp_avg_sq; with optimizer: muon, the
+  block matrices Muon takes keep one momentum buffer, 4 bytes each): all float32, whatever
   device_config.dtype says (autocast computes in bf16/fp16; it keeps float32 weights). With
   bf16/fp16 autocast also caches a 2-byte copy of every matrix: + 2P.
 - activations saved for the backward pass, per token:
@@ -83,13 +84,17 @@ def activation_bytes_per_token(cfg: Config) -> int:
 
 def memory_estimate(cfg: Config, batch_size: int | None = None, seq_len: int | None = None) -> Memory:
     """Bytes for one training step at cfg's micro-batch (or the one given)."""
-    params = parameter_breakdown(cfg.model).total
+    breakdown = parameter_breakdown(cfg.model)
+    params = breakdown.total
     tokens = (batch_size or cfg.training.batch_size) * (seq_len or cfg.seq_len)
     half = cfg.device.dtype != "float32"
+    muon = 0  # the block matrices: everything in the blocks but their two norm weights
+    if cfg.training.optimizer == "muon":
+        muon = breakdown.blocks - 2 * cfg.model.hidden_dim * cfg.model.num_layers
     return Memory(
         weights=4 * params,
         gradients=4 * params,
-        optimizer=8 * params,
+        optimizer=8 * (params - muon) + 4 * muon,
         autocast_copy=2 * params if half else 0,
         activations=tokens * activation_bytes_per_token(cfg),  # per token: no T x T term (fused attention)
         logits=2 * tokens * cfg.model.vocab_size * 4,
@@ -152,7 +157,7 @@ class Benchmark:
 
 
 def benchmark(cfg: Config, device: torch.device, steps: int | None = None) -> Benchmark:
-    """Time a few forward + backward + AdamW steps of a copy of the model on the device.
+    """Time a few forward + backward + optimizer steps of a copy of the model on the device.
 
     The copy keeps the width, heads, MLP, vocabulary, context and dtype, but has at most 2 layers;
     its micro-batch (then, if needed, its context) is halved until one step costs at most about

@@ -198,7 +198,11 @@ def full_state(model, optimizer) -> tuple[dict, dict]:
     The optimizer state is keyed by parameter name, not position, in every mode, so the same
     checkpoint loads on any number of processes.
     """
-    return get_model_state_dict(model, options=FULL), get_optimizer_state_dict(model, optimizer, options=FULL)
+    # the model's first: under FSDP2, asking for the optimizer's first after an evaluation fails to
+    # find the tied embedding by name (KeyError; tests/test_dist.py)
+    model_state = get_model_state_dict(model, options=FULL)
+    optimizers = getattr(optimizer, "parts", optimizer)  # Muon + AdamW: both, in one name-keyed dict
+    return model_state, get_optimizer_state_dict(model, optimizers, options=FULL)
 
 
 def load_full_state(model, optimizer, model_state: dict | None, optimizer_state: dict) -> None:
@@ -206,7 +210,8 @@ def load_full_state(model, optimizer, model_state: dict | None, optimizer_state:
     options = StateDictOptions(full_state_dict=True)
     if model_state is not None:
         set_model_state_dict(model, model_state, options=options)
-    set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)
+    optimizers = getattr(optimizer, "parts", optimizer)
+    set_optimizer_state_dict(model, optimizers, optimizer_state, options=options)
 
 
 def _free_port() -> int:

@@ -33,7 +33,7 @@ from trickster.train import checkpoint as ckpt
 from trickster.train import dist
 from trickster.train.device import autocast_for, peak_flops, resolve_device
 from trickster.train.finetune import setup_finetuning
-from trickster.train.optim import build_optimizer, lr_at
+from trickster.train.optim import build_optimizer, set_lr
 from trickster.train.resume import check_resumable, open_run_dir, restore_trainer, truncate_metrics
 from trickster.train.signals import StopSignals
 from trickster.train.state import TrainState, rng_state, weights_finite
@@ -216,9 +216,7 @@ def train(
             run_eval()
         interval_start, interval_tokens = time.perf_counter(), 0
         while state.step < t.max_steps:
-            lr = lr_at(state.step, t)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            lr = set_lr(optimizer, state.step, t)
             step_loss, grad_norm, applied = train_step(
                 step_model,
                 model,

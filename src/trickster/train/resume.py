@@ -69,6 +69,12 @@ def check_resumable(path: Path, cfg: Config, data: PreparedData) -> dict:
             f"cannot resume from {path}: model_config changed ({', '.join(changed)}); "
             "restore those values or start a new run with another --out"
         )
+    if saved_cfg.training.optimizer != cfg.training.optimizer:
+        raise UserError(
+            f"cannot resume from {path}: it was trained with training_config.optimizer="
+            f"{saved_cfg.training.optimizer} and holds that optimizer's state; set "
+            f"training_config.optimizer={saved_cfg.training.optimizer}, or start a new run with another --out"
+        )
     info = json.loads((path / "info.json").read_text())
     if info.get("tokenizer_fingerprint") != data.tokenizer.fingerprint():
         raise UserError(f"cannot resume from {path}: the tokenizer changed; use the data it was trained on")

@@ -1,0 +1,80 @@
+"""The optimizer split (Muon on the block matrices, AdamW on the rest) and its learning rates."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trickster.config import LoraConfig
+from trickster.model import lora
+from trickster.model.transformer import Transformer
+from trickster.train.optim import build_optimizer, lr_at, set_lr
+
+CPU = torch.device("cpu")
+
+
+def model_and_config(micro, **training):
+    cfg = micro(training_config=training, model_config={"num_kv_heads": 2, "tie_embeddings": False})
+    cfg.model.vocab_size = 65
+    return Transformer(cfg.model), cfg
+
+
+def names_by_group(model, optimizer) -> list[set[str]]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [{names[id(p)] for p in group["params"]} for group in optimizer.param_groups]
+
+
+def test_muon_takes_the_block_matrices_and_adamw_the_embedding_head_and_norms(micro):
+    model, cfg = model_and_config(micro, optimizer="muon", muon_lr=0.05, muon_weight_decay=0.01)
+    optimizer = build_optimizer(model, cfg.training, CPU)
+    muon, adamw_matrices, adamw_vectors = names_by_group(model, optimizer)
+    layers = cfg.model.num_layers
+    assert len(muon) == 7 * layers
+    assert all(n.split(".")[-2] in ("wq", "wk", "wv", "wo", "w1", "w2", "w3") for n in muon)
+    assert adamw_matrices == {"tok_embeddings.weight", "output.weight"}
+    assert adamw_vectors == {n for n, _ in model.named_parameters() if n.endswith("norm.weight")}
+    assert len(adamw_vectors) == 2 * layers + 1
+    muon_group, decay, no_decay = optimizer.param_groups
+    assert muon_group["weight_decay"] == 0.01 and muon_group["momentum"] == cfg.training.muon_momentum
+    assert decay["weight_decay"] == cfg.training.weight_decay and no_decay["weight_decay"] == 0.0
+
+    # one step moves every parameter, and each optimizer keeps its own kind of state
+    idx = torch.randint(0, 65, (2, 17))
+    model(idx[:, :-1], idx[:, 1:])[1].backward()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer.step()
+    assert all(not torch.equal(before[n], p) for n, p in model.named_parameters())
+    state = optimizer.state
+    assert set(state[model.layers[0].attention.wq.weight]) == {"momentum_buffer"}
+    assert {"exp_avg", "exp_avg_sq"} <= set(state[model.tok_embeddings.weight])
+    optimizer.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_adamw_alone_by_default(micro):
+    model, cfg = model_and_config(micro)
+    optimizer = build_optimizer(model, cfg.training, CPU)
+    assert isinstance(optimizer, torch.optim.AdamW) and len(optimizer.param_groups) == 2
+
+
+def test_both_follow_one_schedule_each_from_its_own_peak(micro):
+    model, cfg = model_and_config(
+        micro, optimizer="muon", learning_rate=0.004, min_lr=0.0004, muon_lr=0.02, warmup_steps=5
+    )
+    optimizer = build_optimizer(model, cfg.training, CPU)
+    for step in (0, 4, 20, cfg.training.max_steps):
+        logged = set_lr(optimizer, step, cfg.training)
+        assert logged == lr_at(step, cfg.training)
+        muon, *adamw = [group["lr"] for group in optimizer.param_groups]
+        assert adamw == [logged, logged]
+        assert muon == pytest.approx(logged * 5)  # muon_lr / learning_rate
+    assert muon == pytest.approx(0.002)  # the floor, scaled alike
+
+
+def test_lora_adapters_train_with_adamw_even_when_muon_is_asked_for(micro):
+    model, cfg = model_and_config(micro, optimizer="muon")
+    lora.apply_lora(model, LoraConfig(rank=2, targets=["wq", "w2"]))
+    optimizer = build_optimizer(model, cfg.training, CPU)
+    assert isinstance(optimizer, torch.optim.AdamW)
+    trained = set().union(*names_by_group(model, optimizer))
+    assert trained and all(lora.is_adapter(n) for n in trained)
