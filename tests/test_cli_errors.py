@@ -552,6 +552,34 @@ def _export_into(name: str, content: str | None) -> Build:
     return build
 
 
+def _serve(*flags: str) -> Build:
+    return lambda env: ["serve", str(env.run), "--device", "cpu", *flags]
+
+
+def _serve_on_taken_port(env: Env) -> list[str]:
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    env.monkeypatch.setattr(env, "taken", taken, raising=False)  # open until the case ends
+    return ["serve", str(env.run), "--device", "cpu", "--port", str(taken.getsockname()[1])]
+
+
+def _serve_incomplete_checkpoint(env: Env) -> list[str]:
+    ckpt = env.copy_checkpoint()
+    (ckpt / "COMPLETE").unlink()
+    return ["serve", str(ckpt), "--device", "cpu"]
+
+
+def _serve_template(content: str | None) -> Build:
+    def build(env: Env) -> list[str]:
+        path = env.tmp / "missing.jinja" if content is None else env.write("chat.jinja", content)
+        return ["serve", str(env.run), "--device", "cpu", "--chat-template", str(path)]
+
+    return build
+
+
 def _generate(*flags: str) -> Build:
     return lambda env: ["generate", str(env.run), "--max-new-tokens", "2", *flags]
 
@@ -1063,6 +1091,24 @@ CASES = [
         "--top-p must be in (0, 1]",
     ),
     case("generate-unknown-device", _generate("--device", "tpu"), "tpu", "--device"),
+    # ---- serve
+    case(
+        "serve-missing-run-dir",
+        lambda env: ["serve", str(env.tmp / "runs" / "nope")],
+        "not found",
+        "pass a run folder",
+    ),
+    case("serve-incomplete-checkpoint", _serve_incomplete_checkpoint, "is incomplete", "use another one"),
+    case(
+        "serve-unknown-checkpoint",
+        _serve("--checkpoints", "best,step_000999"),
+        "no checkpoint step_000999",
+        "--checkpoints takes names from: best, final, step_000002, untrained",
+    ),
+    case("serve-port-in-use", _serve_on_taken_port, "is in use", "--port"),
+    case("serve-chat-template-missing", _serve_template(None), "--chat-template", "cannot be read"),
+    case("serve-chat-template-broken", _serve_template("{% for %}"), "chat template does not compile"),
+    case("serve-max-batch-zero", _serve("--max-batch", "0"), "--max-batch must be >= 1"),
     # ---- tracking, reports, runs and plans
     case(
         "train-tensorboard-not-installed",
