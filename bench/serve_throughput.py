@@ -8,7 +8,8 @@ checkpoint of the preset's shape with random weights (speed does not depend on t
 tokenizer. Each client streams one /v1/completions request (a 16-byte prompt, temperature 1,
 its own seed, no stop token, so every request makes exactly --max-tokens tokens); the figure is
 all tokens over the time from the first request sent to the last [DONE], the median of
---repeats rounds after one warm-up round. Clients run in this process with httpx.
+--repeats rounds after one warm-up round, the levels timed in turns. Clients run in this process
+with httpx.
 """
 
 from __future__ import annotations
@@ -110,15 +111,15 @@ def main() -> None:
         run = write_run(args.preset, Path(folder))
         server, url = start_server(run, max(args.clients))
         try:
-            rows = []
-            for clients in args.clients:
-                asyncio.run(round_of(url, clients, args.max_tokens, 0))  # warm-up
-                rates = []
-                for r in range(args.repeats):
+            for clients in args.clients:  # warm-up: each level once
+                asyncio.run(round_of(url, clients, args.max_tokens, 0))
+            rates = {clients: [] for clients in args.clients}
+            for r in range(args.repeats):  # in turns, so that a busy spell of a shared machine hits all alike
+                for clients in args.clients:
                     tokens, seconds = asyncio.run(round_of(url, clients, args.max_tokens, 1000 * (r + 1)))
                     assert tokens == clients * args.max_tokens, tokens
-                    rates.append(tokens / seconds)
-                rows.append((clients, statistics.median(rates), min(rates), max(rates)))
+                    rates[clients].append(tokens / seconds)
+            rows = [(c, statistics.median(r), min(r), max(r)) for c, r in rates.items()]
         finally:
             server.terminate()
             server.wait(timeout=30)

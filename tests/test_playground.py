@@ -79,3 +79,30 @@ def test_playground_streams_two_checkpoints_side_by_side(served_run, browser, tm
             assert text == answer.choices[0].text
         assert texts["untrained"] != texts["best"]
         assert shot.stat().st_size > 10_000
+
+
+def test_playground_chat_view_holds_a_conversation(served_run, browser):
+    template = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}assistant:"
+    with live_server(served_run, chat_template=template, checkpoints=["best"]) as live:
+        page = browser.new_page()
+        page.goto(live.url + "/")
+        page.wait_for_selector("#picker input")
+        page.click("#tab-chat")
+        page.fill("#max_tokens", "12")
+        page.dispatch_event("#max_tokens", "input")
+        page.fill("#chat-input", "Who?")
+        page.click("#send")
+        page.wait_for_function("document.querySelector('#messages').dataset.turns === '2'", timeout=60_000)
+        reply = page.eval_on_selector(".msg.assistant span", "e => e.textContent")
+        page.close()
+        import openai
+
+        client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0)
+        answer = client.chat.completions.create(
+            model="best",
+            messages=[{"role": "user", "content": "Who?"}],
+            max_tokens=12,
+            seed=1337,
+            temperature=0.8,
+        )
+        assert reply == answer.choices[0].message.content

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -390,3 +391,27 @@ def test_trickster_serve_process_answers_and_stops_on_ctrl_c(served_run, tmp_pat
         assert "Traceback" not in process.stderr.read()
     finally:
         process.kill()
+
+
+def test_a_slow_forward_pass_does_not_hold_up_other_requests(served_run, monkeypatch):
+    """With every decoding step made slow (0.2 s), a request for the model list is answered while a
+    completion is still being generated: forward passes run off the event loop."""
+    from trickster.serve.engine import Batch
+
+    decode = Batch._decode
+
+    def slow_decode(self):
+        time.sleep(0.2)
+        decode(self)
+
+    monkeypatch.setattr(Batch, "_decode", slow_decode)
+    with live_server(served_run, checkpoints=["best"]) as live:
+        client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(completion, client, model="best", prompt="ROMEO:", max_tokens=20)
+            time.sleep(0.5)  # the completion is decoding now (20 steps: 4 s or more)
+            start = time.perf_counter()
+            assert [m.id for m in client.models.list().data] == ["best"]
+            waited = time.perf_counter() - start
+            assert not pending.done() and waited < 1.0
+            assert len(pending.result(timeout=60)) == 20

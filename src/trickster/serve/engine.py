@@ -11,6 +11,7 @@ batched matrix multiplies, which the tests show does not change the text).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -81,6 +82,7 @@ class Batch:
         self.waiting: deque[Sequence] = deque()
         self.rows: list[Sequence] = []
         self.cache: KVCache | None = None  # allocated while there is work, dropped when idle
+        self.fused = contextlib.ExitStack()  # the model's fused projections, likewise
 
     def step(self) -> int:
         """Admit waiting sequences, then decode one token for every row. Returns the rows decoded."""
@@ -89,19 +91,25 @@ class Batch:
             param = self.model.tok_embeddings.weight
             cfg = self.model.cfg
             self.cache = KVCache.empty(cfg, self.capacity, cfg.max_seq_len, param.device, param.dtype)
-        with self.model.fused_projections():
-            while self.waiting and len(self.rows) < self.capacity:
-                seq = self.waiting.popleft()
-                if not seq.cancelled:
-                    self._prefill(seq)
-            self._compact()  # prompts whose first token already ended them
-            if self.rows:
-                self._decode()
+            # the concatenated weights, made once for a busy spell rather than at every step
+            self.fused.enter_context(self.model.fused_projections())
+        while self.waiting and len(self.rows) < self.capacity:
+            seq = self.waiting.popleft()
+            if not seq.cancelled:
+                self._prefill(seq)
+        self._compact()  # prompts whose first token already ended them
+        if self.rows:
+            self._decode()
         decoded = len(self.rows)
         self._compact()
         if not self.rows and not self.waiting:
-            self.cache = None
+            self.idle()
         return decoded
+
+    def idle(self) -> None:
+        """Free the cache and the fused weights until the next request."""
+        self.cache = None
+        self.fused.close()
 
     def _prefill(self, seq: Sequence) -> None:
         """The prompt alone, as `generate` runs it, into the next free row of the cache."""
@@ -212,7 +220,8 @@ class Engine:
             with torch.inference_mode():
                 self.largest_batch = max(self.largest_batch, batch.step())
         except Exception as err:  # a bug or an out-of-memory: fail these requests, keep serving
-            failed, batch.rows, batch.cache = batch.rows, [], None
+            failed, batch.rows = batch.rows, []
+            batch.idle()
             while batch.waiting:
                 failed.append(batch.waiting.popleft())
             for seq in failed:

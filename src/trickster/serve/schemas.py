@@ -25,6 +25,11 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+    include_usage: bool = False
+
+
 class Request(BaseModel):
     # strict: "16" is not 16; unknown fields (user, presence_penalty, ...) are accepted and ignored
     model_config = ConfigDict(strict=True, extra="ignore")
@@ -53,11 +58,6 @@ class Request(BaseModel):
         return None if value is not None and value <= 0 else value
 
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
-    include_usage: bool = False
-
-
 class CompletionRequest(Request):
     prompt: str | list[str]
     max_tokens: int = Field(16, ge=1)
@@ -79,9 +79,6 @@ class ChatRequest(Request):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1, description="default: the rest of the context")
     max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name for max_tokens")
-
-
-Request.model_rebuild()
 
 
 def parse(kind: type[BaseModel], raw: bytes) -> BaseModel:
