@@ -40,6 +40,26 @@ def test_cached_logits_match_a_full_forward_pass():
 
 
 @pytest.mark.parametrize("kv_heads", [None, 2])
+def test_rows_placed_at_their_own_positions_match_lone_rows(kv_heads):
+    """KVCache.place (the server's batch): rows of different lengths decode one token each in
+    one forward pass, and each row's logits are those of the same sequence run alone."""
+    torch.manual_seed(0)
+    model = Transformer(small(num_kv_heads=kv_heads)).eval()
+    sequences = [torch.randint(0, 40, (n,)).tolist() for n in (3, 9, 6)]
+    with torch.no_grad():
+        alone = [model(torch.tensor([seq]))[0][0, -1] for seq in sequences]
+        cache = KVCache.empty(model.cfg, 4, 24, "cpu", torch.float32)  # a spare row stays unused
+        for row, seq in enumerate(sequences):  # each prompt but its last token, into its own row
+            view = KVCache([k[row : row + 1] for k in cache.keys], [v[row : row + 1] for v in cache.values])
+            model(torch.tensor([seq[:-1]]), cache=view)
+        cache.place([len(seq) - 1 for seq in sequences])
+        together, _ = model(torch.tensor([[seq[-1]] for seq in sequences]), cache=cache)
+    torch.testing.assert_close(together[:, -1], torch.stack(alone), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="one token each"):
+        model(torch.tensor([[1, 2]] * 3), cache=cache)
+
+
+@pytest.mark.parametrize("kv_heads", [None, 2])
 def test_fused_projections_give_the_same_logits_and_are_dropped_afterwards(kv_heads):
     torch.manual_seed(0)
     model = Transformer(small(num_kv_heads=kv_heads)).eval()

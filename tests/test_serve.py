@@ -415,3 +415,27 @@ def test_a_slow_forward_pass_does_not_hold_up_other_requests(served_run, monkeyp
             waited = time.perf_counter() - start
             assert not pending.done() and waited < 1.0
             assert len(pending.result(timeout=60)) == 20
+
+
+@pytest.mark.slow
+def test_an_imported_hugging_face_chat_model_answers_as_transformers_does(tmp_path):
+    """Its own chat template (from tokenizer_config.json), rendered and tokenized as
+    apply_chat_template does, then greedy decoding: the same tokens as transformers' generate."""
+    pytest.importorskip("transformers")
+    from .test_hf import hf_greedy, tiny_llama
+
+    src, theirs, hf_tok = tiny_llama(tmp_path)
+    run = tmp_path / "run"
+    assert cli.main(["import", "hf", str(src), "--out", str(run)]) == 0
+    messages = [{"role": "user", "content": "Is it so?"}]
+    ids = hf_tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    expected = hf_greedy(theirs, ids, 6, suppress_tokens=list(range(300, 320)))
+    with live_server(run) as live:
+        client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0)
+        assert client.models.list().data[0].model_extra["chat"]
+        answer = client.chat.completions.create(model="final", messages=messages, max_tokens=6, temperature=0)
+    assert answer.usage.prompt_tokens == len(ids)
+    # the reply is text that continues the prompt (SentencePiece keeps a piece's leading space there)
+    prompt_text = hf_tok.decode(ids, skip_special_tokens=True)
+    whole = hf_tok.decode(ids + expected, skip_special_tokens=True)
+    assert whole.startswith(prompt_text) and answer.choices[0].message.content == whole[len(prompt_text) :]

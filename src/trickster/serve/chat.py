@@ -46,8 +46,6 @@ class Template:
             raise TemplateRefused(f"the model's chat template failed on these messages ({err})") from None
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
-        """The conversation's token ids, starting with the tokenizer's start id unless the template
-        already wrote it (as Llama templates do with {{ bos_token }})."""
-        ids = self.tokenizer.encode(self.render(messages))
-        start = self.tokenizer.start_ids()
-        return ids if ids[: len(start)] == start else start + ids
+        """The conversation's token ids: the rendered text as it is, with no start id added (a
+        template that wants one writes {{ bos_token }}), as transformers' apply_chat_template does."""
+        return self.tokenizer.encode(self.render(messages))
