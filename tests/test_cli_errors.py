@@ -295,6 +295,7 @@ def _parquet(env: Env, *flags: str) -> list[str]:
 
 def _partial_with_other_settings(env: Env) -> list[str]:
     """An interrupted `--tokenizer char` preparation, continued with `--tokenizer byte`."""
+    from trickster.data import encode as encode_module
     from trickster.data import prepare as prepare_module
 
     texts, out = _texts(env, 40), env.tmp / "o"
@@ -302,11 +303,18 @@ def _partial_with_other_settings(env: Env) -> list[str]:
     def interrupted(task):
         raise KeyboardInterrupt
 
-    env.monkeypatch.setattr(prepare_module, "_encode_chunk", interrupted)
+    env.monkeypatch.setattr(encode_module, "encode_chunk", interrupted)
     with pytest.raises(KeyboardInterrupt):
         prepare_module.prepare(sources.text_files([texts]), "char", out, workers=1, echo=lambda s: None)
     env.monkeypatch.undo()
     return ["data", "prepare", "text", texts, "--tokenizer", "byte", "--out", str(out)]
+
+
+def _blank_documents(env: Env) -> list[str]:
+    """Three files of whitespace only: nothing is left once blank documents are dropped."""
+    for i, blank in enumerate([" \n", "\n\n", "\t \n"]):
+        env.write(f"blank/{i}.txt", blank)
+    return ["data", "prepare", "text", str(env.tmp / "blank"), "--out", str(env.tmp / "o")]
 
 
 def _gpt2_offline(env: Env) -> list[str]:
@@ -976,6 +984,52 @@ CASES = [
         _partial_with_other_settings,
         "o.partial holds an unfinished preparation with other settings (tokenizer)",
         "delete",
+    ),
+    case(
+        "prepare-near-dup-threshold-zero",
+        _prepare_with("--near-dup-threshold", "0"),
+        "--near-dup-threshold must be in (0, 1] (got 0)",
+    ),
+    case(
+        "prepare-near-dup-threshold-above-one",
+        _prepare_with("--near-dup-threshold", "1.5"),
+        "--near-dup-threshold must be in (0, 1] (got 1.5)",
+    ),
+    case(
+        "prepare-keep-duplicates-with-dedup-near",
+        _prepare_with("--dedup", "near", "--keep-duplicates"),
+        "--keep-duplicates keeps copies and --dedup near drops them",
+        "choose one",
+    ),
+    case(
+        "prepare-empty-after-deduplication",
+        _blank_documents,
+        "holds no text after dropping 3 blank or duplicate document(s)",
+        "contain text",
+    ),
+    case(
+        "data-overlap-not-a-data-folder",
+        lambda env: ["data", "overlap", str(env.tmp), "--text", env.write("eval.txt", "some text\n")],
+        "no prepared data in",
+        "trickster data prepare",
+    ),
+    case(
+        "data-overlap-missing-text",
+        lambda env: ["data", "overlap", str(env.data), "--text", str(env.tmp / "gone.txt")],
+        "--text",
+        "gone.txt not found",
+    ),
+    case(
+        "data-overlap-text-too-short",
+        lambda env: ["data", "overlap", str(env.data), "--text", env.write("short.txt", "ROMEO:")],
+        "too short for a 13-token overlap check",
+        "at least 13 tokens",
+    ),
+    case(
+        "data-report-not-a-data-folder",
+        lambda env: ["data", "report", str(env.tmp / "nothing-here")],
+        "no prepared data in",
+        "trickster data prepare",
     ),
     case(
         "quickstart-zero-steps", lambda env: ["quickstart", "--steps", "0", "--path", str(EXCERPT)], "--steps"

@@ -40,7 +40,7 @@ def test_shakespeare_prepare_splits_90_10_by_characters(shakespeare_dir):
     assert data.train.dtype == np.uint8 and data.meta["dtype"] == "uint8"
     assert data.meta["source_sha256"] == hashlib.sha256(EXCERPT.read_bytes()).hexdigest()
     assert data.meta["eot_id"] is None  # one document: nothing to separate
-    assert isinstance(data.train, np.memmap)
+    assert data.train.loss_mask is None and all(isinstance(s, np.memmap) for s in data.train.shards)
     assert load_tokenizer(shakespeare_dir / "tokenizer.json").vocab_size == data.meta["vocab_size"]
 
 

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from trickster import cli
-from trickster.data import prepare as prepare_module
+from trickster.data import encode as encode_module
 from trickster.data import sources
-from trickster.data.loader import BatchSampler, ShardedTokens, load_data, windows
+from trickster.data.loader import BatchSampler, TokenStream, load_data, windows
 from trickster.data.prepare import in_validation, partial_dir, prepare
 from trickster.errors import UserError
 
-ENCODE_CHUNK = prepare_module._encode_chunk
+ENCODE_CHUNK = encode_module.encode_chunk
 WORDS = "the cat sat on a mat while one dog ran far away and came back home at night".split()
 
 
@@ -55,7 +55,8 @@ def small_shards(tmp_path_factory):
 
 def test_shards_read_as_one_stream_with_windows_across_boundaries(small_shards):
     sharded, flat = load_data(small_shards / "sharded"), load_data(small_shards / "flat")
-    assert isinstance(sharded.train, ShardedTokens) and isinstance(flat.train, np.memmap)
+    assert len(sharded.train.shards) > 10 and len(flat.train.shards) == 1
+    assert all(isinstance(s, np.memmap) for s in sharded.train.shards + flat.train.shards)
     index = json.loads((small_shards / "sharded" / "index.json").read_text())
     assert len(index["train"]) > 10 and all(s["tokens"] == 64 for s in index["train"][:-1])
     assert 0 < index["train"][-1]["tokens"] <= 64
@@ -66,22 +67,23 @@ def test_shards_read_as_one_stream_with_windows_across_boundaries(small_shards):
         assert np.array_equal(sharded.train[a:b], whole[a:b]), (a, b)
     assert sharded.train[64] == whole[64] and sharded.train[-1] == whole[-1]
     starts = torch.tensor([0, 50, 60, 127, len(whole) - 17])  # windows of 16 crossing boundaries
-    for got, want in zip(windows(sharded.train, starts, 16), windows(whole, starts, 16), strict=True):
+    one = TokenStream([whole])  # the same tokens in one piece
+    for got, want in zip(windows(sharded.train, starts, 16), windows(one, starts, 16), strict=True):
         assert torch.equal(got, want)
     a = BatchSampler(sharded.train, 16, 4, seed=5).next_batch()
-    b = BatchSampler(whole, 16, 4, seed=5).next_batch()
+    b = BatchSampler(one, 16, 4, seed=5).next_batch()
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
 def test_worker_processes_give_the_same_tokens(small_shards, tmp_path, monkeypatch):
     pools = []
-    real = prepare_module.multiprocessing.get_context
+    real = encode_module.multiprocessing.get_context
 
     def spy(method):
         pools.append(method)
         return real(method)
 
-    monkeypatch.setattr(prepare_module.multiprocessing, "get_context", spy)
+    monkeypatch.setattr(encode_module.multiprocessing, "get_context", spy)
     paths = [str(small_shards / "texts")]
     meta = prepare(sources.text_files(paths), "char", tmp_path / "pool", workers=2, chunk_chars=300)
     assert pools == ["spawn"]  # the pool really ran
@@ -110,7 +112,7 @@ def test_an_interrupted_preparation_continues_without_redoing_finished_shards(tm
     def run():
         return prepare(sources.text_files(paths), "char", out, shard_tokens=400, chunk_chars=200, workers=1)
 
-    monkeypatch.setattr(prepare_module, "_encode_chunk", Interrupt(after=12))
+    monkeypatch.setattr(encode_module, "encode_chunk", Interrupt(after=12))
     with pytest.raises(KeyboardInterrupt):
         run()
     partial = partial_dir(out)
@@ -123,13 +125,13 @@ def test_an_interrupted_preparation_continues_without_redoing_finished_shards(tm
     stamps = {p: p.stat().st_mtime_ns for p in finished}
 
     second = Interrupt(after=None)
-    monkeypatch.setattr(prepare_module, "_encode_chunk", second)
+    monkeypatch.setattr(encode_module, "encode_chunk", second)
     meta = run()
     assert "continuing the preparation" in capsys.readouterr().out
     assert not partial.exists() and (out / "index.json").is_file()
     assert all(p.stat().st_mtime_ns == stamps[p] for p in (out / "train").glob("*.bin") if p in stamps)
     fresh = Interrupt(after=None)
-    monkeypatch.setattr(prepare_module, "_encode_chunk", fresh)
+    monkeypatch.setattr(encode_module, "encode_chunk", fresh)
     reference = prepare(
         sources.text_files(paths), "char", tmp_path / "ref", shard_tokens=400, chunk_chars=200, workers=1
     )
@@ -140,7 +142,7 @@ def test_an_interrupted_preparation_continues_without_redoing_finished_shards(tm
 
 def test_continuing_with_other_settings_is_one_clear_error(tmp_path, monkeypatch):
     paths = write_texts(tmp_path / "texts", stories(60, seed=2))
-    monkeypatch.setattr(prepare_module, "_encode_chunk", Interrupt(after=3))
+    monkeypatch.setattr(encode_module, "encode_chunk", Interrupt(after=3))
     with pytest.raises(KeyboardInterrupt):
         prepare(sources.text_files(paths), "char", tmp_path / "out", chunk_chars=200, workers=1, echo=print)
     monkeypatch.undo()
@@ -197,7 +199,7 @@ def test_jsonl_text_field_and_template_and_parquet_give_plain_documents(tmp_path
     argv = ["data", "prepare", "jsonl", str(tmp_path / "r.jsonl"), "--template", "{prompt}|{response}"]
     assert cli.main([*argv, "--out", str(out), "--no-progress", "--val-fraction", "0.3"]) == 0
     data = load_data(out)
-    assert "loss_mask" not in data.meta and isinstance(data.train, np.memmap)
+    assert "loss_mask" not in data.meta and data.train.loss_mask is None
     assert sorted(split_documents(data, data.train) + split_documents(data, data.val)) == sorted(
         f"{d[:10]}|{d[10:]}" for d in docs
     )

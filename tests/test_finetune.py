@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from trickster import cli
 from trickster.config import config_from_dict
-from trickster.data.loader import IGNORE_INDEX, BatchSampler, MaskedTokens, load_data, windows
+from trickster.data.loader import IGNORE_INDEX, BatchSampler, load_data, windows
 from trickster.model import lora
 from trickster.model.transformer import Transformer
 from trickster.train import checkpoint as ckpt
@@ -58,11 +58,15 @@ def test_the_loss_mask_travels_with_the_tokens(chat_data):
     out, records = chat_data
     data = load_data(out)
     meta = data.meta
-    assert meta["loss_mask"]["train"] == "train.mask.bin" and (out / "val.mask.bin").is_file()
-    assert isinstance(data.train, MaskedTokens) and len(data.train.loss_mask) == len(data.train.tokens)
+    index = json.loads((out / "index.json").read_text())
+    assert meta["loss_mask"]["dtype"] == "uint8" and meta["layout"] == "shards"
+    for split in ("train", "val"):  # a mask beside every shard, one byte per token
+        for shard in index[split]:
+            assert (out / shard["mask"]).stat().st_size == (out / shard["file"]).stat().st_size
+    assert data.train.loss_mask is not None and len(data.train.loss_mask) == len(data.train)
     n_train = meta["train_records"]
     assert n_train + meta["val_records"] == len(records) and meta["val_records"] == 6
-    tokens, mask = np.asarray(data.train.tokens), np.asarray(data.train.loss_mask)
+    tokens, mask = np.asarray(data.train), np.asarray(data.train.loss_mask)
     # the masked tokens are exactly the prompts, the covered ones the responses (+ end-of-text, if any)
     assert data.tokenizer.decode(tokens[mask == 0]) == "".join(r["prompt"] for r in records[:n_train])
     assert data.tokenizer.decode(tokens[mask == 1]) == "".join(r["response"] for r in records[:n_train])

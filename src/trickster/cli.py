@@ -78,6 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
         source.add_argument("--workers", type=int, help="tokenizing processes (default: one per CPU)")
         source.add_argument("--shard-tokens", type=int, help="tokens per shard file (default 100,000,000)")
         source.add_argument("--no-progress", action="store_true", help="no progress bar")
+        _add_dedup_options(source)
+    overlap = data_commands.add_parser("overlap", help="how much of a text the training split already holds")
+    overlap.add_argument("dir", metavar="DIR", help="a prepared data folder")
+    overlap.add_argument("--text", required=True, metavar="FILE", help="a UTF-8 text (an eval set, prompts)")
+    report = data_commands.add_parser("report", help="what to know about a prepared data folder")
+    report.add_argument("dir", metavar="DIR", help="a prepared data folder")
+    report.add_argument(
+        "--html", nargs="?", const="", metavar="FILE", help="also write a page (default DIR/report.html)"
+    )
 
     # train
     train = commands.add_parser("train", help="train a model from random weights (or fine-tune: init_from)")
@@ -222,10 +231,39 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+def _add_dedup_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dedup",
+        choices=("group", "near", "exact"),
+        default="group",
+        help="near-copies: group keeps them on their first copy's side of the split (default), near "
+        "drops them, exact does not look for them (fastest); exact copies are dropped in every mode",
+    )
+    parser.add_argument(
+        "--near-dup-threshold",
+        type=float,
+        default=0.8,
+        metavar="J",
+        help="Jaccard similarity of 5-word shingles from which documents are near-copies, in (0, 1] "
+        "(default 0.8)",
+    )
+    parser.add_argument(
+        "--keep-duplicates", action="store_true", help="keep exact copies (on their first copy's side)"
+    )
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     from trickster import commands
 
+    if args.command == "data" and args.data_command == "overlap":
+        commands.data_overlap(args.dir, args.text)
+        return 0
+    if args.command == "data" and args.data_command == "report":
+        commands.data_report(args.dir, args.html)
+        return 0
     if args.command == "data":
+        from trickster.data.dedup import DedupSettings
+
         commands.prepare_data(
             args.source,
             getattr(args, "paths", None) or getattr(args, "path", None),
@@ -243,6 +281,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             workers=args.workers,
             shard_tokens=args.shard_tokens,
             progress=not args.no_progress,
+            dedup=DedupSettings(args.dedup, args.near_dup_threshold, args.keep_duplicates),
         )
         return 0
     if args.command == "train":

@@ -12,14 +12,16 @@ import yaml
 
 from trickster.config import Config, load_config
 from trickster.data import sources
+from trickster.data.dedup import DedupSettings
 from trickster.data.loader import load_data
 from trickster.data.prepare import prepare, prepare_prompt_response
+from trickster.data.records import jsonl_prompt_response
+from trickster.data.report import prepare_summary
 from trickster.data.tokenizers import load_tokenizer
 from trickster.errors import UserError
 from trickster.model.flops import flops_per_token, parameter_breakdown
 from trickster.model.generate import generate
 from trickster.model.transformer import Transformer
-from trickster.model.vocab import padded_vocab
 from trickster.observe import evaluation
 from trickster.train import checkpoint as ckpt
 from trickster.train import dist
@@ -47,6 +49,7 @@ def prepare_data(
     workers: int | None = None,
     shard_tokens: int | None = None,
     progress: bool = True,
+    dedup: DedupSettings | None = None,
 ) -> Path:
     if not 0 < val_fraction < 1:
         raise UserError(f"--val-fraction must be between 0 and 1 (got {val_fraction})")
@@ -64,46 +67,47 @@ def prepare_data(
     if source == "jsonl" and text_field is None and template is None:
         if len(paths) != 1:
             raise UserError("--format prompt-response reads one file; pass one FILE (or use --text-field)")
-        records = sources.jsonl_prompt_response(paths[0])
-        meta = prepare_prompt_response(records, chosen, out_dir, val_fraction, vocab_size)
-        print(
-            f"{records.name}: {len(records.pairs):,} prompt/response records "
-            f"({meta['train_records']:,} train, {meta['val_records']:,} val)"
+        records = jsonl_prompt_response(paths[0])
+        meta = prepare_prompt_response(records, chosen, out_dir, val_fraction, vocab_size, dedup)
+    else:
+        if record_format is not None:
+            raise UserError("--format prompt-response cannot be combined with --text-field or --template")
+        corpus = _text_source(source, paths, dataset, config, split, text_field, template)
+        extra = {} if shard_tokens is None else {"shard_tokens": shard_tokens}
+        meta = prepare(
+            corpus,
+            chosen,
+            out_dir,
+            val_fraction,
+            vocab_size=vocab_size,
+            workers=workers,
+            progress=progress,
+            dedup_settings=dedup,
+            **extra,
         )
-        _print_flat(out_dir, kind, meta)
-        return out_dir
-    if record_format is not None:
-        raise UserError("--format prompt-response cannot be combined with --text-field or --template")
-    corpus = _text_source(source, paths, dataset, config, split, text_field, template)
-    extra = {} if shard_tokens is None else {"shard_tokens": shard_tokens}
-    meta = prepare(
-        corpus,
-        chosen,
-        out_dir,
-        val_fraction,
-        vocab_size=vocab_size,
-        workers=workers,
-        progress=progress,
-        **extra,
-    )
-    counts = (
-        ""
-        if meta["documents"] == 1
-        else f"{meta['train_documents']:,} train, {meta['val_documents']:,} val; "
-    )
-    print(
-        f"{meta['source']}: {meta['input_bytes'] / 1e6:,.1f} MB of text in {meta['documents']:,} document(s) "
-        f"({counts}validation: {meta['val_split']})"
-    )
-    print(
-        f"tokenizer: {kind}, vocabulary {meta['vocab_size']} ({meta['dtype']} token shards{_padding(meta)})"
-    )
-    print(
-        f"wrote {out_dir}: train {meta['train_tokens']:,} tokens in {meta['train_shards']} shard(s), "
-        f"val {meta['val_tokens']:,} tokens in {meta['val_shards']} shard(s), index.json, meta.json, "
-        "tokenizer.json"
-    )
+    for line in prepare_summary(meta, out_dir):
+        print(line)
     return out_dir
+
+
+def data_overlap(folder: str, text_file: str) -> None:
+    """`trickster data overlap DIR --text FILE`: how much of a text the training split holds."""
+    from trickster.data import report
+
+    text = _read_text(Path(text_file))
+    for line in report.format_overlap(report.overlap(folder, text), folder):
+        print(line)
+
+
+def data_report(folder: str, html: str | None) -> None:
+    """`trickster data report DIR [--html [FILE]]`."""
+    from trickster.data import report
+
+    facts = report.data_report(folder)
+    for line in report.format_report(facts):
+        print(line)
+    if html is not None:
+        print(f"wrote {report.write_html(facts, html or None)}")
 
 
 def _text_source(
@@ -124,25 +128,6 @@ def _text_source(
     if source == "hf":
         return sources.hf_dataset(dataset, config, split, text_field or "text")
     raise UserError(f"unknown source '{source}'")
-
-
-def _padding(meta: dict) -> str:
-    rows = padded_vocab(meta["vocab_size"])
-    return f"; a model's vocab_size: auto pads it to {rows}" if rows != meta["vocab_size"] else ""
-
-
-def _print_flat(out_dir: Path, kind: str, meta: dict) -> None:
-    print(f"tokenizer: {kind}, vocabulary {meta['vocab_size']} ({meta['dtype']} token files{_padding(meta)})")
-    print(
-        f"wrote {out_dir}/train.bin ({meta['train_tokens']:,} tokens), "
-        f"val.bin ({meta['val_tokens']:,} tokens), train.mask.bin, val.mask.bin, meta.json, tokenizer.json"
-    )
-    print(f"the loss covers {meta['train_loss_tokens']:,} response tokens of train.bin")
-    if meta["eot_id"] is None:
-        print(
-            "note: this tokenizer has no end-of-text id, so the records follow each other without a "
-            "separator and a model cannot learn where a response ends"
-        )
 
 
 def _tokenizer_from(path: str):

@@ -1,10 +1,10 @@
 """Read a prepared data folder and draw training windows from its memory-mapped token streams.
 
-A split is one token stream: the memory-mapped file itself (a flat folder, or one shard), or its
-shards read in order as one (`ShardedTokens`), so that windows cross shard boundaries.
+A split is one `TokenStream`: its memory-mapped shards read in order as one, so that windows cross
+shard boundaries (a folder written before shards, format 1, is read as one shard per split).
 
-A folder with a loss mask (prompt/response records, see prepare.py) gives `MaskedTokens` splits:
-their windows carry the target IGNORE_INDEX (-100) wherever the mask is 0, so the loss covers the
+A split with a loss mask (prompt/response records, see records.py) carries it as `loss_mask`: its
+windows have the target IGNORE_INDEX (-100) wherever the mask is 0, so the loss covers the
 responses only, and the sampler redraws any window that holds no target at all.
 """
 
@@ -23,26 +23,20 @@ from trickster.errors import UserError
 IGNORE_INDEX = -100  # a target the loss skips (F.cross_entropy's ignore_index)
 
 
-@dataclass
-class MaskedTokens:
-    """A flat token stream and its loss mask (1: a target the loss covers, 0: skipped), same length."""
+class TokenStream:
+    """A split: its memory-mapped shards read as one token stream, with the loss mask beside them.
 
-    tokens: np.ndarray
-    loss_mask: np.ndarray
+    `len(x)`, `x[i]`, `x[a:b]` (a numpy array, joined across shard boundaries), iteration,
+    `np.asarray(x)` (which reads it all); `loss_mask` is the same kind of stream over the masks (1:
+    a target the loss covers, 0: skipped), or None when the loss covers every token.
+    """
 
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-
-class ShardedTokens:
-    """A split's memory-mapped shards read as one flat stream: `len(x)`, `x[i]`, `x[a:b]` (a numpy
-    array, joined across shard boundaries), iteration and `np.asarray(x)` (which reads it all)."""
-
-    def __init__(self, shards: list[np.ndarray]):
+    def __init__(self, shards: list[np.ndarray], masks: list[np.ndarray] | None = None):
         self.shards = shards
         self.ends = np.cumsum([len(s) for s in shards])  # token offset where each shard ends
         self.starts = self.ends - [len(s) for s in shards]  # ... and where it begins
         self.dtype = shards[0].dtype
+        self.loss_mask = None if masks is None else TokenStream(masks)
 
     def __len__(self) -> int:
         return int(self.ends[-1])
@@ -72,8 +66,8 @@ class ShardedTokens:
             yield from shard
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        joined = np.concatenate(self.shards)
-        return joined if dtype is None else joined.astype(dtype)
+        joined = self.shards[0] if len(self.shards) == 1 else np.concatenate(self.shards)
+        return np.asarray(joined) if dtype is None else joined.astype(dtype)
 
     def astype(self, dtype) -> np.ndarray:
         return np.asarray(self, dtype=dtype)
@@ -84,8 +78,8 @@ class PreparedData:
     path: Path
     meta: dict
     tokenizer: Tokenizer
-    train: np.ndarray | ShardedTokens | MaskedTokens  # memory-mapped, one flat stream
-    val: np.ndarray | ShardedTokens | MaskedTokens
+    train: TokenStream  # memory-mapped, one stream
+    val: TokenStream
 
 
 def load_data(path: str | Path) -> PreparedData:
@@ -102,57 +96,55 @@ def load_data(path: str | Path) -> PreparedData:
     except (json.JSONDecodeError, KeyError, TypeError):
         raise UserError(f"{meta_file} is damaged; prepare the data again") from None
     tokenizer = load_tokenizer(path / "tokenizer.json")
-    if meta.get("layout") == "shards":
-        streams = {split: _read_shards(path, meta, split, dtype) for split in ("train", "val")}
-        return PreparedData(path, meta, tokenizer, streams["train"], streams["val"])
-    streams = {}  # a flat folder (format 1, and prompt/response records with their loss masks)
-    for split in ("train", "val"):
-        file = path / f"{split}.bin"
-        expected = meta.get(f"{split}_tokens")
-        if not file.is_file():
-            raise UserError(f"{file} is missing; prepare the data again")
-        size = file.stat().st_size // dtype.itemsize
-        if size != expected:
-            raise UserError(
-                f"{file} holds {size} tokens but meta.json says {expected}; prepare the data again"
-            )
-        streams[split] = np.memmap(file, dtype=dtype, mode="r") if size else np.zeros(0, dtype=dtype)
-        if meta.get("loss_mask"):
-            streams[split] = MaskedTokens(streams[split], _read_mask(path, meta, split, size))
+    index = _read_index(path, meta) if meta.get("layout") == "shards" else _flat_index(path, meta)
+    streams = {split: _read_split(path, meta, index[split], split, dtype) for split in ("train", "val")}
     return PreparedData(path, meta, tokenizer, streams["train"], streams["val"])
 
 
-def _read_shards(path: Path, meta: dict, split: str, dtype: np.dtype) -> np.ndarray | ShardedTokens:
+def _read_index(path: Path, meta: dict) -> dict:
     try:
-        shards = json.loads((path / meta["index"]).read_text(encoding="utf-8"))[split]
-        files = [(path / s["file"], int(s["tokens"])) for s in shards]
+        index = json.loads((path / meta["index"]).read_text(encoding="utf-8"))
+        for split in ("train", "val"):
+            for shard in index[split]:
+                shard["file"], shard["tokens"] = str(shard["file"]), int(shard["tokens"])
+        return index
     except FileNotFoundError:
         raise UserError(f"{path / meta['index']} is missing; prepare the data again") from None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError):
         raise UserError(f"{path / 'index.json'} is damaged; prepare the data again") from None
-    arrays = []
-    for file, tokens in files:
+
+
+def _flat_index(path: Path, meta: dict) -> dict:
+    """A folder written before shards (format 1: train.bin, val.bin, masks beside): one shard each."""
+    index = {}
+    for split in ("train", "val"):
+        shard = {"file": f"{split}.bin", "tokens": meta.get(f"{split}_tokens")}
+        if meta.get("loss_mask"):
+            shard["mask"] = f"{split}.mask.bin"
+        index[split] = [shard]
+    return index
+
+
+def _read_split(path: Path, meta: dict, shards: list[dict], split: str, dtype: np.dtype) -> TokenStream:
+    arrays, masks = [], []
+    for shard in shards:
+        file, tokens = path / shard["file"], shard["tokens"]
         size = file.stat().st_size // dtype.itemsize if file.is_file() else None
         if size != tokens:
             found = "is missing" if size is None else f"holds {size} tokens but index.json says {tokens}"
             raise UserError(f"{file} {found}; prepare the data again")
-        arrays.append(np.memmap(file, dtype=dtype, mode="r"))
+        arrays.append(np.memmap(file, dtype=dtype, mode="r") if size else np.zeros(0, dtype))
+        if "mask" in shard:
+            mask = path / shard["mask"]
+            if not mask.is_file() or mask.stat().st_size != size:
+                raise UserError(f"{mask} is missing or does not match {file.name}; prepare the data again")
+            masks.append(np.memmap(mask, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8))
     expected = meta.get(f"{split}_tokens")
     if sum(len(a) for a in arrays) != expected or not arrays:
         raise UserError(
             f"the {split} shards of {path} do not add up to meta.json's {expected}; prepare the data again"
         )
-    return arrays[0] if len(arrays) == 1 else ShardedTokens(arrays)
-
-
-def _read_mask(path: Path, meta: dict, split: str, size: int) -> np.ndarray:
-    try:
-        file = path / meta["loss_mask"][split]
-    except (KeyError, TypeError):
-        raise UserError(f"{path / 'meta.json'} is damaged (loss_mask); prepare the data again") from None
-    if not file.is_file() or file.stat().st_size != size:
-        raise UserError(f"{file} is missing or does not match {split}.bin; prepare the data again")
-    return np.memmap(file, dtype=np.uint8, mode="r") if size else np.zeros(0, dtype=np.uint8)
+    return TokenStream(arrays, masks if masks else None)
 
 
 def check_windows(data: PreparedData, seq_len: int) -> None:
@@ -166,18 +158,15 @@ def check_windows(data: PreparedData, seq_len: int) -> None:
             )
 
 
-def windows(
-    tokens: np.ndarray | MaskedTokens, starts: torch.Tensor, seq_len: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def windows(tokens: TokenStream, starts: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs tokens[s : s+T] and targets tokens[s+1 : s+T+1]: the next token, exactly one ahead.
 
     With a loss mask, a target whose mask is 0 (a prompt token) becomes IGNORE_INDEX.
     """
-    stream = tokens.tokens if isinstance(tokens, MaskedTokens) else tokens
-    rows = np.stack([stream[s : s + seq_len + 1] for s in starts.tolist()]).astype(np.int64)
+    rows = np.stack([tokens[s : s + seq_len + 1] for s in starts.tolist()]).astype(np.int64)
     batch = torch.from_numpy(rows)  # (B, T+1)
     inputs, targets = batch[:, :-1], batch[:, 1:].clone()
-    if isinstance(tokens, MaskedTokens):
+    if tokens.loss_mask is not None:
         mask = np.stack([tokens.loss_mask[s + 1 : s + seq_len + 1] for s in starts.tolist()])
         targets[torch.from_numpy(mask == 0)] = IGNORE_INDEX  # (B, T)
     return inputs, targets
@@ -199,7 +188,7 @@ class BatchSampler:
 
     def __init__(
         self,
-        tokens: np.ndarray | MaskedTokens,
+        tokens: TokenStream,
         seq_len: int,
         batch_size: int,
         seed: int,
@@ -214,7 +203,7 @@ class BatchSampler:
         high = len(self.tokens) - self.seq_len  # last start that still has a target after it
         starts = torch.randint(0, high, (self.batch_size * self.world_size,), generator=self.generator)
         mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
-        if not isinstance(self.tokens, MaskedTokens):
+        if self.tokens.loss_mask is None:
             return windows(self.tokens, starts[mine], self.seq_len)
         inputs, targets = windows(self.tokens, starts, self.seq_len)
         for _ in range(self.MAX_REDRAWS):
@@ -239,7 +228,7 @@ class BatchSampler:
 
 
 def fixed_batches(
-    tokens: np.ndarray, seq_len: int, batch_size: int, count: int, seed: int = 0
+    tokens: TokenStream, seq_len: int, batch_size: int, count: int, seed: int = 0
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The same `count` batches on every call: validation compares like with like."""
     sampler = BatchSampler(tokens, seq_len, batch_size, seed)

@@ -1,45 +1,41 @@
 """Text -> a prepared data folder: token shards with an index, meta.json and tokenizer.json.
 
-    meta.json         source, tokenizer, vocabulary, dtype, token counts, split rule, a hash of the tokens
+    meta.json         source, tokenizer, vocabulary, dtype, counts, split rule, duplicates, tokens hash
     index.json        {"train": [{"file": "train/000000.bin", "tokens": N, "sha256": ...}, ...], "val": [...]}
     tokenizer.json
     train/000000.bin  raw arrays of the smallest unsigned dtype that fits the vocabulary (numpy.memmap)
     val/000000.bin
 
 Every shard but the last of a split holds exactly `shard_tokens` tokens; documents run on across
-shard boundaries, so a split's shards read in order are one token stream (the loader reads them
-so). Documents are separated by the tokenizer's end-of-text token.
+shard boundaries, so a split's shards read in order are one token stream. Documents are separated by
+the tokenizer's end-of-text token. Prompt/response records (records.py) take the same path and add a
+loss mask beside each shard (`train/000000.mask.bin`, named in index.json under "mask").
 
 Preparation streams: documents come one at a time from the source, are grouped into chunks of about
-1 MB and tokenized in worker processes, at most two chunks per worker in flight, so memory stays
-flat however large the corpus. The output does not depend on the number of workers.
+1 MB and tokenized (and fingerprinted, see dedup.py) in worker processes, at most two chunks per
+worker in flight, so memory stays flat however large the corpus. The main process takes the chunks
+in order and decides each document's fate (kept in a split, or dropped as a copy), so the output does
+not depend on the number of workers.
 
 It is built in a visible folder beside the output, `OUT.partial`, with a record of the settings and
-of how far it got (progress.json): shards are finished by a rename, the shard being filled grows by
-appends and the record says how much of it counts. Running the same command again continues from
-there; the finished folder is renamed into place only when complete, so an existing OUT survives
-any failure.
+of how far it got (progress.json, shards.Progress): shards are finished by a rename, the shard being
+filled grows by appends and the record says how much of it counts. Running the same command again
+continues from there; the finished folder is renamed into place only when complete, so an existing
+OUT survives any failure.
 
 Validation split:
 - one document (Tiny Shakespeare, a single text file): its last `val_fraction` of characters;
-- a source with its own validation split (TinyStories): that split;
+- a source with its own validation split (TinyStories; prompt/response records: the last ones): that split;
 - otherwise whole documents, chosen by a hash of each document's text (`in_validation`): the same
-  choice on every run whatever the order or number of documents or workers, never a document in
-  both splits, and exact duplicates (common in web text) always land on the same side.
-
-Prompt/response records (fine-tuning) are small and stay in memory, written flat, with a loss mask:
-train.bin/val.bin plus train.mask.bin and val.mask.bin, one uint8 per token, 1 where the loss covers
-the token (the response and the end-of-text after it) and 0 where it does not (the prompt); meta.json
-names them under "loss_mask". Each record is [start id] prompt response [end-of-text].
+  choice on every run whatever the order or number of documents or workers;
+- and near-copies follow the first document of their cluster (dedup.py), so a text and its
+  near-copy are never on both sides.
 """
 
 from __future__ import annotations
 
-import collections
-import hashlib
 import itertools
 import json
-import multiprocessing
 import os
 import shutil
 import time
@@ -48,43 +44,23 @@ from pathlib import Path
 
 import numpy as np
 
-from trickster.atomic import new_folder, replace_dir
-from trickster.data.sources import Corpus, Records, Source, corpus_source
+from trickster.atomic import replace_dir
+from trickster.data import dedup
+from trickster.data.encode import Chunk, Document, Encoded, chunks, encoded_in_order, in_validation
+from trickster.data.records import Records, records_source
+from trickster.data.shards import SPLITS, Progress, ShardWriter, SplitProgress, token_dtype, tokens_sha256
+from trickster.data.sources import Corpus, Source, corpus_source
 from trickster.data.tokenizers import Tokenizer, build_tokenizer, from_dict
 from trickster.errors import UserError
 
-META_FORMAT = 2  # shards with index.json
-FLAT_FORMAT = 1  # flat train.bin/val.bin: older folders (still read) and prompt/response records
+META_FORMAT = 3  # shards with index.json, masks beside the shards, duplicates handled
 SHARD_TOKENS = 100_000_000  # like nanoGPT's FineWeb shards
 CHUNK_CHARS = 1_000_000  # documents per task: big enough to amortise the hand-off to a worker
 TOKENIZER_SAMPLE_CHARS = 200_000_000  # bpe learns its merges from at most this much text
-SPLITS = ("train", "val")
-PREPARED_FILES = {
-    "train.bin",
-    "val.bin",
-    "meta.json",
-    "tokenizer.json",
-    "train.mask.bin",
-    "val.mask.bin",
-    "index.json",
-    "train",
-    "val",
-}
+PREPARED_FILES = {"meta.json", "tokenizer.json", "index.json", "train", "val", "report.html"}
+PREPARED_FILES |= {"train.bin", "val.bin", "train.mask.bin", "val.mask.bin"}  # flat folders (format 1)
 
-
-def token_dtype(vocab_size: int) -> np.dtype:
-    for dtype in (np.uint8, np.uint16, np.uint32):
-        if vocab_size - 1 <= np.iinfo(dtype).max:
-            return np.dtype(dtype)
-    raise ValueError(f"vocabulary of {vocab_size} does not fit in uint32")
-
-
-def in_validation(text: str, val_fraction: float) -> bool:
-    """Whether a document belongs to the validation split: a hash of its text, compared with the
-    fraction. Hashing the text (not the position) keeps the choice independent of order and of
-    sharding, and puts duplicates together, so no text is trained on and validated on at once."""
-    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") < val_fraction * 2**64
+__all__ = ["in_validation", "partial_dir", "prepare", "prepare_prompt_response", "token_dtype"]
 
 
 def partial_dir(out_dir: Path) -> Path:
@@ -101,6 +77,7 @@ def prepare(
     workers: int | None = None,
     shard_tokens: int = SHARD_TOKENS,
     chunk_chars: int = CHUNK_CHARS,
+    dedup_settings: dedup.DedupSettings | None = None,
     progress: bool = False,
     echo: Callable[[str], None] = print,
 ) -> dict:
@@ -108,12 +85,14 @@ def prepare(
 
     `tokenizer_kind` names a tokenizer to build from this corpus (char, byte, ...), or is an
     existing Tokenizer (a model's, to fine-tune it on this text). `workers` defaults to the number
-    of CPUs.
+    of CPUs. `dedup_settings`: see dedup.py (default: exact copies dropped, near-copies grouped).
     """
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
     if shard_tokens < 1:
         raise UserError(f"--shard-tokens must be at least 1 (got {shard_tokens})")
+    settings_dedup = dedup_settings or dedup.DedupSettings()
+    settings_dedup.check()
     if isinstance(source, Corpus):
         source = corpus_source(source)
     partial = partial_dir(out_dir)
@@ -126,25 +105,41 @@ def prepare(
         "vocab_size": vocab_size,
         "val_fraction": val_fraction,
         "shard_tokens": shard_tokens,
+        "dedup": vars(settings_dedup),
     }
     record = _open_partial(partial, settings, echo)
     try:
         tokenizer = _tokenizer_for(partial, source, tokenizer_kind, vocab_size, progress)
-        meta = _tokenize_all(
-            partial, source, tokenizer, record, val_fraction, shard_tokens, chunk_chars, workers, progress
-        )
+        job = _Job(partial, source, tokenizer, record, val_fraction, shard_tokens, settings_dedup)
+        meta = job.run(chunk_chars, workers, progress)
         replace_dir(partial, out_dir)
         return meta
     except KeyboardInterrupt:
         echo(
-            f"interrupted: {_finished_shards(record)} finished shard(s) kept in {partial}; run the same "
+            f"interrupted: {record.finished_shards()} finished shard(s) kept in {partial}; run the same "
             "command again to continue"
         )
         raise
     except BaseException:
-        if record["next_document"] == 0 or record.get("failed_at_end"):
+        if record.next_document == 0 or record.failed_at_end:
             shutil.rmtree(partial, ignore_errors=True)  # nothing worth continuing
         raise
+
+
+def prepare_prompt_response(
+    records: Records,
+    tokenizer_kind: str | Tokenizer,
+    out_dir: str | Path,
+    val_fraction: float = 0.1,
+    vocab_size: int | None = None,
+    dedup_settings: dedup.DedupSettings | None = None,
+) -> dict:
+    """Prompt/response records into shards with a loss mask (see records.py); returns meta.json's contents."""
+    source = records_source(records, val_fraction)
+    return prepare(
+        source, tokenizer_kind, out_dir, val_fraction, vocab_size=vocab_size, workers=1,
+        dedup_settings=dedup_settings, echo=lambda line: None,
+    )  # fmt: skip
 
 
 def _check_out_dir(out_dir: Path) -> None:
@@ -157,54 +152,30 @@ def _check_out_dir(out_dir: Path) -> None:
         )
 
 
-# --------------------------------------------------------------------------- the partial folder
-
-
-def _open_partial(partial: Path, settings: dict, echo: Callable[[str], None]) -> dict:
+def _open_partial(partial: Path, settings: dict, echo: Callable[[str], None]) -> Progress:
     """The record of an unfinished run with these settings (continued), or a fresh one."""
-    progress_file = partial / "progress.json"
-    if progress_file.is_file():
-        try:
-            record = json.loads(progress_file.read_text(encoding="utf-8"))
-            previous = record["settings"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise UserError(f"{progress_file} is damaged; delete {partial} to start again") from None
-        if previous != settings:
-            changed = ", ".join(k for k in settings if previous.get(k) != settings[k])
+    if (partial / "progress.json").is_file():
+        record = Progress.load(partial)
+        if record.settings != settings:
+            changed = ", ".join(k for k in settings if record.settings.get(k) != settings[k])
             raise UserError(
                 f"{partial} holds an unfinished preparation with other settings ({changed}); run the "
                 f"command that started it to continue, or delete {partial} to start again"
             )
         echo(
-            f"continuing the preparation in {partial}: {_finished_shards(record)} finished shard(s), "
-            f"{record['next_document']:,} document(s) done"
+            f"continuing the preparation in {partial}: {record.finished_shards()} finished shard(s), "
+            f"{record.next_document:,} document(s) done"
         )
         return record
-    if partial.exists():
-        if any(partial.iterdir()):
-            raise UserError(f"{partial} exists but holds no progress.json; delete it to start again")
+    if partial.exists() and any(partial.iterdir()):
+        raise UserError(f"{partial} exists but holds no progress.json; delete it to start again")
     try:
         partial.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"could not write {partial} ({err.strerror or err}); choose another --out") from None
-    record = {
-        "settings": settings,
-        "next_document": 0,
-        "input_bytes": 0,
-        "splits": {s: {"shards": [], "part_tokens": 0, "documents": 0, "chars": 0} for s in SPLITS},
-    }
-    _save_record(partial, record)
+    record = Progress(settings)
+    record.save(partial)
     return record
-
-
-def _finished_shards(record: dict) -> int:
-    return sum(len(record["splits"][s]["shards"]) for s in SPLITS)
-
-
-def _save_record(partial: Path, record: dict) -> None:
-    tmp = partial / "progress.json.tmp"
-    tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
-    tmp.replace(partial / "progress.json")
 
 
 def _tokenizer_for(
@@ -234,7 +205,8 @@ def _all_texts(source: Source, progress: bool, what: str) -> Iterator[str]:
     with tqdm(
         total=source.total_bytes, unit="B", unit_scale=True, desc=what, disable=None if progress else True
     ) as bar:
-        for text, _ in _documents(source, 0.0):
+        for document, _ in _documents(source, 0.0):
+            text = "".join(document) if isinstance(document, tuple) else document
             bar.update(len(text))
             yield text
 
@@ -248,8 +220,8 @@ def _bounded(texts: Iterable[str], limit: int | None) -> Iterator[str]:
         yield text
 
 
-def _documents(source: Source, val_fraction: float) -> Iterator[tuple[str, str | None]]:
-    """(text, split) in a fixed order; split None means: decided by `in_validation`."""
+def _documents(source: Source, val_fraction: float) -> Iterator[tuple[Document, str | None]]:
+    """(document, split) in a fixed order; split None means: decided by `in_validation`."""
     if source.single_document:
         texts = [t for t in source.read() if t]
         text = "".join(texts)
@@ -263,229 +235,172 @@ def _documents(source: Source, val_fraction: float) -> Iterator[tuple[str, str |
         yield from ((t, None) for t in source.read())
 
 
-# --------------------------------------------------------------------------- tokenizing
+# --------------------------------------------------------------------------- writing (main process)
 
 
-_worker_tokenizer: Tokenizer | None = None
+class _Job:
+    """One preparation: the chunks in order through the deduplicator into the shard writers."""
 
+    def __init__(self, partial, source, tokenizer, record, val_fraction, shard_tokens, settings):
+        self.partial, self.source, self.tokenizer, self.record = partial, source, tokenizer, record
+        self.val_fraction, self.shard_tokens, self.settings = val_fraction, shard_tokens, settings
+        self.dtype = token_dtype(tokenizer.vocab_size)
+        # one document cut in two (its train and val parts) has no copies to look for
+        self.deduper = None if source.single_document else dedup.Deduper(settings, partial, record.dedup)
 
-def _start_worker(tokenizer: dict) -> None:
-    global _worker_tokenizer
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker: the pool is the parallelism
-    _worker_tokenizer = from_dict(tokenizer)
+    def run(self, chunk_chars: int, workers: int | None, progress: bool) -> dict:
+        from tqdm import tqdm
 
-
-def _encode_chunk(task: tuple) -> dict:
-    """One chunk of documents -> per split: the tokens (each document [start] text [end-of-text]),
-    how many documents and characters; and the chunk's size in UTF-8 bytes."""
-    texts, splits, val_fraction, dtype = task
-    tokenizer = _worker_tokenizer
-    encoded = tokenizer.encode_batch(texts)
-    start, end = tokenizer.start_ids(), [] if tokenizer.eot_id is None else [tokenizer.eot_id]
-    pieces: dict[str, list] = {s: [] for s in SPLITS}
-    counts = {s: [0, 0] for s in SPLITS}
-    for text, ids, split in zip(texts, encoded, splits, strict=True):
-        split = split or ("val" if in_validation(text, val_fraction) else "train")
-        pieces[split] += [start, ids, end]
-        counts[split][0] += 1
-        counts[split][1] += len(text)
-    out = {"bytes": sum(len(t.encode("utf-8")) for t in texts)}
-    for split in SPLITS:
-        flat = itertools.chain.from_iterable(pieces[split])
-        out[split] = (np.fromiter(flat, dtype=dtype), *counts[split])
-    return out
-
-
-def _chunks(documents: Iterator[tuple[str, str | None]], chunk_chars: int) -> Iterator[tuple[list, list]]:
-    texts, splits, size = [], [], 0
-    for text, split in documents:
-        texts.append(text)
-        splits.append(split)
-        size += len(text)
-        if size >= chunk_chars:
-            yield texts, splits
-            texts, splits, size = [], [], 0
-    if texts:
-        yield texts, splits
-
-
-def _encoded_in_order(
-    chunks: Iterator[tuple[list, list]], tokenizer: Tokenizer, workers: int, extra: tuple
-) -> Iterator[tuple[int, dict]]:
-    """(documents in the chunk, encoded chunk), in input order, with at most 2 x workers chunks in
-    flight (Pool.imap would read the whole input ahead and hold it in memory)."""
-    if workers <= 1:
-        _start_worker(tokenizer.to_dict())
-        for texts, splits in chunks:
-            yield len(texts), _encode_chunk((texts, splits, *extra))
-        return
-    context = multiprocessing.get_context("spawn")  # no fork of a process holding threads
-    with context.Pool(workers, initializer=_start_worker, initargs=(tokenizer.to_dict(),)) as pool:
-        pending: collections.deque = collections.deque()
-        for texts, splits in chunks:
-            pending.append((len(texts), pool.apply_async(_encode_chunk, ((texts, splits, *extra),))))
-            if len(pending) >= 2 * workers:
-                count, result = pending.popleft()
-                yield count, result.get()
-        while pending:
-            count, result = pending.popleft()
-            yield count, result.get()
-
-
-class ShardWriter:
-    """One split's token stream cut into shards of exactly shard_tokens (the last one shorter).
-
-    The shard being filled is `NNNNNN.bin.part`, grown by appends; `part_tokens` in the record says
-    how much of it counts (a continued run cuts it back to that). A full shard is renamed to
-    `NNNNNN.bin` and entered into the record with its token count and SHA-256.
-    """
-
-    def __init__(self, root: Path, split: str, dtype: np.dtype, shard_tokens: int, state: dict):
-        self.folder, self.split, self.dtype, self.shard_tokens = root / split, split, dtype, shard_tokens
-        self.state = state  # the record's entry for this split, updated in place
-        self.folder.mkdir(exist_ok=True)
-        part = self._part_path()
-        keep = state["part_tokens"] * dtype.itemsize
-        if keep and not part.is_file() and part.with_suffix("").is_file():
-            part.with_suffix("").rename(part)  # renamed, then stopped before the record said so
-        if keep and (not part.is_file() or part.stat().st_size < keep):
-            raise UserError(f"{part} is shorter than progress.json says; delete {root} to start again")
-        self.file = open(part, "r+b" if part.is_file() else "wb")  # noqa: SIM115 (closed by close())
-        self.file.truncate(keep)
-        self.file.seek(keep)
-
-    def _part_path(self) -> Path:
-        return self.folder / f"{len(self.state['shards']):06d}.bin.part"
-
-    def add(self, tokens: np.ndarray) -> None:
-        while tokens.size:
-            room = self.shard_tokens - self.state["part_tokens"]
-            self.file.write(tokens[:room].tobytes())
-            self.state["part_tokens"] += min(room, tokens.size)
-            tokens = tokens[room:]
-            if self.state["part_tokens"] == self.shard_tokens:
-                self.finish_shard()
-
-    def finish_shard(self) -> None:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        part = self._part_path()
-        name = part.name.removesuffix(".part")
-        digest = hashlib.sha256()
-        with open(part, "rb") as f:
-            while block := f.read(1 << 24):
-                digest.update(block)
-        part.rename(self.folder / name)
-        self.state["shards"].append(
-            {
-                "file": f"{self.split}/{name}",
-                "tokens": self.state["part_tokens"],
-                "sha256": digest.hexdigest(),
-            }
+        record, source = self.record, self.source
+        writers = {s: self._writer(s) for s in SPLITS}
+        documents = itertools.islice(_documents(source, self.val_fraction), record.next_document, None)
+        tasks = (self._task(docs, splits) for docs, splits in chunks(documents, chunk_chars))
+        bar = tqdm(
+            total=source.total_bytes,
+            initial=record.input_bytes,
+            unit="B",
+            unit_scale=True,
+            desc="tokenizing",
+            disable=None if progress else True,  # None: only on a terminal
         )
-        self.state["part_tokens"] = 0
-        self.file = open(self._part_path(), "wb")  # noqa: SIM115
+        try:
+            for count, encoded in encoded_in_order(
+                tasks, self.tokenizer, self._workers(workers, chunk_chars)
+            ):
+                self._write(encoded, writers)
+                record.next_document += count
+                record.input_bytes += sum(encoded.sizes)
+                if self.deduper is not None:
+                    self.deduper.flush()
+                    record.dedup = self.deduper.state_dict()
+                record.save(self.partial)
+                bar.update(sum(encoded.sizes))
+            if self._one_document_on_one_side():
+                writers = self._cut_the_one_document(writers)
+            self._check_both_splits()
+            for writer in writers.values():
+                writer.close()
+        finally:
+            bar.close()
+            for writer in writers.values():
+                writer.release()
+        return self._finish()
 
-    def close(self, last: bool) -> None:
-        """Flush (between chunks); `last`: the stream is complete, so the partly filled shard is final."""
-        if last and self.state["part_tokens"]:
-            self.finish_shard()
-        self.file.flush()
-        if last:
-            self.file.close()
-            self._part_path().unlink(missing_ok=True)
+    def _writer(self, split: str) -> ShardWriter:
+        state, masked = self.record.splits[split], self.source.records
+        return ShardWriter(self.partial, split, self.dtype, self.shard_tokens, state, masked)
 
-    def release(self) -> None:
-        """Close the file whatever happened (what was written stays for a continued run)."""
-        if not self.file.closed:
-            self.file.close()
+    def _workers(self, workers: int | None, chunk_chars: int) -> int:
+        workers = max(1, workers or os.cpu_count() or 1)
+        if self.source.single_document:
+            return 1
+        if self.source.total_bytes is not None:  # no idle workers for a small corpus
+            return min(workers, max(1, self.source.total_bytes // chunk_chars))
+        return workers
 
-    def total(self) -> int:
-        return sum(s["tokens"] for s in self.state["shards"]) + self.state["part_tokens"]
+    def _task(self, docs: list, splits: list) -> Chunk:
+        near = self.deduper is not None and self.settings.near
+        return Chunk(docs, splits, self.val_fraction, self.dtype.name, self.deduper is not None, near)
+
+    def _write(self, encoded: Encoded, writers: dict[str, ShardWriter]) -> None:
+        """Each document of the chunk to its split, or nowhere (a dropped copy)."""
+        taken: dict[str, list[int]] = {s: [] for s in SPLITS}
+        first = self.record.next_document
+        for i, split in enumerate(encoded.splits):
+            if self.deduper is not None:
+                sig = None if encoded.signatures is None else encoded.signatures[i]
+                split = self.deduper.decide(first + i, encoded.fingerprints[i], sig, split)
+            if split is not None:
+                taken[split].append(i)
+        starts = np.concatenate(([0], encoded.ends[:-1]))
+        for split, rows in taken.items():
+            if not rows:
+                continue
+            pieces = [slice(int(starts[i]), int(encoded.ends[i])) for i in rows]
+            tokens = np.concatenate([encoded.tokens[p] for p in pieces])
+            mask = None if encoded.mask is None else np.concatenate([encoded.mask[p] for p in pieces])
+            writers[split].add(tokens, mask)
+            writers[split].flush()
+            state = self.record.splits[split]
+            state.documents += len(rows)
+            state.chars += sum(encoded.chars[i] for i in rows)
+            state.bytes += sum(encoded.sizes[i] for i in rows)
+            state.loss_tokens += 0 if mask is None else int(mask.sum())
+
+    def _one_document_on_one_side(self) -> bool:
+        """Copies of one text (or one file among blanks): after dropping them one document is left."""
+        counts = [self.record.splits[s].documents for s in SPLITS]
+        return self.deduper is not None and sorted(counts) == [0, 1]
+
+    def _cut_the_one_document(self, writers: dict[str, ShardWriter]) -> dict[str, ShardWriter]:
+        """Split the one document like a single-document source: its last val_fraction of tokens
+        to validation. It is read back from its shards (it was in memory whole a moment ago)."""
+        side = "train" if self.record.splits["train"].documents else "val"
+        writers[side].flush()
+        tokens, mask = writers[side].read_back()
+        for s in SPLITS:
+            writers[s].discard()
+            self.record.splits[s] = SplitProgress()
+        writers = {s: self._writer(s) for s in SPLITS}
+        cut = min(max(1, int(len(tokens) * (1 - self.val_fraction))), len(tokens) - 1)
+        for s, part in (("train", slice(0, cut)), ("val", slice(cut, None))):
+            text = self.tokenizer.decode(tokens[part].tolist())
+            writers[s].add(tokens[part], None if mask is None else mask[part])
+            state = self.record.splits[s]
+            state.documents, state.chars, state.bytes = 1, len(text), len(text.encode("utf-8"))
+            state.loss_tokens = 0 if mask is None else int(mask[part].sum())
+        self.record.cut_one_document = True
+        return writers
+
+    def _check_both_splits(self) -> None:
+        train, val = (self.record.splits[s].tokens() for s in SPLITS)
+        if train and val:
+            return
+        self.record.failed_at_end = True  # these settings can never give a usable folder: start afresh
+        name = self.source.name
+        dropped = sum(self.record.dedup.get(k, 0) for k in ("exact_dropped", "near_dropped", "blank_dropped"))
+        if not train and not val:
+            if dropped:
+                raise UserError(
+                    f"corpus '{name}' holds no text after dropping {dropped:,} blank or duplicate "
+                    "document(s); pass files that contain text"
+                )
+            raise UserError(f"corpus '{name}' is empty; pass files that contain text")
+        missing = "validation" if not val else "training"
+        raise UserError(
+            f"corpus '{name}' is too small to hold out a validation split (no document fell into "
+            f"{missing}); add documents or change --val-fraction"
+        )
+
+    def _finish(self) -> dict:
+        self.record.save(self.partial)
+        index = {s: self.record.splits[s].shards for s in SPLITS}
+        meta = _meta(self.source, self.tokenizer, self.record, index, self.val_fraction, self.dtype)
+        (self.partial / "index.json").write_text(json.dumps(index, indent=1), encoding="utf-8")
+        (self.partial / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        (self.partial / "progress.json").unlink()
+        (self.partial / "dedup.bin").unlink(missing_ok=True)
+        return meta
 
 
-def _tokenize_all(
-    partial: Path,
-    source: Source,
-    tokenizer: Tokenizer,
-    record: dict,
-    val_fraction: float,
-    shard_tokens: int,
-    chunk_chars: int,
-    workers: int | None,
-    progress: bool,
-) -> dict:
-    from tqdm import tqdm
-
-    dtype = token_dtype(tokenizer.vocab_size)
-    writers = {s: ShardWriter(partial, s, dtype, shard_tokens, record["splits"][s]) for s in SPLITS}
-    workers = max(1, workers or os.cpu_count() or 1)
-    if source.total_bytes is not None or source.single_document:  # no idle workers for a small corpus
-        size = source.total_bytes or 0
-        workers = 1 if source.single_document else min(workers, max(1, size // chunk_chars))
-    documents = itertools.islice(_documents(source, val_fraction), record["next_document"], None)
-    chunks = _chunks(documents, chunk_chars)
-    bar = tqdm(
-        total=source.total_bytes,
-        initial=record["input_bytes"],
-        unit="B",
-        unit_scale=True,
-        desc="tokenizing",
-        disable=None if progress else True,  # None: only on a terminal
-    )
-    try:
-        for count, encoded in _encoded_in_order(chunks, tokenizer, workers, (val_fraction, dtype)):
-            for split in SPLITS:
-                tokens, documents_done, chars = encoded[split]
-                writers[split].add(tokens)
-                record["splits"][split]["documents"] += documents_done
-                record["splits"][split]["chars"] += chars
-                writers[split].close(last=False)
-            record["next_document"] += count
-            record["input_bytes"] += encoded["bytes"]
-            _save_record(partial, record)
-            bar.update(encoded["bytes"])
-        _check_both_splits(source.name, writers["train"].total(), writers["val"].total(), record)
-        for writer in writers.values():
-            writer.close(last=True)
-    finally:
-        bar.close()
-        for writer in writers.values():
-            writer.release()
-    _save_record(partial, record)
-    index = {s: record["splits"][s]["shards"] for s in SPLITS}
-    meta = _meta(source, tokenizer, record, index, val_fraction, shard_tokens, dtype)
-    (partial / "index.json").write_text(json.dumps(index, indent=1), encoding="utf-8")
-    (partial / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    (partial / "progress.json").unlink()
-    return meta
-
-
-def _check_both_splits(name: str, train_tokens: int, val_tokens: int, record: dict) -> None:
-    if train_tokens and val_tokens:
-        return
-    record["failed_at_end"] = True  # these settings can never give a usable folder: start afresh
-    if not train_tokens and not val_tokens:
-        raise UserError(f"corpus '{name}' is empty; pass files that contain text")
-    missing = "validation" if not val_tokens else "training"
-    raise UserError(
-        f"corpus '{name}' is too small to hold out a validation split (no document fell into "
-        f"{missing}); add documents or change --val-fraction"
-    )
-
-
-def _meta(source, tokenizer, record, index, val_fraction, shard_tokens, dtype) -> dict:
-    splits = record["splits"]
+def _split_rule(source: Source, val_fraction: float, record: Progress) -> str:
+    if record.cut_one_document:
+        return (
+            f"one distinct document (the others were copies): the last {val_fraction * 100:g}% of its tokens"
+        )
     if source.single_document:
-        split_rule = f"the last {val_fraction * 100:g}% of the characters of the one document"
-    elif source.read_val is not None:
-        split_rule = "the source's own validation split"
-    else:
-        split_rule = f"whole documents, {val_fraction * 100:g}% chosen by a blake2b hash of their text"
-    hashes = "".join(shard["sha256"] for s in SPLITS for shard in index[s] + [{"sha256": "|"}])
+        return f"the last {val_fraction * 100:g}% of the characters of the one document"
+    if source.records:
+        return "the last records of the file"
+    if source.read_val is not None:
+        return "the source's own validation split"
+    return f"whole documents, {val_fraction * 100:g}% chosen by a blake2b hash of their text"
+
+
+def _meta(source, tokenizer, record: Progress, index, val_fraction, dtype) -> dict:
+    splits = record.splits
     content = source.content_sha256() if source.content_sha256 else None
-    return {
+    meta = {
         "format": META_FORMAT,
         "layout": "shards",
         "source": source.name,
@@ -499,96 +414,32 @@ def _meta(source, tokenizer, record, index, val_fraction, shard_tokens, dtype) -
         "eot_id": tokenizer.eot_id,
         "dtype": dtype.name,
         "val_fraction": val_fraction,
-        "val_split": split_rule,
-        "shard_tokens": shard_tokens,
+        "val_split": _split_rule(source, val_fraction, record),
+        "shard_tokens": record.settings["shard_tokens"],
         "index": "index.json",
-        "input_bytes": record["input_bytes"],
+        "input_bytes": record.input_bytes,
+        "documents_read": record.next_document,
         "documents": 1
-        if source.single_document
-        else splits["train"]["documents"] + splits["val"]["documents"],
-        "train_documents": splits["train"]["documents"],
-        "val_documents": splits["val"]["documents"],
-        "train_chars": splits["train"]["chars"],
-        "val_chars": splits["val"]["chars"],
-        "train_tokens": sum(s["tokens"] for s in index["train"]),
-        "val_tokens": sum(s["tokens"] for s in index["val"]),
-        "train_shards": len(index["train"]),
-        "val_shards": len(index["val"]),
-        "tokens_sha256": hashlib.sha256(hashes.encode()).hexdigest(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        if source.single_document or record.cut_one_document
+        else splits["train"].documents + splits["val"].documents,
+        "dedup": {**record.settings["dedup"], **record.dedup} if not source.single_document else None,
     }
-
-
-def prepare_prompt_response(
-    records: Records,
-    tokenizer_kind: str | Tokenizer,
-    out_dir: str | Path,
-    val_fraction: float = 0.1,
-    vocab_size: int | None = None,
-) -> dict:
-    """Tokenize prompt/response pairs with a loss mask over the responses; the last val_fraction
-    of the records (at least one) become the validation split. Returns meta.json's contents."""
-    out_dir = Path(out_dir)
-    _check_out_dir(out_dir)
-    tokenizer = tokenizer_kind
-    if isinstance(tokenizer_kind, str):  # records must be separated, so that the model learns to stop
-        tokenizer = build_tokenizer(tokenizer_kind, [p + r for p, r in records.pairs], True, vocab_size)
-    dtype = token_dtype(tokenizer.vocab_size)
-    n_val = min(max(1, round(len(records.pairs) * val_fraction)), len(records.pairs) - 1)
-    splits = {"train": records.pairs[:-n_val], "val": records.pairs[-n_val:]}
-    end = [] if tokenizer.eot_id is None else [tokenizer.eot_id]
-    arrays, counts = {}, {}
-    for split, pairs in splits.items():
-        tokens, mask = [], []
-        for prompt, response in pairs:
-            prompt_ids = tokenizer.start_ids() + tokenizer.encode(prompt)
-            response_ids = tokenizer.encode(response) + end
-            tokens += prompt_ids + response_ids
-            mask += [0] * len(prompt_ids) + [1] * len(response_ids)
-        arrays[f"{split}.bin"] = np.asarray(tokens, dtype=dtype)
-        arrays[f"{split}.mask.bin"] = np.asarray(mask, dtype=np.uint8)
-        counts[split] = (len(pairs), len(tokens), sum(mask))
-    meta = {
-        "format": FLAT_FORMAT,
-        "source": records.name,
-        "source_files": records.files,
-        "source_file_count": len(records.files),
-        "source_sha256": records.sha256,
-        "layout": "prompt-response",
-        "tokenizer": tokenizer.kind,
-        "tokenizer_fingerprint": tokenizer.fingerprint(),
-        "vocab_size": tokenizer.vocab_size,
-        "eot_id": tokenizer.eot_id,
-        "dtype": dtype.name,
-        "documents": len(records.pairs),
-        "train_records": counts["train"][0],
-        "val_records": counts["val"][0],
-        "train_tokens": counts["train"][1],
-        "val_tokens": counts["val"][1],
-        "train_loss_tokens": counts["train"][2],
-        "val_loss_tokens": counts["val"][2],
-        "loss_mask": {
-            "train": "train.mask.bin",
-            "val": "val.mask.bin",
+    for s in SPLITS:
+        meta |= {
+            f"{s}_documents": splits[s].documents,
+            f"{s}_chars": splits[s].chars,
+            f"{s}_bytes": splits[s].bytes,
+            f"{s}_tokens": splits[s].tokens(),
+            f"{s}_shards": len(index[s]),
+        }
+    if source.records:
+        meta |= {f"{s}_records": splits[s].documents for s in SPLITS}
+        meta |= {f"{s}_loss_tokens": splits[s].loss_tokens for s in SPLITS}
+        meta["loss_mask"] = {
             "dtype": "uint8",
+            "files": "beside each shard, named under 'mask' in index.json",
             "meaning": "one per token: 1 = the loss covers it (response), 0 = it does not (prompt)",
-        },
-        "tokens_sha256": _tokens_sha256(*arrays.values()),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    _write(out_dir, arrays, tokenizer, meta)
+        }
+    meta["tokens_sha256"] = tokens_sha256(index)
+    meta["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return meta
-
-
-def _tokens_sha256(*arrays: np.ndarray) -> str:
-    # each array hashed on its own: the same text split differently is different data
-    digests = "".join(hashlib.sha256(a.tobytes()).hexdigest() for a in arrays)
-    return hashlib.sha256(digests.encode()).hexdigest()
-
-
-def _write(out_dir: Path, arrays: dict[str, np.ndarray], tokenizer: Tokenizer, meta: dict) -> None:
-    with new_folder(out_dir) as staging:
-        for name, array in arrays.items():
-            array.tofile(staging / name)
-        tokenizer.save(staging / "tokenizer.json")
-        (staging / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")

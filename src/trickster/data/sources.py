@@ -6,7 +6,7 @@ A `Source` reads its documents lazily, one at a time and in a fixed order, so th
 than memory streams through `prepare`; its `identity` says exactly what was read, for meta.json and
 for checking that an interrupted preparation is continued on the same input. Tiny Shakespeare and
 Python's stdlib are small enough to be read whole (`Corpus`); the JSONL prompt/response mode
-returns (prompt, response) pairs (`Records`), which stay in memory.
+lives in records.py.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ class Source:
     total_bytes: int | None = None  # of the input, when known up front (for the progress bar)
     files: list[str] = field(default_factory=list)
     content_sha256: Callable[[], str] | None = None  # of the bytes the last full read() went through
+    records: bool = False  # documents are (prompt, response) pairs: a loss mask covers the responses
 
 
 @dataclass
@@ -54,43 +55,6 @@ class Corpus:
     @property
     def num_chars(self) -> int:
         return sum(len(d) for d in self.documents)
-
-
-@dataclass
-class Records:
-    """Prompt/response pairs: the loss will cover each response, never its prompt."""
-
-    name: str
-    pairs: list[tuple[str, str]]
-    files: list[str] = field(default_factory=list)
-    sha256: str = ""
-
-
-def jsonl_prompt_response(path: str | Path) -> Records:
-    """One JSON object per line with "prompt" and "response" strings (blank lines are skipped)."""
-    path = Path(path)
-    raw = _read_bytes(path)
-    pairs = []
-    for number, line in enumerate(_decode(raw, str(path)).splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path} line {number}"
-        record = _json_line(line, where)
-        if not isinstance(record, dict):
-            raise UserError(f'{where} is not a JSON object; write {{"prompt": "...", "response": "..."}}')
-        for key in ("prompt", "response"):
-            if key not in record:
-                raise UserError(f'{where} has no "{key}" field; each record needs "prompt" and "response"')
-            if not isinstance(record[key], str):
-                raise UserError(f'{where}: "{key}" must be a string (got {type(record[key]).__name__})')
-        if not record["response"]:
-            raise UserError(f'{where}: "response" is empty; the loss would have nothing to learn from')
-        pairs.append((record["prompt"], record["response"]))
-    if len(pairs) < 2:
-        raise UserError(
-            f"{path} holds {len(pairs)} record(s); at least 2 are needed (one for training, one to validate)"
-        )
-    return Records("jsonl", pairs, [str(path)], hashlib.sha256(raw).hexdigest())
 
 
 def _json_line(line: str, where: str):

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trickster.data.loader import IGNORE_INDEX, MaskedTokens
+from trickster.data.loader import IGNORE_INDEX, TokenStream
 from trickster.data.tokenizers import Tokenizer
 from trickster.errors import UserError
 from trickster.model.generate import mask_unused_rows
@@ -128,8 +128,6 @@ def score_sequence(
     return Score(nats, scored, n_bytes)
 
 
-def split_tokens(split) -> tuple[object, object | None]:
+def split_tokens(split: TokenStream) -> tuple[TokenStream, TokenStream | None]:
     """A prepared split as (tokens, loss mask or None)."""
-    if isinstance(split, MaskedTokens):
-        return split.tokens, split.loss_mask
-    return split, None
+    return split, split.loss_mask

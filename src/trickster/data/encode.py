@@ -1,0 +1,136 @@
+"""Tokenizing in worker processes: chunks of documents in, token arrays (and each document's split,
+sizes, fingerprint and signature for dedup.py) out, in input order, with a bounded number in flight.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import itertools
+import multiprocessing
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from trickster.data import dedup
+from trickster.data.tokenizers import Tokenizer, from_dict
+
+Document = str | tuple[str, str]  # a text, or a (prompt, response) record
+
+
+def in_validation(text: str, val_fraction: float) -> bool:
+    """Whether a document belongs to the validation split: a hash of its text, compared with the
+    fraction. Hashing the text (not the position) keeps the choice independent of order and of
+    sharding, and puts identical texts together."""
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") < val_fraction * 2**64
+
+
+@dataclass
+class Chunk:
+    """Documents for one worker task, and what to compute for them."""
+
+    documents: list
+    splits: list  # each document's split, or None: by in_validation
+    val_fraction: float
+    dtype: str
+    fingerprints: bool  # exact-copy fingerprints (dedup.fingerprint)
+    signatures: bool  # MinHash signatures (dedup.signature)
+
+
+@dataclass
+class Encoded:
+    """A chunk's documents tokenized back to back; document i is tokens[ends[i-1]:ends[i]]."""
+
+    tokens: np.ndarray
+    mask: np.ndarray | None  # the loss mask of records, else None
+    ends: np.ndarray
+    splits: list[str]
+    chars: list[int]
+    sizes: list[int]  # UTF-8 bytes
+    fingerprints: list[int] | None
+    signatures: np.ndarray | None  # (documents, dedup.NUM_PERM)
+
+
+_worker_tokenizer: Tokenizer | None = None
+
+
+def start_worker(tokenizer: dict) -> None:
+    global _worker_tokenizer
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker: the pool is the parallelism
+    _worker_tokenizer = from_dict(tokenizer)
+
+
+def encode_chunk(task: Chunk) -> Encoded:
+    """Each document -> [start] text [end-of-text] (a record: [start] prompt response [end-of-text],
+    its mask 0 up to the response), with its split, sizes and, if asked, fingerprint and signature."""
+    tokenizer, docs = _worker_tokenizer, task.documents
+    start, end = tokenizer.start_ids(), [] if tokenizer.eot_id is None else [tokenizer.eot_id]
+    records = bool(docs) and isinstance(docs[0], tuple)
+    texts = ["".join(d) for d in docs] if records else docs
+    if records:
+        prompts = tokenizer.encode_batch([p for p, _ in docs])
+        responses = tokenizer.encode_batch([r for _, r in docs])
+        heads = [start + p for p in prompts]
+        tails = [r + end for r in responses]
+    else:
+        heads = [start + ids + end for ids in tokenizer.encode_batch(docs)]
+        tails = [[] for _ in docs]
+    lengths = [len(h) + len(t) for h, t in zip(heads, tails, strict=True)]
+    pieces = itertools.chain.from_iterable(itertools.chain.from_iterable(zip(heads, tails, strict=True)))
+    tokens = np.fromiter(pieces, dtype=task.dtype, count=sum(lengths))
+    mask = None
+    if records:
+        flags = ([0] * len(h) + [1] * len(t) for h, t in zip(heads, tails, strict=True))
+        mask = np.fromiter(itertools.chain.from_iterable(flags), dtype=np.uint8, count=sum(lengths))
+    return Encoded(
+        tokens,
+        mask,
+        np.cumsum(lengths, dtype=np.int64),
+        [
+            s or ("val" if in_validation(t, task.val_fraction) else "train")
+            for t, s in zip(texts, task.splits, strict=True)
+        ],
+        [len(t) for t in texts],
+        [len(t.encode("utf-8")) for t in texts],
+        [dedup.fingerprint(d) for d in docs] if task.fingerprints else None,
+        np.stack([dedup.signature(d) for d in docs]) if task.signatures and docs else None,
+    )
+
+
+def chunks(documents: Iterator[tuple[Document, str | None]], chunk_chars: int) -> Iterator[tuple[list, list]]:
+    docs, splits, size = [], [], 0
+    for document, split in documents:
+        docs.append(document)
+        splits.append(split)
+        size += sum(map(len, document)) if isinstance(document, tuple) else len(document)
+        if size >= chunk_chars:
+            yield docs, splits
+            docs, splits, size = [], [], 0
+    if docs:
+        yield docs, splits
+
+
+def encoded_in_order(
+    tasks: Iterator[Chunk], tokenizer: Tokenizer, workers: int
+) -> Iterator[tuple[int, Encoded]]:
+    """(documents in the chunk, encoded chunk), in input order, with at most 2 x workers chunks in
+    flight (Pool.imap would read the whole input ahead and hold it in memory)."""
+    if workers <= 1:
+        start_worker(tokenizer.to_dict())
+        for task in tasks:
+            yield len(task.documents), encode_chunk(task)
+        return
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding threads
+    with context.Pool(workers, initializer=start_worker, initargs=(tokenizer.to_dict(),)) as pool:
+        pending: collections.deque = collections.deque()
+        for task in tasks:
+            pending.append((len(task.documents), pool.apply_async(encode_chunk, (task,))))
+            if len(pending) >= 2 * workers:
+                count, result = pending.popleft()
+                yield count, result.get()
+        while pending:
+            count, result = pending.popleft()
+            yield count, result.get()

@@ -1,0 +1,84 @@
+"""Prompt/response records for fine-tuning: read from JSON lines, prepared like any corpus (token
+shards, one pipeline) with a loss mask beside each shard.
+
+Each record becomes [start id] prompt response [end-of-text]; its mask is 0 over the start id and
+the prompt, 1 over the response and the end-of-text (what the model must learn to produce, and to
+stop). The last `val_fraction` of the records (at least one) are the validation split, in the
+file's order; exact copies (same prompt, same response) are kept once, like documents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trickster.data.sources import Source, _decode, _json_line, _read_bytes
+from trickster.errors import UserError
+
+
+@dataclass
+class Records:
+    """Prompt/response pairs: the loss will cover each response, never its prompt."""
+
+    name: str
+    pairs: list[tuple[str, str]]
+    files: list[str] = field(default_factory=list)
+    sha256: str = ""
+
+
+def jsonl_prompt_response(path: str | Path) -> Records:
+    """One JSON object per line with "prompt" and "response" strings (blank lines are skipped)."""
+    path = Path(path)
+    raw = _read_bytes(path)
+    pairs = []
+    for number, line in enumerate(_decode(raw, str(path)).splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path} line {number}"
+        record = _json_line(line, where)
+        if not isinstance(record, dict):
+            raise UserError(f'{where} is not a JSON object; write {{"prompt": "...", "response": "..."}}')
+        for key in ("prompt", "response"):
+            if key not in record:
+                raise UserError(f'{where} has no "{key}" field; each record needs "prompt" and "response"')
+            if not isinstance(record[key], str):
+                raise UserError(f'{where}: "{key}" must be a string (got {type(record[key]).__name__})')
+        if not record["response"]:
+            raise UserError(f'{where}: "response" is empty; the loss would have nothing to learn from')
+        pairs.append((record["prompt"], record["response"]))
+    if len(pairs) < 2:
+        raise UserError(
+            f"{path} holds {len(pairs)} record(s); at least 2 are needed (one for training, one to validate)"
+        )
+    return Records("jsonl", pairs, [str(path)], hashlib.sha256(raw).hexdigest())
+
+
+def records_source(records: Records, val_fraction: float) -> Source:
+    """The records as a source of (prompt, response) documents with its own validation split: the
+    last `val_fraction` of them, at least one, at most all but one."""
+    n_val = min(max(1, round(len(records.pairs) * val_fraction)), len(records.pairs) - 1)
+    train, val = records.pairs[:-n_val], records.pairs[-n_val:]
+
+    def read() -> Iterator[tuple[str, str]]:
+        return iter(train)
+
+    def read_val() -> Iterator[tuple[str, str]]:
+        return iter(val)
+
+    return Source(
+        records.name,
+        {
+            "source": records.name,
+            "records": "prompt-response",
+            "sha256": records.sha256,
+            "files": records.files,
+        },
+        read,
+        read_val=read_val,
+        total_bytes=sum(len(p.encode("utf-8")) + len(r.encode("utf-8")) for p, r in records.pairs),
+        files=records.files,
+        content_sha256=lambda: records.sha256,
+        records=True,
+    )

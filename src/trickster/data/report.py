@@ -1,0 +1,341 @@
+"""What a person should know about a prepared data folder before training on it, and how much of a
+text (an evaluation set, a prompt file) the training split already holds.
+
+- `overlap(folder, text)`: the fraction of the text's token 13-grams that occur in the training
+  split (13-grams as in the GPT-3 and Llama contamination checks), the share of its tokens inside one,
+  and the training documents that share the most.
+- `data_report(folder)`: documents and tokens per split, the document length distribution,
+  duplicates found and dropped (from meta.json), the tokenizer's bytes per token, the most frequent
+  tokens, and the validation/train 13-gram overlap; `format_report` prints it, `write_html` writes it
+  as a page with a histogram.
+
+N-grams are compared by 64-bit polynomial hashes; an n-gram holding an end-of-text or start id
+(a document boundary) is never counted. The training split is read once, in blocks, so memory holds
+the query's n-grams and one block, not the corpus.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from trickster.data.loader import PreparedData, TokenStream, load_data
+from trickster.errors import UserError
+
+N = 13
+BLOCK = 1 << 24  # tokens read at a time
+_P = np.uint64(0x100000001B3)
+
+
+def ngram_hashes(tokens: np.ndarray, special: list[int], n: int = N) -> tuple[np.ndarray, np.ndarray]:
+    """(hash, start) of every n-gram of `tokens` that holds no special id."""
+    if len(tokens) < n:
+        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    values = tokens.astype(np.uint64) + np.uint64(1)
+    count = len(tokens) - n + 1
+    h = np.zeros(count, np.uint64)
+    with np.errstate(over="ignore"):  # modulo 2**64
+        for j in range(n):
+            h = h * _P + values[j : j + count]
+    bad = np.concatenate(([0], np.cumsum(np.isin(tokens, special))))
+    clean = bad[n:] == bad[:count]
+    return h[clean], np.flatnonzero(clean)
+
+
+def _specials(data: PreparedData) -> list[int]:
+    tokenizer = data.tokenizer
+    return list(tokenizer.start_ids()) + ([] if tokenizer.eot_id is None else [tokenizer.eot_id])
+
+
+def _blocks(stream: TokenStream):
+    """(offset, tokens, owned) over the stream: each block overlaps the next by N - 1 tokens (so
+    that every n-gram is in one block), and owns its first `owned` tokens (counted only there)."""
+    starts = range(0, max(1, len(stream) - N + 1), BLOCK)
+    for start in starts:
+        block = np.asarray(stream[start : start + BLOCK + N - 1])
+        yield start, block, BLOCK if start != starts[-1] else len(block)
+
+
+@dataclass
+class Found:
+    """Which of `query` (sorted distinct n-gram hashes) occur in a stream, and where."""
+
+    seen: np.ndarray  # bool per query hash
+    per_document: dict[int, int] = field(default_factory=dict)  # train document -> n-grams shared
+    document_starts: np.ndarray | None = None
+
+
+def _find(data: PreparedData, stream: TokenStream, query: np.ndarray) -> Found:
+    seen = np.zeros(len(query), bool)
+    counts = np.zeros(0, np.int64)
+    eot, ends = data.tokenizer.eot_id, []
+    specials = _specials(data)
+    for offset, block, owned in _blocks(stream):
+        if eot is not None:
+            ends.append(np.flatnonzero(block[:owned] == eot) + offset)
+        if not len(query):
+            continue
+        hashes, starts = ngram_hashes(block, specials)
+        at = np.minimum(np.searchsorted(query, hashes), len(query) - 1)
+        hit = query[at] == hashes
+        seen[at[hit]] = True
+        if eot is not None:  # the document of each hit: how many documents end before it
+            documents = np.searchsorted(np.concatenate(ends), starts[hit] + offset, side="right")
+            found = np.bincount(documents)
+            counts = np.pad(counts, (0, max(0, len(found) - len(counts))))
+            counts[: len(found)] += found
+    per_document = {int(d): int(c) for d, c in enumerate(counts) if c}
+    ends_all = np.concatenate(ends) if ends else np.zeros(0, np.int64)
+    return Found(seen, per_document, np.concatenate(([0], ends_all + 1)))
+
+
+def _excerpt(data: PreparedData, stream: TokenStream, found: Found, document: int, chars: int = 70) -> str:
+    start = int(found.document_starts[document]) if found.document_starts is not None else 0
+    text = data.tokenizer.decode(np.asarray(stream[start : start + chars * 2]).tolist())
+    text = " ".join(text.split())
+    return text[:chars] + ("..." if len(text) > chars else "")
+
+
+@dataclass
+class Overlap:
+    ngrams: int  # the text's n-grams (with repeats)
+    seen: int  # ... of which occur in train
+    tokens: int
+    tokens_covered: int  # tokens inside an n-gram that occurs in train
+    documents: list[tuple[int, int, str]]  # (train document, n-grams shared, its start)
+
+    @property
+    def fraction(self) -> float:
+        return self.seen / self.ngrams if self.ngrams else 0.0
+
+
+def overlap(folder: str | Path, text: str, top: int = 5) -> Overlap:
+    data = load_data(folder)
+    tokens = np.asarray(data.tokenizer.encode(text), dtype=np.int64)
+    hashes, starts = ngram_hashes(tokens, _specials(data))
+    if not len(hashes):
+        raise UserError(
+            f"the text is {len(tokens)} tokens long, too short for a {N}-token overlap check; "
+            f"pass a text of at least {N} tokens"
+        )
+    query = np.unique(hashes)
+    found = _find(data, data.train, query)
+    hit = found.seen[np.searchsorted(query, hashes)]
+    covered = np.zeros(len(tokens) + 1, np.int64)
+    np.add.at(covered, starts[hit], 1)
+    np.add.at(covered, starts[hit] + N, -1)
+    ranked = sorted(found.per_document.items(), key=lambda item: (-item[1], item[0]))[:top]
+    documents = [(d, c, _excerpt(data, data.train, found, d)) for d, c in ranked]
+    tokens_covered = int((np.cumsum(covered)[:-1] > 0).sum())
+    return Overlap(len(hashes), int(hit.sum()), len(tokens), tokens_covered, documents)
+
+
+def format_overlap(result: Overlap, folder: str | Path) -> list[str]:
+    lines = [
+        f"{result.fraction:.1%} of the text's {N}-grams ({result.seen:,} of {result.ngrams:,}) occur in"
+        f" the training split of {folder}; {result.tokens_covered:,} of its {result.tokens:,} tokens are"
+        " inside one"
+    ]
+    for document, count, excerpt in result.documents:
+        lines.append(f"  train document {document:,}: {count:,} matching {N}-grams, starts {excerpt!r}")
+    return lines
+
+
+# --------------------------------------------------------------------------- the report
+
+
+@dataclass
+class SplitFacts:
+    documents: int
+    tokens: int
+    lengths: np.ndarray  # tokens per document
+
+
+@dataclass
+class DataReport:
+    path: Path
+    meta: dict
+    splits: dict[str, SplitFacts]
+    bytes_per_token: float
+    top_tokens: list[tuple[str, int]]  # (decoded token, count in train)
+    val_ngrams: int
+    val_ngrams_in_train: int
+
+
+def _lengths(data: PreparedData, stream: TokenStream) -> np.ndarray:
+    if data.tokenizer.eot_id is None:
+        return np.array([len(stream)])
+    eot = data.tokenizer.eot_id
+    ends = [np.flatnonzero(block[:owned] == eot) + offset for offset, block, owned in _blocks(stream)]
+    ends = np.concatenate(ends) + 1 if ends else np.zeros(0, np.int64)
+    if not len(ends) or ends[-1] < len(stream):  # the last document runs to the end without an end-of-text
+        ends = np.append(ends, len(stream))
+    return np.diff(np.concatenate(([0], ends)))
+
+
+def data_report(folder: str | Path, top: int = 10) -> DataReport:
+    data = load_data(folder)
+    meta = data.meta
+    splits = {}
+    for name in ("train", "val"):
+        stream = getattr(data, name)
+        lengths = _lengths(data, stream)
+        splits[name] = SplitFacts(len(lengths), len(stream), lengths)
+    counts = np.zeros(meta["vocab_size"], np.int64)
+    for _, block, owned in _blocks(data.train):
+        counts += np.bincount(block[:owned], minlength=len(counts))[: len(counts)]
+    order = np.argsort(-counts, kind="stable")[:top]
+    top_tokens = [
+        (data.tokenizer.decode([int(t)]) or f"<{int(t)}>", int(counts[t])) for t in order if counts[t]
+    ]
+    text_bytes = meta.get("train_bytes", meta.get("train_chars", 0))
+    val_hashes, _ = ngram_hashes(np.asarray(data.val), _specials(data))
+    query = np.unique(val_hashes)
+    seen = _find(data, data.train, query).seen
+    in_train = int(seen[np.searchsorted(query, val_hashes)].sum()) if len(query) else 0
+    return DataReport(
+        Path(folder),
+        meta,
+        splits,
+        text_bytes / max(1, len(data.train)),
+        top_tokens,
+        len(val_hashes),
+        in_train,
+    )
+
+
+def _dedup_lines(meta: dict) -> list[str]:
+    d = meta.get("dedup")
+    if not d:
+        return ["duplicates: not looked for (one document, or prepared before deduplication)"]
+    lines = [
+        f"duplicates: {d['exact_found']:,} exact copies found, {d['exact_dropped']:,} dropped"
+        + ("" if not d["keep_duplicates"] else " (--keep-duplicates)")
+    ]
+    if d["mode"] == "exact":
+        lines.append("near-copies: not looked for (--dedup exact)")
+    else:
+        how = "kept on their cluster's side of the split" if d["mode"] == "group" else "dropped"
+        lines.append(
+            f"near-copies (Jaccard >= {d['threshold']:g}, {how}): {d['near_found']:,} found, "
+            f"{d['near_dropped']:,} dropped, {d['near_moved']:,} moved to their cluster's split"
+        )
+    if d.get("blank_dropped"):
+        lines.append(f"blank documents dropped: {d['blank_dropped']:,}")
+    return lines
+
+
+def format_report(report: DataReport) -> list[str]:
+    meta = report.meta
+    lines = [
+        f"{report.path}: {meta['source']} prepared with the {meta['tokenizer']} tokenizer "
+        f"(vocabulary {meta['vocab_size']:,}); validation: {meta['val_split']}"
+    ]
+    for name, facts in report.splits.items():
+        q = np.percentile(facts.lengths, [0, 50, 90, 100]).astype(int) if len(facts.lengths) else [0] * 4
+        lines.append(
+            f"{name}: {facts.documents:,} documents, {facts.tokens:,} tokens; tokens per document: "
+            f"min {q[0]:,}, median {q[1]:,}, 90th percentile {q[2]:,}, max {q[3]:,}"
+        )
+    lines += _dedup_lines(meta)
+    lines.append(f"bytes per token: {report.bytes_per_token:.2f} (train text / train tokens)")
+    total = max(1, report.splits["train"].tokens)
+    shown = ", ".join(f"{t!r} {c / total:.1%}" for t, c in report.top_tokens)
+    lines.append(f"most frequent train tokens: {shown}")
+    share = report.val_ngrams_in_train / report.val_ngrams if report.val_ngrams else 0.0
+    lines.append(
+        f"validation/train overlap: {share:.1%} of the validation split's {N}-grams "
+        f"({report.val_ngrams_in_train:,} of {report.val_ngrams:,}) occur in train"
+    )
+    return lines
+
+
+def _histogram_png(report: DataReport) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=110)
+    every = np.concatenate([f.lengths for f in report.splits.values()])
+    bins = np.unique(np.geomspace(max(1, every.min()), max(2, every.max()), 40).astype(int))
+    for name, facts in report.splits.items():
+        ax.hist(facts.lengths, bins=bins, alpha=0.6, label=f"{name} ({facts.documents:,} documents)")
+    ax.set_xscale("log")
+    ax.set_xlabel("tokens per document")
+    ax.set_ylabel("documents")
+    ax.legend()
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def write_html(report: DataReport, out: str | Path | None = None) -> Path:
+    """The report as one self-contained page (the histogram inline); default DIR/report.html."""
+    path = Path(out) if out else report.path / "report.html"
+    png = base64.b64encode(_histogram_png(report)).decode()
+    items = "".join(f"<li>{html.escape(line)}</li>\n" for line in format_report(report)[1:])
+    page = (
+        '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>data report: {html.escape(report.path.name)}</title>\n"
+        "<style>body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"
+        "li{margin:.3rem 0}</style>\n</head>\n<body>\n"
+        f"<h1>Data report: {html.escape(str(report.path))}</h1>\n"
+        f"<p>{html.escape(format_report(report)[0])}</p>\n<ul>\n{items}</ul>\n"
+        f'<h2>Document lengths</h2>\n<img alt="histogram of tokens per document, per split" '
+        f'src="data:image/png;base64,{png}">\n</body>\n</html>\n'
+    )
+    try:
+        path.write_text(page, encoding="utf-8")
+    except OSError as err:
+        raise UserError(f"could not write {path} ({err.strerror or err}); pass another --html FILE") from None
+    return path
+
+
+def prepare_summary(meta: dict, out_dir: Path) -> list[str]:
+    """What `trickster data prepare` says when it is done."""
+    if meta.get("loss_mask"):
+        lines = [
+            f"{meta['source']}: {meta['documents_read']:,} prompt/response records read "
+            f"({meta['train_records']:,} train, {meta['val_records']:,} val kept; "
+            f"validation: {meta['val_split']})"
+        ]
+    else:
+        counts = (
+            ""
+            if meta["documents"] == 1
+            else f"{meta['train_documents']:,} train, {meta['val_documents']:,} val kept; "
+        )
+        lines = [
+            f"{meta['source']}: {meta['input_bytes'] / 1e6:,.1f} MB of text in {meta['documents_read']:,} "
+            f"document(s) ({counts}validation: {meta['val_split']})"
+        ]
+    if meta.get("dedup"):
+        lines += _dedup_lines(meta)
+    kind, padding = meta["tokenizer"], _padding(meta)
+    lines.append(
+        f"tokenizer: {kind}, vocabulary {meta['vocab_size']} ({meta['dtype']} token shards{padding})"
+    )
+    masks = " with loss masks (.mask.bin)" if meta.get("loss_mask") else ""
+    lines.append(
+        f"wrote {out_dir}: train {meta['train_tokens']:,} tokens in {meta['train_shards']} shard(s), "
+        f"val {meta['val_tokens']:,} tokens in {meta['val_shards']} shard(s){masks}, index.json, meta.json, "
+        "tokenizer.json"
+    )
+    if meta.get("loss_mask"):
+        lines.append(f"the loss covers {meta['train_loss_tokens']:,} response tokens of train")
+    return lines
+
+
+def _padding(meta: dict) -> str:
+    from trickster.model.vocab import padded_vocab
+
+    rows = padded_vocab(meta["vocab_size"])
+    return f"; a model's vocab_size: auto pads it to {rows}" if rows != meta["vocab_size"] else ""

@@ -1,0 +1,213 @@
+"""The on-disk pieces of a preparation: token shards (and their loss masks), and the typed record of
+how far an unfinished preparation got (progress.json), saved after every chunk.
+
+A split is one token stream cut into shards of exactly `shard_tokens` tokens (the last one
+shorter): `train/000000.bin`, raw arrays of the smallest unsigned dtype that fits the vocabulary.
+Prompt/response records add a loss mask beside each shard, `train/000000.mask.bin`, one uint8 per
+token (1: the loss covers the token, 0: it does not).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from trickster.errors import UserError
+
+SPLITS = ("train", "val")
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if vocab_size - 1 <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise ValueError(f"vocabulary of {vocab_size} does not fit in uint32")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class SplitProgress:
+    """One split: its finished shards (file, tokens, sha256, and the mask file with its sha256),
+    how many tokens of the shard being filled count, and what went into it."""
+
+    shards: list[dict] = field(default_factory=list)
+    part_tokens: int = 0
+    documents: int = 0
+    chars: int = 0
+    bytes: int = 0  # UTF-8 bytes of the documents' text
+    loss_tokens: int = 0  # tokens the loss mask covers (prompt/response records)
+
+    def tokens(self) -> int:
+        return sum(s["tokens"] for s in self.shards) + self.part_tokens
+
+
+@dataclass
+class Progress:
+    """How far a preparation got; `settings` must match for a run to continue it."""
+
+    settings: dict
+    next_document: int = 0  # documents of the source read so far (kept or dropped)
+    input_bytes: int = 0
+    splits: dict[str, SplitProgress] = field(default_factory=lambda: {s: SplitProgress() for s in SPLITS})
+    dedup: dict = field(default_factory=dict)  # Deduper.state_dict()
+    failed_at_end: bool = False  # these settings can never give a usable folder: start afresh
+    cut_one_document: bool = False  # one distinct document was left: cut like a single-document source
+
+    def state_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> Progress:
+        splits = {s: SplitProgress(**state["splits"][s]) for s in SPLITS}
+        return cls(**{**state, "splits": splits})
+
+    def finished_shards(self) -> int:
+        return sum(len(self.splits[s].shards) for s in SPLITS)
+
+    def save(self, folder: Path) -> None:
+        tmp = folder / "progress.json.tmp"
+        tmp.write_text(json.dumps(self.state_dict(), indent=1), encoding="utf-8")
+        tmp.replace(folder / "progress.json")
+
+    @classmethod
+    def load(cls, folder: Path) -> Progress:
+        file = folder / "progress.json"
+        try:
+            return cls.from_state_dict(json.loads(file.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise UserError(f"{file} is damaged; delete {folder} to start again") from None
+
+
+class _Appender:
+    """A file grown by appends, of which the first `keep` bytes count (a continued run cuts it back)."""
+
+    def __init__(self, path: Path, keep: int, root: Path):
+        if keep and not path.is_file() and path.with_suffix("").is_file():
+            path.with_suffix("").rename(path)  # renamed, then stopped before the record said so
+        if keep and (not path.is_file() or path.stat().st_size < keep):
+            raise UserError(f"{path} is shorter than progress.json says; delete {root} to start again")
+        self.path = path
+        self.file = open(path, "r+b" if path.is_file() else "wb")  # noqa: SIM115 (closed by finish/release)
+        self.file.truncate(keep)
+        self.file.seek(keep)
+
+    def finish(self) -> tuple[str, str]:
+        """fsync, close and rename without `.part`; returns (name, sha256)."""
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        final = self.path.with_suffix("")
+        digest = file_sha256(self.path)
+        self.path.rename(final)
+        return final.name, digest
+
+
+class ShardWriter:
+    """One split's token stream (and loss mask, if `masked`) cut into shards of shard_tokens.
+
+    The shard being filled is `NNNNNN.bin.part`, grown by appends; `part_tokens` in the split's
+    progress says how much of it counts. A full shard is renamed to `NNNNNN.bin` and entered into
+    the progress with its token count and SHA-256 (and its mask file's).
+    """
+
+    def __init__(
+        self, root: Path, split: str, dtype: np.dtype, shard_tokens: int, state: SplitProgress, masked: bool
+    ):
+        self.root, self.folder, self.split = root, root / split, split
+        self.dtype, self.shard_tokens, self.state, self.masked = dtype, shard_tokens, state, masked
+        self.folder.mkdir(exist_ok=True)
+        self._open()
+
+    def _open(self) -> None:
+        n = len(self.state.shards)
+        keep = self.state.part_tokens
+        self.tokens = _Appender(self.folder / f"{n:06d}.bin.part", keep * self.dtype.itemsize, self.root)
+        self.mask = (
+            _Appender(self.folder / f"{n:06d}.mask.bin.part", keep, self.root) if self.masked else None
+        )
+
+    def add(self, tokens: np.ndarray, mask: np.ndarray | None = None) -> None:
+        while tokens.size:
+            room = self.shard_tokens - self.state.part_tokens
+            self.tokens.file.write(tokens[:room].tobytes())
+            if self.mask is not None:
+                self.mask.file.write(mask[:room].tobytes())
+                mask = mask[room:]
+            self.state.part_tokens += min(room, tokens.size)
+            tokens = tokens[room:]
+            if self.state.part_tokens == self.shard_tokens:
+                self.finish_shard()
+
+    def finish_shard(self, reopen: bool = True) -> None:
+        name, digest = self.tokens.finish()
+        entry = {"file": f"{self.split}/{name}", "tokens": self.state.part_tokens, "sha256": digest}
+        if self.mask is not None:
+            mask_name, mask_digest = self.mask.finish()
+            entry |= {"mask": f"{self.split}/{mask_name}", "mask_sha256": mask_digest}
+        self.state.shards.append(entry)
+        self.state.part_tokens = 0
+        if reopen:
+            self._open()
+
+    def flush(self) -> None:
+        for appender in (self.tokens, self.mask):
+            if appender is not None:
+                appender.file.flush()
+
+    def close(self) -> None:
+        """The stream is complete: the partly filled shard is final, an empty one is removed."""
+        if self.state.part_tokens:
+            self.finish_shard(reopen=False)
+        else:
+            self.release()
+            for appender in (self.tokens, self.mask):
+                if appender is not None:
+                    appender.path.unlink(missing_ok=True)
+
+    def read_back(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """Everything written so far (finished shards and the one being filled), and its mask."""
+        parts: dict[str, list] = {"tokens": [], "mask": []}
+        for shard in self.state.shards:
+            parts["tokens"].append(np.fromfile(self.root / shard["file"], self.dtype))
+            if self.masked:
+                parts["mask"].append(np.fromfile(self.root / shard["mask"], np.uint8))
+        count = self.state.part_tokens
+        parts["tokens"].append(np.fromfile(self.tokens.path, self.dtype, count=count))
+        if self.masked:
+            parts["mask"].append(np.fromfile(self.mask.path, np.uint8, count=count))
+        return np.concatenate(parts["tokens"]), np.concatenate(parts["mask"]) if self.masked else None
+
+    def discard(self) -> None:
+        """Delete every file of this split (its progress is reset by the caller)."""
+        self.release()
+        for path in self.folder.iterdir():
+            path.unlink()
+
+    def release(self) -> None:
+        """Close the files whatever happened (what was written stays for a continued run)."""
+        for appender in (self.tokens, self.mask):
+            if appender is not None and not appender.file.closed:
+                appender.file.close()
+
+
+def tokens_sha256(index: dict) -> str:
+    """One hash of a prepared folder's tokens: of its shards' hashes (and masks'), split by split."""
+    parts = [
+        shard["sha256"] + shard.get("mask_sha256", "")
+        for s in SPLITS
+        for shard in index[s] + [{"sha256": "|"}]
+    ]
+    return hashlib.sha256("".join(parts).encode()).hexdigest()

@@ -1,0 +1,93 @@
+"""`trickster data report` and `trickster data overlap`: every number checked against a count made
+here by hand (Python sets and Counters over the texts), never by the product's own code."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+
+from trickster import cli
+from trickster.data import report, sources
+from trickster.data.prepare import in_validation, prepare
+
+ALPHABET = "abcdefghij klmnop\n"
+
+
+def texts(count: int, seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return ["".join(rng.choice(list(ALPHABET), size=int(rng.integers(40, 400)))) for _ in range(count)]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """60 distinct documents, 4 exact copies, and 3 passages of train documents planted in others."""
+    root = tmp_path_factory.mktemp("report")
+    docs = texts(60, seed=0)
+    train_docs = [d for d in docs if not in_validation(d, 0.25)]
+    planted = 0
+    for i, doc in enumerate(docs):  # three validation documents that quote a training one
+        quoting = doc + train_docs[planted][:30]
+        if planted < 3 and in_validation(doc, 0.25) and in_validation(quoting, 0.25):
+            docs[i], planted = quoting, planted + 1
+    assert planted == 3
+    docs = docs + [docs[1], docs[2], docs[5], docs[1]]
+    folder = root / "texts"
+    folder.mkdir()
+    for i, doc in enumerate(docs):
+        (folder / f"{i:03d}.txt").write_text(doc)
+    out = root / "out"
+    prepare(sources.text_files([str(folder)]), "char", out, 0.25, workers=1)
+    return out, docs[:60]
+
+
+def test_the_report_matches_a_hand_count(corpus):
+    out, distinct = corpus
+    facts = report.data_report(out)
+    val = [d for d in distinct if in_validation(d, 0.25)]
+    train = [d for d in distinct if not in_validation(d, 0.25)]
+    assert facts.splits["train"].documents == len(train) and facts.splits["val"].documents == len(val)
+    assert facts.splits["train"].tokens == sum(len(d) + 1 for d in train)  # each: chars + end-of-text
+    assert sorted(facts.splits["val"].lengths.tolist()) == sorted(len(d) + 1 for d in val)
+    assert facts.meta["dedup"]["exact_found"] == facts.meta["dedup"]["exact_dropped"] == 4
+    assert facts.bytes_per_token == pytest.approx(sum(len(d) for d in train) / sum(len(d) + 1 for d in train))
+    by_hand = collections.Counter("".join(train))
+    assert [c for _, c in facts.top_tokens[:5]] == [c for _, c in by_hand.most_common(5)]
+    assert all(by_hand[t] == c for t, c in facts.top_tokens[:5])
+
+    def grams(doc: str) -> list[str]:
+        return [doc[i : i + 13] for i in range(len(doc) - 12)]
+
+    in_train = {g for d in train for g in grams(d)}
+    val_grams = [g for d in val for g in grams(d)]
+    assert facts.val_ngrams == len(val_grams)
+    assert facts.val_ngrams_in_train == sum(g in in_train for g in val_grams) >= 3 * 18  # the planted ones
+    lines = report.format_report(facts)
+    assert any("4 exact copies found, 4 dropped" in line for line in lines)
+
+
+def test_the_html_report_has_the_numbers_and_a_histogram(corpus, tmp_path):
+    out, _ = corpus
+    page = tmp_path / "data.html"
+    assert cli.main(["data", "report", str(out), "--html", str(page)]) == 0
+    html = page.read_text()
+    assert "data:image/png;base64," in html and "exact copies found" in html
+
+
+def test_the_overlap_check_finds_a_planted_passage(corpus, tmp_path):
+    out, distinct = corpus
+    train = [d for d in distinct if not in_validation(d, 0.25)]
+    passage = train[7][20:120]
+    result = report.overlap(out, passage)
+    assert result.seen == result.ngrams == len(passage) - 12  # every 13-gram of it comes from train
+    assert result.documents[0][0] == 7  # ... from that document
+    mixed = "ab" * 40 + passage  # a made-up start (13-grams not in train), then the passage
+    result = report.overlap(out, mixed)
+    grams = [mixed[i : i + 13] for i in range(len(mixed) - 12)]
+    in_train = {d[i : i + 13] for d in train for i in range(len(d) - 12)}
+    assert result.seen == sum(g in in_train for g in grams) >= len(passage) - 12
+    assert result.tokens_covered >= len(passage)
+    text = tmp_path / "eval.txt"
+    text.write_text(mixed)
+    assert cli.main(["data", "overlap", str(out), "--text", str(text)]) == 0

@@ -1,0 +1,221 @@
+"""Duplicates in `data prepare`: exact copies dropped, near-copies kept on one side of the split (or
+dropped), prompt/response records too; resumable and independent of the number of workers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from trickster import cli
+from trickster.data import dedup, sources
+from trickster.data import encode as encode_module
+from trickster.data.dedup import DedupSettings
+from trickster.data.loader import load_data
+from trickster.data.prepare import in_validation, partial_dir, prepare, prepare_prompt_response
+from trickster.data.records import Records
+
+from .conftest import EXCERPT
+
+WORDS = (
+    "river stone lantern meadow copper whistle harbor ember thistle orchard velvet falcon quarry "
+    "saddle timber glacier marble pepper canyon willow beacon cobalt dune fern garnet hollow ivory "
+    "juniper kettle lagoon mantle nectar oasis pebble quill raven sable tundra umber vessel wander"
+).split()
+
+
+def document(rng: np.random.Generator, lines: int = 30) -> str:
+    """Three paragraphs of random lines: distinct documents share almost no 5-word shingle."""
+    rows = [" ".join(rng.choice(WORDS, size=10)) for _ in range(lines)]
+    third = lines // 3
+    return (
+        "\n".join(rows[:third])
+        + "\n\n"
+        + "\n".join(rows[third : 2 * third])
+        + "\n\n"
+        + "\n".join(rows[2 * third :])
+        + "\n"
+    )
+
+
+def one_line_changed(text: str, rng: np.random.Generator) -> str:
+    rows = text.split("\n")
+    rows[4] = " ".join(rng.choice(WORDS, size=10))
+    return "\n".join(rows)
+
+
+def paragraphs_reordered(text: str) -> str:
+    paragraphs = text.rstrip("\n").split("\n\n")
+    return "\n\n".join(paragraphs[1:] + paragraphs[:1]) + "\n"
+
+
+def write(folder, texts):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, text in enumerate(texts):
+        (folder / f"{i:04d}.txt").write_text(text)
+    return sources.text_files([str(folder)])
+
+
+def split_documents(data, stream) -> list[str]:
+    ids = np.asarray(stream).astype(np.int64)
+    ends = np.flatnonzero(ids == data.tokenizer.eot_id) + 1
+    return [data.tokenizer.decode(piece.tolist()) for piece in np.split(ids, ends) if len(piece)]
+
+
+def test_exact_copies_are_counted_and_dropped(tmp_path):
+    rng = np.random.default_rng(0)
+    distinct = [document(rng, lines=6) for _ in range(40)]
+    copies = [distinct[i] for i in range(0, 20, 4)]  # 5 verbatim
+    copies += [
+        "  " + distinct[i].replace("\n", " \n") + "\n\n" for i in range(1, 20, 4)
+    ]  # 5 in other spacing
+    texts = distinct[:20] + copies + distinct[20:]
+    meta = prepare(write(tmp_path / "texts", texts), "char", tmp_path / "out", 0.2, workers=1)
+    assert meta["dedup"]["exact_found"] == meta["dedup"]["exact_dropped"] == 10
+    assert meta["documents_read"] == 50 and meta["documents"] == 40
+    data = load_data(tmp_path / "out")
+    train, val = split_documents(data, data.train), split_documents(data, data.val)
+    assert sorted(train + val) == sorted(distinct)  # each kept once, as first written
+    assert val == [d for d in distinct if in_validation(d, 0.2)]
+
+    kept = prepare(
+        write(tmp_path / "texts", texts), "char", tmp_path / "all", 0.2, workers=1,
+        dedup_settings=DedupSettings(keep_duplicates=True),
+    )  # fmt: skip
+    assert kept["documents"] == 50 and kept["dedup"]["exact_dropped"] == 0
+    data = load_data(tmp_path / "all")
+    val = split_documents(data, data.val)
+    for i in list(range(0, 20, 4)) + list(range(1, 20, 4)):  # every copy on its first copy's side
+        copies_in_val = sum(dedup.fingerprint(v) == dedup.fingerprint(distinct[i]) for v in val)
+        assert copies_in_val == (2 if in_validation(distinct[i], 0.2) else 0)
+
+
+@pytest.fixture(scope="module")
+def clusters():
+    """40 documents, each followed later by a near-copy (a line changed, or paragraphs reordered)."""
+    rng = np.random.default_rng(1)
+    bases = [document(rng) for _ in range(40)]
+    near = [one_line_changed(b, rng) if i % 2 else paragraphs_reordered(b) for i, b in enumerate(bases)]
+    return bases, near
+
+
+def near_pairs_corpus(tmp_path, clusters):
+    bases, near = clusters
+    return write(tmp_path / "texts", bases + near)
+
+
+def test_near_copies_never_straddle_the_split(tmp_path, clusters):
+    bases, near = clusters
+    straddling = sum(in_validation(b, 0.3) != in_validation(n, 0.3) for b, n in zip(bases, near, strict=True))
+    assert straddling >= 5  # without grouping, that many pairs would be split across train and val
+    meta = prepare(near_pairs_corpus(tmp_path, clusters), "char", tmp_path / "out", 0.3, workers=1)
+    d = meta["dedup"]
+    assert d["near_found"] == 40 and d["near_dropped"] == 0 and d["near_moved"] == straddling
+    data = load_data(tmp_path / "out")
+    val = set(split_documents(data, data.val))
+    train = set(split_documents(data, data.train))
+    assert train | val == set(bases + near) and not train & val
+    for base, copy in zip(bases, near, strict=True):
+        assert (base in val) == (copy in val) == in_validation(base, 0.3)  # the first member decides
+
+
+def test_dedup_near_drops_near_copies_and_keeps_distinct_documents(tmp_path, clusters):
+    bases, _ = clusters
+    settings = DedupSettings(mode="near")
+    meta = prepare(
+        near_pairs_corpus(tmp_path, clusters),
+        "char",
+        tmp_path / "out",
+        0.3,
+        workers=1,
+        dedup_settings=settings,
+    )
+    assert meta["dedup"]["near_dropped"] == 40 and meta["documents"] == 40
+    data = load_data(tmp_path / "out")
+    assert sorted(split_documents(data, data.train) + split_documents(data, data.val)) == sorted(bases)
+    exact = prepare(
+        near_pairs_corpus(tmp_path, clusters), "char", tmp_path / "exact", 0.3, workers=1,
+        dedup_settings=DedupSettings(mode="exact"),
+    )  # fmt: skip
+    assert exact["documents"] == 80 and exact["dedup"]["near_found"] == 0  # not looked for
+
+
+def test_the_estimated_similarity_follows_the_shingles():
+    rng = np.random.default_rng(2)
+    a, b = document(rng), document(rng)
+    same = np.mean(dedup.signature(a) == dedup.signature(one_line_changed(a, rng)))
+    other = np.mean(dedup.signature(a) == dedup.signature(b))
+    sa, sb = set(dedup.shingle_hashes(a)), set(dedup.shingle_hashes(one_line_changed(a, rng)))
+    assert abs(same - len(sa & sb) / len(sa | sb)) < 0.1  # MinHash estimates the Jaccard similarity
+    assert same > 0.8 and other < 0.1
+    assert len(dedup.shingle_hashes("one two three")) == 1  # fewer than 5 words: the whole text
+    assert np.array_equal(dedup.shingle_hashes("One  two\nthree"), dedup.shingle_hashes("one two three"))
+
+
+def test_copies_of_one_text_prepare_as_one_document(tmp_path):
+    """The issue's 18 copies of Tiny Shakespeare in a folder, at a smaller scale."""
+    folder = tmp_path / "copies"
+    folder.mkdir()
+    for i in range(6):
+        (folder / f"copy{i}.txt").write_bytes(EXCERPT.read_bytes())
+    out = tmp_path / "out"
+    argv = ["data", "prepare", "text", str(folder), "--out", str(out), "--no-progress"]
+    assert cli.main(argv) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["documents"] == 1 and meta["dedup"]["exact_dropped"] == 5
+    data = load_data(out)
+    text = EXCERPT.read_text()
+    assert data.tokenizer.decode(np.asarray(data.train)) + data.tokenizer.decode(np.asarray(data.val)) == text
+    assert len(data.val) == len(text) + 1 - int((len(text) + 1) * 0.9)  # the last 10% (with end-of-text)
+    # keeping the copies puts them all on one side: what the issue ran into
+    assert cli.main([*argv[:-3], "--out", str(tmp_path / "kept"), "--keep-duplicates"]) == 2
+
+
+def test_prompt_response_records_are_deduplicated(tmp_path):
+    pairs = [(f"question {i}?\n", f"answer {i}.\n") for i in range(30)]
+    pairs += [pairs[3], pairs[7], ("question 3?\n", "another answer.\n")]  # 2 copies, 1 new response
+    meta = prepare_prompt_response(Records("jsonl", pairs), "char", tmp_path / "out", 0.1)
+    assert meta["dedup"]["exact_dropped"] == 2 and meta["documents"] == 31
+    assert meta["train_records"] + meta["val_records"] == 31
+
+
+class Interrupt:
+    def __init__(self, after: int | None):
+        self.after, self.calls = after, 0
+
+    def __call__(self, task):
+        if self.after is not None and self.calls >= self.after:
+            raise KeyboardInterrupt
+        self.calls += 1
+        return ENCODE(task)
+
+
+ENCODE = encode_module.encode_chunk
+
+
+@pytest.mark.slow
+def test_an_interrupted_preparation_with_dedup_continues_to_the_same_result(tmp_path, clusters, monkeypatch):
+    bases, near = clusters
+    texts = [t for pair in zip(bases, near, bases[::-1], strict=True) for t in pair]  # copies, near-copies
+    source = write(tmp_path / "texts", texts)
+
+    def run(out, workers=1):
+        return prepare(
+            source, "char", out, 0.3, shard_tokens=2000, chunk_chars=3000, workers=workers, echo=print
+        )
+
+    reference = run(tmp_path / "ref")
+    assert reference["dedup"]["exact_dropped"] > 0 and reference["dedup"]["near_found"] > 0
+    monkeypatch.setattr(encode_module, "encode_chunk", Interrupt(after=5))
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "out")
+    record = json.loads((partial_dir(tmp_path / "out") / "progress.json").read_text())
+    assert 0 < record["dedup"]["kept"] < reference["dedup"]["kept"]
+    monkeypatch.setattr(encode_module, "encode_chunk", Interrupt(after=None))
+    resumed = run(tmp_path / "out")
+    monkeypatch.undo()
+    pooled = run(tmp_path / "pool", workers=2)
+    for meta in (resumed, pooled):
+        assert meta["tokens_sha256"] == reference["tokens_sha256"]
+        assert meta["dedup"] == reference["dedup"]
