@@ -177,3 +177,26 @@ def test_meta_json_records_counts_and_checksums(shakespeare_dir):
     assert (shakespeare_dir / "train" / "000000.bin").stat().st_size == meta["train_tokens"]
     digest = hashlib.sha256((shakespeare_dir / "val" / "000000.bin").read_bytes()).hexdigest()
     assert index["val"] == [{"file": "val/000000.bin", "tokens": meta["val_tokens"], "sha256": digest}]
+
+
+def test_a_folder_written_before_shards_still_loads(shakespeare_dir, tmp_path):
+    """Format 1: flat train.bin and val.bin (prompt/response records: masks beside them)."""
+    data = load_data(shakespeare_dir)
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "tokenizer.json").write_bytes((shakespeare_dir / "tokenizer.json").read_bytes())
+    meta = {k: v for k, v in data.meta.items() if k not in ("layout", "index")} | {"format": 1}
+    masks = {}
+    for split in ("train", "val"):
+        tokens = np.asarray(getattr(data, split))
+        tokens.tofile(old / f"{split}.bin")
+        masks[split] = (np.arange(len(tokens)) % 3 == 0).astype(np.uint8)
+        masks[split].tofile(old / f"{split}.mask.bin")
+    (old / "meta.json").write_text(json.dumps(meta))
+    loaded = load_data(old)
+    assert np.array_equal(np.asarray(loaded.train), np.asarray(data.train)) and loaded.train.loss_mask is None
+    meta["loss_mask"] = {"train": "train.mask.bin", "val": "val.mask.bin"}
+    (old / "meta.json").write_text(json.dumps(meta))
+    loaded = load_data(old)
+    assert np.array_equal(np.asarray(loaded.val.loss_mask), masks["val"])
+    assert np.array_equal(np.asarray(loaded.val), np.asarray(data.val))

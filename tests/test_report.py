@@ -121,6 +121,19 @@ def test_report_writes_into_the_run_folder_by_default(run_dir, tmp_path):
     assert (copy / "report.html").read_text(encoding="utf-8").startswith("<!doctype html>")
 
 
+def test_report_links_the_data_report_when_the_data_folder_has_one(run_dir, shakespeare_dir, tmp_path):
+    data = Path(shutil.copytree(shakespeare_dir, tmp_path / "data"))
+    copy = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    config = copy / "config.yaml"
+    config.write_text(config.read_text().replace(str(shakespeare_dir), str(data)))
+    assert main(["report", str(copy)]) == 0
+    assert "data report" not in (copy / "report.html").read_text()  # none written yet
+    assert main(["data", "report", str(data), "--html"]) == 0
+    assert main(["report", str(copy)]) == 0
+    link = f'<a href="{(data / "report.html").resolve().as_uri()}">data report</a>'
+    assert link in (copy / "report.html").read_text()
+
+
 def test_runs_table_lists_each_run_with_its_numbers(run_dir, tmp_path, capsys):
     runs = tmp_path / "runs"
     shutil.copytree(run_dir, runs / "a-finished")

@@ -367,6 +367,12 @@ class _Job:
                 )
             raise UserError(f"corpus '{name}' is empty; pass files that contain text")
         missing = "validation" if not val else "training"
+        if self.record.dedup.get("near_found") and self.settings.mode == "group":
+            raise UserError(
+                f"corpus '{name}': no document fell into {missing}, because "
+                f"{self.record.dedup['near_found']:,} near-copies follow their first copy's side of the "
+                "split; pass --dedup near to keep one of each, or add documents"
+            )
         raise UserError(
             f"corpus '{name}' is too small to hold out a validation split (no document fell into "
             f"{missing}); add documents or change --val-fraction"

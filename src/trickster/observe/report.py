@@ -107,7 +107,8 @@ def _summary(run: Run) -> str:
     problem = f'<p class="muted">Note: {_e(run.problem)}</p>' if run.problem else ""
     return (
         f"<h1>{_e(run.name)}</h1>\n"
-        f'<p class="sub">nano-trickster training run in {_e(str(run.path))}, data {_e(str(data))}</p>\n'
+        f'<p class="sub">nano-trickster training run in {_e(str(run.path))}, data {_e(str(data))}'
+        f"{_data_report_link(data)}</p>\n"
         + problem
         + '<div class="cards">'
         + "".join(
@@ -116,6 +117,14 @@ def _summary(run: Run) -> str:
         )
         + "</div>"
     )
+
+
+def _data_report_link(data: str) -> str:
+    """A link to the data folder's report (`trickster data report DIR --html`), when it has one."""
+    page = Path(data) / "report.html" if data != "?" else None
+    if page is None or not page.is_file():
+        return ""
+    return f' (<a href="{_e(page.resolve().as_uri())}">data report</a>)'
 
 
 def _figure_section(title: str, kind: str, run: Run) -> str:
