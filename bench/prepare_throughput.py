@@ -26,6 +26,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,12 +38,16 @@ SEED_TEXT = ROOT / "tests" / "data" / "shakespeare_excerpt.txt"
 FILE_BYTES = 32_000_000
 
 
-def generate_corpus(folder: Path, megabytes: float, seed_text: Path, seed: int = 0) -> list[Path]:
-    """JSON lines {"text": ...} adding up to about `megabytes` MB of UTF-8 text."""
+def generate_corpus(
+    folder: Path, megabytes: float, seed_text: Path, seed: int = 0, copies: float = 0.0
+) -> list[Path]:
+    """JSON lines {"text": ...} adding up to about `megabytes` MB of UTF-8 text; with `copies`, that
+    fraction of the documents are exact copies of recent ones, and as many are near-copies (a recent
+    document with one line replaced)."""
     lines = [line for line in seed_text.read_text(encoding="utf-8").splitlines() if line.strip()]
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    files, written, target = [], 0, int(megabytes * 1e6)
+    files, written, target, recent = [], 0, int(megabytes * 1e6), []
     out, size = None, 0
     while written < target:
         if out is None or size >= FILE_BYTES:
@@ -50,12 +55,21 @@ def generate_corpus(folder: Path, megabytes: float, seed_text: Path, seed: int =
                 out.close()
             files.append(folder / f"part-{len(files):04d}.jsonl")
             out, size = open(files[-1], "w", encoding="utf-8"), 0  # noqa: SIM115
-        doc, length = [], rng.randint(1000, 8000)
-        while sum(len(x) + 1 for x in doc) < length:
-            words = rng.choice(lines).split()
-            rng.shuffle(words)  # variation: no two documents repeat each other exactly
-            doc.append(" ".join(words))
-        text = "\n".join(doc) + "\n"
+        draw = rng.random()
+        if recent and draw < copies:
+            text = rng.choice(recent)
+        elif recent and draw < 2 * copies:
+            rows = rng.choice(recent).split("\n")
+            rows[rng.randrange(len(rows) - 1)] = rng.choice(lines)
+            text = "\n".join(rows)
+        else:
+            doc, length = [], rng.randint(1000, 8000)
+            while sum(len(x) + 1 for x in doc) < length:
+                words = rng.choice(lines).split()
+                rng.shuffle(words)  # variation: no two documents repeat each other exactly
+                doc.append(" ".join(words))
+            text = "\n".join(doc) + "\n"
+            recent = (recent + [text])[-1000:]
         record = json.dumps({"text": text}, ensure_ascii=False) + "\n"
         out.write(record)
         size += len(record)
@@ -122,9 +136,11 @@ def run_measured(argv: list[str], cores: int) -> tuple[float, int, str]:
     return seconds, peak, output
 
 
-def prepare_argv(files: list[Path], tokenizer: str, out: Path, workers: int) -> list[str]:
+def prepare_argv(
+    files: list[Path], tokenizer: str, out: Path, workers: int, dedup: str = "group"
+) -> list[str]:
     argv = [sys.executable, "-m", "trickster", "data", "prepare", "jsonl", *map(str, files)]
-    argv += ["--text-field", "text", "--tokenizer", tokenizer, "--workers", str(workers)]
+    argv += ["--text-field", "text", "--tokenizer", tokenizer, "--workers", str(workers), "--dedup", dedup]
     if tokenizer == "bpe":
         argv += ["--vocab-size", "4096"]
     return [*argv, "--out", str(out), "--no-progress"]
@@ -174,7 +190,18 @@ def main() -> None:
     parser.add_argument("--rss-tokenizer", default="byte", help="tokenizer of the peak RSS runs")
     parser.add_argument("--seed-text", type=Path, default=SEED_TEXT)
     parser.add_argument("--tmp", type=Path, help="where to build the corpora (default: a temp folder)")
+    parser.add_argument(
+        "--dedup-sizes-mb", type=float, nargs="*", default=[], help="corpus sizes for the --dedup table"
+    )
+    parser.add_argument("--dedup-modes", nargs="+", default=["exact", "group", "near"])
+    parser.add_argument(
+        "--copies", type=float, default=0.1, help="dedup table: share of exact copies, and of near-copies"
+    )
+    parser.add_argument("--only-dedup", action="store_true", help="only the --dedup table")
     args = parser.parse_args()
+    if args.only_dedup:
+        dedup_table(args)
+        return
 
     why_not_gpt2 = tiktoken_available()
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
@@ -214,6 +241,35 @@ def main() -> None:
                 file.unlink()  # room for the next size
         change = (peaks[1] - peaks[0]) / peaks[0]
         print(f"change in peak RSS: {change:+.1%} for {args.sizes_mb[1] / args.sizes_mb[0]:g}x the text")
+
+
+def dedup_table(args: argparse.Namespace) -> None:
+    """MB/s and peak RSS of `data prepare` for each --dedup mode, on corpora with copies."""
+    print(
+        f"--tokenizer {args.rss_tokenizer}, {args.workers} workers, {args.copies:.0%} exact and near copies"
+    )
+    print(f"{'corpus':>8} {'--dedup':<7} {'MB/s':>7} {'seconds':>8} {'peak RSS':>10}  dropped / found")
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        tmp = Path(tmp)
+        for size in args.dedup_sizes_mb:
+            files = generate_corpus(tmp / f"dedup-{size:g}", size, args.seed_text, seed=2, copies=args.copies)
+            for mode in args.dedup_modes:
+                out = tmp / f"dedup-out-{size:g}-{mode}"
+                argv = prepare_argv(files, args.rss_tokenizer, out, args.workers, mode)
+                seconds, peak, _ = run_measured(argv, args.workers)
+                meta = json.loads((out / "meta.json").read_text())
+                d = meta["dedup"]
+                counts = (
+                    f"exact {d['exact_dropped']:,}/{d['exact_found']:,}, near {d['near_dropped']:,}/"
+                    f"{d['near_found']:,} (moved {d['near_moved']:,}) of {meta['documents_read']:,}"
+                )
+                rate = meta["input_bytes"] / 1e6 / seconds
+                print(
+                    f"{size:>6g}MB {mode:<7} {rate:>7.2f} {seconds:>8.1f} {peak / 2**20:>6.0f} MiB  {counts}"
+                )
+                shutil.rmtree(out)
+            for file in files:
+                file.unlink()
 
 
 if __name__ == "__main__":

@@ -313,8 +313,9 @@ def prepare_summary(meta: dict, out_dir: Path) -> list[str]:
             if meta["documents"] == 1
             else f"{meta['train_documents']:,} train, {meta['val_documents']:,} val kept; "
         )
+        read = meta["documents_read"] if meta.get("dedup") else meta["documents"]  # one text cut in two
         lines = [
-            f"{meta['source']}: {meta['input_bytes'] / 1e6:,.1f} MB of text in {meta['documents_read']:,} "
+            f"{meta['source']}: {meta['input_bytes'] / 1e6:,.1f} MB of text in {read:,} "
             f"document(s) ({counts}validation: {meta['val_split']})"
         ]
     if meta.get("dedup"):
