@@ -153,6 +153,27 @@ def test_the_estimated_similarity_follows_the_shingles():
     assert np.array_equal(dedup.shingle_hashes("One  two\nthree"), dedup.shingle_hashes("one two three"))
 
 
+def test_signatures_are_datasketchs_minhash_for_a_chunk_at_once(monkeypatch):
+    from datasketch import MinHash
+
+    rng = np.random.default_rng(3)
+    docs = [document(rng, lines=int(rng.integers(1, 40))) for _ in range(30)]
+    docs += ["", "  ", "two words", ("A prompt?", "and its response.")]
+
+    def theirs(doc) -> np.ndarray:  # datasketch's own MinHash, one document at a time
+        minhash = MinHash(dedup.NUM_PERM, seed=1, hashfunc=int, scheme="affine32")
+        shingles = dedup.shingle_hashes("\n".join(doc) if isinstance(doc, tuple) else doc)
+        if len(shingles):
+            minhash.update_batch(shingles.tolist())
+        return minhash.hashvalues
+
+    assert np.array_equal(dedup.signatures(docs), np.stack([theirs(d) for d in docs]))
+    long = " ".join(docs[:20])
+    whole = dedup.signature(long)
+    monkeypatch.setattr(dedup, "PIECE_CHARS", 64)  # a long document hashed in overlapping pieces
+    assert np.array_equal(dedup.signature(long), whole)
+
+
 def test_copies_of_one_text_prepare_as_one_document(tmp_path):
     """The issue's 18 copies of Tiny Shakespeare in a folder, at a smaller scale."""
     folder = tmp_path / "copies"

@@ -22,7 +22,7 @@ documents (a row, the index's band keys), never with their text.
 from __future__ import annotations
 
 import hashlib
-import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,7 +36,7 @@ SHINGLE_WORDS = 5
 BLOCK = 16_384  # shingles per MinHash update: bounds the (shingles x NUM_PERM) temporary to 8 MB
 _P = np.uint64(0x100000001B3)  # FNV prime: odd, so invertible modulo 2**64
 _P_INV = np.uint64(pow(0x100000001B3, -1, 2**64))
-_SPACE = re.compile(r"\s+")
+PIECE_CHARS = 4_000_000  # text hashed at once: bounds the temporaries (about 50 bytes per character)
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class DedupSettings:
 
 
 def normalise(text: str) -> str:
-    return _SPACE.sub(" ", text).strip()
+    return " ".join(text.split())
 
 
 def fingerprint(document: str | tuple[str, str]) -> int:
@@ -75,15 +75,35 @@ def fingerprint(document: str | tuple[str, str]) -> int:
 BLANK = fingerprint("")
 
 
-def shingle_hashes(text: str) -> np.ndarray:
-    """32-bit hashes of the distinct 5-word shingles of the lower-cased text (one shingle: the whole
-    text, when it has fewer words). Polynomial hashes of the UTF-8 bytes, from prefix sums: every
-    shingle in a few numpy passes, whatever the number of words."""
-    words = text.lower().split()
-    if not words:
-        return np.zeros(0, np.uint32)
-    data = np.frombuffer(" ".join(words).encode("utf-8"), np.uint8).astype(np.uint64) + np.uint64(1)
+def _pieces(texts: list[str]) -> Iterator[tuple[list[int], list[str]]]:
+    """Batches of (document number, lower-cased words joined by spaces), about PIECE_CHARS each; a
+    longer document is cut into several, each overlapping the next by 4 words, so that every 5-word
+    shingle lies whole in one piece."""
+    owners, pieces, size = [], [], 0
+    for number, text in enumerate(texts):
+        words = text.lower().split()
+        step = max(PIECE_CHARS // 8, SHINGLE_WORDS)  # words per piece of a long document
+        starts = range(0, max(1, len(words) - SHINGLE_WORDS + 1), step) if len(words) > step else [0]
+        for start in starts:
+            piece = " ".join(words[start : start + step + SHINGLE_WORDS - 1] if len(words) > step else words)
+            owners.append(number)
+            pieces.append(piece)
+            size += len(piece)
+            if size >= PIECE_CHARS:
+                yield owners, pieces
+                owners, pieces, size = [], [], 0
+    if pieces:
+        yield owners, pieces
+
+
+def _shingles(owners: list[int], pieces: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(document, 32-bit hash) of each distinct 5-word shingle of the pieces (a piece of fewer words:
+    one shingle, the whole piece), sorted. Polynomial hashes of the UTF-8 bytes from prefix sums:
+    every shingle of every piece in a few numpy passes."""
+    data = np.frombuffer("\n".join(pieces).encode("utf-8"), np.uint8).astype(np.uint64) + np.uint64(1)
     n = len(data)
+    if not n:
+        return np.zeros(0, np.int64), np.zeros(0, np.uint32)
     with np.errstate(over="ignore"):  # arithmetic modulo 2**64 is the point
         powers, inverse = np.full(n, _P), np.full(n, _P_INV)
         powers[0] = inverse[0] = 1
@@ -91,34 +111,65 @@ def shingle_hashes(text: str) -> np.ndarray:
         np.cumprod(inverse, out=inverse)
         prefix = np.zeros(n + 1, np.uint64)
         np.cumsum(data * powers, out=prefix[1:])
-        spaces = np.flatnonzero(data == ord(" ") + 1)
-        starts = np.concatenate(([0], spaces + 1))  # of each word
-        ends = np.concatenate((spaces, [n]))
-        k = min(SHINGLE_WORDS, len(starts))
-        first, last = starts[: len(starts) - k + 1], ends[k - 1 :]
-        h = (prefix[last] - prefix[first]) * inverse[first]  # hash of bytes [first, last)
+        breaks = np.flatnonzero((data == ord(" ") + 1) | (data == ord("\n") + 1))
+        starts, ends = np.concatenate(([0], breaks + 1)), np.concatenate((breaks, [n]))  # of each word
+        piece = np.concatenate(([0], np.cumsum(data[breaks] == ord("\n") + 1)))  # of each word
+        k = SHINGLE_WORDS - 1
+        whole = np.flatnonzero(piece[k:] == piece[: max(0, len(piece) - k)])  # 5 words of one piece
+        first = np.flatnonzero(np.diff(piece, prepend=-1))  # each piece's first word ...
+        last = np.append(first[1:] - 1, len(piece) - 1)  # ... and last
+        short = last - first < k
+        lo = np.concatenate((starts[whole], starts[first[short]]))
+        hi = np.concatenate((ends[whole + k], ends[last[short]]))
+        owner = np.asarray(owners, np.uint64)[np.concatenate((piece[whole], piece[first[short]]))]
+        lo, hi, owner = lo[hi > lo], hi[hi > lo], owner[hi > lo]  # an empty text has no shingle
+        h = (prefix[hi] - prefix[lo]) * inverse[lo]  # hash of bytes [lo, hi)
         h ^= h >> np.uint64(33)  # murmur's finaliser: every input bit reaches the top bits
         h *= np.uint64(0xFF51AFD7ED558CCD)
         h ^= h >> np.uint64(33)
-    return np.unique((h >> np.uint64(32)).astype(np.uint32))
+    keys = np.sort((owner << np.uint64(32)) | (h >> np.uint64(32)))
+    keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))]  # distinct (np.unique: slower)
+    return (keys >> np.uint64(32)).astype(np.int64), (keys & np.uint64(0xFFFFFFFF)).astype(np.uint32)
 
 
-_PERMUTATIONS = None
+def shingle_hashes(text: str) -> np.ndarray:
+    """The distinct shingle hashes of one text (see _shingles)."""
+    hashes = np.sort(np.concatenate([_shingles(*batch)[1] for batch in _pieces([text])]))
+    return hashes[np.concatenate(([True], hashes[1:] != hashes[:-1]))] if len(hashes) else hashes
 
 
-def signature(document: str | tuple[str, str]) -> np.ndarray:
-    """The document's MinHash signature (NUM_PERM uint32 values)."""
-    from datasketch import MinHash
+_PERMUTATIONS = None  # datasketch's (a, b) for NUM_PERM affine32 permutations, made once per process
+
+
+def signatures(documents: list[str | tuple[str, str]]) -> np.ndarray:
+    """The documents' MinHash signatures, (documents, NUM_PERM) uint32: datasketch's MinHash (scheme
+    affine32, seed 1) over each one's shingles, computed for a whole chunk at once (a MinHash object
+    per document costs more than its arithmetic) and checked against datasketch's in the tests."""
+    from datasketch.minhash import _fmix
 
     global _PERMUTATIONS
     if _PERMUTATIONS is None:
-        _PERMUTATIONS = MinHash(NUM_PERM, seed=1, scheme="affine32").permutations
-    text = "\n".join(document) if isinstance(document, tuple) else document
-    minhash = MinHash(NUM_PERM, hashfunc=int, permutations=_PERMUTATIONS, scheme="affine32")
-    shingles = shingle_hashes(text)
-    for start in range(0, len(shingles), BLOCK):
-        minhash.update_batch(shingles[start : start + BLOCK].tolist())
-    return minhash.hashvalues
+        from datasketch import MinHash
+
+        a, b = MinHash(NUM_PERM, seed=1, scheme="affine32").permutations
+        _PERMUTATIONS = a.reshape(-1, 1), b.reshape(-1, 1)
+    a, b = _PERMUTATIONS
+    texts = ["\n".join(d) if isinstance(d, tuple) else d for d in documents]
+    sig = np.full((len(texts), NUM_PERM), np.iinfo(np.uint32).max, np.uint32)
+    for batch in _pieces(texts):
+        owner, hashes = _shingles(*batch)
+        for start in range(0, len(hashes), BLOCK):
+            block, docs = hashes[start : start + BLOCK], owner[start : start + BLOCK]
+            with np.errstate(over="ignore"):
+                permuted = a * _fmix(block, 32) + b  # (NUM_PERM, shingles), modulo 2**32
+            cuts = np.flatnonzero(np.diff(docs, prepend=-1))
+            rows = docs[cuts]
+            sig[rows] = np.minimum(sig[rows], np.minimum.reduceat(permuted, cuts, axis=1).T)
+    return sig
+
+
+def signature(document: str | tuple[str, str]) -> np.ndarray:
+    return signatures([document])[0]
 
 
 @dataclass

@@ -96,7 +96,7 @@ def encode_chunk(task: Chunk) -> Encoded:
         [len(t) for t in texts],
         [len(t.encode("utf-8")) for t in texts],
         [dedup.fingerprint(d) for d in docs] if task.fingerprints else None,
-        np.stack([dedup.signature(d) for d in docs]) if task.signatures and docs else None,
+        dedup.signatures(docs) if task.signatures else None,
     )
 
 

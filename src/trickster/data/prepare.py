@@ -28,8 +28,7 @@ Validation split:
 - a source with its own validation split (TinyStories; prompt/response records: the last ones): that split;
 - otherwise whole documents, chosen by a hash of each document's text (`in_validation`): the same
   choice on every run whatever the order or number of documents or workers;
-- and near-copies follow the first document of their cluster (dedup.py), so a text and its
-  near-copy are never on both sides.
+- and near-copies follow the first document of their cluster (dedup.py): never on both sides.
 """
 
 from __future__ import annotations
