@@ -159,6 +159,7 @@ def test_signatures_are_datasketchs_minhash_for_a_chunk_at_once(monkeypatch):
     rng = np.random.default_rng(3)
     docs = [document(rng, lines=int(rng.integers(1, 40))) for _ in range(30)]
     docs += ["", "  ", "two words", ("A prompt?", "and its response.")]
+    assert (dedup.signatures([" \n", "\n\n"]) == np.iinfo(np.uint32).max).all()  # no shingle at all
 
     def theirs(doc) -> np.ndarray:  # datasketch's own MinHash, one document at a time
         minhash = MinHash(dedup.NUM_PERM, seed=1, hashfunc=int, scheme="affine32")

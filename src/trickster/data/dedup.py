@@ -128,7 +128,7 @@ def _shingles(owners: list[int], pieces: list[str]) -> tuple[np.ndarray, np.ndar
         h *= np.uint64(0xFF51AFD7ED558CCD)
         h ^= h >> np.uint64(33)
     keys = np.sort((owner << np.uint64(32)) | (h >> np.uint64(32)))
-    keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))]  # distinct (np.unique: slower)
+    keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))] if len(keys) else keys  # distinct
     return (keys >> np.uint64(32)).astype(np.int64), (keys & np.uint64(0xFFFFFFFF)).astype(np.uint32)
 
 
