@@ -7,6 +7,7 @@ FLOPs per token, run in the same process so that the two figures compare as a ra
     python bench/train_throughput.py --presets nano --dtypes float32 bfloat16 --compile both
     python bench/train_throughput.py --device cuda --presets nano gpt2-small --dtypes bfloat16
     python bench/train_throughput.py --peer small nano                # against the peer
+    python bench/train_throughput.py --nanogpt ../nanogpt --threads 1  # against nanoGPT's train.py
 
 Each configuration trains for --steps steps (logging every --interval); the first interval is
 discarded as warm-up (it also holds torch.compile's compilation) and the median of the rest is
@@ -18,6 +19,11 @@ batch 12) and the nano preset's size (--peer nano: 6 layers, 256 wide, 8 heads, 
 batch 16). nano-trickster's model runs at the same width, depth, heads, context and batch, with its
 SwiGLU width set so that its FLOPs per token match the peer's GELU MLP (8/3 x width) and its
 vocabulary left unpadded (65), like the peer's.
+
+With --nanogpt DIR the peer is nanoGPT's own train.py from that checkout (bench/nanogpt.py), run
+at the same shapes (--peer picks them; both by default), alternating with ours --repeats times;
+its ms/step is the median of the per-iteration times it prints itself, after warm-up, and
+includes its batch loading and logging, as ours includes our loop's. Pin --threads for both.
 """
 
 from __future__ import annotations
@@ -42,7 +48,8 @@ from trickster.train.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-import gpt2_peer  # noqa: E402  (a sibling script)
+import gpt2_peer  # noqa: E402  (sibling scripts)
+import nanogpt  # noqa: E402
 
 DEFAULT_TEXTS = [
     ROOT.parent / "shared" / "data" / "tinyshakespeare.txt",
@@ -115,6 +122,23 @@ def grid(args, data_dir: Path) -> None:
         )
 
 
+def matched_overrides(layers: int, width: int, heads: int, context: int, batch: int) -> list[str]:
+    """Our model at a GPT-2-style peer's shape, with the FLOPs per token of its GELU MLP."""
+    mlp = round(8 * width / 3)  # SwiGLU's three matrices = GELU's two at 4x width
+    return [
+        "device_config.device=cpu",
+        f"model_config.num_layers={layers}",
+        f"model_config.hidden_dim={width}",
+        f"model_config.num_heads={heads}",
+        f"model_config.mlp_dim={mlp}",
+        f"model_config.max_seq_len={context}",
+        "model_config.vocab_size=65",
+        "model_config.dropout=0.0",
+        f"training_config.batch_size={batch}",
+        "training_config.learning_rate=1e-3",
+    ]
+
+
 def peer(args, data_dir: Path, shape: str) -> None:
     layers, width, heads, context, batch = PEER_SHAPES[shape]
     steps = args.steps or (100 if shape == "small" else 12)
@@ -126,20 +150,7 @@ def peer(args, data_dir: Path, shape: str) -> None:
     peer_ms = 1000 * statistics.median(times[max(1, steps // 6) :])
     peer_flops = gpt2_peer.flops_per_token(peer_model, layers, width, context)
 
-    mlp = round(8 * width / 3)  # SwiGLU's three matrices = GELU's two at 4x width
-    overrides = [
-        "device_config.device=cpu",
-        f"model_config.num_layers={layers}",
-        f"model_config.hidden_dim={width}",
-        f"model_config.num_heads={heads}",
-        f"model_config.mlp_dim={mlp}",
-        f"model_config.max_seq_len={context}",
-        "model_config.vocab_size=65",
-        "model_config.dropout=0.0",
-        f"training_config.batch_size={batch}",
-        "training_config.learning_rate=1e-3",
-        *args.overrides,
-    ]
+    overrides = [*matched_overrides(layers, width, heads, context, batch), *args.overrides]
     peer_tok_s = batch * context / (peer_ms / 1000)
     print(f"--peer {shape}: {layers} layers, {width} wide, {heads} heads, context {context}, batch {batch}")
     print(f"  {'':<26} {'FLOPs/token':>12} {'ms/step':>9} {'tokens/s':>10} {'GFLOP/s':>8} {'vs peer':>8}")
@@ -160,6 +171,62 @@ def peer(args, data_dir: Path, shape: str) -> None:
         )
 
 
+def against_nanogpt(args, data_dir: Path, shape: str) -> None:
+    """nanoGPT's own train.py at the peer shape, alternating with ours, --repeats times each."""
+    layers, width, heads, context, batch = PEER_SHAPES[shape]
+    steps = args.steps or (60 if shape == "small" else 8)
+    checkout = nanogpt.check_checkout(args.nanogpt)
+    work = Path(tempfile.mkdtemp(dir=data_dir.parent))
+    vocab = nanogpt.prepare_data(args.text, work)
+    their_args = [
+        "--device=cpu",
+        "--compile=False",
+        "--log_interval=1",
+        "--eval_iters=1",  # its one evaluation, at iteration 0, is not timed below
+        f"--eval_interval={steps * 10}",
+        f"--max_iters={steps}",
+        f"--n_layer={layers}",
+        f"--n_head={heads}",
+        f"--n_embd={width}",
+        f"--block_size={context}",
+        f"--batch_size={batch}",
+        "--dropout=0.0",
+    ]
+    their_flops = nanogpt.flops_per_token(layers, width, context, vocab)
+    overrides = [*matched_overrides(layers, width, heads, context, batch), *args.overrides]
+    theirs, ours = [], []
+    for repeat in range(args.repeats):
+        for who in ("nanogpt", "ours") if repeat % 2 == 0 else ("ours", "nanogpt"):
+            if who == "nanogpt":
+                run = nanogpt.run(checkout, work, their_args, args.threads or 2)
+                theirs.append(statistics.median(run.iter_ms[max(2, steps // 6) :]))  # after warm-up
+            else:
+                ours.append(measure("tiny", data_dir, steps, max(1, steps // 6), overrides))
+    their_ms = statistics.median(theirs)
+    their_tok_s = batch * context / (their_ms / 1000)
+    our_ms = statistics.median(r["ms_per_step"] for r in ours)
+    flops = ours[0]["flops_per_token"]
+    our_tok_s = batch * context / (our_ms / 1000)
+    ratio = our_tok_s * flops / (their_tok_s * their_flops)
+    print(
+        f"--nanogpt {shape}: {layers} layers, {width} wide, {heads} heads, context {context}, batch {batch}; "
+        f"median of {args.repeats} alternating run(s) each, {steps} steps"
+    )
+    print(f"  {'':<26} {'FLOPs/token':>12} {'ms/step':>9} {'tokens/s':>10} {'GFLOP/s':>8} {'vs nanoGPT':>10}")
+    print(
+        f"  {'nanoGPT train.py (eager)':<26} {their_flops:>12,} {their_ms:>9.1f} {their_tok_s:>10,.0f} "
+        f"{their_tok_s * their_flops / 1e9:>8.1f} {'1.00x':>10}"
+    )
+    print(
+        f"  {'nano-trickster (eager)':<26} {flops:>12,} {our_ms:>9.1f} {our_tok_s:>10,.0f} "
+        f"{our_tok_s * flops / 1e9:>8.1f} {ratio:>9.2f}x"
+    )
+    print(
+        f"  runs (ms/step): nanoGPT {[round(m, 1) for m in theirs]}, "
+        f"ours {[round(r['ms_per_step'], 1) for r in ours]}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["tiny", "nano"])
@@ -167,6 +234,8 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=["float32"])
     parser.add_argument("--compile", choices=("off", "on", "both"), default="off")
     parser.add_argument("--peer", nargs="+", choices=sorted(PEER_SHAPES), help="compare with the peer")
+    parser.add_argument("--nanogpt", type=Path, help="a nanoGPT checkout: compare with its train.py")
+    parser.add_argument("--repeats", type=int, default=3, help="with --nanogpt: alternating runs of each")
     parser.add_argument("--steps", type=int, default=None, help="default: 60 for tiny, 12 otherwise")
     parser.add_argument("--interval", type=int, default=None)
     parser.add_argument("--text", type=Path, default=next((p for p in DEFAULT_TEXTS if p.exists()), None))
@@ -185,7 +254,10 @@ def main() -> None:
             + (f", fp32 matmul ceiling {ceiling / 1e9:.0f} GFLOP/s" if ceiling else "")
             + f", text {args.text.name}"
         )
-        if args.peer:
+        if args.nanogpt:
+            for shape in args.peer or sorted(PEER_SHAPES, reverse=True):
+                against_nanogpt(args, data_dir, shape)
+        elif args.peer:
             for shape in args.peer:
                 peer(args, data_dir, shape)
         else:

@@ -31,7 +31,7 @@ from trickster.observe.manifest import run_manifest
 from trickster.observe.sinks import MetricSinks
 from trickster.train import checkpoint as ckpt
 from trickster.train import dist
-from trickster.train.device import autocast_for, peak_flops, resolve_device
+from trickster.train.device import autocast_for, keep_freed_memory, peak_flops, resolve_device
 from trickster.train.finetune import setup_finetuning
 from trickster.train.optim import build_optimizer, set_lr
 from trickster.train.resume import check_resumable, open_run_dir, restore_trainer, truncate_metrics
@@ -69,6 +69,8 @@ def train(
         echo, progress = (lambda *args: None), False
     if cfg.device.threads:
         torch.set_num_threads(cfg.device.threads)
+    if device.type == "cpu":
+        keep_freed_memory()
     if device.type == "cuda":  # float32 matmuls in TF32 on Ampere and later (ignored before)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
