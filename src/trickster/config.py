@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from trickster.errors import UserError
 
@@ -140,11 +140,13 @@ class TrainingConfig(_Section):
 class DeviceConfig(_Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     """Where to train: auto picks cuda, then mps, then cpu."""
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Autocast precision of the forward pass; weights and optimizer state stay float32. float16
-    adds a GradScaler. float32 matmuls on CUDA use TF32 (Ampere and later)."""
-    compile: bool = False
-    """Compile the model with torch.compile (checkpoints still hold the plain module)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Autocast precision of the forward pass; weights and optimizer state stay float32. auto is
+    bfloat16 on a CUDA GPU with bfloat16 tensor cores (Ampere and later) and float32 elsewhere.
+    float16 adds a GradScaler. float32 matmuls on CUDA use TF32 (Ampere and later)."""
+    compile: bool | None = None
+    """Compile each block with torch.compile; empty (or auto) compiles on CUDA GPUs of Ampere and
+    later and nowhere else (checkpoints still hold the plain module)."""
     threads: int | None = Field(None, gt=0)
     """CPU threads for PyTorch; empty leaves PyTorch's default."""
     memory_gib: float | None = Field(None, gt=0)
@@ -165,6 +167,12 @@ class DeviceConfig(_Section):
     """Seconds a collective may wait for a silent process before the job fails."""
     activation_checkpointing: bool = False
     """Recompute each block's activations in the backward pass: less memory, about 30% more compute."""
+
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_auto(cls, value):
+        return None if value == "auto" else value  # `auto` reads like dtype's and device's
 
 
 class LoggingConfig(_Section):

@@ -1,11 +1,14 @@
-"""Which device a run uses, its autocast context, how fast the device can multiply matrices,
-and what share of that a training run achieves (MFU).
+"""Which device a run uses, in which precision, its autocast context, how fast the device can
+multiply matrices, and what share of that a training run achieves (MFU).
 
-MFU here is achieved FLOP/s (tokens/s x `model.flops_per_token`) over the *measured* matmul ceiling
-of the run's device in the run's compute dtype: the median of timed square matmuls, measured once
-per process. A vendor's datasheet peak is higher than any real kernel reaches (and unknown for most
-CPUs), so a measured ceiling says more about what is left to gain on this machine.
-`device_config.peak_tflops` replaces the measurement (e.g. 989 for an H100 SXM's dense bf16 peak).
+MFU is achieved FLOP/s (tokens/s x `model.flops_per_token`) over a peak, chosen in this order:
+1. `device_config.peak_tflops`, when set;
+2. on a GPU of the table below, its datasheet peak for dense matrices in the run's dtype (float32
+   runs use TF32, which training turns on): the figure papers and the field report MFU against;
+3. otherwise (CPUs, other GPUs) the *measured* matmul ceiling: the median of timed square matmuls
+   in the run's dtype, measured once per process.
+The measured ceiling is also kept as a second figure on GPUs: it says what a real kernel reaches
+on this machine (on an H100 a good deal below the datasheet).
 """
 
 from __future__ import annotations
@@ -16,10 +19,27 @@ import functools
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from trickster.errors import UserError
+
+# Dense (no sparsity) tensor-core TFLOP/s from NVIDIA's datasheets and architecture whitepapers,
+# by the run's dtype; float32 means TF32. GeForce cards: FP16/BF16 with float32 accumulation.
+# The first name contained in the device's name wins, so the longer names come first.
+DATASHEET_TFLOPS: list[tuple[str, dict[str, float]]] = [
+    ("H100 PCIe", {"bfloat16": 756.0, "float16": 756.0, "float32": 378.0}),
+    ("H100 NVL", {"bfloat16": 835.5, "float16": 835.5, "float32": 417.5}),
+    ("H200 NVL", {"bfloat16": 835.5, "float16": 835.5, "float32": 417.5}),
+    ("H100", {"bfloat16": 989.5, "float16": 989.5, "float32": 494.7}),  # SXM: "H100 80GB HBM3"
+    ("H200", {"bfloat16": 989.5, "float16": 989.5, "float32": 494.7}),
+    ("A100", {"bfloat16": 312.0, "float16": 312.0, "float32": 156.0}),
+    ("L4", {"bfloat16": 121.0, "float16": 121.0, "float32": 60.0}),
+    ("RTX 4090", {"bfloat16": 165.2, "float16": 165.2, "float32": 82.6}),
+    ("RTX 3090", {"bfloat16": 71.0, "float16": 71.0, "float32": 35.6}),
+]
 
 
 @functools.cache
@@ -64,16 +84,45 @@ def matmul_ceiling(device_type: str, dtype_name: str, device_index: int | None =
     return 2 * size**3 / statistics.median(times)
 
 
-def peak_flops(device: torch.device, dtype_name: str, peak_tflops: float | None = None) -> float | None:
-    """The FLOP/s that MFU divides by: the configured peak, or the measured matmul ceiling.
+def datasheet_flops(device_name: str, dtype_name: str) -> tuple[float, str] | None:
+    """(FLOP/s, the table's name) for a GPU of DATASHEET_TFLOPS, else None."""
+    for name, by_dtype in DATASHEET_TFLOPS:
+        if name.lower() in device_name.lower() and dtype_name in by_dtype:
+            return by_dtype[dtype_name] * 1e12, name
+    return None
 
-    float16 on a CPU has no fast matmul path to measure meaningfully, so MFU is left out there.
-    """
+
+@dataclass(frozen=True)
+class Peak:
+    """What MFU divides by, where that figure comes from, and the measured ceiling beside it."""
+
+    flops: float | None  # per device; None: no MFU (float16 on a CPU)
+    source: str  # "device_config.peak_tflops", "datasheet H100 bfloat16", "measured matmul"
+    measured: float | None = None  # the measured matmul ceiling (None where not measured)
+
+
+def mfu_peak(
+    device: torch.device, dtype_name: str, peak_tflops: float | None = None, measure: bool = True
+) -> Peak:
+    """The peak for MFU (see the module docstring); `measure=False` skips the timed matmuls."""
+    dtype_name = compute_dtype_name(dtype_name, device)
+    measured = None
+    # float16 on a CPU has no fast matmul path to measure meaningfully
+    measurable = device.type == "cuda" or (device.type == "cpu" and dtype_name != "float16")
+    if measure and measurable:
+        measured = matmul_ceiling(device.type, dtype_name, device.index)
     if peak_tflops:
-        return peak_tflops * 1e12
-    if device.type not in ("cpu", "cuda") or (device.type == "cpu" and dtype_name == "float16"):
-        return None
-    return matmul_ceiling(device.type, dtype_name, device.index)
+        return Peak(peak_tflops * 1e12, "device_config.peak_tflops", measured)
+    if device.type == "cuda":
+        found = datasheet_flops(torch.cuda.get_device_name(device), dtype_name)
+        if found is not None:
+            return Peak(found[0], f"datasheet {found[1]} {dtype_name}", measured)
+    return Peak(measured, "measured matmul", measured)
+
+
+def peak_flops(device: torch.device, dtype_name: str, peak_tflops: float | None = None) -> float | None:
+    """The FLOP/s that MFU divides by (`mfu_peak(...).flops`)."""
+    return mfu_peak(device, dtype_name, peak_tflops).flops
 
 
 def resolve_device(name: str, key: str = "device_config.device") -> torch.device:
@@ -92,7 +141,67 @@ def resolve_device(name: str, key: str = "device_config.device") -> torch.device
     return torch.device(name)
 
 
+def fast_gpu(device: torch.device) -> bool:
+    """A CUDA GPU with bfloat16 tensor cores (Ampere, compute capability 8.0, and later), where
+    bfloat16 autocast and torch.compile pay off. (`is_bf16_supported` also counts emulation.)"""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def compute_dtype_name(name: str, device: torch.device) -> str:
+    """device_config.dtype as a run on `device` uses it: `auto` is bfloat16 on a fast GPU, float32
+    elsewhere (CPUs keep float32: their bfloat16 matmuls are slower)."""
+    if name != "auto":
+        return name
+    return "bfloat16" if fast_gpu(device) else "float32"
+
+
+def resolve_precision(cfg, device: torch.device):
+    """A copy of the Config with device_config.dtype and compile as the run uses them: `auto`
+    (compile: empty) becomes bfloat16 and compile on a fast GPU (see fast_gpu), float32 and eager
+    elsewhere."""
+    d = cfg.device
+    if d.dtype != "auto" and d.compile is not None:
+        return cfg
+    cfg = cfg.model_copy(deep=True)
+    cfg.device.dtype = compute_dtype_name(d.dtype, device)
+    if d.compile is None:
+        cfg.device.compile = fast_gpu(device)
+    return cfg
+
+
+def inference_dtype(device: torch.device) -> str:
+    """The compute dtype of generate, eval and compare: bfloat16 autocast on a fast GPU (fused
+    attention kernels, grouped-query attention included, need half precision), else float32."""
+    return compute_dtype_name("auto", device)
+
+
 def autocast_for(device: torch.device, dtype_name: str):
+    dtype_name = compute_dtype_name(dtype_name, device)
     if dtype_name == "float32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype_name))
+
+
+def set_matmul_precision(device: torch.device) -> Callable[[], None]:
+    """float32 matmuls in TF32 on CUDA (Ampere and later; ignored before); returns a function that
+    puts the previous setting back. Nothing changes elsewhere.
+
+    One API only: the per-backend `fp32_precision` where torch has it (2.9 and later), else the
+    older `allow_tf32` flag; torch refuses to mix the two in one process. Only matmuls: the model
+    has no convolutions.
+    """
+    if device.type != "cuda":
+        return lambda: None
+    matmul = torch.backends.cuda.matmul
+    name, value = ("fp32_precision", "tf32") if _has(matmul, "fp32_precision") else ("allow_tf32", True)
+    before = getattr(matmul, name)
+    setattr(matmul, name, value)
+    return lambda: setattr(matmul, name, before)
+
+
+def _has(obj, name: str) -> bool:
+    try:
+        getattr(obj, name)
+    except (AttributeError, RuntimeError):
+        return False
+    return True
