@@ -7,7 +7,13 @@ LOCAL_RANK, joins the process group and trains its share of every global batch:
     enable_ddp                 DistributedDataParallel: full replicas, gradients all-reduced
     enable_fsdp                FSDP2 `fully_shard` on every block and the root: parameters,
                                gradients and AdamW state sharded over mesh_shape[1] processes,
-                               replicated over mesh_shape[0] (hybrid sharding when both > 1)
+                               replicated over mesh_shape[0] (hybrid sharding when both > 1);
+                               with bfloat16 runs the gathered weights are bfloat16 and the
+                               gradients are reduced in float32 (a MixedPrecisionPolicy)
+
+On GPUs the process group has two backends, "cpu:gloo,cuda:nccl": nccl moves CUDA tensors only,
+and the few CPU-side collectives (the objects of `broadcast`/`gather`) go over gloo. The scalar
+collectives (`mean`, `any_rank`) put their tensor on the job's device.
 
 Checkpoints hold gathered full state dicts (rank 0 writes them), so a run saved on N processes
 resumes on M, and single-process `generate` reads it.
@@ -17,9 +23,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import inspect
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -31,11 +38,12 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from trickster.config import DeviceConfig
 from trickster.errors import UserError
+from trickster.train.device import compute_dtype_name
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,8 @@ class Dist:
     local_rank: int = 0
     mode: str = "single"  # single | ddp | fsdp
     mesh: DeviceMesh | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where collectives run
+    dtype: str = "float32"  # the run's compute dtype: FSDP2 gathers bfloat16 weights for bfloat16
 
     @property
     def is_main(self) -> bool:
@@ -92,23 +102,35 @@ def setup(cfg: DeviceConfig, device_type: str) -> Dist:
     shape = MeshShape.choose(cfg, world_size)  # before joining: a bad mesh leaves nothing behind
     launched = "RANK" in os.environ  # by torchrun; otherwise a group of one, to exercise the path
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    backend = cfg.backend
-    if backend == "auto":
-        backend = "nccl" if device_type == "cuda" else "gloo"
+    backend = _backend(cfg.backend, device_type)
+    device = torch.device(device_type, local_rank) if device_type == "cuda" else torch.device(device_type)
     if device_type == "cuda":
         torch.cuda.set_device(local_rank)
+    # nccl binds its communicator to this process's GPU at once instead of guessing it later
+    bound = {"device_id": device} if device_type == "cuda" else {}
     timeout = datetime.timedelta(seconds=cfg.timeout_s)
     if not dist.is_initialized():
         if launched:
-            dist.init_process_group(backend=backend, timeout=timeout)
+            dist.init_process_group(backend=backend, timeout=timeout, **bound)
         else:
             address = f"tcp://127.0.0.1:{_free_port()}"
-            dist.init_process_group(backend, init_method=address, rank=0, world_size=1, timeout=timeout)
+            dist.init_process_group(
+                backend, init_method=address, rank=0, world_size=1, timeout=timeout, **bound
+            )
     mode = "fsdp" if cfg.enable_fsdp else "ddp"
     mesh = init_device_mesh(
         device_type, (shape.replicate, shape.shard), mesh_dim_names=("replicate", "shard")
     )
-    return Dist(rank, world_size, local_rank, mode, mesh)
+    dtype = compute_dtype_name(cfg.dtype, device)
+    return Dist(rank, world_size, local_rank, mode, mesh, device, dtype)
+
+
+def _backend(choice: str, device_type: str) -> str:
+    """nccl has no CPU tensors ("No backend type associated with device type cpu"): a CUDA job
+    pairs it with gloo for whatever collective still runs on the CPU."""
+    if choice == "gloo" or (choice == "auto" and device_type != "cuda"):
+        return "gloo"
+    return "cpu:gloo,cuda:nccl"
 
 
 def shutdown() -> None:
@@ -121,35 +143,86 @@ def is_main_process() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
-def parallelize(model: torch.nn.Module, d: Dist, device: torch.device) -> torch.nn.Module:
+def parallelize(
+    model: torch.nn.Module, d: Dist, device: torch.device, compile: bool = False
+) -> torch.nn.Module:
     """Wrap a finished model for the job. Returns the module to call for training steps.
+
+    `compile`: compile each block's forward (as torchtitan does), before any wrapping, so that
+    FSDP2's hooks run outside the compiled code, the names of parameters and checkpoints stay
+    plain, and one compiled graph serves every block. The embedding and the loss stay eager.
 
     FSDP2 shards in place (the same object, still the model for sampling and saving); DDP returns
     a wrapper around the unchanged model.
     """
+    if compile:
+        compile_blocks(model)
     if d.mode == "ddp":
-        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        return DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            gradient_as_bucket_view=True,  # gradients live in the all-reduce buckets: no copy
+            **NO_BUFFER_SYNC,
+        )
     if d.mode == "fsdp":
         mesh = d.mesh if d.mesh.shape[0] > 1 else d.mesh["shard"]  # 2-D mesh: hybrid sharding
-        for block in model.layers:
-            fully_shard(block, mesh=mesh)
-        fully_shard(model, mesh=mesh)
+        policy = mixed_precision(d.dtype)
+        last = len(model.layers) - 1
+        for i, block in enumerate(model.layers):
+            # the last block's backward comes right after its forward: keep it gathered
+            fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=i < last)
+        # the root (embedding, final norm, output) is needed again at once by the backward
+        fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=False)
     return model
 
 
-def gradient_sync(step_model: torch.nn.Module, d: Dist, enabled: bool):
-    """Skip the gradient all-reduce on all but the last micro-batch of a step."""
-    if d.mode == "ddp" and not enabled:
+# the only buffers are the rotary tables, equal everywhere: no broadcast before every forward
+# (torch 2.13 renamed the switch; older versions, as on some GPU machines, know the first name)
+NO_BUFFER_SYNC = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+    else {"broadcast_buffers": False}
+)
+
+
+def mixed_precision(dtype_name: str) -> MixedPrecisionPolicy:
+    """bfloat16 runs gather bfloat16 weights (half the bytes, and autocast has nothing left to
+    cast); gradients are reduced in float32 whatever the dtype, so the sum loses nothing."""
+    param_dtype = torch.bfloat16 if dtype_name == "bfloat16" else None
+    return MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+
+
+def compile_blocks(model: torch.nn.Module) -> None:
+    """torch.compile each block's forward in place. Generation runs them eagerly (see
+    model/generate.py): a KV cache would recompile them for every length."""
+    for block in model.layers:
+        block.forward = torch.compile(block.forward)
+
+
+def micro_batch(step_model: torch.nn.Module, d: Dist, last: bool):
+    """The context of one micro-batch of a step; `last` is the step's final one.
+
+    Gradients are averaged across processes once, on the last micro-batch. Under FSDP2 the
+    gathered weights also stay gathered from one micro-batch to the next (no second all-gather
+    before the next forward) and are sharded again after the last backward, before the update.
+    """
+    if d.mode == "ddp" and not last:
         return step_model.no_sync()
     if d.mode == "fsdp":
-        step_model.set_requires_gradient_sync(enabled)
+        step_model.set_requires_gradient_sync(last)
+        step_model.set_reshard_after_backward(last)
     return contextlib.nullcontext()
+
+
+def gradient_sync(step_model: torch.nn.Module, d: Dist, enabled: bool):
+    """`micro_batch` under its earlier name: `enabled` is True on the step's last micro-batch."""
+    return micro_batch(step_model, d, enabled)
 
 
 def mean(value: float, d: Dist) -> float:
     if not d.active:
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=d.device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return float(t.item()) / d.world_size
 
@@ -157,7 +230,7 @@ def mean(value: float, d: Dist) -> float:
 def any_rank(flag: bool, d: Dist) -> bool:
     if not d.active:
         return flag
-    t = torch.tensor([1 if flag else 0])
+    t = torch.tensor([1 if flag else 0], device=d.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
 

@@ -1,0 +1,218 @@
+"""How dist.py builds a job: its process group on GPUs (faked here), the DDP wrapper, FSDP2's
+mixed precision and resharding, per-block compile. One process on gloo in this test, and 2
+processes where the collectives themselves matter (test_two_processes_...)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import socket
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as td
+import torch.multiprocessing as mp
+from torch.distributed.device_mesh import init_device_mesh
+
+from trickster.config import config_from_dict
+from trickster.model.generate import generate
+from trickster.model.transformer import Transformer
+from trickster.train import dist
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="gloo process groups on POSIX")
+CPU = torch.device("cpu")
+MODEL = {
+    "vocab_size": 65,
+    "hidden_dim": 32,
+    "num_layers": 2,
+    "num_heads": 4,
+    "mlp_dim": 64,
+    "max_seq_len": 16,
+}
+
+
+def config(**device):
+    return config_from_dict({"model_config": MODEL, "device_config": {"device": "cpu", **device}})
+
+
+@pytest.fixture
+def job_of_one(request):
+    """dist.setup for a one-process group (no torchrun), left again at the end of the test."""
+    jobs = []
+
+    def make(**device):
+        jobs.append(dist.setup(config(**device).device, "cpu"))
+        return jobs[-1]
+
+    yield make
+    dist.shutdown()
+
+
+def batch(seed: int = 0):
+    x = torch.randint(0, 65, (2, 9), generator=torch.Generator().manual_seed(seed))
+    return x[:, :-1], x[:, 1:]
+
+
+def as_gloo(backend: str) -> str:
+    """The backend string with gloo in nccl's place, for the same device types (nccl: CUDA only)."""
+    parts = [
+        part if ":" in part else f"cuda:{part}" if part == "nccl" else part for part in backend.split(",")
+    ]
+    return ",".join(part.replace(":nccl", ":gloo") for part in parts)
+
+
+def test_a_cuda_job_pairs_nccl_with_gloo_and_binds_its_gpu(monkeypatch):
+    """nccl has no CPU tensors: a group of nccl alone fails the first CPU collective ("No backend
+    type associated with device type cpu"). This CPU stands in for the GPU, with gloo registered
+    exactly where the job asks for nccl."""
+    seen = {}
+    real_init, real_mesh = td.init_process_group, init_device_mesh
+
+    def init(backend, **kwargs):
+        seen.update(backend=backend, device_id=kwargs.pop("device_id", None))
+        return real_init(as_gloo(backend), **kwargs)
+
+    monkeypatch.setattr(td, "init_process_group", init)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: seen.update(set_device=index))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(dist, "init_device_mesh", lambda kind, *a, **k: real_mesh("cpu", *a, **k))
+    try:
+        job = dist.setup(config(enable_ddp=True).device, "cuda")
+        assert seen == {
+            "backend": "cpu:gloo,cuda:nccl",
+            "device_id": torch.device("cuda", 0),
+            "set_device": 0,
+        }
+        assert job.device == torch.device("cuda", 0)  # where mean and any_rank put their scalars
+        on_this_cpu = replace(job, device=CPU)
+        assert dist.mean(3.0, on_this_cpu) == 3.0 and dist.any_rank(True, on_this_cpu)
+        assert dist.broadcast({"step": 7}, job) == {"step": 7}  # object collectives go over gloo
+    finally:
+        dist.shutdown()
+    assert as_gloo("nccl") == "cuda:gloo"  # the old string, as this test would have run it
+
+
+def test_ddp_broadcasts_no_buffers_before_each_forward(job_of_one):
+    job = job_of_one(enable_ddp=True)
+    ddp = dist.parallelize(Transformer(config().model), job, CPU)
+    assert ddp.will_sync_module_buffers() is False and ddp.gradient_as_bucket_view is True
+    broadcasts = []
+    real = ddp._distributed_broadcast_coalesced
+    ddp._distributed_broadcast_coalesced = lambda *a, **k: broadcasts.append(a) or real(*a, **k)
+    for seed in range(3):
+        ddp(*batch(seed))[1].backward()
+    assert broadcasts == []  # the rotary tables are the same everywhere: nothing to send
+
+
+def forward_dtypes(model) -> list[torch.dtype]:
+    seen = []
+    model.layers[0].attention.wq.register_forward_hook(
+        lambda module, a, out: seen.append(module.weight.dtype)
+    )
+    return seen
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_fsdp_gathers_bfloat16_weights_for_bfloat16_runs_and_reduces_in_float32(job_of_one, dtype):
+    job = job_of_one(enable_fsdp=True, dtype=dtype)
+    model = Transformer(config().model)
+    dist.parallelize(model, job, CPU)
+    seen = forward_dtypes(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+        model(*batch())[1].backward()
+    assert seen == [getattr(torch, dtype)]
+    grads = {p.grad.dtype for p in model.parameters()}
+    assert grads == {torch.float32}  # sharded gradients, reduced in float32, for float32 AdamW state
+
+
+def test_fsdp_keeps_weights_gathered_between_the_micro_batches_of_a_step(job_of_one):
+    job = job_of_one(enable_fsdp=True)
+    model = Transformer(config().model)
+    step_model = dist.parallelize(model, job, CPU)
+    wq = model.layers[0].attention.wq
+    kinds = []
+    for micro_step in range(3):
+        with dist.gradient_sync(step_model, job, micro_step == 2):  # the name the loop calls
+            step_model(*batch(micro_step))[1].backward()
+        kinds.append(type(wq.weight).__name__)
+    # gathered (a plain tensor) after the first two backward passes, sharded again after the last
+    assert kinds == ["Parameter", "Parameter", "DTensor"]
+
+
+def test_compiled_blocks_under_fsdp_train_like_eager_and_sample_without_compiling(job_of_one, monkeypatch):
+    # aot_eager traces and partitions like inductor, without generating C++ on this CPU
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    torch._dynamo.reset()
+    job = job_of_one(enable_fsdp=True)
+    torch.manual_seed(0)
+    eager = Transformer(config().model)
+    compiled = Transformer(config().model)
+    compiled.load_state_dict(eager.state_dict())
+    step_model = dist.parallelize(compiled, job, CPU, compile=True)
+    assert all(hasattr(block.forward, "_torchdynamo_orig_callable") for block in compiled.layers)
+    assert not any("_orig_mod" in name for name in compiled.state_dict())  # plain names
+    for seed in range(2):
+        torch.testing.assert_close(step_model(*batch(seed))[1], eager(*batch(seed))[1])
+    frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    tokens = list(generate(compiled, [1, 2, 3], 6, temperature=0))  # FSDP-sharded, under no_grad
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == frames  # nothing compiled
+    assert tokens == list(generate(eager, [1, 2, 3], 6, temperature=0))
+    torch._dynamo.reset()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_process_worker(rank: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    td.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        mesh = init_device_mesh("cpu", (1, 2), mesh_dim_names=("replicate", "shard"))
+        job = dist.Dist(rank, 2, rank, "fsdp", mesh, CPU, "bfloat16")
+        torch.manual_seed(0)
+        model = Transformer(config().model)
+        step_model = dist.parallelize(model, job, CPU)
+        seen = forward_dtypes(model)
+        kinds = []
+        for micro_step in range(2):
+            with dist.micro_batch(step_model, job, micro_step == 1):
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    loss = step_model(*batch(2 * rank + micro_step))[1]
+                loss.backward()
+            kinds.append(type(model.layers[0].attention.wq.weight).__name__)
+        ddp_job = replace(job, mode="ddp")
+        ddp = dist.parallelize(Transformer(config().model), ddp_job, CPU)
+        broadcasts = []
+        real = ddp._distributed_broadcast_coalesced
+        ddp._distributed_broadcast_coalesced = lambda *a, **k: broadcasts.append(1) or real(*a, **k)
+        for seed in range(2):
+            ddp(*batch(seed))[1].backward()
+        result = {
+            "dtypes": [str(d) for d in seen],
+            "kinds": kinds,
+            "mean": dist.mean(float(rank), job),
+            "any": dist.any_rank(rank == 1, job),
+            "broadcasts": len(broadcasts),
+        }
+        Path(out, f"{rank}.json").write_text(json.dumps(result))
+    finally:
+        td.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_processes_gather_bfloat16_shards_and_agree_on_scalars(tmp_path):
+    mp.start_processes(
+        _two_process_worker, args=(_free_port(), str(tmp_path)), nprocs=2, start_method="spawn"
+    )
+    for rank in range(2):
+        result = json.loads((tmp_path / f"{rank}.json").read_text())
+        assert result["dtypes"] == ["torch.bfloat16"] * 2
+        assert result["kinds"] == ["Parameter", "DTensor"]
+        assert result["mean"] == 0.5 and result["any"] is True
+        assert result["broadcasts"] == 0
