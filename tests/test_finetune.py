@@ -101,14 +101,19 @@ def test_prompt_tokens_carry_no_gradient(chat_data):
     )
     model = Transformer(cfg.model)
     x, y = BatchSampler(data.train, seq_len=48, batch_size=4, seed=1).next_batch()
-    logits, loss = model(x, y)
-    logits.retain_grad()
+    final = {}  # the final norm's output: the loss's only input from each position
+    hook = model.norm.register_forward_hook(lambda module, args, out: final.update(h=out))
+    _, loss = model(x, y)
+    hook.remove()
+    final["h"].retain_grad()
     loss.backward()
-    grad = logits.grad.abs().sum(dim=-1)  # (B, T)
+    grad = final["h"].grad.abs().sum(dim=-1)  # (B, T)
     prompt = y == IGNORE_INDEX
     assert prompt.any() and (~prompt).any()
     assert torch.all(grad[prompt] == 0)  # a prompt token as a target contributes nothing
     assert torch.all(grad[~prompt] > 0)
+    with torch.no_grad():
+        logits, _ = model(x)
     by_hand = torch.nn.functional.cross_entropy(logits[~prompt], y[~prompt])
     torch.testing.assert_close(loss, by_hand)
 

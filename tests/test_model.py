@@ -1,9 +1,11 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from trickster.config import ModelConfig, load_config, preset_names
+from trickster.model import transformer
 from trickster.model.flops import flops_per_token, parameter_breakdown
-from trickster.model.transformer import Transformer, apply_rotary, rotary_tables
+from trickster.model.transformer import Transformer, apply_rotary, chunked_cross_entropy, rotary_tables
 
 
 def small(**changes) -> ModelConfig:
@@ -92,3 +94,71 @@ def test_init_weights_scales_residual_projections():
     assert abs(model.layers[0].attention.wq.weight.std().item() - 0.02) < 0.002
     assert abs(model.layers[0].attention.wo.weight.std().item() - 0.02 / 4) < 0.001
     assert torch.all(model.norm.weight == 1)
+
+
+def plain_loss(model, idx, targets):
+    """The loss as it was computed before chunking: full float32 logits, then F.cross_entropy."""
+    logits, _ = model(idx)
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+
+
+@pytest.mark.parametrize("rows", [None, 5, 1])
+@pytest.mark.parametrize("tied", [True, False])
+def test_chunked_loss_and_gradients_equal_the_plain_ones(rows, tied, monkeypatch):
+    """In float32 within rounding, skipped targets (-100) included, one chunk or many."""
+    if rows is not None:  # 5 rows of 50 logits: chunks that do not divide the 2 x 16 tokens
+        monkeypatch.setattr(transformer, "LOSS_CHUNK_ELEMENTS", rows * 50)
+    torch.manual_seed(0)
+    model = Transformer(small(tie_embeddings=tied))
+    idx, targets = torch.randint(0, 50, (2, 2, 16))
+    targets[0, :6] = -100  # a prompt: not scored
+    targets[1, -1] = -100
+
+    _, loss = model(idx, targets)
+    loss.backward()
+    chunked = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    reference = plain_loss(model, idx, targets)
+    reference.backward()
+    torch.testing.assert_close(loss, reference)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(chunked[name], p.grad, rtol=1e-5, atol=1e-6, msg=name)
+    with torch.no_grad():  # evaluation's path: no gradients computed
+        torch.testing.assert_close(model(idx, targets)[1], reference)
+
+
+def test_the_loss_keeps_no_tensor_of_tokens_x_vocabulary_for_the_backward_pass():
+    torch.manual_seed(0)
+    vocab, tokens = 512, 4 * 16  # more tokens than the width: the (vocab, width) gradient is smaller
+    model = Transformer(small(vocab_size=vocab))
+    idx, targets = torch.randint(0, vocab, (2, 4, 16))
+    sizes = []
+
+    def pack(tensor):
+        sizes.append(tensor.numel())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(idx, targets)
+    assert sizes and max(sizes) < tokens * vocab  # the plain loss saves (tokens, vocab) log-softmax
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        plain_loss(model, idx, targets)
+    assert max(sizes) >= tokens * vocab  # ... as this check of the check shows
+
+
+def test_chunked_loss_under_bfloat16_autocast_tracks_float32():
+    torch.manual_seed(0)
+    h = torch.randn(40, 32, requires_grad=True)
+    weight = (0.1 * torch.randn(300, 32)).requires_grad_()
+    targets = torch.randint(0, 300, (40,))
+    reference = chunked_cross_entropy(h, weight, targets)
+    reference.backward()
+    grads = h.grad.clone(), weight.grad.clone()
+    h.grad = weight.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = chunked_cross_entropy(h, weight, targets, chunk_rows=7)
+    loss.backward()
+    assert loss.dtype == torch.float32 and weight.grad.dtype == torch.float32
+    torch.testing.assert_close(loss, reference, rtol=1e-2, atol=0)
+    for got, want in zip((h.grad, weight.grad), grads, strict=True):
+        assert (got - want).abs().max() < 0.02 * want.abs().max()

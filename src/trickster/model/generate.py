@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import torch
 
 from trickster.model.transformer import KVCache, Transformer
+from trickster.train.device import inference_dtype
 
 
 def sample(
@@ -41,7 +43,6 @@ def mask_unused_rows(logits: torch.Tensor, vocab_limit: int | None) -> None:
         logits[..., vocab_limit:] = float("-inf")
 
 
-@torch.inference_mode()  # lighter than no_grad: no version counters or view tracking per op
 def generate(
     model: Transformer,
     prompt_ids: list[int],
@@ -53,36 +54,43 @@ def generate(
     vocab_limit: int | None = None,
     stop_id: int | None = None,
     use_cache: bool = True,
+    dtype: torch.dtype | None = None,
 ) -> Iterator[int]:
     """Yield new token ids one at a time.
 
     `vocab_limit` masks embedding rows the tokenizer never produces (a 256-row model on a 65-symbol
     corpus). With the cache, each step feeds one token; without it, the whole window is re-run.
     Once the context is full, generation continues over the last max_seq_len tokens (uncached).
+    `dtype`: compute in it under autocast, the KV cache too; None: bfloat16 on a CUDA GPU of
+    Ampere or later (train.device.inference_dtype), the weights' own dtype elsewhere.
     """
     was_training = model.training
     model.eval()
-    device = model.tok_embeddings.weight.device
+    weight = model.tok_embeddings.weight
+    device = weight.device
+    if dtype is None:
+        dtype = torch.bfloat16 if inference_dtype(device) == "bfloat16" else weight.dtype
+    autocast_dtype = dtype if dtype != weight.dtype else None
+    sharded = any(type(p.data) is not torch.Tensor for p in model.parameters())  # FSDP2's DTensors
     max_len = model.cfg.max_seq_len
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     tokens = list(prompt_ids)[-max_len:]
-    cache = None
-    if use_cache:
-        cache = KVCache.empty(model.cfg, 1, max_len, device, model.tok_embeddings.weight.dtype)
+    cache = KVCache.empty(model.cfg, 1, max_len, device, dtype) if use_cache else None
     pending = tokens  # tokens not yet seen by the model (all of them at first)
     try:
         with model.fused_projections():
             for _ in range(max_new_tokens):
-                if cache is not None and cache.length + len(pending) <= max_len:
-                    idx = torch.tensor([pending], dtype=torch.long, device=device)
-                    logits, _ = model(idx, cache=cache)
-                else:
-                    cache = None  # window is full: slide it and recompute
-                    idx = torch.tensor([tokens[-max_len:]], dtype=torch.long, device=device)
-                    logits, _ = model(idx)
-                next_logits = logits[:, -1, :]
-                mask_unused_rows(next_logits, vocab_limit)
-                token = int(sample(next_logits, temperature, top_k, top_p, generator).item())
+                with _decoding(sharded, device, autocast_dtype):
+                    if cache is not None and cache.length + len(pending) <= max_len:
+                        idx = torch.tensor([pending], dtype=torch.long, device=device)
+                        logits, _ = model(idx, cache=cache)
+                    else:
+                        cache = None  # window is full: slide it and recompute
+                        idx = torch.tensor([tokens[-max_len:]], dtype=torch.long, device=device)
+                        logits, _ = model(idx)
+                    next_logits = logits[:, -1, :]
+                    mask_unused_rows(next_logits, vocab_limit)
+                    token = int(sample(next_logits, temperature, top_k, top_p, generator).item())
                 if token == stop_id:
                     return
                 tokens.append(token)
@@ -90,3 +98,23 @@ def generate(
                 yield token
     finally:
         model.train(was_training)
+
+
+@contextlib.contextmanager
+def _decoding(sharded: bool, device: torch.device, autocast_dtype: torch.dtype | None):
+    """The context of one decoding step, entered anew at each step (the caller runs between two
+    tokens with its own settings):
+
+    - inference_mode, lighter than no_grad (no version counters or view tracking per op), except
+      with sharded weights (FSDP2), whose hooks gather and free parameters that must stay normal
+      tensors for training;
+    - autocast to `autocast_dtype`, if given;
+    - compiled blocks (device_config.compile) run eagerly: every cache length would recompile them.
+    """
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.no_grad() if sharded else torch.inference_mode())
+        if autocast_dtype is not None:
+            stack.enter_context(torch.autocast(device.type, dtype=autocast_dtype))
+        if hasattr(torch.compiler, "set_stance"):  # torch >= 2.6
+            stack.enter_context(torch.compiler.set_stance("force_eager"))
+        yield

@@ -83,6 +83,80 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -
     return (x * cos + x.roll(x.size(-1) // 2, dims=-1) * signed_sin).type_as(x)
 
 
+IGNORE_INDEX = -100  # a target that the loss skips (the prompt tokens of prompt/response data)
+LOSS_CHUNK_ELEMENTS = 2**25  # logits per chunk of the loss (128 MiB in float32), whatever the batch
+
+
+def chunked_cross_entropy(
+    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_rows: int | None = None
+) -> torch.Tensor:
+    """Mean cross-entropy of the logits h @ weight.T (float32) against targets, skipping
+    IGNORE_INDEX, computed a chunk of rows at a time: the (tokens, vocab) float32 logits of the
+    whole micro-batch (3.3 GB for 16 x 1024 tokens of a 50k vocabulary) never exist at once.
+
+    h (N, C), weight (vocab, C), targets (N,). Equal to F.cross_entropy of the full logits
+    (tested); with gradients, the chunks' gradients are computed in the forward pass (below).
+    """
+    rows = chunk_rows or max(1, LOSS_CHUNK_ELEMENTS // weight.size(0))
+    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+        return ChunkedCrossEntropy.apply(h, weight, targets, rows)
+    total = sum(
+        _chunk_loss(h[i : i + rows], weight, targets[i : i + rows])[0] for i in range(0, len(h), rows)
+    )
+    return total / (targets != IGNORE_INDEX).sum()
+
+
+def _chunk_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor):
+    """(summed loss, logits - logsumexp in float32, the logits' own dtype) of one chunk."""
+    raw = F.linear(h, weight)  # (rows, vocab), in the autocast dtype when autocast is on
+    logits = raw.float()
+    log_probs = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+    kept = targets != IGNORE_INDEX
+    picked = log_probs.gather(1, targets.clamp(min=0).unsqueeze(1)).squeeze(1)  # (rows,)
+    return -(picked * kept).sum(), log_probs, raw.dtype
+
+
+class ChunkedCrossEntropy(torch.autograd.Function):
+    """The loss and, in the same pass over each chunk, its gradients: d loss / d logits is
+    softmax - one_hot (zero for skipped targets), so grad_h = g @ weight and grad_weight = g.T @ h.
+    Nothing of size (tokens, vocab) is kept for the backward pass, and no logits are recomputed;
+    the backward only scales the stored gradients. g is not divided by the token count before
+    its cast to the autocast dtype, so float16 gradients do not underflow."""
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, rows: int):
+        want_h, want_weight = ctx.needs_input_grad[:2]  # a frozen output (LoRA) needs no grad_weight
+        count = (targets != IGNORE_INDEX).sum()
+        total = torch.zeros((), device=h.device)
+        grad_h = torch.empty_like(h) if want_h else None
+        grad_weight = torch.zeros(weight.shape, device=weight.device) if want_weight else None
+        for i in range(0, len(h), rows):
+            hc, tc = h[i : i + rows], targets[i : i + rows]
+            loss, log_probs, dtype = _chunk_loss(hc, weight, tc)
+            total += loss
+            g = log_probs.exp_()  # softmax, in place of the log-probabilities
+            kept = (tc != IGNORE_INDEX).unsqueeze(1)
+            g.scatter_add_(1, tc.clamp(min=0).unsqueeze(1), -kept.to(g.dtype))
+            g = (g * kept).to(dtype)  # (rows, vocab); autocast casts the weight as in the forward
+            if want_h:
+                grad_h[i : i + rows] = g @ weight  # (rows, C)
+            if want_weight:
+                grad_weight += g.t() @ hc  # (vocab, C), summed over the chunks in float32
+        ctx.save_for_backward(grad_h, grad_weight, count)
+        ctx.weight_dtype = weight.dtype
+        return total / count
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_weight, count = ctx.saved_tensors
+        scale = grad_out / count
+        if grad_h is not None:
+            grad_h = grad_h * scale.to(grad_h.dtype)
+        if grad_weight is not None:
+            grad_weight = (grad_weight * scale).to(ctx.weight_dtype)
+        return grad_h, grad_weight, None, None
+
+
 @dataclass
 class KVCache:
     """Keys and values of every layer for the positions generated so far."""
@@ -218,11 +292,17 @@ class Transformer(nn.Module):
         self.output = nn.Linear(cfg.hidden_dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        cos, sin = rotary_tables(cfg.hidden_dim // cfg.num_heads, cfg.max_seq_len, cfg.rope_theta)
-        self.register_buffer("rope_cos", cos, persistent=False)  # (max_seq_len, head_dim)
-        self.register_buffer("rope_sin", sin, persistent=False)  # signed: see rotary_tables
+        self.reset_rotary()
         self.checkpoint_activations = False  # set by the trainer (device_config.activation_checkpointing)
         self.init_weights()
+
+    def reset_rotary(self, device: torch.device | str | None = None) -> None:
+        """Compute the rotary tables (buffers, never saved), on `device` if given: a model built on
+        the meta device gets real ones once it has storage."""
+        cfg = self.cfg
+        cos, sin = rotary_tables(cfg.hidden_dim // cfg.num_heads, cfg.max_seq_len, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos.to(device), persistent=False)  # (max_seq_len, head_dim)
+        self.register_buffer("rope_sin", sin.to(device), persistent=False)  # signed: see rotary_tables
 
     @contextlib.contextmanager
     def fused_projections(self):
@@ -278,7 +358,8 @@ class Transformer(nn.Module):
         targets: torch.Tensor | None = None,
         cache: KVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx (B, T) token ids -> logits (B, T, vocab); with targets also the mean cross-entropy."""
+        """idx (B, T) token ids -> (logits (B, T, vocab), None); with targets (B, T) instead
+        (None, the mean cross-entropy): training and evaluation never form the full logits."""
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.cfg.max_seq_len:
@@ -298,9 +379,8 @@ class Transformer(nn.Module):
                 x = layer(x, cos, sin, cache, i)
         if cache is not None:
             cache.length += T
-        logits = self.output(self.norm(x)).float()  # (B, T, vocab)
+        h = self.norm(x)  # (B, T, C)
         if targets is None:
-            return logits, None
-        # a target of -100 (a prompt token in prompt/response data) is skipped by the loss
-        loss = F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T), ignore_index=-100)
-        return logits, loss
+            return self.output(h).float(), None  # (B, T, vocab)
+        # the loss straight from h, a chunk at a time: no full float32 logits (see above)
+        return None, chunked_cross_entropy(h.reshape(B * T, -1), self.output.weight, targets.reshape(B * T))

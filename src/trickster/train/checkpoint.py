@@ -31,11 +31,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from trickster.atomic import replace_dir, staging_dir
-from trickster.config import Config, config_from_dict
+from trickster.config import Config, ModelConfig, config_from_dict
 from trickster.data.tokenizers import Tokenizer, load_tokenizer
 from trickster.errors import UserError, disk_errors
 from trickster.model import lora
 from trickster.model.transformer import Transformer
+from trickster.train.device import inference_dtype
 
 COMPLETE = "COMPLETE"
 WEIGHTS = "model.safetensors"
@@ -210,12 +211,13 @@ class LoadedCheckpoint:
     tokenizer: Tokenizer
     model: Transformer
     info: dict
+    dtype: str = "float32"  # compute dtype for generate/eval/compare on this device (inference_dtype)
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> LoadedCheckpoint:
     path = resolve(path)
     cfg, tokenizer, info = read_config(path), read_tokenizer(path), read_info(path)
-    model = Transformer(cfg.model).to(device)
+    model = empty_model(cfg.model, device)
     adapted = cfg.training.lora is not None
     if adapted:  # a LoRA run: load base and adapters as trained, then merge them into a plain model
         if not (path / lora.ADAPTERS).is_file():
@@ -228,7 +230,20 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Loa
     if adapted:
         lora.merge_lora(model)
     model.eval()
-    return LoadedCheckpoint(path, cfg, tokenizer, model, info)
+    return LoadedCheckpoint(path, cfg, tokenizer, model, info, inference_dtype(torch.device(device)))
+
+
+def empty_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> Transformer:
+    """A model whose weights are about to be loaded: built on the meta device (no memory, no
+    random initialisation of weights that would be overwritten at once), then given storage on
+    `device`, uninitialised. Every parameter must be loaded before use."""
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    model.to_empty(device=device)
+    if cfg.tie_embeddings:  # one tensor for both, as Transformer builds it
+        model.output.weight = model.tok_embeddings.weight
+    model.reset_rotary(device)
+    return model
 
 
 def read_tokenizer(path: Path) -> Tokenizer:

@@ -1,0 +1,88 @@
+"""Loading a checkpoint for generate, eval and compare: the weights as saved, nothing random on
+the way (the model is built on the meta device), and the compute dtype for the device."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from trickster.config import config_from_dict
+from trickster.data.loader import load_data
+from trickster.model import generate as generation
+from trickster.model.transformer import KVCache, Transformer
+from trickster.train import checkpoint as ckpt
+from trickster.train import device as dev
+
+MODEL = {
+    "vocab_size": 65,
+    "hidden_dim": 32,
+    "num_layers": 2,
+    "num_heads": 4,
+    "num_kv_heads": 2,
+    "max_seq_len": 32,
+}
+
+
+def saved_model(shakespeare_dir, tmp_path, tie: bool = True):
+    cfg = config_from_dict({"model_config": {**MODEL, "tie_embeddings": tie}})
+    torch.manual_seed(3)
+    model = Transformer(cfg.model)
+    tokenizer = load_data(shakespeare_dir).tokenizer
+    target = ckpt.save_checkpoint(tmp_path / "checkpoints" / "final", model, cfg, tokenizer, {"step": 1})
+    return model, target
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_loading_gives_the_saved_weights_without_drawing_random_ones(
+    shakespeare_dir, tmp_path, monkeypatch, tie
+):
+    model, target = saved_model(shakespeare_dir, tmp_path, tie)
+    initialised = []
+    real_init = Transformer.init_weights
+
+    def spy(self, generator=None):
+        initialised.extend(p.device.type for p in self.parameters())
+        return real_init(self, generator)
+
+    monkeypatch.setattr(Transformer, "init_weights", spy)
+    rng = torch.get_rng_state()
+    loaded = ckpt.load_checkpoint(target).model
+    assert set(initialised) == {"meta"}  # the random initialisation touched no real tensor
+    assert torch.equal(torch.get_rng_state(), rng)  # ... and drew nothing from the global RNG
+    saved = load_file(target / ckpt.WEIGHTS)
+    for name, tensor in loaded.state_dict().items():
+        torch.testing.assert_close(tensor, model.state_dict()[name], rtol=0, atol=0)
+        assert name in saved or (tie and name == "output.weight")
+    assert (loaded.output.weight is loaded.tok_embeddings.weight) == tie
+    assert torch.equal(loaded.rope_cos, model.rope_cos) and torch.equal(loaded.rope_sin, model.rope_sin)
+    idx = torch.randint(0, 65, (1, 12))
+    with torch.no_grad():
+        assert torch.equal(loaded(idx)[0], model.eval()(idx)[0])
+
+
+def test_the_compute_dtype_is_bfloat16_on_ampere_gpus_and_float32_elsewhere(
+    shakespeare_dir, tmp_path, monkeypatch
+):
+    _, target = saved_model(shakespeare_dir, tmp_path)
+    assert ckpt.load_checkpoint(target).dtype == "float32"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert dev.inference_dtype(torch.device("cuda")) == "bfloat16"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert dev.inference_dtype(torch.device("cuda")) == "float32"
+
+
+def test_generation_keeps_its_kv_cache_in_the_compute_dtype(monkeypatch):
+    torch.manual_seed(0)
+    model = Transformer(config_from_dict({"model_config": MODEL}).model)
+    caches, outputs = [], []
+    real_empty = KVCache.empty.__func__
+    monkeypatch.setattr(
+        KVCache, "empty", classmethod(lambda cls, *a: caches.append(a[-1]) or real_empty(cls, *a))
+    )
+    model.output.register_forward_hook(lambda module, args, out: outputs.append(out.dtype))
+    tokens = list(generation.generate(model, [1, 2, 3], 5, temperature=0, dtype=torch.bfloat16))
+    assert len(tokens) == 5 and caches == [torch.bfloat16] and set(outputs) == {torch.bfloat16}
+    caches.clear()
+    list(generation.generate(model, [1, 2, 3], 5, temperature=0))  # on a CPU: the weights' float32
+    assert caches == [torch.float32]
