@@ -3,7 +3,9 @@ when a run does not fit, and the measured time estimate against a real run."""
 
 from __future__ import annotations
 
+import contextlib
 import statistics
+import time
 
 import pytest
 import torch
@@ -60,7 +62,7 @@ def saved_activation_bytes(cfg, batch: int, seq_len: int) -> int:
 def test_activation_formula_matches_the_tensors_autograd_saves(model):
     cfg = config_from_dict({"model_config": {**model, "max_seq_len": 64}})
     measured = saved_activation_bytes(cfg, batch=4, seq_len=64)
-    formula = plan.activation_bytes_per_token(cfg) * 4 * 64
+    formula = plan.activation_bytes(cfg, tokens=4 * 64)
     assert abs(formula - measured) / measured < 0.01, (formula, measured)
 
 
@@ -94,7 +96,9 @@ def test_weights_gradients_and_optimizer_state_match_a_real_step(optimizer):
         if k in ("exp_avg", "exp_avg_sq", "momentum_buffer")
     ]
     assert memory.optimizer == sum(t.numel() * t.element_size() for t in moments)
-    assert memory.logits == 2 * 16 * 512 * 65 * 4  # the default micro-batch, 16 x 512 tokens
+    assert memory.logits == 3 * 16 * 512 * 65 * 4  # the default micro-batch, 16 x 512 tokens: one chunk
+    gpt2 = plan.memory_estimate(load_config(preset="gpt2-small"))
+    assert gpt2.logits <= 3 * 2**25 * 4  # a chunk, not 16 x 1024 x 50,304 float32 logits twice (6.6 GB)
 
 
 def test_a_run_that_does_not_fit_gets_a_batch_that_does(monkeypatch):
@@ -131,7 +135,7 @@ def test_a_model_whose_state_alone_does_not_fit_is_told_to_shrink(monkeypatch):
 
     assert total(suggested) <= budget  # the suggestion fits, and no larger preset below mega does
     between = [n for n in preset_names() if preset(suggested)[1] < preset(n)[1] < preset("mega")[1]]
-    assert between and all(total(n) > budget for n in between)
+    assert all(total(n) > budget for n in between)  # (gpt2-small, the next below mega, now fits)
 
 
 def test_time_estimate_is_measured_and_close_to_a_real_run(micro):
@@ -174,3 +178,64 @@ def test_token_budgets_read_like_people_write_them(text, tokens):
 def test_a_bad_token_budget_is_refused(text):
     with pytest.raises(UserError, match="--tokens must be a positive number"):
         plan.parse_tokens(text)
+
+
+def test_fsdp_divides_the_model_state_by_the_shard_count():
+    cfg = load_config(preset="mega", overrides=["training_config.gradient_accumulation_steps=1"])
+    one, eight = plan.memory_estimate(cfg, processes=1), plan.memory_estimate(cfg, processes=8)
+    for name in ("weights", "gradients", "optimizer"):
+        assert getattr(eight, name) == pytest.approx(getattr(one, name) / 8, abs=8)
+    assert eight.activations == one.activations  # each process still computes its own micro-batch
+    b = parameter_breakdown(cfg.model)
+    root_and_two_blocks = b.embedding + b.output + b.final_norm + 2 * b.per_block
+    assert eight.gathered == 2 * root_and_two_blocks  # bfloat16 weights gathered while computing
+    replicated = load_config(preset="mega", overrides=["device_config.enable_fsdp=false"])
+    assert plan.memory_estimate(replicated, processes=8).weights == 4 * b.total  # DDP: whole replicas
+    hybrid = load_config(preset="mega", overrides=["device_config.mesh_shape=[2, 4]"])
+    assert plan.make_plan(hybrid, torch.device("cpu"), measure=False).memory.shards == 4
+
+
+def test_activation_checkpointing_keeps_only_the_block_inputs():
+    cfg = load_config(preset="midi", overrides=["device_config.activation_checkpointing=false"])
+    recomputed = load_config(preset="midi", overrides=["device_config.activation_checkpointing=true"])
+    full, kept = plan.activation_bytes_per_token(cfg), plan.activation_bytes_per_token(recomputed)
+    d, layers = cfg.model.hidden_dim, cfg.model.num_layers
+    per_layer = (full - (2 * d + 1) * 4 - 8) // layers
+    assert kept == layers * d * 4 + per_layer + (2 * d + 1) * 4 + 8  # inputs, and one block recomputed
+    assert kept < full / 4
+
+
+def test_a_model_too_big_for_one_gpu_is_told_how_many_to_shard_over(monkeypatch):
+    monkeypatch.setattr(plan, "device_memory", lambda device: (16 * GiB, "GPU memory"))
+    cfg = load_config(preset="mega", overrides=["device_config.enable_fsdp=false"])
+    (advice,) = plan.make_plan(cfg, torch.device("cpu"), measure=False).advice
+    assert "not built yet" not in advice and "device_config.enable_fsdp=true" in advice
+    gpus = int(advice.split("--processes ")[1].split("`")[0])
+    cfg.device.enable_fsdp = True
+    assert plan.make_plan(cfg, torch.device("cpu"), measure=False, processes=gpus).fits
+
+
+def test_the_benchmark_times_float32_in_tf32_and_puts_the_setting_back(micro, monkeypatch):
+    calls = []
+
+    def spy(device):
+        calls.append(("set", device))
+        return lambda: calls.append(("restored", device))
+
+    monkeypatch.setattr(plan, "set_matmul_precision", spy)
+    with contextlib.suppress(plan.BenchSkipped):  # (if this machine is too busy to time anything)
+        plan.benchmark(micro(model_config={"vocab_size": 65}), torch.device("cpu"), seconds=2)
+    assert calls == [("set", torch.device("cpu")), ("restored", torch.device("cpu"))]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["mega", "gpt2-small"])
+def test_plan_answers_within_20_seconds_even_for_the_largest_presets(preset, capsys):
+    start = time.perf_counter()
+    assert main(["plan", "--preset", preset, "--device", "cpu"]) == 0
+    assert time.perf_counter() - start < 20
+    out = capsys.readouterr().out
+    assert "time (estimate)" in out or "time: not measured: " in out
+    assert main(["plan", "--preset", preset, "--no-bench", "--processes", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "time: not measured (--no-bench)" in out and "8 processes" in out

@@ -147,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "cpu", "cuda", "mps"),
         help="device to plan and benchmark on (default: device_config.device)",
     )
+    plan.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="training processes (GPUs) under torchrun; FSDP shards over them",
+    )
+    plan.add_argument("--no-bench", action="store_true", help="the formulas only: time no training steps")
     plan.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
 
     # report
@@ -314,7 +321,15 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "plan":
         if not args.preset and not args.config:
             raise UserError("choose what to plan: --preset NAME or --config FILE")
-        commands.plan_command(args.preset, args.config, args.overrides, args.tokens, args.device)
+        commands.plan_command(
+            args.preset,
+            args.config,
+            args.overrides,
+            args.tokens,
+            args.device,
+            args.processes,
+            not args.no_bench,
+        )
         return 0
     if args.command == "report":
         commands.report_command(args.run_dir, args.out)

@@ -242,7 +242,7 @@ def _val_losses(loaded, models, data_path, device) -> list[float | None]:
     if data.tokenizer.fingerprint() != loaded.tokenizer.fingerprint():
         raise UserError(f"data in {path} uses another tokenizer than {loaded.path}; pass --data DIR")
     batches = validation_batches(data, loaded.cfg)
-    return [evaluate(m, batches, device, "float32") for m in models]
+    return [evaluate(m, batches, device, loaded.dtype) for m in models]
 
 
 def eval_command(args) -> None:
@@ -274,7 +274,7 @@ def eval_command(args) -> None:
         tokens = tokens[: args.max_tokens + 1]
         mask = None if mask is None else mask[: args.max_tokens + 1]
         exact_bytes = None
-    dtype = loaded.cfg.device.dtype if device.type == "cuda" else "float32"
+    dtype = loaded.dtype  # bfloat16 autocast on GPUs of Ampere and later, else float32
     score = evaluation.score_sequence(
         loaded.model, tokens, tokenizer, loaded.cfg.seq_len, device, dtype, args.batch_size, mask
     )
@@ -349,15 +349,25 @@ def info_command(preset, config, checkpoint, overrides) -> None:
             print("  " + line)
 
 
-def plan_command(preset, config, overrides, tokens: str | None, device_name: str | None) -> None:
+def plan_command(
+    preset,
+    config,
+    overrides,
+    tokens: str | None,
+    device_name: str | None,
+    processes: int = 1,
+    bench: bool = True,
+) -> None:
     from trickster import plan
 
+    if processes < 1:
+        raise UserError(f"--processes must be >= 1 (got {processes})")
     cfg = load_config(config, preset, overrides)
     budget = plan.parse_tokens(tokens) if tokens is not None else None
     key = "--device" if device_name else "device_config.device"
     device = resolve_device(device_name or cfg.device.device, key)
     name = f"preset {preset}" if preset else str(config)
-    print(plan.format_plan(plan.make_plan(cfg, device, budget, name)))
+    print(plan.format_plan(plan.make_plan(cfg, device, budget, name, bench, processes)))
 
 
 def report_command(run_dir: str, out: str | None) -> None:

@@ -1,31 +1,40 @@
 """`trickster plan`: what a config costs before you train it.
 
-Parameters and FLOPs per token come from model.py (parameter_breakdown, flops_per_token).
+Parameters and FLOPs per token come from model/flops.py (parameter_breakdown, flops_per_token).
 Memory is a formula (below); the time is an estimate from a micro-benchmark measured on the
-device; the token budget follows the compute-optimal rule of about 20 tokens per parameter
-(Hoffmann et al. 2022, "Chinchilla").
+device (at most about 10 seconds, or skipped with a note; `--no-bench` skips it); the token budget
+follows the compute-optimal rule of about 20 tokens per parameter (Hoffmann et al. 2022,
+"Chinchilla").
 
-Memory for one training step, in bytes (P parameters, micro-batch B x T tokens, L layers,
-hidden d, MLP m, key/value width kv = num_kv_heads * head_dim, nh heads, vocabulary V):
+Memory for one training step on one process, in bytes (P parameters, micro-batch B x T tokens,
+L layers, hidden d, MLP m, key/value width kv = num_kv_heads * head_dim, nh heads, vocabulary V,
+N = the FSDP shard degree, 1 without FSDP):
 
-- weights 4P, gradients 4P, AdamW state 8P (exp_avg and exp_avg_sq; with optimizer: muon, the
-  block matrices Muon takes keep one momentum buffer, 4 bytes each): all float32, whatever
-  device_config.dtype says (autocast computes in bf16/fp16; it keeps float32 weights). With
-  bf16/fp16 autocast also caches a 2-byte copy of every matrix: + 2P.
+- weights 4P/N, gradients 4P/N, AdamW state 8P/N (exp_avg and exp_avg_sq; with optimizer: muon,
+  the block matrices Muon takes keep one momentum buffer, 4 bytes each): all float32,
+  whatever device_config.dtype says (autocast computes in bf16/fp16; it keeps float32 weights).
+  With bf16/fp16 autocast also caches a 2-byte copy of every matrix: + 2P (not under FSDP with
+  bfloat16, whose gathered weights are already bfloat16).
+- FSDP's gathered weights (2 bytes each with bfloat16, else 4): the root (embedding, final norm,
+  output) and two blocks (the one computing, the next being gathered). With gradient
+  accumulation the weights stay gathered between the micro-batches of a step and the gradients
+  are kept whole in float32 until the last one: P x 2 (or 4) + 4P.
 - activations saved for the backward pass, per token:
   float32:    L * (6d + 2kv + 4m + nh + 2) * 4
   bf16/fp16:  L * ((2d + nh + 2) * 4 + (4d + 2kv + 4m) * 2)   (RMSNorm keeps float32)
-  plus (2d + V + 3) * 4 + 8 for the final norm, the log-softmax of the float32 logits and the
-  targets.
+  with activation checkpointing only each block's input is kept, L * d * 4, plus one block's
+  activations while it is recomputed;
+  plus (2d + 1) * 4 + 8 for the final norm, the loss's gradient for it and the token ids, and,
+  once per step, the loss's float32 gradient for the output matrix, V * d * 4.
   The float32 line matches, within 1%, the tensors autograd saves for this model on CPU (tested
   in tests/test_plan.py with saved-tensor hooks). The bf16/fp16 line assumes fused attention
   (flash / memory-efficient SDPA on a GPU) that keeps no T x T matrix; on CPU half precision
   keeps more.
-- the logits and their gradient, 2 * B * T * V * 4 (float32), both alive at the start of the
-  backward pass.
+- the loss's working memory: one chunk of float32 logits (model/transformer.py computes the loss
+  a chunk of at most 2^25 logits at a time), about three tensors of that size.
 
-Not counted: the allocator's cache and fragmentation, the CUDA context (about 0.5 GiB) and the
-temporary buffers of individual kernels; the plan asks for 10% headroom.
+Not counted: the allocator's cache and fragmentation, the CUDA context (about 0.5 GiB), the
+temporary buffers of individual kernels and of the collectives; the plan asks for 10% headroom.
 """
 
 from __future__ import annotations
@@ -41,13 +50,16 @@ import torch
 
 from trickster.config import Config, load_config, preset_names
 from trickster.errors import UserError
+from trickster.model import transformer
 from trickster.model.flops import flops_per_token, parameter_breakdown
 from trickster.model.transformer import Transformer
-from trickster.train.device import autocast_for
+from trickster.train.device import autocast_for, resolve_precision, set_matmul_precision
 from trickster.train.optim import build_optimizer
 
 TOKENS_PER_PARAMETER = 20  # compute-optimal training tokens per parameter (Chinchilla)
 HEADROOM = 0.9  # use at most this fraction of the device's memory
+BENCH_SECONDS = 10.0  # the most the benchmark may take, model building included
+CPU_COPY_BYTES = 2 * 1024**3  # a CPU benchmarks no copy whose training state is larger
 GiB = 1024**3
 
 
@@ -58,12 +70,14 @@ class Memory:
     optimizer: int
     autocast_copy: int
     activations: int
-    logits: int  # the float32 logits and their gradient
+    logits: int  # the loss's working memory: one chunk of float32 logits
+    gathered: int = 0  # FSDP: weights gathered for computing, and whole gradients between micro-batches
+    shards: int = 1  # the FSDP shard degree the state is divided by
 
     @property
     def state(self) -> int:
         """What does not depend on the batch."""
-        return self.weights + self.gradients + self.optimizer + self.autocast_copy
+        return self.weights + self.gradients + self.optimizer + self.autocast_copy + self.gathered
 
     @property
     def total(self) -> int:
@@ -73,31 +87,58 @@ class Memory:
 def activation_bytes_per_token(cfg: Config) -> int:
     """Bytes of activations saved for the backward pass per token of the micro-batch (formula above)."""
     m = cfg.model
-    d, L, nh, V = m.hidden_dim, m.num_layers, m.num_heads, m.vocab_size
+    d, L, nh = m.hidden_dim, m.num_layers, m.num_heads
     kv = (m.num_kv_heads or m.num_heads) * (d // nh)
-    if cfg.device.dtype == "float32":
+    if cfg.device.dtype in ("float32", "auto"):
         per_layer = (6 * d + 2 * kv + 4 * m.mlp_dim + nh + 2) * 4
     else:
         per_layer = (2 * d + nh + 2) * 4 + (4 * d + 2 * kv + 4 * m.mlp_dim) * 2
-    return L * per_layer + (2 * d + V + 3) * 4 + 8
+    blocks = L * d * 4 + per_layer if cfg.device.activation_checkpointing else L * per_layer
+    return blocks + (2 * d + 1) * 4 + 8
 
 
-def memory_estimate(cfg: Config, batch_size: int | None = None, seq_len: int | None = None) -> Memory:
-    """Bytes for one training step at cfg's micro-batch (or the one given)."""
-    breakdown = parameter_breakdown(cfg.model)
-    params = breakdown.total
-    tokens = (batch_size or cfg.training.batch_size) * (seq_len or cfg.seq_len)
-    half = cfg.device.dtype != "float32"
+def activation_bytes(cfg: Config, tokens: int) -> int:
+    """Activations of a micro-batch of `tokens`, with the loss's gradient for the output matrix."""
+    return tokens * activation_bytes_per_token(cfg) + cfg.model.vocab_size * cfg.model.hidden_dim * 4
+
+
+def shard_degree(cfg: Config, processes: int) -> int:
+    """Over how many processes FSDP shards the model state (1 without FSDP)."""
+    if not cfg.device.enable_fsdp:
+        return 1
+    return cfg.device.mesh_shape[1] if cfg.device.mesh_shape else processes
+
+
+def memory_estimate(
+    cfg: Config, batch_size: int | None = None, seq_len: int | None = None, processes: int = 1
+) -> Memory:
+    """Bytes for one training step on one process at cfg's micro-batch (or the one given)."""
+    b = parameter_breakdown(cfg.model)
+    P, shards = b.total, shard_degree(cfg, processes)
     muon = 0  # the block matrices: everything in the blocks but their two norm weights
     if cfg.training.optimizer == "muon":
-        muon = breakdown.blocks - 2 * cfg.model.hidden_dim * cfg.model.num_layers
+        muon = b.blocks - 2 * cfg.model.hidden_dim * cfg.model.num_layers
+    tokens = (batch_size or cfg.training.batch_size) * (seq_len or cfg.seq_len)
+    half = cfg.device.dtype in ("bfloat16", "float16")
+    gathered, autocast_copy = 0, 2 * P if half else 0
+    if cfg.device.enable_fsdp:
+        width = 2 if cfg.device.dtype == "bfloat16" else 4  # the MixedPrecisionPolicy's weights
+        working = b.embedding + b.output + b.final_norm + 2 * b.per_block
+        if cfg.training.gradient_accumulation_steps > 1:
+            gathered = P * width + 4 * P
+        else:
+            gathered = min(working, P) * width
+        autocast_copy = 2 * min(working, P) if half and width == 4 else 0
+    chunk = min(tokens, max(1, transformer.LOSS_CHUNK_ELEMENTS // cfg.model.vocab_size))
     return Memory(
-        weights=4 * params,
-        gradients=4 * params,
-        optimizer=8 * (params - muon) + 4 * muon,
-        autocast_copy=2 * params if half else 0,
-        activations=tokens * activation_bytes_per_token(cfg),  # per token: no T x T term (fused attention)
-        logits=2 * tokens * cfg.model.vocab_size * 4,
+        weights=4 * P // shards,
+        gradients=4 * P // shards,
+        optimizer=(8 * (P - muon) + 4 * muon) // shards,
+        autocast_copy=autocast_copy,
+        activations=activation_bytes(cfg, tokens),  # per token: no T x T term (fused attention)
+        logits=3 * chunk * cfg.model.vocab_size * 4,
+        gathered=gathered,
+        shards=shards,
     )
 
 
@@ -156,69 +197,119 @@ class Benchmark:
         return self.tokens_per_sec * self.flops_per_token
 
 
-def benchmark(cfg: Config, device: torch.device, steps: int | None = None) -> Benchmark:
-    """Time a few forward + backward + optimizer steps of a copy of the model on the device.
+class BenchSkipped(Exception):
+    """The benchmark could not run within its time (the message says why, for the plan)."""
 
-    The copy keeps the width, heads, MLP, vocabulary, context and dtype, but has at most 2 layers;
-    its micro-batch (then, if needed, its context) is halved until one step costs at most about
-    1.5e11 FLOPs on a CPU (2e13 on a GPU), so the benchmark takes seconds. One warm-up step, then
-    timed steps until at least `steps` (3 on a CPU, 10 on a GPU) and one second have passed (at
-    most 30 steps); the median step time counts, so a moment of contention on a shared machine
-    does not decide it. The plan assumes the full model trains at the FLOP rate the copy reaches:
-    an estimate, usually pessimistic when the copy's batch is smaller than the real one.
+
+def benchmark(cfg: Config, device: torch.device, seconds: float = BENCH_SECONDS) -> Benchmark:
+    """Time forward + backward + optimizer steps of a copy of the model on the device, in about
+    `seconds` (model building included; up to half again when contention slows the last steps);
+    raises BenchSkipped when even the smallest step is too slow for that, or when on a CPU the
+    copy's training state alone passes CPU_COPY_BYTES.
+
+    The copy keeps the width, heads, MLP, vocabulary and dtype, but has at most 2 layers (float32
+    matmuls in TF32 on CUDA, as training runs them). Its smallest step (1 x 16 tokens) is timed
+    first; the micro-batch timed is then the largest of the run's context and batch (halved
+    from the run's) that costs at most about 1.5e11 FLOPs per step on a CPU (2e13 on a GPU) and
+    of which 4 steps fit the time left. Then timed steps until at least 3 (10 on a GPU) and one
+    second have passed (at most 30): the median counts, so a moment of contention on a shared
+    machine does not decide it. The plan assumes the full model trains at the FLOP rate the copy
+    reaches: an estimate, pessimistic when the copy's batch is smaller than the run's.
     """
-
-    if cfg.device.threads:  # as train() does
-        torch.set_num_threads(cfg.device.threads)
-    on_gpu = device.type in ("cuda", "mps")
-    budget = 2e13 if on_gpu else 1.5e11
-    steps = steps or (10 if on_gpu else 3)
+    deadline = time.perf_counter() + seconds
     bench_cfg = cfg.model_copy(deep=True)
     bench_cfg.model.num_layers = min(cfg.model.num_layers, 2)
-    batch, seq_len = cfg.training.batch_size, cfg.seq_len
-    fpt = flops_per_token(bench_cfg.model, seq_len)
-    while batch > 1 and batch * seq_len * fpt > budget:
-        batch //= 2
-    while seq_len > 16 and batch * seq_len * flops_per_token(bench_cfg.model, seq_len) > budget:
-        seq_len //= 2
-    fpt = flops_per_token(bench_cfg.model, seq_len)
+    copy_params = parameter_breakdown(bench_cfg.model).total
+    if device.type == "cpu" and 16 * copy_params > CPU_COPY_BYTES:
+        raise BenchSkipped(
+            f"a {bench_cfg.model.num_layers}-layer copy of this model has {copy_params:,} parameters "
+            f"({_gib(16 * copy_params)} of weights, gradients and AdamW state): "
+            "too big to time on a CPU in seconds"
+        )
+    threads = torch.get_num_threads()
+    if cfg.device.threads:  # as training does
+        torch.set_num_threads(cfg.device.threads)
+    restore_precision = set_matmul_precision(device)
+    try:
+        return _timed_steps(cfg, bench_cfg, device, deadline)
+    finally:
+        restore_precision()
+        torch.set_num_threads(threads)
 
-    generator = torch.Generator().manual_seed(0)
+
+def _timed_steps(cfg: Config, bench_cfg: Config, device: torch.device, deadline: float) -> Benchmark:
+    grace = (deadline - time.perf_counter()) / 2
+    on_gpu = device.type in ("cuda", "mps")
+    flop_cap, min_steps = (2e13, 10) if on_gpu else (1.5e11, 3)
     model = Transformer(bench_cfg.model).to(device)
-    model.train()
     optimizer = build_optimizer(model, cfg.training, device)
-    x = torch.randint(0, bench_cfg.model.vocab_size, (batch, seq_len + 1), generator=generator).to(device)
-    inputs, targets = x[:, :-1], x[:, 1:]
+    generator = torch.Generator().manual_seed(0)
 
-    def step() -> None:
+    def step(batch: int, seq_len: int) -> float:
+        x = torch.randint(0, bench_cfg.model.vocab_size, (batch, seq_len + 1), generator=generator).to(device)
+        start = time.perf_counter()
         with autocast_for(device, cfg.device.dtype):
-            _, loss = model(inputs, targets)
+            _, loss = model(x[:, :-1], x[:, 1:])
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-
-    def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         elif device.type == "mps":
             torch.mps.synchronize()
+        return time.perf_counter() - start
 
+    def work(size: tuple[int, int]) -> float:
+        return size[0] * size[1] * flops_per_token(bench_cfg.model, size[1])
+
+    sizes = _sizes(cfg.training.batch_size, cfg.seq_len)
+    sizes = [size for size in sizes if work(size) <= flop_cap] or sizes[:1]
     try:
-        step()  # warm-up: allocations, kernel selection
-        sync()
-        times: list[float] = []
-        deadline = time.perf_counter() + 1.0
-        while len(times) < steps or (time.perf_counter() < deadline and len(times) < 30):
-            start = time.perf_counter()
-            step()
-            sync()
-            times.append(time.perf_counter() - start)
+        # the smallest step, twice (the first also allocates and picks kernels): the faster of the
+        # two is its cost, free of a moment of contention
+        smallest = min(step(*sizes[0]), step(*sizes[0]))
+        if time.perf_counter() + 3 * smallest > deadline:
+            raise BenchSkipped(
+                f"one step of a {bench_cfg.model.num_layers}-layer copy of the model takes "
+                f"{smallest:.1f} s on {device}, too long to time here"
+            )
+        # the largest size of which 4 steps fit the time left, priced as the smallest step scaled
+        # by its FLOPs (an over-estimate: the smallest step is mostly fixed costs)
+        left = deadline - time.perf_counter()
+        size = max(
+            (s for s in sizes if 4 * smallest * work(s) / work(sizes[0]) <= left), key=work, default=sizes[0]
+        )
+        times, start = [step(*size)], time.perf_counter()
+        # at least min_steps (a moment of contention must not decide), in at most half again the time
+        while (
+            len(times) < 30 and time.perf_counter() + times[-1] < deadline + (len(times) < min_steps) * grace
+        ):
+            if len(times) >= min_steps and time.perf_counter() - start >= 1.0:
+                break
+            times.append(step(*size))
     except torch.OutOfMemoryError:
         raise UserError(
-            f"the benchmark copy of the model ({bench_cfg.model.num_layers} layers, batch {batch} x "
-            f"{seq_len}) does not fit on {device}; lower training_config.batch_size or choose a smaller model"
+            f"the benchmark copy of the model ({bench_cfg.model.num_layers} layers, batch {sizes[0][0]} x "
+            f"{sizes[0][1]}) does not fit on {device}; lower training_config.batch_size or choose a "
+            "smaller model"
         ) from None
-    return Benchmark(bench_cfg.model.num_layers, batch, seq_len, len(times), statistics.median(times), fpt)
+    batch, seq_len = size
+    fpt = flops_per_token(bench_cfg.model, seq_len)
+    timed = times[1:] if len(times) > 2 else times  # the first step at a new size picks kernels
+    return Benchmark(bench_cfg.model.num_layers, batch, seq_len, len(timed), statistics.median(timed), fpt)
+
+
+def _sizes(batch_size: int, seq_len: int) -> list[tuple[int, int]]:
+    """Micro-batches from 1 x 16 tokens up to the run's: the context doubles first, then the batch."""
+    sizes, batch, tokens = [], 1, min(16, seq_len)
+    while True:
+        sizes.append((batch, tokens))
+        if tokens < seq_len:
+            tokens = min(2 * tokens, seq_len)
+        elif batch < batch_size:
+            batch = min(2 * batch, batch_size)
+        else:
+            return sizes
 
 
 @dataclass
@@ -237,27 +328,38 @@ class Plan:
     bench: Benchmark | None
     advice: list[str]
     vocab_note: str = ""
+    processes: int = 1  # training processes (GPUs) the run is planned for
+    bench_note: str = "not measured"  # why there is no benchmark, when there is none
 
     @property
     def fits(self) -> bool:
         return self.memory.total <= HEADROOM * self.device_bytes
 
     def seconds(self, tokens: int) -> float | None:
+        """Wall time for `tokens`, each process training its share at the benchmark's rate."""
         if self.bench is None:
             return None
-        return tokens * self.flops_per_token / self.bench.flops_per_sec
+        return tokens * self.flops_per_token / (self.bench.flops_per_sec * self.processes)
 
 
 def make_plan(
-    cfg: Config, device: torch.device, tokens: int | None = None, name: str = "", measure: bool = True
+    cfg: Config,
+    device: torch.device,
+    tokens: int | None = None,
+    name: str = "",
+    measure: bool = True,
+    processes: int = 1,
 ) -> Plan:
-    vocab_note = ""
+    """`processes`: how many training processes (GPUs) share the run; FSDP shards over them,
+    unless device_config.mesh_shape says otherwise."""
+    cfg, vocab_note = resolve_precision(cfg, device), ""  # device_config.dtype/compile: auto
     if cfg.model.vocab_size == "auto":
         cfg = cfg.model_copy(deep=True)
         cfg.model.vocab_size, vocab_note = 256, " (auto: set from the tokenizer; counted here as 256)"
+    if cfg.device.mesh_shape:
+        processes = cfg.device.mesh_shape[0] * cfg.device.mesh_shape[1]
     t = cfg.training
     params = parameter_breakdown(cfg.model).total
-    memory = memory_estimate(cfg)
     device_bytes, what = memory_limit(cfg, device)
     plan = Plan(
         cfg=cfg,
@@ -265,19 +367,24 @@ def make_plan(
         device=device,
         params=params,
         flops_per_token=flops_per_token(cfg.model, cfg.seq_len),
-        memory=memory,
+        memory=memory_estimate(cfg, processes=processes),
         device_bytes=device_bytes,
         device_what=what,
-        run_tokens=t.max_steps * t.batch_size * cfg.seq_len * t.gradient_accumulation_steps,
+        run_tokens=t.max_steps * t.batch_size * cfg.seq_len * t.gradient_accumulation_steps * processes,
         optimal_tokens=TOKENS_PER_PARAMETER * params,
         tokens=tokens,
         bench=None,
         advice=[],
         vocab_note=vocab_note,
+        processes=processes,
+        bench_note="not measured (--no-bench)",
     )
     plan.advice = _advice(plan)
     if measure:
-        plan.bench = benchmark(cfg, device)
+        try:
+            plan.bench = benchmark(cfg, device)
+        except BenchSkipped as skipped:
+            plan.bench_note = f"not measured: {skipped}"
     return plan
 
 
@@ -296,8 +403,8 @@ def _advice(plan: Plan) -> list[str]:
         hint = f" such as preset {smaller[-1]}" if smaller else ""
         return [
             f"the weights, gradients and AdamW state alone need {_gib(mem.state)}, more than the "
-            f"{_gib(budget)} usable: choose a smaller model{hint}, or a device with more memory "
-            "(sharding across GPUs is not built yet)"
+            f"{_gib(budget)} usable: choose a smaller model{hint}, a device with more memory, or "
+            f"{_sharding_hint(plan, budget)}"
         ]
     fits_batch = fitting_batch(cfg, budget)
     if fits_batch >= 1:
@@ -318,6 +425,19 @@ def _advice(plan: Plan) -> list[str]:
     if cfg.device.dtype == "float32" and plan.device.type == "cuda":
         advice.append("device_config.dtype=bfloat16 roughly halves the activations")
     return advice
+
+
+def _sharding_hint(plan: Plan, budget: float) -> str:
+    """How many GPUs FSDP would need for this run's state to fit (same micro-batch)."""
+    cfg = plan.cfg.model_copy(deep=True)
+    cfg.device.enable_ddp, cfg.device.enable_fsdp, cfg.device.mesh_shape = False, True, None
+    gpus = next((n for n in (2, 4, 8, 16, 32, 64) if memory_estimate(cfg, processes=n).total <= budget), None)
+    if gpus is None:
+        return "shard it over GPUs (device_config.enable_fsdp=true under torchrun)"
+    return (
+        f"shard it: device_config.enable_fsdp=true under torchrun over {gpus} such devices "
+        f"(`trickster plan ... --processes {gpus}`)"
+    )
 
 
 def _preset(name: str) -> Config:
@@ -351,39 +471,21 @@ def parse_tokens(text: str) -> int:
 
 
 def format_plan(plan: Plan) -> str:
-    cfg, m, t, mem = plan.cfg, plan.cfg.model, plan.cfg.training, plan.memory
+    cfg, m, t = plan.cfg, plan.cfg.model, plan.cfg.training
     lines = [
-        f"plan for {plan.name} on {plan.device}",
+        f"plan for {plan.name} on {plan.device}"
+        + (f", {plan.processes} processes ({_parallel(cfg)})" if plan.processes > 1 else ""),
         f"model: hidden {m.hidden_dim}, {m.num_layers} layers, {m.num_heads} heads "
         f"({m.num_kv_heads or m.num_heads} kv), MLP {m.mlp_dim}, context {m.max_seq_len}, "
         f"vocab {m.vocab_size}{plan.vocab_note}",
         f"parameters: {plan.params:,}",
         f"training FLOPs per token (context {cfg.seq_len}): {plan.flops_per_token:,}",
         "",
-        f"memory for one step, micro-batch {t.batch_size} x {cfg.seq_len} tokens, {cfg.device.dtype} "
-        "(formula in trickster/plan.py):",
-        f"  weights (float32)              {_gib(mem.weights):>10}",
-        f"  gradients (float32)            {_gib(mem.gradients):>10}",
-        f"  AdamW state (2 x float32)      {_gib(mem.optimizer):>10}",
+        *_memory_lines(plan),
+        "",
+        "tokens:",
     ]
-    if mem.autocast_copy:
-        short = {"bfloat16": "bf16", "float16": "fp16"}[cfg.device.dtype]
-        lines.append(f"  autocast weight copy ({short})    {_gib(mem.autocast_copy):>10}")
-    lines += [
-        f"  activations                    {_gib(mem.activations):>10}",
-        f"  logits and their gradient      {_gib(mem.logits):>10}",
-        f"  total                          {_gib(mem.total):>10}",
-    ]
-    usable = HEADROOM * plan.device_bytes
-    verdict = "fits" if plan.fits else "DOES NOT FIT"
-    lines.append(
-        f"  {verdict}: {_gib(mem.total)} of {_gib(usable)} usable "
-        f"({HEADROOM:.0%} of {_gib(plan.device_bytes)} {plan.device_what})"
-    )
-    for advice in plan.advice:
-        lines.append(f"  to fit: {advice}")
-    lines += ["", "tokens:"]
-    per_step = t.batch_size * cfg.seq_len * t.gradient_accumulation_steps
+    per_step = t.batch_size * cfg.seq_len * t.gradient_accumulation_steps * plan.processes
     budgets = [
         (f"this config ({t.max_steps:,} steps x {per_step:,})", plan.run_tokens),
         (f"compute-optimal (~{TOKENS_PER_PARAMETER} per parameter)", plan.optimal_tokens),
@@ -392,26 +494,67 @@ def format_plan(plan: Plan) -> str:
         budgets.append(("--tokens", plan.tokens))
     for label, tokens in budgets:
         lines.append(f"  {label:<44} {tokens:>16,}  ({tokens / plan.params:,.1f} per parameter)")
-    lines.append("")
-    b = plan.bench
-    if b is None:
-        lines.append("time: not measured")
-        return "\n".join(lines)
-    copy = "the model" if b.layers == m.num_layers else f"a {b.layers}-layer copy of the model"
-    if cfg.device.compile:
-        copy += " (without torch.compile)"
+    return "\n".join([*lines, "", *_time_lines(plan, budgets)])
+
+
+def _parallel(cfg: Config) -> str:
+    return "FSDP" if cfg.device.enable_fsdp else "data parallel"
+
+
+def _memory_lines(plan: Plan) -> list[str]:
+    cfg, t, mem = plan.cfg, plan.cfg.training, plan.memory
+    where = "per process " if plan.processes > 1 or mem.shards > 1 else ""
+    share = f", 1/{mem.shards}" if mem.shards > 1 else ""
+    lines = [
+        f"memory {where}for one step, micro-batch {t.batch_size} x {cfg.seq_len} tokens, {cfg.device.dtype} "
+        "(formula in trickster/plan.py):",
+        f"  weights (float32{share}){'':<{14 - len(share)}} {_gib(mem.weights):>10}",
+        f"  gradients (float32{share}){'':<{12 - len(share)}} {_gib(mem.gradients):>10}",
+        f"  AdamW state (2 x float32{share}){'':<{6 - len(share)}} {_gib(mem.optimizer):>10}",
+    ]
+    if mem.gathered:
+        lines.append(f"  FSDP gathered weights, grads   {_gib(mem.gathered):>10}")
+    if mem.autocast_copy:
+        short = {"bfloat16": "bf16", "float16": "fp16"}[cfg.device.dtype]
+        lines.append(f"  autocast weight copy ({short})    {_gib(mem.autocast_copy):>10}")
+    recompute = " (checkpointed)" if cfg.device.activation_checkpointing else "               "
+    lines += [
+        f"  activations{recompute}    {_gib(mem.activations):>10}",
+        f"  loss (a chunk of logits)       {_gib(mem.logits):>10}",
+        f"  total                          {_gib(mem.total):>10}",
+    ]
+    usable = HEADROOM * plan.device_bytes
+    verdict = "fits" if plan.fits else "DOES NOT FIT"
     lines.append(
+        f"  {verdict}: {_gib(mem.total)} of {_gib(usable)} usable "
+        f"({HEADROOM:.0%} of {_gib(plan.device_bytes)} {plan.device_what})"
+    )
+    return lines + [f"  to fit: {advice}" for advice in plan.advice]
+
+
+def _time_lines(plan: Plan, budgets: list[tuple[str, int]]) -> list[str]:
+    b, m = plan.bench, plan.cfg.model
+    if b is None:
+        return [f"time: {plan.bench_note}"]
+    copy = "the model" if b.layers == m.num_layers else f"a {b.layers}-layer copy of the model"
+    if plan.cfg.device.compile:
+        copy += " (without torch.compile)"
+    rate = b.flops_per_sec / plan.flops_per_token
+    lines = [
         f"time (estimate): {copy}, batch {b.batch_size} x {b.seq_len}, {b.steps} timed training "
         f"steps on {plan.device}: median {b.seconds_per_step * 1000:,.1f} ms/step, "
-        f"{b.flops_per_sec / 1e9:,.1f} GFLOP/s"
-    )
-    rate = b.flops_per_sec / plan.flops_per_token
-    lines.append(f"  at that rate the full model trains {rate:,.{0 if rate >= 10 else 2}f} tokens/s")
-    for label, tokens in budgets:
-        lines.append(f"  {label:<44} {format_seconds(plan.seconds(tokens)):>16}")
+        f"{b.flops_per_sec / 1e9:,.1f} GFLOP/s",
+        f"  at that rate the full model trains {rate:,.{0 if rate >= 10 else 2}f} tokens/s"
+        + (
+            f" per process, x {plan.processes} processes (if it scales linearly)"
+            if plan.processes > 1
+            else ""
+        ),
+    ]
+    lines += [f"  {label:<44} {format_seconds(plan.seconds(tokens)):>16}" for label, tokens in budgets]
     if not plan.fits:
         lines.append("  (the full run does not fit as configured; see above)")
-    return "\n".join(lines)
+    return lines
 
 
 def format_seconds(seconds: float) -> str:
