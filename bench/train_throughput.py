@@ -9,10 +9,14 @@ FLOPs per token, run in the same process so that the two figures compare as a ra
     python bench/train_throughput.py --peer small nano                # against the peer
     python bench/train_throughput.py --nanogpt ../nanogpt --threads 1  # against nanoGPT's train.py
 
-Each configuration trains for --steps steps (logging every --interval); the first interval is
-discarded as warm-up (it also holds torch.compile's compilation) and the median of the rest is
-reported. MFU is achieved FLOP/s (tokens/s x `trickster.model.flops.flops_per_token`) over the measured
-matmul ceiling of the device in that dtype (`trickster.train.device`).
+Each row of the grid trains in a fresh Python process, for --steps steps (logging every
+--interval): torch.compile's caches, its recompile limit (after 8 configurations in one process
+it silently runs eagerly) and its switch to dynamic shapes on a second shape, the CUDA allocator
+and its peak-memory counter all start anew for every row. The first interval is discarded as
+warm-up (it also holds the compilation) and the median of the rest is reported. MFU is achieved
+FLOP/s (tokens/s x `trickster.model.flops.flops_per_token`) over the device's peak
+(`trickster.train.device.mfu_peak`: the datasheet figure of known GPUs, else the measured matmul
+ceiling); peak memory is the row's own.
 
 The peer shapes are nanoGPT's CPU example (--peer small: 4 layers, 128 wide, 4 heads, context 64,
 batch 12) and the nano preset's size (--peer nano: 6 layers, 256 wide, 8 heads, context 512,
@@ -30,7 +34,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -97,12 +104,38 @@ def measure(preset: str, data_dir: Path, steps: int, interval: int, overrides: l
     }
 
 
-def grid(args, data_dir: Path) -> None:
+def measure_in_process(preset: str, data_dir: Path, steps: int, interval: int, overrides: list[str]) -> dict:
+    """`measure` in a fresh Python process (this script with --row): nothing carries over from
+    one row to the next (see the module docstring)."""
+    spec = {
+        "preset": preset,
+        "data": str(data_dir),
+        "steps": steps,
+        "interval": interval,
+        "overrides": overrides,
+    }
+    result = subprocess.run(
+        [sys.executable, __file__, "--row", json.dumps(spec)], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"row {preset} {overrides} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _row(spec: str) -> None:
+    """The child side of measure_in_process: one row, printed as a JSON line."""
+    spec = json.loads(spec)
+    row = measure(spec["preset"], Path(spec["data"]), spec["steps"], spec["interval"], spec["overrides"])
+    print(json.dumps({**row, "pid": os.getpid()}))
+
+
+def grid(args, data_dir: Path) -> list[dict]:
     compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
     print(
         f"{'preset':<11} {'dtype':<9} {'compile':<7} {'params':>12} {'batch':>8} {'ms/step':>9} "
         f"{'tokens/s':>10} {'MFU':>6} {'peak GiB':>9}"
     )
+    rows = []
     for preset, dtype, compiled in itertools.product(args.presets, args.dtypes, compiles):
         steps = args.steps or (60 if preset == "tiny" else 12)
         interval = args.interval or max(1, steps // 6)
@@ -110,9 +143,11 @@ def grid(args, data_dir: Path) -> None:
             f"device_config.device={args.device}",
             f"device_config.dtype={dtype}",
             f"device_config.compile={str(compiled).lower()}",
+            *([f"device_config.threads={args.threads}"] if args.threads else []),  # rows are processes
             *args.overrides,
         ]
-        row = measure(preset, data_dir, steps, interval, overrides)
+        row = measure_in_process(preset, data_dir, steps, interval, overrides)
+        rows.append(row)
         mfu = "n/a" if row["mfu"] is None else f"{row['mfu']:.0%}"
         memory = "n/a" if row["memory"] is None else f"{row['memory']:.2f}"
         print(
@@ -120,6 +155,7 @@ def grid(args, data_dir: Path) -> None:
             f"{row['batch']:>8} {row['ms_per_step']:>9.1f} {row['tokens_per_sec']:>10,.0f} {mfu:>6} "
             f"{memory:>9}"
         )
+    return rows
 
 
 def matched_overrides(layers: int, width: int, heads: int, context: int, batch: int) -> list[str]:
@@ -228,6 +264,9 @@ def against_nanogpt(args, data_dir: Path, shape: str) -> None:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--row"]:  # a child of measure_in_process
+        _row(sys.argv[2])
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["tiny", "nano"])
     parser.add_argument("--device", default="cpu")

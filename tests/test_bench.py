@@ -1,0 +1,44 @@
+"""bench/ scripts are measurements, not tests; this checks how they measure, not what."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).parent.parent / "bench"
+
+
+def bench_module(name: str):
+    sys.path.insert(0, str(BENCH))  # the scripts import their siblings
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH))
+    return module
+
+
+@pytest.mark.slow
+def test_every_row_of_the_throughput_grid_runs_in_a_fresh_process(shakespeare_dir):
+    """One process for all rows hits torch.compile's recompile limit after 8 compiled rows (then
+    runs eagerly without a word) and keeps one running peak-memory figure for all of them."""
+    throughput = bench_module("train_throughput")
+    small = [
+        "model_config.hidden_dim=32",
+        "model_config.num_layers=1",
+        "model_config.num_heads=2",
+        "model_config.mlp_dim=64",
+        "model_config.max_seq_len=32",
+        "training_config.batch_size=2",
+        "device_config.threads=1",
+    ]
+    rows = [throughput.measure_in_process("tiny", shakespeare_dir, 4, 1, small) for _ in range(2)]
+    pids = {row["pid"] for row in rows}
+    assert len(pids) == 2 and os.getpid() not in pids
+    for row in rows:
+        assert row["batch"] == "2x32" and row["ms_per_step"] > 0 and row["tokens_per_sec"] > 0
