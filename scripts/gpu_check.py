@@ -1,0 +1,132 @@
+"""Checks nano-trickster's CUDA and multi-GPU paths on one GPU, in six steps, and prints one table.
+
+    scripts/gpu_check.sh                          # all six steps: under 8 minutes on one H100/H200
+    scripts/gpu_check.sh --steps probe nano       # some of them
+    scripts/gpu_check.sh --cpu-dry-run            # steps nano, resume, fsdp at toy size on the CPU (gloo)
+
+1 probe    SDPA forward and backward restricted to the flash kernel (full and grouped-query
+           attention, bf16); fused AdamW; a pinned contiguous host-to-GPU copy that does not block;
+           bf16 and TF32 matmul ceilings next to the datasheet; KV-cache logits equal to a full
+           forward; every collective of train/dist.py on a one-process nccl group
+2 nano     `nano` in bf16 with compile, 300 steps: the loss falls; MFU, peak memory, checkpoints
+3 resume   the same run continued to 350 steps, then `generate` and `eval` with --device cuda
+4 gpt2     `gpt2-small` throughput in bf16, eager and compiled (bench/train_throughput.py)
+5 fsdp     torchrun --nproc-per-node 1, FSDP2 on nccl: a 2-layer model of mega's shape with
+           activation checkpointing and sampling, checkpointed, then resumed
+6 mega     the 1.1B `mega` preset for a few steps: peak memory and step time next to
+           `trickster plan`'s prediction, and the time to save and load its checkpoint
+
+Every step runs whatever the others did; the exit status is 1 if any step failed, 2 for a bad
+command line or no GPU. It installs nothing (see docs/distributed.md for bringing pydantic).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STEPS = ("probe", "nano", "resume", "gpt2", "fsdp", "mega")
+DRY_RUN_STEPS = ("nano", "resume", "fsdp")  # what --cpu-dry-run can run without a GPU
+
+
+if str(ROOT / "scripts") not in sys.path:  # run as a script it is there already
+    sys.path.insert(0, str(ROOT / "scripts"))
+import gpu_steps as steps  # noqa: E402  (the sibling with the steps themselves)
+
+Result, Context, StepFailed = steps.Result, steps.Context, steps.StepFailed
+
+
+# --------------------------------------------------------------------------- the table and main
+
+
+def summary_table(results: list[Result]) -> str:
+    def cell(value, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    header = (
+        f"{'step':<7} {'status':<6} {'val loss':>8} {'tokens/s':>11} {'MFU':>6} {'peak GiB':>8} "
+        f"{'save s':>7} {'load s':>7} {'time s':>7}  notes"
+    )
+    lines = [header, "-" * len(header)]
+    for r in results:
+        lines.append(
+            f"{r.step:<7} {r.status:<6} {cell(r.val_loss, '.3f'):>8} {cell(r.tokens_per_sec, ',.0f'):>11} "
+            f"{cell(r.mfu, '.1%'):>6} {cell(r.peak_gib, '.2f'):>8} {cell(r.save_s, '.1f'):>7} "
+            f"{cell(r.load_s, '.1f'):>7} {cell(r.seconds, '.0f'):>7}  {'; '.join(r.notes)}"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="scripts/gpu_check.sh", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--steps", nargs="+", choices=STEPS, default=list(STEPS), help="the steps to run, in order"
+    )
+    parser.add_argument(
+        "--cpu-dry-run", action="store_true", help="steps nano, resume and fsdp at toy size on the CPU"
+    )
+    parser.add_argument(
+        "--work", type=Path, help="folder for the runs and logs (default: a new temporary one)"
+    )
+    parser.add_argument("--text", type=Path, default=next((t for t in steps.TEXTS if t.is_file()), None))
+    args = parser.parse_args(argv)
+    if args.cpu_dry_run:
+        args.steps = [s for s in args.steps if s in DRY_RUN_STEPS]
+    return args
+
+
+def run_steps(ctx: Context, names: list[str], echo=print) -> list[Result]:
+    results = []
+    for name in names:
+        echo(f"[gpu_check] {name} ...", flush=True)
+        started = time.perf_counter()
+        try:
+            result = steps.STEP_FUNCTIONS[name](ctx)
+        except StepFailed as failed:
+            result = Result(name, "FAIL", notes=[str(failed)])
+        except Exception as error:  # a bug or an unexpected failure: the table still comes
+            (ctx.work / f"{name}.traceback").write_text(traceback.format_exc())
+            result = Result(
+                name, "FAIL", notes=[f"{type(error).__name__}: {str(error)[:300]} (see {name}.traceback)"]
+            )
+        result.seconds = time.perf_counter() - started
+        echo(f"[gpu_check] {name}: {result.status} in {result.seconds:.0f} s", flush=True)
+        results.append(result)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    if not args.cpu_dry_run and not torch.cuda.is_available():
+        print(
+            "gpu_check: no CUDA GPU is visible; run it on a GPU machine, or try --cpu-dry-run",
+            file=sys.stderr,
+        )
+        return 2
+    if args.text is None or not args.text.is_file():
+        print(f"gpu_check: --text {args.text} is not a file; pass a plain-text corpus", file=sys.stderr)
+        return 2
+    work = args.work or Path(tempfile.mkdtemp(prefix="gpu_check-"))
+    work.mkdir(parents=True, exist_ok=True)
+    from trickster.data import sources
+    from trickster.data.prepare import prepare
+
+    data = work / "data"
+    if not (data / "meta.json").is_file():
+        prepare(sources.shakespeare(args.text), "char", data, progress=False)
+    device = "cpu (dry run)" if args.cpu_dry_run else torch.cuda.get_device_name()
+    print(f"gpu_check on {device}, torch {torch.__version__}, runs and logs in {work}", flush=True)
+    results = run_steps(Context(work, data, args.cpu_dry_run), args.steps)
+    print(summary_table(results))
+    return 1 if any(r.status == "FAIL" for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,353 @@
+"""Steps 1 to 6 of scripts/gpu_check.py (see its docstring), each a function of a Context that
+returns a Result or raises StepFailed. Step 1's checks are in gpu_probe.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TEXTS = [
+    ROOT.parent / "shared" / "data" / "tinyshakespeare.txt",
+    ROOT / "tests" / "data" / "shakespeare_excerpt.txt",
+]
+
+
+class StepFailed(Exception):
+    """A step's check did not hold; the message says which."""
+
+
+@dataclass
+class Result:
+    step: str
+    status: str = "PASS"  # PASS | FAIL | SKIP
+    val_loss: float | None = None
+    tokens_per_sec: float | None = None
+    mfu: float | None = None  # against the datasheet peak where the GPU is in the table
+    peak_gib: float | None = None
+    save_s: float | None = None
+    load_s: float | None = None
+    seconds: float | None = None  # how long the step took
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Context:
+    work: Path  # runs, data and logs of this check
+    data: Path  # Tiny Shakespeare (or the tests' excerpt), prepared with the char tokenizer
+    dry_run: bool  # toy sizes on the CPU
+    runs: dict = field(default_factory=dict)  # step -> run folder, for the steps that follow
+
+    @property
+    def device(self) -> str:
+        return "cpu" if self.dry_run else "cuda"
+
+    def require_gpu(self, step: str) -> None:
+        import torch
+
+        if not self.dry_run and not torch.cuda.is_available():
+            raise StepFailed(f"{step} needs a CUDA GPU and none is visible")
+
+
+# --------------------------------------------------------------------------- running commands
+
+
+def trickster(ctx: Context, name: str, *argv: str, torchrun: bool = False, timeout: int = 600) -> str:
+    """Run `python -m trickster ARGV` (under torchrun with one process if asked); its output is
+    kept in WORK/NAME.log. Fails the step on a non-zero exit."""
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1"] if torchrun else []
+    command = [sys.executable, *launcher, "-m", "trickster", *argv]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    if ctx.dry_run:
+        env["OMP_NUM_THREADS"] = "1"
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=ctx.work, env=env, capture_output=True, text=True, timeout=timeout)
+    log = ctx.work / f"{name}.log"
+    log.write_text(f"$ {' '.join(command)}\n{done.stdout}\n{done.stderr}")
+    if done.returncode != 0:
+        last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
+        took = time.perf_counter() - started
+        raise StepFailed(
+            f"`trickster {argv[0]}` exited {done.returncode} after {took:.0f} s: {last[:200]} (see {log})"
+        )
+    return done.stdout
+
+
+def events(run: Path, kind: str | None = None) -> list[dict]:
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        raise StepFailed(f"{path} was not written")
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if kind is None or r["event"] == kind]
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise StepFailed(message)
+
+
+def training_figures(result: Result, run: Path, skip: int = 1) -> None:
+    """Fill the table's training columns from a run's metrics.jsonl (the first `skip` train
+    records are warm-up and compilation)."""
+    train = events(run, "train")
+    steady = train[skip:] or train
+    result.tokens_per_sec = statistics.median(r["tokens_per_sec"] for r in steady)
+    mfus = [r["mfu"] for r in steady if r.get("mfu") is not None]
+    result.mfu = statistics.median(mfus) if mfus else None
+    memory = [r["peak_memory_gib"] for r in train if r.get("peak_memory_gib") is not None]
+    result.peak_gib = max(memory) if memory else None
+    losses = [r["val_loss"] for r in events(run, "eval") if r.get("val_loss") is not None]
+    result.val_loss = losses[-1] if losses else None
+    start = events(run, "start")
+    if start and start[0].get("peak_source"):
+        result.notes.append(f"MFU against {start[0]['peak_source']}")
+
+
+def save_and_load_times(result: Result, run: Path, device: str) -> None:
+    """load_s: `load_checkpoint` of the final weights onto the device; save_s: the run's own
+    saves at its last step (best and final), from the times of its events."""
+    from trickster.train import checkpoint as ckpt
+
+    started = time.perf_counter()
+    ckpt.load_checkpoint(run / "checkpoints" / "final", device)
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+    result.load_s = time.perf_counter() - started
+    last_eval, end = events(run, "eval")[-1], events(run, "end")
+    if end:
+        result.save_s = end[0]["time"] - last_eval["time"]
+
+
+def load_script(folder: Path, name: str):
+    """A script of bench/ or scripts/ as a module (neither folder is a package)."""
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))  # for the scripts' own sibling imports
+    spec = importlib.util.spec_from_file_location(f"{folder.name}_{name}", folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --------------------------------------------------------------------------- step 1
+
+
+def step_probe(ctx: Context) -> Result:
+    ctx.require_gpu("probe")
+    if ctx.dry_run:
+        return Result("probe", "SKIP", notes=["needs a GPU"])
+    notes, failures = load_script(ROOT / "scripts", "gpu_probe").probe()
+    return Result("probe", "FAIL" if failures else "PASS", notes=failures + notes)
+
+
+# --------------------------------------------------------------------------- steps 2 to 6
+
+NANO_DRY = [  # --cpu-dry-run: the nano step at toy size
+    "model_config.hidden_dim=64",
+    "model_config.num_layers=2",
+    "model_config.num_heads=4",
+    "model_config.mlp_dim=192",
+    "model_config.max_seq_len=64",
+    "training_config.batch_size=8",
+    "training_config.learning_rate=0.003",
+]
+
+
+def step_nano(ctx: Context) -> Result:
+    ctx.require_gpu("nano")
+    result, run = Result("nano"), ctx.work / "nano"
+    steps = 30 if ctx.dry_run else 300
+    precision = (
+        ["device_config.dtype=float32", "device_config.compile=false"]
+        if ctx.dry_run
+        else ["device_config.dtype=bfloat16", "device_config.compile=true"]
+    )
+    trickster(
+        ctx, "nano", "train", "--preset", "nano", "--data", str(ctx.data), "--out", str(run), "--no-progress",
+        f"device_config.device={ctx.device}", *precision, *(NANO_DRY if ctx.dry_run else []),
+        f"training_config.max_steps={steps}", f"training_config.warmup_steps={steps // 10}",
+        f"training_config.log_every={steps // 12}", f"training_config.eval_every={steps // 3}",
+        f"training_config.save_every={steps // 3}", "training_config.eval_batches=5",
+        "training_config.sample_tokens=40", "logging_config.loss_plot=false",
+    )  # fmt: skip
+    losses = [r["train_loss"] for r in events(run, "train") if r.get("train_loss") is not None]
+    check(len(losses) >= 2 and losses[-1] < losses[0] - 0.3, f"the train loss did not fall: {losses}")
+    for name in (f"step_{steps // 3:06d}", f"step_{2 * steps // 3:06d}", "best", "final"):
+        check((run / "checkpoints" / name / "COMPLETE").is_file(), f"checkpoints/{name} is missing")
+    training_figures(result, run)
+    result.notes.append(f"train loss {losses[0]:.2f} -> {losses[-1]:.2f} in {steps} steps")
+    ctx.runs["nano"] = run
+    return result
+
+
+def step_resume(ctx: Context) -> Result:
+    ctx.require_gpu("resume")
+    run = ctx.runs.get("nano")
+    if run is None:
+        raise StepFailed("needs the nano step's run (run the steps together)")
+    result = Result("resume")
+    steps = events(run, "end")[0]["step"] + (5 if ctx.dry_run else 50)
+    trickster(
+        ctx, "resume", "train", "--config", str(run / "config.yaml"), "--resume", "--no-progress",
+        f"training_config.max_steps={steps}",
+    )  # fmt: skip
+    resumes = events(run, "resume")
+    check(bool(resumes) and events(run, "end")[-1]["step"] == steps, f"no resume to step {steps}: {resumes}")
+    text = trickster(
+        ctx, "generate", "generate", str(run), "--device", ctx.device, "--prompt", "ROMEO:",
+        "--max-new-tokens", "60", "--seed", "1",
+    )  # fmt: skip
+    check(len(text.strip()) > len("ROMEO:"), f"generate wrote nothing new: {text!r}")
+    scored = json.loads(
+        trickster(ctx, "eval", "eval", str(run), "--device", ctx.device, "--json").splitlines()[-1]
+    )
+    result.val_loss = scored["loss"]
+    run_loss = events(run, "eval")[-1]["val_loss"]
+    check(
+        math.isfinite(scored["loss"]) and abs(scored["loss"] - run_loss) < 0.3,
+        f"eval {scored['loss']} vs run {run_loss}",
+    )
+    result.notes.append(
+        f"resumed at {resumes[-1]['step']} to {steps}; eval loss {scored['loss']:.3f}, run {run_loss:.3f}"
+    )
+    save_and_load_times(result, run, ctx.device)
+    return result
+
+
+def step_gpt2(ctx: Context) -> Result:
+    ctx.require_gpu("gpt2")
+    if ctx.dry_run:
+        return Result("gpt2", "SKIP", notes=["needs a GPU"])
+    throughput = load_script(ROOT / "bench", "train_throughput")
+    result, rows = Result("gpt2"), {}
+    for compiled in (False, True):
+        overrides = [
+            "device_config.device=cuda",
+            "device_config.dtype=bfloat16",
+            f"device_config.compile={compiled}",
+        ]
+        rows[compiled] = throughput.measure_in_process("gpt2-small", ctx.data, 30, 5, overrides)
+    eager, fast = rows[False], rows[True]
+    result.tokens_per_sec, result.mfu, result.peak_gib = fast["tokens_per_sec"], fast["mfu"], fast["memory"]
+    result.notes.append(
+        f"compiled {fast['tokens_per_sec']:,.0f} tokens/s, eager {eager['tokens_per_sec']:,.0f} "
+        f"(x{fast['tokens_per_sec'] / eager['tokens_per_sec']:.2f}); eager peak {eager['memory']} GiB"
+    )
+    return result
+
+
+def fsdp_model(dry_run: bool) -> list[str]:
+    """mega's shape with 2 layers (toy size with --cpu-dry-run)."""
+    width, heads, kv, mlp, vocab, context, batch = (
+        (64, 8, 2, 176, 96, 32, 4) if dry_run else (2048, 32, 4, 5632, 32000, 2048, 2)
+    )
+    return [
+        f"model_config.hidden_dim={width}", "model_config.num_layers=2", f"model_config.num_heads={heads}",
+        f"model_config.num_kv_heads={kv}", f"model_config.mlp_dim={mlp}", f"model_config.vocab_size={vocab}",
+        f"model_config.max_seq_len={context}", "model_config.tie_embeddings=false",
+        f"training_config.batch_size={batch}", "training_config.gradient_accumulation_steps=2",
+    ]  # fmt: skip
+
+
+def step_fsdp(ctx: Context) -> Result:
+    ctx.require_gpu("fsdp")
+    result, run = Result("fsdp"), ctx.work / "fsdp"
+    dtype = "float32" if ctx.dry_run else "bfloat16"
+    common = [
+        "--no-progress", f"device_config.device={ctx.device}", "device_config.enable_fsdp=true",
+        "device_config.activation_checkpointing=true", f"device_config.dtype={dtype}",
+        "device_config.compile=false", "training_config.warmup_steps=2", "training_config.log_every=2",
+        "training_config.eval_every=10", "training_config.save_every=10", "training_config.eval_batches=2",
+        "training_config.sample_tokens=20", "logging_config.loss_plot=false",
+    ]  # fmt: skip
+    first = [
+        "train",
+        "--preset",
+        "mega",
+        "--data",
+        str(ctx.data),
+        "--out",
+        str(run),
+        *fsdp_model(ctx.dry_run),
+    ]
+    trickster(ctx, "fsdp", *first, *common, "training_config.max_steps=20", torchrun=True)
+    check((run / "checkpoints" / "step_000010" / "COMPLETE").is_file(), "checkpoints/step_000010 is missing")
+    samples = [r["sample"] for r in events(run, "eval") if r.get("sample")]
+    check(bool(samples), "no sample was written during training")
+    trickster(
+        ctx, "fsdp-resume", "train", "--config", str(run / "config.yaml"), "--resume", *common,
+        "training_config.max_steps=30", torchrun=True,
+    )  # fmt: skip
+    check(
+        bool(events(run, "resume")) and events(run, "end")[-1]["step"] == 30,
+        "the FSDP run did not resume to 30",
+    )
+    losses = [r["train_loss"] for r in events(run, "train") if r.get("train_loss") is not None]
+    check(
+        all(math.isfinite(x) for x in losses) and losses[-1] < losses[0], f"the loss did not fall: {losses}"
+    )
+    training_figures(result, run)
+    result.notes.append(
+        f"FSDP2 on {'gloo' if ctx.dry_run else 'nccl'}, resumed at 20; sample {samples[-1][:30]!r}"
+    )
+    save_and_load_times(result, run, ctx.device)
+    return result
+
+
+MEGA_RUN = [  # a few steps, one evaluation, no numbered checkpoint, no sample
+    "training_config.warmup_steps=2",
+    "training_config.log_every=2",
+    "training_config.eval_every=8",
+    "training_config.save_every=1000",
+    "training_config.eval_batches=2",
+    "training_config.sample_tokens=0",
+    "logging_config.loss_plot=false",
+]
+
+
+def step_mega(ctx: Context) -> Result:
+    ctx.require_gpu("mega")
+    if ctx.dry_run:
+        return Result("mega", "SKIP", notes=["needs a GPU"])
+    import torch
+
+    from trickster import plan
+    from trickster.config import load_config
+
+    result, run = Result("mega"), ctx.work / "mega"
+    overrides = ["device_config.device=cuda", "device_config.compile=false", "training_config.max_steps=8"]
+    predicted = plan.make_plan(
+        load_config(preset="mega", overrides=overrides), torch.device("cuda"), name="mega"
+    )
+    argv = ["train", "--preset", "mega", "--data", str(ctx.data), "--out", str(run), "--no-progress"]
+    trickster(ctx, "mega", *argv, *overrides, *MEGA_RUN, timeout=900)
+    training_figures(result, run)
+    ms = statistics.median(r["ms_per_step"] for r in events(run, "train")[1:] or events(run, "train"))
+    rate = predicted.bench.flops_per_sec / predicted.flops_per_token if predicted.bench else None
+    tokens_per_step = predicted.cfg.training.batch_size * predicted.cfg.seq_len
+    plan_ms = f"{1000 * tokens_per_step / rate:,.0f}" if rate else "n/a"
+    plan_gib = predicted.memory.total / 2**30
+    result.notes.append(
+        f"step {ms:,.0f} ms (plan {plan_ms} ms); peak {result.peak_gib} GiB (plan {plan_gib:.1f} GiB)"
+    )
+    save_and_load_times(result, run, "cuda")
+    return result
+
+
+STEP_FUNCTIONS = {
+    "probe": step_probe,
+    "nano": step_nano,
+    "resume": step_resume,
+    "gpt2": step_gpt2,
+    "fsdp": step_fsdp,
+    "mega": step_mega,
+}

@@ -1,0 +1,87 @@
+"""scripts/gpu_check.py without a GPU: its command line, its table, that every step refuses
+cleanly here, and (--cpu-dry-run) the nano, resume and fsdp steps at toy size on the CPU."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPTS = Path(__file__).parent.parent / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+import gpu_check  # noqa: E402
+import gpu_steps  # noqa: E402
+
+no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks what happens without a GPU")
+
+
+def test_the_command_line_chooses_steps():
+    assert gpu_check.parse_args([]).steps == list(gpu_check.STEPS)
+    assert gpu_check.parse_args(["--steps", "mega", "probe"]).steps == ["mega", "probe"]
+    assert gpu_check.parse_args(["--cpu-dry-run"]).steps == ["nano", "resume", "fsdp"]
+    assert gpu_check.parse_args(["--cpu-dry-run", "--steps", "probe", "fsdp"]).steps == ["fsdp"]
+    with pytest.raises(SystemExit) as exit_:
+        gpu_check.parse_args(["--steps", "warp"])
+    assert exit_.value.code == 2
+
+
+def test_the_summary_is_one_table_with_a_dash_for_what_a_step_does_not_measure():
+    results = [
+        gpu_steps.Result(
+            "nano", val_loss=1.4567, tokens_per_sec=812345.6, mfu=0.3141, peak_gib=1.5, seconds=61
+        ),
+        gpu_steps.Result("mega", "FAIL", notes=["out of memory", "plan said 60 GiB"]),
+    ]
+    lines = gpu_check.summary_table(results).splitlines()
+    columns = "step status val loss tokens/s MFU peak GiB save s load s time s notes"
+    assert lines[0].split() == columns.split()
+    assert lines[2].split() == ["nano", "PASS", "1.457", "812,346", "31.4%", "1.50", "-", "-", "61"]
+    assert lines[3].split()[:9] == ["mega", "FAIL", "-", "-", "-", "-", "-", "-", "-"]
+    assert lines[3].endswith("out of memory; plan said 60 GiB")
+
+
+def test_a_failing_step_is_reported_and_the_others_still_run(tmp_path, monkeypatch):
+    def broken(ctx):
+        raise KeyError("a bug")
+
+    def failing(ctx):
+        raise gpu_steps.StepFailed("the loss did not fall")
+
+    fake = {"probe": broken, "nano": failing, "resume": lambda ctx: gpu_steps.Result("resume")}
+    monkeypatch.setattr(gpu_steps, "STEP_FUNCTIONS", fake)
+    ctx = gpu_steps.Context(tmp_path, tmp_path, dry_run=True)
+    results = gpu_check.run_steps(ctx, ["probe", "nano", "resume"], echo=lambda *a, **k: None)
+    assert [r.status for r in results] == ["FAIL", "FAIL", "PASS"]
+    assert "KeyError" in results[0].notes[0] and (tmp_path / "probe.traceback").is_file()
+    assert results[1].notes == ["the loss did not fall"]
+    assert all(r.seconds is not None for r in results)
+
+
+@no_gpu
+@pytest.mark.parametrize("step", gpu_check.STEPS)
+def test_every_step_refuses_cleanly_without_a_gpu(step, tmp_path):
+    ctx = gpu_steps.Context(tmp_path, tmp_path, dry_run=False)
+    with pytest.raises(gpu_steps.StepFailed, match=f"^{step} needs a CUDA GPU and none is visible$"):
+        gpu_steps.STEP_FUNCTIONS[step](ctx)
+
+
+@no_gpu
+def test_without_a_gpu_the_check_says_so_in_one_line(capsys):
+    assert gpu_check.main([]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no CUDA GPU is visible" in err and "--cpu-dry-run" in err
+
+
+@pytest.mark.slow
+def test_a_cpu_dry_run_trains_resumes_and_shards_at_toy_size(tmp_path, capsys):
+    assert gpu_check.main(["--cpu-dry-run", "--work", str(tmp_path)]) == 0, capsys.readouterr().out
+    out = capsys.readouterr().out
+    rows = {
+        line.split()[0]: line.split()
+        for line in out.splitlines()
+        if line.split()[:1] in (["nano"], ["resume"], ["fsdp"])
+    }
+    assert [rows[step][1] for step in ("nano", "resume", "fsdp")] == ["PASS"] * 3
+    assert (tmp_path / "fsdp" / "checkpoints" / "final").is_dir()
