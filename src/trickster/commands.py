@@ -25,7 +25,7 @@ from trickster.model.transformer import Transformer
 from trickster.observe import evaluation
 from trickster.train import checkpoint as ckpt
 from trickster.train import dist
-from trickster.train.device import resolve_device
+from trickster.train.device import resolve_device, resolve_precision
 from trickster.train.loop import train
 from trickster.train.resume import run_dir_in_use
 from trickster.train.validate import evaluate, validation_batches
@@ -143,6 +143,8 @@ def _tokenizer_from(path: str):
 def train_command(preset, config, overrides, resume: bool, progress=None) -> int:
     """`resume`: the --resume flag; without it training_config.resume decides."""
     cfg = load_config(config, preset, overrides)
+    # dtype and compile `auto` as this machine runs them, so the run folder records what ran
+    cfg = resolve_precision(cfg, resolve_device(cfg.device.device))
     try:
         result = train(cfg, resume=True if resume else None, progress=progress)
         speaks = dist.is_main_process()  # under torchrun, rank 0 prints the summary
