@@ -73,11 +73,13 @@ class Memory:
     logits: int  # the loss's working memory: one chunk of float32 logits
     gathered: int = 0  # FSDP: weights gathered for computing, and whole gradients between micro-batches
     shards: int = 1  # the FSDP shard degree the state is divided by
+    loss_gradient: int = 0  # the loss's float32 gradient for the output matrix, once per step
 
     @property
     def state(self) -> int:
         """What does not depend on the batch."""
-        return self.weights + self.gradients + self.optimizer + self.autocast_copy + self.gathered
+        fixed = self.weights + self.gradients + self.optimizer + self.autocast_copy + self.gathered
+        return fixed + self.loss_gradient
 
     @property
     def total(self) -> int:
@@ -135,10 +137,11 @@ def memory_estimate(
         gradients=4 * P // shards,
         optimizer=(8 * (P - muon) + 4 * muon) // shards,
         autocast_copy=autocast_copy,
-        activations=activation_bytes(cfg, tokens),  # per token: no T x T term (fused attention)
+        activations=tokens * activation_bytes_per_token(cfg),  # no T x T term (fused attention)
         logits=3 * chunk * cfg.model.vocab_size * 4,
         gathered=gathered,
         shards=shards,
+        loss_gradient=activation_bytes(cfg, 0),
     )
 
 
@@ -273,13 +276,18 @@ def _timed_steps(cfg: Config, bench_cfg: Config, device: torch.device, deadline:
                 f"one step of a {bench_cfg.model.num_layers}-layer copy of the model takes "
                 f"{smallest:.1f} s on {device}, too long to time here"
             )
-        # the largest size of which 4 steps fit the time left, priced as the smallest step scaled
-        # by its FLOPs (an over-estimate: the smallest step is mostly fixed costs)
-        left = deadline - time.perf_counter()
-        size = max(
-            (s for s in sizes if 4 * smallest * work(s) / work(sizes[0]) <= left), key=work, default=sizes[0]
-        )
-        times, start = [step(*size)], time.perf_counter()
+        # the largest size of which 4 steps fit the time left, priced as the last step timed
+        # scaled by FLOPs (an over-estimate from a small step, mostly fixed costs): priced again
+        # from each larger step until no larger one fits
+        size, last = sizes[0], smallest
+        while True:
+            left = deadline - time.perf_counter()
+            fitting = [s for s in sizes if 4 * last * work(s) / work(size) <= left]
+            bigger = max(fitting, key=work, default=size)
+            if work(bigger) <= work(size):
+                break
+            size, last = bigger, step(*bigger)
+        times, start = [last], time.perf_counter()
         # at least min_steps (a moment of contention must not decide), in at most half again the time
         while (
             len(times) < 30 and time.perf_counter() + times[-1] < deadline + (len(times) < min_steps) * grace
@@ -520,7 +528,7 @@ def _memory_lines(plan: Plan) -> list[str]:
     recompute = " (checkpointed)" if cfg.device.activation_checkpointing else "               "
     lines += [
         f"  activations{recompute}    {_gib(mem.activations):>10}",
-        f"  loss (a chunk of logits)       {_gib(mem.logits):>10}",
+        f"  loss (a chunk of logits)       {_gib(mem.logits + mem.loss_gradient):>10}",
         f"  total                          {_gib(mem.total):>10}",
     ]
     usable = HEADROOM * plan.device_bytes

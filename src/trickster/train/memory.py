@@ -8,8 +8,8 @@ The largest micro-batch that fits in plan.HEADROOM (90%) of the device's memory 
 device_config.memory_gib) follows, capped at each process's share of the global batch; on a GPU a
 last trial step at that size confirms it (one smaller on an out-of-memory error). On a GPU a step
 is measured by the allocator's peak; on a CPU by the tensors a step holds: weights, gradients,
-AdamW state, the activations autograd saves (counted as they are saved) and the logits with
-their gradient, as plan.py's formula counts them.
+AdamW state, the activations autograd saves (counted as they are saved) and the loss's chunk of
+float32 logits, as plan.py's formula counts it.
 """
 
 from __future__ import annotations
@@ -108,8 +108,8 @@ def trial_step_bytes(model, optimizer, cfg: Config, device: torch.device, batch:
     state = sum(_bytes(p) + _bytes(p.grad) for p in model.parameters())
     state += sum(_bytes(v) for s in optimizer.state.values() for v in s.values())
     optimizer.zero_grad(set_to_none=True)
-    logits = 2 * batch * cfg.seq_len * cfg.model.vocab_size * 4  # float32 logits and their gradient
-    return state + sum(saved.values()) + logits
+    loss = plan.memory_estimate(cfg, batch_size=batch).logits  # a chunk of float32 logits, transient
+    return state + sum(saved.values()) + loss
 
 
 def _bytes(tensor) -> int:
