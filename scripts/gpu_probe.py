@@ -16,19 +16,21 @@ def sdpa_flash() -> str:
 
     generator = torch.Generator("cuda").manual_seed(0)
     for kv_heads in (8, 2):
-        shapes = {"q": (2, 8, 512, 64), "k": (2, kv_heads, 512, 64), "v": (2, kv_heads, 512, 64)}
+        shapes = {"query": (2, 8, 512, 64), "key": (2, kv_heads, 512, 64), "value": (2, kv_heads, 512, 64)}
         tensors = {n: torch.randn(s, device="cuda", generator=generator) for n, s in shapes.items()}
+        weights = torch.randn(2, 8, 512, 64, device="cuda", generator=generator)  # O(1) gradients
         fast = {n: t.bfloat16().requires_grad_() for n, t in tensors.items()}
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
             out = F.scaled_dot_product_attention(**fast, is_causal=True, enable_gqa=kv_heads != 8)
-            out.float().square().mean().backward()
+            (out.float() * weights).sum().backward()
         exact = {n: t.clone().requires_grad_() for n, t in tensors.items()}
         with sdpa_kernel(SDPBackend.MATH):
             reference = F.scaled_dot_product_attention(**exact, is_causal=True, enable_gqa=kv_heads != 8)
-            reference.square().mean().backward()
-        torch.testing.assert_close(out.float(), reference, atol=3e-2, rtol=3e-2)
-        for name in shapes:
-            torch.testing.assert_close(fast[name].grad.float(), exact[name].grad, atol=3e-3, rtol=5e-2)
+            (reference * weights).sum().backward()
+        pairs = [(out.float(), reference)] + [(fast[n].grad.float(), exact[n].grad) for n in shapes]
+        for got, want in pairs:  # bf16 keeps about 3 significant digits
+            error = ((got - want).abs().max() / want.abs().max()).item()
+            assert error < 2e-2, f"flash differs from math by {error:.1%} (kv heads {kv_heads})"
     return "flash attention fwd+bwd bf16, full and GQA: ok"
 
 
@@ -101,7 +103,7 @@ def matmul_ceilings() -> str:
     return "matmul " + ", ".join(parts)
 
 
-def kv_cache() -> str:
+def kv_cache(device: str = "cuda") -> str:
     """Logits decoded one token at a time with the KV cache equal those of one full forward."""
     from trickster.config import ModelConfig
     from trickster.model.transformer import KVCache, Transformer
@@ -110,20 +112,20 @@ def kv_cache() -> str:
         vocab_size=128, hidden_dim=256, num_layers=4, num_heads=8, num_kv_heads=2, max_seq_len=64
     )
     torch.manual_seed(0)
-    model = Transformer(cfg).cuda().eval()
-    idx = torch.randint(0, 128, (1, 48), device="cuda")
+    model = Transformer(cfg).to(device).eval()
+    idx = torch.randint(0, 128, (1, 48), device=device)
     for dtype, tolerance in ((torch.float32, 1e-4), (torch.bfloat16, 6e-2)):
-        with torch.no_grad(), torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+        with torch.no_grad(), torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32):
             full, _ = model(idx)
-            cache = KVCache.empty(cfg, 1, 64, "cuda", dtype)
+            cache = KVCache.empty(cfg, 1, 64, device, dtype)
             stepwise = torch.cat([model(idx[:, i : i + 1], cache=cache)[0] for i in range(48)], dim=1)
         torch.testing.assert_close(stepwise, full, atol=tolerance, rtol=tolerance)
     return "KV-cache logits = full forward (fp32, bf16): ok"
 
 
-def collectives() -> str:
-    """Every collective of train/dist.py on a one-process nccl group (with gloo for CPU
-    objects), FSDP2 with bf16 weights and micro-batches, full state out and back, sampling."""
+def collectives(device: str = "cuda") -> str:
+    """Every collective of train/dist.py on a one-process group (nccl, with gloo for CPU objects,
+    on a GPU), FSDP2 with bf16 weights and micro-batches, full state out and back, sampling."""
     from trickster.config import config_from_dict
     from trickster.model.generate import generate
     from trickster.model.transformer import Transformer
@@ -131,13 +133,9 @@ def collectives() -> str:
     from trickster.train.optim import build_optimizer
 
     model_cfg = {"vocab_size": 128, "hidden_dim": 128, "num_layers": 2, "num_heads": 4, "max_seq_len": 64}
-    cfg = config_from_dict(
-        {
-            "model_config": model_cfg,
-            "device_config": {"device": "cuda", "enable_fsdp": True, "dtype": "bfloat16"},
-        }
-    )
-    job = dist.setup(cfg.device, "cuda")
+    device_cfg = {"device": device, "enable_fsdp": True, "dtype": "bfloat16"}
+    cfg = config_from_dict({"model_config": model_cfg, "device_config": device_cfg})
+    job = dist.setup(cfg.device, device)
     try:
         assert dist.mean(2.0, job) == 2.0 and dist.any_rank(True, job) and not dist.any_rank(False, job)
         assert dist.broadcast({"step": 3}, job) == {"step": 3} and dist.gather(5, job) == [5]
@@ -145,14 +143,14 @@ def collectives() -> str:
         extra = [name for name in ("sum_across", "from_rank0", "all_agree") if hasattr(dist, name)]
         if "sum_across" in extra:
             assert dist.sum_across(torch.ones(3, device=job.device), job) == [1.0, 1.0, 1.0]
-        model = Transformer(cfg.model).cuda()
-        optimizer = build_optimizer(model, cfg.training, job.device)
+        model = Transformer(cfg.model).to(job.device)
         step_model = dist.parallelize(model, job, job.device)
-        x = torch.randint(0, 128, (2, 33), device="cuda")
+        optimizer = build_optimizer(model, cfg.training, job.device)  # over the sharded parameters
+        x = torch.randint(0, 128, (2, 33), device=job.device)
         for micro_step in range(2):
             with (
                 dist.micro_batch(step_model, job, micro_step == 1),
-                torch.autocast("cuda", dtype=torch.bfloat16),
+                torch.autocast(device, dtype=torch.bfloat16),
             ):
                 step_model(x[:, :-1], x[:, 1:])[1].backward()
         optimizer.step()
@@ -162,9 +160,15 @@ def collectives() -> str:
         assert len(tokens) == 8
     finally:
         dist.shutdown()
-    return "nccl: mean, any_rank, broadcast, gather, barrier, " + ", ".join(
-        [*extra, "FSDP2 bf16 micro-batches", "full state", "sampling"]
-    )
+    backend = "nccl" if device == "cuda" else "gloo"
+    done = [
+        "mean, any_rank, broadcast, gather, barrier",
+        *extra,
+        "FSDP2 bf16 micro-batches",
+        "full state",
+        "sampling",
+    ]
+    return f"{backend}: " + ", ".join(done)
 
 
 CHECKS = (sdpa_flash, fused_adamw, pinned_copy, matmul_ceilings, kv_cache, collectives)

@@ -85,3 +85,12 @@ def test_a_cpu_dry_run_trains_resumes_and_shards_at_toy_size(tmp_path, capsys):
     }
     assert [rows[step][1] for step in ("nano", "resume", "fsdp")] == ["PASS"] * 3
     assert (tmp_path / "fsdp" / "checkpoints" / "final").is_dir()
+
+
+@pytest.mark.slow
+def test_the_probes_cpu_capable_checks_pass_on_this_cpu():
+    """kv_cache and collectives take a device: on the CPU (gloo) they run the same code paths."""
+    import gpu_probe
+
+    assert gpu_probe.kv_cache("cpu").endswith("ok")
+    assert gpu_probe.collectives("cpu").startswith("gloo: mean, any_rank")
