@@ -87,8 +87,9 @@ def test_a_cuda_job_pairs_nccl_with_gloo_and_binds_its_gpu(monkeypatch):
             "set_device": 0,
         }
         assert job.device == torch.device("cuda", 0)  # where mean and any_rank put their scalars
-        on_this_cpu = replace(job, device=CPU)
-        assert dist.mean(3.0, on_this_cpu) == 3.0 and dist.any_rank(True, on_this_cpu)
+        cpu_tensor = torch.ones(2)
+        td.all_reduce(cpu_tensor)  # "No backend type associated with device type cpu" with nccl alone
+        assert cpu_tensor.tolist() == [1.0, 1.0]
         assert dist.broadcast({"step": 7}, job) == {"step": 7}  # object collectives go over gloo
     finally:
         dist.shutdown()
@@ -196,8 +197,7 @@ def _two_process_worker(rank: int, port: int, out: str) -> None:
         result = {
             "dtypes": [str(d) for d in seen],
             "kinds": kinds,
-            "mean": dist.mean(float(rank), job),
-            "any": dist.any_rank(rank == 1, job),
+            "ranks": dist.gather(rank, job),
             "broadcasts": len(broadcasts),
         }
         Path(out, f"{rank}.json").write_text(json.dumps(result))
@@ -206,7 +206,7 @@ def _two_process_worker(rank: int, port: int, out: str) -> None:
 
 
 @pytest.mark.slow
-def test_two_processes_gather_bfloat16_shards_and_agree_on_scalars(tmp_path):
+def test_two_processes_gather_bfloat16_shards_and_keep_them_between_micro_batches(tmp_path):
     mp.start_processes(
         _two_process_worker, args=(_free_port(), str(tmp_path)), nprocs=2, start_method="spawn"
     )
@@ -214,5 +214,5 @@ def test_two_processes_gather_bfloat16_shards_and_agree_on_scalars(tmp_path):
         result = json.loads((tmp_path / f"{rank}.json").read_text())
         assert result["dtypes"] == ["torch.bfloat16"] * 2
         assert result["kinds"] == ["Parameter", "DTensor"]
-        assert result["mean"] == 0.5 and result["any"] is True
+        assert result["ranks"] == [0, 1]
         assert result["broadcasts"] == 0
