@@ -172,6 +172,7 @@ def matched_overrides(layers: int, width: int, heads: int, context: int, batch: 
         "model_config.dropout=0.0",
         f"training_config.batch_size={batch}",
         "training_config.learning_rate=1e-3",
+        "training_config.optimizer=adamw",  # as the peer: a throughput comparison, not of optimizers
     ]
 
 
