@@ -5,6 +5,7 @@ memory of the whole process tree for two corpus sizes, to show it stays flat as 
 
     python bench/prepare_throughput.py                          # 8 MB for MB/s; 4 MB and 16 MB for RSS
     python bench/prepare_throughput.py --throughput-mb 200 --sizes-mb 100 1000 --workers 2
+    python bench/prepare_throughput.py --only-dedup --dedup-sizes-mb 100 1000   # MB/s per --dedup mode
 
 The corpus is generated in a temporary folder from a seed text (the test excerpt of Tiny
 Shakespeare, or --seed-text) by repetition with variation: documents of 1-8 kB made of seed lines
