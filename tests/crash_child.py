@@ -3,8 +3,8 @@
     python -m tests.crash_child MOMENT N train --config run.yaml
 
 MOMENT, counted from 1 with N:
-    before-batch          just before the N-th micro-batch is drawn (between steps when N-1 is a
-                          multiple of the accumulation, inside a step otherwise)
+    before-batch          just before the N-th micro-batch is drawn (the loop draws each one while
+                          the step before it still runs: inside a step, before its update)
     during-eval           inside the N-th evaluation, after its first batch
     during-trainer-write  half-way through writing the N-th trainer.pt of a checkpoint
     during-best-replace   the N-th time `best` is replaced: after the old folder is moved aside,
@@ -48,14 +48,14 @@ def on_nth_call(n: int):
 def install(moment: str, n: int) -> None:
     due = on_nth_call(n)
     if moment == "before-batch":
-        next_batch = loader.BatchSampler.next_batch
+        next_rows = loader.BatchSampler.next_rows
 
-        def patched_next_batch(self):
+        def patched_next_rows(self, *args, **kwargs):
             if due():
                 die()
-            return next_batch(self)
+            return next_rows(self, *args, **kwargs)
 
-        loader.BatchSampler.next_batch = patched_next_batch
+        loader.BatchSampler.next_rows = patched_next_rows
     elif moment == "during-eval":
         evaluate = train_module.evaluate
 

@@ -55,7 +55,11 @@ def config(shakespeare_dir, run_dir, batch_size: int, **device):
     return micro_config(shakespeare_dir, run_dir, **sections)
 
 
-def torchrun(cfg, tmp_path: Path, *overrides: str, processes: int = 2, wait: bool = True):
+def torchrun(
+    cfg, tmp_path: Path, *overrides: str, processes: int = 2, wait: bool = True, fault: str | None = None
+):
+    """`fault`: run tests/dist_child.py, which plants that fault in rank 1; the exit status is then
+    the caller's to check."""
     path = tmp_path / f"{Path(cfg.logging.output_dir).name}.yaml"
     save_config(cfg, path)
     argv = [
@@ -65,7 +69,7 @@ def torchrun(cfg, tmp_path: Path, *overrides: str, processes: int = 2, wait: boo
         "--standalone",
         f"--nproc-per-node={processes}",
         "-m",
-        "trickster",
+        *(["tests.dist_child", fault] if fault else ["trickster"]),
         "train",
         "--config",
         str(path),
@@ -78,7 +82,7 @@ def torchrun(cfg, tmp_path: Path, *overrides: str, processes: int = 2, wait: boo
             argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
     result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert fault or result.returncode == 0, result.stderr[-3000:]
     return result
 
 
@@ -161,6 +165,14 @@ def test_a_two_process_checkpoint_resumes_in_one_process(single, shakespeare_dir
         "".join(json.dumps(r) + "\n" for r in history(sharded_dir) if r["step"] <= 10)
     )
 
+    # FSDP2 saves the optimizer moments sharded: one file per process, none gathered on rank 0
+    saved = run_dir / "checkpoints" / "step_000010"
+    shards = sorted(p.name for p in (saved / ckpt.OPTIMIZER).iterdir())
+    assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp"], shards
+    assert set(ckpt.load_trainer_state(saved)["optimizer"]) == {"param_groups"}
+    again_dir = tmp_path / "again"
+    shutil.copytree(run_dir, again_dir)
+
     alone = config(shakespeare_dir, run_dir, batch_size=8)
     resumed = train(alone, resume=True, **QUIET)
     (resume,) = [r for r in resumed.history if r["event"] == "resume"]
@@ -169,6 +181,12 @@ def test_a_two_process_checkpoint_resumes_in_one_process(single, shakespeare_dir
     assert_close_losses(
         losses(resumed.history, "eval", "val_loss"), losses(single.history, "eval", "val_loss")
     )
+
+    # ... and on two processes again, each reading its share of the moments
+    torchrun(config(shakespeare_dir, again_dir, batch_size=4, enable_fsdp=True), tmp_path, "--resume")
+    records = history(again_dir)
+    assert [(r["step"], r["checkpoint"]) for r in records if r["event"] == "resume"] == [(10, "step_000010")]
+    assert_close_losses(losses(records), losses(single.history))
 
 
 def test_a_dead_process_ends_the_job(shakespeare_dir, tmp_path):
@@ -259,3 +277,56 @@ def test_mega_shape_under_fsdp2_with_recompute_and_bf16(shakespeare_dir, tmp_pat
     loaded = ckpt.load_checkpoint(run_dir)
     assert loaded.model.output.weight is not loaded.model.tok_embeddings.weight
     assert loaded.model.cfg.num_kv_heads == 2
+
+
+def test_a_nan_in_one_ranks_shard_is_seen_by_every_rank(shakespeare_dir, tmp_path):
+    """Under FSDP2 rank 1 alone holds the poisoned shard (tests/dist_child.py): both ranks must find
+    the weights non-finite, skip the sample and `best` together, and stop together at the
+    non-finite limit, rather than rank 0 entering a collective alone and waiting for the timeout."""
+    run_dir = tmp_path / "run"
+    cfg = config(shakespeare_dir, run_dir, batch_size=4, enable_fsdp=True, timeout_s=120)
+    steps = ("training_config.eval_every=2", "training_config.max_nonfinite_steps=2")
+    result = torchrun(cfg, tmp_path, *steps, fault="nan-shard")
+    assert "training stopped at step 4: 2 updates in a row had a non-finite loss" in result.stderr
+    evals = {r["step"]: r for r in history(run_dir) if r["event"] == "eval"}
+    assert evals[2]["val_loss"] is None and "sample" not in evals[2]
+    assert math.isfinite(evals[0]["val_loss"]) and "sample" in evals[0]
+    assert not (run_dir / "checkpoints" / "best").exists()
+
+
+@pytest.fixture(scope="module")
+def eot_dir(tmp_path_factory):
+    """The excerpt as 20 documents: the char tokenizer then has an end-of-text (stop) token."""
+    from tests.conftest import EXCERPT
+    from trickster.data import sources
+    from trickster.data.prepare import prepare
+
+    folder = tmp_path_factory.mktemp("eot")
+    text = EXCERPT.read_text()
+    size = len(text) // 20
+    for i in range(20):
+        (folder / f"{i:02d}.txt").write_text(text[i * size : (i + 1) * size])
+    prepare(sources.text_files([str(folder / "*.txt")]), "char", folder / "data", 0.3)
+    return folder / "data"
+
+
+@pytest.mark.parametrize("mode", ["enable_ddp", "enable_fsdp"])
+def test_samples_during_training_follow_rank_0_even_past_a_stop_token(mode, eot_dir, tmp_path):
+    """Rank 1 draws the stop token at every turn (tests/dist_child.py). Under DDP it never samples
+    (rank 0 holds the whole model); under FSDP2 it must sample, since every token gathers the
+    layers from both ranks, and follow rank 0's tokens past its own stop token."""
+    run_dir = tmp_path / "run"
+    cfg = config(eot_dir, run_dir, batch_size=4, timeout_s=120, **{mode: True})
+    log = tmp_path / "rank1-samples.txt"
+    result = torchrun(
+        cfg,
+        tmp_path,
+        "training_config.max_steps=4",
+        "training_config.eval_every=2",
+        fault=f"stop-token:{log}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    samples = [r["sample"] for r in history(run_dir) if r["event"] == "eval"]
+    assert len(samples) == 3 and all(len(s) > len("ROMEO:") for s in samples), samples
+    rank1 = log.read_text().splitlines() if log.exists() else []
+    assert len(rank1) == (3 if mode == "enable_fsdp" else 0)

@@ -103,7 +103,7 @@ def crash(
 
 KILLS = [
     # (moment, n, numbered checkpoint to resume from, what the kill leaves behind)
-    pytest.param("before-batch", 13, "step_000004", None, id="between-steps-6-and-7"),
+    pytest.param("before-batch", 13, "step_000004", None, id="end-of-step-6-before-its-update"),
     pytest.param("before-batch", 14, "step_000004", None, id="inside-step-7-between-micro-batches"),
     pytest.param("during-eval", 3, "step_000004", None, id="during-the-evaluation-at-step-6"),
     pytest.param("during-trainer-write", 4, "step_000004", ".step_000008.tmp-", id="writing-step-8"),
@@ -158,7 +158,7 @@ def test_sigkill_then_resume_with_muon_matches_the_uninterrupted_run(
 
 def test_kill_before_the_first_checkpoint_resume_auto_starts_afresh(reference, shakespeare_dir, tmp_path):
     run_dir = tmp_path / "run"
-    crash(shakespeare_dir, run_dir, "before-batch", 5)  # inside step 3: nothing saved yet
+    crash(shakespeare_dir, run_dir, "before-batch", 5)  # end of step 2: nothing saved yet
     assert ckpt.latest(run_dir) is None and (run_dir / "metrics.jsonl").exists()
     cfg = micro_config(shakespeare_dir, run_dir, **CRASH_RUN)
 
@@ -173,7 +173,7 @@ def test_kill_before_the_first_checkpoint_resume_auto_starts_afresh(reference, s
 
 def test_resume_auto_from_the_cli_continues_a_killed_run(reference, shakespeare_dir, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    crash(shakespeare_dir, run_dir, "before-batch", 19)  # between steps 9 and 10
+    crash(shakespeare_dir, run_dir, "before-batch", 19)  # end of step 9, before its update
     config = tmp_path / "run.yaml"
     code = cli.main(["train", "--config", str(config), "--no-progress", "training_config.resume=auto"])
     assert code == 0

@@ -168,7 +168,6 @@ class DeviceConfig(_Section):
     activation_checkpointing: bool = False
     """Recompute each block's activations in the backward pass: less memory, about 30% more compute."""
 
-
     @field_validator("compile", mode="before")
     @classmethod
     def _compile_auto(cls, value):

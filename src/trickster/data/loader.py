@@ -158,18 +158,36 @@ def check_windows(data: PreparedData, seq_len: int) -> None:
             )
 
 
-def windows(tokens: TokenStream, starts: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs tokens[s : s+T] and targets tokens[s+1 : s+T+1]: the next token, exactly one ahead.
+def window_rows(tokens: TokenStream, starts: torch.Tensor, seq_len: int, pin: bool = False) -> torch.Tensor:
+    """One contiguous int64 tensor, a row per window: tokens[s : s+T+1], (B, T+1).
 
-    With a loss mask, a target whose mask is 0 (a prompt token) becomes IGNORE_INDEX.
+    With a loss mask the row also carries the mask of its T targets, (B, 2T+1), so a batch is
+    still one tensor to copy; `split_rows` turns it into inputs and targets. `pin`: page-locked
+    host memory, for a non-blocking copy to a GPU.
     """
-    rows = np.stack([tokens[s : s + seq_len + 1] for s in starts.tolist()]).astype(np.int64)
-    batch = torch.from_numpy(rows)  # (B, T+1)
-    inputs, targets = batch[:, :-1], batch[:, 1:].clone()
-    if tokens.loss_mask is not None:
-        mask = np.stack([tokens.loss_mask[s + 1 : s + seq_len + 1] for s in starts.tolist()])
-        targets[torch.from_numpy(mask == 0)] = IGNORE_INDEX  # (B, T)
+    masked = tokens.loss_mask is not None
+    width = 2 * seq_len + 1 if masked else seq_len + 1
+    rows = torch.empty((len(starts), width), dtype=torch.int64, pin_memory=pin)
+    out = rows.numpy()
+    for i, s in enumerate(starts.tolist()):
+        out[i, : seq_len + 1] = tokens[s : s + seq_len + 1]
+        if masked:
+            out[i, seq_len + 1 :] = tokens.loss_mask[s + 1 : s + seq_len + 1]
+    return rows
+
+
+def split_rows(rows: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs rows[:, :T] and targets rows[:, 1:T+1] (the next token, exactly one ahead): views
+    of `rows`; with a loss mask, targets whose mask is 0 (prompt tokens) become IGNORE_INDEX."""
+    inputs, targets = rows[:, :seq_len], rows[:, 1 : seq_len + 1]  # (B, T) each
+    if rows.size(1) > seq_len + 1:
+        targets = targets.masked_fill(rows[:, seq_len + 1 :] == 0, IGNORE_INDEX)
     return inputs, targets
+
+
+def windows(tokens: TokenStream, starts: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and targets of the windows starting at `starts`, (B, T) each."""
+    return split_rows(window_rows(tokens, starts, seq_len), seq_len)
 
 
 class BatchSampler:
@@ -199,26 +217,30 @@ class BatchSampler:
         self.rank, self.world_size = rank, world_size
         self.generator = torch.Generator().manual_seed(seed)
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def next_rows(self, pin: bool = False) -> torch.Tensor:
+        """This process's windows of the next global batch, as one contiguous tensor (window_rows)."""
         high = len(self.tokens) - self.seq_len  # last start that still has a target after it
         starts = torch.randint(0, high, (self.batch_size * self.world_size,), generator=self.generator)
         mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
         if self.tokens.loss_mask is None:
-            return windows(self.tokens, starts[mine], self.seq_len)
-        inputs, targets = windows(self.tokens, starts, self.seq_len)
+            return window_rows(self.tokens, starts[mine], self.seq_len, pin)
+        rows = window_rows(self.tokens, starts, self.seq_len)
         for _ in range(self.MAX_REDRAWS):
-            empty = (targets == IGNORE_INDEX).all(dim=1)  # (B x world,)
+            empty = (rows[:, self.seq_len + 1 :] == 0).all(dim=1)  # (B x world,) no target at all
             if not empty.any():
                 break
             starts[empty] = torch.randint(0, high, (int(empty.sum()),), generator=self.generator)
-            inputs, targets = windows(self.tokens, starts, self.seq_len)
+            rows = window_rows(self.tokens, starts, self.seq_len)
         else:
-            if (targets == IGNORE_INDEX).all():
+            if (rows[:, self.seq_len + 1 :] == 0).all():
                 raise UserError(
                     f"no window of {self.seq_len} tokens found that holds a response token; "
                     "raise training_config.seq_len or use records with shorter prompts"
                 )
-        return inputs[mine], targets[mine]
+        return rows[mine].pin_memory() if pin else rows[mine]
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return split_rows(self.next_rows(), self.seq_len)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -55,8 +55,12 @@ def generate(
     stop_id: int | None = None,
     use_cache: bool = True,
     dtype: torch.dtype | None = None,
+    agree: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Iterator[int]:
     """Yield new token ids one at a time.
+
+    `agree`: applied to each drawn token before it is used; a model sharded over processes
+    passes rank 0's choice to every rank here, so all of them feed (and stop on) the same token.
 
     `vocab_limit` masks embedding rows the tokenizer never produces (a 256-row model on a 65-symbol
     corpus). With the cache, each step feeds one token; without it, the whole window is re-run.
@@ -90,7 +94,10 @@ def generate(
                         logits, _ = model(idx)
                     next_logits = logits[:, -1, :]
                     mask_unused_rows(next_logits, vocab_limit)
-                    token = int(sample(next_logits, temperature, top_k, top_p, generator).item())
+                    choice = sample(next_logits, temperature, top_k, top_p, generator)
+                    if agree is not None:
+                        choice = agree(choice)
+                    token = int(choice.item())
                 if token == stop_id:
                     return
                 tokens.append(token)

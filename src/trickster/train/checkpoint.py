@@ -7,6 +7,8 @@
         config.yaml         the resolved run config
         tokenizer.json      the tokenizer, so the folder alone is enough to generate
         trainer.pt          optimizer moments, RNG and sampler state (tensors and plain values only)
+        optimizer/          FSDP2 runs only: the optimizer moments instead, one shard file per
+                            process (torch.distributed.checkpoint; resumable on any number of them)
         info.json           step, losses, tokenizer and data fingerprints, versions
         COMPLETE            written last: a folder without it is ignored
 
@@ -40,6 +42,7 @@ from trickster.train.device import inference_dtype
 
 COMPLETE = "COMPLETE"
 WEIGHTS = "model.safetensors"
+OPTIMIZER = "optimizer"  # the sharded optimizer state of an FSDP2 run
 STEP_DIR = re.compile(r"^step_(\d+)$")
 LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)$")  # see atomic.py
 
@@ -68,10 +71,12 @@ def save_checkpoint(
     info: dict,
     trainer_state: dict | None = None,
     weights: dict[str, torch.Tensor] | None = None,
+    staging: Path | None = None,
 ) -> Path:
     """Write a complete checkpoint folder at `target`, replacing any older one atomically.
 
     `weights`: a gathered full state dict, when the model itself is sharded over processes.
+    `staging`: the folder being built, when other processes already wrote into it.
     """
     target = Path(target)
     fix = (
@@ -81,12 +86,12 @@ def save_checkpoint(
     with disk_errors(f"checkpoint {target}", fix):
         adapters = lora.adapter_weights(model)
         return _write_checkpoint(
-            target, weights_to_save(model, weights), adapters, cfg, tokenizer, info, trainer_state
+            target, weights_to_save(model, weights), adapters, cfg, tokenizer, info, trainer_state, staging
         )
 
 
-def _write_checkpoint(target, weights, adapters, cfg, tokenizer, info, trainer_state) -> Path:
-    staging = staging_dir(target)
+def _write_checkpoint(target, weights, adapters, cfg, tokenizer, info, trainer_state, staging) -> Path:
+    staging = staging or staging_dir(target)
     try:
         save_file(weights, staging / WEIGHTS, metadata={"format": "pt"})
         if adapters:

@@ -16,12 +16,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import random
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from trickster.errors import UserError
@@ -205,3 +207,47 @@ def _has(obj, name: str) -> bool:
     except (AttributeError, RuntimeError):
         return False
     return True
+
+
+def apply_process_settings(threads: int | None, device: torch.device, seed: int) -> None:
+    """What training sets for the whole process; `settings_restored` puts it back afterwards."""
+    if threads:
+        torch.set_num_threads(threads)
+    if device.type == "cpu":  # glibc's allocator tuning: kept for the process (there is no getter)
+        keep_freed_memory()
+    set_matmul_precision(device)  # TF32 on CUDA; settings_restored puts the flag back
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def settings_restored():
+    """Threads, the TF32 flag and every global RNG as they were, however the block ends: a library
+    caller (or the next test) must not inherit a run's settings."""
+    threads = torch.get_num_threads()
+    matmul = torch.backends.cuda.matmul
+    flag = "fp32_precision" if _has(matmul, "fp32_precision") else "allow_tf32"  # the API in use
+    precision = getattr(matmul, flag)
+    cpu_rng, py_rng, np_rng = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    cuda_rngs = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        setattr(matmul, flag, precision)
+        torch.set_rng_state(cpu_rng)
+        random.setstate(py_rng)
+        np.random.set_state(np_rng)
+        if cuda_rngs is not None:
+            torch.cuda.set_rng_state_all(cuda_rngs)
+
+
+def peak_memory_gib(device: torch.device) -> float | None:
+    """The most memory the device held since the last `reset_peak_memory` (CUDA only)."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**30
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)

@@ -25,11 +25,16 @@ import contextlib
 import datetime
 import inspect
 import os
+import pickle
 import socket
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -235,6 +240,24 @@ def any_rank(flag: bool, d: Dist) -> bool:
     return bool(t.item())
 
 
+def sum_across(values: torch.Tensor, d: Dist) -> list[float]:
+    """The sum over processes of a small packed tensor, on the host: one all-reduce and one copy.
+
+    The training step packs everything the ranks must agree on (loss, non-finite flag, stop flag)
+    into one such tensor, so a step waits for the device once, not once per value.
+    """
+    if d.active:
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values.tolist()
+
+
+def from_rank0(value: torch.Tensor, d: Dist) -> torch.Tensor:
+    """Rank 0's tensor, in place on every rank (e.g. a sampled token, so the ranks stay in step)."""
+    if d.active:
+        dist.broadcast(value, src=0)
+    return value
+
+
 def broadcast(obj, d: Dist):
     """Rank 0's value of `obj` on every rank."""
     if not d.active:
@@ -265,17 +288,17 @@ def to_full(value):
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
-def full_state(model, optimizer) -> tuple[dict, dict]:
-    """Gathered, unsharded model and optimizer state (all ranks call; rank 0 gets the tensors).
+def full_optimizer_state(model, optimizer) -> dict:
+    """The optimizer state keyed by parameter name, not position, gathered on rank 0's CPU: the
+    same file loads on any number of processes. Call it after full_weights: under FSDP2, asking
+    for the optimizer's state first after an evaluation fails to find the tied embedding by name
+    (KeyError; tests/test_dist.py)."""
+    return get_optimizer_state_dict(model, optimizer_parts(optimizer), options=FULL)
 
-    The optimizer state is keyed by parameter name, not position, in every mode, so the same
-    checkpoint loads on any number of processes.
-    """
-    # the model's first: under FSDP2, asking for the optimizer's first after an evaluation fails to
-    # find the tied embedding by name (KeyError; tests/test_dist.py)
-    model_state = get_model_state_dict(model, options=FULL)
-    optimizers = getattr(optimizer, "parts", optimizer)  # Muon + AdamW: both, in one name-keyed dict
-    return model_state, get_optimizer_state_dict(model, optimizers, options=FULL)
+
+def optimizer_parts(optimizer):
+    """Muon + AdamW (optim.MuonAdamW): both optimizers, whose states share one name-keyed dict."""
+    return getattr(optimizer, "parts", optimizer)
 
 
 def load_full_state(model, optimizer, model_state: dict | None, optimizer_state: dict) -> None:
@@ -283,8 +306,65 @@ def load_full_state(model, optimizer, model_state: dict | None, optimizer_state:
     options = StateDictOptions(full_state_dict=True)
     if model_state is not None:
         set_model_state_dict(model, model_state, options=options)
-    optimizers = getattr(optimizer, "parts", optimizer)
-    set_optimizer_state_dict(model, optimizers, optimizer_state, options=options)
+    set_optimizer_state_dict(model, optimizer_parts(optimizer), optimizer_state, options=options)
+
+
+def full_weights(model) -> dict:
+    """The gathered, unsharded weights (all ranks call; rank 0 gets the tensors, on the CPU)."""
+    return get_model_state_dict(model, options=FULL)
+
+
+def save_sharded_optimizer(model, optimizer, folder: Path) -> dict:
+    """Each process writes its own shard of the optimizer moments into `folder` (one
+    torch.distributed.checkpoint per job): no process gathers the whole state. Returns the
+    parameter groups, which are not tensors and go into trainer.pt with the rest."""
+    state = get_optimizer_state_dict(model, optimizer_parts(optimizer))  # keyed by parameter name
+    dcp.save({"state": state["state"]}, checkpoint_id=str(folder))
+    return state["param_groups"]
+
+
+def load_sharded_optimizer(model, optimizer, folder: Path, param_groups: list) -> None:
+    """Read a sharded optimizer state written by any number of processes into this job's layout
+    (torch.distributed.checkpoint reshards), then hand it to the optimizer."""
+    template = get_optimizer_state_dict(model, optimizer_parts(optimizer))  # this job's shards
+    state = {"state": template["state"]}
+    try:
+        with warnings.catch_warnings():  # one process reading a sharded checkpoint is intended
+            warnings.filterwarnings("ignore", "torch.distributed is disabled")
+            dcp.load(state, storage_reader=_SafeReader(str(folder)))
+    except (CheckpointException, AssertionError, OSError, RuntimeError, pickle.UnpicklingError) as err:
+        reason = str(err).strip().splitlines()[-1][-200:] if str(err).strip() else type(err).__name__
+        raise UserError(f"{folder} refused or damaged ({reason}); resume from another checkpoint") from None
+    options = StateDictOptions(full_state_dict=False)
+    loaded = {"state": state["state"], "param_groups": param_groups}
+    set_optimizer_state_dict(model, optimizer_parts(optimizer), loaded, options=options)
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """The checkpoint's index may name torch.distributed.checkpoint's own records, torch sizes and
+    dtypes, and nothing else: a checkpoint is never a way to run code."""
+
+    def find_class(self, module: str, name: str):
+        found = super().find_class(module, name)
+        if module.startswith("torch.distributed.checkpoint.") or (module, name) == ("torch", "Size"):
+            return found
+        if module == "torch" and isinstance(found, (torch.dtype, torch.layout, torch.memory_format)):
+            return found
+        if module == "pathlib" and name.endswith("Path"):  # where it was written; read, never run
+            return found
+        if (module, name) in (("torch.serialization", "_get_layout"), ("collections", "OrderedDict")):
+            return found
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a checkpoint index")
+
+
+class _SafeReader(dcp.FileSystemReader):
+    def read_metadata(self, *args, **kwargs):
+        with open(Path(self.path) / ".metadata", "rb") as f:
+            metadata = _MetadataUnpickler(f).load()
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = dcp.metadata.StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
 
 
 def _free_port() -> int:

@@ -1,4 +1,5 @@
-"""The training loop. `train(cfg)` reads top to bottom: set up, (resume,) loop, finish.
+"""The training loop. `train(cfg)` builds a `Trainer` and runs `Trainer.train`, which reads top to
+bottom: evaluate, then step, log, evaluate and save until the last step or a stop signal.
 
 One optimizer step = `gradient_accumulation_steps` micro-batches. Steps are counted from 0; after
 the update at index i, `state.step == i + 1`. Logging, evaluation and checkpoints happen when
@@ -9,34 +10,50 @@ everything at the last step.
 from __future__ import annotations
 
 import contextlib
-import json
+import functools
 import math
+import shutil
 import signal
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from trickster.config import Config, save_config
+from trickster.atomic import staging_dir
+from trickster.config import Config
 from trickster.data.loader import BatchSampler, check_windows, load_data
-from trickster.errors import UserError, disk_errors
+from trickster.errors import UserError
 from trickster.model.flops import flops_per_token, parameter_breakdown
-from trickster.model.transformer import Transformer
-from trickster.model.vocab import resolve_vocab, vocab_note
+from trickster.model.transformer import Transformer  # noqa: F401  (tests import it from here)
+from trickster.model.vocab import resolve_vocab
 from trickster.observe.events import NoMetrics, read_metrics
 from trickster.observe.manifest import run_manifest
 from trickster.observe.sinks import MetricSinks
 from trickster.train import checkpoint as ckpt
 from trickster.train import dist
-from trickster.train.device import autocast_for, keep_freed_memory, peak_flops, resolve_device
-from trickster.train.finetune import setup_finetuning
+from trickster.train.batches import DeviceBatches
+from trickster.train.console import Console
+from trickster.train.device import (
+    apply_process_settings,
+    autocast_for,
+    peak_flops,
+    peak_memory_gib,
+    reset_peak_memory,
+    resolve_device,
+    settings_restored,
+)
 from trickster.train.optim import build_optimizer, set_lr
-from trickster.train.resume import check_resumable, open_run_dir, restore_trainer, truncate_metrics
+from trickster.train.resume import diverged
+from trickster.train.setup import build_model, on_main, open_run, print_header, write_run_files
 from trickster.train.signals import StopSignals
-from trickster.train.state import TrainState, rng_state, weights_finite
+from trickster.train.state import (
+    StepResult,
+    StepTimer,
+    TrainState,
+    nonfinite_weights,
+    rng_state,
+    set_rng_state,
+)
 from trickster.train.validate import evaluate, sample_text, validation_batches
 
 
@@ -54,362 +71,343 @@ def train(
     cfg: Config, resume: bool | str | None = None, progress: bool | None = None, echo=print
 ) -> TrainResult:
     """`resume`: True (continue, a checkpoint must exist), "auto", False; None takes
-    training_config.resume."""
-    t = cfg.training
-    resume = t.resume if resume is None else resume
-    level = cfg.logging.log_level
-    if level in ("warning", "error"):  # quiet: problems still arrive as errors
-        echo, progress = (lambda *args: None), False
-    # 1. device, processes, threads and seed
-    device = resolve_device(cfg.device.device)
-    job = dist.setup(cfg.device, device.type)
-    if device.type == "cuda" and job.active:
-        device = torch.device("cuda", job.local_rank)
-    if not job.is_main:  # rank 0 speaks for the job
-        echo, progress = (lambda *args: None), False
-    if cfg.device.threads:
-        torch.set_num_threads(cfg.device.threads)
-    if device.type == "cpu":
-        keep_freed_memory()
-    if device.type == "cuda":  # float32 matmuls in TF32 on Ampere and later (ignored before)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    torch.manual_seed(t.seed)
+    training_config.resume. Threads, TF32 flags and random generators are restored on return."""
+    with settings_restored():
+        return Trainer(cfg, resume, progress, echo).train()
 
-    # 2. data and tokenizer; the model's vocabulary follows the tokenizer
-    if cfg.data.path is None:
-        raise UserError("no data: set data_config.path or pass --data DIR (from `trickster data prepare`)")
-    data = load_data(cfg.data.path)
-    cfg = resolve_vocab(cfg, data.tokenizer)
-    seq_len = cfg.seq_len
-    check_windows(data, seq_len)
 
-    # 3. the run directory: a new one, or the newest complete checkpoint of an old one
-    run_dir = Path(cfg.logging.output_dir)
-    # jsonl, csv, loss.png, TensorBoard, W&B: checks the optional packages, writes nothing yet
-    metrics = MetricSinks(run_dir, cfg) if job.is_main else NoMetrics()
-    resumed_from, repairs = _on_main(job, open_run_dir, run_dir, resume)
-    changed = check_resumable(resumed_from, cfg, data) if resumed_from is not None else {}
+class Trainer:
+    """One run: its model, optimizer, scaler, batches, state, job, sinks and output, and what it
+    does with them: `step()`, `evaluate()`, `save()`, and `train()`, the loop over them."""
 
-    # 4. model (weights restored before it is wrapped), optimizer, batches
-    model = Transformer(cfg.model).to(device)
-    setup_finetuning(model, cfg, data.tokenizer, echo)  # init_from weights, LoRA; else nothing
-    if resumed_from is not None:
-        ckpt.load_weights(model, resumed_from / ckpt.WEIGHTS)
-    model.checkpoint_activations = cfg.device.activation_checkpointing
-    step_model = dist.parallelize(model, job, device)
-    if cfg.device.compile:
-        step_model = torch.compile(step_model)
-    optimizer = build_optimizer(model, t, device)
-    sampler = BatchSampler(data.train, seq_len, t.batch_size, t.seed, job.rank, job.world_size)
-    val_batches = validation_batches(data, cfg, job)
-    use_scaler = cfg.device.dtype == "float16"
-    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    state = TrainState()
-    if job.rank > 0:  # other dropout masks on each process (rank 0 draws as a single process would)
-        torch.manual_seed(t.seed + job.rank)
-    if resumed_from is not None:
-        restore_trainer(resumed_from, model, optimizer, sampler, scaler, state, device, job.rank)
-
-    manifest = run_manifest(device)
-    if job.is_main:
-        if resumed_from is not None:
-            truncate_metrics(run_dir / "metrics.jsonl", state.step)
-            metrics.write(
-                "resume", state.step, checkpoint=resumed_from.name, changed=changed, repairs=repairs
+    def __init__(self, cfg: Config, resume=None, progress: bool | None = None, echo=print):
+        t = cfg.training
+        resume = t.resume if resume is None else resume
+        # 1. device, processes, threads and seed (train() restores the process-wide settings)
+        self.device = resolve_device(cfg.device.device)
+        self.job = job = dist.setup(cfg.device, self.device.type)
+        if self.device.type == "cuda" and job.active:
+            self.device = torch.device("cuda", job.local_rank)
+        self.out = Console(echo, cfg.logging.log_level, job.is_main, progress)  # rank 0 speaks
+        apply_process_settings(cfg.device.threads, self.device, t.seed)
+        # 2. data and tokenizer; the model's vocabulary follows the tokenizer
+        if cfg.data.path is None:
+            raise UserError(
+                "no data: set data_config.path or pass --data DIR (from `trickster data prepare`)"
             )
-        elif resume:  # nothing to resume: events of an attempt that saved no checkpoint are dropped
-            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        with disk_errors(f"run folder {run_dir}", "free disk space or choose another --out"):
-            save_config(cfg, run_dir / "config.yaml")
-            data.tokenizer.save(run_dir / "tokenizer.json")
-            (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        self.data = load_data(cfg.data.path)
+        self.cfg = cfg = resolve_vocab(cfg, self.data.tokenizer)
+        check_windows(self.data, cfg.seq_len)
+        # 3. the run folder: a new one, or the newest complete checkpoint of an old one
+        self.run_dir = Path(cfg.logging.output_dir)
+        # jsonl, csv, loss.png, TensorBoard, W&B: checks the optional packages, writes nothing yet
+        self.metrics = MetricSinks(self.run_dir, cfg) if job.is_main else NoMetrics()
+        self.resumed_from, repairs, changed = open_run(cfg, self.data, resume, job)
+        # 4. model, optimizer, batches, counters; then the checkpoint's state, if resuming
+        built = build_model(cfg, self.data, job, self.device, self.resumed_from, self.out)
+        self.model, self.step_model = built
+        self.optimizer = build_optimizer(self.model, t, self.device)
+        sampler = BatchSampler(self.data.train, cfg.seq_len, t.batch_size, t.seed, job.rank, job.world_size)
+        self.batches = DeviceBatches(sampler, self.device)
+        self.val_batches = validation_batches(self.data, cfg, job)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.device.dtype == "float16")
+        self.state = TrainState()
+        self.signals = StopSignals()
+        self.timer = StepTimer()
+        if job.rank > 0:  # other dropout masks on each process (rank 0 draws as a single process would)
+            torch.manual_seed(t.seed + job.rank)
+        if self.resumed_from is not None:
+            self.load(self.resumed_from)
+        # 5. the figures every step shares; the run's files, its header and its first event
+        global_batch = t.batch_size * job.world_size * t.gradient_accumulation_steps  # windows per step
+        self.tokens_per_step = global_batch * cfg.seq_len
+        self.params = parameter_breakdown(cfg.model).total
+        self.token_flops = flops_per_token(cfg.model, cfg.seq_len)
+        self.step_flops = self.token_flops * self.tokens_per_step
+        self.peak_flops = None
+        if job.is_main:  # the ceiling MFU divides by: measured once, by the process that logs
+            self.peak_flops = peak_flops(self.device, cfg.device.dtype, cfg.device.peak_tflops)
+        self.manifest = run_manifest(self.device)
+        self.announce(resume, changed, repairs, global_batch)
 
-    params = parameter_breakdown(cfg.model)
-    global_batch = t.batch_size * job.world_size * t.gradient_accumulation_steps  # windows per step
-    tokens_per_step = global_batch * seq_len
-    _print_header(echo, cfg, data, params.total, device, tokens_per_step, resumed_from, job)
-    for line in repairs + [f"changed on resume: {k} {old} -> {new}" for k, (old, new) in changed.items()]:
-        echo(line)
-    token_flops = flops_per_token(cfg.model, seq_len)
-    step_flops = token_flops * tokens_per_step
-    peak = peak_flops(device, cfg.device.dtype, cfg.device.peak_tflops) if job.is_main else None
-    if resumed_from is None:
-        metrics.write(
+    def announce(self, resume, changed: dict, repairs: list[str], global_batch: int) -> None:
+        cfg, job = self.cfg, self.job
+        if job.is_main:
+            resumed = (self.resumed_from, self.state.step, changed, repairs)
+            write_run_files(self.run_dir, cfg, self.data, self.manifest, self.metrics, resume, resumed)
+        print_header(self.out, cfg, self.data, self.params, self.device, self.tokens_per_step, job)
+        if self.resumed_from is not None:
+            self.out.line(f"resuming from {self.resumed_from}")
+        for line in repairs + [f"changed on resume: {k} {a} -> {b}" for k, (a, b) in changed.items()]:
+            self.out.line(line)
+        if self.resumed_from is not None:
+            return
+        self.metrics.write(
             "start",
             0,
-            params=params.total,
-            tokens_per_step=tokens_per_step,
+            params=self.params,
+            tokens_per_step=self.tokens_per_step,
             global_batch=global_batch,
             world_size=job.world_size,
             parallel=job.mode,
-            flops_per_token=token_flops,
-            device=str(device),
-            peak_flops_per_device=peak,
+            flops_per_token=self.token_flops,
+            device=str(self.device),
+            peak_flops_per_device=self.peak_flops,
             peak_source="device_config.peak_tflops" if cfg.device.peak_tflops else "measured matmul",
         )
 
-    def info() -> dict:
+    def train(self) -> TrainResult:
+        t, state = self.cfg.training, self.state
+        self.model.train()
+        self.out.start_bar(self.cfg.logging.progress_bar, t.max_steps, state.step)
+        with self.signals, contextlib.closing(self.out), contextlib.closing(self.metrics):
+            if self.resumed_from is None:
+                self.evaluate()
+            self.timer.reset()
+            while state.step < t.max_steps:
+                result = self.step()
+                state.step += 1
+                state.tokens_seen += self.tokens_per_step
+                self.timer.steps += 1
+                self.count(result)
+                self.out.advance()
+                last = state.step == t.max_steps
+                if state.step % t.log_every == 0 or last:
+                    self.log(result)
+                stopping = result.stop and not last
+                with self.timer.paused():  # evaluations and checkpoints are not training time
+                    if state.step % t.eval_every == 0 or last:
+                        self.evaluate()
+                    if (state.step % t.save_every == 0 or stopping) and not last:
+                        self.save(ckpt.step_name(state.step))
+                if stopping:
+                    return self.stopped()
+            self.save("final")
+            best = state.best_val_loss if math.isfinite(state.best_val_loss) else None
+            self.metrics.write("end", state.step, best_val_loss=best, skipped_steps=state.skipped_steps)
+        return self.result()
+
+    def step(self) -> StepResult:
+        """One optimizer step over the accumulation's micro-batches.
+
+        Losses stay on the device; the step's one host synchronisation is a single packed
+        all-reduce of [loss, non-finite flag, gradient norm, stop flag], after the next step's
+        first batch is already drawn and on its way. A non-finite loss or gradient norm skips the
+        update and drops the gradients; with float16 the GradScaler skips inf/NaN gradients itself
+        while it calibrates, so only a non-finite loss counts as a skip then.
+        """
+        reset_peak_memory(self.device)  # the peak logged is a training step's, not setup's or eval's
+        accumulation = self.cfg.training.gradient_accumulation_steps
+        lr = set_lr(self.optimizer, self.state.step, self.cfg.training)  # the one logged
+        loss_sum = torch.zeros((), device=self.device)
+        for micro_step in range(accumulation):
+            x, y = self.batches.next()
+            # gradients are averaged across processes once, on the last micro-batch (dist.py)
+            with dist.micro_batch(self.step_model, self.job, last=micro_step == accumulation - 1):
+                with autocast_for(self.device, self.cfg.device.dtype):
+                    _, loss = self.step_model(x, y)
+                self.scaler.scale(loss / accumulation).backward()
+            self.batches.prefetch()  # drawn and copied while the device works on this one
+            loss_sum += loss.detach().float()
+        self.scaler.unscale_(self.optimizer)
+        clip = self.cfg.training.grad_clip
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else math.inf)
+        loss = loss_sum / accumulation
+        stop = torch.full((), float(self.signals.received is not None), device=self.device)
+        packed = torch.stack([loss, (~torch.isfinite(loss)).float(), dist.to_full(norm).float(), stop])
+        total, nonfinite, norm_sum, stops = dist.sum_across(packed, self.job)
+        loss_mean, grad_norm = total / self.job.world_size, norm_sum / self.job.world_size
+        finite = not nonfinite and math.isfinite(loss_mean)
+        applied = finite and (math.isfinite(grad_norm) or self.scaler.is_enabled())
+        if applied:
+            self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepResult(loss_mean, grad_norm, lr, applied, stops > 0)
+
+    def count(self, result: StepResult) -> None:
+        """Add a step to the counters; too many non-finite steps in a row end the run."""
+        state = self.state
+        if result.applied:
+            state.interval_loss_sum += result.loss
+            state.interval_steps += 1
+            state.nonfinite_streak = 0
+            return
+        state.skipped_steps += 1
+        state.nonfinite_streak += 1
+        self.out.line(
+            f"step {state.step:>6}: non-finite loss or gradient norm ({result.loss}, "
+            f"{result.grad_norm}); update skipped"
+        )
+        if state.nonfinite_streak >= self.cfg.training.max_nonfinite_steps:
+            self.metrics.write("stopped", state.step, reason="non-finite", skipped_steps=state.skipped_steps)
+            raise diverged(self.run_dir, state)
+
+    def log(self, result: StepResult) -> None:
+        state, job = self.state, self.job
+        elapsed = self.timer.seconds()
+        train_loss = state.interval_loss_sum / state.interval_steps if state.interval_steps else None
+        tokens_per_sec = self.timer.steps * self.tokens_per_step / elapsed if elapsed > 0 else 0.0
+        ms_per_step = 1000 * elapsed / self.timer.steps
+        # model FLOPs utilisation: the job's achieved FLOP/s over all devices' ceilings
+        peak = self.peak_flops
+        mfu = self.step_flops / (ms_per_step / 1000) / (peak * job.world_size) if peak else None
+        memory = peak_memory_gib(self.device)
+        grad_norm = result.grad_norm if math.isfinite(result.grad_norm) else None
+        self.metrics.write(
+            "train",
+            state.step,
+            train_loss=train_loss,
+            lr=result.lr,
+            grad_norm=grad_norm,
+            tokens_per_sec=tokens_per_sec,
+            ms_per_step=ms_per_step,
+            mfu=mfu,
+            peak_memory_gib=memory,
+            tokens_seen=state.tokens_seen,
+            skipped_steps=state.skipped_steps,
+        )
+        shown = "n/a" if train_loss is None else f"{train_loss:.4f}"
+        line = f"step {state.step:>6}: train loss {shown}, lr {result.lr:.2e}, {tokens_per_sec:,.0f} tokens/s"
+        if mfu is not None:
+            line += f", MFU {mfu:.0%}"
+        if self.out.debug:
+            line += f", grad norm {result.grad_norm:.3f}, {ms_per_step:.1f} ms/step"
+            if memory is not None:
+                line += f", peak memory {memory:.2f} GiB"
+        self.out.progress({"loss": shown, "lr": f"{result.lr:.2e}", "tok_s": f"{tokens_per_sec:,.0f}"}, line)
+        state.interval_loss_sum, state.interval_steps = 0.0, 0
+        self.timer.reset()
+
+    def evaluate(self) -> None:
+        """Validation loss and perplexity, a sample, and `best` when the loss improved.
+
+        Non-finite weights are neither sampled nor saved as `best`, whatever loss they report; the
+        processes agree on that verdict (under FSDP2 each one sees only its own shard).
+        """
+        state = self.state
+        local = evaluate(self.step_model, self.val_batches, self.device, self.cfg.device.dtype)
+        packed = torch.stack([torch.full((), local, device=self.device), nonfinite_weights(self.model)])
+        total, broken = dist.sum_across(packed, self.job)
+        val_loss = total / self.job.world_size
+        healthy = not broken and math.isfinite(val_loss)
+        state.last_val_loss = val_loss if healthy else None
+        perplexity = math.exp(min(val_loss, 50.0)) if healthy else None
+        record = {"val_loss": state.last_val_loss, "val_perplexity": perplexity}
+        if healthy and self.sample_due():
+            sample = self.sample()
+            if sample is not None:
+                record["sample"] = sample
+        self.metrics.write("eval", state.step, **record)
+        if healthy:
+            self.out.line(f"step {state.step:>6}: val loss {val_loss:.4f}, perplexity {perplexity:.2f}")
+        else:
+            self.out.line(f"step {state.step:>6}: the weights or the validation loss are not finite")
+        if "sample" in record:
+            self.out.line("  sample: " + record["sample"].replace("\n", "\n          ")[:600])
+        if healthy and val_loss < state.best_val_loss and state.step > 0:
+            state.best_val_loss = val_loss
+            self.save("best")
+
+    def sample_due(self) -> bool:
+        t, step = self.cfg.training, self.state.step
+        if t.sample_tokens == 0 or t.sample_every == 0:
+            return False
+        return t.sample_every is None or step % t.sample_every == 0 or step == t.max_steps
+
+    def sample(self) -> str | None:
+        """A sample of the current model for rank 0 to log. Under DDP rank 0 holds the whole model
+        and samples alone; under FSDP2 every forward gathers the layers from all ranks, so all of
+        them sample, each taking rank 0's token, and stay in step to the same stop token."""
+        t, job = self.cfg.training, self.job
+        if job.mode == "fsdp":
+            agree = functools.partial(dist.from_rank0, d=job)
+        elif job.is_main:
+            agree = None
+        else:
+            return None
+        return sample_text(self.model, self.data.tokenizer, t.sample_prompt, t.sample_tokens, t.seed, agree)
+
+    def save(self, name: str) -> None:
+        """A checkpoint folder. Every process takes part: rank 0 writes the gathered weights and
+        trainer.pt; the optimizer moments are gathered by name too, except under FSDP2, where each
+        process writes its own shard of them (torch.distributed.checkpoint) into the same folder."""
+        target = self.run_dir / "checkpoints" / name
+        weights = dist.full_weights(self.model)
+        trainer_state, staging = self.state_dict(), None
+        if self.job.mode == "fsdp":
+            staging = on_main(self.job, staging_dir, target)
+            try:
+                groups = dist.save_sharded_optimizer(self.model, self.optimizer, staging / ckpt.OPTIMIZER)
+            except BaseException:
+                if self.job.is_main:
+                    shutil.rmtree(staging, ignore_errors=True)
+                raise
+            trainer_state["optimizer"] = {"param_groups": groups}
+        else:
+            trainer_state["optimizer"] = dist.full_optimizer_state(self.model, self.optimizer)
+        if self.job.is_main:
+            parts = (self.model, self.cfg, self.data.tokenizer, self.info(), trainer_state, weights, staging)
+            ckpt.save_checkpoint(target, *parts)
+            if ckpt.STEP_DIR.match(name):
+                ckpt.prune(self.run_dir, self.cfg.training.keep_last)
+        dist.barrier(self.job)
+
+    def load(self, path: Path) -> None:
+        """Continue from the checkpoint at `path`, written by this or any other number of processes."""
+        trainer = ckpt.load_trainer_state(path)
+        optimizer = trainer["optimizer"]
+        if "state" in optimizer:  # gathered, by parameter name
+            dist.load_full_state(self.model, self.optimizer, None, optimizer)
+        else:  # sharded by the processes that wrote it
+            groups = optimizer["param_groups"]
+            dist.load_sharded_optimizer(self.model, self.optimizer, path / ckpt.OPTIMIZER, groups)
+        self.load_state_dict(trainer)
+
+    def state_dict(self) -> dict:
+        """The trainer's side of a checkpoint (trainer.pt), the optimizer apart (see save()): the
+        counters, the sampler's position, the loss scale and every process's random generators.
+        Collective: every process calls it."""
+        return {
+            "train_state": self.state.state_dict(),
+            "sampler": self.batches.state_dict(),
+            "scaler": self.scaler.state_dict(),  # empty unless float16
+            "rng": dist.gather(rng_state(self.device), self.job),  # one entry per process
+        }
+
+    def load_state_dict(self, trainer: dict) -> None:
+        self.state.load_state_dict(trainer["train_state"])
+        self.batches.load_state_dict(trainer["sampler"])
+        if self.scaler.is_enabled() and trainer["scaler"]:
+            self.scaler.load_state_dict(trainer["scaler"])
+        if self.job.rank < len(trainer["rng"]):  # a process the saving job lacked keeps its seed
+            set_rng_state(trainer["rng"][self.job.rank], self.device)
+
+    def info(self) -> dict:
+        """info.json of a checkpoint."""
+        state, data = self.state, self.data
         return {
             "step": state.step,
             "val_loss": state.last_val_loss,
-            "best_val_loss": _finite(state.best_val_loss),
+            "best_val_loss": state.best_val_loss if math.isfinite(state.best_val_loss) else None,
             "tokens_seen": state.tokens_seen,
             "tokenizer_fingerprint": data.tokenizer.fingerprint(),
             "data_fingerprint": data.meta.get("tokens_sha256"),
             "data_path": str(data.path),
-            "manifest": manifest,
+            "manifest": self.manifest,
         }
 
-    def save(name: str) -> None:
-        # every process takes part in gathering the full state; rank 0 writes it
-        weights, optimizer_state = dist.full_state(model, optimizer)
-        rngs = dist.gather(rng_state(device), job)
-        if job.is_main:
-            trainer_state = {
-                "train_state": state.state_dict(),
-                "optimizer": optimizer_state,
-                "sampler": sampler.state_dict(),
-                "scaler": scaler.state_dict() if use_scaler else {},
-                "rng": rngs,  # one entry per process
-            }
-            target = run_dir / "checkpoints" / name
-            ckpt.save_checkpoint(target, model, cfg, data.tokenizer, info(), trainer_state, weights=weights)
-            if ckpt.STEP_DIR.match(name):
-                ckpt.prune(run_dir, t.keep_last)
-        dist.barrier(job)
+    def stopped(self) -> TrainResult:
+        """A signal ended the run: the checkpoint of this step is saved; say how to go on."""
+        received = self.signals.received or signal.SIGTERM  # another process was signalled
+        name = signal.Signals(received).name
+        self.metrics.write("stopped", self.state.step, signal=name)
+        self.out.line(
+            f"stopped by {name} at step {self.state.step}; saved "
+            f"checkpoints/{ckpt.step_name(self.state.step)} (continue with --resume)"
+        )
+        return self.result(received)
 
-    def run_eval() -> None:
-        val_loss = dist.mean(evaluate(step_model, val_batches, device, cfg.device.dtype), job)
-        # non-finite weights are neither sampled nor saved as `best`, whatever loss they report
-        healthy = weights_finite(model) and math.isfinite(val_loss)
-        state.last_val_loss = val_loss if healthy else None
-        perplexity = math.exp(min(val_loss, 50.0)) if healthy else None
-        record = {"val_loss": state.last_val_loss, "val_perplexity": perplexity}
-        if healthy and _sample_due(t, state.step):
-            record["sample"] = sample_text(model, data.tokenizer, t.sample_prompt, t.sample_tokens, t.seed)
-        metrics.write("eval", state.step, **record)
-        if healthy:
-            say(f"step {state.step:>6}: val loss {val_loss:.4f}, perplexity {perplexity:.2f}")
-        else:
-            say(f"step {state.step:>6}: the weights or the validation loss are not finite")
-        if "sample" in record:
-            say("  sample: " + record["sample"].replace("\n", "\n          ")[:600])
-        if healthy and val_loss < state.best_val_loss and state.step > 0:
-            state.best_val_loss = val_loss
-            save("best")
-
-    # 5. the loop
-    # a bar redraws in place: in a log file (not a terminal) plain lines read better
-    show_bar = cfg.logging.progress_bar and sys.stderr.isatty() if progress is None else progress
-    bar = tqdm(
-        total=t.max_steps,
-        initial=state.step,
-        disable=not show_bar,
-        unit="step",
-        dynamic_ncols=True,
-        leave=True,
-    )
-    say = bar.write if show_bar else echo
-    exit_signal = None
-    model.train()
-    with StopSignals() as stop, contextlib.closing(bar), contextlib.closing(metrics):
-        if resumed_from is None:
-            run_eval()
-        interval_start, interval_tokens = time.perf_counter(), 0
-        while state.step < t.max_steps:
-            lr = set_lr(optimizer, state.step, t)
-            step_loss, grad_norm, applied = train_step(
-                step_model,
-                model,
-                optimizer,
-                scaler,
-                sampler,
-                t.gradient_accumulation_steps,
-                t.grad_clip,
-                device,
-                cfg.device.dtype,
-                job,
-            )
-            state.step += 1
-            state.tokens_seen += tokens_per_step
-            interval_tokens += tokens_per_step
-            if applied:
-                state.interval_loss_sum += step_loss
-                state.interval_steps += 1
-                state.nonfinite_streak = 0
-            else:
-                state.skipped_steps += 1
-                state.nonfinite_streak += 1
-                say(
-                    f"step {state.step:>6}: non-finite loss or gradient norm ({step_loss}, {grad_norm}); "
-                    "update skipped"
-                )
-                if state.nonfinite_streak >= t.max_nonfinite_steps:
-                    metrics.write(
-                        "stopped", state.step, reason="non-finite", skipped_steps=state.skipped_steps
-                    )
-                    raise _diverged(run_dir, state)
-            bar.update(1)
-            last = state.step == t.max_steps
-
-            if state.step % t.log_every == 0 or last:
-                elapsed = time.perf_counter() - interval_start
-                train_loss = state.interval_loss_sum / state.interval_steps if state.interval_steps else None
-                tokens_per_sec = interval_tokens / elapsed if elapsed > 0 else 0.0
-                ms_per_step = 1000 * elapsed / (interval_tokens // tokens_per_step)  # steps timed here
-                # model FLOPs utilisation: the job's achieved FLOP/s over all devices' ceilings
-                mfu = step_flops / (ms_per_step / 1000) / (peak * job.world_size) if peak else None
-                memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-                metrics.write(
-                    "train",
-                    state.step,
-                    train_loss=train_loss,
-                    lr=lr,
-                    grad_norm=grad_norm if math.isfinite(grad_norm) else None,
-                    tokens_per_sec=tokens_per_sec,
-                    ms_per_step=ms_per_step,
-                    mfu=mfu,
-                    peak_memory_gib=memory,
-                    tokens_seen=state.tokens_seen,
-                    skipped_steps=state.skipped_steps,
-                )
-                shown = "n/a" if train_loss is None else f"{train_loss:.4f}"
-                shown_mfu = "" if mfu is None else f", MFU {mfu:.0%}"
-                bar.set_postfix(loss=shown, lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}")
-                if not show_bar:
-                    detail = f", grad norm {grad_norm:.3f}, {ms_per_step:.1f} ms/step"
-                    if memory is not None:
-                        detail += f", peak memory {memory:.2f} GiB"
-                    echo(
-                        f"step {state.step:>6}: train loss {shown}, lr {lr:.2e}, "
-                        f"{tokens_per_sec:,.0f} tokens/s{shown_mfu}" + (detail if level == "debug" else "")
-                    )
-                state.interval_loss_sum, state.interval_steps = 0.0, 0
-                interval_start, interval_tokens = time.perf_counter(), 0
-            paused = time.perf_counter()  # evaluations and checkpoints do not count as training time
-            if state.step % t.eval_every == 0 or last:
-                run_eval()
-            stopping = dist.any_rank(stop.received is not None, job) and not last
-            if (state.step % t.save_every == 0 or stopping) and not last:
-                save(ckpt.step_name(state.step))
-            interval_start += time.perf_counter() - paused
-            if stopping:
-                exit_signal = stop.received or signal.SIGTERM  # another process was signalled
-                metrics.write("stopped", state.step, signal=signal.Signals(exit_signal).name)
-                say(
-                    f"stopped by {signal.Signals(exit_signal).name} at step {state.step}; "
-                    f"saved checkpoints/{ckpt.step_name(state.step)} (continue with --resume)"
-                )
-                break
-        if exit_signal is None:
-            save("final")
-            metrics.write(
-                "end",
-                state.step,
-                best_val_loss=_finite(state.best_val_loss),
-                skipped_steps=state.skipped_steps,
-            )
-    return TrainResult(
-        cfg, run_dir, state, exit_signal, params.total, read_metrics(run_dir / "metrics.jsonl")
-    )
-
-
-def train_step(
-    step_model,
-    model,
-    optimizer,
-    scaler,
-    sampler,
-    accumulation: int,
-    grad_clip: float,
-    device,
-    dtype_name,
-    job: dist.Dist | None = None,
-) -> tuple[float, float, bool]:
-    """One optimizer step over `accumulation` micro-batches: (mean loss, gradient norm, applied).
-
-    A non-finite loss or gradient norm skips the update and drops the gradients. With float16
-    the GradScaler skips inf/NaN gradients itself while it calibrates; only a non-finite loss
-    counts as a skip then.
-    """
-    job = job or dist.Dist()
-    step_loss = 0.0
-    for micro_step in range(accumulation):
-        x, y = sampler.next_batch()
-        if device.type == "cuda":  # page-locked host memory lets the copy overlap the GPU's work
-            x, y = x.pin_memory(), y.pin_memory()
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        # gradients are averaged across processes once, on the last micro-batch
-        with dist.gradient_sync(step_model, job, micro_step == accumulation - 1):
-            with autocast_for(device, dtype_name):
-                _, loss = step_model(x, y)
-            scaler.scale(loss / accumulation).backward()
-        step_loss += loss.item() / accumulation
-    step_loss = dist.mean(step_loss, job)
-    scaler.unscale_(optimizer)
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else math.inf)
-    grad_norm = dist.to_full(norm).item()
-    applied = math.isfinite(step_loss) and (math.isfinite(grad_norm) or scaler.is_enabled())
-    if applied:
-        scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    return step_loss, grad_norm, applied
-
-
-def _diverged(run_dir: Path, state: TrainState) -> UserError:
-    good = ckpt.latest(run_dir)
-    where = f"the last good checkpoint is {good}" if good else "no checkpoint was saved yet"
-    return UserError(
-        f"training stopped at step {state.step}: {state.nonfinite_streak} updates in a row had a "
-        f"non-finite loss or gradient norm; {where}; lower training_config.learning_rate, keep "
-        "training_config.grad_clip on (e.g. 1.0), or use device_config.dtype=bfloat16 instead of "
-        "float16, then continue with --resume"
-    )
-
-
-def _on_main(job: dist.Dist, fn, *args):
-    """Run `fn` on rank 0 only and hand its result, or its UserError, to every process."""
-    outcome = None
-    if job.is_main:
-        try:
-            outcome = fn(*args)
-        except UserError as err:
-            outcome = err
-    outcome = dist.broadcast(outcome, job)
-    if isinstance(outcome, UserError):
-        raise outcome
-    return outcome
-
-
-def _sample_due(t, step: int) -> bool:
-    if t.sample_tokens == 0 or t.sample_every == 0:
-        return False
-    return t.sample_every is None or step % t.sample_every == 0 or step == t.max_steps
-
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
-def _print_header(echo, cfg, data, total_params, device, tokens_per_step, resumed_from, job) -> None:
-    t = cfg.training
-    echo("=" * 60)
-    echo(f"{'Fine-tuning' if t.init_from else 'Training from scratch'} -> {cfg.logging.output_dir}")
-    echo("=" * 60)
-    echo(f"device: {device} ({cfg.device.dtype})   parameters: {total_params:,}")
-    echo(
-        f"data: {data.path} ({data.meta['tokenizer']} tokenizer, {vocab_note(data.tokenizer, cfg)}; "
-        f"{len(data.train):,} train / {len(data.val):,} val tokens)"
-    )
-    if job.active:
-        echo(f"processes: {job.world_size} ({job.mode}, mesh {tuple(job.mesh.shape)} replicate x shard)")
-    echo(
-        f"steps: {t.max_steps:,} x {tokens_per_step:,} tokens (global batch "
-        f"{tokens_per_step // cfg.seq_len} = {t.batch_size} per process x "
-        f"{job.world_size} process(es) x accumulation {t.gradient_accumulation_steps}, x {cfg.seq_len} "
-        f"tokens); lr {t.learning_rate} warmup {t.warmup_steps} -> cosine -> {t.min_lr}"
-    )
-    if resumed_from is not None:
-        echo(f"resuming from {resumed_from}")
+    def result(self, exit_signal: int | None = None) -> TrainResult:
+        history = read_metrics(self.run_dir / "metrics.jsonl")
+        return TrainResult(self.cfg, self.run_dir, self.state, exit_signal, self.params, history)

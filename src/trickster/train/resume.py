@@ -1,5 +1,5 @@
-"""Starting in a run folder: refuse to overwrite, find the checkpoint to resume, check it fits
-this run, and restore the trainer's state from it."""
+"""Starting in a run folder: refuse to overwrite, find the checkpoint to resume, and check it fits
+this run (loop.Trainer.load_state_dict restores the trainer's state from it)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ from trickster.data.loader import PreparedData
 from trickster.errors import UserError
 from trickster.observe.events import read_metrics
 from trickster.train import checkpoint as ckpt
-from trickster.train import dist
-from trickster.train.state import set_rng_state
 
 
 def run_dir_in_use(run_dir: Path) -> bool:
@@ -85,23 +83,6 @@ def check_resumable(path: Path, cfg: Config, data: PreparedData) -> dict:
     return _changed_settings(saved_cfg, cfg)
 
 
-def restore_trainer(path, model, optimizer, sampler, scaler, state, device, rank: int) -> None:
-    """Optimizer moments, sampler position, counters and random generators of a checkpoint."""
-    trainer = ckpt.load_trainer_state(path)
-    optimizer_state = trainer["optimizer"]
-    if all(isinstance(key, int) for key in optimizer_state["state"]):  # written before 0.2: by position
-        optimizer.load_state_dict(optimizer_state)
-    else:
-        dist.load_full_state(model, optimizer, None, optimizer_state)
-    sampler.load_state_dict(trainer["sampler"])
-    state.load_state_dict(trainer["train_state"])
-    if scaler.is_enabled() and trainer["scaler"]:
-        scaler.load_state_dict(trainer["scaler"])
-    per_rank = trainer["rng"] if isinstance(trainer["rng"], list) else [trainer["rng"]]  # 0.1: a dict
-    if rank < len(per_rank):  # a process the saving job did not have keeps its fresh seed
-        set_rng_state(per_rank[rank], device)
-
-
 def _changed_settings(old: Config, new: Config) -> dict[str, list]:
     before, after = old.to_dict(), new.to_dict()
     changed = {}
@@ -119,3 +100,15 @@ def truncate_metrics(path: Path, step: int) -> None:
     kept = [r for r in read_metrics(path) if r["step"] <= step and r["event"] != "end"]
     kept = [r for r in kept if not (r["step"] == step and r["event"] in ("stopped",))]
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
+
+
+def diverged(run_dir: Path, state) -> UserError:
+    """Too many non-finite steps in a row: where to go on from, and what to change first."""
+    good = ckpt.latest(run_dir)
+    where = f"the last good checkpoint is {good}" if good else "no checkpoint was saved yet"
+    return UserError(
+        f"training stopped at step {state.step}: {state.nonfinite_streak} updates in a row had a "
+        f"non-finite loss or gradient norm; {where}; lower training_config.learning_rate, keep "
+        "training_config.grad_clip on (e.g. 1.0), or use device_config.dtype=bfloat16 instead of "
+        "float16, then continue with --resume"
+    )

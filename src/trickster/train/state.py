@@ -1,9 +1,12 @@
-"""Where a run stands: its counters, and every random generator it draws from."""
+"""Where a run stands: its counters, the outcome and timing of its steps, and every random
+generator it draws from."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
+import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -31,16 +34,52 @@ class TrainState:
             setattr(self, name, value)
 
 
-def weights_finite(model: torch.nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+@dataclass
+class StepResult:
+    loss: float  # mean over the micro-batches and processes
+    grad_norm: float
+    lr: float
+    applied: bool  # False: a non-finite loss or gradient norm skipped the update
+    stop: bool  # a process received SIGINT/SIGTERM
+
+
+class StepTimer:
+    """Wall time of the steps since the last log line; evaluations and checkpoints excluded."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.start, self.steps = time.perf_counter(), 0
+
+    @contextlib.contextmanager
+    def paused(self):
+        paused = time.perf_counter()
+        yield
+        self.start += time.perf_counter() - paused
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def nonfinite_weights(model: torch.nn.Module) -> torch.Tensor:
+    """1.0 on the model's device if any weight this process holds is NaN or inf, else 0.0; no host
+    sync. Under FSDP2 a process holds a shard only: dist.sum_across agrees on the verdict."""
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
+    finite = torch.stack([torch.isfinite(p).all() for p in local]).all()
+    return (~finite).float()
 
 
 def rng_state(device: torch.device) -> dict:
-    """Every random generator a run may draw from (NumPy's as a tensor: no pickled arrays)."""
+    """Every random generator this process draws from (NumPy's as a tensor: no pickled arrays).
+
+    On CUDA, the state of this process's own device only: a run resumed where fewer GPUs are
+    visible still finds one state per process.
+    """
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+        "cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else [],
         "python": random.getstate(),
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
     }
@@ -49,10 +88,8 @@ def rng_state(device: torch.device) -> dict:
 def set_rng_state(rng: dict, device: torch.device) -> None:
     torch.set_rng_state(rng["torch"])
     if device.type == "cuda" and rng["cuda"]:
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    if "python" in rng:
-        version, internal, gauss = rng["python"]
-        random.setstate((version, tuple(internal), gauss))
-    if "numpy" in rng:
-        kind, keys, pos, has_gauss, cached = rng["numpy"]
-        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        torch.cuda.set_rng_state(rng["cuda"][0], device)
+    version, internal, gauss = rng["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = rng["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))

@@ -44,7 +44,9 @@ def evaluate(model, batches, device: torch.device, dtype_name: str) -> float:
     return sum(losses) / len(losses)
 
 
-def sample_text(model: Transformer, tokenizer: Tokenizer, prompt: str, tokens: int, seed: int) -> str:
+def sample_text(
+    model: Transformer, tokenizer: Tokenizer, prompt: str, tokens: int, seed: int, agree=None
+) -> str:
     """A reproducible sample that does not touch the training RNG.
 
     A prompt the tokenizer cannot encode (a character the corpus lacks) is dropped, not fatal:
@@ -64,5 +66,6 @@ def sample_text(model: Transformer, tokenizer: Tokenizer, prompt: str, tokens: i
         seed=seed,
         vocab_limit=tokenizer.vocab_size,
         stop_id=tokenizer.eot_id,
+        agree=agree,
     )
     return prompt + tokenizer.decode(out)

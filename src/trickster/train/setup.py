@@ -1,0 +1,95 @@
+"""What a training run builds before its first step: the run folder (new, or resumed), the model
+wrapped for the job, the run's own files and the header it prints. Used by loop.Trainer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from trickster.config import Config, save_config
+from trickster.data.loader import PreparedData
+from trickster.errors import UserError, disk_errors
+from trickster.model.transformer import Transformer
+from trickster.model.vocab import vocab_note
+from trickster.train import checkpoint as ckpt
+from trickster.train import dist
+from trickster.train.console import Console
+from trickster.train.finetune import setup_finetuning
+from trickster.train.resume import check_resumable, open_run_dir, truncate_metrics
+
+
+def open_run(cfg: Config, data: PreparedData, resume, job: dist.Dist) -> tuple[Path | None, list[str], dict]:
+    """The checkpoint to resume from (or None), the repairs made in the folder, and the settings
+    that changed since that checkpoint. Rank 0 looks; every process gets its answer."""
+    run_dir = Path(cfg.logging.output_dir)
+    resumed_from, repairs = on_main(job, open_run_dir, run_dir, resume)
+    changed = check_resumable(resumed_from, cfg, data) if resumed_from is not None else {}
+    return resumed_from, repairs, changed
+
+
+def build_model(
+    cfg: Config, data: PreparedData, job: dist.Dist, device: torch.device, resumed_from, out: Console
+) -> tuple[Transformer, torch.nn.Module]:
+    """The plain model (weights restored before it is wrapped) and the module a step calls."""
+    model = Transformer(cfg.model).to(device)
+    setup_finetuning(model, cfg, data.tokenizer, out.line)  # init_from weights, LoRA; else nothing
+    if resumed_from is not None:
+        ckpt.load_weights(model, resumed_from / ckpt.WEIGHTS)
+    model.checkpoint_activations = cfg.device.activation_checkpointing
+    # None (auto) was resolved for the machine by the train command; a library call compiles only
+    # when asked
+    step_model = dist.parallelize(model, job, device, compile=bool(cfg.device.compile))
+    return model, step_model
+
+
+def write_run_files(
+    run_dir: Path, cfg: Config, data: PreparedData, manifest: dict, metrics, resume, resumed: tuple
+) -> None:
+    """config.yaml, tokenizer.json, manifest.json; on resume, metrics.jsonl cut back to the
+    checkpoint and a `resume` event (rank 0 only)."""
+    resumed_from, step, changed, repairs = resumed
+    if resumed_from is not None:
+        truncate_metrics(run_dir / "metrics.jsonl", step)
+        metrics.write("resume", step, checkpoint=resumed_from.name, changed=changed, repairs=repairs)
+    elif resume:  # nothing to resume: events of an attempt that saved no checkpoint are dropped
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    with disk_errors(f"run folder {run_dir}", "free disk space or choose another --out"):
+        save_config(cfg, run_dir / "config.yaml")
+        data.tokenizer.save(run_dir / "tokenizer.json")
+        (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def print_header(out: Console, cfg: Config, data, total_params, device, tokens_per_step, job) -> None:
+    t = cfg.training
+    out.line("=" * 60)
+    out.line(f"{'Fine-tuning' if t.init_from else 'Training from scratch'} -> {cfg.logging.output_dir}")
+    out.line("=" * 60)
+    out.line(f"device: {device} ({cfg.device.dtype})   parameters: {total_params:,}")
+    out.line(
+        f"data: {data.path} ({data.meta['tokenizer']} tokenizer, {vocab_note(data.tokenizer, cfg)}; "
+        f"{len(data.train):,} train / {len(data.val):,} val tokens)"
+    )
+    if job.active:
+        out.line(f"processes: {job.world_size} ({job.mode}, mesh {tuple(job.mesh.shape)} replicate x shard)")
+    out.line(
+        f"steps: {t.max_steps:,} x {tokens_per_step:,} tokens (global batch "
+        f"{tokens_per_step // cfg.seq_len} = {t.batch_size} per process x "
+        f"{job.world_size} process(es) x accumulation {t.gradient_accumulation_steps}, x {cfg.seq_len} "
+        f"tokens); lr {t.learning_rate} warmup {t.warmup_steps} -> cosine -> {t.min_lr}"
+    )
+
+
+def on_main(job: dist.Dist, fn, *args):
+    """Run `fn` on rank 0 only and hand its result, or its UserError, to every process."""
+    outcome = None
+    if job.is_main:
+        try:
+            outcome = fn(*args)
+        except UserError as err:
+            outcome = err
+    outcome = dist.broadcast(outcome, job)
+    if isinstance(outcome, UserError):
+        raise outcome
+    return outcome

@@ -1,0 +1,68 @@
+"""Run `trickster ...` as one process of a torchrun job, with a fault planted in rank 1 (used by
+test_dist.py):
+
+    torchrun --nproc-per-node 2 -m tests.dist_child FAULT train --config run.yaml
+
+FAULT:
+    nan-shard     at the second evaluation, once its loss is computed, rank 1 puts a NaN into its
+                  own shard of the final norm's weight: only rank 1 can see it
+    stop-token:LOG
+                  rank 1 notes each sample it starts in the file LOG, and draws the end-of-text
+                  token every time: a rank that followed its own draw would stop at once while
+                  rank 0 goes on
+
+The faults are injected here, in the test, so the product code carries no hooks.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import torch
+
+from trickster import cli
+from trickster.model import generate as generate_module
+from trickster.train import loop
+
+
+def install(fault: str) -> None:
+    rank1 = os.environ.get("RANK") == "1"
+    if fault == "nan-shard":
+        evaluate, calls = loop.evaluate, 0
+
+        def patched_evaluate(model, *args):
+            nonlocal calls
+            calls += 1
+            loss = evaluate(model, *args)
+            if calls == 2:
+                model.reshard()  # FSDP2 keeps the root's gathered weights after a forward (all ranks)
+                if rank1:
+                    with torch.no_grad():
+                        model.norm.weight.to_local()[0] = math.nan
+            return loss
+
+        loop.evaluate = patched_evaluate
+    elif fault.startswith("stop-token:") and rank1:
+        sample, sample_text, stop = generate_module.sample, loop.sample_text, []
+        log = fault.split(":", 1)[1]
+
+        def patched_sample_text(model, tokenizer, *args, **kwargs):
+            stop[:] = [tokenizer.eot_id]
+            with open(log, "a") as f:
+                f.write("rank 1 sampled\n")
+            return sample_text(model, tokenizer, *args, **kwargs)
+
+        def patched_sample(logits, *args, **kwargs):
+            return torch.full_like(sample(logits, *args, **kwargs), stop[0])
+
+        loop.sample_text = patched_sample_text
+        generate_module.sample = patched_sample
+    elif not fault.startswith("stop-token:"):
+        raise SystemExit(f"unknown fault {fault!r}")
+
+
+if __name__ == "__main__":
+    install(sys.argv[1])
+    sys.exit(cli.main(sys.argv[2:]))

@@ -1,0 +1,187 @@
+"""The Trainer's hot path and housekeeping: host synchronisations per step, the batch copy, peak
+memory, the CUDA generator saved per process, and the process-wide settings a run leaves behind."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from trickster.errors import UserError
+from trickster.train import dist
+from trickster.train import loop as loop_module
+from trickster.train.device import settings_restored
+from trickster.train.loop import Trainer, train
+from trickster.train.state import rng_state, set_rng_state
+
+QUIET = {"echo": lambda *a: None}
+STEPS = {"max_steps": 4, "warmup_steps": 1, "log_every": 1, "eval_every": 4, "save_every": 4}
+
+
+def _settings() -> tuple:
+    return (
+        torch.get_num_threads(),
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.get_float32_matmul_precision(),
+        torch.get_rng_state().tolist(),
+        random.getstate(),
+        np.random.get_state()[1].tolist(),
+    )
+
+
+def test_train_leaves_threads_flags_and_generators_as_it_found_them(micro, tmp_path):
+    torch.set_num_threads(2)
+    before = _settings()
+    train(micro(training_config=STEPS, device_config={"threads": 1}), **QUIET)
+    assert _settings() == before
+    missing = micro(data_config={"path": str(tmp_path / "missing")}, device_config={"threads": 1})
+    with pytest.raises(UserError):  # fails after the threads and the seed were set
+        train(missing, **QUIET)
+    assert _settings() == before
+
+
+class Counter:
+    """Logs, in order, each draw of a batch, each collective and each copy of a tensor's value to
+    the host ("sync"), except the sampler's own reads of its host-side window starts."""
+
+    def __init__(self, monkeypatch):
+        self.calls: list[str] = []
+        self.drawing = False
+        for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+            self.wrap(monkeypatch, torch.Tensor, name, "sync")
+        self.wrap(monkeypatch, torch.distributed, "all_reduce", "collective")
+        from trickster.data.loader import BatchSampler
+
+        self.wrap(monkeypatch, BatchSampler, "next_rows", "draw")
+
+    def wrap(self, monkeypatch, owner, name, kind):
+        original = getattr(owner, name)
+
+        def wrapped(*args, **kwargs):
+            if self.drawing:
+                return original(*args, **kwargs)
+            self.calls.append(kind)
+            self.drawing = kind == "draw"
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.drawing = False
+
+        monkeypatch.setattr(owner, name, wrapped)
+
+
+def test_a_step_waits_for_the_device_once_after_drawing_the_next_batch(micro, monkeypatch):
+    """Accumulation 4 through the distributed path (a process group of one): the step's losses
+    stay on the device; one packed all-reduce and one copy to the host end it, and the next step's
+    first batch is drawn before that wait. (At 3396d43: 6 host syncs and 2 all-reduces.)"""
+    cfg = micro(
+        training_config={**STEPS, "gradient_accumulation_steps": 4}, device_config={"enable_ddp": True}
+    )
+    try:
+        with settings_restored():
+            trainer = Trainer(cfg, **QUIET)
+            trainer.step()  # the first step draws its own first batch
+            counter = Counter(monkeypatch)
+            for _ in range(2):
+                trainer.step()
+    finally:
+        dist.shutdown()
+    one_step = ["draw", "draw", "draw", "draw", "collective", "sync"]
+    assert counter.calls == one_step * 2
+
+
+def test_a_batch_is_one_contiguous_tensor_split_on_the_device(micro, monkeypatch):
+    """One (B, T+1) host tensor, copied once; inputs and targets are views of the copy."""
+    with settings_restored():
+        trainer = Trainer(micro(training_config=STEPS), **QUIET)
+    copied = []
+    to = torch.Tensor.to
+
+    def recording_to(self, *args, **kwargs):
+        copied.append(self)
+        return to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", recording_to)
+    x, y = trainer.batches.next()
+    assert len(copied) == 1
+    (host,) = copied
+    assert host.is_contiguous() and host.shape == (8, 64 + 1)
+    assert x.shape == y.shape == (8, 64)
+    assert x._base is not None and x._base is y._base
+    assert torch.equal(x[:, 1:], y[:, :-1])  # the targets are the inputs, one token on
+
+
+def test_the_logged_peak_memory_is_the_training_steps(micro, monkeypatch):
+    """Peak memory is reset after setup (the matmul ceiling) and after evaluations, so each train
+    event reports the steps' own peak. A fake allocator stands in for CUDA's statistics."""
+    peak = {"now": 0.0}
+
+    def grows_to(gib, fn):
+        def wrapped(*args, **kwargs):
+            peak["now"] = max(peak["now"], gib)
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(loop_module, "peak_flops", grows_to(10.0, loop_module.peak_flops))
+    monkeypatch.setattr(loop_module, "evaluate", grows_to(5.0, loop_module.evaluate))
+    monkeypatch.setattr(loop_module, "autocast_for", grows_to(1.0, loop_module.autocast_for))
+    monkeypatch.setattr(loop_module, "peak_memory_gib", lambda device: peak["now"])
+    monkeypatch.setattr(loop_module, "reset_peak_memory", lambda device: peak.update(now=0.0))
+    result = train(micro(training_config={**STEPS, "eval_every": 2}), **QUIET)
+    logged = [r["peak_memory_gib"] for r in result.history if r["event"] == "train"]
+    assert logged == [1.0, 1.0, 1.0, 1.0]
+
+
+def test_the_cuda_generator_saved_is_this_processs_device_only(monkeypatch):
+    """A process on cuda:3 of a 4-GPU machine saves one CUDA state, and restores it on a machine
+    where only 2 GPUs are visible (set_rng_state_all would raise IndexError there)."""
+    states = [torch.full((16,), i, dtype=torch.uint8) for i in range(4)]
+    restored = []
+
+    def set_all(new_states):
+        if len(new_states) > 2:
+            raise IndexError("list index out of range")
+
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": states[torch.device(device).index])
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: list(states))
+
+    def set_one(state, device="cuda"):
+        restored.append((torch.device(device), state))
+
+    monkeypatch.setattr(torch.cuda, "set_rng_state", set_one)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", set_all)
+    with settings_restored():
+        saved = rng_state(torch.device("cuda", 3))
+        assert len(saved["cuda"]) == 1 and torch.equal(saved["cuda"][0], states[3])
+        set_rng_state(saved, torch.device("cuda", 1))
+    assert len(restored) == 1
+    assert restored[0][0] == torch.device("cuda", 1) and torch.equal(restored[0][1], states[3])
+
+
+def test_a_sharded_optimizer_index_that_would_run_code_is_refused(tmp_path):
+    """The index of a sharded optimizer state is a pickle: only checkpoint records may come out
+    of it, never a call such as os.system."""
+    import pickle
+
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 4)).sum().backward()
+    optimizer.step()
+    folder = tmp_path / "optimizer"
+    groups = dist.save_sharded_optimizer(model, optimizer, folder)
+    dist.load_sharded_optimizer(model, optimizer, folder, groups)  # a genuine index loads
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (__import__("os").system, (f"touch {marker}",))
+
+    (folder / ".metadata").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(UserError, match="refused or damaged .* resume from another checkpoint"):
+        dist.load_sharded_optimizer(model, optimizer, folder, groups)
+    assert not marker.exists()
