@@ -86,7 +86,7 @@ def test_a_cuda_job_pairs_nccl_with_gloo_and_binds_its_gpu(monkeypatch):
             "device_id": torch.device("cuda", 0),
             "set_device": 0,
         }
-        assert job.device == torch.device("cuda", 0)  # where mean and any_rank put their scalars
+        assert job.device == torch.device("cuda", 0)  # where sum_across and from_rank0 take their tensors
         cpu_tensor = torch.ones(2)
         td.all_reduce(cpu_tensor)  # "No backend type associated with device type cpu" with nccl alone
         assert cpu_tensor.tolist() == [1.0, 1.0]

@@ -93,4 +93,4 @@ def test_the_probes_cpu_capable_checks_pass_on_this_cpu():
     import gpu_probe
 
     assert gpu_probe.kv_cache("cpu").endswith("ok")
-    assert gpu_probe.collectives("cpu").startswith("gloo: mean, any_rank")
+    assert gpu_probe.collectives("cpu").startswith("gloo: sum_across, from_rank0")

@@ -12,11 +12,12 @@ LOCAL_RANK, joins the process group and trains its share of every global batch:
                                gradients are reduced in float32 (a MixedPrecisionPolicy)
 
 On GPUs the process group has two backends, "cpu:gloo,cuda:nccl": nccl moves CUDA tensors only,
-and the few CPU-side collectives (the objects of `broadcast`/`gather`) go over gloo. The scalar
-collectives (`mean`, `any_rank`) put their tensor on the job's device.
+and the few CPU-side collectives (the objects of `broadcast`/`gather`) go over gloo. The tensor
+collectives (`sum_across`, `from_rank0`) take tensors on the job's device.
 
-Checkpoints hold gathered full state dicts (rank 0 writes them), so a run saved on N processes
-resumes on M, and single-process `generate` reads it.
+Checkpoints hold gathered weights (rank 0 writes them) and the optimizer state by parameter name,
+gathered too, or under FSDP2 written sharded by every process (torch.distributed.checkpoint): a
+run saved on N processes resumes on M, and single-process `generate` reads its weights.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
     get_optimizer_state_dict,
-    set_model_state_dict,
     set_optimizer_state_dict,
 )
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
@@ -224,22 +224,6 @@ def gradient_sync(step_model: torch.nn.Module, d: Dist, enabled: bool):
     return micro_batch(step_model, d, enabled)
 
 
-def mean(value: float, d: Dist) -> float:
-    if not d.active:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=d.device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return float(t.item()) / d.world_size
-
-
-def any_rank(flag: bool, d: Dist) -> bool:
-    if not d.active:
-        return flag
-    t = torch.tensor([1 if flag else 0], device=d.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
 def sum_across(values: torch.Tensor, d: Dist) -> list[float]:
     """The sum over processes of a small packed tensor, on the host: one all-reduce and one copy.
 
@@ -301,12 +285,10 @@ def optimizer_parts(optimizer):
     return getattr(optimizer, "parts", optimizer)
 
 
-def load_full_state(model, optimizer, model_state: dict | None, optimizer_state: dict) -> None:
+def load_full_optimizer_state(model, optimizer, state: dict) -> None:
     """Every rank passes the full state it read from disk; FSDP2 keeps its own shard."""
     options = StateDictOptions(full_state_dict=True)
-    if model_state is not None:
-        set_model_state_dict(model, model_state, options=options)
-    set_optimizer_state_dict(model, optimizer_parts(optimizer), optimizer_state, options=options)
+    set_optimizer_state_dict(model, optimizer_parts(optimizer), state, options=options)
 
 
 def full_weights(model) -> dict:

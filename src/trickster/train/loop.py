@@ -358,7 +358,7 @@ class Trainer:
         trainer = ckpt.load_trainer_state(path)
         optimizer = trainer["optimizer"]
         if "state" in optimizer:  # gathered, by parameter name
-            dist.load_full_state(self.model, self.optimizer, None, optimizer)
+            dist.load_full_optimizer_state(self.model, self.optimizer, optimizer)
         else:  # sharded by the processes that wrote it
             groups = optimizer["param_groups"]
             dist.load_sharded_optimizer(self.model, self.optimizer, path / ckpt.OPTIMIZER, groups)
