@@ -7,23 +7,54 @@ import pytest
 import torch
 
 from trickster.cli import main
+from trickster.commands import fresh_run_dir
 
 from .conftest import EXCERPT
 
 
-@pytest.mark.slow
 def test_quickstart_prepares_trains_and_compares(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    args = ["quickstart", "--path", str(EXCERPT), "--steps", "30", "--out", "runs/qs"]
-    assert main(args) == 0
+    (tmp_path / "runs/qs").mkdir(parents=True)
+    (tmp_path / "runs/qs/notes.txt").write_text("mine")  # a taken folder: the run goes to runs/qs-2
+    fast = [  # fewer and smaller evaluations, no samples or plot while training
+        "training_config.batch_size=8",
+        "training_config.eval_batches=2",
+        "training_config.sample_every=0",
+        "logging_config.loss_plot=false",
+    ]
+    args = [
+        "quickstart",
+        "--path",
+        str(EXCERPT),
+        "--steps",
+        "30",
+        "--out",
+        "runs/qs",
+        "--max-new-tokens",
+        "20",
+    ]
+    assert main([*args, *fast]) == 0
     out = capsys.readouterr().out
     assert "1/3 preparing data" in out and "2/3 training" in out and "3/3" in out
     untrained, trained = re.findall(r"--- (untrained|trained).*?val loss (\d+\.\d+) ---", out)
     assert float(trained[1]) < float(untrained[1])
-    assert (tmp_path / "runs/qs/checkpoints/final/COMPLETE").is_file()
-
-    assert main(args[:-3] + ["2", "--out", "runs/qs"]) == 0  # a second run gets a new folder
     assert (tmp_path / "runs/qs-2/checkpoints/final/COMPLETE").is_file()
+    assert [p.name for p in (tmp_path / "runs/qs").iterdir()] == ["notes.txt"]
+    saved = (tmp_path / "runs/qs-2/config.yaml").read_text()
+    assert "batch_size: 8" in saved and "max_steps: 30" in saved  # the overrides reached the preset
+
+
+def test_a_taken_run_folder_gets_the_next_free_suffix(tmp_path):
+    out = tmp_path / "qs"
+    assert fresh_run_dir(out) == out
+    out.mkdir()
+    assert fresh_run_dir(out) == out  # an empty folder is free
+    (out / "metrics.jsonl").write_text("")
+    assert fresh_run_dir(out) == tmp_path / "qs-2"
+    (tmp_path / "qs-2").mkdir()
+    (tmp_path / "qs-2" / "config.yaml").write_text("")
+    (tmp_path / "qs-3").write_text("a file, not a folder")
+    assert fresh_run_dir(out) == tmp_path / "qs-4"
 
 
 def test_quickstart_falls_back_to_the_stdlib_when_offline(tmp_path, monkeypatch, capsys):
@@ -44,9 +75,13 @@ def test_quickstart_falls_back_to_the_stdlib_when_offline(tmp_path, monkeypatch,
 
 def test_generate_streams_a_continuation_of_the_prompt(tmp_path, shakespeare_dir, capsys):
     run = tmp_path / "run"
-    train = "train --preset tiny --no-progress model_config.num_layers=1 training_config.max_steps=4"
-    train += " training_config.warmup_steps=1 training_config.eval_every=2"
-    assert main([*train.split(), "--data", str(shakespeare_dir), "--out", str(run)]) == 0
+    # overrides on both sides of the options; no samples or plot while training (they cost seconds)
+    train = (
+        f"train model_config.num_layers=1 --preset tiny --data {shakespeare_dir} training_config.max_steps=4"
+    )
+    train += f" --out {run} training_config.warmup_steps=1 training_config.eval_every=2 --no-progress"
+    train += " training_config.eval_batches=2 training_config.sample_every=0 logging_config.loss_plot=false"
+    assert main(train.split()) == 0
     capsys.readouterr()
 
     def generate(*flags: str) -> str:
@@ -66,3 +101,36 @@ def test_generate_streams_a_continuation_of_the_prompt(tmp_path, shakespeare_dir
     assert f"data sha256 {info['data_fingerprint']}" in shown
     assert f"torch {torch.__version__}" in shown and f"git: {info['manifest']['git_sha']}" in shown
     assert "  training_config:" in shown and "    max_steps: 4" in shown
+
+
+def test_overrides_stand_anywhere_on_the_line_and_flags_win():
+    from trickster.cli import build_parser, parse
+
+    line = "train --preset tiny --data d training_config.max_steps=3 --out o training_config.batch_size=8"
+    args = parse(build_parser(), line.split())
+    assert args.overrides == [
+        "training_config.max_steps=3",
+        "training_config.batch_size=8",
+        "data_config.path=d",
+        "logging_config.output_dir=o",
+    ]
+    line = "train data_config.path=x --config c.yaml training_config.lora.rank=4 --fp16 --compile --data d"
+    assert parse(build_parser(), line.split()).overrides == [
+        "data_config.path=x",
+        "training_config.lora.rank=4",
+        "device_config.dtype=float16",
+        "device_config.compile=true",
+        "data_config.path=d",  # the flag wins: it comes last
+    ]
+
+
+def test_info_reads_overrides_on_both_sides_of_an_option(capsys):
+    assert main(["info", "model_config.hidden_dim=64", "--preset", "tiny", "model_config.num_layers=3"]) == 0
+    assert "model: hidden 64, 3 layers" in capsys.readouterr().out
+
+
+def test_a_stray_word_for_a_command_without_overrides_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["runs", "a", "b"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: unrecognized arguments: b (see `trickster --help`)\n"

@@ -100,3 +100,37 @@ def test_saved_config_uses_the_tutorials_section_names(tmp_path):
         "device_config",
         "logging_config",
     ]
+
+
+def test_overrides_reach_any_depth_with_a_suggestion_at_every_level(tmp_path):
+    deep = ["training_config.init_from=base", "training_config.lora.rank=4", "training_config.lora.alpha=8"]
+    lora = load_config(preset="tiny", overrides=deep).training.lora
+    assert (lora.rank, lora.alpha, lora.targets) == (4, 8.0, ["wq", "wv"])
+    save_config(load_config(preset="tiny"), tmp_path / "saved.yaml")  # writes `lora: null`
+    assert load_config(tmp_path / "saved.yaml", overrides=deep).training.lora.rank == 4
+    for override, message in [
+        (
+            "training_config.lora.rnk=4",
+            r"unknown key training_config.lora.rnk \(did you mean training_config.lora.rank\?\)",
+        ),
+        (
+            "training_config.lroa.rank=4",
+            r"unknown key training_config.lroa \(did you mean training_config.lora\?\)",
+        ),
+        (
+            "trainig_config.lora.rank=4",
+            r"unknown section 'trainig_config' \(did you mean training_config\?\)",
+        ),
+        (
+            "training_config.lora.rank=0",
+            r"training_config.lora.rank: input should be greater than 0 \(got 0\)",
+        ),
+        ("training_config.max_steps.x=1", r"training_config.max_steps is a value, not a group of keys"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            load_config(preset="tiny", overrides=["training_config.init_from=base", override])
+
+
+def test_ddp_and_fsdp_together_are_refused_by_the_config():
+    with pytest.raises(UserError, match="set device_config.enable_ddp or enable_fsdp, not both"):
+        config_from_dict({"device_config": {"enable_ddp": True, "enable_fsdp": True}})

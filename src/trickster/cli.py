@@ -1,18 +1,48 @@
-"""`trickster data|train|generate|compare|eval|info|export|import|plan|report|runs|serve|quickstart`: thin
-wrappers over the library.
+"""`trickster data|train|generate|compare|eval|info|export|import|plan|report|runs|serve|quickstart`.
 
-Every error a user can fix is a UserError: one line on stderr, exit status 2, no traceback.
+The command line is parsed here and only here. Each `_add_NAME` builds one command's parser and
+names the function in commands.py that does the work (`set_defaults(run="train_command")`); that
+function's parameters are filled by name from the parsed options, and a parameter typed with a
+dataclass from options.py from the options named like its fields. Every value is checked in
+`_check` before a command runs. Adding a command: its function in commands.py, an `_add_NAME`
+here and a line in `build_parser`.
+
+`section.key=value` overrides may stand anywhere after the command's name. Every error a user can
+fix is a UserError: one line on stderr, exit status 2, no traceback. commands.py (and torch) is
+imported only when a command runs, so `trickster --help` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import sys
-from pathlib import Path
+from collections.abc import Callable
 
 from trickster.errors import UserError
 
 TOKENIZER_CHOICES = ("char", "byte", "bpe", "gpt2")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+# Bounds on numeric options: (argparse dest, test, message); each applies to every command that has it.
+_BOUNDS: list[tuple[str, Callable[[float], bool], str]] = [
+    ("val_fraction", lambda v: 0 < v < 1, "--val-fraction must be between 0 and 1 (got {})"),
+    ("workers", lambda v: v >= 1, "--workers must be at least 1 (got {})"),
+    ("max_new_tokens", lambda v: v >= 0, "--max-new-tokens must be >= 0 (got {})"),
+    ("temperature", lambda v: v >= 0, "--temperature must be >= 0 (got {})"),
+    ("top_k", lambda v: v >= 1, "--top-k must be >= 1 (got {})"),
+    ("top_p", lambda v: 0 < v <= 1, "--top-p must be in (0, 1] (got {})"),
+    ("max_tokens", lambda v: v >= 1, "--max-tokens must be >= 1 (got {})"),
+    ("batch_size", lambda v: v >= 1, "--batch-size must be >= 1 (got {})"),
+    ("steps", lambda v: v >= 1, "--steps must be at least 1 (got {})"),
+    ("processes", lambda v: v >= 1, "--processes must be >= 1 (got {})"),
+]
+# What to say when a command that needs a config gets neither --preset nor --config.
+_NEEDS_CONFIG = {
+    "train": "choose a model: --preset tiny|nano|... or --config FILE.yaml",
+    "plan": "choose what to plan: --preset NAME or --config FILE",
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -25,10 +55,119 @@ def build_parser() -> argparse.ArgumentParser:
         prog="trickster", description="Train a small language model from scratch, watch it learn, use it."
     )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in (
+        _add_data,
+        _add_train,
+        _add_generate,
+        _add_compare,
+        _add_eval,
+        _add_info,
+        _add_plan,
+        _add_report,
+        _add_runs,
+        _add_export,
+        _add_import,
+        _add_serve,
+        _add_quickstart,
+    ):
+        add(commands)
+    return parser
 
-    # data prepare SOURCE
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parse(parser, argv)
+    try:
+        _check(args)
+        return _call(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse argv; overrides (`KEY=VALUE`) are taken wherever they stand among the options."""
+    args, rest = parser.parse_known_args(argv)
+    # argparse gives a positional list only its first run of values: the runs after an option come back here
+    if rest and (not hasattr(args, "overrides") or any(a.startswith("-") for a in rest)):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if hasattr(args, "overrides"):
+        args.overrides = [*args.overrides, *rest, *args.flag_overrides]  # --data, --fp16, ... win
+    return args
+
+
+def _check(args: argparse.Namespace) -> None:
+    """Every check of the command line's values, before anything is read or written."""
+    for dest, ok, message in _BOUNDS:
+        value = getattr(args, dest, None)
+        if value is not None and not ok(value):
+            raise UserError(message.format(value))
+    if args.command in _NEEDS_CONFIG and not args.preset and not args.config:
+        raise UserError(_NEEDS_CONFIG[args.command])
+    if args.command == "info" and not (args.checkpoint or args.preset or args.config):
+        raise UserError("choose what to describe: --preset NAME, --config FILE or --checkpoint RUN")
+    if args.command == "data" and args.data_command == "prepare":
+        _check_prepare(args)
+
+
+def _check_prepare(args: argparse.Namespace) -> None:
+    if args.tokenizer and args.tokenizer_from:
+        raise UserError("give either --tokenizer (a new one) or --tokenizer-from (a model's), not both")
+    if args.vocab_size is not None and args.tokenizer != "bpe":
+        raise UserError(
+            f"--vocab-size applies to --tokenizer bpe only (got --tokenizer {args.tokenizer or 'char'})"
+        )
+    if args.source == "jsonl" and args.text_field is None and args.template is None:
+        if len(args.paths) != 1:
+            raise UserError("--format prompt-response reads one file; pass one FILE (or use --text-field)")
+    elif getattr(args, "record_format", None) is not None:
+        raise UserError("--format prompt-response cannot be combined with --text-field or --template")
+
+
+def _call(args: argparse.Namespace) -> int:
+    """Run commands.<args.run> with each parameter taken from the parsed option of the same name."""
+    from trickster import commands
+
+    function = getattr(commands, args.run)
+    kwargs = {}
+    for name, parameter in inspect.signature(function, eval_str=True).parameters.items():
+        kind = parameter.annotation
+        if dataclasses.is_dataclass(kind):
+            fields = dataclasses.fields(kind)
+            kwargs[name] = kind(**{f.name: getattr(args, f.name) for f in fields if hasattr(args, f.name)})
+        elif hasattr(args, name):
+            kwargs[name] = getattr(args, name)
+    return function(**kwargs) or 0
+
+
+class _SetsKey(argparse.Action):
+    """An option that stands for a config override: `--data DIR` is data_config.path=DIR."""
+
+    def __init__(self, option_strings, dest, key: str, value: str | None = None, **kwargs):
+        super().__init__(option_strings, "flag_overrides", nargs=0 if value else None, default=[], **kwargs)
+        self.key, self.value = key, value
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.flag_overrides = [*namespace.flag_overrides, f"{self.key}={self.value or values}"]
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _add_data(commands) -> None:
     data = commands.add_parser("data", help="prepare a corpus into token files")
     data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    _add_data_prepare(data_commands)
+    _add_data_overlap(data_commands)
+    _add_data_report(data_commands)
+
+
+def _add_data_prepare(data_commands) -> None:
     prepare = data_commands.add_parser("prepare", help="tokenize a corpus into token shards")
     sources = prepare.add_subparsers(dest="source", required=True, parser_class=_Parser)
     shakespeare = sources.add_parser("shakespeare", help="Tiny Shakespeare (downloaded, SHA-256 checked)")
@@ -64,183 +203,28 @@ def build_parser() -> argparse.ArgumentParser:
     for source in (hf, jsonl, parquet):
         source.add_argument("--text-field", help="the field holding the text (default text)")
     for source in sources.choices.values():
-        source.add_argument("--tokenizer", choices=TOKENIZER_CHOICES, help="build a new one (default char)")
-        source.add_argument(
-            "--vocab-size", type=int, metavar="N", help="bpe: the vocabulary to train up to (default 4096)"
-        )
-        source.add_argument(
-            "--tokenizer-from",
-            metavar="RUN_DIR|CHECKPOINT|FILE",
-            help="use a model's tokenizer instead (to fine-tune that model on this data)",
-        )
-        source.add_argument("--out", help="output folder (default data/SOURCE-TOKENIZER)")
-        source.add_argument("--val-fraction", type=float, default=0.1)
-        source.add_argument("--workers", type=int, help="tokenizing processes (default: one per CPU)")
-        source.add_argument("--shard-tokens", type=int, help="tokens per shard file (default 100,000,000)")
-        source.add_argument("--no-progress", action="store_true", help="no progress bar")
-        _add_dedup_options(source)
-    overlap = data_commands.add_parser("overlap", help="how much of a text the training split already holds")
-    overlap.add_argument("dir", metavar="DIR", help="a prepared data folder")
-    overlap.add_argument("--text", required=True, metavar="FILE", help="a UTF-8 text (an eval set, prompts)")
-    report = data_commands.add_parser("report", help="what to know about a prepared data folder")
-    report.add_argument("dir", metavar="DIR", help="a prepared data folder")
-    report.add_argument(
-        "--html", nargs="?", const="", metavar="FILE", help="also write a page (default DIR/report.html)"
-    )
-
-    # train
-    train = commands.add_parser("train", help="train a model from random weights (or fine-tune: init_from)")
-    _add_config_args(train)
-    train.add_argument("--data", help="prepared data folder (sets data_config.path)")
-    train.add_argument("--out", help="run folder (sets logging_config.output_dir)")
-    train.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
-    train.add_argument("--no-progress", action="store_true", help="print log lines instead of a bar")
-    precision = train.add_mutually_exclusive_group()  # the tutorial's --fp16, and its bf16 twin
-    precision.add_argument("--fp16", action="store_true", help="same as device_config.dtype=float16")
-    precision.add_argument("--bf16", action="store_true", help="same as device_config.dtype=bfloat16")
-    train.add_argument("--compile", action="store_true", help="same as device_config.compile=true")
-    train.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="override any config key, e.g. training_config.max_steps=200",
-    )
-
-    # generate
-    gen = commands.add_parser("generate", help="generate text from a run or checkpoint")
-    gen.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
-    _add_sampling_args(gen)
-    gen.add_argument("--untrained", action="store_true", help="a freshly initialised model of the same shape")
-    gen.add_argument("--no-cache", action="store_true", help="recompute the whole window every token")
-
-    # compare
-    compare = commands.add_parser("compare", help="trained and untrained samples side by side")
-    compare.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
-    _add_sampling_args(compare)
-    compare.add_argument("--data", help="data folder for the validation losses (default: the run's)")
-
-    # eval
-    ev = commands.add_parser("eval", help="loss, perplexity and bits per byte on held-out text")
-    ev.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
-    source = ev.add_mutually_exclusive_group()
-    source.add_argument(
-        "--data", metavar="DIR", help="a prepared data folder: its val split (default: the run's)"
-    )
-    source.add_argument("--text", metavar="FILE", help="a UTF-8 text file, scored as one document")
-    ev.add_argument("--max-tokens", type=int, metavar="N", help="score at most the first N tokens")
-    ev.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
-    ev.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    ev.add_argument("--json", action="store_true", help="one JSON object instead of the table")
-
-    # info
-    info = commands.add_parser("info", help="parameter breakdown and FLOPs per token")
-    _add_config_args(info)
-    info.add_argument("--checkpoint", metavar="RUN_DIR|CHECKPOINT")
-    info.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-
-    # plan
-    plan = commands.add_parser("plan", help="memory, FLOPs, token budget and a measured time estimate")
-    _add_config_args(plan)
-    plan.add_argument("--tokens", help="also estimate the time for this many tokens (e.g. 5000000, 5M, 2e9)")
-    plan.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda", "mps"),
-        help="device to plan and benchmark on (default: device_config.device)",
-    )
-    plan.add_argument(
-        "--processes",
-        type=int,
-        default=1,
-        help="training processes (GPUs) under torchrun; FSDP shards over them",
-    )
-    plan.add_argument("--no-bench", action="store_true", help="the formulas only: time no training steps")
-    plan.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-
-    # report
-    report = commands.add_parser("report", help="one self-contained HTML page about a run")
-    report.add_argument("run_dir", metavar="RUN_DIR")
-    report.add_argument("--out", help="file to write (default RUN_DIR/report.html)")
-
-    # runs
-    runs = commands.add_parser("runs", help="a table of the runs in a folder")
-    runs.add_argument("folder", nargs="?", default="runs", metavar="DIR", help="default: runs")
-    # export (Hugging Face, GGUF) / import (Hugging Face)
-    export = commands.add_parser("export", help="a run or checkpoint as a Hugging Face folder or GGUF file")
-    export.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
-    export.add_argument(
-        "--format",
-        choices=("hf", "gguf"),
-        default="hf",
-        help="hf: a transformers / vLLM folder; gguf: one llama.cpp file",
-    )
-    export.add_argument("--out", required=True, help="a new folder (hf) or file (gguf) to write")
-    export.add_argument(
-        "--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="weights dtype"
-    )
-    imp = commands.add_parser("import", help="turn a local Hugging Face Llama folder into a run")
-    import_sources = imp.add_subparsers(dest="source", required=True, parser_class=_Parser)
-    import_hf = import_sources.add_parser("hf", help="a folder written by save_pretrained()")
-    import_hf.add_argument("path", metavar="DIR", help="config.json, model.safetensors, tokenizer.json")
-    import_hf.add_argument("--out", required=True, help="the new run folder")
-
-    # serve
-    serve = commands.add_parser("serve", help="an OpenAI-compatible API and a playground page for a run")
-    serve.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="default 8000; 0 picks a free one")
-    serve.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    serve.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on /v1")
-    serve.add_argument(
-        "--checkpoints",
-        metavar="NAMES",
-        help="comma-separated, e.g. best,step_000500,untrained (default: all of the run's and untrained)",
-    )
-    serve.add_argument(
-        "--chat-template", metavar="FILE", help="a Jinja chat template for /v1/chat/completions"
-    )
-    serve.add_argument("--max-batch", type=int, default=16, help="sequences decoded together per model")
-
-    # quickstart
-    quick = commands.add_parser("quickstart", help="prepare data, train `tiny`, compare with untrained")
-    quick.add_argument("--path", help="a local copy of Tiny Shakespeare")
-    quick.add_argument("--steps", type=int, default=1500, help="training steps (default 1500)")
-    quick.add_argument("--out", default="runs/quickstart", help="run folder (a new one if taken)")
-    return parser
+        _add_prepare_options(source)
+        source.set_defaults(run="prepare_data", text_field=None, template=None)
 
 
-def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--preset", help="a built-in preset: tiny, nano, mini, midi, mega, gpt2-small")
-    group.add_argument("--config", help="a YAML config file")
-
-
-def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--prompt", default="\n", help="text to continue")
-    parser.add_argument("--max-new-tokens", type=int, default=300)
-    parser.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--top-p", type=float, default=None)
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"))
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return _dispatch(args)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        return 0
-
-
-def _add_dedup_options(parser: argparse.ArgumentParser) -> None:
+def _add_prepare_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tokenizer", choices=TOKENIZER_CHOICES, help="build a new one (default char)")
     parser.add_argument(
+        "--vocab-size", type=int, metavar="N", help="bpe: the vocabulary to train up to (default 4096)"
+    )
+    parser.add_argument(
+        "--tokenizer-from",
+        metavar="RUN_DIR|CHECKPOINT|FILE",
+        help="use a model's tokenizer instead (to fine-tune that model on this data)",
+    )
+    parser.add_argument("--out", help="output folder (default data/SOURCE-TOKENIZER)")
+    parser.add_argument("--val-fraction", type=float, default=0.1)
+    parser.add_argument("--workers", type=int, help="tokenizing processes (default: one per CPU)")
+    parser.add_argument("--shard-tokens", type=int, help="tokens per shard file (default 100,000,000)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    parser.add_argument(  # --dedup, --near-dup-threshold, --keep-duplicates: a DedupSettings
         "--dedup",
+        dest="mode",
         choices=("group", "near", "exact"),
         default="group",
         help="near-copies: group keeps them on their first copy's side of the split (default), near "
@@ -248,6 +232,7 @@ def _add_dedup_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--near-dup-threshold",
+        dest="threshold",
         type=float,
         default=0.8,
         metavar="J",
@@ -259,107 +244,222 @@ def _add_dedup_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _dispatch(args: argparse.Namespace) -> int:
-    from trickster import commands
+def _add_data_overlap(data_commands) -> None:
+    overlap = data_commands.add_parser("overlap", help="how much of a text the training split already holds")
+    overlap.add_argument("folder", metavar="DIR", help="a prepared data folder")
+    overlap.add_argument(
+        "--text", dest="text_file", required=True, metavar="FILE", help="a UTF-8 text (an eval set, prompts)"
+    )
+    overlap.set_defaults(run="data_overlap")
 
-    if args.command == "data" and args.data_command == "overlap":
-        commands.data_overlap(args.dir, args.text)
-        return 0
-    if args.command == "data" and args.data_command == "report":
-        commands.data_report(args.dir, args.html)
-        return 0
-    if args.command == "data":
-        from trickster.data.dedup import DedupSettings
 
-        commands.prepare_data(
-            args.source,
-            getattr(args, "paths", None) or getattr(args, "path", None),
-            args.tokenizer,
-            args.out,
-            args.val_fraction,
-            tokenizer_from=args.tokenizer_from,
-            dataset=getattr(args, "dataset", None),
-            config=getattr(args, "config", None),
-            split=getattr(args, "split", "train"),
-            text_field=getattr(args, "text_field", None),
-            template=getattr(args, "template", None),
-            record_format=getattr(args, "record_format", None),
-            vocab_size=args.vocab_size,
-            workers=args.workers,
-            shard_tokens=args.shard_tokens,
-            progress=not args.no_progress,
-            dedup=DedupSettings(args.dedup, args.near_dup_threshold, args.keep_duplicates),
-        )
-        return 0
-    if args.command == "train":
-        overrides = list(args.overrides)
-        if args.data:
-            overrides.append(f"data_config.path={args.data}")
-        if args.out:
-            overrides.append(f"logging_config.output_dir={args.out}")
-        if args.fp16 or args.bf16:
-            overrides.append(f"device_config.dtype={'float16' if args.fp16 else 'bfloat16'}")
-        if args.compile:
-            overrides.append("device_config.compile=true")
-        if not args.preset and not args.config:
-            raise UserError("choose a model: --preset tiny|nano|... or --config FILE.yaml")
-        return commands.train_command(
-            args.preset, args.config, overrides, args.resume, progress=False if args.no_progress else None
-        )
-    if args.command == "generate":
-        commands.generate_command(args)
-        return 0
-    if args.command == "compare":
-        commands.compare_command(args)
-        return 0
-    if args.command == "eval":
-        commands.eval_command(args)
-        return 0
-    if args.command == "info":
-        commands.info_command(args.preset, args.config, args.checkpoint, args.overrides)
-        return 0
-    if args.command == "plan":
-        if not args.preset and not args.config:
-            raise UserError("choose what to plan: --preset NAME or --config FILE")
-        commands.plan_command(
-            args.preset,
-            args.config,
-            args.overrides,
-            args.tokens,
-            args.device,
-            args.processes,
-            not args.no_bench,
-        )
-        return 0
-    if args.command == "report":
-        commands.report_command(args.run_dir, args.out)
-        return 0
-    if args.command == "runs":
-        commands.runs_command(args.folder)
-        return 0
-    if args.command == "export":
-        commands.export_command(args.target, args.format, args.out, args.dtype)
-        return 0
-    if args.command == "import":
-        commands.import_command(args.source, args.path, args.out)
-        return 0
-    if args.command == "serve":
-        from trickster.serve.server import serve
+def _add_data_report(data_commands) -> None:
+    report = data_commands.add_parser("report", help="what to know about a prepared data folder")
+    report.add_argument("folder", metavar="DIR", help="a prepared data folder")
+    report.add_argument(
+        "--html", nargs="?", const="", metavar="FILE", help="also write a page (default DIR/report.html)"
+    )
+    report.set_defaults(run="data_report")
 
-        names = [n.strip() for n in args.checkpoints.split(",") if n.strip()] if args.checkpoints else None
-        return serve(
-            args.target,
-            args.host,
-            args.port,
-            args.device,
-            args.api_key,
-            names,
-            args.chat_template,
-            args.max_batch,
-        )
-    if args.command == "quickstart":
-        return commands.quickstart(args.path, args.steps, Path(args.out))
-    raise AssertionError(args.command)
+
+# --------------------------------------------------------------------------- train, info, plan
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--preset", help="a built-in preset: tiny, nano, mini, midi, mega, gpt2-small")
+    group.add_argument("--config", help="a YAML config file")
+    _add_overrides(parser, "override any config key, e.g. training_config.max_steps=200")
+
+
+def _add_overrides(parser: argparse.ArgumentParser, text: str) -> None:
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=text + " (anywhere on the line)")
+    parser.set_defaults(flag_overrides=[])  # what _SetsKey options add, which win over KEY=VALUE
+
+
+def _add_train(commands) -> None:
+    train = commands.add_parser("train", help="train a model from random weights (or fine-tune: init_from)")
+    _add_config_args(train)
+    train.add_argument(
+        "--data",
+        action=_SetsKey,
+        key="data_config.path",
+        metavar="DIR",
+        help="prepared data (data_config.path)",
+    )
+    train.add_argument(
+        "--out", action=_SetsKey, key="logging_config.output_dir", metavar="DIR", help="the run folder"
+    )
+    train.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    train.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_const",
+        const=False,
+        help="print log lines instead of a bar",
+    )
+    precision = train.add_mutually_exclusive_group()  # the tutorial's --fp16, and its bf16 twin
+    dtype = "device_config.dtype"
+    precision.add_argument("--fp16", action=_SetsKey, key=dtype, value="float16", help=f"{dtype}=float16")
+    precision.add_argument("--bf16", action=_SetsKey, key=dtype, value="bfloat16", help=f"{dtype}=bfloat16")
+    train.add_argument(
+        "--compile",
+        action=_SetsKey,
+        key="device_config.compile",
+        value="true",
+        help="device_config.compile=true",
+    )
+    train.set_defaults(run="train_command")
+
+
+def _add_info(commands) -> None:
+    info = commands.add_parser("info", help="parameter breakdown and FLOPs per token")
+    _add_config_args(info)
+    info.add_argument("--checkpoint", metavar="RUN_DIR|CHECKPOINT")
+    info.set_defaults(run="info_command")
+
+
+def _add_plan(commands) -> None:
+    plan = commands.add_parser("plan", help="memory, FLOPs, token budget and a measured time estimate")
+    _add_config_args(plan)
+    plan.add_argument("--tokens", help="also estimate the time for this many tokens (e.g. 5000000, 5M, 2e9)")
+    plan.add_argument(
+        "--device", choices=DEVICES, help="device to plan and benchmark on (default: device_config.device)"
+    )
+    plan.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="training processes (GPUs) under torchrun; FSDP shards over them",
+    )
+    plan.add_argument(
+        "--no-bench", dest="bench", action="store_false", help="the formulas only: time no steps"
+    )
+    plan.set_defaults(run="plan_command")
+
+
+# --------------------------------------------------------------------------- generate, compare, eval
+
+
+def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
+    parser.add_argument("--prompt", default="\n", help="text to continue")
+    parser.add_argument("--max-new-tokens", type=int, default=300)
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
+    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--device", default="cpu", choices=DEVICES)
+
+
+def _add_generate(commands) -> None:
+    gen = commands.add_parser("generate", help="generate text from a run or checkpoint")
+    _add_sampling_args(gen)
+    gen.add_argument("--untrained", action="store_true", help="a freshly initialised model of the same shape")
+    gen.add_argument(
+        "--no-cache", dest="use_cache", action="store_false", help="recompute the whole window every token"
+    )
+    gen.set_defaults(run="generate_command")
+
+
+def _add_compare(commands) -> None:
+    compare = commands.add_parser("compare", help="trained and untrained samples side by side")
+    _add_sampling_args(compare)
+    compare.add_argument("--data", help="data folder for the validation losses (default: the run's)")
+    compare.set_defaults(run="compare_command")
+
+
+def _add_eval(commands) -> None:
+    ev = commands.add_parser("eval", help="loss, perplexity and bits per byte on held-out text")
+    ev.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
+    source = ev.add_mutually_exclusive_group()
+    source.add_argument(
+        "--data", metavar="DIR", help="a prepared data folder: its val split (default: the run's)"
+    )
+    source.add_argument("--text", metavar="FILE", help="a UTF-8 text file, scored as one document")
+    ev.add_argument("--max-tokens", type=int, metavar="N", help="score at most the first N tokens")
+    ev.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
+    ev.add_argument("--device", default="auto", choices=DEVICES)
+    ev.add_argument(
+        "--json", dest="as_json", action="store_true", help="one JSON object instead of the table"
+    )
+    ev.set_defaults(run="eval_command")
+
+
+# --------------------------------------------------------------------------- runs, export, import
+
+
+def _add_report(commands) -> None:
+    report = commands.add_parser("report", help="one self-contained HTML page about a run")
+    report.add_argument("run_dir", metavar="RUN_DIR")
+    report.add_argument("--out", help="file to write (default RUN_DIR/report.html)")
+    report.set_defaults(run="report_command")
+
+
+def _add_runs(commands) -> None:
+    runs = commands.add_parser("runs", help="a table of the runs in a folder")
+    runs.add_argument("folder", nargs="?", default="runs", metavar="DIR", help="default: runs")
+    runs.set_defaults(run="runs_command")
+
+
+def _add_export(commands) -> None:
+    export = commands.add_parser("export", help="a run or checkpoint as a Hugging Face folder or GGUF file")
+    export.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
+    export.add_argument(
+        "--format",
+        dest="fmt",
+        choices=("hf", "gguf"),
+        default="hf",
+        help="hf: a transformers / vLLM folder; gguf: one llama.cpp file",
+    )
+    export.add_argument("--out", required=True, help="a new folder (hf) or file (gguf) to write")
+    export.add_argument(
+        "--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="weights dtype"
+    )
+    export.set_defaults(run="export_command")
+
+
+def _add_import(commands) -> None:
+    imp = commands.add_parser("import", help="turn a local Hugging Face Llama folder into a run")
+    import_sources = imp.add_subparsers(dest="source", required=True, parser_class=_Parser)
+    import_hf = import_sources.add_parser("hf", help="a folder written by save_pretrained()")
+    import_hf.add_argument("path", metavar="DIR", help="config.json, model.safetensors, tokenizer.json")
+    import_hf.add_argument("--out", required=True, help="the new run folder")
+    import_hf.set_defaults(run="import_command")
+
+
+# --------------------------------------------------------------------------- serve, quickstart
+
+
+def _add_serve(commands) -> None:
+    serve = commands.add_parser("serve", help="an OpenAI-compatible API and a playground page for a run")
+    serve.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="default 8000; 0 picks a free one")
+    serve.add_argument("--device", default="auto", choices=DEVICES)
+    serve.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on /v1")
+    serve.add_argument(
+        "--checkpoints",
+        metavar="NAMES",
+        help="comma-separated, e.g. best,step_000500,untrained (default: all of the run's and untrained)",
+    )
+    serve.add_argument(
+        "--chat-template", metavar="FILE", help="a Jinja chat template for /v1/chat/completions"
+    )
+    serve.add_argument("--max-batch", type=int, default=16, help="sequences decoded together per model")
+    serve.set_defaults(run="serve_command")
+
+
+def _add_quickstart(commands) -> None:
+    quick = commands.add_parser("quickstart", help="prepare data, train `tiny`, compare with untrained")
+    quick.add_argument("--path", help="a local copy of Tiny Shakespeare")
+    quick.add_argument("--steps", type=int, default=1500, help="training steps (default 1500)")
+    quick.add_argument("--out", default="runs/quickstart", help="run folder (a new one if taken)")
+    quick.add_argument(
+        "--max-new-tokens", type=int, default=250, help="length of the two samples compared (default 250)"
+    )
+    _add_overrides(quick, "override the tiny preset, e.g. training_config.batch_size=8")
+    quick.set_defaults(run="quickstart")
 
 
 if __name__ == "__main__":

@@ -1,16 +1,20 @@
-"""What each CLI command does, printing for a person. The argument parsing lives in cli.py."""
+"""What each CLI command does, printing for a person. The argument parsing and checks live in cli.py.
+
+Each command is a function with typed arguments, named like the command line's options; options
+that belong together travel as one of the dataclasses in options.py.
+"""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import yaml
 
-from trickster.config import Config, load_config
+from trickster.config import Config
 from trickster.data import sources
 from trickster.data.dedup import DedupSettings
 from trickster.data.loader import load_data
@@ -23,6 +27,7 @@ from trickster.model.flops import flops_per_token, parameter_breakdown
 from trickster.model.generate import generate
 from trickster.model.transformer import Transformer
 from trickster.observe import evaluation
+from trickster.options import ConfigSource, EvalOptions, PrepareOptions, Sampling, SourceSpec
 from trickster.train import checkpoint as ckpt
 from trickster.train import dist
 from trickster.train.device import resolve_device, resolve_precision
@@ -31,57 +36,26 @@ from trickster.train.resume import run_dir_in_use
 from trickster.train.validate import evaluate, validation_batches
 
 
-def prepare_data(
-    source: str,
-    paths,
-    tokenizer: str | None,
-    out: str | None,
-    val_fraction: float = 0.1,
-    tokenizer_from: str | None = None,
-    *,
-    dataset: str | None = None,
-    config: str | None = None,
-    split: str = "train",
-    text_field: str | None = None,
-    template: str | None = None,
-    record_format: str | None = None,
-    vocab_size: int | None = None,
-    workers: int | None = None,
-    shard_tokens: int | None = None,
-    progress: bool = True,
-    dedup: DedupSettings | None = None,
-) -> Path:
-    if not 0 < val_fraction < 1:
-        raise UserError(f"--val-fraction must be between 0 and 1 (got {val_fraction})")
-    if tokenizer and tokenizer_from:
-        raise UserError("give either --tokenizer (a new one) or --tokenizer-from (a model's), not both")
-    if workers is not None and workers < 1:
-        raise UserError(f"--workers must be at least 1 (got {workers})")
-    if vocab_size is not None and tokenizer != "bpe":
-        raise UserError(
-            f"--vocab-size applies to --tokenizer bpe only (got --tokenizer {tokenizer or 'char'})"
-        )
-    chosen = _tokenizer_from(tokenizer_from) if tokenizer_from else (tokenizer or "char")
+def prepare_data(spec: SourceSpec, options: PrepareOptions, dedup: DedupSettings) -> Path:
+    """`trickster data prepare`: read a corpus, tokenize it and write a prepared data folder."""
+    source, paths, text_field = spec.source, spec.paths, spec.text_field
+    tokenizer, vocab_size = options.tokenizer, options.vocab_size
+    chosen = _tokenizer_from(options.tokenizer_from) if options.tokenizer_from else (tokenizer or "char")
     kind = chosen if isinstance(chosen, str) else chosen.kind
-    out_dir = Path(out or f"data/{source}-{kind}")
-    if source == "jsonl" and text_field is None and template is None:
-        if len(paths) != 1:
-            raise UserError("--format prompt-response reads one file; pass one FILE (or use --text-field)")
+    out_dir = Path(options.out or f"data/{source}-{kind}")
+    if source == "jsonl" and text_field is None and spec.template is None:
         records = jsonl_prompt_response(paths[0])
-        meta = prepare_prompt_response(records, chosen, out_dir, val_fraction, vocab_size, dedup)
+        meta = prepare_prompt_response(records, chosen, out_dir, options.val_fraction, vocab_size, dedup)
     else:
-        if record_format is not None:
-            raise UserError("--format prompt-response cannot be combined with --text-field or --template")
-        corpus = _text_source(source, paths, dataset, config, split, text_field, template)
-        extra = {} if shard_tokens is None else {"shard_tokens": shard_tokens}
+        extra = {} if options.shard_tokens is None else {"shard_tokens": options.shard_tokens}
         meta = prepare(
-            corpus,
+            _text_source(spec),
             chosen,
             out_dir,
-            val_fraction,
+            options.val_fraction,
             vocab_size=vocab_size,
-            workers=workers,
-            progress=progress,
+            workers=options.workers,
+            progress=options.progress,
             dedup_settings=dedup,
             **extra,
         )
@@ -110,24 +84,22 @@ def data_report(folder: str, html: str | None) -> None:
         print(f"wrote {report.write_html(facts, html or None)}")
 
 
-def _text_source(
-    source, paths, dataset, config, split, text_field, template
-) -> sources.Source | sources.Corpus:
-    if source == "shakespeare":
-        return sources.shakespeare(paths)
-    if source == "text":
-        return sources.text_files(paths)
-    if source == "python-stdlib":
+def _text_source(spec: SourceSpec) -> sources.Source | sources.Corpus:
+    if spec.source == "shakespeare":
+        return sources.shakespeare(spec.path)
+    if spec.source == "text":
+        return sources.text_files(spec.paths)
+    if spec.source == "python-stdlib":
         return sources.python_stdlib()
-    if source == "jsonl":
-        return sources.jsonl_documents(paths, text_field, template)
-    if source == "parquet":
-        return sources.parquet_documents(paths, text_field or "text")
-    if source == "tinystories":
-        return sources.tinystories(dataset or sources.TINYSTORIES)
-    if source == "hf":
-        return sources.hf_dataset(dataset, config, split, text_field or "text")
-    raise UserError(f"unknown source '{source}'")
+    if spec.source == "jsonl":
+        return sources.jsonl_documents(spec.paths, spec.text_field, spec.template)
+    if spec.source == "parquet":
+        return sources.parquet_documents(spec.paths, spec.text_field or "text")
+    if spec.source == "tinystories":
+        return sources.tinystories(spec.dataset or sources.TINYSTORIES)
+    if spec.source == "hf":
+        return sources.hf_dataset(spec.dataset, spec.config, spec.split, spec.text_field or "text")
+    raise UserError(f"unknown source '{spec.source}'")
 
 
 def _tokenizer_from(path: str):
@@ -140,10 +112,11 @@ def _tokenizer_from(path: str):
     return load_tokenizer(ckpt.resolve(target) / "tokenizer.json")
 
 
-def train_command(preset, config, overrides, resume: bool, progress=None) -> int:
-    """`resume`: the --resume flag; without it training_config.resume decides."""
-    cfg = load_config(config, preset, overrides)
+def train_command(source: ConfigSource, resume: bool = False, progress: bool | None = None) -> int:
+    """`resume`: the --resume flag; without it training_config.resume decides. `progress`: None
+    leaves it to logging_config.progress_bar."""
     # dtype and compile `auto` as this machine runs them, so the run folder records what ran
+    cfg = source.load()
     cfg = resolve_precision(cfg, resolve_device(cfg.device.device))
     try:
         result = train(cfg, resume=True if resume else None, progress=progress)
@@ -174,65 +147,54 @@ def untrained_like(cfg: Config) -> Transformer:
     return Transformer(cfg.model)
 
 
-def _stream(model, tokenizer, ids, args) -> None:
+def _stream(model, tokenizer, ids, sampling: Sampling, use_cache: bool = True) -> None:
     """Print the continuation token by token as it is generated."""
     out = sys.stdout
     decode_next = tokenizer.stream_decoder(context=ids)
     for token in generate(
         model,
         ids,
-        args.max_new_tokens,
-        args.temperature,
-        args.top_k,
-        args.top_p,
-        args.seed,
+        sampling.max_new_tokens,
+        sampling.temperature,
+        sampling.top_k,
+        sampling.top_p,
+        sampling.seed,
         vocab_limit=tokenizer.vocab_size,
         stop_id=tokenizer.eot_id,
-        use_cache=not getattr(args, "no_cache", False),
+        use_cache=use_cache,
     ):
         out.write(decode_next(token))
         out.flush()
     out.write(decode_next(None) + "\n")
 
 
-def _check_sampling(args) -> None:
-    if args.max_new_tokens < 0:
-        raise UserError(f"--max-new-tokens must be >= 0 (got {args.max_new_tokens})")
-    if args.temperature < 0:
-        raise UserError(f"--temperature must be >= 0 (got {args.temperature})")
-    if args.top_k is not None and args.top_k < 1:
-        raise UserError(f"--top-k must be >= 1 (got {args.top_k})")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise UserError(f"--top-p must be in (0, 1] (got {args.top_p})")
+def generate_command(
+    target: str, sampling: Sampling, device: str = "cpu", untrained: bool = False, use_cache: bool = True
+) -> None:
+    where = resolve_device(device, "--device")
+    loaded = ckpt.load_checkpoint(target, where)
+    model = untrained_like(loaded.cfg) if untrained else loaded.model
+    model = model.to(where)
+    ids = _prompt_ids(loaded.tokenizer, sampling.prompt)
+    sys.stdout.write(sampling.prompt)
+    _stream(model, loaded.tokenizer, ids, sampling, use_cache)
 
 
-def generate_command(args) -> None:
-    _check_sampling(args)
-    device = resolve_device(args.device, "--device")
-    loaded = ckpt.load_checkpoint(args.target, device)
-    model = untrained_like(loaded.cfg) if args.untrained else loaded.model
-    model = model.to(device)
-    ids = _prompt_ids(loaded.tokenizer, args.prompt)
-    sys.stdout.write(args.prompt)
-    _stream(model, loaded.tokenizer, ids, args)
-
-
-def compare_command(args) -> None:
-    _check_sampling(args)
-    device = resolve_device(args.device, "--device")
-    loaded = ckpt.load_checkpoint(args.target, device)
-    ids = _prompt_ids(loaded.tokenizer, args.prompt)
-    untrained = untrained_like(loaded.cfg).to(device)
+def compare_command(target: str, sampling: Sampling, device: str = "cpu", data: str | None = None) -> None:
+    where = resolve_device(device, "--device")
+    loaded = ckpt.load_checkpoint(target, where)
+    ids = _prompt_ids(loaded.tokenizer, sampling.prompt)
+    untrained = untrained_like(loaded.cfg).to(where)
     models = {
         "untrained (random weights)": untrained,
         f"trained ({loaded.path.name}, step {loaded.info['step']})": loaded.model,
     }
-    losses = _val_losses(loaded, list(models.values()), args.data, device)
+    losses = _val_losses(loaded, list(models.values()), data, where)
     for (title, model), loss in zip(models.items(), losses, strict=True):
         loss_text = f"val loss {loss:.4f}" if loss is not None else "val loss n/a (no data)"
         print(f"--- {title}: {loss_text} ---")
-        print(args.prompt, end="")
-        _stream(model, loaded.tokenizer, ids, args)
+        print(sampling.prompt, end="")
+        _stream(model, loaded.tokenizer, ids, sampling)
         print()
 
 
@@ -247,24 +209,20 @@ def _val_losses(loaded, models, data_path, device) -> list[float | None]:
     return [evaluate(m, batches, device, loaded.dtype) for m in models]
 
 
-def eval_command(args) -> None:
+def eval_command(opts: EvalOptions) -> None:
     """Score a run on its val split, another prepared folder's, or a text file (see evaluation.py)."""
-    if args.max_tokens is not None and args.max_tokens < 1:
-        raise UserError(f"--max-tokens must be >= 1 (got {args.max_tokens})")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1 (got {args.batch_size})")
-    device = resolve_device(args.device, "--device")
-    loaded = ckpt.load_checkpoint(args.target, device)
+    device = resolve_device(opts.device, "--device")
+    loaded = ckpt.load_checkpoint(opts.target, device)
     tokenizer = loaded.tokenizer
     mask, exact_bytes = None, None
-    if args.text:
-        text = _read_text(Path(args.text))
-        tokens, whole_text = evaluation.text_sequence(tokenizer, text, args.text)
+    if opts.text:
+        text = _read_text(Path(opts.text))
+        tokens, whole_text = evaluation.text_sequence(tokenizer, text, opts.text)
         if whole_text and tokenizer.byte_lengths() is None:
             exact_bytes = len(text.encode("utf-8"))  # decoding window by window may drop spaces
-        what = f"{args.text} (one document)"
+        what = f"{opts.text} (one document)"
     else:
-        path = args.data or loaded.info.get("data_path")
+        path = opts.data or loaded.info.get("data_path")
         if not path:
             raise UserError(f"{loaded.path} does not name its data; pass --data DIR or --text FILE")
         data = load_data(path)
@@ -272,17 +230,17 @@ def eval_command(args) -> None:
             raise UserError(f"data in {path} uses another tokenizer than {loaded.path}; pass --data DIR")
         tokens, mask = evaluation.split_tokens(data.val)
         what = f"{path} (val split)"
-    if args.max_tokens is not None and len(tokens) > args.max_tokens + 1:
-        tokens = tokens[: args.max_tokens + 1]
-        mask = None if mask is None else mask[: args.max_tokens + 1]
+    if opts.max_tokens is not None and len(tokens) > opts.max_tokens + 1:
+        tokens = tokens[: opts.max_tokens + 1]
+        mask = None if mask is None else mask[: opts.max_tokens + 1]
         exact_bytes = None
     dtype = loaded.dtype  # bfloat16 autocast on GPUs of Ampere and later, else float32
     score = evaluation.score_sequence(
-        loaded.model, tokens, tokenizer, loaded.cfg.seq_len, device, dtype, args.batch_size, mask
+        loaded.model, tokens, tokenizer, loaded.cfg.seq_len, device, dtype, opts.batch_size, mask
     )
     if exact_bytes is not None:
         score.bytes = exact_bytes
-    if args.json:
+    if opts.as_json:
         result = {"checkpoint": str(loaded.path), "step": loaded.info.get("step"), "source": what}
         print(json.dumps({**result, **score.to_dict(), "context": loaded.cfg.seq_len}))
         return
@@ -307,14 +265,13 @@ def _read_text(path: Path) -> str:
         raise UserError(f"--text {path} is not UTF-8 (byte {err.start}); convert it to UTF-8") from None
 
 
-def info_command(preset, config, checkpoint, overrides) -> None:
+def info_command(source: ConfigSource, checkpoint: str | None = None) -> None:
+    """The model a config or checkpoint describes; a checkpoint adds its provenance and config."""
     if checkpoint:
         loaded = ckpt.load_checkpoint(checkpoint)
         cfg, info = loaded.cfg, loaded.info
     else:
-        if not preset and not config:
-            raise UserError("choose what to describe: --preset NAME, --config FILE or --checkpoint RUN")
-        cfg, info = load_config(config, preset, overrides), None
+        cfg, info = source.load(), None
     note = ""
     if cfg.model.vocab_size == "auto":
         cfg = cfg.model_copy(deep=True)
@@ -352,24 +309,20 @@ def info_command(preset, config, checkpoint, overrides) -> None:
 
 
 def plan_command(
-    preset,
-    config,
-    overrides,
-    tokens: str | None,
-    device_name: str | None,
+    source: ConfigSource,
+    tokens: str | None = None,
+    device: str | None = None,
     processes: int = 1,
     bench: bool = True,
 ) -> None:
     from trickster import plan
 
-    if processes < 1:
-        raise UserError(f"--processes must be >= 1 (got {processes})")
-    cfg = load_config(config, preset, overrides)
+    cfg = source.load()
     budget = plan.parse_tokens(tokens) if tokens is not None else None
-    key = "--device" if device_name else "device_config.device"
-    device = resolve_device(device_name or cfg.device.device, key)
-    name = f"preset {preset}" if preset else str(config)
-    print(plan.format_plan(plan.make_plan(cfg, device, budget, name, bench, processes)))
+    key = "--device" if device else "device_config.device"
+    where = resolve_device(device or cfg.device.device, key)
+    name = f"preset {source.preset}" if source.preset else str(source.config)
+    print(plan.format_plan(plan.make_plan(cfg, where, budget, name, bench, processes)))
 
 
 def report_command(run_dir: str, out: str | None) -> None:
@@ -445,51 +398,69 @@ def import_command(source: str, path: str, out: str) -> Path:
     return run
 
 
-def quickstart(path: str | None, steps: int, out: Path) -> int:
-    """Prepare data, train the tiny preset, then compare it with an untrained model."""
-    if steps < 1:
-        raise UserError(f"--steps must be at least 1 (got {steps})")
+def serve_command(
+    target: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    device: str = "auto",
+    api_key: str | None = None,
+    checkpoints: str | None = None,
+    chat_template: str | None = None,
+    max_batch: int = 16,
+) -> int:
+    """`trickster serve`: the OpenAI-compatible API and the playground over a run's checkpoints."""
+    from trickster.serve.server import serve
+
+    names = [n.strip() for n in checkpoints.split(",") if n.strip()] if checkpoints else None
+    return serve(target, host, port, device, api_key, names, chat_template, max_batch)
+
+
+def fresh_run_dir(out: Path) -> Path:
+    """`out`, or `out-2`, `out-3`, ... if a run (or a file) already uses it."""
+    run_dir, suffix = out, 2
+    while run_dir_in_use(run_dir) or run_dir.is_file():
+        run_dir, suffix = out.with_name(f"{out.name}-{suffix}"), suffix + 1
+    return run_dir
+
+
+def quickstart(
+    path: str | None = None,
+    steps: int = 1500,
+    out: str | Path = "runs/quickstart",
+    overrides: Sequence[str] = (),
+    max_new_tokens: int = 250,
+) -> int:
+    """Prepare data, train the tiny preset, then compare it with an untrained model.
+
+    `overrides` change the tiny preset after quickstart's own settings (e.g. a smaller batch)."""
     print("1/3 preparing data")
+    options = PrepareOptions(tokenizer="char", out="data/shakespeare-char", progress=False)
     try:
-        data_dir = prepare_data("shakespeare", path, "char", "data/shakespeare-char", progress=False)
+        data_dir = prepare_data(SourceSpec("shakespeare", path=path), options, DedupSettings())
     except UserError as err:
         if path is not None:
             raise
         print(f"  Tiny Shakespeare is not reachable ({err})")
         print("  falling back to the Python standard library as the corpus")
-        data_dir = prepare_data("python-stdlib", None, "char", "data/python-stdlib-char", progress=False)
-    run_dir = out
-    suffix = 2
-    while run_dir_in_use(run_dir):
-        run_dir, suffix = out.with_name(f"{out.name}-{suffix}"), suffix + 1
+        options.out = "data/python-stdlib-char"
+        data_dir = prepare_data(SourceSpec("python-stdlib"), options, DedupSettings())
+    run_dir = fresh_run_dir(Path(out))
     print(f"\n2/3 training the tiny preset for {steps} steps")
-    warmup = min(100, steps // 10)
     prompt = "ROMEO:" if "shakespeare" in str(data_dir) else "def "
-    overrides = [
+    settings = [
         f"data_config.path={data_dir}",
         f"logging_config.output_dir={run_dir}",
         f"training_config.max_steps={steps}",
-        f"training_config.warmup_steps={warmup}",
+        f"training_config.warmup_steps={min(100, steps // 10)}",
         f"training_config.eval_every={max(1, steps // 6)}",
         f"training_config.save_every={max(1, steps // 3)}",
         f"training_config.sample_prompt={prompt}",
     ]
-    code = train_command("tiny", None, overrides, resume=False)
+    code = train_command(ConfigSource(preset="tiny", overrides=[*settings, *overrides]))
     if code:
         return code
     print("\n3/3 the same prompt, untrained versus trained")
-    args = argparse.Namespace(
-        target=str(run_dir),
-        prompt=prompt,
-        max_new_tokens=250,
-        temperature=0.8,
-        top_k=None,
-        top_p=None,
-        seed=0,
-        data=None,
-        device="cpu",
-    )
-    compare_command(args)
+    compare_command(str(run_dir), Sampling(prompt=prompt, max_new_tokens=max_new_tokens, seed=0))
     print(f"Run folder: {run_dir} (config.yaml, metrics.jsonl, loss.png, checkpoints/best, final)")
     print(f'Try: trickster generate {run_dir} --prompt "{prompt}" --max-new-tokens 500')
     print(f"     trickster report {run_dir}   (an HTML page: curves, samples, trained vs untrained)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -51,19 +52,6 @@ class ModelConfig(_Section):
 class DataConfig(_Section):
     path: str | None = None
     """Folder written by `trickster data prepare` (token shards, index.json, meta.json, tokenizer.json)."""
-
-
-# LoRA targets: our linear layers, and the Hugging Face names that mean the same ones
-LORA_TARGETS = ("wq", "wk", "wv", "wo", "w1", "w3", "w2")
-LORA_HF_NAMES = {
-    "q_proj": "wq",
-    "k_proj": "wk",
-    "v_proj": "wv",
-    "o_proj": "wo",
-    "gate_proj": "w1",
-    "up_proj": "w3",
-    "down_proj": "w2",
-}
 
 
 class LoraConfig(_Section):
@@ -310,12 +298,15 @@ def check(cfg: Config) -> list[str]:
             problems.append(
                 "training_config.lora adapts existing weights: set training_config.init_from=RUN_DIR too"
             )
-        unknown = [name for name in t.lora.targets if name not in LORA_TARGETS and name not in LORA_HF_NAMES]
+        # the layer names live with the adapters; imported here so a config without LoRA needs no torch
+        from trickster.model.lora import HF_NAMES, TARGETS
+
+        unknown = [name for name in t.lora.targets if name not in TARGETS and name not in HF_NAMES]
         if unknown or not t.lora.targets:
             named = ", ".join(map(repr, unknown)) or "(none given)"
             problems.append(
                 f"training_config.lora.targets: unknown layer {named}; "
-                f"choose from {', '.join(LORA_TARGETS)} (or {', '.join(LORA_HF_NAMES)})"
+                f"choose from {', '.join(TARGETS)} (or {', '.join(HF_NAMES)})"
             )
     if t.seq_len is not None and t.seq_len > m.max_seq_len:
         problems.append(
@@ -340,18 +331,19 @@ def _parse_yaml(text: str, source: str) -> dict[str, Any]:
 
 
 def _apply_override(raw: dict[str, Any], override: str) -> None:
+    """`section.key=value`, or deeper (`training_config.lora.rank=4`); validation checks the keys."""
     key, sep, value = override.partition("=")
     parts = key.strip().split(".")
-    if not sep or len(parts) != 2 or not all(parts):
+    if not sep or len(parts) < 2 or not all(parts):
         raise UserError(
             f"override '{override}' must look like section.key=value "
             "(for example training_config.max_steps=200)"
         )
-    section, name = parts
-    if section not in SECTION_ALIASES:
-        hint = _did_you_mean(section, list(SECTION_ALIASES))
-        raise UserError(f"override '{override}': unknown section '{section}'{hint}")
-    field = SECTIONS[SECTION_ALIASES[section]].model_fields.get(name)
+    if parts[0] not in SECTION_ALIASES:
+        hint = _did_you_mean(parts[0], list(SECTION_ALIASES))
+        raise UserError(f"override '{override}': unknown section '{parts[0]}'{hint}")
+    parent = _section_at(parts[:-1])
+    field = parent.model_fields.get(parts[-1]) if parent else None
     if field is not None and field.annotation is str:
         parsed = value  # text fields keep the text as typed ("ROMEO:" is not a YAML mapping here)
     else:
@@ -359,10 +351,37 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
             parsed = yaml.safe_load(value) if value.strip() else value
         except yaml.YAMLError:
             parsed = value
-    target = raw.setdefault(section, {})
-    if not isinstance(target, dict):
-        raise UserError(f"{section} must be a mapping of keys to values")
-    target[name] = parsed
+    target = raw
+    for depth, name in enumerate(parts[:-1], 1):
+        if target.get(name) is None:  # absent, or `lora: null` as a saved config writes it
+            target[name] = {}
+        target = target[name]
+        if not isinstance(target, dict):
+            where = ".".join(parts[:depth])
+            if depth == 1:
+                raise UserError(f"{where} must be a mapping of keys to values")
+            raise UserError(f"override '{override}': {where} is a value, not a group of keys")
+    target[parts[-1]] = parsed
+
+
+def _section_at(path: list[str]) -> type[BaseModel] | None:
+    """The section class at a dotted path (`training_config.lora` -> LoraConfig), None if not one."""
+    section = SECTIONS.get(SECTION_ALIASES.get(path[0], ""))
+    for name in path[1:]:
+        field = section.model_fields.get(name) if section else None
+        kinds = (field.annotation, *typing.get_args(field.annotation)) if field else ()
+        section = next((k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)), None)
+    return section
+
+
+def _field_path(loc: tuple) -> tuple:
+    """A validation error's location without pydantic's union member tags (`int`, `literal[...]`)."""
+    path, section = [loc[0]], _section_at([str(loc[0])])
+    for part in loc[1:]:
+        if isinstance(part, int) or (section is not None and part in section.model_fields):
+            path.append(part)
+            section = _section_at([str(p) for p in path if not isinstance(p, int)])
+    return tuple(path)
 
 
 _KINDS = {"constrained-int": "an integer > 0", "literal['auto']": "auto"}  # pydantic's union member names
@@ -372,7 +391,7 @@ def _describe_all(errors: list[dict[str, Any]]) -> list[str]:
     """One problem per key: a value that fails every member of a union is reported once."""
     by_key: dict[tuple, list[dict[str, Any]]] = {}
     for error in errors:
-        by_key.setdefault(tuple(error["loc"][:2]), []).append(error)
+        by_key.setdefault(_field_path(error["loc"]), []).append(error)
     problems = []
     for key, group in by_key.items():
         if len(group) == 1:
@@ -390,9 +409,9 @@ def _describe(error: dict[str, Any]) -> str:
         if len(loc) == 1:
             hint = _did_you_mean(loc[0], list(SECTION_ALIASES))
             return f"unknown section '{loc[0]}'{hint}"
-        section = SECTIONS.get(SECTION_ALIASES.get(loc[0], ""))
+        section = _section_at(loc[:-1])
         known = list(section.model_fields) if section else []
-        hint = _did_you_mean(loc[-1], known, prefix=f"{loc[0]}.")
+        hint = _did_you_mean(loc[-1], known, prefix=".".join(loc[:-1]) + ".")
         return f"unknown key {dotted}{hint}"
     if error["type"] in ("model_type", "dict_type") and len(loc) == 1:
         return f"{dotted} must be a mapping of keys to values"

@@ -16,15 +16,28 @@ generation and export load.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trickster.config import LORA_HF_NAMES, LoraConfig
+if TYPE_CHECKING:
+    from trickster.config import LoraConfig
 
 ADAPTERS = "lora.safetensors"
 ADAPTER_SUFFIXES = (".lora_a", ".lora_b")
+# what training_config.lora.targets may name: our linear layers, or the Hugging Face names of the same
+TARGETS = ("wq", "wk", "wv", "wo", "w1", "w3", "w2")
+HF_NAMES = {
+    "q_proj": "wq",
+    "k_proj": "wk",
+    "v_proj": "wv",
+    "o_proj": "wo",
+    "gate_proj": "w1",
+    "up_proj": "w3",
+    "down_proj": "w2",
+}
 
 
 class LoRALinear(nn.Module):
@@ -47,7 +60,7 @@ class LoRALinear(nn.Module):
 
 def target_names(cfg: LoraConfig) -> list[str]:
     """Our layer names for cfg.targets (Hugging Face names translated)."""
-    return sorted({LORA_HF_NAMES.get(name, name) for name in cfg.targets})
+    return sorted({HF_NAMES.get(name, name) for name in cfg.targets})
 
 
 def apply_lora(model: nn.Module, cfg: LoraConfig) -> int:

@@ -100,10 +100,6 @@ def setup(cfg: DeviceConfig, device_type: str) -> Dist:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1 and not (cfg.enable_ddp or cfg.enable_fsdp):
         return Dist()
-    if cfg.enable_ddp and cfg.enable_fsdp:
-        raise UserError(
-            "set device_config.enable_ddp or enable_fsdp, not both (FSDP2 replicates via mesh_shape)"
-        )
     shape = MeshShape.choose(cfg, world_size)  # before joining: a bad mesh leaves nothing behind
     launched = "RANK" in os.environ  # by torchrun; otherwise a group of one, to exercise the path
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
