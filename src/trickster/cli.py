@@ -142,7 +142,8 @@ def _call(args: argparse.Namespace) -> int:
             kwargs[name] = kind(**{f.name: getattr(args, f.name) for f in fields if hasattr(args, f.name)})
         elif hasattr(args, name):
             kwargs[name] = getattr(args, name)
-    return function(**kwargs) or 0
+    code = function(**kwargs)  # an exit status, or what the library returns (a path) for success
+    return code if isinstance(code, int) else 0
 
 
 class _SetsKey(argparse.Action):
