@@ -333,38 +333,14 @@ def report_command(run_dir: str, out: str | None) -> None:
 
 
 def runs_command(folder: str) -> None:
-    from trickster.observe.report import format_duration
-    from trickster.observe.runs import find_runs
+    from trickster.observe.runs import find_runs, format_runs
 
     runs = find_runs(folder)
     if not runs:
         print(f"no runs in {folder} (a run folder holds metrics.jsonl; train one with `trickster train`)")
         return
-    header = ("run", "preset", "parameters", "steps", "best val loss", "tokens seen", "wall time", "status")
-    rows = []
-    for run in runs:
-        steps = f"{run.step:,}" + (f"/{run.max_steps:,}" if run.max_steps else "")
-        best = run.best_val_loss
-        rows.append(
-            (
-                run.name,
-                run.preset,
-                f"{run.params:,}" if run.params else "?",
-                steps,
-                f"{best:.4f}" if best is not None else "-",
-                f"{run.tokens_seen:,}",
-                format_duration(run.wall_seconds),
-                run.status,
-            )
-        )
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    right = {2, 3, 4, 5, 6}  # numbers line up on the right
-    for row in [header, *rows]:
-        cells = [
-            str(c).rjust(w) if i in right else str(c).ljust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        print("  ".join(cells).rstrip())
+    for line in format_runs(runs):
+        print(line)
 
 
 def export_command(target: str, fmt: str, out: str, dtype: str = "float32") -> Path:

@@ -55,6 +55,7 @@ from trickster.model.flops import flops_per_token, parameter_breakdown
 from trickster.model.transformer import Transformer
 from trickster.train.device import autocast_for, resolve_precision, set_matmul_precision
 from trickster.train.optim import build_optimizer
+from trickster.units import format_duration
 
 TOKENS_PER_PARAMETER = 20  # compute-optimal training tokens per parameter (Chinchilla)
 HEADROOM = 0.9  # use at most this fraction of the device's memory
@@ -559,22 +560,10 @@ def _time_lines(plan: Plan, budgets: list[tuple[str, int]]) -> list[str]:
             else ""
         ),
     ]
-    lines += [f"  {label:<44} {format_seconds(plan.seconds(tokens)):>16}" for label, tokens in budgets]
+    lines += [f"  {label:<44} {format_duration(plan.seconds(tokens)):>16}" for label, tokens in budgets]
     if not plan.fits:
         lines.append("  (the full run does not fit as configured; see above)")
     return lines
-
-
-def format_seconds(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 2 * 3600:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 3 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    if seconds < 2 * 365 * 86400:
-        return f"{seconds / 86400:.1f} days"
-    return f"{seconds / (365 * 86400):,.0f} years"
 
 
 def _gib(n: float) -> str:

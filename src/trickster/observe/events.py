@@ -1,4 +1,19 @@
-"""metrics.jsonl: one JSON object per event, appended by the training loop, read by everything else."""
+"""metrics.jsonl: one JSON object per event, appended by the training loop, read by everything else.
+
+Every event has `event`, `step` and `time` (Unix seconds); by kind, it adds:
+
+    start    params, tokens_per_step, global_batch, world_size, parallel, flops_per_token, device,
+             peak_flops_per_device, peak_source
+    train    train_loss, lr, grad_norm, tokens_per_sec, ms_per_step, mfu, peak_memory_gib,
+             tokens_seen, skipped_steps
+    eval     val_loss, val_perplexity (None for non-finite weights), tokens_seen, sample (if due)
+    resume   checkpoint, changed, repairs
+    stopped  signal
+    end      best_val_loss, skipped_steps
+
+`tokens_seen` is stored on the train and eval events, so no reader derives it. `read_metrics` is
+the one parser; its rule is in its docstring.
+"""
 
 from __future__ import annotations
 
@@ -34,19 +49,30 @@ class NoMetrics:
         pass
 
 
-def read_metrics(path: str | Path) -> list[dict]:
-    """All events; a last line cut short by a crash (the process killed mid-write) is dropped."""
+def read_metrics(path: str | Path, problems: list[str] | None = None) -> list[dict]:
+    """Every event in a metrics.jsonl (none if the file is missing).
+
+    The one rule: a last line cut short (the process was killed while writing it) is skipped, and
+    said in `problems` when a list is given; any other line that is not an event is an error that
+    names the line.
+    """
     path = Path(path)
     if not path.is_file():
         return []
     records = []
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     for number, line in enumerate(lines, 1):
-        if not line:
+        if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number != len(lines):
-                raise UserError(f"{path} line {number} is damaged; delete that line and run again") from None
+            record = json.loads(line)
+        except ValueError:
+            if number == len(lines):
+                if problems is not None:
+                    problems.append(f"the last line of metrics.jsonl is cut short (line {number}); skipped")
+                continue
+            raise UserError(f"{path} line {number} is damaged; delete that line and run again") from None
+        if not isinstance(record, dict) or not {"event", "step", "time"} <= record.keys():
+            raise UserError(f"{path} line {number} is not a metrics event; delete that line and run again")
+        records.append(record)
     return records

@@ -43,18 +43,17 @@ class Curves:
     @classmethod
     def from_records(cls, records: list[dict]) -> Curves:
         c = cls()
-        tokens_per_step = next((r["tokens_per_step"] for r in records if r["event"] == "start"), None)
         for r in records:
             if r["event"] == "train":
                 c.train_step.append(r["step"])
-                c.train_tokens.append(r.get("tokens_seen", 0))
+                c.train_tokens.append(r["tokens_seen"])
                 c.train_loss.append(r["train_loss"])
                 c.lr.append(r.get("lr"))
                 c.grad_norm.append(r.get("grad_norm"))
                 c.tokens_per_sec.append(r.get("tokens_per_sec"))
             elif r["event"] == "eval" and r.get("val_loss") is not None:
                 c.val_step.append(r["step"])
-                c.val_tokens.append(r["step"] * tokens_per_step if tokens_per_step else None)
+                c.val_tokens.append(r["tokens_seen"])
                 c.val_loss.append(r["val_loss"])
         return c
 

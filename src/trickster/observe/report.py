@@ -21,6 +21,7 @@ import yaml
 from trickster.errors import UserError
 from trickster.model.flops import flops_per_token, parameter_breakdown
 from trickster.observe.runs import Run, read_run
+from trickster.units import format_duration
 
 STYLE = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d232b;
@@ -255,19 +256,6 @@ def _checkpoints(run: Run) -> str:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h {minutes:02d}m"
-    if minutes:
-        return f"{minutes}m {secs:02d}s"
-    return f"{secs}s"
 
 
 def _e(text) -> str:

@@ -14,8 +14,10 @@ from pathlib import Path
 
 from trickster.config import Config, load_config, preset_names
 from trickster.errors import UserError
+from trickster.observe.events import read_metrics
 from trickster.observe.status import liveness, read_status
 from trickster.train import checkpoint as ckpt
+from trickster.units import format_duration
 
 
 @dataclass
@@ -73,10 +75,7 @@ class Run:
 
     @property
     def tokens_seen(self) -> int:
-        trains = self.events("train")
-        if trains and trains[-1]["step"] == self.step:
-            return trains[-1]["tokens_seen"]
-        return self.step * (self.tokens_per_step or 0)
+        return next((r["tokens_seen"] for r in reversed(self.records) if "tokens_seen" in r), 0)
 
     @property
     def untrained_eval(self) -> dict | None:
@@ -176,7 +175,8 @@ def guess_preset(cfg: Config) -> str:
 
 
 def _read(path: Path) -> Run:
-    records, problems = _read_records(path / "metrics.jsonl")
+    problems: list[str] = []
+    records = read_metrics(path / "metrics.jsonl", problems)
     cfg = None
     if (path / "config.yaml").is_file():
         try:
@@ -197,23 +197,32 @@ def _read(path: Path) -> Run:
     return Run(path, cfg, records, manifest, checkpoints, problem, read_status(path))
 
 
-def _read_records(path: Path) -> tuple[list[dict], list[str]]:
-    """metrics.jsonl; a last line cut short (the process died while writing it) is skipped."""
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    records, problems = [], []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            if number == len(lines):
-                problems.append(f"the last line of metrics.jsonl is cut short (line {number}); skipped")
-                continue
-            raise UserError(
-                f"{path} line {number} is damaged (not JSON); the run's metrics cannot be read"
-            ) from None
-        if not isinstance(record, dict) or not {"event", "step", "time"} <= record.keys():
-            raise UserError(f"{path} line {number} is not a metrics event; the run's metrics cannot be read")
-        records.append(record)
-    return records, problems
+def format_runs(runs: list[Run]) -> list[str]:
+    """The lines of `trickster runs`: one row per run, numbers aligned on the right."""
+    header = ("run", "preset", "parameters", "steps", "best val loss", "tokens seen", "wall time", "status")
+    rows = []
+    for run in runs:
+        steps = f"{run.step:,}" + (f"/{run.max_steps:,}" if run.max_steps else "")
+        best = run.best_val_loss
+        rows.append(
+            (
+                run.name,
+                run.preset,
+                f"{run.params:,}" if run.params else "?",
+                steps,
+                f"{best:.4f}" if best is not None else "-",
+                f"{run.tokens_seen:,}",
+                format_duration(run.wall_seconds),
+                run.status,
+            )
+        )
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    right = {2, 3, 4, 5, 6}  # numbers line up on the right
+    lines = []
+    for row in [header, *rows]:
+        cells = [
+            str(c).rjust(w) if i in right else str(c).ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return lines

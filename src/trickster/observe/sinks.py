@@ -39,16 +39,11 @@ CSV_FIELDS = (
 
 
 def csv_rows(records: list[dict]) -> list[dict]:
-    """The train and eval events as CSV rows; eval rows get tokens_seen from the start event."""
-    tokens_per_step = next((r["tokens_per_step"] for r in records if r["event"] == "start"), None)
+    """The train and eval events as CSV rows."""
     rows = []
     for r in records:
-        if r["event"] not in ("train", "eval"):
-            continue
-        row = {k: "" if r.get(k) is None else r[k] for k in CSV_FIELDS}  # None (not measured): empty
-        if row["tokens_seen"] == "" and tokens_per_step is not None:
-            row["tokens_seen"] = r["step"] * tokens_per_step
-        rows.append(row)
+        if r["event"] in ("train", "eval"):
+            rows.append({k: "" if r.get(k) is None else r[k] for k in CSV_FIELDS})  # None: not measured
     return rows
 
 

@@ -293,7 +293,11 @@ class Trainer:
         healthy = not broken and math.isfinite(val_loss)
         state.last_val_loss = val_loss if healthy else None
         perplexity = math.exp(min(val_loss, 50.0)) if healthy else None
-        record = {"val_loss": state.last_val_loss, "val_perplexity": perplexity}
+        record = {
+            "val_loss": state.last_val_loss,
+            "val_perplexity": perplexity,
+            "tokens_seen": state.tokens_seen,
+        }
         if healthy and self.sample_due():
             sample = self.sample()
             if sample is not None:
