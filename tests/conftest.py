@@ -1,7 +1,9 @@
-"""Shared fixtures: a Shakespeare excerpt shipped with the tests, prepared once, and a micro config."""
+"""Shared fixtures and helpers: a Shakespeare excerpt shipped with the tests, prepared once; a micro
+config; one trained micro run for every test that only reads one; QUIET and events()."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,10 +12,24 @@ import torch
 from trickster.config import Config, config_from_dict
 from trickster.data import sources
 from trickster.data.prepare import prepare
+from trickster.observe.events import read_metrics
+from trickster.train.loop import train
 
 EXCERPT = Path(__file__).parent / "data" / "shakespeare_excerpt.txt"
 
 torch.set_num_threads(2)
+
+QUIET = {"echo": lambda *args, **kwargs: None}  # train(cfg, **QUIET) prints nothing
+
+
+def events(source, kind: str) -> list[dict]:
+    """The `kind` events ("start", "train", "eval", ...) of a train() result, a list of records,
+    or a run folder's metrics.jsonl."""
+    if isinstance(source, (str, Path)):
+        records = read_metrics(Path(source) / "metrics.jsonl")
+    else:
+        records = getattr(source, "history", source)
+    return [r for r in records if r["event"] == kind]
 
 
 @pytest.fixture(scope="session")
@@ -70,11 +86,46 @@ def micro(shakespeare_dir, tmp_path):
 
 
 @pytest.fixture(scope="session")
-def served_run(shakespeare_dir, tmp_path_factory) -> Path:
-    """A 4-step micro run with checkpoints step_000002, best and final (read-only)."""
-    from trickster.train.loop import train
+def trained_run(shakespeare_dir, tmp_path_factory) -> Path:
+    """A 12-step micro run for every test that only reads one (copy it to change it): train lines
+    every 2 steps, an evaluation and a sample at steps 0, 6 and 12, checkpoints step_000006, best
+    and final."""
+    run = tmp_path_factory.mktemp("trained") / "micro-run"
+    training = {"max_steps": 12, "warmup_steps": 2, "log_every": 2, "eval_every": 6, "save_every": 6}
+    train(micro_config(shakespeare_dir, run, training_config=training), **QUIET)
+    return run
 
-    run_dir = tmp_path_factory.mktemp("served") / "run"
-    steps = {"max_steps": 4, "warmup_steps": 1, "eval_every": 2, "save_every": 2, "log_every": 1}
-    train(micro_config(shakespeare_dir, run_dir, training_config=steps), echo=lambda *a, **k: None)
-    return run_dir
+
+def write_records(path: Path, count: int = 60) -> list[dict]:
+    """Prompt: a line of the excerpt; response: the line after it (only the excerpt's characters)."""
+    lines = [line for line in EXCERPT.read_text().splitlines() if line.strip()]
+    records = [{"prompt": lines[i] + "\n", "response": lines[i + 1] + "\n"} for i in range(count)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return records
+
+
+@pytest.fixture(scope="session")
+def chat_data(trained_run, tmp_path_factory) -> tuple[Path, list[dict]]:
+    """Prompt/response records prepared with the trained run's tokenizer (to fine-tune it)."""
+    from trickster import cli
+
+    folder = tmp_path_factory.mktemp("chat")
+    records = write_records(folder / "chat.jsonl")
+    out = folder / "data"
+    argv = ["data", "prepare", "jsonl", str(folder / "chat.jsonl"), "--format", "prompt-response"]
+    assert cli.main([*argv, "--tokenizer-from", str(trained_run), "--out", str(out)]) == 0
+    return out, records
+
+
+def finetune_config(base_run: Path, data_dir: Path, run_dir: Path, **training) -> Config:
+    """The base run's own config (same model), pointed at new data, a new folder and init_from."""
+    from trickster.train import checkpoint as ckpt
+
+    cfg = ckpt.read_config(ckpt.resolve(base_run))
+    cfg.data.path = str(data_dir)
+    cfg.logging.output_dir = str(run_dir)
+    values = {"max_steps": 10, "warmup_steps": 1, "eval_every": 10, "save_every": 5, "log_every": 1}
+    values.update({"seq_len": 48, "sample_tokens": 0, "init_from": str(base_run), **training})
+    return config_from_dict(
+        {**cfg.to_dict(), "training_config": {**cfg.to_dict()["training_config"], **values}}
+    )

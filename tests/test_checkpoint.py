@@ -1,15 +1,19 @@
-"""Loading a checkpoint for generate, eval and compare: the weights as saved, nothing random on
-the way (the model is built on the meta device), and the compute dtype for the device."""
+"""Checkpoints: saved and reloaded exactly, refused when incomplete, damaged or disagreeing with their
+config, never unpickled; loaded for generate, eval and compare with the weights as saved, nothing
+random on the way (the model is built on the meta device), and the compute dtype for the device."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
-from trickster.config import config_from_dict
+from trickster.config import ModelConfig, config_from_dict
 from trickster.data.loader import load_data
+from trickster.data.tokenizers import CharTokenizer
+from trickster.errors import UserError
 from trickster.model import generate as generation
+from trickster.model.generate import generate
 from trickster.model.transformer import KVCache, Transformer
 from trickster.train import checkpoint as ckpt
 from trickster.train import device as dev
@@ -86,3 +90,76 @@ def test_generation_keeps_its_kv_cache_in_the_compute_dtype(monkeypatch):
     caches.clear()
     list(generation.generate(model, [1, 2, 3], 5, temperature=0))  # on a CPU: the weights' float32
     assert caches == [torch.float32]
+
+
+def small(**changes) -> ModelConfig:
+    values = dict(vocab_size=40, hidden_dim=32, num_layers=2, num_heads=4, mlp_dim=64, max_seq_len=24)
+    return ModelConfig(**{**values, **changes})
+
+
+def _saved(tmp_path, **model_changes):
+    cfg = config_from_dict({"model_config": small(**model_changes).model_dump()})
+    torch.manual_seed(0)
+    model = Transformer(cfg.model)
+    tokenizer = CharTokenizer("".join(chr(65 + i) for i in range(40)))
+    path = ckpt.save_checkpoint(tmp_path / "ck", model, cfg, tokenizer, {"step": 0})
+    return model, path
+
+
+def test_save_and_reload_give_identical_logits_and_generations(tmp_path):
+    model, path = _saved(tmp_path)
+    loaded = ckpt.load_checkpoint(path)
+    idx = torch.randint(0, 40, (2, 10))
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(idx)[0], loaded.model(idx)[0])
+    assert list(generate(model, [3, 4], 15, 1.0, seed=1)) == list(
+        generate(loaded.model, [3, 4], 15, 1.0, seed=1)
+    )
+    assert loaded.model.output.weight is loaded.model.tok_embeddings.weight  # still tied
+
+
+@pytest.mark.parametrize(
+    ("saved_text", "edited_text", "message"),
+    [
+        ("vocab_size: 40", "vocab_size: 41", r"tok_embeddings.weight is \(40, 32\).*needs \(41, 32\)"),
+        ("tie_embeddings: true", "tie_embeddings: false", r"missing output.weight, unexpected nothing"),
+    ],
+    ids=["wrong-vocab-size", "missing-untied-output"],
+)
+def test_reload_catches_weights_that_disagree_with_the_config(tmp_path, saved_text, edited_text, message):
+    _, path = _saved(tmp_path)
+    config = path / "config.yaml"
+    config.write_text(config.read_text().replace(saved_text, edited_text))
+    with pytest.raises(UserError, match=message):
+        ckpt.load_checkpoint(path)
+
+
+def test_reload_catches_dtype_drift(tmp_path):
+    _, path = _saved(tmp_path)
+    weights = load_file(path / "model.safetensors")
+    save_file({k: v.half() for k, v in weights.items()}, path / "model.safetensors")
+    with pytest.raises(UserError, match="torch.float16, the config needs .* torch.float32"):
+        ckpt.load_checkpoint(path)
+
+
+def test_incomplete_checkpoint_is_never_loaded(tmp_path):
+    _, path = _saved(tmp_path)
+    (path / "COMPLETE").unlink()
+    with pytest.raises(UserError, match="incomplete"):
+        ckpt.load_checkpoint(path)
+
+
+def test_loading_never_unpickles_code(tmp_path):
+    """A trainer.pt that would run code when unpickled is refused, and the code does not run."""
+    _, path = _saved(tmp_path)
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"payload": Exploit()}, path / "trainer.pt")
+    with pytest.raises(UserError, match="refused or damaged"):
+        ckpt.load_trainer_state(path)
+    assert not marker.exists()

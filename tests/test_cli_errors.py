@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,35 +29,13 @@ from trickster.config import save_config
 from trickster.data import sources
 from trickster.data.tokenizers import load_tokenizer
 from trickster.model.transformer import Transformer
-from trickster.train.loop import train
 
-from .conftest import EXCERPT, micro_config
+from .conftest import EXCERPT, QUIET, micro_config
 
 HAS_CUDA = torch.cuda.is_available()
 
 
 # --------------------------------------------------------------------------- fixtures and helpers
-
-
-@pytest.fixture(scope="module")
-def trained_run(shakespeare_dir, tmp_path_factory) -> Path:
-    """A 4-step micro run: checkpoints step_000002, best, final. Read-only: copy it to change it."""
-    run_dir = tmp_path_factory.mktemp("trained") / "run"
-    cfg = micro_config(
-        shakespeare_dir,
-        run_dir,
-        training_config={
-            "max_steps": 4,
-            "warmup_steps": 1,
-            "eval_every": 2,
-            "save_every": 2,
-            "log_every": 1,
-            "sample_tokens": 8,
-        },
-    )
-    train(cfg, echo=lambda *args, **kwargs: None)
-    assert (run_dir / "checkpoints" / "final" / "COMPLETE").is_file()
-    return run_dir
 
 
 class Env:
@@ -305,7 +284,7 @@ def _partial_with_other_settings(env: Env) -> list[str]:
 
     env.monkeypatch.setattr(encode_module, "encode_chunk", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        prepare_module.prepare(sources.text_files([texts]), "char", out, workers=1, echo=lambda s: None)
+        prepare_module.prepare(sources.text_files([texts]), "char", out, workers=1, **QUIET)
     env.monkeypatch.undo()
     return ["data", "prepare", "text", texts, "--tokenizer", "byte", "--out", str(out)]
 
@@ -418,7 +397,7 @@ def _resume_in_empty_folder(env: Env) -> list[str]:
 
 
 def _resume_damaged_metrics(env: Env) -> list[str]:
-    argv = _trained_run_copy_with(env, "--resume", "training_config.max_steps=6")
+    argv = _trained_run_copy_with(env, "--resume", "training_config.max_steps=20")
     metrics = env.tmp / "run-copy" / "metrics.jsonl"
     lines = metrics.read_text().splitlines(keepends=True)
     metrics.write_text("".join(lines[:2]) + "{oops\n" + "".join(lines[2:]))
@@ -1474,12 +1453,16 @@ def test_bad_input_is_one_clear_line(
     SEEN[request.node.callspec.id] = (_shown(command, places), _shown(lines[0], places))
 
 
-def test_case_matrix_is_large_and_documented():
-    assert len(CASES) >= 25
-    assert len({p.id for p in CASES}) == len(CASES)
-    documented = ERROR_TABLE.read_text(encoding="utf-8")
-    missing = [p.id for p in CASES if f"| {p.id} |" not in documented]
-    assert not missing, f"docs/ERRORS.md lacks {missing}: rewrite it (see its header)"
+def test_every_case_is_distinct_names_its_problem_and_is_documented():
+    ids = [p.id for p in CASES]
+    assert len(set(ids)) == len(ids), "two cases share an id"
+    vague = [p.id for p in CASES if not p.values[1] or not all(text.strip() for text in p.values[1])]
+    assert not vague, f"cases that expect no text in the error line: {vague}"
+    rows = re.findall(r"^\| ([a-z0-9-]+) \|", ERROR_TABLE.read_text(encoding="utf-8"), re.M)
+    assert sorted(rows) == sorted(ids), (
+        f"docs/ERRORS.md lacks {sorted(set(ids) - set(rows))} and has stale rows "
+        f"{sorted(set(rows) - set(ids))}: rewrite it (see its header)"
+    )
 
 
 def test_real_process_exits_2_without_traceback(tmp_path, shakespeare_dir):

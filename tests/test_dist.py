@@ -27,11 +27,10 @@ from trickster.train import checkpoint as ckpt
 from trickster.train.dist import MeshShape
 from trickster.train.loop import train
 
-from .conftest import micro_config
+from .conftest import QUIET, micro_config
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="torchrun with gloo on POSIX")
 ROOT = Path(__file__).parent.parent
-QUIET = {"echo": lambda *a: None}
 
 RUN = {
     "training_config": {

@@ -19,24 +19,10 @@ from trickster.model.generate import generate
 from trickster.model.transformer import Transformer
 from trickster.model.vocab import padded_vocab
 from trickster.train import checkpoint as ckpt
-from trickster.train.loop import train
 
-from .conftest import EXCERPT, micro_config
+from .conftest import EXCERPT
 
 TEXT = "ROMEO:\nIs it so?  Then,\tI defy you, stars!\n\n"
-
-
-@pytest.fixture(scope="module")
-def trained_run(shakespeare_dir, tmp_path_factory):
-    """A micro model trained 30 steps on the excerpt (char tokenizer, tied embedding)."""
-    run = tmp_path_factory.mktemp("hf") / "run"
-    cfg = micro_config(
-        shakespeare_dir,
-        run,
-        training_config={"max_steps": 30, "eval_every": 30, "save_every": 30, "sample_tokens": 0},
-    )
-    train(cfg, echo=lambda *a: None)
-    return run
 
 
 def random_checkpoint(path, tokenizer, seed=0, **model):

@@ -82,10 +82,32 @@ def test_rotary_is_a_rotation_that_depends_on_relative_position():
     torch.testing.assert_close(score(3, 1), score(12, 10))
 
 
-def test_flops_per_token_formula():
-    cfg = small()
-    matmuls = 2 * (4 * 32 * 32 + 3 * 32 * 64) + 50 * 32
-    assert flops_per_token(cfg, 16) == 6 * matmuls + 12 * 2 * 32 * 16
+@pytest.mark.parametrize("kv_heads", [None, 2])
+def test_flops_per_token_matches_torchs_own_count_of_a_training_step(kv_heads):
+    """torch.utils.flop_counter counts every matrix multiply of a forward and backward pass. Linear
+    layers: 2 FLOPs per weight per token forward, 4 backward (gradients of input and weight), so
+    6 x the matmul weights. Attention: QK^T and the weighted sum of V, 2 x 2 x T x hidden FLOPs per
+    token and layer forward, twice that backward: 12 x layers x hidden x T. Both we and the counter
+    take the full T x T scores (the causal half is computed and masked), so the tolerance is only
+    float rounding. The CPU's fused attention kernel is invisible to the counter: the math kernel,
+    plain matmuls, is counted instead."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg = small(num_kv_heads=kv_heads)
+    torch.manual_seed(0)
+    model = Transformer(cfg)
+    batch, seq_len = 2, cfg.max_seq_len
+    x, y = torch.randint(0, cfg.vocab_size, (2, batch, seq_len))
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(x, y)[1].backward()
+    counted = counter.get_flop_counts()["Global"]
+    tokens = batch * seq_len
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert counted[torch.ops.aten.mm] / tokens == pytest.approx(6 * linear, rel=1e-9)
+    attention = counted[torch.ops.aten.bmm] / tokens
+    assert attention == pytest.approx(12 * cfg.num_layers * cfg.hidden_dim * seq_len, rel=1e-9)
+    assert counter.get_total_flops() / tokens == pytest.approx(flops_per_token(cfg, seq_len), rel=1e-9)
 
 
 def test_init_weights_scales_residual_projections():

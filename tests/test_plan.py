@@ -19,7 +19,7 @@ from trickster.model.transformer import Transformer
 from trickster.train.loop import train
 from trickster.train.optim import build_optimizer
 
-from .conftest import micro_config
+from .conftest import QUIET, micro_config
 
 GiB = 1024**3
 
@@ -143,7 +143,7 @@ def test_time_estimate_is_measured_and_close_to_a_real_run(micro):
     estimate = plan.make_plan(cfg, torch.device("cpu"))
     bench = estimate.bench
     assert (bench.layers, bench.batch_size, bench.seq_len) == (2, 8, 64)  # the micro model itself
-    trained = train(cfg, echo=lambda *a: None)
+    trained = train(cfg, **QUIET)
     real = statistics.median([r["tokens_per_sec"] for r in trained.history if r["event"] == "train"][1:])
     assert 0.25 < bench.tokens_per_sec / real < 4, (bench.tokens_per_sec, real)
     tokens = 1_000_000

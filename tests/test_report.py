@@ -13,19 +13,15 @@ import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
-import pytest
 from PIL import Image
 
 from trickster.cli import main
 from trickster.config import load_config
 from trickster.observe.events import read_metrics
-from trickster.observe.report import format_duration
 from trickster.observe.runs import Run, guess_preset, read_run
 from trickster.observe.status import write_status
 from trickster.train import checkpoint as ckpt
-from trickster.train.loop import train
-
-from .conftest import micro_config
+from trickster.units import format_duration
 
 SECTIONS = [
     "Loss curves",
@@ -37,15 +33,6 @@ SECTIONS = [
     "Run manifest",
     "Checkpoints",
 ]
-
-
-@pytest.fixture(scope="module")
-def run_dir(shakespeare_dir, tmp_path_factory) -> Path:
-    """A 12-step micro run with an evaluation and a sample at steps 0, 6 and 12 (read-only)."""
-    run = tmp_path_factory.mktemp("report") / "micro-run"
-    training = {"max_steps": 12, "warmup_steps": 2, "log_every": 2, "eval_every": 6, "save_every": 6}
-    train(micro_config(shakespeare_dir, run, training_config=training), echo=lambda *a: None)
-    return run
 
 
 class Page(HTMLParser):
@@ -73,9 +60,9 @@ class Page(HTMLParser):
             self.headings.append(data)
 
 
-def test_report_is_one_self_contained_page_with_the_whole_story(run_dir, tmp_path, capsys):
+def test_report_is_one_self_contained_page_with_the_whole_story(trained_run, tmp_path, capsys):
     out = tmp_path / "page.html"
-    assert main(["report", str(run_dir), "--out", str(out)]) == 0
+    assert main(["report", str(trained_run), "--out", str(out)]) == 0
     assert capsys.readouterr().out.strip() == f"wrote {out} (open it in a browser)"
     text = out.read_text(encoding="utf-8")
     page = Page(text)
@@ -88,7 +75,7 @@ def test_report_is_one_self_contained_page_with_the_whole_story(run_dir, tmp_pat
     sizes = [Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).size for src in page.images]
     assert sizes == [(1100, 420), (1100, 280)]  # the loss curves, then lr / grad norm / tokens per second
 
-    records = read_metrics(run_dir / "metrics.jsonl")
+    records = read_metrics(trained_run / "metrics.jsonl")
     evals = [r for r in records if r["event"] == "eval"]
     assert [r["step"] for r in evals] == [0, 6, 12] and all("sample" in r for r in evals)
     samples = text.split("<h2>Samples at every evaluation</h2>")[1].split("<h2>")[0]
@@ -103,11 +90,11 @@ def test_report_is_one_self_contained_page_with_the_whole_story(run_dir, tmp_pat
     )
     assert "untrained (step 0" in comparison and "trained (step 12)" in comparison
 
-    loaded = ckpt.load_checkpoint(run_dir / "checkpoints" / "final")
+    loaded = ckpt.load_checkpoint(trained_run / "checkpoints" / "final")
     total = sum(p.numel() for p in loaded.model.parameters())
     assert f"<th>total</th><td>{total:,}</td>" in text
     assert "max_steps: 12" in text  # the config
-    manifest = read_run(run_dir).manifest
+    manifest = read_run(trained_run).manifest
     assert f"<th>torch</th><td>{manifest['torch']}</td>" in text
     tokens_per_sec = statistics.median([r["tokens_per_sec"] for r in records if r["event"] == "train"][1:])
     assert f"{tokens_per_sec:,.0f}" in text
@@ -115,15 +102,15 @@ def test_report_is_one_self_contained_page_with_the_whole_story(run_dir, tmp_pat
         assert f"<th>{name}</th>" in text
 
 
-def test_report_writes_into_the_run_folder_by_default(run_dir, tmp_path):
-    copy = Path(shutil.copytree(run_dir, tmp_path / "copy"))
+def test_report_writes_into_the_run_folder_by_default(trained_run, tmp_path):
+    copy = Path(shutil.copytree(trained_run, tmp_path / "copy"))
     assert main(["report", str(copy)]) == 0
     assert (copy / "report.html").read_text(encoding="utf-8").startswith("<!doctype html>")
 
 
-def test_report_links_the_data_report_when_the_data_folder_has_one(run_dir, shakespeare_dir, tmp_path):
+def test_report_links_the_data_report_when_the_data_folder_has_one(trained_run, shakespeare_dir, tmp_path):
     data = Path(shutil.copytree(shakespeare_dir, tmp_path / "data"))
-    copy = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    copy = Path(shutil.copytree(trained_run, tmp_path / "run"))
     config = copy / "config.yaml"
     config.write_text(config.read_text().replace(str(shakespeare_dir), str(data)))
     assert main(["report", str(copy)]) == 0
@@ -134,14 +121,14 @@ def test_report_links_the_data_report_when_the_data_folder_has_one(run_dir, shak
     assert link in (copy / "report.html").read_text()
 
 
-def test_runs_table_lists_each_run_with_its_numbers(run_dir, tmp_path, capsys):
+def test_runs_table_lists_each_run_with_its_numbers(trained_run, tmp_path, capsys):
     runs = tmp_path / "runs"
-    shutil.copytree(run_dir, runs / "a-finished")
-    partial = Path(shutil.copytree(run_dir, runs / "b-partial"))
+    shutil.copytree(trained_run, runs / "a-finished")
+    partial = Path(shutil.copytree(trained_run, runs / "b-partial"))
     lines = (partial / "metrics.jsonl").read_text().splitlines()
     (partial / "metrics.jsonl").write_text("\n".join(lines[:-5]) + "\n" + lines[-5][:20])  # died mid-line
     (runs / "notes").mkdir()  # not a run: ignored
-    damaged = Path(shutil.copytree(run_dir, runs / "c-damaged"))
+    damaged = Path(shutil.copytree(trained_run, runs / "c-damaged"))
     (damaged / "metrics.jsonl").write_text('{"event": "start"\n{"event": "eval"}\n')  # listed, not fatal
 
     assert main(["runs", str(runs)]) == 0
@@ -162,7 +149,7 @@ def test_runs_table_lists_each_run_with_its_numbers(run_dir, tmp_path, capsys):
         "status",
     ]
     assert len(out) == 4 and out[3].split()[0] == "c-damaged" and out[3].split()[-1] == "unreadable"
-    records = read_metrics(run_dir / "metrics.jsonl")
+    records = read_metrics(trained_run / "metrics.jsonl")
     start, trains = records[0], [r for r in records if r["event"] == "train"]
     best = min(r["val_loss"] for r in records if r["event"] == "eval" and r["step"] > 0)
     wall = format_duration(records[-1]["time"] - records[0]["time"])

@@ -26,11 +26,10 @@ from trickster.train import checkpoint as ckpt
 from trickster.train import loop as train_module
 from trickster.train.loop import train
 
-from .conftest import micro_config
+from .conftest import QUIET, events, micro_config
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 ROOT = Path(__file__).parent.parent
-QUIET = {"echo": lambda *a: None}
 
 # 12 steps of 2 micro-batches with dropout: evaluations at 0, 3, 6, 9, 12; numbered
 # checkpoints at 4 and 8; `best` at each evaluation that improves; `final` at 12.
@@ -47,10 +46,6 @@ CRASH_RUN = {
         "sample_tokens": 8,
     },
 }
-
-
-def events(history, kind):
-    return [r for r in history if r["event"] == kind]
 
 
 def curve(history):

@@ -36,8 +36,8 @@ CHAT_TEMPLATE = (
 
 
 @pytest.fixture(scope="module")
-def server(served_run):
-    with live_server(served_run) as live:
+def server(trained_run):
+    with live_server(trained_run) as live:
         yield live
 
 
@@ -62,14 +62,14 @@ def completion(client, **fields) -> str:
 
 def test_models_lists_every_checkpoint_and_untrained(client):
     cards = {m.id: m for m in client.models.list().data}
-    assert set(cards) == {"best", "final", "step_000002", "untrained"}
-    assert cards["step_000002"].model_extra["step"] == 2 and cards["final"].model_extra["step"] == 4
+    assert set(cards) == {"best", "final", "step_000006", "untrained"}
+    assert cards["step_000006"].model_extra["step"] == 6 and cards["final"].model_extra["step"] == 12
     assert cards["best"].model_extra["context_length"] == 64 and not cards["best"].model_extra["chat"]
 
 
-@pytest.mark.parametrize("model", ["best", "step_000002", "untrained"])
-def test_seed_gives_the_text_of_trickster_generate(client, served_run, model, capsys):
-    target = served_run / "checkpoints" / model if model != "untrained" else served_run
+@pytest.mark.parametrize("model", ["best", "step_000006", "untrained"])
+def test_seed_gives_the_text_of_trickster_generate(client, trained_run, model, capsys):
+    target = trained_run / "checkpoints" / model if model != "untrained" else trained_run
     flags = ["--untrained"] if model == "untrained" else []
     argv = ["generate", str(target), "--prompt", "ROMEO:", "--max-new-tokens", "30", "--seed", "11", *flags]
     expected = generated([*argv, "--temperature", "0.9", "--top-k", "20"], capsys)
@@ -138,8 +138,8 @@ def test_logprobs_describe_each_token(client):
     assert choice.logprobs.text_offset == list(range(10))  # one character per token
 
 
-def test_chat_renders_the_template_then_continues(served_run, capsys, tmp_path):
-    with live_server(served_run, chat_template=CHAT_TEMPLATE) as live:
+def test_chat_renders_the_template_then_continues(trained_run, capsys, tmp_path):
+    with live_server(trained_run, chat_template=CHAT_TEMPLATE) as live:
         client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0)
         messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who?"}]
         answer = client.chat.completions.create(model="best", messages=messages, max_tokens=20, seed=2)
@@ -259,8 +259,8 @@ def test_the_openai_client_sees_the_errors_as_its_own_exceptions(client):
     assert oversized.value.status_code == 413
 
 
-def test_api_key_is_required_when_set(served_run):
-    with live_server(served_run, api_key="s3cret", checkpoints=["best"]) as live:
+def test_api_key_is_required_when_set(trained_run):
+    with live_server(trained_run, api_key="s3cret", checkpoints=["best"]) as live:
         for key, text in ((None, "no API key"), ("wrong", "the API key is wrong")):
             headers = {} if key is None else {"Authorization": f"Bearer {key}"}
             for path in ("/v1/models", "/v1/completions"):
@@ -291,7 +291,7 @@ def test_concurrent_clients_get_what_they_get_alone(client, server):
             ("best", "KING:", 50, 4, 1.2, 1.0),
             ("untrained", "ROMEO:", 35, 5, 0.9, 1.0),
             ("untrained", "A", 20, 6, 1.0, 0.5),
-            ("step_000002", "First Citizen:", 30, 7, 0.7, 1.0),
+            ("step_000006", "First Citizen:", 30, 7, 0.7, 1.0),
             ("best", "MENENIUS:", 45, 8, 1.0, 1.0),
         ]
     ]
@@ -357,7 +357,7 @@ def test_engine_batch_matches_lone_generation():
 
 
 @pytest.mark.slow
-def test_trickster_serve_process_answers_and_stops_on_ctrl_c(served_run, tmp_path):
+def test_trickster_serve_process_answers_and_stops_on_ctrl_c(trained_run, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent / "src")}
     process = subprocess.Popen(
         [
@@ -365,7 +365,7 @@ def test_trickster_serve_process_answers_and_stops_on_ctrl_c(served_run, tmp_pat
             "-m",
             "trickster",
             "serve",
-            str(served_run),
+            str(trained_run),
             "--port",
             "0",
             "--device",

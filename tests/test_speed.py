@@ -3,6 +3,7 @@ backward, float16 with a GradScaler, torch.compile, and the MFU the logs report.
 
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -13,13 +14,7 @@ from trickster.model.transformer import RMSNormFunction, Transformer
 from trickster.train import checkpoint as ckpt
 from trickster.train.loop import train
 
-
-def events(result, kind):
-    return [r for r in result.history if r["event"] == kind]
-
-
-def quiet(*args):
-    pass
+from .conftest import QUIET, events
 
 
 def test_rmsnorm_backward_matches_numerical_gradients():
@@ -43,13 +38,13 @@ def test_rmsnorm_matches_the_plain_formula_and_its_autograd():
 
 def test_float16_with_a_grad_scaler_tracks_float32(micro, tmp_path):
     steps = {"max_steps": 4, "warmup_steps": 1, "eval_every": 4, "eval_batches": 1, "save_every": 4}
-    base = train(micro(training_config=steps), echo=quiet)
+    base = train(micro(training_config=steps), **QUIET)
     cfg = micro(
         training_config=steps,
         device_config={"dtype": "float16"},
         logging_config={"output_dir": str(tmp_path / "fp16")},
     )
-    fp16 = train(cfg, echo=quiet)
+    fp16 = train(cfg, **QUIET)
     for a, b in zip(events(base, "train"), events(fp16, "train"), strict=True):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=0.03)
     trainer = torch.load(tmp_path / "fp16" / "checkpoints" / "final" / "trainer.pt", weights_only=True)
@@ -66,14 +61,14 @@ def test_compiled_training_tracks_eager_and_saves_a_plain_model(micro, tmp_path)
         "save_every": 4,
         "sample_tokens": 0,
     }
-    eager = train(micro(training_config=steps), echo=quiet)
+    eager = train(micro(training_config=steps), **QUIET)
     run = tmp_path / "compiled"
     cfg = micro(
         training_config=steps,
         device_config={"compile": True},
         logging_config={"output_dir": str(run)},
     )
-    compiled = train(cfg, echo=quiet)
+    compiled = train(cfg, **QUIET)
     for a, b in zip(events(eager, "train"), events(compiled, "train"), strict=True):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
     # the checkpoint holds the plain module's names (no "_orig_mod." prefix) and loads into one
@@ -87,20 +82,46 @@ def test_compiled_training_tracks_eager_and_saves_a_plain_model(micro, tmp_path)
     torch.testing.assert_close(plain(x)[0], eager_model(x)[0], rtol=1e-3, atol=1e-4)
 
 
-def test_mfu_in_the_logs_is_achieved_flops_over_the_peak(micro):
-    peak_tflops = 0.5
-    result = train(micro(device_config={"peak_tflops": peak_tflops}), echo=quiet)
+def test_speed_and_mfu_are_timed_on_the_steps_alone(micro, monkeypatch):
+    """A clock that jumps: every training forward adds STEP seconds to time.perf_counter, and the
+    evaluation at step 4 (between the timed intervals of steps 3-4 and 5-6) adds EVAL, without
+    sleeping. ms_per_step must be STEP plus the step's real compute: never less (a timer that misses
+    the step) and without EVAL / 2 (a timer that counts the evaluation). Tokens/s and MFU must
+    follow from that time, MFU against the configured peak."""
+    step_s, eval_s, peak_tflops = 20.0, 1000.0, 0.5  # far above any real step, even on a busy machine
+    clock, jumped, evaluations = time.perf_counter, [0.0], []
+    monkeypatch.setattr(time, "perf_counter", lambda: clock() + jumped[0])
+    forward = Transformer.forward
+
+    def timed(self, *args, **kwargs):
+        if self.training:
+            jumped[0] += step_s
+        else:  # evaluation mode: one forward per evaluation (eval_batches 1, no samples drawn)
+            evaluations.append(len(evaluations))
+            jumped[0] += eval_s if len(evaluations) == 2 else 0.0
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(Transformer, "forward", timed)
+    training = {"max_steps": 6, "warmup_steps": 1, "log_every": 2, "eval_every": 4, "eval_batches": 1}
+    training["sample_tokens"] = 0
+    result = train(micro(training_config=training, device_config={"peak_tflops": peak_tflops}), **QUIET)
+    assert [r["step"] for r in events(result, "eval")] == [0, 4, 6] and len(evaluations) == 3
     start = events(result, "start")[0]
     assert start["peak_flops_per_device"] == peak_tflops * 1e12
     assert start["peak_source"] == "device_config.peak_tflops"
-    for r in events(result, "train"):
-        flops_per_sec = start["flops_per_token"] * start["tokens_per_step"] / (r["ms_per_step"] / 1000)
-        assert r["mfu"] == pytest.approx(flops_per_sec / (peak_tflops * 1e12))
+    step_flops = start["flops_per_token"] * start["tokens_per_step"]
+    logged = events(result, "train")
+    assert [r["step"] for r in logged] == [2, 4, 6]
+    for r in logged:
+        assert 1000 * step_s <= r["ms_per_step"] < 1000 * (step_s + eval_s / 4), r
+        assert r["tokens_per_sec"] == pytest.approx(start["tokens_per_step"] / (r["ms_per_step"] / 1000))
+        assert r["mfu"] == pytest.approx(step_flops / (r["ms_per_step"] / 1000) / (peak_tflops * 1e12))
+        assert r["mfu"] <= step_flops / step_s / (peak_tflops * 1e12)
         assert r["peak_memory_gib"] is None  # only measured on CUDA
 
 
 def test_mfu_against_the_measured_ceiling_is_a_plausible_fraction(micro):
-    result = train(micro(training_config={"max_steps": 6, "eval_every": 6, "save_every": 6}), echo=quiet)
+    result = train(micro(training_config={"max_steps": 6, "eval_every": 6, "save_every": 6}), **QUIET)
     start = events(result, "start")[0]
     assert start["peak_source"] == "measured matmul" and start["peak_flops_per_device"] > 1e9
     assert all(0 < r["mfu"] < 1.5 for r in events(result, "train"))

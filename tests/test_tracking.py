@@ -24,16 +24,11 @@ from trickster.observe.events import read_metrics
 from trickster.observe.sinks import CSV_FIELDS, csv_rows
 from trickster.train.loop import train
 
-from .conftest import micro_config
+from .conftest import QUIET, events, micro_config
 
 HAS_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
 HAS_WANDB = importlib.util.find_spec("wandb") is not None
-QUIET = {"echo": lambda *a: None}
 SHORT = {"max_steps": 12, "warmup_steps": 2, "log_every": 2, "eval_every": 6, "save_every": 6}
-
-
-def events(run_dir: Path, kind: str) -> list[dict]:
-    return [r for r in read_metrics(run_dir / "metrics.jsonl") if r["event"] == kind]
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -114,7 +109,10 @@ def test_csv_mirrors_metrics_jsonl_and_loss_png_is_redrawn_at_each_eval(tracked)
 def test_loss_and_token_axes_are_logarithmic_only_when_the_values_span_a_wide_range():
     def records(losses, steps):
         start = {"event": "start", "step": 0, "tokens_per_step": 100}
-        evals = [{"event": "eval", "step": s, "val_loss": v} for s, v in zip(steps, losses, strict=True)]
+        evals = [
+            {"event": "eval", "step": s, "val_loss": v, "tokens_seen": 100 * s}
+            for s, v in zip(steps, losses, strict=True)
+        ]
         trains = [
             {"event": "train", "step": s + 1, "train_loss": v, "tokens_seen": 100 * (s + 1)}
             for s, v in zip(steps, losses, strict=True)

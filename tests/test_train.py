@@ -22,11 +22,7 @@ from trickster.train import checkpoint as ckpt
 from trickster.train.loop import Transformer, train
 from trickster.train.optim import lr_at
 
-from .conftest import micro_config
-
-
-def events(result, kind):
-    return [r for r in result.history if r["event"] == kind]
+from .conftest import QUIET, events, micro_config
 
 
 @pytest.mark.slow
@@ -45,7 +41,7 @@ def test_tutorial_checks_on_a_short_cpu_run(shakespeare_dir, tmp_path):
             "training_config.eval_batches=4",
         ],
     )
-    result = train(cfg, progress=False, echo=lambda *a: None)
+    result = train(cfg, progress=False, **QUIET)
     losses = [r["train_loss"] for r in events(result, "train")]
     assert len(losses) >= 20
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
@@ -72,7 +68,7 @@ def test_tutorial_checks_on_a_short_cpu_run(shakespeare_dir, tmp_path):
 
 
 def test_run_folder_holds_config_tokenizer_metrics_and_checkpoints(micro):
-    result = train(micro(), echo=lambda *a: None)
+    result = train(micro(), **QUIET)
     run = result.run_dir
     for name in ("config.yaml", "tokenizer.json", "metrics.jsonl", "manifest.json"):
         assert (run / name).is_file(), name
@@ -103,7 +99,7 @@ def test_resume_from_a_mid_run_checkpoint_matches_the_uninterrupted_run(micro, t
     cfg = micro(
         training_config={"gradient_accumulation_steps": 2, "log_every": 1}, model_config={"dropout": 0.1}
     )
-    full = train(cfg, echo=lambda *a: None)
+    full = train(cfg, **QUIET)
 
     partial_dir = tmp_path / "partial"
     (partial_dir / "checkpoints").mkdir(parents=True)
@@ -114,7 +110,7 @@ def test_resume_from_a_mid_run_checkpoint_matches_the_uninterrupted_run(micro, t
     (partial_dir / "metrics.jsonl").write_text("\n".join(kept) + "\n")
     resumed_cfg = cfg.model_copy(deep=True)
     resumed_cfg.logging.output_dir = str(partial_dir)
-    resumed = train(resumed_cfg, resume=True, echo=lambda *a: None)
+    resumed = train(resumed_cfg, resume=True, **QUIET)
 
     def losses(result, kind, key):
         return [(r["step"], r[key]) for r in events(result, kind)]
@@ -128,13 +124,13 @@ def test_resume_from_a_mid_run_checkpoint_matches_the_uninterrupted_run(micro, t
 
 def test_resume_refuses_a_changed_model_shape(micro):
     cfg = micro(training_config={"max_steps": 4, "save_every": 2, "eval_every": 2, "warmup_steps": 1})
-    train(cfg, echo=lambda *a: None)
+    train(cfg, **QUIET)
     changed = cfg.model_copy(deep=True)
     changed.model.hidden_dim = 32
     with pytest.raises(UserError, match=r"model_config changed \(hidden_dim\)"):
-        train(changed, resume=True, echo=lambda *a: None)
+        train(changed, resume=True, **QUIET)
     with pytest.raises(UserError, match="--resume"):
-        train(cfg, echo=lambda *a: None)  # would overwrite the finished run
+        train(cfg, **QUIET)  # would overwrite the finished run
 
 
 def test_the_model_learns_the_next_token_not_the_one_after(tmp_path):
@@ -153,7 +149,7 @@ def test_the_model_learns_the_next_token_not_the_one_after(tmp_path):
             "log_every": 10,
         },
     )
-    result = train(cfg, echo=lambda *a: None)
+    result = train(cfg, **QUIET)
     loaded = ckpt.load_checkpoint(result.run_dir)
     ids = loaded.tokenizer.encode("ghij")
     out = loaded.tokenizer.decode(generate(loaded.model, ids, 6, temperature=0))
@@ -247,15 +243,13 @@ def test_weight_decay_applies_to_matrices_only(micro):
 
 def test_bfloat16_autocast_on_cpu_tracks_float32(micro, tmp_path):
     """Mixed precision changes rounding, not the result: losses agree to a few percent."""
-    base = train(
-        micro(training_config={"max_steps": 10, "eval_every": 10, "save_every": 10}), echo=lambda *a: None
-    )
+    base = train(micro(training_config={"max_steps": 10, "eval_every": 10, "save_every": 10}), **QUIET)
     cfg = micro(
         training_config={"max_steps": 10, "eval_every": 10, "save_every": 10},
         device_config={"dtype": "bfloat16"},
         logging_config={"output_dir": str(tmp_path / "bf16")},
     )
-    bf16 = train(cfg, echo=lambda *a: None)
+    bf16 = train(cfg, **QUIET)
     for a, b in zip(events(base, "train"), events(bf16, "train"), strict=True):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=0.03)
     weights = load_file(tmp_path / "bf16" / "checkpoints" / "final" / "model.safetensors")

@@ -1,0 +1,81 @@
+"""metrics.jsonl: the events a run writes, and the one parser every reader uses."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from trickster.errors import UserError
+from trickster.observe.events import MetricsLog, read_metrics
+from trickster.observe.plots import Curves
+from trickster.observe.runs import read_run
+from trickster.observe.sinks import csv_rows
+from trickster.units import format_duration
+
+from .conftest import events
+
+
+def test_every_event_has_its_kind_step_and_time(trained_run):
+    records = read_metrics(trained_run / "metrics.jsonl")
+    assert [r["event"] for r in records][:2] == ["start", "eval"] and records[-1]["event"] == "end"
+    assert all({"event", "step", "time"} <= r.keys() for r in records)
+    times = [r["time"] for r in records]
+    assert times == sorted(times)
+
+
+def test_tokens_seen_is_stored_on_train_and_eval_events_and_read_from_there(trained_run):
+    start = events(trained_run, "start")[0]
+    measured = events(trained_run, "train") + events(trained_run, "eval")
+    assert measured and all(r["tokens_seen"] == r["step"] * start["tokens_per_step"] for r in measured)
+    run = read_run(trained_run)
+    assert run.tokens_seen == 12 * start["tokens_per_step"]
+    rows = csv_rows(run.records)
+    assert [int(row["tokens_seen"]) for row in rows] == [
+        r["tokens_seen"] for r in run.records if "tokens_seen" in r
+    ]
+    curves = Curves.from_records(run.records)
+    assert curves.val_tokens == [r["tokens_seen"] for r in events(trained_run, "eval")]
+    with open(trained_run / "metrics.csv", encoding="utf-8", newline="") as f:
+        assert [int(row["tokens_seen"]) for row in csv.DictReader(f)] == [
+            int(row["tokens_seen"]) for row in rows
+        ]
+
+
+def test_a_cut_last_line_is_skipped_and_said_and_a_damaged_one_is_an_error(tmp_path):
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    for step in range(3):
+        log.write("train", step, train_loss=1.0)
+    path = log.path
+    whole = path.read_text()
+    path.write_text(whole + '{"event": "train", "st')  # killed while writing the fourth line
+    problems: list[str] = []
+    assert [r["step"] for r in read_metrics(path, problems)] == [0, 1, 2]
+    assert problems == ["the last line of metrics.jsonl is cut short (line 4); skipped"]
+    assert [r["step"] for r in read_metrics(path)] == [0, 1, 2]  # the same rule without the note
+
+    lines = whole.splitlines()
+    path.write_text("\n".join([lines[0], "{oops", *lines[1:]]) + "\n")
+    with pytest.raises(UserError, match=r"metrics.jsonl line 2 is damaged; delete that line and run again"):
+        read_metrics(path)
+    path.write_text("\n".join([lines[0], json.dumps({"step": 1}), *lines[1:]]) + "\n")
+    with pytest.raises(UserError, match=r"line 2 is not a metrics event"):
+        read_metrics(path)
+    assert read_metrics(tmp_path / "missing.jsonl") == []
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (None, "?"),
+        (7.4, "7s"),
+        (91, "1m 31s"),
+        (7300, "2h 01m"),
+        (47.5 * 3600, "47h 30m"),
+        (3.1 * 86400, "3.1 days"),
+        (301 * 365 * 86400, "301 years"),
+    ],
+)
+def test_one_duration_format_for_runs_reports_and_plans(seconds, text):
+    assert format_duration(seconds) == text

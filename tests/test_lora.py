@@ -1,0 +1,93 @@
+"""LoRA: adapters on a finished model's linear layers, trained alone, merged for generation and export."""
+
+from __future__ import annotations
+
+import shutil
+
+import torch
+from safetensors.torch import load_file
+
+from trickster import cli
+from trickster.config import LoraConfig, ModelConfig
+from trickster.data.loader import load_data
+from trickster.model import lora
+from trickster.model.transformer import Transformer
+from trickster.train import checkpoint as ckpt
+from trickster.train.loop import train
+
+from .conftest import QUIET, finetune_config
+
+
+def small_model(seed: int = 0) -> Transformer:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(vocab_size=40, hidden_dim=32, num_layers=2, num_heads=4, mlp_dim=64, max_seq_len=24)
+    return Transformer(cfg)
+
+
+def test_hugging_face_names_mean_our_layers():
+    cfg = LoraConfig(targets=["q_proj", "wk", "v_proj", "gate_proj", "up_proj", "down_proj", "o_proj"])
+    assert lora.target_names(cfg) == sorted(lora.TARGETS)
+    assert set(lora.HF_NAMES.values()) == set(lora.TARGETS)
+
+
+def test_adapters_start_as_the_base_model_and_only_they_train():
+    model, base = small_model(), small_model()
+    count = lora.apply_lora(model, LoraConfig(rank=2, alpha=4, targets=["wq", "v_proj", "w2"]))
+    # per block, rank x (in + out) for wq (32 -> 32), wv (32 -> 32) and w2 (64 -> 32); two blocks
+    assert count == 2 * 2 * ((32 + 32) + (32 + 32) + (64 + 32))
+    idx = torch.randint(0, 40, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx)[0], base(idx)[0])  # B starts at zero
+    trainable = sorted(name for name, p in model.named_parameters() if p.requires_grad)
+    assert trainable and all(name.endswith((".lora_a", ".lora_b")) for name in trainable)
+    assert len(trainable) == 2 * 3 * 2  # A and B of three layers in each of two blocks
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == count
+
+
+def test_lora_trains_only_adapters_and_the_merged_export_equals_the_adapted_model(
+    trained_run, chat_data, tmp_path
+):
+    lora_cfg = {"rank": 4, "alpha": 8, "targets": ["wq", "v_proj", "w2"]}
+    cfg = finetune_config(trained_run, chat_data[0], tmp_path / "lora", learning_rate=1e-2, lora=lora_cfg)
+    result = train(cfg, **QUIET)
+    final = result.run_dir / "checkpoints" / "final"
+
+    # the base weights did not move; the adapters did
+    base = load_file(ckpt.resolve(trained_run) / ckpt.WEIGHTS)
+    after = load_file(final / ckpt.WEIGHTS)
+    assert base.keys() == after.keys() and all(torch.equal(base[k], after[k]) for k in base)
+    adapters = load_file(final / lora.ADAPTERS)
+    assert len(adapters) == 2 * 3 * cfg.model.num_layers
+    assert all(k.rsplit(".", 2)[-2] in ("wq", "wv", "w2") for k in adapters)
+    assert all(adapters[k].abs().sum() > 0 for k in adapters if k.endswith("lora_b"))
+
+    # the adapted model as trained: base weights + adapters
+    adapted = Transformer(cfg.model)
+    lora.apply_lora(adapted, cfg.training.lora)
+    ckpt.load_weights(adapted, final / ckpt.WEIGHTS)
+    adapted.eval()
+    merged = ckpt.load_checkpoint(final).model  # load_checkpoint merges
+    assert not any(isinstance(m, lora.LoRALinear) for m in merged.modules())
+    idx = torch.tensor([load_data(chat_data[0]).tokenizer.encode("ROMEO:\nIs it so?")])
+    with torch.no_grad():
+        want = adapted(idx)[0]
+        torch.testing.assert_close(merged(idx)[0], want)
+        assert not torch.allclose(ckpt.load_checkpoint(trained_run).model(idx)[0], want, atol=1e-3)
+
+    # ... and so is the Hugging Face export
+    from transformers import AutoModelForCausalLM
+
+    assert cli.main(["export", str(final), "--out", str(tmp_path / "hf")]) == 0
+    theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(idx).logits, want)
+
+    # resuming a LoRA run from step 5 ends with the same adapters as the uninterrupted run
+    partial = tmp_path / "partial"
+    (partial / "checkpoints").mkdir(parents=True)
+    shutil.copytree(result.run_dir / "checkpoints" / "step_000005", partial / "checkpoints" / "step_000005")
+    resumed_cfg = cfg.model_copy(deep=True)
+    resumed_cfg.logging.output_dir = str(partial)
+    train(resumed_cfg, resume=True, **QUIET)
+    again = load_file(partial / "checkpoints" / "final" / lora.ADAPTERS)
+    assert all(torch.equal(again[k], adapters[k]) for k in adapters)

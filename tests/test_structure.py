@@ -1,0 +1,108 @@
+"""The shape of src/trickster: no import cycle (imports inside functions count; `if TYPE_CHECKING:`
+ones do not), no function over 80 lines, no module over 450."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+MODULES = {
+    ".".join(path.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__"): path
+    for path in sorted((SRC / "trickster").rglob("*.py"))
+}
+MAX_FUNCTION, MAX_MODULE = 80, 450
+
+
+def _type_checking_only(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+def _imports(module: str, tree: ast.AST) -> set[str]:
+    """The trickster modules `module` imports anywhere in its body."""
+    found, stack = set(), [tree]
+    package = module if MODULES[module].name == "__init__.py" else module.rpartition(".")[0]
+    while stack:
+        node = stack.pop()
+        if _type_checking_only(node):
+            continue
+        stack.extend(ast.iter_child_nodes(node))
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(
+                    [*package.split(".")[: len(package.split(".")) - node.level + 1], base]
+                ).strip(".")
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return {name for name in found if name in MODULES and name != module}
+
+
+def import_graph() -> dict[str, set[str]]:
+    return {
+        name: _imports(name, ast.parse(path.read_text(encoding="utf-8"))) for name, path in MODULES.items()
+    }
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Each import cycle once, as the path that closes it."""
+    found, done = [], set()
+
+    def visit(node: str, path: list[str]) -> None:
+        if node in path:
+            cycle = path[path.index(node) :]
+            if not any(set(cycle) == set(c) for c in found):
+                found.append([*cycle, node])
+            return
+        if node in done:
+            return
+        for target in sorted(graph[node]):
+            visit(target, [*path, node])
+        done.add(node)
+
+    for node in sorted(graph):
+        visit(node, [])
+    return found
+
+
+def long_functions() -> list[str]:
+    too_long = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION:
+                    too_long.append(f"{name}.{node.name} ({length} lines)")
+    return too_long
+
+
+def long_modules() -> list[str]:
+    lengths = {name: len(path.read_text(encoding="utf-8").splitlines()) for name, path in MODULES.items()}
+    return [f"{name} ({n} lines)" for name, n in lengths.items() if n > MAX_MODULE]
+
+
+def test_no_import_cycle():
+    assert not cycles(import_graph())
+
+
+def test_the_cycle_finder_finds_a_lazy_cycle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert cycles(graph) == [["a", "b", "c", "a"]]
+    assert "trickster.commands" in import_graph()["trickster.cli"]  # an import inside a function
+
+
+@pytest.mark.xfail(strict=False, reason="train.loop.train (267 lines): the Trainer rewrite is under way")
+def test_no_function_over_80_lines():
+    assert not long_functions()
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="data/prepare.py (594 lines) and data/sources.py (478): being split (data/records.py)",
+)
+def test_no_module_over_450_lines():
+    assert not long_modules()
