@@ -134,3 +134,21 @@ def test_a_stray_word_for_a_command_without_overrides_is_refused(capsys):
         main(["runs", "a", "b"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == "error: unrecognized arguments: b (see `trickster --help`)\n"
+
+
+def test_help_imports_neither_torch_nor_the_commands():
+    """`trickster --help` (and each command's) stays fast: torch loads only when a command runs."""
+    import subprocess
+    import sys
+
+    check = (
+        "import sys, contextlib, io\n"
+        "from trickster.cli import main\n"
+        "for argv in (['--help'], ['train', '--help'], ['data', 'prepare', 'text', '--help']):\n"
+        "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "        main(argv)\n"
+        "print(sorted(m for m in ('torch', 'trickster.commands', 'pydantic') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
