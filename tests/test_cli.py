@@ -19,6 +19,7 @@ def test_quickstart_prepares_trains_and_compares(tmp_path, monkeypatch, capsys):
     fast = [  # fewer and smaller evaluations, no samples or plot while training
         "training_config.batch_size=8",
         "training_config.eval_batches=2",
+        "training_config.eval_every=15",
         "training_config.sample_every=0",
         "logging_config.loss_plot=false",
     ]
