@@ -43,8 +43,8 @@ def browser():
         browser.close()
 
 
-def test_playground_streams_two_checkpoints_side_by_side(served_run, browser, tmp_path):
-    with live_server(served_run) as live:
+def test_playground_streams_two_checkpoints_side_by_side(trained_run, browser, tmp_path):
+    with live_server(trained_run) as live:
         page = browser.new_page(viewport={"width": 1280, "height": 760})
         outside = []  # the page must work offline: nothing but this server is ever asked for
         page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(live.url) else None)
