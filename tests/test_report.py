@@ -187,10 +187,10 @@ def test_wall_time_leaves_out_the_pause_before_a_resume():
     assert format_duration(run.wall_seconds) == "1m 31s" and format_duration(7300) == "2h 01m"
 
 
-def test_runs_tells_a_live_run_from_one_whose_process_died(run_dir, tmp_path, capsys):
+def test_runs_tells_a_live_run_from_one_whose_process_died(trained_run, tmp_path, capsys):
     runs = tmp_path / "runs"
     for name in ("live", "dead"):
-        partial = Path(shutil.copytree(run_dir, runs / name))
+        partial = Path(shutil.copytree(trained_run, runs / name))
         lines = (partial / "metrics.jsonl").read_text().splitlines()
         (partial / "metrics.jsonl").write_text("\n".join(lines[:-3]) + "\n")  # no end event yet
     write_status(runs / "live", "running", step=8)  # this process: alive

@@ -11,10 +11,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 import yaml
 
-from trickster.config import Config
 from trickster.data import sources
 from trickster.data.dedup import DedupSettings
 from trickster.data.loader import load_data
@@ -25,7 +23,7 @@ from trickster.data.tokenizers import load_tokenizer
 from trickster.errors import UserError
 from trickster.model.flops import flops_per_token, parameter_breakdown
 from trickster.model.generate import generate
-from trickster.model.transformer import Transformer
+from trickster.model.transformer import untrained_like
 from trickster.observe import evaluation
 from trickster.options import ConfigSource, EvalOptions, PrepareOptions, Sampling, SourceSpec
 from trickster.train import checkpoint as ckpt
@@ -139,12 +137,6 @@ def _prompt_ids(tokenizer, prompt: str) -> list[int]:
     if not ids:
         raise UserError("--prompt is empty; give some text to continue, e.g. --prompt 'ROMEO:'")
     return tokenizer.start_ids() + ids  # Llama-style tokenizers start every sequence with <s>
-
-
-def untrained_like(cfg: Config) -> Transformer:
-    """A freshly initialised model of the same shape, seeded as the training run started."""
-    torch.manual_seed(cfg.training.seed)
-    return Transformer(cfg.model)
 
 
 def _stream(model, tokenizer, ids, sampling: Sampling, use_cache: bool = True) -> None:

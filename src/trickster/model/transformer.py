@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from trickster.config import ModelConfig
+from trickster.config import Config, ModelConfig
 
 
 class RMSNorm(nn.Module):
@@ -384,3 +384,9 @@ class Transformer(nn.Module):
             return self.output(h).float(), None  # (B, T, vocab)
         # the loss straight from h, a chunk at a time: no full float32 logits (see above)
         return None, chunked_cross_entropy(h.reshape(B * T, -1), self.output.weight, targets.reshape(B * T))
+
+
+def untrained_like(cfg: Config) -> Transformer:
+    """A freshly initialised model of the same shape, seeded as the training run started."""
+    torch.manual_seed(cfg.training.seed)
+    return Transformer(cfg.model)

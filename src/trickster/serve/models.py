@@ -17,7 +17,7 @@ import torch
 from trickster.config import Config
 from trickster.data.tokenizers import Tokenizer
 from trickster.errors import UserError
-from trickster.model.transformer import Transformer
+from trickster.model.transformer import Transformer, untrained_like
 from trickster.serve import chat
 from trickster.train import checkpoint as ckpt
 
@@ -90,8 +90,6 @@ class Catalog:
         with offered.lock:
             if offered.model is None:
                 if name == UNTRAINED:
-                    from trickster.commands import untrained_like  # the same weights as generate --untrained
-
                     offered.model = untrained_like(offered.cfg).to(self.device).eval()
                 else:
                     offered.model = ckpt.load_checkpoint(offered.path, self.device).model
