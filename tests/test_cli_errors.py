@@ -1136,7 +1136,7 @@ CASES = [
         "serve-unknown-checkpoint",
         _serve("--checkpoints", "best,step_000999"),
         "no checkpoint step_000999",
-        "--checkpoints takes names from: best, final, step_000002, untrained",
+        "--checkpoints takes names from: best, final, step_000006, untrained",
     ),
     case("serve-port-in-use", _serve_on_taken_port, "is in use", "--port"),
     case("serve-chat-template-missing", _serve_template(None), "--chat-template", "cannot be read"),
