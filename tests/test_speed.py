@@ -124,7 +124,11 @@ def test_mfu_against_the_measured_ceiling_is_a_plausible_fraction(micro):
     result = train(micro(training_config={"max_steps": 6, "eval_every": 6, "save_every": 6}), **QUIET)
     start = events(result, "start")[0]
     assert start["peak_source"] == "measured matmul" and start["peak_flops_per_device"] > 1e9
-    assert all(0 < r["mfu"] < 1.5 for r in events(result, "train"))
+    # the measured ceiling is what MFU divides by (its value swings with the machine's load)
+    step_flops = start["flops_per_token"] * start["tokens_per_step"]
+    for r in events(result, "train"):
+        achieved = step_flops / (r["ms_per_step"] / 1000)
+        assert r["mfu"] > 0 and r["mfu"] == pytest.approx(achieved / start["peak_flops_per_device"])
 
 
 def test_fp16_and_compile_flags_set_the_config(shakespeare_dir, tmp_path):
