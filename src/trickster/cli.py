@@ -1,15 +1,11 @@
 """`trickster data|train|generate|compare|eval|info|export|import|plan|report|runs|serve|quickstart`.
 
-The command line is parsed here and only here. Each `_add_NAME` builds one command's parser and
-names the function in commands.py that does the work (`set_defaults(run="train_command")`); that
-function's parameters are filled by name from the parsed options, and a parameter typed with a
-dataclass from options.py from the options named like its fields. Every value is checked in
-`_check` before a command runs. Adding a command: its function in commands.py, an `_add_NAME`
-here and a line in `build_parser`.
-
-`section.key=value` overrides may stand anywhere after the command's name. Every error a user can
-fix is a UserError: one line on stderr, exit status 2, no traceback. commands.py (and torch) is
-imported only when a command runs, so `trickster --help` stays fast.
+Parsed here and only here: each `_add_NAME` builds one command's parser and names its function in
+commands.py (`set_defaults(run="train_command")`), whose parameters are filled by name from the
+parsed options (a dataclass parameter from the options named like its fields). `_check` checks
+every value first. A new command: its function, an `_add_NAME` and a line in `build_parser`.
+`section.key=value` overrides may stand anywhere after the command. A UserError is one line on
+stderr and exit status 2. commands.py (and torch) loads only when a command runs: --help is fast.
 """
 
 from __future__ import annotations
@@ -150,6 +146,7 @@ class _SetsKey(argparse.Action):
     """An option that stands for a config override: `--data DIR` is data_config.path=DIR."""
 
     def __init__(self, option_strings, dest, key: str, value: str | None = None, **kwargs):
+        kwargs.setdefault("help", f"{key}={value}" if value else f"sets {key}")
         super().__init__(option_strings, "flag_overrides", nargs=0 if value else None, default=[], **kwargs)
         self.key, self.value = key, value
 
@@ -223,22 +220,15 @@ def _add_prepare_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, help="tokenizing processes (default: one per CPU)")
     parser.add_argument("--shard-tokens", type=int, help="tokens per shard file (default 100,000,000)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    parser.add_argument(  # --dedup, --near-dup-threshold, --keep-duplicates: a DedupSettings
-        "--dedup",
-        dest="mode",
-        choices=("group", "near", "exact"),
-        default="group",
-        help="near-copies: group keeps them on their first copy's side of the split (default), near "
-        "drops them, exact does not look for them (fastest); exact copies are dropped in every mode",
-    )
+    dedup = "near-copies: group keeps them on their first copy's side of the split (default), near drops "
+    dedup += "them, exact does not look for them (fastest); exact copies are dropped in every mode"
+    # --dedup, --near-dup-threshold and --keep-duplicates make prepare_data's DedupSettings
     parser.add_argument(
-        "--near-dup-threshold",
-        dest="threshold",
-        type=float,
-        default=0.8,
-        metavar="J",
-        help="Jaccard similarity of 5-word shingles from which documents are near-copies, in (0, 1] "
-        "(default 0.8)",
+        "--dedup", dest="mode", choices=("group", "near", "exact"), default="group", help=dedup
+    )
+    similar = "Jaccard similarity of 5-word shingles from which documents are near-copies, in (0, 1] (0.8)"
+    parser.add_argument(
+        "--near-dup-threshold", dest="threshold", type=float, default=0.8, metavar="J", help=similar
     )
     parser.add_argument(
         "--keep-duplicates", action="store_true", help="keep exact copies (on their first copy's side)"
@@ -281,35 +271,17 @@ def _add_overrides(parser: argparse.ArgumentParser, text: str) -> None:
 def _add_train(commands) -> None:
     train = commands.add_parser("train", help="train a model from random weights (or fine-tune: init_from)")
     _add_config_args(train)
-    train.add_argument(
-        "--data",
-        action=_SetsKey,
-        key="data_config.path",
-        metavar="DIR",
-        help="prepared data (data_config.path)",
-    )
-    train.add_argument(
-        "--out", action=_SetsKey, key="logging_config.output_dir", metavar="DIR", help="the run folder"
-    )
+    train.add_argument("--data", action=_SetsKey, key="data_config.path", metavar="DIR")
+    train.add_argument("--out", action=_SetsKey, key="logging_config.output_dir", metavar="DIR")
     train.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     train.add_argument(
-        "--no-progress",
-        dest="progress",
-        action="store_const",
-        const=False,
-        help="print log lines instead of a bar",
+        "--no-progress", dest="progress", action="store_const", const=False, help="log lines, no bar"
     )
     precision = train.add_mutually_exclusive_group()  # the tutorial's --fp16, and its bf16 twin
     dtype = "device_config.dtype"
-    precision.add_argument("--fp16", action=_SetsKey, key=dtype, value="float16", help=f"{dtype}=float16")
-    precision.add_argument("--bf16", action=_SetsKey, key=dtype, value="bfloat16", help=f"{dtype}=bfloat16")
-    train.add_argument(
-        "--compile",
-        action=_SetsKey,
-        key="device_config.compile",
-        value="true",
-        help="device_config.compile=true",
-    )
+    precision.add_argument("--fp16", action=_SetsKey, key=dtype, value="float16")
+    precision.add_argument("--bf16", action=_SetsKey, key=dtype, value="bfloat16")
+    train.add_argument("--compile", action=_SetsKey, key="device_config.compile", value="true")
     train.set_defaults(run="train_command")
 
 
