@@ -81,9 +81,9 @@ def test_playground_streams_two_checkpoints_side_by_side(trained_run, browser, t
         assert shot.stat().st_size > 10_000
 
 
-def test_playground_chat_view_holds_a_conversation(served_run, browser):
+def test_playground_chat_view_holds_a_conversation(trained_run, browser):
     template = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}assistant:"
-    with live_server(served_run, chat_template=template, checkpoints=["best"]) as live:
+    with live_server(trained_run, chat_template=template, checkpoints=["best"]) as live:
         page = browser.new_page()
         page.goto(live.url + "/")
         page.wait_for_selector("#picker input")

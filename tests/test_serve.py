@@ -393,7 +393,7 @@ def test_trickster_serve_process_answers_and_stops_on_ctrl_c(trained_run, tmp_pa
         process.kill()
 
 
-def test_a_slow_forward_pass_does_not_hold_up_other_requests(served_run, monkeypatch):
+def test_a_slow_forward_pass_does_not_hold_up_other_requests(trained_run, monkeypatch):
     """With every decoding step made slow (0.2 s), a request for the model list is answered while a
     completion is still being generated: forward passes run off the event loop."""
     from trickster.serve.engine import Batch
@@ -405,7 +405,7 @@ def test_a_slow_forward_pass_does_not_hold_up_other_requests(served_run, monkeyp
         decode(self)
 
     monkeypatch.setattr(Batch, "_decode", slow_decode)
-    with live_server(served_run, checkpoints=["best"]) as live:
+    with live_server(trained_run, checkpoints=["best"]) as live:
         client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0)
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             pending = pool.submit(completion, client, model="best", prompt="ROMEO:", max_tokens=20)
