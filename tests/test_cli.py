@@ -18,6 +18,7 @@ def test_quickstart_prepares_trains_and_compares(tmp_path, monkeypatch, capsys):
     (tmp_path / "runs/qs/notes.txt").write_text("mine")  # a taken folder: the run goes to runs/qs-2
     fast = [  # fewer and smaller evaluations, no samples or plot while training
         "training_config.batch_size=8",
+        "training_config.seq_len=64",
         "training_config.eval_batches=2",
         "training_config.eval_every=15",
         "training_config.sample_every=0",
