@@ -244,7 +244,7 @@ def test_an_imported_model_fine_tunes_with_lora_and_exports(tmp_path, capsys):
     data = tmp_path / "chat"
     argv = ["data", "prepare", "jsonl", str(tmp_path / "chat.jsonl"), "--tokenizer-from", str(run)]
     assert cli.main([*argv, "--out", str(data)]) == 0
-    tokens = (data / "train.bin").read_bytes()
+    tokens = (data / "train" / "000000.bin").read_bytes()  # the first shard: the first records
     first = records[0]
     assert json.loads((data / "meta.json").read_text())["tokenizer"] == "hf"
     expected = (
