@@ -95,7 +95,6 @@ def test_the_cycle_finder_finds_a_lazy_cycle():
     assert "trickster.commands" in import_graph()["trickster.cli"]  # an import inside a function
 
 
-@pytest.mark.xfail(strict=False, reason="train.loop.train (267 lines): the Trainer rewrite is under way")
 def test_no_function_over_80_lines():
     assert not long_functions()
 
