@@ -93,7 +93,9 @@ def losses(records, kind="train", key="train_loss"):
     return [(r["step"], r[key]) for r in records if r["event"] == kind]
 
 
-def assert_close_losses(a, b, tol=1e-5):
+def assert_close_losses(a, b, tol=2e-5):
+    """20 steps amplify float32 rounding: 2 x 4 windows and 1 x 8 sum the loss's gradient in other
+    orders (measured with FSDP2: 1.2e-5 with the chunked loss, 6.5e-6 before it)."""
     assert [s for s, _ in a] == [s for s, _ in b]
     worst = max(abs(x - y) for (_, x), (_, y) in zip(a, b, strict=True))
     assert worst <= tol, f"largest difference {worst:.2e}"
