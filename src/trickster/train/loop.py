@@ -34,9 +34,10 @@ from trickster.train import dist
 from trickster.train.batches import DeviceBatches
 from trickster.train.console import Console
 from trickster.train.device import (
+    Peak,
     apply_process_settings,
     autocast_for,
-    peak_flops,
+    mfu_peak,
     peak_memory_gib,
     reset_peak_memory,
     resolve_device,
@@ -124,9 +125,10 @@ class Trainer:
         self.params = parameter_breakdown(cfg.model).total
         self.token_flops = flops_per_token(cfg.model, cfg.seq_len)
         self.step_flops = self.token_flops * self.tokens_per_step
-        self.peak_flops = None
-        if job.is_main:  # the ceiling MFU divides by: measured once, by the process that logs
-            self.peak_flops = peak_flops(self.device, cfg.device.dtype, cfg.device.peak_tflops)
+        self.peak = Peak(None, "")
+        if job.is_main:  # what MFU divides by (datasheet, configured or measured), by the process that logs
+            self.peak = mfu_peak(self.device, cfg.device.dtype, cfg.device.peak_tflops)
+        self.peak_flops = self.peak.flops
         self.manifest = run_manifest(self.device)
         self.announce(resume, changed, repairs, global_batch)
 
@@ -153,7 +155,8 @@ class Trainer:
             flops_per_token=self.token_flops,
             device=str(self.device),
             peak_flops_per_device=self.peak_flops,
-            peak_source="device_config.peak_tflops" if cfg.device.peak_tflops else "measured matmul",
+            peak_source=self.peak.source,
+            measured_flops_per_device=self.peak.measured,  # the matmul ceiling, beside a datasheet peak
         )
 
     def train(self) -> TrainResult:
