@@ -1,10 +1,13 @@
-"""A process inside StopSignals that runs long PyTorch calls (used by test_signals.py).
+"""Processes that receive real signals in the middle of long PyTorch calls (test_signals.py).
 
-    python -m tests.signal_child PRODUCTS
+    python -m tests.signal_child products N          StopSignals around N matrix products
+    python -m tests.signal_child train N ARGS...     `trickster train ARGS`, its N-th step made long
 
-It prints "busy" just before PRODUCTS matrix products of a few seconds each on one thread: while
-one runs, no Python code runs in the main thread, as in a training step that takes hours. The
-callbacks print what the watcher thread saw; "finished" means the process ran to its end.
+Each prints "busy" just before the long part: matrix products of a few seconds each on one
+thread, during which no Python code runs in the main thread, as in a training step that takes
+hours. In `products` mode the callbacks print what the watcher thread saw and "finished" means
+the process ran to its end. The slow step is made here, in the test, so the product code
+carries no hooks.
 """
 
 from __future__ import annotations
@@ -13,15 +16,37 @@ import sys
 
 import torch
 
+from trickster import cli
+from trickster.train import loop
 from trickster.train.signals import StopSignals
 
-torch.set_num_threads(1)
-a = torch.randn(4096, 4096)
-with StopSignals(
-    on_first=lambda signum: print(f"first {signum}", flush=True),
-    on_second=lambda signum: print(f"second {signum}", flush=True),
-) as stop:
+
+def long_products(count: int) -> torch.Tensor:
+    a = torch.randn(4096, 4096)
     print("busy", flush=True)
-    for _ in range(int(sys.argv[1])):
+    for _ in range(count):
         a = torch.mm(a, a) / 64
-    print(f"finished, received {stop.received}", flush=True)
+    return a
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    mode, n = sys.argv[1], int(sys.argv[2])
+    if mode == "products":
+        with StopSignals(
+            on_first=lambda signum: print(f"first {signum}", flush=True),
+            on_second=lambda signum: print(f"second {signum}", flush=True),
+        ) as stop:
+            long_products(n)
+            print(f"finished, received {stop.received}", flush=True)
+    else:
+        step, calls = loop.Trainer.step, []
+
+        def slow_step(self):
+            calls.append(1)
+            if len(calls) == n:
+                long_products(5)
+            return step(self)
+
+        loop.Trainer.step = slow_step
+        sys.exit(cli.main(sys.argv[3:]))

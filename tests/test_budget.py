@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from trickster.train.budget import parse_duration
+from trickster.config import TrainingConfig, config_from_dict
+from trickster.errors import UserError
+from trickster.train.budget import Clock
+from trickster.units import parse_duration
 
 
 @pytest.mark.parametrize(
@@ -29,3 +32,23 @@ def test_durations_read_like_people_write_them(text, seconds):
 @pytest.mark.parametrize("text", ["soon", "", "h", "10x", "-5m", "0s", "1h-30m", 0, -3])
 def test_anything_else_is_not_a_duration(text):
     assert parse_duration(text) is None
+
+
+def test_a_bad_budget_is_one_line_naming_the_key():
+    with pytest.raises(UserError) as err:
+        config_from_dict({"training_config": {"max_time": "two days"}})
+    assert "training_config.max_time must be a duration such as 48h, 90m" in str(err.value)
+    assert "'two days'" in str(err.value)
+
+
+def test_the_first_step_warns_only_when_the_schedule_outruns_a_day_or_the_budget():
+    clock = Clock(TrainingConfig())
+    assert clock.first_step_note(600, step=1, max_steps=100) is None  # 16h 30m: not far off
+    note = clock.first_step_note(3600, step=1, max_steps=100)
+    assert note.startswith("the first step took 1h 00m: the 99 steps left need about 4.1 days at this pace")
+    budgeted = Clock(TrainingConfig(max_time="1h"))
+    note = budgeted.first_step_note(600, step=1, max_steps=100)
+    assert (
+        "more than training_config.max_time (1h 00m) allows: it will stop the run near step 6 of 100" in note
+    )
+    assert budgeted.first_step_note(1, step=1, max_steps=100) is None

@@ -29,6 +29,7 @@ from trickster.config import save_config
 from trickster.data import sources
 from trickster.data.tokenizers import load_tokenizer
 from trickster.model.transformer import Transformer
+from trickster.train import loop, optim
 
 from .conftest import EXCERPT, QUIET, micro_config
 
@@ -415,6 +416,45 @@ def _diverging_run(env: Env) -> list[str]:
     return micro_train(env, "training_config.max_nonfinite_steps=2")
 
 
+def _out_of_memory(env: Env, method: str, error: BaseException) -> list[str]:
+    """The third training step, or the second evaluation (at step 2), runs out of memory."""
+    real, calls = getattr(loop.Trainer, method), []
+
+    def fails(self):
+        calls.append(1)
+        if len(calls) == (3 if method == "step" else 2):
+            raise error
+        return real(self)
+
+    env.monkeypatch.setattr(loop.Trainer, method, fails)
+    steps = ("training_config.max_steps=6", "training_config.save_every=2", "training_config.eval_every=2")
+    return micro_train(env, *steps, "training_config.warmup_steps=1", "training_config.sample_tokens=0")
+
+
+def _time_budget_spent(env: Env) -> list[str]:
+    run = env.copy_run()
+    trainer = torch.load(run / "checkpoints" / "final" / "trainer.pt", weights_only=True)
+    trainer["train_state"]["train_seconds"] = 5400.0  # trained for 90 minutes
+    torch.save(trainer, run / "checkpoints" / "final" / "trainer.pt")
+    overrides = ("training_config.max_steps=20", "training_config.max_time=1h")
+    return ["train", "--config", env.config(), "--out", str(run), "--no-progress", "--resume", *overrides]
+
+
+def _spikes_beyond_max_rollbacks(env: Env) -> list[str]:
+    schedule, seen = optim.lr_at, set()
+
+    def lr_at(step, t):  # two updates at 100x the learning rate: a real loss spike
+        if step in (15, 16) and step not in seen:
+            seen.add(step)
+            return 100 * schedule(step, t)
+        return schedule(step, t)
+
+    env.monkeypatch.setattr(optim, "lr_at", lr_at)
+    settings = ("max_steps=30", "warmup_steps=2", "eval_every=100", "save_every=5", "sample_tokens=0")
+    extra = ("spike_window=8", "max_rollbacks=0")
+    return micro_train(env, *(f"training_config.{s}" for s in settings + extra))
+
+
 def _disk_full_at_checkpoint(env: Env) -> list[str]:
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -616,7 +656,7 @@ CASES = [
         "override-negative-batch-size",
         lambda env: micro_train(env, "training_config.batch_size=-4"),
         "training_config.batch_size",
-        "greater than 0",
+        "expected an integer > 0 or auto (got -4)",
         "-4",
     ),
     case(
@@ -785,6 +825,71 @@ CASES = [
         lambda env: micro_train(env, "training_config.keep_last=0"),
         "training_config.keep_last",
         "greater than 0",
+    ),
+    case(
+        "train-out-of-memory-in-a-step",
+        functools.partial(_out_of_memory, method="step", error=torch.OutOfMemoryError("CUDA out of memory")),
+        "out of memory (RAM of cpu",
+        "during a training step at step 3 (micro-batch 8 x 64 tokens)",
+        "training_config.batch_size=4 with gradient_accumulation_steps=2",
+        "continue from checkpoints/step_000002 with --resume",
+    ),
+    case(
+        "train-out-of-memory-in-an-evaluation",
+        functools.partial(_out_of_memory, method="evaluate", error=MemoryError()),
+        "out of memory",
+        "during an evaluation at step 2",
+        "continue from checkpoints/step_000002",
+    ),
+    case(
+        "train-batch-auto-without-a-global-batch",
+        lambda env: micro_train(env, "training_config.batch_size=auto"),
+        "batch_size: auto needs the batch to keep",
+        "training_config.global_batch",
+    ),
+    case(
+        "train-batch-auto-with-accumulation",
+        lambda env: micro_train(
+            env,
+            "training_config.batch_size=auto",
+            "training_config.global_batch=32",
+            "training_config.gradient_accumulation_steps=4",
+        ),
+        "gradient_accumulation_steps is chosen by batch_size: auto",
+    ),
+    case(
+        "train-global-batch-without-auto",
+        lambda env: micro_train(env, "training_config.global_batch=32"),
+        "global_batch and global_batch_tokens only apply to batch_size: auto",
+    ),
+    case(
+        "train-batch-auto-no-window-fits",
+        lambda env: micro_train(
+            env,
+            "training_config.batch_size=auto",
+            "training_config.global_batch=8",
+            "device_config.memory_gib=0.001",
+        ),
+        "a micro-batch of one window of 64 tokens does not fit",
+        "training_config.seq_len",
+    ),
+    case(
+        "train-max-time-not-a-duration",
+        lambda env: micro_train(env, "training_config.max_time=soon"),
+        "training_config.max_time must be a duration such as 48h, 90m",
+        "'soon'",
+    ),
+    case(
+        "resume-time-budget-spent",
+        _time_budget_spent,
+        "training_config.max_time (1h 00m) is spent",
+        "raise max_time to continue with --resume",
+    ),
+    case(
+        "train-loss-spikes-beyond-max-rollbacks",
+        _spikes_beyond_max_rollbacks,
+        "another loss spike",
+        "after 0 rollbacks; the last good checkpoint is checkpoints/step_000015",
     ),
     case(
         "training-diverges",

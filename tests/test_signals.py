@@ -11,12 +11,18 @@ from pathlib import Path
 
 import pytest
 
+from trickster.config import save_config
+from trickster.train import checkpoint as ckpt
+from trickster.train.loop import train
+
+from .conftest import micro_config
+
 ROOT = Path(__file__).parent.parent
 
 
 def start_child(products: int) -> subprocess.Popen:
     child = subprocess.Popen(
-        [sys.executable, "-m", "tests.signal_child", str(products)],
+        [sys.executable, "-m", "tests.signal_child", "products", str(products)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -47,3 +53,30 @@ def test_one_signal_lets_the_work_finish():
     out, err = child.communicate(timeout=120)
     assert out.splitlines() == [f"first {signal.SIGTERM.value}", f"finished, received {signal.SIGTERM.value}"]
     assert child.returncode == 0, err
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_ends_a_run_stuck_in_a_long_step(shakespeare_dir, tmp_path):
+    training = {"max_steps": 50, "save_every": 2, "eval_every": 100, "sample_tokens": 0}
+    cfg = micro_config(shakespeare_dir, tmp_path / "run", training_config=training)
+    save_config(cfg, tmp_path / "run.yaml")
+    argv = ["-m", "tests.signal_child", "train", "3", "train", "--config", str(tmp_path / "run.yaml")]
+    child = subprocess.Popen(
+        [sys.executable, *argv], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    while (line := child.stdout.readline()) and line.strip() != "busy":  # the header, then step 3
+        pass
+    time.sleep(0.3)
+    child.send_signal(signal.SIGINT)
+    assert child.stderr.readline().startswith("SIGINT received: stopping after this step and saving")
+    sent = time.monotonic()
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=60)
+    assert time.monotonic() - sent < 2.0
+    assert child.returncode == 130
+    assert "second SIGINT: stopped at once; checkpoints/step_000002 is the newest checkpoint" in err
+    run = tmp_path / "run"
+    assert ckpt.latest(run) == run / "checkpoints" / "step_000002"
+    cfg.training.max_steps = 4
+    resumed = train(cfg, resume=True, echo=lambda *a: None)  # the newest checkpoint is whole
+    assert resumed.state.step == 4 and ckpt.checkpoint_step(run / "checkpoints" / "final") == 4

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+from trickster.config import TrainingConfig
 from trickster.train.spikes import SpikeDetector
 
 
@@ -66,3 +67,8 @@ def test_state_dict_continues_exactly():
     second = SpikeDetector(2.0, 3, 20)
     second.load_state_dict(first.state_dict())
     assert feed(second, losses[27:], first_step=28) == whole
+
+
+def test_defaults_are_the_documented_ones():
+    t = TrainingConfig()
+    assert (t.spike_factor, t.spike_steps, t.spike_window, t.max_rollbacks) == (2.0, 3, 100, 3)

@@ -12,12 +12,13 @@ import re
 import typing
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from trickster.errors import UserError
+from trickster.units import DURATION_HINT, parse_duration
 
 
 class _Section(BaseModel):
@@ -65,8 +66,14 @@ class LoraConfig(_Section):
 
 
 class TrainingConfig(_Section):
-    batch_size: int = Field(16, gt=0)
-    """Sequences per micro-batch."""
+    batch_size: Annotated[int, Field(gt=0)] | Literal["auto"] = 16
+    """Sequences per micro-batch, or auto: the largest micro-batch that fits the device (measured
+    by a few trial steps, within device_config.memory_gib) and the gradient accumulation that keeps
+    global_batch (or global_batch_tokens). The numbers chosen are stored in the run's config.yaml."""
+    global_batch: int | None = Field(None, gt=0)
+    """With batch_size: auto, windows per optimizer step over all processes."""
+    global_batch_tokens: int | None = Field(None, gt=0)
+    """With batch_size: auto, tokens per optimizer step (in whole windows), instead of global_batch."""
     seq_len: int | None = Field(None, gt=0)
     """Tokens per training window; empty means model_config.max_seq_len."""
     max_steps: int = Field(10000, gt=0)
@@ -110,6 +117,20 @@ class TrainingConfig(_Section):
     auto resumes when there is one and starts afresh when there is none."""
     max_nonfinite_steps: int = Field(5, gt=0)
     """Updates skipped in a row for a non-finite loss or gradient norm before the run stops."""
+    max_time: int | str | None = None
+    """Wall-time budget of the run, summed over resumes: 48h, 90m, 1h30m, 3600s (a number is
+    seconds). At the budget the run evaluates, saves final and ends; --resume with a larger one
+    continues. Empty: no budget."""
+    spike_factor: float | None = Field(2.0, gt=1)
+    """A loss spike is a train loss above spike_factor x the median of the last spike_window
+    losses for spike_steps steps in a row: the run rolls back to the newest checkpoint before it
+    and skips the spike's batches. Empty turns the check off."""
+    spike_steps: int = Field(3, gt=0)
+    """High losses in a row that make a spike."""
+    spike_window: int = Field(100, gt=1)
+    """Recent losses whose median a step's loss is compared with (no spike before there are as many)."""
+    max_rollbacks: int = Field(3, ge=0)
+    """Rollbacks for loss spikes before the run stops and names its last good checkpoint."""
     sample_every: int | None = Field(None, ge=0)
     """Steps between text samples; empty means at every evaluation, 0 never."""
     sample_prompt: str = "\n"
@@ -138,8 +159,8 @@ class DeviceConfig(_Section):
     threads: int | None = Field(None, gt=0)
     """CPU threads for PyTorch; empty leaves PyTorch's default."""
     memory_gib: float | None = Field(None, gt=0)
-    """Memory the run may use on its device, in GiB (`trickster plan` and the out-of-memory advice
-    plan within it); empty means all of it: the GPU's memory, or the machine's RAM on a CPU."""
+    """Memory the run may use on its device, in GiB (batch_size: auto, `trickster plan` and the
+    out-of-memory advice plan within it); empty means all of it: GPU memory, or RAM on a CPU."""
     peak_tflops: float | None = Field(None, gt=0)
     """Peak TFLOP/s per device that MFU divides by; empty measures this device's matmul ceiling."""
     enable_ddp: bool = False
@@ -308,10 +329,36 @@ def check(cfg: Config) -> list[str]:
                 f"training_config.lora.targets: unknown layer {named}; "
                 f"choose from {', '.join(TARGETS)} (or {', '.join(HF_NAMES)})"
             )
+    problems += _check_batch_and_time(t)
     if t.seq_len is not None and t.seq_len > m.max_seq_len:
         problems.append(
             f"training_config.seq_len ({t.seq_len}) must be <= model_config.max_seq_len ({m.max_seq_len})"
         )
+    return problems
+
+
+def _check_batch_and_time(t: TrainingConfig) -> list[str]:
+    problems = []
+    if t.batch_size == "auto":
+        if t.global_batch is None and t.global_batch_tokens is None:
+            problems.append(
+                "training_config.batch_size: auto needs the batch to keep: set "
+                "training_config.global_batch (windows per step, e.g. 64) or global_batch_tokens"
+            )
+        if t.global_batch is not None and t.global_batch_tokens is not None:
+            problems.append("set training_config.global_batch or global_batch_tokens, not both")
+        if t.gradient_accumulation_steps != 1:
+            problems.append(
+                "training_config.gradient_accumulation_steps is chosen by batch_size: auto; remove "
+                f"it (got {t.gradient_accumulation_steps})"
+            )
+    elif t.global_batch is not None or t.global_batch_tokens is not None:
+        problems.append(
+            "training_config.global_batch and global_batch_tokens only apply to batch_size: auto "
+            f"(got batch_size {t.batch_size}; the batch is batch_size x processes x accumulation)"
+        )
+    if t.max_time is not None and parse_duration(t.max_time) is None:
+        problems.append(f"training_config.max_time must be {DURATION_HINT} (got {t.max_time!r})")
     return problems
 
 

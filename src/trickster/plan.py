@@ -152,6 +152,19 @@ def fitting_batch(cfg: Config, budget: float) -> int:
     return max(0, int((budget - mem.state) // (mem.activations + mem.logits)))
 
 
+def global_windows(cfg: Config, world_size: int = 1) -> int:
+    """batch_size: auto's target, windows per optimizer step over all processes (a multiple of them)."""
+    t = cfg.training
+    if t.global_batch is None:
+        return max(1, round(t.global_batch_tokens / cfg.seq_len / world_size)) * world_size
+    if t.global_batch % world_size:
+        raise UserError(
+            f"training_config.global_batch ({t.global_batch}) must be a multiple of the "
+            f"{world_size} processes; choose another global_batch"
+        )
+    return t.global_batch
+
+
 def split_global_batch(windows: int, world_size: int, fit: int) -> tuple[int, int]:
     """(micro-batch <= fit, accumulation) whose product with world_size is `windows`: the fewest
     accumulation steps that divide each process's share exactly, up to twice the fewest that
@@ -367,9 +380,16 @@ def make_plan(
         cfg.model.vocab_size, vocab_note = 256, " (auto: set from the tokenizer; counted here as 256)"
     if cfg.device.mesh_shape:
         processes = cfg.device.mesh_shape[0] * cfg.device.mesh_shape[1]
+    device_bytes, what = memory_limit(cfg, device)
+    if cfg.training.batch_size == "auto":  # the formula's choice here; training measures it
+        cfg = cfg.model_copy(deep=True)
+        fit = fitting_batch(cfg, HEADROOM * device_bytes)
+        t = cfg.training
+        t.batch_size, t.gradient_accumulation_steps = split_global_batch(
+            global_windows(cfg, processes), processes, fit
+        )
     t = cfg.training
     params = parameter_breakdown(cfg.model).total
-    device_bytes, what = memory_limit(cfg, device)
     plan = Plan(
         cfg=cfg,
         name=name,

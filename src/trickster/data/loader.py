@@ -216,9 +216,33 @@ class BatchSampler:
         self.tokens, self.seq_len, self.batch_size = tokens, seq_len, batch_size
         self.rank, self.world_size = rank, world_size
         self.generator = torch.Generator().manual_seed(seed)
+        self.drawn = 0  # global batches drawn so far, skipped ones included
+        self.skips: list[list[int]] = []  # [first, stop) ranges of draws passed over, kept
+
+    def skip(self, first: int, stop: int) -> None:
+        """Pass over draws first .. stop-1 when they come (a loss spike's batches, after a rollback
+        to a checkpoint taken before them): they are drawn and dropped, so what follows is exactly
+        what a run that never used them would draw."""
+        self.skips = sorted([*self.skips, [first, stop]])
+
+    def skipped(self, index: int) -> bool:
+        return any(first <= index < stop for first, stop in self.skips)
+
+    def rewind(self, position: int, batches: int) -> int:
+        """The draw index `batches` handed-out (not skipped) draws before draw `position`."""
+        while batches > 0:
+            position -= 1
+            batches -= not self.skipped(position)
+        return position
 
     def next_rows(self, pin: bool = False) -> torch.Tensor:
         """This process's windows of the next global batch, as one contiguous tensor (window_rows)."""
+        while self.skipped(self.drawn):
+            self._draw_rows()
+        return self._draw_rows(pin)
+
+    def _draw_rows(self, pin: bool = False) -> torch.Tensor:
+        self.drawn += 1
         high = len(self.tokens) - self.seq_len  # last start that still has a target after it
         starts = torch.randint(0, high, (self.batch_size * self.world_size,), generator=self.generator)
         mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
@@ -243,10 +267,13 @@ class BatchSampler:
         return split_rows(self.next_rows(), self.seq_len)
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
+        skips = [list(r) for r in self.skips]
+        return {"generator": self.generator.get_state(), "drawn": self.drawn, "skips": skips}
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+        self.drawn = state.get("drawn", 0)  # older checkpoints count no draws and skip none
+        self.skips = [list(r) for r in state.get("skips", [])]
 
 
 def fixed_batches(

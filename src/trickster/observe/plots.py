@@ -39,6 +39,9 @@ class Curves:
     val_step: list[int] = field(default_factory=list)
     val_tokens: list[int | None] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
+    # loss spikes: (step, peak loss) of each, and the train losses a rollback abandoned
+    spikes: list[tuple[int, float]] = field(default_factory=list)
+    abandoned: list[tuple[int, float]] = field(default_factory=list)
 
     @classmethod
     def from_records(cls, records: list[dict]) -> Curves:
@@ -55,7 +58,24 @@ class Curves:
                 c.val_step.append(r["step"])
                 c.val_tokens.append(r["tokens_seen"])
                 c.val_loss.append(r["val_loss"])
+            elif r["event"] in ("rollback", "spike"):
+                c.spikes.append((r.get("last_step", r["step"]), r["peak_loss"]))
+                if r["event"] == "rollback":
+                    c._drop_after(r["step"])
         return c
+
+    def _drop_after(self, step: int) -> None:
+        """A rollback to `step` replays what came after it: those points leave the curves (the
+        train losses are kept apart, to be drawn faintly)."""
+        kept = [i for i, s in enumerate(self.train_step) if s <= step]
+        self.abandoned += [(s, v) for s, v in zip(self.train_step, self.train_loss, strict=True) if s > step]
+        for name in ("train_step", "train_tokens", "train_loss", "lr", "grad_norm", "tokens_per_sec"):
+            values = getattr(self, name)
+            setattr(self, name, [values[i] for i in kept])
+        kept = [i for i, s in enumerate(self.val_step) if s <= step]
+        for name in ("val_step", "val_tokens", "val_loss"):
+            values = getattr(self, name)
+            setattr(self, name, [values[i] for i in kept])
 
     @property
     def untrained_loss(self) -> float | None:
@@ -90,8 +110,11 @@ def loss_figure(records: list[dict], title: str = "") -> Figure | None:
             )
         ax.set_xlabel(xlabel)
         ax.set_ylabel("cross-entropy loss (nats)")
+        if ax is by_step and c.spikes:
+            _mark_spikes(ax, c)
         ax.grid(True, which="major", alpha=0.3)
-        _loss_scale(ax, [*ty, *vy] + ([c.untrained_loss] if c.untrained_loss else []))
+        peaks = [peak for _, peak in c.spikes] if ax is by_step else []
+        _loss_scale(ax, [*ty, *vy, *peaks] + ([c.untrained_loss] if c.untrained_loss else []))
     positive = [t for t in c.train_tokens + vt if t and t > 0]
     if positive and max(positive) / min(positive) > 10:
         by_tokens.set_xscale("log")
@@ -106,6 +129,15 @@ def loss_figure(records: list[dict], title: str = "") -> Figure | None:
     if title:
         fig.suptitle(title, fontsize=11)
     return fig
+
+
+def _mark_spikes(ax, c: Curves) -> None:
+    """Each loss spike: a red cross at its peak; the losses a rollback replaced, faint and dashed."""
+    if c.abandoned:
+        steps, losses = zip(*c.abandoned, strict=True)
+        ax.plot(steps, losses, color="tab:blue", alpha=0.35, linestyle="--", linewidth=1, label="rolled back")
+    steps, peaks = zip(*c.spikes, strict=True)
+    ax.plot(steps, peaks, "x", color="tab:red", markersize=8, markeredgewidth=2, label="loss spike")
 
 
 def training_figure(records: list[dict]) -> Figure | None:

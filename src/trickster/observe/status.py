@@ -11,6 +11,7 @@ that the process still exists, so `trickster runs` shows it as stopped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -69,3 +70,38 @@ def _process_exists(pid) -> bool:
     except PermissionError:  # someone else's process with that id: alive
         return True
     return True
+
+
+class Heartbeat:
+    """What the training process writes to status.json: at every log interval while it runs and
+    once when it ends. Used as a context manager, it records an error that ends the run as
+    `stopped` with the error's first line. The time left is this process's pace so far
+    (evaluations and checkpoints included) times the steps left."""
+
+    def __init__(self, run_dir: str | Path, max_steps: int, enabled: bool = True):
+        self.run_dir, self.max_steps, self.enabled = Path(run_dir), max_steps, enabled
+        self.step = self.first_step = 0
+        self.started = time.monotonic()
+
+    def start(self, step: int) -> None:
+        self.step = self.first_step = step
+        self.started = time.monotonic()
+
+    def beat(self, state: str, step: int, **fields) -> None:
+        self.step = step
+        if not self.enabled:
+            return
+        done = step - self.first_step
+        pace = (time.monotonic() - self.started) / done if done > 0 else None
+        eta = round(pace * (self.max_steps - step), 1) if pace is not None and state == "running" else None
+        with contextlib.suppress(OSError):  # a full disk shows in metrics.jsonl's writes, not here
+            write_status(self.run_dir, state, step=step, max_steps=self.max_steps, eta_seconds=eta, **fields)
+
+    def __enter__(self) -> Heartbeat:
+        self.beat("running", self.step)
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if error is not None:
+            reason = (str(error).splitlines() or [kind.__name__])[0]
+            self.beat("stopped", self.step, reason=reason[:300])

@@ -1,4 +1,4 @@
-"""Time budgets: `training_config.max_time` such as "48h", "90m", "3600s" or "1h30m".
+"""Time: `training_config.max_time`, and what the first step says about the run's length.
 
 The budget counts the wall time the training loop has run, summed over every resume
 (TrainState.train_seconds), so `--resume` with a larger budget continues where the last one
@@ -7,25 +7,67 @@ stopped, and the same budget again has nothing left to spend.
 
 from __future__ import annotations
 
-import re
+import time
 
-UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms])")
-DURATION_HINT = "a duration such as 48h, 90m, 1h30m or 3600s"
+from trickster.config import TrainingConfig
+from trickster.errors import UserError
+from trickster.units import format_duration as format_seconds
+from trickster.units import parse_duration
+
+LONG_RUN = 86400.0  # without a budget, a schedule that promises more than a day gets a warning
 
 
-def parse_duration(value: str | int | float) -> float | None:
-    """Seconds in "48h", "90m", "1h30m", "2d", "3600s" or a plain number of seconds; None if the
-    text is not a positive duration."""
-    if isinstance(value, bool):
+class Clock:
+    """Seconds of training so far: those of earlier sessions (from the checkpoint) plus this one's."""
+
+    def __init__(self, t: TrainingConfig):
+        self.budget = parse_duration(t.max_time) if t.max_time is not None else None
+        self.start(0.0)
+
+    def start(self, seconds_before: float) -> None:
+        self.before, self.started = seconds_before, time.monotonic()
+
+    def seconds(self) -> float:
+        return self.before + time.monotonic() - self.started
+
+    def out_of_time(self) -> bool:
+        return self.budget is not None and self.seconds() >= self.budget
+
+    def check_left(self, step: int, max_steps: int) -> None:
+        """Refuse to continue a run whose budget is already spent (a resume with the same one)."""
+        if self.out_of_time() and step < max_steps:
+            raise UserError(
+                f"the time budget training_config.max_time ({format_seconds(self.budget)}) is spent: "
+                f"the run has trained {format_seconds(self.before)} and stopped at step {step:,} of "
+                f"{max_steps:,}; raise max_time to continue with --resume"
+            )
+
+    def end_line(self, step: int, max_steps: int) -> str:
+        return (
+            f"time budget training_config.max_time ({format_seconds(self.budget)}) reached at step "
+            f"{step:,} of {max_steps:,} ({step / max_steps:.0%} of the schedule); saved checkpoints/final; "
+            "continue with --resume and a larger max_time"
+        )
+
+    def first_step_note(self, step_seconds: float, step: int, max_steps: int) -> str | None:
+        """After the first step: a warning when the schedule will take far longer than the settings
+        suggest (more than max_time, or more than a day without one); None otherwise."""
+        steps_left = max_steps - step
+        left = step_seconds * steps_left
+        start = (
+            f"the first step took {format_seconds(step_seconds)}: the {steps_left:,} steps left need about"
+        )
+        if self.budget is not None and self.seconds() + left > self.budget:
+            reach = step + int(max(self.budget - self.seconds(), 0) / step_seconds)
+            return (
+                f"{start} {format_seconds(left)}, more than training_config.max_time "
+                f"({format_seconds(self.budget)}) allows: it will stop the run near step {reach:,} "
+                f"of {max_steps:,}"
+            )
+        if self.budget is None and left > LONG_RUN:
+            return (
+                f"{start} {format_seconds(left)} at this pace; if that is not what you meant, stop "
+                "with Ctrl-C and check model_config.max_seq_len, training_config.batch_size and "
+                "max_steps (`trickster plan` estimates a config), or set training_config.max_time"
+            )
         return None
-    if isinstance(value, int | float):
-        return float(value) if value > 0 else None
-    text = value.strip().lower().replace(" ", "")
-    if re.fullmatch(r"\d+(?:\.\d+)?", text):
-        seconds = float(text)
-    elif text and re.fullmatch(f"(?:{_PART.pattern})+", text):
-        seconds = sum(float(n) * UNITS[unit] for n, unit in _PART.findall(text))
-    else:
-        return None
-    return seconds if seconds > 0 else None

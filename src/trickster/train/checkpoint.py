@@ -118,6 +118,14 @@ def checkpoint_step(path: Path) -> int:
     return json.loads((path / "info.json").read_text())["step"]
 
 
+def update_info(path: Path, **values) -> None:
+    """Change values in a complete checkpoint's info.json: written aside, then renamed over it."""
+    file = path / "info.json"
+    staging = file.with_name(f".info.json.tmp-{os.getpid()}")
+    staging.write_text(json.dumps({**json.loads(file.read_text()), **values}, indent=2))
+    os.replace(staging, file)
+
+
 def latest(run_dir: str | Path) -> Path | None:
     """The complete checkpoint with the highest step (numbered ones and `final`)."""
     folder = Path(run_dir) / "checkpoints"

@@ -14,6 +14,7 @@ import functools
 import math
 import shutil
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,9 +30,11 @@ from trickster.model.vocab import resolve_vocab
 from trickster.observe.events import NoMetrics, read_metrics
 from trickster.observe.manifest import run_manifest
 from trickster.observe.sinks import MetricSinks
+from trickster.observe.status import Heartbeat
 from trickster.train import checkpoint as ckpt
 from trickster.train import dist
 from trickster.train.batches import DeviceBatches
+from trickster.train.budget import Clock
 from trickster.train.console import Console
 from trickster.train.device import (
     Peak,
@@ -43,10 +46,13 @@ from trickster.train.device import (
     resolve_device,
     settings_restored,
 )
+from trickster.train.memory import resolve_batch
 from trickster.train.optim import build_optimizer, set_lr
+from trickster.train.recovery import after_step, finish, guard
 from trickster.train.resume import diverged
 from trickster.train.setup import build_model, on_main, open_run, print_header, write_run_files
-from trickster.train.signals import StopSignals
+from trickster.train.signals import StopSignals, announce_signals
+from trickster.train.spikes import SpikeDetector
 from trickster.train.state import (
     StepResult,
     StepTimer,
@@ -104,6 +110,9 @@ class Trainer:
         # jsonl, csv, loss.png, TensorBoard, W&B: checks the optional packages, writes nothing yet
         self.metrics = MetricSinks(self.run_dir, cfg) if job.is_main else NoMetrics()
         self.resumed_from, repairs, changed = open_run(cfg, self.data, resume, job)
+        resolved = on_main(job, resolve_batch, cfg, self.device, job.world_size, self.resumed_from, changed)
+        self.cfg = cfg = resolved[0]  # batch_size: auto measured (or kept from the checkpoint)
+        self.batch_note, changed, t = resolved[1], resolved[2], cfg.training
         # 4. model, optimizer, batches, counters; then the checkpoint's state, if resuming
         built = build_model(cfg, self.data, job, self.device, self.resumed_from, self.out)
         self.model, self.step_model = built
@@ -113,12 +122,17 @@ class Trainer:
         self.val_batches = validation_batches(self.data, cfg, job)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.device.dtype == "float16")
         self.state = TrainState()
-        self.signals = StopSignals()
+        self.signals = StopSignals(*announce_signals(self.run_dir)) if job.is_main else StopSignals()
         self.timer = StepTimer()
+        self.spikes = SpikeDetector(t.spike_factor, t.spike_steps, t.spike_window)
+        self.clock = Clock(t)
+        self.heartbeat = Heartbeat(self.run_dir, t.max_steps, enabled=job.is_main)
         if job.rank > 0:  # other dropout masks on each process (rank 0 draws as a single process would)
             torch.manual_seed(t.seed + job.rank)
         if self.resumed_from is not None:
             self.load(self.resumed_from)
+        self.clock.start(self.state.train_seconds)
+        self.clock.check_left(self.state.step, t.max_steps)
         # 5. the figures every step shares; the run's files, its header and its first event
         global_batch = t.batch_size * job.world_size * t.gradient_accumulation_steps  # windows per step
         self.tokens_per_step = global_batch * cfg.seq_len
@@ -142,6 +156,8 @@ class Trainer:
             self.out.line(f"resuming from {self.resumed_from}")
         for line in repairs + [f"changed on resume: {k} {a} -> {b}" for k, (a, b) in changed.items()]:
             self.out.line(line)
+        if self.batch_note:
+            self.out.line(self.batch_note)
         if self.resumed_from is not None:
             return
         self.metrics.write(
@@ -163,32 +179,40 @@ class Trainer:
         t, state = self.cfg.training, self.state
         self.model.train()
         self.out.start_bar(self.cfg.logging.progress_bar, t.max_steps, state.step)
-        with self.signals, contextlib.closing(self.out), contextlib.closing(self.metrics):
+        self.heartbeat.start(state.step)
+        with self.signals, self.heartbeat, contextlib.closing(self.out), contextlib.closing(self.metrics):
             if self.resumed_from is None:
-                self.evaluate()
+                with guard(self, "an evaluation", 0):
+                    self.evaluate()
             self.timer.reset()
             while state.step < t.max_steps:
-                result = self.step()
+                began = time.perf_counter()
+                with guard(self, "a training step", state.step + 1):
+                    result = self.step()
                 state.step += 1
                 state.tokens_seen += self.tokens_per_step
+                state.train_seconds = self.clock.seconds()
                 self.timer.steps += 1
                 self.count(result)
                 self.out.advance()
-                last = state.step == t.max_steps
+                if after_step(self, result, time.perf_counter() - began):
+                    continue  # a loss spike: rolled back to an earlier checkpoint
+                last = state.step == t.max_steps or result.out_of_time
                 if state.step % t.log_every == 0 or last:
                     self.log(result)
                 stopping = result.stop and not last
                 with self.timer.paused():  # evaluations and checkpoints are not training time
+                    # the checkpoint first: an evaluation that fails (out of memory) loses no training
+                    if state.step % t.save_every == 0 or stopping or last:
+                        self.save("final" if last else ckpt.step_name(state.step))
                     if state.step % t.eval_every == 0 or last:
-                        self.evaluate()
-                    if (state.step % t.save_every == 0 or stopping) and not last:
-                        self.save(ckpt.step_name(state.step))
+                        with guard(self, "an evaluation", state.step):
+                            self.evaluate()
                 if stopping:
                     return self.stopped()
-            self.save("final")
-            best = state.best_val_loss if math.isfinite(state.best_val_loss) else None
-            self.metrics.write("end", state.step, best_val_loss=best, skipped_steps=state.skipped_steps)
-        return self.result()
+                if last:
+                    break
+            return finish(self)
 
     def step(self) -> StepResult:
         """One optimizer step over the accumulation's micro-batches.
@@ -217,8 +241,9 @@ class Trainer:
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else math.inf)
         loss = loss_sum / accumulation
         stop = torch.full((), float(self.signals.received is not None), device=self.device)
-        packed = torch.stack([loss, (~torch.isfinite(loss)).float(), dist.to_full(norm).float(), stop])
-        total, nonfinite, norm_sum, stops = dist.sum_across(packed, self.job)
+        late = torch.full((), float(self.clock.out_of_time()), device=self.device)  # max_time spent
+        packed = torch.stack([loss, (~torch.isfinite(loss)).float(), dist.to_full(norm).float(), stop, late])
+        total, nonfinite, norm_sum, stops, lates = dist.sum_across(packed, self.job)
         loss_mean, grad_norm = total / self.job.world_size, norm_sum / self.job.world_size
         finite = not nonfinite and math.isfinite(loss_mean)
         applied = finite and (math.isfinite(grad_norm) or self.scaler.is_enabled())
@@ -226,7 +251,7 @@ class Trainer:
             self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return StepResult(loss_mean, grad_norm, lr, applied, stops > 0)
+        return StepResult(loss_mean, grad_norm, lr, applied, stops > 0, lates > 0)
 
     def count(self, result: StepResult) -> None:
         """Add a step to the counters; too many non-finite steps in a row end the run."""
@@ -279,6 +304,7 @@ class Trainer:
             if memory is not None:
                 line += f", peak memory {memory:.2f} GiB"
         self.out.progress({"loss": shown, "lr": f"{result.lr:.2e}", "tok_s": f"{tokens_per_sec:,.0f}"}, line)
+        self.heartbeat.beat("running", state.step, train_loss=train_loss, tokens_per_sec=tokens_per_sec)
         state.interval_loss_sum, state.interval_steps = 0.0, 0
         self.timer.reset()
 
@@ -380,10 +406,12 @@ class Trainer:
             "sampler": self.batches.state_dict(),
             "scaler": self.scaler.state_dict(),  # empty unless float16
             "rng": dist.gather(rng_state(self.device), self.job),  # one entry per process
+            "spikes": self.spikes.state_dict(),
         }
 
     def load_state_dict(self, trainer: dict) -> None:
         self.state.load_state_dict(trainer["train_state"])
+        self.spikes.load_state_dict(trainer.get("spikes", {}))
         self.batches.load_state_dict(trainer["sampler"])
         if self.scaler.is_enabled() and trainer["scaler"]:
             self.scaler.load_state_dict(trainer["scaler"])
@@ -409,6 +437,7 @@ class Trainer:
         received = self.signals.received or signal.SIGTERM  # another process was signalled
         name = signal.Signals(received).name
         self.metrics.write("stopped", self.state.step, signal=name)
+        self.heartbeat.beat("stopped", self.state.step, reason=name)
         self.out.line(
             f"stopped by {name} at step {self.state.step}; saved "
             f"checkpoints/{ckpt.step_name(self.state.step)} (continue with --resume)"

@@ -23,6 +23,7 @@ from trickster import plan
 from trickster.config import Config
 from trickster.errors import UserError
 from trickster.model.transformer import Transformer
+from trickster.train import checkpoint as ckpt
 from trickster.train.device import autocast_for
 from trickster.train.optim import build_optimizer
 
@@ -144,3 +145,37 @@ def out_of_memory(
         f"out of memory ({what} of {device}, {capacity / 2**30:.1f} GiB) during {during} at step "
         f"{step} (micro-batch {t.batch_size} x {cfg.seq_len} tokens); {advice}; {where}"
     )
+
+
+BATCH_KEYS = ("batch_size", "gradient_accumulation_steps", "global_batch", "global_batch_tokens")
+
+
+def resolve_batch(
+    cfg: Config, device: torch.device, world_size: int, resumed_from: Path | None, changed: dict
+) -> tuple[Config, str | None, dict]:
+    """batch_size: auto made concrete: (the config with the chosen micro-batch and accumulation, a
+    line for the header, the changes on resume). A resumed run keeps the numbers its checkpoint
+    was trained with while they still make the global batch asked for; otherwise they are
+    measured again. The config written to the run folder holds the numbers (and no global_batch)."""
+    if cfg.training.batch_size != "auto":
+        return cfg, None, changed
+    windows = plan.global_windows(cfg, world_size)
+    saved = ckpt.read_config(resumed_from).training if resumed_from is not None else None
+    if saved is not None and saved.batch_size * saved.gradient_accumulation_steps * world_size == windows:
+        micro, accumulation = saved.batch_size, saved.gradient_accumulation_steps
+        note = (
+            f"batch_size auto: micro-batch {micro} x accumulation {accumulation}, as "
+            f"checkpoints/{resumed_from.name} was trained"
+        )
+    else:
+        chosen = choose_batch(cfg, device, windows, world_size)
+        micro, accumulation, note = chosen.micro_batch, chosen.accumulation, chosen.describe(world_size)
+    cfg = cfg.model_copy(deep=True)
+    t = cfg.training
+    t.global_batch = t.global_batch_tokens = None
+    t.batch_size, t.gradient_accumulation_steps = micro, accumulation
+    changed = {k: v for k, v in changed.items() if k.removeprefix("training_config.") not in BATCH_KEYS}
+    for key in BATCH_KEYS[:2] if saved is not None else ():
+        if getattr(saved, key) != getattr(t, key):
+            changed[f"training_config.{key}"] = [getattr(saved, key), getattr(t, key)]
+    return cfg, note, changed

@@ -18,6 +18,9 @@ import signal
 import socket
 import sys
 import threading
+from pathlib import Path
+
+from trickster.train import checkpoint as ckpt
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -90,3 +93,26 @@ class StopSignals:
         self._reader.close()
         self._writer.close()
         self._thread = None
+
+
+def announce_signals(run_dir: Path) -> tuple:
+    """(on_first, on_second) callbacks for a training run: a line on stderr for each signal."""
+
+    def first(signum: int) -> None:
+        name = signal.Signals(signum).name
+        print(
+            f"{name} received: stopping after this step and saving a checkpoint; send it again to "
+            "stop at once",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def second(signum: int) -> None:
+        newest = ckpt.latest(run_dir)
+        where = f"checkpoints/{newest.name} is the newest checkpoint" if newest else "no checkpoint was saved"
+        name = signal.Signals(signum).name
+        print(
+            f"second {name}: stopped at once; {where} (continue with --resume)", file=sys.stderr, flush=True
+        )
+
+    return first, second

@@ -11,9 +11,15 @@ non-finite-update check and ignored here.
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import statistics
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
+
+from trickster.errors import UserError
+from trickster.train import checkpoint as ckpt
 
 
 @dataclass
@@ -54,3 +60,45 @@ class SpikeDetector:
     def load_state_dict(self, state: dict) -> None:
         self.history = deque(state.get("history", []), maxlen=self.window)
         self.high = [(int(step), float(loss)) for step, loss in state.get("high", [])]
+
+
+def checkpoint_before(run_dir: Path, step: int) -> Path | None:
+    """The newest complete numbered checkpoint saved before `step`."""
+    found = [p for p in ckpt.numbered(run_dir) if ckpt.checkpoint_step(p) < step]
+    return found[-1] if found else None
+
+
+def discard_after(run_dir: Path, step: int) -> list[str]:
+    """Delete the numbered checkpoints (and `final`) saved after `step`: they hold the spike's
+    weights, or a later point of the schedule that is about to be replayed, and a resume must
+    never pick them. `best` stays: it was chosen by validation loss."""
+    folder = run_dir / "checkpoints"
+    doomed = [p for p in [*ckpt.numbered(run_dir), folder / "final"] if ckpt.is_complete(p)]
+    doomed = [p for p in doomed if ckpt.checkpoint_step(p) > step]
+    for path in doomed:
+        trash = path.parent / f".{path.name}.old-{os.getpid()}"  # renamed first, as prune() does
+        path.rename(trash)
+        shutil.rmtree(trash)
+    return [p.name for p in doomed]
+
+
+def spike_line(spike: Spike, rolled_back_to: str | None, rollbacks: int, limit: int) -> str:
+    what = (
+        f"step {spike.last_step:>6}: loss spike at steps {spike.first_step}-{spike.last_step} (up to "
+        f"{spike.peak_loss:.4f}, {spike.peak_loss / spike.median:.1f}x the running median {spike.median:.4f})"
+    )
+    if rolled_back_to is None:
+        return f"{what}; no checkpoint before it to return to, training on"
+    return (
+        f"{what}; rolled back to checkpoints/{rolled_back_to}, skipping the batches of steps "
+        f"{spike.first_step - 1}-{spike.last_step} (rollback {rollbacks} of at most {limit})"
+    )
+
+
+def too_many_spikes(spike: Spike, good: Path, limit: int) -> UserError:
+    return UserError(
+        f"training stopped at step {spike.last_step}: another loss spike (steps {spike.first_step}-"
+        f"{spike.last_step}) after {limit} rollbacks; the last good checkpoint is checkpoints/{good.name}; "
+        "lower training_config.learning_rate or raise warmup_steps (or raise max_rollbacks), then "
+        "continue with --resume"
+    )

@@ -25,6 +25,8 @@ class TrainState:
     interval_steps: int = 0
     skipped_steps: int = 0  # updates skipped for a non-finite loss or gradient norm, in all
     nonfinite_streak: int = 0  # ... and in a row, up to now
+    rollbacks: int = 0  # returns to an earlier checkpoint after a loss spike
+    train_seconds: float = 0.0  # wall time of the training loop, summed over resumes (max_time)
 
     def state_dict(self) -> dict:
         return asdict(self)
@@ -41,6 +43,7 @@ class StepResult:
     lr: float
     applied: bool  # False: a non-finite loss or gradient norm skipped the update
     stop: bool  # a process received SIGINT/SIGTERM
+    out_of_time: bool = False  # training_config.max_time is spent (on any process)
 
 
 class StepTimer:

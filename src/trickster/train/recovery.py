@@ -1,0 +1,100 @@
+"""What a long run does for itself: it rolls back after a loss spike, warns after its first step
+when it will take far longer than its settings suggest, turns an out-of-memory error into one
+line, and ends at its last step or at its time budget. Used by loop.Trainer (these read and
+change its state).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import TYPE_CHECKING
+
+from trickster.train import checkpoint as ckpt
+from trickster.train.memory import OUT_OF_MEMORY, out_of_memory
+from trickster.train.spikes import Spike, checkpoint_before, discard_after, spike_line, too_many_spikes
+
+if TYPE_CHECKING:
+    from trickster.train.loop import Trainer, TrainResult
+    from trickster.train.state import StepResult
+
+
+def finish(trainer: Trainer) -> TrainResult:
+    """The last step, or the time budget, ended the run; `final` holds it."""
+    state, t = trainer.state, trainer.cfg.training
+    best = state.best_val_loss if math.isfinite(state.best_val_loss) else None
+    final = trainer.run_dir / "checkpoints" / "final"
+    if not ckpt.is_complete(final) or ckpt.checkpoint_step(final) != state.step:
+        trainer.save("final")  # resumed at (or past) the last step: no step ran here
+    elif trainer.job.is_main:  # saved before the last evaluation: give it that evaluation's loss
+        ckpt.update_info(final, val_loss=state.last_val_loss, best_val_loss=best)
+    if state.step < t.max_steps:
+        trainer.metrics.write("stopped", state.step, reason="max_time", train_seconds=state.train_seconds)
+        trainer.out.line(trainer.clock.end_line(state.step, t.max_steps))
+        trainer.heartbeat.beat("stopped", state.step, reason="max_time")
+    else:
+        trainer.metrics.write("end", state.step, best_val_loss=best, skipped_steps=state.skipped_steps)
+        trainer.heartbeat.beat("finished", state.step)
+    return trainer.result()
+
+
+@contextlib.contextmanager
+def guard(trainer: Trainer, during: str, step: int):
+    """Out of memory during a step or an evaluation: one line (what ran out, a micro-batch and
+    accumulation that fit, the checkpoint to resume from), and the run ends; nothing is lost."""
+    try:
+        yield
+    except OUT_OF_MEMORY:
+        trainer.metrics.write("stopped", trainer.state.step, reason="out-of-memory", during=during)
+        good = ckpt.latest(trainer.run_dir)
+        raise out_of_memory(trainer.cfg, trainer.device, during, step, good, trainer.job.world_size) from None
+
+
+def after_step(trainer: Trainer, result: StepResult, seconds: float) -> bool:
+    """The long-run checks after a step that took `seconds`. A loss spike rolls the run back
+    (True: the step is undone). After this process's first step (its second when compiling), a
+    line if the schedule will take far longer than the settings suggest."""
+    state = trainer.state
+    spike = trainer.spikes.update(state.step, result.loss) if result.applied else None
+    if spike is not None:
+        roll_back(trainer, spike)
+        return True
+    if state.step == trainer.heartbeat.first_step + (2 if trainer.cfg.device.compile else 1):
+        note = trainer.clock.first_step_note(seconds, state.step, trainer.cfg.training.max_steps)
+        if note:
+            trainer.out.line(note)
+    return False
+
+
+def roll_back(trainer: Trainer, spike: Spike) -> None:
+    """Back to the newest checkpoint before the spike's window (its first high loss and the
+    update before it), whose batches the sampler then passes over; the rollback is saved at
+    once, so a resume continues exactly as this process does."""
+    state, t = trainer.state, trainer.cfg.training
+    window = spike.first_step - 1
+    good = checkpoint_before(trainer.run_dir, window)
+    if good is None or trainer.job.mode == "fsdp":
+        trainer.metrics.write("spike", state.step, first_step=spike.first_step, peak_loss=spike.peak_loss)
+        trainer.out.line(spike_line(spike, None, state.rollbacks, t.max_rollbacks))
+        return
+    if state.rollbacks >= t.max_rollbacks:
+        if trainer.job.is_main:
+            discard_after(trainer.run_dir, ckpt.checkpoint_step(good))
+        trainer.metrics.write("stopped", state.step, reason="loss-spikes", checkpoint=good.name)
+        raise too_many_spikes(spike, good, t.max_rollbacks)
+    sampler = trainer.batches.sampler
+    used = trainer.batches.state_dict()["drawn"]  # draws up to now (not the one drawn ahead)
+    first = sampler.rewind(used, (state.step - window + 1) * t.gradient_accumulation_steps)
+    rollbacks, seconds = state.rollbacks + 1, state.train_seconds
+    ckpt.load_weights(trainer.model, good / ckpt.WEIGHTS)
+    trainer.load(good)
+    state.rollbacks, state.train_seconds = rollbacks, seconds
+    sampler.skip(first, used)
+    trainer.batches.load_state_dict(sampler.state_dict())
+    if trainer.job.is_main:
+        discard_after(trainer.run_dir, state.step)
+    trainer.save(good.name)
+    record = {"first_step": spike.first_step, "last_step": spike.last_step, "checkpoint": good.name}
+    trainer.metrics.write("rollback", state.step, **record, peak_loss=spike.peak_loss, median=spike.median)
+    trainer.out.line(spike_line(spike, good.name, rollbacks, t.max_rollbacks))
+    trainer.timer.reset()

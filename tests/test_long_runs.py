@@ -1,0 +1,273 @@
+"""Runs that look after themselves, on real micro runs: a loss spike rolled back, checkpoints
+saved before evaluation, batch_size: auto, a time budget, the heartbeat, and the warning after a
+first step that promises a very long run."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from trickster import plan
+from trickster.cli import main
+from trickster.config import load_config, save_config
+from trickster.data import loader
+from trickster.errors import UserError
+from trickster.observe.plots import Curves, loss_figure
+from trickster.observe.status import read_status
+from trickster.train import budget, loop, optim
+from trickster.train import checkpoint as ckpt
+from trickster.train.loop import train
+
+from .conftest import micro_config
+
+ROOT = Path(__file__).parent.parent
+QUIET = {"echo": lambda *a: None}
+SPIKE = {  # 30 steps, a checkpoint every 5, every loss logged, a spike window of 8 losses
+    "max_steps": 30,
+    "warmup_steps": 2,
+    "log_every": 1,
+    "eval_every": 100,
+    "save_every": 5,
+    "sample_tokens": 0,
+    "spike_window": 8,
+}
+RAISED = {15, 16}  # step indices whose learning rate the test multiplies by 100, once
+
+
+def raise_lr_once(monkeypatch):
+    """A real spike: the learning rate of two updates x100, the first time they run only (a
+    replay after the rollback gets the schedule's own)."""
+    seen = set()
+    schedule = optim.lr_at
+
+    def lr_at(step, t):
+        lr = schedule(step, t)
+        if step in RAISED and step not in seen:
+            seen.add(step)
+            return 100 * lr
+        return lr
+
+    monkeypatch.setattr(optim, "lr_at", lr_at)
+
+
+def losses(result) -> list[tuple[int, float]]:
+    return [(r["step"], r["train_loss"]) for r in result.history if r["event"] == "train"]
+
+
+def weights(run_dir):
+    return load_file(run_dir / "checkpoints" / "final" / "model.safetensors")
+
+
+@pytest.mark.slow
+def test_a_loss_spike_rolls_back_and_goes_on_as_if_its_batches_were_never_drawn(micro, monkeypatch, tmp_path):
+    raise_lr_once(monkeypatch)
+    said = []
+    spiked = train(micro(training_config=SPIKE), echo=said.append)
+    monkeypatch.undo()
+
+    rollback = next(r for r in spiked.history if r["event"] == "rollback")
+    first, last = rollback["first_step"], rollback["last_step"]
+    assert rollback["checkpoint"] == "step_000015" and rollback["step"] == 15
+    assert 17 <= first <= last <= 21 and rollback["peak_loss"] > 2 * rollback["median"]
+    assert any(
+        "loss spike at steps" in line and "rolled back to checkpoints/step_000015" in line for line in said
+    )
+    assert spiked.state.rollbacks == 1 and spiked.state.step == 30
+    curves = Curves.from_records(spiked.history)  # the report's loss curve: each step once, a mark
+    assert curves.train_step == list(range(1, 31))
+    assert curves.spikes == [(last, rollback["peak_loss"])]
+    assert [step for step, _ in curves.abandoned] == list(range(16, last))  # logged before the rollback
+    assert loss_figure(spiked.history) is not None
+
+    # the same run, told from the start to pass over the draws of steps first-1 .. last
+    skip = [first - 2, last]  # draw indices: step s draws index s-1 (no accumulation)
+    init = loader.BatchSampler.__init__
+
+    def skipping_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.skip(*skip)
+
+    monkeypatch.setattr(loader.BatchSampler, "__init__", skipping_init)
+    cfg = micro(training_config=SPIKE)
+    cfg.logging.output_dir = str(tmp_path / "clean")
+    clean = train(cfg, **QUIET)
+    replayed = spiked.history[spiked.history.index(rollback) :]
+    after = [(r["step"], r["train_loss"]) for r in replayed if r["event"] == "train"]
+    assert after == [(step, loss) for step, loss in losses(clean) if step > 15]
+    a, b = weights(spiked.run_dir), weights(clean.run_dir)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_a_rolled_back_run_resumes_exactly(micro, monkeypatch, tmp_path):
+    raise_lr_once(monkeypatch)
+    whole = train(micro(training_config=SPIKE), **QUIET)
+    assert whole.state.rollbacks == 1
+
+    # again, killed (nothing saved) at step 23, after the rollback; then resumed
+    raise_lr_once(monkeypatch)
+    cfg = micro(training_config=SPIKE)
+    cfg.logging.output_dir = str(tmp_path / "killed")
+    step, calls = loop.Trainer.step, []
+
+    def dies_at_23(self):
+        calls.append(self.state.step)
+        if len(calls) > 25 and self.state.step == 22:
+            raise KeyboardInterrupt  # as a kill: no checkpoint, no event
+        return step(self)
+
+    monkeypatch.setattr(loop.Trainer, "step", dies_at_23)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, **QUIET)
+    monkeypatch.setattr(loop.Trainer, "step", step)
+    resumed = train(cfg, resume=True, **QUIET)
+    assert resumed.state.rollbacks == 1  # the rollback is part of the checkpoint
+    a, b = weights(whole.run_dir), weights(resumed.run_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_spikes_beyond_max_rollbacks_stop_the_run_naming_the_last_good_checkpoint(micro, monkeypatch):
+    raise_lr_once(monkeypatch)
+    cfg = micro(training_config={**SPIKE, "max_rollbacks": 0})
+    with pytest.raises(
+        UserError,
+        match=r"another loss spike .* after 0 rollbacks; the last good checkpoint is checkpoints/step_000015",
+    ):
+        train(cfg, **QUIET)
+    run = Path(cfg.logging.output_dir)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "step_000005",
+        "step_000010",
+        "step_000015",
+    ]
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert (last["event"], last["reason"], last["checkpoint"]) == ("stopped", "loss-spikes", "step_000015")
+
+
+@pytest.mark.slow
+def test_checkpoints_are_saved_before_evaluation(shakespeare_dir, tmp_path):
+    """A kill during the last evaluation (an out-of-memory kill, say) leaves `final` whole."""
+    training = {"max_steps": 8, "eval_every": 4, "save_every": 4, "sample_tokens": 0}
+    save_config(
+        micro_config(shakespeare_dir, tmp_path / "run", training_config=training), tmp_path / "run.yaml"
+    )
+    argv = ["-m", "tests.crash_child", "during-eval", "3", "train", "--config", str(tmp_path / "run.yaml")]
+    killed = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr  # in the evaluation at step 8
+    final = tmp_path / "run" / "checkpoints" / "final"
+    assert ckpt.is_complete(final) and ckpt.checkpoint_step(final) == 8
+    assert ckpt.is_complete(tmp_path / "run" / "checkpoints" / "step_000004")
+
+
+def auto_batch(micro, windows_fitting: float, **training):
+    """batch_size: auto for 32 windows a step, in the memory plan's formula gives `windows_fitting`
+    windows of the micro model (test_memory.py checks the measurement against the formula)."""
+    sized = micro(model_config={"vocab_size": 128})  # the char vocabulary, padded as training pads it
+    one = plan.memory_estimate(sized, batch_size=1)
+    memory = (one.state + windows_fitting * (one.activations + one.logits)) / plan.HEADROOM / 2**30
+    settings = {"batch_size": "auto", "global_batch": 32, "max_steps": 4, "warmup_steps": 1, "save_every": 2}
+    return micro(
+        training_config={**settings, "sample_tokens": 0, **training}, device_config={"memory_gib": memory}
+    )
+
+
+def test_batch_size_auto_is_measured_stored_and_kept_on_resume(micro):
+    said = []
+    result = train(auto_batch(micro, windows_fitting=5.5), echo=said.append)
+    assert any(
+        "batch_size auto: micro-batch 4 x 1 process(es) x accumulation 8 = 32 windows" in s for s in said
+    )
+    run = result.run_dir
+    stored = load_config(run / "config.yaml").training
+    assert (stored.batch_size, stored.gradient_accumulation_steps, stored.global_batch) == (4, 8, None)
+    assert result.history[0]["tokens_per_step"] == 32 * 64
+    assert not any("the first step took" in s for s in said)  # a short run gets no warning
+
+    said.clear()  # continued with room for every window: the numbers it was trained with stay
+    resumed = train(auto_batch(micro, windows_fitting=100, max_steps=6), resume=True, echo=said.append)
+    assert (resumed.cfg.training.batch_size, resumed.cfg.training.gradient_accumulation_steps) == (4, 8)
+    assert any("micro-batch 4 x accumulation 8, as checkpoints/final was trained" in s for s in said)
+    assert not any("changed on resume: training_config.batch_size" in s for s in said)
+    assert read_status(run)["state"] == "finished"
+
+
+def fake_clock(monkeypatch, seconds_per_reading: float) -> None:
+    """The time budget's clock: every reading `seconds_per_reading` later than the one before."""
+    now = [0.0]
+
+    def monotonic() -> float:
+        now[0] += seconds_per_reading
+        return now[0]
+
+    monkeypatch.setattr(budget, "time", types.SimpleNamespace(monotonic=monotonic))
+
+
+@pytest.mark.slow
+def test_max_time_ends_the_run_cleanly_and_a_larger_budget_continues_it(micro, monkeypatch, tmp_path):
+    training = {"max_steps": 20, "eval_every": 10, "save_every": 10, "sample_tokens": 0}
+    whole = train(micro(training_config=training), **QUIET)
+
+    cfg = micro(training_config={**training, "max_time": "12s"})
+    cfg.logging.output_dir = str(tmp_path / "budget")
+    fake_clock(monkeypatch, 1.0)  # two readings a step: a budget of 12 s lasts about 6 steps
+    said = []
+    stopped = train(cfg, echo=said.append)
+    step = stopped.state.step
+    assert 4 <= step <= 8
+    events = [r["event"] for r in stopped.history if r["step"] == step]
+    assert events[-2:] == ["eval", "stopped"] and stopped.history[-1]["reason"] == "max_time"
+    final = tmp_path / "budget" / "checkpoints" / "final"
+    assert ckpt.checkpoint_step(final) == step
+    assert (
+        f"reached at step {step} of 20 ({step / 20:.0%} of the schedule); saved checkpoints/final" in said[-1]
+    )
+    assert read_status(tmp_path / "budget")["state"] == "stopped"
+
+    with pytest.raises(UserError, match="training_config.max_time .* is spent"):
+        train(cfg, resume=True, **QUIET)
+    cfg.training.max_time = "100h"
+    resumed = train(cfg, resume=True, **QUIET)
+    assert resumed.state.step == 20 and resumed.history[-1]["event"] == "end"
+    a, b = weights(whole.run_dir), weights(resumed.run_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the stop and the resume changed nothing
+
+
+def test_a_first_step_that_promises_days_says_so(micro, monkeypatch):
+    ticks = iter(range(0, 10**9, 86400))  # every reading of the loop's clock: a day later
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    settings = {"max_steps": 3, "warmup_steps": 1, "eval_every": 100, "save_every": 100, "sample_tokens": 0}
+    said = []
+    train(micro(training_config=settings), echo=said.append)
+    assert "the first step took 24h 00m: the 2 steps left need about 2.0 days at this pace" in "\n".join(said)
+
+
+@pytest.mark.slow
+def test_runs_shows_a_live_run_as_running_and_a_killed_one_as_stopped(shakespeare_dir, tmp_path, capsys):
+    training = {"max_steps": 100000, "log_every": 1, "eval_every": 100000, "save_every": 100000}
+    save_config(
+        micro_config(shakespeare_dir, tmp_path / "run", training_config=training), tmp_path / "run.yaml"
+    )
+    argv = [sys.executable, "-m", "trickster", "train", "--config", str(tmp_path / "run.yaml")]
+    child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while ((read_status(tmp_path / "run") or {}).get("step") or 0) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    status = read_status(tmp_path / "run")
+    assert status["state"] == "running" and status["pid"] == child.pid and status["max_steps"] == 100000
+    assert status["tokens_per_sec"] > 0 and status["eta_seconds"] > 0 and status["train_loss"] > 0
+    assert main(["runs", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines()[1].endswith("running")
+    child.kill()
+    child.wait(timeout=60)
+    assert main(["runs", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines()[1].endswith("stopped (process died)")
