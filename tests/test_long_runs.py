@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from trickster import plan
+from trickster import footprint
 from trickster.cli import main
 from trickster.config import load_config, save_config
 from trickster.data import loader
@@ -173,8 +173,8 @@ def auto_batch(micro, windows_fitting: float, **training):
     """batch_size: auto for 32 windows a step, in the memory plan's formula gives `windows_fitting`
     windows of the micro model (test_memory.py checks the measurement against the formula)."""
     sized = micro(model_config={"vocab_size": 128})  # the char vocabulary, padded as training pads it
-    one = plan.memory_estimate(sized, batch_size=1)
-    memory = (one.state + windows_fitting * (one.activations + one.logits)) / plan.HEADROOM / 2**30
+    one = footprint.memory_estimate(sized, batch_size=1)
+    memory = (one.state + windows_fitting * (one.activations + one.logits)) / footprint.HEADROOM / 2**30
     settings = {"batch_size": "auto", "global_batch": 32, "max_steps": 4, "warmup_steps": 1, "save_every": 2}
     return micro(
         training_config={**settings, "sample_tokens": 0, **training}, device_config={"memory_gib": memory}

@@ -126,7 +126,7 @@ def test_the_logged_peak_memory_is_the_training_steps(micro, monkeypatch):
 
         return wrapped
 
-    monkeypatch.setattr(loop_module, "peak_flops", grows_to(10.0, loop_module.peak_flops))
+    monkeypatch.setattr(loop_module, "mfu_peak", grows_to(10.0, loop_module.mfu_peak))
     monkeypatch.setattr(loop_module, "evaluate", grows_to(5.0, loop_module.evaluate))
     monkeypatch.setattr(loop_module, "autocast_for", grows_to(1.0, loop_module.autocast_for))
     monkeypatch.setattr(loop_module, "peak_memory_gib", lambda device: peak["now"])

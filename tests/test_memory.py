@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trickster import plan
+from trickster import footprint
 from trickster.errors import UserError
 from trickster.train.memory import choose_batch, out_of_memory
 
@@ -24,9 +24,9 @@ def test_the_suggested_micro_batch_fits_and_keeps_the_global_batch(shakespeare_d
     )
     cfg.model.vocab_size = 128
     # room for the state and about 10 windows by the formula
-    one = plan.memory_estimate(cfg, batch_size=1)
+    one = footprint.memory_estimate(cfg, batch_size=1)
     budget = one.state + 10.5 * (one.activations + one.logits)
-    cfg.device.memory_gib = budget / plan.HEADROOM / GiB
+    cfg.device.memory_gib = budget / footprint.HEADROOM / GiB
     line = str(
         out_of_memory(cfg, torch.device("cpu"), "a training step", 12, Path("run/checkpoints/step_000010"))
     )
@@ -34,7 +34,7 @@ def test_the_suggested_micro_batch_fits_and_keeps_the_global_batch(shakespeare_d
         int, re.search(r"batch_size=(\d+) with gradient_accumulation_steps=(\d+)", line).groups()
     )
     assert micro * accumulation == 128  # 64 x 2 windows per step, as before
-    assert micro <= 10 and plan.memory_estimate(cfg, batch_size=micro).total <= budget
+    assert micro <= 10 and footprint.memory_estimate(cfg, batch_size=micro).total <= budget
     assert "during a training step at step 12 (micro-batch 64 x 64 tokens)" in line
     assert "continue from checkpoints/step_000010 with --resume" in line
     assert "\n" not in line
@@ -60,7 +60,7 @@ def test_when_one_window_does_not_fit_the_line_says_so(shakespeare_dir, tmp_path
     ],
 )
 def test_global_batch_split_into_micro_batch_and_accumulation(windows, fit, expected):
-    micro, accumulation = plan.split_global_batch(windows, 1, fit)
+    micro, accumulation = footprint.split_global_batch(windows, 1, fit)
     assert (micro, accumulation) == expected
     assert micro <= max(fit, 1) and micro * accumulation >= windows
 
@@ -70,9 +70,9 @@ def auto_config(shakespeare_dir, tmp_path, windows_fitting: float):
     windows of 64 tokens (the formula matches autograd's saved tensors: test_plan.py)."""
     cfg = micro_config(shakespeare_dir, tmp_path)
     cfg.model.vocab_size = 128
-    one = plan.memory_estimate(cfg, batch_size=1)
+    one = footprint.memory_estimate(cfg, batch_size=1)
     budget = one.state + windows_fitting * (one.activations + one.logits)
-    cfg.device.memory_gib = budget / plan.HEADROOM / GiB
+    cfg.device.memory_gib = budget / footprint.HEADROOM / GiB
     return cfg, budget, one.activations + one.logits
 
 
@@ -85,9 +85,9 @@ def test_auto_batch_is_the_largest_that_fits_and_keeps_the_global_batch(shakespe
     # 5 windows fit, 6 do not; the 32 windows of a step split exactly: 4 x 8
     assert (chosen.micro_batch, chosen.accumulation, chosen.global_batch) == (4, 8, 32)
     assert (
-        plan.memory_estimate(cfg, batch_size=5).total
+        footprint.memory_estimate(cfg, batch_size=5).total
         <= budget
-        < plan.memory_estimate(cfg, batch_size=6).total
+        < footprint.memory_estimate(cfg, batch_size=6).total
     )
     roomy, _, _ = auto_config(shakespeare_dir, tmp_path, windows_fitting=100)
     assert choose_batch(roomy, torch.device("cpu"), windows=32).micro_batch == 32  # capped at the step's

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from trickster import plan
+from trickster import footprint, plan
 from trickster.cli import main
 from trickster.config import config_from_dict, load_config, preset_names, save_config
 from trickster.errors import UserError
@@ -62,7 +62,7 @@ def saved_activation_bytes(cfg, batch: int, seq_len: int) -> int:
 def test_activation_formula_matches_the_tensors_autograd_saves(model):
     cfg = config_from_dict({"model_config": {**model, "max_seq_len": 64}})
     measured = saved_activation_bytes(cfg, batch=4, seq_len=64)
-    formula = plan.activation_bytes(cfg, tokens=4 * 64)
+    formula = footprint.activation_bytes(cfg, tokens=4 * 64)
     assert abs(formula - measured) / measured < 0.01, (formula, measured)
 
 
@@ -86,7 +86,7 @@ def test_weights_gradients_and_optimizer_state_match_a_real_step(optimizer):
     idx = torch.randint(0, 65, (2, 17))
     model(idx[:, :-1], idx[:, 1:])[1].backward()
     optimizer.step()
-    memory = plan.memory_estimate(cfg)
+    memory = footprint.memory_estimate(cfg)
     assert memory.weights == sum(p.numel() * p.element_size() for p in model.parameters())
     assert memory.gradients == sum(p.grad.numel() * p.grad.element_size() for p in model.parameters())
     moments = [
@@ -97,12 +97,12 @@ def test_weights_gradients_and_optimizer_state_match_a_real_step(optimizer):
     ]
     assert memory.optimizer == sum(t.numel() * t.element_size() for t in moments)
     assert memory.logits == 3 * 16 * 512 * 65 * 4  # the default micro-batch, 16 x 512 tokens: one chunk
-    gpt2 = plan.memory_estimate(load_config(preset="gpt2-small"))
+    gpt2 = footprint.memory_estimate(load_config(preset="gpt2-small"))
     assert gpt2.logits <= 3 * 2**25 * 4  # a chunk, not 16 x 1024 x 50,304 float32 logits twice (6.6 GB)
 
 
 def test_a_run_that_does_not_fit_gets_a_batch_that_does(monkeypatch):
-    monkeypatch.setattr(plan, "device_memory", lambda device: (1 * GiB, "RAM"))
+    monkeypatch.setattr(footprint, "device_memory", lambda device: (1 * GiB, "RAM"))
     cfg = load_config(preset="nano")
     result = plan.make_plan(cfg, torch.device("cpu"), measure=False)
     assert not result.fits and len(result.advice) == 1
@@ -110,20 +110,20 @@ def test_a_run_that_does_not_fit_gets_a_batch_that_does(monkeypatch):
     assert "DOES NOT FIT" in text and "to fit: lower the micro-batch" in text
     batch = int(text.split("training_config.batch_size=")[1].split()[0])
     accumulation = int(text.split("training_config.gradient_accumulation_steps=")[1].split()[0])
-    usable = plan.HEADROOM * GiB
-    assert plan.memory_estimate(cfg, batch_size=batch).total <= usable
-    assert plan.memory_estimate(cfg, batch_size=batch + 1).total > usable
+    usable = footprint.HEADROOM * GiB
+    assert footprint.memory_estimate(cfg, batch_size=batch).total <= usable
+    assert footprint.memory_estimate(cfg, batch_size=batch + 1).total > usable
     assert batch * accumulation >= cfg.training.batch_size
 
 
 def test_a_model_whose_state_alone_does_not_fit_is_told_to_shrink(monkeypatch):
-    monkeypatch.setattr(plan, "device_memory", lambda device: (16 * GiB, "RAM"))
+    monkeypatch.setattr(footprint, "device_memory", lambda device: (16 * GiB, "RAM"))
     result = plan.make_plan(load_config(preset="mega"), torch.device("cpu"), measure=False)
-    assert result.memory.state > plan.HEADROOM * 16 * GiB  # 1.1B parameters x 18 bytes
+    assert result.memory.state > footprint.HEADROOM * 16 * GiB  # 1.1B parameters x 18 bytes
     (advice,) = result.advice
     assert "weights, gradients and AdamW state alone need" in advice
     suggested = advice.split("such as preset ")[1].split(",")[0]
-    budget = plan.HEADROOM * 16 * GiB
+    budget = footprint.HEADROOM * 16 * GiB
 
     def preset(name):
         cfg = load_config(preset=name)
@@ -131,7 +131,7 @@ def test_a_model_whose_state_alone_does_not_fit_is_told_to_shrink(monkeypatch):
         return cfg, parameter_breakdown(cfg.model).total
 
     def total(name):
-        return plan.memory_estimate(preset(name)[0]).total
+        return footprint.memory_estimate(preset(name)[0]).total
 
     assert total(suggested) <= budget  # the suggestion fits, and no larger preset below mega does
     between = [n for n in preset_names() if preset(suggested)[1] < preset(n)[1] < preset("mega")[1]]
@@ -182,7 +182,7 @@ def test_a_bad_token_budget_is_refused(text):
 
 def test_fsdp_divides_the_model_state_by_the_shard_count():
     cfg = load_config(preset="mega", overrides=["training_config.gradient_accumulation_steps=1"])
-    one, eight = plan.memory_estimate(cfg, processes=1), plan.memory_estimate(cfg, processes=8)
+    one, eight = footprint.memory_estimate(cfg, processes=1), footprint.memory_estimate(cfg, processes=8)
     for name in ("weights", "gradients", "optimizer"):
         assert getattr(eight, name) == pytest.approx(getattr(one, name) / 8, abs=8)
     assert eight.activations == one.activations  # each process still computes its own micro-batch
@@ -190,7 +190,7 @@ def test_fsdp_divides_the_model_state_by_the_shard_count():
     root_and_two_blocks = b.embedding + b.output + b.final_norm + 2 * b.per_block
     assert eight.gathered == 2 * root_and_two_blocks  # bfloat16 weights gathered while computing
     replicated = load_config(preset="mega", overrides=["device_config.enable_fsdp=false"])
-    assert plan.memory_estimate(replicated, processes=8).weights == 4 * b.total  # DDP: whole replicas
+    assert footprint.memory_estimate(replicated, processes=8).weights == 4 * b.total  # DDP: whole replicas
     hybrid = load_config(preset="mega", overrides=["device_config.mesh_shape=[2, 4]"])
     assert plan.make_plan(hybrid, torch.device("cpu"), measure=False).memory.shards == 4
 
@@ -198,7 +198,7 @@ def test_fsdp_divides_the_model_state_by_the_shard_count():
 def test_activation_checkpointing_keeps_only_the_block_inputs():
     cfg = load_config(preset="midi", overrides=["device_config.activation_checkpointing=false"])
     recomputed = load_config(preset="midi", overrides=["device_config.activation_checkpointing=true"])
-    full, kept = plan.activation_bytes_per_token(cfg), plan.activation_bytes_per_token(recomputed)
+    full, kept = footprint.activation_bytes_per_token(cfg), footprint.activation_bytes_per_token(recomputed)
     d, layers = cfg.model.hidden_dim, cfg.model.num_layers
     per_layer = (full - (2 * d + 1) * 4 - 8) // layers
     assert kept == layers * d * 4 + per_layer + (2 * d + 1) * 4 + 8  # inputs, and one block recomputed
@@ -206,7 +206,7 @@ def test_activation_checkpointing_keeps_only_the_block_inputs():
 
 
 def test_a_model_too_big_for_one_gpu_is_told_how_many_to_shard_over(monkeypatch):
-    monkeypatch.setattr(plan, "device_memory", lambda device: (16 * GiB, "GPU memory"))
+    monkeypatch.setattr(footprint, "device_memory", lambda device: (16 * GiB, "GPU memory"))
     cfg = load_config(preset="mega", overrides=["device_config.enable_fsdp=false"])
     (advice,) = plan.make_plan(cfg, torch.device("cpu"), measure=False).advice
     assert "not built yet" not in advice and "device_config.enable_fsdp=true" in advice

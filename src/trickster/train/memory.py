@@ -4,7 +4,7 @@ one line an out-of-memory error becomes.
 batch_size: auto measures trial steps of a throwaway copy of the model (fresh weights, its own
 AdamW, random tokens; the run's random generators are left untouched) at micro-batches 1 and 2:
 the difference is the memory of one more window, the rest is what does not depend on the batch.
-The largest micro-batch that fits in plan.HEADROOM (90%) of the device's memory (or of
+The largest micro-batch that fits in footprint.HEADROOM (90%) of the device's memory (or of
 device_config.memory_gib) follows, capped at each process's share of the global batch; on a GPU a
 last trial step at that size confirms it (one smaller on an out-of-memory error). On a GPU a step
 is measured by the allocator's peak; on a CPU by the tensors a step holds: weights, gradients,
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from trickster import plan
+from trickster import footprint
 from trickster.config import Config
 from trickster.errors import UserError
 from trickster.model.transformer import Transformer
@@ -36,7 +36,7 @@ class AutoBatch:
     accumulation: int
     global_batch: int  # windows per optimizer step, all processes
     window_bytes: int  # measured memory of one more window in the micro-batch
-    usable_bytes: int  # plan.HEADROOM of the device's (or memory_gib's) memory
+    usable_bytes: int  # footprint.HEADROOM of the device's (or memory_gib's) memory
 
     def describe(self, world_size: int) -> str:
         return (
@@ -48,8 +48,8 @@ class AutoBatch:
 
 def choose_batch(cfg: Config, device: torch.device, windows: int, world_size: int = 1) -> AutoBatch:
     """The micro-batch and accumulation for `windows` per optimizer step, measured on `device`."""
-    capacity, _ = plan.memory_limit(cfg, device)
-    usable = int(plan.HEADROOM * capacity)
+    capacity, _ = footprint.memory_limit(cfg, device)
+    usable = int(footprint.HEADROOM * capacity)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         model = Transformer(cfg.model).to(device)
         optimizer = build_optimizer(model, cfg.training, device)
@@ -65,9 +65,9 @@ def choose_batch(cfg: Config, device: torch.device, windows: int, world_size: in
                 "choose a smaller model, or set device_config.activation_checkpointing=true"
             )
         fit = min((usable - (one - window)) // window, windows // world_size)
-        micro, accumulation = plan.split_global_batch(windows, world_size, fit)
+        micro, accumulation = footprint.split_global_batch(windows, world_size, fit)
         while device.type == "cuda" and micro > 1 and not _fits(model, optimizer, cfg, device, micro, usable):
-            micro, accumulation = plan.split_global_batch(windows, world_size, micro - 1)
+            micro, accumulation = footprint.split_global_batch(windows, world_size, micro - 1)
         del model, optimizer
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -109,7 +109,7 @@ def trial_step_bytes(model, optimizer, cfg: Config, device: torch.device, batch:
     state = sum(_bytes(p) + _bytes(p.grad) for p in model.parameters())
     state += sum(_bytes(v) for s in optimizer.state.values() for v in s.values())
     optimizer.zero_grad(set_to_none=True)
-    loss = plan.memory_estimate(cfg, batch_size=batch).logits  # a chunk of float32 logits, transient
+    loss = footprint.memory_estimate(cfg, batch_size=batch).logits  # a chunk of float32 logits, transient
     return state + sum(saved.values()) + loss
 
 
@@ -122,11 +122,11 @@ def out_of_memory(
 ) -> UserError:
     """The one line for an out-of-memory error `during` "a training step" or "an evaluation"."""
     t = cfg.training
-    capacity, what = plan.memory_limit(cfg, device)
-    fit = min(plan.fitting_batch(cfg, plan.HEADROOM * capacity), t.batch_size // 2)
+    capacity, what = footprint.memory_limit(cfg, device)
+    fit = min(footprint.fitting_batch(cfg, footprint.HEADROOM * capacity), t.batch_size // 2)
     if fit >= 1:
         share = t.batch_size * t.gradient_accumulation_steps
-        micro, accumulation = plan.split_global_batch(share * world_size, world_size, fit)
+        micro, accumulation = footprint.split_global_batch(share * world_size, world_size, fit)
         advice = (
             f"`trickster plan` suggests training_config.batch_size={micro} with "
             f"gradient_accumulation_steps={accumulation} (the same {share * world_size} windows per step)"
@@ -159,7 +159,7 @@ def resolve_batch(
     measured again. The config written to the run folder holds the numbers (and no global_batch)."""
     if cfg.training.batch_size != "auto":
         return cfg, None, changed
-    windows = plan.global_windows(cfg, world_size)
+    windows = footprint.global_windows(cfg, world_size)
     saved = ckpt.read_config(resumed_from).training if resumed_from is not None else None
     if saved is not None and saved.batch_size * saved.gradient_accumulation_steps * world_size == windows:
         micro, accumulation = saved.batch_size, saved.gradient_accumulation_steps

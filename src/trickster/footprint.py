@@ -1,0 +1,179 @@
+"""How much memory one training step needs, by formula (no model is built).
+
+Memory for one training step on one process, in bytes (P parameters, micro-batch B x T tokens,
+L layers, hidden d, MLP m, key/value width kv = num_kv_heads * head_dim, nh heads, vocabulary V,
+N = the FSDP shard degree, 1 without FSDP):
+
+- weights 4P/N, gradients 4P/N, AdamW state 8P/N (exp_avg and exp_avg_sq; with optimizer: muon,
+  the block matrices Muon takes keep one momentum buffer, 4 bytes each): all float32,
+  whatever device_config.dtype says (autocast computes in bf16/fp16; it keeps float32 weights).
+  With bf16/fp16 autocast also caches a 2-byte copy of every matrix: + 2P (not under FSDP with
+  bfloat16, whose gathered weights are already bfloat16).
+- FSDP's gathered weights (2 bytes each with bfloat16, else 4): the root (embedding, final norm,
+  output) and two blocks (the one computing, the next being gathered). With gradient
+  accumulation the weights stay gathered between the micro-batches of a step and the gradients
+  are kept whole in float32 until the last one: P x 2 (or 4) + 4P.
+- activations saved for the backward pass, per token:
+  float32:    L * (6d + 2kv + 4m + nh + 2) * 4
+  bf16/fp16:  L * ((2d + nh + 2) * 4 + (4d + 2kv + 4m) * 2)   (RMSNorm keeps float32)
+  with activation checkpointing only each block's input is kept, L * d * 4, plus one block's
+  activations while it is recomputed;
+  plus (2d + 1) * 4 + 8 for the final norm, the loss's gradient for it and the token ids, and,
+  once per step, the loss's float32 gradient for the output matrix, V * d * 4.
+  The float32 line matches, within 1%, the tensors autograd saves for this model on CPU (tested
+  in tests/test_plan.py with saved-tensor hooks). The bf16/fp16 line assumes fused attention
+  (flash / memory-efficient SDPA on a GPU) that keeps no T x T matrix; on CPU half precision
+  keeps more.
+- the loss's working memory: one chunk of float32 logits (model/transformer.py computes the loss
+  a chunk of at most 2^25 logits at a time), about three tensors of that size.
+
+Not counted: the allocator's cache and fragmentation, the CUDA context (about 0.5 GiB), the
+temporary buffers of individual kernels and of the collectives; the plan asks for 10% headroom.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+
+from trickster.config import Config
+from trickster.errors import UserError
+from trickster.model import transformer
+from trickster.model.flops import parameter_breakdown
+
+HEADROOM = 0.9  # use at most this fraction of the device's memory
+
+GiB = 1024**3
+
+
+@dataclass
+class Memory:
+    weights: int
+    gradients: int
+    optimizer: int
+    autocast_copy: int
+    activations: int
+    logits: int  # the loss's working memory: one chunk of float32 logits
+    gathered: int = 0  # FSDP: weights gathered for computing, and whole gradients between micro-batches
+    shards: int = 1  # the FSDP shard degree the state is divided by
+    loss_gradient: int = 0  # the loss's float32 gradient for the output matrix, once per step
+
+    @property
+    def state(self) -> int:
+        """What does not depend on the batch."""
+        fixed = self.weights + self.gradients + self.optimizer + self.autocast_copy + self.gathered
+        return fixed + self.loss_gradient
+
+    @property
+    def total(self) -> int:
+        return self.state + self.activations + self.logits
+
+
+def activation_bytes_per_token(cfg: Config) -> int:
+    """Bytes of activations saved for the backward pass per token of the micro-batch (formula above)."""
+    m = cfg.model
+    d, L, nh = m.hidden_dim, m.num_layers, m.num_heads
+    kv = (m.num_kv_heads or m.num_heads) * (d // nh)
+    if cfg.device.dtype in ("float32", "auto"):
+        per_layer = (6 * d + 2 * kv + 4 * m.mlp_dim + nh + 2) * 4
+    else:
+        per_layer = (2 * d + nh + 2) * 4 + (4 * d + 2 * kv + 4 * m.mlp_dim) * 2
+    blocks = L * d * 4 + per_layer if cfg.device.activation_checkpointing else L * per_layer
+    return blocks + (2 * d + 1) * 4 + 8
+
+
+def activation_bytes(cfg: Config, tokens: int) -> int:
+    """Activations of a micro-batch of `tokens`, with the loss's gradient for the output matrix."""
+    return tokens * activation_bytes_per_token(cfg) + cfg.model.vocab_size * cfg.model.hidden_dim * 4
+
+
+def shard_degree(cfg: Config, processes: int) -> int:
+    """Over how many processes FSDP shards the model state (1 without FSDP)."""
+    if not cfg.device.enable_fsdp:
+        return 1
+    return cfg.device.mesh_shape[1] if cfg.device.mesh_shape else processes
+
+
+def memory_estimate(
+    cfg: Config, batch_size: int | None = None, seq_len: int | None = None, processes: int = 1
+) -> Memory:
+    """Bytes for one training step on one process at cfg's micro-batch (or the one given)."""
+    b = parameter_breakdown(cfg.model)
+    P, shards = b.total, shard_degree(cfg, processes)
+    muon = 0  # the block matrices: everything in the blocks but their two norm weights
+    if cfg.training.optimizer == "muon":
+        muon = b.blocks - 2 * cfg.model.hidden_dim * cfg.model.num_layers
+    tokens = (batch_size or cfg.training.batch_size) * (seq_len or cfg.seq_len)
+    half = cfg.device.dtype in ("bfloat16", "float16")
+    gathered, autocast_copy = 0, 2 * P if half else 0
+    if cfg.device.enable_fsdp:
+        width = 2 if cfg.device.dtype == "bfloat16" else 4  # the MixedPrecisionPolicy's weights
+        working = b.embedding + b.output + b.final_norm + 2 * b.per_block
+        if cfg.training.gradient_accumulation_steps > 1:
+            gathered = P * width + 4 * P
+        else:
+            gathered = min(working, P) * width
+        autocast_copy = 2 * min(working, P) if half and width == 4 else 0
+    chunk = min(tokens, max(1, transformer.LOSS_CHUNK_ELEMENTS // cfg.model.vocab_size))
+    return Memory(
+        weights=4 * P // shards,
+        gradients=4 * P // shards,
+        optimizer=(8 * (P - muon) + 4 * muon) // shards,
+        autocast_copy=autocast_copy,
+        activations=tokens * activation_bytes_per_token(cfg),  # no T x T term (fused attention)
+        logits=3 * chunk * cfg.model.vocab_size * 4,
+        gathered=gathered,
+        shards=shards,
+        loss_gradient=activation_bytes(cfg, 0),
+    )
+
+
+def fitting_batch(cfg: Config, budget: float) -> int:
+    """The largest micro-batch whose step fits in `budget` bytes by the formula (0: not even one)."""
+    mem = memory_estimate(cfg, batch_size=1)
+    return max(0, int((budget - mem.state) // (mem.activations + mem.logits)))
+
+
+def global_windows(cfg: Config, world_size: int = 1) -> int:
+    """batch_size: auto's target, windows per optimizer step over all processes (a multiple of them)."""
+    t = cfg.training
+    if t.global_batch is None:
+        return max(1, round(t.global_batch_tokens / cfg.seq_len / world_size)) * world_size
+    if t.global_batch % world_size:
+        raise UserError(
+            f"training_config.global_batch ({t.global_batch}) must be a multiple of the "
+            f"{world_size} processes; choose another global_batch"
+        )
+    return t.global_batch
+
+
+def split_global_batch(windows: int, world_size: int, fit: int) -> tuple[int, int]:
+    """(micro-batch <= fit, accumulation) whose product with world_size is `windows`: the fewest
+    accumulation steps that divide each process's share exactly, up to twice the fewest that
+    could do; otherwise the fewest, and the global batch rounds up by less than one micro-batch
+    per step."""
+    share = windows // world_size
+    fewest = math.ceil(share / max(fit, 1))
+    exact = next((a for a in range(fewest, 2 * fewest + 1) if share % a == 0), None)
+    accumulation = exact or fewest
+    return math.ceil(share / accumulation), accumulation
+
+
+def memory_limit(cfg: Config, device: torch.device) -> tuple[int, str]:
+    """device_config.memory_gib in bytes if set, else the device's memory; and what it is."""
+    if cfg.device.memory_gib is not None:
+        return int(cfg.device.memory_gib * GiB), "device_config.memory_gib"
+    return device_memory(device)
+
+
+def device_memory(device: torch.device) -> tuple[int, str]:
+    """Total memory of the device in bytes, and what it is."""
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return props.total_memory, f"GPU memory ({props.name})"
+    if device.type == "mps":
+        return torch.mps.recommended_max_memory(), "Metal recommended working set"
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "RAM"
