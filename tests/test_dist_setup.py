@@ -201,6 +201,7 @@ def _two_process_worker(rank: int, port: int, out: str) -> None:
             "broadcasts": len(broadcasts),
         }
         Path(out, f"{rank}.json").write_text(json.dumps(result))
+        td.barrier()  # neither process leaves while the other still talks to it (gloo aborts then)
     finally:
         td.destroy_process_group()
 
