@@ -17,8 +17,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from trickster.config_checks import check
 from trickster.errors import UserError
-from trickster.units import DURATION_HINT, parse_duration
 
 
 class _Section(BaseModel):
@@ -275,91 +275,6 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
-
-
-def check(cfg: Config) -> list[str]:
-    """Problems that span several keys, each naming the key to change."""
-    m, t = cfg.model, cfg.training
-    problems = []
-    if m.hidden_dim % m.num_heads:
-        problems.append(
-            f"model_config.hidden_dim ({m.hidden_dim}) must be divisible by "
-            f"model_config.num_heads ({m.num_heads})"
-        )
-    elif (m.hidden_dim // m.num_heads) % 2:
-        problems.append(
-            f"model_config.hidden_dim / num_heads must be even for rotary embeddings "
-            f"(got {m.hidden_dim} / {m.num_heads} = {m.hidden_dim // m.num_heads})"
-        )
-    kv_heads = m.num_kv_heads or m.num_heads
-    if m.num_heads % kv_heads:
-        problems.append(
-            f"model_config.num_heads ({m.num_heads}) must be divisible by "
-            f"model_config.num_kv_heads ({kv_heads})"
-        )
-    if isinstance(m.vocab_size, int) and m.vocab_size < 2:
-        problems.append(f"model_config.vocab_size must be >= 2 or auto (got {m.vocab_size})")
-    if t.warmup_steps >= t.max_steps and t.warmup_steps > 0:
-        problems.append(
-            f"training_config.warmup_steps must be < max_steps (got {t.warmup_steps} >= {t.max_steps})"
-        )
-    if t.min_lr > t.learning_rate:
-        problems.append(
-            f"training_config.min_lr must be <= learning_rate (got {t.min_lr} > {t.learning_rate})"
-        )
-    d = cfg.device
-    if d.enable_ddp and d.enable_fsdp:
-        problems.append(
-            "set device_config.enable_ddp or enable_fsdp, not both (FSDP2 replicates via mesh_shape)"
-        )
-    if d.mesh_shape is not None and min(d.mesh_shape) < 1:
-        problems.append(f"device_config.mesh_shape entries must be >= 1 (got {list(d.mesh_shape)})")
-    if t.lora is not None:
-        if t.init_from is None:
-            problems.append(
-                "training_config.lora adapts existing weights: set training_config.init_from=RUN_DIR too"
-            )
-        # the layer names live with the adapters; imported here so a config without LoRA needs no torch
-        from trickster.model.lora import HF_NAMES, TARGETS
-
-        unknown = [name for name in t.lora.targets if name not in TARGETS and name not in HF_NAMES]
-        if unknown or not t.lora.targets:
-            named = ", ".join(map(repr, unknown)) or "(none given)"
-            problems.append(
-                f"training_config.lora.targets: unknown layer {named}; "
-                f"choose from {', '.join(TARGETS)} (or {', '.join(HF_NAMES)})"
-            )
-    problems += _check_batch_and_time(t)
-    if t.seq_len is not None and t.seq_len > m.max_seq_len:
-        problems.append(
-            f"training_config.seq_len ({t.seq_len}) must be <= model_config.max_seq_len ({m.max_seq_len})"
-        )
-    return problems
-
-
-def _check_batch_and_time(t: TrainingConfig) -> list[str]:
-    problems = []
-    if t.batch_size == "auto":
-        if t.global_batch is None and t.global_batch_tokens is None:
-            problems.append(
-                "training_config.batch_size: auto needs the batch to keep: set "
-                "training_config.global_batch (windows per step, e.g. 64) or global_batch_tokens"
-            )
-        if t.global_batch is not None and t.global_batch_tokens is not None:
-            problems.append("set training_config.global_batch or global_batch_tokens, not both")
-        if t.gradient_accumulation_steps != 1:
-            problems.append(
-                "training_config.gradient_accumulation_steps is chosen by batch_size: auto; remove "
-                f"it (got {t.gradient_accumulation_steps})"
-            )
-    elif t.global_batch is not None or t.global_batch_tokens is not None:
-        problems.append(
-            "training_config.global_batch and global_batch_tokens only apply to batch_size: auto "
-            f"(got batch_size {t.batch_size}; the batch is batch_size x processes x accumulation)"
-        )
-    if t.max_time is not None and parse_duration(t.max_time) is None:
-        problems.append(f"training_config.max_time must be {DURATION_HINT} (got {t.max_time!r})")
-    return problems
 
 
 def _parse_yaml(text: str, source: str) -> dict[str, Any]:
