@@ -9,7 +9,7 @@
 #
 # It uses the Python and torch already there (PYTHON=... to choose) and installs nothing from an
 # index. The one dependency GPU images tend to lack is pydantic: on a machine with network, run
-#   pip download -c constraints.txt pydantic pydantic_core annotated-types typing-inspection \
+#   pip download -c constraints.txt pydantic pydantic_core annotated-types typing-inspection datasketch scipy \
 #     typing_extensions --python-version 3.12 --only-binary :all: -d wheels/
 # (--python-version as the GPU machine's), bring wheels/ along, and this script installs them.
 set -euo pipefail
@@ -22,6 +22,11 @@ if ! "$PY" -c "import pydantic" 2>/dev/null; then
         echo "gpu_check: pydantic is missing and there is no wheels/ folder; see the top of $0 to bring it" >&2
         exit 2
     fi
+fi
+# data prepare's near-duplicate search needs datasketch (and scipy); bring them in wheels/ too
+if ! "$PY" -c "import datasketch" 2>/dev/null && compgen -G "wheels/*.whl" > /dev/null; then
+    "$PY" -m pip install --quiet --no-index --find-links wheels datasketch ||
+        echo "gpu_check: datasketch is missing and not in wheels/; data prepare may fail" >&2
 fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 exec "$PY" scripts/gpu_check.py "$@"
