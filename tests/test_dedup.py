@@ -17,6 +17,7 @@ from trickster.data.prepare import in_validation, partial_dir, prepare, prepare_
 from trickster.data.records import Records
 
 from .conftest import EXCERPT
+from .test_data_streaming import Interrupt
 
 WORDS = (
     "river stone lantern meadow copper whistle harbor ember thistle orchard velvet falcon quarry "
@@ -200,20 +201,6 @@ def test_prompt_response_records_are_deduplicated(tmp_path):
     meta = prepare_prompt_response(Records("jsonl", pairs), "char", tmp_path / "out", 0.1)
     assert meta["dedup"]["exact_dropped"] == 2 and meta["documents"] == 31
     assert meta["train_records"] + meta["val_records"] == 31
-
-
-class Interrupt:
-    def __init__(self, after: int | None):
-        self.after, self.calls = after, 0
-
-    def __call__(self, task):
-        if self.after is not None and self.calls >= self.after:
-            raise KeyboardInterrupt
-        self.calls += 1
-        return ENCODE(task)
-
-
-ENCODE = encode_module.encode_chunk
 
 
 @pytest.mark.slow
