@@ -33,6 +33,9 @@ def main() -> None:
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--eval-every", type=int, default=0, help="also evaluate every N steps (0: at the end only)"
+    )
     parser.add_argument("--text", type=Path, default=ROOT.parent / "shared" / "data" / "tinyshakespeare.txt")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -49,7 +52,7 @@ def main() -> None:
                     f"device_config.threads={args.threads}",
                     f"training_config.max_steps={args.steps}",
                     f"training_config.warmup_steps={max(1, args.steps // 10)}",
-                    f"training_config.eval_every={args.steps}",
+                    f"training_config.eval_every={args.eval_every or args.steps}",
                     f"training_config.save_every={args.steps * 10}",
                     "training_config.sample_tokens=0",
                     "training_config.eval_batches=20",
@@ -58,8 +61,14 @@ def main() -> None:
             )
             start = time.process_time()
             result = train(cfg, progress=False, echo=lambda *a: None)
-            val = [r["val_loss"] for r in result.history if r["event"] == "eval"][-1]
-            row = {"variant": variant or "(preset)", "val_loss": val, "cpu_s": time.process_time() - start}
+            curve = {r["step"]: round(r["val_loss"], 4) for r in result.history if r["event"] == "eval"}
+            row = {
+                "variant": variant or "(preset)",
+                "val_loss": curve[max(curve)],
+                "cpu_s": time.process_time() - start,
+            }
+            if args.eval_every:
+                row["curve"] = curve
             print(json.dumps(row), flush=True)
 
 

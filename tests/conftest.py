@@ -4,6 +4,7 @@ config; one trained micro run for every test that only reads one; QUIET and even
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,8 @@ from trickster.train.loop import train
 
 EXCERPT = Path(__file__).parent / "data" / "shakespeare_excerpt.txt"
 
-torch.set_num_threads(2)
+# under pytest-xdist (scripts/test.sh) each core runs its own worker: one thread each, not two
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 QUIET = {"echo": lambda *args, **kwargs: None}  # train(cfg, **QUIET) prints nothing
 

@@ -108,10 +108,25 @@ def single(shakespeare_dir, tmp_path_factory):
     return train(config(shakespeare_dir, run_dir, batch_size=8), **QUIET)
 
 
+@pytest.fixture(scope="module")
+def two_process_job(shakespeare_dir, tmp_path_factory):
+    """two_process_job(mode) -> (run folder, stdout) of the 2-process x 4-window job, run once per
+    mode for the tests that only read it (copy before changing)."""
+    done = {}
+
+    def job(mode: str) -> tuple[Path, str]:
+        if mode not in done:
+            folder = tmp_path_factory.mktemp(mode)
+            cfg = config(shakespeare_dir, folder / "run", batch_size=4, **{mode: True})
+            done[mode] = (folder / "run", torchrun(cfg, folder).stdout)
+        return done[mode]
+
+    return job
+
+
 @pytest.mark.parametrize("mode", ["enable_ddp", "enable_fsdp"])
-def test_two_processes_match_one_with_the_same_global_batch(mode, single, shakespeare_dir, tmp_path):
-    run_dir = tmp_path / "run"
-    out = torchrun(config(shakespeare_dir, run_dir, batch_size=4, **{mode: True}), tmp_path).stdout
+def test_two_processes_match_one_with_the_same_global_batch(mode, single, two_process_job):
+    run_dir, out = two_process_job(mode)
     assert "global batch 16 = 4 per process x 2 process(es) x accumulation 2" in out
     records = history(run_dir)
     start = records[0]
@@ -157,9 +172,8 @@ def test_muon_on_two_processes_matches_one(mode, single_muon, single, shakespear
     assert gap > 100 * 3e-4, gap
 
 
-def test_a_two_process_checkpoint_resumes_in_one_process(single, shakespeare_dir, tmp_path):
-    sharded_dir, run_dir = tmp_path / "sharded", tmp_path / "run"
-    torchrun(config(shakespeare_dir, sharded_dir, batch_size=4, enable_fsdp=True), tmp_path)
+def test_a_two_process_checkpoint_resumes_in_one_process(single, two_process_job, shakespeare_dir, tmp_path):
+    (sharded_dir, _), run_dir = two_process_job("enable_fsdp"), tmp_path / "run"
     # continue from its step-10 checkpoint, as if the 2-process job had stopped there
     shutil.copytree(sharded_dir / "checkpoints" / "step_000010", run_dir / "checkpoints" / "step_000010")
     (run_dir / "metrics.jsonl").write_text(

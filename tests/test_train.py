@@ -34,10 +34,11 @@ def test_tutorial_checks_on_a_short_cpu_run(shakespeare_dir, tmp_path):
         overrides=[
             f"data_config.path={shakespeare_dir}",
             f"logging_config.output_dir={tmp_path / 'run'}",
-            "training_config.max_steps=150",
-            "training_config.warmup_steps=15",
-            "training_config.log_every=5",
-            "training_config.eval_every=75",
+            "training_config.batch_size=8",
+            "training_config.max_steps=100",
+            "training_config.warmup_steps=10",
+            "training_config.log_every=4",
+            "training_config.eval_every=50",
             "training_config.eval_batches=4",
         ],
     )
