@@ -87,8 +87,8 @@ def load_data(path: str | Path) -> PreparedData:
     meta_file = path / "meta.json"
     if not meta_file.is_file():
         raise UserError(
-            f"no prepared data in {path} (meta.json missing); run `trickster data prepare "
-            "shakespeare --out DIR` and pass that folder with --data DIR"
+            f"no prepared data in {path} (meta.json missing); give a folder written by `trickster "
+            "data prepare` (for example `trickster data prepare shakespeare --out DIR`)"
         )
     try:
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
