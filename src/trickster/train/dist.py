@@ -31,20 +31,18 @@ import socket
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_optimizer_state_dict,
-)
-from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.device_mesh import init_device_mesh
 from torch.nn.parallel import DistributedDataParallel
+
+# torch.distributed.checkpoint and torch.distributed.fsdp take about 0.5-0.9 s to import, which
+# every `trickster` command would pay: they are imported by the functions that use them.
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy
 
 from trickster.config import DeviceConfig
 from trickster.errors import UserError
@@ -166,6 +164,8 @@ def parallelize(
             **NO_BUFFER_SYNC,
         )
     if d.mode == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
         mesh = d.mesh if d.mesh.shape[0] > 1 else d.mesh["shard"]  # 2-D mesh: hybrid sharding
         policy = mixed_precision(d.dtype)
         last = len(model.layers) - 1
@@ -189,6 +189,8 @@ NO_BUFFER_SYNC = (
 def mixed_precision(dtype_name: str) -> MixedPrecisionPolicy:
     """bfloat16 runs gather bfloat16 weights (half the bytes, and autocast has nothing left to
     cast); gradients are reduced in float32 whatever the dtype, so the sum loses nothing."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
     param_dtype = torch.bfloat16 if dtype_name == "bfloat16" else None
     return MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
 
@@ -265,15 +267,15 @@ def to_full(value):
     return value.full_tensor() if hasattr(value, "full_tensor") else value
 
 
-FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
-
-
 def full_optimizer_state(model, optimizer) -> dict:
     """The optimizer state keyed by parameter name, not position, gathered on rank 0's CPU: the
     same file loads on any number of processes. Call it after full_weights: under FSDP2, asking
     for the optimizer's state first after an evaluation fails to find the tied embedding by name
     (KeyError; tests/test_dist.py)."""
-    return get_optimizer_state_dict(model, optimizer_parts(optimizer), options=FULL)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_optimizer_state_dict(model, optimizer_parts(optimizer), options=options)
 
 
 def optimizer_parts(optimizer):
@@ -283,19 +285,26 @@ def optimizer_parts(optimizer):
 
 def load_full_optimizer_state(model, optimizer, state: dict) -> None:
     """Every rank passes the full state it read from disk; FSDP2 keeps its own shard."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
     options = StateDictOptions(full_state_dict=True)
     set_optimizer_state_dict(model, optimizer_parts(optimizer), state, options=options)
 
 
 def full_weights(model) -> dict:
     """The gathered, unsharded weights (all ranks call; rank 0 gets the tensors, on the CPU)."""
-    return get_model_state_dict(model, options=FULL)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def save_sharded_optimizer(model, optimizer, folder: Path) -> dict:
     """Each process writes its own shard of the optimizer moments into `folder` (one
     torch.distributed.checkpoint per job): no process gathers the whole state. Returns the
     parameter groups, which are not tensors and go into trainer.pt with the rest."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
     state = get_optimizer_state_dict(model, optimizer_parts(optimizer))  # keyed by parameter name
     dcp.save({"state": state["state"]}, checkpoint_id=str(folder))
     return state["param_groups"]
@@ -304,12 +313,20 @@ def save_sharded_optimizer(model, optimizer, folder: Path) -> dict:
 def load_sharded_optimizer(model, optimizer, folder: Path, param_groups: list) -> None:
     """Read a sharded optimizer state written by any number of processes into this job's layout
     (torch.distributed.checkpoint reshards), then hand it to the optimizer."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
     template = get_optimizer_state_dict(model, optimizer_parts(optimizer))  # this job's shards
     state = {"state": template["state"]}
     try:
         with warnings.catch_warnings():  # one process reading a sharded checkpoint is intended
             warnings.filterwarnings("ignore", "torch.distributed is disabled")
-            dcp.load(state, storage_reader=_SafeReader(str(folder)))
+            dcp.load(state, storage_reader=_safe_reader(str(folder)))
     except (CheckpointException, AssertionError, OSError, RuntimeError, pickle.UnpicklingError) as err:
         reason = str(err).strip().splitlines()[-1][-200:] if str(err).strip() else type(err).__name__
         raise UserError(f"{folder} refused or damaged ({reason}); resume from another checkpoint") from None
@@ -335,14 +352,21 @@ class _MetadataUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a checkpoint index")
 
 
-class _SafeReader(dcp.FileSystemReader):
-    def read_metadata(self, *args, **kwargs):
-        with open(Path(self.path) / ".metadata", "rb") as f:
-            metadata = _MetadataUnpickler(f).load()
-        if getattr(metadata, "storage_meta", None) is None:
-            metadata.storage_meta = dcp.metadata.StorageMeta()
-        metadata.storage_meta.load_id = self.load_id
-        return metadata
+def _safe_reader(path: str):
+    """A FileSystemReader whose index goes through _MetadataUnpickler (the class is made here, at
+    first use, because torch.distributed.checkpoint is imported only when needed)."""
+    import torch.distributed.checkpoint as dcp
+
+    class SafeReader(dcp.FileSystemReader):
+        def read_metadata(self, *args, **kwargs):
+            with open(Path(self.path) / ".metadata", "rb") as f:
+                metadata = _MetadataUnpickler(f).load()
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = dcp.metadata.StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return SafeReader(path)
 
 
 def _free_port() -> int:
