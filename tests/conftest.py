@@ -18,7 +18,10 @@ from trickster.train.loop import train
 
 EXCERPT = Path(__file__).parent / "data" / "shakespeare_excerpt.txt"
 
-# under pytest-xdist (scripts/test.sh) each core runs its own worker: one thread each, not two
+# Under pytest-xdist (scripts/test.sh) each core runs its own worker: one thread each, and one for
+# the processes the tests start (OpenMP threads that wait for a busy core spin and burn its time).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 QUIET = {"echo": lambda *args, **kwargs: None}  # train(cfg, **QUIET) prints nothing
