@@ -22,7 +22,9 @@ EXCERPT = Path(__file__).parent / "data" / "shakespeare_excerpt.txt"
 # the processes the tests start (OpenMP threads that wait for a busy core spin and burn its time).
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
-torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(2)
 
 QUIET = {"echo": lambda *args, **kwargs: None}  # train(cfg, **QUIET) prints nothing
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import json
-import socket
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -164,12 +163,6 @@ def test_compiled_blocks_under_fsdp_train_like_eager_and_sample_without_compilin
     torch._dynamo.reset()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _two_process_worker(rank: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     td.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
@@ -209,7 +202,7 @@ def _two_process_worker(rank: int, port: int, out: str) -> None:
 @pytest.mark.slow
 def test_two_processes_gather_bfloat16_shards_and_keep_them_between_micro_batches(tmp_path):
     mp.start_processes(
-        _two_process_worker, args=(_free_port(), str(tmp_path)), nprocs=2, start_method="spawn"
+        _two_process_worker, args=(dist._free_port(), str(tmp_path)), nprocs=2, start_method="spawn"
     )
     for rank in range(2):
         result = json.loads((tmp_path / f"{rank}.json").read_text())

@@ -272,10 +272,16 @@ def full_optimizer_state(model, optimizer) -> dict:
     same file loads on any number of processes. Call it after full_weights: under FSDP2, asking
     for the optimizer's state first after an evaluation fails to find the tied embedding by name
     (KeyError; tests/test_dist.py)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_optimizer_state_dict(model, optimizer_parts(optimizer), options=options)
+    return get_optimizer_state_dict(model, optimizer_parts(optimizer), options=_gathered_on_cpu())
+
+
+def _gathered_on_cpu():
+    """State-dict options: whole tensors, not shards, on the CPU (rank 0 keeps them)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 def optimizer_parts(optimizer):
@@ -293,9 +299,9 @@ def load_full_optimizer_state(model, optimizer, state: dict) -> None:
 
 def full_weights(model) -> dict:
     """The gathered, unsharded weights (all ranks call; rank 0 gets the tensors, on the CPU)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return get_model_state_dict(model, options=_gathered_on_cpu())
 
 
 def save_sharded_optimizer(model, optimizer, folder: Path) -> dict:
