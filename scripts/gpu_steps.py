@@ -85,8 +85,9 @@ def events(run: Path, kind: str | None = None) -> list[dict]:
     path = run / "metrics.jsonl"
     if not path.is_file():
         raise StepFailed(f"{path} was not written")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if kind is None or r["event"] == kind]
+    from trickster.observe.events import read_metrics
+
+    return [r for r in read_metrics(path) if kind is None or r["event"] == kind]
 
 
 def check(condition: bool, message: str) -> None:

@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from trickster import cli
 from trickster.config import save_config
 from trickster.errors import UserError
+from trickster.observe.events import read_metrics
 from trickster.train import checkpoint as ckpt
 from trickster.train.dist import MeshShape
 from trickster.train.loop import train
@@ -86,7 +87,7 @@ def torchrun(
 
 
 def history(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return read_metrics(run_dir / "metrics.jsonl")
 
 
 def losses(records, kind="train", key="train_loss"):

@@ -22,6 +22,7 @@ from trickster import cli
 from trickster.config import save_config
 from trickster.errors import UserError
 from trickster.model.transformer import Transformer
+from trickster.observe.events import read_metrics
 from trickster.train import checkpoint as ckpt
 from trickster.train import loop as train_module
 from trickster.train.loop import train
@@ -173,7 +174,7 @@ def test_resume_auto_from_the_cli_continues_a_killed_run(reference, shakespeare_
     code = cli.main(["train", "--config", str(config), "--no-progress", "training_config.resume=auto"])
     assert code == 0
     assert "resuming from" in capsys.readouterr().out
-    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    history = read_metrics(run_dir / "metrics.jsonl")
     assert curve(history) == curve(reference.history)
 
 
