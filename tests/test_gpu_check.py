@@ -3,6 +3,7 @@ cleanly here, and (--cpu-dry-run) the nano, resume and fsdp steps at toy size on
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +14,8 @@ SCRIPTS = Path(__file__).parent.parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 import gpu_check  # noqa: E402
 import gpu_steps  # noqa: E402
+
+from . import children  # noqa: E402
 
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks what happens without a GPU")
 
@@ -75,7 +78,17 @@ def test_without_a_gpu_the_check_says_so_in_one_line(capsys):
 
 
 @pytest.mark.slow
-def test_a_cpu_dry_run_trains_resumes_and_shards_at_toy_size(tmp_path, capsys):
+def test_a_cpu_dry_run_trains_resumes_and_shards_at_toy_size(tmp_path, capsys, monkeypatch):
+    run = subprocess.run
+
+    def forked_unless_torchrun(command, cwd, env, timeout, **capture):
+        """`python -m trickster ...` forked from the preloaded server (tests/children.py); the
+        torchrun jobs start real interpreters."""
+        if command[1:3] != ["-m", "trickster"]:
+            return run(command, cwd=cwd, env=env, timeout=timeout, **capture)
+        return children.run("trickster", *command[3:], cwd=cwd, env=env, timeout=timeout)
+
+    monkeypatch.setattr(gpu_steps.subprocess, "run", forked_unless_torchrun)
     assert gpu_check.main(["--cpu-dry-run", "--work", str(tmp_path)]) == 0, capsys.readouterr().out
     out = capsys.readouterr().out
     rows = {

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 import types
 from pathlib import Path
@@ -27,9 +25,9 @@ from trickster.train import budget, loop, optim
 from trickster.train import checkpoint as ckpt
 from trickster.train.loop import train
 
+from . import children
 from .conftest import micro_config
 
-ROOT = Path(__file__).parent.parent
 QUIET = {"echo": lambda *a: None}
 SPIKE = {  # 30 steps, a checkpoint every 5, every loss logged, a spike window of 8 losses
     "max_steps": 30,
@@ -161,8 +159,8 @@ def test_checkpoints_are_saved_before_evaluation(shakespeare_dir, tmp_path):
     save_config(
         micro_config(shakespeare_dir, tmp_path / "run", training_config=training), tmp_path / "run.yaml"
     )
-    argv = ["-m", "tests.crash_child", "during-eval", "3", "train", "--config", str(tmp_path / "run.yaml")]
-    killed = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    argv = ["during-eval", "3", "train", "--config", str(tmp_path / "run.yaml")]
+    killed = children.run("tests.crash_child", *argv)
     assert killed.returncode == -signal.SIGKILL, killed.stderr  # in the evaluation at step 8
     final = tmp_path / "run" / "checkpoints" / "final"
     assert ckpt.is_complete(final) and ckpt.checkpoint_step(final) == 8
@@ -257,8 +255,7 @@ def test_runs_shows_a_live_run_as_running_and_a_killed_one_as_stopped(shakespear
     save_config(
         micro_config(shakespeare_dir, tmp_path / "run", training_config=training), tmp_path / "run.yaml"
     )
-    argv = [sys.executable, "-m", "trickster", "train", "--config", str(tmp_path / "run.yaml")]
-    child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    child = children.Child("trickster", "train", "--config", str(tmp_path / "run.yaml"))
     deadline = time.monotonic() + 120
     while ((read_status(tmp_path / "run") or {}).get("step") or 0) < 3 and time.monotonic() < deadline:
         time.sleep(0.2)

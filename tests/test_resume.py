@@ -1,6 +1,6 @@
 """Runs that survive anything: SIGKILL at chosen moments, rotation, disk errors, non-finite steps.
 
-The kill tests run the real command in a subprocess (tests/crash_child.py injects the fault),
+The kill tests run the real command in a child process (tests/crash_child.py injects the fault),
 then resume in this process and compare with one uninterrupted run of the same config: the
 train losses, validation losses and final weights must be identical, bit for bit.
 """
@@ -27,10 +27,10 @@ from trickster.train import checkpoint as ckpt
 from trickster.train import loop as train_module
 from trickster.train.loop import train
 
+from . import children
 from .conftest import QUIET, events, micro_config
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-ROOT = Path(__file__).parent.parent
 
 # 12 steps of 2 micro-batches with dropout: evaluations at 0, 3, 6, 9, 12; numbered
 # checkpoints at 4 and 8; `best` at each evaluation that improves; `final` at 12.
@@ -91,8 +91,7 @@ def crash(
 ) -> subprocess.CompletedProcess:
     config = run_dir.parent / "run.yaml"
     save_config(micro_config(shakespeare_dir, run_dir, **run), config)
-    argv = [sys.executable, "-m", "tests.crash_child", moment, str(n), "train", "--config", str(config)]
-    result = subprocess.run([*argv, *flags], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    result = children.run("tests.crash_child", moment, str(n), "train", "--config", str(config), *flags)
     assert result.returncode == -9, f"expected SIGKILL, got {result.returncode}: {result.stderr[-2000:]}"
     return result
 

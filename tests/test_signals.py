@@ -1,13 +1,10 @@
 """SIGINT/SIGTERM: the first asks the run to stop after its step, a second ends the process at once
-even while one long PyTorch call runs (real subprocesses, real signals)."""
+even while one long PyTorch call runs (real processes, real signals)."""
 
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -15,19 +12,12 @@ from trickster.config import save_config
 from trickster.train import checkpoint as ckpt
 from trickster.train.loop import train
 
+from . import children
 from .conftest import micro_config
 
-ROOT = Path(__file__).parent.parent
 
-
-def start_child(products: int) -> subprocess.Popen:
-    child = subprocess.Popen(
-        [sys.executable, "-m", "tests.signal_child", "products", str(products)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def start_child(products: int) -> children.Child:
+    child = children.Child("tests.signal_child", "products", str(products))
     assert child.stdout.readline().strip() == "busy"
     time.sleep(0.3)  # inside the first matrix product
     return child
@@ -60,10 +50,8 @@ def test_a_second_ctrl_c_ends_a_run_stuck_in_a_long_step(shakespeare_dir, tmp_pa
     training = {"max_steps": 50, "save_every": 2, "eval_every": 100, "sample_tokens": 0}
     cfg = micro_config(shakespeare_dir, tmp_path / "run", training_config=training)
     save_config(cfg, tmp_path / "run.yaml")
-    argv = ["-m", "tests.signal_child", "train", "3", "train", "--config", str(tmp_path / "run.yaml")]
-    child = subprocess.Popen(
-        [sys.executable, *argv], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    argv = ["train", "3", "train", "--config", str(tmp_path / "run.yaml")]
+    child = children.Child("tests.signal_child", *argv)
     while (line := child.stdout.readline()) and line.strip() != "busy":  # the header, then step 3
         pass
     time.sleep(0.3)

@@ -1,8 +1,6 @@
 import json
-import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 
@@ -22,6 +20,7 @@ from trickster.train import checkpoint as ckpt
 from trickster.train.loop import Transformer, train
 from trickster.train.optim import lr_at
 
+from . import children
 from .conftest import QUIET, events, micro_config
 
 
@@ -174,9 +173,6 @@ def test_lr_schedule_warmup_then_cosine_to_the_floor(micro):
 def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(shakespeare_dir, tmp_path):
     run = tmp_path / "run"
     argv = [
-        sys.executable,
-        "-m",
-        "trickster",
         "train",
         "--preset",
         "tiny",
@@ -194,7 +190,7 @@ def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(shakespeare_dir, tmp_path
         "training_config.batch_size=2",
         "training_config.warmup_steps=1",
     ]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = children.Child("trickster", *argv)
     deadline = time.time() + 60
     while time.time() < deadline and '"train"' not in _read(run / "metrics.jsonl"):
         time.sleep(0.2)
@@ -216,8 +212,7 @@ def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(shakespeare_dir, tmp_path
         "training_config.warmup_steps=1",
         "--resume",
     ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    done = subprocess.run(more, capture_output=True, text=True, timeout=120, env=env)
+    done = children.run("trickster", *more, timeout=120)
     assert done.returncode == 0, done.stderr
     assert ckpt.checkpoint_step(run / "checkpoints" / "final") == step + 3
 

@@ -1,0 +1,104 @@
+"""`python -m MODULE ARGS...` as a child process that the tests can signal or kill, started without
+the two seconds a fresh interpreter spends importing torch and trickster on a 2-core machine.
+
+The children are forked from a server that imported them once (multiprocessing's forkserver, one
+per test worker; nothing else runs in it, so no test's state leaks into a child). A child then
+runs MODULE as `__main__`, as `python -m` does, with its own stdout and stderr pipes, its exit
+status as a return code (`-9` when SIGKILL ended it, like subprocess) and the default signal
+handlers. The tests about the interpreter's own start (exit status 2 without a traceback, torchrun,
+`trickster serve`) still start real interpreters.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.reduction
+import os
+import runpy
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+# what the children import: torch's compiler is imported by every optimizer step
+PRELOAD = ["torch", "torch._dynamo", "trickster.cli"]
+
+_context = multiprocessing.get_context("forkserver")
+_context.set_forkserver_preload(PRELOAD)
+
+
+def _main(module: str, args: list[str], cwd: str, env: dict[str, str], stdout, stderr) -> None:
+    os.chdir(cwd)
+    os.environ.update(env)
+    for fd, pipe in ((1, stdout), (2, stderr)):
+        os.dup2(pipe.detach(), fd)
+    sys.stdout = open(1, "w", closefd=False)  # block-buffered, as a piped interpreter's is
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # line-buffered, as ever
+    sys.argv = [module, *args]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+class Child:
+    """The part of subprocess.Popen the tests use, for a forked child."""
+
+    def __init__(self, module: str, *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None):
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        pipes = (multiprocessing.reduction.DupFd(out_w), multiprocessing.reduction.DupFd(err_w))
+        self._process = _context.Process(target=_main, args=(module, list(args), str(cwd), env or {}, *pipes))
+        try:
+            self._process.start()
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        self.pid = self._process.pid
+        self.stdout = open(out_r)
+        self.stderr = open(err_r)
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.exitcode
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self._process.kill()
+
+    def wait(self, timeout: float | None = None) -> int:
+        self._process.join(timeout)
+        if self.returncode is None:
+            raise subprocess.TimeoutExpired(self._process.name, timeout)
+        return self.returncode
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        """Everything left on stdout and stderr once the child has ended."""
+        texts = {}
+
+        def read(name):
+            stream = getattr(self, name)
+            texts[name] = stream.read()
+            stream.close()
+
+        readers = [threading.Thread(target=read, args=(name,), daemon=True) for name in ("stdout", "stderr")]
+        for reader in readers:
+            reader.start()
+        self.wait(timeout)
+        for reader in readers:
+            reader.join(timeout)
+        return texts.get("stdout", ""), texts.get("stderr", "")
+
+
+def run(module: str, *args: str, timeout: float = 300, **options) -> subprocess.CompletedProcess:
+    """Run the child to its end, like subprocess.run(..., capture_output=True, text=True)."""
+    child = Child(module, *args, **options)
+    try:
+        out, err = child.communicate(timeout)
+    finally:
+        if child.returncode is None:
+            child.kill()
+    return subprocess.CompletedProcess([module, *args], child.returncode, out, err)
