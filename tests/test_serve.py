@@ -408,13 +408,13 @@ def test_a_slow_forward_pass_does_not_hold_up_other_requests(trained_run, monkey
     with live_server(trained_run, checkpoints=["best"]) as live:
         client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0)
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(completion, client, model="best", prompt="ROMEO:", max_tokens=20)
-            time.sleep(0.5)  # the completion is decoding now (20 steps: 4 s or more)
+            pending = pool.submit(completion, client, model="best", prompt="ROMEO:", max_tokens=10)
+            time.sleep(0.5)  # the completion is decoding now (10 steps: 2 s or more)
             start = time.perf_counter()
             assert [m.id for m in client.models.list().data] == ["best"]
             waited = time.perf_counter() - start
             assert not pending.done() and waited < 1.0
-            assert len(pending.result(timeout=60)) == 20
+            assert len(pending.result(timeout=60)) == 10
 
 
 @pytest.mark.slow
