@@ -42,3 +42,16 @@ def test_every_row_of_the_throughput_grid_runs_in_a_fresh_process(shakespeare_di
     assert len(pids) == 2 and os.getpid() not in pids
     for row in rows:
         assert row["batch"] == "2x32" and row["ms_per_step"] > 0 and row["tokens_per_sec"] > 0
+
+
+def test_the_step_profile_splits_a_real_step_and_accounts_for_its_time():
+    profile_step = bench_module("profile_step")
+    step, flops = profile_step.our_step(layers=1, width=64, heads=2, context=32, batch=4)
+    assert flops > 0
+    timed = profile_step.ms_per_step(step, 5)
+    parts = profile_step.breakdown(step, 5)
+    assert set(parts) == {"matmul", "attention", "other", "total"}
+    assert parts["matmul"] > 0 and parts["attention"] > 0 and parts["other"] > 0
+    assert parts["total"] == pytest.approx(parts["matmul"] + parts["attention"] + parts["other"])
+    # the profile covers the step: its ops add up to about the step's measured time
+    assert 0.3 * timed < parts["total"] < 3 * timed, (parts, timed)
