@@ -3,11 +3,13 @@ next to transformers' `generate` on the same weights (exported with `trickster e
 
     python bench/generate_throughput.py                        # tiny and nano presets, CPU
     python bench/generate_throughput.py --presets nano --new-tokens 256 --repeats 5
+    python bench/generate_throughput.py --device cuda --presets nano gpt2-small
 
 Weights are random (speed does not depend on them); every run is greedy, batch 1, from the same
 prompt, and produces the same number of tokens (no stop token), so the runs do equal work. Each
 figure is the median of --repeats timed runs after one warm-up run, the three kinds of run
-timed in turns.
+timed in turns. On a GPU, ours computes as `trickster generate` does there (bfloat16 autocast and
+KV cache on Ampere or later, float32 weights), and transformers runs its model in bfloat16.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from trickster.export.hf import export_hf
 from trickster.model.generate import generate
 from trickster.model.transformer import Transformer
 from trickster.train import checkpoint as ckpt
+from trickster.train.device import inference_dtype, resolve_device
 
 
 def interleaved(fns: dict, repeats: int) -> dict:
@@ -42,13 +45,16 @@ def interleaved(fns: dict, repeats: int) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def bench_preset(preset: str, prompt_len: int, new_tokens: int, repeats: int, workdir: Path) -> dict:
+def bench_preset(
+    preset: str, prompt_len: int, new_tokens: int, repeats: int, workdir: Path, device: torch.device
+) -> dict:
     cfg = load_config(preset=preset, overrides=["model_config.vocab_size=256"])
     torch.manual_seed(0)
     model = Transformer(cfg.model).eval()
     with torch.no_grad():  # larger random weights: clear-cut greedy choices, so the two agree
         for name, p in model.named_parameters():
             p.uniform_(0.5, 1.5) if name.endswith("norm.weight") else p.normal_(0.0, 0.3)
+    model.to(device)
     prompt = torch.randint(0, 256, (prompt_len,)).tolist()
     fns = {
         "cached": lambda: list(generate(model, prompt, new_tokens, temperature=0)),
@@ -60,10 +66,12 @@ def bench_preset(preset: str, prompt_len: int, new_tokens: int, repeats: int, wo
     except ImportError:
         LlamaForCausalLM = None
     if LlamaForCausalLM is not None:
-        ckpt.save_checkpoint(workdir / preset / "ckpt", model, cfg, ByteTokenizer(), {"step": 0})
+        ckpt.save_checkpoint(workdir / preset / "ckpt", model.cpu(), cfg, ByteTokenizer(), {"step": 0})
+        model.to(device)
         export_hf(workdir / preset / "ckpt", workdir / preset / "hf")
-        hf_model = LlamaForCausalLM.from_pretrained(workdir / preset / "hf").eval()
-        ids = torch.tensor([prompt])
+        hf_dtype = getattr(torch, inference_dtype(device))
+        hf_model = LlamaForCausalLM.from_pretrained(workdir / preset / "hf", dtype=hf_dtype).to(device).eval()
+        ids = torch.tensor([prompt], device=device)
 
         def hf_generate() -> list[int]:
             with torch.no_grad():
@@ -88,11 +96,14 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     args = parser.parse_args()
+    device = resolve_device(args.device, "--device")
     if args.threads:
         torch.set_num_threads(args.threads)
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 1, greedy, "
+        f"torch {torch.__version__}, {device} ({inference_dtype(device)}), "
+        f"{torch.get_num_threads()} threads, batch 1, greedy, "
         f"{args.prompt_tokens} prompt + {args.new_tokens} new tokens, median of {args.repeats}"
     )
     print(
@@ -101,7 +112,7 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.presets:
-            r = bench_preset(preset, args.prompt_tokens, args.new_tokens, args.repeats, Path(tmp))
+            r = bench_preset(preset, args.prompt_tokens, args.new_tokens, args.repeats, Path(tmp), device)
             hf = "n/a" if r["hf"] is None else f"{r['hf']:,.0f}"
             ratio = "n/a" if r["hf"] is None else f"{r['cached'] / r['hf']:.2f}x"
             agree = "n/a" if r["hf"] is None else f"{r['agree']:.0%}"

@@ -8,6 +8,7 @@ FLOPs per token, run in the same process so that the two figures compare as a ra
     python bench/train_throughput.py --device cuda --presets nano gpt2-small --dtypes bfloat16
     python bench/train_throughput.py --peer small nano                # against the peer
     python bench/train_throughput.py --nanogpt ../nanogpt --threads 1  # against nanoGPT's train.py
+    python bench/train_throughput.py --nanogpt ../nanogpt --device cuda --dtypes bfloat16 --compile on
 
 Each row of the grid trains in a fresh Python process, for --steps steps (logging every
 --interval): torch.compile's caches, its recompile limit (after 8 configurations in one process
@@ -25,9 +26,12 @@ SwiGLU width set so that its FLOPs per token match the peer's GELU MLP (8/3 x wi
 vocabulary left unpadded (65), like the peer's.
 
 With --nanogpt DIR the peer is nanoGPT's own train.py from that checkout (bench/nanogpt.py), run
-at the same shapes (--peer picks them; both by default), alternating with ours --repeats times;
-its ms/step is the median of the per-iteration times it prints itself, after warm-up, and
-includes its batch loading and logging, as ours includes our loop's. Pin --threads for both.
+at the same shapes (--peer picks them: small and nano on a CPU, gpt2 -- GPT-2 small at nanoGPT's
+micro-batch of 12 x 1024 -- on a GPU by default), alternating with ours --repeats times, each in
+its own process, on --device in the first of --dtypes, eager or compiled as --compile says; its
+ms/step is the median of the per-iteration times it prints itself, after warm-up, and includes its
+batch loading and logging, as ours includes our loop's. Pin --threads for both. On a GPU both
+MFUs are FLOP/s by the same formula over the datasheet peak.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ from trickster.data import sources
 from trickster.data.loader import load_data
 from trickster.data.prepare import prepare
 from trickster.model.flops import flops_per_token
-from trickster.train.device import matmul_ceiling
+from trickster.train.device import matmul_ceiling, mfu_peak
 from trickster.train.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +69,7 @@ DEFAULT_TEXTS = [
 PEER_SHAPES = {  # layers, width, heads, context, batch
     "small": (4, 128, 4, 64, 12),
     "nano": (6, 256, 8, 512, 16),
+    "gpt2": (12, 768, 12, 1024, 12),  # GPT-2 small, at nanoGPT's micro-batch (a GPU shape)
 }
 
 
@@ -210,60 +215,88 @@ def peer(args, data_dir: Path, shape: str) -> None:
         )
 
 
-def against_nanogpt(args, data_dir: Path, shape: str) -> None:
-    """nanoGPT's own train.py at the peer shape, alternating with ours, --repeats times each."""
+def against_nanogpt(args, data_dir: Path, shape: str) -> list[dict]:
+    """nanoGPT's own train.py at the peer shape, alternating with ours, --repeats times each, on
+    --device in --dtypes[0], eager and/or compiled as --compile says (nanoGPT's own compile flag
+    and ours). Prints the comparison and returns one row per compile setting."""
     layers, width, heads, context, batch = PEER_SHAPES[shape]
-    steps = args.steps or (60 if shape == "small" else 8)
+    on_cpu = args.device == "cpu"
+    steps = args.steps or (60 if shape == "small" else 8 if on_cpu else 50)
+    dtype = args.dtypes[0]
     checkout = nanogpt.check_checkout(args.nanogpt)
     work = Path(tempfile.mkdtemp(dir=data_dir.parent))
     vocab = nanogpt.prepare_data(args.text, work)
-    their_args = [
-        "--device=cpu",
-        "--compile=False",
-        "--log_interval=1",
-        "--eval_iters=1",  # its one evaluation, at iteration 0, is not timed below
-        f"--eval_interval={steps * 10}",
-        f"--max_iters={steps}",
-        f"--n_layer={layers}",
-        f"--n_head={heads}",
-        f"--n_embd={width}",
-        f"--block_size={context}",
-        f"--batch_size={batch}",
-        "--dropout=0.0",
-    ]
     their_flops = nanogpt.flops_per_token(layers, width, context, vocab)
-    overrides = [*matched_overrides(layers, width, heads, context, batch), *args.overrides]
-    theirs, ours = [], []
-    for repeat in range(args.repeats):
-        for who in ("nanogpt", "ours") if repeat % 2 == 0 else ("ours", "nanogpt"):
-            if who == "nanogpt":
-                run = nanogpt.run(checkout, work, their_args, args.threads or 2)
-                theirs.append(statistics.median(run.iter_ms[max(2, steps // 6) :]))  # after warm-up
-            else:
-                ours.append(measure("tiny", data_dir, steps, max(1, steps // 6), overrides))
-    their_ms = statistics.median(theirs)
-    their_tok_s = batch * context / (their_ms / 1000)
-    our_ms = statistics.median(r["ms_per_step"] for r in ours)
-    flops = ours[0]["flops_per_token"]
-    our_tok_s = batch * context / (our_ms / 1000)
-    ratio = our_tok_s * flops / (their_tok_s * their_flops)
+    peak = None if on_cpu else mfu_peak(torch.device(args.device), dtype, measure=False).flops
     print(
         f"--nanogpt {shape}: {layers} layers, {width} wide, {heads} heads, context {context}, batch {batch}; "
-        f"median of {args.repeats} alternating run(s) each, {steps} steps"
-    )
-    print(f"  {'':<26} {'FLOPs/token':>12} {'ms/step':>9} {'tokens/s':>10} {'GFLOP/s':>8} {'vs nanoGPT':>10}")
-    print(
-        f"  {'nanoGPT train.py (eager)':<26} {their_flops:>12,} {their_ms:>9.1f} {their_tok_s:>10,.0f} "
-        f"{their_tok_s * their_flops / 1e9:>8.1f} {'1.00x':>10}"
+        f"{args.device} {dtype}; median of {args.repeats} alternating run(s) each, {steps} steps"
     )
     print(
-        f"  {'nano-trickster (eager)':<26} {flops:>12,} {our_ms:>9.1f} {our_tok_s:>10,.0f} "
-        f"{our_tok_s * flops / 1e9:>8.1f} {ratio:>9.2f}x"
+        f"  {'':<34} {'FLOPs/token':>12} {'ms/step':>9} {'tokens/s':>10} {'GFLOP/s':>9} {'MFU':>6} "
+        f"{'vs nanoGPT':>10}"
     )
-    print(
-        f"  runs (ms/step): nanoGPT {[round(m, 1) for m in theirs]}, "
-        f"ours {[round(r['ms_per_step'], 1) for r in ours]}"
-    )
+    results = []
+    for compiled in {"off": [False], "on": [True], "both": [False, True]}[args.compile]:
+        their_args = [
+            f"--device={args.device}",
+            f"--dtype={dtype}",  # nanoGPT autocasts on a GPU only, as we do
+            f"--compile={compiled}",
+            "--log_interval=1",
+            "--eval_iters=1",  # its one evaluation, at iteration 0, is not timed below
+            f"--eval_interval={steps * 10}",
+            f"--max_iters={steps}",
+            f"--n_layer={layers}",
+            f"--n_head={heads}",
+            f"--n_embd={width}",
+            f"--block_size={context}",
+            f"--batch_size={batch}",
+            "--gradient_accumulation_steps=1",
+            "--dropout=0.0",
+        ]
+        overrides = [
+            *matched_overrides(layers, width, heads, context, batch),
+            f"device_config.device={args.device}",
+            f"device_config.dtype={dtype}",
+            f"device_config.compile={str(compiled).lower()}",
+            f"device_config.threads={args.threads or 2}",  # as nanoGPT's
+            *args.overrides,
+        ]
+        theirs, ours = [], []
+        for repeat in range(args.repeats):
+            for who in ("nanogpt", "ours") if repeat % 2 == 0 else ("ours", "nanogpt"):
+                if who == "nanogpt":
+                    run = nanogpt.run(checkout, work, their_args, args.threads or 2)
+                    theirs.append(statistics.median(run.iter_ms[max(2, steps // 6) :]))  # after warm-up
+                else:
+                    ours.append(measure_in_process("tiny", data_dir, steps, max(1, steps // 6), overrides))
+        their_ms = statistics.median(theirs)
+        our_ms = statistics.median(r["ms_per_step"] for r in ours)
+        flops = ours[0]["flops_per_token"]
+        rows = (("nanoGPT train.py", their_ms, their_flops), ("nano-trickster", our_ms, flops))
+        rates = [batch * context / (ms / 1000) * f for _, ms, f in rows]  # FLOP/s
+        mode = "compiled" if compiled else "eager"
+        results.append(
+            {
+                "mode": mode,
+                "ms": {"nanogpt": their_ms, "ours": our_ms},
+                "mfu": None if peak is None else {"nanogpt": rates[0] / peak, "ours": rates[1] / peak},
+                "ratio": rates[1] / rates[0],
+            }
+        )
+        for (name, ms, f), rate in zip(rows, rates, strict=True):
+            mfu = "-" if peak is None else f"{rate / peak:.1%}"
+            print(
+                f"  {f'{name} ({mode})':<34} {f:>12,} {ms:>9.1f} {batch * context / (ms / 1000):>10,.0f} "
+                f"{rate / 1e9:>9.1f} {mfu:>6} {rate / rates[0]:>9.2f}x"
+            )
+        print(
+            f"  runs (ms/step): nanoGPT {[round(m, 1) for m in theirs]}, "
+            f"ours {[round(r['ms_per_step'], 1) for r in ours]}"
+        )
+    if peak is not None:
+        print(f"  MFU: FLOP/s (tokens/s x FLOPs per token, one formula for both) / {peak / 1e12:.1f} TFLOP/s")
+    return results
 
 
 def main() -> None:
@@ -297,7 +330,7 @@ def main() -> None:
             + f", text {args.text.name}"
         )
         if args.nanogpt:
-            for shape in args.peer or sorted(PEER_SHAPES, reverse=True):
+            for shape in args.peer or (["small", "nano"] if args.device == "cpu" else ["gpt2"]):
                 against_nanogpt(args, data_dir, shape)
         elif args.peer:
             for shape in args.peer:

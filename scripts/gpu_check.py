@@ -1,8 +1,9 @@
 """Checks nano-trickster's CUDA and multi-GPU paths on one GPU, in six steps, and prints one table.
 
-    scripts/gpu_check.sh                          # all six steps: under 8 minutes on one H100/H200
+    scripts/gpu_check.sh                          # the six checks: under 8 minutes on one H100/H200
     scripts/gpu_check.sh --steps probe nano       # some of them
     scripts/gpu_check.sh --cpu-dry-run            # steps nano, resume, fsdp at toy size on the CPU (gloo)
+    scripts/gpu_check.sh --steps tutorial nanogpt generate --nanogpt ../nanoGPT   # issue 14's figures
 
 1 probe    SDPA forward and backward restricted to the flash kernel (full and grouped-query
            attention, bf16); fused AdamW; a pinned contiguous host-to-GPU copy that does not block;
@@ -15,6 +16,15 @@
            activation checkpointing and sampling, checkpointed, then resumed
 6 mega     the 1.1B `mega` preset for a few steps: peak memory and step time next to
            `trickster plan`'s prediction, and the time to save and load its checkpoint
+
+and, asked for by name, the figures of issue 14:
+
+7 tutorial  the `nano` preset's whole schedule (10,000 steps) in bf16 with compile: wall time to
+            the final checkpoint and the final validation loss
+8 nanogpt   nanoGPT's own train.py (--nanogpt DIR) next to ours at GPT-2 small's shape, bf16,
+            compiled, matched FLOPs per token: both FLOP rates and MFUs
+9 generate  `generate` with the KV cache, batch 1, bf16, next to transformers' generate on the
+            exported weights (`nano` and `gpt2-small`; needs transformers)
 
 Every step runs whatever the others did; the exit status is 1 if any step failed, 2 for a bad
 command line or no GPU. It installs nothing (see docs/distributed.md for bringing pydantic).
@@ -30,7 +40,8 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STEPS = ("probe", "nano", "resume", "gpt2", "fsdp", "mega")
+CHECKS = ("probe", "nano", "resume", "gpt2", "fsdp", "mega")
+STEPS = (*CHECKS, "tutorial", "nanogpt", "generate")
 DRY_RUN_STEPS = ("nano", "resume", "fsdp")  # what --cpu-dry-run can run without a GPU
 
 
@@ -65,7 +76,7 @@ def summary_table(results: list[Result]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="scripts/gpu_check.sh", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--steps", nargs="+", choices=STEPS, default=list(STEPS), help="the steps to run, in order"
+        "--steps", nargs="+", choices=STEPS, default=list(CHECKS), help="the steps to run, in order"
     )
     parser.add_argument(
         "--cpu-dry-run", action="store_true", help="steps nano, resume and fsdp at toy size on the CPU"
@@ -74,6 +85,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--work", type=Path, help="folder for the runs and logs (default: a new temporary one)"
     )
     parser.add_argument("--text", type=Path, default=next((t for t in steps.TEXTS if t.is_file()), None))
+    parser.add_argument("--nanogpt", type=Path, help="a nanoGPT checkout, for the nanogpt step")
     args = parser.parse_args(argv)
     if args.cpu_dry_run:
         args.steps = [s for s in args.steps if s in DRY_RUN_STEPS]
@@ -123,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         prepare(sources.shakespeare(args.text), "char", data, progress=False)
     device = "cpu (dry run)" if args.cpu_dry_run else torch.cuda.get_device_name()
     print(f"gpu_check on {device}, torch {torch.__version__}, runs and logs in {work}", flush=True)
-    results = run_steps(Context(work, data, args.cpu_dry_run), args.steps)
+    context = Context(work, data, args.cpu_dry_run, text=args.text, nanogpt=args.nanogpt)
+    results = run_steps(context, args.steps)
     print(summary_table(results))
     return 1 if any(r.status == "FAIL" for r in results) else 0
 

@@ -21,7 +21,9 @@ no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks what happe
 
 
 def test_the_command_line_chooses_steps():
-    assert gpu_check.parse_args([]).steps == list(gpu_check.STEPS)
+    assert gpu_check.parse_args([]).steps == list(gpu_check.CHECKS)
+    figures = gpu_check.parse_args(["--steps", "tutorial", "nanogpt", "generate", "--nanogpt", "ng"])
+    assert figures.steps == ["tutorial", "nanogpt", "generate"] and figures.nanogpt == Path("ng")
     assert gpu_check.parse_args(["--steps", "mega", "probe"]).steps == ["mega", "probe"]
     assert gpu_check.parse_args(["--cpu-dry-run"]).steps == ["nano", "resume", "fsdp"]
     assert gpu_check.parse_args(["--cpu-dry-run", "--steps", "probe", "fsdp"]).steps == ["fsdp"]
@@ -107,3 +109,12 @@ def test_the_probes_cpu_capable_checks_pass_on_this_cpu():
 
     assert gpu_probe.kv_cache("cpu").endswith("ok")
     assert gpu_probe.collectives("cpu").startswith("gloo: sum_across, from_rank0")
+
+
+def test_the_figure_steps_skip_what_a_cpu_cannot_measure_and_time_generation(tmp_path):
+    ctx = gpu_steps.Context(tmp_path, tmp_path, dry_run=True)
+    assert gpu_steps.step_tutorial(ctx).status == "SKIP"
+    assert gpu_steps.step_nanogpt(ctx).status == "SKIP"
+    result = gpu_steps.step_generate(ctx)  # `tiny` for 20 tokens on the CPU
+    assert result.status == "PASS" and len(result.notes) == 1
+    assert result.notes[0].startswith("tiny: cached ") and "tokens/s" in result.notes[0]
