@@ -7,9 +7,10 @@ the difference is the memory of one more window, the rest is what does not depen
 The largest micro-batch that fits in footprint.HEADROOM (90%) of the device's memory (or of
 device_config.memory_gib) follows, capped at each process's share of the global batch; on a GPU a
 last trial step at that size confirms it (one smaller on an out-of-memory error). On a GPU a step
-is measured by the allocator's peak; on a CPU by the tensors a step holds: weights, gradients,
-AdamW state, the activations autograd saves (counted as they are saved) and the loss's chunk of
-float32 logits, as plan.py's formula counts it.
+is measured by the allocator's peak, with activation checkpointing when the run uses it; on a CPU
+by the tensors a step holds: weights, gradients, AdamW state, the activations autograd saves
+(counted as they are saved, every one of them) and the loss's chunk of float32 logits, as plan.py's
+formula counts it.
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ def choose_batch(cfg: Config, device: torch.device, windows: int, world_size: in
     usable = int(footprint.HEADROOM * capacity)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         model = Transformer(cfg.model).to(device)
+        # recompute as the run will: a GPU's peak then holds the block recomputed in the backward
+        # pass; the CPU count cannot see that block, so there every activation is kept (more bytes
+        # per window: a smaller micro-batch, never one that does not fit)
+        model.checkpoint_activations = cfg.device.activation_checkpointing and device.type == "cuda"
         optimizer = build_optimizer(model, cfg.training, device)
         try:
             one = trial_step_bytes(model, optimizer, cfg, device, 1)
