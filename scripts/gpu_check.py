@@ -12,8 +12,9 @@
 2 nano     `nano` in bf16 with compile, 300 steps: the loss falls; MFU, peak memory, checkpoints
 3 resume   the same run continued to 350 steps, then `generate` and `eval` with --device cuda
 4 gpt2     `gpt2-small` throughput in bf16, eager and compiled (bench/train_throughput.py)
-5 fsdp     torchrun --nproc-per-node 1, FSDP2 on nccl: a 2-layer model of mega's shape with
-           activation checkpointing and sampling, checkpointed, then resumed
+5 fsdp     torchrun --nproc-per-node 1, FSDP2 on nccl, activation checkpointing, bf16, compile:
+           a 2-layer model of mega's shape killed with SIGKILL at its step-20 checkpoint and
+           resumed, matching an uninterrupted run; then resumed on the CPU and generated from
 6 mega     the 1.1B `mega` preset for a few steps: peak memory and step time next to
            `trickster plan`'s prediction, and the time to save and load its checkpoint
 

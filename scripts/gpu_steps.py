@@ -8,6 +8,8 @@ import importlib.util
 import json
 import math
 import os
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -63,14 +65,19 @@ class Context:
 # --------------------------------------------------------------------------- running commands
 
 
-def trickster(ctx: Context, name: str, *argv: str, torchrun: bool = False, timeout: int = 600) -> str:
-    """Run `python -m trickster ARGV` (under torchrun with one process if asked); its output is
-    kept in WORK/NAME.log. Fails the step on a non-zero exit."""
+def command_and_env(ctx: Context, argv: tuple[str, ...], torchrun: bool) -> tuple[list[str], dict]:
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1"] if torchrun else []
     command = [sys.executable, *launcher, "-m", "trickster", *argv]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     if ctx.dry_run:
         env["OMP_NUM_THREADS"] = "1"
+    return command, env
+
+
+def trickster(ctx: Context, name: str, *argv: str, torchrun: bool = False, timeout: int = 600) -> str:
+    """Run `python -m trickster ARGV` (under torchrun with one process if asked); its output is
+    kept in WORK/NAME.log. Fails the step on a non-zero exit."""
+    command, env = command_and_env(ctx, argv, torchrun)
     started = time.perf_counter()
     done = subprocess.run(command, cwd=ctx.work, env=env, capture_output=True, text=True, timeout=timeout)
     log = ctx.work / f"{name}.log"
@@ -82,6 +89,45 @@ def trickster(ctx: Context, name: str, *argv: str, torchrun: bool = False, timeo
             f"`trickster {argv[0]}` exited {done.returncode} after {took:.0f} s: {last[:200]} (see {log})"
         )
     return done.stdout
+
+
+def killed_when(ctx: Context, name: str, ready: Path, *argv: str, timeout: int = 600) -> None:
+    """Run `trickster ARGV` under torchrun and SIGKILL the launcher and its worker together, as a
+    crashed machine, as soon as the file `ready` exists."""
+    command, env = command_and_env(ctx, argv, torchrun=True)
+    with open(ctx.work / f"{name}.log", "w") as log:
+        log.write(f"$ {' '.join(command)}\n")
+        log.flush()
+        job = subprocess.Popen(command, cwd=ctx.work, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while job.poll() is None and time.monotonic() < deadline:
+            if ready.exists():
+                kill_tree(job.pid)
+                job.wait()
+                return
+            time.sleep(0.02)
+        if job.poll() is None:
+            kill_tree(job.pid)
+    raise StepFailed(f"`trickster {argv[0]}` ended or timed out before {ready} was written (see {name}.log)")
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants (torchrun puts each worker in a session of its
+    own, so killing the launcher's process group would leave the workers running). Linux."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        found.append(parent)
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                todo += [int(child) for child in (task / "children").read_text().split()]
+            except OSError:  # the task ended meanwhile
+                pass
+    for process in found:
+        try:
+            os.kill(process, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def events(run: Path, kind: str | None = None) -> list[dict]:
@@ -262,48 +308,63 @@ def fsdp_model(dry_run: bool) -> list[str]:
     ]  # fmt: skip
 
 
+FSDP_TOLERANCE = {"cpu": 1e-4, "cuda": 0.05}  # train loss, resumed against uninterrupted; bf16 on a GPU
+
+
 def step_fsdp(ctx: Context) -> Result:
+    """torchrun with FSDP2, activation checkpointing, bf16 and compile (float32, eager and gloo in a
+    dry run) for mega's shape cut to 2 layers: an uninterrupted run of 30 steps; the same run
+    killed with SIGKILL at its step-20 checkpoint and resumed to 30, whose losses must match;
+    and that checkpoint resumed by one process on the CPU, whose final weights `generate` loads."""
     ctx.require_gpu("fsdp")
-    result, run = Result("fsdp"), ctx.work / "fsdp"
-    dtype = "float32" if ctx.dry_run else "bfloat16"
+    result = Result("fsdp")
+    dtype, compiled = ("float32", "false") if ctx.dry_run else ("bfloat16", "true")
     common = [
         "--no-progress", f"device_config.device={ctx.device}", "device_config.enable_fsdp=true",
         "device_config.activation_checkpointing=true", f"device_config.dtype={dtype}",
-        "device_config.compile=false", "training_config.warmup_steps=2", "training_config.log_every=2",
+        f"device_config.compile={compiled}", "training_config.warmup_steps=2", "training_config.log_every=2",
         "training_config.eval_every=10", "training_config.save_every=10", "training_config.eval_batches=2",
-        "training_config.sample_tokens=20", "logging_config.loss_plot=false",
+        "training_config.sample_tokens=20", "logging_config.loss_plot=false", "training_config.max_steps=30",
     ]  # fmt: skip
-    first = [
-        "train",
-        "--preset",
-        "mega",
-        "--data",
-        str(ctx.data),
-        "--out",
-        str(run),
-        *fsdp_model(ctx.dry_run),
-    ]
-    trickster(ctx, "fsdp", *first, *common, "training_config.max_steps=20", torchrun=True)
-    check((run / "checkpoints" / "step_000010" / "COMPLETE").is_file(), "checkpoints/step_000010 is missing")
-    samples = [r["sample"] for r in events(run, "eval") if r.get("sample")]
+    reference, run, alone = ctx.work / "fsdp-reference", ctx.work / "fsdp", ctx.work / "fsdp-cpu"
+    first = ["train", "--preset", "mega", "--data", str(ctx.data), *fsdp_model(ctx.dry_run), *common]
+    trickster(ctx, "fsdp-reference", *first, "--out", str(reference), torchrun=True)
+    samples = [r["sample"] for r in events(reference, "eval") if r.get("sample")]
     check(bool(samples), "no sample was written during training")
-    trickster(
-        ctx, "fsdp-resume", "train", "--config", str(run / "config.yaml"), "--resume", *common,
-        "training_config.max_steps=30", torchrun=True,
-    )  # fmt: skip
-    check(
-        bool(events(run, "resume")) and events(run, "end")[-1]["step"] == 30,
-        "the FSDP run did not resume to 30",
-    )
-    losses = [r["train_loss"] for r in events(run, "train") if r.get("train_loss") is not None]
-    check(
-        all(math.isfinite(x) for x in losses) and losses[-1] < losses[0], f"the loss did not fall: {losses}"
-    )
-    training_figures(result, run)
+
+    # killed once its step-20 checkpoint is complete: in the evaluation that follows it, or just after
+    saved = run / "checkpoints" / "step_000020" / "COMPLETE"
+    killed_when(ctx, "fsdp-killed", saved, *first, "--out", str(run))
+    check(not (run / "checkpoints" / "final").exists(), "the run finished before it was killed")
+    shutil.copytree(run, alone)  # as the kill left it, for the CPU below
+    again = ["train", "--config", str(run / "config.yaml"), "--resume", *common]
+    trickster(ctx, "fsdp-resume", *again, torchrun=True)
+    resumes = events(run, "resume")
+    check([r["step"] for r in resumes] == [20], f"the killed run did not resume at step 20: {resumes}")
+    expected = {r["step"]: r["train_loss"] for r in events(reference, "train")}
+    resumed = {r["step"]: r["train_loss"] for r in events(run, "train") if r["step"] > 20}
+    check(sorted(resumed) == [s for s in sorted(expected) if s > 20], f"steps after 20: {sorted(resumed)}")
+    worst = max(abs(resumed[s] - expected[s]) for s in resumed)
+    tolerance = FSDP_TOLERANCE[ctx.device]
+    check(worst <= tolerance, f"resumed losses differ from uninterrupted ones by {worst:.2e} > {tolerance}")
+
+    on_cpu = [
+        "--resume", "--no-progress", "device_config.device=cpu", "device_config.enable_fsdp=false",
+        "device_config.dtype=float32", "device_config.compile=false", "training_config.max_steps=22",
+        "training_config.eval_every=22", "training_config.sample_tokens=0",
+    ]  # fmt: skip
+    trickster(ctx, "fsdp-cpu", "train", "--config", str(alone / "config.yaml"), "--out", str(alone), *on_cpu)
+    check([r["step"] for r in events(alone, "resume")] == [20], "the CPU did not resume from step 20")
+    text = trickster(ctx, "fsdp-generate", "generate", str(alone), "--device=cpu", "--max-new-tokens=20")
+    check(len(text.strip()) > 0, "generate on the CPU wrote nothing")
+
+    training_figures(result, reference)
     result.notes.append(
-        f"FSDP2 on {'gloo' if ctx.dry_run else 'nccl'}, resumed at 20; sample {samples[-1][:30]!r}"
+        f"FSDP2 on {'gloo' if ctx.dry_run else 'nccl'}: killed at step 20, resumed there, train losses "
+        f"within {worst:.1e} of the uninterrupted run's (tolerance {tolerance}); resumed on the CPU "
+        "and generated there"
     )
-    save_and_load_times(result, run, ctx.device)
+    save_and_load_times(result, reference, ctx.device)
     return result
 
 
