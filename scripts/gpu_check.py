@@ -1,6 +1,6 @@
-"""Checks nano-trickster's CUDA and multi-GPU paths on one GPU, in six steps, and prints one table.
+"""Checks nano-trickster's CUDA and multi-GPU paths on one GPU, in seven steps, and prints one table.
 
-    scripts/gpu_check.sh                          # the six checks: under 8 minutes on one H100/H200
+    scripts/gpu_check.sh                          # the seven checks
     scripts/gpu_check.sh --steps probe nano       # some of them
     scripts/gpu_check.sh --cpu-dry-run            # steps nano, resume, fsdp at toy size on the CPU (gloo)
     scripts/gpu_check.sh --steps tutorial nanogpt generate --nanogpt ../nanoGPT   # issue 14's figures
@@ -15,16 +15,18 @@
 5 fsdp     torchrun --nproc-per-node 1, FSDP2 on nccl, activation checkpointing, bf16, compile:
            a 2-layer model of mega's shape killed with SIGKILL at its step-20 checkpoint and
            resumed, matching an uninterrupted run; then resumed on the CPU and generated from
-6 mega     the 1.1B `mega` preset for a few steps: peak memory and step time next to
-           `trickster plan`'s prediction, and the time to save and load its checkpoint
+6 mega     the 1.1B `mega` preset for 50 steps: peak memory and step time within 15% and 30%
+           of `trickster plan`'s predictions, and the time to save and load its checkpoint
+7 maxbatch the largest micro-batch of `mega` at context 2048 that trains on this GPU, against
+           the plan's formula
 
 and, asked for by name, the figures of issue 14:
 
-7 tutorial  the `nano` preset's whole schedule (10,000 steps) in bf16 with compile: wall time to
+8 tutorial  the `nano` preset's whole schedule (10,000 steps) in bf16 with compile: wall time to
             the final checkpoint and the final validation loss
-8 nanogpt   nanoGPT's own train.py (--nanogpt DIR) next to ours at GPT-2 small's shape, bf16,
+9 nanogpt   nanoGPT's own train.py (--nanogpt DIR) next to ours at GPT-2 small's shape, bf16,
             compiled, matched FLOPs per token: both FLOP rates and MFUs
-9 generate  `generate` with the KV cache, batch 1, bf16, next to transformers' generate on the
+10 generate `generate` with the KV cache, batch 1, bf16, next to transformers' generate on the
             exported weights (`nano` and `gpt2-small`; needs transformers)
 
 Every step runs whatever the others did; the exit status is 1 if any step failed, 2 for a bad
@@ -41,16 +43,18 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CHECKS = ("probe", "nano", "resume", "gpt2", "fsdp", "mega")
+CHECKS = ("probe", "nano", "resume", "gpt2", "fsdp", "mega", "maxbatch")
 STEPS = (*CHECKS, "tutorial", "nanogpt", "generate")
 DRY_RUN_STEPS = ("nano", "resume", "fsdp")  # what --cpu-dry-run can run without a GPU
 
 
 if str(ROOT / "scripts") not in sys.path:  # run as a script it is there already
     sys.path.insert(0, str(ROOT / "scripts"))
-import gpu_steps as steps  # noqa: E402  (the sibling with the steps themselves)
+import gpu_figures  # noqa: E402  (the siblings with the steps themselves)
+import gpu_steps as steps  # noqa: E402
 
 Result, Context, StepFailed = steps.Result, steps.Context, steps.StepFailed
+STEP_FUNCTIONS = {**steps.STEP_FUNCTIONS, **gpu_figures.STEP_FUNCTIONS}
 
 
 # --------------------------------------------------------------------------- the table and main
@@ -99,7 +103,7 @@ def run_steps(ctx: Context, names: list[str], echo=print) -> list[Result]:
         echo(f"[gpu_check] {name} ...", flush=True)
         started = time.perf_counter()
         try:
-            result = steps.STEP_FUNCTIONS[name](ctx)
+            result = STEP_FUNCTIONS[name](ctx)
         except StepFailed as failed:
             result = Result(name, "FAIL", notes=[str(failed)])
         except Exception as error:  # a bug or an unexpected failure: the table still comes

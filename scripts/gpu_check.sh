@@ -3,7 +3,7 @@
 # (steps and columns: docs/distributed.md, "Checking a GPU machine"). Exit status: 0 all steps
 # passed, 1 a step failed, 2 a bad command line, no GPU or a missing dependency.
 #
-#   scripts/gpu_check.sh                  # the six steps, under 8 minutes on one H100/H200
+#   scripts/gpu_check.sh                  # the seven checks, roughly 10-15 minutes on one H100/H200
 #   scripts/gpu_check.sh --steps probe    # some of them
 #   scripts/gpu_check.sh --cpu-dry-run    # nano, resume and fsdp at toy size on the CPU
 #

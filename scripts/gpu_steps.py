@@ -1,6 +1,6 @@
-"""The steps of scripts/gpu_check.py (see its docstring), each a function of a Context that
-returns a Result or raises StepFailed: the six checks, then the three figures of issue 14. Step
-1's checks are in gpu_probe.py."""
+"""The checks of scripts/gpu_check.py (see its docstring), each a function of a Context that
+returns a Result or raises StepFailed, and the helpers they share with gpu_figures.py. Step 1's
+checks are in gpu_probe.py."""
 
 from __future__ import annotations
 
@@ -368,18 +368,23 @@ def step_fsdp(ctx: Context) -> Result:
     return result
 
 
-MEGA_RUN = [  # a few steps, one evaluation, no numbered checkpoint, no sample
+MEGA_RUN = [  # 50 steps, one evaluation at the end, no numbered checkpoint, no sample
+    "training_config.max_steps=50",
     "training_config.warmup_steps=2",
-    "training_config.log_every=2",
-    "training_config.eval_every=8",
+    "training_config.log_every=5",
+    "training_config.eval_every=50",
     "training_config.save_every=1000",
     "training_config.eval_batches=2",
     "training_config.sample_tokens=0",
     "logging_config.loss_plot=false",
 ]
+PLAN_BOUNDS = {"memory": 0.15, "step time": 0.30}  # issue 15: the plan's error against the measured
 
 
 def step_mega(ctx: Context) -> Result:
+    """The 1.1B `mega` preset as shipped (FSDP2 on one process, bf16, activation checkpointing),
+    50 steps: peak memory and step time against `trickster plan`'s predictions for the same
+    settings, which must be within PLAN_BOUNDS; and the times to save and load its checkpoint."""
     ctx.require_gpu("mega")
     if ctx.dry_run:
         return Result("mega", "SKIP", notes=["needs a GPU"])
@@ -389,9 +394,9 @@ def step_mega(ctx: Context) -> Result:
     from trickster.config import load_config
 
     result, run = Result("mega"), ctx.work / "mega"
-    overrides = ["device_config.device=cuda", "device_config.compile=false", "training_config.max_steps=8"]
+    overrides = ["device_config.device=cuda", "device_config.compile=false"]
     predicted = plan.make_plan(
-        load_config(preset="mega", overrides=overrides), torch.device("cuda"), name="mega"
+        load_config(preset="mega", overrides=[*overrides, *MEGA_RUN]), torch.device("cuda"), name="mega"
     )
     argv = ["train", "--preset", "mega", "--data", str(ctx.data), "--out", str(run), "--no-progress"]
     trickster(ctx, "mega", *argv, *overrides, *MEGA_RUN, timeout=900)
@@ -399,81 +404,76 @@ def step_mega(ctx: Context) -> Result:
     ms = statistics.median(r["ms_per_step"] for r in events(run, "train")[1:] or events(run, "train"))
     rate = predicted.bench.flops_per_sec / predicted.flops_per_token if predicted.bench else None
     tokens_per_step = predicted.cfg.training.batch_size * predicted.cfg.seq_len
-    plan_ms = f"{1000 * tokens_per_step / rate:,.0f}" if rate else "n/a"
+    plan_ms = 1000 * tokens_per_step / rate if rate else None
     plan_gib = predicted.memory.total / 2**30
     result.notes.append(
-        f"step {ms:,.0f} ms (plan {plan_ms} ms); peak {result.peak_gib} GiB (plan {plan_gib:.1f} GiB)"
+        f"step {ms:,.0f} ms (plan {plan_ms or float('nan'):,.0f} ms); "
+        f"peak {result.peak_gib} GiB (plan {plan_gib:.1f} GiB)"
     )
     save_and_load_times(result, run, "cuda")
+    errors = {
+        "memory": abs(plan_gib - result.peak_gib) / result.peak_gib if result.peak_gib else None,
+        "step time": abs(plan_ms - ms) / ms if plan_ms else None,
+    }
+    for what, error in errors.items():
+        check(error is not None, f"no {what} to compare with the plan's")
+        bound = PLAN_BOUNDS[what]
+        check(error <= bound, f"the plan's {what} is {error:.0%} off (bound {bound:.0%})")
     return result
 
 
-# --------------------------------------------------------------------------- the figures of issue 14
-
-
-def step_tutorial(ctx: Context) -> Result:
-    """The `nano` preset as shipped, the tutorial's whole schedule (10,000 steps of 16 x 512
-    characters), in bf16 with compile: wall time from the run's start to its final checkpoint."""
-    ctx.require_gpu("tutorial")
+def step_maxbatch(ctx: Context) -> Result:
+    """The largest micro-batch of `mega` at context 2048 whose training step (bf16 autocast,
+    activation checkpointing, AdamW, one unsharded process) fits on this GPU, found by trial
+    steps of doubling then bisected sizes; the plan's formula must give it or the size below."""
+    ctx.require_gpu("maxbatch")
     if ctx.dry_run:
-        return Result("tutorial", "SKIP", notes=["needs a GPU"])
-    result, run = Result("tutorial"), ctx.work / "tutorial"
-    argv = ["train", "--preset", "nano", "--data", str(ctx.data), "--out", str(run), "--no-progress"]
-    gpu = ["device_config.device=cuda", "device_config.dtype=bfloat16", "device_config.compile=true"]
-    trickster(ctx, "tutorial", *argv, *gpu, timeout=1800)
-    start, end = events(run, "start")[0], events(run, "end")[-1]
-    check(end["step"] == 10_000, f"the run ended at step {end['step']}, not 10,000")
-    check((run / "checkpoints" / "final" / "COMPLETE").is_file(), "checkpoints/final is missing")
-    check(any(r.get("sample") for r in events(run, "eval")), "no sample was written during training")
-    training_figures(result, run)
-    result.notes.append(
-        f"10,000 steps in {end['time'] - start['time']:.1f} s from the start event to the final "
-        "checkpoint (target: under 60 s on an H100/H200)"
-    )
-    return result
-
-
-def step_nanogpt(ctx: Context) -> Result:
-    """nanoGPT's own train.py and ours at GPT-2 small's shape (micro-batch 12 x 1024), bf16,
-    compiled, at matched FLOPs per token (bench/train_throughput.py --nanogpt)."""
-    ctx.require_gpu("nanogpt")
-    if ctx.dry_run or ctx.nanogpt is None:
-        return Result("nanogpt", "SKIP", notes=["needs a GPU and --nanogpt DIR (a nanoGPT checkout)"])
-    import argparse
-
-    throughput = load_script(ROOT / "bench", "train_throughput")
-    options = dict(device="cuda", dtypes=["bfloat16"], compile="on", repeats=1, steps=50, threads=None)
-    args = argparse.Namespace(nanogpt=ctx.nanogpt, text=ctx.text, overrides=[], **options)
-    (row,) = throughput.against_nanogpt(args, ctx.data, "gpt2")
-    result = Result("nanogpt", mfu=row["mfu"]["ours"])
-    result.notes.append(
-        f"ours {row['ms']['ours']:.1f} ms/step, nanoGPT {row['ms']['nanogpt']:.1f}: {row['ratio']:.2f}x its "
-        f"FLOP/s (target 1.1x); MFU ours {row['mfu']['ours']:.1%}, nanoGPT {row['mfu']['nanogpt']:.1%}"
-    )
-    return result
-
-
-def step_generate(ctx: Context) -> Result:
-    """`generate` with the KV cache, batch 1, next to transformers' generate on the exported
-    weights (bench/generate_throughput.py); `tiny` for 20 tokens in a dry run."""
-    ctx.require_gpu("generate")
-    generation = load_script(ROOT / "bench", "generate_throughput")
+        return Result("maxbatch", "SKIP", notes=["needs a GPU"])
     import torch
 
-    presets, tokens, repeats = (["tiny"], 20, 1) if ctx.dry_run else (["nano", "gpt2-small"], 100, 5)
-    result = Result("generate")
-    for preset in presets:
-        row = generation.bench_preset(preset, 16, tokens, repeats, ctx.work, torch.device(ctx.device))
-        check(row["cached"] > 0, f"{preset}: no tokens generated")
-        versus = (
-            "transformers is not installed"
-            if row["hf"] is None
-            else (
-                f"transformers {row['hf']:,.0f}: {row['cached'] / row['hf']:.2f}x (target 1.5x), "
-                f"same tokens {row['agree']:.0%}"
-            )
-        )
-        result.notes.append(f"{preset}: cached {row['cached']:,.0f} tokens/s, {versus}")
+    from trickster import footprint
+    from trickster.config import load_config
+    from trickster.model.transformer import Transformer
+    from trickster.train.memory import trial_step_bytes
+    from trickster.train.optim import build_optimizer
+
+    device = torch.device("cuda")
+    unsharded = [
+        "device_config.device=cuda",
+        "device_config.enable_fsdp=false",
+        "device_config.compile=false",
+    ]
+    cfg = load_config(preset="mega", overrides=unsharded)
+    model = Transformer(cfg.model).to(device)
+    model.checkpoint_activations = True
+    optimizer = build_optimizer(model, cfg.training, device)
+
+    def fits(batch: int) -> bool:
+        try:
+            trial_step_bytes(model, optimizer, cfg, device, batch)
+            fitted = True
+        except torch.OutOfMemoryError:
+            fitted = False
+        optimizer.zero_grad(set_to_none=True)  # and, the failed step's tensors gone, its cache:
+        torch.cuda.empty_cache()
+        return fitted
+
+    check(fits(1), "not even one window of 2048 tokens fits")
+    fitting, failing = 1, 2
+    while fits(failing):  # doubling, up to the first size that does not fit
+        fitting, failing = failing, failing * 2
+    while failing - fitting > 1:
+        middle = (fitting + failing) // 2
+        fitting, failing = (middle, failing) if fits(middle) else (fitting, middle)
+    capacity, _ = footprint.device_memory(device)
+    formula = footprint.fitting_batch(cfg, capacity)
+    planned = footprint.fitting_batch(cfg, footprint.HEADROOM * capacity)
+    result = Result("maxbatch", peak_gib=torch.cuda.max_memory_allocated(device) / 2**30)
+    result.notes.append(
+        f"largest micro-batch {fitting} x 2048 tokens; the plan's formula: {formula} in all "
+        f"{capacity / 2**30:.0f} GiB, {planned} in the {footprint.HEADROOM:.0%} it plans with"
+    )
+    check(fitting - 1 <= formula <= fitting, f"the plan's formula gives {formula}, the GPU took {fitting}")
     return result
 
 
@@ -484,7 +484,5 @@ STEP_FUNCTIONS = {
     "gpt2": step_gpt2,
     "fsdp": step_fsdp,
     "mega": step_mega,
-    "tutorial": step_tutorial,
-    "nanogpt": step_nanogpt,
-    "generate": step_generate,
+    "maxbatch": step_maxbatch,
 }

@@ -13,6 +13,7 @@ import torch
 SCRIPTS = Path(__file__).parent.parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 import gpu_check  # noqa: E402
+import gpu_figures  # noqa: E402
 import gpu_steps  # noqa: E402
 
 from . import children  # noqa: E402
@@ -55,7 +56,7 @@ def test_a_failing_step_is_reported_and_the_others_still_run(tmp_path, monkeypat
         raise gpu_steps.StepFailed("the loss did not fall")
 
     fake = {"probe": broken, "nano": failing, "resume": lambda ctx: gpu_steps.Result("resume")}
-    monkeypatch.setattr(gpu_steps, "STEP_FUNCTIONS", fake)
+    monkeypatch.setattr(gpu_check, "STEP_FUNCTIONS", fake)
     ctx = gpu_steps.Context(tmp_path, tmp_path, dry_run=True)
     results = gpu_check.run_steps(ctx, ["probe", "nano", "resume"], echo=lambda *a, **k: None)
     assert [r.status for r in results] == ["FAIL", "FAIL", "PASS"]
@@ -69,7 +70,7 @@ def test_a_failing_step_is_reported_and_the_others_still_run(tmp_path, monkeypat
 def test_every_step_refuses_cleanly_without_a_gpu(step, tmp_path):
     ctx = gpu_steps.Context(tmp_path, tmp_path, dry_run=False)
     with pytest.raises(gpu_steps.StepFailed, match=f"^{step} needs a CUDA GPU and none is visible$"):
-        gpu_steps.STEP_FUNCTIONS[step](ctx)
+        gpu_check.STEP_FUNCTIONS[step](ctx)
 
 
 @no_gpu
@@ -113,8 +114,8 @@ def test_the_probes_cpu_capable_checks_pass_on_this_cpu():
 
 def test_the_figure_steps_skip_what_a_cpu_cannot_measure_and_time_generation(tmp_path):
     ctx = gpu_steps.Context(tmp_path, tmp_path, dry_run=True)
-    assert gpu_steps.step_tutorial(ctx).status == "SKIP"
-    assert gpu_steps.step_nanogpt(ctx).status == "SKIP"
-    result = gpu_steps.step_generate(ctx)  # `tiny` for 20 tokens on the CPU
+    assert gpu_figures.step_tutorial(ctx).status == "SKIP"
+    assert gpu_figures.step_nanogpt(ctx).status == "SKIP"
+    result = gpu_figures.step_generate(ctx)  # `tiny` for 20 tokens on the CPU
     assert result.status == "PASS" and len(result.notes) == 1
     assert result.notes[0].startswith("tiny: cached ") and "tokens/s" in result.notes[0]
