@@ -133,11 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="gpu_check-"))
     work.mkdir(parents=True, exist_ok=True)
     from trickster.data import sources
+    from trickster.data.dedup import DedupSettings
     from trickster.data.prepare import prepare
 
     data = work / "data"
-    if not (data / "meta.json").is_file():
-        prepare(sources.shakespeare(args.text), "char", data, progress=False)
+    if not (data / "meta.json").is_file():  # exact copies only: the near-copy search needs datasketch
+        exact = DedupSettings(mode="exact")  # and scipy, which GPU images lack
+        prepare(sources.shakespeare(args.text), "char", data, progress=False, dedup_settings=exact)
     device = "cpu (dry run)" if args.cpu_dry_run else torch.cuda.get_device_name()
     print(f"gpu_check on {device}, torch {torch.__version__}, runs and logs in {work}", flush=True)
     context = Context(work, data, args.cpu_dry_run, text=args.text, nanogpt=args.nanogpt)

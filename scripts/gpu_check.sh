@@ -8,9 +8,10 @@
 #   scripts/gpu_check.sh --cpu-dry-run    # nano, resume and fsdp at toy size on the CPU
 #
 # It uses the Python and torch already there (PYTHON=... to choose) and installs nothing from an
-# index. The one dependency GPU images tend to lack is pydantic: on a machine with network, run
-#   pip download -c constraints.txt pydantic pydantic_core annotated-types typing-inspection datasketch scipy \
-#     typing_extensions --python-version 3.12 --only-binary :all: -d wheels/
+# index. What GPU images tend to lack is pydantic (and transformers, for the `generate` step): on a
+# machine with network, run
+#   pip download -c constraints.txt pydantic transformers --python-version 3.12 --only-binary :all: \
+#     --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 -d wheels/ && rm wheels/numpy-*.whl
 # (--python-version as the GPU machine's), bring wheels/ along, and this script installs them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,10 +24,10 @@ if ! "$PY" -c "import pydantic" 2>/dev/null; then
         exit 2
     fi
 fi
-# data prepare's near-duplicate search needs datasketch (and scipy); bring them in wheels/ too
-if ! "$PY" -c "import datasketch" 2>/dev/null && compgen -G "wheels/*.whl" > /dev/null; then
-    "$PY" -m pip install --quiet --no-index --find-links wheels datasketch ||
-        echo "gpu_check: datasketch is missing and not in wheels/; data prepare may fail" >&2
+# the generate step compares with transformers; without it that step says so and goes on
+if ! "$PY" -c "import transformers" 2>/dev/null && compgen -G "wheels/transformers-*.whl" > /dev/null; then
+    "$PY" -m pip install --quiet --no-index --find-links wheels transformers ||
+        echo "gpu_check: transformers from wheels/ did not install; the generate step skips it" >&2
 fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 exec "$PY" scripts/gpu_check.py "$@"
