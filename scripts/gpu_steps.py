@@ -422,6 +422,22 @@ def step_mega(ctx: Context) -> Result:
     return result
 
 
+def largest(fits, limit: int = 4096) -> int:
+    """The largest n >= 1 for which fits(n) holds (0 if not even 1), fits being true up to some
+    size and false beyond it: sizes doubling up to the first that does not fit, then bisected."""
+    if not fits(1):
+        return 0
+    fitting, failing = 1, 2
+    while failing <= limit and fits(failing):
+        fitting, failing = failing, failing * 2
+    if failing > limit:
+        return fitting
+    while failing - fitting > 1:
+        middle = (fitting + failing) // 2
+        fitting, failing = (middle, failing) if fits(middle) else (fitting, middle)
+    return fitting
+
+
 def step_maxbatch(ctx: Context) -> Result:
     """The largest micro-batch of `mega` at context 2048 whose training step (bf16 autocast,
     activation checkpointing, AdamW, one unsharded process) fits on this GPU, found by trial
@@ -458,13 +474,8 @@ def step_maxbatch(ctx: Context) -> Result:
         torch.cuda.empty_cache()
         return fitted
 
-    check(fits(1), "not even one window of 2048 tokens fits")
-    fitting, failing = 1, 2
-    while fits(failing):  # doubling, up to the first size that does not fit
-        fitting, failing = failing, failing * 2
-    while failing - fitting > 1:
-        middle = (fitting + failing) // 2
-        fitting, failing = (middle, failing) if fits(middle) else (fitting, middle)
+    fitting = largest(fits)
+    check(fitting >= 1, "not even one window of 2048 tokens fits")
     capacity, _ = footprint.device_memory(device)
     formula = footprint.fitting_batch(cfg, capacity)
     planned = footprint.fitting_batch(cfg, footprint.HEADROOM * capacity)

@@ -119,3 +119,16 @@ def test_the_figure_steps_skip_what_a_cpu_cannot_measure_and_time_generation(tmp
     result = gpu_figures.step_generate(ctx)  # `tiny` for 20 tokens on the CPU
     assert result.status == "PASS" and len(result.notes) == 1
     assert result.notes[0].startswith("tiny: cached ") and "tokens/s" in result.notes[0]
+
+
+@pytest.mark.parametrize("threshold", [0, 1, 2, 3, 7, 8, 100, 4096])
+def test_the_largest_batch_search_finds_the_threshold_with_few_trials(threshold):
+    tried = []
+
+    def fits(batch):
+        tried.append(batch)
+        return batch <= threshold
+
+    assert gpu_steps.largest(fits) == threshold
+    assert len(tried) <= 2 * max(threshold, 1).bit_length() + 2, tried
+    assert gpu_steps.largest(lambda b: True, limit=64) == 64  # never failing: stops at the limit
