@@ -7,6 +7,9 @@ runs MODULE as `__main__`, as `python -m` does, with its own stdout and stderr p
 status as a return code (`-9` when SIGKILL ended it, like subprocess) and the default signal
 handlers. The tests about the interpreter's own start (exit status 2 without a traceback, torchrun,
 `trickster serve`) still start real interpreters.
+
+`job` starts the processes of a distributed job the same way, with the variables torchrun gives
+its workers, for the tests that are about the job rather than about torchrun.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import runpy
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).parent.parent
@@ -102,3 +106,49 @@ def run(module: str, *args: str, timeout: float = 300, **options) -> subprocess.
         if child.returncode is None:
             child.kill()
     return subprocess.CompletedProcess([module, *args], child.returncode, out, err)
+
+
+def job(module: str, *args: str, processes: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc-per-node PROCESSES -m MODULE ARGS`, without torchrun: forked
+    children with the environment it gives each worker for `env://` (RANK, LOCAL_RANK, WORLD_SIZE,
+    LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT). When one ends with an error the others are
+    killed, as torchrun kills them; the return code is the first error's (0 if none). stdout and
+    stderr are the ranks' own, one after the other, as torchrun's interleave them."""
+    from trickster.train.dist import _free_port
+
+    port, size = str(_free_port()), str(processes)
+    workers = []
+    for rank in range(processes):
+        env = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": size, "LOCAL_WORLD_SIZE": size}
+        workers.append(Child(module, *args, env={**env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}))
+    texts = [{} for _ in workers]
+
+    def read(worker: Child, into: dict, name: str) -> None:
+        into[name] = getattr(worker, name).read()
+
+    readers = [
+        threading.Thread(target=read, args=(worker, into, name), daemon=True)
+        for worker, into in zip(workers, texts, strict=True)
+        for name in ("stdout", "stderr")
+    ]
+    for reader in readers:
+        reader.start()
+    deadline, failed = time.monotonic() + timeout, None
+    while any(w.poll() is None for w in workers) and time.monotonic() < deadline:
+        failed = failed or next((w.returncode for w in workers if w.poll() not in (None, 0)), None)
+        if failed is not None:
+            for worker in workers:
+                if worker.poll() is None:
+                    worker.kill()
+        time.sleep(0.05)
+    for worker in workers:
+        if worker.poll() is None:
+            worker.kill()
+            failed = failed or -9
+        worker.wait(10)
+    for reader in readers:
+        reader.join(10)
+    failed = failed or next((w.returncode for w in workers if w.returncode != 0), 0)
+    out = "".join(t.get("stdout", "") for t in texts)
+    err = "".join(t.get("stderr", "") for t in texts)
+    return subprocess.CompletedProcess([module, *args], failed, out, err)

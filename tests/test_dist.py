@@ -1,7 +1,11 @@
 """Data parallel and sharded training with torchrun, 2 CPU processes on the gloo backend.
 
-Each comparison runs the real command under torchrun and one process in this test with the same
+Each comparison runs the real command on 2 processes and one process in this test with the same
 global batch (2 processes x 4 windows against 1 process x 8): the losses must agree within 1e-5.
+The 2-process jobs of the main comparisons, the resume from one process and the dead-process test
+run under torchrun itself; the others (`forked_job`) start the same command in 2 processes forked
+with the environment torchrun gives its workers (tests/children.py), which spares each job a
+launcher and two interpreters' imports.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from trickster.train import checkpoint as ckpt
 from trickster.train.dist import MeshShape
 from trickster.train.loop import train
 
+from . import children
 from .conftest import QUIET, micro_config
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="torchrun with gloo on POSIX")
@@ -82,6 +87,16 @@ def torchrun(
             argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
     result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert fault or result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def forked_job(cfg, tmp_path: Path, *overrides: str, fault: str | None = None):
+    """As `torchrun`, in 2 forked processes (see the module docstring)."""
+    path = tmp_path / f"{Path(cfg.logging.output_dir).name}.yaml"
+    save_config(cfg, path)
+    module = ["tests.dist_child", fault] if fault else ["trickster"]
+    result = children.job(*module, "train", "--config", str(path), "--no-progress", *overrides)
     assert fault or result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -166,7 +181,7 @@ def test_muon_on_two_processes_matches_one(mode, single_muon, single, shakespear
     float32 bit (another summation order) can round to a neighbouring bfloat16 value, so the
     losses agree to about 1e-4 instead of 1e-5."""
     run_dir = tmp_path / "run"
-    torchrun(muon_config(shakespeare_dir, run_dir, batch_size=4, **{mode: True}), tmp_path)
+    forked_job(muon_config(shakespeare_dir, run_dir, batch_size=4, **{mode: True}), tmp_path)
     records = history(run_dir)
     assert len(losses(records)) == 10
     assert_close_losses(losses(records), losses(single_muon.history), tol=3e-4)
@@ -205,7 +220,7 @@ def test_a_two_process_checkpoint_resumes_in_one_process(single, two_process_job
     )
 
     # ... and on two processes again, each reading its share of the moments
-    torchrun(config(shakespeare_dir, again_dir, batch_size=4, enable_fsdp=True), tmp_path, "--resume")
+    forked_job(config(shakespeare_dir, again_dir, batch_size=4, enable_fsdp=True), tmp_path, "--resume")
     records = history(again_dir)
     assert [(r["step"], r["checkpoint"]) for r in records if r["event"] == "resume"] == [(10, "step_000010")]
     assert_close_losses(losses(records), losses(single.history))
@@ -293,7 +308,7 @@ def test_mega_shape_under_fsdp2_with_recompute_and_bf16(shakespeare_dir, tmp_pat
         dtype="bfloat16",
     )
     cfg.model.num_heads, cfg.model.num_kv_heads, cfg.model.tie_embeddings = 8, 2, False
-    torchrun(cfg, tmp_path, "training_config.max_steps=8", "training_config.eval_every=8")
+    forked_job(cfg, tmp_path, "training_config.max_steps=8", "training_config.eval_every=8")
     train_losses = [loss for _, loss in losses(history(run_dir))]
     assert all(math.isfinite(x) for x in train_losses) and train_losses[-1] < train_losses[0]
     loaded = ckpt.load_checkpoint(run_dir)
@@ -308,7 +323,7 @@ def test_a_nan_in_one_ranks_shard_is_seen_by_every_rank(shakespeare_dir, tmp_pat
     run_dir = tmp_path / "run"
     cfg = config(shakespeare_dir, run_dir, batch_size=4, enable_fsdp=True, timeout_s=120)
     steps = ("training_config.eval_every=2", "training_config.max_nonfinite_steps=2")
-    result = torchrun(cfg, tmp_path, *steps, fault="nan-shard")
+    result = forked_job(cfg, tmp_path, *steps, fault="nan-shard")
     assert "training stopped at step 4: 2 updates in a row had a non-finite loss" in result.stderr
     evals = {r["step"]: r for r in history(run_dir) if r["event"] == "eval"}
     assert evals[2]["val_loss"] is None and "sample" not in evals[2]
@@ -340,7 +355,7 @@ def test_samples_during_training_follow_rank_0_even_past_a_stop_token(mode, eot_
     run_dir = tmp_path / "run"
     cfg = config(eot_dir, run_dir, batch_size=4, timeout_s=120, **{mode: True})
     log = tmp_path / "rank1-samples.txt"
-    result = torchrun(
+    result = forked_job(
         cfg,
         tmp_path,
         "training_config.max_steps=4",
