@@ -60,14 +60,11 @@ def step_generate(ctx: Context) -> Result:
     for preset in presets:
         row = generation.bench_preset(preset, 16, tokens, repeats, ctx.work, torch.device(ctx.device))
         check(row["cached"] > 0, f"{preset}: no tokens generated")
-        versus = (
-            "transformers is not installed"
-            if row["hf"] is None
-            else (
-                f"transformers {row['hf']:,.0f}: {row['cached'] / row['hf']:.2f}x (target 1.5x), "
-                f"same tokens {row['agree']:.0%}"
-            )
-        )
+        if row["hf"] is None:
+            versus = "transformers is not installed"
+        else:
+            ratio, agree = row["cached"] / row["hf"], row["agree"]
+            versus = f"transformers {row['hf']:,.0f}: {ratio:.2f}x (target 1.5x), same tokens {agree:.0%}"
         result.notes.append(f"{preset}: cached {row['cached']:,.0f} tokens/s, {versus}")
     return result
 

@@ -331,6 +331,10 @@ def step_fsdp(ctx: Context) -> Result:
     trickster(ctx, "fsdp-reference", *first, "--out", str(reference), torchrun=True)
     samples = [r["sample"] for r in events(reference, "eval") if r.get("sample")]
     check(bool(samples), "no sample was written during training")
+    losses = [r["train_loss"] for r in events(reference, "train") if r.get("train_loss") is not None]
+    check(
+        all(math.isfinite(x) for x in losses) and losses[-1] < losses[0], f"the loss did not fall: {losses}"
+    )
 
     # killed once its step-20 checkpoint is complete: in the evaluation that follows it, or just after
     saved = run / "checkpoints" / "step_000020" / "COMPLETE"
@@ -450,7 +454,7 @@ def step_maxbatch(ctx: Context) -> Result:
     from trickster import footprint
     from trickster.config import load_config
     from trickster.model.transformer import Transformer
-    from trickster.train.memory import trial_step_bytes
+    from trickster.train.memory import step_fits
     from trickster.train.optim import build_optimizer
 
     device = torch.device("cuda")
@@ -464,19 +468,9 @@ def step_maxbatch(ctx: Context) -> Result:
     model.checkpoint_activations = True
     optimizer = build_optimizer(model, cfg.training, device)
 
-    def fits(batch: int) -> bool:
-        try:
-            trial_step_bytes(model, optimizer, cfg, device, batch)
-            fitted = True
-        except torch.OutOfMemoryError:
-            fitted = False
-        optimizer.zero_grad(set_to_none=True)  # and, the failed step's tensors gone, its cache:
-        torch.cuda.empty_cache()
-        return fitted
-
-    fitting = largest(fits)
-    check(fitting >= 1, "not even one window of 2048 tokens fits")
     capacity, _ = footprint.device_memory(device)
+    fitting = largest(lambda batch: step_fits(model, optimizer, cfg, device, batch, capacity))
+    check(fitting >= 1, "not even one window of 2048 tokens fits")
     formula = footprint.fitting_batch(cfg, capacity)
     planned = footprint.fitting_batch(cfg, footprint.HEADROOM * capacity)
     result = Result("maxbatch", peak_gib=torch.cuda.max_memory_allocated(device) / 2**30)

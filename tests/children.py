@@ -81,20 +81,28 @@ class Child:
 
     def communicate(self, timeout: float | None = None) -> tuple[str, str]:
         """Everything left on stdout and stderr once the child has ended."""
-        texts = {}
+        self.start_reading()
+        self.wait(timeout)
+        return self.output(timeout)
+
+    def start_reading(self) -> None:
+        """Read stdout and stderr to their ends in two threads (a full pipe would stop the child)."""
+        self._texts = {}
 
         def read(name):
             stream = getattr(self, name)
-            texts[name] = stream.read()
+            self._texts[name] = stream.read()
             stream.close()
 
-        readers = [threading.Thread(target=read, args=(name,), daemon=True) for name in ("stdout", "stderr")]
-        for reader in readers:
+        self._readers = [threading.Thread(target=read, args=(n,), daemon=True) for n in ("stdout", "stderr")]
+        for reader in self._readers:
             reader.start()
-        self.wait(timeout)
-        for reader in readers:
+
+    def output(self, timeout: float | None = None) -> tuple[str, str]:
+        """What start_reading read, once the child has ended: (stdout, stderr)."""
+        for reader in self._readers:
             reader.join(timeout)
-        return texts.get("stdout", ""), texts.get("stderr", "")
+        return self._texts.get("stdout", ""), self._texts.get("stderr", "")
 
 
 def run(module: str, *args: str, timeout: float = 300, **options) -> subprocess.CompletedProcess:
@@ -121,34 +129,18 @@ def job(module: str, *args: str, processes: int = 2, timeout: float = 300) -> su
     for rank in range(processes):
         env = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": size, "LOCAL_WORLD_SIZE": size}
         workers.append(Child(module, *args, env={**env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}))
-    texts = [{} for _ in workers]
-
-    def read(worker: Child, into: dict, name: str) -> None:
-        into[name] = getattr(worker, name).read()
-
-    readers = [
-        threading.Thread(target=read, args=(worker, into, name), daemon=True)
-        for worker, into in zip(workers, texts, strict=True)
-        for name in ("stdout", "stderr")
-    ]
-    for reader in readers:
-        reader.start()
+    for worker in workers:
+        worker.start_reading()
     deadline, failed = time.monotonic() + timeout, None
-    while any(w.poll() is None for w in workers) and time.monotonic() < deadline:
-        failed = failed or next((w.returncode for w in workers if w.poll() not in (None, 0)), None)
-        if failed is not None:
-            for worker in workers:
-                if worker.poll() is None:
-                    worker.kill()
+    while failed is None and any(w.poll() is None for w in workers) and time.monotonic() < deadline:
+        failed = next((w.returncode for w in workers if w.poll() not in (None, 0)), None)
         time.sleep(0.05)
     for worker in workers:
-        if worker.poll() is None:
+        if worker.poll() is None:  # after another's error, or past the deadline
             worker.kill()
-            failed = failed or -9
         worker.wait(10)
-    for reader in readers:
-        reader.join(10)
-    failed = failed or next((w.returncode for w in workers if w.returncode != 0), 0)
-    out = "".join(t.get("stdout", "") for t in texts)
-    err = "".join(t.get("stderr", "") for t in texts)
+    if failed is None:
+        failed = next((w.returncode for w in workers if w.returncode != 0), 0)
+    outputs = [worker.output(10) for worker in workers]
+    out, err = ("".join(texts) for texts in zip(*outputs, strict=True))
     return subprocess.CompletedProcess([module, *args], failed, out, err)

@@ -65,22 +65,8 @@ def torchrun(
 ):
     """`fault`: run tests/dist_child.py, which plants that fault in rank 1; the exit status is then
     the caller's to check."""
-    path = tmp_path / f"{Path(cfg.logging.output_dir).name}.yaml"
-    save_config(cfg, path)
-    argv = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={processes}",
-        "-m",
-        *(["tests.dist_child", fault] if fault else ["trickster"]),
-        "train",
-        "--config",
-        str(path),
-        "--no-progress",
-        *overrides,
-    ]
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+    argv = [sys.executable, *launcher, "-m", *job_argv(cfg, tmp_path, fault, overrides)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if not wait:
         return subprocess.Popen(
@@ -91,12 +77,18 @@ def torchrun(
     return result
 
 
-def forked_job(cfg, tmp_path: Path, *overrides: str, fault: str | None = None):
-    """As `torchrun`, in 2 forked processes (see the module docstring)."""
+def job_argv(cfg, tmp_path: Path, fault: str | None, overrides) -> list[str]:
+    """MODULE ARGS of a job's processes: `trickster train` with cfg saved beside the run, or
+    tests/dist_child.py planting `fault` first."""
     path = tmp_path / f"{Path(cfg.logging.output_dir).name}.yaml"
     save_config(cfg, path)
     module = ["tests.dist_child", fault] if fault else ["trickster"]
-    result = children.job(*module, "train", "--config", str(path), "--no-progress", *overrides)
+    return [*module, "train", "--config", str(path), "--no-progress", *overrides]
+
+
+def forked_job(cfg, tmp_path: Path, *overrides: str, fault: str | None = None):
+    """As `torchrun`, in 2 forked processes (see the module docstring)."""
+    result = children.job(*job_argv(cfg, tmp_path, fault, overrides))
     assert fault or result.returncode == 0, result.stderr[-3000:]
     return result
 

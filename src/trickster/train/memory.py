@@ -71,7 +71,8 @@ def choose_batch(cfg: Config, device: torch.device, windows: int, world_size: in
             )
         fit = min((usable - (one - window)) // window, windows // world_size)
         micro, accumulation = footprint.split_global_batch(windows, world_size, fit)
-        while device.type == "cuda" and micro > 1 and not _fits(model, optimizer, cfg, device, micro, usable):
+        on_gpu = device.type == "cuda"
+        while on_gpu and micro > 1 and not step_fits(model, optimizer, cfg, device, micro, usable):
             micro, accumulation = footprint.split_global_batch(windows, world_size, micro - 1)
         del model, optimizer
     if device.type == "cuda":
@@ -79,11 +80,19 @@ def choose_batch(cfg: Config, device: torch.device, windows: int, world_size: in
     return AutoBatch(micro, accumulation, micro * accumulation * world_size, window, usable)
 
 
-def _fits(model, optimizer, cfg: Config, device: torch.device, micro: int, usable: int) -> bool:
+def step_fits(model, optimizer, cfg: Config, device: torch.device, micro: int, usable: float) -> bool:
+    """Whether a trial step at micro-batch `micro` runs and peaks within `usable` bytes. After an
+    out-of-memory error the step's gradients and, its tensors freed, the allocator's cache are
+    dropped, so that the next trial starts from the same memory."""
     try:
-        return trial_step_bytes(model, optimizer, cfg, device, micro) <= usable
+        fitted = trial_step_bytes(model, optimizer, cfg, device, micro) <= usable
     except torch.OutOfMemoryError:
-        return False
+        fitted = False
+    if not fitted:
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return fitted
 
 
 def trial_step_bytes(model, optimizer, cfg: Config, device: torch.device, batch: int) -> int:
