@@ -150,7 +150,7 @@ def collectives(device: str = "cuda") -> str:
                 step_model(x[:, :-1], x[:, 1:])[1].backward()
         optimizer.step()
         done.append(full_state_round_trip(dist, model, optimizer))
-        tokens = list(generate(model, [1, 2, 3], 8, temperature=0))
+        tokens = list(generate(model, [1, 2, 3], 8, temperature=0, dtype=job.gathered_dtype))
         assert len(tokens) == 8
     finally:
         dist.shutdown()

@@ -163,6 +163,46 @@ def test_compiled_blocks_under_fsdp_train_like_eager_and_sample_without_compilin
     torch._dynamo.reset()
 
 
+def test_fsdp_bfloat16_with_activation_checkpointing_keeps_float32_rotary_tables(job_of_one):
+    """FSDP2's bfloat16 policy must not cast the blocks' inputs: the rotary tables stay float32, as
+    without FSDP. With the cast, torch before 2.13 failed every backward pass here (its recompute
+    skipped the cast: "Recomputed values ... have different metadata")."""
+    job = job_of_one(enable_fsdp=True, dtype="bfloat16")
+    torch.manual_seed(0)
+    model = Transformer(config().model)
+    reference = Transformer(config().model)
+    reference.load_state_dict(model.state_dict())
+    model.checkpoint_activations = True
+    step_model = dist.parallelize(model, job, CPU)
+    tables = []
+    model.layers[1].register_forward_pre_hook(lambda block, args: tables.append(args[1].dtype))
+    losses = []
+    for net in (step_model, reference):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = net(*batch())[1]
+        loss.backward()
+        losses.append(loss.item())
+    assert tables == [torch.float32, torch.float32]  # the forward pass, then its recompute
+    assert losses[0] == pytest.approx(losses[1], rel=2e-2)  # bfloat16 weights against autocast's
+    assert model.layers[0].attention.wq.weight.grad is not None
+
+
+def test_sampling_a_bfloat16_sharded_model_keeps_its_kv_cache(job_of_one):
+    """FSDP2's bfloat16 policy used to replace the KV cache handed to the model's forward by a
+    cast copy, so the cache never grew and each token saw only itself; the tokens must be those of
+    decoding without a cache."""
+    job = job_of_one(enable_fsdp=True, dtype="bfloat16")
+    torch.manual_seed(0)
+    model = Transformer(config().model)
+    for weight in model.parameters():
+        weight.data.normal_(0, 0.5)  # an untrained model repeats one token whatever it sees
+    dist.parallelize(model, job, CPU)
+    prompt = [5, 9, 2, 7]
+    cached = list(generate(model, prompt, 10, temperature=0, dtype=job.gathered_dtype))
+    uncached = list(generate(model, prompt, 10, temperature=0, dtype=job.gathered_dtype, use_cache=False))
+    assert cached == uncached and len(set(cached)) > 2
+
+
 def _two_process_worker(rank: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     td.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)

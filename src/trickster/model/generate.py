@@ -66,7 +66,9 @@ def generate(
     corpus). With the cache, each step feeds one token; without it, the whole window is re-run.
     Once the context is full, generation continues over the last max_seq_len tokens (uncached).
     `dtype`: compute in it under autocast, the KV cache too; None: bfloat16 on a CUDA GPU of
-    Ampere or later (train.device.inference_dtype), the weights' own dtype elsewhere.
+    Ampere or later (train.device.inference_dtype), the weights' own dtype elsewhere. A model
+    sharded by FSDP2 computes in the dtype it gathers its weights in: pass that
+    (train.dist.Dist.gathered_dtype), or its KV cache takes the float32 of the shards.
     """
     was_training = model.training
     model.eval()

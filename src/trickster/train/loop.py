@@ -359,7 +359,8 @@ class Trainer:
             agree = None
         else:
             return None
-        return sample_text(self.model, self.data.tokenizer, t.sample_prompt, t.sample_tokens, t.seed, agree)
+        tokenizer, dtype = self.data.tokenizer, job.gathered_dtype
+        return sample_text(self.model, tokenizer, t.sample_prompt, t.sample_tokens, t.seed, agree, dtype)
 
     def save(self, name: str) -> None:
         """A checkpoint folder. Every process takes part: rank 0 writes the gathered weights and

@@ -45,9 +45,10 @@ def evaluate(model, batches, device: torch.device, dtype_name: str) -> float:
 
 
 def sample_text(
-    model: Transformer, tokenizer: Tokenizer, prompt: str, tokens: int, seed: int, agree=None
+    model: Transformer, tokenizer: Tokenizer, prompt: str, tokens: int, seed: int, agree=None, dtype=None
 ) -> str:
-    """A reproducible sample that does not touch the training RNG.
+    """A reproducible sample that does not touch the training RNG. `agree` and `dtype`: as
+    model.generate's.
 
     A prompt the tokenizer cannot encode (a character the corpus lacks) is dropped, not fatal:
     the sample then starts from end-of-text, or from the first symbol.
@@ -67,5 +68,6 @@ def sample_text(
         vocab_limit=tokenizer.vocab_size,
         stop_id=tokenizer.eot_id,
         agree=agree,
+        dtype=dtype,
     )
     return prompt + tokenizer.decode(out)
