@@ -16,9 +16,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# what is missing goes from wheels/ into a folder of its own, first on the path: the image's own
+# site-packages may be read-only, and nothing of it is replaced
+SITE="${TMPDIR:-/tmp}/trickster-site"
+export PYTHONPATH="$PWD/src:$SITE${PYTHONPATH:+:$PYTHONPATH}"
+install_wheels() {  # WHEEL FILE...
+    "$PY" -m pip install --quiet --no-index --no-deps --no-compile --upgrade --target "$SITE" "$@"
+}
 if ! "$PY" -c "import pydantic" 2>/dev/null; then
-    if compgen -G "wheels/*.whl" > /dev/null; then
-        "$PY" -m pip install --quiet --no-index --find-links wheels pydantic
+    if compgen -G "wheels/pydantic-*.whl" > /dev/null; then
+        install_wheels wheels/{pydantic,pydantic_core,annotated_types,typing_inspection,typing_extensions}-*.whl
     else
         echo "gpu_check: pydantic is missing and there is no wheels/ folder; see the top of $0 to bring it" >&2
         exit 2
@@ -26,8 +33,7 @@ if ! "$PY" -c "import pydantic" 2>/dev/null; then
 fi
 # the generate step compares with transformers; without it that step says so and goes on
 if ! "$PY" -c "import transformers" 2>/dev/null && compgen -G "wheels/transformers-*.whl" > /dev/null; then
-    "$PY" -m pip install --quiet --no-index --find-links wheels transformers ||
+    install_wheels wheels/*.whl ||
         echo "gpu_check: transformers from wheels/ did not install; the generate step skips it" >&2
 fi
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 exec "$PY" scripts/gpu_check.py "$@"
