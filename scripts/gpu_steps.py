@@ -312,16 +312,16 @@ FSDP_TOLERANCE = {"cpu": 1e-4, "cuda": 0.05}  # train loss, resumed against unin
 
 
 def step_fsdp(ctx: Context) -> Result:
-    """torchrun with FSDP2, activation checkpointing, bf16 and compile (float32, eager and gloo in a
-    dry run) for mega's shape cut to 2 layers: an uninterrupted run of 30 steps; the same run
+    """torchrun with FSDP2, activation checkpointing, bf16 and compile (eager and gloo in a dry run)
+    for mega's shape cut to 2 layers: an uninterrupted run of 30 steps; the same run
     killed with SIGKILL at its step-20 checkpoint and resumed to 30, whose losses must match;
     and that checkpoint resumed by one process on the CPU, whose final weights `generate` loads."""
     ctx.require_gpu("fsdp")
     result = Result("fsdp")
-    dtype, compiled = ("float32", "false") if ctx.dry_run else ("bfloat16", "true")
+    compiled = "false" if ctx.dry_run else "true"
     common = [
         "--no-progress", f"device_config.device={ctx.device}", "device_config.enable_fsdp=true",
-        "device_config.activation_checkpointing=true", f"device_config.dtype={dtype}",
+        "device_config.activation_checkpointing=true", "device_config.dtype=bfloat16",
         f"device_config.compile={compiled}", "training_config.warmup_steps=2", "training_config.log_every=2",
         "training_config.eval_every=10", "training_config.save_every=10", "training_config.eval_batches=2",
         "training_config.sample_tokens=20", "logging_config.loss_plot=false", "training_config.max_steps=30",
