@@ -36,6 +36,8 @@ command line or no GPU. It installs nothing (see docs/distributed.md for bringin
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 import tempfile
 import time
@@ -91,19 +93,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--text", type=Path, default=next((t for t in steps.TEXTS if t.is_file()), None))
     parser.add_argument("--nanogpt", type=Path, help="a nanoGPT checkout, for the nanogpt step")
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        metavar="SECONDS",
+        help="stop the step still running after this long (its processes too) and skip the rest: "
+        "the table still comes, where a killed command would print nothing",
+    )
     args = parser.parse_args(argv)
     if args.cpu_dry_run:
         args.steps = [s for s in args.steps if s in DRY_RUN_STEPS]
     return args
 
 
-def run_steps(ctx: Context, names: list[str], echo=print) -> list[Result]:
+class OutOfTime(BaseException):
+    """Raised in the step running when --time-limit is reached; a BaseException, so that no step's
+    own `except Exception` takes it for a failure of its own."""
+
+
+def run_steps(ctx: Context, names: list[str], echo=print, time_limit: float | None = None) -> list[Result]:
     results = []
+    deadline = None if time_limit is None else time.monotonic() + time_limit
     for name in names:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            results.append(Result(name, "SKIP", notes=[f"not started: the time limit of {time_limit:.0f} s"]))
+            continue
         echo(f"[gpu_check] {name} ...", flush=True)
         started = time.perf_counter()
         try:
-            result = STEP_FUNCTIONS[name](ctx)
+            with alarm(left, spare=steps.children()):
+                result = STEP_FUNCTIONS[name](ctx)
+        except OutOfTime:  # subprocess.run kills its child on the way out
+            result = Result(name, "SKIP", notes=[f"stopped at the time limit of {time_limit:.0f} s"])
         except StepFailed as failed:
             result = Result(name, "FAIL", notes=[str(failed)])
         except Exception as error:  # a bug or an unexpected failure: the table still comes
@@ -115,6 +137,29 @@ def run_steps(ctx: Context, names: list[str], echo=print) -> list[Result]:
         echo(f"[gpu_check] {name}: {result.status} in {result.seconds:.0f} s", flush=True)
         results.append(result)
     return results
+
+
+@contextlib.contextmanager
+def alarm(seconds: float | None, spare: set[int]):
+    """OutOfTime in this (the main) thread after `seconds` (None: never), once every process
+    started meanwhile is killed with its descendants (torchrun's workers too, which killing the
+    launcher would leave running); those in `spare` are not this step's."""
+    if seconds is None:
+        yield
+        return
+
+    def out_of_time(signum, frame):
+        for pid in steps.children() - spare:
+            steps.kill_tree(pid)
+        raise OutOfTime
+
+    previous = signal.signal(signal.SIGALRM, out_of_time)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     device = "cpu (dry run)" if args.cpu_dry_run else torch.cuda.get_device_name()
     print(f"gpu_check on {device}, torch {torch.__version__}, runs and logs in {work}", flush=True)
     context = Context(work, data, args.cpu_dry_run, text=args.text, nanogpt=args.nanogpt)
-    results = run_steps(context, args.steps)
+    results = run_steps(context, args.steps, time_limit=args.time_limit)
     print(summary_table(results))
     return 1 if any(r.status == "FAIL" for r in results) else 0
 

@@ -130,6 +130,17 @@ def kill_tree(pid: int) -> None:
             pass
 
 
+def children() -> set[int]:
+    """The processes this one started that still run."""
+    found = set()
+    for task in Path(f"/proc/{os.getpid()}/task").glob("*"):
+        try:
+            found |= {int(child) for child in (task / "children").read_text().split()}
+        except OSError:
+            pass
+    return found
+
+
 def events(run: Path, kind: str | None = None) -> list[dict]:
     path = run / "metrics.jsonl"
     if not path.is_file():

@@ -3,8 +3,10 @@ cleanly here, and (--cpu-dry-run) the nano, resume and fsdp steps at toy size on
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -63,6 +65,43 @@ def test_a_failing_step_is_reported_and_the_others_still_run(tmp_path, monkeypat
     assert "KeyError" in results[0].notes[0] and (tmp_path / "probe.traceback").is_file()
     assert results[1].notes == ["the loss did not fall"]
     assert all(r.seconds is not None for r in results)
+
+
+def test_the_time_limit_stops_the_running_step_and_its_process_and_skips_the_rest(tmp_path, monkeypatch):
+    """A GPU machine lent for minutes kills a command that runs over: the table must come first."""
+    pid_file = tmp_path / "worker.pid"
+    worker = "import time; time.sleep(60)"
+    launcher = (  # as torchrun: its worker in a session of its own
+        "import subprocess, sys, time\n"
+        f"worker = subprocess.Popen([sys.executable, '-c', {worker!r}], start_new_session=True)\n"
+        f"open({str(pid_file)!r}, 'w').write(str(worker.pid))\n"
+        "time.sleep(60)"
+    )
+
+    def slow(ctx):  # a step waiting on a process, as the training steps do
+        subprocess.run([sys.executable, "-c", launcher], timeout=120)
+        return gpu_steps.Result("nano")
+
+    fake = {"probe": lambda ctx: gpu_steps.Result("probe"), "nano": slow, "resume": slow}
+    monkeypatch.setattr(gpu_check, "STEP_FUNCTIONS", fake)
+    ctx = gpu_steps.Context(tmp_path, tmp_path, dry_run=True)
+    bystander = subprocess.Popen([sys.executable, "-c", worker])  # not the step's: spared
+    started = time.monotonic()
+    results = gpu_check.run_steps(ctx, list(fake), echo=lambda *a, **k: None, time_limit=2)
+    assert bystander.poll() is None
+    bystander.kill()
+    assert time.monotonic() - started < 10
+    assert [r.status for r in results] == ["PASS", "SKIP", "SKIP"]
+    assert results[1].notes == ["stopped at the time limit of 2 s"]
+    assert results[2].notes == ["not started: the time limit of 2 s"]
+    worker = int(pid_file.read_text())
+    for _ in range(100):  # killed; init reaps it, which may take a moment
+        if not Path(f"/proc/{worker}").exists() or "zombie" in Path(f"/proc/{worker}/status").read_text():
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"the launcher's worker {worker} survived the time limit")
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
 @no_gpu
