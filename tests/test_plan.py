@@ -228,6 +228,30 @@ def test_the_benchmark_times_float32_in_tf32_and_puts_the_setting_back(micro, mo
     assert calls == [("set", torch.device("cpu")), ("restored", torch.device("cpu"))]
 
 
+@pytest.mark.parametrize("recompute", [False, True])
+def test_the_benchmark_recomputes_activations_when_the_run_does(micro, monkeypatch, recompute):
+    """With activation checkpointing every block runs its forward twice a step: the benchmark's
+    rate must include that, or the plan's step time is a quarter short."""
+    calls = {"model": 0, "block": 0}
+
+    class Counted(Transformer):
+        def __init__(self, cfg):
+            super().__init__(cfg)
+            for block in self.layers:
+                block.register_forward_pre_hook(lambda *args: calls.__setitem__("block", calls["block"] + 1))
+
+        def forward(self, *args, **kwargs):
+            calls["model"] += 1
+            return super().forward(*args, **kwargs)
+
+    monkeypatch.setattr(plan, "Transformer", Counted)
+    cfg = micro(model_config={"vocab_size": 65}, device_config={"activation_checkpointing": recompute})
+    with contextlib.suppress(plan.BenchSkipped):
+        plan.benchmark(cfg, torch.device("cpu"), seconds=2)
+    assert calls["model"] >= 2
+    assert calls["block"] == calls["model"] * cfg.model.num_layers * (2 if recompute else 1)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["mega", "gpt2-small"])
 def test_plan_answers_within_20_seconds_even_for_the_largest_presets(preset, capsys):

@@ -72,7 +72,8 @@ def benchmark(cfg: Config, device: torch.device, seconds: float = BENCH_SECONDS)
     raises BenchSkipped when even the smallest step is too slow for that, or when on a CPU the
     copy's training state alone passes CPU_COPY_BYTES.
 
-    The copy keeps the width, heads, MLP, vocabulary and dtype, but has at most 2 layers (float32
+    The copy keeps the width, heads, MLP, vocabulary, dtype and activation checkpointing (whose
+    recompute costs a third more FLOPs than the plan counts), but has at most 2 layers (float32
     matmuls in TF32 on CUDA, as training runs them). Its smallest step (1 x 16 tokens) is timed
     first; the micro-batch timed is then the largest of the run's context and batch (halved
     from the run's) that costs at most about 1.5e11 FLOPs per step on a CPU (2e13 on a GPU) and
@@ -107,6 +108,7 @@ def _timed_steps(cfg: Config, bench_cfg: Config, device: torch.device, deadline:
     on_gpu = device.type in ("cuda", "mps")
     flop_cap, min_steps = (2e13, 10) if on_gpu else (1.5e11, 3)
     model = Transformer(bench_cfg.model).to(device)
+    model.checkpoint_activations = cfg.device.activation_checkpointing  # its recompute, as training
     optimizer = build_optimizer(model, cfg.training, device)
     generator = torch.Generator().manual_seed(0)
 
