@@ -2,7 +2,7 @@
 
     scripts/gpu_check.sh                          # the seven checks
     scripts/gpu_check.sh --steps probe nano       # some of them
-    scripts/gpu_check.sh --cpu-dry-run            # steps nano, resume, fsdp at toy size on the CPU (gloo)
+    scripts/gpu_check.sh --cpu-dry-run            # steps nano, resume, fsdp, mega at toy size on the CPU
     scripts/gpu_check.sh --steps tutorial nanogpt generate --nanogpt ../nanoGPT   # issue 14's figures
 
 1 probe    SDPA forward and backward restricted to the flash kernel (full and grouped-query
@@ -47,7 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CHECKS = ("probe", "nano", "resume", "gpt2", "fsdp", "mega", "maxbatch")
 STEPS = (*CHECKS, "tutorial", "nanogpt", "generate")
-DRY_RUN_STEPS = ("nano", "resume", "fsdp")  # what --cpu-dry-run can run without a GPU
+DRY_RUN_STEPS = ("nano", "resume", "fsdp", "mega")  # what --cpu-dry-run can run without a GPU
 
 
 if str(ROOT / "scripts") not in sys.path:  # run as a script it is there already
@@ -86,7 +86,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--steps", nargs="+", choices=STEPS, default=list(CHECKS), help="the steps to run, in order"
     )
     parser.add_argument(
-        "--cpu-dry-run", action="store_true", help="steps nano, resume and fsdp at toy size on the CPU"
+        "--cpu-dry-run", action="store_true", help="steps nano, resume, fsdp and mega at toy size on the CPU"
     )
     parser.add_argument(
         "--work", type=Path, help="folder for the runs and logs (default: a new temporary one)"

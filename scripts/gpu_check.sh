@@ -5,7 +5,7 @@
 #
 #   scripts/gpu_check.sh                  # the seven checks, roughly 10-15 minutes on one H100/H200
 #   scripts/gpu_check.sh --steps probe    # some of them
-#   scripts/gpu_check.sh --cpu-dry-run    # nano, resume and fsdp at toy size on the CPU
+#   scripts/gpu_check.sh --cpu-dry-run    # nano, resume, fsdp and mega at toy size on the CPU
 #
 # It uses the Python and torch already there (PYTHON=... to choose) and installs nothing from an
 # index. What GPU images tend to lack is pydantic (and transformers, for the `generate` step): on a

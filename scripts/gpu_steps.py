@@ -399,33 +399,35 @@ PLAN_BOUNDS = {"memory": 0.15, "step time": 0.30}  # issue 15: the plan's error 
 def step_mega(ctx: Context) -> Result:
     """The 1.1B `mega` preset as shipped (FSDP2 on one process, bf16, activation checkpointing),
     50 steps: peak memory and step time against `trickster plan`'s predictions for the same
-    settings, which must be within PLAN_BOUNDS; and the times to save and load its checkpoint."""
+    settings, which must be within PLAN_BOUNDS; and the times to save and load its checkpoint.
+    A dry run trains mega's structure at toy size for 6 steps on the CPU: this step's own code,
+    whose figures it reports but does not hold to the bounds."""
     ctx.require_gpu("mega")
-    if ctx.dry_run:
-        return Result("mega", "SKIP", notes=["needs a GPU"])
     import torch
 
     from trickster import plan
     from trickster.config import load_config
 
     result, run = Result("mega"), ctx.work / "mega"
-    overrides = ["device_config.device=cuda", "device_config.compile=false"]
-    predicted = plan.make_plan(
-        load_config(preset="mega", overrides=[*overrides, *MEGA_RUN]), torch.device("cuda"), name="mega"
-    )
+    overrides = [f"device_config.device={ctx.device}", "device_config.compile=false", *MEGA_RUN]
+    if ctx.dry_run:
+        overrides += [*fsdp_model(True), "training_config.max_steps=6", "training_config.eval_every=6"]
+    predicted = plan.make_plan(load_config(preset="mega", overrides=overrides), torch.device(ctx.device))
     argv = ["train", "--preset", "mega", "--data", str(ctx.data), "--out", str(run), "--no-progress"]
-    trickster(ctx, "mega", *argv, *overrides, *MEGA_RUN, timeout=900)
+    trickster(ctx, "mega", *argv, *overrides, timeout=900)
     training_figures(result, run)
     ms = statistics.median(r["ms_per_step"] for r in events(run, "train")[1:] or events(run, "train"))
-    rate = predicted.bench.flops_per_sec / predicted.flops_per_token if predicted.bench else None
-    tokens_per_step = predicted.cfg.training.batch_size * predicted.cfg.seq_len
-    plan_ms = 1000 * tokens_per_step / rate if rate else None
+    plan_s = predicted.seconds(predicted.run_tokens // predicted.cfg.training.max_steps)
+    plan_ms = 1000 * plan_s if plan_s is not None else None
     plan_gib = predicted.memory.total / 2**30
+    peak = "not measured" if result.peak_gib is None else f"{result.peak_gib:.1f} GiB"
     result.notes.append(
-        f"step {ms:,.0f} ms (plan {plan_ms or float('nan'):,.0f} ms); "
-        f"peak {result.peak_gib} GiB (plan {plan_gib:.1f} GiB)"
+        f"step {ms:,.0f} ms (plan {plan_ms or float('nan'):,.0f} ms); peak {peak} (plan {plan_gib:.1f} GiB)"
     )
-    save_and_load_times(result, run, "cuda")
+    save_and_load_times(result, run, ctx.device)
+    if ctx.dry_run:
+        result.notes.append("toy size on the CPU: the plan's bounds are not checked")
+        return result
     errors = {
         "memory": abs(plan_gib - result.peak_gib) / result.peak_gib if result.peak_gib else None,
         "step time": abs(plan_ms - ms) / ms if plan_ms else None,

@@ -1,5 +1,5 @@
 """scripts/gpu_check.py without a GPU: its command line, its table, that every step refuses
-cleanly here, and (--cpu-dry-run) the nano, resume and fsdp steps at toy size on the CPU."""
+cleanly here, and (--cpu-dry-run) the nano, resume, fsdp and mega steps at toy size on the CPU."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def test_the_command_line_chooses_steps():
     figures = gpu_check.parse_args(["--steps", "tutorial", "nanogpt", "generate", "--nanogpt", "ng"])
     assert figures.steps == ["tutorial", "nanogpt", "generate"] and figures.nanogpt == Path("ng")
     assert gpu_check.parse_args(["--steps", "mega", "probe"]).steps == ["mega", "probe"]
-    assert gpu_check.parse_args(["--cpu-dry-run"]).steps == ["nano", "resume", "fsdp"]
+    assert gpu_check.parse_args(["--cpu-dry-run"]).steps == ["nano", "resume", "fsdp", "mega"]
     assert gpu_check.parse_args(["--cpu-dry-run", "--steps", "probe", "fsdp"]).steps == ["fsdp"]
     with pytest.raises(SystemExit) as exit_:
         gpu_check.parse_args(["--steps", "warp"])
@@ -136,10 +136,12 @@ def test_a_cpu_dry_run_trains_resumes_and_shards_at_toy_size(tmp_path, capsys, m
     rows = {
         line.split()[0]: line.split()
         for line in out.splitlines()
-        if line.split()[:1] in (["nano"], ["resume"], ["fsdp"])
+        if line.split()[:1] in (["nano"], ["resume"], ["fsdp"], ["mega"])
     }
-    assert [rows[step][1] for step in ("nano", "resume", "fsdp")] == ["PASS"] * 3
+    assert [rows[step][1] for step in ("nano", "resume", "fsdp", "mega")] == ["PASS"] * 4
     assert (tmp_path / "fsdp" / "checkpoints" / "final").is_dir()
+    mega = " ".join(rows["mega"])  # its comparison with the plan, at toy size: figures, no bounds
+    assert "ms (plan " in mega and "(plan nan ms)" not in mega and "peak not measured (plan " in mega
 
 
 @pytest.mark.slow
