@@ -4,6 +4,7 @@ checks are in gpu_probe.py."""
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import math
@@ -178,12 +179,15 @@ def save_and_load_times(result: Result, run: Path, device: str) -> None:
     from trickster.train import checkpoint as ckpt
 
     started = time.perf_counter()
-    ckpt.load_checkpoint(run / "checkpoints" / "final", device)
+    loaded = ckpt.load_checkpoint(run / "checkpoints" / "final", device)
     if device == "cuda":
         import torch
 
         torch.cuda.synchronize()
     result.load_s = time.perf_counter() - started
+    if device == "cuda":  # give the memory back for the steps after this one (their own processes)
+        del loaded
+        torch.cuda.empty_cache()
     last_eval, end = events(run, "eval")[-1], events(run, "end")
     if end:
         result.save_s = end[0]["time"] - last_eval["time"]
@@ -477,12 +481,19 @@ def step_maxbatch(ctx: Context) -> Result:
         "device_config.compile=false",
     ]
     cfg = load_config(preset="mega", overrides=unsharded)
-    model = Transformer(cfg.model).to(device)
-    model.checkpoint_activations = True
-    optimizer = build_optimizer(model, cfg.training, device)
-
     capacity, _ = footprint.device_memory(device)
-    fitting = largest(lambda batch: step_fits(model, optimizer, cfg, device, batch, capacity))
+
+    def largest_fitting() -> int:
+        model = Transformer(cfg.model).to(device)
+        model.checkpoint_activations = True
+        optimizer = build_optimizer(model, cfg.training, device)
+        return largest(lambda batch: step_fits(model, optimizer, cfg, device, batch, capacity))
+
+    try:
+        fitting = largest_fitting()
+    finally:  # the steps after this one run in processes of their own and need the GPU's memory
+        gc.collect()
+        torch.cuda.empty_cache()
     check(fitting >= 1, "not even one window of 2048 tokens fits")
     formula = footprint.fitting_batch(cfg, capacity)
     planned = footprint.fitting_batch(cfg, footprint.HEADROOM * capacity)
