@@ -115,15 +115,11 @@ def killed_when(ctx: Context, name: str, ready: Path, *argv: str, timeout: int =
 def kill_tree(pid: int) -> None:
     """SIGKILL a process and all its descendants (torchrun puts each worker in a session of its
     own, so killing the launcher's process group would leave the workers running). Linux."""
-    found, todo = [], [pid]
+    found, todo, by_parent = [], [pid], children_by_parent()
     while todo:
         parent = todo.pop()
         found.append(parent)
-        for task in Path(f"/proc/{parent}/task").glob("*"):
-            try:
-                todo += [int(child) for child in (task / "children").read_text().split()]
-            except OSError:  # the task ended meanwhile
-                pass
+        todo += by_parent.get(parent, [])
     for process in found:
         try:
             os.kill(process, signal.SIGKILL)
@@ -133,13 +129,21 @@ def kill_tree(pid: int) -> None:
 
 def children() -> set[int]:
     """The processes this one started that still run."""
-    found = set()
-    for task in Path(f"/proc/{os.getpid()}/task").glob("*"):
+    return set(children_by_parent().get(os.getpid(), []))
+
+
+def children_by_parent() -> dict[int, list[int]]:
+    """Every running process by its parent, from /proc/PID/stat, which every Linux has, and
+    gVisor (the runtime of some GPU machines) too; /proc/PID/task/TID/children needs a kernel built
+    with CONFIG_PROC_CHILDREN, and came late to gVisor."""
+    by_parent: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            found |= {int(child) for child in (task / "children").read_text().split()}
-        except OSError:
-            pass
-    return found
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "PID (command name)"
+        except (OSError, IndexError):  # the process ended meanwhile
+            continue
+        by_parent.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    return by_parent
 
 
 def events(run: Path, kind: str | None = None) -> list[dict]:
