@@ -101,6 +101,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "the table still comes, where a killed command would print nothing",
     )
     args = parser.parse_args(argv)
+    if args.time_limit is not None and args.time_limit <= 0:
+        parser.error(f"--time-limit must be a positive number of seconds (got {args.time_limit:g})")
     if args.cpu_dry_run:
         args.steps = [s for s in args.steps if s in DRY_RUN_STEPS]
     return args

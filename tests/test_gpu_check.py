@@ -30,6 +30,10 @@ def test_the_command_line_chooses_steps():
     assert gpu_check.parse_args(["--steps", "mega", "probe"]).steps == ["mega", "probe"]
     assert gpu_check.parse_args(["--cpu-dry-run"]).steps == ["nano", "resume", "fsdp", "mega"]
     assert gpu_check.parse_args(["--cpu-dry-run", "--steps", "probe", "fsdp"]).steps == ["fsdp"]
+    assert gpu_check.parse_args(["--time-limit", "540"]).time_limit == 540
+    with pytest.raises(SystemExit) as bad:
+        gpu_check.parse_args(["--time-limit", "0"])
+    assert bad.value.code == 2
     with pytest.raises(SystemExit) as exit_:
         gpu_check.parse_args(["--steps", "warp"])
     assert exit_.value.code == 2
