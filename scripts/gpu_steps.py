@@ -373,8 +373,8 @@ def step_fsdp(ctx: Context) -> Result:
 
     on_cpu = [
         "--resume", "--no-progress", "device_config.device=cpu", "device_config.enable_fsdp=false",
-        "device_config.dtype=float32", "device_config.compile=false", "training_config.max_steps=22",
-        "training_config.eval_every=22", "training_config.sample_tokens=0",
+        "device_config.dtype=float32", "device_config.compile=false", "training_config.max_steps=21",
+        "training_config.eval_every=21", "training_config.eval_batches=1", "training_config.sample_tokens=0",
     ]  # fmt: skip
     trickster(ctx, "fsdp-cpu", "train", "--config", str(alone / "config.yaml"), "--out", str(alone), *on_cpu)
     check([r["step"] for r in events(alone, "resume")] == [20], "the CPU did not resume from step 20")
