@@ -146,6 +146,13 @@ def children_by_parent() -> dict[int, list[int]]:
     return by_parent
 
 
+def drop_checkpoints(*runs: Path) -> None:
+    """Delete runs' checkpoints once a step has what it needs of them: `mega`'s take 15 GB each,
+    and the GPU machine has 64 GiB of disk for all the steps."""
+    for run in runs:
+        shutil.rmtree(run / "checkpoints", ignore_errors=True)
+
+
 def events(run: Path, kind: str | None = None) -> list[dict]:
     path = run / "metrics.jsonl"
     if not path.is_file():
@@ -336,6 +343,18 @@ def step_fsdp(ctx: Context) -> Result:
     killed with SIGKILL at its step-20 checkpoint and resumed to 30, whose losses must match;
     and that checkpoint resumed by one process on the CPU, whose final weights `generate` loads."""
     ctx.require_gpu("fsdp")
+    try:
+        return fsdp_runs(ctx)
+    finally:  # at real size each checkpoint takes 3 GB of the GPU machine's 64 GiB of disk
+        drop_checkpoints(*fsdp_folders(ctx))
+
+
+def fsdp_folders(ctx: Context) -> tuple[Path, Path, Path]:
+    """The uninterrupted run, the killed and resumed one, and its copy resumed on the CPU."""
+    return ctx.work / "fsdp-reference", ctx.work / "fsdp", ctx.work / "fsdp-cpu"
+
+
+def fsdp_runs(ctx: Context) -> Result:
     result = Result("fsdp")
     compiled = "false" if ctx.dry_run else "true"
     common = [
@@ -344,8 +363,9 @@ def step_fsdp(ctx: Context) -> Result:
         f"device_config.compile={compiled}", "training_config.warmup_steps=2", "training_config.log_every=2",
         "training_config.eval_every=10", "training_config.save_every=10", "training_config.eval_batches=2",
         "training_config.sample_tokens=20", "logging_config.loss_plot=false", "training_config.max_steps=30",
+        "training_config.keep_last=1",
     ]  # fmt: skip
-    reference, run, alone = ctx.work / "fsdp-reference", ctx.work / "fsdp", ctx.work / "fsdp-cpu"
+    reference, run, alone = fsdp_folders(ctx)
     first = ["train", "--preset", "mega", "--data", str(ctx.data), *fsdp_model(ctx.dry_run), *common]
     trickster(ctx, "fsdp-reference", *first, "--out", str(reference), torchrun=True)
     samples = [r["sample"] for r in events(reference, "eval") if r.get("sample")]
@@ -354,6 +374,8 @@ def step_fsdp(ctx: Context) -> Result:
     check(
         all(math.isfinite(x) for x in losses) and losses[-1] < losses[0], f"the loss did not fall: {losses}"
     )
+    save_and_load_times(result, reference, ctx.device)
+    drop_checkpoints(reference)
 
     # killed once its step-20 checkpoint is complete: in the evaluation that follows it, or just after
     saved = run / "checkpoints" / "step_000020" / "COMPLETE"
@@ -370,6 +392,7 @@ def step_fsdp(ctx: Context) -> Result:
     worst = max(abs(resumed[s] - expected[s]) for s in resumed)
     tolerance = FSDP_TOLERANCE[ctx.device]
     check(worst <= tolerance, f"resumed losses differ from uninterrupted ones by {worst:.2e} > {tolerance}")
+    drop_checkpoints(run)
 
     on_cpu = [
         "--resume", "--no-progress", "device_config.device=cpu", "device_config.enable_fsdp=false",
@@ -387,7 +410,6 @@ def step_fsdp(ctx: Context) -> Result:
         f"within {worst:.1e} of the uninterrupted run's (tolerance {tolerance}); resumed on the CPU "
         "and generated there"
     )
-    save_and_load_times(result, reference, ctx.device)
     return result
 
 
@@ -435,6 +457,7 @@ def step_mega(ctx: Context) -> Result:
         f"step {ms:,.0f} ms (plan {plan_ms or float('nan'):,.0f} ms); peak {peak} (plan {plan_gib:.1f} GiB)"
     )
     save_and_load_times(result, run, ctx.device)
+    drop_checkpoints(run)
     if ctx.dry_run:
         result.notes.append("toy size on the CPU: the plan's bounds are not checked")
         return result
