@@ -306,6 +306,13 @@ def test_mega_shape_under_fsdp2_with_recompute_and_bf16(shakespeare_dir, tmp_pat
     loaded = ckpt.load_checkpoint(run_dir)
     assert loaded.model.output.weight is not loaded.model.tok_embeddings.weight
     assert loaded.model.cfg.num_kv_heads == 2
+    # `best`, saved right after `final` at step 8, links its weights and optimizer shards
+    best, final = run_dir / "checkpoints" / "best", run_dir / "checkpoints" / "final"
+    files = sorted(p.relative_to(final) for p in final.rglob("*") if p.is_file())
+    shared = [f for f in files if (best / f).stat().st_ino == (final / f).stat().st_ino]
+    shards = [f for f in files if f.parts[0] == ckpt.OPTIMIZER]
+    assert len(shards) >= 2 and sorted(shared) == sorted([Path(ckpt.WEIGHTS), *shards])
+    assert ckpt.load_trainer_state(best)["optimizer"] == ckpt.load_trainer_state(final)["optimizer"]
 
 
 def test_a_nan_in_one_ranks_shard_is_seen_by_every_rank(shakespeare_dir, tmp_path):

@@ -210,6 +210,26 @@ def test_keep_last_rotation_never_deletes_best(micro, monkeypatch):
     assert best.info["step"] == 2 and best.info["best_val_loss"] == 1.0
 
 
+def test_best_at_the_step_just_saved_links_its_weights_instead_of_writing_them(micro, monkeypatch):
+    """Evaluations at 0, 2, 4, 6, each the best so far: `best` at 4 and 6 comes right after
+    step_000004 and `final` of its step, whose weights it links (the same file, no second write),
+    with a trainer.pt and info.json of its own; at 2 nothing was saved before it."""
+    losses = iter([5.0, 4.0, 3.0, 1.0])
+    monkeypatch.setattr(train_module, "evaluate", lambda *args: next(losses))
+    cfg = micro(training_config={"max_steps": 6, "warmup_steps": 1, "eval_every": 2, "save_every": 4})
+    result = train(cfg, **QUIET)
+    folder = result.run_dir / "checkpoints"
+
+    def inode(name: str, file: str = ckpt.WEIGHTS) -> int:
+        return (folder / name / file).stat().st_ino
+
+    assert inode("best") == inode("final") != inode("step_000004")
+    assert inode("best", "trainer.pt") != inode("final", "trainer.pt")
+    best = ckpt.load_checkpoint(folder / "best")
+    assert best.info["step"] == 6 and best.info["val_loss"] == best.info["best_val_loss"] == 1.0
+    assert ckpt.load_trainer_state(folder / "best")["train_state"]["best_val_loss"] == 1.0
+
+
 def _nan_loss_at(monkeypatch, bad_calls) -> None:
     """Training forward passes numbered in `bad_calls` (from 1) return a NaN loss."""
     forward = Transformer.forward

@@ -15,9 +15,10 @@ from trickster.data.prepare import prepare
 from trickster.data.tokenizers import load_tokenizer
 from trickster.errors import UserError
 from trickster.model.generate import generate
+from trickster.model.transformer import Transformer
 from trickster.model.vocab import padded_vocab
 from trickster.train import checkpoint as ckpt
-from trickster.train.loop import Transformer, train
+from trickster.train.loop import train
 from trickster.train.optim import lr_at
 
 from . import children

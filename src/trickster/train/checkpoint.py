@@ -12,7 +12,8 @@
         info.json           step, losses, tokenizer and data fingerprints, versions
         COMPLETE            written last: a folder without it is ignored
 
-`best` (lowest validation loss) and `final` are folders of the same shape. Nothing is ever
+`best` (lowest validation loss) and `final` are folders of the same shape; a folder saved at the
+step of the one just written hard-links its weights and optimizer shards (`reuse`). Nothing is ever
 unpickled: weights come from safetensors and trainer.pt loads with `weights_only=True`.
 """
 
@@ -63,6 +64,15 @@ def weights_to_save(
     return {name: t.detach().contiguous() for name, t in state.items()}
 
 
+@dataclass(frozen=True)
+class Saved:
+    """A checkpoint this process wrote: its step, folder and (FSDP2) optimizer param_groups."""
+
+    step: int
+    path: Path
+    groups: list | None = None
+
+
 def save_checkpoint(
     target: Path,
     model: Transformer,
@@ -72,11 +82,14 @@ def save_checkpoint(
     trainer_state: dict | None = None,
     weights: dict[str, torch.Tensor] | None = None,
     staging: Path | None = None,
+    reuse: Path | None = None,
 ) -> Path:
     """Write a complete checkpoint folder at `target`, replacing any older one atomically.
 
     `weights`: a gathered full state dict, when the model itself is sharded over processes.
     `staging`: the folder being built, when other processes already wrote into it.
+    `reuse`: a complete checkpoint of these very weights (nothing trained since): its weight and
+    optimizer-shard files are hard-linked (copied where links fail) instead of written again.
     """
     target = Path(target)
     fix = (
@@ -84,18 +97,20 @@ def save_checkpoint(
         "(earlier checkpoints are untouched)"
     )
     with disk_errors(f"checkpoint {target}", fix):
-        adapters = lora.adapter_weights(model)
-        return _write_checkpoint(
-            target, weights_to_save(model, weights), adapters, cfg, tokenizer, info, trainer_state, staging
-        )
+        tensors = reuse or (weights_to_save(model, weights), lora.adapter_weights(model))
+        return _write_checkpoint(target, tensors, cfg, tokenizer, info, trainer_state, staging)
 
 
-def _write_checkpoint(target, weights, adapters, cfg, tokenizer, info, trainer_state, staging) -> Path:
+def _write_checkpoint(target, tensors, cfg, tokenizer, info, trainer_state, staging) -> Path:
     staging = staging or staging_dir(target)
     try:
-        save_file(weights, staging / WEIGHTS, metadata={"format": "pt"})
-        if adapters:
-            save_file(adapters, staging / lora.ADAPTERS, metadata={"format": "pt"})
+        if isinstance(tensors, Path):
+            _link_tensor_files(tensors, staging)
+        else:
+            weights, adapters = tensors
+            save_file(weights, staging / WEIGHTS, metadata={"format": "pt"})
+            if adapters:
+                save_file(adapters, staging / lora.ADAPTERS, metadata={"format": "pt"})
         (staging / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         tokenizer.save(staging / "tokenizer.json")
         if trainer_state is not None:
@@ -108,6 +123,21 @@ def _write_checkpoint(target, weights, adapters, cfg, tokenizer, info, trainer_s
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def _link_tensor_files(source: Path, staging: Path) -> None:
+    """`source`'s weights, adapters and optimizer shards into `staging`, as hard links: no bytes
+    written, and each folder stays whole when the other is deleted (nothing edits them in place)."""
+    shards = sorted(p for p in (source / OPTIMIZER).rglob("*") if p.is_file())
+    for path in [source / WEIGHTS, source / lora.ADAPTERS, *shards]:
+        if not path.is_file():
+            continue
+        copy = staging / path.relative_to(source)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, copy)
+        except OSError:  # a file system without hard links
+            shutil.copy2(path, copy)
 
 
 def is_complete(path: Path) -> bool:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -20,12 +19,10 @@ from pathlib import Path
 
 import torch
 
-from trickster.atomic import staging_dir
 from trickster.config import Config
 from trickster.data.loader import BatchSampler, check_windows, load_data
 from trickster.errors import UserError
 from trickster.model.flops import flops_per_token, parameter_breakdown
-from trickster.model.transformer import Transformer  # noqa: F401  (tests import it from here)
 from trickster.model.vocab import resolve_vocab
 from trickster.observe.events import NoMetrics, read_metrics
 from trickster.observe.manifest import run_manifest
@@ -50,7 +47,7 @@ from trickster.train.memory import resolve_batch
 from trickster.train.optim import build_optimizer, set_lr
 from trickster.train.recovery import after_step, finish, guard
 from trickster.train.resume import diverged
-from trickster.train.setup import build_model, on_main, open_run, print_header, write_run_files
+from trickster.train.setup import build_model, on_main, open_run, print_header, stage_shards, write_run_files
 from trickster.train.signals import StopSignals, announce_signals
 from trickster.train.spikes import SpikeDetector
 from trickster.train.state import (
@@ -127,6 +124,7 @@ class Trainer:
         self.spikes = SpikeDetector(t.spike_factor, t.spike_steps, t.spike_window)
         self.clock = Clock(t)
         self.heartbeat = Heartbeat(self.run_dir, t.max_steps, enabled=job.is_main)
+        self.saved: ckpt.Saved | None = None  # this process's last checkpoint
         if job.rank > 0:  # other dropout masks on each process (rank 0 draws as a single process would)
             torch.manual_seed(t.seed + job.rank)
         if self.resumed_from is not None:
@@ -365,30 +363,30 @@ class Trainer:
     def save(self, name: str) -> None:
         """A checkpoint folder. Every process takes part: rank 0 writes the gathered weights and
         trainer.pt; the optimizer moments are gathered by name too, except under FSDP2, where each
-        process writes its own shard of them (torch.distributed.checkpoint) into the same folder."""
+        process writes its own shard of them (torch.distributed.checkpoint) into the same folder.
+        A second folder of one step (`best` after `final`) links the first one's weights and shards
+        instead of writing them again (every process knows: they all saved the first)."""
         target = self.run_dir / "checkpoints" / name
-        weights = dist.full_weights(self.model)
-        trainer_state, staging = self.state_dict(), None
+        again = self.saved if self.saved is not None and self.saved.step == self.state.step else None
+        weights = None if again else dist.full_weights(self.model)
+        trainer_state, staging, groups = self.state_dict(), None, again and again.groups
+        if self.job.mode == "fsdp" and not again:
+            staging, groups = stage_shards(self.job, self.model, self.optimizer, target)
         if self.job.mode == "fsdp":
-            staging = on_main(self.job, staging_dir, target)
-            try:
-                groups = dist.save_sharded_optimizer(self.model, self.optimizer, staging / ckpt.OPTIMIZER)
-            except BaseException:
-                if self.job.is_main:
-                    shutil.rmtree(staging, ignore_errors=True)
-                raise
             trainer_state["optimizer"] = {"param_groups": groups}
         else:
             trainer_state["optimizer"] = dist.full_optimizer_state(self.model, self.optimizer)
         if self.job.is_main:
             parts = (self.model, self.cfg, self.data.tokenizer, self.info(), trainer_state, weights, staging)
-            ckpt.save_checkpoint(target, *parts)
+            ckpt.save_checkpoint(target, *parts, reuse=again and again.path)
             if ckpt.STEP_DIR.match(name):
                 ckpt.prune(self.run_dir, self.cfg.training.keep_last)
         dist.barrier(self.job)
+        self.saved = ckpt.Saved(self.state.step, target, groups)
 
     def load(self, path: Path) -> None:
         """Continue from the checkpoint at `path`, written by this or any other number of processes."""
+        self.saved = None  # the weights it had are gone
         trainer = ckpt.load_trainer_state(path)
         optimizer = trainer["optimizer"]
         if "state" in optimizer:  # gathered, by parameter name

@@ -1,13 +1,16 @@
 """What a training run builds before its first step: the run folder (new, or resumed), the model
-wrapped for the job, the run's own files and the header it prints. Used by loop.Trainer."""
+wrapped for the job, the run's own files and the header it prints; and the folder each FSDP2
+checkpoint starts as. Used by loop.Trainer."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
 
+from trickster.atomic import staging_dir
 from trickster.config import Config, save_config
 from trickster.data.loader import PreparedData
 from trickster.errors import UserError, disk_errors
@@ -93,3 +96,15 @@ def on_main(job: dist.Dist, fn, *args):
     if isinstance(outcome, UserError):
         raise outcome
     return outcome
+
+
+def stage_shards(job: dist.Dist, model, optimizer, target: Path) -> tuple[Path, list]:
+    """Under FSDP2: the staging folder of checkpoint `target` (made by rank 0, known to all), with
+    every process's shard of the optimizer moments in it; and the optimizer's param_groups."""
+    staging = on_main(job, staging_dir, target)
+    try:
+        return staging, dist.save_sharded_optimizer(model, optimizer, staging / ckpt.OPTIMIZER)
+    except BaseException:
+        if job.is_main:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
