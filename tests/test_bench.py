@@ -55,3 +55,28 @@ def test_the_step_profile_splits_a_real_step_and_accounts_for_its_time():
     assert parts["total"] == pytest.approx(parts["matmul"] + parts["attention"] + parts["other"])
     # the profile covers the step: its ops add up to about the step's measured time
     assert 0.3 * timed < parts["total"] < 3 * timed, (parts, timed)
+
+
+def test_the_checkpoint_benchmark_links_and_writes_what_it_says(tmp_path, monkeypatch, capsys):
+    """Its linked saves must really link (the same file as final's), else it times a copy."""
+    from trickster.train import checkpoint as ckpt
+
+    bench = bench_module("checkpoint_save")
+    reused = []
+    real = ckpt.save_checkpoint
+
+    def spy(target, *args, reuse=None, **kwargs):
+        folder = real(target, *args, reuse=reuse, **kwargs)
+        if reuse is not None:
+            reused.append((folder / ckpt.WEIGHTS).stat().st_ino == (reuse / ckpt.WEIGHTS).stat().st_ino)
+        return folder
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", spy)
+    monkeypatch.setattr(
+        sys, "argv", ["checkpoint_save.py", "--preset", "tiny", "--repeats", "1", "--dir", str(tmp_path)]
+    )
+    bench.main()
+    assert reused == [True, True]
+    out = capsys.readouterr().out
+    assert "written again" in out and "moments in shard files" in out
+    assert list(tmp_path.iterdir()) == []  # its folder is gone
