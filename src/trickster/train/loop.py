@@ -369,7 +369,8 @@ class Trainer:
         target = self.run_dir / "checkpoints" / name
         again = self.saved if self.saved is not None and self.saved.step == self.state.step else None
         weights = None if again else dist.full_weights(self.model)
-        trainer_state, staging, groups = self.state_dict(), None, again and again.groups
+        trainer_state, staging = self.state_dict(), None
+        groups = again.groups if again else None
         if self.job.mode == "fsdp" and not again:
             staging, groups = stage_shards(self.job, self.model, self.optimizer, target)
         if self.job.mode == "fsdp":
@@ -378,7 +379,7 @@ class Trainer:
             trainer_state["optimizer"] = dist.full_optimizer_state(self.model, self.optimizer)
         if self.job.is_main:
             parts = (self.model, self.cfg, self.data.tokenizer, self.info(), trainer_state, weights, staging)
-            ckpt.save_checkpoint(target, *parts, reuse=again and again.path)
+            ckpt.save_checkpoint(target, *parts, reuse=again.path if again else None)
             if ckpt.STEP_DIR.match(name):
                 ckpt.prune(self.run_dir, self.cfg.training.keep_last)
         dist.barrier(self.job)
