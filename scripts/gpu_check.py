@@ -130,6 +130,8 @@ def run_steps(ctx: Context, names: list[str], echo=print, time_limit: float | No
             result = Result(name, "SKIP", notes=[f"stopped at the time limit of {time_limit:.0f} s"])
         except StepFailed as failed:
             result = Result(name, "FAIL", notes=[str(failed)])
+        except SystemExit as exited:  # a bench script's own command-line error (sys.exit("error: ..."))
+            result = Result(name, "FAIL", notes=[str(exited.code)])
         except Exception as error:  # a bug or an unexpected failure: the table still comes
             (ctx.work / f"{name}.traceback").write_text(traceback.format_exc())
             result = Result(

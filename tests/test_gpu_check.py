@@ -61,13 +61,22 @@ def test_a_failing_step_is_reported_and_the_others_still_run(tmp_path, monkeypat
     def failing(ctx):
         raise gpu_steps.StepFailed("the loss did not fall")
 
-    fake = {"probe": broken, "nano": failing, "resume": lambda ctx: gpu_steps.Result("resume")}
+    def exits(ctx):  # as bench/nanogpt.py does for a folder that is not a nanoGPT checkout
+        sys.exit("error: peers/nanogpt is not a nanoGPT checkout")
+
+    fake = {
+        "probe": broken,
+        "nano": failing,
+        "nanogpt": exits,
+        "resume": lambda ctx: gpu_steps.Result("resume"),
+    }
     monkeypatch.setattr(gpu_check, "STEP_FUNCTIONS", fake)
     ctx = gpu_steps.Context(tmp_path, tmp_path, dry_run=True)
-    results = gpu_check.run_steps(ctx, ["probe", "nano", "resume"], echo=lambda *a, **k: None)
-    assert [r.status for r in results] == ["FAIL", "FAIL", "PASS"]
+    results = gpu_check.run_steps(ctx, list(fake), echo=lambda *a, **k: None)
+    assert [r.status for r in results] == ["FAIL", "FAIL", "FAIL", "PASS"]
     assert "KeyError" in results[0].notes[0] and (tmp_path / "probe.traceback").is_file()
     assert results[1].notes == ["the loss did not fall"]
+    assert results[2].notes == ["error: peers/nanogpt is not a nanoGPT checkout"]
     assert all(r.seconds is not None for r in results)
 
 
