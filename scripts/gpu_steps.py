@@ -187,17 +187,17 @@ def training_figures(result: Result, run: Path, skip: int = 1) -> None:
 def save_and_load_times(result: Result, run: Path, device: str) -> None:
     """load_s: `load_checkpoint` of the final weights onto the device; save_s: the run's own
     saves at its last step (best and final), from the times of its events."""
+    import torch
+
     from trickster.train import checkpoint as ckpt
 
     started = time.perf_counter()
     loaded = ckpt.load_checkpoint(run / "checkpoints" / "final", device)
     if device == "cuda":
-        import torch
-
         torch.cuda.synchronize()
     result.load_s = time.perf_counter() - started
+    del loaded
     if device == "cuda":  # give the memory back for the steps after this one (their own processes)
-        del loaded
         torch.cuda.empty_cache()
     last_eval, end = events(run, "eval")[-1], events(run, "end")
     if end:

@@ -369,11 +369,10 @@ class Trainer:
         target = self.run_dir / "checkpoints" / name
         again = self.saved if self.saved is not None and self.saved.step == self.state.step else None
         weights = None if again else dist.full_weights(self.model)
-        trainer_state, staging = self.state_dict(), None
-        groups = again.groups if again else None
-        if self.job.mode == "fsdp" and not again:
-            staging, groups = stage_shards(self.job, self.model, self.optimizer, target)
+        trainer_state, staging, groups = self.state_dict(), None, again.groups if again else None
         if self.job.mode == "fsdp":
+            if not again:
+                staging, groups = stage_shards(self.job, self.model, self.optimizer, target)
             trainer_state["optimizer"] = {"param_groups": groups}
         else:
             trainer_state["optimizer"] = dist.full_optimizer_state(self.model, self.optimizer)
