@@ -10,6 +10,11 @@ FAULT:
                   rank 1 notes each sample it starts in the file LOG, and draws the end-of-text
                   token every time: a rank that followed its own draw would stop at once while
                   rank 0 goes on
+    spike         every rank multiplies the learning rate of steps 15 and 16 by 100, the first
+                  time they run only (spiking_schedule): a real loss spike, then a rollback
+    skip:FIRST:STOP
+                  every rank's sampler passes over draws FIRST..STOP-1 from the start (what a
+                  rollback makes it do)
 
 The faults are injected here, in the test, so the product code carries no hooks.
 """
@@ -23,8 +28,26 @@ import sys
 import torch
 
 from trickster import cli
+from trickster.data import loader
 from trickster.model import generate as generate_module
-from trickster.train import loop
+from trickster.train import loop, optim
+
+SPIKED_STEPS = {15, 16}  # step indices whose learning rate the "spike" fault multiplies by 100, once
+
+
+def spiking_schedule(schedule, steps=SPIKED_STEPS):
+    """`schedule` (optim.lr_at) with the learning rate of `steps` x100 the first time each runs:
+    a replay after a rollback gets the schedule's own."""
+    seen = set()
+
+    def lr_at(step, t):
+        lr = schedule(step, t)
+        if step in steps and step not in seen:
+            seen.add(step)
+            return 100 * lr
+        return lr
+
+    return lr_at
 
 
 def install(fault: str) -> None:
@@ -59,6 +82,17 @@ def install(fault: str) -> None:
 
         loop.sample_text = patched_sample_text
         generate_module.sample = patched_sample
+    elif fault == "spike":
+        optim.lr_at = spiking_schedule(optim.lr_at)
+    elif fault.startswith("skip:"):
+        first, stop = (int(n) for n in fault.split(":")[1:])
+        init = loader.BatchSampler.__init__
+
+        def skipping_init(self, *args, **kwargs):
+            init(self, *args, **kwargs)
+            self.skip(first, stop)
+
+        loader.BatchSampler.__init__ = skipping_init
     elif not fault.startswith("stop-token:"):
         raise SystemExit(f"unknown fault {fault!r}")
 

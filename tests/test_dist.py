@@ -218,6 +218,40 @@ def test_a_two_process_checkpoint_resumes_in_one_process(single, two_process_job
     assert_close_losses(losses(records), losses(single.history))
 
 
+FSDP = {"batch_size": 4, "enable_fsdp": True, "timeout_s": 120}
+
+
+def spiking(cfg):
+    """30 steps, a checkpoint every 5, no evaluation or samples between, a spike window of 8."""
+    t = cfg.training
+    t.max_steps, t.save_every, t.eval_every, t.sample_tokens, t.spike_window = 30, 5, 100, 0, 8
+    return cfg
+
+
+@pytest.mark.slow
+def test_fsdp2_rolls_back_a_loss_spike_as_if_its_batches_were_never_drawn(shakespeare_dir, tmp_path):
+    """Spiked by a raised learning rate (tests/dist_child.py, "spike"), the 2-process FSDP2 job goes
+    back to its step-15 checkpoint, each process loading its shard of the weights and moments, and
+    then trains exactly as the same job told from the start to pass over the spike's batches."""
+    spiked_dir, clean_dir = tmp_path / "spiked", tmp_path / "clean"
+    result = forked_job(spiking(config(shakespeare_dir, spiked_dir, **FSDP)), tmp_path, fault="spike")
+    assert result.returncode == 0, result.stderr[-3000:]
+    spiked = history(spiked_dir)
+    (rollback,) = [r for r in spiked if r["event"] == "rollback"]
+    first, last = rollback["first_step"], rollback["last_step"]
+    assert (rollback["step"], rollback["checkpoint"]) == (15, "step_000015") and 17 <= first <= last
+    replayed = losses(spiked[spiked.index(rollback) :])
+    assert [step for step, _ in replayed] == list(range(16, 31))
+
+    # the draws of steps first-1 .. last: step s draws 2(s-1) and 2s-1 (2 micro-batches a step)
+    skip = f"skip:{2 * (first - 2)}:{2 * last}"
+    result = forked_job(spiking(config(shakespeare_dir, clean_dir, **FSDP)), tmp_path, fault=skip)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert replayed == [(step, loss) for step, loss in losses(history(clean_dir)) if step > 15]
+    a, b = (load_file(d / "checkpoints" / "final" / ckpt.WEIGHTS) for d in (spiked_dir, clean_dir))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_a_dead_process_ends_the_job(shakespeare_dir, tmp_path):
     run_dir = tmp_path / "run"
     cfg = config(shakespeare_dir, run_dir, batch_size=4, enable_ddp=True, timeout_s=30)

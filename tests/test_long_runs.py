@@ -27,6 +27,7 @@ from trickster.train.loop import train
 
 from . import children
 from .conftest import micro_config
+from .dist_child import spiking_schedule
 
 QUIET = {"echo": lambda *a: None}
 SPIKE = {  # 30 steps, a checkpoint every 5, every loss logged, a spike window of 8 losses
@@ -38,23 +39,12 @@ SPIKE = {  # 30 steps, a checkpoint every 5, every loss logged, a spike window o
     "sample_tokens": 0,
     "spike_window": 8,
 }
-RAISED = {15, 16}  # step indices whose learning rate the test multiplies by 100, once
 
 
 def raise_lr_once(monkeypatch):
-    """A real spike: the learning rate of two updates x100, the first time they run only (a
-    replay after the rollback gets the schedule's own)."""
-    seen = set()
-    schedule = optim.lr_at
-
-    def lr_at(step, t):
-        lr = schedule(step, t)
-        if step in RAISED and step not in seen:
-            seen.add(step)
-            return 100 * lr
-        return lr
-
-    monkeypatch.setattr(optim, "lr_at", lr_at)
+    """A real spike: the learning rate of two updates (steps 15 and 16) x100, the first time they
+    run only (a replay after the rollback gets the schedule's own)."""
+    monkeypatch.setattr(optim, "lr_at", spiking_schedule(optim.lr_at))
 
 
 def losses(result) -> list[tuple[int, float]]:

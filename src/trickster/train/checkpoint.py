@@ -311,17 +311,23 @@ def read_config(path: Path) -> Config:
 
 
 def load_weights(model: Transformer, file: Path) -> None:
-    """Copy weights into `model`, refusing any name, shape or dtype that does not match exactly.
+    """Copy weights into `model` (not sharded), refusing any name, shape or dtype that does not
+    match exactly (read_weights)."""
+    state = read_weights(model, file)
+    with torch.no_grad():
+        for name, tensor in state.items():
+            model.get_parameter(name).copy_(tensor)
 
-    A model with LoRA adapters (during a LoRA run) also gets its adapters from lora.safetensors.
-    """
+
+def read_weights(model: Transformer, file: Path) -> dict[str, torch.Tensor]:
+    """The whole tensors of a checkpoint's weights file that `model` holds, by parameter name,
+    each checked against the model's name, shape and dtype. A model with LoRA adapters (during a
+    LoRA run) also gets its adapters, from lora.safetensors beside the file."""
     state = _read_tensors(file, weights_to_save(model))
     adapters = lora.adapter_weights(model)
     if adapters:
         state.update(_read_tensors(file.parent / lora.ADAPTERS, adapters))
-    with torch.no_grad():
-        for name, tensor in state.items():
-            model.get_parameter(name).copy_(tensor)
+    return state
 
 
 def _read_tensors(file: Path, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -319,6 +319,17 @@ def full_weights(model) -> dict:
     return get_model_state_dict(model, options=_gathered_on_cpu())
 
 
+def load_full_weights(model, tensors: dict[str, torch.Tensor]) -> None:
+    """Whole tensors by name (every process read the same file) into a model sharded by FSDP2:
+    each process keeps its own shard."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    model.reshard()  # the root stays gathered after a forward: its gathered copy would go stale
+    # not strict: a tied output matrix is the embedding's, which the file holds once
+    options = StateDictOptions(full_state_dict=True, strict=False)
+    set_model_state_dict(model, tensors, options=options)
+
+
 def save_sharded_optimizer(model, optimizer, folder: Path) -> dict:
     """Each process writes its own shard of the optimizer moments into `folder` (one
     torch.distributed.checkpoint per job): no process gathers the whole state. Returns the

@@ -11,6 +11,7 @@ import math
 from typing import TYPE_CHECKING
 
 from trickster.train import checkpoint as ckpt
+from trickster.train import dist
 from trickster.train.memory import OUT_OF_MEMORY, out_of_memory
 from trickster.train.spikes import Spike, checkpoint_before, discard_after, spike_line, too_many_spikes
 
@@ -73,7 +74,7 @@ def roll_back(trainer: Trainer, spike: Spike) -> None:
     state, t = trainer.state, trainer.cfg.training
     window = spike.first_step - 1
     good = checkpoint_before(trainer.run_dir, window)
-    if good is None or trainer.job.mode == "fsdp":
+    if good is None:
         trainer.metrics.write("spike", state.step, first_step=spike.first_step, peak_loss=spike.peak_loss)
         trainer.out.line(spike_line(spike, None, state.rollbacks, t.max_rollbacks))
         return
@@ -86,7 +87,10 @@ def roll_back(trainer: Trainer, spike: Spike) -> None:
     used = trainer.batches.state_dict()["drawn"]  # draws up to now (not the one drawn ahead)
     first = sampler.rewind(used, (state.step - window + 1) * t.gradient_accumulation_steps)
     rollbacks, seconds = state.rollbacks + 1, state.train_seconds
-    ckpt.load_weights(trainer.model, good / ckpt.WEIGHTS)
+    if trainer.job.mode == "fsdp":
+        dist.load_full_weights(trainer.model, ckpt.read_weights(trainer.model, good / ckpt.WEIGHTS))
+    else:
+        ckpt.load_weights(trainer.model, good / ckpt.WEIGHTS)
     trainer.load(good)
     state.rollbacks, state.train_seconds = rollbacks, seconds
     sampler.skip(first, used)
