@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file
 
 from trickster import cli
-from trickster.config import save_config
+from trickster.config import load_config, save_config
 from trickster.errors import UserError
 from trickster.observe.events import read_metrics
 from trickster.train import checkpoint as ckpt
@@ -34,6 +34,7 @@ from trickster.train.loop import train
 
 from . import children
 from .conftest import QUIET, micro_config
+from .test_long_runs import auto_batch
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="torchrun with gloo on POSIX")
 ROOT = Path(__file__).parent.parent
@@ -250,6 +251,24 @@ def test_fsdp2_rolls_back_a_loss_spike_as_if_its_batches_were_never_drawn(shakes
     assert replayed == [(step, loss) for step, loss in losses(history(clean_dir)) if step > 15]
     a, b = (load_file(d / "checkpoints" / "final" / ckpt.WEIGHTS) for d in (spiked_dir, clean_dir))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_batch_size_auto_is_measured_once_and_used_by_every_process(micro, tmp_path):
+    """Rank 0 measures (memory.choose_batch), every process trains with its choice: 32 windows a
+    step as 2 processes x micro-batch 4 x accumulation 4, the same losses as one process taking
+    micro-batch 4 x accumulation 8 (a process that chose otherwise would draw other windows)."""
+    cfg = auto_batch(micro, windows_fitting=5.5, max_steps=3, log_every=1)
+    cfg.device.threads, cfg.device.timeout_s, cfg.device.enable_fsdp = 1, 120, True
+    result = forked_job(cfg, tmp_path)
+    assert "batch_size auto: micro-batch 4 x 2 process(es) x accumulation 4 = 32 windows" in result.stdout
+    run_dir = Path(cfg.logging.output_dir)
+    stored = load_config(run_dir / "config.yaml").training
+    assert (stored.batch_size, stored.gradient_accumulation_steps) == (4, 4)
+    alone = micro_config(cfg.data.path, tmp_path / "alone", training_config={"log_every": 1})
+    alone.model, t = cfg.model, alone.training
+    t.max_steps, t.warmup_steps, t.save_every, t.sample_tokens = 3, 1, 2, 0
+    t.batch_size, t.gradient_accumulation_steps = 4, 8
+    assert_close_losses(losses(history(run_dir)), losses(train(alone, **QUIET).history))
 
 
 def test_a_dead_process_ends_the_job(shakespeare_dir, tmp_path):
