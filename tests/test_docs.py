@@ -6,6 +6,7 @@ map is src/trickster's tree."""
 from __future__ import annotations
 
 import argparse
+import ast
 import functools
 import re
 from pathlib import Path
@@ -286,3 +287,57 @@ def test_the_module_map_in_architecture_md_matches_src():
     }
     assert listed - actual == set(), f"ARCHITECTURE.md lists what src/ lacks: {sorted(listed - actual)}"
     assert actual - listed == set(), f"ARCHITECTURE.md leaves out {sorted(actual - listed)}"
+
+
+def written_events() -> dict[str, set[str]]:
+    """Each metrics.jsonl event the training code writes (`...metrics.write("eval", step, ...)`) and
+    its fields: keywords, and the keys of a `**record` dict built in the same function."""
+    events: dict[str, set[str]] = {}
+    for module in sorted((SRC / "train").glob("*.py")):
+        tree = ast.parse(module.read_text(encoding="utf-8"))
+        for function in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)):
+            records: dict[str, set[str]] = {}
+            for node in ast.walk(function):
+                if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict):
+                    keys = {k.value for k in node.value.keys if isinstance(k, ast.Constant)}
+                    for target in node.targets:
+                        if isinstance(target, ast.Name):
+                            records.setdefault(target.id, set()).update(keys)
+                if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store):
+                    if isinstance(node.value, ast.Name) and isinstance(node.slice, ast.Constant):
+                        records.setdefault(node.value.id, set()).add(node.slice.value)
+            for call in (n for n in ast.walk(function) if isinstance(n, ast.Call)):
+                func = call.func
+                if not (isinstance(func, ast.Attribute) and func.attr == "write"):
+                    continue
+                # self.metrics.write(...), trainer.metrics.write(...), metrics.write(...)
+                owner = getattr(func.value, "attr", getattr(func.value, "id", ""))
+                if owner != "metrics":
+                    continue
+                fields = events.setdefault(call.args[0].value, set())
+                for keyword in call.keywords:
+                    if keyword.arg is not None:
+                        fields.add(keyword.arg)
+                    elif isinstance(keyword.value, ast.Name):
+                        fields |= records.get(keyword.value.id, set())
+    return events
+
+
+def test_the_event_table_in_training_md_names_every_field_written():
+    rows = {}
+    for line in (ROOT / "docs" / "training.md").read_text(encoding="utf-8").splitlines():
+        match = re.match(r"\| `(\w+)`[^|]*\|(.*)\|\s*$", line)
+        if match:
+            rows[match.group(1)] = set(re.findall(r"`(\w+)`", match.group(2)))
+    events = written_events()
+    assert {"start", "train", "eval", "resume", "rollback", "spike", "stopped", "end"} <= events.keys()
+    missing = {e: sorted(f - rows.get(e, set())) for e, f in events.items() if f - rows.get(e, set())}
+    assert not missing, f"training.md's event table leaves out {missing}"
+
+
+def test_watching_md_names_every_tensorboard_tag():
+    from trickster.observe.sinks import TRAIN_SCALARS
+
+    page = (ROOT / "docs" / "watching.md").read_text(encoding="utf-8")
+    tags = [tag for tag, _ in TRAIN_SCALARS] + ["loss/val", "val/perplexity"]
+    assert [t for t in tags if f"`{t}`" not in page] == []
