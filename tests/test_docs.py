@@ -341,3 +341,28 @@ def test_watching_md_names_every_tensorboard_tag():
     page = (ROOT / "docs" / "watching.md").read_text(encoding="utf-8")
     tags = [tag for tag, _ in TRAIN_SCALARS] + ["loss/val", "val/perplexity"]
     assert [t for t in tags if f"`{t}`" not in page] == []
+
+
+def test_the_preset_table_in_training_md_is_the_presets():
+    """Shape and parameter count of each row, from the preset files (tiny counted at 65 characters)."""
+    from trickster.config import load_config, preset_names
+    from trickster.model.flops import parameter_breakdown
+    from trickster.model.vocab import padded_vocab
+
+    rows, wrong = {}, []
+    for line in (ROOT / "docs" / "training.md").read_text(encoding="utf-8").splitlines():
+        match = re.match(r"\| `([\w-]+)` \|(.*)", line)
+        if match and match.group(1) in preset_names():
+            rows[match.group(1)] = [c.strip() for c in match.group(2).split("|")]
+    assert sorted(rows) == preset_names()
+    for name, cells in rows.items():
+        m = load_config(preset=name).model
+        vocab = str(m.vocab_size)
+        if m.vocab_size == "auto":
+            m.vocab_size = padded_vocab(65)  # Tiny Shakespeare's characters
+        heads = f"{m.num_heads}" + (f" ({m.num_kv_heads})" if m.num_kv_heads else "")
+        shown = [str(v) for v in (m.hidden_dim, m.num_layers, heads, m.mlp_dim, m.max_seq_len, vocab)]
+        total = f"{parameter_breakdown(m).total:,}"
+        if cells[:6] != shown or not cells[6].startswith(total):
+            wrong.append(f"{name}: {cells[:7]}, the preset {shown} {total}")
+    assert not wrong, wrong
