@@ -1,7 +1,7 @@
 """Data parallel and sharded training with torchrun, 2 CPU processes on the gloo backend.
 
 Each comparison runs the real command on 2 processes and one process in this test with the same
-global batch (2 processes x 4 windows against 1 process x 8): the losses must agree within 1e-5.
+global batch (2 processes x 4 windows against 1 process x 8): the losses must agree within 2e-5.
 The 2-process jobs of the main comparisons, the resume from one process and the dead-process test
 run under torchrun itself; the others (`forked_job`) start the same command in 2 processes forked
 with the environment torchrun gives its workers (tests/children.py), which spares each job a
@@ -172,7 +172,7 @@ def test_muon_on_two_processes_matches_one(mode, single_muon, single, shakespear
     DTensors, whose matmuls and norm gather what they need), so the update is the one-process one.
     Muon's Newton-Schulz runs in bfloat16 (torch.optim.Muon): a gradient that differs in its last
     float32 bit (another summation order) can round to a neighbouring bfloat16 value, so the
-    losses agree to about 1e-4 instead of 1e-5."""
+    losses agree to about 1e-4 instead of 2e-5."""
     run_dir = tmp_path / "run"
     forked_job(muon_config(shakespeare_dir, run_dir, batch_size=4, **{mode: True}), tmp_path)
     records = history(run_dir)

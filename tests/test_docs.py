@@ -1,11 +1,18 @@
-"""Every relative link and anchor in README.md and docs/*.md leads somewhere that exists."""
+"""README.md and docs/*.md against the product: every relative link and anchor leads somewhere
+that exists; every command's options, config key, file and Python name the text gives exists; every
+config key and option is mentioned; the nano preset shown is the file; ARCHITECTURE.md's module
+map is src/trickster's tree."""
 
 from __future__ import annotations
 
+import argparse
+import ast
+import functools
 import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -71,3 +78,291 @@ def test_the_link_finder_sees_links_and_anchors(tmp_path):
         "step-2---go-1",
         "serving-benchserve_itpy",
     }
+
+
+# --------------------------------------------------------------------------- the docs against the product
+# What a reader copies from the guides: commands and their options, config keys, the files and
+# Python names the text points at, and the module map. Each check reads the source, never runs it.
+
+SRC = ROOT / "src" / "trickster"
+
+
+def doc_lines(page: Path) -> list[tuple[int, str]]:
+    """The page's lines, a shell line continued with a backslash joined to the next."""
+    lines, pending = [], None
+    for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
+        if pending is not None:
+            line = pending[1] + " " + line.lstrip()
+            number = pending[0]
+        pending = (number, line[:-1]) if line.endswith("\\") else None
+        if pending is None:
+            lines.append((number, line))
+    return lines
+
+
+@functools.cache
+def parser_of() -> argparse.ArgumentParser:
+    """trickster's own parser (read, never changed)."""
+    from trickster.cli import build_parser
+
+    return build_parser()
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices
+    return {}
+
+
+def _options(parser: argparse.ArgumentParser) -> set[str]:
+    """The options of a command, or of every command under it when it has subcommands."""
+    found = {s for a in parser._actions for s in a.option_strings}
+    for child in _subcommands(parser).values():
+        found |= _options(child)
+    return found
+
+
+def trickster_commands(text: str) -> list[tuple[list[str], list[str]]]:
+    """(command path, the options written after it) for each `trickster ...` on a line."""
+    found = []
+    for match in re.finditer(r"(?<![\w/.-])trickster\s+([^`|#\n]*)", text):
+        words, parser, path = match.group(1).split(), parser_of(), []
+        for word in words:
+            if word not in _subcommands(parser):
+                break
+            parser = _subcommands(parser)[word]
+            path.append(word)
+        if path:
+            found.append((path, re.findall(r"(?<![\w-])--[a-z][\w-]*", " ".join(words[len(path) :]))))
+    return found
+
+
+def script_options(script: str) -> set[str] | None:
+    """The options a bench/ or scripts/ file takes (its argparse strings); None: not checked
+    (scripts/test.sh hands everything to pytest)."""
+    if script == "scripts/quickstart.sh":  # everything goes to `trickster quickstart`
+        return _options(_subcommands(parser_of())["quickstart"])
+    source = (ROOT / script).with_suffix(".py")  # gpu_check.sh runs gpu_check.py
+    if not source.is_file():
+        return None
+    return set(re.findall(r"[\"'](--[a-z][\w-]*)[\"']", source.read_text(encoding="utf-8")))
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.relative_to(ROOT).as_posix() for p in PAGES])
+def test_every_option_in_a_documented_command_exists(page):
+    """`trickster train --device cuda` in a guide fails for whoever copies it (train has none)."""
+    wrong = []
+    for number, line in doc_lines(page):
+        for path, options in trickster_commands(line):
+            parser = parser_of()
+            for word in path:
+                parser = _subcommands(parser)[word]
+            known = _options(parser)
+            command = "trickster " + " ".join(path)
+            wrong += [f"line {number}: {command} has no {o}" for o in options if o not in known]
+        for script, args in re.findall(r"((?:bench|scripts)/[\w.-]+\.(?:py|sh))\s+([^`|#\n]*)", line):
+            known = script_options(script)
+            for option in re.findall(r"(?<![\w-])--[a-z][\w-]*", args):
+                if known is not None and option not in known:
+                    wrong.append(f"line {number}: {script} has no {option}")
+    assert not wrong, f"{page.name}: " + "; ".join(wrong)
+
+
+def config_key_exists(dotted: str) -> bool:
+    from trickster.config import _section_at
+
+    parts = dotted.split(".")
+    section = _section_at(parts[:-1])
+    return section is not None and parts[-1] in section.model_fields
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.relative_to(ROOT).as_posix() for p in PAGES])
+def test_every_config_key_in_the_docs_exists(page):
+    """Dotted keys in the text (`training_config.max_steps`) and the keys of YAML config blocks."""
+    wrong, text = [], page.read_text(encoding="utf-8")
+    typos = set(re.findall(r"unknown key ([\w.]+)", text))  # the typos an error page shows
+    for number, line in doc_lines(page):
+        for key in re.findall(r"\b(?:model|data|training|device|logging)_config(?:\.\w+)+", line):
+            if key not in typos and not config_key_exists(key):
+                wrong.append(f"line {number}: {key}")
+    for block in re.findall(r"^```ya?ml\n(.*?)^```", text, re.M | re.S):
+        for key in _yaml_keys(yaml.safe_load(block)):
+            if not config_key_exists(key):
+                wrong.append(f"YAML block: {key}")
+    assert not wrong, f"{page.name}: unknown config keys " + "; ".join(wrong)
+
+
+def _yaml_keys(tree, prefix: str = "") -> list[str]:
+    from trickster.config import _section_at
+
+    keys = []
+    for name, value in (tree or {}).items():
+        key = f"{prefix}{name}"
+        if prefix:
+            keys.append(key)
+        if isinstance(value, dict) and (not prefix or _section_at(key.split("."))):
+            keys += _yaml_keys(value, key + ".")
+    return keys
+
+
+def test_every_config_key_and_option_is_documented():
+    """A setting or a flag that no guide names is one nobody finds."""
+    from trickster.config import SECTIONS
+
+    text = "\n".join(p.read_text(encoding="utf-8") for p in PAGES)
+    keys = [
+        (section, name)
+        for section in (*SECTIONS.values(), _section_at_path("training_config.lora"))
+        for name in section.model_fields
+    ]
+    missing = [f"{s.__name__}.{n}" for s, n in keys if not re.search(rf"\b{n}\b", text)]
+    options = _options(parser_of()) - {"-h", "--help"}
+    missing += [o for o in sorted(options) if not re.search(rf"{o}(?![\w-])", text)]
+    assert not missing, f"no guide mentions {missing}"
+
+
+def _section_at_path(dotted: str):
+    from trickster.config import _section_at
+
+    return _section_at(dotted.split("."))
+
+
+def test_the_nano_preset_shown_in_training_md_is_the_file():
+    page = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
+    shown = next(b for b in re.findall(r"^```yaml\n(.*?)^```", page, re.M | re.S) if "runs/nano" in b)
+    file = (SRC / "presets" / "nano.yaml").read_text(encoding="utf-8")
+    assert yaml.safe_load(shown) == yaml.safe_load(file)
+
+
+def python_name_exists(dotted: str) -> bool:
+    """`trickster.model.flops.flops_per_token`: a module file, then a name defined at its top level."""
+    parts, folder = dotted.split(".")[1:], SRC
+    while parts and (folder / parts[0]).is_dir():
+        folder = folder / parts.pop(0)
+    if not parts:
+        return True
+    module = folder / f"{parts[0]}.py"
+    if not module.is_file():
+        return False
+    if len(parts) == 1:
+        return True
+    text = module.read_text(encoding="utf-8")
+    return len(parts) == 2 and re.search(rf"^(?:def |class )?{parts[1]}\b", text, re.M) is not None
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.relative_to(ROOT).as_posix() for p in PAGES])
+def test_files_and_python_names_the_docs_point_at_exist(page):
+    text = page.read_text(encoding="utf-8")
+    wrong = []
+    for path in set(re.findall(r"(?<![\w/.-])((?:src/trickster|tests|bench|scripts)/[\w./-]*\w)", text)):
+        if not (ROOT / path).exists():
+            wrong.append(path)
+    for path in set(re.findall(r"(?<![\w/.-])trickster/([\w/]+\.(?:py|yaml|html))", text)):
+        if not (SRC / path).exists():
+            wrong.append(f"trickster/{path}")
+    names = set(re.findall(r"\btrickster(?:\.[A-Za-z_]\w*)+", text))
+    wrong += [name for name in names if not python_name_exists(name)]
+    assert not wrong, f"{page.name} names what does not exist: {sorted(wrong)}"
+
+
+def test_the_module_map_in_architecture_md_matches_src():
+    page = (ROOT / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    block = re.search(r"^```\n(src/trickster/.*?)^```", page, re.M | re.S)
+    listed, folder = set(), ""
+    for line in block.group(1).splitlines()[1:]:
+        match = re.match(r"( +)(\S+)", line)
+        if not match:
+            continue
+        depth, name = len(match.group(1)), match.group(2)
+        if depth == 2:
+            folder = name if name.endswith("/") else ""
+            listed.add(name)
+        elif depth == 4 and folder:
+            listed.add(folder + name)
+    actual = {
+        p.relative_to(SRC).as_posix() + ("/" if p.is_dir() else "")
+        for p in SRC.rglob("*")
+        if "__pycache__" not in p.parts and p.name != "__init__.py" and p.parent.name != "presets"
+    }
+    assert listed - actual == set(), f"ARCHITECTURE.md lists what src/ lacks: {sorted(listed - actual)}"
+    assert actual - listed == set(), f"ARCHITECTURE.md leaves out {sorted(actual - listed)}"
+
+
+def written_events() -> dict[str, set[str]]:
+    """Each metrics.jsonl event the training code writes (`...metrics.write("eval", step, ...)`) and
+    its fields: keywords, and the keys of a `**record` dict built in the same function."""
+    events: dict[str, set[str]] = {}
+    for module in sorted((SRC / "train").glob("*.py")):
+        tree = ast.parse(module.read_text(encoding="utf-8"))
+        for function in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)):
+            records: dict[str, set[str]] = {}
+            for node in ast.walk(function):
+                if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict):
+                    keys = {k.value for k in node.value.keys if isinstance(k, ast.Constant)}
+                    for target in node.targets:
+                        if isinstance(target, ast.Name):
+                            records.setdefault(target.id, set()).update(keys)
+                if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store):
+                    if isinstance(node.value, ast.Name) and isinstance(node.slice, ast.Constant):
+                        records.setdefault(node.value.id, set()).add(node.slice.value)
+            for call in (n for n in ast.walk(function) if isinstance(n, ast.Call)):
+                func = call.func
+                if not (isinstance(func, ast.Attribute) and func.attr == "write"):
+                    continue
+                # self.metrics.write(...), trainer.metrics.write(...), metrics.write(...)
+                owner = getattr(func.value, "attr", getattr(func.value, "id", ""))
+                if owner != "metrics":
+                    continue
+                fields = events.setdefault(call.args[0].value, set())
+                for keyword in call.keywords:
+                    if keyword.arg is not None:
+                        fields.add(keyword.arg)
+                    elif isinstance(keyword.value, ast.Name):
+                        fields |= records.get(keyword.value.id, set())
+    return events
+
+
+def test_the_event_table_in_training_md_names_every_field_written():
+    rows = {}
+    for line in (ROOT / "docs" / "training.md").read_text(encoding="utf-8").splitlines():
+        match = re.match(r"\| `(\w+)`[^|]*\|(.*)\|\s*$", line)
+        if match:
+            rows[match.group(1)] = set(re.findall(r"`(\w+)`", match.group(2)))
+    events = written_events()
+    assert {"start", "train", "eval", "resume", "rollback", "spike", "stopped", "end"} <= events.keys()
+    missing = {e: sorted(f - rows.get(e, set())) for e, f in events.items() if f - rows.get(e, set())}
+    assert not missing, f"training.md's event table leaves out {missing}"
+
+
+def test_watching_md_names_every_tensorboard_tag():
+    from trickster.observe.sinks import TRAIN_SCALARS
+
+    page = (ROOT / "docs" / "watching.md").read_text(encoding="utf-8")
+    tags = [tag for tag, _ in TRAIN_SCALARS] + ["loss/val", "val/perplexity"]
+    assert [t for t in tags if f"`{t}`" not in page] == []
+
+
+def test_the_preset_table_in_training_md_is_the_presets():
+    """Shape and parameter count of each row, from the preset files (tiny counted at 65 characters)."""
+    from trickster.config import load_config, preset_names
+    from trickster.model.flops import parameter_breakdown
+    from trickster.model.vocab import padded_vocab
+
+    rows, wrong = {}, []
+    for line in (ROOT / "docs" / "training.md").read_text(encoding="utf-8").splitlines():
+        match = re.match(r"\| `([\w-]+)` \|(.*)", line)
+        if match and match.group(1) in preset_names():
+            rows[match.group(1)] = [c.strip() for c in match.group(2).split("|")]
+    assert sorted(rows) == preset_names()
+    for name, cells in rows.items():
+        m = load_config(preset=name).model
+        vocab = str(m.vocab_size)
+        if m.vocab_size == "auto":
+            m.vocab_size = padded_vocab(65)  # Tiny Shakespeare's characters
+        heads = f"{m.num_heads}" + (f" ({m.num_kv_heads})" if m.num_kv_heads else "")
+        shown = [str(v) for v in (m.hidden_dim, m.num_layers, heads, m.mlp_dim, m.max_seq_len, vocab)]
+        total = f"{parameter_breakdown(m).total:,}"
+        if cells[:6] != shown or not cells[6].startswith(total):
+            wrong.append(f"{name}: {cells[:7]}, the preset {shown} {total}")
+    assert not wrong, wrong

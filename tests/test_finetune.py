@@ -8,14 +8,16 @@ import numpy as np
 import pytest
 import torch
 
+from trickster import cli
 from trickster.config import config_from_dict
 from trickster.data.loader import IGNORE_INDEX, BatchSampler, load_data, windows
+from trickster.data.report import NO_SEPARATOR
 from trickster.model.transformer import Transformer
 from trickster.train import checkpoint as ckpt
 from trickster.train.loop import train
 from trickster.train.validate import evaluate, validation_batches
 
-from .conftest import QUIET, finetune_config
+from .conftest import QUIET, finetune_config, write_records
 
 
 def test_the_loss_mask_travels_with_the_tokens(chat_data):
@@ -98,3 +100,14 @@ def test_init_from_starts_from_the_trained_weights(trained_run, chat_data, tmp_p
     assert evaluate(
         fresh, validation_batches(load_data(chat_data[0]), cfg), torch.device("cpu"), "float32"
     ) > (expected + 0.5)
+
+
+def test_records_without_an_end_of_text_id_are_said_to_run_together(trained_run, tmp_path, capsys):
+    """The trained run's char tokenizer (one document, no end-of-text id) joins the records back to
+    back: data prepare says so. A tokenizer built from the records has the id, and no note."""
+    write_records(tmp_path / "chat.jsonl", count=10)
+    argv = ["data", "prepare", "jsonl", str(tmp_path / "chat.jsonl"), "--workers", "1"]
+    assert cli.main([*argv, "--tokenizer-from", str(trained_run), "--out", str(tmp_path / "a")]) == 0
+    assert NO_SEPARATOR in capsys.readouterr().out
+    assert cli.main([*argv, "--tokenizer", "char", "--out", str(tmp_path / "b")]) == 0
+    assert NO_SEPARATOR not in capsys.readouterr().out

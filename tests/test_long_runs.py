@@ -157,6 +157,19 @@ def test_checkpoints_are_saved_before_evaluation(shakespeare_dir, tmp_path):
     assert ckpt.is_complete(tmp_path / "run" / "checkpoints" / "step_000004")
 
 
+def test_a_checkpoint_saved_before_its_evaluation_records_that_evaluation(micro):
+    """step_000004 is written before the evaluation at step 4; its info.json (what `info`, `serve`
+    and `runs` show) holds that evaluation's loss, not the one of step 2."""
+    training = {"max_steps": 6, "warmup_steps": 1, "eval_every": 2, "save_every": 4, "sample_tokens": 0}
+    result = train(micro(training_config=training), **QUIET)
+    val = {r["step"]: r["val_loss"] for r in result.history if r["event"] == "eval"}
+    folder = result.run_dir / "checkpoints"
+    for name, step in (("step_000004", 4), ("final", 6)):
+        info = json.loads((folder / name / "info.json").read_text())
+        assert (info["step"], info["val_loss"]) == (step, val[step])
+        assert info["best_val_loss"] == min(v for s, v in val.items() if 0 < s <= step)
+
+
 def auto_batch(micro, windows_fitting: float, **training):
     """batch_size: auto for 32 windows a step, in the memory plan's formula gives `windows_fitting`
     windows of the micro model (test_memory.py checks the measurement against the formula)."""

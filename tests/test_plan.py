@@ -163,7 +163,16 @@ def test_plan_command_prints_the_figures(shakespeare_dir, tmp_path, capsys):
     assert "compute-optimal (~20 per parameter)" in out and f"{20 * params:,}" in out
     assert "--tokens" in out and "2,500,000" in out
     assert "fits:" in out and "time (estimate): the model, batch 8 x 64, " in out
+    assert "(formula in trickster/footprint.py)" in out and "AdamW state (2 x float32)" in out
     assert not (tmp_path / "run").exists()  # planning trains nothing
+
+
+def test_the_plan_names_the_optimizer_whose_state_it_counts():
+    """tiny trains with Muon: one momentum per block matrix, not AdamW's two moments."""
+    tiny = plan.make_plan(load_config(preset="tiny"), torch.device("cpu"), measure=False)
+    text = plan.format_plan(tiny)
+    assert f"  Muon + AdamW state              {plan._gib(tiny.memory.optimizer):>10}" in text
+    assert "AdamW state (2 x float32)" not in text
 
 
 @pytest.mark.parametrize(

@@ -386,10 +386,10 @@ def _memory_lines(plan: Plan) -> list[str]:
     share = f", 1/{mem.shards}" if mem.shards > 1 else ""
     lines = [
         f"memory {where}for one step, micro-batch {t.batch_size} x {cfg.seq_len} tokens, {cfg.device.dtype} "
-        "(formula in trickster/plan.py):",
+        "(formula in trickster/footprint.py):",
         f"  weights (float32{share}){'':<{14 - len(share)}} {_gib(mem.weights):>10}",
         f"  gradients (float32{share}){'':<{12 - len(share)}} {_gib(mem.gradients):>10}",
-        f"  AdamW state (2 x float32{share}){'':<{6 - len(share)}} {_gib(mem.optimizer):>10}",
+        f"  {_optimizer_label(t.optimizer, share):<31} {_gib(mem.optimizer):>10}",
     ]
     if mem.gathered:
         lines.append(f"  FSDP gathered weights, grads   {_gib(mem.gathered):>10}")
@@ -434,6 +434,13 @@ def _time_lines(plan: Plan, budgets: list[tuple[str, int]]) -> list[str]:
     if not plan.fits:
         lines.append("  (the full run does not fit as configured; see above)")
     return lines
+
+
+def _optimizer_label(optimizer: str, share: str) -> str:
+    """AdamW keeps two float32 moments per weight; Muon one momentum per block matrix (AdamW the rest)."""
+    if optimizer == "muon":
+        return f"Muon + AdamW state{share}"
+    return f"AdamW state (2 x float32{share})"
 
 
 def _gib(n: float) -> str:

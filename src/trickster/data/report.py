@@ -299,6 +299,12 @@ def write_html(report: DataReport, out: str | Path | None = None) -> Path:
     return path
 
 
+NO_SEPARATOR = (
+    "note: this tokenizer has no end-of-text id, so the records follow each other without a separator "
+    "and a model cannot learn where a response ends"
+)
+
+
 def prepare_summary(meta: dict, out_dir: Path) -> list[str]:
     """What `trickster data prepare` says when it is done."""
     if meta.get("loss_mask"):
@@ -332,6 +338,8 @@ def prepare_summary(meta: dict, out_dir: Path) -> list[str]:
     )
     if meta.get("loss_mask"):
         lines.append(f"the loss covers {meta['train_loss_tokens']:,} response tokens of train")
+        if meta.get("eot_id") is None:
+            lines.append(NO_SEPARATOR)
     return lines
 
 

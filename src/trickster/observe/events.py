@@ -3,12 +3,14 @@
 Every event has `event`, `step` and `time` (Unix seconds); by kind, it adds:
 
     start    params, tokens_per_step, global_batch, world_size, parallel, flops_per_token, device,
-             peak_flops_per_device, peak_source
+             peak_flops_per_device, peak_source, measured_flops_per_device
     train    train_loss, lr, grad_norm, tokens_per_sec, ms_per_step, mfu, peak_memory_gib,
              tokens_seen, skipped_steps
     eval     val_loss, val_perplexity (None for non-finite weights), tokens_seen, sample (if due)
     resume   checkpoint, changed, repairs
-    stopped  signal
+    rollback first_step, last_step, checkpoint, peak_loss, median (its step is the checkpoint's)
+    spike    first_step, peak_loss (no checkpoint to roll back to)
+    stopped  signal, or reason (non-finite, out-of-memory, loss-spikes, max_time) and its details
     end      best_val_loss, skipped_steps
 
 `tokens_seen` is stored on the train and eval events, so no reader derives it. `read_metrics` is

@@ -45,7 +45,7 @@ from trickster.train.device import (
 )
 from trickster.train.memory import resolve_batch
 from trickster.train.optim import build_optimizer, set_lr
-from trickster.train.recovery import after_step, finish, guard
+from trickster.train.recovery import after_step, evaluated, finish, guard
 from trickster.train.resume import diverged
 from trickster.train.setup import build_model, on_main, open_run, print_header, stage_shards, write_run_files
 from trickster.train.signals import StopSignals, announce_signals
@@ -336,8 +336,10 @@ class Trainer:
             self.out.line(f"step {state.step:>6}: the weights or the validation loss are not finite")
         if "sample" in record:
             self.out.line("  sample: " + record["sample"].replace("\n", "\n          ")[:600])
-        if healthy and val_loss < state.best_val_loss and state.step > 0:
-            state.best_val_loss = val_loss
+        improved = healthy and val_loss < state.best_val_loss and state.step > 0
+        state.best_val_loss = val_loss if improved else state.best_val_loss
+        evaluated(self)  # the checkpoint saved at this step, before this evaluation, gets its loss
+        if improved:
             self.save("best")
 
     def sample_due(self) -> bool:

@@ -27,8 +27,6 @@ def finish(trainer: Trainer) -> TrainResult:
     final = trainer.run_dir / "checkpoints" / "final"
     if not ckpt.is_complete(final) or ckpt.checkpoint_step(final) != state.step:
         trainer.save("final")  # resumed at (or past) the last step: no step ran here
-    elif trainer.job.is_main:  # saved before the last evaluation: give it that evaluation's loss
-        ckpt.update_info(final, val_loss=state.last_val_loss, best_val_loss=best)
     if state.step < t.max_steps:
         trainer.metrics.write("stopped", state.step, reason="max_time", train_seconds=state.train_seconds)
         trainer.out.line(trainer.clock.end_line(state.step, t.max_steps))
@@ -37,6 +35,17 @@ def finish(trainer: Trainer) -> TrainResult:
         trainer.metrics.write("end", state.step, best_val_loss=best, skipped_steps=state.skipped_steps)
         trainer.heartbeat.beat("finished", state.step)
     return trainer.result()
+
+
+def evaluated(trainer: Trainer) -> None:
+    """A checkpoint saved at this step was written before its evaluation (one that fails loses no
+    training): its info.json gets that evaluation's loss, as if it had been saved after it."""
+    state, saved = trainer.state, trainer.saved
+    if saved is None or saved.step != state.step or not trainer.job.is_main:
+        return
+    if ckpt.is_complete(saved.path):
+        best = state.best_val_loss if math.isfinite(state.best_val_loss) else None
+        ckpt.update_info(saved.path, val_loss=state.last_val_loss, best_val_loss=best)
 
 
 @contextlib.contextmanager
