@@ -80,3 +80,23 @@ def test_the_checkpoint_benchmark_links_and_writes_what_it_says(tmp_path, monkey
     out = capsys.readouterr().out
     assert "written again" in out and "moments in shard files" in out
     assert list(tmp_path.iterdir()) == []  # its folder is gone
+
+
+def test_the_batch_benchmark_times_nanogpts_recipe_on_the_same_tokens(shakespeare_dir, monkeypatch, capsys):
+    """The peer's batches must be windows of the same token file, targets one ahead, or the
+    ratio compares other work."""
+    import numpy as np
+
+    from trickster.data.loader import load_data
+
+    bench = bench_module("batch_draw")
+    tokens = load_data(shakespeare_dir).train
+    x, y = bench.nanogpt_get_batch(tokens.shards[0].filename, tokens.dtype, 32, 4)
+    whole = np.asarray(tokens)
+    for row_x, row_y in zip(x.numpy(), y.numpy(), strict=True):
+        (start,) = [s for s in range(len(whole) - 32) if np.array_equal(whole[s : s + 32], row_x)][:1]
+        assert np.array_equal(whole[start + 1 : start + 33], row_y)
+    argv = ["--data", str(shakespeare_dir), "--shapes", "4x32", "--draws", "3", "--repeats", "1"]
+    monkeypatch.setattr(sys, "argv", ["batch_draw.py", *argv])
+    bench.main()
+    assert "     4x32" in capsys.readouterr().out

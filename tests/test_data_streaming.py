@@ -70,6 +70,10 @@ def test_shards_read_as_one_stream_with_windows_across_boundaries(small_shards):
     one = TokenStream([whole])  # the same tokens in one piece
     for got, want in zip(windows(sharded.train, starts, 16), windows(one, starts, 16), strict=True):
         assert torch.equal(got, want)
+    ends = starts.numpy() + 17  # each window of 16 with its target, read by plain slices
+    expected = np.stack([whole[a:b] for a, b in zip(starts.numpy(), ends, strict=True)])
+    assert np.array_equal(sharded.train.windows(starts.numpy(), 17), expected)
+    assert np.array_equal(one.windows(starts.numpy(), 17), expected)
     a = BatchSampler(sharded.train, 16, 4, seed=5).next_batch()
     b = BatchSampler(one, 16, 4, seed=5).next_batch()
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])

@@ -61,6 +61,25 @@ class TokenStream:
         shard = int(np.searchsorted(self.ends, position, side="right"))
         return self.shards[shard][position - int(self.starts[shard])]
 
+    def windows(self, starts: np.ndarray, length: int) -> np.ndarray:
+        """x[s : s+length] for each start, as the rows of one (len(starts), length) array. Windows
+        inside one shard are read with one gather per shard (a Python slice per window costs more
+        than the copy, on a GPU as much as a small model's step); the few that cross a shard
+        boundary are joined as x[a:b] joins them."""
+        offsets = np.arange(length)
+        if len(self.shards) == 1:
+            return self.shards[0][starts[:, None] + offsets]  # (len(starts), length)
+        out = np.empty((len(starts), length), self.dtype)
+        shard_of = np.searchsorted(self.ends, starts, side="right")
+        for shard in np.unique(shard_of):
+            rows = np.flatnonzero(shard_of == shard)
+            local = starts[rows] - self.starts[shard]
+            inside = local + length <= len(self.shards[shard])
+            out[rows[inside]] = self.shards[shard][local[inside, None] + offsets]  # (n, length)
+            for row in rows[~inside]:
+                out[row] = self[int(starts[row]) : int(starts[row]) + length]
+        return out
+
     def __iter__(self):
         for shard in self.shards:
             yield from shard
@@ -168,11 +187,10 @@ def window_rows(tokens: TokenStream, starts: torch.Tensor, seq_len: int, pin: bo
     masked = tokens.loss_mask is not None
     width = 2 * seq_len + 1 if masked else seq_len + 1
     rows = torch.empty((len(starts), width), dtype=torch.int64, pin_memory=pin)
-    out = rows.numpy()
-    for i, s in enumerate(starts.tolist()):
-        out[i, : seq_len + 1] = tokens[s : s + seq_len + 1]
-        if masked:
-            out[i, seq_len + 1 :] = tokens.loss_mask[s + 1 : s + seq_len + 1]
+    out, first = rows.numpy(), starts.numpy()
+    out[:, : seq_len + 1] = tokens.windows(first, seq_len + 1)
+    if masked:
+        out[:, seq_len + 1 :] = tokens.loss_mask.windows(first + 1, seq_len)
     return rows
 
 
