@@ -196,6 +196,20 @@ ERRORS = [
         "temperature: Input should be greater than or equal to 0 (got -1)",
         "temperature",
     ),
+    (
+        "temperature-infinite",
+        _post("/v1/completions", b'{"model": "best", "prompt": "ROMEO:", "temperature": Infinity}'),
+        400,
+        "temperature: Input should be a finite number",
+        "temperature",
+    ),
+    (
+        "temperature-above-openai-range",
+        _post("/v1/completions", {**GOOD, "temperature": 1e300}),
+        400,
+        "temperature: Input should be less than or equal to 2 (got 1e+300)",
+        "temperature",
+    ),
     ("messages-missing", _post("/v1/chat/completions", {"model": "best"}), 400, "messages", "messages"),
     (
         "unknown-model",
@@ -247,6 +261,12 @@ def test_errors_are_openai_json_and_the_server_goes_on(server, client, case, req
     assert text in error["message"] and error["param"] == param
     assert set(error) == {"message", "type", "param", "code"}
     assert completion(client, **GOOD, seed=0)  # still serving
+
+
+def test_a_vanishing_temperature_is_greedy(client):
+    """A temperature so small that logits / temperature overflow float32 samples as greedy, not 500."""
+    fields = dict(model="best", prompt="ROMEO:", max_tokens=12, seed=1)
+    assert completion(client, **fields, temperature=1e-40) == completion(client, **fields, temperature=0)
 
 
 def test_the_openai_client_sees_the_errors_as_its_own_exceptions(client):

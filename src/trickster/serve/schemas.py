@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+GREEDY_BELOW = 1e-5  # a smaller temperature decodes greedily
+
 
 class APIError(Exception):
     """An answer in OpenAI's error format: {"error": {"message", "type", "param", "code"}}."""
@@ -35,8 +37,8 @@ class Request(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
     model: str = Field(description="a checkpoint of the run: best, final, step_000500, untrained")
-    temperature: float = Field(1.0, ge=0, description="0 means greedy")
-    top_p: float = Field(1.0, gt=0, le=1)
+    temperature: float = Field(1.0, ge=0, le=2, allow_inf_nan=False, description="0 means greedy")
+    top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
     top_k: int | None = Field(None, description="an extension (as vLLM has it); 0 or -1 means off")
     stop: str | list[str] | None = Field(None, description="up to 4 strings that end the text")
     seed: int | None = Field(None, ge=0, lt=2**63)
@@ -51,6 +53,12 @@ class Request(BaseModel):
         if len(stops) > 4 or any(not s for s in stops):
             raise ValueError("give at most 4 non-empty stop strings")
         return stops
+
+    @field_validator("temperature")
+    @classmethod
+    def _greedy(cls, value):
+        # logits / 1e-40 overflow float32; below vLLM's threshold a temperature is greedy in effect
+        return 0.0 if value < GREEDY_BELOW else value
 
     @field_validator("top_k")
     @classmethod
