@@ -171,6 +171,8 @@ def _post(path: str, body: bytes | dict, **headers) -> tuple[str, bytes, dict]:
 
 
 GOOD = {"model": "best", "prompt": "ROMEO:", "max_tokens": 2}
+TEXT_5 = {"type": "text", "text": 5}
+IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
 ERRORS = [
     (
         "malformed-json",
@@ -209,6 +211,34 @@ ERRORS = [
         400,
         "temperature: Input should be less than or equal to 2 (got 1e+300)",
         "temperature",
+    ),
+    (
+        "stop-not-strings",
+        _post("/v1/completions", {**GOOD, "stop": [1, 2]}),
+        400,
+        "stop: give a string or a list of up to 4 strings (got [1, 2])",
+        "stop",
+    ),
+    (
+        "prompt-token-ids",
+        _post("/v1/completions", {**GOOD, "prompt": [5, 6]}),
+        400,
+        "prompt: give a string or a list of strings",
+        "prompt",
+    ),
+    (
+        "content-part-text-not-string",
+        _post("/v1/chat/completions", {"model": "best", "messages": [{"role": "user", "content": [TEXT_5]}]}),
+        400,
+        "messages.0.content: give a string or a list of parts",
+        "messages.0.content",
+    ),
+    (
+        "content-part-image",
+        _post("/v1/chat/completions", {"model": "best", "messages": [{"role": "user", "content": [IMAGE]}]}),
+        400,
+        "messages.0.content: this model reads text only; drop the 'image_url' part",
+        "messages.0.content",
     ),
     ("messages-missing", _post("/v1/chat/completions", {"model": "best"}), 400, "messages", "messages"),
     (

@@ -92,7 +92,7 @@ class Server:
                 param="model",
                 code="no_chat_template",
             )
-        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        messages = [{"role": m.role, "content": m.content} for m in req.messages]
         try:
             ids = offered.chat_template.prompt_ids(messages)
         except TemplateRefused as err:

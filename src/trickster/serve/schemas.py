@@ -46,6 +46,13 @@ class Request(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
 
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_strings(cls, value):
+        if value is None or isinstance(value, str) or _strings(value):
+            return value
+        raise ValueError("give a string or a list of up to 4 strings")
+
     @field_validator("stop")
     @classmethod
     def _stops(cls, value):
@@ -71,22 +78,42 @@ class CompletionRequest(Request):
     max_tokens: int = Field(16, ge=1)
     logprobs: int | None = Field(None, ge=0, le=20)
 
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _prompt_text(cls, value):
+        if isinstance(value, str) or _strings(value):
+            return value
+        raise ValueError("give a string or a list of strings (token ids are not taken)")
+
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[dict]
+    content: str
 
-    def text(self) -> str:
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text(cls, value):
+        """A string, or OpenAI's list of content parts: their texts, joined."""
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list) and all(isinstance(part, dict) for part in value):
+            other = [part.get("type") for part in value if part.get("type") != "text"]
+            if other:
+                raise ValueError(f"this model reads text only; drop the {other[0]!r} part")
+            if all(isinstance(part.get("text"), str) for part in value):
+                return "".join(part["text"] for part in value)
+        raise ValueError('give a string or a list of parts {"type": "text", "text": "..."}')
 
 
 class ChatRequest(Request):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1, description="default: the rest of the context")
     max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name for max_tokens")
+
+
+def _strings(value) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
 def parse(kind: type[BaseModel], raw: bytes) -> BaseModel:
