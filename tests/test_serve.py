@@ -157,6 +157,24 @@ def test_chat_renders_the_template_then_continues(trained_run, capsys, tmp_path)
         assert chunks[-1].usage.completion_tokens == 20
 
 
+def test_chat_context_errors_name_the_chat_fields(trained_run):
+    with live_server(trained_run, chat_template=CHAT_TEMPLATE, checkpoints=["best"]) as live:
+        url = live.url + "/v1/chat/completions"
+        long = {"model": "best", "messages": [{"role": "user", "content": "a" * 70}]}
+        short = {"model": "best", "messages": [{"role": "user", "content": "Who?"}]}
+        cases = [
+            (long, "messages", "messages: 87 tokens fill this model's context of 64"),
+            ({**short, "max_completion_tokens": 100}, "max_completion_tokens", "ask for at most 43"),
+            ({**short, "max_tokens": 100}, "max_tokens", "max_tokens: 100 new tokens"),
+        ]
+        for body, param, text in cases:
+            answer = httpx.post(url, json=body)
+            error = answer.json()["error"]
+            assert answer.status_code == 400 and error["param"] == param
+            assert error["message"].startswith(param) and text in error["message"]
+        assert httpx.post(url, json={**short, "max_tokens": 2}).status_code == 200
+
+
 def test_a_model_without_chat_template_points_to_completions(client):
     with pytest.raises(openai.BadRequestError, match="use /v1/completions"):
         client.chat.completions.create(model="best", messages=[{"role": "user", "content": "hi"}])

@@ -100,7 +100,8 @@ class Server:
         except UserError as err:
             raise APIError(400, f"messages: {err}", param="messages", code="unknown_character") from None
         max_tokens = req.max_completion_tokens or req.max_tokens or max(1, offered.context - len(ids))
-        self._check_room(offered, len(ids), max_tokens)
+        asked = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+        self._check_room(offered, len(ids), max_tokens, "messages", asked)
         generation = self._generation(offered, req, [ids], max_tokens, None)
         if req.stream:
             return _sse(self._chat_chunks(generation, req))
@@ -213,22 +214,30 @@ class Server:
             raise APIError(400, "prompt is empty; give some text to continue", param="prompt")
         return offered.tokenizer.start_ids() + ids  # as `trickster generate` starts a prompt
 
-    def _check_room(self, offered: Offered, prompt_tokens: int, max_tokens: int) -> None:
+    def _check_room(
+        self,
+        offered: Offered,
+        prompt_tokens: int,
+        max_tokens: int,
+        prompt_param: str = "prompt",
+        max_param: str = "max_tokens",
+    ) -> None:
+        """The prompt and the tokens asked for fit the context; an error names the request's fields."""
         room = offered.context - prompt_tokens
         if room < 1:
             raise APIError(
                 400,
-                f"prompt: {prompt_tokens} tokens fill this model's context of {offered.context} "
+                f"{prompt_param}: {prompt_tokens} tokens fill this model's context of {offered.context} "
                 "tokens; send a shorter prompt",
-                param="prompt",
+                param=prompt_param,
                 code="context_length_exceeded",
             )
         if max_tokens > room:
             raise APIError(
                 400,
-                f"max_tokens: {max_tokens} new tokens after a prompt of {prompt_tokens} exceed this "
+                f"{max_param}: {max_tokens} new tokens after a prompt of {prompt_tokens} exceed this "
                 f"model's context of {offered.context} tokens; ask for at most {room}",
-                param="max_tokens",
+                param=max_param,
                 code="context_length_exceeded",
             )
 
