@@ -317,6 +317,23 @@ def test_a_vanishing_temperature_is_greedy(client):
     assert completion(client, **fields, temperature=1e-40) == completion(client, **fields, temperature=0)
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("GET", "/v1/completions", {"POST"}),
+        ("OPTIONS", "/v1/chat/completions", {"POST"}),
+        ("DELETE", "/v1/models/best", {"GET", "HEAD"}),
+    ],
+)
+def test_a_wrong_method_is_405_with_the_allowed_ones(server, client, method, path, allow):
+    answer = httpx.request(method, server.url + path)
+    assert answer.status_code == 405
+    assert set(answer.headers["allow"].split(", ")) == allow
+    message = answer.json()["error"]["message"]
+    assert message == f"{method} is not allowed on {path}; use {answer.headers['allow']}"
+    assert completion(client, **GOOD)
+
+
 def test_the_openai_client_sees_the_errors_as_its_own_exceptions(client):
     with pytest.raises(openai.NotFoundError, match="step_999"):
         client.completions.create(model="step_999", prompt="A")

@@ -311,11 +311,13 @@ async def _api_error(request: Request, err: APIError) -> Response:
 
 
 async def _http_error(request: Request, err: HTTPException) -> Response:
+    """Starlette's own errors (no route, wrong method) in OpenAI's shape, with their headers (Allow)."""
     message = {
         404: f"no route {request.url.path}; the API is under /v1",
-        405: f"{request.method} is not allowed here",
+        405: f"{request.method} is not allowed on {request.url.path}; use {(err.headers or {}).get('Allow')}",
     }
-    return await _api_error(request, APIError(err.status_code, message.get(err.status_code, str(err.detail))))
+    error = APIError(err.status_code, message.get(err.status_code, str(err.detail)))
+    return JSONResponse(error.body(), status_code=error.status, headers=err.headers)
 
 
 async def _bug(request: Request, err: Exception) -> Response:
