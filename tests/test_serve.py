@@ -125,6 +125,15 @@ def test_stop_strings_cut_the_text(client):
     assert "".join(c.choices[0].text for c in streamed) == full[: full.index(stop)]
 
 
+def test_null_means_the_default_as_openai_documents_it(server, client):
+    nulls = dict.fromkeys(["max_tokens", "temperature", "top_p", "top_k", "n", "stop", "seed", "stream"])
+    answer = httpx.post(server.url + "/v1/completions", json={"model": "best", "prompt": "ROMEO:", **nulls})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["usage"]["completion_tokens"] == 16 and len(answer.json()["choices"]) == 1
+    required = httpx.post(server.url + "/v1/completions", json={"model": None, "prompt": "ROMEO:"})
+    assert required.status_code == 400 and required.json()["error"]["param"] == "model"
+
+
 def test_logprobs_describe_each_token(client):
     answer = client.completions.create(model="best", prompt="ROMEO:", max_tokens=10, seed=1, logprobs=3)
     choice = answer.choices[0]
