@@ -305,6 +305,13 @@ ERRORS = [
         "larger than",
         None,
     ),
+    (
+        "too-many-choices",
+        _post("/v1/completions", {**GOOD, "prompt": ["A"] * 9, "n": 16, "max_tokens": 1}),
+        400,
+        "prompt: 9 prompts with n=16 ask for 144 completions; one request asks for at most 128",
+        "prompt",
+    ),
     ("unknown-route", ("/v1/embeddings", b"{}", {}), 404, "no route", None),
 ]
 

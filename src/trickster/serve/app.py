@@ -29,6 +29,7 @@ from trickster.serve.models import Catalog, Offered
 from trickster.serve.schemas import APIError, ChatRequest, CompletionRequest
 
 MAX_BODY = 1 << 20  # bytes; a prompt longer than any context we train fits many times over
+MAX_CHOICES = 128  # completions in one request (prompts x n): one client cannot queue thousands
 
 
 class Server:
@@ -59,6 +60,13 @@ class Server:
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if not prompts:
             raise APIError(400, "prompt: give a string (or a list of strings) to continue", param="prompt")
+        if len(prompts) * req.n > MAX_CHOICES:
+            raise APIError(
+                400,
+                f"prompt: {len(prompts)} prompts with n={req.n} ask for {len(prompts) * req.n} completions; "
+                f"one request asks for at most {MAX_CHOICES}",
+                param="prompt",
+            )
         ids = [self._encode(offered, p) for p in prompts]
         for one in ids:
             self._check_room(offered, len(one), req.max_tokens)
