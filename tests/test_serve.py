@@ -9,6 +9,7 @@ import concurrent.futures
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -358,6 +359,20 @@ def test_the_openai_client_sees_the_errors_as_its_own_exceptions(client):
     with pytest.raises(openai.APIStatusError) as oversized:
         client.completions.create(model="best", prompt="A" * 2_000_000)
     assert oversized.value.status_code == 413
+
+
+def test_a_body_that_stops_arriving_is_answered_408(trained_run):
+    """Content-Length promises 100 bytes, 12 come: after body_timeout of silence, one JSON error."""
+    with live_server(trained_run, checkpoints=["best"], body_timeout=0.5) as live:
+        host, port = live.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            head = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+            sock.sendall(head.encode() + b'{"model": "b')
+            answer = sock.recv(65536).decode()
+        status, _, body = answer.partition("\r\n\r\n")
+        assert status.startswith("HTTP/1.1 408"), answer
+        assert "stopped arriving" in json.loads(body)["error"]["message"]
+        assert httpx.post(live.url + "/v1/completions", json=GOOD).status_code == 200
 
 
 def test_api_key_is_required_when_set(trained_run):

@@ -8,6 +8,7 @@ comes with every answer (in a stream: on the last chunk, or on a chunk of its ow
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from collections.abc import AsyncIterator
@@ -29,14 +30,21 @@ from trickster.serve.models import Catalog, Offered
 from trickster.serve.schemas import APIError, ChatRequest, CompletionRequest
 
 MAX_BODY = 1 << 20  # bytes; a prompt longer than any context we train fits many times over
+BODY_TIMEOUT = 30.0  # seconds without a byte of a body that is not all there yet: a 408
 MAX_CHOICES = 128  # completions in one request (prompts x n): one client cannot queue thousands
 
 
 class Server:
     def __init__(
-        self, catalog: Catalog, engine: Engine, api_key: str | None = None, max_body: int = MAX_BODY
+        self,
+        catalog: Catalog,
+        engine: Engine,
+        api_key: str | None = None,
+        max_body: int = MAX_BODY,
+        body_timeout: float = BODY_TIMEOUT,
     ):
-        self.catalog, self.engine, self.api_key, self.max_body = catalog, engine, api_key, max_body
+        self.catalog, self.engine, self.api_key = catalog, engine, api_key
+        self.max_body, self.body_timeout = max_body, body_timeout
 
     # ------------------------------------------------------------------ routes
 
@@ -188,12 +196,21 @@ class Server:
         )
         if declared.isdigit() and int(declared) > self.max_body:
             raise too_big
-        body = bytearray()
-        async for chunk in request.stream():
+        body, chunks = bytearray(), request.stream()
+        while True:
+            try:  # a client that sends less than its Content-Length would otherwise hold on forever
+                chunk = await asyncio.wait_for(anext(chunks), self.body_timeout)
+            except StopAsyncIteration:
+                return bytes(body)
+            except asyncio.TimeoutError:
+                raise APIError(
+                    408,
+                    f"the request body stopped arriving ({len(body):,} bytes in, nothing for "
+                    f"{self.body_timeout:g} s); send all the bytes Content-Length promises",
+                ) from None
             body += chunk
             if len(body) > self.max_body:
                 raise too_big
-        return bytes(body)
 
     def _offered(self, name: str) -> Offered:
         offered = self.catalog.get(name)
@@ -333,9 +350,13 @@ async def _bug(request: Request, err: Exception) -> Response:
 
 
 def create_app(
-    catalog: Catalog, engine: Engine, api_key: str | None = None, max_body: int = MAX_BODY
+    catalog: Catalog,
+    engine: Engine,
+    api_key: str | None = None,
+    max_body: int = MAX_BODY,
+    body_timeout: float = BODY_TIMEOUT,
 ) -> Starlette:
-    server = Server(catalog, engine, api_key, max_body)
+    server = Server(catalog, engine, api_key, max_body, body_timeout)
     routes = [
         Route("/", server.playground),
         Route("/v1/models", server.models),
