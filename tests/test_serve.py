@@ -6,6 +6,7 @@ getting what they get alone."""
 from __future__ import annotations
 
 import concurrent.futures
+import http.client
 import json
 import os
 import signal
@@ -368,10 +369,10 @@ def test_a_body_that_stops_arriving_is_answered_408(trained_run):
         with socket.create_connection((host, int(port)), timeout=10) as sock:
             head = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
             sock.sendall(head.encode() + b'{"model": "b')
-            answer = sock.recv(65536).decode()
-        status, _, body = answer.partition("\r\n\r\n")
-        assert status.startswith("HTTP/1.1 408"), answer
-        assert "stopped arriving" in json.loads(body)["error"]["message"]
+            answer = http.client.HTTPResponse(sock)
+            answer.begin()
+            assert answer.status == 408
+            assert "stopped arriving" in json.loads(answer.read())["error"]["message"]
         assert httpx.post(live.url + "/v1/completions", json=GOOD).status_code == 200
 
 
