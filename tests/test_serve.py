@@ -534,6 +534,34 @@ def test_a_slow_forward_pass_does_not_hold_up_other_requests(trained_run, monkey
             assert len(pending.result(timeout=60)) == 10
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_hangs_up_stops_its_generation(trained_run, monkeypatch, stream):
+    """With each decoding step slowed to 0.05 s, a client asks for 50 tokens and leaves after 0.3 s:
+    its sequence leaves the batch within a step or two, and the next client is served."""
+    from trickster.serve.engine import Batch
+
+    decode, steps = Batch._decode, []
+
+    def slow_decode(self):
+        time.sleep(0.05)
+        steps.append(len(self.rows))
+        decode(self)
+
+    monkeypatch.setattr(Batch, "_decode", slow_decode)
+    with live_server(trained_run, checkpoints=["best"]) as live:
+        host, port = live.url.removeprefix("http://").split(":")
+        body = json.dumps({"model": "best", "prompt": "ROMEO:", "max_tokens": 50, "stream": stream})
+        with socket.create_connection((host, int(port))) as sock:
+            head = f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+            sock.sendall((head + body).encode())
+            time.sleep(0.3)
+        time.sleep(0.5)  # a step or two to notice, then nothing left to decode
+        decoded = len(steps)
+        time.sleep(0.5)
+        assert len(steps) == decoded and decoded < 30, f"{len(steps)} steps decoded for a client that left"
+        assert httpx.post(live.url + "/v1/completions", json=GOOD).status_code == 200
+
+
 @pytest.mark.slow
 def test_an_imported_hugging_face_chat_model_answers_as_transformers_does(tmp_path):
     """Its own chat template (from tokenizer_config.json), rendered and tokenized as

@@ -81,7 +81,10 @@ class Server:
         generation = self._generation(offered, req, ids, req.max_tokens, req.logprobs)
         if req.stream:
             return _sse(self._completion_chunks(generation, req))
-        texts, logprobs, reasons = await _collect(generation)
+        collected = await _collect_unless_gone(request, generation)
+        if collected is None:
+            return Response(status_code=499)  # nginx's 'client closed request': no one reads it
+        texts, logprobs, reasons = collected
         choices = [
             {
                 "index": i,
@@ -121,7 +124,10 @@ class Server:
         generation = self._generation(offered, req, [ids], max_tokens, None)
         if req.stream:
             return _sse(self._chat_chunks(generation, req))
-        texts, _, reasons = await _collect(generation)
+        collected = await _collect_unless_gone(request, generation)
+        if collected is None:
+            return Response(status_code=499)
+        texts, _, reasons = collected
         choices = [
             {
                 "index": i,
@@ -290,6 +296,25 @@ async def _collect(generation: Generation) -> tuple[list[str], list[list[dict]],
         logprobs[delta.index] += delta.logprobs
         reasons[delta.index] = delta.finish_reason or reasons[delta.index]
     return texts, logprobs, reasons
+
+
+async def _collect_unless_gone(request: Request, generation: Generation):
+    """`_collect`, or None when the client hangs up first (its sequences then leave the batch: a
+    stream notices by itself, as Starlette stops iterating it)."""
+    collecting = asyncio.ensure_future(_collect(generation))
+    hung_up = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait({collecting, hung_up}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        hung_up.cancel()
+        collecting.cancel()  # a no-op once it is done; otherwise `deltas` cancels the sequences
+    return collecting.result() if collecting.done() and not collecting.cancelled() else None
+
+
+async def _disconnect(request: Request) -> None:
+    """Returns when the client has gone (the body is read by now: nothing else can arrive)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _with_last(generation: Generation) -> AsyncIterator[tuple[Delta, bool]]:
