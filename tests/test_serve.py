@@ -25,6 +25,7 @@ from trickster.config import ModelConfig
 from trickster.model.generate import generate
 from trickster.model.transformer import Transformer
 from trickster.serve.engine import Engine, Finished, Sampling, Sequence, Token
+from trickster.train.loop import train
 
 from .live_server import live_server
 
@@ -147,6 +148,27 @@ def test_logprobs_describe_each_token(client):
         assert len(top) == 3 and max(top.values()) >= logprob
         assert token not in top or top[token] == pytest.approx(logprob)
     assert choice.logprobs.text_offset == list(range(10))  # one character per token
+
+
+def test_logprobs_beyond_a_small_vocabulary_list_the_tokens_there_are(tmp_path):
+    """A 4-letter char model asked for the 5 most likely tokens gives its 4, all finite (the padding
+    rows of the embedding came back as -Infinity: a 500, and a stream event that was not JSON)."""
+    from .conftest import QUIET, micro_config
+
+    (tmp_path / "dna.txt").write_text("ACGTTGCAAGCTTCGA" * 400)
+    argv = ["data", "prepare", "text", str(tmp_path / "dna.txt"), "--tokenizer", "char"]
+    assert cli.main([*argv, "--out", str(tmp_path / "data")]) == 0
+    training = {"max_steps": 2, "warmup_steps": 1, "eval_every": 2, "save_every": 2, "sample_tokens": 0}
+    train(micro_config(tmp_path / "data", tmp_path / "run", training_config=training), **QUIET)
+    with live_server(tmp_path / "run", checkpoints=["final"]) as live:
+        fields = {"model": "final", "prompt": "ACG", "max_tokens": 3, "logprobs": 5}
+        answer = httpx.post(live.url + "/v1/completions", json=fields)
+        assert answer.status_code == 200, answer.text
+        tops = answer.json()["choices"][0]["logprobs"]["top_logprobs"]
+        assert [sorted(top) for top in tops] == [list("ACGT")] * 3
+        stream = httpx.post(live.url + "/v1/completions", json={**fields, "stream": True}).text
+        for event in stream.split("\n\n")[:-2]:  # json.loads would take -Infinity: refuse it
+            json.loads(event.removeprefix("data: "), parse_constant=pytest.fail)
 
 
 def test_chat_renders_the_template_then_continues(trained_run, capsys, tmp_path):

@@ -147,7 +147,9 @@ class Batch:
         if s.logprobs is not None:
             logprobs = logits[0].log_softmax(-1)
             event.logprob = float(logprobs[token])
-            top = logprobs.topk(s.logprobs) if s.logprobs > 0 else None
+            # no more than the tokenizer has: the padding rows past it are -inf, and decode to nothing
+            count = min(s.logprobs, self.vocab_limit or logprobs.numel())
+            top = logprobs.topk(count) if count > 0 else None
             event.top = (
                 [] if top is None else list(zip(top.indices.tolist(), top.values.tolist(), strict=True))
             )
