@@ -208,6 +208,17 @@ def test_chat_context_errors_name_the_chat_fields(trained_run):
         assert httpx.post(url, json={**short, "max_tokens": 2}).status_code == 200
 
 
+def test_a_chat_that_renders_to_nothing_is_400(trained_run):
+    with live_server(trained_run, chat_template="{% for m in messages %}{{ m.content }}{% endfor %}") as live:
+        url = live.url + "/v1/chat/completions"
+        empty = httpx.post(url, json={"model": "best", "messages": [{"role": "user", "content": ""}]})
+        assert empty.status_code == 400, empty.text
+        assert empty.json()["error"]["param"] == "messages"
+        assert "the chat template rendered these messages as no text" in empty.json()["error"]["message"]
+        fields = {"model": "best", "messages": [{"role": "user", "content": "ROMEO:"}], "max_tokens": 2}
+        assert httpx.post(url, json=fields).status_code == 200
+
+
 def test_a_model_without_chat_template_points_to_completions(client):
     with pytest.raises(openai.BadRequestError, match="use /v1/completions"):
         client.chat.completions.create(model="best", messages=[{"role": "user", "content": "hi"}])

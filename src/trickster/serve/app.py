@@ -118,6 +118,12 @@ class Server:
             raise APIError(400, f"messages: {err}", param="messages") from None
         except UserError as err:
             raise APIError(400, f"messages: {err}", param="messages", code="unknown_character") from None
+        if not ids:
+            raise APIError(
+                400,
+                "messages: the chat template rendered these messages as no text; send some text to answer",
+                param="messages",
+            )
         max_tokens = req.max_completion_tokens or req.max_tokens or max(1, offered.context - len(ids))
         asked = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
         self._check_room(offered, len(ids), max_tokens, "messages", asked)
