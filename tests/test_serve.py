@@ -503,6 +503,34 @@ def test_engine_batch_matches_lone_generation():
     assert engine.largest_batch == 4
 
 
+def test_a_prompt_the_model_cannot_take_fails_alone():
+    """A prefill that raises (here an empty prompt, which the routes refuse before it gets this far)
+    fails that sequence only: the ones already decoding and the ones admitted after it finish."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=64, hidden_dim=32, num_layers=1, num_heads=2, mlp_dim=64, max_seq_len=64)
+    model = Transformer(cfg).eval()
+    engine = Engine(capacity=4)
+    outcomes = []
+    for prompt in ([1, 2, 3], [], [4, 5]):
+        events, done = [], threading.Event()
+
+        def emit(event, events=events, done=done):
+            events.append(event)
+            if not isinstance(event, Token):
+                done.set()
+
+        engine.submit("m", model, 60, Sequence(prompt, Sampling(max_tokens=20, seed=1), emit))
+        outcomes.append((events, done))
+    try:
+        for _, done in outcomes:
+            assert done.wait(60)
+    finally:
+        engine.close()
+    kinds = [type(events[-1]).__name__ for events, _ in outcomes]
+    assert kinds == ["Finished", "Failed", "Finished"]
+    assert [len(outcomes[i][0]) for i in (0, 2)] == [21, 21]  # 20 tokens, then Finished("length")
+
+
 # ----------------------------------------------------------------------------- the real command
 
 
