@@ -31,6 +31,7 @@ def live_server(
     checkpoints: list[str] | None = None,
     max_batch: int = 16,
     max_body: int | None = None,
+    body_timeout: float | None = None,
 ):
     import uvicorn
 
@@ -38,7 +39,8 @@ def live_server(
     catalog.load(catalog.default)
     engine = Engine(max_batch)
     sock = bind("127.0.0.1", 0)
-    extra = {} if max_body is None else {"max_body": max_body}
+    extra = {"max_body": max_body, "body_timeout": body_timeout}
+    extra = {key: value for key, value in extra.items() if value is not None}
     app = create_app(catalog, engine, api_key, **extra)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -6,9 +6,11 @@ getting what they get alone."""
 from __future__ import annotations
 
 import concurrent.futures
+import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +25,7 @@ from trickster.config import ModelConfig
 from trickster.model.generate import generate
 from trickster.model.transformer import Transformer
 from trickster.serve.engine import Engine, Finished, Sampling, Sequence, Token
+from trickster.train.loop import train
 
 from .live_server import live_server
 
@@ -125,6 +128,15 @@ def test_stop_strings_cut_the_text(client):
     assert "".join(c.choices[0].text for c in streamed) == full[: full.index(stop)]
 
 
+def test_null_means_the_default_as_openai_documents_it(server, client):
+    nulls = dict.fromkeys(["max_tokens", "temperature", "top_p", "top_k", "n", "stop", "seed", "stream"])
+    answer = httpx.post(server.url + "/v1/completions", json={"model": "best", "prompt": "ROMEO:", **nulls})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["usage"]["completion_tokens"] == 16 and len(answer.json()["choices"]) == 1
+    required = httpx.post(server.url + "/v1/completions", json={"model": None, "prompt": "ROMEO:"})
+    assert required.status_code == 400 and required.json()["error"]["param"] == "model"
+
+
 def test_logprobs_describe_each_token(client):
     answer = client.completions.create(model="best", prompt="ROMEO:", max_tokens=10, seed=1, logprobs=3)
     choice = answer.choices[0]
@@ -136,6 +148,27 @@ def test_logprobs_describe_each_token(client):
         assert len(top) == 3 and max(top.values()) >= logprob
         assert token not in top or top[token] == pytest.approx(logprob)
     assert choice.logprobs.text_offset == list(range(10))  # one character per token
+
+
+def test_logprobs_beyond_a_small_vocabulary_list_the_tokens_there_are(tmp_path):
+    """A 4-letter char model asked for the 5 most likely tokens gives its 4, all finite (the padding
+    rows of the embedding came back as -Infinity: a 500, and a stream event that was not JSON)."""
+    from .conftest import QUIET, micro_config
+
+    (tmp_path / "dna.txt").write_text("ACGTTGCAAGCTTCGA" * 400)
+    argv = ["data", "prepare", "text", str(tmp_path / "dna.txt"), "--tokenizer", "char"]
+    assert cli.main([*argv, "--out", str(tmp_path / "data")]) == 0
+    training = {"max_steps": 2, "warmup_steps": 1, "eval_every": 2, "save_every": 2, "sample_tokens": 0}
+    train(micro_config(tmp_path / "data", tmp_path / "run", training_config=training), **QUIET)
+    with live_server(tmp_path / "run", checkpoints=["final"]) as live:
+        fields = {"model": "final", "prompt": "ACG", "max_tokens": 3, "logprobs": 5}
+        answer = httpx.post(live.url + "/v1/completions", json=fields)
+        assert answer.status_code == 200, answer.text
+        tops = answer.json()["choices"][0]["logprobs"]["top_logprobs"]
+        assert [sorted(top) for top in tops] == [list("ACGT")] * 3
+        stream = httpx.post(live.url + "/v1/completions", json={**fields, "stream": True}).text
+        for event in stream.split("\n\n")[:-2]:  # json.loads would take -Infinity: refuse it
+            json.loads(event.removeprefix("data: "), parse_constant=pytest.fail)
 
 
 def test_chat_renders_the_template_then_continues(trained_run, capsys, tmp_path):
@@ -157,6 +190,35 @@ def test_chat_renders_the_template_then_continues(trained_run, capsys, tmp_path)
         assert chunks[-1].usage.completion_tokens == 20
 
 
+def test_chat_context_errors_name_the_chat_fields(trained_run):
+    with live_server(trained_run, chat_template=CHAT_TEMPLATE, checkpoints=["best"]) as live:
+        url = live.url + "/v1/chat/completions"
+        long = {"model": "best", "messages": [{"role": "user", "content": "a" * 70}]}
+        short = {"model": "best", "messages": [{"role": "user", "content": "Who?"}]}
+        cases = [
+            (long, "messages", "messages: 87 tokens fill this model's context of 64"),
+            ({**short, "max_completion_tokens": 100}, "max_completion_tokens", "ask for at most 43"),
+            ({**short, "max_tokens": 100}, "max_tokens", "max_tokens: 100 new tokens"),
+        ]
+        for body, param, text in cases:
+            answer = httpx.post(url, json=body)
+            error = answer.json()["error"]
+            assert answer.status_code == 400 and error["param"] == param
+            assert error["message"].startswith(param) and text in error["message"]
+        assert httpx.post(url, json={**short, "max_tokens": 2}).status_code == 200
+
+
+def test_a_chat_that_renders_to_nothing_is_400(trained_run):
+    with live_server(trained_run, chat_template="{% for m in messages %}{{ m.content }}{% endfor %}") as live:
+        url = live.url + "/v1/chat/completions"
+        empty = httpx.post(url, json={"model": "best", "messages": [{"role": "user", "content": ""}]})
+        assert empty.status_code == 400, empty.text
+        assert empty.json()["error"]["param"] == "messages"
+        assert "the chat template rendered these messages as no text" in empty.json()["error"]["message"]
+        fields = {"model": "best", "messages": [{"role": "user", "content": "ROMEO:"}], "max_tokens": 2}
+        assert httpx.post(url, json=fields).status_code == 200
+
+
 def test_a_model_without_chat_template_points_to_completions(client):
     with pytest.raises(openai.BadRequestError, match="use /v1/completions"):
         client.chat.completions.create(model="best", messages=[{"role": "user", "content": "hi"}])
@@ -171,6 +233,8 @@ def _post(path: str, body: bytes | dict, **headers) -> tuple[str, bytes, dict]:
 
 
 GOOD = {"model": "best", "prompt": "ROMEO:", "max_tokens": 2}
+TEXT_5 = {"type": "text", "text": 5}
+IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
 ERRORS = [
     (
         "malformed-json",
@@ -195,6 +259,48 @@ ERRORS = [
         400,
         "temperature: Input should be greater than or equal to 0 (got -1)",
         "temperature",
+    ),
+    (
+        "temperature-infinite",
+        _post("/v1/completions", b'{"model": "best", "prompt": "ROMEO:", "temperature": Infinity}'),
+        400,
+        "temperature: Input should be a finite number",
+        "temperature",
+    ),
+    (
+        "temperature-above-openai-range",
+        _post("/v1/completions", {**GOOD, "temperature": 1e300}),
+        400,
+        "temperature: Input should be less than or equal to 2 (got 1e+300)",
+        "temperature",
+    ),
+    (
+        "stop-not-strings",
+        _post("/v1/completions", {**GOOD, "stop": [1, 2]}),
+        400,
+        "stop: give a string or a list of up to 4 strings (got [1, 2])",
+        "stop",
+    ),
+    (
+        "prompt-token-ids",
+        _post("/v1/completions", {**GOOD, "prompt": [5, 6]}),
+        400,
+        "prompt: give a string or a list of strings",
+        "prompt",
+    ),
+    (
+        "content-part-text-not-string",
+        _post("/v1/chat/completions", {"model": "best", "messages": [{"role": "user", "content": [TEXT_5]}]}),
+        400,
+        "messages.0.content: give a string or a list of parts",
+        "messages.0.content",
+    ),
+    (
+        "content-part-image",
+        _post("/v1/chat/completions", {"model": "best", "messages": [{"role": "user", "content": [IMAGE]}]}),
+        400,
+        "messages.0.content: this model reads text only; drop the 'image_url' part",
+        "messages.0.content",
     ),
     ("messages-missing", _post("/v1/chat/completions", {"model": "best"}), 400, "messages", "messages"),
     (
@@ -234,6 +340,13 @@ ERRORS = [
         "larger than",
         None,
     ),
+    (
+        "too-many-choices",
+        _post("/v1/completions", {**GOOD, "prompt": ["A"] * 9, "n": 16, "max_tokens": 1}),
+        400,
+        "prompt: 9 prompts with n=16 ask for 144 completions; one request asks for at most 128",
+        "prompt",
+    ),
     ("unknown-route", ("/v1/embeddings", b"{}", {}), 404, "no route", None),
 ]
 
@@ -249,6 +362,29 @@ def test_errors_are_openai_json_and_the_server_goes_on(server, client, case, req
     assert completion(client, **GOOD, seed=0)  # still serving
 
 
+def test_a_vanishing_temperature_is_greedy(client):
+    """A temperature so small that logits / temperature overflow float32 samples as greedy, not 500."""
+    fields = dict(model="best", prompt="ROMEO:", max_tokens=12, seed=1)
+    assert completion(client, **fields, temperature=1e-40) == completion(client, **fields, temperature=0)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("GET", "/v1/completions", {"POST"}),
+        ("OPTIONS", "/v1/chat/completions", {"POST"}),
+        ("DELETE", "/v1/models/best", {"GET", "HEAD"}),
+    ],
+)
+def test_a_wrong_method_is_405_with_the_allowed_ones(server, client, method, path, allow):
+    answer = httpx.request(method, server.url + path)
+    assert answer.status_code == 405
+    assert set(answer.headers["allow"].split(", ")) == allow
+    message = answer.json()["error"]["message"]
+    assert message == f"{method} is not allowed on {path}; use {answer.headers['allow']}"
+    assert completion(client, **GOOD)
+
+
 def test_the_openai_client_sees_the_errors_as_its_own_exceptions(client):
     with pytest.raises(openai.NotFoundError, match="step_999"):
         client.completions.create(model="step_999", prompt="A")
@@ -257,6 +393,20 @@ def test_the_openai_client_sees_the_errors_as_its_own_exceptions(client):
     with pytest.raises(openai.APIStatusError) as oversized:
         client.completions.create(model="best", prompt="A" * 2_000_000)
     assert oversized.value.status_code == 413
+
+
+def test_a_body_that_stops_arriving_is_answered_408(trained_run):
+    """Content-Length promises 100 bytes, 12 come: after body_timeout of silence, one JSON error."""
+    with live_server(trained_run, checkpoints=["best"], body_timeout=0.5) as live:
+        host, port = live.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            head = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+            sock.sendall(head.encode() + b'{"model": "b')
+            answer = http.client.HTTPResponse(sock)
+            answer.begin()
+            assert answer.status == 408
+            assert "stopped arriving" in json.loads(answer.read())["error"]["message"]
+        assert httpx.post(live.url + "/v1/completions", json=GOOD).status_code == 200
 
 
 def test_api_key_is_required_when_set(trained_run):
@@ -353,6 +503,34 @@ def test_engine_batch_matches_lone_generation():
     assert engine.largest_batch == 4
 
 
+def test_a_prompt_the_model_cannot_take_fails_alone():
+    """A prefill that raises (here an empty prompt, which the routes refuse before it gets this far)
+    fails that sequence only: the ones already decoding and the ones admitted after it finish."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=64, hidden_dim=32, num_layers=1, num_heads=2, mlp_dim=64, max_seq_len=64)
+    model = Transformer(cfg).eval()
+    engine = Engine(capacity=4)
+    outcomes = []
+    for prompt in ([1, 2, 3], [], [4, 5]):
+        events, done = [], threading.Event()
+
+        def emit(event, events=events, done=done):
+            events.append(event)
+            if not isinstance(event, Token):
+                done.set()
+
+        engine.submit("m", model, 60, Sequence(prompt, Sampling(max_tokens=20, seed=1), emit))
+        outcomes.append((events, done))
+    try:
+        for _, done in outcomes:
+            assert done.wait(60)
+    finally:
+        engine.close()
+    kinds = [type(events[-1]).__name__ for events, _ in outcomes]
+    assert kinds == ["Finished", "Failed", "Finished"]
+    assert [len(outcomes[i][0]) for i in (0, 2)] == [21, 21]  # 20 tokens, then Finished("length")
+
+
 # ----------------------------------------------------------------------------- the real command
 
 
@@ -415,6 +593,34 @@ def test_a_slow_forward_pass_does_not_hold_up_other_requests(trained_run, monkey
             waited = time.perf_counter() - start
             assert not pending.done() and waited < 1.0
             assert len(pending.result(timeout=60)) == 10
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_hangs_up_stops_its_generation(trained_run, monkeypatch, stream):
+    """With each decoding step slowed to 0.05 s, a client asks for 50 tokens and leaves after 0.3 s:
+    its sequence leaves the batch within a step or two, and the next client is served."""
+    from trickster.serve.engine import Batch
+
+    decode, steps = Batch._decode, []
+
+    def slow_decode(self):
+        time.sleep(0.05)
+        steps.append(len(self.rows))
+        decode(self)
+
+    monkeypatch.setattr(Batch, "_decode", slow_decode)
+    with live_server(trained_run, checkpoints=["best"]) as live:
+        host, port = live.url.removeprefix("http://").split(":")
+        body = json.dumps({"model": "best", "prompt": "ROMEO:", "max_tokens": 50, "stream": stream})
+        with socket.create_connection((host, int(port))) as sock:
+            head = f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+            sock.sendall((head + body).encode())
+            time.sleep(0.3)
+        time.sleep(0.5)  # a step or two to notice, then nothing left to decode
+        decoded = len(steps)
+        time.sleep(0.5)
+        assert len(steps) == decoded and decoded < 30, f"{len(steps)} steps decoded for a client that left"
+        assert httpx.post(live.url + "/v1/completions", json=GOOD).status_code == 200
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ comes with every answer (in a stream: on the last chunk, or on a chunk of its ow
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from collections.abc import AsyncIterator
@@ -29,13 +30,21 @@ from trickster.serve.models import Catalog, Offered
 from trickster.serve.schemas import APIError, ChatRequest, CompletionRequest
 
 MAX_BODY = 1 << 20  # bytes; a prompt longer than any context we train fits many times over
+BODY_TIMEOUT = 30.0  # seconds without a byte of a body that is not all there yet: a 408
+MAX_CHOICES = 128  # completions in one request (prompts x n): one client cannot queue thousands
 
 
 class Server:
     def __init__(
-        self, catalog: Catalog, engine: Engine, api_key: str | None = None, max_body: int = MAX_BODY
+        self,
+        catalog: Catalog,
+        engine: Engine,
+        api_key: str | None = None,
+        max_body: int = MAX_BODY,
+        body_timeout: float = BODY_TIMEOUT,
     ):
-        self.catalog, self.engine, self.api_key, self.max_body = catalog, engine, api_key, max_body
+        self.catalog, self.engine, self.api_key = catalog, engine, api_key
+        self.max_body, self.body_timeout = max_body, body_timeout
 
     # ------------------------------------------------------------------ routes
 
@@ -59,13 +68,23 @@ class Server:
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if not prompts:
             raise APIError(400, "prompt: give a string (or a list of strings) to continue", param="prompt")
+        if len(prompts) * req.n > MAX_CHOICES:
+            raise APIError(
+                400,
+                f"prompt: {len(prompts)} prompts with n={req.n} ask for {len(prompts) * req.n} completions; "
+                f"one request asks for at most {MAX_CHOICES}",
+                param="prompt",
+            )
         ids = [self._encode(offered, p) for p in prompts]
         for one in ids:
             self._check_room(offered, len(one), req.max_tokens)
         generation = self._generation(offered, req, ids, req.max_tokens, req.logprobs)
         if req.stream:
             return _sse(self._completion_chunks(generation, req))
-        texts, logprobs, reasons = await _collect(generation)
+        collected = await _collect_unless_gone(request, generation)
+        if collected is None:
+            return Response(status_code=499)  # nginx's 'client closed request': no one reads it
+        texts, logprobs, reasons = collected
         choices = [
             {
                 "index": i,
@@ -92,19 +111,29 @@ class Server:
                 param="model",
                 code="no_chat_template",
             )
-        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        messages = [{"role": m.role, "content": m.content} for m in req.messages]
         try:
             ids = offered.chat_template.prompt_ids(messages)
         except TemplateRefused as err:
             raise APIError(400, f"messages: {err}", param="messages") from None
         except UserError as err:
             raise APIError(400, f"messages: {err}", param="messages", code="unknown_character") from None
+        if not ids:
+            raise APIError(
+                400,
+                "messages: the chat template rendered these messages as no text; send some text to answer",
+                param="messages",
+            )
         max_tokens = req.max_completion_tokens or req.max_tokens or max(1, offered.context - len(ids))
-        self._check_room(offered, len(ids), max_tokens)
+        asked = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+        self._check_room(offered, len(ids), max_tokens, "messages", asked)
         generation = self._generation(offered, req, [ids], max_tokens, None)
         if req.stream:
             return _sse(self._chat_chunks(generation, req))
-        texts, _, reasons = await _collect(generation)
+        collected = await _collect_unless_gone(request, generation)
+        if collected is None:
+            return Response(status_code=499)
+        texts, _, reasons = collected
         choices = [
             {
                 "index": i,
@@ -179,12 +208,21 @@ class Server:
         )
         if declared.isdigit() and int(declared) > self.max_body:
             raise too_big
-        body = bytearray()
-        async for chunk in request.stream():
+        body, chunks = bytearray(), request.stream()
+        while True:
+            try:  # a client that sends less than its Content-Length would otherwise hold on forever
+                chunk = await asyncio.wait_for(anext(chunks), self.body_timeout)
+            except StopAsyncIteration:
+                return bytes(body)
+            except asyncio.TimeoutError:
+                raise APIError(
+                    408,
+                    f"the request body stopped arriving ({len(body):,} bytes in, nothing for "
+                    f"{self.body_timeout:g} s); send all the bytes Content-Length promises",
+                ) from None
             body += chunk
             if len(body) > self.max_body:
                 raise too_big
-        return bytes(body)
 
     def _offered(self, name: str) -> Offered:
         offered = self.catalog.get(name)
@@ -213,22 +251,30 @@ class Server:
             raise APIError(400, "prompt is empty; give some text to continue", param="prompt")
         return offered.tokenizer.start_ids() + ids  # as `trickster generate` starts a prompt
 
-    def _check_room(self, offered: Offered, prompt_tokens: int, max_tokens: int) -> None:
+    def _check_room(
+        self,
+        offered: Offered,
+        prompt_tokens: int,
+        max_tokens: int,
+        prompt_param: str = "prompt",
+        max_param: str = "max_tokens",
+    ) -> None:
+        """The prompt and the tokens asked for fit the context; an error names the request's fields."""
         room = offered.context - prompt_tokens
         if room < 1:
             raise APIError(
                 400,
-                f"prompt: {prompt_tokens} tokens fill this model's context of {offered.context} "
+                f"{prompt_param}: {prompt_tokens} tokens fill this model's context of {offered.context} "
                 "tokens; send a shorter prompt",
-                param="prompt",
+                param=prompt_param,
                 code="context_length_exceeded",
             )
         if max_tokens > room:
             raise APIError(
                 400,
-                f"max_tokens: {max_tokens} new tokens after a prompt of {prompt_tokens} exceed this "
+                f"{max_param}: {max_tokens} new tokens after a prompt of {prompt_tokens} exceed this "
                 f"model's context of {offered.context} tokens; ask for at most {room}",
-                param="max_tokens",
+                param=max_param,
                 code="context_length_exceeded",
             )
 
@@ -256,6 +302,25 @@ async def _collect(generation: Generation) -> tuple[list[str], list[list[dict]],
         logprobs[delta.index] += delta.logprobs
         reasons[delta.index] = delta.finish_reason or reasons[delta.index]
     return texts, logprobs, reasons
+
+
+async def _collect_unless_gone(request: Request, generation: Generation):
+    """`_collect`, or None when the client hangs up first (its sequences then leave the batch: a
+    stream notices by itself, as Starlette stops iterating it)."""
+    collecting = asyncio.ensure_future(_collect(generation))
+    hung_up = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait({collecting, hung_up}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        hung_up.cancel()
+        collecting.cancel()  # a no-op once it is done; otherwise `deltas` cancels the sequences
+    return collecting.result() if collecting.done() and not collecting.cancelled() else None
+
+
+async def _disconnect(request: Request) -> None:
+    """Returns when the client has gone (the body is read by now: nothing else can arrive)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _with_last(generation: Generation) -> AsyncIterator[tuple[Delta, bool]]:
@@ -302,11 +367,13 @@ async def _api_error(request: Request, err: APIError) -> Response:
 
 
 async def _http_error(request: Request, err: HTTPException) -> Response:
+    """Starlette's own errors (no route, wrong method) in OpenAI's shape, with their headers (Allow)."""
     message = {
         404: f"no route {request.url.path}; the API is under /v1",
-        405: f"{request.method} is not allowed here",
+        405: f"{request.method} is not allowed on {request.url.path}; use {(err.headers or {}).get('Allow')}",
     }
-    return await _api_error(request, APIError(err.status_code, message.get(err.status_code, str(err.detail))))
+    error = APIError(err.status_code, message.get(err.status_code, str(err.detail)))
+    return JSONResponse(error.body(), status_code=error.status, headers=err.headers)
 
 
 async def _bug(request: Request, err: Exception) -> Response:
@@ -314,9 +381,13 @@ async def _bug(request: Request, err: Exception) -> Response:
 
 
 def create_app(
-    catalog: Catalog, engine: Engine, api_key: str | None = None, max_body: int = MAX_BODY
+    catalog: Catalog,
+    engine: Engine,
+    api_key: str | None = None,
+    max_body: int = MAX_BODY,
+    body_timeout: float = BODY_TIMEOUT,
 ) -> Starlette:
-    server = Server(catalog, engine, api_key, max_body)
+    server = Server(catalog, engine, api_key, max_body, body_timeout)
     routes = [
         Route("/", server.playground),
         Route("/v1/models", server.models),

@@ -96,7 +96,7 @@ class Batch:
         while self.waiting and len(self.rows) < self.capacity:
             seq = self.waiting.popleft()
             if not seq.cancelled:
-                self._prefill(seq)
+                self._admit(seq)
         self._compact()  # prompts whose first token already ended them
         if self.rows:
             self._decode()
@@ -111,6 +111,17 @@ class Batch:
         self.cache = None
         self.fused.close()
 
+    def _admit(self, seq: Sequence) -> None:
+        """Prefill one prompt. If that raises (a prompt the model cannot take, or no memory for a long
+        one), this sequence alone fails: it wrote only its own row, the others decode on."""
+        try:
+            self._prefill(seq)
+        except Exception as err:
+            if seq in self.rows:
+                self.rows.remove(seq)  # the last row: no live row moves
+            seq.cancelled = True
+            seq.emit(Failed(err))
+
     def _prefill(self, seq: Sequence) -> None:
         """The prompt alone, as `generate` runs it, into the next free row of the cache."""
         row = len(self.rows)
@@ -119,7 +130,7 @@ class Batch:
         )
         device = self.cache.keys[0].device
         seq.generator = torch.Generator(device=device).manual_seed(seq.sampling.seed)
-        self.rows.append(seq)  # before the forward pass: a failure there must reach this request too
+        self.rows.append(seq)  # its row from now on (_admit takes it back if the forward pass fails)
         logits, _ = self.model(torch.tensor([seq.prompt_ids], device=device), cache=view)
         self._take(seq, logits[:, -1, :])
 
@@ -147,7 +158,9 @@ class Batch:
         if s.logprobs is not None:
             logprobs = logits[0].log_softmax(-1)
             event.logprob = float(logprobs[token])
-            top = logprobs.topk(s.logprobs) if s.logprobs > 0 else None
+            # no more than the tokenizer has: the padding rows past it are -inf, and decode to nothing
+            count = min(s.logprobs, self.vocab_limit or logprobs.numel())
+            top = logprobs.topk(count) if count > 0 else None
             event.top = (
                 [] if top is None else list(zip(top.indices.tolist(), top.values.tolist(), strict=True))
             )

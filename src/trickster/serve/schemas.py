@@ -8,7 +8,9 @@ import time
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+GREEDY_BELOW = 1e-5  # a smaller temperature decodes greedily
 
 
 class APIError(Exception):
@@ -35,14 +37,30 @@ class Request(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
     model: str = Field(description="a checkpoint of the run: best, final, step_000500, untrained")
-    temperature: float = Field(1.0, ge=0, description="0 means greedy")
-    top_p: float = Field(1.0, gt=0, le=1)
+    temperature: float = Field(1.0, ge=0, le=2, allow_inf_nan=False, description="0 means greedy")
+    top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
     top_k: int | None = Field(None, description="an extension (as vLLM has it); 0 or -1 means off")
     stop: str | list[str] | None = Field(None, description="up to 4 strings that end the text")
     seed: int | None = Field(None, ge=0, lt=2**63)
     n: int = Field(1, ge=1, le=16)
     stream: bool = False
     stream_options: StreamOptions | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data):
+        """OpenAI documents its optional fields as "... or null": a null one takes its default."""
+        if not isinstance(data, dict):
+            return data
+        optional = {name for name, field in cls.model_fields.items() if not field.is_required()}
+        return {key: value for key, value in data.items() if value is not None or key not in optional}
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_strings(cls, value):
+        if value is None or isinstance(value, str) or _strings(value):
+            return value
+        raise ValueError("give a string or a list of up to 4 strings")
 
     @field_validator("stop")
     @classmethod
@@ -51,6 +69,12 @@ class Request(BaseModel):
         if len(stops) > 4 or any(not s for s in stops):
             raise ValueError("give at most 4 non-empty stop strings")
         return stops
+
+    @field_validator("temperature")
+    @classmethod
+    def _greedy(cls, value):
+        # logits / 1e-40 overflow float32; below vLLM's threshold a temperature is greedy in effect
+        return 0.0 if value < GREEDY_BELOW else value
 
     @field_validator("top_k")
     @classmethod
@@ -63,22 +87,42 @@ class CompletionRequest(Request):
     max_tokens: int = Field(16, ge=1)
     logprobs: int | None = Field(None, ge=0, le=20)
 
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _prompt_text(cls, value):
+        if isinstance(value, str) or _strings(value):
+            return value
+        raise ValueError("give a string or a list of strings (token ids are not taken)")
+
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[dict]
+    content: str
 
-    def text(self) -> str:
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text(cls, value):
+        """A string, or OpenAI's list of content parts: their texts, joined."""
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list) and all(isinstance(part, dict) for part in value):
+            other = [part.get("type") for part in value if part.get("type") != "text"]
+            if other:
+                raise ValueError(f"this model reads text only; drop the {other[0]!r} part")
+            if all(isinstance(part.get("text"), str) for part in value):
+                return "".join(part["text"] for part in value)
+        raise ValueError('give a string or a list of parts {"type": "text", "text": "..."}')
 
 
 class ChatRequest(Request):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1, description="default: the rest of the context")
     max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name for max_tokens")
+
+
+def _strings(value) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
 def parse(kind: type[BaseModel], raw: bytes) -> BaseModel:

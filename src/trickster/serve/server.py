@@ -72,6 +72,10 @@ def serve(
 
     if max_batch < 1:
         raise UserError(f"--max-batch must be >= 1 (got {max_batch})")
+    if not 0 <= port <= 65535:  # the socket takes 70000 as 70000 % 65536 and -1 as no service at all
+        raise UserError(f"--port must be between 0 and 65535 (got {port}); 0 picks a free one")
+    if api_key is not None and not api_key.strip():  # no Authorization header could carry it
+        raise UserError("--api-key is blank; pass a key, or leave the option out to serve without one")
     catalog = Catalog(target, resolve_device(device, "--device"), checkpoints, read_template(chat_template))
     sock = bind(host, port)
     catalog.load(catalog.default)
