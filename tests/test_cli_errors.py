@@ -380,6 +380,25 @@ def _run_without_complete(env: Env) -> list[str]:
     return ["generate", str(run), "--max-new-tokens", "2"]
 
 
+def _compare_info_without_step(env: Env) -> list[str]:
+    ckpt = env.copy_checkpoint()
+    (ckpt / "info.json").write_text("{}\n")  # valid JSON, but no step to print
+    return ["compare", str(ckpt), "--max-new-tokens", "2"]
+
+
+def _resume_damaged_info(env: Env) -> list[str]:
+    """The newest checkpoint's info.json is cut short: the resume cannot tell which is newest."""
+    run = env.copy_run()
+    _corrupt(run / "checkpoints" / "final" / "info.json", keep_fraction=0.5)
+    return ["train", "--config", env.config(), "--out", str(run), "--no-progress", "--resume"]
+
+
+def _report_damaged_info(env: Env) -> list[str]:
+    run = env.copy_run()
+    _corrupt(run / "checkpoints" / "best" / "info.json", content=b"\xff\xfe garbage")
+    return ["report", str(run), "--out", str(env.tmp / "report.html")]
+
+
 def _info_on_damaged_checkpoint(env: Env) -> list[str]:
     ckpt = env.copy_checkpoint()
     _corrupt(ckpt / "model.safetensors", keep_fraction=0.5)
@@ -1202,6 +1221,39 @@ CASES = [
     case("generate-missing-info", _ckpt_without("info.json"), "info.json is missing or damaged"),
     case("generate-foreign-weights", _foreign_weights, "does not match its config", "another model"),
     case("info-damaged-checkpoint", _info_on_damaged_checkpoint, "model.safetensors is damaged"),
+    case(
+        "generate-info-not-an-object",
+        _ckpt_with_corrupt("info.json", content=b"[12]\n"),
+        "ckpt/info.json is missing or damaged",
+    ),
+    case(
+        "generate-info-not-utf8",
+        _ckpt_with_corrupt("info.json", content=b"\xff\xfe{}"),
+        "ckpt/info.json is missing or damaged",
+    ),
+    case("compare-info-without-step", _compare_info_without_step, "ckpt/info.json is missing or damaged"),
+    case(
+        "generate-config-not-a-mapping",
+        _ckpt_with_corrupt("config.yaml", content=b"- model_config\n- training_config\n"),
+        "ckpt/config.yaml is missing or damaged",
+    ),
+    case(
+        "generate-config-empty",
+        _ckpt_with_corrupt("config.yaml", content=b""),
+        "ckpt/config.yaml is missing or damaged",
+    ),
+    case(
+        "generate-config-not-utf8",
+        _ckpt_with_corrupt("config.yaml", content=b"\xff\xfemodel_config: {}\n"),
+        "ckpt/config.yaml is missing or damaged",
+    ),
+    case("resume-damaged-info", _resume_damaged_info, "final/info.json is missing or damaged", "move"),
+    case(
+        "report-damaged-checkpoint-info",
+        _report_damaged_info,
+        "best/info.json is missing or damaged",
+        "move",
+    ),
     case("compare-missing-run-dir", lambda env: ["compare", str(env.tmp / "nope")], "nope not found"),
     case("compare-other-tokenizer", _compare_other_tokenizer, "uses another tokenizer", "--data DIR"),
     # ---- prompts and sampling flags

@@ -73,7 +73,7 @@ def check_resumable(path: Path, cfg: Config, data: PreparedData) -> dict:
             f"{saved_cfg.training.optimizer} and holds that optimizer's state; set "
             f"training_config.optimizer={saved_cfg.training.optimizer}, or start a new run with another --out"
         )
-    info = json.loads((path / "info.json").read_text())
+    info = ckpt.read_info(path)
     if info.get("tokenizer_fingerprint") != data.tokenizer.fingerprint():
         raise UserError(f"cannot resume from {path}: the tokenizer changed; use the data it was trained on")
     if info.get("data_fingerprint") != data.meta.get("tokens_sha256"):
