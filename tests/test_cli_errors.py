@@ -1254,6 +1254,12 @@ CASES = [
         "best/info.json is missing or damaged",
         "move",
     ),
+    case(
+        "compare-data-folder-missing",
+        lambda env: ["compare", str(env.run), "--max-new-tokens", "2", "--data", str(env.tmp / "nope")],
+        "no prepared data in",
+        "nope",
+    ),
     case("compare-missing-run-dir", lambda env: ["compare", str(env.tmp / "nope")], "nope not found"),
     case("compare-other-tokenizer", _compare_other_tokenizer, "uses another tokenizer", "--data DIR"),
     # ---- prompts and sampling flags

@@ -191,8 +191,9 @@ def compare_command(target: str, sampling: Sampling, device: str = "cpu", data: 
 
 
 def _val_losses(loaded, models, data_path, device) -> list[float | None]:
+    """None for each model when the run's own data is gone; a --data folder must be prepared data."""
     path = data_path or loaded.info.get("data_path")
-    if not path or not (Path(path) / "meta.json").is_file():
+    if data_path is None and (not path or not (Path(path) / "meta.json").is_file()):
         return [None] * len(models)
     data = load_data(path)
     if data.tokenizer.fingerprint() != loaded.tokenizer.fingerprint():
