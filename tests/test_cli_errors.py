@@ -1260,6 +1260,18 @@ CASES = [
         "no prepared data in",
         "nope",
     ),
+    case(
+        "info-checkpoint-with-preset",
+        lambda env: ["info", "--checkpoint", str(env.run), "--preset", "tiny"],
+        "--checkpoint describes the saved model",
+        "drop --preset",
+    ),
+    case(
+        "info-checkpoint-with-override",
+        lambda env: ["info", "--checkpoint", str(env.run), "model_config.hidden_dim=32"],
+        "--checkpoint describes the saved model",
+        "KEY=VALUE",
+    ),
     case("compare-missing-run-dir", lambda env: ["compare", str(env.tmp / "nope")], "nope not found"),
     case("compare-other-tokenizer", _compare_other_tokenizer, "uses another tokenizer", "--data DIR"),
     # ---- prompts and sampling flags

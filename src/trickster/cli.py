@@ -107,6 +107,11 @@ def _check(args: argparse.Namespace) -> None:
         raise UserError(_NEEDS_CONFIG[args.command])
     if args.command == "info" and not (args.checkpoint or args.preset or args.config):
         raise UserError("choose what to describe: --preset NAME, --config FILE or --checkpoint RUN")
+    if args.command == "info" and args.checkpoint and (args.preset or args.config or args.overrides):
+        raise UserError(
+            "--checkpoint describes the saved model as it is: drop --preset, --config and KEY=VALUE "
+            "overrides, or drop --checkpoint"
+        )
     if args.command == "data" and args.data_command == "prepare":
         _check_prepare(args)
 
