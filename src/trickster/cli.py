@@ -33,6 +33,7 @@ _BOUNDS: list[tuple[str, Callable[[float], bool], str]] = [
     ("batch_size", lambda v: v >= 1, "--batch-size must be >= 1 (got {})"),
     ("steps", lambda v: v >= 1, "--steps must be at least 1 (got {})"),
     ("processes", lambda v: v >= 1, "--processes must be >= 1 (got {})"),
+    ("port", lambda v: 0 <= v <= 65535, "--port must be in 0..65535, 0 picking a free one (got {})"),
 ]
 # What to say when a command that needs a config gets neither --preset nor --config.
 _NEEDS_CONFIG = {
