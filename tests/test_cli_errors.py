@@ -1380,6 +1380,12 @@ CASES = [
         "'lots'",
     ),
     case(
+        "plan-tokens-infinite",
+        lambda env: ["plan", "--preset", "tiny", "--tokens", "1e400"],
+        "--tokens must be a positive number",
+        "'1e400'",
+    ),
+    case(
         "plan-unknown-device", lambda env: ["plan", "--preset", "tiny", "--device", "tpu"], "--device", "tpu"
     ),
     case(
