@@ -1648,6 +1648,20 @@ def test_every_case_is_distinct_names_its_problem_and_is_documented():
     )
 
 
+def test_a_failed_start_leaves_its_run_folder_free_for_the_next(tmp_path, shakespeare_dir, capsys):
+    """A start refused after the run folder was made (here: init_from names a data folder) must
+    not leave a folder that the corrected command then refuses as 'not empty'."""
+    out = tmp_path / "fresh"
+    training = {"max_steps": 2, "warmup_steps": 1, "eval_every": 2, "save_every": 2, "sample_tokens": 0}
+    save_config(micro_config(shakespeare_dir, out, training_config=training), tmp_path / "micro.yaml")
+    argv = ["train", "--config", str(tmp_path / "micro.yaml"), "--no-progress"]
+
+    assert cli.main([*argv, f"training_config.init_from={shakespeare_dir}"]) == 2
+    assert f"no complete checkpoint in {shakespeare_dir}" in capsys.readouterr().err
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    assert (out / "checkpoints" / "final" / "COMPLETE").is_file()
+
+
 def test_real_process_exits_2_without_traceback(tmp_path, shakespeare_dir):
     run_dir = tmp_path / "run"
     result = subprocess.run(

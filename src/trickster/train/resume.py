@@ -14,8 +14,12 @@ from trickster.train import checkpoint as ckpt
 
 
 def run_dir_in_use(run_dir: Path) -> bool:
-    """A run only starts (without --resume) in a folder that is missing or empty."""
-    return run_dir.is_dir() and any(run_dir.iterdir())
+    """A run only starts (without --resume) in a folder that is missing or empty. An empty
+    checkpoints/ alone is what a start that failed before writing anything leaves (open_run_dir
+    makes it first): the next start may use the folder."""
+    if not run_dir.is_dir():
+        return False
+    return any(p.name != "checkpoints" or not p.is_dir() or any(p.iterdir()) for p in run_dir.iterdir())
 
 
 def open_run_dir(run_dir: Path, resume: bool | str) -> tuple[Path | None, list[str]]:
