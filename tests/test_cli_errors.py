@@ -1419,6 +1419,20 @@ CASES = [
         "--out",
     ),
     case(
+        "export-gguf-under-a-file",
+        lambda env: [
+            "export",
+            str(env.run),
+            "--format",
+            "gguf",
+            "--out",
+            env.write("taken", "mine") + "/m.gguf",
+        ],
+        "could not write",
+        "taken/m.gguf",
+        "--out",
+    ),
+    case(
         "export-gguf-bfloat16",
         lambda env: [
             "export",

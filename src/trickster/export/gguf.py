@@ -113,7 +113,10 @@ def export_gguf(target: str | Path, out: str | Path, dtype: str = "float32") -> 
     m: ModelConfig = loaded.cfg.model
     tokens, types = gguf_vocabulary(loaded.tokenizer, m.vocab_size)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file where a folder of the path should be
+        raise UserError(f"could not write {out} ({err.strerror or err}); choose another --out") from None
     staging = out.parent / f".{out.name}.tmp"
     writer = gguf.GGUFWriter(staging, "llama")
     writer.add_name(loaded.path.parent.parent.name if loaded.path.parent.name == "checkpoints" else out.stem)
