@@ -1285,6 +1285,13 @@ CASES = [
     case("temperature-negative", _generate("--temperature", "-1"), "--temperature must be >= 0", "-1"),
     case("top-k-zero", _generate("--top-k", "0"), "--top-k must be >= 1", "0"),
     case(
+        "temperature-infinite",
+        _generate("--temperature", "1e309"),
+        "--temperature must be >= 0 and finite",
+        "inf",
+    ),
+    case("seed-beyond-64-bits", _generate("--seed", str(2**64)), "--seed must fit in 64 bits", str(2**64)),
+    case(
         "max-new-tokens-negative", _generate("--max-new-tokens", "-5"), "--max-new-tokens must be >= 0", "-5"
     ),
     case(
