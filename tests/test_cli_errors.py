@@ -840,6 +840,12 @@ CASES = [
         "'maybe'",
     ),
     case(
+        "override-seed-beyond-64-bits",
+        lambda env: micro_train(env, f"training_config.seed={2**64}"),
+        "training_config.seed",
+        "less than 9223372036854775808",
+    ),
+    case(
         "override-keep-last-zero",
         lambda env: micro_train(env, "training_config.keep_last=0"),
         "training_config.keep_last",
