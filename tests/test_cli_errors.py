@@ -1330,6 +1330,7 @@ CASES = [
     case("serve-chat-template-missing", _serve_template(None), "--chat-template", "cannot be read"),
     case("serve-chat-template-broken", _serve_template("{% for %}"), "chat template does not compile"),
     case("serve-max-batch-zero", _serve("--max-batch", "0"), "--max-batch must be >= 1"),
+    case("serve-api-key-empty", _serve("--api-key", ""), "--api-key is empty", "leave it out"),
     case("serve-port-negative", _serve("--port", "-1"), "--port must be in 0..65535", "-1"),
     case("serve-port-above-65535", _serve("--port", "70000"), "--port must be in 0..65535", "70000"),
     # ---- tracking, reports, runs and plans

@@ -115,6 +115,8 @@ def _check(args: argparse.Namespace) -> None:
             "--checkpoint describes the saved model as it is: drop --preset, --config and KEY=VALUE "
             "overrides, or drop --checkpoint"
         )
+    if args.command == "serve" and args.api_key is not None and not args.api_key.strip():
+        raise UserError("--api-key is empty, so every request would be refused; give a key or leave it out")
     if args.command == "data" and args.data_command == "prepare":
         _check_prepare(args)
 
