@@ -319,6 +319,11 @@ def _gpt2_offline(env: Env) -> list[str]:
     return ["data", "prepare", "text", corpus, "--tokenizer", "gpt2", "--out", str(env.tmp / "gpt2")]
 
 
+def _fifo(path: Path) -> str:
+    os.mkfifo(path)  # nothing writes to it: reading would wait forever
+    return str(path)
+
+
 def _prepare_with(*flags: str) -> Build:
     def build(env: Env) -> list[str]:
         corpus = env.write("corpus.txt", "To be, or not to be, that is the question.\n" * 20)
@@ -975,6 +980,11 @@ CASES = [
         "prepare-text-missing-file",
         lambda env: ["data", "prepare", "text", str(env.tmp / "missing.txt"), "--out", str(env.tmp / "out")],
         "missing.txt not found",
+    ),
+    case(
+        "prepare-text-from-a-pipe",
+        lambda env: ["data", "prepare", "text", _fifo(env.tmp / "pipe"), "--out", str(env.tmp / "out")],
+        "pipe is not a regular file",
     ),
     case(
         "prepare-empty-folder",
