@@ -1380,8 +1380,26 @@ CASES = [
     case(
         "report-out-in-missing-folder",
         lambda env: ["report", str(env.run), "--out", str(env.tmp / "missing" / "report.html")],
-        "cannot write",
+        "could not write",
         "--out",
+    ),
+    case(
+        "report-out-over-the-run-metrics",
+        lambda env: ["report", str(env.copy_run()), "--out", str(env.tmp / "run-copy" / "metrics.jsonl")],
+        "metrics.jsonl already exists and is not an .html page",
+        "--out",
+    ),
+    case(
+        "data-report-html-over-meta-json",
+        lambda env: [
+            "data",
+            "report",
+            str(env.copy_data()),
+            "--html",
+            str(env.tmp / "data-copy" / "meta.json"),
+        ],
+        "meta.json already exists and is not an .html page",
+        "--html",
     ),
     case("runs-missing-folder", lambda env: ["runs", str(env.tmp / "nope")], "folder", "nope not found"),
     case("runs-on-a-file", lambda env: ["runs", env.write("notes.txt", "hi\n")], "notes.txt is a file"),
