@@ -8,6 +8,7 @@ changed. One subprocess test proves the same for the real process.
 
 from __future__ import annotations
 
+import builtins
 import errno
 import functools
 import hashlib
@@ -485,6 +486,40 @@ def _disk_full_at_checkpoint(env: Env) -> list[str]:
 
     env.monkeypatch.setattr("trickster.train.checkpoint.save_file", no_space)
     return micro_train(env, "training_config.max_steps=4", "training_config.warmup_steps=1")
+
+
+def _read_only(env: Env, folder: Path) -> None:
+    """Every write, and every delete, under `folder` fails as on a read-only mount (the tests run
+    as any user, and root ignores file modes)."""
+    path_open, plain_open, path_unlink = Path.open, builtins.open, Path.unlink
+
+    def refuse(path, mode: str = "w") -> None:
+        if any(m in mode for m in "wax+") and Path(path).resolve().is_relative_to(folder.resolve()):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    def open_path(self, mode="r", *args, **kwargs):
+        refuse(self, mode)
+        return path_open(self, mode, *args, **kwargs)
+
+    def open_file(file, mode="r", *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)):
+            refuse(file, mode)
+        return plain_open(file, mode, *args, **kwargs)
+
+    def unlink(self, *args, **kwargs):
+        refuse(self)
+        return path_unlink(self, *args, **kwargs)
+
+    env.monkeypatch.setattr(Path, "open", open_path)
+    env.monkeypatch.setattr(builtins, "open", open_file)
+    env.monkeypatch.setattr(Path, "unlink", unlink)
+
+
+def _gguf_into_read_only_folder(env: Env) -> list[str]:
+    folder = env.tmp / "read-only"
+    folder.mkdir()
+    _read_only(env, folder)
+    return ["export", str(env.run), "--format", "gguf", "--out", str(folder / "m.gguf")]
 
 
 def _tracking_missing(key: str, module: str) -> Build:
@@ -1473,6 +1508,13 @@ CASES = [
         "could not write",
         "taken/m.gguf",
         "--out",
+    ),
+    case(
+        "export-gguf-into-a-read-only-folder",
+        _gguf_into_read_only_folder,
+        "could not write",
+        "read-only/m.gguf",
+        "Read-only file system",
     ),
     case(
         "export-gguf-bfloat16",

@@ -25,6 +25,7 @@ llama.cpp's own convert_hf_to_gguf.py.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -156,8 +157,10 @@ def export_gguf(target: str | Path, out: str | Path, dtype: str = "float32") -> 
         writer.close()
         staging.replace(out)  # the file appears whole or not at all
     except BaseException as err:
-        writer.close()
-        staging.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only folder refuses the clean-up too
+            writer.close()
+        with contextlib.suppress(OSError):
+            staging.unlink(missing_ok=True)
         if isinstance(err, OSError):
             raise UserError(f"could not write {out} ({err.strerror or err}); choose another --out") from None
         raise
