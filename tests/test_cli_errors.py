@@ -515,6 +515,12 @@ def _read_only(env: Env, folder: Path) -> None:
     env.monkeypatch.setattr(Path, "unlink", unlink)
 
 
+def _resume_in_read_only_run(env: Env) -> list[str]:
+    run = env.copy_run()
+    _read_only(env, run)
+    return ["train", "--config", env.config(), "--out", str(run), "--no-progress", "--resume"]
+
+
 def _gguf_into_read_only_folder(env: Env) -> list[str]:
     folder = env.tmp / "read-only"
     folder.mkdir()
@@ -968,6 +974,13 @@ CASES = [
         "could not write checkpoint",
         "No space left on device",
         "free disk space",
+    ),
+    case(
+        "resume-in-a-read-only-run-folder",
+        _resume_in_read_only_run,
+        "could not write run folder",
+        "Read-only file system",
+        "writable",
     ),
     case(
         "mesh-shape-does-not-match-processes",
