@@ -173,6 +173,13 @@ def _damaged_meta(env: Env) -> list[str]:
     return micro_train(env, "--data", str(data))
 
 
+def _data_tokenizer_is_a_folder(env: Env) -> list[str]:
+    data = env.copy_data()
+    (data / "tokenizer.json").unlink()
+    (data / "tokenizer.json").mkdir()
+    return micro_train(env, "--data", str(data))
+
+
 def _corpus_shorter_than_window(env: Env) -> list[str]:
     data = env.prepare_text("to be or not to be, that is the question.\n" * 3)
     return micro_train(env, "--data", data, "model_config.max_seq_len=256", "training_config.seq_len=200")
@@ -848,6 +855,12 @@ CASES = [
     ),
     case("train-damaged-meta", _damaged_meta, "meta.json is damaged", "prepare the data again"),
     case(
+        "train-data-tokenizer-is-a-folder",
+        _data_tokenizer_is_a_folder,
+        "data-copy/tokenizer.json cannot be read",
+        "prepare the data again",
+    ),
+    case(
         "vocab-size-below-tokenizer",
         lambda env: micro_train(env, "model_config.vocab_size=10"),
         "model_config.vocab_size (10) is smaller than the tokenizer's vocabulary",
@@ -1281,6 +1294,12 @@ CASES = [
         _ckpt_without("tokenizer.json"),
         "tokenizer.json is missing",
         "another checkpoint",
+    ),
+    case(
+        "generate-damaged-tokenizer",
+        _ckpt_with_corrupt("tokenizer.json", content=b'{"kind": "char", "chars'),
+        "ckpt/tokenizer.json is not a valid tokenizer",
+        "use another checkpoint",
     ),
     case("generate-missing-info", _ckpt_without("info.json"), "info.json is missing or damaged"),
     case("generate-foreign-weights", _foreign_weights, "does not match its config", "another model"),

@@ -293,7 +293,7 @@ def empty_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> Transfo
 def read_tokenizer(path: Path) -> Tokenizer:
     if not (path / "tokenizer.json").is_file():
         raise UserError(f"{path / 'tokenizer.json'} is missing; use another checkpoint")
-    return load_tokenizer(path / "tokenizer.json")
+    return load_tokenizer(path / "tokenizer.json", fix="use another checkpoint")
 
 
 def read_info(path: Path, fix: str = "use another checkpoint") -> dict:
