@@ -1636,6 +1636,16 @@ CASES = [
         "/nonexistent/run not found",
     ),
     case(
+        "prepare-tokenizer-from-not-a-tokenizer",
+        lambda env: [
+            *_jsonl(['{"prompt": "a", "response": "b"}', '{"prompt": "c", "response": "d"}'])(env),
+            "--tokenizer-from",
+            env.write("notes.json", '{"kind": "char"}'),
+        ],
+        "notes.json is not a valid tokenizer",
+        "pass another --tokenizer-from",
+    ),
+    case(
         "jsonl-character-outside-the-model-vocabulary",
         lambda env: _jsonl(
             [RECORD, '{"prompt": "2 + 2?", "response": "4"}'], "--tokenizer-from", str(env.run)
