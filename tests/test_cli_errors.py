@@ -8,6 +8,7 @@ changed. One subprocess test proves the same for the real process.
 
 from __future__ import annotations
 
+import builtins
 import errno
 import functools
 import hashlib
@@ -172,6 +173,13 @@ def _damaged_meta(env: Env) -> list[str]:
     return micro_train(env, "--data", str(data))
 
 
+def _data_tokenizer_is_a_folder(env: Env) -> list[str]:
+    data = env.copy_data()
+    (data / "tokenizer.json").unlink()
+    (data / "tokenizer.json").mkdir()
+    return micro_train(env, "--data", str(data))
+
+
 def _corpus_shorter_than_window(env: Env) -> list[str]:
     data = env.prepare_text("to be or not to be, that is the question.\n" * 3)
     return micro_train(env, "--data", data, "model_config.max_seq_len=256", "training_config.seq_len=200")
@@ -319,6 +327,11 @@ def _gpt2_offline(env: Env) -> list[str]:
     return ["data", "prepare", "text", corpus, "--tokenizer", "gpt2", "--out", str(env.tmp / "gpt2")]
 
 
+def _fifo(path: Path) -> str:
+    os.mkfifo(path)  # nothing writes to it: reading would wait forever
+    return str(path)
+
+
 def _prepare_with(*flags: str) -> Build:
     def build(env: Env) -> list[str]:
         corpus = env.write("corpus.txt", "To be, or not to be, that is the question.\n" * 20)
@@ -378,6 +391,25 @@ def _run_without_complete(env: Env) -> list[str]:
     for marker in run.glob("checkpoints/*/COMPLETE"):
         marker.unlink()
     return ["generate", str(run), "--max-new-tokens", "2"]
+
+
+def _compare_info_without_step(env: Env) -> list[str]:
+    ckpt = env.copy_checkpoint()
+    (ckpt / "info.json").write_text("{}\n")  # valid JSON, but no step to print
+    return ["compare", str(ckpt), "--max-new-tokens", "2"]
+
+
+def _resume_damaged_info(env: Env) -> list[str]:
+    """The newest checkpoint's info.json is cut short: the resume cannot tell which is newest."""
+    run = env.copy_run()
+    _corrupt(run / "checkpoints" / "final" / "info.json", keep_fraction=0.5)
+    return ["train", "--config", env.config(), "--out", str(run), "--no-progress", "--resume"]
+
+
+def _report_damaged_info(env: Env) -> list[str]:
+    run = env.copy_run()
+    _corrupt(run / "checkpoints" / "best" / "info.json", content=b"\xff\xfe garbage")
+    return ["report", str(run), "--out", str(env.tmp / "report.html")]
 
 
 def _info_on_damaged_checkpoint(env: Env) -> list[str]:
@@ -461,6 +493,46 @@ def _disk_full_at_checkpoint(env: Env) -> list[str]:
 
     env.monkeypatch.setattr("trickster.train.checkpoint.save_file", no_space)
     return micro_train(env, "training_config.max_steps=4", "training_config.warmup_steps=1")
+
+
+def _read_only(env: Env, folder: Path) -> None:
+    """Every write, and every delete, under `folder` fails as on a read-only mount (the tests run
+    as any user, and root ignores file modes)."""
+    path_open, plain_open, path_unlink = Path.open, builtins.open, Path.unlink
+
+    def refuse(path, mode: str = "w") -> None:
+        if any(m in mode for m in "wax+") and Path(path).resolve().is_relative_to(folder.resolve()):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    def open_path(self, mode="r", *args, **kwargs):
+        refuse(self, mode)
+        return path_open(self, mode, *args, **kwargs)
+
+    def open_file(file, mode="r", *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)):
+            refuse(file, mode)
+        return plain_open(file, mode, *args, **kwargs)
+
+    def unlink(self, *args, **kwargs):
+        refuse(self)
+        return path_unlink(self, *args, **kwargs)
+
+    env.monkeypatch.setattr(Path, "open", open_path)
+    env.monkeypatch.setattr(builtins, "open", open_file)
+    env.monkeypatch.setattr(Path, "unlink", unlink)
+
+
+def _resume_in_read_only_run(env: Env) -> list[str]:
+    run = env.copy_run()
+    _read_only(env, run)
+    return ["train", "--config", env.config(), "--out", str(run), "--no-progress", "--resume"]
+
+
+def _gguf_into_read_only_folder(env: Env) -> list[str]:
+    folder = env.tmp / "read-only"
+    folder.mkdir()
+    _read_only(env, folder)
+    return ["export", str(env.run), "--format", "gguf", "--out", str(folder / "m.gguf")]
 
 
 def _tracking_missing(key: str, module: str) -> Build:
@@ -783,6 +855,12 @@ CASES = [
     ),
     case("train-damaged-meta", _damaged_meta, "meta.json is damaged", "prepare the data again"),
     case(
+        "train-data-tokenizer-is-a-folder",
+        _data_tokenizer_is_a_folder,
+        "data-copy/tokenizer.json cannot be read",
+        "prepare the data again",
+    ),
+    case(
         "vocab-size-below-tokenizer",
         lambda env: micro_train(env, "model_config.vocab_size=10"),
         "model_config.vocab_size (10) is smaller than the tokenizer's vocabulary",
@@ -819,6 +897,12 @@ CASES = [
         lambda env: micro_train(env, "training_config.resume=maybe"),
         "training_config.resume",
         "'maybe'",
+    ),
+    case(
+        "override-seed-beyond-64-bits",
+        lambda env: micro_train(env, f"training_config.seed={2**64}"),
+        "training_config.seed",
+        "less than 9223372036854775808",
     ),
     case(
         "override-keep-last-zero",
@@ -905,6 +989,13 @@ CASES = [
         "free disk space",
     ),
     case(
+        "resume-in-a-read-only-run-folder",
+        _resume_in_read_only_run,
+        "could not write run folder",
+        "Read-only file system",
+        "writable",
+    ),
+    case(
         "mesh-shape-does-not-match-processes",
         lambda env: micro_train(env, "device_config.enable_fsdp=true", "device_config.mesh_shape=[1, 2]"),
         "device_config.mesh_shape [1, 2] multiplies to 1 x 2 = 2, but the job has 1 process(es)",
@@ -950,6 +1041,11 @@ CASES = [
         "prepare-text-missing-file",
         lambda env: ["data", "prepare", "text", str(env.tmp / "missing.txt"), "--out", str(env.tmp / "out")],
         "missing.txt not found",
+    ),
+    case(
+        "prepare-text-from-a-pipe",
+        lambda env: ["data", "prepare", "text", _fifo(env.tmp / "pipe"), "--out", str(env.tmp / "out")],
+        "pipe is not a regular file",
     ),
     case(
         "prepare-empty-folder",
@@ -1199,9 +1295,66 @@ CASES = [
         "tokenizer.json is missing",
         "another checkpoint",
     ),
+    case(
+        "generate-damaged-tokenizer",
+        _ckpt_with_corrupt("tokenizer.json", content=b'{"kind": "char", "chars'),
+        "ckpt/tokenizer.json is not a valid tokenizer",
+        "use another checkpoint",
+    ),
     case("generate-missing-info", _ckpt_without("info.json"), "info.json is missing or damaged"),
     case("generate-foreign-weights", _foreign_weights, "does not match its config", "another model"),
     case("info-damaged-checkpoint", _info_on_damaged_checkpoint, "model.safetensors is damaged"),
+    case(
+        "generate-info-not-an-object",
+        _ckpt_with_corrupt("info.json", content=b"[12]\n"),
+        "ckpt/info.json is missing or damaged",
+    ),
+    case(
+        "generate-info-not-utf8",
+        _ckpt_with_corrupt("info.json", content=b"\xff\xfe{}"),
+        "ckpt/info.json is missing or damaged",
+    ),
+    case("compare-info-without-step", _compare_info_without_step, "ckpt/info.json is missing or damaged"),
+    case(
+        "generate-config-not-a-mapping",
+        _ckpt_with_corrupt("config.yaml", content=b"- model_config\n- training_config\n"),
+        "ckpt/config.yaml is missing or damaged",
+    ),
+    case(
+        "generate-config-empty",
+        _ckpt_with_corrupt("config.yaml", content=b""),
+        "ckpt/config.yaml is missing or damaged",
+    ),
+    case(
+        "generate-config-not-utf8",
+        _ckpt_with_corrupt("config.yaml", content=b"\xff\xfemodel_config: {}\n"),
+        "ckpt/config.yaml is missing or damaged",
+    ),
+    case("resume-damaged-info", _resume_damaged_info, "final/info.json is missing or damaged", "move"),
+    case(
+        "report-damaged-checkpoint-info",
+        _report_damaged_info,
+        "best/info.json is missing or damaged",
+        "move",
+    ),
+    case(
+        "compare-data-folder-missing",
+        lambda env: ["compare", str(env.run), "--max-new-tokens", "2", "--data", str(env.tmp / "nope")],
+        "no prepared data in",
+        "nope",
+    ),
+    case(
+        "info-checkpoint-with-preset",
+        lambda env: ["info", "--checkpoint", str(env.run), "--preset", "tiny"],
+        "--checkpoint describes the saved model",
+        "drop --preset",
+    ),
+    case(
+        "info-checkpoint-with-override",
+        lambda env: ["info", "--checkpoint", str(env.run), "model_config.hidden_dim=32"],
+        "--checkpoint describes the saved model",
+        "KEY=VALUE",
+    ),
     case("compare-missing-run-dir", lambda env: ["compare", str(env.tmp / "nope")], "nope not found"),
     case("compare-other-tokenizer", _compare_other_tokenizer, "uses another tokenizer", "--data DIR"),
     # ---- prompts and sampling flags
@@ -1214,6 +1367,13 @@ CASES = [
     case("top-p-above-one", _generate("--top-p", "1.5"), "--top-p must be in (0, 1]", "1.5"),
     case("temperature-negative", _generate("--temperature", "-1"), "--temperature must be >= 0", "-1"),
     case("top-k-zero", _generate("--top-k", "0"), "--top-k must be >= 1", "0"),
+    case(
+        "temperature-infinite",
+        _generate("--temperature", "1e309"),
+        "--temperature must be >= 0 and finite",
+        "inf",
+    ),
+    case("seed-beyond-64-bits", _generate("--seed", str(2**64)), "--seed must fit in 64 bits", str(2**64)),
     case(
         "max-new-tokens-negative", _generate("--max-new-tokens", "-5"), "--max-new-tokens must be >= 0", "-5"
     ),
@@ -1287,8 +1447,26 @@ CASES = [
     case(
         "report-out-in-missing-folder",
         lambda env: ["report", str(env.run), "--out", str(env.tmp / "missing" / "report.html")],
-        "cannot write",
+        "could not write",
         "--out",
+    ),
+    case(
+        "report-out-over-the-run-metrics",
+        lambda env: ["report", str(env.copy_run()), "--out", str(env.tmp / "run-copy" / "metrics.jsonl")],
+        "metrics.jsonl already exists and is not an .html page",
+        "--out",
+    ),
+    case(
+        "data-report-html-over-meta-json",
+        lambda env: [
+            "data",
+            "report",
+            str(env.copy_data()),
+            "--html",
+            str(env.tmp / "data-copy" / "meta.json"),
+        ],
+        "meta.json already exists and is not an .html page",
+        "--html",
     ),
     case("runs-missing-folder", lambda env: ["runs", str(env.tmp / "nope")], "folder", "nope not found"),
     case("runs-on-a-file", lambda env: ["runs", env.write("notes.txt", "hi\n")], "notes.txt is a file"),
@@ -1309,6 +1487,12 @@ CASES = [
         lambda env: ["plan", "--preset", "tiny", "--tokens", "lots"],
         "--tokens must be a positive number",
         "'lots'",
+    ),
+    case(
+        "plan-tokens-infinite",
+        lambda env: ["plan", "--preset", "tiny", "--tokens", "1e400"],
+        "--tokens must be a positive number",
+        "'1e400'",
     ),
     case(
         "plan-unknown-device", lambda env: ["plan", "--preset", "tiny", "--device", "tpu"], "--device", "tpu"
@@ -1342,6 +1526,27 @@ CASES = [
         lambda env: ["export", str(env.run), "--format", "gguf", "--out", env.write("model.gguf", "mine")],
         "model.gguf already exists",
         "--out",
+    ),
+    case(
+        "export-gguf-under-a-file",
+        lambda env: [
+            "export",
+            str(env.run),
+            "--format",
+            "gguf",
+            "--out",
+            env.write("taken", "mine") + "/m.gguf",
+        ],
+        "could not write",
+        "taken/m.gguf",
+        "--out",
+    ),
+    case(
+        "export-gguf-into-a-read-only-folder",
+        _gguf_into_read_only_folder,
+        "could not write",
+        "read-only/m.gguf",
+        "Read-only file system",
     ),
     case(
         "export-gguf-bfloat16",
@@ -1429,6 +1634,16 @@ CASES = [
         "prepare-tokenizer-from-missing",
         _jsonl([RECORD, RECORD], "--tokenizer-from", "/nonexistent/run"),
         "/nonexistent/run not found",
+    ),
+    case(
+        "prepare-tokenizer-from-not-a-tokenizer",
+        lambda env: [
+            *_jsonl(['{"prompt": "a", "response": "b"}', '{"prompt": "c", "response": "d"}'])(env),
+            "--tokenizer-from",
+            env.write("notes.json", '{"kind": "char"}'),
+        ],
+        "notes.json is not a valid tokenizer",
+        "pass another --tokenizer-from",
     ),
     case(
         "jsonl-character-outside-the-model-vocabulary",
@@ -1571,6 +1786,20 @@ def test_every_case_is_distinct_names_its_problem_and_is_documented():
         f"docs/ERRORS.md lacks {sorted(set(ids) - set(rows))} and has stale rows "
         f"{sorted(set(rows) - set(ids))}: rewrite it (see its header)"
     )
+
+
+def test_a_failed_start_leaves_its_run_folder_free_for_the_next(tmp_path, shakespeare_dir, capsys):
+    """A start refused after the run folder was made (here: init_from names a data folder) must
+    not leave a folder that the corrected command then refuses as 'not empty'."""
+    out = tmp_path / "fresh"
+    training = {"max_steps": 2, "warmup_steps": 1, "eval_every": 2, "save_every": 2, "sample_tokens": 0}
+    save_config(micro_config(shakespeare_dir, out, training_config=training), tmp_path / "micro.yaml")
+    argv = ["train", "--config", str(tmp_path / "micro.yaml"), "--no-progress"]
+
+    assert cli.main([*argv, f"training_config.init_from={shakespeare_dir}"]) == 2
+    assert f"no complete checkpoint in {shakespeare_dir}" in capsys.readouterr().err
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    assert (out / "checkpoints" / "final" / "COMPLETE").is_file()
 
 
 def test_real_process_exits_2_without_traceback(tmp_path, shakespeare_dir):

@@ -106,6 +106,10 @@ def test_report_writes_into_the_run_folder_by_default(trained_run, tmp_path):
     copy = Path(shutil.copytree(trained_run, tmp_path / "copy"))
     assert main(["report", str(copy)]) == 0
     assert (copy / "report.html").read_text(encoding="utf-8").startswith("<!doctype html>")
+    (copy / "report.html").write_text("an older report")
+    assert main(["report", str(copy)]) == 0  # a page is replaced: the report is written again
+    assert (copy / "report.html").read_text(encoding="utf-8").startswith("<!doctype html>")
+    assert [p.name for p in copy.iterdir() if p.name.startswith(".")] == []
 
 
 def test_report_links_the_data_report_when_the_data_folder_has_one(trained_run, shakespeare_dir, tmp_path):

@@ -1,4 +1,5 @@
-"""Folders that appear whole or not at all: build under a temporary name, then rename into place."""
+"""Folders (and pages) that appear whole or not at all: build under a temporary name, then rename
+into place."""
 
 from __future__ import annotations
 
@@ -74,3 +75,19 @@ def new_folder(target: Path, flag: str = "--out"):
                 f"could not write {target} ({err.strerror or err}); choose another {flag}"
             ) from None
         raise
+
+
+def write_page(path: Path, page: str, fix: str) -> None:
+    """Write an HTML page in one rename. An existing file is replaced only if it is a page too (a
+    report written before): never a run's metrics, a config or a corpus named by mistake.
+    `fix`: what to do instead, e.g. "choose another --out"."""
+    if path.is_file() and path.suffix.lower() not in (".html", ".htm"):
+        raise UserError(f"{path} already exists and is not an .html page; {fix} (nothing was changed)")
+    staging = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        staging.write_text(page, encoding="utf-8")
+        os.replace(staging, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            staging.unlink()
+        raise UserError(f"could not write {path} ({err.strerror or err}); {fix}") from None

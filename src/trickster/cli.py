@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import math
 import sys
 from collections.abc import Callable
 
@@ -26,9 +27,10 @@ _BOUNDS: list[tuple[str, Callable[[float], bool], str]] = [
     ("val_fraction", lambda v: 0 < v < 1, "--val-fraction must be between 0 and 1 (got {})"),
     ("workers", lambda v: v >= 1, "--workers must be at least 1 (got {})"),
     ("max_new_tokens", lambda v: v >= 0, "--max-new-tokens must be >= 0 (got {})"),
-    ("temperature", lambda v: v >= 0, "--temperature must be >= 0 (got {})"),
+    ("temperature", lambda v: 0 <= v < math.inf, "--temperature must be >= 0 and finite (got {})"),
     ("top_k", lambda v: v >= 1, "--top-k must be >= 1 (got {})"),
     ("top_p", lambda v: 0 < v <= 1, "--top-p must be in (0, 1] (got {})"),
+    ("seed", lambda v: -(2**63) <= v < 2**63, "--seed must fit in 64 bits, -2**63 to 2**63 - 1 (got {})"),
     ("max_tokens", lambda v: v >= 1, "--max-tokens must be >= 1 (got {})"),
     ("batch_size", lambda v: v >= 1, "--batch-size must be >= 1 (got {})"),
     ("steps", lambda v: v >= 1, "--steps must be at least 1 (got {})"),
@@ -107,6 +109,11 @@ def _check(args: argparse.Namespace) -> None:
         raise UserError(_NEEDS_CONFIG[args.command])
     if args.command == "info" and not (args.checkpoint or args.preset or args.config):
         raise UserError("choose what to describe: --preset NAME, --config FILE or --checkpoint RUN")
+    if args.command == "info" and args.checkpoint and (args.preset or args.config or args.overrides):
+        raise UserError(
+            "--checkpoint describes the saved model as it is: drop --preset, --config and KEY=VALUE "
+            "overrides, or drop --checkpoint"
+        )
     if args.command == "data" and args.data_command == "prepare":
         _check_prepare(args)
 

@@ -102,12 +102,12 @@ def _text_source(spec: SourceSpec) -> sources.Source | sources.Corpus:
 
 def _tokenizer_from(path: str):
     """The tokenizer of a run, checkpoint or data folder, or a tokenizer.json file."""
-    target = Path(path)
+    target, fix = Path(path), "pass another --tokenizer-from"
     if target.is_file():
-        return load_tokenizer(target)
+        return load_tokenizer(target, fix)
     if (target / "tokenizer.json").is_file() and not (target / "checkpoints").is_dir():
-        return load_tokenizer(target / "tokenizer.json")  # a checkpoint or a prepared data folder
-    return load_tokenizer(ckpt.resolve(target) / "tokenizer.json")
+        return load_tokenizer(target / "tokenizer.json", fix)  # a checkpoint or a prepared data folder
+    return load_tokenizer(ckpt.resolve(target) / "tokenizer.json", fix)
 
 
 def train_command(source: ConfigSource, resume: bool = False, progress: bool | None = None) -> int:
@@ -191,8 +191,9 @@ def compare_command(target: str, sampling: Sampling, device: str = "cpu", data: 
 
 
 def _val_losses(loaded, models, data_path, device) -> list[float | None]:
+    """None for each model when the run's own data is gone; a --data folder must be prepared data."""
     path = data_path or loaded.info.get("data_path")
-    if not path or not (Path(path) / "meta.json").is_file():
+    if data_path is None and (not path or not (Path(path) / "meta.json").is_file()):
         return [None] * len(models)
     data = load_data(path)
     if data.tokenizer.fingerprint() != loaded.tokenizer.fingerprint():

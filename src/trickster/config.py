@@ -137,7 +137,7 @@ class TrainingConfig(_Section):
     """Prompt of the text samples written during training."""
     sample_tokens: int = Field(200, ge=0)
     """Tokens generated for each training sample."""
-    seed: int = 1337
+    seed: int = Field(1337, ge=-(2**63), lt=2**63)  # what torch.manual_seed takes
     """Seed of the weights, the batch order and the samples."""
     init_from: str | None = None
     """Fine-tuning: start from the weights of this run folder or checkpoint instead of random ones

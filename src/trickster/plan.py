@@ -342,11 +342,12 @@ TOKEN_SUFFIX = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
 def parse_tokens(text: str) -> int:
     """5000000, 5M, 2.5B or 2e9 -> an integer number of tokens."""
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmbgt]?)\s*", text.lower())
-    if not match or float(match.group(1)) * TOKEN_SUFFIX.get(match.group(2), 1) < 1:
+    tokens = float(match.group(1)) * TOKEN_SUFFIX.get(match.group(2), 1) if match else 0.0
+    if not 1 <= tokens < math.inf:  # 1e400 reads as infinity
         raise UserError(
             f"--tokens must be a positive number of tokens such as 5000000, 5M or 2e9 (got {text!r})"
         )
-    return int(float(match.group(1)) * TOKEN_SUFFIX.get(match.group(2), 1))
+    return int(tokens)
 
 
 def format_plan(plan: Plan) -> str:

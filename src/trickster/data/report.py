@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trickster.atomic import write_page
 from trickster.data.loader import PreparedData, TokenStream, load_data
 from trickster.errors import UserError
 
@@ -292,10 +293,7 @@ def write_html(report: DataReport, out: str | Path | None = None) -> Path:
         f'<h2>Document lengths</h2>\n<img alt="histogram of tokens per document, per split" '
         f'src="data:image/png;base64,{png}">\n</body>\n</html>\n'
     )
-    try:
-        path.write_text(page, encoding="utf-8")
-    except OSError as err:
-        raise UserError(f"could not write {path} ({err.strerror or err}); pass another --html FILE") from None
+    write_page(path, page, "pass another --html FILE")
     return path
 
 

@@ -396,6 +396,10 @@ def expand_paths(patterns: list[str]) -> list[Path]:
                 files.extend(sorted(p for p in match.rglob("*") if p.is_file()))
             elif match.is_file():
                 files.append(match)
+            elif match.exists():  # a pipe, socket or device: its text cannot be read twice
+                raise UserError(
+                    f"{match} is not a regular file (a pipe or device?); pass text files or folders"
+                )
             else:
                 raise UserError(f"{match} not found; pass existing text files or folders")
     if not files:

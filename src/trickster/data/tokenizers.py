@@ -399,14 +399,17 @@ def from_dict(data: dict) -> Tokenizer:
     raise UserError(f"unknown tokenizer kind {kind!r}; expected one of {', '.join(KINDS)}")
 
 
-def load_tokenizer(path: str | Path) -> Tokenizer:
+def load_tokenizer(path: str | Path, fix: str = "prepare the data again") -> Tokenizer:
+    """The tokenizer saved at `path`; `fix` is the advice when it cannot be read."""
     path = Path(path)
     try:
         return from_dict(json.loads(path.read_text(encoding="utf-8")))
     except FileNotFoundError:
-        raise UserError(f"tokenizer file {path} not found; prepare the data again") from None
-    except (ValueError, KeyError, TypeError, AttributeError):  # ValueError includes JSONDecodeError
-        raise UserError(f"tokenizer file {path} is not a valid tokenizer; prepare the data again") from None
+        raise UserError(f"tokenizer file {path} not found; {fix}") from None
+    except OSError as err:  # a folder by that name, an unreadable file
+        raise UserError(f"tokenizer file {path} cannot be read ({err.strerror or err}); {fix}") from None
+    except (ValueError, KeyError, TypeError, AttributeError):  # JSON and UTF-8 errors are ValueErrors
+        raise UserError(f"tokenizer file {path} is not a valid tokenizer; {fix}") from None
 
 
 def build_tokenizer(

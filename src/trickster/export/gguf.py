@@ -25,6 +25,7 @@ llama.cpp's own convert_hf_to_gguf.py.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -113,7 +114,10 @@ def export_gguf(target: str | Path, out: str | Path, dtype: str = "float32") -> 
     m: ModelConfig = loaded.cfg.model
     tokens, types = gguf_vocabulary(loaded.tokenizer, m.vocab_size)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file where a folder of the path should be
+        raise UserError(f"could not write {out} ({err.strerror or err}); choose another --out") from None
     staging = out.parent / f".{out.name}.tmp"
     writer = gguf.GGUFWriter(staging, "llama")
     writer.add_name(loaded.path.parent.parent.name if loaded.path.parent.name == "checkpoints" else out.stem)
@@ -153,8 +157,10 @@ def export_gguf(target: str | Path, out: str | Path, dtype: str = "float32") -> 
         writer.close()
         staging.replace(out)  # the file appears whole or not at all
     except BaseException as err:
-        writer.close()
-        staging.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only folder refuses the clean-up too
+            writer.close()
+        with contextlib.suppress(OSError):
+            staging.unlink(missing_ok=True)
         if isinstance(err, OSError):
             raise UserError(f"could not write {out} ({err.strerror or err}); choose another --out") from None
         raise

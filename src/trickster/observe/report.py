@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from trickster.atomic import write_page
 from trickster.errors import UserError
 from trickster.model.flops import flops_per_token, parameter_breakdown
 from trickster.observe.runs import Run, read_run
@@ -80,10 +81,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     path = Path(out) if out else Path(run_dir) / "report.html"
     if path.is_dir():
         path = path / "report.html"
-    try:
-        path.write_text(page, encoding="utf-8")
-    except OSError as err:
-        raise UserError(f"cannot write {path} ({err.strerror}); choose another --out") from None
+    write_page(path, page, "choose another --out")
     return path
 
 

@@ -145,7 +145,8 @@ def is_complete(path: Path) -> bool:
 
 
 def checkpoint_step(path: Path) -> int:
-    return json.loads((path / "info.json").read_text())["step"]
+    """The step of one of a run's checkpoints (to pick the newest, to list them)."""
+    return read_info(path, fix=f"move {path} out of {path.parent} to use the run's others")["step"]
 
 
 def update_info(path: Path, **values) -> None:
@@ -292,21 +293,27 @@ def empty_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> Transfo
 def read_tokenizer(path: Path) -> Tokenizer:
     if not (path / "tokenizer.json").is_file():
         raise UserError(f"{path / 'tokenizer.json'} is missing; use another checkpoint")
-    return load_tokenizer(path / "tokenizer.json")
+    return load_tokenizer(path / "tokenizer.json", fix="use another checkpoint")
 
 
-def read_info(path: Path) -> dict:
+def read_info(path: Path, fix: str = "use another checkpoint") -> dict:
+    """info.json: a JSON object with at least the integer `step` it was saved at."""
     try:
-        return json.loads((path / "info.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        raise UserError(f"{path / 'info.json'} is missing or damaged; use another checkpoint") from None
+        info = json.loads((path / "info.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        info = None  # missing, a folder, not UTF-8, not JSON
+    if not isinstance(info, dict) or type(info.get("step")) is not int:
+        raise UserError(f"{path / 'info.json'} is missing or damaged; {fix}")
+    return info
 
 
 def read_config(path: Path) -> Config:
     try:
-        raw = yaml.safe_load((path / "config.yaml").read_text())
-    except (FileNotFoundError, yaml.YAMLError):
-        raise UserError(f"{path / 'config.yaml'} is missing or damaged; use another checkpoint") from None
+        raw = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        raw = None  # missing, a folder, not UTF-8, not YAML
+    if not isinstance(raw, dict):  # also an empty file, a list or a lone value
+        raise UserError(f"{path / 'config.yaml'} is missing or damaged; use another checkpoint")
     return config_from_dict(raw, f"{path / 'config.yaml'}")
 
 

@@ -14,8 +14,12 @@ from trickster.train import checkpoint as ckpt
 
 
 def run_dir_in_use(run_dir: Path) -> bool:
-    """A run only starts (without --resume) in a folder that is missing or empty."""
-    return run_dir.is_dir() and any(run_dir.iterdir())
+    """A run only starts (without --resume) in a folder that is missing or empty. An empty
+    checkpoints/ alone is what a start that failed before writing anything leaves (open_run_dir
+    makes it first): the next start may use the folder."""
+    if not run_dir.is_dir():
+        return False
+    return any(p.name != "checkpoints" or not p.is_dir() or any(p.iterdir()) for p in run_dir.iterdir())
 
 
 def open_run_dir(run_dir: Path, resume: bool | str) -> tuple[Path | None, list[str]]:
@@ -73,7 +77,7 @@ def check_resumable(path: Path, cfg: Config, data: PreparedData) -> dict:
             f"{saved_cfg.training.optimizer} and holds that optimizer's state; set "
             f"training_config.optimizer={saved_cfg.training.optimizer}, or start a new run with another --out"
         )
-    info = json.loads((path / "info.json").read_text())
+    info = ckpt.read_info(path)
     if info.get("tokenizer_fingerprint") != data.tokenizer.fingerprint():
         raise UserError(f"cannot resume from {path}: the tokenizer changed; use the data it was trained on")
     if info.get("data_fingerprint") != data.meta.get("tokens_sha256"):

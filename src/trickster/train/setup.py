@@ -53,12 +53,13 @@ def write_run_files(
     """config.yaml, tokenizer.json, manifest.json; on resume, metrics.jsonl cut back to the
     checkpoint and a `resume` event (rank 0 only)."""
     resumed_from, step, changed, repairs = resumed
-    if resumed_from is not None:
-        truncate_metrics(run_dir / "metrics.jsonl", step)
-        metrics.write("resume", step, checkpoint=resumed_from.name, changed=changed, repairs=repairs)
-    elif resume:  # nothing to resume: events of an attempt that saved no checkpoint are dropped
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    with disk_errors(f"run folder {run_dir}", "free disk space or choose another --out"):
+    fix = "free disk space or make the folder writable, or choose another --out"
+    with disk_errors(f"run folder {run_dir}", fix):
+        if resumed_from is not None:
+            truncate_metrics(run_dir / "metrics.jsonl", step)
+            metrics.write("resume", step, checkpoint=resumed_from.name, changed=changed, repairs=repairs)
+        elif resume:  # nothing to resume: events of an attempt that saved no checkpoint are dropped
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         data.tokenizer.save(run_dir / "tokenizer.json")
         (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
