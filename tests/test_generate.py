@@ -114,3 +114,12 @@ def test_vocab_limit_never_samples_padding_rows():
         model.output.weight[30:] += 5.0  # make the unused rows the most likely ones
     out = list(generate(model, [1], 50, temperature=1.0, seed=0, vocab_limit=30))
     assert max(out) < 30
+
+
+@pytest.mark.parametrize("temperature", [1e-6, 1e-40, 1e-300])
+def test_a_vanishing_temperature_is_greedy_not_a_crash(temperature):
+    """logits / temperature would overflow float32 (1e-300 even becomes a divisor of 0): inf - inf
+    gives NaN probabilities and multinomial refuses them."""
+    logits = torch.tensor([[0.5, 3.0, -1.0, 2.9], [10.0, -10.0, 0.0, 9.0]])
+    assert sample(logits, temperature).tolist() == [1, 0]
+    assert sample(logits, 1e-3, generator=torch.Generator().manual_seed(0)).tolist() == [1, 0]

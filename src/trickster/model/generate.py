@@ -10,6 +10,10 @@ import torch
 from trickster.model.transformer import KVCache, Transformer
 from trickster.train.device import inference_dtype
 
+# logits / 1e-40 overflow float32 (1e-300 even rounds to a divisor of 0); a temperature below
+# vLLM's threshold is greedy in effect
+GREEDY_BELOW = 1e-5
+
 
 def sample(
     logits: torch.Tensor,
@@ -18,8 +22,9 @@ def sample(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Pick one token per row of logits (B, vocab); temperature 0 means greedy."""
-    if temperature <= 0:
+    """Pick one token per row of logits (B, vocab); a temperature of 0 (or below GREEDY_BELOW)
+    means greedy."""
+    if temperature < GREEDY_BELOW:
         return logits.argmax(dim=-1)
     logits = logits / temperature
     if top_k is not None and top_k < logits.size(-1):

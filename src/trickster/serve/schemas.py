@@ -10,8 +10,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-GREEDY_BELOW = 1e-5  # a smaller temperature decodes greedily
-
 
 class APIError(Exception):
     """An answer in OpenAI's error format: {"error": {"message", "type", "param", "code"}}."""
@@ -69,12 +67,6 @@ class Request(BaseModel):
         if len(stops) > 4 or any(not s for s in stops):
             raise ValueError("give at most 4 non-empty stop strings")
         return stops
-
-    @field_validator("temperature")
-    @classmethod
-    def _greedy(cls, value):
-        # logits / 1e-40 overflow float32; below vLLM's threshold a temperature is greedy in effect
-        return 0.0 if value < GREEDY_BELOW else value
 
     @field_validator("top_k")
     @classmethod
