@@ -148,6 +148,13 @@ def _wrong_type_in_file(env: Env) -> list[str]:
     return ["train", "--config", path]
 
 
+def _key_given_twice(env: Env) -> list[str]:
+    path = env.write(
+        "twice.yaml", "training_config:\n  max_steps: 100\n  learning_rate: 0.001\n  max_steps: 200\n"
+    )
+    return ["train", "--config", path]
+
+
 def _trained_run_copy_with(env: Env, *overrides: str) -> list[str]:
     run = env.copy_run()
     return ["train", "--config", env.config(), "--out", str(run), "--no-progress", *overrides]
@@ -710,6 +717,13 @@ CASES = [
         "did you mean model_config.hidden_dim",
     ),
     case("config-wrong-type-in-file", _wrong_type_in_file, "training_config.max_steps", "integer", "'lots'"),
+    case("config-key-given-twice", _key_given_twice, "twice.yaml", "'max_steps' is given twice", "line 4"),
+    case(
+        "override-not-finite",
+        lambda env: ["train", "--preset", "tiny", "training_config.learning_rate=.inf"],
+        "training_config.learning_rate",
+        "finite number",
+    ),
     # ---- overrides and cross-key checks
     case(
         "override-unknown-key",

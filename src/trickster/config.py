@@ -22,7 +22,10 @@ from trickster.errors import UserError
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+    # inf and nan are refused: `learning_rate: .inf` would only show as non-finite losses later
+    model_config = ConfigDict(
+        extra="forbid", use_attribute_docstrings=True, validate_assignment=True, allow_inf_nan=False
+    )
 
 
 class ModelConfig(_Section):
@@ -277,9 +280,38 @@ def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
 
 
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last one
+    silently: a second `max_steps:` further down a file would quietly win)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, typing.Hashable):
+                continue  # the safe loader refuses it itself
+            if key in seen:
+                raise _DuplicateKey(None, None, f"{key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _load_yaml(text: str):
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+
+
 def _parse_yaml(text: str, source: str) -> dict[str, Any]:
     try:
-        raw = yaml.safe_load(text)
+        raw = _load_yaml(text)
+    except _DuplicateKey as err:
+        mark = err.problem_mark
+        raise UserError(
+            f"{source}: {err.problem} (again at line {mark.line + 1}); keep one of them"
+        ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -310,7 +342,7 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
         parsed = value  # text fields keep the text as typed ("ROMEO:" is not a YAML mapping here)
     else:
         try:
-            parsed = yaml.safe_load(value) if value.strip() else value
+            parsed = _load_yaml(value) if value.strip() else value
         except yaml.YAMLError:
             parsed = value
     target = raw
