@@ -1587,6 +1587,24 @@ CASES = [
         "rope scaling 'llama3'",
     ),
     case("import-attention-bias", _import({"attention_bias": True}), "attention_bias true"),
+    case(
+        # transformers 5 writes rope_parameters; given rope_scaling too, it applies rope_scaling
+        "import-rope-scaling-beside-rope-parameters",
+        _import(
+            {"rope_parameters": {"rope_type": "default"}, "rope_scaling": {"type": "linear", "factor": 2.0}}
+        ),
+        "unsupported Llama variant",
+        "rope scaling 'linear'",
+    ),
+    case(
+        "import-quantized",
+        _import({"quantization_config": {"quant_method": "fp8"}}),
+        "quantization_config (only unquantized weights)",
+    ),
+    case(
+        "import-zero-heads", _import({"num_attention_heads": 0}), "num_attention_heads 0", "positive integers"
+    ),
+    case("import-heads-as-text", _import({"num_attention_heads": "4"}), "num_attention_heads '4'"),
     case("import-without-tokenizer", _import({}), "has no tokenizer.json", "fast tokenizers"),
     case(
         "import-pickled-weights",

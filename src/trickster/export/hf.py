@@ -238,19 +238,29 @@ def model_config_from_hf(hf: dict, source: str) -> ModelConfig:
     for key in ("attention_bias", "mlp_bias"):
         if hf.get(key):
             problems.append(f"{key} true (our layers have no biases)")
-    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else rope
-    if rope_type not in (None, "default"):
-        problems.append(f"rope scaling {rope_type!r} (only plain rotary)")
+    if hf.get("quantization_config"):
+        problems.append("quantization_config (only unquantized weights)")
+    # transformers 5 writes rope_parameters, 4 rope_scaling; with both, 5 applies rope_scaling
+    ropes = [r for r in (hf.get("rope_parameters"), hf.get("rope_scaling")) if r is not None]
+    for rope in ropes:
+        rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else rope
+        if rope_type not in (None, "default"):
+            problems.append(f"rope scaling {rope_type!r} (only plain rotary)")
     required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
     missing = [k for k in required if k not in hf]
+    not_counts = [k for k in required if k in hf and (type(hf[k]) is not int or hf[k] <= 0)]
     if missing:
         problems.append(f"missing {', '.join(missing)}")
-    elif hf.get("head_dim") not in (None, hf["hidden_size"] // hf["num_attention_heads"]):
+    if not_counts:
+        problems.append(", ".join(f"{k} {hf[k]!r}" for k in not_counts) + " (must be positive integers)")
+    elif not missing and hf.get("head_dim") not in (None, hf["hidden_size"] // hf["num_attention_heads"]):
         problems.append(f"head_dim {hf['head_dim']} != hidden_size / num_attention_heads")
     if problems:
         raise UserError(f"{source}: unsupported Llama variant: {'; '.join(problems)}")
-    rope_theta = hf.get("rope_theta") or (rope.get("rope_theta") if isinstance(rope, dict) else None)
+    rope_theta = hf.get("rope_theta")
+    for rope in ropes:
+        if rope_theta is None and isinstance(rope, dict):
+            rope_theta = rope.get("rope_theta")
     raw = {
         "vocab_size": hf["vocab_size"],
         "hidden_dim": hf["hidden_size"],
@@ -260,7 +270,7 @@ def model_config_from_hf(hf: dict, source: str) -> ModelConfig:
         "mlp_dim": hf["intermediate_size"],
         "max_seq_len": hf.get("max_position_embeddings", 2048),
         "tie_embeddings": bool(hf.get("tie_word_embeddings", False)),
-        "rope_theta": rope_theta or 10000.0,
+        "rope_theta": 10000.0 if rope_theta is None else rope_theta,
         "norm_eps": hf.get("rms_norm_eps", 1e-6),
         "dropout": 0.0,
     }
