@@ -574,6 +574,18 @@ def _import(config: dict | str | None = None, **files) -> Build:
     return lambda env: ["import", "hf", _hf_folder(env, config, **files), "--out", str(env.tmp / "imported")]
 
 
+def _import_index(weight_map) -> Build:
+    """A folder whose model.safetensors.index.json holds `weight_map` (its shards are not there)."""
+
+    def build(env: Env) -> list[str]:
+        folder = Path(_hf_folder(env, {}, tokenizer=True))
+        index = {"metadata": {}, "weight_map": weight_map}
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+        return ["import", "hf", str(folder), "--out", str(env.tmp / "imported")]
+
+    return build
+
+
 def _jsonl(lines: list[str], *flags: str) -> Build:
     def build(env: Env) -> list[str]:
         path = env.write("chat.jsonl", "\n".join(lines) + "\n")
@@ -1605,6 +1617,16 @@ CASES = [
         "import-zero-heads", _import({"num_attention_heads": 0}), "num_attention_heads 0", "positive integers"
     ),
     case("import-heads-as-text", _import({"num_attention_heads": "4"}), "num_attention_heads '4'"),
+    case(
+        "import-index-without-weight-map", _import_index({}), "index.json has no weight_map", "save the model"
+    ),
+    case("import-index-weight-map-a-list", _import_index(["model-1.safetensors"]), "has no weight_map"),
+    case(
+        "import-index-missing-shard",
+        _import_index({"model.norm.weight": "model-00002-of-00002.safetensors"}),
+        "lists model-00002-of-00002.safetensors, which is missing",
+        "copy every shard",
+    ),
     case("import-without-tokenizer", _import({}), "has no tokenizer.json", "fast tokenizers"),
     case(
         "import-pickled-weights",

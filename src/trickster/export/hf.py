@@ -293,14 +293,27 @@ def weight_files(src: Path) -> list[Path]:
         return [src / "model.safetensors"]
     index = src / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(_read_json(index, "save the model again").get("weight_map", {}).values()))
-        return [src / shard for shard in shards]
+        return _shards(index)
     if any(src.glob("*.bin")) or any(src.glob("*.pth")):
         raise UserError(
             f"{src} holds pickled weights (.bin/.pth), which are never loaded here; save them as "
             "safetensors: AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(NEW_DIR)"
         )
     raise UserError(f"{src} has no model.safetensors; pass a folder written by save_pretrained()")
+
+
+def _shards(index: Path) -> list[Path]:
+    """The files that model.safetensors.index.json's weight_map names, each present."""
+    weight_map = _read_json(index, "save the model again").get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise UserError(f"{index} has no weight_map of tensor names to files; save the model again")
+    if not all(isinstance(shard, str) for shard in weight_map.values()):
+        raise UserError(f"{index}: weight_map values must be file names; save the model again")
+    shards = [index.parent / shard for shard in sorted(set(weight_map.values()))]
+    missing = [shard.name for shard in shards if not shard.is_file()]
+    if missing:
+        raise UserError(f"{index} lists {', '.join(missing[:3])}, which is missing; copy every shard")
+    return shards
 
 
 def load_hf_tokenizer(src: Path, hf: dict) -> HFTokenizer:
