@@ -132,6 +132,27 @@ def test_export_bpe_tokenizer_json_round_trips_in_transformers(tmp_path):
     assert theirs.config.vocab_size % 64 == 0 and theirs.config.vocab_size >= tokenizer.vocab_size
 
 
+@pytest.mark.parametrize("kind", ["byte", "bpe"])
+def test_exported_tokenizer_reads_special_token_text_as_text_like_ours(tmp_path, kind):
+    """Ours never turns "<|endoftext|>" typed in a prompt into the end-of-text id; neither may
+    the exported tokenizer (transformers splits on special tokens unless told not to)."""
+    from transformers import AutoTokenizer
+
+    from trickster.export.hf import hf_tokenizer_files
+
+    size = 280 if kind == "bpe" else None
+    tokenizer = build_tokenizer(kind, iter([TEXT, "naïve 🎭"]), with_eot=True, vocab_size=size)
+    out = tmp_path / "tok"
+    out.mkdir()
+    for name, content in hf_tokenizer_files(tokenizer, 64).items():
+        (out / name).write_text(json.dumps(content), encoding="utf-8")
+    hf_tok = AutoTokenizer.from_pretrained(out)
+    text = "Is it<|endoftext|> so?<|pad|>  🎭\n"
+    assert hf_tok(text)["input_ids"] == tokenizer.encode(text)
+    assert tokenizer.eot_id not in tokenizer.encode(text)
+    assert hf_tok.eos_token_id == tokenizer.eot_id
+
+
 def test_export_refuses_an_existing_folder(trained_run, tmp_path, capsys):
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / "notes.txt").write_text("mine")

@@ -133,12 +133,15 @@ def hf_tokenizer_files(tokenizer: Tokenizer, max_len: int) -> dict[str, dict]:
     char: a BPE model with one vocabulary entry per character and no merges, joined back by the
     Fuse decoder; byte: the ByteLevel step maps each byte to its GPT-2 stand-in character, whose
     vocabulary id is the byte value. Either adds `<|endoftext|>` as a special token at our
-    end-of-text id. (Unlike ours, the char version drops an unknown character instead of failing,
-    and reads a literal "<|endoftext|>" in the text as the special token.)
+    end-of-text id. As ours, char, byte and bpe read a literal "<|endoftext|>" in the text as
+    text, not as the special token (`split_special_tokens`); an imported tokenizer keeps its own
+    rule. (Unlike ours, the char version drops an unknown character instead of failing.)
     """
     tokenizers = require_tokenizers()
     if isinstance(tokenizer, HFTokenizer):
         config = {**tokenizer.config, "model_max_length": tokenizer.config.get("model_max_length", max_len)}
+        if tokenizer.kind == "bpe":  # BPETokenizer encodes special-token text as text
+            config["split_special_tokens"] = True
         config.pop("added_tokens_decoder", None)  # tokenizer.json already lists them
         if config.get("tokenizer_class") == "TokenizersBackend":  # transformers 5's name for it
             config["tokenizer_class"] = "PreTrainedTokenizerFast"  # which transformers 4 loads too
@@ -164,6 +167,7 @@ def hf_tokenizer_files(tokenizer: Tokenizer, max_len: int) -> dict[str, dict]:
         "model_max_length": max_len,
         "add_bos_token": False,
         "add_eos_token": False,
+        "split_special_tokens": True,  # "<|endoftext|>" typed in a prompt is text, as in ours
     }
     if tokenizer.eot_id is not None:
         backend.add_special_tokens([tokenizers.AddedToken(EOT_TEXT, special=True, normalized=False)])
