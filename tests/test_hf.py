@@ -13,7 +13,13 @@ import torch
 
 from trickster import cli
 from trickster.config import config_from_dict
-from trickster.data.tokenizers import ByteTokenizer, CharTokenizer, build_tokenizer, load_tokenizer
+from trickster.data.tokenizers import (
+    ByteTokenizer,
+    CharTokenizer,
+    HFTokenizer,
+    build_tokenizer,
+    load_tokenizer,
+)
 from trickster.export.hf import FROM_HF, TO_HF, rename
 from trickster.model.generate import generate
 from trickster.model.transformer import Transformer
@@ -151,6 +157,9 @@ def test_exported_tokenizer_reads_special_token_text_as_text_like_ours(tmp_path,
     assert hf_tok(text)["input_ids"] == tokenizer.encode(text)
     assert tokenizer.eot_id not in tokenizer.encode(text)
     assert hf_tok.eos_token_id == tokenizer.eot_id
+    # and `import hf` of the export keeps the rule, as transformers does
+    files = [json.loads((out / name).read_text()) for name in ("tokenizer.json", "tokenizer_config.json")]
+    assert HFTokenizer(*files).encode(text) == tokenizer.encode(text)
 
 
 def test_export_refuses_an_existing_folder(trained_run, tmp_path, capsys):
