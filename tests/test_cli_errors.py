@@ -1636,6 +1636,12 @@ CASES = [
     ),
     case("import-without-weights", _import({}, tokenizer=True), "has no model.safetensors"),
     case(
+        "generate-hugging-face-folder",
+        lambda env: ["generate", _hf_folder(env, {}, tokenizer=True, weights="model.safetensors")],
+        "hf-model is a Hugging Face model folder",
+        "trickster import hf",
+    ),
+    case(
         "import-out-not-empty",
         lambda env: ["import", "hf", _hf_folder(env, {}), "--out", str(env.tmp)],
         "already exists and is not empty",
