@@ -581,6 +581,18 @@ def _import(config: dict | str | None = None, **files) -> Build:
     return lambda env: ["import", "hf", _hf_folder(env, config, **files), "--out", str(env.tmp / "imported")]
 
 
+def _import_index(weight_map) -> Build:
+    """A folder whose model.safetensors.index.json holds `weight_map` (its shards are not there)."""
+
+    def build(env: Env) -> list[str]:
+        folder = Path(_hf_folder(env, {}, tokenizer=True))
+        index = {"metadata": {}, "weight_map": weight_map}
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+        return ["import", "hf", str(folder), "--out", str(env.tmp / "imported")]
+
+    return build
+
+
 def _jsonl(lines: list[str], *flags: str) -> Build:
     def build(env: Env) -> list[str]:
         path = env.write("chat.jsonl", "\n".join(lines) + "\n")
@@ -1601,6 +1613,34 @@ CASES = [
         "rope scaling 'llama3'",
     ),
     case("import-attention-bias", _import({"attention_bias": True}), "attention_bias true"),
+    case(
+        # transformers 5 writes rope_parameters; given rope_scaling too, it applies rope_scaling
+        "import-rope-scaling-beside-rope-parameters",
+        _import(
+            {"rope_parameters": {"rope_type": "default"}, "rope_scaling": {"type": "linear", "factor": 2.0}}
+        ),
+        "unsupported Llama variant",
+        "rope scaling 'linear'",
+    ),
+    case(
+        "import-quantized",
+        _import({"quantization_config": {"quant_method": "fp8"}}),
+        "quantization_config (only unquantized weights)",
+    ),
+    case(
+        "import-zero-heads", _import({"num_attention_heads": 0}), "num_attention_heads 0", "positive integers"
+    ),
+    case("import-heads-as-text", _import({"num_attention_heads": "4"}), "num_attention_heads '4'"),
+    case(
+        "import-index-without-weight-map", _import_index({}), "index.json has no weight_map", "save the model"
+    ),
+    case("import-index-weight-map-a-list", _import_index(["model-1.safetensors"]), "has no weight_map"),
+    case(
+        "import-index-missing-shard",
+        _import_index({"model.norm.weight": "model-00002-of-00002.safetensors"}),
+        "lists model-00002-of-00002.safetensors, which is missing",
+        "copy every shard",
+    ),
     case("import-without-tokenizer", _import({}), "has no tokenizer.json", "fast tokenizers"),
     case(
         "import-pickled-weights",
@@ -1609,6 +1649,12 @@ CASES = [
         "safetensors",
     ),
     case("import-without-weights", _import({}, tokenizer=True), "has no model.safetensors"),
+    case(
+        "generate-hugging-face-folder",
+        lambda env: ["generate", _hf_folder(env, {}, tokenizer=True, weights="model.safetensors")],
+        "hf-model is a Hugging Face model folder",
+        "trickster import hf",
+    ),
     case(
         "import-out-not-empty",
         lambda env: ["import", "hf", _hf_folder(env, {}), "--out", str(env.tmp)],

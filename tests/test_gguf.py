@@ -119,3 +119,17 @@ def test_gguf_export_reads_back_and_computes_our_logits(tmp_path, tokenizer, mod
     torch.testing.assert_close(
         reference_logits(fields, tensors, torch.tensor(ids)), ours, rtol=1e-4, atol=1e-4
     )
+
+
+def test_gguf_without_end_of_text_ends_on_an_unused_row(tmp_path):
+    """llama.cpp takes id 2 as the end token unless the file names one: a char model without
+    end-of-text names its first padding row instead, so no character stops generation."""
+    tokenizer = CharTokenizer.from_texts([TEXT])
+    path = random_checkpoint(tmp_path / "ckpt", tokenizer, vocab_size=tokenizer.vocab_size + 3)
+    out = tmp_path / "model.gguf"
+    assert cli.main(["export", str(path), "--format", "gguf", "--out", str(out)]) == 0
+    fields, _ = read_gguf(out)
+    end = fields["tokenizer.ggml.eos_token_id"]
+    assert end == tokenizer.vocab_size
+    types = fields["tokenizer.ggml.token_type"]
+    assert types[end] == 3 and types[end + 1 :] == [5, 5]  # control, then unused

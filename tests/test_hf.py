@@ -13,7 +13,13 @@ import torch
 
 from trickster import cli
 from trickster.config import config_from_dict
-from trickster.data.tokenizers import ByteTokenizer, CharTokenizer, build_tokenizer, load_tokenizer
+from trickster.data.tokenizers import (
+    ByteTokenizer,
+    CharTokenizer,
+    HFTokenizer,
+    build_tokenizer,
+    load_tokenizer,
+)
 from trickster.export.hf import FROM_HF, TO_HF, rename
 from trickster.model.generate import generate
 from trickster.model.transformer import Transformer
@@ -130,6 +136,30 @@ def test_export_bpe_tokenizer_json_round_trips_in_transformers(tmp_path):
     theirs, hf_tok = assert_export_matches(path, tmp_path / "hf", "ROMEO: naïve déjà vu 🎭")
     assert hf_tok.eos_token_id == tokenizer.eot_id
     assert theirs.config.vocab_size % 64 == 0 and theirs.config.vocab_size >= tokenizer.vocab_size
+
+
+@pytest.mark.parametrize("kind", ["byte", "bpe"])
+def test_exported_tokenizer_reads_special_token_text_as_text_like_ours(tmp_path, kind):
+    """Ours never turns "<|endoftext|>" typed in a prompt into the end-of-text id; neither may
+    the exported tokenizer (transformers splits on special tokens unless told not to)."""
+    from transformers import AutoTokenizer
+
+    from trickster.export.hf import hf_tokenizer_files
+
+    size = 280 if kind == "bpe" else None
+    tokenizer = build_tokenizer(kind, iter([TEXT, "naïve 🎭"]), with_eot=True, vocab_size=size)
+    out = tmp_path / "tok"
+    out.mkdir()
+    for name, content in hf_tokenizer_files(tokenizer, 64).items():
+        (out / name).write_text(json.dumps(content), encoding="utf-8")
+    hf_tok = AutoTokenizer.from_pretrained(out)
+    text = "Is it<|endoftext|> so?<|pad|>  🎭\n"
+    assert hf_tok(text)["input_ids"] == tokenizer.encode(text)
+    assert tokenizer.eot_id not in tokenizer.encode(text)
+    assert hf_tok.eos_token_id == tokenizer.eot_id
+    # and `import hf` of the export keeps the rule, as transformers does
+    files = [json.loads((out / name).read_text()) for name in ("tokenizer.json", "tokenizer_config.json")]
+    assert HFTokenizer(*files).encode(text) == tokenizer.encode(text)
 
 
 def test_export_refuses_an_existing_folder(trained_run, tmp_path, capsys):

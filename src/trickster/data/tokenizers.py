@@ -194,6 +194,8 @@ class HFTokenizer(Tokenizer):
             self.backend = tokenizers.Tokenizer.from_str(json.dumps(tokenizer_json))
         except Exception as err:  # the Rust side raises plain Exception for any malformed field
             raise ValueError(f"not a Hugging Face tokenizer.json ({err})") from None
+        # as transformers: special-token text in the input stays text (our own exports set it)
+        self.backend.encode_special_tokens = self.config.get("split_special_tokens") is True
         with_special = self.backend.encode("a").ids
         plain = self.backend.encode("a", add_special_tokens=False).ids
         starts = len(with_special) > len(plain) and with_special[1 : 1 + len(plain)] == plain

@@ -65,8 +65,18 @@ def permute_for_interleaved(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
     )
 
 
+def end_token_id(tokenizer: Tokenizer, rows: int) -> int | None:
+    """The id llama.cpp stops at: our end-of-text, else the first unused embedding row (which
+    `trickster generate` never samples). Without either, llama.cpp falls back to id 2 (its
+    SentencePiece default), one of the characters."""
+    if tokenizer.eot_id is not None:
+        return tokenizer.eot_id
+    return tokenizer.vocab_size if tokenizer.vocab_size < rows else None
+
+
 def gguf_vocabulary(tokenizer: Tokenizer, rows: int) -> tuple[list[str], list[int]]:
-    """Token texts and llama.cpp token types for every embedding row (unused rows padded)."""
+    """Token texts and llama.cpp token types for every embedding row (unused rows padded; the
+    one that stands in as the end token is a control token)."""
     import gguf
 
     normal, control, unused, byte = (
@@ -95,7 +105,7 @@ def gguf_vocabulary(tokenizer: Tokenizer, rows: int) -> tuple[list[str], list[in
         types.append(control)
     for row in range(len(tokens), rows):
         tokens.append(f"[PAD{row}]")
-        types.append(unused)
+        types.append(control if row == end_token_id(tokenizer, rows) else unused)
     return tokens, [int(t) for t in types]
 
 
@@ -140,8 +150,9 @@ def export_gguf(target: str | Path, out: str | Path, dtype: str = "float32") -> 
     writer.add_add_bos_token(False)
     writer.add_add_eos_token(False)
     writer.add_add_space_prefix(False)
-    if loaded.tokenizer.eot_id is not None:
-        writer.add_eos_token_id(loaded.tokenizer.eot_id)
+    end = end_token_id(loaded.tokenizer, m.vocab_size)
+    if end is not None:
+        writer.add_eos_token_id(end)
     for name, tensor in ckpt.weights_to_save(loaded.model).items():
         if name.endswith(("wq.weight", "wk.weight")):
             heads = m.num_heads if name.endswith("wq.weight") else (m.num_kv_heads or m.num_heads)

@@ -133,12 +133,15 @@ def hf_tokenizer_files(tokenizer: Tokenizer, max_len: int) -> dict[str, dict]:
     char: a BPE model with one vocabulary entry per character and no merges, joined back by the
     Fuse decoder; byte: the ByteLevel step maps each byte to its GPT-2 stand-in character, whose
     vocabulary id is the byte value. Either adds `<|endoftext|>` as a special token at our
-    end-of-text id. (Unlike ours, the char version drops an unknown character instead of failing,
-    and reads a literal "<|endoftext|>" in the text as the special token.)
+    end-of-text id. As ours, char, byte and bpe read a literal "<|endoftext|>" in the text as
+    text, not as the special token (`split_special_tokens`); an imported tokenizer keeps its own
+    rule. (Unlike ours, the char version drops an unknown character instead of failing.)
     """
     tokenizers = require_tokenizers()
     if isinstance(tokenizer, HFTokenizer):
         config = {**tokenizer.config, "model_max_length": tokenizer.config.get("model_max_length", max_len)}
+        if tokenizer.kind == "bpe":  # BPETokenizer encodes special-token text as text
+            config["split_special_tokens"] = True
         config.pop("added_tokens_decoder", None)  # tokenizer.json already lists them
         if config.get("tokenizer_class") == "TokenizersBackend":  # transformers 5's name for it
             config["tokenizer_class"] = "PreTrainedTokenizerFast"  # which transformers 4 loads too
@@ -164,6 +167,7 @@ def hf_tokenizer_files(tokenizer: Tokenizer, max_len: int) -> dict[str, dict]:
         "model_max_length": max_len,
         "add_bos_token": False,
         "add_eos_token": False,
+        "split_special_tokens": True,  # "<|endoftext|>" typed in a prompt is text, as in ours
     }
     if tokenizer.eot_id is not None:
         backend.add_special_tokens([tokenizers.AddedToken(EOT_TEXT, special=True, normalized=False)])
@@ -238,19 +242,29 @@ def model_config_from_hf(hf: dict, source: str) -> ModelConfig:
     for key in ("attention_bias", "mlp_bias"):
         if hf.get(key):
             problems.append(f"{key} true (our layers have no biases)")
-    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else rope
-    if rope_type not in (None, "default"):
-        problems.append(f"rope scaling {rope_type!r} (only plain rotary)")
+    if hf.get("quantization_config"):
+        problems.append("quantization_config (only unquantized weights)")
+    # transformers 5 writes rope_parameters, 4 rope_scaling; with both, 5 applies rope_scaling
+    ropes = [r for r in (hf.get("rope_parameters"), hf.get("rope_scaling")) if r is not None]
+    for rope in ropes:
+        rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else rope
+        if rope_type not in (None, "default"):
+            problems.append(f"rope scaling {rope_type!r} (only plain rotary)")
     required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
     missing = [k for k in required if k not in hf]
+    not_counts = [k for k in required if k in hf and (type(hf[k]) is not int or hf[k] <= 0)]
     if missing:
         problems.append(f"missing {', '.join(missing)}")
-    elif hf.get("head_dim") not in (None, hf["hidden_size"] // hf["num_attention_heads"]):
+    if not_counts:
+        problems.append(", ".join(f"{k} {hf[k]!r}" for k in not_counts) + " (must be positive integers)")
+    elif not missing and hf.get("head_dim") not in (None, hf["hidden_size"] // hf["num_attention_heads"]):
         problems.append(f"head_dim {hf['head_dim']} != hidden_size / num_attention_heads")
     if problems:
         raise UserError(f"{source}: unsupported Llama variant: {'; '.join(problems)}")
-    rope_theta = hf.get("rope_theta") or (rope.get("rope_theta") if isinstance(rope, dict) else None)
+    rope_theta = hf.get("rope_theta")
+    for rope in ropes:
+        if rope_theta is None and isinstance(rope, dict):
+            rope_theta = rope.get("rope_theta")
     raw = {
         "vocab_size": hf["vocab_size"],
         "hidden_dim": hf["hidden_size"],
@@ -260,7 +274,7 @@ def model_config_from_hf(hf: dict, source: str) -> ModelConfig:
         "mlp_dim": hf["intermediate_size"],
         "max_seq_len": hf.get("max_position_embeddings", 2048),
         "tie_embeddings": bool(hf.get("tie_word_embeddings", False)),
-        "rope_theta": rope_theta or 10000.0,
+        "rope_theta": 10000.0 if rope_theta is None else rope_theta,
         "norm_eps": hf.get("rms_norm_eps", 1e-6),
         "dropout": 0.0,
     }
@@ -283,14 +297,27 @@ def weight_files(src: Path) -> list[Path]:
         return [src / "model.safetensors"]
     index = src / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(_read_json(index, "save the model again").get("weight_map", {}).values()))
-        return [src / shard for shard in shards]
+        return _shards(index)
     if any(src.glob("*.bin")) or any(src.glob("*.pth")):
         raise UserError(
             f"{src} holds pickled weights (.bin/.pth), which are never loaded here; save them as "
             "safetensors: AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(NEW_DIR)"
         )
     raise UserError(f"{src} has no model.safetensors; pass a folder written by save_pretrained()")
+
+
+def _shards(index: Path) -> list[Path]:
+    """The files that model.safetensors.index.json's weight_map names, each present."""
+    weight_map = _read_json(index, "save the model again").get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise UserError(f"{index} has no weight_map of tensor names to files; save the model again")
+    if not all(isinstance(shard, str) for shard in weight_map.values()):
+        raise UserError(f"{index}: weight_map values must be file names; save the model again")
+    shards = [index.parent / shard for shard in sorted(set(weight_map.values()))]
+    missing = [shard.name for shard in shards if not shard.is_file()]
+    if missing:
+        raise UserError(f"{index} lists {', '.join(missing[:3])}, which is missing; copy every shard")
+    return shards
 
 
 def load_hf_tokenizer(src: Path, hf: dict) -> HFTokenizer:

@@ -235,6 +235,11 @@ def resolve(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path} not found; pass a run folder (runs/NAME) or a checkpoint folder")
+    if (path / "config.json").is_file() and not (path / COMPLETE).exists():  # save_pretrained()'s
+        raise UserError(
+            f"{path} is a Hugging Face model folder, not a run or checkpoint; bring it in first: "
+            f"trickster import hf {path} --out runs/NAME"
+        )
     if (path / WEIGHTS).exists() or (path / COMPLETE).exists():
         if not is_complete(path):
             raise UserError(f"checkpoint {path} is incomplete (its write was interrupted); use another one")
