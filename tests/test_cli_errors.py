@@ -1170,6 +1170,12 @@ CASES = [
         "--format prompt-response cannot be combined",
     ),
     case(
+        "prepare-jsonl-lone-surrogate",
+        _jsonl([RECORD, '{"prompt": "Who?", "response": "half \\ud83d a pair"}'], "--text-field", "response"),
+        'chat.jsonl line 2: "response" holds a lone surrogate (\\ud83d at character 5)',
+        "fix or remove that record",
+    ),
+    case(
         "prepare-no-document-in-validation",
         lambda env: ["data", "prepare", "text", _texts(env, 2), "--out", str(env.tmp / "o")],
         "too small to hold out a validation split",

@@ -223,3 +223,51 @@ def test_bpe_is_trained_on_the_stream_and_encodes_the_same_in_worker_processes(s
     data = load_data(tmp_path / "two")
     docs = split_documents(data, data.train) + split_documents(data, data.val)
     assert sorted(docs) == sorted(stories(80))
+
+
+def test_jsonl_lines_end_only_at_a_newline(tmp_path):
+    """JSON Lines ends a line at "\\n" (or "\\r\\n"): U+2028, NEL and a lone carriage return, which
+    JSON allows inside strings or between tokens, belong to the record they are in."""
+    from trickster.data.records import jsonl_prompt_response
+
+    texts = ["one\u2028two", "three\x85four", "five\u2029six"]
+    lines = [json.dumps({"text": t, "prompt": t, "response": t}, ensure_ascii=False) for t in texts]
+    lines.append('{"text": "seven",\r"prompt": "p", "response": "r"}')
+    path = tmp_path / "r.jsonl"
+    path.write_text("\r\n".join(lines) + "\r\n", encoding="utf-8", newline="")
+    assert list(sources.jsonl_documents([str(path)], text_field="text").read()) == [*texts, "seven"]
+    assert jsonl_prompt_response(path).pairs == [*((t, t) for t in texts), ("p", "r")]
+
+
+@pytest.mark.parametrize("field", ["text", "prompt"])
+def test_a_lone_surrogate_in_jsonl_is_named_with_its_line(tmp_path, field):
+    """JSON can escape half of a surrogate pair ("\\ud800"), which is no character: one line that
+    names the record, not a traceback from the tokenizer."""
+    from trickster.data.records import jsonl_prompt_response
+
+    path = tmp_path / "r.jsonl"
+    good = '{"text": "fine", "prompt": "p", "response": "r"}'
+    bad = '{"text": "half \\ud800 pair", "prompt": "half \\udc00", "response": "r"}'
+    path.write_text(f"{good}\n{bad}\n{good}\n")
+    with pytest.raises(UserError, match=rf"r.jsonl line 2: \"{field}\" holds a lone surrogate"):
+        if field == "text":
+            list(sources.jsonl_documents([str(path)], text_field="text").read())
+        else:
+            jsonl_prompt_response(path)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_text(tmp_path):
+    """Windows editors start UTF-8 files with a byte-order mark (EF BB BF): it is no character of
+    the document (a char vocabulary would gain U+FEFF, every document would start with it), and
+    json.loads refuses a line that starts with it."""
+    from trickster.data.records import jsonl_prompt_response
+
+    bom = b"\xef\xbb\xbf"
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "a.txt").write_bytes(bom + b"first\r\n")
+    (tmp_path / "t" / "b.txt").write_bytes("second \ufeff inside".encode())
+    assert list(sources.text_files([str(tmp_path / "t")]).read()) == ["first\r\n", "second \ufeff inside"]
+    lines = b'{"text": "a", "prompt": "p", "response": "r"}\n{"text": "b", "prompt": "q", "response": "s"}\n'
+    (tmp_path / "r.jsonl").write_bytes(bom + lines)
+    assert list(sources.jsonl_documents([str(tmp_path / "r.jsonl")], text_field="text").read()) == ["a", "b"]
+    assert jsonl_prompt_response(tmp_path / "r.jsonl").pairs == [("p", "r"), ("q", "s")]

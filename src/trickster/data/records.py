@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trickster.data.sources import Source, _decode, _json_line, _read_bytes
+from trickster.data.sources import Source, _checked_text, _decode, _json_line, _read_bytes
 from trickster.errors import UserError
 
 
@@ -33,7 +33,8 @@ def jsonl_prompt_response(path: str | Path) -> Records:
     path = Path(path)
     raw = _read_bytes(path)
     pairs = []
-    for number, line in enumerate(_decode(raw, str(path)).splitlines(), start=1):
+    # JSON Lines ends a line at "\n" only: str.splitlines would also cut at U+2028 or NEL in a string
+    for number, line in enumerate(_decode(raw, str(path)).split("\n"), start=1):
         if not line.strip():
             continue
         where = f"{path} line {number}"
@@ -45,6 +46,7 @@ def jsonl_prompt_response(path: str | Path) -> Records:
                 raise UserError(f'{where} has no "{key}" field; each record needs "prompt" and "response"')
             if not isinstance(record[key], str):
                 raise UserError(f'{where}: "{key}" must be a string (got {type(record[key]).__name__})')
+            _checked_text(record[key], where, f'"{key}"')
         if not record["response"]:
             raise UserError(f'{where}: "response" is empty; the loss would have nothing to learn from')
         pairs.append((record["prompt"], record["response"]))

@@ -64,6 +64,33 @@ def _json_line(line: str, where: str):
         raise UserError(f"{where} is not JSON ({err.msg}); write one JSON object per line") from None
 
 
+def _json_lines(path: Path) -> Iterator[tuple[int, str]]:
+    r"""(line number, line) of a JSON Lines file, read as it goes. Lines end at "\n" only (with an
+    optional "\r" before it): U+2028, NEL or a lone "\r" may stand inside a record. A
+    byte-order mark before the first line is dropped."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="\n") as lines:
+            yield from enumerate(lines, start=1)
+    except UnicodeDecodeError as err:
+        raise UserError(
+            f"{path} is not UTF-8 text (bad byte at offset {err.start}); convert it to UTF-8"
+        ) from None
+
+
+def _checked_text(text: str, where: str, what: str) -> str:
+    """`text`, unless it holds a lone surrogate (JSON may escape half of a pair, "\\ud800"): no
+    character, which no tokenizer can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        code = f"\\u{ord(text[err.start]):04x}"
+        raise UserError(
+            f"{where}: {what} holds a lone surrogate ({code} at character {err.start}), half of a "
+            "character that is not text; fix or remove that record"
+        ) from None
+    return text
+
+
 def shakespeare(path: str | Path | None = None, url: str = SHAKESPEARE_URL, timeout: float = 30) -> Corpus:
     """Tiny Shakespeare from a local copy, or downloaded from its canonical URL and checked."""
     if path is not None:
@@ -176,9 +203,9 @@ def jsonl_documents(
             value = record[text_field]
             if not isinstance(value, str):
                 raise UserError(f'{where}: "{text_field}" must be a string (got {type(value).__name__})')
-            return value
+            return _checked_text(value, where, f'"{text_field}"')
         try:
-            return template.format_map(record)
+            return _checked_text(template.format_map(record), where, "the text --template makes")
         except KeyError as err:
             raise UserError(f"{where} has no {err.args[0]!r} field, which --template names") from None
         except (ValueError, IndexError, AttributeError) as err:
@@ -186,19 +213,13 @@ def jsonl_documents(
 
     def read() -> Iterator[str]:
         for path in files:
-            try:
-                with open(path, encoding="utf-8") as lines:
-                    for number, line in enumerate(lines, start=1):
-                        if not line.strip():
-                            continue
-                        where = f"{path} line {number}"
-                        text = document(_json_line(line, where), where)
-                        if text:
-                            yield text
-            except UnicodeDecodeError as err:
-                raise UserError(
-                    f"{path} is not UTF-8 text (bad byte at offset {err.start}); convert it to UTF-8"
-                ) from None
+            for number, line in _json_lines(path):
+                if not line.strip():
+                    continue
+                where = f"{path} line {number}"
+                text = document(_json_line(line, where), where)
+                if text:
+                    yield text
 
     how = {"text_field": text_field} if text_field is not None else {"template": template}
     return Source(
@@ -437,8 +458,9 @@ def _read_bytes(path: Path) -> bytes:
 
 
 def _decode(raw: bytes, source: str) -> str:
+    """UTF-8 text, without the byte-order mark some editors write first (no character of the text)."""
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as err:
         raise UserError(
             f"{source} is not UTF-8 text (bad byte at offset {err.start}); convert it to UTF-8 "
