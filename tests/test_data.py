@@ -104,6 +104,36 @@ def test_byte_tokenizer_with_documents_adds_an_end_of_text_id(tmp_path):
     assert meta["vocab_size"] == 257 and meta["eot_id"] == 256 and meta["dtype"] == "uint16"
 
 
+def test_documents_without_an_end_of_text_id_are_said_to_run_together(tmp_path, capsys):
+    """--tokenizer-from a tokenizer without end-of-text (a byte model trained on one text) joins
+    several documents back to back, with nothing between them: data prepare says so."""
+    from trickster import cli
+    from trickster.data.report import NO_SEPARATOR_DOCUMENTS
+
+    (tmp_path / "docs").mkdir()
+    for i in range(40):
+        (tmp_path / "docs" / f"{i}.txt").write_text(f"document {i} " * 10)
+    argv = ["data", "prepare", "text", "--no-progress"]
+    assert (
+        cli.main(
+            [*argv, str(tmp_path / "docs" / "0.txt"), "--tokenizer", "byte", "--out", str(tmp_path / "one")]
+        )
+        == 0
+    )
+    assert NO_SEPARATOR_DOCUMENTS not in capsys.readouterr().out  # one text: nothing to separate
+    tokenizer = str(tmp_path / "one" / "tokenizer.json")
+    assert (
+        cli.main([*argv, str(tmp_path / "docs"), "--tokenizer-from", tokenizer, "--out", str(tmp_path / "a")])
+        == 0
+    )
+    data = load_data(tmp_path / "a")
+    joined = bytes(np.concatenate([np.asarray(data.train), np.asarray(data.val)]).tolist()).decode()
+    assert joined.count("document") == 400  # every document is there, with no separator between them
+    assert NO_SEPARATOR_DOCUMENTS in capsys.readouterr().out
+    assert cli.main([*argv, str(tmp_path / "docs"), "--tokenizer", "byte", "--out", str(tmp_path / "b")]) == 0
+    assert NO_SEPARATOR_DOCUMENTS not in capsys.readouterr().out
+
+
 def test_the_validation_choice_depends_on_the_text_only():
     texts = [f"text number {i}" for i in range(2000)]
     chosen = [t for t in texts if in_validation(t, 0.1)]

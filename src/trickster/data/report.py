@@ -301,6 +301,10 @@ NO_SEPARATOR = (
     "note: this tokenizer has no end-of-text id, so the records follow each other without a separator "
     "and a model cannot learn where a response ends"
 )
+NO_SEPARATOR_DOCUMENTS = (
+    "note: this tokenizer has no end-of-text id, so the documents follow each other without a "
+    "separator and a model cannot learn where one ends"
+)
 
 
 def prepare_summary(meta: dict, out_dir: Path) -> list[str]:
@@ -338,6 +342,8 @@ def prepare_summary(meta: dict, out_dir: Path) -> list[str]:
         lines.append(f"the loss covers {meta['train_loss_tokens']:,} response tokens of train")
         if meta.get("eot_id") is None:
             lines.append(NO_SEPARATOR)
+    elif meta.get("eot_id") is None and meta["documents"] > 1:  # --tokenizer-from a one-text model
+        lines.append(NO_SEPARATOR_DOCUMENTS)
     return lines
 
 
