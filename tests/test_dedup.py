@@ -15,6 +15,8 @@ from trickster.data.dedup import DedupSettings
 from trickster.data.loader import load_data
 from trickster.data.prepare import in_validation, partial_dir, prepare, prepare_prompt_response
 from trickster.data.records import Records
+from trickster.data.shards import ShardWriter
+from trickster.data.sources import text_files
 
 from .conftest import EXCERPT
 from .test_data_streaming import Interrupt
@@ -193,6 +195,45 @@ def test_copies_of_one_text_prepare_as_one_document(tmp_path):
     assert len(data.val) == len(text) + 1 - int((len(text) + 1) * 0.9)  # the last 10% (with end-of-text)
     # keeping the copies puts them all on one side: what the issue ran into
     assert cli.main([*argv[:-3], "--out", str(tmp_path / "kept"), "--keep-duplicates"]) == 2
+
+
+@pytest.mark.parametrize("interrupted_write", [1, 2])
+def test_an_interrupted_cut_of_the_one_distinct_document_continues(tmp_path, monkeypatch, interrupted_write):
+    """Copies of one text are cut like one document once every copy is read: its shards are
+    rewritten as train and val. Ctrl-C during that rewrite, and the same command continues to the
+    folder an uninterrupted run writes (it said the shards were shorter than progress.json)."""
+    folder = tmp_path / "copies"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"copy{i}.txt").write_bytes(EXCERPT.read_bytes())
+
+    def run(out):
+        return prepare(text_files([str(folder)]), "byte", out, shard_tokens=700, workers=1, echo=print)
+
+    writes, stop_at = [], [None]
+    add = ShardWriter.add
+
+    def counted_add(self, tokens, mask=None):
+        writes.append(self.split)
+        if len(writes) == stop_at[0]:
+            raise KeyboardInterrupt
+        return add(self, tokens, mask)
+
+    monkeypatch.setattr(ShardWriter, "add", counted_add)
+    reference = run(tmp_path / "ref")
+    assert reference["documents"] == 1 and writes[-2:] == ["train", "val"]  # the rewrite: its last 2
+    stop_at[0] = len(writes) - 2 + interrupted_write
+    writes.clear()
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "out")
+    monkeypatch.undo()
+    resumed = run(tmp_path / "out")
+    assert resumed["tokens_sha256"] == reference["tokens_sha256"]
+    data, text = load_data(tmp_path / "out"), EXCERPT.read_text()
+    assert data.tokenizer.decode(np.asarray(data.train)) + data.tokenizer.decode(np.asarray(data.val)) == text
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        p.name for p in (tmp_path / "ref").iterdir()
+    )
 
 
 def test_prompt_response_records_are_deduplicated(tmp_path):

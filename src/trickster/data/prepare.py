@@ -55,6 +55,7 @@ from trickster.errors import UserError
 META_FORMAT = 3  # shards with index.json, masks beside the shards, duplicates handled
 SHARD_TOKENS = 100_000_000  # like nanoGPT's FineWeb shards
 CHUNK_CHARS = 1_000_000  # documents per task: big enough to amortise the hand-off to a worker
+ONE_DOCUMENT = "one_document.npy"  # the one distinct document's tokens while its shards are rewritten
 TOKENIZER_SAMPLE_CHARS = 200_000_000  # bpe learns its merges from at most this much text
 PREPARED_FILES = {"meta.json", "tokenizer.json", "index.json", "train", "val", "report.html"}
 PREPARED_FILES |= {"train.bin", "val.bin", "train.mask.bin", "val.mask.bin"}  # flat folders (format 1)
@@ -251,8 +252,11 @@ class _Job:
         from tqdm import tqdm
 
         record, source = self.record, self.source
-        writers = {s: self._writer(s) for s in SPLITS}
-        documents = itertools.islice(_documents(source, self.val_fraction), record.next_document, None)
+        if record.cutting:  # stopped while rewriting the one distinct document: only that is left to do
+            writers, documents = {}, iter(())
+        else:
+            writers = {s: self._writer(s) for s in SPLITS}
+            documents = itertools.islice(_documents(source, self.val_fraction), record.next_document, None)
         tasks = (self._task(docs, splits) for docs, splits in chunks(documents, chunk_chars))
         bar = tqdm(
             total=source.total_bytes,
@@ -274,7 +278,9 @@ class _Job:
                     record.dedup = self.deduper.state_dict()
                 record.save(self.partial)
                 bar.update(sum(encoded.sizes))
-            if self._one_document_on_one_side():
+            if not record.cutting and self._one_document_on_one_side():
+                self._keep_the_one_document(writers)
+            if record.cutting:
                 writers = self._cut_the_one_document(writers)
             self._check_both_splits()
             for writer in writers.values():
@@ -331,14 +337,29 @@ class _Job:
         counts = [self.record.splits[s].documents for s in SPLITS]
         return self.deduper is not None and sorted(counts) == [0, 1]
 
-    def _cut_the_one_document(self, writers: dict[str, ShardWriter]) -> dict[str, ShardWriter]:
-        """Split the one document like a single-document source: its last val_fraction of tokens
-        to validation. It is read back from its shards (it was in memory whole a moment ago)."""
+    def _keep_the_one_document(self, writers: dict[str, ShardWriter]) -> None:
+        """Save the one document's tokens (read back from its shards) in ONE_DOCUMENT before its
+        shards are rewritten, and say so in the record: an interrupted rewrite starts again from it."""
         side = "train" if self.record.splits["train"].documents else "val"
         writers[side].flush()
         tokens, mask = writers[side].read_back()
+        np.save(self.partial / "one_document.tmp.npy", tokens)
+        if mask is not None:
+            np.save(self.partial / "one_document_mask.npy", mask)
+        (self.partial / "one_document.tmp.npy").replace(self.partial / ONE_DOCUMENT)
+        self.record.cutting = True
+        self.record.save(self.partial)
+
+    def _cut_the_one_document(self, writers: dict[str, ShardWriter]) -> dict[str, ShardWriter]:
+        """Split the one document like a single-document source: its last val_fraction of tokens
+        to validation. Its tokens come from ONE_DOCUMENT; both splits are written afresh."""
+        tokens = np.load(self.partial / ONE_DOCUMENT)
+        mask = np.load(self.partial / "one_document_mask.npy") if self.source.records else None
         for s in SPLITS:
-            writers[s].discard()
+            if s in writers:
+                writers[s].release()
+            for path in (self.partial / s).glob("*"):
+                path.unlink()
             self.record.splits[s] = SplitProgress()
         writers = {s: self._writer(s) for s in SPLITS}
         cut = min(max(1, int(len(tokens) * (1 - self.val_fraction))), len(tokens) - 1)
@@ -384,7 +405,8 @@ class _Job:
         (self.partial / "index.json").write_text(json.dumps(index, indent=1), encoding="utf-8")
         (self.partial / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
         (self.partial / "progress.json").unlink()
-        (self.partial / "dedup.bin").unlink(missing_ok=True)
+        for name in ("dedup.bin", ONE_DOCUMENT, "one_document_mask.npy"):
+            (self.partial / name).unlink(missing_ok=True)
         return meta
 
 

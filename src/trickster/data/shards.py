@@ -65,6 +65,7 @@ class Progress:
     dedup: dict = field(default_factory=dict)  # Deduper.state_dict()
     failed_at_end: bool = False  # these settings can never give a usable folder: start afresh
     cut_one_document: bool = False  # one distinct document was left: cut like a single-document source
+    cutting: bool = False  # ... and its tokens are saved in ONE_DOCUMENT: the shards are being rewritten
 
     def state_dict(self) -> dict:
         return dataclasses.asdict(self)
