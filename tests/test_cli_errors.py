@@ -279,6 +279,14 @@ def _hf_saved(env: Env, *flags: str) -> list[str]:
     return ["data", "prepare", "hf", str(folder), "--out", str(env.tmp / "o"), *flags]
 
 
+def _stories_without_text(env: Env) -> str:
+    datasets = pytest.importorskip("datasets")
+    folder = env.tmp / "stories"
+    stories = datasets.Dataset.from_dict({"story": ["one story", "another story"]})
+    datasets.DatasetDict({"train": stories, "validation": stories}).save_to_disk(str(folder))
+    return str(folder)
+
+
 def _parquet(env: Env, *flags: str) -> list[str]:
     pytest.importorskip("pyarrow")
     import pyarrow as pa
@@ -1141,6 +1149,13 @@ CASES = [
         ],
         "could not open dataset",
         "split 'validation'",
+        "tinystories reads the 'text' field of splits 'train' and 'validation'",
+    ),
+    case(
+        "prepare-tinystories-without-text-field",
+        lambda env: ["data", "prepare", "tinystories", "--dataset", _stories_without_text(env), "--out", "o"],
+        "has no field 'text' (it has: story)",
+        "trickster data prepare hf DATASET",
     ),
     case("prepare-parquet-no-column", _parquet, "has no column 'text'", "(it has: body)", "--text-field"),
     case(

@@ -301,12 +301,12 @@ def hf_dataset(
     if val_split:
 
         def read_val() -> Iterator[str]:
-            return _hf_texts(dataset, config, val_split, text_field)
+            return _hf_texts(dataset, config, val_split, text_field, name)
 
     return Source(
         name,
         identity,
-        lambda: _hf_texts(dataset, config, split, text_field),
+        lambda: _hf_texts(dataset, config, split, text_field, name),
         read_val=read_val,
         files=[dataset],
     )
@@ -317,7 +317,18 @@ def tinystories(dataset: str = TINYSTORIES) -> Source:
     return hf_dataset(dataset, split="train", text_field="text", val_split="validation", name="tinystories")
 
 
-def _open_hf(dataset: str, config: str | None, split: str):
+TINYSTORIES_LAYOUT = (
+    "tinystories reads the 'text' field of splits 'train' and 'validation'; for a dataset laid out "
+    "otherwise use `trickster data prepare hf DATASET` with --text-field and --split"
+)
+
+
+def _fix(name: str, flags: str) -> str:
+    """What to change: `hf` has the flags to name fields and splits; `tinystories` has none."""
+    return TINYSTORIES_LAYOUT if name == "tinystories" else flags
+
+
+def _open_hf(dataset: str, config: str | None, split: str, name: str):
     datasets = _require("datasets", "Hugging Face datasets need the `datasets` package")
     import huggingface_hub
 
@@ -325,9 +336,10 @@ def _open_hf(dataset: str, config: str | None, split: str):
     datasets.logging.set_verbosity_error()
     huggingface_hub.utils.logging.set_verbosity_error()
     where = Path(dataset)
-    fix = (
+    fix = _fix(
+        name,
         "check the name (and --config/--split) on huggingface.co/datasets and your connection, "
-        "or pass a local folder"
+        "or pass a local folder",
     )
     try:
         if where.is_dir() and any(
@@ -337,7 +349,8 @@ def _open_hf(dataset: str, config: str | None, split: str):
             if isinstance(saved, datasets.DatasetDict):
                 if split not in saved:
                     raise UserError(
-                        f"{dataset} has no split '{split}' (it has: {', '.join(saved)}); pass --split"
+                        f"{dataset} has no split '{split}' (it has: {', '.join(saved)}); "
+                        + _fix(name, "pass --split")
                     )
                 saved = saved[split]
             return saved.to_iterable_dataset()
@@ -350,8 +363,8 @@ def _open_hf(dataset: str, config: str | None, split: str):
         ) from None
 
 
-def _hf_texts(dataset: str, config: str | None, split: str, text_field: str) -> Iterator[str]:
-    rows = iter(_open_hf(dataset, config, split))
+def _hf_texts(dataset: str, config: str | None, split: str, text_field: str, name: str) -> Iterator[str]:
+    rows = iter(_open_hf(dataset, config, split, name))
     while True:
         try:
             row = next(rows)
@@ -365,7 +378,7 @@ def _hf_texts(dataset: str, config: str | None, split: str, text_field: str) -> 
         if text_field not in row:
             raise UserError(
                 f"dataset '{dataset}' has no field '{text_field}' (it has: {', '.join(list(row)[:10])}); "
-                "pass --text-field FIELD"
+                + _fix(name, "pass --text-field FIELD")
             )
         text = row[text_field]
         if not isinstance(text, str) and text is not None:
