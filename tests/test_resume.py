@@ -12,6 +12,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -364,3 +365,39 @@ def test_a_crash_cut_metrics_line_is_dropped(micro):
     cfg.training.max_steps = 6
     result = train(cfg, resume=True, **QUIET)
     assert [r["step"] for r in events(result.history, "train")] == [2, 4, 6]
+
+
+def test_a_second_process_training_in_the_same_folder_is_refused(shakespeare_dir, tmp_path, capsys):
+    """Two `trickster train` into one --out, with or without --resume: the second is one line, exit
+    status 2, and writes nothing (before, both trained and appended to one metrics.jsonl). The
+    claim dies with its process: after a SIGKILL the run resumes."""
+    training = {
+        "max_steps": 100000,
+        "log_every": 1,
+        "eval_every": 100000,
+        "save_every": 2,
+        "sample_tokens": 0,
+    }
+    run_dir = tmp_path / "run"
+    cfg = micro_config(shakespeare_dir, run_dir, training_config=training)
+    save_config(cfg, tmp_path / "run.yaml")
+    child = children.Child("trickster", "train", "--config", str(tmp_path / "run.yaml"))
+    try:
+        deadline = time.monotonic() + 120
+        while ckpt.latest(run_dir) is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for flags in ([], ["--resume"]):
+            assert cli.main(["train", "--config", str(tmp_path / "run.yaml"), *flags]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith(f"error: {run_dir} is in use: process {child.pid} is training there")
+            assert "Traceback" not in err and len(err.splitlines()) == 1
+        assert child.poll() is None  # the first run trains on, alone
+    finally:
+        child.kill()
+        child.wait(timeout=60)
+    history = read_metrics(run_dir / "metrics.jsonl")
+    assert [r["event"] for r in history].count("start") == 1 and not events(history, "resume")
+    step = ckpt.checkpoint_step(ckpt.latest(run_dir))
+    cfg.training.max_steps = step + 2
+    resumed = train(cfg, resume=True, **QUIET)
+    assert resumed.state.step == step + 2

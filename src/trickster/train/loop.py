@@ -46,7 +46,7 @@ from trickster.train.device import (
 from trickster.train.memory import resolve_batch
 from trickster.train.optim import build_optimizer, set_lr
 from trickster.train.recovery import after_step, evaluated, finish, guard
-from trickster.train.resume import diverged
+from trickster.train.resume import claimed, diverged
 from trickster.train.setup import build_model, on_main, open_run, print_header, stage_shards, write_run_files
 from trickster.train.signals import StopSignals, announce_signals
 from trickster.train.spikes import SpikeDetector
@@ -75,16 +75,26 @@ def train(
     cfg: Config, resume: bool | str | None = None, progress: bool | None = None, echo=print
 ) -> TrainResult:
     """`resume`: True (continue, a checkpoint must exist), "auto", False; None takes
-    training_config.resume. Threads, TF32 flags and random generators are restored on return."""
-    with settings_restored():
-        return Trainer(cfg, resume, progress, echo).train()
+    training_config.resume. Threads, TF32 flags and random generators are restored on return; the
+    run folder is this process's alone until then (resume.claimed)."""
+    with settings_restored(), contextlib.ExitStack() as held:
+        return Trainer(cfg, resume, progress, echo, held).train()
 
 
 class Trainer:
     """One run: its model, optimizer, scaler, batches, state, job, sinks and output, and what it
     does with them: `step()`, `evaluate()`, `save()`, and `train()`, the loop over them."""
 
-    def __init__(self, cfg: Config, resume=None, progress: bool | None = None, echo=print):
+    def __init__(
+        self,
+        cfg: Config,
+        resume=None,
+        progress: bool | None = None,
+        echo=print,
+        held: contextlib.ExitStack | None = None,
+    ):
+        """`held`: where rank 0 keeps its claim on the run folder until the run ends (train());
+        without it the folder is not claimed."""
         t = cfg.training
         resume = t.resume if resume is None else resume
         # 1. device, processes, threads and seed (train() restores the process-wide settings)
@@ -106,6 +116,8 @@ class Trainer:
         self.run_dir = Path(cfg.logging.output_dir)
         # jsonl, csv, loss.png, TensorBoard, W&B: checks the optional packages, writes nothing yet
         self.metrics = MetricSinks(self.run_dir, cfg) if job.is_main else NoMetrics()
+        if held is not None:  # rank 0 claims the folder; all processes stop if another one holds it
+            on_main(job, lambda: held.enter_context(claimed(self.run_dir)))
         self.resumed_from, repairs, changed = open_run(cfg, self.data, resume, job)
         resolved = on_main(job, resolve_batch, cfg, self.device, job.world_size, self.resumed_from, changed)
         self.cfg = cfg = resolved[0]  # batch_size: auto measured (or kept from the checkpoint)

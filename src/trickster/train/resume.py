@@ -3,7 +3,11 @@ this run (loop.Trainer.load_state_dict restores the trainer's state from it)."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
+import os
 from pathlib import Path
 
 from trickster.config import Config
@@ -12,14 +16,62 @@ from trickster.errors import UserError
 from trickster.observe.events import read_metrics
 from trickster.train import checkpoint as ckpt
 
+LOCK = ".lock"  # RUN_DIR/.lock: held by the process that trains there (claimed)
+
 
 def run_dir_in_use(run_dir: Path) -> bool:
     """A run only starts (without --resume) in a folder that is missing or empty. An empty
-    checkpoints/ alone is what a start that failed before writing anything leaves (open_run_dir
-    makes it first): the next start may use the folder."""
+    checkpoints/ and the lock file alone are what a start that failed before writing anything
+    leaves (claimed and open_run_dir make them first): the next start may use the folder."""
     if not run_dir.is_dir():
         return False
-    return any(p.name != "checkpoints" or not p.is_dir() or any(p.iterdir()) for p in run_dir.iterdir())
+    return any(_written(p) for p in run_dir.iterdir())
+
+
+def _written(path: Path) -> bool:
+    if path.name == LOCK and path.is_file():
+        return False
+    return path.name != "checkpoints" or not path.is_dir() or any(path.iterdir())
+
+
+@contextlib.contextmanager
+def claimed(run_dir: Path):
+    """Train in `run_dir` alone: hold an exclusive lock on RUN_DIR/.lock for the block. A second
+    process that tries to train there meanwhile (with or without --resume) is refused with one line
+    naming the first one. The kernel drops the lock when its holder ends, however it ends (SIGKILL
+    included), so a dead run never blocks its resume."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"logging_config.output_dir {run_dir} is a file; choose a folder path")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(run_dir / LOCK, "a+", encoding="utf-8")
+    except OSError as err:
+        raise UserError(
+            f"cannot create run folder {run_dir} ({err.strerror}); choose another --out"
+        ) from None
+    with lock:
+        _lock(lock, run_dir)
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield
+
+
+def _lock(lock, run_dir: Path) -> None:
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        if err.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+            raise UserError(
+                f"cannot lock run folder {run_dir} ({err.strerror}); choose another --out"
+            ) from None
+        lock.seek(0)
+        pid = lock.read().strip()
+        holder = f"process {pid}" if pid.isdigit() else "another process"
+        raise UserError(
+            f"{run_dir} is in use: {holder} is training there; wait for it to end (or stop it), "
+            "or choose another --out (nothing was changed)"
+        ) from None
 
 
 def open_run_dir(run_dir: Path, resume: bool | str) -> tuple[Path | None, list[str]]:
