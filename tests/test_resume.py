@@ -401,3 +401,18 @@ def test_a_second_process_training_in_the_same_folder_is_refused(shakespeare_dir
     cfg.training.max_steps = step + 2
     resumed = train(cfg, resume=True, **QUIET)
     assert resumed.state.step == step + 2
+
+
+def test_a_kill_while_resume_rewrites_the_metrics_loses_no_event(reference, shakespeare_dir, tmp_path):
+    """On resume, metrics.jsonl is cut back to the checkpoint. A kill half-way through that rewrite
+    used to leave half the file (the events of steps 5-8 gone for good); now the old file is
+    replaced only once the new one is whole."""
+    run_dir = tmp_path / "run"
+    crash(shakespeare_dir, run_dir, "before-batch", 19)  # end of step 9: step_000008 to resume from
+    before = read_metrics(run_dir / "metrics.jsonl")
+    crash(shakespeare_dir, run_dir, "during-metrics-rewrite", 1, "--resume")
+
+    assert read_metrics(run_dir / "metrics.jsonl") == before
+    resumed = train(micro_config(shakespeare_dir, run_dir, **CRASH_RUN), resume=True, **QUIET)
+    assert curve(resumed.history) == curve(reference.history)
+    assert_same_weights(run_dir / "checkpoints" / "final", reference.run_dir / "checkpoints" / "final")

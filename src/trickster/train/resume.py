@@ -10,6 +10,7 @@ import json
 import os
 from pathlib import Path
 
+from trickster.atomic import replace_file
 from trickster.config import Config
 from trickster.data.loader import PreparedData
 from trickster.errors import UserError
@@ -152,10 +153,15 @@ def _changed_settings(old: Config, new: Config) -> dict[str, list]:
 
 
 def truncate_metrics(path: Path, step: int) -> None:
-    """Drop events logged after the checkpoint we resume from: they will be logged again."""
+    """Drop events logged after the checkpoint we resume from: they will be logged again. The
+    events kept are written aside and renamed over the file, so a kill during the rewrite loses
+    none. Only a regular file is rewritten: a missing one, or a link to a device, is left as it is
+    (the run's next event is appended to it)."""
+    if not path.resolve().is_file():
+        return
     kept = [r for r in read_metrics(path) if r["step"] <= step and r["event"] != "end"]
     kept = [r for r in kept if not (r["step"] == step and r["event"] in ("stopped",))]
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
+    replace_file(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
 
 
 def diverged(run_dir: Path, state) -> UserError:
