@@ -416,3 +416,85 @@ def test_a_kill_while_resume_rewrites_the_metrics_loses_no_event(reference, shak
     resumed = train(micro_config(shakespeare_dir, run_dir, **CRASH_RUN), resume=True, **QUIET)
     assert curve(resumed.history) == curve(reference.history)
     assert_same_weights(run_dir / "checkpoints" / "final", reference.run_dir / "checkpoints" / "final")
+
+
+def test_a_full_disk_under_safetensors_is_one_clear_error(micro, monkeypatch):
+    """safetensors reports a full disk as SafetensorError, not OSError (seen on a full tmpfs): it
+    used to end the run with a traceback."""
+    from safetensors import SafetensorError
+
+    from trickster.train import checkpoint
+
+    save_file, calls = checkpoint.save_file, []
+
+    def full(tensors, filename, *args, **kwargs):
+        calls.append(filename)
+        if len(calls) == 2:  # the message of a real ENOSPC
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return save_file(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    cfg = micro(training_config={"max_steps": 8, "warmup_steps": 1, "eval_every": 100, "save_every": 2})
+    with pytest.raises(
+        UserError, match=r"could not write checkpoint .*step_000004 \(No space left on device\)"
+    ):
+        train(cfg, **QUIET)
+    run_dir = Path(cfg.logging.output_dir)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_000002"]
+    monkeypatch.setattr(checkpoint, "save_file", save_file)  # space freed
+    assert train(cfg, resume=True, **QUIET).state.step == 8
+
+
+def test_a_full_disk_under_torch_save_is_one_clear_error(micro, monkeypatch):
+    """torch.save reports a full disk as RuntimeError("[enforce fail at inline_container.cc:672] .
+    unexpected pos 704 vs 598"), with no errno (seen on a full tmpfs): it used to end the run with a
+    traceback. A disk with space left keeps the traceback: that is a bug."""
+    import shutil
+
+    from trickster.train import checkpoint
+
+    save, calls = torch.save, []
+
+    def full(obj, f, *args, **kwargs):
+        calls.append(f)
+        if len(calls) == 2:
+            Path(f).write_bytes(b"PK")
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+        return save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full)
+    monkeypatch.setattr(
+        shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 4096, 4096)
+    )
+    cfg = micro(training_config={"max_steps": 8, "warmup_steps": 1, "eval_every": 100, "save_every": 2})
+    with pytest.raises(
+        UserError, match=r"could not write checkpoint .*step_000004 \(No space left on device\)"
+    ):
+        train(cfg, **QUIET)
+    run_dir = Path(cfg.logging.output_dir)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_000002"]
+    assert checkpoint.FULL_BELOW > 4096
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("file", ["metrics.csv", ".loss.png.tmp"])
+def test_a_full_disk_for_the_csv_or_the_plot_is_one_clear_error(micro, file):
+    """A real ENOSPC from /dev/full under metrics.csv or the plot's staging file: one line naming
+    the file (it was a traceback); the newest checkpoint is whole, and once the disk has room
+    the run resumes."""
+    cfg = micro(training_config={"max_steps": 4, "warmup_steps": 1, "eval_every": 2, "save_every": 2})
+    cfg.logging.loss_plot = True
+    train(cfg, **QUIET)
+    run_dir = Path(cfg.logging.output_dir)
+    (run_dir / file).unlink(missing_ok=True)
+    (run_dir / file).symlink_to("/dev/full")
+    cfg.training.max_steps = 6
+    shown = "loss.png" if file.endswith("tmp") else file
+    with pytest.raises(
+        UserError, match=rf"could not write .*/{shown} \(No space left on device\); free disk"
+    ):
+        train(cfg, resume=True, **QUIET)
+    assert ckpt.load_checkpoint(ckpt.latest(run_dir)).info["step"] >= 4
+    (run_dir / file).unlink(missing_ok=True)  # space freed (the plot removes its own staging file)
+    assert train(cfg, resume=True, **QUIET).state.step == 6
+    assert (run_dir / "loss.png").is_file() and not (run_dir / ".loss.png.tmp").exists()
