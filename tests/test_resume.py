@@ -498,3 +498,41 @@ def test_a_full_disk_for_the_csv_or_the_plot_is_one_clear_error(micro, file):
     (run_dir / file).unlink(missing_ok=True)  # space freed (the plot removes its own staging file)
     assert train(cfg, resume=True, **QUIET).state.step == 6
     assert (run_dir / "loss.png").is_file() and not (run_dir / ".loss.png.tmp").exists()
+
+
+# evaluations at 0, 4, 8, 12, each just after a checkpoint (step_000004, step_000008, final)
+EVAL_AT_SAVES = {**CRASH_RUN, "training_config": {**CRASH_RUN["training_config"], "eval_every": 4}}
+
+
+@pytest.fixture(scope="module")
+def eval_at_saves_reference(shakespeare_dir, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("eval-at-saves") / "run"
+    return train(micro_config(shakespeare_dir, run_dir, **EVAL_AT_SAVES), **QUIET)
+
+
+@pytest.mark.parametrize(
+    ("moment", "n", "resume_point"),
+    [
+        pytest.param("during-eval", 3, "step_000008", id="during-the-evaluation-after-step-8"),
+        pytest.param("during-best-replace", 2, "final", id="replacing-best-after-the-last-step"),
+        pytest.param("during-eval", 4, "final", id="during-the-last-evaluation"),
+    ],
+)
+def test_a_kill_after_a_checkpoint_before_its_evaluation_ends_is_resumed_exactly(
+    moment, n, resume_point, eval_at_saves_reference, shakespeare_dir, tmp_path
+):
+    """A checkpoint is saved before its step's evaluation. Killed before that evaluation (and the
+    `best` it may save) ended, the resumed run used to skip it: an evaluation missing from the
+    curve, or an older `best` (seen in a random-kill loop). It is done again on resume."""
+    run_dir = tmp_path / "run"
+    crash(shakespeare_dir, run_dir, moment, n, run=EVAL_AT_SAVES)
+    assert ckpt.latest(run_dir).name == resume_point
+
+    resumed = train(micro_config(shakespeare_dir, run_dir, **EVAL_AT_SAVES), resume=True, **QUIET)
+
+    reference = eval_at_saves_reference
+    assert curve(resumed.history) == curve(reference.history)
+    assert_same_weights(run_dir / "checkpoints" / "final", reference.run_dir / "checkpoints" / "final")
+    assert_same_weights(run_dir / "checkpoints" / "best", reference.run_dir / "checkpoints" / "best")
+    best = ckpt.read_info(run_dir / "checkpoints" / "best")
+    assert best["step"] == ckpt.read_info(reference.run_dir / "checkpoints" / "best")["step"]

@@ -152,15 +152,17 @@ def _changed_settings(old: Config, new: Config) -> dict[str, list]:
     return changed
 
 
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drop events logged after the checkpoint we resume from: they will be logged again. The
-    events kept are written aside and renamed over the file, so a kill during the rewrite loses
-    none. Only a regular file is rewritten: a missing one, or a link to a device, is left as it is
-    (the run's next event is appended to it)."""
+def truncate_metrics(path: Path, step: int, eval_due: bool = False) -> None:
+    """Drop events logged after the checkpoint we resume from (and its step's evaluation, when
+    `eval_due`: the resumed run evaluates again): they will be logged again. The events kept are
+    written aside and renamed over the file, so a kill during the rewrite loses none. Only a
+    regular file is rewritten: a missing one, or a link to a device, is left as it is (the run's
+    next event is appended to it)."""
     if not path.resolve().is_file():
         return
+    again = ("stopped", "eval") if eval_due else ("stopped",)
     kept = [r for r in read_metrics(path) if r["step"] <= step and r["event"] != "end"]
-    kept = [r for r in kept if not (r["step"] == step and r["event"] in ("stopped",))]
+    kept = [r for r in kept if not (r["step"] == step and r["event"] in again)]
     replace_file(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
 
 
