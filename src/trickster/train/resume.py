@@ -40,22 +40,44 @@ def claimed(run_dir: Path):
     """Train in `run_dir` alone: hold an exclusive lock on RUN_DIR/.lock for the block. A second
     process that tries to train there meanwhile (with or without --resume) is refused with one line
     naming the first one. The kernel drops the lock when its holder ends, however it ends (SIGKILL
-    included), so a dead run never blocks its resume."""
+    included), so a dead run never blocks its resume. The file is removed when the block ends."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"logging_config.output_dir {run_dir} is a file; choose a folder path")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        lock = open(run_dir / LOCK, "a+", encoding="utf-8")
-    except OSError as err:
-        raise UserError(
-            f"cannot create run folder {run_dir} ({err.strerror}); choose another --out"
-        ) from None
-    with lock:
-        _lock(lock, run_dir)
+    path = run_dir / LOCK
+    with _locked(path, run_dir) as lock:
         lock.truncate(0)
         lock.write(f"{os.getpid()}\n")
         lock.flush()
-        yield
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)  # still locked: see _locked
+
+
+@contextlib.contextmanager
+def _locked(path: Path, run_dir: Path):
+    """RUN_DIR/.lock, open and locked. Its holder removes it before it lets go, so a process that
+    locks a file no longer at `path` (removed while it waited) tries again with the new one."""
+    while True:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            lock = open(path, "a+", encoding="utf-8")
+        except OSError as err:
+            raise UserError(
+                f"cannot create run folder {run_dir} ({err.strerror}); choose another --out"
+            ) from None
+        with lock:
+            _lock(lock, run_dir)
+            if _still_at(path, lock):
+                yield lock
+                return
+
+
+def _still_at(path: Path, lock) -> bool:
+    try:
+        return os.path.samestat(os.fstat(lock.fileno()), path.stat())
+    except FileNotFoundError:
+        return False
 
 
 def _lock(lock, run_dir: Path) -> None:
