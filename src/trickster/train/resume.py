@@ -13,7 +13,7 @@ from pathlib import Path
 from trickster.atomic import replace_file
 from trickster.config import Config
 from trickster.data.loader import PreparedData
-from trickster.errors import UserError
+from trickster.errors import UserError, disk_errors
 from trickster.observe.events import read_metrics
 from trickster.train import checkpoint as ckpt
 
@@ -43,7 +43,7 @@ def claimed(run_dir: Path):
     included), so a dead run never blocks its resume. The file is removed when the block ends."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"logging_config.output_dir {run_dir} is a file; choose a folder path")
-    path = run_dir / LOCK
+    path, created = run_dir / LOCK, not run_dir.exists()
     with _locked(path, run_dir) as lock:
         lock.truncate(0)
         lock.write(f"{os.getpid()}\n")
@@ -52,20 +52,24 @@ def claimed(run_dir: Path):
             yield
         finally:
             path.unlink(missing_ok=True)  # still locked: see _locked
+            if created and not any(run_dir.iterdir()):  # a start refused before writing anything
+                run_dir.rmdir()
 
 
 @contextlib.contextmanager
 def _locked(path: Path, run_dir: Path):
     """RUN_DIR/.lock, open and locked. Its holder removes it before it lets go, so a process that
     locks a file no longer at `path` (removed while it waited) tries again with the new one."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(
+            f"cannot create run folder {run_dir} ({err.strerror}); choose another --out"
+        ) from None
     while True:
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
+        fix = "free disk space or make the folder writable, or choose another --out"  # as write_run_files
+        with disk_errors(f"run folder {run_dir}", fix):
             lock = open(path, "a+", encoding="utf-8")
-        except OSError as err:
-            raise UserError(
-                f"cannot create run folder {run_dir} ({err.strerror}); choose another --out"
-            ) from None
         with lock:
             _lock(lock, run_dir)
             if _still_at(path, lock):
