@@ -9,6 +9,8 @@ MOMENT, counted from 1 with N:
     during-trainer-write  half-way through writing the N-th trainer.pt of a checkpoint
     during-best-replace   the N-th time `best` is replaced: after the old folder is moved aside,
                           before the new one takes its name
+    during-metrics-rewrite  half-way through the N-th write of a whole metrics.jsonl (or of a
+                          file named after it: the rewrite of a resume)
 
 SIGKILL cannot be caught: nothing in the process gets to clean up, as with an OOM kill or a
 power cut. The faults are injected here, in the test, so the product code carries no hooks.
@@ -16,6 +18,7 @@ power cut. The faults are injected here, in the test, so the product code carrie
 
 from __future__ import annotations
 
+import builtins
 import io
 import os
 import pathlib
@@ -93,8 +96,37 @@ def install(moment: str, n: int) -> None:
             return rename(self, target)
 
         pathlib.Path.rename = patched_rename
+    elif moment == "during-metrics-rewrite":
+        real_open = io.open
+
+        def patched_open(file, mode="r", *args, **kwargs):
+            f = real_open(file, mode, *args, **kwargs)
+            if "w" in mode and "metrics.jsonl" in os.fspath(file) and due():
+                return HalfWriter(f)
+            return f
+
+        io.open = builtins.open = patched_open  # pathlib opens through io.open
     else:
         raise SystemExit(f"unknown moment {moment!r}")
+
+
+class HalfWriter:
+    """A file opened for writing whose first write stops half-way: the process dies there."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def write(self, data):
+        self.f.write(data[: len(data) // 2])
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        die()
 
 
 if __name__ == "__main__":

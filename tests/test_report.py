@@ -13,6 +13,7 @@ import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from trickster.cli import main
@@ -206,3 +207,46 @@ def test_runs_tells_a_live_run_from_one_whose_process_died(trained_run, tmp_path
     assert main(["runs", str(runs)]) == 0
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
     assert rows["live"].endswith("running") and rows["dead"].endswith("stopped (process died)")
+
+
+def prune(checkpoint: Path) -> None:
+    """What keep_last rotation does to a numbered checkpoint of a live run (checkpoint.prune)."""
+    hidden = checkpoint.parent / f".{checkpoint.name}.old-1"
+    checkpoint.rename(hidden)
+    shutil.rmtree(hidden)
+
+
+@pytest.mark.parametrize("moment", ["while-listing", "while-drawing"])
+def test_report_on_a_live_run_whose_checkpoint_is_rotated_away_meanwhile(
+    trained_run, tmp_path, monkeypatch, moment
+):
+    """`trickster report` on a run that trains with keep_last: a checkpoint deleted between the
+    listing and the read of its info.json was an error ("info.json is missing or damaged"), three
+    times out of three on a live micro run."""
+    from trickster.observe import report
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    doomed = run / "checkpoints" / "step_000006"
+    if moment == "while-listing":
+        is_complete = ckpt.is_complete
+
+        def rotated(path):
+            complete = is_complete(path)
+            if path == doomed:
+                prune(path)
+            return complete
+
+        monkeypatch.setattr(ckpt, "is_complete", rotated)
+    else:
+        figure = report._figure_section
+
+        def drawn(*args):
+            if doomed.exists():
+                prune(doomed)
+            return figure(*args)
+
+        monkeypatch.setattr(report, "_figure_section", drawn)
+    assert main(["report", str(run)]) == 0
+    page = (run / "report.html").read_text()
+    assert "<tr><th>final</th><td>step 12</td></tr>" in page

@@ -12,6 +12,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -364,3 +365,174 @@ def test_a_crash_cut_metrics_line_is_dropped(micro):
     cfg.training.max_steps = 6
     result = train(cfg, resume=True, **QUIET)
     assert [r["step"] for r in events(result.history, "train")] == [2, 4, 6]
+
+
+def test_a_second_process_training_in_the_same_folder_is_refused(shakespeare_dir, tmp_path, capsys):
+    """Two `trickster train` into one --out, with or without --resume: the second is one line, exit
+    status 2, and writes nothing (before, both trained and appended to one metrics.jsonl). The
+    claim dies with its process: after a SIGKILL the run resumes."""
+    training = {
+        "max_steps": 100000,
+        "log_every": 1,
+        "eval_every": 100000,
+        "save_every": 2,
+        "sample_tokens": 0,
+    }
+    run_dir = tmp_path / "run"
+    cfg = micro_config(shakespeare_dir, run_dir, training_config=training)
+    save_config(cfg, tmp_path / "run.yaml")
+    child = children.Child("trickster", "train", "--config", str(tmp_path / "run.yaml"))
+    try:
+        deadline = time.monotonic() + 120
+        while ckpt.latest(run_dir) is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for flags in ([], ["--resume"]):
+            assert cli.main(["train", "--config", str(tmp_path / "run.yaml"), *flags]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith(f"error: {run_dir} is in use: process {child.pid} is training there")
+            assert "Traceback" not in err and len(err.splitlines()) == 1
+        assert child.poll() is None  # the first run trains on, alone
+    finally:
+        child.kill()
+        child.wait(timeout=60)
+    history = read_metrics(run_dir / "metrics.jsonl")
+    assert [r["event"] for r in history].count("start") == 1 and not events(history, "resume")
+    step = ckpt.checkpoint_step(ckpt.latest(run_dir))
+    cfg.training.max_steps = step + 2
+    resumed = train(cfg, resume=True, **QUIET)
+    assert resumed.state.step == step + 2
+
+
+def test_a_kill_while_resume_rewrites_the_metrics_loses_no_event(reference, shakespeare_dir, tmp_path):
+    """On resume, metrics.jsonl is cut back to the checkpoint. A kill half-way through that rewrite
+    used to leave half the file (the events of steps 5-8 gone for good); now the old file is
+    replaced only once the new one is whole."""
+    run_dir = tmp_path / "run"
+    crash(shakespeare_dir, run_dir, "before-batch", 19)  # end of step 9: step_000008 to resume from
+    before = read_metrics(run_dir / "metrics.jsonl")
+    crash(shakespeare_dir, run_dir, "during-metrics-rewrite", 1, "--resume")
+
+    assert read_metrics(run_dir / "metrics.jsonl") == before
+    resumed = train(micro_config(shakespeare_dir, run_dir, **CRASH_RUN), resume=True, **QUIET)
+    assert curve(resumed.history) == curve(reference.history)
+    assert_same_weights(run_dir / "checkpoints" / "final", reference.run_dir / "checkpoints" / "final")
+
+
+def test_a_full_disk_under_safetensors_is_one_clear_error(micro, monkeypatch):
+    """safetensors reports a full disk as SafetensorError, not OSError (seen on a full tmpfs): it
+    used to end the run with a traceback."""
+    from safetensors import SafetensorError
+
+    from trickster.train import checkpoint
+
+    save_file, calls = checkpoint.save_file, []
+
+    def full(tensors, filename, *args, **kwargs):
+        calls.append(filename)
+        if len(calls) == 2:  # the message of a real ENOSPC
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return save_file(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    cfg = micro(training_config={"max_steps": 8, "warmup_steps": 1, "eval_every": 100, "save_every": 2})
+    with pytest.raises(
+        UserError, match=r"could not write checkpoint .*step_000004 \(No space left on device\)"
+    ):
+        train(cfg, **QUIET)
+    run_dir = Path(cfg.logging.output_dir)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_000002"]
+    monkeypatch.setattr(checkpoint, "save_file", save_file)  # space freed
+    assert train(cfg, resume=True, **QUIET).state.step == 8
+
+
+def test_a_full_disk_under_torch_save_is_one_clear_error(micro, monkeypatch):
+    """torch.save reports a full disk as RuntimeError("[enforce fail at inline_container.cc:672] .
+    unexpected pos 704 vs 598"), with no errno (seen on a full tmpfs): it used to end the run with a
+    traceback. A disk with space left keeps the traceback: that is a bug."""
+    import shutil
+
+    from trickster.train import checkpoint
+
+    save, calls = torch.save, []
+
+    def full(obj, f, *args, **kwargs):
+        calls.append(f)
+        if len(calls) == 2:
+            Path(f).write_bytes(b"PK")
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+        return save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full)
+    monkeypatch.setattr(
+        shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 4096, 4096)
+    )
+    cfg = micro(training_config={"max_steps": 8, "warmup_steps": 1, "eval_every": 100, "save_every": 2})
+    with pytest.raises(
+        UserError, match=r"could not write checkpoint .*step_000004 \(No space left on device\)"
+    ):
+        train(cfg, **QUIET)
+    run_dir = Path(cfg.logging.output_dir)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_000002"]
+    assert checkpoint.FULL_BELOW > 4096
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("file", ["metrics.csv", ".loss.png.tmp"])
+def test_a_full_disk_for_the_csv_or_the_plot_is_one_clear_error(micro, file):
+    """A real ENOSPC from /dev/full under metrics.csv or the plot's staging file: one line naming
+    the file (it was a traceback); the newest checkpoint is whole, and once the disk has room
+    the run resumes."""
+    cfg = micro(training_config={"max_steps": 4, "warmup_steps": 1, "eval_every": 2, "save_every": 2})
+    cfg.logging.loss_plot = True
+    train(cfg, **QUIET)
+    run_dir = Path(cfg.logging.output_dir)
+    (run_dir / file).unlink(missing_ok=True)
+    (run_dir / file).symlink_to("/dev/full")
+    cfg.training.max_steps = 6
+    shown = "loss.png" if file.endswith("tmp") else file
+    with pytest.raises(
+        UserError, match=rf"could not write .*/{shown} \(No space left on device\); free disk"
+    ):
+        train(cfg, resume=True, **QUIET)
+    assert ckpt.load_checkpoint(ckpt.latest(run_dir)).info["step"] >= 4
+    (run_dir / file).unlink(missing_ok=True)  # space freed (the plot removes its own staging file)
+    assert train(cfg, resume=True, **QUIET).state.step == 6
+    assert (run_dir / "loss.png").is_file() and not (run_dir / ".loss.png.tmp").exists()
+
+
+# evaluations at 0, 4, 8, 12, each just after a checkpoint (step_000004, step_000008, final)
+EVAL_AT_SAVES = {**CRASH_RUN, "training_config": {**CRASH_RUN["training_config"], "eval_every": 4}}
+
+
+@pytest.fixture(scope="module")
+def eval_at_saves_reference(shakespeare_dir, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("eval-at-saves") / "run"
+    return train(micro_config(shakespeare_dir, run_dir, **EVAL_AT_SAVES), **QUIET)
+
+
+@pytest.mark.parametrize(
+    ("moment", "n", "resume_point"),
+    [
+        pytest.param("during-eval", 3, "step_000008", id="during-the-evaluation-after-step-8"),
+        pytest.param("during-best-replace", 2, "final", id="replacing-best-after-the-last-step"),
+        pytest.param("during-eval", 4, "final", id="during-the-last-evaluation"),
+    ],
+)
+def test_a_kill_after_a_checkpoint_before_its_evaluation_ends_is_resumed_exactly(
+    moment, n, resume_point, eval_at_saves_reference, shakespeare_dir, tmp_path
+):
+    """A checkpoint is saved before its step's evaluation. Killed before that evaluation (and the
+    `best` it may save) ended, the resumed run used to skip it: an evaluation missing from the
+    curve, or an older `best` (seen in a random-kill loop). It is done again on resume."""
+    run_dir = tmp_path / "run"
+    crash(shakespeare_dir, run_dir, moment, n, run=EVAL_AT_SAVES)
+    assert ckpt.latest(run_dir).name == resume_point
+
+    resumed = train(micro_config(shakespeare_dir, run_dir, **EVAL_AT_SAVES), resume=True, **QUIET)
+
+    reference = eval_at_saves_reference
+    assert curve(resumed.history) == curve(reference.history)
+    assert_same_weights(run_dir / "checkpoints" / "final", reference.run_dir / "checkpoints" / "final")
+    assert_same_weights(run_dir / "checkpoints" / "best", reference.run_dir / "checkpoints" / "best")
+    best = ckpt.read_info(run_dir / "checkpoints" / "best")
+    assert best["step"] == ckpt.read_info(reference.run_dir / "checkpoints" / "best")["step"]

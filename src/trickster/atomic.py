@@ -33,6 +33,25 @@ def replace_dir(new: Path, target: Path) -> None:
     _fsync_dir(target.parent)
 
 
+def replace_file(path: Path, text: str) -> None:
+    """Replace the file at `path` with `text` in one rename: a reader, or a kill at any moment,
+    sees the old file whole or the new one. Written beside the file `path` links to, if it is a
+    link, so the link and the folder it points into stay as they are."""
+    target = path.resolve()
+    staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        with open(staging, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(staging, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            staging.unlink()
+        raise
+    _fsync_dir(target.parent)
+
+
 def _fsync_tree(folder: Path) -> None:
     for path in folder.iterdir():
         if path.is_file():

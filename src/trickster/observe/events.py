@@ -25,6 +25,9 @@ from pathlib import Path
 
 from trickster.errors import UserError, disk_errors
 
+# what a failed write of a run's metrics (a full disk) tells the user to do
+DISK_FIX = "free disk space or make the run folder writable, then continue with --resume"
+
 
 class MetricsLog:
     """Appends one JSON object per line; every event carries `event`, `step` and `time`."""
@@ -35,8 +38,7 @@ class MetricsLog:
 
     def write(self, event: str, step: int, **values) -> dict:
         record = {"event": event, "step": step, "time": round(time.time(), 3), **values}
-        fix = "free disk space or make the run folder writable, then continue with --resume"
-        with disk_errors(str(self.path), fix), open(self.path, "a", encoding="utf-8") as f:
+        with disk_errors(str(self.path), DISK_FIX), open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
         return record
 

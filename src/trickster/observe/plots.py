@@ -173,8 +173,12 @@ def write_loss_plot(run_dir: str | Path) -> Path | None:
     if fig is None:
         return None
     path, tmp = run_dir / "loss.png", run_dir / ".loss.png.tmp"
-    tmp.write_bytes(png_bytes(fig))
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(png_bytes(fig))
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a full disk: the last whole plot stays
+        raise
     return path
 
 

@@ -247,9 +247,7 @@ def _manifest(run: Run) -> str:
 def _checkpoints(run: Run) -> str:
     if not run.checkpoints:
         return "<h2>Checkpoints</h2>\n<p class='muted'>No complete checkpoint.</p>"
-    from trickster.train import checkpoint as ckpt
-
-    rows = [(p.name, f"step {ckpt.checkpoint_step(p):,}") for p in run.checkpoints]
+    rows = [(path.name, f"step {step:,}") for path, step in run.checkpoints]
     return "<h2>Checkpoints</h2>\n" + _table(rows)
 
 

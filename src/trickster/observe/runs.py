@@ -26,7 +26,7 @@ class Run:
     cfg: Config | None  # None when config.yaml is missing or damaged
     records: list[dict]  # metrics.jsonl, one dict per event
     manifest: dict = field(default_factory=dict)
-    checkpoints: list[Path] = field(default_factory=list)  # complete checkpoint folders
+    checkpoints: list[tuple[Path, int]] = field(default_factory=list)  # complete ones, and their steps
     problem: str | None = None  # why part of the folder could not be read
     heartbeat: dict | None = None  # status.json, written by the training process while it runs
 
@@ -189,12 +189,22 @@ def _read(path: Path) -> Run:
         manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         manifest = {}
-    checkpoints = sorted(
-        (p for p in (path / "checkpoints").glob("*") if ckpt.is_complete(p)),
-        key=lambda p: (ckpt.checkpoint_step(p), p.name),
-    )
     problem = "; ".join(problems) or None
-    return Run(path, cfg, records, manifest, checkpoints, problem, read_status(path))
+    return Run(path, cfg, records, manifest, _checkpoints(path), problem, read_status(path))
+
+
+def _checkpoints(run_dir: Path) -> list[tuple[Path, int]]:
+    """The complete checkpoints and their steps, read once, oldest first. One that a live run
+    deletes while they are read (keep_last rotation, a rollback) is left out."""
+    found = []
+    for path in (run_dir / "checkpoints").glob("*"):
+        try:
+            if ckpt.is_complete(path):
+                found.append((path, ckpt.checkpoint_step(path)))
+        except UserError:
+            if path.exists():  # damaged, not deleted
+                raise
+    return sorted(found, key=lambda found: (found[1], found[0].name))
 
 
 def format_runs(runs: list[Run]) -> list[str]:

@@ -15,8 +15,8 @@ from pathlib import Path
 import yaml
 
 from trickster.config import Config
-from trickster.errors import UserError
-from trickster.observe.events import MetricsLog, read_metrics
+from trickster.errors import UserError, disk_errors
+from trickster.observe.events import DISK_FIX, MetricsLog, read_metrics
 
 TRACKING_EXTRA = "pip install nano-trickster[tracking]"
 
@@ -100,11 +100,13 @@ class MetricSinks:
         if self.log is None:
             self.log = MetricsLog(self.path)
         record = self.log.write(event, step, **values)
-        self._write_csv(record)
+        with disk_errors(str(self.run_dir / "metrics.csv"), DISK_FIX):
+            self._write_csv(record)
         if event == "eval" and self.cfg.logging.loss_plot:
             from trickster.observe.plots import write_loss_plot  # matplotlib loads at the first evaluation
 
-            write_loss_plot(self.run_dir)
+            with disk_errors(str(self.run_dir / "loss.png"), DISK_FIX):
+                write_loss_plot(self.run_dir)
         if self.cfg.logging.tensorboard:
             self._write_tensorboard(record)
         if self.cfg.logging.use_wandb:

@@ -19,6 +19,7 @@ unpickled: weights come from safetensors and trainer.pt loads with `weights_only
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -45,6 +46,8 @@ COMPLETE = "COMPLETE"
 WEIGHTS = "model.safetensors"
 OPTIMIZER = "optimizer"  # the sharded optimizer state of an FSDP2 run
 STEP_DIR = re.compile(r"^step_(\d+)$")
+FULL_BELOW = 1 << 20  # bytes free on a disk that a failed write has just filled
+OS_ERROR = re.compile(r"\(os error (\d+)\)")  # the errno in a SafetensorError's message
 LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)$")  # see atomic.py
 
 
@@ -108,13 +111,13 @@ def _write_checkpoint(target, tensors, cfg, tokenizer, info, trainer_state, stag
             _link_tensor_files(tensors, staging)
         else:
             weights, adapters = tensors
-            save_file(weights, staging / WEIGHTS, metadata={"format": "pt"})
+            _save_tensors(weights, staging / WEIGHTS)
             if adapters:
-                save_file(adapters, staging / lora.ADAPTERS, metadata={"format": "pt"})
+                _save_tensors(adapters, staging / lora.ADAPTERS)
         (staging / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         tokenizer.save(staging / "tokenizer.json")
         if trainer_state is not None:
-            torch.save(trainer_state, staging / "trainer.pt")
+            _save_trainer_state(trainer_state, staging / "trainer.pt")
         info = {**info, "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         (staging / "info.json").write_text(json.dumps(info, indent=2))
         (staging / COMPLETE).write_text("ok\n")
@@ -123,6 +126,30 @@ def _write_checkpoint(target, tensors, cfg, tokenizer, info, trainer_state, stag
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], file: Path) -> None:
+    """safetensors' save_file, whose failed writes become the OSError they are: it reports a full
+    disk as SafetensorError("Error while serializing: I/O error: No space left on device (os
+    error 28)"), which disk_errors would not turn into one line."""
+    try:
+        save_file(tensors, file, metadata={"format": "pt"})
+    except SafetensorError as err:
+        code = OS_ERROR.search(str(err))
+        if code is None:
+            raise
+        raise OSError(int(code[1]), os.strerror(int(code[1])), str(file)) from None
+
+
+def _save_trainer_state(state: dict, file: Path) -> None:
+    """torch.save, whose failed write on a full disk becomes the OSError it is: torch reports it as
+    a RuntimeError without an errno ("unexpected pos 704 vs 598"). One with space left is a bug."""
+    try:
+        torch.save(state, file)
+    except RuntimeError:
+        if shutil.disk_usage(file.parent).free >= FULL_BELOW:
+            raise
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(file)) from None
 
 
 def _link_tensor_files(source: Path, staging: Path) -> None:
@@ -153,8 +180,13 @@ def update_info(path: Path, **values) -> None:
     """Change values in a complete checkpoint's info.json: written aside, then renamed over it."""
     file = path / "info.json"
     staging = file.with_name(f".info.json.tmp-{os.getpid()}")
-    staging.write_text(json.dumps({**json.loads(file.read_text()), **values}, indent=2))
-    os.replace(staging, file)
+    with disk_errors(str(file), "free disk space, then continue with --resume (the checkpoint is whole)"):
+        try:
+            staging.write_text(json.dumps({**json.loads(file.read_text()), **values}, indent=2))
+            os.replace(staging, file)
+        except OSError:
+            staging.unlink(missing_ok=True)
+            raise
 
 
 def latest(run_dir: str | Path) -> Path | None:

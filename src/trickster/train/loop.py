@@ -46,7 +46,7 @@ from trickster.train.device import (
 from trickster.train.memory import resolve_batch
 from trickster.train.optim import build_optimizer, set_lr
 from trickster.train.recovery import after_step, evaluated, finish, guard
-from trickster.train.resume import diverged
+from trickster.train.resume import claimed, diverged
 from trickster.train.setup import build_model, on_main, open_run, print_header, stage_shards, write_run_files
 from trickster.train.signals import StopSignals, announce_signals
 from trickster.train.spikes import SpikeDetector
@@ -75,16 +75,26 @@ def train(
     cfg: Config, resume: bool | str | None = None, progress: bool | None = None, echo=print
 ) -> TrainResult:
     """`resume`: True (continue, a checkpoint must exist), "auto", False; None takes
-    training_config.resume. Threads, TF32 flags and random generators are restored on return."""
-    with settings_restored():
-        return Trainer(cfg, resume, progress, echo).train()
+    training_config.resume. Threads, TF32 flags and random generators are restored on return; the
+    run folder is this process's alone until then (resume.claimed)."""
+    with settings_restored(), contextlib.ExitStack() as held:
+        return Trainer(cfg, resume, progress, echo, held).train()
 
 
 class Trainer:
     """One run: its model, optimizer, scaler, batches, state, job, sinks and output, and what it
     does with them: `step()`, `evaluate()`, `save()`, and `train()`, the loop over them."""
 
-    def __init__(self, cfg: Config, resume=None, progress: bool | None = None, echo=print):
+    def __init__(
+        self,
+        cfg: Config,
+        resume=None,
+        progress: bool | None = None,
+        echo=print,
+        held: contextlib.ExitStack | None = None,
+    ):
+        """`held`: where rank 0 keeps its claim on the run folder until the run ends (train());
+        without it the folder is not claimed."""
         t = cfg.training
         resume = t.resume if resume is None else resume
         # 1. device, processes, threads and seed (train() restores the process-wide settings)
@@ -106,6 +116,8 @@ class Trainer:
         self.run_dir = Path(cfg.logging.output_dir)
         # jsonl, csv, loss.png, TensorBoard, W&B: checks the optional packages, writes nothing yet
         self.metrics = MetricSinks(self.run_dir, cfg) if job.is_main else NoMetrics()
+        if held is not None:  # rank 0 claims the folder; all processes stop if another one holds it
+            on_main(job, lambda: held.enter_context(claimed(self.run_dir)))
         self.resumed_from, repairs, changed = open_run(cfg, self.data, resume, job)
         resolved = on_main(job, resolve_batch, cfg, self.device, job.world_size, self.resumed_from, changed)
         self.cfg = cfg = resolved[0]  # batch_size: auto measured (or kept from the checkpoint)
@@ -125,6 +137,7 @@ class Trainer:
         self.clock = Clock(t)
         self.heartbeat = Heartbeat(self.run_dir, t.max_steps, enabled=job.is_main)
         self.saved: ckpt.Saved | None = None  # this process's last checkpoint
+        self.eval_due = False  # resumed from a checkpoint saved before its step's evaluation
         if job.rank > 0:  # other dropout masks on each process (rank 0 draws as a single process would)
             torch.manual_seed(t.seed + job.rank)
         if self.resumed_from is not None:
@@ -147,7 +160,7 @@ class Trainer:
     def announce(self, resume, changed: dict, repairs: list[str], global_batch: int) -> None:
         cfg, job = self.cfg, self.job
         if job.is_main:
-            resumed = (self.resumed_from, self.state.step, changed, repairs)
+            resumed = (self.resumed_from, self.state.step, self.eval_due, changed, repairs)
             write_run_files(self.run_dir, cfg, self.data, self.manifest, self.metrics, resume, resumed)
         print_header(self.out, cfg, self.data, self.params, self.device, self.tokens_per_step, job)
         if self.resumed_from is not None:
@@ -179,8 +192,10 @@ class Trainer:
         self.out.start_bar(self.cfg.logging.progress_bar, t.max_steps, state.step)
         self.heartbeat.start(state.step)
         with self.signals, self.heartbeat, contextlib.closing(self.out), contextlib.closing(self.metrics):
-            if self.resumed_from is None:
-                with guard(self, "an evaluation", 0):
+            # a new run's first evaluation; or the one its checkpoint was saved before, which a kill
+            # may have cut short (before `best`): done again, as the run did after saving
+            if self.resumed_from is None or self.eval_due:
+                with guard(self, "an evaluation", state.step):
                     self.evaluate()
             self.timer.reset()
             while state.step < t.max_steps:
@@ -199,11 +214,12 @@ class Trainer:
                 if state.step % t.log_every == 0 or last:
                     self.log(result)
                 stopping = result.stop and not last
+                evaluating = state.step % t.eval_every == 0 or last
                 with self.timer.paused():  # evaluations and checkpoints are not training time
                     # the checkpoint first: an evaluation that fails (out of memory) loses no training
                     if state.step % t.save_every == 0 or stopping or last:
-                        self.save("final" if last else ckpt.step_name(state.step))
-                    if state.step % t.eval_every == 0 or last:
+                        self.save("final" if last else ckpt.step_name(state.step), eval_due=evaluating)
+                    if evaluating:
                         with guard(self, "an evaluation", state.step):
                             self.evaluate()
                 if stopping:
@@ -362,16 +378,18 @@ class Trainer:
         tokenizer, dtype = self.data.tokenizer, job.gathered_dtype
         return sample_text(self.model, tokenizer, t.sample_prompt, t.sample_tokens, t.seed, agree, dtype)
 
-    def save(self, name: str) -> None:
+    def save(self, name: str, eval_due: bool = False) -> None:
         """A checkpoint folder. Every process takes part: rank 0 writes the gathered weights and
         trainer.pt; the optimizer moments are gathered by name too, except under FSDP2, where each
         process writes its own shard of them (torch.distributed.checkpoint) into the same folder.
         A second folder of one step (`best` after `final`) links the first one's weights and shards
-        instead of writing them again (every process knows: they all saved the first)."""
+        instead of writing them again (every process knows: they all saved the first).
+        `eval_due`: an evaluation of these weights follows (a resume from here does it again)."""
         target = self.run_dir / "checkpoints" / name
         again = self.saved if self.saved is not None and self.saved.step == self.state.step else None
         weights = None if again else dist.full_weights(self.model)
         trainer_state, staging, groups = self.state_dict(), None, again.groups if again else None
+        trainer_state["eval_due"] = eval_due
         if self.job.mode == "fsdp":
             if not again:
                 staging, groups = stage_shards(self.job, self.model, self.optimizer, target)
@@ -412,6 +430,7 @@ class Trainer:
 
     def load_state_dict(self, trainer: dict) -> None:
         self.state.load_state_dict(trainer["train_state"])
+        self.eval_due = trainer.get("eval_due", False)  # saved before an evaluation (save())
         self.spikes.load_state_dict(trainer.get("spikes", {}))
         self.batches.load_state_dict(trainer["sampler"])
         if self.scaler.is_enabled() and trainer["scaler"]:

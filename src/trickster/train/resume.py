@@ -3,23 +3,102 @@ this run (loop.Trainer.load_state_dict restores the trainer's state from it)."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
+import os
 from pathlib import Path
 
+from trickster.atomic import replace_file
 from trickster.config import Config
 from trickster.data.loader import PreparedData
-from trickster.errors import UserError
+from trickster.errors import UserError, disk_errors
 from trickster.observe.events import read_metrics
 from trickster.train import checkpoint as ckpt
+
+LOCK = ".lock"  # RUN_DIR/.lock: held by the process that trains there (claimed)
 
 
 def run_dir_in_use(run_dir: Path) -> bool:
     """A run only starts (without --resume) in a folder that is missing or empty. An empty
-    checkpoints/ alone is what a start that failed before writing anything leaves (open_run_dir
-    makes it first): the next start may use the folder."""
+    checkpoints/ and the lock file alone are what a start that failed before writing anything
+    leaves (claimed and open_run_dir make them first): the next start may use the folder."""
     if not run_dir.is_dir():
         return False
-    return any(p.name != "checkpoints" or not p.is_dir() or any(p.iterdir()) for p in run_dir.iterdir())
+    return any(_written(p) for p in run_dir.iterdir())
+
+
+def _written(path: Path) -> bool:
+    if path.name == LOCK and path.is_file():
+        return False
+    return path.name != "checkpoints" or not path.is_dir() or any(path.iterdir())
+
+
+@contextlib.contextmanager
+def claimed(run_dir: Path):
+    """Train in `run_dir` alone: hold an exclusive lock on RUN_DIR/.lock for the block. A second
+    process that tries to train there meanwhile (with or without --resume) is refused with one line
+    naming the first one. The kernel drops the lock when its holder ends, however it ends (SIGKILL
+    included), so a dead run never blocks its resume. The file is removed when the block ends."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"logging_config.output_dir {run_dir} is a file; choose a folder path")
+    path, created = run_dir / LOCK, not run_dir.exists()
+    with _locked(path, run_dir) as lock:
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)  # still locked: see _locked
+            if created and not any(run_dir.iterdir()):  # a start refused before writing anything
+                run_dir.rmdir()
+
+
+@contextlib.contextmanager
+def _locked(path: Path, run_dir: Path):
+    """RUN_DIR/.lock, open and locked. Its holder removes it before it lets go, so a process that
+    locks a file no longer at `path` (removed while it waited) tries again with the new one."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(
+            f"cannot create run folder {run_dir} ({err.strerror}); choose another --out"
+        ) from None
+    while True:
+        fix = "free disk space or make the folder writable, or choose another --out"  # as write_run_files
+        with disk_errors(f"run folder {run_dir}", fix):
+            lock = open(path, "a+", encoding="utf-8")
+        with lock:
+            _lock(lock, run_dir)
+            if _still_at(path, lock):
+                yield lock
+                return
+
+
+def _still_at(path: Path, lock) -> bool:
+    try:
+        return os.path.samestat(os.fstat(lock.fileno()), path.stat())
+    except FileNotFoundError:
+        return False
+
+
+def _lock(lock, run_dir: Path) -> None:
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        if err.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+            raise UserError(
+                f"cannot lock run folder {run_dir} ({err.strerror}); choose another --out"
+            ) from None
+        lock.seek(0)
+        pid = lock.read().strip()
+        holder = f"process {pid}" if pid.isdigit() else "another process"
+        raise UserError(
+            f"{run_dir} is in use: {holder} is training there; wait for it to end (or stop it), "
+            "or choose another --out (nothing was changed)"
+        ) from None
 
 
 def open_run_dir(run_dir: Path, resume: bool | str) -> tuple[Path | None, list[str]]:
@@ -99,11 +178,18 @@ def _changed_settings(old: Config, new: Config) -> dict[str, list]:
     return changed
 
 
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drop events logged after the checkpoint we resume from: they will be logged again."""
+def truncate_metrics(path: Path, step: int, eval_due: bool = False) -> None:
+    """Drop events logged after the checkpoint we resume from (and its step's evaluation, when
+    `eval_due`: the resumed run evaluates again): they will be logged again. The events kept are
+    written aside and renamed over the file, so a kill during the rewrite loses none. Only a
+    regular file is rewritten: a missing one, or a link to a device, is left as it is (the run's
+    next event is appended to it)."""
+    if not path.resolve().is_file():
+        return
+    again = ("stopped", "eval") if eval_due else ("stopped",)
     kept = [r for r in read_metrics(path) if r["step"] <= step and r["event"] != "end"]
-    kept = [r for r in kept if not (r["step"] == step and r["event"] in ("stopped",))]
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
+    kept = [r for r in kept if not (r["step"] == step and r["event"] in again)]
+    replace_file(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
 
 
 def diverged(run_dir: Path, state) -> UserError:

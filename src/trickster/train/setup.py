@@ -51,12 +51,13 @@ def write_run_files(
     run_dir: Path, cfg: Config, data: PreparedData, manifest: dict, metrics, resume, resumed: tuple
 ) -> None:
     """config.yaml, tokenizer.json, manifest.json; on resume, metrics.jsonl cut back to the
-    checkpoint and a `resume` event (rank 0 only)."""
-    resumed_from, step, changed, repairs = resumed
+    checkpoint (and before its evaluation, when that is done again) and a `resume` event (rank 0
+    only)."""
+    resumed_from, step, eval_due, changed, repairs = resumed
     fix = "free disk space or make the folder writable, or choose another --out"
     with disk_errors(f"run folder {run_dir}", fix):
         if resumed_from is not None:
-            truncate_metrics(run_dir / "metrics.jsonl", step)
+            truncate_metrics(run_dir / "metrics.jsonl", step, eval_due)
             metrics.write("resume", step, checkpoint=resumed_from.name, changed=changed, repairs=repairs)
         elif resume:  # nothing to resume: events of an attempt that saved no checkpoint are dropped
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
