@@ -11,7 +11,7 @@ import torch
 
 from trickster import cli
 from trickster.data import encode as encode_module
-from trickster.data import sources
+from trickster.data import hub, sources
 from trickster.data.loader import BatchSampler, TokenStream, load_data, windows
 from trickster.data.prepare import in_validation, partial_dir, prepare
 from trickster.errors import UserError
@@ -181,7 +181,7 @@ def test_hf_reads_a_dataset_saved_to_disk_with_another_text_field(tmp_path):
     assert sorted(split_documents(data, data.train) + split_documents(data, data.val)) == sorted(docs)
     assert split_documents(data, data.val) == [d for d in docs if in_validation(d, 0.1)]
     with pytest.raises(UserError, match="no field 'text'.*--text-field"):
-        prepare(sources.hf_dataset(str(tmp_path / "saved")), "byte", tmp_path / "other")
+        prepare(hub.hf_dataset(str(tmp_path / "saved")), "byte", tmp_path / "other")
 
 
 def test_jsonl_text_field_and_template_and_parquet_give_plain_documents(tmp_path):

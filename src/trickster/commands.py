@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from trickster.data import sources
+from trickster.data import hub, sources
 from trickster.data.dedup import DedupSettings
 from trickster.data.loader import load_data
 from trickster.data.prepare import prepare, prepare_prompt_response
@@ -94,9 +94,9 @@ def _text_source(spec: SourceSpec) -> sources.Source | sources.Corpus:
     if spec.source == "parquet":
         return sources.parquet_documents(spec.paths, spec.text_field or "text")
     if spec.source == "tinystories":
-        return sources.tinystories(spec.dataset or sources.TINYSTORIES)
+        return hub.tinystories(spec.dataset or hub.TINYSTORIES)
     if spec.source == "hf":
-        return sources.hf_dataset(spec.dataset, spec.config, spec.split, spec.text_field or "text")
+        return hub.hf_dataset(spec.dataset, spec.config, spec.split, spec.text_field or "text")
     raise UserError(f"unknown source '{spec.source}'")
 
 

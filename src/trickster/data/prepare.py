@@ -37,7 +37,6 @@ import itertools
 import json
 import os
 import shutil
-import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -46,13 +45,13 @@ import numpy as np
 from trickster.atomic import replace_dir
 from trickster.data import dedup
 from trickster.data.encode import Chunk, Document, Encoded, chunks, encoded_in_order, in_validation
+from trickster.data.meta import META_FORMAT, prepared_meta
 from trickster.data.records import Records, records_source
-from trickster.data.shards import SPLITS, Progress, ShardWriter, SplitProgress, token_dtype, tokens_sha256
+from trickster.data.shards import SPLITS, Progress, ShardWriter, SplitProgress, token_dtype
 from trickster.data.sources import Corpus, Source, corpus_source
 from trickster.data.tokenizers import Tokenizer, build_tokenizer, from_dict
 from trickster.errors import UserError
 
-META_FORMAT = 3  # shards with index.json, masks beside the shards, duplicates handled
 SHARD_TOKENS = 100_000_000  # like nanoGPT's FineWeb shards
 CHUNK_CHARS = 1_000_000  # documents per task: big enough to amortise the hand-off to a worker
 ONE_DOCUMENT = "one_document.npy"  # the one distinct document's tokens while its shards are rewritten
@@ -401,72 +400,10 @@ class _Job:
     def _finish(self) -> dict:
         self.record.save(self.partial)
         index = {s: self.record.splits[s].shards for s in SPLITS}
-        meta = _meta(self.source, self.tokenizer, self.record, index, self.val_fraction, self.dtype)
+        meta = prepared_meta(self.source, self.tokenizer, self.record, index, self.val_fraction, self.dtype)
         (self.partial / "index.json").write_text(json.dumps(index, indent=1), encoding="utf-8")
         (self.partial / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
         (self.partial / "progress.json").unlink()
         for name in ("dedup.bin", ONE_DOCUMENT, "one_document_mask.npy"):
             (self.partial / name).unlink(missing_ok=True)
         return meta
-
-
-def _split_rule(source: Source, val_fraction: float, record: Progress) -> str:
-    if record.cut_one_document:
-        return (
-            f"one distinct document (the others were copies): the last {val_fraction * 100:g}% of its tokens"
-        )
-    if source.single_document:
-        return f"the last {val_fraction * 100:g}% of the characters of the one document"
-    if source.records:
-        return "the last records of the file"
-    if source.read_val is not None:
-        return "the source's own validation split"
-    return f"whole documents, {val_fraction * 100:g}% chosen by a blake2b hash of their text"
-
-
-def _meta(source, tokenizer, record: Progress, index, val_fraction, dtype) -> dict:
-    splits = record.splits
-    content = source.content_sha256() if source.content_sha256 else None
-    meta = {
-        "format": META_FORMAT,
-        "layout": "shards",
-        "source": source.name,
-        "source_identity": source.identity,
-        "source_files": source.files[:20],
-        "source_file_count": len(source.files),
-        "source_sha256": content,
-        "tokenizer": tokenizer.kind,
-        "tokenizer_fingerprint": tokenizer.fingerprint(),
-        "vocab_size": tokenizer.vocab_size,
-        "eot_id": tokenizer.eot_id,
-        "dtype": dtype.name,
-        "val_fraction": val_fraction,
-        "val_split": _split_rule(source, val_fraction, record),
-        "shard_tokens": record.settings["shard_tokens"],
-        "index": "index.json",
-        "input_bytes": record.input_bytes,
-        "documents_read": record.next_document,
-        "documents": 1
-        if source.single_document or record.cut_one_document
-        else splits["train"].documents + splits["val"].documents,
-        "dedup": {**record.settings["dedup"], **record.dedup} if not source.single_document else None,
-    }
-    for s in SPLITS:
-        meta |= {
-            f"{s}_documents": splits[s].documents,
-            f"{s}_chars": splits[s].chars,
-            f"{s}_bytes": splits[s].bytes,
-            f"{s}_tokens": splits[s].tokens(),
-            f"{s}_shards": len(index[s]),
-        }
-    if source.records:
-        meta |= {f"{s}_records": splits[s].documents for s in SPLITS}
-        meta |= {f"{s}_loss_tokens": splits[s].loss_tokens for s in SPLITS}
-        meta["loss_mask"] = {
-            "dtype": "uint8",
-            "files": "beside each shard, named under 'mask' in index.json",
-            "meaning": "one per token: 1 = the loss covers it (response), 0 = it does not (prompt)",
-        }
-    meta["tokens_sha256"] = tokens_sha256(index)
-    meta["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return meta

@@ -1,6 +1,7 @@
 """Where text comes from: Tiny Shakespeare (downloaded and checked), local files, Python's stdlib,
 JSONL (a text field, a template over each record, or prompt/response pairs for fine-tuning),
-Parquet files, and Hugging Face datasets (TinyStories, FineWeb, any other, or a local copy).
+and Parquet files; Hugging Face datasets (TinyStories, FineWeb, any other, or a local copy) are
+in hub.py.
 
 A `Source` reads its documents lazily, one at a time and in a fixed order, so that a corpus larger
 than memory streams through `prepare`; its `identity` says exactly what was read, for meta.json and
@@ -26,7 +27,6 @@ from trickster.errors import UserError
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
-TINYSTORIES = "roneneldan/TinyStories"
 DATASETS_EXTRA = "pip install 'nano-trickster[datasets]'"
 
 
@@ -157,7 +157,7 @@ def text_files(patterns: list[str]) -> Source:
 
     return Source(
         "text",
-        {"source": "text", "files": _file_identity(files)},
+        {"source": "text", "files": file_identity(files)},
         read,
         single_document=len(files) == 1,
         total_bytes=sum(p.stat().st_size for p in files),
@@ -224,7 +224,7 @@ def jsonl_documents(
     how = {"text_field": text_field} if text_field is not None else {"template": template}
     return Source(
         "jsonl",
-        {"source": "jsonl", "files": _file_identity(files), **how},
+        {"source": "jsonl", "files": file_identity(files), **how},
         read,
         total_bytes=sum(p.stat().st_size for p in files),
         files=[str(p) for p in files],
@@ -234,12 +234,12 @@ def jsonl_documents(
 def parquet_documents(patterns: list[str], text_field: str = "text") -> Source:
     """One document per row of `text_field`, read one record batch at a time (pyarrow)."""
     files = expand_paths(patterns)
-    pq = _require("pyarrow.parquet", "Parquet files need the `pyarrow` package")
+    pq = require_package("pyarrow.parquet", "Parquet files need the `pyarrow` package")
     for path in files:
         try:
             columns = pq.ParquetFile(path).schema_arrow.names
         except Exception as err:  # pyarrow raises ArrowInvalid (a ValueError) or OSError
-            raise UserError(f"{path} is not a Parquet file ({_one_line(err)}); pass .parquet files") from None
+            raise UserError(f"{path} is not a Parquet file ({one_line(err)}); pass .parquet files") from None
         if text_field not in columns:
             raise UserError(
                 f"{path} has no column '{text_field}' (it has: {', '.join(columns[:10])}); "
@@ -259,137 +259,14 @@ def parquet_documents(patterns: list[str], text_field: str = "text") -> Source:
 
     return Source(
         "parquet",
-        {"source": "parquet", "files": _file_identity(files), "text_field": text_field},
+        {"source": "parquet", "files": file_identity(files), "text_field": text_field},
         read,
         total_bytes=None,  # compressed sizes say little about the text inside
         files=[str(p) for p in files],
     )
 
 
-def hf_dataset(
-    dataset: str,
-    config: str | None = None,
-    split: str = "train",
-    text_field: str = "text",
-    val_split: str | None = None,
-    name: str = "hf",
-) -> Source:
-    """A Hugging Face dataset, streamed (`datasets.load_dataset(..., streaming=True)`).
-
-    `dataset` is a hub name (`HuggingFaceFW/fineweb-edu`) or a local folder: parquet/json/text files
-    (the splits come from the file names, `train-*.parquet`, `validation-*.parquet`) or a dataset
-    written by `save_to_disk`. `val_split` names the dataset's own validation split, if it is used.
-    """
-    _require("datasets", "Hugging Face datasets need the `datasets` package")
-    local = Path(dataset)
-    identity = {
-        "source": name,
-        "dataset": dataset,
-        "config": config,
-        "split": split,
-        "text_field": text_field,
-    }
-    if val_split:
-        identity["val_split"] = val_split
-    if local.is_dir():
-        identity["files"] = _file_identity(sorted(p for p in local.rglob("*") if p.is_file()))
-    elif local.exists():
-        raise UserError(
-            f"{dataset} is a file; pass a dataset name or a folder (for Parquet files use `parquet`)"
-        )
-    read_val = None
-    if val_split:
-
-        def read_val() -> Iterator[str]:
-            return _hf_texts(dataset, config, val_split, text_field, name)
-
-    return Source(
-        name,
-        identity,
-        lambda: _hf_texts(dataset, config, split, text_field, name),
-        read_val=read_val,
-        files=[dataset],
-    )
-
-
-def tinystories(dataset: str = TINYSTORIES) -> Source:
-    """TinyStories: one story per row ("text"), with its own validation split."""
-    return hf_dataset(dataset, split="train", text_field="text", val_split="validation", name="tinystories")
-
-
-TINYSTORIES_LAYOUT = (
-    "tinystories reads the 'text' field of splits 'train' and 'validation'; for a dataset laid out "
-    "otherwise use `trickster data prepare hf DATASET` with --text-field and --split"
-)
-
-
-def _fix(name: str, flags: str) -> str:
-    """What to change: `hf` has the flags to name fields and splits; `tinystories` has none."""
-    return TINYSTORIES_LAYOUT if name == "tinystories" else flags
-
-
-def _open_hf(dataset: str, config: str | None, split: str, name: str):
-    datasets = _require("datasets", "Hugging Face datasets need the `datasets` package")
-    import huggingface_hub
-
-    # their retry warnings would bury the one line that says what is wrong
-    datasets.logging.set_verbosity_error()
-    huggingface_hub.utils.logging.set_verbosity_error()
-    where = Path(dataset)
-    fix = _fix(
-        name,
-        "check the name (and --config/--split) on huggingface.co/datasets and your connection, "
-        "or pass a local folder",
-    )
-    try:
-        if where.is_dir() and any(
-            (where / f).is_file() for f in ("dataset_dict.json", "dataset_info.json", "state.json")
-        ):
-            saved = datasets.load_from_disk(str(where))
-            if isinstance(saved, datasets.DatasetDict):
-                if split not in saved:
-                    raise UserError(
-                        f"{dataset} has no split '{split}' (it has: {', '.join(saved)}); "
-                        + _fix(name, "pass --split")
-                    )
-                saved = saved[split]
-            return saved.to_iterable_dataset()
-        return datasets.load_dataset(dataset, config, split=split, streaming=True)
-    except UserError:
-        raise
-    except Exception as err:  # hub, network and file errors come as many types; the message says which
-        raise UserError(
-            f"could not open dataset '{dataset}' split '{split}' ({_one_line(err)}); {fix}"
-        ) from None
-
-
-def _hf_texts(dataset: str, config: str | None, split: str, text_field: str, name: str) -> Iterator[str]:
-    rows = iter(_open_hf(dataset, config, split, name))
-    while True:
-        try:
-            row = next(rows)
-        except StopIteration:
-            return
-        except Exception as err:  # a dropped connection mid-stream: the partial output is kept
-            raise UserError(
-                f"reading dataset '{dataset}' failed ({_one_line(err)}); check your connection and run the "
-                "same command again to continue"
-            ) from None
-        if text_field not in row:
-            raise UserError(
-                f"dataset '{dataset}' has no field '{text_field}' (it has: {', '.join(list(row)[:10])}); "
-                + _fix(name, "pass --text-field FIELD")
-            )
-        text = row[text_field]
-        if not isinstance(text, str) and text is not None:
-            raise UserError(
-                f"dataset '{dataset}': field '{text_field}' holds {type(text).__name__}, not text"
-            )
-        if text:
-            yield text
-
-
-def _require(module: str, why: str):
+def require_package(module: str, why: str):
     import importlib
 
     try:
@@ -398,13 +275,13 @@ def _require(module: str, why: str):
         raise UserError(f"{why}: {DATASETS_EXTRA}") from None
 
 
-def _one_line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     line = text[0] if text else type(err).__name__
     return line if len(line) <= 200 else line[:197] + "..."
 
 
-def _file_identity(files: list[Path]) -> list:
+def file_identity(files: list[Path]) -> list:
     """Each file with its size and modification time: a changed input is noticed without reading it."""
     return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import signal
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -45,7 +43,7 @@ from trickster.train.device import (
 )
 from trickster.train.memory import resolve_batch
 from trickster.train.optim import build_optimizer, set_lr
-from trickster.train.recovery import after_step, evaluated, finish, guard
+from trickster.train.recovery import after_step, evaluated, finish, guard, stopped
 from trickster.train.resume import claimed, diverged
 from trickster.train.setup import build_model, on_main, open_run, print_header, stage_shards, write_run_files
 from trickster.train.signals import StopSignals, announce_signals
@@ -53,22 +51,13 @@ from trickster.train.spikes import SpikeDetector
 from trickster.train.state import (
     StepResult,
     StepTimer,
+    TrainResult,
     TrainState,
     nonfinite_weights,
     rng_state,
     set_rng_state,
 )
 from trickster.train.validate import evaluate, sample_text, validation_batches
-
-
-@dataclass
-class TrainResult:
-    cfg: Config  # as resolved for the run (vocab_size filled in)
-    run_dir: Path
-    state: TrainState
-    exit_signal: int | None = None  # SIGINT / SIGTERM if the run was stopped early
-    params: int = 0
-    history: list[dict] = field(default_factory=list)
 
 
 def train(
@@ -223,7 +212,7 @@ class Trainer:
                         with guard(self, "an evaluation", state.step):
                             self.evaluate()
                 if stopping:
-                    return self.stopped()
+                    return stopped(self)
                 if last:
                     break
             return finish(self)
@@ -451,18 +440,6 @@ class Trainer:
             "data_path": str(data.path),
             "manifest": self.manifest,
         }
-
-    def stopped(self) -> TrainResult:
-        """A signal ended the run: the checkpoint of this step is saved; say how to go on."""
-        received = self.signals.received or signal.SIGTERM  # another process was signalled
-        name = signal.Signals(received).name
-        self.metrics.write("stopped", self.state.step, signal=name)
-        self.heartbeat.beat("stopped", self.state.step, reason=name)
-        self.out.line(
-            f"stopped by {name} at step {self.state.step}; saved "
-            f"checkpoints/{ckpt.step_name(self.state.step)} (continue with --resume)"
-        )
-        return self.result(received)
 
     def result(self, exit_signal: int | None = None) -> TrainResult:
         history = read_metrics(self.run_dir / "metrics.jsonl")

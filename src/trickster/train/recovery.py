@@ -1,22 +1,24 @@
 """What a long run does for itself: it rolls back after a loss spike, warns after its first step
 when it will take far longer than its settings suggest, turns an out-of-memory error into one
-line, and ends at its last step or at its time budget. Used by loop.Trainer (these read and
-change its state).
+line, and ends at its last step, at its time budget or at a stop signal. Used by loop.Trainer
+(these read and change its state).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import signal
 from typing import TYPE_CHECKING
 
 from trickster.train import checkpoint as ckpt
 from trickster.train import dist
 from trickster.train.memory import OUT_OF_MEMORY, out_of_memory
 from trickster.train.spikes import Spike, checkpoint_before, discard_after, spike_line, too_many_spikes
+from trickster.train.state import TrainResult
 
 if TYPE_CHECKING:
-    from trickster.train.loop import Trainer, TrainResult
+    from trickster.train.loop import Trainer
     from trickster.train.state import StepResult
 
 
@@ -35,6 +37,19 @@ def finish(trainer: Trainer) -> TrainResult:
         trainer.metrics.write("end", state.step, best_val_loss=best, skipped_steps=state.skipped_steps)
         trainer.heartbeat.beat("finished", state.step)
     return trainer.result()
+
+
+def stopped(trainer: Trainer) -> TrainResult:
+    """A signal ended the run: the checkpoint of this step is saved; say how to go on."""
+    received = trainer.signals.received or signal.SIGTERM  # another process was signalled
+    name = signal.Signals(received).name
+    trainer.metrics.write("stopped", trainer.state.step, signal=name)
+    trainer.heartbeat.beat("stopped", trainer.state.step, reason=name)
+    trainer.out.line(
+        f"stopped by {name} at step {trainer.state.step}; saved "
+        f"checkpoints/{ckpt.step_name(trainer.state.step)} (continue with --resume)"
+    )
+    return trainer.result(received)
 
 
 def evaluated(trainer: Trainer) -> None:

@@ -1,5 +1,5 @@
-"""Where a run stands: its counters, the outcome and timing of its steps, and every random
-generator it draws from."""
+"""Where a run stands: its counters, the outcome and timing of its steps, every random generator
+it draws from, and what a finished run returns (TrainResult)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,13 @@ import contextlib
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
+
+from trickster.config import Config
 
 
 @dataclass
@@ -96,3 +99,13 @@ def set_rng_state(rng: dict, device: torch.device) -> None:
     random.setstate((version, tuple(internal), gauss))
     kind, keys, pos, has_gauss, cached = rng["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+@dataclass
+class TrainResult:
+    cfg: Config  # as resolved for the run (vocab_size filled in)
+    run_dir: Path
+    state: TrainState
+    exit_signal: int | None = None  # SIGINT / SIGTERM if the run was stopped early
+    params: int = 0
+    history: list[dict] = field(default_factory=list)

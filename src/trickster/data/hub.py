@@ -1,0 +1,135 @@
+"""Hugging Face datasets as sources: a hub name (TinyStories, FineWeb, any other) or a local copy
+(parquet/json/text files, or a folder written by `save_to_disk`), streamed one row at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from trickster.data.sources import Source, file_identity, one_line, require_package
+from trickster.errors import UserError
+
+TINYSTORIES = "roneneldan/TinyStories"
+
+
+def hf_dataset(
+    dataset: str,
+    config: str | None = None,
+    split: str = "train",
+    text_field: str = "text",
+    val_split: str | None = None,
+    name: str = "hf",
+) -> Source:
+    """A Hugging Face dataset, streamed (`datasets.load_dataset(..., streaming=True)`).
+
+    `dataset` is a hub name (`HuggingFaceFW/fineweb-edu`) or a local folder: parquet/json/text files
+    (the splits come from the file names, `train-*.parquet`, `validation-*.parquet`) or a dataset
+    written by `save_to_disk`. `val_split` names the dataset's own validation split, if it is used.
+    """
+    require_package("datasets", "Hugging Face datasets need the `datasets` package")
+    local = Path(dataset)
+    identity = {
+        "source": name,
+        "dataset": dataset,
+        "config": config,
+        "split": split,
+        "text_field": text_field,
+    }
+    if val_split:
+        identity["val_split"] = val_split
+    if local.is_dir():
+        identity["files"] = file_identity(sorted(p for p in local.rglob("*") if p.is_file()))
+    elif local.exists():
+        raise UserError(
+            f"{dataset} is a file; pass a dataset name or a folder (for Parquet files use `parquet`)"
+        )
+    read_val = None
+    if val_split:
+
+        def read_val() -> Iterator[str]:
+            return _hf_texts(dataset, config, val_split, text_field, name)
+
+    return Source(
+        name,
+        identity,
+        lambda: _hf_texts(dataset, config, split, text_field, name),
+        read_val=read_val,
+        files=[dataset],
+    )
+
+
+def tinystories(dataset: str = TINYSTORIES) -> Source:
+    """TinyStories: one story per row ("text"), with its own validation split."""
+    return hf_dataset(dataset, split="train", text_field="text", val_split="validation", name="tinystories")
+
+
+TINYSTORIES_LAYOUT = (
+    "tinystories reads the 'text' field of splits 'train' and 'validation'; for a dataset laid out "
+    "otherwise use `trickster data prepare hf DATASET` with --text-field and --split"
+)
+
+
+def _fix(name: str, flags: str) -> str:
+    """What to change: `hf` has the flags to name fields and splits; `tinystories` has none."""
+    return TINYSTORIES_LAYOUT if name == "tinystories" else flags
+
+
+def _open_hf(dataset: str, config: str | None, split: str, name: str):
+    datasets = require_package("datasets", "Hugging Face datasets need the `datasets` package")
+    import huggingface_hub
+
+    # their retry warnings would bury the one line that says what is wrong
+    datasets.logging.set_verbosity_error()
+    huggingface_hub.utils.logging.set_verbosity_error()
+    where = Path(dataset)
+    fix = _fix(
+        name,
+        "check the name (and --config/--split) on huggingface.co/datasets and your connection, "
+        "or pass a local folder",
+    )
+    try:
+        if where.is_dir() and any(
+            (where / f).is_file() for f in ("dataset_dict.json", "dataset_info.json", "state.json")
+        ):
+            saved = datasets.load_from_disk(str(where))
+            if isinstance(saved, datasets.DatasetDict):
+                if split not in saved:
+                    raise UserError(
+                        f"{dataset} has no split '{split}' (it has: {', '.join(saved)}); "
+                        + _fix(name, "pass --split")
+                    )
+                saved = saved[split]
+            return saved.to_iterable_dataset()
+        return datasets.load_dataset(dataset, config, split=split, streaming=True)
+    except UserError:
+        raise
+    except Exception as err:  # hub, network and file errors come as many types; the message says which
+        raise UserError(
+            f"could not open dataset '{dataset}' split '{split}' ({one_line(err)}); {fix}"
+        ) from None
+
+
+def _hf_texts(dataset: str, config: str | None, split: str, text_field: str, name: str) -> Iterator[str]:
+    rows = iter(_open_hf(dataset, config, split, name))
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except Exception as err:  # a dropped connection mid-stream: the partial output is kept
+            raise UserError(
+                f"reading dataset '{dataset}' failed ({one_line(err)}); check your connection and run the "
+                "same command again to continue"
+            ) from None
+        if text_field not in row:
+            raise UserError(
+                f"dataset '{dataset}' has no field '{text_field}' (it has: {', '.join(list(row)[:10])}); "
+                + _fix(name, "pass --text-field FIELD")
+            )
+        text = row[text_field]
+        if not isinstance(text, str) and text is not None:
+            raise UserError(
+                f"dataset '{dataset}': field '{text_field}' holds {type(text).__name__}, not text"
+            )
+        if text:
+            yield text
