@@ -434,6 +434,14 @@ def test_a_full_disk_under_safetensors_is_one_clear_error(micro, monkeypatch):
         return save_file(tensors, filename, *args, **kwargs)
 
     monkeypatch.setattr(checkpoint, "save_file", full)
+    cfg = _refused_at_the_second_checkpoint(micro)
+    monkeypatch.setattr(checkpoint, "save_file", save_file)  # space freed
+    assert train(cfg, resume=True, **QUIET).state.step == 8
+
+
+def _refused_at_the_second_checkpoint(micro):
+    """Trains with a checkpoint every 2 steps, whose second save meets the full disk: one line,
+    and the first checkpoint is all there is. Returns the config (to resume)."""
     cfg = micro(training_config={"max_steps": 8, "warmup_steps": 1, "eval_every": 100, "save_every": 2})
     with pytest.raises(
         UserError, match=r"could not write checkpoint .*step_000004 \(No space left on device\)"
@@ -441,8 +449,7 @@ def test_a_full_disk_under_safetensors_is_one_clear_error(micro, monkeypatch):
         train(cfg, **QUIET)
     run_dir = Path(cfg.logging.output_dir)
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_000002"]
-    monkeypatch.setattr(checkpoint, "save_file", save_file)  # space freed
-    assert train(cfg, resume=True, **QUIET).state.step == 8
+    return cfg
 
 
 def test_a_full_disk_under_torch_save_is_one_clear_error(micro, monkeypatch):
@@ -466,13 +473,7 @@ def test_a_full_disk_under_torch_save_is_one_clear_error(micro, monkeypatch):
     monkeypatch.setattr(
         shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 4096, 4096)
     )
-    cfg = micro(training_config={"max_steps": 8, "warmup_steps": 1, "eval_every": 100, "save_every": 2})
-    with pytest.raises(
-        UserError, match=r"could not write checkpoint .*step_000004 \(No space left on device\)"
-    ):
-        train(cfg, **QUIET)
-    run_dir = Path(cfg.logging.output_dir)
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_000002"]
+    _refused_at_the_second_checkpoint(micro)
     assert checkpoint.FULL_BELOW > 4096
 
 
