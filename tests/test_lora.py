@@ -91,3 +91,24 @@ def test_lora_trains_only_adapters_and_the_merged_export_equals_the_adapted_mode
     train(resumed_cfg, resume=True, **QUIET)
     again = load_file(partial / "checkpoints" / "final" / lora.ADAPTERS)
     assert all(torch.equal(again[k], adapters[k]) for k in adapters)
+
+
+def test_a_lora_run_resumes_after_its_init_from_source_is_gone(trained_run, chat_data, tmp_path):
+    """The checkpoint holds the base weights and the adapters: resuming needs nothing else."""
+    source = tmp_path / "base"
+    shutil.copytree(trained_run, source)
+    lora_cfg = {"rank": 2, "alpha": 4, "targets": ["wq", "w2"]}
+    cfg = finetune_config(source, chat_data[0], tmp_path / "full", max_steps=4, save_every=2, lora=lora_cfg)
+    train(cfg, **QUIET)
+    partial = tmp_path / "partial"
+    (partial / "checkpoints").mkdir(parents=True)
+    step = "checkpoints/step_000002"
+    shutil.copytree(tmp_path / "full" / step, partial / step)
+    shutil.rmtree(source)
+    resumed_cfg = cfg.model_copy(deep=True)
+    resumed_cfg.logging.output_dir = str(partial)
+    train(resumed_cfg, resume=True, **QUIET)
+    for file in (ckpt.WEIGHTS, lora.ADAPTERS):
+        want = load_file(tmp_path / "full" / "checkpoints" / "final" / file)
+        got = load_file(partial / "checkpoints" / "final" / file)
+        assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)

@@ -14,6 +14,7 @@ from trickster import footprint, plan
 from trickster.cli import main
 from trickster.config import config_from_dict, load_config, preset_names, save_config
 from trickster.errors import UserError
+from trickster.model import lora
 from trickster.model.flops import flops_per_token, parameter_breakdown
 from trickster.model.transformer import Transformer
 from trickster.train.loop import train
@@ -193,6 +194,31 @@ def test_token_budgets_read_like_people_write_them(text, tokens):
 def test_a_bad_token_budget_is_refused(text):
     with pytest.raises(UserError, match="--tokens must be a positive number"):
         plan.parse_tokens(text)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_a_lora_run_keeps_gradients_and_optimizer_state_for_the_adapters_only(optimizer):
+    lora_cfg = {"rank": 4, "targets": ["wq", "v_proj", "w2"]}
+    model_cfg = {"hidden_dim": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "mlp_dim": 192}
+    cfg = config_from_dict(
+        {
+            "model_config": {**model_cfg, "vocab_size": 65, "tie_embeddings": False},
+            "training_config": {"optimizer": optimizer, "init_from": "runs/base", "lora": lora_cfg},
+        }
+    )
+    model = Transformer(cfg.model)
+    lora.apply_lora(model, cfg.training.lora)
+    optimizer = build_optimizer(model, cfg.training, torch.device("cpu"))
+    idx = torch.randint(0, 65, (2, 17))
+    model(idx[:, :-1], idx[:, 1:])[1].backward()
+    optimizer.step()
+    memory = footprint.memory_estimate(cfg)
+    assert memory.weights == sum(p.numel() * p.element_size() for p in model.parameters())
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert memory.gradients == sum(g.numel() * g.element_size() for g in grads)
+    moments = [t for s in optimizer.state.values() for t in s.values() if t.ndim > 0]
+    assert memory.optimizer == sum(t.numel() * t.element_size() for t in moments)
+    assert model.output.weight.grad is None and memory.loss_gradient == 0  # the frozen output
 
 
 def test_fsdp_divides_the_model_state_by_the_shard_count():

@@ -7,6 +7,9 @@ N = the FSDP shard degree, 1 without FSDP):
 - weights 4P/N, gradients 4P/N, AdamW state 8P/N (exp_avg and exp_avg_sq; with optimizer: muon,
   the block matrices Muon takes keep one momentum buffer, 4 bytes each): all float32,
   whatever device_config.dtype says (autocast computes in bf16/fp16; it keeps float32 weights).
+  With LoRA (training_config.lora) only the A adapters' parameters train: weights 4(P + A),
+  gradients 4A, AdamW state 8A (adapters always train with AdamW), and no gradient for the
+  frozen output matrix.
   With bf16/fp16 autocast also caches a 2-byte copy of every matrix: + 2P (not under FSDP with
   bfloat16, whose gathered weights are already bfloat16).
 - FSDP's gathered weights (2 bytes each with bfloat16, else 4): the root (embedding, final norm,
@@ -42,7 +45,7 @@ import torch
 from trickster.config import Config
 from trickster.errors import UserError
 from trickster.model import transformer
-from trickster.model.flops import parameter_breakdown
+from trickster.model.flops import adapter_parameters, parameter_breakdown
 
 HEADROOM = 0.9  # use at most this fraction of the device's memory
 
@@ -103,8 +106,11 @@ def memory_estimate(
     """Bytes for one training step on one process at cfg's micro-batch (or the one given)."""
     b = parameter_breakdown(cfg.model)
     P, shards = b.total, shard_degree(cfg, processes)
+    lora = cfg.training.lora
+    adapters = 0 if lora is None else adapter_parameters(cfg.model, lora)
+    trained = P if lora is None else adapters  # LoRA freezes every weight of the model
     muon = 0  # the block matrices: everything in the blocks but their two norm weights
-    if cfg.training.optimizer == "muon":
+    if cfg.training.optimizer == "muon" and lora is None:
         muon = b.blocks - 2 * cfg.model.hidden_dim * cfg.model.num_layers
     tokens = (batch_size or cfg.training.batch_size) * (seq_len or cfg.seq_len)
     half = cfg.device.dtype in ("bfloat16", "float16")
@@ -113,21 +119,21 @@ def memory_estimate(
         width = 2 if cfg.device.dtype == "bfloat16" else 4  # the MixedPrecisionPolicy's weights
         working = b.embedding + b.output + b.final_norm + 2 * b.per_block
         if cfg.training.gradient_accumulation_steps > 1:
-            gathered = P * width + 4 * P
+            gathered = P * width + 4 * trained
         else:
             gathered = min(working, P) * width
         autocast_copy = 2 * min(working, P) if half and width == 4 else 0
     chunk = min(tokens, max(1, transformer.LOSS_CHUNK_ELEMENTS // cfg.model.vocab_size))
     return Memory(
-        weights=4 * P // shards,
-        gradients=4 * P // shards,
-        optimizer=(8 * (P - muon) + 4 * muon) // shards,
+        weights=4 * (P + adapters) // shards,
+        gradients=4 * trained // shards,
+        optimizer=(8 * (trained - muon) + 4 * muon) // shards,
         autocast_copy=autocast_copy,
         activations=tokens * activation_bytes_per_token(cfg),  # no T x T term (fused attention)
         logits=3 * chunk * cfg.model.vocab_size * 4,
         gathered=gathered,
         shards=shards,
-        loss_gradient=activation_bytes(cfg, 0),
+        loss_gradient=activation_bytes(cfg, 0) if lora is None else 0,  # LoRA: the output is frozen
     )
 
 

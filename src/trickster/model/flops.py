@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from trickster.config import ModelConfig
+from trickster.config import LoraConfig, ModelConfig
+from trickster.model.lora import target_names
 
 
 @dataclass
@@ -29,6 +30,14 @@ def parameter_breakdown(cfg: ModelConfig) -> ParameterBreakdown:
     blocks = per_block * cfg.num_layers
     total = embedding + blocks + d + output
     return ParameterBreakdown(embedding, per_block, blocks, d, output, cfg.tie_embeddings, total)
+
+
+def adapter_parameters(cfg: ModelConfig, lora: LoraConfig) -> int:
+    """LoRA's trainable parameters: rank x (inputs + outputs) of each target layer of every block."""
+    d, m = cfg.hidden_dim, cfg.mlp_dim
+    kv = (cfg.num_kv_heads or cfg.num_heads) * (d // cfg.num_heads)
+    sides = {"wq": d + d, "wk": d + kv, "wv": d + kv, "wo": d + d, "w1": d + m, "w3": d + m, "w2": m + d}
+    return cfg.num_layers * lora.rank * sum(sides[name] for name in target_names(lora))
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> int:

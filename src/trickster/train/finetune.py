@@ -2,8 +2,10 @@
 `training_config.lora`, train low-rank adapters only.
 
 `train()` calls `setup_finetuning` once, right after it builds the model and before the optimizer
-sees the parameters; without init_from it does nothing. Loss masking for prompt/response data
-needs nothing here: the data loader gives prompt positions the target -100, which the loss ignores.
+sees the parameters; without init_from it does nothing. A resumed run only gets its adapters back:
+its checkpoint holds every weight, so the init_from source may since have moved or been deleted.
+Loss masking for prompt/response data needs nothing here: the data loader gives prompt positions
+the target -100, which the loss ignores.
 """
 
 from __future__ import annotations
@@ -33,10 +35,17 @@ SAME_FIELDS = (
 )
 
 
-def setup_finetuning(model: Transformer, cfg: Config, tokenizer: Tokenizer, echo: Callable = print) -> None:
-    """Copy the init_from weights into `model`, then add LoRA adapters if configured."""
+def setup_finetuning(
+    model: Transformer, cfg: Config, tokenizer: Tokenizer, echo: Callable = print, resuming: bool = False
+) -> None:
+    """Copy the init_from weights into `model`, then add LoRA adapters if configured; when
+    `resuming`, only add the adapters (the checkpoint's weights are loaded next)."""
     t = cfg.training
     if t.init_from is None:
+        return
+    if resuming:
+        if t.lora is not None:
+            lora.apply_lora(model, t.lora)
         return
     source = ckpt.resolve(t.init_from)
     saved = ckpt.read_config(source)

@@ -37,7 +37,8 @@ def build_model(
 ) -> tuple[Transformer, torch.nn.Module]:
     """The plain model (weights restored before it is wrapped) and the module a step calls."""
     model = Transformer(cfg.model).to(device)
-    setup_finetuning(model, cfg, data.tokenizer, out.line)  # init_from weights, LoRA; else nothing
+    # init_from weights (not on resume: the checkpoint has them), LoRA adapters; else nothing
+    setup_finetuning(model, cfg, data.tokenizer, out.line, resuming=resumed_from is not None)
     if resumed_from is not None:
         ckpt.load_weights(model, resumed_from / ckpt.WEIGHTS)
     model.checkpoint_activations = cfg.device.activation_checkpointing
