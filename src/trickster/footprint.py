@@ -18,15 +18,19 @@ N = the FSDP shard degree, 1 without FSDP):
   are kept whole in float32 until the last one: P x 2 (or 4) + 4P.
 - activations saved for the backward pass, per token:
   float32:    L * (6d + 2kv + 4m + nh + 2) * 4
-  bf16/fp16:  L * ((2d + nh + 2) * 4 + (4d + 2kv + 4m) * 2)   (RMSNorm keeps float32)
-  with activation checkpointing only each block's input is kept, L * d * 4, plus one block's
-  activations while it is recomputed;
-  plus (2d + 1) * 4 + 8 for the final norm, the loss's gradient for it and the token ids, and,
-  once per step, the loss's float32 gradient for the output matrix, V * d * 4.
-  The float32 line matches, within 1%, the tensors autograd saves for this model on CPU (tested
-  in tests/test_plan.py with saved-tensor hooks). The bf16/fp16 line assumes fused attention
-  (flash / memory-efficient SDPA on a GPU) that keeps no T x T matrix; on CPU half precision
-  keeps more.
+  bf16/fp16:  L * ((2d + nh + 2) * 4 + (7d + 2kv + 4m) * 2)   (RMSNorm keeps float32; autocast
+              casts the normalised input once per projection: for wq, wk, wv and for w1, w3)
+  FSDP2 with bfloat16: L * ((2d + nh + 2) * 4 + (4d + 2kv + 4m) * 2): the weights are gathered in
+              bfloat16, so the residual stream and the projections' inputs are bfloat16 already
+  with activation checkpointing only each block's input is kept, L * d * s, plus one block's
+  activations while it is recomputed (s, the residual stream's bytes: 2 under FSDP2 with
+  bfloat16, else 4);
+  plus d * 4 + d * s + 4 + 8 for the final norm, the loss's gradient for it and the token ids,
+  and, once per step, the loss's float32 gradient for the output matrix, V * d * 4.
+  Each line matches, within 1%, the tensors autograd saves for this model on CPU (tested in
+  tests/test_plan.py with saved-tensor hooks; bfloat16 with and without FSDP2, with and without
+  checkpointing). The half-precision lines assume fused attention (flash / memory-efficient SDPA)
+  that keeps no T x T matrix, as torch's CPU attention in bfloat16 does too.
 - the loss's working memory: one chunk of float32 logits (model/transformer.py computes the loss
   a chunk of at most 2^25 logits at a time), about three tensors of that size.
 
@@ -80,12 +84,16 @@ def activation_bytes_per_token(cfg: Config) -> int:
     m = cfg.model
     d, L, nh = m.hidden_dim, m.num_layers, m.num_heads
     kv = (m.num_kv_heads or m.num_heads) * (d // nh)
+    # FSDP2 with bfloat16 gathers bfloat16 weights: the residual stream is bfloat16, and each
+    # projection's input is already bfloat16 (autocast casts a float32 one anew for every projection)
+    stream = 2 if cfg.device.enable_fsdp and cfg.device.dtype == "bfloat16" else 4
     if cfg.device.dtype in ("float32", "auto"):
         per_layer = (6 * d + 2 * kv + 4 * m.mlp_dim + nh + 2) * 4
     else:
         per_layer = (2 * d + nh + 2) * 4 + (4 * d + 2 * kv + 4 * m.mlp_dim) * 2
-    blocks = L * d * 4 + per_layer if cfg.device.activation_checkpointing else L * per_layer
-    return blocks + (2 * d + 1) * 4 + 8
+        per_layer += 3 * d * 2 if stream == 4 else 0  # casts for wk, wv (beside wq's) and w3 (w1's)
+    blocks = L * d * stream + per_layer if cfg.device.activation_checkpointing else L * per_layer
+    return blocks + d * 4 + d * stream + 4 + 8
 
 
 def activation_bytes(cfg: Config, tokens: int) -> int:
