@@ -419,3 +419,30 @@ def test_samples_during_training_follow_rank_0_even_past_a_stop_token(mode, eot_
     assert len(samples) == 3 and all(len(s) > len("ROMEO:") for s in samples), samples
     rank1 = log.read_text().splitlines() if log.exists() else []
     assert len(rank1) == (3 if mode == "enable_fsdp" else 0)
+
+
+def lora_config(shakespeare_dir, run_dir, base: Path, batch_size: int, **device):
+    """4 steps of LoRA fine-tuning of `base`, an evaluation and the final checkpoint at 4."""
+    lora = {"init_from": str(base), "lora": {"rank": 4}, "max_steps": 4, "eval_every": 4}
+    sections = {
+        "training_config": {**RUN["training_config"], **lora, "batch_size": batch_size},
+        "device_config": {"device": "cpu", "threads": 1, "timeout_s": 120, **device},
+    }
+    return micro_config(shakespeare_dir, run_dir, **sections)
+
+
+@pytest.mark.parametrize("mode", ["enable_ddp", "enable_fsdp"])
+def test_lora_on_two_processes_matches_one_and_saves_gathered_adapters(
+    mode, single, shakespeare_dir, tmp_path
+):
+    """LoRA fine-tuning of the reference run: under FSDP2 the adapters are sharded like every
+    weight, and the checkpoint must hold them gathered (it failed to write them: "invalid python
+    storage"), equal to those of one process with the same global batch."""
+    reference = train(lora_config(shakespeare_dir, tmp_path / "alone", single.run_dir, 8), **QUIET)
+    run_dir = tmp_path / "run"
+    forked_job(lora_config(shakespeare_dir, run_dir, single.run_dir, 4, **{mode: True}), tmp_path)
+    assert_close_losses(losses(history(run_dir)), losses(reference.history))
+    a, b = (load_file(d / "checkpoints" / "final" / "lora.safetensors") for d in (run_dir, reference.run_dir))
+    assert a.keys() == b.keys() and len(a) == 8  # A and B of wq and wv in 2 blocks
+    for name, tensor in b.items():
+        torch.testing.assert_close(a[name], tensor, atol=1e-5, rtol=1e-5)
