@@ -294,6 +294,48 @@ def test_a_dead_process_ends_the_job(shakespeare_dir, tmp_path):
     assert took < 60, took
 
 
+def test_a_silent_process_ends_the_job_after_timeout_s_with_one_line(shakespeare_dir, tmp_path):
+    """Rank 1 stops answering at its third step (tests/dist_child.py): rank 0's collective times
+    out after device_config.timeout_s and it ends with one line and exit status 2, not gloo's
+    traceback."""
+    run_dir = tmp_path / "run"
+    cfg = config(shakespeare_dir, run_dir, batch_size=4, enable_fsdp=True, timeout_s=2)
+    began = time.monotonic()
+    result = forked_job(cfg, tmp_path, fault="hang-at-step:3")
+    assert time.monotonic() - began < 60
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = "error: another process of the job ended or stopped answering (within device_config.timeout_s=2 s)"
+    assert f"{line} during a training step at step 3: Timed out" in result.stderr
+    assert "no checkpoint was saved yet" in result.stderr and "Traceback" not in result.stderr
+    assert history(run_dir)[-1] | {"time": 0} == {
+        "event": "stopped",
+        "step": 2,
+        "time": 0,
+        "reason": "lost-process",
+        "during": "a training step",
+    }
+
+
+def test_a_process_dead_in_a_sharded_checkpoint_leaves_the_one_before_to_resume(
+    single, shakespeare_dir, tmp_path
+):
+    """Rank 1 dies as the FSDP2 checkpoint of step 20, `final`, begins (tests/dist_child.py),
+    before its shard of the optimizer state is written, and the job is killed: no `final`
+    (complete or not) is left to resume from, and --resume continues from step 10 as the
+    uninterrupted run."""
+    run_dir = tmp_path / "run"
+    cfg = config(shakespeare_dir, run_dir, batch_size=4, enable_fsdp=True, timeout_s=30)
+    result = forked_job(cfg, tmp_path, fault="die-in-save:2")
+    assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+    assert not (run_dir / "checkpoints" / "final").exists()
+    assert ckpt.latest(run_dir).name == "step_000010"
+    forked_job(cfg, tmp_path, "--resume")
+    records = history(run_dir)
+    assert [(r["step"], r["checkpoint"]) for r in records if r["event"] == "resume"] == [(10, "step_000010")]
+    assert_close_losses(losses(records), losses(single.history))
+    assert not [p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".")]
+
+
 def _read(path: Path) -> str:
     return path.read_text() if path.exists() else ""
 

@@ -287,6 +287,19 @@ def barrier(d: Dist) -> None:
         dist.barrier()
 
 
+def lost_peer(err: BaseException, d: Dist) -> str | None:
+    """What a failed collective says when another process of the job died or stopped answering
+    for timeout_s, in a few words ("Connection reset by peer", "Timed out waiting 10000ms ...");
+    None for any other error. gloo raises a RuntimeError that names its transport, NCCL a
+    DistBackendError."""
+    text = str(err).strip()
+    if not d.active or not isinstance(err, RuntimeError) or not text:
+        return None
+    if isinstance(err, dist.DistError) or "gloo/transport" in text:
+        return text.splitlines()[-1].split("] ", 1)[-1][:160]  # without gloo's source file
+    return None
+
+
 def to_full(value):
     """A plain tensor from a DTensor (FSDP2 gradient norms are DTensors)."""
     return value.full_tensor() if hasattr(value, "full_tensor") else value
