@@ -19,6 +19,8 @@ FAULT:
                   its shard of the FSDP2 optimizer state (rank 0 has made the folder)
     hang-at-step:N
                   rank 1 stops answering (sleeps) at its Nth training step
+    term-at-step:N
+                  rank 1 alone receives SIGTERM during its Nth training step
 
 The faults are injected here, in the test, so the product code carries no hooks.
 """
@@ -101,9 +103,9 @@ def install(fault: str) -> None:
         loader.BatchSampler.__init__ = skipping_init
     elif fault.startswith("die-in-save:") and rank1:
         _die_in_save(int(fault.split(":")[1]))
-    elif fault.startswith("hang-at-step:") and rank1:
-        _hang_at_step(int(fault.split(":")[1]))
-    elif not fault.startswith(("stop-token:", "die-in-save:", "hang-at-step:")):
+    elif fault.startswith(("hang-at-step:", "term-at-step:")) and rank1:
+        _at_step(int(fault.split(":")[1]), hang=fault.startswith("hang"))
+    elif not fault.startswith(("stop-token:", "die-in-save:", "hang-at-step:", "term-at-step:")):
         raise SystemExit(f"unknown fault {fault!r}")
 
 
@@ -121,18 +123,21 @@ def _die_in_save(n: int) -> None:
     dist.save_sharded_optimizer = dying
 
 
-def _hang_at_step(n: int) -> None:
-    """Rank 1 sleeps through its Nth step, as a process stuck in a driver or a file system would."""
+def _at_step(n: int, hang: bool) -> None:
+    """Rank 1 sleeps through its Nth step, as a process stuck in a driver or a file system would
+    (`hang`), or sends itself SIGTERM as the step begins."""
     original, calls = loop.Trainer.step, 0
 
-    def hanging(self):
+    def step(self):
         nonlocal calls
         calls += 1
         if calls == n:
-            time.sleep(3600)
+            if hang:
+                time.sleep(3600)
+            os.kill(os.getpid(), signal.SIGTERM)
         return original(self)
 
-    loop.Trainer.step = hanging
+    loop.Trainer.step = step
 
 
 if __name__ == "__main__":

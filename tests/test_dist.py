@@ -294,6 +294,24 @@ def test_a_dead_process_ends_the_job(shakespeare_dir, tmp_path):
     assert took < 60, took
 
 
+def test_sigterm_to_one_process_stops_every_process_after_the_same_step(shakespeare_dir, tmp_path):
+    """SIGTERM reaches rank 1 alone during step 5 (tests/dist_child.py): the stop flag travels in the
+    step's all-reduce, so both processes stop after step 5 and save its FSDP2 checkpoint together."""
+    run_dir = tmp_path / "run"
+    cfg = config(shakespeare_dir, run_dir, batch_size=4, enable_fsdp=True, timeout_s=60)
+    result = forked_job(cfg, tmp_path, fault="term-at-step:5")
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr[-3000:]
+    assert "stopped by SIGTERM at step 5; saved checkpoints/step_000005" in result.stdout
+    assert history(run_dir)[-1]["event"] == "stopped" and history(run_dir)[-1]["step"] == 5
+    saved = ckpt.latest(run_dir)
+    assert saved.name == "step_000005" and ckpt.load_trainer_state(saved)["train_state"]["step"] == 5
+    assert sorted(p.name for p in (saved / ckpt.OPTIMIZER).iterdir()) == [
+        ".metadata",
+        "__0_0.distcp",
+        "__1_0.distcp",
+    ]
+
+
 def test_a_silent_process_ends_the_job_after_timeout_s_with_one_line(shakespeare_dir, tmp_path):
     """Rank 1 stops answering at its third step (tests/dist_child.py): rank 0's collective times
     out after device_config.timeout_s and it ends with one line and exit status 2, not gloo's
