@@ -219,6 +219,30 @@ def test_a_two_process_checkpoint_resumes_in_one_process(single, two_process_job
     assert_close_losses(losses(records), losses(single.history))
 
 
+@pytest.mark.parametrize(("saved", "resumed"), [("enable_ddp", "enable_fsdp"), ("enable_fsdp", "enable_ddp")])
+def test_a_checkpoint_resumes_in_the_other_mode(
+    saved, resumed, single, two_process_job, shakespeare_dir, tmp_path
+):
+    """DDP's checkpoint (optimizer state gathered in trainer.pt) continued under FSDP2, which
+    shards it as it loads; FSDP2's (optimizer shards) continued under DDP, with 2 x 2 windows and
+    accumulation 4, the same global batch: the losses go on as the uninterrupted run's."""
+    source, run_dir = two_process_job(saved)[0], tmp_path / "run"
+    shutil.copytree(source / "checkpoints" / "step_000010", run_dir / "checkpoints" / "step_000010")
+    (run_dir / "metrics.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in history(source) if r["step"] <= 10)
+    )
+    cfg = config(shakespeare_dir, run_dir, batch_size=4, **{resumed: True})
+    split = (
+        ()
+        if resumed == "enable_fsdp"
+        else ("training_config.batch_size=2", "training_config.gradient_accumulation_steps=4")
+    )
+    forked_job(cfg, tmp_path, "--resume", *split)
+    records = history(run_dir)
+    assert [(r["step"], r["checkpoint"]) for r in records if r["event"] == "resume"] == [(10, "step_000010")]
+    assert_close_losses(losses(records), losses(single.history))
+
+
 FSDP = {"batch_size": 4, "enable_fsdp": True, "timeout_s": 120}
 
 
