@@ -84,6 +84,8 @@ def guard(trainer: Trainer, during: str, step: int):
 
 
 def lost_peer(trainer: Trainer, during: str, step: int, reason: str) -> UserError:
+    """The one line for a collective that failed `during` "a training step", "an evaluation" or
+    "a checkpoint" because another process died or went silent (dist.lost_peer's `reason`)."""
     good = ckpt.latest(trainer.run_dir)
     where = f"continue from checkpoints/{good.name} with --resume" if good else "no checkpoint was saved yet"
     return UserError(
