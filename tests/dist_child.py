@@ -15,6 +15,12 @@ FAULT:
     skip:FIRST:STOP
                   every rank's sampler passes over draws FIRST..STOP-1 from the start (what a
                   rollback makes it do)
+    die-in-save:N rank 1 ends itself with SIGKILL in the Nth checkpoint it saves, before it writes
+                  its shard of the FSDP2 optimizer state (rank 0 has made the folder)
+    hang-at-step:N
+                  rank 1 stops answering (sleeps) at its Nth training step
+    term-at-step:N
+                  rank 1 alone receives SIGTERM during its Nth training step
 
 The faults are injected here, in the test, so the product code carries no hooks.
 """
@@ -23,14 +29,16 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
+import time
 
 import torch
 
 from trickster import cli
 from trickster.data import loader
 from trickster.model import generate as generate_module
-from trickster.train import loop, optim
+from trickster.train import dist, loop, optim
 
 SPIKED_STEPS = {15, 16}  # step indices whose learning rate the "spike" fault multiplies by 100, once
 
@@ -93,8 +101,43 @@ def install(fault: str) -> None:
             self.skip(first, stop)
 
         loader.BatchSampler.__init__ = skipping_init
-    elif not fault.startswith("stop-token:"):
+    elif fault.startswith("die-in-save:") and rank1:
+        _die_in_save(int(fault.split(":")[1]))
+    elif fault.startswith(("hang-at-step:", "term-at-step:")) and rank1:
+        _at_step(int(fault.split(":")[1]), hang=fault.startswith("hang"))
+    elif not fault.startswith(("stop-token:", "die-in-save:", "hang-at-step:", "term-at-step:")):
         raise SystemExit(f"unknown fault {fault!r}")
+
+
+def _die_in_save(n: int) -> None:
+    """Rank 1 kills itself (SIGKILL: no handler, no cleanup) as its Nth checkpoint begins."""
+    original, calls = dist.save_sharded_optimizer, 0
+
+    def dying(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(*args, **kwargs)
+
+    dist.save_sharded_optimizer = dying
+
+
+def _at_step(n: int, hang: bool) -> None:
+    """Rank 1 sleeps through its Nth step, as a process stuck in a driver or a file system would
+    (`hang`), or sends itself SIGTERM as the step begins."""
+    original, calls = loop.Trainer.step, 0
+
+    def step(self):
+        nonlocal calls
+        calls += 1
+        if calls == n:
+            if hang:
+                time.sleep(3600)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self)
+
+    loop.Trainer.step = step
 
 
 if __name__ == "__main__":

@@ -119,6 +119,8 @@ def train_command(source: ConfigSource, resume: bool = False, progress: bool | N
     try:
         result = train(cfg, resume=True if resume else None, progress=progress)
         speaks = dist.is_main_process()  # under torchrun, rank 0 prints the summary
+    except UserError as err:  # one line to print: its frames would keep the process groups alive
+        raise err.with_traceback(None) from None
     finally:
         dist.shutdown()
     if result.exit_signal is not None:

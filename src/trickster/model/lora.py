@@ -83,9 +83,14 @@ def is_adapter(name: str) -> bool:
     return name.endswith(ADAPTER_SUFFIXES)
 
 
-def adapter_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapters of a model (empty for a plain one), as lora.safetensors stores them."""
-    return {n: t.detach().contiguous() for n, t in model.state_dict().items() if is_adapter(n)}
+def adapter_weights(
+    model: nn.Module, state: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """The adapters of a model (empty for a plain one), as lora.safetensors stores them. `state`:
+    the model's gathered full state dict, when the model itself is sharded over processes (its own
+    state_dict() then holds shards)."""
+    state = model.state_dict() if state is None else state
+    return {n: t.detach().contiguous() for n, t in state.items() if is_adapter(n)}
 
 
 @torch.no_grad()

@@ -100,7 +100,7 @@ def save_checkpoint(
         "(earlier checkpoints are untouched)"
     )
     with disk_errors(f"checkpoint {target}", fix):
-        tensors = reuse or (weights_to_save(model, weights), lora.adapter_weights(model))
+        tensors = reuse or (weights_to_save(model, weights), lora.adapter_weights(model, weights))
         return _write_checkpoint(target, tensors, cfg, tokenizer, info, trainer_state, staging)
 
 

@@ -207,7 +207,8 @@ class Trainer:
                 with self.timer.paused():  # evaluations and checkpoints are not training time
                     # the checkpoint first: an evaluation that fails (out of memory) loses no training
                     if state.step % t.save_every == 0 or stopping or last:
-                        self.save("final" if last else ckpt.step_name(state.step), eval_due=evaluating)
+                        with guard(self, "a checkpoint", state.step):
+                            self.save("final" if last else ckpt.step_name(state.step), eval_due=evaluating)
                     if evaluating:
                         with guard(self, "an evaluation", state.step):
                             self.evaluate()

@@ -11,6 +11,7 @@ import math
 import signal
 from typing import TYPE_CHECKING
 
+from trickster.errors import UserError
 from trickster.train import checkpoint as ckpt
 from trickster.train import dist
 from trickster.train.memory import OUT_OF_MEMORY, out_of_memory
@@ -66,13 +67,32 @@ def evaluated(trainer: Trainer) -> None:
 @contextlib.contextmanager
 def guard(trainer: Trainer, during: str, step: int):
     """Out of memory during a step or an evaluation: one line (what ran out, a micro-batch and
-    accumulation that fit, the checkpoint to resume from), and the run ends; nothing is lost."""
+    accumulation that fit, the checkpoint to resume from), and the run ends; nothing is lost.
+    Another process of the job dead or silent (a collective failed): one line too."""
     try:
         yield
     except OUT_OF_MEMORY:
         trainer.metrics.write("stopped", trainer.state.step, reason="out-of-memory", during=during)
         good = ckpt.latest(trainer.run_dir)
         raise out_of_memory(trainer.cfg, trainer.device, during, step, good, trainer.job.world_size) from None
+    except RuntimeError as err:
+        reason = dist.lost_peer(err, trainer.job)
+        if reason is None:
+            raise
+        trainer.metrics.write("stopped", trainer.state.step, reason="lost-process", during=during)
+        raise lost_peer(trainer, during, step, reason) from None
+
+
+def lost_peer(trainer: Trainer, during: str, step: int, reason: str) -> UserError:
+    """The one line for a collective that failed `during` "a training step", "an evaluation" or
+    "a checkpoint" because another process died or went silent (dist.lost_peer's `reason`)."""
+    good = ckpt.latest(trainer.run_dir)
+    where = f"continue from checkpoints/{good.name} with --resume" if good else "no checkpoint was saved yet"
+    return UserError(
+        f"another process of the job ended or stopped answering (within device_config.timeout_s="
+        f"{trainer.cfg.device.timeout_s:g} s) during {during} at step {step}: {reason}; see torchrun's "
+        f"summary for which one and why; {where}"
+    )
 
 
 def after_step(trainer: Trainer, result: StepResult, seconds: float) -> bool:
