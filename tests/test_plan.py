@@ -129,6 +129,15 @@ def test_bfloat16_activation_formula_matches_the_tensors_autograd_saves(fsdp, ch
     assert abs(formula - per_token) / per_token < 0.01, (formula, per_token)
 
 
+def one_real_step(model, cfg):
+    """A forward, backward and optimizer step on a batch of 2 x 16 tokens; returns the optimizer."""
+    optimizer = build_optimizer(model, cfg.training, CPU_DEVICE)
+    idx = torch.randint(0, 65, (2, 17))
+    model(idx[:, :-1], idx[:, 1:])[1].backward()
+    optimizer.step()
+    return optimizer
+
+
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_weights_gradients_and_optimizer_state_match_a_real_step(optimizer):
     cfg = config_from_dict(
@@ -145,10 +154,7 @@ def test_weights_gradients_and_optimizer_state_match_a_real_step(optimizer):
         }
     )
     model = Transformer(cfg.model)
-    optimizer = build_optimizer(model, cfg.training, torch.device("cpu"))
-    idx = torch.randint(0, 65, (2, 17))
-    model(idx[:, :-1], idx[:, 1:])[1].backward()
-    optimizer.step()
+    optimizer = one_real_step(model, cfg)
     memory = footprint.memory_estimate(cfg)
     assert memory.weights == sum(p.numel() * p.element_size() for p in model.parameters())
     assert memory.gradients == sum(p.grad.numel() * p.grad.element_size() for p in model.parameters())
@@ -270,10 +276,7 @@ def test_a_lora_run_keeps_gradients_and_optimizer_state_for_the_adapters_only(op
     )
     model = Transformer(cfg.model)
     lora.apply_lora(model, cfg.training.lora)
-    optimizer = build_optimizer(model, cfg.training, torch.device("cpu"))
-    idx = torch.randint(0, 65, (2, 17))
-    model(idx[:, :-1], idx[:, 1:])[1].backward()
-    optimizer.step()
+    optimizer = one_real_step(model, cfg)
     memory = footprint.memory_estimate(cfg)
     assert memory.weights == sum(p.numel() * p.element_size() for p in model.parameters())
     grads = [p.grad for p in model.parameters() if p.grad is not None]
