@@ -102,11 +102,7 @@ def write_page(path: Path, page: str, fix: str) -> None:
     `fix`: what to do instead, e.g. "choose another --out"."""
     if path.is_file() and path.suffix.lower() not in (".html", ".htm"):
         raise UserError(f"{path} already exists and is not an .html page; {fix} (nothing was changed)")
-    staging = path.parent / f".{path.name}.tmp-{os.getpid()}"
     try:
-        staging.write_text(page, encoding="utf-8")
-        os.replace(staging, path)
+        replace_file(path, page)
     except OSError as err:
-        with contextlib.suppress(OSError):
-            staging.unlink()
         raise UserError(f"could not write {path} ({err.strerror or err}); {fix}") from None

@@ -34,7 +34,7 @@ import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from trickster.atomic import replace_dir, staging_dir
+from trickster.atomic import replace_dir, replace_file, staging_dir
 from trickster.config import Config, ModelConfig, config_from_dict
 from trickster.data.tokenizers import Tokenizer, load_tokenizer
 from trickster.errors import UserError, disk_errors
@@ -179,14 +179,8 @@ def checkpoint_step(path: Path) -> int:
 def update_info(path: Path, **values) -> None:
     """Change values in a complete checkpoint's info.json: written aside, then renamed over it."""
     file = path / "info.json"
-    staging = file.with_name(f".info.json.tmp-{os.getpid()}")
     with disk_errors(str(file), "free disk space, then continue with --resume (the checkpoint is whole)"):
-        try:
-            staging.write_text(json.dumps({**json.loads(file.read_text()), **values}, indent=2))
-            os.replace(staging, file)
-        except OSError:
-            staging.unlink(missing_ok=True)
-            raise
+        replace_file(file, json.dumps({**json.loads(file.read_text()), **values}, indent=2))
 
 
 def latest(run_dir: str | Path) -> Path | None:
