@@ -80,10 +80,10 @@ def guard(trainer: Trainer, during: str, step: int):
         if reason is None:
             raise
         trainer.metrics.write("stopped", trainer.state.step, reason="lost-process", during=during)
-        raise lost_peer(trainer, during, step, reason) from None
+        raise lost_peer_error(trainer, during, step, reason) from None
 
 
-def lost_peer(trainer: Trainer, during: str, step: int, reason: str) -> UserError:
+def lost_peer_error(trainer: Trainer, during: str, step: int, reason: str) -> UserError:
     """The one line for a collective that failed `during` "a training step", "an evaluation" or
     "a checkpoint" because another process died or went silent (dist.lost_peer's `reason`)."""
     good = ckpt.latest(trainer.run_dir)

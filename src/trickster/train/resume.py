@@ -41,8 +41,7 @@ def claimed(run_dir: Path):
     process that tries to train there meanwhile (with or without --resume) is refused with one line
     naming the first one. The kernel drops the lock when its holder ends, however it ends (SIGKILL
     included), so a dead run never blocks its resume. The file is removed when the block ends."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"logging_config.output_dir {run_dir} is a file; choose a folder path")
+    _refuse_a_file(run_dir)
     path, created = run_dir / LOCK, not run_dir.exists()
     with _locked(path, run_dir) as lock:
         lock.truncate(0)
@@ -60,12 +59,7 @@ def claimed(run_dir: Path):
 def _locked(path: Path, run_dir: Path):
     """RUN_DIR/.lock, open and locked. Its holder removes it before it lets go, so a process that
     locks a file no longer at `path` (removed while it waited) tries again with the new one."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(
-            f"cannot create run folder {run_dir} ({err.strerror}); choose another --out"
-        ) from None
+    _make_folder(run_dir, run_dir)
     while True:
         fix = "free disk space or make the folder writable, or choose another --out"  # as write_run_files
         with disk_errors(f"run folder {run_dir}", fix):
@@ -103,8 +97,7 @@ def _lock(lock, run_dir: Path) -> None:
 
 def open_run_dir(run_dir: Path, resume: bool | str) -> tuple[Path | None, list[str]]:
     """Make sure the run may start here; returns the checkpoint to resume from and any repairs."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"logging_config.output_dir {run_dir} is a file; choose a folder path")
+    _refuse_a_file(run_dir)
     repairs = ckpt.recover(run_dir) if resume else []
     found = ckpt.latest(run_dir)
     if not resume and found is not None:
@@ -122,13 +115,23 @@ def open_run_dir(run_dir: Path, resume: bool | str) -> tuple[Path | None, list[s
             f"nothing to resume in {run_dir}: no complete checkpoint; set training_config.resume=auto "
             "to start the run afresh there, or drop --resume and choose a new --out"
         )
+    _make_folder(run_dir / "checkpoints", run_dir)
+    return found, repairs
+
+
+def _refuse_a_file(run_dir: Path) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"logging_config.output_dir {run_dir} is a file; choose a folder path")
+
+
+def _make_folder(folder: Path, run_dir: Path) -> None:
+    """`folder` (the run folder or one inside it), with its parents; one line if it cannot be."""
     try:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(
             f"cannot create run folder {run_dir} ({err.strerror}); choose another --out"
         ) from None
-    return found, repairs
 
 
 # May differ between the checkpoint and the resumed run without being reported as a change
