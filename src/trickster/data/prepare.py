@@ -55,6 +55,7 @@ from trickster.errors import UserError
 SHARD_TOKENS = 100_000_000  # like nanoGPT's FineWeb shards
 CHUNK_CHARS = 1_000_000  # documents per task: big enough to amortise the hand-off to a worker
 ONE_DOCUMENT = "one_document.npy"  # the one distinct document's tokens while its shards are rewritten
+ONE_DOCUMENT_MASK = "one_document_mask.npy"  # ... and its loss mask (prompt/response records)
 TOKENIZER_SAMPLE_CHARS = 200_000_000  # bpe learns its merges from at most this much text
 PREPARED_FILES = {"meta.json", "tokenizer.json", "index.json", "train", "val", "report.html"}
 PREPARED_FILES |= {"train.bin", "val.bin", "train.mask.bin", "val.mask.bin"}  # flat folders (format 1)
@@ -344,7 +345,7 @@ class _Job:
         tokens, mask = writers[side].read_back()
         np.save(self.partial / "one_document.tmp.npy", tokens)
         if mask is not None:
-            np.save(self.partial / "one_document_mask.npy", mask)
+            np.save(self.partial / ONE_DOCUMENT_MASK, mask)
         (self.partial / "one_document.tmp.npy").replace(self.partial / ONE_DOCUMENT)
         self.record.cutting = True
         self.record.save(self.partial)
@@ -353,7 +354,7 @@ class _Job:
         """Split the one document like a single-document source: its last val_fraction of tokens
         to validation. Its tokens come from ONE_DOCUMENT; both splits are written afresh."""
         tokens = np.load(self.partial / ONE_DOCUMENT)
-        mask = np.load(self.partial / "one_document_mask.npy") if self.source.records else None
+        mask = np.load(self.partial / ONE_DOCUMENT_MASK) if self.source.records else None
         for s in SPLITS:
             if s in writers:
                 writers[s].release()
@@ -404,6 +405,6 @@ class _Job:
         (self.partial / "index.json").write_text(json.dumps(index, indent=1), encoding="utf-8")
         (self.partial / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
         (self.partial / "progress.json").unlink()
-        for name in ("dedup.bin", ONE_DOCUMENT, "one_document_mask.npy"):
+        for name in ("dedup.bin", ONE_DOCUMENT, ONE_DOCUMENT_MASK):
             (self.partial / name).unlink(missing_ok=True)
         return meta
