@@ -225,7 +225,8 @@ def test_a_checkpoint_resumes_in_the_other_mode(
 ):
     """DDP's checkpoint (optimizer state gathered in trainer.pt) continued under FSDP2, which
     shards it as it loads; FSDP2's (optimizer shards) continued under DDP, with 2 x 2 windows and
-    accumulation 4, the same global batch: the losses go on as the uninterrupted run's."""
+    accumulation 4, the same global batch: the losses go on as the uninterrupted run's, the
+    validation losses too (the same windows, split another way)."""
     source, run_dir = two_process_job(saved)[0], tmp_path / "run"
     shutil.copytree(source / "checkpoints" / "step_000010", run_dir / "checkpoints" / "step_000010")
     (run_dir / "metrics.jsonl").write_text(
@@ -241,6 +242,7 @@ def test_a_checkpoint_resumes_in_the_other_mode(
     records = history(run_dir)
     assert [(r["step"], r["checkpoint"]) for r in records if r["event"] == "resume"] == [(10, "step_000010")]
     assert_close_losses(losses(records), losses(single.history))
+    assert_close_losses(losses(records, "eval", "val_loss"), losses(single.history, "eval", "val_loss"))
 
 
 FSDP = {"batch_size": 4, "enable_fsdp": True, "timeout_s": 120}

@@ -200,7 +200,7 @@ def _val_losses(loaded, models, data_path, device) -> list[float | None]:
     data = load_data(path)
     if data.tokenizer.fingerprint() != loaded.tokenizer.fingerprint():
         raise UserError(f"data in {path} uses another tokenizer than {loaded.path}; pass --data DIR")
-    batches = validation_batches(data, loaded.cfg)
+    batches = validation_batches(data, loaded.cfg, draw_width=loaded.info.get("val_draw_width"))
     return [evaluate(m, batches, device, loaded.dtype) for m in models]
 
 

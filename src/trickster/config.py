@@ -110,7 +110,8 @@ class TrainingConfig(_Section):
     eval_every: int = Field(500, gt=0)
     """Steps between validation passes (also at step 0 and at the end)."""
     eval_batches: int = Field(20, gt=0)
-    """Validation batches per evaluation; the same windows every time."""
+    """Validation batches per evaluation (of batch_size x processes windows when the run began);
+    the same windows every time, however a resume splits them."""
     save_every: int = Field(1000, gt=0)
     """Steps between numbered checkpoints."""
     keep_last: int | None = Field(None, gt=0)

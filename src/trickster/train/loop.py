@@ -57,7 +57,7 @@ from trickster.train.state import (
     rng_state,
     set_rng_state,
 )
-from trickster.train.validate import evaluate, sample_text, validation_batches
+from trickster.train.validate import evaluate, sample_text, target_count, validation_batches
 
 
 def train(
@@ -117,7 +117,6 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, t, self.device)
         sampler = BatchSampler(self.data.train, cfg.seq_len, t.batch_size, t.seed, job.rank, job.world_size)
         self.batches = DeviceBatches(sampler, self.device)
-        self.val_batches = validation_batches(self.data, cfg, job)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.device.dtype == "float16")
         self.state = TrainState()
         self.signals = StopSignals(*announce_signals(self.run_dir)) if job.is_main else StopSignals()
@@ -129,8 +128,10 @@ class Trainer:
         self.eval_due = False  # resumed from a checkpoint saved before its step's evaluation
         if job.rank > 0:  # other dropout masks on each process (rank 0 draws as a single process would)
             torch.manual_seed(t.seed + job.rank)
+        self.val_draw_width = t.batch_size * job.world_size  # a resumed run keeps its own
         if self.resumed_from is not None:
             self.load(self.resumed_from)
+        self.val_batches = validation_batches(self.data, cfg, job, self.val_draw_width)
         self.clock.start(self.state.train_seconds)
         self.clock.check_left(self.state.step, t.max_steps)
         # 5. the figures every step shares; the run's files, its header and its first event
@@ -320,9 +321,12 @@ class Trainer:
         """
         state = self.state
         local = evaluate(self.step_model, self.val_batches, self.device, self.cfg.device.dtype)
-        packed = torch.stack([torch.full((), local, device=self.device), nonfinite_weights(self.model)])
-        total, broken = dist.sum_across(packed, self.job)
-        val_loss = total / self.job.world_size
+        targets = target_count(self.val_batches)  # processes' slices may hold unequal numbers
+        pooled = torch.tensor([local * targets, targets], device=self.device)
+        total, all_targets, broken = dist.sum_across(
+            torch.cat([pooled, nonfinite_weights(self.model)[None]]), self.job
+        )
+        val_loss = total / all_targets
         healthy = not broken and math.isfinite(val_loss)
         state.last_val_loss = val_loss if healthy else None
         perplexity = math.exp(min(val_loss, 50.0)) if healthy else None
@@ -416,12 +420,14 @@ class Trainer:
             "scaler": self.scaler.state_dict(),  # empty unless float16
             "rng": dist.gather(rng_state(self.device), self.job),  # one entry per process
             "spikes": self.spikes.state_dict(),
+            "val_draw_width": self.val_draw_width,  # defines the validation set (validation_batches)
         }
 
     def load_state_dict(self, trainer: dict) -> None:
         self.state.load_state_dict(trainer["train_state"])
         self.eval_due = trainer.get("eval_due", False)  # saved before an evaluation (save())
         self.spikes.load_state_dict(trainer.get("spikes", {}))
+        self.val_draw_width = trainer.get("val_draw_width", self.val_draw_width)  # older: this run's
         self.batches.load_state_dict(trainer["sampler"])
         if self.scaler.is_enabled() and trainer["scaler"]:
             self.scaler.load_state_dict(trainer["scaler"])
@@ -439,6 +445,7 @@ class Trainer:
             "tokenizer_fingerprint": data.tokenizer.fingerprint(),
             "data_fingerprint": data.meta.get("tokens_sha256"),
             "data_path": str(data.path),
+            "val_draw_width": self.val_draw_width,  # for `trickster compare`: the run's validation set
             "manifest": self.manifest,
         }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from trickster.config import Config
-from trickster.data.loader import PreparedData, fixed_batches
+from trickster.data.loader import IGNORE_INDEX, PreparedData, fixed_batches
 from trickster.data.tokenizers import Tokenizer
 from trickster.errors import UserError
 from trickster.model.generate import generate
@@ -15,33 +15,54 @@ from trickster.train.device import autocast_for
 
 
 def validation_batches(
-    data: PreparedData, cfg: Config, job: dist.Dist | None = None
+    data: PreparedData, cfg: Config, job: dist.Dist | None = None, draw_width: int | None = None
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The run's fixed validation windows: every evaluation (and `trickster compare`) uses these.
+    """This process's share of the run's validation windows: every evaluation (and `trickster
+    compare`) uses the same set, however many processes share it and however they split a batch.
 
-    Batches hold batch_size x world_size windows, whatever the number of processes; each process
-    evaluates its equal slice, so the mean of the processes' losses is the loss of the whole set.
+    The set is eval_batches draws of `draw_width` windows from the val split's own generator;
+    `draw_width` is batch_size x world_size when the run began (its checkpoints record it: a resume
+    with other processes or micro-batches keeps the set). Each process takes an equal slice (give or
+    take a window), in as many micro-batches as every other process (FSDP2 gathers weights in every
+    forward), each of at most about batch_size windows. `evaluate` and `target_count` make each process's mean and its
+    weight in the mean over all the set's targets, whatever the slices.
     """
     t, job = cfg.training, job or dist.Dist()
-    batches = fixed_batches(
-        data.val, cfg.seq_len, t.batch_size * job.world_size, t.eval_batches, seed=t.seed + 1
-    )
-    mine = slice(job.rank * t.batch_size, (job.rank + 1) * t.batch_size)
-    return [(x[mine], y[mine]) for x, y in batches]
+    width = draw_width or t.batch_size * job.world_size
+    drawn = fixed_batches(data.val, cfg.seq_len, width, t.eval_batches, seed=t.seed + 1)
+    inputs, targets = torch.cat([x for x, _ in drawn]), torch.cat([y for _, y in drawn])
+    slices = torch.arange(len(inputs)).tensor_split(job.world_size)
+    if len(slices[-1]) == 0:
+        raise UserError(
+            f"the validation set has {len(inputs)} windows, fewer than the {job.world_size} processes; "
+            "raise training_config.eval_batches"
+        )
+    micro_batches = min(-(-len(slices[0]) // t.batch_size), len(slices[-1]))  # none of them empty
+    mine = slices[job.rank]
+    return [(inputs[part], targets[part]) for part in mine.tensor_split(micro_batches)]
 
 
 @torch.no_grad()
 def evaluate(model, batches, device: torch.device, dtype_name: str) -> float:
-    """Mean cross-entropy over fixed validation batches."""
+    """Mean cross-entropy over every target of `batches`, whatever their sizes, with one host
+    sync: the model's loss is a batch's mean over its targets (a loss mask's prompt tokens are none)."""
     was_training = model.training
     model.eval()
-    losses = []
+    sums = torch.zeros(2, device=device)  # summed loss, targets
     for x, y in batches:
+        y = y.to(device)
         with autocast_for(device, dtype_name):
-            _, loss = model(x.to(device), y.to(device))
-        losses.append(loss.item())
+            _, loss = model(x.to(device), y)
+        targets = (y != IGNORE_INDEX).sum()
+        sums += torch.stack([loss.float() * targets, targets.float()])
     model.train(was_training)
-    return sum(losses) / len(losses)
+    total, targets = sums.tolist()
+    return total / targets
+
+
+def target_count(batches) -> int:
+    """The targets in `batches`: what a process's mean loss weighs when processes pool theirs."""
+    return sum(int((y != IGNORE_INDEX).sum()) for _, y in batches)
 
 
 def sample_text(
