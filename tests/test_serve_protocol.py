@@ -127,3 +127,13 @@ def test_a_request_that_is_not_http_gets_openai_json_400_and_the_server_goes_on(
         assert body["error"]["type"] == "invalid_request_error"
         assert sock.recv(1) == b""
     assert httpx.get(server.url + "/v1/models").status_code == 200
+
+
+def test_a_client_gone_mid_body_is_no_server_error(server, caplog):
+    """A client that hangs up after part of its body (or whose chunk framing is broken, above) is no
+    bug of the server: nothing is logged as an exception."""
+    with connect(server) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        time.sleep(0.2)
+    time.sleep(0.3)
+    assert "Exception in ASGI application" not in caplog.text
