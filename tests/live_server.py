@@ -13,7 +13,7 @@ import torch
 from trickster.serve.app import create_app
 from trickster.serve.engine import Engine
 from trickster.serve.models import Catalog
-from trickster.serve.server import bind
+from trickster.serve.server import bind, uvicorn_config
 
 
 @dataclass
@@ -32,6 +32,7 @@ def live_server(
     max_batch: int = 16,
     max_body: int | None = None,
     body_timeout: float | None = None,
+    header_timeout: float | None = None,
 ):
     import uvicorn
 
@@ -42,7 +43,7 @@ def live_server(
     extra = {"max_body": max_body, "body_timeout": body_timeout}
     extra = {key: value for key, value in extra.items() if value is not None}
     app = create_app(catalog, engine, api_key, **extra)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    server = uvicorn.Server(uvicorn_config(app, header_timeout))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -17,7 +17,7 @@ from importlib import resources
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -214,6 +214,8 @@ class Server:
                 chunk = await asyncio.wait_for(anext(chunks), self.body_timeout)
             except StopAsyncIteration:
                 return bytes(body)
+            except ClientDisconnect:  # an answer no one reads; not a server error to log
+                raise APIError(499, "the client closed the connection before its body was all in") from None
             except asyncio.TimeoutError:
                 raise APIError(
                     408,

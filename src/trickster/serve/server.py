@@ -5,8 +5,13 @@ from __future__ import annotations
 import errno
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trickster.errors import UserError
+
+if TYPE_CHECKING:  # both imported when serving starts, so that a missing extra is one clear line
+    import uvicorn
+    from starlette.applications import Starlette
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -35,6 +40,17 @@ def bind(host: str, port: int) -> socket.socket:
             f"cannot listen on {host}:{port} ({err.strerror}); pass another --host or --port"
         ) from None
     return sock
+
+
+def uvicorn_config(app: Starlette, header_timeout: float | None = None) -> uvicorn.Config:
+    """uvicorn's settings: our connection protocol (protocol.py; HEADER_TIMEOUT unless told),
+    warnings only, 3 s for answers under way when the server stops."""
+    import uvicorn
+
+    from trickster.serve.protocol import HEADER_TIMEOUT, protocol
+
+    http = protocol(HEADER_TIMEOUT if header_timeout is None else header_timeout)
+    return uvicorn.Config(app, http=http, log_level="warning", access_log=False, timeout_graceful_shutdown=3)
 
 
 def read_template(path: str | None) -> str | None:
@@ -85,9 +101,8 @@ def serve(
     names = ", ".join(catalog.offered)
     url = f"http://{host}:{bound}" if ":" not in host else f"http://[{host}]:{bound}"
     print(f"serving {names} from {target} at {url}/v1 (playground: {url}/); Ctrl-C stops", flush=True)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=3)
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        uvicorn.Server(uvicorn_config(app)).run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it shut down for: for a server, a normal end
         pass
     finally:

@@ -1,0 +1,110 @@
+"""How the server reads each connection: uvicorn's h11 protocol with a deadline on a request's
+headers, and OpenAI's error JSON for a request that is not HTTP.
+
+uvicorn has no time limit on the request line and headers (asked for in uvicorn#157; none in 0.54): its
+keep-alive timer starts only after a response and any byte stops it, so a client that connects
+and sends nothing, or sends its headers a byte at a time (slowloris), holds its connection for
+ever. Here a request's headers must all be in within `header_timeout` seconds of the connection
+opening or of the previous response ending. Then a client that sent part of a request gets a 408
+and the connection is closed; one that sent nothing is closed without a word, as uvicorn closes an
+idle keep-alive connection. Time spent on the body is the app's to bound (BODY_TIMEOUT), and time
+spent answering is not bounded at all: a long stream is never cut.
+
+The hooks are methods uvicorn calls on its protocol object (connection_made, data_received,
+on_response_complete, connection_lost, send_400_response), unchanged from 0.30 to 0.54. The server
+always speaks h11, even with httptools installed (which uvicorn's "auto" would pick instead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import json
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from trickster.serve.schemas import APIError
+
+HEADER_TIMEOUT = 30.0  # seconds for a request line and headers (the body has BODY_TIMEOUT)
+
+
+class Protocol(H11Protocol):
+    """One connection. uvicorn builds a new `self.scope` for each request whose headers h11 has
+    parsed: a new scope is what ends the wait for headers. The deadline's state is in class
+    attributes, so uvicorn's __init__ (whose parameters have changed over versions) is left alone."""
+
+    header_timeout = HEADER_TIMEOUT
+    header_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._await_headers()
+
+    def data_received(self, data: bytes) -> None:
+        scope = self.scope
+        super().data_received(data)
+        if self.scope is not scope:
+            self._stop_waiting()
+
+    def on_response_complete(self) -> None:
+        scope = self.scope
+        super().on_response_complete()  # which may start a pipelined request already read
+        if self.scope is scope and not self.transport.is_closing():
+            self._await_headers()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_waiting()
+        super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer when h11 cannot parse the request (uvicorn says plain text)."""
+        self._refuse(
+            400,
+            "the request is not valid HTTP (a malformed request line, header or chunk, or headers "
+            "too long); send a well-formed request",
+        )
+
+    # ------------------------------------------------------------------ the deadline
+
+    def _await_headers(self) -> None:
+        self._stop_waiting()
+        self.header_deadline = self.loop.call_later(self.header_timeout, self._headers_too_slow)
+
+    def _stop_waiting(self) -> None:
+        if self.header_deadline is not None:
+            self.header_deadline.cancel()
+            self.header_deadline = None
+
+    def _headers_too_slow(self) -> None:
+        self.header_deadline = None
+        if self.transport.is_closing():
+            return
+        if not self.conn.trailing_data[0]:  # not a byte of a request: an idle connection
+            self.transport.close()
+            return
+        self._refuse(
+            408,
+            f"the request line and headers did not all arrive within {self.header_timeout:g} s; "
+            "send them without pausing",
+        )
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer `status` with OpenAI's error JSON and close, if no answer has begun; else just close."""
+        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # SEND_RESPONSE: a request, no answer yet
+            body = json.dumps(APIError(status, message).body()).encode()
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ]
+            reason = http.HTTPStatus(status).phrase.encode()
+            answer = h11.Response(status_code=status, headers=headers, reason=reason)
+            for event in (answer, h11.Data(data=body), h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event))
+        self.transport.close()
+
+
+def protocol(header_timeout: float = HEADER_TIMEOUT) -> type[Protocol]:
+    """The class to give uvicorn.Config(http=...): uvicorn makes one per connection."""
+    return type("Protocol", (Protocol,), {"header_timeout": header_timeout})
