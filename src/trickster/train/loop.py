@@ -57,7 +57,7 @@ from trickster.train.state import (
     rng_state,
     set_rng_state,
 )
-from trickster.train.validate import evaluate, sample_text, target_count, validation_batches
+from trickster.train.validate import evaluate, sample_due, sample_text, target_count, validation_batches
 
 
 def train(
@@ -322,10 +322,9 @@ class Trainer:
         state = self.state
         local = evaluate(self.step_model, self.val_batches, self.device, self.cfg.device.dtype)
         targets = target_count(self.val_batches)  # processes' slices may hold unequal numbers
-        pooled = torch.tensor([local * targets, targets], device=self.device)
-        total, all_targets, broken = dist.sum_across(
-            torch.cat([pooled, nonfinite_weights(self.model)[None]]), self.job
-        )
+        packed = torch.stack([torch.tensor(local * targets), torch.tensor(targets)]).to(self.device)
+        packed = torch.cat([packed, nonfinite_weights(self.model)[None]])
+        total, all_targets, broken = dist.sum_across(packed, self.job)
         val_loss = total / all_targets
         healthy = not broken and math.isfinite(val_loss)
         state.last_val_loss = val_loss if healthy else None
@@ -335,7 +334,7 @@ class Trainer:
             "val_perplexity": perplexity,
             "tokens_seen": state.tokens_seen,
         }
-        if healthy and self.sample_due():
+        if healthy and sample_due(self.cfg.training, state.step):
             sample = self.sample()
             if sample is not None:
                 record["sample"] = sample
@@ -351,12 +350,6 @@ class Trainer:
         evaluated(self)  # the checkpoint saved at this step, before this evaluation, gets its loss
         if improved:
             self.save("best")
-
-    def sample_due(self) -> bool:
-        t, step = self.cfg.training, self.state.step
-        if t.sample_tokens == 0 or t.sample_every == 0:
-            return False
-        return t.sample_every is None or step % t.sample_every == 0 or step == t.max_steps
 
     def sample(self) -> str | None:
         """A sample of the current model for rank 0 to log. Under DDP rank 0 holds the whole model

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from trickster.config import Config
+from trickster.config import Config, TrainingConfig
 from trickster.data.loader import IGNORE_INDEX, PreparedData, fixed_batches
 from trickster.data.tokenizers import Tokenizer
 from trickster.errors import UserError
@@ -24,8 +24,8 @@ def validation_batches(
     `draw_width` is batch_size x world_size when the run began (its checkpoints record it: a resume
     with other processes or micro-batches keeps the set). Each process takes an equal slice (give or
     take a window), in as many micro-batches as every other process (FSDP2 gathers weights in every
-    forward), each of at most about batch_size windows. `evaluate` and `target_count` make each process's mean and its
-    weight in the mean over all the set's targets, whatever the slices.
+    forward), each of at most about batch_size windows. `evaluate` and `target_count` give each
+    process's mean and its weight in the mean over all the set's targets, whatever the slices.
     """
     t, job = cfg.training, job or dist.Dist()
     width = draw_width or t.batch_size * job.world_size
@@ -63,6 +63,13 @@ def evaluate(model, batches, device: torch.device, dtype_name: str) -> float:
 def target_count(batches) -> int:
     """The targets in `batches`: what a process's mean loss weighs when processes pool theirs."""
     return sum(int((y != IGNORE_INDEX).sum()) for _, y in batches)
+
+
+def sample_due(t: TrainingConfig, step: int) -> bool:
+    """Whether the evaluation at `step` prints a sample (sample_every; 0 tokens or 0 never)."""
+    if t.sample_tokens == 0 or t.sample_every == 0:
+        return False
+    return t.sample_every is None or step % t.sample_every == 0 or step == t.max_steps
 
 
 def sample_text(
