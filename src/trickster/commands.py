@@ -286,7 +286,8 @@ def info_command(source: ConfigSource, checkpoint: str | None = None) -> None:
     output = "tied to the embedding (0 extra)" if b.tied else f"{b.output:,}"
     print(f"  output          {output:>14}")
     print(f"  total           {b.total:>14,}")
-    print(f"training FLOPs per token (context {cfg.seq_len}): {flops_per_token(m, cfg.seq_len):,}")
+    fpt = flops_per_token(m, cfg.seq_len, cfg.training.lora)  # a LoRA run's: no frozen weights' gradients
+    print(f"training FLOPs per token (context {cfg.seq_len}): {fpt:,}")
     if info:
         print(
             f"checkpoint: {loaded.path} (step {info['step']}, val loss {info.get('val_loss')}, "

@@ -221,7 +221,10 @@ def _model(run: Run) -> str:
         ("final norm", f"{b.final_norm:,}"),
         ("output", "tied to the embedding (0 extra)" if b.tied else f"{b.output:,}"),
         ("total", f"{b.total:,}"),
-        (f"training FLOPs per token (context {run.cfg.seq_len})", f"{flops_per_token(m, run.cfg.seq_len):,}"),
+        (
+            f"training FLOPs per token (context {run.cfg.seq_len})",
+            f"{flops_per_token(m, run.cfg.seq_len, run.cfg.training.lora):,}",
+        ),
     ]
     shape = (
         f"hidden {m.hidden_dim}, {m.num_layers} layers, {m.num_heads} heads "

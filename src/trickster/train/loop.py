@@ -137,7 +137,7 @@ class Trainer:
         global_batch = t.batch_size * job.world_size * t.gradient_accumulation_steps  # windows per step
         self.tokens_per_step = global_batch * cfg.seq_len
         self.params = parameter_breakdown(cfg.model).total
-        self.token_flops = flops_per_token(cfg.model, cfg.seq_len)
+        self.token_flops = flops_per_token(cfg.model, cfg.seq_len, t.lora)
         self.step_flops = self.token_flops * self.tokens_per_step
         self.peak = Peak(None, "")
         if job.is_main:  # what MFU divides by (datasheet, configured or measured), by the process that logs
