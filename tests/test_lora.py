@@ -142,6 +142,9 @@ def test_a_lora_run_resumes_after_its_init_from_source_is_gone(trained_run, chat
     resumed_cfg = cfg.model_copy(deep=True)
     resumed_cfg.logging.output_dir = str(partial)
     train(resumed_cfg, resume=True, **QUIET)
+    # the resumed run still knows where its weights first came from
+    origin = ckpt.read_info(partial / "checkpoints" / "final")["init_from"]
+    assert origin["checkpoint"] == str(source.resolve() / "checkpoints" / "best")
     for file in (ckpt.WEIGHTS, lora.ADAPTERS):
         want = load_file(tmp_path / "full" / "checkpoints" / "final" / file)
         got = load_file(partial / "checkpoints" / "final" / file)

@@ -293,6 +293,9 @@ def info_command(source: ConfigSource, checkpoint: str | None = None) -> None:
             f"checkpoint: {loaded.path} (step {info['step']}, val loss {info.get('val_loss')}, "
             f"best {info.get('best_val_loss')})"
         )
+        if info.get("init_from"):  # a fine-tune: the checkpoint it started from
+            origin = info["init_from"]
+            print(f"fine-tuned from {origin['checkpoint']} (step {origin['step']}, saved {origin['saved']})")
         print(f"tokenizer sha256 {info.get('tokenizer_fingerprint')}")
         print(f"data sha256 {info.get('data_fingerprint')} ({info.get('data_path')})")
         manifest = info.get("manifest", {})

@@ -103,11 +103,13 @@ def _summary(run: Run) -> str:
         ("device", run.start.get("device") or run.manifest.get("device", "?")),
     ]
     data = run.cfg.data.path if run.cfg else "?"
+    origin = run.start.get("init_from")  # a fine-tune's starting checkpoint
+    tuned = f", fine-tuned from {origin['checkpoint']} (step {origin['step']:,})" if origin else ""
     problem = f'<p class="muted">Note: {_e(run.problem)}</p>' if run.problem else ""
     return (
         f"<h1>{_e(run.name)}</h1>\n"
         f'<p class="sub">nano-trickster training run in {_e(str(run.path))}, data {_e(str(data))}'
-        f"{_data_report_link(data)}</p>\n"
+        f"{_data_report_link(data)}{_e(tuned)}</p>\n"
         + problem
         + '<div class="cards">'
         + "".join(
