@@ -47,6 +47,19 @@ def shakespeare_dir(tmp_path_factory) -> Path:
     return out
 
 
+def counted_flops_per_token(model: torch.nn.Module, batch: int, seq_len: int) -> float:
+    """torch's own count (torch.utils.flop_counter) of the matrix multiplies of one forward and
+    backward pass of `model` on random tokens, per token. Attention runs the math kernel, plain
+    matmuls the counter sees (the CPU's fused kernel is invisible to it)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x, y = torch.randint(0, model.output.weight.shape[0], (2, batch, seq_len))
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(x, y)[1].backward()
+    return counter.get_total_flops() / (batch * seq_len)
+
+
 def micro_config(data_dir: Path, run_dir: Path, **sections) -> Config:
     """A model small enough that 40 CPU steps take a couple of seconds."""
     raw = {

@@ -13,11 +13,12 @@ from trickster.config import config_from_dict
 from trickster.data.loader import IGNORE_INDEX, BatchSampler, load_data, windows
 from trickster.data.report import NO_SEPARATOR
 from trickster.model.transformer import Transformer
+from trickster.observe.report import build_report
 from trickster.train import checkpoint as ckpt
 from trickster.train.loop import train
 from trickster.train.validate import evaluate, validation_batches
 
-from .conftest import QUIET, finetune_config, write_records
+from .conftest import QUIET, events, finetune_config, write_records
 
 
 def test_the_loss_mask_travels_with_the_tokens(chat_data):
@@ -100,6 +101,25 @@ def test_init_from_starts_from_the_trained_weights(trained_run, chat_data, tmp_p
     assert evaluate(
         fresh, validation_batches(load_data(chat_data[0]), cfg), torch.device("cpu"), "float32"
     ) > (expected + 0.5)
+
+
+def test_a_fine_tune_records_the_checkpoint_it_started_from(trained_run, chat_data, tmp_path, capsys):
+    """init_from names a run folder; the run records what it resolved to (that run's `best`, which
+    later training may replace): its absolute path, step and save time, read here from its info.json."""
+    cfg = finetune_config(trained_run, chat_data[0], tmp_path / "ft", max_steps=2, eval_every=2, save_every=2)
+    result = train(cfg, **QUIET)
+    best = trained_run.resolve() / "checkpoints" / "best"
+    best_info = json.loads((best / "info.json").read_text())
+    want = {"checkpoint": str(best), "step": best_info["step"], "saved": best_info["saved"]}
+    assert events(result, "start")[0]["init_from"] == want
+    final_info = json.loads((result.run_dir / "checkpoints" / "final" / "info.json").read_text())
+    assert final_info["init_from"] == want
+    assert events(trained_run, "start")[0]["init_from"] is None  # trained from scratch
+    assert ckpt.read_info(trained_run / "checkpoints" / "final").get("init_from") is None
+
+    assert cli.main(["info", "--checkpoint", str(result.run_dir)]) == 0
+    assert f"fine-tuned from {best} (step {want['step']}, saved {want['saved']})" in capsys.readouterr().out
+    assert f"fine-tuned from {best} (step {want['step']})" in build_report(result.run_dir)
 
 
 def test_records_without_an_end_of_text_id_are_said_to_run_together(trained_run, tmp_path, capsys):

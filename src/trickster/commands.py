@@ -286,12 +286,16 @@ def info_command(source: ConfigSource, checkpoint: str | None = None) -> None:
     output = "tied to the embedding (0 extra)" if b.tied else f"{b.output:,}"
     print(f"  output          {output:>14}")
     print(f"  total           {b.total:>14,}")
-    print(f"training FLOPs per token (context {cfg.seq_len}): {flops_per_token(m, cfg.seq_len):,}")
+    fpt = flops_per_token(m, cfg.seq_len, cfg.training.lora)  # a LoRA run's: no frozen weights' gradients
+    print(f"training FLOPs per token (context {cfg.seq_len}): {fpt:,}")
     if info:
         print(
             f"checkpoint: {loaded.path} (step {info['step']}, val loss {info.get('val_loss')}, "
             f"best {info.get('best_val_loss')})"
         )
+        if info.get("init_from"):  # a fine-tune: the checkpoint it started from
+            origin = info["init_from"]
+            print(f"fine-tuned from {origin['checkpoint']} (step {origin['step']}, saved {origin['saved']})")
         print(f"tokenizer sha256 {info.get('tokenizer_fingerprint')}")
         print(f"data sha256 {info.get('data_fingerprint')} ({info.get('data_path')})")
         manifest = info.get("manifest", {})

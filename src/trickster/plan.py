@@ -1,12 +1,9 @@
 """`trickster plan`: what a config costs before you train it.
 
-Parameters and FLOPs per token come from model/flops.py (parameter_breakdown, flops_per_token).
-Memory is a formula (footprint.py); the time is an estimate from a micro-benchmark measured on the
+Parameters and FLOPs per token (a LoRA step's, with training_config.lora) come from model/flops.py,
+memory from a formula (footprint.py); the time is an estimate from a micro-benchmark measured on the
 device (at most about 10 seconds, or skipped with a note; `--no-bench` skips it); the token budget
-follows the compute-optimal rule of about 20 tokens per parameter (Hoffmann et al. 2022,
-"Chinchilla").
-
-Memory is estimated by the formula in footprint.py.
+follows the compute-optimal rule of about 20 tokens per parameter (Hoffmann et al. 2022, "Chinchilla").
 """
 
 from __future__ import annotations
@@ -31,6 +28,7 @@ from trickster.footprint import (
     memory_limit,
     split_global_batch,
 )
+from trickster.model import lora
 from trickster.model.flops import flops_per_token, parameter_breakdown
 from trickster.model.transformer import Transformer
 from trickster.train.device import autocast_for, resolve_precision, set_matmul_precision
@@ -72,12 +70,12 @@ def benchmark(cfg: Config, device: torch.device, seconds: float = BENCH_SECONDS)
     raises BenchSkipped when even the smallest step is too slow for that, or when on a CPU the
     copy's training state alone passes CPU_COPY_BYTES.
 
-    The copy keeps the width, heads, MLP, vocabulary, dtype and activation checkpointing (whose
-    recompute costs a third more FLOPs than the plan counts), but has at most 2 layers (float32
-    matmuls in TF32 on CUDA, as training runs them). Its smallest step (1 x 16 tokens) is timed
-    first; the micro-batch timed is then the largest of the run's context and batch (halved
-    from the run's) that costs at most about 1.5e11 FLOPs per step on a CPU (2e13 on a GPU) and
-    of which 4 steps fit the time left. Then timed steps until at least 3 (10 on a GPU) and one
+    The copy keeps the width, heads, MLP, vocabulary, dtype, LoRA adapters and activation
+    checkpointing (whose recompute costs a third more FLOPs than the plan counts), but has at most 2
+    layers (float32 matmuls in TF32 on CUDA, as training runs them). Its smallest step (1 x 16
+    tokens) is timed first; the micro-batch timed is then the largest of the run's context and batch
+    (halved from the run's) that costs at most about 1.5e11 FLOPs per step on a CPU (2e13 on a GPU)
+    and of which 4 steps fit the time left. Then timed steps until at least 3 (10 on a GPU) and one
     second have passed (at most 30): the median counts, so a moment of contention on a shared
     machine does not decide it. The plan assumes the full model trains at the FLOP rate the copy
     reaches: an estimate, pessimistic when the copy's batch is smaller than the run's.
@@ -108,6 +106,8 @@ def _timed_steps(cfg: Config, bench_cfg: Config, device: torch.device, deadline:
     on_gpu = device.type in ("cuda", "mps")
     flop_cap, min_steps = (2e13, 10) if on_gpu else (1.5e11, 3)
     model = Transformer(bench_cfg.model).to(device)
+    if cfg.training.lora is not None:  # a LoRA step: frozen weights, only the adapters' gradients
+        lora.apply_lora(model, cfg.training.lora)
     model.checkpoint_activations = cfg.device.activation_checkpointing  # its recompute, as training
     optimizer = build_optimizer(model, cfg.training, device)
     generator = torch.Generator().manual_seed(0)
@@ -127,7 +127,7 @@ def _timed_steps(cfg: Config, bench_cfg: Config, device: torch.device, deadline:
         return time.perf_counter() - start
 
     def work(size: tuple[int, int]) -> float:
-        return size[0] * size[1] * flops_per_token(bench_cfg.model, size[1])
+        return size[0] * size[1] * flops_per_token(bench_cfg.model, size[1], cfg.training.lora)
 
     sizes = _sizes(cfg.training.batch_size, cfg.seq_len)
     sizes = [size for size in sizes if work(size) <= flop_cap] or sizes[:1]
@@ -166,7 +166,7 @@ def _timed_steps(cfg: Config, bench_cfg: Config, device: torch.device, deadline:
             "smaller model"
         ) from None
     batch, seq_len = size
-    fpt = flops_per_token(bench_cfg.model, seq_len)
+    fpt = flops_per_token(bench_cfg.model, seq_len, cfg.training.lora)
     timed = times[1:] if len(times) > 2 else times  # the first step at a new size picks kernels
     return Benchmark(bench_cfg.model.num_layers, batch, seq_len, len(timed), statistics.median(timed), fpt)
 
@@ -245,7 +245,7 @@ def make_plan(
         name=name,
         device=device,
         params=params,
-        flops_per_token=flops_per_token(cfg.model, cfg.seq_len),
+        flops_per_token=flops_per_token(cfg.model, cfg.seq_len, t.lora),
         memory=memory_estimate(cfg, processes=processes),
         device_bytes=device_bytes,
         device_what=what,

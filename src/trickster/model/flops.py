@@ -34,19 +34,76 @@ def parameter_breakdown(cfg: ModelConfig) -> ParameterBreakdown:
 
 def adapter_parameters(cfg: ModelConfig, lora: LoraConfig) -> int:
     """LoRA's trainable parameters: rank x (inputs + outputs) of each target layer of every block."""
+    shapes = _linear_shapes(cfg)
+    return cfg.num_layers * lora.rank * sum(sum(shapes[name]) for name in target_names(lora))
+
+
+def _linear_shapes(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
+    """(inputs, outputs) of each linear layer of a block."""
     d, m = cfg.hidden_dim, cfg.mlp_dim
     kv = (cfg.num_kv_heads or cfg.num_heads) * (d // cfg.num_heads)
-    sides = {"wq": d + d, "wk": d + kv, "wv": d + kv, "wo": d + d, "w1": d + m, "w3": d + m, "w2": m + d}
-    return cfg.num_layers * lora.rank * sum(sides[name] for name in target_names(lora))
+    return {
+        "wq": (d, d),
+        "wk": (d, kv),
+        "wv": (d, kv),
+        "wo": (d, d),
+        "w1": (d, m),
+        "w3": (d, m),
+        "w2": (m, d),
+    }
 
 
-def flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
-    """Training FLOPs per token (forward + backward), the PaLM / nanoGPT estimate:
+def flops_per_token(cfg: ModelConfig, seq_len: int, lora: LoraConfig | None = None) -> int:
+    """Training FLOPs per token (forward + backward); with `lora`, those of a LoRA fine-tune
+    (lora_flops_per_token). Without, the PaLM / nanoGPT estimate:
 
     6 * (parameters used in matrix multiplies) + 12 * num_layers * hidden_dim * seq_len.
     Matrix parameters are every linear weight of the blocks plus the output projection (the
     embedding lookup is free); the second term is the attention scores and weighted sum.
     """
+    if lora is not None:
+        return lora_flops_per_token(cfg, seq_len, lora)
     b = parameter_breakdown(cfg)
     matmul_params = b.blocks - 2 * cfg.hidden_dim * cfg.num_layers + cfg.vocab_size * cfg.hidden_dim
     return 6 * matmul_params + 12 * cfg.num_layers * cfg.hidden_dim * seq_len
+
+
+def lora_flops_per_token(cfg: ModelConfig, seq_len: int, lora: LoraConfig) -> int:
+    """Training FLOPs per token of a LoRA fine-tune, about two thirds of full training's.
+
+    LoRA freezes every base weight, the embedding and output projection too, so none gets a weight
+    gradient: a matrix multiply costs 2 FLOPs per weight forward and 2 more backward only when
+    the gradient of its input is needed, that is when the input depends on an adapter. That is
+    every multiply after the first block's first adapter: the first block reads the frozen
+    embedding, so its multiplies before an adapter need no backward at all. The adapters A
+    (rank, in) and B (out, rank) train: 6 FLOPs per weight, less A's input gradient where that
+    is not needed. The attention's two T x T multiplies (2 x hidden x T per token each, forward)
+    need in backward the gradient of q, of k, of the probabilities (for either) and of v, each
+    only when it depends on an adapter (as autograd and the math kernel compute them; a fused
+    kernel may compute all of them in the first block).
+    """
+    shapes, adapted, rank = _linear_shapes(cfg), set(target_names(lora)), lora.rank
+    scores = 2 * cfg.hidden_dim * seq_len  # one of attention's T x T multiplies, over all heads
+
+    def linear(name: str, input_grad: bool) -> tuple[int, bool]:
+        """A layer's FLOPs per token, and whether its output depends on an adapter."""
+        n_in, n_out = shapes[name]
+        flops = 2 * n_in * n_out * (1 + input_grad)
+        if name in adapted:  # forward and weight gradients of A and B, B's input gradient, A's if needed
+            flops += rank * (4 * (n_in + n_out) + 2 * n_out + 2 * n_in * input_grad)
+        return flops, input_grad or name in adapted
+
+    def block(input_grad: bool) -> tuple[int, bool]:
+        (fq, q), (fk, k), (fv, v) = (linear(name, input_grad) for name in ("wq", "wk", "wv"))
+        attention = scores * (2 + q + k + (q or k) + v)  # forward, then backward to q, k, probabilities, v
+        fo, o = linear("wo", q or k or v)
+        h = input_grad or o  # the residual stream after attention
+        (f1, gate), (f3, up) = linear("w1", h), linear("w3", h)
+        f2, out = linear("w2", gate or up)
+        return fq + fk + fv + attention + fo + f1 + f3 + f2, h or out
+
+    total, grad = 0, False  # the first block's input is the frozen embedding's output
+    for _ in range(cfg.num_layers):
+        flops, grad = block(grad)
+        total += flops
+    return total + 2 * cfg.vocab_size * cfg.hidden_dim * (1 + grad)  # the output projection

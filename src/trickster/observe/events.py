@@ -2,8 +2,9 @@
 
 Every event has `event`, `step` and `time` (Unix seconds); by kind, it adds:
 
-    start    params, tokens_per_step, global_batch, world_size, parallel, flops_per_token, device,
-             peak_flops_per_device, peak_source, measured_flops_per_device
+    start    params, tokens_per_step, global_batch, world_size, parallel, flops_per_token, init_from
+             (a fine-tune's starting checkpoint, else None), device, peak_flops_per_device,
+             peak_source, measured_flops_per_device
     train    train_loss, lr, grad_norm, tokens_per_sec, ms_per_step, mfu, peak_memory_gib,
              tokens_seen, skipped_steps
     eval     val_loss, val_perplexity (None for non-finite weights), tokens_seen, sample (if due)

@@ -103,11 +103,13 @@ def _summary(run: Run) -> str:
         ("device", run.start.get("device") or run.manifest.get("device", "?")),
     ]
     data = run.cfg.data.path if run.cfg else "?"
+    origin = run.start.get("init_from")  # a fine-tune's starting checkpoint
+    tuned = f", fine-tuned from {origin['checkpoint']} (step {origin['step']:,})" if origin else ""
     problem = f'<p class="muted">Note: {_e(run.problem)}</p>' if run.problem else ""
     return (
         f"<h1>{_e(run.name)}</h1>\n"
         f'<p class="sub">nano-trickster training run in {_e(str(run.path))}, data {_e(str(data))}'
-        f"{_data_report_link(data)}</p>\n"
+        f"{_data_report_link(data)}{_e(tuned)}</p>\n"
         + problem
         + '<div class="cards">'
         + "".join(
@@ -221,7 +223,10 @@ def _model(run: Run) -> str:
         ("final norm", f"{b.final_norm:,}"),
         ("output", "tied to the embedding (0 extra)" if b.tied else f"{b.output:,}"),
         ("total", f"{b.total:,}"),
-        (f"training FLOPs per token (context {run.cfg.seq_len})", f"{flops_per_token(m, run.cfg.seq_len):,}"),
+        (
+            f"training FLOPs per token (context {run.cfg.seq_len})",
+            f"{flops_per_token(m, run.cfg.seq_len, run.cfg.training.lora):,}",
+        ),
     ]
     shape = (
         f"hidden {m.hidden_dim}, {m.num_layers} layers, {m.num_heads} heads "

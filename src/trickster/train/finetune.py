@@ -4,6 +4,8 @@
 `train()` calls `setup_finetuning` once, right after it builds the model and before the optimizer
 sees the parameters; without init_from it does nothing. A resumed run only gets its adapters back:
 its checkpoint holds every weight, so the init_from source may since have moved or been deleted.
+Which checkpoint a fine-tune started from (`origin`) is recorded in its `start` event and in every
+checkpoint's info.json, so a resumed run keeps it too.
 Loss masking for prompt/response data needs nothing here: the data loader gives prompt positions
 the target -100, which the loss ignores.
 """
@@ -11,6 +13,7 @@ the target -100, which the loss ignores.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -37,16 +40,17 @@ SAME_FIELDS = (
 
 def setup_finetuning(
     model: Transformer, cfg: Config, tokenizer: Tokenizer, echo: Callable = print, resuming: bool = False
-) -> None:
+) -> dict | None:
     """Copy the init_from weights into `model`, then add LoRA adapters if configured; when
-    `resuming`, only add the adapters (the checkpoint's weights are loaded next)."""
+    `resuming`, only add the adapters (the checkpoint's weights are loaded next). Returns the
+    checkpoint the weights came from (`origin`), None when not fine-tuning or when resuming."""
     t = cfg.training
     if t.init_from is None:
-        return
+        return None
     if resuming:
         if t.lora is not None:
             lora.apply_lora(model, t.lora)
-        return
+        return None
     source = ckpt.resolve(t.init_from)
     saved = ckpt.read_config(source)
     different = [
@@ -77,6 +81,14 @@ def setup_finetuning(
             f"{trainable:,} trainable parameters of {total:,}"
         )
     echo(message)
+    return origin(source, loaded.info)
+
+
+def origin(source: Path, info: dict) -> dict:
+    """What the start event and every checkpoint's info.json record of the checkpoint a fine-tune
+    started from: its absolute path (init_from may name a run folder, whose `best` moves on), its
+    step, and when it was saved, which tells a later checkpoint written to the same path apart."""
+    return {"checkpoint": str(source.resolve()), "step": info["step"], "saved": info.get("saved")}
 
 
 def _field(cfg: Config, key: str):

@@ -113,7 +113,7 @@ class Trainer:
         self.batch_note, changed, t = resolved[1], resolved[2], cfg.training
         # 4. model, optimizer, batches, counters; then the checkpoint's state, if resuming
         built = build_model(cfg, self.data, job, self.device, self.resumed_from, self.out)
-        self.model, self.step_model = built
+        self.model, self.step_model, self.origin = built  # origin: a fine-tune's init_from checkpoint
         self.optimizer = build_optimizer(self.model, t, self.device)
         sampler = BatchSampler(self.data.train, cfg.seq_len, t.batch_size, t.seed, job.rank, job.world_size)
         self.batches = DeviceBatches(sampler, self.device)
@@ -138,7 +138,7 @@ class Trainer:
         global_batch = t.batch_size * job.world_size * t.gradient_accumulation_steps  # windows per step
         self.tokens_per_step = global_batch * cfg.seq_len
         self.params = parameter_breakdown(cfg.model).total
-        self.token_flops = flops_per_token(cfg.model, cfg.seq_len)
+        self.token_flops = flops_per_token(cfg.model, cfg.seq_len, t.lora)
         self.step_flops = self.token_flops * self.tokens_per_step
         self.peak = Peak(None, "")
         if job.is_main:  # what MFU divides by (datasheet, configured or measured), by the process that logs
@@ -170,6 +170,7 @@ class Trainer:
             world_size=job.world_size,
             parallel=job.mode,
             flops_per_token=self.token_flops,
+            init_from=self.origin,
             device=str(self.device),
             peak_flops_per_device=self.peak_flops,
             peak_source=self.peak.source,
@@ -439,6 +440,7 @@ class Trainer:
             "data_fingerprint": data.meta.get("tokens_sha256"),
             "data_path": str(data.path),
             "val_draw_width": self.val_draw_width,  # for `trickster compare`: the run's validation set
+            "init_from": self.origin,
             "manifest": self.manifest,
         }
 

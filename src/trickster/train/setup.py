@@ -34,18 +34,20 @@ def open_run(cfg: Config, data: PreparedData, resume, job: dist.Dist) -> tuple[P
 
 def build_model(
     cfg: Config, data: PreparedData, job: dist.Dist, device: torch.device, resumed_from, out: Console
-) -> tuple[Transformer, torch.nn.Module]:
-    """The plain model (weights restored before it is wrapped) and the module a step calls."""
+) -> tuple[Transformer, torch.nn.Module, dict | None]:
+    """The plain model (weights restored before it is wrapped), the module a step calls, and
+    the checkpoint a fine-tune started from (finetune.origin; None from scratch)."""
     model = Transformer(cfg.model).to(device)
     # init_from weights (not on resume: the checkpoint has them), LoRA adapters; else nothing
-    setup_finetuning(model, cfg, data.tokenizer, out.line, resuming=resumed_from is not None)
+    origin = setup_finetuning(model, cfg, data.tokenizer, out.line, resuming=resumed_from is not None)
     if resumed_from is not None:
         ckpt.load_weights(model, resumed_from / ckpt.WEIGHTS)
+        origin = ckpt.read_info(resumed_from).get("init_from")  # recorded when the run began
     model.checkpoint_activations = cfg.device.activation_checkpointing
     # None (auto) was resolved for the machine by the train command; a library call compiles only
     # when asked
     step_model = dist.parallelize(model, job, device, compile=bool(cfg.device.compile))
-    return model, step_model
+    return model, step_model, origin
 
 
 def write_run_files(
