@@ -191,12 +191,6 @@ class ShardWriter:
             parts["mask"].append(np.fromfile(self.mask.path, np.uint8, count=count))
         return np.concatenate(parts["tokens"]), np.concatenate(parts["mask"]) if self.masked else None
 
-    def discard(self) -> None:
-        """Delete every file of this split (its progress is reset by the caller)."""
-        self.release()
-        for path in self.folder.iterdir():
-            path.unlink()
-
     def release(self) -> None:
         """Close the files whatever happened (what was written stays for a continued run)."""
         for appender in (self.tokens, self.mask):

@@ -56,10 +56,6 @@ def liveness(status: dict) -> str:
     return "running" if _process_exists(status.get("pid")) else "stopped"
 
 
-def heartbeat_age(status: dict, now: float | None = None) -> float:
-    return max(0.0, (now or time.time()) - float(status.get("updated", 0)))
-
-
 def _process_exists(pid) -> bool:
     if not isinstance(pid, int) or pid <= 0:
         return False
