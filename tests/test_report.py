@@ -234,13 +234,6 @@ def test_runs_tells_a_live_run_from_one_whose_process_died(trained_run, tmp_path
     assert rows["live"].endswith("running") and rows["dead"].endswith("stopped (process died)")
 
 
-def prune(checkpoint: Path) -> None:
-    """What keep_last rotation does to a numbered checkpoint of a live run (checkpoint.prune)."""
-    hidden = checkpoint.parent / f".{checkpoint.name}.old-1"
-    checkpoint.rename(hidden)
-    shutil.rmtree(hidden)
-
-
 @pytest.mark.parametrize("moment", ["while-listing", "while-drawing"])
 def test_report_on_a_live_run_whose_checkpoint_is_rotated_away_meanwhile(
     trained_run, tmp_path, monkeypatch, moment
@@ -259,7 +252,7 @@ def test_report_on_a_live_run_whose_checkpoint_is_rotated_away_meanwhile(
         def rotated(path):
             complete = is_complete(path)
             if path == doomed:
-                prune(path)
+                ckpt.remove(path)  # what keep_last rotation does meanwhile (checkpoint.prune)
             return complete
 
         monkeypatch.setattr(ckpt, "is_complete", rotated)
@@ -268,7 +261,7 @@ def test_report_on_a_live_run_whose_checkpoint_is_rotated_away_meanwhile(
 
         def drawn(*args):
             if doomed.exists():
-                prune(doomed)
+                ckpt.remove(doomed)
             return figure(*args)
 
         monkeypatch.setattr(report, "_figure_section", drawn)
