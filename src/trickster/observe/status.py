@@ -53,10 +53,11 @@ def liveness(status: dict) -> str:
         return str(status.get("state"))
     if status.get("host") != socket.gethostname():
         return "running?"
-    return "running" if _process_exists(status.get("pid")) else "stopped"
+    return "running" if process_exists(status.get("pid")) else "stopped"
 
 
-def _process_exists(pid) -> bool:
+def process_exists(pid) -> bool:
+    """Whether a process of this id runs on this machine (one of another user's counts)."""
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:

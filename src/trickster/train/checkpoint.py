@@ -40,6 +40,7 @@ from trickster.data.tokenizers import Tokenizer, load_tokenizer
 from trickster.errors import UserError, disk_errors
 from trickster.model import lora
 from trickster.model.transformer import Transformer
+from trickster.observe.status import process_exists
 from trickster.train.device import inference_dtype
 
 COMPLETE = "COMPLETE"
@@ -240,7 +241,8 @@ def recover(run_dir: str | Path) -> list[str]:
     repairs = []
     for hidden in sorted(folder.glob(".*")):
         match = LEFTOVER.match(hidden.name)
-        if not match or _alive(int(match["pid"])):
+        pid = int(match["pid"]) if match else None
+        if match is None or (pid != os.getpid() and process_exists(pid)):  # its writer still works
             continue
         target = folder / match["name"]
         if match["kind"] == "old" and not target.exists() and is_complete(hidden):
@@ -251,18 +253,6 @@ def recover(run_dir: str | Path) -> list[str]:
             what = "deletion" if match["kind"] == "deleted" else "write"
             repairs.append(f"removed {hidden.name}, left by an interrupted {what}")
     return repairs
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def resolve(path: str | Path) -> Path:
