@@ -200,11 +200,11 @@ def export_hf(target: str | Path, out: str | Path, dtype: str = "float32") -> Pa
         "generation_config.json": generation_config(m, tokenizer),
         **files,
     }
-
-    def write_weights(staging: Path) -> None:
+    with new_folder(out) as staging:
         save_file(state, staging / "model.safetensors", metadata={"format": "pt"})
-
-    _write_folder(out, write_weights, json_files)
+        for name, content in json_files.items():
+            text = json.dumps(content, indent=2, ensure_ascii=False) + "\n"
+            (staging / name).write_text(text, encoding="utf-8")
     return out
 
 
@@ -215,14 +215,6 @@ def _check_new_folder(out: Path, flag: str) -> None:
         raise UserError(
             f"{out} already exists and is not empty; choose a new folder with {flag} (nothing was changed)"
         )
-
-
-def _write_folder(out: Path, write_weights, json_files: dict[str, dict]) -> None:
-    with new_folder(out) as staging:
-        write_weights(staging)
-        for name, content in json_files.items():
-            text = json.dumps(content, indent=2, ensure_ascii=False) + "\n"
-            (staging / name).write_text(text, encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- import
