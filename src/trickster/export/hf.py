@@ -31,12 +31,11 @@ import re
 from pathlib import Path
 
 import torch
-import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from trickster.atomic import new_folder
-from trickster.config import ModelConfig, config_from_dict
+from trickster.config import ModelConfig, config_from_dict, save_config
 from trickster.data.tokenizers import EOT_TEXT, HFTokenizer, Tokenizer, require_tokenizers, special_token_text
 from trickster.errors import UserError
 from trickster.model.transformer import Transformer
@@ -370,7 +369,7 @@ def import_hf(src: str | Path, run_dir: str | Path) -> Path:
     }
     try:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+        save_config(cfg, run_dir / "config.yaml")
         tokenizer.save(run_dir / "tokenizer.json")
         (run_dir / "manifest.json").write_text(json.dumps(info["manifest"], indent=2))
         ckpt.save_checkpoint(run_dir / "checkpoints" / "final", model, cfg, tokenizer, info)

@@ -35,7 +35,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from trickster.atomic import replace_dir, replace_file, staging_dir
-from trickster.config import Config, ModelConfig, config_from_dict
+from trickster.config import Config, ModelConfig, config_from_dict, save_config
 from trickster.data.tokenizers import Tokenizer, load_tokenizer
 from trickster.errors import UserError, disk_errors
 from trickster.model import lora
@@ -116,7 +116,7 @@ def _write_checkpoint(target, tensors, cfg, tokenizer, info, trainer_state, stag
             _save_tensors(weights, staging / WEIGHTS)
             if adapters:
                 _save_tensors(adapters, staging / lora.ADAPTERS)
-        (staging / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        save_config(cfg, staging / "config.yaml")
         tokenizer.save(staging / "tokenizer.json")
         if trainer_state is not None:
             _save_trainer_state(trainer_state, staging / "trainer.pt")
