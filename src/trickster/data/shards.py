@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trickster.atomic import replace_file
 from trickster.errors import UserError
 
 SPLITS = ("train", "val")
@@ -79,9 +80,7 @@ class Progress:
         return sum(len(self.splits[s].shards) for s in SPLITS)
 
     def save(self, folder: Path) -> None:
-        tmp = folder / "progress.json.tmp"
-        tmp.write_text(json.dumps(self.state_dict(), indent=1), encoding="utf-8")
-        tmp.replace(folder / "progress.json")
+        replace_file(folder / "progress.json", json.dumps(self.state_dict(), indent=1))
 
     @classmethod
     def load(cls, folder: Path) -> Progress:
