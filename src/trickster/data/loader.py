@@ -19,8 +19,7 @@ import torch
 
 from trickster.data.tokenizers import Tokenizer, load_tokenizer
 from trickster.errors import UserError
-
-IGNORE_INDEX = -100  # a target the loss skips (F.cross_entropy's ignore_index)
+from trickster.model.transformer import IGNORE_INDEX  # a target the loss skips
 
 
 class TokenStream:
