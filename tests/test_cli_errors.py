@@ -88,7 +88,8 @@ def snapshot(*roots: Path) -> dict[Path, str]:
 
 
 def staging_leftovers(*roots: Path) -> list[Path]:
-    return [p for root in roots for p in root.rglob(".*") if ".tmp-" in p.name or ".old-" in p.name]
+    kinds = (".tmp-", ".old-", ".deleted-")  # atomic.py's staged and replaced folders, checkpoint.remove's
+    return [p for root in roots for p in root.rglob(".*") if any(kind in p.name for kind in kinds)]
 
 
 Build = Callable[[Env], list]

@@ -135,7 +135,7 @@ def test_fsdp_keeps_weights_gathered_between_the_micro_batches_of_a_step(job_of_
     wq = model.layers[0].attention.wq
     kinds = []
     for micro_step in range(3):
-        with dist.gradient_sync(step_model, job, micro_step == 2):  # the name the loop calls
+        with dist.micro_batch(step_model, job, last=micro_step == 2):
             step_model(*batch(micro_step))[1].backward()
         kinds.append(type(wq.weight).__name__)
     # gathered (a plain tensor) after the first two backward passes, sharded again after the last

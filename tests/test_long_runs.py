@@ -26,10 +26,9 @@ from trickster.train import checkpoint as ckpt
 from trickster.train.loop import train
 
 from . import children
-from .conftest import micro_config
+from .conftest import QUIET, micro_config
 from .dist_child import spiking_schedule
 
-QUIET = {"echo": lambda *a: None}
 SPIKE = {  # 30 steps, a checkpoint every 5, every loss logged, a spike window of 8 losses
     "max_steps": 30,
     "warmup_steps": 2,

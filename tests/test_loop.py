@@ -16,7 +16,8 @@ from trickster.train.device import settings_restored
 from trickster.train.loop import Trainer, train
 from trickster.train.state import rng_state, set_rng_state
 
-QUIET = {"echo": lambda *a: None}
+from .conftest import QUIET
+
 STEPS = {"max_steps": 4, "warmup_steps": 1, "log_every": 1, "eval_every": 4, "save_every": 4}
 
 

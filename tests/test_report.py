@@ -6,6 +6,7 @@ import base64
 import html
 import io
 import json
+import re
 import shutil
 import statistics
 import subprocess
@@ -101,6 +102,30 @@ def test_report_is_one_self_contained_page_with_the_whole_story(trained_run, tmp
     assert f"{tokens_per_sec:,.0f}" in text
     for name in ("step_000006", "best", "final"):
         assert f"<th>{name}</th>" in text
+
+
+def test_report_shows_the_tokens_each_evaluation_had_seen_across_a_resume_with_another_batch(tmp_path):
+    """A run resumed with a larger global batch: the samples table shows each evaluation's own
+    tokens_seen, not its step times the first segment's tokens per step."""
+    from trickster.observe.report import build_report
+
+    def evaluation(step: int, tokens_seen: int) -> dict:
+        record = {"event": "eval", "step": step, "time": step, "val_loss": 2.0, "val_perplexity": 7.4}
+        return {**record, "tokens_seen": tokens_seen}
+
+    records = [
+        {"event": "start", "step": 0, "time": 0.0, "tokens_per_step": 64},
+        evaluation(0, 0),
+        evaluation(10, 640),
+        {"event": "resume", "step": 10, "time": 11.0, "checkpoint": "step_000010", "changed": {}},
+        evaluation(20, 3200),
+    ]  # 10 steps of 64 tokens, then 10 of 256
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    samples = build_report(run).split("<h2>Samples at every evaluation</h2>")[1].split("<h2>")[0]
+    tokens = re.findall(r"<tr><td class='n'>[\d,]+</td><td class='n'>([^<]*)</td>", samples)
+    assert tokens == ["0", "640", "3,200"]
 
 
 def test_report_writes_into_the_run_folder_by_default(trained_run, tmp_path):
@@ -209,13 +234,6 @@ def test_runs_tells_a_live_run_from_one_whose_process_died(trained_run, tmp_path
     assert rows["live"].endswith("running") and rows["dead"].endswith("stopped (process died)")
 
 
-def prune(checkpoint: Path) -> None:
-    """What keep_last rotation does to a numbered checkpoint of a live run (checkpoint.prune)."""
-    hidden = checkpoint.parent / f".{checkpoint.name}.old-1"
-    checkpoint.rename(hidden)
-    shutil.rmtree(hidden)
-
-
 @pytest.mark.parametrize("moment", ["while-listing", "while-drawing"])
 def test_report_on_a_live_run_whose_checkpoint_is_rotated_away_meanwhile(
     trained_run, tmp_path, monkeypatch, moment
@@ -234,7 +252,7 @@ def test_report_on_a_live_run_whose_checkpoint_is_rotated_away_meanwhile(
         def rotated(path):
             complete = is_complete(path)
             if path == doomed:
-                prune(path)
+                ckpt.remove(path)  # what keep_last rotation does meanwhile (checkpoint.prune)
             return complete
 
         monkeypatch.setattr(ckpt, "is_complete", rotated)
@@ -243,7 +261,7 @@ def test_report_on_a_live_run_whose_checkpoint_is_rotated_away_meanwhile(
 
         def drawn(*args):
             if doomed.exists():
-                prune(doomed)
+                ckpt.remove(doomed)
             return figure(*args)
 
         monkeypatch.setattr(report, "_figure_section", drawn)

@@ -13,7 +13,7 @@ from trickster.train import checkpoint as ckpt
 from trickster.train.loop import train
 
 from . import children
-from .conftest import micro_config
+from .conftest import QUIET, micro_config
 
 
 def start_child(products: int) -> children.Child:
@@ -66,5 +66,5 @@ def test_a_second_ctrl_c_ends_a_run_stuck_in_a_long_step(shakespeare_dir, tmp_pa
     run = tmp_path / "run"
     assert ckpt.latest(run) == run / "checkpoints" / "step_000002"
     cfg.training.max_steps = 4
-    resumed = train(cfg, resume=True, echo=lambda *a: None)  # the newest checkpoint is whole
+    resumed = train(cfg, resume=True, **QUIET)  # the newest checkpoint is whole
     assert resumed.state.step == 4 and ckpt.checkpoint_step(run / "checkpoints" / "final") == 4

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import random
+import shutil
+
+import pytest
 
 from trickster.config import TrainingConfig
-from trickster.train.spikes import SpikeDetector
+from trickster.train import checkpoint as ckpt
+from trickster.train.spikes import SpikeDetector, discard_after
 
 
 def noisy(steps: int, level: float = 2.0, seed: int = 0) -> list[float]:
@@ -72,3 +77,26 @@ def test_state_dict_continues_exactly():
 def test_defaults_are_the_documented_ones():
     t = TrainingConfig()
     assert (t.spike_factor, t.spike_steps, t.spike_window, t.max_rollbacks) == (2.0, 3, 100, 3)
+
+
+def test_a_checkpoint_a_rollback_was_deleting_when_killed_is_never_taken_back(tmp_path, monkeypatch):
+    """discard_after renames a post-spike checkpoint to a hidden name, then deletes it. Killed in
+    between, the hidden folder may still look complete: the next --resume must delete it, not put
+    it back (it holds the spike's weights, and the newest step would be resumed from it)."""
+    for step in (2, 4):
+        folder = tmp_path / "checkpoints" / ckpt.step_name(step)
+        folder.mkdir(parents=True)
+        (folder / "info.json").write_text(json.dumps({"step": step}))
+        for name in (ckpt.WEIGHTS, ckpt.COMPLETE):
+            (folder / name).write_text("")
+
+    def killed(path, *args, **kwargs):
+        raise KeyboardInterrupt  # the process ends between the rename and the deletion
+
+    monkeypatch.setattr(shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        discard_after(tmp_path, 2)
+    monkeypatch.undo()
+    repairs = ckpt.recover(tmp_path)  # as --resume starts (the pid is this process's: not alive)
+    assert ckpt.latest(tmp_path).name == "step_000002" and len(repairs) == 1
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_000002"]

@@ -19,8 +19,7 @@ import torch
 
 from trickster.data.tokenizers import Tokenizer, load_tokenizer
 from trickster.errors import UserError
-
-IGNORE_INDEX = -100  # a target the loss skips (F.cross_entropy's ignore_index)
+from trickster.model.transformer import IGNORE_INDEX  # a target the loss skips
 
 
 class TokenStream:
@@ -115,7 +114,7 @@ def load_data(path: str | Path) -> PreparedData:
     except (json.JSONDecodeError, KeyError, TypeError):
         raise UserError(f"{meta_file} is damaged; prepare the data again") from None
     tokenizer = load_tokenizer(path / "tokenizer.json")
-    index = _read_index(path, meta) if meta.get("layout") == "shards" else _flat_index(path, meta)
+    index = _read_index(path, meta) if meta.get("layout") == "shards" else _flat_index(meta)
     streams = {split: _read_split(path, meta, index[split], split, dtype) for split in ("train", "val")}
     return PreparedData(path, meta, tokenizer, streams["train"], streams["val"])
 
@@ -133,7 +132,7 @@ def _read_index(path: Path, meta: dict) -> dict:
         raise UserError(f"{path / 'index.json'} is damaged; prepare the data again") from None
 
 
-def _flat_index(path: Path, meta: dict) -> dict:
+def _flat_index(meta: dict) -> dict:
     """A folder written before shards (format 1: train.bin, val.bin, masks beside): one shard each."""
     index = {}
     for split in ("train", "val"):

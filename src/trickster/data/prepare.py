@@ -193,9 +193,7 @@ def _tokenizer_for(
         limit = None if kind == "char" else TOKENIZER_SAMPLE_CHARS
         texts = _bounded(_all_texts(source, progress, f"reading for the {kind} tokenizer"), limit)
         tokenizer = build_tokenizer(kind, texts, not source.single_document, vocab_size)
-    tmp = partial / "tokenizer.json.tmp"
-    tokenizer.save(tmp)
-    tmp.replace(saved)
+    tokenizer.save(saved)
     return tokenizer
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trickster.atomic import replace_file
 from trickster.errors import UserError
 
 SPLITS = ("train", "val")
@@ -79,9 +80,7 @@ class Progress:
         return sum(len(self.splits[s].shards) for s in SPLITS)
 
     def save(self, folder: Path) -> None:
-        tmp = folder / "progress.json.tmp"
-        tmp.write_text(json.dumps(self.state_dict(), indent=1), encoding="utf-8")
-        tmp.replace(folder / "progress.json")
+        replace_file(folder / "progress.json", json.dumps(self.state_dict(), indent=1))
 
     @classmethod
     def load(cls, folder: Path) -> Progress:
@@ -190,12 +189,6 @@ class ShardWriter:
         if self.masked:
             parts["mask"].append(np.fromfile(self.mask.path, np.uint8, count=count))
         return np.concatenate(parts["tokens"]), np.concatenate(parts["mask"]) if self.masked else None
-
-    def discard(self) -> None:
-        """Delete every file of this split (its progress is reset by the caller)."""
-        self.release()
-        for path in self.folder.iterdir():
-            path.unlink()
 
     def release(self) -> None:
         """Close the files whatever happened (what was written stays for a continued run)."""

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trickster.atomic import replace_file
 from trickster.errors import UserError
 
 EOT_TEXT = "<|endoftext|>"
@@ -92,7 +93,8 @@ class Tokenizer:
         raise NotImplementedError
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False), encoding="utf-8")
+        """tokenizer.json, replaced in one rename: a kill while it is written leaves the old one."""
+        replace_file(Path(path), json.dumps(self.to_dict(), ensure_ascii=False))
 
     def fingerprint(self) -> str:
         """A short hash that changes whenever the id <-> text mapping changes."""

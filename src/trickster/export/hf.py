@@ -31,12 +31,11 @@ import re
 from pathlib import Path
 
 import torch
-import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from trickster.atomic import new_folder
-from trickster.config import ModelConfig, config_from_dict
+from trickster.config import ModelConfig, config_from_dict, save_config
 from trickster.data.tokenizers import EOT_TEXT, HFTokenizer, Tokenizer, require_tokenizers, special_token_text
 from trickster.errors import UserError
 from trickster.model.transformer import Transformer
@@ -200,11 +199,11 @@ def export_hf(target: str | Path, out: str | Path, dtype: str = "float32") -> Pa
         "generation_config.json": generation_config(m, tokenizer),
         **files,
     }
-
-    def write_weights(staging: Path) -> None:
+    with new_folder(out) as staging:
         save_file(state, staging / "model.safetensors", metadata={"format": "pt"})
-
-    _write_folder(out, write_weights, json_files)
+        for name, content in json_files.items():
+            text = json.dumps(content, indent=2, ensure_ascii=False) + "\n"
+            (staging / name).write_text(text, encoding="utf-8")
     return out
 
 
@@ -215,14 +214,6 @@ def _check_new_folder(out: Path, flag: str) -> None:
         raise UserError(
             f"{out} already exists and is not empty; choose a new folder with {flag} (nothing was changed)"
         )
-
-
-def _write_folder(out: Path, write_weights, json_files: dict[str, dict]) -> None:
-    with new_folder(out) as staging:
-        write_weights(staging)
-        for name, content in json_files.items():
-            text = json.dumps(content, indent=2, ensure_ascii=False) + "\n"
-            (staging / name).write_text(text, encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- import
@@ -378,7 +369,7 @@ def import_hf(src: str | Path, run_dir: str | Path) -> Path:
     }
     try:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+        save_config(cfg, run_dir / "config.yaml")
         tokenizer.save(run_dir / "tokenizer.json")
         (run_dir / "manifest.json").write_text(json.dumps(info["manifest"], indent=2))
         ckpt.save_checkpoint(run_dir / "checkpoints" / "final", model, cfg, tokenizer, info)

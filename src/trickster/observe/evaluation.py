@@ -24,10 +24,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trickster.data.loader import IGNORE_INDEX, TokenStream
+from trickster.data.loader import TokenStream
 from trickster.data.tokenizers import Tokenizer
 from trickster.errors import UserError
 from trickster.model.generate import mask_unused_rows
+from trickster.model.transformer import IGNORE_INDEX
 from trickster.train.device import autocast_for
 
 

@@ -172,7 +172,7 @@ def _samples(run: Run) -> str:
     prompt = run.cfg.training.sample_prompt if run.cfg else ""
     rows = []
     for r in run.events("eval"):
-        tokens = r["step"] * run.tokens_per_step if run.tokens_per_step else None
+        tokens = r.get("tokens_seen")  # stored: a resume may have changed the tokens per step
         sample = r.get("sample")
         text = (
             _sample_html(sample, prompt) if sample is not None else "<span class='muted'>(no sample)</span>"

@@ -107,17 +107,17 @@ class Run:
 
     @property
     def median_tokens_per_sec(self) -> float | None:
-        # the first interval includes warm-up (and the first evaluation): leave it out when we can
-        values = [r["tokens_per_sec"] for r in self.events("train")][1:] or [
-            r["tokens_per_sec"] for r in self.events("train")
-        ]
-        return statistics.median(values) if values else None
+        return self._steady_median("tokens_per_sec")
 
     @property
     def median_ms_per_step(self) -> float | None:
-        values = [r["ms_per_step"] for r in self.events("train")][1:] or [
-            r["ms_per_step"] for r in self.events("train")
-        ]
+        return self._steady_median("ms_per_step")
+
+    def _steady_median(self, key: str) -> float | None:
+        """The median of a train event's figure. The first interval includes warm-up (and the
+        first evaluation): it is left out when there are others."""
+        values = [r[key] for r in self.events("train")]
+        values = values[1:] or values
         return statistics.median(values) if values else None
 
     @property

@@ -18,6 +18,8 @@ import socket
 import time
 from pathlib import Path
 
+from trickster.atomic import replace_file
+
 STATUS = "status.json"
 
 
@@ -30,10 +32,7 @@ def write_status(run_dir: str | Path, state: str, **fields) -> dict:
         **fields,
         "updated": round(time.time(), 3),
     }
-    path = Path(run_dir) / STATUS
-    staging = path.with_name(f".{STATUS}.tmp-{os.getpid()}")
-    staging.write_text(json.dumps(record) + "\n", encoding="utf-8")
-    os.replace(staging, path)
+    replace_file(Path(run_dir) / STATUS, json.dumps(record) + "\n")
     return record
 
 
@@ -53,14 +52,11 @@ def liveness(status: dict) -> str:
         return str(status.get("state"))
     if status.get("host") != socket.gethostname():
         return "running?"
-    return "running" if _process_exists(status.get("pid")) else "stopped"
+    return "running" if process_exists(status.get("pid")) else "stopped"
 
 
-def heartbeat_age(status: dict, now: float | None = None) -> float:
-    return max(0.0, (now or time.time()) - float(status.get("updated", 0)))
-
-
-def _process_exists(pid) -> bool:
+def process_exists(pid) -> bool:
+    """Whether a process of this id runs on this machine (one of another user's counts)."""
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:

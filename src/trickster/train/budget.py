@@ -11,8 +11,7 @@ import time
 
 from trickster.config import TrainingConfig
 from trickster.errors import UserError
-from trickster.units import format_duration as format_seconds
-from trickster.units import parse_duration
+from trickster.units import format_duration, parse_duration
 
 LONG_RUN = 86400.0  # without a budget, a schedule that promises more than a day gets a warning
 
@@ -37,14 +36,14 @@ class Clock:
         """Refuse to continue a run whose budget is already spent (a resume with the same one)."""
         if self.out_of_time() and step < max_steps:
             raise UserError(
-                f"the time budget training_config.max_time ({format_seconds(self.budget)}) is spent: "
-                f"the run has trained {format_seconds(self.before)} and stopped at step {step:,} of "
+                f"the time budget training_config.max_time ({format_duration(self.budget)}) is spent: "
+                f"the run has trained {format_duration(self.before)} and stopped at step {step:,} of "
                 f"{max_steps:,}; raise max_time to continue with --resume"
             )
 
     def end_line(self, step: int, max_steps: int) -> str:
         return (
-            f"time budget training_config.max_time ({format_seconds(self.budget)}) reached at step "
+            f"time budget training_config.max_time ({format_duration(self.budget)}) reached at step "
             f"{step:,} of {max_steps:,} ({step / max_steps:.0%} of the schedule); saved checkpoints/final; "
             "continue with --resume and a larger max_time"
         )
@@ -55,18 +54,18 @@ class Clock:
         steps_left = max_steps - step
         left = step_seconds * steps_left
         start = (
-            f"the first step took {format_seconds(step_seconds)}: the {steps_left:,} steps left need about"
+            f"the first step took {format_duration(step_seconds)}: the {steps_left:,} steps left need about"
         )
         if self.budget is not None and self.seconds() + left > self.budget:
             reach = step + int(max(self.budget - self.seconds(), 0) / step_seconds)
             return (
-                f"{start} {format_seconds(left)}, more than training_config.max_time "
-                f"({format_seconds(self.budget)}) allows: it will stop the run near step {reach:,} "
+                f"{start} {format_duration(left)}, more than training_config.max_time "
+                f"({format_duration(self.budget)}) allows: it will stop the run near step {reach:,} "
                 f"of {max_steps:,}"
             )
         if self.budget is None and left > LONG_RUN:
             return (
-                f"{start} {format_seconds(left)} at this pace; if that is not what you meant, stop "
+                f"{start} {format_duration(left)} at this pace; if that is not what you meant, stop "
                 "with Ctrl-C and check model_config.max_seq_len, training_config.batch_size and "
                 "max_steps (`trickster plan` estimates a config), or set training_config.max_time"
             )

@@ -35,11 +35,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from trickster.atomic import replace_dir, replace_file, staging_dir
-from trickster.config import Config, ModelConfig, config_from_dict
+from trickster.config import Config, ModelConfig, config_from_dict, save_config
 from trickster.data.tokenizers import Tokenizer, load_tokenizer
 from trickster.errors import UserError, disk_errors
 from trickster.model import lora
 from trickster.model.transformer import Transformer
+from trickster.observe.status import process_exists
 from trickster.train.device import inference_dtype
 
 COMPLETE = "COMPLETE"
@@ -48,7 +49,8 @@ OPTIMIZER = "optimizer"  # the sharded optimizer state of an FSDP2 run
 STEP_DIR = re.compile(r"^step_(\d+)$")
 FULL_BELOW = 1 << 20  # bytes free on a disk that a failed write has just filled
 OS_ERROR = re.compile(r"\(os error (\d+)\)")  # the errno in a SafetensorError's message
-LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)$")  # see atomic.py
+# what a killed writer leaves: staging (tmp) and replaced (old) folders of atomic.py, remove()'s (deleted)
+LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old|deleted)-(?P<pid>\d+)$")
 
 
 def step_name(step: int) -> str:
@@ -114,7 +116,7 @@ def _write_checkpoint(target, tensors, cfg, tokenizer, info, trainer_state, stag
             _save_tensors(weights, staging / WEIGHTS)
             if adapters:
                 _save_tensors(adapters, staging / lora.ADAPTERS)
-        (staging / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        save_config(cfg, staging / "config.yaml")
         tokenizer.save(staging / "tokenizer.json")
         if trainer_state is not None:
             _save_trainer_state(trainer_state, staging / "trainer.pt")
@@ -212,18 +214,25 @@ def prune(run_dir: str | Path, keep_last: int | None) -> list[Path]:
         return []
     doomed = numbered(run_dir)[:-keep_last]
     for path in doomed:
-        # rename first: a kill halfway through deleting leaves a hidden folder, not a half checkpoint
-        trash = path.parent / f".{path.name}.old-{os.getpid()}"
-        path.rename(trash)
-        shutil.rmtree(trash)
+        remove(path)
     return doomed
+
+
+def remove(path: Path) -> None:
+    """Delete a checkpoint folder. It is renamed first, to a hidden name that `recover` deletes: a
+    kill halfway through leaves neither a half checkpoint nor one that would be put back (as a
+    replaced folder, `.old-`, is)."""
+    trash = path.parent / f".{path.name}.deleted-{os.getpid()}"
+    path.rename(trash)
+    shutil.rmtree(trash)
 
 
 def recover(run_dir: str | Path) -> list[str]:
     """Tidy what a killed writer left in checkpoints/, before a run continues there.
 
     A kill between the two renames of `replace_dir` leaves `best` (or `final`) only under its old
-    hidden name: put it back. Half-written staging folders of dead processes are deleted.
+    hidden name: put it back. Half-written staging folders and half-deleted checkpoints of dead
+    processes are deleted.
     Returns a line for each repair, for the log.
     """
     folder = Path(run_dir) / "checkpoints"
@@ -232,7 +241,8 @@ def recover(run_dir: str | Path) -> list[str]:
     repairs = []
     for hidden in sorted(folder.glob(".*")):
         match = LEFTOVER.match(hidden.name)
-        if not match or _alive(int(match["pid"])):
+        pid = int(match["pid"]) if match else None
+        if match is None or (pid != os.getpid() and process_exists(pid)):  # its writer still works
             continue
         target = folder / match["name"]
         if match["kind"] == "old" and not target.exists() and is_complete(hidden):
@@ -240,20 +250,9 @@ def recover(run_dir: str | Path) -> list[str]:
             repairs.append(f"restored checkpoints/{target.name} from an interrupted replacement")
         else:
             shutil.rmtree(hidden, ignore_errors=True)
-            repairs.append(f"removed {hidden.name}, left by an interrupted write")
+            what = "deletion" if match["kind"] == "deleted" else "write"
+            repairs.append(f"removed {hidden.name}, left by an interrupted {what}")
     return repairs
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def resolve(path: str | Path) -> Path:

@@ -122,11 +122,6 @@ def mfu_peak(
     return Peak(measured, "measured matmul", measured)
 
 
-def peak_flops(device: torch.device, dtype_name: str, peak_tflops: float | None = None) -> float | None:
-    """The FLOP/s that MFU divides by (`mfu_peak(...).flops`)."""
-    return mfu_peak(device, dtype_name, peak_tflops).flops
-
-
 def resolve_device(name: str, key: str = "device_config.device") -> torch.device:
     """`key` is what the user sets, named in the error: a config key or a command-line flag."""
     fix = f"{key} cpu" if key.startswith("--") else f"{key}=cpu"

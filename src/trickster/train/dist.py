@@ -242,11 +242,6 @@ def micro_batch(step_model: torch.nn.Module, d: Dist, last: bool):
     return contextlib.nullcontext()
 
 
-def gradient_sync(step_model: torch.nn.Module, d: Dist, enabled: bool):
-    """`micro_batch` under its earlier name: `enabled` is True on the step's last micro-batch."""
-    return micro_batch(step_model, d, enabled)
-
-
 def sum_across(values: torch.Tensor, d: Dist) -> list[float]:
     """The sum over processes of a small packed tensor, on the host: one all-reduce and one copy.
 

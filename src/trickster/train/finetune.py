@@ -1,8 +1,8 @@
 """Fine-tuning: start from existing weights (`training_config.init_from`) and, with
 `training_config.lora`, train low-rank adapters only.
 
-`train()` calls `setup_finetuning` once, right after it builds the model and before the optimizer
-sees the parameters; without init_from it does nothing. A resumed run only gets its adapters back:
+`setup.build_model` calls `setup_finetuning` once, right after it builds the model and before the
+optimizer sees the parameters; without init_from it does nothing. A resumed run only gets its adapters back:
 its checkpoint holds every weight, so the init_from source may since have moved or been deleted.
 Which checkpoint a fine-tune started from (`origin`) is recorded in its `start` event and in every
 checkpoint's info.json, so a resumed run keeps it too.

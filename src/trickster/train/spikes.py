@@ -11,8 +11,6 @@ non-finite-update check and ignored here.
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import statistics
 from collections import deque
 from dataclasses import dataclass
@@ -76,9 +74,7 @@ def discard_after(run_dir: Path, step: int) -> list[str]:
     doomed = [p for p in [*ckpt.numbered(run_dir), folder / "final"] if ckpt.is_complete(p)]
     doomed = [p for p in doomed if ckpt.checkpoint_step(p) > step]
     for path in doomed:
-        trash = path.parent / f".{path.name}.old-{os.getpid()}"  # renamed first, as prune() does
-        path.rename(trash)
-        shutil.rmtree(trash)
+        ckpt.remove(path)
     return [p.name for p in doomed]
 
 
