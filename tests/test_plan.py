@@ -17,6 +17,7 @@ from trickster.errors import UserError
 from trickster.model import lora
 from trickster.model.flops import flops_per_token, parameter_breakdown
 from trickster.model.transformer import Transformer
+from trickster.train import device as device_module
 from trickster.train.loop import train
 from trickster.train.optim import build_optimizer
 
@@ -348,16 +349,25 @@ def test_a_model_too_big_for_one_gpu_is_told_how_many_to_shard_over(monkeypatch)
 
 
 def test_the_benchmark_times_float32_in_tf32_and_puts_the_setting_back(micro, monkeypatch):
-    calls = []
+    """On this CPU the benchmark is told it runs on CUDA (the TF32 flag is a process-wide setting
+    a CPU has too): its steps run with TF32 on, and the setting is back as it was afterwards."""
+    matmul = torch.backends.cuda.matmul
+    flag, tf32 = ("fp32_precision", "tf32") if hasattr(matmul, "fp32_precision") else ("allow_tf32", True)
+    before, during = getattr(matmul, flag), []
+    monkeypatch.setattr(
+        plan, "set_matmul_precision", lambda device: device_module.set_matmul_precision(torch.device("cuda"))
+    )
+    timed_steps = plan._timed_steps
 
-    def spy(device):
-        calls.append(("set", device))
-        return lambda: calls.append(("restored", device))
+    def spy(*args):
+        during.append(getattr(matmul, flag))
+        return timed_steps(*args)
 
-    monkeypatch.setattr(plan, "set_matmul_precision", spy)
+    monkeypatch.setattr(plan, "_timed_steps", spy)
     with contextlib.suppress(plan.BenchSkipped):  # (if this machine is too busy to time anything)
         plan.benchmark(micro(model_config={"vocab_size": 65}), torch.device("cpu"), seconds=2)
-    assert calls == [("set", torch.device("cpu")), ("restored", torch.device("cpu"))]
+    assert during == [tf32] and before != tf32
+    assert getattr(matmul, flag) == before
 
 
 @pytest.mark.parametrize("recompute", [False, True])

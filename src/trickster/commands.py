@@ -11,8 +11,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
-
 from trickster.data import hub, sources
 from trickster.data.dedup import DedupSettings
 from trickster.data.loader import load_data
@@ -24,6 +22,7 @@ from trickster.errors import UserError
 from trickster.model.flops import flops_per_token, parameter_breakdown
 from trickster.model.generate import generate
 from trickster.model.transformer import untrained_like
+from trickster.model.vocab import assumed_vocab
 from trickster.observe import evaluation
 from trickster.options import ConfigSource, EvalOptions, PrepareOptions, Sampling, SourceSpec
 from trickster.train import checkpoint as ckpt
@@ -127,8 +126,9 @@ def train_command(source: ConfigSource, resume: bool = False, progress: bool | N
         return 128 + int(result.exit_signal)
     if not speaks:
         return 0
-    best = result.state.best_val_loss
-    print(f"done: {result.state.step} steps; best val loss {best:.4f}; run in {result.run_dir}")
+    best = result.state.best_loss_seen
+    shown = "n/a" if best is None else f"{best:.4f}"
+    print(f"done: {result.state.step} steps; best val loss {shown}; run in {result.run_dir}")
     prompt = result.cfg.training.sample_prompt.strip() or "ROMEO:"
     print(f'next: trickster generate {result.run_dir} --prompt "{prompt}"')
     return 0
@@ -223,7 +223,7 @@ def eval_command(opts: EvalOptions) -> None:
         data = load_data(path)
         if data.tokenizer.fingerprint() != tokenizer.fingerprint():
             raise UserError(f"data in {path} uses another tokenizer than {loaded.path}; pass --data DIR")
-        tokens, mask = evaluation.split_tokens(data.val)
+        tokens, mask = data.val, data.val.loss_mask
         what = f"{path} (val split)"
     if opts.max_tokens is not None and len(tokens) > opts.max_tokens + 1:
         tokens = tokens[: opts.max_tokens + 1]
@@ -267,17 +267,10 @@ def info_command(source: ConfigSource, checkpoint: str | None = None) -> None:
         cfg, info = loaded.cfg, loaded.info
     else:
         cfg, info = source.load(), None
-    note = ""
-    if cfg.model.vocab_size == "auto":
-        cfg = cfg.model_copy(deep=True)
-        cfg.model.vocab_size, note = 256, " (auto: set from the tokenizer; counted here as 256)"
+    cfg, note = assumed_vocab(cfg)
     b = parameter_breakdown(cfg.model)
     m = cfg.model
-    print(
-        f"model: hidden {m.hidden_dim}, {m.num_layers} layers, {m.num_heads} heads "
-        f"({m.num_kv_heads or m.num_heads} kv), MLP {m.mlp_dim}, context {m.max_seq_len}, "
-        f"vocab {m.vocab_size}{note}"
-    )
+    print(f"model: {m.shape()}{note}")
     print("parameters:")
     print(f"  embedding       {b.embedding:>14,}")
     print(f"  per block       {b.per_block:>14,}")
@@ -303,7 +296,7 @@ def info_command(source: ConfigSource, checkpoint: str | None = None) -> None:
         print("versions: " + ", ".join(f"{k} {manifest.get(k)}" for k in versions))
         print(f"git: {manifest.get('git_sha')}, device: {manifest.get('device')}, saved {info.get('saved')}")
         print(f"config ({loaded.path / 'config.yaml'}):")
-        for line in yaml.safe_dump(loaded.cfg.to_dict(), sort_keys=False).splitlines():
+        for line in loaded.cfg.to_yaml().splitlines():
             print("  " + line)
 
 
@@ -364,11 +357,7 @@ def import_command(source: str, path: str, out: str) -> Path:
         raise UserError(f"unknown import source '{source}'; choose hf")
     run = hf.import_hf(path, out)
     m = ckpt.read_config(run / "checkpoints" / "final").model
-    print(
-        f"imported {path}: {parameter_breakdown(m).total:,} parameters, hidden {m.hidden_dim}, "
-        f"{m.num_layers} layers, {m.num_heads} heads ({m.num_kv_heads or m.num_heads} kv), "
-        f"vocab {m.vocab_size}"
-    )
+    print(f"imported {path}: {parameter_breakdown(m).total:,} parameters, {m.shape()}")
     print(f"wrote {run}/checkpoints/final; try: trickster generate {run} --prompt 'Hello'")
     return run
 

@@ -52,6 +52,22 @@ class ModelConfig(_Section):
     norm_eps: float = Field(1e-5, gt=0)
     """Epsilon inside RMSNorm."""
 
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: num_kv_heads, or num_heads when it is empty."""
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_dim // self.num_heads
+
+    def shape(self) -> str:
+        """The model's shape in one line, as `info`, `plan`, `import` and the report print it."""
+        return (
+            f"hidden {self.hidden_dim}, {self.num_layers} layers, {self.num_heads} heads "
+            f"({self.kv_heads} kv), MLP {self.mlp_dim}, context {self.max_seq_len}, vocab {self.vocab_size}"
+        )
+
 
 class DataConfig(_Section):
     path: str | None = None
@@ -218,6 +234,10 @@ class Config(BaseModel):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="json")
 
+    def to_yaml(self) -> str:
+        """The config as config.yaml holds it: its sections and keys in their order."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
     @property
     def seq_len(self) -> int:
         return self.training.seq_len or self.model.max_seq_len
@@ -278,7 +298,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    Path(path).write_text(cfg.to_yaml(), encoding="utf-8")
 
 
 class _DuplicateKey(yaml.constructor.ConstructorError):

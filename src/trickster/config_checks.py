@@ -20,16 +20,15 @@ def check(cfg: Config) -> list[str]:
             f"model_config.hidden_dim ({m.hidden_dim}) must be divisible by "
             f"model_config.num_heads ({m.num_heads})"
         )
-    elif (m.hidden_dim // m.num_heads) % 2:
+    elif m.head_dim % 2:
         problems.append(
             f"model_config.hidden_dim / num_heads must be even for rotary embeddings "
-            f"(got {m.hidden_dim} / {m.num_heads} = {m.hidden_dim // m.num_heads})"
+            f"(got {m.hidden_dim} / {m.num_heads} = {m.head_dim})"
         )
-    kv_heads = m.num_kv_heads or m.num_heads
-    if m.num_heads % kv_heads:
+    if m.num_heads % m.kv_heads:
         problems.append(
             f"model_config.num_heads ({m.num_heads}) must be divisible by "
-            f"model_config.num_kv_heads ({kv_heads})"
+            f"model_config.num_kv_heads ({m.kv_heads})"
         )
     if isinstance(m.vocab_size, int) and m.vocab_size < 2:
         problems.append(f"model_config.vocab_size must be >= 2 or auto (got {m.vocab_size})")

@@ -83,7 +83,7 @@ def activation_bytes_per_token(cfg: Config) -> int:
     """Bytes of activations saved for the backward pass per token of the micro-batch (formula above)."""
     m = cfg.model
     d, L, nh = m.hidden_dim, m.num_layers, m.num_heads
-    kv = (m.num_kv_heads or m.num_heads) * (d // nh)
+    kv = m.kv_heads * m.head_dim
     # FSDP2 with bfloat16 gathers bfloat16 weights: the residual stream is bfloat16, and each
     # projection's input is already bfloat16 (autocast casts a float32 one anew for every projection)
     stream = 2 if cfg.device.enable_fsdp and cfg.device.dtype == "bfloat16" else 4

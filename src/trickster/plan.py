@@ -31,7 +31,8 @@ from trickster.footprint import (
 from trickster.model import lora
 from trickster.model.flops import flops_per_token, parameter_breakdown
 from trickster.model.transformer import Transformer
-from trickster.train.device import autocast_for, resolve_precision, set_matmul_precision
+from trickster.model.vocab import assumed_vocab
+from trickster.train.device import autocast_for, resolve_precision, set_matmul_precision, settings_restored
 from trickster.train.optim import build_optimizer
 from trickster.units import format_duration
 
@@ -90,15 +91,11 @@ def benchmark(cfg: Config, device: torch.device, seconds: float = BENCH_SECONDS)
             f"({_gib(16 * copy_params)} of weights, gradients and AdamW state): "
             "too big to time on a CPU in seconds"
         )
-    threads = torch.get_num_threads()
-    if cfg.device.threads:  # as training does
-        torch.set_num_threads(cfg.device.threads)
-    restore_precision = set_matmul_precision(device)
-    try:
+    with settings_restored():
+        if cfg.device.threads:  # as training does
+            torch.set_num_threads(cfg.device.threads)
+        set_matmul_precision(device)
         return _timed_steps(cfg, bench_cfg, device, deadline)
-    finally:
-        restore_precision()
-        torch.set_num_threads(threads)
 
 
 def _timed_steps(cfg: Config, bench_cfg: Config, device: torch.device, deadline: float) -> Benchmark:
@@ -224,10 +221,7 @@ def make_plan(
 ) -> Plan:
     """`processes`: how many training processes (GPUs) share the run; FSDP shards over them,
     unless device_config.mesh_shape says otherwise."""
-    cfg, vocab_note = resolve_precision(cfg, device), ""  # device_config.dtype/compile: auto
-    if cfg.model.vocab_size == "auto":
-        cfg = cfg.model_copy(deep=True)
-        cfg.model.vocab_size, vocab_note = 256, " (auto: set from the tokenizer; counted here as 256)"
+    cfg, vocab_note = assumed_vocab(resolve_precision(cfg, device))  # device_config.dtype/compile: auto
     if cfg.device.mesh_shape:
         processes = cfg.device.mesh_shape[0] * cfg.device.mesh_shape[1]
     device_bytes, what = memory_limit(cfg, device)
@@ -320,10 +314,7 @@ def _sharding_hint(plan: Plan, budget: float) -> str:
 
 
 def _preset(name: str) -> Config:
-    cfg = load_config(preset=name)
-    if cfg.model.vocab_size == "auto":
-        cfg.model.vocab_size = 256
-    return cfg
+    return assumed_vocab(load_config(preset=name))[0]
 
 
 def _size(name: str) -> int:
@@ -355,9 +346,7 @@ def format_plan(plan: Plan) -> str:
     lines = [
         f"plan for {plan.name} on {plan.device}"
         + (f", {plan.processes} processes ({_parallel(cfg)})" if plan.processes > 1 else ""),
-        f"model: hidden {m.hidden_dim}, {m.num_layers} layers, {m.num_heads} heads "
-        f"({m.num_kv_heads or m.num_heads} kv), MLP {m.mlp_dim}, context {m.max_seq_len}, "
-        f"vocab {m.vocab_size}{plan.vocab_note}",
+        f"model: {m.shape()}{plan.vocab_note}",
         f"parameters: {plan.params:,}",
         f"training FLOPs per token (context {cfg.seq_len}): {plan.flops_per_token:,}",
         "",

@@ -136,8 +136,8 @@ def export_gguf(target: str | Path, out: str | Path, dtype: str = "float32") -> 
     writer.add_block_count(m.num_layers)
     writer.add_feed_forward_length(m.mlp_dim)
     writer.add_head_count(m.num_heads)
-    writer.add_head_count_kv(m.num_kv_heads or m.num_heads)
-    writer.add_rope_dimension_count(m.hidden_dim // m.num_heads)
+    writer.add_head_count_kv(m.kv_heads)
+    writer.add_rope_dimension_count(m.head_dim)
     writer.add_rope_freq_base(m.rope_theta)
     writer.add_layer_norm_rms_eps(m.norm_eps)
     writer.add_vocab_size(m.vocab_size)
@@ -155,7 +155,7 @@ def export_gguf(target: str | Path, out: str | Path, dtype: str = "float32") -> 
         writer.add_eos_token_id(end)
     for name, tensor in ckpt.weights_to_save(loaded.model).items():
         if name.endswith(("wq.weight", "wk.weight")):
-            heads = m.num_heads if name.endswith("wq.weight") else (m.num_kv_heads or m.num_heads)
+            heads = m.num_heads if name.endswith("wq.weight") else m.kv_heads
             tensor = permute_for_interleaved(tensor, heads)
         array = tensor.float().numpy()
         if dtype == "float16" and array.ndim > 1:  # norms stay float32, as llama.cpp expects

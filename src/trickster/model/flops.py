@@ -21,7 +21,7 @@ class ParameterBreakdown:
 
 def parameter_breakdown(cfg: ModelConfig) -> ParameterBreakdown:
     """Exact parameter counts from the config (matches sum(p.numel()) of the built model)."""
-    d, kv = cfg.hidden_dim, (cfg.num_kv_heads or cfg.num_heads) * (cfg.hidden_dim // cfg.num_heads)
+    d, kv = cfg.hidden_dim, cfg.kv_heads * cfg.head_dim
     vocab = cfg.vocab_size
     attention = d * d + 2 * d * kv + d * d  # wq, wk, wv, wo
     per_block = attention + 3 * d * cfg.mlp_dim + 2 * d  # + SwiGLU + two RMSNorms
@@ -41,7 +41,7 @@ def adapter_parameters(cfg: ModelConfig, lora: LoraConfig) -> int:
 def _linear_shapes(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
     """(inputs, outputs) of each linear layer of a block."""
     d, m = cfg.hidden_dim, cfg.mlp_dim
-    kv = (cfg.num_kv_heads or cfg.num_heads) * (d // cfg.num_heads)
+    kv = cfg.kv_heads * cfg.head_dim
     return {
         "wq": (d, d),
         "wk": (d, kv),

@@ -169,7 +169,7 @@ class KVCache:
 
     @classmethod
     def empty(cls, cfg: ModelConfig, batch: int, max_len: int, device, dtype) -> KVCache:
-        n_kv, head_dim = cfg.num_kv_heads or cfg.num_heads, cfg.hidden_dim // cfg.num_heads
+        n_kv, head_dim = cfg.kv_heads, cfg.head_dim
         shape = (batch, n_kv, max_len, head_dim)
         zeros = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
         return cls(keys=zeros, values=[z.clone() for z in zeros])
@@ -191,8 +191,7 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_heads = cfg.num_heads
-        self.n_kv_heads = cfg.num_kv_heads or cfg.num_heads
-        self.head_dim = cfg.hidden_dim // cfg.num_heads
+        self.n_kv_heads, self.head_dim = cfg.kv_heads, cfg.head_dim
         self.dropout = cfg.dropout
         self.wq = nn.Linear(cfg.hidden_dim, self.n_heads * self.head_dim, bias=False)
         self.wk = nn.Linear(cfg.hidden_dim, self.n_kv_heads * self.head_dim, bias=False)
@@ -300,7 +299,7 @@ class Transformer(nn.Module):
         """Compute the rotary tables (buffers, never saved), on `device` if given: a model built on
         the meta device gets real ones once it has storage."""
         cfg = self.cfg
-        cos, sin = rotary_tables(cfg.hidden_dim // cfg.num_heads, cfg.max_seq_len, cfg.rope_theta)
+        cos, sin = rotary_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
         self.register_buffer("rope_cos", cos.to(device), persistent=False)  # (max_seq_len, head_dim)
         self.register_buffer("rope_sin", sin.to(device), persistent=False)  # signed: see rotary_tables
 

@@ -30,6 +30,16 @@ def resolve_vocab(cfg: Config, tokenizer: Tokenizer) -> Config:
     return cfg
 
 
+def assumed_vocab(cfg: Config) -> tuple[Config, str]:
+    """For counting before any tokenizer is known (`info`, `plan`): vocab_size auto as 256, the
+    byte tokenizer's size, with the note that says so; else `cfg` as it is and no note."""
+    if cfg.model.vocab_size != "auto":
+        return cfg, ""
+    cfg = cfg.model_copy(deep=True)
+    cfg.model.vocab_size = 256
+    return cfg, " (auto: set from the tokenizer; counted here as 256)"
+
+
 def vocab_note(tokenizer: Tokenizer, cfg: Config) -> str:
     """ "vocab 65 (padded to 128)": the tokenizer's ids, and the model's rows where they differ."""
     rows = cfg.model.vocab_size

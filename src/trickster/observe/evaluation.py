@@ -24,7 +24,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trickster.data.loader import TokenStream
 from trickster.data.tokenizers import Tokenizer
 from trickster.errors import UserError
 from trickster.model.generate import mask_unused_rows
@@ -127,8 +126,3 @@ def score_sequence(
     if scored == 0:
         raise UserError("nothing to score: the loss mask covers none of these tokens")
     return Score(nats, scored, n_bytes)
-
-
-def split_tokens(split: TokenStream) -> tuple[TokenStream, TokenStream | None]:
-    """A prepared split as (tokens, loss mask or None)."""
-    return split, split.loss_mask

@@ -16,8 +16,6 @@ import datetime
 import html
 from pathlib import Path
 
-import yaml
-
 from trickster.atomic import write_page
 from trickster.errors import UserError
 from trickster.model.flops import flops_per_token, parameter_breakdown
@@ -228,19 +226,13 @@ def _model(run: Run) -> str:
             f"{flops_per_token(m, run.cfg.seq_len, run.cfg.training.lora):,}",
         ),
     ]
-    shape = (
-        f"hidden {m.hidden_dim}, {m.num_layers} layers, {m.num_heads} heads "
-        f"({m.num_kv_heads or m.num_heads} kv), MLP {m.mlp_dim}, context {m.max_seq_len}, "
-        f"vocab {m.vocab_size}"
-    )
-    return f"<h2>Model</h2>\n<p>{_e(shape)}</p>\n" + _table(rows)
+    return f"<h2>Model</h2>\n<p>{_e(m.shape())}</p>\n" + _table(rows)
 
 
 def _config(run: Run) -> str:
     if run.cfg is None:
         return ""
-    text = yaml.safe_dump(run.cfg.to_dict(), sort_keys=False)
-    return f"<h2>Config</h2>\n<pre class='block'>{_e(text)}</pre>"
+    return f"<h2>Config</h2>\n<pre class='block'>{_e(run.cfg.to_yaml())}</pre>"
 
 
 def _manifest(run: Run) -> str:

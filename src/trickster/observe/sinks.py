@@ -12,8 +12,6 @@ import html
 import importlib
 from pathlib import Path
 
-import yaml
-
 from trickster.config import Config
 from trickster.errors import UserError, disk_errors
 from trickster.observe.events import DISK_FIX, MetricsLog, read_metrics
@@ -146,8 +144,7 @@ class MetricSinks:
             self._tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge)
         tb, step = self._tensorboard, r["step"]
         if r["event"] == "start":
-            config = yaml.safe_dump(self.cfg.to_dict(), sort_keys=False)
-            tb.add_text("run/config", _markdown_code(config), step)
+            tb.add_text("run/config", _markdown_code(self.cfg.to_yaml()), step)
         elif r["event"] == "train":
             for tag, key in TRAIN_SCALARS:
                 if r.get(key) is not None:

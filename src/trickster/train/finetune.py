@@ -92,5 +92,4 @@ def origin(source: Path, info: dict) -> dict:
 
 
 def _field(cfg: Config, key: str):
-    value = getattr(cfg.model, key)
-    return cfg.model.num_heads if key == "num_kv_heads" and value is None else value
+    return cfg.model.kv_heads if key == "num_kv_heads" else getattr(cfg.model, key)  # empty = num_heads

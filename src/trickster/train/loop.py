@@ -27,7 +27,7 @@ from trickster.observe.manifest import run_manifest
 from trickster.observe.sinks import MetricSinks
 from trickster.observe.status import Heartbeat
 from trickster.train import checkpoint as ckpt
-from trickster.train import dist
+from trickster.train import dist, setup
 from trickster.train.batches import DeviceBatches
 from trickster.train.budget import Clock
 from trickster.train.console import Console
@@ -45,7 +45,6 @@ from trickster.train.memory import resolve_batch
 from trickster.train.optim import build_optimizer, set_lr
 from trickster.train.recovery import after_step, evaluated, finish, guard, stopped
 from trickster.train.resume import claimed, diverged
-from trickster.train.setup import build_model, on_main, open_run, print_header, stage_shards, write_run_files
 from trickster.train.signals import StopSignals, announce_signals
 from trickster.train.spikes import SpikeDetector
 from trickster.train.state import (
@@ -106,14 +105,16 @@ class Trainer:
         # jsonl, csv, loss.png, TensorBoard, W&B: checks the optional packages, writes nothing yet
         self.metrics = MetricSinks(self.run_dir, cfg) if job.is_main else NoMetrics()
         if held is not None:  # rank 0 claims the folder; all processes stop if another one holds it
-            on_main(job, lambda: held.enter_context(claimed(self.run_dir)))
-        self.resumed_from, repairs, changed = open_run(cfg, self.data, resume, job)
-        resolved = on_main(job, resolve_batch, cfg, self.device, job.world_size, self.resumed_from, changed)
-        self.cfg = cfg = resolved[0]  # batch_size: auto measured (or kept from the checkpoint)
-        self.batch_note, changed, t = resolved[1], resolved[2], cfg.training
+            setup.on_main(job, lambda: held.enter_context(claimed(self.run_dir)))
+        self.resumed_from, repairs, changed = setup.open_run(cfg, self.data, resume, job)
+        resolved = setup.on_main(
+            job, resolve_batch, cfg, self.device, job.world_size, self.resumed_from, changed
+        )
+        cfg, self.batch_note, changed = resolved  # batch_size: auto measured (or kept from the checkpoint)
+        self.cfg, t = cfg, cfg.training
         # 4. model, optimizer, batches, counters; then the checkpoint's state, if resuming
-        built = build_model(cfg, self.data, job, self.device, self.resumed_from, self.out)
-        self.model, self.step_model, self.origin = built  # origin: a fine-tune's init_from checkpoint
+        built = setup.build_model(cfg, self.data, job, self.device, self.resumed_from, self.out)
+        self.model, self.step_model, self.origin = built  # origin: the checkpoint a fine-tune began from
         self.optimizer = build_optimizer(self.model, t, self.device)
         sampler = BatchSampler(self.data.train, cfg.seq_len, t.batch_size, t.seed, job.rank, job.world_size)
         self.batches = DeviceBatches(sampler, self.device)
@@ -143,16 +144,15 @@ class Trainer:
         self.peak = Peak(None, "")
         if job.is_main:  # what MFU divides by (datasheet, configured or measured), by the process that logs
             self.peak = mfu_peak(self.device, cfg.device.dtype, cfg.device.peak_tflops)
-        self.peak_flops = self.peak.flops
         self.manifest = run_manifest(self.device)
         self.announce(resume, changed, repairs, global_batch)
 
     def announce(self, resume, changed: dict, repairs: list[str], global_batch: int) -> None:
         cfg, job = self.cfg, self.job
         if job.is_main:
-            resumed = (self.resumed_from, self.state.step, self.eval_due, changed, repairs)
-            write_run_files(self.run_dir, cfg, self.data, self.manifest, self.metrics, resume, resumed)
-        print_header(self.out, cfg, self.data, self.params, self.device, self.tokens_per_step, job)
+            resumed = setup.Resumed(self.resumed_from, self.state.step, self.eval_due, changed, repairs)
+            setup.write_run_files(self.run_dir, cfg, self.data, self.manifest, self.metrics, resume, resumed)
+        setup.print_header(self.out, cfg, self.data, self.params, self.device, self.tokens_per_step, job)
         if self.resumed_from is not None:
             self.out.line(f"resuming from {self.resumed_from}")
         for line in repairs + [f"changed on resume: {k} {a} -> {b}" for k, (a, b) in changed.items()]:
@@ -172,7 +172,7 @@ class Trainer:
             flops_per_token=self.token_flops,
             init_from=self.origin,
             device=str(self.device),
-            peak_flops_per_device=self.peak_flops,
+            peak_flops_per_device=self.peak.flops,
             peak_source=self.peak.source,
             measured_flops_per_device=self.peak.measured,  # the matmul ceiling, beside a datasheet peak
         )
@@ -284,7 +284,7 @@ class Trainer:
         tokens_per_sec = self.timer.steps * self.tokens_per_step / elapsed if elapsed > 0 else 0.0
         ms_per_step = 1000 * elapsed / self.timer.steps
         # model FLOPs utilisation: the job's achieved FLOP/s over all devices' ceilings
-        peak = self.peak_flops
+        peak = self.peak.flops
         mfu = self.step_flops / (ms_per_step / 1000) / (peak * job.world_size) if peak else None
         memory = peak_memory_gib(self.device)
         grad_norm = result.grad_norm if math.isfinite(result.grad_norm) else None
@@ -380,7 +380,7 @@ class Trainer:
         trainer_state["eval_due"] = eval_due
         if self.job.mode == "fsdp":
             if not again:
-                staging, groups = stage_shards(self.job, self.model, self.optimizer, target)
+                staging, groups = setup.stage_shards(self.job, self.model, self.optimizer, target)
             trainer_state["optimizer"] = {"param_groups": groups}
         else:
             trainer_state["optimizer"] = dist.full_optimizer_state(self.model, self.optimizer)
@@ -434,7 +434,7 @@ class Trainer:
         return {
             "step": state.step,
             "val_loss": state.last_val_loss,
-            "best_val_loss": state.best_val_loss if math.isfinite(state.best_val_loss) else None,
+            "best_val_loss": state.best_loss_seen,
             "tokens_seen": state.tokens_seen,
             "tokenizer_fingerprint": data.tokenizer.fingerprint(),
             "data_fingerprint": data.meta.get("tokens_sha256"),

@@ -7,7 +7,6 @@ line, and ends at its last step, at its time budget or at a stop signal. Used by
 from __future__ import annotations
 
 import contextlib
-import math
 import signal
 from typing import TYPE_CHECKING
 
@@ -26,7 +25,7 @@ if TYPE_CHECKING:
 def finish(trainer: Trainer) -> TrainResult:
     """The last step, or the time budget, ended the run; `final` holds it."""
     state, t = trainer.state, trainer.cfg.training
-    best = state.best_val_loss if math.isfinite(state.best_val_loss) else None
+    best = state.best_loss_seen
     final = trainer.run_dir / "checkpoints" / "final"
     if not ckpt.is_complete(final) or ckpt.checkpoint_step(final) != state.step:
         trainer.save("final")  # resumed at (or past) the last step: no step ran here
@@ -60,7 +59,7 @@ def evaluated(trainer: Trainer) -> None:
     if saved is None or saved.step != state.step or not trainer.job.is_main:
         return
     if ckpt.is_complete(saved.path):
-        best = state.best_val_loss if math.isfinite(state.best_val_loss) else None
+        best = state.best_loss_seen
         ckpt.update_info(saved.path, val_loss=state.last_val_loss, best_val_loss=best)
 
 

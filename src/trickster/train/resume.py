@@ -18,6 +18,7 @@ from trickster.observe.events import read_metrics
 from trickster.train import checkpoint as ckpt
 
 LOCK = ".lock"  # RUN_DIR/.lock: held by the process that trains there (claimed)
+WRITE_FIX = "free disk space or make the folder writable, or choose another --out"  # the run folder's
 
 
 def run_dir_in_use(run_dir: Path) -> bool:
@@ -61,8 +62,7 @@ def _locked(path: Path, run_dir: Path):
     locks a file no longer at `path` (removed while it waited) tries again with the new one."""
     _make_folder(run_dir, run_dir)
     while True:
-        fix = "free disk space or make the folder writable, or choose another --out"  # as write_run_files
-        with disk_errors(f"run folder {run_dir}", fix):
+        with disk_errors(f"run folder {run_dir}", WRITE_FIX):
             lock = open(path, "a+", encoding="utf-8")
         with lock:
             _lock(lock, run_dir)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -20,7 +21,7 @@ from trickster.train import checkpoint as ckpt
 from trickster.train import dist
 from trickster.train.console import Console
 from trickster.train.finetune import setup_finetuning
-from trickster.train.resume import check_resumable, open_run_dir, truncate_metrics
+from trickster.train.resume import WRITE_FIX, check_resumable, open_run_dir, truncate_metrics
 
 
 def open_run(cfg: Config, data: PreparedData, resume, job: dist.Dist) -> tuple[Path | None, list[str], dict]:
@@ -50,18 +51,32 @@ def build_model(
     return model, step_model, origin
 
 
+class Resumed(NamedTuple):
+    """Where a run continues from (`checkpoint` None: a fresh start), as write_run_files records it."""
+
+    checkpoint: Path | None
+    step: int
+    eval_due: bool  # the checkpoint was saved before its step's evaluation, which is done again
+    changed: dict  # settings that differ from the checkpoint's: {key: [old, new]}
+    repairs: list[str]  # what recovering the run folder put right
+
+
 def write_run_files(
-    run_dir: Path, cfg: Config, data: PreparedData, manifest: dict, metrics, resume, resumed: tuple
+    run_dir: Path, cfg: Config, data: PreparedData, manifest: dict, metrics, resume, resumed: Resumed
 ) -> None:
     """config.yaml, tokenizer.json, manifest.json; on resume, metrics.jsonl cut back to the
     checkpoint (and before its evaluation, when that is done again) and a `resume` event (rank 0
     only)."""
-    resumed_from, step, eval_due, changed, repairs = resumed
-    fix = "free disk space or make the folder writable, or choose another --out"
-    with disk_errors(f"run folder {run_dir}", fix):
-        if resumed_from is not None:
-            truncate_metrics(run_dir / "metrics.jsonl", step, eval_due)
-            metrics.write("resume", step, checkpoint=resumed_from.name, changed=changed, repairs=repairs)
+    with disk_errors(f"run folder {run_dir}", WRITE_FIX):
+        if resumed.checkpoint is not None:
+            truncate_metrics(run_dir / "metrics.jsonl", resumed.step, resumed.eval_due)
+            metrics.write(
+                "resume",
+                resumed.step,
+                checkpoint=resumed.checkpoint.name,
+                changed=resumed.changed,
+                repairs=resumed.repairs,
+            )
         elif resume:  # nothing to resume: events of an attempt that saved no checkpoint are dropped
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         save_config(cfg, run_dir / "config.yaml")

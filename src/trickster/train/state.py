@@ -31,6 +31,11 @@ class TrainState:
     rollbacks: int = 0  # returns to an earlier checkpoint after a loss spike
     train_seconds: float = 0.0  # wall time of the training loop, summed over resumes (max_time)
 
+    @property
+    def best_loss_seen(self) -> float | None:
+        """best_val_loss, or None before the first finite evaluation (JSON has no infinity)."""
+        return self.best_val_loss if math.isfinite(self.best_val_loss) else None
+
     def state_dict(self) -> dict:
         return asdict(self)
 
