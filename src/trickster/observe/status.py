@@ -18,6 +18,8 @@ import socket
 import time
 from pathlib import Path
 
+from trickster.atomic import replace_file
+
 STATUS = "status.json"
 
 
@@ -30,10 +32,7 @@ def write_status(run_dir: str | Path, state: str, **fields) -> dict:
         **fields,
         "updated": round(time.time(), 3),
     }
-    path = Path(run_dir) / STATUS
-    staging = path.with_name(f".{STATUS}.tmp-{os.getpid()}")
-    staging.write_text(json.dumps(record) + "\n", encoding="utf-8")
-    os.replace(staging, path)
+    replace_file(Path(run_dir) / STATUS, json.dumps(record) + "\n", durable=False)  # a heartbeat
     return record
 
 

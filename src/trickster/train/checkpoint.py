@@ -34,7 +34,7 @@ import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from trickster.atomic import replace_dir, replace_file, staging_dir
+from trickster.atomic import leftovers, remove_leftovers, replace_dir, replace_file, staging_dir
 from trickster.config import Config, ModelConfig, config_from_dict
 from trickster.data.tokenizers import Tokenizer, load_tokenizer
 from trickster.errors import UserError, disk_errors
@@ -48,7 +48,6 @@ OPTIMIZER = "optimizer"  # the sharded optimizer state of an FSDP2 run
 STEP_DIR = re.compile(r"^step_(\d+)$")
 FULL_BELOW = 1 << 20  # bytes free on a disk that a failed write has just filled
 OS_ERROR = re.compile(r"\(os error (\d+)\)")  # the errno in a SafetensorError's message
-LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)$")  # see atomic.py
 
 
 def step_name(step: int) -> str:
@@ -223,17 +222,15 @@ def recover(run_dir: str | Path) -> list[str]:
     """Tidy what a killed writer left in checkpoints/, before a run continues there.
 
     A kill between the two renames of `replace_dir` leaves `best` (or `final`) only under its old
-    hidden name: put it back. Half-written staging folders of dead processes are deleted.
-    Returns a line for each repair, for the log.
+    hidden name: put it back. Half-written staging folders of dead processes are deleted, and so
+    are the files a killed `update_info` left inside a checkpoint. Returns a line for each repair,
+    for the log.
     """
     folder = Path(run_dir) / "checkpoints"
     if not folder.is_dir():
         return []
     repairs = []
-    for hidden in sorted(folder.glob(".*")):
-        match = LEFTOVER.match(hidden.name)
-        if not match or _alive(int(match["pid"])):
-            continue
+    for hidden, match in leftovers(folder):
         target = folder / match["name"]
         if match["kind"] == "old" and not target.exists() and is_complete(hidden):
             hidden.rename(target)
@@ -241,19 +238,10 @@ def recover(run_dir: str | Path) -> list[str]:
         else:
             shutil.rmtree(hidden, ignore_errors=True)
             repairs.append(f"removed {hidden.name}, left by an interrupted write")
+    for checkpoint in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for path in remove_leftovers(checkpoint):
+            repairs.append(f"removed {checkpoint.name}/{path.name}, left by an interrupted write")
     return repairs
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def resolve(path: str | Path) -> Path:
