@@ -1,10 +1,12 @@
 """Shared fixtures and helpers: a Shakespeare excerpt shipped with the tests, prepared once; a micro
-config; one trained micro run for every test that only reads one; QUIET and events()."""
+config; one trained micro run for every test that only reads one; QUIET and events(); the ids of
+a dead and a live process, for what writers killed mid-write leave behind."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -37,6 +39,24 @@ def events(source, kind: str) -> list[dict]:
     else:
         records = getattr(source, "history", source)
     return [r for r in records if r["event"] == kind]
+
+
+@pytest.fixture
+def dead_pid() -> int:
+    """The id of a process that has ended and been reaped: no process has it (until the system
+    hands it out again, far later)."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+@pytest.fixture
+def live_pid():
+    """The id of another process that runs (sleeps) until the test ends."""
+    child = subprocess.Popen(["sleep", "300"])
+    yield child.pid
+    child.kill()
+    child.wait()
 
 
 @pytest.fixture(scope="session")

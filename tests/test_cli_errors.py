@@ -149,6 +149,14 @@ def _wrong_type_in_file(env: Env) -> list[str]:
     return ["train", "--config", path]
 
 
+def _switch_for_a_number_in_file(env: Env) -> list[str]:
+    return ["train", "--config", env.write("switch.yaml", "training_config:\n  max_steps: true\n")]
+
+
+def _quoted_switch_in_file(env: Env) -> list[str]:
+    return ["train", "--config", env.write("quoted.yaml", 'logging_config:\n  loss_plot: "no"\n')]
+
+
 def _key_given_twice(env: Env) -> list[str]:
     path = env.write(
         "twice.yaml", "training_config:\n  max_steps: 100\n  learning_rate: 0.001\n  max_steps: 200\n"
@@ -738,6 +746,16 @@ CASES = [
         "did you mean model_config.hidden_dim",
     ),
     case("config-wrong-type-in-file", _wrong_type_in_file, "training_config.max_steps", "integer", "'lots'"),
+    case(
+        "config-switch-for-a-number",
+        _switch_for_a_number_in_file,
+        "training_config.max_steps: input should be an integer, not true or false (got true)",
+    ),
+    case(
+        "config-quoted-switch",
+        _quoted_switch_in_file,
+        "logging_config.loss_plot: input should be true or false (got 'no'); write it without quotes",
+    ),
     case("config-key-given-twice", _key_given_twice, "twice.yaml", "'max_steps' is given twice", "line 4"),
     case(
         "override-not-finite",
@@ -758,6 +776,16 @@ CASES = [
         "training_config.batch_size",
         "integer",
         "'abc'",
+    ),
+    case(
+        "override-number-for-a-switch",
+        lambda env: micro_train(env, "logging_config.progress_bar=1"),
+        "logging_config.progress_bar: input should be true or false (got 1)",
+    ),
+    case(
+        "override-beta-out-of-range",
+        lambda env: micro_train(env, "training_config.betas=[1.0, 0.95]"),
+        "training_config.betas[0]: input should be less than 1 (got 1.0)",
     ),
     case(
         "override-negative-batch-size",

@@ -167,6 +167,23 @@ def test_prepare_keeps_an_existing_folder_when_the_corpus_is_empty(tmp_path, sha
     assert not (tmp_path / "data.partial").exists()  # nothing worth continuing was left behind
 
 
+def test_a_killed_page_write_does_not_make_a_prepared_folder_foreign(tmp_path, dead_pid, live_pid):
+    """`data report DIR --html` killed mid-write leaves DIR/.report.html.tmp-PID: preparing into DIR
+    again must still see a prepared folder (and replace it whole), unless that writer still runs."""
+    out = tmp_path / "data"
+    prepare(sources.shakespeare(EXCERPT), "char", out)
+    writing = out / f".report.html.tmp-{live_pid}"
+    writing.write_text("<p>half", encoding="utf-8")
+    with pytest.raises(UserError, match="is not a prepared data folder"):
+        prepare(sources.shakespeare(EXCERPT), "byte", out)
+    assert writing.exists() and load_tokenizer(out / "tokenizer.json").kind == "char"
+
+    writing.rename(out / f".report.html.tmp-{dead_pid}")
+    prepare(sources.shakespeare(EXCERPT), "byte", out)
+    assert load_tokenizer(out / "tokenizer.json").kind == "byte"
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+
+
 def test_targets_are_inputs_shifted_by_exactly_one(shakespeare_dir):
     data = load_data(shakespeare_dir)
     sampler = BatchSampler(data.train, seq_len=32, batch_size=4, seed=0)

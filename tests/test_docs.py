@@ -170,10 +170,11 @@ def test_every_option_in_a_documented_command_exists(page):
 
 
 def config_key_exists(dotted: str) -> bool:
-    from trickster.config import _section_at
+    from trickster.config import Config
+    from trickster.config_errors import section_at
 
     parts = dotted.split(".")
-    section = _section_at(parts[:-1])
+    section = section_at(Config, parts[:-1])
     return section is not None and parts[-1] in section.model_fields
 
 
@@ -194,14 +195,15 @@ def test_every_config_key_in_the_docs_exists(page):
 
 
 def _yaml_keys(tree, prefix: str = "") -> list[str]:
-    from trickster.config import _section_at
+    from trickster.config import Config
+    from trickster.config_errors import section_at
 
     keys = []
     for name, value in (tree or {}).items():
         key = f"{prefix}{name}"
         if prefix:
             keys.append(key)
-        if isinstance(value, dict) and (not prefix or _section_at(key.split("."))):
+        if isinstance(value, dict) and (not prefix or section_at(Config, key.split("."))):
             keys += _yaml_keys(value, key + ".")
     return keys
 
@@ -223,9 +225,10 @@ def test_every_config_key_and_option_is_documented():
 
 
 def _section_at_path(dotted: str):
-    from trickster.config import _section_at
+    from trickster.config import Config
+    from trickster.config_errors import section_at
 
-    return _section_at(dotted.split("."))
+    return section_at(Config, dotted.split("."))
 
 
 def test_the_nano_preset_shown_in_training_md_is_the_file():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from trickster import cli
 from trickster.config import save_config
 from trickster.errors import UserError
 from trickster.model.transformer import Transformer
+from trickster.observe import plots
 from trickster.observe.events import read_metrics
 from trickster.train import checkpoint as ckpt
 from trickster.train import loop as train_module
@@ -194,6 +196,44 @@ def test_allowed_changes_on_resume_are_recorded(micro, capsys):
     }
     assert "changed on resume: training_config.max_steps 6 -> 9" in lines
     assert ckpt.checkpoint_step(result.run_dir / "checkpoints" / "final") == 9
+
+
+def test_resume_removes_what_dead_writers_left_and_keeps_what_live_ones_write(micro, dead_pid, live_pid):
+    """A SIGKILL mid-write leaves `.NAME.tmp-PID` for good: the run that continues in the folder
+    removes those of dead processes (in the folder, in checkpoints/ and inside a checkpoint), and
+    never one that a live process is still writing (`trickster report`, say)."""
+    cfg = micro(training_config={"max_steps": 4, "warmup_steps": 1, "eval_every": 2, "save_every": 2})
+    run_dir = train(cfg, **QUIET).run_dir
+    best = run_dir / "checkpoints" / "best"
+    dead = [
+        run_dir / f".status.json.tmp-{dead_pid}",
+        run_dir / f".tokenizer.json.tmp-{dead_pid}",  # a name the resumed run never writes aside
+        best / f".info.json.tmp-{dead_pid}",
+        run_dir / "checkpoints" / f".step_000006.tmp-{dead_pid}",
+    ]
+    live = [
+        run_dir / f".report.html.tmp-{live_pid}",
+        run_dir / "checkpoints" / f".step_000099.tmp-{live_pid}",
+    ]
+    for path in dead + live:
+        if path.name.startswith(".step_"):
+            path.mkdir()
+            (path / ckpt.WEIGHTS).write_bytes(b"half")
+        else:
+            path.write_text("half", encoding="utf-8")
+
+    longer = cfg.model_copy(deep=True)
+    longer.training.max_steps = 6
+    result = train(longer, resume=True, **QUIET)
+
+    assert [p for p in dead if p.exists()] == []
+    assert all(p.exists() for p in live)
+    assert (live[1] / ckpt.WEIGHTS).read_bytes() == b"half"
+    (resume,) = events(result.history, "resume")
+    repairs = " ".join(resume["repairs"])
+    for path in dead:
+        assert path.name in repairs, (path.name, resume["repairs"])
+    assert str(live_pid) not in repairs
 
 
 def test_keep_last_rotation_never_deletes_best(micro, monkeypatch):
@@ -478,8 +518,8 @@ def test_a_full_disk_under_torch_save_is_one_clear_error(micro, monkeypatch):
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
-@pytest.mark.parametrize("file", ["metrics.csv", ".loss.png.tmp"])
-def test_a_full_disk_for_the_csv_or_the_plot_is_one_clear_error(micro, file):
+@pytest.mark.parametrize("file", ["metrics.csv", "loss.png"])
+def test_a_full_disk_for_the_csv_or_the_plot_is_one_clear_error(micro, monkeypatch, file):
     """A real ENOSPC from /dev/full under metrics.csv or the plot's staging file: one line naming
     the file (it was a traceback); the newest checkpoint is whole, and once the disk has room
     the run resumes."""
@@ -487,18 +527,28 @@ def test_a_full_disk_for_the_csv_or_the_plot_is_one_clear_error(micro, file):
     cfg.logging.loss_plot = True
     train(cfg, **QUIET)
     run_dir = Path(cfg.logging.output_dir)
-    (run_dir / file).unlink(missing_ok=True)
-    (run_dir / file).symlink_to("/dev/full")
+    if file == "metrics.csv":
+        full = run_dir / file
+        full.unlink()
+        full.symlink_to("/dev/full")
+    else:  # the staging file, linked once the plot is drawn: the resume first tidies such names away
+        full, drawn = run_dir / f".loss.png.tmp-{os.getpid()}", plots.png_bytes
+
+        def draw_then_fill(fig, *args, **kwargs):
+            full.unlink(missing_ok=True)
+            full.symlink_to("/dev/full")
+            return drawn(fig, *args, **kwargs)
+
+        monkeypatch.setattr(plots, "png_bytes", draw_then_fill)
     cfg.training.max_steps = 6
-    shown = "loss.png" if file.endswith("tmp") else file
-    with pytest.raises(
-        UserError, match=rf"could not write .*/{shown} \(No space left on device\); free disk"
-    ):
+    with pytest.raises(UserError, match=rf"could not write .*/{file} \(No space left on device\); free disk"):
         train(cfg, resume=True, **QUIET)
     assert ckpt.load_checkpoint(ckpt.latest(run_dir)).info["step"] >= 4
-    (run_dir / file).unlink(missing_ok=True)  # space freed (the plot removes its own staging file)
+    assert file == "metrics.csv" or not full.is_symlink()  # the plot removes its own staging file
+    full.unlink(missing_ok=True)  # space freed
+    monkeypatch.undo()
     assert train(cfg, resume=True, **QUIET).state.step == 6
-    assert (run_dir / "loss.png").is_file() and not (run_dir / ".loss.png.tmp").exists()
+    assert (run_dir / "loss.png").is_file() and not list(run_dir.glob(".loss.png.tmp-*"))
 
 
 # evaluations at 0, 4, 8, 12, each just after a checkpoint (step_000004, step_000008, final)

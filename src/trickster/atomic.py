@@ -1,14 +1,79 @@
 """Folders (and pages) that appear whole or not at all: build under a temporary name, then rename
-into place."""
+into place.
+
+The temporary names are `.NAME.tmp-PID` (being written) and `.NAME.old-PID` (being replaced), PID
+the writer's process id. A writer killed mid-write leaves one behind; `leftovers` finds those whose
+writer no longer runs, so that the next writer may delete them (never one a live process writes).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import re
 import shutil
 from pathlib import Path
 
 from trickster.errors import UserError
+
+LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old|deleted)-(?P<pid>\d+)$")
+
+
+def leftovers(folder: Path, of: str | None = None) -> list[tuple[Path, re.Match]]:
+    """The temporary files and folders in `folder` (of the target named `of`, or of any) whose
+    writer is dead, with their name's parts (name, kind, pid), in name order.
+
+    A process id is checked on this machine only: a run folder shared between machines must not
+    be written from two at once (the run folder's lock sees to it for training). This process's
+    own id counts as dead: callers look while no write of theirs is under way, so a name bearing it
+    was left by an earlier process with the same id (a container's processes get the same ids at
+    each start)."""
+    pattern = f".{glob.escape(of)}.*-*" if of else ".*"
+    found = []
+    for path in sorted(folder.glob(pattern)):
+        match = LEFTOVER.match(path.name)
+        if (
+            match
+            and (of is None or match["name"] == of)
+            and (int(match["pid"]) == os.getpid() or not process_exists(int(match["pid"])))
+        ):
+            found.append((path, match))
+    return found
+
+
+def remove_leftovers(folder: Path, of: str | None = None) -> list[Path]:
+    """Delete what `leftovers` finds (in `folder`, of the target `of` or of any); returns what
+    went. An old copy whose target is missing is kept: it is the only copy (checkpoint.recover
+    puts such a checkpoint back). One that cannot be deleted stays, without an error."""
+    removed = []
+    for path, match in leftovers(folder, of):
+        if match["kind"] == "old" and not (folder / match["name"]).exists():
+            continue
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except OSError:
+            continue
+        removed.append(path)
+    return removed
+
+
+def process_exists(pid) -> bool:
+    """Whether a process of this id runs on this machine (one of another user's counts; an id
+    that cannot be checked counts too, as not known to be dead)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # OverflowError: no id this system can have
+        return False
+    except OSError:  # EPERM: another user's process
+        return True
+    return True
+    return True
 
 
 def staging_dir(target: Path) -> Path:
@@ -33,23 +98,28 @@ def replace_dir(new: Path, target: Path) -> None:
     _fsync_dir(target.parent)
 
 
-def replace_file(path: Path, text: str) -> None:
-    """Replace the file at `path` with `text` in one rename: a reader, or a kill at any moment,
+def replace_file(path: Path, data: str | bytes, durable: bool = True) -> None:
+    """Replace the file at `path` with `data` in one rename: a reader, or a kill at any moment,
     sees the old file whole or the new one. Written beside the file `path` links to, if it is a
-    link, so the link and the folder it points into stay as they are."""
+    link, so the link and the folder it points into stay as they are; then what killed earlier
+    writes of it left there is deleted. `durable=False` skips the fsyncs, for a file rewritten
+    often whose loss in a power cut does not matter (a heartbeat)."""
     target = path.resolve()
     staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
-        with open(staging, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        with open(staging, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(staging, target)
     except BaseException:
         with contextlib.suppress(OSError):
             staging.unlink()
         raise
-    _fsync_dir(target.parent)
+    if durable:
+        _fsync_dir(target.parent)
+    remove_leftovers(target.parent, of=target.name)
 
 
 def _fsync_tree(folder: Path) -> None:

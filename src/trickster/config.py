@@ -7,25 +7,60 @@ Loading gathers every problem at once and names the key to change, for example
 
 from __future__ import annotations
 
-import difflib
-import re
 import typing
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from trickster.config_checks import check
+from trickster.config_errors import describe_all, did_you_mean, section_at
+from trickster.config_yaml import load_yaml, parse_yaml
 from trickster.errors import UserError
 
 
+def _kinds(annotation: Any) -> set[type]:
+    """Every type a field's annotation names, through unions, Annotated and containers:
+    `tuple[float, float] | None` -> {tuple, float, NoneType}."""
+    found = {annotation} if isinstance(annotation, type) else set()
+    origin = typing.get_origin(annotation)
+    if isinstance(origin, type):
+        found.add(origin)
+    for arg in typing.get_args(annotation):
+        found |= _kinds(arg)
+    return found
+
+
 class _Section(BaseModel):
+    """A config section. Switches are StrictBool: they take YAML's booleans (true/false, yes/no,
+    on/off) and nothing else, where pydantic alone would also take 1, 0 or the text "yes"."""
+
     # inf and nan are refused: `learning_rate: .inf` would only show as non-finite losses later
     model_config = ConfigDict(
         extra="forbid", use_attribute_docstrings=True, validate_assignment=True, allow_inf_nan=False
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_switch_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """Refuse true/false where a number is expected: pydantic reads `max_steps: true` as 1.
+        Numbers given as text stay accepted (YAML reads `3e-4` as text, and overrides are text)."""
+        kinds = _kinds(cls.model_fields[info.field_name].annotation)
+        given = value if isinstance(value, list | tuple) else [value]
+        if bool not in kinds and kinds & {int, float} and any(isinstance(v, bool) for v in given):
+            number = "an integer" if not kinds & {float, str} else "a number"
+            raise ValueError(f"input should be {number}, not true or false")
+        return value
 
 
 class ModelConfig(_Section):
@@ -45,7 +80,7 @@ class ModelConfig(_Section):
     """Longest context the model is built for (rotary tables are precomputed to this length)."""
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     """Dropout on attention weights and residual branches during training."""
-    tie_embeddings: bool = True
+    tie_embeddings: StrictBool = True
     """Share the output projection with the token embedding."""
     rope_theta: float = Field(10000.0, gt=0)
     """Base of the rotary position frequencies."""
@@ -105,8 +140,8 @@ class TrainingConfig(_Section):
     """Steps of linear warmup from 0 to learning_rate."""
     weight_decay: float = Field(0.1, ge=0)
     """AdamW weight decay, applied to weight matrices only (not norms)."""
-    betas: tuple[float, float] = (0.9, 0.95)
-    """AdamW betas."""
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.95)
+    """AdamW betas, each in [0, 1)."""
     optimizer: Literal["adamw", "muon"] = "adamw"
     """adamw: AdamW on every weight. muon: Muon (momentum orthogonalised by Newton-Schulz) on the
     attention and MLP weight matrices, AdamW (learning_rate, betas, weight_decay) on the embedding,
@@ -132,7 +167,7 @@ class TrainingConfig(_Section):
     """Steps between numbered checkpoints."""
     keep_last: int | None = Field(None, gt=0)
     """Numbered checkpoints to keep, newest first; empty keeps all. best and final are never deleted."""
-    resume: bool | Literal["auto"] = False
+    resume: StrictBool | Literal["auto"] = False
     """Continue from the run folder's newest complete checkpoint: true requires one (like --resume),
     auto resumes when there is one and starts afresh when there is none."""
     max_nonfinite_steps: int = Field(5, gt=0)
@@ -173,7 +208,7 @@ class DeviceConfig(_Section):
     """Autocast precision of the forward pass; weights and optimizer state stay float32. auto is
     bfloat16 on a CUDA GPU with bfloat16 tensor cores (Ampere and later) and float32 elsewhere.
     float16 adds a GradScaler. float32 matmuls on CUDA use TF32 (Ampere and later)."""
-    compile: bool | None = None
+    compile: StrictBool | None = None
     """Compile each block with torch.compile; empty (or auto) compiles on CUDA GPUs of Ampere and
     later and nowhere else (checkpoints still hold the plain module)."""
     threads: int | None = Field(None, gt=0)
@@ -183,9 +218,9 @@ class DeviceConfig(_Section):
     out-of-memory advice plan within it); empty means all of it: GPU memory, or RAM on a CPU."""
     peak_tflops: float | None = Field(None, gt=0)
     """Peak TFLOP/s per device that MFU divides by; empty measures this device's matmul ceiling."""
-    enable_ddp: bool = False
+    enable_ddp: StrictBool = False
     """Data parallel (DistributedDataParallel) over all processes; on by itself under torchrun."""
-    enable_fsdp: bool = False
+    enable_fsdp: StrictBool = False
     """Shard parameters, gradients and optimizer state with FSDP2 (fully_shard)."""
     mesh_shape: tuple[int, int] | None = None
     """[replicate, shard] process grid whose product is the number of processes; with FSDP,
@@ -194,7 +229,7 @@ class DeviceConfig(_Section):
     """Collective backend: auto is nccl on CUDA and gloo on the CPU."""
     timeout_s: int = Field(600, gt=0)
     """Seconds a collective may wait for a silent process before the job fails."""
-    activation_checkpointing: bool = False
+    activation_checkpointing: StrictBool = False
     """Recompute each block's activations in the backward pass: less memory, about 30% more compute."""
 
     @field_validator("compile", mode="before")
@@ -208,13 +243,13 @@ class LoggingConfig(_Section):
     """How much to print."""
     output_dir: str = "runs/nano"
     """Run directory: config, tokenizer, metrics.jsonl, checkpoints/."""
-    progress_bar: bool = True
+    progress_bar: StrictBool = True
     """Show a progress bar with loss, learning rate and tokens/s."""
-    loss_plot: bool = True
+    loss_plot: StrictBool = True
     """Redraw RUN_DIR/loss.png (train and validation loss) after each evaluation."""
-    tensorboard: bool = False
+    tensorboard: StrictBool = False
     """Also write TensorBoard event files to RUN_DIR/tensorboard (needs nano-trickster[tracking])."""
-    use_wandb: bool = False
+    use_wandb: StrictBool = False
     """Also log to Weights & Biases (needs nano-trickster[tracking]); WANDB_MODE=offline keeps it local."""
     wandb_project: str = "nano-trickster"
     """Weights & Biases project of the run (used with use_wandb)."""
@@ -254,7 +289,7 @@ def preset_names() -> list[str]:
 
 def preset_text(name: str) -> str:
     if name not in preset_names():
-        hint = _did_you_mean(name, preset_names())
+        hint = did_you_mean(name, preset_names())
         raise UserError(f"unknown preset '{name}'{hint}; choose one of {', '.join(preset_names())}")
     return resources.files("trickster.presets").joinpath(f"{name}.yaml").read_text()
 
@@ -268,7 +303,7 @@ def load_config(
     raw: dict[str, Any] = {}
     source = "defaults"
     if preset is not None:
-        raw, source = _parse_yaml(preset_text(preset), f"preset {preset}"), f"preset {preset}"
+        raw, source = parse_yaml(preset_text(preset), f"preset {preset}"), f"preset {preset}"
     elif path is not None:
         path = Path(path)
         if not path.is_file():
@@ -279,7 +314,7 @@ def load_config(
             raise UserError(
                 f"{path} is not UTF-8 text (bad byte at offset {err.start}); save it as UTF-8"
             ) from None
-        raw, source = _parse_yaml(text, str(path)), str(path)
+        raw, source = parse_yaml(text, str(path)), str(path)
     for override in overrides:
         _apply_override(raw, override)
     return config_from_dict(raw, source)
@@ -289,7 +324,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as err:
-        problems = _describe_all(err.errors())
+        problems = describe_all(Config, err.errors())
         raise UserError(f"{source}: " + "; ".join(problems)) from None
     problems = check(cfg)
     if problems:
@@ -299,50 +334,6 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(cfg.to_yaml(), encoding="utf-8")
-
-
-class _DuplicateKey(yaml.constructor.ConstructorError):
-    pass
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last one
-    silently: a second `max_steps:` further down a file would quietly win)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if not isinstance(key, typing.Hashable):
-                continue  # the safe loader refuses it itself
-            if key in seen:
-                raise _DuplicateKey(None, None, f"{key!r} is given twice", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-def _load_yaml(text: str):
-    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
-
-
-def _parse_yaml(text: str, source: str) -> dict[str, Any]:
-    try:
-        raw = _load_yaml(text)
-    except _DuplicateKey as err:
-        mark = err.problem_mark
-        raise UserError(
-            f"{source}: {err.problem} (again at line {mark.line + 1}); keep one of them"
-        ) from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or "malformed YAML"
-        raise UserError(f"{source}: malformed YAML{where}: {problem}; fix the file") from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise UserError(f"{source}: expected a mapping of sections (model_config: ..., ...)")
-    return raw
 
 
 def _apply_override(raw: dict[str, Any], override: str) -> None:
@@ -355,15 +346,15 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
             "(for example training_config.max_steps=200)"
         )
     if parts[0] not in SECTION_ALIASES:
-        hint = _did_you_mean(parts[0], list(SECTION_ALIASES))
+        hint = did_you_mean(parts[0], list(SECTION_ALIASES))
         raise UserError(f"override '{override}': unknown section '{parts[0]}'{hint}")
-    parent = _section_at(parts[:-1])
+    parent = section_at(Config, parts[:-1])
     field = parent.model_fields.get(parts[-1]) if parent else None
     if field is not None and field.annotation is str:
         parsed = value  # text fields keep the text as typed ("ROMEO:" is not a YAML mapping here)
     else:
         try:
-            parsed = _load_yaml(value) if value.strip() else value
+            parsed = load_yaml(value)  # an empty value is null, as in a file: `keep_last=` keeps all
         except yaml.YAMLError:
             parsed = value
     target = raw
@@ -377,67 +368,3 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
                 raise UserError(f"{where} must be a mapping of keys to values")
             raise UserError(f"override '{override}': {where} is a value, not a group of keys")
     target[parts[-1]] = parsed
-
-
-def _section_at(path: list[str]) -> type[BaseModel] | None:
-    """The section class at a dotted path (`training_config.lora` -> LoraConfig), None if not one."""
-    section = SECTIONS.get(SECTION_ALIASES.get(path[0], ""))
-    for name in path[1:]:
-        field = section.model_fields.get(name) if section else None
-        kinds = (field.annotation, *typing.get_args(field.annotation)) if field else ()
-        section = next((k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)), None)
-    return section
-
-
-def _field_path(loc: tuple) -> tuple:
-    """A validation error's location without pydantic's union member tags (`int`, `literal[...]`)."""
-    path, section = [loc[0]], _section_at([str(loc[0])])
-    for part in loc[1:]:
-        if isinstance(part, int) or (section is not None and part in section.model_fields):
-            path.append(part)
-            section = _section_at([str(p) for p in path if not isinstance(p, int)])
-    return tuple(path)
-
-
-_KINDS = {"constrained-int": "an integer > 0", "literal['auto']": "auto"}  # pydantic's union member names
-
-
-def _describe_all(errors: list[dict[str, Any]]) -> list[str]:
-    """One problem per key: a value that fails every member of a union is reported once."""
-    by_key: dict[tuple, list[dict[str, Any]]] = {}
-    for error in errors:
-        by_key.setdefault(_field_path(error["loc"]), []).append(error)
-    problems = []
-    for key, group in by_key.items():
-        if len(group) == 1:
-            problems.append(_describe(group[0]))
-        else:
-            kinds = " or ".join(_KINDS.get(str(e["loc"][-1]), str(e["loc"][-1])) for e in group)
-            problems.append(f"{'.'.join(map(str, key))}: expected {kinds} (got {group[0].get('input')!r})")
-    return problems
-
-
-def _describe(error: dict[str, Any]) -> str:
-    loc = [str(p) for p in error["loc"]]
-    dotted = ".".join(loc)
-    if error["type"] == "extra_forbidden":
-        if len(loc) == 1:
-            hint = _did_you_mean(loc[0], list(SECTION_ALIASES))
-            return f"unknown section '{loc[0]}'{hint}"
-        section = _section_at(loc[:-1])
-        known = list(section.model_fields) if section else []
-        hint = _did_you_mean(loc[-1], known, prefix=".".join(loc[:-1]) + ".")
-        return f"unknown key {dotted}{hint}"
-    if error["type"] in ("model_type", "dict_type") and len(loc) == 1:
-        return f"{dotted} must be a mapping of keys to values"
-    message = error["msg"][0].lower() + error["msg"][1:]
-    hint = ""
-    if error["type"] == "literal_error" and isinstance(error.get("input"), str):
-        choices = re.findall(r"'([^']*)'", error["ctx"]["expected"])
-        hint = _did_you_mean(error["input"], choices, prefix=f"{dotted}=")
-    return f"{dotted}: {message} (got {error.get('input')!r}){hint}"
-
-
-def _did_you_mean(name: str, choices: list[str], prefix: str = "") -> str:
-    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
-    return f" (did you mean {prefix}{close[0]}?)" if close else ""

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trickster.atomic import replace_dir
+from trickster.atomic import leftovers, replace_dir
 from trickster.data import dedup
 from trickster.data.encode import Chunk, Document, Encoded, chunks, encoded_in_order, in_validation
 from trickster.data.meta import META_FORMAT, prepared_meta
@@ -145,7 +145,9 @@ def prepare_prompt_response(
 def _check_out_dir(out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"output {out_dir} is a file; pass a folder path to --out")
-    if out_dir.is_dir() and not {p.name for p in out_dir.iterdir()} <= PREPARED_FILES:
+    # what a killed `data report --html` left there goes with the folder it replaces
+    dead = {path.name for path, _ in leftovers(out_dir)} if out_dir.is_dir() else set()
+    if out_dir.is_dir() and not {p.name for p in out_dir.iterdir()} - dead <= PREPARED_FILES:
         raise UserError(
             f"{out_dir} already exists and is not a prepared data folder; choose another --out "
             "(nothing was changed)"

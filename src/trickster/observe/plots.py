@@ -14,13 +14,13 @@ line on both panels.
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
 
+from trickster.atomic import replace_file
 from trickster.observe.events import read_metrics
 
 LOSS_TICKS = (0.5, 0.75, 1, 1.25, 1.5, 1.75, 2, 2.5, 3, 4, 5, 6, 8, 10, 12, 15, 20)
@@ -172,13 +172,8 @@ def write_loss_plot(run_dir: str | Path) -> Path | None:
     fig = loss_figure(read_metrics(run_dir / "metrics.jsonl"), title=run_dir.name)
     if fig is None:
         return None
-    path, tmp = run_dir / "loss.png", run_dir / ".loss.png.tmp"
-    try:
-        tmp.write_bytes(png_bytes(fig))
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)  # a full disk: the last whole plot stays
-        raise
+    path = run_dir / "loss.png"
+    replace_file(path, png_bytes(fig))  # a full disk: the last whole plot stays
     return path
 
 

@@ -34,13 +34,12 @@ import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from trickster.atomic import replace_dir, replace_file, staging_dir
+from trickster.atomic import leftovers, remove_leftovers, replace_dir, replace_file, staging_dir
 from trickster.config import Config, ModelConfig, config_from_dict, save_config
 from trickster.data.tokenizers import Tokenizer, load_tokenizer
 from trickster.errors import UserError, disk_errors
 from trickster.model import lora
 from trickster.model.transformer import Transformer
-from trickster.observe.status import process_exists
 from trickster.train.device import inference_dtype
 
 COMPLETE = "COMPLETE"
@@ -49,8 +48,6 @@ OPTIMIZER = "optimizer"  # the sharded optimizer state of an FSDP2 run
 STEP_DIR = re.compile(r"^step_(\d+)$")
 FULL_BELOW = 1 << 20  # bytes free on a disk that a failed write has just filled
 OS_ERROR = re.compile(r"\(os error (\d+)\)")  # the errno in a SafetensorError's message
-# what a killed writer leaves: staging (tmp) and replaced (old) folders of atomic.py, remove()'s (deleted)
-LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old|deleted)-(?P<pid>\d+)$")
 
 
 def step_name(step: int) -> str:
@@ -232,18 +229,14 @@ def recover(run_dir: str | Path) -> list[str]:
 
     A kill between the two renames of `replace_dir` leaves `best` (or `final`) only under its old
     hidden name: put it back. Half-written staging folders and half-deleted checkpoints of dead
-    processes are deleted.
+    processes are deleted, and so are the files a killed `update_info` left inside a checkpoint.
     Returns a line for each repair, for the log.
     """
     folder = Path(run_dir) / "checkpoints"
     if not folder.is_dir():
         return []
     repairs = []
-    for hidden in sorted(folder.glob(".*")):
-        match = LEFTOVER.match(hidden.name)
-        pid = int(match["pid"]) if match else None
-        if match is None or (pid != os.getpid() and process_exists(pid)):  # its writer still works
-            continue
+    for hidden, match in leftovers(folder):
         target = folder / match["name"]
         if match["kind"] == "old" and not target.exists() and is_complete(hidden):
             hidden.rename(target)
@@ -252,6 +245,9 @@ def recover(run_dir: str | Path) -> list[str]:
             shutil.rmtree(hidden, ignore_errors=True)
             what = "deletion" if match["kind"] == "deleted" else "write"
             repairs.append(f"removed {hidden.name}, left by an interrupted {what}")
+    for checkpoint in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for path in remove_leftovers(checkpoint):
+            repairs.append(f"removed {checkpoint.name}/{path.name}, left by an interrupted write")
     return repairs
 
 

@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from trickster.atomic import replace_file
+from trickster.atomic import remove_leftovers, replace_file
 from trickster.config import Config
 from trickster.data.loader import PreparedData
 from trickster.errors import UserError, disk_errors
@@ -98,7 +98,7 @@ def _lock(lock, run_dir: Path) -> None:
 def open_run_dir(run_dir: Path, resume: bool | str) -> tuple[Path | None, list[str]]:
     """Make sure the run may start here; returns the checkpoint to resume from and any repairs."""
     _refuse_a_file(run_dir)
-    repairs = ckpt.recover(run_dir) if resume else []
+    repairs = _tidy(run_dir) if resume else []
     found = ckpt.latest(run_dir)
     if not resume and found is not None:
         raise UserError(
@@ -117,6 +117,14 @@ def open_run_dir(run_dir: Path, resume: bool | str) -> tuple[Path | None, list[s
         )
     _make_folder(run_dir / "checkpoints", run_dir)
     return found, repairs
+
+
+def _tidy(run_dir: Path) -> list[str]:
+    """Delete what killed writers left in the run folder and its checkpoints (temporary files and
+    folders of processes that no longer run, see atomic.leftovers); a line for each, for the log.
+    Safe here: the folder is claimed, so no other training process writes in it."""
+    removed = [f"removed {path.name}, left by an interrupted write" for path in remove_leftovers(run_dir)]
+    return removed + ckpt.recover(run_dir)
 
 
 def _refuse_a_file(run_dir: Path) -> None:

@@ -1,0 +1,111 @@
+"""Config problems in the user's words: pydantic's validation errors become one line per key,
+naming the key as YAML spells it (`training_config.betas[0]`), the value as YAML shows it
+(true, null), and the close key or choice the user may have meant."""
+
+from __future__ import annotations
+
+import difflib
+import re
+import typing
+from typing import Any
+
+from pydantic import BaseModel
+
+
+def section_at(root: type[BaseModel], path: list[str]) -> type[BaseModel] | None:
+    """The section class at a dotted path of `root` (`training_config.lora` -> LoraConfig), None
+    if not one. The first name is a section's alias, as YAML spells it."""
+    aliases = {field.alias or name: field.annotation for name, field in root.model_fields.items()}
+    section = aliases.get(path[0])
+    for name in path[1:]:
+        field = section.model_fields.get(name) if section else None
+        kinds = (field.annotation, *typing.get_args(field.annotation)) if field else ()
+        section = next((k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)), None)
+    return section
+
+
+def _field_path(root: type[BaseModel], loc: tuple) -> tuple:
+    """A validation error's location without pydantic's union member tags (`int`, `literal[...]`)."""
+    path, section = [loc[0]], section_at(root, [str(loc[0])])
+    for part in loc[1:]:
+        if isinstance(part, int) or (section is not None and part in section.model_fields):
+            path.append(part)
+            section = section_at(root, [str(p) for p in path if not isinstance(p, int)])
+    return tuple(path)
+
+
+# pydantic's names of union members, as a YAML user would say them
+_KINDS = {
+    "int": "an integer",
+    "constrained-int": "an integer > 0",
+    "bool": "true/false",
+    "literal['auto']": "auto",
+}
+
+
+def describe_all(root: type[BaseModel], errors: list[dict[str, Any]]) -> list[str]:
+    """pydantic's validation errors of `root` (the Config class) as one problem per key, each
+    naming the key to change; a value that fails every member of a union is reported once."""
+    by_key: dict[tuple, list[dict[str, Any]]] = {}
+    for error in errors:
+        by_key.setdefault(_field_path(root, error["loc"]), []).append(error)
+    problems = []
+    for key, group in by_key.items():
+        if len(group) == 1:
+            problems.append(_describe(root, group[0]))
+        else:
+            kinds = " or ".join(_KINDS.get(str(e["loc"][-1]), str(e["loc"][-1])) for e in group)
+            given = group[0].get("input")
+            problems.append(f"{_dotted(key)}: expected {kinds} (got {_shown(given)}){_quoted_switch(given)}")
+    return problems
+
+
+def _describe(root: type[BaseModel], error: dict[str, Any]) -> str:
+    loc = [str(p) for p in error["loc"]]
+    dotted = _dotted(error["loc"])
+    if error["type"] == "extra_forbidden":
+        if len(loc) == 1:
+            hint = did_you_mean(loc[0], [field.alias or name for name, field in root.model_fields.items()])
+            return f"unknown section '{loc[0]}'{hint}"
+        section = section_at(root, loc[:-1])
+        known = list(section.model_fields) if section else []
+        hint = did_you_mean(loc[-1], known, prefix=".".join(loc[:-1]) + ".")
+        return f"unknown key {dotted}{hint}"
+    if error["type"] in ("model_type", "dict_type") and len(loc) == 1:
+        return f"{dotted} must be a mapping of keys to values"
+    hint = ""
+    if error["type"] == "value_error":  # raised by a validator here: its own words
+        message = str(error["ctx"]["error"])
+    elif error["type"] == "bool_type":
+        message, hint = "input should be true or false", _quoted_switch(error.get("input"))
+    else:
+        message = error["msg"][0].lower() + error["msg"][1:]
+    if error["type"] == "literal_error" and isinstance(error.get("input"), str):
+        choices = re.findall(r"'([^']*)'", error["ctx"]["expected"])
+        hint = did_you_mean(error["input"], choices, prefix=f"{dotted}=")
+    return f"{dotted}: {message} (got {_shown(error.get('input'))}){hint}"
+
+
+def _dotted(loc: tuple) -> str:
+    """`training_config.betas[0]`: list positions in brackets, as the user would index them."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+
+
+def _shown(value: Any) -> str:
+    """A value as the user wrote it in YAML: true, false and null, not Python's True and None."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(map(_shown, value)) + "]"
+    return repr(value)
+
+
+def _quoted_switch(value: Any) -> str:
+    """The fix for `progress_bar: "false"`: quoted, YAML's boolean words are text."""
+    words = {"true", "false", "yes", "no", "on", "off"}
+    return "; write it without quotes" if isinstance(value, str) and value.strip().lower() in words else ""
+
+
+def did_you_mean(name: str, choices: list[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    return f" (did you mean {prefix}{close[0]}?)" if close else ""

@@ -1,0 +1,67 @@
+"""What a writer killed mid-write leaves (`.NAME.tmp-PID`, `.NAME.old-PID`): deleted by the next
+writer when that process is dead, never while it runs."""
+
+from __future__ import annotations
+
+import os
+
+from trickster.atomic import leftovers, remove_leftovers, replace_file
+
+
+def _plant(folder, name: str, as_folder: bool = False):
+    path = folder / name
+    if as_folder:
+        path.mkdir()
+        (path / "model.safetensors").write_bytes(b"half")
+    else:
+        path.write_text("half", encoding="utf-8")
+    return path
+
+
+def test_only_our_names_of_dead_writers_are_removed(tmp_path, dead_pid, live_pid):
+    dead = [
+        _plant(tmp_path, f".status.json.tmp-{dead_pid}"),
+        _plant(tmp_path, f".step_000008.tmp-{dead_pid}", as_folder=True),
+        _plant(tmp_path, f".best.old-{dead_pid}", as_folder=True),  # best is in place: a stale copy
+    ]
+    (tmp_path / "best").mkdir()
+    kept = [
+        _plant(tmp_path, f".report.html.tmp-{live_pid}"),  # another process is writing it now
+        _plant(tmp_path, f".step_000012.tmp-{live_pid}", as_folder=True),
+        _plant(tmp_path, f".final.old-{dead_pid}", as_folder=True),  # final is missing: the only copy
+        _plant(tmp_path, ".lock"),
+        _plant(tmp_path, ".notes.tmp"),  # not a name this product writes
+        _plant(tmp_path, f"status.json.tmp-{dead_pid}"),  # not hidden
+        _plant(tmp_path, f".status.json.tmp-{dead_pid}x"),
+    ]
+
+    assert sorted(remove_leftovers(tmp_path)) == sorted(dead)
+
+    assert not any(path.exists() for path in dead)
+    assert all(path.exists() for path in kept)
+    assert (tmp_path / f".step_000012.tmp-{live_pid}" / "model.safetensors").read_bytes() == b"half"
+
+
+def test_this_process_id_counts_as_dead(tmp_path):
+    """A container's processes get the same ids at each start: a name bearing ours was left by an
+    earlier process, as nothing here writes while we look."""
+    mine = _plant(tmp_path, f".metrics.jsonl.tmp-{os.getpid()}")
+    assert [path for path, _ in leftovers(tmp_path)] == [mine]
+
+
+def test_rewriting_a_file_removes_its_own_killed_writes_only(tmp_path, dead_pid, live_pid):
+    page = tmp_path / "report[1].html"  # a name with glob characters
+    mine = _plant(tmp_path, f".report[1].html.tmp-{dead_pid}")
+    others = [
+        _plant(tmp_path, f".report[1].html.tmp-{live_pid}"),
+        _plant(tmp_path, f".other.html.tmp-{dead_pid}"),
+        _plant(tmp_path, f".report.html.tmp-{dead_pid}"),
+    ]
+
+    replace_file(page, "<p>new</p>")
+    replace_file(tmp_path / "loss.png", b"\x89PNG", durable=False)
+
+    assert page.read_text(encoding="utf-8") == "<p>new</p>"
+    assert (tmp_path / "loss.png").read_bytes() == b"\x89PNG"
+    assert not mine.exists() and all(path.exists() for path in others)
+    assert not list(tmp_path.glob(f".*-{os.getpid()}"))  # nothing of its own left either
