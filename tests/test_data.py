@@ -184,6 +184,21 @@ def test_a_killed_page_write_does_not_make_a_prepared_folder_foreign(tmp_path, d
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
 
 
+def test_a_preparation_killed_between_its_renames_leaves_the_old_data_usable(tmp_path, dead_pid, live_pid):
+    """Preparing into an existing folder moves the old one aside, then the new one in: killed
+    between the two, the folder is only its hidden old copy. The next reader puts it back, unless
+    its writer still runs (then the new data is about to arrive)."""
+    out = tmp_path / "data"
+    prepare(sources.shakespeare(EXCERPT), "char", out)
+    tokens = load_data(out).train.astype(np.int64).tolist()
+    aside = out.rename(tmp_path / f".data.old-{live_pid}")
+    with pytest.raises(UserError, match="no prepared data"):
+        load_data(out)
+    aside.rename(tmp_path / f".data.old-{dead_pid}")
+    assert load_data(out).train.astype(np.int64).tolist() == tokens
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
 def test_targets_are_inputs_shifted_by_exactly_one(shakespeare_dir):
     data = load_data(shakespeare_dir)
     sampler = BatchSampler(data.train, seq_len=32, batch_size=4, seed=0)

@@ -84,6 +84,17 @@ def staging_dir(target: Path) -> Path:
     return staging
 
 
+def restore_replaced(target: Path) -> bool:
+    """Put back a folder that a kill between replace_dir's two renames left only under its old
+    hidden name, when its writer is dead; True if one was put back."""
+    if target.exists():
+        return False
+    old = [path for path, match in leftovers(target.parent, target.name) if match["kind"] == "old"]
+    if old:
+        old[-1].rename(target)
+    return bool(old)
+
+
 def replace_dir(new: Path, target: Path) -> None:
     """Move `new` to `target`; an old `target` is deleted only after the new one is in place."""
     _fsync_tree(new)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trickster.atomic import restore_replaced
 from trickster.data.tokenizers import Tokenizer, load_tokenizer
 from trickster.errors import UserError
 from trickster.model.transformer import IGNORE_INDEX  # a target the loss skips
@@ -103,6 +104,7 @@ class PreparedData:
 def load_data(path: str | Path) -> PreparedData:
     path = Path(path)
     meta_file = path / "meta.json"
+    restore_replaced(path)  # a preparation into an existing folder killed between its two renames
     if not meta_file.is_file():
         raise UserError(
             f"no prepared data in {path} (meta.json missing); give a folder written by `trickster "
