@@ -24,7 +24,7 @@ from trickster.observe.events import read_metrics
 from trickster.observe.sinks import CSV_FIELDS, MetricSinks, csv_rows
 from trickster.train.loop import train
 
-from .conftest import QUIET, events, micro_config
+from .conftest import QUIET, count_reads, events, micro_config
 
 HAS_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
 HAS_WANDB = importlib.util.find_spec("wandb") is not None
@@ -126,21 +126,6 @@ def test_loss_and_token_axes_are_logarithmic_only_when_the_values_span_a_wide_ra
     assert [ax.get_yscale() for ax in narrow.axes] == ["linear", "linear"]
     assert narrow.axes[1].get_xscale() == "linear"  # tokens from 1,000 to 4,100
     assert plots.loss_figure([{"event": "start", "step": 0, "tokens_per_step": 1}]) is None
-
-
-def count_reads(monkeypatch) -> list[int]:
-    """The events each read of a metrics.jsonl returned, by whichever module read it."""
-    counts, real = [], read_metrics
-
-    def counting(path, problems=None):
-        records = real(path, problems)
-        counts.append(len(records))
-        return records
-
-    for module in list(sys.modules.values()):
-        if module.__name__.startswith("trickster") and getattr(module, "read_metrics", None) is real:
-            monkeypatch.setattr(module, "read_metrics", counting)
-    return counts
 
 
 def test_loss_png_is_redrawn_without_reading_metrics_jsonl_again(micro, tmp_path, monkeypatch):
