@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,7 +55,7 @@ class Curves:
     train_events: int = 0  # seen, kept or not
 
     @classmethod
-    def from_records(cls, records: list[dict]) -> Curves:
+    def from_records(cls, records: Iterable[dict]) -> Curves:
         c = cls()
         for r in records:
             c.add(r)
