@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,22 @@ def live_pid():
     yield child.pid
     child.kill()
     child.wait()
+
+
+def count_reads(monkeypatch) -> list[int]:
+    """The events each read of a metrics.jsonl returned, by whichever trickster module
+    read it (each imports read_metrics by name)."""
+    counts, real = [], read_metrics
+
+    def counting(path, problems=None):
+        records = real(path, problems)
+        counts.append(len(records))
+        return records
+
+    for module in list(sys.modules.values()):
+        if module.__name__.startswith("trickster") and getattr(module, "read_metrics", None) is real:
+            monkeypatch.setattr(module, "read_metrics", counting)
+    return counts
 
 
 @pytest.fixture(scope="session")

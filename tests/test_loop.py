@@ -16,7 +16,7 @@ from trickster.train.device import settings_restored
 from trickster.train.loop import Trainer, train
 from trickster.train.state import rng_state, set_rng_state
 
-from .conftest import QUIET
+from .conftest import QUIET, count_reads, events
 
 STEPS = {"max_steps": 4, "warmup_steps": 1, "log_every": 1, "eval_every": 4, "save_every": 4}
 
@@ -42,6 +42,16 @@ def test_train_leaves_threads_flags_and_generators_as_it_found_them(micro, tmp_p
     with pytest.raises(UserError):  # fails after the threads and the seed were set
         train(missing, **QUIET)
     assert _settings() == before
+
+
+def test_a_run_reads_back_its_events_only_when_its_history_is_asked_for(micro, monkeypatch):
+    """train() returns without reading metrics.jsonl back (a million logged steps are about 1.5 GB
+    of dicts, which `trickster train` never looks at); result.history reads them when first asked."""
+    reads = count_reads(monkeypatch)
+    result = train(micro(training_config={**STEPS, "eval_every": 2}, device_config={"threads": 1}), **QUIET)
+    assert reads == [1]  # the start event, read back into metrics.csv when the run began
+    assert [r["step"] for r in events(result, "train")] == [1, 2, 3, 4]
+    assert reads == [1, len(result.history)] and result.history[-1]["event"] == "end"
 
 
 class Counter:

@@ -21,10 +21,10 @@ from PIL import Image
 from trickster.errors import UserError
 from trickster.observe import plots
 from trickster.observe.events import read_metrics
-from trickster.observe.sinks import CSV_FIELDS, csv_rows
+from trickster.observe.sinks import CSV_FIELDS, MetricSinks, csv_rows
 from trickster.train.loop import train
 
-from .conftest import QUIET, events, micro_config
+from .conftest import QUIET, count_reads, events, micro_config
 
 HAS_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
 HAS_WANDB = importlib.util.find_spec("wandb") is not None
@@ -58,9 +58,9 @@ def tracked(shakespeare_dir, tmp_path_factory) -> Tracked:
     calls: list[int] = []
     real = plots.write_loss_plot
 
-    def spy(run_dir):
+    def spy(run_dir, *curves):
         calls.append(len(events(Path(run_dir), "eval")))
-        return real(run_dir)
+        return real(run_dir, *curves)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(plots, "write_loss_plot", spy)
@@ -126,6 +126,42 @@ def test_loss_and_token_axes_are_logarithmic_only_when_the_values_span_a_wide_ra
     assert [ax.get_yscale() for ax in narrow.axes] == ["linear", "linear"]
     assert narrow.axes[1].get_xscale() == "linear"  # tokens from 1,000 to 4,100
     assert plots.loss_figure([{"event": "start", "step": 0, "tokens_per_step": 1}]) is None
+
+
+def test_loss_png_is_redrawn_without_reading_metrics_jsonl_again(micro, tmp_path, monkeypatch):
+    """metrics.jsonl is read once, when the run starts; each evaluation's loss.png is drawn from the
+    curves kept since (through a rollback), so it costs the same at step 10 and at step 10 million,
+    and shows what a drawing from the whole file shows."""
+    reads = count_reads(monkeypatch)
+    run = tmp_path / "run"
+    sink = MetricSinks(run, micro(logging_config={"loss_plot": True}))
+
+    def steps(first: int, last: int) -> None:
+        for step in range(first, last + 1):
+            sink.write("train", step, train_loss=4 / step**0.3, lr=1e-3, tokens_seen=8 * step)
+            if step % 5 == 0:
+                sink.write("eval", step, val_loss=4.2 / step**0.3, tokens_seen=8 * step)
+
+    sink.write("start", 0, tokens_per_step=8)
+    steps(1, 15)
+    sink.write("rollback", 10, first_step=13, last_step=15, checkpoint="step_000010", peak_loss=9.0, median=3)
+    steps(11, 20)
+    sink.close()
+    assert reads == [1]  # the start event, when the run started: no evaluation read the file again
+    drawn = (run / "loss.png").read_bytes()
+    plots.write_loss_plot(run)  # from the whole of metrics.jsonl
+    assert (run / "loss.png").read_bytes() == drawn
+
+
+def test_the_curves_of_a_long_run_keep_at_most_max_points_train_points():
+    """A million-step run's loss.png holds a few thousand points, evenly spaced, from step 1 on."""
+    curves = plots.Curves.from_records(
+        {"event": "train", "step": s, "tokens_seen": s, "train_loss": 1 / s} for s in range(1, 100_001)
+    )
+    assert plots.MAX_POINTS // 2 <= len(curves.train_step) <= plots.MAX_POINTS
+    assert curves.train_step[0] == 1 and curves.train_step[-1] > 100_000 - curves.every
+    assert set(np.diff(curves.train_step)) == {curves.every}  # evenly spaced
+    assert all(len(getattr(curves, name)) == len(curves.train_step) for name in plots.TRAIN_FIELDS)
 
 
 def test_resume_rewinds_the_csv_and_the_tensorboard_events(micro, tmp_path):

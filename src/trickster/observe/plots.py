@@ -1,8 +1,9 @@
 """Figures drawn from a run's metrics.jsonl with matplotlib.
 
-`write_loss_plot(run_dir)` redraws RUN_DIR/loss.png (called after each evaluation); report.py
-embeds the same figures in its HTML page. matplotlib's object API (Figure, no pyplot) is used, so
-no display or global state is involved.
+`write_loss_plot(run_dir, curves)` redraws RUN_DIR/loss.png after each evaluation, from the curves
+the training loop keeps (metrics.jsonl is not read again); report.py embeds the same figures in its
+HTML page. A curve draws at most MAX_POINTS train points, however long the run. matplotlib's
+object API (Figure, no pyplot) is used, so no display or global state is involved.
 
 Scales: the loss axis is logarithmic when the loss spans more than a factor 1.5 (the early drop
 from ln(vocab) would otherwise flatten the rest); the tokens axis is logarithmic when it spans
@@ -14,6 +15,7 @@ line on both panels.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,11 +26,18 @@ from trickster.atomic import replace_file
 from trickster.observe.events import read_metrics
 
 LOSS_TICKS = (0.5, 0.75, 1, 1.25, 1.5, 1.75, 2, 2.5, 3, 4, 5, 6, 8, 10, 12, 15, 20)
+# train points a figure keeps at most: a panel is about 500 pixels wide, and a run logs millions
+MAX_POINTS = 4000
+TRAIN_FIELDS = ("train_step", "train_tokens", "train_loss", "lr", "grad_norm", "tokens_per_sec")
 
 
 @dataclass
 class Curves:
-    """The numbers a plot needs, taken from metrics.jsonl events."""
+    """The numbers a plot needs, taken from metrics.jsonl events one at a time (`add`).
+
+    The train curves keep one train event in `every`: when they pass MAX_POINTS, every other point
+    goes and `every` doubles, so a run of any length costs the same to keep and to draw. The
+    validation points are all kept (one per evaluation)."""
 
     train_step: list[int] = field(default_factory=list)
     train_tokens: list[int] = field(default_factory=list)
@@ -42,34 +51,46 @@ class Curves:
     # loss spikes: (step, peak loss) of each, and the train losses a rollback abandoned
     spikes: list[tuple[int, float]] = field(default_factory=list)
     abandoned: list[tuple[int, float]] = field(default_factory=list)
+    every: int = 1  # the train curves keep train events 0, every, 2 x every, ...
+    train_events: int = 0  # seen, kept or not
 
     @classmethod
-    def from_records(cls, records: list[dict]) -> Curves:
+    def from_records(cls, records: Iterable[dict]) -> Curves:
         c = cls()
         for r in records:
-            if r["event"] == "train":
-                c.train_step.append(r["step"])
-                c.train_tokens.append(r["tokens_seen"])
-                c.train_loss.append(r["train_loss"])
-                c.lr.append(r.get("lr"))
-                c.grad_norm.append(r.get("grad_norm"))
-                c.tokens_per_sec.append(r.get("tokens_per_sec"))
-            elif r["event"] == "eval" and r.get("val_loss") is not None:
-                c.val_step.append(r["step"])
-                c.val_tokens.append(r["tokens_seen"])
-                c.val_loss.append(r["val_loss"])
-            elif r["event"] in ("rollback", "spike"):
-                c.spikes.append((r.get("last_step", r["step"]), r["peak_loss"]))
-                if r["event"] == "rollback":
-                    c._drop_after(r["step"])
+            c.add(r)
         return c
+
+    def add(self, r: dict) -> None:
+        if r["event"] == "train":
+            self.train_events += 1
+            if (self.train_events - 1) % self.every:
+                return  # thinned out
+            point = (r["step"], r["tokens_seen"], r["train_loss"], r.get("lr"), r.get("grad_norm"))
+            for name, value in zip(TRAIN_FIELDS, (*point, r.get("tokens_per_sec")), strict=True):
+                getattr(self, name).append(value)
+            if len(self.train_step) > MAX_POINTS:
+                self._thin()
+        elif r["event"] == "eval" and r.get("val_loss") is not None:
+            self.val_step.append(r["step"])
+            self.val_tokens.append(r["tokens_seen"])
+            self.val_loss.append(r["val_loss"])
+        elif r["event"] in ("rollback", "spike"):
+            self.spikes.append((r.get("last_step", r["step"]), r["peak_loss"]))
+            if r["event"] == "rollback":
+                self._drop_after(r["step"])
+
+    def _thin(self) -> None:
+        for name in TRAIN_FIELDS:
+            setattr(self, name, getattr(self, name)[::2])
+        self.every *= 2
 
     def _drop_after(self, step: int) -> None:
         """A rollback to `step` replays what came after it: those points leave the curves (the
         train losses are kept apart, to be drawn faintly)."""
         kept = [i for i, s in enumerate(self.train_step) if s <= step]
         self.abandoned += [(s, v) for s, v in zip(self.train_step, self.train_loss, strict=True) if s > step]
-        for name in ("train_step", "train_tokens", "train_loss", "lr", "grad_norm", "tokens_per_sec"):
+        for name in TRAIN_FIELDS:
             values = getattr(self, name)
             setattr(self, name, [values[i] for i in kept])
         kept = [i for i, s in enumerate(self.val_step) if s <= step]
@@ -82,9 +103,9 @@ class Curves:
         return self.val_loss[self.val_step.index(0)] if 0 in self.val_step else None
 
 
-def loss_figure(records: list[dict], title: str = "") -> Figure | None:
+def loss_figure(records: list[dict] | Curves, title: str = "") -> Figure | None:
     """Train and validation loss against steps (left) and tokens seen (right); None if empty."""
-    c = Curves.from_records(records)
+    c = records if isinstance(records, Curves) else Curves.from_records(records)
     if not c.train_loss and not c.val_loss:
         return None
     fig = Figure(figsize=(11, 4.2), dpi=100, layout="constrained")
@@ -166,10 +187,13 @@ def png_bytes(fig: Figure, dpi: int = 100) -> bytes:
     return buffer.getvalue()
 
 
-def write_loss_plot(run_dir: str | Path) -> Path | None:
-    """Redraw RUN_DIR/loss.png from metrics.jsonl; written to a temporary name, then renamed."""
+def write_loss_plot(run_dir: str | Path, curves: Curves | None = None) -> Path | None:
+    """Redraw RUN_DIR/loss.png from `curves` (the training loop's, kept up to date event by event),
+    else from metrics.jsonl; written to a temporary name, then renamed."""
     run_dir = Path(run_dir)
-    fig = loss_figure(read_metrics(run_dir / "metrics.jsonl"), title=run_dir.name)
+    if curves is None:
+        curves = Curves.from_records(read_metrics(run_dir / "metrics.jsonl"))
+    fig = loss_figure(curves, title=run_dir.name)
     if fig is None:
         return None
     path = run_dir / "loss.png"

@@ -70,8 +70,9 @@ class MetricSinks:
 
     - metrics.csv: the train and eval numbers as a table, rebuilt from metrics.jsonl whenever a
       run starts or resumes (so rows after the resumed checkpoint disappear with the JSON lines);
-    - loss.png: redrawn from metrics.jsonl after each evaluation (plots.write_loss_plot), unless
-      logging_config.loss_plot is false;
+    - loss.png: redrawn after each evaluation (plots.write_loss_plot), unless
+      logging_config.loss_plot is false, from curves read from metrics.jsonl when the run starts
+      or resumes and then added to event by event;
     - TensorBoard event files in RUN_DIR/tensorboard (logging_config.tensorboard): train loss,
       lr, grad norm, tokens/s, ms/step, val loss, perplexity, and the samples as text;
     - a Weights & Biases run (logging_config.use_wandb) with the same values, its files in
@@ -87,6 +88,8 @@ class MetricSinks:
         self.run_dir, self.cfg = Path(run_dir), cfg
         self.log: MetricsLog | None = None
         self._start: list[dict] = []  # the start event: tokens per step for the eval rows
+        self._curves = None  # plots.Curves of loss.png (logging_config.loss_plot)
+        self._read = False  # metrics.jsonl read back since this run started or resumed
         self._tensorboard = None
         self._wandb = None
 
@@ -98,13 +101,15 @@ class MetricSinks:
         if self.log is None:
             self.log = MetricsLog(self.path)
         record = self.log.write(event, step, **values)
+        # the whole file is read once, when the run starts or resumes: later events are added to
+        # what was read, so an event costs the same at step 10 and at step 10 million
+        again = not self._read or event in ("start", "resume") or not (self.run_dir / "metrics.csv").is_file()
         with disk_errors(str(self.run_dir / "metrics.csv"), DISK_FIX):
-            self._write_csv(record)
-        if event == "eval" and self.cfg.logging.loss_plot:
-            from trickster.observe.plots import write_loss_plot  # matplotlib loads at the first evaluation
-
-            with disk_errors(str(self.run_dir / "loss.png"), DISK_FIX):
-                write_loss_plot(self.run_dir)
+            earlier = read_metrics(self.path) if again else None  # this event included: it came first
+            self._write_csv(record, earlier)
+        if self.cfg.logging.loss_plot:
+            self._plot(record, earlier)
+        self._read = True
         if self.cfg.logging.tensorboard:
             self._write_tensorboard(record)
         if self.cfg.logging.use_wandb:
@@ -122,17 +127,28 @@ class MetricSinks:
             wandb.teardown()  # the next run in this process reads WANDB_* afresh
 
     # ---- metrics.csv
-    def _write_csv(self, record: dict) -> None:
+    def _write_csv(self, record: dict, earlier: list[dict] | None) -> None:
         path = self.run_dir / "metrics.csv"
-        if record["event"] in ("start", "resume") or not path.is_file():
-            records = read_metrics(self.path)  # this event included: the JSON line came first
-            write_csv(records, path)
-            self._start = [r for r in records if r["event"] == "start"][:1]
+        if earlier is not None:
+            write_csv(earlier, path)
+            self._start = [r for r in earlier if r["event"] == "start"][:1]
             return
         rows = csv_rows([*self._start, record])
         if rows:
             with open(path, "a", encoding="utf-8", newline="") as f:
                 csv.DictWriter(f, fieldnames=CSV_FIELDS).writerow(rows[0])
+
+    # ---- loss.png
+    def _plot(self, record: dict, earlier: list[dict] | None) -> None:
+        from trickster.observe import plots  # matplotlib loads when the first event is written
+
+        if earlier is not None:
+            self._curves = plots.Curves.from_records(earlier)
+        else:
+            self._curves.add(record)
+        if record["event"] == "eval":
+            with disk_errors(str(self.run_dir / "loss.png"), DISK_FIX):
+                plots.write_loss_plot(self.run_dir, self._curves)
 
     # ---- TensorBoard
     def _write_tensorboard(self, r: dict) -> None:

@@ -22,7 +22,7 @@ from trickster.data.loader import BatchSampler, check_windows, load_data
 from trickster.errors import UserError
 from trickster.model.flops import flops_per_token, parameter_breakdown
 from trickster.model.vocab import resolve_vocab
-from trickster.observe.events import NoMetrics, read_metrics
+from trickster.observe.events import NoMetrics
 from trickster.observe.manifest import run_manifest
 from trickster.observe.sinks import MetricSinks
 from trickster.observe.status import Heartbeat
@@ -445,5 +445,4 @@ class Trainer:
         }
 
     def result(self, exit_signal: int | None = None) -> TrainResult:
-        history = read_metrics(self.run_dir / "metrics.jsonl")
-        return TrainResult(self.cfg, self.run_dir, self.state, exit_signal, self.params, history)
+        return TrainResult(self.cfg, self.run_dir, self.state, exit_signal, self.params)

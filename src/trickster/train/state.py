@@ -4,16 +4,18 @@ it draws from, and what a finished run returns (TrainResult)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from trickster.config import Config
+from trickster.observe.events import read_metrics
 
 
 @dataclass
@@ -113,4 +115,9 @@ class TrainResult:
     state: TrainState
     exit_signal: int | None = None  # SIGINT / SIGTERM if the run was stopped early
     params: int = 0
-    history: list[dict] = field(default_factory=list)
+
+    @functools.cached_property
+    def history(self) -> list[dict]:
+        """Every event of the run's metrics.jsonl, read when first asked for: a run of a million
+        logged steps holds about 1.5 GB of them, which `trickster train` never asks for."""
+        return read_metrics(self.run_dir / "metrics.jsonl")
