@@ -56,7 +56,9 @@ class Curves:
                 c.tokens_per_sec.append(r.get("tokens_per_sec"))
             elif r["event"] == "eval" and r.get("val_loss") is not None:
                 c.val_step.append(r["step"])
-                c.val_tokens.append(r["tokens_seen"])
+                # older runs' eval events lack tokens_seen: the train event logged at that step has it
+                same_step = c.train_tokens[-1] if c.train_step and c.train_step[-1] == r["step"] else None
+                c.val_tokens.append(r.get("tokens_seen", same_step))
                 c.val_loss.append(r["val_loss"])
             elif r["event"] in ("rollback", "spike"):
                 c.spikes.append((r.get("last_step", r["step"]), r["peak_loss"]))
