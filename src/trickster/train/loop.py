@@ -44,7 +44,7 @@ from trickster.train.device import (
 from trickster.train.memory import resolve_batch
 from trickster.train.optim import build_optimizer, set_lr
 from trickster.train.recovery import after_step, evaluated, finish, guard, stopped
-from trickster.train.resume import claimed, diverged
+from trickster.train.resume import claimed, diverged, older_trainer_state
 from trickster.train.setup import build_model, on_main, open_run, print_header, stage_shards, write_run_files
 from trickster.train.signals import StopSignals, announce_signals
 from trickster.train.spikes import SpikeDetector
@@ -395,7 +395,7 @@ class Trainer:
     def load(self, path: Path) -> None:
         """Continue from the checkpoint at `path`, written by this or any other number of processes."""
         self.saved = None  # the weights it had are gone
-        trainer = ckpt.load_trainer_state(path)
+        trainer = older_trainer_state(ckpt.load_trainer_state(path), path)
         optimizer = trainer["optimizer"]
         if "state" in optimizer:  # gathered, by parameter name
             dist.load_full_optimizer_state(self.model, self.optimizer, optimizer)
@@ -419,9 +419,9 @@ class Trainer:
 
     def load_state_dict(self, trainer: dict) -> None:
         self.state.load_state_dict(trainer["train_state"])
-        self.eval_due = trainer.get("eval_due", False)  # saved before an evaluation (save())
+        self.eval_due = trainer["eval_due"]  # saved before an evaluation (save())
         self.spikes.load_state_dict(trainer.get("spikes", {}))
-        self.val_draw_width = trainer.get("val_draw_width", self.val_draw_width)  # older: this run's
+        self.val_draw_width = trainer["val_draw_width"]
         self.batches.load_state_dict(trainer["sampler"])
         if self.scaler.is_enabled() and trainer["scaler"]:
             self.scaler.load_state_dict(trainer["scaler"])
