@@ -18,9 +18,10 @@ from trickster.data.loader import load_data
 from trickster.observe.events import read_metrics
 from trickster.observe.plots import Curves
 from trickster.train import checkpoint as ckpt
-from trickster.train.loop import train
+from trickster.train.device import settings_restored
+from trickster.train.loop import Trainer, train
 
-from .conftest import QUIET, events
+from .conftest import QUIET, events, finetune_config
 
 
 def older(checkpoint: Path, edit, info_keys: tuple[str, ...] = ()) -> None:
@@ -149,3 +150,26 @@ def test_a_checkpoint_with_rng_per_rank_resumes_as_one_with_the_list(trained_run
     result = train(resumed(then, max_steps=14), resume=True, **QUIET)
     losses = [[r["train_loss"] for r in events(run, "train")] for run in (result, expected)]
     assert losses[0] == losses[1]
+
+
+def test_a_fine_tune_on_masked_data_measures_its_best_again(trained_run, chat_data, tmp_path):
+    """Before 2026-11-29 14:30 a validation loss was the mean of per-batch means; on loss-masked
+    data it differs from the pooled mean used since. A resumed fine-tune compared the two, and a
+    worse checkpoint could replace `best`: `best` is now evaluated again on resume."""
+    lora_cfg = {"rank": 2, "alpha": 4, "targets": ["wq", "w2"]}
+    cfg = finetune_config(
+        trained_run, chat_data[0], tmp_path / "ft", max_steps=4, eval_every=2, save_every=2, lora=lora_cfg
+    )
+    train(cfg, **QUIET)
+    best = ckpt.read_info(tmp_path / "ft" / "checkpoints" / "best")["best_val_loss"]
+
+    def per_batch_measure(trainer: dict) -> None:
+        trainer.pop("val_draw_width")
+        trainer["train_state"]["best_val_loss"] = best + 0.5  # what the older measure read
+
+    older(tmp_path / "ft" / "checkpoints" / "final", per_batch_measure, ("val_draw_width",))
+    lines = []
+    with settings_restored():
+        trainer = Trainer(cfg, resume=True, echo=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    assert trainer.state.best_val_loss == pytest.approx(best, rel=1e-6)
+    assert any(line.startswith("best (step ") and "evaluated again" in line for line in lines)

@@ -43,7 +43,7 @@ from trickster.train.device import (
 )
 from trickster.train.memory import resolve_batch
 from trickster.train.optim import build_optimizer, set_lr
-from trickster.train.recovery import after_step, evaluated, finish, guard, stopped
+from trickster.train.recovery import after_step, evaluated, finish, guard, remeasure_best, stopped
 from trickster.train.resume import claimed, diverged, older_trainer_state
 from trickster.train.setup import build_model, on_main, open_run, print_header, stage_shards, write_run_files
 from trickster.train.signals import StopSignals, announce_signals
@@ -53,11 +53,10 @@ from trickster.train.state import (
     StepTimer,
     TrainResult,
     TrainState,
-    nonfinite_weights,
     rng_state,
     set_rng_state,
 )
-from trickster.train.validate import evaluate, sample_due, sample_text, target_count, validation_batches
+from trickster.train.validate import evaluate, pooled_loss, sample_due, sample_text, validation_batches
 
 
 def train(
@@ -146,6 +145,7 @@ class Trainer:
         self.peak_flops = self.peak.flops
         self.manifest = run_manifest(self.device)
         self.announce(resume, changed, repairs, global_batch)
+        remeasure_best(self)  # resumed on loss-masked data from a checkpoint of an older version
 
     def announce(self, resume, changed: dict, repairs: list[str], global_batch: int) -> None:
         cfg, job = self.cfg, self.job
@@ -322,12 +322,7 @@ class Trainer:
         """
         state = self.state
         local = evaluate(self.step_model, self.val_batches, self.device, self.cfg.device.dtype)
-        targets = target_count(self.val_batches)  # processes' slices may hold unequal numbers
-        packed = torch.stack([torch.tensor(local * targets), torch.tensor(targets)]).to(self.device)
-        packed = torch.cat([packed, nonfinite_weights(self.model)[None]])
-        total, all_targets, broken = dist.sum_across(packed, self.job)
-        val_loss = total / all_targets
-        healthy = not broken and math.isfinite(val_loss)
+        val_loss, healthy = pooled_loss(local, self.val_batches, self.model, self.device, self.job)
         state.last_val_loss = val_loss if healthy else None
         perplexity = math.exp(min(val_loss, 50.0)) if healthy else None
         record = {
