@@ -223,6 +223,20 @@ def _resume_damaged_trainer_state(env: Env) -> list[str]:
     return argv
 
 
+def _resume_optimizer_state_by_position(env: Env) -> list[str]:
+    """trainer.pt as trickster wrote it until 2026-11-22 07:16: optimizer.state_dict() as it is."""
+    argv = _trained_run_copy_with(env, "--resume")
+    path = env.tmp / "run-copy" / "checkpoints" / "final" / "trainer.pt"
+    trainer = torch.load(path, weights_only=True)
+    optimizer = trainer["optimizer"]
+    names = [name for group in optimizer["param_groups"] for name in group["params"]]
+    optimizer["state"] = {names.index(name): value for name, value in optimizer["state"].items()}
+    for group in optimizer["param_groups"]:
+        group["params"] = [names.index(name) for name in group["params"]]
+    torch.save(trainer, path)
+    return argv
+
+
 def _resume_other_data(env: Env) -> list[str]:
     # the excerpt's lines in reverse order: the same characters (tokenizer), other tokens
     lines = EXCERPT.read_text(encoding="utf-8").splitlines(keepends=True)
@@ -950,6 +964,12 @@ CASES = [
         _resume_damaged_trainer_state,
         "trainer.pt refused or damaged",
         "resume from another checkpoint",
+    ),
+    case(
+        "resume-optimizer-state-by-position",
+        _resume_optimizer_state_by_position,
+        "cannot resume",
+        "training_config.init_from=",
     ),
     case("resume-other-data", _resume_other_data, "cannot resume", "prepared data changed"),
     case("resume-resplit-data", _resume_resplit_data, "cannot resume", "prepared data changed"),

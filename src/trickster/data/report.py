@@ -233,9 +233,10 @@ def _dedup_lines(meta: dict) -> list[str]:
 
 def format_report(report: DataReport) -> list[str]:
     meta = report.meta
+    split = meta.get("val_split", "not recorded (a folder written before shards, meta.json format 1)")
     lines = [
         f"{report.path}: {meta['source']} prepared with the {meta['tokenizer']} tokenizer "
-        f"(vocabulary {meta['vocab_size']:,}); validation: {meta['val_split']}"
+        f"(vocabulary {meta['vocab_size']:,}); validation: {split}"
     ]
     for name, facts in report.splits.items():
         q = np.percentile(facts.lengths, [0, 50, 90, 100]).astype(int) if len(facts.lengths) else [0] * 4

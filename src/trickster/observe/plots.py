@@ -73,7 +73,11 @@ class Curves:
                 self._thin()
         elif r["event"] == "eval" and r.get("val_loss") is not None:
             self.val_step.append(r["step"])
-            self.val_tokens.append(r["tokens_seen"])
+            # older runs' eval events lack tokens_seen: the train event logged at that step has it
+            same_step = (
+                self.train_tokens[-1] if self.train_step and self.train_step[-1] == r["step"] else None
+            )
+            self.val_tokens.append(r.get("tokens_seen", same_step))
             self.val_loss.append(r["val_loss"])
         elif r["event"] in ("rollback", "spike"):
             self.spikes.append((r.get("last_step", r["step"]), r["peak_loss"]))

@@ -43,8 +43,8 @@ from trickster.train.device import (
 )
 from trickster.train.memory import resolve_batch
 from trickster.train.optim import build_optimizer, set_lr
-from trickster.train.recovery import after_step, evaluated, finish, guard, stopped
-from trickster.train.resume import claimed, diverged
+from trickster.train.recovery import after_step, evaluated, finish, guard, remeasure_best, stopped
+from trickster.train.resume import claimed, diverged, older_trainer_state
 from trickster.train.signals import StopSignals, announce_signals
 from trickster.train.spikes import SpikeDetector
 from trickster.train.state import (
@@ -52,11 +52,10 @@ from trickster.train.state import (
     StepTimer,
     TrainResult,
     TrainState,
-    nonfinite_weights,
     rng_state,
     set_rng_state,
 )
-from trickster.train.validate import evaluate, sample_due, sample_text, target_count, validation_batches
+from trickster.train.validate import evaluate, pooled_loss, sample_due, sample_text, validation_batches
 
 
 def train(
@@ -146,6 +145,7 @@ class Trainer:
             self.peak = mfu_peak(self.device, cfg.device.dtype, cfg.device.peak_tflops)
         self.manifest = run_manifest(self.device)
         self.announce(resume, changed, repairs, global_batch)
+        remeasure_best(self)  # resumed on loss-masked data from a checkpoint of an older version
 
     def announce(self, resume, changed: dict, repairs: list[str], global_batch: int) -> None:
         cfg, job = self.cfg, self.job
@@ -322,12 +322,7 @@ class Trainer:
         """
         state = self.state
         local = evaluate(self.step_model, self.val_batches, self.device, self.cfg.device.dtype)
-        targets = target_count(self.val_batches)  # processes' slices may hold unequal numbers
-        packed = torch.stack([torch.tensor(local * targets), torch.tensor(targets)]).to(self.device)
-        packed = torch.cat([packed, nonfinite_weights(self.model)[None]])
-        total, all_targets, broken = dist.sum_across(packed, self.job)
-        val_loss = total / all_targets
-        healthy = not broken and math.isfinite(val_loss)
+        val_loss, healthy = pooled_loss(local, self.val_batches, self.model, self.device, self.job)
         state.last_val_loss = val_loss if healthy else None
         perplexity = math.exp(min(val_loss, 50.0)) if healthy else None
         record = {
@@ -395,7 +390,7 @@ class Trainer:
     def load(self, path: Path) -> None:
         """Continue from the checkpoint at `path`, written by this or any other number of processes."""
         self.saved = None  # the weights it had are gone
-        trainer = ckpt.load_trainer_state(path)
+        trainer = older_trainer_state(ckpt.load_trainer_state(path), path)
         optimizer = trainer["optimizer"]
         if "state" in optimizer:  # gathered, by parameter name
             dist.load_full_optimizer_state(self.model, self.optimizer, optimizer)
@@ -419,9 +414,9 @@ class Trainer:
 
     def load_state_dict(self, trainer: dict) -> None:
         self.state.load_state_dict(trainer["train_state"])
-        self.eval_due = trainer.get("eval_due", False)  # saved before an evaluation (save())
+        self.eval_due = trainer["eval_due"]  # saved before an evaluation (save())
         self.spikes.load_state_dict(trainer.get("spikes", {}))
-        self.val_draw_width = trainer.get("val_draw_width", self.val_draw_width)  # older: this run's
+        self.val_draw_width = trainer["val_draw_width"]
         self.batches.load_state_dict(trainer["sampler"])
         if self.scaler.is_enabled() and trainer["scaler"]:
             self.scaler.load_state_dict(trainer["scaler"])

@@ -7,7 +7,9 @@ line, and ends at its last step, at its time budget or at a stop signal. Used by
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trickster.errors import UserError
@@ -16,6 +18,7 @@ from trickster.train import dist
 from trickster.train.memory import OUT_OF_MEMORY, out_of_memory
 from trickster.train.spikes import Spike, checkpoint_before, discard_after, spike_line, too_many_spikes
 from trickster.train.state import TrainResult
+from trickster.train.validate import evaluate, pooled_loss
 
 if TYPE_CHECKING:
     from trickster.train.loop import Trainer
@@ -130,10 +133,7 @@ def roll_back(trainer: Trainer, spike: Spike) -> None:
     used = trainer.batches.state_dict()["drawn"]  # draws up to now (not the one drawn ahead)
     first = sampler.rewind(used, (state.step - window + 1) * t.gradient_accumulation_steps)
     rollbacks, seconds = state.rollbacks + 1, state.train_seconds
-    if trainer.job.mode == "fsdp":
-        dist.load_full_weights(trainer.model, ckpt.read_weights(trainer.model, good / ckpt.WEIGHTS))
-    else:
-        ckpt.load_weights(trainer.model, good / ckpt.WEIGHTS)
+    load_weights(trainer, good)
     trainer.load(good)
     state.rollbacks, state.train_seconds = rollbacks, seconds
     sampler.skip(first, used)
@@ -145,3 +145,32 @@ def roll_back(trainer: Trainer, spike: Spike) -> None:
     trainer.metrics.write("rollback", state.step, **record, peak_loss=spike.peak_loss, median=spike.median)
     trainer.out.line(spike_line(spike, good.name, rollbacks, t.max_rollbacks))
     trainer.timer.reset()
+
+
+def load_weights(trainer: Trainer, checkpoint: Path) -> None:
+    """The weights (and LoRA adapters) of `checkpoint` into the run's model, sharded or not."""
+    if trainer.job.mode == "fsdp":
+        dist.load_full_weights(trainer.model, ckpt.read_weights(trainer.model, checkpoint / ckpt.WEIGHTS))
+    else:
+        ckpt.load_weights(trainer.model, checkpoint / ckpt.WEIGHTS)
+
+
+def remeasure_best(trainer: Trainer) -> None:
+    """Before 2026-11-29 14:30 (a checkpoint whose info.json has no val_draw_width) a validation
+    loss was the mean of per-batch means; on loss-masked data that reads differently from the
+    pooled mean over every response token used since. A run resumed from such a checkpoint
+    evaluates `best` again, so that no later evaluation replaces it by comparing the two."""
+    best, resumed, state = trainer.run_dir / "checkpoints" / "best", trainer.resumed_from, trainer.state
+    if resumed is None or trainer.data.val.loss_mask is None or not ckpt.is_complete(best):
+        return
+    if "val_draw_width" in ckpt.read_info(resumed):
+        return
+    load_weights(trainer, best)
+    local = evaluate(trainer.step_model, trainer.val_batches, trainer.device, trainer.cfg.device.dtype)
+    loss, healthy = pooled_loss(local, trainer.val_batches, trainer.model, trainer.device, trainer.job)
+    load_weights(trainer, resumed)
+    before, state.best_val_loss = state.best_val_loss, loss if healthy else math.inf
+    trainer.out.line(
+        f"best (step {ckpt.checkpoint_step(best)}) evaluated again: val loss {loss:.4f} as every response "
+        f"token counts now ({before:.4f} as older versions averaged the batches)"
+    )

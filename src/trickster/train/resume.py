@@ -1,5 +1,6 @@
-"""Starting in a run folder: refuse to overwrite, find the checkpoint to resume, and check it fits
-this run (loop.Trainer.load_state_dict restores the trainer's state from it)."""
+"""Starting in a run folder: refuse to overwrite, find the checkpoint to resume, check it fits this
+run, and read what older versions wrote in trainer.pt (loop.Trainer.load_state_dict restores the
+trainer's state from it)."""
 
 from __future__ import annotations
 
@@ -175,6 +176,32 @@ def check_resumable(path: Path, cfg: Config, data: PreparedData) -> dict:
             f"cannot resume from {path}: the prepared data changed; use the data it was trained on"
         )
     return _changed_settings(saved_cfg, cfg)
+
+
+def older_trainer_state(trainer: dict, path: Path) -> dict:
+    """trainer.pt of the checkpoint at `path` with what older versions did not write filled in as
+    they ran (this version's passes unchanged; the dates are those of the changes):
+
+    - `rng`: one state per process; until 2026-11-22 08:08 the list was `rng_per_rank`.
+    - `eval_due`: written since 2026-11-29 13:03. From 05:24 that day (when `spikes` came) the
+      checkpoint of an evaluation's step was saved before that evaluation; the resume does it again.
+    - `val_draw_width`: written since 2026-11-29 14:30. Before, the validation windows were drawn
+      batch_size x processes wide as the run that saved it had them (its config, its RNG states).
+    - The optimizer state by position (until 2026-11-22 07:16) names no parameter: refused.
+    """
+    if "rng_per_rank" in trainer:
+        trainer["rng"] = trainer.pop("rng_per_rank")
+    if any(isinstance(key, int) for key in trainer["optimizer"].get("state", {})):
+        raise UserError(
+            f"cannot resume from {path}: a trickster from before 2026-11-22 07:16 wrote its optimizer "
+            f"state by position, which this version cannot continue; start a new run from its weights "
+            f"with training_config.init_from={path} and another --out"
+        )
+    saved = ckpt.read_config(path).training
+    evaluated_here = path.name == "final" or trainer["train_state"]["step"] % saved.eval_every == 0
+    trainer.setdefault("eval_due", "spikes" in trainer and evaluated_here)
+    trainer.setdefault("val_draw_width", saved.batch_size * len(trainer["rng"]))
+    return trainer
 
 
 def _changed_settings(old: Config, new: Config) -> dict[str, list]:

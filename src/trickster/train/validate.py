@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from trickster.config import Config, TrainingConfig
@@ -12,6 +14,7 @@ from trickster.model.generate import generate
 from trickster.model.transformer import Transformer
 from trickster.train import dist
 from trickster.train.device import autocast_for
+from trickster.train.state import nonfinite_weights
 
 
 def validation_batches(
@@ -63,6 +66,18 @@ def evaluate(model, batches, device: torch.device, dtype_name: str) -> float:
 def target_count(batches) -> int:
     """The targets in `batches`: what a process's mean loss weighs when processes pool theirs."""
     return sum(int((y != IGNORE_INDEX).sum()) for _, y in batches)
+
+
+def pooled_loss(local: float, batches, model, device: torch.device, job) -> tuple[float, bool]:
+    """The mean loss over every target of the processes' `batches` from each one's `local` mean
+    (`evaluate`), and whether it is finite and so is every process's `model` (under FSDP2 each
+    holds a shard only). Collective: every process calls it."""
+    targets = target_count(batches)  # processes' slices may hold unequal numbers
+    packed = torch.stack([torch.tensor(local * targets), torch.tensor(targets)]).to(device)
+    packed = torch.cat([packed, nonfinite_weights(model)[None]])
+    total, all_targets, broken = dist.sum_across(packed, job)
+    loss = total / all_targets
+    return loss, not broken and math.isfinite(loss)
 
 
 def sample_due(t: TrainingConfig, step: int) -> bool:

@@ -1,0 +1,175 @@
+"""Folders written by older versions, read by this one. Each test gives a folder made by this
+version the shape an older one wrote (a key it did not write removed, a value it wrote its own
+way), as the git history records it, and checks what this version does with it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trickster import cli
+from trickster.config import Config, config_from_dict
+from trickster.data.loader import load_data
+from trickster.observe.events import read_metrics
+from trickster.observe.plots import Curves
+from trickster.train import checkpoint as ckpt
+from trickster.train.device import settings_restored
+from trickster.train.loop import Trainer, train
+
+from .conftest import QUIET, events, finetune_config
+
+
+def older(checkpoint: Path, edit, info_keys: tuple[str, ...] = ()) -> None:
+    """`edit` the checkpoint's trainer.pt in place; drop `info_keys` from its info.json."""
+    trainer = torch.load(checkpoint / "trainer.pt", weights_only=True)
+    edit(trainer)
+    torch.save(trainer, checkpoint / "trainer.pt")
+    info = json.loads((checkpoint / "info.json").read_text())
+    (checkpoint / "info.json").write_text(json.dumps({k: v for k, v in info.items() if k not in info_keys}))
+
+
+def resumed(run: Path, **training) -> Config:
+    """The run's own config, continuing in `run` with `training` changed."""
+    raw = ckpt.read_config(run / "checkpoints" / "final").to_dict()
+    raw["training_config"].update(training)
+    raw["logging_config"]["output_dir"] = str(run)
+    return config_from_dict(raw, "resumed config")
+
+
+def copy_run(trained_run: Path, tmp_path: Path, name: str = "run") -> Path:
+    return Path(shutil.copytree(trained_run, tmp_path / name))
+
+
+# ------------------------------------------------------------------ metrics.jsonl before 2026-11-29
+
+
+def test_a_run_whose_eval_events_lack_tokens_seen_has_its_report_and_loss_curves(
+    trained_run, tmp_path, capsys
+):
+    """Eval events carry tokens_seen since 2026-11-29 04:14; before, only train events did. The
+    report (and the loss plot a resumed run redraws) failed with KeyError: 'tokens_seen'."""
+    run = copy_run(trained_run, tmp_path)
+    records = read_metrics(run / "metrics.jsonl")
+    for r in records:
+        if r["event"] == "eval":
+            del r["tokens_seen"]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    assert cli.main(["report", str(run)]) == 0
+    assert (run / "report.html").is_file()
+    curves = Curves.from_records(records)
+    train_tokens = {r["step"]: r["tokens_seen"] for r in events(trained_run, "train")}
+    assert curves.val_step == [0, 6, 12]
+    assert curves.val_tokens == [None, train_tokens[6], train_tokens[12]]  # step 0: no train event
+
+
+# ------------------------------------------------------------------ prepared data, meta.json format 1
+
+
+def test_data_report_of_a_folder_written_before_shards(shakespeare_dir, tmp_path, capsys):
+    """Format 1 (flat train.bin and val.bin, until 2026-11-22 08:24) loads and trains; its meta.json
+    has no val_split, which `data report` read unguarded (KeyError)."""
+    data = load_data(shakespeare_dir)
+    old = tmp_path / "old"
+    old.mkdir()
+    shutil.copy(shakespeare_dir / "tokenizer.json", old)
+    kept = ("source", "tokenizer", "tokenizer_fingerprint", "vocab_size", "eot_id", "dtype", "documents")
+    meta = {k: data.meta[k] for k in kept} | {"format": 1, "tokens_sha256": data.meta["tokens_sha256"]}
+    for split in ("train", "val"):
+        np.asarray(getattr(data, split)).tofile(old / f"{split}.bin")
+        meta |= {f"{split}_{k}": data.meta[f"{split}_{k}"] for k in ("tokens", "chars")}
+    (old / "meta.json").write_text(json.dumps(meta))
+    capsys.readouterr()
+
+    assert cli.main(["data", "report", str(old)]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "validation: not recorded" in first and "format 1" in first
+
+
+# ------------------------------------------------------------------ trainer.pt
+
+
+def test_a_checkpoint_saved_before_its_evaluation_without_eval_due_evaluates_again(trained_run, tmp_path):
+    """From 2026-11-29 05:24 (trainer.pt has `spikes`) to 13:03 (`eval_due`), the checkpoint of an
+    evaluation's step was saved before that evaluation and did not say so: its best_val_loss misses
+    that evaluation. Resumed, the run skipped it and ended (or went on) with a stale best."""
+    evals = {r["step"]: r["val_loss"] for r in events(trained_run, "eval")}
+    assert evals[12] < evals[6], "the test needs the last evaluation to be the best"
+    run = copy_run(trained_run, tmp_path)
+    older(run / "checkpoints" / "final", lambda trainer: trainer.pop("eval_due"))
+
+    result = train(resumed(run), resume=True, **QUIET)
+
+    assert [r["step"] for r in events(result, "eval")] == [0, 6, 12]
+    assert events(result, "eval")[-1]["val_loss"] == pytest.approx(evals[12], rel=1e-6)
+    assert events(result, "end")[0]["best_val_loss"] == pytest.approx(evals[12], rel=1e-6)
+
+
+def test_a_checkpoint_from_before_checkpoints_preceded_evaluations_is_not_evaluated_again(
+    trained_run, tmp_path
+):
+    """Until 2026-11-29 05:24 (no `spikes`, no `eval_due`) checkpoints followed the evaluation."""
+    run = copy_run(trained_run, tmp_path)
+    older(run / "checkpoints" / "final", lambda trainer: [trainer.pop(k) for k in ("eval_due", "spikes")])
+
+    result = train(resumed(run), resume=True, **QUIET)
+
+    assert events(result, "eval") == events(trained_run, "eval")  # the same events, none again
+
+
+def test_an_older_checkpoint_keeps_its_validation_windows_under_another_batch_split(trained_run, tmp_path):
+    """Checkpoints record val_draw_width since 2026-11-29 14:30. An older one's windows were
+    drawn batch_size x processes wide as its own config and processes had them; falling back to
+    the resumed run's batch_size evaluated another set (here 16 windows instead of 32), so the
+    same weights got another loss and `best` compared losses of two sets."""
+    evals = {r["step"]: r["val_loss"] for r in events(trained_run, "eval")}
+    run = copy_run(trained_run, tmp_path)
+    older(run / "checkpoints" / "final", lambda trainer: trainer.pop("val_draw_width"), ("val_draw_width",))
+
+    result = train(resumed(run, batch_size=4, gradient_accumulation_steps=2), resume=True, **QUIET)
+
+    again = events(result, "eval")[-1]  # final was saved before its evaluation: done again
+    assert again["step"] == 12 and again["val_loss"] == pytest.approx(evals[12], rel=1e-6)
+
+
+def test_a_checkpoint_with_rng_per_rank_resumes_as_one_with_the_list(trained_run, tmp_path):
+    """From 2026-11-22 07:16 to 08:08 trainer.pt held rank 0's RNG state in `rng` and the list of
+    every process's in `rng_per_rank` (KeyError: 0 on resume)."""
+    now, then = copy_run(trained_run, tmp_path, "now"), copy_run(trained_run, tmp_path, "then")
+
+    def split_rng(trainer: dict) -> None:
+        trainer["rng_per_rank"], trainer["rng"] = trainer["rng"], trainer["rng"][0]
+
+    older(then / "checkpoints" / "final", split_rng)
+    expected = train(resumed(now, max_steps=14), resume=True, **QUIET)
+    result = train(resumed(then, max_steps=14), resume=True, **QUIET)
+    losses = [[r["train_loss"] for r in events(run, "train")] for run in (result, expected)]
+    assert losses[0] == losses[1]
+
+
+def test_a_fine_tune_on_masked_data_measures_its_best_again(trained_run, chat_data, tmp_path):
+    """Before 2026-11-29 14:30 a validation loss was the mean of per-batch means; on loss-masked
+    data it differs from the pooled mean used since. A resumed fine-tune compared the two, and a
+    worse checkpoint could replace `best`: `best` is now evaluated again on resume."""
+    lora_cfg = {"rank": 2, "alpha": 4, "targets": ["wq", "w2"]}
+    cfg = finetune_config(
+        trained_run, chat_data[0], tmp_path / "ft", max_steps=4, eval_every=2, save_every=2, lora=lora_cfg
+    )
+    train(cfg, **QUIET)
+    best = ckpt.read_info(tmp_path / "ft" / "checkpoints" / "best")["best_val_loss"]
+
+    def per_batch_measure(trainer: dict) -> None:
+        trainer.pop("val_draw_width")
+        trainer["train_state"]["best_val_loss"] = best + 0.5  # what the older measure read
+
+    older(tmp_path / "ft" / "checkpoints" / "final", per_batch_measure, ("val_draw_width",))
+    lines = []
+    with settings_restored():
+        trainer = Trainer(cfg, resume=True, echo=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    assert trainer.state.best_val_loss == pytest.approx(best, rel=1e-6)
+    assert any(line.startswith("best (step ") and "evaluated again" in line for line in lines)
