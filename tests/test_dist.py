@@ -152,6 +152,15 @@ def test_two_processes_match_one_with_the_same_global_batch(mode, single, two_pr
     assert ckpt.load_checkpoint(run_dir).info["step"] == 20
 
 
+def test_compare_scores_a_two_process_run_on_its_own_validation_set(two_process_job, capsys):
+    """One process, 4 windows a batch: `compare` still scores the 2 x 4 windows the job evaluated
+    (info.json records how wide the set was drawn), so it prints the job's final validation loss."""
+    run_dir, _ = two_process_job("enable_ddp")
+    final_eval = losses(history(run_dir), "eval", "val_loss")[-1][1]
+    assert cli.main(["compare", str(run_dir / "checkpoints" / "final"), "--max-new-tokens", "4"]) == 0
+    assert f"trained (final, step 20): val loss {final_eval:.4f}" in capsys.readouterr().out
+
+
 def muon_config(shakespeare_dir, run_dir, batch_size: int, **device):
     """10 steps (an evaluation and a checkpoint at 10): FSDP2's Newton-Schulz on DTensors makes each
     step several times dearer than AdamW's on the CPU."""
