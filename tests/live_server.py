@@ -33,10 +33,11 @@ def live_server(
     max_body: int | None = None,
     body_timeout: float | None = None,
     header_timeout: float | None = None,
+    max_loaded: int = 4,
 ):
     import uvicorn
 
-    catalog = Catalog(target, torch.device("cpu"), checkpoints, chat_template)
+    catalog = Catalog(target, torch.device("cpu"), checkpoints, chat_template, max_loaded)
     catalog.load(catalog.default)
     engine = Engine(max_batch)
     sock = bind("127.0.0.1", 0)

@@ -1503,6 +1503,13 @@ CASES = [
     case("serve-chat-template-missing", _serve_template(None), "--chat-template", "cannot be read"),
     case("serve-chat-template-broken", _serve_template("{% for %}"), "chat template does not compile"),
     case("serve-max-batch-zero", _serve("--max-batch", "0"), "--max-batch must be >= 1"),
+    case("serve-max-loaded-models-zero", _serve("--max-loaded-models", "0"), "must be at least 1 (got 0)"),
+    case(
+        "serve-max-loaded-models-one",
+        _serve("--max-loaded-models", "1"),
+        "holds only best, which stays loaded",
+        "pass 2 or more",
+    ),
     case("serve-port-beyond-65535", _serve("--port", "70000"), "--port must be between 0 and 65535", "70000"),
     case("serve-port-negative", _serve("--port", "-1"), "--port must be between 0 and 65535 (got -1)"),
     case("serve-api-key-blank", _serve("--api-key", ""), "--api-key is blank", "leave the option out"),

@@ -106,3 +106,33 @@ def test_playground_chat_view_holds_a_conversation(trained_run, browser):
             temperature=0.8,
         )
         assert reply == answer.choices[0].message.content
+
+
+def test_playground_compares_three_checkpoints_with_room_for_two(trained_run, browser):
+    """With --max-loaded-models 2 the default (best) and one more fit: of three columns, the one
+    that finds both held waits for a model to be released, then streams; each column still shows
+    the text the API gives."""
+    with live_server(trained_run, max_loaded=2) as live:
+        page = browser.new_page()
+        page.goto(live.url + "/")
+        page.wait_for_selector("#picker input")
+        page.check("#picker input[value='step_000006']")
+        page.fill("#prompt", "ROMEO:")
+        page.fill("#max_tokens", "30")
+        page.dispatch_event("#max_tokens", "input")
+        page.fill("#seed", "7")
+        page.click("#generate")
+        page.wait_for_function("document.querySelectorAll('.column[data-done]').length === 3", timeout=60_000)
+        columns = page.query_selector_all(".column")
+        texts = {c.get_attribute("data-model"): c.query_selector(".output").inner_text() for c in columns}
+        page.close()
+        assert set(texts) == {"untrained", "step_000006", "best"}
+        import openai
+
+        client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0)
+        for model, text in texts.items():
+            answer = client.completions.create(
+                model=model, prompt="ROMEO:", max_tokens=30, seed=7, temperature=0.8, top_p=1.0
+            )
+            assert text == answer.choices[0].text
+        assert sum(o.model is not None for o in live.catalog.offered.values()) <= 2

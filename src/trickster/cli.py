@@ -427,6 +427,7 @@ def _add_serve(commands) -> None:
         "--chat-template", metavar="FILE", help="a Jinja chat template for /v1/chat/completions"
     )
     serve.add_argument("--max-batch", type=int, default=16, help="sequences decoded together per model")
+    serve.add_argument("--max-loaded-models", type=int, default=4, help="models held in memory (default 4)")
     serve.set_defaults(run="serve_command")
 
 

@@ -371,12 +371,13 @@ def serve_command(
     checkpoints: str | None = None,
     chat_template: str | None = None,
     max_batch: int = 16,
+    max_loaded_models: int = 4,
 ) -> int:
     """`trickster serve`: the OpenAI-compatible API and the playground over a run's checkpoints."""
     from trickster.serve.server import serve
 
     names = [n.strip() for n in checkpoints.split(",") if n.strip()] if checkpoints else None
-    return serve(target, host, port, device, api_key, names, chat_template, max_batch)
+    return serve(target, host, port, device, api_key, names, chat_template, max_batch, max_loaded_models)
 
 
 def fresh_run_dir(out: Path) -> Path:

@@ -9,6 +9,7 @@ comes with every answer (in a stream: on the last chunk, or on a chunk of its ow
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 from collections.abc import AsyncIterator
@@ -64,7 +65,7 @@ class Server:
     async def completions(self, request: Request) -> Response:
         self._authorize(request)
         req = schemas.parse(CompletionRequest, await self._body(request))
-        offered = await self._loaded(req.model)
+        offered = self._offered(req.model)
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if not prompts:
             raise APIError(400, "prompt: give a string (or a list of strings) to continue", param="prompt")
@@ -78,7 +79,7 @@ class Server:
         ids = [self._encode(offered, p) for p in prompts]
         for one in ids:
             self._check_room(offered, len(one), req.max_tokens)
-        generation = self._generation(offered, req, ids, req.max_tokens, req.logprobs)
+        generation = await self._generation(offered, req, ids, req.max_tokens, req.logprobs)
         if req.stream:
             return _sse(self._completion_chunks(generation, req))
         collected = await _collect_unless_gone(request, generation)
@@ -102,7 +103,7 @@ class Server:
     async def chat_completions(self, request: Request) -> Response:
         self._authorize(request)
         req = schemas.parse(ChatRequest, await self._body(request))
-        offered = await self._loaded(req.model)
+        offered = self._offered(req.model)
         if offered.chat_template is None:
             raise APIError(
                 400,
@@ -127,7 +128,7 @@ class Server:
         max_tokens = req.max_completion_tokens or req.max_tokens or max(1, offered.context - len(ids))
         asked = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
         self._check_room(offered, len(ids), max_tokens, "messages", asked)
-        generation = self._generation(offered, req, [ids], max_tokens, None)
+        generation = await self._generation(offered, req, [ids], max_tokens, None)
         if req.stream:
             return _sse(self._chat_chunks(generation, req))
         collected = await _collect_unless_gone(request, generation)
@@ -235,14 +236,14 @@ class Server:
             )
         return offered
 
-    async def _loaded(self, name: str) -> Offered:
-        offered = self._offered(name)
-        if offered.model is None:  # loaded on first use, off the event loop
+    async def _hold(self, name: str) -> None:
+        """The model held in memory for a request: at once if it is loaded, else off the event loop
+        (loading, or waiting for room, blocks)."""
+        if self.catalog.hold(name, load=False) is None:
             try:
-                await run_in_threadpool(self.catalog.load, name)
+                await run_in_threadpool(self.catalog.hold, name)
             except UserError as err:
                 raise APIError(500, f"model {name!r} could not be loaded: {err}") from None
-        return offered
 
     def _encode(self, offered: Offered, prompt: str) -> list[int]:
         try:
@@ -280,7 +281,9 @@ class Server:
                 code="context_length_exceeded",
             )
 
-    def _generation(self, offered, req, ids, max_tokens, logprobs) -> Generation:
+    async def _generation(self, offered, req, ids, max_tokens, logprobs) -> Generation:
+        """The request's choices, with its model held (after every check: a refused request loads
+        nothing); the generation releases it."""
         top_p = req.top_p if req.top_p < 1 else None
         sampling = dict(
             max_tokens=max_tokens,
@@ -289,7 +292,13 @@ class Server:
             top_p=top_p,
             logprobs=logprobs,
         )
-        return Generation(self.engine, offered, ids, req.n, sampling, req.seed, req.stop or [])
+        await self._hold(offered.name)
+        release = functools.partial(self.catalog.release, offered.name)
+        try:
+            return Generation(self.engine, offered, ids, req.n, sampling, req.seed, req.stop or [], release)
+        except BaseException:
+            release()
+            raise
 
     def _card(self, offered: Offered) -> dict:
         created = int(offered.path.stat().st_mtime)

@@ -2,16 +2,21 @@
 
 Choice i of a request with `seed` S samples with seed S + i, so choice 0 is what
 `trickster generate --seed S` prints; without a seed each choice draws a fresh one.
+
+A generation is handed its model's hold (models.Catalog.hold) and lets it go once: when the engine
+has finished every one of its sequences, when its text stops being read (done, stopped, client
+gone), or, for a stream that never started, when it is garbage.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
+import weakref
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from trickster.serve.engine import Engine, Failed, Finished, Sampling, Sequence, Token
+from trickster.serve.engine import Engine, Event, Failed, Finished, Sampling, Sequence, Token
 from trickster.serve.models import Offered
 
 
@@ -68,6 +73,7 @@ class Generation:
         sampling: dict,
         seed: int | None,
         stops: list[str],
+        release: Callable[[], None],
     ):
         self.engine, self.offered = engine, offered
         self.queue: asyncio.Queue = asyncio.Queue()
@@ -75,19 +81,22 @@ class Generation:
         tokenizer = offered.tokenizer
         self.prompt_tokens = sum(len(ids) for ids in prompts)  # each prompt once, whatever n is
         self.choices: list[Choice] = []
+        self.ended: set[int] = set()  # choices the engine has finished (or failed)
         for ids in prompts:
             for k in range(n):
                 index = len(self.choices)
                 choice_seed = seed + k if seed is not None else secrets.randbits(63)
 
                 def emit(event, index=index):  # called from the engine's thread
-                    loop.call_soon_threadsafe(self.queue.put_nowait, (index, event))
+                    loop.call_soon_threadsafe(self._arrive, index, event)
 
                 sequence = Sequence(
                     ids, Sampling(**sampling, seed=choice_seed), emit, stop_id=tokenizer.eot_id
                 )
                 decode = tokenizer.stream_decoder(context=ids)
                 self.choices.append(Choice(index, ids, sequence, decode, StopStrings(stops)))
+        self.release = _once(release)
+        weakref.finalize(self, self.release)  # last: a constructor that raised has released nothing
 
     @property
     def completion_tokens(self) -> int:
@@ -100,7 +109,7 @@ class Generation:
     async def deltas(self) -> AsyncIterator[Delta]:
         """Each choice's new text as it is generated; a failure in the engine is raised here."""
         offered = self.offered
-        for choice in self.choices:
+        for choice in self.choices:  # the model is held: it is in memory
             self.engine.submit(offered.name, offered.model, offered.tokenizer.vocab_size, choice.sequence)
         unfinished = len(self.choices)
         try:
@@ -117,6 +126,16 @@ class Generation:
                 yield delta
         finally:
             self.cancel()
+            self.release()
+
+    def _arrive(self, index: int, event: Event) -> None:
+        """An event from the engine, on the event loop. After each choice's last, the engine needs
+        the model no more: it is released then, not when a slow client has read the text."""
+        self.queue.put_nowait((index, event))
+        if isinstance(event, Finished | Failed):
+            self.ended.add(index)
+            if len(self.ended) == len(self.choices):
+                self.release()
 
     def _apply(self, choice: Choice, event: Token | Finished) -> Delta:
         if isinstance(event, Finished):
@@ -143,3 +162,14 @@ class Generation:
             "logprob": event.logprob,
             "top": {piece([i]): lp for i, lp in event.top or []},
         }
+
+
+def _once(call: Callable[[], None]) -> Callable[[], None]:
+    done = []
+
+    def once() -> None:
+        if not done:
+            done.append(True)
+            call()
+
+    return once

@@ -193,7 +193,7 @@ class Engine:
 
     def __init__(self, capacity: int = 16):
         self.capacity = capacity
-        self.batches: dict[str, Batch] = {}
+        self.batches: dict[str, Batch] = {}  # by model name, while it has sequences
         self.wake = threading.Condition()
         self.closed = False
         self.largest_batch = 0  # the most rows decoded in one step (the tests check batching happened)
@@ -214,19 +214,26 @@ class Engine:
             self.wake.notify()
         self.thread.join(timeout=10)
 
-    def _busy(self) -> list[Batch]:
-        return [b for b in self.batches.values() if b.rows or b.waiting]
-
     def _run(self) -> None:
-        while True:
-            with self.wake:
-                while not self.closed and not self._busy():
-                    self.wake.wait()
-                if self.closed:
-                    return
-                busy = self._busy()
-            for batch in busy:  # one step for each model in turn
-                self._step(batch)
+        while self._round():
+            pass
+
+    def _round(self) -> bool:
+        """Wait for work, then one step of every busy model's batch; False once closed. (A method of
+        its own: its locals, which refer to the models, are gone while the thread waits.)"""
+        with self.wake:
+            # an idle model's batch goes (its cache went already): the engine keeps no reference to a
+            # model it is not decoding, so one the catalog unloads is freed
+            for name in [n for n, b in self.batches.items() if not b.rows and not b.waiting]:
+                del self.batches[name]
+            while not self.closed and not self.batches:
+                self.wake.wait()
+            if self.closed:
+                return False
+            busy = list(self.batches.values())
+        for batch in busy:  # one step for each model in turn
+            self._step(batch)
+        return True
 
     def _step(self, batch: Batch) -> None:
         try:

@@ -2,14 +2,20 @@
 freshly initialised model of the same shape, each named by the folder it lives in.
 
 Configs, tokenizers and info.json of every checkpoint are read at start (so a damaged one is
-reported before serving); weights are loaded on first use and then kept, except the default
-checkpoint's (the run's best, as `trickster generate RUN` picks), which is loaded at start.
+reported before serving). The default checkpoint's weights (the run's best, as `trickster generate
+RUN` picks) are loaded at start and stay; the others' are loaded on first use and kept while there is
+room: at most `max_loaded` models are in memory at once, the default among them. A request holds its
+model from before its prompt is queued until the engine has finished its last sequence; making room
+unloads the least recently used model that no request holds. When every loaded model is held, a
+request for another one waits for the first to be released (a server with hundreds of checkpoints
+stays within the memory of `max_loaded` models, however many clients ask for different ones).
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,6 +28,9 @@ from trickster.serve import chat
 from trickster.train import checkpoint as ckpt
 
 UNTRAINED = "untrained"
+# The playground's three checkpoints side by side, with the default one besides: a page comparing
+# three never waits for a model, and memory holds 4 copies of the weights (2 GB for gpt2-small in fp32).
+MAX_LOADED = 4
 
 
 @dataclass
@@ -32,8 +41,10 @@ class Offered:
     tokenizer: Tokenizer
     info: dict
     chat_template: chat.Template | None
-    model: Transformer | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    model: Transformer | None = None  # its weights, while in memory
+    loading: bool = False  # a thread is reading them
+    holds: int = 0  # requests that need them in memory (Catalog.hold, Catalog.release)
+    used: int = 0  # when it was last asked for (a tick of Catalog.clock)
 
     @property
     def context(self) -> int:
@@ -58,8 +69,9 @@ class Catalog:
         device: torch.device,
         names: list[str] | None = None,
         chat_template: str | None = None,
+        max_loaded: int = MAX_LOADED,
     ):
-        self.device = device
+        self.device, self.max_loaded = device, max_loaded
         found = _checkpoints(Path(target))
         default = ckpt.resolve(target)
         if names:
@@ -78,22 +90,85 @@ class Catalog:
             self.offered[UNTRAINED] = Offered(
                 UNTRAINED, base.path, base.cfg, base.tokenizer, base.info, base.chat_template
             )
-        # the one loaded at start: the checkpoint `trickster generate TARGET` would use
+        # the one loaded at start, and never unloaded: the checkpoint `trickster generate TARGET` would use
         self.default = default.name if default.name in self.offered else next(iter(self.offered))
+        if max_loaded < 1:
+            raise UserError(f"--max-loaded-models must be at least 1 (got {max_loaded})")
+        if max_loaded == 1 and len(self.offered) > 1:
+            raise UserError(
+                f"--max-loaded-models 1 holds only {self.default}, which stays loaded: the "
+                f"{len(self.offered) - 1} other models offered would never load; pass 2 or more "
+                f"(or --checkpoints {self.default})"
+            )
+        self.changed = threading.Condition()  # guards every Offered's model, loading, holds and used
+        self.clock = itertools.count(1)
 
     def get(self, name: str) -> Offered | None:
         return self.offered.get(name)
 
-    def load(self, name: str) -> Offered:
-        """The model with its weights in memory (blocking: call it off the event loop)."""
+    def hold(self, name: str, load: bool = True) -> Offered | None:
+        """The model with its weights in memory, kept there until `release(name)`. Blocking when it
+        must be loaded (call it off the event loop): concurrent holds of one model load it once, and
+        a hold waits while held models fill `max_loaded`. With load=False it takes the model only if
+        it is in memory already (None otherwise), and never waits for more than the lock."""
         offered = self.offered[name]
-        with offered.lock:
-            if offered.model is None:
-                if name == UNTRAINED:
-                    offered.model = untrained_like(offered.cfg).to(self.device).eval()
-                else:
-                    offered.model = ckpt.load_checkpoint(offered.path, self.device).model
+        with self.changed:
+            if not load and offered.model is None:
+                return None
+            offered.holds += 1  # from now on it is not unloaded
+            offered.used = next(self.clock)
+            while offered.model is None and not self._claim(offered):
+                self.changed.wait()  # for its load by another request, or for a held model's release
+            if offered.model is not None:
+                return offered
+        try:
+            model = self._read(offered)
+        except BaseException:
+            with self.changed:
+                offered.loading, offered.holds = False, offered.holds - 1
+                self.changed.notify_all()
+            raise
+        with self.changed:
+            offered.model, offered.loading = model, False
+            self.changed.notify_all()
         return offered
+
+    def release(self, name: str) -> None:
+        """One hold fewer. The model stays in memory until another one needs its room."""
+        offered = self.offered[name]
+        with self.changed:
+            offered.holds -= 1
+            self.changed.notify_all()
+
+    def load(self, name: str) -> Offered:
+        """The model with its weights in memory, held by no one (blocking: call it off the event loop)."""
+        offered = self.hold(name)
+        self.release(name)
+        return offered
+
+    def _claim(self, offered: Offered) -> bool:
+        """Whether this thread is to load `offered` (under `changed`): no other is, and there is room."""
+        if offered.loading or not self._make_room():
+            return False
+        offered.loading = True
+        return True
+
+    def _make_room(self) -> bool:
+        """Unload the least recently used models no request holds until one more fits (under
+        `changed`); False, unloading nothing, when held ones and the default fill the room."""
+        resident = [o for o in self.offered.values() if o.model is not None or o.loading]
+        idle = [o for o in resident if o.model is not None and not o.holds and o.name != self.default]
+        excess = len(resident) + 1 - self.max_loaded
+        if excess > len(idle):
+            return False
+        for offered in sorted(idle, key=lambda o: o.used)[: max(excess, 0)]:
+            offered.model = None  # the engine drops its batch when idle: nothing else refers to it
+        return True
+
+    def _read(self, offered: Offered) -> Transformer:
+        if offered.name == UNTRAINED:
+            return untrained_like(offered.cfg).to(self.device).eval()
+        return ckpt.load_checkpoint(offered.path, self.device).model
 
 
 def _checkpoints(target: Path) -> dict[str, Path]:

@@ -74,6 +74,7 @@ def serve(
     checkpoints: list[str] | None = None,
     chat_template: str | None = None,
     max_batch: int = 16,
+    max_loaded_models: int = 4,
 ) -> int:
     try:
         import jinja2  # noqa: F401
@@ -92,7 +93,8 @@ def serve(
         raise UserError(f"--port must be between 0 and 65535 (got {port}); 0 picks a free one")
     if api_key is not None and not api_key.strip():  # no Authorization header could carry it
         raise UserError("--api-key is blank; pass a key, or leave the option out to serve without one")
-    catalog = Catalog(target, resolve_device(device, "--device"), checkpoints, read_template(chat_template))
+    template = read_template(chat_template)
+    catalog = Catalog(target, resolve_device(device, "--device"), checkpoints, template, max_loaded_models)
     sock = bind(host, port)
     catalog.load(catalog.default)
     engine = Engine(max_batch)

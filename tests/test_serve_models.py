@@ -1,0 +1,166 @@
+"""`trickster serve --max-loaded-models N`: at most N models' weights in memory (the default one
+among them, never unloaded), the least recently used idle one unloaded first, none that a request
+holds; a request that finds every loaded model held waits for one; one load per model however
+many requests ask at once. Memory is counted by weak references to the models after garbage
+collection, so a reference kept anywhere (the engine's batch, a finished request) shows."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import gc
+import threading
+import time
+import weakref
+
+import pytest
+import torch
+
+from trickster.serve import models
+from trickster.serve.choices import Generation
+from trickster.serve.engine import Batch, Engine
+from trickster.serve.models import Catalog
+
+from .live_server import live_server
+
+openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+
+NAMES = ["best", "final", "step_000006", "untrained"]  # the trained run's models; best is the default
+GREEDY = dict(prompt="ROMEO:", max_tokens=20, temperature=0)
+
+
+def client_of(live) -> openai.OpenAI:
+    return openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def completion(client, **fields) -> str:
+    return client.completions.create(**fields).choices[0].text
+
+
+def alive(refs: list[weakref.ref], most: int) -> list[torch.nn.Module]:
+    """The models still referenced somewhere, once no more than `most` are or 5 s have passed (the
+    engine drops a finished model's batch at its next round)."""
+    deadline = time.monotonic() + 5
+    while True:
+        gc.collect()
+        living = {id(m): m for m in (r() for r in refs) if m is not None}
+        if len(living) <= most or time.monotonic() > deadline:
+            return list(living.values())
+        time.sleep(0.02)
+
+
+def test_at_most_n_models_stay_in_memory_and_answer_as_before(trained_run):
+    """Bound 2, four models asked for in turn, twice: the default and the newest stay, every other
+    one is freed, and a model loaded again gives the greedy tokens it gave before."""
+    with live_server(trained_run, max_loaded=2) as live:
+        client, catalog = client_of(live), live.catalog
+        first, refs = {}, []
+        for name in NAMES * 2:
+            text = completion(client, model=name, **GREEDY)
+            assert first.setdefault(name, text) == text, f"{name} answers otherwise after a reload"
+            refs.append(weakref.ref(catalog.offered[name].model))
+            assert len(alive(refs, 2)) <= 2, f"more than 2 models in memory after {name}"
+        assert len(set(first.values())) > 1  # different models, different answers
+        kept = alive(refs, 2)
+        assert {id(m) for m in kept} == {id(catalog.offered[n].model) for n in ("best", "untrained")}
+        assert all(o.holds == 0 for o in catalog.offered.values())
+        # a refused request (too many tokens) loads nothing
+        too_long = {"model": "final", **GREEDY, "max_tokens": 999}
+        refused = httpx.post(live.url + "/v1/completions", json=too_long)
+        assert refused.status_code == 400 and catalog.offered["final"].model is None
+
+
+def test_the_least_recently_used_idle_model_goes_first(trained_run):
+    catalog = Catalog(trained_run, torch.device("cpu"), max_loaded=3)
+    catalog.load(catalog.default)
+    for name in ["final", "step_000006", "final", "untrained"]:  # room for 2 beside best
+        catalog.load(name)
+    assert [n for n, o in catalog.offered.items() if o.model is not None] == ["best", "final", "untrained"]
+    catalog.hold("final")  # a request holds it: the idle one goes even though final is older
+    catalog.load("untrained")
+    catalog.load("step_000006")
+    assert [n for n, o in catalog.offered.items() if o.model is not None] == ["best", "final", "step_000006"]
+
+
+def test_a_model_in_flight_is_not_unloaded_and_the_next_one_waits(trained_run, monkeypatch, capsys):
+    """Bound 2: best (the default) and step_000006, whose stream is held in the engine (its decoding
+    steps wait on a gate), fill it. A request for final then waits, with final unloaded and
+    step_000006 in memory; opened, the gate lets the stream finish, and final is loaded and answers."""
+    gate, decode = threading.Event(), Batch._decode
+
+    def gated(self):
+        assert gate.wait(60)
+        decode(self)
+
+    monkeypatch.setattr(Batch, "_decode", gated)
+    with live_server(trained_run, max_loaded=2) as live:
+        client, catalog = client_of(live), live.catalog
+        stream = iter(client.completions.create(model="step_000006", **GREEDY, stream=True))
+        held = [next(stream).choices[0].text]  # the prompt's token; the next step waits on the gate
+        in_flight = weakref.ref(catalog.offered["step_000006"].model)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            try:
+                waiting = pool.submit(completion, client, model="final", **GREEDY)
+                time.sleep(1.0)
+                assert not waiting.done() and catalog.offered["final"].model is None
+                assert catalog.offered["step_000006"].model is in_flight()
+            finally:
+                gate.set()
+            held += [chunk.choices[0].text for chunk in stream]
+            final = waiting.result(timeout=60)
+        assert catalog.offered["final"].model is not None
+        assert alive([in_flight], 0) == []  # unloaded once its request was done
+        assert "".join(held) == completion(client, model="step_000006", **GREEDY)
+        assert final == completion(client, model="final", **GREEDY)
+        assert all(o.holds == 0 for o in catalog.offered.values())
+
+
+def test_concurrent_first_requests_load_a_model_once(trained_run, monkeypatch):
+    loads, read = [], models.ckpt.load_checkpoint
+
+    def slow_load(path, device):
+        loads.append(path.name)
+        time.sleep(0.5)  # long enough for every request to arrive while it loads
+        return read(path, device)
+
+    monkeypatch.setattr(models.ckpt, "load_checkpoint", slow_load)
+    with live_server(trained_run, max_loaded=2) as live:
+        loads.clear()  # the default's, at start
+        client = client_of(live)
+        barrier = threading.Barrier(6)
+
+        def ask(_):
+            barrier.wait()
+            return completion(client, model="final", **GREEDY)
+
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(ask, range(6)))
+        assert loads == ["final"] and len(set(answers)) == 1
+
+
+def test_a_generation_releases_its_model_when_the_engine_is_done_not_when_read(trained_run):
+    """A client that reads slowly does not keep a model from being unloaded: the hold goes when the
+    engine has finished every choice, and only once."""
+    catalog = Catalog(trained_run, torch.device("cpu"))
+    engine = Engine()
+    offered = catalog.hold("final")
+
+    async def read_one_delta():
+        sampling = dict(max_tokens=8, temperature=0.0, top_k=None, top_p=None, logprobs=None)
+        release = lambda: catalog.release("final")  # noqa: E731
+        generation = Generation(engine, offered, [[1, 2, 3]], 3, sampling, 0, [], release)
+        deltas = generation.deltas()
+        await anext(deltas)  # and then no more reading for a while
+        for _ in range(250):
+            if offered.holds == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert offered.holds == 0 and len(generation.ended) == 3
+        await deltas.aclose()
+        assert offered.holds == 0  # released once
+
+    try:
+        asyncio.run(read_one_delta())
+    finally:
+        engine.close()
