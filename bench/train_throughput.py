@@ -92,7 +92,7 @@ def measure(preset: str, data_dir: Path, steps: int, interval: int, overrides: l
             ],
         )
         result = train(cfg, progress=False, echo=lambda *a: None)
-    intervals = [r for r in result.history if r["event"] == "train"][1:]
+        intervals = [r for r in result.history if r["event"] == "train"][1:]  # read before run_dir goes
     ms = statistics.median(r["ms_per_step"] for r in intervals)
     mfu = [r["mfu"] for r in intervals if r.get("mfu") is not None]
     memory = [r["peak_memory_gib"] for r in intervals if r.get("peak_memory_gib") is not None]

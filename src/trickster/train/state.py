@@ -119,5 +119,6 @@ class TrainResult:
     @functools.cached_property
     def history(self) -> list[dict]:
         """Every event of the run's metrics.jsonl, read when first asked for: a run of a million
-        logged steps holds about 1.5 GB of them, which `trickster train` never asks for."""
+        logged steps holds about 1.5 GB of them, which `trickster train` never asks for. Ask while
+        the run folder is still there."""
         return read_metrics(self.run_dir / "metrics.jsonl")
