@@ -16,7 +16,7 @@ import torch
 from trickster.config import Config, config_from_dict
 from trickster.data import sources
 from trickster.data.prepare import prepare
-from trickster.observe.events import read_metrics
+from trickster.observe.events import iter_metrics, read_metrics
 from trickster.train.loop import train
 
 EXCERPT = Path(__file__).parent / "data" / "shakespeare_excerpt.txt"
@@ -61,18 +61,20 @@ def live_pid():
 
 
 def count_reads(monkeypatch) -> list[int]:
-    """The events each read of a metrics.jsonl returned, by whichever trickster module
-    read it (each imports read_metrics by name)."""
-    counts, real = [], read_metrics
+    """The events each read of a metrics.jsonl returned, by whichever trickster module read it
+    (each imports iter_metrics by name; read_metrics lists what events.iter_metrics gives)."""
+    counts, real = [], iter_metrics
 
     def counting(path, problems=None):
-        records = real(path, problems)
-        counts.append(len(records))
-        return records
+        read = 0
+        for record in real(path, problems):
+            read += 1
+            yield record
+        counts.append(read)
 
     for module in list(sys.modules.values()):
-        if module.__name__.startswith("trickster") and getattr(module, "read_metrics", None) is real:
-            monkeypatch.setattr(module, "read_metrics", counting)
+        if module.__name__.startswith("trickster") and getattr(module, "iter_metrics", None) is real:
+            monkeypatch.setattr(module, "iter_metrics", counting)
     return counts
 
 

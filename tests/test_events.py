@@ -43,6 +43,22 @@ def test_tokens_seen_is_stored_on_train_and_eval_events_and_read_from_there(trai
         ]
 
 
+def test_a_sample_with_unicode_line_separators_reads_back_and_survives_a_resume(tmp_path):
+    """A byte-level model can sample U+2028, U+2029 or NEL, which JSON leaves unescaped: the events
+    around them must read back whole (they were 'damaged' lines), also after a resume rewrites the
+    file."""
+    from trickster.train.resume import truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    log = MetricsLog(path)
+    sample = "to be\u2028or not\u2029to be\x85that is\rthe question"
+    for step in range(3):
+        log.write("eval", step, val_loss=1.0, sample=sample)
+    assert [r["sample"] for r in read_metrics(path)] == [sample] * 3
+    truncate_metrics(path, 1)
+    assert [(r["step"], r["sample"]) for r in read_metrics(path)] == [(0, sample), (1, sample)]
+
+
 def test_a_cut_last_line_is_skipped_and_said_and_a_damaged_one_is_an_error(tmp_path):
     log = MetricsLog(tmp_path / "metrics.jsonl")
     for step in range(3):

@@ -13,6 +13,7 @@ import glob
 import os
 import re
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 from trickster.errors import UserError
@@ -109,17 +110,18 @@ def replace_dir(new: Path, target: Path) -> None:
     _fsync_dir(target.parent)
 
 
-def replace_file(path: Path, data: str | bytes, durable: bool = True) -> None:
-    """Replace the file at `path` with `data` in one rename: a reader, or a kill at any moment,
-    sees the old file whole or the new one. Written beside the file `path` links to, if it is a
-    link, so the link and the folder it points into stay as they are; then what killed earlier
-    writes of it left there is deleted. `durable=False` skips the fsyncs, for a file rewritten
-    often whose loss in a power cut does not matter (a heartbeat)."""
+def replace_file(path: Path, data: str | bytes | Iterable[str], durable: bool = True) -> None:
+    """Replace the file at `path` with `data` (or its pieces, written as they come) in one rename:
+    a reader, or a kill at any moment, sees the old file whole or the new one. Written beside the
+    file `path` links to, if it is a link, so the link and the folder it points into stay as they
+    are; then what killed earlier writes of it left there is deleted. `durable=False` skips the
+    fsyncs, for a file rewritten often whose loss in a power cut does not matter (a heartbeat)."""
     target = path.resolve()
     staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
         with open(staging, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            for piece in [data] if isinstance(data, str | bytes) else data:
+                f.write(piece.encode("utf-8") if isinstance(piece, str) else piece)
             if durable:
                 f.flush()
                 os.fsync(f.fileno())

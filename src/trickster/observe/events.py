@@ -15,14 +15,15 @@ Every event has `event`, `step` and `time` (Unix seconds); by kind, it adds:
              details
     end      best_val_loss, skipped_steps
 
-`tokens_seen` is stored on the train and eval events, so no reader derives it. `read_metrics` is
-the one parser; its rule is in its docstring.
+`tokens_seen` is stored on the train and eval events, so no reader derives it. `iter_metrics` is
+the one parser (`read_metrics` lists what it reads); its rule is in its docstring.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from trickster.errors import UserError, disk_errors
@@ -56,29 +57,43 @@ class NoMetrics:
 
 
 def read_metrics(path: str | Path, problems: list[str] | None = None) -> list[dict]:
-    """Every event in a metrics.jsonl (none if the file is missing).
+    """Every event in a metrics.jsonl (none if the file is missing): iter_metrics, as a list."""
+    return list(iter_metrics(path, problems))
+
+
+def iter_metrics(path: str | Path, problems: list[str] | None = None) -> Iterator[dict]:
+    """The events of a metrics.jsonl one at a time, reading the file line by line (a long run's
+    events are never all in memory at once).
 
     The one rule: a last line cut short (the process was killed while writing it) is skipped, and
     said in `problems` when a list is given; any other line that is not an event is an error that
-    names the line.
+    names the line. Lines end at "\n" only: an event's text (a sample) may hold U+2028 or NEL,
+    which JSON leaves as they are and str.splitlines would take for line ends.
     """
     path = Path(path)
     if not path.is_file():
-        return []
-    records = []
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            if number == len(lines):
-                if problems is not None:
-                    problems.append(f"the last line of metrics.jsonl is cut short (line {number}); skipped")
-                continue
-            raise UserError(f"{path} line {number} is damaged; delete that line and run again") from None
-        if not isinstance(record, dict) or not {"event", "step", "time"} <= record.keys():
-            raise UserError(f"{path} line {number} is not a metrics event; delete that line and run again")
-        records.append(record)
-    return records
+        return
+    with open(path, encoding="utf-8", errors="replace", newline="\n") as lines:
+        held = None  # the line before: whether it is the last one is known only at the next
+        for number, line in enumerate(lines, 1):
+            if held is not None:
+                yield from _event(path, *held, last=False, problems=problems)
+            held = (number, line)
+        if held is not None:
+            yield from _event(path, *held, last=True, problems=problems)
+
+
+def _event(path: Path, number: int, line: str, last: bool, problems: list[str] | None) -> Iterator[dict]:
+    if not line.strip():
+        return
+    try:
+        record = json.loads(line)
+    except ValueError:
+        if last:
+            if problems is not None:
+                problems.append(f"the last line of metrics.jsonl is cut short (line {number}); skipped")
+            return
+        raise UserError(f"{path} line {number} is damaged; delete that line and run again") from None
+    if not isinstance(record, dict) or not {"event", "step", "time"} <= record.keys():
+        raise UserError(f"{path} line {number} is not a metrics event; delete that line and run again")
+    yield record

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from trickster.config import Config
 from trickster.errors import UserError, disk_errors
-from trickster.observe.events import DISK_FIX, MetricsLog, read_metrics
+from trickster.observe.events import DISK_FIX, MetricsLog, iter_metrics
 
 TRACKING_EXTRA = "pip install nano-trickster[tracking]"
 
@@ -43,13 +43,6 @@ def csv_rows(records: list[dict]) -> list[dict]:
         if r["event"] in ("train", "eval"):
             rows.append({k: "" if r.get(k) is None else r[k] for k in CSV_FIELDS})  # None: not measured
     return rows
-
-
-def write_csv(records: list[dict], path: str | Path) -> None:
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(csv_rows(records))
 
 
 def require_tracking(cfg: Config) -> None:
@@ -87,7 +80,6 @@ class MetricSinks:
         require_tracking(cfg)
         self.run_dir, self.cfg = Path(run_dir), cfg
         self.log: MetricsLog | None = None
-        self._start: list[dict] = []  # the start event: tokens per step for the eval rows
         self._curves = None  # plots.Curves of loss.png (logging_config.loss_plot)
         self._read = False  # metrics.jsonl read back since this run started or resumed
         self._tensorboard = None
@@ -105,11 +97,16 @@ class MetricSinks:
         # what was read, so an event costs the same at step 10 and at step 10 million
         again = not self._read or event in ("start", "resume") or not (self.run_dir / "metrics.csv").is_file()
         with disk_errors(str(self.run_dir / "metrics.csv"), DISK_FIX):
-            earlier = read_metrics(self.path) if again else None  # this event included: it came first
-            self._write_csv(record, earlier)
-        if self.cfg.logging.loss_plot:
-            self._plot(record, earlier)
+            if again:
+                self._read_back()
+            else:
+                self._add(record)
         self._read = True
+        if self._curves is not None and event == "eval":
+            from trickster.observe import plots
+
+            with disk_errors(str(self.run_dir / "loss.png"), DISK_FIX):
+                plots.write_loss_plot(self.run_dir, self._curves)
         if self.cfg.logging.tensorboard:
             self._write_tensorboard(record)
         if self.cfg.logging.use_wandb:
@@ -126,29 +123,29 @@ class MetricSinks:
             self._wandb = None
             wandb.teardown()  # the next run in this process reads WANDB_* afresh
 
-    # ---- metrics.csv
-    def _write_csv(self, record: dict, earlier: list[dict] | None) -> None:
-        path = self.run_dir / "metrics.csv"
-        if earlier is not None:
-            write_csv(earlier, path)
-            self._start = [r for r in earlier if r["event"] == "start"][:1]
-            return
-        rows = csv_rows([*self._start, record])
-        if rows:
-            with open(path, "a", encoding="utf-8", newline="") as f:
-                csv.DictWriter(f, fieldnames=CSV_FIELDS).writerow(rows[0])
+    # ---- metrics.csv and the curves of loss.png
+    def _read_back(self) -> None:
+        """metrics.csv and the loss curves anew from metrics.jsonl (the event just written
+        included), in one pass that holds one event at a time."""
+        curves = None
+        if self.cfg.logging.loss_plot:
+            from trickster.observe import plots  # matplotlib loads when the first event is written
 
-    # ---- loss.png
-    def _plot(self, record: dict, earlier: list[dict] | None) -> None:
-        from trickster.observe import plots  # matplotlib loads when the first event is written
+            curves = plots.Curves()
+        with open(self.run_dir / "metrics.csv", "w", encoding="utf-8", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+            writer.writeheader()
+            for r in iter_metrics(self.path):
+                writer.writerows(csv_rows([r]))
+                if curves is not None:
+                    curves.add(r)
+        self._curves = curves
 
-        if earlier is not None:
-            self._curves = plots.Curves.from_records(earlier)
-        else:
+    def _add(self, record: dict) -> None:
+        with open(self.run_dir / "metrics.csv", "a", encoding="utf-8", newline="") as f:
+            csv.DictWriter(f, fieldnames=CSV_FIELDS).writerows(csv_rows([record]))
+        if self._curves is not None:
             self._curves.add(record)
-        if record["event"] == "eval":
-            with disk_errors(str(self.run_dir / "loss.png"), DISK_FIX):
-                plots.write_loss_plot(self.run_dir, self._curves)
 
     # ---- TensorBoard
     def _write_tensorboard(self, r: dict) -> None:

@@ -15,7 +15,7 @@ from trickster.atomic import remove_leftovers, replace_file
 from trickster.config import Config
 from trickster.data.loader import PreparedData
 from trickster.errors import UserError, disk_errors
-from trickster.observe.events import read_metrics
+from trickster.observe.events import iter_metrics
 from trickster.train import checkpoint as ckpt
 
 LOCK = ".lock"  # RUN_DIR/.lock: held by the process that trains there (claimed)
@@ -225,9 +225,9 @@ def truncate_metrics(path: Path, step: int, eval_due: bool = False) -> None:
     if not path.resolve().is_file():
         return
     again = ("stopped", "eval") if eval_due else ("stopped",)
-    kept = [r for r in read_metrics(path) if r["step"] <= step and r["event"] != "end"]
-    kept = [r for r in kept if not (r["step"] == step and r["event"] in again)]
-    replace_file(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+    kept = (r for r in iter_metrics(path) if r["step"] <= step and r["event"] != "end")
+    kept = (r for r in kept if not (r["step"] == step and r["event"] in again))
+    replace_file(path, (json.dumps(r, ensure_ascii=False) + "\n" for r in kept))  # one event at a time
 
 
 def diverged(run_dir: Path, state) -> UserError:
