@@ -43,24 +43,56 @@ def browser():
         browser.close()
 
 
+def open_playground(browser, live, on_request=None, **page_options):
+    """The page, loaded: `on_request` sees every request it makes, from the first."""
+    page = browser.new_page(**page_options)
+    if on_request is not None:
+        page.on("request", on_request)
+    page.goto(live.url + "/")
+    page.wait_for_selector("#picker input")
+    return page
+
+
+def generate(page, prompt: str, max_tokens: int, seed: int, columns: int) -> dict[str, str]:
+    """Type the prompt, press Generate, wait for every column: the text of each, by model."""
+    page.fill("#prompt", prompt)
+    page.fill("#max_tokens", str(max_tokens))  # a range input takes a value
+    page.dispatch_event("#max_tokens", "input")
+    page.fill("#seed", str(seed))
+    page.click("#generate")
+    done = f"document.querySelectorAll('.column[data-done]').length === {columns}"
+    page.wait_for_function(done, timeout=60_000)
+    return {
+        c.get_attribute("data-model"): c.query_selector(".output").inner_text()
+        for c in page.query_selector_all(".column")
+    }
+
+
+def assert_the_api_gives(live, texts: dict[str, str], prompt: str, max_tokens: int, seed: int) -> None:
+    """The same prompt and seed through the API give the same text as each column shows."""
+    import openai
+
+    client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0)
+    for model, text in texts.items():
+        answer = client.completions.create(
+            model=model, prompt=prompt, max_tokens=max_tokens, seed=seed, temperature=0.8, top_p=1.0
+        )
+        assert text == answer.choices[0].text
+
+
 def test_playground_streams_two_checkpoints_side_by_side(trained_run, browser, tmp_path):
     with live_server(trained_run) as live:
-        page = browser.new_page(viewport={"width": 1280, "height": 760})
         outside = []  # the page must work offline: nothing but this server is ever asked for
-        page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(live.url) else None)
-        page.goto(live.url + "/")
-        page.wait_for_selector("#picker input")
+
+        def elsewhere(request):
+            if not request.url.startswith(live.url):
+                outside.append(request.url)
+
+        page = open_playground(browser, live, elsewhere, viewport={"width": 1280, "height": 760})
         picked = page.eval_on_selector_all("#picker input:checked", "els => els.map(e => e.value)")
         assert picked == ["untrained", "best"]  # what the model learned, in one look
-        page.fill("#prompt", "ROMEO:")
-        page.fill("#max_tokens", "40")  # a range input takes a value
-        page.dispatch_event("#max_tokens", "input")
-        page.fill("#seed", "7")
-        page.click("#generate")
-        page.wait_for_function("document.querySelectorAll('.column[data-done]').length === 2", timeout=60_000)
-        columns = page.query_selector_all(".column")
-        texts = {c.get_attribute("data-model"): c.query_selector(".output").inner_text() for c in columns}
-        updates = [int(c.get_attribute("data-updates")) for c in columns]
+        texts = generate(page, "ROMEO:", max_tokens=40, seed=7, columns=2)
+        updates = [int(c.get_attribute("data-updates")) for c in page.query_selector_all(".column")]
         shot = tmp_path / "playground.png"
         page.screenshot(path=str(shot), full_page=True)
         if os.environ.get("TRICKSTER_WRITE_SCREENSHOT"):
@@ -68,15 +100,7 @@ def test_playground_streams_two_checkpoints_side_by_side(trained_run, browser, t
         page.close()
         assert not outside, outside
         assert all(n > 10 for n in updates), updates  # streamed: many chunks per column, not one at the end
-        # the same prompt and seed through the API give the same text as each column shows
-        import openai
-
-        client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0)
-        for model, text in texts.items():
-            answer = client.completions.create(
-                model=model, prompt="ROMEO:", max_tokens=40, seed=7, temperature=0.8, top_p=1.0
-            )
-            assert text == answer.choices[0].text
+        assert_the_api_gives(live, texts, "ROMEO:", max_tokens=40, seed=7)
         assert texts["untrained"] != texts["best"]
         assert shot.stat().st_size > 10_000
 
@@ -84,9 +108,7 @@ def test_playground_streams_two_checkpoints_side_by_side(trained_run, browser, t
 def test_playground_chat_view_holds_a_conversation(trained_run, browser):
     template = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}assistant:"
     with live_server(trained_run, chat_template=template, checkpoints=["best"]) as live:
-        page = browser.new_page()
-        page.goto(live.url + "/")
-        page.wait_for_selector("#picker input")
+        page = open_playground(browser, live)
         page.click("#tab-chat")
         page.fill("#max_tokens", "12")
         page.dispatch_event("#max_tokens", "input")
@@ -113,26 +135,10 @@ def test_playground_compares_three_checkpoints_with_room_for_two(trained_run, br
     that finds both held waits for a model to be released, then streams; each column still shows
     the text the API gives."""
     with live_server(trained_run, max_loaded=2) as live:
-        page = browser.new_page()
-        page.goto(live.url + "/")
-        page.wait_for_selector("#picker input")
+        page = open_playground(browser, live)
         page.check("#picker input[value='step_000006']")
-        page.fill("#prompt", "ROMEO:")
-        page.fill("#max_tokens", "30")
-        page.dispatch_event("#max_tokens", "input")
-        page.fill("#seed", "7")
-        page.click("#generate")
-        page.wait_for_function("document.querySelectorAll('.column[data-done]').length === 3", timeout=60_000)
-        columns = page.query_selector_all(".column")
-        texts = {c.get_attribute("data-model"): c.query_selector(".output").inner_text() for c in columns}
+        texts = generate(page, "ROMEO:", max_tokens=30, seed=7, columns=3)
         page.close()
         assert set(texts) == {"untrained", "step_000006", "best"}
-        import openai
-
-        client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0)
-        for model, text in texts.items():
-            answer = client.completions.create(
-                model=model, prompt="ROMEO:", max_tokens=30, seed=7, temperature=0.8, top_p=1.0
-            )
-            assert text == answer.choices[0].text
+        assert_the_api_gives(live, texts, "ROMEO:", max_tokens=30, seed=7)
         assert sum(o.model is not None for o in live.catalog.offered.values()) <= 2
