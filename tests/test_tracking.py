@@ -149,7 +149,9 @@ def test_loss_png_is_redrawn_without_reading_metrics_jsonl_again(micro, tmp_path
     sink.close()
     assert reads == [1]  # the start event, when the run started: no evaluation read the file again
     drawn = (run / "loss.png").read_bytes()
-    plots.write_loss_plot(run)  # from the whole of metrics.jsonl
+    plots.write_loss_plot(
+        run, plots.Curves.from_records(read_metrics(run / "metrics.jsonl"))
+    )  # the whole file
     assert (run / "loss.png").read_bytes() == drawn
 
 

@@ -74,7 +74,6 @@ def process_exists(pid) -> bool:
     except OSError:  # EPERM: another user's process
         return True
     return True
-    return True
 
 
 def staging_dir(target: Path) -> Path:

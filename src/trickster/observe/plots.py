@@ -23,7 +23,6 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
 
 from trickster.atomic import replace_file
-from trickster.observe.events import read_metrics
 
 LOSS_TICKS = (0.5, 0.75, 1, 1.25, 1.5, 1.75, 2, 2.5, 3, 4, 5, 6, 8, 10, 12, 15, 20)
 # train points a figure keeps at most: a panel is about 500 pixels wide, and a run logs millions
@@ -191,12 +190,10 @@ def png_bytes(fig: Figure, dpi: int = 100) -> bytes:
     return buffer.getvalue()
 
 
-def write_loss_plot(run_dir: str | Path, curves: Curves | None = None) -> Path | None:
-    """Redraw RUN_DIR/loss.png from `curves` (the training loop's, kept up to date event by event),
-    else from metrics.jsonl; written to a temporary name, then renamed."""
+def write_loss_plot(run_dir: str | Path, curves: Curves) -> Path | None:
+    """Redraw RUN_DIR/loss.png from `curves` (the training loop's, kept up to date event by event);
+    written to a temporary name, then renamed."""
     run_dir = Path(run_dir)
-    if curves is None:
-        curves = Curves.from_records(read_metrics(run_dir / "metrics.jsonl"))
     fig = loss_figure(curves, title=run_dir.name)
     if fig is None:
         return None
