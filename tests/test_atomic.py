@@ -65,3 +65,15 @@ def test_rewriting_a_file_removes_its_own_killed_writes_only(tmp_path, dead_pid,
     assert (tmp_path / "loss.png").read_bytes() == b"\x89PNG"
     assert not mine.exists() and all(path.exists() for path in others)
     assert not list(tmp_path.glob(f".*-{os.getpid()}"))  # nothing of its own left either
+
+
+def test_on_windows_no_process_is_signalled_to_check_it(monkeypatch, dead_pid):
+    """There signal 0 is CTRL_C_EVENT: os.kill(pid, 0) would interrupt a console process group."""
+    from trickster import atomic
+
+    def refuse(*_):
+        raise AssertionError("os.kill called")
+
+    monkeypatch.setattr(atomic.os, "name", "nt")
+    monkeypatch.setattr(atomic.os, "kill", refuse)
+    assert atomic.process_exists(dead_pid)  # cannot be checked: not known to be dead

@@ -587,3 +587,18 @@ def test_a_kill_after_a_checkpoint_before_its_evaluation_ends_is_resumed_exactly
     assert_same_weights(run_dir / "checkpoints" / "best", reference.run_dir / "checkpoints" / "best")
     best = ckpt.read_info(run_dir / "checkpoints" / "best")
     assert best["step"] == ckpt.read_info(reference.run_dir / "checkpoints" / "best")["step"]
+
+
+def test_without_flock_training_is_refused_in_one_line_before_writing(micro, monkeypatch, capsys):
+    """Native Windows has no fcntl: one line naming the systems that work, before any training."""
+    from trickster.train import resume
+
+    monkeypatch.setattr(resume, "fcntl", None)
+    cfg = micro(training_config={"max_steps": 2, "warmup_steps": 1})
+    config_path = Path(cfg.logging.output_dir).parent / "run.yaml"
+    save_config(cfg, config_path)
+    assert cli.main(["train", "--config", str(config_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: training needs a POSIX system") and "WSL2" in err
+    assert len(err.splitlines()) == 1
+    assert not (Path(cfg.logging.output_dir) / "metrics.jsonl").exists()

@@ -67,6 +67,8 @@ def process_exists(pid) -> bool:
     that cannot be checked counts too, as not known to be dead)."""
     if not isinstance(pid, int) or pid <= 0:
         return False
+    if os.name == "nt":  # signal 0 is CTRL_C_EVENT there: it would interrupt, not check
+        return True
     try:
         os.kill(pid, 0)
     except (ProcessLookupError, OverflowError):  # OverflowError: no id this system can have

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 from pathlib import Path
@@ -17,6 +16,11 @@ from trickster.data.loader import PreparedData
 from trickster.errors import UserError, disk_errors
 from trickster.observe.events import iter_metrics
 from trickster.train import checkpoint as ckpt
+
+try:
+    import fcntl
+except ImportError:  # native Windows has no flock; WSL2 has
+    fcntl = None
 
 LOCK = ".lock"  # RUN_DIR/.lock: held by the process that trains there (claimed)
 WRITE_FIX = "free disk space or make the folder writable, or choose another --out"  # the run folder's
@@ -80,6 +84,11 @@ def _still_at(path: Path, lock) -> bool:
 
 
 def _lock(lock, run_dir: Path) -> None:
+    if fcntl is None:
+        raise UserError(
+            "training needs a POSIX system to lock its run folder (Linux, macOS, or WSL2 on "
+            "Windows); native Windows is not supported"
+        )
     try:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:
