@@ -8,11 +8,14 @@ room: at most `max_loaded` models are in memory at once, the default among them.
 model from before its prompt is queued until the engine has finished its last sequence; making room
 unloads the least recently used model that no request holds. When every loaded model is held, a
 request for another one waits for the first to be released (a server with hundreds of checkpoints
-stays within the memory of `max_loaded` models, however many clients ask for different ones).
+stays within the memory of `max_loaded` models, however many clients ask for different ones), in
+line: room goes to the waiting requests in the order they arrived, while a request for a loaded
+model takes it at once.
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import threading
 from dataclasses import dataclass
@@ -59,6 +62,7 @@ class Offered:
             "context_length": self.context,
             "chat": self.chat_template is not None,
             "tokenizer": self.tokenizer.kind,
+            "loaded": self.model is not None,  # a request for it now needs no load (nor room)
         }
 
 
@@ -100,8 +104,12 @@ class Catalog:
                 f"{len(self.offered) - 1} other models offered would never load; pass 2 or more "
                 f"(or --checkpoints {self.default})"
             )
-        self.changed = threading.Condition()  # guards every Offered's model, loading, holds and used
+        self.changed = threading.Condition()  # guards line and every Offered's model, loading, holds, used
         self.clock = itertools.count(1)
+        # the holds waiting for room to load their model, by arrival (their tick of `clock`): room goes
+        # to the first, so none waits behind later ones (the threads a Condition wakes take its lock
+        # in no set order)
+        self.line: list[int] = []
 
     def get(self, name: str) -> Offered | None:
         return self.offered.get(name)
@@ -109,16 +117,20 @@ class Catalog:
     def hold(self, name: str, load: bool = True) -> Offered | None:
         """The model with its weights in memory, kept there until `release(name)`. Blocking when it
         must be loaded (call it off the event loop): concurrent holds of one model load it once, and
-        a hold waits while held models fill `max_loaded`. With load=False it takes the model only if
-        it is in memory already (None otherwise), and never waits for more than the lock."""
+        a hold waits while held models fill `max_loaded`, served in the order the waiting ones came.
+        With load=False it takes the model only if it is in memory already (None otherwise), and
+        never waits for more than the lock."""
         offered = self.offered[name]
         with self.changed:
             if not load and offered.model is None:
                 return None
             offered.holds += 1  # from now on it is not unloaded
-            offered.used = next(self.clock)
-            while offered.model is None and not self._claim(offered):
-                self.changed.wait()  # for its load by another request, or for a held model's release
+            offered.used = turn = next(self.clock)
+            try:
+                while offered.model is None and not self._claim(offered, turn):
+                    self.changed.wait()  # for its load by another request, or for its turn and room
+            finally:
+                self._leave_line(turn)
             if offered.model is not None:
                 return offered
         try:
@@ -146,12 +158,27 @@ class Catalog:
         self.release(name)
         return offered
 
-    def _claim(self, offered: Offered) -> bool:
-        """Whether this thread is to load `offered` (under `changed`): no other is, and there is room."""
-        if offered.loading or not self._make_room():
+    def _claim(self, offered: Offered, turn: int) -> bool:
+        """Whether this thread is to load `offered` (under `changed`): no other is, the hold that
+        arrived at `turn` is first in line for room, and there is room."""
+        if offered.loading:  # it waits for that load, not for room
+            self._leave_line(turn)
+            return False
+        if turn not in self.line:
+            bisect.insort(self.line, turn)  # arrival order, also for one back in line after a failed load
+        if self.line[0] != turn or not self._make_room():
             return False
         offered.loading = True
+        self._leave_line(turn)
         return True
+
+    def _leave_line(self, turn: int) -> None:
+        """Out of the line for room (under `changed`); the next one in line may find room already."""
+        if turn in self.line:
+            first = self.line[0] == turn
+            self.line.remove(turn)
+            if first:
+                self.changed.notify_all()
 
     def _make_room(self) -> bool:
         """Unload the least recently used models no request holds until one more fits (under
