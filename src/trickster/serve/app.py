@@ -82,10 +82,7 @@ class Server:
         generation = await self._generation(offered, req, ids, req.max_tokens, req.logprobs)
         if req.stream:
             return _sse(self._completion_chunks(generation, req))
-        collected = await _collect_unless_gone(request, generation)
-        if collected is None:
-            return Response(status_code=499)  # nginx's 'client closed request': no one reads it
-        texts, logprobs, reasons = collected
+        texts, logprobs, reasons = await _collect_unless_gone(request, generation)
         choices = [
             {
                 "index": i,
@@ -131,10 +128,7 @@ class Server:
         generation = await self._generation(offered, req, [ids], max_tokens, None)
         if req.stream:
             return _sse(self._chat_chunks(generation, req))
-        collected = await _collect_unless_gone(request, generation)
-        if collected is None:
-            return Response(status_code=499)
-        texts, _, reasons = collected
+        texts, _, reasons = await _collect_unless_gone(request, generation)
         choices = [
             {
                 "index": i,
@@ -305,7 +299,10 @@ class Server:
         return schemas.model_card(offered.name, created, offered.card())
 
 
-async def _collect(generation: Generation) -> tuple[list[str], list[list[dict]], list[str | None]]:
+Collected = tuple[list[str], list[list[dict]], list[str | None]]  # texts, logprobs, finish reasons
+
+
+async def _collect(generation: Generation) -> Collected:
     count = len(generation.choices)
     texts, logprobs, reasons = [""] * count, [[] for _ in range(count)], [None] * count
     async for delta in generation.deltas():
@@ -315,9 +312,10 @@ async def _collect(generation: Generation) -> tuple[list[str], list[list[dict]],
     return texts, logprobs, reasons
 
 
-async def _collect_unless_gone(request: Request, generation: Generation):
-    """`_collect`, or None when the client hangs up first (its sequences then leave the batch: a
-    stream notices by itself, as Starlette stops iterating it)."""
+async def _collect_unless_gone(request: Request, generation: Generation) -> Collected:
+    """`_collect`, or a 499 (nginx's 'client closed request', which no one reads) when the client
+    hangs up first: its sequences then leave the batch (a stream notices by itself, as Starlette
+    stops iterating it)."""
     collecting = asyncio.ensure_future(_collect(generation))
     hung_up = asyncio.ensure_future(_disconnect(request))
     try:
@@ -325,7 +323,9 @@ async def _collect_unless_gone(request: Request, generation: Generation):
     finally:
         hung_up.cancel()
         collecting.cancel()  # a no-op once it is done; otherwise `deltas` cancels the sequences
-    return collecting.result() if collecting.done() and not collecting.cancelled() else None
+    if not collecting.done() or collecting.cancelled():
+        raise APIError(499, "the client closed the connection before its answer was ready")
+    return collecting.result()
 
 
 async def _disconnect(request: Request) -> None:
