@@ -12,6 +12,7 @@ import torch
 
 from trickster.serve.app import create_app
 from trickster.serve.engine import Engine
+from trickster.serve.limits import MAX_BATCH, MAX_LOADED_MODELS
 from trickster.serve.models import Catalog
 from trickster.serve.server import bind, uvicorn_config
 
@@ -29,11 +30,11 @@ def live_server(
     api_key: str | None = None,
     chat_template: str | None = None,
     checkpoints: list[str] | None = None,
-    max_batch: int = 16,
+    max_batch: int = MAX_BATCH,
     max_body: int | None = None,
     body_timeout: float | None = None,
     header_timeout: float | None = None,
-    max_loaded: int = 4,
+    max_loaded: int = MAX_LOADED_MODELS,
 ):
     import uvicorn
 

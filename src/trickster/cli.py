@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable
 
 from trickster.errors import UserError
+from trickster.serve import limits  # imports nothing: --help stays fast
 
 TOKENIZER_CHOICES = ("char", "byte", "bpe", "gpt2")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -426,8 +427,15 @@ def _add_serve(commands) -> None:
     serve.add_argument(
         "--chat-template", metavar="FILE", help="a Jinja chat template for /v1/chat/completions"
     )
-    serve.add_argument("--max-batch", type=int, default=16, help="sequences decoded together per model")
-    serve.add_argument("--max-loaded-models", type=int, default=4, help="models held in memory (default 4)")
+    serve.add_argument(
+        "--max-batch", type=int, default=limits.MAX_BATCH, help="sequences decoded together per model"
+    )
+    serve.add_argument(
+        "--max-loaded-models",
+        type=int,
+        default=limits.MAX_LOADED_MODELS,
+        help=f"models held in memory (default {limits.MAX_LOADED_MODELS})",
+    )
     serve.set_defaults(run="serve_command")
 
 

@@ -25,6 +25,7 @@ from trickster.model.transformer import untrained_like
 from trickster.model.vocab import assumed_vocab
 from trickster.observe import evaluation
 from trickster.options import ConfigSource, EvalOptions, PrepareOptions, Sampling, SourceSpec
+from trickster.serve.limits import MAX_BATCH, MAX_LOADED_MODELS
 from trickster.train import checkpoint as ckpt
 from trickster.train import dist
 from trickster.train.device import resolve_device, resolve_precision
@@ -370,8 +371,8 @@ def serve_command(
     api_key: str | None = None,
     checkpoints: str | None = None,
     chat_template: str | None = None,
-    max_batch: int = 16,
-    max_loaded_models: int = 4,
+    max_batch: int = MAX_BATCH,
+    max_loaded_models: int = MAX_LOADED_MODELS,
 ) -> int:
     """`trickster serve`: the OpenAI-compatible API and the playground over a run's checkpoints."""
     from trickster.serve.server import serve

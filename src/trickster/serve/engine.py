@@ -21,6 +21,7 @@ import torch
 
 from trickster.model.generate import mask_unused_rows, sample
 from trickster.model.transformer import KVCache, Transformer
+from trickster.serve.limits import MAX_BATCH
 
 
 @dataclass
@@ -191,7 +192,7 @@ class Batch:
 class Engine:
     """Runs every model's batch in one worker thread; `submit` may be called from any thread."""
 
-    def __init__(self, capacity: int = 16):
+    def __init__(self, capacity: int = MAX_BATCH):
         self.capacity = capacity
         self.batches: dict[str, Batch] = {}  # by model name, while it has sequences
         self.wake = threading.Condition()

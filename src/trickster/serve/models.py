@@ -28,12 +28,10 @@ from trickster.data.tokenizers import Tokenizer
 from trickster.errors import UserError
 from trickster.model.transformer import Transformer, untrained_like
 from trickster.serve import chat
+from trickster.serve.limits import MAX_LOADED_MODELS
 from trickster.train import checkpoint as ckpt
 
 UNTRAINED = "untrained"
-# The playground's three checkpoints side by side, with the default one besides: a page comparing
-# three never waits for a model, and memory holds 4 copies of the weights (2 GB for gpt2-small in fp32).
-MAX_LOADED = 4
 
 
 @dataclass
@@ -73,7 +71,7 @@ class Catalog:
         device: torch.device,
         names: list[str] | None = None,
         chat_template: str | None = None,
-        max_loaded: int = MAX_LOADED,
+        max_loaded: int = MAX_LOADED_MODELS,
     ):
         self.device, self.max_loaded = device, max_loaded
         found = _checkpoints(Path(target))

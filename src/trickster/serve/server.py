@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trickster.errors import UserError
+from trickster.serve.limits import MAX_BATCH, MAX_LOADED_MODELS
 
 if TYPE_CHECKING:  # both imported when serving starts, so that a missing extra is one clear line
     import uvicorn
@@ -73,8 +74,8 @@ def serve(
     api_key: str | None = None,
     checkpoints: list[str] | None = None,
     chat_template: str | None = None,
-    max_batch: int = 16,
-    max_loaded_models: int = 4,
+    max_batch: int = MAX_BATCH,
+    max_loaded_models: int = MAX_LOADED_MODELS,
 ) -> int:
     try:
         import jinja2  # noqa: F401
