@@ -313,6 +313,28 @@ def test_a_lora_run_is_counted_and_timed_as_a_lora_step(micro, monkeypatch):
         assert estimate.seconds(10**6) == pytest.approx(10**6 * counted / bench.flops_per_sec)
 
 
+def test_a_cpu_times_a_lora_copy_whose_real_training_state_fits(monkeypatch):
+    """The CPU limit on the benchmark's copy counts what a LoRA step really holds (frozen weights
+    without gradients or AdamW state), not full training's 16 bytes per parameter: a copy whose
+    state, measured after a real step, is just under the limit is timed; full training is not."""
+    lora_cfg = {"rank": 4, "targets": ["wq", "wv"]}
+    model_cfg = {"hidden_dim": 64, "num_layers": 2, "num_heads": 4, "mlp_dim": 192, "vocab_size": 65}
+    full = config_from_dict({"model_config": model_cfg})
+    tuned = config_from_dict(
+        {"model_config": model_cfg, "training_config": {"init_from": "runs/base", "lora": lora_cfg}}
+    )
+    model = Transformer(tuned.model)
+    lora.apply_lora(model, tuned.training.lora)
+    optimizer = one_real_step(model, tuned)
+    held = [*model.parameters(), *(p.grad for p in model.parameters() if p.grad is not None)]
+    held += [t for s in optimizer.state.values() for t in s.values() if t.ndim > 0]
+    monkeypatch.setattr(plan, "CPU_COPY_BYTES", sum(t.numel() * t.element_size() for t in held))
+    monkeypatch.setattr(plan, "_timed_steps", lambda *args: "timed")
+    assert plan.benchmark(tuned, CPU_DEVICE) == "timed"
+    with pytest.raises(plan.BenchSkipped, match="too big to time on a CPU"):
+        plan.benchmark(full, CPU_DEVICE)
+
+
 def test_fsdp_divides_the_model_state_by_the_shard_count():
     cfg = load_config(preset="mega", overrides=["training_config.gradient_accumulation_steps=1"])
     one, eight = footprint.memory_estimate(cfg, processes=1), footprint.memory_estimate(cfg, processes=8)
