@@ -149,6 +149,10 @@ def _wrong_type_in_file(env: Env) -> list[str]:
     return ["train", "--config", path]
 
 
+def _huge_number_in_file(env: Env) -> list[str]:
+    return ["train", "--config", env.write("huge.yaml", "training_config:\n  max_steps: 1e30\n")]
+
+
 def _switch_for_a_number_in_file(env: Env) -> list[str]:
     return ["train", "--config", env.write("switch.yaml", "training_config:\n  max_steps: true\n")]
 
@@ -761,6 +765,12 @@ CASES = [
     ),
     case("config-wrong-type-in-file", _wrong_type_in_file, "training_config.max_steps", "integer", "'lots'"),
     case(
+        "config-number-too-big-for-an-integer",
+        _huge_number_in_file,
+        "huge.yaml: training_config.max_steps: input should be less than 9223372036854775808",
+        "= 2**63 (got '1e30')",
+    ),
+    case(
         "config-switch-for-a-number",
         _switch_for_a_number_in_file,
         "training_config.max_steps: input should be an integer, not true or false (got true)",
@@ -790,6 +800,11 @@ CASES = [
         "training_config.batch_size",
         "integer",
         "'abc'",
+    ),
+    case(
+        "override-not-a-whole-number",
+        lambda env: micro_train(env, "training_config.max_steps=1.5e0"),
+        "training_config.max_steps: input should be a whole number (got '1.5e0')",
     ),
     case(
         "override-number-for-a-switch",

@@ -1,10 +1,12 @@
 import copy
 import re
 import typing
+from decimal import Decimal
 
 import pytest
 import yaml
 
+from trickster import cli
 from trickster.config import (
     SECTION_ALIASES,
     SECTIONS,
@@ -15,6 +17,8 @@ from trickster.config import (
     save_config,
 )
 from trickster.errors import UserError
+
+from .conftest import events
 
 
 @pytest.mark.parametrize("name", preset_names())
@@ -222,7 +226,7 @@ def test_numbers_still_come_from_text_and_whole_floats():
     given = {"learning_rate": "3e-4", "max_steps": 2.0e3, "warmup_steps": "10"}
     t = config_from_dict({"training_config": given}).training
     assert (t.learning_rate, t.max_steps, t.warmup_steps) == (3e-4, 2000, 10)
-    with pytest.raises(UserError, match=r"training_config.max_steps: .*fractional part \(got 1.5\)"):
+    with pytest.raises(UserError, match=r"training_config.max_steps: .*whole number \(got 1.5\)"):
         load_config(overrides=["training_config.max_steps=1.5"])
 
 
@@ -242,3 +246,155 @@ def test_betas_lie_in_zero_to_one():
         with pytest.raises(UserError, match=rf"training_config.{message}"):
             config_from_dict({"training_config": {"betas": betas}})
     assert config_from_dict({"training_config": {"betas": [0.0, 0.999]}}).training.betas == (0.0, 0.999)
+
+
+INTEGERS = _settings(lambda types: int in types and not types & {float, bool})
+FLOATS = _settings(lambda types: float in types and bool not in types)
+# a valid value, and what else it needs, for each setting whose default is not a number
+NOT_DEFAULT = {
+    "model_config.vocab_size": (65, {}),
+    "model_config.num_kv_heads": (4, {}),
+    "training_config.global_batch": (64, {"batch_size": "auto"}),
+    "training_config.global_batch_tokens": (500000, {"batch_size": "auto"}),
+    "training_config.seq_len": (256, {}),
+    "training_config.keep_last": (3, {}),
+    "training_config.max_time": (3600, {}),
+    "training_config.sample_every": (100, {}),
+    "device_config.threads": (2, {}),
+    "device_config.mesh_shape": ([1, 2], {}),
+    "device_config.memory_gib": (12.5, {}),
+    "device_config.peak_tflops": (312.0, {}),
+}
+
+
+def _valid(raw: dict, key: str) -> tuple:
+    """(raw config with what the key needs, a valid value of the key): its default, or NOT_DEFAULT's."""
+    section, *_, name = key.split(".")
+    value, needs = NOT_DEFAULT.get(key, (None, {}))
+    if value is None:
+        value = config_from_dict(raw).to_dict()[section].get(name)
+        if key.startswith("training_config.lora."):
+            value = config_from_dict(raw).training.lora.model_dump()[name]
+    raw = copy.deepcopy(raw)
+    raw.setdefault(section, {}).update(needs)
+    return raw, value
+
+
+def _scientific(number: float, exponent_sign: str = "") -> str:
+    """1337 -> 1.337e3, 0.0003 -> 3e-4: the shortest mantissa, no + on the exponent by default."""
+    mantissa, exponent = f"{number:e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    sign = "-" if int(exponent) < 0 else exponent_sign
+    return f"{mantissa}e{sign}{abs(int(exponent))}"
+
+
+def _spellings(value: int) -> list[str]:
+    """How people write a big whole number: 1e4, 1E4, 1.0e+4 (YAML 1.1's float), 10000.0."""
+    text = _scientific(value)
+    plus = _scientific(value, "+")
+    return [text, text.upper(), plus if "." in plus else plus.replace("e", ".0e"), f"{value}.0"]
+
+
+def _without_a_dot(number: float) -> str:
+    """0.95 -> 95e-2, 0.0003 -> 3e-4, 10000.0 -> 1e4: what YAML 1.1 reads as text."""
+    exact = Decimal(repr(number)).normalize().as_tuple()
+    return f"{'-' if exact.sign else ''}{''.join(map(str, exact.digits))}e{exact.exponent}"
+
+
+def _each(value, spell):
+    return "[" + ", ".join(map(spell, value)) + "]" if isinstance(value, list) else spell(value)
+
+
+def _overrides(raw: dict) -> list[str]:
+    return [f"{section}.{key}={value}" for section, keys in raw.items() for key, value in _flat(keys)]
+
+
+def _flat(keys: dict, prefix: str = ""):
+    for key, value in keys.items():
+        if isinstance(value, dict):
+            yield from _flat(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+@pytest.mark.parametrize(("raw", "key", "annotation"), INTEGERS)
+def test_an_integer_setting_takes_a_whole_number_in_scientific_notation(raw, key, annotation, tmp_path):
+    """`max_steps: 1e4` is 10000, in a file and in an override: YAML 1.1 reads 1e4 and 1.5e3 as
+    text (its floats need a dot and a signed exponent) and 1.0e+4 and 10000.0 as floats."""
+    raw, value = _valid(raw, key)
+    section, *_, name = key.split(".")
+    for index in range(4):
+        spelled = _each(value, lambda v, index=index: _spellings(v)[index])
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(_with(raw, key, "PLACEHOLDER")).replace("PLACEHOLDER", spelled))
+        from_file = load_config(path)
+        from_override = load_config(overrides=[*_overrides(raw), f"{key}={spelled}"])
+        for cfg in (from_file, from_override):
+            got = cfg.to_dict()[section]
+            got = got["lora"][name] if ".lora." in key else got[name]
+            assert got == value and {type(v) for v in (got if isinstance(got, list) else [got])} == {int}, (
+                spelled
+            )
+
+
+@pytest.mark.parametrize(("raw", "key", "annotation"), INTEGERS)
+def test_an_integer_setting_refuses_a_number_that_is_not_whole(raw, key, annotation):
+    raw, value = _valid(raw, key)
+    for given, shown in [("1.5e0", "'1.5e0'"), ("1e-3", "'1e-3'"), ("2.5", "2.5")]:
+        spelled = _each(value, lambda v, given=given: given)
+        message = rf"^defaults: {re.escape(key)}: input should be a whole number \(got .*{shown}.*\)$"
+        with pytest.raises(UserError, match=message):
+            load_config(overrides=[*_overrides(raw), f"{key}={spelled}"])
+
+
+@pytest.mark.parametrize(("raw", "key", "annotation"), INTEGERS)
+def test_an_integer_too_big_for_int64_is_one_line_not_an_overflow(raw, key, annotation):
+    raw, value = _valid(raw, key)
+    for given in ["1e30", "1.0e+400", "1e999999999", str(2**63)]:  # 1.0e+400 is YAML's infinity
+        spelled = _each(value, lambda v, given=given: given)
+        message = rf"^defaults: {re.escape(key)}: input should be less than {2**63} = 2\*\*63 \(got "
+        with pytest.raises(UserError, match=message):
+            load_config(overrides=[*_overrides(raw), f"{key}={spelled}"])
+    assert load_config(overrides=["training_config.seed=9.2e18"]).training.seed == 9_200_000_000_000_000_000
+
+
+def test_range_checks_apply_to_the_converted_number():
+    for given, message in [
+        ("0e0", r"max_steps: input should be greater than 0 \(got 0\)"),
+        ("-1e3", r"max_steps: input should be greater than 0 \(got -1000\)"),
+        ("2e4", r"warmup_steps must be < max_steps \(got 20000 >= 10000\)"),
+    ]:
+        setting = "max_steps" if "max_steps:" in message else "warmup_steps"
+        with pytest.raises(UserError, match=message):
+            load_config(overrides=[f"training_config.{setting}={given}"])
+    with pytest.raises(UserError, match=r"max_steps: input should be an integer, not true or false"):
+        load_config(overrides=["training_config.max_steps=yes"])
+
+
+@pytest.mark.parametrize(("raw", "key", "annotation"), FLOATS)
+def test_a_float_setting_takes_scientific_notation_without_a_dot(raw, key, annotation, tmp_path):
+    """YAML 1.1 reads `3e-4` as text: every float setting must read it as the number."""
+    raw, value = _valid(raw, key)
+    section, *_, name = key.split(".")
+    spelled = _each(value, _without_a_dot)
+    assert isinstance(yaml.safe_load(spelled if isinstance(value, list) else f"[{spelled}]")[0], str)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(_with(raw, key, "PLACEHOLDER")).replace("PLACEHOLDER", spelled))
+    for cfg in (load_config(path), load_config(overrides=[*_overrides(raw), f"{key}={spelled}"])):
+        got = cfg.to_dict()[section]
+        assert (got["lora"][name] if ".lora." in key else got[name]) == value
+
+
+def test_a_run_driven_by_overrides_in_scientific_notation_runs_that_many_steps(micro, tmp_path):
+    """`trickster train ... training_config.max_steps=1e1`: ten optimizer steps, one train event
+    each (log_every=1e0), evaluations at 0, 5 and 10 (eval_every=5e0), and 10 in the saved config."""
+    path = tmp_path / "micro.yaml"
+    save_config(micro(training_config={"sample_tokens": 0}), path)
+    scientific = ["max_steps=1e1", "log_every=1e0", "eval_every=5e0", "save_every=1.0e+1", "warmup_steps=2E0"]
+    argv = ["train", "--config", str(path), "--no-progress", "training_config.learning_rate=3e-3"]
+    assert cli.main([*argv, *(f"training_config.{s}" for s in scientific)]) == 0
+    run = tmp_path / "run"
+    assert [e["step"] for e in events(run, "train")] == list(range(1, 11))
+    assert [e["step"] for e in events(run, "eval")] == [0, 5, 10]
+    saved = yaml.safe_load((run / "config.yaml").read_text())["training_config"]
+    assert (saved["max_steps"], saved["warmup_steps"], saved["learning_rate"]) == (10, 2, 3e-3)

@@ -27,6 +27,7 @@ from trickster.config_checks import check
 from trickster.config_errors import describe_all, did_you_mean, section_at
 from trickster.config_yaml import load_yaml, parse_yaml
 from trickster.errors import UserError
+from trickster.units import whole_number
 
 
 def _kinds(annotation: Any) -> set[type]:
@@ -52,15 +53,20 @@ class _Section(BaseModel):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _no_switch_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+    def _numbers_as_people_write_them(cls, value: Any, info: ValidationInfo) -> Any:
         """Refuse true/false where a number is expected: pydantic reads `max_steps: true` as 1.
-        Numbers given as text stay accepted (YAML reads `3e-4` as text, and overrides are text)."""
+        Numbers given as text stay accepted (YAML reads `3e-4` as text, and overrides are text);
+        an integer setting also takes a whole number written as 1e4, 1.5e3 or 10000.0 (so
+        `max_steps: 1e4` is 10000), and refuses 1.5e0 or one past int64 in one line."""
         kinds = _kinds(cls.model_fields[info.field_name].annotation)
         given = value if isinstance(value, list | tuple) else [value]
         if bool not in kinds and kinds & {int, float} and any(isinstance(v, bool) for v in given):
             number = "an integer" if not kinds & {float, str} else "a number"
             raise ValueError(f"input should be {number}, not true or false")
-        return value
+        if int not in kinds or float in kinds:
+            return value
+        numbers = [whole_number(v) if isinstance(v, int | float | str) else v for v in given]
+        return numbers if isinstance(value, list | tuple) else numbers[0]
 
 
 class ModelConfig(_Section):

@@ -1,9 +1,11 @@
-"""Quantities written for people: the one duration format of run tables, reports and plans, and
-the durations people write (training_config.max_time: 48h, 90m, 1h30m)."""
+"""Quantities written for people: the one duration format of run tables, reports and plans, the
+durations people write (training_config.max_time: 48h, 90m, 1h30m) and their big whole numbers
+(training_config.max_steps: 1e4)."""
 
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
 YEAR = 365 * 86400
 
@@ -45,3 +47,30 @@ def parse_duration(value: str | int | float) -> float | None:
     else:
         return None
     return seconds if seconds > 0 else None
+
+
+# A number as people write big ones: 1e4, 1.5E3, 1.0e+4, 10000.0 (YAML 1.1 reads the first two as
+# text: its floats need a dot and a signed exponent), or plain digits.
+_SCIENTIFIC = re.compile(r"[-+]?(?:\d[\d_]*\.?\d*|\.\d+)(?:e[-+]?\d+)?", re.IGNORECASE)
+INT64_LIMIT = 2**63  # past int64, which PyTorch and NumPy take (seed, sizes), a number is a mistake
+
+
+def whole_number(value: str | float) -> int | str:
+    """An integer setting written as 1e4, 1.5e3, 10000.0 or 10000, as an int; text that is no number
+    (auto, lots, 90m) comes back unchanged. Raises ValueError, in the words the config error
+    shows, for a number that is not whole (1.5e0, 1e-3, 2.5) or does not fit in int64 (1e30)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not _SCIENTIFIC.fullmatch(text):
+            return value
+        value = text.replace("_", "")
+    number = Decimal(value)  # exact: 1.2345678901234567e17 stays what it says; a float's own value
+    if number.is_nan():
+        raise ValueError("input should be a whole number")
+    if number >= INT64_LIMIT:  # before int(): 1e999999999 would be a billion digits
+        raise ValueError(f"input should be less than {INT64_LIMIT} = 2**63")
+    if number < -INT64_LIMIT:
+        raise ValueError(f"input should be at least {-INT64_LIMIT} = -2**63")
+    if number != number.to_integral_value():
+        raise ValueError("input should be a whole number")
+    return int(number)
