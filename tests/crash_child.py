@@ -1,4 +1,5 @@
-"""Run `trickster ...` in this process and SIGKILL it at a chosen moment (used by test_resume.py).
+"""Run `trickster ...` in this process and SIGKILL (or stop) it at a chosen moment (used by test_resume.py,
+test_hf.py, test_gguf.py, test_data.py).
 
     python -m tests.crash_child MOMENT N train --config run.yaml
 
@@ -11,6 +12,16 @@ MOMENT, counted from 1 with N:
                           before the new one takes its name
     during-metrics-rewrite  half-way through the N-th write of a whole metrics.jsonl (or of a
                           file named after it: the rewrite of a resume)
+    during-write-of-NAME  half-way through the N-th write of a whole file whose name holds NAME
+                          (config.yaml, manifest.json, metrics.csv, or its temporary name)
+    before-staged-rename  the N-th time a staging folder (`.NAME.tmp-PID`, or a preparation's
+                          `NAME.partial`) is about to take its name NAME
+
+and moments at which it stops instead, until the test lets it go on: it writes the file named by
+the environment variable TRICKSTER_TEST_HOLD when it gets there and waits until that file is gone
+(meanwhile the test runs a second command):
+    hold-before-gguf-tensors   before the N-th GGUF export writes its tensors
+    hold-after-progress-save   after the N-th save of a preparation's progress.json
 
 SIGKILL cannot be caught: nothing in the process gets to clean up, as with an OOM kill or a
 power cut. The faults are injected here, in the test, so the product code carries no hooks.
@@ -24,6 +35,7 @@ import os
 import pathlib
 import signal
 import sys
+import time
 
 import torch
 
@@ -106,8 +118,59 @@ def install(moment: str, n: int) -> None:
             return f
 
         io.open = builtins.open = patched_open  # pathlib opens through io.open
+    elif moment.startswith("during-write-of-"):
+        name, real_open = moment.removeprefix("during-write-of-"), io.open
+
+        def patched_open(file, mode="r", *args, **kwargs):
+            f = real_open(file, mode, *args, **kwargs)
+            if "w" in mode and name in os.path.basename(os.fspath(file)) and due():
+                return HalfWriter(f)
+            return f
+
+        io.open = builtins.open = patched_open
+    elif moment == "before-staged-rename":
+        rename = pathlib.Path.rename
+
+        def patched_rename(self, target):
+            name = pathlib.Path(target).name
+            staged = self.name.startswith(f".{name}.tmp-") or self.name == f"{name}.partial"
+            if staged and self.is_dir() and due():
+                die()
+            return rename(self, target)
+
+        pathlib.Path.rename = patched_rename
+    elif moment == "hold-before-gguf-tensors":
+        import gguf
+
+        write = gguf.GGUFWriter.write_tensors_to_file
+
+        def patched_write(self, *args, **kwargs):
+            if due():
+                hold()
+            return write(self, *args, **kwargs)
+
+        gguf.GGUFWriter.write_tensors_to_file = patched_write
+    elif moment == "hold-after-progress-save":
+        from trickster.data import shards
+
+        save = shards.Progress.save
+
+        def patched_save(self, folder):
+            save(self, folder)
+            if due():
+                hold()
+
+        shards.Progress.save = patched_save
     else:
         raise SystemExit(f"unknown moment {moment!r}")
+
+
+def hold() -> None:
+    """Say so in the file TRICKSTER_TEST_HOLD, and wait until the test deletes it."""
+    flag = pathlib.Path(os.environ["TRICKSTER_TEST_HOLD"])
+    flag.write_text(str(os.getpid()))
+    while flag.exists():
+        time.sleep(0.02)
 
 
 class HalfWriter:

@@ -4,6 +4,8 @@ writer when that process is dead, never while it runs."""
 from __future__ import annotations
 
 import os
+import stat
+import threading
 
 from trickster.atomic import leftovers, remove_leftovers, replace_file
 
@@ -77,3 +79,19 @@ def test_on_windows_no_process_is_signalled_to_check_it(monkeypatch, dead_pid):
     monkeypatch.setattr(atomic.os, "name", "nt")
     monkeypatch.setattr(atomic.os, "kill", refuse)
     assert atomic.process_exists(dead_pid)  # cannot be checked: not known to be dead
+
+
+def test_a_link_to_a_device_or_a_pipe_is_written_into_never_replaced(tmp_path):
+    """A file linked to /dev/null or /dev/full (to drop it, or to test a full disk), or to a pipe a
+    tool reads: replacing the link's target would put a regular file in its place, in /dev for a
+    device. A pipe in tmp_path stands in for the device here, so that a failure harms nothing."""
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    (tmp_path / "metrics.csv").symlink_to(pipe)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(pipe.read_bytes()), daemon=True)
+    reader.start()
+    replace_file(tmp_path / "metrics.csv", ["event,step\n", "train,2\n"])
+    reader.join(10)
+    assert stat.S_ISFIFO(pipe.stat().st_mode) and got == [b"event,step\ntrain,2\n"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv", "pipe"]

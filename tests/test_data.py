@@ -2,18 +2,22 @@ import functools
 import hashlib
 import http.server
 import json
+import shutil
 import threading
+import time
 
 import numpy as np
 import pytest
 import torch
 
+from trickster import cli
 from trickster.data import sources
 from trickster.data.loader import BatchSampler, fixed_batches, load_data
 from trickster.data.prepare import in_validation, prepare, token_dtype
 from trickster.data.tokenizers import load_tokenizer
 from trickster.errors import UserError
 
+from . import children
 from .conftest import EXCERPT
 
 
@@ -196,6 +200,48 @@ def test_a_preparation_killed_between_its_renames_leaves_the_old_data_usable(tmp
         load_data(out)
     aside.rename(tmp_path / f".data.old-{dead_pid}")
     assert load_data(out).train.astype(np.int64).tolist() == tokens
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_two_preparations_into_one_folder_at_once_never_mix(tmp_path, shakespeare_dir, capsys):
+    """The first stops half-way (its shards are being written in OUT.partial) while the same command
+    runs again: the second is refused with one line, and the first finishes as if alone."""
+    out, hold = tmp_path / "data", tmp_path / "hold"
+    argv = ["data", "prepare", "shakespeare", "--path", str(EXCERPT), "--out", str(out), "--workers", "1"]
+    first = children.Child(
+        "tests.crash_child", "hold-after-progress-save", "2", *argv, env={"TRICKSTER_TEST_HOLD": str(hold)}
+    )
+    first.start_reading()
+    deadline = time.monotonic() + 120
+    while not hold.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert hold.exists(), first.output(5)
+    try:
+        assert cli.main(argv) == 2
+        assert "data.partial is in use: another preparation is writing it" in capsys.readouterr().err
+    finally:
+        hold.unlink()
+    assert first.wait(120) == 0, first.output(5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+    tokens = [load_data(folder).train.astype(np.int64).tolist() for folder in (out, shakespeare_dir)]
+    assert tokens[0] == tokens[1]
+
+
+def test_a_preparation_killed_between_its_renames_leaves_no_hidden_copy_behind(tmp_path, capsys):
+    """Killed after the old folder went aside, before the new one took its name: once the new
+    folder is in place, whichever command put it there, the old hidden copy is gone."""
+    out = tmp_path / "data"
+    argv = ["data", "prepare", "shakespeare", "--path", str(EXCERPT), "--out", str(out), "--workers", "1"]
+    assert cli.main([*argv, "--tokenizer", "byte"]) == 0
+    killed = children.run("tests.crash_child", "before-staged-rename", "1", *argv)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert not out.exists()
+    # the killed run had finished: its folder holds no progress to continue, as the next run says
+    assert cli.main(argv) == 2
+    assert "data.partial exists but holds no progress.json; delete it" in capsys.readouterr().err
+    shutil.rmtree(tmp_path / "data.partial")
+    assert cli.main(argv) == 0
+    assert load_tokenizer(out / "tokenizer.json").kind == "char"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 

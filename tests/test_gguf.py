@@ -8,6 +8,7 @@ tensors read back from the file; its logits must equal ours.
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from trickster import cli
 from trickster.data.tokenizers import ByteTokenizer, CharTokenizer
 from trickster.train import checkpoint as ckpt
 
+from . import children
 from .test_hf import TEXT, random_checkpoint
 
 
@@ -133,3 +135,47 @@ def test_gguf_without_end_of_text_ends_on_an_unused_row(tmp_path):
     assert end == tokenizer.vocab_size
     types = fields["tokenizer.ggml.token_type"]
     assert types[end] == 3 and types[end + 1 :] == [5, 5]  # control, then unused
+
+
+def char_checkpoint(path):
+    tokenizer = CharTokenizer.from_texts([TEXT])
+    return random_checkpoint(path, tokenizer, vocab_size=tokenizer.vocab_size)
+
+
+def test_two_exports_to_one_file_at_once_never_mix(tmp_path):
+    """The first export (float32) stops before its tensors while a second one to the same file
+    (float16) runs to the end: each writes its own staging file, so the file is the second's,
+    whole; the first then finds the name taken and leaves that file as it is, with one line."""
+    path = char_checkpoint(tmp_path / "ckpt")
+    out, hold = tmp_path / "out" / "m.gguf", tmp_path / "hold"
+    argv = ["export", str(path), "--format", "gguf", "--out", str(out)]
+    first = children.Child(
+        "tests.crash_child", "hold-before-gguf-tensors", "1", *argv, env={"TRICKSTER_TEST_HOLD": str(hold)}
+    )
+    first.start_reading()
+    deadline = time.monotonic() + 120
+    while not hold.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert hold.exists(), first.output(5)
+    try:
+        assert cli.main([*argv, "--dtype", "float16"]) == 0
+        written = out.read_bytes()
+    finally:
+        hold.unlink()
+    assert first.wait(120) == 2
+    assert out.read_bytes() == written
+    assert "written by another process while this export ran" in first.output(5)[1]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["m.gguf"]
+    reference = tmp_path / "reference" / "m.gguf"
+    assert cli.main([*argv[:-1], str(reference), "--dtype", "float16"]) == 0
+    assert reference.read_bytes() == written
+
+
+def test_an_export_deletes_what_killed_exports_left_never_a_running_ones(tmp_path, dead_pid, live_pid):
+    path = char_checkpoint(tmp_path / "ckpt")
+    killed, running = tmp_path / f".m.gguf.tmp-{dead_pid}", tmp_path / f".m.gguf.tmp-{live_pid}"
+    for staging in (killed, running):
+        staging.write_bytes(b"GGUF, half")
+    assert cli.main(["export", str(path), "--format", "gguf", "--out", str(tmp_path / "m.gguf")]) == 0
+    assert not killed.exists() and running.read_bytes() == b"GGUF, half"
+    assert read_gguf(tmp_path / "m.gguf")[0]["general.architecture"] == "llama"

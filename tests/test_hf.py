@@ -26,6 +26,7 @@ from trickster.model.transformer import Transformer
 from trickster.model.vocab import padded_vocab
 from trickster.train import checkpoint as ckpt
 
+from . import children
 from .conftest import EXCERPT
 
 TEXT = "ROMEO:\nIs it so?  Then,\tI defy you, stars!\n\n"
@@ -168,6 +169,64 @@ def test_export_refuses_an_existing_folder(trained_run, tmp_path, capsys):
     assert cli.main(["export", str(trained_run), "--out", str(tmp_path / "hf")]) == 2
     assert "already exists" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "hf").iterdir()] == ["notes.txt"]
+
+
+def test_an_export_killed_as_it_takes_its_folder_loses_nothing(trained_run, tmp_path):
+    """`--out` may be an empty folder the user made. Killed just before its staging folder takes
+    that name, the export leaves the folder where it was; the next export deletes what the killed
+    one left and fills the folder."""
+    out = tmp_path / "hf"
+    out.mkdir()
+    argv = ["export", str(trained_run), "--out", str(out)]
+    killed = children.run("tests.crash_child", "before-staged-rename", "1", *argv)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert out.is_dir() and not any(out.iterdir())
+    assert cli.main(argv) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+    assert ckpt.resolve(trained_run)  # still there: nothing of the run was touched
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in out.iterdir()}
+
+
+def test_a_folder_an_earlier_export_left_hidden_is_put_back(trained_run, tmp_path, dead_pid, capsys):
+    """Earlier versions moved an existing `--out` aside (`.hf.old-PID`) before the new folder took
+    its name: killed between the two, the folder was only that hidden copy. Import puts it back
+    (as load_data does for data), and so does an export into that name, which then refuses it."""
+    hf, run = tmp_path / "hf", tmp_path / "run"
+    assert cli.main(["export", str(trained_run), "--out", str(hf)]) == 0
+    hf.rename(tmp_path / f".hf.old-{dead_pid}")
+    assert cli.main(["import", "hf", str(hf), "--out", str(run)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "run"]
+    hf.rename(tmp_path / f".hf.old-{dead_pid}")
+    capsys.readouterr()
+    assert cli.main(["export", str(trained_run), "--out", str(hf)]) == 2
+    assert "hf already exists and is not empty" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "run"]
+    assert (hf / "model.safetensors").is_file()
+
+
+def test_an_export_into_a_link_to_an_empty_folder_fills_that_folder(trained_run, tmp_path):
+    """`--out` a link to a folder on another disk: the link stays and the files go where it points."""
+    disk = tmp_path / "big-disk" / "model"
+    disk.mkdir(parents=True)
+    (tmp_path / "hf").symlink_to(disk)
+    assert cli.main(["export", str(trained_run), "--out", str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf").is_symlink() and (disk / "model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big-disk", "hf"]
+    assert sorted(p.name for p in disk.parent.iterdir()) == ["model"]
+
+
+def test_an_import_killed_half_way_leaves_no_half_run_folder(trained_run, tmp_path):
+    """A run folder that an import killed half-way wrote would block the next import ("already
+    exists"): the import builds it aside, and the next one deletes what the killed one left."""
+    hf, run = tmp_path / "hf", tmp_path / "run"
+    assert cli.main(["export", str(trained_run), "--out", str(hf)]) == 0
+    argv = ["import", "hf", str(hf), "--out", str(run)]
+    killed = children.run("tests.crash_child", "during-write-of-manifest.json", "1", *argv)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert not run.exists()
+    assert cli.main(argv) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "run"]
+    assert ckpt.is_complete(run / "checkpoints" / "final")
 
 
 # --------------------------------------------------------------------------- import

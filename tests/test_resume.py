@@ -11,6 +11,7 @@ import errno
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -456,6 +457,21 @@ def test_a_kill_while_resume_rewrites_the_metrics_loses_no_event(reference, shak
     resumed = train(micro_config(shakespeare_dir, run_dir, **CRASH_RUN), resume=True, **QUIET)
     assert curve(resumed.history) == curve(reference.history)
     assert_same_weights(run_dir / "checkpoints" / "final", reference.run_dir / "checkpoints" / "final")
+
+
+@pytest.mark.slow
+def test_a_resume_killed_while_it_rewrites_the_run_files_leaves_each_whole(shakespeare_dir, tmp_path):
+    """A resume writes config.yaml and manifest.json again and rebuilds metrics.csv: killed half-way
+    through one, it used to leave half the file (a run that `trickster runs` could not read); now
+    the old file is replaced only once the new one is whole."""
+    run_dir = tmp_path / "run"
+    crash(shakespeare_dir, run_dir, "before-batch", 19)
+    for name in ("config.yaml", "manifest.json", "metrics.csv"):
+        copy = tmp_path / name / "run"
+        shutil.copytree(run_dir, copy)
+        before = (copy / name).read_bytes()
+        crash(shakespeare_dir, copy, f"during-write-of-{name}", 1, "--resume")
+        assert (copy / name).read_bytes() == before, name
 
 
 def test_a_full_disk_under_safetensors_is_one_clear_error(micro, monkeypatch):

@@ -9,6 +9,7 @@ writer no longer runs, so that the next writer may delete them (never one a live
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import os
 import re
@@ -17,6 +18,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from trickster.errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # native Windows has no flock
+    fcntl = None
 
 LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old|deleted)-(?P<pid>\d+)$")
 
@@ -78,6 +84,39 @@ def process_exists(pid) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def held(folder: Path, busy: str):
+    """Hold `folder` (made if missing) for this process for the block; another process that tries
+    meanwhile gets one line, `busy`. The lock is the kernel's, on the folder itself, so it goes
+    when its holder ends, however it ends (SIGKILL included); it stays with the folder if the
+    holder renames it. Where the file system cannot lock, the block runs unguarded, as before."""
+    while True:
+        folder.mkdir(parents=True, exist_ok=True)
+        if fcntl is None:
+            yield
+            return
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UserError(busy) from None
+            except OSError:
+                pass
+            if _same_file(fd, folder):  # not one its holder renamed away while we opened it
+                yield
+                return
+        finally:
+            os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), path.stat())
+    except FileNotFoundError:
+        return False
+
+
 def staging_dir(target: Path) -> Path:
     """A fresh empty folder beside `target` (same file system, so the final rename is atomic)."""
     staging = target.parent / f".{target.name}.tmp-{os.getpid()}"
@@ -115,14 +154,18 @@ def replace_file(path: Path, data: str | bytes | Iterable[str], durable: bool = 
     """Replace the file at `path` with `data` (or its pieces, written as they come) in one rename:
     a reader, or a kill at any moment, sees the old file whole or the new one. Written beside the
     file `path` links to, if it is a link, so the link and the folder it points into stay as they
-    are; then what killed earlier writes of it left there is deleted. `durable=False` skips the
-    fsyncs, for a file rewritten often whose loss in a power cut does not matter (a heartbeat)."""
+    are; then what killed earlier writes of it left there is deleted. A link to a device or a pipe
+    (/dev/null) is written into: such a file is never replaced. `durable=False` skips the fsyncs,
+    for a file rewritten often whose loss in a power cut does not matter (a heartbeat)."""
     target = path.resolve()
+    if target.exists() and not target.is_file():  # a device or a pipe (a link to /dev/null): never replaced
+        with open(target, "wb") as f:
+            _write(f, data)
+        return
     staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
         with open(staging, "wb") as f:
-            for piece in [data] if isinstance(data, str | bytes) else data:
-                f.write(piece.encode("utf-8") if isinstance(piece, str) else piece)
+            _write(f, data)
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
@@ -134,6 +177,11 @@ def replace_file(path: Path, data: str | bytes | Iterable[str], durable: bool = 
     if durable:
         _fsync_dir(target.parent)
     remove_leftovers(target.parent, of=target.name)
+
+
+def _write(f, data: str | bytes | Iterable[str]) -> None:
+    for piece in [data] if isinstance(data, str | bytes) else data:
+        f.write(piece.encode("utf-8") if isinstance(piece, str) else piece)
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -157,19 +205,54 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def place_file(new: Path, target: Path) -> bool:
+    """Give the file `new` the name `target` unless something has taken that name meanwhile (a
+    rename would replace it): a hard link refuses an existing name, then `new` goes. False, and
+    `new` left as it is, if `target` exists. Where links are not supported, a rename after a look."""
+    try:
+        os.link(new, target)
+    except FileExistsError:
+        return False
+    except OSError:  # a file system without hard links (FAT, some network mounts)
+        if target.exists() or target.is_symlink():
+            return False
+        os.replace(new, target)
+    else:
+        new.unlink()
+    _fsync_dir(target.parent)
+    return True
+
+
 @contextlib.contextmanager
 def new_folder(target: Path, flag: str = "--out"):
     """Yield an empty staging folder; when the block succeeds it becomes `target` in one rename.
 
-    On any failure (Ctrl-C included) the staging folder is removed and `target` is untouched; a
-    failed write (disk full, no permission) becomes one line naming `target` and `flag`.
+    `target` is missing or an empty folder (a link to one is followed, and stays): POSIX renames
+    over an empty folder in one step, so `target` is never missing, and refuses a folder that is
+    not empty (filled meanwhile), which stays as it is. Staging folders of killed writes of
+    `target` (`.NAME.tmp-PID`, PID dead) are deleted first. On any failure (Ctrl-C included) the
+    staging folder is removed and `target` is untouched; a failed write (disk full, no permission)
+    becomes one line naming `target` and `flag`.
     """
-    staging = None
+    real, staging = target.resolve() if target.is_symlink() else target, None
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = staging_dir(target)
+        real.parent.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(real.parent, of=real.name)
+        staging = staging_dir(real)
         yield staging
-        replace_dir(staging, target)
+        _fsync_tree(staging)
+        if os.name == "nt" and real.is_dir() and not any(real.iterdir()):
+            real.rmdir()  # Windows renames over no folder, not even an empty one
+        try:
+            staging.rename(real)
+        except OSError as err:
+            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            raise UserError(
+                f"{target} already exists and is not empty; choose a new folder with {flag} "
+                "(nothing was changed)"
+            ) from None
+        _fsync_dir(real.parent)
     except BaseException as err:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)

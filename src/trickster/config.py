@@ -23,6 +23,7 @@ from pydantic import (
     field_validator,
 )
 
+from trickster.atomic import replace_file
 from trickster.config_checks import check
 from trickster.config_errors import describe_all, did_you_mean, section_at
 from trickster.config_yaml import load_yaml, parse_yaml
@@ -339,7 +340,8 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(cfg.to_yaml(), encoding="utf-8")
+    """config.yaml, replaced in one rename: a resume killed while it writes leaves the old one."""
+    replace_file(Path(path), cfg.to_yaml())
 
 
 def _apply_override(raw: dict[str, Any], override: str) -> None:

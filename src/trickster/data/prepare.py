@@ -33,6 +33,7 @@ Validation split:
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import os
@@ -42,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trickster.atomic import leftovers, replace_dir
+from trickster.atomic import held, leftovers, replace_dir, replace_file, restore_replaced
 from trickster.data import dedup
 from trickster.data.encode import Chunk, Document, Encoded, chunks, encoded_in_order, in_validation
 from trickster.data.meta import META_FORMAT, prepared_meta
@@ -88,6 +89,7 @@ def prepare(
     of CPUs. `dedup_settings`: see dedup.py (default: exact copies dropped, near-copies grouped).
     """
     out_dir = Path(out_dir)
+    restore_replaced(out_dir)  # a preparation killed between its two renames: replaced whole below
     _check_out_dir(out_dir)
     if shard_tokens < 1:
         raise UserError(f"--shard-tokens must be at least 1 (got {shard_tokens})")
@@ -107,23 +109,32 @@ def prepare(
         "shard_tokens": shard_tokens,
         "dedup": vars(settings_dedup),
     }
-    record = _open_partial(partial, settings, echo)
     try:
-        tokenizer = _tokenizer_for(partial, source, tokenizer_kind, vocab_size, progress)
-        job = _Job(partial, source, tokenizer, record, val_fraction, shard_tokens, settings_dedup)
-        meta = job.run(chunk_chars, workers, progress)
-        replace_dir(partial, out_dir)
-        return meta
-    except KeyboardInterrupt:
-        echo(
-            f"interrupted: {record.finished_shards()} finished shard(s) kept in {partial}; run the same "
-            "command again to continue"
-        )
-        raise
-    except BaseException:
-        if record.next_document == 0 or record.failed_at_end:
-            shutil.rmtree(partial, ignore_errors=True)  # nothing worth continuing
-        raise
+        partial.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"could not write {partial} ({err.strerror or err}); choose another --out") from None
+    busy = (
+        f"{partial} is in use: another preparation is writing it; wait for it to end (or stop it), "
+        "or choose another --out (nothing was changed)"
+    )
+    with held(partial, busy):  # two runs of one command at once would write the same shards
+        record = _open_partial(partial, settings, echo)
+        try:
+            tokenizer = _tokenizer_for(partial, source, tokenizer_kind, vocab_size, progress)
+            job = _Job(partial, source, tokenizer, record, val_fraction, shard_tokens, settings_dedup)
+            meta = job.run(chunk_chars, workers, progress)
+            replace_dir(partial, out_dir)
+            return meta
+        except KeyboardInterrupt:
+            echo(
+                f"interrupted: {record.finished_shards()} finished shard(s) kept in {partial}; run the same "
+                "command again to continue"
+            )
+            raise
+        except BaseException:
+            if record.next_document == 0 or record.failed_at_end:
+                shutil.rmtree(partial, ignore_errors=True)  # nothing worth continuing
+            raise
 
 
 def prepare_prompt_response(
@@ -169,12 +180,8 @@ def _open_partial(partial: Path, settings: dict, echo: Callable[[str], None]) ->
             f"{record.next_document:,} document(s) done"
         )
         return record
-    if partial.exists() and any(partial.iterdir()):
+    if any(partial.iterdir()):
         raise UserError(f"{partial} exists but holds no progress.json; delete it to start again")
-    try:
-        partial.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"could not write {partial} ({err.strerror or err}); choose another --out") from None
     record = Progress(settings)
     record.save(partial)
     return record
@@ -343,10 +350,9 @@ class _Job:
         side = "train" if self.record.splits["train"].documents else "val"
         writers[side].flush()
         tokens, mask = writers[side].read_back()
-        np.save(self.partial / "one_document.tmp.npy", tokens)
         if mask is not None:
-            np.save(self.partial / ONE_DOCUMENT_MASK, mask)
-        (self.partial / "one_document.tmp.npy").replace(self.partial / ONE_DOCUMENT)
+            replace_file(self.partial / ONE_DOCUMENT_MASK, _npy(mask))
+        replace_file(self.partial / ONE_DOCUMENT, _npy(tokens))
         self.record.cutting = True
         self.record.save(self.partial)
 
@@ -408,3 +414,10 @@ class _Job:
         for name in ("dedup.bin", ONE_DOCUMENT, ONE_DOCUMENT_MASK):
             (self.partial / name).unlink(missing_ok=True)
         return meta
+
+
+def _npy(array: np.ndarray) -> bytes:
+    """`array` as the bytes of a .npy file (np.save to a path would append `.npy` to a name)."""
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()

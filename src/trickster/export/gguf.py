@@ -26,11 +26,13 @@ llama.cpp's own convert_hf_to_gguf.py.
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from trickster.atomic import place_file, remove_leftovers
 from trickster.config import ModelConfig
 from trickster.data.tokenizers import EOT_TEXT, Tokenizer
 from trickster.errors import UserError
@@ -128,7 +130,8 @@ def export_gguf(target: str | Path, out: str | Path, dtype: str = "float32") -> 
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:  # a file where a folder of the path should be
         raise UserError(f"could not write {out} ({err.strerror or err}); choose another --out") from None
-    staging = out.parent / f".{out.name}.tmp"
+    remove_leftovers(out.parent, of=out.name)  # what killed exports of this file left
+    staging = out.parent / f".{out.name}.tmp-{os.getpid()}"  # a second export at once writes its own
     writer = gguf.GGUFWriter(staging, "llama")
     writer.add_name(loaded.path.parent.parent.name if loaded.path.parent.name == "checkpoints" else out.stem)
     writer.add_context_length(m.max_seq_len)
@@ -166,7 +169,7 @@ def export_gguf(target: str | Path, out: str | Path, dtype: str = "float32") -> 
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        staging.replace(out)  # the file appears whole or not at all
+        placed = place_file(staging, out)  # the file appears whole or not at all
     except BaseException as err:
         with contextlib.suppress(OSError):  # a read-only folder refuses the clean-up too
             writer.close()
@@ -175,4 +178,10 @@ def export_gguf(target: str | Path, out: str | Path, dtype: str = "float32") -> 
         if isinstance(err, OSError):
             raise UserError(f"could not write {out} ({err.strerror or err}); choose another --out") from None
         raise
+    if not placed:  # another export (or anything else) wrote `out` meanwhile: it stays
+        staging.unlink(missing_ok=True)
+        raise UserError(
+            f"{out} was written by another process while this export ran; choose a new file with --out "
+            "(that file was kept)"
+        )
     return out

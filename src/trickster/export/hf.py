@@ -34,7 +34,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from trickster.atomic import new_folder
+from trickster.atomic import new_folder, restore_replaced
 from trickster.config import ModelConfig, config_from_dict, save_config
 from trickster.data.tokenizers import EOT_TEXT, HFTokenizer, Tokenizer, require_tokenizers, special_token_text
 from trickster.errors import UserError
@@ -208,6 +208,9 @@ def export_hf(target: str | Path, out: str | Path, dtype: str = "float32") -> Pa
 
 
 def _check_new_folder(out: Path, flag: str) -> None:
+    """`out` must be missing or an empty folder. One that an earlier version's kill left hidden
+    (`.NAME.old-PID`, moved aside before the new one took its name) is put back first."""
+    restore_replaced(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file; pass a new folder path to {flag}")
     if out.is_dir() and any(out.iterdir()):
@@ -339,6 +342,7 @@ def load_hf_tokenizer(src: Path, hf: dict) -> HFTokenizer:
 def import_hf(src: str | Path, run_dir: str | Path) -> Path:
     """Turn a local Hugging Face Llama folder into a run folder with one checkpoint, `final`."""
     src, run_dir = Path(src), Path(run_dir)
+    restore_replaced(src)  # an export into an existing folder by an earlier version, killed half-way
     if not src.is_dir():
         raise UserError(f"{src} is not a folder; pass a local Hugging Face model folder (config.json, ...)")
     if not (src / "config.json").is_file():
@@ -367,14 +371,12 @@ def import_hf(src: str | Path, run_dir: str | Path) -> Path:
         "data_path": None,
         "manifest": run_manifest(torch.device("cpu")),
     }
-    try:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-        tokenizer.save(run_dir / "tokenizer.json")
-        (run_dir / "manifest.json").write_text(json.dumps(info["manifest"], indent=2))
-        ckpt.save_checkpoint(run_dir / "checkpoints" / "final", model, cfg, tokenizer, info)
-    except OSError as err:
-        raise UserError(f"could not write {run_dir} ({err.strerror or err}); choose another --out") from None
+    with new_folder(run_dir) as staging:  # a kill leaves no half run folder that blocks the next import
+        (staging / "checkpoints").mkdir()
+        save_config(cfg, staging / "config.yaml")
+        tokenizer.save(staging / "tokenizer.json")
+        (staging / "manifest.json").write_text(json.dumps(info["manifest"], indent=2))
+        ckpt.save_checkpoint(staging / "checkpoints" / "final", model, cfg, tokenizer, info)
     return run_dir
 
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import csv
 import html
 import importlib
+import io
 from pathlib import Path
 
+from trickster.atomic import replace_file
 from trickster.config import Config
 from trickster.errors import UserError, disk_errors
 from trickster.observe.events import DISK_FIX, MetricsLog, iter_metrics
@@ -132,13 +134,22 @@ class MetricSinks:
             from trickster.observe import plots  # matplotlib loads when the first event is written
 
             curves = plots.Curves()
-        with open(self.run_dir / "metrics.csv", "w", encoding="utf-8", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+
+        def lines():
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS)
             writer.writeheader()
             for r in iter_metrics(self.path):
                 writer.writerows(csv_rows([r]))
                 if curves is not None:
                     curves.add(r)
+                yield buffer.getvalue()
+                buffer.seek(0)
+                buffer.truncate()
+            yield buffer.getvalue()
+
+        # in one rename: a kill while it is rewritten leaves the old file, not half of one
+        replace_file(self.run_dir / "metrics.csv", lines())
         self._curves = curves
 
     def _add(self, record: dict) -> None:

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import torch
 
-from trickster.atomic import staging_dir
+from trickster.atomic import replace_file, staging_dir
 from trickster.config import Config, save_config
 from trickster.data.loader import PreparedData
 from trickster.errors import UserError, disk_errors
@@ -81,7 +81,7 @@ def write_run_files(
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         data.tokenizer.save(run_dir / "tokenizer.json")
-        (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        replace_file(run_dir / "manifest.json", json.dumps(manifest, indent=2))
 
 
 def print_header(out: Console, cfg: Config, data, total_params, device, tokens_per_step, job) -> None:
