@@ -154,3 +154,18 @@ def test_help_imports_neither_torch_nor_the_commands():
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("prompt", ["ROMEO:", "def ", "it's \"here\"", "\n"])
+def test_the_next_command_after_training_gives_generate_the_sample_prompt(prompt, tmp_path):
+    import shlex
+
+    from trickster.cli import build_parser
+    from trickster.commands import generate_hint
+
+    line = generate_hint(tmp_path / "my run", prompt)
+    words = shlex.split(line)
+    assert words[:2] == ["trickster", "generate"]
+    args = build_parser().parse_args(words[1:])
+    assert args.target == str(tmp_path / "my run")
+    assert args.prompt == (prompt if prompt.strip() else "\n")  # whitespace only: generate's default

@@ -183,7 +183,9 @@ def test_resume_auto_from_the_cli_continues_a_killed_run(reference, shakespeare_
 
 def test_allowed_changes_on_resume_are_recorded(micro, capsys):
     cfg = micro(training_config={"max_steps": 6, "warmup_steps": 1, "eval_every": 3, "save_every": 3})
-    train(cfg, **QUIET)
+    first = []
+    train(cfg, echo=first.append)
+    assert f"Training from scratch -> {cfg.logging.output_dir}" in first
     longer = cfg.model_copy(deep=True)
     longer.training.max_steps, longer.training.learning_rate, longer.training.log_every = 9, 1e-3, 3
     lines = []
@@ -196,6 +198,8 @@ def test_allowed_changes_on_resume_are_recorded(micro, capsys):
         "training_config.log_every": [2, 3],
     }
     assert "changed on resume: training_config.max_steps 6 -> 9" in lines
+    assert f"Resuming -> {cfg.logging.output_dir}" in lines  # the header no longer says "from scratch"
+    assert not any(line.startswith("Training from scratch") for line in lines)
     assert ckpt.checkpoint_step(result.run_dir / "checkpoints" / "final") == 9
 
 

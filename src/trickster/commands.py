@@ -7,6 +7,7 @@ that belong together travel as one of the dataclasses in options.py.
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -130,9 +131,15 @@ def train_command(source: ConfigSource, resume: bool = False, progress: bool | N
     best = result.state.best_loss_seen
     shown = "n/a" if best is None else f"{best:.4f}"
     print(f"done: {result.state.step} steps; best val loss {shown}; run in {result.run_dir}")
-    prompt = result.cfg.training.sample_prompt.strip() or "ROMEO:"
-    print(f'next: trickster generate {result.run_dir} --prompt "{prompt}"')
+    print(f"next: {generate_hint(result.run_dir, result.cfg.training.sample_prompt)}")
     return 0
+
+
+def generate_hint(run_dir: Path, prompt: str) -> str:
+    """The `trickster generate` line to paste next, quoted for a shell: the run's sample prompt
+    exactly (a trailing space or a quote in it survives), or none when it is only whitespace."""
+    line = f"trickster generate {shlex.quote(str(run_dir))}"
+    return f"{line} --prompt {shlex.quote(prompt)}" if prompt.strip() else line
 
 
 def _prompt_ids(tokenizer, prompt: str) -> list[int]:

@@ -152,7 +152,10 @@ class Trainer:
         if job.is_main:
             resumed = setup.Resumed(self.resumed_from, self.state.step, self.eval_due, changed, repairs)
             setup.write_run_files(self.run_dir, cfg, self.data, self.manifest, self.metrics, resume, resumed)
-        setup.print_header(self.out, cfg, self.data, self.params, self.device, self.tokens_per_step, job)
+        resuming = self.resumed_from is not None
+        setup.print_header(
+            self.out, cfg, self.data, self.params, self.device, self.tokens_per_step, job, resuming
+        )
         if self.resumed_from is not None:
             self.out.line(f"resuming from {self.resumed_from}")
         for line in repairs + [f"changed on resume: {k} {a} -> {b}" for k, (a, b) in changed.items()]:

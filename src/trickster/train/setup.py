@@ -84,10 +84,16 @@ def write_run_files(
         replace_file(run_dir / "manifest.json", json.dumps(manifest, indent=2))
 
 
-def print_header(out: Console, cfg: Config, data, total_params, device, tokens_per_step, job) -> None:
+def print_header(
+    out: Console, cfg: Config, data, total_params, device, tokens_per_step, job, resuming: bool
+) -> None:
     t = cfg.training
+    if resuming:
+        title = "Resuming the fine-tune" if t.init_from else "Resuming"
+    else:
+        title = "Fine-tuning" if t.init_from else "Training from scratch"
     out.line("=" * 60)
-    out.line(f"{'Fine-tuning' if t.init_from else 'Training from scratch'} -> {cfg.logging.output_dir}")
+    out.line(f"{title} -> {cfg.logging.output_dir}")
     out.line("=" * 60)
     out.line(f"device: {device} ({cfg.device.dtype})   parameters: {total_params:,}")
     out.line(
