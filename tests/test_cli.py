@@ -156,7 +156,7 @@ def test_help_imports_neither_torch_nor_the_commands():
     assert result.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("prompt", ["ROMEO:", "def ", "it's \"here\"", "\n"])
+@pytest.mark.parametrize("prompt", ["ROMEO:", "def ", 'it\'s "here"', "\n"])
 def test_the_next_command_after_training_gives_generate_the_sample_prompt(prompt, tmp_path):
     import shlex
 
