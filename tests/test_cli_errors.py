@@ -323,6 +323,26 @@ def _parquet(env: Env, *flags: str) -> list[str]:
     return ["data", "prepare", "parquet", str(env.tmp / "d.parquet"), "--out", str(env.tmp / "o"), *flags]
 
 
+def _partial_in_use(env: Env) -> list[str]:
+    """The same preparation started while another process still works in o.partial (stood for by
+    this process holding the folder's lock until the case ends)."""
+    import fcntl
+    import weakref
+
+    (env.tmp / "o.partial").mkdir()
+    fd = os.open(env.tmp / "o.partial", os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    weakref.finalize(env, os.close, fd)
+    return ["data", "prepare", "text", _texts(env, 2), "--out", str(env.tmp / "o")]
+
+
+def _partial_finished(env: Env) -> list[str]:
+    """A preparation killed as its finished folder was being renamed to o: o.partial is whole."""
+    env.write("o.partial/meta.json", "{}")
+    env.write("o.partial/index.json", "{}")
+    return ["data", "prepare", "text", _texts(env, 2), "--out", str(env.tmp / "o")]
+
+
 def _partial_with_other_settings(env: Env) -> list[str]:
     """An interrupted `--tokenizer char` preparation, continued with `--tokenizer byte`."""
     from trickster.data import encode as encode_module
@@ -1275,6 +1295,13 @@ CASES = [
         _partial_with_other_settings,
         "o.partial holds an unfinished preparation with other settings (tokenizer)",
         "delete",
+    ),
+    case("prepare-partial-in-use", _partial_in_use, "o.partial is in use: another preparation", "--out"),
+    case(
+        "prepare-partial-finished-but-not-renamed",
+        _partial_finished,
+        "o.partial holds a finished preparation that was stopped before it took the name o",
+        "rename o.partial to o",
     ),
     case(
         "prepare-near-dup-threshold-zero",

@@ -180,6 +180,13 @@ def _open_partial(partial: Path, settings: dict, echo: Callable[[str], None]) ->
             f"{record.next_document:,} document(s) done"
         )
         return record
+    if (partial / "meta.json").is_file() and (partial / "index.json").is_file():  # killed as it was renamed
+        out = partial.with_name(partial.name.removesuffix(".partial"))
+        raise UserError(
+            f"{partial} holds a finished preparation that was stopped before it took the name {out.name}; "
+            f"to keep it, move {out.name} aside (if there) and rename {partial.name} to {out.name}, or "
+            "delete it to start again"
+        )
     if any(partial.iterdir()):
         raise UserError(f"{partial} exists but holds no progress.json; delete it to start again")
     record = Progress(settings)
