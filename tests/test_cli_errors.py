@@ -822,6 +822,11 @@ CASES = [
         "'abc'",
     ),
     case(
+        "override-threads-past-any-cpu",
+        lambda env: micro_train(env, "device_config.threads=1e6"),
+        "device_config.threads: input should be less than or equal to 4096 (got 1000000)",
+    ),
+    case(
         "override-not-a-whole-number",
         lambda env: micro_train(env, "training_config.max_steps=1.5e0"),
         "training_config.max_steps: input should be a whole number (got '1.5e0')",

@@ -218,8 +218,8 @@ class DeviceConfig(_Section):
     compile: StrictBool | None = None
     """Compile each block with torch.compile; empty (or auto) compiles on CUDA GPUs of Ampere and
     later and nowhere else (checkpoints still hold the plain module)."""
-    threads: int | None = Field(None, gt=0)
-    """CPU threads for PyTorch; empty leaves PyTorch's default."""
+    threads: int | None = Field(None, gt=0, le=4096)  # a million makes OpenMP abort the process
+    """CPU threads for PyTorch (at most 4096); empty leaves PyTorch's default."""
     memory_gib: float | None = Field(None, gt=0)
     """Memory the run may use on its device, in GiB (batch_size: auto, `trickster plan` and the
     out-of-memory advice plan within it); empty means all of it: GPU memory, or RAM on a CPU."""
