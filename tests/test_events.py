@@ -29,13 +29,13 @@ def test_tokens_seen_is_stored_on_train_and_eval_events_and_read_from_there(trai
     start = events(trained_run, "start")[0]
     measured = events(trained_run, "train") + events(trained_run, "eval")
     assert measured and all(r["tokens_seen"] == r["step"] * start["tokens_per_step"] for r in measured)
-    run = read_run(trained_run)
-    assert run.tokens_seen == 12 * start["tokens_per_step"]
-    rows = csv_rows(run.records)
+    assert read_run(trained_run).tokens_seen == 12 * start["tokens_per_step"]
+    records = read_metrics(trained_run / "metrics.jsonl")
+    rows = csv_rows(records)
     assert [int(row["tokens_seen"]) for row in rows] == [
-        r["tokens_seen"] for r in run.records if "tokens_seen" in r
+        r["tokens_seen"] for r in records if "tokens_seen" in r
     ]
-    curves = Curves.from_records(run.records)
+    curves = Curves.from_records(records)
     assert curves.val_tokens == [r["tokens_seen"] for r in events(trained_run, "eval")]
     with open(trained_run / "metrics.csv", encoding="utf-8", newline="") as f:
         assert [int(row["tokens_seen"]) for row in csv.DictReader(f)] == [

@@ -20,7 +20,7 @@ from PIL import Image
 from trickster.cli import main
 from trickster.config import load_config
 from trickster.observe.events import read_metrics
-from trickster.observe.runs import Run, guess_preset, read_run
+from trickster.observe.runs import Metrics, Run, guess_preset, read_run
 from trickster.observe.status import write_status
 from trickster.train import checkpoint as ckpt
 from trickster.units import format_duration
@@ -185,7 +185,7 @@ def test_runs_table_lists_each_run_with_its_numbers(trained_run, tmp_path, capsy
     wall = format_duration(records[-1]["time"] - records[0]["time"])
     expected = ["a-finished", "custom", f"{start['params']:,}", "12/12", f"{best:.4f}"]
     assert out[1].split() == [*expected, f"{trains[-1]['tokens_seen']:,}", *wall.split(), "finished"]
-    kept = read_run(partial).records
+    kept = read_metrics(partial / "metrics.jsonl")
     assert out[2].split()[0] == "b-partial" and out[2].split()[-1] == "incomplete"
     assert out[2].split()[3] == f"{kept[-1]['step']}/12"
     assert read_run(partial).problem.startswith("the last line of metrics.jsonl is cut short")
@@ -211,7 +211,7 @@ def test_wall_time_leaves_out_the_pause_before_a_resume():
         {"event": "train", "step": 20, "time": 5030.0},
         {"event": "stopped", "step": 20, "time": 5031.0, "signal": "SIGINT"},
     ]
-    run = Run(Path("r"), None, records)
+    run = Run(Path("r"), None, Metrics.from_records(records))
     assert run.wall_seconds == 60.0 + 31.0
     assert run.status == "stopped (SIGINT)"
     assert format_duration(run.wall_seconds) == "1m 31s" and format_duration(7300) == "2h 01m"

@@ -155,17 +155,6 @@ def test_loss_png_is_redrawn_without_reading_metrics_jsonl_again(micro, tmp_path
     assert (run / "loss.png").read_bytes() == drawn
 
 
-def test_the_curves_of_a_long_run_keep_at_most_max_points_train_points():
-    """A million-step run's loss.png holds a few thousand points, evenly spaced, from step 1 on."""
-    curves = plots.Curves.from_records(
-        {"event": "train", "step": s, "tokens_seen": s, "train_loss": 1 / s} for s in range(1, 100_001)
-    )
-    assert plots.MAX_POINTS // 2 <= len(curves.train_step) <= plots.MAX_POINTS
-    assert curves.train_step[0] == 1 and curves.train_step[-1] > 100_000 - curves.every
-    assert set(np.diff(curves.train_step)) == {curves.every}  # evenly spaced
-    assert all(len(getattr(curves, name)) == len(curves.train_step) for name in plots.TRAIN_FIELDS)
-
-
 def test_resume_rewinds_the_csv_and_the_tensorboard_events(micro, tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -2,8 +2,9 @@
 
 `write_loss_plot(run_dir, curves)` redraws RUN_DIR/loss.png after each evaluation, from the curves
 the training loop keeps (metrics.jsonl is not read again); report.py embeds the same figures in its
-HTML page. A curve draws at most MAX_POINTS train points, however long the run. matplotlib's
-object API (Figure, no pyplot) is used, so no display or global state is involved.
+HTML page. The figures draw what curves.Curves keeps: at most curves.MAX_POINTS train and
+validation points, however long the run. matplotlib's object API (Figure, no pyplot) is used, so
+no display or global state is involved.
 
 Scales: the loss axis is logarithmic when the loss spans more than a factor 1.5 (the early drop
 from ln(vocab) would otherwise flatten the rest); the tokens axis is logarithmic when it spans
@@ -15,95 +16,15 @@ line on both panels.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
 
 from trickster.atomic import replace_file
+from trickster.observe.curves import Curves
 
 LOSS_TICKS = (0.5, 0.75, 1, 1.25, 1.5, 1.75, 2, 2.5, 3, 4, 5, 6, 8, 10, 12, 15, 20)
-# train points a figure keeps at most: a panel is about 500 pixels wide, and a run logs millions
-MAX_POINTS = 4000
-TRAIN_FIELDS = ("train_step", "train_tokens", "train_loss", "lr", "grad_norm", "tokens_per_sec")
-
-
-@dataclass
-class Curves:
-    """The numbers a plot needs, taken from metrics.jsonl events one at a time (`add`).
-
-    The train curves keep one train event in `every`: when they pass MAX_POINTS, every other point
-    goes and `every` doubles, so a run of any length costs the same to keep and to draw. The
-    validation points are all kept (one per evaluation)."""
-
-    train_step: list[int] = field(default_factory=list)
-    train_tokens: list[int] = field(default_factory=list)
-    train_loss: list[float] = field(default_factory=list)
-    lr: list[float] = field(default_factory=list)
-    grad_norm: list[float] = field(default_factory=list)
-    tokens_per_sec: list[float] = field(default_factory=list)
-    val_step: list[int] = field(default_factory=list)
-    val_tokens: list[int | None] = field(default_factory=list)
-    val_loss: list[float] = field(default_factory=list)
-    # loss spikes: (step, peak loss) of each, and the train losses a rollback abandoned
-    spikes: list[tuple[int, float]] = field(default_factory=list)
-    abandoned: list[tuple[int, float]] = field(default_factory=list)
-    every: int = 1  # the train curves keep train events 0, every, 2 x every, ...
-    train_events: int = 0  # seen, kept or not
-
-    @classmethod
-    def from_records(cls, records: Iterable[dict]) -> Curves:
-        c = cls()
-        for r in records:
-            c.add(r)
-        return c
-
-    def add(self, r: dict) -> None:
-        if r["event"] == "train":
-            self.train_events += 1
-            if (self.train_events - 1) % self.every:
-                return  # thinned out
-            point = (r["step"], r["tokens_seen"], r["train_loss"], r.get("lr"), r.get("grad_norm"))
-            for name, value in zip(TRAIN_FIELDS, (*point, r.get("tokens_per_sec")), strict=True):
-                getattr(self, name).append(value)
-            if len(self.train_step) > MAX_POINTS:
-                self._thin()
-        elif r["event"] == "eval" and r.get("val_loss") is not None:
-            self.val_step.append(r["step"])
-            # older runs' eval events lack tokens_seen: the train event logged at that step has it
-            same_step = (
-                self.train_tokens[-1] if self.train_step and self.train_step[-1] == r["step"] else None
-            )
-            self.val_tokens.append(r.get("tokens_seen", same_step))
-            self.val_loss.append(r["val_loss"])
-        elif r["event"] in ("rollback", "spike"):
-            self.spikes.append((r.get("last_step", r["step"]), r["peak_loss"]))
-            if r["event"] == "rollback":
-                self._drop_after(r["step"])
-
-    def _thin(self) -> None:
-        for name in TRAIN_FIELDS:
-            setattr(self, name, getattr(self, name)[::2])
-        self.every *= 2
-
-    def _drop_after(self, step: int) -> None:
-        """A rollback to `step` replays what came after it: those points leave the curves (the
-        train losses are kept apart, to be drawn faintly)."""
-        kept = [i for i, s in enumerate(self.train_step) if s <= step]
-        self.abandoned += [(s, v) for s, v in zip(self.train_step, self.train_loss, strict=True) if s > step]
-        for name in TRAIN_FIELDS:
-            values = getattr(self, name)
-            setattr(self, name, [values[i] for i in kept])
-        kept = [i for i, s in enumerate(self.val_step) if s <= step]
-        for name in ("val_step", "val_tokens", "val_loss"):
-            values = getattr(self, name)
-            setattr(self, name, [values[i] for i in kept])
-
-    @property
-    def untrained_loss(self) -> float | None:
-        return self.val_loss[self.val_step.index(0)] if 0 in self.val_step else None
 
 
 def loss_figure(records: list[dict] | Curves, title: str = "") -> Figure | None:
@@ -164,9 +85,9 @@ def _mark_spikes(ax, c: Curves) -> None:
     ax.plot(steps, peaks, "x", color="tab:red", markersize=8, markeredgewidth=2, label="loss spike")
 
 
-def training_figure(records: list[dict]) -> Figure | None:
+def training_figure(records: list[dict] | Curves) -> Figure | None:
     """Learning rate, gradient norm (before clipping) and throughput against steps."""
-    c = Curves.from_records(records)
+    c = records if isinstance(records, Curves) else Curves.from_records(records)
     if not c.train_step:
         return None
     fig = Figure(figsize=(11, 2.8), dpi=100, layout="constrained")

@@ -50,8 +50,8 @@ pre.block { background: #f4f6f8; padding: 10px; border-radius: 6px; }
 
 def build_report(run_dir: str | Path) -> str:
     """The HTML page for a run folder, as a string."""
-    run = read_run(run_dir)
-    if not run.records:
+    run = read_run(run_dir, curves=True)
+    if not run.metrics.events:
         raise UserError(f"{run_dir}/metrics.jsonl holds no events yet; report once training has started")
     sections = [
         _summary(run),
@@ -129,7 +129,8 @@ def _data_report_link(data: str) -> str:
 def _figure_section(title: str, kind: str, run: Run) -> str:
     from trickster.observe import plots
 
-    fig = plots.loss_figure(run.records) if kind == "loss" else plots.training_figure(run.records)
+    curves = run.metrics.curves  # thinned: a run of any length draws the same number of points
+    fig = plots.loss_figure(curves) if kind == "loss" else plots.training_figure(curves)
     if fig is None:
         return f"<h2>{_e(title)}</h2>\n<p class='muted'>Nothing logged yet.</p>"
     alt = (
@@ -139,13 +140,11 @@ def _figure_section(title: str, kind: str, run: Run) -> str:
 
 
 def _comparison(run: Run) -> str:
-    untrained = run.untrained_eval
-    evals = [r for r in run.events("eval") if r["step"] > 0]
-    if untrained is None or not evals:
+    untrained, trained = run.untrained_eval, run.metrics.last_trained_eval
+    if untrained is None or trained is None:
         return (
             "<h2>Trained versus untrained</h2>\n<p class='muted'>Needs the step-0 and a later evaluation.</p>"
         )
-    trained = evals[-1]
     prompt = run.cfg.training.sample_prompt if run.cfg else ""
 
     def column(title: str, r: dict) -> str:
@@ -169,20 +168,22 @@ def _comparison(run: Run) -> str:
 def _samples(run: Run) -> str:
     prompt = run.cfg.training.sample_prompt if run.cfg else ""
     rows = []
-    for r in run.events("eval"):
-        tokens = r.get("tokens_seen")  # stored: a resume may have changed the tokens per step
-        sample = r.get("sample")
+    # tokens seen is stored: a resume may have changed the tokens per step
+    for _, step, tokens, val_loss, sample in run.metrics.sample_rows:
         text = (
             _sample_html(sample, prompt) if sample is not None else "<span class='muted'>(no sample)</span>"
         )
         rows.append(
-            f"<tr><td class='n'>{r['step']:,}</td><td class='n'>{_num(tokens)}</td>"
-            f"<td class='n'>{r['val_loss']:.4f}</td><td><pre>{text}</pre></td></tr>"
+            f"<tr><td class='n'>{step:,}</td><td class='n'>{_num(tokens)}</td>"
+            f"<td class='n'>{val_loss:.4f}</td><td><pre>{text}</pre></td></tr>"
         )
     prompt_note = f" Prompt <code>{_e(repr(prompt))}</code> (highlighted)." if prompt.strip() else ""
+    shown, evals = len(rows), run.metrics.evals
+    thinned = f" {shown:,} of the {evals:,} evaluations, evenly spaced, the last included."
+    thinned = thinned if shown < evals else ""
     return (
         "<h2>Samples at every evaluation</h2>\n"
-        f"<p class='muted'>Temperature 0.8, the same seed each time.{prompt_note}</p>\n"
+        f"<p class='muted'>Temperature 0.8, the same seed each time.{prompt_note}{thinned}</p>\n"
         "<table><tr><th class='n'>step</th><th class='n'>tokens seen</th><th class='n'>val loss</th>"
         "<th>sample</th></tr>" + "".join(rows) + "</table>"
     )

@@ -8,23 +8,123 @@ from __future__ import annotations
 
 import functools
 import json
-import statistics
+from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from trickster.config import Config, load_config, preset_names
 from trickster.errors import UserError
-from trickster.observe.events import read_metrics
+from trickster.observe.curves import Curves
+from trickster.observe.events import iter_metrics
 from trickster.observe.status import liveness, read_status
 from trickster.train import checkpoint as ckpt
 from trickster.units import format_duration
+
+# evaluations the report's sample table keeps at most (evenly spaced; the first and last stay)
+SAMPLE_ROWS = 200
+
+
+@dataclass
+class Metrics:
+    """What `trickster runs` and `trickster report` read from metrics.jsonl, gathered in one pass,
+    one event at a time (`add`): a few events whole (the first start, the last event, the
+    untrained, best and last trained evaluations), running figures, the report's sample rows and
+    the figures' curves, each thinned to a bound. What grows with the run is 16 bytes per train
+    event: its tokens/s and ms/step, for exact medians."""
+
+    events: int = 0
+    start: dict = field(default_factory=dict)  # the first start event
+    last: dict | None = None  # the last event, whatever it is
+    step: int = 0  # the highest step of any event
+    tokens_seen: int = 0  # of the last event that carries it
+    untrained_eval: dict | None = None  # the first evaluation at step 0
+    best_eval: dict | None = None  # the first evaluation after step 0 with the lowest val_loss
+    last_trained_eval: dict | None = None  # the last evaluation after step 0
+    evals: int = 0  # eval events seen
+    # (number, step, tokens_seen, val_loss, sample) of evaluations 0, rows_every, 2 x rows_every, ...
+    # and of the last one
+    sample_rows: list[tuple] = field(default_factory=list)
+    rows_every: int = 1
+    tokens_per_sec: array = field(default_factory=lambda: array("d"))  # of every train event
+    ms_per_step: array = field(default_factory=lambda: array("d"))
+    wall_seconds: float = 0.0  # the segments a resume separates, summed
+    _segment: tuple[float, float] | None = None  # (first, last) time of the current segment
+    curves: Curves | None = None  # the figures' points, when asked for
+
+    @classmethod
+    def from_records(cls, records: Iterable[dict], curves: bool = False) -> Metrics:
+        m = cls(curves=Curves() if curves else None)
+        for r in records:
+            m.add(r)
+        return m
+
+    def add(self, r: dict) -> None:
+        self.events += 1
+        self.last, self.step = r, max(self.step, r["step"])
+        if "tokens_seen" in r:
+            self.tokens_seen = r["tokens_seen"]
+        if r["event"] == "start" and not self.start:
+            self.start = r
+        elif r["event"] == "train":  # NaN: not logged (left out of the medians)
+            self.tokens_per_sec.append(_number(r.get("tokens_per_sec")))
+            self.ms_per_step.append(_number(r.get("ms_per_step")))
+        elif r["event"] == "eval":
+            self._add_eval(r)
+        self._add_time(r)
+        if self.curves is not None:
+            self.curves.add(r)
+
+    def _add_eval(self, r: dict) -> None:
+        if r["step"] == 0 and self.untrained_eval is None:
+            self.untrained_eval = r
+        if r["step"] > 0:
+            self.last_trained_eval = r
+            best = self.best_eval
+            if r.get("val_loss") is not None and (best is None or r["val_loss"] < best["val_loss"]):
+                self.best_eval = r  # strictly lower: the first of equal losses, as min() picks
+        number, self.evals = self.evals, self.evals + 1
+        if self.sample_rows and self.sample_rows[-1][0] % self.rows_every:
+            self.sample_rows.pop()  # kept only as the last one
+        self.sample_rows.append((number, r["step"], r.get("tokens_seen"), r.get("val_loss"), r.get("sample")))
+        if len(self.sample_rows) > SAMPLE_ROWS:
+            self.rows_every *= 2
+            last = self.sample_rows[-1]
+            kept = (row for row in self.sample_rows if row[0] % self.rows_every == 0 or row is last)
+            self.sample_rows = list(kept)
+
+    def _add_time(self, r: dict) -> None:
+        if r["event"] == "resume" and self._segment is not None:
+            self.wall_seconds += self._segment[1] - self._segment[0]
+            self._segment = None
+        self._segment = (self._segment[0] if self._segment else r["time"], r["time"])
+
+    @property
+    def seconds(self) -> float:
+        """Time from the first to the last event, summed over the segments a resume separates."""
+        return self.wall_seconds + (self._segment[1] - self._segment[0] if self._segment else 0.0)
+
+    def steady_median(self, values: array) -> float | None:
+        """The median of a train event's figure. The first interval includes warm-up (and the
+        first evaluation): it is left out when there are others."""
+        logged = np.frombuffer(values, dtype=np.float64)
+        logged = logged[1:] if len(logged) > 1 else logged
+        logged = logged[~np.isnan(logged)]
+        # numpy's median of float64 is statistics.median's: the middle value, or the mean of two
+        return float(np.median(logged)) if len(logged) else None
+
+
+def _number(value) -> float:
+    return float("nan") if value is None else value
 
 
 @dataclass
 class Run:
     path: Path
     cfg: Config | None  # None when config.yaml is missing or damaged
-    records: list[dict]  # metrics.jsonl, one dict per event
+    metrics: Metrics = field(default_factory=Metrics)  # what metrics.jsonl says, in brief
     manifest: dict = field(default_factory=dict)
     checkpoints: list[tuple[Path, int]] = field(default_factory=list)  # complete ones, and their steps
     problem: str | None = None  # why part of the folder could not be read
@@ -34,16 +134,13 @@ class Run:
     def name(self) -> str:
         return self.path.resolve().name
 
-    def events(self, kind: str) -> list[dict]:
-        return [r for r in self.records if r["event"] == kind]
-
     @property
     def start(self) -> dict:
-        return next(iter(self.events("start")), {})
+        return self.metrics.start
 
     @property
     def step(self) -> int:
-        return max((r["step"] for r in self.records), default=0)
+        return self.metrics.step
 
     @property
     def max_steps(self) -> int | None:
@@ -51,9 +148,9 @@ class Run:
 
     @property
     def status(self) -> str:
-        if not self.records:
+        last = self.metrics.last
+        if last is None:
             return "unreadable" if self.problem else "empty"
-        last = self.records[-1]
         if last["event"] == "end":
             return "finished"
         if last["event"] == "stopped":
@@ -75,17 +172,16 @@ class Run:
 
     @property
     def tokens_seen(self) -> int:
-        return next((r["tokens_seen"] for r in reversed(self.records) if "tokens_seen" in r), 0)
+        return self.metrics.tokens_seen
 
     @property
     def untrained_eval(self) -> dict | None:
         """The evaluation before the first update: the untrained model of the same shape and seed."""
-        return next((r for r in self.events("eval") if r["step"] == 0), None)
+        return self.metrics.untrained_eval
 
     @property
     def best_eval(self) -> dict | None:
-        trained = [r for r in self.events("eval") if r["step"] > 0 and r.get("val_loss") is not None]
-        return min(trained, key=lambda r: r["val_loss"], default=None)
+        return self.metrics.best_eval
 
     @property
     def best_val_loss(self) -> float | None:
@@ -95,38 +191,24 @@ class Run:
     @property
     def wall_seconds(self) -> float:
         """Time from the first to the last event, summed over the segments a resume separates."""
-        total, first, last = 0.0, None, None
-        for r in self.records:
-            if r["event"] == "resume" and first is not None:
-                total += last - first
-                first = None
-            if first is None:
-                first = r["time"]
-            last = r["time"]
-        return total + (last - first if first is not None else 0.0)
+        return self.metrics.seconds
 
     @property
     def median_tokens_per_sec(self) -> float | None:
-        return self._steady_median("tokens_per_sec")
+        return self.metrics.steady_median(self.metrics.tokens_per_sec)
 
     @property
     def median_ms_per_step(self) -> float | None:
-        return self._steady_median("ms_per_step")
-
-    def _steady_median(self, key: str) -> float | None:
-        """The median of a train event's figure. The first interval includes warm-up (and the
-        first evaluation): it is left out when there are others."""
-        values = [r[key] for r in self.events("train")]
-        values = values[1:] or values
-        return statistics.median(values) if values else None
+        return self.metrics.steady_median(self.metrics.ms_per_step)
 
     @property
     def preset(self) -> str:
         return guess_preset(self.cfg) if self.cfg else "?"
 
 
-def read_run(path: str | Path) -> Run:
-    """A run folder as written by `trickster train`; a clear error if it is not one."""
+def read_run(path: str | Path, curves: bool = False) -> Run:
+    """A run folder as written by `trickster train`; a clear error if it is not one. `curves`:
+    gather the figures' points too (Run.metrics.curves)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"run folder {path} not found; pass a folder written by `trickster train`")
@@ -136,7 +218,7 @@ def read_run(path: str | Path) -> Run:
         raise UserError(
             f"{path} is not a run folder (no metrics.jsonl); pass a folder written by `trickster train`"
         )
-    return _read(path)
+    return _read(path, curves)
 
 
 def find_runs(root: str | Path) -> list[Run]:
@@ -154,7 +236,7 @@ def find_runs(root: str | Path) -> list[Run]:
         try:
             runs.append(_read(folder))
         except UserError as err:  # one damaged run does not hide the others
-            runs.append(Run(folder, None, [], problem=str(err)))
+            runs.append(Run(folder, None, problem=str(err)))
     return runs
 
 
@@ -174,9 +256,9 @@ def guess_preset(cfg: Config) -> str:
     return "custom"
 
 
-def _read(path: Path) -> Run:
+def _read(path: Path, curves: bool = False) -> Run:
     problems: list[str] = []
-    records = read_metrics(path / "metrics.jsonl", problems)
+    metrics = Metrics.from_records(iter_metrics(path / "metrics.jsonl", problems), curves)
     cfg = None
     if (path / "config.yaml").is_file():
         try:
@@ -190,7 +272,7 @@ def _read(path: Path) -> Run:
     except (OSError, ValueError):
         manifest = {}
     problem = "; ".join(problems) or None
-    return Run(path, cfg, records, manifest, _checkpoints(path), problem, read_status(path))
+    return Run(path, cfg, metrics, manifest, _checkpoints(path), problem, read_status(path))
 
 
 def _checkpoints(run_dir: Path) -> list[tuple[Path, int]]:
