@@ -128,6 +128,34 @@ def test_report_shows_the_tokens_each_evaluation_had_seen_across_a_resume_with_a
     assert tokens == ["0", "640", "3,200"]
 
 
+def test_report_of_a_run_stopped_for_non_finite_weights(tmp_path, capsys):
+    """An evaluation of non-finite weights logs val_loss and val_perplexity as null: the report
+    was a TypeError traceback (a None formatted as a number)."""
+    records = [
+        {"event": "start", "step": 0, "time": 0.0, "tokens_per_step": 8},
+        {"event": "eval", "step": 0, "time": 1.0, "val_loss": 4.0, "val_perplexity": 54.6, "tokens_seen": 0},
+        {
+            "event": "eval",
+            "step": 5,
+            "time": 2.0,
+            "val_loss": None,
+            "val_perplexity": None,
+            "tokens_seen": 40,
+        },
+        {"event": "stopped", "step": 5, "time": 3.0, "reason": "non-finite"},
+    ]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert main(["report", str(run)]) == 0
+    page = (run / "report.html").read_text()
+    comparison = page.split("<h2>Trained versus untrained</h2>")[1].split("<h2>")[0]
+    assert "<b>4.0000</b>" in comparison and "<b>not finite</b>, perplexity <b>not finite</b>" in comparison
+    samples = page.split("<h2>Samples at every evaluation</h2>")[1].split("<h2>")[0]
+    assert "<td class='n'>5</td><td class='n'>40</td><td class='n'>not finite</td>" in samples
+    assert "stopped (non-finite)" in page
+
+
 def test_report_writes_into_the_run_folder_by_default(trained_run, tmp_path):
     copy = Path(shutil.copytree(trained_run, tmp_path / "copy"))
     assert main(["report", str(copy)]) == 0

@@ -2,8 +2,8 @@
 
 Kept apart from plots.py so that reading a run (`trickster runs`, the training loop's sinks) does
 not load matplotlib. However long the run, a curve keeps at most MAX_POINTS train points and
-MAX_POINTS validation points (plus the few it pins: the untrained, the best and the last
-evaluation), so keeping and drawing them costs the same at step 100 and at step 10 million.
+MAX_POINTS validation points (the untrained, the best and the last evaluation always among them),
+so keeping and drawing them costs the same at step 100 and at step 10 million.
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ pre.block { background: #f4f6f8; padding: 10px; border-radius: 6px; }
 
 def build_report(run_dir: str | Path) -> str:
     """The HTML page for a run folder, as a string."""
-    run = read_run(run_dir, curves=True)
+    run = read_run(run_dir, for_report=True)
     if not run.metrics.events:
         raise UserError(f"{run_dir}/metrics.jsonl holds no events yet; report once training has started")
     sections = [
@@ -96,7 +96,7 @@ def _summary(run: Run) -> str:
         ("steps", steps),
         ("tokens seen", f"{run.tokens_seen:,}"),
         ("best val loss", f"{best['val_loss']:.4f} (step {best['step']:,})" if best else "n/a"),
-        ("untrained val loss", f"{untrained['val_loss']:.4f}" if untrained else "n/a"),
+        ("untrained val loss", _finite(untrained["val_loss"], 4) if untrained else "n/a"),
         ("wall time", format_duration(run.wall_seconds)),
         ("device", run.start.get("device") or run.manifest.get("device", "?")),
     ]
@@ -151,8 +151,8 @@ def _comparison(run: Run) -> str:
         sample = r.get("sample")
         text = _sample_html(sample, prompt) if sample is not None else "<span class='muted'>no sample</span>"
         return (
-            f"<div><h3>{_e(title)}</h3><p>validation loss <b>{r['val_loss']:.4f}</b>, perplexity "
-            f"<b>{r['val_perplexity']:.2f}</b></p><pre>{text}</pre></div>"
+            f"<div><h3>{_e(title)}</h3><p>validation loss <b>{_finite(r['val_loss'], 4)}</b>, perplexity "
+            f"<b>{_finite(r['val_perplexity'], 2)}</b></p><pre>{text}</pre></div>"
         )
 
     return (
@@ -175,7 +175,7 @@ def _samples(run: Run) -> str:
         )
         rows.append(
             f"<tr><td class='n'>{step:,}</td><td class='n'>{_num(tokens)}</td>"
-            f"<td class='n'>{val_loss:.4f}</td><td><pre>{text}</pre></td></tr>"
+            f"<td class='n'>{_finite(val_loss, 4)}</td><td><pre>{text}</pre></td></tr>"
         )
     prompt_note = f" Prompt <code>{_e(repr(prompt))}</code> (highlighted)." if prompt.strip() else ""
     shown, evals = len(rows), run.metrics.evals
@@ -260,6 +260,11 @@ def _num(value, digits: int | None = None) -> str:
     if value is None:
         return "?"
     return f"{value:,.{digits}f}" if digits is not None else f"{value:,}"
+
+
+def _finite(value: float | None, digits: int) -> str:
+    """A loss or perplexity; None is what an evaluation of non-finite weights logs."""
+    return "not finite" if value is None else f"{value:.{digits}f}"
 
 
 def _table(rows: list[tuple[str, str]]) -> str:

@@ -31,9 +31,10 @@ SAMPLE_ROWS = 200
 class Metrics:
     """What `trickster runs` and `trickster report` read from metrics.jsonl, gathered in one pass,
     one event at a time (`add`): a few events whole (the first start, the last event, the
-    untrained, best and last trained evaluations), running figures, the report's sample rows and
-    the figures' curves, each thinned to a bound. What grows with the run is 16 bytes per train
-    event: its tokens/s and ms/step, for exact medians."""
+    untrained, best and last trained evaluations), running figures, and the report's sample rows,
+    thinned to a bound. For the report (`for_report`), also the figures' curves, thinned to a bound,
+    and every train event's tokens/s and ms/step for their exact medians: 16 bytes per train event,
+    the one thing that grows with the run."""
 
     events: int = 0
     start: dict = field(default_factory=dict)  # the first start event
@@ -48,15 +49,17 @@ class Metrics:
     # and of the last one
     sample_rows: list[tuple] = field(default_factory=list)
     rows_every: int = 1
-    tokens_per_sec: array = field(default_factory=lambda: array("d"))  # of every train event
-    ms_per_step: array = field(default_factory=lambda: array("d"))
+    tokens_per_sec: array | None = None  # of every train event, for the report
+    ms_per_step: array | None = None
     wall_seconds: float = 0.0  # the segments a resume separates, summed
     _segment: tuple[float, float] | None = None  # (first, last) time of the current segment
-    curves: Curves | None = None  # the figures' points, when asked for
+    curves: Curves | None = None  # the figures' points, for the report
 
     @classmethod
-    def from_records(cls, records: Iterable[dict], curves: bool = False) -> Metrics:
-        m = cls(curves=Curves() if curves else None)
+    def from_records(cls, records: Iterable[dict], for_report: bool = False) -> Metrics:
+        m = cls()
+        if for_report:
+            m.curves, m.tokens_per_sec, m.ms_per_step = Curves(), array("d"), array("d")
         for r in records:
             m.add(r)
         return m
@@ -68,7 +71,7 @@ class Metrics:
             self.tokens_seen = r["tokens_seen"]
         if r["event"] == "start" and not self.start:
             self.start = r
-        elif r["event"] == "train":  # NaN: not logged (left out of the medians)
+        elif r["event"] == "train" and self.tokens_per_sec is not None:  # NaN: not logged
             self.tokens_per_sec.append(_number(r.get("tokens_per_sec")))
             self.ms_per_step.append(_number(r.get("ms_per_step")))
         elif r["event"] == "eval":
@@ -106,14 +109,17 @@ class Metrics:
         """Time from the first to the last event, summed over the segments a resume separates."""
         return self.wall_seconds + (self._segment[1] - self._segment[0] if self._segment else 0.0)
 
-    def steady_median(self, values: array) -> float | None:
+    @staticmethod
+    def steady_median(values: array | None) -> float | None:
         """The median of a train event's figure. The first interval includes warm-up (and the
-        first evaluation): it is left out when there are others."""
+        first evaluation): it is left out when there are others. NaN: not logged, left out."""
+        if values is None:
+            raise ValueError("the medians are gathered by read_run(..., for_report=True)")
         logged = np.frombuffer(values, dtype=np.float64)
         logged = logged[1:] if len(logged) > 1 else logged
-        logged = logged[~np.isnan(logged)]
+        logged = logged[~np.isnan(logged)]  # a copy, which the median may reorder
         # numpy's median of float64 is statistics.median's: the middle value, or the mean of two
-        return float(np.median(logged)) if len(logged) else None
+        return float(np.median(logged, overwrite_input=True)) if len(logged) else None
 
 
 def _number(value) -> float:
@@ -206,9 +212,9 @@ class Run:
         return guess_preset(self.cfg) if self.cfg else "?"
 
 
-def read_run(path: str | Path, curves: bool = False) -> Run:
-    """A run folder as written by `trickster train`; a clear error if it is not one. `curves`:
-    gather the figures' points too (Run.metrics.curves)."""
+def read_run(path: str | Path, for_report: bool = False) -> Run:
+    """A run folder as written by `trickster train`; a clear error if it is not one. `for_report`:
+    gather what only the report shows too (the figures' curves, the medians)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"run folder {path} not found; pass a folder written by `trickster train`")
@@ -218,7 +224,7 @@ def read_run(path: str | Path, curves: bool = False) -> Run:
         raise UserError(
             f"{path} is not a run folder (no metrics.jsonl); pass a folder written by `trickster train`"
         )
-    return _read(path, curves)
+    return _read(path, for_report)
 
 
 def find_runs(root: str | Path) -> list[Run]:
@@ -256,9 +262,9 @@ def guess_preset(cfg: Config) -> str:
     return "custom"
 
 
-def _read(path: Path, curves: bool = False) -> Run:
+def _read(path: Path, for_report: bool = False) -> Run:
     problems: list[str] = []
-    metrics = Metrics.from_records(iter_metrics(path / "metrics.jsonl", problems), curves)
+    metrics = Metrics.from_records(iter_metrics(path / "metrics.jsonl", problems), for_report)
     cfg = None
     if (path / "config.yaml").is_file():
         try:
