@@ -51,7 +51,7 @@ class Metrics:
     rows_every: int = 1
     tokens_per_sec: array | None = None  # of every train event, for the report
     ms_per_step: array | None = None
-    wall_seconds: float = 0.0  # the segments a resume separates, summed
+    ended_segments: float = 0.0  # seconds of the segments before the last resume, summed
     _segment: tuple[float, float] | None = None  # (first, last) time of the current segment
     curves: Curves | None = None  # the figures' points, for the report
 
@@ -100,14 +100,14 @@ class Metrics:
 
     def _add_time(self, r: dict) -> None:
         if r["event"] == "resume" and self._segment is not None:
-            self.wall_seconds += self._segment[1] - self._segment[0]
+            self.ended_segments += self._segment[1] - self._segment[0]
             self._segment = None
         self._segment = (self._segment[0] if self._segment else r["time"], r["time"])
 
     @property
-    def seconds(self) -> float:
+    def wall_seconds(self) -> float:
         """Time from the first to the last event, summed over the segments a resume separates."""
-        return self.wall_seconds + (self._segment[1] - self._segment[0] if self._segment else 0.0)
+        return self.ended_segments + (self._segment[1] - self._segment[0] if self._segment else 0.0)
 
     @staticmethod
     def steady_median(values: array | None) -> float | None:
@@ -197,7 +197,7 @@ class Run:
     @property
     def wall_seconds(self) -> float:
         """Time from the first to the last event, summed over the segments a resume separates."""
-        return self.metrics.seconds
+        return self.metrics.wall_seconds
 
     @property
     def median_tokens_per_sec(self) -> float | None:
