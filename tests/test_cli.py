@@ -99,6 +99,8 @@ def test_generate_streams_a_continuation_of_the_prompt(tmp_path, shakespeare_dir
     shown = capsys.readouterr().out
     assert "tied to the embedding" in shown
     info = json.loads((run / "checkpoints" / "best" / "info.json").read_text())
+    # the losses rounded as the training log prints them
+    assert f"val loss {info['val_loss']:.4f}, best {info['best_val_loss']:.4f})" in shown
     assert f"tokenizer sha256 {info['tokenizer_fingerprint']}" in shown
     assert f"data sha256 {info['data_fingerprint']}" in shown
     assert f"torch {torch.__version__}" in shown and f"git: {info['manifest']['git_sha']}" in shown

@@ -135,6 +135,11 @@ def train_command(source: ConfigSource, resume: bool = False, progress: bool | N
     return 0
 
 
+def _loss(value: float | None) -> str:
+    """A loss as the training log prints it (4 decimals), or n/a before any evaluation."""
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def generate_hint(run_dir: Path, prompt: str) -> str:
     """The `trickster generate` line to paste next, quoted for a shell: the run's sample prompt
     exactly (a trailing space or a quote in it survives), or none when it is only whitespace."""
@@ -291,8 +296,8 @@ def info_command(source: ConfigSource, checkpoint: str | None = None) -> None:
     print(f"training FLOPs per token (context {cfg.seq_len}): {fpt:,}")
     if info:
         print(
-            f"checkpoint: {loaded.path} (step {info['step']}, val loss {info.get('val_loss')}, "
-            f"best {info.get('best_val_loss')})"
+            f"checkpoint: {loaded.path} (step {info['step']}, val loss {_loss(info.get('val_loss'))}, "
+            f"best {_loss(info.get('best_val_loss'))})"
         )
         if info.get("init_from"):  # a fine-tune: the checkpoint it started from
             origin = info["init_from"]
