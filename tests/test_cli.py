@@ -128,6 +128,21 @@ def test_overrides_stand_anywhere_on_the_line_and_flags_win():
     ]
 
 
+def test_integer_options_take_big_numbers_as_people_write_them(capsys):
+    """As integer config settings do (units.whole_number): 1e4 on the command line is 10000."""
+    from trickster.cli import build_parser, parse
+
+    line = "serve run --port 8e3 --max-batch 3.2e1 --max-loaded-models 4.0"
+    args = parse(build_parser(), line.split())
+    assert (args.port, args.max_batch, args.max_loaded_models) == (8000, 32, 4)
+    assert parse(build_parser(), "eval run --max-tokens 1e6 --batch-size 16".split()).max_tokens == 1_000_000
+    with pytest.raises(SystemExit) as exit_info:
+        parse(build_parser(), "quickstart --steps 1.5e0".split())
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--steps" in err and "'1.5e0'" in err and "whole number" in err and len(err.splitlines()) == 1
+
+
 def test_info_reads_overrides_on_both_sides_of_an_option(capsys):
     assert main(["info", "model_config.hidden_dim=64", "--preset", "tiny", "model_config.num_layers=3"]) == 0
     assert "model: hidden 64, 3 layers" in capsys.readouterr().out

@@ -1,11 +1,11 @@
 """`trickster data|train|generate|compare|eval|info|export|import|plan|report|runs|serve|quickstart`.
 
-Parsed here and only here: each `_add_NAME` builds one command's parser and names its function in
-commands.py (`set_defaults(run="train_command")`), whose parameters are filled by name from the
-parsed options (a dataclass parameter from the options named like its fields). `_check` checks
-every value first. A new command: its function, an `_add_NAME` and a line in `build_parser`.
-`section.key=value` overrides may stand anywhere after the command. A UserError is one line on
-stderr and exit status 2. commands.py (and torch) loads only when a command runs: --help is fast.
+The command line's options are declared in cli_parser.py; here they are checked (`_check`, every
+value before anything is read or written) and handed to commands.py, whose functions' parameters
+are filled by name from the parsed options (a dataclass parameter from the options named like its
+fields). `section.key=value` overrides may stand anywhere after the command. A UserError is one
+line on stderr and exit status 2. commands.py (and torch) loads only when a command runs: --help
+is fast.
 """
 
 from __future__ import annotations
@@ -17,11 +17,8 @@ import math
 import sys
 from collections.abc import Callable
 
+from trickster.cli_parser import build_parser
 from trickster.errors import UserError
-from trickster.serve import limits  # imports nothing: --help stays fast
-
-TOKENIZER_CHOICES = ("char", "byte", "bpe", "gpt2")
-DEVICES = ("auto", "cpu", "cuda", "mps")
 
 # Bounds on numeric options: (argparse dest, test, message); each applies to every command that has it.
 _BOUNDS: list[tuple[str, Callable[[float], bool], str]] = [
@@ -31,7 +28,6 @@ _BOUNDS: list[tuple[str, Callable[[float], bool], str]] = [
     ("temperature", lambda v: 0 <= v < math.inf, "--temperature must be >= 0 and finite (got {})"),
     ("top_k", lambda v: v >= 1, "--top-k must be >= 1 (got {})"),
     ("top_p", lambda v: 0 < v <= 1, "--top-p must be in (0, 1] (got {})"),
-    ("seed", lambda v: -(2**63) <= v < 2**63, "--seed must fit in 64 bits, -2**63 to 2**63 - 1 (got {})"),
     ("max_tokens", lambda v: v >= 1, "--max-tokens must be >= 1 (got {})"),
     ("batch_size", lambda v: v >= 1, "--batch-size must be >= 1 (got {})"),
     ("steps", lambda v: v >= 1, "--steps must be at least 1 (got {})"),
@@ -42,35 +38,6 @@ _NEEDS_CONFIG = {
     "train": "choose a model: --preset tiny|nano|... or --config FILE.yaml",
     "plan": "choose what to plan: --preset NAME or --config FILE",
 }
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line instead of usage + message
-        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="trickster", description="Train a small language model from scratch, watch it learn, use it."
-    )
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (
-        _add_data,
-        _add_train,
-        _add_generate,
-        _add_compare,
-        _add_eval,
-        _add_info,
-        _add_plan,
-        _add_report,
-        _add_runs,
-        _add_export,
-        _add_import,
-        _add_serve,
-        _add_quickstart,
-    ):
-        add(commands)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,307 +115,6 @@ def _call(args: argparse.Namespace) -> int:
             kwargs[name] = getattr(args, name)
     code = function(**kwargs)  # an exit status, or what the library returns (a path) for success
     return code if isinstance(code, int) else 0
-
-
-class _SetsKey(argparse.Action):
-    """An option that stands for a config override: `--data DIR` is data_config.path=DIR."""
-
-    def __init__(self, option_strings, dest, key: str, value: str | None = None, **kwargs):
-        kwargs.setdefault("help", f"{key}={value}" if value else f"sets {key}")
-        super().__init__(option_strings, "flag_overrides", nargs=0 if value else None, default=[], **kwargs)
-        self.key, self.value = key, value
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        namespace.flag_overrides = [*namespace.flag_overrides, f"{self.key}={self.value or values}"]
-
-
-# --------------------------------------------------------------------------- data
-
-
-def _add_data(commands) -> None:
-    data = commands.add_parser("data", help="prepare a corpus into token files")
-    data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
-    _add_data_prepare(data_commands)
-    _add_data_overlap(data_commands)
-    _add_data_report(data_commands)
-
-
-def _add_data_prepare(data_commands) -> None:
-    prepare = data_commands.add_parser("prepare", help="tokenize a corpus into token shards")
-    sources = prepare.add_subparsers(dest="source", required=True, parser_class=_Parser)
-    shakespeare = sources.add_parser("shakespeare", help="Tiny Shakespeare (downloaded, SHA-256 checked)")
-    shakespeare.add_argument("--path", help="a local copy instead of downloading")
-    tinystories = sources.add_parser("tinystories", help="TinyStories from Hugging Face (streamed)")
-    tinystories.add_argument(
-        "--dataset",
-        help="another name or a local folder with train and validation splits (default: the hub's)",
-    )
-    hf = sources.add_parser("hf", help="any Hugging Face dataset (streamed), or a local copy of one")
-    hf.add_argument(
-        "dataset", metavar="DATASET", help="hub name (HuggingFaceFW/fineweb-edu) or a local folder"
-    )
-    hf.add_argument("--config", help="the dataset's configuration (subset), e.g. sample-10BT")
-    hf.add_argument("--split", default="train", help="split to read (default train)")
-    text = sources.add_parser("text", help="local UTF-8 files, folders or glob patterns")
-    text.add_argument("paths", nargs="+", metavar="PATH")
-    sources.add_parser("python-stdlib", help="the running Python's standard library (always offline)")
-    jsonl = sources.add_parser(
-        "jsonl", help="JSON lines: a text field, records joined by a template, or prompt/response records"
-    )
-    jsonl.add_argument("paths", nargs="+", metavar="FILE")
-    jsonl.add_argument(
-        "--format",
-        dest="record_format",
-        choices=("prompt-response",),
-        help="prompt-response (the default without --text-field/--template): the loss covers each "
-        "response, never its prompt",
-    )
-    jsonl.add_argument("--template", help='join each record into one document, e.g. "{prompt}\\n{response}"')
-    parquet = sources.add_parser("parquet", help="local Parquet files (streamed by record batch)")
-    parquet.add_argument("paths", nargs="+", metavar="FILE")
-    for source in (hf, jsonl, parquet):
-        source.add_argument("--text-field", help="the field holding the text (default text)")
-    for source in sources.choices.values():
-        _add_prepare_options(source)
-        source.set_defaults(run="prepare_data", text_field=None, template=None)
-
-
-def _add_prepare_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tokenizer", choices=TOKENIZER_CHOICES, help="build a new one (default char)")
-    parser.add_argument(
-        "--vocab-size", type=int, metavar="N", help="bpe: the vocabulary to train up to (default 4096)"
-    )
-    parser.add_argument(
-        "--tokenizer-from",
-        metavar="RUN_DIR|CHECKPOINT|FILE",
-        help="use a model's tokenizer instead (to fine-tune that model on this data)",
-    )
-    parser.add_argument("--out", help="output folder (default data/SOURCE-TOKENIZER)")
-    parser.add_argument("--val-fraction", type=float, default=0.1)
-    parser.add_argument("--workers", type=int, help="tokenizing processes (default: one per CPU)")
-    parser.add_argument("--shard-tokens", type=int, help="tokens per shard file (default 100,000,000)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    dedup = "near-copies: group keeps them on their first copy's side of the split (default), near drops "
-    dedup += "them, exact does not look for them (fastest); exact copies are dropped in every mode"
-    # --dedup, --near-dup-threshold and --keep-duplicates make prepare_data's DedupSettings
-    parser.add_argument(
-        "--dedup", dest="mode", choices=("group", "near", "exact"), default="group", help=dedup
-    )
-    similar = "Jaccard similarity of 5-word shingles from which documents are near-copies, in (0, 1] (0.8)"
-    parser.add_argument(
-        "--near-dup-threshold", dest="threshold", type=float, default=0.8, metavar="J", help=similar
-    )
-    parser.add_argument(
-        "--keep-duplicates", action="store_true", help="keep exact copies (on their first copy's side)"
-    )
-
-
-def _add_data_overlap(data_commands) -> None:
-    overlap = data_commands.add_parser("overlap", help="how much of a text the training split already holds")
-    overlap.add_argument("folder", metavar="DIR", help="a prepared data folder")
-    overlap.add_argument(
-        "--text", dest="text_file", required=True, metavar="FILE", help="a UTF-8 text (an eval set, prompts)"
-    )
-    overlap.set_defaults(run="data_overlap")
-
-
-def _add_data_report(data_commands) -> None:
-    report = data_commands.add_parser("report", help="what to know about a prepared data folder")
-    report.add_argument("folder", metavar="DIR", help="a prepared data folder")
-    report.add_argument(
-        "--html", nargs="?", const="", metavar="FILE", help="also write a page (default DIR/report.html)"
-    )
-    report.set_defaults(run="data_report")
-
-
-# --------------------------------------------------------------------------- train, info, plan
-
-
-def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--preset", help="a built-in preset: tiny, nano, mini, midi, mega, gpt2-small")
-    group.add_argument("--config", help="a YAML config file")
-    _add_overrides(parser, "override any config key, e.g. training_config.max_steps=200")
-
-
-def _add_overrides(parser: argparse.ArgumentParser, text: str) -> None:
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=text + " (anywhere on the line)")
-    parser.set_defaults(flag_overrides=[])  # what _SetsKey options add, which win over KEY=VALUE
-
-
-def _add_train(commands) -> None:
-    train = commands.add_parser("train", help="train a model from random weights (or fine-tune: init_from)")
-    _add_config_args(train)
-    train.add_argument("--data", action=_SetsKey, key="data_config.path", metavar="DIR")
-    train.add_argument("--out", action=_SetsKey, key="logging_config.output_dir", metavar="DIR")
-    train.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
-    train.add_argument(
-        "--no-progress", dest="progress", action="store_const", const=False, help="log lines, no bar"
-    )
-    precision = train.add_mutually_exclusive_group()  # the tutorial's --fp16, and its bf16 twin
-    dtype = "device_config.dtype"
-    precision.add_argument("--fp16", action=_SetsKey, key=dtype, value="float16")
-    precision.add_argument("--bf16", action=_SetsKey, key=dtype, value="bfloat16")
-    train.add_argument("--compile", action=_SetsKey, key="device_config.compile", value="true")
-    train.set_defaults(run="train_command")
-
-
-def _add_info(commands) -> None:
-    info = commands.add_parser("info", help="parameter breakdown and FLOPs per token")
-    _add_config_args(info)
-    info.add_argument("--checkpoint", metavar="RUN_DIR|CHECKPOINT")
-    info.set_defaults(run="info_command")
-
-
-def _add_plan(commands) -> None:
-    plan = commands.add_parser("plan", help="memory, FLOPs, token budget and a measured time estimate")
-    _add_config_args(plan)
-    plan.add_argument("--tokens", help="also estimate the time for this many tokens (e.g. 5000000, 5M, 2e9)")
-    plan.add_argument(
-        "--device", choices=DEVICES, help="device to plan and benchmark on (default: device_config.device)"
-    )
-    plan.add_argument(
-        "--processes",
-        type=int,
-        default=1,
-        help="training processes (GPUs) under torchrun; FSDP shards over them",
-    )
-    plan.add_argument(
-        "--no-bench", dest="bench", action="store_false", help="the formulas only: time no steps"
-    )
-    plan.set_defaults(run="plan_command")
-
-
-# --------------------------------------------------------------------------- generate, compare, eval
-
-
-def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
-    parser.add_argument("--prompt", default="\n", help="text to continue")
-    parser.add_argument("--max-new-tokens", type=int, default=300)
-    parser.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--top-p", type=float, default=None)
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--device", default="cpu", choices=DEVICES)
-
-
-def _add_generate(commands) -> None:
-    gen = commands.add_parser("generate", help="generate text from a run or checkpoint")
-    _add_sampling_args(gen)
-    gen.add_argument("--untrained", action="store_true", help="a freshly initialised model of the same shape")
-    gen.add_argument(
-        "--no-cache", dest="use_cache", action="store_false", help="recompute the whole window every token"
-    )
-    gen.set_defaults(run="generate_command")
-
-
-def _add_compare(commands) -> None:
-    compare = commands.add_parser("compare", help="trained and untrained samples side by side")
-    _add_sampling_args(compare)
-    compare.add_argument("--data", help="data folder for the validation losses (default: the run's)")
-    compare.set_defaults(run="compare_command")
-
-
-def _add_eval(commands) -> None:
-    ev = commands.add_parser("eval", help="loss, perplexity and bits per byte on held-out text")
-    ev.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
-    source = ev.add_mutually_exclusive_group()
-    source.add_argument(
-        "--data", metavar="DIR", help="a prepared data folder: its val split (default: the run's)"
-    )
-    source.add_argument("--text", metavar="FILE", help="a UTF-8 text file, scored as one document")
-    ev.add_argument("--max-tokens", type=int, metavar="N", help="score at most the first N tokens")
-    ev.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
-    ev.add_argument("--device", default="auto", choices=DEVICES)
-    ev.add_argument(
-        "--json", dest="as_json", action="store_true", help="one JSON object instead of the table"
-    )
-    ev.set_defaults(run="eval_command")
-
-
-# --------------------------------------------------------------------------- runs, export, import
-
-
-def _add_report(commands) -> None:
-    report = commands.add_parser("report", help="one self-contained HTML page about a run")
-    report.add_argument("run_dir", metavar="RUN_DIR")
-    report.add_argument("--out", help="file to write (default RUN_DIR/report.html)")
-    report.set_defaults(run="report_command")
-
-
-def _add_runs(commands) -> None:
-    runs = commands.add_parser("runs", help="a table of the runs in a folder")
-    runs.add_argument("folder", nargs="?", default="runs", metavar="DIR", help="default: runs")
-    runs.set_defaults(run="runs_command")
-
-
-def _add_export(commands) -> None:
-    export = commands.add_parser("export", help="a run or checkpoint as a Hugging Face folder or GGUF file")
-    export.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
-    export.add_argument(
-        "--format",
-        dest="fmt",
-        choices=("hf", "gguf"),
-        default="hf",
-        help="hf: a transformers / vLLM folder; gguf: one llama.cpp file",
-    )
-    export.add_argument("--out", required=True, help="a new folder (hf) or file (gguf) to write")
-    export.add_argument(
-        "--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="weights dtype"
-    )
-    export.set_defaults(run="export_command")
-
-
-def _add_import(commands) -> None:
-    imp = commands.add_parser("import", help="turn a local Hugging Face Llama folder into a run")
-    import_sources = imp.add_subparsers(dest="source", required=True, parser_class=_Parser)
-    import_hf = import_sources.add_parser("hf", help="a folder written by save_pretrained()")
-    import_hf.add_argument("path", metavar="DIR", help="config.json, model.safetensors, tokenizer.json")
-    import_hf.add_argument("--out", required=True, help="the new run folder")
-    import_hf.set_defaults(run="import_command")
-
-
-# --------------------------------------------------------------------------- serve, quickstart
-
-
-def _add_serve(commands) -> None:
-    serve = commands.add_parser("serve", help="an OpenAI-compatible API and a playground page for a run")
-    serve.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="default 8000; 0 picks a free one")
-    serve.add_argument("--device", default="auto", choices=DEVICES)
-    serve.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on /v1")
-    serve.add_argument(
-        "--checkpoints",
-        metavar="NAMES",
-        help="comma-separated, e.g. best,step_000500,untrained (default: all of the run's and untrained)",
-    )
-    serve.add_argument(
-        "--chat-template", metavar="FILE", help="a Jinja chat template for /v1/chat/completions"
-    )
-    serve.add_argument(
-        "--max-batch", type=int, default=limits.MAX_BATCH, help="sequences decoded together per model"
-    )
-    serve.add_argument(
-        "--max-loaded-models",
-        type=int,
-        default=limits.MAX_LOADED_MODELS,
-        help=f"models held in memory (default {limits.MAX_LOADED_MODELS})",
-    )
-    serve.set_defaults(run="serve_command")
-
-
-def _add_quickstart(commands) -> None:
-    quick = commands.add_parser("quickstart", help="prepare data, train `tiny`, compare with untrained")
-    quick.add_argument("--path", help="a local copy of Tiny Shakespeare")
-    quick.add_argument("--steps", type=int, default=1500, help="training steps (default 1500)")
-    quick.add_argument("--out", default="runs/quickstart", help="run folder (a new one if taken)")
-    quick.add_argument(
-        "--max-new-tokens", type=int, default=250, help="length of the two samples compared (default 250)"
-    )
-    _add_overrides(quick, "override the tiny preset, e.g. training_config.batch_size=8")
-    quick.set_defaults(run="quickstart")
 
 
 if __name__ == "__main__":
