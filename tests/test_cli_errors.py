@@ -1218,6 +1218,12 @@ CASES = [
     case(
         "prepare-hf-offline-or-unknown", _hf_offline, "could not open dataset 'no-such-user/no-such-dataset'"
     ),
+    case(
+        "prepare-tinystories-offline",
+        lambda env: [*_hf_offline(env)[:2], "tinystories", "--out", str(env.tmp / "o")],
+        "could not open dataset 'roneneldan/TinyStories'",
+        "pass its folder with --dataset FOLDER",
+    ),
     case("prepare-hf-no-text-field", _hf_saved, "has no field 'text'", "(it has: content)", "--text-field"),
     case(
         "prepare-hf-no-such-split",

@@ -87,6 +87,9 @@ def _open_hf(dataset: str, config: str | None, split: str, name: str):
         "check the name (and --config/--split) on huggingface.co/datasets and your connection, "
         "or pass a local folder",
     )
+    if name == "tinystories" and not where.is_dir():  # from the hub: offline is the usual cause
+        offline = "check your connection, or download it elsewhere and pass its folder with --dataset FOLDER"
+        fix = f"{offline}; {fix}"
     try:
         if where.is_dir() and any(
             (where / f).is_file() for f in ("dataset_dict.json", "dataset_info.json", "state.json")
