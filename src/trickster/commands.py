@@ -29,6 +29,7 @@ from trickster.options import ConfigSource, EvalOptions, PrepareOptions, Samplin
 from trickster.serve.limits import MAX_BATCH, MAX_LOADED_MODELS
 from trickster.train import checkpoint as ckpt
 from trickster.train import dist
+from trickster.train.console import QUIET_LEVELS
 from trickster.train.device import resolve_device, resolve_precision
 from trickster.train.loop import train
 from trickster.train.resume import run_dir_in_use
@@ -126,7 +127,7 @@ def train_command(source: ConfigSource, resume: bool = False, progress: bool | N
         dist.shutdown()
     if result.exit_signal is not None:
         return 128 + int(result.exit_signal)
-    if not speaks:
+    if not speaks or result.cfg.logging.log_level in QUIET_LEVELS:  # warning/error: errors only
         return 0
     best = result.state.best_loss_seen
     shown = "n/a" if best is None else f"{best:.4f}"
