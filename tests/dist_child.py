@@ -20,7 +20,8 @@ FAULT:
     hang-at-step:N
                   rank 1 stops answering (sleeps) at its Nth training step
     term-at-step:N
-                  rank 1 alone receives SIGTERM during its Nth training step
+                  rank 1 alone receives SIGTERM during its Nth training step (and rank 0 takes
+                  1.5 s to write the "stopped" event)
 
 The faults are injected here, in the test, so the product code carries no hooks.
 """
@@ -38,6 +39,7 @@ import torch
 from trickster import cli
 from trickster.data import loader
 from trickster.model import generate as generate_module
+from trickster.observe import events
 from trickster.train import dist, loop, optim
 
 SPIKED_STEPS = {15, 16}  # step indices whose learning rate the "spike" fault multiplies by 100, once
@@ -105,6 +107,8 @@ def install(fault: str) -> None:
         _die_in_save(int(fault.split(":")[1]))
     elif fault.startswith(("hang-at-step:", "term-at-step:")) and rank1:
         _at_step(int(fault.split(":")[1]), hang=fault.startswith("hang"))
+    elif fault.startswith("term-at-step:"):
+        _slow_to_write("stopped")
     elif not fault.startswith(("stop-token:", "die-in-save:", "hang-at-step:", "term-at-step:")):
         raise SystemExit(f"unknown fault {fault!r}")
 
@@ -121,6 +125,19 @@ def _die_in_save(n: int) -> None:
         return original(*args, **kwargs)
 
     dist.save_sharded_optimizer = dying
+
+
+def _slow_to_write(event: str, seconds: float = 1.5) -> None:
+    """Rank 0 takes `seconds` to write `event` to metrics.jsonl, as on a loaded machine or a slow
+    file system."""
+    original = events.MetricsLog.write
+
+    def write(self, name, *args, **kwargs):
+        if name == event:
+            time.sleep(seconds)
+        return original(self, name, *args, **kwargs)
+
+    events.MetricsLog.write = write
 
 
 def _at_step(n: int, hang: bool) -> None:

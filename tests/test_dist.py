@@ -331,7 +331,9 @@ def test_a_dead_process_ends_the_job(shakespeare_dir, tmp_path):
 
 def test_sigterm_to_one_process_stops_every_process_after_the_same_step(shakespeare_dir, tmp_path):
     """SIGTERM reaches rank 1 alone during step 5 (tests/dist_child.py): the stop flag travels in the
-    step's all-reduce, so both processes stop after step 5 and save its FSDP2 checkpoint together."""
+    step's all-reduce, so both processes stop after step 5 and save its FSDP2 checkpoint together.
+    Rank 1 exits with 143, which ends the others under torchrun (and here), before rank 0, slow to
+    write (1.5 s), has said how the run stopped: the processes exit together."""
     run_dir = tmp_path / "run"
     cfg = config(shakespeare_dir, run_dir, batch_size=4, enable_fsdp=True, timeout_s=60)
     result = forked_job(cfg, tmp_path, fault="term-at-step:5")

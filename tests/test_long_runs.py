@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 import types
 from pathlib import Path
@@ -270,3 +271,26 @@ def test_runs_shows_a_live_run_as_running_and_a_killed_one_as_stopped(shakespear
     child.wait(timeout=60)
     assert main(["runs", str(tmp_path)]) == 0
     assert capsys.readouterr().out.splitlines()[1].endswith("stopped (process died)")
+
+
+def test_a_run_writing_to_a_log_file_shows_each_line_as_it_happens(shakespeare_dir, tmp_path):
+    """`trickster train ... > train.log` (stdout a pipe or file: block-buffered): the line of step 3
+    is in the log while the run is a few steps further, not 8 KB (about 100 step lines) later."""
+    training = {"max_steps": 100000, "log_every": 1, "eval_every": 100000, "save_every": 100000}
+    cfg = micro_config(shakespeare_dir, tmp_path / "run", training_config={**training, "sample_tokens": 0})
+    save_config(cfg, tmp_path / "run.yaml")
+    child = children.Child("trickster", "train", "--config", str(tmp_path / "run.yaml"), "--no-progress")
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(child.stdout), daemon=True)
+    reader.start()
+    metrics, deadline = tmp_path / "run" / "metrics.jsonl", time.monotonic() + 120
+    try:
+        while not any(line.startswith("step      3: train loss") for line in lines):
+            assert child.poll() is None and time.monotonic() < deadline, f"the log holds only {lines}"
+            time.sleep(0.01)
+        written = metrics.read_text().splitlines()  # the last line may be half written
+        trained = [json.loads(line)["step"] for line in written if '"train"' in line and line.endswith("}")]
+    finally:
+        child.kill()
+        child.wait(timeout=60)
+    assert 3 <= max(trained) < 40

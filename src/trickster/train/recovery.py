@@ -52,6 +52,9 @@ def stopped(trainer: Trainer) -> TrainResult:
         f"stopped by {name} at step {trainer.state.step}; saved "
         f"checkpoints/{ckpt.step_name(trainer.state.step)} (continue with --resume)"
     )
+    # the processes exit with 128 + signal, an error to torchrun, which then ends the others:
+    # none exits before the first has written how the run stopped
+    dist.barrier(trainer.job)
     return trainer.result(received)
 
 
