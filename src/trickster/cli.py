@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import io
 import math
 import sys
 from collections.abc import Callable
@@ -41,6 +42,10 @@ _NEEDS_CONFIG = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    # a line at a time into a pipe or a log file too, as on a terminal: block-buffered, `tail -f
+    # train.log` showed nothing for ~100 step lines, and a process ended by a signal lost its last ones
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
     parser = build_parser()
     args = parse(parser, argv)
     try:

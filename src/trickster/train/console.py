@@ -15,13 +15,6 @@ from tqdm import tqdm
 QUIET_LEVELS = ("warning", "error")
 
 
-def say(text: str) -> None:
-    """A line on stdout at once: a log file (`> train.log`, nohup, torchrun's) is block-buffered,
-    so `tail -f` would show nothing for hundreds of steps, and a process ended by a signal would
-    lose its last lines."""
-    print(text, flush=True)
-
-
 class Console:
     def __init__(self, echo: Callable[[str], object], level: str, speaks: bool, progress: bool | None):
         self.speaks = speaks and level not in QUIET_LEVELS

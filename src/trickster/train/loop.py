@@ -30,7 +30,7 @@ from trickster.train import checkpoint as ckpt
 from trickster.train import dist, setup
 from trickster.train.batches import DeviceBatches
 from trickster.train.budget import Clock
-from trickster.train.console import Console, say
+from trickster.train.console import Console
 from trickster.train.device import (
     Peak,
     apply_process_settings,
@@ -59,7 +59,7 @@ from trickster.train.validate import evaluate, pooled_loss, sample_due, sample_t
 
 
 def train(
-    cfg: Config, resume: bool | str | None = None, progress: bool | None = None, echo=say
+    cfg: Config, resume: bool | str | None = None, progress: bool | None = None, echo=print
 ) -> TrainResult:
     """`resume`: True (continue, a checkpoint must exist), "auto", False; None takes
     training_config.resume. Threads, TF32 flags and random generators are restored on return; the
@@ -77,7 +77,7 @@ class Trainer:
         cfg: Config,
         resume=None,
         progress: bool | None = None,
-        echo=say,
+        echo=print,
         held: contextlib.ExitStack | None = None,
     ):
         """`held`: where rank 0 keeps its claim on the run folder until the run ends (train());
