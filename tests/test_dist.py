@@ -362,10 +362,12 @@ def test_a_silent_process_ends_the_job_after_timeout_s_with_one_line(shakespeare
     line = "error: another process of the job ended or stopped answering (within device_config.timeout_s=2 s)"
     assert f"{line} during a training step at step 3: Timed out" in result.stderr
     assert "no checkpoint was saved yet" in result.stderr and "Traceback" not in result.stderr
-    assert history(run_dir)[-1] | {"time": 0} == {
+    start, *_, last = history(run_dir)
+    assert last | {"time": 0} == {
         "event": "stopped",
         "step": 2,
         "time": 0,
+        "tokens_seen": 2 * start["tokens_per_step"],
         "reason": "lost-process",
         "during": "a training step",
     }

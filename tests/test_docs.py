@@ -293,8 +293,9 @@ def test_the_module_map_in_architecture_md_matches_src():
 
 
 def written_events() -> dict[str, set[str]]:
-    """Each metrics.jsonl event the training code writes (`...metrics.write("eval", step, ...)`) and
-    its fields: keywords, and the keys of a `**record` dict built in the same function."""
+    """Each metrics.jsonl event the training code writes (`...metrics.write("eval", step, ...)`, and
+    `write_stopped(trainer, ...)` for `stopped`) and its fields: keywords, and the keys of a
+    `**record` dict built in the same function."""
     events: dict[str, set[str]] = {}
     for module in sorted((SRC / "train").glob("*.py")):
         tree = ast.parse(module.read_text(encoding="utf-8"))
@@ -311,6 +312,9 @@ def written_events() -> dict[str, set[str]]:
                         records.setdefault(node.value.id, set()).add(node.slice.value)
             for call in (n for n in ast.walk(function) if isinstance(n, ast.Call)):
                 func = call.func
+                if getattr(func, "attr", getattr(func, "id", "")) == "write_stopped":  # recovery's helper
+                    events.setdefault("stopped", set()).update(k.arg for k in call.keywords if k.arg)
+                    continue
                 if not (isinstance(func, ast.Attribute) and func.attr == "write"):
                     continue
                 # self.metrics.write(...), trainer.metrics.write(...), metrics.write(...)

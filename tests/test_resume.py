@@ -27,6 +27,7 @@ from trickster.errors import UserError
 from trickster.model.transformer import Transformer
 from trickster.observe import plots
 from trickster.observe.events import read_metrics
+from trickster.observe.runs import read_run
 from trickster.train import checkpoint as ckpt
 from trickster.train import loop as train_module
 from trickster.train.loop import train
@@ -330,6 +331,9 @@ def test_a_diverged_run_stops_naming_the_last_good_checkpoint(micro, monkeypatch
     assert "training_config.learning_rate" in message and "bfloat16" in message
     stopped = [json.loads(line) for line in (Path(cfg.logging.output_dir) / "metrics.jsonl").open()][-1]
     assert stopped["event"] == "stopped" and stopped["reason"] == "non-finite"
+    # step 7 lies after the last train line (step 6): `trickster runs` counts it from this event
+    tokens = 7 * cfg.training.batch_size * cfg.model.max_seq_len
+    assert stopped["tokens_seen"] == tokens and read_run(cfg.logging.output_dir).tokens_seen == tokens
 
 
 def test_non_finite_weights_never_become_best(micro, monkeypatch):

@@ -11,11 +11,11 @@ Every event has `event`, `step` and `time` (Unix seconds); by kind, it adds:
     resume   checkpoint, changed, repairs
     rollback first_step, last_step, checkpoint, peak_loss, median (its step is the checkpoint's)
     spike    first_step, peak_loss (no checkpoint to roll back to)
-    stopped  signal, or reason (non-finite, out-of-memory, lost-process, loss-spikes, max_time) and its
-             details
+    stopped  tokens_seen; signal, or reason (non-finite, out-of-memory, lost-process, loss-spikes,
+             max_time) and its details
     end      best_val_loss, skipped_steps
 
-`tokens_seen` is stored on the train and eval events, so no reader derives it. `iter_metrics` is
+`tokens_seen` is stored on the train, eval and stopped events, so no reader derives it. `iter_metrics` is
 the one parser (`read_metrics` lists what it reads); its rule is in its docstring.
 """
 

@@ -27,7 +27,7 @@ from trickster.observe.manifest import run_manifest
 from trickster.observe.sinks import MetricSinks
 from trickster.observe.status import Heartbeat
 from trickster.train import checkpoint as ckpt
-from trickster.train import dist, setup
+from trickster.train import dist, recovery, setup
 from trickster.train.batches import DeviceBatches
 from trickster.train.budget import Clock
 from trickster.train.console import Console
@@ -277,7 +277,7 @@ class Trainer:
             f"{result.grad_norm}); update skipped"
         )
         if state.nonfinite_streak >= self.cfg.training.max_nonfinite_steps:
-            self.metrics.write("stopped", state.step, reason="non-finite", skipped_steps=state.skipped_steps)
+            recovery.write_stopped(self, reason="non-finite", skipped_steps=state.skipped_steps)
             raise diverged(self.run_dir, state)
 
     def log(self, result: StepResult) -> None:

@@ -25,6 +25,12 @@ if TYPE_CHECKING:
     from trickster.train.state import StepResult
 
 
+def write_stopped(trainer: Trainer, **details) -> None:
+    """The `stopped` event, with the tokens trained on: steps since the last train line count too,
+    so `trickster runs` shows what a run stopped between two log lines saw."""
+    trainer.metrics.write("stopped", trainer.state.step, tokens_seen=trainer.state.tokens_seen, **details)
+
+
 def finish(trainer: Trainer) -> TrainResult:
     """The last step, or the time budget, ended the run; `final` holds it."""
     state, t = trainer.state, trainer.cfg.training
@@ -33,7 +39,7 @@ def finish(trainer: Trainer) -> TrainResult:
     if not ckpt.is_complete(final) or ckpt.checkpoint_step(final) != state.step:
         trainer.save("final")  # resumed at (or past) the last step: no step ran here
     if state.step < t.max_steps:
-        trainer.metrics.write("stopped", state.step, reason="max_time", train_seconds=state.train_seconds)
+        write_stopped(trainer, reason="max_time", train_seconds=state.train_seconds)
         trainer.out.line(trainer.clock.end_line(state.step, t.max_steps))
         trainer.heartbeat.beat("stopped", state.step, reason="max_time")
     else:
@@ -46,7 +52,7 @@ def stopped(trainer: Trainer) -> TrainResult:
     """A signal ended the run: the checkpoint of this step is saved; say how to go on."""
     received = trainer.signals.received or signal.SIGTERM  # another process was signalled
     name = signal.Signals(received).name
-    trainer.metrics.write("stopped", trainer.state.step, signal=name)
+    write_stopped(trainer, signal=name)
     trainer.heartbeat.beat("stopped", trainer.state.step, reason=name)
     trainer.out.line(
         f"stopped by {name} at step {trainer.state.step}; saved "
@@ -77,14 +83,14 @@ def guard(trainer: Trainer, during: str, step: int):
     try:
         yield
     except OUT_OF_MEMORY:
-        trainer.metrics.write("stopped", trainer.state.step, reason="out-of-memory", during=during)
+        write_stopped(trainer, reason="out-of-memory", during=during)
         good = ckpt.latest(trainer.run_dir)
         raise out_of_memory(trainer.cfg, trainer.device, during, step, good, trainer.job.world_size) from None
     except RuntimeError as err:
         reason = dist.lost_peer(err, trainer.job)
         if reason is None:
             raise
-        trainer.metrics.write("stopped", trainer.state.step, reason="lost-process", during=during)
+        write_stopped(trainer, reason="lost-process", during=during)
         raise lost_peer_error(trainer, during, step, reason) from None
 
 
@@ -130,7 +136,7 @@ def roll_back(trainer: Trainer, spike: Spike) -> None:
     if state.rollbacks >= t.max_rollbacks:
         if trainer.job.is_main:
             discard_after(trainer.run_dir, ckpt.checkpoint_step(good))
-        trainer.metrics.write("stopped", state.step, reason="loss-spikes", checkpoint=good.name)
+        write_stopped(trainer, reason="loss-spikes", checkpoint=good.name)
         raise too_many_spikes(spike, good, t.max_rollbacks)
     sampler = trainer.batches.sampler
     used = trainer.batches.state_dict()["drawn"]  # draws up to now (not the one drawn ahead)
