@@ -100,3 +100,52 @@ def test_the_batch_benchmark_times_nanogpts_recipe_on_the_same_tokens(shakespear
     monkeypatch.setattr(sys, "argv", ["batch_draw.py", *argv])
     bench.main()
     assert "     4x32" in capsys.readouterr().out
+
+
+def test_the_long_run_generator_writes_a_finished_run_that_trickster_runs_reads(tmp_path, capsys):
+    """Its events must be the ones the training loop writes, field for field, or the benchmark
+    times reading something no run holds."""
+    from tests.test_docs import written_events
+    from trickster.cli import main
+    from trickster.observe.events import iter_metrics
+    from trickster.observe.runs import read_run
+
+    bench = bench_module("long_run_read")
+    path = bench.write_run(tmp_path / "long", steps=45, eval_every=20, sample_chars=30)
+    problems = []
+    events = list(iter_metrics(path, problems))
+    assert problems == []
+    assert [e["event"] for e in events].count("train") == 45
+    evals = [e for e in events if e["event"] == "eval"]
+    assert [e["step"] for e in evals] == [0, 20, 40, 45]  # and at the last step, as the loop does
+    assert all(len(e["sample"]) == 30 for e in evals)
+    written = written_events()
+    for e in events:
+        assert set(e) - {"event", "step", "time"} == written[e["event"]], e["event"]
+    run = read_run(tmp_path / "long")
+    assert run.problem is None and run.status == "finished"
+    assert (run.step, run.max_steps) == (45, 45)
+    best = min(evals[1:], key=lambda e: e["val_loss"])  # the untrained evaluation is never best
+    assert run.best_eval == best and events[-1]["best_val_loss"] == best["val_loss"]
+    assert main(["runs", str(tmp_path / "long")]) == 0
+    assert "45/45" in capsys.readouterr().out
+
+
+def test_the_long_run_benchmark_measures_each_child_alone_with_the_src_it_is_given(tmp_path):
+    """ru_maxrss of RUSAGE_CHILDREN is the largest of every child so far: a small command measured
+    after a big one would show the big one's peak. PYTHONPATH must select the checkout measured."""
+    bench = bench_module("long_run_read")
+    sources = {}
+    for name, megabytes in (("big", 300), ("small", 0)):
+        package = tmp_path / name / "trickster"
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text("")
+        (package / "__main__.py").write_text(
+            f"import sys\nheld = b'x' * ({megabytes} << 20)\nprint('{name}', sys.argv[1:])\n"
+        )
+        sources[name] = tmp_path / name
+    _, big, output = bench.measure(sources["big"], ["runs", "x"])
+    assert output == "big ['runs', 'x']\n"
+    _, small, output = bench.measure(sources["small"], ["runs", "x"])
+    assert output == "small ['runs', 'x']\n"
+    assert big > 300 * 2**20 > small
