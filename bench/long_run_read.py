@@ -14,9 +14,10 @@ step, and an end event. Its numbers are seeded noise around a falling curve: wha
 with a line does not depend on them.
 
 Each command runs as `python -m trickster runs DIR` / `python -m trickster report DIR --out FILE`
-with PYTHONPATH set to one src folder alone. Its peak memory is the ru_maxrss of that child
-(os.wait4; RUSAGE_CHILDREN would be the largest of every child so far) and its time is from start
-to exit, imports included. In each round the baseline runs just before this checkout, command by
+with PYTHONPATH set to one src folder alone, started by a small launcher process of its own. Its
+peak memory is its ru_maxrss as the launcher sees it (started from this benchmark, it would include
+the benchmark's own peak; from one launcher for all, the largest of them so far) and its time is
+from start to exit, imports included. In each round the baseline runs just before this checkout, command by
 command, so that a change in the machine's load falls on both alike. The first row, on a 30-step
 run, is the floor: the interpreter and its imports. Memory is steady from round to round; times
 move with whatever else the machine runs (the load average is printed before and after).
@@ -112,26 +113,37 @@ def write_run(
     return path
 
 
+# Runs the command and writes its wall seconds and ru_maxrss to argv[1]. A child's ru_maxrss starts
+# from the peak of the process that spawned it (Linux keeps it across fork/vfork and exec), so the
+# command is spawned from this small interpreter, not from the benchmark (or a test that holds torch).
+LAUNCHER = """
+import resource, subprocess, sys, time
+started = time.perf_counter()
+code = subprocess.call(sys.argv[2:])
+seconds = time.perf_counter() - started
+with open(sys.argv[1], "w") as f:
+    f.write(f"{seconds} {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}")
+sys.exit(code)
+"""
+
+
 def measure(src: Path, argv: list[str]) -> tuple[float, int, str]:
     """Wall seconds, peak RSS in bytes and the output of `python -m trickster ARGV` run with
-    PYTHONPATH=SRC alone."""
+    PYTHONPATH=SRC alone, in a fresh process whose parent holds nothing else."""
     env = {**os.environ, "PYTHONPATH": str(src)}
-    with tempfile.TemporaryFile() as out:
-        started = time.perf_counter()
-        child = subprocess.Popen(
-            [sys.executable, "-m", "trickster", *argv], stdout=out, stderr=subprocess.STDOUT, env=env
-        )
-        _, status, usage = os.wait4(child.pid, 0)  # this child's own peak, not the largest so far
-        seconds = time.perf_counter() - started
-        child.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        output = out.read().decode(errors="replace")
-    if child.returncode:
-        raise SystemExit(
-            f"trickster {' '.join(argv)} with {src} failed ({child.returncode}):\n{output[-2000:]}"
-        )
+    with tempfile.TemporaryDirectory() as tmp:
+        figures, out = Path(tmp) / "figures", Path(tmp) / "output"
+        command = [sys.executable, "-c", LAUNCHER, str(figures), sys.executable, "-m", "trickster", *argv]
+        with open(out, "wb") as f:
+            done = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=env)
+        output = out.read_text(errors="replace")
+        if done.returncode:
+            raise SystemExit(
+                f"trickster {' '.join(argv)} with {src} failed ({done.returncode}):\n{output[-2000:]}"
+            )
+        seconds, peak = figures.read_text().split()
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, kB on Linux
-    return seconds, usage.ru_maxrss * scale, output
+    return float(seconds), int(peak) * scale, output
 
 
 def describe(src: Path) -> str:

@@ -132,11 +132,12 @@ def test_the_long_run_generator_writes_a_finished_run_that_trickster_runs_reads(
 
 
 def test_the_long_run_benchmark_measures_each_child_alone_with_the_src_it_is_given(tmp_path):
-    """ru_maxrss of RUSAGE_CHILDREN is the largest of every child so far: a small command measured
-    after a big one would show the big one's peak. PYTHONPATH must select the checkout measured."""
+    """A child's ru_maxrss starts from the peak of the process that spawned it, and RUSAGE_CHILDREN
+    is the largest of every child so far: a small command measured from a big process, or after a
+    big command, would show their peak. PYTHONPATH must select the checkout measured."""
     bench = bench_module("long_run_read")
     sources = {}
-    for name, megabytes in (("big", 300), ("small", 0)):
+    for name, megabytes in (("big", 128), ("small", 0)):
         package = tmp_path / name / "trickster"
         package.mkdir(parents=True)
         (package / "__init__.py").write_text("")
@@ -144,8 +145,10 @@ def test_the_long_run_benchmark_measures_each_child_alone_with_the_src_it_is_giv
             f"import sys\nheld = b'x' * ({megabytes} << 20)\nprint('{name}', sys.argv[1:])\n"
         )
         sources[name] = tmp_path / name
+    parent = 256 << 20
+    held = b"x" * parent  # noqa: F841 (this process is bigger than either command, as pytest with torch is)
     _, big, output = bench.measure(sources["big"], ["runs", "x"])
     assert output == "big ['runs', 'x']\n"
     _, small, output = bench.measure(sources["small"], ["runs", "x"])
     assert output == "small ['runs', 'x']\n"
-    assert big > 300 * 2**20 > small
+    assert 128 << 20 < big < parent and small < 64 << 20, (big, small)
