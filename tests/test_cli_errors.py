@@ -868,7 +868,7 @@ CASES = [
     case(
         "warmup-not-below-max-steps",
         lambda env: micro_train(env, "training_config.warmup_steps=40"),
-        "training_config.warmup_steps must be < max_steps",
+        "training_config.warmup_steps must be < training_config.max_steps",
         "40 >= 40",
     ),
     case(

@@ -88,7 +88,7 @@ def test_every_problem_is_reported_at_once():
         )
     message = str(info.value)
     assert "model_config.hidden_dim (100) must be divisible by model_config.num_heads (3)" in message
-    assert "training_config.warmup_steps must be < max_steps (got 2000 >= 1000)" in message
+    assert "training_config.warmup_steps must be < training_config.max_steps (got 2000 >= 1000)" in message
     assert "training_config.min_lr must be <= learning_rate" in message
     assert "\n" not in message
 
@@ -342,7 +342,7 @@ def test_an_integer_setting_refuses_a_number_that_is_not_whole(raw, key, annotat
     raw, value = _valid(raw, key)
     for given, shown in [("1.5e0", "'1.5e0'"), ("1e-3", "'1e-3'"), ("2.5", "2.5")]:
         spelled = _each(value, lambda v, given=given: given)
-        message = rf"^defaults: {re.escape(key)}: input should be a whole number \(got .*{shown}.*\)$"
+        message = rf"^command line: {re.escape(key)}: input should be a whole number \(got .*{shown}.*\)$"
         with pytest.raises(UserError, match=message):
             load_config(overrides=[*_overrides(raw), f"{key}={spelled}"])
 
@@ -352,7 +352,7 @@ def test_an_integer_too_big_for_int64_is_one_line_not_an_overflow(raw, key, anno
     raw, value = _valid(raw, key)
     for given in ["1e30", "1.0e+400", "1e999999999", str(2**63)]:  # 1.0e+400 is YAML's infinity
         spelled = _each(value, lambda v, given=given: given)
-        message = rf"^defaults: {re.escape(key)}: input should be less than {2**63} = 2\*\*63 \(got "
+        message = rf"^command line: {re.escape(key)}: input should be less than {2**63} = 2\*\*63 \(got "
         with pytest.raises(UserError, match=message):
             load_config(overrides=[*_overrides(raw), f"{key}={spelled}"])
     assert load_config(overrides=["training_config.seed=9.2e18"]).training.seed == 9_200_000_000_000_000_000
@@ -362,7 +362,7 @@ def test_range_checks_apply_to_the_converted_number():
     for given, message in [
         ("0e0", r"max_steps: input should be greater than 0 \(got 0\)"),
         ("-1e3", r"max_steps: input should be greater than 0 \(got -1000\)"),
-        ("2e4", r"warmup_steps must be < max_steps \(got 20000 >= 10000\)"),
+        ("2e4", r"warmup_steps must be < training_config.max_steps \(got 20000 >= 10000\)"),
     ]:
         setting = "max_steps" if "max_steps:" in message else "warmup_steps"
         with pytest.raises(UserError, match=message):
@@ -398,3 +398,26 @@ def test_a_run_driven_by_overrides_in_scientific_notation_runs_that_many_steps(m
     assert [e["step"] for e in events(run, "eval")] == [0, 5, 10]
     saved = yaml.safe_load((run / "config.yaml").read_text())["training_config"]
     assert (saved["max_steps"], saved["warmup_steps"], saved["learning_rate"]) == (10, 2, 3e-3)
+
+
+def test_a_bad_value_is_said_to_come_from_where_it_was_written(tmp_path):
+    """A value given on the command line is not looked for in the file the message names."""
+    path = tmp_path / "my.yaml"
+    path.write_text("training_config:\n  max_steps: lots\n", encoding="utf-8")
+    with pytest.raises(UserError, match=rf"^{re.escape(str(path))}: training_config\.max_steps: "):
+        load_config(path, overrides=["training_config.seed=3"])
+    with pytest.raises(
+        UserError, match=rf"^{re.escape(str(path))} and command line: .*dropout.*; .*max_steps"
+    ):
+        load_config(path, overrides=["model_config.dropout=2"])
+    path.write_text("training_config:\n  max_steps: 300\n", encoding="utf-8")
+    with pytest.raises(
+        UserError, match=r"^command line: training_config\.max_steps: input should be a whole number"
+    ):
+        load_config(path, overrides=["training_config.max_steps=1.5"])
+    with pytest.raises(UserError, match=r"^command line: unknown key training_config\.max_stepz"):
+        load_config(preset="tiny", overrides=["training_config.max_stepz=3"])
+    with pytest.raises(
+        UserError, match=r"^command line: .*\(got 100 >= 30\); set training_config\.warmup_steps=3,"
+    ):
+        load_config(preset="tiny", overrides=["training_config.max_steps=30"])

@@ -2,12 +2,13 @@
 
 Every field is documented where it is declared; the docstring is also the `--help` text.
 Loading gathers every problem at once and names the key to change, for example
-`training_config.warmup_steps must be < max_steps (got 2000 >= 1000)`.
+`training_config.warmup_steps must be < training_config.max_steps (got 2000 >= 1000)`.
 """
 
 from __future__ import annotations
 
 import typing
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -324,19 +325,24 @@ def load_config(
         raw, source = parse_yaml(text, str(path)), str(path)
     for override in overrides:
         _apply_override(raw, override)
-    return config_from_dict(raw, source)
+    return config_from_dict(raw, source, [o.partition("=")[0].strip() for o in overrides])
 
 
-def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
+def config_from_dict(raw: dict[str, Any], source: str = "config", overridden: Sequence[str] = ()) -> Config:
+    """A validated Config; every problem in one line, said to come from `source`, or from the
+    command line when it names an `overridden` key (a user looks for a bad value where we say)."""
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as err:
         problems = describe_all(Config, err.errors())
-        raise UserError(f"{source}: " + "; ".join(problems)) from None
-    problems = check(cfg)
-    if problems:
-        raise UserError(f"{source}: " + "; ".join(problems))
-    return cfg
+    else:
+        problems = check(cfg)
+    if not problems:
+        return cfg
+    from_line = [p for p in problems if any(key in p for key in overridden)]
+    if from_line:
+        source = "command line" if len(from_line) == len(problems) else f"{source} and command line"
+    raise UserError(f"{source}: " + "; ".join(problems)) from None
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

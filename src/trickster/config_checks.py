@@ -34,7 +34,9 @@ def check(cfg: Config) -> list[str]:
         problems.append(f"model_config.vocab_size must be >= 2 or auto (got {m.vocab_size})")
     if t.warmup_steps >= t.max_steps and t.warmup_steps > 0:
         problems.append(
-            f"training_config.warmup_steps must be < max_steps (got {t.warmup_steps} >= {t.max_steps})"
+            "training_config.warmup_steps must be < training_config.max_steps "
+            f"(got {t.warmup_steps} >= {t.max_steps}); "
+            f"set training_config.warmup_steps={t.max_steps // 10}, a tenth of the steps"
         )
     if t.min_lr > t.learning_rate:
         problems.append(
