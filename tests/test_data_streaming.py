@@ -117,10 +117,9 @@ def test_an_interrupted_preparation_continues_without_redoing_finished_shards(tm
         return prepare(sources.text_files(paths), "char", out, shard_tokens=400, chunk_chars=200, workers=1)
 
     monkeypatch.setattr(encode_module, "encode_chunk", Interrupt(after=12))
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match=r"finished shard\(s\) kept in .*; run the same command"):
         run()
     partial = partial_dir(out)
-    assert "run the same command again" in capsys.readouterr().out
     assert (out / "meta.json").read_text() == "{}" and sorted(p.name for p in out.iterdir()) == ["meta.json"]
     record = json.loads((partial / "progress.json").read_text())
     assert record["next_document"] > 0
@@ -142,6 +141,20 @@ def test_an_interrupted_preparation_continues_without_redoing_finished_shards(tm
     assert second.calls == fresh.calls - 12  # the finished chunks were not tokenized again
     assert meta["tokens_sha256"] == reference["tokens_sha256"]
     assert meta["train_documents"] + meta["val_documents"] == 120
+
+
+def test_ctrl_c_on_the_command_line_is_one_line_saying_how_to_go_on(tmp_path, monkeypatch, capsys):
+    """Not a line on stdout and a bare 'interrupted' on stderr: one line, exit status 130."""
+    paths = write_texts(tmp_path / "texts", stories(40, seed=5))
+    monkeypatch.setattr(encode_module, "encode_chunk", Interrupt(after=0))
+    out = tmp_path / "out"
+    args = ["data", "prepare", "text", *map(str, paths), "--out", str(out), "--workers", "1", "--no-progress"]
+    assert cli.main(args) == 130
+    captured = capsys.readouterr()
+    assert "interrupted" not in captured.out
+    assert captured.err.splitlines() == [
+        f"interrupted: 0 finished shard(s) kept in {partial_dir(out)}; run the same command again to continue"
+    ]
 
 
 def test_continuing_with_other_settings_is_one_clear_error(tmp_path, monkeypatch):

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable
 
 from trickster.cli_parser import build_parser
-from trickster.errors import UserError
+from trickster.errors import Interrupted, UserError
 
 # Bounds on numeric options: (argparse dest, test, message); each applies to every command that has it.
 _BOUNDS: list[tuple[str, Callable[[float], bool], str]] = [
@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(f"interrupted: {err}" if isinstance(err, Interrupted) else "interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0

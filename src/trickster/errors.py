@@ -1,4 +1,5 @@
-"""The one exception type that reaches the user as a single line (exit status 2, no traceback)."""
+"""The exceptions that reach the user as a single line: UserError (exit status 2, no traceback)
+and Interrupted (Ctrl-C, exit status 130)."""
 
 import contextlib
 
@@ -8,6 +9,10 @@ class UserError(Exception):
 
     The message is one line that names what is wrong and how to fix it.
     """
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what it left behind and how to go on: the one line `interrupted: ...`."""
 
 
 @contextlib.contextmanager

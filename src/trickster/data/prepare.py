@@ -51,7 +51,7 @@ from trickster.data.records import Records, records_source
 from trickster.data.shards import SPLITS, Progress, ShardWriter, SplitProgress, token_dtype
 from trickster.data.sources import Corpus, Source, corpus_source
 from trickster.data.tokenizers import Tokenizer, build_tokenizer, from_dict
-from trickster.errors import UserError
+from trickster.errors import Interrupted, UserError
 
 SHARD_TOKENS = 100_000_000  # like nanoGPT's FineWeb shards
 CHUNK_CHARS = 1_000_000  # documents per task: big enough to amortise the hand-off to a worker
@@ -126,11 +126,10 @@ def prepare(
             replace_dir(partial, out_dir)
             return meta
         except KeyboardInterrupt:
-            echo(
-                f"interrupted: {record.finished_shards()} finished shard(s) kept in {partial}; run the same "
+            raise Interrupted(
+                f"{record.finished_shards()} finished shard(s) kept in {partial}; run the same "
                 "command again to continue"
-            )
-            raise
+            ) from None
         except BaseException:
             if record.next_document == 0 or record.failed_at_end:
                 shutil.rmtree(partial, ignore_errors=True)  # nothing worth continuing
