@@ -48,8 +48,9 @@ def test_the_step_profile_splits_a_real_step_and_accounts_for_its_time():
     profile_step = bench_module("profile_step")
     step, flops = profile_step.our_step(layers=1, width=64, heads=2, context=32, batch=4)
     assert flops > 0
-    timed = profile_step.ms_per_step(step, 5)
-    parts = profile_step.breakdown(step, 5)
+    # the least of three of each: the undisturbed figures on a machine that others share
+    timed = min(profile_step.ms_per_step(step, 5) for _ in range(3))
+    parts = min((profile_step.breakdown(step, 5) for _ in range(3)), key=lambda p: p["total"])
     assert set(parts) == {"matmul", "attention", "other", "total"}
     assert parts["matmul"] > 0 and parts["attention"] > 0 and parts["other"] > 0
     assert parts["total"] == pytest.approx(parts["matmul"] + parts["attention"] + parts["other"])
