@@ -25,7 +25,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from trickster import cli
+from trickster import cli, footprint
 from trickster.config import save_config
 from trickster.data import sources
 from trickster.data.tokenizers import load_tokenizer
@@ -523,6 +523,21 @@ def _out_of_memory(env: Env, method: str, error: BaseException) -> list[str]:
     env.monkeypatch.setattr(loop.Trainer, method, fails)
     steps = ("training_config.max_steps=6", "training_config.save_every=2", "training_config.eval_every=2")
     return micro_train(env, *steps, "training_config.warmup_steps=1", "training_config.sample_tokens=0")
+
+
+def _no_window_fits(env: Env) -> list[str]:
+    """batch_size: auto in a memory_gib that holds the model's state and half a window of 64
+    tokens (by plan's formula): the model fits, so the measurement says that no window does."""
+    cfg = micro_config(env.data, env.tmp / "run")
+    cfg.model.vocab_size = 128  # the char vocabulary, padded as training pads it
+    one = footprint.memory_estimate(cfg, batch_size=1)
+    gib = (one.state + (one.activations + one.logits) / 2) / 2**30
+    auto = ("training_config.batch_size=auto", "training_config.global_batch=8")
+    return micro_train(env, *auto, "model_config.vocab_size=128", f"device_config.memory_gib={gib:.6g}")
+
+
+def _lora_too_big(env: Env) -> list[str]:
+    return micro_train(env, f"training_config.init_from={env.run}", "training_config.lora={rank: 1e18}")
 
 
 def _time_budget_spent(env: Env) -> list[str]:
@@ -1070,13 +1085,80 @@ CASES = [
         "global_batch and global_batch_tokens only apply to batch_size: auto",
     ),
     case(
-        "train-batch-auto-no-window-fits",
+        "train-model-too-big-for-memory",
+        lambda env: micro_train(env, "model_config.hidden_dim=1e8"),
+        "the model is too big for cpu (RAM",
+        "parameters, and its weights, gradients and optimizer state need",
+        "lower model_config.hidden_dim",
+        "`trickster plan` shows what fits (nothing was changed)",
+    ),
+    case(
+        "train-model-size-overflows",
+        lambda env: micro_train(env, "model_config.hidden_dim=1e18"),
+        "the model is too big for cpu",
+        "e+",
+        "lower model_config.hidden_dim",
+    ),
+    case(
+        "train-mlp-too-big-for-memory",
+        lambda env: micro_train(env, "model_config.mlp_dim=1e18"),
+        "the model is too big for cpu",
+        "mlp_dim",
+    ),
+    case(
+        "train-vocabulary-too-big-for-memory",
+        lambda env: micro_train(env, "model_config.vocab_size=1e18"),
+        "the model is too big for cpu",
+        "vocab_size",
+    ),
+    case(
+        "train-model-too-big-with-batch-auto",
         lambda env: micro_train(
             env,
+            "model_config.hidden_dim=1e8",
             "training_config.batch_size=auto",
             "training_config.global_batch=8",
-            "device_config.memory_gib=0.001",
         ),
+        "the model is too big for cpu",
+        "lower model_config.hidden_dim",
+    ),
+    case(
+        "train-model-allocation-fails",
+        # memory_gib lets the model past the formula; torch then cannot size its 1e18 x 64 embedding
+        lambda env: micro_train(env, "model_config.vocab_size=1e18", "device_config.memory_gib=1e30"),
+        "the model is too big for cpu (device_config.memory_gib",
+        "building it failed to allocate memory (its weights alone: ",
+        "lower model_config.hidden_dim, mlp_dim, num_layers or vocab_size",
+    ),
+    case(
+        "train-micro-batch-too-big-for-memory",
+        lambda env: micro_train(env, "training_config.batch_size=1e18"),
+        "one training step does not fit in memory (RAM of cpu",
+        "micro-batch of 1,000,000,000,000,000,000 x 64 tokens",
+        "lower training_config.batch_size to ",
+    ),
+    case(
+        "train-micro-batch-too-big-for-memory-gib",
+        lambda env: micro_train(
+            env,
+            "training_config.batch_size=1024",
+            "device_config.memory_gib=0.25",
+            "training_config.max_steps=6",
+        ),
+        "one training step does not fit in memory (device_config.memory_gib of cpu, 256.0 MiB)",
+        "`trickster plan` suggests training_config.batch_size=",
+        "(the same 1,024 windows per step) (nothing was changed)",
+    ),
+    case(
+        "lora-rank-too-big-for-memory",
+        _lora_too_big,
+        "the model is too big for cpu",
+        "in LoRA adapters",
+        "lower training_config.lora.rank (now 1,000,000,000,000,000,000)",
+    ),
+    case(
+        "train-batch-auto-no-window-fits",
+        _no_window_fits,
         "a micro-batch of one window of 64 tokens does not fit",
         "training_config.seq_len",
     ),

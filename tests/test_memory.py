@@ -11,9 +11,10 @@ import torch
 
 from trickster import footprint
 from trickster.errors import UserError
+from trickster.train.loop import train
 from trickster.train.memory import choose_batch, out_of_memory
 
-from .conftest import micro_config
+from .conftest import QUIET, micro_config
 
 GiB = 1024**3
 
@@ -97,3 +98,24 @@ def test_auto_batch_when_not_even_one_window_fits(shakespeare_dir, tmp_path):
     cfg, _, _ = auto_config(shakespeare_dir, tmp_path, windows_fitting=0.5)
     with pytest.raises(UserError, match="a micro-batch of one window of 64 tokens does not fit"):
         choose_batch(cfg, torch.device("cpu"), windows=8)
+
+
+def test_a_run_just_within_memory_starts_and_one_just_beyond_is_refused(shakespeare_dir, tmp_path):
+    """check_fits refuses by plan's formula against the whole memory given: a step the formula
+    puts 0.1% under device_config.memory_gib trains; 0.1% over, the line names the micro-batch,
+    or the model when its state alone is over, and no run folder is made."""
+    training = {"max_steps": 2, "warmup_steps": 1, "eval_every": 2, "save_every": 2, "sample_tokens": 0}
+    cfg = micro_config(shakespeare_dir, tmp_path / "run", training_config=training)
+    cfg.model.vocab_size = 128  # the char vocabulary, padded as training pads it
+    need = footprint.memory_estimate(cfg)
+    cfg.device.memory_gib = need.total * 1.001 / GiB
+    assert train(cfg, **QUIET).history  # trained: nothing refused it
+    for gib, expected in [
+        (need.total * 0.999 / GiB, "one training step does not fit in memory (device_config.memory_gib"),
+        (need.state * 0.999 / GiB, "the model is too big for cpu (device_config.memory_gib"),
+    ]:
+        cfg.device.memory_gib = gib
+        cfg.logging.output_dir = str(tmp_path / "refused")
+        with pytest.raises(UserError, match=re.escape(expected)):
+            train(cfg, **QUIET)
+        assert not (tmp_path / "refused").exists()

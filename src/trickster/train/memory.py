@@ -15,6 +15,7 @@ formula counts it.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,12 +24,14 @@ import torch
 from trickster import footprint
 from trickster.config import Config
 from trickster.errors import UserError
+from trickster.model.flops import adapter_parameters, parameter_breakdown
 from trickster.model.transformer import Transformer
 from trickster.train import checkpoint as ckpt
-from trickster.train.device import autocast_for
+from trickster.train.device import autocast_for, resolve_precision
 from trickster.train.optim import build_optimizer
 
 OUT_OF_MEMORY = (torch.OutOfMemoryError, MemoryError)
+MAX_ACCUMULATION = 1024  # the most gradient accumulation steps the advice keeps a global batch with
 
 
 @dataclass
@@ -52,7 +55,8 @@ def choose_batch(cfg: Config, device: torch.device, windows: int, world_size: in
     capacity, _ = footprint.memory_limit(cfg, device)
     usable = int(footprint.HEADROOM * capacity)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        model = Transformer(cfg.model).to(device)
+        with allocation_refused(cfg, device):
+            model = Transformer(cfg.model).to(device)
         # recompute as the run will: a GPU's peak then holds the block recomputed in the backward
         # pass; the CPU count cannot see that block, so there every activation is kept (more bytes
         # per window: a smaller micro-batch, never one that does not fit)
@@ -138,18 +142,6 @@ def out_of_memory(
     t = cfg.training
     capacity, what = footprint.memory_limit(cfg, device)
     fit = min(footprint.fitting_batch(cfg, footprint.HEADROOM * capacity), t.batch_size // 2)
-    if fit >= 1:
-        share = t.batch_size * t.gradient_accumulation_steps
-        micro, accumulation = footprint.split_global_batch(share * world_size, world_size, fit)
-        advice = (
-            f"`trickster plan` suggests training_config.batch_size={micro} with "
-            f"gradient_accumulation_steps={accumulation} (the same {share * world_size} windows per step)"
-        )
-    else:
-        advice = (
-            "even a micro-batch of 1 is too large: lower training_config.seq_len, choose a smaller "
-            "model, or set device_config.activation_checkpointing=true"
-        )
     where = (
         f"continue from checkpoints/{checkpoint.name} with --resume and that change"
         if checkpoint
@@ -157,8 +149,98 @@ def out_of_memory(
     )
     return UserError(
         f"out of memory ({what} of {device}, {capacity / 2**30:.1f} GiB) during {during} at step "
-        f"{step} (micro-batch {t.batch_size} x {cfg.seq_len} tokens); {advice}; {where}"
+        f"{step} (micro-batch {t.batch_size} x {cfg.seq_len} tokens); "
+        f"{_batch_advice(cfg, fit, world_size)}; {where}"
     )
+
+
+def _batch_advice(cfg: Config, fit: int, world_size: int) -> str:
+    """A micro-batch of `fit` windows that keeps the global batch, or what to do when none fits."""
+    t = cfg.training
+    if fit < 1:
+        return (
+            "even a micro-batch of 1 is too large: lower training_config.seq_len, choose a smaller "
+            "model, or set device_config.activation_checkpointing=true"
+        )
+    share = t.batch_size * t.gradient_accumulation_steps
+    if share > MAX_ACCUMULATION * fit:  # a batch asked for by mistake (1e18): no use keeping it
+        return f"lower training_config.batch_size to {fit} or less"
+    micro, accumulation = footprint.split_global_batch(share * world_size, world_size, fit)
+    return (
+        f"`trickster plan` suggests training_config.batch_size={micro} with "
+        f"gradient_accumulation_steps={accumulation} (the same {share * world_size:,} windows per step)"
+    )
+
+
+def check_fits(cfg: Config, device: torch.device, world_size: int = 1) -> None:
+    """Refuse, before a model is built, a run whose step plan's formula puts above the whole of the
+    device's memory (or device_config.memory_gib): a model too big for it would otherwise end in an
+    allocator's traceback while it is built, or at its first step. The whole memory, not the
+    HEADROOM the plan fits runs into: the formula leaves out the allocator's cache and the CUDA
+    context, so a step it puts above all of the memory cannot fit; one just within may."""
+    t = cfg.training
+    batch = 1 if t.batch_size == "auto" else t.batch_size  # auto: at least one window must fit
+    # dtype auto counted as the run computes (bfloat16 on a fast GPU: half the activations)
+    mem = footprint.memory_estimate(resolve_precision(cfg, device), batch_size=batch, processes=world_size)
+    capacity, what = footprint.memory_limit(cfg, device)
+    if mem.total <= capacity:
+        return
+    if mem.state > capacity:
+        need = f"its weights, gradients and optimizer state need {_size(mem.state)}"
+        raise model_too_big(cfg, device, need, " (nothing was changed)")
+    if t.batch_size == "auto":
+        return  # choose_batch measures whether one window fits, and says so
+    has = f"{what} of {device}, {_size(capacity)}"
+    fit = footprint.fitting_batch(cfg, footprint.HEADROOM * capacity)
+    raise UserError(
+        f"one training step does not fit in memory ({has}): the micro-batch of {t.batch_size:,} x "
+        f"{cfg.seq_len} tokens needs {_size(mem.total)} ({_size(mem.activations + mem.logits)} of "
+        f"activations); {_batch_advice(cfg, fit, world_size)} (nothing was changed)"
+    )
+
+
+def model_too_big(cfg: Config, device: torch.device, need: str, end: str = "") -> UserError:
+    """The one line for a model (or its LoRA adapters) whose `need` is more than the device's memory."""
+    capacity, what = footprint.memory_limit(cfg, device)
+    params = parameter_breakdown(cfg.model).total
+    lora = cfg.training.lora
+    if lora is None:
+        size = f"{params:,} parameters"
+        fix = "choose a smaller model (lower model_config.hidden_dim, mlp_dim, num_layers or vocab_size)"
+    else:
+        size = f"{params:,} parameters with {adapter_parameters(cfg.model, lora):,} in LoRA adapters"
+        fix = f"lower training_config.lora.rank (now {lora.rank:,}), fine-tune a smaller model"
+    return UserError(
+        f"the model is too big for {device} ({what}, {_size(capacity)}): {size}, and {need}; {fix}, "
+        f"or use a device with more memory; `trickster plan` shows what fits{end}"
+    )
+
+
+# what torch raises when a tensor cannot be allocated (torch.OutOfMemoryError is one on a GPU):
+# the CPU allocator's refusal, and a size whose bytes overflow 64 bits
+ALLOCATION_FAILURES = ("DefaultCPUAllocator: can't allocate memory", "Storage size calculation overflowed")
+
+
+@contextmanager
+def allocation_refused(cfg: Config, device: torch.device):
+    """Building the model: an allocation the device refuses becomes model_too_big's line (check_fits
+    refuses most such models before; this catches the memory that other programs hold)."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as err:
+        if not isinstance(err, OUT_OF_MEMORY) and not any(text in str(err) for text in ALLOCATION_FAILURES):
+            raise
+        weights = footprint.memory_estimate(cfg, batch_size=1).weights  # LoRA adapters included
+        need = f"building it failed to allocate memory (its weights alone: {_size(weights)})"
+        raise model_too_big(cfg, device, need) from None
+
+
+def _size(n: float) -> str:
+    """Bytes in MiB below a GiB, else in GiB; in powers of ten once too many to read digit by digit."""
+    gib = n / 2**30
+    if gib < 1:
+        return f"{n / 2**20:,.1f} MiB"
+    return f"{gib:,.1f} GiB" if gib < 1e6 else f"{gib:.1e} GiB"
 
 
 BATCH_KEYS = ("batch_size", "gradient_accumulation_steps", "global_batch", "global_batch_tokens")

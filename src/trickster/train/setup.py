@@ -21,6 +21,7 @@ from trickster.train import checkpoint as ckpt
 from trickster.train import dist
 from trickster.train.console import Console
 from trickster.train.finetune import setup_finetuning
+from trickster.train.memory import allocation_refused
 from trickster.train.resume import WRITE_FIX, check_resumable, open_run_dir, truncate_metrics
 
 
@@ -38,9 +39,10 @@ def build_model(
 ) -> tuple[Transformer, torch.nn.Module, dict | None]:
     """The plain model (weights restored before it is wrapped), the module a step calls, and
     the checkpoint a fine-tune started from (finetune.origin; None from scratch)."""
-    model = Transformer(cfg.model).to(device)
-    # init_from weights (not on resume: the checkpoint has them), LoRA adapters; else nothing
-    origin = setup_finetuning(model, cfg, data.tokenizer, out.line, resuming=resumed_from is not None)
+    with allocation_refused(cfg, device):
+        model = Transformer(cfg.model).to(device)
+        # init_from weights (not on resume: the checkpoint has them), LoRA adapters; else nothing
+        origin = setup_finetuning(model, cfg, data.tokenizer, out.line, resuming=resumed_from is not None)
     if resumed_from is not None:
         ckpt.load_weights(model, resumed_from / ckpt.WEIGHTS)
         origin = ckpt.read_info(resumed_from).get("init_from")  # recorded when the run began
