@@ -4,12 +4,15 @@ formula fits in the memory given, and the checkpoint to resume from."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from trickster import footprint
+from trickster.config import save_config
 from trickster.errors import UserError
 from trickster.train.loop import train
 from trickster.train.memory import choose_batch, out_of_memory
@@ -119,3 +122,24 @@ def test_a_run_just_within_memory_starts_and_one_just_beyond_is_refused(shakespe
         with pytest.raises(UserError, match=re.escape(expected)):
             train(cfg, **QUIET)
         assert not (tmp_path / "refused").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the process's size from /proc")
+def test_an_allocation_the_system_refuses_while_building_is_one_line(shakespeare_dir, tmp_path):
+    """device_config.memory_gib lets a 2 GiB model past check_fits, and the process may grow by
+    only 1 GiB more (RLIMIT_AS, set once torch is imported): the real CPU allocator refuses a
+    weight while the model is built, and that becomes model_too_big's line."""
+    save_config(micro_config(shakespeare_dir, tmp_path / "run"), tmp_path / "micro.yaml")
+    argv = ["train", "--config", str(tmp_path / "micro.yaml"), "--no-progress"]
+    argv += ["model_config.hidden_dim=8192", "device_config.memory_gib=1000"]
+    script = (
+        "import re, resource, sys, torch, trickster.cli\n"
+        "size = int(re.search(r'VmSize:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1))\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (size * 1024 + 2**30, resource.RLIM_INFINITY))\n"
+        f"sys.exit(trickster.cli.main({argv!r}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr
+    assert "building it failed to allocate memory (its weights alone: 2.0 GiB)" in result.stderr
+    assert "lower model_config.hidden_dim" in result.stderr
