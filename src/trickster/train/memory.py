@@ -173,23 +173,25 @@ def _batch_advice(cfg: Config, fit: int, world_size: int) -> str:
 
 
 def check_fits(cfg: Config, device: torch.device, world_size: int = 1) -> None:
-    """Refuse, before a model is built, a run whose step plan's formula puts above the whole of the
-    device's memory (or device_config.memory_gib): a model too big for it would otherwise end in an
-    allocator's traceback while it is built, or at its first step. The whole memory, not the
-    HEADROOM the plan fits runs into: the formula leaves out the allocator's cache and the CUDA
-    context, so a step it puts above all of the memory cannot fit; one just within may."""
+    """Refuse, before a model is built, a run whose weights, gradients and optimizer state are more
+    than the whole of the device's memory (or device_config.memory_gib), or whose step plan's
+    formula puts above it even with half the activations it counts: a model too big for it would
+    otherwise end in an allocator's traceback while it is built, or at its first step. The whole
+    memory, not the HEADROOM the plan fits runs into: the formula leaves out the allocator's cache
+    and the CUDA context, so a step it puts above all of the memory cannot fit."""
     t = cfg.training
     batch = 1 if t.batch_size == "auto" else t.batch_size  # auto: at least one window must fit
     # dtype auto counted as the run computes (bfloat16 on a fast GPU: half the activations)
     mem = footprint.memory_estimate(resolve_precision(cfg, device), batch_size=batch, processes=world_size)
     capacity, what = footprint.memory_limit(cfg, device)
-    if mem.total <= capacity:
-        return
-    if mem.state > capacity:
+    if mem.state > capacity:  # counted exactly: bytes per parameter
         need = f"its weights, gradients and optimizer state need {_size(mem.state)}"
         raise model_too_big(cfg, device, need, " (nothing was changed)")
-    if t.batch_size == "auto":
-        return  # choose_batch measures whether one window fits, and says so
+    if t.batch_size == "auto" or mem.state + (mem.total - mem.state) / 2 <= capacity:
+        # the activations' formula is checked on CPUs only: a step it puts over, but not by twice
+        # its activations, runs, and memory.out_of_memory says what to change if it does not fit;
+        # auto: choose_batch measures whether one window fits, and says so
+        return
     has = f"{what} of {device}, {_size(capacity)}"
     fit = footprint.fitting_batch(cfg, footprint.HEADROOM * capacity)
     raise UserError(
