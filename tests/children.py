@@ -14,6 +14,7 @@ its workers, for the tests that are about the job rather than about torchrun.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.reduction
 import os
@@ -144,3 +145,19 @@ def job(module: str, *args: str, processes: int = 2, timeout: float = 300) -> su
     outputs = [worker.output(10) for worker in workers]
     out, err = ("".join(texts) for texts in zip(*outputs, strict=True))
     return subprocess.CompletedProcess([module, *args], failed, out, err)
+
+
+@contextlib.contextmanager
+def held(moment: str, n: int, argv: list[str], hold: Path, timeout: float = 120):
+    """`trickster ARGV` under tests/crash_child.py, stopped at the N-th MOMENT (a hold-... one):
+    the block runs while it waits there (its output read meanwhile), and it goes on after."""
+    child = Child("tests.crash_child", moment, str(n), *argv, env={"TRICKSTER_TEST_HOLD": str(hold)})
+    child.start_reading()
+    deadline = time.monotonic() + timeout
+    while not hold.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert hold.exists(), child.output(5)
+    try:
+        yield child
+    finally:
+        hold.unlink()

@@ -4,7 +4,6 @@ import http.server
 import json
 import shutil
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -208,19 +207,9 @@ def test_two_preparations_into_one_folder_at_once_never_mix(tmp_path, shakespear
     runs again: the second is refused with one line, and the first finishes as if alone."""
     out, hold = tmp_path / "data", tmp_path / "hold"
     argv = ["data", "prepare", "shakespeare", "--path", str(EXCERPT), "--out", str(out), "--workers", "1"]
-    first = children.Child(
-        "tests.crash_child", "hold-after-progress-save", "2", *argv, env={"TRICKSTER_TEST_HOLD": str(hold)}
-    )
-    first.start_reading()
-    deadline = time.monotonic() + 120
-    while not hold.exists() and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert hold.exists(), first.output(5)
-    try:
+    with children.held("hold-after-progress-save", 2, argv, hold) as first:
         assert cli.main(argv) == 2
         assert "data.partial is in use: another preparation is writing it" in capsys.readouterr().err
-    finally:
-        hold.unlink()
     assert first.wait(120) == 0, first.output(5)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
     tokens = [load_data(folder).train.astype(np.int64).tolist() for folder in (out, shakespeare_dir)]

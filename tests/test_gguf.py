@@ -8,7 +8,6 @@ tensors read back from the file; its logits must equal ours.
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -149,19 +148,9 @@ def test_two_exports_to_one_file_at_once_never_mix(tmp_path):
     path = char_checkpoint(tmp_path / "ckpt")
     out, hold = tmp_path / "out" / "m.gguf", tmp_path / "hold"
     argv = ["export", str(path), "--format", "gguf", "--out", str(out)]
-    first = children.Child(
-        "tests.crash_child", "hold-before-gguf-tensors", "1", *argv, env={"TRICKSTER_TEST_HOLD": str(hold)}
-    )
-    first.start_reading()
-    deadline = time.monotonic() + 120
-    while not hold.exists() and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert hold.exists(), first.output(5)
-    try:
+    with children.held("hold-before-gguf-tensors", 1, argv, hold) as first:
         assert cli.main([*argv, "--dtype", "float16"]) == 0
         written = out.read_bytes()
-    finally:
-        hold.unlink()
     assert first.wait(120) == 2
     assert out.read_bytes() == written
     assert "written by another process while this export ran" in first.output(5)[1]
