@@ -141,6 +141,11 @@ def test_integer_options_take_big_numbers_as_people_write_them(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "--steps" in err and "'1.5e0'" in err and "whole number" in err and len(err.splitlines()) == 1
+    with pytest.raises(SystemExit) as exit_info:  # an exponent past what Decimal holds
+        parse(build_parser(), "quickstart --steps 1e99999999999999999999".split())
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--steps" in err and "less than 9223372036854775808 = 2**63" in err and len(err.splitlines()) == 1
 
 
 def test_info_reads_overrides_on_both_sides_of_an_option(capsys):

@@ -340,7 +340,8 @@ def test_an_integer_setting_takes_a_whole_number_in_scientific_notation(raw, key
 @pytest.mark.parametrize(("raw", "key", "annotation"), INTEGERS)
 def test_an_integer_setting_refuses_a_number_that_is_not_whole(raw, key, annotation):
     raw, value = _valid(raw, key)
-    for given, shown in [("1.5e0", "'1.5e0'"), ("1e-3", "'1e-3'"), ("2.5", "2.5")]:
+    tiny = "1e-99999999999999999999"  # an exponent past what Decimal holds
+    for given, shown in [("1.5e0", "'1.5e0'"), ("1e-3", "'1e-3'"), ("2.5", "2.5"), (tiny, tiny)]:
         spelled = _each(value, lambda v, given=given: given)
         message = rf"^command line: {re.escape(key)}: input should be a whole number \(got .*{shown}.*\)$"
         with pytest.raises(UserError, match=message):
@@ -350,7 +351,8 @@ def test_an_integer_setting_refuses_a_number_that_is_not_whole(raw, key, annotat
 @pytest.mark.parametrize(("raw", "key", "annotation"), INTEGERS)
 def test_an_integer_too_big_for_int64_is_one_line_not_an_overflow(raw, key, annotation):
     raw, value = _valid(raw, key)
-    for given in ["1e30", "1.0e+400", "1e999999999", str(2**63)]:  # 1.0e+400 is YAML's infinity
+    # 1.0e+400 is YAML's infinity; 1e99999999999999999999 has an exponent past what Decimal holds
+    for given in ["1e30", "1.0e+400", "1e999999999", "1e99999999999999999999", str(2**63)]:
         spelled = _each(value, lambda v, given=given: given)
         message = rf"^command line: {re.escape(key)}: input should be less than {2**63} = 2\*\*63 \(got "
         with pytest.raises(UserError, match=message):

@@ -5,7 +5,7 @@ durations people write (training_config.max_time: 48h, 90m, 1h30m) and their big
 from __future__ import annotations
 
 import re
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 
 YEAR = 365 * 86400
 
@@ -64,7 +64,12 @@ def whole_number(value: str | float) -> int | str:
         if not _SCIENTIFIC.fullmatch(text):
             return value
         value = text.replace("_", "")
-    number = Decimal(value)  # exact: 1.2345678901234567e17 stays what it says; a float's own value
+    try:
+        number = Decimal(value)  # exact: 1.2345678901234567e17 stays what it says; a float's own value
+    except InvalidOperation:  # an exponent past what Decimal holds (1e99999999999999999999): a
+        # number far past int64, or (1e-99999999999999999999) far from whole
+        tiny, negative = "e-" in value.lower(), value.startswith("-")
+        number = Decimal("0.5" if tiny else "-inf" if negative else "inf")
     if number.is_nan():
         raise ValueError("input should be a whole number")
     if number >= INT64_LIMIT:  # before int(): 1e999999999 would be a billion digits
