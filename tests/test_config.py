@@ -423,3 +423,7 @@ def test_a_bad_value_is_said_to_come_from_where_it_was_written(tmp_path):
         UserError, match=r"^command line: .*\(got 100 >= 30\); set training_config\.warmup_steps=3,"
     ):
         load_config(preset="tiny", overrides=["training_config.max_steps=30"])
+    # the override's key as a whole name: global_batch is not global_batch_tokens, written in the file
+    path.write_text("training_config:\n  global_batch_tokens: 0\n", encoding="utf-8")
+    with pytest.raises(UserError, match=rf"^{re.escape(str(path))}: training_config\.global_batch_tokens: "):
+        load_config(path, overrides=["training_config.global_batch="])

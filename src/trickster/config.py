@@ -7,6 +7,7 @@ Loading gathers every problem at once and names the key to change, for example
 
 from __future__ import annotations
 
+import re
 import typing
 from collections.abc import Sequence
 from importlib import resources
@@ -339,7 +340,9 @@ def config_from_dict(raw: dict[str, Any], source: str = "config", overridden: Se
         problems = check(cfg)
     if not problems:
         return cfg
-    from_line = [p for p in problems if any(key in p for key in overridden)]
+    # a key as a whole name: training_config.global_batch is not in ...global_batch_tokens
+    named = [re.compile(rf"(?<![\w.]){re.escape(key)}(?!\w)") for key in overridden]
+    from_line = [p for p in problems if any(key.search(p) for key in named)]
     if from_line:
         source = "command line" if len(from_line) == len(problems) else f"{source} and command line"
     raise UserError(f"{source}: " + "; ".join(problems)) from None
