@@ -168,3 +168,15 @@ def test_an_export_deletes_what_killed_exports_left_never_a_running_ones(tmp_pat
     assert cli.main(["export", str(path), "--format", "gguf", "--out", str(tmp_path / "m.gguf")]) == 0
     assert not killed.exists() and running.read_bytes() == b"GGUF, half"
     assert read_gguf(tmp_path / "m.gguf")[0]["general.architecture"] == "llama"
+
+
+def test_an_out_that_is_a_link_to_nothing_already_exists(tmp_path, capsys):
+    """A link whose file is gone is a name taken: refused before anything is read, as an existing
+    file is (it was refused only at the end, as 'written by another process while this export ran')."""
+    path = char_checkpoint(tmp_path / "ckpt")
+    out = tmp_path / "m.gguf"
+    out.symlink_to(tmp_path / "gone.gguf")
+    assert cli.main(["export", str(path), "--format", "gguf", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {out} already exists; choose a new file with --out (nothing was changed)\n"
+    assert out.is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "m.gguf"]

@@ -120,7 +120,7 @@ def export_gguf(target: str | Path, out: str | Path, dtype: str = "float32") -> 
     if dtype not in ("float32", "float16"):
         raise UserError(f"GGUF export writes float32 or float16 weights (got --dtype {dtype})")
     out = Path(out)
-    if out.exists():
+    if out.exists() or out.is_symlink():  # a link to nothing too: the file would not replace it
         raise UserError(f"{out} already exists; choose a new file with --out (nothing was changed)")
     loaded = ckpt.load_checkpoint(target)  # LoRA adapters arrive merged
     m: ModelConfig = loaded.cfg.model
