@@ -4,6 +4,7 @@ datasets are built inside the tests with `datasets.Dataset.from_dict`)."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -284,3 +285,39 @@ def test_a_byte_order_mark_is_not_part_of_the_text(tmp_path):
     (tmp_path / "r.jsonl").write_bytes(bom + lines)
     assert list(sources.jsonl_documents([str(tmp_path / "r.jsonl")], text_field="text").read()) == ["a", "b"]
     assert jsonl_prompt_response(tmp_path / "r.jsonl").pairs == [("p", "r"), ("q", "s")]
+
+
+def test_ctrl_c_while_the_replaced_copy_is_deleted_says_the_data_is_prepared(
+    tmp_path, monkeypatch, capsys, dead_pid
+):
+    """Deleting the old prepared folder (many GB of shards) takes a while once the new one has its
+    name: Ctrl-C then said 'N finished shard(s) kept in DIR.partial; run the same command again',
+    where there was no DIR.partial and nothing left to do, and the half-deleted old copy stayed
+    beside DIR for good. Now the line says DIR is prepared, and the next preparation deletes that
+    copy."""
+    from trickster import atomic
+
+    paths = write_texts(tmp_path / "texts", stories(40, seed=5))
+    out = tmp_path / "out"
+    args = ["data", "prepare", "text", *map(str, paths), "--out", str(out), "--workers", "1", "--no-progress"]
+    assert cli.main([*args, "--tokenizer", "byte"]) == 0
+    rmtree = atomic.shutil.rmtree
+
+    def cut_short(path, *a, **k):
+        if path.name.startswith(".out.old-") and path.exists():
+            (path / "meta.json").unlink()  # some of it deleted, then Ctrl-C
+            raise KeyboardInterrupt
+        rmtree(path, *a, **k)
+
+    monkeypatch.setattr(atomic.shutil, "rmtree", cut_short)
+    capsys.readouterr()
+    assert cli.main(args) == 130
+    assert capsys.readouterr().err.splitlines() == [
+        f"interrupted: {out} is prepared (only deleting the folder it replaced was cut short)"
+    ]
+    assert load_data(out).tokenizer.kind == "char" and not partial_dir(out).exists()
+    monkeypatch.undo()
+    # as the stopped process, now dead, left it (this process's own would go anyway)
+    (tmp_path / f".out.old-{os.getpid()}").rename(tmp_path / f".out.old-{dead_pid}")
+    assert cli.main(args) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "texts"]

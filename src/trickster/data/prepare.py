@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trickster.atomic import held, leftovers, replace_dir, replace_file, restore_replaced
+from trickster.atomic import held, leftovers, remove_leftovers, replace_dir, replace_file, restore_replaced
 from trickster.data import dedup
 from trickster.data.encode import Chunk, Document, Encoded, chunks, encoded_in_order, in_validation
 from trickster.data.meta import META_FORMAT, prepared_meta
@@ -90,6 +90,7 @@ def prepare(
     """
     out_dir = Path(out_dir)
     restore_replaced(out_dir)  # a preparation killed between its two renames: replaced whole below
+    remove_leftovers(out_dir.parent, of=out_dir.name)  # what one stopped after them left (.DIR.old-PID)
     _check_out_dir(out_dir)
     if shard_tokens < 1:
         raise UserError(f"--shard-tokens must be at least 1 (got {shard_tokens})")
@@ -126,6 +127,10 @@ def prepare(
             replace_dir(partial, out_dir)
             return meta
         except KeyboardInterrupt:
+            if not partial.exists() and out_dir.is_dir():  # renamed: deleting the old copy was cut short
+                raise Interrupted(
+                    f"{out_dir} is prepared (only deleting the folder it replaced was cut short)"
+                ) from None
             raise Interrupted(
                 f"{record.finished_shards()} finished shard(s) kept in {partial}; run the same "
                 "command again to continue"
