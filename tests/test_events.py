@@ -8,8 +8,8 @@ import json
 import pytest
 
 from trickster.errors import UserError
+from trickster.observe.curves import Curves
 from trickster.observe.events import MetricsLog, read_metrics
-from trickster.observe.plots import Curves
 from trickster.observe.runs import read_run
 from trickster.observe.sinks import csv_rows
 from trickster.units import format_duration

@@ -20,7 +20,8 @@ from trickster.cli import main
 from trickster.config import load_config, save_config
 from trickster.data import loader
 from trickster.errors import UserError
-from trickster.observe.plots import Curves, loss_figure
+from trickster.observe.curves import Curves
+from trickster.observe.plots import loss_figure
 from trickster.observe.status import read_status
 from trickster.train import budget, loop, optim
 from trickster.train import checkpoint as ckpt
@@ -74,7 +75,7 @@ def test_a_loss_spike_rolls_back_and_goes_on_as_if_its_batches_were_never_drawn(
     assert curves.train_step == list(range(1, 31))
     assert curves.spikes == [(last, rollback["peak_loss"])]
     assert [step for step, _ in curves.abandoned] == list(range(16, last))  # logged before the rollback
-    assert loss_figure(spiked.history) is not None
+    assert loss_figure(curves) is not None
 
     # the same run, told from the start to pass over the draws of steps first-1 .. last
     skip = [first - 2, last]  # draw indices: step s draws index s-1 (no accumulation)

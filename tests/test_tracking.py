@@ -20,6 +20,7 @@ from PIL import Image
 
 from trickster.errors import UserError
 from trickster.observe import plots
+from trickster.observe.curves import Curves
 from trickster.observe.events import read_metrics
 from trickster.observe.sinks import CSV_FIELDS, MetricSinks, csv_rows
 from trickster.train.loop import train
@@ -119,13 +120,14 @@ def test_loss_and_token_axes_are_logarithmic_only_when_the_values_span_a_wide_ra
         ]
         return [start, *evals, *trains]
 
-    wide = plots.loss_figure(records([4.2, 2.5, 1.8, 1.5], [0, 10, 100, 1000]))
-    narrow = plots.loss_figure(records([1.6, 1.55, 1.5, 1.45], [10, 20, 30, 40]))
+    wide = plots.loss_figure(Curves.from_records(records([4.2, 2.5, 1.8, 1.5], [0, 10, 100, 1000])))
+    narrow = plots.loss_figure(Curves.from_records(records([1.6, 1.55, 1.5, 1.45], [10, 20, 30, 40])))
     assert [ax.get_yscale() for ax in wide.axes] == ["log", "log"]
     assert wide.axes[1].get_xscale() == "log"  # tokens from 100 to 100,100
     assert [ax.get_yscale() for ax in narrow.axes] == ["linear", "linear"]
     assert narrow.axes[1].get_xscale() == "linear"  # tokens from 1,000 to 4,100
-    assert plots.loss_figure([{"event": "start", "step": 0, "tokens_per_step": 1}]) is None
+    start_only = Curves.from_records([{"event": "start", "step": 0, "tokens_per_step": 1}])
+    assert plots.loss_figure(start_only) is None
 
 
 def test_loss_png_is_redrawn_without_reading_metrics_jsonl_again(micro, tmp_path, monkeypatch):
@@ -149,9 +151,7 @@ def test_loss_png_is_redrawn_without_reading_metrics_jsonl_again(micro, tmp_path
     sink.close()
     assert reads == [1]  # the start event, when the run started: no evaluation read the file again
     drawn = (run / "loss.png").read_bytes()
-    plots.write_loss_plot(
-        run, plots.Curves.from_records(read_metrics(run / "metrics.jsonl"))
-    )  # the whole file
+    plots.write_loss_plot(run, Curves.from_records(read_metrics(run / "metrics.jsonl")))  # the whole file
     assert (run / "loss.png").read_bytes() == drawn
 
 

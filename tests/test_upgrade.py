@@ -15,8 +15,8 @@ import torch
 from trickster import cli
 from trickster.config import Config, config_from_dict
 from trickster.data.loader import load_data
+from trickster.observe.curves import Curves
 from trickster.observe.events import read_metrics
-from trickster.observe.plots import Curves
 from trickster.train import checkpoint as ckpt
 from trickster.train.device import settings_restored
 from trickster.train.loop import Trainer, train

@@ -27,9 +27,8 @@ from trickster.observe.curves import Curves
 LOSS_TICKS = (0.5, 0.75, 1, 1.25, 1.5, 1.75, 2, 2.5, 3, 4, 5, 6, 8, 10, 12, 15, 20)
 
 
-def loss_figure(records: list[dict] | Curves, title: str = "") -> Figure | None:
+def loss_figure(c: Curves, title: str = "") -> Figure | None:
     """Train and validation loss against steps (left) and tokens seen (right); None if empty."""
-    c = records if isinstance(records, Curves) else Curves.from_records(records)
     if not c.train_loss and not c.val_loss:
         return None
     fig = Figure(figsize=(11, 4.2), dpi=100, layout="constrained")
@@ -85,9 +84,8 @@ def _mark_spikes(ax, c: Curves) -> None:
     ax.plot(steps, peaks, "x", color="tab:red", markersize=8, markeredgewidth=2, label="loss spike")
 
 
-def training_figure(records: list[dict] | Curves) -> Figure | None:
+def training_figure(c: Curves) -> Figure | None:
     """Learning rate, gradient norm (before clipping) and throughput against steps."""
-    c = records if isinstance(records, Curves) else Curves.from_records(records)
     if not c.train_step:
         return None
     fig = Figure(figsize=(11, 2.8), dpi=100, layout="constrained")

@@ -16,6 +16,7 @@ from pathlib import Path
 from trickster.atomic import replace_file
 from trickster.config import Config
 from trickster.errors import UserError, disk_errors
+from trickster.observe.curves import Curves
 from trickster.observe.events import DISK_FIX, MetricsLog, iter_metrics
 
 TRACKING_EXTRA = "pip install nano-trickster[tracking]"
@@ -82,7 +83,7 @@ class MetricSinks:
         require_tracking(cfg)
         self.run_dir, self.cfg = Path(run_dir), cfg
         self.log: MetricsLog | None = None
-        self._curves = None  # plots.Curves of loss.png (logging_config.loss_plot)
+        self._curves: Curves | None = None  # of loss.png (logging_config.loss_plot)
         self._read = False  # metrics.jsonl read back since this run started or resumed
         self._tensorboard = None
         self._wandb = None
@@ -129,11 +130,7 @@ class MetricSinks:
     def _read_back(self) -> None:
         """metrics.csv and the loss curves anew from metrics.jsonl (the event just written
         included), in one pass that holds one event at a time."""
-        curves = None
-        if self.cfg.logging.loss_plot:
-            from trickster.observe import plots  # matplotlib loads when the first event is written
-
-            curves = plots.Curves()
+        curves = Curves() if self.cfg.logging.loss_plot else None
 
         def lines():
             buffer = io.StringIO()
