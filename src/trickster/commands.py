@@ -129,9 +129,8 @@ def train_command(source: ConfigSource, resume: bool = False, progress: bool | N
         return 128 + int(result.exit_signal)
     if not speaks or result.cfg.logging.log_level in QUIET_LEVELS:  # warning/error: errors only
         return 0
-    best = result.state.best_loss_seen
-    shown = "n/a" if best is None else f"{best:.4f}"
-    print(f"done: {result.state.step} steps; best val loss {shown}; run in {result.run_dir}")
+    best = _loss(result.state.best_loss_seen)
+    print(f"done: {result.state.step} steps; best val loss {best}; run in {result.run_dir}")
     print(f"next: {generate_hint(result.run_dir, result.cfg.training.sample_prompt)}")
     return 0
 
