@@ -182,7 +182,8 @@ def check_fits(cfg: Config, device: torch.device, world_size: int = 1) -> None:
     t = cfg.training
     batch = 1 if t.batch_size == "auto" else t.batch_size  # auto: at least one window must fit
     # dtype auto counted as the run computes (bfloat16 on a fast GPU: half the activations)
-    mem = footprint.memory_estimate(resolve_precision(cfg, device), batch_size=batch, processes=world_size)
+    computed = resolve_precision(cfg, device)
+    mem = footprint.memory_estimate(computed, batch_size=batch, processes=world_size)
     capacity, what = footprint.memory_limit(cfg, device)
     if mem.state > capacity:  # counted exactly: bytes per parameter
         need = f"its weights, gradients and optimizer state need {_size(mem.state)}"
@@ -193,7 +194,7 @@ def check_fits(cfg: Config, device: torch.device, world_size: int = 1) -> None:
         # auto: choose_batch measures whether one window fits, and says so
         return
     has = f"{what} of {device}, {_size(capacity)}"
-    fit = footprint.fitting_batch(cfg, footprint.HEADROOM * capacity)
+    fit = footprint.fitting_batch(computed, footprint.HEADROOM * capacity)  # as the estimate counts
     raise UserError(
         f"one training step does not fit in memory ({has}): the micro-batch of {t.batch_size:,} x "
         f"{cfg.seq_len} tokens needs {_size(mem.total)} ({_size(mem.activations + mem.logits)} of "
