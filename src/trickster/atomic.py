@@ -103,14 +103,16 @@ def held(folder: Path, busy: str):
                 raise UserError(busy) from None
             except OSError:
                 pass
-            if _same_file(fd, folder):  # not one its holder renamed away while we opened it
+            if still_at(fd, folder):  # not one its holder renamed away while we opened it
                 yield
                 return
         finally:
             os.close(fd)
 
 
-def _same_file(fd: int, path: Path) -> bool:
+def still_at(fd: int, path: Path) -> bool:
+    """Whether the file or folder open as `fd` is still the one at `path` (a lock taken on one that
+    was renamed or removed meanwhile guards nothing)."""
     try:
         return os.path.samestat(os.fstat(fd), path.stat())
     except FileNotFoundError:

@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from trickster.atomic import remove_leftovers, replace_file
+from trickster.atomic import remove_leftovers, replace_file, still_at
 from trickster.config import Config
 from trickster.data.loader import PreparedData
 from trickster.errors import UserError, disk_errors
@@ -71,16 +71,9 @@ def _locked(path: Path, run_dir: Path):
             lock = open(path, "a+", encoding="utf-8")
         with lock:
             _lock(lock, run_dir)
-            if _still_at(path, lock):
+            if still_at(lock.fileno(), path):
                 yield lock
                 return
-
-
-def _still_at(path: Path, lock) -> bool:
-    try:
-        return os.path.samestat(os.fstat(lock.fileno()), path.stat())
-    except FileNotFoundError:
-        return False
 
 
 def _lock(lock, run_dir: Path) -> None:
