@@ -54,8 +54,6 @@ def liveness(status: dict) -> str:
         return "running?"
     return "running" if process_exists(status.get("pid")) else "stopped"
 
-    return True
-
 
 class Heartbeat:
     """What the training process writes to status.json: at every log interval while it runs and
