@@ -228,10 +228,10 @@ class Trainer:
         """One optimizer step over the accumulation's micro-batches.
 
         Losses stay on the device; the step's one host synchronisation is a single packed
-        all-reduce of [loss, non-finite flag, gradient norm, stop flag], after the next step's
-        first batch is already drawn and on its way. A non-finite loss or gradient norm skips the
-        update and drops the gradients; with float16 the GradScaler skips inf/NaN gradients itself
-        while it calibrates, so only a non-finite loss counts as a skip then.
+        all-reduce of [loss, non-finite flag, gradient norm, stop flag, max_time flag], after the
+        next step's first batch is already drawn and on its way. A non-finite loss or gradient norm
+        skips the update and drops the gradients; with float16 the GradScaler skips inf/NaN
+        gradients itself while it calibrates, so only a non-finite loss counts as a skip then.
         """
         reset_peak_memory(self.device)  # the peak logged is a training step's, not setup's or eval's
         accumulation = self.cfg.training.gradient_accumulation_steps
