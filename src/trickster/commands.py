@@ -1,4 +1,5 @@
-"""What each CLI command does, printing for a person. The argument parsing and checks live in cli.py.
+"""What each CLI command does, printing for a person. The options are declared in cli_parser.py and
+checked in cli.py.
 
 Each command is a function with typed arguments, named like the command line's options; options
 that belong together travel as one of the dataclasses in options.py.

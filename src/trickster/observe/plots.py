@@ -1,4 +1,4 @@
-"""Figures drawn from a run's metrics.jsonl with matplotlib.
+"""Figures drawn with matplotlib from the points curves.Curves gathers from a run's metrics.jsonl.
 
 `write_loss_plot(run_dir, curves)` redraws RUN_DIR/loss.png after each evaluation, from the curves
 the training loop keeps (metrics.jsonl is not read again); report.py embeds the same figures in its

@@ -1,8 +1,8 @@
 """The sinks that copy each event of metrics.jsonl elsewhere: metrics.csv, loss.png, TensorBoard,
 Weights & Biases.
 
-The training loop only writes events; plots and reports are built from the run folder afterwards
-(see plots.py and report.py).
+The training loop only writes events (through MetricSinks); loss.png is the one figure drawn while
+it runs, and the report is built from the run folder afterwards (report.py).
 """
 
 from __future__ import annotations
