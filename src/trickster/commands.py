@@ -15,7 +15,7 @@ from pathlib import Path
 
 from trickster.data import hub, sources
 from trickster.data.dedup import DedupSettings
-from trickster.data.loader import load_data
+from trickster.data.loader import PreparedData, load_data
 from trickster.data.prepare import prepare, prepare_prompt_response
 from trickster.data.records import jsonl_prompt_response
 from trickster.data.report import prepare_summary
@@ -211,11 +211,16 @@ def _val_losses(loaded, models, data_path, device) -> list[float | None]:
     path = data_path or loaded.info.get("data_path")
     if data_path is None and (not path or not (Path(path) / "meta.json").is_file()):
         return [None] * len(models)
-    data = load_data(path)
-    if data.tokenizer.fingerprint() != loaded.tokenizer.fingerprint():
-        raise UserError(f"data in {path} uses another tokenizer than {loaded.path}; pass --data DIR")
+    data = _data_of(loaded, path)
     batches = validation_batches(data, loaded.cfg, draw_width=loaded.info.get("val_draw_width"))
     return [evaluate(m, batches, device, loaded.dtype) for m in models]
+
+
+def _data_of(loaded: ckpt.LoadedCheckpoint, path) -> PreparedData:
+    data = load_data(path)  # refused unless prepared with the checkpoint's tokenizer
+    if data.tokenizer.fingerprint() != loaded.tokenizer.fingerprint():
+        raise UserError(f"data in {path} uses another tokenizer than {loaded.path}; pass --data DIR")
+    return data
 
 
 def eval_command(opts: EvalOptions) -> None:
@@ -234,9 +239,7 @@ def eval_command(opts: EvalOptions) -> None:
         path = opts.data or loaded.info.get("data_path")
         if not path:
             raise UserError(f"{loaded.path} does not name its data; pass --data DIR or --text FILE")
-        data = load_data(path)
-        if data.tokenizer.fingerprint() != tokenizer.fingerprint():
-            raise UserError(f"data in {path} uses another tokenizer than {loaded.path}; pass --data DIR")
+        data = _data_of(loaded, path)
         tokens, mask = data.val, data.val.loss_mask
         what = f"{path} (val split)"
     if opts.max_tokens is not None and len(tokens) > opts.max_tokens + 1:
