@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from trickster import footprint
-from trickster.config import save_config
+from trickster.config import load_config, save_config
 from trickster.errors import UserError
 from trickster.train.loop import train
-from trickster.train.memory import choose_batch, out_of_memory
+from trickster.train.memory import check_fits, choose_batch, out_of_memory
 
 from .conftest import QUIET, micro_config
 
@@ -42,6 +42,43 @@ def test_the_suggested_micro_batch_fits_and_keeps_the_global_batch(shakespeare_d
     assert "during a training step at step 12 (micro-batch 64 x 64 tokens)" in line
     assert "continue from checkpoints/step_000010 with --resume" in line
     assert "\n" not in line
+
+
+def fsdp_config(processes: int, windows: float):
+    """The nano preset sharded by FSDP, micro-batch 64, with the memory limit that the formula
+    fills, on each of `processes`, with the sharded state and `windows` windows."""
+    overrides = ["device_config.enable_fsdp=true", "device_config.device=cpu", "device_config.dtype=float32"]
+    overrides += ["training_config.batch_size=64", "training_config.gradient_accumulation_steps=1"]
+    cfg = load_config(preset="nano", overrides=overrides)
+    one = footprint.memory_estimate(cfg, batch_size=1, processes=processes)
+    budget = one.state + windows * (one.activations + one.logits)
+    cfg.device.memory_gib = budget / footprint.HEADROOM / GiB
+    return cfg, budget
+
+
+def suggested_micro_batch(line: str) -> int:
+    found = re.search(r"suggests training_config.batch_size=(\d+) with", line)
+    return int(found.group(1)) if found else 0  # 0: "even a micro-batch of 1 is too large"
+
+
+@pytest.mark.parametrize("processes", [2, 4])
+def test_under_fsdp_the_suggested_micro_batch_counts_the_sharded_state(processes):
+    """Each of the processes keeps 1/N of the weights, gradients and AdamW state: the advice of
+    an out-of-memory step and of check_fits is the largest micro-batch that fits beside that
+    share (the 64 windows a process computes per step split exactly into 8 x 8), more than
+    the same memory holds beside the whole state of one process."""
+    cfg, budget = fsdp_config(processes, windows=8.5)
+    cpu = torch.device("cpu")
+    oom = str(out_of_memory(cfg, cpu, "a training step", 3, None, world_size=processes))
+    with pytest.raises(UserError) as refused:
+        check_fits(cfg, cpu, world_size=processes)
+    for line in (oom, str(refused.value)):
+        micro = suggested_micro_batch(line)
+        assert f"gradient_accumulation_steps={64 // micro} " in line, line
+        assert footprint.memory_estimate(cfg, batch_size=micro, processes=processes).total <= budget
+        assert footprint.memory_estimate(cfg, batch_size=micro + 1, processes=processes).total > budget
+    alone = suggested_micro_batch(str(out_of_memory(cfg, cpu, "a training step", 3, None)))
+    assert alone < micro
 
 
 def test_when_one_window_does_not_fit_the_line_says_so(shakespeare_dir, tmp_path):

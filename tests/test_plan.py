@@ -350,6 +350,33 @@ def test_fsdp_divides_the_model_state_by_the_shard_count():
     assert plan.make_plan(hybrid, torch.device("cpu"), measure=False).memory.shards == 4
 
 
+@pytest.mark.parametrize("processes", [2, 4])
+def test_under_fsdp_the_plan_fits_the_micro_batch_beside_each_process_share(processes):
+    """The plan's micro-batch, advised for a run that does not fit and chosen for batch_size:
+    auto, is the largest whose step fits beside the state each of the FSDP processes keeps, more
+    than fits beside the whole state of one process."""
+    overrides = ["device_config.enable_fsdp=true", "device_config.dtype=float32"]
+    cfg = load_config(preset="nano", overrides=[*overrides, "training_config.batch_size=64"])
+    one = footprint.memory_estimate(cfg, batch_size=1, processes=processes)
+    budget = one.state + 8.5 * (one.activations + one.logits)
+    cfg.device.memory_gib = budget / footprint.HEADROOM / GiB
+
+    def advised(n: int) -> int:
+        (advice,) = plan.make_plan(cfg, CPU_DEVICE, measure=False, processes=n).advice
+        return int(advice.split("training_config.batch_size=")[1].split()[0])
+
+    def total(batch: int) -> int:
+        return footprint.memory_estimate(cfg, batch_size=batch, processes=processes).total
+
+    auto = cfg.model_copy(deep=True)
+    auto.training.batch_size, auto.training.global_batch = "auto", 64 * processes
+    chosen = plan.make_plan(auto, CPU_DEVICE, measure=False, processes=processes).cfg.training
+    assert (chosen.batch_size, chosen.gradient_accumulation_steps) == (8, 8)  # 64 per process, 8 fit
+    for micro in (advised(processes), chosen.batch_size):
+        assert total(micro) <= budget < total(micro + 1)
+    assert advised(1) < advised(processes)
+
+
 def test_activation_checkpointing_keeps_only_the_block_inputs():
     cfg = load_config(preset="midi", overrides=["device_config.activation_checkpointing=false"])
     recomputed = load_config(preset="midi", overrides=["device_config.activation_checkpointing=true"])

@@ -145,9 +145,10 @@ def memory_estimate(
     )
 
 
-def fitting_batch(cfg: Config, budget: float) -> int:
-    """The largest micro-batch whose step fits in `budget` bytes by the formula (0: not even one)."""
-    mem = memory_estimate(cfg, batch_size=1)
+def fitting_batch(cfg: Config, budget: float, processes: int = 1) -> int:
+    """The largest micro-batch whose step fits in `budget` bytes by the formula (0: not even one),
+    on each of `processes` (FSDP shards the state over them)."""
+    mem = memory_estimate(cfg, batch_size=1, processes=processes)
     return max(0, int((budget - mem.state) // (mem.activations + mem.logits)))
 
 

@@ -231,7 +231,7 @@ def make_plan(
     device_bytes, what = memory_limit(cfg, device)
     if cfg.training.batch_size == "auto":  # the formula's choice here; training measures it
         cfg = cfg.model_copy(deep=True)
-        fit = fitting_batch(cfg, HEADROOM * device_bytes)
+        fit = fitting_batch(cfg, HEADROOM * device_bytes, processes)
         t = cfg.training
         t.batch_size, t.gradient_accumulation_steps = split_global_batch(
             global_windows(cfg, processes), processes, fit
@@ -283,7 +283,7 @@ def _advice(plan: Plan) -> list[str]:
             f"{_gib(budget)} usable: choose a smaller model{hint}, a device with more memory, or "
             f"{_sharding_hint(plan, budget)}"
         ]
-    fits_batch = fitting_batch(cfg, budget)
+    fits_batch = fitting_batch(cfg, budget, plan.processes)
     if fits_batch >= 1:
         accumulation = math.ceil(t.batch_size * t.gradient_accumulation_steps / fits_batch)
         advice = [
@@ -293,7 +293,7 @@ def _advice(plan: Plan) -> list[str]:
         ]
     else:
         seq_len = cfg.seq_len
-        while seq_len > 16 and memory_estimate(cfg, 1, seq_len).total > budget:
+        while seq_len > 16 and memory_estimate(cfg, 1, seq_len, plan.processes).total > budget:
             seq_len //= 2
         advice = [
             f"even one sequence of {cfg.seq_len} tokens does not fit: set training_config.batch_size=1 "

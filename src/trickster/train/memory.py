@@ -141,7 +141,7 @@ def out_of_memory(
     """The one line for an out-of-memory error `during` "a training step" or "an evaluation"."""
     t = cfg.training
     capacity, what = footprint.memory_limit(cfg, device)
-    fit = min(footprint.fitting_batch(cfg, footprint.HEADROOM * capacity), t.batch_size // 2)
+    fit = min(footprint.fitting_batch(cfg, footprint.HEADROOM * capacity, world_size), t.batch_size // 2)
     where = (
         f"continue from checkpoints/{checkpoint.name} with --resume and that change"
         if checkpoint
@@ -194,7 +194,7 @@ def check_fits(cfg: Config, device: torch.device, world_size: int = 1) -> None:
         # auto: choose_batch measures whether one window fits, and says so
         return
     has = f"{what} of {device}, {_size(capacity)}"
-    fit = footprint.fitting_batch(computed, footprint.HEADROOM * capacity)  # as the estimate counts
+    fit = footprint.fitting_batch(computed, footprint.HEADROOM * capacity, world_size)  # as estimated
     raise UserError(
         f"one training step does not fit in memory ({has}): the micro-batch of {t.batch_size:,} x "
         f"{cfg.seq_len} tokens needs {_size(mem.total)} ({_size(mem.activations + mem.logits)} of "
