@@ -63,7 +63,7 @@ def test_quickstart_falls_back_to_the_stdlib_when_offline(tmp_path, monkeypatch,
     from trickster import commands
     from trickster.errors import UserError
 
-    def offline(path):
+    def offline(*args, **kwargs):
         raise UserError("could not download it (offline)")
 
     monkeypatch.chdir(tmp_path)
@@ -73,6 +73,34 @@ def test_quickstart_falls_back_to_the_stdlib_when_offline(tmp_path, monkeypatch,
     out = capsys.readouterr().out
     assert "falling back to the Python standard library" in out
     assert (tmp_path / "data/python-stdlib-char/meta.json").is_file()
+
+
+def test_quickstart_again_keeps_its_prepared_data_even_offline(tmp_path, monkeypatch, capsys):
+    """A second quickstart finds Tiny Shakespeare prepared by the first: it neither downloads nor
+    rewrites it, and does not fall back to the stdlib when the network is gone meanwhile."""
+    import hashlib
+
+    from trickster import commands
+    from trickster.data import sources
+    from trickster.errors import UserError
+
+    def offline(*args, **kwargs):
+        raise UserError("could not download it (offline)")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sources, "SHAKESPEARE_SHA256", hashlib.sha256(EXCERPT.read_bytes()).hexdigest())
+    monkeypatch.setattr(sources, "download", lambda url, timeout=30: EXCERPT.read_bytes())
+    monkeypatch.setattr(commands, "train_command", lambda *a, **k: 1)  # stop after the data step
+    assert main(["quickstart", "--steps", "5"]) == 1
+    data = tmp_path / "data/shakespeare-char"
+    assert f"wrote {data.relative_to(tmp_path)}" in capsys.readouterr().out
+    stamps = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in [data, *data.rglob("*")]}
+    monkeypatch.setattr(sources, "download", offline)
+    assert main(["quickstart", "--steps", "5"]) == 1
+    out = capsys.readouterr().out
+    assert "already prepared: data/shakespeare-char holds shakespeare" in out and "falling back" not in out
+    assert stamps == {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in [data, *data.rglob("*")]}
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["shakespeare-char"]
 
 
 def test_generate_streams_a_continuation_of_the_prompt(tmp_path, shakespeare_dir, capsys):

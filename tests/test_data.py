@@ -236,6 +236,42 @@ def test_a_preparation_killed_between_its_renames_leaves_no_hidden_copy_behind(t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
+def _stamps(folder):
+    return {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in [folder, *folder.rglob("*")]}
+
+
+def test_the_same_preparation_again_keeps_the_folder(tmp_path, capsys):
+    """The same command twice (the quickstart run again): the second says so in one line and
+    rewrites nothing; changed settings, a changed input or a damaged folder are prepared anew."""
+    out, text = tmp_path / "data", tmp_path / "corpus.txt"
+    text.write_bytes(EXCERPT.read_bytes())
+    argv = ["data", "prepare", "text", str(text), "--out", str(out), "--no-progress", "--workers", "1"]
+    assert cli.main(argv) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    before = _stamps(out)
+    assert cli.main(argv) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert len(said) == 1 and said[0].startswith(f"already prepared: {out} holds text with the same settings")
+    assert _stamps(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "data"]
+
+    assert cli.main([*argv, "--val-fraction", "0.2"]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    assert load_data(out).meta["val_fraction"] == 0.2 and out.stat().st_ino != before[out][0]
+
+    argv = [*argv, "--val-fraction", "0.2"]
+    with text.open("a") as f:
+        f.write("KING LEAR:\nA line added since.\n")
+    assert cli.main(argv) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    assert load_data(out).tokenizer.decode(load_data(out).val).endswith("A line added since.\n")
+
+    shard = out / "val" / "000000.bin"
+    shard.write_bytes(shard.read_bytes()[:-5])  # cut short: no longer complete
+    assert cli.main(argv) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    assert load_data(out).meta["val_tokens"] == shard.stat().st_size
+
+
 def test_targets_are_inputs_shifted_by_exactly_one(shakespeare_dir):
     data = load_data(shakespeare_dir)
     sampler = BatchSampler(data.train, seq_len=32, batch_size=4, seed=0)

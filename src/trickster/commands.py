@@ -18,7 +18,6 @@ from trickster.data.dedup import DedupSettings
 from trickster.data.loader import PreparedData, load_data
 from trickster.data.prepare import prepare, prepare_prompt_response
 from trickster.data.records import jsonl_prompt_response
-from trickster.data.report import prepare_summary
 from trickster.data.tokenizers import load_tokenizer
 from trickster.errors import UserError
 from trickster.model.flops import flops_per_token, parameter_breakdown
@@ -38,7 +37,8 @@ from trickster.train.validate import evaluate, validation_batches
 
 
 def prepare_data(spec: SourceSpec, options: PrepareOptions, dedup: DedupSettings) -> Path:
-    """`trickster data prepare`: read a corpus, tokenize it and write a prepared data folder."""
+    """`trickster data prepare`: read a corpus, tokenize it and write a prepared data folder (or
+    keep the one already there from the same source and settings); prepare() prints what it did."""
     source, paths, text_field = spec.source, spec.paths, spec.text_field
     tokenizer, vocab_size = options.tokenizer, options.vocab_size
     chosen = _tokenizer_from(options.tokenizer_from) if options.tokenizer_from else (tokenizer or "char")
@@ -46,10 +46,10 @@ def prepare_data(spec: SourceSpec, options: PrepareOptions, dedup: DedupSettings
     out_dir = Path(options.out or f"data/{source}-{kind}")
     if source == "jsonl" and text_field is None and spec.template is None:
         records = jsonl_prompt_response(paths[0])
-        meta = prepare_prompt_response(records, chosen, out_dir, options.val_fraction, vocab_size, dedup)
+        prepare_prompt_response(records, chosen, out_dir, options.val_fraction, vocab_size, dedup)
     else:
         extra = {} if options.shard_tokens is None else {"shard_tokens": options.shard_tokens}
-        meta = prepare(
+        prepare(
             _text_source(spec),
             chosen,
             out_dir,
@@ -60,8 +60,6 @@ def prepare_data(spec: SourceSpec, options: PrepareOptions, dedup: DedupSettings
             dedup_settings=dedup,
             **extra,
         )
-    for line in prepare_summary(meta, out_dir):
-        print(line)
     return out_dir
 
 
@@ -87,7 +85,7 @@ def data_report(folder: str, html: str | None) -> None:
 
 def _text_source(spec: SourceSpec) -> sources.Source | sources.Corpus:
     if spec.source == "shakespeare":
-        return sources.shakespeare(spec.path)
+        return sources.shakespeare_source(spec.path)
     if spec.source == "text":
         return sources.text_files(spec.paths)
     if spec.source == "python-stdlib":

@@ -1,15 +1,59 @@
 """meta.json: what a prepared data folder says about itself (its source, tokenizer, split rule,
-counts per split, and a checksum over its token shards), written once preparation is done."""
+counts per split, a checksum over its token shards, and the settings it was prepared with),
+written once preparation is done."""
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 from trickster.data.shards import SPLITS, Progress, tokens_sha256
 from trickster.data.sources import Source
 from trickster.data.tokenizers import Tokenizer
+from trickster.errors import UserError
 
 META_FORMAT = 3  # shards with index.json, masks beside the shards, duplicates handled
+
+
+def preparation_settings(
+    source: Source, tokenizer: str | Tokenizer, vocab_size: int | None, val_fraction: float,
+    shard_tokens: int, dedup: dict,
+) -> dict:  # fmt: skip
+    """Everything that decides a prepared folder's contents: an unfinished preparation continues
+    only with the same settings (progress.json), and a finished one is kept (meta.json)."""
+    return {
+        "format": META_FORMAT,
+        "source": source.identity,
+        "tokenizer": tokenizer
+        if isinstance(tokenizer, str)
+        else {"from": tokenizer.kind, "fingerprint": tokenizer.fingerprint()},
+        "vocab_size": vocab_size,
+        "val_fraction": val_fraction,
+        "shard_tokens": shard_tokens,
+        "dedup": dedup,
+    }
+
+
+def already_prepared(out_dir: Path, settings: dict) -> dict | None:
+    """meta.json of `out_dir` if it is complete and was prepared with these settings, else None.
+
+    Complete as the loader checks it: meta.json, index.json and tokenizer.json readable, every shard
+    and mask there with the size index.json gives (the shards are not hashed again: that would read
+    every byte, as long as preparing a small corpus anew)."""
+    from trickster.data.loader import load_data  # torch, only once a folder is there to check
+
+    try:
+        meta = json.loads((out_dir / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("settings") != settings:
+        return None  # other settings, or written before meta.json recorded them
+    try:
+        load_data(out_dir)
+    except UserError:
+        return None
+    return meta
 
 
 def split_rule(source: Source, val_fraction: float, record: Progress) -> str:
@@ -73,5 +117,6 @@ def prepared_meta(source: Source, tokenizer: Tokenizer, record: Progress, index,
             "meaning": "one per token: 1 = the loss covers it (response), 0 = it does not (prompt)",
         }
     meta["tokens_sha256"] = tokens_sha256(index)
+    meta["settings"] = record.settings
     meta["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return meta

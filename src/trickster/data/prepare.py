@@ -46,7 +46,7 @@ import numpy as np
 from trickster.atomic import held, leftovers, remove_leftovers, replace_dir, replace_file, restore_replaced
 from trickster.data import dedup
 from trickster.data.encode import Chunk, Document, Encoded, chunks, encoded_in_order, in_validation
-from trickster.data.meta import META_FORMAT, prepared_meta
+from trickster.data.meta import already_prepared, preparation_settings, prepared_meta
 from trickster.data.records import Records, records_source
 from trickster.data.shards import SPLITS, Progress, ShardWriter, SplitProgress, token_dtype
 from trickster.data.sources import Corpus, Source, corpus_source
@@ -87,6 +87,8 @@ def prepare(
     `tokenizer_kind` names a tokenizer to build from this corpus (char, byte, ...), or is an
     existing Tokenizer (a model's, to fine-tune it on this text). `workers` defaults to the number
     of CPUs. `dedup_settings`: see dedup.py (default: exact copies dropped, near-copies grouped).
+    `echo` hears what was done (a summary of the folder); an `out_dir` already prepared, complete,
+    with the same settings is kept as it is, said in one line.
     """
     out_dir = Path(out_dir)
     restore_replaced(out_dir)  # a preparation killed between its two renames: replaced whole below
@@ -99,17 +101,12 @@ def prepare(
     if isinstance(source, Corpus):
         source = corpus_source(source)
     partial = partial_dir(out_dir)
-    settings = {
-        "format": META_FORMAT,
-        "source": source.identity,
-        "tokenizer": tokenizer_kind
-        if isinstance(tokenizer_kind, str)
-        else {"from": tokenizer_kind.kind, "fingerprint": tokenizer_kind.fingerprint()},
-        "vocab_size": vocab_size,
-        "val_fraction": val_fraction,
-        "shard_tokens": shard_tokens,
-        "dedup": vars(settings_dedup),
-    }
+    settings = preparation_settings(
+        source, tokenizer_kind, vocab_size, val_fraction, shard_tokens, vars(settings_dedup)
+    )
+    if (meta := already_prepared(out_dir, settings)) is not None:  # like nanochat's finished shards
+        _say(echo, meta, out_dir, kept=True)
+        return meta
     try:
         partial.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -125,6 +122,7 @@ def prepare(
             job = _Job(partial, source, tokenizer, record, val_fraction, shard_tokens, settings_dedup)
             meta = job.run(chunk_chars, workers, progress)
             replace_dir(partial, out_dir)
+            _say(echo, meta, out_dir)
             return meta
         except KeyboardInterrupt:
             if not partial.exists() and out_dir.is_dir():  # renamed: deleting the old copy was cut short
@@ -148,13 +146,21 @@ def prepare_prompt_response(
     val_fraction: float = 0.1,
     vocab_size: int | None = None,
     dedup_settings: dedup.DedupSettings | None = None,
+    echo: Callable[[str], None] = print,
 ) -> dict:
     """Prompt/response records into shards with a loss mask (see records.py); returns meta.json's contents."""
     source = records_source(records, val_fraction)
     return prepare(
         source, tokenizer_kind, out_dir, val_fraction, vocab_size=vocab_size, workers=1,
-        dedup_settings=dedup_settings, echo=lambda line: None,
+        dedup_settings=dedup_settings, echo=echo,
     )  # fmt: skip
+
+
+def _say(echo: Callable[[str], None], meta: dict, out_dir: Path, kept: bool = False) -> None:
+    from trickster.data.report import prepare_summary  # it reads folders with torch: not for workers
+
+    for line in prepare_summary(meta, out_dir, kept):
+        echo(line)
 
 
 def _check_out_dir(out_dir: Path) -> None:

@@ -308,8 +308,14 @@ NO_SEPARATOR_DOCUMENTS = (
 )
 
 
-def prepare_summary(meta: dict, out_dir: Path) -> list[str]:
-    """What `trickster data prepare` says when it is done."""
+def prepare_summary(meta: dict, out_dir: Path, kept: bool = False) -> list[str]:
+    """What `trickster data prepare` says when it is done; `kept`: out_dir was already prepared."""
+    if kept:
+        return [
+            f"already prepared: {out_dir} holds {meta['source']} with the same settings (train "
+            f"{meta['train_tokens']:,} tokens, val {meta['val_tokens']:,}, {meta['tokenizer']} "
+            f"vocabulary {meta['vocab_size']}); nothing was rewritten (delete it to prepare it again)"
+        ]
     if meta.get("loss_mask"):
         lines = [
             f"{meta['source']}: {meta['documents_read']:,} prompt/response records read "

@@ -109,6 +109,29 @@ def shakespeare(path: str | Path | None = None, url: str = SHAKESPEARE_URL, time
     return Corpus("shakespeare", [text], [source], hashlib.sha256(raw).hexdigest())
 
 
+def shakespeare_source(path: str | Path | None = None) -> Source:
+    """Tiny Shakespeare as `data prepare` reads it. Downloaded, it is known before the download
+    (only the file with SHAKESPEARE_SHA256 is taken): a folder already prepared from it is found
+    without the network, and it is downloaded only when its text is read."""
+    if path is not None:
+        return corpus_source(shakespeare(path))
+    read: list[Corpus] = []
+
+    def documents() -> Iterator[str]:
+        if not read:
+            read.append(shakespeare())
+        return iter(read[0].documents)
+
+    return Source(
+        "shakespeare",
+        {"source": "shakespeare", "sha256": SHAKESPEARE_SHA256, "files": [SHAKESPEARE_URL]},
+        documents,
+        single_document=True,
+        files=[SHAKESPEARE_URL],
+        content_sha256=lambda: read[0].sha256 if read else SHAKESPEARE_SHA256,
+    )
+
+
 def download(url: str, timeout: float = 30) -> bytes:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
