@@ -117,12 +117,16 @@ def run(module: str, *args: str, timeout: float = 300, **options) -> subprocess.
     return subprocess.CompletedProcess([module, *args], child.returncode, out, err)
 
 
-def job(module: str, *args: str, processes: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
+def job(
+    module: str, *args: str, processes: int = 2, timeout: float = 300, end_others: bool = True
+) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc-per-node PROCESSES -m MODULE ARGS`, without torchrun: forked
     children with the environment it gives each worker for `env://` (RANK, LOCAL_RANK, WORLD_SIZE,
     LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT). When one ends with an error the others are
-    killed, as torchrun kills them; the return code is the first error's (0 if none). stdout and
-    stderr are the ranks' own, one after the other, as torchrun's interleave them."""
+    killed, as torchrun kills them; with `end_others=False` each runs to its own end (or to
+    `timeout`), as the processes of another node would, whose torchrun sees only its own. The
+    return code is the first error's (0 if none). stdout and stderr are the ranks' own, one after
+    the other, as torchrun's interleave them."""
     from trickster.train.dist import _free_port
 
     port, size = str(_free_port()), str(processes)
@@ -133,8 +137,11 @@ def job(module: str, *args: str, processes: int = 2, timeout: float = 300) -> su
     for worker in workers:
         worker.start_reading()
     deadline, failed = time.monotonic() + timeout, None
-    while failed is None and any(w.poll() is None for w in workers) and time.monotonic() < deadline:
-        failed = next((w.returncode for w in workers if w.poll() not in (None, 0)), None)
+    while any(w.poll() is None for w in workers) and time.monotonic() < deadline:
+        if failed is None:
+            failed = next((w.returncode for w in workers if w.poll() not in (None, 0)), None)
+        if failed is not None and end_others:
+            break
         time.sleep(0.05)
     for worker in workers:
         if worker.poll() is None:  # after another's error, or past the deadline

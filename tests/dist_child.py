@@ -22,12 +22,16 @@ FAULT:
     term-at-step:N
                   rank 1 alone receives SIGTERM during its Nth training step (and rank 0 takes
                   1.5 s to write the "stopped" event)
+    term-disk-full-at-step:N, term-bug-at-step:N
+                  as term-at-step, but rank 0's write of the "stopped" event fails: the disk is
+                  full (ENOSPC), or a RuntimeError("planted") as a bug would raise
 
 The faults are injected here, in the test, so the product code carries no hooks.
 """
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import signal
@@ -105,11 +109,14 @@ def install(fault: str) -> None:
         loader.BatchSampler.__init__ = skipping_init
     elif fault.startswith("die-in-save:") and rank1:
         _die_in_save(int(fault.split(":")[1]))
-    elif fault.startswith(("hang-at-step:", "term-at-step:")) and rank1:
+    elif fault.startswith(("hang-at-step:", "term-")) and rank1:
         _at_step(int(fault.split(":")[1]), hang=fault.startswith("hang"))
     elif fault.startswith("term-at-step:"):
         _slow_to_write("stopped")
-    elif not fault.startswith(("stop-token:", "die-in-save:", "hang-at-step:", "term-at-step:")):
+    elif fault.startswith(("term-disk-full-at-step:", "term-bug-at-step:")):
+        full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        _fail_to_write("stopped", full if fault.startswith("term-disk-full") else None)
+    elif not fault.startswith(("stop-token:", "die-in-save:", "hang-at-step:", "term-")):
         raise SystemExit(f"unknown fault {fault!r}")
 
 
@@ -136,6 +143,29 @@ def _slow_to_write(event: str, seconds: float = 1.5) -> None:
         if name == event:
             time.sleep(seconds)
         return original(self, name, *args, **kwargs)
+
+    events.MetricsLog.write = write
+
+
+def _fail_to_write(event: str, disk_error: OSError | None) -> None:
+    """Rank 0's write of `event` to metrics.jsonl fails: opening the file raises `disk_error` (as
+    a full disk would: the write turns it into its line), or, if None, the write raises
+    RuntimeError("planted") (a bug). The other events are written as ever."""
+    original = events.MetricsLog.write
+
+    def failing_open(*args, **kwargs):
+        raise disk_error
+
+    def write(self, name, *args, **kwargs):
+        if name != event:
+            return original(self, name, *args, **kwargs)
+        if disk_error is None:
+            raise RuntimeError("planted")
+        events.open = failing_open  # found before the builtin by the module's code
+        try:
+            return original(self, name, *args, **kwargs)
+        finally:
+            del events.open
 
     events.MetricsLog.write = write
 

@@ -87,9 +87,10 @@ def job_argv(cfg, tmp_path: Path, fault: str | None, overrides) -> list[str]:
     return [*module, "train", "--config", str(path), "--no-progress", *overrides]
 
 
-def forked_job(cfg, tmp_path: Path, *overrides: str, fault: str | None = None):
-    """As `torchrun`, in 2 forked processes (see the module docstring)."""
-    result = children.job(*job_argv(cfg, tmp_path, fault, overrides))
+def forked_job(cfg, tmp_path: Path, *overrides: str, fault: str | None = None, **job):
+    """As `torchrun`, in 2 forked processes (see the module docstring); `job`: children.job's
+    timeout and end_others."""
+    result = children.job(*job_argv(cfg, tmp_path, fault, overrides), **job)
     assert fault or result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -347,6 +348,35 @@ def test_sigterm_to_one_process_stops_every_process_after_the_same_step(shakespe
         "__0_0.distcp",
         "__1_0.distcp",
     ]
+
+
+@pytest.mark.parametrize(
+    ("fault", "line"),
+    [
+        ("disk-full", "could not write {} (No space left on device); free disk space"),
+        ("bug", "process 0 failed (RuntimeError: planted); see its traceback"),
+    ],
+)
+def test_a_stop_that_rank_0_fails_to_record_ends_every_process_at_once(
+    fault, line, shakespeare_dir, tmp_path
+):
+    """SIGTERM reaches rank 1 during step 5 and rank 0's write of the `stopped` event fails
+    (tests/dist_child.py): the disk is full, or a bug raises. Rank 0 meets the others all the
+    same and hands them its line: each process ends at once with it (exit status 2; rank 0 with
+    its traceback after a bug). Rank 0 used to leave the others at the barrier: gloo broke it with
+    its traceback as rank 0 exited, NCCL waits out device_config.timeout_s (300 s here). No
+    process is ended for another's error, as on another node of a job (the test kills what is
+    left after 90 s)."""
+    run_dir = tmp_path / "run"
+    cfg = config(shakespeare_dir, run_dir, batch_size=4, enable_ddp=True, timeout_s=300)
+    began = time.monotonic()
+    result = forked_job(cfg, tmp_path, fault=f"term-{fault}-at-step:5", timeout=90, end_others=False)
+    assert time.monotonic() - began < 60, result.stderr[-3000:]
+    assert f"error: {line.format(run_dir / 'metrics.jsonl')}" in result.stderr
+    if fault == "disk-full":
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert ckpt.latest(run_dir).name == "step_000005"
+    assert history(run_dir)[-1]["event"] == "train"  # the `stopped` event was not written
 
 
 def test_a_silent_process_ends_the_job_after_timeout_s_with_one_line(shakespeare_dir, tmp_path):

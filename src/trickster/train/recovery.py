@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from trickster.errors import UserError
 from trickster.train import checkpoint as ckpt
-from trickster.train import dist
+from trickster.train import dist, setup
 from trickster.train.memory import OUT_OF_MEMORY, out_of_memory
 from trickster.train.spikes import Spike, checkpoint_before, discard_after, spike_line, too_many_spikes
 from trickster.train.state import TrainResult
@@ -51,17 +51,21 @@ def finish(trainer: Trainer) -> TrainResult:
 def stopped(trainer: Trainer) -> TrainResult:
     """A signal ended the run: the checkpoint of this step is saved; say how to go on."""
     received = trainer.signals.received or signal.SIGTERM  # another process was signalled
-    name = signal.Signals(received).name
+    # the processes exit with 128 + signal, an error to torchrun, which then ends the others:
+    # none exits before rank 0 has written how the run stopped, or failed to (disk full: then
+    # every process ends with its line)
+    setup.on_main(trainer.job, say_stopped, trainer, signal.Signals(received).name)
+    return trainer.result(received)
+
+
+def say_stopped(trainer: Trainer, name: str) -> None:
+    """The `stopped` event, the heartbeat and the line of a run that the signal `name` stopped."""
     write_stopped(trainer, signal=name)
     trainer.heartbeat.beat("stopped", trainer.state.step, reason=name)
     trainer.out.line(
         f"stopped by {name} at step {trainer.state.step}; saved "
         f"checkpoints/{ckpt.step_name(trainer.state.step)} (continue with --resume)"
     )
-    # the processes exit with 128 + signal, an error to torchrun, which then ends the others:
-    # none exits before the first has written how the run stopped
-    dist.barrier(trainer.job)
-    return trainer.result(received)
 
 
 def evaluated(trainer: Trainer) -> None:

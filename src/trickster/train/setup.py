@@ -113,13 +113,20 @@ def print_header(
 
 
 def on_main(job: dist.Dist, fn, *args):
-    """Run `fn` on rank 0 only and hand its result, or its UserError, to every process."""
+    """Run `fn` on rank 0 only and hand its result, or its UserError, to every process. Any other
+    error reaches the others as a UserError naming it (rank 0 raises its own, with its traceback):
+    whatever happens, rank 0 meets them, so none waits for it until device_config.timeout_s (on
+    another node, whose torchrun does not end its processes when one here fails)."""
     outcome = None
     if job.is_main:
         try:
             outcome = fn(*args)
         except UserError as err:
             outcome = err
+        except BaseException as err:
+            what = f"{type(err).__name__}: {err}".splitlines()[0]
+            dist.broadcast(UserError(f"process 0 failed ({what}); see its traceback"), job)
+            raise
     outcome = dist.broadcast(outcome, job)
     if isinstance(outcome, UserError):
         raise outcome
