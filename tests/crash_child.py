@@ -10,10 +10,9 @@ MOMENT, counted from 1 with N:
     during-trainer-write  half-way through writing the N-th trainer.pt of a checkpoint
     during-best-replace   the N-th time `best` is replaced: after the old folder is moved aside,
                           before the new one takes its name
-    during-metrics-rewrite  half-way through the N-th write of a whole metrics.jsonl (or of a
-                          file named after it: the rewrite of a resume)
     during-write-of-NAME  half-way through the N-th write of a whole file whose name holds NAME
-                          (config.yaml, manifest.json, metrics.csv, or its temporary name)
+                          (config.yaml, manifest.json, metrics.csv, metrics.jsonl: the rewrite of
+                          a resume; or its temporary name)
     before-staged-rename  the N-th time a staging folder (`.NAME.tmp-PID`, or a preparation's
                           `NAME.partial`) is about to take its name NAME
 
@@ -108,16 +107,6 @@ def install(moment: str, n: int) -> None:
             return rename(self, target)
 
         pathlib.Path.rename = patched_rename
-    elif moment == "during-metrics-rewrite":
-        real_open = io.open
-
-        def patched_open(file, mode="r", *args, **kwargs):
-            f = real_open(file, mode, *args, **kwargs)
-            if "w" in mode and "metrics.jsonl" in os.fspath(file) and due():
-                return HalfWriter(f)
-            return f
-
-        io.open = builtins.open = patched_open  # pathlib opens through io.open
     elif moment.startswith("during-write-of-"):
         name, real_open = moment.removeprefix("during-write-of-"), io.open
 
@@ -127,7 +116,7 @@ def install(moment: str, n: int) -> None:
                 return HalfWriter(f)
             return f
 
-        io.open = builtins.open = patched_open
+        io.open = builtins.open = patched_open  # pathlib opens through io.open
     elif moment == "before-staged-rename":
         rename = pathlib.Path.rename
 

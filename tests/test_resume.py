@@ -459,7 +459,7 @@ def test_a_kill_while_resume_rewrites_the_metrics_loses_no_event(reference, shak
     run_dir = tmp_path / "run"
     crash(shakespeare_dir, run_dir, "before-batch", 19)  # end of step 9: step_000008 to resume from
     before = read_metrics(run_dir / "metrics.jsonl")
-    crash(shakespeare_dir, run_dir, "during-metrics-rewrite", 1, "--resume")
+    crash(shakespeare_dir, run_dir, "during-write-of-metrics.jsonl", 1, "--resume")
 
     assert read_metrics(run_dir / "metrics.jsonl") == before
     resumed = train(micro_config(shakespeare_dir, run_dir, **CRASH_RUN), resume=True, **QUIET)
