@@ -123,8 +123,7 @@ def export_gguf(target: str | Path, out: str | Path, dtype: str = "float32") -> 
     if out.exists() or out.is_symlink():  # a link to nothing too: the file would not replace it
         raise UserError(f"{out} already exists; choose a new file with --out (nothing was changed)")
     loaded = ckpt.load_checkpoint(target)  # LoRA adapters arrive merged
-    m: ModelConfig = loaded.cfg.model
-    tokens, types = gguf_vocabulary(loaded.tokenizer, m.vocab_size)
+    tokens, types = gguf_vocabulary(loaded.tokenizer, loaded.cfg.model.vocab_size)
 
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -133,7 +132,38 @@ def export_gguf(target: str | Path, out: str | Path, dtype: str = "float32") -> 
     remove_leftovers(out.parent, of=out.name)  # what killed exports of this file left
     staging = out.parent / f".{out.name}.tmp-{os.getpid()}"  # a second export at once writes its own
     writer = gguf.GGUFWriter(staging, "llama")
-    writer.add_name(loaded.path.parent.parent.name if loaded.path.parent.name == "checkpoints" else out.stem)
+    name = loaded.path.parent.parent.name if loaded.path.parent.name == "checkpoints" else out.stem
+    _add_metadata(writer, name, loaded, tokens, types, dtype)
+    _add_tensors(writer, loaded, dtype)
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        placed = place_file(staging, out)  # the file appears whole or not at all
+    except BaseException as err:
+        with contextlib.suppress(OSError):  # a read-only folder refuses the clean-up too
+            writer.close()
+        with contextlib.suppress(OSError):
+            staging.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise UserError(f"could not write {out} ({err.strerror or err}); choose another --out") from None
+        raise
+    if not placed:  # another export (or anything else) wrote `out` meanwhile: it stays
+        staging.unlink(missing_ok=True)
+        raise UserError(
+            f"{out} was written by another process while this export ran; choose a new file with --out "
+            "(that file was kept)"
+        )
+    return out
+
+
+def _add_metadata(writer, name: str, loaded: ckpt.LoadedCheckpoint, tokens, types, dtype: str) -> None:
+    """The hyperparameters llama.cpp's Llama reads, and the vocabulary with its end token."""
+    import gguf
+
+    m: ModelConfig = loaded.cfg.model
+    writer.add_name(name)
     writer.add_context_length(m.max_seq_len)
     writer.add_embedding_length(m.hidden_dim)
     writer.add_block_count(m.num_layers)
@@ -156,6 +186,11 @@ def export_gguf(target: str | Path, out: str | Path, dtype: str = "float32") -> 
     end = end_token_id(loaded.tokenizer, m.vocab_size)
     if end is not None:
         writer.add_eos_token_id(end)
+
+
+def _add_tensors(writer, loaded: ckpt.LoadedCheckpoint, dtype: str) -> None:
+    """Every weight under its GGUF name, wq and wk permuted to interleaved pairs (module docstring)."""
+    m: ModelConfig = loaded.cfg.model
     for name, tensor in ckpt.weights_to_save(loaded.model).items():
         if name.endswith(("wq.weight", "wk.weight")):
             heads = m.num_heads if name.endswith("wq.weight") else m.kv_heads
@@ -164,24 +199,3 @@ def export_gguf(target: str | Path, out: str | Path, dtype: str = "float32") -> 
         if dtype == "float16" and array.ndim > 1:  # norms stay float32, as llama.cpp expects
             array = array.astype(np.float16)
         writer.add_tensor(rename(name, TO_GGUF), np.ascontiguousarray(array))
-    try:
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        placed = place_file(staging, out)  # the file appears whole or not at all
-    except BaseException as err:
-        with contextlib.suppress(OSError):  # a read-only folder refuses the clean-up too
-            writer.close()
-        with contextlib.suppress(OSError):
-            staging.unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise UserError(f"could not write {out} ({err.strerror or err}); choose another --out") from None
-        raise
-    if not placed:  # another export (or anything else) wrote `out` meanwhile: it stays
-        staging.unlink(missing_ok=True)
-        raise UserError(
-            f"{out} was written by another process while this export ran; choose a new file with --out "
-            "(that file was kept)"
-        )
-    return out
