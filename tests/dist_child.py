@@ -15,6 +15,7 @@ FAULT:
     skip:FIRST:STOP
                   every rank's sampler passes over draws FIRST..STOP-1 from the start (what a
                   rollback makes it do)
+    ram:BYTES     every rank's machine has BYTES of RAM (footprint.device_memory), whatever it has
     die-in-save:N rank 1 ends itself with SIGKILL in the Nth checkpoint it saves, before it writes
                   its shard of the FSDP2 optimizer state (rank 0 has made the folder)
     hang-at-step:N
@@ -40,7 +41,7 @@ import time
 
 import torch
 
-from trickster import cli
+from trickster import cli, footprint
 from trickster.data import loader
 from trickster.model import generate as generate_module
 from trickster.observe import events
@@ -107,6 +108,9 @@ def install(fault: str) -> None:
             self.skip(first, stop)
 
         loader.BatchSampler.__init__ = skipping_init
+    elif fault.startswith("ram:"):
+        ram = int(fault.split(":")[1])
+        footprint.device_memory = lambda device: (ram, "RAM")
     elif fault.startswith("die-in-save:") and rank1:
         _die_in_save(int(fault.split(":")[1]))
     elif fault.startswith(("hang-at-step:", "term-")) and rank1:

@@ -17,6 +17,7 @@ from trickster.errors import UserError
 from trickster.train.loop import train
 from trickster.train.memory import check_fits, choose_batch, out_of_memory
 
+from . import children
 from .conftest import QUIET, micro_config
 
 GiB = 1024**3
@@ -184,3 +185,27 @@ def test_an_allocation_the_system_refuses_while_building_is_one_line(shakespeare
     assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr
     assert "building it failed to allocate memory (its weights alone: 2.0 GiB)" in result.stderr
     assert "lower model_config.hidden_dim" in result.stderr
+
+
+@pytest.mark.slow
+def test_the_processes_of_a_cpu_job_each_get_their_share_of_the_ram(shakespeare_dir, tmp_path, monkeypatch):
+    """A step that fits in the RAM of a machine does not fit in half of it: the 2 processes of a
+    torchrun job on a CPU (LOCAL_WORLD_SIZE 2, as torchrun says) are refused before anything is
+    written, as check_fits refuses them; each process on a GPU has the GPU's memory to itself."""
+    training = {"max_steps": 2, "warmup_steps": 1, "eval_every": 2, "save_every": 2, "sample_tokens": 0}
+    device = {"device": "cpu", "threads": 1, "dtype": "float32", "compile": False}
+    cfg = micro_config(shakespeare_dir, tmp_path / "run", training_config=training, device_config=device)
+    cfg.model.vocab_size = 128  # the char vocabulary, padded as training pads it
+    ram = int(1.05 * footprint.memory_estimate(cfg, processes=2).total)  # 2 processes: DDP replicas
+    monkeypatch.setattr(footprint, "device_memory", lambda device: (ram, "RAM"))
+    check_fits(cfg, torch.device("cpu"))
+    check_fits(cfg, torch.device("cuda"), world_size=2, local_processes=2)
+    refused = "one training step does not fit in memory (RAM / 2 processes of cpu"
+    with pytest.raises(UserError, match=re.escape(refused)):
+        check_fits(cfg, torch.device("cpu"), world_size=2, local_processes=2)
+    save_config(cfg, tmp_path / "job.yaml")
+    argv = ["train", "--config", str(tmp_path / "job.yaml"), "--no-progress"]
+    result = children.job("tests.dist_child", f"ram:{ram}", *argv)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert refused in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()

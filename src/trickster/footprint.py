@@ -177,11 +177,16 @@ def split_global_batch(windows: int, world_size: int, fit: int) -> tuple[int, in
     return math.ceil(share / accumulation), accumulation
 
 
-def memory_limit(cfg: Config, device: torch.device) -> tuple[int, str]:
-    """device_config.memory_gib in bytes if set, else the device's memory; and what it is."""
+def memory_limit(cfg: Config, device: torch.device, local_processes: int = 1) -> tuple[int, str]:
+    """device_config.memory_gib in bytes if set, else the device's memory; and what it is. The
+    `local_processes` of a job on one machine share its RAM (a CPU's, or an Apple GPU's unified
+    memory): each gets its share; a CUDA process has its GPU to itself."""
     if cfg.device.memory_gib is not None:
         return int(cfg.device.memory_gib * GiB), "device_config.memory_gib"
-    return device_memory(device)
+    capacity, what = device_memory(device)
+    if device.type == "cuda" or local_processes <= 1:
+        return capacity, what
+    return capacity // local_processes, f"{what} / {local_processes} processes"
 
 
 def device_memory(device: torch.device) -> tuple[int, str]:

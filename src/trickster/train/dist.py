@@ -84,6 +84,7 @@ class Dist:
     mesh: DeviceMesh | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where collectives run
     dtype: str = "float32"  # the run's compute dtype: FSDP2 gathers bfloat16 weights for bfloat16
+    local_world_size: int = 1  # the job's processes on this machine (they share its RAM)
 
     @property
     def is_main(self) -> bool:
@@ -129,7 +130,8 @@ def setup(cfg: DeviceConfig, device_type: str) -> Dist:
         device_type, (shape.replicate, shape.shard), mesh_dim_names=("replicate", "shard")
     )
     dtype = compute_dtype_name(cfg.dtype, device)
-    return Dist(rank, world_size, local_rank, mode, mesh, device, dtype)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun's --nproc-per-node
+    return Dist(rank, world_size, local_rank, mode, mesh, device, dtype, local_world_size=local)
 
 
 def _backend(choice: str, device_type: str) -> str:

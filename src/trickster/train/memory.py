@@ -50,9 +50,12 @@ class AutoBatch:
         )
 
 
-def choose_batch(cfg: Config, device: torch.device, windows: int, world_size: int = 1) -> AutoBatch:
-    """The micro-batch and accumulation for `windows` per optimizer step, measured on `device`."""
-    capacity, _ = footprint.memory_limit(cfg, device)
+def choose_batch(
+    cfg: Config, device: torch.device, windows: int, world_size: int = 1, local_processes: int = 1
+) -> AutoBatch:
+    """The micro-batch and accumulation for `windows` per optimizer step, measured on `device`
+    (`local_processes`: the job's processes on this machine, which share a CPU's RAM)."""
+    capacity, _ = footprint.memory_limit(cfg, device, local_processes)
     usable = int(footprint.HEADROOM * capacity)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         with allocation_refused(cfg, device):
@@ -136,11 +139,17 @@ def _bytes(tensor) -> int:
 
 
 def out_of_memory(
-    cfg: Config, device: torch.device, during: str, step: int, checkpoint: Path | None, world_size: int = 1
+    cfg: Config,
+    device: torch.device,
+    during: str,
+    step: int,
+    checkpoint: Path | None,
+    world_size: int = 1,
+    local_processes: int = 1,
 ) -> UserError:
     """The one line for an out-of-memory error `during` "a training step" or "an evaluation"."""
     t = cfg.training
-    capacity, what = footprint.memory_limit(cfg, device)
+    capacity, what = footprint.memory_limit(cfg, device, local_processes)
     fit = min(footprint.fitting_batch(cfg, footprint.HEADROOM * capacity, world_size), t.batch_size // 2)
     where = (
         f"continue from checkpoints/{checkpoint.name} with --resume and that change"
@@ -172,9 +181,10 @@ def _batch_advice(cfg: Config, fit: int, world_size: int) -> str:
     )
 
 
-def check_fits(cfg: Config, device: torch.device, world_size: int = 1) -> None:
+def check_fits(cfg: Config, device: torch.device, world_size: int = 1, local_processes: int = 1) -> None:
     """Refuse, before a model is built, a run whose weights, gradients and optimizer state are more
-    than the whole of the device's memory (or device_config.memory_gib), or whose step plan's
+    than the whole of the device's memory (or device_config.memory_gib; on a CPU each of the job's
+    `local_processes` on this machine has its share of the RAM), or whose step plan's
     formula puts above it even with half the activations it counts: a model too big for it would
     otherwise end in an allocator's traceback while it is built, or at its first step. The whole
     memory, not the HEADROOM the plan fits runs into: the formula leaves out the allocator's cache
@@ -184,10 +194,10 @@ def check_fits(cfg: Config, device: torch.device, world_size: int = 1) -> None:
     # dtype auto counted as the run computes (bfloat16 on a fast GPU: half the activations)
     computed = resolve_precision(cfg, device)
     mem = footprint.memory_estimate(computed, batch_size=batch, processes=world_size)
-    capacity, what = footprint.memory_limit(cfg, device)
+    capacity, what = footprint.memory_limit(cfg, device, local_processes)
     if mem.state > capacity:  # counted exactly: bytes per parameter
         need = f"its weights, gradients and optimizer state need {_size(mem.state)}"
-        raise model_too_big(cfg, device, need, " (nothing was changed)")
+        raise model_too_big(cfg, device, need, " (nothing was changed)", local_processes)
     if t.batch_size == "auto" or mem.state + (mem.total - mem.state) / 2 <= capacity:
         # the activations' formula is checked on CPUs only: a step it puts over, but not by twice
         # its activations, runs, and memory.out_of_memory says what to change if it does not fit;
@@ -202,9 +212,11 @@ def check_fits(cfg: Config, device: torch.device, world_size: int = 1) -> None:
     )
 
 
-def model_too_big(cfg: Config, device: torch.device, need: str, end: str = "") -> UserError:
+def model_too_big(
+    cfg: Config, device: torch.device, need: str, end: str = "", local_processes: int = 1
+) -> UserError:
     """The one line for a model (or its LoRA adapters) whose `need` is more than the device's memory."""
-    capacity, what = footprint.memory_limit(cfg, device)
+    capacity, what = footprint.memory_limit(cfg, device, local_processes)
     params = parameter_breakdown(cfg.model).total
     lora = cfg.training.lora
     if lora is None:
@@ -250,7 +262,12 @@ BATCH_KEYS = ("batch_size", "gradient_accumulation_steps", "global_batch", "glob
 
 
 def resolve_batch(
-    cfg: Config, device: torch.device, world_size: int, resumed_from: Path | None, changed: dict
+    cfg: Config,
+    device: torch.device,
+    world_size: int,
+    resumed_from: Path | None,
+    changed: dict,
+    local_processes: int = 1,
 ) -> tuple[Config, str | None, dict]:
     """batch_size: auto made concrete: (the config with the chosen micro-batch and accumulation, a
     line for the header, the changes on resume). A resumed run keeps the numbers its checkpoint
@@ -267,7 +284,7 @@ def resolve_batch(
             f"checkpoints/{resumed_from.name} was trained"
         )
     else:
-        chosen = choose_batch(cfg, device, windows, world_size)
+        chosen = choose_batch(cfg, device, windows, world_size, local_processes)
         micro, accumulation, note = chosen.micro_batch, chosen.accumulation, chosen.describe(world_size)
     cfg = cfg.model_copy(deep=True)
     t = cfg.training

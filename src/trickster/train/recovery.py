@@ -89,7 +89,10 @@ def guard(trainer: Trainer, during: str, step: int):
     except OUT_OF_MEMORY:
         write_stopped(trainer, reason="out-of-memory", during=during)
         good = ckpt.latest(trainer.run_dir)
-        raise out_of_memory(trainer.cfg, trainer.device, during, step, good, trainer.job.world_size) from None
+        job = trainer.job
+        raise out_of_memory(
+            trainer.cfg, trainer.device, during, step, good, job.world_size, job.local_world_size
+        ) from None
     except RuntimeError as err:
         reason = dist.lost_peer(err, trainer.job)
         if reason is None:
