@@ -176,6 +176,17 @@ def test_integer_options_take_big_numbers_as_people_write_them(capsys):
     assert "--steps" in err and "less than 9223372036854775808 = 2**63" in err and len(err.splitlines()) == 1
 
 
+def test_negative_numbers_in_every_form_are_values_not_options():
+    """argparse alone takes only -123 and -1.5 for numbers: -1e3 was an unknown option."""
+    from trickster.cli import build_parser, parse
+
+    args = parse(build_parser(), "generate run --seed -1_000 --top-p -.5E0 --temperature -inf".split())
+    assert (args.seed, args.top_p, args.temperature) == (-1000, -0.5, float("-inf"))
+    assert parse(build_parser(), ["generate", "run", "--prompt", "-1e3"]).prompt == "-1e3"
+    with pytest.raises(SystemExit):  # not a number: still an unknown option
+        parse(build_parser(), "generate run --prompt -1e3x".split())
+
+
 def test_info_reads_overrides_on_both_sides_of_an_option(capsys):
     assert main(["info", "model_config.hidden_dim=64", "--preset", "tiny", "model_config.num_layers=3"]) == 0
     assert "model: hidden 64, 3 layers" in capsys.readouterr().out

@@ -1445,6 +1445,11 @@ CASES = [
     case(
         "quickstart-zero-steps", lambda env: ["quickstart", "--steps", "0", "--path", str(EXCERPT)], "--steps"
     ),
+    case(  # argparse took -1e3 for an option: "--steps: expected one argument"
+        "quickstart-negative-steps-in-e-notation",
+        lambda env: ["quickstart", "--steps", "-1e3", "--path", str(EXCERPT)],
+        "--steps must be at least 1 (got -1000)",
+    ),
     case(
         "quickstart-missing-path",
         lambda env: ["quickstart", "--path", str(env.tmp / "missing.txt")],
@@ -1597,6 +1602,11 @@ CASES = [
     case("prompt-empty", _generate("--prompt", ""), "--prompt is empty"),
     case("top-p-above-one", _generate("--top-p", "1.5"), "--top-p must be in (0, 1]", "1.5"),
     case("temperature-negative", _generate("--temperature", "-1"), "--temperature must be >= 0", "-1"),
+    case(
+        "temperature-negative-in-e-notation",
+        _generate("--temperature", "-1e-3"),
+        "--temperature must be >= 0 and finite (got -0.001)",
+    ),
     case("top-k-zero", _generate("--top-k", "0"), "--top-k must be >= 1", "0"),
     case(
         "temperature-infinite",

@@ -8,6 +8,7 @@ Each `_add_NAME` builds one command's parser and names its function in commands.
 from __future__ import annotations
 
 import argparse
+import re
 
 from trickster.serve import limits  # imports nothing
 from trickster.units import whole_number
@@ -27,9 +28,31 @@ def integer(text: str) -> int:
     return value
 
 
+# A negative number in any form float() and `integer` take: -1e3, -1_000, -.5e0, -inf. argparse's
+# own pattern knows only -123 and -1.5, and read the others as unknown options ("--steps: expected
+# one argument"), so the value never reached the check that says what a valid one is.
+_NEGATIVE_NUMBER = re.compile(
+    r"-(\d[\d_]*(\.[\d_]*)?|\.\d[\d_]*)(e[-+]?\d[\d_]*)?|-(inf|infinity|nan)", re.IGNORECASE
+)
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = _FullMatch(_NEGATIVE_NUMBER)
+
     def error(self, message: str):  # one line instead of usage + message
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+class _FullMatch:
+    """A pattern that argparse's `.match(text)` applies to the whole text (-1e3, not -1e3abc)."""
+
+    def __init__(self, pattern: re.Pattern):
+        self.pattern = pattern
+
+    def match(self, text: str) -> re.Match | None:
+        return self.pattern.fullmatch(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
