@@ -2,6 +2,7 @@
 
 app.py (routes) -> choices.py (a request's choices as text) -> engine.py (the batched decoding
 thread); models.py finds and loads the checkpoints, chat.py renders chat templates, schemas.py holds
-the request models and OpenAI's answer and error shapes, server.py binds and runs uvicorn, limits.py
-holds the defaults of --max-loaded-models and --max-batch (importing nothing, for the CLI's --help).
+the request models and OpenAI's answer and error shapes, server.py binds and runs uvicorn with
+protocol.py's connections (a deadline on the headers), limits.py holds the defaults of
+--max-loaded-models and --max-batch (importing nothing, for the CLI's --help).
 """
