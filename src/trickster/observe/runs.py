@@ -292,7 +292,7 @@ def _checkpoints(run_dir: Path) -> list[tuple[Path, int]]:
         except UserError:
             if path.exists():  # damaged, not deleted
                 raise
-    return sorted(found, key=lambda found: (found[1], found[0].name))
+    return sorted(found, key=lambda entry: (entry[1], entry[0].name))  # by step, then name
 
 
 def format_runs(runs: list[Run]) -> list[str]:
