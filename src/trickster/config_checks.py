@@ -8,12 +8,22 @@ from typing import TYPE_CHECKING
 from trickster.units import DURATION_HINT, parse_duration
 
 if TYPE_CHECKING:
-    from trickster.config import Config, TrainingConfig
+    from trickster.config import Config, DeviceConfig, ModelConfig, TrainingConfig
 
 
 def check(cfg: Config) -> list[str]:
-    """Problems that span several keys, each naming the key to change."""
+    """Problems that span several keys, each naming the key to change, said section by section."""
     m, t = cfg.model, cfg.training
+    problems = _check_model(m) + _check_schedule(t) + _check_device(cfg.device) + _check_lora(t)
+    problems += _check_batch_and_time(t)
+    if t.seq_len is not None and t.seq_len > m.max_seq_len:
+        problems.append(
+            f"training_config.seq_len ({t.seq_len}) must be <= model_config.max_seq_len ({m.max_seq_len})"
+        )
+    return problems
+
+
+def _check_model(m: ModelConfig) -> list[str]:
     problems = []
     if m.hidden_dim % m.num_heads:
         problems.append(
@@ -32,6 +42,11 @@ def check(cfg: Config) -> list[str]:
         )
     if isinstance(m.vocab_size, int) and m.vocab_size < 2:
         problems.append(f"model_config.vocab_size must be >= 2 or auto (got {m.vocab_size})")
+    return problems
+
+
+def _check_schedule(t: TrainingConfig) -> list[str]:
+    problems = []
     if t.warmup_steps >= t.max_steps and t.warmup_steps > 0:
         problems.append(
             "training_config.warmup_steps must be < training_config.max_steps "
@@ -42,32 +57,37 @@ def check(cfg: Config) -> list[str]:
         problems.append(
             f"training_config.min_lr must be <= learning_rate (got {t.min_lr} > {t.learning_rate})"
         )
-    d = cfg.device
+    return problems
+
+
+def _check_device(d: DeviceConfig) -> list[str]:
+    problems = []
     if d.enable_ddp and d.enable_fsdp:
         problems.append(
             "set device_config.enable_ddp or enable_fsdp, not both (FSDP2 replicates via mesh_shape)"
         )
     if d.mesh_shape is not None and min(d.mesh_shape) < 1:
         problems.append(f"device_config.mesh_shape entries must be >= 1 (got {list(d.mesh_shape)})")
-    if t.lora is not None:
-        if t.init_from is None:
-            problems.append(
-                "training_config.lora adapts existing weights: set training_config.init_from=RUN_DIR too"
-            )
-        # the layer names live with the adapters; imported here so a config without LoRA needs no torch
-        from trickster.model.lora import HF_NAMES, TARGETS
+    return problems
 
-        unknown = [name for name in t.lora.targets if name not in TARGETS and name not in HF_NAMES]
-        if unknown or not t.lora.targets:
-            named = ", ".join(map(repr, unknown)) or "(none given)"
-            problems.append(
-                f"training_config.lora.targets: unknown layer {named}; "
-                f"choose from {', '.join(TARGETS)} (or {', '.join(HF_NAMES)})"
-            )
-    problems += _check_batch_and_time(t)
-    if t.seq_len is not None and t.seq_len > m.max_seq_len:
+
+def _check_lora(t: TrainingConfig) -> list[str]:
+    if t.lora is None:
+        return []
+    problems = []
+    if t.init_from is None:
         problems.append(
-            f"training_config.seq_len ({t.seq_len}) must be <= model_config.max_seq_len ({m.max_seq_len})"
+            "training_config.lora adapts existing weights: set training_config.init_from=RUN_DIR too"
+        )
+    # the layer names live with the adapters; imported here so a config without LoRA needs no torch
+    from trickster.model.lora import HF_NAMES, TARGETS
+
+    unknown = [name for name in t.lora.targets if name not in TARGETS and name not in HF_NAMES]
+    if unknown or not t.lora.targets:
+        named = ", ".join(map(repr, unknown)) or "(none given)"
+        problems.append(
+            f"training_config.lora.targets: unknown layer {named}; "
+            f"choose from {', '.join(TARGETS)} (or {', '.join(HF_NAMES)})"
         )
     return problems
 
