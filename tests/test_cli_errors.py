@@ -336,6 +336,21 @@ def _partial_in_use(env: Env) -> list[str]:
     return ["data", "prepare", "text", _texts(env, 2), "--out", str(env.tmp / "o")]
 
 
+def _partial_of_another_user(env: Env) -> list[str]:
+    """o.partial left by another user, which this one may not open (the tests run as root, who
+    may: the refusal is planted in os.open)."""
+    (env.tmp / "o.partial").mkdir()
+    os_open, denied = os.open, str(env.tmp / "o.partial")
+
+    def guarded_open(path, *args, **kwargs):
+        if os.fspath(path) == denied:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), denied)
+        return os_open(path, *args, **kwargs)
+
+    env.monkeypatch.setattr(os, "open", guarded_open)
+    return ["data", "prepare", "text", _texts(env, 2), "--out", str(env.tmp / "o")]
+
+
 def _partial_finished(env: Env) -> list[str]:
     """A preparation killed as its finished folder was being renamed to o: o.partial is whole."""
     env.write("o.partial/meta.json", "{}")
@@ -1390,6 +1405,13 @@ CASES = [
         "delete",
     ),
     case("prepare-partial-in-use", _partial_in_use, "o.partial is in use: another preparation", "--out"),
+    case(
+        "prepare-partial-of-another-user",
+        _partial_of_another_user,
+        "cannot open",
+        "o.partial (Permission denied); give this user access to it (or delete it)",
+        "--out",
+    ),
     case(
         "prepare-partial-finished-but-not-renamed",
         _partial_finished,

@@ -85,17 +85,21 @@ def process_exists(pid) -> bool:
 
 
 @contextlib.contextmanager
-def held(folder: Path, busy: str):
+def held(folder: Path, busy: str, fix: str):
     """Hold `folder` (made if missing) for this process for the block; another process that tries
     meanwhile gets one line, `busy`. The lock is the kernel's, on the folder itself, so it goes
     when its holder ends, however it ends (SIGKILL included); it stays with the folder if the
-    holder renames it. Where the file system cannot lock, the block runs unguarded, as before."""
+    holder renames it. Where the file system cannot lock, the block runs unguarded, as before.
+    A folder this user cannot make or open (another user's) is one line ending with `fix`."""
     while True:
-        folder.mkdir(parents=True, exist_ok=True)
-        if fcntl is None:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = None if fcntl is None else os.open(folder, os.O_RDONLY)
+        except OSError as err:
+            raise UserError(f"cannot open {folder} ({err.strerror or err}); {fix}") from None
+        if fd is None:
             yield
             return
-        fd = os.open(folder, os.O_RDONLY)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

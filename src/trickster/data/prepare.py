@@ -115,7 +115,8 @@ def prepare(
         f"{partial} is in use: another preparation is writing it; wait for it to end (or stop it), "
         "or choose another --out (nothing was changed)"
     )
-    with held(partial, busy):  # two runs of one command at once would write the same shards
+    fix = "give this user access to it (or delete it), or choose another --out (nothing was changed)"
+    with held(partial, busy, fix):  # two runs of one command at once would write the same shards
         record = _open_partial(partial, settings, echo)
         try:
             tokenizer = _tokenizer_for(partial, source, tokenizer_kind, vocab_size, progress)
