@@ -43,7 +43,6 @@ from trickster.train.device import (
 )
 from trickster.train.memory import check_fits, resolve_batch
 from trickster.train.optim import build_optimizer, set_lr
-from trickster.train.recovery import after_step, evaluated, finish, guard, remeasure_best, stopped
 from trickster.train.resume import claimed, diverged, older_trainer_state
 from trickster.train.signals import StopSignals, announce_signals
 from trickster.train.spikes import SpikeDetector
@@ -145,7 +144,7 @@ class Trainer:
             self.peak = mfu_peak(self.device, cfg.device.dtype, cfg.device.peak_tflops)
         self.manifest = run_manifest(self.device)
         self.announce(resume, changed, repairs, global_batch)
-        remeasure_best(self)  # resumed on loss-masked data from a checkpoint of an older version
+        recovery.remeasure_best(self)  # resumed on loss-masked data from a checkpoint of an older version
 
     def announce(self, resume, changed: dict, repairs: list[str], global_batch: int) -> None:
         cfg, job = self.cfg, self.job
@@ -189,12 +188,12 @@ class Trainer:
             # a new run's first evaluation; or the one its checkpoint was saved before, which a kill
             # may have cut short (before `best`): done again, as the run did after saving
             if self.resumed_from is None or self.eval_due:
-                with guard(self, "an evaluation", state.step):
+                with recovery.guard(self, "an evaluation", state.step):
                     self.evaluate()
             self.timer.reset()
             while state.step < t.max_steps:
                 began = time.perf_counter()
-                with guard(self, "a training step", state.step + 1):
+                with recovery.guard(self, "a training step", state.step + 1):
                     result = self.step()
                 state.step += 1
                 state.tokens_seen += self.tokens_per_step
@@ -202,7 +201,7 @@ class Trainer:
                 self.timer.steps += 1
                 self.count(result)
                 self.out.advance()
-                if after_step(self, result, time.perf_counter() - began):
+                if recovery.after_step(self, result, time.perf_counter() - began):
                     continue  # a loss spike: rolled back to an earlier checkpoint
                 last = state.step == t.max_steps or result.out_of_time
                 if state.step % t.log_every == 0 or last:
@@ -212,16 +211,16 @@ class Trainer:
                 with self.timer.paused():  # evaluations and checkpoints are not training time
                     # the checkpoint first: an evaluation that fails (out of memory) loses no training
                     if state.step % t.save_every == 0 or stopping or last:
-                        with guard(self, "a checkpoint", state.step):
+                        with recovery.guard(self, "a checkpoint", state.step):
                             self.save("final" if last else ckpt.step_name(state.step), eval_due=evaluating)
                     if evaluating:
-                        with guard(self, "an evaluation", state.step):
+                        with recovery.guard(self, "an evaluation", state.step):
                             self.evaluate()
                 if stopping:
-                    return stopped(self)
+                    return recovery.stopped(self)
                 if last:
                     break
-            return finish(self)
+            return recovery.finish(self)
 
     def step(self) -> StepResult:
         """One optimizer step over the accumulation's micro-batches.
@@ -346,7 +345,7 @@ class Trainer:
             self.out.line("  sample: " + record["sample"].replace("\n", "\n          ")[:600])
         improved = healthy and val_loss < state.best_val_loss and state.step > 0
         state.best_val_loss = val_loss if improved else state.best_val_loss
-        evaluated(self)  # the checkpoint saved at this step, before this evaluation, gets its loss
+        recovery.evaluated(self)  # the checkpoint saved at this step, before this evaluation, gets its loss
         if improved:
             self.save("best")
 
