@@ -1,5 +1,5 @@
 """Run `trickster ...` in this process and SIGKILL (or stop) it at a chosen moment (used by test_resume.py,
-test_hf.py, test_gguf.py, test_data.py).
+test_long_runs.py, test_hf.py, test_data.py; the hold moments through children.held, by test_gguf.py too).
 
     python -m tests.crash_child MOMENT N train --config run.yaml
 
