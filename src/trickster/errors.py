@@ -1,5 +1,5 @@
 """The exceptions that reach the user as a single line: UserError (exit status 2, no traceback)
-and Interrupted (Ctrl-C, exit status 130)."""
+and Interrupted (Ctrl-C, exit status 130); `disk_errors` makes a failed write a UserError."""
 
 import contextlib
 
