@@ -5,6 +5,7 @@ TRICKSTER_WRITE_SCREENSHOT=1)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -142,3 +143,36 @@ def test_playground_compares_three_checkpoints_with_room_for_two(trained_run, br
         assert set(texts) == {"untrained", "step_000006", "best"}
         assert_the_api_gives(live, texts, "ROMEO:", max_tokens=30, seed=7)
         assert sum(o.model is not None for o in live.catalog.offered.values()) <= 2
+
+
+LOADED_MARKS = """rows => Object.fromEntries(rows.map(
+    r => [r.querySelector("input").value, r.textContent.includes("(loaded)")]))"""
+
+
+def test_the_chooser_says_which_models_are_loaded(trained_run, browser):
+    """/v1/models says which models are in memory; the chooser marks them "(loaded)" and keeps
+    up: with room for two, a request for a third loads it and unloads the one used least lately."""
+    with live_server(trained_run, max_loaded=2) as live:
+
+        def in_memory() -> dict[str, bool]:
+            return {name: o.model is not None for name, o in live.catalog.offered.items()}
+
+        def marks_follow(expected: dict[str, bool]) -> None:
+            same = f"Object.entries({json.dumps(expected)}).every(([m, on]) => "
+            same += f"({LOADED_MARKS})([...document.querySelectorAll('#picker .pick')])[m] === on)"
+            page.wait_for_function(same, timeout=10_000)
+
+        page = open_playground(browser, live)
+        shown = page.eval_on_selector_all("#picker .pick", LOADED_MARKS)
+        assert (
+            shown == in_memory() == {"untrained": False, "step_000006": False, "best": True, "final": False}
+        )
+        generate(page, "ROMEO:", max_tokens=4, seed=1, columns=2)  # untrained and best
+        assert in_memory() == {"untrained": True, "step_000006": False, "best": True, "final": False}
+        marks_follow(in_memory())
+        page.uncheck("#picker input[value='untrained']")
+        page.check("#picker input[value='step_000006']")
+        generate(page, "ROMEO:", max_tokens=4, seed=1, columns=2)
+        assert in_memory() == {"untrained": False, "step_000006": True, "best": True, "final": False}
+        marks_follow(in_memory())
+        page.close()
