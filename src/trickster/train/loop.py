@@ -74,13 +74,13 @@ class Trainer:
     def __init__(
         self,
         cfg: Config,
-        resume=None,
+        resume: bool | str | None = None,
         progress: bool | None = None,
         echo=print,
         held: contextlib.ExitStack | None = None,
     ):
-        """`held`: where rank 0 keeps its claim on the run folder until the run ends (train());
-        without it the folder is not claimed."""
+        """`resume`: as train()'s. `held`: where rank 0 keeps its claim on the run folder until the
+        run ends (train()); without it the folder is not claimed."""
         t = cfg.training
         resume = t.resume if resume is None else resume
         # 1. device, processes, threads and seed (train() restores the process-wide settings)
