@@ -38,6 +38,18 @@ CSV_FIELDS = (
     "peak_memory_gib",
 )
 
+# (tag, metrics.jsonl key) of the train events, shared by TensorBoard and W&B
+TRAIN_SCALARS = (
+    ("loss/train", "train_loss"),
+    ("optim/lr", "lr"),
+    ("optim/grad_norm", "grad_norm"),
+    ("speed/tokens_per_sec", "tokens_per_sec"),
+    ("speed/ms_per_step", "ms_per_step"),
+    ("speed/mfu", "mfu"),
+    ("memory/peak_gib", "peak_memory_gib"),
+    ("tokens_seen", "tokens_seen"),
+)
+
 
 def csv_rows(records: list[dict]) -> list[dict]:
     """The train and eval events as CSV rows."""
@@ -212,19 +224,6 @@ class MetricSinks:
             run.log(values, step=step)
         elif r["event"] == "end":
             run.summary["best_val_loss"] = r.get("best_val_loss")
-
-
-# (tag, metrics.jsonl key) of the train events, shared by TensorBoard and W&B
-TRAIN_SCALARS = (
-    ("loss/train", "train_loss"),
-    ("optim/lr", "lr"),
-    ("optim/grad_norm", "grad_norm"),
-    ("speed/tokens_per_sec", "tokens_per_sec"),
-    ("speed/ms_per_step", "ms_per_step"),
-    ("speed/mfu", "mfu"),
-    ("memory/peak_gib", "peak_memory_gib"),
-    ("tokens_seen", "tokens_seen"),
-)
 
 
 def _markdown_code(text: str) -> str:
