@@ -163,3 +163,32 @@ def test_loading_never_unpickles_code(tmp_path):
     with pytest.raises(UserError, match="refused or damaged"):
         ckpt.load_trainer_state(path)
     assert not marker.exists()
+
+
+def test_recover_puts_back_only_a_complete_copy_and_deletes_the_rest(tmp_path, dead_pid, live_pid):
+    """A kill between replace_dir's two renames leaves `best` under its old hidden name: recover
+    puts it back if it is complete; a half copy, a copy of a checkpoint in place and a staging
+    folder of a dead writer go; a live writer's staging folder stays."""
+    folder = tmp_path / "checkpoints"
+
+    def plant(name: str, complete: bool) -> None:
+        (folder / name).mkdir(parents=True)
+        (folder / name / ckpt.WEIGHTS).write_bytes(b"w")
+        if complete:
+            (folder / name / ckpt.COMPLETE).write_text("")
+
+    plant(f".best.old-{dead_pid}", complete=True)  # best is missing: its only copy
+    plant(f".final.old-{dead_pid}", complete=False)  # final is missing, and this copy is half
+    plant("step_000002", complete=True)
+    plant(f".step_000002.old-{dead_pid}", complete=True)  # step_000002 is in place: a stale copy
+    plant(f".step_000004.tmp-{dead_pid}", complete=False)
+    plant(f".step_000006.tmp-{live_pid}", complete=False)
+    repairs = ckpt.recover(tmp_path)
+    assert sorted(repairs) == [
+        f"removed .final.old-{dead_pid}, left by an interrupted write",
+        f"removed .step_000002.old-{dead_pid}, left by an interrupted write",
+        f"removed .step_000004.tmp-{dead_pid}, left by an interrupted write",
+        "restored checkpoints/best from an interrupted replacement",
+    ]
+    assert sorted(p.name for p in folder.iterdir()) == [f".step_000006.tmp-{live_pid}", "best", "step_000002"]
+    assert ckpt.is_complete(folder / "best")

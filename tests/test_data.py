@@ -216,6 +216,19 @@ def test_two_preparations_into_one_folder_at_once_never_mix(tmp_path, shakespear
     assert tokens[0] == tokens[1]
 
 
+def test_without_flock_a_preparation_runs_unguarded(tmp_path, shakespeare_dir, monkeypatch):
+    """Native Windows has no fcntl: a preparation runs without its folder's lock, as it did before
+    the lock came (training, which never ran there, refuses in one line: test_resume)."""
+    from trickster import atomic
+
+    monkeypatch.setattr(atomic, "fcntl", None)
+    out = tmp_path / "data"
+    argv = ["data", "prepare", "shakespeare", "--path", str(EXCERPT), "--out", str(out), "--workers", "1"]
+    assert cli.main(argv) == 0
+    tokens = [load_data(folder).train.astype(np.int64).tolist() for folder in (out, shakespeare_dir)]
+    assert tokens[0] == tokens[1] and sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
 def test_a_preparation_killed_between_its_renames_leaves_no_hidden_copy_behind(tmp_path, capsys):
     """Killed after the old folder went aside, before the new one took its name: once the new
     folder is in place, whichever command put it there, the old hidden copy is gone."""

@@ -14,7 +14,7 @@ import glob
 import os
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from trickster.errors import UserError
@@ -91,6 +91,7 @@ def held(folder: Path, busy: str, fix: str):
     when its holder ends, however it ends (SIGKILL included); it stays with the folder if the
     holder renames it. Where the file system cannot lock, the block runs unguarded, as before.
     A folder this user cannot make or open (another user's) is one line ending with `fix`."""
+    # not resume._locked's lock file holding the PID: a file in the folder would be renamed with it
     while True:
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -131,12 +132,14 @@ def staging_dir(target: Path) -> Path:
     return staging
 
 
-def restore_replaced(target: Path) -> bool:
+def restore_replaced(target: Path, complete: Callable[[Path], bool] | None = None) -> bool:
     """Put back a folder that a kill between replace_dir's two renames left only under its old
-    hidden name, when its writer is dead; True if one was put back."""
+    hidden name, when its writer is dead (and the copy is `complete`, if that check is given);
+    True if one was put back."""
     if target.exists():
         return False
     old = [path for path, match in leftovers(target.parent, target.name) if match["kind"] == "old"]
+    old = [path for path in old if complete is None or complete(path)]
     if old:
         old[-1].rename(target)
     return bool(old)

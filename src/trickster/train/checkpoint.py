@@ -34,7 +34,14 @@ import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from trickster.atomic import leftovers, remove_leftovers, replace_dir, replace_file, staging_dir
+from trickster.atomic import (
+    leftovers,
+    remove_leftovers,
+    replace_dir,
+    replace_file,
+    restore_replaced,
+    staging_dir,
+)
 from trickster.config import Config, ModelConfig, config_from_dict, save_config
 from trickster.data.tokenizers import Tokenizer, load_tokenizer
 from trickster.errors import UserError, disk_errors
@@ -235,16 +242,16 @@ def recover(run_dir: str | Path) -> list[str]:
     folder = Path(run_dir) / "checkpoints"
     if not folder.is_dir():
         return []
-    repairs = []
-    for hidden, match in leftovers(folder):
-        target = folder / match["name"]
-        if match["kind"] == "old" and not target.exists() and is_complete(hidden):
-            hidden.rename(target)
-            repairs.append(f"restored checkpoints/{target.name} from an interrupted replacement")
-        else:
-            shutil.rmtree(hidden, ignore_errors=True)
-            what = "deletion" if match["kind"] == "deleted" else "write"
-            repairs.append(f"removed {hidden.name}, left by an interrupted {what}")
+    replaced = sorted({match["name"] for _, match in leftovers(folder) if match["kind"] == "old"})
+    repairs = [
+        f"restored checkpoints/{name} from an interrupted replacement"
+        for name in replaced
+        if restore_replaced(folder / name, complete=is_complete)
+    ]
+    for hidden, match in leftovers(folder):  # what is left: no checkpoint's only copy
+        shutil.rmtree(hidden, ignore_errors=True)
+        what = "deletion" if match["kind"] == "deleted" else "write"
+        repairs.append(f"removed {hidden.name}, left by an interrupted {what}")
     for checkpoint in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for path in remove_leftovers(checkpoint):
             repairs.append(f"removed {checkpoint.name}/{path.name}, left by an interrupted write")

@@ -65,6 +65,7 @@ def claimed(run_dir: Path):
 def _locked(path: Path, run_dir: Path):
     """RUN_DIR/.lock, open and locked. Its holder removes it before it lets go, so a process that
     locks a file no longer at `path` (removed while it waited) tries again with the new one."""
+    # not atomic.held (a lock on a folder, taken unguarded where none can be): the file names its holder
     _make_folder(run_dir, run_dir)
     while True:
         with disk_errors(f"run folder {run_dir}", WRITE_FIX):
