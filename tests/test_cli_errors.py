@@ -787,6 +787,20 @@ def _generate(*flags: str) -> Build:
     return lambda env: ["generate", str(env.run), "--max-new-tokens", "2", *flags]
 
 
+def _byte_model(env: Env) -> str:
+    """An untrained checkpoint with the byte tokenizer, which encodes any character: nothing but
+    the text itself can stop a prompt."""
+    from trickster.config import config_from_dict
+    from trickster.data.tokenizers import ByteTokenizer
+    from trickster.train import checkpoint as ckpt
+
+    shape = {"hidden_dim": 16, "num_layers": 1, "num_heads": 2, "mlp_dim": 32, "max_seq_len": 16}
+    cfg = config_from_dict({"model_config": {**shape, "vocab_size": 256}})
+    path = env.tmp / "byte-model"
+    ckpt.save_checkpoint(path, Transformer(cfg.model), cfg, ByteTokenizer(), {"step": 0})
+    return str(path)
+
+
 # --------------------------------------------------------------------------- the matrix
 
 CASES = [
@@ -1622,6 +1636,12 @@ CASES = [
         "character '4' is not in this model's character vocabulary",
     ),
     case("prompt-empty", _generate("--prompt", ""), "--prompt is empty"),
+    case(
+        "prompt-not-utf8",  # a Latin-1 terminal: Python keeps the byte 0xe9 as U+DCE9
+        lambda env: ["generate", _byte_model(env), "--prompt", "caf\udce9", "--device", "cpu"],
+        "--prompt is not UTF-8 text (byte 0xe9 at character 3)",
+        "terminal to UTF-8",
+    ),
     case("top-p-above-one", _generate("--top-p", "1.5"), "--top-p must be in (0, 1]", "1.5"),
     case("temperature-negative", _generate("--temperature", "-1"), "--temperature must be >= 0", "-1"),
     case(
@@ -2037,6 +2057,12 @@ def write_error_table():
     ERROR_TABLE.write_text("\n".join(rows) + "\n", encoding="utf-8")
 
 
+def _plain(arg: str) -> bool:
+    """Shown as it is; else repr, which writes a blank, a space or a lone surrogate (U+DCE9 for
+    a byte that was not UTF-8, which a UTF-8 file cannot hold) so that it can be seen."""
+    return bool(arg.strip()) and " " not in arg and not any("\ud800" <= c <= "\udfff" for c in arg)
+
+
 def _shown(text: str, places: dict[str, str]) -> str:
     for path, name in places.items():
         text = text.replace(path, name)
@@ -2076,7 +2102,7 @@ def test_bad_input_is_one_clear_line(
     assert not staging_leftovers(*roots)
     places = {f"{shakespeare_dir}": "data", f"{trained_run}": "run", f"{tmp_path}/": "", f"{tmp_path}": "."}
     places[f"{Path(__file__).parent.parent}/"] = ""
-    command = "trickster " + " ".join(a if a.strip() and " " not in a else repr(a) for a in argv)
+    command = "trickster " + " ".join(a if _plain(a) else repr(a) for a in argv)
     SEEN[request.node.callspec.id] = (_shown(command, places), _shown(lines[0], places))
 
 

@@ -219,6 +219,32 @@ def test_a_chat_that_renders_to_nothing_is_400(trained_run):
         assert httpx.post(url, json=fields).status_code == 200
 
 
+def test_a_lone_surrogate_is_400_whatever_the_tokenizer(tmp_path):
+    """JSON may escape half of a surrogate pair ("\\ud800"): no character. The byte tokenizer
+    failed on it with a UnicodeEncodeError, a 500, in a prompt and in a chat message alike."""
+    from trickster.config import config_from_dict
+    from trickster.data.tokenizers import ByteTokenizer
+    from trickster.train import checkpoint as ckpt
+
+    shape = {"hidden_dim": 16, "num_layers": 1, "num_heads": 2, "mlp_dim": 32, "max_seq_len": 32}
+    cfg = config_from_dict({"model_config": {**shape, "vocab_size": 256}})
+    ckpt.save_checkpoint(tmp_path / "byte", Transformer(cfg.model), cfg, ByteTokenizer(), {"step": 0})
+    with live_server(tmp_path / "byte", chat_template=CHAT_TEMPLATE) as live:
+        half = "caf\ud800"  # json.dumps writes it as the escape \ud800
+        chat = {"model": "byte", "messages": [{"role": "user", "content": half}], "max_tokens": 2}
+        cases = [
+            ("/v1/completions", {"model": "byte", "prompt": half, "max_tokens": 2}, "prompt"),
+            ("/v1/chat/completions", chat, "messages"),
+        ]
+        for path, body, param in cases:
+            answer = httpx.post(live.url + path, content=json.dumps(body).encode())
+            assert answer.status_code == 400, answer.text
+            error = answer.json()["error"]
+            assert error["param"] == param and "lone surrogate (\\ud800 at character" in error["message"]
+        good = {"model": "byte", "prompt": "caf\u00e9", "max_tokens": 2}
+        assert httpx.post(live.url + "/v1/completions", json=good).status_code == 200
+
+
 def test_a_model_without_chat_template_points_to_completions(client):
     with pytest.raises(openai.BadRequestError, match="use /v1/completions"):
         client.chat.completions.create(model="best", messages=[{"role": "user", "content": "hi"}])

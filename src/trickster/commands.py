@@ -147,6 +147,16 @@ def generate_hint(run_dir: Path, prompt: str) -> str:
 
 
 def _prompt_ids(tokenizer, prompt: str) -> list[int]:
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as err:
+        # Python keeps each byte of a command-line argument that was not UTF-8 as U+DC80..U+DCFF
+        code = ord(prompt[err.start])
+        what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+        raise UserError(
+            f"--prompt is not UTF-8 text ({what} at character {err.start}); set your "
+            "terminal to UTF-8, or convert the text (iconv -t utf-8)"
+        ) from None
     ids = tokenizer.encode(prompt)
     if not ids:
         raise UserError("--prompt is empty; give some text to continue, e.g. --prompt 'ROMEO:'")

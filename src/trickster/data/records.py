@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trickster.data.sources import Source, _checked_text, _decode, _json_line, _read_bytes
+from trickster.data.sources import Source, _decode, _json_line, _read_bytes, checked_text
 from trickster.errors import UserError
 
 
@@ -46,7 +46,7 @@ def jsonl_prompt_response(path: str | Path) -> Records:
                 raise UserError(f'{where} has no "{key}" field; each record needs "prompt" and "response"')
             if not isinstance(record[key], str):
                 raise UserError(f'{where}: "{key}" must be a string (got {type(record[key]).__name__})')
-            _checked_text(record[key], where, f'"{key}"')
+            checked_text(record[key], f'{where}: "{key}"')
         if not record["response"]:
             raise UserError(f'{where}: "response" is empty; the loss would have nothing to learn from')
         pairs.append((record["prompt"], record["response"]))

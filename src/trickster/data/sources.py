@@ -77,7 +77,7 @@ def _json_lines(path: Path) -> Iterator[tuple[int, str]]:
         ) from None
 
 
-def _checked_text(text: str, where: str, what: str) -> str:
+def checked_text(text: str, what: str, fix: str = "fix or remove that record") -> str:
     """`text`, unless it holds a lone surrogate (JSON may escape half of a pair, "\\ud800"): no
     character, which no tokenizer can encode."""
     try:
@@ -85,8 +85,8 @@ def _checked_text(text: str, where: str, what: str) -> str:
     except UnicodeEncodeError as err:
         code = f"\\u{ord(text[err.start]):04x}"
         raise UserError(
-            f"{where}: {what} holds a lone surrogate ({code} at character {err.start}), half of a "
-            "character that is not text; fix or remove that record"
+            f"{what} holds a lone surrogate ({code} at character {err.start}), half of a "
+            f"character that is not text; {fix}"
         ) from None
     return text
 
@@ -226,9 +226,9 @@ def jsonl_documents(
             value = record[text_field]
             if not isinstance(value, str):
                 raise UserError(f'{where}: "{text_field}" must be a string (got {type(value).__name__})')
-            return _checked_text(value, where, f'"{text_field}"')
+            return checked_text(value, f'{where}: "{text_field}"')
         try:
-            return _checked_text(template.format_map(record), where, "the text --template makes")
+            return checked_text(template.format_map(record), f"{where}: the text --template makes")
         except KeyError as err:
             raise UserError(f"{where} has no {err.args[0]!r} field, which --template names") from None
         except (ValueError, IndexError, AttributeError) as err:

@@ -22,6 +22,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from trickster.data.sources import checked_text
 from trickster.errors import UserError
 from trickster.serve import schemas
 from trickster.serve.chat import TemplateRefused
@@ -241,7 +242,7 @@ class Server:
 
     def _encode(self, offered: Offered, prompt: str) -> list[int]:
         try:
-            ids = offered.tokenizer.encode(prompt)
+            ids = offered.tokenizer.encode(checked_text(prompt, "the prompt", "send whole characters"))
         except UserError as err:
             raise APIError(400, f"prompt: {err}", param="prompt", code="unknown_character") from None
         if not ids:

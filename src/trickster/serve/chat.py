@@ -11,6 +11,7 @@ from __future__ import annotations
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from trickster.data.sources import checked_text
 from trickster.data.tokenizers import Tokenizer, special_token_text
 from trickster.errors import UserError
 
@@ -48,4 +49,5 @@ class Template:
     def prompt_ids(self, messages: list[dict]) -> list[int]:
         """The conversation's token ids: the rendered text as it is, with no start id added (a
         template that wants one writes {{ bos_token }}), as transformers' apply_chat_template does."""
-        return self.tokenizer.encode(self.render(messages))
+        text = checked_text(self.render(messages), "the conversation", "send whole characters")
+        return self.tokenizer.encode(text)
