@@ -1197,6 +1197,12 @@ CASES = [
         "training_config.max_time must be a duration such as 48h, 90m",
         "'soon'",
     ),
+    case(  # seconds as YAML text with a fraction: it said only "input should be a whole number"
+        "train-max-time-fraction-of-seconds",
+        lambda env: ["train", "--config", env.write("budget.yaml", 'training_config:\n  max_time: "90.5"\n')],
+        "budget.yaml: training_config.max_time: input should be a whole number of seconds: write 90 or 91, "
+        "or 90.5s (got '90.5')",
+    ),
     case(
         "resume-time-budget-spent",
         _time_budget_spent,

@@ -343,7 +343,9 @@ def test_an_integer_setting_refuses_a_number_that_is_not_whole(raw, key, annotat
     tiny = "1e-99999999999999999999"  # an exponent past what Decimal holds
     for given, shown in [("1.5e0", "'1.5e0'"), ("1e-3", "'1e-3'"), ("2.5", "2.5"), (tiny, tiny)]:
         spelled = _each(value, lambda v, given=given: given)
-        message = rf"^command line: {re.escape(key)}: input should be a whole number \(got .*{shown}.*\)$"
+        advice = r"(?: of seconds: write [^(]*)?"  # max_time's says what to write (a test of its own below)
+        whole = rf"input should be a whole number{advice} \(got .*{shown}.*\)$"
+        message = rf"^command line: {re.escape(key)}: {whole}"
         with pytest.raises(UserError, match=message):
             load_config(overrides=[*_overrides(raw), f"{key}={spelled}"])
 
@@ -427,3 +429,19 @@ def test_a_bad_value_is_said_to_come_from_where_it_was_written(tmp_path):
     path.write_text("training_config:\n  global_batch_tokens: 0\n", encoding="utf-8")
     with pytest.raises(UserError, match=rf"^{re.escape(str(path))}: training_config\.global_batch_tokens: "):
         load_config(path, overrides=["training_config.global_batch="])
+
+
+def test_max_time_with_a_fraction_of_seconds_says_what_to_write(tmp_path):
+    """A number of seconds is whole; 90.5 (quoted or not) names the whole numbers and the duration
+    that work, and what it names is taken."""
+    from trickster.units import parse_duration
+
+    for written in ('"90.5"', "90.5"):
+        (tmp_path / "c.yaml").write_text(f"training_config:\n  max_time: {written}\n")
+        with pytest.raises(UserError, match=re.escape("whole number of seconds: write 90 or 91, or 90.5s")):
+            load_config(tmp_path / "c.yaml")
+    for fix, seconds in (("90", 90), ("91", 91), ("90.5s", 90.5)):
+        cfg = load_config(overrides=[f"training_config.max_time={fix}"])
+        assert parse_duration(cfg.training.max_time) == seconds
+    with pytest.raises(UserError, match="not true or false"):
+        load_config(overrides=["training_config.max_time=true"])

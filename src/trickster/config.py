@@ -30,7 +30,7 @@ from trickster.config_checks import check
 from trickster.config_errors import describe_all, did_you_mean, section_at
 from trickster.config_yaml import load_yaml, parse_yaml
 from trickster.errors import UserError
-from trickster.units import whole_number
+from trickster.units import whole_number, whole_seconds
 
 
 def _kinds(annotation: Any) -> set[type]:
@@ -182,9 +182,9 @@ class TrainingConfig(_Section):
     max_nonfinite_steps: int = Field(5, gt=0)
     """Updates skipped in a row for a non-finite loss or gradient norm before the run stops."""
     max_time: int | str | None = None
-    """Wall-time budget of the run, summed over resumes: 48h, 90m, 1h30m, 3600s (a number is
-    seconds). At the budget the run evaluates, saves final and ends; --resume with a larger one
-    continues. Empty: no budget."""
+    """Wall-time budget of the run, summed over resumes: 48h, 90m, 1h30m, 3600s (a whole number
+    is seconds; 90.5s for a fraction). At the budget the run evaluates, saves final and ends;
+    --resume with a larger one continues. Empty: no budget."""
     spike_factor: float | None = Field(2.0, gt=1)
     """A loss spike is a train loss above spike_factor x the median of the last spike_window
     losses for spike_steps steps in a row: the run rolls back to the newest checkpoint before it
@@ -208,6 +208,11 @@ class TrainingConfig(_Section):
     (its model_config and tokenizer must match this run's)."""
     lora: LoraConfig | None = None
     """Fine-tuning with LoRA: {rank, alpha, targets}; only the adapters train (needs init_from)."""
+
+    @field_validator("max_time", mode="before")
+    @classmethod
+    def _whole_seconds(cls, value):
+        return whole_seconds(value)
 
 
 class DeviceConfig(_Section):

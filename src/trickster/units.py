@@ -79,3 +79,25 @@ def whole_number(value: str | float) -> int | str:
     if number != number.to_integral_value():
         raise ValueError("input should be a whole number")
     return int(number)
+
+
+def whole_seconds(value: object) -> object:
+    """training_config.max_time as a number: seconds, whole (`whole_number`); a fraction (90.5, or
+    "90.5" as YAML text) is refused with what to write instead: 90 or 91, or the duration 90.5s."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return value  # true/false and empty: the checks every setting has
+    try:
+        return whole_number(value)
+    except ValueError as err:
+        if str(err) != "input should be a whole number":
+            raise
+        try:
+            seconds = Decimal(str(value).strip().replace("_", ""))
+        except InvalidOperation:  # 1e-99999999999999999999: past what Decimal holds
+            raise err from None
+        if not (seconds.is_finite() and 0 < seconds < INT64_LIMIT):
+            raise
+        whole = " or ".join(str(n) for n in (int(seconds), int(seconds) + 1) if n >= 1)
+        raise ValueError(
+            f"input should be a whole number of seconds: write {whole}, or {seconds.normalize():f}s"
+        ) from None
