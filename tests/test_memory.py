@@ -14,6 +14,7 @@ import torch
 from trickster import footprint
 from trickster.config import load_config, save_config
 from trickster.errors import UserError
+from trickster.train.device import allocation_failed
 from trickster.train.loop import train
 from trickster.train.memory import check_fits, choose_batch, out_of_memory
 
@@ -209,3 +210,20 @@ def test_the_processes_of_a_cpu_job_each_get_their_share_of_the_ram(shakespeare_
     assert result.returncode == 2, result.stderr[-3000:]
     assert refused in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_the_allocation_failures_this_torch_raises_are_told_apart():
+    """The errors torch raises when a tensor cannot be allocated, made for real: a CPU allocation
+    of 4 EiB (refused at once: more than any address space) and a size whose bytes overflow 64
+    bits; a CUDA out-of-memory error by its type. Run it under each torch the project supports
+    (the GPU machine's 2.11 too): the CPU's are told apart by their texts."""
+    for make in (
+        lambda: torch.empty(2**62, dtype=torch.uint8),
+        lambda: torch.empty(10**18, 64, device="meta"),
+    ):
+        with pytest.raises(RuntimeError) as refused:
+            make()
+        assert allocation_failed(refused.value), refused.value
+    assert allocation_failed(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert allocation_failed(MemoryError())
+    assert not allocation_failed(RuntimeError("mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)"))

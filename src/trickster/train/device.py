@@ -246,3 +246,22 @@ def peak_memory_gib(device: torch.device) -> float | None:
 def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+
+
+# What torch raises when a tensor cannot be allocated: on a GPU torch.OutOfMemoryError, a type;
+# elsewhere a plain RuntimeError, told apart by its text (the same in torch 2.11 and 2.13, checked by
+# tests/test_memory.py): the CPU allocator's refusal, a size whose bytes overflow 64 bits, and a CUDA
+# call other than the allocator's (creating the context on a full GPU) failing for want of memory
+# (torch.AcceleratorError).
+ALLOCATION_FAILURES = (
+    "DefaultCPUAllocator: can't allocate memory",
+    "Storage size calculation overflowed",
+    "CUDA error: out of memory",
+)
+
+
+def allocation_failed(err: BaseException) -> bool:
+    """Whether `err` is the device (or the size arithmetic) refusing to allocate a tensor."""
+    if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(err, RuntimeError) and any(text in str(err) for text in ALLOCATION_FAILURES)

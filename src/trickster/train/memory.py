@@ -27,7 +27,7 @@ from trickster.errors import UserError
 from trickster.model.flops import adapter_parameters, parameter_breakdown
 from trickster.model.transformer import Transformer
 from trickster.train import checkpoint as ckpt
-from trickster.train.device import autocast_for, resolve_precision
+from trickster.train.device import allocation_failed, autocast_for, resolve_precision
 from trickster.train.optim import build_optimizer
 
 OUT_OF_MEMORY = (torch.OutOfMemoryError, MemoryError)
@@ -231,11 +231,6 @@ def model_too_big(
     )
 
 
-# what torch raises when a tensor cannot be allocated (torch.OutOfMemoryError is one on a GPU):
-# the CPU allocator's refusal, and a size whose bytes overflow 64 bits
-ALLOCATION_FAILURES = ("DefaultCPUAllocator: can't allocate memory", "Storage size calculation overflowed")
-
-
 @contextmanager
 def allocation_refused(cfg: Config, device: torch.device):
     """Building the model: an allocation the device refuses becomes model_too_big's line (check_fits
@@ -243,7 +238,7 @@ def allocation_refused(cfg: Config, device: torch.device):
     try:
         yield
     except (RuntimeError, MemoryError) as err:
-        if not isinstance(err, OUT_OF_MEMORY) and not any(text in str(err) for text in ALLOCATION_FAILURES):
+        if not allocation_failed(err):
             raise
         weights = footprint.memory_estimate(cfg, batch_size=1).weights  # LoRA adapters included
         need = f"building it failed to allocate memory (its weights alone: {_size(weights)})"
