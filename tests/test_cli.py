@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from trickster.cli import main
-from trickster.commands import fresh_run_dir
+from trickster.train.resume import fresh_run_dir
 
 from .conftest import EXCERPT
 

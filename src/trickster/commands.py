@@ -32,7 +32,7 @@ from trickster.train import dist
 from trickster.train.console import QUIET_LEVELS
 from trickster.train.device import resolve_device, resolve_precision
 from trickster.train.loop import train
-from trickster.train.resume import run_dir_in_use
+from trickster.train.resume import fresh_run_dir
 from trickster.train.validate import evaluate, validation_batches
 
 
@@ -403,14 +403,6 @@ def serve_command(
 
     names = [n.strip() for n in checkpoints.split(",") if n.strip()] if checkpoints else None
     return serve(target, host, port, device, api_key, names, chat_template, max_batch, max_loaded_models)
-
-
-def fresh_run_dir(out: Path) -> Path:
-    """`out`, or `out-2`, `out-3`, ... if a run (or a file) already uses it."""
-    run_dir, suffix = out, 2
-    while run_dir_in_use(run_dir) or run_dir.is_file():
-        run_dir, suffix = out.with_name(f"{out.name}-{suffix}"), suffix + 1
-    return run_dir
 
 
 def quickstart(

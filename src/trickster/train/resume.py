@@ -35,6 +35,14 @@ def run_dir_in_use(run_dir: Path) -> bool:
     return any(_written(p) for p in run_dir.iterdir())
 
 
+def fresh_run_dir(out: Path) -> Path:
+    """`out`, or `out-2`, `out-3`, ... if a run (or a file) already uses it (quickstart's run)."""
+    run_dir, suffix = out, 2
+    while run_dir_in_use(run_dir) or run_dir.is_file():
+        run_dir, suffix = out.with_name(f"{out.name}-{suffix}"), suffix + 1
+    return run_dir
+
+
 def _written(path: Path) -> bool:
     if path.name == LOCK and path.is_file():
         return False
