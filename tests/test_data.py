@@ -2,7 +2,6 @@ import functools
 import hashlib
 import http.server
 import json
-import shutil
 import threading
 
 import numpy as np
@@ -229,24 +228,39 @@ def test_without_flock_a_preparation_runs_unguarded(tmp_path, shakespeare_dir, m
     assert tokens[0] == tokens[1] and sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
-def test_a_preparation_killed_between_its_renames_leaves_no_hidden_copy_behind(tmp_path, capsys):
-    """Killed after the old folder went aside, before the new one took its name: once the new
-    folder is in place, whichever command put it there, the old hidden copy is gone."""
+@pytest.mark.parametrize("replacing", [True, False], ids=["replacing-a-folder", "into-a-new-folder"])
+def test_a_preparation_killed_before_its_folder_took_its_name_is_put_in_place_by_the_next(
+    replacing, tmp_path, shakespeare_dir, capsys
+):
+    """Killed once finished, as DIR.partial was about to take the name DIR (after the old DIR went
+    aside, when there was one): another command (other settings) is told what DIR.partial holds,
+    and the old folder is put back meanwhile; the same command again renames it into place, as the
+    killed one would have, in one line, preparing nothing again; no hidden copy is left."""
     out = tmp_path / "data"
     argv = ["data", "prepare", "shakespeare", "--path", str(EXCERPT), "--out", str(out), "--workers", "1"]
-    assert cli.main([*argv, "--tokenizer", "byte"]) == 0
+    if replacing:
+        assert cli.main([*argv, "--tokenizer", "byte"]) == 0
     killed = children.run("tests.crash_child", "before-staged-rename", "1", *argv)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert not out.exists()
-    # the killed run had finished: the next run says so, and puts the old folder back meanwhile
-    assert cli.main(argv) == 2
+    shard = (tmp_path / "data.partial" / "train" / "000000.bin").stat().st_ino
+    capsys.readouterr()
+
+    assert cli.main([*argv, "--val-fraction", "0.2"]) == 2
     err = capsys.readouterr().err
     assert "data.partial holds a finished preparation that was stopped before it took the name data" in err
-    assert load_tokenizer(out / "tokenizer.json").kind == "byte"
-    shutil.rmtree(tmp_path / "data.partial")
+    assert out.exists() == replacing
+    assert not replacing or load_tokenizer(out / "tokenizer.json").kind == "byte"  # the old folder, back
+
     assert cli.main(argv) == 0
-    assert load_tokenizer(out / "tokenizer.json").kind == "char"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+    said = capsys.readouterr().out.splitlines()
+    assert said == [
+        f"{out}.partial held this preparation, finished but stopped before it took the name data: "
+        f"renamed to {out} (nothing was prepared again)"
+    ]
+    assert (out / "train" / "000000.bin").stat().st_ino == shard
+    tokens = [load_data(folder).train.astype(np.int64).tolist() for folder in (out, shakespeare_dir)]
+    assert tokens[0] == tokens[1] and sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
 def _stamps(folder):

@@ -47,25 +47,27 @@ from trickster.atomic import held, leftovers, remove_leftovers, replace_dir, rep
 from trickster.data import dedup
 from trickster.data.encode import Chunk, Document, Encoded, chunks, encoded_in_order, in_validation
 from trickster.data.meta import already_prepared, preparation_settings, prepared_meta
+from trickster.data.partial import (
+    ONE_DOCUMENT,
+    ONE_DOCUMENT_MASK,
+    SCRATCH,
+    finished_in_partial,
+    open_partial,
+    partial_dir,
+)
 from trickster.data.records import Records, records_source
-from trickster.data.shards import SPLITS, Progress, ShardWriter, SplitProgress, token_dtype
+from trickster.data.shards import SPLITS, ShardWriter, SplitProgress, token_dtype
 from trickster.data.sources import Corpus, Source, corpus_source
 from trickster.data.tokenizers import Tokenizer, build_tokenizer, from_dict
 from trickster.errors import Interrupted, UserError
 
 SHARD_TOKENS = 100_000_000  # like nanoGPT's FineWeb shards
 CHUNK_CHARS = 1_000_000  # documents per task: big enough to amortise the hand-off to a worker
-ONE_DOCUMENT = "one_document.npy"  # the one distinct document's tokens while its shards are rewritten
-ONE_DOCUMENT_MASK = "one_document_mask.npy"  # ... and its loss mask (prompt/response records)
 TOKENIZER_SAMPLE_CHARS = 200_000_000  # bpe learns its merges from at most this much text
 PREPARED_FILES = {"meta.json", "tokenizer.json", "index.json", "train", "val", "report.html"}
 PREPARED_FILES |= {"train.bin", "val.bin", "train.mask.bin", "val.mask.bin"}  # flat folders (format 1)
 
 __all__ = ["in_validation", "partial_dir", "prepare", "prepare_prompt_response", "token_dtype"]
-
-
-def partial_dir(out_dir: Path) -> Path:
-    return out_dir.parent / f"{out_dir.name}.partial"
 
 
 def prepare(
@@ -117,7 +119,9 @@ def prepare(
     )
     fix = "give this user access to it (or delete it), or choose another --out (nothing was changed)"
     with held(partial, busy, fix):  # two runs of one command at once would write the same shards
-        record = _open_partial(partial, settings, echo)
+        if (meta := finished_in_partial(partial, out_dir, settings, echo)) is not None:
+            return meta
+        record = open_partial(partial, settings, echo)
         try:
             tokenizer = _tokenizer_for(partial, source, tokenizer_kind, vocab_size, progress)
             job = _Job(partial, source, tokenizer, record, val_fraction, shard_tokens, settings_dedup)
@@ -174,35 +178,6 @@ def _check_out_dir(out_dir: Path) -> None:
             f"{out_dir} already exists and is not a prepared data folder; choose another --out "
             "(nothing was changed)"
         )
-
-
-def _open_partial(partial: Path, settings: dict, echo: Callable[[str], None]) -> Progress:
-    """The record of an unfinished run with these settings (continued), or a fresh one."""
-    if (partial / "progress.json").is_file():
-        record = Progress.load(partial)
-        if record.settings != settings:
-            changed = ", ".join(k for k in settings if record.settings.get(k) != settings[k])
-            raise UserError(
-                f"{partial} holds an unfinished preparation with other settings ({changed}); run the "
-                f"command that started it to continue, or delete {partial} to start again"
-            )
-        echo(
-            f"continuing the preparation in {partial}: {record.finished_shards()} finished shard(s), "
-            f"{record.next_document:,} document(s) done"
-        )
-        return record
-    if (partial / "meta.json").is_file() and (partial / "index.json").is_file():  # killed as it was renamed
-        out = partial.with_name(partial.name.removesuffix(".partial"))
-        raise UserError(
-            f"{partial} holds a finished preparation that was stopped before it took the name {out.name}; "
-            f"to keep it, move {out.name} aside (if there) and rename {partial.name} to {out.name}, or "
-            "delete it to start again"
-        )
-    if any(partial.iterdir()):
-        raise UserError(f"{partial} exists but holds no progress.json; delete it to start again")
-    record = Progress(settings)
-    record.save(partial)
-    return record
 
 
 def _tokenizer_for(
@@ -429,7 +404,7 @@ class _Job:
         (self.partial / "index.json").write_text(json.dumps(index, indent=1), encoding="utf-8")
         (self.partial / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
         (self.partial / "progress.json").unlink()
-        for name in ("dedup.bin", ONE_DOCUMENT, ONE_DOCUMENT_MASK):
+        for name in SCRATCH:
             (self.partial / name).unlink(missing_ok=True)
         return meta
 

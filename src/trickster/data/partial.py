@@ -1,0 +1,71 @@
+"""OUT.partial, the visible folder beside OUT where a preparation is built (prepare.py): a fresh
+one, one to continue (its progress.json), or one that finished but was stopped before it took the
+name OUT, which the same command renames into place."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from trickster.atomic import replace_dir
+from trickster.data.meta import already_prepared
+from trickster.data.shards import Progress
+from trickster.errors import UserError
+
+ONE_DOCUMENT = "one_document.npy"  # the one distinct document's tokens while its shards are rewritten
+ONE_DOCUMENT_MASK = "one_document_mask.npy"  # ... and its loss mask (prompt/response records)
+SCRATCH = ("dedup.bin", ONE_DOCUMENT, ONE_DOCUMENT_MASK)  # in OUT.partial until the end, not in OUT
+
+
+def partial_dir(out_dir: Path) -> Path:
+    return out_dir.parent / f"{out_dir.name}.partial"
+
+
+def finished_in_partial(
+    partial: Path, out_dir: Path, settings: dict, echo: Callable[[str], None]
+) -> dict | None:
+    """A preparation with these settings that finished in `partial` but was stopped before it took
+    its name: renamed into place, as it would have been, said in one line; its meta.json. Finished
+    for certain: progress.json is gone (deleted once index.json and meta.json were written), and the
+    folder is complete as already_prepared checks one (meta.json with these settings, every shard
+    whole). None if `partial` holds no such preparation."""
+    if (partial / "progress.json").exists() or (meta := already_prepared(partial, settings)) is None:
+        return None
+    for name in SCRATCH:  # what the preparation deletes after progress.json
+        (partial / name).unlink(missing_ok=True)
+    replace_dir(partial, out_dir)
+    echo(
+        f"{partial} held this preparation, finished but stopped before it took the name {out_dir.name}: "
+        f"renamed to {out_dir} (nothing was prepared again)"
+    )
+    return meta
+
+
+def open_partial(partial: Path, settings: dict, echo: Callable[[str], None]) -> Progress:
+    """The record of an unfinished run with these settings (continued), or a fresh one."""
+    if (partial / "progress.json").is_file():
+        record = Progress.load(partial)
+        if record.settings != settings:
+            changed = ", ".join(k for k in settings if record.settings.get(k) != settings[k])
+            raise UserError(
+                f"{partial} holds an unfinished preparation with other settings ({changed}); run the "
+                f"command that started it to continue, or delete {partial} to start again"
+            )
+        echo(
+            f"continuing the preparation in {partial}: {record.finished_shards()} finished shard(s), "
+            f"{record.next_document:,} document(s) done"
+        )
+        return record
+    # finished, but not one finished_in_partial renames: another command's, or an older version's
+    if (partial / "meta.json").is_file() and (partial / "index.json").is_file():
+        out = partial.with_name(partial.name.removesuffix(".partial"))
+        raise UserError(
+            f"{partial} holds a finished preparation that was stopped before it took the name {out.name}, "
+            f"not with these settings (or damaged); to keep it, move {out.name} aside (if there) and "
+            f"rename {partial.name} to {out.name}, or delete it to start again"
+        )
+    if any(partial.iterdir()):
+        raise UserError(f"{partial} exists but holds no progress.json; delete it to start again")
+    record = Progress(settings)
+    record.save(partial)
+    return record
