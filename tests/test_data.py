@@ -75,6 +75,34 @@ def test_text_source_takes_files_folders_and_globs(tmp_path):
     assert list(streamed.read()) == corpus.documents and not streamed.single_document
 
 
+def test_a_folder_is_read_without_its_hidden_files_and_each_file_once(tmp_path):
+    """A project folder: .git's compressed objects are no UTF-8 (the whole preparation stopped on
+    one), .DS_Store and a .env are no corpus; a '**' glob through a symlink back up the tree (or a
+    file named twice) reached each file up to 40 times, all kept with --keep-duplicates."""
+    notes = tmp_path / "notes"
+    (notes / "sub").mkdir(parents=True)
+    (notes / "one.txt").write_text("first document\n")
+    (notes / "sub" / "two.txt").write_text("second document\n")
+    (notes / ".git" / "objects").mkdir(parents=True)
+    (notes / ".git" / "objects" / "ab12").write_bytes(b"x\x9c\xcbH\xcd\xc9\xc9\x07\x00")
+    (notes / ".DS_Store").write_bytes(b"Bud1\x00\x00")
+    (notes / ".env").write_text("TOKEN=secret\n")
+    (notes / "sub" / "up").symlink_to("..")  # a loop: notes/sub/up/sub/up/...
+    expected = ["first document\n", "second document\n"]
+    for paths in ([str(notes)], [str(notes / "**" / "*.txt")], [str(notes), str(notes / "one.txt")]):
+        source = sources.text_files(paths)
+        assert list(source.read()) == expected, paths
+        assert source.files == [str(notes / "one.txt"), str(notes / "sub" / "two.txt")]
+
+
+def test_a_file_whose_name_looks_like_a_glob_is_read_as_named(tmp_path):
+    """'report[1].txt' exists: as a pattern it matches only 'report1.txt' ("no files match")."""
+    (tmp_path / "report[1].txt").write_text("the first report\n")
+    assert list(sources.text_files([str(tmp_path / "report[1].txt")]).read()) == ["the first report\n"]
+    (tmp_path / "report1.txt").write_text("another\n")  # the pattern's match, not the file named
+    assert list(sources.text_files([str(tmp_path / "report[1].txt")]).read()) == ["the first report\n"]
+
+
 def test_documents_are_split_whole_by_a_hash_of_their_text(tmp_path):
     docs = [f"document {i}: " + "abcdefgh"[i % 8] * (i % 13 + 1) + "\n" for i in range(60)]
     for i, doc in enumerate(docs):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import os
 import string
 import sysconfig
 import urllib.error
@@ -320,14 +321,17 @@ def python_stdlib() -> Corpus:
 
 
 def expand_paths(patterns: list[str]) -> list[Path]:
+    """The files that `patterns` name, each once however it is reached (a symlink loop under a
+    '**' glob, a file named twice); a path that exists is taken as it is, brackets and all."""
     files: list[Path] = []
     for pattern in patterns:
-        matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
+        magic = glob.has_magic(pattern) and not os.path.lexists(pattern)
+        matches = sorted(glob.glob(pattern, recursive=True)) if magic else [pattern]
         if not matches:
             raise UserError(f"no files match '{pattern}'; check the path or quote the glob pattern")
         for match in map(Path, matches):
             if match.is_dir():
-                files.extend(sorted(p for p in match.rglob("*") if p.is_file()))
+                files.extend(_files_in(match))
             elif match.is_file():
                 files.append(match)
             elif match.exists():  # a pipe, socket or device: its text cannot be read twice
@@ -337,8 +341,27 @@ def expand_paths(patterns: list[str]) -> list[Path]:
             else:
                 raise UserError(f"{match} not found; pass existing text files or folders")
     if not files:
-        raise UserError(f"no files found in {', '.join(patterns)}; pass folders that contain text files")
-    return files
+        raise UserError(
+            f"no files found in {', '.join(patterns)}; pass folders that contain text files (hidden "
+            "files, such as .keep, are skipped)"
+        )
+    seen: set[tuple[int, int]] = set()
+    return [p for p in files if not (_inode(p) in seen or seen.add(_inode(p)))]
+
+
+def _files_in(folder: Path) -> list[Path]:
+    """Every file under `folder` but hidden ones (.git, .DS_Store, .env), which ripgrep and Hugging
+    Face datasets skip too: a repository's objects are not its text."""
+    found = []
+    for root, folders, names in os.walk(folder):
+        folders[:] = [f for f in folders if not f.startswith(".")]
+        found.extend(Path(root, name) for name in names if not name.startswith("."))
+    return sorted(p for p in found if p.is_file())
+
+
+def _inode(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    return info.st_dev, info.st_ino
 
 
 def _corpus_from_files(name: str, files: list[Path], skip_undecodable: bool = False) -> Corpus:
