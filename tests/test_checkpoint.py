@@ -13,6 +13,7 @@ from trickster.data.loader import load_data
 from trickster.data.tokenizers import CharTokenizer
 from trickster.errors import UserError
 from trickster.model import generate as generation
+from trickster.model import lora
 from trickster.model.generate import generate
 from trickster.model.transformer import KVCache, Transformer
 from trickster.train import checkpoint as ckpt
@@ -132,6 +133,82 @@ def test_reload_catches_weights_that_disagree_with_the_config(tmp_path, saved_te
     config = path / "config.yaml"
     config.write_text(config.read_text().replace(saved_text, edited_text))
     with pytest.raises(UserError, match=message):
+        ckpt.load_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    ("saved_text", "edited_text", "message"),
+    [
+        (
+            "hidden_dim: 32",
+            "hidden_dim: 100000000",
+            r"tok_embeddings.weight is \(40, 32\) in model.safetensors, the config needs \(40, 100000000\)",
+        ),
+        ("vocab_size: 40", "vocab_size: 1e18", r"makes a model of 3.2e\+19 parameters, too big to build"),
+        (
+            "num_layers: 2",
+            "num_layers: 100000000",
+            "model_config.num_layers is 100,000,000, model.safetensors holds 2",
+        ),
+        (
+            "max_seq_len: 24",
+            "max_seq_len: 1e15",
+            "rotary tables for model_config.max_seq_len 1,000,000,000,000,000",
+        ),
+    ],
+    ids=["hidden-dim", "vocab-size-overflows", "num-layers", "max-seq-len"],
+)
+def test_an_edited_config_is_refused_before_the_model_is_allocated(
+    tmp_path, monkeypatch, saved_text, edited_text, message
+):
+    """A config.yaml edited by hand (sizes no weights file can match, or tables no memory holds)
+    is refused from the shapes in the weights' header: the model is never given memory (on the
+    old code, an allocator's traceback, or a hundred million blocks built one after another)."""
+    _, path = _saved(tmp_path)
+    config = path / "config.yaml"
+    config.write_text(config.read_text().replace(saved_text, edited_text))
+    monkeypatch.setattr(ckpt, "empty_model", lambda *args: pytest.fail("the model was allocated"))
+    with pytest.raises(UserError, match=message) as refused:
+        ckpt.load_checkpoint(path)
+    assert str(refused.value).startswith(f"{config} does not match") or "does not fit" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("rank", "message"),
+    [
+        (
+            "1000000000000000",
+            r"layers.0.attention.wq.lora_a is \(4, 32\) in lora.safetensors, the config needs",
+        ),
+        ("1e18", "too big to build"),
+    ],
+    ids=["rank-1e15", "rank-overflows"],
+)
+def test_an_edited_lora_rank_is_refused_before_the_model_is_allocated(tmp_path, monkeypatch, rank, message):
+    training = {"init_from": str(tmp_path), "lora": {"rank": 4}}
+    cfg = config_from_dict({"model_config": small().model_dump(), "training_config": training})
+    model = Transformer(cfg.model)
+    lora.apply_lora(model, cfg.training.lora)
+    tokenizer = CharTokenizer("".join(chr(65 + i) for i in range(40)))
+    path = ckpt.save_checkpoint(tmp_path / "ck", model, cfg, tokenizer, {"step": 0})
+    assert ckpt.load_checkpoint(path).model.cfg == cfg.model  # as saved, it loads
+    config = path / "config.yaml"
+    config.write_text(config.read_text().replace("rank: 4", f"rank: {rank}"))
+    monkeypatch.setattr(ckpt, "empty_model", lambda *args: pytest.fail("the model was allocated"))
+    with pytest.raises(UserError, match=message):
+        ckpt.load_checkpoint(path)
+
+
+def test_memory_the_device_refuses_while_loading_is_one_line(tmp_path, monkeypatch):
+    """A model that fits the device but not the memory other programs left: torch's own
+    out-of-memory error (as a full GPU raises it) becomes one line, not a traceback."""
+    _, path = _saved(tmp_path)
+
+    def full(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+
+    monkeypatch.setattr(ckpt, "empty_model", full)
+    with pytest.raises(UserError, match=f"loading {path} on cpu failed to allocate memory"):
         ckpt.load_checkpoint(path)
 
 

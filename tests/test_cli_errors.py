@@ -463,6 +463,25 @@ def _ckpt_config_disagrees(env: Env) -> list[str]:
     return ["generate", str(ckpt), "--max-new-tokens", "2"]
 
 
+def _ckpt_config_edited(command: str, saved: str, edited: str) -> Build:
+    """A checkpoint whose config.yaml was edited by hand (`saved` -> `edited`), loaded by `command`."""
+
+    def build(env: Env) -> list:
+        ckpt = env.copy_checkpoint()
+        config = ckpt / "config.yaml"
+        assert saved in config.read_text()
+        config.write_text(config.read_text().replace(saved, edited))
+        return {
+            "generate": ["generate", ckpt, "--max-new-tokens", "2"],
+            "info": ["info", "--checkpoint", ckpt],
+            "export-hf": ["export", ckpt, "--format", "hf", "--out", env.tmp / "hf"],
+            "export-gguf": ["export", ckpt, "--format", "gguf", "--out", env.tmp / "micro.gguf"],
+            "serve": ["serve", ckpt, "--port", "0"],
+        }[command]
+
+    return build
+
+
 def _run_without_complete(env: Env) -> list[str]:
     run = env.copy_run()
     for marker in run.glob("checkpoints/*/COMPLETE"):
@@ -1555,7 +1574,39 @@ CASES = [
     case(
         "generate-weights-disagree-with-config",
         _ckpt_config_disagrees,
-        "the checkpoint and its config disagree",
+        "ckpt/config.yaml does not match the weights saved with it",
+        "layers.0.feed_forward.w1.weight is (192, 64) in model.safetensors, the config needs (128, 64)",
+    ),
+    case(
+        "generate-config-edited-hidden-dim",
+        _ckpt_config_edited("generate", "hidden_dim: 64", "hidden_dim: 100000000"),
+        "ckpt/config.yaml does not match the weights saved with it",
+        "tok_embeddings.weight is (64, 64) in model.safetensors, the config needs (64, 100000000)",
+        "put back its model_config (and training_config.lora) as saved, or use another checkpoint",
+    ),
+    case(
+        "info-checkpoint-config-edited-num-layers",
+        _ckpt_config_edited("info", "num_layers: 2", "num_layers: 100000000"),
+        "model_config.num_layers is 100,000,000, model.safetensors holds 2 blocks",
+        "put back its model_config",
+    ),
+    case(
+        "export-hf-config-vocabulary-overflows",
+        _ckpt_config_edited("export-hf", "vocab_size: 64", "vocab_size: 1e18"),
+        "ckpt/config.yaml does not match the weights saved with it",
+        "too big to build",
+    ),
+    case(
+        "export-gguf-config-edited-mlp-dim",
+        _ckpt_config_edited("export-gguf", "mlp_dim: 192", "mlp_dim: 100000000"),
+        "layers.0.feed_forward.w1.weight is (192, 64) in model.safetensors, the config needs (100000000, 64)",
+    ),
+    case(
+        "serve-config-edited-max-seq-len",
+        _ckpt_config_edited("serve", "max_seq_len: 64", "max_seq_len: 1e15"),
+        "the model does not fit on cpu (RAM",
+        "rotary tables for model_config.max_seq_len 1,000,000,000,000,000",
+        "ckpt/config.yaml was edited, put back its model_config",
     ),
     case(
         "generate-missing-config",

@@ -197,3 +197,11 @@ def device_memory(device: torch.device) -> tuple[int, str]:
     if device.type == "mps":
         return torch.mps.recommended_max_memory(), "Metal recommended working set"
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "RAM"
+
+
+def size_text(n: float) -> str:
+    """Bytes in MiB below a GiB, else in GiB; in powers of ten once too many to read digit by digit."""
+    gib = n / GiB
+    if gib < 1:
+        return f"{n / 2**20:,.1f} MiB"
+    return f"{gib:,.1f} GiB" if gib < 1e6 else f"{gib:.1e} GiB"

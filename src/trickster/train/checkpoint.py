@@ -48,6 +48,7 @@ from trickster.errors import UserError, disk_errors
 from trickster.model import lora
 from trickster.model.transformer import Transformer
 from trickster.train.device import inference_dtype
+from trickster.train.weights import check_config, loading_refused, some, weights_to_save
 
 COMPLETE = "COMPLETE"
 WEIGHTS = "model.safetensors"
@@ -59,18 +60,6 @@ OS_ERROR = re.compile(r"\(os error (\d+)\)")  # the errno in a SafetensorError's
 
 def step_name(step: int) -> str:
     return f"step_{step:06d}"
-
-
-def weights_to_save(
-    model: Transformer, state: dict[str, torch.Tensor] | None = None
-) -> dict[str, torch.Tensor]:
-    """The plain model's weights (or those of a gathered full `state`), the tied output once;
-    LoRA adapters, if any, are saved apart (lora.adapter_weights)."""
-    state = model.state_dict() if state is None else state
-    state = {name: t for name, t in state.items() if not lora.is_adapter(name)}
-    if model.cfg.tie_embeddings:
-        state.pop("output.weight", None)  # the same tensor as tok_embeddings.weight
-    return {name: t.detach().contiguous() for name, t in state.items()}
 
 
 @dataclass(frozen=True)
@@ -292,20 +281,24 @@ class LoadedCheckpoint:
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> LoadedCheckpoint:
+    """generate, serve, export, info and init_from load a checkpoint here: its config.yaml is
+    checked against the shapes its weight files hold before anything is allocated."""
     path = resolve(path)
     cfg, tokenizer, info = read_config(path), read_tokenizer(path), read_info(path)
-    model = empty_model(cfg.model, device)
     adapted = cfg.training.lora is not None
-    if adapted:  # a LoRA run: load base and adapters as trained, then merge them into a plain model
-        if not (path / lora.ADAPTERS).is_file():
-            raise UserError(
-                f"{path / lora.ADAPTERS} is missing: without it this LoRA checkpoint is only its base "
-                "model; use another checkpoint"
-            )
-        lora.apply_lora(model, cfg.training.lora)
-    load_weights(model, path / WEIGHTS)
-    if adapted:
-        lora.merge_lora(model)
+    if adapted and not (path / lora.ADAPTERS).is_file():
+        raise UserError(
+            f"{path / lora.ADAPTERS} is missing: without it this LoRA checkpoint is only its base "
+            "model; use another checkpoint"
+        )
+    check_config(cfg, path / WEIGHTS, torch.device(device))
+    with loading_refused(path, device):
+        model = empty_model(cfg.model, device)
+        if adapted:  # a LoRA run: load base and adapters as trained, then merge them into a plain model
+            lora.apply_lora(model, cfg.training.lora)
+        load_weights(model, path / WEIGHTS)
+        if adapted:
+            lora.merge_lora(model)
     model.eval()
     return LoadedCheckpoint(path, cfg, tokenizer, model, info, inference_dtype(torch.device(device)))
 
@@ -378,8 +371,8 @@ def _read_tensors(file: Path, expected: dict[str, torch.Tensor]) -> dict[str, to
             missing, unexpected = sorted(set(expected) - names), sorted(names - set(expected))
             if missing or unexpected:
                 raise UserError(
-                    f"{file} does not match its config: missing {_some(missing)}, "
-                    f"unexpected {_some(unexpected)}; was it written by another model?"
+                    f"{file} does not match its config: missing {some(missing)}, "
+                    f"unexpected {some(unexpected)}; was it written by another model?"
                 )
             state = {}
             for name in expected:
@@ -396,13 +389,6 @@ def _read_tensors(file: Path, expected: dict[str, torch.Tensor]) -> dict[str, to
             f"{file} is damaged or not a safetensors file ({err}); use another checkpoint"
         ) from None
     return state
-
-
-def _some(names: list[str], shown: int = 3) -> str:
-    if not names:
-        return "nothing"
-    more = f" and {len(names) - shown} more" if len(names) > shown else ""
-    return ", ".join(names[:shown]) + more
 
 
 def load_trainer_state(path: Path) -> dict:

@@ -245,12 +245,7 @@ def allocation_refused(cfg: Config, device: torch.device):
         raise model_too_big(cfg, device, need) from None
 
 
-def _size(n: float) -> str:
-    """Bytes in MiB below a GiB, else in GiB; in powers of ten once too many to read digit by digit."""
-    gib = n / 2**30
-    if gib < 1:
-        return f"{n / 2**20:,.1f} MiB"
-    return f"{gib:,.1f} GiB" if gib < 1e6 else f"{gib:.1e} GiB"
+_size = footprint.size_text
 
 
 BATCH_KEYS = ("batch_size", "gradient_accumulation_steps", "global_batch", "global_batch_tokens")
