@@ -124,7 +124,7 @@ def on_main(job: dist.Dist, fn, *args):
         except UserError as err:
             outcome = err
         except BaseException as err:
-            what = f"{type(err).__name__}: {err}".splitlines()[0]
+            what = f"{type(err).__name__}: {err}".splitlines()[0] if str(err) else type(err).__name__
             dist.broadcast(UserError(f"process 0 failed ({what}); see its traceback"), job)
             raise
     outcome = dist.broadcast(outcome, job)
