@@ -4,6 +4,11 @@ into place.
 The temporary names are `.NAME.tmp-PID` (being written) and `.NAME.old-PID` (being replaced), PID
 the writer's process id. A writer killed mid-write leaves one behind; `leftovers` finds those whose
 writer no longer runs, so that the next writer may delete them (never one a live process writes).
+
+Also here, as every writer of such folders needs them: `held`, a lock on a folder that one
+process at a time may fill (`still_at` checks the lock is on the folder still at its name),
+`place_file`, which puts a finished file in place without replacing one that appeared meanwhile,
+and `process_exists`, which tells a dead writer's leftovers from a live one's.
 """
 
 from __future__ import annotations
@@ -89,7 +94,8 @@ def held(folder: Path, busy: str, fix: str):
     """Hold `folder` (made if missing) for this process for the block; another process that tries
     meanwhile gets one line, `busy`. The lock is the kernel's, on the folder itself, so it goes
     when its holder ends, however it ends (SIGKILL included); it stays with the folder if the
-    holder renames it. Where the file system cannot lock, the block runs unguarded, as before.
+    holder renames it. Where the file system cannot lock, the block runs unguarded: a preparation
+    ran without the lock before it existed, and still does there.
     A folder this user cannot make or open (another user's) is one line ending with `fix`."""
     # not resume._locked's lock file holding the PID: a file in the folder would be renamed with it
     while True:

@@ -345,7 +345,7 @@ class Trainer:
             self.out.line("  sample: " + record["sample"].replace("\n", "\n          ")[:600])
         improved = healthy and val_loss < state.best_val_loss and state.step > 0
         state.best_val_loss = val_loss if improved else state.best_val_loss
-        recovery.evaluated(self)  # the checkpoint saved at this step, before this evaluation, gets its loss
+        recovery.record_evaluation_in_checkpoint(self)  # one saved at this step, before this evaluation
         if improved:
             self.save("best")
 

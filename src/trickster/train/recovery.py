@@ -1,7 +1,8 @@
 """What a long run does for itself: it rolls back after a loss spike, warns after its first step
-when it will take far longer than its settings suggest, turns an out-of-memory error into one
-line, and ends at its last step, at its time budget or at a stop signal. Used by loop.Trainer
-(these read and change its state).
+when it will take far longer than its settings suggest, turns an out-of-memory error or a lost
+process into one line, gives a checkpoint saved before its evaluation that evaluation's loss,
+evaluates `best` again when resumed from an older version's checkpoint, and ends at its last step,
+at its time budget or at a stop signal. Used by loop.Trainer (these read and change its state).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def say_stopped(trainer: Trainer, name: str) -> None:
     )
 
 
-def evaluated(trainer: Trainer) -> None:
+def record_evaluation_in_checkpoint(trainer: Trainer) -> None:
     """A checkpoint saved at this step was written before its evaluation (one that fails loses no
     training): its info.json gets that evaluation's loss, as if it had been saved after it."""
     state, saved = trainer.state, trainer.saved
@@ -149,7 +150,7 @@ def roll_back(trainer: Trainer, spike: Spike) -> None:
     used = trainer.batches.state_dict()["drawn"]  # draws up to now (not the one drawn ahead)
     first = sampler.rewind(used, (state.step - window + 1) * t.gradient_accumulation_steps)
     rollbacks, seconds = state.rollbacks + 1, state.train_seconds
-    load_weights(trainer, good)
+    load_run_weights(trainer, good)
     trainer.load(good)
     state.rollbacks, state.train_seconds = rollbacks, seconds
     sampler.skip(first, used)
@@ -163,7 +164,7 @@ def roll_back(trainer: Trainer, spike: Spike) -> None:
     trainer.timer.reset()
 
 
-def load_weights(trainer: Trainer, checkpoint: Path) -> None:
+def load_run_weights(trainer: Trainer, checkpoint: Path) -> None:
     """The weights (and LoRA adapters) of `checkpoint` into the run's model, sharded or not."""
     if trainer.job.mode == "fsdp":
         dist.load_full_weights(trainer.model, ckpt.read_weights(trainer.model, checkpoint / ckpt.WEIGHTS))
@@ -181,10 +182,10 @@ def remeasure_best(trainer: Trainer) -> None:
         return
     if "val_draw_width" in ckpt.read_info(resumed):
         return
-    load_weights(trainer, best)
+    load_run_weights(trainer, best)
     local = evaluate(trainer.step_model, trainer.val_batches, trainer.device, trainer.cfg.device.dtype)
     loss, healthy = pooled_loss(local, trainer.val_batches, trainer.model, trainer.device, trainer.job)
-    load_weights(trainer, resumed)
+    load_run_weights(trainer, resumed)
     before, state.best_val_loss = state.best_val_loss, loss if healthy else math.inf
     trainer.out.line(
         f"best (step {ckpt.checkpoint_step(best)}) evaluated again: val loss {loss:.4f} as every response "

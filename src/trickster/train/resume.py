@@ -1,6 +1,7 @@
-"""Starting in a run folder: refuse to overwrite, find the checkpoint to resume, check it fits this
-run, and read what older versions wrote in trainer.pt (loop.Trainer.load_state_dict restores the
-trainer's state from it)."""
+"""Starting in a run folder: refuse to overwrite, hold the folder for this run (`claimed`, a lock
+file naming the process), find the checkpoint to resume, check it fits this run, and read what
+older versions wrote in trainer.pt (loop.Trainer.load_state_dict restores the trainer's state from
+it). Also `diverged`, the one line that ends a run whose losses stopped being finite."""
 
 from __future__ import annotations
 
