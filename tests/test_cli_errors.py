@@ -1307,6 +1307,40 @@ CASES = [
         "pipe is not a regular file",
     ),
     case(
+        "prepare-blank-file",  # one document of blanks: dropped like a blank one among many
+        lambda env: ["data", "prepare", "text", env.write("blank.txt", " \n\t\n  "), "--out", "o"],
+        "corpus 'text' is empty",
+    ),
+    case(
+        "prepare-text-with-a-nul-byte",  # valid UTF-8, but a binary file or UTF-16 without its mark
+        lambda env: [
+            "data",
+            "prepare",
+            "text",
+            env.write("t.txt", "T\x00o\x00 \x00b\x00e\x00"),
+            "--out",
+            "o",
+        ],
+        "t.txt holds a NUL byte (at offset 1)",
+        "iconv -f utf-16",
+    ),
+    case(
+        "prepare-text-utf16",
+        lambda env: ["data", "prepare", "text", env.write("u.txt", "To be\n".encode("utf-16")), "--out", "o"],
+        "u.txt is UTF-16 text",
+        "iconv -f utf-16 -t utf-8",
+    ),
+    case(
+        "prepare-shakespeare-from-a-pipe",  # nothing writes to it: reading waited forever
+        lambda env: ["data", "prepare", "shakespeare", "--path", _fifo(env.tmp / "pipe"), "--out", "o"],
+        "pipe is not a regular file",
+    ),
+    case(
+        "prepare-records-from-a-pipe",
+        lambda env: ["data", "prepare", "jsonl", _fifo(env.tmp / "pipe"), "--format", "prompt-response"],
+        "pipe is not a regular file",
+    ),
+    case(
         "prepare-empty-folder",
         lambda env: [
             "data",
@@ -1541,6 +1575,12 @@ CASES = [
     ),
     case("eval-text-not-utf8", _eval_text("caf\xe9\n".encode("latin-1")), "not UTF-8", "convert"),
     case("eval-empty-text", _eval_text(""), "is empty"),
+    case(
+        "eval-text-from-a-pipe",
+        lambda env: ["eval", str(env.run), "--text", _fifo(env.tmp / "pipe"), "--device", "cpu"],
+        "--text",
+        "pipe is not a regular file",
+    ),
     case("eval-text-too-short", _eval_text("a"), "too short", "at least 2"),
     case("eval-unknown-character", _eval_text("ROMEO: \u00a7\n"), "not in this model's character vocabulary"),
     case("eval-max-tokens-zero", _eval_text("ROMEO: hi\n", "--max-tokens", "0"), "--max-tokens must be >= 1"),

@@ -275,14 +275,12 @@ def eval_command(opts: EvalOptions) -> None:
 
 
 def _read_text(path: Path) -> str:
+    """--text FILE as data preparation reads a text: line endings as written, so that a CRLF file
+    meets CRLF training text."""
     try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"--text {path} not found; pass a UTF-8 text file") from None
-    except IsADirectoryError:
-        raise UserError(f"--text {path} is a folder; pass one UTF-8 text file") from None
-    except UnicodeDecodeError as err:
-        raise UserError(f"--text {path} is not UTF-8 (byte {err.start}); convert it to UTF-8") from None
+        return sources.read_text(path)
+    except UserError as err:
+        raise UserError(f"--text {err}") from None
 
 
 def info_command(source: ConfigSource, checkpoint: str | None = None) -> None:

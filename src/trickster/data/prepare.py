@@ -223,7 +223,7 @@ def _bounded(texts: Iterable[str], limit: int | None) -> Iterator[str]:
 def _documents(source: Source, val_fraction: float) -> Iterator[tuple[Document, str | None]]:
     """(document, split) in a fixed order; split None means: decided by `in_validation`."""
     if source.single_document:
-        texts = [t for t in source.read() if t]
+        texts = [t for t in source.read() if t.strip()]  # a blank one is no text, as among many
         text = "".join(texts)
         cut = int(len(text) * (1 - val_fraction))
         yield text[:cut], "train"

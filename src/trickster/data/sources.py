@@ -12,10 +12,12 @@ lives in records.py.
 
 from __future__ import annotations
 
+import codecs
 import glob
 import hashlib
 import json
 import os
+import stat
 import string
 import sysconfig
 import urllib.error
@@ -384,21 +386,42 @@ def _corpus_from_files(name: str, files: list[Path], skip_undecodable: bool = Fa
 
 def _read_bytes(path: Path) -> bytes:
     try:
+        mode = path.stat().st_mode
+        if stat.S_ISDIR(mode):
+            raise UserError(f"{path} is a folder; pass a text file")
+        if not stat.S_ISREG(mode):  # reading a pipe with no writer waits forever
+            raise UserError(f"{path} is not a regular file (a pipe or device?); pass a text file")
         return path.read_bytes()
     except FileNotFoundError:
         raise UserError(f"{path} not found; pass the path of an existing text file") from None
-    except IsADirectoryError:
-        raise UserError(f"{path} is a folder; pass a text file") from None
     except PermissionError:
         raise UserError(f"{path} is not readable; check its permissions") from None
 
 
+def read_text(path: Path) -> str:
+    """A UTF-8 text file as it is written (line endings included), without a byte-order mark."""
+    return _decode(_read_bytes(path), str(path))
+
+
 def _decode(raw: bytes, source: str) -> str:
-    """UTF-8 text, without the byte-order mark some editors write first (no character of the text)."""
+    """UTF-8 text, without the byte-order mark some editors write first (no character of the text).
+    UTF-16, and a file holding NUL bytes (binary, or UTF-16 without a mark: valid UTF-8 both), is
+    refused rather than read as text with a NUL after every letter."""
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise UserError(
+            f"{source} is UTF-16 text; convert it to UTF-8 (for example: iconv -f utf-16 -t utf-8)"
+        )
     try:
-        return raw.decode("utf-8").removeprefix("\ufeff")
+        text = raw.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as err:
         raise UserError(
             f"{source} is not UTF-8 text (bad byte at offset {err.start}); convert it to UTF-8 "
             "(for example: iconv -f latin1 -t utf-8)"
         ) from None
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        raise UserError(
+            f"{source} holds a NUL byte (at offset {nul}): a binary file, or UTF-16 text; pass UTF-8 "
+            "text (for example: iconv -f utf-16 -t utf-8), or move the file out of the way"
+        )
+    return text
