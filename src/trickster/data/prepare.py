@@ -127,8 +127,6 @@ def prepare(
             job = _Job(partial, source, tokenizer, record, val_fraction, shard_tokens, settings_dedup)
             meta = job.run(chunk_chars, workers, progress)
             replace_dir(partial, out_dir)
-            _say(echo, meta, out_dir)
-            return meta
         except KeyboardInterrupt:
             if not partial.exists() and out_dir.is_dir():  # renamed: deleting the old copy was cut short
                 raise Interrupted(
@@ -142,6 +140,8 @@ def prepare(
             if record.next_document == 0 or record.failed_at_end:
                 shutil.rmtree(partial, ignore_errors=True)  # nothing worth continuing
             raise
+    _say(echo, meta, out_dir)  # prepared: a Ctrl-C while it is said is no interrupted preparation
+    return meta
 
 
 def prepare_prompt_response(
