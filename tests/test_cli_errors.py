@@ -1441,6 +1441,17 @@ CASES = [
         "has no 'question' field, which --template names",
     ),
     case(
+        "prepare-jsonl-template-field-null",  # format_map wrote it into the text as "None"
+        _jsonl([RECORD, '{"prompt": "Who?", "response": null}'], "--template", "{prompt} {response}"),
+        'chat.jsonl line 2: "response", which --template names, is null',
+        "drop the record",
+    ),
+    case(
+        "prepare-jsonl-text-field-not-a-string",
+        _jsonl([RECORD, '{"prompt": "Who?", "response": ["a"]}'], "--text-field", "response"),
+        'chat.jsonl line 2: "response" must be a string (got an array)',
+    ),
+    case(
         "prepare-jsonl-text-field-and-template",
         _jsonl([RECORD, RECORD], "--text-field", "prompt", "--template", "{prompt}"),
         "either --text-field",

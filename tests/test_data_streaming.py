@@ -253,6 +253,25 @@ def test_jsonl_lines_end_only_at_a_newline(tmp_path):
     assert jsonl_prompt_response(path).pairs == [*((t, t) for t in texts), ("p", "r")]
 
 
+def test_a_null_text_is_no_document_and_a_null_in_a_template_is_refused(tmp_path):
+    """null is a missing value: a Parquet or datasets row holding one is no document, and the same
+    rows written as JSON Lines (pandas' to_json(lines=True) writes null) must prepare the same; it
+    stopped the preparation. A template filled from it wrote "None" into the text, and an array
+    Python's "['a', 'b']"."""
+    path = tmp_path / "r.jsonl"
+    path.write_text(
+        '{"text": "one", "q": "Who?"}\n{"text": null, "q": null}\n{"text": "two", "q": ["a", "b"]}\n'
+    )
+    assert list(sources.jsonl_documents([str(path)], text_field="text").read()) == ["one", "two"]
+    with pytest.raises(UserError, match=r'r.jsonl line 2: "q", which --template names, is null'):
+        list(sources.jsonl_documents([str(path)], template="Q: {q}").read())
+    path.write_text('{"q": "Who?"}\n{"q": ["a", "b"]}\n')
+    with pytest.raises(UserError, match=r'line 2: "q", which --template names, is an array'):
+        list(sources.jsonl_documents([str(path)], template="Q: {q}").read())
+    path.write_text('{"q": "Who?", "n": 3}\n')  # numbers are text enough
+    assert list(sources.jsonl_documents([str(path)], template="{q} {n}").read()) == ["Who? 3"]
+
+
 @pytest.mark.parametrize("field", ["text", "prompt"])
 def test_a_lone_surrogate_in_jsonl_is_named_with_its_line(tmp_path, field):
     """JSON can escape half of a surrogate pair ("\\ud800"), which is no character: one line that

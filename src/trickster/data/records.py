@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trickster.data.sources import Source, _decode, _json_line, _read_bytes, checked_text
+from trickster.data.sources import Source, _decode, _json_line, _read_bytes, checked_text, json_type
 from trickster.errors import UserError
 
 
@@ -45,7 +45,7 @@ def jsonl_prompt_response(path: str | Path) -> Records:
             if key not in record:
                 raise UserError(f'{where} has no "{key}" field; each record needs "prompt" and "response"')
             if not isinstance(record[key], str):
-                raise UserError(f'{where}: "{key}" must be a string (got {type(record[key]).__name__})')
+                raise UserError(f'{where}: "{key}" must be a string (got {json_type(record[key])})')
             checked_text(record[key], f'{where}: "{key}"')
         if not record["response"]:
             raise UserError(f'{where}: "response" is empty; the loss would have nothing to learn from')

@@ -80,6 +80,15 @@ def _json_lines(path: Path) -> Iterator[tuple[int, str]]:
         ) from None
 
 
+def json_type(value) -> str:
+    """How JSON names the type of a value json.loads returned."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return "a number"
+    return {type(None): "null", str: "a string", list: "an array", dict: "an object"}[type(value)]
+
+
 def checked_text(text: str, what: str, fix: str = "fix or remove that record") -> str:
     """`text`, unless it holds a lone surrogate (JSON may escape half of a pair, "\\ud800"): no
     character, which no tokenizer can encode."""
@@ -227,9 +236,18 @@ def jsonl_documents(
                     f'{where} has no "{text_field}" field (it has: {fields}); pass --text-field FIELD'
                 )
             value = record[text_field]
+            if value is None:  # a missing value, as Parquet and datasets rows hold it: no document
+                return ""
             if not isinstance(value, str):
-                raise UserError(f'{where}: "{text_field}" must be a string (got {type(value).__name__})')
+                raise UserError(f'{where}: "{text_field}" must be a string (got {json_type(value)})')
             return checked_text(value, f'{where}: "{text_field}"')
+        for name in names:  # format_map would write null as "None", an array as "['a', 'b']"
+            value = record.get(name, "")  # a missing one: format_map's KeyError names it
+            if isinstance(value, bool) or not isinstance(value, str | int | float):
+                raise UserError(
+                    f'{where}: "{name}", which --template names, is {json_type(value)}; '
+                    "fill it with text, or drop the record"
+                )
         try:
             return checked_text(template.format_map(record), f"{where}: the text --template makes")
         except KeyError as err:
