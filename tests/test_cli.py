@@ -229,4 +229,26 @@ def test_the_next_command_after_training_gives_generate_the_sample_prompt(prompt
     assert words[:2] == ["trickster", "generate"]
     args = build_parser().parse_args(words[1:])
     assert args.target == str(tmp_path / "my run")
-    assert args.prompt == (prompt if prompt.strip() else "\n")  # whitespace only: generate's default
+    if prompt.strip():
+        assert args.prompt == prompt
+    else:  # whitespace only: generate's own default prompt (a newline) is left to it
+        assert not hasattr(args, "prompt")
+
+
+def test_generate_without_sampling_options_gets_the_sampling_defaults(monkeypatch):
+    """The defaults live once, in options.Sampling: an option not given comes from there, one given
+    replaces only itself."""
+    from trickster import commands
+    from trickster.cli import main
+    from trickster.options import Sampling
+
+    seen = []
+
+    def generate_command(target: str, sampling: Sampling) -> None:  # cli reads the annotation
+        seen.append(sampling)
+
+    monkeypatch.setattr(commands, "generate_command", generate_command)
+    assert main(["generate", "some-run"]) == 0
+    assert main(["generate", "some-run", "--temperature", "0", "--top-k", "5"]) == 0
+    assert seen[0] == Sampling(prompt="\n", max_new_tokens=300, temperature=0.8)
+    assert seen[1] == Sampling(prompt="\n", max_new_tokens=300, temperature=0.0, top_k=5)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import re
 
+from trickster.options import Sampling  # dataclasses only
 from trickster.serve import limits  # imports nothing
 from trickster.units import whole_number
 
@@ -252,13 +253,20 @@ def _add_plan(commands) -> None:
 
 
 def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    # options.Sampling holds the defaults: an option not given is left out of the namespace, and
+    # cli._call builds Sampling from those given
+    unset, default = argparse.SUPPRESS, Sampling()
     parser.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
-    parser.add_argument("--prompt", default="\n", help="text to continue")
-    parser.add_argument("--max-new-tokens", type=integer, default=300)
-    parser.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
-    parser.add_argument("--top-k", type=integer, default=None)
-    parser.add_argument("--top-p", type=float, default=None)
-    parser.add_argument("--seed", type=integer, default=None)
+    parser.add_argument("--prompt", default=unset, help=f"text to continue (default: {default.prompt!r})")
+    parser.add_argument(
+        "--max-new-tokens", type=integer, default=unset, help=f"default: {default.max_new_tokens}"
+    )
+    parser.add_argument(
+        "--temperature", type=float, default=unset, help=f"0 means greedy (default: {default.temperature})"
+    )
+    parser.add_argument("--top-k", type=integer, default=unset)
+    parser.add_argument("--top-p", type=float, default=unset)
+    parser.add_argument("--seed", type=integer, default=unset)
     parser.add_argument("--device", default="cpu", choices=DEVICES)
 
 

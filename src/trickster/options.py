@@ -7,8 +7,10 @@ fills each group from the parsed options by name.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from trickster.config import Config, load_config
+if TYPE_CHECKING:  # cli_parser reads Sampling's defaults for --help, before pydantic is needed
+    from trickster.config import Config
 
 
 @dataclass
@@ -49,6 +51,8 @@ class ConfigSource:
     overrides: list[str] = field(default_factory=list)
 
     def load(self) -> Config:
+        from trickster.config import load_config
+
         return load_config(self.config, self.preset, self.overrides)
 
 
