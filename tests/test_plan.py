@@ -210,18 +210,19 @@ def test_a_model_whose_state_alone_does_not_fit_is_told_to_shrink(monkeypatch):
 
 def test_time_estimate_is_measured_and_close_to_a_real_run(micro):
     cfg = micro(training_config={"max_steps": 12, "warmup_steps": 2, "log_every": 2, "eval_every": 12})
-    ratios = []
-    for attempt in range(2):  # a neighbour test's burst on the 2 shared cores can skew one pair
+    ratios, sizes = [], []
+    for attempt in range(3):  # a neighbour test's burst on the 2 shared cores can skew one pair
         estimate = plan.make_plan(cfg, torch.device("cpu"))
         bench = estimate.bench
-        assert (bench.layers, bench.batch_size, bench.seq_len) == (2, 8, 64)  # the micro model itself
+        # the micro model itself, unless contention made its steps too slow to time in 10 s
+        sizes.append((bench.layers, bench.batch_size, bench.seq_len))
         cfg.logging.output_dir += str(attempt)
         trained = train(cfg, **QUIET)
         real = statistics.median([r["tokens_per_sec"] for r in trained.history if r["event"] == "train"][1:])
         ratios.append(bench.tokens_per_sec / real)
-        if 0.25 < ratios[-1] < 4:
+        if 0.25 < ratios[-1] < 4 and sizes[-1] == (2, 8, 64):
             break
-    assert 0.25 < ratios[-1] < 4, ratios
+    assert sizes[-1] == (2, 8, 64) and 0.25 < ratios[-1] < 4, (sizes, ratios)
     tokens = 1_000_000
     fpt = flops_per_token(estimate.cfg.model, cfg.seq_len)
     assert estimate.seconds(tokens) == pytest.approx(tokens * fpt / bench.flops_per_sec)
