@@ -11,6 +11,7 @@ from __future__ import annotations
 import builtins
 import errno
 import functools
+import gzip
 import hashlib
 import json
 import os
@@ -1329,6 +1330,31 @@ CASES = [
         lambda env: ["data", "prepare", "text", env.write("u.txt", "To be\n".encode("utf-16")), "--out", "o"],
         "u.txt is UTF-16 text",
         "iconv -f utf-16 -t utf-8",
+    ),
+    case(
+        "prepare-text-zstd",  # read as bytes it was 'not UTF-8 (iconv -f latin1)'
+        lambda env: [
+            "data",
+            "prepare",
+            "text",
+            env.write("c.txt.zst", b"\x28\xb5\x2f\xfd\x00\x58"),
+            "--out",
+            "o",
+        ],
+        "c.txt.zst is compressed with zstd (unzstd FILE); decompress it first",
+    ),
+    case(
+        "prepare-text-gzip-cut-short",  # a download that stopped half-way
+        lambda env: [
+            "data",
+            "prepare",
+            "text",
+            env.write("c.txt.gz", gzip.compress(b"To be, or not to be" * 50)[:40]),
+            "--out",
+            "o",
+        ],
+        "c.txt.gz cannot be decompressed",
+        "whole .gz file",
     ),
     case(
         "prepare-shakespeare-from-a-pipe",  # nothing writes to it: reading waited forever

@@ -253,6 +253,30 @@ def test_jsonl_lines_end_only_at_a_newline(tmp_path):
     assert jsonl_prompt_response(path).pairs == [*((t, t) for t in texts), ("p", "r")]
 
 
+def test_compressed_text_and_json_lines_are_read_as_the_plain_files(tmp_path):
+    """Corpora come as .jsonl.gz (C4), .txt.xz or .bz2: read as Hugging Face datasets and zcat
+    read them. They were 'not UTF-8 text (convert it from latin1)'."""
+    import bz2
+    import gzip
+    import lzma
+
+    from trickster.data.records import jsonl_prompt_response
+
+    texts = stories(6, seed=3)
+    lines = "".join(json.dumps({"text": t, "prompt": t, "response": t}) + "\n" for t in texts)
+    for opener, suffix in ((gzip.open, ".gz"), (bz2.open, ".bz2"), (lzma.open, ".xz")):
+        folder = tmp_path / suffix[1:]
+        folder.mkdir()
+        for i, text in enumerate(texts):
+            with opener(folder / f"{i}.txt{suffix}", "wt", encoding="utf-8", newline="") as f:
+                f.write(text)
+        with opener(tmp_path / f"r.jsonl{suffix}", "wt", encoding="utf-8") as f:
+            f.write(lines)
+        assert list(sources.text_files([str(folder)]).read()) == texts
+        assert list(sources.jsonl_documents([str(tmp_path / f"r.jsonl{suffix}")], "text").read()) == texts
+        assert jsonl_prompt_response(tmp_path / f"r.jsonl{suffix}").pairs == [(t, t) for t in texts]
+
+
 def test_a_null_text_is_no_document_and_a_null_in_a_template_is_refused(tmp_path):
     """null is a missing value: a Parquet or datasets row holding one is no document, and the same
     rows written as JSON Lines (pandas' to_json(lines=True) writes null) must prepare the same; it

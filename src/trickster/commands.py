@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from trickster.data import hub, sources
+from trickster.data import hub, sources, textfile
 from trickster.data.dedup import DedupSettings
 from trickster.data.loader import PreparedData, load_data
 from trickster.data.prepare import prepare, prepare_prompt_response
@@ -278,7 +278,7 @@ def _read_text(path: Path) -> str:
     """--text FILE as data preparation reads a text: line endings as written, so that a CRLF file
     meets CRLF training text."""
     try:
-        return sources.read_text(path)
+        return textfile.read_text(path)
     except UserError as err:
         raise UserError(f"--text {err}") from None
 

@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trickster.data.sources import Source, _decode, _json_line, _read_bytes, checked_text, json_type
+from trickster.data.sources import Source, _json_line, checked_text, json_type
+from trickster.data.textfile import decode, read_bytes
 from trickster.errors import UserError
 
 
@@ -31,10 +32,10 @@ class Records:
 def jsonl_prompt_response(path: str | Path) -> Records:
     """One JSON object per line with "prompt" and "response" strings (blank lines are skipped)."""
     path = Path(path)
-    raw = _read_bytes(path)
+    raw = read_bytes(path)
     pairs = []
     # JSON Lines ends a line at "\n" only: str.splitlines would also cut at U+2028 or NEL in a string
-    for number, line in enumerate(_decode(raw, str(path)).split("\n"), start=1):
+    for number, line in enumerate(decode(raw, str(path)).split("\n"), start=1):
         if not line.strip():
             continue
         where = f"{path} line {number}"

@@ -12,12 +12,10 @@ lives in records.py.
 
 from __future__ import annotations
 
-import codecs
 import glob
 import hashlib
 import json
 import os
-import stat
 import string
 import sysconfig
 import urllib.error
@@ -26,6 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trickster.data.textfile import decode, json_lines, read_bytes
 from trickster.errors import UserError
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -67,19 +66,6 @@ def _json_line(line: str, where: str):
         raise UserError(f"{where} is not JSON ({err.msg}); write one JSON object per line") from None
 
 
-def _json_lines(path: Path) -> Iterator[tuple[int, str]]:
-    r"""(line number, line) of a JSON Lines file, read as it goes. Lines end at "\n" only (with an
-    optional "\r" before it): U+2028, NEL or a lone "\r" may stand inside a record. A
-    byte-order mark before the first line is dropped."""
-    try:
-        with open(path, encoding="utf-8-sig", newline="\n") as lines:
-            yield from enumerate(lines, start=1)
-    except UnicodeDecodeError as err:
-        raise UserError(
-            f"{path} is not UTF-8 text (bad byte at offset {err.start}); convert it to UTF-8"
-        ) from None
-
-
 def json_type(value) -> str:
     """How JSON names the type of a value json.loads returned."""
     if isinstance(value, bool):
@@ -106,7 +92,7 @@ def checked_text(text: str, what: str, fix: str = "fix or remove that record") -
 def shakespeare(path: str | Path | None = None, url: str = SHAKESPEARE_URL, timeout: float = 30) -> Corpus:
     """Tiny Shakespeare from a local copy, or downloaded from its canonical URL and checked."""
     if path is not None:
-        raw = _read_bytes(Path(path))
+        raw = read_bytes(Path(path))
         source = str(path)
     else:
         raw = download(url, timeout)
@@ -117,7 +103,7 @@ def shakespeare(path: str | Path | None = None, url: str = SHAKESPEARE_URL, time
                 f"{SHAKESPEARE_SHA256[:12]}...; retry, or pass a local copy with --path FILE"
             )
         source = url
-    text = _decode(raw, source)
+    text = decode(raw, source)
     return Corpus("shakespeare", [text], [source], hashlib.sha256(raw).hexdigest())
 
 
@@ -184,8 +170,8 @@ def text_files(patterns: list[str]) -> Source:
     def read() -> Iterator[str]:
         digest[0] = hashlib.sha256()
         for path in files:
-            raw = _read_bytes(path)
-            text = _decode(raw, str(path))
+            raw = read_bytes(path)
+            text = decode(raw, str(path))
             digest[0].update(raw)
             if text:
                 yield text
@@ -257,7 +243,7 @@ def jsonl_documents(
 
     def read() -> Iterator[str]:
         for path in files:
-            for number, line in _json_lines(path):
+            for number, line in json_lines(path):
                 if not line.strip():
                     continue
                 where = f"{path} line {number}"
@@ -388,9 +374,9 @@ def _corpus_from_files(name: str, files: list[Path], skip_undecodable: bool = Fa
     digest = hashlib.sha256()
     documents, used = [], []
     for path in files:
-        raw = _read_bytes(path)
+        raw = read_bytes(path)
         try:
-            text = _decode(raw, str(path))
+            text = decode(raw, str(path))
         except UserError:
             if skip_undecodable:
                 continue
@@ -400,46 +386,3 @@ def _corpus_from_files(name: str, files: list[Path], skip_undecodable: bool = Fa
             documents.append(text)
             used.append(str(path))
     return Corpus(name, documents, used, digest.hexdigest())
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        mode = path.stat().st_mode
-        if stat.S_ISDIR(mode):
-            raise UserError(f"{path} is a folder; pass a text file")
-        if not stat.S_ISREG(mode):  # reading a pipe with no writer waits forever
-            raise UserError(f"{path} is not a regular file (a pipe or device?); pass a text file")
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{path} not found; pass the path of an existing text file") from None
-    except PermissionError:
-        raise UserError(f"{path} is not readable; check its permissions") from None
-
-
-def read_text(path: Path) -> str:
-    """A UTF-8 text file as it is written (line endings included), without a byte-order mark."""
-    return _decode(_read_bytes(path), str(path))
-
-
-def _decode(raw: bytes, source: str) -> str:
-    """UTF-8 text, without the byte-order mark some editors write first (no character of the text).
-    UTF-16, and a file holding NUL bytes (binary, or UTF-16 without a mark: valid UTF-8 both), is
-    refused rather than read as text with a NUL after every letter."""
-    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        raise UserError(
-            f"{source} is UTF-16 text; convert it to UTF-8 (for example: iconv -f utf-16 -t utf-8)"
-        )
-    try:
-        text = raw.decode("utf-8").removeprefix("\ufeff")
-    except UnicodeDecodeError as err:
-        raise UserError(
-            f"{source} is not UTF-8 text (bad byte at offset {err.start}); convert it to UTF-8 "
-            "(for example: iconv -f latin1 -t utf-8)"
-        ) from None
-    nul = raw.find(b"\0")
-    if nul >= 0:
-        raise UserError(
-            f"{source} holds a NUL byte (at offset {nul}): a binary file, or UTF-16 text; pass UTF-8 "
-            "text (for example: iconv -f utf-16 -t utf-8), or move the file out of the way"
-        )
-    return text
