@@ -1,8 +1,11 @@
+import errno
 import functools
 import hashlib
 import http.server
 import json
+import os
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -93,6 +96,24 @@ def test_a_folder_is_read_without_its_hidden_files_and_each_file_once(tmp_path):
         source = sources.text_files(paths)
         assert list(source.read()) == expected, paths
         assert source.files == [str(notes / "one.txt"), str(notes / "sub" / "two.txt")]
+
+
+def test_a_folder_that_cannot_be_listed_stops_the_preparation(tmp_path, monkeypatch):
+    """The walk left out a subfolder it could not list (permissions, a failing disk): a corpus
+    without its files, and no word of it. (The tests run as root: listing fails by a stand-in.)"""
+    (tmp_path / "notes" / "locked").mkdir(parents=True)
+    (tmp_path / "notes" / "one.txt").write_text("first document\n")
+    (tmp_path / "notes" / "locked" / "two.txt").write_text("second document\n")
+    scandir = os.scandir
+
+    def refusing(path="."):
+        if Path(path).name == "locked":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    with pytest.raises(UserError, match=r"notes/locked cannot be read \(Permission denied\)"):
+        sources.text_files([str(tmp_path / "notes")])
 
 
 def test_a_file_whose_name_looks_like_a_glob_is_read_as_named(tmp_path):

@@ -359,10 +359,15 @@ def _files_in(folder: Path) -> list[Path]:
     """Every file under `folder` but hidden ones (.git, .DS_Store, .env), which ripgrep and Hugging
     Face datasets skip too: a repository's objects are not its text."""
     found = []
-    for root, folders, names in os.walk(folder):
+    for root, folders, names in os.walk(folder, onerror=_unreadable):
         folders[:] = [f for f in folders if not f.startswith(".")]
         found.extend(Path(root, name) for name in names if not name.startswith("."))
     return sorted(p for p in found if p.is_file())
+
+
+def _unreadable(err: OSError) -> None:
+    """os.walk leaves out a folder it cannot list: its files would be missing from the corpus."""
+    raise UserError(f"{err.filename} cannot be read ({err.strerror}); check its permissions") from None
 
 
 def _inode(path: Path) -> tuple[int, int]:
