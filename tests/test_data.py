@@ -98,6 +98,21 @@ def test_a_folder_is_read_without_its_hidden_files_and_each_file_once(tmp_path):
         assert source.files == [str(notes / "one.txt"), str(notes / "sub" / "two.txt")]
 
 
+def test_data_prepared_inside_the_folder_is_not_read_back_as_text(tmp_path, monkeypatch):
+    """`trickster data prepare text .` writes data/text-char under the folder: run again (another
+    tokenizer), it read the first one's shards, meta.json and tokenizer.json as 5 more documents."""
+    for i in range(30):
+        (tmp_path / f"n{i}.txt").write_text(f"note {i} about the project number {i * 17} and things\n")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["data", "prepare", "text", ".", "--no-progress"]) == 0
+    partial = tmp_path / "data" / "other.partial"  # one that was interrupted
+    partial.mkdir()
+    (partial / "progress.json").write_text("{}")
+    assert cli.main(["data", "prepare", "text", ".", "--tokenizer", "byte", "--no-progress"]) == 0
+    meta = load_data(tmp_path / "data" / "text-byte").meta
+    assert meta["documents_read"] == 30 and meta["source_file_count"] == 30
+
+
 def test_a_folder_that_cannot_be_listed_stops_the_preparation(tmp_path, monkeypatch):
     """The walk left out a subfolder it could not list (permissions, a failing disk): a corpus
     without its files, and no word of it. (The tests run as root: listing fails by a stand-in.)"""

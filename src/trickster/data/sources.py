@@ -357,9 +357,15 @@ def expand_paths(patterns: list[str]) -> list[Path]:
 
 def _files_in(folder: Path) -> list[Path]:
     """Every file under `folder` but hidden ones (.git, .DS_Store, .env), which ripgrep and Hugging
-    Face datasets skip too: a repository's objects are not its text."""
+    Face datasets skip too: a repository's objects are not its text. Nor data prepared before (by
+    default in data/ under the folder, or a DIR.partial): its shards and meta.json are no corpus."""
     found = []
     for root, folders, names in os.walk(folder, onerror=_unreadable):
+        if {"meta.json", "index.json"} <= set(names) or (
+            root.endswith(".partial") and "progress.json" in names
+        ):
+            folders[:] = []
+            continue
         folders[:] = [f for f in folders if not f.startswith(".")]
         found.extend(Path(root, name) for name in names if not name.startswith("."))
     return sorted(p for p in found if p.is_file())
