@@ -1596,6 +1596,11 @@ CASES = [
         "4096",
     ),
     case(
+        "prepare-bpe-vocab-too-large",  # from 2**31 the Rust trainer panicked and aborted Python
+        _prepare_with("--tokenizer", "bpe", "--vocab-size", str(2**31)),
+        "--vocab-size 2147483648 is too large for bpe: at most 16,777,216",
+    ),
+    case(
         "prepare-vocab-size-without-bpe",
         _prepare_with("--tokenizer", "char", "--vocab-size", "300"),
         "--vocab-size applies to --tokenizer bpe only",

@@ -37,6 +37,7 @@ PAD_TEXT = "<|pad|>"
 KINDS = ("char", "byte", "bpe", "gpt2", "hf")
 HF_EXTRA = "pip install 'nano-trickster[hf]'"
 DEFAULT_BPE_VOCAB = 4096
+LARGEST_BPE_VOCAB = 2**24  # 64 times Gemma's 262,144
 LONGEST_RUN = 1000  # characters of a run the BPE trainer sees: 300,000 letters took 54 s, 2 MB hung
 _LONG_RUN = re.compile(rf"\S{{{LONGEST_RUN},}}|\s{{{LONGEST_RUN},}}")
 # GPT-2's BPE: tiktoken's r50k_base holds exactly GPT-2's ranks, pattern and <|endoftext|> = 50256,
@@ -268,11 +269,10 @@ class BPETokenizer(HFTokenizer):
         vocab_size = DEFAULT_BPE_VOCAB if vocab_size is None else vocab_size
         alphabet = tokenizers.pre_tokenizers.ByteLevel.alphabet()
         smallest = len(alphabet) + 2
-        if vocab_size < smallest:
-            raise UserError(
-                f"--vocab-size {vocab_size} is too small for bpe: it needs at least {smallest} "
-                "(256 bytes, end-of-text and pad); try --vocab-size 4096"
-            )
+        if not smallest <= vocab_size <= LARGEST_BPE_VOCAB:  # past 2**31 the trainer aborts Python
+            small = f"small for bpe: it needs at least {smallest} (256 bytes, end-of-text and pad)"
+            size = small if vocab_size < smallest else f"large for bpe: at most {LARGEST_BPE_VOCAB:,}"
+            raise UserError(f"--vocab-size {vocab_size} is too {size}; try --vocab-size 4096")
         backend = tokenizers.Tokenizer(tokenizers.models.BPE())
         backend.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
         backend.decoder = tokenizers.decoders.ByteLevel()
