@@ -253,6 +253,22 @@ def test_jsonl_lines_end_only_at_a_newline(tmp_path):
     assert jsonl_prompt_response(path).pairs == [*((t, t) for t in texts), ("p", "r")]
 
 
+def test_a_folder_of_parquet_files_is_read_without_what_spark_writes_beside_them(tmp_path):
+    """Spark and Hadoop write part-*.parquet with an empty _SUCCESS marker (and hidden .crc files)
+    beside them: _SUCCESS stopped the preparation as 'not a Parquet file'."""
+    pytest.importorskip("pyarrow")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    docs = stories(10, seed=4)
+    (tmp_path / "out").mkdir()
+    pq.write_table(pa.table({"text": docs[:5]}), tmp_path / "out" / "part-00000.parquet")
+    pq.write_table(pa.table({"text": docs[5:]}), tmp_path / "out" / "part-00001.parquet")
+    (tmp_path / "out" / "_SUCCESS").touch()
+    (tmp_path / "out" / ".part-00000.parquet.crc").write_bytes(b"crc\x00")
+    assert list(sources.parquet_documents([str(tmp_path / "out")]).read()) == docs
+
+
 def test_compressed_text_and_json_lines_are_read_as_the_plain_files(tmp_path):
     """Corpora come as .jsonl.gz (C4), .txt.xz or .bz2: read as Hugging Face datasets and zcat
     read them. They were 'not UTF-8 text (convert it from latin1)'."""

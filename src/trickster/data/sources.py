@@ -263,7 +263,7 @@ def jsonl_documents(
 
 def parquet_documents(patterns: list[str], text_field: str = "text") -> Source:
     """One document per row of `text_field`, read one record batch at a time (pyarrow)."""
-    files = expand_paths(patterns)
+    files = expand_paths(patterns, ".parquet")  # not the _SUCCESS file Spark writes beside them
     pq = require_package("pyarrow.parquet", "Parquet files need the `pyarrow` package")
     for path in files:
         try:
@@ -326,9 +326,10 @@ def python_stdlib() -> Corpus:
     return _corpus_from_files("python-stdlib", files, skip_undecodable=True)
 
 
-def expand_paths(patterns: list[str]) -> list[Path]:
+def expand_paths(patterns: list[str], suffix: str = "") -> list[Path]:
     """The files that `patterns` name, each once however it is reached (a symlink loop under a
-    '**' glob, a file named twice); a path that exists is taken as it is, brackets and all."""
+    '**' glob, a file named twice); a path that exists is taken as it is, brackets and all. From a
+    folder, only the files whose names end in `suffix`."""
     files: list[Path] = []
     for pattern in patterns:
         magic = glob.has_magic(pattern) and not os.path.lexists(pattern)
@@ -337,7 +338,7 @@ def expand_paths(patterns: list[str]) -> list[Path]:
             raise UserError(f"no files match '{pattern}'; check the path or quote the glob pattern")
         for match in map(Path, matches):
             if match.is_dir():
-                files.extend(_files_in(match))
+                files.extend(p for p in _files_in(match) if p.name.endswith(suffix))
             elif match.is_file():
                 files.append(match)
             elif match.exists():  # a pipe, socket or device: its text cannot be read twice
