@@ -1449,6 +1449,12 @@ CASES = [
         "has no field 'text' (it has: story)",
         "trickster data prepare hf DATASET",
     ),
+    case(
+        "prepare-hf-on-a-jsonl-file",
+        lambda env: ["data", "prepare", "hf", env.write("rows.jsonl", '{"text": "a"}\n'), "--out", "o"],
+        "rows.jsonl is a file",
+        "`trickster data prepare jsonl",
+    ),
     case("prepare-parquet-no-column", _parquet, "has no column 'text'", "(it has: body)", "--text-field"),
     case(
         "prepare-parquet-not-parquet",

@@ -40,8 +40,10 @@ def hf_dataset(
     if local.is_dir():
         identity["files"] = file_identity(sorted(p for p in local.rglob("*") if p.is_file()))
     elif local.exists():
+        command = "parquet" if local.suffix == ".parquet" else "jsonl" if ".json" in local.name else "text"
         raise UserError(
-            f"{dataset} is a file; pass a dataset name or a folder (for Parquet files use `parquet`)"
+            f"{dataset} is a file; pass a dataset name or a folder (or read this file with "
+            f"`trickster data prepare {command} {dataset}`)"
         )
     read_val = None
     if val_split:
