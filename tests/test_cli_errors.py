@@ -405,6 +405,13 @@ def _gpt2_offline(env: Env) -> list[str]:
     return ["data", "prepare", "text", corpus, "--tokenizer", "gpt2", "--out", str(env.tmp / "gpt2")]
 
 
+def _empty_path(env: Env) -> list[str]:
+    """`trickster data prepare text "$CORPUS"` with CORPUS unset, in a folder (the case's working
+    folder) that holds other files."""
+    env.write("work/notes.txt", "notes that are not the corpus\n")
+    return ["data", "prepare", "text", "", "--out", str(env.tmp / "o")]
+
+
 def _fifo(path: Path) -> str:
     os.mkfifo(path)  # nothing writes to it: reading would wait forever
     return str(path)
@@ -1330,6 +1337,11 @@ CASES = [
         lambda env: ["data", "prepare", "text", env.write("u.txt", "To be\n".encode("utf-16")), "--out", "o"],
         "u.txt is UTF-16 text",
         "iconv -f utf-16 -t utf-8",
+    ),
+    case(
+        "prepare-text-empty-path",  # "$CORPUS" unset: Path("") read the whole current folder
+        _empty_path,
+        "a path is empty (an unset shell variable?)",
     ),
     case(
         "prepare-text-zstd",  # read as bytes it was 'not UTF-8 (iconv -f latin1)'

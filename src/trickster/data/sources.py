@@ -332,6 +332,8 @@ def expand_paths(patterns: list[str], suffix: str = "") -> list[Path]:
     folder, only the files whose names end in `suffix`."""
     files: list[Path] = []
     for pattern in patterns:
+        if not pattern.strip():  # Path("") is the current folder: all of it would be read
+            raise UserError("a path is empty (an unset shell variable?); pass text files or folders")
         magic = glob.has_magic(pattern) and not os.path.lexists(pattern)
         matches = sorted(glob.glob(pattern, recursive=True)) if magic else [pattern]
         if not matches:
