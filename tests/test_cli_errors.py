@@ -1485,6 +1485,11 @@ CASES = [
         "has no 'question' field, which --template names",
     ),
     case(
+        "prepare-jsonl-nested-too-deep",  # json.loads raised RecursionError: a traceback
+        _jsonl([RECORD, "[" * 100_000 + "]" * 100_000], "--text-field", "prompt"),
+        "chat.jsonl line 2 nests arrays or objects too deeply to read",
+    ),
+    case(
         "prepare-jsonl-template-field-null",  # format_map wrote it into the text as "None"
         _jsonl([RECORD, '{"prompt": "Who?", "response": null}'], "--template", "{prompt} {response}"),
         'chat.jsonl line 2: "response", which --template names, is null',

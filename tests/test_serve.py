@@ -270,6 +270,13 @@ ERRORS = [
         None,
     ),
     ("body-not-object", _post("/v1/completions", b"[1, 2]"), 400, "must be a JSON object", None),
+    (
+        "body-nested-too-deep",  # json.loads raised RecursionError: a 500
+        _post("/v1/completions", b"[" * 100_000 + b"]" * 100_000),
+        400,
+        "nests arrays or objects too deeply",
+        None,
+    ),
     ("missing-prompt", _post("/v1/completions", {"model": "best"}), 400, "prompt: Field required", "prompt"),
     ("missing-model", _post("/v1/completions", {"prompt": "A"}), 400, "model: Field required", "model"),
     (

@@ -64,6 +64,8 @@ def _json_line(line: str, where: str):
         return json.loads(line)
     except json.JSONDecodeError as err:
         raise UserError(f"{where} is not JSON ({err.msg}); write one JSON object per line") from None
+    except RecursionError:  # json.loads recurses once per level of [ or {
+        raise UserError(f"{where} nests arrays or objects too deeply to read; flatten or drop it") from None
 
 
 def json_type(value) -> str:

@@ -123,6 +123,8 @@ def parse(kind: type[BaseModel], raw: bytes) -> BaseModel:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise APIError(400, f"the request body is not valid JSON ({err}); send a JSON object") from None
+    except RecursionError:  # json.loads recurses once per level of [ or {
+        raise APIError(400, "the request body nests arrays or objects too deeply to read") from None
     if not isinstance(data, dict):
         raise APIError(400, "the request body must be a JSON object")
     try:
