@@ -1344,6 +1344,11 @@ CASES = [
         "a path is empty (an unset shell variable?)",
     ),
     case(
+        "prepare-file-name-with-a-line-break",  # a newline is legal in a file name: two lines
+        lambda env: ["data", "prepare", "text", env.write("bad\nname.txt", b"caf\xe9"), "--out", "o"],
+        "bad\\nname.txt is not UTF-8 text",
+    ),
+    case(
         "prepare-text-zstd",  # read as bytes it was 'not UTF-8 (iconv -f latin1)'
         lambda env: [
             "data",
@@ -2221,9 +2226,11 @@ def write_error_table():
 
 
 def _plain(arg: str) -> bool:
-    """Shown as it is; else repr, which writes a blank, a space or a lone surrogate (U+DCE9 for
-    a byte that was not UTF-8, which a UTF-8 file cannot hold) so that it can be seen."""
-    return bool(arg.strip()) and " " not in arg and not any("\ud800" <= c <= "\udfff" for c in arg)
+    """Shown as it is; else repr, which writes a blank, a space, a line break or a lone surrogate
+    (U+DCE9 for a byte that was not UTF-8, which a UTF-8 file cannot hold) so that it can be seen."""
+    if not arg.strip() or " " in arg or len(arg.splitlines()) > 1:
+        return False
+    return not any("\ud800" <= c <= "\udfff" for c in arg)
 
 
 def _shown(text: str, places: dict[str, str]) -> str:

@@ -52,13 +52,21 @@ def main(argv: list[str] | None = None) -> int:
         _check(args)
         return _call(args)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:
         print(f"interrupted: {err}" if isinstance(err, Interrupted) else "interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
+
+
+LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"  # where str.splitlines cuts
+
+
+def _one_line(message: str) -> str:
+    """The message on one line even when a name in it holds a line break (a file name may)."""
+    return "".join(c.encode("unicode_escape").decode() if c in LINE_BREAKS else c for c in message)
 
 
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
