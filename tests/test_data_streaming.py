@@ -269,6 +269,26 @@ def test_a_folder_of_parquet_files_is_read_without_what_spark_writes_beside_them
     assert list(sources.parquet_documents([str(tmp_path / "out")]).read()) == docs
 
 
+def test_a_folder_of_json_lines_is_read_without_the_other_files_beside_them(tmp_path, capsys):
+    """A dataset folder holds a README.md or a LICENSE beside its .jsonl files: they stopped the
+    preparation as 'line 1 is not JSON'. A folder with no JSON Lines file says what it looked for."""
+    import gzip
+
+    docs = stories(9, seed=5)
+    (tmp_path / "set").mkdir()
+    for i, name in enumerate(["a.jsonl", "b.JSON", "c.ndjson.gz"]):
+        lines = "".join(json.dumps({"text": t}) + "\n" for t in docs[3 * i : 3 * i + 3]).encode()
+        (tmp_path / "set" / name).write_bytes(gzip.compress(lines) if name.endswith(".gz") else lines)
+    (tmp_path / "set" / "README.md").write_text("# A dataset\n\nOf stories.\n", encoding="utf-8")
+    (tmp_path / "set" / "LICENSE").write_text("MIT\n", encoding="utf-8")
+    assert list(sources.jsonl_documents([str(tmp_path / "set")], text_field="text").read()) == docs
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "README.md").write_text("no data here\n", encoding="utf-8")
+    code = cli.main(["data", "prepare", "jsonl", str(tmp_path / "docs"), "--text-field", "text"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "contain JSON Lines files (.jsonl)" in err, err
+
+
 def test_compressed_text_and_json_lines_are_read_as_the_plain_files(tmp_path):
     """Corpora come as .jsonl.gz (C4), .txt.xz or .bz2: read as Hugging Face datasets and zcat
     read them. They were 'not UTF-8 text (convert it from latin1)'."""

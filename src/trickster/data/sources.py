@@ -24,11 +24,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trickster.data.textfile import decode, json_lines, read_bytes
+from trickster.data.textfile import OPENERS, decode, json_lines, read_bytes
 from trickster.errors import UserError
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+# what `jsonl FOLDER` reads of a folder, as Hugging Face's json loader: plain or compressed
+JSON_LINES_NAMES = tuple(
+    f"{name}{packed}" for name in (".jsonl", ".json", ".ndjson") for packed in ("", *OPENERS)
+)
 DATASETS_EXTRA = "pip install 'nano-trickster[datasets]'"
 
 
@@ -212,7 +216,7 @@ def jsonl_documents(
             raise UserError(
                 f"--template {template!r} must name record fields in braces, like '{{prompt}}\\n{{response}}'"
             )
-    files = expand_paths(patterns)
+    files = expand_paths(patterns, JSON_LINES_NAMES, "JSON Lines files (.jsonl)")  # not a README beside them
 
     def document(record, where: str) -> str:
         if not isinstance(record, dict):
@@ -265,7 +269,7 @@ def jsonl_documents(
 
 def parquet_documents(patterns: list[str], text_field: str = "text") -> Source:
     """One document per row of `text_field`, read one record batch at a time (pyarrow)."""
-    files = expand_paths(patterns, ".parquet")  # not the _SUCCESS file Spark writes beside them
+    files = expand_paths(patterns, (".parquet",), "Parquet files")  # not Spark's _SUCCESS beside them
     pq = require_package("pyarrow.parquet", "Parquet files need the `pyarrow` package")
     for path in files:
         try:
@@ -328,10 +332,12 @@ def python_stdlib() -> Corpus:
     return _corpus_from_files("python-stdlib", files, skip_undecodable=True)
 
 
-def expand_paths(patterns: list[str], suffix: str = "") -> list[Path]:
+def expand_paths(
+    patterns: list[str], suffixes: tuple[str, ...] = ("",), kind: str = "text files"
+) -> list[Path]:
     """The files that `patterns` name, each once however it is reached (a symlink loop under a
     '**' glob, a file named twice); a path that exists is taken as it is, brackets and all. From a
-    folder, only the files whose names end in `suffix`."""
+    folder, only the files whose names end in one of `suffixes` (`kind` names them to the user)."""
     files: list[Path] = []
     for pattern in patterns:
         if not pattern.strip():  # Path("") is the current folder: all of it would be read
@@ -342,7 +348,7 @@ def expand_paths(patterns: list[str], suffix: str = "") -> list[Path]:
             raise UserError(f"no files match '{pattern}'; check the path or quote the glob pattern")
         for match in map(Path, matches):
             if match.is_dir():
-                files.extend(p for p in _files_in(match) if p.name.endswith(suffix))
+                files.extend(p for p in _files_in(match) if p.name.lower().endswith(suffixes))
             elif match.is_file():
                 files.append(match)
             elif match.exists():  # a pipe, socket or device: its text cannot be read twice
@@ -353,7 +359,7 @@ def expand_paths(patterns: list[str], suffix: str = "") -> list[Path]:
                 raise UserError(f"{match} not found; pass existing text files or folders")
     if not files:
         raise UserError(
-            f"no files found in {', '.join(patterns)}; pass folders that contain text files (hidden "
+            f"no files found in {', '.join(patterns)}; pass folders that contain {kind} (hidden "
             "files, such as .keep, are skipped)"
         )
     seen: set[tuple[int, int]] = set()
