@@ -113,6 +113,21 @@ def test_data_prepared_inside_the_folder_is_not_read_back_as_text(tmp_path, monk
     assert meta["documents_read"] == 30 and meta["source_file_count"] == 30
 
 
+def test_a_corpus_folder_with_its_own_meta_and_index_json_is_read(tmp_path):
+    """A corpus's own meta.json and index.json (a scraped site's, a dataset card's) beside its
+    texts: the folder was taken for prepared data and left out whole, without a word (all of it:
+    'no files found'). Only a folder that holds nothing but what a preparation writes is skipped."""
+    site = tmp_path / "site"
+    (site / "posts").mkdir(parents=True)
+    (site / "about.txt").write_text("about this site\n")
+    (site / "posts" / "meta.json").write_text('{"author": "someone"}\n')
+    (site / "posts" / "index.json").write_text('["one.txt"]\n')
+    (site / "posts" / "one.txt").write_text("the first post\n")
+    names = ["about.txt", "posts/index.json", "posts/meta.json", "posts/one.txt"]
+    assert sources.text_files([str(site)]).files == [str(site / name) for name in names]
+    assert sources.text_files([str(site / "posts")]).files == [str(site / n) for n in names[1:]]
+
+
 def test_a_folder_that_cannot_be_listed_stops_the_preparation(tmp_path, monkeypatch):
     """The walk left out a subfolder it could not list (permissions, a failing disk): a corpus
     without its files, and no word of it. (The tests run as root: listing fails by a stand-in.)"""

@@ -57,15 +57,13 @@ from trickster.data.partial import (
 )
 from trickster.data.records import Records, records_source
 from trickster.data.shards import SPLITS, ShardWriter, SplitProgress, token_dtype
-from trickster.data.sources import Corpus, Source, corpus_source
+from trickster.data.sources import PREPARED_FILES, Corpus, Source, corpus_source
 from trickster.data.tokenizers import Tokenizer, build_tokenizer, from_dict
 from trickster.errors import Interrupted, UserError
 
 SHARD_TOKENS = 100_000_000  # like nanoGPT's FineWeb shards
 CHUNK_CHARS = 1_000_000  # documents per task: big enough to amortise the hand-off to a worker
 TOKENIZER_SAMPLE_CHARS = 200_000_000  # bpe learns its merges from at most this much text
-PREPARED_FILES = {"meta.json", "tokenizer.json", "index.json", "train", "val", "report.html"}
-PREPARED_FILES |= {"train.bin", "val.bin", "train.mask.bin", "val.mask.bin"}  # flat folders (format 1)
 
 __all__ = ["in_validation", "partial_dir", "prepare", "prepare_prompt_response", "token_dtype"]
 

@@ -34,6 +34,9 @@ JSON_LINES_NAMES = tuple(
     f"{name}{packed}" for name in (".jsonl", ".json", ".ndjson") for packed in ("", *OPENERS)
 )
 DATASETS_EXTRA = "pip install 'nano-trickster[datasets]'"
+# what `data prepare` writes into its folder: never read back as a corpus, nor replaced unless so
+PREPARED_FILES = {"meta.json", "tokenizer.json", "index.json", "train", "val", "report.html"}
+PREPARED_FILES |= {"train.bin", "val.bin", "train.mask.bin", "val.mask.bin"}  # flat folders (format 1)
 
 
 @dataclass
@@ -372,14 +375,22 @@ def _files_in(folder: Path) -> list[Path]:
     default in data/ under the folder, or a DIR.partial): its shards and meta.json are no corpus."""
     found = []
     for root, folders, names in os.walk(folder, onerror=_unreadable):
-        if {"meta.json", "index.json"} <= set(names) or (
-            root.endswith(".partial") and "progress.json" in names
-        ):
+        folders[:] = [f for f in folders if not f.startswith(".")]
+        if _prepared(root, folders, names):
             folders[:] = []
             continue
-        folders[:] = [f for f in folders if not f.startswith(".")]
         found.extend(Path(root, name) for name in names if not name.startswith("."))
     return sorted(p for p in found if p.is_file())
+
+
+def _prepared(root: str, folders: list[str], names: list[str]) -> bool:
+    """Whether `root` is a folder `data prepare` wrote: its DIR.partial (by its name and progress
+    record or meta.json), or a DIR holding nothing but a preparation's files. A corpus's own
+    meta.json or index.json beside its texts is no sign of one."""
+    visible = {name for name in names if not name.startswith(".")}
+    if root.endswith(".partial") and visible & {"progress.json", "meta.json"}:
+        return True
+    return {"meta.json", "tokenizer.json"} <= visible <= PREPARED_FILES and set(folders) <= {"train", "val"}
 
 
 def _unreadable(err: OSError) -> None:
