@@ -313,6 +313,23 @@ def test_compressed_text_and_json_lines_are_read_as_the_plain_files(tmp_path):
         assert jsonl_prompt_response(tmp_path / f"r.jsonl{suffix}").pairs == [(t, t) for t in texts]
 
 
+def test_a_compressed_corpus_is_not_sized_by_its_compressed_bytes(tmp_path):
+    """The progress bar's total (and the number of workers) came from the files' sizes on disk:
+    for a .gz corpus that is a fraction of its text: the bar's total was 1/16 of the bytes it counts here. Its
+    text's size is not known before it is read: no total, as for Parquet."""
+    import gzip
+
+    text = "".join(f"line {i} of a long and repetitive corpus\n" for i in range(2000))
+    (tmp_path / "c.txt.gz").write_bytes(gzip.compress(text.encode()))
+    (tmp_path / "r.jsonl.gz").write_bytes(gzip.compress(json.dumps({"text": text}).encode() + b"\n"))
+    for source in (
+        sources.text_files([str(tmp_path / "c.txt.gz")]),
+        sources.jsonl_documents([str(tmp_path / "r.jsonl.gz")], text_field="text"),
+    ):
+        read = sum(len(t.encode()) for t in source.read())
+        assert read == len(text) and (source.total_bytes is None or source.total_bytes >= read)
+
+
 def test_a_null_text_is_no_document_and_a_null_in_a_template_is_refused(tmp_path):
     """null is a missing value: a Parquet or datasets row holding one is no document, and the same
     rows written as JSON Lines (pandas' to_json(lines=True) writes null) must prepare the same; it

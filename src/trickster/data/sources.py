@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trickster.data.textfile import OPENERS, decode, json_lines, read_bytes
+from trickster.data.textfile import OPENERS, decode, json_lines, read_bytes, text_size
 from trickster.errors import UserError
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -190,7 +190,7 @@ def text_files(patterns: list[str]) -> Source:
         {"source": "text", "files": file_identity(files)},
         read,
         single_document=len(files) == 1,
-        total_bytes=sum(p.stat().st_size for p in files),
+        total_bytes=text_size(files),
         files=[str(p) for p in files],
         content_sha256=lambda: digest[0].hexdigest(),
     )
@@ -265,7 +265,7 @@ def jsonl_documents(
         "jsonl",
         {"source": "jsonl", "files": file_identity(files), **how},
         read,
-        total_bytes=sum(p.stat().st_size for p in files),
+        total_bytes=text_size(files),
         files=[str(p) for p in files],
     )
 

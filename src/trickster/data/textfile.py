@@ -47,6 +47,14 @@ def read_bytes(path: Path) -> bytes:
         ) from None
 
 
+def text_size(files: list[Path]) -> int | None:
+    """The bytes of text `files` hold, known before they are read (a progress bar's total); None
+    when one is compressed: its size on disk is a fraction of its text's, which only reading tells."""
+    if any(path.suffix.lower() in OPENERS for path in files):
+        return None
+    return sum(path.stat().st_size for path in files)
+
+
 def read_text(path: Path) -> str:
     return decode(read_bytes(path), str(path))
 
