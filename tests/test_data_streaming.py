@@ -144,17 +144,20 @@ def test_an_interrupted_preparation_continues_without_redoing_finished_shards(tm
     assert meta["train_documents"] + meta["val_documents"] == 120
 
 
-def test_ctrl_c_on_the_command_line_is_one_line_saying_how_to_go_on(tmp_path, monkeypatch, capsys):
-    """Not a line on stdout and a bare 'interrupted' on stderr: one line, exit status 130."""
+@pytest.mark.parametrize("name", ["out", "line\nbreak"])
+def test_ctrl_c_on_the_command_line_is_one_line_saying_how_to_go_on(name, tmp_path, monkeypatch, capsys):
+    """Not a line on stdout and a bare 'interrupted' on stderr: one line, exit status 130, even
+    when the folder's name holds a line break (written escaped, as an error's line writes it)."""
     paths = write_texts(tmp_path / "texts", stories(40, seed=5))
     monkeypatch.setattr(encode_module, "encode_chunk", Interrupt(after=0))
-    out = tmp_path / "out"
+    out = tmp_path / name
     args = ["data", "prepare", "text", *map(str, paths), "--out", str(out), "--workers", "1", "--no-progress"]
     assert cli.main(args) == 130
     captured = capsys.readouterr()
     assert "interrupted" not in captured.out
+    kept = str(partial_dir(out)).replace("\n", "\\n")
     assert captured.err.splitlines() == [
-        f"interrupted: 0 finished shard(s) kept in {partial_dir(out)}; run the same command again to continue"
+        f"interrupted: 0 finished shard(s) kept in {kept}; run the same command again to continue"
     ]
 
 

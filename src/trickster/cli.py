@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {_one_line(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:
-        print(f"interrupted: {err}" if isinstance(err, Interrupted) else "interrupted", file=sys.stderr)
+        said = f"interrupted: {_one_line(str(err))}" if isinstance(err, Interrupted) else "interrupted"
+        print(said, file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
