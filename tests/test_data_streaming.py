@@ -12,7 +12,7 @@ import torch
 
 from trickster import cli
 from trickster.data import encode as encode_module
-from trickster.data import hub, sources
+from trickster.data import hub, sources, textfile
 from trickster.data.loader import BatchSampler, TokenStream, load_data, windows
 from trickster.data.prepare import in_validation, partial_dir, prepare
 from trickster.errors import UserError
@@ -314,6 +314,17 @@ def test_compressed_text_and_json_lines_are_read_as_the_plain_files(tmp_path):
         assert list(sources.text_files([str(folder)]).read()) == texts
         assert list(sources.jsonl_documents([str(tmp_path / f"r.jsonl{suffix}")], "text").read()) == texts
         assert jsonl_prompt_response(tmp_path / f"r.jsonl{suffix}").pairs == [(t, t) for t in texts]
+
+
+def test_a_plain_file_that_cannot_be_read_is_not_called_a_damaged_archive(tmp_path):
+    """Reading a plain file can fail too (a symlink to itself, an I/O error): that said 'cannot be
+    decompressed; check that it is a whole .txt file', the line for a cut-short archive."""
+    loop = tmp_path / "notes.txt"
+    loop.symlink_to(loop.name)
+    with pytest.raises(UserError) as refused:
+        textfile.read_text(loop)
+    loops = "Too many levels of symbolic links"
+    assert str(refused.value) == f"{loop} cannot be read ({loops}); pass a readable text file"
 
 
 def test_a_compressed_corpus_is_not_sized_by_its_compressed_bytes(tmp_path):

@@ -41,10 +41,8 @@ def read_bytes(path: Path) -> bytes:
         raise UserError(f"{path} not found; pass the path of an existing text file") from None
     except PermissionError:
         raise UserError(f"{path} is not readable; check its permissions") from None
-    except (OSError, EOFError, lzma.LZMAError) as err:  # a damaged or truncated archive
-        raise UserError(
-            f"{path} cannot be decompressed ({err}); check that it is a whole {path.suffix} file"
-        ) from None
+    except (OSError, EOFError, lzma.LZMAError) as err:
+        raise unreadable(path, err) from None
 
 
 def text_size(files: list[Path]) -> int | None:
@@ -97,6 +95,13 @@ def json_lines(path: Path) -> Iterator[tuple[int, str]]:
             f"{path} is not UTF-8 text (bad byte at offset {err.start}); convert it to UTF-8"
         ) from None
     except (OSError, EOFError, lzma.LZMAError) as err:
-        raise UserError(
-            f"{path} cannot be decompressed ({err}); check that it is a whole {path.suffix} file"
-        ) from None
+        raise unreadable(path, err) from None
+
+
+def unreadable(path: Path, err: Exception) -> UserError:
+    """The line for a file whose reading failed: the system refused (an OSError with its errno: a
+    symlink to itself, an I/O error), or its archive is damaged or cut short (gzip, bz2 and lzma
+    raise errors without an errno, or EOFError)."""
+    if isinstance(err, OSError) and err.errno is not None:
+        return UserError(f"{path} cannot be read ({err.strerror}); pass a readable text file")
+    return UserError(f"{path} cannot be decompressed ({err}); check that it is a whole {path.suffix} file")
