@@ -187,6 +187,15 @@ def test_negative_numbers_in_every_form_are_values_not_options():
         parse(build_parser(), "generate run --prompt -1e3x".split())
 
 
+def test_an_option_with_a_line_break_is_refused_in_one_line(capsys):
+    """argparse writes an unknown argument as typed ('unrecognized arguments: --x<newline>y'):
+    its line was cut in two, as the errors' lines were before a9d20e4."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["runs", "a", "--x\ny"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: unrecognized arguments: --x\\ny (see `trickster --help`)\n"
+
+
 def test_info_reads_overrides_on_both_sides_of_an_option(capsys):
     assert main(["info", "model_config.hidden_dim=64", "--preset", "tiny", "model_config.num_layers=3"]) == 0
     assert "model: hidden 64, 3 layers" in capsys.readouterr().out

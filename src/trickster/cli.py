@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable
 
 from trickster.cli_parser import build_parser
-from trickster.errors import Interrupted, UserError
+from trickster.errors import Interrupted, UserError, single_line
 
 # Bounds on numeric options: (argparse dest, test, message); each applies to every command that has it.
 _BOUNDS: list[tuple[str, Callable[[float], bool], str]] = [
@@ -52,22 +52,14 @@ def main(argv: list[str] | None = None) -> int:
         _check(args)
         return _call(args)
     except UserError as err:
-        print(f"error: {_one_line(str(err))}", file=sys.stderr)
+        print(f"error: {single_line(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:
-        said = f"interrupted: {_one_line(str(err))}" if isinstance(err, Interrupted) else "interrupted"
+        said = f"interrupted: {single_line(str(err))}" if isinstance(err, Interrupted) else "interrupted"
         print(said, file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
-
-
-LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"  # where str.splitlines cuts
-
-
-def _one_line(message: str) -> str:
-    """The message on one line even when a name in it holds a line break (a file name may)."""
-    return "".join(c.encode("unicode_escape").decode() if c in LINE_BREAKS else c for c in message)
 
 
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import re
 
+from trickster.errors import single_line  # imports nothing
 from trickster.options import Sampling  # dataclasses only
 from trickster.serve import limits  # imports nothing
 from trickster.units import whole_number
@@ -43,7 +44,7 @@ class _Parser(argparse.ArgumentParser):
         self._negative_number_matcher = _FullMatch(_NEGATIVE_NUMBER)
 
     def error(self, message: str):  # one line instead of usage + message
-        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+        self.exit(2, f"error: {single_line(message)} (see `{self.prog} --help`)\n")
 
 
 class _FullMatch:
