@@ -23,6 +23,8 @@ FAULT:
     term-at-step:N
                   rank 1 alone receives SIGTERM during its Nth training step (and rank 0 takes
                   1.5 s to write the "stopped" event)
+    disk-full-in-save:N
+                  rank 0's Nth checkpoint write fails as on a full disk (ENOSPC)
     term-disk-full-at-step:N, term-bug-at-step:N
                   as term-at-step, but rank 0's write of the "stopped" event fails: the disk is
                   full (ENOSPC), or a RuntimeError("planted") as a bug would raise
@@ -45,7 +47,7 @@ from trickster import cli, footprint
 from trickster.data import loader
 from trickster.model import generate as generate_module
 from trickster.observe import events
-from trickster.train import dist, loop, optim
+from trickster.train import checkpoint, dist, loop, optim
 
 SPIKED_STEPS = {15, 16}  # step indices whose learning rate the "spike" fault multiplies by 100, once
 
@@ -113,6 +115,8 @@ def install(fault: str) -> None:
         footprint.device_memory = lambda device: (ram, "RAM")
     elif fault.startswith("die-in-save:") and rank1:
         _die_in_save(int(fault.split(":")[1]))
+    elif fault.startswith("disk-full-in-save:") and os.environ.get("RANK") == "0":
+        _disk_full_in_save(int(fault.split(":")[1]))
     elif fault.startswith(("hang-at-step:", "term-")) and rank1:
         _at_step(int(fault.split(":")[1]), hang=fault.startswith("hang"))
     elif fault.startswith("term-at-step:"):
@@ -120,7 +124,9 @@ def install(fault: str) -> None:
     elif fault.startswith(("term-disk-full-at-step:", "term-bug-at-step:")):
         full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         _fail_to_write("stopped", full if fault.startswith("term-disk-full") else None)
-    elif not fault.startswith(("stop-token:", "die-in-save:", "hang-at-step:", "term-")):
+    elif not fault.startswith(
+        ("stop-token:", "die-in-save:", "disk-full-in-save:", "hang-at-step:", "term-")
+    ):
         raise SystemExit(f"unknown fault {fault!r}")
 
 
@@ -136,6 +142,21 @@ def _die_in_save(n: int) -> None:
         return original(*args, **kwargs)
 
     dist.save_sharded_optimizer = dying
+
+
+def _disk_full_in_save(n: int) -> None:
+    """Rank 0's Nth checkpoint write raises ENOSPC, as a full disk would (the write turns it into
+    its line)."""
+    original, calls = checkpoint._write_checkpoint, 0
+
+    def failing(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls == n:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return original(*args, **kwargs)
+
+    checkpoint._write_checkpoint = failing
 
 
 def _slow_to_write(event: str, seconds: float = 1.5) -> None:

@@ -381,12 +381,11 @@ class Trainer:
             trainer_state["optimizer"] = {"param_groups": groups}
         else:
             trainer_state["optimizer"] = dist.full_optimizer_state(self.model, self.optimizer)
-        if self.job.is_main:
-            parts = (self.model, self.cfg, self.data.tokenizer, self.info(), trainer_state, weights, staging)
-            ckpt.save_checkpoint(target, *parts, reuse=again.path if again else None)
-            if ckpt.STEP_DIR.match(name):
-                ckpt.prune(self.run_dir, self.cfg.training.keep_last)
-        dist.barrier(self.job)
+        parts = (self.model, self.cfg, self.data.tokenizer, self.info(), trainer_state, weights, staging)
+        # rank 0 writes, the others wait for it: its error (a full disk) ends them all with its line
+        setup.on_main(self.job, ckpt.save_checkpoint, target, *parts, again.path if again else None)
+        if self.job.is_main and ckpt.STEP_DIR.match(name):
+            ckpt.prune(self.run_dir, self.cfg.training.keep_last)
         self.saved = ckpt.Saved(self.state.step, target, groups)
 
     def load(self, path: Path) -> None:
