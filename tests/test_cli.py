@@ -60,19 +60,43 @@ def test_a_taken_run_folder_gets_the_next_free_suffix(tmp_path):
 
 
 def test_quickstart_falls_back_to_the_stdlib_when_offline(tmp_path, monkeypatch, capsys):
+    import urllib.error
+    import urllib.request
+
     from trickster import commands
-    from trickster.errors import UserError
 
     def offline(*args, **kwargs):
-        raise UserError("could not download it (offline)")
+        raise urllib.error.URLError("Temporary failure in name resolution")
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(commands.sources, "shakespeare", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     monkeypatch.setattr(commands, "train_command", lambda *a, **k: 1)  # stop after the data step
     assert main(["quickstart", "--steps", "5"]) == 1
     out = capsys.readouterr().out
+    assert "not reachable (could not download https://" in out
     assert "falling back to the Python standard library" in out
     assert (tmp_path / "data/python-stdlib-char/meta.json").is_file()
+
+
+def test_quickstart_falls_back_only_when_the_download_fails(tmp_path, monkeypatch, capsys):
+    """Another quick start preparing the same folder (or a full disk) is said as it is; it was
+    called 'Tiny Shakespeare is not reachable' and the stdlib was prepared instead."""
+    import hashlib
+
+    from trickster import commands
+    from trickster.atomic import held
+    from trickster.data import sources
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sources, "SHAKESPEARE_SHA256", hashlib.sha256(EXCERPT.read_bytes()).hexdigest())
+    monkeypatch.setattr(sources, "download", lambda url, timeout=30: EXCERPT.read_bytes())
+    monkeypatch.setattr(commands, "train_command", lambda *a, **k: 1)  # stop after the data step
+    with held(tmp_path / "data/shakespeare-char.partial", "busy", "fix"):  # the other quick start
+        assert main(["quickstart", "--steps", "5"]) == 2
+    captured = capsys.readouterr()
+    assert "falling back" not in captured.out and captured.err.count("\n") == 1
+    assert "data/shakespeare-char.partial" in captured.err and "in use" in captured.err, captured.err
+    assert not (tmp_path / "data/python-stdlib-char").exists()
 
 
 def test_quickstart_again_keeps_its_prepared_data_even_offline(tmp_path, monkeypatch, capsys):

@@ -417,7 +417,7 @@ def quickstart(
     options = PrepareOptions(tokenizer="char", out="data/shakespeare-char", progress=False)
     try:
         data_dir = prepare_data(SourceSpec("shakespeare", path=path), options, DedupSettings())
-    except UserError as err:
+    except sources.DownloadFailed as err:  # not a full disk or a folder in use: those say so
         if path is not None:
             raise
         print(f"  Tiny Shakespeare is not reachable ({err})")

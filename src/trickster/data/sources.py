@@ -107,7 +107,7 @@ def shakespeare(path: str | Path | None = None, url: str = SHAKESPEARE_URL, time
         raw = download(url, timeout)
         digest = hashlib.sha256(raw).hexdigest()
         if digest != SHAKESPEARE_SHA256:
-            raise UserError(
+            raise DownloadFailed(
                 f"downloaded file from {url} has SHA-256 {digest[:12]}..., expected "
                 f"{SHAKESPEARE_SHA256[:12]}...; retry, or pass a local copy with --path FILE"
             )
@@ -139,13 +139,18 @@ def shakespeare_source(path: str | Path | None = None) -> Source:
     )
 
 
+class DownloadFailed(UserError):
+    """A corpus could not be downloaded whole (offline, or not the file expected): the quick start
+    falls back to another corpus for this, and for nothing else."""
+
+
 def download(url: str, timeout: float = 30) -> bytes:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.read()
     except (urllib.error.URLError, OSError, ValueError) as err:
         reason = getattr(err, "reason", err)
-        raise UserError(
+        raise DownloadFailed(
             f"could not download {url} ({reason}); if you are offline, download it elsewhere and "
             "pass the local copy with --path FILE"
         ) from None
