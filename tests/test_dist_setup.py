@@ -250,3 +250,26 @@ def test_two_processes_gather_bfloat16_shards_and_keep_them_between_micro_batche
         assert result["kinds"] == ["Parameter", "DTensor"]
         assert result["ranks"] == [0, 1]
         assert result["broadcasts"] == 0
+
+
+@pytest.mark.parametrize(
+    ("error", "told"),
+    [
+        (RuntimeError("planted"), "process 0 failed (RuntimeError: planted); see its traceback"),
+        (KeyboardInterrupt(), "process 0 was stopped (KeyboardInterrupt)"),
+    ],
+)
+def test_what_rank_0_tells_the_others_when_it_fails_outside_a_user_error(error, told, monkeypatch):
+    """rank 0 raises its own error and hands the others one line: a traceback to look for only when
+    it printed one (an interrupt prints none)."""
+    from trickster.train import setup
+
+    sent = []
+    monkeypatch.setattr(dist, "broadcast", lambda obj, job: sent.append(obj) or obj)
+
+    def fails():
+        raise error
+
+    with pytest.raises(type(error)):
+        setup.on_main(dist.Dist(), fails)  # rank 0 of a single process; broadcast recorded
+    assert [str(e) for e in sent] == [told]

@@ -125,7 +125,11 @@ def on_main(job: dist.Dist, fn, *args):
             outcome = err
         except BaseException as err:
             what = f"{type(err).__name__}: {err}".splitlines()[0] if str(err) else type(err).__name__
-            dist.broadcast(UserError(f"process 0 failed ({what}); see its traceback"), job)
+            if isinstance(err, Exception):
+                said = f"failed ({what}); see its traceback"
+            else:  # an interrupt (Ctrl-C, SystemExit): rank 0 prints no traceback to point to
+                said = f"was stopped ({what})"
+            dist.broadcast(UserError(f"process 0 {said}"), job)
             raise
     outcome = dist.broadcast(outcome, job)
     if isinstance(outcome, UserError):
