@@ -123,3 +123,11 @@ def test_a_vanishing_temperature_is_greedy_not_a_crash(temperature):
     logits = torch.tensor([[0.5, 3.0, -1.0, 2.9], [10.0, -10.0, 0.0, 9.0]])
     assert sample(logits, temperature).tolist() == [1, 0]
     assert sample(logits, 1e-3, generator=torch.Generator().manual_seed(0)).tolist() == [1, 0]
+
+
+@pytest.mark.parametrize("top_p", [1e-300, 1e-46])
+def test_a_vanishing_top_p_keeps_the_likeliest_token(top_p):
+    """A top_p that float32 rounds to 0 dropped every token, the first too: all-inf logits gave NaN
+    probabilities, multinomial refused them, and serve answered 500."""
+    logits = torch.tensor([[0.5, 3.0, -1.0, 2.9], [10.0, -10.0, 0.0, 9.0]])
+    assert sample(logits, 1.0, top_p=top_p, generator=torch.Generator().manual_seed(0)).tolist() == [1, 0]

@@ -35,6 +35,8 @@ def sample(
         cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
         # drop a token when the ones ranked above it already reach top_p (the first always stays)
         drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p
+        # kept by name: a top_p below float32's least value (1e-300) compares as 0, which drops it too
+        drop_sorted[..., 0] = False
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     probs = logits.softmax(dim=-1)
