@@ -277,6 +277,13 @@ ERRORS = [
         "nests arrays or objects too deeply",
         None,
     ),
+    (
+        "body-integer-too-long",  # json.loads raised ValueError (int's digit limit): a 500
+        _post("/v1/completions", b'{"model": "best", "prompt": "A", "max_tokens": ' + b"9" * 5000 + b"}"),
+        400,
+        "holds an integer of more than",
+        None,
+    ),
     ("missing-prompt", _post("/v1/completions", {"model": "best"}), 400, "prompt: Field required", "prompt"),
     ("missing-model", _post("/v1/completions", {"prompt": "A"}), 400, "model: Field required", "model"),
     (

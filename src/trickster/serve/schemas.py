@@ -4,6 +4,7 @@ the answers it gives, and OpenAI's error object."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 import uuid
 from typing import Literal
@@ -125,6 +126,12 @@ def parse(kind: type[BaseModel], raw: bytes) -> BaseModel:
         raise APIError(400, f"the request body is not valid JSON ({err}); send a JSON object") from None
     except RecursionError:  # json.loads recurses once per level of [ or {
         raise APIError(400, "the request body nests arrays or objects too deeply to read") from None
+    except ValueError:  # Python reads an integer of at most sys.get_int_max_str_digits() digits
+        raise APIError(
+            400,
+            f"the request body holds an integer of more than {sys.get_int_max_str_digits():,} digits, "
+            "more than any field takes",
+        ) from None
     if not isinstance(data, dict):
         raise APIError(400, "the request body must be a JSON object")
     try:
