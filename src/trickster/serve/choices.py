@@ -33,7 +33,13 @@ class StopStrings:
         if hits:
             self.held = ""
             return text[: min(hits)], True
-        keep = max((k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+        # a tail longer than the text cannot match: bounding k by it keeps a stop string of 1 MB from
+        # costing a copy of each of its prefixes for every token (minutes, on the event loop)
+        longest = len(text) + 1
+        keep = max(
+            (k for s in self.stops for k in range(1, min(len(s), longest)) if text.endswith(s[:k])),
+            default=0,
+        )
         self.held = text[len(text) - keep :]
         return text[: len(text) - keep], False
 
