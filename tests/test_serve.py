@@ -357,6 +357,16 @@ ERRORS = [
         "messages.0.content: this model reads text only; drop the 'image_url' part",
         "messages.0.content",
     ),
+    (
+        "content-part-without-type",  # was 'drop the None part'
+        _post(
+            "/v1/chat/completions",
+            {"model": "best", "messages": [{"role": "user", "content": [{"text": "A"}]}]},
+        ),
+        400,
+        'messages.0.content: a part has no "type"; send {"type": "text", "text": "..."}',
+        "messages.0.content",
+    ),
     ("messages-missing", _post("/v1/chat/completions", {"model": "best"}), 400, "messages", "messages"),
     (
         "unknown-model",

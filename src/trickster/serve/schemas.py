@@ -101,6 +101,8 @@ class ChatMessage(BaseModel):
             return value
         if isinstance(value, list) and all(isinstance(part, dict) for part in value):
             other = [part.get("type") for part in value if part.get("type") != "text"]
+            if None in other:  # OpenAI's parts all name their type
+                raise ValueError('a part has no "type"; send {"type": "text", "text": "..."}')
             if other:
                 raise ValueError(f"this model reads text only; drop the {other[0]!r} part")
             if all(isinstance(part.get("text"), str) for part in value):
