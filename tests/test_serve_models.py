@@ -21,6 +21,7 @@ from trickster.serve import models
 from trickster.serve.choices import Generation
 from trickster.serve.engine import Batch, Engine
 from trickster.serve.models import Catalog
+from trickster.train import checkpoint as ckpt
 
 from .live_server import live_server
 
@@ -231,3 +232,25 @@ def test_a_generation_releases_its_model_when_the_engine_is_done_not_when_read(t
         asyncio.run(read_one_delta())
     finally:
         engine.close()
+
+
+def test_a_checkpoint_pruned_while_serving_is_404_and_the_list_goes_on(trained_run, tmp_path):
+    """A run served as it trains deletes its old numbered checkpoints (keep_last): GET /v1/models read
+    each one's folder at every listing and answered 500 to every client once one was gone."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    with live_server(run) as live:
+        client = client_of(live)
+        answer = completion(client, model="final", **GREEDY)  # in memory: it outlives its folder
+        for name in ("step_000006", "final"):
+            ckpt.remove(run / "checkpoints" / name)  # as prune deletes one
+        listed = httpx.get(live.url + "/v1/models")
+        assert listed.status_code == 200, listed.text
+        assert [card["id"] for card in listed.json()["data"]] == ["best", "final", "untrained"]
+        with pytest.raises(
+            openai.NotFoundError, match="'step_000006' was deleted from disk after the server"
+        ):
+            completion(client, model="step_000006", **GREEDY)
+        assert httpx.get(live.url + "/v1/models/step_000006").status_code == 404
+        assert completion(client, model="final", **GREEDY) == answer
+        assert completion(client, model="best", **GREEDY)

@@ -56,7 +56,7 @@ class Server:
 
     async def models(self, request: Request) -> Response:
         self._authorize(request)
-        cards = [self._card(o) for o in self.catalog.offered.values()]
+        cards = [self._card(o) for o in self.catalog.offered.values() if not self.catalog.gone(o.name)]
         return JSONResponse({"object": "list", "data": cards})
 
     async def model(self, request: Request) -> Response:
@@ -224,11 +224,10 @@ class Server:
 
     def _offered(self, name: str) -> Offered:
         offered = self.catalog.get(name)
-        if offered is None:
-            have = ", ".join(self.catalog.offered)
-            raise APIError(
-                404, f"model {name!r} does not exist; this server has: {have}", "model", "model_not_found"
-            )
+        if offered is None or self.catalog.gone(name):
+            have = ", ".join(n for n in self.catalog.offered if not self.catalog.gone(n))
+            what = "does not exist" if offered is None else "was deleted from disk after the server started"
+            raise APIError(404, f"model {name!r} {what}; this server has: {have}", "model", "model_not_found")
         return offered
 
     async def _hold(self, name: str) -> None:
@@ -296,8 +295,7 @@ class Server:
             raise
 
     def _card(self, offered: Offered) -> dict:
-        created = int(offered.path.stat().st_mtime)
-        return schemas.model_card(offered.name, created, offered.card())
+        return schemas.model_card(offered.name, offered.created, offered.card())
 
 
 Collected = tuple[list[str], list[list[dict]], list[str | None]]  # texts, logprobs, finish reasons

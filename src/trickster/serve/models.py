@@ -42,6 +42,7 @@ class Offered:
     tokenizer: Tokenizer
     info: dict
     chat_template: chat.Template | None
+    created: int = 0  # when its folder was written, as read at start (OpenAI's `created`)
     model: Transformer | None = None  # its weights, while in memory
     loading: bool = False  # a thread is reading them
     holds: int = 0  # requests that need them in memory (Catalog.hold, Catalog.release)
@@ -90,7 +91,7 @@ class Catalog:
         if not names or UNTRAINED in names:
             base = self.offered.get(default.name) or _describe(default.name, default, chat_template)
             self.offered[UNTRAINED] = Offered(
-                UNTRAINED, base.path, base.cfg, base.tokenizer, base.info, base.chat_template
+                UNTRAINED, base.path, base.cfg, base.tokenizer, base.info, base.chat_template, base.created
             )
         # the one loaded at start, and never unloaded: the checkpoint `trickster generate TARGET` would use
         self.default = default.name if default.name in self.offered else next(iter(self.offered))
@@ -111,6 +112,12 @@ class Catalog:
 
     def get(self, name: str) -> Offered | None:
         return self.offered.get(name)
+
+    def gone(self, name: str) -> bool:
+        """Whether a checkpoint offered at start has left the disk since (a training run that prunes
+        its old checkpoints, served as it trains) and is not in memory: it can no longer be loaded."""
+        offered = self.offered[name]
+        return name != UNTRAINED and offered.model is None and not (offered.path / ckpt.WEIGHTS).is_file()
 
     def hold(self, name: str, load: bool = True) -> Offered | None:
         """The model with its weights in memory, kept there until `release(name)`. Blocking when it
@@ -212,7 +219,7 @@ def _describe(name: str, path: Path, chat_template: str | None) -> Offered:
     cfg, tokenizer, info = ckpt.read_config(path), ckpt.read_tokenizer(path), ckpt.read_info(path)
     source = chat_template or _template_of(tokenizer)
     template = chat.Template(source, tokenizer) if source else None
-    return Offered(name, path, cfg, tokenizer, info, template)
+    return Offered(name, path, cfg, tokenizer, info, template, int(path.stat().st_mtime))
 
 
 def _template_of(tokenizer: Tokenizer) -> str | None:
