@@ -1495,6 +1495,11 @@ CASES = [
         "chat.jsonl line 2 nests arrays or objects too deeply to read",
     ),
     case(
+        "prepare-jsonl-integer-too-long",  # json.loads raised ValueError (int's digit limit): a traceback
+        _jsonl([RECORD, '{"prompt": ' + "9" * 5000 + "}"], "--text-field", "prompt"),
+        "chat.jsonl line 2 holds an integer of more than",
+    ),
+    case(
         "prepare-jsonl-template-field-null",  # format_map wrote it into the text as "None"
         _jsonl([RECORD, '{"prompt": "Who?", "response": null}'], "--template", "{prompt} {response}"),
         'chat.jsonl line 2: "response", which --template names, is null',

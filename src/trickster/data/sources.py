@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import string
+import sys
 import sysconfig
 import urllib.error
 import urllib.request
@@ -73,6 +74,11 @@ def _json_line(line: str, where: str):
         raise UserError(f"{where} is not JSON ({err.msg}); write one JSON object per line") from None
     except RecursionError:  # json.loads recurses once per level of [ or {
         raise UserError(f"{where} nests arrays or objects too deeply to read; flatten or drop it") from None
+    except ValueError:  # Python reads an integer of at most sys.get_int_max_str_digits() digits
+        raise UserError(
+            f"{where} holds an integer of more than {sys.get_int_max_str_digits():,} digits, too long "
+            "to read; drop it or write it as a string"
+        ) from None
 
 
 def json_type(value) -> str:
