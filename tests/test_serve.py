@@ -330,6 +330,13 @@ ERRORS = [
         "temperature",
     ),
     (
+        "top-k-below-minus-one",  # was taken as off, as 0 and -1 are
+        _post("/v1/completions", {**GOOD, "top_k": -5}),
+        400,
+        "top_k: give a number of tokens (1 or more), or 0 or -1 for off (got -5)",
+        "top_k",
+    ),
+    (
         "stop-not-strings",
         _post("/v1/completions", {**GOOD, "stop": [1, 2]}),
         400,

@@ -72,6 +72,8 @@ class Request(BaseModel):
     @field_validator("top_k")
     @classmethod
     def _top_k(cls, value):
+        if value is not None and value < -1:  # not a count of tokens, nor one of vLLM's two "off"s
+            raise ValueError("give a number of tokens (1 or more), or 0 or -1 for off")
         return None if value is not None and value <= 0 else value
 
 
