@@ -404,6 +404,20 @@ ERRORS = [
         "prompt",
     ),
     ("empty-prompt", _post("/v1/completions", {**GOOD, "prompt": ""}), 400, "prompt is empty", "prompt"),
+    (
+        "empty-prompt-in-a-batch",  # named no prompt: 'prompt is empty'
+        _post("/v1/completions", {**GOOD, "prompt": ["ROMEO:", ""]}),
+        400,
+        "prompt.1 is empty",
+        "prompt.1",
+    ),
+    (
+        "batch-prompt-fills-context",
+        _post("/v1/completions", {**GOOD, "prompt": ["ROMEO:", "ROMEO:", "A" * 64]}),
+        400,
+        "prompt.2: 64 tokens fill this model's",
+        "prompt.2",
+    ),
     ("too-many-stops", _post("/v1/completions", {**GOOD, "stop": list("abcde")}), 400, "at most 4", "stop"),
     (
         "oversized-body",

@@ -77,9 +77,11 @@ class Server:
                 f"one request asks for at most {MAX_CHOICES}",
                 param="prompt",
             )
-        ids = [self._encode(offered, p) for p in prompts]
-        for one in ids:
-            self._check_room(offered, len(one), req.max_tokens)
+        # in a batch, an error names the prompt by its index, as pydantic names a message ("prompt.3")
+        params = ["prompt"] if isinstance(req.prompt, str) else [f"prompt.{i}" for i in range(len(prompts))]
+        ids = [self._encode(offered, p, param) for p, param in zip(prompts, params, strict=True)]
+        for one, param in zip(ids, params, strict=True):
+            self._check_room(offered, len(one), req.max_tokens, param)
         generation = await self._generation(offered, req, ids, req.max_tokens, req.logprobs)
         if req.stream:
             return _sse(self._completion_chunks(generation, req))
@@ -239,13 +241,13 @@ class Server:
             except UserError as err:
                 raise APIError(500, f"model {name!r} could not be loaded: {err}") from None
 
-    def _encode(self, offered: Offered, prompt: str) -> list[int]:
+    def _encode(self, offered: Offered, prompt: str, param: str = "prompt") -> list[int]:
         try:
             ids = offered.tokenizer.encode(checked_text(prompt, "the prompt", "send whole characters"))
         except UserError as err:
-            raise APIError(400, f"prompt: {err}", param="prompt", code="unknown_character") from None
+            raise APIError(400, f"{param}: {err}", param=param, code="unknown_character") from None
         if not ids:
-            raise APIError(400, "prompt is empty; give some text to continue", param="prompt")
+            raise APIError(400, f"{param} is empty; give some text to continue", param=param)
         return offered.tokenizer.start_ids() + ids  # as `trickster generate` starts a prompt
 
     def _check_room(
