@@ -481,17 +481,30 @@ def test_the_openai_client_sees_the_errors_as_its_own_exceptions(client):
     assert oversized.value.status_code == 413
 
 
-def test_a_body_that_stops_arriving_is_answered_408(trained_run):
-    """Content-Length promises 100 bytes, 12 come: after body_timeout of silence, one JSON error."""
+@pytest.mark.parametrize(
+    ("framing", "fix"),
+    [
+        ("Content-Length: 100", "send all the bytes Content-Length promises"),
+        # the fix named Content-Length, which a chunked request has not sent
+        ("Transfer-Encoding: chunked", "send the rest of the chunked body, ending with a chunk of size 0"),
+    ],
+    ids=["content-length", "chunked"],
+)
+def test_a_body_that_stops_arriving_is_answered_408(trained_run, framing, fix):
+    """100 bytes promised, or chunks begun, and 12 come: after body_timeout of silence, one JSON error."""
     with live_server(trained_run, checkpoints=["best"], body_timeout=0.5) as live:
         host, port = live.url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port)), timeout=10) as sock:
-            head = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
-            sock.sendall(head.encode() + b'{"model": "b')
+            head = f"POST /v1/completions HTTP/1.1\r\nHost: x\r\n{framing}\r\n\r\n"
+            part = b'{"model": "b'
+            sock.sendall(head.encode() + (part if "Length" in framing else b"c\r\n" + part + b"\r\n"))
             answer = http.client.HTTPResponse(sock)
             answer.begin()
             assert answer.status == 408
-            assert "stopped arriving" in json.loads(answer.read())["error"]["message"]
+            message = json.loads(answer.read())["error"]["message"]
+            assert message.startswith("the request body stopped arriving (12 bytes in") and message.endswith(
+                fix
+            )
         assert httpx.post(live.url + "/v1/completions", json=GOOD).status_code == 200
 
 

@@ -218,7 +218,12 @@ class Server:
                 raise APIError(
                     408,
                     f"the request body stopped arriving ({len(body):,} bytes in, nothing for "
-                    f"{self.body_timeout:g} s); send all the bytes Content-Length promises",
+                    f"{self.body_timeout:g} s); "
+                    + (
+                        "send all the bytes Content-Length promises"
+                        if declared
+                        else "send the rest of the chunked body, ending with a chunk of size 0"
+                    ),
                 ) from None
             body += chunk
             if len(body) > self.max_body:
