@@ -254,3 +254,35 @@ def test_a_checkpoint_pruned_while_serving_is_404_and_the_list_goes_on(trained_r
         assert httpx.get(live.url + "/v1/models/step_000006").status_code == 404
         assert completion(client, model="final", **GREEDY) == answer
         assert completion(client, model="best", **GREEDY)
+
+
+@pytest.mark.parametrize("moment", ["load_checkpoint", "load_weights"], ids=["before-load", "mid-load"])
+def test_a_checkpoint_deleted_as_it_is_loaded_is_the_same_404(
+    trained_run, tmp_path, monkeypatch, caplog, moment
+):
+    """Deleted after the request found it on disk but before (or while) its weights were read: the
+    failed load was a 500 naming a CLI fix ('could not be loaded: ... not found; pass a run folder',
+    or '... is damaged or not a safetensors file'), where one deleted a moment earlier gets a 404."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    original = getattr(ckpt, moment)
+
+    def deleted_first(path, *args, **kwargs):
+        folder = run / "checkpoints" / "step_000006"
+        if folder.exists():
+            ckpt.remove(folder)  # as a training run's prune deletes it
+        return original(path, *args, **kwargs)
+
+    with live_server(run) as live:
+        monkeypatch.setattr(ckpt, moment, deleted_first)  # after best was loaded at start
+        answer = httpx.post(live.url + "/v1/completions", json={"model": "step_000006", **GREEDY})
+        assert answer.status_code == 404, answer.text
+        error = answer.json()["error"]
+        assert error["message"].startswith(
+            "model 'step_000006' was deleted from disk after the server started;"
+        )
+        assert (error["param"], error["code"]) == ("model", "model_not_found")
+        listed = httpx.get(live.url + "/v1/models").json()["data"]
+        assert [card["id"] for card in listed] == ["best", "final", "untrained"]
+        assert completion(client_of(live), model="final", **GREEDY)  # another checkpoint still loads
+    assert "Traceback" not in caplog.text and "Exception in ASGI" not in caplog.text

@@ -232,10 +232,13 @@ class Server:
     def _offered(self, name: str) -> Offered:
         offered = self.catalog.get(name)
         if offered is None or self.catalog.gone(name):
-            have = ", ".join(n for n in self.catalog.offered if not self.catalog.gone(n))
-            what = "does not exist" if offered is None else "was deleted from disk after the server started"
-            raise APIError(404, f"model {name!r} {what}; this server has: {have}", "model", "model_not_found")
+            raise self._not_found(name, offered is None)
         return offered
+
+    def _not_found(self, name: str, unknown: bool) -> APIError:
+        have = ", ".join(n for n in self.catalog.offered if not self.catalog.gone(n))
+        what = "does not exist" if unknown else "was deleted from disk after the server started"
+        return APIError(404, f"model {name!r} {what}; this server has: {have}", "model", "model_not_found")
 
     async def _hold(self, name: str) -> None:
         """The model held in memory for a request: at once if it is loaded, else off the event loop
@@ -243,8 +246,14 @@ class Server:
         if self.catalog.hold(name, load=False) is None:
             try:
                 await run_in_threadpool(self.catalog.hold, name)
-            except UserError as err:
-                raise APIError(500, f"model {name!r} could not be loaded: {err}") from None
+            except Exception as err:
+                # deleted after `_offered` saw it (a run pruning it as the request came in): whatever
+                # the load tripped over, the answer a request a moment later gets
+                if self.catalog.gone(name):
+                    raise self._not_found(name, unknown=False) from None
+                if isinstance(err, UserError):
+                    raise APIError(500, f"model {name!r} could not be loaded: {err}") from None
+                raise
 
     def _encode(self, offered: Offered, prompt: str, param: str = "prompt") -> list[int]:
         try:
