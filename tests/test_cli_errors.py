@@ -376,6 +376,27 @@ def _partial_with_other_settings(env: Env) -> list[str]:
     return ["data", "prepare", "text", texts, "--tokenizer", "byte", "--out", str(out)]
 
 
+def _partial_of_an_older_version(env: Env) -> list[str]:
+    """An interrupted preparation started by a version of trickster that recorded no version."""
+    from trickster.data import encode as encode_module
+    from trickster.data import prepare as prepare_module
+
+    texts, out = _texts(env, 40), env.tmp / "o"
+
+    def interrupted(task):
+        raise KeyboardInterrupt
+
+    env.monkeypatch.setattr(encode_module, "encode_chunk", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_module.prepare(sources.text_files([texts]), "char", out, workers=1, **QUIET)
+    env.monkeypatch.undo()
+    progress = env.tmp / "o.partial" / "progress.json"
+    record = json.loads(progress.read_text())
+    del record["settings"]["version"]
+    progress.write_text(json.dumps(record))
+    return ["data", "prepare", "text", texts, "--out", str(out)]
+
+
 def _blank_documents(env: Env) -> list[str]:
     """Three files of whitespace only: nothing is left once blank documents are dropped."""
     for i, blank in enumerate([" \n", "\n\n", "\t \n"]):
@@ -1547,6 +1568,12 @@ CASES = [
         _partial_with_other_settings,
         "o.partial holds an unfinished preparation with other settings (tokenizer)",
         "delete",
+    ),
+    case(
+        "prepare-continue-from-an-older-version",
+        _partial_of_an_older_version,
+        "o.partial holds an unfinished preparation started by an older version of trickster",
+        "cannot continue; delete",
     ),
     case("prepare-partial-in-use", _partial_in_use, "o.partial is in use: another preparation", "--out"),
     case(

@@ -14,6 +14,13 @@ from trickster.data.tokenizers import Tokenizer
 from trickster.errors import UserError
 
 META_FORMAT = 3  # shards with index.json, masks beside the shards, duplicates handled
+# The version of the code that prepares: bump it whenever the same settings would give other tokens
+# or shards (how a tokenizer is trained or encodes, how documents are read, split, deduplicated or
+# laid out in shards), so that `data prepare` prepares a folder an older version wrote again instead
+# of keeping it as already prepared. Only that rule reads it: training loads older folders as they are
+# (a layout the loader cannot read bumps META_FORMAT too). History: 1, bpe learns from runs of
+# letters or blanks cut to 1,000 characters (890679f); folders that record no version are older.
+PREPARATION_VERSION = 1
 
 
 def preparation_settings(
@@ -24,6 +31,7 @@ def preparation_settings(
     only with the same settings (progress.json), and a finished one is kept (meta.json)."""
     return {
         "format": META_FORMAT,
+        "version": PREPARATION_VERSION,
         "source": source.identity,
         "tokenizer": tokenizer
         if isinstance(tokenizer, str)
@@ -54,6 +62,31 @@ def already_prepared(out_dir: Path, settings: dict) -> dict | None:
     except UserError:
         return None
     return meta
+
+
+def older_version(out_dir: Path, settings: dict) -> str | None:
+    """Why `out_dir` is prepared again, in one line, when it holds these settings but an older
+    version of the code wrote it (a folder from before versions were recorded counts as older)."""
+    try:
+        recorded = json.loads((out_dir / "meta.json").read_text(encoding="utf-8")).get("settings")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(recorded, dict) or recorded.get("version") == settings["version"]:
+        return None
+    if {**recorded, "version": settings["version"]} != settings:
+        return None  # other settings too: prepared again as any change is, without a word
+    return f"{out_dir} was prepared by {other_version(recorded)}: preparing it again"
+
+
+def other_version(recorded: dict) -> str:
+    """The version of the code that wrote a preparation with these `recorded` settings, in words."""
+    was = recorded.get("version")
+    newer = isinstance(was, int) and was > PREPARATION_VERSION  # this one was downgraded since
+    return (
+        f"{'a newer' if newer else 'an older'} version of trickster ("
+        f"{'no version recorded' if was is None else f'version {was}'}, this one writes version "
+        f"{PREPARATION_VERSION}: its tokens or shards may differ)"
+    )
 
 
 def split_rule(source: Source, val_fraction: float, record: Progress) -> str:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from trickster.atomic import replace_dir
-from trickster.data.meta import already_prepared
+from trickster.data.meta import already_prepared, other_version
 from trickster.data.shards import Progress
 from trickster.errors import UserError
 
@@ -45,6 +45,12 @@ def open_partial(partial: Path, settings: dict, echo: Callable[[str], None]) -> 
     """The record of an unfinished run with these settings (continued), or a fresh one."""
     if (partial / "progress.json").is_file():
         record = Progress.load(partial)
+        only_version = {**record.settings, "version": settings["version"]} == settings
+        if record.settings != settings and only_version:
+            raise UserError(
+                f"{partial} holds an unfinished preparation started by {other_version(record.settings)}, "
+                f"which this one cannot continue; delete {partial} to start again"
+            )
         if record.settings != settings:
             changed = ", ".join(k for k in settings if record.settings.get(k) != settings[k])
             raise UserError(
@@ -61,8 +67,9 @@ def open_partial(partial: Path, settings: dict, echo: Callable[[str], None]) -> 
         out = partial.with_name(partial.name.removesuffix(".partial"))
         raise UserError(
             f"{partial} holds a finished preparation that was stopped before it took the name {out.name}, "
-            f"not with these settings (or damaged); to keep it, move {out.name} aside (if there) and "
-            f"rename {partial.name} to {out.name}, or delete it to start again"
+            "not with these settings (or by another version of trickster, or damaged); to keep it, "
+            f"move {out.name} aside (if there) and rename {partial.name} to {out.name}, or delete it to "
+            "start again"
         )
     if any(partial.iterdir()):
         raise UserError(f"{partial} exists but holds no progress.json; delete it to start again")

@@ -46,7 +46,7 @@ import numpy as np
 from trickster.atomic import held, leftovers, remove_leftovers, replace_dir, replace_file, restore_replaced
 from trickster.data import dedup
 from trickster.data.encode import Chunk, Document, Encoded, chunks, encoded_in_order, in_validation
-from trickster.data.meta import already_prepared, preparation_settings, prepared_meta
+from trickster.data.meta import already_prepared, older_version, preparation_settings, prepared_meta
 from trickster.data.partial import (
     ONE_DOCUMENT,
     ONE_DOCUMENT_MASK,
@@ -107,6 +107,8 @@ def prepare(
     if (meta := already_prepared(out_dir, settings)) is not None:  # like nanochat's finished shards
         _say(echo, meta, out_dir, kept=True)
         return meta
+    if (why := older_version(out_dir, settings)) is not None:
+        echo(why)
     try:
         partial.mkdir(parents=True, exist_ok=True)
     except OSError as err:

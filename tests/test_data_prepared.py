@@ -1,0 +1,108 @@
+"""When `data prepare` keeps a folder it prepared before (`already prepared`), and what it does with
+the folders around it: one written by another version of the code is prepared again (training still
+loads it), and a DIR.partial that a complete DIR makes useless is removed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from trickster import cli
+from trickster.data import encode as encode_module
+from trickster.data import meta as meta_module
+from trickster.data import sources
+from trickster.data.loader import load_data
+from trickster.data.prepare import partial_dir, prepare
+from trickster.errors import UserError
+from trickster.train.loop import train
+
+from .conftest import EXCERPT, QUIET, micro_config
+
+ENCODE_CHUNK = encode_module.encode_chunk
+
+
+def _argv(text, out) -> list[str]:
+    return ["data", "prepare", "text", str(text), "--out", str(out), "--no-progress", "--workers", "1"]
+
+
+def _set_version(folder, version) -> None:
+    """Make `folder` look written by another version of the code (None: by one that recorded none)."""
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["settings"].pop("version", None)
+    if version is not None:
+        meta["settings"]["version"] = version
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.slow
+def test_a_folder_an_older_version_prepared_is_prepared_again_and_still_trains(tmp_path, capsys):
+    """A change to how text is tokenized (bpe cut at 1,000 characters) kept the folders older code
+    had prepared with the same settings as 'already prepared'. Training reads them as they are."""
+    out, text = tmp_path / "data", tmp_path / "corpus.txt"
+    shutil.copy(EXCERPT, text)
+    assert cli.main(_argv(text, out)) == 0
+    capsys.readouterr()
+    tokens = load_data(out).train.astype(np.int64).tolist()
+    _set_version(out, None)
+
+    steps = {"max_steps": 2, "warmup_steps": 0, "eval_every": 2, "save_every": 2}
+    run = train(micro_config(out, tmp_path / "run", training_config=steps), **QUIET)
+    assert run.state.step == 2 and load_data(out).train.astype(np.int64).tolist() == tokens
+
+    assert cli.main(_argv(text, out)) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert said[0] == (
+        f"{out} was prepared by an older version of trickster (no version recorded, this one writes "
+        f"version {meta_module.PREPARATION_VERSION}: its tokens or shards may differ): preparing it again"
+    )
+    assert said[-1].startswith(f"wrote {out}")
+    assert load_data(out).meta["settings"]["version"] == meta_module.PREPARATION_VERSION
+    assert cli.main(_argv(text, out)) == 0
+    assert capsys.readouterr().out.startswith(f"already prepared: {out}")
+
+    _set_version(out, meta_module.PREPARATION_VERSION + 1)  # and back from a newer one
+    assert cli.main(_argv(text, out)) == 0
+    assert capsys.readouterr().out.startswith(f"{out} was prepared by a newer version of trickster (version")
+
+    _set_version(out, None)  # with other settings as well: prepared again as any change is
+    assert cli.main([*_argv(text, out), "--val-fraction", "0.2"]) == 0
+    assert capsys.readouterr().out.startswith("text: ")
+
+
+class Interrupt:
+    """Replaces the chunk encoder: Ctrl-C once `after` chunks are encoded."""
+
+    def __init__(self, after: int):
+        self.after, self.calls = after, 0
+
+    def __call__(self, task):
+        if self.calls >= self.after:
+            raise KeyboardInterrupt
+        self.calls += 1
+        return ENCODE_CHUNK(task)
+
+
+def _texts(folder, count: int = 40) -> list[str]:
+    folder.mkdir()
+    for i in range(count):
+        (folder / f"{i:03d}.txt").write_text(f"document {i}: " + "the cat sat on the mat. " * (i % 7 + 1))
+    return [str(folder)]
+
+
+def test_an_unfinished_preparation_of_an_older_version_is_not_continued(tmp_path, monkeypatch):
+    paths, out = _texts(tmp_path / "texts"), tmp_path / "out"
+    monkeypatch.setattr(encode_module, "encode_chunk", Interrupt(after=2))
+    with pytest.raises(KeyboardInterrupt):
+        prepare(sources.text_files(paths), "char", out, chunk_chars=200, workers=1, echo=print)
+    monkeypatch.undo()
+    progress = partial_dir(out) / "progress.json"
+    record = json.loads(progress.read_text())
+    record["settings"].pop("version", None)
+    progress.write_text(json.dumps(record))
+    started = r"out.partial holds an unfinished preparation started by an older version of trickster"
+    with pytest.raises(UserError, match=rf"{started} \(no version.*cannot continue; delete .*partial"):
+        prepare(sources.text_files(paths), "char", out, chunk_chars=200, workers=1)
+    assert json.loads(progress.read_text()) == record  # kept as it was
