@@ -174,6 +174,52 @@ def test_an_edited_config_is_refused_before_the_model_is_allocated(
 
 
 @pytest.mark.parametrize(
+    ("model", "edits", "message"),
+    [
+        (
+            {},
+            {"num_heads: 4": "num_heads: 8"},
+            "model_config.num_heads is 8, model.safetensors was saved with 4",
+        ),
+        (
+            {"num_kv_heads": 2},
+            {"num_heads: 4": "num_heads: 8", "num_kv_heads: 2": "num_kv_heads: 4"},
+            "model_config.num_heads is 8, model.safetensors was saved with 4",
+        ),
+        ({}, {"rope_theta: 10000.0": "rope_theta: 500000.0"}, "model_config.rope_theta is 500000.0"),
+    ],
+    ids=["num-heads", "num-heads-and-kv-heads", "rope-theta"],
+)
+def test_an_edited_config_that_keeps_every_shape_is_refused(tmp_path, model, edits, message):
+    """More heads of the same width split the same wq, wk and wv otherwise: every shape matches,
+    and (on the old code) the model loaded and computed garbage. The weights' header records the
+    model_config they were saved with."""
+    _, path = _saved(tmp_path, **model)
+    config = path / "config.yaml"
+    text = config.read_text()
+    for saved, edited in edits.items():
+        assert saved in text
+        text = text.replace(saved, edited)
+    config.write_text(text)
+    with pytest.raises(UserError, match=message) as refused:
+        ckpt.load_checkpoint(path)
+    assert "put back its model_config" in str(refused.value)
+
+
+def test_weights_saved_without_a_recorded_config_still_load(tmp_path):
+    """Checkpoints written before the model_config was recorded in the weights' header load as
+    they did, checked by their shapes alone."""
+    model, path = _saved(tmp_path)
+    weights = path / ckpt.WEIGHTS
+    save_file(load_file(weights), weights, metadata={"format": "pt"})  # the old header
+    loaded = ckpt.load_checkpoint(path)
+    idx = torch.randint(0, 40, (2, 10))
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(idx)[0], loaded.model(idx)[0])
+
+
+@pytest.mark.parametrize(
     ("rank", "message"),
     [
         (

@@ -1727,6 +1727,13 @@ CASES = [
         "put back its model_config (and training_config.lora) as saved, or use another checkpoint",
     ),
     case(
+        "generate-config-edited-num-heads",
+        _ckpt_config_edited("generate", "num_heads: 4", "num_heads: 8"),
+        "ckpt/config.yaml does not match the weights saved with it",
+        "model_config.num_heads is 8, model.safetensors was saved with 4",
+        "put back its model_config",
+    ),
+    case(
         "info-checkpoint-config-edited-num-layers",
         _ckpt_config_edited("info", "num_layers: 2", "num_layers: 100000000"),
         "model_config.num_layers is 100,000,000, model.safetensors holds 2 blocks",

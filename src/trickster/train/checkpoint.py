@@ -48,7 +48,13 @@ from trickster.errors import UserError, disk_errors
 from trickster.model import lora
 from trickster.model.transformer import Transformer
 from trickster.train.device import inference_dtype
-from trickster.train.weights import check_config, loading_refused, some, weights_to_save
+from trickster.train.weights import (
+    check_config,
+    loading_refused,
+    some,
+    weights_metadata,
+    weights_to_save,
+)
 
 COMPLETE = "COMPLETE"
 WEIGHTS = "model.safetensors"
@@ -106,9 +112,9 @@ def _write_checkpoint(target, tensors, cfg, tokenizer, info, trainer_state, stag
             _link_tensor_files(tensors, staging)
         else:
             weights, adapters = tensors
-            _save_tensors(weights, staging / WEIGHTS)
+            _save_tensors(weights, staging / WEIGHTS, weights_metadata(cfg))
             if adapters:
-                _save_tensors(adapters, staging / lora.ADAPTERS)
+                _save_tensors(adapters, staging / lora.ADAPTERS, weights_metadata(cfg))
         save_config(cfg, staging / "config.yaml")
         tokenizer.save(staging / "tokenizer.json")
         if trainer_state is not None:
@@ -123,12 +129,12 @@ def _write_checkpoint(target, tensors, cfg, tokenizer, info, trainer_state, stag
     return target
 
 
-def _save_tensors(tensors: dict[str, torch.Tensor], file: Path) -> None:
+def _save_tensors(tensors: dict[str, torch.Tensor], file: Path, metadata: dict[str, str]) -> None:
     """safetensors' save_file, whose failed writes become the OSError they are: it reports a full
     disk as SafetensorError("Error while serializing: I/O error: No space left on device (os
     error 28)"), which disk_errors would not turn into one line."""
     try:
-        save_file(tensors, file, metadata={"format": "pt"})
+        save_file(tensors, file, metadata=metadata)
     except SafetensorError as err:
         code = OS_ERROR.search(str(err))
         if code is None:

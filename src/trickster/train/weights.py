@@ -8,10 +8,17 @@ compares the names and shapes the config implies with those in the files' header
 keeps them in a JSON header: no tensor is read) and names the first tensor that differs, as
 transformers' "size mismatch" does. The config's names and shapes come from a model of one block
 built on the meta device (no memory), which stands for every block.
+
+Some edits keep every shape: num_heads 4 -> 8 (with num_kv_heads following it) splits the same
+wq, wk and wv into other heads, and the model loads and computes garbage. So a checkpoint's
+model.safetensors also records the model_config it was saved with in its header's metadata
+(`weights_metadata`), and `check_config` compares config.yaml with it when it is there (files
+saved before it was recorded have none, and are checked by their shapes alone).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from contextlib import contextmanager
@@ -29,6 +36,7 @@ from trickster.model.transformer import Transformer
 from trickster.train.device import allocation_failed
 
 BLOCK = re.compile(r"^layers\.(\d+)\.")  # the names of a block's weights begin so
+RECORDED = "trickster.model_config"  # the header metadata key of the model_config the weights were saved with
 FIX = "put back its model_config (and training_config.lora) as saved, or use another checkpoint"
 
 
@@ -42,6 +50,11 @@ def weights_to_save(
     if model.cfg.tie_embeddings:
         state.pop("output.weight", None)  # the same tensor as tok_embeddings.weight
     return {name: t.detach().contiguous() for name, t in state.items()}
+
+
+def weights_metadata(cfg: Config) -> dict[str, str]:
+    """The str -> str metadata of a checkpoint's weight files: the model_config they were saved with."""
+    return {"format": "pt", RECORDED: json.dumps(cfg.model.model_dump(mode="json"))}
 
 
 def saved_shapes(file: Path) -> dict[str, tuple[int, ...]]:
@@ -93,7 +106,41 @@ def check_config(cfg: Config, weights: Path, device: torch.device) -> None:
                 f"{config} does not match the weights saved with it: {name} is {saved[name][0]} in "
                 f"{saved[name][1]}, the config needs {shape}; {FIX}"
             )
+    _check_recorded(cfg, config, weights)
     _check_memory(cfg, config, sum(math.prod(shape) for shape, _ in saved.values()), device)
+
+
+def _check_recorded(cfg: Config, config: Path, weights: Path) -> None:
+    """Refuse a config.yaml whose model_config differs from the one `weights` records in its
+    header (none before it was recorded: nothing to compare) in a key that changes what the same
+    weights compute; max_seq_len (the longest context) and dropout (training only) may change."""
+    try:
+        with safe_open(str(weights), framework="pt", device="cpu") as f:
+            recorded = json.loads((f.metadata() or {}).get(RECORDED, "null"))
+    except ValueError:  # metadata that is not JSON: not ours, nothing to compare
+        return
+    if not isinstance(recorded, dict):
+        return
+    current = cfg.model.model_dump(mode="json")
+    for key in (
+        "vocab_size",
+        "hidden_dim",
+        "num_layers",
+        "num_heads",
+        "num_kv_heads",
+        "mlp_dim",
+        "tie_embeddings",
+        "rope_theta",
+        "norm_eps",
+    ):
+        now, then = current[key], recorded.get(key, current[key])
+        if key == "num_kv_heads":  # empty means num_heads: 4 and empty are the same with 4 heads
+            now, then = now or current["num_heads"], then or recorded.get("num_heads")
+        if now != then:
+            raise UserError(
+                f"{config} does not match the weights saved with it: model_config.{key} is {now}, "
+                f"{weights.name} was saved with {then}; {FIX}"
+            )
 
 
 def _one_block(cfg: Config) -> dict[str, tuple[int, ...]] | None:
