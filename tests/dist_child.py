@@ -25,6 +25,9 @@ FAULT:
                   1.5 s to write the "stopped" event)
     disk-full-in-save:N
                   rank 0's Nth checkpoint write fails as on a full disk (ENOSPC)
+    kill-main-opening
+                  rank 0 ends itself with SIGKILL (as the kernel's out-of-memory killer would)
+                  while it opens the run folder, the others waiting for its answer
     term-disk-full-at-step:N, term-bug-at-step:N
                   as term-at-step, but rank 0's write of the "stopped" event fails: the disk is
                   full (ENOSPC), or a RuntimeError("planted") as a bug would raise
@@ -47,7 +50,7 @@ from trickster import cli, footprint
 from trickster.data import loader
 from trickster.model import generate as generate_module
 from trickster.observe import events
-from trickster.train import checkpoint, dist, loop, optim
+from trickster.train import checkpoint, dist, loop, optim, setup
 
 SPIKED_STEPS = {15, 16}  # step indices whose learning rate the "spike" fault multiplies by 100, once
 
@@ -117,6 +120,8 @@ def install(fault: str) -> None:
         _die_in_save(int(fault.split(":")[1]))
     elif fault.startswith("disk-full-in-save:") and os.environ.get("RANK") == "0":
         _disk_full_in_save(int(fault.split(":")[1]))
+    elif fault == "kill-main-opening" and os.environ.get("RANK") == "0":
+        setup.open_run_dir = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
     elif fault.startswith(("hang-at-step:", "term-")) and rank1:
         _at_step(int(fault.split(":")[1]), hang=fault.startswith("hang"))
     elif fault.startswith("term-at-step:"):
@@ -125,7 +130,7 @@ def install(fault: str) -> None:
         full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         _fail_to_write("stopped", full if fault.startswith("term-disk-full") else None)
     elif not fault.startswith(
-        ("stop-token:", "die-in-save:", "disk-full-in-save:", "hang-at-step:", "term-")
+        ("stop-token:", "die-in-save:", "disk-full-in-save:", "kill-main-opening", "hang-at-step:", "term-")
     ):
         raise SystemExit(f"unknown fault {fault!r}")
 

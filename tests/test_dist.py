@@ -394,6 +394,26 @@ def test_a_checkpoint_that_rank_0_fails_to_write_ends_every_process_with_its_lin
     assert ckpt.latest(run_dir) is None
 
 
+@pytest.mark.slow
+def test_a_rank_0_killed_while_the_others_wait_for_its_answer_leaves_them_one_line(shakespeare_dir, tmp_path):
+    """Rank 0 is killed (SIGKILL: it says nothing) while it opens the run folder for the job
+    (setup.on_main, outside any step's guard; tests/dist_child.py): rank 1, waiting in the
+    broadcast of its answer, ends with one line, not gloo's traceback. It is not ended for rank
+    0's death, as on another node of a job."""
+    cfg = config(shakespeare_dir, tmp_path / "run", batch_size=4, enable_ddp=True, timeout_s=300)
+    began = time.monotonic()
+    result = forked_job(cfg, tmp_path, fault="kill-main-opening", timeout=90, end_others=False)
+    assert time.monotonic() - began < 60, result.stderr[-3000:]
+    assert result.returncode == -signal.SIGKILL  # rank 0's
+    lines = result.stderr.splitlines()  # rank 1's alone: rank 0 said nothing
+    assert len(lines) == 1, result.stderr[-3000:]
+    line = lines[0]
+    said = "error: process 0 of the job ended without a word (killed?) or stopped answering while the others"
+    assert line.startswith(f"{said} waited for its answer: "), line
+    assert "peer" in line and "This is typically caused" not in line, line  # gloo's first sentence
+    assert line.endswith("see torchrun's summary for which process and why")
+
+
 def test_a_silent_process_ends_the_job_after_timeout_s_with_one_line(shakespeare_dir, tmp_path):
     """Rank 1 stops answering at its third step (tests/dist_child.py): rank 0's collective times
     out after device_config.timeout_s and it ends with one line and exit status 2, not gloo's

@@ -17,6 +17,7 @@ import torch.multiprocessing as mp
 from torch.distributed.device_mesh import init_device_mesh
 
 from trickster.config import config_from_dict
+from trickster.errors import UserError
 from trickster.model.generate import generate
 from trickster.model.transformer import Transformer
 from trickster.train import dist
@@ -273,3 +274,65 @@ def test_what_rank_0_tells_the_others_when_it_fails_outside_a_user_error(error, 
     with pytest.raises(type(error)):
         setup.on_main(dist.Dist(), fails)  # rank 0 of a single process; broadcast recorded
     assert [str(e) for e in sent] == [told]
+
+
+# what gloo raises in a collective when the process at the other end of a connection is gone
+GLOO_LOST = RuntimeError(
+    "[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:50907: Connection "
+    "reset by peer. This is typically caused by a remote worker hanging or bugs in the application."
+)
+
+
+def _lost(obj, job):
+    raise GLOO_LOST
+
+
+@pytest.mark.parametrize(
+    ("rank", "who"),
+    [
+        (
+            0,
+            "another process of the job ended without a word (killed?) or stopped answering while process 0 "
+            "gave it its answer",
+        ),
+        (
+            1,
+            "process 0 of the job ended without a word (killed?) or stopped answering while the others "
+            "waited for its answer",
+        ),
+    ],
+)
+def test_a_process_that_ends_without_a_word_while_rank_0_answers_leaves_one_line(rank, who, monkeypatch):
+    """A process killed (SIGKILL) while rank 0 hands out what it did for the job (setup.on_main):
+    gloo's error becomes one line, on rank 0 (whose answer no longer reaches it) and on the
+    others (tests/test_dist.py kills rank 0 for real)."""
+    from trickster.train import setup
+
+    monkeypatch.setattr(dist, "broadcast", _lost)
+    with pytest.raises(dist.PeerLost) as ended:
+        setup.on_main(dist.Dist(rank=rank, world_size=2, mode="ddp"), lambda: "the answer")
+    reason = "Read error [127.0.0.1]:50907: Connection reset by peer"
+    assert str(ended.value) == f"{who}: {reason}; see torchrun's summary for which process and why"
+
+
+def test_inside_a_step_s_guard_that_line_names_the_step_and_the_checkpoint(tmp_path, monkeypatch):
+    """Inside recovery.guard (a checkpoint rank 0 writes) the guard words the lost process as for
+    any failed collective: with its step and the checkpoint to continue from."""
+    from types import SimpleNamespace
+
+    from trickster.observe.events import NoMetrics
+    from trickster.train import recovery, setup
+    from trickster.train.state import TrainState
+
+    monkeypatch.setattr(dist, "broadcast", _lost)
+    job = dist.Dist(rank=1, world_size=2, mode="ddp")
+    trainer = SimpleNamespace(
+        job=job, run_dir=tmp_path, cfg=config(timeout_s=30), metrics=NoMetrics(), state=TrainState()
+    )
+    with pytest.raises(UserError) as ended, recovery.guard(trainer, "a checkpoint", 10):
+        setup.on_main(job, lambda: "saved")
+    assert str(ended.value) == (
+        "another process of the job ended or stopped answering (within device_config.timeout_s=30 s) during "
+        "a checkpoint at step 10: Read error [127.0.0.1]:50907: Connection reset by peer; see torchrun's "
+        "summary for which one and why; no checkpoint was saved yet"
+    )

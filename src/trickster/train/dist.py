@@ -284,16 +284,29 @@ def barrier(d: Dist) -> None:
         dist.barrier()
 
 
+class PeerLost(UserError):
+    """The one line of a process whose collective outside recovery.guard failed because another
+    process of the job ended or went silent (setup.on_main); a guard words it with its step, from
+    `reason` (lost_peer's)."""
+
+    def __init__(self, line: str, reason: str):
+        super().__init__(line)
+        self.reason = reason
+
+
 def lost_peer(err: BaseException, d: Dist) -> str | None:
     """What a failed collective says when another process of the job died or stopped answering
     for timeout_s, in a few words ("Connection reset by peer", "Timed out waiting 10000ms ...");
     None for any other error. gloo raises a RuntimeError that names its transport, NCCL a
     DistBackendError."""
+    if isinstance(err, PeerLost):
+        return err.reason
     text = str(err).strip()
     if not d.active or not isinstance(err, RuntimeError) or not text:
         return None
     if isinstance(err, dist.DistError) or "gloo/transport" in text:
-        return text.splitlines()[-1].split("] ", 1)[-1][:160]  # without gloo's source file
+        # its first sentence, without gloo's source file: "This is typically caused by..." follows
+        return text.splitlines()[-1].split("] ", 1)[-1].split(". ")[0][:160]
     return None
 
 

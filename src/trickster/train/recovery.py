@@ -94,7 +94,7 @@ def guard(trainer: Trainer, during: str, step: int):
         raise out_of_memory(
             trainer.cfg, trainer.device, during, step, good, job.world_size, job.local_world_size
         ) from None
-    except RuntimeError as err:
+    except (RuntimeError, dist.PeerLost) as err:  # PeerLost: told by setup.on_main, worded here
         reason = dist.lost_peer(err, trainer.job)
         if reason is None:
             raise

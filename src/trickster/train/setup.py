@@ -116,7 +116,9 @@ def on_main(job: dist.Dist, fn, *args):
     """Run `fn` on rank 0 only and hand its result, or its UserError, to every process. Any other
     error reaches the others as a UserError naming it (rank 0 raises its own, with its traceback):
     whatever happens, rank 0 meets them, so none waits for it until device_config.timeout_s (on
-    another node, whose torchrun does not end its processes when one here fails)."""
+    another node, whose torchrun does not end its processes when one here fails). Only a process
+    that ends without a word (SIGKILL, the out-of-memory killer) misses the meeting: the others
+    then end with dist.PeerLost's one line, not gloo's traceback."""
     outcome = None
     if job.is_main:
         try:
@@ -131,10 +133,25 @@ def on_main(job: dist.Dist, fn, *args):
                 said = f"was stopped ({what})"
             dist.broadcast(UserError(f"process 0 {said}"), job)
             raise
-    outcome = dist.broadcast(outcome, job)
+    try:
+        outcome = dist.broadcast(outcome, job)
+    except RuntimeError as err:
+        reason = dist.lost_peer(err, job)
+        if reason is None:
+            raise
+        raise _main_lost(job, reason) from None
     if isinstance(outcome, UserError):
         raise outcome
     return outcome
+
+
+def _main_lost(job: dist.Dist, reason: str) -> dist.PeerLost:
+    """on_main's line for a process that ended (or went silent) while rank 0 handed out its answer."""
+    who, waiting = (
+        ("another process", "process 0 gave it") if job.is_main else ("process 0", "the others waited for")
+    )
+    lost = f"{who} of the job ended without a word (killed?) or stopped answering while {waiting} its answer"
+    return dist.PeerLost(f"{lost}: {reason}; see torchrun's summary for which process and why", reason)
 
 
 def stage_shards(job: dist.Dist, model, optimizer, target: Path) -> tuple[Path, list]:
