@@ -4,7 +4,9 @@ loads it), and a DIR.partial that a complete DIR makes useless is removed."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 
 import numpy as np
@@ -106,3 +108,96 @@ def test_an_unfinished_preparation_of_an_older_version_is_not_continued(tmp_path
     with pytest.raises(UserError, match=rf"{started} \(no version.*cannot continue; delete .*partial"):
         prepare(sources.text_files(paths), "char", out, chunk_chars=200, workers=1)
     assert json.loads(progress.read_text()) == record  # kept as it was
+
+
+def _interrupted(paths, out, monkeypatch, **settings) -> None:
+    """A preparation of `paths` into `out` stopped by Ctrl-C after two chunks: out.partial is left."""
+    monkeypatch.setattr(encode_module, "encode_chunk", Interrupt(after=2))
+    with pytest.raises(KeyboardInterrupt):
+        prepare(sources.text_files(paths), "char", out, chunk_chars=200, workers=1, **settings, **QUIET)
+    monkeypatch.undo()
+    assert (partial_dir(out) / "progress.json").is_file()
+
+
+def _stamps(folder):
+    return {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in [folder, *folder.rglob("*")]}
+
+
+def _size(folder) -> str:
+    return f"{sum(p.stat().st_size for p in folder.rglob('*') if p.is_file()) / 1e6:,.1f} MB"
+
+
+def test_a_partial_that_the_complete_folder_makes_useless_is_removed(tmp_path, monkeypatch):
+    """DIR.partial beside a complete DIR of the same settings stayed for good (a finished copy is
+    as large as DIR); it goes, said in the one line, but only the same preparation, and only when
+    nothing can be working in it."""
+    paths, out = _texts(tmp_path / "texts"), tmp_path / "out"
+    partial = partial_dir(out)
+
+    def again() -> list[str]:
+        said = []
+        prepare(sources.text_files(paths), "char", out, chunk_chars=200, workers=1, echo=said.append)
+        assert len(said) == 1 and said[0].startswith(f"already prepared: {out}")
+        return said[0].split("nothing was rewritten (delete it to prepare it again)")[1]
+
+    prepare(sources.text_files(paths), "char", out, chunk_chars=200, workers=1, **QUIET)
+    before = _stamps(out)
+    shutil.copytree(out, partial)  # finished, stopped before it took the name: the same preparation
+    size = _size(partial)
+    assert again() == f"; removed {partial}, a finished copy of this preparation ({size})"
+    assert not partial.exists() and _stamps(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "texts"]
+
+    _interrupted(paths, tmp_path / "other", monkeypatch)  # unfinished, with the same settings
+    partial_dir(tmp_path / "other").rename(partial)
+    size = _size(partial)
+    assert again() == f"; removed {partial}, an unfinished copy of this preparation ({size})"
+    assert not partial.exists() and _stamps(out) == before
+
+    _interrupted(paths, tmp_path / "other", monkeypatch, val_fraction=0.2)  # another command's: kept
+    partial_dir(tmp_path / "other").rename(partial)
+    kept = _stamps(partial)
+    assert again() == ""
+    assert _stamps(partial) == kept
+
+
+def test_a_partial_that_may_be_in_use_or_unreadable_is_kept(tmp_path, monkeypatch, dead_pid):
+    import fcntl
+
+    paths, out = _texts(tmp_path / "texts"), tmp_path / "out"
+    partial = partial_dir(out)
+    prepare(sources.text_files(paths), "char", out, chunk_chars=200, workers=1, **QUIET)
+    said = []
+
+    def again() -> None:
+        prepare(sources.text_files(paths), "char", out, chunk_chars=200, workers=1, echo=said.append)
+
+    shutil.copytree(out, partial)
+    fd = os.open(partial, os.O_RDONLY)  # a process working in it holds its lock
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        again()
+    finally:
+        os.close(fd)
+    flock = fcntl.flock
+
+    def cannot_lock(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")  # a file system without locks
+
+    monkeypatch.setattr(fcntl, "flock", cannot_lock)
+    again()
+    monkeypatch.setattr(fcntl, "flock", flock)
+    (partial / "meta.json").write_text("{")  # damaged: nobody can tell what it held
+    again()
+    assert partial.is_dir() and not any("removed" in line for line in said) and len(said) == 3
+
+    (partial / "meta.json").unlink()
+    (partial / "index.json").unlink()
+    (partial / "progress.json").write_text("{")
+    again()
+    assert partial.is_dir() and "removed" not in said[-1]
+
+    trash = tmp_path / f".out.partial.deleted-{dead_pid}"  # what a kill halfway through deleting left
+    partial.rename(trash)
+    again()
+    assert not trash.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["out", "texts"]

@@ -90,32 +90,40 @@ def process_exists(pid) -> bool:
 
 
 @contextlib.contextmanager
-def held(folder: Path, busy: str, fix: str):
-    """Hold `folder` (made if missing) for this process for the block; another process that tries
-    meanwhile gets one line, `busy`. The lock is the kernel's, on the folder itself, so it goes
-    when its holder ends, however it ends (SIGKILL included); it stays with the folder if the
-    holder renames it. Where the file system cannot lock, the block runs unguarded: a preparation
-    ran without the lock before it existed, and still does there.
+def held(folder: Path, busy: str, fix: str, create: bool = True):
+    """Hold `folder` (made if missing, when `create`) for this process for the block; another
+    process that tries meanwhile gets one line, `busy`. The lock is the kernel's, on the folder
+    itself, so it goes when its holder ends, however it ends (SIGKILL included); it stays with the
+    folder if the holder renames it. Where the file system cannot lock, the block runs unguarded: a
+    preparation ran without the lock before it existed, and still does there. The block gets True
+    when it holds the lock, False when it runs unguarded (or, without `create`, the folder is gone):
+    only a holder may take for certain that nobody else writes the folder.
     A folder this user cannot make or open (another user's) is one line ending with `fix`."""
     # not resume._locked's lock file holding the PID: a file in the folder would be renamed with it
     while True:
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            if create:
+                folder.mkdir(parents=True, exist_ok=True)
             fd = None if fcntl is None else os.open(folder, os.O_RDONLY)
+        except FileNotFoundError:
+            if create:
+                continue  # removed between the two calls (a spent DIR.partial deleted): make it again
+            fd = None  # gone: nothing to hold
         except OSError as err:
             raise UserError(f"cannot open {folder} ({err.strerror or err}); {fix}") from None
         if fd is None:
-            yield
+            yield False
             return
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                locked = True
             except BlockingIOError:
                 raise UserError(busy) from None
             except OSError:
-                pass
+                locked = False
             if still_at(fd, folder):  # not one its holder renamed away while we opened it
-                yield
+                yield locked
                 return
         finally:
             os.close(fd)

@@ -1,13 +1,17 @@
 """OUT.partial, the visible folder beside OUT where a preparation is built (prepare.py): a fresh
 one, one to continue (its progress.json), or one that finished but was stopped before it took the
-name OUT, which the same command renames into place."""
+name OUT, which the same command renames into place; and one that a complete OUT of the same
+preparation makes useless, which the same command deletes."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from trickster.atomic import replace_dir
+from trickster.atomic import held, replace_dir
 from trickster.data.meta import already_prepared, other_version
 from trickster.data.shards import Progress
 from trickster.errors import UserError
@@ -39,6 +43,46 @@ def finished_in_partial(
         f"renamed to {out_dir} (nothing was prepared again)"
     )
     return meta
+
+
+def remove_spent(partial: Path, settings: dict) -> str | None:
+    """Delete `partial` beside a complete OUT prepared with these settings, when it holds the same
+    preparation: finished (no progress.json, its meta.json of these settings) or not (its
+    progress.json of these settings: continuing it would give what OUT holds). Only under its lock,
+    so never while a preparation works in it (nor where the file system cannot lock); never a folder
+    of other settings (another command's work) or one this cannot read. It is renamed first to a
+    hidden name the next preparation deletes, so a kill halfway leaves no half folder behind.
+    Returns what went, for the `already prepared` line, or None if it was kept."""
+    if not partial.is_dir():
+        return None
+    trash = partial.parent / f".{partial.name}.deleted-{os.getpid()}"
+    try:
+        with held(partial, "", "", create=False) as locked:
+            what = _same_preparation(partial, settings) if locked else None
+            if what is None:
+                return None
+            size = sum(p.stat().st_size for p in partial.rglob("*") if p.is_file())
+            partial.rename(trash)
+    except (UserError, OSError):  # in use, not this user's, or it went meanwhile: kept
+        return None
+    shutil.rmtree(trash, ignore_errors=True)
+    return f"removed {partial}, {what} of this preparation ({size / 1e6:,.1f} MB)"
+
+
+def _same_preparation(partial: Path, settings: dict) -> str | None:
+    """'a finished copy' or 'an unfinished copy' if `partial` records these settings, else None."""
+    if (partial / "progress.json").is_file():
+        try:
+            return "an unfinished copy" if Progress.load(partial).settings == settings else None
+        except UserError:  # damaged: nobody can tell what it holds
+            return None
+    if not (partial / "index.json").is_file():
+        return None
+    try:
+        meta = json.loads((partial / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return "a finished copy" if isinstance(meta, dict) and meta.get("settings") == settings else None
 
 
 def open_partial(partial: Path, settings: dict, echo: Callable[[str], None]) -> Progress:

@@ -54,6 +54,7 @@ from trickster.data.partial import (
     finished_in_partial,
     open_partial,
     partial_dir,
+    remove_spent,
 )
 from trickster.data.records import Records, records_source
 from trickster.data.shards import SPLITS, ShardWriter, SplitProgress, token_dtype
@@ -93,6 +94,7 @@ def prepare(
     out_dir = Path(out_dir)
     restore_replaced(out_dir)  # a preparation killed between its two renames: replaced whole below
     remove_leftovers(out_dir.parent, of=out_dir.name)  # what one stopped after them left (.DIR.old-PID)
+    remove_leftovers(out_dir.parent, of=partial_dir(out_dir).name)  # a half-deleted spent DIR.partial
     _check_out_dir(out_dir)
     if shard_tokens < 1:
         raise UserError(f"--shard-tokens must be at least 1 (got {shard_tokens})")
@@ -105,7 +107,7 @@ def prepare(
         source, tokenizer_kind, vocab_size, val_fraction, shard_tokens, vars(settings_dedup)
     )
     if (meta := already_prepared(out_dir, settings)) is not None:  # like nanochat's finished shards
-        _say(echo, meta, out_dir, kept=True)
+        _say(echo, meta, out_dir, kept=True, removed=remove_spent(partial, settings))
         return meta
     if (why := older_version(out_dir, settings)) is not None:
         echo(why)
@@ -161,10 +163,12 @@ def prepare_prompt_response(
     )  # fmt: skip
 
 
-def _say(echo: Callable[[str], None], meta: dict, out_dir: Path, kept: bool = False) -> None:
+def _say(
+    echo: Callable[[str], None], meta: dict, out_dir: Path, kept: bool = False, removed: str | None = None
+) -> None:
     from trickster.data.report import prepare_summary  # it reads folders with torch: not for workers
 
-    for line in prepare_summary(meta, out_dir, kept):
+    for line in prepare_summary(meta, out_dir, kept, removed):
         echo(line)
 
 

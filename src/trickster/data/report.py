@@ -308,13 +308,15 @@ NO_SEPARATOR_DOCUMENTS = (
 )
 
 
-def prepare_summary(meta: dict, out_dir: Path, kept: bool = False) -> list[str]:
-    """What `trickster data prepare` says when it is done; `kept`: out_dir was already prepared."""
+def prepare_summary(meta: dict, out_dir: Path, kept: bool = False, removed: str | None = None) -> list[str]:
+    """What `trickster data prepare` says when it is done; `kept`: out_dir was already prepared
+    (`removed`: the DIR.partial it made useless, deleted)."""
     if kept:
         return [
             f"already prepared: {out_dir} holds {meta['source']} with the same settings (train "
             f"{meta['train_tokens']:,} tokens, val {meta['val_tokens']:,}, {meta['tokenizer']} "
             f"vocabulary {meta['vocab_size']}); nothing was rewritten (delete it to prepare it again)"
+            + (f"; {removed}" if removed else "")
         ]
     if meta.get("loss_mask"):
         lines = [
