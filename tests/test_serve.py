@@ -9,6 +9,8 @@ import concurrent.futures
 import http.client
 import json
 import os
+import re
+import select
 import signal
 import socket
 import subprocess
@@ -481,31 +483,74 @@ def test_the_openai_client_sees_the_errors_as_its_own_exceptions(client):
     assert oversized.value.status_code == 413
 
 
+def closed(sock: socket.socket) -> bool:
+    """Whether the server has closed the connection (bytes sent now are refused, or read as its end)."""
+    sock.settimeout(3)
+    try:
+        sock.sendall(b" ")
+        return sock.recv(1) == b""
+    except TimeoutError:  # still open, waiting for more
+        return False
+    except OSError:  # reset: the server closed with bytes of ours unread
+        return True
+
+
 @pytest.mark.parametrize(
     ("framing", "fix"),
     [
-        ("Content-Length: 100", "send all the bytes Content-Length promises"),
+        ("Content-Length: 1000", "send all the bytes Content-Length promises, without pausing"),
         # the fix named Content-Length, which a chunked request has not sent
-        ("Transfer-Encoding: chunked", "send the rest of the chunked body, ending with a chunk of size 0"),
+        (
+            "Transfer-Encoding: chunked",
+            "send all the chunks without pausing, ending with a chunk of size 0",
+        ),
     ],
     ids=["content-length", "chunked"],
 )
-def test_a_body_that_stops_arriving_is_answered_408(trained_run, framing, fix):
-    """100 bytes promised, or chunks begun, and 12 come: after body_timeout of silence, one JSON error."""
-    with live_server(trained_run, checkpoints=["best"], body_timeout=0.5) as live:
+@pytest.mark.parametrize("trickle", [False, True], ids=["silent", "byte-by-byte"])
+def test_a_body_not_all_in_by_the_deadline_is_answered_408(trained_run, framing, fix, trickle):
+    """1000 bytes promised, or chunks begun, and 12 come, then nothing or a byte every 0.1 s: 0.8 s
+    after the headers, one JSON error, and the connection is closed. A byte now and then held the
+    connection for ever: only 30 s of silence between bytes was timed (here that wait was 0.8 s, and
+    the trickle kept coming for the test's 3 s)."""
+    with live_server(trained_run, checkpoints=["best"], body_timeout=0.8) as live:
         host, port = live.url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port)), timeout=10) as sock:
             head = f"POST /v1/completions HTTP/1.1\r\nHost: x\r\n{framing}\r\n\r\n"
             part = b'{"model": "b'
+            start = time.monotonic()
             sock.sendall(head.encode() + (part if "Length" in framing else b"c\r\n" + part + b"\r\n"))
+            sent = len(part)
+            # until the answer comes (or 3 s), one more byte every 0.1 s if trickling
+            while not select.select([sock], [], [], 0.1)[0] and time.monotonic() - start < 3:
+                if trickle:
+                    sock.sendall(b" " if "Length" in framing else b"1\r\n \r\n")
+                    sent += 1
+            waited = time.monotonic() - start
             answer = http.client.HTTPResponse(sock)
             answer.begin()
-            assert answer.status == 408
+            assert 0.7 < waited < 1.8, f"the answer came after {waited:.1f} s"
+            assert answer.status == 408 and answer.getheader("connection") == "close"
             message = json.loads(answer.read())["error"]["message"]
-            assert message.startswith("the request body stopped arriving (12 bytes in") and message.endswith(
-                fix
-            )
+            assert re.fullmatch(
+                rf"the request body did not all arrive within 0.8 s \(\d+ bytes in\); {fix}", message
+            ), message
+            assert int(re.search(r"\((\d+) bytes", message)[1]) in range(len(part), sent + 1)
+            assert closed(sock)
         assert httpx.post(live.url + "/v1/completions", json=GOOD).status_code == 200
+
+
+def test_a_body_far_over_the_limit_gets_its_413_in_a_client_that_reads_after_writing(server):
+    """http.client (and requests) read the answer only once the whole body is written: a server that
+    closed the connection on its 413 reset it under them ('Broken pipe' at 20 MB), so the 413 leaves
+    the connection open and uvicorn drops the rest of the body."""
+    host, port = server.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection.request("POST", "/v1/completions", body=b"x" * 20_000_000)
+    answer = connection.getresponse()
+    assert answer.status == 413
+    assert "larger than 1,048,576 bytes" in json.loads(answer.read())["error"]["message"]
+    connection.close()
 
 
 def test_api_key_is_required_when_set(trained_run):

@@ -32,7 +32,7 @@ from trickster.serve.models import Catalog, Offered
 from trickster.serve.schemas import APIError, ChatRequest, CompletionRequest
 
 MAX_BODY = 1 << 20  # bytes; a prompt longer than any context we train fits many times over
-BODY_TIMEOUT = 30.0  # seconds without a byte of a body that is not all there yet: a 408
+BODY_TIMEOUT = 60.0  # seconds for a whole body, from its headers (1 MiB needs 17.5 KB/s); then a 408
 MAX_CHOICES = 128  # completions in one request (prompts x n): one client cannot queue thousands
 
 
@@ -200,6 +200,8 @@ class Server:
             )
 
     async def _body(self, request: Request) -> bytes:
+        """The body, all of it within `body_timeout` seconds of the headers: a deadline for the whole
+        read, so that a client sending a byte now and then is cut off as surely as a silent one."""
         declared = request.headers.get("content-length", "")
         too_big = APIError(
             413, f"the request body is larger than {self.max_body:,} bytes; send a shorter prompt"
@@ -207,23 +209,25 @@ class Server:
         if declared.isdigit() and int(declared) > self.max_body:
             raise too_big
         body, chunks = bytearray(), request.stream()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_timeout
         while True:
-            try:  # a client that sends less than its Content-Length would otherwise hold on forever
-                chunk = await asyncio.wait_for(anext(chunks), self.body_timeout)
+            try:
+                chunk = await asyncio.wait_for(anext(chunks), max(deadline - loop.time(), 0))
             except StopAsyncIteration:
                 return bytes(body)
             except ClientDisconnect:  # an answer no one reads; not a server error to log
                 raise APIError(499, "the client closed the connection before its body was all in") from None
             except asyncio.TimeoutError:
+                fix = (
+                    "send all the bytes Content-Length promises, without pausing"
+                    if declared
+                    else "send all the chunks without pausing, ending with a chunk of size 0"
+                )
                 raise APIError(
                     408,
-                    f"the request body stopped arriving ({len(body):,} bytes in, nothing for "
-                    f"{self.body_timeout:g} s); "
-                    + (
-                        "send all the bytes Content-Length promises"
-                        if declared
-                        else "send the rest of the chunked body, ending with a chunk of size 0"
-                    ),
+                    f"the request body did not all arrive within {self.body_timeout:g} s "
+                    f"({len(body):,} bytes in); {fix}",
                 ) from None
             body += chunk
             if len(body) > self.max_body:
@@ -389,7 +393,12 @@ def _sse(chunks: AsyncIterator[dict]) -> StreamingResponse:
 
 
 async def _api_error(request: Request, err: APIError) -> Response:
-    return JSONResponse(err.body(), status_code=err.status)
+    # a 408 closes the connection (RFC 9110 asks it), as the rest of a slow body is not worth waiting
+    # for. A 413 does not: a client writing a big body at full speed reads its answer only once it
+    # has written it all, and a connection closed under it is a reset ('Broken pipe' in http.client)
+    # instead of the 413; uvicorn reads and drops the rest of the body.
+    headers = {"Connection": "close"} if err.status == 408 else None
+    return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
 
 async def _http_error(request: Request, err: HTTPException) -> Response:

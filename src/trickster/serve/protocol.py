@@ -7,7 +7,7 @@ and sends nothing, or sends its headers a byte at a time (slowloris), holds its 
 ever. Here a request's headers must all be in within `header_timeout` seconds of the connection
 opening or of the previous response ending. Then a client that sent part of a request gets a 408
 and the connection is closed; one that sent nothing is closed without a word, as uvicorn closes an
-idle keep-alive connection. Time spent on the body is the app's to bound (BODY_TIMEOUT), and time
+idle keep-alive connection. The body has a deadline of its own (app.BODY_TIMEOUT), and time
 spent answering is not bounded at all: a long stream is never cut.
 
 The hooks are methods uvicorn calls on its protocol object (connection_made, data_received,
