@@ -227,3 +227,22 @@ def test_the_allocation_failures_this_torch_raises_are_told_apart():
     assert allocation_failed(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     assert allocation_failed(MemoryError())
     assert not allocation_failed(RuntimeError("mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)"))
+
+
+def test_a_model_that_fails_to_allocate_in_a_cpu_job_names_the_process_share(micro, monkeypatch):
+    """A weight the allocator refuses while the model is built, in one of the 2 processes of a CPU
+    job (LOCAL_WORLD_SIZE 2): the line names the share of the RAM the process has, as check_fits
+    does, not the whole RAM (a MemoryError, as the CPU raises it, planted in the model's build)."""
+    from trickster.train import dist, setup
+
+    monkeypatch.setattr(footprint, "device_memory", lambda device: (8 * GiB, "RAM"))
+
+    def refused(*args):
+        raise MemoryError()
+
+    monkeypatch.setattr(setup, "Transformer", refused)
+    job = dist.Dist(rank=1, world_size=2, mode="ddp", local_world_size=2)
+    with pytest.raises(UserError) as ended:
+        setup.build_model(micro(model_config={"vocab_size": 64}), None, job, torch.device("cpu"), None, None)
+    assert "the model is too big for cpu (RAM / 2 processes, 4.0 GiB): " in str(ended.value)
+    assert "building it failed to allocate memory" in str(ended.value)

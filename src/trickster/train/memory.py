@@ -58,7 +58,7 @@ def choose_batch(
     capacity, _ = footprint.memory_limit(cfg, device, local_processes)
     usable = int(footprint.HEADROOM * capacity)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        with allocation_refused(cfg, device):
+        with allocation_refused(cfg, device, local_processes):
             model = Transformer(cfg.model).to(device)
         # recompute as the run will: a GPU's peak then holds the block recomputed in the backward
         # pass; the CPU count cannot see that block, so there every activation is kept (more bytes
@@ -232,9 +232,10 @@ def model_too_big(
 
 
 @contextmanager
-def allocation_refused(cfg: Config, device: torch.device):
+def allocation_refused(cfg: Config, device: torch.device, local_processes: int = 1):
     """Building the model: an allocation the device refuses becomes model_too_big's line (check_fits
-    refuses most such models before; this catches the memory that other programs hold)."""
+    refuses most such models before; this catches the memory that other programs hold), naming
+    the memory this process has (on a CPU, its share among the job's `local_processes`)."""
     try:
         yield
     except (RuntimeError, MemoryError) as err:
@@ -242,7 +243,7 @@ def allocation_refused(cfg: Config, device: torch.device):
             raise
         weights = footprint.memory_estimate(cfg, batch_size=1).weights  # LoRA adapters included
         need = f"building it failed to allocate memory (its weights alone: {_size(weights)})"
-        raise model_too_big(cfg, device, need) from None
+        raise model_too_big(cfg, device, need, "", local_processes) from None
 
 
 _size = footprint.size_text
