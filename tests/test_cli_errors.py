@@ -1360,6 +1360,12 @@ CASES = [
         "iconv -f utf-16 -t utf-8",
     ),
     case(
+        "prepare-text-utf32",  # its mark starts with UTF-16's: it was called UTF-16
+        lambda env: ["data", "prepare", "text", env.write("u.txt", "To be\n".encode("utf-32")), "--out", "o"],
+        "u.txt is UTF-32 text",
+        "iconv -f utf-32 -t utf-8",
+    ),
+    case(
         "prepare-text-empty-path",  # "$CORPUS" unset: Path("") read the whole current folder
         _empty_path,
         "a path is empty (an unset shell variable?)",

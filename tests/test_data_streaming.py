@@ -363,6 +363,45 @@ def test_a_null_text_is_no_document_and_a_null_in_a_template_is_refused(tmp_path
     assert list(sources.jsonl_documents([str(path)], template="{q} {n}").read()) == ["Who? 3"]
 
 
+def test_nan_is_a_missing_value_like_null_and_never_text(tmp_path):
+    """Python's json writes a float NaN (pandas' missing value, where to_json writes null) as NaN,
+    and Infinity, neither of which JSON has; --template wrote them into the text as "nan" and "inf".
+    They go as null goes: a NaN text is no document, a template refuses them, naming the line."""
+    from trickster.data.records import jsonl_prompt_response
+
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"text": "one", "q": "Who?", "n": "1"}\n{"text": NaN, "q": NaN, "n": -Infinity}\n')
+    assert list(sources.jsonl_documents([str(path)], text_field="text").read()) == ["one"]
+    with pytest.raises(UserError, match=r'r.jsonl line 2: "q", which --template names, is NaN; fill it'):
+        list(sources.jsonl_documents([str(path)], template="Q: {q}").read())
+    with pytest.raises(UserError, match=r'r.jsonl line 2: "n", which --template names, is -Infinity;'):
+        list(sources.jsonl_documents([str(path)], template="N: {n}").read())
+    with pytest.raises(UserError, match=r'r.jsonl line 2: "n" must be a string \(got -Infinity\)'):
+        list(sources.jsonl_documents([str(path)], text_field="n").read())
+    path.write_text('{"prompt": "p", "response": "r"}\n{"prompt": NaN, "response": "r"}\n')
+    with pytest.raises(UserError, match=r'r.jsonl line 2: "prompt" must be a string \(got NaN\)'):
+        jsonl_prompt_response(path)
+
+
+@pytest.mark.parametrize("encoding", ["utf-32-le", "utf-32-be", "utf-16-le", "utf-16-be"])
+def test_utf16_and_utf32_are_named_by_their_mark(tmp_path, encoding):
+    """UTF-32's little-endian mark (FF FE 00 00) starts with UTF-16's (FF FE): a UTF-32 file was
+    called UTF-16 text, and told to convert with iconv -f utf-16; a big-endian one, latin1."""
+    from trickster.data.records import jsonl_prompt_response
+
+    name = encoding[:6].upper()
+    text = '{"text": "To be", "prompt": "p", "response": "r"}\n' * 2
+    path = tmp_path / "t.jsonl"
+    path.write_bytes("\ufeff".encode(encoding) + text.encode(encoding))
+    fix = rf"t.jsonl is {name} text; convert it to UTF-8 \(for example: iconv -f {name.lower()} -t utf-8\)"
+    with pytest.raises(UserError, match=fix):
+        list(sources.text_files([str(path)]).read())
+    with pytest.raises(UserError, match=fix):
+        list(sources.jsonl_documents([str(path)], text_field="text").read())
+    with pytest.raises(UserError, match=fix):
+        jsonl_prompt_response(path)
+
+
 @pytest.mark.parametrize("field", ["text", "prompt"])
 def test_a_lone_surrogate_in_jsonl_is_named_with_its_line(tmp_path, field):
     """JSON can escape half of a surrogate pair ("\\ud800"), which is no character: one line that

@@ -15,6 +15,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import math
 import os
 import string
 import sys
@@ -82,9 +83,12 @@ def _json_line(line: str, where: str):
 
 
 def json_type(value) -> str:
-    """How JSON names the type of a value json.loads returned."""
+    """How JSON names the type of a value json.loads returned (NaN and Infinity, which Python's json
+    reads and writes although JSON has no such values, by their names)."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
     if isinstance(value, int | float):
         return "a number"
     return {type(None): "null", str: "a string", list: "an array", dict: "an object"}[type(value)]
@@ -242,14 +246,17 @@ def jsonl_documents(
                     f'{where} has no "{text_field}" field (it has: {fields}); pass --text-field FIELD'
                 )
             value = record[text_field]
-            if value is None:  # a missing value, as Parquet and datasets rows hold it: no document
+            # a missing value, as Parquet and datasets rows hold it: no document; so is NaN, pandas'
+            # missing value, which json.dumps writes where to_json would write null
+            if value is None or (isinstance(value, float) and math.isnan(value)):
                 return ""
             if not isinstance(value, str):
                 raise UserError(f'{where}: "{text_field}" must be a string (got {json_type(value)})')
             return checked_text(value, f'{where}: "{text_field}"')
-        for name in names:  # format_map would write null as "None", an array as "['a', 'b']"
+        for name in names:  # format_map would write null as "None", NaN as "nan", an array as "['a', 'b']"
             value = record.get(name, "")  # a missing one: format_map's KeyError names it
-            if isinstance(value, bool) or not isinstance(value, str | int | float):
+            finite = not isinstance(value, float) or math.isfinite(value)
+            if isinstance(value, bool) or not isinstance(value, str | int | float) or not finite:
                 raise UserError(
                     f'{where}: "{name}", which --template names, is {json_type(value)}; '
                     "fill it with text, or drop the record"

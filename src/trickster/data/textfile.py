@@ -3,8 +3,9 @@ for a byte-order mark at its start, and decompressed on the way when its name en
 .xz (as Hugging Face datasets and zcat read them; dumps such as C4's come as .json.gz).
 
 Whatever cannot be text stops with one line that names the file and what to do: a pipe (reading
-one that nothing writes to waits forever), UTF-16, a NUL byte (a binary file, or UTF-16 without
-its mark, which would pass for UTF-8), another compression, a damaged archive.
+one that nothing writes to waits forever), UTF-16 or UTF-32 (told apart by their byte-order marks),
+a NUL byte (a binary file, or UTF-16 without its mark, which would pass for UTF-8), another
+compression, a damaged archive.
 """
 
 from __future__ import annotations
@@ -57,12 +58,28 @@ def read_text(path: Path) -> str:
     return decode(read_bytes(path), str(path))
 
 
+# UTF-32's little-endian mark starts with UTF-16's (FF FE): looked for first
+MARKS = (
+    ((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE), "UTF-32"),
+    ((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE), "UTF-16"),
+)
+
+
+def marked_encoding(head: bytes) -> str | None:
+    """UTF-32 or UTF-16 when `head` (a file's first bytes) starts with that encoding's byte-order mark."""
+    return next((name for marks, name in MARKS if head.startswith(marks)), None)
+
+
+def other_encoding(source: str, name: str) -> UserError:
+    return UserError(
+        f"{source} is {name} text; convert it to UTF-8 (for example: iconv -f {name.lower()} -t utf-8)"
+    )
+
+
 def decode(raw: bytes, source: str) -> str:
     """UTF-8 text, without the byte-order mark some editors write first (no character of the text)."""
-    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        raise UserError(
-            f"{source} is UTF-16 text; convert it to UTF-8 (for example: iconv -f utf-16 -t utf-8)"
-        )
+    if (name := marked_encoding(raw)) is not None:
+        raise other_encoding(source, name)
     for magic, what in OTHER_COMPRESSION.items():
         if raw.startswith(magic):
             raise UserError(f"{source} is compressed with {what}; decompress it first")
@@ -91,6 +108,10 @@ def json_lines(path: Path) -> Iterator[tuple[int, str]]:
         with opener(path, "rt", encoding="utf-8-sig", newline="\n") as lines:
             yield from enumerate(lines, start=1)
     except UnicodeDecodeError as err:
+        with opener(path, "rb") as raw:
+            name = marked_encoding(raw.read(4))
+        if name is not None:
+            raise other_encoding(str(path), name) from None
         raise UserError(
             f"{path} is not UTF-8 text (bad byte at offset {err.start}); convert it to UTF-8"
         ) from None
