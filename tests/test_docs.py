@@ -88,16 +88,27 @@ SRC = ROOT / "src" / "trickster"
 
 
 def doc_lines(page: Path) -> list[tuple[int, str]]:
-    """The page's lines, a shell line continued with a backslash joined to the next."""
-    lines, pending = [], None
+    """The page's lines, a shell line continued with a backslash joined to the next, and so is a
+    line of prose whose inline code goes on to the next (`trickster serve RUN [--port 8000]
+    [--max-batch 16]` wrapped over two lines; a paragraph's end ends it)."""
+    lines, pending, fenced = [], None, False
     for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
+        if pending is not None and not line.strip():
+            lines.append(pending)
+            pending = None
         if pending is not None:
             line = pending[1] + " " + line.lstrip()
             number = pending[0]
-        pending = (number, line[:-1]) if line.endswith("\\") else None
-        if pending is None:
+        elif re.match(r"(```|~~~)", line):
+            fenced = not fenced
+        if line.endswith("\\"):
+            pending = (number, line[:-1])
+        elif not fenced and line.count("`") % 2 == 1:
+            pending = (number, line)
+        else:
+            pending = None
             lines.append((number, line))
-    return lines
+    return lines + ([pending] if pending else [])
 
 
 @functools.cache
@@ -123,10 +134,15 @@ def _options(parser: argparse.ArgumentParser) -> set[str]:
     return found
 
 
-def trickster_commands(text: str) -> list[tuple[list[str], list[str]]]:
-    """(command path, the options written after it) for each `trickster ...` on a line."""
+# a shell pipe ends a command (`trickster runs | head`); `RUN_DIR|CHECKPOINT` and `[--data DIR |
+# --text FILE]` do not
+COMMAND = re.compile(r"(?<![\w/.-])trickster\s+((?:[^`|#\n]|\|(?!\s+[^-\s]))*)")
+
+
+def trickster_commands(text: str) -> list[tuple[list[str], str]]:
+    """(command path, what is written after it) for each `trickster ...` on a line."""
     found = []
-    for match in re.finditer(r"(?<![\w/.-])trickster\s+([^`|#\n]*)", text):
+    for match in COMMAND.finditer(text):
         words, parser, path = match.group(1).split(), parser_of(), []
         for word in words:
             if word not in _subcommands(parser):
@@ -134,8 +150,15 @@ def trickster_commands(text: str) -> list[tuple[list[str], list[str]]]:
             parser = _subcommands(parser)[word]
             path.append(word)
         if path:
-            found.append((path, re.findall(r"(?<![\w-])--[a-z][\w-]*", " ".join(words[len(path) :]))))
+            found.append((path, " ".join(words[len(path) :])))
     return found
+
+
+def command_parser(path: list[str]) -> argparse.ArgumentParser:
+    parser = parser_of()
+    for word in path:
+        parser = _subcommands(parser)[word]
+    return parser
 
 
 def script_options(script: str) -> set[str] | None:
@@ -154,12 +177,10 @@ def test_every_option_in_a_documented_command_exists(page):
     """`trickster train --device cuda` in a guide fails for whoever copies it (train has none)."""
     wrong = []
     for number, line in doc_lines(page):
-        for path, options in trickster_commands(line):
-            parser = parser_of()
-            for word in path:
-                parser = _subcommands(parser)[word]
-            known = _options(parser)
+        for path, rest in trickster_commands(line):
+            known = _options(command_parser(path))
             command = "trickster " + " ".join(path)
+            options = re.findall(r"(?<![\w-])--[a-z][\w-]*", rest)
             wrong += [f"line {number}: {command} has no {o}" for o in options if o not in known]
         for script, args in re.findall(r"((?:bench|scripts)/[\w.-]+\.(?:py|sh))\s+([^`|#\n]*)", line):
             known = script_options(script)
@@ -167,6 +188,84 @@ def test_every_option_in_a_documented_command_exists(page):
                 if known is not None and option not in known:
                     wrong.append(f"line {number}: {script} has no {option}")
     assert not wrong, f"{page.name}: " + "; ".join(wrong)
+
+
+def _actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """Each option of a command (or of its subcommands) and what argparse does with it."""
+    found = {s: a for a in parser._actions for s in a.option_strings}
+    for child in _subcommands(parser).values():
+        found = {**_actions(child), **found}
+    return found
+
+
+def wrong_option_values(path: list[str], rest: str) -> list[str]:
+    """A value an option refuses (`--dedup fuzzy`, each of `--dtype float32|bf16`), and a bracketed
+    example that is not the default it stands for (`[--port 8080]` where 8000 is)."""
+    actions, wrong = _actions(command_parser(path)), []
+    for option, value in re.findall(r"(?<![\w-])(--[a-z][\w-]*)[ =]([^\s\]`]+)", rest):
+        choices = getattr(actions.get(option), "choices", None)
+        for choice in value.strip("\"'").split("|") if choices else []:
+            if choice not in choices:
+                wrong.append(f"{option} {choice} (it takes {', '.join(map(str, choices))})")
+    for option, value in re.findall(r"\[(--[a-z][\w-]*) ([^\s\]|]+)\]", rest):
+        action = actions.get(option)
+        # a placeholder ([--out DIR]), or an example for an option with no default
+        if action is None or action.default is None or re.fullmatch(r"[A-Z][A-Z_0-9]*", value):
+            continue
+        default = action.default
+        shown: object = value.replace(",", "")
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            shown = type(default)(float(shown))
+        if shown != default:
+            wrong.append(f"[{option} {value}] where the default is {default!r}")
+    return wrong
+
+
+# ERRORS.md shows the values the commands refuse, on purpose
+@pytest.mark.parametrize("page", [p for p in PAGES if p.name != "ERRORS.md"], ids=lambda p: p.name)
+def test_documented_option_values_are_taken_and_shown_defaults_are_the_defaults(page):
+    wrong = []
+    for number, line in doc_lines(page):
+        for path, rest in trickster_commands(line):
+            command = "trickster " + " ".join(path)
+            wrong += [f"line {number}: {command} {w}" for w in wrong_option_values(path, rest)]
+    assert not wrong, f"{page.name}: " + "; ".join(wrong)
+
+
+def test_wrapped_commands_are_read_whole(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text(
+        "Run `trickster serve RUN|CHECKPOINT [--port 8000]\n[--max-batch 16]` to serve.\n\n"
+        "An odd ` alone\n\nends with its paragraph.\n```\ntrickster eval RUN \\\n  --json | head\n```\n",
+        encoding="utf-8",
+    )
+    assert doc_lines(page) == [
+        (1, "Run `trickster serve RUN|CHECKPOINT [--port 8000] [--max-batch 16]` to serve."),
+        (3, ""),
+        (4, "An odd ` alone"),
+        (5, ""),
+        (6, "ends with its paragraph."),
+        (7, "```"),
+        (8, "trickster eval RUN  --json | head"),
+        (10, "```"),
+    ]
+    assert trickster_commands(doc_lines(page)[0][1]) == [
+        (["serve"], "RUN|CHECKPOINT [--port 8000] [--max-batch 16]")
+    ]
+    assert trickster_commands(doc_lines(page)[6][1]) == [(["eval"], "RUN --json")]
+
+
+def test_the_option_value_check_sees_wrong_values():
+    assert wrong_option_values(["export"], "RUN --format hf --dtype float32|bfloat16") == []
+    assert wrong_option_values(["serve"], "RUN [--port 8000] [--max-batch 16] [--api-key KEY]") == []
+    assert wrong_option_values(["export"], "RUN --format onnx --dtype float32|bf16") == [
+        "--format onnx (it takes hf, gguf)",
+        "--dtype bf16 (it takes float32, bfloat16, float16)",
+    ]
+    assert wrong_option_values(["serve"], "RUN [--port 8080]") == ["[--port 8080] where the default is 8000"]
+    assert wrong_option_values(["data", "prepare"], "text x [--val-fraction 0.2]") == [
+        "[--val-fraction 0.2] where the default is 0.1"
+    ]
 
 
 def config_key_exists(dotted: str) -> bool:
