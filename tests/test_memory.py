@@ -15,6 +15,7 @@ from trickster import footprint
 from trickster.config import load_config, save_config
 from trickster.errors import UserError
 from trickster.train.device import allocation_failed
+from trickster.train.dist import Dist
 from trickster.train.loop import train
 from trickster.train.memory import check_fits, choose_batch, out_of_memory
 
@@ -22,6 +23,7 @@ from . import children
 from .conftest import QUIET, micro_config
 
 GiB = 1024**3
+CPU = torch.device("cpu")
 
 
 def test_the_suggested_micro_batch_fits_and_keeps_the_global_batch(shakespeare_dir, tmp_path):
@@ -33,9 +35,7 @@ def test_the_suggested_micro_batch_fits_and_keeps_the_global_batch(shakespeare_d
     one = footprint.memory_estimate(cfg, batch_size=1)
     budget = one.state + 10.5 * (one.activations + one.logits)
     cfg.device.memory_gib = budget / footprint.HEADROOM / GiB
-    line = str(
-        out_of_memory(cfg, torch.device("cpu"), "a training step", 12, Path("run/checkpoints/step_000010"))
-    )
+    line = str(out_of_memory(cfg, CPU, Dist(), "a training step", 12, Path("run/checkpoints/step_000010")))
     micro, accumulation = map(
         int, re.search(r"batch_size=(\d+) with gradient_accumulation_steps=(\d+)", line).groups()
     )
@@ -70,23 +70,23 @@ def test_under_fsdp_the_suggested_micro_batch_counts_the_sharded_state(processes
     share (the 64 windows a process computes per step split exactly into 8 x 8), more than
     the same memory holds beside the whole state of one process."""
     cfg, budget = fsdp_config(processes, windows=8.5)
-    cpu = torch.device("cpu")
-    oom = str(out_of_memory(cfg, cpu, "a training step", 3, None, world_size=processes))
+    job = Dist(world_size=processes, mode="fsdp")
+    oom = str(out_of_memory(cfg, CPU, job, "a training step", 3, None))
     with pytest.raises(UserError) as refused:
-        check_fits(cfg, cpu, world_size=processes)
+        check_fits(cfg, CPU, job)
     for line in (oom, str(refused.value)):
         micro = suggested_micro_batch(line)
         assert f"gradient_accumulation_steps={64 // micro} " in line, line
         assert footprint.memory_estimate(cfg, batch_size=micro, processes=processes).total <= budget
         assert footprint.memory_estimate(cfg, batch_size=micro + 1, processes=processes).total > budget
-    alone = suggested_micro_batch(str(out_of_memory(cfg, cpu, "a training step", 3, None)))
+    alone = suggested_micro_batch(str(out_of_memory(cfg, CPU, Dist(), "a training step", 3, None)))
     assert alone < micro
 
 
 def test_when_one_window_does_not_fit_the_line_says_so(shakespeare_dir, tmp_path):
     cfg = micro_config(shakespeare_dir, tmp_path, training_config={"batch_size": 1})
     cfg.model.vocab_size = 128
-    line = str(out_of_memory(cfg, torch.device("cpu"), "an evaluation", 0, None))
+    line = str(out_of_memory(cfg, CPU, Dist(), "an evaluation", 0, None))
     assert "even a micro-batch of 1 is too large: lower training_config.seq_len" in line
     assert "no checkpoint was saved yet" in line
 
@@ -122,7 +122,7 @@ def auto_config(shakespeare_dir, tmp_path, windows_fitting: float):
 def test_auto_batch_is_the_largest_that_fits_and_keeps_the_global_batch(shakespeare_dir, tmp_path):
     cfg, budget, formula_window = auto_config(shakespeare_dir, tmp_path, windows_fitting=5.5)
     rng = torch.get_rng_state()
-    chosen = choose_batch(cfg, torch.device("cpu"), windows=32)
+    chosen = choose_batch(cfg, CPU, Dist(), windows=32)
     assert torch.equal(torch.get_rng_state(), rng)  # the run's generators are untouched
     assert abs(chosen.window_bytes - formula_window) / formula_window < 0.02
     # 5 windows fit, 6 do not; the 32 windows of a step split exactly: 4 x 8
@@ -133,13 +133,13 @@ def test_auto_batch_is_the_largest_that_fits_and_keeps_the_global_batch(shakespe
         < footprint.memory_estimate(cfg, batch_size=6).total
     )
     roomy, _, _ = auto_config(shakespeare_dir, tmp_path, windows_fitting=100)
-    assert choose_batch(roomy, torch.device("cpu"), windows=32).micro_batch == 32  # capped at the step's
+    assert choose_batch(roomy, CPU, Dist(), windows=32).micro_batch == 32  # capped at the step's
 
 
 def test_auto_batch_when_not_even_one_window_fits(shakespeare_dir, tmp_path):
     cfg, _, _ = auto_config(shakespeare_dir, tmp_path, windows_fitting=0.5)
     with pytest.raises(UserError, match="a micro-batch of one window of 64 tokens does not fit"):
-        choose_batch(cfg, torch.device("cpu"), windows=8)
+        choose_batch(cfg, CPU, Dist(), windows=8)
 
 
 def test_a_run_just_within_memory_starts_and_one_just_beyond_is_refused(shakespeare_dir, tmp_path):
@@ -199,11 +199,12 @@ def test_the_processes_of_a_cpu_job_each_get_their_share_of_the_ram(shakespeare_
     cfg.model.vocab_size = 128  # the char vocabulary, padded as training pads it
     ram = int(1.05 * footprint.memory_estimate(cfg, processes=2).total)  # 2 processes: DDP replicas
     monkeypatch.setattr(footprint, "device_memory", lambda device: (ram, "RAM"))
-    check_fits(cfg, torch.device("cpu"))
-    check_fits(cfg, torch.device("cuda"), world_size=2, local_processes=2)
+    job = Dist(world_size=2, mode="ddp", local_world_size=2)
+    check_fits(cfg, CPU, Dist())
+    check_fits(cfg, torch.device("cuda"), job)
     refused = "one training step does not fit in memory (RAM / 2 processes of cpu"
     with pytest.raises(UserError, match=re.escape(refused)):
-        check_fits(cfg, torch.device("cpu"), world_size=2, local_processes=2)
+        check_fits(cfg, CPU, job)
     save_config(cfg, tmp_path / "job.yaml")
     argv = ["train", "--config", str(tmp_path / "job.yaml"), "--no-progress"]
     result = children.job("tests.dist_child", f"ram:{ram}", *argv)
@@ -233,7 +234,7 @@ def test_a_model_that_fails_to_allocate_in_a_cpu_job_names_the_process_share(mic
     """A weight the allocator refuses while the model is built, in one of the 2 processes of a CPU
     job (LOCAL_WORLD_SIZE 2): the line names the share of the RAM the process has, as check_fits
     does, not the whole RAM (a MemoryError, as the CPU raises it, planted in the model's build)."""
-    from trickster.train import dist, setup
+    from trickster.train import setup
 
     monkeypatch.setattr(footprint, "device_memory", lambda device: (8 * GiB, "RAM"))
 
@@ -241,8 +242,8 @@ def test_a_model_that_fails_to_allocate_in_a_cpu_job_names_the_process_share(mic
         raise MemoryError()
 
     monkeypatch.setattr(setup, "Transformer", refused)
-    job = dist.Dist(rank=1, world_size=2, mode="ddp", local_world_size=2)
+    job = Dist(rank=1, world_size=2, mode="ddp", local_world_size=2)
     with pytest.raises(UserError) as ended:
-        setup.build_model(micro(model_config={"vocab_size": 64}), None, job, torch.device("cpu"), None, None)
+        setup.build_model(micro(model_config={"vocab_size": 64}), None, job, CPU, None, None)
     assert "the model is too big for cpu (RAM / 2 processes, 4.0 GiB): " in str(ended.value)
     assert "building it failed to allocate memory" in str(ended.value)

@@ -98,7 +98,7 @@ class Trainer:
         self.data = load_data(cfg.data.path)
         self.cfg = cfg = resolve_vocab(cfg, self.data.tokenizer)
         check_windows(self.data, cfg.seq_len)
-        check_fits(cfg, self.device, job.world_size, job.local_world_size)  # before the run folder is touched
+        check_fits(cfg, self.device, job)  # before the run folder is touched
         # 3. the run folder: a new one, or the newest complete checkpoint of an old one
         self.run_dir = Path(cfg.logging.output_dir)
         # jsonl, csv, loss.png, TensorBoard, W&B: checks the optional packages, writes nothing yet
@@ -106,8 +106,7 @@ class Trainer:
         if held is not None:  # rank 0 claims the folder; all processes stop if another one holds it
             setup.on_main(job, lambda: held.enter_context(claimed(self.run_dir)))
         self.resumed_from, repairs, changed = setup.open_run(cfg, self.data, resume, job)
-        batch = (cfg, self.device, job.world_size, self.resumed_from, changed, job.local_world_size)
-        resolved = setup.on_main(job, resolve_batch, *batch)
+        resolved = setup.on_main(job, resolve_batch, cfg, self.device, job, self.resumed_from, changed)
         cfg, self.batch_note, changed = resolved  # batch_size: auto measured (or kept from the checkpoint)
         self.cfg, t = cfg, cfg.training
         # 4. model, optimizer, batches, counters; then the checkpoint's state, if resuming

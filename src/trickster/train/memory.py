@@ -18,6 +18,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -29,6 +30,9 @@ from trickster.model.transformer import Transformer
 from trickster.train import checkpoint as ckpt
 from trickster.train.device import allocation_failed, autocast_for, resolve_precision
 from trickster.train.optim import build_optimizer
+
+if TYPE_CHECKING:
+    from trickster.train.dist import Dist
 
 OUT_OF_MEMORY = (torch.OutOfMemoryError, MemoryError)
 MAX_ACCUMULATION = 1024  # the most gradient accumulation steps the advice keeps a global batch with
@@ -50,15 +54,14 @@ class AutoBatch:
         )
 
 
-def choose_batch(
-    cfg: Config, device: torch.device, windows: int, world_size: int = 1, local_processes: int = 1
-) -> AutoBatch:
-    """The micro-batch and accumulation for `windows` per optimizer step, measured on `device`
-    (`local_processes`: the job's processes on this machine, which share a CPU's RAM)."""
-    capacity, _ = footprint.memory_limit(cfg, device, local_processes)
+def choose_batch(cfg: Config, device: torch.device, job: Dist, windows: int) -> AutoBatch:
+    """The micro-batch and accumulation for `windows` per optimizer step of `job`, measured on
+    `device` (the job's processes on one machine share a CPU's RAM)."""
+    capacity, _ = footprint.memory_limit(cfg, device, job.local_world_size)
     usable = int(footprint.HEADROOM * capacity)
+    world_size = job.world_size
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        with allocation_refused(cfg, device, local_processes):
+        with allocation_refused(cfg, device, job):
             model = Transformer(cfg.model).to(device)
         # recompute as the run will: a GPU's peak then holds the block recomputed in the backward
         # pass; the CPU count cannot see that block, so there every activation is kept (more bytes
@@ -139,18 +142,12 @@ def _bytes(tensor) -> int:
 
 
 def out_of_memory(
-    cfg: Config,
-    device: torch.device,
-    during: str,
-    step: int,
-    checkpoint: Path | None,
-    world_size: int = 1,
-    local_processes: int = 1,
+    cfg: Config, device: torch.device, job: Dist, during: str, step: int, checkpoint: Path | None
 ) -> UserError:
     """The one line for an out-of-memory error `during` "a training step" or "an evaluation"."""
     t = cfg.training
-    capacity, what = footprint.memory_limit(cfg, device, local_processes)
-    fit = min(footprint.fitting_batch(cfg, footprint.HEADROOM * capacity, world_size), t.batch_size // 2)
+    capacity, what = footprint.memory_limit(cfg, device, job.local_world_size)
+    fit = min(footprint.fitting_batch(cfg, footprint.HEADROOM * capacity, job.world_size), t.batch_size // 2)
     where = (
         f"continue from checkpoints/{checkpoint.name} with --resume and that change"
         if checkpoint
@@ -159,7 +156,7 @@ def out_of_memory(
     return UserError(
         f"out of memory ({what} of {device}, {capacity / 2**30:.1f} GiB) during {during} at step "
         f"{step} (micro-batch {t.batch_size} x {cfg.seq_len} tokens); "
-        f"{_batch_advice(cfg, fit, world_size)}; {where}"
+        f"{_batch_advice(cfg, fit, job.world_size)}; {where}"
     )
 
 
@@ -181,11 +178,11 @@ def _batch_advice(cfg: Config, fit: int, world_size: int) -> str:
     )
 
 
-def check_fits(cfg: Config, device: torch.device, world_size: int = 1, local_processes: int = 1) -> None:
+def check_fits(cfg: Config, device: torch.device, job: Dist) -> None:
     """Refuse, before a model is built, a run whose weights, gradients and optimizer state are more
-    than the whole of the device's memory (or device_config.memory_gib; on a CPU each of the job's
-    `local_processes` on this machine has its share of the RAM), or whose step plan's
-    formula puts above it even with half the activations it counts: a model too big for it would
+    than the whole of the device's memory (or device_config.memory_gib; on a CPU each of `job`'s
+    processes on this machine has its share of the RAM), or whose step plan's formula puts above
+    it even with half the activations it counts: a model too big for it would
     otherwise end in an allocator's traceback while it is built, or at its first step. The whole
     memory, not the HEADROOM the plan fits runs into: the formula leaves out the allocator's cache
     and the CUDA context, so a step it puts above all of the memory cannot fit."""
@@ -193,30 +190,29 @@ def check_fits(cfg: Config, device: torch.device, world_size: int = 1, local_pro
     batch = 1 if t.batch_size == "auto" else t.batch_size  # auto: at least one window must fit
     # dtype auto counted as the run computes (bfloat16 on a fast GPU: half the activations)
     computed = resolve_precision(cfg, device)
-    mem = footprint.memory_estimate(computed, batch_size=batch, processes=world_size)
-    capacity, what = footprint.memory_limit(cfg, device, local_processes)
+    mem = footprint.memory_estimate(computed, batch_size=batch, processes=job.world_size)
+    capacity, what = footprint.memory_limit(cfg, device, job.local_world_size)
     if mem.state > capacity:  # counted exactly: bytes per parameter
         need = f"its weights, gradients and optimizer state need {_size(mem.state)}"
-        raise model_too_big(cfg, device, need, " (nothing was changed)", local_processes)
+        raise model_too_big(cfg, device, job, need, " (nothing was changed)")
     if t.batch_size == "auto" or mem.state + (mem.total - mem.state) / 2 <= capacity:
         # the activations' formula is checked on CPUs only: a step it puts over, but not by twice
         # its activations, runs, and memory.out_of_memory says what to change if it does not fit;
         # auto: choose_batch measures whether one window fits, and says so
         return
     has = f"{what} of {device}, {_size(capacity)}"
-    fit = footprint.fitting_batch(computed, footprint.HEADROOM * capacity, world_size)  # as estimated
+    fit = footprint.fitting_batch(computed, footprint.HEADROOM * capacity, job.world_size)  # as estimated
     raise UserError(
         f"one training step does not fit in memory ({has}): the micro-batch of {t.batch_size:,} x "
         f"{cfg.seq_len} tokens needs {_size(mem.total)} ({_size(mem.activations + mem.logits)} of "
-        f"activations); {_batch_advice(cfg, fit, world_size)} (nothing was changed)"
+        f"activations); {_batch_advice(cfg, fit, job.world_size)} (nothing was changed)"
     )
 
 
-def model_too_big(
-    cfg: Config, device: torch.device, need: str, end: str = "", local_processes: int = 1
-) -> UserError:
-    """The one line for a model (or its LoRA adapters) whose `need` is more than the device's memory."""
-    capacity, what = footprint.memory_limit(cfg, device, local_processes)
+def model_too_big(cfg: Config, device: torch.device, job: Dist, need: str, end: str = "") -> UserError:
+    """The one line for a model (or its LoRA adapters) whose `need` is more than the memory a
+    process of `job` has."""
+    capacity, what = footprint.memory_limit(cfg, device, job.local_world_size)
     params = parameter_breakdown(cfg.model).total
     lora = cfg.training.lora
     if lora is None:
@@ -232,10 +228,9 @@ def model_too_big(
 
 
 @contextmanager
-def allocation_refused(cfg: Config, device: torch.device, local_processes: int = 1):
+def allocation_refused(cfg: Config, device: torch.device, job: Dist):
     """Building the model: an allocation the device refuses becomes model_too_big's line (check_fits
-    refuses most such models before; this catches the memory that other programs hold), naming
-    the memory this process has (on a CPU, its share among the job's `local_processes`)."""
+    refuses most such models before; this catches the memory that other programs hold)."""
     try:
         yield
     except (RuntimeError, MemoryError) as err:
@@ -243,7 +238,7 @@ def allocation_refused(cfg: Config, device: torch.device, local_processes: int =
             raise
         weights = footprint.memory_estimate(cfg, batch_size=1).weights  # LoRA adapters included
         need = f"building it failed to allocate memory (its weights alone: {_size(weights)})"
-        raise model_too_big(cfg, device, need, "", local_processes) from None
+        raise model_too_big(cfg, device, job, need) from None
 
 
 _size = footprint.size_text
@@ -253,12 +248,7 @@ BATCH_KEYS = ("batch_size", "gradient_accumulation_steps", "global_batch", "glob
 
 
 def resolve_batch(
-    cfg: Config,
-    device: torch.device,
-    world_size: int,
-    resumed_from: Path | None,
-    changed: dict,
-    local_processes: int = 1,
+    cfg: Config, device: torch.device, job: Dist, resumed_from: Path | None, changed: dict
 ) -> tuple[Config, str | None, dict]:
     """batch_size: auto made concrete: (the config with the chosen micro-batch and accumulation, a
     line for the header, the changes on resume). A resumed run keeps the numbers its checkpoint
@@ -266,6 +256,7 @@ def resolve_batch(
     measured again. The config written to the run folder holds the numbers (and no global_batch)."""
     if cfg.training.batch_size != "auto":
         return cfg, None, changed
+    world_size = job.world_size
     windows = footprint.global_windows(cfg, world_size)
     saved = ckpt.read_config(resumed_from).training if resumed_from is not None else None
     if saved is not None and saved.batch_size * saved.gradient_accumulation_steps * world_size == windows:
@@ -275,7 +266,7 @@ def resolve_batch(
             f"checkpoints/{resumed_from.name} was trained"
         )
     else:
-        chosen = choose_batch(cfg, device, windows, world_size, local_processes)
+        chosen = choose_batch(cfg, device, job, windows)
         micro, accumulation, note = chosen.micro_batch, chosen.accumulation, chosen.describe(world_size)
     cfg = cfg.model_copy(deep=True)
     t = cfg.training

@@ -90,10 +90,7 @@ def guard(trainer: Trainer, during: str, step: int):
     except OUT_OF_MEMORY:
         write_stopped(trainer, reason="out-of-memory", during=during)
         good = ckpt.latest(trainer.run_dir)
-        job = trainer.job
-        raise out_of_memory(
-            trainer.cfg, trainer.device, during, step, good, job.world_size, job.local_world_size
-        ) from None
+        raise out_of_memory(trainer.cfg, trainer.device, trainer.job, during, step, good) from None
     except (RuntimeError, dist.PeerLost) as err:  # PeerLost: told by setup.on_main, worded here
         reason = dist.lost_peer(err, trainer.job)
         if reason is None:

@@ -39,7 +39,7 @@ def build_model(
 ) -> tuple[Transformer, torch.nn.Module, dict | None]:
     """The plain model (weights restored before it is wrapped), the module a step calls, and
     the checkpoint a fine-tune started from (finetune.origin; None from scratch)."""
-    with allocation_refused(cfg, device, job.local_world_size):
+    with allocation_refused(cfg, device, job):
         model = Transformer(cfg.model).to(device)
         # init_from weights (not on resume: the checkpoint has them), LoRA adapters; else nothing
         origin = setup_finetuning(model, cfg, data.tokenizer, out.line, resuming=resumed_from is not None)
