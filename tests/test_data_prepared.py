@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -201,3 +202,87 @@ def test_a_partial_that_may_be_in_use_or_unreadable_is_kept(tmp_path, monkeypatc
     partial.rename(trash)
     again()
     assert not trash.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["out", "texts"]
+
+
+class FakeHub:
+    """The Hub, faked (no network here): `dataset_info` gives the commit `org/stories` is at, or
+    fails as offline; `load_dataset` streams the rows of the revision asked for (None: the newest)."""
+
+    def __init__(self, monkeypatch):
+        import datasets
+        import huggingface_hub
+
+        self.sha, self.online, self.looked_up, self.read = "a" * 40, True, 0, []
+        line = "the cat sat. "
+        self.rows = {c * 40: [{"text": f"{c}{i}: " + line * (i % 5 + 1)} for i in range(40)] for c in "abcd"}
+        hub = self
+
+        def dataset_info(api, repo_id, *, expand=None, timeout=None, **unused):
+            assert repo_id == "org/stories" and expand == ["sha"]  # the commit alone, not the file list
+            hub.looked_up += 1
+            if not hub.online:
+                raise ConnectionError("[Errno -3] Temporary failure in name resolution")
+            return SimpleNamespace(sha=hub.sha)
+
+        def load_dataset(path, name=None, *, split, streaming, revision=None):
+            assert (path, split, streaming) == ("org/stories", "train", True)
+            hub.read.append(revision)
+            return iter(hub.rows[revision or hub.sha])
+
+        monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", dataset_info)
+        monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+        monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+
+
+def test_a_hub_dataset_updated_since_is_prepared_again(tmp_path, monkeypatch, capsys):
+    """A Hub dataset was known by name, config, split and field only: one updated on the Hub since
+    was 'already prepared'. Its commit is recorded and compared when both sides know one (offline,
+    the folder is kept as before), and reading is pinned to it."""
+    import datasets
+
+    hub, out = FakeHub(monkeypatch), tmp_path / "out"
+    argv = ["data", "prepare", "hf", "org/stories", "--out", str(out), "--no-progress", "--workers", "1"]
+
+    def texts() -> str:
+        data = load_data(out)
+        return data.tokenizer.decode(np.concatenate([data.train, data.val]).astype(np.int64).tolist())
+
+    assert cli.main(argv) == 0
+    assert load_data(out).meta.get("source_revision") == "a" * 40 and set(hub.read) == {"a" * 40}
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith(f"already prepared: {out} holds hf")
+
+    hub.sha = "b" * 40
+    assert cli.main(argv) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert said[0] == (
+        f"{out} was prepared from revision aaaaaaaaaaaa of the dataset; the Hub has revision "
+        "bbbbbbbbbbbb since: preparing it again"
+    )
+    assert load_data(out).meta["source_revision"] == "b" * 40 and "b7: " in texts() and "a7: " not in texts()
+
+    hub.sha, hub.online = "c" * 40, False  # offline: nothing to compare, the folder is kept
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out.startswith(f"already prepared: {out}")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # told so: not even asked
+    looked_up = hub.looked_up
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out.startswith(f"already prepared: {out}") and hub.looked_up == looked_up
+
+
+def test_a_continued_hub_preparation_reads_the_commit_it_started_from(tmp_path, monkeypatch):
+    from trickster.data.hub import hf_dataset
+
+    hub, out = FakeHub(monkeypatch), tmp_path / "out"
+    hub.sha = "c" * 40
+    monkeypatch.setattr(encode_module, "encode_chunk", Interrupt(after=2))
+    with pytest.raises(KeyboardInterrupt):
+        prepare(hf_dataset("org/stories"), "char", out, chunk_chars=200, workers=1, **QUIET)
+    monkeypatch.setattr(encode_module, "encode_chunk", ENCODE_CHUNK)
+    hub.sha, hub.read = "d" * 40, []  # updated meanwhile: the rest still comes from c
+    meta = prepare(hf_dataset("org/stories"), "char", out, chunk_chars=200, workers=1, **QUIET)
+    assert meta["source_revision"] == "c" * 40 and set(hub.read) == {"c" * 40}
+    said = []
+    prepare(hf_dataset("org/stories"), "char", out, chunk_chars=200, workers=1, echo=said.append)
+    assert said[0].endswith("the Hub has revision dddddddddddd since: preparing it again")
+    assert load_data(out).meta["source_revision"] == "d" * 40

@@ -3,13 +3,38 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from trickster.data.sources import Source, file_identity, one_line, require_package
 from trickster.errors import UserError
 
 TINYSTORIES = "roneneldan/TinyStories"
+
+
+@dataclass
+class Revision:
+    """The version of a Hub dataset, which changes under the same name. `lookup()` asks the Hub for
+    the commit it is at now (None when it cannot tell: offline, or any failure; then nothing is
+    compared). Reading uses `pinned`, which prepare sets to the commit it records, so that what
+    meta.json names is what was read, and a continued preparation reads the commit it started from."""
+
+    lookup: Callable[[], str | None]
+    pinned: str | None = None
+
+
+def hub_revision(dataset: str) -> str | None:
+    """The commit `dataset` is at on the Hub: one request for that field alone (not the file list)."""
+    datasets = require_package("datasets", "Hugging Face datasets need the `datasets` package")
+    if datasets.config.HF_HUB_OFFLINE:  # HF_HUB_OFFLINE or HF_DATASETS_OFFLINE: no request at all
+        return None
+    import huggingface_hub
+
+    try:
+        return huggingface_hub.HfApi().dataset_info(dataset, expand=["sha"], timeout=10).sha
+    except Exception:  # no network, a gated or unknown dataset: reading it will say which, if it fails
+        return None
 
 
 def hf_dataset(
@@ -45,18 +70,24 @@ def hf_dataset(
             f"{dataset} is a file; pass a dataset name or a folder (or read this file with "
             f"`trickster data prepare {command} {dataset}`)"
         )
+    revision = None if local.is_dir() else Revision(lambda: hub_revision(dataset))
+
+    def at() -> str | None:  # the commit prepare pinned before reading (None: the newest one)
+        return None if revision is None else revision.pinned
+
     read_val = None
     if val_split:
 
         def read_val() -> Iterator[str]:
-            return _hf_texts(dataset, config, val_split, text_field, name)
+            return _hf_texts(dataset, config, val_split, text_field, name, at())
 
     return Source(
         name,
         identity,
-        lambda: _hf_texts(dataset, config, split, text_field, name),
+        lambda: _hf_texts(dataset, config, split, text_field, name, at()),
         read_val=read_val,
         files=[dataset],
+        revision=revision,
     )
 
 
@@ -76,7 +107,7 @@ def _fix(name: str, flags: str) -> str:
     return TINYSTORIES_LAYOUT if name == "tinystories" else flags
 
 
-def _open_hf(dataset: str, config: str | None, split: str, name: str):
+def _open_hf(dataset: str, config: str | None, split: str, name: str, revision: str | None):
     datasets = require_package("datasets", "Hugging Face datasets need the `datasets` package")
     import huggingface_hub
 
@@ -105,7 +136,7 @@ def _open_hf(dataset: str, config: str | None, split: str, name: str):
                     )
                 saved = saved[split]
             return saved.to_iterable_dataset()
-        return datasets.load_dataset(dataset, config, split=split, streaming=True)
+        return datasets.load_dataset(dataset, config, split=split, streaming=True, revision=revision)
     except UserError:
         raise
     except Exception as err:  # hub, network and file errors come as many types; the message says which
@@ -114,8 +145,10 @@ def _open_hf(dataset: str, config: str | None, split: str, name: str):
         ) from None
 
 
-def _hf_texts(dataset: str, config: str | None, split: str, text_field: str, name: str) -> Iterator[str]:
-    rows = iter(_open_hf(dataset, config, split, name))
+def _hf_texts(
+    dataset: str, config: str | None, split: str, text_field: str, name: str, revision: str | None = None
+) -> Iterator[str]:
+    rows = iter(_open_hf(dataset, config, split, name, revision))
     while True:
         try:
             row = next(rows)

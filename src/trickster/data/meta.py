@@ -43,20 +43,20 @@ def preparation_settings(
     }
 
 
-def already_prepared(out_dir: Path, settings: dict) -> dict | None:
-    """meta.json of `out_dir` if it is complete and was prepared with these settings, else None.
+def already_prepared(out_dir: Path, settings: dict, revision: str | None = None) -> dict | None:
+    """meta.json of `out_dir` if it is complete and was prepared with these settings (and from the
+    source's `revision`, when both it and the folder know one), else None.
 
     Complete as the loader checks it: meta.json, index.json and tokenizer.json readable, every shard
     and mask there with the size index.json gives (the shards are not hashed again: that would read
     every byte, as long as preparing a small corpus anew)."""
     from trickster.data.loader import load_data  # torch, only once a folder is there to check
 
-    try:
-        meta = json.loads((out_dir / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(meta, dict) or meta.get("settings") != settings:
+    meta = _recorded(out_dir)
+    if meta is None or meta.get("settings") != settings:
         return None  # other settings, or written before meta.json recorded them
+    if _moved(meta, revision):
+        return None
     try:
         load_data(out_dir)
     except UserError:
@@ -64,18 +64,36 @@ def already_prepared(out_dir: Path, settings: dict) -> dict | None:
     return meta
 
 
-def older_version(out_dir: Path, settings: dict) -> str | None:
-    """Why `out_dir` is prepared again, in one line, when it holds these settings but an older
-    version of the code wrote it (a folder from before versions were recorded counts as older)."""
+def prepared_again(out_dir: Path, settings: dict, revision: str | None = None) -> str | None:
+    """Why `out_dir` is prepared again, in one line, when it holds these settings but another version
+    of the code wrote it (a folder from before versions were recorded counts as older), or the
+    source has another revision since (a dataset updated on the Hub); None for any other reason."""
+    meta = _recorded(out_dir)
+    recorded = None if meta is None else meta.get("settings")
+    if not isinstance(recorded, dict) or {**recorded, "version": settings["version"]} != settings:
+        return None  # other settings: prepared again as any change is, without a word
+    if recorded.get("version") != settings["version"]:
+        return f"{out_dir} was prepared by {other_version(recorded)}: preparing it again"
+    if _moved(meta, revision):
+        return (
+            f"{out_dir} was prepared from revision {meta['source_revision'][:12]} of the dataset; the "
+            f"Hub has revision {revision[:12]} since: preparing it again"
+        )
+    return None
+
+
+def _recorded(out_dir: Path) -> dict | None:
     try:
-        recorded = json.loads((out_dir / "meta.json").read_text(encoding="utf-8")).get("settings")
-    except (OSError, ValueError, AttributeError):
+        meta = json.loads((out_dir / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return None
-    if not isinstance(recorded, dict) or recorded.get("version") == settings["version"]:
-        return None
-    if {**recorded, "version": settings["version"]} != settings:
-        return None  # other settings too: prepared again as any change is, without a word
-    return f"{out_dir} was prepared by {other_version(recorded)}: preparing it again"
+    return meta if isinstance(meta, dict) else None
+
+
+def _moved(meta: dict, revision: str | None) -> bool:
+    """Whether the source has another revision than the one `meta` was prepared from; compared only
+    when both are known (a Hub dataset looked up online, into a folder that recorded its own)."""
+    return bool(revision and meta.get("source_revision") and meta["source_revision"] != revision)
 
 
 def other_version(recorded: dict) -> str:
@@ -117,6 +135,7 @@ def prepared_meta(source: Source, tokenizer: Tokenizer, record: Progress, index,
         "source_files": source.files[:20],
         "source_file_count": len(source.files),
         "source_sha256": content,
+        "source_revision": record.source_revision,  # a Hub dataset's commit, when it was known
         "tokenizer": tokenizer.kind,
         "tokenizer_fingerprint": tokenizer.fingerprint(),
         "vocab_size": tokenizer.vocab_size,

@@ -45,10 +45,11 @@ def finished_in_partial(
     return meta
 
 
-def remove_spent(partial: Path, settings: dict) -> str | None:
+def remove_spent(partial: Path, settings: dict, revision: str | None) -> str | None:
     """Delete `partial` beside a complete OUT prepared with these settings, when it holds the same
     preparation: finished (no progress.json, its meta.json of these settings) or not (its
-    progress.json of these settings: continuing it would give what OUT holds). Only under its lock,
+    progress.json of these settings: continuing it would give what OUT holds), from the source's
+    same `revision` as OUT (a Hub dataset's commit; None for other sources). Only under its lock,
     so never while a preparation works in it (nor where the file system cannot lock); never a folder
     of other settings (another command's work) or one this cannot read. It is renamed first to a
     hidden name the next preparation deletes, so a kill halfway leaves no half folder behind.
@@ -58,7 +59,7 @@ def remove_spent(partial: Path, settings: dict) -> str | None:
     trash = partial.parent / f".{partial.name}.deleted-{os.getpid()}"
     try:
         with held(partial, "", "", create=False) as locked:
-            what = _same_preparation(partial, settings) if locked else None
+            what = _same_preparation(partial, settings, revision) if locked else None
             if what is None:
                 return None
             size = sum(p.stat().st_size for p in partial.rglob("*") if p.is_file())
@@ -69,24 +70,31 @@ def remove_spent(partial: Path, settings: dict) -> str | None:
     return f"removed {partial}, {what} of this preparation ({size / 1e6:,.1f} MB)"
 
 
-def _same_preparation(partial: Path, settings: dict) -> str | None:
-    """'a finished copy' or 'an unfinished copy' if `partial` records these settings, else None."""
+def _same_preparation(partial: Path, settings: dict, revision: str | None) -> str | None:
+    """'a finished copy' or 'an unfinished copy' if `partial` records these settings and this
+    revision, else None."""
     if (partial / "progress.json").is_file():
         try:
-            return "an unfinished copy" if Progress.load(partial).settings == settings else None
+            record = Progress.load(partial)
         except UserError:  # damaged: nobody can tell what it holds
             return None
+        same = record.settings == settings and record.source_revision == revision
+        return "an unfinished copy" if same else None
     if not (partial / "index.json").is_file():
         return None
     try:
         meta = json.loads((partial / "meta.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return "a finished copy" if isinstance(meta, dict) and meta.get("settings") == settings else None
+    same = isinstance(meta, dict) and meta.get("settings") == settings
+    return "a finished copy" if same and meta.get("source_revision") == revision else None
 
 
-def open_partial(partial: Path, settings: dict, echo: Callable[[str], None]) -> Progress:
-    """The record of an unfinished run with these settings (continued), or a fresh one."""
+def open_partial(
+    partial: Path, settings: dict, echo: Callable[[str], None], revision: str | None = None
+) -> Progress:
+    """The record of an unfinished run with these settings (continued), or a fresh one (reading the
+    source's `revision`, when known)."""
     if (partial / "progress.json").is_file():
         record = Progress.load(partial)
         only_version = {**record.settings, "version": settings["version"]} == settings
@@ -117,6 +125,6 @@ def open_partial(partial: Path, settings: dict, echo: Callable[[str], None]) -> 
         )
     if any(partial.iterdir()):
         raise UserError(f"{partial} exists but holds no progress.json; delete it to start again")
-    record = Progress(settings)
+    record = Progress(settings, source_revision=revision)
     record.save(partial)
     return record

@@ -46,7 +46,7 @@ import numpy as np
 from trickster.atomic import held, leftovers, remove_leftovers, replace_dir, replace_file, restore_replaced
 from trickster.data import dedup
 from trickster.data.encode import Chunk, Document, Encoded, chunks, encoded_in_order, in_validation
-from trickster.data.meta import already_prepared, older_version, preparation_settings, prepared_meta
+from trickster.data.meta import already_prepared, preparation_settings, prepared_again, prepared_meta
 from trickster.data.partial import (
     ONE_DOCUMENT,
     ONE_DOCUMENT_MASK,
@@ -106,10 +106,12 @@ def prepare(
     settings = preparation_settings(
         source, tokenizer_kind, vocab_size, val_fraction, shard_tokens, vars(settings_dedup)
     )
-    if (meta := already_prepared(out_dir, settings)) is not None:  # like nanochat's finished shards
-        _say(echo, meta, out_dir, kept=True, removed=remove_spent(partial, settings))
+    revision = source.revision.lookup() if source.revision is not None else None  # a Hub dataset's commit
+    if (meta := already_prepared(out_dir, settings, revision)) is not None:  # like nanochat's finished shards
+        removed = remove_spent(partial, settings, meta.get("source_revision"))
+        _say(echo, meta, out_dir, kept=True, removed=removed)
         return meta
-    if (why := older_version(out_dir, settings)) is not None:
+    if (why := prepared_again(out_dir, settings, revision)) is not None:
         echo(why)
     try:
         partial.mkdir(parents=True, exist_ok=True)
@@ -123,7 +125,9 @@ def prepare(
     with held(partial, busy, fix):  # two runs of one command at once would write the same shards
         if (meta := finished_in_partial(partial, out_dir, settings, echo)) is not None:
             return meta
-        record = open_partial(partial, settings, echo)
+        record = open_partial(partial, settings, echo, revision)
+        if source.revision is not None:  # all of it from one revision: a continued one's, if known
+            source.revision.pinned = record.source_revision
         try:
             tokenizer = _tokenizer_for(partial, source, tokenizer_kind, vocab_size, progress)
             job = _Job(partial, source, tokenizer, record, val_fraction, shard_tokens, settings_dedup)

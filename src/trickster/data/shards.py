@@ -67,6 +67,7 @@ class Progress:
     failed_at_end: bool = False  # these settings can never give a usable folder: start afresh
     cut_one_document: bool = False  # one distinct document was left: cut like a single-document source
     cutting: bool = False  # ... and its tokens are saved in ONE_DOCUMENT: the shards are being rewritten
+    source_revision: str | None = None  # the source's revision read from (a Hub dataset's commit), if known
 
     def state_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -25,9 +25,13 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trickster.data.textfile import OPENERS, decode, json_lines, read_bytes, text_size
 from trickster.errors import UserError
+
+if TYPE_CHECKING:
+    from trickster.data.hub import Revision
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -54,6 +58,7 @@ class Source:
     files: list[str] = field(default_factory=list)
     content_sha256: Callable[[], str] | None = None  # of the bytes the last full read() went through
     records: bool = False  # documents are (prompt, response) pairs: a loss mask covers the responses
+    revision: Revision | None = None  # a version that changes under the same name (a Hub dataset's)
 
 
 @dataclass
