@@ -50,4 +50,11 @@ class Template:
         """The conversation's token ids: the rendered text as it is, with no start id added (a
         template that wants one writes {{ bos_token }}), as transformers' apply_chat_template does."""
         text = checked_text(self.render(messages), "the conversation", "send whole characters")
-        return self.tokenizer.encode(text)
+        return encode(self.tokenizer, text)
+
+
+def encode(tokenizer: Tokenizer, text: str) -> list[int]:
+    """A prompt's ids, through encode_batch: a Hugging Face tokenizer's encode holds the GIL
+    throughout (2.2 s for 1 MiB of prompt, for a trained bpe), stopping the server's event loop
+    with it; its encode_batch lets go."""
+    return tokenizer.encode_batch([text])[0]
