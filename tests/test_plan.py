@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from trickster import footprint, plan
+from trickster import footprint, plan, plan_benchmark
 from trickster.cli import main
 from trickster.config import config_from_dict, load_config, preset_names, save_config
 from trickster.errors import UserError
@@ -293,15 +293,17 @@ def test_a_lora_run_is_counted_and_timed_as_a_lora_step(micro, monkeypatch):
     (as torch counts them), and its benchmark times the copy with the run's adapters. Counted and
     timed as full training, the time estimate came out about 1.5x too long."""
     built = []
-    build_optimizer = plan.build_optimizer
+    build_optimizer = plan_benchmark.build_optimizer
     monkeypatch.setattr(
-        plan, "build_optimizer", lambda model, *args: built.append(model) or build_optimizer(model, *args)
+        plan_benchmark,
+        "build_optimizer",
+        lambda model, *args: built.append(model) or build_optimizer(model, *args),
     )
     lora_cfg = {"rank": 4, "targets": ["wq", "wv"]}
     cfg = micro(model_config={"vocab_size": 65}, training_config={"init_from": "runs/base", "lora": lora_cfg})
     estimate = plan.make_plan(cfg, CPU_DEVICE, measure=False)
-    with contextlib.suppress(plan.BenchSkipped):  # (if this machine is too busy to time anything)
-        estimate.bench = plan.benchmark(cfg, CPU_DEVICE, seconds=2)
+    with contextlib.suppress(plan_benchmark.BenchSkipped):  # (if this machine is too busy to time anything)
+        estimate.bench = plan_benchmark.benchmark(cfg, CPU_DEVICE, seconds=2)
     (model,) = built  # micro has 2 layers: the benchmark's copy is the whole model
     assert any(isinstance(m, lora.LoRALinear) for m in model.modules())
     counted = counted_flops_per_token(model, batch=1, seq_len=cfg.seq_len)
@@ -329,11 +331,11 @@ def test_a_cpu_times_a_lora_copy_whose_real_training_state_fits(monkeypatch):
     optimizer = one_real_step(model, tuned)
     held = [*model.parameters(), *(p.grad for p in model.parameters() if p.grad is not None)]
     held += [t for s in optimizer.state.values() for t in s.values() if t.ndim > 0]
-    monkeypatch.setattr(plan, "CPU_COPY_BYTES", sum(t.numel() * t.element_size() for t in held))
-    monkeypatch.setattr(plan, "_timed_steps", lambda *args: "timed")
-    assert plan.benchmark(tuned, CPU_DEVICE) == "timed"
-    with pytest.raises(plan.BenchSkipped, match="too big to time on a CPU"):
-        plan.benchmark(full, CPU_DEVICE)
+    monkeypatch.setattr(plan_benchmark, "CPU_COPY_BYTES", sum(t.numel() * t.element_size() for t in held))
+    monkeypatch.setattr(plan_benchmark, "_timed_steps", lambda *args: "timed")
+    assert plan_benchmark.benchmark(tuned, CPU_DEVICE) == "timed"
+    with pytest.raises(plan_benchmark.BenchSkipped, match="too big to time on a CPU"):
+        plan_benchmark.benchmark(full, CPU_DEVICE)
 
 
 def test_fsdp_divides_the_model_state_by_the_shard_count():
@@ -405,17 +407,19 @@ def test_the_benchmark_times_float32_in_tf32_and_puts_the_setting_back(micro, mo
     flag, tf32 = ("fp32_precision", "tf32") if hasattr(matmul, "fp32_precision") else ("allow_tf32", True)
     before, during = getattr(matmul, flag), []
     monkeypatch.setattr(
-        plan, "set_matmul_precision", lambda device: device_module.set_matmul_precision(torch.device("cuda"))
+        plan_benchmark,
+        "set_matmul_precision",
+        lambda device: device_module.set_matmul_precision(torch.device("cuda")),
     )
-    timed_steps = plan._timed_steps
+    timed_steps = plan_benchmark._timed_steps
 
     def spy(*args):
         during.append(getattr(matmul, flag))
         return timed_steps(*args)
 
-    monkeypatch.setattr(plan, "_timed_steps", spy)
-    with contextlib.suppress(plan.BenchSkipped):  # (if this machine is too busy to time anything)
-        plan.benchmark(micro(model_config={"vocab_size": 65}), torch.device("cpu"), seconds=2)
+    monkeypatch.setattr(plan_benchmark, "_timed_steps", spy)
+    with contextlib.suppress(plan_benchmark.BenchSkipped):  # (if this machine is too busy to time anything)
+        plan_benchmark.benchmark(micro(model_config={"vocab_size": 65}), torch.device("cpu"), seconds=2)
     assert during == [tf32] and before != tf32
     assert getattr(matmul, flag) == before
 
@@ -436,10 +440,10 @@ def test_the_benchmark_recomputes_activations_when_the_run_does(micro, monkeypat
             calls["model"] += 1
             return super().forward(*args, **kwargs)
 
-    monkeypatch.setattr(plan, "Transformer", Counted)
+    monkeypatch.setattr(plan_benchmark, "Transformer", Counted)
     cfg = micro(model_config={"vocab_size": 65}, device_config={"activation_checkpointing": recompute})
-    with contextlib.suppress(plan.BenchSkipped):
-        plan.benchmark(cfg, torch.device("cpu"), seconds=2)
+    with contextlib.suppress(plan_benchmark.BenchSkipped):
+        plan_benchmark.benchmark(cfg, torch.device("cpu"), seconds=2)
     assert calls["model"] >= 2
     assert calls["block"] == calls["model"] * cfg.model.num_layers * (2 if recompute else 1)
 
