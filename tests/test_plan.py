@@ -380,6 +380,28 @@ def test_under_fsdp_the_plan_fits_the_micro_batch_beside_each_process_share(proc
     assert advised(1) < advised(processes)
 
 
+def test_the_processes_of_a_cpu_plan_share_its_ram_as_training_does(monkeypatch):
+    """`trickster plan --processes 2 --device cpu` plans 2 processes on this machine, each with
+    half its RAM, as training gives the processes of a CPU job (LOCAL_WORLD_SIZE): a step that fits
+    in the whole RAM but not in half of it does not fit, and the advice fits it in half."""
+    cfg = load_config(preset="nano")  # data parallel: each process holds the whole model
+    need = footprint.memory_estimate(cfg, processes=2).total
+    ram = int(1.5 * need / footprint.HEADROOM)
+    monkeypatch.setattr(footprint, "device_memory", lambda device: (ram, "RAM"))
+    assert plan.make_plan(cfg, CPU_DEVICE, measure=False).fits
+    shared = plan.make_plan(cfg, CPU_DEVICE, measure=False, processes=2)
+    text = plan.format_plan(shared)
+    assert (
+        not shared.fits and f"({footprint.HEADROOM:.0%} of {plan._gib(ram // 2)} RAM / 2 processes)" in text
+    )
+    batch = int(text.split("training_config.batch_size=")[1].split()[0])
+    assert footprint.memory_estimate(cfg, batch_size=batch, processes=2).total <= footprint.HEADROOM * ram / 2
+    # FSDP over more processes on one machine divides its RAM as much as the model's state
+    monkeypatch.setattr(footprint, "device_memory", lambda device: (16 * GiB, "RAM"))
+    (advice,) = plan.make_plan(load_config(preset="mega"), CPU_DEVICE, measure=False).advice
+    assert "shard" not in advice and advice.endswith(", or a device with more memory"), advice
+
+
 def test_activation_checkpointing_keeps_only_the_block_inputs():
     cfg = load_config(preset="midi", overrides=["device_config.activation_checkpointing=false"])
     recomputed = load_config(preset="midi", overrides=["device_config.activation_checkpointing=true"])
@@ -391,13 +413,17 @@ def test_activation_checkpointing_keeps_only_the_block_inputs():
 
 
 def test_a_model_too_big_for_one_gpu_is_told_how_many_to_shard_over(monkeypatch):
+    """A GPU of 16 GiB (no GPU is used: the plan asks its memory only)."""
     monkeypatch.setattr(footprint, "device_memory", lambda device: (16 * GiB, "GPU memory"))
-    cfg = load_config(preset="mega", overrides=["device_config.enable_fsdp=false"])
-    (advice,) = plan.make_plan(cfg, torch.device("cpu"), measure=False).advice
+    cfg = load_config(
+        preset="mega", overrides=["device_config.enable_fsdp=false", "device_config.compile=false"]
+    )
+    gpu = torch.device("cuda")
+    (advice,) = plan.make_plan(cfg, gpu, measure=False).advice
     assert "not built yet" not in advice and "device_config.enable_fsdp=true" in advice
     gpus = int(advice.split("--processes ")[1].split("`")[0])
     cfg.device.enable_fsdp = True
-    assert plan.make_plan(cfg, torch.device("cpu"), measure=False, processes=gpus).fits
+    assert plan.make_plan(cfg, gpu, measure=False, processes=gpus).fits
 
 
 def test_the_benchmark_times_float32_in_tf32_and_puts_the_setting_back(micro, monkeypatch):

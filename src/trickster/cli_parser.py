@@ -242,7 +242,7 @@ def _add_plan(commands) -> None:
         "--processes",
         type=integer,
         default=1,
-        help="training processes (GPUs) under torchrun; FSDP shards over them",
+        help="training processes (GPUs) under torchrun; FSDP shards over them; on a CPU they share its RAM",
     )
     plan.add_argument(
         "--no-bench", dest="bench", action="store_false", help="the formulas only: time no steps"

@@ -75,11 +75,12 @@ def make_plan(
     processes: int = 1,
 ) -> Plan:
     """`processes`: how many training processes (GPUs) share the run; FSDP shards over them,
-    unless device_config.mesh_shape says otherwise."""
+    unless device_config.mesh_shape says otherwise. On a CPU they run on this machine and each
+    has its share of the RAM, as in training (footprint.memory_limit); a GPU is each one's own."""
     cfg, vocab_note = assumed_vocab(resolve_precision(cfg, device))  # device_config.dtype/compile: auto
     if cfg.device.mesh_shape:
         processes = cfg.device.mesh_shape[0] * cfg.device.mesh_shape[1]
-    device_bytes, what = memory_limit(cfg, device)
+    device_bytes, what = memory_limit(cfg, device, processes)
     if cfg.training.batch_size == "auto":  # the formula's choice here; training measures it
         cfg = cfg.model_copy(deep=True)
         fit = fitting_batch(cfg, HEADROOM * device_bytes, processes)
@@ -129,10 +130,14 @@ def _advice(plan: Plan) -> list[str]:
             if memory_estimate(_preset(name)).total <= budget and _size(name) < plan.params
         ]
         hint = f" such as preset {smaller[-1]}" if smaller else ""
+        fix = f"choose a smaller model{hint}, or a device with more memory"
+        if plan.device.type == "cuda":  # processes on one CPU share its RAM: sharding divides it too
+            fix = (
+                f"choose a smaller model{hint}, a device with more memory, or {_sharding_hint(plan, budget)}"
+            )
         return [
             f"the weights, gradients and AdamW state alone need {_gib(mem.state)}, more than the "
-            f"{_gib(budget)} usable: choose a smaller model{hint}, a device with more memory, or "
-            f"{_sharding_hint(plan, budget)}"
+            f"{_gib(budget)} usable: {fix}"
         ]
     fits_batch = fitting_batch(cfg, budget, plan.processes)
     if fits_batch >= 1:
