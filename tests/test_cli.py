@@ -127,6 +127,34 @@ def test_quickstart_again_keeps_its_prepared_data_even_offline(tmp_path, monkeyp
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["shakespeare-char"]
 
 
+def test_quickstart_offline_finds_the_copy_a_path_run_prepared(tmp_path, monkeypatch, capsys):
+    """README: 'If you already have Tiny Shakespeare, pass your copy: --path input.txt'. A second
+    quickstart without --path, offline, took the folder prepared from that copy for another corpus,
+    failed to download, and trained on the Python standard library instead."""
+    import hashlib
+
+    from trickster import commands
+    from trickster.data import sources
+
+    def offline(*args, **kwargs):
+        raise sources.DownloadFailed("could not download it (offline)")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sources, "SHAKESPEARE_SHA256", hashlib.sha256(EXCERPT.read_bytes()).hexdigest())
+    monkeypatch.setattr(sources, "download", offline)
+    monkeypatch.setattr(commands, "train_command", lambda *a, **k: 1)  # stop after the data step
+    assert main(["quickstart", "--steps", "5", "--path", str(EXCERPT)]) == 1
+    assert "wrote data/shakespeare-char" in capsys.readouterr().out
+    assert main(["quickstart", "--steps", "5"]) == 1
+    out = capsys.readouterr().out
+    assert "already prepared: data/shakespeare-char holds shakespeare" in out and "falling back" not in out
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["shakespeare-char"]
+    edited = tmp_path / "edited.txt"  # another text given as Tiny Shakespeare is prepared anew
+    edited.write_text(EXCERPT.read_text(encoding="utf-8") + "Exeunt.\n", encoding="utf-8")
+    assert main(["data", "prepare", "shakespeare", "--path", str(edited)]) == 0
+    assert "wrote data/shakespeare-char" in capsys.readouterr().out
+
+
 def test_generate_streams_a_continuation_of_the_prompt(tmp_path, shakespeare_dir, capsys):
     run = tmp_path / "run"
     # overrides on both sides of the options; no samples or plot while training (they cost seconds)

@@ -135,8 +135,14 @@ def shakespeare_source(path: str | Path | None = None) -> Source:
     """Tiny Shakespeare as `data prepare` reads it. Downloaded, it is known before the download
     (only the file with SHAKESPEARE_SHA256 is taken): a folder already prepared from it is found
     without the network, and it is downloaded only when its text is read."""
+    canonical = {"source": "shakespeare", "sha256": SHAKESPEARE_SHA256, "files": [SHAKESPEARE_URL]}
     if path is not None:
-        return corpus_source(shakespeare(path))
+        source = corpus_source(shakespeare(path))
+        # a copy of the canonical file is the download's text: a folder prepared from either is
+        # found by the other (a quick start run once with --path, then again offline without it)
+        if source.identity["sha256"] == SHAKESPEARE_SHA256:
+            source.identity = canonical
+        return source
     read: list[Corpus] = []
 
     def documents() -> Iterator[str]:
@@ -146,7 +152,7 @@ def shakespeare_source(path: str | Path | None = None) -> Source:
 
     return Source(
         "shakespeare",
-        {"source": "shakespeare", "sha256": SHAKESPEARE_SHA256, "files": [SHAKESPEARE_URL]},
+        canonical,
         documents,
         single_document=True,
         files=[SHAKESPEARE_URL],
