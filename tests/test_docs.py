@@ -472,3 +472,42 @@ def test_the_preset_table_in_training_md_is_the_presets():
         if cells[:6] != shown or not cells[6].startswith(total):
             wrong.append(f"{name}: {cells[:7]}, the preset {shown} {total}")
     assert not wrong, wrong
+
+
+def shown_runs(page: Path) -> list[tuple[str, list[str]]]:
+    """Each `$ trickster ...` of the page's code blocks and the lines shown after it."""
+    runs = []
+    for block in re.findall(r"^```\w*\n(.*?)^```", page.read_text(encoding="utf-8"), re.M | re.S):
+        for command, output in re.findall(r"^\$ (trickster [^\n]*)\n((?:(?!\$ )[^\n]*\n)*)", block, re.M):
+            runs.append((command, output.rstrip("\n").splitlines()))
+    return runs
+
+
+# what prints the same on any machine, from any folder: a preset's counts, a config refused
+SHOWN = [
+    (page, command, output)
+    for page in (ROOT / "docs" / "training.md", ROOT / "docs" / "troubleshooting.md")
+    for command, output in shown_runs(page)
+    if re.match(r"trickster (info --preset|train) ", command) and "device=cuda" not in command
+]
+
+
+@pytest.mark.parametrize(
+    ("page", "command", "output"), SHOWN, ids=[f"{p.name}: {c[:60]}" for p, c, _ in SHOWN]
+)
+def test_what_the_docs_show_a_command_print_is_what_it_prints(
+    page, command, output, tmp_path, monkeypatch, capsys
+):
+    import shlex
+
+    from trickster.cli import main
+
+    monkeypatch.chdir(tmp_path)  # no data/ here: each case must fail before it would read any
+    main(shlex.split(command)[1:])
+    printed = capsys.readouterr()
+    assert (printed.out + printed.err).rstrip("\n").splitlines() == output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_shown_commands_are_found():
+    assert len(SHOWN) >= 6 and any("info --preset nano" in c for _, c, _ in SHOWN)

@@ -294,8 +294,13 @@ def test_import_of_a_hugging_face_llama_gives_the_same_logits(tmp_path, capsys, 
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(idx)[0], theirs(idx).logits)
 
-    # generate accepts the run (the prompt starts with <s>, as transformers does)
+    # info names the folder it came from; it printed 'data sha256 None (None)' and not the source
     capsys.readouterr()
+    assert cli.main(["info", "--checkpoint", str(run)]) == 0
+    shown = capsys.readouterr().out
+    assert f"imported from {src.resolve()}" in shown and "None" not in shown, shown
+
+    # generate accepts the run (the prompt starts with <s>, as transformers does)
     argv = ["generate", str(run), "--prompt", "ROMEO:", "--max-new-tokens", "8", "--temperature", "0"]
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out

@@ -297,7 +297,7 @@ def info_command(source: ConfigSource, checkpoint: str | None = None) -> None:
     print("parameters:")
     print(f"  embedding       {b.embedding:>14,}")
     print(f"  per block       {b.per_block:>14,}")
-    print(f"  blocks (x{m.num_layers:<3})   {b.blocks:>14,}")
+    print(f"  {f'blocks (x{m.num_layers})':<16}{b.blocks:>14,}")
     print(f"  final norm      {b.final_norm:>14,}")
     output = "tied to the embedding (0 extra)" if b.tied else f"{b.output:,}"
     print(f"  output          {output:>14}")
@@ -312,8 +312,11 @@ def info_command(source: ConfigSource, checkpoint: str | None = None) -> None:
         if info.get("init_from"):  # a fine-tune: the checkpoint it started from
             origin = info["init_from"]
             print(f"fine-tuned from {origin['checkpoint']} (step {origin['step']}, saved {origin['saved']})")
+        if info.get("imported_from"):  # `trickster import hf`: weights from elsewhere, no data here
+            print(f"imported from {info['imported_from']}")
         print(f"tokenizer sha256 {info.get('tokenizer_fingerprint')}")
-        print(f"data sha256 {info.get('data_fingerprint')} ({info.get('data_path')})")
+        if info.get("data_fingerprint"):
+            print(f"data sha256 {info['data_fingerprint']} ({info.get('data_path')})")
         manifest = info.get("manifest", {})
         versions = ("trickster", "torch", "numpy", "safetensors", "python")
         print("versions: " + ", ".join(f"{k} {manifest.get(k)}" for k in versions))
