@@ -3,6 +3,7 @@ formula fits in the memory given, and the checkpoint to resume from."""
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import torch
 from trickster import footprint
 from trickster.config import load_config, save_config
 from trickster.errors import UserError
+from trickster.model.transformer import Transformer
 from trickster.train.device import allocation_failed
 from trickster.train.dist import Dist
 from trickster.train.loop import train
@@ -21,6 +23,7 @@ from trickster.train.memory import check_fits, choose_batch, out_of_memory
 
 from . import children
 from .conftest import QUIET, micro_config
+from .test_plan import saved_activation_bytes
 
 GiB = 1024**3
 CPU = torch.device("cpu")
@@ -47,13 +50,25 @@ def test_the_suggested_micro_batch_fits_and_keeps_the_global_batch(shakespeare_d
 
 
 def fsdp_config(processes: int, windows: float):
-    """The nano preset sharded by FSDP, micro-batch 64, with the memory limit that the formula
-    fills, on each of `processes`, with the sharded state and `windows` windows."""
+    """The nano preset sharded by FSDP over `processes`, micro-batch 72 of 64 tokens, and the
+    memory limit (device_config.memory_gib) that one step of `windows` windows fills on each
+    process, counted here from the model's own tensors rather than by footprint's formula: the
+    process's shard of the float32 weights, gradients and two AdamW moments (16 bytes a parameter;
+    FSDP2 splits each tensor's first dimension, padded to a multiple of `processes`), the root and
+    two blocks gathered in float32 while they compute, the loss's float32 gradient for the output
+    matrix, and per window the tensors autograd saves (measured) and the loss's three float32
+    tensors of logits. A context of 64 keeps a window (about 8 MiB) small beside that state."""
     overrides = ["device_config.enable_fsdp=true", "device_config.device=cpu", "device_config.dtype=float32"]
-    overrides += ["training_config.batch_size=64", "training_config.gradient_accumulation_steps=1"]
-    cfg = load_config(preset="nano", overrides=overrides)
-    one = footprint.memory_estimate(cfg, batch_size=1, processes=processes)
-    budget = one.state + windows * (one.activations + one.logits)
+    overrides += ["training_config.batch_size=72", "training_config.gradient_accumulation_steps=1"]
+    cfg = load_config(preset="nano", overrides=[*overrides, "training_config.seq_len=64"])
+    model = Transformer(cfg.model)
+    shard = sum(math.ceil(p.shape[0] / processes) * p[0].numel() for p in model.parameters())
+    root = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("layers."))
+    gathered = root + 2 * sum(p.numel() for p in model.layers[0].parameters())
+    state = 16 * shard + 4 * gathered + 4 * model.output.weight.numel()
+    saved = saved_activation_bytes(cfg, 2, 64) - saved_activation_bytes(cfg, 1, 64)
+    window = saved + 3 * 64 * cfg.model.vocab_size * 4
+    budget = state + windows * window
     cfg.device.memory_gib = budget / footprint.HEADROOM / GiB
     return cfg, budget
 
@@ -67,20 +82,19 @@ def suggested_micro_batch(line: str) -> int:
 def test_under_fsdp_the_suggested_micro_batch_counts_the_sharded_state(processes):
     """Each of the processes keeps 1/N of the weights, gradients and AdamW state: the advice of
     an out-of-memory step and of check_fits is the largest micro-batch that fits beside that
-    share (the 64 windows a process computes per step split exactly into 8 x 8), more than
-    the same memory holds beside the whole state of one process."""
+    share, 8 of the 8.5 windows fsdp_config counts room for, more than the same memory holds
+    beside the whole state of one process. The 72 windows a process computes per step split into
+    8 x 9 from a fit of 8 windows only (7 gives 6 x 12, 9 gives 9 x 8): a formula half a window
+    off (4 MiB) changes the line."""
     cfg, budget = fsdp_config(processes, windows=8.5)
     job = Dist(world_size=processes, mode="fsdp")
     oom = str(out_of_memory(cfg, CPU, job, "a training step", 3, None))
     with pytest.raises(UserError) as refused:
         check_fits(cfg, CPU, job)
     for line in (oom, str(refused.value)):
-        micro = suggested_micro_batch(line)
-        assert f"gradient_accumulation_steps={64 // micro} " in line, line
-        assert footprint.memory_estimate(cfg, batch_size=micro, processes=processes).total <= budget
-        assert footprint.memory_estimate(cfg, batch_size=micro + 1, processes=processes).total > budget
+        assert "suggests training_config.batch_size=8 with gradient_accumulation_steps=9 " in line, line
     alone = suggested_micro_batch(str(out_of_memory(cfg, CPU, Dist(), "a training step", 3, None)))
-    assert alone < micro
+    assert alone < 8
 
 
 def test_when_one_window_does_not_fit_the_line_says_so(shakespeare_dir, tmp_path):
