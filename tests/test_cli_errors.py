@@ -550,6 +550,15 @@ def _foreign_weights(env: Env) -> list[str]:
     return ["generate", str(ckpt), "--max-new-tokens", "2"]
 
 
+def _output_dir_with_nul(env: Env) -> list[str]:
+    """A micro config whose output_dir holds a NUL (YAML's "\\0" escape), which no OS call takes."""
+    config = Path(env.config("nul.yaml"))
+    text = config.read_text().replace(f"output_dir: {env.tmp / 'run'}", 'output_dir: "run\\0x"')
+    assert "\\0" in text
+    config.write_text(text)
+    return ["train", "--config", str(config)]
+
+
 def _resume_in_empty_folder(env: Env) -> list[str]:
     return micro_train(env, "--resume", "--out", str(env.tmp / "fresh"))
 
@@ -946,6 +955,71 @@ CASES = [
         "model_config.dropout",
         "less than 1",
         "1.5",
+    ),
+    case(
+        "override-value-of-10000-characters",
+        lambda env: micro_train(env, "model_config.hidden_dim=" + "x" * 10_000),
+        "model_config.hidden_dim: input should be a valid integer",
+        "(got '" + "x" * 60 + "'... (10,000 characters))",
+    ),
+    case(
+        "override-learning-rate-past-1",
+        lambda env: micro_train(env, "training_config.learning_rate=1e18"),
+        "training_config.learning_rate: input should be less than or equal to 1 (got '1e18')",
+    ),
+    case(
+        "override-muon-lr-past-1",
+        lambda env: micro_train(env, "training_config.optimizer=muon", "training_config.muon_lr=1e18"),
+        "training_config.muon_lr: input should be less than or equal to 1 (got '1e18')",
+    ),
+    case(
+        "override-weight-decay-zeroes-the-weights",
+        lambda env: micro_train(env, "training_config.weight_decay=1e18"),
+        "training_config.weight_decay x learning_rate must be < 1 (got 1e+18 x 0.003)",
+        "lower training_config.weight_decay",
+    ),
+    case(
+        "override-muon-weight-decay-zeroes-the-weights",
+        lambda env: micro_train(
+            env, "training_config.optimizer=muon", "training_config.muon_weight_decay=50"
+        ),
+        "training_config.muon_weight_decay x muon_lr must be < 1 (got 50 x 0.02)",
+        "lower training_config.muon_weight_decay",
+    ),
+    case(
+        "override-norm-eps-past-1",
+        lambda env: micro_train(env, "model_config.norm_eps=1e18"),
+        "model_config.norm_eps: input should be less than 1 (got '1e18')",
+    ),
+    case(
+        "override-eval-batches-past-memory",
+        lambda env: micro_train(env, "training_config.eval_batches=1e18"),
+        "training_config.eval_batches 1,000,000,000,000,000,000 makes a validation set of",
+        "more than the RAM",
+        "lower training_config.eval_batches",
+    ),
+    case(
+        "override-data-path-name-too-long",
+        lambda env: micro_train(env, "--data", str(env.tmp / ("d" * 300))),
+        "data_config.path: a name in the path is 300 bytes long, more than the 255 a file system allows",
+        "choose a shorter path",
+    ),
+    case(
+        "override-output-dir-name-too-long",
+        lambda env: micro_train(env, "--out", str(env.tmp / ("r" * 300) / "run")),
+        "logging_config.output_dir: a name in the path is 300 bytes long",
+        "choose a shorter path",
+    ),
+    case(
+        "override-init-from-name-too-long",
+        lambda env: micro_train(env, "training_config.init_from=" + "i" * 300),
+        "training_config.init_from: a name in the path is 300 bytes long",
+        "choose a shorter path",
+    ),
+    case(
+        "config-output-dir-holds-nul",
+        _output_dir_with_nul,
+        "nul.yaml: logging_config.output_dir: a path cannot hold a NUL character; remove it",
     ),
     case(
         "hidden-dim-not-divisible-by-heads",
@@ -2317,8 +2391,9 @@ def test_bad_input_is_one_clear_line(
     assert not staging_leftovers(*roots)
     places = {f"{shakespeare_dir}": "data", f"{trained_run}": "run", f"{tmp_path}/": "", f"{tmp_path}": "."}
     places[f"{Path(__file__).parent.parent}/"] = ""
-    command = "trickster " + " ".join(a if _plain(a) else repr(a) for a in argv)
-    SEEN[request.node.callspec.id] = (_shown(command, places), _shown(lines[0], places))
+    shown = [_shown(a if _plain(a) else repr(a), places) for a in argv]
+    shown = [a if len(a) <= 120 else f"{a[:100]}...({len(a):,} characters)" for a in shown]  # 10,000
+    SEEN[request.node.callspec.id] = ("trickster " + " ".join(shown), _shown(lines[0], places))
 
 
 def test_every_case_is_distinct_names_its_problem_and_is_documented():

@@ -72,6 +72,25 @@ class _Section(BaseModel):
         return numbers if isinstance(value, list | tuple) else numbers[0]
 
 
+NAME_MAX = 255  # bytes in one name of a path, on the file systems people train on (ext4, XFS, APFS)
+
+
+def nameable_path(value: str | None) -> str | None:
+    """A path the file system can name: no NUL character and no name in it longer than NAME_MAX
+    bytes (the OS refuses both, which came out as a traceback when the path was first used)."""
+    if value is None:
+        return value
+    if "\0" in value:
+        raise ValueError("a path cannot hold a NUL character; remove it")
+    longest = max((len(part.encode("utf-8", "surrogateescape")) for part in Path(value).parts), default=0)
+    if longest > NAME_MAX:
+        raise ValueError(
+            f"a name in the path is {longest:,} bytes long, more than the {NAME_MAX} a file system "
+            "allows; choose a shorter path"
+        )
+    return value
+
+
 class ModelConfig(_Section):
     vocab_size: int | Literal["auto"] = "auto"
     """Rows of the embedding table; `auto` takes the tokenizer's vocabulary size at training time."""
@@ -93,8 +112,9 @@ class ModelConfig(_Section):
     """Share the output projection with the token embedding."""
     rope_theta: float = Field(10000.0, gt=0)
     """Base of the rotary position frequencies."""
-    norm_eps: float = Field(1e-5, gt=0)
-    """Epsilon inside RMSNorm."""
+    norm_eps: float = Field(1e-5, gt=0, lt=1)
+    """Epsilon inside RMSNorm, below 1 (at 1 and above it outweighs the activations it divides by,
+    and the model's output no longer depends on its input)."""
 
     @property
     def kv_heads(self) -> int:
@@ -116,6 +136,8 @@ class ModelConfig(_Section):
 class DataConfig(_Section):
     path: str | None = None
     """Folder written by `trickster data prepare` (token shards, index.json, meta.json, tokenizer.json)."""
+
+    _nameable = field_validator("path")(nameable_path)
 
 
 class LoraConfig(_Section):
@@ -141,8 +163,9 @@ class TrainingConfig(_Section):
     """Tokens per training window; empty means model_config.max_seq_len."""
     max_steps: int = Field(10000, gt=0)
     """Optimizer steps to train for."""
-    learning_rate: float = Field(3e-4, gt=0)
-    """Peak learning rate, reached at the end of warmup."""
+    learning_rate: float = Field(3e-4, gt=0, le=1)
+    """Peak learning rate, reached at the end of warmup (at most 1: AdamW moves each weight by
+    about the learning rate per step, and weights start near 0.02)."""
     min_lr: float = Field(3e-5, ge=0)
     """Floor of the cosine decay."""
     warmup_steps: int = Field(1000, ge=0)
@@ -155,8 +178,9 @@ class TrainingConfig(_Section):
     """adamw: AdamW on every weight. muon: Muon (momentum orthogonalised by Newton-Schulz) on the
     attention and MLP weight matrices, AdamW (learning_rate, betas, weight_decay) on the embedding,
     an untied output head and the norm weights."""
-    muon_lr: float = Field(0.02, gt=0)
-    """Muon's peak learning rate (optimizer: muon); it follows the schedule of learning_rate, scaled."""
+    muon_lr: float = Field(0.02, gt=0, le=1)
+    """Muon's peak learning rate (optimizer: muon), at most 1; it follows the schedule of
+    learning_rate, scaled."""
     muon_momentum: float = Field(0.95, ge=0, lt=1)
     """Muon's (Nesterov) momentum."""
     muon_weight_decay: float = Field(0.0, ge=0)
@@ -214,6 +238,8 @@ class TrainingConfig(_Section):
     def _whole_seconds(cls, value):
         return whole_seconds(value)
 
+    _nameable = field_validator("init_from")(nameable_path)
+
 
 class DeviceConfig(_Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
@@ -268,6 +294,8 @@ class LoggingConfig(_Section):
     """Also log to Weights & Biases (needs nano-trickster[tracking]); WANDB_MODE=offline keeps it local."""
     wandb_project: str = "nano-trickster"
     """Weights & Biases project of the run (used with use_wandb)."""
+
+    _nameable = field_validator("output_dir")(nameable_path)
 
 
 class Config(BaseModel):

@@ -57,6 +57,15 @@ def _check_schedule(t: TrainingConfig) -> list[str]:
         problems.append(
             f"training_config.min_lr must be <= learning_rate (got {t.min_lr} > {t.learning_rate})"
         )
+    # decoupled weight decay multiplies the weights by 1 - lr x decay each step: at 1 or more it
+    # zeroes them or flips their sign, and the run trains nothing without a non-finite loss to say so
+    for decay, lr in (("weight_decay", "learning_rate"), ("muon_weight_decay", "muon_lr")):
+        if getattr(t, decay) * getattr(t, lr) >= 1:
+            problems.append(
+                f"training_config.{decay} x {lr} must be < 1 (got {getattr(t, decay):g} x "
+                f"{getattr(t, lr):g}): each step multiplies the weights by 1 - {lr} x {decay}; "
+                f"lower training_config.{decay} (0 to 0.1 is usual)"
+            )
     return problems
 
 

@@ -92,12 +92,23 @@ def _dotted(loc: tuple) -> str:
 
 
 def _shown(value: Any) -> str:
-    """A value as the user wrote it in YAML: true, false and null, not Python's True and None."""
+    """A value as the user wrote it in YAML: true, false and null, not Python's True and None;
+    a long one cut (a 10,000-character value filled the terminal with the one error line)."""
     if isinstance(value, bool) or value is None:
         return {True: "true", False: "false", None: "null"}[value]
+    if isinstance(value, str) and len(value) > SHOWN:
+        return f"{value[: SHOWN - 20]!r}... ({len(value):,} characters)"
     if isinstance(value, list | tuple):
-        return "[" + ", ".join(map(_shown, value)) + "]"
-    return repr(value)
+        return elided("[" + ", ".join(map(_shown, value)) + "]")
+    return elided(repr(value))
+
+
+SHOWN = 80  # characters of a value an error line shows
+
+
+def elided(text: str) -> str:
+    """`text`, or its beginning and how long it is when longer than SHOWN characters."""
+    return text if len(text) <= SHOWN else f"{text[: SHOWN - 20]}... ({len(text):,} characters)"
 
 
 def _quoted_switch(value: Any) -> str:

@@ -41,7 +41,7 @@ from trickster.train.device import (
     resolve_device,
     settings_restored,
 )
-from trickster.train.memory import check_fits, resolve_batch
+from trickster.train.memory import check_fits, check_validation_set, resolve_batch
 from trickster.train.optim import build_optimizer, set_lr
 from trickster.train.resume import claimed, diverged, older_trainer_state
 from trickster.train.signals import StopSignals, announce_signals
@@ -99,6 +99,7 @@ class Trainer:
         self.cfg = cfg = resolve_vocab(cfg, self.data.tokenizer)
         check_windows(self.data, cfg.seq_len)
         check_fits(cfg, self.device, job)  # before the run folder is touched
+        check_validation_set(cfg, job)
         # 3. the run folder: a new one, or the newest complete checkpoint of an old one
         self.run_dir = Path(cfg.logging.output_dir)
         # jsonl, csv, loss.png, TensorBoard, W&B: checks the optional packages, writes nothing yet

@@ -209,6 +209,23 @@ def check_fits(cfg: Config, device: torch.device, job: Dist) -> None:
     )
 
 
+def check_validation_set(cfg: Config, job: Dist) -> None:
+    """Refuse a validation set (training_config.eval_batches draws, held in RAM as int64 rows,
+    inputs and targets: 24 bytes a token) bigger than a process of `job`'s share of the RAM: drawn
+    batch by batch, eval_batches: 1e18 ran for ever before the first step, growing a list."""
+    t = cfg.training
+    windows = t.eval_batches * (1 if t.batch_size == "auto" else t.batch_size) * job.world_size
+    need = 24 * windows * cfg.seq_len
+    capacity, what = footprint.device_memory(torch.device("cpu"))
+    if need > capacity // job.local_world_size:
+        raise UserError(
+            f"training_config.eval_batches {t.eval_batches:,} makes a validation set of {windows:,} "
+            f"windows of {cfg.seq_len} tokens, {_size(need)} held in memory, more than the "
+            f"{what} ({_size(capacity)}); lower training_config.eval_batches (each evaluation "
+            "reads every window; 20 is usual)"
+        )
+
+
 def model_too_big(cfg: Config, device: torch.device, job: Dist, need: str, end: str = "") -> UserError:
     """The one line for a model (or its LoRA adapters) whose `need` is more than the memory a
     process of `job` has."""
