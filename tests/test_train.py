@@ -1,4 +1,6 @@
 import json
+import re
+import shlex
 import shutil
 import signal
 import sys
@@ -203,16 +205,10 @@ def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(shakespeare_dir, tmp_path
     assert saved is not None and saved.name.startswith("step_")
     step = ckpt.checkpoint_step(saved)
     assert "stopped by SIGINT" in out
-
-    more = argv[:-5] + [
-        f"training_config.max_steps={step + 3}",
-        "model_config.hidden_dim=32",
-        "model_config.num_layers=1",
-        "model_config.mlp_dim=64",
-        "training_config.batch_size=2",
-        "training_config.warmup_steps=1",
-        "--resume",
-    ]
+    # the line says how to go on: '--resume' alone did not say to what (a quick start has none)
+    said = re.search(r"continue with: trickster (train --config \S+ --resume)$", out, re.M)
+    assert said, out
+    more = [*shlex.split(said.group(1)), f"training_config.max_steps={step + 3}"]
     done = children.run("trickster", *more, timeout=120)
     assert done.returncode == 0, done.stderr
     assert ckpt.checkpoint_step(run / "checkpoints" / "final") == step + 3

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shlex
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -63,9 +64,12 @@ def say_stopped(trainer: Trainer, name: str) -> None:
     """The `stopped` event, the heartbeat and the line of a run that the signal `name` stopped."""
     write_stopped(trainer, signal=name)
     trainer.heartbeat.beat("stopped", trainer.state.step, reason=name)
+    # the whole command: a run started by `trickster quickstart`, which has no --resume, goes on so
+    config = shlex.quote(str(trainer.run_dir / "config.yaml"))
     trainer.out.line(
         f"stopped by {name} at step {trainer.state.step}; saved "
-        f"checkpoints/{ckpt.step_name(trainer.state.step)} (continue with --resume)"
+        f"checkpoints/{ckpt.step_name(trainer.state.step)}; continue with: "
+        f"trickster train --config {config} --resume"
     )
 
 
