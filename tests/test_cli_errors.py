@@ -1987,6 +1987,18 @@ CASES = [
     case("serve-port-beyond-65535", _serve("--port", "70000"), "--port must be between 0 and 65535", "70000"),
     case("serve-port-negative", _serve("--port", "-1"), "--port must be between 0 and 65535 (got -1)"),
     case("serve-api-key-blank", _serve("--api-key", ""), "--api-key is blank", "leave the option out"),
+    case(  # served, and no client could send it: httpx and openai refuse a header that is not ASCII
+        "serve-api-key-not-ascii",
+        _serve("--api-key", "clé"),
+        "--api-key holds 'é', which an HTTP header cannot carry",
+        "letters, digits and punctuation",
+    ),
+    case(  # served, and no client could send it: a header loses the spaces at its ends
+        "serve-api-key-spaces-at-ends",
+        _serve("--api-key", " key "),
+        "--api-key starts or ends with a space",
+        "pass it without",
+    ),
     # ---- tracking, reports, runs and plans
     case(
         "train-tensorboard-not-installed",

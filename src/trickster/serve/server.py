@@ -54,6 +54,26 @@ def uvicorn_config(app: Starlette, header_timeout: float | None = None) -> uvico
     return uvicorn.Config(app, http=http, log_level="warning", access_log=False, timeout_graceful_shutdown=3)
 
 
+def check_api_key(key: str | None) -> None:
+    """A key that a client can send: an Authorization header carries printable ASCII (httpx and the
+    openai package refuse to send anything else) and loses the spaces at its ends."""
+    if key is None:
+        return
+    if not key.strip():
+        raise UserError("--api-key is blank; pass a key, or leave the option out to serve without one")
+    odd = next((c for c in key if not (c.isascii() and c.isprintable())), None)
+    if odd is not None:
+        raise UserError(
+            f"--api-key holds {odd!r}, which an HTTP header cannot carry (clients send printable ASCII "
+            "only); pass a key of letters, digits and punctuation"
+        )
+    if key != key.strip():
+        raise UserError(
+            "--api-key starts or ends with a space, which an HTTP header drops (no client could send "
+            "the key); pass it without"
+        )
+
+
 def read_template(path: str | None) -> str | None:
     if path is None:
         return None
@@ -92,8 +112,7 @@ def serve(
         raise UserError(f"--max-batch must be >= 1 (got {max_batch})")
     if not 0 <= port <= 65535:  # the socket takes 70000 as 70000 % 65536 and -1 as no service at all
         raise UserError(f"--port must be between 0 and 65535 (got {port}); 0 picks a free one")
-    if api_key is not None and not api_key.strip():  # no Authorization header could carry it
-        raise UserError("--api-key is blank; pass a key, or leave the option out to serve without one")
+    check_api_key(api_key)
     template = read_template(chat_template)
     catalog = Catalog(target, resolve_device(device, "--device"), checkpoints, template, max_loaded_models)
     sock = bind(host, port)
