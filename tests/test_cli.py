@@ -313,3 +313,25 @@ def test_generate_without_sampling_options_gets_the_sampling_defaults(monkeypatc
     assert main(["generate", "some-run", "--temperature", "0", "--top-k", "5"]) == 0
     assert seen[0] == Sampling(prompt="\n", max_new_tokens=300, temperature=0.8)
     assert seen[1] == Sampling(prompt="\n", max_new_tokens=300, temperature=0.0, top_k=5)
+
+
+def test_every_option_says_in_its_help_what_it_does():
+    """`trickster generate --help` listed `--top-k TOP_K`, `--top-p TOP_P` and `--seed SEED` with nothing
+    after them: a reader could not tell what they do or what they default to."""
+    import argparse
+
+    from trickster.cli import build_parser
+
+    def bare(parser, path):
+        found = [
+            f"{' '.join(path)} {a.option_strings[-1]}"
+            for a in parser._actions
+            if a.option_strings and not a.help
+        ]
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    found += bare(child, [*path, name])
+        return found
+
+    assert bare(build_parser(), ["trickster"]) == []

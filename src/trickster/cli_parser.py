@@ -17,6 +17,7 @@ from trickster.units import whole_number
 
 TOKENIZER_CHOICES = ("char", "byte", "bpe", "gpt2")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+AUTO_DEVICE = "default auto: CUDA, then MPS, then the CPU"
 
 
 def integer(text: str) -> int:
@@ -155,7 +156,9 @@ def _add_prepare_options(parser: argparse.ArgumentParser) -> None:
         help="use a model's tokenizer instead (to fine-tune that model on this data)",
     )
     parser.add_argument("--out", help="output folder (default data/SOURCE-TOKENIZER)")
-    parser.add_argument("--val-fraction", type=float, default=0.1)
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.1, help="the share held out for validation (default 0.1)"
+    )
     parser.add_argument("--workers", type=integer, help="tokenizing processes (default: one per CPU)")
     parser.add_argument("--shard-tokens", type=integer, help="tokens per shard file (default 100,000,000)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -227,7 +230,11 @@ def _add_train(commands) -> None:
 def _add_info(commands) -> None:
     info = commands.add_parser("info", help="parameter breakdown and FLOPs per token")
     _add_config_args(info)
-    info.add_argument("--checkpoint", metavar="RUN_DIR|CHECKPOINT")
+    info.add_argument(
+        "--checkpoint",
+        metavar="RUN_DIR|CHECKPOINT",
+        help="a trained model: also its step, losses, versions, git SHA and config",
+    )
     info.set_defaults(run="info_command")
 
 
@@ -265,10 +272,27 @@ def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--temperature", type=float, default=unset, help=f"0 means greedy (default: {default.temperature})"
     )
-    parser.add_argument("--top-k", type=integer, default=unset)
-    parser.add_argument("--top-p", type=float, default=unset)
-    parser.add_argument("--seed", type=integer, default=unset)
-    parser.add_argument("--device", default="cpu", choices=DEVICES)
+    parser.add_argument(
+        "--top-k",
+        type=integer,
+        default=unset,
+        metavar="K",
+        help="sample among the K likeliest tokens (default: off)",
+    )
+    parser.add_argument(
+        "--top-p",
+        type=float,
+        default=unset,
+        metavar="P",
+        help="sample among the likeliest tokens that together hold P of the probability (default: off)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=integer,
+        default=unset,
+        help="the same seed gives the same text (default: a new one each time)",
+    )
+    parser.add_argument("--device", default="cpu", choices=DEVICES, help="default cpu")
 
 
 def _add_generate(commands) -> None:
@@ -298,7 +322,7 @@ def _add_eval(commands) -> None:
     source.add_argument("--text", metavar="FILE", help="a UTF-8 text file, scored as one document")
     ev.add_argument("--max-tokens", type=integer, metavar="N", help="score at most the first N tokens")
     ev.add_argument("--batch-size", type=integer, default=8, help="windows per forward pass (default 8)")
-    ev.add_argument("--device", default="auto", choices=DEVICES)
+    ev.add_argument("--device", default="auto", choices=DEVICES, help=AUTO_DEVICE)
     ev.add_argument(
         "--json", dest="as_json", action="store_true", help="one JSON object instead of the table"
     )
@@ -333,7 +357,10 @@ def _add_export(commands) -> None:
     )
     export.add_argument("--out", required=True, help="a new folder (hf) or file (gguf) to write")
     export.add_argument(
-        "--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="weights dtype"
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default="float32",
+        help="weights dtype (default float32; gguf takes float32 or float16)",
     )
     export.set_defaults(run="export_command")
 
@@ -355,7 +382,7 @@ def _add_serve(commands) -> None:
     serve.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=integer, default=8000, help="default 8000; 0 picks a free one")
-    serve.add_argument("--device", default="auto", choices=DEVICES)
+    serve.add_argument("--device", default="auto", choices=DEVICES, help=AUTO_DEVICE)
     serve.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on /v1")
     serve.add_argument(
         "--checkpoints",
