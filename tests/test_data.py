@@ -441,3 +441,28 @@ def test_a_folder_written_before_shards_still_loads(shakespeare_dir, tmp_path):
     loaded = load_data(old)
     assert np.array_equal(np.asarray(loaded.val.loss_mask), masks["val"])
     assert np.array_equal(np.asarray(loaded.val), np.asarray(data.val))
+
+
+def test_the_summary_gives_a_small_corpus_its_size(tmp_path, capsys):
+    """A corpus of a few notes was '0.0 MB of text', as if nothing had been read."""
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    text = EXCERPT.read_text(encoding="utf-8")
+    for i in range(20):
+        (notes / f"{i}.md").write_text(text[i * 1500 : (i + 1) * 1500], encoding="utf-8")
+    size = sum(len(p.read_bytes()) for p in notes.iterdir())
+    argv = [
+        "data",
+        "prepare",
+        "text",
+        str(notes),
+        "--out",
+        str(tmp_path / "d"),
+        "--workers",
+        "1",
+        "--dedup",
+        "exact",
+    ]
+    assert cli.main(argv) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith(f"text: {size / 1e3:.1f} KB of text in 20 document(s)"), first

@@ -308,6 +308,11 @@ NO_SEPARATOR_DOCUMENTS = (
 )
 
 
+def _text_size(size: int) -> str:
+    """1.1 MB; a corpus under 0.1 MB in KB, where MB would read 0.0."""
+    return f"{size / 1e6:,.1f} MB" if size >= 100_000 else f"{size / 1e3:.1f} KB"
+
+
 def prepare_summary(meta: dict, out_dir: Path, kept: bool = False, removed: str | None = None) -> list[str]:
     """What `trickster data prepare` says when it is done; `kept`: out_dir was already prepared
     (`removed`: the DIR.partial it made useless, deleted)."""
@@ -332,7 +337,7 @@ def prepare_summary(meta: dict, out_dir: Path, kept: bool = False, removed: str 
         )
         read = meta["documents_read"] if meta.get("dedup") else meta["documents"]  # one text cut in two
         lines = [
-            f"{meta['source']}: {meta['input_bytes'] / 1e6:,.1f} MB of text in {read:,} "
+            f"{meta['source']}: {_text_size(meta['input_bytes'])} of text in {read:,} "
             f"document(s) ({counts}validation: {meta['val_split']})"
         ]
     if meta.get("dedup"):
