@@ -570,6 +570,10 @@ def test_api_key_is_required_when_set(trained_run):
         right = openai.OpenAI(base_url=live.url + "/v1", api_key="s3cret", max_retries=0)
         assert [m.id for m in right.models.list().data] == ["best"]
         assert completion(right, **GOOD)
+        # the scheme's case and the spaces after it are free (RFC 9110 11.4): this was 'the key is wrong'
+        for given in ("bearer s3cret", "Bearer  s3cret", "BEARER   s3cret"):
+            answer = httpx.get(live.url + "/v1/models", headers={"Authorization": given})
+            assert answer.status_code == 200, (given, answer.text)
         assert httpx.get(live.url + "/").status_code == 200  # the page itself holds nothing secret
 
 

@@ -190,8 +190,9 @@ class Server:
     def _authorize(self, request: Request) -> None:
         if self.api_key is None:
             return
-        given = request.headers.get("authorization", "")
-        token = given[7:] if given.lower().startswith("bearer ") else ""
+        # 'Bearer KEY', the scheme in any case and one space or more (RFC 9110 11.4)
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        token = token.lstrip(" ") if scheme.lower() == "bearer" else ""
         if not token:
             raise APIError(
                 401, "no API key given; send the header 'Authorization: Bearer KEY'", code="invalid_api_key"
