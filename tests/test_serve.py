@@ -451,6 +451,18 @@ def test_errors_are_openai_json_and_the_server_goes_on(server, client, case, req
     assert completion(client, **GOOD, seed=0)  # still serving
 
 
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+def test_an_error_naming_a_path_with_a_line_break_is_one_line(server, method):
+    """uvicorn decodes %0B (a vertical tab) and %E2%80%A8 (a line separator) in the path, which the
+    404 and 405 messages name: the message was two lines, or three."""
+    path = "/v1/a%0Bb%E2%80%A8c" if method == "GET" else "/v1/models/a%0Bb%E2%80%A8c"
+    answer = httpx.request(method, server.url + path)
+    assert answer.status_code == (404 if method == "GET" else 405)
+    message = answer.json()["error"]["message"]
+    assert len(message.splitlines()) == 1, message
+    assert "a\\x0bb\\u2028c" in message
+
+
 def test_a_vanishing_temperature_is_greedy(client):
     """A temperature so small that logits / temperature overflow float32 samples as greedy, not 500."""
     fields = dict(model="best", prompt="ROMEO:", max_tokens=12, seed=1)

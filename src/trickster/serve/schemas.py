@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from trickster.errors import single_line
+
 
 class APIError(Exception):
     """An answer in OpenAI's error format: {"error": {"message", "type", "param", "code"}}."""
@@ -18,6 +20,7 @@ class APIError(Exception):
     TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error"}
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+        message = single_line(message)  # a path, a file name or an exception's text may hold a break
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
 
