@@ -11,15 +11,45 @@ def small(**changes) -> ModelConfig:
     return ModelConfig(**{**values, **changes})
 
 
+def lively(model: Transformer) -> Transformer:
+    """The model with every matrix 20x larger. At its initial scale, greedy decoding repeats one
+    token whatever the context (9, 9, 9, ...): two decoders that disagree about the context would
+    still agree on every token."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(20)
+    return model
+
+
 @pytest.mark.parametrize("kv_heads", [None, 2])
 def test_cached_and_uncached_greedy_generation_agree(kv_heads):
     torch.manual_seed(0)
-    model = Transformer(small(num_kv_heads=kv_heads))
-    prompt = [1, 5, 9, 3]
+    model = lively(Transformer(small(num_kv_heads=kv_heads)))
+    prompt = torch.randint(0, 40, (10,)).tolist()
     cached = list(generate(model, prompt, 30, temperature=0, use_cache=True))
     uncached = list(generate(model, prompt, 30, temperature=0, use_cache=False))
     assert cached == uncached
     assert len(cached) == 30  # runs past max_seq_len by sliding the window
+    assert len(set(cached)) > 5  # the tokens depend on the context
+
+
+def test_past_the_context_each_token_comes_from_the_last_max_seq_len_tokens():
+    """Cached and uncached generation share the sliding window, so their agreement cannot show
+    that it slides right: each greedy token is checked against a plain forward pass over exactly
+    the last max_seq_len tokens (a window one token short predicts differently somewhere)."""
+    torch.manual_seed(0)
+    model = lively(Transformer(small())).eval()
+    prompt = torch.randint(0, 40, (20,)).tolist()  # fills the 24-token window after 4 new tokens
+    out = list(generate(model, prompt, 16, temperature=0))
+    seq, short_differs = prompt + out, False
+    with torch.no_grad():
+        for i, token in enumerate(out):
+            context = seq[: len(prompt) + i][-24:]
+            assert token == int(model(torch.tensor([context]))[0][0, -1].argmax()), i
+            short = int(model(torch.tensor([context[1:]]))[0][0, -1].argmax())
+            short_differs |= len(context) == 24 and short != token
+    assert short_differs  # else this model could not tell a wrong window from the right one
 
 
 def test_cached_logits_match_a_full_forward_pass():
