@@ -172,3 +172,30 @@ def test_eval_accepts_an_imported_hugging_face_llama(tmp_path, capsys):
     assert result["tokens"] == len(ids) - 1 and result["bytes"] == len(TEXT.encode())
     assert result["loss"] == pytest.approx(nats / (len(ids) - 1), rel=1e-4)
     assert result["bits_per_byte"] == pytest.approx(nats / math.log(2) / len(TEXT.encode()), rel=1e-4)
+
+
+def test_a_run_whose_data_is_not_found_from_here_says_to_pass_data(
+    trained_run, shakespeare_dir, tmp_path, monkeypatch, capsys
+):
+    """A run records its data folder as it was given (`data/shakespeare-char`, relative to where it
+    trained). From another folder, eval said to prepare data (`no prepared data in ... (meta.json
+    missing); give a folder written by trickster data prepare`) and compare printed 'val loss n/a
+    (no data)' without saying why; both now name the folder and --data."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    info = run / "checkpoints" / "best" / "info.json"
+    info.write_text(json.dumps({**json.loads(info.read_text()), "data_path": "data/shakespeare-char"}))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["eval", str(run), "--max-tokens", "50"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "data/shakespeare-char" in err and "--data DIR" in err, err
+    assert "trickster data prepare" not in err
+    assert cli.main(["compare", str(run), "--max-new-tokens", "5", "--seed", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "data/shakespeare-char" in out and "--data DIR" in out, out
+    # and with --data, both score it
+    assert cli.main(["eval", str(run), "--max-tokens", "50", "--data", str(shakespeare_dir)]) == 0
+    assert cli.main(["compare", str(run), "--max-new-tokens", "5", "--data", str(shakespeare_dir)]) == 0
+    assert "n/a" not in capsys.readouterr().out

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from trickster.data import hub, sources, textfile
 from trickster.data.dedup import DedupSettings
-from trickster.data.loader import PreparedData, load_data
 from trickster.data.prepare import prepare, prepare_prompt_response
 from trickster.data.records import jsonl_prompt_response
 from trickster.data.tokenizers import load_tokenizer
@@ -206,6 +205,8 @@ def compare_command(target: str, sampling: Sampling, device: str = "cpu", data: 
         f"trained ({loaded.path.name}, step {loaded.info['step']})": loaded.model,
     }
     losses = _val_losses(loaded, list(models.values()), data, where)
+    if data is None and None in losses and loaded.info.get("data_path"):
+        print(f"no validation losses: {evaluation.data_not_here(loaded)}")
     for (title, model), loss in zip(models.items(), losses, strict=True):
         loss_text = f"val loss {loss:.4f}" if loss is not None else "val loss n/a (no data)"
         print(f"--- {title}: {loss_text} ---")
@@ -219,16 +220,9 @@ def _val_losses(loaded, models, data_path, device) -> list[float | None]:
     path = data_path or loaded.info.get("data_path")
     if data_path is None and (not path or not (Path(path) / "meta.json").is_file()):
         return [None] * len(models)
-    data = _data_of(loaded, path)
+    data = evaluation.run_data(loaded, path)
     batches = validation_batches(data, loaded.cfg, draw_width=loaded.info.get("val_draw_width"))
     return [evaluate(m, batches, device, loaded.dtype) for m in models]
-
-
-def _data_of(loaded: ckpt.LoadedCheckpoint, path) -> PreparedData:
-    data = load_data(path)  # refused unless prepared with the checkpoint's tokenizer
-    if data.tokenizer.fingerprint() != loaded.tokenizer.fingerprint():
-        raise UserError(f"data in {path} uses another tokenizer than {loaded.path}; pass --data DIR")
-    return data
 
 
 def eval_command(opts: EvalOptions) -> None:
@@ -247,7 +241,9 @@ def eval_command(opts: EvalOptions) -> None:
         path = opts.data or loaded.info.get("data_path")
         if not path:
             raise UserError(f"{loaded.path} does not name its data; pass --data DIR or --text FILE")
-        data = _data_of(loaded, path)
+        if not opts.data and not Path(path).exists():
+            raise UserError(f"{loaded.path}: {evaluation.data_not_here(loaded)} (or --text FILE)")
+        data = evaluation.run_data(loaded, path)
         tokens, mask = data.val, data.val.loss_mask
         what = f"{path} (val split)"
     if opts.max_tokens is not None and len(tokens) > opts.max_tokens + 1:

@@ -19,16 +19,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trickster.data.loader import PreparedData, load_data
 from trickster.data.tokenizers import Tokenizer
 from trickster.errors import UserError
 from trickster.model.generate import mask_unused_rows
 from trickster.model.transformer import IGNORE_INDEX
 from trickster.train.device import autocast_for
+
+if TYPE_CHECKING:
+    from trickster.train.checkpoint import LoadedCheckpoint
 
 
 @dataclass
@@ -126,3 +131,19 @@ def score_sequence(
     if scored == 0:
         raise UserError("nothing to score: the loss mask covers none of these tokens")
     return Score(nats, scored, n_bytes)
+
+
+def data_not_here(loaded: LoadedCheckpoint) -> str:
+    """Why a run's own data cannot be scored from the current folder, and what to pass."""
+    return (
+        f"the data it trained on, {loaded.info['data_path']}, is not found from here (a run records its "
+        "data folder as it was given, relative to where it trained); run from that folder or pass --data DIR"
+    )
+
+
+def run_data(loaded: LoadedCheckpoint, path) -> PreparedData:
+    """The prepared folder at `path`, checked to hold the checkpoint's tokenizer."""
+    data = load_data(path)  # refused unless prepared with the checkpoint's tokenizer
+    if data.tokenizer.fingerprint() != loaded.tokenizer.fingerprint():
+        raise UserError(f"data in {path} uses another tokenizer than {loaded.path}; pass --data DIR")
+    return data
