@@ -335,3 +335,16 @@ def test_every_option_says_in_its_help_what_it_does():
         return found
 
     assert bare(build_parser(), ["trickster"]) == []
+
+
+def test_jsonl_help_gives_text_field_no_default(capsys):
+    """jsonl reads prompt/response records when neither --text-field nor --template is given, yet its
+    --help said `--text-field ... (default text)`, as hf's and parquet's do."""
+    with pytest.raises(SystemExit):
+        main(["data", "prepare", "jsonl", "--help"])
+    jsonl = " ".join(capsys.readouterr().out.split())
+    assert "--text-field TEXT_FIELD the field holding each record's text" in jsonl
+    assert "(default text)" not in jsonl
+    with pytest.raises(SystemExit):
+        main(["data", "prepare", "parquet", "--help"])
+    assert "(default text)" in " ".join(capsys.readouterr().out.split())

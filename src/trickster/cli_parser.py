@@ -138,8 +138,10 @@ def _add_data_prepare(data_commands) -> None:
     jsonl.add_argument("--template", help='join each record into one document, e.g. "{prompt}\\n{response}"')
     parquet = sources.add_parser("parquet", help="local Parquet files (streamed by record batch)")
     parquet.add_argument("paths", nargs="+", metavar="FILE")
-    for source in (hf, jsonl, parquet):
+    for source in (hf, parquet):
         source.add_argument("--text-field", help="the field holding the text (default text)")
+    # jsonl has no default field: without one (or --template) it reads prompt/response records
+    jsonl.add_argument("--text-field", help="the field holding each record's text")
     for source in sources.choices.values():
         _add_prepare_options(source)
         source.set_defaults(run="prepare_data", text_field=None, template=None)
