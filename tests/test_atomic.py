@@ -6,8 +6,11 @@ from __future__ import annotations
 import os
 import stat
 import threading
+from pathlib import Path
 
-from trickster.atomic import leftovers, remove_leftovers, replace_file
+import pytest
+
+from trickster.atomic import leftovers, remove_leftovers, replace_dir, replace_file
 
 
 def _plant(folder, name: str, as_folder: bool = False):
@@ -95,3 +98,29 @@ def test_a_link_to_a_device_or_a_pipe_is_written_into_never_replaced(tmp_path):
     reader.join(10)
     assert stat.S_ISFIFO(pipe.stat().st_mode) and got == [b"event,step\ntrain,2\n"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv", "pipe"]
+
+
+def test_a_folder_being_replaced_is_never_deleted_before_its_successor_is_in_place(tmp_path, monkeypatch):
+    """replace_dir moves the old folder aside, then the new one in: a writer killed between the two
+    renames leaves the old one whole under `.NAME.old-PID`, for checkpoint.recover to put back. The
+    kill is a rename of the new folder that never happens."""
+    old, new = tmp_path / "best", tmp_path / ".best.tmp-1"
+    for folder, text in [(old, "old"), (new, "new")]:
+        folder.mkdir()
+        (folder / "model.safetensors").write_text(text)
+    real_rename = Path.rename
+
+    def killed_before_the_new_one_moves(self, target):
+        if self == new:
+            raise KeyboardInterrupt("killed")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", killed_before_the_new_one_moves)
+    with pytest.raises(KeyboardInterrupt):
+        replace_dir(new, old)
+    aside = tmp_path / f".best.old-{os.getpid()}"
+    assert not old.exists() and (aside / "model.safetensors").read_text() == "old"
+    monkeypatch.undo()
+    replace_dir(new, old)  # the next writer: the new folder in place, the old one then deleted
+    assert (old / "model.safetensors").read_text() == "new"
+    assert remove_leftovers(tmp_path) == [aside] and [p.name for p in tmp_path.iterdir()] == ["best"]
