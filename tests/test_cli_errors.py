@@ -999,14 +999,26 @@ CASES = [
         "lower training_config.eval_batches",
     ),
     case(
+        "override-sample-tokens-past-100000",
+        lambda env: micro_train(env, "training_config.sample_tokens=1e18"),
+        "training_config.sample_tokens: input should be less than or equal to 100000",
+        "(got 1000000000000000000)",
+    ),
+    case(
+        "override-collective-timeout-past-1e9",
+        lambda env: micro_train(env, "device_config.enable_ddp=true", "device_config.timeout_s=1e18"),
+        "device_config.timeout_s: input should be less than or equal to 1000000000",
+        "(got 1000000000000000000)",
+    ),
+    case(
         "override-data-path-name-too-long",
-        lambda env: micro_train(env, "--data", str(env.tmp / ("d" * 300))),
+        lambda env: micro_train(env, "--data", "d" * 300),
         "data_config.path: a name in the path is 300 bytes long, more than the 255 a file system allows",
         "choose a shorter path",
     ),
     case(
         "override-output-dir-name-too-long",
-        lambda env: micro_train(env, "--out", str(env.tmp / ("r" * 300) / "run")),
+        lambda env: micro_train(env, "--out", "r" * 300 + "/run"),
         "logging_config.output_dir: a name in the path is 300 bytes long",
         "choose a shorter path",
     ),

@@ -223,8 +223,9 @@ class TrainingConfig(_Section):
     """Steps between text samples; empty means at every evaluation, 0 never."""
     sample_prompt: str = "\n"
     """Prompt of the text samples written during training."""
-    sample_tokens: int = Field(200, ge=0)
-    """Tokens generated for each training sample."""
+    sample_tokens: int = Field(200, ge=0, le=100_000)
+    """Tokens generated for each training sample, at most 100,000 (each evaluation waits for its
+    sample, and metrics.jsonl holds it: 1e18 never got past the first one)."""
     seed: int = Field(1337, ge=-(2**63), lt=2**63)  # what torch.manual_seed takes
     """Seed of the weights, the batch order and the samples."""
     init_from: str | None = None
@@ -268,8 +269,9 @@ class DeviceConfig(_Section):
     hybrid sharding when both exceed 1. Empty: all processes replicate (DDP) or shard (FSDP)."""
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     """Collective backend: auto is nccl on CUDA and gloo on the CPU."""
-    timeout_s: int = Field(600, gt=0)
-    """Seconds a collective may wait for a silent process before the job fails."""
+    timeout_s: int = Field(600, gt=0, le=10**9)  # a timedelta past ~8.6e13 s overflows
+    """Seconds a collective may wait for a silent process before the job fails (at most 1e9, about
+    31 years)."""
     activation_checkpointing: StrictBool = False
     """Recompute each block's activations in the backward pass: less memory, about 30% more compute."""
 
