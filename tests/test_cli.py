@@ -127,6 +127,44 @@ def test_quickstart_again_keeps_its_prepared_data_even_offline(tmp_path, monkeyp
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["shakespeare-char"]
 
 
+def test_quickstart_offline_keeps_data_an_older_version_prepared(tmp_path, monkeypatch, capsys):
+    """A folder an older version of trickster prepared is prepared again (its tokens may differ),
+    but offline Tiny Shakespeare cannot be read again: the folder is kept, said in one line, instead
+    of a quick start that trained on the Python standard library (or a `data prepare` that failed
+    where it had said 'already prepared' before the upgrade)."""
+    import hashlib
+
+    from trickster import commands
+    from trickster.data import sources
+
+    def offline(*args, **kwargs):
+        raise sources.DownloadFailed("could not download it (offline)")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sources, "SHAKESPEARE_SHA256", hashlib.sha256(EXCERPT.read_bytes()).hexdigest())
+    monkeypatch.setattr(sources, "download", lambda url, timeout=30: EXCERPT.read_bytes())
+    monkeypatch.setattr(commands, "train_command", lambda *a, **k: 1)  # stop after the data step
+    assert main(["quickstart", "--steps", "5"]) == 1
+    data = tmp_path / "data/shakespeare-char"
+    meta = json.loads((data / "meta.json").read_text())
+    del meta["settings"]["version"]  # as versions before 2ff70a5 wrote it
+    (data / "meta.json").write_text(json.dumps(meta))
+    capsys.readouterr()
+    monkeypatch.setattr(sources, "download", offline)
+    assert main(["quickstart", "--steps", "5"]) == 1
+    out = capsys.readouterr().out
+    assert "falling back" not in out, out
+    assert "data/shakespeare-char was prepared by an older version of trickster (no version recorded" in out
+    assert (
+        "could not read its source again (could not download it (offline)): keeping "
+        "data/shakespeare-char as it was prepared" in out
+    )
+    assert json.loads((data / "meta.json").read_text()) == meta
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["shakespeare-char"]
+    assert main(["data", "prepare", "shakespeare", "--out", "data/shakespeare-char"]) == 0
+    assert "keeping data/shakespeare-char as it was prepared" in capsys.readouterr().out
+
+
 def test_quickstart_offline_finds_the_copy_a_path_run_prepared(tmp_path, monkeypatch, capsys):
     """README: 'If you already have Tiny Shakespeare, pass your copy: --path input.txt'. A second
     quickstart without --path, offline, took the folder prepared from that copy for another corpus,

@@ -82,6 +82,20 @@ def prepared_again(out_dir: Path, settings: dict, revision: str | None = None) -
     return None
 
 
+def older_kept(out_dir: Path, settings: dict) -> dict | None:
+    """meta.json of `out_dir` when it is complete and holds these settings but another version of
+    the code wrote it: what is kept when its source cannot be read again (offline), as it was kept
+    before versions were recorded; None otherwise."""
+    meta = _recorded(out_dir)
+    recorded = None if meta is None else meta.get("settings")
+    if not isinstance(recorded, dict) or recorded.get("version") == settings["version"]:
+        return None
+    older = {k: v for k, v in settings.items() if k != "version"}
+    if "version" in recorded:
+        older["version"] = recorded["version"]
+    return already_prepared(out_dir, older)
+
+
 def _recorded(out_dir: Path) -> dict | None:
     try:
         meta = json.loads((out_dir / "meta.json").read_text(encoding="utf-8"))

@@ -46,7 +46,13 @@ import numpy as np
 from trickster.atomic import held, leftovers, remove_leftovers, replace_dir, replace_file, restore_replaced
 from trickster.data import dedup
 from trickster.data.encode import Chunk, Document, Encoded, chunks, encoded_in_order, in_validation
-from trickster.data.meta import already_prepared, preparation_settings, prepared_again, prepared_meta
+from trickster.data.meta import (
+    already_prepared,
+    older_kept,
+    preparation_settings,
+    prepared_again,
+    prepared_meta,
+)
 from trickster.data.partial import (
     ONE_DOCUMENT,
     ONE_DOCUMENT_MASK,
@@ -58,7 +64,7 @@ from trickster.data.partial import (
 )
 from trickster.data.records import Records, records_source
 from trickster.data.shards import SPLITS, ShardWriter, SplitProgress, token_dtype
-from trickster.data.sources import PREPARED_FILES, Corpus, Source, corpus_source
+from trickster.data.sources import PREPARED_FILES, Corpus, DownloadFailed, Source, corpus_source
 from trickster.data.tokenizers import Tokenizer, build_tokenizer, from_dict
 from trickster.errors import Interrupted, UserError
 
@@ -92,9 +98,6 @@ def prepare(
     with the same settings is kept as it is, said in one line.
     """
     out_dir = Path(out_dir)
-    restore_replaced(out_dir)  # a preparation killed between its two renames: replaced whole below
-    remove_leftovers(out_dir.parent, of=out_dir.name)  # what one stopped after them left (.DIR.old-PID)
-    remove_leftovers(out_dir.parent, of=partial_dir(out_dir).name)  # a half-deleted spent DIR.partial
     _check_out_dir(out_dir)
     if shard_tokens < 1:
         raise UserError(f"--shard-tokens must be at least 1 (got {shard_tokens})")
@@ -142,9 +145,11 @@ def prepare(
                 f"{record.finished_shards()} finished shard(s) kept in {partial}; run the same "
                 "command again to continue"
             ) from None
-        except BaseException:
+        except BaseException as err:
             if record.next_document == 0 or record.failed_at_end:
                 shutil.rmtree(partial, ignore_errors=True)  # nothing worth continuing
+            if isinstance(err, DownloadFailed) and (kept := older_kept(out_dir, settings)) is not None:
+                return _keep_older(err, kept, out_dir, echo)
             raise
     _say(echo, meta, out_dir)  # prepared: a Ctrl-C while it is said is no interrupted preparation
     return meta
@@ -167,6 +172,14 @@ def prepare_prompt_response(
     )  # fmt: skip
 
 
+def _keep_older(err: DownloadFailed, meta: dict, out_dir: Path, echo: Callable[[str], None]) -> dict:
+    """`out_dir` as an older version prepared it, when its source cannot be read again (offline):
+    training loads it as it is, as it did before the version was recorded."""
+    echo(f"could not read its source again ({err}): keeping {out_dir} as it was prepared")
+    _say(echo, meta, out_dir, kept=True)
+    return meta
+
+
 def _say(
     echo: Callable[[str], None], meta: dict, out_dir: Path, kept: bool = False, removed: str | None = None
 ) -> None:
@@ -177,6 +190,10 @@ def _say(
 
 
 def _check_out_dir(out_dir: Path) -> None:
+    """Tidy what killed preparations left beside `out_dir`, then refuse one that is no data folder."""
+    restore_replaced(out_dir)  # a preparation killed between its two renames: replaced whole below
+    remove_leftovers(out_dir.parent, of=out_dir.name)  # what one stopped after them left (.DIR.old-PID)
+    remove_leftovers(out_dir.parent, of=partial_dir(out_dir).name)  # a half-deleted spent DIR.partial
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"output {out_dir} is a file; pass a folder path to --out")
     # what a killed `data report --html` left there goes with the folder it replaces
