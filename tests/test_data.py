@@ -4,6 +4,8 @@ import hashlib
 import http.server
 import json
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -221,6 +223,21 @@ def test_the_validation_choice_depends_on_the_text_only():
     assert chosen == [t for t in reversed(texts) if in_validation(t, 0.1)][::-1]
     assert 150 < len(chosen) < 250  # about the fraction
     assert not any(in_validation(t, 0.0) for t in texts) and all(in_validation(t, 1.0) for t in texts)
+
+
+def test_the_validation_choice_is_the_same_in_every_process():
+    """The split is part of the prepared data's identity: a preparation resumed, or run again on
+    another machine, must choose the same documents. Python's own hash() of a string changes with
+    each process (PYTHONHASHSEED), so two processes with different seeds must agree."""
+    code = (
+        "from trickster.data.encode import in_validation; "
+        "print([i for i in range(2000) if in_validation(f'text number {i}', 0.1)])"
+    )
+    here = [i for i in range(2000) if in_validation(f"text number {i}", 0.1)]
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert out.returncode == 0 and json.loads(out.stdout) == here, out.stderr
 
 
 def test_token_dtype_is_the_smallest_that_fits():
