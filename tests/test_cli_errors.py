@@ -1169,7 +1169,14 @@ CASES = [
         "training_config.seq_len",
     ),
     case("train-run-dir-is-file", _run_dir_is_file, "logging_config.output_dir", "taken is a file"),
-    case("train-over-trained-run", _already_trained, "already holds a trained run", "--resume", "--out"),
+    case(
+        "train-over-trained-run",
+        _already_trained,
+        "already holds a trained run (its newest checkpoint: final, step 12)",
+        "--resume",
+        "a larger training_config.max_steps",  # --resume alone ends at once: it has done its steps
+        "--out",
+    ),
     case("resume-changed-model", _resume_changed_model, "cannot resume", "model_config changed (hidden_dim)"),
     case(
         "resume-with-another-optimizer",

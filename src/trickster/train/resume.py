@@ -115,8 +115,10 @@ def open_run_dir(run_dir: Path, resume: bool | str) -> tuple[Path | None, list[s
     found = ckpt.latest(run_dir)
     if not resume and found is not None:
         raise UserError(
-            f"{run_dir} already holds a trained run; pass --resume to continue it, or choose a new "
-            "folder with --out (nothing was overwritten)"
+            f"{run_dir} already holds a trained run (its newest checkpoint: {found.name}, step "
+            f"{ckpt.checkpoint_step(found)}); pass --resume to continue it (with a larger "
+            "training_config.max_steps once it has done its steps), or choose a new folder with --out "
+            "(nothing was overwritten)"
         )
     if not resume and run_dir_in_use(run_dir):
         raise UserError(
