@@ -550,6 +550,17 @@ def _foreign_weights(env: Env) -> list[str]:
     return ["generate", str(ckpt), "--max-new-tokens", "2"]
 
 
+def _config_file(name: str, text: str) -> Build:
+    return lambda env: ["train", "--config", env.write(name, text)]
+
+
+def _config_fifo(env: Env) -> list[str]:
+    """A named pipe as the config: reading it waits for a writer that never comes."""
+    fifo = env.tmp / "fifo.yaml"
+    os.mkfifo(fifo)
+    return ["train", "--config", str(fifo)]
+
+
 def _output_dir_with_nul(env: Env) -> list[str]:
     """A micro config whose output_dir holds a NUL (YAML's "\\0" escape), which no OS call takes."""
     config = Path(env.config("nul.yaml"))
@@ -900,6 +911,67 @@ CASES = [
         "config-quoted-switch",
         _quoted_switch_in_file,
         "logging_config.loss_plot: input should be true or false (got 'no'); write it without quotes",
+    ),
+    case(
+        "config-two-unknown-keys-in-a-section",
+        lambda env: [
+            "train",
+            "--config",
+            env.write("two.yaml", "model_config:\n  hiden_dim: 64\n  num_layer: 2\n"),
+        ],
+        "two.yaml: unknown key model_config.hiden_dim (did you mean model_config.hidden_dim?); "
+        "unknown key model_config.num_layer (did you mean model_config.num_layers?)",
+    ),
+    case(
+        "config-number-as-a-key",
+        _config_file("key.yaml", "training_config:\n  1: 2\n"),
+        "key.yaml: training_config: key 1 is not a name; keys are words, such as batch_size",
+    ),
+    case(
+        "config-nested-too-deep",
+        lambda env: [
+            "train",
+            "--config",
+            env.write("deep.yaml", "model_config: " + "[" * 10_000 + "]" * 10_000),
+        ],
+        "deep.yaml: malformed YAML: nested deeper than a config ever is; fix the file",
+    ),
+    case(
+        "config-integer-of-5000-digits",
+        lambda env: [
+            "train",
+            "--config",
+            env.write("digits.yaml", "training_config:\n  seed: " + "9" * 5000),
+        ],
+        "digits.yaml: malformed YAML: a number too long to read",
+    ),
+    case(
+        "config-holds-a-nul-character",
+        _config_file("nul.yaml", "model_config:\n  hidden_dim: 64\0\n"),
+        "nul.yaml: character '\\x00' at offset 30 cannot be in YAML",
+        "remove it",
+    ),
+    case(
+        "config-is-a-folder",
+        lambda env: ["train", "--config", str(Path(env.write("conf/notes.txt", "x")).parent)],
+        "/conf is a folder; pass a YAML file to --config",
+    ),
+    case(
+        "config-is-a-fifo",
+        _config_fifo,
+        "fifo.yaml is not a regular file; pass a YAML file to --config",
+        skip_if=not hasattr(os, "mkfifo"),
+        skip_reason="no FIFOs",
+    ),
+    case(
+        "config-of-2-mb",
+        _config_file("big.yaml", "#" * 2_000_000),
+        "big.yaml is 2,000,000 bytes, more than the 1,048,576 a config needs; pass the right file",
+    ),
+    case(
+        "override-key-of-10000-characters",
+        lambda env: micro_train(env, "training_config." + "k" * 10_000 + "=3"),
+        "command line: unknown key training_config." + "k" * 44 + "... (10,016 characters)",
     ),
     case("config-key-given-twice", _key_given_twice, "twice.yaml", "'max_steps' is given twice", "line 4"),
     case(

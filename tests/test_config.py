@@ -445,3 +445,18 @@ def test_max_time_with_a_fraction_of_seconds_says_what_to_write(tmp_path):
         assert parse_duration(cfg.training.max_time) == seconds
     with pytest.raises(UserError, match="not true or false"):
         load_config(overrides=["training_config.max_time=true"])
+
+
+def test_yaml_merge_keys_give_defaults_that_the_mapping_overrides(tmp_path):
+    """`<<: *base` (YAML's merge key) is valid YAML: it was refused as 'malformed YAML ... could not
+    determine a constructor for the tag merge' by the loader that refuses a key given twice."""
+    path = tmp_path / "merge.yaml"
+    path.write_text(
+        "model_config:\n  <<: {num_layers: 3, hidden_dim: 64, num_heads: 4}\n  hidden_dim: 128\n"
+        "training_config:\n  max_steps: 10\n  warmup_steps: 1\n  max_steps: 20\n"
+    )
+    with pytest.raises(UserError, match="'max_steps' is given twice"):
+        load_config(path)  # a key given twice in the mapping's own keys is still refused
+    path.write_text(path.read_text().replace("  max_steps: 20\n", ""))
+    model = load_config(path).model
+    assert (model.num_layers, model.hidden_dim, model.num_heads) == (3, 128, 4)

@@ -27,7 +27,7 @@ from pydantic import (
 
 from trickster.atomic import replace_file
 from trickster.config_checks import check
-from trickster.config_errors import describe_all, did_you_mean, section_at
+from trickster.config_errors import describe_all, did_you_mean, elided, section_at
 from trickster.config_yaml import load_yaml, parse_yaml
 from trickster.errors import UserError
 from trickster.units import whole_number, whole_seconds
@@ -327,6 +327,9 @@ SECTIONS = {name: field.annotation for name, field in Config.model_fields.items(
 SECTION_ALIASES = {field.alias: name for name, field in Config.model_fields.items()}
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB of YAML; presets are under 2 KB
+
+
 def preset_names() -> list[str]:
     files = resources.files("trickster.presets").iterdir()
     return sorted(f.name.removesuffix(".yaml") for f in files if f.name.endswith(".yaml"))
@@ -351,8 +354,17 @@ def load_config(
         raw, source = parse_yaml(preset_text(preset), f"preset {preset}"), f"preset {preset}"
     elif path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise UserError(f"config file {path} is a folder; pass a YAML file to --config")
+        if path.exists() and not path.is_file():  # a FIFO or a device: reading may never end
+            raise UserError(f"config file {path} is not a regular file; pass a YAML file to --config")
         if not path.is_file():
             raise UserError(f"config file {path} not found; pass an existing YAML file to --config")
+        if path.stat().st_size > MAX_CONFIG_BYTES:  # PyYAML reads ~1 MB/s: 50 MB looked like a hang
+            raise UserError(
+                f"config file {path} is {path.stat().st_size:,} bytes, more than the "
+                f"{MAX_CONFIG_BYTES:,} a config needs; pass the right file to --config"
+            )
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as err:
@@ -377,7 +389,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "config", overridden: Se
     if not problems:
         return cfg
     # a key as a whole name: training_config.global_batch is not in ...global_batch_tokens
-    named = [re.compile(rf"(?<![\w.]){re.escape(key)}(?!\w)") for key in overridden]
+    named = [re.compile(rf"(?<![\w.]){re.escape(elided(key))}(?!\w)") for key in overridden]
     from_line = [p for p in problems if any(key.search(p) for key in named)]
     if from_line:
         source = "command line" if len(from_line) == len(problems) else f"{source} and command line"
@@ -395,12 +407,12 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     parts = key.strip().split(".")
     if not sep or len(parts) < 2 or not all(parts):
         raise UserError(
-            f"override '{override}' must look like section.key=value "
+            f"override '{elided(override)}' must look like section.key=value "
             "(for example training_config.max_steps=200)"
         )
     if parts[0] not in SECTION_ALIASES:
         hint = did_you_mean(parts[0], list(SECTION_ALIASES))
-        raise UserError(f"override '{override}': unknown section '{parts[0]}'{hint}")
+        raise UserError(f"override '{elided(override)}': unknown section '{elided(parts[0])}'{hint}")
     parent = section_at(Config, parts[:-1])
     field = parent.model_fields.get(parts[-1]) if parent else None
     if field is not None and field.annotation is str:
@@ -419,5 +431,5 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
             where = ".".join(parts[:depth])
             if depth == 1:
                 raise UserError(f"{where} must be a mapping of keys to values")
-            raise UserError(f"override '{override}': {where} is a value, not a group of keys")
+            raise UserError(f"override '{elided(override)}': {where} is a value, not a group of keys")
     target[parts[-1]] = parsed

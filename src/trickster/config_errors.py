@@ -48,7 +48,9 @@ def describe_all(root: type[BaseModel], errors: list[dict[str, Any]]) -> list[st
     naming the key to change; a value that fails every member of a union is reported once."""
     by_key: dict[tuple, list[dict[str, Any]]] = {}
     for error in errors:
-        by_key.setdefault(_field_path(root, error["loc"]), []).append(error)
+        # an unknown key is its own problem: two in one section read "expected foo or bar" as one
+        own = error["type"] in ("extra_forbidden", "invalid_key")
+        by_key.setdefault(tuple(error["loc"]) if own else _field_path(root, error["loc"]), []).append(error)
     problems = []
     for key, group in by_key.items():
         if len(group) == 1:
@@ -63,14 +65,19 @@ def describe_all(root: type[BaseModel], errors: list[dict[str, Any]]) -> list[st
 def _describe(root: type[BaseModel], error: dict[str, Any]) -> str:
     loc = [str(p) for p in error["loc"]]
     dotted = _dotted(error["loc"])
+    sections = [field.alias or name for name, field in root.model_fields.items()]
     if error["type"] == "extra_forbidden":
         if len(loc) == 1:
-            hint = did_you_mean(loc[0], [field.alias or name for name, field in root.model_fields.items()])
-            return f"unknown section '{loc[0]}'{hint}"
+            return f"unknown section '{elided(loc[0])}'{did_you_mean(loc[0], sections)}"
         section = section_at(root, loc[:-1])
         known = list(section.model_fields) if section else []
         hint = did_you_mean(loc[-1], known, prefix=".".join(loc[:-1]) + ".")
-        return f"unknown key {dotted}{hint}"
+        return f"unknown key {elided(dotted)}{hint}"
+    if error["type"] == "invalid_key":  # YAML's `1: 2` or `~: 3`: a number or null as a key
+        section = section_at(root, loc[:-1]) if len(loc) > 1 else None
+        example = next(iter(section.model_fields)) if section else sections[0]
+        where = f"{_dotted(error['loc'][:-1])}: " if len(loc) > 1 else ""
+        return f"{where}key {_shown(error.get('input'))} is not a name; keys are words, such as {example}"
     if error["type"] in ("model_type", "dict_type") and len(loc) == 1:
         return f"{dotted} must be a mapping of keys to values"
     hint = ""

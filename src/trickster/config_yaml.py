@@ -16,6 +16,18 @@ class _DuplicateKey(yaml.constructor.ConstructorError):
     pass
 
 
+class _Unreadable(yaml.YAMLError):
+    """YAML that PyYAML fails on with a Python error: nesting deeper than the recursion limit
+    (RecursionError) or an integer of more than 4,300 digits (ValueError)."""
+
+    def __init__(self, problem: str):
+        super().__init__(problem)
+        self.problem = problem
+
+
+MERGE = "tag:yaml.org,2002:merge"  # `<<: *defaults`: the keys of another mapping, as defaults
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last one
     silently: a second `max_steps:` further down a file would quietly win)."""
@@ -23,6 +35,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == MERGE:
+                continue  # merged keys are defaults that the mapping's own keys may override
             key = self.construct_object(key_node, deep=deep)
             if not isinstance(key, typing.Hashable):
                 continue  # the safe loader refuses it itself
@@ -33,7 +47,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except RecursionError:
+        raise _Unreadable("nested deeper than a config ever is") from None
+    except ValueError as err:  # int(): Python's limit on the digits of an integer
+        raise _Unreadable(f"a number too long to read ({str(err).split(':')[0]})") from None
 
 
 def parse_yaml(text: str, source: str) -> dict[str, Any]:
@@ -44,6 +63,11 @@ def parse_yaml(text: str, source: str) -> dict[str, Any]:
         mark = err.problem_mark
         raise UserError(
             f"{source}: {err.problem} (again at line {mark.line + 1}); keep one of them"
+        ) from None
+    except yaml.reader.ReaderError as err:  # a character YAML does not allow, such as NUL
+        raise UserError(
+            f"{source}: character {chr(err.character)!r} at offset {err.position} cannot be in YAML "
+            "(only printable characters, tabs and line breaks); remove it"
         ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
