@@ -261,3 +261,20 @@ def test_a_model_that_fails_to_allocate_in_a_cpu_job_names_the_process_share(mic
         setup.build_model(micro(model_config={"vocab_size": 64}), None, job, CPU, None, None)
     assert "the model is too big for cpu (RAM / 2 processes, 4.0 GiB): " in str(ended.value)
     assert "building it failed to allocate memory" in str(ended.value)
+
+
+def test_a_validation_set_too_big_for_a_process_share_names_the_share(shakespeare_dir, tmp_path):
+    """The processes of a CPU job each hold the whole validation set in their share of the RAM: the
+    refusal compared with that share but said the whole RAM ('more than the RAM (62.8 GiB)' for a
+    set of 40 GiB), a line that contradicted itself."""
+    from trickster.train.memory import check_validation_set
+
+    cfg = micro_config(shakespeare_dir, tmp_path)
+    capacity, _ = footprint.device_memory(CPU)
+    job = Dist(world_size=2, local_world_size=2, mode="ddp")
+    per_batch = 24 * cfg.training.batch_size * job.world_size * cfg.seq_len
+    cfg.training.eval_batches = math.ceil(0.75 * capacity / per_batch)  # over half the RAM, under all
+    share = footprint.size_text(capacity // 2)
+    with pytest.raises(UserError, match=rf"more than the RAM / 2 processes \({re.escape(share)}\)"):
+        check_validation_set(cfg, job)
+    check_validation_set(cfg, Dist())  # one process has the whole RAM

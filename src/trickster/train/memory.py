@@ -217,7 +217,9 @@ def check_validation_set(cfg: Config, job: Dist) -> None:
     windows = t.eval_batches * (1 if t.batch_size == "auto" else t.batch_size) * job.world_size
     need = 24 * windows * cfg.seq_len
     capacity, what = footprint.device_memory(torch.device("cpu"))
-    if need > capacity // job.local_world_size:
+    if job.local_world_size > 1:  # each of them holds the whole set in its share, as check_fits words it
+        capacity, what = capacity // job.local_world_size, f"{what} / {job.local_world_size} processes"
+    if need > capacity:
         raise UserError(
             f"training_config.eval_batches {t.eval_batches:,} makes a validation set of {windows:,} "
             f"windows of {cfg.seq_len} tokens, {_size(need)} held in memory, more than the "
