@@ -1083,6 +1083,25 @@ CASES = [
         "(got 1000000000000000000)",
     ),
     case(
+        "override-wandb-project-too-long",
+        lambda env: micro_train(
+            env, "logging_config.use_wandb=true", "logging_config.wandb_project=" + "p" * 200
+        ),
+        "logging_config.wandb_project: string should have at most 128 characters",
+        "(200 characters)",
+    ),
+    case(
+        "override-wandb-project-with-a-slash",
+        lambda env: micro_train(env, "logging_config.use_wandb=true", "logging_config.wandb_project=me/proj"),
+        "logging_config.wandb_project: a W&B project name cannot hold /; remove it (got 'me/proj')",
+    ),
+    case(
+        "override-max-time-of-10000-characters",
+        lambda env: micro_train(env, "training_config.max_time=" + "x" * 10_000),
+        "training_config.max_time must be a duration such as 48h",
+        "(got '" + "x" * 60 + "'... (10,000 characters))",
+    ),
+    case(
         "override-data-path-name-too-long",
         lambda env: micro_train(env, "--data", "d" * 300),
         "data_config.path: a name in the path is 300 bytes long, more than the 255 a file system allows",

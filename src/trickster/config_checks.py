@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from trickster.config_errors import shown
 from trickster.units import DURATION_HINT, parse_duration
 
 if TYPE_CHECKING:
@@ -122,5 +123,5 @@ def _check_batch_and_time(t: TrainingConfig) -> list[str]:
             f"(got batch_size {t.batch_size}; the batch is batch_size x processes x accumulation)"
         )
     if t.max_time is not None and parse_duration(t.max_time) is None:
-        problems.append(f"training_config.max_time must be {DURATION_HINT} (got {t.max_time!r})")
+        problems.append(f"training_config.max_time must be {DURATION_HINT} (got {shown(t.max_time)})")
     return problems

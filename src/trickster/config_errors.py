@@ -58,7 +58,7 @@ def describe_all(root: type[BaseModel], errors: list[dict[str, Any]]) -> list[st
         else:
             kinds = " or ".join(_KINDS.get(str(e["loc"][-1]), str(e["loc"][-1])) for e in group)
             given = group[0].get("input")
-            problems.append(f"{_dotted(key)}: expected {kinds} (got {_shown(given)}){_quoted_switch(given)}")
+            problems.append(f"{_dotted(key)}: expected {kinds} (got {shown(given)}){_quoted_switch(given)}")
     return problems
 
 
@@ -77,7 +77,7 @@ def _describe(root: type[BaseModel], error: dict[str, Any]) -> str:
         section = section_at(root, loc[:-1]) if len(loc) > 1 else None
         example = next(iter(section.model_fields)) if section else sections[0]
         where = f"{_dotted(error['loc'][:-1])}: " if len(loc) > 1 else ""
-        return f"{where}key {_shown(error.get('input'))} is not a name; keys are words, such as {example}"
+        return f"{where}key {shown(error.get('input'))} is not a name; keys are words, such as {example}"
     if error["type"] in ("model_type", "dict_type") and len(loc) == 1:
         return f"{dotted} must be a mapping of keys to values"
     hint = ""
@@ -90,7 +90,7 @@ def _describe(root: type[BaseModel], error: dict[str, Any]) -> str:
     if error["type"] == "literal_error" and isinstance(error.get("input"), str):
         choices = re.findall(r"'([^']*)'", error["ctx"]["expected"])
         hint = did_you_mean(error["input"], choices, prefix=f"{dotted}=")
-    return f"{dotted}: {message} (got {_shown(error.get('input'))}){hint}"
+    return f"{dotted}: {message} (got {shown(error.get('input'))}){hint}"
 
 
 def _dotted(loc: tuple) -> str:
@@ -98,7 +98,7 @@ def _dotted(loc: tuple) -> str:
     return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
     """A value as the user wrote it in YAML: true, false and null, not Python's True and None;
     a long one cut (a 10,000-character value filled the terminal with the one error line)."""
     if isinstance(value, bool) or value is None:
@@ -106,7 +106,7 @@ def _shown(value: Any) -> str:
     if isinstance(value, str) and len(value) > SHOWN:
         return f"{value[: SHOWN - 20]!r}... ({len(value):,} characters)"
     if isinstance(value, list | tuple):
-        return elided("[" + ", ".join(map(_shown, value)) + "]")
+        return elided("[" + ", ".join(map(shown, value)) + "]")
     return elided(repr(value))
 
 
