@@ -64,6 +64,7 @@ def test_a_second_ctrl_c_ends_a_run_stuck_in_a_long_step(shakespeare_dir, tmp_pa
     assert child.returncode == 130
     assert "second SIGINT: stopped at once; checkpoints/step_000002 is the newest checkpoint" in err
     run = tmp_path / "run"
+    assert f"continue with: trickster train --config {run / 'config.yaml'} --resume" in err, err
     assert ckpt.latest(run) == run / "checkpoints" / "step_000002"
     cfg.training.max_steps = 4
     resumed = train(cfg, resume=True, **QUIET)  # the newest checkpoint is whole

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -111,8 +112,7 @@ def announce_signals(run_dir: Path) -> tuple:
         newest = ckpt.latest(run_dir)
         where = f"checkpoints/{newest.name} is the newest checkpoint" if newest else "no checkpoint was saved"
         name = signal.Signals(signum).name
-        print(
-            f"second {name}: stopped at once; {where} (continue with --resume)", file=sys.stderr, flush=True
-        )
+        again = f"trickster train --config {shlex.quote(str(run_dir / 'config.yaml'))} --resume"
+        print(f"second {name}: stopped at once; {where}; continue with: {again}", file=sys.stderr, flush=True)
 
     return first, second
