@@ -199,3 +199,21 @@ def test_a_run_whose_data_is_not_found_from_here_says_to_pass_data(
     assert cli.main(["eval", str(run), "--max-tokens", "50", "--data", str(shakespeare_dir)]) == 0
     assert cli.main(["compare", str(run), "--max-new-tokens", "5", "--data", str(shakespeare_dir)]) == 0
     assert "n/a" not in capsys.readouterr().out
+
+
+def test_a_run_whose_data_was_moved_away_says_it_is_gone(trained_run, tmp_path, capsys):
+    """An absolute data folder that is no longer there is not a matter of where the command runs:
+    the line said 'relative to where it trained; run from that folder', advice that cannot help."""
+    import shutil
+
+    run, gone = tmp_path / "run", tmp_path / "moved" / "shakespeare-char"
+    shutil.copytree(trained_run, run)
+    info = run / "checkpoints" / "best" / "info.json"
+    info.write_text(json.dumps({**json.loads(info.read_text()), "data_path": str(gone)}))
+    assert cli.main(["eval", str(run), "--max-tokens", "50"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"the data it trained on, {gone}, is not there" in err, err
+    assert "--data DIR" in err and "run from that folder" not in err and "relative" not in err
+    assert cli.main(["compare", str(run), "--max-new-tokens", "5", "--seed", "0"]) == 0
+    out = capsys.readouterr().out
+    assert f"{gone}, is not there" in out and "run from that folder" not in out, out

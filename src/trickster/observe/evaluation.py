@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -135,9 +136,12 @@ def score_sequence(
 
 def data_not_here(loaded: LoadedCheckpoint) -> str:
     """Why a run's own data cannot be scored from the current folder, and what to pass."""
+    path = loaded.info["data_path"]
+    if Path(path).is_absolute():  # where the command runs makes no difference: moved or deleted
+        return f"the data it trained on, {path}, is not there (moved or deleted?); pass --data DIR"
     return (
-        f"the data it trained on, {loaded.info['data_path']}, is not found from here (a run records its "
-        "data folder as it was given, relative to where it trained); run from that folder or pass --data DIR"
+        f"the data it trained on, {path}, is not found from here (a run records its data folder as it "
+        "was given, relative to where it trained); run from that folder or pass --data DIR"
     )
 
 
