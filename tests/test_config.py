@@ -460,3 +460,20 @@ def test_yaml_merge_keys_give_defaults_that_the_mapping_overrides(tmp_path):
     path.write_text(path.read_text().replace("  max_steps: 20\n", ""))
     model = load_config(path).model
     assert (model.num_layers, model.hidden_dim, model.num_heads) == (3, 128, 4)
+
+
+def test_a_merge_key_can_take_its_defaults_from_an_x_key(tmp_path):
+    """training.md says `<<: *base` takes the keys of `base` as defaults, but an anchor needs a key
+    to stand under, and any top-level key but a section was 'unknown section': only an inline
+    mapping could be merged. Top-level keys starting with x- are set aside for anchors (as Docker
+    Compose's), and a misspelt section is still refused."""
+    path = tmp_path / "merge.yaml"
+    path.write_text(
+        "x-small: &small {num_layers: 3, hidden_dim: 64, num_heads: 4}\n"
+        "model_config:\n  <<: *small\n  hidden_dim: 128\n"
+    )
+    model = load_config(path).model
+    assert (model.num_layers, model.hidden_dim, model.num_heads) == (3, 128, 4)
+    path.write_text("small: &small {num_layers: 3}\nmodel_config:\n  <<: *small\n")
+    with pytest.raises(UserError, match="unknown section 'small'"):
+        load_config(path)

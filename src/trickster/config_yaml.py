@@ -78,4 +78,9 @@ def parse_yaml(text: str, source: str) -> dict[str, Any]:
         return {}
     if not isinstance(raw, dict):
         raise UserError(f"{source}: expected a mapping of sections (model_config: ..., ...)")
-    return raw
+    # top-level x- keys hold what other keys take with a merge key (`x-base: &base {...}`, then
+    # `<<: *base`), as in Docker Compose: an anchor needs a key, and any other would be no section
+    return {k: v for k, v in raw.items() if not (isinstance(k, str) and k.startswith(EXTENSION))}
+
+
+EXTENSION = "x-"  # the start of a top-level key that is no section
