@@ -286,3 +286,30 @@ def test_a_continued_hub_preparation_reads_the_commit_it_started_from(tmp_path, 
     prepare(hf_dataset("org/stories"), "char", out, chunk_chars=200, workers=1, echo=said.append)
     assert said[0].endswith("the Hub has revision dddddddddddd since: preparing it again")
     assert load_data(out).meta["source_revision"] == "d" * 40
+
+
+def test_offline_a_hub_folder_an_older_version_prepared_is_kept(tmp_path, monkeypatch, capsys):
+    """A folder an older version prepared is prepared again; offline the Hub dataset cannot be read
+    again, and the command failed where it had said 'already prepared': the folder is kept, as
+    Tiny Shakespeare's is (training loads it as it is)."""
+    hub, out = FakeHub(monkeypatch), tmp_path / "out"
+    argv = ["data", "prepare", "hf", "org/stories", "--out", str(out), "--no-progress", "--workers", "1"]
+    assert cli.main(argv) == 0
+    _set_version(out, None)
+    meta = (out / "meta.json").read_text()
+    capsys.readouterr()
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'org/stories' on the Hub (LocalEntryNotFoundError)")
+
+    import datasets
+
+    hub.online = False
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    assert cli.main(argv) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert said[0].startswith(f"{out} was prepared by an older version of trickster (no version")
+    assert said[1].startswith("could not read its source again (could not open dataset 'org/stories'")
+    assert said[1].endswith(f"keeping {out} as it was prepared")
+    assert (out / "meta.json").read_text() == meta
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

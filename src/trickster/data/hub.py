@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from trickster.data.sources import Source, file_identity, one_line, require_package
+from trickster.data.sources import DownloadFailed, Source, file_identity, one_line, require_package
 from trickster.errors import UserError
 
 TINYSTORIES = "roneneldan/TinyStories"
@@ -140,9 +140,9 @@ def _open_hf(dataset: str, config: str | None, split: str, name: str, revision: 
     except UserError:
         raise
     except Exception as err:  # hub, network and file errors come as many types; the message says which
-        raise UserError(
-            f"could not open dataset '{dataset}' split '{split}' ({one_line(err)}); {fix}"
-        ) from None
+        # from the Hub, a download that failed: prepare keeps a folder an older version prepared
+        failed = UserError if where.is_dir() else DownloadFailed
+        raise failed(f"could not open dataset '{dataset}' split '{split}' ({one_line(err)}); {fix}") from None
 
 
 def _hf_texts(

@@ -161,8 +161,8 @@ def shakespeare_source(path: str | Path | None = None) -> Source:
 
 
 class DownloadFailed(UserError):
-    """A corpus could not be downloaded whole (offline, or not the file expected): the quick start
-    falls back to another corpus for this, and for nothing else."""
+    """A corpus not downloaded whole (offline, or not the file expected), or a Hub dataset not opened:
+    the quick start falls back to another corpus, prepare keeps an older version's folder (only then)."""
 
 
 def download(url: str, timeout: float = 30) -> bytes:
