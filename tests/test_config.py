@@ -477,3 +477,16 @@ def test_a_merge_key_can_take_its_defaults_from_an_x_key(tmp_path):
     path.write_text("small: &small {num_layers: 3}\nmodel_config:\n  <<: *small\n")
     with pytest.raises(UserError, match="unknown section 'small'"):
         load_config(path)
+
+
+def test_a_wandb_project_name_is_checked_only_when_wandb_is_used(tmp_path):
+    """W&B's rules for a project name matter only to a run that logs to W&B: a config that does not
+    (an older run's config.yaml, say, with wandb_project: team/nano left unused) must still load, or
+    its checkpoints could no longer be generated from, served or resumed."""
+    cfg = load_config(overrides=["logging_config.wandb_project=team/nano"])
+    assert cfg.logging.wandb_project == "team/nano" and not cfg.logging.use_wandb
+    load_config(overrides=["logging_config.wandb_project=" + "p" * 200])
+    with pytest.raises(UserError, match=r"logging_config.wandb_project: a W&B project name cannot hold /"):
+        load_config(overrides=["logging_config.use_wandb=true", "logging_config.wandb_project=team/nano"])
+    with pytest.raises(UserError, match="logging_config.wandb_project: .*at most 128 characters"):
+        load_config(overrides=["logging_config.use_wandb=true", "logging_config.wandb_project=" + "p" * 200])

@@ -294,7 +294,7 @@ class LoggingConfig(_Section):
     """Also write TensorBoard event files to RUN_DIR/tensorboard (needs nano-trickster[tracking])."""
     use_wandb: StrictBool = False
     """Also log to Weights & Biases (needs nano-trickster[tracking]); WANDB_MODE=offline keeps it local."""
-    wandb_project: str = Field("nano-trickster", max_length=128)
+    wandb_project: str = "nano-trickster"
     """Weights & Biases project of the run (used with use_wandb): at most 128 characters, none of
     / \\ # ? % : (W&B's rules, checked before the run starts instead of after the model is built)."""
 
@@ -302,7 +302,11 @@ class LoggingConfig(_Section):
 
     @field_validator("wandb_project")
     @classmethod
-    def _wandb_name(cls, value: str) -> str:
+    def _wandb_name(cls, value: str, info: ValidationInfo) -> str:
+        if not info.data.get("use_wandb"):  # unused: an older run's config.yaml still loads
+            return value
+        if len(value) > 128:
+            raise ValueError("string should have at most 128 characters")
         if found := sorted(set(value) & set(WANDB_FORBIDDEN), key=WANDB_FORBIDDEN.index):
             raise ValueError(f"a W&B project name cannot hold {' '.join(found)}; remove it")
         return value
