@@ -69,3 +69,29 @@ def test_a_second_ctrl_c_ends_a_run_stuck_in_a_long_step(shakespeare_dir, tmp_pa
     cfg.training.max_steps = 4
     resumed = train(cfg, resume=True, **QUIET)  # the newest checkpoint is whole
     assert resumed.state.step == 4 and ckpt.checkpoint_step(run / "checkpoints" / "final") == 4
+
+
+@pytest.mark.slow
+def test_a_second_signal_before_any_checkpoint_says_a_command_that_works(shakespeare_dir, tmp_path, capsys):
+    """Stopped at once before its first checkpoint, a run has nothing to resume: the line said
+    'continue with: trickster train --config RUN/config.yaml --resume', which answers 'nothing to
+    resume in RUN: no complete checkpoint'. The command it gives now starts the run there afresh."""
+    import shlex
+    import shutil
+
+    from trickster.cli import main
+    from trickster.train.signals import announce_signals
+
+    training = {"max_steps": 2, "warmup_steps": 0, "eval_every": 2, "sample_tokens": 0}
+    train(micro_config(shakespeare_dir, tmp_path / "run", training_config=training), **QUIET)
+    run = tmp_path / "run"
+    shutil.rmtree(run / "checkpoints")  # as a run stopped at once before it saved one leaves it
+    (run / "checkpoints").mkdir()
+    capsys.readouterr()
+    announce_signals(run)[1](signal.SIGINT)
+    err = capsys.readouterr().err
+    assert "second SIGINT: stopped at once; no checkpoint was saved; continue with: trickster " in err, err
+    command = shlex.split(err.split("continue with: ")[1])
+    assert command[:2] == ["trickster", "train"]
+    assert main([*command[1:], "--no-progress"]) == 0
+    assert ckpt.latest(run) is not None

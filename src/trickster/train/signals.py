@@ -112,7 +112,9 @@ def announce_signals(run_dir: Path) -> tuple:
         newest = ckpt.latest(run_dir)
         where = f"checkpoints/{newest.name} is the newest checkpoint" if newest else "no checkpoint was saved"
         name = signal.Signals(signum).name
-        again = f"trickster train --config {shlex.quote(str(run_dir / 'config.yaml'))} --resume"
+        # with no checkpoint, --resume answers 'nothing to resume': resume=auto starts afresh there
+        how = "--resume" if newest else "training_config.resume=auto"
+        again = f"trickster train --config {shlex.quote(str(run_dir / 'config.yaml'))} {how}"
         print(f"second {name}: stopped at once; {where}; continue with: {again}", file=sys.stderr, flush=True)
 
     return first, second
