@@ -60,7 +60,8 @@ def _check_schedule(t: TrainingConfig) -> list[str]:
         )
     # decoupled weight decay multiplies the weights by 1 - lr x decay each step: at 1 or more it
     # zeroes them or flips their sign, and the run trains nothing without a non-finite loss to say so
-    for decay, lr in (("weight_decay", "learning_rate"), ("muon_weight_decay", "muon_lr")):
+    pairs = [("weight_decay", "learning_rate")] + [("muon_weight_decay", "muon_lr")] * (t.optimizer == "muon")
+    for decay, lr in pairs:
         if getattr(t, decay) * getattr(t, lr) >= 1:
             problems.append(
                 f"training_config.{decay} x {lr} must be < 1 (got {getattr(t, decay):g} x "
