@@ -52,6 +52,16 @@ def test_past_the_context_each_token_comes_from_the_last_max_seq_len_tokens():
     assert short_differs  # else this model could not tell a wrong window from the right one
 
 
+def test_generation_ends_before_the_stop_token():
+    torch.manual_seed(0)
+    model = lively(Transformer(small())).eval()
+    prompt = torch.randint(0, 40, (10,)).tolist()
+    free = list(generate(model, prompt, 20, temperature=0))
+    stop = free[5]
+    first = free.index(stop)
+    assert list(generate(model, prompt, 20, temperature=0, stop_id=stop)) == free[:first]
+
+
 def test_cached_logits_match_a_full_forward_pass():
     torch.manual_seed(0)
     model = Transformer(small()).eval()
