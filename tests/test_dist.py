@@ -340,6 +340,10 @@ def test_sigterm_to_one_process_stops_every_process_after_the_same_step(shakespe
     result = forked_job(cfg, tmp_path, fault="term-at-step:5")
     assert result.returncode == 128 + signal.SIGTERM, result.stderr[-3000:]
     assert "stopped by SIGTERM at step 5; saved checkpoints/step_000005" in result.stdout
+    # the command that continues it starts as many processes: one alone may not hold the sharded run
+    config_file = run_dir / "config.yaml"
+    again = f"continue with: torchrun --nproc-per-node 2 -m trickster train --config {config_file} --resume"
+    assert again in result.stdout, result.stdout[-2000:]
     assert history(run_dir)[-1]["event"] == "stopped" and history(run_dir)[-1]["step"] == 5
     saved = ckpt.latest(run_dir)
     assert saved.name == "step_000005" and ckpt.load_trainer_state(saved)["train_state"]["step"] == 5

@@ -65,11 +65,15 @@ def say_stopped(trainer: Trainer, name: str) -> None:
     write_stopped(trainer, signal=name)
     trainer.heartbeat.beat("stopped", trainer.state.step, reason=name)
     # the whole command: a run started by `trickster quickstart`, which has no --resume, goes on so
-    config = shlex.quote(str(trainer.run_dir / "config.yaml"))
+    command = f"trickster train --config {shlex.quote(str(trainer.run_dir / 'config.yaml'))} --resume"
+    job = trainer.job
+    if job.world_size > 1:  # as many processes again: one alone may not hold what they shared
+        command = f"torchrun --nproc-per-node {job.local_world_size} -m {command}"
+        if job.world_size > job.local_world_size:
+            command += " (on each node, with the job's other torchrun options)"
     trainer.out.line(
         f"stopped by {name} at step {trainer.state.step}; saved "
-        f"checkpoints/{ckpt.step_name(trainer.state.step)}; continue with: "
-        f"trickster train --config {config} --resume"
+        f"checkpoints/{ckpt.step_name(trainer.state.step)}; continue with: {command}"
     )
 
 
