@@ -23,19 +23,7 @@ from trickster.errors import UserError
 from trickster.model import lora
 from trickster.model.transformer import Transformer
 from trickster.train import checkpoint as ckpt
-
-# model_config fields that decide the weights or what they compute; max_seq_len and dropout may change
-SAME_FIELDS = (
-    "vocab_size",
-    "hidden_dim",
-    "num_layers",
-    "num_heads",
-    "num_kv_heads",
-    "mlp_dim",
-    "tie_embeddings",
-    "rope_theta",
-    "norm_eps",
-)
+from trickster.train.weights import SAME_FIELDS
 
 
 def setup_finetuning(

@@ -37,6 +37,18 @@ from trickster.train.device import allocation_failed
 
 BLOCK = re.compile(r"^layers\.(\d+)\.")  # the names of a block's weights begin so
 RECORDED = "trickster.model_config"  # the header metadata key of the model_config the weights were saved with
+# model_config fields that decide the weights or what they compute; max_seq_len and dropout may change
+SAME_FIELDS = (
+    "vocab_size",
+    "hidden_dim",
+    "num_layers",
+    "num_heads",
+    "num_kv_heads",
+    "mlp_dim",
+    "tie_embeddings",
+    "rope_theta",
+    "norm_eps",
+)
 FIX = "put back its model_config (and training_config.lora) as saved, or use another checkpoint"
 
 
@@ -122,17 +134,7 @@ def _check_recorded(cfg: Config, config: Path, weights: Path) -> None:
     if not isinstance(recorded, dict):
         return
     current = cfg.model.model_dump(mode="json")
-    for key in (
-        "vocab_size",
-        "hidden_dim",
-        "num_layers",
-        "num_heads",
-        "num_kv_heads",
-        "mlp_dim",
-        "tie_embeddings",
-        "rope_theta",
-        "norm_eps",
-    ):
+    for key in SAME_FIELDS:
         now, then = current[key], recorded.get(key, current[key])
         if key == "num_kv_heads":  # empty means num_heads: 4 and empty are the same with 4 heads
             now, then = now or current["num_heads"], then or recorded.get("num_heads")
