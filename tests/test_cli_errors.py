@@ -359,8 +359,8 @@ def _partial_finished(env: Env) -> list[str]:
     return ["data", "prepare", "text", _texts(env, 2), "--out", str(env.tmp / "o")]
 
 
-def _partial_with_other_settings(env: Env) -> list[str]:
-    """An interrupted `--tokenizer char` preparation, continued with `--tokenizer byte`."""
+def _interrupted_preparation(env: Env) -> tuple[str, Path]:
+    """A `--tokenizer char` preparation of 40 texts into o, interrupted: o.partial is left."""
     from trickster.data import encode as encode_module
     from trickster.data import prepare as prepare_module
 
@@ -373,23 +373,18 @@ def _partial_with_other_settings(env: Env) -> list[str]:
     with pytest.raises(KeyboardInterrupt):
         prepare_module.prepare(sources.text_files([texts]), "char", out, workers=1, **QUIET)
     env.monkeypatch.undo()
+    return texts, out
+
+
+def _partial_with_other_settings(env: Env) -> list[str]:
+    """An interrupted `--tokenizer char` preparation, continued with `--tokenizer byte`."""
+    texts, out = _interrupted_preparation(env)
     return ["data", "prepare", "text", texts, "--tokenizer", "byte", "--out", str(out)]
 
 
 def _partial_of_an_older_version(env: Env) -> list[str]:
     """An interrupted preparation started by a version of trickster that recorded no version."""
-    from trickster.data import encode as encode_module
-    from trickster.data import prepare as prepare_module
-
-    texts, out = _texts(env, 40), env.tmp / "o"
-
-    def interrupted(task):
-        raise KeyboardInterrupt
-
-    env.monkeypatch.setattr(encode_module, "encode_chunk", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        prepare_module.prepare(sources.text_files([texts]), "char", out, workers=1, **QUIET)
-    env.monkeypatch.undo()
+    texts, out = _interrupted_preparation(env)
     progress = env.tmp / "o.partial" / "progress.json"
     record = json.loads(progress.read_text())
     del record["settings"]["version"]
