@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -99,24 +100,32 @@ def test_quickstart_falls_back_only_when_the_download_fails(tmp_path, monkeypatc
     assert not (tmp_path / "data/python-stdlib-char").exists()
 
 
-def test_quickstart_again_keeps_its_prepared_data_even_offline(tmp_path, monkeypatch, capsys):
-    """A second quickstart finds Tiny Shakespeare prepared by the first: it neither downloads nor
-    rewrites it, and does not fall back to the stdlib when the network is gone meanwhile."""
+def _quickstart_data_step(tmp_path: Path, monkeypatch) -> Path:
+    """Run a quick start in tmp_path up to its data step, the excerpt standing for Tiny Shakespeare
+    (its checksum and its download); returns the folder it prepared."""
     import hashlib
 
     from trickster import commands
     from trickster.data import sources
-    from trickster.errors import UserError
-
-    def offline(*args, **kwargs):
-        raise UserError("could not download it (offline)")
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sources, "SHAKESPEARE_SHA256", hashlib.sha256(EXCERPT.read_bytes()).hexdigest())
     monkeypatch.setattr(sources, "download", lambda url, timeout=30: EXCERPT.read_bytes())
     monkeypatch.setattr(commands, "train_command", lambda *a, **k: 1)  # stop after the data step
     assert main(["quickstart", "--steps", "5"]) == 1
-    data = tmp_path / "data/shakespeare-char"
+    return tmp_path / "data/shakespeare-char"
+
+
+def test_quickstart_again_keeps_its_prepared_data_even_offline(tmp_path, monkeypatch, capsys):
+    """A second quickstart finds Tiny Shakespeare prepared by the first: it neither downloads nor
+    rewrites it, and does not fall back to the stdlib when the network is gone meanwhile."""
+    from trickster.data import sources
+    from trickster.errors import UserError
+
+    def offline(*args, **kwargs):
+        raise UserError("could not download it (offline)")
+
+    data = _quickstart_data_step(tmp_path, monkeypatch)
     assert f"wrote {data.relative_to(tmp_path)}" in capsys.readouterr().out
     stamps = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in [data, *data.rglob("*")]}
     monkeypatch.setattr(sources, "download", offline)
@@ -132,20 +141,12 @@ def test_quickstart_offline_keeps_data_an_older_version_prepared(tmp_path, monke
     but offline Tiny Shakespeare cannot be read again: the folder is kept, said in one line, instead
     of a quick start that trained on the Python standard library (or a `data prepare` that failed
     where it had said 'already prepared' before the upgrade)."""
-    import hashlib
-
-    from trickster import commands
     from trickster.data import sources
 
     def offline(*args, **kwargs):
         raise sources.DownloadFailed("could not download it (offline)")
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sources, "SHAKESPEARE_SHA256", hashlib.sha256(EXCERPT.read_bytes()).hexdigest())
-    monkeypatch.setattr(sources, "download", lambda url, timeout=30: EXCERPT.read_bytes())
-    monkeypatch.setattr(commands, "train_command", lambda *a, **k: 1)  # stop after the data step
-    assert main(["quickstart", "--steps", "5"]) == 1
-    data = tmp_path / "data/shakespeare-char"
+    data = _quickstart_data_step(tmp_path, monkeypatch)
     meta = json.loads((data / "meta.json").read_text())
     del meta["settings"]["version"]  # as versions before 2ff70a5 wrote it
     (data / "meta.json").write_text(json.dumps(meta))
