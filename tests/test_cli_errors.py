@@ -214,6 +214,12 @@ def _already_trained(env: Env) -> list[str]:
     return _trained_run_copy_with(env)
 
 
+def _resume_done_run(env: Env) -> list[str]:
+    """--resume of a run at its max_steps (12): it evaluated again, logged resume, eval and end, and
+    ended (a minute on a CPU for a larger model), leaving the user where they were."""
+    return _trained_run_copy_with(env, "--resume", "training_config.max_steps=12")
+
+
 def _resume_changed_model(env: Env) -> list[str]:
     return _trained_run_copy_with(env, "--resume", "model_config.hidden_dim=32")
 
@@ -1262,6 +1268,13 @@ CASES = [
         "--resume",
         "a larger training_config.max_steps",  # --resume alone ends at once: it has done its steps
         "--out",
+    ),
+    case(
+        "resume-run-that-has-done-its-steps",
+        _resume_done_run,
+        "run-copy has done its steps: its newest checkpoint (final) is at step 12",
+        "training_config.max_steps is 12",
+        "--resume with a larger training_config.max_steps, e.g. training_config.max_steps=24",
     ),
     case("resume-changed-model", _resume_changed_model, "cannot resume", "model_config changed (hidden_dim)"),
     case(

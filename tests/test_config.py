@@ -429,6 +429,13 @@ def test_a_bad_value_is_said_to_come_from_where_it_was_written(tmp_path):
     path.write_text("training_config:\n  global_batch_tokens: 0\n", encoding="utf-8")
     with pytest.raises(UserError, match=rf"^{re.escape(str(path))}: training_config\.global_batch_tokens: "):
         load_config(path, overrides=["training_config.global_batch="])
+    # a problem that names the override's section, then the key by its last name: the preset set
+    # batch_size 16, the command line the batch it refuses
+    for value in ("5e5", "500000"):
+        with pytest.raises(
+            UserError, match=r"^command line: training_config\.global_batch and global_batch_tokens "
+        ):
+            load_config(preset="tiny", overrides=[f"training_config.global_batch_tokens={value}"])
 
 
 def test_max_time_with_a_fraction_of_seconds_says_what_to_write(tmp_path):

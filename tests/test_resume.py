@@ -202,6 +202,14 @@ def test_allowed_changes_on_resume_are_recorded(micro, capsys):
     assert f"Resuming -> {cfg.logging.output_dir}" in lines  # the header no longer says "from scratch"
     assert not any(line.startswith("Training from scratch") for line in lines)
     assert ckpt.checkpoint_step(result.run_dir / "checkpoints" / "final") == 9
+    # done: --resume says so and changes nothing; resume: auto (a requeue loop) still ends with the run
+    files = {p: p.read_bytes() for p in result.run_dir.rglob("*") if p.is_file()}
+    with pytest.raises(UserError, match="has done its steps: .* step 9 and training_config.max_steps is 9"):
+        train(longer, resume=True, **QUIET)
+    assert {p: p.read_bytes() for p in result.run_dir.rglob("*") if p.is_file()} == files
+    longer.training.resume = "auto"
+    again = train(longer, **QUIET)
+    assert [e["event"] for e in again.history[-3:]] == ["resume", "eval", "end"]
 
 
 def test_resume_removes_what_dead_writers_left_and_keeps_what_live_ones_write(micro, dead_pid, live_pid):

@@ -403,12 +403,20 @@ def config_from_dict(raw: dict[str, Any], source: str = "config", overridden: Se
         problems = check(cfg)
     if not problems:
         return cfg
-    # a key as a whole name: training_config.global_batch is not in ...global_batch_tokens
-    named = [re.compile(rf"(?<![\w.]){re.escape(elided(key))}(?!\w)") for key in overridden]
-    from_line = [p for p in problems if any(key.search(p) for key in named)]
+    from_line = [p for p in problems if any(_names(p, key) for key in overridden)]
     if from_line:
         source = "command line" if len(from_line) == len(problems) else f"{source} and command line"
     raise UserError(f"{source}: " + "; ".join(problems)) from None
+
+
+def _names(problem: str, key: str) -> bool:
+    """Whether `problem` is about the override `key`: it names the key in full, or by its last
+    name after naming the key's section ("training_config.global_batch and global_batch_tokens").
+    A name counts whole: training_config.global_batch is not in ...global_batch_tokens."""
+    section, _, _ = key.partition(".")
+    field = key.rpartition(".")[2]
+    whole = [elided(key)] + ([field] if f"{section}." in problem else [])
+    return any(re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", problem) for name in whole)
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -5,6 +5,7 @@ it). Also `diverged`, the one line that ends a run whose losses stopped being fi
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import json
@@ -132,6 +133,28 @@ def open_run_dir(run_dir: Path, resume: bool | str) -> tuple[Path | None, list[s
         )
     _make_folder(run_dir / "checkpoints", run_dir)
     return found, repairs
+
+
+def refuse_done(checkpoint: Path, run_dir: Path, max_steps: int) -> None:
+    """--resume of a run that has done its training_config.max_steps: nothing is left to train, so
+    one line says how to train further, before anything in the folder changes (resume: auto, which
+    a requeue script reruns until the job is done, evaluates again and ends with status 0). A run whose last
+    evaluation was cut short (killed after `final` was saved, before its `end` event) is not done:
+    the resume evaluates again and ends it. A run a time budget stopped is short of max_steps."""
+    step = ckpt.checkpoint_step(checkpoint)
+    if step < max_steps or (step == max_steps and not _ended(run_dir / "metrics.jsonl", step)):
+        return
+    raise UserError(
+        f"{run_dir} has done its steps: its newest checkpoint ({checkpoint.name}) is at step {step:,} "
+        f"and training_config.max_steps is {max_steps:,}; to train further, pass --resume with a larger "
+        f"training_config.max_steps, e.g. training_config.max_steps={2 * step} (nothing was changed)"
+    )
+
+
+def _ended(metrics: Path, step: int) -> bool:
+    """Whether the run's last event is its `end` at `step` (a cut-short last line is skipped)."""
+    last = collections.deque(iter_metrics(metrics, problems=[]), maxlen=1)
+    return bool(last) and last[0]["event"] == "end" and last[0]["step"] == step
 
 
 def _tidy(run_dir: Path) -> list[str]:

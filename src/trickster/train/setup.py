@@ -22,7 +22,7 @@ from trickster.train import dist
 from trickster.train.console import Console
 from trickster.train.finetune import setup_finetuning
 from trickster.train.memory import allocation_refused
-from trickster.train.resume import WRITE_FIX, check_resumable, open_run_dir, truncate_metrics
+from trickster.train.resume import WRITE_FIX, check_resumable, open_run_dir, refuse_done, truncate_metrics
 
 
 def open_run(cfg: Config, data: PreparedData, resume, job: dist.Dist) -> tuple[Path | None, list[str], dict]:
@@ -31,6 +31,8 @@ def open_run(cfg: Config, data: PreparedData, resume, job: dist.Dist) -> tuple[P
     run_dir = Path(cfg.logging.output_dir)
     resumed_from, repairs = on_main(job, open_run_dir, run_dir, resume)
     changed = check_resumable(resumed_from, cfg, data) if resumed_from is not None else {}
+    if resumed_from is not None and resume is True:  # `auto` (a requeue loop) ends as the run did: 0
+        on_main(job, refuse_done, resumed_from, run_dir, cfg.training.max_steps)
     return resumed_from, repairs, changed
 
 
