@@ -7,7 +7,6 @@ Loading gathers every problem at once and names the key to change, for example
 
 from __future__ import annotations
 
-import re
 import typing
 from collections.abc import Sequence
 from importlib import resources
@@ -27,7 +26,7 @@ from pydantic import (
 
 from trickster.atomic import replace_file
 from trickster.config_checks import check
-from trickster.config_errors import describe_all, did_you_mean, elided, section_at
+from trickster.config_errors import blamed, describe_all, did_you_mean, elided, section_at
 from trickster.config_yaml import load_yaml, parse_yaml
 from trickster.errors import UserError
 from trickster.units import whole_number, whole_seconds
@@ -403,20 +402,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "config", overridden: Se
         problems = check(cfg)
     if not problems:
         return cfg
-    from_line = [p for p in problems if any(_names(p, key) for key in overridden)]
-    if from_line:
-        source = "command line" if len(from_line) == len(problems) else f"{source} and command line"
-    raise UserError(f"{source}: " + "; ".join(problems)) from None
-
-
-def _names(problem: str, key: str) -> bool:
-    """Whether `problem` is about the override `key`: it names the key in full, or by its last
-    name after naming the key's section ("training_config.global_batch and global_batch_tokens").
-    A name counts whole: training_config.global_batch is not in ...global_batch_tokens."""
-    section, _, _ = key.partition(".")
-    field = key.rpartition(".")[2]
-    whole = [elided(key)] + ([field] if f"{section}." in problem else [])
-    return any(re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", problem) for name in whole)
+    raise UserError(f"{blamed(source, problems, overridden)}: " + "; ".join(problems)) from None
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

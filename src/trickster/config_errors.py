@@ -7,6 +7,7 @@ from __future__ import annotations
 import difflib
 import re
 import typing
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel
@@ -127,3 +128,22 @@ def _quoted_switch(value: Any) -> str:
 def did_you_mean(name: str, choices: list[str], prefix: str = "") -> str:
     close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
     return f" (did you mean {prefix}{close[0]}?)" if close else ""
+
+
+def blamed(source: str, problems: list[str], overridden: Sequence[str]) -> str:
+    """Where `problems` come from, as the line starts: `source` (a file or a preset), the command
+    line when each names an `overridden` key, or both: a user looks for a bad value where we say."""
+    from_line = [p for p in problems if any(_names(p, key) for key in overridden)]
+    if not from_line:
+        return source
+    return "command line" if len(from_line) == len(problems) else f"{source} and command line"
+
+
+def _names(problem: str, key: str) -> bool:
+    """Whether `problem` is about the override `key`: it names the key in full, or by its last
+    name after naming the key's section ("training_config.global_batch and global_batch_tokens").
+    A name counts whole: training_config.global_batch is not in ...global_batch_tokens."""
+    section, _, _ = key.partition(".")
+    field = key.rpartition(".")[2]
+    whole = [elided(key)] + ([field] if f"{section}." in problem else [])
+    return any(re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", problem) for name in whole)

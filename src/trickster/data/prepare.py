@@ -62,9 +62,10 @@ from trickster.data.partial import (
     partial_dir,
     remove_spent,
 )
+from trickster.data.paths import PREPARED_FILES
 from trickster.data.records import Records, records_source
 from trickster.data.shards import SPLITS, ShardWriter, SplitProgress, token_dtype
-from trickster.data.sources import PREPARED_FILES, Corpus, DownloadFailed, Source, corpus_source
+from trickster.data.sources import Corpus, DownloadFailed, Source, corpus_source
 from trickster.data.tokenizers import Tokenizer, build_tokenizer, from_dict
 from trickster.errors import Interrupted, UserError
 

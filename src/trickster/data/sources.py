@@ -12,11 +12,9 @@ lives in records.py.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import math
-import os
 import string
 import sys
 import sysconfig
@@ -27,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from trickster.data.paths import expand_paths
 from trickster.data.textfile import OPENERS, decode, json_lines, read_bytes, text_size
 from trickster.errors import UserError
 
@@ -40,9 +39,6 @@ JSON_LINES_NAMES = tuple(
     f"{name}{packed}" for name in (".jsonl", ".json", ".ndjson") for packed in ("", *OPENERS)
 )
 DATASETS_EXTRA = "pip install 'nano-trickster[datasets]'"
-# what `data prepare` writes into its folder: never read back as a corpus, nor replaced unless so
-PREPARED_FILES = {"meta.json", "tokenizer.json", "index.json", "train", "val", "report.html"}
-PREPARED_FILES |= {"train.bin", "val.bin", "train.mask.bin", "val.mask.bin"}  # flat folders (format 1)
 
 
 @dataclass
@@ -362,74 +358,6 @@ def python_stdlib() -> Corpus:
         p for p in root.rglob("*.py") if not any(part in skip for part in p.relative_to(root).parts)
     )
     return _corpus_from_files("python-stdlib", files, skip_undecodable=True)
-
-
-def expand_paths(
-    patterns: list[str], suffixes: tuple[str, ...] = ("",), kind: str = "text files"
-) -> list[Path]:
-    """The files that `patterns` name, each once however it is reached (a symlink loop under a
-    '**' glob, a file named twice); a path that exists is taken as it is, brackets and all. From a
-    folder, only the files whose names end in one of `suffixes` (`kind` names them to the user)."""
-    files: list[Path] = []
-    for pattern in patterns:
-        if not pattern.strip():  # Path("") is the current folder: all of it would be read
-            raise UserError("a path is empty (an unset shell variable?); pass text files or folders")
-        magic = glob.has_magic(pattern) and not os.path.lexists(pattern)
-        matches = sorted(glob.glob(pattern, recursive=True)) if magic else [pattern]
-        if not matches:
-            raise UserError(f"no files match '{pattern}'; check the path or quote the glob pattern")
-        for match in map(Path, matches):
-            if match.is_dir():
-                files.extend(p for p in _files_in(match) if p.name.lower().endswith(suffixes))
-            elif match.is_file():
-                files.append(match)
-            elif match.exists():  # a pipe, socket or device: its text cannot be read twice
-                raise UserError(
-                    f"{match} is not a regular file (a pipe or device?); pass text files or folders"
-                )
-            else:
-                raise UserError(f"{match} not found; pass existing text files or folders")
-    if not files:
-        raise UserError(
-            f"no files found in {', '.join(patterns)}; pass folders that contain {kind} (hidden "
-            "files, such as .keep, are skipped)"
-        )
-    seen: set[tuple[int, int]] = set()
-    return [p for p in files if not (_inode(p) in seen or seen.add(_inode(p)))]
-
-
-def _files_in(folder: Path) -> list[Path]:
-    """Every file under `folder` but hidden ones (.git, .DS_Store, .env), which ripgrep and Hugging
-    Face datasets skip too: a repository's objects are not its text. Nor data prepared before (by
-    default in data/ under the folder, or a DIR.partial): its shards and meta.json are no corpus."""
-    found = []
-    for root, folders, names in os.walk(folder, onerror=_unreadable):
-        folders[:] = [f for f in folders if not f.startswith(".")]
-        if _prepared(root, folders, names):
-            folders[:] = []
-            continue
-        found.extend(Path(root, name) for name in names if not name.startswith("."))
-    return sorted(p for p in found if p.is_file())
-
-
-def _prepared(root: str, folders: list[str], names: list[str]) -> bool:
-    """Whether `root` is a folder `data prepare` wrote: its DIR.partial (by its name and progress
-    record or meta.json), or a DIR holding nothing but a preparation's files. A corpus's own
-    meta.json or index.json beside its texts is no sign of one."""
-    visible = {name for name in names if not name.startswith(".")}
-    if root.endswith(".partial") and visible & {"progress.json", "meta.json"}:
-        return True
-    return {"meta.json", "tokenizer.json"} <= visible <= PREPARED_FILES and set(folders) <= {"train", "val"}
-
-
-def _unreadable(err: OSError) -> None:
-    """os.walk leaves out a folder it cannot list: its files would be missing from the corpus."""
-    raise UserError(f"{err.filename} cannot be read ({err.strerror}); check its permissions") from None
-
-
-def _inode(path: Path) -> tuple[int, int]:
-    info = path.stat()
-    return info.st_dev, info.st_ino
 
 
 def _corpus_from_files(name: str, files: list[Path], skip_undecodable: bool = False) -> Corpus:
