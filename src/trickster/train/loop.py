@@ -40,6 +40,7 @@ from trickster.train.device import (
     reset_peak_memory,
     resolve_device,
     settings_restored,
+    utilisation,
 )
 from trickster.train.memory import check_fits, check_validation_set, resolve_batch
 from trickster.train.optim import build_optimizer, set_lr
@@ -286,9 +287,9 @@ class Trainer:
         tokens_per_sec = self.timer.steps * self.tokens_per_step / elapsed if elapsed > 0 else 0.0
         ms_per_step = 1000 * elapsed / self.timer.steps
         # model FLOPs utilisation: the job's achieved FLOP/s over all devices' ceilings
-        peak = self.peak.flops
-        mfu = self.step_flops / (ms_per_step / 1000) / (peak * job.world_size) if peak else None
-        memory = peak_memory_gib(self.device)
+        memory = peak_memory_gib(self.device)  # the steps' own, before any matmul timed again
+        achieved = self.step_flops / (ms_per_step / 1000) / job.world_size
+        mfu, self.peak = utilisation(self.peak, achieved, self.device, self.cfg.device.dtype)
         grad_norm = result.grad_norm if math.isfinite(result.grad_norm) else None
         self.metrics.write(
             "train",
@@ -305,8 +306,8 @@ class Trainer:
         )
         shown = "n/a" if train_loss is None else f"{train_loss:.4f}"
         line = f"step {state.step:>6}: train loss {shown}, lr {result.lr:.2e}, {tokens_per_sec:,.0f} tokens/s"
-        if mfu is not None:
-            line += f", MFU {mfu:.0%}"
+        if self.peak.flops:  # n/a: over 100% even of a ceiling timed again, so the peak is too low
+            line += f", MFU {mfu:.0%}" if mfu is not None else f", MFU n/a (over 100% of {self.peak.source})"
         if self.out.debug:
             line += f", grad norm {result.grad_norm:.3f}, {ms_per_step:.1f} ms/step"
             if memory is not None:
