@@ -33,6 +33,11 @@ def older(checkpoint: Path, edit, info_keys: tuple[str, ...] = ()) -> None:
     (checkpoint / "info.json").write_text(json.dumps({k: v for k, v in info.items() if k not in info_keys}))
 
 
+# Runs that have done their steps are resumed as a requeue loop does (`resume: auto`): an explicit
+# --resume of such a run is refused in one line (nothing to train) before the checkpoint is read.
+FINISHED = "auto"
+
+
 def resumed(run: Path, **training) -> Config:
     """The run's own config, continuing in `run` with `training` changed."""
     raw = ckpt.read_config(run / "checkpoints" / "final").to_dict()
@@ -103,7 +108,7 @@ def test_a_checkpoint_saved_before_its_evaluation_without_eval_due_evaluates_aga
     run = copy_run(trained_run, tmp_path)
     older(run / "checkpoints" / "final", lambda trainer: trainer.pop("eval_due"))
 
-    result = train(resumed(run), resume=True, **QUIET)
+    result = train(resumed(run), resume=FINISHED, **QUIET)
 
     assert [r["step"] for r in events(result, "eval")] == [0, 6, 12]
     assert events(result, "eval")[-1]["val_loss"] == pytest.approx(evals[12], rel=1e-6)
@@ -117,7 +122,7 @@ def test_a_checkpoint_from_before_checkpoints_preceded_evaluations_is_not_evalua
     run = copy_run(trained_run, tmp_path)
     older(run / "checkpoints" / "final", lambda trainer: [trainer.pop(k) for k in ("eval_due", "spikes")])
 
-    result = train(resumed(run), resume=True, **QUIET)
+    result = train(resumed(run), resume=FINISHED, **QUIET)
 
     assert events(result, "eval") == events(trained_run, "eval")  # the same events, none again
 
@@ -131,7 +136,7 @@ def test_an_older_checkpoint_keeps_its_validation_windows_under_another_batch_sp
     run = copy_run(trained_run, tmp_path)
     older(run / "checkpoints" / "final", lambda trainer: trainer.pop("val_draw_width"), ("val_draw_width",))
 
-    result = train(resumed(run, batch_size=4, gradient_accumulation_steps=2), resume=True, **QUIET)
+    result = train(resumed(run, batch_size=4, gradient_accumulation_steps=2), resume=FINISHED, **QUIET)
 
     again = events(result, "eval")[-1]  # final was saved before its evaluation: done again
     assert again["step"] == 12 and again["val_loss"] == pytest.approx(evals[12], rel=1e-6)
@@ -170,6 +175,6 @@ def test_a_fine_tune_on_masked_data_measures_its_best_again(trained_run, chat_da
     older(tmp_path / "ft" / "checkpoints" / "final", per_batch_measure, ("val_draw_width",))
     lines = []
     with settings_restored():
-        trainer = Trainer(cfg, resume=True, echo=lambda *a, **k: lines.append(" ".join(map(str, a))))
+        trainer = Trainer(cfg, resume=FINISHED, echo=lambda *a, **k: lines.append(" ".join(map(str, a))))
     assert trainer.state.best_val_loss == pytest.approx(best, rel=1e-6)
     assert any(line.startswith("best (step ") and "evaluated again" in line for line in lines)
