@@ -204,3 +204,16 @@ def test_keeping_freed_memory_stops_the_page_faults_of_every_step():
     plain, kept = faults("plain"), faults("keep")
     assert plain > 500, (plain, kept)  # glibc gives the big blocks back, and every step faults them in again
     assert kept < plain / 5, (plain, kept)
+
+
+def test_a_gpu_never_times_its_ceiling_again_during_a_run(monkeypatch):
+    """The ceiling's timing holds two 8192 x 8192 matrices: in the middle of a GPU run whose batch
+    fills the memory it could fail the run. There an MFU over a measured ceiling is only not shown."""
+
+    def timed_again(*args):
+        raise AssertionError("the ceiling was timed again on a GPU")
+
+    monkeypatch.setattr(device, "time_matmuls", timed_again)
+    measured = device.Peak(1e12, "measured matmul", 1e12)
+    assert device.utilisation(measured, 2e12, torch.device("cuda", 0), "bfloat16") == (None, measured)
+    assert device.utilisation(measured, 5e11, torch.device("cuda", 0), "bfloat16") == (0.5, measured)

@@ -6,8 +6,8 @@ MFU is achieved FLOP/s (tokens/s x `model.flops_per_token`) over a peak, chosen 
 2. on a GPU of the table below, its datasheet peak for dense matrices in the run's dtype (float32
    runs use TF32, which training turns on): the figure papers and the field report MFU against;
 3. otherwise (CPUs, other GPUs) the *measured* matmul ceiling: the median of timed square matmuls
-   in the run's dtype, measured once per process, and again when a run seems to beat it
-   (utilisation).
+   in the run's dtype, measured once per process, and on a CPU again when a run seems to beat
+   it (utilisation).
 The measured ceiling is also kept as a second figure on GPUs: it says what a real kernel reaches
 on this machine (on an H100 a good deal below the datasheet).
 """
@@ -134,10 +134,11 @@ def utilisation(
     """MFU: `achieved` FLOP/s per device over the peak; and the peak to use from now on. No run
     beats a measured ceiling: over 100% of one, it was timed while other programs held the cores
     (a busy 2-core machine logged 'MFU 169%'), so it is timed again and the larger figure kept.
-    An MFU still over 100% (or over a configured peak) is not a real figure: None."""
+    An MFU still over 100% (or over a configured peak) is not a real figure: None. Only a CPU times
+    again: on a GPU the timing's two 8192 x 8192 matrices could take memory a full batch holds."""
     if not peak.flops:
         return None, peak
-    if achieved > peak.flops and peak.source == "measured matmul":
+    if achieved > peak.flops and peak.source == "measured matmul" and device.type == "cpu":
         again = time_matmuls(device.type, compute_dtype_name(dtype_name, device), device.index)
         if again > peak.flops:
             peak = Peak(again, peak.source, again)
