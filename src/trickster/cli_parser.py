@@ -269,7 +269,10 @@ def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
     parser.add_argument("--prompt", default=unset, help=f"text to continue (default: {default.prompt!r})")
     parser.add_argument(
-        "--max-new-tokens", type=integer, default=unset, help=f"default: {default.max_new_tokens}"
+        "--max-new-tokens",
+        type=integer,
+        default=unset,
+        help=f"the most tokens to generate after the prompt (default: {default.max_new_tokens})",
     )
     parser.add_argument(
         "--temperature", type=float, default=unset, help=f"0 means greedy (default: {default.temperature})"
