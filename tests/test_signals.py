@@ -95,3 +95,20 @@ def test_a_second_signal_before_any_checkpoint_says_a_command_that_works(shakesp
     assert command[:2] == ["trickster", "train"]
     assert main([*command[1:], "--no-progress"]) == 0
     assert ckpt.latest(run) is not None
+
+
+def test_a_second_signal_in_a_job_of_several_processes_names_torchrun(tmp_path, capsys):
+    """The first signal's line names torchrun with as many processes again (one alone may not hold
+    what FSDP shared over them); the second's said plain `trickster train` whatever the job."""
+    from trickster.train.dist import Dist
+    from trickster.train.signals import announce_signals
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    announce_signals(run, Dist(rank=0, world_size=4, local_world_size=2))[1](signal.SIGTERM)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert (
+        f"continue with: torchrun --nproc-per-node 2 -m trickster train --config {run / 'config.yaml'} "
+        "training_config.resume=auto (on each node, with the job's other torchrun options)"
+    ) in err, err

@@ -119,7 +119,7 @@ class Trainer:
         self.batches = DeviceBatches(sampler, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.device.dtype == "float16")
         self.state = TrainState()
-        self.signals = StopSignals(*announce_signals(self.run_dir)) if job.is_main else StopSignals()
+        self.signals = StopSignals(*announce_signals(self.run_dir, job)) if job.is_main else StopSignals()
         self.timer = StepTimer()
         self.spikes = SpikeDetector(t.spike_factor, t.spike_steps, t.spike_window)
         self.clock = Clock(t)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import shlex
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +17,7 @@ from trickster.errors import UserError
 from trickster.train import checkpoint as ckpt
 from trickster.train import dist, setup
 from trickster.train.memory import OUT_OF_MEMORY, out_of_memory
+from trickster.train.signals import continue_command
 from trickster.train.spikes import Spike, checkpoint_before, discard_after, spike_line, too_many_spikes
 from trickster.train.state import TrainResult
 from trickster.train.validate import evaluate, pooled_loss
@@ -64,16 +64,10 @@ def say_stopped(trainer: Trainer, name: str) -> None:
     """The `stopped` event, the heartbeat and the line of a run that the signal `name` stopped."""
     write_stopped(trainer, signal=name)
     trainer.heartbeat.beat("stopped", trainer.state.step, reason=name)
-    # the whole command: a run started by `trickster quickstart`, which has no --resume, goes on so
-    command = f"trickster train --config {shlex.quote(str(trainer.run_dir / 'config.yaml'))} --resume"
-    job = trainer.job
-    if job.world_size > 1:  # as many processes again: one alone may not hold what they shared
-        command = f"torchrun --nproc-per-node {job.local_world_size} -m {command}"
-        if job.world_size > job.local_world_size:
-            command += " (on each node, with the job's other torchrun options)"
     trainer.out.line(
         f"stopped by {name} at step {trainer.state.step}; saved "
-        f"checkpoints/{ckpt.step_name(trainer.state.step)}; continue with: {command}"
+        f"checkpoints/{ckpt.step_name(trainer.state.step)}; continue with: "
+        f"{continue_command(trainer.run_dir, trainer.job)}"
     )
 
 

@@ -20,8 +20,12 @@ import socket
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trickster.train import checkpoint as ckpt
+
+if TYPE_CHECKING:
+    from trickster.train.dist import Dist
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -96,7 +100,19 @@ class StopSignals:
         self._thread = None
 
 
-def announce_signals(run_dir: Path) -> tuple:
+def continue_command(run_dir: Path, job: Dist | None = None, how: str = "--resume") -> str:
+    """The whole command that continues the run in `run_dir` (a run `trickster quickstart` started
+    has no --resume of its own); a job of several processes under torchrun with as many again: one
+    process alone may not hold what they shared."""
+    command = f"trickster train --config {shlex.quote(str(run_dir / 'config.yaml'))} {how}"
+    if job is not None and job.world_size > 1:
+        command = f"torchrun --nproc-per-node {job.local_world_size} -m {command}"
+        if job.world_size > job.local_world_size:
+            command += " (on each node, with the job's other torchrun options)"
+    return command
+
+
+def announce_signals(run_dir: Path, job: Dist | None = None) -> tuple:
     """(on_first, on_second) callbacks for a training run: a line on stderr for each signal."""
 
     def first(signum: int) -> None:
@@ -113,8 +129,7 @@ def announce_signals(run_dir: Path) -> tuple:
         where = f"checkpoints/{newest.name} is the newest checkpoint" if newest else "no checkpoint was saved"
         name = signal.Signals(signum).name
         # with no checkpoint, --resume answers 'nothing to resume': resume=auto starts afresh there
-        how = "--resume" if newest else "training_config.resume=auto"
-        again = f"trickster train --config {shlex.quote(str(run_dir / 'config.yaml'))} {how}"
+        again = continue_command(run_dir, job, "--resume" if newest else "training_config.resume=auto")
         print(f"second {name}: stopped at once; {where}; continue with: {again}", file=sys.stderr, flush=True)
 
     return first, second
