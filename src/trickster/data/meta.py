@@ -52,7 +52,7 @@ def already_prepared(out_dir: Path, settings: dict, revision: str | None = None)
     every byte, as long as preparing a small corpus anew)."""
     from trickster.data.loader import load_data  # torch, only once a folder is there to check
 
-    meta = _recorded(out_dir)
+    meta = recorded_meta(out_dir)
     if meta is None or meta.get("settings") != settings:
         return None  # other settings, or written before meta.json recorded them
     if _moved(meta, revision):
@@ -68,9 +68,9 @@ def prepared_again(out_dir: Path, settings: dict, revision: str | None = None) -
     """Why `out_dir` is prepared again, in one line, when it holds these settings but another version
     of the code wrote it (a folder from before versions were recorded counts as older), or the
     source has another revision since (a dataset updated on the Hub); None for any other reason."""
-    meta = _recorded(out_dir)
+    meta = recorded_meta(out_dir)
     recorded = None if meta is None else meta.get("settings")
-    if not isinstance(recorded, dict) or {**recorded, "version": settings["version"]} != settings:
+    if not isinstance(recorded, dict) or not same_but_version(recorded, settings):
         return None  # other settings: prepared again as any change is, without a word
     if recorded.get("version") != settings["version"]:
         return f"{out_dir} was prepared by {other_version(recorded)}: preparing it again"
@@ -86,7 +86,7 @@ def older_kept(out_dir: Path, settings: dict) -> dict | None:
     """meta.json of `out_dir` when it is complete and holds these settings but another version of
     the code wrote it: what is kept when its source cannot be read again (offline), as it was kept
     before versions were recorded; None otherwise."""
-    meta = _recorded(out_dir)
+    meta = recorded_meta(out_dir)
     recorded = None if meta is None else meta.get("settings")
     if not isinstance(recorded, dict) or recorded.get("version") == settings["version"]:
         return None
@@ -96,7 +96,13 @@ def older_kept(out_dir: Path, settings: dict) -> dict | None:
     return already_prepared(out_dir, older)
 
 
-def _recorded(out_dir: Path) -> dict | None:
+def same_but_version(recorded: dict, settings: dict) -> bool:
+    """Whether `recorded` settings are `settings` but for the version of the code (or its absence)."""
+    return {**recorded, "version": settings["version"]} == settings
+
+
+def recorded_meta(out_dir: Path) -> dict | None:
+    """The meta.json of `out_dir` as a dict; None when it is missing, unreadable or not a mapping."""
     try:
         meta = json.loads((out_dir / "meta.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -5,14 +5,13 @@ preparation makes useless, which the same command deletes."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 from trickster.atomic import held, replace_dir
-from trickster.data.meta import already_prepared, other_version
+from trickster.data.meta import already_prepared, other_version, recorded_meta, same_but_version
 from trickster.data.shards import Progress
 from trickster.errors import UserError
 
@@ -80,14 +79,10 @@ def _same_preparation(partial: Path, settings: dict, revision: str | None) -> st
             return None
         same = record.settings == settings and record.source_revision == revision
         return "an unfinished copy" if same else None
-    if not (partial / "index.json").is_file():
+    if not (partial / "index.json").is_file() or (meta := recorded_meta(partial)) is None:
         return None
-    try:
-        meta = json.loads((partial / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    same = isinstance(meta, dict) and meta.get("settings") == settings
-    return "a finished copy" if same and meta.get("source_revision") == revision else None
+    same = meta.get("settings") == settings and meta.get("source_revision") == revision
+    return "a finished copy" if same else None
 
 
 def open_partial(
@@ -97,8 +92,7 @@ def open_partial(
     source's `revision`, when known)."""
     if (partial / "progress.json").is_file():
         record = Progress.load(partial)
-        only_version = {**record.settings, "version": settings["version"]} == settings
-        if record.settings != settings and only_version:
+        if record.settings != settings and same_but_version(record.settings, settings):
             raise UserError(
                 f"{partial} holds an unfinished preparation started by {other_version(record.settings)}, "
                 f"which this one cannot continue; delete {partial} to start again"
