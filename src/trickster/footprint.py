@@ -184,7 +184,13 @@ def memory_limit(cfg: Config, device: torch.device, local_processes: int = 1) ->
     if cfg.device.memory_gib is not None:
         return int(cfg.device.memory_gib * GiB), "device_config.memory_gib"
     capacity, what = device_memory(device)
-    if device.type == "cuda" or local_processes <= 1:
+    return (capacity, what) if device.type == "cuda" else shared(capacity, what, local_processes)
+
+
+def shared(capacity: int, what: str, local_processes: int) -> tuple[int, str]:
+    """One process's share of memory that the job's `local_processes` on one machine share, and
+    what it is ("RAM / 2 processes")."""
+    if local_processes <= 1:
         return capacity, what
     return capacity // local_processes, f"{what} / {local_processes} processes"
 

@@ -216,9 +216,8 @@ def check_validation_set(cfg: Config, job: Dist) -> None:
     t = cfg.training
     windows = t.eval_batches * (1 if t.batch_size == "auto" else t.batch_size) * job.world_size
     need = 24 * windows * cfg.seq_len
-    capacity, what = footprint.device_memory(torch.device("cpu"))
-    if job.local_world_size > 1:  # each of them holds the whole set in its share, as check_fits words it
-        capacity, what = capacity // job.local_world_size, f"{what} / {job.local_world_size} processes"
+    # in RAM whatever the device; each of the job's processes here holds the whole set in its share
+    capacity, what = footprint.shared(*footprint.device_memory(torch.device("cpu")), job.local_world_size)
     if need > capacity:
         raise UserError(
             f"training_config.eval_batches {t.eval_batches:,} makes a validation set of {windows:,} "
