@@ -336,3 +336,53 @@ def test_inside_a_step_s_guard_that_line_names_the_step_and_the_checkpoint(tmp_p
         "a checkpoint at step 10: Read error [127.0.0.1]:50907: Connection reset by peer; see torchrun's "
         "summary for which one and why; no checkpoint was saved yet"
     )
+
+
+# what torch 2.11's ProcessGroupNCCL raises (DistBackendError, texts from its NCCLUtils and
+# ProcessGroupNCCL; a GPU of its own per process, so never seen on this machine) and the few words kept
+NCCL_TEXTS = [
+    (
+        "NCCL error in: /pytorch/torch/csrc/distributed/c10d/NCCLUtils.cpp:77, remote process exited or "
+        "there was a network error, NCCL version 2.27.7\nncclRemoteError: A call failed possibly due to a "
+        "network error or a remote process exiting prematurely.\nLast error:\nsocketProgress: Connection "
+        "closed by remote peer gpu-2<56278>",
+        "ncclRemoteError: A call failed possibly due to a network error or a remote process exiting "
+        "prematurely",
+    ),
+    (
+        "NCCL communicator was aborted on rank 1.  Original reason for failure was: [PG ID 0 PG GUID "
+        "0(default_pg) Rank 1] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=12, "
+        "OpType=ALLREDUCE, NumelIn=3, NumelOut=3, Timeout(ms)=30000) ran for 30004 milliseconds before "
+        "timing out.",
+        "Watchdog caught collective operation timeout: WorkNCCL(SeqNum=12, OpType=ALLREDUCE, NumelIn=3, "
+        "NumelOut=3, Timeout(ms)=30000) ran for 30004 milliseconds before timing out",
+    ),
+    ("NCCL communicator was aborted on rank 3. ", "NCCL communicator was aborted on rank 3"),
+]
+
+
+@pytest.mark.parametrize(("text", "reason"), NCCL_TEXTS)
+def test_nccl_s_words_for_a_lost_process_are_a_lost_peer(text, reason):
+    """On GPUs the collectives run on NCCL, whose errors are DistBackendErrors worded otherwise than
+    gloo's: each that says a peer is gone or silent is a lost peer, in its own few words."""
+    job = dist.Dist(rank=0, world_size=2, mode="fsdp")
+    assert dist.lost_peer(td.DistBackendError(text), job) == reason
+    assert dist.lost_peer(td.DistBackendError(text), dist.Dist()) is None  # not in a job: never
+
+
+def test_other_nccl_errors_and_a_lost_store_are_told_apart():
+    """An NCCL error that names no lost peer is a fault here (a traceback, not 'another process
+    ended'); the store's host gone (rank 0's machine: a DistNetworkError) is a lost peer."""
+    job = dist.Dist(rank=1, world_size=2, mode="ddp")
+    here = (
+        "NCCL error in: /pytorch/torch/csrc/distributed/c10d/ProcessGroupNCCL.cpp:3356, unhandled cuda "
+        "error (run with NCCL_DEBUG=INFO for details), NCCL version 2.27.7\nncclUnhandledCudaError: Call "
+        "to CUDA function failed.\nLast error:\nCuda failure 2 'out of memory'"
+    )
+    assert dist.lost_peer(td.DistBackendError(here), job) is None
+    assert dist.lost_peer(RuntimeError("CUDA error: an illegal memory access was encountered"), job) is None
+    store = (
+        "[/pytorch/torch/csrc/distributed/c10d/TCPStore.cpp:125] recvValue failed on SocketImpl(fd=5, "
+        "addr=[localhost]:49424, remote=[localhost]:29500): failed to recv, got 0 bytes"
+    )
+    assert dist.lost_peer(td.DistNetworkError(store), job) == store.split("] ", 1)[1]

@@ -294,20 +294,29 @@ class PeerLost(UserError):
         self.reason = reason
 
 
+# what torch 2.11's NCCL says of a peer gone or silent, the most telling first: its watchdog's
+# timeout (also the "original reason" of an aborted communicator), a blocking wait's, NCCL's own
+NCCL_LOST = ("Watchdog caught collective operation timeout", "timed out in blocking wait", "ncclRemoteError",
+             "remote process exited", "NCCL communicator was aborted")  # fmt: skip
+
+
 def lost_peer(err: BaseException, d: Dist) -> str | None:
     """What a failed collective says when another process of the job died or stopped answering
-    for timeout_s, in a few words ("Connection reset by peer", "Timed out waiting 10000ms ...");
-    None for any other error. gloo raises a RuntimeError that names its transport, NCCL a
-    DistBackendError."""
+    for timeout_s, in a few words ("Connection reset by peer", "ncclRemoteError: ..."); None for
+    any other error (an NCCL error naming none of NCCL_LOST: ncclUnhandledCudaError, a bug). gloo
+    raises a RuntimeError naming its transport, NCCL a DistBackendError, a lost store's host a
+    DistNetworkError."""
     if isinstance(err, PeerLost):
         return err.reason
     text = str(err).strip()
     if not d.active or not isinstance(err, RuntimeError) or not text:
         return None
-    if isinstance(err, dist.DistError) or "gloo/transport" in text:
+    if "gloo/transport" in text or isinstance(err, dist.DistNetworkError):
         # its first sentence, without gloo's source file: "This is typically caused by..." follows
         return text.splitlines()[-1].split("] ", 1)[-1].split(". ")[0][:160]
-    return None
+    found = (text[text.index(marker) :] for marker in NCCL_LOST if marker in text)
+    said = next(found, None) if isinstance(err, dist.DistBackendError) else None
+    return None if said is None else said.splitlines()[0].split(". ")[0].rstrip(".")[:200]
 
 
 def to_full(value):
