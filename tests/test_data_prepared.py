@@ -313,3 +313,44 @@ def test_offline_a_hub_folder_an_older_version_prepared_is_kept(tmp_path, monkey
     assert said[1].endswith(f"keeping {out} as it was prepared")
     assert (out / "meta.json").read_text() == meta
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_finished_partial_of_a_commit_the_hub_has_moved_from_is_prepared_again(tmp_path, monkeypatch):
+    """A DIR.partial finished from commit a, stopped before it took the name DIR, was renamed into
+    place with 'nothing was prepared again' though the Hub had moved to b: its commit was compared
+    only for a complete DIR, so the next run prepared it again. It takes DIR's place (until then the
+    newest copy on this disk) and is prepared again at once, as a DIR of commit a is."""
+    from trickster.data.hub import hf_dataset
+
+    hub, out = FakeHub(monkeypatch), tmp_path / "out"
+    partial = partial_dir(out)
+
+    def run() -> list[str]:
+        said = []
+        prepare(hf_dataset("org/stories"), "char", out, workers=1, echo=said.append)
+        return said
+
+    run()
+    out.rename(partial)  # finished from a, stopped before it took the name
+    hub.sha, hub.read = "b" * 40, []
+    said = run()
+    assert said[0] == (
+        f"{partial} held this preparation from revision aaaaaaaaaaaa of the dataset, finished but "
+        f"stopped before it took the name out: renamed to {out}"
+    )
+    assert said[1] == (
+        f"{out} was prepared from revision aaaaaaaaaaaa of the dataset; the Hub has revision "
+        "bbbbbbbbbbbb since: preparing it again"
+    )
+    assert said[-1].startswith(f"wrote {out}") and set(hub.read) == {"b" * 40}
+    assert load_data(out).meta["source_revision"] == "b" * 40 and not partial.exists()
+
+    shutil.copytree(out, partial)  # finished from b, beside a DIR of a: it is what DIR should be
+    (out / "meta.json").write_text((out / "meta.json").read_text().replace("b" * 40, "a" * 40))
+    hub.read = []
+    assert run() == [
+        f"{partial} held this preparation, finished but stopped before it took the name out: "
+        f"renamed to {out} (nothing was prepared again)"
+    ]  # and not first 'out was prepared from revision aaaaaaaaaaaa ...: preparing it again'
+    assert load_data(out).meta["source_revision"] == "b" * 40 and hub.read == []
+    assert run()[0].startswith(f"already prepared: {out}")

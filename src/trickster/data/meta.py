@@ -55,7 +55,7 @@ def already_prepared(out_dir: Path, settings: dict, revision: str | None = None)
     meta = recorded_meta(out_dir)
     if meta is None or meta.get("settings") != settings:
         return None  # other settings, or written before meta.json recorded them
-    if _moved(meta, revision):
+    if moved(meta, revision):
         return None
     try:
         load_data(out_dir)
@@ -74,7 +74,7 @@ def prepared_again(out_dir: Path, settings: dict, revision: str | None = None) -
         return None  # other settings: prepared again as any change is, without a word
     if recorded.get("version") != settings["version"]:
         return f"{out_dir} was prepared by {other_version(recorded)}: preparing it again"
-    if _moved(meta, revision):
+    if moved(meta, revision):
         return (
             f"{out_dir} was prepared from revision {meta['source_revision'][:12]} of the dataset; the "
             f"Hub has revision {revision[:12]} since: preparing it again"
@@ -110,9 +110,9 @@ def recorded_meta(out_dir: Path) -> dict | None:
     return meta if isinstance(meta, dict) else None
 
 
-def _moved(meta: dict, revision: str | None) -> bool:
-    """Whether the source has another revision than the one `meta` was prepared from; compared only
-    when both are known (a Hub dataset looked up online, into a folder that recorded its own)."""
+def moved(meta: dict, revision: str | None) -> bool:
+    """Whether the source has another revision than the one `meta` (a meta.json) was prepared from;
+    compared only when both are known (a Hub dataset looked up online, a folder that recorded its own)."""
     return bool(revision and meta.get("source_revision") and meta["source_revision"] != revision)
 
 

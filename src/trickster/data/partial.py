@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from trickster.atomic import held, replace_dir
-from trickster.data.meta import already_prepared, other_version, recorded_meta, same_but_version
+from trickster.data.meta import already_prepared, moved, other_version, recorded_meta, same_but_version
 from trickster.data.shards import Progress
 from trickster.errors import UserError
 
@@ -25,21 +25,26 @@ def partial_dir(out_dir: Path) -> Path:
 
 
 def finished_in_partial(
-    partial: Path, out_dir: Path, settings: dict, echo: Callable[[str], None]
+    partial: Path, out_dir: Path, settings: dict, echo: Callable[[str], None], revision: str | None = None
 ) -> dict | None:
     """A preparation with these settings that finished in `partial` but was stopped before it took
     its name: renamed into place, as it would have been, said in one line; its meta.json. Finished
     for certain: progress.json is gone (deleted once index.json and meta.json were written), and the
     folder is complete as already_prepared checks one (meta.json with these settings, every shard
-    whole). None if `partial` holds no such preparation."""
+    whole). None if `partial` holds no such preparation. One of a Hub dataset's commit that the Hub
+    (`revision`) has moved from is renamed too, to be prepared again as that DIR would be: until
+    then it is the newest there is on this disk."""
     if (partial / "progress.json").exists() or (meta := already_prepared(partial, settings)) is None:
         return None
     for name in SCRATCH:  # what the preparation deletes after progress.json
         (partial / name).unlink(missing_ok=True)
     replace_dir(partial, out_dir)
+    held_what = "this preparation"
+    if moved(meta, revision):
+        held_what += f" from revision {meta['source_revision'][:12]} of the dataset"
     echo(
-        f"{partial} held this preparation, finished but stopped before it took the name {out_dir.name}: "
-        f"renamed to {out_dir} (nothing was prepared again)"
+        f"{partial} held {held_what}, finished but stopped before it took the name {out_dir.name}: "
+        f"renamed to {out_dir}" + ("" if moved(meta, revision) else " (nothing was prepared again)")
     )
     return meta
 

@@ -48,6 +48,7 @@ from trickster.data import dedup
 from trickster.data.encode import Chunk, Document, Encoded, chunks, encoded_in_order, in_validation
 from trickster.data.meta import (
     already_prepared,
+    moved,
     older_kept,
     preparation_settings,
     prepared_again,
@@ -64,7 +65,7 @@ from trickster.data.partial import (
 )
 from trickster.data.paths import PREPARED_FILES
 from trickster.data.records import Records, records_source
-from trickster.data.shards import SPLITS, ShardWriter, SplitProgress, token_dtype
+from trickster.data.shards import SPLITS, Progress, ShardWriter, SplitProgress, token_dtype
 from trickster.data.sources import Corpus, DownloadFailed, Source, corpus_source
 from trickster.data.tokenizers import Tokenizer, build_tokenizer, from_dict
 from trickster.errors import Interrupted, UserError
@@ -111,12 +112,29 @@ def prepare(
         source, tokenizer_kind, vocab_size, val_fraction, shard_tokens, vars(settings_dedup)
     )
     revision = source.revision.lookup() if source.revision is not None else None  # a Hub dataset's commit
-    if (meta := already_prepared(out_dir, settings, revision)) is not None:  # like nanochat's finished shards
-        removed = remove_spent(partial, settings, meta.get("source_revision"))
-        _say(echo, meta, out_dir, kept=True, removed=removed)
-        return meta
-    if (why := prepared_again(out_dir, settings, revision)) is not None:
-        echo(why)
+
+    def build(record: Progress) -> dict:
+        tokenizer = _tokenizer_for(partial, source, tokenizer_kind, vocab_size, progress)
+        job = _Job(partial, source, tokenizer, record, val_fraction, shard_tokens, settings_dedup)
+        return job.run(chunk_chars, workers, progress)
+
+    # twice at most: a finished DIR.partial of a revision the Hub has moved from takes DIR's place,
+    # which is then prepared again like any DIR of that revision
+    while (meta := already_prepared(out_dir, settings, revision)) is None:  # like nanochat's finished shards
+        meta = _prepare_in(partial, out_dir, source, settings, revision, build, echo)
+        if meta is not None:
+            return meta
+    removed = remove_spent(partial, settings, meta.get("source_revision"))
+    _say(echo, meta, out_dir, kept=True, removed=removed)
+    return meta
+
+
+def _prepare_in(
+    partial: Path, out_dir: Path, source: Source, settings: dict, revision: str | None,
+    build: Callable[[Progress], dict], echo: Callable[[str], None],
+) -> dict | None:  # fmt: skip
+    """Prepare `out_dir` in `partial` (continued, or begun), or put a finished `partial` in its place:
+    its meta.json; None when that one is of a revision the Hub has moved from (prepared again next)."""
     try:
         partial.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -127,15 +145,15 @@ def prepare(
     )
     fix = "give this user access to it (or delete it), or choose another --out (nothing was changed)"
     with held(partial, busy, fix):  # two runs of one command at once would write the same shards
-        if (meta := finished_in_partial(partial, out_dir, settings, echo)) is not None:
-            return meta
+        if (meta := finished_in_partial(partial, out_dir, settings, echo, revision)) is not None:
+            return None if moved(meta, revision) else meta
+        if (why := prepared_again(out_dir, settings, revision)) is not None:
+            echo(why)  # said only now: a finished DIR.partial of these settings prepares nothing again
         record = open_partial(partial, settings, echo, revision)
         if source.revision is not None:  # all of it from one revision: a continued one's, if known
             source.revision.pinned = record.source_revision
         try:
-            tokenizer = _tokenizer_for(partial, source, tokenizer_kind, vocab_size, progress)
-            job = _Job(partial, source, tokenizer, record, val_fraction, shard_tokens, settings_dedup)
-            meta = job.run(chunk_chars, workers, progress)
+            meta = build(record)
             replace_dir(partial, out_dir)
         except KeyboardInterrupt:
             if not partial.exists() and out_dir.is_dir():  # renamed: deleting the old copy was cut short
