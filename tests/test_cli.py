@@ -160,6 +160,8 @@ def test_quickstart_offline_keeps_data_an_older_version_prepared(tmp_path, monke
         "could not read its source again (could not download it (offline)): keeping "
         "data/shakespeare-char as it was prepared" in out
     )
+    assert "data/shakespeare-char holds shakespeare as that version prepared it (train" in out
+    assert "with the same settings" not in out  # another version's settings, kept offline
     assert json.loads((data / "meta.json").read_text()) == meta
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["shakespeare-char"]
     assert main(["data", "prepare", "shakespeare", "--out", "data/shakespeare-char"]) == 0

@@ -311,6 +311,15 @@ def test_offline_a_hub_folder_an_older_version_prepared_is_kept(tmp_path, monkey
     assert said[0].startswith(f"{out} was prepared by an older version of trickster (no version")
     assert said[1].startswith("could not read its source again (could not open dataset 'org/stories'")
     assert said[1].endswith(f"keeping {out} as it was prepared")
+    # not then 'already prepared: out holds hf with the same settings (...); nothing was rewritten
+    # (delete it to prepare it again)': the settings are another version's, and deleting it offline
+    # would leave nothing to train on
+    tokens = load_data(out).meta["train_tokens"]
+    assert said[2:] == [
+        f"{out} holds hf as that version prepared it (train {tokens:,} tokens, val "
+        f"{load_data(out).meta['val_tokens']:,}, char vocabulary {load_data(out).meta['vocab_size']}); "
+        "training loads it as it is, and this command prepares it again once its source can be read"
+    ]
     assert (out / "meta.json").read_text() == meta
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 

@@ -194,8 +194,10 @@ def prepare_prompt_response(
 def _keep_older(err: DownloadFailed, meta: dict, out_dir: Path, echo: Callable[[str], None]) -> dict:
     """`out_dir` as an older version prepared it, when its source cannot be read again (offline):
     training loads it as it is, as it did before the version was recorded."""
+    from trickster.data.report import kept_older  # it reads folders with torch: not for workers
+
     echo(f"could not read its source again ({err}): keeping {out_dir} as it was prepared")
-    _say(echo, meta, out_dir, kept=True)
+    echo(kept_older(meta, out_dir))
     return meta
 
 

@@ -318,10 +318,8 @@ def prepare_summary(meta: dict, out_dir: Path, kept: bool = False, removed: str 
     (`removed`: the DIR.partial it made useless, deleted)."""
     if kept:
         return [
-            f"already prepared: {out_dir} holds {meta['source']} with the same settings (train "
-            f"{meta['train_tokens']:,} tokens, val {meta['val_tokens']:,}, {meta['tokenizer']} "
-            f"vocabulary {meta['vocab_size']}); nothing was rewritten (delete it to prepare it again)"
-            + (f"; {removed}" if removed else "")
+            f"already prepared: {out_dir} holds {meta['source']} with the same settings ({_holding(meta)}); "
+            "nothing was rewritten (delete it to prepare it again)" + (f"; {removed}" if removed else "")
         ]
     if meta.get("loss_mask"):
         lines = [
@@ -359,6 +357,22 @@ def prepare_summary(meta: dict, out_dir: Path, kept: bool = False, removed: str 
     elif meta.get("eot_id") is None and meta["documents"] > 1:  # --tokenizer-from a one-text model
         lines.append(NO_SEPARATOR_DOCUMENTS)
     return lines
+
+
+def kept_older(meta: dict, out_dir: Path) -> str:
+    """What `data prepare` says of a folder another version prepared, kept because its source
+    cannot be read again (offline): not 'already prepared with the same settings', nor 'delete it'."""
+    return (
+        f"{out_dir} holds {meta['source']} as that version prepared it ({_holding(meta)}); training "
+        "loads it as it is, and this command prepares it again once its source can be read"
+    )
+
+
+def _holding(meta: dict) -> str:
+    return (
+        f"train {meta['train_tokens']:,} tokens, val {meta['val_tokens']:,}, {meta['tokenizer']} "
+        f"vocabulary {meta['vocab_size']}"
+    )
 
 
 def _padding(meta: dict) -> str:
