@@ -1,7 +1,8 @@
 """OUT.partial, the visible folder beside OUT where a preparation is built (prepare.py): a fresh
 one, one to continue (its progress.json), or one that finished but was stopped before it took the
 name OUT, which the same command renames into place; and one that a complete OUT of the same
-preparation makes useless, which the same command deletes."""
+preparation makes useless, which the same command deletes. And what killed preparations left
+around OUT, tidied before one starts."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from trickster.atomic import held, replace_dir
+from trickster.atomic import held, leftovers, remove_leftovers, replace_dir, restore_replaced
 from trickster.data.meta import already_prepared, moved, other_version, recorded_meta, same_but_version
+from trickster.data.paths import PREPARED_FILES
 from trickster.data.shards import Progress
 from trickster.errors import UserError
 
@@ -22,6 +24,22 @@ SCRATCH = ("dedup.bin", ONE_DOCUMENT, ONE_DOCUMENT_MASK)  # in OUT.partial until
 
 def partial_dir(out_dir: Path) -> Path:
     return out_dir.parent / f"{out_dir.name}.partial"
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Tidy what killed preparations left beside `out_dir`, then refuse one that is no data folder."""
+    restore_replaced(out_dir)  # a preparation killed between its two renames: replaced whole below
+    remove_leftovers(out_dir.parent, of=out_dir.name)  # what one stopped after them left (.DIR.old-PID)
+    remove_leftovers(out_dir.parent, of=partial_dir(out_dir).name)  # a half-deleted spent DIR.partial
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"output {out_dir} is a file; pass a folder path to --out")
+    # what a killed `data report --html` left there goes with the folder it replaces
+    dead = {path.name for path, _ in leftovers(out_dir)} if out_dir.is_dir() else set()
+    if out_dir.is_dir() and not {p.name for p in out_dir.iterdir()} - dead <= PREPARED_FILES:
+        raise UserError(
+            f"{out_dir} already exists and is not a prepared data folder; choose another --out "
+            "(nothing was changed)"
+        )
 
 
 def finished_in_partial(

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trickster.atomic import held, leftovers, remove_leftovers, replace_dir, replace_file, restore_replaced
+from trickster.atomic import held, replace_dir, replace_file
 from trickster.data import dedup
 from trickster.data.encode import Chunk, Document, Encoded, chunks, encoded_in_order, in_validation
 from trickster.data.meta import (
@@ -58,12 +58,12 @@ from trickster.data.partial import (
     ONE_DOCUMENT,
     ONE_DOCUMENT_MASK,
     SCRATCH,
+    check_out_dir,
     finished_in_partial,
     open_partial,
     partial_dir,
     remove_spent,
 )
-from trickster.data.paths import PREPARED_FILES
 from trickster.data.records import Records, records_source
 from trickster.data.shards import SPLITS, Progress, ShardWriter, SplitProgress, token_dtype
 from trickster.data.sources import Corpus, DownloadFailed, Source, corpus_source
@@ -100,7 +100,7 @@ def prepare(
     with the same settings is kept as it is, said in one line.
     """
     out_dir = Path(out_dir)
-    _check_out_dir(out_dir)
+    check_out_dir(out_dir)
     if shard_tokens < 1:
         raise UserError(f"--shard-tokens must be at least 1 (got {shard_tokens})")
     settings_dedup = dedup_settings or dedup.DedupSettings()
@@ -208,22 +208,6 @@ def _say(
 
     for line in prepare_summary(meta, out_dir, kept, removed):
         echo(line)
-
-
-def _check_out_dir(out_dir: Path) -> None:
-    """Tidy what killed preparations left beside `out_dir`, then refuse one that is no data folder."""
-    restore_replaced(out_dir)  # a preparation killed between its two renames: replaced whole below
-    remove_leftovers(out_dir.parent, of=out_dir.name)  # what one stopped after them left (.DIR.old-PID)
-    remove_leftovers(out_dir.parent, of=partial_dir(out_dir).name)  # a half-deleted spent DIR.partial
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"output {out_dir} is a file; pass a folder path to --out")
-    # what a killed `data report --html` left there goes with the folder it replaces
-    dead = {path.name for path, _ in leftovers(out_dir)} if out_dir.is_dir() else set()
-    if out_dir.is_dir() and not {p.name for p in out_dir.iterdir()} - dead <= PREPARED_FILES:
-        raise UserError(
-            f"{out_dir} already exists and is not a prepared data folder; choose another --out "
-            "(nothing was changed)"
-        )
 
 
 def _tokenizer_for(
