@@ -431,6 +431,20 @@ def test_activation_checkpointing_keeps_only_the_block_inputs():
     assert kept < full / 4
 
 
+@pytest.mark.parametrize("preset", ["nano", "mega"])
+def test_the_fitting_batch_is_the_largest_whose_whole_step_fits(preset):
+    """The micro-batch the plan fits in a budget is the largest whose counted step fits in it. The
+    loss's chunk of logits does not grow with the batch once full: mega's vocabulary fills it within
+    one window, and dividing the room by a window's activations and logits gave 131 windows on a
+    141 GB H200 where its step's bytes hold 220 (gpu_check's maxbatch would have failed there)."""
+    cfg = load_config(preset=preset, overrides=["device_config.dtype=bfloat16"])
+    for batch in (1, 2, 7, 64, 220):
+        step = footprint.memory_estimate(cfg, batch_size=batch).total
+        assert footprint.fitting_batch(cfg, step) == batch
+        assert footprint.fitting_batch(cfg, step - 1) == batch - 1
+    assert footprint.fitting_batch(cfg, footprint.memory_estimate(cfg, batch_size=1).state) == 0
+
+
 def test_a_model_too_big_for_one_gpu_is_told_how_many_to_shard_over(monkeypatch):
     """A GPU of 16 GiB (no GPU is used: the plan asks its memory only)."""
     monkeypatch.setattr(footprint, "device_memory", lambda device: (16 * GiB, "GPU memory"))

@@ -147,9 +147,21 @@ def memory_estimate(
 
 def fitting_batch(cfg: Config, budget: float, processes: int = 1) -> int:
     """The largest micro-batch whose step fits in `budget` bytes by the formula (0: not even one),
-    on each of `processes` (FSDP shards the state over them)."""
-    mem = memory_estimate(cfg, batch_size=1, processes=processes)
-    return max(0, int((budget - mem.state) // (mem.activations + mem.logits)))
+    on each of `processes` (FSDP shards the state over them). The loss's working memory stops
+    growing once a chunk of logits is full (LOSS_CHUNK_ELEMENTS: mega's 32000-word vocabulary
+    fills it at 1,048 tokens, less than one window), so a window more adds its activations alone:
+    found by search over memory_estimate, not by dividing by a window's activations and logits."""
+
+    def fits(batch: int) -> bool:
+        return memory_estimate(cfg, batch_size=batch, processes=processes).total <= budget
+
+    fitting, failing = 0, 1
+    while fits(failing):  # every window adds activations: ends
+        fitting, failing = failing, 2 * failing
+    while failing - fitting > 1:
+        middle = (fitting + failing) // 2
+        fitting, failing = (middle, failing) if fits(middle) else (fitting, middle)
+    return fitting
 
 
 def global_windows(cfg: Config, world_size: int = 1) -> int:
