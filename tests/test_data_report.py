@@ -106,3 +106,54 @@ def test_overlap_reads_the_text_as_written_so_crlf_meets_crlf(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["data", "overlap", str(tmp_path / "out"), "--text", str(tmp_path / "eval.txt")]) == 0
     assert capsys.readouterr().out.startswith("100.0% of the text's 13-grams")
+
+
+@pytest.mark.parametrize("block", [report.BLOCK, 100])  # 100: the passage's run crosses blocks
+def test_overlap_on_one_document_says_where_the_text_was_copied(tmp_path, monkeypatch, capsys, block):
+    """One text (Tiny Shakespeare, a single file) is prepared without an end-of-text id, so nothing
+    marks documents: the check gave its first line and no 'train document' line, nor any word on
+    where the text was found. It names the one document, and where its longest run of shared
+    13-grams starts: where a copied passage sits."""
+    monkeypatch.setattr(report, "BLOCK", block)
+    text = "".join(np.random.default_rng(2).choice(list(ALPHABET), size=5000))
+    (tmp_path / "one.txt").write_text(text)
+    out = tmp_path / "out"
+    prepare(sources.text_files([str(tmp_path / "one.txt")]), "char", out, 0.1, workers=1, echo=print)
+    train, at = text[:4500], 1234
+    passage = text[at : at + 200]
+    grams = {passage[i : i + 13] for i in range(len(passage) - 12)}
+    shared = sum(train[i : i + 13] in grams for i in range(len(train) - 12))  # with repeats, as counted
+    excerpt = " ".join(train[at : at + 140].split())[:70] + "..."
+    (tmp_path / "eval.txt").write_text(passage)
+    capsys.readouterr()
+    assert cli.main(["data", "overlap", str(out), "--text", str(tmp_path / "eval.txt")]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        f"  the training split is one document: {shared:,} matching 13-grams; the longest run of "
+        f"them, {len(passage) - 12} in a row, starts at its token {at:,}: {excerpt!r}"
+    ]
+
+
+def test_overlap_over_documents_no_end_of_text_marks_says_so(tmp_path):
+    """Documents prepared with a one-text model's tokenizer (--tokenizer-from), which has no
+    end-of-text id: they run into each other, and the check says why it names none."""
+    from trickster.data.loader import load_data
+
+    one = tmp_path / "one.txt"
+    one.write_text(ALPHABET * 50)
+    prepare(sources.text_files([str(one)]), "char", tmp_path / "one", 0.1, workers=1, echo=lambda line: None)
+    tokenizer = load_data(tmp_path / "one").tokenizer
+    assert tokenizer.eot_id is None
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    docs = texts(30, seed=3)
+    for i, doc in enumerate(docs):
+        (folder / f"{i:03d}.txt").write_text(doc)
+    out = tmp_path / "out"
+    prepare(sources.text_files([str(folder)]), tokenizer, out, 0.25, workers=1, echo=lambda line: None)
+    passage = next(d for d in docs if not in_validation(d, 0.25))[:60]
+    lines = report.format_overlap(report.overlap(out, passage), out)
+    assert lines[1].startswith(
+        "  the training split is one stream: its tokenizer has no end-of-text id, so where one "
+        f"document ends and the next starts is not marked: {len(passage) - 12} matching 13-grams; "
+        f"the longest run of them, {len(passage) - 12} in a row, starts at its token 0: "
+    )

@@ -69,12 +69,17 @@ class Found:
     seen: np.ndarray  # bool per query hash
     per_document: dict[int, int] = field(default_factory=dict)  # train document -> n-grams shared
     document_starts: np.ndarray | None = None
+    # the longest stretch of n-grams shared one after the other (first token, n-grams): where a
+    # passage of the query was copied
+    longest: tuple[int, int] = (0, 0)
 
 
 def _find(data: PreparedData, stream: TokenStream, query: np.ndarray) -> Found:
+    """Without an end-of-text id nothing marks where a document ends: all of `stream` counts as
+    document 0 (one text, such as Tiny Shakespeare, or a model's tokenizer that has none)."""
     seen = np.zeros(len(query), bool)
     counts = np.zeros(0, np.int64)
-    eot, ends = data.tokenizer.eot_id, []
+    eot, ends, run = data.tokenizer.eot_id, [], (0, 0, 0, 0)
     specials = _specials(data)
     for offset, block, owned in _blocks(stream):
         if eot is not None:
@@ -85,18 +90,34 @@ def _find(data: PreparedData, stream: TokenStream, query: np.ndarray) -> Found:
         at = np.minimum(np.searchsorted(query, hashes), len(query) - 1)
         hit = query[at] == hashes
         seen[at[hit]] = True
-        if eot is not None:  # the document of each hit: how many documents end before it
-            documents = np.searchsorted(np.concatenate(ends), starts[hit] + offset, side="right")
-            found = np.bincount(documents)
-            counts = np.pad(counts, (0, max(0, len(found) - len(counts))))
-            counts[: len(found)] += found
+        if hit.any():
+            run = _longest_run(starts[hit] + offset, run)
+        if eot is None:
+            found = np.array([hit.sum()])
+        else:  # the document of each hit: how many documents end before it
+            found = np.bincount(np.searchsorted(np.concatenate(ends), starts[hit] + offset, side="right"))
+        counts = np.pad(counts, (0, max(0, len(found) - len(counts))))
+        counts[: len(found)] += found
     per_document = {int(d): int(c) for d, c in enumerate(counts) if c}
     ends_all = np.concatenate(ends) if ends else np.zeros(0, np.int64)
-    return Found(seen, per_document, np.concatenate(([0], ends_all + 1)))
+    return Found(seen, per_document, np.concatenate(([0], ends_all + 1)), run[:2])
 
 
-def _excerpt(data: PreparedData, stream: TokenStream, found: Found, document: int, chars: int = 70) -> str:
-    start = int(found.document_starts[document]) if found.document_starts is not None else 0
+def _longest_run(positions: np.ndarray, run: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """(start, length) of the longest run of consecutive `positions` so far, then of the run that
+    the next block may continue, after these (ascending, after all those seen before)."""
+    best_start, best_length, start, length = run
+    bounds = np.concatenate(([0], np.flatnonzero(np.diff(positions) != 1) + 1, [len(positions)]))
+    lengths, firsts = np.diff(bounds), positions[bounds[:-1]]
+    if length and firsts[0] == start + length:  # the run the last block ended with goes on
+        lengths[0], firsts[0] = lengths[0] + length, start
+    i = int(np.argmax(lengths))
+    if lengths[i] > best_length:
+        best_start, best_length = int(firsts[i]), int(lengths[i])
+    return best_start, best_length, int(firsts[-1]), int(lengths[-1])
+
+
+def _excerpt(data: PreparedData, stream: TokenStream, start: int, chars: int = 70) -> str:
     text = data.tokenizer.decode(np.asarray(stream[start : start + chars * 2]).tolist())
     text = " ".join(text.split())
     return text[:chars] + ("..." if len(text) > chars else "")
@@ -109,6 +130,11 @@ class Overlap:
     tokens: int
     tokens_covered: int  # tokens inside an n-gram that occurs in train
     documents: list[tuple[int, int, str]]  # (train document, n-grams shared, its start)
+    # when no end-of-text id divides the training split into documents: why (None when one does),
+    # and its longest run of n-grams shared (first token, n-grams); `documents` then holds the
+    # whole split, its excerpt taken where that run starts
+    undivided: str | None = None
+    longest: tuple[int, int] = (0, 0)
 
     @property
     def fraction(self) -> float:
@@ -130,10 +156,25 @@ def overlap(folder: str | Path, text: str, top: int = 5) -> Overlap:
     covered = np.zeros(len(tokens) + 1, np.int64)
     np.add.at(covered, starts[hit], 1)
     np.add.at(covered, starts[hit] + N, -1)
-    ranked = sorted(found.per_document.items(), key=lambda item: (-item[1], item[0]))[:top]
-    documents = [(d, c, _excerpt(data, data.train, found, d)) for d, c in ranked]
     tokens_covered = int((np.cumsum(covered)[:-1] > 0).sum())
-    return Overlap(len(hashes), int(hit.sum()), len(tokens), tokens_covered, documents)
+    result = Overlap(len(hashes), int(hit.sum()), len(tokens), tokens_covered, [])
+    if data.tokenizer.eot_id is None:
+        one = data.meta.get("documents") == 1
+        result.undivided = "one document" if one else UNDIVIDED
+        result.longest = found.longest
+        count = found.per_document.get(0, 0)
+        result.documents = [(0, count, _excerpt(data, data.train, found.longest[0]))] if count else []
+        return result
+    ranked = sorted(found.per_document.items(), key=lambda item: (-item[1], item[0]))[:top]
+    starts_at = found.document_starts
+    result.documents = [(d, c, _excerpt(data, data.train, int(starts_at[d]))) for d, c in ranked]
+    return result
+
+
+UNDIVIDED = (
+    "one stream: its tokenizer has no end-of-text id, so where one document ends and the next "
+    "starts is not marked"
+)
 
 
 def format_overlap(result: Overlap, folder: str | Path) -> list[str]:
@@ -142,6 +183,14 @@ def format_overlap(result: Overlap, folder: str | Path) -> list[str]:
         f" the training split of {folder}; {result.tokens_covered:,} of its {result.tokens:,} tokens are"
         " inside one"
     ]
+    if result.undivided is not None:  # no documents to name: where in the split the text was copied
+        start, length = result.longest
+        for _, count, excerpt in result.documents:
+            lines.append(
+                f"  the training split is {result.undivided}: {count:,} matching {N}-grams; the "
+                f"longest run of them, {length:,} in a row, starts at its token {start:,}: {excerpt!r}"
+            )
+        return lines
     for document, count, excerpt in result.documents:
         lines.append(f"  train document {document:,}: {count:,} matching {N}-grams, starts {excerpt!r}")
     return lines
