@@ -935,7 +935,7 @@ CASES = [
             "--config",
             env.write("deep.yaml", "model_config: " + "[" * 10_000 + "]" * 10_000),
         ],
-        "deep.yaml: malformed YAML: nested deeper than a config ever is; fix the file",
+        "deep.yaml nests lists or mappings too deeply to read; fix the file",
     ),
     case(
         "config-integer-of-5000-digits",
@@ -944,7 +944,18 @@ CASES = [
             "--config",
             env.write("digits.yaml", "training_config:\n  seed: " + "9" * 5000),
         ],
-        "digits.yaml: malformed YAML: a number too long to read",
+        "digits.yaml holds an integer of more than 4,300 digits, too long to read; fix the file",
+    ),
+    case(
+        "config-hexadecimal-integer-of-5000-digits",  # read, then shown in the error line: a traceback
+        _config_file("hex.yaml", "training_config:\n  seed: 0x" + "f" * 5000 + "\n"),
+        "hex.yaml holds an integer of more than 4,300 digits, too long to read; fix the file",
+    ),
+    case(
+        "config-date-that-is-no-date",  # it said 'a number too long to read (month must be in 1..12)'
+        _config_file("date.yaml", "training_config:\n  seed: 2024-13-01\n"),
+        "date.yaml: line 2, column 9: '2024-13-01' is read as a date but is none (month must be in "
+        "1..12); quote it to keep it as text",
     ),
     case(
         "config-holds-a-nul-character",

@@ -24,6 +24,7 @@ from pydantic import (
     field_validator,
 )
 
+from trickster import untrusted
 from trickster.atomic import replace_file
 from trickster.config_checks import check
 from trickster.config_errors import blamed, describe_all, did_you_mean, elided, section_at
@@ -429,7 +430,7 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     else:
         try:
             parsed = load_yaml(value)  # an empty value is null, as in a file: `keep_last=` keeps all
-        except yaml.YAMLError:
+        except (yaml.YAMLError, untrusted.Unreadable):
             parsed = value
     target = raw
     for depth, name in enumerate(parts[:-1], 1):

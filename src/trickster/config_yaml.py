@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from trickster import untrusted
 from trickster.errors import UserError
 
 
@@ -16,13 +17,8 @@ class _DuplicateKey(yaml.constructor.ConstructorError):
     pass
 
 
-class _Unreadable(yaml.YAMLError):
-    """YAML that PyYAML fails on with a Python error: nesting deeper than the recursion limit
-    (RecursionError) or an integer of more than 4,300 digits (ValueError)."""
-
-    def __init__(self, problem: str):
-        super().__init__(problem)
-        self.problem = problem
+class _NoDate(yaml.constructor.ConstructorError):
+    pass
 
 
 MERGE = "tag:yaml.org,2002:merge"  # `<<: *defaults`: the keys of another mapping, as defaults
@@ -45,25 +41,46 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             seen.add(key)
         return super().construct_mapping(node, deep)
 
+    def construct_yaml_int(self, node):
+        # 0x... or 0b... of any length is read, and only a message that shows it would fail
+        return untrusted.checked_int(super().construct_yaml_int(node))
+
+    def construct_yaml_timestamp(self, node):
+        try:
+            return super().construct_yaml_timestamp(node)
+        except ValueError as err:  # 2024-13-01: YAML 1.1 reads it as a date, which it is not
+            problem = f"{node.value!r} is read as a date but is none ({err}); quote it to keep it as text"
+            raise _NoDate(None, None, problem, node.start_mark) from None
+
+
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _UniqueKeyLoader.construct_yaml_int)
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:timestamp", _UniqueKeyLoader.construct_yaml_timestamp)
+
 
 def load_yaml(text: str) -> Any:
-    try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
-    except RecursionError:
-        raise _Unreadable("nested deeper than a config ever is") from None
-    except ValueError as err:  # int(): Python's limit on the digits of an integer
-        raise _Unreadable(f"a number too long to read ({str(err).split(':')[0]})") from None
+    """`text` as YAML; a key given twice or a malformed text raise yaml.YAMLError, one that Python
+    cannot hold (nested too deeply, too many digits) untrusted.Unreadable."""
+    return untrusted.parse(
+        lambda text: yaml.load(text, Loader=_UniqueKeyLoader),  # noqa: S506 (a SafeLoader)
+        text,
+        "lists or mappings",
+    )
 
 
 def parse_yaml(text: str, source: str) -> dict[str, Any]:
     """A config file's sections; `source` names it in the error line."""
     try:
         raw = load_yaml(text)
+    except untrusted.Unreadable as err:
+        raise UserError(f"{source} {err.reason}; fix the file") from None
     except _DuplicateKey as err:
         mark = err.problem_mark
         raise UserError(
             f"{source}: {err.problem} (again at line {mark.line + 1}); keep one of them"
         ) from None
+    except _NoDate as err:
+        mark = err.problem_mark
+        raise UserError(f"{source}: line {mark.line + 1}, column {mark.column + 1}: {err.problem}") from None
     except yaml.reader.ReaderError as err:  # a character YAML does not allow, such as NUL
         raise UserError(
             f"{source}: character {chr(err.character)!r} at offset {err.position} cannot be in YAML "

@@ -16,7 +16,6 @@ import hashlib
 import json
 import math
 import string
-import sys
 import sysconfig
 import urllib.error
 import urllib.request
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from trickster import untrusted
 from trickster.data.paths import expand_paths
 from trickster.data.textfile import OPENERS, decode, json_lines, read_bytes, text_size
 from trickster.errors import UserError
@@ -71,16 +71,11 @@ class Corpus:
 
 def _json_line(line: str, where: str):
     try:
-        return json.loads(line)
+        return untrusted.parse(json.loads, line)
     except json.JSONDecodeError as err:
         raise UserError(f"{where} is not JSON ({err.msg}); write one JSON object per line") from None
-    except RecursionError:  # json.loads recurses once per level of [ or {
-        raise UserError(f"{where} nests arrays or objects too deeply to read; flatten or drop it") from None
-    except ValueError:  # Python reads an integer of at most sys.get_int_max_str_digits() digits
-        raise UserError(
-            f"{where} holds an integer of more than {sys.get_int_max_str_digits():,} digits, too long "
-            "to read; drop it or write it as a string"
-        ) from None
+    except untrusted.Unreadable as err:
+        raise UserError(f"{where} {err.reason}; fix or remove that record") from None
 
 
 def json_type(value) -> str:

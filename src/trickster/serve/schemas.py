@@ -4,13 +4,13 @@ the answers it gives, and OpenAI's error object."""
 from __future__ import annotations
 
 import json
-import sys
 import time
 import uuid
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from trickster import untrusted
 from trickster.errors import single_line
 
 
@@ -128,17 +128,11 @@ def _strings(value) -> bool:
 def parse(kind: type[BaseModel], raw: bytes) -> BaseModel:
     """The request body as `kind`, or an APIError naming the first field that is wrong."""
     try:
-        data = json.loads(raw)
+        data = untrusted.parse(json.loads, raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise APIError(400, f"the request body is not valid JSON ({err}); send a JSON object") from None
-    except RecursionError:  # json.loads recurses once per level of [ or {
-        raise APIError(400, "the request body nests arrays or objects too deeply to read") from None
-    except ValueError:  # Python reads an integer of at most sys.get_int_max_str_digits() digits
-        raise APIError(
-            400,
-            f"the request body holds an integer of more than {sys.get_int_max_str_digits():,} digits, "
-            "more than any field takes",
-        ) from None
+    except untrusted.Unreadable as err:
+        raise APIError(400, f"the request body {err.reason}") from None
     if not isinstance(data, dict):
         raise APIError(400, "the request body must be a JSON object")
     try:
