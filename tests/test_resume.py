@@ -617,8 +617,12 @@ def test_a_kill_after_a_checkpoint_before_its_evaluation_ends_is_resumed_exactly
     assert curve(resumed.history) == curve(reference.history)
     assert_same_weights(run_dir / "checkpoints" / "final", reference.run_dir / "checkpoints" / "final")
     assert_same_weights(run_dir / "checkpoints" / "best", reference.run_dir / "checkpoints" / "best")
-    best = ckpt.read_info(run_dir / "checkpoints" / "best")
-    assert best["step"] == ckpt.read_info(reference.run_dir / "checkpoints" / "best")["step"]
+    # what `info`, `runs` and `serve` show: the losses of every checkpoint's own step, as the
+    # uninterrupted run recorded them (the resumed-from one got its evaluation's loss again)
+    losses = ("step", "val_loss", "best_val_loss", "tokens_seen")
+    for folder in ckpt.numbered(run_dir) + [run_dir / "checkpoints" / n for n in ("best", "final")]:
+        info, twin = ckpt.read_info(folder), ckpt.read_info(reference.run_dir / "checkpoints" / folder.name)
+        assert [info[k] for k in losses] == [twin[k] for k in losses], folder.name
 
 
 def test_without_flock_training_is_refused_in_one_line_before_writing(micro, monkeypatch, capsys):

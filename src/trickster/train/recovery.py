@@ -73,13 +73,24 @@ def say_stopped(trainer: Trainer, name: str) -> None:
 
 def record_evaluation_in_checkpoint(trainer: Trainer) -> None:
     """A checkpoint saved at this step was written before its evaluation (one that fails loses no
-    training): its info.json gets that evaluation's loss, as if it had been saved after it."""
-    state, saved = trainer.state, trainer.saved
-    if saved is None or saved.step != state.step or not trainer.job.is_main:
-        return
-    if ckpt.is_complete(saved.path):
-        best = state.best_loss_seen
-        ckpt.update_info(saved.path, val_loss=state.last_val_loss, best_val_loss=best)
+    training): its info.json gets that evaluation's loss, as if it had been saved after it. So does
+    the checkpoint a run resumed from when a kill cut that evaluation short (it is done again on
+    resume): `final` would otherwise keep the loss of the evaluation before."""
+    state = trainer.state
+    path = _saved_at(trainer, state.step) if trainer.job.is_main else None
+    if path is not None:
+        ckpt.update_info(path, val_loss=state.last_val_loss, best_val_loss=state.best_loss_seen)
+
+
+def _saved_at(trainer: Trainer, step: int) -> Path | None:
+    """The complete checkpoint of `step` saved before its evaluation: the one this process just
+    wrote, or the one it resumed from (unless a rollback or keep_last deleted it since)."""
+    saved, resumed = trainer.saved, trainer.resumed_from
+    if saved is not None and saved.step == step:
+        return saved.path if ckpt.is_complete(saved.path) else None
+    if not trainer.eval_due or resumed is None or not ckpt.is_complete(resumed):
+        return None
+    return resumed if ckpt.checkpoint_step(resumed) == step else None
 
 
 @contextlib.contextmanager
