@@ -88,10 +88,10 @@ def install(moment: str, n: int) -> None:
                 buffer = io.BytesIO()
                 save(obj, buffer, *args, **kwargs)
                 data = buffer.getvalue()
-                with open(f, "wb") as out:
-                    out.write(data[: len(data) // 2])
-                    out.flush()
-                    os.fsync(out.fileno())
+                if isinstance(f, str | os.PathLike):
+                    f = open(f, "wb")
+                f.write(data[: len(data) // 2])  # the file checkpoint.py opened, or the one opened here
+                f.flush()
                 die()
             return save(obj, f, *args, **kwargs)
 

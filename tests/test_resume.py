@@ -35,6 +35,11 @@ from trickster.train.loop import train
 from . import children
 from .conftest import QUIET, events, micro_config
 
+try:
+    import resource
+except ImportError:  # native Windows
+    resource = None
+
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 # 12 steps of 2 micro-batches with dropout: evaluations at 0, 3, 6, 9, 12; numbered
@@ -524,29 +529,36 @@ def _refused_at_the_second_checkpoint(micro):
     return cfg
 
 
-def test_a_full_disk_under_torch_save_is_one_clear_error(micro, monkeypatch):
-    """torch.save reports a full disk as RuntimeError("[enforce fail at inline_container.cc:672] .
-    unexpected pos 704 vs 598"), with no errno (seen on a full tmpfs): it used to end the run with a
-    traceback. A disk with space left keeps the traceback: that is a bug."""
-    import shutil
+@pytest.mark.skipif(resource is None, reason="needs RLIMIT_FSIZE")
+def test_a_write_refused_under_torch_save_is_one_clear_error(micro):
+    """torch.save reports any refused write (a full disk, a quota, a file size limit) as
+    RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"), without
+    an errno: a quota (EDQUOT, with space left on the disk) ended the run with that traceback. A
+    real refusal here: a file size limit (EFBIG; Python ignores SIGXFSZ) that model.safetensors
+    fits under and trainer.pt does not. The checkpoints of the run resumed stay as they were."""
+    cfg = micro(training_config={"max_steps": 2, "warmup_steps": 1, "eval_every": 100, "save_every": 2})
+    train(cfg, **QUIET)
+    folder = Path(cfg.logging.output_dir) / "checkpoints"
 
-    from trickster.train import checkpoint
+    def files():
+        return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
-    save, calls = torch.save, []
+    before = files()
+    weights, trainer = len(before[f"final/{ckpt.WEIGHTS}"]), len(before["final/trainer.pt"])
+    limit = (weights + trainer) // 2
+    assert weights < limit < trainer
 
-    def full(obj, f, *args, **kwargs):
-        calls.append(f)
-        if len(calls) == 2:
-            Path(f).write_bytes(b"PK")
-            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
-        return save(obj, f, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "save", full)
-    monkeypatch.setattr(
-        shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 4096, 4096)
-    )
-    _refused_at_the_second_checkpoint(micro)
-    assert checkpoint.FULL_BELOW > 4096
+    cfg.training.max_steps = 4
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        with pytest.raises(UserError, match=r"could not write checkpoint .* \(File too large\)") as caught:
+            train(cfg, resume=True, **QUIET)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert "earlier checkpoints are untouched" in str(caught.value)
+    assert files() == before  # no staging folder left either
+    assert train(cfg, resume=True, **QUIET).state.step == 4  # the limit lifted
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")

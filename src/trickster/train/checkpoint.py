@@ -19,7 +19,6 @@ unpickled: weights come from safetensors and trainer.pt loads with `weights_only
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import pickle
@@ -60,7 +59,6 @@ COMPLETE = "COMPLETE"
 WEIGHTS = "model.safetensors"
 OPTIMIZER = "optimizer"  # the sharded optimizer state of an FSDP2 run
 STEP_DIR = re.compile(r"^step_(\d+)$")
-FULL_BELOW = 1 << 20  # bytes free on a disk that a failed write has just filled
 OS_ERROR = re.compile(r"\(os error (\d+)\)")  # the errno in a SafetensorError's message
 
 
@@ -143,14 +141,34 @@ def _save_tensors(tensors: dict[str, torch.Tensor], file: Path, metadata: dict[s
 
 
 def _save_trainer_state(state: dict, file: Path) -> None:
-    """torch.save, whose failed write on a full disk becomes the OSError it is: torch reports it as
-    a RuntimeError without an errno ("unexpected pos 704 vs 598"). One with space left is a bug."""
-    try:
-        torch.save(state, file)
-    except RuntimeError:
-        if shutil.disk_usage(file.parent).free >= FULL_BELOW:
+    """torch.save, whose failed write becomes the OSError it is: torch reports any (a full disk, a
+    quota, a file size limit) as a RuntimeError without an errno ("unexpected pos 704 vs 598"), so
+    it writes through `_Writes`, which keeps the error. A RuntimeError without one is a bug."""
+    with open(file, "wb") as f:
+        out = _Writes(f)
+        try:
+            torch.save(state, out)
+        except RuntimeError:
+            if out.error is None:
+                raise
+            raise out.error from None
+
+
+class _Writes:
+    """A file for torch.save that remembers the first OSError of its writes."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as err:
+            self.error = self.error or err
             raise
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(file)) from None
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def _link_tensor_files(source: Path, staging: Path) -> None:
