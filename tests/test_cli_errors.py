@@ -904,6 +904,12 @@ CASES = [
         "= 2**63 (got '1e30')",
     ),
     case(
+        "config-date-for-a-number",
+        _config_file("date.yaml", "training_config:\n  learning_rate: 2024-01-01\n"),
+        "date.yaml: training_config.learning_rate: input should be a valid number",
+        "(got '2024-01-01')",
+    ),
+    case(
         "config-switch-for-a-number",
         _switch_for_a_number_in_file,
         "training_config.max_steps: input should be an integer, not true or false (got true)",

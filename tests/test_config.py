@@ -497,3 +497,20 @@ def test_a_wandb_project_name_is_checked_only_when_wandb_is_used(tmp_path):
         load_config(overrides=["logging_config.use_wandb=true", "logging_config.wandb_project=team/nano"])
     with pytest.raises(UserError, match="logging_config.wandb_project: .*at most 128 characters"):
         load_config(overrides=["logging_config.use_wandb=true", "logging_config.wandb_project=" + "p" * 200])
+
+
+def test_a_date_is_read_as_the_text_it_is_written_as(tmp_path):
+    """YAML 1.1 reads an unquoted 2024-01-01 as a date: a number setting showed it as
+    `datetime.date(2024, 1, 1)` in its error, and a text setting (a prompt, a folder) refused it.
+    No setting is a date, so it stays text: the error shows it as written, a text setting takes it."""
+    path = tmp_path / "date.yaml"
+    path.write_text("training_config:\n  learning_rate: 2024-01-01\n")
+    with pytest.raises(UserError) as info:
+        load_config(path)
+    assert "training_config.learning_rate: input should be a valid number" in str(info.value)
+    assert "(got '2024-01-01')" in str(info.value) and "datetime" not in str(info.value)
+    with pytest.raises(UserError, match=r"\(got '2024-01-01 10:00:00'\)"):
+        load_config(overrides=["training_config.max_steps=2024-01-01 10:00:00"])
+    path.write_text("training_config:\n  sample_prompt: 2024-01-01\nlogging_config:\n  output_dir: 2024-11-30\n")
+    cfg = load_config(path)
+    assert (cfg.training.sample_prompt, cfg.logging.output_dir) == ("2024-01-01", "2024-11-30")

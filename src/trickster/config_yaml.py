@@ -1,6 +1,7 @@
 """The YAML of configs and overrides: PyYAML's safe loader (YAML 1.1, so unquoted yes/no and
 on/off are booleans, and `3e-4` without a dot is text that the config reads as a number), refusing
-a key given twice; a file that does not parse is one line naming where."""
+a key given twice and reading a date as the text it is written as; a file that does not parse is
+one line naming where."""
 
 from __future__ import annotations
 
@@ -55,6 +56,16 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 _UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _UniqueKeyLoader.construct_yaml_int)
 _UniqueKeyLoader.add_constructor("tag:yaml.org,2002:timestamp", _UniqueKeyLoader.construct_yaml_timestamp)
+
+
+TIMESTAMP = "tag:yaml.org,2002:timestamp"
+# No setting is a date: `learning_rate: 2024-01-01` stays the text it was written as, which the
+# error line shows as written (a datetime.date showed as `datetime.date(2024, 1, 1)`), and a
+# prompt or a folder named 2024-01-01 is taken as text, as a value of a text setting should be.
+_UniqueKeyLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != TIMESTAMP]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 
 
 def load_yaml(text: str) -> Any:
