@@ -656,14 +656,14 @@ def _disk_full_at_checkpoint(env: Env) -> list[str]:
     return micro_train(env, "training_config.max_steps=4", "training_config.warmup_steps=1")
 
 
-def _read_only(env: Env, folder: Path) -> None:
-    """Every write, and every delete, under `folder` fails as on a read-only mount (the tests run
-    as any user, and root ignores file modes)."""
+def _read_only(env: Env, folder: Path, code: int = errno.EROFS) -> None:
+    """Every write, and every delete, under `folder` fails as on a read-only mount, or with the
+    error `code` (the tests run as any user, and root ignores file modes)."""
     path_open, plain_open, path_unlink = Path.open, builtins.open, Path.unlink
 
     def refuse(path, mode: str = "w") -> None:
         if any(m in mode for m in "wax+") and Path(path).resolve().is_relative_to(folder.resolve()):
-            raise OSError(errno.EROFS, "Read-only file system", str(path))
+            raise OSError(code, os.strerror(code), str(path))
 
     def open_path(self, mode="r", *args, **kwargs):
         refuse(self, mode)
@@ -686,6 +686,12 @@ def _read_only(env: Env, folder: Path) -> None:
 def _resume_in_read_only_run(env: Env) -> list[str]:
     run = env.copy_run()
     _read_only(env, run)
+    return ["train", "--config", env.config(), "--out", str(run), "--no-progress", "--resume"]
+
+
+def _resume_on_a_full_disk(env: Env) -> list[str]:
+    run = env.copy_run()
+    _read_only(env, run, errno.ENOSPC)
     return ["train", "--config", env.config(), "--out", str(run), "--no-progress", "--resume"]
 
 
@@ -1489,8 +1495,21 @@ CASES = [
         "resume-in-a-read-only-run-folder",
         _resume_in_read_only_run,
         "could not write run folder",
-        "Read-only file system",
-        "writable",
+        "(Read-only file system); make the folder writable, or choose another --out",
+    ),
+    case(
+        "resume-on-a-full-disk",
+        _resume_on_a_full_disk,
+        "could not write run folder",
+        "(No space left on device); free disk space, or choose another --out",
+    ),
+    case(
+        "train-into-a-system-folder",
+        lambda env: micro_train(env, "--out", "/proc/self"),
+        "could not write run folder /proc/self",
+        "no file can be written there (as in /proc or /sys); choose another --out",
+        skip_if=not Path("/proc/self").is_dir(),
+        skip_reason="no /proc on this system",
     ),
     case(
         "mesh-shape-does-not-match-processes",

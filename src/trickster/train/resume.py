@@ -15,7 +15,7 @@ from pathlib import Path
 from trickster.atomic import remove_leftovers, replace_file, still_at
 from trickster.config import Config
 from trickster.data.loader import PreparedData
-from trickster.errors import UserError, disk_errors
+from trickster.errors import UserError, disk_errors, write_fix
 from trickster.observe.events import iter_metrics
 from trickster.train import checkpoint as ckpt
 
@@ -25,7 +25,7 @@ except ImportError:  # native Windows has no flock; WSL2 has
     fcntl = None
 
 LOCK = ".lock"  # RUN_DIR/.lock: held by the process that trains there (claimed)
-WRITE_FIX = "free disk space or make the folder writable, or choose another --out"  # the run folder's
+WRITE_FIX = write_fix("choose another --out")  # the run folder's
 
 
 def run_dir_in_use(run_dir: Path) -> bool:
