@@ -511,6 +511,8 @@ def test_a_date_is_read_as_the_text_it_is_written_as(tmp_path):
     assert "(got '2024-01-01')" in str(info.value) and "datetime" not in str(info.value)
     with pytest.raises(UserError, match=r"\(got '2024-01-01 10:00:00'\)"):
         load_config(overrides=["training_config.max_steps=2024-01-01 10:00:00"])
-    path.write_text("training_config:\n  sample_prompt: 2024-01-01\nlogging_config:\n  output_dir: 2024-11-30\n")
+    path.write_text(
+        "training_config:\n  sample_prompt: 2024-01-01\nlogging_config:\n  output_dir: 2024-11-30\n"
+    )
     cfg = load_config(path)
     assert (cfg.training.sample_prompt, cfg.logging.output_dir) == ("2024-01-01", "2024-11-30")

@@ -27,7 +27,8 @@ def disk_errors(what: str, fix: str | Callable[[OSError], str]):
         yield
     except OSError as err:
         reason = err.strerror or str(err) or type(err).__name__
-        raise UserError(f"could not write {what} ({reason}); {fix if isinstance(fix, str) else fix(err)}") from None
+        fix = fix if isinstance(fix, str) else fix(err)
+        raise UserError(f"could not write {what} ({reason}); {fix}") from None
 
 
 FULL = (errno.ENOSPC, errno.EDQUOT)  # the disk, or the user's quota on it
