@@ -269,3 +269,86 @@ def test_an_interrupted_preparation_with_dedup_continues_to_the_same_result(tmp_
     for meta in (resumed, pooled):
         assert meta["tokens_sha256"] == reference["tokens_sha256"]
         assert meta["dedup"] == reference["dedup"]
+
+
+def test_documents_of_whitespace_only_are_dropped_as_blank(tmp_path):
+    rng = np.random.default_rng(5)
+    kept = [document(rng, lines=6) for _ in range(6)]
+    texts = kept[:2] + ["   \n\n  "] + kept[2:4] + ["\t\n"] + kept[4:] + [kept[3]]
+    meta = prepare(write(tmp_path / "texts", texts), "char", tmp_path / "out", 0.2, workers=1)
+    assert meta["dedup"]["blank_dropped"] == 2 and meta["dedup"]["exact_dropped"] == 1
+    assert meta["documents_read"] == 9 and meta["documents"] == 6
+    assert meta["dedup"]["examples"] == [[8, 4]]  # document 8 copies document 4 (kept[3]), by number
+    data = load_data(tmp_path / "out")
+    assert sorted(split_documents(data, data.train) + split_documents(data, data.val)) == sorted(kept)
+
+
+def test_records_whose_prompt_and_response_join_to_one_text_are_not_copies(tmp_path):
+    """Where the prompt ends matters: ("Is it s", "o?") and ("Is it so", "?") teach different
+    responses, though their texts run together alike."""
+    pairs = [(f"question {i}?\n", f"answer {i}.\n") for i in range(20)]
+    pairs += [("Is it s", "o?"), ("Is it so", "?"), ("Is it s", "o?")]  # the third is a copy
+    meta = prepare_prompt_response(Records("jsonl", pairs), "char", tmp_path / "out", 0.1)
+    assert meta["dedup"]["exact_found"] == meta["dedup"]["exact_dropped"] == 1
+    assert meta["documents"] == 22
+
+
+def deduper(tmp_path, threshold: float) -> dedup.Deduper:
+    return dedup.Deduper(DedupSettings(threshold=threshold), tmp_path, {})
+
+
+def changed(sig: np.ndarray, positions: slice) -> np.ndarray:
+    """`sig` with the values at `positions` replaced by values it never holds there."""
+    other = sig.copy()
+    other[positions] = ~sig[positions]
+    return other
+
+
+def test_a_near_copy_of_documents_on_both_sides_of_the_split_is_dropped(tmp_path):
+    """A agrees with B on 88 of 128 MinHash values (0.69, no near-copy at 0.8); C lies between
+    them (108 of 128 with each, 0.84): kept, it would be a near-copy of a training document in
+    validation, or of a validation document in training."""
+    a = dedup.signature(" ".join(WORDS))
+    b = changed(a, slice(0, 40))
+    c = a.copy()
+    c[:20] = b[:20]
+    d = deduper(tmp_path, 0.8)
+    assert d.decide(0, dedup.fingerprint("a"), a, "train") == "train"
+    assert d.decide(1, dedup.fingerprint("b"), b, "val") == "val"
+    assert d.decide(2, dedup.fingerprint("c"), c, "train") is None
+    assert (d.counts.near_found, d.counts.near_dropped, d.counts.kept) == (1, 1, 2)
+    assert d.decide(3, dedup.fingerprint("d"), changed(b, slice(0, 4)), "train") == "val"  # B's alone
+    assert d.counts.near_moved == 1
+
+
+def test_signatures_that_agree_on_exactly_the_threshold_are_near_copies(tmp_path):
+    a = dedup.signature(" ".join(WORDS))
+    d = deduper(tmp_path, 0.5)
+    assert d.decide(0, dedup.fingerprint("a"), a, "train") == "train"
+    assert d.decide(1, dedup.fingerprint("b"), changed(a, slice(0, 64)), "val") == "train"  # 64 of 128
+    assert d.decide(2, dedup.fingerprint("c"), changed(a, slice(63, 128)), "val") == "val"  # 63 of 128
+    assert (d.counts.near_found, d.counts.near_moved) == (1, 1)
+
+
+@pytest.mark.slow
+def test_a_preparation_with_dedup_interrupted_twice_continues_to_the_same_result(
+    tmp_path, clusters, monkeypatch
+):
+    """Each continuation reads back the kept documents' rows and appends only the new ones: a
+    second interruption must find every document the first continuation kept."""
+    bases, near = clusters
+    texts = [t for pair in zip(bases, near, bases[::-1], strict=True) for t in pair]
+    source = write(tmp_path / "texts", texts)
+
+    def run(out):
+        return prepare(source, "char", out, 0.3, shard_tokens=2000, chunk_chars=3000, workers=1, echo=print)
+
+    reference = run(tmp_path / "ref")
+    for _ in range(2):
+        monkeypatch.setattr(encode_module, "encode_chunk", Interrupt(after=4))
+        with pytest.raises(KeyboardInterrupt):
+            run(tmp_path / "out")
+    monkeypatch.undo()
+    resumed = run(tmp_path / "out")
+    assert resumed["tokens_sha256"] == reference["tokens_sha256"]
+    assert resumed["dedup"] == reference["dedup"]
