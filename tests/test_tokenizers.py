@@ -72,6 +72,40 @@ def test_save_and_load_roundtrip(tmp_path, kind):
     assert loaded.to_dict() == tok.to_dict()
     assert loaded.fingerprint() == tok.fingerprint()
     assert loaded.encode("not to be") == tok.encode("not to be")
+    assert tok.eot_id is not None and loaded.eot_id == tok.eot_id
+    assert loaded.decode([*tok.encode("not"), tok.eot_id, *tok.encode(" to be")]) == "not to be"
+
+
+@pytest.mark.parametrize("kind", ["char", "byte"])
+def test_end_of_text_is_one_more_id_and_part_of_what_is_saved(tmp_path, kind):
+    plain = build_tokenizer(kind, ["To be, or not to be"], with_eot=False)
+    with_eot = build_tokenizer(kind, ["To be, or not to be"], with_eot=True)
+    size = 256 if kind == "byte" else len(set("To be, or not to be"))
+    assert (plain.vocab_size, plain.eot_id) == (size, None)
+    assert (with_eot.vocab_size, with_eot.eot_id) == (size + 1, size)
+    assert plain.fingerprint() != with_eot.fingerprint()
+    plain.save(tmp_path / "tokenizer.json")
+    loaded = load_tokenizer(tmp_path / "tokenizer.json")
+    assert (loaded.vocab_size, loaded.eot_id) == (size, None)
+
+
+def test_bytes_are_counted_per_id_and_ids_outside_the_vocabulary_count_none():
+    """Bits per byte divides by these: 'é' is two UTF-8 bytes; an id past the vocabulary (a padded
+    embedding row) or a negative one (the -100 of a masked target) stands for no text."""
+    tok = CharTokenizer("aé", with_eot=True)
+    assert tok.count_bytes([0, 1, 1]) == 5
+    assert tok.count_bytes([0, 2, 1, 7, -100, -1]) == 3
+    assert ByteTokenizer(with_eot=True).count_bytes([*"é!".encode(), 256, 300, -100]) == 3
+
+
+def test_the_bpe_trainer_sees_every_character_of_a_text_with_long_runs():
+    """Runs over LONGEST_RUN are cut for the trainer: the pieces still join to the whole text."""
+    cut = tokenizers.LONGEST_RUN
+    texts = ["a" * (2 * cut + 7) + " end", "x" + " " * (3 * cut) + "yz", "short", "q" * cut]
+    for text in texts:
+        pieces = list(tokenizers._short_runs([text]))
+        assert "".join(pieces) == text
+        assert max(len(p) for p in pieces) <= cut + len(" end")
 
 
 def test_damaged_tokenizer_file_is_a_user_error(tmp_path):
