@@ -22,17 +22,43 @@ from . import children
 from .test_hf import TEXT, random_checkpoint
 
 
-def read_gguf(path):
+def read_gguf(path, types=None):
+    """The file's fields and its tensors as float32; `types`, a dict, gets each tensor's GGML type."""
     from gguf import GGUFReader
 
     reader = GGUFReader(path)
     fields = {name: field.contents() for name, field in reader.fields.items()}
     tensors = {t.name: torch.from_numpy(np.array(t.data, dtype=np.float32)) for t in reader.tensors}
+    if types is not None:
+        types.update({t.name: int(t.tensor_type) for t in reader.tensors})
     return fields, tensors
 
 
-def interleaved_rope(x, theta):
-    """x (T, heads, head_dim); rotate the pairs (0, 1), (2, 3), ... as llama.cpp's Llama does."""
+def check_shapes(fields, t):
+    """What llama.cpp's loader checks before it computes anything: every tensor has the shape the
+    hyperparameters give it (rows, columns as torch lists them)."""
+    embd, heads, kv_heads = (
+        fields["llama.embedding_length"],
+        fields["llama.attention.head_count"],
+        fields["llama.attention.head_count_kv"],
+    )
+    ff, vocab, head_dim = fields["llama.feed_forward_length"], fields["llama.vocab_size"], embd // heads
+    assert t["token_embd.weight"].shape == (vocab, embd)
+    for i in range(fields["llama.block_count"]):
+        b = f"blk.{i}."
+        assert t[b + "attn_q.weight"].shape == (heads * head_dim, embd)
+        assert t[b + "attn_k.weight"].shape == t[b + "attn_v.weight"].shape == (kv_heads * head_dim, embd)
+        assert t[b + "attn_output.weight"].shape == (embd, heads * head_dim)
+        assert t[b + "ffn_gate.weight"].shape == t[b + "ffn_up.weight"].shape == (ff, embd)
+        assert t[b + "ffn_down.weight"].shape == (embd, ff)
+        assert t[b + "attn_norm.weight"].shape == t[b + "ffn_norm.weight"].shape == (embd,)
+
+
+def interleaved_rope(x, theta, n_rot):
+    """x (T, heads, head_dim); rotate the pairs (0, 1), (2, 3), ... of the first n_rot dimensions
+    (llama.rope.dimension_count) as llama.cpp's Llama does; the rest pass unrotated."""
+    if n_rot < x.shape[-1]:
+        return torch.cat([interleaved_rope(x[..., :n_rot], theta, n_rot), x[..., n_rot:]], dim=-1)
     T, _, D = x.shape
     freqs = theta ** (-torch.arange(0, D, 2, dtype=torch.float32) / D)  # (D/2,)
     angles = torch.arange(T, dtype=torch.float32)[:, None] * freqs  # (T, D/2)
@@ -48,7 +74,8 @@ def reference_logits(fields, t, ids):
     """A Llama forward pass over GGUF tensors, in llama.cpp's conventions."""
     layers, heads = fields["llama.block_count"], fields["llama.attention.head_count"]
     kv_heads, eps = fields["llama.attention.head_count_kv"], fields["llama.attention.layer_norm_rms_epsilon"]
-    theta = fields["llama.rope.freq_base"]
+    theta, n_rot = fields["llama.rope.freq_base"], fields["llama.rope.dimension_count"]
+    check_shapes(fields, t)
 
     def norm(x, w):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
@@ -61,7 +88,7 @@ def reference_logits(fields, t, ids):
         q = (h @ t[b + "attn_q.weight"].T).view(T, heads, -1)
         k = (h @ t[b + "attn_k.weight"].T).view(T, kv_heads, -1)
         v = (h @ t[b + "attn_v.weight"].T).view(T, kv_heads, -1)
-        q, k = interleaved_rope(q, theta), interleaved_rope(k, theta)
+        q, k = interleaved_rope(q, theta, n_rot), interleaved_rope(k, theta, n_rot)
         k, v = k.repeat_interleave(heads // kv_heads, 1), v.repeat_interleave(heads // kv_heads, 1)
         scores = torch.einsum("qhd,khd->hqk", q, k) / math.sqrt(q.shape[-1])
         scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
@@ -105,7 +132,9 @@ def test_gguf_export_reads_back_and_computes_our_logits(tmp_path, tokenizer, mod
         assert tokens == [c if c != " " else "\u2581" for c in tokenizer.chars]
         assert "tokenizer.ggml.eos_token_id" not in fields
     else:
-        assert tokens[0x41] == "<0x41>" and types[0x41] == 6 and tokens[0x20] == "\u2581"
+        assert tokens[0x41] == "<0x41>" and types[0x41] == 6
+        # the space is a normal token "▁" (llama.cpp reads a byte token's value from its <0xNN> text)
+        assert tokens[0x20] == "\u2581" and types[0x20] == 1
         assert (
             tokens[256] == "<|endoftext|>"
             and types[256] == 3
@@ -119,6 +148,30 @@ def test_gguf_export_reads_back_and_computes_our_logits(tmp_path, tokenizer, mod
         ours = loaded.model(torch.tensor([ids]))[0][0]
     torch.testing.assert_close(
         reference_logits(fields, tensors, torch.tensor(ids)), ours, rtol=1e-4, atol=1e-4
+    )
+
+
+def test_a_float16_gguf_keeps_its_norms_in_float32_and_computes_our_logits(tmp_path):
+    """As llama.cpp's own converter writes it: matrices float16, the 1-D norm weights float32, and
+    general.file_type saying 'mostly F16' (1)."""
+    import gguf
+
+    tokenizer = ByteTokenizer(with_eot=True)
+    path = random_checkpoint(
+        tmp_path / "ckpt", tokenizer, vocab_size=260, num_kv_heads=2, tie_embeddings=False
+    )
+    out = tmp_path / "model.gguf"
+    assert cli.main(["export", str(path), "--format", "gguf", "--out", str(out), "--dtype", "float16"]) == 0
+    types = {}
+    fields, tensors = read_gguf(out, types)
+    assert fields["general.file_type"] == int(gguf.LlamaFileType.MOSTLY_F16)
+    f32, f16 = int(gguf.GGMLQuantizationType.F32), int(gguf.GGMLQuantizationType.F16)
+    assert types == {name: f32 if name.endswith("norm.weight") else f16 for name in tensors}
+    ids = tokenizer.encode(TEXT)
+    with torch.no_grad():
+        ours = ckpt.load_checkpoint(path).model(torch.tensor([ids]))[0][0]
+    torch.testing.assert_close(
+        reference_logits(fields, tensors, torch.tensor(ids)), ours, rtol=0.02, atol=0.02
     )
 
 
