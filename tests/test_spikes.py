@@ -10,7 +10,7 @@ import pytest
 
 from trickster.config import TrainingConfig
 from trickster.train import checkpoint as ckpt
-from trickster.train.spikes import SpikeDetector, discard_after
+from trickster.train.spikes import SpikeDetector, checkpoint_before, discard_after
 
 
 def noisy(steps: int, level: float = 2.0, seed: int = 0) -> list[float]:
@@ -25,6 +25,21 @@ def feed(detector: SpikeDetector, losses: list[float], first_step: int = 1) -> l
         if spike:
             found.append(spike)
     return found
+
+
+def test_the_peak_is_the_highest_loss_of_the_run_not_its_last():
+    spikes = feed(SpikeDetector(factor=2.0, steps=3, window=20), noisy(30) + [7.0, 9.5, 8.0])
+    assert [(s.first_step, s.last_step, s.peak_loss) for s in spikes] == [(31, 33, 9.5)]
+
+
+def test_a_short_run_of_high_losses_joins_the_median_afterwards():
+    """Window 4: 2.0 x4, then 5.0 twice (noise: 2 < 3 steps) and 2.0. The median of the last four,
+    [2, 5, 5, 2], is 3.5, so 6.0 x3 stays under 2 x 3.5: no spike. Left out, the noise would leave
+    the median at 2.0, and the same 6.0s would be one."""
+    losses = [2.0] * 4 + [5.0, 5.0, 2.0] + [6.0] * 3
+    detector = SpikeDetector(factor=2.0, steps=3, window=4)
+    assert feed(detector, losses) == []
+    assert sorted(detector.history) == [2.0, 6.0, 6.0, 6.0]
 
 
 def test_three_high_steps_in_a_row_make_a_spike():
@@ -77,6 +92,33 @@ def test_state_dict_continues_exactly():
 def test_defaults_are_the_documented_ones():
     t = TrainingConfig()
     assert (t.spike_factor, t.spike_steps, t.spike_window, t.max_rollbacks) == (2.0, 3, 100, 3)
+
+
+def fake_checkpoint(run_dir, name: str, step: int) -> None:
+    folder = run_dir / "checkpoints" / name
+    folder.mkdir(parents=True)
+    (folder / "info.json").write_text(json.dumps({"step": step}))
+    for file in (ckpt.WEIGHTS, ckpt.COMPLETE):
+        (folder / file).write_text("")
+
+
+def test_a_rollback_returns_to_the_newest_checkpoint_strictly_before_the_spike(tmp_path):
+    """The checkpoint at the step itself already holds the update a rollback undoes."""
+    for step in (5, 10, 15):
+        fake_checkpoint(tmp_path, ckpt.step_name(step), step)
+    fake_checkpoint(tmp_path, "best", 15)
+    assert checkpoint_before(tmp_path, 15).name == ckpt.step_name(10)
+    assert checkpoint_before(tmp_path, 16).name == ckpt.step_name(15)
+    assert checkpoint_before(tmp_path, 5) is None
+
+
+def test_a_rollback_deletes_the_checkpoints_after_it_and_final_but_keeps_best(tmp_path):
+    for step in (4, 8, 12):
+        fake_checkpoint(tmp_path, ckpt.step_name(step), step)
+    fake_checkpoint(tmp_path, "final", 12)  # a finished run continued with a larger max_steps
+    fake_checkpoint(tmp_path, "best", 8)
+    assert sorted(discard_after(tmp_path, 4)) == sorted([ckpt.step_name(8), ckpt.step_name(12), "final"])
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best", ckpt.step_name(4)]
 
 
 def test_a_checkpoint_a_rollback_was_deleting_when_killed_is_never_taken_back(tmp_path, monkeypatch):
