@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trickster.config import LoraConfig
+from trickster.config import LoraConfig, TrainingConfig
 from trickster.model import lora
 from trickster.model.transformer import Transformer
 from trickster.train.optim import build_optimizer, lr_at, set_lr
@@ -78,3 +78,21 @@ def test_lora_adapters_train_with_adamw_even_when_muon_is_asked_for(micro):
     assert isinstance(optimizer, torch.optim.AdamW)
     trained = set().union(*names_by_group(model, optimizer))
     assert trained and all(lora.is_adapter(n) for n in trained)
+
+
+def test_the_schedule_warms_up_linearly_then_follows_a_cosine_down_to_the_floor():
+    """learning_rate 0.01, min_lr 0.001, 4 warmup steps, 14 in all: values worked out by hand."""
+    t = TrainingConfig(learning_rate=0.01, min_lr=0.001, warmup_steps=4, max_steps=14)
+    lr = [lr_at(step, t) for step in range(20)]
+    assert lr[:5] == pytest.approx([0.0025, 0.005, 0.0075, 0.01, 0.01])  # the peak from step 3 to 4
+    assert lr[9] == pytest.approx(0.0055)  # half-way through the decay: half-way down to the floor
+    assert lr[14:] == pytest.approx([0.001] * 6)  # the floor at max_steps and after
+    assert all(a > b for a, b in zip(lr[4:14], lr[5:15], strict=True))  # decreasing
+    for k in range(11):  # a cosine: as far above the mid-point k steps in as below it k steps from the end
+        assert lr[4 + k] + lr[14 - k] == pytest.approx(0.011)
+
+
+def test_adamw_takes_the_betas_of_the_config(micro):
+    model, cfg = model_and_config(micro, betas=[0.8, 0.9])
+    optimizer = build_optimizer(model, cfg.training, CPU)
+    assert [group["betas"] for group in optimizer.param_groups] == [(0.8, 0.9), (0.8, 0.9)]
