@@ -109,6 +109,38 @@ def test_streaming_gives_the_same_text_and_usage_on_the_last_chunk(client, serve
     assert last["choices"] == [] and last["usage"]["completion_tokens"] == 25
 
 
+def test_a_stream_sends_each_token_as_soon_as_it_is_decoded(client, server, monkeypatch):
+    """Decoding steps wait on a gate: the first token (from the prompt's forward pass) must reach
+    the client while the gate is still shut. A stream buffered to its end would send it only after
+    the gate opens (by itself after 10 s), and then all at once."""
+    from trickster.serve.engine import Batch
+
+    gate, decode = threading.Event(), Batch._decode
+
+    def gated(self):
+        gate.wait(10)
+        gate.set()  # waited once: the rest go on
+        decode(self)
+
+    monkeypatch.setattr(Batch, "_decode", gated)
+    fields = {"model": "best", "prompt": "JULIET:", "max_tokens": 5, "seed": 3, "stream": True}
+    try:
+        with httpx.stream("POST", server.url + "/v1/completions", json=fields, timeout=60) as response:
+            events = (line for line in response.iter_lines() if line)
+            first = json.loads(next(events).removeprefix("data: "))
+            shut = not gate.is_set()
+            gate.set()
+            rest = list(events)
+    finally:
+        gate.set()
+    assert shut, "the first chunk came only once decoding could go on"
+    assert len(first["choices"][0]["text"]) == 1 and rest[-1] == "data: [DONE]"
+    texts = [json.loads(e.removeprefix("data: "))["choices"][0]["text"] for e in rest[:-1]]
+    assert [first["choices"][0]["text"], *texts] == list(
+        completion(client, **{**fields, "stream": False})
+    ) + [""]
+
+
 def test_n_choices_take_consecutive_seeds(client):
     fields = dict(model="best", prompt="KING:", max_tokens=12, temperature=1.0)
     many = client.completions.create(**fields, n=3, seed=40)
