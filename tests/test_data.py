@@ -15,7 +15,7 @@ import torch
 
 from trickster import cli
 from trickster.data import sources
-from trickster.data.loader import BatchSampler, fixed_batches, load_data
+from trickster.data.loader import BatchSampler, TokenStream, fixed_batches, load_data
 from trickster.data.prepare import in_validation, prepare, token_dtype
 from trickster.data.tokenizers import load_tokenizer
 from trickster.errors import UserError
@@ -417,6 +417,48 @@ def test_sampler_is_reproducible_from_its_state(shakespeare_dir):
     other.load_state_dict(state)
     for (a, b), (c, d) in zip(expected, [other.next_batch() for _ in range(3)], strict=True):
         assert torch.equal(a, c) and torch.equal(b, d)
+
+
+def counting_stream(tokens: int = 500) -> TokenStream:
+    """Token i is i: a window's first input is its start."""
+    return TokenStream([np.arange(tokens, dtype=np.uint16)])
+
+
+def starts_of(sampler: BatchSampler, batches: int) -> list[list[int]]:
+    return [sampler.next_batch()[0][:, 0].tolist() for _ in range(batches)]
+
+
+def test_skipped_draws_leave_what_a_sampler_that_never_drew_them_would_draw():
+    """After a rollback the sampler passes over the spike's draws (5, 6 and 7 here): the batches
+    are those of a plain sampler with those three left out, before and after a save and load in
+    the middle (a resume), into a sampler of another seed."""
+    plain = starts_of(BatchSampler(counting_stream(), 8, 2, seed=4), 12)
+    skipping = BatchSampler(counting_stream(), 8, 2, seed=4)
+    skipping.skip(5, 8)
+    drawn = starts_of(skipping, 3)
+    resumed = BatchSampler(counting_stream(), 8, 2, seed=99)
+    resumed.load_state_dict(skipping.state_dict())
+    drawn += starts_of(resumed, 6)
+    assert drawn == plain[:5] + plain[8:]
+    assert starts_of(skipping, 6) == drawn[3:]  # the sampler that was saved goes on alike
+
+
+def test_rewind_counts_back_over_the_draws_handed_out_only():
+    sampler = BatchSampler(counting_stream(), 8, 2, seed=0)
+    sampler.skip(5, 8)  # draws 5, 6, 7 were passed over
+    assert sampler.rewind(10, 2) == 8
+    assert sampler.rewind(10, 3) == 4  # 9, 8, then 4
+    assert sampler.rewind(10, 4) == 3
+    assert sampler.rewind(5, 1) == 4
+
+
+def test_every_window_can_be_drawn_the_last_one_included():
+    """11 tokens and windows of 8 inputs and their 8 targets (9 tokens): starts 0, 1 and 2, whose
+    last target is the stream's last token."""
+    sampler = BatchSampler(counting_stream(11), 8, 4, seed=0)
+    batches = [sampler.next_batch() for _ in range(30)]
+    assert sorted({s for x, _ in batches for s in x[:, 0].tolist()}) == [0, 1, 2]
+    assert max(int(y.max()) for _, y in batches) == 10
 
 
 def test_validation_batches_are_the_same_every_time(shakespeare_dir):
