@@ -75,6 +75,35 @@ def test_a_folder_an_older_version_prepared_is_prepared_again_and_still_trains(t
     assert capsys.readouterr().out.startswith("text: ")
 
 
+def test_text_folders_version_1_prepared_are_prepared_again_and_json_lines_ones_kept(tmp_path, capsys):
+    """Version 2 reads the line endings of text files as "\\n": a text folder version 1 prepared may
+    hold "\\r" before every line break, and is prepared again. JSON Lines (like Hub datasets and
+    Parquet) read as before: their folders stay version 1 and are kept, not prepared again for nothing."""
+    text, out = tmp_path / "corpus.txt", tmp_path / "text"
+    text.write_bytes(EXCERPT.read_text().replace("\n", "\r\n").encode())
+    assert cli.main(_argv(text, out)) == 0
+    _set_version(out, 1)
+    capsys.readouterr()
+    assert cli.main(_argv(text, out)) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert said[0] == (
+        f"{out} was prepared by an older version of trickster (version 1, this one writes version 2: "
+        "its tokens or shards may differ): preparing it again"
+    )
+    data = load_data(out)
+    assert data.meta["settings"]["version"] == 2
+    assert "\r" not in data.tokenizer.decode(np.concatenate([data.train, data.val]).astype(np.int64).tolist())
+
+    records, out = tmp_path / "r.jsonl", tmp_path / "jsonl"
+    records.write_text("".join(json.dumps({"text": f"line {i}\r\nnext"}) + "\n" for i in range(50)))
+    argv = ["data", "prepare", "jsonl", str(records), "--text-field", "text", "--out", str(out)]
+    assert cli.main([*argv, "--no-progress", "--workers", "1"]) == 0
+    assert load_data(out).meta["settings"]["version"] == 1
+    capsys.readouterr()
+    assert cli.main([*argv, "--no-progress", "--workers", "1"]) == 0
+    assert capsys.readouterr().out.startswith(f"already prepared: {out}")
+
+
 class Interrupt:
     """Replaces the chunk encoder: Ctrl-C once `after` chunks are encoded."""
 

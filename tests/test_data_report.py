@@ -93,19 +93,21 @@ def test_the_overlap_check_finds_a_planted_passage(corpus, tmp_path):
     assert cli.main(["data", "overlap", str(out), "--text", str(text)]) == 0
 
 
-def test_overlap_reads_the_text_as_written_so_crlf_meets_crlf(tmp_path, capsys):
-    """Training text keeps its line endings; --text was read with Python's newline translation, so
-    a CRLF passage copied from CRLF training text lost every 13-gram holding a line end (74%)."""
+def test_overlap_reads_the_text_as_preparation_does_so_line_endings_do_not_matter(tmp_path, capsys):
+    """--text was read with Python's newline translation while training text kept its "\\r\\n": a
+    CRLF passage copied from CRLF training text lost every 13-gram holding a line end (74%). Both
+    read line endings as "\\n" now, so the passage is found whole however either was saved."""
     rng = np.random.default_rng(1)
     words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
     lines = [" ".join(rng.choice(words, size=6)) for _ in range(300)]
     (tmp_path / "corpus.txt").write_bytes("\r\n".join(lines).encode() + b"\r\n")
     prepare(sources.text_files([str(tmp_path / "corpus.txt")]), "char", tmp_path / "out", 0.1, workers=1)
-    passage = "\r\n".join(lines[50:60]) + "\r\n"  # in the first 90%: the training split
-    (tmp_path / "eval.txt").write_bytes(passage.encode())
-    capsys.readouterr()
-    assert cli.main(["data", "overlap", str(tmp_path / "out"), "--text", str(tmp_path / "eval.txt")]) == 0
-    assert capsys.readouterr().out.startswith("100.0% of the text's 13-grams")
+    for end in ("\r\n", "\n"):
+        passage = end.join(lines[50:60]) + end  # in the first 90%: the training split
+        (tmp_path / "eval.txt").write_bytes(passage.encode())
+        capsys.readouterr()
+        assert cli.main(["data", "overlap", str(tmp_path / "out"), "--text", str(tmp_path / "eval.txt")]) == 0
+        assert capsys.readouterr().out.startswith("100.0% of the text's 13-grams")
 
 
 @pytest.mark.parametrize("block", [report.BLOCK, 100])  # 100: the passage's run crosses blocks

@@ -316,6 +316,30 @@ def test_compressed_text_and_json_lines_are_read_as_the_plain_files(tmp_path):
         assert jsonl_prompt_response(tmp_path / f"r.jsonl{suffix}").pairs == [(t, t) for t in texts]
 
 
+def test_text_files_line_endings_are_read_as_newlines_and_json_strings_as_written(tmp_path):
+    """A corpus saved on Windows ("\\r\\n") or by old Mac software ("\\r") taught a model a "\\r"
+    before every line break, and gave other tokens than the same text saved with "\\n": text files
+    are read as Python's text mode, nanoGPT's prepare scripts and Hugging Face datasets' text loader
+    read them (universal newlines). A "\\r" escaped in a JSON string is the record's own text."""
+    lines = ["First Citizen:", "Before we proceed any further, hear me speak.", "", "All: Speak."]
+    endings = {"lf": "\n", "crlf": "\r\n", "cr": "\r", "mixed": None}
+    for name, end in endings.items():
+        text = "".join(line + (end or ("\r\n" if i % 2 else "\r")) for i, line in enumerate(lines))
+        (tmp_path / f"{name}.txt").write_bytes(text.encode() * 30)
+        source = sources.text_files([str(tmp_path / f"{name}.txt")])
+        prepare(source, "char", tmp_path / name, workers=1, echo=lambda line: None)
+    prepared = {name: load_data(tmp_path / name) for name in endings}
+    written = "".join(line + "\n" for line in lines) * 30
+    for data in prepared.values():
+        tokens = np.concatenate([data.train, data.val]).astype(np.int64).tolist()
+        assert data.tokenizer.decode(tokens) == written and data.meta["vocab_size"] == len(set(written))
+    (tmp_path / "r.jsonl").write_bytes(b'{"text": "a\\r\\nb"}\r\n{"text": "c\\rd"}\r\n')
+    assert list(sources.jsonl_documents([str(tmp_path / "r.jsonl")], text_field="text").read()) == [
+        "a\r\nb",
+        "c\rd",
+    ]
+
+
 def test_a_plain_file_that_cannot_be_read_is_not_called_a_damaged_archive(tmp_path):
     """Reading a plain file can fail too (a symlink to itself, an I/O error): that said 'cannot be
     decompressed; check that it is a whole .txt file', the line for a cut-short archive."""
@@ -429,7 +453,7 @@ def test_a_byte_order_mark_is_not_part_of_the_text(tmp_path):
     (tmp_path / "t").mkdir()
     (tmp_path / "t" / "a.txt").write_bytes(bom + b"first\r\n")
     (tmp_path / "t" / "b.txt").write_bytes("second \ufeff inside".encode())
-    assert list(sources.text_files([str(tmp_path / "t")]).read()) == ["first\r\n", "second \ufeff inside"]
+    assert list(sources.text_files([str(tmp_path / "t")]).read()) == ["first\n", "second \ufeff inside"]
     lines = b'{"text": "a", "prompt": "p", "response": "r"}\n{"text": "b", "prompt": "q", "response": "s"}\n'
     (tmp_path / "r.jsonl").write_bytes(bom + lines)
     assert list(sources.jsonl_documents([str(tmp_path / "r.jsonl")], text_field="text").read()) == ["a", "b"]

@@ -271,8 +271,8 @@ def eval_command(opts: EvalOptions) -> None:
 
 
 def _read_text(path: Path) -> str:
-    """--text FILE as data preparation reads a text: line endings as written, so that a CRLF file
-    meets CRLF training text."""
+    """--text FILE as data preparation reads a text file (line endings as "\n"), so that it meets
+    the training text however either was saved."""
     try:
         return textfile.read_text(path)
     except UserError as err:

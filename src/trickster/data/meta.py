@@ -18,9 +18,18 @@ META_FORMAT = 3  # shards with index.json, masks beside the shards, duplicates h
 # or shards (how a tokenizer is trained or encodes, how documents are read, split, deduplicated or
 # laid out in shards), so that `data prepare` prepares a folder an older version wrote again instead
 # of keeping it as already prepared. Only that rule reads it: training loads older folders as they are
-# (a layout the loader cannot read bumps META_FORMAT too). History: 1, bpe learns from runs of
-# letters or blanks cut to 1,000 characters (890679f); folders that record no version are older.
-PREPARATION_VERSION = 1
+# (a layout the loader cannot read bumps META_FORMAT too). A change that leaves some sources' tokens
+# as they were leaves those at the version before it (preparation_version), so that their folders, a
+# Hub dataset's of hours of tokenizing, are not prepared again for nothing. History: 1, bpe learns from
+# runs of letters or blanks cut to 1,000 characters (890679f), every source; 2, text files' line
+# endings read as "\n" (textfile.newlines), the sources that read them (Source.newlines). Folders
+# that record no version are older.
+PREPARATION_VERSION = 2
+
+
+def preparation_version(source: Source) -> int:
+    """The newest version that changed what `source` is prepared into."""
+    return PREPARATION_VERSION if source.newlines else 1
 
 
 def preparation_settings(
@@ -31,7 +40,7 @@ def preparation_settings(
     only with the same settings (progress.json), and a finished one is kept (meta.json)."""
     return {
         "format": META_FORMAT,
-        "version": PREPARATION_VERSION,
+        "version": preparation_version(source),
         "source": source.identity,
         "tokenizer": tokenizer
         if isinstance(tokenizer, str)
@@ -73,7 +82,7 @@ def prepared_again(out_dir: Path, settings: dict, revision: str | None = None) -
     if not isinstance(recorded, dict) or not same_but_version(recorded, settings):
         return None  # other settings: prepared again as any change is, without a word
     if recorded.get("version") != settings["version"]:
-        return f"{out_dir} was prepared by {other_version(recorded)}: preparing it again"
+        return f"{out_dir} was prepared by {other_version(recorded, settings)}: preparing it again"
     if moved(meta, revision):
         return (
             f"{out_dir} was prepared from revision {meta['source_revision'][:12]} of the dataset; the "
@@ -116,14 +125,15 @@ def moved(meta: dict, revision: str | None) -> bool:
     return bool(revision and meta.get("source_revision") and meta["source_revision"] != revision)
 
 
-def other_version(recorded: dict) -> str:
-    """The version of the code that wrote a preparation with these `recorded` settings, in words."""
-    was = recorded.get("version")
-    newer = isinstance(was, int) and was > PREPARATION_VERSION  # this one was downgraded since
+def other_version(recorded: dict, settings: dict) -> str:
+    """The version of the code that wrote a preparation with these `recorded` settings, in words
+    (`settings`: this one's)."""
+    was, now = recorded.get("version"), settings["version"]
+    newer = isinstance(was, int) and was > now  # this one was downgraded since
     return (
         f"{'a newer' if newer else 'an older'} version of trickster ("
         f"{'no version recorded' if was is None else f'version {was}'}, this one writes version "
-        f"{PREPARATION_VERSION}: its tokens or shards may differ)"
+        f"{now}: its tokens or shards may differ)"
     )
 
 

@@ -116,9 +116,10 @@ def open_partial(
     if (partial / "progress.json").is_file():
         record = Progress.load(partial)
         if record.settings != settings and same_but_version(record.settings, settings):
+            started = other_version(record.settings, settings)
             raise UserError(
-                f"{partial} holds an unfinished preparation started by {other_version(record.settings)}, "
-                f"which this one cannot continue; delete {partial} to start again"
+                f"{partial} holds an unfinished preparation started by {started}, which this one "
+                f"cannot continue; delete {partial} to start again"
             )
         if record.settings != settings:
             changed = ", ".join(k for k in settings if record.settings.get(k) != settings[k])

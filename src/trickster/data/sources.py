@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from trickster import untrusted
 from trickster.data.paths import expand_paths
-from trickster.data.textfile import OPENERS, decode, json_lines, read_bytes, text_size
+from trickster.data.textfile import OPENERS, decode, json_lines, newlines, read_bytes, text_size
 from trickster.errors import UserError
 
 if TYPE_CHECKING:
@@ -55,6 +55,9 @@ class Source:
     content_sha256: Callable[[], str] | None = None  # of the bytes the last full read() went through
     records: bool = False  # documents are (prompt, response) pairs: a loss mask covers the responses
     revision: Revision | None = None  # a version that changes under the same name (a Hub dataset's)
+    # its text files' line endings are read as "\n" (textfile.newlines), which preparation version
+    # 2 brought: what version 1 read of them may differ (meta.preparation_settings)
+    newlines: bool = False
 
 
 @dataclass
@@ -118,7 +121,7 @@ def shakespeare(path: str | Path | None = None, url: str = SHAKESPEARE_URL, time
                 f"{SHAKESPEARE_SHA256[:12]}...; retry, or pass a local copy with --path FILE"
             )
         source = url
-    text = decode(raw, source)
+    text = newlines(decode(raw, source))
     return Corpus("shakespeare", [text], [source], hashlib.sha256(raw).hexdigest())
 
 
@@ -132,7 +135,7 @@ def shakespeare_source(path: str | Path | None = None) -> Source:
         # a copy of the canonical file is the download's text: a folder prepared from either is
         # found by the other (a quick start run once with --path, then again offline without it)
         if source.identity["sha256"] == SHAKESPEARE_SHA256:
-            source.identity = canonical
+            source.identity, source.newlines = canonical, False  # the download's "\n" only
         return source
     read: list[Corpus] = []
 
@@ -175,7 +178,8 @@ def local_text(patterns: list[str]) -> Corpus:
 
 
 def corpus_source(corpus: Corpus) -> Source:
-    """An in-memory corpus as a Source (one document: validation is its last characters)."""
+    """An in-memory corpus as a Source (one document: validation is its last characters), of text
+    files read with their line endings as "\n"."""
     return Source(
         corpus.name,
         {"source": corpus.name, "sha256": corpus.sha256, "files": corpus.files[:20]},
@@ -184,6 +188,7 @@ def corpus_source(corpus: Corpus) -> Source:
         total_bytes=None,
         files=corpus.files,
         content_sha256=lambda: corpus.sha256,
+        newlines=True,
     )
 
 
@@ -197,7 +202,7 @@ def text_files(patterns: list[str]) -> Source:
         digest[0] = hashlib.sha256()
         for path in files:
             raw = read_bytes(path)
-            text = decode(raw, str(path))
+            text = newlines(decode(raw, str(path)))
             digest[0].update(raw)
             if text:
                 yield text
@@ -210,6 +215,7 @@ def text_files(patterns: list[str]) -> Source:
         total_bytes=text_size(files),
         files=[str(p) for p in files],
         content_sha256=lambda: digest[0].hexdigest(),
+        newlines=True,
     )
 
 
@@ -361,7 +367,7 @@ def _corpus_from_files(name: str, files: list[Path], skip_undecodable: bool = Fa
     for path in files:
         raw = read_bytes(path)
         try:
-            text = decode(raw, str(path))
+            text = newlines(decode(raw, str(path)))
         except UserError:
             if skip_undecodable:
                 continue

@@ -1,6 +1,10 @@
-"""One text file read as a corpus reads it: UTF-8, exactly as written (line endings included) but
-for a byte-order mark at its start, and decompressed on the way when its name ends in .gz, .bz2 or
-.xz (as Hugging Face datasets and zcat read them; dumps such as C4's come as .json.gz).
+"""One text file read as a corpus reads it: UTF-8, as written but for a byte-order mark at its start
+and its line endings, "\r\n" or a lone "\r" read as "\n" (Python's universal newlines, as its
+text mode, nanoGPT's prepare scripts and Hugging Face datasets' text loader read a file: a corpus
+saved on Windows teaches no "\r" before every line break, and meets the same text saved elsewhere),
+and decompressed on the way when its name ends in .gz, .bz2 or .xz (as Hugging Face datasets and
+zcat read them; dumps such as C4's come as .json.gz). JSON Lines keep their strings as written: a
+"\r" escaped in one is the record's own text (records.py and sources.jsonl_documents).
 
 Whatever cannot be text stops with one line that names the file and what to do: a pipe (reading
 one that nothing writes to waits forever), UTF-16 or UTF-32 (told apart by their byte-order marks),
@@ -55,7 +59,12 @@ def text_size(files: list[Path]) -> int | None:
 
 
 def read_text(path: Path) -> str:
-    return decode(read_bytes(path), str(path))
+    return newlines(decode(read_bytes(path), str(path)))
+
+
+def newlines(text: str) -> str:
+    """`text` with each line ending "\n", as Python's text mode reads a file (universal newlines)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 # UTF-32's little-endian mark starts with UTF-16's (FF FE): looked for first
