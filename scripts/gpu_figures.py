@@ -3,47 +3,59 @@ docstring), each a function of a gpu_steps.Context that returns a Result or rais
 
 from __future__ import annotations
 
-from gpu_steps import ROOT, Context, Result, check, events, load_script, training_figures, trickster
+from gpu_steps import NANO_DRY, ROOT, Context, Result, check, events, load_script, training_figures, trickster
 
 
 def step_tutorial(ctx: Context) -> Result:
     """The `nano` preset as shipped, the tutorial's whole schedule (10,000 steps of 16 x 512
-    characters), in bf16 with compile: wall time from the run's start to its final checkpoint."""
+    characters), in bf16 with compile: wall time from the run's start to its final checkpoint.
+    A dry run: the nano step's toy model for 30 steps on the CPU, through this step's code."""
     ctx.require_gpu("tutorial")
-    if ctx.dry_run:
-        return Result("tutorial", "SKIP", notes=["needs a GPU"])
     result, run = Result("tutorial"), ctx.work / "tutorial"
     argv = ["train", "--preset", "nano", "--data", str(ctx.data), "--out", str(run), "--no-progress"]
     gpu = ["device_config.device=cuda", "device_config.dtype=bfloat16", "device_config.compile=true"]
-    trickster(ctx, "tutorial", *argv, *gpu, timeout=1800)
+    toy = [*NANO_DRY, "device_config.device=cpu", "device_config.dtype=float32",
+           "device_config.compile=false", "training_config.max_steps=30", "training_config.warmup_steps=3",
+           "training_config.eval_every=10", "training_config.save_every=10", "training_config.log_every=5",
+           "training_config.sample_tokens=20", "training_config.eval_batches=2",
+           "logging_config.loss_plot=false"]  # fmt: skip
+    steps = 30 if ctx.dry_run else 10_000
+    trickster(ctx, "tutorial", *argv, *(toy if ctx.dry_run else gpu), timeout=1800)
     start, end = events(run, "start")[0], events(run, "end")[-1]
-    check(end["step"] == 10_000, f"the run ended at step {end['step']}, not 10,000")
+    check(end["step"] == steps, f"the run ended at step {end['step']}, not {steps:,}")
     check((run / "checkpoints" / "final" / "COMPLETE").is_file(), "checkpoints/final is missing")
     check(any(r.get("sample") for r in events(run, "eval")), "no sample was written during training")
     training_figures(result, run)
     result.notes.append(
-        f"10,000 steps in {end['time'] - start['time']:.1f} s from the start event to the final "
+        f"{steps:,} steps in {end['time'] - start['time']:.1f} s from the start event to the final "
         "checkpoint (target: under 60 s on an H100/H200)"
     )
+    ctx.runs["tutorial"] = run
     return result
 
 
 def step_nanogpt(ctx: Context) -> Result:
     """nanoGPT's own train.py and ours at GPT-2 small's shape (micro-batch 12 x 1024), bf16,
-    compiled, at matched FLOPs per token (bench/train_throughput.py --nanogpt)."""
+    compiled, at matched FLOPs per token (bench/train_throughput.py --nanogpt). A dry run: both
+    at the small shape on the CPU in float32, eager, for a few steps."""
     ctx.require_gpu("nanogpt")
-    if ctx.dry_run or ctx.nanogpt is None:
-        return Result("nanogpt", "SKIP", notes=["needs a GPU and --nanogpt DIR (a nanoGPT checkout)"])
+    if ctx.nanogpt is None:
+        return Result("nanogpt", "SKIP", notes=["needs --nanogpt DIR (a nanoGPT checkout)"])
     import argparse
 
     throughput = load_script(ROOT / "bench", "train_throughput")
-    options = dict(device="cuda", dtypes=["bfloat16"], compile="on", repeats=1, steps=50, threads=None)
+    if ctx.dry_run:
+        options = dict(device="cpu", dtypes=["float32"], compile="off", repeats=1, steps=6, threads=None)
+    else:
+        options = dict(device="cuda", dtypes=["bfloat16"], compile="on", repeats=1, steps=50, threads=None)
     args = argparse.Namespace(nanogpt=ctx.nanogpt, text=ctx.text, overrides=[], **options)
-    (row,) = throughput.against_nanogpt(args, ctx.data, "gpt2")
-    result = Result("nanogpt", mfu=row["mfu"]["ours"])
+    (row,) = throughput.against_nanogpt(args, ctx.data, "small" if ctx.dry_run else "gpt2")
+    mfu = row["mfu"] or {}
+    result = Result("nanogpt", mfu=mfu.get("ours"))
+    shown = f"; MFU ours {mfu['ours']:.1%}, nanoGPT {mfu['nanogpt']:.1%}" if mfu else ""
     result.notes.append(
         f"ours {row['ms']['ours']:.1f} ms/step, nanoGPT {row['ms']['nanogpt']:.1f}: {row['ratio']:.2f}x its "
-        f"FLOP/s (target 1.1x); MFU ours {row['mfu']['ours']:.1%}, nanoGPT {row['mfu']['nanogpt']:.1%}"
+        f"FLOP/s (target 1.1x){shown}"
     )
     return result
 

@@ -169,7 +169,9 @@ def check(condition: bool, message: str) -> None:
 
 def training_figures(result: Result, run: Path, skip: int = 1) -> None:
     """Fill the table's training columns from a run's metrics.jsonl (the first `skip` train
-    records are warm-up and compilation)."""
+    records are warm-up and compilation). A run on a GPU of the datasheet table must log an MFU
+    against that datasheet for every record, each within (0, 100%]: None there would say the run
+    beat the datasheet (device.utilisation), whose ceiling is not timed again off a CPU."""
     train = events(run, "train")
     steady = train[skip:] or train
     result.tokens_per_sec = statistics.median(r["tokens_per_sec"] for r in steady)
@@ -180,8 +182,16 @@ def training_figures(result: Result, run: Path, skip: int = 1) -> None:
     losses = [r["val_loss"] for r in events(run, "eval") if r.get("val_loss") is not None]
     result.val_loss = losses[-1] if losses else None
     start = events(run, "start")
-    if start and start[0].get("peak_source"):
-        result.notes.append(f"MFU against {start[0]['peak_source']}")
+    source = start[0].get("peak_source") if start else None
+    if source:
+        result.notes.append(f"MFU against {source}")
+    if start and str(start[0].get("device", "")).startswith("cuda") and str(source).startswith("datasheet"):
+        check(
+            len(mfus) == len(steady) and all(0 < m <= 1 for m in mfus),
+            f"MFU against {source} missing or out of (0, 100%] in {len(steady) - len(mfus)} of "
+            f"{len(steady)} train records: {mfus[:5]}",
+        )
+        result.notes.append("MFU PASS: every record within (0, 100%] of the datasheet")
 
 
 def save_and_load_times(result: Result, run: Path, device: str) -> None:
@@ -219,9 +229,10 @@ def load_script(folder: Path, name: str):
 
 def step_probe(ctx: Context) -> Result:
     ctx.require_gpu("probe")
-    if ctx.dry_run:
-        return Result("probe", "SKIP", notes=["needs a GPU"])
-    notes, failures = load_script(ROOT / "scripts", "gpu_probe").probe()
+    gpu_probe = load_script(ROOT / "scripts", "gpu_probe")
+    if ctx.dry_run:  # the checks that take a device, on the CPU (gloo)
+        return Result("probe", notes=[gpu_probe.kv_cache("cpu"), gpu_probe.collectives("cpu")])
+    notes, failures = gpu_probe.probe()
     return Result("probe", "FAIL" if failures else "PASS", notes=failures + notes)
 
 
@@ -266,10 +277,14 @@ def step_nano(ctx: Context) -> Result:
 
 
 def step_resume(ctx: Context) -> Result:
+    """The nano step's run (or the tutorial's, when nano did not run) continued for a few steps,
+    then `generate` and `eval` on the device, and `generate` on the CPU from its checkpoint saved
+    on the GPU (bfloat16 training, compiled blocks: the weights and model_config it records must
+    load on a machine without a GPU)."""
     ctx.require_gpu("resume")
-    run = ctx.runs.get("nano")
+    run = ctx.runs.get("nano") or ctx.runs.get("tutorial")
     if run is None:
-        raise StepFailed("needs the nano step's run (run the steps together)")
+        raise StepFailed("needs the nano or the tutorial step's run (run the steps together)")
     result = Result("resume")
     steps = events(run, "end")[0]["step"] + (5 if ctx.dry_run else 50)
     trickster(
@@ -278,11 +293,12 @@ def step_resume(ctx: Context) -> Result:
     )  # fmt: skip
     resumes = events(run, "resume")
     check(bool(resumes) and events(run, "end")[-1]["step"] == steps, f"no resume to step {steps}: {resumes}")
-    text = trickster(
-        ctx, "generate", "generate", str(run), "--device", ctx.device, "--prompt", "ROMEO:",
-        "--max-new-tokens", "60", "--seed", "1",
-    )  # fmt: skip
-    check(len(text.strip()) > len("ROMEO:"), f"generate wrote nothing new: {text!r}")
+    for device in dict.fromkeys([ctx.device, "cpu"]):
+        text = trickster(
+            ctx, f"generate-{device}", "generate", str(run), "--device", device, "--prompt", "ROMEO:",
+            "--max-new-tokens", "60", "--seed", "1",
+        )  # fmt: skip
+        check(len(text.strip()) > len("ROMEO:"), f"generate --device {device} wrote nothing new: {text!r}")
     scored = json.loads(
         trickster(ctx, "eval", "eval", str(run), "--device", ctx.device, "--json").splitlines()[-1]
     )
@@ -293,30 +309,45 @@ def step_resume(ctx: Context) -> Result:
         f"eval {scored['loss']} vs run {run_loss}",
     )
     result.notes.append(
-        f"resumed at {resumes[-1]['step']} to {steps}; eval loss {scored['loss']:.3f}, run {run_loss:.3f}"
+        f"{run.name} resumed at {resumes[-1]['step']} to {steps}; eval loss {scored['loss']:.3f}, run "
+        f"{run_loss:.3f}; its checkpoint generated on the CPU too"
     )
     save_and_load_times(result, run, ctx.device)
     return result
 
 
+GPT2_DRY = ["model_config.hidden_dim=64", "model_config.num_layers=2", "model_config.num_heads=4",
+            "model_config.mlp_dim=192", "model_config.max_seq_len=64", "model_config.vocab_size=128",
+            "training_config.batch_size=4"]  # fmt: skip
+
+
 def step_gpt2(ctx: Context) -> Result:
+    """`gpt2-small` as shipped (Muon) in bf16, eager then compiled, each in a process of its own
+    (bench/train_throughput.py); a dry run: a toy model in float32, eager both times."""
     ctx.require_gpu("gpt2")
-    if ctx.dry_run:
-        return Result("gpt2", "SKIP", notes=["needs a GPU"])
     throughput = load_script(ROOT / "bench", "train_throughput")
     result, rows = Result("gpt2"), {}
     for compiled in (False, True):
-        overrides = [
-            "device_config.device=cuda",
-            "device_config.dtype=bfloat16",
-            f"device_config.compile={compiled}",
-        ]
-        rows[compiled] = throughput.measure_in_process("gpt2-small", ctx.data, 30, 5, overrides)
+        overrides = (
+            ["device_config.device=cpu", "device_config.dtype=float32", "device_config.compile=false"]
+            + GPT2_DRY
+            if ctx.dry_run
+            else [
+                "device_config.device=cuda",
+                "device_config.dtype=bfloat16",
+                f"device_config.compile={compiled}",
+            ]
+        )
+        steps, interval = (4, 1) if ctx.dry_run else (30, 5)
+        rows[compiled] = throughput.measure_in_process("gpt2-small", ctx.data, steps, interval, overrides)
     eager, fast = rows[False], rows[True]
     result.tokens_per_sec, result.mfu, result.peak_gib = fast["tokens_per_sec"], fast["mfu"], fast["memory"]
+    if not ctx.dry_run:
+        check(fast["mfu"] is not None and 0 < fast["mfu"] <= 1, f"compiled MFU {fast['mfu']}: not a figure")
     result.notes.append(
         f"compiled {fast['tokens_per_sec']:,.0f} tokens/s, eager {eager['tokens_per_sec']:,.0f} "
-        f"(x{fast['tokens_per_sec'] / eager['tokens_per_sec']:.2f}); eager peak {eager['memory']} GiB"
+        f"(x{fast['tokens_per_sec'] / eager['tokens_per_sec']:.2f}); MFU eager {eager['mfu'] or 0:.1%}, "
+        f"compiled {fast['mfu'] or 0:.1%} (target 45%); eager peak {eager['memory']} GiB"
     )
     return result
 
@@ -472,16 +503,20 @@ def step_mega(ctx: Context) -> Result:
     return result
 
 
-def largest(fits, limit: int = 4096) -> int:
-    """The largest n >= 1 for which fits(n) holds (0 if not even 1), fits being true up to some
-    size and false beyond it: sizes doubling up to the first that does not fit, then bisected."""
-    if not fits(1):
-        return 0
-    fitting, failing = 1, 2
-    while failing <= limit and fits(failing):
-        fitting, failing = failing, failing * 2
-    if failing > limit:
-        return fitting
+def largest(fits, limit: int = 4096, guess: int = 1) -> int:
+    """The largest n in 1..limit for which fits(n) holds (0 if not even 1), fits being true up to
+    some size and false beyond it: from `guess` (a prediction) by steps that double, up while it
+    fits, down while not, then bisected. A right guess costs two trials."""
+    fitting, failing, step = 0, limit + 1, 1
+    size = min(max(guess, 1), limit)
+    while failing - fitting > 1 and (fitting == 0 or failing == limit + 1):
+        if fits(size):
+            fitting, size = size, min(size + step, failing - 1)
+        else:
+            failing, size = size, max(size - step, fitting + 1)
+        step *= 2
+        if fitting == limit or failing == 1:
+            return fitting
     while failing - fitting > 1:
         middle = (fitting + failing) // 2
         fitting, failing = (middle, failing) if fits(middle) else (fitting, middle)
@@ -490,47 +525,61 @@ def largest(fits, limit: int = 4096) -> int:
 
 def step_maxbatch(ctx: Context) -> Result:
     """The largest micro-batch of `mega` at context 2048 whose training step (bf16 autocast,
-    activation checkpointing, AdamW, one unsharded process) fits on this GPU, found by trial
-    steps of doubling then bisected sizes; the plan's formula must give it or the size below."""
+    activation checkpointing, AdamW, one unsharded process) fits on this GPU, by trial steps: two
+    small ones give the bytes a window adds (a step's peak grows by its activations alone), whose
+    extrapolation to the GPU's memory is tried with the next size up, then searched from as
+    `largest` does. The plan's formula must give it or the size below. A dry run: mega's structure
+    at toy size in a made-up memory of the CPU, with the CPU's count of a step's bytes (which
+    leaves out what a GPU's allocator holds): this step's code, the bound not checked."""
     ctx.require_gpu("maxbatch")
-    if ctx.dry_run:
-        return Result("maxbatch", "SKIP", notes=["needs a GPU"])
     import torch
 
     from trickster import footprint
     from trickster.config import load_config
     from trickster.model.transformer import Transformer
-    from trickster.train.memory import step_fits
+    from trickster.train.memory import step_fits, trial_step_bytes
     from trickster.train.optim import build_optimizer
 
-    device = torch.device("cuda")
-    unsharded = [
-        "device_config.device=cuda",
-        "device_config.enable_fsdp=false",
-        "device_config.compile=false",
-    ]
+    device = torch.device(ctx.device)
+    unsharded = [f"device_config.device={ctx.device}", "device_config.enable_fsdp=false",
+                 "device_config.compile=false", *(fsdp_model(True)[:-2] if ctx.dry_run else [])]  # fmt: skip
     cfg = load_config(preset="mega", overrides=unsharded)
-    capacity, _ = footprint.device_memory(device)
+    if ctx.dry_run:  # room for about 6 windows by the formula
+        one = footprint.memory_estimate(cfg, batch_size=1)
+        capacity = int(one.state + 6.5 * (one.total - one.state))
+    else:
+        capacity, _ = footprint.device_memory(device)
+    formula = footprint.fitting_batch(cfg, capacity)
 
-    def largest_fitting() -> int:
+    def largest_fitting() -> tuple[int, int, int]:
         model = Transformer(cfg.model).to(device)
         model.checkpoint_activations = True
         optimizer = build_optimizer(model, cfg.training, device)
-        return largest(lambda batch: step_fits(model, optimizer, cfg, device, batch, capacity))
+        small = {b: trial_step_bytes(model, optimizer, cfg, device, b) for b in (2, 6)}
+        window = (small[6] - small[2]) / 4
+        guess = 2 + int((capacity - small[2]) // window) if window > 0 else formula
+        tried = []
+        fits = lambda batch: tried.append(batch) or step_fits(model, optimizer, cfg, device, batch, capacity)  # noqa: E731
+        return largest(fits, guess=guess), guess, len(tried) + 2
 
     try:
-        fitting = largest_fitting()
+        fitting, guess, trials = largest_fitting()
     finally:  # the steps after this one run in processes of their own and need the GPU's memory
         gc.collect()
-        torch.cuda.empty_cache()
-    check(fitting >= 1, "not even one window of 2048 tokens fits")
-    formula = footprint.fitting_batch(cfg, capacity)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    check(fitting >= 1, f"not even one window of {cfg.seq_len} tokens fits")
     planned = footprint.fitting_batch(cfg, footprint.HEADROOM * capacity)
-    result = Result("maxbatch", peak_gib=torch.cuda.max_memory_allocated(device) / 2**30)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    result = Result("maxbatch", peak_gib=peak)
     result.notes.append(
-        f"largest micro-batch {fitting} x 2048 tokens; the plan's formula: {formula} in all "
-        f"{capacity / 2**30:.0f} GiB, {planned} in the {footprint.HEADROOM:.0%} it plans with"
+        f"largest micro-batch {fitting} x {cfg.seq_len} tokens ({trials} trial steps, the first two's "
+        f"extrapolation {guess}); the plan's formula: {formula} in all {capacity / 2**30:.1f} GiB, "
+        f"{planned} in the {footprint.HEADROOM:.0%} it plans with"
     )
+    if ctx.dry_run:
+        result.notes.append("toy size on the CPU: the formula's bound is not checked")
+        return result
     check(fitting - 1 <= formula <= fitting, f"the plan's formula gives {formula}, the GPU took {fitting}")
     return result
 

@@ -1,11 +1,14 @@
-"""scripts/gpu_check.py without a GPU: its command line, its table, that every step refuses
-cleanly here, and (--cpu-dry-run) the nano, resume, fsdp and mega steps at toy size on the CPU."""
+"""scripts/gpu_check.py without a GPU: its command line, its table, its use of a lent GPU's few
+minutes (time limit, planned times, caps, results written as each step ends), that every step
+refuses cleanly here, and (--cpu-dry-run) the steps at toy size on the CPU."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -28,8 +31,9 @@ def test_the_command_line_chooses_steps():
     figures = gpu_check.parse_args(["--steps", "tutorial", "nanogpt", "generate", "--nanogpt", "ng"])
     assert figures.steps == ["tutorial", "nanogpt", "generate"] and figures.nanogpt == Path("ng")
     assert gpu_check.parse_args(["--steps", "mega", "probe"]).steps == ["mega", "probe"]
-    assert gpu_check.parse_args(["--cpu-dry-run"]).steps == ["nano", "resume", "fsdp", "mega"]
-    assert gpu_check.parse_args(["--cpu-dry-run", "--steps", "probe", "fsdp"]).steps == ["fsdp"]
+    assert gpu_check.parse_args(["--cpu-dry-run"]).steps == list(gpu_check.STEPS)
+    assert gpu_check.parse_args(["--cpu-dry-run", "--steps", "probe", "fsdp"]).steps == ["probe", "fsdp"]
+    assert sorted(gpu_check.ORDER) == sorted(gpu_check.STEPS) == sorted(gpu_check.PLANNED_S)
     assert gpu_check.parse_args(["--time-limit", "540"]).time_limit == 540
     with pytest.raises(SystemExit) as bad:
         gpu_check.parse_args(["--time-limit", "0"])
@@ -117,6 +121,57 @@ def test_the_time_limit_stops_the_running_step_and_its_process_and_skips_the_res
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
+def test_a_step_that_would_overrun_the_time_left_is_not_started_and_one_running_long_is_capped(
+    tmp_path, monkeypatch
+):
+    """On a GPU lent for minutes: a step planned longer than the time left is left for the next
+    attempt while a shorter one after it still runs; a step over its cap is stopped and the
+    rest go on. Each result is in OUT as the step ends (a later kill leaves them there)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    seen = []
+
+    def quick(ctx):
+        seen.append(sorted(p.name for p in out.iterdir()))  # what an earlier step left there
+        (ctx.work / "quick.log").write_text("a log\n")
+        (ctx.work / "run" / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (ctx.work / "run" / "checkpoints" / "model.safetensors").write_bytes(b"0" * 100)
+        (ctx.work / "run" / "metrics.jsonl").write_text("{}\n")
+        return gpu_steps.Result("nano", notes=["fast"])
+
+    def endless(ctx):
+        time.sleep(60)
+
+    fake = {"probe": quick, "mega": quick, "fsdp": endless, "nano": quick}
+    monkeypatch.setattr(gpu_check, "STEP_FUNCTIONS", fake)
+    ctx = gpu_steps.Context(tmp_path / "work", tmp_path, dry_run=True)
+    ctx.work.mkdir()
+    planned = {"probe": 1, "mega": 1000, "fsdp": 1, "nano": 1}
+    started = time.monotonic()
+    results = gpu_check.run_steps(
+        ctx, list(fake), echo=lambda *a, **k: None, time_limit=30, caps={"fsdp": 1}, out=out, planned=planned
+    )
+    assert time.monotonic() - started < 10
+    assert [r.status for r in results] == ["PASS", "SKIP", "SKIP", "PASS"]
+    assert results[1].notes[0].startswith("not started: planned 1000 s, ")
+    assert results[2].notes == ["stopped at its cap of 1 s"]
+    assert seen == [[], ["logs.tgz", "results.jsonl", "summary.txt"]]
+    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["status"]) for r in lines] == [(r.step, r.status) for r in results]
+    assert (out / "summary.txt").read_text() == gpu_check.summary_table(results) + "\n"
+    with tarfile.open(out / "logs.tgz") as tar:
+        names = tar.getnames()
+    assert "work/quick.log" in names and "work/run/metrics.jsonl" in names
+    assert not any("checkpoints" in name or name.endswith(".safetensors") for name in names), names
+
+
+def test_the_versions_file_names_the_machine_and_the_software():
+    import gpu_out
+
+    text = gpu_out.versions()
+    assert f"torch {torch.__version__}" in text and "python " in text and "MemTotal" in text
+
+
 @no_gpu
 @pytest.mark.parametrize("step", gpu_check.STEPS)
 def test_every_step_refuses_cleanly_without_a_gpu(step, tmp_path):
@@ -144,7 +199,8 @@ def test_a_cpu_dry_run_trains_resumes_and_shards_at_toy_size(tmp_path, capsys, m
         return children.run("trickster", *command[3:], cwd=cwd, env=env, timeout=timeout)
 
     monkeypatch.setattr(gpu_steps.subprocess, "run", forked_unless_torchrun)
-    assert gpu_check.main(["--cpu-dry-run", "--work", str(tmp_path)]) == 0, capsys.readouterr().out
+    argv = ["--cpu-dry-run", "--steps", "nano", "resume", "fsdp", "mega", "--work", str(tmp_path)]
+    assert gpu_check.main(argv) == 0, capsys.readouterr().out
     out = capsys.readouterr().out
     rows = {
         line.split()[0]: line.split()
@@ -159,6 +215,27 @@ def test_a_cpu_dry_run_trains_resumes_and_shards_at_toy_size(tmp_path, capsys, m
 
 
 @pytest.mark.slow
+def test_a_cpu_dry_run_of_the_figure_steps_runs_their_code_at_toy_size(tmp_path, capsys):
+    """What a lent GPU's first attempt runs first, through the same code on the CPU: the tutorial's
+    schedule, gpt2's two throughput rows, the largest-batch search, then the tutorial's run
+    resumed (and generated from on the CPU) and served to concurrent requests."""
+    steps = ["tutorial", "gpt2", "maxbatch", "resume", "serve"]
+    argv = [
+        "--cpu-dry-run",
+        "--steps",
+        *steps,
+        "--work",
+        str(tmp_path / "work"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    assert gpu_check.main(argv) == 0, capsys.readouterr().out
+    lines = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == steps
+    assert "tutorial resumed at 30 to 35" in lines[3] and "refused for the context" in lines[4]
+
+
+@pytest.mark.slow
 def test_the_probes_cpu_capable_checks_pass_on_this_cpu():
     """kv_cache and collectives take a device: on the CPU (gloo) they run the same code paths."""
     import gpu_probe
@@ -167,9 +244,8 @@ def test_the_probes_cpu_capable_checks_pass_on_this_cpu():
     assert gpu_probe.collectives("cpu").startswith("gloo: sum_across, from_rank0")
 
 
-def test_the_figure_steps_skip_what_a_cpu_cannot_measure_and_time_generation(tmp_path):
+def test_the_figure_steps_time_generation_on_a_cpu_and_skip_nanogpt_without_a_checkout(tmp_path):
     ctx = gpu_steps.Context(tmp_path, tmp_path, dry_run=True)
-    assert gpu_figures.step_tutorial(ctx).status == "SKIP"
     assert gpu_figures.step_nanogpt(ctx).status == "SKIP"
     result = gpu_figures.step_generate(ctx)  # `tiny` for 20 tokens on the CPU
     assert result.status == "PASS" and len(result.notes) == 1
