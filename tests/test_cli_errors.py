@@ -966,6 +966,12 @@ CASES = [
     case(
         "config-date-that-is-no-date",  # it said 'a number too long to read (month must be in 1..12)'
         _config_file("date.yaml", "training_config:\n  seed: 2024-13-01\n"),
+        "date.yaml: training_config.seed: input should be a valid integer",
+        "(got '2024-13-01')",
+    ),
+    case(
+        "config-tagged-date-that-is-no-date",
+        _config_file("date.yaml", "training_config:\n  seed: !!timestamp 2024-13-01\n"),
         "date.yaml: line 2, column 9: '2024-13-01' is read as a date but is none (month must be in "
         "1..12); quote it to keep it as text",
     ),

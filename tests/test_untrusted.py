@@ -39,4 +39,4 @@ def test_what_is_within_the_limits_or_another_error_is_the_parsers_own():
     with pytest.raises(json.JSONDecodeError):
         untrusted.parse(json.loads, "{")
     with pytest.raises(yaml.YAMLError):  # a date that is none: not 'an integer too long'
-        load_yaml("a: 2024-13-01")
+        load_yaml("a: !!timestamp 2024-13-01")  # an untagged one is text (config_yaml)
