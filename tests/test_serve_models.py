@@ -9,10 +9,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import gc
+import os
 import shutil
+import subprocess
 import threading
 import time
 import weakref
+from pathlib import Path
 
 import pytest
 import torch
@@ -286,3 +289,75 @@ def test_a_checkpoint_deleted_as_it_is_loaded_is_the_same_404(
         assert [card["id"] for card in listed] == ["best", "final", "untrained"]
         assert completion(client_of(live), model="final", **GREEDY)  # another checkpoint still loads
     assert "Traceback" not in caplog.text and "Exception in ASGI" not in caplog.text
+
+
+@pytest.mark.parametrize("moment", ["before-request", "mid-load"])
+def test_a_checkpoint_replaced_as_it_is_asked_for_answers_from_the_new_one(
+    trained_run, tmp_path, monkeypatch, caplog, moment
+):
+    """A training run writes a new `final` (or `best`) while it is served: atomic.replace_dir
+    renames the old folder away, then the new one into place. A request that came between the two
+    renames (held apart for 0.3 s here), or whose load began before the first, was answered 404
+    'was deleted from disk after the server started'; it waits for the new folder and answers with
+    its weights (here those of step_000006)."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    folder = run / "checkpoints"
+    new, old = folder / f".final.tmp-{os.getpid()}", folder / f".final.old-{os.getpid()}"
+    shutil.copytree(folder / "step_000006", new)
+
+    def replace_dir_renames():
+        (folder / "final").rename(old)
+        threading.Timer(0.3, lambda: (new.rename(folder / "final"), shutil.rmtree(old))).start()
+
+    with live_server(run, max_loaded=2) as live:
+        client = client_of(live)
+        before = completion(client, model="final", **GREEDY)
+        expected = completion(client, model="step_000006", **GREEDY)  # which unloads final
+        assert before != expected and "final" not in loaded(live)
+        if moment == "before-request":
+            replace_dir_renames()
+        else:
+            load, loads = ckpt.load_checkpoint, []
+
+            def replaced_first(path, *args, **kwargs):
+                if Path(path) == folder / "final" and not loads:  # the first load of final begins
+                    loads.append(path)
+                    replace_dir_renames()
+                return load(path, *args, **kwargs)
+
+            monkeypatch.setattr(ckpt, "load_checkpoint", replaced_first)
+        start = time.monotonic()
+        answer = httpx.post(live.url + "/v1/completions", json={"model": "final", **GREEDY}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["choices"][0]["text"] == expected
+        assert 0.25 < time.monotonic() - start < models.REPLACE_WAIT
+        assert [card["id"] for card in httpx.get(live.url + "/v1/models").json()["data"]] == NAMES
+    assert "Traceback" not in caplog.text
+
+
+@pytest.mark.parametrize("writer", ["killed", "stopped"])
+def test_a_checkpoint_left_half_replaced_is_404_or_503(trained_run, tmp_path, monkeypatch, writer):
+    """A writer killed between the two renames left the old folder under its hidden name (training
+    puts it back when it resumes): nothing is coming, so the 404 comes at once. One that still runs
+    but does not finish (stopped there, as by Ctrl-Z) gets REPLACE_WAIT (0.3 s here), then a 503."""
+    monkeypatch.setattr(models, "REPLACE_WAIT", 0.3)
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    pid = dead.pid if writer == "killed" else os.getpid()
+    folder = run / "checkpoints"
+    with live_server(run) as live:
+        (folder / "final").rename(folder / f".final.old-{pid}")
+        start = time.monotonic()
+        answer = httpx.post(live.url + "/v1/completions", json={"model": "final", **GREEDY})
+        waited = time.monotonic() - start
+        message = answer.json()["error"]["message"]
+        if writer == "killed":
+            assert answer.status_code == 404 and "was deleted from disk" in message
+            assert waited < 0.25
+        else:
+            assert answer.status_code == 503
+            assert message == "model 'final' is being replaced on disk (a new final written); ask again"
+            assert 0.3 <= waited < 2

@@ -159,6 +159,19 @@ def restore_replaced(target: Path, complete: Callable[[Path], bool] | None = Non
     return bool(old)
 
 
+def being_replaced(target: Path) -> bool:
+    """Whether `target` is between the two renames of a `replace_dir` under way: missing, with its
+    old copy beside it under the hidden name of a writer that still runs (one that was killed
+    there left it for `restore_replaced`). A reader waits for the new folder, which is a moment."""
+    if target.exists():
+        return False
+    for path in target.parent.glob(f".{glob.escape(target.name)}.old-*"):
+        match = LEFTOVER.match(path.name)
+        if match and match["name"] == target.name and process_exists(int(match["pid"])):
+            return True
+    return False
+
+
 def replace_dir(new: Path, target: Path) -> None:
     """Move `new` to `target`; an old `target` is deleted only after the new one is in place."""
     _fsync_tree(new)

@@ -258,6 +258,10 @@ class Server:
                 # the load tripped over, the answer a request a moment later gets
                 if self.catalog.gone(name):
                     raise self._not_found(name, unknown=False) from None
+                if self.catalog.replacing(name):  # still, after models.REPLACE_WAIT: its writer stopped?
+                    raise APIError(
+                        503, f"model {name!r} is being replaced on disk (a new {name} written); ask again"
+                    ) from None
                 if isinstance(err, UserError):
                     raise APIError(500, f"model {name!r} could not be loaded: {err}") from None
                 raise

@@ -18,11 +18,13 @@ from __future__ import annotations
 import bisect
 import itertools
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from trickster.atomic import being_replaced
 from trickster.config import Config
 from trickster.data.tokenizers import Tokenizer
 from trickster.errors import UserError
@@ -32,6 +34,7 @@ from trickster.serve.limits import MAX_LOADED_MODELS
 from trickster.train import checkpoint as ckpt
 
 UNTRAINED = "untrained"
+REPLACE_WAIT = 2.0  # seconds a load waits for a checkpoint being replaced (a moment between two renames)
 
 
 @dataclass
@@ -117,7 +120,13 @@ class Catalog:
         """Whether a checkpoint offered at start has left the disk since (a training run that prunes
         its old checkpoints, served as it trains) and is not in memory: it can no longer be loaded."""
         offered = self.offered[name]
-        return name != UNTRAINED and offered.model is None and not (offered.path / ckpt.WEIGHTS).is_file()
+        if name == UNTRAINED or offered.model is not None or (offered.path / ckpt.WEIGHTS).is_file():
+            return False
+        return not being_replaced(offered.path)  # a run writing a new `best` is not deleting it
+
+    def replacing(self, name: str) -> bool:
+        """Whether the checkpoint is missing for a replace under way (atomic.being_replaced)."""
+        return name != UNTRAINED and being_replaced(self.offered[name].path)
 
     def hold(self, name: str, load: bool = True) -> Offered | None:
         """The model with its weights in memory, kept there until `release(name)`. Blocking when it
@@ -200,7 +209,36 @@ class Catalog:
     def _read(self, offered: Offered) -> Transformer:
         if offered.name == UNTRAINED:
             return untrained_like(offered.cfg).to(self.device).eval()
-        return ckpt.load_checkpoint(offered.path, self.device).model
+        return _load_whole(offered.path, self.device)
+
+
+def _load_whole(path: Path, device: torch.device) -> Transformer:
+    """The model of the checkpoint folder at `path`, all read from one folder, though a training
+    run may replace it meanwhile (a new `best`, by atomic.replace_dir's two renames): a load that
+    found it missing between the renames, or that read part of the old folder and part of the new,
+    is made again once the new one is in place, for up to REPLACE_WAIT seconds."""
+    deadline = time.monotonic() + REPLACE_WAIT
+    while True:
+        before = _identity(path)
+        try:
+            model = ckpt.load_checkpoint(path, device).model
+        except Exception:
+            replaced = being_replaced(path) or _identity(path) != before
+            if not replaced or time.monotonic() > deadline:
+                raise
+        else:
+            if _identity(path) == before or time.monotonic() > deadline:
+                return model
+        time.sleep(0.01)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """Which folder is at `path` (a replaced one is another folder), or None when none is."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def _checkpoints(target: Path) -> dict[str, Path]:
