@@ -310,6 +310,7 @@ def _post(path: str, body: bytes | dict, **headers) -> tuple[str, bytes, dict]:
 
 
 GOOD = {"model": "best", "prompt": "ROMEO:", "max_tokens": 2}
+CHAT = {"model": "best", "messages": [{"role": "user", "content": "Who?"}], "max_tokens": 2}
 TEXT_5 = {"type": "text", "text": 5}
 IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
 ERRORS = [
@@ -470,6 +471,56 @@ ERRORS = [
         "prompt",
     ),
     ("unknown-route", ("/v1/embeddings", b"{}", {}), 404, "no route", None),
+    # fields this server does not take were accepted and ignored: the answer silently was another
+    (
+        "field-misspelt",
+        _post("/v1/completions", {**GOOD, "temprature": 0}),
+        400,
+        "temprature: unrecognized request argument (did you mean temperature?); fix its name or leave it out",
+        "temprature",
+    ),
+    (
+        "field-unknown",
+        _post("/v1/completions", {**GOOD, "repetition_penalty": 1.3}),
+        400,
+        "repetition_penalty: unrecognized request argument; fix its name or leave it out",
+        "repetition_penalty",
+    ),
+    (
+        "penalty",
+        _post("/v1/completions", {**GOOD, "presence_penalty": 1.5}),
+        400,
+        "presence_penalty: this server applies no penalties; send 0 or leave it out (got 1.5)",
+        "presence_penalty",
+    ),
+    (
+        "echo",
+        _post("/v1/completions", {**GOOD, "echo": True}),
+        400,
+        "echo: the answer never repeats the prompt; leave it out (got true)",
+        "echo",
+    ),
+    (
+        "chat-logprobs",
+        _post("/v1/chat/completions", {**CHAT, "logprobs": True, "top_logprobs": 3}),
+        400,
+        "logprobs: chat answers carry no logprobs; use /v1/completions for them (got true)",
+        "logprobs",
+    ),
+    (
+        "chat-tools",
+        _post("/v1/chat/completions", {**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}),
+        400,
+        "tools: this model does not call tools (it answers with text only); leave it out",
+        "tools",
+    ),
+    (
+        "chat-json-format",
+        _post("/v1/chat/completions", {**CHAT, "response_format": {"type": "json_object"}}),
+        400,
+        'response_format: this server does not constrain the answer to JSON; leave it out (got {"type"',
+        "response_format",
+    ),
 ]
 
 
@@ -482,6 +533,16 @@ def test_errors_are_openai_json_and_the_server_goes_on(server, client, case, req
     assert text in error["message"] and error["param"] == param
     assert set(error) == {"message", "type", "param", "code"}
     assert completion(client, **GOOD, seed=0)  # still serving
+
+
+def test_fields_that_ask_for_nothing_we_lack_are_accepted(client):
+    """OpenAI's fields that change nothing in the text (user, metadata, ...), and those we do not
+    do sent with the value that asks for nothing (as clients send their defaults), or null: the
+    same text as without them."""
+    fields = dict(model="best", prompt="ROMEO:", max_tokens=12, seed=5)
+    neutral = dict(user="me", presence_penalty=0, frequency_penalty=0, logit_bias={}, echo=False, best_of=1)
+    extra = {"metadata": {"run": "a"}, "store": False, "suffix": None, "tools": [], "response_format": None}
+    assert completion(client, **fields, **neutral, extra_body=extra) == completion(client, **fields)
 
 
 @pytest.mark.parametrize("method", ["GET", "DELETE"])

@@ -3,6 +3,7 @@ the answers it gives, and OpenAI's error object."""
 
 from __future__ import annotations
 
+import difflib
 import json
 import time
 import uuid
@@ -34,9 +35,54 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+# OpenAI's fields that change nothing in the text: accepted, whatever they say, and ignored
+HARMLESS = {
+    "user",
+    "metadata",
+    "store",
+    "service_tier",
+    "safety_identifier",
+    "prompt_cache_key",
+    "parallel_tool_calls",
+}
+TOOLS = "this model does not call tools (it answers with text only)"
+# OpenAI's fields that would change the answer in a way this server does not: accepted only with the
+# value that asks for nothing (as clients send by default), else a 400 naming the field, never an
+# answer that silently is something else. Each: (whether a value asks for nothing, why not, the fix).
+UNSUPPORTED = {
+    "frequency_penalty": (lambda v: v == 0, "this server applies no penalties", "send 0 or leave it out"),
+    "presence_penalty": (lambda v: v == 0, "this server applies no penalties", "send 0 or leave it out"),
+    "logit_bias": (lambda v: v == {}, "this server does not bias tokens", "leave it out"),
+    "echo": (lambda v: v is False, "the answer never repeats the prompt", "leave it out"),
+    "best_of": (lambda v: v == 1, "this server returns every completion it makes", "ask for n of them"),
+    "suffix": (lambda v: v == "", "this server continues text, never inserts it", "leave it out"),
+    "logprobs": (lambda v: v is False, "chat answers carry no logprobs", "use /v1/completions for them"),
+    "top_logprobs": (lambda v: v == 0, "chat answers carry no logprobs", "use /v1/completions for them"),
+    "tools": (lambda v: v == [], TOOLS, "leave it out"),
+    "functions": (lambda v: v == [], TOOLS, "leave it out"),
+    "tool_choice": (lambda v: v in ("none", "auto"), TOOLS, "leave it out"),
+    "function_call": (lambda v: v in ("none", "auto"), TOOLS, "leave it out"),
+    "response_format": (
+        lambda v: v == {"type": "text"},
+        "this server does not constrain the answer to JSON",
+        "leave it out",
+    ),
+    "modalities": (lambda v: v == ["text"], "this model answers with text only", "leave it out"),
+    "audio": (lambda v: False, "this model answers with text only", "leave it out"),
+    "prediction": (lambda v: False, "this server takes no predicted output", "leave it out"),
+    "reasoning_effort": (lambda v: False, "this model does not reason before answering", "leave it out"),
+    "verbosity": (lambda v: False, "this server does not adjust the answer's length to it", "use max_tokens"),
+    "web_search_options": (lambda v: False, "this server does not search the web", "leave it out"),
+}
+
+
 class Request(BaseModel):
-    # strict: "16" is not 16; unknown fields (user, presence_penalty, ...) are accepted and ignored
-    model_config = ConfigDict(strict=True, extra="ignore")
+    """strict: "16" is not 16. A field it does not declare is refused with a 400 naming it (as
+    OpenAI refuses names it does not know), unless it is one of OpenAI's that change nothing in the
+    text (HARMLESS) or that ask for nothing with the value sent (UNSUPPORTED). The APIError is
+    raised from validation: pydantic lets it through, and the route answers it."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
 
     model: str = Field(description="a checkpoint of the run: best, final, step_000500, untrained")
     temperature: float = Field(1.0, ge=0, le=2, allow_inf_nan=False, description="0 means greedy")
@@ -56,6 +102,29 @@ class Request(BaseModel):
             return data
         optional = {name for name, field in cls.model_fields.items() if not field.is_required()}
         return {key: value for key, value in data.items() if value is not None or key not in optional}
+
+    @model_validator(mode="after")
+    def _no_field_ignored(self):
+        for name, value in (self.model_extra or {}).items():
+            if value is None or name in HARMLESS:  # null: OpenAI's "not given"
+                continue
+            if name in UNSUPPORTED:
+                asks_nothing, why, fix = UNSUPPORTED[name]
+                if asks_nothing(value):
+                    continue
+                raise APIError(
+                    400, f"{name}: {why}; {fix} (got {json.dumps(value)[:80]})", name, "unsupported_parameter"
+                )
+            known = [*type(self).model_fields, *HARMLESS]
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise APIError(
+                400,
+                f"{name}: unrecognized request argument{hint}; fix its name or leave it out",
+                name,
+                "unknown_parameter",
+            )
+        return self
 
     @field_validator("stop", mode="before")
     @classmethod
