@@ -660,6 +660,53 @@ def test_a_body_far_over_the_limit_gets_its_413_in_a_client_that_reads_after_wri
     connection.close()
 
 
+def _chunked(sock: socket.socket, *chunks: bytes, size: str | None = None) -> None:
+    """A chunked POST to /v1/completions: each chunk whole, then a chunk that declares `size`
+    (hex) and sends 12 bytes of it, or the last chunk (size 0) when no size is given."""
+    head = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    framed = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for chunk in chunks)
+    sock.sendall(head + framed + (b"0\r\n\r\n" if size is None else size.encode() + b'\r\n{"model": "b'))
+
+
+@pytest.mark.parametrize(
+    ("before", "size"),
+    [(0, "FFFFFFFF"), (0, "100001"), (600_000, "80000")],
+    ids=["4-GiB-chunk", "limit-plus-one", "second-chunk-past-the-limit"],
+)
+def test_a_chunk_declaring_more_than_the_limit_is_413_at_once(server, client, before, size):
+    """A chunk whose size line declares more than the body may hold (alone, or with the chunks
+    before it: 600,000 + 524,288 bytes) is answered 413 as soon as its size is read: the server
+    waited for its bytes until the body's deadline (60 s), then answered 408."""
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        start = time.monotonic()
+        _chunked(sock, *([b" " * before] if before else []), size=size)
+        assert select.select([sock], [], [], 3)[0], "no answer within 3 s"
+        waited = time.monotonic() - start
+        answer = http.client.HTTPResponse(sock)
+        answer.begin()
+        assert answer.status == 413, answer.read()
+        assert "larger than 1,048,576 bytes" in json.loads(answer.read())["error"]["message"]
+    assert waited < 2, f"the 413 came after {waited:.1f} s"
+    assert completion(client, **GOOD)  # still serving
+
+
+def test_a_body_in_chunks_near_the_limit_is_served(server):
+    """What a chunk still promises is counted once: a body of 1,000,000 bytes (the limit is
+    1,048,576), in one chunk or in three, arrives in many reads and is read whole, not refused for
+    the bytes of its last read counted both as promised and as come."""
+    body = json.dumps({**GOOD, "prompt": "ROMEO:" + " " * 40, "stop": ["x" * 999_880]}).encode()
+    assert 999_900 < len(body) <= 1_000_000
+    host, port = server.url.removeprefix("http://").split(":")
+    for chunks in ([body], [body[:20], body[20:-30], body[-30:]]):
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            _chunked(sock, *chunks)
+            answer = http.client.HTTPResponse(sock)
+            answer.begin()
+            assert answer.status == 200, answer.read()
+            assert json.loads(answer.read())["usage"]["completion_tokens"] == 2
+
+
 def test_api_key_is_required_when_set(trained_run):
     with live_server(trained_run, api_key="s3cret", checkpoints=["best"]) as live:
         for key, text in ((None, "no API key"), ("wrong", "the API key is wrong")):

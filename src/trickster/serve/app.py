@@ -18,21 +18,20 @@ from importlib import resources
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from trickster.data.sources import checked_text
 from trickster.errors import UserError
 from trickster.serve import chat, schemas
+from trickster.serve.body import BODY_TIMEOUT, MAX_BODY, read_body
 from trickster.serve.chat import TemplateRefused
 from trickster.serve.choices import Delta, Generation
 from trickster.serve.engine import Engine
 from trickster.serve.models import Catalog, Offered
 from trickster.serve.schemas import APIError, ChatRequest, CompletionRequest
 
-MAX_BODY = 1 << 20  # bytes; a prompt longer than any context we train fits many times over
-BODY_TIMEOUT = 60.0  # seconds for a whole body, from its headers (1 MiB needs 17.5 KB/s); then a 408
 MAX_CHOICES = 128  # completions in one request (prompts x n): one client cannot queue thousands
 
 
@@ -203,38 +202,7 @@ class Server:
             )
 
     async def _body(self, request: Request) -> bytes:
-        """The body, all of it within `body_timeout` seconds of the headers: a deadline for the whole
-        read, so that a client sending a byte now and then is cut off as surely as a silent one."""
-        declared = request.headers.get("content-length", "")
-        too_big = APIError(
-            413, f"the request body is larger than {self.max_body:,} bytes; send a shorter prompt"
-        )
-        if declared.isdigit() and int(declared) > self.max_body:
-            raise too_big
-        body, chunks = bytearray(), request.stream()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.body_timeout
-        while True:
-            try:
-                chunk = await asyncio.wait_for(anext(chunks), max(deadline - loop.time(), 0))
-            except StopAsyncIteration:
-                return bytes(body)
-            except ClientDisconnect:  # an answer no one reads; not a server error to log
-                raise APIError(499, "the client closed the connection before its body was all in") from None
-            except asyncio.TimeoutError:
-                fix = (
-                    "send all the bytes Content-Length promises, without pausing"
-                    if declared
-                    else "send all the chunks without pausing, ending with a chunk of size 0"
-                )
-                raise APIError(
-                    408,
-                    f"the request body did not all arrive within {self.body_timeout:g} s "
-                    f"({len(body):,} bytes in); {fix}",
-                ) from None
-            body += chunk
-            if len(body) > self.max_body:
-                raise too_big
+        return await read_body(request, self.max_body, self.body_timeout)
 
     def _offered(self, name: str) -> Offered:
         offered = self.catalog.get(name)

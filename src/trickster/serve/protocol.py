@@ -1,5 +1,6 @@
 """How the server reads each connection: uvicorn's h11 protocol with a deadline on a request's
-headers, and OpenAI's error JSON for a request that is not HTTP.
+headers, the size a chunked body's chunk declares told to the app, and OpenAI's error JSON for a
+request that is not HTTP.
 
 uvicorn has no time limit on the request line and headers (asked for in uvicorn#157; none in 0.54): its
 keep-alive timer starts only after a response and any byte stops it, so a client that connects
@@ -7,7 +8,7 @@ and sends nothing, or sends its headers a byte at a time (slowloris), holds its 
 ever. Here a request's headers must all be in within `header_timeout` seconds of the connection
 opening or of the previous response ending. Then a client that sent part of a request gets a 408
 and the connection is closed; one that sent nothing is closed without a word, as uvicorn closes an
-idle keep-alive connection. The body has a deadline of its own (app.BODY_TIMEOUT), and time
+idle keep-alive connection. The body has a deadline of its own (body.BODY_TIMEOUT), and time
 spent answering is not bounded at all: a long stream is never cut.
 
 The hooks are methods uvicorn calls on its protocol object (connection_made, data_received,
@@ -26,7 +27,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from trickster.serve.schemas import APIError
 
-HEADER_TIMEOUT = 30.0  # seconds for a request line and headers (the body has BODY_TIMEOUT)
+HEADER_TIMEOUT = 30.0  # seconds for a request line and headers (the body has body.BODY_TIMEOUT)
+# the request scope's key for the bytes the chunk being read still promises (body.read_body reads it)
+PROMISED = "trickster.chunk_promised"
 
 
 class Protocol(H11Protocol):
@@ -46,6 +49,7 @@ class Protocol(H11Protocol):
         super().data_received(data)
         if self.scope is not scope:
             self._stop_waiting()
+        self._tell_promised()
 
     def on_response_complete(self) -> None:
         scope = self.scope
@@ -88,6 +92,24 @@ class Protocol(H11Protocol):
             f"the request line and headers did not all arrive within {self.header_timeout:g} s; "
             "send them without pausing",
         )
+
+    # ------------------------------------------------------------------ a chunked body
+
+    def _tell_promised(self) -> None:
+        """Put in the request's scope how many bytes the chunk being read still promises, and wake
+        the app to look, so that a chunk declaring more than a body may hold is a 413 at once, not a
+        408 when the body's deadline is past. h11 knows the size once it has read the chunk's size
+        line, before any of its bytes, but only in its reader's `_bytes_in_chunk` (h11 0.7 to 0.16):
+        without it, nothing is told and the body is limited as it arrives, as before."""
+        cycle = self.cycle
+        if cycle is None or cycle.response_started:
+            return
+        # a body all in promises nothing (its last read took the rest of what was promised before)
+        reader = getattr(self.conn, "_reader", None) if cycle.more_body else None
+        promised = getattr(reader, "_bytes_in_chunk", 0)
+        if isinstance(promised, int) and promised != self.scope.get(PROMISED, 0):
+            self.scope[PROMISED] = promised
+            cycle.message_event.set()  # the app's receive() returns, with the bytes in so far
 
     def _refuse(self, status: int, message: str) -> None:
         """Answer `status` with OpenAI's error JSON and close, if no answer has begun; else just close."""
