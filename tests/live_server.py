@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -35,17 +36,24 @@ def live_server(
     body_timeout: float | None = None,
     header_timeout: float | None = None,
     max_loaded: int = MAX_LOADED_MODELS,
+    send_timeout: float | None = None,
+    send_buffer: int | None = None,
 ):
+    """`send_buffer`: the kernel's send buffer of each connection, in bytes (accepted sockets take the
+    listening one's), so that a test fills it with a small answer."""
     import uvicorn
 
     catalog = Catalog(target, torch.device("cpu"), checkpoints, chat_template, max_loaded)
     catalog.load(catalog.default)
     engine = Engine(max_batch)
     sock = bind("127.0.0.1", 0)
+    if send_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
     extra = {"max_body": max_body, "body_timeout": body_timeout}
     extra = {key: value for key, value in extra.items() if value is not None}
     app = create_app(catalog, engine, api_key, **extra)
-    server = uvicorn.Server(uvicorn_config(app, header_timeout))
+    timeouts = {"send_timeout": send_timeout} if send_timeout is not None else {}
+    server = uvicorn.Server(uvicorn_config(app, header_timeout, **timeouts))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

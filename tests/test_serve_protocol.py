@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import socket
 import time
 
@@ -137,3 +138,60 @@ def test_a_client_gone_mid_body_is_no_server_error(server, caplog):
         time.sleep(0.2)
     time.sleep(0.3)
     assert "Exception in ASGI application" not in caplog.text
+
+
+def read_until_closed(sock: socket.socket, wait: float = 6) -> bytes:
+    """What the server sent, up to its end of the connection (a reset counts), or `wait` seconds."""
+    sock.settimeout(wait)
+    data = b""
+    try:
+        while part := sock.recv(65536):
+            data += part
+    except (ConnectionResetError, TimeoutError):
+        pass
+    return data
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+def test_an_answer_left_unread_is_dropped_and_its_generation_stopped(trained_run, monkeypatch, stream):
+    """16 completions of 58 tokens with 5 logprobs each (about 300 KB of answer) for a client that
+    reads nothing: once the buffers are full (4 KB of kernel buffer on each side here, then
+    asyncio's 64 KiB), the server waits 0.5 s for it to take some, then drops the connection, and a
+    stream's sequences leave the batch (each decoding step slowed to 0.04 s: 58 would take 2.3 s).
+    The answer waited for the client for ever: in a trial with 128 completions the server's send
+    queue still held 2.8 MB after 20 s."""
+    from trickster.serve.engine import Batch
+
+    decode, steps = Batch._decode, []
+
+    def slow_decode(self):
+        time.sleep(0.04 if stream else 0)
+        steps.append(len(self.rows))
+        decode(self)
+
+    monkeypatch.setattr(Batch, "_decode", slow_decode)
+    with live_server(trained_run, checkpoints=["best"], send_timeout=0.5, send_buffer=4096) as live:
+        fields = {"model": "best", "prompt": "ROMEO:", "n": 16, "max_tokens": 58, "logprobs": 5, "seed": 0}
+        body = json.dumps({**fields, "stream": stream})
+        host, port = live.url.removeprefix("http://").split(":")
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect((host, int(port)))
+            head = f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+            sock.sendall(head.encode() + body.encode())
+            time.sleep(3 if stream else 1.5)  # a stream takes 2.3 s to decode, if not stopped
+            decoded = len(steps)
+            data = read_until_closed(sock)
+        head, _, answer = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        if stream:
+            assert b"data: [DONE]" not in answer
+            assert decoded < 50, f"{decoded} decoding steps for a client that read nothing"
+        else:
+            length = int(re.search(rb"content-length: (\d+)", head)[1])
+            assert 0 <= len(answer) < length
+        assert live.catalog.get("best").holds == 0
+        assert (
+            httpx.post(live.url + "/v1/completions", json={**fields, "n": 1, "max_tokens": 2}).status_code
+            == 200
+        )

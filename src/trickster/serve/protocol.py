@@ -1,6 +1,6 @@
-"""How the server reads each connection: uvicorn's h11 protocol with a deadline on a request's
-headers, the size a chunked body's chunk declares told to the app, and OpenAI's error JSON for a
-request that is not HTTP.
+"""How the server reads and writes each connection: uvicorn's h11 protocol with a deadline on a
+request's headers and on an answer the client leaves unread, the size a chunked body declares told
+to the app, and OpenAI's error JSON for a request that is not HTTP.
 
 uvicorn has no time limit on the request line and headers (asked for in uvicorn#157; none in 0.54): its
 keep-alive timer starts only after a response and any byte stops it, so a client that connects
@@ -11,9 +11,16 @@ and the connection is closed; one that sent nothing is closed without a word, as
 idle keep-alive connection. The body has a deadline of its own (body.BODY_TIMEOUT), and time
 spent answering is not bounded at all: a long stream is never cut.
 
+Nor has uvicorn a limit on writing: an answer the client does not read fills the socket's buffers,
+then waits in memory for as long as the connection lasts, which is for ever (and `close()` waits
+for the buffer to be sent first). Here, as nginx's `send_timeout` does, a connection whose answer
+has not moved for `send_timeout` seconds once the buffers are full is dropped: the app sees the
+client gone, and a stream stops generating for it.
+
 The hooks are methods uvicorn calls on its protocol object (connection_made, data_received,
-on_response_complete, connection_lost, send_400_response), unchanged from 0.30 to 0.54. The server
-always speaks h11, even with httptools installed (which uvicorn's "auto" would pick instead).
+on_response_complete, connection_lost, send_400_response) and asyncio's flow control
+(pause_writing, resume_writing), unchanged from 0.30 to 0.54. The server always speaks h11, even
+with httptools installed (which uvicorn's "auto" would pick instead).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from trickster.serve.schemas import APIError
 
 HEADER_TIMEOUT = 30.0  # seconds for a request line and headers (the body has body.BODY_TIMEOUT)
+SEND_TIMEOUT = 60.0  # seconds an answer may stay unread once the buffers are full (nginx's send_timeout)
 # the request scope's key for the bytes the chunk being read still promises (body.read_body reads it)
 PROMISED = "trickster.chunk_promised"
 
@@ -38,7 +46,9 @@ class Protocol(H11Protocol):
     attributes, so uvicorn's __init__ (whose parameters have changed over versions) is left alone."""
 
     header_timeout = HEADER_TIMEOUT
+    send_timeout = SEND_TIMEOUT
     header_deadline: asyncio.TimerHandle | None = None
+    send_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -59,7 +69,18 @@ class Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_waiting()
+        self._stop_send_clock()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        """asyncio's call when the write buffer passes its high mark: the kernel's buffers are full."""
+        super().pause_writing()
+        self._stop_send_clock()
+        self.send_deadline = self.loop.call_later(self.send_timeout, self._send_too_slow)
+
+    def resume_writing(self) -> None:
+        self._stop_send_clock()
+        super().resume_writing()
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer when h11 cannot parse the request (uvicorn says plain text)."""
@@ -92,6 +113,18 @@ class Protocol(H11Protocol):
             f"the request line and headers did not all arrive within {self.header_timeout:g} s; "
             "send them without pausing",
         )
+
+    def _stop_send_clock(self) -> None:
+        if self.send_deadline is not None:
+            self.send_deadline.cancel()
+            self.send_deadline = None
+
+    def _send_too_slow(self) -> None:
+        """The client has taken nothing for `send_timeout` seconds: drop the connection. abort(), not
+        close(), which would wait for the buffer to be sent; uvicorn then tells the app the client is
+        gone (an ASGI http.disconnect), which stops a stream and its generation."""
+        self.send_deadline = None
+        self.transport.abort()
 
     # ------------------------------------------------------------------ a chunked body
 
@@ -127,6 +160,6 @@ class Protocol(H11Protocol):
         self.transport.close()
 
 
-def protocol(header_timeout: float = HEADER_TIMEOUT) -> type[Protocol]:
+def protocol(header_timeout: float = HEADER_TIMEOUT, send_timeout: float = SEND_TIMEOUT) -> type[Protocol]:
     """The class to give uvicorn.Config(http=...): uvicorn makes one per connection."""
-    return type("Protocol", (Protocol,), {"header_timeout": header_timeout})
+    return type("Protocol", (Protocol,), {"header_timeout": header_timeout, "send_timeout": send_timeout})

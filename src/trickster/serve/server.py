@@ -43,14 +43,19 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def uvicorn_config(app: Starlette, header_timeout: float | None = None) -> uvicorn.Config:
-    """uvicorn's settings: our connection protocol (protocol.py; HEADER_TIMEOUT unless told),
-    warnings only, 3 s for answers under way when the server stops."""
+def uvicorn_config(
+    app: Starlette, header_timeout: float | None = None, send_timeout: float | None = None
+) -> uvicorn.Config:
+    """uvicorn's settings: our connection protocol (protocol.py; HEADER_TIMEOUT and SEND_TIMEOUT
+    unless told), warnings only, 3 s for answers under way when the server stops."""
     import uvicorn
 
-    from trickster.serve.protocol import HEADER_TIMEOUT, protocol
+    from trickster.serve.protocol import HEADER_TIMEOUT, SEND_TIMEOUT, protocol
 
-    http = protocol(HEADER_TIMEOUT if header_timeout is None else header_timeout)
+    http = protocol(
+        HEADER_TIMEOUT if header_timeout is None else header_timeout,
+        SEND_TIMEOUT if send_timeout is None else send_timeout,
+    )
     return uvicorn.Config(app, http=http, log_level="warning", access_log=False, timeout_graceful_shutdown=3)
 
 
