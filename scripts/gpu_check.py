@@ -247,7 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "versions.txt").write_text(gpu_out.versions())
+        versions = gpu_out.versions()
+        (args.out / "versions.txt").write_text(versions)
+        print(versions, end="", flush=True)
     from trickster.data import sources
     from trickster.data.dedup import DedupSettings
     from trickster.data.prepare import prepare
