@@ -49,9 +49,9 @@ def start_server(ctx: Context, run) -> tuple[subprocess.Popen, str]:
 
 def step_serve(ctx: Context) -> Result:
     ctx.require_gpu("serve")
-    run = ctx.runs.get("tutorial") or ctx.runs.get("nano")
+    run = ctx.trained_run("tutorial", "nano")
     if run is None:
-        raise StepFailed("needs the tutorial or nano step's run (run the steps together)")
+        raise StepFailed("needs the tutorial or nano step's run (run it first, with the same --work)")
     server, url = start_server(ctx, run)
     try:
         with urllib.request.urlopen(url + "/v1/models", timeout=60) as answer:

@@ -56,6 +56,16 @@ class Context:
     def device(self) -> str:
         return "cpu" if self.dry_run else "cuda"
 
+    def trained_run(self, *steps: str) -> Path | None:
+        """The run of the first of `steps` that trained one: in this command, or in an earlier one
+        with the same --work (a later call on the same GPU machine), whose final checkpoint is
+        complete."""
+        for step in steps:
+            run = self.runs.get(step) or self.work / step
+            if (run / "checkpoints" / "final" / "COMPLETE").is_file():
+                return run
+        return None
+
     def require_gpu(self, step: str) -> None:
         import torch
 
@@ -282,9 +292,9 @@ def step_resume(ctx: Context) -> Result:
     on the GPU (bfloat16 training, compiled blocks: the weights and model_config it records must
     load on a machine without a GPU)."""
     ctx.require_gpu("resume")
-    run = ctx.runs.get("nano") or ctx.runs.get("tutorial")
+    run = ctx.trained_run("nano", "tutorial")
     if run is None:
-        raise StepFailed("needs the nano or the tutorial step's run (run the steps together)")
+        raise StepFailed("needs the nano or the tutorial step's run (run it first, with the same --work)")
     result = Result("resume")
     steps = events(run, "end")[0]["step"] + (5 if ctx.dry_run else 50)
     trickster(

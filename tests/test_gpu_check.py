@@ -263,3 +263,16 @@ def test_the_largest_batch_search_finds_the_threshold_with_few_trials(threshold)
     assert gpu_steps.largest(fits) == threshold
     assert len(tried) <= 2 * max(threshold, 1).bit_length() + 2, tried
     assert gpu_steps.largest(lambda b: True, limit=64) == 64  # never failing: stops at the limit
+
+
+def test_a_later_command_with_the_same_work_folder_finds_the_run_an_earlier_one_trained(tmp_path):
+    """A lent GPU runs the check over several commands: `resume` and `serve` in the second use the
+    tutorial's run the first left in --work, once its final checkpoint is complete."""
+    ctx = gpu_steps.Context(tmp_path, tmp_path, dry_run=True)
+    assert ctx.trained_run("tutorial", "nano") is None
+    (tmp_path / "nano" / "checkpoints" / "final").mkdir(parents=True)
+    (tmp_path / "tutorial" / "checkpoints" / "final").mkdir(parents=True)
+    (tmp_path / "nano" / "checkpoints" / "final" / "COMPLETE").write_text("ok\n")
+    assert ctx.trained_run("tutorial", "nano") == tmp_path / "nano"  # the tutorial's was cut short
+    (tmp_path / "tutorial" / "checkpoints" / "final" / "COMPLETE").write_text("ok\n")
+    assert ctx.trained_run("tutorial", "nano") == tmp_path / "tutorial"
