@@ -805,6 +805,53 @@ def test_engine_batch_matches_lone_generation():
     assert engine.largest_batch == 4
 
 
+def test_on_a_gpu_the_engine_computes_as_generate_does_there_in_bfloat16(monkeypatch):
+    """On a GPU of Ampere or later `generate` decodes under bfloat16 autocast with a bfloat16 KV
+    cache (train.device.inference_dtype). The engine must too, or a seed served there gives other
+    tokens than `trickster generate` with it (and its cache takes twice the memory): it decoded
+    the float32 weights in float32. Shown on the CPU, whose autocast takes bfloat16, with the
+    dtype a GPU would choose."""
+    from trickster.model import generate as generate_module
+    from trickster.serve import engine as engine_module
+
+    for module in (generate_module, engine_module):
+        monkeypatch.setattr(module, "inference_dtype", lambda device: "bfloat16", raising=False)
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=64, hidden_dim=64, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=128)
+    model = Transformer(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not name.endswith("norm.weight"):
+                p.normal_(0.0, 0.3)
+    engine = Engine(capacity=1)  # each alone: the same matrix shapes as generate's
+    cache_dtypes, jobs = [], []
+    for seed in range(4):
+        prompt, sampling = (
+            torch.randint(0, 60, (5,)).tolist(),
+            Sampling(max_tokens=12, temperature=0.9, seed=seed),
+        )
+        events, done = [], threading.Event()
+
+        def emit(event, events=events, done=done):
+            batch = engine.batches.get("m")
+            if batch is not None and batch.cache is not None:
+                cache_dtypes.append(batch.cache.keys[0].dtype)
+            events.append(event)
+            if not isinstance(event, Token):
+                done.set()
+
+        jobs.append((prompt, sampling, events, done))
+        engine.submit("m", model, 60, Sequence(prompt, sampling, emit))
+    try:
+        for prompt, s, events, done in jobs:
+            assert done.wait(60)
+            alone = generate(model, prompt, s.max_tokens, s.temperature, seed=s.seed, vocab_limit=60)
+            assert [e.id for e in events[:-1]] == list(alone)
+    finally:
+        engine.close()
+    assert set(cache_dtypes) == {torch.bfloat16}
+
+
 def test_a_prompt_the_model_cannot_take_fails_alone():
     """A prefill that raises (here an empty prompt, which the routes refuse before it gets this far)
     fails that sequence only: the ones already decoding and the ones admitted after it finish."""

@@ -6,7 +6,8 @@ run alone, into its row of the shared KV cache) and leaves as soon as it is done
 go on. Each sequence samples from its own logits row with its own `torch.Generator`, through
 model/generate.py's `sample`, so its random stream is the one `trickster generate` would use:
 the same seed gives the same tokens, alone or in a batch of sixteen (to float rounding of the
-batched matrix multiplies, which the tests show does not change the text).
+batched matrix multiplies, which the tests show does not change the text). It computes as
+`generate` does too: under bfloat16 autocast, with a bfloat16 KV cache, on a GPU of Ampere or later.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from trickster.model.generate import mask_unused_rows, sample
 from trickster.model.transformer import KVCache, Transformer
 from trickster.serve.limits import MAX_BATCH
+from trickster.train.device import inference_dtype
 
 
 @dataclass
@@ -84,6 +86,8 @@ class Batch:
         self.rows: list[Sequence] = []
         self.cache: KVCache | None = None  # allocated while there is work, dropped when idle
         self.fused = contextlib.ExitStack()  # the model's fused projections, likewise
+        weight = model.tok_embeddings.weight  # generate's dtype: bfloat16 on a fast GPU, else the weights'
+        self.dtype = torch.bfloat16 if inference_dtype(weight.device) == "bfloat16" else weight.dtype
 
     def step(self) -> int:
         """Admit waiting sequences, then decode one token for every row. Returns the rows decoded."""
@@ -91,16 +95,18 @@ class Batch:
         if self.cache is None:
             param = self.model.tok_embeddings.weight
             cfg = self.model.cfg
-            self.cache = KVCache.empty(cfg, self.capacity, cfg.max_seq_len, param.device, param.dtype)
+            self.cache = KVCache.empty(cfg, self.capacity, cfg.max_seq_len, param.device, self.dtype)
             # the concatenated weights, made once for a busy spell rather than at every step
             self.fused.enter_context(self.model.fused_projections())
-        while self.waiting and len(self.rows) < self.capacity:
-            seq = self.waiting.popleft()
-            if not seq.cancelled:
-                self._admit(seq)
-        self._compact()  # prompts whose first token already ended them
-        if self.rows:
-            self._decode()
+        half = self.dtype != self.model.tok_embeddings.weight.dtype
+        with torch.autocast(self.cache.keys[0].device.type, dtype=self.dtype, enabled=half):
+            while self.waiting and len(self.rows) < self.capacity:
+                seq = self.waiting.popleft()
+                if not seq.cancelled:
+                    self._admit(seq)
+            self._compact()  # prompts whose first token already ended them
+            if self.rows:
+                self._decode()
         decoded = len(self.rows)
         self._compact()
         if not self.rows and not self.waiting:
