@@ -2,7 +2,9 @@
 tutorial or nano step). Its worker thread decodes every batch on the GPU while asyncio's threads
 tokenize the prompts of requests still coming in (serve/app.py): concurrent greedy completions of
 one prompt must all be answered alike, with prompts of a few hundred kilobytes tokenized beside
-them (and refused for the context they overflow), and the server must end cleanly."""
+them (and refused for the context they overflow), a seeded completion must be the text
+`trickster generate` writes with that seed on the GPU (both in bfloat16 there), and the server
+must end cleanly."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-from gpu_steps import ROOT, Context, Result, StepFailed, check
+from gpu_steps import ROOT, Context, Result, StepFailed, check, trickster
 
 GREEDY, LONG = 8, 4  # concurrent requests: greedy completions of one prompt, overlong prompts
 LONG_PROMPT = "ROMEO: " * 40_000  # 280 KB: seconds of tokenizing for a BPE, refused after it
@@ -64,6 +66,8 @@ def step_serve(ctx: Context) -> Result:
             asked = [greedy] * GREEDY + [long] * LONG
             answers = list(pool.map(lambda body: post(url + "/v1/completions", body), asked))
         seconds = time.perf_counter() - started
+        seeded = {"model": model, "prompt": "ROMEO:", "max_tokens": 40, "temperature": 0.9, "seed": 11}
+        served = post(url + "/v1/completions", seeded)  # alone: the shapes `generate` computes with
     finally:
         server.terminate()
         ended = server.wait(timeout=60)
@@ -74,9 +78,16 @@ def step_serve(ctx: Context) -> Result:
     refused = answers[-1][1]["error"]
     check(refused["code"] == "context_length_exceeded", f"an overlong prompt refused otherwise: {refused}")
     check(ended in (0, -15), f"the server ended with status {ended} (see serve.log)")
+    target = str(run / "checkpoints" / model) if model != "best" else str(run)
+    argv = ["--prompt", "ROMEO:", "--max-new-tokens", "40", "--seed", "11", "--temperature", "0.9"]
+    expected = trickster(ctx, "serve-generate", "generate", target, "--device", ctx.device, *argv)
+    check(served[0] == 200, f"the seeded request got {served}")
+    text = "ROMEO:" + served[1]["choices"][0]["text"]
+    check(text == expected.rstrip("\n"), f"served {text!r}, generate wrote {expected.rstrip()!r} (seed 11)")
     note = (
         f"{GREEDY} greedy completions alike and {LONG} prompts of {len(LONG_PROMPT) // 1000} KB refused "
-        f"for the context, concurrently, in {seconds:.1f} s on {ctx.device}"
+        f"for the context, concurrently, in {seconds:.1f} s on {ctx.device}; a seeded completion = "
+        "`trickster generate` with its seed"
     )
     return Result("serve", notes=[note])
 
