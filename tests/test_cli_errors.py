@@ -972,8 +972,18 @@ CASES = [
     case(
         "config-tagged-date-that-is-no-date",
         _config_file("date.yaml", "training_config:\n  seed: !!timestamp 2024-13-01\n"),
-        "date.yaml: line 2, column 9: '2024-13-01' is read as a date but is none (month must be in "
-        "1..12); quote it to keep it as text",
+        "date.yaml: malformed YAML at line 2, column 9: '2024-13-01' cannot be read as !!timestamp "
+        "(month must be in 1..12); fix the file",
+    ),
+    case(
+        "config-tagged-value-that-is-no-integer",  # int('abc') raised ValueError: a traceback
+        _config_file("tag.yaml", "training_config:\n  seed: !!int abc\n"),
+        "tag.yaml: malformed YAML at line 2, column 9: 'abc' cannot be read as !!int (invalid literal",
+    ),
+    case(
+        "config-tagged-value-that-is-no-boolean",  # PyYAML's table of booleans raised KeyError
+        _config_file("tag.yaml", "training_config:\n  seed: !!bool maybe\n"),
+        "tag.yaml: malformed YAML at line 2, column 9: 'maybe' cannot be read as !!bool; fix the file",
     ),
     case(
         "config-holds-a-nul-character",

@@ -38,5 +38,7 @@ def test_what_is_within_the_limits_or_another_error_is_the_parsers_own():
     assert load_yaml("a: 0x" + "f" * 100) == {"a": 16**100 - 1}
     with pytest.raises(json.JSONDecodeError):
         untrusted.parse(json.loads, "{")
-    with pytest.raises(yaml.YAMLError):  # a date that is none: not 'an integer too long'
-        load_yaml("a: !!timestamp 2024-13-01")  # an untagged one is text (config_yaml)
+    # not 'an integer too long', nor a traceback (an untagged date is text: config_yaml)
+    for tagged in ("!!timestamp 2024-13-01", "!!int abc", "!!bool maybe", '!!int ""'):
+        with pytest.raises(yaml.YAMLError, match=r"cannot be read as !!"):
+            load_yaml(f"a: {tagged}")

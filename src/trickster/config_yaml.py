@@ -18,10 +18,6 @@ class _DuplicateKey(yaml.constructor.ConstructorError):
     pass
 
 
-class _NoDate(yaml.constructor.ConstructorError):
-    pass
-
-
 MERGE = "tag:yaml.org,2002:merge"  # `<<: *defaults`: the keys of another mapping, as defaults
 
 
@@ -46,16 +42,19 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         # 0x... or 0b... of any length is read, and only a message that shows it would fail
         return untrusted.checked_int(super().construct_yaml_int(node))
 
-    def construct_yaml_timestamp(self, node):
+    def construct_object(self, node, deep=False):
         try:
-            return super().construct_yaml_timestamp(node)
-        except ValueError as err:  # 2024-13-01: YAML 1.1 reads it as a date, which it is not
-            problem = f"{node.value!r} is read as a date but is none ({err}); quote it to keep it as text"
-            raise _NoDate(None, None, problem, node.start_mark) from None
+            return super().construct_object(node, deep)
+        except (ValueError, KeyError, IndexError) as err:  # PyYAML's, on a value its tag does not fit
+            if untrusted.digit_limit(err):  # named by untrusted.parse
+                raise
+            # `!!int abc`, `!!bool maybe`, `!!timestamp 2024-13-01`: a traceback from int(), a dict, datetime
+            why = f" ({err})" if isinstance(err, ValueError) else ""
+            problem = f"{node.value!r} cannot be read as !!{node.tag.rsplit(':', 1)[-1]}{why}"
+            raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from None
 
 
 _UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _UniqueKeyLoader.construct_yaml_int)
-_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:timestamp", _UniqueKeyLoader.construct_yaml_timestamp)
 
 
 TIMESTAMP = "tag:yaml.org,2002:timestamp"
@@ -89,9 +88,6 @@ def parse_yaml(text: str, source: str) -> dict[str, Any]:
         raise UserError(
             f"{source}: {err.problem} (again at line {mark.line + 1}); keep one of them"
         ) from None
-    except _NoDate as err:
-        mark = err.problem_mark
-        raise UserError(f"{source}: line {mark.line + 1}, column {mark.column + 1}: {err.problem}") from None
     except yaml.reader.ReaderError as err:  # a character YAML does not allow, such as NUL
         raise UserError(
             f"{source}: character {chr(err.character)!r} at offset {err.position} cannot be in YAML "

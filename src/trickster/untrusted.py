@@ -37,10 +37,14 @@ def parse(load: Callable[[Any], Any], text: Any, nested: str = "arrays or object
     except RecursionError:
         raise Unreadable(f"nests {nested} too deeply to read") from None
     except ValueError as err:
-        # int()'s own words (CPython 3.11+); a JSONDecodeError or a YAML date that is no date is not it
-        if "integer string conversion" not in str(err):
+        if not digit_limit(err):  # a JSONDecodeError: load's own
             raise
         raise too_many_digits() from None
+
+
+def digit_limit(err: BaseException) -> bool:
+    """Whether `err` is int()'s or str()'s refusal of too many digits (in its own words, CPython 3.11+)."""
+    return isinstance(err, ValueError) and "integer string conversion" in str(err)
 
 
 def checked_int(value: int) -> int:
