@@ -583,8 +583,10 @@ def step_maxbatch(ctx: Context) -> Result:
         guess = 2 + int((capacity - small[2]) // window) if window > 0 else formula
         tried = []
         fits = lambda batch: tried.append(batch) or step_fits(model, optimizer, cfg, device, batch, capacity)  # noqa: E731
+        measured.update(small)
         return largest(fits, guess=guess), guess, len(tried) + 2
 
+    measured = {}  # trial step bytes by micro-batch, the two small ones
     try:
         fitting, guess, trials = largest_fitting()
     finally:  # the steps after this one run in processes of their own and need the GPU's memory
@@ -597,8 +599,14 @@ def step_maxbatch(ctx: Context) -> Result:
     result = Result("maxbatch", peak_gib=peak)
     result.notes.append(
         f"largest micro-batch {fitting} x {cfg.seq_len} tokens ({trials} trial steps, the first two's "
-        f"extrapolation {guess}); the plan's formula: {formula} in all {capacity / 2**30:.1f} GiB, "
+        f"extrapolation {guess}); the plan's formula: {formula} in all {footprint.size_text(capacity)}, "
         f"{planned} in the {footprint.HEADROOM:.0%} it plans with"
+    )
+    counted = {b: footprint.memory_estimate(cfg, batch_size=b).total for b in measured}
+    size = footprint.size_text
+    result.notes.append(
+        f"a step at 2 and 6 windows: measured {', '.join(size(measured[b]) for b in sorted(measured))}, "
+        f"the formula's {', '.join(size(counted[b]) for b in sorted(counted))}"
     )
     if ctx.dry_run:
         result.notes.append("toy size on the CPU: the formula's bound is not checked")
