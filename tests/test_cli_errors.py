@@ -1123,6 +1123,17 @@ CASES = [
         "(got 1000000000000000000)",
     ),
     case(
+        "override-accumulation-past-a-million",  # its first step never ended: 5.1e20 tokens a step
+        lambda env: micro_train(env, "training_config.gradient_accumulation_steps=1e18"),
+        "training_config.gradient_accumulation_steps: input should be less than or equal to 1000000",
+        "(got 1000000000000000000)",
+    ),
+    case(
+        "override-rope-theta-past-1e12",
+        lambda env: micro_train(env, "model_config.rope_theta=1e18"),
+        "model_config.rope_theta: input should be less than or equal to 1000000000000 (got '1e18')",
+    ),
+    case(
         "override-wandb-project-too-long",
         lambda env: micro_train(
             env, "logging_config.use_wandb=true", "logging_config.wandb_project=" + "p" * 200
@@ -1386,6 +1397,14 @@ CASES = [
             "training_config.gradient_accumulation_steps=4",
         ),
         "gradient_accumulation_steps is chosen by batch_size: auto",
+    ),
+    case(
+        "train-batch-auto-past-the-accumulation-limit",  # it searched 1e18 / 30,692 divisors: a hang
+        lambda env: micro_train(
+            env, "training_config.batch_size=auto", "training_config.global_batch_tokens=1e18"
+        ),
+        "batch_size auto: a global batch of 15,625,000,000,000,000 windows takes",
+        "more than the 1,000,000 gradient_accumulation_steps allows; lower training_config.global_batch",
     ),
     case(
         "train-global-batch-without-auto",

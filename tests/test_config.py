@@ -8,6 +8,7 @@ import yaml
 
 from trickster import cli
 from trickster.config import (
+    MAX_ACCUMULATION,
     SECTION_ALIASES,
     SECTIONS,
     LoraConfig,
@@ -516,3 +517,21 @@ def test_a_date_is_read_as_the_text_it_is_written_as(tmp_path):
     )
     cfg = load_config(path)
     assert (cfg.training.sample_prompt, cfg.logging.output_dir) == ("2024-01-01", "2024-11-30")
+
+
+def test_gradient_accumulation_and_rope_theta_have_limits():
+    """gradient_accumulation_steps: 1e18 started a run whose first step never ended (5.1e20
+    tokens a step); rope_theta: 1e18 was taken. Each is one line naming the limit; the limits
+    themselves are taken."""
+    training = {"gradient_accumulation_steps": MAX_ACCUMULATION}
+    assert config_from_dict({"training_config": training}).training.gradient_accumulation_steps == 10**6
+    with pytest.raises(
+        UserError,
+        match=r"training_config.gradient_accumulation_steps: input should be less than or equal to 1000000",
+    ):
+        config_from_dict({"training_config": {"gradient_accumulation_steps": "1e18"}})
+    assert config_from_dict({"model_config": {"rope_theta": 1e12}}).model.rope_theta == 1e12
+    with pytest.raises(
+        UserError, match=r"model_config.rope_theta: input should be less than or equal to 1000000000000 "
+    ):
+        config_from_dict({"model_config": {"rope_theta": "1e18"}})

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from trickster import footprint
-from trickster.config import load_config, save_config
+from trickster.config import MAX_ACCUMULATION, load_config, save_config
 from trickster.errors import UserError
 from trickster.model.transformer import Transformer
 from trickster.train.device import allocation_failed
@@ -278,3 +278,15 @@ def test_a_validation_set_too_big_for_a_process_share_names_the_share(shakespear
     with pytest.raises(UserError, match=rf"more than the RAM / 2 processes \({re.escape(share)}\)"):
         check_validation_set(cfg, job)
     check_validation_set(cfg, Dist())  # one process has the whole RAM
+
+
+def test_a_global_batch_past_the_accumulation_limit_is_one_line_at_once():
+    """global_batch: 1e18 with batch_size: auto searched 1e18 / micro-batch accumulation counts for
+    a divisor (the run hung before its first line); and a split whose exact divisor lay past
+    MAX_ACCUMULATION set a gradient_accumulation_steps the config refuses (a traceback)."""
+    with pytest.raises(UserError, match=r"batch_size auto: a global batch of 1,000,000,000,000,000,000 "):
+        footprint.split_global_batch(10**18, 1, 30_000)
+    limit = MAX_ACCUMULATION
+    assert footprint.split_global_batch(limit, 1, 1) == (1, limit)
+    # 3,999,998 windows, 4 fit: the fewest steps is the limit; the exact 1,999,999 lies past it
+    assert footprint.split_global_batch(4 * limit - 2, 1, 4) == (4, limit)

@@ -184,3 +184,14 @@ def test_chunked_loss_under_bfloat16_autocast_tracks_float32():
     torch.testing.assert_close(loss, reference, rtol=1e-2, atol=0)
     for got, want in zip((h.grad, weight.grad), grads, strict=True):
         assert (got - want).abs().max() < 0.02 * want.abs().max()
+
+
+def test_rotary_tables_at_the_largest_rope_theta_still_tell_positions_apart():
+    """rope_theta's limit, 1e12, in float32 tables as wide as real heads (256): every frequency is
+    positive and finite (no pair stands still), so position 1 is not position 0 for any pair;
+    past float32's range (about 3.4e38) theta is infinite and every pair but the first stands still."""
+    cos, sin = rotary_tables(256, 4096, 1e12)
+    assert torch.isfinite(cos).all() and torch.isfinite(sin).all()
+    assert (sin[1, 128:] > 0).all()
+    _, beyond = rotary_tables(256, 2, 1e39)
+    assert (beyond[1, 129:] == 0).all()

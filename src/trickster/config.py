@@ -7,7 +7,6 @@ Loading gathers every problem at once and names the key to change, for example
 
 from __future__ import annotations
 
-import typing
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -27,22 +26,10 @@ from pydantic import (
 from trickster import untrusted
 from trickster.atomic import replace_file
 from trickster.config_checks import check
-from trickster.config_errors import blamed, describe_all, did_you_mean, elided, section_at
+from trickster.config_errors import annotated_kinds, blamed, describe_all, did_you_mean, elided, section_at
 from trickster.config_yaml import load_yaml, parse_yaml
 from trickster.errors import UserError
 from trickster.units import whole_number, whole_seconds
-
-
-def _kinds(annotation: Any) -> set[type]:
-    """Every type a field's annotation names, through unions, Annotated and containers:
-    `tuple[float, float] | None` -> {tuple, float, NoneType}."""
-    found = {annotation} if isinstance(annotation, type) else set()
-    origin = typing.get_origin(annotation)
-    if isinstance(origin, type):
-        found.add(origin)
-    for arg in typing.get_args(annotation):
-        found |= _kinds(arg)
-    return found
 
 
 class _Section(BaseModel):
@@ -61,7 +48,7 @@ class _Section(BaseModel):
         Numbers given as text stay accepted (YAML reads `3e-4` as text, and overrides are text);
         an integer setting also takes a whole number written as 1e4, 1.5e3 or 10000.0 (so
         `max_steps: 1e4` is 10000), and refuses 1.5e0 or one past int64 in one line."""
-        kinds = _kinds(cls.model_fields[info.field_name].annotation)
+        kinds = annotated_kinds(cls.model_fields[info.field_name].annotation)
         given = value if isinstance(value, list | tuple) else [value]
         if bool not in kinds and kinds & {int, float} and any(isinstance(v, bool) for v in given):
             number = "an integer" if not kinds & {float, str} else "a number"
@@ -110,8 +97,9 @@ class ModelConfig(_Section):
     """Dropout on attention weights and residual branches during training."""
     tie_embeddings: StrictBool = True
     """Share the output projection with the token embedding."""
-    rope_theta: float = Field(10000.0, gt=0)
-    """Base of the rotary position frequencies."""
+    rope_theta: float = Field(10000.0, gt=0, le=1e12)
+    """Base of the rotary position frequencies, at most 1e12 (the slowest pair turns once in about
+    2π x rope_theta positions; Llama 3 uses 500,000, Mistral 3 1e9)."""
     norm_eps: float = Field(1e-5, gt=0, lt=1)
     """Epsilon inside RMSNorm, below 1 (at 1 and above it outweighs the activations it divides by,
     and the model's output no longer depends on its input)."""
@@ -148,6 +136,9 @@ class LoraConfig(_Section):
     targets: list[str] = Field(default_factory=lambda: ["wq", "wv"])
     """Linear layers of every block to adapt: wq wk wv wo (attention), w1 w3 w2 (SwiGLU), or their
     Hugging Face names (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)."""
+
+
+MAX_ACCUMULATION = 1_000_000  # gradient_accumulation_steps, as set or as batch_size: auto chooses it
 
 
 class TrainingConfig(_Section):
@@ -187,8 +178,9 @@ class TrainingConfig(_Section):
     """Muon's decoupled weight decay: each step multiplies its matrices by 1 - lr * muon_weight_decay."""
     grad_clip: float = Field(1.0, ge=0)
     """Clip the global gradient norm to this value; 0 disables clipping."""
-    gradient_accumulation_steps: int = Field(1, gt=0)
-    """Micro-batches whose gradients are summed before each optimizer step."""
+    gradient_accumulation_steps: int = Field(1, gt=0, le=MAX_ACCUMULATION)
+    """Micro-batches whose gradients are summed before each optimizer step, at most 1,000,000
+    (each is a forward and backward pass: 1e18 made a first step that never ended)."""
     log_every: int = Field(50, gt=0)
     """Steps between train-loss log lines."""
     eval_every: int = Field(500, gt=0)

@@ -13,6 +13,18 @@ from typing import Any
 from pydantic import BaseModel
 
 
+def annotated_kinds(annotation: Any) -> set[type]:
+    """Every type a field's annotation names, through unions, Annotated and containers:
+    `tuple[float, float] | None` -> {tuple, float, NoneType}."""
+    found = {annotation} if isinstance(annotation, type) else set()
+    origin = typing.get_origin(annotation)
+    if isinstance(origin, type):
+        found.add(origin)
+    for arg in typing.get_args(annotation):
+        found |= annotated_kinds(arg)
+    return found
+
+
 def section_at(root: type[BaseModel], path: list[str]) -> type[BaseModel] | None:
     """The section class at a dotted path of `root` (`training_config.lora` -> LoraConfig), None
     if not one. The first name is a section's alias, as YAML spells it."""

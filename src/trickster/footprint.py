@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trickster.config import Config
+from trickster.config import MAX_ACCUMULATION, Config
 from trickster.errors import UserError
 from trickster.model import transformer
 from trickster.model.flops import adapter_parameters, parameter_breakdown
@@ -180,11 +180,18 @@ def global_windows(cfg: Config, world_size: int = 1) -> int:
 def split_global_batch(windows: int, world_size: int, fit: int) -> tuple[int, int]:
     """(micro-batch <= fit, accumulation) whose product with world_size is `windows`: the fewest
     accumulation steps that divide each process's share exactly, up to twice the fewest that
-    could do; otherwise the fewest, and the global batch rounds up by less than one micro-batch
-    per step."""
+    could do (and MAX_ACCUMULATION); otherwise the fewest, and the global batch rounds up by less
+    than one micro-batch per step. More than MAX_ACCUMULATION is refused in one line."""
     share = windows // world_size
     fewest = math.ceil(share / max(fit, 1))
-    exact = next((a for a in range(fewest, 2 * fewest + 1) if share % a == 0), None)
+    if fewest > MAX_ACCUMULATION:  # and the search below would try as many divisors
+        raise UserError(
+            f"batch_size auto: a global batch of {windows:,} windows takes {fewest:,} micro-batches of "
+            f"{max(fit, 1):,} per step on each of {world_size} process(es), more than the "
+            f"{MAX_ACCUMULATION:,} gradient_accumulation_steps allows; lower training_config.global_batch "
+            "(or global_batch_tokens)"
+        )
+    exact = next((a for a in range(fewest, min(2 * fewest, MAX_ACCUMULATION) + 1) if share % a == 0), None)
     accumulation = exact or fewest
     return math.ceil(share / accumulation), accumulation
 
