@@ -32,6 +32,42 @@ def test_hugging_face_names_mean_our_layers():
     assert set(lora.HF_NAMES.values()) == set(lora.TARGETS)
 
 
+def test_each_hugging_face_target_adapts_the_layer_the_export_gives_that_name():
+    """gate_proj, up_proj, ... as the Hugging Face export names our weights (export/hf.py TO_HF)."""
+    from trickster.export.hf import TO_HF, rename
+
+    for hf_name in lora.HF_NAMES:
+        model = small_model()
+        lora.apply_lora(model, LoraConfig(rank=2, targets=[hf_name]))
+        adapted = sorted(
+            name.removesuffix(".lora_a") + ".weight"
+            for name, _ in model.named_parameters()
+            if name.endswith("lora_a")
+        )
+        assert len(adapted) == 2  # the layer of each of the two blocks
+        assert all(rename(name, TO_HF).endswith(f".{hf_name}.weight") for name in adapted), (hf_name, adapted)
+
+
+def test_an_adapter_adds_alpha_over_rank_times_b_a_and_merging_folds_in_the_same():
+    """y = x W^T + (alpha / rank) x A^T B^T, by hand: rank 2, alpha 8, so the update counts 4 times."""
+    torch.manual_seed(0)
+    base = torch.nn.Linear(3, 5, bias=False)
+    layer = lora.LoRALinear(base, rank=2, alpha=8)
+    with torch.no_grad():
+        layer.lora_a.copy_(torch.tensor([[1.0, 0.0, 2.0], [0.0, 1.0, 0.0]]))  # (rank, in)
+        layer.lora_b.copy_(torch.arange(10.0).reshape(5, 2))  # (out, rank)
+    x = torch.tensor([[1.0, -1.0, 0.5]])
+    # x A^T = [1 + 0 + 1, -1] = [2, -1]; B row i = [2i, 2i + 1], so (x A^T B^T)_i = 4i - 2i - 1 = 2i - 1
+    update = torch.tensor([[2.0 * i - 1 for i in range(5)]])
+    weight = base.weight.detach().clone()
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), x @ weight.T + 4 * update)
+        model = torch.nn.Sequential(layer)
+        lora.merge_lora(model)
+        assert type(model[0]) is torch.nn.Linear and model[0].weight.requires_grad  # a plain layer again
+        torch.testing.assert_close(model(x), x @ weight.T + 4 * update)  # W + 4 B A
+
+
 def test_adapters_start_as_the_base_model_and_only_they_train():
     model, base = small_model(), small_model()
     count = lora.apply_lora(model, LoraConfig(rank=2, alpha=4, targets=["wq", "v_proj", "w2"]))

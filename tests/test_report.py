@@ -100,6 +100,13 @@ def test_report_is_one_self_contained_page_with_the_whole_story(trained_run, tmp
     assert f"<th>torch</th><td>{manifest['torch']}</td>" in text
     tokens_per_sec = statistics.median([r["tokens_per_sec"] for r in records if r["event"] == "train"][1:])
     assert f"{tokens_per_sec:,.0f}" in text
+    flops = next(r for r in records if r["event"] == "start")["flops_per_token"]
+    gflops = re.search(r"<th>achieved GFLOP/s[^<]*</th><td>([\d,.]+)</td>", text).group(1)
+    assert float(gflops.replace(",", "")) == pytest.approx(tokens_per_sec * flops / 1e9, abs=0.05)
+    layers = loaded.cfg.model.num_layers
+    in_blocks = sum(p.numel() for name, p in loaded.model.named_parameters() if name.startswith("layers."))
+    assert f"<th>blocks (x{layers})</th><td>{in_blocks:,}</td>" in text
+    assert f"<th>per block</th><td>{in_blocks // layers:,}</td>" in text
     for name in ("step_000006", "best", "final"):
         assert f"<th>{name}</th>" in text
 
@@ -126,6 +133,34 @@ def test_report_shows_the_tokens_each_evaluation_had_seen_across_a_resume_with_a
     samples = build_report(run).split("<h2>Samples at every evaluation</h2>")[1].split("<h2>")[0]
     tokens = re.findall(r"<tr><td class='n'>[\d,]+</td><td class='n'>([^<]*)</td>", samples)
     assert tokens == ["0", "640", "3,200"]
+
+
+def test_report_compares_the_untrained_model_with_the_last_evaluation_and_escapes_samples(tmp_path):
+    """The best evaluation (step 6) is not the last (step 12): the summary's best card names step 6,
+    the comparison shows the model as trained, at step 12; a sample's text is text, never markup."""
+    from trickster.observe.report import build_report
+
+    def evaluation(step: int, loss: float, sample: str) -> dict:
+        record = {"event": "eval", "step": step, "time": step, "val_loss": loss, "sample": sample}
+        return {**record, "val_perplexity": round(2.718281828**loss, 3), "tokens_seen": 64 * step}
+
+    records = [
+        {"event": "start", "step": 0, "time": 0.0, "tokens_per_step": 64},
+        evaluation(0, 4.0, "a <b>bold</b> & <script>x</script>"),
+        evaluation(6, 2.0, "at six"),
+        evaluation(12, 2.5, "at twelve"),
+    ]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    page = build_report(run)
+    cards = dict(re.findall(r'<div class="k">([^<]*)</div><div class="v">([^<]*)</div>', page))
+    assert cards["best val loss"] == "2.0000 (step 6)" and cards["untrained val loss"] == "4.0000"
+    comparison = page.split("<h2>Trained versus untrained</h2>")[1].split("<h2>")[0]
+    assert "trained (step 12)" in comparison and "at twelve" in comparison and "<b>2.5000</b>" in comparison
+    assert "<b>4.0000</b>" in comparison and "at six" not in comparison
+    assert "<b>bold</b>" not in page and "<script>" not in page
+    assert "a &lt;b&gt;bold&lt;/b&gt; &amp; &lt;script&gt;x&lt;/script&gt;" in comparison
 
 
 def test_report_of_a_run_stopped_for_non_finite_weights(tmp_path, capsys):
