@@ -115,8 +115,32 @@ def test_export_byte_gqa_untied_with_unused_rows(tmp_path):
     )
     theirs, hf_tok = assert_export_matches(path, tmp_path / "hf", "naïve 日本語 🎭\nok")
     assert hf_tok.eos_token_id == tokenizer.eot_id == 256
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    # transformers 4 and vLLM read rope_theta at the top level, transformers 5 in rope_parameters
+    assert config["rope_theta"] == config["rope_parameters"]["rope_theta"] == 500.0
+    assert config["max_position_embeddings"] == theirs.config.max_position_embeddings == 96
     assert theirs.config.num_key_value_heads == 2 and not theirs.config.tie_word_embeddings
     assert hf_tok.decode([*"hé".encode(), 256], skip_special_tokens=True) == "hé"
+
+
+def test_a_bfloat16_export_holds_bfloat16_weights_that_compute_our_rounded_logits(tmp_path):
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = CharTokenizer.from_texts([TEXT])
+    path = random_checkpoint(tmp_path / "ckpt", tokenizer, vocab_size=tokenizer.vocab_size)
+    out = tmp_path / "hf"
+    assert cli.main(["export", str(path), "--format", "hf", "--out", str(out), "--dtype", "bfloat16"]) == 0
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+        assert {f.get_tensor(name).dtype for name in f.keys()} == {torch.bfloat16}
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    ours = ckpt.load_checkpoint(path).model
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.copy_(p.to(torch.bfloat16).float())  # what the file holds
+        theirs = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+        idx = torch.tensor([tokenizer.encode(TEXT)])
+        torch.testing.assert_close(theirs(idx).logits, ours(idx)[0])
 
 
 def test_export_char_with_end_of_text(tmp_path):
@@ -320,6 +344,7 @@ def test_import_of_a_hugging_face_llama_gives_the_same_logits(tmp_path, capsys, 
     if not tie:
         back, back_tok = assert_export_matches(run, tmp_path / "back", TEXT)
         assert back_tok(TEXT)["input_ids"] == hf_tok(TEXT)["input_ids"]
+        assert back.config.bos_token_id == back.generation_config.bos_token_id == 1  # <s>
         assert back_tok.bos_token == "<s>" and back_tok.eos_token == "</s>"
         assert back_tok.chat_template == hf_tok.chat_template
 
