@@ -349,6 +349,20 @@ def test_import_of_a_hugging_face_llama_gives_the_same_logits(tmp_path, capsys, 
         assert back_tok.chat_template == hf_tok.chat_template
 
 
+def test_without_an_eos_token_in_tokenizer_config_the_first_of_config_jsons_eos_ids_ends_text(tmp_path):
+    """config.json may list several end ids (Llama 3.1 does); the first is the end of text."""
+    src, _, _ = tiny_llama(tmp_path)
+    tokenizer_config = json.loads((src / "tokenizer_config.json").read_text())
+    tokenizer_config.pop("eos_token", None)
+    (src / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, "eos_token_id": [2, 0]}))
+    run = tmp_path / "run"
+    assert cli.main(["import", "hf", str(src), "--out", str(run)]) == 0
+    tokenizer = load_tokenizer(run / "tokenizer.json")
+    assert tokenizer.eot_id == 2 and tokenizer.decode([tokenizer.eot_id]) == ""  # </s>, a special token
+
+
 def test_an_imported_model_fine_tunes_with_lora_and_exports(tmp_path, capsys):
     """The tutorial's path at toy scale: import a Llama, prepare prompt/response records with its
     tokenizer (each record starts with <s>), train LoRA adapters from it, export the result."""

@@ -187,6 +187,20 @@ def test_bpe_learns_from_a_long_run_without_spaces_in_seconds():
     assert tok.decode(tok.encode(text)) == text
 
 
+@pytest.mark.parametrize(("template", "bos"), [("<s> $A", 0), ("$A </s>", None), ("<s> $A </s>", 0)])
+def test_an_hf_tokenizer_has_a_bos_only_where_its_template_puts_one_first(template, bos):
+    """A template that only appends </s> starts no sequence with a special id."""
+    hf = pytest.importorskip("tokenizers")
+    backend = hf.Tokenizer(hf.models.WordLevel({"<s>": 0, "</s>": 1, "a": 2, "b": 3}, unk_token="a"))
+    backend.pre_tokenizer = hf.pre_tokenizers.Whitespace()
+    backend.post_processor = hf.processors.TemplateProcessing(
+        single=template, special_tokens=[("<s>", 0), ("</s>", 1)]
+    )
+    tok = tokenizers.HFTokenizer(json.loads(backend.to_str()))
+    assert tok.bos_id == bos and tok.encode("b a") == [3, 2]
+    assert tok.start_ids() == ([] if bos is None else [bos])
+
+
 # --------------------------------------------------------------------------- gpt2 (tiktoken)
 
 
