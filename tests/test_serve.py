@@ -791,7 +791,7 @@ def test_engine_batch_matches_lone_generation():
                 done.set()
 
         jobs.append((prompt, sampling, events, done))
-        engine.submit("m", model, 60, Sequence(prompt, sampling, emit, stop_id=12))
+        engine.submit(model, 60, Sequence(prompt, sampling, emit, stop_id=12))
     try:
         for prompt, s, events, done in jobs:
             assert done.wait(60)
@@ -833,7 +833,7 @@ def test_on_a_gpu_the_engine_computes_as_generate_does_there_in_bfloat16(monkeyp
         events, done = [], threading.Event()
 
         def emit(event, events=events, done=done):
-            batch = engine.batches.get("m")
+            batch = engine.batches.get(model)
             if batch is not None and batch.cache is not None:
                 cache_dtypes.append(batch.cache.keys[0].dtype)
             events.append(event)
@@ -841,7 +841,7 @@ def test_on_a_gpu_the_engine_computes_as_generate_does_there_in_bfloat16(monkeyp
                 done.set()
 
         jobs.append((prompt, sampling, events, done))
-        engine.submit("m", model, 60, Sequence(prompt, sampling, emit))
+        engine.submit(model, 60, Sequence(prompt, sampling, emit))
     try:
         for prompt, s, events, done in jobs:
             assert done.wait(60)
@@ -868,7 +868,7 @@ def test_a_prompt_the_model_cannot_take_fails_alone():
             if not isinstance(event, Token):
                 done.set()
 
-        engine.submit("m", model, 60, Sequence(prompt, Sampling(max_tokens=20, seed=1), emit))
+        engine.submit(model, 60, Sequence(prompt, Sampling(max_tokens=20, seed=1), emit))
         outcomes.append((events, done))
     try:
         for _, done in outcomes:

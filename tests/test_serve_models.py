@@ -12,6 +12,7 @@ import gc
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -60,6 +61,7 @@ def alive(refs: list[weakref.ref], most: int) -> list[torch.nn.Module]:
         living = {id(m): m for m in (r() for r in refs) if m is not None}
         if len(living) <= most or time.monotonic() > deadline:
             return list(living.values())
+        del living  # else it keeps them alive through the next look
         time.sleep(0.02)
 
 
@@ -361,3 +363,93 @@ def test_a_checkpoint_left_half_replaced_is_404_or_503(trained_run, tmp_path, mo
             assert answer.status_code == 503
             assert message == "model 'final' is being replaced on disk (a new final written); ask again"
             assert 0.3 <= waited < 2
+
+
+def cards(live) -> dict[str, dict]:
+    return {card["id"]: card for card in httpx.get(live.url + "/v1/models").json()["data"]}
+
+
+def test_a_best_replaced_as_it_is_served_answers_from_the_new_one_and_a_stream_finishes_on_the_old(
+    trained_run, tmp_path, monkeypatch
+):
+    """Training writes a new `best` (here the product's own save, of step_000006's weights and info)
+    while a stream decodes with the old one, held in the engine. The old best was served for ever,
+    its card unchanged: now the next request answers with the new weights and the card says the new
+    step and val_loss, while the stream goes on with the old model's weights alone (its whole text is
+    the old best's) beside it; the old model is freed once the stream ends."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    folder = run / "checkpoints"
+    gate, decode, held_back = threading.Event(), Batch._decode, []
+
+    def gated(self):  # the old best's decoding steps are skipped (the engine's one thread goes on)
+        if any(self.model is model for model in held_back) and not gate.is_set():
+            time.sleep(0.01)
+            return
+        decode(self)
+
+    monkeypatch.setattr(Batch, "_decode", gated)
+    with live_server(run) as live:
+        client, catalog = client_of(live), live.catalog
+        old_text, new_text = (completion(client, model=n, **GREEDY) for n in ("best", "step_000006"))
+        assert old_text != new_text
+        old_model = catalog.offered["best"].model
+        held_back.append(old_model)
+        stream = iter(client.completions.create(model="best", **GREEDY, stream=True))
+        streamed = [next(stream).choices[0].text]  # the prompt's token; its next step waits on the gate
+        new = ckpt.load_checkpoint(folder / "step_000006")
+        try:
+            ckpt.save_checkpoint(folder / "best", new.model, new.cfg, new.tokenizer, new.info)
+            assert completion(client, model="best", **GREEDY) == new_text
+            card, info = cards(live)["best"], ckpt.read_info(folder / "best")
+            assert (card["step"], card["val_loss"]) == (6, new.info["val_loss"]) == (6, info["val_loss"])
+            assert card["loaded"] and catalog.offered["best"].model is not old_model
+            assert [o.model for o in catalog.retired] == [old_model]  # still decoding the stream
+        finally:
+            gate.set()
+        streamed += [chunk.choices[0].text for chunk in stream]
+        assert "".join(streamed) == old_text
+        refs = [weakref.ref(old_model)]
+        del old_model, held_back[:]
+        assert alive(refs, 0) == [] and catalog.retired == []
+        assert all(o.holds == 0 for o in catalog.offered.values())
+
+
+def test_a_rewritten_info_json_updates_the_card_without_a_reload(trained_run, tmp_path):
+    """Training rewrites a checkpoint's info.json alone (checkpoint.update_info: the val_loss of the
+    evaluation that follows its save): the card says the new value, and the weights stay loaded."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    with live_server(run) as live:
+        model = live.catalog.offered["best"].model
+        assert cards(live)["best"]["val_loss"] != 1.25
+        ckpt.update_info(run / "checkpoints" / "best", val_loss=1.25)
+        assert cards(live)["best"]["val_loss"] == 1.25
+        assert live.catalog.offered["best"].model is model
+
+
+@pytest.mark.slow
+def test_a_run_trained_further_as_it_is_served_is_served_as_it_is_now(trained_run, tmp_path):
+    """`trickster serve RUN` while `trickster train --resume` takes the run on from step 12 to 24:
+    its new best and final are what the server answers with, and what its cards say, as a server
+    started afresh on the run answers and says."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    resume = [sys.executable, "-m", "trickster", "train", "--config", str(run / "config.yaml")]
+    resume += ["--out", str(run), "--resume", "--no-progress", "training_config.max_steps=24"]
+    with live_server(run) as live:
+        client = client_of(live)
+        before = {n: (completion(client, model=n, **GREEDY), cards(live)[n]) for n in ("best", "final")}
+        subprocess.run(resume, check=True, capture_output=True, timeout=300)
+        after = {n: (completion(client, model=n, **GREEDY), cards(live)[n]) for n in ("best", "final")}
+    with live_server(run) as fresh:
+        started_now = {n: (completion(client_of(fresh), model=n, **GREEDY), cards(fresh)[n]) for n in after}
+    for name in ("best", "final"):
+        info, (text, card) = ckpt.read_info(run / "checkpoints" / name), after[name]
+        assert (card["step"], card["val_loss"]) == (info["step"], info["val_loss"])
+        assert info["step"] > before[name][1]["step"] and text != before[name][0]
+        assert (text, card["step"], card["val_loss"]) == (
+            started_now[name][0],
+            started_now[name][1]["step"],
+            started_now[name][1]["val_loss"],
+        )

@@ -55,17 +55,21 @@ class Server:
 
     async def models(self, request: Request) -> Response:
         self._authorize(request)
-        cards = [self._card(o) for o in self.catalog.offered.values() if not self.catalog.gone(o.name)]
+        # each as it is on disk now: a run served as it trains has written a new best meanwhile
+        offered = await asyncio.to_thread(
+            lambda: [self.catalog.current(n) for n in list(self.catalog.offered)]
+        )
+        cards = [self._card(o) for o in offered if not self.catalog.gone(o.name)]
         return JSONResponse({"object": "list", "data": cards})
 
     async def model(self, request: Request) -> Response:
         self._authorize(request)
-        return JSONResponse(self._card(self._offered(request.path_params["name"])))
+        return JSONResponse(self._card(await self._offered(request.path_params["name"])))
 
     async def completions(self, request: Request) -> Response:
         self._authorize(request)
         req = schemas.parse(CompletionRequest, await self._body(request))
-        offered = self._offered(req.model)
+        offered = await self._offered(req.model)
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if not prompts:
             raise APIError(400, "prompt: give a string (or a list of strings) to continue", param="prompt")
@@ -104,7 +108,7 @@ class Server:
     async def chat_completions(self, request: Request) -> Response:
         self._authorize(request)
         req = schemas.parse(ChatRequest, await self._body(request))
-        offered = self._offered(req.model)
+        offered = await self._offered(req.model)
         if offered.chat_template is None:
             raise APIError(
                 400,
@@ -204,8 +208,10 @@ class Server:
     async def _body(self, request: Request) -> bytes:
         return await read_body(request, self.max_body, self.body_timeout)
 
-    def _offered(self, name: str) -> Offered:
-        offered = self.catalog.get(name)
+    async def _offered(self, name: str) -> Offered:
+        """The model asked for, as on disk now (Catalog.current: a replaced checkpoint is read anew,
+        off the event loop); the request tokenizes with it and holds it to the end."""
+        offered = await asyncio.to_thread(self.catalog.current, name)
         if offered is None or self.catalog.gone(name):
             raise self._not_found(name, offered is None)
         return offered
@@ -215,12 +221,13 @@ class Server:
         what = "does not exist" if unknown else "was deleted from disk after the server started"
         return APIError(404, f"model {name!r} {what}; this server has: {have}", "model", "model_not_found")
 
-    async def _hold(self, name: str) -> None:
+    async def _hold(self, offered: Offered) -> None:
         """The model held in memory for a request: at once if it is loaded, else off the event loop
         (loading, or waiting for room, blocks)."""
-        if self.catalog.hold(name, load=False) is None:
+        name = offered.name
+        if self.catalog.hold(offered, load=False) is None:
             try:
-                await run_in_threadpool(self.catalog.hold, name)
+                await run_in_threadpool(self.catalog.hold, offered)
             except Exception as err:
                 # deleted after `_offered` saw it (a run pruning it as the request came in): whatever
                 # the load tripped over, the answer a request a moment later gets
@@ -288,8 +295,8 @@ class Server:
             top_p=top_p,
             logprobs=logprobs,
         )
-        await self._hold(offered.name)
-        release = functools.partial(self.catalog.release, offered.name)
+        await self._hold(offered)
+        release = functools.partial(self.catalog.release, offered)
         try:
             return Generation(self.engine, offered, ids, req.n, sampling, req.seed, req.stop or [], release)
         except BaseException:

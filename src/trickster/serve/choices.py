@@ -149,7 +149,7 @@ class Generation:
         """Each choice's new text as it is generated; a failure in the engine is raised here."""
         offered = self.offered
         for choice in self.choices:  # the model is held: it is in memory
-            self.engine.submit(offered.name, offered.model, offered.tokenizer.vocab_size, choice.sequence)
+            self.engine.submit(offered.model, offered.tokenizer.vocab_size, choice.sequence)
         unfinished = len(self.choices)
         try:
             while unfinished:

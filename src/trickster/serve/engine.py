@@ -200,18 +200,20 @@ class Engine:
 
     def __init__(self, capacity: int = MAX_BATCH):
         self.capacity = capacity
-        self.batches: dict[str, Batch] = {}  # by model name, while it has sequences
+        # by model, while it has sequences: a checkpoint replaced on disk as it is served has two
+        # (requests that began on the old weights finish on them, beside the new ones')
+        self.batches: dict[Transformer, Batch] = {}
         self.wake = threading.Condition()
         self.closed = False
         self.largest_batch = 0  # the most rows decoded in one step (the tests check batching happened)
         self.thread = threading.Thread(target=self._run, name="trickster-decode", daemon=True)
         self.thread.start()
 
-    def submit(self, name: str, model: Transformer, vocab_limit: int, seq: Sequence) -> None:
+    def submit(self, model: Transformer, vocab_limit: int, seq: Sequence) -> None:
         with self.wake:
-            batch = self.batches.get(name)
-            if batch is None or batch.model is not model:
-                batch = self.batches[name] = Batch(model, vocab_limit, self.capacity)
+            batch = self.batches.get(model)
+            if batch is None:
+                batch = self.batches[model] = Batch(model, vocab_limit, self.capacity)
             batch.waiting.append(seq)
             self.wake.notify()
 
@@ -231,8 +233,8 @@ class Engine:
         with self.wake:
             # an idle model's batch goes (its cache went already): the engine keeps no reference to a
             # model it is not decoding, so one the catalog unloads is freed
-            for name in [n for n, b in self.batches.items() if not b.rows and not b.waiting]:
-                del self.batches[name]
+            # (in a comprehension, whose names go with it: a loop's would keep one model while it waits)
+            self.batches = {m: b for m, b in self.batches.items() if b.rows or b.waiting}
             while not self.closed and not self.batches:
                 self.wake.wait()
             if self.closed:

@@ -11,6 +11,11 @@ request for another one waits for the first to be released (a server with hundre
 stays within the memory of `max_loaded` models, however many clients ask for different ones), in
 line: room goes to the waiting requests in the order they arrived, while a request for a loaded
 model takes it at once.
+
+A training run served as it trains writes a new `best` (or `final`) into the same name: `current`
+notices (two `stat`s a request: the folder's inode and its info.json's) and offers the new one from
+then on, its weights loaded by the next request for it. The requests that hold the old one finish
+on it (each decodes with one whole model, never a mix), and it is unloaded when the last lets go.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ UNTRAINED = "untrained"
 REPLACE_WAIT = 2.0  # seconds a load waits for a checkpoint being replaced (a moment between two renames)
 
 
-@dataclass
+@dataclass(eq=False)  # one is its own: a checkpoint replaced on disk is offered by a new one
 class Offered:
     name: str
     path: Path  # the checkpoint (for `untrained`: the one whose shape and seed it takes)
@@ -50,6 +55,7 @@ class Offered:
     loading: bool = False  # a thread is reading them
     holds: int = 0  # requests that need them in memory (Catalog.hold, Catalog.release)
     used: int = 0  # when it was last asked for (a tick of Catalog.clock)
+    version: tuple | None = None  # the checkpoint on disk when read (_version): a new one is another
 
     @property
     def context(self) -> int:
@@ -77,7 +83,7 @@ class Catalog:
         chat_template: str | None = None,
         max_loaded: int = MAX_LOADED_MODELS,
     ):
-        self.device, self.max_loaded = device, max_loaded
+        self.device, self.max_loaded, self.chat_template = device, max_loaded, chat_template
         found = _checkpoints(Path(target))
         default = ckpt.resolve(target)
         if names:
@@ -112,9 +118,46 @@ class Catalog:
         # to the first, so none waits behind later ones (the threads a Condition wakes take its lock
         # in no set order)
         self.line: list[int] = []
+        # replaced on disk but still held by requests decoding with them: in memory until let go
+        self.retired: list[Offered] = []
 
     def get(self, name: str) -> Offered | None:
         return self.offered.get(name)
+
+    def current(self, name: str) -> Offered | None:
+        """The model offered as `name`, as its checkpoint is on disk now. A folder replaced since it
+        was read (a training run's new best or final) is read anew (not its weights: the next hold
+        loads them) and offered from now on; requests holding the old one finish on it. A rewritten
+        info.json alone (training updates a val_loss) updates the card. Costs two `stat`s when
+        nothing changed; a folder missing (deleted, or between a replace's two renames) or
+        unreadable (damaged, or being replaced again) leaves the one read before."""
+        offered = self.offered.get(name)
+        if offered is None or name == UNTRAINED:
+            return offered
+        version = _version(offered.path)
+        if version is None or version == offered.version:
+            return offered
+        try:
+            fresh = _describe(name, offered.path, self.chat_template)
+        except UserError:
+            return offered
+        if fresh.version != version or _version(offered.path) != version:
+            return offered  # replaced again while it was read: the next request reads it
+        with self.changed:
+            if self.offered[name] is not offered:  # another request read it first
+                return self.offered[name]
+            if (
+                offered.version is not None and version[:2] == offered.version[:2]
+            ):  # the same folder: only info.json was rewritten
+                offered.info, offered.version = fresh.info, version
+                return offered
+            self.offered[name] = fresh
+            if offered.holds:
+                self.retired.append(offered)
+            else:
+                offered.model = None  # the engine holds no batch of an unheld model: it is freed
+            self.changed.notify_all()
+        return fresh
 
     def gone(self, name: str) -> bool:
         """Whether a checkpoint offered at start has left the disk since (a training run that prunes
@@ -128,13 +171,14 @@ class Catalog:
         """Whether the checkpoint is missing for a replace under way (atomic.being_replaced)."""
         return name != UNTRAINED and being_replaced(self.offered[name].path)
 
-    def hold(self, name: str, load: bool = True) -> Offered | None:
-        """The model with its weights in memory, kept there until `release(name)`. Blocking when it
+    def hold(self, name: str | Offered, load: bool = True) -> Offered | None:
+        """The model with its weights in memory, kept there until `release` (of the Offered it
+        returns: a request that read a checkpoint holds that one, even if replaced since). Blocking when it
         must be loaded (call it off the event loop): concurrent holds of one model load it once, and
         a hold waits while held models fill `max_loaded`, served in the order the waiting ones came.
         With load=False it takes the model only if it is in memory already (None otherwise), and
         never waits for more than the lock."""
-        offered = self.offered[name]
+        offered = self.offered[name] if isinstance(name, str) else name
         with self.changed:
             if not load and offered.model is None:
                 return None
@@ -151,26 +195,33 @@ class Catalog:
             model = self._read(offered)
         except BaseException:
             with self.changed:
-                offered.loading, offered.holds = False, offered.holds - 1
-                self.changed.notify_all()
+                offered.loading = False
+                self._let_go(offered)
             raise
         with self.changed:
             offered.model, offered.loading = model, False
             self.changed.notify_all()
         return offered
 
-    def release(self, name: str) -> None:
-        """One hold fewer. The model stays in memory until another one needs its room."""
-        offered = self.offered[name]
+    def release(self, name: str | Offered) -> None:
+        """One hold fewer. The model stays in memory until another one needs its room (one replaced
+        on disk since goes with its last hold)."""
         with self.changed:
-            offered.holds -= 1
-            self.changed.notify_all()
+            self._let_go(self.offered[name] if isinstance(name, str) else name)
 
     def load(self, name: str) -> Offered:
         """The model with its weights in memory, held by no one (blocking: call it off the event loop)."""
         offered = self.hold(name)
-        self.release(name)
+        self.release(offered)
         return offered
+
+    def _let_go(self, offered: Offered) -> None:
+        """One hold fewer (under `changed`)."""
+        offered.holds -= 1
+        if not offered.holds and offered in self.retired:
+            self.retired.remove(offered)
+            offered.model = None
+        self.changed.notify_all()
 
     def _claim(self, offered: Offered, turn: int) -> bool:
         """Whether this thread is to load `offered` (under `changed`): no other is, the hold that
@@ -197,7 +248,8 @@ class Catalog:
     def _make_room(self) -> bool:
         """Unload the least recently used models no request holds until one more fits (under
         `changed`); False, unloading nothing, when held ones and the default fill the room."""
-        resident = [o for o in self.offered.values() if o.model is not None or o.loading]
+        every = [*self.offered.values(), *self.retired]  # a retired one is held: it counts, and stays
+        resident = [o for o in every if o.model is not None or o.loading]
         idle = [o for o in resident if o.model is not None and not o.holds and o.name != self.default]
         excess = len(resident) + 1 - self.max_loaded
         if excess > len(idle):
@@ -241,6 +293,17 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return stat.st_dev, stat.st_ino
 
 
+def _version(path: Path) -> tuple[int, ...] | None:
+    """Which checkpoint is at `path` and what its info.json says, told apart without reading them:
+    the folder's identity (a new one, renamed into place, is another inode) and its info.json's (a
+    rewrite renames a new file over it). None when either is missing."""
+    try:
+        folder, info = path.stat(), (path / "info.json").stat()
+    except OSError:
+        return None
+    return folder.st_dev, folder.st_ino, info.st_ino, info.st_mtime_ns, info.st_size
+
+
 def _checkpoints(target: Path) -> dict[str, Path]:
     """Complete checkpoints by name: best and final first, then the numbered ones, oldest first."""
     if ckpt.is_complete(target) or (target / ckpt.WEIGHTS).exists():
@@ -254,10 +317,11 @@ def _checkpoints(target: Path) -> dict[str, Path]:
 
 
 def _describe(name: str, path: Path, chat_template: str | None) -> Offered:
+    version = _version(path)  # before reading: a change while read shows as a newer version
     cfg, tokenizer, info = ckpt.read_config(path), ckpt.read_tokenizer(path), ckpt.read_info(path)
     source = chat_template or _template_of(tokenizer)
     template = chat.Template(source, tokenizer) if source else None
-    return Offered(name, path, cfg, tokenizer, info, template, int(path.stat().st_mtime))
+    return Offered(name, path, cfg, tokenizer, info, template, int(path.stat().st_mtime), version=version)
 
 
 def _template_of(tokenizer: Tokenizer) -> str | None:
