@@ -313,6 +313,12 @@ GOOD = {"model": "best", "prompt": "ROMEO:", "max_tokens": 2}
 CHAT = {"model": "best", "messages": [{"role": "user", "content": "Who?"}], "max_tokens": 2}
 TEXT_5 = {"type": "text", "text": 5}
 IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+TOOL_CALL = {
+    "role": "assistant",
+    "content": None,
+    "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+}
+TOOL_ANSWER = {"role": "tool", "tool_call_id": "call_1", "content": "42"}
 ERRORS = [
     (
         "malformed-json",
@@ -521,6 +527,49 @@ ERRORS = [
         'response_format: this server does not constrain the answer to JSON; leave it out (got {"type"',
         "response_format",
     ),
+    # and so were fields inside a message or stream_options
+    (
+        "message-tool-calls",
+        _post("/v1/chat/completions", {**CHAT, "messages": [*CHAT["messages"], TOOL_CALL]}),
+        400,
+        "messages.1.tool_calls: this model does not call tools (it answers with text only); leave it out "
+        '(got [{"id": "call_1"',
+        "messages.1.tool_calls",
+    ),
+    (
+        "message-of-a-tool",
+        _post("/v1/chat/completions", {**CHAT, "messages": [*CHAT["messages"], TOOL_ANSWER]}),
+        400,
+        "messages.1.role: this model does not call tools (it answers with text only), so it reads no "
+        "tool's answer; leave out the messages of role tool",
+        "messages.1.role",
+    ),
+    (
+        "message-field-misspelt",
+        _post(
+            "/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": "Who?", "nmae": "A"}]}
+        ),
+        400,
+        "messages.0.nmae: unrecognized request argument (did you mean messages.0.name?); fix its name or "
+        "leave it out",
+        "messages.0.nmae",
+    ),
+    (
+        "stream-option-misspelt",
+        _post("/v1/completions", {**GOOD, "stream": True, "stream_options": {"include_usge": True}}),
+        400,
+        "stream_options.include_usge: unrecognized request argument (did you mean "
+        "stream_options.include_usage?); fix its name or leave it out",
+        "stream_options.include_usge",
+    ),
+    (
+        "completion-logprobs-true",
+        _post("/v1/completions", {**GOOD, "logprobs": True}),
+        400,
+        "logprobs: on /v1/completions it is how many of the likeliest tokens to list beside each token: "
+        "send a number from 0 to 20 (true/false is chat's form), or false or null for none (got true)",
+        "logprobs",
+    ),
 ]
 
 
@@ -543,6 +592,36 @@ def test_fields_that_ask_for_nothing_we_lack_are_accepted(client):
     neutral = dict(user="me", presence_penalty=0, frequency_penalty=0, logit_bias={}, echo=False, best_of=1)
     extra = {"metadata": {"run": "a"}, "store": False, "suffix": None, "tools": [], "response_format": None}
     assert completion(client, **fields, **neutral, extra_body=extra) == completion(client, **fields)
+
+
+def test_completion_logprobs_false_asks_for_none(client):
+    """OpenAI's client types completions' logprobs as a count, but Python's False is one: it sends
+    `false`, which was a 400 ('Input should be a valid integer'); it asks for no logprobs."""
+    fields = dict(model="best", prompt="ROMEO:", max_tokens=12, seed=5)
+    answer = client.completions.create(**fields, logprobs=False)
+    assert answer.choices[0].logprobs is None and answer.choices[0].text == completion(client, **fields)
+
+
+def test_message_and_stream_option_fields_that_ask_for_nothing_are_accepted(trained_run):
+    """A user message's `name`, an answer sent back with its empty `tool_calls`, null `refusal` and
+    `annotations`, and stream_options' include_obfuscation: the same text as without them."""
+    with live_server(trained_run, chat_template=CHAT_TEMPLATE, checkpoints=["best"]) as live:
+        client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0)
+        said = {"role": "assistant", "content": "Peace."}
+        plain = [{"role": "user", "content": "Who?"}, said, {"role": "user", "content": "Thou."}]
+        named = [
+            {**plain[0], "name": "romeo"},
+            {**said, "tool_calls": [], "refusal": None, "annotations": [], "function_call": None},
+            plain[2],
+        ]
+        fields = dict(model="best", max_tokens=12, seed=3)
+
+        def text(messages, **extra):
+            chunks = client.chat.completions.create(messages=messages, **fields, **extra, stream=True)
+            return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+        options = {"include_usage": True, "include_obfuscation": False}
+        assert text(named, stream_options=options) == text(plain)
 
 
 @pytest.mark.parametrize("method", ["GET", "DELETE"])

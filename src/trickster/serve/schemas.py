@@ -31,7 +31,7 @@ class APIError(Exception):
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
+    model_config = ConfigDict(strict=True, extra="ignore")  # Request checks the others first
     include_usage: bool = False
 
 
@@ -74,6 +74,19 @@ UNSUPPORTED = {
     "verbosity": (lambda v: False, "this server does not adjust the answer's length to it", "use max_tokens"),
     "web_search_options": (lambda v: False, "this server does not search the web", "leave it out"),
 }
+# the same rules inside a chat message (OpenAI's fields of messages, an answer's sent back included)
+MESSAGE_HARMLESS = {"name", "annotations"}  # a participant's name; the sources an answer cited
+NO_TOOLS = "this model does not call tools (it answers with text only)"
+MESSAGE_UNSUPPORTED = {
+    "tool_calls": (lambda v: v == [], NO_TOOLS, "leave it out"),
+    "function_call": (lambda v: False, NO_TOOLS, "leave it out"),
+    "tool_call_id": (lambda v: False, NO_TOOLS, "leave it out"),
+    "refusal": (lambda v: v == "", "the chat template renders content only", "put the text in content"),
+    "audio": (lambda v: False, "this model reads and answers text only", "leave it out"),
+}
+# and inside stream_options: include_obfuscation pads chunks with a field of random characters,
+# which this server's chunks do without; the text is the same
+STREAM_OPTIONS_HARMLESS = {"include_obfuscation"}
 
 
 class Request(BaseModel):
@@ -103,27 +116,19 @@ class Request(BaseModel):
         optional = {name for name, field in cls.model_fields.items() if not field.is_required()}
         return {key: value for key, value in data.items() if value is not None or key not in optional}
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_stream_option_ignored(cls, data):
+        options = data.get("stream_options") if isinstance(data, dict) else None
+        if isinstance(options, dict):
+            known = set(StreamOptions.model_fields)
+            extra = {k: v for k, v in options.items() if k not in known}
+            refuse_ignored(extra, known, STREAM_OPTIONS_HARMLESS, {}, "stream_options.")
+        return data
+
     @model_validator(mode="after")
     def _no_field_ignored(self):
-        for name, value in (self.model_extra or {}).items():
-            if value is None or name in HARMLESS:  # null: OpenAI's "not given"
-                continue
-            if name in UNSUPPORTED:
-                asks_nothing, why, fix = UNSUPPORTED[name]
-                if asks_nothing(value):
-                    continue
-                raise APIError(
-                    400, f"{name}: {why}; {fix} (got {json.dumps(value)[:80]})", name, "unsupported_parameter"
-                )
-            known = [*type(self).model_fields, *HARMLESS]
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise APIError(
-                400,
-                f"{name}: unrecognized request argument{hint}; fix its name or leave it out",
-                name,
-                "unknown_parameter",
-            )
+        refuse_ignored(self.model_extra or {}, set(type(self).model_fields), HARMLESS, UNSUPPORTED)
         return self
 
     @field_validator("stop", mode="before")
@@ -154,6 +159,21 @@ class CompletionRequest(Request):
     max_tokens: int = Field(16, ge=1)
     logprobs: int | None = Field(None, ge=0, le=20)
 
+    @field_validator("logprobs", mode="before")
+    @classmethod
+    def _logprobs_count(cls, value):
+        """A count of tokens here (OpenAI's spec, and its client's type); chat's form is a bool.
+        false asks for none (what Python's logprobs=False sends, bool being an int there); true
+        does not say how many."""
+        if value is False:
+            return None
+        if value is True:
+            raise ValueError(
+                "on /v1/completions it is how many of the likeliest tokens to list beside each token: "
+                "send a number from 0 to 20 (true/false is chat's form), or false or null for none"
+            )
+        return value
+
     @field_validator("prompt", mode="before")
     @classmethod
     def _prompt_text(cls, value):
@@ -163,8 +183,8 @@ class CompletionRequest(Request):
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    model_config = ConfigDict(strict=True, extra="ignore")  # ChatRequest checks the others first
+    role: Literal["system", "developer", "user", "assistant"]
     content: str
 
     @field_validator("content", mode="before")
@@ -188,6 +208,57 @@ class ChatRequest(Request):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1, description="default: the rest of the context")
     max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name for max_tokens")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_message_field_ignored(cls, data):
+        """Each message's fields by the request's rules (before its own: a tool call's message has
+        no content, and 'content: give a string' would hide why). A tool's answer (role tool, or
+        the older function) is refused: this model never asked for one."""
+        messages = data.get("messages") if isinstance(data, dict) else None
+        for i, message in enumerate(messages if isinstance(messages, list) else []):
+            if not isinstance(message, dict):
+                continue
+            if message.get("role") in ("tool", "function"):
+                raise APIError(
+                    400,
+                    f"messages.{i}.role: {NO_TOOLS}, so it reads no tool's answer; leave out the "
+                    f"messages of role {message['role']}",
+                    f"messages.{i}.role",
+                    "unsupported_parameter",
+                )
+            known = set(ChatMessage.model_fields)
+            extra = {k: v for k, v in message.items() if k not in known}
+            refuse_ignored(extra, known, MESSAGE_HARMLESS, MESSAGE_UNSUPPORTED, f"messages.{i}.")
+        return data
+
+
+def refuse_ignored(extra: dict, known: set[str], harmless: set[str], unsupported: dict, at: str = "") -> None:
+    """A 400 for the first field in `extra` (those the model does not declare) that would be ignored
+    while it changes the answer: each of `harmless` passes, whatever it says; one of `unsupported`
+    passes only with the value that asks for nothing; any other name is unrecognized, with the
+    nearest known one. `at` prefixes the names in the message and param ("messages.2.")."""
+    for name, value in extra.items():
+        if value is None or name in harmless:  # null: OpenAI's "not given"
+            continue
+        if name in unsupported:
+            asks_nothing, why, fix = unsupported[name]
+            if asks_nothing(value):
+                continue
+            raise APIError(
+                400,
+                f"{at}{name}: {why}; {fix} (got {json.dumps(value)[:80]})",
+                at + name,
+                "unsupported_parameter",
+            )
+        close = difflib.get_close_matches(name, sorted({*known, *harmless}), n=1)
+        hint = f" (did you mean {at}{close[0]}?)" if close else ""
+        raise APIError(
+            400,
+            f"{at}{name}: unrecognized request argument{hint}; fix its name or leave it out",
+            at + name,
+            "unknown_parameter",
+        )
 
 
 def _strings(value) -> bool:
