@@ -224,6 +224,14 @@ def _resume_changed_model(env: Env) -> list[str]:
     return _trained_run_copy_with(env, "--resume", "model_config.hidden_dim=32")
 
 
+def _resume_saved_before_a_limit(env: Env) -> list[str]:
+    """A run whose config.yaml (and its checkpoints') holds what an older version allowed."""
+    run = env.copy_run()
+    for config in [run / "config.yaml", *run.glob("checkpoints/*/config.yaml")]:
+        config.write_text(config.read_text().replace("sample_tokens: 40", "sample_tokens: 200000"))
+    return ["train", "--config", run / "config.yaml", "--out", run, "--no-progress", "--resume"]
+
+
 def _resume_with_another_optimizer(env: Env) -> list[str]:
     return _trained_run_copy_with(env, "--resume", "training_config.optimizer=muon")
 
@@ -1328,6 +1336,13 @@ CASES = [
     ),
     case("resume-changed-model", _resume_changed_model, "cannot resume", "model_config changed (hidden_dim)"),
     case(
+        "resume-run-saved-before-a-training-limit",  # sample_tokens <= 100,000 since 2026-11-29 22:40
+        _resume_saved_before_a_limit,
+        "run-copy/config.yaml: training_config.sample_tokens: input should be less than or equal to "
+        "100000 (got 200000); to continue the run, set training_config.sample_tokens on the command "
+        "line within the limits, e.g. training_config.sample_tokens=100000",
+    ),
+    case(
         "resume-with-another-optimizer",
         _resume_with_another_optimizer,
         "cannot resume",
@@ -2001,6 +2016,12 @@ CASES = [
         "ckpt/config.yaml does not match the weights saved with it",
         "model_config.num_heads is 8, model.safetensors was saved with 4",
         "put back its model_config",
+    ),
+    case(
+        "generate-checkpoint-model-field-past-a-newer-limit",  # norm_eps < 1 since 2026-11-29 22:13
+        _ckpt_config_edited("generate", "norm_eps: 1.0e-05", "norm_eps: 1.0"),
+        "ckpt/config.yaml: model_config.norm_eps: input should be less than 1 (got 1.0)",
+        "; use another checkpoint",
     ),
     case(
         "info-checkpoint-config-edited-num-layers",

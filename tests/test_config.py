@@ -14,10 +14,10 @@ from trickster.config import (
     LoraConfig,
     config_from_dict,
     load_config,
-    preset_names,
     save_config,
 )
 from trickster.errors import UserError
+from trickster.presets import preset_names
 
 from .conftest import events
 

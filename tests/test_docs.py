@@ -454,9 +454,10 @@ def test_watching_md_names_every_tensorboard_tag():
 
 def test_the_preset_table_in_training_md_is_the_presets():
     """Shape and parameter count of each row, from the preset files (tiny counted at 65 characters)."""
-    from trickster.config import load_config, preset_names
+    from trickster.config import load_config
     from trickster.model.flops import parameter_breakdown
     from trickster.model.vocab import padded_vocab
+    from trickster.presets import preset_names
 
     rows, wrong = {}, []
     for line in (ROOT / "docs" / "training.md").read_text(encoding="utf-8").splitlines():

@@ -2,10 +2,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trickster.config import ModelConfig, load_config, preset_names
+from trickster.config import ModelConfig, load_config
 from trickster.model import transformer
 from trickster.model.flops import flops_per_token, parameter_breakdown
 from trickster.model.transformer import Transformer, apply_rotary, chunked_cross_entropy, rotary_tables
+from trickster.presets import preset_names
 
 
 def small(**changes) -> ModelConfig:

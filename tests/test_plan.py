@@ -13,11 +13,12 @@ import torch
 
 from trickster import footprint, plan, plan_benchmark
 from trickster.cli import main
-from trickster.config import config_from_dict, load_config, preset_names, save_config
+from trickster.config import config_from_dict, load_config, save_config
 from trickster.errors import UserError
 from trickster.model import lora
 from trickster.model.flops import flops_per_token, parameter_breakdown
 from trickster.model.transformer import Transformer
+from trickster.presets import preset_names
 from trickster.train import device as device_module
 from trickster.train.loop import train
 from trickster.train.optim import build_optimizer

@@ -15,6 +15,7 @@ import torch
 from trickster import cli
 from trickster.config import Config, config_from_dict
 from trickster.data.loader import load_data
+from trickster.errors import UserError
 from trickster.observe.curves import Curves
 from trickster.observe.events import read_metrics
 from trickster.train import checkpoint as ckpt
@@ -178,3 +179,89 @@ def test_a_fine_tune_on_masked_data_measures_its_best_again(trained_run, chat_da
         trainer = Trainer(cfg, resume=FINISHED, echo=lambda *a, **k: lines.append(" ".join(map(str, a))))
     assert trainer.state.best_val_loss == pytest.approx(best, rel=1e-6)
     assert any(line.startswith("best (step ") and "evaluated again" in line for line in lines)
+
+
+# ------------------------------------------------------------------ config.yaml before newer limits
+
+
+def saved_with(run: Path, *edits: tuple[str, str]) -> None:
+    """The run's config.yaml and its checkpoints' as a version without a limit saved them: each
+    (as saved, as the older version could have saved it) replaced in every one."""
+    for config in [run / "config.yaml", *run.glob("checkpoints/*/config.yaml")]:
+        text = config.read_text()
+        for now, then in edits:
+            assert now in text
+            text = text.replace(now, then)
+        config.write_text(text)
+
+
+# learning_rate at most 1 since 2026-11-29 22:13, sample_tokens at most 100,000 since 22:40
+BEFORE_LIMITS = (
+    ("learning_rate: 0.003", "learning_rate: 2.0"),
+    ("sample_tokens: 40", "sample_tokens: 200000"),
+)
+
+
+def test_a_checkpoint_saved_before_a_training_limit_still_loads_for_inference(trained_run, tmp_path, capsys):
+    """read_config validated in full, so a checkpoint whose config.yaml holds a training setting
+    a later limit refuses no longer loaded for generate, serve, eval, info, export or `runs`,
+    although those settings change nothing the weights compute. They are kept as saved."""
+    run = copy_run(trained_run, tmp_path)
+    saved_with(run, *BEFORE_LIMITS)
+    capsys.readouterr()
+
+    assert cli.main(["generate", str(run), "--max-new-tokens", "3", "--device", "cpu"]) == 0
+    assert cli.main(["info", "--checkpoint", str(run)]) == 0
+    shown = capsys.readouterr().out
+    assert "learning_rate: 2.0" in shown and "sample_tokens: 200000" in shown
+    text = tmp_path / "held-out.txt"
+    text.write_text("ROMEO:\nBut soft, what light through yonder window breaks?\n" * 4)
+    assert cli.main(["eval", str(run), "--text", str(text), "--device", "cpu"]) == 0
+    assert cli.main(["export", str(run), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
+    assert cli.main(["runs", str(tmp_path)]) == 0
+    assert "finished" in capsys.readouterr().out.splitlines()[-1]
+    cfg = ckpt.read_config(run / "checkpoints" / "final")
+    assert (cfg.training.learning_rate, cfg.training.sample_tokens) == (2.0, 200000)
+
+
+def test_a_checkpoint_whose_model_field_breaks_a_newer_limit_is_refused_in_one_line(trained_run, tmp_path):
+    """What builds the model is still checked in full (norm_eps of 1 or more: the output no longer
+    depends on the input); the line names the key and says what to do."""
+    run = copy_run(trained_run, tmp_path)
+    saved_with(run, ("norm_eps: 1.0e-05", "norm_eps: 1.0"))
+    with pytest.raises(UserError) as raised:
+        ckpt.load_checkpoint(run)
+    assert str(raised.value) == (
+        f"{run / 'checkpoints' / 'best' / 'config.yaml'}: model_config.norm_eps: input should be less "
+        "than 1 (got 1.0); use another checkpoint"
+    )
+
+
+def test_resuming_a_run_saved_before_a_training_limit_says_which_overrides_continue_it(
+    trained_run, tmp_path, capsys
+):
+    """`trickster train --config RUN/config.yaml --resume` validates the config it trains with in
+    full: one line names each key and the override that sets it within its limit. With them the
+    run resumes (the checkpoint's own config is read as saved) and says what changed."""
+    run = copy_run(trained_run, tmp_path)
+    saved_with(run, *BEFORE_LIMITS)
+    argv = ["train", "--config", str(run / "config.yaml"), "--out", str(run), "--resume", "--no-progress"]
+    capsys.readouterr()
+
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: {run / 'config.yaml'}: training_config.learning_rate: input should be less than or "
+        "equal to 1 (got 2.0); training_config.sample_tokens: input should be less than or equal to "
+        "100000 (got 200000); to continue the run, set training_config.learning_rate, "
+        "training_config.sample_tokens on the command line within the limits, e.g. "
+        "training_config.learning_rate=1.0 training_config.sample_tokens=100000 (its config.yaml "
+        "is then saved with them)\n"
+    )
+    overrides = ["training_config.learning_rate=0.003", "training_config.sample_tokens=0"]
+    assert cli.main([*argv, *overrides, "training_config.max_steps=14"]) == 0, capsys.readouterr().err
+    resume = events(run, "resume")[-1]
+    assert resume["changed"]["training_config.learning_rate"] == [2.0, 0.003]
+    assert resume["changed"]["training_config.sample_tokens"] == [200000, 0]
+    assert "sample_tokens: 0" in (run / "config.yaml").read_text()
+    assert events(run, "end")[-1]["step"] == 14

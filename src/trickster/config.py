@@ -8,7 +8,6 @@ Loading gathers every problem at once and names the key to change, for example
 from __future__ import annotations
 
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -26,9 +25,18 @@ from pydantic import (
 from trickster import untrusted
 from trickster.atomic import replace_file
 from trickster.config_checks import check
-from trickster.config_errors import annotated_kinds, blamed, describe_all, did_you_mean, elided, section_at
+from trickster.config_errors import (
+    annotated_kinds,
+    blamed,
+    describe_all,
+    did_you_mean,
+    elided,
+    override_within_limits,
+    section_at,
+)
 from trickster.config_yaml import load_yaml, parse_yaml
 from trickster.errors import UserError
+from trickster.presets import preset_text
 from trickster.units import whole_number, whole_seconds
 
 
@@ -337,18 +345,6 @@ SECTION_ALIASES = {field.alias: name for name, field in Config.model_fields.item
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB of YAML; presets are under 2 KB
 
 
-def preset_names() -> list[str]:
-    files = resources.files("trickster.presets").iterdir()
-    return sorted(f.name.removesuffix(".yaml") for f in files if f.name.endswith(".yaml"))
-
-
-def preset_text(name: str) -> str:
-    if name not in preset_names():
-        hint = did_you_mean(name, preset_names())
-        raise UserError(f"unknown preset '{name}'{hint}; choose one of {', '.join(preset_names())}")
-    return resources.files("trickster.presets").joinpath(f"{name}.yaml").read_text()
-
-
 def load_config(
     path: str | Path | None = None, preset: str | None = None, overrides: list[str] = ()
 ) -> Config:
@@ -381,16 +377,24 @@ def load_config(
         raw, source = parse_yaml(text, str(path)), str(path)
     for override in overrides:
         _apply_override(raw, override)
-    return config_from_dict(raw, source, [o.partition("=")[0].strip() for o in overrides])
+    # a run's (or a checkpoint's) own config.yaml may hold a value saved before a limit
+    saved = path is not None and path.name == "config.yaml"
+    saved = saved and ((path.parent / "checkpoints").is_dir() or path.parent.parent.name == "checkpoints")
+    return config_from_dict(raw, source, [o.partition("=")[0].strip() for o in overrides], saved)
 
 
-def config_from_dict(raw: dict[str, Any], source: str = "config", overridden: Sequence[str] = ()) -> Config:
+def config_from_dict(
+    raw: dict[str, Any], source: str = "config", overridden: Sequence[str] = (), saved: bool = False
+) -> Config:
     """A validated Config; every problem in one line, said to come from `source`, or from the
-    command line when it names an `overridden` key (a user looks for a bad value where we say)."""
+    command line when it names an `overridden` key (a user looks for a bad value where we say).
+    `saved`: `source` is a config.yaml a run saved, whose training settings beyond a limit added
+    since are named with the overrides that set them within it."""
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as err:
         problems = describe_all(Config, err.errors())
+        problems += override_within_limits(err.errors(), overridden) if saved else []
     else:
         problems = check(cfg)
     if not problems:

@@ -16,12 +16,20 @@ def check(cfg: Config) -> list[str]:
     """Problems that span several keys, each naming the key to change, said section by section."""
     m, t = cfg.model, cfg.training
     problems = _check_model(m) + _check_schedule(t) + _check_device(cfg.device) + _check_lora(t)
-    problems += _check_batch_and_time(t)
-    if t.seq_len is not None and t.seq_len > m.max_seq_len:
-        problems.append(
-            f"training_config.seq_len ({t.seq_len}) must be <= model_config.max_seq_len ({m.max_seq_len})"
-        )
-    return problems
+    return problems + _check_batch_and_time(t) + _check_seq_len(cfg)
+
+
+def check_model(cfg: Config) -> list[str]:
+    """The problems of `check` in what builds the model and what its windows are (model_config,
+    training_config.lora and seq_len): a saved config is read for inference with these alone."""
+    return _check_model(cfg.model) + _check_lora(cfg.training) + _check_seq_len(cfg)
+
+
+def _check_seq_len(cfg: Config) -> list[str]:
+    seq_len, most = cfg.training.seq_len, cfg.model.max_seq_len
+    if seq_len is not None and seq_len > most:
+        return [f"training_config.seq_len ({seq_len}) must be <= model_config.max_seq_len ({most})"]
+    return []
 
 
 def _check_model(m: ModelConfig) -> list[str]:

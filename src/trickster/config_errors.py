@@ -159,3 +159,52 @@ def _names(problem: str, key: str) -> bool:
     field = key.rpartition(".")[2]
     whole = [elided(key)] + ([field] if f"{section}." in problem else [])
     return any(re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", problem) for name in whole)
+
+
+# What builds the model: a saved config's problem there is never waived (config_saved)
+BUILDS_MODEL = {"model_config", "training_config.lora", "training_config.seq_len"}
+# pydantic's error types for a value of the right kind that a limit refuses, and for a key a later
+# version dropped; any other (a wrong type, a damaged file) is refused as before
+WAIVED = {
+    "greater_than",
+    "greater_than_equal",
+    "less_than",
+    "less_than_equal",
+    "finite_number",
+    "string_too_long",
+    "too_long",
+    "value_error",
+    "literal_error",
+    "extra_forbidden",
+}
+
+
+def waived(error: dict[str, Any]) -> bool:
+    """Whether a saved config's validation `error` may be waived for inference: a training setting
+    beyond a limit (or a key dropped) since it was saved."""
+    loc = error["loc"]
+    if len(loc) < 2 or error["type"] not in WAIVED:
+        return False
+    return loc[0] not in BUILDS_MODEL and f"{loc[0]}.{loc[1]}" not in BUILDS_MODEL
+
+
+def override_within_limits(errors: list[dict[str, Any]], overridden: Sequence[str]) -> list[str]:
+    """For a config.yaml a run saved (`trickster train --config RUN/config.yaml --resume`): the
+    training settings it holds beyond a limit added since, not `overridden` yet, and the overrides
+    that set them within it, as one more problem; none when there are none."""
+    bounds = {"less_than_equal": "le", "greater_than_equal": "ge"}
+    found = [e for e in errors if waived(e) and e["type"] != "extra_forbidden"]
+    keys = list(dict.fromkeys(_dotted(e["loc"][:2]) for e in found))
+    keys = [key for key in keys if key not in overridden]
+    if not keys:
+        return []
+    examples = [
+        f"{_dotted(e['loc'])}={e['ctx'][bounds[e['type']]]}"
+        for e in found
+        if e["type"] in bounds and len(e["loc"]) == 2 and _dotted(e["loc"]) in keys
+    ]
+    example = f", e.g. {' '.join(examples)}" if examples else ""
+    return [
+        f"to continue the run, set {', '.join(keys)} on the command line within the limits{example} "
+        "(its config.yaml is then saved with them)"
+    ]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trickster.config import Config, load_config, preset_names
+from trickster.config import Config, load_config
 from trickster.errors import UserError
 from trickster.footprint import (
     HEADROOM,
@@ -30,6 +30,7 @@ from trickster.footprint import (
 from trickster.model.flops import flops_per_token, parameter_breakdown
 from trickster.model.vocab import assumed_vocab
 from trickster.plan_benchmark import Benchmark, BenchSkipped, benchmark
+from trickster.presets import preset_names
 from trickster.train.device import resolve_precision
 from trickster.units import format_duration
 

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from trickster.config import Config, load_config, preset_names
+from trickster.config import Config, load_config
+from trickster.config_saved import read_saved
 from trickster.errors import UserError
 from trickster.observe.curves import Curves
 from trickster.observe.events import iter_metrics
 from trickster.observe.status import liveness, read_status
+from trickster.presets import preset_names
 from trickster.train import checkpoint as ckpt
 from trickster.units import format_duration
 
@@ -267,8 +269,8 @@ def _read(path: Path, for_report: bool = False) -> Run:
     metrics = Metrics.from_records(iter_metrics(path / "metrics.jsonl", problems), for_report)
     cfg = None
     if (path / "config.yaml").is_file():
-        try:
-            cfg = load_config(path / "config.yaml")
+        try:  # as a checkpoint's: a training setting saved before a limit does not hide the run
+            cfg = read_saved(path / "config.yaml", "restore it from one of its checkpoints")
         except UserError as err:
             problems.append(str(err))
     else:

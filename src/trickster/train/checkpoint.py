@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
@@ -41,7 +40,8 @@ from trickster.atomic import (
     restore_replaced,
     staging_dir,
 )
-from trickster.config import Config, ModelConfig, config_from_dict, save_config
+from trickster.config import Config, ModelConfig, save_config
+from trickster.config_saved import read_saved
 from trickster.data.tokenizers import Tokenizer, load_tokenizer
 from trickster.errors import UserError, disk_errors
 from trickster.model import lora
@@ -358,13 +358,9 @@ def read_info(path: Path, fix: str = "use another checkpoint") -> dict:
 
 
 def read_config(path: Path) -> Config:
-    try:
-        raw = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        raw = None  # missing, a folder, not UTF-8, not YAML
-    if not isinstance(raw, dict):  # also an empty file, a list or a lone value
-        raise UserError(f"{path / 'config.yaml'} is missing or damaged; use another checkpoint")
-    return config_from_dict(raw, f"{path / 'config.yaml'}")
+    """The checkpoint's config.yaml: a training setting saved beyond a limit added since is kept
+    as saved (config_saved); what builds the model must pass every check."""
+    return read_saved(path / "config.yaml", "use another checkpoint")
 
 
 def load_weights(model: Transformer, file: Path) -> None:

@@ -1,0 +1,73 @@
+"""A config.yaml that trickster saved with a run or a checkpoint, read back by a later version.
+
+A later version may refuse a value an earlier one saved, as its limits grow stricter
+(`sample_tokens` over 100,000, `learning_rate` over 1). What builds the model and its windows
+(model_config, training_config.lora, training_config.seq_len) must still pass every check: the
+weights are loaded into what it describes. The other settings only steer training, so a saved
+value beyond a limit added since is kept as saved, and generate, serve, eval, info, export,
+init_from, `runs` and the comparison a resume makes still read the checkpoint. Training itself
+validates its own config in full (config.load_config; a run folder's config.yaml says which keys
+to set on the command line).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from trickster.config import SECTION_ALIASES, Config
+from trickster.config_checks import check_model
+from trickster.config_errors import annotated_kinds, describe_all, waived
+from trickster.errors import UserError
+
+
+def read_saved(file: Path, fix: str) -> Config:
+    """The config.yaml `file` of a run or checkpoint; `fix` ends the line when it cannot be read or
+    the model it describes cannot be built."""
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        raw = None  # missing, a folder, not UTF-8, not YAML
+    if not isinstance(raw, dict):  # also an empty file, a list or a lone value
+        raise UserError(f"{file} is missing or damaged; {fix}")
+    return saved_config(raw, str(file), fix)
+
+
+def saved_config(raw: dict[str, Any], source: str, fix: str) -> Config:
+    """`raw` as a Config, the settings that do not build the model taken as saved even where a
+    limit refuses them (see the module's docstring); a problem in what builds it, in one line."""
+    try:
+        return _checked(Config.model_validate(raw), source, fix)
+    except ValidationError as err:
+        errors = err.errors()
+    kept = [e for e in errors if not waived(e)]
+    if kept:
+        raise UserError(f"{source}: {'; '.join(describe_all(Config, kept))}; {fix}") from None
+    saved = {(e["loc"][0], e["loc"][1]) for e in errors}
+    rest = {s: {k: v for k, v in keys.items() if (s, k) not in saved} for s, keys in raw.items()}
+    try:
+        cfg = Config.model_validate(rest)  # the keys set aside take their defaults here
+    except ValidationError as err:  # a key that checks another (use_wandb) was set aside: none now
+        raise UserError(f"{source}: {'; '.join(describe_all(Config, err.errors()))}; {fix}") from None
+    for section, key in saved:
+        if key in type(getattr(cfg, SECTION_ALIASES[section])).model_fields:  # not a dropped key
+            _put_back(getattr(cfg, SECTION_ALIASES[section]), key, raw[section][key])
+    return _checked(cfg, source, fix)
+
+
+def _put_back(section, key: str, value: Any) -> None:
+    """The saved value, past validation (which refuses it) and its assignment check: what the
+    section's field holds is then what config.yaml says, as `info` prints it and a resume compares it."""
+    if isinstance(value, list) and tuple in annotated_kinds(type(section).model_fields[key].annotation):
+        value = tuple(value)  # YAML's list of a tuple setting (betas), as validation makes it
+    section.__dict__[key] = value
+
+
+def _checked(cfg: Config, source: str, fix: str) -> Config:
+    problems = check_model(cfg)
+    if problems:
+        raise UserError(f"{source}: {'; '.join(problems)}; {fix}")
+    return cfg
