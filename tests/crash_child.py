@@ -8,6 +8,8 @@ MOMENT, counted from 1 with N:
                           the step before it still runs: inside a step, before its update)
     during-eval           inside the N-th evaluation, after its first batch
     during-trainer-write  half-way through writing the N-th trainer.pt of a checkpoint
+    before-prune          the N-th time keep_last's rotation is about to delete older checkpoints
+                          (the numbered one just saved is in place)
     during-best-replace   the N-th time `best` is replaced: after the old folder is moved aside,
                           before the new one takes its name
     during-write-of-NAME  half-way through the N-th write of a whole file whose name holds NAME
@@ -96,6 +98,17 @@ def install(moment: str, n: int) -> None:
             return save(obj, f, *args, **kwargs)
 
         torch.save = patched_save
+    elif moment == "before-prune":
+        from trickster.train import checkpoint
+
+        prune = checkpoint.prune
+
+        def patched_prune(*args, **kwargs):
+            if due():
+                die()
+            return prune(*args, **kwargs)
+
+        checkpoint.prune = patched_prune
     elif moment == "during-best-replace":
         rename = pathlib.Path.rename
 

@@ -270,6 +270,19 @@ def test_keep_last_rotation_never_deletes_best(micro, monkeypatch):
     assert best.info["step"] == 2 and best.info["best_val_loss"] == 1.0
 
 
+def test_a_kill_before_the_rotation_leaves_keep_last_checkpoints_once_resumed(shakespeare_dir, tmp_path):
+    """Killed once step_000008 is in place, before keep_last deletes step_000004: the resumed run
+    saves no numbered checkpoint after it (12 is `final`), and used to end with both (seen in a
+    random-kill loop)."""
+    run = {"training_config": {"max_steps": 12, "warmup_steps": 1, "eval_every": 100, "save_every": 4}}
+    run["training_config"] |= {"keep_last": 1, "sample_tokens": 0}
+    crash(shakespeare_dir, tmp_path / "run", "before-prune", 2, run=run)
+    assert [p.name for p in ckpt.numbered(tmp_path / "run")] == ["step_000004", "step_000008"]
+
+    train(micro_config(shakespeare_dir, tmp_path / "run", **run), resume=True, **QUIET)
+    assert [p.name for p in ckpt.numbered(tmp_path / "run")] == ["step_000008"]
+
+
 def test_best_at_the_step_just_saved_links_its_weights_instead_of_writing_them(micro, monkeypatch):
     """Evaluations at 0, 2, 4, 6, each the best so far: `best` at 4 and 6 comes right after
     step_000004 and `final` of its step, whose weights it links (the same file, no second write),

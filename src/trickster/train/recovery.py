@@ -40,6 +40,8 @@ def finish(trainer: Trainer) -> TrainResult:
     final = trainer.run_dir / "checkpoints" / "final"
     if not ckpt.is_complete(final) or ckpt.checkpoint_step(final) != state.step:
         trainer.save("final")  # resumed at (or past) the last step: no step ran here
+    if trainer.job.is_main:  # a kill between a numbered checkpoint and its rotation left one more
+        ckpt.prune(trainer.run_dir, t.keep_last)
     if state.step < t.max_steps:
         write_stopped(trainer, reason="max_time", train_seconds=state.train_seconds)
         trainer.out.line(trainer.clock.end_line(state.step, t.max_steps))
