@@ -389,3 +389,21 @@ def test_jsonl_help_gives_text_field_no_default(capsys):
     with pytest.raises(SystemExit):
         main(["data", "prepare", "parquet", "--help"])
     assert "(default text)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_ctrl_c_while_the_command_line_is_parsed_is_one_line(monkeypatch, capsys):
+    """Ctrl-C while argparse builds the parser (gettext's lookups, a tenth of a second on a busy
+    machine) ended in a KeyboardInterrupt traceback (seen in a random-SIGINT loop): one line and
+    status 130, as later."""
+    from trickster import cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    try:
+        status = main(["train", "--preset", "nano"])
+    except KeyboardInterrupt:  # not left to end the test session
+        pytest.fail("the Ctrl-C escaped main(): a traceback")
+    assert status == 130
+    assert capsys.readouterr().err == "interrupted\n"
