@@ -453,3 +453,26 @@ def test_a_run_trained_further_as_it_is_served_is_served_as_it_is_now(trained_ru
             started_now[name][1]["step"],
             started_now[name][1]["val_loss"],
         )
+
+
+def weights_of(model: torch.nn.Module) -> torch.Tensor:
+    return model.tok_embeddings.weight.detach().clone()
+
+
+def test_a_best_replaced_in_a_folder_of_the_same_inode_is_served_as_the_new_one(trained_run, tmp_path):
+    """Training saves new bests while no request comes: a later folder may take the inode number of
+    the one served (ext4 gives a freed inode to the next folder made: seen with three saves of one
+    best), and the folder's inode alone took it for the served one with only info.json rewritten,
+    serving its old weights under the new card. Here the new checkpoint's files are renamed into the
+    served folder, which keeps its inode whatever the file system."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    best, new = run / "checkpoints" / "best", ckpt.load_checkpoint(run / "checkpoints" / "step_000006")
+    catalog = Catalog(run, torch.device("cpu"))
+    assert catalog.load("best").info["step"] != new.info["step"]
+    ckpt.save_checkpoint(tmp_path / "new", new.model, new.cfg, new.tokenizer, new.info)
+    for file in (tmp_path / "new").iterdir():
+        file.replace(best / file.name)
+    assert catalog.current("best").info["step"] == new.info["step"]
+    torch.testing.assert_close(weights_of(catalog.load("best").model), weights_of(new.model))
+

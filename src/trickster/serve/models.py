@@ -13,8 +13,8 @@ line: room goes to the waiting requests in the order they arrived, while a reque
 model takes it at once.
 
 A training run served as it trains writes a new `best` (or `final`) into the same name: `current`
-notices (two `stat`s a request: the folder's inode and its info.json's) and offers the new one from
-then on, its weights loaded by the next request for it. The requests that hold the old one finish
+notices (three `stat`s a request: the folder's, its weights' and its info.json's) and offers the
+new one from then on, its weights loaded by the next request for it. The requests that hold the old one finish
 on it (each decodes with one whole model, never a mix), and it is unloaded when the last lets go.
 """
 
@@ -128,7 +128,7 @@ class Catalog:
         """The model offered as `name`, as its checkpoint is on disk now. A folder replaced since it
         was read (a training run's new best or final) is read anew (not its weights: the next hold
         loads them) and offered from now on; requests holding the old one finish on it. A rewritten
-        info.json alone (training updates a val_loss) updates the card. Costs two `stat`s when
+        info.json alone (training updates a val_loss) updates the card. Costs three `stat`s when
         nothing changed; a folder missing (deleted, or between a replace's two renames) or
         unreadable (damaged, or being replaced again) leaves the one read before."""
         offered = self.offered.get(name)
@@ -146,9 +146,8 @@ class Catalog:
         with self.changed:
             if self.offered[name] is not offered:  # another request read it first
                 return self.offered[name]
-            if (
-                offered.version is not None and version[:2] == offered.version[:2]
-            ):  # the same folder: only info.json was rewritten
+            if offered.version is not None and version[:4] == offered.version[:4]:
+                # the same checkpoint: only info.json was rewritten
                 offered.info, offered.version = fresh.info, version
                 return offered
             self.offered[name] = fresh
@@ -295,13 +294,16 @@ def _identity(path: Path) -> tuple[int, int] | None:
 
 def _version(path: Path) -> tuple[int, ...] | None:
     """Which checkpoint is at `path` and what its info.json says, told apart without reading them:
-    the folder's identity (a new one, renamed into place, is another inode) and its info.json's (a
-    rewrite renames a new file over it). None when either is missing."""
+    the folder's and its weights' identity (a new checkpoint is a new folder renamed into place, with
+    new files: the folder's inode alone is not enough, as ext4 gives the inode of the folder a save
+    deleted to the next one it makes) and its info.json's (a rewrite renames a new file over it).
+    The first four identify the checkpoint. None when any is missing."""
     try:
-        folder, info = path.stat(), (path / "info.json").stat()
+        folder, weights, info = path.stat(), (path / ckpt.WEIGHTS).stat(), (path / "info.json").stat()
     except OSError:
         return None
-    return folder.st_dev, folder.st_ino, info.st_ino, info.st_mtime_ns, info.st_size
+    checkpoint = folder.st_dev, folder.st_ino, weights.st_ino, weights.st_mtime_ns
+    return *checkpoint, info.st_ino, info.st_mtime_ns, info.st_size
 
 
 def _checkpoints(target: Path) -> dict[str, Path]:
