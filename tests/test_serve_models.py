@@ -476,3 +476,24 @@ def test_a_best_replaced_in_a_folder_of_the_same_inode_is_served_as_the_new_one(
     assert catalog.current("best").info["step"] == new.info["step"]
     torch.testing.assert_close(weights_of(catalog.load("best").model), weights_of(new.model))
 
+
+def test_a_request_that_read_a_model_replaced_before_it_held_it_holds_the_new_one(trained_run, tmp_path):
+    """A request reads `final` (Catalog.current), and while it encodes its prompt another request
+    finds `final` replaced on disk: the first one's Offered, held by no one then, lost its place. Its
+    hold read the new folder's weights into it, out of the catalog's count (bound 2 held three
+    models) and under the old card; now it holds the model offered as `final` now."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    folder = run / "checkpoints"
+    catalog = Catalog(run, torch.device("cpu"), max_loaded=2)
+    catalog.load("best")
+    read_first = catalog.current("final")
+    new = ckpt.load_checkpoint(folder / "step_000006")
+    ckpt.save_checkpoint(folder / "final", new.model, new.cfg, new.tokenizer, new.info)
+    assert catalog.current("final") is not read_first
+    held = catalog.hold(read_first)
+    assert held is catalog.offered["final"] and held.info["step"] == new.info["step"]
+    catalog.release(held)
+    catalog.load("step_000006")  # room for one beside best: final goes
+    every = [*catalog.offered.values(), read_first, *catalog.retired]
+    assert sum(o.model is not None for o in {id(o): o for o in every}.values()) == 2

@@ -221,13 +221,15 @@ class Server:
         what = "does not exist" if unknown else "was deleted from disk after the server started"
         return APIError(404, f"model {name!r} {what}; this server has: {have}", "model", "model_not_found")
 
-    async def _hold(self, offered: Offered) -> None:
-        """The model held in memory for a request: at once if it is loaded, else off the event loop
-        (loading, or waiting for room, blocks)."""
+    async def _hold(self, offered: Offered) -> Offered:
+        """The model held in memory for a request (Catalog.hold: the one offered now if `offered` was
+        replaced and unloaded meanwhile): at once if it is loaded, else off the event loop (loading,
+        or waiting for room, blocks)."""
         name = offered.name
-        if self.catalog.hold(offered, load=False) is None:
+        held = self.catalog.hold(offered, load=False)
+        if held is None:
             try:
-                await run_in_threadpool(self.catalog.hold, offered)
+                held = await run_in_threadpool(self.catalog.hold, offered)
             except Exception as err:
                 # deleted after `_offered` saw it (a run pruning it as the request came in): whatever
                 # the load tripped over, the answer a request a moment later gets
@@ -240,6 +242,7 @@ class Server:
                 if isinstance(err, UserError):
                     raise APIError(500, f"model {name!r} could not be loaded: {err}") from None
                 raise
+        return held
 
     def _encode(self, offered: Offered, prompts: list[str], params: list[str]) -> list[list[int]]:
         """Each prompt's ids, started as `trickster generate` starts a prompt; an error names the
@@ -295,7 +298,7 @@ class Server:
             top_p=top_p,
             logprobs=logprobs,
         )
-        await self._hold(offered)
+        offered = await self._hold(offered)
         release = functools.partial(self.catalog.release, offered)
         try:
             return Generation(self.engine, offered, ids, req.n, sampling, req.seed, req.stop or [], release)

@@ -171,14 +171,21 @@ class Catalog:
         return name != UNTRAINED and being_replaced(self.offered[name].path)
 
     def hold(self, name: str | Offered, load: bool = True) -> Offered | None:
-        """The model with its weights in memory, kept there until `release` (of the Offered it
-        returns: a request that read a checkpoint holds that one, even if replaced since). Blocking when it
+        """The model with its weights in memory, kept there until `release` of the Offered it returns
+        (the one asked for, or the one offered in its place when that was replaced on disk and
+        unloaded before this hold: use what it returns). Blocking when it
         must be loaded (call it off the event loop): concurrent holds of one model load it once, and
         a hold waits while held models fill `max_loaded`, served in the order the waiting ones came.
         With load=False it takes the model only if it is in memory already (None otherwise), and
         never waits for more than the lock."""
         offered = self.offered[name] if isinstance(name, str) else name
         with self.changed:
+            if offered is not self.offered[offered.name] and offered not in self.retired:
+                # replaced on disk since the request read it, and unloaded as no one held it: its
+                # folder holds the new checkpoint now (loading it there would give the old card the
+                # new weights, out of the count of `max_loaded`), so the request holds the new one,
+                # of the same run, tokenizer and shape (a resume keeps them)
+                offered = self.offered[offered.name]
             if not load and offered.model is None:
                 return None
             offered.holds += 1  # from now on it is not unloaded
