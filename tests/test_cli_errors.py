@@ -1137,6 +1137,14 @@ CASES = [
         "(got 1000000000000000000)",
     ),
     case(
+        "override-memory-past-1e18-gib",  # 1e300 GiB in bytes overflowed to inf: int() of it, a traceback
+        lambda env: [
+            *("plan", "--preset", "tiny", "--no-bench", "device_config.memory_gib=1e300"),
+            *("training_config.batch_size=auto", "training_config.global_batch=64"),
+        ],
+        "device_config.memory_gib: input should be less than or equal to 1000000000000000000 (got '1e300')",
+    ),
+    case(
         "override-rope-theta-past-1e12",
         lambda env: micro_train(env, "model_config.rope_theta=1e18"),
         "model_config.rope_theta: input should be less than or equal to 1000000000000 (got '1e18')",
@@ -1467,7 +1475,7 @@ CASES = [
     case(
         "train-model-allocation-fails",
         # memory_gib lets the model past the formula; torch then cannot size its 1e18 x 64 embedding
-        lambda env: micro_train(env, "model_config.vocab_size=1e18", "device_config.memory_gib=1e30"),
+        lambda env: micro_train(env, "model_config.vocab_size=1e18", "device_config.memory_gib=1e18"),
         "the model is too big for cpu (device_config.memory_gib",
         "building it failed to allocate memory (its weights alone: ",
         "lower model_config.hidden_dim, mlp_dim, num_layers or vocab_size",

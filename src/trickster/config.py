@@ -254,7 +254,7 @@ class DeviceConfig(_Section):
     later and nowhere else (checkpoints still hold the plain module)."""
     threads: int | None = Field(None, gt=0, le=4096)  # a million makes OpenMP abort the process
     """CPU threads for PyTorch (at most 4096); empty leaves PyTorch's default."""
-    memory_gib: float | None = Field(None, gt=0)
+    memory_gib: float | None = Field(None, gt=0, le=1e18)  # 1e300 GiB is inf bytes, which int() refuses
     """Memory the run may use on its device, in GiB (batch_size: auto, `trickster plan` and the
     out-of-memory advice plan within it); empty means all of it: GPU memory, or RAM on a CPU (the
     processes of a torchrun job on one CPU machine each get their share of its RAM)."""
