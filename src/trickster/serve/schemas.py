@@ -76,11 +76,10 @@ UNSUPPORTED = {
 }
 # the same rules inside a chat message (OpenAI's fields of messages, an answer's sent back included)
 MESSAGE_HARMLESS = {"name", "annotations"}  # a participant's name; the sources an answer cited
-NO_TOOLS = "this model does not call tools (it answers with text only)"
 MESSAGE_UNSUPPORTED = {
-    "tool_calls": (lambda v: v == [], NO_TOOLS, "leave it out"),
-    "function_call": (lambda v: False, NO_TOOLS, "leave it out"),
-    "tool_call_id": (lambda v: False, NO_TOOLS, "leave it out"),
+    "tool_calls": (lambda v: v == [], TOOLS, "leave it out"),
+    "function_call": (lambda v: False, TOOLS, "leave it out"),
+    "tool_call_id": (lambda v: False, TOOLS, "leave it out"),
     "refusal": (lambda v: v == "", "the chat template renders content only", "put the text in content"),
     "audio": (lambda v: False, "this model reads and answers text only", "leave it out"),
 }
@@ -222,7 +221,7 @@ class ChatRequest(Request):
             if message.get("role") in ("tool", "function"):
                 raise APIError(
                     400,
-                    f"messages.{i}.role: {NO_TOOLS}, so it reads no tool's answer; leave out the "
+                    f"messages.{i}.role: {TOOLS}, so it reads no tool's answer; leave out the "
                     f"messages of role {message['role']}",
                     f"messages.{i}.role",
                     "unsupported_parameter",
