@@ -237,6 +237,20 @@ def test_a_checkpoint_whose_model_field_breaks_a_newer_limit_is_refused_in_one_l
     )
 
 
+def test_a_saved_config_with_sections_by_their_python_names_keeps_the_same_rules(trained_run, tmp_path):
+    """A config.yaml edited by hand may name its sections as Python does (`training:`, `model:`),
+    which a config takes too: a training setting past a limit was a KeyError traceback, and a model
+    setting past one was waived as if it were a training setting, so the model was built with it."""
+    run = copy_run(trained_run, tmp_path)
+    saved = run / "checkpoints" / "best" / "config.yaml"
+    text = saved.read_text().replace("training_config:", "training:").replace("model_config:", "model:")
+    saved.write_text(text.replace("learning_rate: 0.003", "learning_rate: 2.0"))
+    assert ckpt.read_config(saved.parent).training.learning_rate == 2.0
+    saved.write_text(text.replace("norm_eps: 1.0e-05", "norm_eps: 1.0"))
+    with pytest.raises(UserError, match=r"model_config.norm_eps: input should be less than 1 \(got 1.0\)"):
+        ckpt.read_config(saved.parent)
+
+
 def test_resuming_a_run_saved_before_a_training_limit_says_which_overrides_continue_it(
     trained_run, tmp_path, capsys
 ):

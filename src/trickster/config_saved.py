@@ -39,6 +39,11 @@ def read_saved(file: Path, fix: str) -> Config:
 def saved_config(raw: dict[str, Any], source: str, fix: str) -> Config:
     """`raw` as a Config, the settings that do not build the model taken as saved even where a
     limit refuses them (see the module's docstring); a problem in what builds it, in one line."""
+    # sections by the names YAML gives them (a config also takes Python's, `training:`): the rules
+    # below, and pydantic's error locations, name them so
+    aliases = {name: alias for alias, name in SECTION_ALIASES.items()}
+    renamed = {aliases.get(key, key): value for key, value in raw.items()}
+    raw = renamed if len(renamed) == len(raw) else raw  # both names of one section: validation says so
     try:
         return _checked(Config.model_validate(raw), source, fix)
     except ValidationError as err:
