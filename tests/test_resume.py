@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 from trickster import cli
 from trickster.config import save_config
-from trickster.errors import UserError
+from trickster.errors import UserError, write_fix
 from trickster.model.transformer import Transformer
 from trickster.observe import plots
 from trickster.observe.events import read_metrics
@@ -415,6 +415,18 @@ def test_a_failed_checkpoint_write_leaves_earlier_checkpoints_intact(micro, monk
     assert ckpt.latest(run_dir).name == "step_000002"
     assert ckpt.load_checkpoint(run_dir / "checkpoints" / "step_000002").info["step"] == 2
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_000002"]
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="no /proc on this system")
+def test_a_user_refused_a_write_in_proc_is_not_told_to_make_it_writable(tmp_path):
+    """In /proc a user other than root is refused with EACCES, as in a folder whose mode refuses it
+    (root is told ENOENT, which test_cli_errors' /proc case sees): the file system's size (0
+    blocks) tells the two apart, and only the folder is to be made writable."""
+    fix = write_fix("choose another --out")
+    in_proc = PermissionError(errno.EACCES, "Permission denied", "/proc/self/metrics.jsonl")
+    in_folder = PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "metrics.jsonl"))
+    assert fix(in_proc) == "no file can be written there (as in /proc or /sys); choose another --out"
+    assert fix(in_folder) == "make the folder writable, or choose another --out"
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
