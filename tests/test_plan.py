@@ -504,7 +504,8 @@ def test_the_benchmark_recomputes_activations_when_the_run_does(micro, monkeypat
     cfg = micro(model_config={"vocab_size": 65}, device_config={"activation_checkpointing": recompute})
     with contextlib.suppress(plan_benchmark.BenchSkipped):
         plan_benchmark.benchmark(cfg, torch.device("cpu"), seconds=2)
-    assert calls["model"] >= 2
+    # one step at least (a busy machine may time only one before BenchSkipped), each a whole one
+    assert calls["model"] >= 1
     assert calls["block"] == calls["model"] * cfg.model.num_layers * (2 if recompute else 1)
 
 
