@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -675,3 +676,28 @@ def test_without_flock_training_is_refused_in_one_line_before_writing(micro, mon
     assert err.startswith("error: training needs a POSIX system") and "WSL2" in err
     assert len(err.splitlines()) == 1
     assert not (Path(cfg.logging.output_dir) / "metrics.jsonl").exists()
+
+
+def test_a_run_with_only_its_best_says_best_is_no_checkpoint_to_continue_from(
+    shakespeare_dir, tmp_path, capsys
+):
+    """A run killed after an evaluation wrote `best` but before its first numbered checkpoint
+    (eval_every below save_every) was told 'no complete checkpoint' beside a complete best."""
+    from trickster.train.signals import announce_signals
+
+    run = tmp_path / "run"
+    training = {"max_steps": 2, "warmup_steps": 0, "eval_every": 2, "sample_tokens": 0}
+    cfg = micro_config(shakespeare_dir, run, training_config=training)
+    train(cfg, **QUIET)
+    shutil.rmtree(run / "checkpoints" / "final")  # as a kill before the end of the run leaves it
+    assert ckpt.latest(run) is None and ckpt.is_complete(run / "checkpoints" / "best")
+
+    only_best = r"nothing to resume .*: no checkpoint to continue from .*checkpoints/best"
+    with pytest.raises(UserError, match=only_best):
+        train(cfg, resume=True, **QUIET)
+    capsys.readouterr()
+    announce_signals(run)[1](signal.SIGTERM)
+    assert "checkpoints/best holds the best weights so far" in capsys.readouterr().err
+    shutil.rmtree(run / "checkpoints" / "best")
+    with pytest.raises(UserError, match="nothing to resume .*: no complete checkpoint; "):
+        train(cfg, resume=True, **QUIET)

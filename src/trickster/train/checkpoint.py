@@ -215,6 +215,18 @@ def latest(run_dir: str | Path) -> Path | None:
     return max(candidates, key=lambda p: (checkpoint_step(p), p.name == "final"))
 
 
+def none_saved(run_dir: str | Path, otherwise: str = "no checkpoint was saved yet") -> str:
+    """Why a run folder has no checkpoint to continue from, for the lines that say so: a `best`
+    saved before the first numbered checkpoint (eval_every below save_every) is named, as a run
+    never continues from `best` (an evaluation's weights; a spike's rollback must go back further)."""
+    if is_complete(Path(run_dir) / "checkpoints" / "best"):
+        return (
+            "no checkpoint to continue from was saved yet (checkpoints/best holds the best weights "
+            "so far, for generate)"
+        )
+    return otherwise
+
+
 def numbered(run_dir: str | Path) -> list[Path]:
     """Complete numbered checkpoints, oldest first."""
     folder = Path(run_dir) / "checkpoints"

@@ -118,7 +118,8 @@ def lost_peer_error(trainer: Trainer, during: str, step: int, reason: str) -> Us
     """The one line for a collective that failed `during` "a training step", "an evaluation" or
     "a checkpoint" because another process died or went silent (dist.lost_peer's `reason`)."""
     good = ckpt.latest(trainer.run_dir)
-    where = f"continue from checkpoints/{good.name} with --resume" if good else "no checkpoint was saved yet"
+    where = ckpt.none_saved(trainer.run_dir)
+    where = f"continue from checkpoints/{good.name} with --resume" if good else where
     return UserError(
         f"another process of the job ended or stopped answering (within device_config.timeout_s="
         f"{trainer.cfg.device.timeout_s:g} s) during {during} at step {step}: {reason}; see torchrun's "

@@ -127,8 +127,9 @@ def open_run_dir(run_dir: Path, resume: bool | str) -> tuple[Path | None, list[s
             "--resume to continue a run there (nothing was overwritten)"
         )
     if resume is True and found is None:
+        none = ckpt.none_saved(run_dir, "no complete checkpoint")
         raise UserError(
-            f"nothing to resume in {run_dir}: no complete checkpoint; set training_config.resume=auto "
+            f"nothing to resume in {run_dir}: {none}; set training_config.resume=auto "
             "to start the run afresh there, or drop --resume and choose a new --out"
         )
     _make_folder(run_dir / "checkpoints", run_dir)
@@ -270,7 +271,7 @@ def truncate_metrics(path: Path, step: int, eval_due: bool = False) -> None:
 def diverged(run_dir: Path, state) -> UserError:
     """Too many non-finite steps in a row: where to go on from, and what to change first."""
     good = ckpt.latest(run_dir)
-    where = f"the last good checkpoint is {good}" if good else "no checkpoint was saved yet"
+    where = f"the last good checkpoint is {good}" if good else ckpt.none_saved(run_dir)
     return UserError(
         f"training stopped at step {state.step}: {state.nonfinite_streak} updates in a row had a "
         f"non-finite loss or gradient norm; {where}; lower training_config.learning_rate, keep "

@@ -126,7 +126,7 @@ def announce_signals(run_dir: Path, job: Dist | None = None) -> tuple:
 
     def second(signum: int) -> None:
         newest = ckpt.latest(run_dir)
-        where = f"checkpoints/{newest.name} is the newest checkpoint" if newest else "no checkpoint was saved"
+        where = f"checkpoints/{newest.name} is the newest checkpoint" if newest else ckpt.none_saved(run_dir)
         name = signal.Signals(signum).name
         # with no checkpoint, --resume answers 'nothing to resume': resume=auto starts afresh there
         again = continue_command(run_dir, job, "--resume" if newest else "training_config.resume=auto")
