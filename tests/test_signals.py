@@ -90,7 +90,8 @@ def test_a_second_signal_before_any_checkpoint_says_a_command_that_works(shakesp
     capsys.readouterr()
     announce_signals(run)[1](signal.SIGINT)
     err = capsys.readouterr().err
-    assert "second SIGINT: stopped at once; no checkpoint was saved yet; continue with: trickster " in err, err
+    said = "second SIGINT: stopped at once; no checkpoint was saved yet; continue with: trickster "
+    assert said in err, err
     command = shlex.split(err.split("continue with: ")[1])
     assert command[:2] == ["trickster", "train"]
     assert main([*command[1:], "--no-progress"]) == 0
