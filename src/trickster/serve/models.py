@@ -271,7 +271,7 @@ class Catalog:
 
 
 def _load_whole(path: Path, device: torch.device) -> Transformer:
-    """The model of the checkpoint folder at `path`, all read from one folder, though a training
+    """The model of the checkpoint folder at `path`, all read from one checkpoint, though a training
     run may replace it meanwhile (a new `best`, by atomic.replace_dir's two renames): a load that
     found it missing between the renames, or that read part of the old folder and part of the new,
     is made again once the new one is in place, for up to REPLACE_WAIT seconds."""
@@ -290,27 +290,27 @@ def _load_whole(path: Path, device: torch.device) -> Transformer:
         time.sleep(0.01)
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
-    """Which folder is at `path` (a replaced one is another folder), or None when none is."""
+def _identity(path: Path) -> tuple[int, ...] | None:
+    """Which checkpoint is at `path`, told apart without reading it: the folder's and its weights'
+    identity (a new checkpoint is a new folder renamed into place, with new files: the folder's inode
+    alone is not enough, as ext4 gives the inode of the folder a save deleted to the next one it
+    makes). None when either is missing."""
     try:
-        stat = path.stat()
+        folder, weights = path.stat(), (path / ckpt.WEIGHTS).stat()
     except OSError:
         return None
-    return stat.st_dev, stat.st_ino
+    return folder.st_dev, folder.st_ino, weights.st_ino, weights.st_mtime_ns
 
 
 def _version(path: Path) -> tuple[int, ...] | None:
-    """Which checkpoint is at `path` and what its info.json says, told apart without reading them:
-    the folder's and its weights' identity (a new checkpoint is a new folder renamed into place, with
-    new files: the folder's inode alone is not enough, as ext4 gives the inode of the folder a save
-    deleted to the next one it makes) and its info.json's (a rewrite renames a new file over it).
-    The first four identify the checkpoint. None when any is missing."""
+    """The checkpoint's _identity (its first four) and what its info.json says (a rewrite renames
+    a new file over it). None when any is missing."""
+    checkpoint = _identity(path)
     try:
-        folder, weights, info = path.stat(), (path / ckpt.WEIGHTS).stat(), (path / "info.json").stat()
+        info = (path / "info.json").stat()
     except OSError:
         return None
-    checkpoint = folder.st_dev, folder.st_ino, weights.st_ino, weights.st_mtime_ns
-    return *checkpoint, info.st_ino, info.st_mtime_ns, info.st_size
+    return None if checkpoint is None else (*checkpoint, info.st_ino, info.st_mtime_ns, info.st_size)
 
 
 def _checkpoints(target: Path) -> dict[str, Path]:
