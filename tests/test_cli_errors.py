@@ -2067,6 +2067,12 @@ CASES = [
         "config.yaml is missing or damaged",
     ),
     case(
+        "generate-config-nested-too-deeply",
+        _ckpt_with_corrupt("config.yaml", content=b"model_config: %s%s\n" % (b"[" * 100_000, b"]" * 100_000)),
+        "config.yaml is missing or damaged",
+        "use another checkpoint",
+    ),
+    case(
         "generate-missing-tokenizer",
         _ckpt_without("tokenizer.json"),
         "tokenizer.json is missing",

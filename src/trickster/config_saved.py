@@ -18,19 +18,21 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from trickster import untrusted
 from trickster.config import SECTION_ALIASES, Config
 from trickster.config_checks import check_model
 from trickster.config_errors import annotated_kinds, describe_all, waived
+from trickster.config_yaml import load_yaml
 from trickster.errors import UserError
 
 
 def read_saved(file: Path, fix: str) -> Config:
     """The config.yaml `file` of a run or checkpoint; `fix` ends the line when it cannot be read or
     the model it describes cannot be built."""
-    try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        raw = None  # missing, a folder, not UTF-8, not YAML
+    try:  # as every config is read (dates as text, a key given twice refused, Python's limits named)
+        raw = load_yaml(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, untrusted.Unreadable):
+        raw = None  # missing, a folder, not UTF-8, not YAML, nested too deeply
     if not isinstance(raw, dict):  # also an empty file, a list or a lone value
         raise UserError(f"{file} is missing or damaged; {fix}")
     return saved_config(raw, str(file), fix)
