@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from trickster import untrusted
 from trickster.data.paths import expand_paths
-from trickster.data.textfile import OPENERS, decode, json_lines, newlines, read_bytes, text_size
+from trickster.data.textfile import OPENERS, json_lines, read_bytes, text_of, text_size
 from trickster.errors import UserError
 
 if TYPE_CHECKING:
@@ -121,7 +121,7 @@ def shakespeare(path: str | Path | None = None, url: str = SHAKESPEARE_URL, time
                 f"{SHAKESPEARE_SHA256[:12]}...; retry, or pass a local copy with --path FILE"
             )
         source = url
-    text = newlines(decode(raw, source))
+    text = text_of(raw, source)
     return Corpus("shakespeare", [text], [source], hashlib.sha256(raw).hexdigest())
 
 
@@ -202,7 +202,7 @@ def text_files(patterns: list[str]) -> Source:
         digest[0] = hashlib.sha256()
         for path in files:
             raw = read_bytes(path)
-            text = newlines(decode(raw, str(path)))
+            text = text_of(raw, str(path))
             digest[0].update(raw)
             if text:
                 yield text
@@ -367,7 +367,7 @@ def _corpus_from_files(name: str, files: list[Path], skip_undecodable: bool = Fa
     for path in files:
         raw = read_bytes(path)
         try:
-            text = newlines(decode(raw, str(path)))
+            text = text_of(raw, str(path))
         except UserError:
             if skip_undecodable:
                 continue

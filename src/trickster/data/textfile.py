@@ -59,7 +59,12 @@ def text_size(files: list[Path]) -> int | None:
 
 
 def read_text(path: Path) -> str:
-    return newlines(decode(read_bytes(path), str(path)))
+    return text_of(read_bytes(path), str(path))
+
+
+def text_of(raw: bytes, name: str) -> str:
+    """A text file's bytes (`name` in an error) as a corpus reads them: decoded, line endings "\n"."""
+    return newlines(decode(raw, name))
 
 
 def newlines(text: str) -> str:
