@@ -562,6 +562,46 @@ ERRORS = [
         "stream_options.include_usage?); fix its name or leave it out",
         "stream_options.include_usge",
     ),
+    # a stream's options without a stream changed nothing: OpenAI and vLLM refuse them
+    (
+        "stream-options-without-stream",
+        _post("/v1/completions", {**GOOD, "stream_options": {"include_usage": True}}),
+        400,
+        'stream_options: only allowed when stream is true; send "stream": true, or leave stream_options out',
+        "stream_options",
+    ),
+    (
+        "chat-stream-options-without-stream",
+        _post("/v1/chat/completions", {**CHAT, "stream": False, "stream_options": {"include_usage": False}}),
+        400,
+        "stream_options: only allowed when stream is true",
+        "stream_options",
+    ),
+    # JSON's true and false are not numbers: `best_of: true` passed as 1 (True == 1 in Python)
+    *(
+        (
+            f"{field}-{json.dumps(value)}",
+            _post(path, {**body, field: value}),
+            400,
+            f"{field}: Input should be a valid {kind} (got {json.dumps(value)})",
+            field,
+        )
+        for path, body, field, kind, value in [
+            ("/v1/completions", GOOD, "best_of", "integer", True),
+            ("/v1/completions", GOOD, "best_of", "integer", 1.0),
+            ("/v1/completions", GOOD, "frequency_penalty", "number", False),
+            ("/v1/completions", GOOD, "presence_penalty", "number", False),
+            ("/v1/chat/completions", CHAT, "top_logprobs", "integer", False),
+            ("/v1/completions", GOOD, "max_tokens", "integer", True),
+            ("/v1/completions", GOOD, "n", "integer", True),
+            ("/v1/completions", GOOD, "seed", "integer", False),
+            ("/v1/completions", GOOD, "top_k", "integer", True),
+            ("/v1/completions", GOOD, "temperature", "number", False),
+            ("/v1/completions", GOOD, "top_p", "number", True),
+            ("/v1/chat/completions", CHAT, "max_tokens", "integer", True),
+            ("/v1/chat/completions", CHAT, "max_completion_tokens", "integer", True),
+        ]
+    ),
     (
         "completion-logprobs-true",
         _post("/v1/completions", {**GOOD, "logprobs": True}),

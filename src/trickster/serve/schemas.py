@@ -74,6 +74,9 @@ UNSUPPORTED = {
     "verbosity": (lambda v: False, "this server does not adjust the answer's length to it", "use max_tokens"),
     "web_search_options": (lambda v: False, "this server does not search the web", "leave it out"),
 }
+# the type OpenAI gives the numbers among them: checked before the value, as pydantic checks declared
+# fields, since Python's True == 1 and False == 0 (`best_of: true` passed as 1)
+NUMBERS = {"frequency_penalty": float, "presence_penalty": float, "best_of": int, "top_logprobs": int}
 # the same rules inside a chat message (OpenAI's fields of messages, an answer's sent back included)
 MESSAGE_HARMLESS = {"name", "annotations"}  # a participant's name; the sources an answer cited
 MESSAGE_UNSUPPORTED = {
@@ -128,6 +131,18 @@ class Request(BaseModel):
     @model_validator(mode="after")
     def _no_field_ignored(self):
         refuse_ignored(self.model_extra or {}, set(type(self).model_fields), HARMLESS, UNSUPPORTED)
+        return self
+
+    @model_validator(mode="after")
+    def _stream_options_with_a_stream(self):
+        """As OpenAI (and vLLM) refuse them: options of a stream that is not asked for change nothing."""
+        if self.stream_options is not None and not self.stream:
+            raise APIError(
+                400,
+                'stream_options: only allowed when stream is true; send "stream": true, or leave '
+                "stream_options out",
+                "stream_options",
+            )
         return self
 
     @field_validator("stop", mode="before")
@@ -241,6 +256,10 @@ def refuse_ignored(extra: dict, known: set[str], harmless: set[str], unsupported
         if value is None or name in harmless:  # null: OpenAI's "not given"
             continue
         if name in unsupported:
+            if name in NUMBERS and not _number(value, NUMBERS[name]):
+                kind = "integer" if NUMBERS[name] is int else "number"
+                got = json.dumps(value)[:80]
+                raise APIError(400, f"{at}{name}: Input should be a valid {kind} (got {got})", at + name)
             asks_nothing, why, fix = unsupported[name]
             if asks_nothing(value):
                 continue
@@ -258,6 +277,12 @@ def refuse_ignored(extra: dict, known: set[str], harmless: set[str], unsupported
             at + name,
             "unknown_parameter",
         )
+
+
+def _number(value, kind: type) -> bool:
+    """Whether a JSON value is of `kind` as pydantic's strict mode takes it: an int is a float too,
+    a bool is neither."""
+    return not isinstance(value, bool) and isinstance(value, (int, float) if kind is float else int)
 
 
 def _strings(value) -> bool:
