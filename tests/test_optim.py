@@ -96,3 +96,47 @@ def test_adamw_takes_the_betas_of_the_config(micro):
     model, cfg = model_and_config(micro, betas=[0.8, 0.9])
     optimizer = build_optimizer(model, cfg.training, CPU)
     assert [group["betas"] for group in optimizer.param_groups] == [(0.8, 0.9), (0.8, 0.9)]
+
+
+def newton_schulz_gain(singular_value: float, steps: int = 5) -> float:
+    """Where Muon's quintic Newton-Schulz iteration (Keller Jordan's coefficients, which
+    torch.optim.Muon takes) sends one singular value: on a matrix whose singular values are all
+    equal, the iteration acts on that one number."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    s = singular_value
+    for _ in range(steps):
+        s = a * s + b * s**3 + c * s**5
+    return s
+
+
+def test_muon_scales_each_update_by_sqrt_of_rows_over_cols_as_keller_jordan_and_nanochat_do(micro):
+    """The update's size, worked out from the shapes alone. With a gradient whose singular values
+    are all 1, Muon's first step orthogonalises G / ||G||_F (singular values 1 / sqrt(min(rows,
+    cols))), so every entry of the update is lr * scale * newton_schulz_gain(...) times G's.
+    `scale` is sqrt(max(1, rows / cols)) in Keller Jordan's Muon, modded-nanogpt and nanochat
+    (torch.optim.Muon's adjust_lr_fn="original"); "match_rms_adamw" (Moonshot's) would give
+    0.2 * sqrt(max(rows, cols)): 2.77 for both MLP matrices here, not 1.73 and 1."""
+    model, cfg = model_and_config(micro, optimizer="muon", muon_lr=0.02)
+    optimizer = build_optimizer(model, cfg.training, CPU)
+    block = model.layers[0].feed_forward
+    w1, w2 = block.w1.weight, block.w2.weight  # (mlp_dim, hidden) and (hidden, mlp_dim)
+    assert w1.shape == (192, 64) and w2.shape == (64, 192)
+    torch.manual_seed(0)
+    for p in (w1, w2):  # a semi-orthogonal gradient: every singular value 1
+        q, _ = torch.linalg.qr(torch.randn(max(p.shape), min(p.shape), dtype=torch.float64))
+        p.grad = (q if p.shape[0] >= p.shape[1] else q.T).float().contiguous()
+    grads = {p: p.grad.clone() for p in (w1, w2)}
+    before = {p: p.detach().clone() for p in (w1, w2)}
+    optimizer.step()
+
+    gain = newton_schulz_gain(1 / 64**0.5)
+    for p, scale in ((w1, (192 / 64) ** 0.5), (w2, 1.0)):
+        step = before[p] - p.detach()
+        expected = 0.02 * scale * gain * grads[p]
+        # Newton-Schulz runs in bfloat16: within 2% of the exact step, where the other setting is 60% off
+        assert step.norm().item() == pytest.approx(expected.norm().item(), rel=0.02)
+        cosine = torch.nn.functional.cosine_similarity(step.flatten(), expected.flatten(), dim=0)
+        assert cosine.item() > 0.999
+    # what stays whatever the iteration does: both matrices have 64 singular values alike
+    ratio = (before[w1] - w1.detach()).norm() / (before[w2] - w2.detach()).norm()
+    assert ratio.item() == pytest.approx(3**0.5, rel=0.02)

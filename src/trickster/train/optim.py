@@ -119,7 +119,8 @@ def build_optimizer(model: nn.Module, cfg: TrainingConfig, device: torch.device)
         lr=cfg.muon_lr,
         momentum=cfg.muon_momentum,
         weight_decay=cfg.muon_weight_decay,
-        # Keller Jordan's scale, sqrt(max(1, rows / cols)), as modded-nanogpt and nanochat use
+        # Keller Jordan's scale, sqrt(max(1, rows / cols)), as modded-nanogpt and nanochat use (not
+        # Moonshot's 0.2 * sqrt(max(rows, cols)); test_optim works the step out from the shapes)
         adjust_lr_fn="original",
     )
     return MuonAdamW(hidden, adamw)
