@@ -59,7 +59,7 @@ def test_generation_ends_before_the_stop_token():
     free = list(generate(model, prompt, 20, temperature=0))
     stop = free[5]
     first = free.index(stop)
-    assert list(generate(model, prompt, 20, temperature=0, stop_id=stop)) == free[:first]
+    assert list(generate(model, prompt, 20, temperature=0, stop_ids={stop})) == free[:first]
 
 
 def test_cached_logits_match_a_full_forward_pass():

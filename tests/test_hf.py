@@ -72,7 +72,7 @@ def assert_export_matches(checkpoint_path, out, text):
         torch.testing.assert_close(theirs(idx).logits, ours(idx)[0])
     n = 20
     mine = list(
-        generate(ours, ids, n, temperature=0, vocab_limit=tokenizer.vocab_size, stop_id=tokenizer.eot_id)
+        generate(ours, ids, n, temperature=0, vocab_limit=tokenizer.vocab_size, stop_ids=tokenizer.stop_ids)
     )
     assert hf_greedy(theirs, ids, n) == mine
     return theirs, hf_tok
@@ -361,6 +361,48 @@ def test_without_an_eos_token_in_tokenizer_config_the_first_of_config_jsons_eos_
     assert cli.main(["import", "hf", str(src), "--out", str(run)]) == 0
     tokenizer = load_tokenizer(run / "tokenizer.json")
     assert tokenizer.eot_id == 2 and tokenizer.decode([tokenizer.eot_id]) == ""  # </s>, a special token
+
+
+def test_generation_stops_on_any_of_the_eos_ids_the_model_lists(tmp_path, capsys):
+    """Llama 3.1's generation_config.json lists three end ids (<|end_of_text|>, <|eom_id|>,
+    <|eot_id|>), and transformers stops on any; `trickster generate` and serve stopped on the first
+    alone, writing on past the others. Here the second listed id is a token greedy decoding reaches:
+    generate, serve and the exported model (in transformers) all end the text before it."""
+    from transformers import AutoModelForCausalLM
+
+    httpx = pytest.importorskip("httpx")
+    from .live_server import live_server
+
+    src, theirs, hf_tok = tiny_llama(tmp_path)
+    ids, unused = hf_tok("ROMEO:")["input_ids"], list(range(300, 320))  # 320 rows, 300 ids
+    free = hf_greedy(theirs, ids, 16, suppress_tokens=unused)  # ended by </s> (2) alone
+    cut = next(k for k in range(2, len(free)) if free[k] not in free[:k])
+    end = free[cut]
+    assert len(free) == 16 and end != 2 and 2 not in free
+    for name in ("config.json", "generation_config.json"):
+        written = json.loads((src / name).read_text())
+        (src / name).write_text(json.dumps({**written, "eos_token_id": [2, end]}))
+    run = tmp_path / "run"
+    assert cli.main(["import", "hf", str(src), "--out", str(run)]) == 0
+    assert load_tokenizer(run / "tokenizer.json").stop_ids == {2, end}
+    expected = hf_tok.decode(ids + free[:cut], skip_special_tokens=True)
+    assert expected != hf_tok.decode(ids + free, skip_special_tokens=True)
+
+    capsys.readouterr()
+    argv = ["generate", str(run), "--prompt", "ROMEO:", "--max-new-tokens", "16", "--temperature", "0"]
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out == expected + "\n"
+
+    with live_server(run, checkpoints=["final"]) as live:
+        body = {"model": "final", "prompt": "ROMEO:", "max_tokens": 16, "temperature": 0}
+        choice = httpx.post(live.url + "/v1/completions", json=body, timeout=60).json()["choices"][0]
+    assert "ROMEO:" + choice["text"] == expected and choice["finish_reason"] == "stop"
+
+    assert cli.main(["export", str(run), "--format", "hf", "--out", str(tmp_path / "back")]) == 0
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "back", dtype=torch.float32).eval()
+    assert back.config.eos_token_id == back.generation_config.eos_token_id == [2, end]
+    out = back.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False, suppress_tokens=unused)
+    assert out[0, len(ids) :].tolist() == [*free[:cut], end]
 
 
 def test_an_imported_model_fine_tunes_with_lora_and_exports(tmp_path, capsys):

@@ -910,12 +910,12 @@ def test_engine_batch_matches_lone_generation():
                 done.set()
 
         jobs.append((prompt, sampling, events, done))
-        engine.submit(model, 60, Sequence(prompt, sampling, emit, stop_id=12))
+        engine.submit(model, 60, Sequence(prompt, sampling, emit, stop_ids={12}))
     try:
         for prompt, s, events, done in jobs:
             assert done.wait(60)
             alone = generate(
-                model, prompt, s.max_tokens, s.temperature, s.top_k, s.top_p, s.seed, 60, stop_id=12
+                model, prompt, s.max_tokens, s.temperature, s.top_k, s.top_p, s.seed, 60, stop_ids={12}
             )
             assert [e.id for e in events[:-1]] == list(alone)
             assert events[-1] == Finished("length" if len(events) - 1 == s.max_tokens else "stop")

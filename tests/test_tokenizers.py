@@ -201,6 +201,23 @@ def test_an_hf_tokenizer_has_a_bos_only_where_its_template_puts_one_first(templa
     assert tok.start_ids() == ([] if bos is None else [bos])
 
 
+def test_an_hf_tokenizers_other_end_ids_are_saved_and_checked(tmp_path):
+    """The ids beside eos that end a text (an imported Llama 3.1's) come back with the tokenizer;
+    without any, it saves as before (the same fingerprint); ids it has not are a damaged file."""
+    hf = pytest.importorskip("tokenizers")
+    backend = hf.Tokenizer(hf.models.WordLevel({"</s>": 0, "<|eot|>": 1, "a": 2}, unk_token="a"))
+    tok = tokenizers.HFTokenizer(json.loads(backend.to_str()), {"eos_token": "</s>"})
+    assert tok.stop_ids == {0} and "eos_ids" not in tok.to_dict()
+    ended = tokenizers.HFTokenizer(tok.tokenizer_json, tok.config, [1])
+    assert ended.stop_ids == {0, 1} and ended.fingerprint() != tok.fingerprint()
+    ended.save(tmp_path / "tokenizer.json")
+    assert load_tokenizer(tmp_path / "tokenizer.json").stop_ids == {0, 1}
+    for bad in ([3], [True], ["1"], 1):
+        (tmp_path / "tokenizer.json").write_text(json.dumps({**ended.to_dict(), "eos_ids": bad}))
+        with pytest.raises(UserError, match="not a valid tokenizer"):
+            load_tokenizer(tmp_path / "tokenizer.json")
+
+
 # --------------------------------------------------------------------------- gpt2 (tiktoken)
 
 

@@ -175,7 +175,7 @@ def _stream(model, tokenizer, ids, sampling: Sampling, use_cache: bool = True) -
         sampling.top_p,
         sampling.seed,
         vocab_limit=tokenizer.vocab_size,
-        stop_id=tokenizer.eot_id,
+        stop_ids=tokenizer.stop_ids,
         use_cache=use_cache,
     ):
         out.write(decode_next(token))

@@ -30,12 +30,12 @@ from pathlib import Path
 import numpy as np
 
 from trickster.atomic import replace_file
+from trickster.data.hf_tokens import require_tokenizers, special_token_text
 from trickster.errors import UserError
 
 EOT_TEXT = "<|endoftext|>"
 PAD_TEXT = "<|pad|>"
 KINDS = ("char", "byte", "bpe", "gpt2", "hf")
-HF_EXTRA = "pip install 'nano-trickster[hf]'"
 DEFAULT_BPE_VOCAB = 4096
 LARGEST_BPE_VOCAB = 2**24  # 64 times Gemma's 262,144
 LONGEST_RUN = 1000  # characters of a run the BPE trainer sees: 300,000 letters took 54 s, 2 MB hung
@@ -51,10 +51,16 @@ class Tokenizer:
     kind: str
     eot_id: int | None  # end-of-text separator between documents, if this tokenizer has one
     bos_id: int | None = None  # start of every sequence, if this tokenizer has one
+    eos_ids: tuple[int, ...] = ()  # other ids that end a generated text (HFTokenizer's)
 
     def start_ids(self) -> list[int]:
         """What a document or a prompt starts with: [bos_id], or nothing."""
         return [] if self.bos_id is None else [self.bos_id]
+
+    @property
+    def stop_ids(self) -> frozenset[int]:
+        """The ids that end a generated text: end-of-text, and any other the model lists."""
+        return frozenset({self.eot_id, *self.eos_ids} - {None})
 
     @property
     def vocab_size(self) -> int:
@@ -187,12 +193,13 @@ class HFTokenizer(Tokenizer):
 
     `encode` adds no special tokens; `bos_id` is the id the tokenizer's own template puts first
     (found by encoding once with and once without special tokens), so callers add it themselves
-    exactly where a sequence starts. Decoding drops special tokens.
+    exactly where a sequence starts. Decoding drops special tokens. `eos_ids`: as the model's
+    generation_config.json lists them beside eos (Llama 3.1's <|eom_id|>, <|eot_id|>).
     """
 
     kind = "hf"
 
-    def __init__(self, tokenizer_json: dict, config: dict | None = None):
+    def __init__(self, tokenizer_json: dict, config: dict | None = None, eos_ids: Iterable[int] = ()):
         tokenizers = require_tokenizers()
         self.tokenizer_json = tokenizer_json
         self.config = dict(config or {})  # tokenizer_config.json: special tokens, chat template
@@ -208,6 +215,9 @@ class HFTokenizer(Tokenizer):
         self.bos_id = with_special[0] if starts else None
         eos = special_token_text(self.config.get("eos_token"))
         self.eot_id = self.backend.token_to_id(eos) if eos else None
+        self.eos_ids = tuple(sorted(set(eos_ids)))
+        if not all(type(i) is int and 0 <= i < self.vocab_size for i in self.eos_ids):
+            raise ValueError(f"eos_ids must be ids of this tokenizer, below {self.vocab_size}")
 
     @property
     def vocab_size(self) -> int:
@@ -241,7 +251,8 @@ class HFTokenizer(Tokenizer):
         return decode_next
 
     def to_dict(self) -> dict:
-        return {"kind": "hf", "tokenizer": self.tokenizer_json, "config": self.config}
+        extra = {"eos_ids": list(self.eos_ids)} if self.eos_ids else {}  # none: the same fingerprint
+        return {"kind": "hf", "tokenizer": self.tokenizer_json, "config": self.config, **extra}
 
 
 class BPETokenizer(HFTokenizer):
@@ -385,21 +396,6 @@ def _gpt2_byte_lengths() -> list[int]:
     return [len(encoding.decode_single_token_bytes(i)) for i in range(GPT2Tokenizer.eot_id)] + [0]
 
 
-def special_token_text(token) -> str | None:
-    """tokenizer_config.json writes a special token as "</s>" or as {"content": "</s>", ...}."""
-    if isinstance(token, dict):
-        token = token.get("content")
-    return token if isinstance(token, str) and token else None
-
-
-def require_tokenizers():
-    try:
-        import tokenizers
-    except ImportError:
-        raise UserError(f"Hugging Face tokenizers need the `tokenizers` package: {HF_EXTRA}") from None
-    return tokenizers
-
-
 def from_dict(data: dict) -> Tokenizer:
     kind = data.get("kind")
     if kind == "char":
@@ -411,7 +407,7 @@ def from_dict(data: dict) -> Tokenizer:
     if kind == "gpt2":
         return GPT2Tokenizer()
     if kind == "hf":
-        return HFTokenizer(data["tokenizer"], data.get("config"))
+        return HFTokenizer(data["tokenizer"], data.get("config"), data.get("eos_ids", ()))
     raise UserError(f"unknown tokenizer kind {kind!r}; expected one of {', '.join(KINDS)}")
 
 

@@ -36,7 +36,8 @@ from safetensors.torch import save_file
 
 from trickster.atomic import new_folder, restore_replaced
 from trickster.config import ModelConfig, config_from_dict, save_config
-from trickster.data.tokenizers import EOT_TEXT, HFTokenizer, Tokenizer, require_tokenizers, special_token_text
+from trickster.data.hf_tokens import require_tokenizers, special_token_text
+from trickster.data.tokenizers import EOT_TEXT, HFTokenizer, Tokenizer
 from trickster.errors import UserError
 from trickster.model.transformer import Transformer
 from trickster.observe.manifest import run_manifest
@@ -100,7 +101,7 @@ def hf_config(m: ModelConfig, tokenizer: Tokenizer, dtype: str = "float32") -> d
         "initializer_range": 0.02,
         "use_cache": True,
         "bos_token_id": tokenizer.bos_id,
-        "eos_token_id": tokenizer.eot_id,
+        "eos_token_id": eos_token_id(tokenizer),
         "pad_token_id": None,
         "torch_dtype": dtype,
     }
@@ -109,10 +110,19 @@ def hf_config(m: ModelConfig, tokenizer: Tokenizer, dtype: str = "float32") -> d
 def generation_config(m: ModelConfig, tokenizer: Tokenizer) -> dict:
     """Special ids, and the embedding rows the tokenizer never produces (a 256-row model trained
     on 65 characters) suppressed, as `trickster generate` masks them."""
-    config = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eot_id}
+    config = {"bos_token_id": tokenizer.bos_id, "eos_token_id": eos_token_id(tokenizer)}
     if m.vocab_size > tokenizer.vocab_size:
         config["suppress_tokens"] = list(range(tokenizer.vocab_size, m.vocab_size))
     return config
+
+
+def eos_token_id(tokenizer: Tokenizer) -> int | list[int] | None:
+    """The end-of-text id, or, for a model that several ids end (an imported Llama 3.1), the list of
+    them, end-of-text first (as import reads it back)."""
+    others = sorted(tokenizer.stop_ids - {tokenizer.eot_id})
+    if not others:
+        return tokenizer.eot_id
+    return [tokenizer.eot_id, *others] if tokenizer.eot_id is not None else others
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -336,7 +346,23 @@ def load_hf_tokenizer(src: Path, hf: dict) -> HFTokenizer:
         text = tokenizer.backend.id_to_token(eos)
         if text is not None:
             tokenizer = HFTokenizer(tokenizer.tokenizer_json, {**config, "eos_token": text})
+    ends = [i for i in _eos_ids(src, hf) if i != tokenizer.eot_id and 0 <= i < tokenizer.vocab_size]
+    if ends:  # the others: generation stops on them too
+        tokenizer = HFTokenizer(tokenizer.tokenizer_json, tokenizer.config, ends)
     return tokenizer
+
+
+def _eos_ids(src: Path, hf: dict) -> list[int]:
+    """The ids that end a generated text, as transformers' generate takes them: generation_config.json's
+    eos_token_id, else config.json's; one id or a list (Llama 3.1 lists three)."""
+    generation = src / "generation_config.json"
+    if generation.is_file():
+        given = _read_json(generation, "save the model again").get("eos_token_id")
+        if given is not None:
+            hf = {"eos_token_id": given}
+    ids = hf.get("eos_token_id")
+    ids = ids if isinstance(ids, list) else [ids]
+    return [i for i in ids if type(i) is int]
 
 
 def import_hf(src: str | Path, run_dir: str | Path) -> Path:

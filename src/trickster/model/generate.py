@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 
 import torch
 
@@ -59,7 +59,7 @@ def generate(
     top_p: float | None = None,
     seed: int | None = None,
     vocab_limit: int | None = None,
-    stop_id: int | None = None,
+    stop_ids: Collection[int] = (),
     use_cache: bool = True,
     dtype: torch.dtype | None = None,
     agree: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -69,6 +69,7 @@ def generate(
     `agree`: applied to each drawn token before it is used; a model sharded over processes
     passes rank 0's choice to every rank here, so all of them feed (and stop on) the same token.
 
+    `stop_ids`: the ids that end the text (Tokenizer.stop_ids), never yielded.
     `vocab_limit` masks embedding rows the tokenizer never produces (a 256-row model on a 65-symbol
     corpus). With the cache, each step feeds one token; without it, the whole window is re-run.
     Once the context is full, generation continues over the last max_seq_len tokens (uncached).
@@ -107,7 +108,7 @@ def generate(
                     if agree is not None:
                         choice = agree(choice)
                     token = int(choice.item())
-                if token == stop_id:
+                if token in stop_ids:
                     return
                 tokens.append(token)
                 pending = [token]

@@ -11,8 +11,9 @@ from __future__ import annotations
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from trickster.data.hf_tokens import special_token_text
 from trickster.data.sources import checked_text
-from trickster.data.tokenizers import Tokenizer, special_token_text
+from trickster.data.tokenizers import Tokenizer
 from trickster.errors import UserError
 
 

@@ -130,7 +130,7 @@ class Generation:
                     loop.call_soon_threadsafe(self._arrive, index, event)
 
                 sequence = Sequence(
-                    ids, Sampling(**sampling, seed=choice_seed), emit, stop_id=tokenizer.eot_id
+                    ids, Sampling(**sampling, seed=choice_seed), emit, stop_ids=tokenizer.stop_ids
                 )
                 decode = tokenizer.stream_decoder(context=ids)
                 self.choices.append(Choice(index, ids, sequence, decode, StopStrings(stops)))

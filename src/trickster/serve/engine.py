@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import torch
@@ -47,7 +47,7 @@ class Token:
 
 @dataclass
 class Finished:
-    reason: str  # "stop" (the end-of-text token) or "length" (max_tokens reached)
+    reason: str  # "stop" (an end-of-text token) or "length" (max_tokens reached)
 
 
 @dataclass
@@ -65,7 +65,7 @@ class Sequence:
     prompt_ids: list[int]
     sampling: Sampling
     emit: Callable[[Event], None]
-    stop_id: int | None = None
+    stop_ids: Collection[int] = ()  # the ids that end it (Tokenizer.stop_ids)
     cancelled: bool = False  # set by the request (client gone, or a stop string seen)
     generated: int = 0
     last: int = -1  # the newest token, not yet fed to the model
@@ -157,7 +157,7 @@ class Batch:
         mask_unused_rows(logits, self.vocab_limit)
         s = seq.sampling
         token = int(sample(logits, s.temperature, s.top_k, s.top_p, seq.generator).item())
-        if token == seq.stop_id:
+        if token in seq.stop_ids:
             seq.cancelled = True
             seq.emit(Finished("stop"))
             return

@@ -109,7 +109,7 @@ def sample_text(
         temperature=0.8,
         seed=seed,
         vocab_limit=tokenizer.vocab_size,
-        stop_id=tokenizer.eot_id,
+        stop_ids=tokenizer.stop_ids,
         agree=agree,
         dtype=dtype,
     )
