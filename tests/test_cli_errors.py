@@ -232,6 +232,17 @@ def _resume_saved_before_a_limit(env: Env) -> list[str]:
     return ["train", "--config", run / "config.yaml", "--out", run, "--no-progress", "--resume"]
 
 
+def _resume_with_a_setting_of_the_wrong_kind(env: Env) -> list[str]:
+    """A run whose config.yaml (and its checkpoints') was edited by hand: `learning_rate: abc`.
+    The checkpoints still load (generate, serve); training with it names the key and the fix."""
+    run = env.copy_run()
+    for config in [run / "config.yaml", *run.glob("checkpoints/*/config.yaml")]:
+        text = config.read_text()
+        assert "learning_rate: 0.003\n" in text
+        config.write_text(text.replace("learning_rate: 0.003\n", "learning_rate: abc\n"))
+    return ["train", "--config", run / "config.yaml", "--out", run, "--no-progress", "--resume"]
+
+
 def _resume_with_another_optimizer(env: Env) -> list[str]:
     return _trained_run_copy_with(env, "--resume", "training_config.optimizer=muon")
 
@@ -1349,6 +1360,13 @@ CASES = [
         "run-copy/config.yaml: training_config.sample_tokens: input should be less than or equal to "
         "100000 (got 200000); to continue the run, set training_config.sample_tokens on the command "
         "line within the limits, e.g. training_config.sample_tokens=100000",
+    ),
+    case(
+        "resume-run-with-a-setting-of-the-wrong-kind",
+        _resume_with_a_setting_of_the_wrong_kind,
+        "run-copy/config.yaml: training_config.learning_rate: input should be a valid number, unable "
+        "to parse string as a number (got 'abc'); to continue the run, set training_config.learning_rate "
+        "on the command line within the limits, e.g. training_config.learning_rate=0.0003",
     ),
     case(
         "resume-with-another-optimizer",

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from trickster import cli
-from trickster.config import Config, config_from_dict
+from trickster.config import Config, TrainingConfig, config_from_dict, load_config
+from trickster.config_yaml import SAVED_MARK
 from trickster.data.loader import load_data
 from trickster.errors import UserError
 from trickster.observe.curves import Curves
@@ -279,3 +280,75 @@ def test_resuming_a_run_saved_before_a_training_limit_says_which_overrides_conti
     assert resume["changed"]["training_config.sample_tokens"] == [200000, 0]
     assert "sample_tokens: 0" in (run / "config.yaml").read_text()
     assert events(run, "end")[-1]["step"] == 14
+
+
+# ------------------------------------------------------------------ config.yaml edited by hand
+
+WRONG_KIND = (("learning_rate: 0.003", "learning_rate: abc"), ("seed: 7", "seed: seven"))
+
+
+def test_a_checkpoint_with_a_training_setting_of_the_wrong_kind_still_loads_for_inference(
+    trained_run, tmp_path, capsys
+):
+    """`learning_rate: abc` or `seed: seven` in a checkpoint's config.yaml (a hand edit) made
+    generate, compare, info, runs and export refuse it as damaged, although the model does not use
+    those settings: they are set aside for their defaults (compare seeds its untrained model with
+    `seed`). What builds the model is still checked in full."""
+    run = copy_run(trained_run, tmp_path)
+    saved_with(run, *WRONG_KIND)
+    capsys.readouterr()
+
+    assert cli.main(["generate", str(run), "--max-new-tokens", "3", "--device", "cpu"]) == 0
+    assert cli.main(["compare", str(run), "--max-new-tokens", "2"]) == 0
+    assert cli.main(["export", str(run), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
+    assert cli.main(["runs", str(tmp_path)]) == 0
+    assert "finished" in capsys.readouterr().out.splitlines()[-1]
+    cfg = ckpt.read_config(run / "checkpoints" / "final")
+    defaults = TrainingConfig()
+    assert (cfg.training.learning_rate, cfg.training.seed) == (defaults.learning_rate, defaults.seed)
+
+    saved_with(run, ("hidden_dim: 64", "hidden_dim: abc"))
+    with pytest.raises(UserError, match=r"model_config.hidden_dim: .*\(got 'abc'\); use another checkpoint"):
+        ckpt.load_checkpoint(run)
+
+
+@pytest.mark.parametrize("edits", [BEFORE_LIMITS, WRONG_KIND], ids=["past-a-limit", "wrong-kind"])
+def test_info_describes_a_run_config_that_training_would_refuse(trained_run, tmp_path, capsys, edits):
+    """`trickster info --config RUN/config.yaml` said how to continue the run (an error, status 2)
+    where it should describe the model: it reads the config as the run's checkpoints are read, and
+    notes what training with it would have to set."""
+    run = copy_run(trained_run, tmp_path)
+    saved_with(run, *edits)
+    capsys.readouterr()
+    assert cli.main(["info", "--config", str(run / "config.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("model: hidden 64, 2 layers") and "total" in out
+    keys = [f"training_config.{now.partition(':')[0]}" for now, _ in edits]
+    note = out.splitlines()[-1]
+    assert note.startswith(f"note: to train with {run / 'config.yaml'}, set these on the command line: ")
+    assert all(f"{key}: input should be" in note for key in keys)
+
+
+def test_a_run_config_without_the_saved_mark_is_still_known_by_where_it_lies(trained_run, tmp_path):
+    """A run saved before config.yaml began with its mark: known as a run's by its place (beside
+    manifest.json and checkpoints/, or in a checkpoint), its limits still named with the overrides
+    that continue it. A config of one's own is not taken for a run's (one named config.yaml
+    beside a checkpoints folder was), and a run's copied elsewhere still is."""
+    run = copy_run(trained_run, tmp_path)
+    saved_with(run, ("sample_tokens: 40", "sample_tokens: 200000"))
+    hint = "to continue the run, set training_config.sample_tokens on the command line"
+    for config in [run / "config.yaml", run / "checkpoints" / "final" / "config.yaml"]:
+        assert config.read_text().startswith(SAVED_MARK)
+        copied = tmp_path / "copied.yaml"
+        shutil.copy(config, copied)
+        config.write_text(config.read_text().removeprefix(SAVED_MARK))
+        for path in (config, copied):
+            with pytest.raises(UserError, match=hint):
+                load_config(path)
+    own = tmp_path / "project" / "config.yaml"
+    (own.parent / "checkpoints").mkdir(parents=True)
+    own.write_text(copied.read_text().removeprefix(SAVED_MARK))
+    with pytest.raises(UserError) as raised:
+        load_config(own)
+    assert "sample_tokens: input should be less than or equal to 100000" in str(raised.value)
+    assert "to continue the run" not in str(raised.value)

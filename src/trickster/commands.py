@@ -283,9 +283,9 @@ def info_command(source: ConfigSource, checkpoint: str | None = None) -> None:
     """The model a config or checkpoint describes; a checkpoint adds its provenance and config."""
     if checkpoint:
         loaded = ckpt.load_checkpoint(checkpoint)
-        cfg, info = loaded.cfg, loaded.info
+        cfg, info, waived = loaded.cfg, loaded.info, []
     else:
-        cfg, info = source.load(), None
+        (cfg, waived), info = source.described(), None
     cfg, note = assumed_vocab(cfg)
     b = parameter_breakdown(cfg.model)
     m = cfg.model
@@ -300,6 +300,8 @@ def info_command(source: ConfigSource, checkpoint: str | None = None) -> None:
     print(f"  total           {b.total:>14,}")
     fpt = flops_per_token(m, cfg.seq_len, cfg.training.lora)  # a LoRA run's: no frozen weights' gradients
     print(f"training FLOPs per token (context {cfg.seq_len}): {fpt:,}")
+    if waived:  # a run's config.yaml: what training with it must set, which the model does not use
+        print(f"note: to train with {source.config}, set these on the command line: {'; '.join(waived)}")
     if info:
         print(
             f"checkpoint: {loaded.path} (step {info['step']}, val loss {_loss(info.get('val_loss'))}, "

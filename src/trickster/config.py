@@ -34,7 +34,7 @@ from trickster.config_errors import (
     override_within_limits,
     section_at,
 )
-from trickster.config_yaml import load_yaml, parse_yaml
+from trickster.config_yaml import SAVED_MARK, load_yaml, parse_yaml, read_config_file
 from trickster.errors import UserError
 from trickster.presets import preset_text
 from trickster.units import whole_number, whole_seconds
@@ -342,45 +342,30 @@ SECTIONS = {name: field.annotation for name, field in Config.model_fields.items(
 SECTION_ALIASES = {field.alias: name for name, field in Config.model_fields.items()}
 
 
-MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB of YAML; presets are under 2 KB
-
-
 def load_config(
     path: str | Path | None = None, preset: str | None = None, overrides: list[str] = ()
 ) -> Config:
     """Build a Config from a preset or YAML file, then apply `section.key=value` overrides."""
+    raw, source, saved = raw_config(path, preset, overrides)
+    return config_from_dict(raw, source, [o.partition("=")[0].strip() for o in overrides], saved)
+
+
+def raw_config(
+    path: str | Path | None = None, preset: str | None = None, overrides: Sequence[str] = ()
+) -> tuple[dict[str, Any], str, bool]:
+    """The sections of a preset or YAML file with the overrides applied, what they came from, and
+    whether a run saved them (its config.yaml may hold a value saved before a limit)."""
     if path is not None and preset is not None:
         raise UserError("give either --preset or --config, not both")
     raw: dict[str, Any] = {}
-    source = "defaults"
+    source, saved = "defaults", False
     if preset is not None:
         raw, source = parse_yaml(preset_text(preset), f"preset {preset}"), f"preset {preset}"
     elif path is not None:
-        path = Path(path)
-        if path.is_dir():
-            raise UserError(f"config file {path} is a folder; pass a YAML file to --config")
-        if path.exists() and not path.is_file():  # a FIFO or a device: reading may never end
-            raise UserError(f"config file {path} is not a regular file; pass a YAML file to --config")
-        if not path.is_file():
-            raise UserError(f"config file {path} not found; pass an existing YAML file to --config")
-        if path.stat().st_size > MAX_CONFIG_BYTES:  # PyYAML reads ~1 MB/s: 50 MB looked like a hang
-            raise UserError(
-                f"config file {path} is {path.stat().st_size:,} bytes, more than the "
-                f"{MAX_CONFIG_BYTES:,} a config needs; pass the right file to --config"
-            )
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as err:
-            raise UserError(
-                f"{path} is not UTF-8 text (bad byte at offset {err.start}); save it as UTF-8"
-            ) from None
-        raw, source = parse_yaml(text, str(path)), str(path)
+        (raw, saved), source = read_config_file(Path(path)), str(path)
     for override in overrides:
         _apply_override(raw, override)
-    # a run's (or a checkpoint's) own config.yaml may hold a value saved before a limit
-    saved = path is not None and path.name == "config.yaml"
-    saved = saved and ((path.parent / "checkpoints").is_dir() or path.parent.parent.name == "checkpoints")
-    return config_from_dict(raw, source, [o.partition("=")[0].strip() for o in overrides], saved)
+    return raw, source, saved
 
 
 def config_from_dict(
@@ -394,7 +379,7 @@ def config_from_dict(
         cfg = Config.model_validate(raw)
     except ValidationError as err:
         problems = describe_all(Config, err.errors())
-        problems += override_within_limits(err.errors(), overridden) if saved else []
+        problems += override_within_limits(Config, err.errors(), overridden) if saved else []
     else:
         problems = check(cfg)
     if not problems:
@@ -402,9 +387,10 @@ def config_from_dict(
     raise UserError(f"{blamed(source, problems, overridden)}: " + "; ".join(problems)) from None
 
 
-def save_config(cfg: Config, path: str | Path) -> None:
-    """config.yaml, replaced in one rename: a resume killed while it writes leaves the old one."""
-    replace_file(Path(path), cfg.to_yaml())
+def save_config(cfg: Config, path: str | Path, by_run: bool = False) -> None:
+    """config.yaml, replaced in one rename: a resume killed while it writes leaves the old one.
+    `by_run`: a run's own (or its checkpoint's), marked as such (config_yaml.SAVED_MARK)."""
+    replace_file(Path(path), (SAVED_MARK if by_run else "") + cfg.to_yaml())
 
 
 def _apply_override(raw: dict[str, Any], override: str) -> None:

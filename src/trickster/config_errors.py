@@ -164,8 +164,9 @@ def _names(problem: str, key: str) -> bool:
 # What builds the model: a saved config's problem there is never waived (config_saved)
 BUILDS_MODEL = {"model_config", "training_config.lora", "training_config.seq_len"}
 # pydantic's error types for a value of the right kind that a limit refuses, and for a key a later
-# version dropped; any other (a wrong type, a damaged file) is refused as before
-WAIVED = {
+# version dropped: a saved config keeps such a value as saved. Any other problem outside what builds
+# the model (a wrong type: `learning_rate: abc`, `sample_prompt: 5`) sets the value aside for its default
+KEPT_AS_SAVED = {
     "greater_than",
     "greater_than_equal",
     "less_than",
@@ -180,31 +181,41 @@ WAIVED = {
 
 
 def waived(error: dict[str, Any]) -> bool:
-    """Whether a saved config's validation `error` may be waived for inference: a training setting
-    beyond a limit (or a key dropped) since it was saved."""
+    """Whether a saved config's validation `error` may be waived for inference: it is about one
+    setting (not a whole section) that does not build the model."""
     loc = error["loc"]
-    if len(loc) < 2 or error["type"] not in WAIVED:
-        return False
-    return loc[0] not in BUILDS_MODEL and f"{loc[0]}.{loc[1]}" not in BUILDS_MODEL
+    return len(loc) >= 2 and loc[0] not in BUILDS_MODEL and f"{loc[0]}.{loc[1]}" not in BUILDS_MODEL
 
 
-def override_within_limits(errors: list[dict[str, Any]], overridden: Sequence[str]) -> list[str]:
+def override_within_limits(
+    root: type[BaseModel], errors: list[dict[str, Any]], overridden: Sequence[str]
+) -> list[str]:
     """For a config.yaml a run saved (`trickster train --config RUN/config.yaml --resume`): the
-    training settings it holds beyond a limit added since, not `overridden` yet, and the overrides
-    that set them within it, as one more problem; none when there are none."""
-    bounds = {"less_than_equal": "le", "greater_than_equal": "ge"}
+    training settings it holds that this version refuses (beyond a limit added since, or of a
+    wrong kind), not `overridden` yet, and the overrides that set them right (the limit, or the
+    default), as one more problem; none when there are none."""
     found = [e for e in errors if waived(e) and e["type"] != "extra_forbidden"]
     keys = list(dict.fromkeys(_dotted(e["loc"][:2]) for e in found))
     keys = [key for key in keys if key not in overridden]
     if not keys:
         return []
-    examples = [
-        f"{_dotted(e['loc'])}={e['ctx'][bounds[e['type']]]}"
-        for e in found
-        if e["type"] in bounds and len(e["loc"]) == 2 and _dotted(e["loc"]) in keys
-    ]
+    examples = [example for key in keys if (example := _example(root, key, found))]
     example = f", e.g. {' '.join(examples)}" if examples else ""
     return [
         f"to continue the run, set {', '.join(keys)} on the command line within the limits{example} "
         "(its config.yaml is then saved with them)"
     ]
+
+
+def _example(root: type[BaseModel], key: str, errors: list[dict[str, Any]]) -> str | None:
+    """`key=value` for the override that sets `key` right: the limit it passed, or else its default
+    (when that is a plain number, switch or word)."""
+    bounds = {"less_than_equal": "le", "greater_than_equal": "ge"}
+    own = [e for e in errors if _dotted(e["loc"][:2]) == key]
+    if all(e["type"] in bounds and len(e["loc"]) == 2 for e in own):
+        return " ".join(f"{key}={e['ctx'][bounds[e['type']]]}" for e in own[:1])
+    section, name = key.split(".")
+    default = section_at(root, [section]).model_fields[name].default
+    if isinstance(default, int | float | str) and re.fullmatch(r"[\w.+-]+", shown(default)):
+        return f"{key}={shown(default)}"
+    return None

@@ -1,13 +1,14 @@
 """A config.yaml that trickster saved with a run or a checkpoint, read back by a later version.
 
 A later version may refuse a value an earlier one saved, as its limits grow stricter
-(`sample_tokens` over 100,000, `learning_rate` over 1). What builds the model and its windows
+(`sample_tokens` over 100,000, `learning_rate` over 1), and a file edited by hand may hold a value
+of the wrong kind (`learning_rate: abc`, `log_every: true`). What builds the model and its windows
 (model_config, training_config.lora, training_config.seq_len) must still pass every check: the
 weights are loaded into what it describes. The other settings only steer training, so a saved
-value beyond a limit added since is kept as saved, and generate, serve, eval, info, export,
-init_from, `runs` and the comparison a resume makes still read the checkpoint. Training itself
-validates its own config in full (config.load_config; a run folder's config.yaml says which keys
-to set on the command line).
+value beyond a limit added since is kept as saved, one of the wrong kind is set aside (the setting
+takes its default), and generate, serve, eval, info, export, init_from, `runs` and the comparison
+a resume makes still read the checkpoint. Training itself validates its own config in full
+(config.load_config; a run folder's config.yaml says which keys to set on the command line).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import yaml
 from pydantic import ValidationError
 
 from trickster import untrusted
-from trickster.config import SECTION_ALIASES, Config
+from trickster.config import SECTION_ALIASES, Config, config_from_dict, raw_config
 from trickster.config_checks import check_model
-from trickster.config_errors import annotated_kinds, describe_all, waived
+from trickster.config_errors import KEPT_AS_SAVED, annotated_kinds, describe_all, waived
 from trickster.config_yaml import load_yaml
 from trickster.errors import UserError
 
@@ -38,9 +39,24 @@ def read_saved(file: Path, fix: str) -> Config:
     return saved_config(raw, str(file), fix)
 
 
-def saved_config(raw: dict[str, Any], source: str, fix: str) -> Config:
+def described(path: str | None, preset: str | None, overrides: list[str]) -> tuple[Config, list[str]]:
+    """A config to describe (`trickster info --config`): a preset or a file read as load_config
+    reads it, except that one a run saved is read as a checkpoint's is (its training settings are
+    not used to describe the model); with the problems waived in it, to be shown as a note."""
+    raw, source, saved = raw_config(path, preset, overrides)
+    if not saved:
+        return config_from_dict(raw, source, [o.partition("=")[0].strip() for o in overrides]), []
+    problems: list[str] = []
+    return saved_config(raw, source, "", problems), problems
+
+
+def saved_config(
+    raw: dict[str, Any], source: str, fix: str, waived_problems: list[str] | None = None
+) -> Config:
     """`raw` as a Config, the settings that do not build the model taken as saved even where a
-    limit refuses them (see the module's docstring); a problem in what builds it, in one line."""
+    limit refuses them, or set aside for their defaults when of the wrong kind (see the module's
+    docstring); a problem in what builds it, in one line ending with `fix`. The problems waived are
+    added to `waived_problems`, when given."""
     # sections by the names YAML gives them (a config also takes Python's, `training:`): the rules
     # below, and pydantic's error locations, name them so
     aliases = {name: alias for alias, name in SECTION_ALIASES.items()}
@@ -52,14 +68,18 @@ def saved_config(raw: dict[str, Any], source: str, fix: str) -> Config:
         errors = err.errors()
     kept = [e for e in errors if not waived(e)]
     if kept:
-        raise UserError(f"{source}: {'; '.join(describe_all(Config, kept))}; {fix}") from None
+        raise UserError(f"{source}: {'; '.join(describe_all(Config, kept))}{_then(fix)}") from None
+    if waived_problems is not None:
+        waived_problems += describe_all(Config, errors)
     saved = {(e["loc"][0], e["loc"][1]) for e in errors}
     rest = {s: {k: v for k, v in keys.items() if (s, k) not in saved} for s, keys in raw.items()}
     try:
         cfg = Config.model_validate(rest)  # the keys set aside take their defaults here
     except ValidationError as err:  # a key that checks another (use_wandb) was set aside: none now
-        raise UserError(f"{source}: {'; '.join(describe_all(Config, err.errors()))}; {fix}") from None
-    for section, key in saved:
+        problems = describe_all(Config, err.errors())
+        raise UserError(f"{source}: {'; '.join(problems)}{_then(fix)}") from None
+    wrong_kind = {(e["loc"][0], e["loc"][1]) for e in errors if e["type"] not in KEPT_AS_SAVED}
+    for section, key in saved - wrong_kind:
         if key in type(getattr(cfg, SECTION_ALIASES[section])).model_fields:  # not a dropped key
             _put_back(getattr(cfg, SECTION_ALIASES[section]), key, raw[section][key])
     return _checked(cfg, source, fix)
@@ -76,5 +96,9 @@ def _put_back(section, key: str, value: Any) -> None:
 def _checked(cfg: Config, source: str, fix: str) -> Config:
     problems = check_model(cfg)
     if problems:
-        raise UserError(f"{source}: {'; '.join(problems)}; {fix}")
+        raise UserError(f"{source}: {'; '.join(problems)}{_then(fix)}")
     return cfg
+
+
+def _then(fix: str) -> str:
+    return f"; {fix}" if fix else ""

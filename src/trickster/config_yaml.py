@@ -6,6 +6,7 @@ one line naming where."""
 from __future__ import annotations
 
 import typing
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -108,3 +109,39 @@ def parse_yaml(text: str, source: str) -> dict[str, Any]:
 
 
 EXTENSION = "x-"  # the start of a top-level key that is no section
+
+
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB of YAML; presets are under 2 KB
+# the first line of the config.yaml a run saves (and each of its checkpoints): read back, its
+# training settings past a limit of a later version are named with the overrides that continue it
+SAVED_MARK = "# saved by trickster with a run: the settings it trains with\n"
+
+
+def read_config_file(path: Path) -> tuple[dict[str, Any], bool]:
+    """The sections of the config file `path`, and whether a run saved it (SAVED_MARK, or, written
+    before the mark, where a run keeps it: beside its manifest.json and checkpoints/, or in a
+    checkpoint beside info.json). A file that is not one, or too big to be one, is one line."""
+    if path.is_dir():
+        raise UserError(f"config file {path} is a folder; pass a YAML file to --config")
+    if path.exists() and not path.is_file():  # a FIFO or a device: reading may never end
+        raise UserError(f"config file {path} is not a regular file; pass a YAML file to --config")
+    if not path.is_file():
+        raise UserError(f"config file {path} not found; pass an existing YAML file to --config")
+    if path.stat().st_size > MAX_CONFIG_BYTES:  # PyYAML reads ~1 MB/s: 50 MB looked like a hang
+        raise UserError(
+            f"config file {path} is {path.stat().st_size:,} bytes, more than the "
+            f"{MAX_CONFIG_BYTES:,} a config needs; pass the right file to --config"
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(
+            f"{path} is not UTF-8 text (bad byte at offset {err.start}); save it as UTF-8"
+        ) from None
+    folder = path.parent
+    unmarked_run = (folder / "manifest.json").is_file() and (folder / "checkpoints").is_dir()
+    unmarked_checkpoint = (folder / "info.json").is_file() and folder.parent.name == "checkpoints"
+    saved = text.startswith(SAVED_MARK) or (
+        path.name == "config.yaml" and (unmarked_run or unmarked_checkpoint)
+    )
+    return parse_yaml(text, str(path)), saved

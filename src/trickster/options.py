@@ -55,6 +55,13 @@ class ConfigSource:
 
         return load_config(self.config, self.preset, self.overrides)
 
+    def described(self) -> tuple[Config, list[str]]:
+        """The config to describe, and the problems waived in it: one a run saved is read as its
+        checkpoints are, its training settings as saved (config_saved.described)."""
+        from trickster.config_saved import described
+
+        return described(self.config, self.preset, self.overrides)
+
 
 @dataclass
 class Sampling:

@@ -399,7 +399,7 @@ def import_hf(src: str | Path, run_dir: str | Path) -> Path:
     }
     with new_folder(run_dir) as staging:  # a kill leaves no half run folder that blocks the next import
         (staging / "checkpoints").mkdir()
-        save_config(cfg, staging / "config.yaml")
+        save_config(cfg, staging / "config.yaml", by_run=True)
         tokenizer.save(staging / "tokenizer.json")
         (staging / "manifest.json").write_text(json.dumps(info["manifest"], indent=2))
         ckpt.save_checkpoint(staging / "checkpoints" / "final", model, cfg, tokenizer, info)

@@ -113,7 +113,7 @@ def _write_checkpoint(target, tensors, cfg, tokenizer, info, trainer_state, stag
             _save_tensors(weights, staging / WEIGHTS, weights_metadata(cfg))
             if adapters:
                 _save_tensors(adapters, staging / lora.ADAPTERS, weights_metadata(cfg))
-        save_config(cfg, staging / "config.yaml")
+        save_config(cfg, staging / "config.yaml", by_run=True)
         tokenizer.save(staging / "tokenizer.json")
         if trainer_state is not None:
             _save_trainer_state(trainer_state, staging / "trainer.pt")

@@ -83,7 +83,7 @@ def write_run_files(
             )
         elif resume:  # nothing to resume: events of an attempt that saved no checkpoint are dropped
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+        save_config(cfg, run_dir / "config.yaml", by_run=True)
         data.tokenizer.save(run_dir / "tokenizer.json")
         replace_file(run_dir / "manifest.json", json.dumps(manifest, indent=2))
 
