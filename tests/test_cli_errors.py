@@ -2126,6 +2126,12 @@ CASES = [
         _ckpt_with_corrupt("config.yaml", content=b""),
         "ckpt/config.yaml is missing or damaged",
     ),
+    case(  # read as every default: vocab_size 'auto' was a ValueError traceback from the model
+        "generate-config-an-empty-mapping",
+        _ckpt_with_corrupt("config.yaml", content=b"{}\n"),
+        "ckpt/config.yaml is missing or damaged",
+        "no model_config.vocab_size",
+    ),
     case(
         "generate-config-not-utf8",
         _ckpt_with_corrupt("config.yaml", content=b"\xff\xfemodel_config: {}\n"),

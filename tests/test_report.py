@@ -214,6 +214,14 @@ def test_report_links_the_data_report_when_the_data_folder_has_one(trained_run, 
     assert link in (copy / "report.html").read_text()
 
 
+def test_a_run_config_of_an_empty_mapping_is_named_damaged_not_shown_as_defaults(trained_run, tmp_path):
+    copy = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    (copy / "config.yaml").write_text("{}\n")  # read as every default, its data path None: a traceback
+    assert main(["report", str(copy)]) == 0
+    page = (copy / "report.html").read_text(encoding="utf-8")
+    assert "config.yaml is missing or damaged" in page
+
+
 def test_runs_table_lists_each_run_with_its_numbers(trained_run, tmp_path, capsys):
     runs = tmp_path / "runs"
     shutil.copytree(trained_run, runs / "a-finished")

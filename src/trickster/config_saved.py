@@ -36,6 +36,11 @@ def read_saved(file: Path, fix: str) -> Config:
         raw = None  # missing, a folder, not UTF-8, not YAML, nested too deeply
     if not isinstance(raw, dict):  # also an empty file, a list or a lone value
         raise UserError(f"{file} is missing or damaged; {fix}")
+    model = raw.get("model_config", raw.get("model"))
+    # trickster saves the size it resolved: without it (`{}`, a section lost) the model was
+    # built from defaults, a ValueError traceback, or a run's page showed them as its own
+    if not isinstance(model, dict) or model.get("vocab_size", "auto") == "auto":
+        raise UserError(f"{file} is missing or damaged (no model_config.vocab_size); {fix}")
     return saved_config(raw, str(file), fix)
 
 
