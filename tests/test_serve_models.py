@@ -21,7 +21,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from trickster.serve import models
+from trickster.data.tokenizers import ByteTokenizer
+from trickster.model.generate import generate
+from trickster.model.transformer import Transformer
+from trickster.serve import chat, models
 from trickster.serve.choices import Generation
 from trickster.serve.engine import Batch, Engine
 from trickster.serve.models import Catalog
@@ -241,24 +244,99 @@ def test_a_generation_releases_its_model_when_the_engine_is_done_not_when_read(t
 
 def test_a_checkpoint_pruned_while_serving_is_404_and_the_list_goes_on(trained_run, tmp_path):
     """A run served as it trains deletes its old numbered checkpoints (keep_last): GET /v1/models read
-    each one's folder at every listing and answered 500 to every client once one was gone."""
+    each one's folder at every listing and answered 500 to every client once one was gone. A deleted
+    one leaves the list, in memory or not (final was listed, and answered, for as long as its
+    weights happened to stay loaded), and its weights are freed."""
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     with live_server(run) as live:
         client = client_of(live)
-        answer = completion(client, model="final", **GREEDY)  # in memory: it outlives its folder
+        assert completion(client, model="final", **GREEDY)
+        refs = [weakref.ref(live.catalog.offered["final"].model)]
         for name in ("step_000006", "final"):
             ckpt.remove(run / "checkpoints" / name)  # as prune deletes one
         listed = httpx.get(live.url + "/v1/models")
         assert listed.status_code == 200, listed.text
-        assert [card["id"] for card in listed.json()["data"]] == ["best", "final", "untrained"]
-        with pytest.raises(
-            openai.NotFoundError, match="'step_000006' was deleted from disk after the server"
-        ):
-            completion(client, model="step_000006", **GREEDY)
-        assert httpx.get(live.url + "/v1/models/step_000006").status_code == 404
-        assert completion(client, model="final", **GREEDY) == answer
+        assert [card["id"] for card in listed.json()["data"]] == ["best", "untrained"]
+        assert alive(refs, 0) == []
+        for name in ("step_000006", "final"):
+            with pytest.raises(
+                openai.NotFoundError, match=f"'{name}' was deleted from disk after the server"
+            ):
+                completion(client, model=name, **GREEDY)
+            assert httpx.get(f"{live.url}/v1/models/{name}").status_code == 404
         assert completion(client, model="best", **GREEDY)
+
+
+def greedy_text(checkpoint: Path, prompt: str = "ROMEO:", tokens: int = 20) -> str:
+    """What `trickster generate CHECKPOINT --temperature 0` writes after the prompt."""
+    loaded = ckpt.load_checkpoint(checkpoint)
+    tokenizer = loaded.tokenizer
+    ids = tokenizer.start_ids() + tokenizer.encode(prompt)
+    out = generate(
+        loaded.model, ids, tokens, 0, vocab_limit=tokenizer.vocab_size, stop_ids=tokenizer.stop_ids
+    )
+    return tokenizer.decode(list(out))
+
+
+def test_checkpoints_saved_while_serving_are_offered_at_once(trained_run, tmp_path):
+    """A run served as it trains saves step_N after step_N: a folder that was not there when the
+    server started was a 404 'does not exist' until a restart. A request naming it, or a listing,
+    now finds it (each renamed into checkpoints/ whole, as a save puts it there)."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    folder = run / "checkpoints"
+    (folder / "step_000006").rename(tmp_path / "step_000006")
+    shutil.copytree(tmp_path / "step_000006", tmp_path / "step_000012")
+    expected = greedy_text(tmp_path / "step_000006")
+    with live_server(run) as live:
+        client = client_of(live)
+        with pytest.raises(openai.NotFoundError, match="'step_000006' does not exist"):
+            completion(client, model="step_000006", **GREEDY)
+        assert [card["id"] for card in httpx.get(live.url + "/v1/models").json()["data"]] == [
+            "best",
+            "final",
+            "untrained",
+        ]
+        (tmp_path / "step_000006").rename(folder / "step_000006")
+        assert completion(client, model="step_000006", **GREEDY) == expected
+        (tmp_path / "step_000012").rename(folder / "step_000012")
+        assert list(cards(live)) == ["best", "final", "step_000006", "step_000012", "untrained"]
+        assert completion(client, model="step_000012", **GREEDY) == expected
+
+
+def test_a_checkpoint_pruned_as_a_stream_decodes_on_it_leaves_the_list_and_the_stream_finishes(
+    trained_run, tmp_path, monkeypatch
+):
+    """Deleted while a stream decodes with it (held in the engine): it leaves the list and a new
+    request for it is a 404 at once, while the stream goes on to its whole text; its weights are
+    freed when the stream ends."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    gate, decode = threading.Event(), Batch._decode
+
+    def gated(self):
+        assert gate.wait(60)
+        decode(self)
+
+    with live_server(run) as live:
+        client, catalog = client_of(live), live.catalog
+        text = completion(client, model="step_000006", **GREEDY)
+        monkeypatch.setattr(Batch, "_decode", gated)
+        stream = iter(client.completions.create(model="step_000006", **GREEDY, stream=True))
+        streamed = [next(stream).choices[0].text]  # the prompt's token; the next step waits on the gate
+        refs = [weakref.ref(catalog.offered["step_000006"].model)]
+        try:
+            ckpt.remove(run / "checkpoints" / "step_000006")
+            assert "step_000006" not in cards(live)
+            assert [o.model for o in catalog.retired] == [refs[0]()]
+            with pytest.raises(openai.NotFoundError, match="deleted from disk after the server started"):
+                completion(client, model="step_000006", **GREEDY)
+        finally:
+            gate.set()
+        streamed += [chunk.choices[0].text for chunk in stream]
+        assert "".join(streamed) == text
+        assert alive(refs, 0) == [] and catalog.retired == []
 
 
 @pytest.mark.parametrize("moment", ["load_checkpoint", "load_weights"], ids=["before-load", "mid-load"])
@@ -497,3 +575,70 @@ def test_a_request_that_read_a_model_replaced_before_it_held_it_holds_the_new_on
     catalog.load("step_000006")  # room for one beside best: final goes
     every = [*catalog.offered.values(), read_first, *catalog.retired]
     assert sum(o.model is not None for o in {id(o): o for o in every}.values()) == 2
+
+
+def test_a_request_tokenizes_with_the_model_it_decodes_with(trained_run, tmp_path, monkeypatch):
+    """Another run (a byte model) is saved at `final`'s path while a request for final encodes its
+    prompt, and another request reads the new final meanwhile: the first request's hold gave it the
+    new model, which decoded the char tokenizer's ids. It tokenizes again with the new one, and
+    answers what a request sent afterwards answers."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    old = ckpt.load_checkpoint(run / "checkpoints" / "final")
+    cfg = old.cfg.model_copy(deep=True)
+    cfg.model.vocab_size = 256
+    torch.manual_seed(0)
+    other = Transformer(cfg.model)
+    encode, seen = chat.encode, []
+    with live_server(run) as live:
+
+        def replaced_meanwhile(tokenizer, text):
+            seen.append(tokenizer.kind)
+            if len(seen) == 1:
+                ckpt.save_checkpoint(run / "checkpoints" / "final", other, cfg, ByteTokenizer(), {"step": 99})
+                assert live.catalog.current("final").tokenizer.kind == "byte"  # as a request a moment later
+            return encode(tokenizer, text)
+
+        monkeypatch.setattr(chat, "encode", replaced_meanwhile)
+        during = completion(client_of(live), model="final", **GREEDY)
+        assert seen == ["char", "byte"]
+        after = completion(client_of(live), model="final", **GREEDY)
+    assert during == after
+
+
+def test_a_replaced_model_that_was_loaded_is_loaded_again_before_it_is_asked_for(trained_run, tmp_path):
+    """A new best noticed (here by a listing, as the playground's): its weights are read in the
+    background, so the next request does not wait for them; a request for it then answers with them."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    folder = run / "checkpoints"
+    new = ckpt.load_checkpoint(folder / "step_000006")
+    with live_server(run) as live:
+        assert cards(live)["best"]["loaded"]
+        ckpt.save_checkpoint(folder / "best", new.model, new.cfg, new.tokenizer, new.info)
+        assert cards(live)["best"]["step"] == 6
+        deadline = time.monotonic() + 20
+        while not cards(live)["best"]["loaded"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert cards(live)["best"]["loaded"]
+        torch.testing.assert_close(weights_of(live.catalog.offered["best"].model), weights_of(new.model))
+        assert completion(client_of(live), model="best", **GREEDY) == greedy_text(folder / "step_000006")
+
+
+def test_a_replaced_model_is_not_loaded_ahead_where_it_would_take_room(trained_run, tmp_path):
+    """Bound 2, filled by the old best (held by a request) and step_000006: the new best is not
+    read ahead, which would unload step_000006 or pass the bound; its first request loads it."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    folder = run / "checkpoints"
+    catalog = Catalog(run, torch.device("cpu"), max_loaded=2)
+    held = catalog.hold("best")
+    catalog.load("step_000006")
+    new = ckpt.load_checkpoint(folder / "step_000006")
+    ckpt.save_checkpoint(folder / "best", new.model, new.cfg, new.tokenizer, new.info)
+    fresh = catalog.current("best")
+    assert fresh is not held and catalog.retired == [held]
+    time.sleep(0.5)
+    assert fresh.model is None and not fresh.loading and catalog.offered["step_000006"].model is not None
+    catalog.release(held)
+    assert held.model is None and catalog.load("best") is fresh and fresh.model is not None

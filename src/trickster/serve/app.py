@@ -55,12 +55,9 @@ class Server:
 
     async def models(self, request: Request) -> Response:
         self._authorize(request)
-        # each as it is on disk now: a run served as it trains has written a new best meanwhile
-        offered = await asyncio.to_thread(
-            lambda: [self.catalog.current(n) for n in list(self.catalog.offered)]
-        )
-        cards = [self._card(o) for o in offered if not self.catalog.gone(o.name)]
-        return JSONResponse({"object": "list", "data": cards})
+        # as on disk now: a run served as it trains has written a new best, or a new step, meanwhile
+        offered = await asyncio.to_thread(self.catalog.every)
+        return JSONResponse({"object": "list", "data": [self._card(o) for o in offered]})
 
     async def model(self, request: Request) -> Response:
         self._authorize(request)
@@ -82,12 +79,14 @@ class Server:
             )
         # in a batch, an error names the prompt by its index, as pydantic names a message ("prompt.3")
         params = ["prompt"] if isinstance(req.prompt, str) else [f"prompt.{i}" for i in range(len(prompts))]
-        # off the event loop (in asyncio's threads, not those where requests wait for a model's
-        # room): tokenizing 1 MiB of prompt takes a bpe tokenizer seconds
-        ids = await asyncio.to_thread(self._encode, offered, prompts, params)
-        for one, param in zip(ids, params, strict=True):
-            self._check_room(offered, len(one), req.max_tokens, param)
-        generation = await self._generation(offered, req, ids, req.max_tokens, req.logprobs)
+
+        def prepare(offered: Offered) -> tuple[list[list[int]], int]:
+            ids = self._encode(offered, prompts, params)
+            for one, param in zip(ids, params, strict=True):
+                self._check_room(offered, len(one), req.max_tokens, param)
+            return ids, req.max_tokens
+
+        generation = await self._generation(offered, req, prepare, req.logprobs)
         if req.stream:
             return _sse(self._completion_chunks(generation, req))
         texts, logprobs, reasons = await _collect_unless_gone(request, generation)
@@ -109,31 +108,36 @@ class Server:
         self._authorize(request)
         req = schemas.parse(ChatRequest, await self._body(request))
         offered = await self._offered(req.model)
-        if offered.chat_template is None:
-            raise APIError(
-                400,
-                f"model {req.model!r} has no chat template: it continues text, so use /v1/completions "
-                "(or serve it with --chat-template FILE)",
-                param="model",
-                code="no_chat_template",
-            )
         messages = [{"role": m.role, "content": m.content} for m in req.messages]
-        try:
-            ids = await asyncio.to_thread(offered.chat_template.prompt_ids, messages)  # as prompts are
-        except TemplateRefused as err:
-            raise APIError(400, f"messages: {err}", param="messages") from None
-        except UserError as err:
-            raise APIError(400, f"messages: {err}", param="messages", code="unknown_character") from None
-        if not ids:
-            raise APIError(
-                400,
-                "messages: the chat template rendered these messages as no text; send some text to answer",
-                param="messages",
-            )
-        max_tokens = req.max_completion_tokens or req.max_tokens or max(1, offered.context - len(ids))
-        asked = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
-        self._check_room(offered, len(ids), max_tokens, "messages", asked)
-        generation = await self._generation(offered, req, [ids], max_tokens, None)
+
+        def prepare(offered: Offered) -> tuple[list[list[int]], int]:
+            if offered.chat_template is None:
+                raise APIError(
+                    400,
+                    f"model {req.model!r} has no chat template: it continues text, so use "
+                    "/v1/completions (or serve it with --chat-template FILE)",
+                    param="model",
+                    code="no_chat_template",
+                )
+            try:
+                ids = offered.chat_template.prompt_ids(messages)
+            except TemplateRefused as err:
+                raise APIError(400, f"messages: {err}", param="messages") from None
+            except UserError as err:
+                raise APIError(400, f"messages: {err}", param="messages", code="unknown_character") from None
+            if not ids:
+                raise APIError(
+                    400,
+                    "messages: the chat template rendered these messages as no text; send some text "
+                    "to answer",
+                    param="messages",
+                )
+            max_tokens = req.max_completion_tokens or req.max_tokens or max(1, offered.context - len(ids))
+            asked = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+            self._check_room(offered, len(ids), max_tokens, "messages", asked)
+            return [ids], max_tokens
+
+        generation = await self._generation(offered, req, prepare, None)
         if req.stream:
             return _sse(self._chat_chunks(generation, req))
         texts, _, reasons = await _collect_unless_gone(request, generation)
@@ -213,7 +217,7 @@ class Server:
         off the event loop); the request tokenizes with it and holds it to the end."""
         offered = await asyncio.to_thread(self.catalog.current, name)
         if offered is None or self.catalog.gone(name):
-            raise self._not_found(name, offered is None)
+            raise self._not_found(name, unknown=not self.catalog.gone(name))
         return offered
 
     def _not_found(self, name: str, unknown: bool) -> APIError:
@@ -226,23 +230,21 @@ class Server:
         replaced and unloaded meanwhile): at once if it is loaded, else off the event loop (loading,
         or waiting for room, blocks)."""
         name = offered.name
-        held = self.catalog.hold(offered, load=False)
-        if held is None:
-            try:
-                held = await run_in_threadpool(self.catalog.hold, offered)
-            except Exception as err:
-                # deleted after `_offered` saw it (a run pruning it as the request came in): whatever
-                # the load tripped over, the answer a request a moment later gets
-                if self.catalog.gone(name):
-                    raise self._not_found(name, unknown=False) from None
-                if self.catalog.replacing(name):  # still, after models.REPLACE_WAIT: its writer stopped?
-                    raise APIError(
-                        503, f"model {name!r} is being replaced on disk (a new {name} written); ask again"
-                    ) from None
-                if isinstance(err, UserError):
-                    raise APIError(500, f"model {name!r} could not be loaded: {err}") from None
-                raise
-        return held
+        try:
+            held = self.catalog.hold(offered, load=False)  # at once, if it is loaded
+            return held or await run_in_threadpool(self.catalog.hold, offered)
+        except Exception as err:
+            # deleted after `_offered` saw it (a run pruning it as the request came in): whatever
+            # the load tripped over, the answer a request a moment later gets
+            if self.catalog.gone(name):
+                raise self._not_found(name, unknown=False) from None
+            if self.catalog.replacing(name):  # still, after models.REPLACE_WAIT: its writer stopped?
+                raise APIError(
+                    503, f"model {name!r} is being replaced on disk (a new {name} written); ask again"
+                ) from None
+            if isinstance(err, UserError):
+                raise APIError(500, f"model {name!r} could not be loaded: {err}") from None
+            raise
 
     def _encode(self, offered: Offered, prompts: list[str], params: list[str]) -> list[list[int]]:
         """Each prompt's ids, started as `trickster generate` starts a prompt; an error names the
@@ -287,21 +289,28 @@ class Server:
                 code="context_length_exceeded",
             )
 
-    async def _generation(self, offered, req, ids, max_tokens, logprobs) -> Generation:
-        """The request's choices, with its model held (after every check: a refused request loads
-        nothing); the generation releases it."""
-        top_p = req.top_p if req.top_p < 1 else None
-        sampling = dict(
-            max_tokens=max_tokens,
-            temperature=req.temperature,
-            top_k=req.top_k,
-            top_p=top_p,
-            logprobs=logprobs,
-        )
-        offered = await self._hold(offered)
-        release = functools.partial(self.catalog.release, offered)
+    async def _generation(self, offered, req, prepare, logprobs) -> Generation:
+        """The request's choices, with its model held (after `prepare` has tokenized its prompts and
+        checked them: a refused request loads nothing); the generation releases it. One version of
+        the model does both: the hold may give the one that replaced `offered` on disk (another
+        run's, perhaps, with another tokenizer), and then that one tokenizes anew."""
+        # off the event loop (in asyncio's threads, not those where requests wait for a model's
+        # room): tokenizing 1 MiB of prompt takes a bpe tokenizer seconds
+        ids, max_tokens = await asyncio.to_thread(prepare, offered)
+        held = await self._hold(offered)
+        release = functools.partial(self.catalog.release, held)
         try:
-            return Generation(self.engine, offered, ids, req.n, sampling, req.seed, req.stop or [], release)
+            if held is not offered:
+                ids, max_tokens = await asyncio.to_thread(prepare, held)
+            top_p = req.top_p if req.top_p < 1 else None
+            sampling = dict(
+                max_tokens=max_tokens,
+                temperature=req.temperature,
+                top_k=req.top_k,
+                top_p=top_p,
+                logprobs=logprobs,
+            )
+            return Generation(self.engine, held, ids, req.n, sampling, req.seed, req.stop or [], release)
         except BaseException:
             release()
             raise

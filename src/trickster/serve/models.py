@@ -14,8 +14,12 @@ model takes it at once.
 
 A training run served as it trains writes a new `best` (or `final`) into the same name: `current`
 notices (three `stat`s a request: the folder's, its weights' and its info.json's) and offers the
-new one from then on, its weights loaded by the next request for it. The requests that hold the old one finish
-on it (each decodes with one whole model, never a mix), and it is unloaded when the last lets go.
+new one from then on, its weights loaded in the background when the old ones were in memory and
+there is room, else by the next request for it. The requests that hold the old one finish on it
+(each decodes with one whole model, never a mix), and it is unloaded when the last lets go. It
+also saves new checkpoints and prunes old ones: `rescan` (one `stat` of checkpoints/ when nothing
+changed) offers the folders that appeared there and stops offering those that left it, whose
+requests under way finish as those of a replaced one do.
 """
 
 from __future__ import annotations
@@ -34,12 +38,16 @@ from trickster.config import Config
 from trickster.data.tokenizers import Tokenizer
 from trickster.errors import UserError
 from trickster.model.transformer import Transformer, untrained_like
-from trickster.serve import chat
+from trickster.serve import chat, disk
 from trickster.serve.limits import MAX_LOADED_MODELS
 from trickster.train import checkpoint as ckpt
 
 UNTRAINED = "untrained"
 REPLACE_WAIT = 2.0  # seconds a load waits for a checkpoint being replaced (a moment between two renames)
+# a listing of checkpoints/ made within this many seconds of the folder's last change is made again
+# this long after, even if the folder's mtime says nothing changed: a change in the same tick of a
+# coarse file-system clock leaves the mtime as it was (git's "racy" index entries)
+SETTLE = 1.0
 
 
 @dataclass(eq=False)  # one is its own: a checkpoint replaced on disk is offered by a new one
@@ -55,7 +63,7 @@ class Offered:
     loading: bool = False  # a thread is reading them
     holds: int = 0  # requests that need them in memory (Catalog.hold, Catalog.release)
     used: int = 0  # when it was last asked for (a tick of Catalog.clock)
-    version: tuple | None = None  # the checkpoint on disk when read (_version): a new one is another
+    version: tuple | None = None  # the checkpoint on disk when read (disk.version): a new one is another
 
     @property
     def context(self) -> int:
@@ -84,7 +92,14 @@ class Catalog:
         max_loaded: int = MAX_LOADED_MODELS,
     ):
         self.device, self.max_loaded, self.chat_template = device, max_loaded, chat_template
-        found = _checkpoints(Path(target))
+        self.names = names
+        # a run's checkpoints/, listed anew when it changes (None: one checkpoint folder is served)
+        whole_run = not (ckpt.is_complete(Path(target)) or (Path(target) / ckpt.WEIGHTS).exists())
+        self.folder = Path(target) / "checkpoints" if whole_run else None
+        self.listed, self.relist_at = disk.stamp(self.folder), 0.0  # taken before listing it
+        self.listing = threading.Lock()  # one rescan at a time
+        self.departed: set[str] = set()  # offered once, gone from the disk since
+        found = disk.checkpoints(Path(target))
         default = ckpt.resolve(target)
         if names:
             unknown = [n for n in names if n not in found and n != UNTRAINED]
@@ -124,51 +139,133 @@ class Catalog:
     def get(self, name: str) -> Offered | None:
         return self.offered.get(name)
 
+    def every(self) -> list[Offered]:
+        """Every model offered, each as its checkpoint is on disk now (`current`)."""
+        self.rescan()
+        offered = [self.current(name) for name in self.offered]
+        return [o for o in offered if o is not None and not self.gone(o.name)]
+
+    def rescan(self) -> None:
+        """Offer the checkpoints that appeared in the run's checkpoints/ since it was last listed (a
+        later step_N, the first best), and no longer those that left it (pruned or deleted; not one
+        between a replace's two renames): requests holding one finish on it. One `stat` when the
+        folder has not changed; a new checkpoint's config and tokenizer are read here."""
+        if self.folder is None or (
+            disk.stamp(self.folder) == self.listed and time.monotonic() < self.relist_at
+        ):
+            return
+        with self.listing:
+            stamp, now = disk.stamp(self.folder), time.monotonic()
+            if stamp == self.listed and now < self.relist_at:
+                return  # listed by another request meanwhile
+            racy = stamp is not None and time.time_ns() - stamp[1] < SETTLE * 1e9
+            found = {n: p for n, p in disk.listing(self.folder).items() if not self.names or n in self.names}
+            fresh, failed = {}, False
+            for name, path in found.items():
+                if name not in self.offered:
+                    try:
+                        fresh[name] = _describe(name, path, self.chat_template)
+                    except UserError:  # damaged, or replaced as it was read: listed again later
+                        failed = True
+            with self.changed:
+                self._relist(found, fresh)
+            self.listed = stamp
+            self.relist_at = now + SETTLE if racy or failed else float("inf")
+
+    def _relist(self, found: dict[str, Path], fresh: dict[str, Offered]) -> None:
+        """The offer as `found` on disk, in its order (under `changed`): each one offered before
+        stays as it is (`current` reads a replaced one), `fresh` ones join, the others leave but
+        `untrained` and a best or final between a replace's two renames."""
+        every = {**fresh, **self.offered}
+        stay = {n for n, o in self.offered.items() if n == UNTRAINED or being_replaced(o.path)} - set(found)
+        order = [*sorted(stay - {UNTRAINED}), *(n for n in found if n in every), *(stay & {UNTRAINED})]
+        for name, left in self.offered.items():
+            if name not in order:
+                self.departed.add(name)
+                self._retire(left)
+        self.departed -= set(order)
+        self.offered = {name: every[name] for name in order}  # a new dict: one being iterated stays whole
+
+    def _retire(self, offered: Offered) -> None:
+        """No longer offered (under `changed`): its model goes now, or with its last hold."""
+        if offered.holds:
+            self.retired.append(offered)
+        else:
+            offered.model = None  # the engine holds no batch of an unheld model: it is freed
+        self.changed.notify_all()
+
     def current(self, name: str) -> Offered | None:
         """The model offered as `name`, as its checkpoint is on disk now. A folder replaced since it
         was read (a training run's new best or final) is read anew (not its weights: the next hold
         loads them) and offered from now on; requests holding the old one finish on it. A rewritten
         info.json alone (training updates a val_loss) updates the card. Costs three `stat`s when
         nothing changed; a folder missing (deleted, or between a replace's two renames) or
-        unreadable (damaged, or being replaced again) leaves the one read before."""
+        unreadable (damaged, or being replaced again) leaves the one read before. A name not offered
+        is looked for on disk, and so are those gone from it (`rescan`)."""
+        self.rescan()
         offered = self.offered.get(name)
         if offered is None or name == UNTRAINED:
             return offered
-        version = _version(offered.path)
+        version = disk.version(offered.path)
         if version is None or version == offered.version:
             return offered
         try:
             fresh = _describe(name, offered.path, self.chat_template)
         except UserError:
             return offered
-        if fresh.version != version or _version(offered.path) != version:
+        if fresh.version != version or disk.version(offered.path) != version:
             return offered  # replaced again while it was read: the next request reads it
         with self.changed:
-            if self.offered[name] is not offered:  # another request read it first
-                return self.offered[name]
+            now = self.offered.get(name)
+            if now is not offered:  # another request read it first (or it has left the disk)
+                return now or offered
             if offered.version is not None and version[:4] == offered.version[:4]:
                 # the same checkpoint: only info.json was rewritten
                 offered.info, offered.version = fresh.info, version
                 return offered
-            self.offered[name] = fresh
-            if offered.holds:
-                self.retired.append(offered)
-            else:
-                offered.model = None  # the engine holds no batch of an unheld model: it is freed
-            self.changed.notify_all()
+            self.offered = {**self.offered, name: fresh}
+            if offered.model is not None:  # in memory: so is the new one, if there is room
+                threading.Thread(target=self._preload, args=(fresh,), daemon=True).start()
+            self._retire(offered)
         return fresh
 
+    def _preload(self, offered: Offered) -> None:
+        """Load a replaced model's new weights before a request asks for them, where that takes no
+        other model's room and no request waits for room (else the next request loads them)."""
+        with self.changed:
+            resident = [
+                o for o in (*self.offered.values(), *self.retired) if o.model is not None or o.loading
+            ]
+            if offered.model is not None or offered.loading or self.line or len(resident) >= self.max_loaded:
+                return
+            if self.offered.get(offered.name) is not offered:
+                return  # replaced again (or gone) meanwhile
+            offered.loading = True
+        model = None
+        try:
+            model = self._read(offered)
+        except Exception:  # replaced or deleted as it was read: a request's load says what is wrong
+            pass
+        finally:
+            with self.changed:
+                offered.model, offered.loading = model, False
+                self.changed.notify_all()
+
     def gone(self, name: str) -> bool:
-        """Whether a checkpoint offered at start has left the disk since (a training run that prunes
-        its old checkpoints, served as it trains) and is not in memory: it can no longer be loaded."""
-        offered = self.offered[name]
-        if name == UNTRAINED or offered.model is not None or (offered.path / ckpt.WEIGHTS).is_file():
+        """Whether a checkpoint once offered has left the disk since (a training run that prunes its
+        old checkpoints, served as it trains): a new request for it is refused, even where its
+        weights are still in memory for the requests that hold them."""
+        offered = self.offered.get(name)
+        if offered is None:
+            return name in self.departed
+        if name == UNTRAINED or (offered.path / ckpt.WEIGHTS).is_file():
             return False
         return not being_replaced(offered.path)  # a run writing a new `best` is not deleting it
 
     def replacing(self, name: str) -> bool:
         """Whether the checkpoint is missing for a replace under way (atomic.being_replaced)."""
-        return name != UNTRAINED and being_replaced(self.offered[name].path)
+        offered = self.offered.get(name)
+        return offered is not None and name != UNTRAINED and being_replaced(offered.path)
 
     def hold(self, name: str | Offered, load: bool = True) -> Offered | None:
         """The model with its weights in memory, kept there until `release` of the Offered it returns
@@ -180,12 +277,15 @@ class Catalog:
         never waits for more than the lock."""
         offered = self.offered[name] if isinstance(name, str) else name
         with self.changed:
-            if offered is not self.offered[offered.name] and offered not in self.retired:
+            now = self.offered.get(offered.name)
+            if offered is not now and offered not in self.retired:
                 # replaced on disk since the request read it, and unloaded as no one held it: its
                 # folder holds the new checkpoint now (loading it there would give the old card the
-                # new weights, out of the count of `max_loaded`), so the request holds the new one,
-                # of the same run, tokenizer and shape (a resume keeps them)
-                offered = self.offered[offered.name]
+                # new weights, out of the count of `max_loaded`), so the request holds the new one
+                # (whose tokenizer it must then take too: another run may have been put there)
+                if now is None:
+                    raise LookupError(f"{offered.name} has left the disk")  # gone(): a 404
+                offered = now
             if not load and offered.model is None:
                 return None
             offered.holds += 1  # from now on it is not unloaded
@@ -277,56 +377,21 @@ def _load_whole(path: Path, device: torch.device) -> Transformer:
     is made again once the new one is in place, for up to REPLACE_WAIT seconds."""
     deadline = time.monotonic() + REPLACE_WAIT
     while True:
-        before = _identity(path)
+        before = disk.identity(path)
         try:
             model = ckpt.load_checkpoint(path, device).model
         except Exception:
-            replaced = being_replaced(path) or _identity(path) != before
+            replaced = being_replaced(path) or disk.identity(path) != before
             if not replaced or time.monotonic() > deadline:
                 raise
         else:
-            if _identity(path) == before or time.monotonic() > deadline:
+            if disk.identity(path) == before or time.monotonic() > deadline:
                 return model
         time.sleep(0.01)
 
 
-def _identity(path: Path) -> tuple[int, ...] | None:
-    """Which checkpoint is at `path`, told apart without reading it: the folder's and its weights'
-    identity (a new checkpoint is a new folder renamed into place, with new files: the folder's inode
-    alone is not enough, as ext4 gives the inode of the folder a save deleted to the next one it
-    makes). None when either is missing."""
-    try:
-        folder, weights = path.stat(), (path / ckpt.WEIGHTS).stat()
-    except OSError:
-        return None
-    return folder.st_dev, folder.st_ino, weights.st_ino, weights.st_mtime_ns
-
-
-def _version(path: Path) -> tuple[int, ...] | None:
-    """The checkpoint's _identity (its first four) and what its info.json says (a rewrite renames
-    a new file over it). None when any is missing."""
-    checkpoint = _identity(path)
-    try:
-        info = (path / "info.json").stat()
-    except OSError:
-        return None
-    return None if checkpoint is None else (*checkpoint, info.st_ino, info.st_mtime_ns, info.st_size)
-
-
-def _checkpoints(target: Path) -> dict[str, Path]:
-    """Complete checkpoints by name: best and final first, then the numbered ones, oldest first."""
-    if ckpt.is_complete(target) or (target / ckpt.WEIGHTS).exists():
-        return {target.name: ckpt.resolve(target)}
-    folder = target / "checkpoints"
-    named = [folder / n for n in ("best", "final") if ckpt.is_complete(folder / n)]
-    found = {p.name: p for p in [*named, *ckpt.numbered(target)]}
-    if not found:
-        ckpt.resolve(target)  # raises the error that says what is missing
-    return found
-
-
 def _describe(name: str, path: Path, chat_template: str | None) -> Offered:
-    version = _version(path)  # before reading: a change while read shows as a newer version
+    version = disk.version(path)  # before reading: a change while read shows as a newer version
     cfg, tokenizer, info = ckpt.read_config(path), ckpt.read_tokenizer(path), ckpt.read_info(path)
     source = chat_template or _template_of(tokenizer)
     template = chat.Template(source, tokenizer) if source else None

@@ -1,0 +1,59 @@
+"""What the server reads of a run's checkpoints on disk without loading them: which there are, which
+version of each (a checkpoint replaced in place is another), and whether the list may have changed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from trickster.train import checkpoint as ckpt
+
+
+def identity(path: Path) -> tuple[int, ...] | None:
+    """Which checkpoint is at `path`, told apart without reading it: the folder's and its weights'
+    identity (a new checkpoint is a new folder renamed into place, with new files: the folder's inode
+    alone is not enough, as ext4 gives the inode of the folder a save deleted to the next one it
+    makes). None when either is missing."""
+    try:
+        folder, weights = path.stat(), (path / ckpt.WEIGHTS).stat()
+    except OSError:
+        return None
+    return folder.st_dev, folder.st_ino, weights.st_ino, weights.st_mtime_ns
+
+
+def version(path: Path) -> tuple[int, ...] | None:
+    """The checkpoint's identity (its first four) and what its info.json says (a rewrite renames
+    a new file over it). None when any is missing."""
+    checkpoint = identity(path)
+    try:
+        info = (path / "info.json").stat()
+    except OSError:
+        return None
+    return None if checkpoint is None else (*checkpoint, info.st_ino, info.st_mtime_ns, info.st_size)
+
+
+def checkpoints(target: Path) -> dict[str, Path]:
+    """Complete checkpoints by name: best and final first, then the numbered ones, oldest first."""
+    if ckpt.is_complete(target) or (target / ckpt.WEIGHTS).exists():
+        return {target.name: ckpt.resolve(target)}
+    found = listing(target / "checkpoints")
+    if not found:
+        ckpt.resolve(target)  # raises the error that says what is missing
+    return found
+
+
+def listing(folder: Path) -> dict[str, Path]:
+    """The complete checkpoints in a run's checkpoints/ folder, in the order of `checkpoints`."""
+    named = [folder / n for n in ("best", "final") if ckpt.is_complete(folder / n)]
+    return {p.name: p for p in [*named, *ckpt.numbered(folder.parent)]}
+
+
+def stamp(folder: Path | None) -> tuple[int, int] | None:
+    """What tells a folder's listing changed: its inode and modification time (a checkpoint renamed
+    in or out changes it). None when there is no folder."""
+    if folder is None:
+        return None
+    try:
+        found = folder.stat()
+    except OSError:
+        return None
+    return found.st_ino, found.st_mtime_ns
