@@ -714,6 +714,27 @@ def _resume_on_a_full_disk(env: Env) -> list[str]:
     return ["train", "--config", env.config(), "--out", str(run), "--no-progress", "--resume"]
 
 
+def _refused_folder(env: Env, code: int, name: str = "refused") -> Path:
+    """A folder whose every write fails with `code` (_read_only)."""
+    folder = env.tmp / name
+    folder.mkdir()
+    _read_only(env, folder, code)
+    return folder
+
+
+def _prepare_into(env: Env, code: int) -> list[str]:
+    """A preparation whose folder refuses its writes (the first: progress.json)."""
+    corpus = env.write("corpus.txt", "some text to tokenize\n" * 20)
+    return ["data", "prepare", "text", corpus, "--out", str(_refused_folder(env, code) / "data")]
+
+
+def _report_on_a_full_disk(env: Env) -> list[str]:
+    """A real ENOSPC: the page's name links to /dev/full, which refuses every write."""
+    page = env.tmp / "full.html"
+    page.symlink_to("/dev/full")
+    return ["report", str(env.run), "--out", str(page)]
+
+
 def _gguf_into_read_only_folder(env: Env) -> list[str]:
     folder = env.tmp / "read-only"
     folder.mkdir()
@@ -1731,6 +1752,20 @@ CASES = [
     case("prepare-out-under-a-file", _prepare_out_under_file, "could not write", "--out"),
     case("prepare-out-is-other-folder", _prepare_out_is_other_folder, "mine", "--out"),
     case(
+        "prepare-on-a-full-disk",
+        lambda env: _prepare_into(env, errno.ENOSPC),
+        "could not write",
+        "refused/data.partial (No space left on device); free disk space, then run the "
+        "same command again to continue, or choose another --out",
+    ),
+    case(
+        "prepare-into-a-folder-without-write-permission",
+        lambda env: _prepare_into(env, errno.EACCES),
+        "could not write",
+        "refused/data.partial (Permission denied); make the folder writable, then run "
+        "the same command again to continue, or choose another --out",
+    ),
+    case(
         "prepare-bad-val-fraction",
         lambda env: [
             "data",
@@ -2288,6 +2323,26 @@ CASES = [
         "--out",
     ),
     case(
+        "report-out-on-a-full-disk",
+        _report_on_a_full_disk,
+        "could not write",
+        "full.html (No space left on device); free disk space, or choose another --out",
+        skip_if=not Path("/dev/full").exists(),
+        skip_reason="needs /dev/full",
+    ),
+    case(
+        "data-report-html-into-a-folder-without-write-permission",
+        lambda env: [
+            "data",
+            "report",
+            str(env.data),
+            "--html",
+            str(_refused_folder(env, errno.EACCES) / "r.html"),
+        ],
+        "could not write",
+        "refused/r.html (Permission denied); make the folder writable, or pass another --html FILE",
+    ),
+    case(
         "report-out-over-the-run-metrics",
         lambda env: ["report", str(env.copy_run()), "--out", str(env.tmp / "run-copy" / "metrics.jsonl")],
         "metrics.jsonl already exists and is not an .html page",
@@ -2382,8 +2437,20 @@ CASES = [
         "export-gguf-into-a-read-only-folder",
         _gguf_into_read_only_folder,
         "could not write",
-        "read-only/m.gguf",
-        "Read-only file system",
+        "read-only/m.gguf (Read-only file system); make the folder writable, or choose another --out",
+    ),
+    case(
+        "export-hf-into-a-read-only-folder",
+        lambda env: [
+            "export",
+            str(env.run),
+            "--format",
+            "hf",
+            "--out",
+            str(_refused_folder(env, errno.EROFS) / "hf"),
+        ],
+        "could not write",
+        "refused/hf (Read-only file system); make the folder writable, or choose another --out",
     ),
     case(
         "export-gguf-bfloat16",

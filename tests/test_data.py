@@ -9,6 +9,11 @@ import sys
 import threading
 from pathlib import Path
 
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None
+
 import numpy as np
 import pytest
 import torch
@@ -525,3 +530,27 @@ def test_the_summary_gives_a_small_corpus_its_size(tmp_path, capsys):
     assert cli.main(argv) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith(f"text: {size / 1e3:.1f} KB of text in 20 document(s)"), first
+
+
+@pytest.mark.skipif(resource is None, reason="needs RLIMIT_FSIZE")
+def test_a_refused_shard_write_is_one_line_with_its_own_fix(tmp_path, capsys):
+    """A real refusal: a file size limit (EFBIG; Python ignores SIGXFSZ) that the first shard
+    passes. It was an OSError traceback from the shard writer; now one line with the cause's fix
+    (errors.write_fix), and once the limit is lifted the same command prepares the folder."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(EXCERPT.read_text() * 2)  # 200 KB: a 200 KB uint8 shard
+    out = tmp_path / "data"
+    argv = ["data", "prepare", "text", str(corpus), "--tokenizer", "char", "--out", str(out)]
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, hard))
+    try:
+        assert cli.main(argv) == 2
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert capsys.readouterr().err == (
+        f"error: could not write {out}.partial (File too large); lift the file size limit (ulimit -f), "
+        "then run the same command again to continue, or choose another --out\n"
+    )
+    assert not out.exists()
+    assert cli.main(argv) == 0
+    assert json.loads((out / "meta.json").read_text())["train_tokens"] > 64 << 10

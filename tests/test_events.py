@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
+import os
 
 import pytest
 
@@ -95,3 +97,24 @@ def test_a_cut_last_line_is_skipped_and_said_and_a_damaged_one_is_an_error(tmp_p
 )
 def test_one_duration_format_for_runs_reports_and_plans(seconds, text):
     assert format_duration(seconds) == text
+
+
+@pytest.mark.parametrize(
+    ("code", "fix"),
+    [(errno.EROFS, "make the folder writable"), (errno.ENOSPC, "free disk space")],
+)
+def test_a_refused_metrics_write_names_its_own_cause(tmp_path, monkeypatch, code, fix):
+    """A run folder that became read-only was told to free disk space (one fix for every cause)."""
+    from trickster.observe import events as events_module
+
+    def refused(file, *args, **kwargs):
+        raise OSError(code, os.strerror(code), str(file))
+
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    monkeypatch.setattr(events_module, "open", refused, raising=False)
+    with pytest.raises(UserError) as raised:
+        log.write("train", 1, loss=2.0)
+    reason = os.strerror(code)
+    assert str(raised.value) == (
+        f"could not write {tmp_path / 'metrics.jsonl'} ({reason}); {fix}, then continue with --resume"
+    )

@@ -387,14 +387,16 @@ def test_non_finite_weights_never_become_best(micro, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("code", "reason"),
+    ("code", "reason", "fix"),
     [
-        (errno.ENOSPC, "No space left on device"),
-        (errno.EACCES, "Permission denied"),
-        (errno.EROFS, "Read-only"),
+        (errno.ENOSPC, "No space left on device", "free disk space"),
+        (errno.EACCES, "Permission denied", "make the folder writable"),
+        (errno.EROFS, "Read-only file system", "make the folder writable"),
     ],
 )
-def test_a_failed_checkpoint_write_leaves_earlier_checkpoints_intact(micro, monkeypatch, code, reason):
+def test_a_failed_checkpoint_write_leaves_earlier_checkpoints_intact(micro, monkeypatch, code, reason, fix):
+    """One line with the cause's own fix (errors.write_fix): a read-only folder was told to free
+    disk space too."""
     from trickster.train import checkpoint
 
     save_file = checkpoint.save_file
@@ -411,7 +413,9 @@ def test_a_failed_checkpoint_write_leaves_earlier_checkpoints_intact(micro, monk
     cfg = micro(training_config={"max_steps": 8, "warmup_steps": 1, "eval_every": 100, "save_every": 2})
     with pytest.raises(UserError, match=f"could not write checkpoint .*step_000004 \\({reason}") as caught:
         train(cfg, **QUIET)
-    assert "earlier checkpoints are untouched" in str(caught.value)
+    assert str(caught.value).endswith(
+        f"({reason}); {fix}, then continue with --resume (earlier checkpoints are untouched)"
+    )
     run_dir = Path(cfg.logging.output_dir)
     assert ckpt.latest(run_dir).name == "step_000002"
     assert ckpt.load_checkpoint(run_dir / "checkpoints" / "step_000002").info["step"] == 2

@@ -22,7 +22,7 @@ import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from trickster.errors import UserError
+from trickster.errors import UserError, disk_errors, write_fix
 
 try:
     import fcntl
@@ -268,7 +268,7 @@ def new_folder(target: Path, flag: str = "--out"):
     not empty (filled meanwhile), which stays as it is. Staging folders of killed writes of
     `target` (`.NAME.tmp-PID`, PID dead) are deleted first. On any failure (Ctrl-C included) the
     staging folder is removed and `target` is untouched; a failed write (disk full, no permission)
-    becomes one line naming `target` and `flag`.
+    becomes one line naming `target`, the cause's fix (errors.write_fix) and `flag`.
     """
     real, staging = target.resolve() if target.is_symlink() else target, None
     try:
@@ -292,10 +292,9 @@ def new_folder(target: Path, flag: str = "--out"):
     except BaseException as err:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(err, OSError):
-            raise UserError(
-                f"could not write {target} ({err.strerror or err}); choose another {flag}"
-            ) from None
+        if isinstance(err, OSError):  # why, and its fix: free space, make the folder writable, ...
+            reason, fix = err.strerror or err, write_fix(f"choose another {flag}")(err)
+            raise UserError(f"could not write {target} ({reason}); {fix}") from None
         raise
 
 
@@ -305,7 +304,5 @@ def write_page(path: Path, page: str, fix: str) -> None:
     `fix`: what to do instead, e.g. "choose another --out"."""
     if path.is_file() and path.suffix.lower() not in (".html", ".htm"):
         raise UserError(f"{path} already exists and is not an .html page; {fix} (nothing was changed)")
-    try:
+    with disk_errors(str(path), write_fix(fix)):
         replace_file(path, page)
-    except OSError as err:
-        raise UserError(f"could not write {path} ({err.strerror or err}); {fix}") from None

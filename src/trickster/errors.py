@@ -20,12 +20,16 @@ class Interrupted(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def disk_errors(what: str, fix: str | Callable[[OSError], str]):
+def disk_errors(what: str, fix: str | Callable[[OSError], str], within: tuple = ()):
     """Turn a failed write (disk full, read-only or unwritable folder) into one clear line; `fix`
-    says what to do, or picks it from the error (`write_fix`)."""
+    says what to do, or picks it from the error (`write_fix`). With `within` (folders), only an
+    error that a write alone meets (full, read-only, too large), or that names a file in one of
+    them, is turned: a source read meanwhile fails in its own words (a network error is an OSError)."""
     try:
         yield
     except OSError as err:
+        if within and err.errno not in WRITE_ONLY and not _names_one_in(err, within):
+            raise
         reason = err.strerror or str(err) or type(err).__name__
         fix = fix if isinstance(fix, str) else fix(err)
         raise UserError(f"could not write {what} ({reason}); {fix}") from None
@@ -33,25 +37,47 @@ def disk_errors(what: str, fix: str | Callable[[OSError], str]):
 
 FULL = (errno.ENOSPC, errno.EDQUOT)  # the disk, or the user's quota on it
 REFUSED = (errno.EACCES, errno.EPERM, errno.EROFS)  # a folder's mode, its owner, a read-only mount
+WRITE_ONLY = (*FULL, errno.EROFS, errno.EFBIG)  # what no read meets
 
 
-def write_fix(elsewhere: str) -> Callable[[OSError], str]:
-    """The fix for a folder that could not be written, by why: free space, make it writable, or,
-    when it is neither, say so (a folder of the system such as /proc or /sys takes no file of
-    ours: root is told 'No such file or directory', others 'Permission denied'); then `elsewhere`."""
+def write_fix(elsewhere: str = "", then: str = "") -> Callable[[OSError], str]:
+    """The fix for a file that could not be written, by why: free disk space (full), make the
+    folder writable (its mode, its owner, a read-only mount), lift the file size limit (EFBIG: a
+    `ulimit -f`, or a file system's largest file), or, where no file can be written at all, say so
+    (a folder of the system such as /proc or /sys: root is told 'No such file or directory', others
+    'Permission denied'). Then what to do once that is done (`then`: "continue with --resume") and
+    what to do instead (`elsewhere`: "choose another --out"); every write of a user's files takes
+    its fix from here."""
 
     def fix(err: OSError) -> str:
-        if err.errno in FULL:
-            return f"free disk space, or {elsewhere}"
-        if err.errno in REFUSED and not _kernel_folder(err.filename):
-            return f"make the folder writable, or {elsewhere}"
-        return f"no file can be written there (as in /proc or /sys); {elsewhere}"
+        if _kernel_folder(err.filename):
+            return "; ".join(filter(None, ["no file can be written there (as in /proc or /sys)", elsewhere]))
+        action = CAUSES.get(err.errno) or ("fix that" if then else "")
+        then_part = f", then {then}" if then and action else ""
+        if not action:
+            return elsewhere
+        return f"{action}{then_part}" + (f", or {elsewhere}" if elsewhere else "")
 
     return fix
 
 
+CAUSES = {
+    **dict.fromkeys(FULL, "free disk space"),
+    **dict.fromkeys(REFUSED, "make the folder writable"),
+    errno.EFBIG: "lift the file size limit (ulimit -f)",  # or a file system's: `elsewhere` then
+}
+
+
+def _names_one_in(err: OSError, folders: tuple) -> bool:
+    """Whether the error names a file in one of `folders` (or one of them)."""
+    names = [os.path.abspath(os.fspath(n)) for n in (err.filename, err.filename2) if n is not None]
+    folders = [os.path.abspath(os.fspath(f)) for f in folders]
+    return any(n == f or n.startswith(f + os.sep) for n in names for f in folders)
+
+
 def _kernel_folder(path) -> bool:
-    """Whether `path` lies on a file system with no storage (procfs, sysfs: 0 blocks in all)."""
+    """Whether `path` lies on a file system with no storage (procfs, sysfs: 0 blocks in all): one
+    refused there for any reason (ENOENT, EACCES) is no folder to make writable or to free."""
     try:
         return path is not None and os.statvfs(os.path.dirname(os.fspath(path))).f_blocks == 0
     except (OSError, TypeError, ValueError):  # gone, or a name the OS refuses

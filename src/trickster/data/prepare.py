@@ -68,7 +68,7 @@ from trickster.data.records import Records, records_source
 from trickster.data.shards import SPLITS, Progress, ShardWriter, SplitProgress, token_dtype
 from trickster.data.sources import Corpus, DownloadFailed, Source, corpus_source
 from trickster.data.tokenizers import Tokenizer, build_tokenizer, from_dict
-from trickster.errors import Interrupted, UserError
+from trickster.errors import Interrupted, UserError, disk_errors, write_fix
 
 SHARD_TOKENS = 100_000_000  # like nanoGPT's FineWeb shards
 CHUNK_CHARS = 1_000_000  # documents per task: big enough to amortise the hand-off to a worker
@@ -135,16 +135,17 @@ def _prepare_in(
 ) -> dict | None:  # fmt: skip
     """Prepare `out_dir` in `partial` (continued, or begun), or put a finished `partial` in its place:
     its meta.json; None when that one is of a revision the Hub has moved from (prepared again next)."""
-    try:
+    with disk_errors(str(partial), write_fix("choose another --out")):
         partial.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"could not write {partial} ({err.strerror or err}); choose another --out") from None
     busy = (
         f"{partial} is in use: another preparation is writing it; wait for it to end (or stop it), "
         "or choose another --out (nothing was changed)"
     )
     fix = "give this user access to it (or delete it), or choose another --out (nothing was changed)"
-    with held(partial, busy, fix):  # two runs of one command at once would write the same shards
+    # held: two runs of one command at once would write the same shards; a write refused (a full
+    # disk, a read-only folder) is one line, not a source's read error, and finished shards stay
+    again = write_fix("choose another --out", then="run the same command again to continue")
+    with disk_errors(str(partial), again, within=(partial, out_dir)), held(partial, busy, fix):
         if (meta := finished_in_partial(partial, out_dir, settings, echo, revision)) is not None:
             return None if moved(meta, revision) else meta
         if (why := prepared_again(out_dir, settings, revision)) is not None:

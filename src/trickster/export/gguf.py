@@ -35,7 +35,7 @@ import torch
 from trickster.atomic import place_file, remove_leftovers
 from trickster.config import ModelConfig
 from trickster.data.tokenizers import EOT_TEXT, Tokenizer
-from trickster.errors import UserError
+from trickster.errors import UserError, disk_errors, write_fix
 from trickster.export.hf import rename
 from trickster.train import checkpoint as ckpt
 
@@ -54,6 +54,7 @@ TO_GGUF = {
     "output.weight": "output.weight",
 }
 SPACE = "\u2581"  # SentencePiece's visible space
+WRITE_FIX = write_fix("choose another --out")  # why the file could not be written, and what to do
 
 
 def permute_for_interleaved(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -125,10 +126,8 @@ def export_gguf(target: str | Path, out: str | Path, dtype: str = "float32") -> 
     loaded = ckpt.load_checkpoint(target)  # LoRA adapters arrive merged
     tokens, types = gguf_vocabulary(loaded.tokenizer, loaded.cfg.model.vocab_size)
 
-    try:
+    with disk_errors(str(out), WRITE_FIX):  # a file where a folder of the path should be, a read-only one
         out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:  # a file where a folder of the path should be
-        raise UserError(f"could not write {out} ({err.strerror or err}); choose another --out") from None
     remove_leftovers(out.parent, of=out.name)  # what killed exports of this file left
     staging = out.parent / f".{out.name}.tmp-{os.getpid()}"  # a second export at once writes its own
     writer = gguf.GGUFWriter(staging, "llama")
@@ -147,7 +146,7 @@ def export_gguf(target: str | Path, out: str | Path, dtype: str = "float32") -> 
         with contextlib.suppress(OSError):
             staging.unlink(missing_ok=True)
         if isinstance(err, OSError):
-            raise UserError(f"could not write {out} ({err.strerror or err}); choose another --out") from None
+            raise UserError(f"could not write {out} ({err.strerror or err}); {WRITE_FIX(err)}") from None
         raise
     if not placed:  # another export (or anything else) wrote `out` meanwhile: it stays
         staging.unlink(missing_ok=True)

@@ -26,10 +26,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from trickster.errors import UserError, disk_errors
+from trickster.errors import UserError, disk_errors, write_fix
 
-# what a failed write of a run's metrics (a full disk) tells the user to do
-DISK_FIX = "free disk space or make the run folder writable, then continue with --resume"
+# what a failed write of a run's metrics (a full disk, a read-only folder) tells the user to do
+DISK_FIX = write_fix(then="continue with --resume")
 
 
 class MetricsLog:

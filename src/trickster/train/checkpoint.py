@@ -43,7 +43,7 @@ from trickster.atomic import (
 from trickster.config import Config, ModelConfig, save_config
 from trickster.config_saved import read_saved
 from trickster.data.tokenizers import Tokenizer, load_tokenizer
-from trickster.errors import UserError, disk_errors
+from trickster.errors import UserError, disk_errors, write_fix
 from trickster.model import lora
 from trickster.model.transformer import Transformer
 from trickster.train.device import inference_dtype
@@ -60,6 +60,7 @@ WEIGHTS = "model.safetensors"
 OPTIMIZER = "optimizer"  # the sharded optimizer state of an FSDP2 run
 STEP_DIR = re.compile(r"^step_(\d+)$")
 OS_ERROR = re.compile(r"\(os error (\d+)\)")  # the errno in a SafetensorError's message
+SAVE_FIX = write_fix(then="continue with --resume (earlier checkpoints are untouched)")
 
 
 def step_name(step: int) -> str:
@@ -94,11 +95,7 @@ def save_checkpoint(
     optimizer-shard files are hard-linked (copied where links fail) instead of written again.
     """
     target = Path(target)
-    fix = (
-        f"free disk space or make {target.parent} writable, then continue with --resume "
-        "(earlier checkpoints are untouched)"
-    )
-    with disk_errors(f"checkpoint {target}", fix):
+    with disk_errors(f"checkpoint {target}", SAVE_FIX):
         tensors = reuse or (weights_to_save(model, weights), lora.adapter_weights(model, weights))
         return _write_checkpoint(target, tensors, cfg, tokenizer, info, trainer_state, staging)
 
@@ -198,7 +195,7 @@ def checkpoint_step(path: Path) -> int:
 def update_info(path: Path, **values) -> None:
     """Change values in a complete checkpoint's info.json: written aside, then renamed over it."""
     file = path / "info.json"
-    with disk_errors(str(file), "free disk space, then continue with --resume (the checkpoint is whole)"):
+    with disk_errors(str(file), write_fix(then="continue with --resume (the checkpoint is whole)")):
         replace_file(file, json.dumps({**json.loads(file.read_text()), **values}, indent=2))
 
 

@@ -176,9 +176,7 @@ def _make_folder(folder: Path, run_dir: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise UserError(
-            f"cannot create run folder {run_dir} ({err.strerror}); choose another --out"
-        ) from None
+        raise UserError(f"cannot create run folder {run_dir} ({err.strerror}); {WRITE_FIX(err)}") from None
 
 
 # May differ between the checkpoint and the resumed run without being reported as a change
