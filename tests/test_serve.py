@@ -141,6 +141,26 @@ def test_a_stream_sends_each_token_as_soon_as_it_is_decoded(client, server, monk
     ) + [""]
 
 
+def test_every_chunk_of_a_stream_says_when_the_completion_was_created(client, monkeypatch):
+    """OpenAI: "Each chunk has the same timestamp." Each took the clock as it was sent, so a stream
+    that ran over a second's turn (here a decoding step of 1.1 s) told two times."""
+    from trickster.serve.engine import Batch
+
+    decode, slowed = Batch._decode, []
+
+    def slow_once(self):
+        if not slowed:
+            time.sleep(1.1)
+            slowed.append(True)
+        decode(self)
+
+    monkeypatch.setattr(Batch, "_decode", slow_once)
+    chunks = list(
+        client.completions.create(model="best", prompt="JULIET:", max_tokens=4, seed=3, stream=True)
+    )
+    assert slowed and len(chunks) == 5 and len({c.created for c in chunks}) == 1
+
+
 def test_n_choices_take_consecutive_seeds(client):
     fields = dict(model="best", prompt="KING:", max_tokens=12, temperature=1.0)
     many = client.completions.create(**fields, n=3, seed=40)

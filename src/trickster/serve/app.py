@@ -101,7 +101,9 @@ class Server:
         ]
         use = schemas.usage(generation.prompt_tokens, generation.completion_tokens)
         return JSONResponse(
-            schemas.envelope("text_completion", schemas.new_id("cmpl"), req.model, choices, use)
+            schemas.envelope(
+                "text_completion", schemas.new_id("cmpl"), req.model, choices, use, generation.created
+            )
         )
 
     async def chat_completions(self, request: Request) -> Response:
@@ -152,7 +154,9 @@ class Server:
         ]
         use = schemas.usage(generation.prompt_tokens, generation.completion_tokens)
         return JSONResponse(
-            schemas.envelope("chat.completion", schemas.new_id("chatcmpl"), req.model, choices, use)
+            schemas.envelope(
+                "chat.completion", schemas.new_id("chatcmpl"), req.model, choices, use, generation.created
+            )
         )
 
     # ------------------------------------------------------------------ streams
@@ -190,7 +194,7 @@ class Server:
     def _chunk(self, kind, request_id, req, choices, generation, last) -> dict:
         with_usage = (choices == []) if _include_usage(req) else last
         use = schemas.usage(generation.prompt_tokens, generation.completion_tokens) if with_usage else None
-        return schemas.envelope(kind, request_id, req.model, choices, use)
+        return schemas.envelope(kind, request_id, req.model, choices, use, generation.created)
 
     # ------------------------------------------------------------------ checks
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -115,6 +116,7 @@ class Generation:
         release: Callable[[], None],
     ):
         self.engine, self.offered = engine, offered
+        self.created = int(time.time())  # OpenAI's `created` of every chunk and answer
         self.queue: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
         tokenizer = offered.tokenizer

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import time
 import uuid
 from typing import Literal
 
@@ -321,9 +320,12 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
     }
 
 
-def envelope(kind: str, request_id: str, model: str, choices: list[dict], use: dict | None) -> dict:
-    """kind: text_completion, chat.completion or chat.completion.chunk."""
-    body = {"id": request_id, "object": kind, "created": int(time.time()), "model": model, "choices": choices}
+def envelope(
+    kind: str, request_id: str, model: str, choices: list[dict], use: dict | None, created: int
+) -> dict:
+    """kind: text_completion, chat.completion or chat.completion.chunk. `created`: when the request's
+    generation began (Generation.created), the same in each chunk of a stream, as OpenAI's are."""
+    body = {"id": request_id, "object": kind, "created": created, "model": model, "choices": choices}
     if use is not None:
         body["usage"] = use
     return body
