@@ -253,6 +253,51 @@ def _resume_damaged_trainer_state(env: Env) -> list[str]:
     return argv
 
 
+def _resume_trainer_state_is_a_folder(env: Env) -> list[str]:
+    argv = _trained_run_copy_with(env, "--resume")
+    state = env.tmp / "run-copy" / "checkpoints" / "final" / "trainer.pt"
+    state.unlink()
+    state.mkdir()
+    return argv
+
+
+def _data_file_is_a_folder(name: str) -> Build:
+    def build(env: Env) -> list[str]:
+        data = env.copy_data()
+        (data / name).unlink()
+        (data / name).mkdir()
+        return micro_train(env, "--data", str(data))
+
+    return build
+
+
+def _data_meta_not_utf8(env: Env) -> list[str]:
+    data = env.copy_data()
+    raw = bytearray((data / "meta.json").read_bytes())
+    raw[len(raw) // 2] = 0xFF  # a flipped byte: no UTF-8 sequence starts with it
+    (data / "meta.json").write_bytes(bytes(raw))
+    return micro_train(env, "--data", str(data))
+
+
+def _flip_bytes(file: Path, start: int, count: int) -> None:
+    raw = bytearray(file.read_bytes())
+    raw[start : start + count] = bytes(b ^ 0xFF for b in raw[start : start + count])
+    file.write_bytes(bytes(raw))
+
+
+def _eval_shard_with_flipped_bytes(env: Env) -> list[str]:
+    data = env.copy_data()
+    _flip_bytes(data / "val" / "000000.bin", 100, 8)  # char ids < 61 become ids > 190
+    return ["eval", str(env.run), "--data", str(data), "--device", "cpu"]
+
+
+def _train_shard_with_flipped_bytes(env: Env) -> list[str]:
+    data = env.copy_data()
+    shard = data / "train" / "000000.bin"
+    _flip_bytes(shard, 0, shard.stat().st_size)  # the first batch draws some
+    return micro_train(env, "--data", str(data))
+
+
 def _resume_optimizer_state_by_position(env: Env) -> list[str]:
     """trainer.pt as trickster wrote it until 2026-11-22 07:16: optimizer.state_dict() as it is."""
     argv = _trained_run_copy_with(env, "--resume")
@@ -1339,6 +1384,34 @@ CASES = [
         "prepare the data again",
     ),
     case("train-damaged-meta", _damaged_meta, "meta.json is damaged", "prepare the data again"),
+    # meta.json not UTF-8, meta.json or index.json a folder: a UnicodeDecodeError or an OSError
+    # traceback from every command that reads the folder
+    case(
+        "train-data-meta-not-utf8",
+        _data_meta_not_utf8,
+        "data-copy/meta.json is damaged",
+        "prepare the data again",
+    ),
+    case(
+        "train-data-meta-is-a-folder", _data_file_is_a_folder("meta.json"), "data-copy/meta.json is damaged"
+    ),
+    case(
+        "train-data-index-is-a-folder",
+        _data_file_is_a_folder("index.json"),
+        "data-copy/index.json is damaged",
+    ),
+    case(  # an IndexError traceback from the embedding, when a window drew the damaged bytes
+        "eval-data-shard-with-flipped-bytes",
+        _eval_shard_with_flipped_bytes,
+        "data-copy/val/000000.bin holds token id",
+        "the file is damaged; prepare the data again",
+    ),
+    case(
+        "train-data-shard-with-flipped-bytes",
+        _train_shard_with_flipped_bytes,
+        "data-copy/train/000000.bin holds token id",
+        "the file is damaged; prepare the data again",
+    ),
     case(
         "train-data-tokenizer-is-a-folder",
         _data_tokenizer_is_a_folder,
@@ -1399,6 +1472,12 @@ CASES = [
         "resume-damaged-trainer-state",
         _resume_damaged_trainer_state,
         "trainer.pt refused or damaged",
+        "resume from another checkpoint",
+    ),
+    case(  # an IsADirectoryError traceback
+        "resume-trainer-state-is-a-folder",
+        _resume_trainer_state_is_a_folder,
+        "final/trainer.pt refused or damaged (Is a directory)",
         "resume from another checkpoint",
     ),
     case(

@@ -31,12 +31,31 @@ class TokenStream:
     a target the loss covers, 0: skipped), or None when the loss covers every token.
     """
 
-    def __init__(self, shards: list[np.ndarray], masks: list[np.ndarray] | None = None):
+    def __init__(
+        self,
+        shards: list[np.ndarray],
+        masks: list[np.ndarray] | None = None,
+        limit: int | None = None,
+        files: list[Path] | None = None,
+    ):
         self.shards = shards
         self.ends = np.cumsum([len(s) for s in shards])  # token offset where each shard ends
         self.starts = self.ends - [len(s) for s in shards]  # ... and where it begins
         self.dtype = shards[0].dtype
         self.loss_mask = None if masks is None else TokenStream(masks)
+        self.limit, self.files = limit, files  # the tokenizer's ids, and the shards' files to name
+
+    def checked(self, tokens: np.ndarray) -> np.ndarray:
+        """`tokens` as read, refused when one is past the tokenizer's ids: a damaged shard (bytes
+        flipped on disk) ended in an IndexError traceback in the embedding, mid-run."""
+        if self.limit is None or not tokens.size or int(tokens.max()) < self.limit:
+            return tokens
+        shard = next(i for i, s in enumerate(self.shards) if len(s) and int(s.max()) >= self.limit)
+        name = self.files[shard] if self.files else f"token shard {shard}"
+        raise UserError(
+            f"{name} holds token id {int(self.shards[shard].max())}, past the {self.limit} ids of "
+            "the data's tokenizer: the file is damaged; prepare the data again"
+        )
 
     def __len__(self) -> int:
         return int(self.ends[-1])
@@ -54,7 +73,7 @@ class TokenStream:
             for i in range(first, last + 1):
                 base = int(self.starts[i])
                 pieces.append(self.shards[i][max(start - base, 0) : stop - base])
-            return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+            return self.checked(pieces[0] if len(pieces) == 1 else np.concatenate(pieces))
         position = int(index) + (len(self) if index < 0 else 0)
         if not 0 <= position < len(self):
             raise IndexError(f"token {index} is outside a stream of {len(self)}")
@@ -68,7 +87,7 @@ class TokenStream:
         boundary are joined as x[a:b] joins them."""
         offsets = np.arange(length)
         if len(self.shards) == 1:
-            return self.shards[0][starts[:, None] + offsets]  # (len(starts), length)
+            return self.checked(self.shards[0][starts[:, None] + offsets])  # (len(starts), length)
         out = np.empty((len(starts), length), self.dtype)
         shard_of = np.searchsorted(self.ends, starts, side="right")
         for shard in np.unique(shard_of):
@@ -78,7 +97,7 @@ class TokenStream:
             out[rows[inside]] = self.shards[shard][local[inside, None] + offsets]  # (n, length)
             for row in rows[~inside]:
                 out[row] = self[int(starts[row]) : int(starts[row]) + length]
-        return out
+        return self.checked(out)
 
     def __iter__(self):
         for shard in self.shards:
@@ -105,7 +124,7 @@ def load_data(path: str | Path) -> PreparedData:
     path = Path(path)
     meta_file = path / "meta.json"
     restore_replaced(path)  # a preparation into an existing folder killed between its two renames
-    if not meta_file.is_file():
+    if not meta_file.exists():  # a folder in its place is damaged, below
         raise UserError(
             f"no prepared data in {path} (meta.json missing); give a folder written by `trickster "
             "data prepare` (for example `trickster data prepare shakespeare --out DIR`)"
@@ -113,11 +132,12 @@ def load_data(path: str | Path) -> PreparedData:
     try:
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
         dtype = np.dtype(meta["dtype"])
-    except (json.JSONDecodeError, KeyError, TypeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
         raise UserError(f"{meta_file} is damaged; prepare the data again") from None
     tokenizer = load_tokenizer(path / "tokenizer.json")
     index = _read_index(path, meta) if meta.get("layout") == "shards" else _flat_index(meta)
-    streams = {split: _read_split(path, meta, index[split], split, dtype) for split in ("train", "val")}
+    ids = tokenizer.vocab_size
+    streams = {split: _read_split(path, meta, index[split], split, dtype, ids) for split in ("train", "val")}
     return PreparedData(path, meta, tokenizer, streams["train"], streams["val"])
 
 
@@ -130,7 +150,7 @@ def _read_index(path: Path, meta: dict) -> dict:
         return index
     except FileNotFoundError:
         raise UserError(f"{path / meta['index']} is missing; prepare the data again") from None
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError):
         raise UserError(f"{path / 'index.json'} is damaged; prepare the data again") from None
 
 
@@ -145,7 +165,9 @@ def _flat_index(meta: dict) -> dict:
     return index
 
 
-def _read_split(path: Path, meta: dict, shards: list[dict], split: str, dtype: np.dtype) -> TokenStream:
+def _read_split(
+    path: Path, meta: dict, shards: list[dict], split: str, dtype: np.dtype, ids: int
+) -> TokenStream:
     arrays, masks = [], []
     for shard in shards:
         file, tokens = path / shard["file"], shard["tokens"]
@@ -164,7 +186,7 @@ def _read_split(path: Path, meta: dict, shards: list[dict], split: str, dtype: n
         raise UserError(
             f"the {split} shards of {path} do not add up to meta.json's {expected}; prepare the data again"
         )
-    return TokenStream(arrays, masks if masks else None)
+    return TokenStream(arrays, masks if masks else None, ids, [path / shard["file"] for shard in shards])
 
 
 def check_windows(data: PreparedData, seq_len: int) -> None:

@@ -426,8 +426,9 @@ def load_trainer_state(path: Path) -> dict:
         return torch.load(file, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"{file} is missing: this checkpoint holds weights only and cannot resume") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        reason = str(err).strip().split(". ")[0].splitlines()[0] if str(err).strip() else type(err).__name__
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:  # OSError: a folder, unreadable
+        reason = getattr(err, "strerror", None) or str(err).strip().split(". ")[0].splitlines()[0]
+        reason = reason or type(err).__name__
         raise UserError(
             f"{file} refused or damaged ({reason[:160]}); resume from another checkpoint"
         ) from None
