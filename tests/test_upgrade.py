@@ -345,6 +345,10 @@ def test_a_run_config_without_the_saved_mark_is_still_known_by_where_it_lies(tra
         for path in (config, copied):
             with pytest.raises(UserError, match=hint):
                 load_config(path)
+    crlf = tmp_path / "crlf.yaml"  # saved again by an editor with Windows line endings
+    crlf.write_bytes(copied.read_bytes().replace(b"\n", b"\r\n"))
+    with pytest.raises(UserError, match=hint):
+        load_config(crlf)
     own = tmp_path / "project" / "config.yaml"
     (own.parent / "checkpoints").mkdir(parents=True)
     own.write_text(copied.read_text().removeprefix(SAVED_MARK))

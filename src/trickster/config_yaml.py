@@ -141,7 +141,6 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], bool]:
     folder = path.parent
     unmarked_run = (folder / "manifest.json").is_file() and (folder / "checkpoints").is_dir()
     unmarked_checkpoint = (folder / "info.json").is_file() and folder.parent.name == "checkpoints"
-    saved = text.startswith(SAVED_MARK) or (
-        path.name == "config.yaml" and (unmarked_run or unmarked_checkpoint)
-    )
-    return parse_yaml(text, str(path)), saved
+    marked = text.lstrip("\ufeff").startswith(SAVED_MARK.rstrip("\n"))  # an editor's BOM or CRLF too
+    unmarked = path.name == "config.yaml" and (unmarked_run or unmarked_checkpoint)
+    return parse_yaml(text, str(path)), marked or unmarked
