@@ -606,22 +606,30 @@ def test_a_request_tokenizes_with_the_model_it_decodes_with(trained_run, tmp_pat
     assert during == after
 
 
-def test_a_replaced_model_that_was_loaded_is_loaded_again_before_it_is_asked_for(trained_run, tmp_path):
-    """A new best noticed (here by a listing, as the playground's): its weights are read in the
-    background, so the next request does not wait for them; a request for it then answers with them."""
+@pytest.mark.parametrize("noticed_by", ["listing", "another-model"])
+def test_a_replaced_model_that_was_loaded_is_loaded_again_before_it_is_asked_for(
+    trained_run, tmp_path, noticed_by
+):
+    """Training writes a new best: the first request for best read its weights (seconds, for a
+    large model). Noticed by a listing (the playground's) or by a request for another model (the
+    save changed checkpoints/), they are read in the background, and best answers with them."""
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     folder = run / "checkpoints"
     new = ckpt.load_checkpoint(folder / "step_000006")
     with live_server(run) as live:
-        assert cards(live)["best"]["loaded"]
+        catalog = live.catalog
+        assert catalog.offered["best"].model is not None
         ckpt.save_checkpoint(folder / "best", new.model, new.cfg, new.tokenizer, new.info)
-        assert cards(live)["best"]["step"] == 6
+        if noticed_by == "listing":
+            assert cards(live)["best"]["step"] == 6
+        else:
+            assert completion(client_of(live), model="untrained", **GREEDY)
         deadline = time.monotonic() + 20
-        while not cards(live)["best"]["loaded"] and time.monotonic() < deadline:
+        while catalog.offered["best"].model is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert cards(live)["best"]["loaded"]
-        torch.testing.assert_close(weights_of(live.catalog.offered["best"].model), weights_of(new.model))
+        assert catalog.offered["best"].info["step"] == 6 and catalog.offered["best"].model is not None
+        torch.testing.assert_close(weights_of(catalog.offered["best"].model), weights_of(new.model))
         assert completion(client_of(live), model="best", **GREEDY) == greedy_text(folder / "step_000006")
 
 

@@ -149,7 +149,8 @@ class Catalog:
         """Offer the checkpoints that appeared in the run's checkpoints/ since it was last listed (a
         later step_N, the first best), and no longer those that left it (pruned or deleted; not one
         between a replace's two renames): requests holding one finish on it. One `stat` when the
-        folder has not changed; a new checkpoint's config and tokenizer are read here."""
+        folder has not changed; a new checkpoint's config and tokenizer are read here, and the
+        models in memory are looked at (`current`)."""
         if self.folder is None or (
             disk.stamp(self.folder) == self.listed and time.monotonic() < self.relist_at
         ):
@@ -171,6 +172,10 @@ class Catalog:
                 self._relist(found, fresh)
             self.listed = stamp
             self.relist_at = now + SETTLE if racy or failed else float("inf")
+        # a best or final renamed in changed the folder too: one in memory is read anew now
+        # (`current`), its new weights ahead of the next request for it (_preload)
+        for name in [n for n, o in self.offered.items() if o.model is not None and n != UNTRAINED]:
+            self.current(name)
 
     def _relist(self, found: dict[str, Path], fresh: dict[str, Offered]) -> None:
         """The offer as `found` on disk, in its order (under `changed`): each one offered before
