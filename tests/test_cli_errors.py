@@ -1353,7 +1353,31 @@ CASES = [
         "model_config.hiden_dim",
         "did you mean model_config.hidden_dim",
     ),
-    case("unknown-subcommand", lambda env: ["trian"], "invalid choice: 'trian'", "train"),
+    case("unknown-subcommand", lambda env: ["trian"], "invalid choice: 'trian'", "did you mean train?"),
+    case(
+        "prepare-misspelled-source",
+        lambda env: ["data", "prepare", "shakspeare"],
+        "invalid choice: 'shakspeare'",
+        "did you mean shakespeare?",
+    ),
+    case(  # nanoGPT's configurator takes --max_iters=100; here settings are overrides
+        "train-nanogpt-style-option",
+        lambda env: micro_train(env, "--max_iters=100"),
+        "unrecognized arguments: --max_iters=100",
+        "did you mean training_config.max_steps=100?",
+    ),
+    case(
+        "train-setting-as-option",
+        lambda env: micro_train(env, "--max-steps", "7"),
+        "unrecognized arguments: --max-steps",
+        "training_config.max_steps=7",
+    ),
+    case(
+        "generate-option-with-underscores",
+        lambda env: ["generate", str(env.run), "--max_new_tokens", "5"],
+        "unrecognized arguments: --max_new_tokens",
+        "did you mean --max-new-tokens?",
+    ),
     case("no-subcommand", lambda env: [], "required", "command"),
     case("prepare-without-source", lambda env: ["data", "prepare"], "required", "source"),
     case(
@@ -2124,6 +2148,24 @@ CASES = [
         "no complete checkpoint",
         "train first",
     ),
+    case(
+        "generate-checkpoints-folder",
+        lambda env: ["generate", str(env.run / "checkpoints"), "--max-new-tokens", "2"],
+        "checkpoints holds checkpoints",
+        "pass the run folder",
+    ),
+    case(
+        "generate-weights-file",
+        lambda env: ["generate", str(env.run / "checkpoints" / "final" / "model.safetensors")],
+        "model.safetensors is a file",
+        "pass the folder that holds it",
+    ),
+    case(
+        "generate-data-folder",
+        lambda env: ["generate", str(env.data), "--max-new-tokens", "2"],
+        "is a prepared data folder, not a run",
+        "run folder",
+    ),
     case("generate-incomplete-checkpoint", _ckpt_without("COMPLETE"), "is incomplete", "use another one"),
     case(
         "generate-truncated-weights",
@@ -2823,7 +2865,7 @@ def test_a_failed_start_leaves_its_run_folder_free_for_the_next(tmp_path, shakes
     argv = ["train", "--config", str(tmp_path / "micro.yaml"), "--no-progress"]
 
     assert cli.main([*argv, f"training_config.init_from={shakespeare_dir}"]) == 2
-    assert f"no complete checkpoint in {shakespeare_dir}" in capsys.readouterr().err
+    assert f"{shakespeare_dir} is a prepared data folder, not a run" in capsys.readouterr().err
     assert cli.main(argv) == 0, capsys.readouterr().err
     assert (out / "checkpoints" / "final" / "COMPLETE").is_file()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import inspect
 import io
 import math
@@ -66,10 +67,49 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> arg
     args, rest = parser.parse_known_args(argv)
     # argparse gives a positional list only its first run of values: the runs after an option come back here
     if rest and (not hasattr(args, "overrides") or any(a.startswith("-") for a in rest)):
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        parser.error(f"unrecognized arguments: {' '.join(rest)}{_hint(parser, args, rest, argv)}")
     if hasattr(args, "overrides"):
         args.overrides = [*args.overrides, *rest, *args.flag_overrides]  # --data, --fp16, ... win
     return args
+
+
+def _hint(parser: argparse.ArgumentParser, args, rest: list[str], argv: list[str] | None) -> str:
+    """For the first unknown `--option`: the command's own option it is close to (`--max_new_tokens`
+    for --max-new-tokens), else the config override it stands for (nanoGPT's `--max_iters=100`,
+    a guessed `--max-steps 100`: training_config.max_steps=100)."""
+    option = next((a for a in rest if a.startswith("--")), None)
+    if option is None:
+        return ""
+    while (sub := _subcommand(parser, args)) is not None:
+        parser = sub
+    name, _, value = option[2:].partition("=")
+    own = [s for a in parser._actions for s in a.option_strings if s.startswith("--")]
+    close = difflib.get_close_matches(f"--{name.replace('_', '-')}", own, n=1, cutoff=0.75)
+    if close:
+        return f" (did you mean {close[0]}?)"
+    if not hasattr(args, "overrides"):
+        return ""
+    from trickster.config import SECTION_ALIASES, SECTIONS  # pydantic: loaded for this line only
+
+    keys = {
+        k: f"{alias}.{k}"
+        for alias, section in SECTION_ALIASES.items()
+        for k in SECTIONS[section].model_fields
+    }
+    close = difflib.get_close_matches(name.replace("-", "_"), keys, n=1, cutoff=0.6)
+    if not close:
+        return "; a setting is changed with SECTION.KEY=VALUE, e.g. training_config.max_steps=100"
+    words = list(sys.argv[1:] if argv is None else argv)
+    after = words[words.index(option) + 1 :][:1] if option in words else []
+    value = value or (after[0] if after and not after[0].startswith("-") else "VALUE")
+    return f"; a setting is changed with SECTION.KEY=VALUE: did you mean {keys[close[0]]}={value}?"
+
+
+def _subcommand(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser | None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(getattr(args, action.dest, None) or "")
+    return None
 
 
 def _check(args: argparse.Namespace) -> None:

@@ -8,6 +8,7 @@ Each `_add_NAME` builds one command's parser and names its function in commands.
 from __future__ import annotations
 
 import argparse
+import difflib
 import re
 
 from trickster.errors import single_line  # imports nothing
@@ -45,7 +46,17 @@ class _Parser(argparse.ArgumentParser):
         self._negative_number_matcher = _FullMatch(_NEGATIVE_NUMBER)
 
     def error(self, message: str):  # one line instead of usage + message
-        self.exit(2, f"error: {single_line(message)} (see `{self.prog} --help`)\n")
+        self.exit(2, f"error: {single_line(message)}{_close_choice(message)} (see `{self.prog} --help`)\n")
+
+
+def _close_choice(message: str) -> str:
+    """` (did you mean train?)` for argparse's "invalid choice: 'trian' (choose from ...)"."""
+    found = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+    if not found:
+        return ""
+    choices = [c.strip("'\" ") for c in found[2].split(",")]
+    close = difflib.get_close_matches(found[1], choices, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 class _FullMatch:

@@ -299,8 +299,20 @@ def resolve(path: str | Path) -> Path:
         return best
     found = latest(path)
     if found is None:
-        raise UserError(f"no complete checkpoint in {path}; train first, or pass a checkpoint folder")
+        raise UserError(_no_checkpoint(path))
     return found
+
+
+def _no_checkpoint(path: Path) -> str:
+    """Why `path` gives no checkpoint, for what a user passes instead of a run or checkpoint folder."""
+    if path.is_file():
+        return f"{path} is a file; pass the folder that holds it ({path.parent}) or its run folder"
+    if path.name == "checkpoints" and (path.parent / "config.yaml").is_file():
+        one = latest(path.parent) or path / "best"
+        return f"{path} holds checkpoints: pass the run folder {path.parent} or one of them, such as {one}"
+    if (path / "meta.json").is_file():
+        return f"{path} is a prepared data folder, not a run; pass a run folder (runs/NAME) or a checkpoint"
+    return f"no complete checkpoint in {path}; train first, or pass a checkpoint folder"
 
 
 @dataclass
