@@ -55,7 +55,7 @@ def _close_choice(message: str) -> str:
     if not found:
         return ""
     choices = [c.strip("'\" ") for c in found[2].split(",")]
-    close = difflib.get_close_matches(found[1], choices, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(found[1], choices, n=1, cutoff=0.75)  # not cpu for tpu
     return f" (did you mean {close[0]}?)" if close else ""
 
 
