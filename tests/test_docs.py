@@ -177,6 +177,8 @@ def test_every_option_in_a_documented_command_exists(page):
     """`trickster train --device cuda` in a guide fails for whoever copies it (train has none)."""
     wrong = []
     for number, line in doc_lines(page):
+        if page.name == "ERRORS.md" and "error: unrecognized arguments: " in line:
+            continue  # the cases of an unknown option, shown on purpose
         for path, rest in trickster_commands(line):
             known = _options(command_parser(path))
             command = "trickster " + " ".join(path)
