@@ -196,3 +196,48 @@ def test_rotary_tables_at_the_largest_rope_theta_still_tell_positions_apart():
     assert (sin[1, 128:] > 0).all()
     _, beyond = rotary_tables(256, 2, 1e39)
     assert (beyond[1, 129:] == 0).all()
+
+
+def test_init_weights_draws_each_matrix_at_its_documented_scale():
+    """GPT-2's scheme with the figures written out for 8 layers: std 0.02 for the embedding and
+    wq, wk, wv, w1, w3 (and an untied output); 0.02 / sqrt(2 x 8) = 0.005 for wo and w2, the two
+    projections per block that add into the residual stream; mean 0; ones for every norm, the
+    blocks' too. Each matrix holds at least 256 x 256 draws, so its sample std is within 0.3% of
+    the true one (standard error 1 / sqrt(2n)): 1.5% tells 0.005 from 0.02 / sqrt(17)."""
+    torch.manual_seed(0)
+    cfg = small(vocab_size=512, hidden_dim=256, num_heads=4, mlp_dim=512, num_layers=8, tie_embeddings=False)
+    model = Transformer(cfg)
+    expected = {"tok_embeddings": 0.02, "output": 0.02, "wq": 0.02, "wk": 0.02, "wv": 0.02}
+    expected |= {"w1": 0.02, "w3": 0.02, "wo": 0.005, "w2": 0.005}
+    seen = set()
+    for name, param in model.named_parameters():
+        if name.endswith("norm.weight"):
+            assert torch.all(param == 1), name
+            continue
+        kind = name.split(".")[-2]
+        seen.add(kind)
+        assert param.std().item() == pytest.approx(expected[kind], rel=0.015), name
+        assert abs(param.mean().item()) < 0.03 * expected[kind], name
+    assert seen == set(expected)
+
+
+def test_dropout_acts_in_training_only():
+    """dropout 0.5 (on the attention weights and on each branch into the residual stream): in
+    eval mode the logits are those of the same weights with dropout 0, call after call; in
+    training mode two calls differ, and differ from them, and so do two calls of one attention."""
+    torch.manual_seed(0)
+    dropped = Transformer(small(dropout=0.5))
+    plain = Transformer(small())
+    plain.load_state_dict(dropped.state_dict())
+    idx = torch.randint(0, 50, (2, 16))
+    with torch.no_grad():
+        reference = plain.eval()(idx)[0]
+        dropped.eval()
+        torch.testing.assert_close(dropped(idx)[0], reference, rtol=0, atol=0)
+        torch.testing.assert_close(dropped(idx)[0], reference, rtol=0, atol=0)
+        dropped.train()
+        first, second = dropped(idx)[0], dropped(idx)[0]
+        attention, x = dropped.layers[0].attention, torch.randn(2, 16, 32)
+        weights = [attention(x, dropped.rope_cos[:16], dropped.rope_sin[:16]) for _ in range(2)]
+    assert not torch.allclose(first, second) and not torch.allclose(first, reference)
+    assert not torch.allclose(*weights)  # the attention weights themselves are dropped too
