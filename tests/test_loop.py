@@ -1,14 +1,18 @@
-"""The Trainer's hot path and housekeeping: host synchronisations per step, the batch copy, peak
-memory, the CUDA generator saved per process, and the process-wide settings a run leaves behind."""
+"""The Trainer's hot path and housekeeping: the gradient a step hands the optimizer (accumulated,
+clipped), host synchronisations per step, the batch copy, peak memory, the CUDA generator saved per
+process, and the process-wide settings a run leaves behind."""
 
 from __future__ import annotations
 
+import copy
 import random
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
+from trickster.data.loader import BatchSampler
 from trickster.errors import UserError
 from trickster.train import dist
 from trickster.train import loop as loop_module
@@ -196,3 +200,57 @@ def test_a_sharded_optimizer_index_that_would_run_code_is_refused(tmp_path):
     with pytest.raises(UserError, match="refused or damaged .* resume from another checkpoint"):
         dist.load_sharded_optimizer(model, optimizer, folder, groups)
     assert not marker.exists()
+
+
+def one_step_gradients(micro, monkeypatch, **training) -> tuple:
+    """A Trainer's first step, its gradients as the optimizer gets them, and the weights before."""
+    cfg = micro(training_config={**STEPS, "batch_size": 4, "gradient_accumulation_steps": 2, **training})
+    with settings_restored():
+        trainer = Trainer(cfg, **QUIET)
+        before = copy.deepcopy(trainer.model)
+        seen = {}
+        monkeypatch.setattr(
+            trainer.scaler,
+            "step",
+            lambda optimizer: seen.update({n: p.grad.clone() for n, p in trainer.model.named_parameters()}),
+        )
+        result = trainer.step()
+    return trainer, before, seen, result
+
+
+def mean_loss_gradients(trainer, model) -> tuple[float, dict]:
+    """The loss and gradients worked out without the Trainer: the step's two micro-batches of 4
+    windows drawn again from a sampler of the run's seed, one F.cross_entropy over the full logits
+    of all 8 windows (every target counted once), one backward pass."""
+    t = trainer.cfg.training
+    sampler = BatchSampler(trainer.data.train, trainer.cfg.seq_len, 4, t.seed)
+    x, y = (torch.cat(pair) for pair in zip(sampler.next_batch(), sampler.next_batch(), strict=True))
+    logits, _ = model(x)
+    loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+    loss.backward()
+    return loss.item(), {n: p.grad for n, p in model.named_parameters()}
+
+
+def test_accumulated_micro_batches_give_the_gradient_and_loss_of_the_whole_batch(micro, monkeypatch):
+    """gradient_accumulation_steps=2 of 4 windows is one batch of 8: the optimizer gets the
+    gradient of the mean loss over all 8 windows' tokens (not the sum of the two micro-batches'
+    means), and the step reports that mean. No clipping (grad_clip 0)."""
+    trainer, before, seen, result = one_step_gradients(micro, monkeypatch, grad_clip=0.0)
+    loss, expected = mean_loss_gradients(trainer, before)
+    assert result.loss == pytest.approx(loss, rel=1e-5)
+    for name, grad in expected.items():
+        torch.testing.assert_close(seen[name], grad, rtol=1e-4, atol=1e-7, msg=name)
+    norm = torch.cat([g.flatten() for g in expected.values()]).norm().item()
+    assert result.grad_norm == pytest.approx(norm, rel=1e-4)
+
+
+def test_gradients_above_grad_clip_are_scaled_down_to_it(micro, monkeypatch):
+    """grad_clip 0.05, below the first step's norm: the optimizer gets the whole-batch gradient
+    times 0.05 / its norm (one factor for every parameter, so its direction is kept), and the step
+    reports the norm before clipping."""
+    trainer, before, seen, result = one_step_gradients(micro, monkeypatch, grad_clip=0.05)
+    _, expected = mean_loss_gradients(trainer, before)
+    norm = torch.cat([g.flatten() for g in expected.values()]).norm().item()
+    assert norm > 0.1 and result.grad_norm == pytest.approx(norm, rel=1e-4)
+    for name, grad in expected.items():
+        torch.testing.assert_close(seen[name], grad * 0.05 / norm, rtol=1e-4, atol=1e-8, msg=name)
