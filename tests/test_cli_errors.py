@@ -271,6 +271,15 @@ def _data_file_is_a_folder(name: str) -> Build:
     return build
 
 
+def _data_with(name: str, content: str) -> Build:
+    def build(env: Env) -> list[str]:
+        data = env.copy_data()
+        (data / name).write_text(content, encoding="utf-8")
+        return micro_train(env, "--data", str(data))
+
+    return build
+
+
 def _data_meta_not_utf8(env: Env) -> list[str]:
     data = env.copy_data()
     raw = bytearray((data / "meta.json").read_bytes())
@@ -1435,6 +1444,12 @@ CASES = [
         _train_shard_with_flipped_bytes,
         "data-copy/train/000000.bin holds token id",
         "the file is damaged; prepare the data again",
+    ),
+    case(  # it said 'unknown tokenizer kind None; expected one of char, ...', naming no file
+        "train-data-tokenizer-an-empty-mapping",
+        _data_with("tokenizer.json", "{}"),
+        "data-copy/tokenizer.json is not a valid tokenizer (unknown tokenizer kind None",
+        "prepare the data again",
     ),
     case(
         "train-data-tokenizer-is-a-folder",

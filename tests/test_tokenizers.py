@@ -110,7 +110,10 @@ def test_the_bpe_trainer_sees_every_character_of_a_text_with_long_runs():
 
 def test_damaged_tokenizer_file_is_a_user_error(tmp_path):
     (tmp_path / "tokenizer.json").write_text(json.dumps({"kind": "wordpiece"}))
-    with pytest.raises(UserError, match="unknown tokenizer kind"):
+    with pytest.raises(UserError, match="tokenizer.json is not a valid tokenizer .unknown tokenizer kind"):
+        load_tokenizer(tmp_path / "tokenizer.json")
+    (tmp_path / "tokenizer.json").write_text("{}")  # said 'unknown tokenizer kind None', naming no file
+    with pytest.raises(UserError, match="tokenizer.json is not a valid tokenizer .unknown tokenizer kind None"):
         load_tokenizer(tmp_path / "tokenizer.json")
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(UserError, match="not a valid tokenizer"):

@@ -408,7 +408,7 @@ def from_dict(data: dict) -> Tokenizer:
         return GPT2Tokenizer()
     if kind == "hf":
         return HFTokenizer(data["tokenizer"], data.get("config"), data.get("eos_ids", ()))
-    raise UserError(f"unknown tokenizer kind {kind!r}; expected one of {', '.join(KINDS)}")
+    raise ValueError(f"unknown tokenizer kind {kind!r}; this version reads {', '.join(KINDS)}")
 
 
 def load_tokenizer(path: str | Path, fix: str = "prepare the data again") -> Tokenizer:
@@ -420,8 +420,9 @@ def load_tokenizer(path: str | Path, fix: str = "prepare the data again") -> Tok
         raise UserError(f"tokenizer file {path} not found; {fix}") from None
     except OSError as err:  # a folder by that name, an unreadable file
         raise UserError(f"tokenizer file {path} cannot be read ({err.strerror or err}); {fix}") from None
-    except (ValueError, KeyError, TypeError, AttributeError):  # JSON and UTF-8 errors are ValueErrors
-        raise UserError(f"tokenizer file {path} is not a valid tokenizer; {fix}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as err:  # JSON and UTF-8 errors are ValueErrors
+        why = f" ({err})" if "tokenizer kind" in str(err) else ""  # `{}` said only 'kind None', no file
+        raise UserError(f"tokenizer file {path} is not a valid tokenizer{why}; {fix}") from None
 
 
 def build_tokenizer(
