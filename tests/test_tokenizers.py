@@ -113,7 +113,8 @@ def test_damaged_tokenizer_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="tokenizer.json is not a valid tokenizer .unknown tokenizer kind"):
         load_tokenizer(tmp_path / "tokenizer.json")
     (tmp_path / "tokenizer.json").write_text("{}")  # said 'unknown tokenizer kind None', naming no file
-    with pytest.raises(UserError, match="tokenizer.json is not a valid tokenizer .unknown tokenizer kind None"):
+    wanted = "tokenizer.json is not a valid tokenizer .unknown tokenizer kind None;"
+    with pytest.raises(UserError, match=wanted):
         load_tokenizer(tmp_path / "tokenizer.json")
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(UserError, match="not a valid tokenizer"):
