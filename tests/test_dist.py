@@ -442,6 +442,29 @@ def test_a_silent_process_ends_the_job_after_timeout_s_with_one_line(shakespeare
     }
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a subreaper to wait for the orphans")
+def test_the_workers_of_a_killed_torchrun_end_with_one_line_each(shakespeare_dir, tmp_path):
+    """torchrun killed with SIGKILL as its 2 workers start (tests/launcher_killed.py): its store
+    is gone before they join, and they used to end after timeout_s with a DistNetworkError
+    traceback (exit status 1). Each ends with one line and exit status 2, and no run folder."""
+    run_dir = tmp_path / "run"
+    cfg = config(shakespeare_dir, run_dir, batch_size=4, enable_ddp=True, timeout_s=2)
+    launcher = ["--standalone", "--nproc-per-node=2", "-m", *job_argv(cfg, tmp_path, None, ())]
+    result = children.run("tests.launcher_killed", *launcher, env={"OMP_NUM_THREADS": "1"}, timeout=280)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.splitlines()[-1]) == [2, 2], result.stderr[-3000:]
+    line = (
+        "error: the job's torchrun launcher or another of its processes ended or stopped answering (within "
+        "device_config.timeout_s=2 s) while this process joined the job: "
+    )
+    ours = [text for text in result.stderr.splitlines() if text.startswith("error: ")]
+    assert len(ours) == 2 and all(text.startswith(line) for text in ours), result.stderr[-3000:]
+    assert all(text.endswith("or starts it if it has none)") for text in ours), ours
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert not run_dir.exists()
+
+
 def test_a_process_dead_in_a_sharded_checkpoint_leaves_the_one_before_to_resume(
     single, shakespeare_dir, tmp_path
 ):

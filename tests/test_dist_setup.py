@@ -20,7 +20,7 @@ from trickster.config import config_from_dict
 from trickster.errors import UserError
 from trickster.model.generate import generate
 from trickster.model.transformer import Transformer
-from trickster.train import dist
+from trickster.train import dist, peers
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="gloo process groups on POSIX")
 CPU = torch.device("cpu")
@@ -309,7 +309,7 @@ def test_a_process_that_ends_without_a_word_while_rank_0_answers_leaves_one_line
     from trickster.train import setup
 
     monkeypatch.setattr(dist, "broadcast", _lost)
-    with pytest.raises(dist.PeerLost) as ended:
+    with pytest.raises(peers.PeerLost) as ended:
         setup.on_main(dist.Dist(rank=rank, world_size=2, mode="ddp"), lambda: "the answer")
     reason = "Read error [127.0.0.1]:50907: Connection reset by peer"
     assert str(ended.value) == f"{who}: {reason}; see torchrun's summary for which process and why"
@@ -366,8 +366,8 @@ def test_nccl_s_words_for_a_lost_process_are_a_lost_peer(text, reason):
     """On GPUs the collectives run on NCCL, whose errors are DistBackendErrors worded otherwise than
     gloo's: each that says a peer is gone or silent is a lost peer, in its own few words."""
     job = dist.Dist(rank=0, world_size=2, mode="fsdp")
-    assert dist.lost_peer(td.DistBackendError(text), job) == reason
-    assert dist.lost_peer(td.DistBackendError(text), dist.Dist()) is None  # not in a job: never
+    assert peers.lost_peer(td.DistBackendError(text), job) == reason
+    assert peers.lost_peer(td.DistBackendError(text), dist.Dist()) is None  # not in a job: never
 
 
 def test_other_nccl_errors_and_a_lost_store_are_told_apart():
@@ -379,10 +379,57 @@ def test_other_nccl_errors_and_a_lost_store_are_told_apart():
         "error (run with NCCL_DEBUG=INFO for details), NCCL version 2.27.7\nncclUnhandledCudaError: Call "
         "to CUDA function failed.\nLast error:\nCuda failure 2 'out of memory'"
     )
-    assert dist.lost_peer(td.DistBackendError(here), job) is None
-    assert dist.lost_peer(RuntimeError("CUDA error: an illegal memory access was encountered"), job) is None
+    assert peers.lost_peer(td.DistBackendError(here), job) is None
+    assert peers.lost_peer(RuntimeError("CUDA error: an illegal memory access was encountered"), job) is None
     store = (
         "[/pytorch/torch/csrc/distributed/c10d/TCPStore.cpp:125] recvValue failed on SocketImpl(fd=5, "
         "addr=[localhost]:49424, remote=[localhost]:29500): failed to recv, got 0 bytes"
     )
-    assert dist.lost_peer(td.DistNetworkError(store), job) == store.split("] ", 1)[1]
+    assert peers.lost_peer(td.DistNetworkError(store), job) == store.split("] ", 1)[1]
+
+
+LOST_LAUNCHER = (
+    "the job's torchrun launcher or another of its processes ended or stopped answering (within "
+    "device_config.timeout_s=7 s) while this process joined the job: "
+)
+
+
+def test_a_store_lost_while_the_device_mesh_is_made_is_one_line(monkeypatch):
+    """torchrun's launcher killed after this process reached its store, as the mesh's groups are
+    made through it: the DistNetworkError seen then for real (2 CPU workers, torchrun killed
+    once they held their store connections; tests/test_dist.py kills it earlier, for good) becomes
+    one line, and the process group joined so far is left by the caller (commands.train_command)."""
+    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"}
+    for name, value in {**env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(dist._free_port())}.items():
+        monkeypatch.setenv(name, value)
+
+    def store_gone(*args, **kwargs):
+        raise td.DistNetworkError("Connection reset by peer")
+
+    monkeypatch.setattr(dist, "init_device_mesh", store_gone)
+    try:
+        with pytest.raises(UserError) as ended:
+            dist.setup(config(enable_ddp=True, timeout_s=7).device, "cpu")
+    finally:
+        dist.shutdown()
+    assert str(ended.value).startswith(f"{LOST_LAUNCHER}Connection reset by peer; nothing was trained")
+
+
+@pytest.mark.parametrize(
+    ("error", "launched", "said"),
+    [
+        (td.DistNetworkError("Failed to recv, got 0 bytes. Connection was likely closed."), True, True),
+        (td.DistStoreError("Timed out after 8 seconds waiting for clients. 1/2 clients joined."), True, True),
+        (RuntimeError("[../gloo/transport/tcp/pair.cc:144] Connection refused"), True, True),
+        (td.DistNetworkError("Connection reset by peer"), False, False),  # a group of one: a bug
+        (td.DistBackendError("ncclUnhandledCudaError: Call to CUDA function failed."), True, False),
+        (RuntimeError("CUDA error: out of memory"), True, False),
+    ],
+)
+def test_joining_tells_a_lost_launcher_from_other_faults(error, launched, said):
+    """What the store or gloo say of a launcher or peer gone, while a process launched by torchrun
+    joins its job, is one line; anything else (a GPU's fault, a group trickster made for itself)
+    keeps its traceback."""
+    with pytest.raises(type(error) if not said else UserError) as ended, peers.joining(7, launched):
+        raise error
+    assert str(ended.value).startswith(LOST_LAUNCHER) == said

@@ -1,4 +1,5 @@
-"""The only module that imports torch.distributed: process group, device mesh, wrapping, collectives.
+"""The only module that runs torch.distributed: process group, device mesh, wrapping, collectives
+(peers.py reads its error types: what a process says when the rest of its job is gone).
 
 `trickster train` alone is one process and never touches torch.distributed. Under torchrun
 (`torchrun --nproc-per-node N -m trickster train ...`) each process reads RANK / WORLD_SIZE /
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 
 from trickster.config import DeviceConfig
 from trickster.errors import UserError
+from trickster.train import peers
 from trickster.train.device import compute_dtype_name
 
 
@@ -117,18 +119,19 @@ def setup(cfg: DeviceConfig, device_type: str) -> Dist:
     # nccl binds its communicator to this process's GPU at once instead of guessing it later
     bound = {"device_id": device} if device_type == "cuda" else {}
     timeout = datetime.timedelta(seconds=cfg.timeout_s)
-    if not dist.is_initialized():
-        if launched:
-            dist.init_process_group(backend=backend, timeout=timeout, **bound)
-        else:
-            address = f"tcp://127.0.0.1:{_free_port()}"
-            dist.init_process_group(
-                backend, init_method=address, rank=0, world_size=1, timeout=timeout, **bound
-            )
+    with peers.joining(cfg.timeout_s, launched):  # torchrun's launcher gone: one line
+        if not dist.is_initialized():
+            if launched:
+                dist.init_process_group(backend=backend, timeout=timeout, **bound)
+            else:
+                address = f"tcp://127.0.0.1:{_free_port()}"
+                dist.init_process_group(
+                    backend, init_method=address, rank=0, world_size=1, timeout=timeout, **bound
+                )
+        mesh = init_device_mesh(
+            device_type, (shape.replicate, shape.shard), mesh_dim_names=("replicate", "shard")
+        )
     mode = "fsdp" if cfg.enable_fsdp else "ddp"
-    mesh = init_device_mesh(
-        device_type, (shape.replicate, shape.shard), mesh_dim_names=("replicate", "shard")
-    )
     dtype = compute_dtype_name(cfg.dtype, device)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun's --nproc-per-node
     return Dist(rank, world_size, local_rank, mode, mesh, device, dtype, local_world_size=local)
@@ -282,41 +285,6 @@ def gather(obj, d: Dist) -> list:
 def barrier(d: Dist) -> None:
     if d.active:
         dist.barrier()
-
-
-class PeerLost(UserError):
-    """The one line of a process whose collective outside recovery.guard failed because another
-    process of the job ended or went silent (setup.on_main); a guard words it with its step, from
-    `reason` (lost_peer's)."""
-
-    def __init__(self, line: str, reason: str):
-        super().__init__(line)
-        self.reason = reason
-
-
-# what torch 2.11's NCCL says of a peer gone or silent, the most telling first: its watchdog's
-# timeout (also the "original reason" of an aborted communicator), a blocking wait's, NCCL's own
-NCCL_LOST = ("Watchdog caught collective operation timeout", "timed out in blocking wait", "ncclRemoteError",
-             "remote process exited", "NCCL communicator was aborted")  # fmt: skip
-
-
-def lost_peer(err: BaseException, d: Dist) -> str | None:
-    """What a failed collective says when another process of the job died or stopped answering
-    for timeout_s, in a few words ("Connection reset by peer", "ncclRemoteError: ..."); None for
-    any other error (an NCCL error naming none of NCCL_LOST: ncclUnhandledCudaError, a bug). gloo
-    raises a RuntimeError naming its transport, NCCL a DistBackendError, a lost store's host a
-    DistNetworkError."""
-    if isinstance(err, PeerLost):
-        return err.reason
-    text = str(err).strip()
-    if not d.active or not isinstance(err, RuntimeError) or not text:
-        return None
-    if "gloo/transport" in text or isinstance(err, dist.DistNetworkError):
-        # its first sentence, without gloo's source file: "This is typically caused by..." follows
-        return text.splitlines()[-1].split("] ", 1)[-1].split(". ")[0][:160]
-    found = (text[text.index(marker) :] for marker in NCCL_LOST if marker in text)
-    said = next(found, None) if isinstance(err, dist.DistBackendError) else None
-    return None if said is None else said.splitlines()[0].split(". ")[0].rstrip(".")[:200]
 
 
 def to_full(value):

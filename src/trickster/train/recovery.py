@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from trickster.errors import UserError
 from trickster.train import checkpoint as ckpt
-from trickster.train import dist, setup
+from trickster.train import dist, peers, setup
 from trickster.train.memory import OUT_OF_MEMORY, out_of_memory
 from trickster.train.signals import continue_command
 from trickster.train.spikes import Spike, checkpoint_before, discard_after, spike_line, too_many_spikes
@@ -106,8 +106,8 @@ def guard(trainer: Trainer, during: str, step: int):
         write_stopped(trainer, reason="out-of-memory", during=during)
         good = ckpt.latest(trainer.run_dir)
         raise out_of_memory(trainer.cfg, trainer.device, trainer.job, during, step, good) from None
-    except (RuntimeError, dist.PeerLost) as err:  # PeerLost: told by setup.on_main, worded here
-        reason = dist.lost_peer(err, trainer.job)
+    except (RuntimeError, peers.PeerLost) as err:  # PeerLost: told by setup.on_main, worded here
+        reason = peers.lost_peer(err, trainer.job)
         if reason is None:
             raise
         write_stopped(trainer, reason="lost-process", during=during)
@@ -116,7 +116,7 @@ def guard(trainer: Trainer, during: str, step: int):
 
 def lost_peer_error(trainer: Trainer, during: str, step: int, reason: str) -> UserError:
     """The one line for a collective that failed `during` "a training step", "an evaluation" or
-    "a checkpoint" because another process died or went silent (dist.lost_peer's `reason`)."""
+    "a checkpoint" because another process died or went silent (peers.lost_peer's `reason`)."""
     good = ckpt.latest(trainer.run_dir)
     where = ckpt.none_saved(trainer.run_dir)
     where = f"continue from checkpoints/{good.name} with --resume" if good else where

@@ -18,7 +18,7 @@ from trickster.errors import UserError, disk_errors
 from trickster.model.transformer import Transformer
 from trickster.model.vocab import vocab_note
 from trickster.train import checkpoint as ckpt
-from trickster.train import dist
+from trickster.train import dist, peers
 from trickster.train.console import Console
 from trickster.train.finetune import setup_finetuning
 from trickster.train.memory import allocation_refused
@@ -120,7 +120,7 @@ def on_main(job: dist.Dist, fn, *args):
     whatever happens, rank 0 meets them, so none waits for it until device_config.timeout_s (on
     another node, whose torchrun does not end its processes when one here fails). Only a process
     that ends without a word (SIGKILL, the out-of-memory killer) misses the meeting: the others
-    then end with dist.PeerLost's one line, not gloo's traceback."""
+    then end with peers.PeerLost's one line, not gloo's traceback."""
     outcome = None
     if job.is_main:
         try:
@@ -138,7 +138,7 @@ def on_main(job: dist.Dist, fn, *args):
     try:
         outcome = dist.broadcast(outcome, job)
     except RuntimeError as err:
-        reason = dist.lost_peer(err, job)
+        reason = peers.lost_peer(err, job)
         if reason is None:
             raise
         raise _main_lost(job, reason) from None
@@ -147,13 +147,13 @@ def on_main(job: dist.Dist, fn, *args):
     return outcome
 
 
-def _main_lost(job: dist.Dist, reason: str) -> dist.PeerLost:
+def _main_lost(job: dist.Dist, reason: str) -> peers.PeerLost:
     """on_main's line for a process that ended (or went silent) while rank 0 handed out its answer."""
     who, waiting = (
         ("another process", "process 0 gave it") if job.is_main else ("process 0", "the others waited for")
     )
     lost = f"{who} of the job ended without a word (killed?) or stopped answering while {waiting} its answer"
-    return dist.PeerLost(f"{lost}: {reason}; see torchrun's summary for which process and why", reason)
+    return peers.PeerLost(f"{lost}: {reason}; see torchrun's summary for which process and why", reason)
 
 
 def stage_shards(job: dist.Dist, model, optimizer, target: Path) -> tuple[Path, list]:
