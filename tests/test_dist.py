@@ -35,6 +35,7 @@ from trickster.train.loop import train
 from . import children
 from .conftest import QUIET, micro_config
 from .test_long_runs import auto_batch
+from .test_resume import written
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="torchrun with gloo on POSIX")
 ROOT = Path(__file__).parent.parent
@@ -227,6 +228,26 @@ def test_a_two_process_checkpoint_resumes_in_one_process(single, two_process_job
     records = history(again_dir)
     assert [(r["step"], r["checkpoint"]) for r in records if r["event"] == "resume"] == [(10, "step_000010")]
     assert_close_losses(losses(records), losses(single.history))
+
+
+def test_resume_auto_in_a_finished_job_s_run_does_nothing_on_every_process(
+    two_process_job, shakespeare_dir, tmp_path
+):
+    """A requeue script reruns the job's torchrun command with resume: auto once the run has
+    ended: rank 0 finds it finished and tells the others; each exits with status 0, rank 0 alone
+    says so, and nothing in the folder changes (`best` was saved again, in full, every time)."""
+    source, run_dir = two_process_job("enable_fsdp")[0], tmp_path / "run"
+    shutil.copytree(source, run_dir)
+    files = written(run_dir)
+    cfg = config(shakespeare_dir, run_dir, batch_size=4, enable_fsdp=True)
+    result = forked_job(cfg, tmp_path, "training_config.resume=auto")
+    assert result.stdout.splitlines() == [
+        f"{run_dir} already finished at step 20 (checkpoints/final); nothing to do. To train further, resume "
+        "with a larger training_config.max_steps (e.g. training_config.max_steps=40), or start a new run "
+        "with --out"
+    ]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert written(run_dir) == files
 
 
 @pytest.mark.parametrize(("saved", "resumed"), [("enable_ddp", "enable_fsdp"), ("enable_fsdp", "enable_ddp")])

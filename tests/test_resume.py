@@ -208,14 +208,57 @@ def test_allowed_changes_on_resume_are_recorded(micro, capsys):
     assert f"Resuming -> {cfg.logging.output_dir}" in lines  # the header no longer says "from scratch"
     assert not any(line.startswith("Training from scratch") for line in lines)
     assert ckpt.checkpoint_step(result.run_dir / "checkpoints" / "final") == 9
-    # done: --resume says so and changes nothing; resume: auto (a requeue loop) still ends with the run
-    files = {p: p.read_bytes() for p in result.run_dir.rglob("*") if p.is_file()}
+    # done: --resume says so and changes nothing; so does resume: auto (a requeue loop), which ends
+    # with the run's result
+    files = written(result.run_dir)
     with pytest.raises(UserError, match="has done its steps: .* step 9 and training_config.max_steps is 9"):
         train(longer, resume=True, **QUIET)
-    assert {p: p.read_bytes() for p in result.run_dir.rglob("*") if p.is_file()} == files
+    assert written(result.run_dir) == files
     longer.training.resume = "auto"
     again = train(longer, **QUIET)
-    assert [e["event"] for e in again.history[-3:]] == ["resume", "eval", "end"]
+    assert written(result.run_dir) == files
+    assert again.finished_before and again.state.step == 9
+    assert again.state.best_loss_seen == result.state.best_loss_seen
+
+
+def written(run_dir: Path) -> dict[Path, tuple[bytes, int]]:
+    """Every file in the run folder with its bytes and modification time: a file rewritten with
+    the same bytes (`best` saved again) counts as changed."""
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def test_resume_auto_in_a_finished_run_says_so_and_changes_nothing(micro, tmp_path, capsys):
+    """A requeue script reruns `trickster train ... training_config.resume=auto` until it exits 0.
+    Once the run has ended, a rerun is one line and exit status 0: no evaluation, no `best` written
+    again (a whole checkpoint for a large model), no event, no lock file left. A larger max_steps
+    continues the run; the run then ends there and the rerun is a no-op again."""
+    cfg = micro(training_config={"max_steps": 4, "warmup_steps": 1, "eval_every": 2, "save_every": 2})
+    run_dir, config = Path(cfg.logging.output_dir), tmp_path / "run.yaml"
+    save_config(cfg, config)
+    argv = ["train", "--config", str(config), "--no-progress", "training_config.resume=auto"]
+    assert cli.main(argv) == 0  # nothing to resume: the run starts
+    capsys.readouterr()
+    files = written(run_dir)
+
+    assert cli.main(argv) == 0
+    out, err = capsys.readouterr()
+    assert out == (
+        f"{run_dir} already finished at step 4 (checkpoints/final); nothing to do. To train further, "
+        "resume with a larger training_config.max_steps (e.g. training_config.max_steps=8), or start a "
+        "new run with --out\n"
+    )
+    assert err == ""
+    assert written(run_dir) == files
+
+    assert cli.main([*argv, "training_config.max_steps=6"]) == 0  # not finished: it trains on
+    assert "resuming from" in capsys.readouterr().out
+    assert [(r["step"], r["checkpoint"]) for r in events(run_dir, "resume")] == [(4, "final")]
+    assert events(run_dir, "end")[-1]["step"] == 6
+    assert ckpt.checkpoint_step(run_dir / "checkpoints" / "final") == 6
+    files = written(run_dir)
+    assert cli.main([*argv, "training_config.max_steps=6"]) == 0
+    assert capsys.readouterr().out.startswith(f"{run_dir} already finished at step 6 (checkpoints/final)")
+    assert written(run_dir) == files
 
 
 def test_resume_removes_what_dead_writers_left_and_keeps_what_live_ones_write(micro, dead_pid, live_pid):
@@ -636,15 +679,17 @@ def eval_at_saves_reference(shakespeare_dir, tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    ("moment", "n", "resume_point"),
+    ("moment", "n", "resume_point", "resume"),
     [
-        pytest.param("during-eval", 3, "step_000008", id="during-the-evaluation-after-step-8"),
-        pytest.param("during-best-replace", 2, "final", id="replacing-best-after-the-last-step"),
-        pytest.param("during-eval", 4, "final", id="during-the-last-evaluation"),
+        pytest.param("during-eval", 3, "step_000008", True, id="during-the-evaluation-after-step-8"),
+        pytest.param("during-best-replace", 2, "final", True, id="replacing-best-after-the-last-step"),
+        pytest.param("during-eval", 4, "final", True, id="during-the-last-evaluation"),
+        # `final` is at max_steps, but the run has not ended: auto is no no-op here
+        pytest.param("during-eval", 4, "final", "auto", id="during-the-last-evaluation-resume-auto"),
     ],
 )
 def test_a_kill_after_a_checkpoint_before_its_evaluation_ends_is_resumed_exactly(
-    moment, n, resume_point, eval_at_saves_reference, shakespeare_dir, tmp_path
+    moment, n, resume_point, resume, eval_at_saves_reference, shakespeare_dir, tmp_path
 ):
     """A checkpoint is saved before its step's evaluation. Killed before that evaluation (and the
     `best` it may save) ended, the resumed run used to skip it: an evaluation missing from the
@@ -653,7 +698,8 @@ def test_a_kill_after_a_checkpoint_before_its_evaluation_ends_is_resumed_exactly
     crash(shakespeare_dir, run_dir, moment, n, run=EVAL_AT_SAVES)
     assert ckpt.latest(run_dir).name == resume_point
 
-    resumed = train(micro_config(shakespeare_dir, run_dir, **EVAL_AT_SAVES), resume=True, **QUIET)
+    resumed = train(micro_config(shakespeare_dir, run_dir, **EVAL_AT_SAVES), resume=resume, **QUIET)
+    assert not resumed.finished_before
 
     reference = eval_at_saves_reference
     assert curve(resumed.history) == curve(reference.history)

@@ -35,9 +35,19 @@ def older(checkpoint: Path, edit, info_keys: tuple[str, ...] = ()) -> None:
     (checkpoint / "info.json").write_text(json.dumps({k: v for k, v in info.items() if k not in info_keys}))
 
 
-# Runs that have done their steps are resumed as a requeue loop does (`resume: auto`): an explicit
-# --resume of such a run is refused in one line (nothing to train) before the checkpoint is read.
+# Runs that have done their steps are resumed as a requeue loop does (`resume: auto`), after a kill
+# once their last evaluation was logged, before their `end` event (`unended`): an explicit --resume of
+# a run that has done its steps is refused in one line, and `auto` in one that ended changes nothing.
 FINISHED = "auto"
+
+
+def unended(run: Path) -> Path:
+    """`run` as a kill after its last evaluation (while `best` was written) leaves it: without its
+    `end` event, so a resume evaluates the last step again (tests/test_resume.py) and ends the run."""
+    lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    assert json.loads(lines[-1])["event"] == "end"
+    (run / "metrics.jsonl").write_text("".join(lines[:-1]))
+    return run
 
 
 def resumed(run: Path, **training) -> Config:
@@ -107,7 +117,7 @@ def test_a_checkpoint_saved_before_its_evaluation_without_eval_due_evaluates_aga
     that evaluation. Resumed, the run skipped it and ended (or went on) with a stale best."""
     evals = {r["step"]: r["val_loss"] for r in events(trained_run, "eval")}
     assert evals[12] < evals[6], "the test needs the last evaluation to be the best"
-    run = copy_run(trained_run, tmp_path)
+    run = unended(copy_run(trained_run, tmp_path))
     older(run / "checkpoints" / "final", lambda trainer: trainer.pop("eval_due"))
 
     result = train(resumed(run), resume=FINISHED, **QUIET)
@@ -121,7 +131,7 @@ def test_a_checkpoint_from_before_checkpoints_preceded_evaluations_is_not_evalua
     trained_run, tmp_path
 ):
     """Until 2026-11-29 05:24 (no `spikes`, no `eval_due`) checkpoints followed the evaluation."""
-    run = copy_run(trained_run, tmp_path)
+    run = unended(copy_run(trained_run, tmp_path))
     older(run / "checkpoints" / "final", lambda trainer: [trainer.pop(k) for k in ("eval_due", "spikes")])
 
     result = train(resumed(run), resume=FINISHED, **QUIET)
@@ -135,7 +145,7 @@ def test_an_older_checkpoint_keeps_its_validation_windows_under_another_batch_sp
     the resumed run's batch_size evaluated another set (here 16 windows instead of 32), so the
     same weights got another loss and `best` compared losses of two sets."""
     evals = {r["step"]: r["val_loss"] for r in events(trained_run, "eval")}
-    run = copy_run(trained_run, tmp_path)
+    run = unended(copy_run(trained_run, tmp_path))
     older(run / "checkpoints" / "final", lambda trainer: trainer.pop("val_draw_width"), ("val_draw_width",))
 
     result = train(resumed(run, batch_size=4, gradient_accumulation_steps=2), resume=FINISHED, **QUIET)
@@ -174,7 +184,7 @@ def test_a_fine_tune_on_masked_data_measures_its_best_again(trained_run, chat_da
         trainer.pop("val_draw_width")
         trainer["train_state"]["best_val_loss"] = best + 0.5  # what the older measure read
 
-    older(tmp_path / "ft" / "checkpoints" / "final", per_batch_measure, ("val_draw_width",))
+    older(unended(tmp_path / "ft") / "checkpoints" / "final", per_batch_measure, ("val_draw_width",))
     lines = []
     with settings_restored():
         trainer = Trainer(cfg, resume=FINISHED, echo=lambda *a, **k: lines.append(" ".join(map(str, a))))

@@ -125,6 +125,8 @@ def train_command(source: ConfigSource, resume: bool = False, progress: bool | N
         dist.shutdown()
     if result.exit_signal is not None:
         return 128 + int(result.exit_signal)
+    if result.finished_before:  # resume: auto in a finished run: its one line is printed
+        return 0
     if not speaks or result.cfg.logging.log_level in QUIET_LEVELS:  # warning/error: errors only
         return 0
     best = _loss(result.state.best_loss_seen)

@@ -65,7 +65,11 @@ def train(
     training_config.resume. Threads, TF32 flags and random generators are restored on return; the
     run folder is this process's alone until then (resume.claimed)."""
     with settings_restored(), contextlib.ExitStack() as held:
-        return Trainer(cfg, resume, progress, echo, held).train()
+        try:
+            trainer = Trainer(cfg, resume, progress, echo, held)
+        except setup.Finished as done:  # resume: auto in a run that has done its steps
+            return done.result
+        return trainer.train()
 
 
 class Trainer:
@@ -107,7 +111,7 @@ class Trainer:
         self.metrics = MetricSinks(self.run_dir, cfg) if job.is_main else NoMetrics()
         if held is not None:  # rank 0 claims the folder; all processes stop if another one holds it
             setup.on_main(job, lambda: held.enter_context(claimed(self.run_dir)))
-        self.resumed_from, repairs, changed = setup.open_run(cfg, self.data, resume, job)
+        self.resumed_from, repairs, changed = setup.open_run(cfg, self.data, resume, job, self.out)
         resolved = setup.on_main(job, resolve_batch, cfg, self.device, job, self.resumed_from, changed)
         cfg, self.batch_note, changed = resolved  # batch_size: auto measured (or kept from the checkpoint)
         self.cfg, t = cfg, cfg.training

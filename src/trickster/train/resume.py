@@ -109,9 +109,14 @@ def _lock(lock, run_dir: Path) -> None:
         ) from None
 
 
-def open_run_dir(run_dir: Path, resume: bool | str) -> tuple[Path | None, list[str]]:
-    """Make sure the run may start here; returns the checkpoint to resume from and any repairs."""
+def open_run_dir(run_dir: Path, resume: bool | str, max_steps: int) -> tuple[Path | None, list[str], bool]:
+    """Make sure the run may start here; returns the checkpoint to resume from, any repairs, and
+    whether that checkpoint ends a run that has done its max_steps (`finished`: then the folder
+    is left as it is, not even tidied)."""
     _refuse_a_file(run_dir)
+    done = finished(run_dir, max_steps) if resume else None
+    if done is not None:
+        return done, [], True
     repairs = _tidy(run_dir) if resume else []
     found = ckpt.latest(run_dir)
     if not resume and found is not None:
@@ -133,15 +138,38 @@ def open_run_dir(run_dir: Path, resume: bool | str) -> tuple[Path | None, list[s
             "to start the run afresh there, or drop --resume and choose a new --out"
         )
     _make_folder(run_dir / "checkpoints", run_dir)
-    return found, repairs
+    return found, repairs, False
+
+
+def finished(run_dir: Path, max_steps: int) -> Path | None:
+    """The newest checkpoint of a run that has nothing left to do: saved at (or past) max_steps,
+    and the run's last event is its `end` at that step. Not finished: a run whose last evaluation
+    was cut short (killed after `final` was saved, before its `end` event: a resume evaluates again
+    and ends it), one a time budget or a spike's rollback stopped (short of max_steps, a `stopped`
+    event last), one given a larger max_steps since (it continues)."""
+    found = ckpt.latest(run_dir)
+    if found is None:
+        return None
+    step = ckpt.checkpoint_step(found)
+    return found if step >= max_steps and _ended(run_dir / "metrics.jsonl", step) else None
+
+
+def finished_line(checkpoint: Path, run_dir: Path) -> str:
+    """What `resume: auto` in a finished run says before it exits with status 0, having changed
+    nothing: a requeue script that reruns the same command costs no checkpoint write."""
+    step = ckpt.checkpoint_step(checkpoint)
+    return (
+        f"{run_dir} already finished at step {step:,} (checkpoints/{checkpoint.name}); nothing to do. To "
+        f"train further, resume with a larger training_config.max_steps (e.g. training_config.max_steps="
+        f"{2 * step}), or start a new run with --out"
+    )
 
 
 def refuse_done(checkpoint: Path, run_dir: Path, max_steps: int) -> None:
     """--resume of a run that has done its training_config.max_steps: nothing is left to train, so
     one line says how to train further, before anything in the folder changes (resume: auto, which
-    a requeue script reruns until the job is done, evaluates again and ends with status 0). A run whose last
-    evaluation was cut short (killed after `final` was saved, before its `end` event) is not done:
-    the resume evaluates again and ends it. A run a time budget stopped is short of max_steps."""
+    a requeue script reruns until the job is done, says so and ends with status 0: finished_line).
+    A run whose last evaluation was cut short is not done (see `finished`)."""
     step = ckpt.checkpoint_step(checkpoint)
     if step < max_steps or (step == max_steps and not _ended(run_dir / "metrics.jsonl", step)):
         return

@@ -5,6 +5,7 @@ checkpoint starts as. Used by loop.Trainer."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import NamedTuple
@@ -15,6 +16,7 @@ from trickster.atomic import replace_file, staging_dir
 from trickster.config import Config, save_config
 from trickster.data.loader import PreparedData
 from trickster.errors import UserError, disk_errors
+from trickster.model.flops import parameter_breakdown
 from trickster.model.transformer import Transformer
 from trickster.model.vocab import vocab_note
 from trickster.train import checkpoint as ckpt
@@ -22,18 +24,58 @@ from trickster.train import dist, peers
 from trickster.train.console import Console
 from trickster.train.finetune import setup_finetuning
 from trickster.train.memory import allocation_refused
-from trickster.train.resume import WRITE_FIX, check_resumable, open_run_dir, refuse_done, truncate_metrics
+from trickster.train.resume import (
+    WRITE_FIX,
+    check_resumable,
+    finished_line,
+    open_run_dir,
+    refuse_done,
+    truncate_metrics,
+)
+from trickster.train.state import TrainResult, TrainState
 
 
-def open_run(cfg: Config, data: PreparedData, resume, job: dist.Dist) -> tuple[Path | None, list[str], dict]:
+class Finished(Exception):  # not an error: the run has nothing left to do
+    """`resume: auto` in a run folder whose run has done its max_steps and ended (resume.finished):
+    its line is printed, nothing in the folder changes, and train() returns `result` (the command
+    exits with status 0), on every process of a job alike."""
+
+    def __init__(self, result: TrainResult):
+        super().__init__(str(result.run_dir))
+        self.result = result
+
+
+def open_run(
+    cfg: Config, data: PreparedData, resume, job: dist.Dist, out: Console
+) -> tuple[Path | None, list[str], dict]:
     """The checkpoint to resume from (or None), the repairs made in the folder, and the settings
-    that changed since that checkpoint. Rank 0 looks; every process gets its answer."""
-    run_dir = Path(cfg.logging.output_dir)
-    resumed_from, repairs = on_main(job, open_run_dir, run_dir, resume)
+    that changed since that checkpoint. Rank 0 looks; every process gets its answer. A run that
+    has done its steps: --resume refuses in one line, `resume: auto` raises Finished."""
+    run_dir, max_steps = Path(cfg.logging.output_dir), cfg.training.max_steps
+    resumed_from, repairs, done = on_main(job, open_run_dir, run_dir, resume, max_steps)
     changed = check_resumable(resumed_from, cfg, data) if resumed_from is not None else {}
-    if resumed_from is not None and resume is True:  # `auto` (a requeue loop) ends as the run did: 0
-        on_main(job, refuse_done, resumed_from, run_dir, cfg.training.max_steps)
+    if resumed_from is not None and resume is True:
+        on_main(job, refuse_done, resumed_from, run_dir, max_steps)
+    if done:  # `auto`, as a requeue script reruns it: the checkpoint is this run's (checked above)
+        out.line(finished_line(resumed_from, run_dir))
+        raise Finished(TrainResult(cfg, run_dir, _finished_state(resumed_from), None, _params(cfg), True))
     return resumed_from, repairs, changed
+
+
+def _finished_state(checkpoint: Path) -> TrainState:
+    """Where a finished run stands, from its checkpoint's info.json (trainer.pt is not read)."""
+    info = ckpt.read_info(checkpoint)
+    best = info.get("best_val_loss")
+    return TrainState(
+        step=info["step"],
+        tokens_seen=info.get("tokens_seen") or 0,
+        best_val_loss=math.inf if best is None else best,
+        last_val_loss=info.get("val_loss"),
+    )
+
+
+def _params(cfg: Config) -> int:
+    return parameter_breakdown(cfg.model).total
 
 
 def build_model(

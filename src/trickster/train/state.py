@@ -115,6 +115,7 @@ class TrainResult:
     state: TrainState
     exit_signal: int | None = None  # SIGINT / SIGTERM if the run was stopped early
     params: int = 0
+    finished_before: bool = False  # resume: auto in a run that had done its steps: nothing ran
 
     @functools.cached_property
     def history(self) -> list[dict]:
