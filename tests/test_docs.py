@@ -517,3 +517,18 @@ def test_what_the_docs_show_a_command_print_is_what_it_prints(
 
 def test_the_shown_commands_are_found():
     assert len(SHOWN) >= 6 and any("info --preset nano" in c for _, c, _ in SHOWN)
+
+
+def test_each_command_of_the_readme_table_is_in_the_guide_it_links():
+    """The README's table of commands sends a reader to a guide for each command: `trickster
+    export` linked to a guide that never mentions it is a dead end."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    missing = []
+    for row in re.findall(r"^\| (`.*?) \| .* \| (.*\]\(docs/.*) \|$", readme, re.M):
+        pages = {(ROOT / link.partition("#")[0]) for link in re.findall(r"\]\((docs/[^)]+)\)", row[1])}
+        texts = " ".join(page.read_text(encoding="utf-8") for page in pages)
+        for command in re.findall(r"trickster ((?:data )?[a-z]+)", row[0]):
+            if f"trickster {command}" not in texts:
+                missing.append(f"trickster {command} (linked to {sorted(p.name for p in pages)})")
+    assert missing == [], missing
+    assert "trickster serve" in readme and len(re.findall(r"^\| `trickster", readme, re.M)) >= 8
