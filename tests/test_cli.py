@@ -302,21 +302,41 @@ def test_a_stray_word_for_a_command_without_overrides_is_refused(capsys):
 
 
 def test_help_imports_neither_torch_nor_the_commands():
-    """`trickster --help` (and each command's) stays fast: torch loads only when a command runs."""
+    """`trickster --help` (and each command's) stays fast: torch loads only when a command runs.
+    `train --help` lists the config keys from their pydantic fields, and so loads pydantic alone."""
     import subprocess
     import sys
 
     check = (
         "import sys, contextlib, io\n"
         "from trickster.cli import main\n"
-        "for argv in (['--help'], ['train', '--help'], ['data', 'prepare', 'text', '--help']):\n"
+        "for argv in (['--help'], ['data', 'prepare', 'text', '--help'], ['train', '--help']):\n"
         "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
         "        main(argv)\n"
-        "print(sorted(m for m in ('torch', 'trickster.commands', 'pydantic') if m in sys.modules))\n"
+        "    print(sorted(m for m in ('torch', 'trickster.commands', 'pydantic') if m in sys.modules))\n"
     )
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
+    assert result.stdout.split("\n")[:3] == ["[]", "[]", "['pydantic']"]
+
+
+def test_train_help_lists_every_config_key_with_its_default_and_docstring(capsys):
+    """litgpt's `--help` shows every setting; ours lists each key after the options, its default
+    and the first sentence of the docstring under its field in config.py."""
+    from trickster.config import SECTION_ALIASES, SECTIONS, LoraConfig
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    keys = [
+        f"{alias}.{name}"
+        for alias, section in SECTION_ALIASES.items()
+        for name in SECTIONS[section].model_fields
+    ]
+    keys += [f"training_config.lora.{name}" for name in LoraConfig.model_fields]
+    assert [k for k in keys if f"\n  {k} [" not in out] == []
+    assert "\n  training_config.max_steps [10000]: Optimizer steps to train for.\n" in out
+    assert "\n  training_config.sample_prompt ['\\n']: " in out  # a default of blanks shown quoted
 
 
 @pytest.mark.parametrize("prompt", ["ROMEO:", "def ", 'it\'s "here"', "\n"])

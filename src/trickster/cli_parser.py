@@ -44,6 +44,10 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._negative_number_matcher = _FullMatch(_NEGATIVE_NUMBER)
+        self.help_more = None  # what --help prints after the options (train: every config key)
+
+    def format_help(self) -> str:
+        return super().format_help() + ("\n" + self.help_more() if self.help_more else "")
 
     def error(self, message: str):  # one line instead of usage + message
         self.exit(2, f"error: {single_line(message)}{_close_choice(message)} (see `{self.prog} --help`)\n")
@@ -215,7 +219,10 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--preset", help="a built-in preset: tiny, nano, mini, midi, mega, gpt2-small")
     group.add_argument("--config", help="a YAML config file")
-    _add_overrides(parser, "override any config key, e.g. training_config.max_steps=200")
+    _add_overrides(
+        parser,
+        "override any config key (`trickster train --help` lists them), e.g. training_config.max_steps=200",
+    )
 
 
 def _add_overrides(parser: argparse.ArgumentParser, text: str) -> None:
@@ -238,6 +245,13 @@ def _add_train(commands) -> None:
     precision.add_argument("--bf16", action=_SetsKey, key=dtype, value="bfloat16")
     train.add_argument("--compile", action=_SetsKey, key="device_config.compile", value="true")
     train.set_defaults(run="train_command")
+    train.help_more = _config_keys
+
+
+def _config_keys() -> str:
+    from trickster.config_help import config_keys_help  # pydantic: loaded only when help is asked
+
+    return config_keys_help()
 
 
 def _add_info(commands) -> None:
