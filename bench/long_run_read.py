@@ -51,13 +51,14 @@ def write_run(
 
     folder.mkdir(parents=True, exist_ok=True)
     overrides = [
+        "model_config.vocab_size=128",  # as a run saves it: resolved (Shakespeare's 65 characters, padded)
         f"training_config.max_steps={steps}",
         f"training_config.warmup_steps={min(100, steps - 1)}",  # the preset's, or fewer than the steps
         "training_config.log_every=1",
         f"training_config.eval_every={eval_every}",
         f"training_config.sample_tokens={sample_chars}",
     ]
-    save_config(load_config(preset="tiny", overrides=overrides), folder / "config.yaml")
+    save_config(load_config(preset="tiny", overrides=overrides), folder / "config.yaml", by_run=True)
     rng, clock, best = random.Random(seed), START_TIME, math.inf
     sample = ("ROMEO: " + "the quick brown fox jumps over the lazy dog " * (sample_chars // 40 + 1))[
         :sample_chars
