@@ -16,10 +16,10 @@ A training run served as it trains writes a new `best` (or `final`) into the sam
 notices (three `stat`s a request: the folder's, its weights' and its info.json's) and offers the
 new one from then on, its weights loaded in the background when the old ones were in memory and
 there is room, else by the next request for it. The requests that hold the old one finish on it
-(each decodes with one whole model, never a mix), and it is unloaded when the last lets go. It
-also saves new checkpoints and prunes old ones: `rescan` (one `stat` of checkpoints/ when nothing
-changed) offers the folders that appeared there and stops offering those that left it, whose
-requests under way finish as those of a replaced one do.
+(each decodes with one whole model, never a mix), and it is unloaded when the last lets go. Such a
+run also saves new checkpoints and prunes old ones: `rescan`, at every request (one `stat` of
+checkpoints/ when nothing changed), offers the folders that appeared there and stops offering those
+that left it, whose requests under way finish as those of a replaced one do.
 """
 
 from __future__ import annotations
