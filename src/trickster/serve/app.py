@@ -217,8 +217,9 @@ class Server:
         return await read_body(request, self.max_body, self.body_timeout)
 
     async def _offered(self, name: str) -> Offered:
-        """The model asked for, as on disk now (Catalog.current: a replaced checkpoint is read anew,
-        off the event loop); the request tokenizes with it and holds it to the end."""
+        """The model asked for, as on disk now (Catalog.current, off the event loop: a replaced
+        checkpoint is read anew, one saved since the start found); the request tokenizes with it and
+        holds it to the end, or takes the one its hold gives for both (_generation)."""
         offered = await asyncio.to_thread(self.catalog.current, name)
         if offered is None or self.catalog.gone(name):
             raise self._not_found(name, unknown=not self.catalog.gone(name))
