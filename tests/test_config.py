@@ -240,9 +240,13 @@ def test_an_empty_override_is_null_except_for_text():
 
 
 def test_betas_lie_in_zero_to_one():
+    """1 itself is refused too: with beta2 = 1 Adam's second moment stays 0 and its bias correction
+    1 - beta2^t is 0, so the first update divides by zero."""
     for betas, message in [
         ([1.5, 0.9], r"betas\[0\]: input should be less than 1 \(got 1.5\)"),
         ([0.9, -0.1], r"betas\[1\]: input should be greater than or equal to 0"),
+        ([0.9, 1.0], r"betas\[1\]: input should be less than 1 \(got 1.0\)"),
+        ([1.0, 0.99], r"betas\[0\]: input should be less than 1 \(got 1.0\)"),
     ]:
         with pytest.raises(UserError, match=rf"training_config.{message}"):
             config_from_dict({"training_config": {"betas": betas}})
@@ -535,3 +539,48 @@ def test_gradient_accumulation_and_rope_theta_have_limits():
         UserError, match=r"model_config.rope_theta: input should be less than or equal to 1000000000000 "
     ):
         config_from_dict({"model_config": {"rope_theta": "1e18"}})
+
+
+@pytest.mark.parametrize(
+    ("key", "past", "message", "at"),
+    [
+        ("muon_momentum", 1.0, "input should be less than 1 (got 1.0)", 0.999),  # no decay: grows forever
+        ("spike_factor", 1.0, "input should be greater than 1 (got 1.0)", 1.01),  # any loss over the median
+        ("spike_window", 1, "input should be greater than 1 (got 1)", 2),  # a median of the loss itself
+        ("learning_rate", 1.5, "input should be less than or equal to 1 (got 1.5)", 1.0),
+        ("sample_tokens", 100_001, "input should be less than or equal to 100000 (got 100001)", 100_000),
+    ],
+)
+def test_a_limit_refuses_the_first_value_past_it_and_takes_the_last_inside(key, past, message, at):
+    """Each limit written out at its edge, so that a check loosened by one step (lt -> le, gt -> ge,
+    a bound moved) is seen: the value just past it is one line naming the key, the edge is taken."""
+    with pytest.raises(UserError) as err:
+        config_from_dict({"training_config": {key: past}})
+    assert f"training_config.{key}: {message}" in str(err.value)
+    assert getattr(config_from_dict({"training_config": {key: at}}).training, key) == at
+
+
+def test_the_checks_across_settings_at_their_edges():
+    """An odd head width (hidden_dim 36 over 4 heads: 9) cannot be paired by rotate-half; an even
+    one (40 / 4 = 10) can. warmup_steps must end before max_steps (99 of 100 is taken, 100 is
+    not); min_lr may equal learning_rate (a constant rate); weight decay x learning rate of exactly
+    1 would zero every decayed weight at each step (1 - 0.5 x 2), just below it is taken."""
+    with pytest.raises(UserError) as err:
+        config_from_dict({"model_config": {"hidden_dim": 36, "num_heads": 4}})
+    assert "model_config.hidden_dim / num_heads must be even for rotary embeddings (got 36 / 4 = 9)" in str(
+        err.value
+    )
+    assert config_from_dict({"model_config": {"hidden_dim": 40, "num_heads": 4}}).model.head_dim == 10
+    schedule = {"max_steps": 100, "warmup_steps": 99}
+    assert config_from_dict({"training_config": schedule}).training.warmup_steps == 99
+    with pytest.raises(
+        UserError, match=r"warmup_steps must be < training_config.max_steps \(got 100 >= 100\)"
+    ):
+        config_from_dict({"training_config": {**schedule, "warmup_steps": 100}})
+    constant = config_from_dict({"training_config": {"learning_rate": 1e-3, "min_lr": 1e-3}})
+    assert constant.training.min_lr == constant.training.learning_rate
+    with pytest.raises(UserError, match=r"min_lr must be <= learning_rate \(got 0.0011 > 0.001\)"):
+        config_from_dict({"training_config": {"learning_rate": 1e-3, "min_lr": 1.1e-3}})
+    assert config_from_dict({"training_config": {"learning_rate": 0.5, "weight_decay": 1.99}})
+    with pytest.raises(UserError, match=r"weight_decay x learning_rate must be < 1 \(got 2 x 0.5\)"):
+        config_from_dict({"training_config": {"learning_rate": 0.5, "weight_decay": 2}})
