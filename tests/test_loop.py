@@ -234,8 +234,10 @@ def mean_loss_gradients(trainer, model) -> tuple[float, dict]:
 def test_accumulated_micro_batches_give_the_gradient_and_loss_of_the_whole_batch(micro, monkeypatch):
     """gradient_accumulation_steps=2 of 4 windows is one batch of 8: the optimizer gets the
     gradient of the mean loss over all 8 windows' tokens (not the sum of the two micro-batches'
-    means), and the step reports that mean. No clipping (grad_clip 0)."""
+    means), and the step reports that mean. No clipping (grad_clip 0). Its tokens, for tokens_seen
+    and MFU: 2 micro-batches x 4 windows x 64 tokens."""
     trainer, before, seen, result = one_step_gradients(micro, monkeypatch, grad_clip=0.0)
+    assert trainer.tokens_per_step == 512
     loss, expected = mean_loss_gradients(trainer, before)
     assert result.loss == pytest.approx(loss, rel=1e-5)
     for name, grad in expected.items():
