@@ -159,3 +159,17 @@ def test_overlap_over_documents_no_end_of_text_marks_says_so(tmp_path):
         f"document ends and the next starts is not marked: {len(passage) - 12} matching 13-grams; "
         f"the longest run of them, {len(passage) - 12} in a row, starts at its token 0: "
     )
+
+
+def test_a_split_of_one_document_reads_as_one(tmp_path):
+    """Tiny Shakespeare's report said 'train: 1 documents, ...; tokens per document: min 1,003,854,
+    median 1,003,854, 90th percentile 1,003,854, max 1,003,854'."""
+    (tmp_path / "one.txt").write_text("".join(np.random.default_rng(3).choice(list(ALPHABET), size=2000)))
+    out = tmp_path / "out"
+    prepare(sources.text_files([str(tmp_path / "one.txt")]), "char", out, 0.1, workers=1)
+    facts = report.data_report(out)
+    lines = report.format_report(facts)
+    assert lines[1:3] == [
+        f"train: 1 document, {facts.splits['train'].tokens:,} tokens",
+        f"val: 1 document, {facts.splits['val'].tokens:,} tokens",
+    ]

@@ -289,10 +289,12 @@ def format_report(report: DataReport) -> list[str]:
     ]
     for name, facts in report.splits.items():
         q = np.percentile(facts.lengths, [0, 50, 90, 100]).astype(int) if len(facts.lengths) else [0] * 4
-        lines.append(
-            f"{name}: {facts.documents:,} documents, {facts.tokens:,} tokens; tokens per document: "
-            f"min {q[0]:,}, median {q[1]:,}, 90th percentile {q[2]:,}, max {q[3]:,}"
-        )
+        plural = "" if facts.documents == 1 else "s"
+        line = f"{name}: {facts.documents:,} document{plural}, {facts.tokens:,} tokens"
+        if facts.documents > 1:  # one document's min, median and max are its length again
+            line += "; tokens per document: "
+            line += f"min {q[0]:,}, median {q[1]:,}, 90th percentile {q[2]:,}, max {q[3]:,}"
+        lines.append(line)
     lines += _dedup_lines(meta)
     lines.append(f"bytes per token: {report.bytes_per_token:.2f} (train text / train tokens)")
     total = max(1, report.splits["train"].tokens)
