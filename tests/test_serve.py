@@ -867,6 +867,9 @@ def test_api_key_is_required_when_set(trained_run):
             answer = httpx.get(live.url + "/v1/models", headers={"Authorization": given})
             assert answer.status_code == 200, (given, answer.text)
         assert httpx.get(live.url + "/").status_code == 200  # the page itself holds nothing secret
+        # a load balancer's probe holds no key (as vLLM's and llama.cpp's /health take none)
+        health = httpx.get(live.url + "/health")
+        assert health.status_code == 200 and health.json() == {"status": "ok"}
 
 
 # ----------------------------------------------------------------------------- concurrency

@@ -1,4 +1,5 @@
-"""The routes: OpenAI's /v1/models, /v1/completions and /v1/chat/completions, and the playground at /.
+"""The routes: OpenAI's /v1/models, /v1/completions and /v1/chat/completions, the playground at /,
+and /health for a load balancer's or container's probe.
 
 Every error is OpenAI's error JSON with its status, and the server goes on serving after it.
 Streams are server-sent events in OpenAI's chunk format, ending with `data: [DONE]`; `usage`
@@ -52,6 +53,10 @@ class Server:
     async def playground(self, request: Request) -> Response:
         page = resources.files("trickster.serve").joinpath("playground.html").read_text(encoding="utf-8")
         return HTMLResponse(page)
+
+    async def health(self, request: Request) -> Response:
+        # no key asked, as vLLM's and llama.cpp's: a probe holds none, and the answer tells nothing
+        return JSONResponse({"status": "ok"})
 
     async def models(self, request: Request) -> Response:
         self._authorize(request)
@@ -431,6 +436,7 @@ def create_app(
     server = Server(catalog, engine, api_key, max_body, body_timeout)
     routes = [
         Route("/", server.playground),
+        Route("/health", server.health),
         Route("/v1/models", server.models),
         Route("/v1/models/{name:path}", server.model),
         Route("/v1/completions", server.completions, methods=["POST"]),
