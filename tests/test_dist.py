@@ -250,6 +250,26 @@ def test_resume_auto_in_a_finished_job_s_run_does_nothing_on_every_process(
     assert written(run_dir) == files
 
 
+@pytest.mark.slow
+def test_a_damaged_sharded_optimizer_index_is_one_line_without_torchs_tracebacks(
+    two_process_job, shakespeare_dir, tmp_path
+):
+    """dcp.load logs each failed read of the index (.metadata) with its traceback on the root
+    logger: 18 lines on stderr above the one error line. A subprocess: under pytest the root
+    logger has pytest's handler, not stderr."""
+    run_dir = Path(shutil.copytree(two_process_job("enable_fsdp")[0], tmp_path / "run"))
+    index = run_dir / "checkpoints" / "final" / ckpt.OPTIMIZER / ".metadata"
+    index.write_bytes(index.read_bytes()[: index.stat().st_size // 2])
+    path = tmp_path / "alone.yaml"
+    save_config(config(shakespeare_dir, run_dir, batch_size=8), path)
+    argv = [sys.executable, "-m", "trickster", "train", "--config", str(path), "--resume", "--no-progress"]
+    argv.append("training_config.max_steps=30")  # past the 20 it has done
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "final/optimizer refused or damaged (" in result.stderr and "truncated" in result.stderr
+
+
 @pytest.mark.parametrize(("saved", "resumed"), [("enable_ddp", "enable_fsdp"), ("enable_fsdp", "enable_ddp")])
 def test_a_checkpoint_resumes_in_the_other_mode(
     saved, resumed, single, two_process_job, shakespeare_dir, tmp_path

@@ -27,6 +27,7 @@ import contextlib
 import datetime
 import gc
 import inspect
+import io
 import os
 import pickle
 import socket
@@ -366,8 +367,8 @@ def load_sharded_optimizer(model, optimizer, folder: Path, param_groups: list) -
     template = get_optimizer_state_dict(model, optimizer_parts(optimizer))  # this job's shards
     state = {"state": template["state"]}
     try:
-        with warnings.catch_warnings():  # one process reading a sharded checkpoint is intended
-            warnings.filterwarnings("ignore", "torch.distributed is disabled")
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):  # dcp.load logs tracebacks
+            warnings.filterwarnings("ignore", "torch.distributed is disabled")  # one process may read it
             dcp.load(state, storage_reader=_safe_reader(str(folder)))
     except (CheckpointException, AssertionError, OSError, RuntimeError, pickle.UnpicklingError) as err:
         reason = str(err).strip().splitlines()[-1][-200:] if str(err).strip() else type(err).__name__
