@@ -124,3 +124,18 @@ def test_a_folder_being_replaced_is_never_deleted_before_its_successor_is_in_pla
     replace_dir(new, old)  # the next writer: the new folder in place, the old one then deleted
     assert (old / "model.safetensors").read_text() == "new"
     assert remove_leftovers(tmp_path) == [aside] and [p.name for p in tmp_path.iterdir()] == ["best"]
+
+
+def test_replace_dir_replaces_a_file_at_the_targets_name_each_time(tmp_path):
+    """A file where a checkpoint folder goes (`best`): rmtree left it under the old name, and the
+    next replace (the next `best` of the same run) failed to rename the folder onto it, a resume
+    ending in 'could not write checkpoint ... (Not a directory)' after writing it."""
+    target = tmp_path / "best"
+    target.write_text("not a checkpoint")
+    for n in range(2):
+        new = tmp_path / f"new-{n}"
+        new.mkdir()
+        (new / "info.json").write_text(str(n))
+        replace_dir(new, target)
+        assert (target / "info.json").read_text() == str(n)
+    assert [p.name for p in tmp_path.iterdir()] == ["best"]  # no hidden copy left behind

@@ -179,11 +179,21 @@ def replace_dir(new: Path, target: Path) -> None:
         new.rename(target)
     else:
         old = target.parent / f".{target.name}.old-{os.getpid()}"
-        shutil.rmtree(old, ignore_errors=True)
+        _delete(old)
         target.rename(old)
         new.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
+        _delete(old)
     _fsync_dir(target.parent)
+
+
+def _delete(path: Path) -> None:
+    """Delete a folder, or a file: a file at the target's name (rmtree left it aside, and the next
+    replace's rename of the folder onto it failed), as far as it can be deleted."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def replace_file(path: Path, data: str | bytes | Iterable[str], durable: bool = True) -> None:
