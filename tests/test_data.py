@@ -466,6 +466,19 @@ def test_every_window_can_be_drawn_the_last_one_included():
     assert max(int(y.max()) for _, y in batches) == 10
 
 
+def test_each_process_takes_its_own_slice_of_the_one_global_batch():
+    """Two processes of 3 windows each: rank 0 takes windows 0-2 and rank 1 windows 3-5 of the
+    6 that a single process with a micro-batch of 6 draws from the same seed (token i of the
+    stream is i, so a window's first input is its start): the same data whatever the number of
+    processes, and no window trained twice in a step."""
+    single = starts_of(BatchSampler(counting_stream(), 8, 6, seed=2), 4)
+    ranks = [
+        starts_of(BatchSampler(counting_stream(), 8, 3, seed=2, rank=r, world_size=2), 4) for r in (0, 1)
+    ]
+    assert [a + b for a, b in zip(*ranks, strict=True)] == single
+    assert all(len(set(batch)) == 6 for batch in single)  # six distinct windows: no overlap to hide
+
+
 def test_validation_batches_are_the_same_every_time(shakespeare_dir):
     data = load_data(shakespeare_dir)
     first = fixed_batches(data.val, 16, 2, 3, seed=1)
