@@ -122,6 +122,17 @@ def test_global_batch_split_into_micro_batch_and_accumulation(windows, fit, expe
     assert micro <= max(fit, 1) and micro * accumulation >= windows
 
 
+def test_global_batch_tokens_round_to_the_nearest_number_of_windows():
+    """global_batch_tokens 1,000 of 64-token windows is 15.6 windows: 16, the nearest (15 would
+    lose 40 tokens a step where 16 adds 24); 1,000 of 128 is 7.8: 8; 900 of 128 is 7.03: 7. Over 2
+    processes, a multiple of 2: 1,000 / 64 / 2 = 7.8 -> 8 each, 16 in all."""
+    cases = [(1000, 64, 1, 16), (1000, 128, 1, 8), (900, 128, 1, 7), (1000, 64, 2, 16)]
+    for tokens, seq_len, world_size, windows in cases:
+        settings = ["batch_size=auto", f"global_batch_tokens={tokens}", f"seq_len={seq_len}"]
+        cfg = load_config(overrides=[f"training_config.{s}" for s in settings])
+        assert footprint.global_windows(cfg, world_size) == windows, (tokens, seq_len, world_size)
+
+
 def auto_config(shakespeare_dir, tmp_path, windows_fitting: float):
     """The micro config with the memory limit that plan's formula fills with `windows_fitting`
     windows of 64 tokens (the formula matches autograd's saved tensors: test_plan.py)."""
