@@ -1362,7 +1362,12 @@ CASES = [
         "model_config.hiden_dim",
         "did you mean model_config.hidden_dim",
     ),
-    case("unknown-subcommand", lambda env: ["trian"], "invalid choice: 'trian'", "did you mean train?"),
+    case(
+        "unknown-subcommand",
+        lambda env: ["trian"],
+        "argument COMMAND: invalid choice: 'trian'",
+        "did you mean train?",
+    ),
     case(
         "prepare-misspelled-source",
         lambda env: ["data", "prepare", "shakspeare"],
@@ -1387,8 +1392,8 @@ CASES = [
         "unrecognized arguments: --max_new_tokens",
         "did you mean --max-new-tokens?",
     ),
-    case("no-subcommand", lambda env: [], "required", "command"),
-    case("prepare-without-source", lambda env: ["data", "prepare"], "required", "source"),
+    case("no-subcommand", lambda env: [], "required: COMMAND"),
+    case("prepare-without-source", lambda env: ["data", "prepare"], "required: SOURCE"),
     case(
         "prepare-unknown-tokenizer",
         lambda env: ["data", "prepare", "python-stdlib", "--tokenizer", "wordpiece"],

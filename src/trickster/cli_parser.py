@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="trickster", description="Train a small language model from scratch, watch it learn, use it."
     )
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     for add in (
         _add_data,
         _add_train,
@@ -114,7 +114,9 @@ class _SetsKey(argparse.Action):
 
 def _add_data(commands) -> None:
     data = commands.add_parser("data", help="prepare a corpus into token files")
-    data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    data_commands = data.add_subparsers(
+        dest="data_command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
     _add_data_prepare(data_commands)
     _add_data_overlap(data_commands)
     _add_data_report(data_commands)
@@ -122,7 +124,7 @@ def _add_data(commands) -> None:
 
 def _add_data_prepare(data_commands) -> None:
     prepare = data_commands.add_parser("prepare", help="tokenize a corpus into token shards")
-    sources = prepare.add_subparsers(dest="source", required=True, parser_class=_Parser)
+    sources = prepare.add_subparsers(dest="source", metavar="SOURCE", required=True, parser_class=_Parser)
     shakespeare = sources.add_parser("shakespeare", help="Tiny Shakespeare (downloaded, SHA-256 checked)")
     shakespeare.add_argument("--path", help="a local copy instead of downloading")
     tinystories = sources.add_parser("tinystories", help="TinyStories from Hugging Face (streamed)")
@@ -397,7 +399,7 @@ def _add_export(commands) -> None:
 
 def _add_import(commands) -> None:
     imp = commands.add_parser("import", help="turn a local Hugging Face Llama folder into a run")
-    import_sources = imp.add_subparsers(dest="source", required=True, parser_class=_Parser)
+    import_sources = imp.add_subparsers(dest="source", metavar="SOURCE", required=True, parser_class=_Parser)
     import_hf = import_sources.add_parser("hf", help="a folder written by save_pretrained()")
     import_hf.add_argument("path", metavar="DIR", help="config.json, model.safetensors, tokenizer.json")
     import_hf.add_argument("--out", required=True, help="the new run folder")
