@@ -47,6 +47,21 @@ def test_a_write_during_a_run_says_what_to_do_once_the_cause_is_fixed(tmp_path, 
     assert write_fix(then="continue with --resume")(refused(code, tmp_path / "metrics.jsonl")) == fix
 
 
+def test_a_folder_in_the_way_of_a_file_is_named_with_its_fix(tmp_path):
+    """A folder where a run's file goes (config.yaml): the line named only the run folder and said
+    to choose another --out, leaving the user to find which of its files was in the way."""
+    (tmp_path / "config.yaml").mkdir()
+    with (
+        pytest.raises(UserError) as caught,
+        disk_errors(f"run folder {tmp_path}", write_fix("choose another --out")),
+    ):
+        (tmp_path / "config.yaml").write_text("model_config: {}\n")
+    assert str(caught.value) == (
+        f"could not write run folder {tmp_path} (Is a directory: {tmp_path / 'config.yaml'}); "
+        "move that folder away, or choose another --out"
+    )
+
+
 @pytest.mark.skipif(not PROC.is_dir(), reason="no /proc on this system")
 @pytest.mark.parametrize("code", [errno.ENOENT, errno.EACCES, errno.EPERM])
 def test_a_folder_of_the_system_is_told_apart_from_one_to_make_writable(code):

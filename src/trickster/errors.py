@@ -31,6 +31,9 @@ def disk_errors(what: str, fix: str | Callable[[OSError], str], within: tuple = 
         if within and err.errno not in WRITE_ONLY and not _names_one_in(err, within):
             raise
         reason = err.strerror or str(err) or type(err).__name__
+        name = os.fsdecode(err.filename) if err.filename is not None else what
+        if err.errno in IN_THE_WAY and name not in what:  # which file: `what` may be its folder
+            reason = f"{reason}: {name}"
         fix = fix if isinstance(fix, str) else fix(err)
         raise UserError(f"could not write {what} ({reason}); {fix}") from None
 
@@ -38,6 +41,7 @@ def disk_errors(what: str, fix: str | Callable[[OSError], str], within: tuple = 
 FULL = (errno.ENOSPC, errno.EDQUOT)  # the disk, or the user's quota on it
 REFUSED = (errno.EACCES, errno.EPERM, errno.EROFS)  # a folder's mode, its owner, a read-only mount
 WRITE_ONLY = (*FULL, errno.EROFS, errno.EFBIG)  # what no read meets
+IN_THE_WAY = (errno.EISDIR, errno.ENOTDIR)  # a folder where a file goes, a file where a folder goes
 
 
 def write_fix(elsewhere: str = "", then: str = "") -> Callable[[OSError], str]:
@@ -64,6 +68,7 @@ def write_fix(elsewhere: str = "", then: str = "") -> Callable[[OSError], str]:
 CAUSES = {
     **dict.fromkeys(FULL, "free disk space"),
     **dict.fromkeys(REFUSED, "make the folder writable"),
+    errno.EISDIR: "move that folder away",
     errno.EFBIG: "lift the file size limit (ulimit -f)",  # or a file system's: `elsewhere` then
 }
 
