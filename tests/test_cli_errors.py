@@ -307,6 +307,15 @@ def _train_shard_with_flipped_bytes(env: Env) -> list[str]:
     return micro_train(env, "--data", str(data))
 
 
+def _data_report_shard_with_a_changed_token(env: Env) -> list[str]:
+    data = env.copy_data()
+    shard = data / "train" / "000000.bin"
+    raw = bytearray(shard.read_bytes())
+    raw[500] = raw[501] if raw[501] != raw[500] else raw[499]  # another character of the text
+    shard.write_bytes(bytes(raw))
+    return ["data", "report", str(data)]
+
+
 def _resume_optimizer_state_by_position(env: Env) -> list[str]:
     """trainer.pt as trickster wrote it until 2026-11-22 07:16: optimizer.state_dict() as it is."""
     argv = _trained_run_copy_with(env, "--resume")
@@ -2096,6 +2105,12 @@ CASES = [
         lambda env: ["data", "overlap", str(env.data), "--text", env.write("short.txt", "ROMEO:")],
         "too short for a 13-token overlap check",
         "at least 13 tokens",
+    ),
+    case(  # reported as sound: the size and every id were as before
+        "data-report-shard-with-a-changed-token",
+        _data_report_shard_with_a_changed_token,
+        "data-copy/train/000000.bin: not the bytes index.json recorded (sha256), damaged",
+        "prepare the data again",
     ),
     case(
         "data-report-not-a-data-folder",

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from trickster.atomic import restore_replaced
+from trickster.data.shards import file_sha256
 from trickster.data.tokenizers import Tokenizer, load_tokenizer
 from trickster.errors import UserError
 from trickster.model.transformer import IGNORE_INDEX  # a target the loss skips
@@ -152,6 +153,22 @@ def _read_index(path: Path, meta: dict) -> dict:
         raise UserError(f"{path / meta['index']} is missing; prepare the data again") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError):
         raise UserError(f"{path / 'index.json'} is damaged; prepare the data again") from None
+
+
+def damaged_shards(path: Path, meta: dict) -> list[Path]:
+    """The shards and masks of a prepared folder whose bytes are not those index.json recorded
+    (sha256). Every byte is read: `data report` asks, not each training start."""
+    if meta.get("layout") != "shards":
+        return []  # format 1 recorded no checksums
+    index, damaged = _read_index(path, meta), []
+    for shard in (s for split in ("train", "val") for s in index[split]):
+        for name, digest in (
+            (shard["file"], shard.get("sha256")),
+            (shard.get("mask"), shard.get("mask_sha256")),
+        ):
+            if name and digest and file_sha256(path / name) != digest:
+                damaged.append(path / name)
+    return damaged
 
 
 def _flat_index(meta: dict) -> dict:
