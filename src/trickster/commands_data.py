@@ -1,0 +1,101 @@
+"""What `trickster data ...` does (prepare, overlap, report), printing for a person, and the
+reading of a `--text FILE` option as preparation reads a text file. commands.py, which cli.py runs
+every command from, takes them from here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from trickster.data import hub, sources, textfile
+from trickster.data.dedup import DedupSettings
+from trickster.data.prepare import prepare, prepare_prompt_response
+from trickster.data.records import jsonl_prompt_response
+from trickster.data.tokenizers import load_tokenizer
+from trickster.errors import UserError
+from trickster.options import PrepareOptions, SourceSpec
+from trickster.train import checkpoint as ckpt
+
+
+def prepare_data(spec: SourceSpec, options: PrepareOptions, dedup: DedupSettings) -> Path:
+    """`trickster data prepare`: read a corpus, tokenize it and write a prepared data folder (or
+    keep the one already there from the same source and settings); prepare() prints what it did."""
+    source, paths, text_field = spec.source, spec.paths, spec.text_field
+    tokenizer, vocab_size = options.tokenizer, options.vocab_size
+    chosen = _tokenizer_from(options.tokenizer_from) if options.tokenizer_from else (tokenizer or "char")
+    kind = chosen if isinstance(chosen, str) else chosen.kind
+    out_dir = Path(options.out or f"data/{source}-{kind}")
+    if source == "jsonl" and text_field is None and spec.template is None:
+        records = jsonl_prompt_response(paths[0])
+        prepare_prompt_response(records, chosen, out_dir, options.val_fraction, vocab_size, dedup)
+    else:
+        extra = {} if options.shard_tokens is None else {"shard_tokens": options.shard_tokens}
+        prepare(
+            _text_source(spec),
+            chosen,
+            out_dir,
+            options.val_fraction,
+            vocab_size=vocab_size,
+            workers=options.workers,
+            progress=options.progress,
+            dedup_settings=dedup,
+            **extra,
+        )
+    return out_dir
+
+
+def data_overlap(folder: str, text_file: str) -> None:
+    """`trickster data overlap DIR --text FILE`: how much of a text the training split holds."""
+    from trickster.data import report
+
+    text = read_text_option(Path(text_file))
+    for line in report.format_overlap(report.overlap(folder, text), folder):
+        print(line)
+
+
+def data_report(folder: str, html: str | None) -> None:
+    """`trickster data report DIR [--html [FILE]]`."""
+    from trickster.data import report
+
+    facts = report.data_report(folder)
+    for line in report.format_report(facts):
+        print(line)
+    if html is not None:
+        print(f"wrote {report.write_html(facts, html or None)}")
+
+
+def _text_source(spec: SourceSpec) -> sources.Source | sources.Corpus:
+    if spec.source == "shakespeare":
+        return sources.shakespeare_source(spec.path)
+    if spec.source == "text":
+        return sources.text_files(spec.paths)
+    if spec.source == "python-stdlib":
+        return sources.python_stdlib()
+    if spec.source == "jsonl":
+        return sources.jsonl_documents(spec.paths, spec.text_field, spec.template)
+    if spec.source == "parquet":
+        return sources.parquet_documents(spec.paths, spec.text_field or "text")
+    if spec.source == "tinystories":
+        return hub.tinystories(spec.dataset or hub.TINYSTORIES)
+    if spec.source == "hf":
+        return hub.hf_dataset(spec.dataset, spec.config, spec.split, spec.text_field or "text")
+    raise UserError(f"unknown source '{spec.source}'")
+
+
+def _tokenizer_from(path: str):
+    """The tokenizer of a run, checkpoint or data folder, or a tokenizer.json file."""
+    target, fix = Path(path), "pass another --tokenizer-from"
+    if target.is_file():
+        return load_tokenizer(target, fix)
+    if (target / "tokenizer.json").is_file() and not (target / "checkpoints").is_dir():
+        return load_tokenizer(target / "tokenizer.json", fix)  # a checkpoint or a prepared data folder
+    return load_tokenizer(ckpt.resolve(target) / "tokenizer.json", fix)
+
+
+def read_text_option(path: Path) -> str:
+    """--text FILE as data preparation reads a text file (line endings as "\n"), so that it meets
+    the training text however either was saved."""
+    try:
+        return textfile.read_text(path)
+    except UserError as err:
+        raise UserError(f"--text {err}") from None
