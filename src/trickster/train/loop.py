@@ -148,41 +148,8 @@ class Trainer:
         if job.is_main:  # what MFU divides by (datasheet, configured or measured), by the process that logs
             self.peak = mfu_peak(self.device, cfg.device.dtype, cfg.device.peak_tflops)
         self.manifest = run_manifest(self.device)
-        self.announce(resume, changed, repairs, global_batch)
+        setup.announce(self, resume, changed, repairs, global_batch)
         recovery.remeasure_best(self)  # resumed on loss-masked data from a checkpoint of an older version
-
-    def announce(self, resume, changed: dict, repairs: list[str], global_batch: int) -> None:
-        cfg, job = self.cfg, self.job
-        if job.is_main:
-            resumed = setup.Resumed(self.resumed_from, self.state.step, self.eval_due, changed, repairs)
-            setup.write_run_files(self.run_dir, cfg, self.data, self.manifest, self.metrics, resume, resumed)
-        resuming = self.resumed_from is not None
-        setup.print_header(
-            self.out, cfg, self.data, self.params, self.device, self.tokens_per_step, job, resuming
-        )
-        if self.resumed_from is not None:
-            self.out.line(f"resuming from {self.resumed_from}")
-        for line in repairs + [f"changed on resume: {k} {a} -> {b}" for k, (a, b) in changed.items()]:
-            self.out.line(line)
-        if self.batch_note:
-            self.out.line(self.batch_note)
-        if self.resumed_from is not None:
-            return
-        self.metrics.write(
-            "start",
-            0,
-            params=self.params,
-            tokens_per_step=self.tokens_per_step,
-            global_batch=global_batch,
-            world_size=job.world_size,
-            parallel=job.mode,
-            flops_per_token=self.token_flops,
-            init_from=self.origin,
-            device=str(self.device),
-            peak_flops_per_device=self.peak.flops,
-            peak_source=self.peak.source,
-            measured_flops_per_device=self.peak.measured,  # the matmul ceiling, beside a datasheet peak
-        )
 
     def train(self) -> TrainResult:
         t, state = self.cfg.training, self.state

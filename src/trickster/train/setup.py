@@ -1,6 +1,6 @@
 """What a training run builds before its first step: the run folder (new, or resumed), the model
-wrapped for the job, the run's own files and the header it prints; and the folder each FSDP2
-checkpoint starts as. Used by loop.Trainer."""
+wrapped for the job, the run's own files and the header it prints (announce); and the folder each
+FSDP2 checkpoint starts as. Used by loop.Trainer."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import math
 import shutil
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
@@ -33,6 +33,9 @@ from trickster.train.resume import (
     truncate_metrics,
 )
 from trickster.train.state import TrainResult, TrainState
+
+if TYPE_CHECKING:  # loop imports this module
+    from trickster.train.loop import Trainer
 
 
 class Finished(Exception):  # not an error: the run has nothing left to do
@@ -208,3 +211,38 @@ def stage_shards(job: dist.Dist, model, optimizer, target: Path) -> tuple[Path, 
         if job.is_main:
             shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def announce(trainer: Trainer, resume, changed: dict, repairs: list[str], global_batch: int) -> None:
+    """The run's files and header, what a resume changed or repaired, and (a new run) its `start`
+    event: what a Trainer says once it is built."""
+    cfg, job, out, data = trainer.cfg, trainer.job, trainer.out, trainer.data
+    resumed_from = trainer.resumed_from
+    if job.is_main:
+        resumed = Resumed(resumed_from, trainer.state.step, trainer.eval_due, changed, repairs)
+        write_run_files(trainer.run_dir, cfg, data, trainer.manifest, trainer.metrics, resume, resumed)
+    resuming = resumed_from is not None
+    print_header(out, cfg, data, trainer.params, trainer.device, trainer.tokens_per_step, job, resuming)
+    if resuming:
+        out.line(f"resuming from {resumed_from}")
+    for line in repairs + [f"changed on resume: {k} {a} -> {b}" for k, (a, b) in changed.items()]:
+        out.line(line)
+    if trainer.batch_note:
+        out.line(trainer.batch_note)
+    if resuming:
+        return
+    trainer.metrics.write(
+        "start",
+        0,
+        params=trainer.params,
+        tokens_per_step=trainer.tokens_per_step,
+        global_batch=global_batch,
+        world_size=job.world_size,
+        parallel=job.mode,
+        flops_per_token=trainer.token_flops,
+        init_from=trainer.origin,
+        device=str(trainer.device),
+        peak_flops_per_device=trainer.peak.flops,
+        peak_source=trainer.peak.source,
+        measured_flops_per_device=trainer.peak.measured,  # the matmul ceiling, beside a datasheet peak
+    )
