@@ -177,9 +177,9 @@ def test_a_vanishing_top_p_keeps_the_likeliest_token(top_p):
 
 def test_sampled_frequencies_follow_the_tempered_and_filtered_distribution():
     """20,000 draws at once from logits 0, 1, 2, 3, against probabilities worked out by hand: at
-    temperature 2, exp(l / 2) normalised; with top_k 2 or top_p 0.8 (the two likeliest reach 0.88,
-    the likeliest alone 0.64), exp(l) of the two kept, normalised over them. Within 0.015 of each
-    (the standard error of a frequency is at most 0.0035)."""
+    temperature 2, exp(l / 2) normalised; with top_k 3, exp(l) of the three kept; with top_k 2 or
+    top_p 0.8 (the two likeliest reach 0.88, the likeliest alone 0.64), exp(l) of the two kept,
+    normalised over them. Within 0.015 of each (a frequency's standard error is at most 0.0035)."""
     logits = torch.tensor([[0.0, 1.0, 2.0, 3.0]]).expand(20_000, 4)
 
     def frequencies(**settings) -> list[float]:
@@ -194,3 +194,5 @@ def test_sampled_frequencies_follow_the_tempered_and_filtered_distribution():
     assert frequencies(temperature=2.0) == pytest.approx(tempered, abs=0.015)
     assert frequencies(temperature=1.0, top_k=2) == pytest.approx(two_kept, abs=0.015)
     assert frequencies(temperature=1.0, top_p=0.8) == pytest.approx(two_kept, abs=0.015)
+    three_kept = normalised([0.0, math.exp(1), math.exp(2), math.exp(3)])  # top_k one below the vocabulary
+    assert frequencies(temperature=1.0, top_k=3) == pytest.approx(three_kept, abs=0.015)
