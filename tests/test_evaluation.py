@@ -14,6 +14,7 @@ from trickster import cli
 from trickster.config import config_from_dict
 from trickster.data.loader import load_data
 from trickster.data.tokenizers import ByteTokenizer, CharTokenizer, load_tokenizer
+from trickster.errors import UserError
 from trickster.model.transformer import Transformer
 from trickster.model.vocab import padded_vocab, resolve_vocab
 from trickster.observe.evaluation import score_sequence, text_sequence
@@ -72,6 +73,9 @@ def test_vocab_auto_is_padded_to_a_multiple_of_64():
     assert resolve_vocab(cfg, CharTokenizer("abc", with_eot=True)).model.vocab_size == 64
     fixed = config_from_dict({"model_config": {"vocab_size": 4}})
     assert resolve_vocab(fixed, CharTokenizer("abc", with_eot=True)).model.vocab_size == 4  # as set
+    short = config_from_dict({"model_config": {"vocab_size": 3}})  # one row fewer than a, b, c, end-of-text
+    with pytest.raises(UserError, match=r"model_config.vocab_size \(3\) is smaller than the tokenizer's"):
+        resolve_vocab(short, CharTokenizer("abc", with_eot=True))
 
 
 def test_scores_match_a_token_by_token_hand_computation():
