@@ -447,19 +447,24 @@ def _partial_finished(env: Env) -> list[str]:
     return ["data", "prepare", "text", _texts(env, 2), "--out", str(env.tmp / "o")]
 
 
-def _interrupted_preparation(env: Env) -> tuple[str, Path]:
-    """A `--tokenizer char` preparation of 40 texts into o, interrupted: o.partial is left."""
+def _interrupted_preparation(env: Env, chunks_done: int = 0) -> tuple[str, Path]:
+    """A `--tokenizer char` preparation of 40 texts into o, interrupted after `chunks_done` chunks
+    were written: o.partial is left."""
     from trickster.data import encode as encode_module
     from trickster.data import prepare as prepare_module
 
     texts, out = _texts(env, 40), env.tmp / "o"
+    encode_chunk, calls = encode_module.encode_chunk, []
 
     def interrupted(task):
-        raise KeyboardInterrupt
+        calls.append(task)
+        if len(calls) > chunks_done:
+            raise KeyboardInterrupt
+        return encode_chunk(task)
 
     env.monkeypatch.setattr(encode_module, "encode_chunk", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        prepare_module.prepare(sources.text_files([texts]), "char", out, workers=1, **QUIET)
+        prepare_module.prepare(sources.text_files([texts]), "char", out, workers=1, chunk_chars=64, **QUIET)
     env.monkeypatch.undo()
     return texts, out
 
@@ -477,6 +482,15 @@ def _partial_of_an_older_version(env: Env) -> list[str]:
     record = json.loads(progress.read_text())
     del record["settings"]["version"]
     progress.write_text(json.dumps(record))
+    return ["data", "prepare", "text", texts, "--out", str(out)]
+
+
+def _partial_with_a_damaged_tokenizer(env: Env) -> list[str]:
+    """An interrupted preparation, some documents done, whose saved tokenizer.json lost its second
+    half (a disk fault): the shards it wrote cannot be read without it."""
+    texts, out = _interrupted_preparation(env, chunks_done=1)
+    saved = env.tmp / "o.partial" / "tokenizer.json"
+    saved.write_bytes(saved.read_bytes()[: saved.stat().st_size // 2])
     return ["data", "prepare", "text", texts, "--out", str(out)]
 
 
@@ -2051,6 +2065,12 @@ CASES = [
         _partial_of_an_older_version,
         "o.partial holds an unfinished preparation started by an older version of trickster",
         "cannot continue; delete",
+    ),
+    case(
+        "prepare-continue-with-a-damaged-tokenizer",
+        _partial_with_a_damaged_tokenizer,
+        "o.partial/tokenizer.json is not a valid tokenizer",
+        "delete",
     ),
     case("prepare-partial-in-use", _partial_in_use, "o.partial is in use: another preparation", "--out"),
     case(

@@ -567,3 +567,30 @@ def test_a_refused_shard_write_is_one_line_with_its_own_fix(tmp_path, capsys):
     assert not out.exists()
     assert cli.main(argv) == 0
     assert json.loads((out / "meta.json").read_text())["train_tokens"] > 64 << 10
+
+
+def test_a_damaged_tokenizer_of_a_preparation_stopped_before_its_first_chunk_is_made_again(
+    tmp_path, monkeypatch
+):
+    """Nothing was tokenized with it yet, so nothing is lost by making it again; once shards were
+    written with it, it is one line saying to delete OUT.partial (test_cli_errors)."""
+    from trickster.data import encode
+
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    for i in range(40):
+        (texts / f"{i}.txt").write_text(f"text number {i} says something of its own.\n" * 3)
+
+    def stopped(task):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(encode, "encode_chunk", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            prepare(sources.text_files([str(texts)]), "char", tmp_path / "o", workers=1, progress=False)
+    saved = tmp_path / "o.partial" / "tokenizer.json"
+    saved.write_bytes(saved.read_bytes()[: saved.stat().st_size // 2])
+    prepare(sources.text_files([str(texts)]), "char", tmp_path / "o", workers=1, progress=False)
+    prepare(sources.text_files([str(texts)]), "char", tmp_path / "fresh", workers=1, progress=False)
+    for name in ("tokenizer.json", "train/000000.bin", "val/000000.bin"):
+        assert (tmp_path / "o" / name).read_bytes() == (tmp_path / "fresh" / name).read_bytes(), name

@@ -2,9 +2,7 @@
 
     meta.json         source, tokenizer, vocabulary, dtype, counts, split rule, duplicates, tokens hash
     index.json        {"train": [{"file": "train/000000.bin", "tokens": N, "sha256": ...}, ...], "val": [...]}
-    tokenizer.json
-    train/000000.bin  raw arrays of the smallest unsigned dtype that fits the vocabulary (numpy.memmap)
-    val/000000.bin
+    train/000000.bin  (and val/...) raw arrays of the smallest unsigned dtype that fits the vocabulary
 
 Every shard but the last of a split holds exactly `shard_tokens` tokens; documents run on across
 shard boundaries, so a split's shards read in order are one token stream. Documents are separated by
@@ -67,7 +65,7 @@ from trickster.data.partial import (
 from trickster.data.records import Records, records_source
 from trickster.data.shards import SPLITS, Progress, ShardWriter, SplitProgress, token_dtype
 from trickster.data.sources import Corpus, DownloadFailed, Source, corpus_source
-from trickster.data.tokenizers import Tokenizer, build_tokenizer, from_dict
+from trickster.data.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 from trickster.errors import Interrupted, UserError, disk_errors, write_fix
 
 SHARD_TOKENS = 100_000_000  # like nanoGPT's FineWeb shards
@@ -114,7 +112,8 @@ def prepare(
     revision = source.revision.lookup() if source.revision is not None else None  # a Hub dataset's commit
 
     def build(record: Progress) -> dict:
-        tokenizer = _tokenizer_for(partial, source, tokenizer_kind, vocab_size, progress)
+        done = record.next_document
+        tokenizer = _tokenizer_for(partial, source, tokenizer_kind, vocab_size, progress, done)
         job = _Job(partial, source, tokenizer, record, val_fraction, shard_tokens, settings_dedup)
         return job.run(chunk_chars, workers, progress)
 
@@ -212,12 +211,16 @@ def _say(
 
 
 def _tokenizer_for(
-    partial: Path, source: Source, kind: str | Tokenizer, vocab_size: int | None, progress: bool
+    partial: Path, source: Source, kind: str | Tokenizer, vocab_size: int | None, progress: bool, done: int
 ) -> Tokenizer:
-    """The tokenizer saved by the run being continued, else a new one (saved before any shard)."""
+    """The saved tokenizer of the run being continued (`done` documents in), else a new one, saved."""
     saved = partial / "tokenizer.json"
     if saved.is_file():
-        return from_dict(json.loads(saved.read_text(encoding="utf-8")))
+        try:
+            return load_tokenizer(saved, f"delete {partial} to prepare the data from the start")
+        except UserError:  # damaged: made again if nothing was tokenized with it yet
+            if done > 0:  # else its shards cannot be read
+                raise
     if isinstance(kind, Tokenizer):
         tokenizer = kind
     else:
