@@ -22,7 +22,7 @@ import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from trickster.errors import UserError, disk_errors, write_fix
+from trickster.errors import UserError, disk_errors, write_error, write_fix
 
 try:
     import fcntl
@@ -303,8 +303,7 @@ def new_folder(target: Path, flag: str = "--out"):
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
         if isinstance(err, OSError):  # why, and its fix: free space, make the folder writable, ...
-            reason, fix = err.strerror or err, write_fix(f"choose another {flag}")(err)
-            raise UserError(f"could not write {target} ({reason}); {fix}") from None
+            raise write_error(str(target), err, write_fix(f"choose another {flag}")) from None
         raise
 
 

@@ -30,12 +30,18 @@ def disk_errors(what: str, fix: str | Callable[[OSError], str], within: tuple = 
     except OSError as err:
         if within and err.errno not in WRITE_ONLY and not _names_one_in(err, within):
             raise
-        reason = err.strerror or str(err) or type(err).__name__
-        name = os.fsdecode(err.filename) if err.filename is not None else what
-        if err.errno in IN_THE_WAY and name not in what:  # which file: `what` may be its folder
-            reason = f"{reason}: {name}"
-        fix = fix if isinstance(fix, str) else fix(err)
-        raise UserError(f"could not write {what} ({reason}); {fix}") from None
+        raise write_error(what, err, fix) from None
+
+
+def write_error(what: str, err: OSError, fix: str | Callable[[OSError], str]) -> UserError:
+    """The one line of a failed write of `what`: why, and `fix` (or the fix it picks from `err`).
+    For a writer that must clean up before it raises, where `disk_errors` cannot wrap it."""
+    reason = err.strerror or str(err) or type(err).__name__
+    name = os.fsdecode(err.filename) if err.filename is not None else what
+    if err.errno in IN_THE_WAY and name not in what:  # which file: `what` may be its folder
+        reason = f"{reason}: {name}"
+    fix = fix if isinstance(fix, str) else fix(err)
+    return UserError(f"could not write {what} ({reason}); {fix}")
 
 
 FULL = (errno.ENOSPC, errno.EDQUOT)  # the disk, or the user's quota on it

@@ -35,7 +35,7 @@ import torch
 from trickster.atomic import place_file, remove_leftovers
 from trickster.config import ModelConfig
 from trickster.data.tokenizers import EOT_TEXT, Tokenizer
-from trickster.errors import UserError, disk_errors, write_fix
+from trickster.errors import UserError, disk_errors, write_error, write_fix
 from trickster.export.hf import rename
 from trickster.train import checkpoint as ckpt
 
@@ -146,7 +146,7 @@ def export_gguf(target: str | Path, out: str | Path, dtype: str = "float32") -> 
         with contextlib.suppress(OSError):
             staging.unlink(missing_ok=True)
         if isinstance(err, OSError):
-            raise UserError(f"could not write {out} ({err.strerror or err}); {WRITE_FIX(err)}") from None
+            raise write_error(str(out), err, WRITE_FIX) from None
         raise
     if not placed:  # another export (or anything else) wrote `out` meanwhile: it stays
         staging.unlink(missing_ok=True)
