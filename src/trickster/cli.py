@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable
 
 from trickster.cli_parser import build_parser
-from trickster.errors import Interrupted, UserError, single_line
+from trickster.errors import Interrupted, UserError, did_you_mean, single_line
 
 # Bounds on numeric options: (argparse dest, test, message); each applies to every command that has it.
 _BOUNDS: list[tuple[str, Callable[[float], bool], str]] = [
@@ -84,9 +84,8 @@ def _hint(parser: argparse.ArgumentParser, args, rest: list[str], argv: list[str
         parser = sub
     name, _, value = option[2:].partition("=")
     own = [s for a in parser._actions for s in a.option_strings if s.startswith("--")]
-    close = difflib.get_close_matches(f"--{name.replace('_', '-')}", own, n=1, cutoff=0.75)
-    if close:
-        return f" (did you mean {close[0]}?)"
+    if close := did_you_mean(f"--{name.replace('_', '-')}", own, cutoff=0.75):
+        return close
     if not hasattr(args, "overrides"):
         return ""
     from trickster.config import SECTION_ALIASES, SECTIONS  # pydantic: loaded for this line only

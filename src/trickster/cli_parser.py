@@ -8,10 +8,9 @@ Each `_add_NAME` builds one command's parser and names its function in commands.
 from __future__ import annotations
 
 import argparse
-import difflib
 import re
 
-from trickster.errors import single_line  # imports nothing
+from trickster.errors import did_you_mean, single_line  # imports nothing heavy
 from trickster.options import Sampling  # dataclasses only
 from trickster.serve import limits  # imports nothing
 from trickster.units import whole_number
@@ -59,8 +58,7 @@ def _close_choice(message: str) -> str:
     if not found:
         return ""
     choices = [c.strip("'\" ") for c in found[2].split(",")]
-    close = difflib.get_close_matches(found[1], choices, n=1, cutoff=0.75)  # not cpu for tpu
-    return f" (did you mean {close[0]}?)" if close else ""
+    return did_you_mean(found[1], choices, cutoff=0.75)  # not cpu for tpu
 
 
 class _FullMatch:

@@ -29,13 +29,12 @@ from trickster.config_errors import (
     annotated_kinds,
     blamed,
     describe_all,
-    did_you_mean,
     elided,
     override_within_limits,
     section_at,
 )
 from trickster.config_yaml import SAVED_MARK, load_yaml, parse_yaml, read_config_file
-from trickster.errors import UserError
+from trickster.errors import UserError, did_you_mean
 from trickster.presets import preset_text
 from trickster.units import whole_number, whole_seconds
 

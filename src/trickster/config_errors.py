@@ -4,13 +4,14 @@ naming the key as YAML spells it (`training_config.betas[0]`), the value as YAML
 
 from __future__ import annotations
 
-import difflib
 import re
 import typing
 from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel
+
+from trickster.errors import did_you_mean
 
 
 def annotated_kinds(annotation: Any) -> set[type]:
@@ -135,11 +136,6 @@ def _quoted_switch(value: Any) -> str:
     """The fix for `progress_bar: "false"`: quoted, YAML's boolean words are text."""
     words = {"true", "false", "yes", "no", "on", "off"}
     return "; write it without quotes" if isinstance(value, str) and value.strip().lower() in words else ""
-
-
-def did_you_mean(name: str, choices: list[str], prefix: str = "") -> str:
-    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
-    return f" (did you mean {prefix}{close[0]}?)" if close else ""
 
 
 def blamed(source: str, problems: list[str], overridden: Sequence[str]) -> str:

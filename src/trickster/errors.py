@@ -3,6 +3,7 @@ and Interrupted (Ctrl-C, exit status 130); `disk_errors` makes a failed write a 
 `single_line` keeps such a line one line."""
 
 import contextlib
+import difflib
 import errno
 import os
 from collections.abc import Callable
@@ -101,3 +102,10 @@ LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"  # where str.splitlines cut
 def single_line(message: str) -> str:
     """The message on one line even when a name in it holds a line break (a file name may)."""
     return "".join(c.encode("unicode_escape").decode() if c in LINE_BREAKS else c for c in message)
+
+
+def did_you_mean(name: str, choices: list[str], prefix: str = "", cutoff: float = 0.6) -> str:
+    """` (did you mean PREFIXchoice?)` for the choice closest to a mistyped `name`, or "" when none
+    is close enough (`cutoff`: difflib's ratio; 0.75 keeps `--device tpu` from suggesting cpu)."""
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=cutoff)
+    return f" (did you mean {prefix}{close[0]}?)" if close else ""

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from importlib import resources
 
-from trickster.config_errors import did_you_mean
-from trickster.errors import UserError
+from trickster.errors import UserError, did_you_mean
 
 
 def preset_names() -> list[str]:

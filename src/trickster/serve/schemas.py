@@ -3,7 +3,6 @@ the answers it gives, and OpenAI's error object."""
 
 from __future__ import annotations
 
-import difflib
 import json
 import uuid
 from typing import Literal
@@ -11,7 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trickster import untrusted
-from trickster.errors import single_line
+from trickster.errors import did_you_mean, single_line
 
 
 class APIError(Exception):
@@ -268,8 +267,7 @@ def refuse_ignored(extra: dict, known: set[str], harmless: set[str], unsupported
                 at + name,
                 "unsupported_parameter",
             )
-        close = difflib.get_close_matches(name, sorted({*known, *harmless}), n=1)
-        hint = f" (did you mean {at}{close[0]}?)" if close else ""
+        hint = did_you_mean(name, sorted({*known, *harmless}), prefix=at)
         raise APIError(
             400,
             f"{at}{name}: unrecognized request argument{hint}; fix its name or leave it out",
