@@ -28,8 +28,17 @@ from trickster.train import checkpoint as ckpt
 
 from . import children
 from .conftest import EXCERPT
+from .test_tokenizers import gpt2_or_skip
 
 TEXT = "ROMEO:\nIs it so?  Then,\tI defy you, stars!\n\n"
+# where byte-level BPEs differ if one rule is off: scripts, emoji split across ids (a joined family
+# of 18 bytes), runs of spaces, tabs and newlines, contractions in either case, digits, and the text
+# of special tokens, which ours read as text
+VARIED = (
+    "naïve café, déjà vu — 日本語のテキスト 🎭🧪👩\u200d👩\u200d👧 \u200b\n\n\n"
+    "It's John's; they'll've    gone.\t\tTabs\r\n  and  spaces   \n \n"
+    "3.14159 1234567890 ٣٤ Ⅻ x²<|endoftext|>after <|pad|> IT'S'LL  '  s \n  "
+)
 
 
 def random_checkpoint(path, tokenizer, seed=0, **model):
@@ -163,7 +172,25 @@ def test_export_bpe_tokenizer_json_round_trips_in_transformers(tmp_path):
     assert theirs.config.vocab_size % 64 == 0 and theirs.config.vocab_size >= tokenizer.vocab_size
 
 
-@pytest.mark.parametrize("kind", ["byte", "bpe"])
+def test_export_gpt2_gives_tiktokens_ids_and_our_logits(tmp_path):
+    """GPT-2's vocabulary and merges, recovered from tiktoken's ranks: transformers' tokenizer gives
+    tiktoken's ids on varied text and on each of its lines (a line ending in spaces, one of a
+    lone space), and the model our logits."""
+    tokenizer = gpt2_or_skip()
+    rows = padded_vocab(tokenizer.vocab_size)
+    path = random_checkpoint(tmp_path / "ckpt", tokenizer, vocab_size=rows, num_kv_heads=2, max_seq_len=256)
+    theirs, hf_tok = assert_export_matches(path, tmp_path / "hf", VARIED)
+    for line in VARIED.splitlines(keepends=True) + [" ", "  x", "Hello world"]:
+        assert hf_tok(line)["input_ids"] == tokenizer.encode(line), line
+    assert hf_tok("Hello world")["input_ids"] == [15496, 995]  # GPT-2's well-known ids
+    assert hf_tok.eos_token_id == 50256 and 50256 not in hf_tok(VARIED)["input_ids"]
+    assert hf_tok.decode([15496, 50256, 995], skip_special_tokens=True) == "Hello world"
+    assert theirs.config.vocab_size == rows == 50304
+    generation = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
+    assert generation["suppress_tokens"] == list(range(50257, 50304))
+
+
+@pytest.mark.parametrize("kind", ["byte", "bpe", "gpt2"])
 def test_exported_tokenizer_reads_special_token_text_as_text_like_ours(tmp_path, kind):
     """Ours never turns "<|endoftext|>" typed in a prompt into the end-of-text id; neither may
     the exported tokenizer (transformers splits on special tokens unless told not to)."""
@@ -172,6 +199,8 @@ def test_exported_tokenizer_reads_special_token_text_as_text_like_ours(tmp_path,
     from trickster.export.hf import hf_tokenizer_files
 
     size = 280 if kind == "bpe" else None
+    if kind == "gpt2":
+        gpt2_or_skip()
     tokenizer = build_tokenizer(kind, iter([TEXT, "naïve 🎭"]), with_eot=True, vocab_size=size)
     out = tmp_path / "tok"
     out.mkdir()

@@ -16,7 +16,8 @@ the layer index:
 - `export_hf`: a run or checkpoint -> config.json, model.safetensors, generation_config.json and
   tokenizer files (tokenizer.json, tokenizer_config.json, special_tokens_map.json) that
   `transformers` and vLLM load. Char and byte tokenizers become a `tokenizers` BPE model without
-  merges whose ids are exactly ours. LoRA adapters are already merged by `load_checkpoint`.
+  merges whose ids are exactly ours; gpt2 becomes GPT-2's vocabulary and merges, recovered from
+  tiktoken's ranks (`byte_level`). LoRA adapters are already merged by `load_checkpoint`.
 - `import_hf`: a local Llama folder (config.json, safetensors weights, tokenizer.json) -> a run
   folder whose `checkpoints/final` `generate`, `export` and `training_config.init_from` accept.
 
@@ -39,6 +40,7 @@ from trickster.config import ModelConfig, config_from_dict, save_config
 from trickster.data.hf_tokens import require_tokenizers, special_token_text
 from trickster.data.tokenizers import EOT_TEXT, HFTokenizer, Tokenizer
 from trickster.errors import UserError
+from trickster.export import byte_level
 from trickster.model.transformer import Transformer
 from trickster.observe.manifest import run_manifest
 from trickster.train import checkpoint as ckpt
@@ -125,26 +127,16 @@ def eos_token_id(tokenizer: Tokenizer) -> int | list[int] | None:
     return [tokenizer.eot_id, *others] if tokenizer.eot_id is not None else others
 
 
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's printable stand-in character for each byte, as the `tokenizers` ByteLevel step uses."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
-    printable += range(ord("®"), ord("ÿ") + 1)
-    chars, extra = {b: chr(b) for b in printable}, 0
-    for b in range(256):
-        if b not in chars:
-            chars[b], extra = chr(256 + extra), extra + 1
-    return dict(sorted(chars.items()))
-
-
 def hf_tokenizer_files(tokenizer: Tokenizer, max_len: int) -> dict[str, dict]:
     """tokenizer.json, tokenizer_config.json and special_tokens_map.json for AutoTokenizer.
 
     char: a BPE model with one vocabulary entry per character and no merges, joined back by the
     Fuse decoder; byte: the ByteLevel step maps each byte to its GPT-2 stand-in character, whose
-    vocabulary id is the byte value. Either adds `<|endoftext|>` as a special token at our
-    end-of-text id. As ours, char, byte and bpe read a literal "<|endoftext|>" in the text as
-    text, not as the special token (`split_special_tokens`); an imported tokenizer keeps its own
-    rule. (Unlike ours, the char version drops an unknown character instead of failing.)
+    vocabulary id is the byte value; gpt2: GPT-2's vocabulary and merges (`byte_level`). Each adds
+    `<|endoftext|>` as a special token at our end-of-text id. As ours, char, byte, bpe and gpt2
+    read a literal "<|endoftext|>" in the text as text, not as the special token
+    (`split_special_tokens`); an imported tokenizer keeps its own rule. (Unlike ours, the char
+    version drops an unknown character instead of failing.)
     """
     tokenizers = require_tokenizers()
     if isinstance(tokenizer, HFTokenizer):
@@ -164,10 +156,12 @@ def hf_tokenizer_files(tokenizer: Tokenizer, max_len: int) -> dict[str, dict]:
         backend = tokenizers.Tokenizer(tokenizers.models.BPE(vocab=vocab, merges=[]))
         backend.decoder = tokenizers.decoders.Fuse()
     elif tokenizer.kind == "byte":
-        vocab = {char: b for b, char in bytes_to_unicode().items()}
+        vocab = {char: b for b, char in byte_level.bytes_to_unicode().items()}
         backend = tokenizers.Tokenizer(tokenizers.models.BPE(vocab=vocab, merges=[]))
         backend.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
         backend.decoder = tokenizers.decoders.ByteLevel()
+    elif tokenizer.kind == "gpt2":
+        backend = byte_level.hf_backend(byte_level.byte_level_bpe(tokenizer))
     else:
         raise UserError(f"cannot export a {tokenizer.kind!r} tokenizer to Hugging Face")
     config = {
