@@ -261,6 +261,19 @@ def _resume_trainer_state_is_a_folder(env: Env) -> list[str]:
     return argv
 
 
+def _resume_run_file_is_a_folder(name: str) -> Build:
+    """A resume that cannot write one of the run's files: metrics.jsonl must keep the events after
+    the checkpoint (it was cut back to the checkpoint before the failed write until 2026-11-30)."""
+
+    def build(env: Env) -> list[str]:
+        argv = _trained_run_copy_with(env, "--resume")
+        (env.tmp / "run-copy" / name).unlink()
+        (env.tmp / "run-copy" / name).mkdir()
+        return argv
+
+    return build
+
+
 def _data_file_is_a_folder(name: str) -> Build:
     def build(env: Env) -> list[str]:
         data = env.copy_data()
@@ -1540,6 +1553,20 @@ CASES = [
         _resume_damaged_trainer_state,
         "trainer.pt refused or damaged",
         "resume from another checkpoint",
+    ),
+    case(
+        "resume-run-manifest-is-a-folder",
+        _resume_run_file_is_a_folder("manifest.json"),
+        "could not write run folder",
+        "(Is a directory:",
+        "run-copy/manifest.json); move that folder away",
+    ),
+    case(
+        "resume-run-config-is-a-folder",
+        _resume_run_file_is_a_folder("config.yaml"),
+        "could not write run folder",
+        "(Is a directory:",
+        "run-copy/config.yaml); move that folder away",
     ),
     case(  # an IsADirectoryError traceback
         "resume-trainer-state-is-a-folder",

@@ -49,7 +49,7 @@ def test_a_sample_with_unicode_line_separators_reads_back_and_survives_a_resume(
     """A byte-level model can sample U+2028, U+2029 or NEL, which JSON leaves unescaped: the events
     around them must read back whole (they were 'damaged' lines), also after a resume rewrites the
     file."""
-    from trickster.train.resume import truncate_metrics
+    from trickster.train.resume import metrics_cut_back
 
     path = tmp_path / "metrics.jsonl"
     log = MetricsLog(path)
@@ -57,8 +57,9 @@ def test_a_sample_with_unicode_line_separators_reads_back_and_survives_a_resume(
     for step in range(3):
         log.write("eval", step, val_loss=1.0, sample=sample)
     assert [r["sample"] for r in read_metrics(path)] == [sample] * 3
-    truncate_metrics(path, 1)
-    assert [(r["step"], r["sample"]) for r in read_metrics(path)] == [(0, sample), (1, sample)]
+    with metrics_cut_back(path, 1, False, {"event": "resume", "step": 1, "time": 0.0}):
+        pass
+    assert [(r["step"], r.get("sample")) for r in read_metrics(path)] == [(0, sample), (1, sample), (1, None)]
 
 
 def test_a_cut_last_line_is_skipped_and_said_and_a_damaged_one_is_an_error(tmp_path):

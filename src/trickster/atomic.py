@@ -203,11 +203,19 @@ def replace_file(path: Path, data: str | bytes | Iterable[str], durable: bool = 
     are; then what killed earlier writes of it left there is deleted. A link to a device or a pipe
     (/dev/null) is written into: such a file is never replaced. `durable=False` skips the fsyncs,
     for a file rewritten often whose loss in a power cut does not matter (a heartbeat)."""
+    put_in_place(write_aside(path, data, durable), path, durable)
+
+
+def write_aside(path: Path, data: str | bytes | Iterable[str], durable: bool = True) -> Path | None:
+    """replace_file's first half, for a writer that replaces `path` only once other writes have
+    succeeded (else it deletes what this returns): `data` written in full under a temporary name
+    beside the file, which put_in_place renames over it. Returns None for a device or a pipe,
+    written into at once. A failed write leaves nothing aside."""
     target = path.resolve()
     if target.exists() and not target.is_file():  # a device or a pipe (a link to /dev/null): never replaced
         with open(target, "wb") as f:
             _write(f, data)
-        return
+        return None
     staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
         with open(staging, "wb") as f:
@@ -215,6 +223,19 @@ def replace_file(path: Path, data: str | bytes | Iterable[str], durable: bool = 
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            staging.unlink()
+        raise
+    return staging
+
+
+def put_in_place(staging: Path | None, path: Path, durable: bool = True) -> None:
+    """replace_file's second half: the file write_aside wrote takes the name `path` in one rename."""
+    if staging is None:
+        return
+    target = path.resolve()
+    try:
         os.replace(staging, target)
     except BaseException:
         with contextlib.suppress(OSError):

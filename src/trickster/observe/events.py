@@ -40,16 +40,24 @@ class MetricsLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, event: str, step: int, **values) -> dict:
-        record = {"event": event, "step": step, "time": round(time.time(), 3), **values}
+        record = new_event(event, step, **values)
         with disk_errors(str(self.path), DISK_FIX), open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
         return record
+
+
+def new_event(event: str, step: int, **values) -> dict:
+    """An event as metrics.jsonl holds it: `event`, `step`, the time now, then `values`."""
+    return {"event": event, "step": step, "time": round(time.time(), 3), **values}
 
 
 class NoMetrics:
     """What processes other than rank 0 write: nothing."""
 
     def write(self, event: str, step: int, **values) -> None:
+        pass
+
+    def copy(self, record: dict) -> None:
         pass
 
     def close(self) -> None:

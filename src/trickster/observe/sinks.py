@@ -107,7 +107,12 @@ class MetricSinks:
     def write(self, event: str, step: int, **values) -> None:
         if self.log is None:
             self.log = MetricsLog(self.path)
-        record = self.log.write(event, step, **values)
+        self.copy(self.log.write(event, step, **values))
+
+    def copy(self, record: dict) -> None:
+        """The other sinks of an event already in metrics.jsonl: write() calls it, and a resume,
+        which writes its `resume` event with the file cut back to the checkpoint (setup.write_run_files)."""
+        event = record["event"]
         # the whole file is read once, when the run starts or resumes: later events are added to
         # what was read, so an event costs the same at step 10 and at step 10 million
         again = not self._read or event in ("start", "resume") or not (self.run_dir / "metrics.csv").is_file()

@@ -8,15 +8,16 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import itertools
 import json
 import os
 from pathlib import Path
 
-from trickster.atomic import remove_leftovers, replace_file, still_at
+from trickster.atomic import put_in_place, remove_leftovers, still_at, write_aside
 from trickster.config import Config
 from trickster.data.loader import PreparedData
 from trickster.errors import UserError, disk_errors, write_fix
-from trickster.observe.events import iter_metrics
+from trickster.observe.events import DISK_FIX, iter_metrics
 from trickster.train import checkpoint as ckpt
 
 try:
@@ -280,18 +281,29 @@ def _changed_settings(old: Config, new: Config) -> dict[str, list]:
     return changed
 
 
-def truncate_metrics(path: Path, step: int, eval_due: bool = False) -> None:
-    """Drop events logged after the checkpoint we resume from (and its step's evaluation, when
-    `eval_due`: the resumed run evaluates again): they will be logged again. The events kept are
-    written aside and renamed over the file, so a kill during the rewrite loses none. Only a
-    regular file is rewritten: a missing one, or a link to a device, is left as it is (the run's
-    next event is appended to it)."""
-    if not path.resolve().is_file():
-        return
+@contextlib.contextmanager
+def metrics_cut_back(path: Path, step: int, eval_due: bool, resume_event: dict):
+    """metrics.jsonl without the events logged after the checkpoint we resume from (and its step's
+    evaluation, when `eval_due`: the resumed run evaluates again), which will be logged again, and
+    with `resume_event` after them. It takes the file's place in one rename when the block (which
+    writes the run's other files) has succeeded: a kill, or a failed write, before that leaves the
+    file as it was. Written aside before the block, so that a full disk stops the resume before any
+    file changes. A missing file is created; a link to a device or a pipe (/dev/null) is written
+    into (atomic.write_aside)."""
     again = ("stopped", "eval") if eval_due else ("stopped",)
     kept = (r for r in iter_metrics(path) if r["step"] <= step and r["event"] != "end")
     kept = (r for r in kept if not (r["step"] == step and r["event"] in again))
-    replace_file(path, (json.dumps(r, ensure_ascii=False) + "\n" for r in kept))  # one event at a time
+    lines = (json.dumps(r, ensure_ascii=False) + "\n" for r in itertools.chain(kept, [resume_event]))
+    with disk_errors(str(path), DISK_FIX):
+        staging = write_aside(path, lines)  # one event at a time
+    try:
+        yield
+    except BaseException:
+        if staging is not None:
+            staging.unlink(missing_ok=True)
+        raise
+    with disk_errors(str(path), DISK_FIX):
+        put_in_place(staging, path)
 
 
 def diverged(run_dir: Path, state) -> UserError:

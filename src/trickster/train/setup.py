@@ -19,6 +19,7 @@ from trickster.errors import UserError, disk_errors
 from trickster.model.flops import parameter_breakdown
 from trickster.model.transformer import Transformer
 from trickster.model.vocab import vocab_note
+from trickster.observe.events import new_event
 from trickster.train import checkpoint as ckpt
 from trickster.train import dist, peers
 from trickster.train.console import Console
@@ -28,9 +29,9 @@ from trickster.train.resume import (
     WRITE_FIX,
     check_resumable,
     finished_line,
+    metrics_cut_back,
     open_run_dir,
     refuse_done,
-    truncate_metrics,
 )
 from trickster.train.state import TrainResult, TrainState
 
@@ -113,24 +114,30 @@ class Resumed(NamedTuple):
 def write_run_files(
     run_dir: Path, cfg: Config, data: PreparedData, manifest: dict, metrics, resume, resumed: Resumed
 ) -> None:
-    """config.yaml, tokenizer.json, manifest.json; on resume, metrics.jsonl cut back to the
-    checkpoint (and before its evaluation, when that is done again) and a `resume` event (rank 0
-    only)."""
-    with disk_errors(f"run folder {run_dir}", WRITE_FIX):
-        if resumed.checkpoint is not None:
-            truncate_metrics(run_dir / "metrics.jsonl", resumed.step, resumed.eval_due)
-            metrics.write(
-                "resume",
-                resumed.step,
-                checkpoint=resumed.checkpoint.name,
-                changed=resumed.changed,
-                repairs=resumed.repairs,
-            )
-        elif resume:  # nothing to resume: events of an attempt that saved no checkpoint are dropped
-            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        save_config(cfg, run_dir / "config.yaml", by_run=True)
-        data.tokenizer.save(run_dir / "tokenizer.json")
-        replace_file(run_dir / "manifest.json", json.dumps(manifest, indent=2))
+    """tokenizer.json, manifest.json, config.yaml; on resume, metrics.jsonl cut back to the
+    checkpoint (and before its evaluation, when that is done again) with a `resume` event, put in
+    place once the others are written: a resume stopped by a failed write (a full disk, a folder
+    in a file's place) leaves metrics.jsonl as it was, events after the checkpoint included
+    (rank 0 only). config.yaml, which a resume changes, comes after the two it writes again byte
+    for byte on the same machine."""
+    if resumed.checkpoint is None:
+        with disk_errors(f"run folder {run_dir}", WRITE_FIX):
+            _write_run_files(run_dir, cfg, data, manifest)
+            if resume:  # nothing to resume: events of an attempt that saved no checkpoint are dropped
+                (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        return
+    checkpoint, changed, repairs = resumed.checkpoint.name, resumed.changed, resumed.repairs
+    event = new_event("resume", resumed.step, checkpoint=checkpoint, changed=changed, repairs=repairs)
+    with metrics_cut_back(run_dir / "metrics.jsonl", resumed.step, resumed.eval_due, event):
+        with disk_errors(f"run folder {run_dir}", WRITE_FIX):
+            _write_run_files(run_dir, cfg, data, manifest)
+    metrics.copy(event)  # to metrics.csv, TensorBoard, W&B
+
+
+def _write_run_files(run_dir: Path, cfg: Config, data: PreparedData, manifest: dict) -> None:
+    data.tokenizer.save(run_dir / "tokenizer.json")
+    replace_file(run_dir / "manifest.json", json.dumps(manifest, indent=2))
+    save_config(cfg, run_dir / "config.yaml", by_run=True)
 
 
 def print_header(
