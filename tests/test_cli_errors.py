@@ -27,11 +27,12 @@ import torch
 from safetensors.torch import save_file
 
 from trickster import cli, footprint
-from trickster.config import save_config
+from trickster.config import config_from_dict, save_config
 from trickster.data import sources
-from trickster.data.tokenizers import load_tokenizer
+from trickster.data.tokenizers import BPETokenizer, HFTokenizer, build_tokenizer, load_tokenizer
 from trickster.model.transformer import Transformer
 from trickster.train import loop, optim
+from trickster.train.checkpoint import save_checkpoint
 
 from .conftest import EXCERPT, QUIET, micro_config
 
@@ -617,6 +618,22 @@ def _ckpt_config_edited(command: str, saved: str, edited: str) -> Build:
             "export-gguf": ["export", ckpt, "--format", "gguf", "--out", env.tmp / "micro.gguf"],
             "serve": ["serve", ckpt, "--port", "0"],
         }[command]
+
+    return build
+
+
+def _gguf_of_tokenizer(kind: str) -> Build:
+    """A checkpoint whose tokenizer GGUF does not hold: an imported Hugging Face one (`imported`),
+    or a bpe whose tokenizer.json was edited to split the text on blanks, not as GPT-2 (`edited-bpe`)."""
+
+    def build(env: Env) -> list:
+        bpe = build_tokenizer("bpe", iter([EXCERPT.read_text()[:2000]]), with_eot=True, vocab_size=300)
+        edited = {**bpe.tokenizer_json, "pre_tokenizer": {"type": "Whitespace"}}
+        tokenizer = HFTokenizer(bpe.tokenizer_json) if kind == "imported" else BPETokenizer(edited)
+        shape = dict(vocab_size=320, hidden_dim=16, num_layers=1, num_heads=2, mlp_dim=32, max_seq_len=32)
+        cfg = config_from_dict({"model_config": shape})
+        save_checkpoint(env.tmp / kind, Transformer(cfg.model), cfg, tokenizer, {"step": 0})
+        return ["export", env.tmp / kind, "--format", "gguf", "--out", env.tmp / "m.gguf"]
 
     return build
 
@@ -2668,6 +2685,19 @@ CASES = [
             str(env.tmp / "m"),
         ],
         "float32 or float16",
+    ),
+    case(
+        "export-gguf-imported-tokenizer",
+        _gguf_of_tokenizer("imported"),
+        "GGUF export of a 'hf' tokenizer is not supported",
+        "--format hf",
+        "convert_hf_to_gguf.py",
+    ),
+    case(
+        "export-gguf-edited-bpe-tokenizer",
+        _gguf_of_tokenizer("edited-bpe"),
+        "this bpe tokenizer is not GPT-2's byte-level BPE",
+        "use --format hf",
     ),
     case(
         "export-gguf-without-gguf-package",

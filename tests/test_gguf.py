@@ -15,11 +15,16 @@ import torch
 import torch.nn.functional as F
 
 from trickster import cli
-from trickster.data.tokenizers import ByteTokenizer, CharTokenizer
+from trickster.data.tokenizers import ByteTokenizer, CharTokenizer, HFTokenizer, build_tokenizer
+from trickster.errors import UserError
+from trickster.export.gguf import gguf_vocabulary
+from trickster.model.vocab import padded_vocab
 from trickster.train import checkpoint as ckpt
 
 from . import children
-from .test_hf import TEXT, random_checkpoint
+from .conftest import EXCERPT
+from .test_hf import TEXT, VARIED, random_checkpoint
+from .test_tokenizers import gpt2_or_skip
 
 
 def read_gguf(path, types=None):
@@ -149,6 +154,89 @@ def test_gguf_export_reads_back_and_computes_our_logits(tmp_path, tokenizer, mod
     torch.testing.assert_close(
         reference_logits(fields, tensors, torch.tensor(ids)), ours, rtol=1e-4, atol=1e-4
     )
+
+
+def byte_level_encoder(tokens, merges):
+    """A byte-level BPE as llama.cpp's "gpt2" tokenizer with the "gpt-2" pre-tokenizer runs it,
+    from a file's token texts and merges: GPT-2's split of the text, each byte of a piece as its
+    stand-in character (a printable Latin-1 character other than the space is itself; the other 68
+    bytes are chr(256), chr(257), ... in byte order), then the adjacent pair of lowest merge rank
+    joined (the leftmost of equals) until no pair is a merge."""
+    regex = pytest.importorskip("regex")
+    split = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
+    others = iter(range(256, 512))
+    stand_in = [chr(b) if chr(b).isprintable() and b != 0x20 else chr(next(others)) for b in range(256)]
+    ids = {text: token for token, text in enumerate(tokens)}
+    ranks = {tuple(merge.split(" ")): rank for rank, merge in enumerate(merges)}
+
+    def encode(text):
+        out = []
+        for piece in split.findall(text):
+            parts = [stand_in[b] for b in piece.encode("utf-8")]
+            while len(parts) > 1:
+                pairs = zip(parts, parts[1:], strict=False)
+                rank, at = min((ranks.get(pair, math.inf), i) for i, pair in enumerate(pairs))
+                if rank == math.inf:
+                    break
+                parts[at : at + 2] = [parts[at] + parts[at + 1]]
+            out += [ids[part] for part in parts]
+        return out
+
+    return encode
+
+
+def trained_bpe():
+    lines = [EXCERPT.read_text()[:4000], "naïve café, déjà vu 🎭 日本語", "It's 3.14; they'll go.  \n\n"]
+    return build_tokenizer("bpe", iter(lines), with_eot=True, vocab_size=400)
+
+
+@pytest.mark.parametrize("kind", ["bpe", "gpt2"])
+def test_a_byte_level_bpe_goes_to_gguf_as_llama_cpps_gpt2_tokenizer(tmp_path, kind):
+    """bpe and gpt2 are written as llama.cpp's byte-level BPE: a BPE written here from the file's
+    tokens and merges alone gives our ids on varied text, and the reference forward pass our logits."""
+    tokenizer = gpt2_or_skip() if kind == "gpt2" else trained_bpe()
+    rows = padded_vocab(tokenizer.vocab_size)
+    path = random_checkpoint(tmp_path / "ckpt", tokenizer, vocab_size=rows, num_kv_heads=2, max_seq_len=512)
+    out = tmp_path / "model.gguf"
+    assert cli.main(["export", str(path), "--format", "gguf", "--out", str(out)]) == 0
+    fields, tensors = read_gguf(out)
+    assert fields["tokenizer.ggml.model"] == "gpt2" and fields["tokenizer.ggml.pre"] == "gpt-2"
+    tokens, types, merges = (fields[f"tokenizer.ggml.{key}"] for key in ("tokens", "token_type", "merges"))
+    assert len(tokens) == len(types) == rows and len(set(tokens)) == rows
+    eot = tokenizer.eot_id
+    assert tokens[eot] == "<|endoftext|>" and fields["tokenizer.ggml.eos_token_id"] == eot
+    assert fields["tokenizer.ggml.bos_token_id"] == eot and fields["tokenizer.ggml.add_bos_token"] is False
+    specials = {eot} if kind == "gpt2" else {eot, tokenizer.pad_id}
+    assert {i for i, t in enumerate(types) if t == 3} == specials  # control
+    assert set(types[tokenizer.vocab_size :]) == {5}  # unused rows
+    assert types.count(1) == tokenizer.vocab_size - len(specials)  # the rest normal
+    if kind == "gpt2":
+        assert len(merges) == 50000 and merges[:2] == ["Ġ t", "Ġ a"]  # GPT-2's merges.txt begins so
+        assert tokens[15496] == "Hello" and tokens[995] == "Ġworld"
+    else:
+        assert fields["tokenizer.ggml.padding_token_id"] == tokenizer.pad_id == 1
+
+    encode = byte_level_encoder(tokens, merges)
+    for text in [VARIED, *VARIED.splitlines(keepends=True), " ", "  x", "<|endoftext|>"]:
+        assert encode(text) == tokenizer.encode(text), text
+    ids = tokenizer.encode(VARIED)
+    loaded = ckpt.load_checkpoint(path)
+    with torch.no_grad():
+        ours = loaded.model(torch.tensor([ids]))[0][0]
+    torch.testing.assert_close(
+        reference_logits(fields, tensors, torch.tensor(ids)), ours, rtol=1e-4, atol=1e-4
+    )
+
+
+def test_an_imported_or_altered_tokenizer_is_not_written_to_gguf():
+    """An imported Hugging Face tokenizer (any model, any pre-tokenizer) is left to llama.cpp's own
+    converter; a bpe whose tokenizer.json no longer splits as GPT-2 is refused too."""
+    bpe = trained_bpe()
+    with pytest.raises(UserError, match="convert_hf_to_gguf.py"):
+        gguf_vocabulary(HFTokenizer(bpe.tokenizer_json), 448)
+    altered = type(bpe)({**bpe.tokenizer_json, "pre_tokenizer": {"type": "Whitespace"}})
+    with pytest.raises(UserError, match="is not GPT-2's byte-level BPE"):
+        gguf_vocabulary(altered, 448)
 
 
 def test_a_float16_gguf_keeps_its_norms_in_float32_and_computes_our_logits(tmp_path):

@@ -16,10 +16,12 @@ convert_hf_to_gguf.py). Every other tensor is renamed only:
     norm.weight                      output_norm.weight
     output.weight                    output.weight (absent when tied: llama.cpp then reuses token_embd)
 
-The tokenizer goes in as a SentencePiece-style ("llama") vocabulary, which llama.cpp matches
-character by character: a char tokenizer lists its characters (a space written "▁", as
+Char and byte tokenizers go in as a SentencePiece-style ("llama") vocabulary, which llama.cpp
+matches character by character: a char tokenizer lists its characters (a space written "▁", as
 SentencePiece does), a byte tokenizer lists the 256 byte tokens <0x00>..<0xFF> (the space byte as
-"▁"). Imported Hugging Face tokenizers are not converted: export those with --format hf and use
+"▁"). bpe and gpt2 go in as llama.cpp's byte-level BPE ("gpt2"): GPT-2's byte alphabet, the merges
+by rank (`byte_level`) and GPT-2's split of the text ("gpt-2", the pre-tokenizer of both).
+Imported Hugging Face tokenizers are not converted: export those with --format hf and use
 llama.cpp's own convert_hf_to_gguf.py.
 """
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +39,7 @@ from trickster.atomic import place_file, remove_leftovers
 from trickster.config import ModelConfig
 from trickster.data.tokenizers import EOT_TEXT, Tokenizer
 from trickster.errors import UserError, disk_errors, write_error, write_fix
+from trickster.export import byte_level
 from trickster.export.hf import rename
 from trickster.train import checkpoint as ckpt
 
@@ -77,7 +81,17 @@ def end_token_id(tokenizer: Tokenizer, rows: int) -> int | None:
     return tokenizer.vocab_size if tokenizer.vocab_size < rows else None
 
 
-def gguf_vocabulary(tokenizer: Tokenizer, rows: int) -> tuple[list[str], list[int]]:
+@dataclass(frozen=True)
+class Vocabulary:
+    """The tokenizer as llama.cpp reads it: one token text and type per embedding row."""
+
+    model: str  # tokenizer.ggml.model: "llama" (SentencePiece-style) or "gpt2" (byte-level BPE)
+    tokens: list[str]
+    types: list[int]  # gguf.TokenType values
+    merges: list[str]  # "a b", first applied first; "gpt2" only
+
+
+def gguf_vocabulary(tokenizer: Tokenizer, rows: int) -> Vocabulary:
     """Token texts and llama.cpp token types for every embedding row (unused rows padded; the
     one that stands in as the end token is a control token)."""
     import gguf
@@ -88,6 +102,7 @@ def gguf_vocabulary(tokenizer: Tokenizer, rows: int) -> tuple[list[str], list[in
         gguf.TokenType.UNUSED,
         gguf.TokenType.BYTE,
     )
+    model, merges = "llama", []
     if tokenizer.kind == "char":
         if SPACE in tokenizer.chars:
             raise UserError(
@@ -98,18 +113,22 @@ def gguf_vocabulary(tokenizer: Tokenizer, rows: int) -> tuple[list[str], list[in
     elif tokenizer.kind == "byte":
         tokens = [SPACE if b == 0x20 else f"<0x{b:02X}>" for b in range(256)]
         types = [normal if b == 0x20 else byte for b in range(256)]
+    elif tokenizer.kind in ("bpe", "gpt2"):  # end-of-text (and bpe's pad) are in the vocabulary
+        bpe = byte_level.byte_level_bpe(tokenizer)
+        model, tokens, merges = "gpt2", list(bpe.tokens), [f"{a} {b}" for a, b in bpe.merges]
+        types = [control if token in bpe.special_ids else normal for token in range(len(tokens))]
     else:
         raise UserError(
             f"GGUF export of a {tokenizer.kind!r} tokenizer is not supported; export with --format hf "
             "and convert that folder with llama.cpp's convert_hf_to_gguf.py"
         )
-    if tokenizer.eot_id is not None:
+    if model == "llama" and tokenizer.eot_id is not None:
         tokens.append(EOT_TEXT)
         types.append(control)
     for row in range(len(tokens), rows):
         tokens.append(f"[PAD{row}]")
         types.append(control if row == end_token_id(tokenizer, rows) else unused)
-    return tokens, [int(t) for t in types]
+    return Vocabulary(model, tokens, [int(t) for t in types], merges)
 
 
 def export_gguf(target: str | Path, out: str | Path, dtype: str = "float32") -> Path:
@@ -124,7 +143,7 @@ def export_gguf(target: str | Path, out: str | Path, dtype: str = "float32") -> 
     if out.exists() or out.is_symlink():  # a link to nothing too: the file would not replace it
         raise UserError(f"{out} already exists; choose a new file with --out (nothing was changed)")
     loaded = ckpt.load_checkpoint(target)  # LoRA adapters arrive merged
-    tokens, types = gguf_vocabulary(loaded.tokenizer, loaded.cfg.model.vocab_size)
+    vocab = gguf_vocabulary(loaded.tokenizer, loaded.cfg.model.vocab_size)
 
     with disk_errors(str(out), WRITE_FIX):  # a file where a folder of the path should be, a read-only one
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -132,7 +151,7 @@ def export_gguf(target: str | Path, out: str | Path, dtype: str = "float32") -> 
     staging = out.parent / f".{out.name}.tmp-{os.getpid()}"  # a second export at once writes its own
     writer = gguf.GGUFWriter(staging, "llama")
     name = loaded.path.parent.parent.name if loaded.path.parent.name == "checkpoints" else out.stem
-    _add_metadata(writer, name, loaded, tokens, types, dtype)
+    _add_metadata(writer, name, loaded, vocab, dtype)
     _add_tensors(writer, loaded, dtype)
     try:
         writer.write_header_to_file()
@@ -157,7 +176,7 @@ def export_gguf(target: str | Path, out: str | Path, dtype: str = "float32") -> 
     return out
 
 
-def _add_metadata(writer, name: str, loaded: ckpt.LoadedCheckpoint, tokens, types, dtype: str) -> None:
+def _add_metadata(writer, name: str, loaded: ckpt.LoadedCheckpoint, vocab: Vocabulary, dtype: str) -> None:
     """The hyperparameters llama.cpp's Llama reads, and the vocabulary with its end token."""
     import gguf
 
@@ -175,16 +194,25 @@ def _add_metadata(writer, name: str, loaded: ckpt.LoadedCheckpoint, tokens, type
     writer.add_vocab_size(m.vocab_size)
     file_type = gguf.LlamaFileType.ALL_F32 if dtype == "float32" else gguf.LlamaFileType.MOSTLY_F16
     writer.add_file_type(int(file_type))
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_scores([0.0] * len(tokens))
+    writer.add_tokenizer_model(vocab.model)
+    if vocab.model == "gpt2":
+        writer.add_tokenizer_pre("gpt-2")  # GPT-2's split, as llama.cpp names it (both bpe and gpt2 use it)
+        writer.add_token_merges(vocab.merges)
+    writer.add_token_list(vocab.tokens)
+    writer.add_token_types(vocab.types)
+    if vocab.model == "llama":
+        writer.add_token_scores([0.0] * len(vocab.tokens))
     writer.add_add_bos_token(False)
     writer.add_add_eos_token(False)
     writer.add_add_space_prefix(False)
     end = end_token_id(loaded.tokenizer, m.vocab_size)
     if end is not None:
         writer.add_eos_token_id(end)
+    if vocab.model == "gpt2":  # llama.cpp's default for a BPE would be id 11 (","); never added
+        writer.add_bos_token_id(end)
+    pad = getattr(loaded.tokenizer, "pad_id", None)  # bpe's <|pad|>
+    if pad is not None:
+        writer.add_pad_token_id(pad)
 
 
 def _add_tensors(writer, loaded: ckpt.LoadedCheckpoint, dtype: str) -> None:
