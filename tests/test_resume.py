@@ -221,6 +221,36 @@ def test_allowed_changes_on_resume_are_recorded(micro, capsys):
     assert again.state.best_loss_seen == result.state.best_loss_seen
 
 
+def test_a_setting_of_the_wrong_kind_in_the_checkpoint_is_reported_as_it_was_saved(micro):
+    """A checkpoint's config.yaml edited by hand (`log_every: often`) still resumes (the setting is
+    set aside for its default where the checkpoint is read); what changed on resume is told from
+    what the file held, not from that default: it said `50 -> 3`, and nothing at all when the
+    run's value was the default."""
+    cfg = micro(training_config={"max_steps": 4, "warmup_steps": 1, "eval_every": 2, "save_every": 2})
+    run_dir = train(cfg, **QUIET).run_dir
+    saved = run_dir / "checkpoints" / "final" / "config.yaml"
+    text = saved.read_text(encoding="utf-8")
+    assert "  log_every: 2\n" in text
+    saved.write_text(text.replace("  log_every: 2\n", "  log_every: often\n"), encoding="utf-8")
+    longer = cfg.model_copy(deep=True)
+    longer.training.max_steps, longer.training.log_every = 6, 3
+    lines = []
+    result = train(longer, resume=True, echo=lines.append)
+    assert "changed on resume: training_config.log_every often -> 3" in lines
+    assert events(result.history, "resume")[0]["changed"]["training_config.log_every"] == ["often", 3]
+
+    # the default (50) now: still a change from what was saved; bytes (YAML's !!binary), which
+    # JSON has no kind for, are logged as their text
+    again = longer.model_copy(deep=True)
+    again.training.max_steps, again.training.log_every = 8, 50
+    text = saved.read_text(encoding="utf-8")
+    saved.write_text(text.replace("  log_every: 3\n", "  log_every: !!binary b2Z0ZW4=\n"), encoding="utf-8")
+    lines = []
+    result = train(again, resume=True, echo=lines.append)
+    assert "changed on resume: training_config.log_every b'often' -> 50" in lines
+    assert events(result.history, "resume")[-1]["changed"]["training_config.log_every"] == ["b'often'", 50]
+
+
 def written(run_dir: Path) -> dict[Path, tuple[bytes, int]]:
     """Every file in the run folder with its bytes and modification time: a file rewritten with
     the same bytes (`best` saved again) counts as changed."""

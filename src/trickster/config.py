@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     StrictBool,
     ValidationError,
     ValidationInfo,
@@ -324,6 +325,13 @@ class Config(BaseModel):
     training: TrainingConfig = Field(default_factory=TrainingConfig, alias="training_config")
     device: DeviceConfig = Field(default_factory=DeviceConfig, alias="device_config")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, alias="logging_config")
+    # what a saved config.yaml held of the wrong kind, set aside for the default (config_saved):
+    # {"training_config.log_every": "often"}; a resume reports a change from these
+    _set_aside: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @property
+    def set_aside(self) -> dict[str, Any]:
+        return self._set_aside
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="json")

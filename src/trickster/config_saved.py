@@ -13,6 +13,7 @@ a resume makes still read the checkpoint. Training itself validates its own conf
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,7 @@ def saved_config(
     for section, key in saved - wrong_kind:
         if key in type(getattr(cfg, SECTION_ALIASES[section])).model_fields:  # not a dropped key
             _put_back(getattr(cfg, SECTION_ALIASES[section]), key, raw[section][key])
+    cfg.set_aside.update({f"{section}.{key}": _as_json(raw[section][key]) for section, key in wrong_kind})
     return _checked(cfg, source, fix)
 
 
@@ -96,6 +98,12 @@ def _put_back(section, key: str, value: Any) -> None:
     if isinstance(value, list) and tuple in annotated_kinds(type(section).model_fields[key].annotation):
         value = tuple(value)  # YAML's list of a tuple setting (betas), as validation makes it
     section.__dict__[key] = value
+
+
+def _as_json(value: Any) -> Any:
+    """`value` as JSON holds it (a resume logs it in metrics.jsonl): what JSON has no kind for
+    (YAML's `!!binary`, `!!set`) as its text."""
+    return json.loads(json.dumps(value, default=str))
 
 
 def _checked(cfg: Config, source: str, fix: str) -> Config:

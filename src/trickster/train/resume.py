@@ -270,12 +270,14 @@ def older_trainer_state(trainer: dict, path: Path) -> dict:
 
 
 def _changed_settings(old: Config, new: Config) -> dict[str, list]:
+    """{key: [old, new]}; a setting the checkpoint's config.yaml held of the wrong kind is compared
+    as the file held it (its default took its place in `old`)."""
     before, after = old.to_dict(), new.to_dict()
     changed = {}
     for section, values in after.items():
         for key, value in values.items():
             dotted = f"{section}.{key}"
-            previous = before.get(section, {}).get(key)
+            previous = old.set_aside.get(dotted, before.get(section, {}).get(key))
             if previous != value and dotted not in UNREPORTED_ON_RESUME:
                 changed[dotted] = [previous, value]
     return changed
