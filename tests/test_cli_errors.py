@@ -997,12 +997,18 @@ def _serve_incomplete_checkpoint(env: Env) -> list[str]:
     return ["serve", str(ckpt), "--device", "cpu"]
 
 
-def _serve_template(content: str | None) -> Build:
+def _chat_template(command: str, content: str | None) -> Build:
+    """`trickster serve` or `chat` with --chat-template FILE (None: a file that does not exist)."""
+
     def build(env: Env) -> list[str]:
         path = env.tmp / "missing.jinja" if content is None else env.write("chat.jinja", content)
-        return ["serve", str(env.run), "--device", "cpu", "--chat-template", str(path)]
+        return [command, str(env.run), "--device", "cpu", "--chat-template", str(path)]
 
     return build
+
+
+def _chat(*flags: str) -> Build:
+    return lambda env: ["chat", str(env.run), "--max-new-tokens", "2", *flags]
 
 
 def _generate(*flags: str) -> Build:
@@ -2477,8 +2483,14 @@ CASES = [
         "--checkpoints takes names from: best, final, step_000006, untrained",
     ),
     case("serve-port-in-use", _serve_on_taken_port, "is in use", "--port"),
-    case("serve-chat-template-missing", _serve_template(None), "--chat-template", "cannot be read"),
-    case("serve-chat-template-broken", _serve_template("{% for %}"), "chat template does not compile"),
+    case("chat-template-missing", _chat_template("chat", None), "--chat-template", "cannot be read"),
+    case("chat-template-broken", _chat_template("chat", "{% for %}"), "chat template does not compile"),
+    case("chat-system-without-template", _chat("--system", "Be brief."), "--system needs a chat template"),
+    case("chat-missing-run-dir", lambda env: ["chat", str(env.tmp / "nope")], "nope not found", "run folder"),
+    case("serve-chat-template-missing", _chat_template("serve", None), "--chat-template", "cannot be read"),
+    case(
+        "serve-chat-template-broken", _chat_template("serve", "{% for %}"), "chat template does not compile"
+    ),
     case("serve-max-batch-zero", _serve("--max-batch", "0"), "--max-batch must be >= 1"),
     case("serve-max-loaded-models-zero", _serve("--max-loaded-models", "0"), "must be at least 1 (got 0)"),
     case(

@@ -1,4 +1,4 @@
-"""`trickster data|train|generate|compare|eval|info|export|import|plan|report|runs|serve|quickstart`.
+"""`trickster data|train|generate|chat|compare|eval|info|export|import|plan|report|runs|serve|quickstart`.
 
 The command line's options are declared in cli_parser.py; here they are checked (`_check`, every
 value before anything is read or written) and handed to commands.py, whose functions' parameters

@@ -8,78 +8,26 @@ Each `_add_NAME` builds one command's parser and names its function in commands.
 from __future__ import annotations
 
 import argparse
-import re
 
-from trickster.errors import did_you_mean, single_line  # imports nothing heavy
+from trickster.cli_argparse import Parser, integer
 from trickster.options import Sampling  # dataclasses only
 from trickster.serve import limits  # imports nothing
-from trickster.units import whole_number
 
 TOKENIZER_CHOICES = ("char", "byte", "bpe", "gpt2")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 AUTO_DEVICE = "default auto: CUDA, then MPS, then the CPU"
 
 
-def integer(text: str) -> int:
-    """An integer option written as people write big numbers: 10000, 1e4, 1.5e3 (units.whole_number)."""
-    try:
-        value = whole_number(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"{text!r}: {err}") from None
-    if isinstance(value, str):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
-    return value
-
-
-# A negative number in any form float() and `integer` take: -1e3, -1_000, -.5e0, -inf. argparse's
-# own pattern knows only -123 and -1.5, and read the others as unknown options ("--steps: expected
-# one argument"), so the value never reached the check that says what a valid one is.
-_NEGATIVE_NUMBER = re.compile(
-    r"-(\d[\d_]*(\.[\d_]*)?|\.\d[\d_]*)(e[-+]?\d[\d_]*)?|-(inf|infinity|nan)", re.IGNORECASE
-)
-
-
-class _Parser(argparse.ArgumentParser):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._negative_number_matcher = _FullMatch(_NEGATIVE_NUMBER)
-        self.help_more = None  # what --help prints after the options (train: every config key)
-
-    def format_help(self) -> str:
-        return super().format_help() + ("\n" + self.help_more() if self.help_more else "")
-
-    def error(self, message: str):  # one line instead of usage + message
-        self.exit(2, f"error: {single_line(message)}{_close_choice(message)} (see `{self.prog} --help`)\n")
-
-
-def _close_choice(message: str) -> str:
-    """` (did you mean train?)` for argparse's "invalid choice: 'trian' (choose from ...)"."""
-    found = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
-    if not found:
-        return ""
-    choices = [c.strip("'\" ") for c in found[2].split(",")]
-    return did_you_mean(found[1], choices, cutoff=0.75)  # not cpu for tpu
-
-
-class _FullMatch:
-    """A pattern that argparse's `.match(text)` applies to the whole text (-1e3, not -1e3abc)."""
-
-    def __init__(self, pattern: re.Pattern):
-        self.pattern = pattern
-
-    def match(self, text: str) -> re.Match | None:
-        return self.pattern.fullmatch(text)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="trickster", description="Train a small language model from scratch, watch it learn, use it."
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
     for add in (
         _add_data,
         _add_train,
         _add_generate,
+        _add_chat,
         _add_compare,
         _add_eval,
         _add_info,
@@ -113,7 +61,7 @@ class _SetsKey(argparse.Action):
 def _add_data(commands) -> None:
     data = commands.add_parser("data", help="prepare a corpus into token files")
     data_commands = data.add_subparsers(
-        dest="data_command", metavar="COMMAND", required=True, parser_class=_Parser
+        dest="data_command", metavar="COMMAND", required=True, parser_class=Parser
     )
     _add_data_prepare(data_commands)
     _add_data_overlap(data_commands)
@@ -122,7 +70,7 @@ def _add_data(commands) -> None:
 
 def _add_data_prepare(data_commands) -> None:
     prepare = data_commands.add_parser("prepare", help="tokenize a corpus into token shards")
-    sources = prepare.add_subparsers(dest="source", metavar="SOURCE", required=True, parser_class=_Parser)
+    sources = prepare.add_subparsers(dest="source", metavar="SOURCE", required=True, parser_class=Parser)
     shakespeare = sources.add_parser("shakespeare", help="Tiny Shakespeare (downloaded, SHA-256 checked)")
     shakespeare.add_argument("--path", help="a local copy instead of downloading")
     tinystories = sources.add_parser("tinystories", help="TinyStories from Hugging Face (streamed)")
@@ -287,12 +235,13 @@ def _add_plan(commands) -> None:
 # --------------------------------------------------------------------------- generate, compare, eval
 
 
-def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
+def _add_sampling_args(parser: argparse.ArgumentParser, prompt: bool = True) -> None:
     # options.Sampling holds the defaults: an option not given is left out of the namespace, and
     # cli._call builds Sampling from those given
     unset, default = argparse.SUPPRESS, Sampling()
     parser.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
-    parser.add_argument("--prompt", default=unset, help=f"text to continue (default: {default.prompt!r})")
+    if prompt:
+        parser.add_argument("--prompt", default=unset, help=f"text to continue (default: {default.prompt!r})")
     parser.add_argument(
         "--max-new-tokens",
         type=integer,
@@ -333,6 +282,18 @@ def _add_generate(commands) -> None:
         "--no-cache", dest="use_cache", action="store_false", help="recompute the whole window every token"
     )
     gen.set_defaults(run="generate_command")
+
+
+def _add_chat(commands) -> None:
+    chat = commands.add_parser(
+        "chat", help="talk to a model in the terminal (it continues text without a template)"
+    )
+    _add_sampling_args(chat, prompt=False)
+    chat.add_argument(
+        "--chat-template", metavar="FILE", help="a Jinja chat template (default: the model's own)"
+    )
+    chat.add_argument("--system", metavar="TEXT", help="a system message that opens every conversation")
+    chat.set_defaults(run="chat_command")
 
 
 def _add_compare(commands) -> None:
@@ -397,7 +358,7 @@ def _add_export(commands) -> None:
 
 def _add_import(commands) -> None:
     imp = commands.add_parser("import", help="turn a local Hugging Face Llama folder into a run")
-    import_sources = imp.add_subparsers(dest="source", metavar="SOURCE", required=True, parser_class=_Parser)
+    import_sources = imp.add_subparsers(dest="source", metavar="SOURCE", required=True, parser_class=Parser)
     import_hf = import_sources.add_parser("hf", help="a folder written by save_pretrained()")
     import_hf.add_argument("path", metavar="DIR", help="config.json, model.safetensors, tokenizer.json")
     import_hf.add_argument("--out", required=True, help="the new run folder")

@@ -13,7 +13,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-# cli.py runs every command from here: `trickster data ...` is written in commands_data.py
+# cli.py runs every command from here: `trickster data ...` is written in commands_data.py, `chat`
+# in commands_chat.py
+from trickster.commands_chat import chat_command  # noqa: F401
 from trickster.commands_data import data_overlap, data_report, prepare_data, read_text_option  # noqa: F401
 from trickster.data import sources
 from trickster.data.dedup import DedupSettings

@@ -1,5 +1,5 @@
-"""What every use of a Hugging Face tokenizer needs (data, serve's chat templates, export): the
-`tokenizers` package, or one line saying how to install it, and special tokens read as
+"""What every use of a Hugging Face tokenizer needs (data, chat templates, export): the `tokenizers`
+package, or one line saying how to install it, special tokens and the chat template read as
 tokenizer_config.json writes them."""
 
 from __future__ import annotations
@@ -22,3 +22,12 @@ def require_tokenizers():
     except ImportError:
         raise UserError(f"Hugging Face tokenizers need the `tokenizers` package: {HF_EXTRA}") from None
     return tokenizers
+
+
+def chat_template_of(tokenizer) -> str | None:
+    """An imported Hugging Face tokenizer's chat template (the default one, if it names several)."""
+    template = getattr(tokenizer, "config", {}).get("chat_template")
+    if isinstance(template, list):  # [{"name": "default", "template": "..."}, ...]
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    return template if isinstance(template, str) else None

@@ -35,6 +35,7 @@ import torch
 
 from trickster.atomic import being_replaced
 from trickster.config import Config
+from trickster.data.hf_tokens import chat_template_of
 from trickster.data.tokenizers import Tokenizer
 from trickster.errors import UserError
 from trickster.model.transformer import Transformer, untrained_like
@@ -398,15 +399,6 @@ def _load_whole(path: Path, device: torch.device) -> Transformer:
 def _describe(name: str, path: Path, chat_template: str | None) -> Offered:
     version = disk.version(path)  # before reading: a change while read shows as a newer version
     cfg, tokenizer, info = ckpt.read_config(path), ckpt.read_tokenizer(path), ckpt.read_info(path)
-    source = chat_template or _template_of(tokenizer)
+    source = chat_template or chat_template_of(tokenizer)
     template = chat.Template(source, tokenizer) if source else None
     return Offered(name, path, cfg, tokenizer, info, template, int(path.stat().st_mtime), version=version)
-
-
-def _template_of(tokenizer: Tokenizer) -> str | None:
-    """An imported Hugging Face tokenizer's chat template (the default one, if it names several)."""
-    template = getattr(tokenizer, "config", {}).get("chat_template")
-    if isinstance(template, list):  # [{"name": "default", "template": "..."}, ...]
-        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-        template = named.get("default")
-    return template if isinstance(template, str) else None

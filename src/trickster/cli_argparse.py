@@ -1,0 +1,61 @@
+"""argparse as every `trickster` command uses it: an error is one line, with the nearest choice
+when a name is misspelt, and numbers are read as people write them (1e4, -1_000, 1.5e3)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+from trickster.errors import did_you_mean, single_line  # imports nothing heavy
+from trickster.units import whole_number
+
+
+def integer(text: str) -> int:
+    """An integer option written as people write big numbers: 10000, 1e4, 1.5e3 (units.whole_number)."""
+    try:
+        value = whole_number(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r}: {err}") from None
+    if isinstance(value, str):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    return value
+
+
+# A negative number in any form float() and `integer` take: -1e3, -1_000, -.5e0, -inf. argparse's
+# own pattern knows only -123 and -1.5, and read the others as unknown options ("--steps: expected
+# one argument"), so the value never reached the check that says what a valid one is.
+_NEGATIVE_NUMBER = re.compile(
+    r"-(\d[\d_]*(\.[\d_]*)?|\.\d[\d_]*)(e[-+]?\d[\d_]*)?|-(inf|infinity|nan)", re.IGNORECASE
+)
+
+
+class Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = _FullMatch(_NEGATIVE_NUMBER)
+        self.help_more = None  # what --help prints after the options (train: every config key)
+
+    def format_help(self) -> str:
+        return super().format_help() + ("\n" + self.help_more() if self.help_more else "")
+
+    def error(self, message: str):  # one line instead of usage + message
+        self.exit(2, f"error: {single_line(message)}{_close_choice(message)} (see `{self.prog} --help`)\n")
+
+
+def _close_choice(message: str) -> str:
+    """` (did you mean train?)` for argparse's "invalid choice: 'trian' (choose from ...)"."""
+    found = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+    if not found:
+        return ""
+    choices = [c.strip("'\" ") for c in found[2].split(",")]
+    return did_you_mean(found[1], choices, cutoff=0.75)  # not cpu for tpu
+
+
+class _FullMatch:
+    """A pattern that argparse's `.match(text)` applies to the whole text (-1e3, not -1e3abc)."""
+
+    def __init__(self, pattern: re.Pattern):
+        self.pattern = pattern
+
+    def match(self, text: str) -> re.Match | None:
+        return self.pattern.fullmatch(text)

@@ -1,0 +1,183 @@
+"""`trickster chat`: talk to a model in the terminal, with the model loaded once for the whole talk.
+
+With a chat template (an imported model's own, or `--chat-template FILE` for a model fine-tuned on
+prompt/response records) every reply is written for the whole conversation so far, rendered as
+`/v1/chat/completions` renders it; the oldest turns make way when the conversation outgrows the
+model's context. Without one, the model continues text: each line typed is a prompt of its own,
+continued as `trickster generate --prompt LINE` continues it.
+
+`/reset` starts a new conversation; `/exit` or Ctrl-D ends. Ctrl-C while the model writes stops
+that reply; at the prompt, it ends the chat. Lines read from a pipe work the same, without prompts.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+
+from trickster.data.hf_tokens import chat_template_of
+from trickster.data.tokenizers import Tokenizer
+from trickster.errors import UserError
+from trickster.model.generate import generate
+from trickster.options import Sampling
+from trickster.serve.server import read_template
+from trickster.train import checkpoint as ckpt
+from trickster.train.device import resolve_device
+
+ENDS = "/exit (or Ctrl-D) ends"
+COMMANDS = f"/reset starts a new conversation, {ENDS}"
+
+
+def chat_command(
+    target: str,
+    sampling: Sampling,
+    device: str = "cpu",
+    chat_template: str | None = None,
+    system: str | None = None,
+) -> int:
+    where = resolve_device(device, "--device")
+    loaded = ckpt.load_checkpoint(target, where)
+    template = _template(loaded.tokenizer, chat_template)
+    if template is None and system is not None:
+        raise UserError("--system needs a chat template; pass --chat-template FILE, or leave --system out")
+    talk = Talk(loaded.model.to(where), loaded.tokenizer, template, sampling, system)
+    context = loaded.cfg.model.max_seq_len
+    if template is None:
+        print(f"{loaded.path} has no chat template: each line you type is continued on its own.")
+    else:
+        print(f"chatting with {loaded.path} (context {context} tokens).")
+    print(f"{COMMANDS if template is not None else ENDS}.")
+    for line in _lines("you> " if template is not None else "text> "):
+        if line.startswith("/"):
+            if line.strip() in ("/exit", "/quit"):
+                break
+            if line.strip() != "/reset":
+                print(f"unknown command {line.strip()}: {COMMANDS}")
+                continue
+            talk.reset()
+            print("(a new conversation)")
+        elif line.strip():
+            talk.answer(line)
+    return 0
+
+
+class Talk:
+    """One conversation: the messages so far, and how to answer the next one."""
+
+    def __init__(self, model, tokenizer: Tokenizer, template, sampling: Sampling, system: str | None):
+        self.model, self.tokenizer, self.template, self.sampling = model, tokenizer, template, sampling
+        self.context = model.cfg.max_seq_len
+        self.opening = [{"role": "system", "content": system}] if system is not None else []
+        self.messages = list(self.opening)
+        self.turns = 0  # replies written: the seed of each is --seed + turns, so each differs
+
+    def reset(self) -> None:
+        self.messages = list(self.opening)
+
+    def answer(self, line: str) -> None:
+        """Print the model's reply to `line` as it is written (and keep it, with a template)."""
+        if self.template is None:
+            ids = _continue_ids(self.tokenizer, line)
+            if ids is not None:
+                sys.stdout.write(line)
+                self._write(ids)
+            return
+        fitted = self._fitting([*self.messages, {"role": "user", "content": line}])
+        if fitted is not None:
+            asked, ids = fitted
+            reply = self._write(ids, prefix="model> ")
+            self.messages = [*asked, {"role": "assistant", "content": reply}]
+
+    def _fitting(self, asked: list[dict]) -> tuple[list[dict], list[int]] | None:
+        """The conversation kept and its ids: the oldest turns dropped until the reply has room
+        (half the context, or max_new_tokens if less). None, said why, when the new message alone
+        is too long; the conversation then stays as it was."""
+        from trickster.serve.chat import TemplateRefused
+
+        room = min(self.sampling.max_new_tokens, self.context // 2)
+        kept, dropped = len(self.opening), 0
+        while True:
+            try:
+                ids = self.template.prompt_ids(asked)
+            except (TemplateRefused, UserError) as err:
+                print(f"(not sent: {err})")
+                return None
+            if len(ids) + room <= self.context:
+                break
+            if len(asked) - kept <= 1:  # only the new message is left
+                print(
+                    f"(not sent: with the chat template your message is {len(ids)} tokens, and a "
+                    f"reply needs {room} more of the model's {self.context}; write a shorter one)"
+                )
+                return None
+            asked = asked[:kept] + asked[kept + 2 :]  # a message and the reply to it
+            dropped += 1
+        if dropped:
+            oldest = "the oldest turn" if dropped == 1 else f"the oldest {dropped} turns"
+            print(f"({oldest} dropped to fit the model's context of {self.context} tokens)")
+        return asked, ids
+
+    def _write(self, ids: list[int], prefix: str = "") -> str:
+        """Stream the continuation of `ids` to the terminal; the text written (up to a Ctrl-C)."""
+        s, tokenizer = self.sampling, self.tokenizer
+        seed = None if s.seed is None else s.seed + self.turns
+        self.turns += 1
+        decode_next = tokenizer.stream_decoder(context=ids)
+        written = []
+        sys.stdout.write(prefix)
+        try:
+            for token in generate(
+                self.model,
+                ids,
+                s.max_new_tokens,
+                s.temperature,
+                s.top_k,
+                s.top_p,
+                seed,
+                vocab_limit=tokenizer.vocab_size,
+                stop_ids=tokenizer.stop_ids,
+            ):
+                written.append(decode_next(token))
+                sys.stdout.write(written[-1])
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            sys.stdout.write(" [stopped]")  # on the screen, not in the reply the model reads next
+        written.append(decode_next(None))
+        sys.stdout.write(written[-1] + "\n")
+        return "".join(written)
+
+
+def _continue_ids(tokenizer: Tokenizer, line: str) -> list[int] | None:
+    ids = tokenizer.encode(line)
+    if not ids:  # a line of characters the tokenizer drops (a char model that never saw them)
+        print("(not sent: none of these characters are in the model's vocabulary)")
+        return None
+    return tokenizer.start_ids() + ids
+
+
+def _lines(prompt: str) -> Iterator[str]:
+    """Lines typed at a terminal (with `prompt`, line editing and Ctrl-C ending the chat), or read
+    from a pipe (without prompts)."""
+    if not sys.stdin.isatty():
+        for line in sys.stdin:
+            yield line.rstrip("\n")
+        return
+    while True:
+        try:
+            yield input(prompt)
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return
+
+
+def _template(tokenizer: Tokenizer, path: str | None):
+    """The chat template to talk through: --chat-template's file, else an imported tokenizer's
+    own; None when the model has neither (it continues text)."""
+    source = read_template(path) if path is not None else chat_template_of(tokenizer)
+    if source is None:
+        return None
+    try:
+        from trickster.serve.chat import Template
+    except ImportError:
+        raise UserError("a chat template needs jinja2: pip install 'nano-trickster[serve]'") from None
+    return Template(source, tokenizer)

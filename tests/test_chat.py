@@ -1,0 +1,139 @@
+"""`trickster chat` on a trained micro run: lines piped in, replies checked against `trickster
+generate` on the text each reply continues (greedy, so both must write the same tokens)."""
+
+from __future__ import annotations
+
+import io
+import sys
+
+from trickster import cli, commands_chat
+from trickster.model import generate as generation
+
+# each message on a line of its own: the conversation as the model reads it is plain text
+TEMPLATE = "{% for m in messages %}{{ m.content }}\n{% endfor %}"
+GREEDY = ["--temperature", "0", "--max-new-tokens", "12"]
+
+
+def chat(monkeypatch, capsys, lines: list[str], *flags: str) -> str:
+    """What `trickster chat` writes reading `lines` from a pipe; it must end with status 0."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO("".join(line + "\n" for line in lines)))
+    capsys.readouterr()
+    assert cli.main(["chat", *flags]) == 0
+    return capsys.readouterr().out
+
+
+def continuation(capsys, run, prompt: str) -> str:
+    """What `trickster generate --prompt PROMPT` writes after the prompt."""
+    capsys.readouterr()
+    assert cli.main(["generate", str(run), "--prompt", prompt, *GREEDY]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(prompt) and out.endswith("\n")
+    return out[len(prompt) : -1]
+
+
+def read_by_model(monkeypatch, trained_run) -> list[str]:
+    """Every text the model is asked to continue, as it reads it (its ids decoded), in order."""
+    from trickster.train import checkpoint as ckpt
+
+    tokenizer, asked = ckpt.read_tokenizer(ckpt.resolve(trained_run)), []
+    real = generation.generate
+
+    def recording(model, ids, *args, **kwargs):
+        asked.append(tokenizer.decode(ids))
+        return real(model, ids, *args, **kwargs)
+
+    monkeypatch.setattr(commands_chat, "generate", recording)
+    return asked
+
+
+def replies(out: str) -> list[str]:
+    """The replies in chat's output: each after "model> ", up to the next reply or note."""
+    return [part.split("\n(")[0].removesuffix("\n") for part in out.split("model> ")[1:]]
+
+
+def test_without_a_template_each_line_is_continued_as_generate_continues_it(monkeypatch, capsys, trained_run):
+    out = chat(monkeypatch, capsys, ["ROMEO:", "", "/exit", "JULIET:"], str(trained_run), *GREEDY)
+    assert "has no chat template: each line you type is continued on its own" in out
+    assert out.endswith(f"ROMEO:{continuation(capsys, trained_run, 'ROMEO:')}\n")  # /exit: no JULIET
+
+
+def test_each_reply_continues_the_whole_conversation_through_the_template(
+    monkeypatch, capsys, trained_run, tmp_path
+):
+    template = tmp_path / "chat.jinja"
+    template.write_text(TEMPLATE)
+    asked = read_by_model(monkeypatch, trained_run)
+    flags = [str(trained_run), "--chat-template", str(template), *GREEDY]
+    out = chat(monkeypatch, capsys, ["ROMEO:", "KING:", "/reset", "KING:"], *flags)
+    first = continuation(capsys, trained_run, "ROMEO:\n")
+    # the second message is read after the first and the reply to it; /reset forgets both
+    assert asked == ["ROMEO:\n", f"ROMEO:\n{first}\nKING:\n", "KING:\n"]
+    assert replies(out)[0] == first
+    assert "(a new conversation)" in out
+
+
+def test_a_system_message_opens_every_conversation(monkeypatch, capsys, trained_run, tmp_path):
+    template = tmp_path / "chat.jinja"
+    template.write_text(TEMPLATE)
+    asked = read_by_model(monkeypatch, trained_run)
+    flags = [str(trained_run), "--chat-template", str(template), "--system", "KING:", *GREEDY]
+    chat(monkeypatch, capsys, ["ROMEO:", "/reset", "ROMEO:"], *flags)
+    assert asked == ["KING:\nROMEO:\n", "KING:\nROMEO:\n"]
+
+
+def test_the_oldest_turns_make_way_when_the_context_is_full(monkeypatch, capsys, trained_run, tmp_path):
+    """The micro model reads 64 tokens (characters), and a reply of 12 needs room."""
+    template = tmp_path / "chat.jinja"
+    users_only = "{% for m in messages %}{% if m.role == 'user' %}{{ m.content }}\n{% endif %}{% endfor %}"
+    template.write_text(users_only)
+    asked = read_by_model(monkeypatch, trained_run)
+    flags = [str(trained_run), "--chat-template", str(template), *GREEDY]
+    too_long = "KING: " + "a" * 60
+    lines = ["ROMEO: I will go.", "KING: Stay, sir.", "JULIET: Good night.", too_long, "NURSE: Madam!"]
+    out = chat(monkeypatch, capsys, lines, *flags)
+    assert asked == [  # (the template writes the user's messages only: lengths known without replies)
+        "ROMEO: I will go.\n",
+        "ROMEO: I will go.\nKING: Stay, sir.\n",
+        "KING: Stay, sir.\nJULIET: Good night.\n",  # 18 + 17 + 20 + 12 > 64: ROMEO's turn made way
+        "KING: Stay, sir.\nJULIET: Good night.\nNURSE: Madam!\n",  # 51 + 12: room enough
+    ]
+    assert out.count("(the oldest turn dropped to fit the model's context of 64 tokens)") == 1
+    assert "(not sent: with the chat template your message is 67 tokens, and a reply needs 12 more" in out
+
+
+def test_ctrl_c_stops_a_reply_and_the_chat_goes_on(monkeypatch, capsys, trained_run):
+    real = generation.generate
+
+    def interrupted_once(*args, **kwargs):
+        for count, token in enumerate(real(*args, **kwargs)):
+            if count == 3 and not calls:
+                calls.append(count)
+                raise KeyboardInterrupt
+            yield token
+
+    calls: list[int] = []
+    monkeypatch.setattr(commands_chat, "generate", interrupted_once)
+    out = chat(monkeypatch, capsys, ["ROMEO:", "ROMEO:"], str(trained_run), *GREEDY)
+    romeo = continuation(capsys, trained_run, "ROMEO:")
+    assert out.endswith(f"ROMEO:{romeo[:3]} [stopped]\nROMEO:{romeo}\n")
+
+
+def test_at_a_terminal_it_prompts_and_ctrl_c_at_the_prompt_ends_it(monkeypatch, capsys, trained_run):
+    typed = iter(["ROMEO:"])
+    asked = []
+
+    def terminal_input(prompt: str) -> str:
+        asked.append(prompt)
+        try:
+            return next(typed)
+        except StopIteration:
+            raise KeyboardInterrupt from None
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO())
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr("builtins.input", terminal_input)
+    capsys.readouterr()
+    assert cli.main(["chat", str(trained_run), *GREEDY]) == 0
+    out = capsys.readouterr().out
+    assert asked == ["text> ", "text> "]
+    assert f"ROMEO:{continuation(capsys, trained_run, 'ROMEO:')}" in out
