@@ -35,6 +35,7 @@ from trickster.train import loop, optim
 from trickster.train.checkpoint import save_checkpoint
 
 from .conftest import EXCERPT, QUIET, micro_config
+from .dist_child import spiking_schedule
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -760,15 +761,7 @@ def _time_budget_spent(env: Env) -> list[str]:
 
 
 def _spikes_beyond_max_rollbacks(env: Env) -> list[str]:
-    schedule, seen = optim.lr_at, set()
-
-    def lr_at(step, t):  # two updates at 100x the learning rate: a real loss spike
-        if step in (15, 16) and step not in seen:
-            seen.add(step)
-            return 100 * schedule(step, t)
-        return schedule(step, t)
-
-    env.monkeypatch.setattr(optim, "lr_at", lr_at)
+    env.monkeypatch.setattr(optim, "lr_at", spiking_schedule(optim.lr_at))  # a real loss spike
     settings = ("max_steps=30", "warmup_steps=2", "eval_every=100", "save_every=5", "sample_tokens=0")
     extra = ("spike_window=8", "max_rollbacks=0")
     return micro_train(env, *(f"training_config.{s}" for s in settings + extra))

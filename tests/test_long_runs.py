@@ -43,7 +43,7 @@ SPIKE = {  # 30 steps, a checkpoint every 5, every loss logged, a spike window o
 
 
 def raise_lr_once(monkeypatch):
-    """A real spike: the learning rate of two updates (steps 15 and 16) x100, the first time they
+    """A real spike: the learning rate of three updates (steps 15 to 17) x100, the first time they
     run only (a replay after the rollback gets the schedule's own)."""
     monkeypatch.setattr(optim, "lr_at", spiking_schedule(optim.lr_at))
 
