@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import csv
 import errno
 import json
@@ -11,7 +12,7 @@ import pytest
 
 from trickster.errors import UserError
 from trickster.observe.curves import Curves
-from trickster.observe.events import MetricsLog, read_metrics
+from trickster.observe.events import MetricsLog, iter_metrics, last_event, read_metrics
 from trickster.observe.runs import read_run
 from trickster.observe.sinks import csv_rows
 from trickster.units import format_duration
@@ -82,6 +83,62 @@ def test_a_cut_last_line_is_skipped_and_said_and_a_damaged_one_is_an_error(tmp_p
     with pytest.raises(UserError, match=r"line 2 is not a metrics event"):
         read_metrics(path)
     assert read_metrics(tmp_path / "missing.jsonl") == []
+
+
+def _event(event: str, step: int, **values) -> str:
+    return json.dumps({"event": event, "step": step, "time": 1.0, **values}, ensure_ascii=False)
+
+
+_BODY = _event("start", 0) + "\n" + _event("eval", 4, sample="to be\u2028or not\x85to be") + "\n"
+_LONG = "x" * 300_000  # longer than the first block read from the end (64 KiB), and than the next two
+_END = _event("end", 4)
+_SHAPES = {
+    "ends-with-a-line-end": _BODY + _END + "\n",
+    "no-line-end-after-the-last": _BODY + _END,
+    "last-line-cut-short": _BODY + _END + "\n" + '{"event": "train", "st',
+    "blank-lines-after": _BODY + _END + "\n\n  \n",
+    "a-long-last-line": _BODY + _event("eval", 4, sample=_LONG) + "\n",
+    "a-long-line-then-one-cut-short": _event("eval", 4, sample=_LONG) + "\n" + _END[:-3],
+    "one-long-line-cut-short": _event("eval", 4, sample=_LONG)[:-2],
+    "carriage-returns": (_BODY + _END + "\n").replace("\n", "\r\n"),
+    "empty": "",
+    "a-line-end-alone": "\n",
+    "not-utf8": _BODY + '{"event": "end", "step": 4, "time": 1.0, "note": "\udcff"}\n',
+}
+_DAMAGED = {
+    "not-an-event-last": _BODY + '["end", 4]\n',
+    "damaged-before-a-line-cut-short": _BODY + '{"event": "end", oops}\n{"event": "tr',
+    "not-an-event-before-blank-lines": _BODY + "[1]\n\n",
+    "damaged-before-a-blank-last-line": _BODY + '{"event": "end", oops\n\n',
+}
+
+
+def _last_read_whole(path):
+    last = collections.deque(iter_metrics(path), maxlen=1)
+    return last[0] if last else None
+
+
+@pytest.mark.parametrize("name", list(_SHAPES))
+def test_the_last_event_read_from_the_end_is_the_one_read_from_the_start(tmp_path, name):
+    """last_event reads a metrics.jsonl from its end (the finished-run check of a long run): it
+    must find what iter_metrics, reading every line, finds last, whatever the file's end looks like."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(_SHAPES[name].encode("utf-8", errors="surrogateescape"))  # \udcff: the byte 0xff
+    assert last_event(path) == _last_read_whole(path)
+    assert (last_event(path) is None) == (name in ("empty", "a-line-end-alone", "one-long-line-cut-short"))
+
+
+@pytest.mark.parametrize("name", list(_DAMAGED))
+def test_a_damaged_line_after_the_last_event_is_the_error_that_names_its_line(tmp_path, name):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(_DAMAGED[name], encoding="utf-8")
+    with pytest.raises(UserError) as read_whole:
+        _last_read_whole(path)
+    with pytest.raises(UserError) as from_the_end:
+        last_event(path)
+    assert str(from_the_end.value) == str(read_whole.value)
+    assert "line 3" in str(read_whole.value)
+    assert last_event(tmp_path / "missing.jsonl") is None
 
 
 @pytest.mark.parametrize(

@@ -291,6 +291,55 @@ def test_resume_auto_in_a_finished_run_says_so_and_changes_nothing(micro, tmp_pa
     assert written(run_dir) == files
 
 
+def _bytes_read() -> int:
+    """What this process has read so far, by read() calls of any file (Linux: /proc/self/io)."""
+    with open("/proc/self/io", encoding="ascii") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").is_file(), reason="counts bytes read in /proc/self/io (Linux)")
+def test_the_finished_run_check_reads_the_end_of_metrics_jsonl_not_all_of_it(micro):
+    """A long run's metrics.jsonl holds hundreds of MB; whether the run has ended is its last
+    event. resume: auto and --resume in an ended run read the whole file (--resume twice): here 20
+    MB of train events before the real ones, of which they now read a small part."""
+    cfg = micro(training_config={"max_steps": 4, "warmup_steps": 1, "eval_every": 2, "save_every": 2})
+    run_dir = train(cfg, **QUIET).run_dir
+    metrics = run_dir / "metrics.jsonl"
+    lines = metrics.read_text(encoding="utf-8").splitlines(keepends=True)
+    train_line = next(line for line in lines if '"event": "train"' in line)
+    copies = 20_000_000 // len(train_line.encode())
+    with open(metrics, "w", encoding="utf-8") as f:
+        f.writelines([lines[0], *[train_line] * copies, *lines[1:]])
+    size = metrics.stat().st_size
+    files = written(run_dir)
+
+    cfg.training.resume = "auto"
+    before = _bytes_read()
+    assert train(cfg, **QUIET).finished_before
+    assert _bytes_read() - before < size / 10
+    cfg.training.resume = False
+    before = _bytes_read()
+    with pytest.raises(UserError, match="has done its steps"):
+        train(cfg, resume=True, **QUIET)
+    assert _bytes_read() - before < size / 10
+    assert written(run_dir) == files
+
+
+def test_a_finished_run_whose_metrics_end_in_a_line_cut_short_is_still_finished(micro):
+    """Killed while it wrote a line after its end event (a `trickster` of another version, a copy
+    cut short): the last whole event decides, as every reader of metrics.jsonl reads it."""
+    cfg = micro(training_config={"max_steps": 4, "warmup_steps": 1, "eval_every": 2, "save_every": 2})
+    run_dir = train(cfg, **QUIET).run_dir
+    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"event": "train", "st')
+    files = written(run_dir)
+    cfg.training.resume = "auto"
+    assert train(cfg, **QUIET).finished_before
+    with pytest.raises(UserError, match="has done its steps"):
+        train(cfg, resume=True, **QUIET)
+    assert written(run_dir) == files
+
+
 def test_resume_removes_what_dead_writers_left_and_keeps_what_live_ones_write(micro, dead_pid, live_pid):
     """A SIGKILL mid-write leaves `.NAME.tmp-PID` for good: the run that continues in the folder
     removes those of dead processes (in the folder, in checkpoints/ and inside a checkpoint), and

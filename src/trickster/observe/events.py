@@ -16,11 +16,14 @@ Every event has `event`, `step` and `time` (Unix seconds); by kind, it adds:
     end      best_val_loss, skipped_steps
 
 `tokens_seen` is stored on the train, eval and stopped events, so no reader derives it. `iter_metrics` is
-the one parser (`read_metrics` lists what it reads); its rule is in its docstring.
+the one parser (`read_metrics` lists what it reads); its rule is in its docstring. `last_event`
+applies the same rule from the file's end, for the one look that needs only how the run ended.
 """
 
 from __future__ import annotations
 
+import collections
+import io
 import json
 import time
 from collections.abc import Iterator
@@ -89,6 +92,55 @@ def iter_metrics(path: str | Path, problems: list[str] | None = None) -> Iterato
             held = (number, line)
         if held is not None:
             yield from _event(path, *held, last=True, problems=problems)
+
+
+def last_event(path: str | Path) -> dict | None:
+    """The last event of a metrics.jsonl as iter_metrics reads it (a last line cut short is
+    skipped), read from the file's end as `tail` reads it: a long run's file holds hundreds of MB,
+    and a look at how the run ended needs its last lines only. None when it holds no event (or is
+    missing). The lines before that event are not read; one after it that is damaged, or not an
+    event, is left to iter_metrics, whose error names its line number."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    with open(path, "rb") as f:
+        for index, raw in enumerate(_lines_from_end(f)):
+            line = raw.decode("utf-8", errors="replace")
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                if index == 0:  # the last line, cut short: skipped
+                    continue
+                break
+            if not isinstance(record, dict) or not {"event", "step", "time"} <= record.keys():
+                break
+            return record
+        else:
+            return None
+    last = collections.deque(iter_metrics(path), maxlen=1)  # raises, naming the line
+    return last[0] if last else None
+
+
+def _lines_from_end(f, block: int = 1 << 16) -> Iterator[bytes]:
+    """The lines of binary file `f`, last first, without their "\n", read backwards a block at a
+    time (each twice the one before, so that a long line costs no more than twice its length)."""
+    end = f.seek(0, io.SEEK_END)
+    if end:
+        f.seek(end - 1)
+        if f.read(1) == b"\n":
+            end -= 1  # the file's last line end: no line follows it
+    carry = b""  # the start of the earliest line read so far, whose beginning lies further back
+    while True:
+        start = max(0, end - block)
+        f.seek(start)
+        pieces = (f.read(end - start) + carry).split(b"\n")
+        carry = pieces.pop(0) if start > 0 else b""
+        yield from reversed(pieces)
+        if start == 0:
+            return
+        end, block = start, 2 * block
 
 
 def _event(path: Path, number: int, line: str, last: bool, problems: list[str] | None) -> Iterator[dict]:

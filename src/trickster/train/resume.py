@@ -5,7 +5,6 @@ it). Also `diverged`, the one line that ends a run whose losses stopped being fi
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import errno
 import itertools
@@ -17,7 +16,7 @@ from trickster.atomic import put_in_place, remove_leftovers, still_at, write_asi
 from trickster.config import Config
 from trickster.data.loader import PreparedData
 from trickster.errors import UserError, disk_errors, write_fix
-from trickster.observe.events import DISK_FIX, iter_metrics
+from trickster.observe.events import DISK_FIX, iter_metrics, last_event
 from trickster.train import checkpoint as ckpt
 
 try:
@@ -166,13 +165,14 @@ def finished_line(checkpoint: Path, run_dir: Path) -> str:
     )
 
 
-def refuse_done(checkpoint: Path, run_dir: Path, max_steps: int) -> None:
+def refuse_done(checkpoint: Path, run_dir: Path, max_steps: int, done: bool) -> None:
     """--resume of a run that has done its training_config.max_steps: nothing is left to train, so
     one line says how to train further, before anything in the folder changes (resume: auto, which
     a requeue script reruns until the job is done, says so and ends with status 0: finished_line).
-    A run whose last evaluation was cut short is not done (see `finished`)."""
+    `done`: open_run_dir's answer. A run whose last evaluation was cut short is not done (see
+    `finished`), one whose checkpoint is past max_steps is."""
     step = ckpt.checkpoint_step(checkpoint)
-    if step < max_steps or (step == max_steps and not _ended(run_dir / "metrics.jsonl", step)):
+    if step <= max_steps and not done:
         return
     raise UserError(
         f"{run_dir} has done its steps: its newest checkpoint ({checkpoint.name}) is at step {step:,} "
@@ -182,9 +182,10 @@ def refuse_done(checkpoint: Path, run_dir: Path, max_steps: int) -> None:
 
 
 def _ended(metrics: Path, step: int) -> bool:
-    """Whether the run's last event is its `end` at `step` (a cut-short last line is skipped)."""
-    last = collections.deque(iter_metrics(metrics, problems=[]), maxlen=1)
-    return bool(last) and last[0]["event"] == "end" and last[0]["step"] == step
+    """Whether the run's last event is its `end` at `step` (a cut-short last line is skipped); the
+    file's last lines are read, not all of it."""
+    last = last_event(metrics)
+    return last is not None and last["event"] == "end" and last["step"] == step
 
 
 def _tidy(run_dir: Path) -> list[str]:

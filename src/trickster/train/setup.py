@@ -59,7 +59,7 @@ def open_run(
     resumed_from, repairs, done = on_main(job, open_run_dir, run_dir, resume, max_steps)
     changed = check_resumable(resumed_from, cfg, data) if resumed_from is not None else {}
     if resumed_from is not None and resume is True:
-        on_main(job, refuse_done, resumed_from, run_dir, max_steps)
+        on_main(job, refuse_done, resumed_from, run_dir, max_steps, done)
     if done:  # `auto`, as a requeue script reruns it: the checkpoint is this run's (checked above)
         out.line(finished_line(resumed_from, run_dir))
         raise Finished(TrainResult(cfg, run_dir, _finished_state(resumed_from), None, _params(cfg), True))
