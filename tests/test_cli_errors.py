@@ -588,6 +588,17 @@ def _ckpt_without(name: str) -> Build:
     return build
 
 
+def _tokenizer_folder_in(checkpoint: Path) -> Path:
+    (checkpoint / "tokenizer.json").unlink()
+    (checkpoint / "tokenizer.json").mkdir()
+    return checkpoint
+
+
+def _run_checkpoint_tokenizer_is_a_folder(env: Env) -> list[str]:
+    final = _tokenizer_folder_in(env.copy_run() / "checkpoints" / "final")
+    return ["generate", str(final), "--max-new-tokens", "2"]
+
+
 def _ckpt_with_corrupt(name: str, keep_fraction: float | None = None, content: bytes | None = None) -> Build:
     def build(env: Env) -> list[str]:
         ckpt = env.copy_checkpoint()
@@ -1511,8 +1522,8 @@ CASES = [
     case(
         "train-data-tokenizer-is-a-folder",
         _data_tokenizer_is_a_folder,
-        "data-copy/tokenizer.json cannot be read",
-        "prepare the data again",
+        "tokenizer file ",
+        "/data-copy/tokenizer.json is a folder, not a file; prepare the data again",
     ),
     case(
         "vocab-size-below-tokenizer",
@@ -1576,6 +1587,13 @@ CASES = [
         "could not write run folder",
         "(Is a directory:",
         "run-copy/manifest.json); move that folder away",
+    ),
+    case(
+        "resume-run-tokenizer-is-a-folder",
+        _resume_run_file_is_a_folder("tokenizer.json"),
+        "could not write run folder",
+        "(Is a directory:",
+        "run-copy/tokenizer.json); move that folder away",
     ),
     case(
         "resume-run-config-is-a-folder",
@@ -2350,6 +2368,21 @@ CASES = [
         "tokenizer.json is missing",
         "another checkpoint",
     ),
+    case(  # it said 'ckpt/tokenizer.json is missing'
+        "generate-tokenizer-is-a-folder",
+        lambda env: ["generate", str(_tokenizer_folder_in(env.copy_checkpoint())), "--max-new-tokens", "2"],
+        "tokenizer file ",
+        "/ckpt/tokenizer.json is a folder, not a file; use another checkpoint",
+    ),
+    case(  # it said '.../final/tokenizer.json is missing', with the run's own copy beside it
+        "generate-run-checkpoint-tokenizer-is-a-folder",
+        _run_checkpoint_tokenizer_is_a_folder,
+        "tokenizer file ",
+        "/run-copy/checkpoints/final/tokenizer.json is a folder, not a file",
+        "replace that folder with a copy of /",
+        "/run-copy/tokenizer.json (the run's own",
+        "or use another checkpoint",
+    ),
     case(
         "generate-damaged-tokenizer",
         _ckpt_with_corrupt("tokenizer.json", content=b'{"kind": "char", "chars'),
@@ -2810,6 +2843,16 @@ CASES = [
         "prepare-tokenizer-from-missing",
         _jsonl([RECORD, RECORD], "--tokenizer-from", "/nonexistent/run"),
         "/nonexistent/run not found",
+    ),
+    case(  # it said 'data-copy is a prepared data folder, not a run'
+        "prepare-tokenizer-from-data-whose-tokenizer-is-a-folder",
+        lambda env: [
+            *_jsonl([RECORD, RECORD])(env),
+            "--tokenizer-from",
+            str(_tokenizer_folder_in(env.copy_data())),
+        ],
+        "tokenizer file ",
+        "/data-copy/tokenizer.json is a folder, not a file; pass another --tokenizer-from",
     ),
     case(
         "prepare-tokenizer-from-not-a-tokenizer",

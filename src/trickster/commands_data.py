@@ -87,8 +87,9 @@ def _tokenizer_from(path: str):
     target, fix = Path(path), "pass another --tokenizer-from"
     if target.is_file():
         return load_tokenizer(target, fix)
-    if (target / "tokenizer.json").is_file() and not (target / "checkpoints").is_dir():
-        return load_tokenizer(target / "tokenizer.json", fix)  # a checkpoint or a prepared data folder
+    saved = target / "tokenizer.json"  # a folder by that name is refused as one, below
+    if (saved.is_file() or saved.is_dir()) and not (target / "checkpoints").is_dir():
+        return load_tokenizer(saved, fix)  # a checkpoint or a prepared data folder
     return load_tokenizer(ckpt.resolve(target) / "tokenizer.json", fix)
 
 

@@ -419,7 +419,8 @@ def load_tokenizer(path: str | Path, fix: str = "prepare the data again") -> Tok
     except FileNotFoundError:
         raise UserError(f"tokenizer file {path} not found; {fix}") from None
     except OSError as err:  # a folder by that name, an unreadable file
-        raise UserError(f"tokenizer file {path} cannot be read ({err.strerror or err}); {fix}") from None
+        why = "is a folder, not a file" if path.is_dir() else f"cannot be read ({err.strerror or err})"
+        raise UserError(f"tokenizer file {path} {why}; {fix}") from None
     except (ValueError, KeyError, TypeError, AttributeError) as err:  # JSON and UTF-8 errors are ValueErrors
         why = f" ({err})" if "tokenizer kind" in str(err) else ""  # `{}` said only 'kind None', no file
         raise UserError(f"tokenizer file {path} is not a valid tokenizer{why}; {fix}") from None

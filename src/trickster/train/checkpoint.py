@@ -362,9 +362,13 @@ def empty_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> Transfo
 
 
 def read_tokenizer(path: Path) -> Tokenizer:
-    if not (path / "tokenizer.json").is_file():
-        raise UserError(f"{path / 'tokenizer.json'} is missing; use another checkpoint")
-    return load_tokenizer(path / "tokenizer.json", fix="use another checkpoint")
+    """tokenizer.json; a folder in its place is named, with the run's copy to put there if any."""
+    file, own, fix = path / "tokenizer.json", path.parent.parent / "tokenizer.json", "use another checkpoint"
+    if file.is_dir() and path.parent.name == "checkpoints" and own.is_file():  # one tokenizer per run
+        fix = f"replace that folder with a copy of {own} (the run's own: the same tokenizer), or {fix}"
+    if not file.is_file() and not file.is_dir():
+        raise UserError(f"{file} is missing; {fix}")
+    return load_tokenizer(file, fix=fix)
 
 
 def read_info(path: Path, fix: str = "use another checkpoint") -> dict:
