@@ -34,6 +34,7 @@ from trickster.model.transformer import Transformer
 from trickster.train import loop, optim
 from trickster.train.checkpoint import save_checkpoint
 
+from . import fake_hub
 from .conftest import EXCERPT, QUIET, micro_config
 from .dist_child import spiking_schedule
 
@@ -902,6 +903,55 @@ def _import_index(weight_map) -> Build:
         return ["import", "hf", str(folder), "--out", str(env.tmp / "imported")]
 
     return build
+
+
+@functools.cache
+def _fake_hub() -> fake_hub.FakeHub:
+    """One stand-in Hub for every case (a daemon thread: it ends with the process)."""
+    hub = fake_hub.FakeHub()
+    fake_hub.start(hub)
+    return hub
+
+
+def _import_hub(
+    repo_id: str,
+    config: dict | str | None = None,
+    *flags: str,
+    tokenizer: bool = True,
+    weights: str = "model.safetensors",
+    gated: bool = False,
+    offline: bool = False,
+) -> Build:
+    """`import hf ORG/NAME` from the fake Hub (a repo of `_hf_folder`'s files, none without
+    config.json if `config` is "no config.json", no repo if None), with an empty cache under the
+    case's folder."""
+
+    def build(env: Env) -> list[str]:
+        hub = _fake_hub()
+        if config is not None:
+            given = None if config == "no config.json" else config
+            folder = Path(_hf_folder(env, given, tokenizer=tokenizer, weights=weights))
+            hub.add(repo_id, {file.name: file.read_bytes() for file in folder.iterdir()}, gated=gated)
+        hub.use(env.monkeypatch, env.tmp / "hub-cache", offline=offline)
+        return ["import", "hf", repo_id, "--out", str(env.tmp / "imported"), *flags]
+
+    return build
+
+
+def _import_hub_unreachable(env: Env) -> list[str]:
+    # the discard port: nothing listens there
+    _fake_hub().use(env.monkeypatch, env.tmp / "hub-cache", url="http://127.0.0.1:9")
+    return ["import", "hf", "org/tiny", "--out", str(env.tmp / "imported")]
+
+
+def _import_hub_disk_full(env: Env) -> list[str]:
+    from huggingface_hub import file_download
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    env.monkeypatch.setattr(file_download, "http_get", disk_full)  # where each file's bytes are written
+    return _import_hub("org/full", {})(env)
 
 
 def _jsonl(lines: list[str], *flags: str) -> Build:
@@ -2746,6 +2796,85 @@ CASES = [
         "import-missing-folder",
         lambda env: ["import", "hf", str(env.tmp / "nope"), "--out", str(env.tmp / "imported")],
         "nope is not a folder",
+    ),
+    case(
+        "import-missing-relative-folder",
+        lambda env: ["import", "hf", "./org/name", "--out", str(env.tmp / "imported")],
+        "./org/name is not a folder",
+        "or a Hub repo id ORG/NAME",
+    ),
+    case(
+        "import-revision-of-a-local-folder",
+        lambda env: ["import", "hf", _hf_folder(env, {}), "--revision", "v1", "--out", str(env.tmp / "i")],
+        "--revision picks a version of a Hub repo",
+        "drop it",
+    ),
+    case(
+        "import-hub-unknown-repo",
+        _import_hub("no-such-org/no-such-model"),
+        "no model repo 'no-such-org/no-such-model' on the Hugging Face Hub",
+        "if it is private",
+        "HF_TOKEN",
+    ),
+    case(
+        "import-hub-unknown-revision",
+        _import_hub("org/revisions", {}, "--revision", "v9"),
+        "org/revisions has no revision 'v9'",
+        "--revision",
+    ),
+    case(
+        "import-hub-gated",
+        _import_hub("org/gated", {}, gated=True),
+        "org/gated is a gated repo",
+        "accept its terms",
+        "hf auth login",
+        "HF_TOKEN",
+    ),
+    case(
+        "import-hub-offline-not-cached",
+        _import_hub("org/offline", offline=True),
+        "org/offline is not (wholly) in the Hugging Face cache",
+        "HF_HUB_OFFLINE=1 forbids downloading it",
+        "or pass a local folder",
+    ),
+    case(
+        "import-hub-unreachable-not-cached",
+        _import_hub_unreachable,
+        "org/tiny is not (wholly) in the Hugging Face cache",
+        "the Hub could not be reached",
+        "check your connection",
+    ),
+    case(
+        "import-hub-only-bin-weights",
+        _import_hub("org/pickled", {}, weights="pytorch_model.bin"),
+        "has no safetensors weights",
+        "pickled .bin weights are never loaded",
+        "AutoModelForCausalLM.from_pretrained('org/pickled').save_pretrained(DIR)",
+    ),
+    case(
+        "import-hub-not-llama",
+        _import_hub("org/gpt2", {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}),
+        "org/gpt2@",
+        "model_type 'gpt2'",
+        "only Llama checkpoints",
+    ),
+    case(
+        "import-hub-without-config",
+        _import_hub("org/no-config", "no config.json"),
+        "has no config.json; it is not a transformers model",
+    ),
+    case(
+        "import-hub-without-tokenizer-json",
+        _import_hub("org/slow-tokenizer", {}, tokenizer=False),
+        "has no tokenizer.json; only fast tokenizers are imported",
+        "AutoTokenizer.from_pretrained('org/slow-tokenizer').save_pretrained(DIR)",
+    ),
+    case(
+        "import-hub-disk-full",
+        _import_hub_disk_full,
+        "the disk is full: downloading org/full",
+        "HF_HUB_CACHE",
+        "what was downloaded is kept",
     ),
     case("import-folder-without-config", _import(None), "has no config.json", "save_pretrained"),
     case("import-damaged-config", _import("{not json"), "config.json is missing or damaged"),

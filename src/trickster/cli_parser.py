@@ -357,10 +357,20 @@ def _add_export(commands) -> None:
 
 
 def _add_import(commands) -> None:
-    imp = commands.add_parser("import", help="turn a local Hugging Face Llama folder into a run")
+    imp = commands.add_parser("import", help="turn a Hugging Face Llama (a folder or a Hub repo) into a run")
     import_sources = imp.add_subparsers(dest="source", metavar="SOURCE", required=True, parser_class=Parser)
-    import_hf = import_sources.add_parser("hf", help="a folder written by save_pretrained()")
-    import_hf.add_argument("path", metavar="DIR", help="config.json, model.safetensors, tokenizer.json")
+    import_hf = import_sources.add_parser(
+        "hf", help="a folder written by save_pretrained(), or a Hub repo id ORG/NAME (downloaded)"
+    )
+    import_hf.add_argument(
+        "path",
+        metavar="MODEL",
+        help="a local folder (config.json, model.safetensors, tokenizer.json), or ORG/NAME on the Hugging "
+        "Face Hub when no such path exists (./ORG/NAME is always the folder)",
+    )
+    import_hf.add_argument(
+        "--revision", help="a branch, tag or commit of the Hub repo (default: main); recorded in the run"
+    )
     import_hf.add_argument("--out", required=True, help="the new run folder")
     import_hf.set_defaults(run="import_command")
 

@@ -293,14 +293,16 @@ def export_command(target: str, fmt: str, out: str, dtype: str = "float32") -> P
     return path
 
 
-def import_command(source: str, path: str, out: str) -> Path:
+def import_command(source: str, path: str, out: str, revision: str | None = None) -> Path:
     from trickster.export import hf
 
     if source != "hf":
         raise UserError(f"unknown import source '{source}'; choose hf")
-    run = hf.import_hf(path, out)
-    m = ckpt.read_config(run / "checkpoints" / "final").model
-    print(f"imported {path}: {parameter_breakdown(m).total:,} parameters, {m.shape()}")
+    run = hf.import_hf(path, out, revision)
+    final = run / "checkpoints" / "final"
+    m = ckpt.read_config(final).model
+    origin = ckpt.read_info(final)["imported_from"]  # a Hub repo: with the commit it resolved to
+    print(f"imported {origin}: {parameter_breakdown(m).total:,} parameters, {m.shape()}")
     print(f"wrote {run}/checkpoints/final; try: trickster generate {run} --prompt 'Hello'")
     return run
 

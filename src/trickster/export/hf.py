@@ -18,8 +18,8 @@ the layer index:
   `transformers` and vLLM load. Char and byte tokenizers become a `tokenizers` BPE model without
   merges whose ids are exactly ours; gpt2 becomes GPT-2's vocabulary and merges, recovered from
   tiktoken's ranks (`byte_level`). LoRA adapters are already merged by `load_checkpoint`.
-- `import_hf`: a local Llama folder (config.json, safetensors weights, tokenizer.json) -> a run
-  folder whose `checkpoints/final` `generate`, `export` and `training_config.init_from` accept.
+- `import_hf`: a Llama folder (config.json, safetensors weights, tokenizer.json), local or a Hub
+  repo (`hf_hub`) -> a run whose `checkpoints/final` generate, export and init_from accept.
 
 Neither needs `transformers` itself: the files are plain JSON and safetensors, and only the
 tokenizer conversion uses the `tokenizers` package (`pip install 'nano-trickster[hf]'`).
@@ -40,7 +40,7 @@ from trickster.config import ModelConfig, config_from_dict, save_config
 from trickster.data.hf_tokens import require_tokenizers, special_token_text
 from trickster.data.tokenizers import EOT_TEXT, HFTokenizer, Tokenizer
 from trickster.errors import UserError
-from trickster.export import byte_level
+from trickster.export import byte_level, hf_hub
 from trickster.model.transformer import Transformer
 from trickster.observe.manifest import run_manifest
 from trickster.train import checkpoint as ckpt
@@ -359,23 +359,25 @@ def _eos_ids(src: Path, hf: dict) -> list[int]:
     return [i for i in ids if type(i) is int]
 
 
-def import_hf(src: str | Path, run_dir: str | Path) -> Path:
-    """Turn a local Hugging Face Llama folder into a run folder with one checkpoint, `final`."""
-    src, run_dir = Path(src), Path(run_dir)
-    restore_replaced(src)  # an export into an existing folder by an earlier version, killed half-way
-    if not src.is_dir():
-        raise UserError(f"{src} is not a folder; pass a local Hugging Face model folder (config.json, ...)")
-    if not (src / "config.json").is_file():
-        raise UserError(f"{src} has no config.json; pass a folder written by save_pretrained()")
-    _check_new_folder(run_dir, "--out")
-    hf = _read_json(src / "config.json", "pass a folder written by save_pretrained()")
-    model_cfg = model_config_from_hf(hf, str(src / "config.json"))
-    tokenizer = load_hf_tokenizer(src, hf)
-    if model_cfg.vocab_size < tokenizer.vocab_size:
-        raise UserError(
-            f"{src}: the tokenizer has {tokenizer.vocab_size} ids but the model only "
-            f"{model_cfg.vocab_size} embedding rows; they do not belong together"
-        )
+def import_hf(source: str | Path, run_dir: str | Path, revision: str | None = None) -> Path:
+    """Turn a Hugging Face Llama into a run folder with one checkpoint, `final`: a local folder, or a
+    Hub repo id ORG/NAME (text that is no existing path) downloaded at `revision` (`hf_hub`)."""
+    run_dir, origin = Path(run_dir), {"imported_from": str(Path(source).resolve())}
+    restore_replaced(Path(source))  # an export into an existing folder by an earlier version, killed half-way
+    if hf_hub.is_repo_id(source):
+        _check_new_folder(run_dir, "--out")  # before a download of gigabytes
+        hub_model, (model_cfg, tokenizer) = hf_hub.fetch_model(source, revision, _read_model)
+        src, origin = hub_model.folder, hub_model.origin()
+    else:
+        src = Path(source)
+        if not src.is_dir():
+            raise UserError(f"{source} is not a folder; pass a model folder or a Hub repo id ORG/NAME")
+        if revision is not None:
+            raise UserError(f"--revision picks a version of a Hub repo, and {src} is a local folder; drop it")
+        if not (src / "config.json").is_file():
+            raise UserError(f"{src} has no config.json; pass a folder written by save_pretrained()")
+        _check_new_folder(run_dir, "--out")
+        model_cfg, tokenizer = _read_model(src, str(src))
     model = Transformer(model_cfg)
     _load_hf_weights(model, weight_files(src))
     cfg = config_from_dict(
@@ -383,7 +385,7 @@ def import_hf(src: str | Path, run_dir: str | Path) -> Path:
     )
     info = {
         "step": 0,
-        "imported_from": str(src.resolve()),
+        **origin,
         "val_loss": None,
         "best_val_loss": None,
         "tokenizer_fingerprint": tokenizer.fingerprint(),
@@ -398,6 +400,19 @@ def import_hf(src: str | Path, run_dir: str | Path) -> Path:
         (staging / "manifest.json").write_text(json.dumps(info["manifest"], indent=2))
         ckpt.save_checkpoint(staging / "checkpoints" / "final", model, cfg, tokenizer, info)
     return run_dir
+
+
+def _read_model(src: Path, label: str) -> tuple[ModelConfig, HFTokenizer]:
+    """config.json and the tokenizer, checked (a Llama, a fast tokenizer, rows for every id)."""
+    hf = _read_json(src / "config.json", "pass a folder written by save_pretrained()")
+    model_cfg = model_config_from_hf(hf, f"{label}/config.json")
+    tokenizer = load_hf_tokenizer(src, hf)
+    if model_cfg.vocab_size < tokenizer.vocab_size:
+        raise UserError(
+            f"{label}: the tokenizer has {tokenizer.vocab_size} ids but the model only "
+            f"{model_cfg.vocab_size} embedding rows; they do not belong together"
+        )
+    return model_cfg, tokenizer
 
 
 def _load_hf_weights(model: Transformer, files: list[Path]) -> None:
