@@ -2,12 +2,14 @@
 
 import json
 import re
+import signal
 from pathlib import Path
 
 import pytest
 import torch
 
 from trickster.cli import main
+from trickster.train import checkpoint as ckpt
 from trickster.train.resume import fresh_run_dir
 
 from .conftest import EXCERPT
@@ -39,12 +41,78 @@ def test_quickstart_prepares_trains_and_compares(tmp_path, monkeypatch, capsys):
     assert main([*args, *fast]) == 0
     out = capsys.readouterr().out
     assert "1/3 preparing data" in out and "2/3 training" in out and "3/3" in out
+    assert "holds a stopped run" not in out  # runs/qs holds no run
     untrained, trained = re.findall(r"--- (untrained|trained).*?val loss (\d+\.\d+) ---", out)
     assert float(trained[1]) < float(untrained[1])
     assert (tmp_path / "runs/qs-2/checkpoints/final/COMPLETE").is_file()
     assert [p.name for p in (tmp_path / "runs/qs").iterdir()] == ["notes.txt"]
     saved = (tmp_path / "runs/qs-2/config.yaml").read_text()
     assert "batch_size: 8" in saved and "max_steps: 30" in saved  # the overrides reached the preset
+
+
+def _stopped_at(step: int, monkeypatch) -> None:
+    """Ctrl-C in the update that makes `step` of the next run in this process (the learning rate
+    is set at its start, for the steps done before it): a real SIGINT, which the run answers by
+    stopping after that update with a checkpoint, as a person's Ctrl-C in the quick start."""
+    from trickster.train import optim
+
+    schedule, sent = optim.lr_at, []
+
+    def lr_at(done, training):
+        if done == step - 1 and not sent:
+            sent.append(done)
+            signal.raise_signal(signal.SIGINT)
+        return schedule(done, training)
+
+    monkeypatch.setattr(optim, "lr_at", lr_at)
+
+
+def test_quickstart_again_names_the_stopped_run_it_does_not_continue(tmp_path, monkeypatch, capsys):
+    """Running the quick start again starts a new run (runs/qs-2), as the README says; when the
+    folder it passes over holds a stopped run, one line before training says so, with the command
+    that continues it: the one Ctrl-C printed."""
+    monkeypatch.chdir(tmp_path)
+    fast = ["training_config.batch_size=4", "training_config.seq_len=32", "training_config.eval_batches=1"]
+    fast += [
+        "training_config.eval_every=100",
+        "training_config.sample_every=0",
+        "logging_config.loss_plot=false",
+    ]
+    argv = ["quickstart", "--path", str(EXCERPT), "--steps", "6", "--out", "runs/qs", *fast]
+    _stopped_at(2, monkeypatch)
+    assert main(argv) == 130
+    out = capsys.readouterr().out
+    ctrl_c = re.search(
+        r"stopped by SIGINT at step 2; saved checkpoints/step_000002; continue with: (.+)$", out, re.M
+    )
+    assert ctrl_c and ctrl_c.group(1) == "trickster train --config runs/qs/config.yaml --resume", out
+
+    _stopped_at(1, monkeypatch)
+    assert main(argv) == 130
+    out = capsys.readouterr().out
+    before_training = out[: out.index("Training from scratch -> runs/qs-2")]
+    assert (
+        "  runs/qs holds a stopped run (checkpoints/step_000002, step 2 of 6); this starts a new run in "
+        f"runs/qs-2. To continue that one instead: {ctrl_c.group(1)}\n"
+    ) in before_training
+    assert ckpt.checkpoint_step(tmp_path / "runs/qs/checkpoints/step_000002") == 2  # untouched
+    assert not (tmp_path / "runs/qs/checkpoints/final").exists()
+
+    # a finished run is never named (runs/qs-2, continued to its end: the line names runs/qs); of
+    # several stopped ones, the newest is (runs/qs-3 then)
+    assert main(["train", "--config", "runs/qs-2/config.yaml", "--resume", "--no-progress"]) == 0
+    assert (tmp_path / "runs/qs-2/checkpoints/final").is_dir()
+    capsys.readouterr()
+    for named, starts in (("runs/qs", "runs/qs-3"), ("runs/qs-3", "runs/qs-4")):
+        _stopped_at(1, monkeypatch)
+        assert main(argv) == 130
+        notes = [line for line in capsys.readouterr().out.splitlines() if "holds a stopped run" in line]
+        step = 2 if named == "runs/qs" else 1
+        assert notes == [
+            f"  {named} holds a stopped run (checkpoints/step_00000{step}, step {step} of 6); this starts a "
+            f"new run in {starts}. To continue that one instead: trickster train --config "
+            f"{named}/config.yaml --resume"
+        ]
 
 
 def test_a_taken_run_folder_gets_the_next_free_suffix(tmp_path):

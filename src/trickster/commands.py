@@ -7,6 +7,7 @@ that belong together travel as one of the dataclasses in options.py.
 
 from __future__ import annotations
 
+import itertools
 import json
 import shlex
 import sys
@@ -32,7 +33,8 @@ from trickster.train import dist
 from trickster.train.console import QUIET_LEVELS
 from trickster.train.device import resolve_device, resolve_precision
 from trickster.train.loop import train
-from trickster.train.resume import fresh_run_dir
+from trickster.train.resume import can_continue, fresh_run_dir
+from trickster.train.signals import continue_command
 from trickster.train.validate import evaluate, validation_batches
 
 
@@ -325,6 +327,23 @@ def serve_command(
     return serve(target, host, port, device, api_key, names, chat_template, max_batch, max_loaded_models)
 
 
+def _stopped_run_passed_over(out: Path, run_dir: Path) -> str | None:
+    """The line for the newest folder quickstart passed over (`out`, `out-2`, ... before `run_dir`,
+    see fresh_run_dir) that holds a stopped run: a rerun starts a new run, and says how to continue
+    that one instead, with the command its Ctrl-C printed."""
+    names = itertools.chain([out], (out.with_name(f"{out.name}-{n}") for n in itertools.count(2)))
+    for folder in reversed(list(itertools.takewhile(lambda name: name != run_dir, names))):
+        found = can_continue(folder)
+        if found is not None:
+            checkpoint, max_steps = found
+            return (
+                f"{folder} holds a stopped run (checkpoints/{checkpoint.name}, step "
+                f"{ckpt.checkpoint_step(checkpoint):,} of {max_steps:,}); this starts a new run in "
+                f"{run_dir}. To continue that one instead: {continue_command(folder)}"
+            )
+    return None
+
+
 def quickstart(
     path: str | None = None,
     steps: int = 1500,
@@ -348,6 +367,9 @@ def quickstart(
         data_dir = prepare_data(SourceSpec("python-stdlib"), options, DedupSettings())
     run_dir = fresh_run_dir(Path(out))
     print(f"\n2/3 training the tiny preset for {steps} steps")
+    passed_over = _stopped_run_passed_over(Path(out), run_dir)
+    if passed_over:
+        print(f"  {passed_over}")
     prompt = "ROMEO:" if "shakespeare" in str(data_dir) else "def "
     settings = [
         f"data_config.path={data_dir}",

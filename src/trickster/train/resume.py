@@ -14,9 +14,11 @@ from pathlib import Path
 
 from trickster.atomic import put_in_place, remove_leftovers, still_at, write_aside
 from trickster.config import Config
+from trickster.config_saved import read_saved
 from trickster.data.loader import PreparedData
 from trickster.errors import UserError, disk_errors, write_fix
 from trickster.observe.events import DISK_FIX, iter_metrics, last_event
+from trickster.observe.status import liveness, read_status
 from trickster.train import checkpoint as ckpt
 
 try:
@@ -43,6 +45,22 @@ def fresh_run_dir(out: Path) -> Path:
     while run_dir_in_use(run_dir) or run_dir.is_file():
         run_dir, suffix = out.with_name(f"{out.name}-{suffix}"), suffix + 1
     return run_dir
+
+
+def can_continue(run_dir: Path) -> tuple[Path, int] | None:
+    """The newest checkpoint of a run that stopped short of its end (Ctrl-C, a kill, max_time), which
+    `trickster train --config RUN/config.yaml --resume` continues, and the max_steps that config
+    trains to. None for a folder without one, a run that has finished (`finished`) or that a
+    process trains now (its heartbeat), and one whose config.yaml or metrics cannot be read."""
+    found = ckpt.latest(run_dir) if run_dir.is_dir() else None
+    status = read_status(run_dir)
+    if found is None or (status is not None and liveness(status).startswith("running")):
+        return None
+    try:
+        max_steps = read_saved(run_dir / "config.yaml", "").training.max_steps
+        return None if finished(run_dir, max_steps) else (found, max_steps)
+    except UserError:
+        return None
 
 
 def _written(path: Path) -> bool:
