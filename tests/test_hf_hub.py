@@ -167,3 +167,15 @@ def test_shards_are_fetched_by_the_index_and_a_non_llama_before_any_weights(tmp_
     assert cli.main(["import", "hf", "org/not-llama", "--out", str(tmp_path / "gpt2")]) == 2
     assert not any(name.endswith(".safetensors") for name in hub.downloads())
     assert not (tmp_path / "gpt2").exists()
+
+
+def test_a_refused_connection_is_named_in_the_systems_words_whatever_wraps_it():
+    """huggingface_hub before 1.0 raises requests' ConnectionError, whose text nests urllib3's
+    MaxRetryError and NewConnectionError reprs (300+ characters); the line shows the system's reason."""
+    requests = pytest.importorskip("requests")
+    from trickster.export.hf_hub import _network_reason
+
+    with pytest.raises(requests.ConnectionError) as refused:
+        requests.get("http://127.0.0.1:9/api/models/org/tiny/revision/main", timeout=10)  # nothing listens
+    assert len(str(refused.value)) > 200
+    assert _network_reason(refused.value) == "[Errno 111] Connection refused"

@@ -151,10 +151,9 @@ def _failure(err: Exception, repo_id: str, revision: str | None) -> UserError:
                 f"{where} and HF_HUB_OFFLINE=1 forbids downloading it; connect and run again without "
                 "HF_HUB_OFFLINE, or pass a local folder"
             )
-        cause = err.__cause__ or err
         return UserError(
-            f"{where} and the Hub could not be reached ({one_line(cause)}); check your connection and run "
-            "again, or pass a local folder"
+            f"{where} and the Hub could not be reached ({_network_reason(err.__cause__ or err)}); check your "
+            "connection and run again, or pass a local folder"
         )
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
         return UserError(
@@ -166,6 +165,13 @@ def _failure(err: Exception, repo_id: str, revision: str | None) -> UserError:
         f"downloading {repo_id} from the Hugging Face Hub failed ({one_line(err)}); check your "
         f"connection and the cache folder ({cache}), and run again, or pass a local folder"
     )
+
+
+def _network_reason(err: BaseException) -> str:
+    """The system's words ("[Errno 111] Connection refused"), which huggingface_hub before 1.0 nests
+    in several layers of requests' and urllib3's reprs."""
+    said = re.search(r"\[Errno -?\d+\] [^'\"()]+", str(err))
+    return said.group(0).strip() if said else one_line(err)
 
 
 def _offline() -> bool:
