@@ -4,6 +4,8 @@ random on the way (the model is built on the meta device), and the compute dtype
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -17,6 +19,7 @@ from trickster.model import lora
 from trickster.model.generate import generate
 from trickster.model.transformer import KVCache, Transformer
 from trickster.train import checkpoint as ckpt
+from trickster.train import checksums
 from trickster.train import device as dev
 
 MODEL = {
@@ -105,6 +108,14 @@ def _saved(tmp_path, **model_changes):
     tokenizer = CharTokenizer("".join(chr(65 + i) for i in range(40)))
     path = ckpt.save_checkpoint(tmp_path / "ck", model, cfg, tokenizer, {"step": 0})
     return model, path
+
+
+def without_checksums(path) -> None:
+    """The checkpoint at `path` as versions before 2026-11-30 saved it: no checksums in info.json
+    (so its files may be rewritten, as the shape an older version wrote)."""
+    info = json.loads((path / "info.json").read_text())
+    del info[checksums.SUMS]
+    (path / "info.json").write_text(json.dumps(info))
 
 
 def test_save_and_reload_give_identical_logits_and_generations(tmp_path):
@@ -211,6 +222,7 @@ def test_weights_saved_without_a_recorded_config_still_load(tmp_path):
     they did, checked by their shapes alone."""
     model, path = _saved(tmp_path)
     weights = path / ckpt.WEIGHTS
+    without_checksums(path)  # also written before 2026-11-30
     save_file(load_file(weights), weights, metadata={"format": "pt"})  # the old header
     loaded = ckpt.load_checkpoint(path)
     idx = torch.randint(0, 40, (2, 10))
@@ -260,6 +272,7 @@ def test_memory_the_device_refuses_while_loading_is_one_line(tmp_path, monkeypat
 
 def test_reload_catches_dtype_drift(tmp_path):
     _, path = _saved(tmp_path)
+    without_checksums(path)  # else the checksum refuses the file before its dtypes are read
     weights = load_file(path / "model.safetensors")
     save_file({k: v.half() for k, v in weights.items()}, path / "model.safetensors")
     with pytest.raises(UserError, match="torch.float16, the config needs .* torch.float32"):

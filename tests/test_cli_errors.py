@@ -185,6 +185,33 @@ def _corrupt(path: Path, keep_fraction: float | None = None, content: bytes | No
         path.write_bytes(raw[: int(len(raw) * keep_fraction)])
 
 
+def _flip_byte(path: Path) -> None:
+    """One byte in the middle of the file inverted, as a bad sector or a stray write leaves it: a
+    weights or trainer-state file still parses (the middle is tensor data)."""
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def _without_checksums(checkpoint: Path) -> None:
+    """The checkpoint as versions before 2026-11-30 saved it: no checksums in its info.json."""
+    from trickster.train import checksums  # here: the checksum cases also run against older sources
+
+    info = json.loads((checkpoint / "info.json").read_text())
+    del info[checksums.SUMS]
+    (checkpoint / "info.json").write_text(json.dumps(info))
+
+
+def _resummed(checkpoint: Path) -> None:
+    """A checkpoint whose trainer.pt a case rewrote with values a run could have saved (a run that
+    trained longer): its info.json records the sums of its files as they are now, as saving does."""
+    from trickster.train import checksums
+
+    info = json.loads((checkpoint / "info.json").read_text())
+    info[checksums.SUMS] = checksums.record(checkpoint)
+    (checkpoint / "info.json").write_text(json.dumps(info))
+
+
 def _truncated_train_bin(env: Env) -> list[str]:
     data = env.copy_data()
     _corrupt(data / "train" / "000000.bin", keep_fraction=0.5)
@@ -250,10 +277,66 @@ def _resume_with_another_optimizer(env: Env) -> list[str]:
     return _trained_run_copy_with(env, "--resume", "training_config.optimizer=muon")
 
 
-def _resume_damaged_trainer_state(env: Env) -> list[str]:
+def _resume_damaged_trainer_state(env: Env, checksums: bool = True) -> list[str]:
     argv = _trained_run_copy_with(env, "--resume")
-    _corrupt(env.tmp / "run-copy" / "checkpoints" / "final" / "trainer.pt", keep_fraction=0.3)
+    final = env.tmp / "run-copy" / "checkpoints" / "final"
+    if not checksums:
+        _without_checksums(final)
+    _corrupt(final / "trainer.pt", keep_fraction=0.3)
     return argv
+
+
+def _resume_flipped(*names: str) -> Build:
+    """A resume whose checkpoints' files `names` ("final/trainer.pt") each have a byte flipped."""
+
+    def build(env: Env) -> list[str]:
+        argv = _trained_run_copy_with(env, "--resume")
+        for name in names:
+            _flip_byte(env.tmp / "run-copy" / "checkpoints" / name)
+        return argv
+
+    return build
+
+
+def _swap_two_letters(path: Path) -> None:
+    """A character tokenizer's "ab" saved as "ba": still a valid tokenizer, each letter read as the
+    other."""
+    path.write_text(path.read_text().replace("abc", "bac", 1))
+
+
+def _flipped(command: str, name: str = "model.safetensors", change=_flip_byte) -> Build:
+    """A copy of the run's final checkpoint whose file `name` was changed (a byte flipped), read by
+    `command`."""
+
+    def build(env: Env) -> list:
+        ckpt = env.copy_checkpoint()
+        change(ckpt / name)
+        return {
+            "generate": lambda: ["generate", ckpt, "--max-new-tokens", "2"],
+            "eval": lambda: ["eval", ckpt, "--device", "cpu"],
+            "compare": lambda: ["compare", ckpt, "--max-new-tokens", "2"],
+            "info": lambda: ["info", "--checkpoint", ckpt],
+            "export-hf": lambda: ["export", ckpt, "--format", "hf", "--out", env.tmp / "hf"],
+            "export-gguf": lambda: ["export", ckpt, "--format", "gguf", "--out", env.tmp / "micro.gguf"],
+            "serve": lambda: ["serve", ckpt, "--port", "0", "--device", "cpu"],
+            "init-from": lambda: micro_train(env, f"training_config.init_from={ckpt}"),
+            "lora": lambda: micro_train(
+                env, f"training_config.init_from={ckpt}", "training_config.lora={rank: 2}"
+            ),
+            "tokenizer-from": lambda: _jsonl([RECORD, RECORD], "--tokenizer-from", str(ckpt))(env),
+        }[command]()
+
+    return build
+
+
+def _lora_adapters_flipped(env: Env) -> list[str]:
+    """A LoRA fine-tune's final checkpoint whose adapters (lora.safetensors) have a flipped byte."""
+    steps = ("max_steps=4", "warmup_steps=1", "eval_every=4", "save_every=4", "sample_tokens=0")
+    out = env.tmp / "lora-run"
+    lora = (f"training_config.init_from={env.run}", "training_config.lora={rank: 2}", "--out", str(out))
+    assert cli.main(micro_train(env, *lora, *(f"training_config.{s}" for s in steps))) == 0
+    _flip_byte(out / "checkpoints" / "final" / "lora.safetensors")
+    return ["generate", str(out / "checkpoints" / "final"), "--max-new-tokens", "2"]
 
 
 def _resume_trainer_state_is_a_folder(env: Env) -> list[str]:
@@ -343,6 +426,7 @@ def _resume_optimizer_state_by_position(env: Env) -> list[str]:
     for group in optimizer["param_groups"]:
         group["params"] = [names.index(name) for name in group["params"]]
     torch.save(trainer, path)
+    _without_checksums(path.parent)  # nor did it record checksums
     return argv
 
 
@@ -768,6 +852,7 @@ def _time_budget_spent(env: Env) -> list[str]:
     trainer = torch.load(run / "checkpoints" / "final" / "trainer.pt", weights_only=True)
     trainer["train_state"]["train_seconds"] = 5400.0  # trained for 90 minutes
     torch.save(trainer, run / "checkpoints" / "final" / "trainer.pt")
+    _resummed(run / "checkpoints" / "final")
     overrides = ("training_config.max_steps=20", "training_config.max_time=1h")
     return ["train", "--config", env.config(), "--out", str(run), "--no-progress", "--resume", *overrides]
 
@@ -1625,9 +1710,17 @@ CASES = [
         "cannot resume",
         "training_config.optimizer=adamw",
     ),
-    case(
+    case(  # cut short: no longer the bytes whose checksum was saved
         "resume-damaged-trainer-state",
         _resume_damaged_trainer_state,
+        "run-copy/checkpoints/final/trainer.pt no longer matches the checksum saved with it",
+        "move final out of ",
+        "run-copy/checkpoints to resume from step_000006 (step 6), the newest intact checkpoint",
+        "(nothing was changed)",
+    ),
+    case(
+        "resume-damaged-trainer-state-saved-without-checksums",
+        functools.partial(_resume_damaged_trainer_state, checksums=False),
         "trainer.pt refused or damaged",
         "resume from another checkpoint",
     ),
@@ -1651,6 +1744,26 @@ CASES = [
         "could not write run folder",
         "(Is a directory:",
         "run-copy/config.yaml); move that folder away",
+    ),
+    case(
+        "resume-weights-with-a-flipped-byte",
+        _resume_flipped("final/model.safetensors"),
+        "final/model.safetensors no longer matches the checksum saved with it (changed or damaged on disk",
+        "move final out of ",
+        "to resume from step_000006 (step 6), the newest intact checkpoint",
+    ),
+    case(
+        "resume-trainer-state-with-a-flipped-byte",
+        _resume_flipped("final/trainer.pt"),
+        "final/trainer.pt no longer matches the checksum saved with it",
+        "move final out of ",
+        "to resume from step_000006 (step 6)",
+    ),
+    case(
+        "resume-with-no-intact-checkpoint-left",
+        _resume_flipped("final/trainer.pt", "step_000006/model.safetensors"),
+        "final/trainer.pt no longer matches the checksum saved with it",
+        "the run has no other intact checkpoint to resume from; start a new run with another --out",
     ),
     case(  # an IsADirectoryError traceback
         "resume-trainer-state-is-a-folder",
@@ -2442,6 +2555,45 @@ CASES = [
     case("generate-missing-info", _ckpt_without("info.json"), "info.json is missing or damaged"),
     case("generate-foreign-weights", _foreign_weights, "does not match its config", "another model"),
     case("info-damaged-checkpoint", _info_on_damaged_checkpoint, "model.safetensors is damaged"),
+    *(
+        case(
+            f"{command}-weights-with-a-flipped-byte",
+            _flipped(command),
+            "ckpt/model.safetensors no longer matches the checksum saved with it (changed or damaged on disk "
+            "since it was written); use another checkpoint",
+        )
+        for command in ("generate", "eval", "compare", "info", "export-hf", "export-gguf", "serve")
+    ),
+    case(
+        "init-from-weights-with-a-flipped-byte",
+        _flipped("init-from"),
+        "ckpt/model.safetensors no longer matches the checksum saved with it",
+        "use another checkpoint",
+    ),
+    case(
+        "lora-base-weights-with-a-flipped-byte",
+        _flipped("lora"),
+        "ckpt/model.safetensors no longer matches the checksum saved with it",
+        "use another checkpoint",
+    ),
+    case(
+        "generate-lora-adapters-with-a-flipped-byte",
+        _lora_adapters_flipped,
+        "lora-run/checkpoints/final/lora.safetensors no longer matches the checksum saved with it",
+        "use another checkpoint",
+    ),
+    case(
+        "generate-tokenizer-with-two-letters-swapped",
+        _flipped("generate", "tokenizer.json", _swap_two_letters),
+        "ckpt/tokenizer.json no longer matches the checksum saved with it",
+        "use another checkpoint",
+    ),
+    case(
+        "prepare-tokenizer-from-two-letters-swapped",
+        _flipped("tokenizer-from", "tokenizer.json", _swap_two_letters),
+        "ckpt/tokenizer.json no longer matches the checksum saved with it",
+        "pass another --tokenizer-from",
+    ),
     case(
         "generate-info-not-an-object",
         _ckpt_with_corrupt("info.json", content=b"[12]\n"),

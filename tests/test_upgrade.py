@@ -20,6 +20,7 @@ from trickster.errors import UserError
 from trickster.observe.curves import Curves
 from trickster.observe.events import read_metrics
 from trickster.train import checkpoint as ckpt
+from trickster.train import checksums
 from trickster.train.device import settings_restored
 from trickster.train.loop import Trainer, train
 
@@ -27,10 +28,12 @@ from .conftest import QUIET, events, finetune_config
 
 
 def older(checkpoint: Path, edit, info_keys: tuple[str, ...] = ()) -> None:
-    """`edit` the checkpoint's trainer.pt in place; drop `info_keys` from its info.json."""
+    """`edit` the checkpoint's trainer.pt in place; drop `info_keys` from its info.json, and the
+    checksums, which every version before 2026-11-30 lacked."""
     trainer = torch.load(checkpoint / "trainer.pt", weights_only=True)
     edit(trainer)
     torch.save(trainer, checkpoint / "trainer.pt")
+    info_keys = (*info_keys, checksums.SUMS)
     info = json.loads((checkpoint / "info.json").read_text())
     (checkpoint / "info.json").write_text(json.dumps({k: v for k, v in info.items() if k not in info_keys}))
 

@@ -15,6 +15,7 @@ from trickster.data.tokenizers import load_tokenizer
 from trickster.errors import UserError
 from trickster.options import PrepareOptions, SourceSpec
 from trickster.train import checkpoint as ckpt
+from trickster.train import checksums
 
 
 def prepare_data(spec: SourceSpec, options: PrepareOptions, dedup: DedupSettings) -> Path:
@@ -88,9 +89,11 @@ def _tokenizer_from(path: str):
     if target.is_file():
         return load_tokenizer(target, fix)
     saved = target / "tokenizer.json"  # a folder by that name is refused as one, below
-    if (saved.is_file() or saved.is_dir()) and not (target / "checkpoints").is_dir():
-        return load_tokenizer(saved, fix)  # a checkpoint or a prepared data folder
-    return load_tokenizer(ckpt.resolve(target) / "tokenizer.json", fix)
+    if not (saved.is_file() or saved.is_dir()) or (target / "checkpoints").is_dir():
+        target = ckpt.resolve(target)  # a run folder: its best or newest checkpoint
+    tokenizer = load_tokenizer(target / "tokenizer.json", fix)  # a checkpoint's or a data folder's
+    checksums.verify(target, ["tokenizer.json"], fix)  # a data folder records none
+    return tokenizer
 
 
 def read_text_option(path: Path) -> str:

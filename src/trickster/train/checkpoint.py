@@ -9,7 +9,8 @@
         trainer.pt          optimizer moments, RNG and sampler state (tensors and plain values only)
         optimizer/          FSDP2 runs only: the optimizer moments instead, one shard file per
                             process (torch.distributed.checkpoint; resumable on any number of them)
-        info.json           step, losses, tokenizer and data fingerprints, versions
+        info.json           step, losses, tokenizer and data fingerprints, versions, and the
+                            SHA-256 of the other files, checked before they are used (checksums.py)
         COMPLETE            written last: a folder without it is ignored
 
 `best` (lowest validation loss) and `final` are folders of the same shape; a folder saved at the
@@ -46,6 +47,7 @@ from trickster.data.tokenizers import Tokenizer, load_tokenizer
 from trickster.errors import UserError, disk_errors, write_fix
 from trickster.model import lora
 from trickster.model.transformer import Transformer
+from trickster.train import checksums
 from trickster.train.device import inference_dtype
 from trickster.train.weights import (
     check_config,
@@ -114,7 +116,8 @@ def _write_checkpoint(target, tensors, cfg, tokenizer, info, trainer_state, stag
         tokenizer.save(staging / "tokenizer.json")
         if trainer_state is not None:
             _save_trainer_state(trainer_state, staging / "trainer.pt")
-        info = {**info, "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        sums = checksums.record(staging, linked_from=tensors if isinstance(tensors, Path) else None)
+        info = {**info, "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), checksums.SUMS: sums}
         (staging / "info.json").write_text(json.dumps(info, indent=2))
         (staging / COMPLETE).write_text("ok\n")
         replace_dir(staging, target)
@@ -337,6 +340,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Loa
             "model; use another checkpoint"
         )
     check_config(cfg, path / WEIGHTS, torch.device(device))
+    checksums.verify(path, (WEIGHTS, lora.ADAPTERS, "tokenizer.json"), "use another checkpoint", info)
     with loading_refused(path, device):
         model = empty_model(cfg.model, device)
         if adapted:  # a LoRA run: load base and adapters as trained, then merge them into a plain model

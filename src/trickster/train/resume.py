@@ -17,9 +17,11 @@ from trickster.config import Config
 from trickster.config_saved import read_saved
 from trickster.data.loader import PreparedData
 from trickster.errors import UserError, disk_errors, write_fix
+from trickster.model import lora
 from trickster.observe.events import DISK_FIX, iter_metrics, last_event
 from trickster.observe.status import liveness, read_status
 from trickster.train import checkpoint as ckpt
+from trickster.train import checksums
 
 try:
     import fcntl
@@ -27,6 +29,8 @@ except ImportError:  # native Windows has no flock; WSL2 has
     fcntl = None
 
 LOCK = ".lock"  # RUN_DIR/.lock: held by the process that trains there (claimed)
+# the files of a checkpoint a resume reads (its tokenizer.json is the data's; config.yaml is checked)
+RESUME_READS = (ckpt.WEIGHTS, lora.ADAPTERS, "trainer.pt", f"{ckpt.OPTIMIZER}/")
 WRITE_FIX = write_fix("choose another --out")  # the run folder's
 
 
@@ -155,8 +159,50 @@ def open_run_dir(run_dir: Path, resume: bool | str, max_steps: int) -> tuple[Pat
             f"nothing to resume in {run_dir}: {none}; set training_config.resume=auto "
             "to start the run afresh there, or drop --resume and choose a new --out"
         )
+    if found is not None:
+        refuse_changed(found, run_dir)
     _make_folder(run_dir / "checkpoints", run_dir)
     return found, repairs, False
+
+
+def refuse_changed(found: Path, run_dir: Path) -> None:
+    """A resume refuses the checkpoint it would continue from if a file it reads no longer has the
+    checksum saved with it, as it refuses one damaged beyond reading: it never falls back to an
+    older one by itself (that would throw away the training since, unasked). The line names the
+    newest intact checkpoint, and every newer one to move out of the way first: `final`, `best` and
+    a numbered checkpoint of one step share their weights (hard links), so one flipped byte
+    changes them all."""
+    changed = checksums.first_changed(found, RESUME_READS)
+    if changed is None:
+        return
+    in_the_way, intact = [found], None
+    for path in _resumable(run_dir):
+        if path == found:
+            continue
+        if checksums.first_changed(path, RESUME_READS) is None:
+            intact = path
+            break
+        in_the_way.append(path)
+    if intact is None:
+        fix = "the run has no other intact checkpoint to resume from; start a new run with another --out"
+    else:
+        names = " and ".join(path.name for path in in_the_way)
+        fix = (
+            f"move {names} out of {run_dir / 'checkpoints'} to resume from {intact.name} (step "
+            f"{ckpt.checkpoint_step(intact)}), the newest intact checkpoint"
+        )
+    raise UserError(checksums.changed_line(found / changed, f"{fix} (nothing was changed)"))
+
+
+def _resumable(run_dir: Path) -> list[Path]:
+    """The checkpoints a resume takes (numbered ones and `final`), newest first, as ckpt.latest
+    orders them; one whose info.json is damaged too is left out."""
+    found = []
+    for path in [*ckpt.numbered(run_dir), run_dir / "checkpoints" / "final"]:
+        with contextlib.suppress(UserError):
+            if ckpt.is_complete(path):
+                found.append((ckpt.checkpoint_step(path), path.name == "final", path))
+    return [path for *_, path in sorted(found, key=lambda item: item[:2], reverse=True)]
 
 
 def finished(run_dir: Path, max_steps: int) -> Path | None:

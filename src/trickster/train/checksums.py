@@ -1,0 +1,109 @@
+"""A checkpoint's SHA-256 sums: recorded in its info.json when it is saved, checked before its
+files are used.
+
+A flipped bit inside model.safetensors, lora.safetensors, trainer.pt or an optimizer shard
+(optimizer/*.distcp) still parses: without the sums a resume would continue from wrong weights or
+moments, and generate, serve and export would compute with them. The sums are taken from the
+files of the finished folder just before COMPLETE is written (the files are still in the page
+cache), by the one process that writes it (rank 0 under FSDP2, once every shard is in).
+
+Every file is summed but these three:
+- info.json holds the sums, and is rewritten after the checkpoint's evaluation (update_info);
+- COMPLETE is written after them;
+- config.yaml is text a user may edit (a training setting: docs/training.md), and every reader
+  checks it in full against the shapes and the model_config that the weights' header records.
+
+A checkpoint written before the sums (no `sha256` in its info.json) loads as it did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
+
+from trickster.errors import UserError
+
+SUMS = "sha256"  # info.json's key: {path inside the checkpoint, with "/": hex digest}
+UNSUMMED = ("info.json", "COMPLETE", "config.yaml")
+CHUNK = 1 << 20  # bytes read at a time: 1 MiB hashes as fast as larger reads, and holds no memory
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, read in chunks (hashlib.file_digest is 3.11's; we run on 3.10)."""
+    digest, buffer = hashlib.sha256(), bytearray(CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        while size := f.readinto(buffer):
+            digest.update(view[:size])
+    return digest.hexdigest()
+
+
+def record(folder: Path, linked_from: Path | None = None) -> dict[str, str]:
+    """The sums of a checkpoint folder's files (all but UNSUMMED), for its info.json. A file
+    hard-linked from the checkpoint `linked_from` (a `best` saved at the step of the checkpoint
+    just written: its weights and optimizer shards) is that very file: it takes the sum recorded
+    there, without reading gigabytes again."""
+    known = recorded(linked_from) if linked_from is not None else {}
+    sums = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        name = path.relative_to(folder).as_posix()
+        if name in UNSUMMED:
+            continue
+        source = linked_from / name if name in known else None
+        same = source is not None and source.is_file() and os.path.samefile(path, source)
+        sums[name] = known[name] if same else file_sha256(path)
+    return sums
+
+
+def recorded(checkpoint: Path, info: dict | None = None) -> dict[str, str]:
+    """The sums saved with `checkpoint` (read from its info.json unless `info` is given); none
+    for one saved before them, or whose info.json cannot be read (its readers say so)."""
+    if info is None:
+        try:
+            info = json.loads((checkpoint / "info.json").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return {}
+    sums = info.get(SUMS) if isinstance(info, dict) else None
+    return sums if isinstance(sums, dict) else {}
+
+
+def first_changed(checkpoint: Path, names: Iterable[str], info: dict | None = None) -> str | None:
+    """The first of the files `names` of `checkpoint` (a name ending in "/": every file in that
+    folder) whose bytes no longer have the sum recorded for them; None if all do. A file with no
+    sum recorded, missing, or unreadable is not judged here: the loader that reads it says what
+    is wrong with it in its own words."""
+    wanted = tuple(names)
+    for name, digest in recorded(checkpoint, info).items():
+        inside = PurePosixPath(name)
+        if inside.is_absolute() or ".." in inside.parts:  # an edited info.json: only its own files
+            continue
+        if not any(name == w or (w.endswith("/") and name.startswith(w)) for w in wanted):
+            continue
+        path = checkpoint / inside
+        if not path.is_file():
+            continue
+        try:
+            actual = file_sha256(path)
+        except OSError:
+            continue
+        if actual != digest:
+            return name
+    return None
+
+
+def changed_line(file: Path, fix: str) -> str:
+    return (
+        f"{file} no longer matches the checksum saved with it (changed or damaged on disk since it "
+        f"was written); {fix}"
+    )
+
+
+def verify(checkpoint: Path, names: Iterable[str], fix: str, info: dict | None = None) -> None:
+    """Refuse, in one line ending with `fix`, a checkpoint whose files `names` (see first_changed)
+    changed since they were saved."""
+    changed = first_changed(checkpoint, names, info)
+    if changed is not None:
+        raise UserError(changed_line(checkpoint / changed, fix))
