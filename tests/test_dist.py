@@ -10,6 +10,7 @@ launcher and two interpreters' imports.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -258,6 +259,9 @@ def test_a_damaged_sharded_optimizer_index_is_one_line_without_torchs_tracebacks
     logger: 18 lines on stderr above the one error line. A subprocess: under pytest the root
     logger has pytest's handler, not stderr."""
     run_dir = Path(shutil.copytree(two_process_job("enable_fsdp")[0], tmp_path / "run"))
+    info = json.loads((run_dir / "checkpoints" / "final" / "info.json").read_text())
+    del info["sha256"]  # saved before checksums (since, a damaged index is refused before dcp reads it)
+    (run_dir / "checkpoints" / "final" / "info.json").write_text(json.dumps(info))
     index = run_dir / "checkpoints" / "final" / ckpt.OPTIMIZER / ".metadata"
     index.write_bytes(index.read_bytes()[: index.stat().st_size // 2])
     path = tmp_path / "alone.yaml"
@@ -270,6 +274,36 @@ def test_a_damaged_sharded_optimizer_index_is_one_line_without_torchs_tracebacks
     # the reason in brackets is torch's own words: 'truncated' on torch 2.13, 'metadata is None' on 2.11
     assert "final/optimizer refused or damaged (" in result.stderr, result.stderr
     assert result.stderr.endswith("); resume from another checkpoint\n"), result.stderr
+
+
+def test_a_flipped_byte_in_another_process_s_optimizer_shard_stops_the_resumed_job_with_one_line(
+    two_process_job, shakespeare_dir, tmp_path
+):
+    """Rank 0 records the checksums of the whole folder once every process's shard is in: rank 1's
+    too. One byte flipped in rank 1's shard (the middle of its moments: it still loads) is refused
+    on both processes of the resumed job before any of them reads it, and nothing changes."""
+    run_dir = Path(shutil.copytree(two_process_job("enable_fsdp")[0], tmp_path / "run"))
+    final = run_dir / "checkpoints" / "final"
+    recorded = json.loads((final / "info.json").read_text())["sha256"]
+    shards = sorted(p.relative_to(final).as_posix() for p in (final / ckpt.OPTIMIZER).iterdir())
+    assert shards == ["optimizer/.metadata", "optimizer/__0_0.distcp", "optimizer/__1_0.distcp"]
+    for name in shards:
+        assert recorded[name] == hashlib.sha256((final / name).read_bytes()).hexdigest(), name
+    shard = final / "optimizer" / "__1_0.distcp"
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    files = written(run_dir)
+    cfg = config(shakespeare_dir, run_dir, batch_size=4, enable_fsdp=True)
+    argv = job_argv(cfg, tmp_path, None, ["--resume", "training_config.max_steps=30"])
+    result = children.job(*argv, timeout=120, end_others=False)
+    line = (
+        f"error: {shard} no longer matches the checksum saved with it (changed or damaged on disk since it "
+        f"was written); move final out of {run_dir / 'checkpoints'} to resume from step_000010 (step 10), "
+        "the newest intact checkpoint (nothing was changed)\n"
+    )
+    assert result.returncode == 2 and result.stderr == line * 2, result.stderr[-3000:]
+    assert written(run_dir) == files
 
 
 @pytest.mark.parametrize(("saved", "resumed"), [("enable_ddp", "enable_fsdp"), ("enable_fsdp", "enable_ddp")])

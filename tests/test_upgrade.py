@@ -195,6 +195,28 @@ def test_a_fine_tune_on_masked_data_measures_its_best_again(trained_run, chat_da
     assert any(line.startswith("best (step ") and "evaluated again" in line for line in lines)
 
 
+# ------------------------------------------------------------------ info.json before 2026-11-30
+
+
+def test_checkpoints_saved_without_checksums_load_and_resume_as_they_did(trained_run, tmp_path, capsys):
+    """Until 2026-11-30 a checkpoint's info.json recorded no checksums: its files are read
+    unchecked, as that version read them, by every command and by a resume, which continues as
+    from a checkpoint that has them."""
+    now, then = copy_run(trained_run, tmp_path, "now"), copy_run(trained_run, tmp_path, "then")
+    for checkpoint in (then / "checkpoints").iterdir():
+        older(checkpoint, lambda trainer: None)  # drops the checksums
+        assert checksums.SUMS not in ckpt.read_info(checkpoint)
+    capsys.readouterr()
+
+    assert cli.main(["generate", str(then), "--max-new-tokens", "3", "--device", "cpu"]) == 0
+    assert cli.main(["export", str(then), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
+    expected = train(resumed(now, max_steps=14), resume=True, **QUIET)
+    result = train(resumed(then, max_steps=14), resume=True, **QUIET)
+    losses = [[r["train_loss"] for r in events(run, "train")] for run in (result, expected)]
+    assert losses[0] == losses[1]
+    assert checksums.SUMS in ckpt.read_info(then / "checkpoints" / "final")  # saved by this version
+
+
 # ------------------------------------------------------------------ config.yaml before newer limits
 
 

@@ -1,0 +1,110 @@
+"""Checkpoint checksums on real small runs: what a save records, what a linked `best` records
+without reading its weights again, a flipped byte in weights shared by hard links, and a checkpoint
+that `trickster serve` reads again after training replaced it. The one line and exit status of
+each command meeting a changed file are cases in tests/test_cli_errors.py."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from trickster import cli
+from trickster.errors import UserError
+from trickster.serve.models import Catalog
+from trickster.train import checkpoint as ckpt
+from trickster.train import checksums
+from trickster.train.loop import train
+
+from .conftest import QUIET, micro_config
+from .test_resume import written
+
+TWELVE_STEPS = {"max_steps": 12, "warmup_steps": 2, "eval_every": 6, "save_every": 6, "sample_tokens": 0}
+
+
+def flip_byte(path: Path) -> None:
+    """One byte in the middle inverted, in place (every hard link to the file sees it)."""
+    with open(path, "r+b") as f:
+        f.seek(path.stat().st_size // 2)
+        byte = f.read(1)[0]
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte ^ 0xFF]))
+
+
+@pytest.fixture
+def run(shakespeare_dir, tmp_path) -> Path:
+    """A 12-step micro run of its own (its files are changed in place): step_000006, best, final."""
+    cfg = micro_config(shakespeare_dir, tmp_path / "run", training_config=TWELVE_STEPS)
+    return train(cfg, **QUIET).run_dir
+
+
+def test_every_file_but_info_config_and_complete_is_recorded_with_its_sha256(run):
+    for checkpoint in ("step_000006", "best", "final"):
+        folder = run / "checkpoints" / checkpoint
+        recorded = json.loads((folder / "info.json").read_text())["sha256"]
+        on_disk = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+        for unsummed in ("info.json", "COMPLETE", "config.yaml"):
+            del on_disk[unsummed]
+        assert recorded == on_disk, checkpoint
+        assert set(recorded) == {"model.safetensors", "tokenizer.json", "trainer.pt"}
+
+
+def test_a_best_linked_to_the_checkpoint_just_saved_takes_its_sums_without_reading_them(run, monkeypatch):
+    """`best` saved at the step of `final` hard-links its weights: their sum is final's, not read
+    again (gigabytes for a big model); the files it writes itself are read."""
+    final, best = run / "checkpoints" / "final", run / "checkpoints" / "best"
+    assert os.path.samefile(final / ckpt.WEIGHTS, best / ckpt.WEIGHTS), "the test needs a linked best"
+    read = []
+    hashed = checksums.file_sha256
+    monkeypatch.setattr(checksums, "file_sha256", lambda path: read.append(path.name) or hashed(path))
+    loaded = ckpt.load_checkpoint(final)
+    read.clear()
+    again = run / "checkpoints" / "again"
+    ckpt.save_checkpoint(again, loaded.model, loaded.cfg, loaded.tokenizer, loaded.info, {}, reuse=final)
+    assert sorted(read) == ["tokenizer.json", "trainer.pt"]
+    recorded = ckpt.read_info(again)["sha256"]
+    assert recorded["model.safetensors"] == hashlib.sha256((final / ckpt.WEIGHTS).read_bytes()).hexdigest()
+
+
+def test_weights_shared_by_hard_links_are_changed_in_every_checkpoint_that_links_them(run, capsys):
+    """A numbered checkpoint and `final` of one step share their files (the save links them): one
+    flipped byte changes both, so the line names both to move aside and the one before them as the
+    newest intact one; nothing is changed."""
+    folder = run / "checkpoints"
+    shutil.copytree(folder / "final", folder / "step_000012", copy_function=os.link)
+    flip_byte(folder / "final" / ckpt.WEIGHTS)
+    files = written(run)
+    argv = ["train", "--config", str(run / "config.yaml"), "--no-progress", "--resume"]
+    argv.append("training_config.max_steps=20")  # past the 12 it has done
+
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"error: {folder / 'final' / ckpt.WEIGHTS} no longer matches the checksum saved with it (changed "
+        f"or damaged on disk since it was written); move final and step_000012 out of {folder} to resume "
+        "from step_000006 (step 6), the newest intact checkpoint (nothing was changed)\n"
+    )
+    assert written(run) == files
+
+
+def test_a_checkpoint_replaced_while_served_is_checked_when_it_is_read_again(run):
+    """`trickster serve` reads a checkpoint that training replaced (a new `best`) when it is next
+    asked for: a flipped byte in the new weights is refused with the line, not served."""
+    catalog = Catalog(run, torch.device("cpu"))
+    assert catalog.load("best").info["step"] == 12
+    earlier = ckpt.load_checkpoint(run / "checkpoints" / "step_000006")
+    parts = (earlier.model, earlier.cfg, earlier.tokenizer, earlier.info)
+    best = ckpt.save_checkpoint(run / "checkpoints" / "best", *parts)
+    flip_byte(best / ckpt.WEIGHTS)
+
+    assert catalog.current("best").info["step"] == 6  # the new card: read again
+    with pytest.raises(UserError) as refused:
+        catalog.load("best")
+    assert str(refused.value) == (
+        f"{best / ckpt.WEIGHTS} no longer matches the checksum saved with it (changed or damaged on disk "
+        "since it was written); use another checkpoint"
+    )
