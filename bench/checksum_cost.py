@@ -1,0 +1,123 @@
+"""What checkpoint checksums cost (train/checksums.py): SHA-256 per GB, the sums taken at a save,
+and what checking them adds to loading the checkpoint (generate, serve, export) and to a resume.
+
+    python bench/checksum_cost.py                              # gpt2-small's shape, 3 repeats
+    python bench/checksum_cost.py --preset mini --repeats 5 --dir /fast/disk
+
+A checkpoint of the preset's shape (random weights, AdamW moments in trainer.pt as one process
+saves them) is written once under --dir. Each load is timed with the weights in the page cache
+(`warm`: a file just written, or read before) and evicted from it first (`cold`: posix_fadvise
+DONTNEED, as after a reboot or on a cache too small for the file; a file system that ignores the
+advice reads warm). "checked" is load_checkpoint as the commands run it; "unchecked" the same with
+checksums.verify made a no-op. The median of --repeats counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from trickster.config import load_config
+from trickster.data.tokenizers import ByteTokenizer
+from trickster.model.transformer import Transformer
+from trickster.train import checkpoint as ckpt
+from trickster.train import checksums
+from trickster.train.resume import RESUME_READS
+
+
+def evict(folder: Path) -> None:
+    """Drop the folder's files from the page cache (where the file system takes the advice)."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def seconds(action, repeats: int, before=None, clock=time.perf_counter) -> float:
+    """The median time of `action` by `clock`: wall time, or time.process_time, this process's CPU
+    time, which other programs on a busy machine do not inflate."""
+    times = []
+    for _ in range(repeats):
+        if before is not None:
+            before()
+        started = clock()
+        action()
+        times.append(clock() - started)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="gpt2-small")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dir", type=Path, default=None, help="where to write (default: a temporary folder)")
+    args = parser.parse_args()
+    cfg = load_config(
+        preset=args.preset, overrides=["device_config.device=cpu", "training_config.optimizer=adamw"]
+    )
+    if cfg.model.vocab_size == "auto":
+        cfg.model.vocab_size = 256
+    model = Transformer(cfg.model)
+    moments = {
+        name: {"exp_avg": torch.randn_like(p), "exp_avg_sq": torch.rand_like(p)}
+        for name, p in model.named_parameters()
+    }
+    root = Path(tempfile.mkdtemp(dir=args.dir))
+    real_verify = checksums.verify
+    try:
+        final, tokenizer = root / "final", ByteTokenizer()
+        started = time.perf_counter()
+        ckpt.save_checkpoint(final, model, cfg, tokenizer, {"step": 1}, {"optimizer": {"state": moments}})
+        save = time.perf_counter() - started
+        weights, trainer = (final / ckpt.WEIGHTS).stat().st_size, (final / "trainer.pt").stat().st_size
+        summing = seconds(lambda: checksums.record(final), args.repeats)
+        hash_weights = lambda clock: seconds(  # noqa: E731
+            lambda: checksums.file_sha256(final / ckpt.WEIGHTS), args.repeats, clock=clock
+        )
+        per_gb, cpu_per_gb = (
+            hash_weights(clock) / (weights / 1e9) for clock in (time.perf_counter, time.process_time)
+        )
+        load = lambda: ckpt.load_checkpoint(final)  # noqa: E731
+        load()  # its first call imports what loading needs: not timed
+        checked_warm = seconds(load, args.repeats)
+        checked_cold = seconds(load, args.repeats, before=lambda: evict(final))
+        checksums.verify = lambda *a, **k: None  # the load without its check
+        unchecked_warm = seconds(load, args.repeats)
+        unchecked_cold = seconds(load, args.repeats, before=lambda: evict(final))
+        checksums.verify = real_verify
+        resume_warm = seconds(lambda: checksums.first_changed(final, RESUME_READS), args.repeats)
+        resume_cold = seconds(
+            lambda: checksums.first_changed(final, RESUME_READS), args.repeats, before=lambda: evict(final)
+        )
+    finally:
+        checksums.verify = real_verify
+        shutil.rmtree(root)
+    params = sum(p.numel() for p in model.parameters())
+    print(
+        f"{args.preset}: {params:,} parameters, model.safetensors {weights / 1e6:,.0f} MB, trainer.pt "
+        f"{trainer / 1e6:,.0f} MB; torch {torch.__version__}, {os.cpu_count()} CPUs, median of {args.repeats}"
+    )
+    print(
+        f"  SHA-256 of model.safetensors (page cache):      {per_gb:6.2f} s per GB ({cpu_per_gb:.2f} s CPU)"
+    )
+    print(f"  the save, sums included:                        {save:6.2f} s")
+    print(f"  its sums alone (every file, page cache):        {summing:6.2f} s")
+    print(f"  load_checkpoint, warm: checked / unchecked:     {checked_warm:6.2f} s / {unchecked_warm:.2f} s")
+    print(f"  load_checkpoint, cold: checked / unchecked:     {checked_cold:6.2f} s / {unchecked_cold:.2f} s")
+    print(f"  a resume's check (weights, trainer.pt) warm:    {resume_warm:6.2f} s")
+    print(f"  a resume's check (weights, trainer.pt) cold:    {resume_cold:6.2f} s")
+
+
+if __name__ == "__main__":
+    main()
