@@ -9,8 +9,7 @@
         trainer.pt          optimizer moments, RNG and sampler state (tensors and plain values only)
         optimizer/          FSDP2 runs only: the optimizer moments instead, one shard file per
                             process (torch.distributed.checkpoint; resumable on any number of them)
-        info.json           step, losses, tokenizer and data fingerprints, versions, and the
-                            SHA-256 of the other files, checked before they are used (checksums.py)
+        info.json           step, losses, fingerprints, versions, files' SHA-256 (checksums.py)
         COMPLETE            written last: a folder without it is ignored
 
 `best` (lowest validation loss) and `final` are folders of the same shape; a folder saved at the
@@ -203,16 +202,10 @@ def update_info(path: Path, **values) -> None:
 
 
 def latest(run_dir: str | Path) -> Path | None:
-    """The complete checkpoint with the highest step (numbered ones and `final`)."""
-    folder = Path(run_dir) / "checkpoints"
-    if not folder.is_dir():
-        return None
-    candidates = [
-        p for p in folder.iterdir() if (STEP_DIR.match(p.name) or p.name == "final") and is_complete(p)
-    ]
-    if not candidates:
-        return None
-    return max(candidates, key=lambda p: (checkpoint_step(p), p.name == "final"))
+    """The complete checkpoint with the highest step (numbered ones and `final`, which wins a tie)."""
+    final = Path(run_dir) / "checkpoints" / "final"
+    candidates = numbered(run_dir) + ([final] if is_complete(final) else [])
+    return max(candidates, key=lambda p: (checkpoint_step(p), p.name == "final"), default=None)
 
 
 def none_saved(run_dir: str | Path, otherwise: str = "no checkpoint was saved yet") -> str:
