@@ -113,3 +113,46 @@ def test_a_second_signal_in_a_job_of_several_processes_names_torchrun(tmp_path, 
         f"continue with: torchrun --nproc-per-node 2 -m trickster train --config {run / 'config.yaml'} "
         "training_config.resume=auto (on each node, with the job's other torchrun options)"
     ) in err, err
+
+
+def test_ctrl_c_stops_a_preparation_with_workers_in_one_line(tmp_path):
+    """A terminal's Ctrl-C reaches the whole process group: the tokenizing workers too, and each
+    printed a KeyboardInterrupt traceback above the line that says what was kept."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    import trickster
+
+    words = np.array(["thou", "art", "the", "king", "of", "naples", "and", "milan", "hence", "away"])
+    rng = np.random.default_rng(0)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for n in range(24):  # about 12 MB: chunks of 1 MB keep both workers busy for a while
+        (corpus / f"{n:02d}.txt").write_text(" ".join(rng.choice(words, 100_000)), encoding="utf-8")
+    out = tmp_path / "data"
+    argv = ["data", "prepare", "text", str(corpus), "--tokenizer", "byte", "--workers", "2",
+            "--shard-tokens", "100000", "--dedup", "exact", "--out", str(out), "--no-progress"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(trickster.__file__).parent.parent)}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "trickster", *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal gives a command
+    )
+    first_shard = tmp_path / "data.partial" / "train" / "000000.bin"
+    deadline = time.monotonic() + 120
+    while not first_shard.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert child.poll() is None, child.communicate()
+    os.killpg(child.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert err.count("\n") == 1 and "finished shard(s) kept in" in err, err
+    assert (tmp_path / "data.partial" / "progress.json").is_file()

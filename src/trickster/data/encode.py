@@ -9,6 +9,7 @@ import hashlib
 import itertools
 import multiprocessing
 import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -61,6 +62,14 @@ def start_worker(tokenizer: dict) -> None:
     global _worker_tokenizer
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker: the pool is the parallelism
     _worker_tokenizer = from_dict(tokenizer)
+
+
+def start_pool_worker(tokenizer: dict) -> None:
+    """A pool worker leaves Ctrl-C to the preparing process: a terminal sends SIGINT to the whole
+    process group, and each worker it reached printed a KeyboardInterrupt traceback above the one
+    line that says what was kept. The pool's exit ends the workers either way."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    start_worker(tokenizer)
 
 
 def encode_chunk(task: Chunk) -> Encoded:
@@ -124,7 +133,7 @@ def encoded_in_order(
             yield len(task.documents), encode_chunk(task)
         return
     context = multiprocessing.get_context("spawn")  # no fork of a process holding threads
-    with context.Pool(workers, initializer=start_worker, initargs=(tokenizer.to_dict(),)) as pool:
+    with context.Pool(workers, initializer=start_pool_worker, initargs=(tokenizer.to_dict(),)) as pool:
         pending: collections.deque = collections.deque()
         for task in tasks:
             pending.append((len(task.documents), pool.apply_async(encode_chunk, (task,))))
