@@ -296,11 +296,11 @@ def export_command(target: str, fmt: str, out: str, dtype: str = "float32") -> P
 
 
 def import_command(source: str, path: str, out: str, revision: str | None = None) -> Path:
-    from trickster.export import hf
+    from trickster.export.hf_import import import_hf
 
     if source != "hf":
         raise UserError(f"unknown import source '{source}'; choose hf")
-    run = hf.import_hf(path, out, revision)
+    run = import_hf(path, out, revision)
     final = run / "checkpoints" / "final"
     m = ckpt.read_config(final).model
     origin = ckpt.read_info(final)["imported_from"]  # a Hub repo: with the commit it resolved to
