@@ -657,6 +657,44 @@ def _eval_other_tokenizer(env: Env) -> list[str]:
     return ["eval", str(env.run), "--data", data, "--device", "cpu"]
 
 
+HELLASWAG_LINE = {"ctx": "ROMEO: speak", "endings": ["on.", "no more.", "again.", "to me."], "label": 1}
+
+
+def _hellaswag(lines: list, *flags: str, count: int = 3) -> Build:
+    """eval --task hellaswag on a file of `lines` (records, or text as it is) where the product
+    expects `count` (HellaSwag's 10,042 made small)."""
+
+    def build(env: Env) -> list[str]:
+        env.monkeypatch.setattr("trickster.observe.hellaswag.VAL_EXAMPLES", count)
+        text = "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines)
+        path = env.write("hellaswag_val.jsonl", text)
+        return [
+            "eval",
+            str(env.run),
+            "--task",
+            "hellaswag",
+            "--hellaswag-file",
+            path,
+            "--device",
+            "cpu",
+            *flags,
+        ]
+
+    return build
+
+
+def _hellaswag_offline(env: Env) -> list[str]:
+    env.monkeypatch.setenv("TRICKSTER_CACHE_DIR", str(env.tmp / "cache"))
+    env.monkeypatch.setattr("trickster.observe.hellaswag.VAL_URL", "http://127.0.0.1:9/hellaswag_val.jsonl")
+    return ["eval", str(env.run), "--task", "hellaswag", "--device", "cpu"]
+
+
+def _hellaswag_cache_cut_short(env: Env) -> list[str]:
+    env.monkeypatch.setenv("TRICKSTER_CACHE_DIR", str(env.tmp / "cache"))
+    env.write("cache/hellaswag/hellaswag_val.jsonl", json.dumps(HELLASWAG_LINE) + "\n")
+    return ["eval", str(env.run), "--task", "hellaswag", "--device", "cpu"]
+
+
 def _compare_other_tokenizer(env: Env) -> list[str]:
     data = env.prepare_text(
         "some unrelated text with its own characters 0123456789\n" * 40, name="other", tokenizer="byte"
@@ -2414,6 +2452,76 @@ CASES = [
     case("eval-unknown-character", _eval_text("ROMEO: \u00a7\n"), "not in this model's character vocabulary"),
     case("eval-max-tokens-zero", _eval_text("ROMEO: hi\n", "--max-tokens", "0"), "--max-tokens must be >= 1"),
     case("eval-data-other-tokenizer", _eval_other_tokenizer, "uses another tokenizer", "--data"),
+    case(
+        "eval-hellaswag-missing-file",
+        lambda env: [
+            "eval",
+            str(env.run),
+            "--task",
+            "hellaswag",
+            "--hellaswag-file",
+            str(env.tmp / "gone.jsonl"),
+        ],
+        "gone.jsonl not found",
+    ),
+    case(
+        "eval-hellaswag-wrong-line-count",
+        _hellaswag([HELLASWAG_LINE] * 2),
+        "hellaswag_val.jsonl has 2 lines, but HellaSwag's validation set has 3",
+        "hellaswag_val.jsonl (from https://",
+    ),
+    case(
+        "eval-hellaswag-label-out-of-range",
+        _hellaswag([HELLASWAG_LINE, {**HELLASWAG_LINE, "label": 4}, HELLASWAG_LINE]),
+        "hellaswag_val.jsonl line 2: label 4, not a JSON object with ctx (text), endings (4 texts)",
+    ),
+    case(
+        "eval-hellaswag-three-endings",
+        _hellaswag([HELLASWAG_LINE, HELLASWAG_LINE, {**HELLASWAG_LINE, "endings": ["a", "b", "c"]}]),
+        "hellaswag_val.jsonl line 3: 3 endings",
+    ),
+    case(
+        "eval-hellaswag-not-json",
+        _hellaswag([HELLASWAG_LINE, "<html>", HELLASWAG_LINE]),
+        "hellaswag_val.jsonl line 2 is not JSON",
+    ),
+    case(
+        "eval-hellaswag-offline-without-cache",
+        _hellaswag_offline,
+        "could not download http://127.0.0.1:9/hellaswag_val.jsonl",
+        "--hellaswag-file FILE",
+    ),
+    case(
+        "eval-hellaswag-cached-file-cut-short",
+        _hellaswag_cache_cut_short,
+        "cache/hellaswag/hellaswag_val.jsonl has 1 line, but HellaSwag's validation set has 10,042",
+        "delete it to download it again",
+    ),
+    case(
+        "eval-hellaswag-no-example-a-char-model-reads",
+        _hellaswag([{**HELLASWAG_LINE, "ctx": "In 1984, a man [title]"}] * 3),
+        "none of the 3 HellaSwag examples can be scored with this model (3 with characters outside",
+    ),
+    case(
+        "eval-max-examples-without-task",
+        _eval_text("ROMEO: hi\n", "--max-examples", "5"),
+        "--max-examples N applies to --task hellaswag",
+    ),
+    case(
+        "eval-hellaswag-file-without-task",
+        _eval_text("ROMEO: hi\n", "--hellaswag-file", "h.jsonl"),
+        "--hellaswag-file FILE applies to --task hellaswag",
+    ),
+    case(
+        "eval-hellaswag-with-max-tokens",
+        _hellaswag([HELLASWAG_LINE] * 3, "--max-tokens", "10"),
+        "with --task hellaswag use --max-examples N",
+    ),
+    case(
+        "eval-hellaswag-max-examples-zero",
+        _hellaswag([HELLASWAG_LINE] * 3, "--max-examples", "0"),
+        "--max-examples must be >= 1 (got 0)",
+    ),
     # ---- checkpoints
     case(
         "generate-missing-run-dir",

@@ -31,6 +31,7 @@ _BOUNDS: list[tuple[str, Callable[[float], bool], str]] = [
     ("top_k", lambda v: v >= 1, "--top-k must be >= 1 (got {})"),
     ("top_p", lambda v: 0 < v <= 1, "--top-p must be in (0, 1] (got {})"),
     ("max_tokens", lambda v: v >= 1, "--max-tokens must be >= 1 (got {})"),
+    ("max_examples", lambda v: v >= 1, "--max-examples must be >= 1 (got {})"),
     ("batch_size", lambda v: v >= 1, "--batch-size must be >= 1 (got {})"),
     ("steps", lambda v: v >= 1, "--steps must be at least 1 (got {})"),
     ("processes", lambda v: v >= 1, "--processes must be >= 1 (got {})"),
@@ -128,6 +129,8 @@ def _check(args: argparse.Namespace) -> None:
         )
     if args.command == "data" and args.data_command == "prepare":
         _check_prepare(args)
+    if args.command == "eval":
+        _check_eval(args)
 
 
 def _check_prepare(args: argparse.Namespace) -> None:
@@ -142,6 +145,17 @@ def _check_prepare(args: argparse.Namespace) -> None:
             raise UserError("--format prompt-response reads one file; pass one FILE (or use --text-field)")
     elif getattr(args, "record_format", None) is not None:
         raise UserError("--format prompt-response cannot be combined with --text-field or --template")
+
+
+def _check_eval(args: argparse.Namespace) -> None:
+    if args.task is None:
+        for dest, flag in (("hellaswag_file", "--hellaswag-file FILE"), ("max_examples", "--max-examples N")):
+            if getattr(args, dest) is not None:
+                raise UserError(f"{flag} applies to --task hellaswag; add --task hellaswag or drop {flag}")
+    elif args.max_tokens is not None:
+        raise UserError(
+            "--max-tokens applies to --data and --text; with --task hellaswag use --max-examples N"
+        )
 
 
 def _call(args: argparse.Namespace) -> int:

@@ -304,15 +304,31 @@ def _add_compare(commands) -> None:
 
 
 def _add_eval(commands) -> None:
-    ev = commands.add_parser("eval", help="loss, perplexity and bits per byte on held-out text")
+    ev = commands.add_parser(
+        "eval", help="loss, perplexity and bits per byte on held-out text; HellaSwag accuracy"
+    )
     ev.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
     source = ev.add_mutually_exclusive_group()
     source.add_argument(
         "--data", metavar="DIR", help="a prepared data folder: its val split (default: the run's)"
     )
     source.add_argument("--text", metavar="FILE", help="a UTF-8 text file, scored as one document")
+    source.add_argument(
+        "--task", choices=["hellaswag"], help="hellaswag: accuracy on its 10,042 validation examples"
+    )
+    ev.add_argument(
+        "--hellaswag-file",
+        metavar="FILE",
+        help="a local copy of hellaswag_val.jsonl (default: downloaded once, then cached)",
+    )
     ev.add_argument("--max-tokens", type=integer, metavar="N", help="score at most the first N tokens")
-    ev.add_argument("--batch-size", type=integer, default=8, help="windows per forward pass (default 8)")
+    ev.add_argument("--max-examples", type=integer, metavar="N", help="--task: score the first N examples")
+    ev.add_argument(
+        "--batch-size",
+        type=integer,
+        default=8,
+        help="windows per forward pass; with --task, examples (4 rows each) (default 8)",
+    )
     ev.add_argument("--device", default="auto", choices=DEVICES, help=AUTO_DEVICE)
     ev.add_argument(
         "--json", dest="as_json", action="store_true", help="one JSON object instead of the table"

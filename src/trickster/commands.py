@@ -25,7 +25,7 @@ from trickster.model.flops import flops_per_token, parameter_breakdown
 from trickster.model.generate import generate
 from trickster.model.transformer import untrained_like
 from trickster.model.vocab import assumed_vocab
-from trickster.observe import evaluation
+from trickster.observe import evaluation, hellaswag
 from trickster.options import ConfigSource, EvalOptions, PrepareOptions, Sampling, SourceSpec
 from trickster.serve.limits import MAX_BATCH, MAX_LOADED_MODELS
 from trickster.train import checkpoint as ckpt
@@ -159,6 +159,8 @@ def eval_command(opts: EvalOptions) -> None:
     """Score a run on its val split, another prepared folder's, or a text file (see evaluation.py)."""
     device = resolve_device(opts.device, "--device")
     loaded = ckpt.load_checkpoint(opts.target, device)
+    if opts.task == "hellaswag":
+        return _hellaswag(opts, loaded, device)
     tokenizer = loaded.tokenizer
     mask, exact_bytes = None, None
     if opts.text:
@@ -198,6 +200,30 @@ def eval_command(opts: EvalOptions) -> None:
         f"{score.tokens:,} tokens, {score.bytes:,} bytes ({score.bytes / score.tokens:.2f} bytes per token); "
         f"windows of {loaded.cfg.seq_len} tokens, each token predicted once"
     )
+
+
+def _hellaswag(opts: EvalOptions, loaded, device) -> None:
+    """`eval --task hellaswag`: acc_norm and acc on the validation examples (see hellaswag.py)."""
+    examples, where = hellaswag.load_examples(opts.hellaswag_file)
+    examples = examples[: opts.max_examples]
+    window = loaded.cfg.seq_len
+    accuracy = hellaswag.score(
+        loaded.model, loaded.tokenizer, examples, window, device, loaded.dtype, opts.batch_size
+    )
+    if opts.as_json:
+        result = {"checkpoint": str(loaded.path), "step": loaded.info.get("step"), "task": "hellaswag"}
+        print(json.dumps({**result, "source": where, **accuracy.to_dict(), "context": window}))
+        return
+    print(f"{loaded.path} (step {loaded.info.get('step')}) on HellaSwag validation ({where})")
+    scored = f"{accuracy.scored:,}"
+    print(
+        f"acc_norm {accuracy.acc_norm:.4f} ({accuracy.correct_norm:,} of {scored})   "
+        f"acc {accuracy.acc:.4f} ({accuracy.correct:,} of {scored})   chance 0.25"
+    )
+    notes = [f"{accuracy.cut:,} contexts cut from their start to fit {window} tokens"]
+    if skipped := hellaswag.skipped_summary(accuracy):
+        notes.append(f"left out of {accuracy.examples:,}: {skipped}")
+    print("; ".join(notes))
 
 
 def info_command(source: ConfigSource, checkpoint: str | None = None) -> None:

@@ -77,12 +77,16 @@ class Sampling:
 
 @dataclass
 class EvalOptions:
-    """`trickster eval`: a run or checkpoint scored on a data folder's val split or a text file."""
+    """`trickster eval`: a run or checkpoint scored on a data folder's val split or a text file, or
+    its HellaSwag accuracy."""
 
     target: str
     data: str | None = None  # default: the run's data folder
     text: str | None = None
+    task: str | None = None  # hellaswag: accuracy on its validation set instead of a loss
+    hellaswag_file: str | None = None  # a local copy of hellaswag_val.jsonl instead of the cached download
     max_tokens: int | None = None
+    max_examples: int | None = None  # --task: the first N examples only
     batch_size: int = 8
     device: str = "auto"
     as_json: bool = False

@@ -159,7 +159,8 @@ class DownloadFailed(UserError):
     the quick start falls back to another corpus, prepare keeps an older version's folder (only then)."""
 
 
-def download(url: str, timeout: float = 30) -> bytes:
+def download(url: str, timeout: float = 30, local_copy: str = "--path FILE") -> bytes:
+    """The file at `url`; failing that, one line that says to pass a local copy with `local_copy`."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.read()
@@ -167,7 +168,7 @@ def download(url: str, timeout: float = 30) -> bytes:
         reason = getattr(err, "reason", err)
         raise DownloadFailed(
             f"could not download {url} ({reason}); if you are offline, download it elsewhere and "
-            "pass the local copy with --path FILE"
+            f"pass the local copy with {local_copy}"
         ) from None
 
 
