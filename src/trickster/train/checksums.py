@@ -28,7 +28,7 @@ from trickster.errors import UserError
 
 SUMS = "sha256"  # info.json's key: {path inside the checkpoint, with "/": hex digest}
 UNSUMMED = ("info.json", "COMPLETE", "config.yaml")
-CHUNK = 1 << 20  # bytes read at a time: 1 MiB hashes as fast as larger reads, and holds no memory
+CHUNK = 1 << 20  # bytes read at a time: a file of any size is hashed in 1 MiB of memory
 
 
 def file_sha256(path: Path) -> str:
