@@ -1,6 +1,7 @@
 """Checkpoint checksums on real small runs: what a save records, what a linked `best` records
 without reading its weights again, a flipped byte in weights shared by hard links, and a checkpoint
-that `trickster serve` reads again after training replaced it. The one line and exit status of
+that `trickster serve` reads again after training replaced it, and the checkpoint a loss spike's
+rollback passes over. The one line and exit status of
 each command meeting a changed file are cases in tests/test_cli_errors.py."""
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from trickster import cli
 from trickster.errors import UserError
 from trickster.serve.models import Catalog
 from trickster.train import checkpoint as ckpt
-from trickster.train import checksums
+from trickster.train import checksums, optim
 from trickster.train.loop import train
 
 from .conftest import QUIET, micro_config
+from .dist_child import spiking_schedule
+from .test_long_runs import SPIKE
 from .test_resume import written
 
 TWELVE_STEPS = {"max_steps": 12, "warmup_steps": 2, "eval_every": 6, "save_every": 6, "sample_tokens": 0}
@@ -107,4 +110,30 @@ def test_a_checkpoint_replaced_while_served_is_checked_when_it_is_read_again(run
     assert str(refused.value) == (
         f"{best / ckpt.WEIGHTS} no longer matches the checksum saved with it (changed or damaged on disk "
         "since it was written); use another checkpoint"
+    )
+
+
+def test_a_rollback_passes_over_a_checkpoint_changed_on_disk_to_the_newest_intact_one(micro, monkeypatch):
+    """A real loss spike at steps 17-19 rolls the run back to step_000015 (tests/test_long_runs.py);
+    with a byte of its trainer.pt flipped just after it was saved, to step_000010, and the line says
+    which checkpoint it passed over and why."""
+    monkeypatch.setattr(optim, "lr_at", spiking_schedule(optim.lr_at))
+    save = ckpt.save_checkpoint
+
+    def save_then_flip(target, *args, **kwargs):
+        saved = save(target, *args, **kwargs)
+        if saved.name == "step_000015":
+            flip_byte(saved / "trainer.pt")
+        return saved
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", save_then_flip)
+    said = []
+    result = train(micro(training_config=SPIKE), echo=said.append)
+
+    (rollback,) = [r for r in result.history if r["event"] == "rollback"]
+    assert rollback["checkpoint"] == "step_000010"
+    (line,) = [line for line in said if "loss spike at steps" in line]
+    assert (
+        "; passed over checkpoints/step_000015: its files no longer match the checksums saved with them "
+        "(changed or damaged on disk); rolled back to checkpoints/step_000010, skipping the batches" in line
     )

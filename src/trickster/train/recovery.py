@@ -17,8 +17,9 @@ from trickster.errors import UserError
 from trickster.train import checkpoint as ckpt
 from trickster.train import dist, peers, setup
 from trickster.train.memory import OUT_OF_MEMORY, out_of_memory
+from trickster.train.resume import RESUME_READS
 from trickster.train.signals import continue_command
-from trickster.train.spikes import Spike, checkpoint_before, discard_after, spike_line, too_many_spikes
+from trickster.train.spikes import Spike, discard_after, intact_before, spike_line, too_many_spikes
 from trickster.train.state import TrainResult
 from trickster.train.validate import evaluate, pooled_loss
 
@@ -149,10 +150,10 @@ def roll_back(trainer: Trainer, spike: Spike) -> None:
     once, so a resume continues exactly as this process does."""
     state, t = trainer.state, trainer.cfg.training
     window = spike.first_step - 1
-    good = checkpoint_before(trainer.run_dir, window)
+    good, passed_over = setup.on_main(trainer.job, intact_before, trainer.run_dir, window, RESUME_READS)
     if good is None:
         trainer.metrics.write("spike", state.step, first_step=spike.first_step, peak_loss=spike.peak_loss)
-        trainer.out.line(spike_line(spike, None, state.rollbacks, t.max_rollbacks))
+        trainer.out.line(spike_line(spike, None, state.rollbacks, t.max_rollbacks, passed_over))
         return
     if state.rollbacks >= t.max_rollbacks:
         if trainer.job.is_main:
@@ -173,7 +174,7 @@ def roll_back(trainer: Trainer, spike: Spike) -> None:
     trainer.save(good.name)
     record = {"first_step": spike.first_step, "last_step": spike.last_step, "checkpoint": good.name}
     trainer.metrics.write("rollback", state.step, **record, peak_loss=spike.peak_loss, median=spike.median)
-    trainer.out.line(spike_line(spike, good.name, rollbacks, t.max_rollbacks))
+    trainer.out.line(spike_line(spike, good.name, rollbacks, t.max_rollbacks, passed_over))
     trainer.timer.reset()
 
 

@@ -13,11 +13,16 @@ from __future__ import annotations
 import math
 import statistics
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from trickster.errors import UserError
 from trickster.train import checkpoint as ckpt
+from trickster.train import checksums
+
+# why a rollback passed over a checkpoint (intact_before)
+PASSED_OVER = "its files no longer match the checksums saved with them (changed or damaged on disk)"
 
 
 @dataclass
@@ -66,6 +71,17 @@ def checkpoint_before(run_dir: Path, step: int) -> Path | None:
     return found[-1] if found else None
 
 
+def intact_before(run_dir: Path, step: int, files: tuple[str, ...]) -> tuple[Path | None, list[str]]:
+    """The checkpoint a rollback returns to: the newest before `step` whose `files` (those a
+    resume reads) still match the checksums saved with them, and the names of the newer ones it
+    passes over because theirs do not (changed on disk since they were written)."""
+    passed_over, good = [], checkpoint_before(run_dir, step)
+    while good is not None and checksums.first_changed(good, files) is not None:
+        passed_over.append(good.name)
+        good = checkpoint_before(run_dir, ckpt.checkpoint_step(good))
+    return good, passed_over
+
+
 def discard_after(run_dir: Path, step: int) -> list[str]:
     """Delete the numbered checkpoints (and `final`) saved after `step`: they hold the spike's
     weights, or a later point of the schedule that is about to be replayed, and a resume must
@@ -78,11 +94,15 @@ def discard_after(run_dir: Path, step: int) -> list[str]:
     return [p.name for p in doomed]
 
 
-def spike_line(spike: Spike, rolled_back_to: str | None, rollbacks: int, limit: int) -> str:
+def spike_line(
+    spike: Spike, rolled_back_to: str | None, rollbacks: int, limit: int, passed_over: Sequence[str] = ()
+) -> str:
     what = (
         f"step {spike.last_step:>6}: loss spike at steps {spike.first_step}-{spike.last_step} (up to "
         f"{spike.peak_loss:.4f}, {spike.peak_loss / spike.median:.1f}x the running median {spike.median:.4f})"
     )
+    if passed_over:  # the rollback's own check (intact_before)
+        what += f"; passed over checkpoints/{' and '.join(passed_over)}: {PASSED_OVER}"
     if rolled_back_to is None:
         return f"{what}; no checkpoint before it to return to, training on"
     return (
