@@ -378,16 +378,13 @@ def _include_usage(req) -> bool:
 
 
 def _openai_logprobs(entries: list[dict]) -> dict:
-    """OpenAI's legacy completions shape: parallel lists, text offsets into the completion."""
-    offsets, offset = [], 0
-    for entry in entries:
-        offsets.append(offset)
-        offset += len(entry["token"])
+    """OpenAI's legacy completions shape: parallel lists, text offsets into the whole completion
+    (a stream's chunks too)."""
     return {
         "tokens": [e["token"] for e in entries],
         "token_logprobs": [e["logprob"] for e in entries],
         "top_logprobs": [e["top"] for e in entries],
-        "text_offset": offsets,
+        "text_offset": [e["offset"] for e in entries],
     }
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from trickster.serve.engine import Engine, Event, Failed, Finished, Sampling, Sequence, Token
 from trickster.serve.models import Offered
+from trickster.serve.token_text import TokenTexts
 
 
 class StopStrings:
@@ -99,8 +100,10 @@ class Choice:
     sequence: Sequence
     decode: object  # the tokenizer's stream decoder for this choice
     stops: StopStrings
+    token_texts: TokenTexts  # each token's text in its context, for logprobs
     tokens: int = 0  # generated (and counted in usage), up to the one that completed a stop string
     finished: bool = False
+    decoded: int = 0  # characters decoded so far (before any stop string cut them): text_offset
 
 
 class Generation:
@@ -135,7 +138,8 @@ class Generation:
                     ids, Sampling(**sampling, seed=choice_seed), emit, stop_ids=tokenizer.stop_ids
                 )
                 decode = tokenizer.stream_decoder(context=ids)
-                self.choices.append(Choice(index, ids, sequence, decode, StopStrings(stops)))
+                texts = TokenTexts(tokenizer, ids)
+                self.choices.append(Choice(index, ids, sequence, decode, StopStrings(stops), texts))
         self.release = _once(release)
         weakref.finalize(self, self.release)  # last: a constructor that raised has released nothing
 
@@ -187,22 +191,33 @@ class Generation:
                 finish_reason=event.reason,
             )
         choice.tokens += 1
-        text, stopped = choice.stops.feed(choice.decode(event.id))
+        piece = choice.decode(event.id)
+        text, stopped = choice.stops.feed(piece)
         delta = Delta(choice.index, text)
         if event.logprob is not None:
-            delta.logprobs.append(self._logprob_entry(event))
+            delta.logprobs.append(_logprob_entry(choice, event))
+        choice.decoded += len(piece)
         if stopped:
             choice.finished, delta.finish_reason = True, "stop"
             choice.sequence.cancelled = True
         return delta
 
-    def _logprob_entry(self, event: Token) -> dict:
-        piece = self.offered.tokenizer.decode
-        return {
-            "token": piece([event.id]),
-            "logprob": event.logprob,
-            "top": {piece([i]): lp for i, lp in event.top or []},
-        }
+
+def _logprob_entry(choice: Choice, event: Token) -> dict:
+    """`offset`: the characters of text before this token (those of a character it begins come
+    with the token that finishes it)."""
+    texts, top = choice.token_texts, event.top or []
+    names = texts.names(i for i, _ in top)
+    # the chosen token is named as it is among the alternatives, where it is one
+    chosen = dict(zip((i for i, _ in top), names, strict=True)).get(event.id) or texts.text(event.id)
+    entry = {
+        "token": chosen,
+        "logprob": event.logprob,
+        "top": {name: lp for name, (_, lp) in zip(names, top, strict=True)},
+        "offset": choice.decoded,
+    }
+    texts.advance(event.id)
+    return entry
 
 
 def _once(call: Callable[[], None]) -> Callable[[], None]:
