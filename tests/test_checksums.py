@@ -13,17 +13,15 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from trickster import cli
-from trickster.errors import UserError
-from trickster.serve.models import Catalog
 from trickster.train import checkpoint as ckpt
 from trickster.train import checksums, optim
 from trickster.train.loop import train
 
 from .conftest import QUIET, micro_config
 from .dist_child import spiking_schedule
+from .live_server import live_server
 from .test_long_runs import SPIKE
 from .test_resume import written
 
@@ -96,20 +94,22 @@ def test_weights_shared_by_hard_links_are_changed_in_every_checkpoint_that_links
 
 def test_a_checkpoint_replaced_while_served_is_checked_when_it_is_read_again(run):
     """`trickster serve` reads a checkpoint that training replaced (a new `best`) when it is next
-    asked for: a flipped byte in the new weights is refused with the line, not served."""
-    catalog = Catalog(run, torch.device("cpu"))
-    assert catalog.load("best").info["step"] == 12
-    earlier = ckpt.load_checkpoint(run / "checkpoints" / "step_000006")
-    parts = (earlier.model, earlier.cfg, earlier.tokenizer, earlier.info)
-    best = ckpt.save_checkpoint(run / "checkpoints" / "best", *parts)
-    flip_byte(best / ckpt.WEIGHTS)
+    asked for: a flipped byte in the new weights is refused with the line (a 500), not served."""
+    httpx = pytest.importorskip("httpx")
+    with live_server(run) as live:
+        assert live.catalog.load("best").info["step"] == 12
+        earlier = ckpt.load_checkpoint(run / "checkpoints" / "step_000006")
+        parts = (earlier.model, earlier.cfg, earlier.tokenizer, earlier.info)
+        best = ckpt.save_checkpoint(run / "checkpoints" / "best", *parts)
+        flip_byte(best / ckpt.WEIGHTS)
+        request = {"model": "best", "prompt": "ROMEO:", "max_tokens": 2}
+        answer = httpx.post(f"{live.url}/v1/completions", json=request, timeout=60)
 
-    assert catalog.current("best").info["step"] == 6  # the new card: read again
-    with pytest.raises(UserError) as refused:
-        catalog.load("best")
-    assert str(refused.value) == (
-        f"{best / ckpt.WEIGHTS} no longer matches the checksum saved with it (changed or damaged on disk "
-        "since it was written); use another checkpoint"
+        assert live.catalog.current("best").info["step"] == 6  # the new card: read again
+    assert answer.status_code == 500
+    assert answer.json()["error"]["message"] == (
+        f"model 'best' could not be loaded: {best / ckpt.WEIGHTS} no longer matches the checksum saved "
+        "with it (changed or damaged on disk since it was written); use another checkpoint"
     )
 
 
