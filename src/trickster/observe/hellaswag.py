@@ -217,10 +217,14 @@ def ending_losses(
     x, y = torch.from_numpy(inputs).to(device), torch.from_numpy(targets).to(device)
     with autocast_for(device, dtype_name):
         logits, _ = model(x)  # (rows, width, vocab)
-    logits = logits.float()
-    mask_unused_rows(logits, vocab_limit)  # pad rows are never produced
-    losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
-    summed = losses.view(len(rows), width).sum(dim=1).cpu()
+    # the endings' positions only: a softmax over the whole vocabulary at every context position
+    # took a fifth of the time (gpt2 vocabulary, CPU)
+    scored = y != IGNORE_INDEX  # (rows, width)
+    ending_logits = logits[scored].float()  # (ending tokens, vocab)
+    mask_unused_rows(ending_logits, vocab_limit)  # pad rows are never produced
+    losses = torch.zeros(y.shape, device=device)
+    losses[scored] = F.cross_entropy(ending_logits, y[scored], reduction="none")
+    summed = losses.sum(dim=1).cpu()
     lengths = torch.tensor([length for _, length in rows], dtype=torch.float32)
     return summed.view(len(batch), ENDINGS), (summed / lengths).view(len(batch), ENDINGS)
 
