@@ -165,7 +165,7 @@ def test_examples_a_char_model_cannot_read_are_counted_and_left_out(
     path = write_file(tmp_path / "hellaswag_val.jsonl", examples, monkeypatch)
 
     result = run_task(capsys, trained_run, path)
-    assert result["skipped"] == {"unknown_characters": 2, "ending_too_long": 1, "empty_context": 0}
+    assert result["skipped"] == {"unknown_characters": 2, "ending_too_long": 1, "empty": 0}
     assert result["scored"] == 7 and result["examples"] == 10
 
     kept = [e for i, e in enumerate(examples) if i not in (1, 4, 7)]
@@ -180,14 +180,16 @@ def test_examples_a_char_model_cannot_read_are_counted_and_left_out(
     )
 
 
-def test_a_byte_model_reads_every_example(tmp_path, monkeypatch, capsys):
+def test_a_byte_model_reads_every_example_with_a_context(tmp_path, monkeypatch, capsys):
     run = save_random_checkpoint(tmp_path / "ckpt", ByteTokenizer())
     examples = [
         {"ctx": "Un café à Zürich, 1984:", "endings": ["naïve", "日本語", "[title] x", "ok"], "label": 1},
         {"ctx": "A man is sitting on a roof. he", "endings": ["is", "rips tiles off.", "a", "b"], "label": 3},
+        {"ctx": "", "endings": ["no", "context", "before", "these"], "label": 0},  # nothing to predict from
     ]
     result = run_task(capsys, run, write_file(tmp_path / "h.jsonl", examples, monkeypatch))
-    assert result["scored"] == 2 and sum(result["skipped"].values()) == 0
+    assert result["scored"] == 2
+    assert result["skipped"] == {"unknown_characters": 0, "ending_too_long": 0, "empty": 1}
 
 
 # --------------------------------------------------------------------------- the file

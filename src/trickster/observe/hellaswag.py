@@ -9,7 +9,7 @@ prediction is the ending with the lowest loss per token (acc_norm) or the lowest
 The context starts after the tokenizer's start id (Llama's <s>) where it has one; GPT-2's has none
 and llm.c puts none. A row longer than the training context (seq_len) keeps its end: the context
 is cut from its start. An example that cannot be scored is counted and left out: an ending longer
-than the whole context window, a character a char model's vocabulary lacks, no context at all.
+than the whole context window, a character a char model's vocabulary lacks, an empty context.
 
 The file is rowanz/hellaswag's hellaswag_val.jsonl, downloaded once into the cache folder
 ($TRICKSTER_CACHE_DIR, else $XDG_CACHE_HOME/trickster, else ~/.cache/trickster) or passed as a
@@ -50,7 +50,7 @@ SHAPE = "a JSON object with ctx (text), endings (4 texts) and label (0-3)"
 SKIPPED = {
     "unknown_characters": "with characters outside the model's vocabulary",
     "ending_too_long": "with an ending longer than the context window",
-    "empty_context": "with an empty context",
+    "empty": "with an empty context, or an ending of no tokens",
 }
 
 
@@ -192,8 +192,8 @@ def render(tokenizer: Tokenizer, example: Example, window: int) -> Rows | str:
             return "unknown_characters"
     context = tokenizer.start_ids() + tokenizer.encode(example.context)
     ending_tokens = [tokenizer.encode(ending) for ending in endings]
-    if not context:  # the ending's first token would have nothing to be predicted from
-        return "empty_context"
+    if not context or not all(ending_tokens):  # nothing to predict from, or nothing to score
+        return "empty"
     if max(len(tokens) for tokens in ending_tokens) > window:  # not even one context token fits
         return "ending_too_long"
     rows = [(context + tokens)[-(window + 1) :] for tokens in ending_tokens]
