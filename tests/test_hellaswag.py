@@ -248,3 +248,29 @@ def test_each_line_must_be_a_hellaswag_example(tmp_path, monkeypatch, line, prob
     with pytest.raises(UserError, match="^f.jsonl " + problem.replace("(", r"\(")) as err:
         hellaswag.parse_examples(raw, "f.jsonl", "pass the real file")
     assert str(err.value).endswith("; pass the real file")
+
+
+def test_an_imported_llama_tokenizer_reads_each_ending_as_running_text():
+    """Llama-2's tokenizer.json writes a word-start marker before every encoded text and turns spaces
+    into markers: " is" encoded alone becomes two markers and "is", where the sentence "the man is"
+    has one. Each row must hold exactly the tokens of the text the model would read."""
+    pytest.importorskip("tokenizers")
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+
+    from trickster.data.tokenizers import HFTokenizer
+
+    backend = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    backend.normalizer = normalizers.Sequence(
+        [normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")]
+    )
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"])
+    backend.train_from_iterator(EXCERPT.read_text().splitlines(), trainer)
+    tokenizer = HFTokenizer(json.loads(backend.to_str()), {"bos_token": "<s>", "eos_token": "</s>"})
+    context, endings = "The king is", ("dead, and the queen", "here", "gone to bed", "not my lord")
+    rows = hellaswag.render(tokenizer, hellaswag.Example(context, endings, 0), window=64)
+    for row, length, ending in zip(rows.tokens, rows.ending_lengths, endings, strict=True):
+        assert row == tokenizer.start_ids() + tokenizer.encode(f"{context} {ending}")
+        assert tokenizer.decode(row[-length:]) == ending  # the ending's own tokens are scored

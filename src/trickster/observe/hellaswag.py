@@ -4,8 +4,9 @@ are compared by (GPT-2 124M: acc_norm about 0.295 on the 10,042 validation examp
 
 Each example is a context and 4 endings, one of them right (`label`). Each ending is encoded with
 a space before it (" " + ending, as GPT-2's tokenizer joins words) and appended to the context's
-tokens; the model's loss on the ending's tokens alone, summed and per token, rates it. The
-prediction is the ending with the lowest loss per token (acc_norm) or the lowest summed loss (acc).
+tokens (an imported tokenizer encodes the two as one text: `_joined`); the model's loss on the
+ending's tokens alone, summed and per token, rates it. The prediction is the ending with the
+lowest loss per token (acc_norm) or the lowest summed loss (acc).
 The context starts after the tokenizer's start id (Llama's <s>) where it has one; GPT-2's has none
 and llm.c puts none. A row longer than the training context (seq_len) keeps its end: the context
 is cut from its start. An example that cannot be scored is counted and left out: an ending longer
@@ -190,15 +191,30 @@ def render(tokenizer: Tokenizer, example: Example, window: int) -> Rows | str:
         known = tokenizer.char_to_id
         if any(c not in known for text in (example.context, *endings) for c in text):
             return "unknown_characters"
-    context = tokenizer.start_ids() + tokenizer.encode(example.context)
-    ending_tokens = [tokenizer.encode(ending) for ending in endings]
-    if not context or not all(ending_tokens):  # nothing to predict from, or nothing to score
+    context = tokenizer.encode(example.context)
+    pairs = [_joined(tokenizer, example.context, context, ending) for ending in endings]
+    start = tokenizer.start_ids()
+    if not (start or context) or not all(
+        tokens for _, tokens in pairs
+    ):  # nothing to predict from or to score
         return "empty"
-    if max(len(tokens) for tokens in ending_tokens) > window:  # not even one context token fits
+    if max(len(tokens) for _, tokens in pairs) > window:  # not even one context token fits
         return "ending_too_long"
-    rows = [(context + tokens)[-(window + 1) :] for tokens in ending_tokens]
-    cut = any(len(context) + len(tokens) > window + 1 for tokens in ending_tokens)
-    return Rows(rows, [len(tokens) for tokens in ending_tokens], example.label, cut)
+    rows = [(start + before + tokens)[-(window + 1) :] for before, tokens in pairs]
+    cut = any(len(start + before + tokens) > window + 1 for before, tokens in pairs)
+    return Rows(rows, [len(tokens) for _, tokens in pairs], example.label, cut)
+
+
+def _joined(tokenizer: Tokenizer, text: str, ids: list[int], ending: str) -> tuple[list[int], list[int]]:
+    """The context's tokens and the ending's after it. Byte-level BPE (bpe, gpt2) and char or byte
+    models encode the ending alone, as llm.c does (the same tokens, for GPT-2's split). An imported
+    tokenizer encodes context and ending as one text, split where the context's own encoding ends,
+    as lm-evaluation-harness splits it: a SentencePiece-style one (Llama's) encodes " is" alone with a
+    word-start marker of its own before it, a token the model never reads in running text."""
+    if tokenizer.kind != "hf":
+        return ids, tokenizer.encode(ending)
+    whole = tokenizer.encode(text + ending)
+    return whole[: len(ids)], whole[len(ids) :]
 
 
 @torch.no_grad()
