@@ -986,7 +986,12 @@ def _tracking_missing(key: str, module: str) -> Build:
 
 
 def _hf_folder(
-    env: Env, config: dict | str | None = None, *, tokenizer: bool = False, weights: str = ""
+    env: Env,
+    config: dict | str | None = None,
+    *,
+    tokenizer: bool = False,
+    weights: str = "",
+    tokenizer_folder: bool = False,
 ) -> str:
     """A would-be Hugging Face model folder: config.json, maybe a tokenizer.json and a weights file."""
     folder = env.tmp / "hf-model"
@@ -1009,6 +1014,8 @@ def _hf_folder(
         Tokenizer(models.BPE(vocab={"a": 0, "b": 1}, merges=[])).save(str(folder / "tokenizer.json"))
     if weights:
         (folder / weights).write_bytes(b"pickled weights")
+    if tokenizer_folder:
+        (folder / "tokenizer.json").mkdir()
     return str(folder)
 
 
@@ -2462,7 +2469,8 @@ CASES = [
             "--hellaswag-file",
             str(env.tmp / "gone.jsonl"),
         ],
-        "gone.jsonl not found",
+        "--hellaswag-file",
+        "gone.jsonl not found; pass HellaSwag's hellaswag_val.jsonl",
     ),
     case(
         "eval-hellaswag-wrong-line-count",
@@ -3037,7 +3045,7 @@ CASES = [
     case(
         "export-gguf-imported-tokenizer",
         _gguf_of_tokenizer("imported"),
-        "GGUF export of a 'hf' tokenizer is not supported",
+        "GGUF export of an imported Hugging Face tokenizer is not supported",
         "--format hf",
         "convert_hf_to_gguf.py",
     ),
@@ -3180,6 +3188,12 @@ CASES = [
         "copy every shard",
     ),
     case("import-without-tokenizer", _import({}), "has no tokenizer.json", "fast tokenizers"),
+    case(
+        "import-tokenizer-json-a-folder",
+        _import({}, tokenizer_folder=True),
+        "tokenizer.json is a folder, not a file",
+        "put the model's tokenizer.json in its place",
+    ),
     case(
         "import-pickled-weights",
         _import({}, tokenizer=True, weights="pytorch_model.bin"),

@@ -118,8 +118,9 @@ def gguf_vocabulary(tokenizer: Tokenizer, rows: int) -> Vocabulary:
         model, tokens, merges = "gpt2", list(bpe.tokens), [f"{a} {b}" for a, b in bpe.merges]
         types = [control if token in bpe.special_ids else normal for token in range(len(tokens))]
     else:
+        what = "an imported Hugging Face" if tokenizer.kind == "hf" else f"a {tokenizer.kind!r}"
         raise UserError(
-            f"GGUF export of a {tokenizer.kind!r} tokenizer is not supported; export with --format hf "
+            f"GGUF export of {what} tokenizer is not supported; export with --format hf "
             "and convert that folder with llama.cpp's convert_hf_to_gguf.py"
         )
     if model == "llama" and tokenizer.eot_id is not None:

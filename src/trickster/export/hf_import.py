@@ -117,6 +117,8 @@ def _shards(index: Path) -> list[Path]:
 
 def load_hf_tokenizer(src: Path, hf: dict) -> HFTokenizer:
     file = src / "tokenizer.json"
+    if file.is_dir():
+        raise UserError(f"{file} is a folder, not a file; put the model's tokenizer.json in its place")
     if not file.is_file():
         raise UserError(
             f"{src} has no tokenizer.json (only fast tokenizers can be imported); write one with "

@@ -109,6 +109,8 @@ def load_examples(path: str | None = None, timeout: float = 30) -> tuple[list[Ex
     (checked by shape, then cached)."""
     if path is not None:
         fix = f"pass HellaSwag's {FILE_NAME} (from {VAL_URL})"
+        if not Path(path).exists():  # read_bytes would ask for "an existing text file"
+            raise UserError(f"--hellaswag-file {path} not found; {fix}")
         return parse_examples(read_bytes(Path(path)), path, fix), path
     cached = cache_file()
     if cached.exists():
