@@ -253,9 +253,10 @@ def test_each_line_must_be_a_hellaswag_example(tmp_path, monkeypatch, line, prob
 def test_an_imported_llama_tokenizer_reads_each_ending_as_running_text():
     """Llama-2's tokenizer.json writes a word-start marker before every encoded text and turns spaces
     into markers: " is" encoded alone becomes two markers and "is", where the sentence "the man is"
-    has one. Each row must hold exactly the tokens of the text the model would read."""
+    has one. Its post-processor puts <s> first, as every training document started. Each row must
+    hold exactly the tokens of the text the model would read, <s> first."""
     pytest.importorskip("tokenizers")
-    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
 
     from trickster.data.tokenizers import HFTokenizer
 
@@ -268,9 +269,11 @@ def test_an_imported_llama_tokenizer_reads_each_ending_as_running_text():
     )
     trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"])
     backend.train_from_iterator(EXCERPT.read_text().splitlines(), trainer)
+    start = backend.token_to_id("<s>")
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", start)])
     tokenizer = HFTokenizer(json.loads(backend.to_str()), {"bos_token": "<s>", "eos_token": "</s>"})
     context, endings = "The king is", ("dead, and the queen", "here", "gone to bed", "not my lord")
     rows = hellaswag.render(tokenizer, hellaswag.Example(context, endings, 0), window=64)
     for row, length, ending in zip(rows.tokens, rows.ending_lengths, endings, strict=True):
-        assert row == tokenizer.start_ids() + tokenizer.encode(f"{context} {ending}")
+        assert row == [start] + backend.encode(f"{context} {ending}", add_special_tokens=False).ids
         assert tokenizer.decode(row[-length:]) == ending  # the ending's own tokens are scored
