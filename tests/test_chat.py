@@ -82,9 +82,19 @@ def test_a_system_message_opens_every_conversation(monkeypatch, capsys, trained_
 
 
 def test_the_oldest_turns_make_way_when_the_context_is_full(monkeypatch, capsys, trained_run, tmp_path):
-    """The micro model reads 64 tokens (characters), and a reply of 12 needs room."""
+    """The micro model reads 64 tokens (characters), and a reply of 12 needs room. A turn is a
+    message and its reply: the template refuses roles that do not alternate, as Llama-2's does, so
+    a conversation left starting with a reply is not sent."""
     template = tmp_path / "chat.jinja"
-    users_only = "{% for m in messages %}{% if m.role == 'user' %}{{ m.content }}\n{% endif %}{% endfor %}"
+    alternate = (
+        "{% if (m.role == 'user') != (loop.index0 is even) %}"
+        "{{ raise_exception('roles must alternate') }}{% endif %}"
+    )
+    users_only = (
+        "{% for m in messages %}"
+        + alternate
+        + "{% if m.role == 'user' %}{{ m.content }}\n{% endif %}{% endfor %}"
+    )
     template.write_text(users_only)
     asked = read_by_model(monkeypatch, trained_run)
     flags = [str(trained_run), "--chat-template", str(template), *GREEDY]
