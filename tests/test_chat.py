@@ -147,3 +147,17 @@ def test_at_a_terminal_it_prompts_and_ctrl_c_at_the_prompt_ends_it(monkeypatch, 
     out = capsys.readouterr().out
     assert asked == ["text> ", "text> "]
     assert f"ROMEO:{continuation(capsys, trained_run, 'ROMEO:')}" in out
+
+
+def test_each_reply_samples_with_the_next_seed(monkeypatch, capsys, trained_run):
+    """With --seed S the first reply is sampled as generate --seed S samples it, the second as
+    --seed S+1: the same line typed twice gets two replies, and a talk can be replayed."""
+    sampled = ["--temperature", "1.0", "--max-new-tokens", "12"]
+    out = chat(monkeypatch, capsys, ["ROMEO:", "ROMEO:"], str(trained_run), *sampled, "--seed", "5")
+    expected = []
+    for seed in ("5", "6"):
+        capsys.readouterr()
+        assert cli.main(["generate", str(trained_run), "--prompt", "ROMEO:", *sampled, "--seed", seed]) == 0
+        expected.append(capsys.readouterr().out)
+    assert expected[0] != expected[1]
+    assert out.endswith(expected[0] + expected[1])
