@@ -178,3 +178,16 @@ def test_token_texts_give_back_the_text_and_name_each_token_apart(kind):
     assert written == whole[len(first) :].encode("utf-8") and named  # é and ☃ are more than one token
     alternatives = texts.names(range(min(tokenizer.vocab_size, 2000)))
     assert len(set(alternatives)) == len(alternatives)
+
+
+def test_an_alternative_whose_text_a_likelier_one_has_is_named_by_its_bytes():
+    """Llama's piece "t" and its byte token <0x74> both add "t": the likelier keeps the text, the
+    other is named by its byte as OpenAI names bytes, not by an id a client cannot read."""
+    pytest.importorskip("tokenizers")
+    from trickster.serve.token_text import TokenTexts
+
+    tokenizer = byte_fallback_llama()
+    piece, byte = tokenizer.backend.token_to_id("t"), tokenizer.backend.token_to_id("<0x74>")
+    texts = TokenTexts(tokenizer, tokenizer.encode("the"))
+    assert texts.names([piece, byte]) == ["t", "bytes:\\x74"]
+    assert texts.names([byte, piece]) == ["t", "bytes:\\x74"]
