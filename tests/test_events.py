@@ -107,6 +107,7 @@ _SHAPES = {
 }
 _DAMAGED = {
     "not-an-event-last": _BODY + '["end", 4]\n',
+    "an-object-without-an-event-last": _BODY + '{"step": 4, "time": 1.0}\n',
     "damaged-before-a-line-cut-short": _BODY + '{"event": "end", oops}\n{"event": "tr',
     "not-an-event-before-blank-lines": _BODY + "[1]\n\n",
     "damaged-before-a-blank-last-line": _BODY + '{"event": "end", oops\n\n',
@@ -139,6 +140,26 @@ def test_a_damaged_line_after_the_last_event_is_the_error_that_names_its_line(tm
     assert str(from_the_end.value) == str(read_whole.value)
     assert "line 3" in str(read_whole.value)
     assert last_event(tmp_path / "missing.jsonl") is None
+
+
+def _bytes_read() -> int:
+    """What this process has read so far, by read() calls of any file (Linux: /proc/self/io)."""
+    with open("/proc/self/io", encoding="ascii") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
+
+
+@pytest.mark.skipif(not os.path.isfile("/proc/self/io"), reason="counts bytes read in /proc/self/io (Linux)")
+def test_a_last_line_cut_short_is_passed_over_without_reading_the_whole_file(tmp_path):
+    """A run killed while it wrote a line leaves it cut short at the end of a file of hundreds of MB:
+    the event before it is still found from the end (10 MB of events here, a small part read)."""
+    path = tmp_path / "metrics.jsonl"
+    train_line = _event("train", 1, loss=2.5) + "\n"
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines([_event("start", 0) + "\n", *[train_line] * (10_000_000 // len(train_line))])
+        f.write(_END + "\n" + '{"event": "train", "st')
+    before = _bytes_read()
+    assert last_event(path)["event"] == "end"
+    assert _bytes_read() - before < path.stat().st_size / 10
 
 
 @pytest.mark.parametrize(
