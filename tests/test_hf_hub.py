@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 import trickster
 from trickster import cli
+from trickster.export import hf_hub
 from trickster.train import checkpoint as ckpt
 
 from . import fake_hub
@@ -179,3 +180,41 @@ def test_a_refused_connection_is_named_in_the_systems_words_whatever_wraps_it():
         requests.get("http://127.0.0.1:9/api/models/org/tiny/revision/main", timeout=10)  # nothing listens
     assert len(str(refused.value)) > 200
     assert _network_reason(refused.value) == "[Errno 111] Connection refused"
+
+
+def test_the_weights_are_those_of_the_commit_whose_config_was_checked(tmp_path, hub, monkeypatch):
+    """A push to main while import checks config.json and the tokenizer (or fetches gigabytes):
+    the weights still come from the commit those were read from, and info names that commit."""
+    src, theirs, hf_tok = tiny_llama(tmp_path)
+    files = {file.name: file.read_bytes() for file in src.iterdir()}
+    pushed = {**files, "model.safetensors": halved(src)}
+    first = hub.add("org/moving", files)
+    hub.use(monkeypatch, tmp_path / "hub-cache")
+    fetch = hf_hub._snapshot
+
+    def pushed_after_the_config(repo_id, revision, patterns):
+        folder = fetch(repo_id, revision, patterns)
+        if "config.json" in patterns:
+            hub.add("org/moving", pushed)
+        return folder
+
+    monkeypatch.setattr(hf_hub, "_snapshot", pushed_after_the_config)
+    assert cli.main(["import", "hf", "org/moving", "--out", str(tmp_path / "run")]) == 0
+    assert ckpt.read_info(tmp_path / "run" / "checkpoints" / "final")["hub"]["commit"] == first
+    ids = hf_tok(TEXT)["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(logits(tmp_path / "run", ids), theirs(torch.tensor([ids])).logits)
+
+
+def test_an_org_name_folder_on_disk_is_imported_from_disk(tmp_path, hub, monkeypatch):
+    """ORG/NAME that exists as a folder is that folder, not a Hub repo of that name."""
+    src, theirs, hf_tok = tiny_llama(tmp_path)
+    shutil.copytree(src, tmp_path / "org" / "local")
+    hub.use(monkeypatch, tmp_path / "hub-cache")  # no such repo there
+    monkeypatch.chdir(tmp_path)
+    hub.requests.clear()
+    assert cli.main(["import", "hf", "org/local", "--out", str(tmp_path / "run")]) == 0
+    assert hub.requests == []
+    ids = hf_tok(TEXT)["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(logits(tmp_path / "run", ids), theirs(torch.tensor([ids])).logits)
