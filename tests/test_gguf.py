@@ -239,6 +239,26 @@ def test_an_imported_or_altered_tokenizer_is_not_written_to_gguf():
         gguf_vocabulary(altered, 448)
 
 
+@pytest.mark.parametrize(
+    ("part", "edit"),
+    [
+        ("pre_tokenizer", {"add_prefix_space": True}),
+        ("model", {"end_of_word_suffix": "</w>"}),
+        ("normalizer", {"type": "Lowercase"}),
+    ],
+)
+def test_a_bpe_edited_to_split_text_otherwise_is_not_written_as_gpt2s(part, edit):
+    """Each edit makes the tokenizer read text into other ids than GPT-2's byte-level BPE over the
+    same vocabulary and merges would, which is what llama.cpp would read from the file."""
+    bpe = trained_bpe()
+    spec = bpe.tokenizer_json
+    altered = type(bpe)({**spec, part: edit if part == "normalizer" else {**spec[part], **edit}})
+    text = "One more: The Castle"
+    assert altered.encode(text) != bpe.encode(text)
+    with pytest.raises(UserError, match="is not GPT-2's byte-level BPE"):
+        gguf_vocabulary(altered, 448)
+
+
 def test_a_float16_gguf_keeps_its_norms_in_float32_and_computes_our_logits(tmp_path):
     """As llama.cpp's own converter writes it: matrices float16, the 1-D norm weights float32, and
     general.file_type saying 'mostly F16' (1)."""
