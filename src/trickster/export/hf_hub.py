@@ -117,7 +117,12 @@ def _snapshot(repo_id: str, revision: str | None, patterns: list[str]) -> Path:
     if not sys.stderr.isatty():
         utils.disable_progress_bars()
     try:
-        folder = snapshot_download(repo_id, revision=revision, allow_patterns=patterns)
+        # offline, look in the cache only: given a commit (the weights' step), huggingface_hub 1.x
+        # asks the Hub for that commit's file list unless it cached one itself, and offline mode
+        # refuses that request, though the snapshot is in the cache
+        folder = snapshot_download(
+            repo_id, revision=revision, allow_patterns=patterns, local_files_only=_offline()
+        )
     except Exception as err:  # the Hub, the network and the disk fail in many types; each said in one line
         raise _failure(err, repo_id, revision) from None
     return Path(folder)
