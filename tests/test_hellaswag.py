@@ -277,3 +277,16 @@ def test_an_imported_llama_tokenizer_reads_each_ending_as_running_text():
     for row, length, ending in zip(rows.tokens, rows.ending_lengths, endings, strict=True):
         assert row == [start] + backend.encode(f"{context} {ending}", add_special_tokens=False).ids
         assert tokenizer.decode(row[-length:]) == ending  # the ending's own tokens are scored
+
+
+def test_an_ending_that_fills_the_window_is_scored_after_one_context_token(trained_run):
+    """The micro model reads 64 characters: " " + 63 letters is scored after the context's last
+    character; " " + 64 letters leaves nothing to predict its first from, and is left out."""
+    loaded = ckpt.load_checkpoint(trained_run, CPU)
+    fits = hellaswag.Example("And so", ("e" * 63, "a", "b", "c"), 0)
+    rows = hellaswag.render(loaded.tokenizer, fits, 64)
+    assert rows.tokens[0] == loaded.tokenizer.encode("o " + "e" * 63) and rows.ending_lengths[0] == 64
+    summed, per_token = hellaswag.ending_losses(loaded.model, [rows], loaded.tokenizer.vocab_size, CPU)
+    assert torch.isfinite(summed).all() and torch.isfinite(per_token).all()
+    too_long = hellaswag.Example("And so", ("e" * 64, "a", "b", "c"), 0)
+    assert hellaswag.render(loaded.tokenizer, too_long, 64) == "ending_too_long"
