@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import sys
 
+import pytest
+
 from trickster import cli, commands_chat
 from trickster.model import generate as generation
 
@@ -161,3 +163,24 @@ def test_each_reply_samples_with_the_next_seed(monkeypatch, capsys, trained_run)
         expected.append(capsys.readouterr().out)
     assert expected[0] != expected[1]
     assert out.endswith(expected[0] + expected[1])
+
+
+def test_an_imported_llama_reads_each_line_after_its_start_token(monkeypatch, capsys, tmp_path):
+    """Without a template a line is read as transformers' tokenizer reads it: <s> first, as every
+    document the model learned from started."""
+    pytest.importorskip("transformers")
+    from .test_hf import tiny_llama
+
+    src, _, hf_tok = tiny_llama(tmp_path)
+    assert cli.main(["import", "hf", str(src), "--out", str(tmp_path / "run")]) == 0
+    asked, real = [], generation.generate
+
+    def recording(model, ids, *args, **kwargs):
+        asked.append(list(ids))
+        return real(model, ids, *args, **kwargs)
+
+    monkeypatch.setattr(commands_chat, "generate", recording)
+    monkeypatch.setattr(commands_chat, "chat_template_of", lambda tokenizer: None)  # a base model's
+    out = chat(monkeypatch, capsys, ["The king is"], str(tmp_path / "run"), *GREEDY)
+    assert "has no chat template" in out
+    assert asked == [hf_tok("The king is")["input_ids"]] and asked[0][0] == hf_tok.bos_token_id
