@@ -184,3 +184,36 @@ def test_an_imported_llama_reads_each_line_after_its_start_token(monkeypatch, ca
     out = chat(monkeypatch, capsys, ["The king is"], str(tmp_path / "run"), *GREEDY)
     assert "has no chat template" in out
     assert asked == [hf_tok("The king is")["input_ids"]] and asked[0][0] == hf_tok.bos_token_id
+
+
+def test_a_reply_ends_where_the_model_writes_its_end_of_text(monkeypatch, capsys, tmp_path):
+    """An imported Llama whose end-of-text is the fourth token its greedy reply writes: the reply
+    stops there, as generate's does."""
+    pytest.importorskip("transformers")
+    import json
+
+    from .test_hf import tiny_llama
+
+    src, _, hf_tok = tiny_llama(tmp_path)
+    monkeypatch.setattr(commands_chat, "chat_template_of", lambda tokenizer: None)  # a base model's
+    written, real = [], generation.generate
+
+    def recording(*args, **kwargs):
+        for token in real(*args, **kwargs):
+            written.append(token)
+            yield token
+
+    monkeypatch.setattr(commands_chat, "generate", recording)
+    assert cli.main(["import", "hf", str(src), "--out", str(tmp_path / "first")]) == 0
+    unstopped = chat(monkeypatch, capsys, ["The king is"], str(tmp_path / "first"), *GREEDY)
+    assert len(written) == 12
+    end = hf_tok.convert_ids_to_tokens(written[3])
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        if (src / name).is_file():
+            config = json.loads((src / name).read_text())
+            config["eos_token"] = end
+            (src / name).write_text(json.dumps(config))
+    assert cli.main(["import", "hf", str(src), "--out", str(tmp_path / "ends")]) == 0
+    out = chat(monkeypatch, capsys, ["The king is"], str(tmp_path / "ends"), *GREEDY)
+    stopped = continuation(capsys, tmp_path / "ends", "The king is")
+    assert out.endswith(f"The king is{stopped}\n") and len(out) < len(unstopped)
