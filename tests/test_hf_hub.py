@@ -218,3 +218,21 @@ def test_an_org_name_folder_on_disk_is_imported_from_disk(tmp_path, hub, monkeyp
     ids = hf_tok(TEXT)["input_ids"]
     with torch.no_grad():
         torch.testing.assert_close(logits(tmp_path / "run", ids), theirs(torch.tensor([ids])).logits)
+
+
+def test_offline_a_cache_that_lacks_the_weights_says_so(tmp_path, hub, monkeypatch, capsys):
+    """A download stopped after config and tokenizer: offline, the weights are missing from the
+    cache, not from the repo (which the 'no safetensors weights' line would claim)."""
+    src, _, _ = tiny_llama(tmp_path)
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for file in src.iterdir():
+        if file.name != "model.safetensors":
+            shutil.copyfile(file, partial / file.name)
+    cache_layout(tmp_path / "hub-cache", "org/partial", "a" * 40, partial)
+    hub.use(monkeypatch, tmp_path / "hub-cache", offline=True)
+    capsys.readouterr()
+    assert cli.main(["import", "hf", "org/partial", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"org/partial@{'a' * 40} is in the Hugging Face cache without model.safetensors" in err, err
+    assert "HF_HUB_OFFLINE=1" in err and not (tmp_path / "run").exists()
