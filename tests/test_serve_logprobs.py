@@ -191,3 +191,15 @@ def test_an_alternative_whose_text_a_likelier_one_has_is_named_by_its_bytes():
     texts = TokenTexts(tokenizer, tokenizer.encode("the"))
     assert texts.names([piece, byte]) == ["t", "bytes:\\x74"]
     assert texts.names([byte, piece]) == ["t", "bytes:\\x74"]
+
+
+@pytest.mark.parametrize("kind", ["byte", "byte-fallback"])
+def test_an_end_of_text_token_is_named_by_its_own_text(kind):
+    """End-of-text adds no text; it is named as the vocabulary writes it, so a client can see that
+    the model chose to stop ("</s>", "<|endoftext|>"), not an empty string."""
+    from trickster.serve.token_text import TokenTexts
+
+    tokenizer = tokenizer_of(kind)
+    expected = "</s>" if kind == "byte-fallback" else "<|endoftext|>"
+    texts = TokenTexts(tokenizer, tokenizer.encode("the"))
+    assert texts.text(tokenizer.eot_id) == expected
