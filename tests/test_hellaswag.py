@@ -290,3 +290,13 @@ def test_an_ending_that_fills_the_window_is_scored_after_one_context_token(train
     assert torch.isfinite(summed).all() and torch.isfinite(per_token).all()
     too_long = hellaswag.Example("And so", ("e" * 64, "a", "b", "c"), 0)
     assert hellaswag.render(loaded.tokenizer, too_long, 64) == "ending_too_long"
+
+
+def test_a_row_one_token_longer_than_the_window_is_counted_as_cut(trained_run):
+    """63 characters of context, then " e": 65 tokens, the 64 inputs and their targets, whole; a
+    64th character of context makes 66, and its first is cut off."""
+    tokenizer = ckpt.load_checkpoint(trained_run, CPU).tokenizer
+    whole = hellaswag.render(tokenizer, hellaswag.Example("a" * 63, ("e", "a", "b", "c"), 0), 64)
+    cut = hellaswag.render(tokenizer, hellaswag.Example("b" + "a" * 63, ("e", "a", "b", "c"), 0), 64)
+    assert not whole.cut and whole.tokens[0] == tokenizer.encode("a" * 63 + " e")
+    assert cut.cut and cut.tokens[0] == whole.tokens[0]
