@@ -1074,6 +1074,15 @@ def _import_hub_unreachable(env: Env) -> list[str]:
     return ["import", "hf", "org/tiny", "--out", str(env.tmp / "imported")]
 
 
+def _import_hub_partly_cached(env: Env) -> list[str]:
+    """Offline, a cached snapshot whose download stopped after config.json and tokenizer.json."""
+    from .test_hf_hub import cache_layout
+
+    cache_layout(env.tmp / "hub-cache", "org/partial", "a" * 40, Path(_hf_folder(env, {}, tokenizer=True)))
+    _fake_hub().use(env.monkeypatch, env.tmp / "hub-cache", offline=True)
+    return ["import", "hf", "org/partial", "--out", str(env.tmp / "imported")]
+
+
 def _import_hub_disk_full(env: Env) -> list[str]:
     from huggingface_hub import file_download
 
@@ -3136,6 +3145,12 @@ CASES = [
         _import_hub("org/slow-tokenizer", {}, tokenizer=False),
         "has no tokenizer.json; only fast tokenizers are imported",
         "AutoTokenizer.from_pretrained('org/slow-tokenizer').save_pretrained(DIR)",
+    ),
+    case(
+        "import-hub-partly-cached-offline",
+        _import_hub_partly_cached,
+        "is in the Hugging Face cache without model.safetensors",
+        "without HF_HUB_OFFLINE=1",
     ),
     case(
         "import-hub-disk-full",
