@@ -18,27 +18,16 @@ A checkpoint written before the sums (no `sha256` in its info.json) loads as it 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
+from trickster.data.shards import file_sha256
 from trickster.errors import UserError
 
 SUMS = "sha256"  # info.json's key: {path inside the checkpoint, with "/": hex digest}
 UNSUMMED = ("info.json", "COMPLETE", "config.yaml")
-CHUNK = 1 << 20  # bytes read at a time: a file of any size is hashed in 1 MiB of memory
-
-
-def file_sha256(path: Path) -> str:
-    """The SHA-256 of a file, read in chunks (hashlib.file_digest is 3.11's; we run on 3.10)."""
-    digest, buffer = hashlib.sha256(), bytearray(CHUNK)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as f:
-        while size := f.readinto(buffer):
-            digest.update(view[:size])
-    return digest.hexdigest()
 
 
 def record(folder: Path, linked_from: Path | None = None) -> dict[str, str]:
