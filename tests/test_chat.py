@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from trickster import cli, commands_chat
+from trickster import cli, commands_chat, streaming
 from trickster.model import generate as generation
 
 # each message on a line of its own: the conversation as the model reads it is plain text
@@ -38,13 +38,13 @@ def read_by_model(monkeypatch, trained_run) -> list[str]:
     from trickster.train import checkpoint as ckpt
 
     tokenizer, asked = ckpt.read_tokenizer(ckpt.resolve(trained_run)), []
-    real = generation.generate
+    real = commands_chat.stream  # chat's own calls: `generate` (continuation) streams too
 
-    def recording(model, ids, *args, **kwargs):
+    def recording(model, tokenizer_, ids, *args, **kwargs):
         asked.append(tokenizer.decode(ids))
-        return real(model, ids, *args, **kwargs)
+        return real(model, tokenizer_, ids, *args, **kwargs)
 
-    monkeypatch.setattr(commands_chat, "generate", recording)
+    monkeypatch.setattr(commands_chat, "stream", recording)
     return asked
 
 
@@ -124,7 +124,7 @@ def test_ctrl_c_stops_a_reply_and_the_chat_goes_on(monkeypatch, capsys, trained_
             yield token
 
     calls: list[int] = []
-    monkeypatch.setattr(commands_chat, "generate", interrupted_once)
+    monkeypatch.setattr(streaming, "generate", interrupted_once)
     out = chat(monkeypatch, capsys, ["ROMEO:", "ROMEO:"], str(trained_run), *GREEDY)
     romeo = continuation(capsys, trained_run, "ROMEO:")
     assert out.endswith(f"ROMEO:{romeo[:3]} [stopped]\nROMEO:{romeo}\n")
@@ -179,7 +179,7 @@ def test_an_imported_llama_reads_each_line_after_its_start_token(monkeypatch, ca
         asked.append(list(ids))
         return real(model, ids, *args, **kwargs)
 
-    monkeypatch.setattr(commands_chat, "generate", recording)
+    monkeypatch.setattr(streaming, "generate", recording)
     monkeypatch.setattr(commands_chat, "chat_template_of", lambda tokenizer: None)  # a base model's
     out = chat(monkeypatch, capsys, ["The king is"], str(tmp_path / "run"), *GREEDY)
     assert "has no chat template" in out
@@ -203,7 +203,7 @@ def test_a_reply_ends_where_the_model_writes_its_end_of_text(monkeypatch, capsys
             written.append(token)
             yield token
 
-    monkeypatch.setattr(commands_chat, "generate", recording)
+    monkeypatch.setattr(streaming, "generate", recording)
     assert cli.main(["import", "hf", str(src), "--out", str(tmp_path / "first")]) == 0
     unstopped = chat(monkeypatch, capsys, ["The king is"], str(tmp_path / "first"), *GREEDY)
     assert len(written) == 12

@@ -22,12 +22,12 @@ from trickster.data import sources
 from trickster.data.dedup import DedupSettings
 from trickster.errors import UserError
 from trickster.model.flops import flops_per_token, parameter_breakdown
-from trickster.model.generate import generate
 from trickster.model.transformer import untrained_like
 from trickster.model.vocab import assumed_vocab
 from trickster.observe import evaluation, hellaswag
 from trickster.options import ConfigSource, EvalOptions, PrepareOptions, Sampling, SourceSpec
 from trickster.serve.limits import MAX_BATCH, MAX_LOADED_MODELS
+from trickster.streaming import stream
 from trickster.train import checkpoint as ckpt
 from trickster.train import dist
 from trickster.train.console import QUIET_LEVELS
@@ -92,27 +92,6 @@ def _prompt_ids(tokenizer, prompt: str) -> list[int]:
     return tokenizer.start_ids() + ids  # Llama-style tokenizers start every sequence with <s>
 
 
-def _stream(model, tokenizer, ids, sampling: Sampling, use_cache: bool = True) -> None:
-    """Print the continuation token by token as it is generated."""
-    out = sys.stdout
-    decode_next = tokenizer.stream_decoder(context=ids)
-    for token in generate(
-        model,
-        ids,
-        sampling.max_new_tokens,
-        sampling.temperature,
-        sampling.top_k,
-        sampling.top_p,
-        sampling.seed,
-        vocab_limit=tokenizer.vocab_size,
-        stop_ids=tokenizer.stop_ids,
-        use_cache=use_cache,
-    ):
-        out.write(decode_next(token))
-        out.flush()
-    out.write(decode_next(None) + "\n")
-
-
 def generate_command(
     target: str, sampling: Sampling, device: str = "cpu", untrained: bool = False, use_cache: bool = True
 ) -> None:
@@ -122,7 +101,7 @@ def generate_command(
     model = model.to(where)
     ids = _prompt_ids(loaded.tokenizer, sampling.prompt)
     sys.stdout.write(sampling.prompt)
-    _stream(model, loaded.tokenizer, ids, sampling, use_cache)
+    stream(model, loaded.tokenizer, ids, sampling, use_cache)
 
 
 def compare_command(target: str, sampling: Sampling, device: str = "cpu", data: str | None = None) -> None:
@@ -141,7 +120,7 @@ def compare_command(target: str, sampling: Sampling, device: str = "cpu", data: 
         loss_text = f"val loss {loss:.4f}" if loss is not None else "val loss n/a (no data)"
         print(f"--- {title}: {loss_text} ---")
         print(sampling.prompt, end="")
-        _stream(model, loaded.tokenizer, ids, sampling)
+        stream(model, loaded.tokenizer, ids, sampling)
         print()
 
 

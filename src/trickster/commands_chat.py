@@ -12,15 +12,16 @@ that reply; at the prompt, it ends the chat. Lines read from a pipe work the sam
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Iterator
 
 from trickster.data.hf_tokens import chat_template_of
 from trickster.data.tokenizers import Tokenizer
 from trickster.errors import UserError
-from trickster.model.generate import generate
 from trickster.options import Sampling
 from trickster.serve.server import read_template
+from trickster.streaming import stream
 from trickster.train import checkpoint as ckpt
 from trickster.train.device import resolve_device
 
@@ -119,32 +120,11 @@ class Talk:
 
     def _write(self, ids: list[int], prefix: str = "") -> str:
         """Stream the continuation of `ids` to the terminal; the text written (up to a Ctrl-C)."""
-        s, tokenizer = self.sampling, self.tokenizer
-        seed = None if s.seed is None else s.seed + self.turns
+        seed = None if self.sampling.seed is None else self.sampling.seed + self.turns
         self.turns += 1
-        decode_next = tokenizer.stream_decoder(context=ids)
-        written = []
         sys.stdout.write(prefix)
-        try:
-            for token in generate(
-                self.model,
-                ids,
-                s.max_new_tokens,
-                s.temperature,
-                s.top_k,
-                s.top_p,
-                seed,
-                vocab_limit=tokenizer.vocab_size,
-                stop_ids=tokenizer.stop_ids,
-            ):
-                written.append(decode_next(token))
-                sys.stdout.write(written[-1])
-                sys.stdout.flush()
-        except KeyboardInterrupt:
-            sys.stdout.write(" [stopped]")  # on the screen, not in the reply the model reads next
-        written.append(decode_next(None))
-        sys.stdout.write(written[-1] + "\n")
-        return "".join(written)
+        sampling = dataclasses.replace(self.sampling, seed=seed)
+        return stream(self.model, self.tokenizer, ids, sampling, stoppable=True)
 
 
 def _continue_ids(tokenizer: Tokenizer, line: str) -> list[int] | None:
