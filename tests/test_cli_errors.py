@@ -1019,6 +1019,29 @@ def _hf_folder(
     return str(folder)
 
 
+def _import_tokenizer(model: dict) -> Build:
+    """A Hugging Face folder whose tokenizer.json holds this BPE `model` (its vocab and merges)."""
+
+    def build(env: Env) -> list[str]:
+        folder = Path(_hf_folder(env, {}))
+        (folder / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": model}))
+        return ["import", "hf", str(folder), "--out", str(env.tmp / "imported")]
+
+    return build
+
+
+def _data_bpe_tokenizer_with(**model_fields) -> Build:
+    """The data's tokenizer.json replaced by a trained bpe whose BPE model has these fields set."""
+
+    def build(env: Env) -> list[str]:
+        bpe = build_tokenizer("bpe", iter([EXCERPT.read_text()[:2000]]), with_eot=True, vocab_size=300)
+        spec = bpe.tokenizer_json
+        content = {"kind": "bpe", "tokenizer": {**spec, "model": {**spec["model"], **model_fields}}}
+        return _data_with("tokenizer.json", json.dumps(content))(env)
+
+    return build
+
+
 def _import(config: dict | str | None = None, **files) -> Build:
     return lambda env: ["import", "hf", _hf_folder(env, config, **files), "--out", str(env.tmp / "imported")]
 
@@ -1707,6 +1730,12 @@ CASES = [
         _data_with("tokenizer.json", "{}"),
         "data-copy/tokenizer.json is not a valid tokenizer (unknown tokenizer kind None",
         "prepare the data again",
+    ),
+    case(  # the tokenizers package panicked on its merges, none of which start with '##'
+        "train-data-bpe-tokenizer-with-a-subword-prefix",
+        _data_bpe_tokenizer_with(continuing_subword_prefix="##"),
+        "data-copy/tokenizer.json is not a valid tokenizer (BPE merge 1 ",
+        "the second piece does not start with the model's continuing_subword_prefix '##'); prepare the data",
     ),
     case(
         "train-data-tokenizer-is-a-folder",
@@ -3208,6 +3237,20 @@ CASES = [
         _import({}, tokenizer_folder=True),
         "tokenizer.json is a folder, not a file",
         "put the model's tokenizer.json in its place",
+    ),
+    case(  # the tokenizers package panicked: a Rust backtrace and a PanicException traceback
+        "import-tokenizer-merge-without-the-subword-prefix",
+        _import_tokenizer(
+            {"vocab": {"a": 0, "b": 1, "ab": 2}, "merges": [["a", "b"]], "continuing_subword_prefix": "##"}
+        ),
+        "hf-model/tokenizer.json: BPE merge 1 ('a', 'b'): the second piece does not start with the ",
+        "continuing_subword_prefix '##'; save the tokenizer again",
+    ),
+    case(  # it panicked too: the merged piece is longer than the longest vocabulary entry
+        "import-tokenizer-merge-longer-than-the-vocabulary",
+        _import_tokenizer({"type": "BPE", "vocab": {"aaa": 0, "bbb": 1}, "merges": ["aaa bbb"]}),
+        "tokenizer.json: BPE merge 1 ('aaa', 'bbb') makes 'aaabbb', which is not in the vocabulary",
+        "save the tokenizer again",
     ),
     case(
         "import-pickled-weights",

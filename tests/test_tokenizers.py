@@ -1,5 +1,7 @@
 import json
 import random
+import subprocess
+import sys
 import time
 
 import pytest
@@ -220,6 +222,72 @@ def test_an_hf_tokenizers_other_end_ids_are_saved_and_checked(tmp_path):
         (tmp_path / "tokenizer.json").write_text(json.dumps({**ended.to_dict(), "eos_ids": bad}))
         with pytest.raises(UserError, match="not a valid tokenizer"):
             load_tokenizer(tmp_path / "tokenizer.json")
+
+
+def test_an_hf_bpe_with_a_subword_prefix_loads_as_its_own_trainer_writes_it():
+    """continuing_subword_prefix is supported: each merge's second piece carries the prefix."""
+    hf = pytest.importorskip("tokenizers")
+    backend = hf.Tokenizer(hf.models.BPE(unk_token="[UNK]", continuing_subword_prefix="##"))
+    backend.pre_tokenizer = hf.pre_tokenizers.Whitespace()
+    backend.decoder = hf.decoders.WordPiece(prefix="##")
+    trainer = hf.trainers.BpeTrainer(
+        vocab_size=150, special_tokens=["[UNK]"], continuing_subword_prefix="##", show_progress=False
+    )
+    backend.train_from_iterator([EXCERPT.read_text()[:5000]], trainer)
+    tok = tokenizers.HFTokenizer(json.loads(backend.to_str()))
+    ids = tok.encode("the king is here")
+    assert ids == backend.encode("the king is here", add_special_tokens=False).ids
+    assert len(ids) < len("thekingishere") and tok.decode(ids) == "the king is here"
+
+
+def _bpe_file(tmp_path, vocab: dict, merges: list, **model) -> str:
+    spec = {"version": "1.0", "model": {"type": "BPE", "vocab": vocab, "merges": merges, **model}}
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"kind": "hf", "tokenizer": spec}))
+    return str(tmp_path / "tokenizer.json")
+
+
+@pytest.mark.parametrize(
+    ("vocab", "merges", "prefix", "problem"),
+    [  # each made the tokenizers package panic (a PanicException, which is no Exception)
+        ({"a": 0, "b": 1, "ab": 2}, [["a", "b"]], "##", "second piece does not start with the model's"),
+        ({"aaa": 0, "bbb": 1}, ["aaa bbb"], None, r"makes 'aaabbb', which is not in the vocabulary"),
+        ({"aa": 0, "bbb": 1}, [["aa", "bbb"]], "b", r"makes 'aabb', which is not in the vocabulary"),
+    ],
+)
+def test_a_bpe_merge_the_tokenizers_package_panics_on_is_one_line(tmp_path, vocab, merges, prefix, problem):
+    file = _bpe_file(tmp_path, vocab, merges, continuing_subword_prefix=prefix)
+    with pytest.raises(UserError, match=f"is not a valid tokenizer .BPE merge 1 .*{problem}"):
+        load_tokenizer(file)
+
+
+def test_a_bpe_merge_cut_inside_a_character_is_one_line_not_an_abort(tmp_path):
+    """The prefix "#" cut off "é" (two bytes) split the character: the tokenizers package panicked
+    while it panicked and aborted the interpreter (SIGABRT), so this runs in a child process."""
+    file = _bpe_file(tmp_path, {"a": 0, "é": 1}, [["a", "é"]], continuing_subword_prefix="#")
+    load = f"from trickster.data.tokenizers import load_tokenizer; load_tokenizer({file!r})"
+    child = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, timeout=120)
+    assert child.returncode == 1 and "panicked" not in child.stderr
+    assert "UserError: " in child.stderr and "the second piece does not start with" in child.stderr
+
+
+def test_a_panic_the_checks_do_not_foresee_is_still_one_line(monkeypatch):
+    """pyo3's PanicException derives from BaseException: `except Exception` let it through."""
+    from trickster.data import tokenizer_json
+
+    panic = type("PanicException", (BaseException,), {})  # pyo3_runtime's cannot be imported
+    raised = [panic("index out of bounds")]
+
+    class Panicking:
+        @staticmethod
+        def from_str(text):
+            raise raised[0]
+
+    monkeypatch.setattr(tokenizer_json, "require_tokenizers", lambda: type("T", (), {"Tokenizer": Panicking}))
+    with pytest.raises(ValueError, match=r"cannot read this tokenizer.json \(index out of bounds\)"):
+        tokenizers.HFTokenizer({"version": "1.0", "model": {"type": "WordLevel", "vocab": {}}})
+    raised[0] = KeyboardInterrupt()  # any other BaseException goes on
+    with pytest.raises(KeyboardInterrupt):
+        tokenizers.HFTokenizer({"version": "1.0", "model": {"type": "WordLevel", "vocab": {}}})
 
 
 # --------------------------------------------------------------------------- gpt2 (tiktoken)

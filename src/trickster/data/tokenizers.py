@@ -31,6 +31,7 @@ import numpy as np
 
 from trickster.atomic import replace_file
 from trickster.data.hf_tokens import require_tokenizers, special_token_text
+from trickster.data.tokenizer_json import TokenizerJsonError, backend_of
 from trickster.errors import UserError
 
 EOT_TEXT = "<|endoftext|>"
@@ -200,13 +201,9 @@ class HFTokenizer(Tokenizer):
     kind = "hf"
 
     def __init__(self, tokenizer_json: dict, config: dict | None = None, eos_ids: Iterable[int] = ()):
-        tokenizers = require_tokenizers()
         self.tokenizer_json = tokenizer_json
         self.config = dict(config or {})  # tokenizer_config.json: special tokens, chat template
-        try:
-            self.backend = tokenizers.Tokenizer.from_str(json.dumps(tokenizer_json))
-        except Exception as err:  # the Rust side raises plain Exception for any malformed field
-            raise ValueError(f"not a Hugging Face tokenizer.json ({err})") from None
+        self.backend = backend_of(tokenizer_json)
         # as transformers: special-token text in the input stays text (our own exports set it)
         self.backend.encode_special_tokens = self.config.get("split_special_tokens") is True
         with_special = self.backend.encode("a").ids
@@ -422,7 +419,8 @@ def load_tokenizer(path: str | Path, fix: str = "prepare the data again") -> Tok
         why = "is a folder, not a file" if path.is_dir() else f"cannot be read ({err.strerror or err})"
         raise UserError(f"tokenizer file {path} {why}; {fix}") from None
     except (ValueError, KeyError, TypeError, AttributeError) as err:  # JSON and UTF-8 errors are ValueErrors
-        why = f" ({err})" if "tokenizer kind" in str(err) else ""  # `{}` said only 'kind None', no file
+        named = "tokenizer kind" in str(err) or isinstance(err, TokenizerJsonError)  # `{}`: 'kind None'
+        why = f" ({err})" if named else ""
         raise UserError(f"tokenizer file {path} is not a valid tokenizer{why}; {fix}") from None
 
 
