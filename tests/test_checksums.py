@@ -137,3 +137,25 @@ def test_a_rollback_passes_over_a_checkpoint_changed_on_disk_to_the_newest_intac
         "; passed over checkpoints/step_000015: its files no longer match the checksums saved with them "
         "(changed or damaged on disk); rolled back to checkpoints/step_000010, skipping the batches" in line
     )
+
+
+def test_a_sum_info_json_records_for_a_path_outside_the_checkpoint_is_never_read(tmp_path, monkeypatch):
+    """An edited info.json naming "optimizer/../../secret.bin" (which a resume's "optimizer/" takes
+    in) or an absolute path: no file outside the checkpoint is read, none is judged changed."""
+    checkpoint = tmp_path / "run" / "ckpt"
+    (checkpoint / "optimizer").mkdir(parents=True)
+    (checkpoint / "optimizer" / "0.distcp").write_bytes(b"moments")
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"a file beside the run")
+    sums = {
+        "optimizer/0.distcp": hashlib.sha256(b"moments").hexdigest(),
+        "optimizer/../../../secret.bin": "0" * 64,  # from checkpoint: optimizer -> ckpt -> run -> tmp
+        str(secret): "0" * 64,
+    }
+    (checkpoint / "info.json").write_text(json.dumps({"sha256": sums}))
+    assert (checkpoint / "optimizer/../../../secret.bin").resolve() == secret.resolve()
+    read = []
+    real_sha256 = checksums.file_sha256
+    monkeypatch.setattr(checksums, "file_sha256", lambda path: read.append(path) or real_sha256(path))
+    assert checksums.first_changed(checkpoint, ["optimizer/", str(secret)]) is None
+    assert read == [checkpoint / "optimizer" / "0.distcp"]
