@@ -31,6 +31,7 @@ from trickster.observe.events import read_metrics
 from trickster.observe.runs import read_run
 from trickster.train import checkpoint as ckpt
 from trickster.train import loop as train_module
+from trickster.train import resume
 from trickster.train.loop import train
 
 from . import children
@@ -289,6 +290,22 @@ def test_resume_auto_in_a_finished_run_says_so_and_changes_nothing(micro, tmp_pa
     assert cli.main([*argv, "training_config.max_steps=6"]) == 0
     assert capsys.readouterr().out.startswith(f"{run_dir} already finished at step 6 (checkpoints/final)")
     assert written(run_dir) == files
+
+
+def test_can_continue_lists_the_checkpoints_once(micro, monkeypatch):
+    """quickstart asks it of every folder it passes over: the newest checkpoint is found once (each
+    search lists checkpoints/ and checks each folder's COMPLETE), for the answer and for whether the
+    run has ended at it. A finished run is no run to continue; given more steps, it is."""
+    cfg = micro(training_config={"max_steps": 4, "warmup_steps": 1, "eval_every": 2, "save_every": 2})
+    run_dir = train(cfg, **QUIET).run_dir
+    listings = []
+    numbered = ckpt.numbered
+    monkeypatch.setattr(ckpt, "numbered", lambda folder: listings.append(folder) or numbered(folder))
+    assert resume.can_continue(run_dir) is None and len(listings) == 1
+    config = run_dir / "config.yaml"
+    config.write_text(config.read_text().replace("max_steps: 4\n", "max_steps: 6\n"))
+    listings.clear()
+    assert resume.can_continue(run_dir) == (run_dir / "checkpoints" / "final", 6) and len(listings) == 1
 
 
 def _bytes_read() -> int:

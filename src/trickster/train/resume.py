@@ -62,7 +62,7 @@ def can_continue(run_dir: Path) -> tuple[Path, int] | None:
         return None
     try:
         max_steps = read_saved(run_dir / "config.yaml", "").training.max_steps
-        return None if finished(run_dir, max_steps) else (found, max_steps)
+        return None if has_ended(run_dir, found, max_steps) else (found, max_steps)
     except UserError:
         return None
 
@@ -212,10 +212,13 @@ def finished(run_dir: Path, max_steps: int) -> Path | None:
     and ends it), one a time budget or a spike's rollback stopped (short of max_steps, a `stopped`
     event last), one given a larger max_steps since (it continues)."""
     found = ckpt.latest(run_dir)
-    if found is None:
-        return None
-    step = ckpt.checkpoint_step(found)
-    return found if step >= max_steps and _ended(run_dir / "metrics.jsonl", step) else None
+    return found if found is not None and has_ended(run_dir, found, max_steps) else None
+
+
+def has_ended(run_dir: Path, checkpoint: Path, max_steps: int) -> bool:
+    """Whether `checkpoint`, the run's newest (ckpt.latest), finished it: see `finished`."""
+    step = ckpt.checkpoint_step(checkpoint)
+    return step >= max_steps and _ended(run_dir / "metrics.jsonl", step)
 
 
 def finished_line(checkpoint: Path, run_dir: Path) -> str:
