@@ -7,6 +7,8 @@ MOMENT, counted from 1 with N:
     before-batch          just before the N-th micro-batch is drawn (the loop draws each one while
                           the step before it still runs: inside a step, before its update)
     during-eval           inside the N-th evaluation, after its first batch
+    before-hellaswag      as the N-th HellaSwag scoring during training starts
+    after-hellaswag       just after the N-th HellaSwag scoring during training wrote its event
     during-trainer-write  half-way through writing the N-th trainer.pt of a checkpoint
     before-prune          the N-th time keep_last's rotation is about to delete older checkpoints
                           (the numbered one just saved is in place)
@@ -82,6 +84,19 @@ def install(moment: str, n: int) -> None:
             return evaluate(model, batches, device, dtype_name)
 
         train_module.evaluate = patched_evaluate
+    elif moment in ("before-hellaswag", "after-hellaswag"):
+        from trickster.train import hellaswag_eval
+
+        score = hellaswag_eval.score
+
+        def patched_score(trainer):
+            if moment == "before-hellaswag" and due():
+                die()
+            score(trainer)
+            if moment == "after-hellaswag" and due():
+                die()
+
+        hellaswag_eval.score = patched_score
     elif moment == "during-trainer-write":
         save = torch.save
 

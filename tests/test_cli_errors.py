@@ -695,6 +695,18 @@ def _hellaswag_cache_cut_short(env: Env) -> list[str]:
     return ["eval", str(env.run), "--task", "hellaswag", "--device", "cpu"]
 
 
+def _train_hellaswag_offline(env: Env) -> list[str]:
+    _hellaswag_offline(env)
+    return micro_train(env, "training_config.hellaswag_every=100")
+
+
+def _train_hellaswag_unreadable(env: Env) -> list[str]:
+    env.monkeypatch.setattr("trickster.observe.hellaswag.VAL_EXAMPLES", 3)
+    line = json.dumps({**HELLASWAG_LINE, "ctx": "In 1984, a man [title]"}) + "\n"
+    path = env.write("hellaswag_val.jsonl", line * 3)
+    return micro_train(env, "training_config.hellaswag_every=100", f"training_config.hellaswag_file={path}")
+
+
 def _compare_other_tokenizer(env: Env) -> list[str]:
     data = env.prepare_text(
         "some unrelated text with its own characters 0123456789\n" * 40, name="other", tokenizer="byte"
@@ -2547,6 +2559,25 @@ CASES = [
         "eval-hellaswag-no-example-a-char-model-reads",
         _hellaswag([{**HELLASWAG_LINE, "ctx": "In 1984, a man [title]"}] * 3),
         "none of the 3 HellaSwag examples can be scored with this model (3 with characters outside",
+    ),
+    case(
+        "train-hellaswag-offline-without-cache",
+        _train_hellaswag_offline,
+        "could not download http://127.0.0.1:9/hellaswag_val.jsonl",
+        "pass the local copy with training_config.hellaswag_file=FILE",
+    ),
+    case(
+        "train-hellaswag-file-not-found",
+        lambda env: micro_train(
+            env, "training_config.hellaswag_every=100", "training_config.hellaswag_file=gone.jsonl"
+        ),
+        "training_config.hellaswag_file gone.jsonl not found; pass HellaSwag's hellaswag_val.jsonl",
+    ),
+    case(
+        "train-hellaswag-no-example-a-char-model-reads",
+        _train_hellaswag_unreadable,
+        "none of the 3 HellaSwag examples can be scored with this model (3 with characters outside",
+        "or set training_config.hellaswag_every= (empty)",
     ),
     case(
         "eval-max-examples-without-task",

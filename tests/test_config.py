@@ -265,6 +265,7 @@ NOT_DEFAULT = {
     "training_config.keep_last": (3, {}),
     "training_config.max_time": (3600, {}),
     "training_config.sample_every": (100, {}),
+    "training_config.hellaswag_every": (500, {}),
     "device_config.threads": (2, {}),
     "device_config.mesh_shape": ([1, 2], {}),
     "device_config.memory_gib": (12.5, {}),

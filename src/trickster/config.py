@@ -196,6 +196,12 @@ class TrainingConfig(_Section):
     eval_batches: int = Field(20, gt=0)
     """Validation batches per evaluation (of batch_size x processes windows when the run began);
     the same windows every time, however a resume splits them."""
+    hellaswag_every: int | None = Field(None, gt=0)
+    """Steps between HellaSwag scorings (also at step 0 and at the end); empty: none."""
+    hellaswag_examples: int = Field(10_042, gt=0, le=10_042)
+    """HellaSwag validation examples each scoring reads: the first N, the same ones every time."""
+    hellaswag_file: str | None = None
+    """A local copy of HellaSwag's hellaswag_val.jsonl; empty: `trickster eval`'s cached download."""
     save_every: int = Field(1000, gt=0)
     """Steps between numbered checkpoints."""
     keep_last: int | None = Field(None, gt=0)
@@ -239,7 +245,7 @@ class TrainingConfig(_Section):
     def _whole_seconds(cls, value):
         return whole_seconds(value)
 
-    _nameable = field_validator("init_from")(nameable_path)
+    _nameable = field_validator("init_from", "hellaswag_file")(nameable_path)
 
 
 class DeviceConfig(_Section):

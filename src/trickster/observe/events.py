@@ -8,6 +8,8 @@ Every event has `event`, `step` and `time` (Unix seconds); by kind, it adds:
     train    train_loss, lr, grad_norm, tokens_per_sec, ms_per_step, mfu, peak_memory_gib,
              tokens_seen, skipped_steps
     eval     val_loss, val_perplexity (None for non-finite weights), tokens_seen, sample (if due)
+    hellaswag acc, acc_norm, correct, correct_norm, scored, examples, cut, skipped (by reason),
+             tokens_seen: HellaSwag during training (training_config.hellaswag_every)
     resume   checkpoint, changed, repairs
     rollback first_step, last_step, checkpoint, peak_loss, median (its step is the checkpoint's)
     spike    first_step, peak_loss (no checkpoint to roll back to)
@@ -15,9 +17,10 @@ Every event has `event`, `step` and `time` (Unix seconds); by kind, it adds:
              max_time) and its details
     end      best_val_loss, skipped_steps
 
-`tokens_seen` is stored on the train, eval and stopped events, so no reader derives it. `iter_metrics` is
-the one parser (`read_metrics` lists what it reads); its rule is in its docstring. `last_event`
-applies the same rule from the file's end, for the one look that needs only how the run ended.
+`tokens_seen` is stored on the train, eval, hellaswag and stopped events, so no reader derives it.
+`iter_metrics` is the one parser (`read_metrics` lists what it reads); its rule is in its docstring.
+`last_event` applies the same rule from the file's end, for the one look that needs only how the
+run ended.
 """
 
 from __future__ import annotations

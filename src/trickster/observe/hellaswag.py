@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,7 +43,6 @@ from trickster.train.device import autocast_for
 VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 VAL_EXAMPLES = 10_042  # lines of hellaswag_val.jsonl, one example each
 FILE_NAME = "hellaswag_val.jsonl"
-LOCAL_COPY = "--hellaswag-file FILE"
 ENDINGS = 4
 SHAPE = "a JSON object with ctx (text), endings (4 texts) and label (0-3)"
 # why an example is left out -> how the summary says it
@@ -104,21 +102,25 @@ def cache_file() -> Path:
     return Path(folder) / "hellaswag" / FILE_NAME
 
 
-def load_examples(path: str | None = None, timeout: float = 30) -> tuple[list[Example], str]:
+def load_examples(
+    path: str | None = None, timeout: float = 30, option: str = "--hellaswag-file"
+) -> tuple[list[Example], str]:
     """The validation examples and where they were read: `path`, else the cache, else downloaded
-    (checked by shape, then cached)."""
+    (checked by shape, then cached). `option`: what passes a local copy, as the lines name it
+    (the flag of `trickster eval`, or training_config.hellaswag_file)."""
+    local_copy = f"{option} FILE" if option.startswith("--") else f"{option}=FILE"
     if path is not None:
         fix = f"pass HellaSwag's {FILE_NAME} (from {VAL_URL})"
         if not Path(path).exists():  # read_bytes would ask for "an existing text file"
-            raise UserError(f"--hellaswag-file {path} not found; {fix}")
+            raise UserError(f"{option} {path} not found; {fix}")
         return parse_examples(read_bytes(Path(path)), path, fix), path
     cached = cache_file()
     if cached.exists():
-        fix = f"delete it to download it again, or pass a local copy with {LOCAL_COPY}"
+        fix = f"delete it to download it again, or pass a local copy with {local_copy}"
         return parse_examples(read_bytes(cached), str(cached), fix), str(cached)
-    raw = sources.download(VAL_URL, timeout, LOCAL_COPY)
-    examples = parse_examples(raw, VAL_URL, f"retry, or download it elsewhere and pass it with {LOCAL_COPY}")
-    fix = write_fix(elsewhere=f"set TRICKSTER_CACHE_DIR to a writable folder, or pass {LOCAL_COPY}")
+    raw = sources.download(VAL_URL, timeout, local_copy)
+    examples = parse_examples(raw, VAL_URL, f"retry, or download it elsewhere and pass it with {local_copy}")
+    fix = write_fix(elsewhere=f"set TRICKSTER_CACHE_DIR to a writable folder, or pass {local_copy}")
     with disk_errors(f"the HellaSwag cache {cached}", fix):
         cached.parent.mkdir(parents=True, exist_ok=True)
         replace_file(cached, raw)
@@ -247,22 +249,29 @@ def ending_losses(
     return summed.view(len(batch), ENDINGS), (summed / lengths).view(len(batch), ENDINGS)
 
 
-def batches(
-    tokenizer: Tokenizer, examples: Iterable[Example], window: int, batch_size: int, accuracy: Accuracy
-) -> Iterator[list[Rows]]:
-    """The scorable examples rendered, `batch_size` at a time; the others counted in `accuracy`."""
-    batch: list[Rows] = []
+def render_all(tokenizer: Tokenizer, examples: list[Example], window: int) -> tuple[list[Rows], Accuracy]:
+    """The scorable examples rendered, in order, and an Accuracy of `examples` that counts the
+    others (skipped, by reason) and nothing scored yet."""
+    accuracy, rows = Accuracy(len(examples)), []
     for example in examples:
         rendered = render(tokenizer, example, window)
         if isinstance(rendered, str):
             accuracy.skipped[rendered] += 1
-            continue
-        batch.append(rendered)
-        if len(batch) == batch_size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+        else:
+            rows.append(rendered)
+    return rows, accuracy
+
+
+def add_batch(
+    accuracy: Accuracy, model, batch: list[Rows], vocab_limit: int, device: torch.device, dtype_name: str
+) -> None:
+    """Score `batch` in one forward pass and add it to `accuracy`."""
+    summed, per_token = ending_losses(model, batch, vocab_limit, device, dtype_name)
+    labels = torch.tensor([example.label for example in batch])
+    accuracy.correct += int((summed.argmin(dim=1) == labels).sum())
+    accuracy.correct_norm += int((per_token.argmin(dim=1) == labels).sum())
+    accuracy.scored += len(batch)
+    accuracy.cut += sum(example.cut for example in batch)
 
 
 def score(
@@ -275,24 +284,26 @@ def score(
     batch_size: int = 8,
 ) -> Accuracy:
     """acc and acc_norm over `examples` (see the module docstring); `batch_size` examples (4 rows
-    each) per forward pass."""
+    each) per forward pass, in eval mode (the model's mode is restored)."""
+    rows, accuracy = render_all(tokenizer, examples, window)
+    if not rows:
+        raise nothing_to_score(accuracy)
+    was_training = model.training
     model.eval()
-    accuracy = Accuracy(len(examples))
-    for batch in batches(tokenizer, examples, window, batch_size, accuracy):
-        summed, per_token = ending_losses(model, batch, tokenizer.vocab_size, device, dtype_name)
-        labels = torch.tensor([example.label for example in batch])
-        accuracy.correct += int((summed.argmin(dim=1) == labels).sum())
-        accuracy.correct_norm += int((per_token.argmin(dim=1) == labels).sum())
-        accuracy.scored += len(batch)
-        accuracy.cut += sum(example.cut for example in batch)
-    if accuracy.scored == 0:
-        reasons = "; ".join(f"{n:,} {SKIPPED[reason]}" for reason, n in accuracy.skipped.items())
-        raise UserError(
-            f"none of the {len(examples):,} HellaSwag examples can be scored with this model ({reasons}); "
-            "HellaSwag needs a tokenizer that reads any text (byte, bpe or gpt2) and a context that "
-            "holds an ending"
-        )
+    for start in range(0, len(rows), batch_size):
+        add_batch(accuracy, model, rows[start : start + batch_size], tokenizer.vocab_size, device, dtype_name)
+    model.train(was_training)
     return accuracy
+
+
+def nothing_to_score(accuracy: Accuracy, fix: str = "") -> UserError:
+    """The line for examples of which none can be scored; `fix`: another way out, appended."""
+    reasons = "; ".join(f"{n:,} {SKIPPED[reason]}" for reason, n in accuracy.skipped.items() if n)
+    return UserError(
+        f"none of the {accuracy.examples:,} HellaSwag examples can be scored with this model ({reasons}); "
+        "HellaSwag needs a tokenizer that reads any text (byte, bpe or gpt2) and a context that "
+        f"holds an ending{fix}"
+    )
 
 
 def skipped_summary(accuracy: Accuracy) -> str:

@@ -27,7 +27,7 @@ from trickster.observe.manifest import run_manifest
 from trickster.observe.sinks import MetricSinks
 from trickster.observe.status import Heartbeat
 from trickster.train import checkpoint as ckpt
-from trickster.train import dist, recovery, setup
+from trickster.train import dist, hellaswag_eval, recovery, setup
 from trickster.train.batches import DeviceBatches
 from trickster.train.budget import Clock
 from trickster.train.console import Console
@@ -105,6 +105,9 @@ class Trainer:
         check_windows(self.data, cfg.seq_len)
         check_fits(cfg, self.device, job)  # before the run folder is touched
         check_validation_set(cfg, job)
+        self.hellaswag = hellaswag_eval.HellaSwagEval(
+            cfg, self.data.tokenizer, job
+        )  # its file read and checked now
         # 3. the run folder: a new one, or the newest complete checkpoint of an old one
         self.run_dir = Path(cfg.logging.output_dir)
         # jsonl, csv, loss.png, TensorBoard, W&B: checks the optional packages, writes nothing yet
@@ -130,6 +133,7 @@ class Trainer:
         self.heartbeat = Heartbeat(self.run_dir, t.max_steps, enabled=job.is_main)
         self.saved: ckpt.Saved | None = None  # this process's last checkpoint
         self.eval_due = False  # resumed from a checkpoint saved before its step's evaluation
+        self.hellaswag_due = self.hellaswag.enabled  # at step 0; resumed: as eval_due, for HellaSwag
         if job.rank > 0:  # other dropout masks on each process (rank 0 draws as a single process would)
             torch.manual_seed(t.seed + job.rank)
         self.val_draw_width = t.batch_size * job.world_size  # a resumed run keeps its own
@@ -162,6 +166,9 @@ class Trainer:
             if self.resumed_from is None or self.eval_due:
                 with recovery.guard(self, "an evaluation", state.step):
                     self.evaluate()
+            if self.hellaswag_due:
+                with recovery.guard(self, "a HellaSwag evaluation", state.step):
+                    hellaswag_eval.score(self)
             self.timer.reset()
             while state.step < t.max_steps:
                 began = time.perf_counter()
@@ -180,14 +187,19 @@ class Trainer:
                     self.log(result)
                 stopping = result.stop and not last
                 evaluating = state.step % t.eval_every == 0 or last
+                scoring = self.hellaswag.due(state.step, last)
                 with self.timer.paused():  # evaluations and checkpoints are not training time
                     # the checkpoint first: an evaluation that fails (out of memory) loses no training
                     if state.step % t.save_every == 0 or stopping or last:
                         with recovery.guard(self, "a checkpoint", state.step):
-                            self.save("final" if last else ckpt.step_name(state.step), eval_due=evaluating)
+                            name = "final" if last else ckpt.step_name(state.step)
+                            self.save(name, eval_due=evaluating, hellaswag_due=scoring)
                     if evaluating:
                         with recovery.guard(self, "an evaluation", state.step):
                             self.evaluate()
+                    if scoring:
+                        with recovery.guard(self, "a HellaSwag evaluation", state.step):
+                            hellaswag_eval.score(self)
                 if stopping:
                     return recovery.stopped(self)
                 if last:
@@ -335,18 +347,19 @@ class Trainer:
         tokenizer, dtype = self.data.tokenizer, job.gathered_dtype
         return sample_text(self.model, tokenizer, t.sample_prompt, t.sample_tokens, t.seed, agree, dtype)
 
-    def save(self, name: str, eval_due: bool = False) -> None:
+    def save(self, name: str, eval_due: bool = False, hellaswag_due: bool = False) -> None:
         """A checkpoint folder. Every process takes part: rank 0 writes the gathered weights and
         trainer.pt; the optimizer moments are gathered by name too, except under FSDP2, where each
         process writes its own shard of them (torch.distributed.checkpoint) into the same folder.
         A second folder of one step (`best` after `final`) links the first one's weights and shards
         instead of writing them again (every process knows: they all saved the first).
-        `eval_due`: an evaluation of these weights follows (a resume from here does it again)."""
+        `eval_due`, `hellaswag_due`: an evaluation of these weights follows (a resume from here does
+        it again)."""
         target = self.run_dir / "checkpoints" / name
         again = self.saved if self.saved is not None and self.saved.step == self.state.step else None
         weights = None if again else dist.full_weights(self.model)
         trainer_state, staging, groups = self.state_dict(), None, again.groups if again else None
-        trainer_state["eval_due"] = eval_due
+        trainer_state["eval_due"], trainer_state["hellaswag_due"] = eval_due, hellaswag_due
         if self.job.mode == "fsdp":
             if not again:
                 staging, groups = setup.stage_shards(self.job, self.model, self.optimizer, target)
@@ -388,6 +401,7 @@ class Trainer:
     def load_state_dict(self, trainer: dict) -> None:
         self.state.load_state_dict(trainer["train_state"])
         self.eval_due = trainer["eval_due"]  # saved before an evaluation (save())
+        self.hellaswag_due = trainer["hellaswag_due"] and self.hellaswag.enabled
         self.spikes.load_state_dict(trainer.get("spikes", {}))
         self.val_draw_width = trainer["val_draw_width"]
         self.batches.load_state_dict(trainer["sampler"])

@@ -318,6 +318,7 @@ def older_trainer_state(trainer: dict, path: Path) -> dict:
     - `rng`: one state per process; until 2026-11-22 08:08 the list was `rng_per_rank`.
     - `eval_due`: written since 2026-11-29 13:03. From 05:24 that day (when `spikes` came) the
       checkpoint of an evaluation's step was saved before that evaluation; the resume does it again.
+    - `hellaswag_due`: written since 2026-11-30, when HellaSwag during training came; none before.
     - `val_draw_width`: written since 2026-11-29 14:30. Before, the validation windows were drawn
       batch_size x processes wide as the run that saved it had them (its config, its RNG states).
     - The optimizer state by position (until 2026-11-22 07:16) names no parameter: refused.
@@ -333,6 +334,7 @@ def older_trainer_state(trainer: dict, path: Path) -> dict:
     saved = ckpt.read_config(path).training
     evaluated_here = path.name == "final" or trainer["train_state"]["step"] % saved.eval_every == 0
     trainer.setdefault("eval_due", "spikes" in trainer and evaluated_here)
+    trainer.setdefault("hellaswag_due", False)
     trainer.setdefault("val_draw_width", saved.batch_size * len(trainer["rng"]))
     return trainer
 
@@ -352,15 +354,16 @@ def _changed_settings(old: Config, new: Config) -> dict[str, list]:
 
 
 @contextlib.contextmanager
-def metrics_cut_back(path: Path, step: int, eval_due: bool, resume_event: dict):
+def metrics_cut_back(path: Path, step: int, eval_due: bool, resume_event: dict, hellaswag_due: bool = False):
     """metrics.jsonl without the events logged after the checkpoint we resume from (and its step's
-    evaluation, when `eval_due`: the resumed run evaluates again), which will be logged again, and
+    evaluation, when `eval_due`, and HellaSwag scoring, when `hellaswag_due`: the resumed run does
+    them again), which will be logged again, and
     with `resume_event` after them. It takes the file's place in one rename when the block (which
     writes the run's other files) has succeeded: a kill, or a failed write, before that leaves the
     file as it was. Written aside before the block, so that a full disk stops the resume before any
     file changes. A missing file is created; a link to a device or a pipe (/dev/null) is written
     into (atomic.write_aside)."""
-    again = ("stopped", "eval") if eval_due else ("stopped",)
+    again = ("stopped",) + ("eval",) * eval_due + ("hellaswag",) * hellaswag_due
     kept = (r for r in iter_metrics(path) if r["step"] <= step and r["event"] != "end")
     kept = (r for r in kept if not (r["step"] == step and r["event"] in again))
     lines = (json.dumps(r, ensure_ascii=False) + "\n" for r in itertools.chain(kept, [resume_event]))

@@ -109,6 +109,7 @@ class Resumed(NamedTuple):
     eval_due: bool  # the checkpoint was saved before its step's evaluation, which is done again
     changed: dict  # settings that differ from the checkpoint's: {key: [old, new]}
     repairs: list[str]  # what recovering the run folder put right
+    hellaswag_due: bool = False  # as eval_due, for its step's HellaSwag scoring
 
 
 def write_run_files(
@@ -128,7 +129,9 @@ def write_run_files(
         return
     checkpoint, changed, repairs = resumed.checkpoint.name, resumed.changed, resumed.repairs
     event = new_event("resume", resumed.step, checkpoint=checkpoint, changed=changed, repairs=repairs)
-    with metrics_cut_back(run_dir / "metrics.jsonl", resumed.step, resumed.eval_due, event):
+    with metrics_cut_back(
+        run_dir / "metrics.jsonl", resumed.step, resumed.eval_due, event, resumed.hellaswag_due
+    ):
         with disk_errors(f"run folder {run_dir}", WRITE_FIX):
             _write_run_files(run_dir, cfg, data, manifest)
     metrics.copy(event)  # to metrics.csv, TensorBoard, W&B
@@ -226,7 +229,8 @@ def announce(trainer: Trainer, resume, changed: dict, repairs: list[str], global
     cfg, job, out, data = trainer.cfg, trainer.job, trainer.out, trainer.data
     resumed_from = trainer.resumed_from
     if job.is_main:
-        resumed = Resumed(resumed_from, trainer.state.step, trainer.eval_due, changed, repairs)
+        step, due = trainer.state.step, trainer.eval_due
+        resumed = Resumed(resumed_from, step, due, changed, repairs, trainer.hellaswag_due)
         write_run_files(trainer.run_dir, cfg, data, trainer.manifest, trainer.metrics, resume, resumed)
     resuming = resumed_from is not None
     print_header(out, cfg, data, trainer.params, trainer.device, trainer.tokens_per_step, job, resuming)
@@ -236,6 +240,8 @@ def announce(trainer: Trainer, resume, changed: dict, repairs: list[str], global
         out.line(line)
     if trainer.batch_note:
         out.line(trainer.batch_note)
+    if trainer.hellaswag.enabled:
+        out.line(trainer.hellaswag.header())
     if resuming:
         return
     trainer.metrics.write(

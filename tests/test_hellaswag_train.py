@@ -1,0 +1,193 @@
+"""HellaSwag during training (training_config.hellaswag_every): scored at step 0, every N steps and
+at the end; each scoring's counts are those `trickster eval --task hellaswag` gives on the
+checkpoint of that step; a run that scores trains exactly as one that does not; the file is read
+before the first step or the run does not start; a kill after a scoring resumes exactly. The
+files are written here from the Shakespeare excerpt (no network)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from trickster import cli
+from trickster.data.tokenizers import CharTokenizer
+from trickster.errors import UserError
+from trickster.observe import hellaswag
+from trickster.train import checkpoint as ckpt
+from trickster.train import hellaswag_eval
+from trickster.train.dist import Dist
+from trickster.train.hellaswag_eval import HellaSwagEval
+from trickster.train.loop import train
+
+from .conftest import EXCERPT, QUIET, events, micro_config
+from .test_hellaswag import excerpt_examples, write_file
+from .test_resume import CRASH_RUN, assert_same_weights, crash, curve
+
+FIRST = 16  # training_config.hellaswag_examples of these tests: the file holds more
+
+
+def labelled(count: int, seed: int = 3) -> list[dict]:
+    """Excerpt examples (only characters the char model knows) with labels 0-3 in turn; the sixth
+    has a digit, which the char vocabulary lacks."""
+    examples = excerpt_examples(count, seed=seed)
+    for i, example in enumerate(examples):
+        example["label"] = i % 4
+    examples[5]["endings"][1] += " 1984"
+    return examples
+
+
+@pytest.fixture
+def hellaswag_file(tmp_path, monkeypatch) -> Path:
+    """24 examples, the product's line count set to match (in this process only)."""
+    return write_file(tmp_path / "hellaswag_val.jsonl", labelled(24), monkeypatch)
+
+
+def scoring(path: Path, every: int = 4, **training) -> dict:
+    return {"hellaswag_every": every, "hellaswag_examples": FIRST, "hellaswag_file": str(path), **training}
+
+
+def eval_task(capsys, checkpoint: Path, path: Path) -> dict:
+    capsys.readouterr()
+    argv = ["eval", str(checkpoint), "--task", "hellaswag", "--hellaswag-file", str(path)]
+    assert cli.main([*argv, "--max-examples", str(FIRST), "--json", "--device", "cpu"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_scored_at_step_0_every_n_steps_and_at_the_end_as_eval_scores_each_checkpoint(
+    micro, hellaswag_file, capsys
+):
+    said: list[str] = []
+    cfg = micro(training_config=scoring(hellaswag_file, max_steps=10, save_every=4))
+    result = train(cfg, echo=said.append)
+
+    scored = events(result.history, "hellaswag")
+    assert [r["step"] for r in scored] == [0, 4, 8, 10]
+    tokens = {r["step"]: r["tokens_seen"] for r in events(result.history, "train")}
+    for record, name in zip(scored[1:], ["step_000004", "step_000008", "final"], strict=True):
+        by_eval = eval_task(capsys, result.run_dir / "checkpoints" / name, hellaswag_file)
+        assert by_eval["step"] == record["step"]
+        keys = ("acc", "acc_norm", "correct", "correct_norm", "scored", "examples", "cut", "skipped")
+        assert {k: record[k] for k in keys} == {k: by_eval[k] for k in keys}
+        assert record["tokens_seen"] == tokens[record["step"]]
+        shown = (
+            f"step {record['step']:>6}: HellaSwag acc_norm {record['acc_norm']:.4f}, acc {record['acc']:.4f}"
+        )
+        assert any(line.startswith(shown) for line in said), shown
+    # the first 16 of 24, the sixth left out (a digit): the same 15 every time
+    assert {(r["examples"], r["scored"]) for r in scored} == {(16, 15)}
+    assert scored[0]["skipped"] == {"unknown_characters": 1, "ending_too_long": 0, "empty": 0}
+    assert "the first 16 of the 24 validation examples" in "\n".join(said)
+    assert "left out: 1 with characters outside the model's vocabulary" in "\n".join(said)
+
+
+def test_a_run_that_scores_trains_exactly_as_one_that_does_not(shakespeare_dir, hellaswag_file, tmp_path):
+    """With dropout, a model left in eval mode or a random number drawn would change every loss
+    after the first scoring; samples and the final weights must be the same too."""
+    training = {"max_steps": 8, "eval_every": 4, "save_every": 8}
+    sections = {"model_config": {"dropout": 0.1}}
+    plain = train(
+        micro_config(shakespeare_dir, tmp_path / "plain", training_config=training, **sections), **QUIET
+    )
+    with_scoring = {**training, **scoring(hellaswag_file, every=3)}
+    cfg = micro_config(shakespeare_dir, tmp_path / "scored", training_config=with_scoring, **sections)
+    scored = train(cfg, **QUIET)
+
+    assert [r["step"] for r in events(scored.history, "hellaswag")] == [0, 3, 6, 8]
+    assert curve(scored.history) == curve(plain.history)
+    assert_same_weights(plain.run_dir / "checkpoints" / "final", scored.run_dir / "checkpoints" / "final")
+
+
+def test_without_the_file_offline_the_run_stops_before_it_starts(
+    micro, hellaswag_file, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("TRICKSTER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(hellaswag, "VAL_URL", "http://127.0.0.1:9/hellaswag_val.jsonl")
+    cfg = micro(training_config={"max_steps": 2, "warmup_steps": 1, "hellaswag_every": 1})
+    with pytest.raises(UserError, match=r"pass the local copy with training_config\.hellaswag_file=FILE$"):
+        train(cfg, **QUIET)
+    assert not Path(cfg.logging.output_dir).exists()  # nothing trained, no run folder
+
+    # the copy `trickster eval --task hellaswag` cached is read without the network
+    cached = tmp_path / "cache" / "hellaswag" / "hellaswag_val.jsonl"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(hellaswag_file.read_bytes())
+    said: list[str] = []
+    result = train(cfg, echo=said.append)
+    assert [r["step"] for r in events(result.history, "hellaswag")] == [0, 1, 2]
+    assert f"validation examples ({cached})" in "\n".join(said)
+
+
+def test_more_processes_than_scorable_examples_is_refused(micro, hellaswag_file):
+    """Every process scores a share, in as many passes as the others: none may be left empty."""
+    cfg = micro(training_config=scoring(hellaswag_file, hellaswag_examples=3))
+    tokenizer = CharTokenizer.from_texts([EXCERPT.read_text()])
+    assert len(HellaSwagEval(cfg, tokenizer, Dist(rank=0, world_size=3)).rows) == 1
+    fewer = (
+        "hellaswag_examples=3 leaves 3 HellaSwag examples this model can score, fewer than the 4 processes"
+    )
+    with pytest.raises(UserError, match=fewer):
+        HellaSwagEval(cfg, tokenizer, Dist(rank=0, world_size=4))
+
+
+def test_passes_are_as_many_on_every_process_and_hold_every_row_once(micro, hellaswag_file, monkeypatch):
+    monkeypatch.setattr(hellaswag_eval, "on_main", lambda job, read, *args: read(*args))  # each process reads
+    cfg = micro(training_config=scoring(hellaswag_file, hellaswag_examples=24))
+    tokenizer = CharTokenizer.from_texts([EXCERPT.read_text()])
+    for batch_tokens in (1, 700, 2000, 10**6):
+        shares = [HellaSwagEval(cfg, tokenizer, Dist(rank=r, world_size=3)) for r in range(3)]
+        passes = [share.passes(batch_tokens) for share in shares]
+        assert len({len(p) for p in passes}) == 1 and all(batch for p in passes for batch in p)
+        rows = [id(row) for share in shares for row in share.rows]
+        assert sorted(id(row) for p in passes for batch in p for row in batch) == sorted(rows)
+        assert len(rows) == 23
+
+
+# --------------------------------------------------------------------------- kill and resume
+
+
+@pytest.fixture(scope="module")
+def full_size_file(tmp_path_factory) -> Path:
+    """10,042 examples, as many as the real file: the killed run is another process, where the
+    line count cannot be changed."""
+    path = tmp_path_factory.mktemp("hellaswag") / "hellaswag_val.jsonl"
+    examples = labelled(hellaswag.VAL_EXAMPLES, seed=4)
+    path.write_text("".join(json.dumps(e) + "\n" for e in examples), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def scoring_run(full_size_file) -> dict:
+    """test_resume's kill run (dropout, 12 steps, checkpoints at 4 and 8), scoring at 0, 4, 8, 12."""
+    return {**CRASH_RUN, "training_config": {**CRASH_RUN["training_config"], **scoring(full_size_file)}}
+
+
+@pytest.fixture(scope="module")
+def scoring_reference(shakespeare_dir, scoring_run, tmp_path_factory):
+    return train(
+        micro_config(shakespeare_dir, tmp_path_factory.mktemp("reference") / "run", **scoring_run), **QUIET
+    )
+
+
+@pytest.mark.parametrize("moment", ["before-hellaswag", "after-hellaswag"])
+def test_a_kill_around_a_scoring_resumes_exactly(
+    moment, shakespeare_dir, scoring_run, scoring_reference, tmp_path
+):
+    """Killed as the scoring at step 8 starts, or just after it wrote its event, the run resumes
+    from step_000008 (saved before it), scores step 8 again and logs it once."""
+    run, reference, run_dir = scoring_run, scoring_reference, tmp_path / "run"
+    crash(shakespeare_dir, run_dir, moment, 3, run=run)
+    assert ckpt.latest(run_dir).name == "step_000008"
+
+    resumed = train(micro_config(shakespeare_dir, run_dir, **run), resume=True, **QUIET)
+
+    def scorings(history) -> list[tuple]:
+        return [
+            (r["step"], r["correct"], r["correct_norm"], r["scored"]) for r in events(history, "hellaswag")
+        ]
+
+    assert [s[0] for s in scorings(resumed.history)] == [0, 4, 8, 12]
+    assert scorings(resumed.history) == scorings(reference.history)
+    assert curve(resumed.history) == curve(reference.history)
+    assert_same_weights(run_dir / "checkpoints" / "final", reference.run_dir / "checkpoints" / "final")
