@@ -848,14 +848,6 @@ def _resume_in_empty_folder(env: Env) -> list[str]:
     return micro_train(env, "--resume", "--out", str(env.tmp / "fresh"))
 
 
-def _resume_damaged_metrics(env: Env) -> list[str]:
-    argv = _trained_run_copy_with(env, "--resume", "training_config.max_steps=20")
-    metrics = env.tmp / "run-copy" / "metrics.jsonl"
-    lines = metrics.read_text().splitlines(keepends=True)
-    metrics.write_text("".join(lines[:2]) + "{oops\n" + "".join(lines[2:]))
-    return argv
-
-
 def _diverging_run(env: Env) -> list[str]:
     forward = Transformer.forward
 
@@ -1151,14 +1143,6 @@ def _wandb_not_logged_in(env: Env) -> list[str]:
     }.items():
         env.monkeypatch.setenv(name, str(value))
     return micro_train(env, logging_config={"use_wandb": True})
-
-
-def _damaged_metrics(env: Env) -> list[str]:
-    run = env.copy_run()
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    lines[2] = lines[2][:15]
-    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-    return ["report", str(run)]
 
 
 RECORD = '{"prompt": "Who is there?", "response": "Nay, answer me."}'
@@ -1875,7 +1859,6 @@ CASES = [
     case("resume-other-data", _resume_other_data, "cannot resume", "prepared data changed"),
     case("resume-resplit-data", _resume_resplit_data, "cannot resume", "prepared data changed"),
     case("resume-with-nothing-to-resume", _resume_in_empty_folder, "nothing to resume", "resume=auto"),
-    case("resume-damaged-metrics-line", _resume_damaged_metrics, "metrics.jsonl line 3 is damaged"),
     case(
         "override-resume-not-bool-or-auto",
         lambda env: micro_train(env, "training_config.resume=maybe"),
@@ -2960,7 +2943,6 @@ CASES = [
         lambda env: ["report", str(Path(env.write("photos/a.txt", "x")).parent)],
         "photos is not a run folder (no metrics.jsonl)",
     ),
-    case("report-damaged-metrics", _damaged_metrics, "metrics.jsonl line 3 is damaged"),
     case(
         "report-out-in-missing-folder",
         lambda env: ["report", str(env.run), "--out", str(env.tmp / "missing" / "report.html")],

@@ -249,7 +249,13 @@ def test_runs_table_lists_each_run_with_its_numbers(trained_run, tmp_path, capsy
         "time",
         "status",
     ]
-    assert len(out) == 4 and out[3].split()[0] == "c-damaged" and out[3].split()[-1] == "unreadable"
+    out, notes = out[:4], out[4:]  # what each row leaves out, said under the table
+    assert out[3].split()[0] == "c-damaged" and out[3].split()[-1] == "unreadable"
+    assert notes == [
+        f"note: b-partial: the last line of metrics.jsonl is cut short (line {len(lines) - 4}); skipped",
+        "note: c-damaged: metrics.jsonl lines 1, 2 are damaged (not events) and were skipped; delete them "
+        "to stop this note",
+    ]
     records = read_metrics(trained_run / "metrics.jsonl")
     start, trains = records[0], [r for r in records if r["event"] == "train"]
     best = min(r["val_loss"] for r in records if r["event"] == "eval" and r["step"] > 0)

@@ -598,6 +598,48 @@ def test_a_crash_cut_metrics_line_is_dropped(micro):
     assert [r["step"] for r in events(result.history, "train")] == [2, 4, 6]
 
 
+def test_a_damaged_line_inside_the_metrics_is_kept_and_said_and_the_run_resumes(micro, tmp_path, capsys):
+    """A line of metrics.jsonl damaged since it was written (not a last line cut short by a kill) is
+    no reason to refuse a resume: the training state lies in the checkpoint. It stays as it was
+    among the events kept around it and is said, as report and runs say it; a damaged line among
+    the events after the checkpoint goes with them."""
+    cfg = micro(training_config={"max_steps": 4, "warmup_steps": 1, "eval_every": 2, "save_every": 2})
+    run_dir, config = Path(cfg.logging.output_dir), tmp_path / "run.yaml"
+    save_config(cfg, config)
+    argv = ["train", "--config", str(config), "--no-progress", "training_config.resume=auto"]
+    assert cli.main(argv) == 0
+    metrics = run_dir / "metrics.jsonl"
+    lines = metrics.read_text(encoding="utf-8").splitlines(keepends=True)
+    at = next(i for i, line in enumerate(lines) if '"event": "eval", "step": 2' in line)
+    damaged = lines[at][: len(lines[at]) // 2] + "\n"  # a disk fault: the eval at step 2 cut in half
+    past = json.dumps({"event": "train", "step": 5, "time": 1.0}) + "\n"  # logged after the checkpoint
+    metrics.write_text("".join([*lines[:at], damaged, *lines[at + 1 :], "#garbage\n", past]))
+    capsys.readouterr()
+
+    assert cli.main([*argv, "training_config.max_steps=6"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"metrics.jsonl line {at + 1} is damaged (not an event) and was kept as found; report and runs "
+        "skip it (delete it to stop their notes)\n"
+    ) in out
+    assert (
+        f"metrics.jsonl line {len(lines) + 1} is damaged (not an event) and was left out; it lay among "
+        "the events after the checkpoint\n"
+    ) in out
+    resumed = metrics.read_text(encoding="utf-8").splitlines(keepends=True)
+    assert resumed[at] == damaged and "#garbage\n" not in resumed
+    problems: list[str] = []
+    steps = [(r["event"], r["step"]) for r in read_metrics(metrics, problems) if r["event"] != "train"]
+    assert steps == [("start", 0), ("eval", 0), ("resume", 4), ("eval", 4), ("eval", 6), ("end", 6)]
+    assert problems == [
+        f"metrics.jsonl line {at + 1} is damaged (not an event) and was skipped; delete it to stop this note"
+    ]
+    assert cli.main(["report", str(run_dir)]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == f"note: {problems[0]}"
+    assert cli.main(["runs", str(run_dir)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"note: {run_dir.name}: {problems[0]}"
+
+
 def test_a_second_process_training_in_the_same_folder_is_refused(shakespeare_dir, tmp_path, capsys):
     """Two `trickster train` into one --out, with or without --resume: the second is one line, exit
     status 2, and writes nothing (before, both trained and appended to one metrics.jsonl). The

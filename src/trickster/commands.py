@@ -270,8 +270,10 @@ def plan_command(
 def report_command(run_dir: str, out: str | None) -> None:
     from trickster.observe.report import write_report
 
-    path = write_report(run_dir, out)
+    path, problem = write_report(run_dir, out)
     print(f"wrote {path} (open it in a browser)")
+    if problem:
+        print(f"note: {problem}")
 
 
 def runs_command(folder: str) -> None:
@@ -283,6 +285,9 @@ def runs_command(folder: str) -> None:
         return
     for line in format_runs(runs):
         print(line)
+    for run in runs:  # what its row leaves out: a damaged line of metrics.jsonl, a missing config.yaml
+        if run.problem:
+            print(f"note: {run.name}: {run.problem}")
 
 
 def export_command(target: str, fmt: str, out: str, dtype: str = "float32") -> Path:

@@ -25,14 +25,14 @@ run ended.
 
 from __future__ import annotations
 
-import collections
 import io
 import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
-from trickster.errors import UserError, disk_errors, write_fix
+from trickster.errors import disk_errors, write_fix
 
 # what a failed write of a run's metrics (a full disk, a read-only folder) tells the user to do
 DISK_FIX = write_fix(then="continue with --resume")
@@ -79,51 +79,81 @@ def iter_metrics(path: str | Path, problems: list[str] | None = None) -> Iterato
     """The events of a metrics.jsonl one at a time, reading the file line by line (a long run's
     events are never all in memory at once).
 
-    The one rule: a last line cut short (the process was killed while writing it) is skipped, and
-    said in `problems` when a list is given; any other line that is not an event is an error that
-    names the line. Lines end at "\n" only: an event's text (a sample) may hold U+2028 or NEL,
-    which JSON leaves as they are and str.splitlines would take for line ends.
+    The one rule: a line that is not an event is skipped, and said in `problems` when a list is
+    given. A last line cut short is what a kill while it was written leaves (normal); any other is
+    damaged (the file was changed or corrupted since): the events read lack it, and a reader that
+    shows figures from them says so. Lines end at "\n" only: an event's text (a sample) may hold
+    U+2028 or NEL, which JSON leaves as they are and str.splitlines would take for line ends.
     """
+    damaged = DamagedLines()
+    for line in metrics_lines(path):
+        if line.event is not None:
+            yield line.event
+        elif not line.cut_short:
+            damaged.add(line.number)
+        elif problems is not None:
+            problems.append(f"the last line of metrics.jsonl is cut short (line {line.number}); skipped")
+    if damaged.count and problems is not None:
+        problems.insert(0, damaged.note("skipped", "delete {them} to stop this note"))
+
+
+class DamagedLines:
+    """The damaged lines of a metrics.jsonl (not events, not a last line cut short), said in one
+    note however many there are: the first three by number, then how many more."""
+
+    def __init__(self):
+        self.first: list[int] = []
+        self.count = 0
+
+    def add(self, number: int) -> None:
+        self.first += [number] if len(self.first) < 3 else []
+        self.count += 1
+
+    def note(self, done: str, then: str) -> str:
+        """`then` may name the lines as {them} ("it" for one)."""
+        then = then.format(them="it" if self.count == 1 else "them")
+        if self.count == 1:
+            return f"metrics.jsonl line {self.first[0]} is damaged (not an event) and was {done}; {then}"
+        shown = ", ".join(map(str, self.first)) + (f" and {self.count - 3:,} more" if self.count > 3 else "")
+        return f"metrics.jsonl lines {shown} are damaged (not events) and were {done}; {then}"
+
+
+class MetricsLine(NamedTuple):
+    number: int  # from 1
+    text: str  # as read, with its line end
+    event: dict | None  # None: the line is not an event
+    cut_short: bool  # not an event, as a kill while it was written leaves it: the last line, not JSON
+
+
+def metrics_lines(path: str | Path) -> Iterator[MetricsLine]:
+    """Every line of a metrics.jsonl but blank ones, parsed (none if the file is missing)."""
     path = Path(path)
     if not path.is_file():
         return
     with open(path, encoding="utf-8", errors="replace", newline="\n") as lines:
         held = None  # the line before: whether it is the last one is known only at the next
-        for number, line in enumerate(lines, 1):
+        for number, text in enumerate(lines, 1):
             if held is not None:
-                yield from _event(path, *held, last=False, problems=problems)
-            held = (number, line)
+                yield from _parsed(*held, last=False)
+            held = (number, text)
         if held is not None:
-            yield from _event(path, *held, last=True, problems=problems)
+            yield from _parsed(*held, last=True)
 
 
 def last_event(path: str | Path) -> dict | None:
-    """The last event of a metrics.jsonl as iter_metrics reads it (a last line cut short is
+    """The last event of a metrics.jsonl as iter_metrics reads it (lines that are not events are
     skipped), read from the file's end as `tail` reads it: a long run's file holds hundreds of MB,
     and a look at how the run ended needs its last lines only. None when it holds no event (or is
-    missing). The lines before that event are not read; one after it that is damaged, or not an
-    event, is left to iter_metrics, whose error names its line number."""
+    missing). The lines before that event are not read."""
     path = Path(path)
     if not path.is_file():
         return None
     with open(path, "rb") as f:
-        for index, raw in enumerate(_lines_from_end(f)):
-            line = raw.decode("utf-8", errors="replace")
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                if index == 0:  # the last line, cut short: skipped
-                    continue
-                break
-            if not isinstance(record, dict) or not {"event", "step", "time"} <= record.keys():
-                break
-            return record
-        else:
-            return None
-    last = collections.deque(iter_metrics(path), maxlen=1)  # raises, naming the line
-    return last[0] if last else None
+        for raw in _lines_from_end(f):
+            record = _as_event(raw.decode("utf-8", errors="replace"))
+            if record is not None:
+                return record
+    return None
 
 
 def _lines_from_end(f, block: int = 1 << 16) -> Iterator[bytes]:
@@ -146,17 +176,25 @@ def _lines_from_end(f, block: int = 1 << 16) -> Iterator[bytes]:
         end, block = start, 2 * block
 
 
-def _event(path: Path, number: int, line: str, last: bool, problems: list[str] | None) -> Iterator[dict]:
-    if not line.strip():
+def _parsed(number: int, text: str, last: bool) -> Iterator[MetricsLine]:
+    if not text.strip():
         return
     try:
-        record = json.loads(line)
+        record = json.loads(text)
     except ValueError:
-        if last:
-            if problems is not None:
-                problems.append(f"the last line of metrics.jsonl is cut short (line {number}); skipped")
-            return
-        raise UserError(f"{path} line {number} is damaged; delete that line and run again") from None
-    if not isinstance(record, dict) or not {"event", "step", "time"} <= record.keys():
-        raise UserError(f"{path} line {number} is not a metrics event; delete that line and run again")
-    yield record
+        yield MetricsLine(number, text, None, cut_short=last)
+        return
+    yield MetricsLine(number, text, record if _is_event(record) else None, cut_short=False)
+
+
+def _as_event(text: str) -> dict | None:
+    """The event a line holds, or None: not JSON, or JSON without `event`, `step` and `time`."""
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return None
+    return record if _is_event(record) else None
+
+
+def _is_event(record) -> bool:
+    return isinstance(record, dict) and {"event", "step", "time"} <= record.keys()

@@ -50,7 +50,10 @@ pre.block { background: #f4f6f8; padding: 10px; border-radius: 6px; }
 
 def build_report(run_dir: str | Path) -> str:
     """The HTML page for a run folder, as a string."""
-    run = read_run(run_dir, for_report=True)
+    return _page(read_run(run_dir, for_report=True), run_dir)
+
+
+def _page(run: Run, run_dir: str | Path) -> str:
     if not run.metrics.events:
         raise UserError(f"{run_dir}/metrics.jsonl holds no events yet; report once training has started")
     sections = [
@@ -74,13 +77,16 @@ def build_report(run_dir: str | Path) -> str:
     )
 
 
-def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    page = build_report(run_dir)
+def write_report(run_dir: str | Path, out: str | Path | None = None) -> tuple[Path, str | None]:
+    """The page written, and what of the run could not be read (a damaged line of metrics.jsonl,
+    skipped), which the page notes too."""
+    run = read_run(run_dir, for_report=True)
+    page = _page(run, run_dir)
     path = Path(out) if out else Path(run_dir) / "report.html"
     if path.is_dir():
         path = path / "report.html"
     write_page(path, page, "choose another --out")
-    return path
+    return path, run.problem
 
 
 # --------------------------------------------------------------------------- sections

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import itertools
 import json
 import os
 from pathlib import Path
@@ -18,7 +17,7 @@ from trickster.config_saved import read_saved
 from trickster.data.loader import PreparedData
 from trickster.errors import UserError, disk_errors, write_fix
 from trickster.model import lora
-from trickster.observe.events import DISK_FIX, iter_metrics, last_event
+from trickster.observe.events import DISK_FIX, DamagedLines, MetricsLine, last_event, metrics_lines
 from trickster.observe.status import liveness, read_status
 from trickster.train import checkpoint as ckpt
 from trickster.train import checksums
@@ -362,21 +361,55 @@ def metrics_cut_back(path: Path, step: int, eval_due: bool, resume_event: dict, 
     writes the run's other files) has succeeded: a kill, or a failed write, before that leaves the
     file as it was. Written aside before the block, so that a full disk stops the resume before any
     file changes. A missing file is created; a link to a device or a pipe (/dev/null) is written
-    into (atomic.write_aside)."""
+    into (atomic.write_aside). The block gets the notes on damaged lines (_kept_lines) to print."""
     again = ("stopped",) + ("eval",) * eval_due + ("hellaswag",) * hellaswag_due
-    kept = (r for r in iter_metrics(path) if r["step"] <= step and r["event"] != "end")
-    kept = (r for r in kept if not (r["step"] == step and r["event"] in again))
-    lines = (json.dumps(r, ensure_ascii=False) + "\n" for r in itertools.chain(kept, [resume_event]))
+    notes: list[str] = []
+    lines = _kept_lines(path, step, again, resume_event, notes)
     with disk_errors(str(path), DISK_FIX):
         staging = write_aside(path, lines)  # one event at a time
     try:
-        yield
+        yield notes
     except BaseException:
         if staging is not None:
             staging.unlink(missing_ok=True)
         raise
     with disk_errors(str(path), DISK_FIX):
         put_in_place(staging, path)
+
+
+def _kept_lines(path: Path, step: int, again: tuple[str, ...], resume_event: dict, notes: list[str]):
+    """The lines a resume keeps, then `resume_event`'s. A damaged line (not an event, and not a last
+    line cut short by a kill) is no reason to refuse a resume, whose state lies in the checkpoint:
+    it stays as it is among the events kept around it (its readers skip it and say so), or goes
+    with the events after the checkpoint when it lies among them; either way `notes` says so."""
+    held: list[MetricsLine] = []  # damaged lines, until the next event says on which side they lie
+    kept, left_out, written = DamagedLines(), DamagedLines(), 0
+    for line in metrics_lines(path):
+        if line.event is None:
+            held += [] if line.cut_short else [line]
+            continue
+        record = line.event
+        before = record["step"] <= step
+        for damaged in held:
+            if before:
+                written += 1
+                kept.add(written)  # its number in the file written
+                yield damaged.text if damaged.text.endswith("\n") else damaged.text + "\n"
+            else:
+                left_out.add(damaged.number)
+        held = []
+        if before and record["event"] != "end" and not (record["step"] == step and record["event"] in again):
+            written += 1
+            yield json.dumps(record, ensure_ascii=False) + "\n"
+    for damaged in held:
+        left_out.add(damaged.number)
+    if kept.count:
+        notes.append(
+            kept.note("kept as found", "report and runs skip {them} (delete {them} to stop their notes)")
+        )
+    if left_out.count:
+        notes.append(left_out.note("left out", "{them} lay among the events after the checkpoint"))
+    yield json.dumps(resume_event, ensure_ascii=False) + "\n"
 
 
 def diverged(run_dir: Path, state) -> UserError:

@@ -114,27 +114,28 @@ class Resumed(NamedTuple):
 
 def write_run_files(
     run_dir: Path, cfg: Config, data: PreparedData, manifest: dict, metrics, resume, resumed: Resumed
-) -> None:
+) -> list[str]:
     """tokenizer.json, manifest.json, config.yaml; on resume, metrics.jsonl cut back to the
     checkpoint (and before its evaluation, when that is done again) with a `resume` event, put in
     place once the others are written: a resume stopped by a failed write (a full disk, a folder
     in a file's place) leaves metrics.jsonl as it was, events after the checkpoint included
     (rank 0 only). config.yaml, which a resume changes, comes after the two it writes again byte
-    for byte on the same machine."""
+    for byte on the same machine. Returns the notes on damaged lines of metrics.jsonl to print."""
     if resumed.checkpoint is None:
         with disk_errors(f"run folder {run_dir}", WRITE_FIX):
             _write_run_files(run_dir, cfg, data, manifest)
             if resume:  # nothing to resume: events of an attempt that saved no checkpoint are dropped
                 (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        return
+        return []
     checkpoint, changed, repairs = resumed.checkpoint.name, resumed.changed, resumed.repairs
     event = new_event("resume", resumed.step, checkpoint=checkpoint, changed=changed, repairs=repairs)
     with metrics_cut_back(
         run_dir / "metrics.jsonl", resumed.step, resumed.eval_due, event, resumed.hellaswag_due
-    ):
+    ) as notes:
         with disk_errors(f"run folder {run_dir}", WRITE_FIX):
             _write_run_files(run_dir, cfg, data, manifest)
     metrics.copy(event)  # to metrics.csv, TensorBoard, W&B
+    return notes
 
 
 def _write_run_files(run_dir: Path, cfg: Config, data: PreparedData, manifest: dict) -> None:
@@ -228,15 +229,17 @@ def announce(trainer: Trainer, resume, changed: dict, repairs: list[str], global
     event: what a Trainer says once it is built."""
     cfg, job, out, data = trainer.cfg, trainer.job, trainer.out, trainer.data
     resumed_from = trainer.resumed_from
+    notes = []  # on damaged lines of metrics.jsonl
     if job.is_main:
         step, due = trainer.state.step, trainer.eval_due
         resumed = Resumed(resumed_from, step, due, changed, repairs, trainer.hellaswag_due)
-        write_run_files(trainer.run_dir, cfg, data, trainer.manifest, trainer.metrics, resume, resumed)
+        run_files = (trainer.run_dir, cfg, data, trainer.manifest, trainer.metrics)
+        notes = write_run_files(*run_files, resume, resumed)
     resuming = resumed_from is not None
     print_header(out, cfg, data, trainer.params, trainer.device, trainer.tokens_per_step, job, resuming)
     if resuming:
         out.line(f"resuming from {resumed_from}")
-    for line in repairs + [f"changed on resume: {k} {a} -> {b}" for k, (a, b) in changed.items()]:
+    for line in repairs + notes + [f"changed on resume: {k} {a} -> {b}" for k, (a, b) in changed.items()]:
         out.line(line)
     if trainer.batch_note:
         out.line(trainer.batch_note)
