@@ -6,6 +6,7 @@ files are written here from the Shakespeare excerpt (no network)."""
 
 from __future__ import annotations
 
+import glob
 import json
 from pathlib import Path
 
@@ -14,7 +15,10 @@ import pytest
 from trickster import cli
 from trickster.data.tokenizers import CharTokenizer
 from trickster.errors import UserError
-from trickster.observe import hellaswag
+from trickster.observe import hellaswag, plots
+from trickster.observe.curves import MAX_POINTS, Curves
+from trickster.observe.report import build_report
+from trickster.observe.runs import format_runs, read_run
 from trickster.train import checkpoint as ckpt
 from trickster.train import hellaswag_eval
 from trickster.train.dist import Dist
@@ -24,6 +28,7 @@ from trickster.train.loop import train
 from .conftest import EXCERPT, QUIET, events, micro_config
 from .test_hellaswag import excerpt_examples, write_file
 from .test_resume import CRASH_RUN, assert_same_weights, crash, curve
+from .test_tracking import read_csv, wandb_records
 
 FIRST = 16  # training_config.hellaswag_examples of these tests: the file holds more
 
@@ -191,3 +196,79 @@ def test_a_kill_around_a_scoring_resumes_exactly(
     assert scorings(resumed.history) == scorings(reference.history)
     assert curve(resumed.history) == curve(reference.history)
     assert_same_weights(run_dir / "checkpoints" / "final", reference.run_dir / "checkpoints" / "final")
+
+
+# --------------------------------------------------------------------------- where the points go
+
+
+def test_csv_tensorboard_wandb_the_report_and_the_runs_table_show_each_scoring(
+    micro, hellaswag_file, tmp_path, monkeypatch, trained_run
+):
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("wandb")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for name in ("DIR", "CONFIG_DIR", "CACHE_DIR", "DATA_DIR"):
+        monkeypatch.setenv(f"WANDB_{name}", str(tmp_path / f"wandb-{name.lower()}"))
+    monkeypatch.setenv("WANDB_MODE", "offline")  # nothing is sent
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logging = {"tensorboard": True, "use_wandb": True}
+    run = train(
+        micro(training_config=scoring(hellaswag_file, max_steps=8), logging_config=logging), **QUIET
+    ).run_dir
+    scored = events(run, "hellaswag")
+    points = [(r["step"], r["acc_norm"], r["acc"]) for r in scored]
+    assert [p[0] for p in points] == [0, 4, 8]
+
+    rows = [r for r in read_csv(run / "metrics.csv") if r["event"] == "hellaswag"]
+    assert [(int(r["step"]), float(r["acc_norm"]), float(r["acc"])) for r in rows] == points
+    board = EventAccumulator(str(run / "tensorboard")).Reload()
+    for tag, column in (("hellaswag/acc_norm", 1), ("hellaswag/acc", 2)):
+        logged = [(e.step, e.value) for e in board.Scalars(tag)]
+        assert logged == [(p[0], pytest.approx(p[column])) for p in points], tag
+    history: dict[int, dict] = {}
+    for record in wandb_records(Path(glob.glob(str(run / "wandb" / "offline-run-*" / "run-*.wandb"))[0])):
+        if record.HasField("history"):
+            items = {
+                i.nested_key[0] if i.nested_key else i.key: json.loads(i.value_json)
+                for i in record.history.item
+            }
+            history.setdefault(items["_step"], {}).update(items)
+    assert [
+        (s, history[s]["hellaswag/acc_norm"], history[s]["hellaswag/acc"]) for s, _, _ in points
+    ] == points
+
+    page = build_report(run)
+    assert "<h2>HellaSwag accuracy</h2>" in page
+    assert f"{points[-1][1]:.4f} (step 8)" in page  # the summary's card: the last scoring
+    figure = plots.hellaswag_figure(read_run(run, for_report=True).metrics.curves)
+    by_step = figure.axes[0]
+    assert [list(line.get_xdata()) for line in by_step.lines[:2]] == [[0, 4, 8]] * 2
+    assert [list(line.get_ydata()) for line in by_step.lines[:2]] == [
+        [p[1] for p in points],
+        [p[2] for p in points],
+    ]
+    assert "HellaSwag accuracy" not in build_report(trained_run)
+
+    table = format_runs([read_run(run), read_run(trained_run)])
+    assert table[0].split()[7:9] == ["hellaswag", "tokens"]  # after "best val loss"
+    assert f"{points[-1][1]:.4f}" in table[1] and table[2].split()[5] == "-"
+    assert "hellaswag" not in format_runs([read_run(trained_run)])[0]
+
+
+def test_the_curves_keep_a_bounded_number_of_points_and_drop_those_a_rollback_replaced():
+    def scoring_at(step: int) -> dict:
+        return {
+            "event": "hellaswag",
+            "step": step,
+            "tokens_seen": 10 * step,
+            "acc_norm": step / 1e6,
+            "acc": 0.25,
+        }
+
+    curves = Curves.from_records([scoring_at(step) for step in range(2 * MAX_POINTS + 1)])
+    assert len(curves.hellaswag_step) <= MAX_POINTS and curves.hellaswag_step[:3] == [0, 4, 8]
+    assert curves.hellaswag_acc_norm == [step / 1e6 for step in curves.hellaswag_step]
+    rollback = {"event": "rollback", "step": 4, "last_step": 9, "peak_loss": 9.0}
+    curves = Curves.from_records([scoring_at(step) for step in (0, 4, 8)] + [rollback, scoring_at(8)])
+    assert curves.hellaswag_step == [0, 4, 8] and curves.hellaswag_tokens == [0, 40, 80]

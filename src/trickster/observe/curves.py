@@ -1,9 +1,10 @@
 """The numbers the loss and training figures draw, gathered from metrics.jsonl one event at a time.
 
 Kept apart from plots.py so that reading a run (`trickster runs`, the training loop's sinks) does
-not load matplotlib. However long the run, a curve keeps at most MAX_POINTS train points and
-MAX_POINTS validation points (the untrained, the best and the last evaluation always among them),
-so keeping and drawing them costs the same at step 100 and at step 10 million.
+not load matplotlib. However long the run, a curve keeps at most MAX_POINTS train points,
+MAX_POINTS validation points (the untrained, the best and the last evaluation always among them)
+and MAX_POINTS HellaSwag points, so keeping and drawing them costs the same at step 100 and at
+step 10 million.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 MAX_POINTS = 4000
 TRAIN_FIELDS = ("train_step", "train_tokens", "train_loss", "lr", "grad_norm", "tokens_per_sec")
 VAL_FIELDS = ("val_step", "val_tokens", "val_loss", "val_index")
+HELLASWAG_FIELDS = ("hellaswag_step", "hellaswag_tokens", "hellaswag_acc_norm", "hellaswag_acc")
 
 
 @dataclass
@@ -39,6 +41,13 @@ class Curves:
     # loss spikes: (step, peak loss) of each, and the train losses a rollback abandoned
     spikes: list[tuple[int, float]] = field(default_factory=list)
     abandoned: list[tuple[int, float]] = field(default_factory=list)
+    # HellaSwag during training (training_config.hellaswag_every), thinned as the train curves
+    hellaswag_step: list[int] = field(default_factory=list)
+    hellaswag_tokens: list[int] = field(default_factory=list)
+    hellaswag_acc_norm: list[float] = field(default_factory=list)
+    hellaswag_acc: list[float] = field(default_factory=list)
+    hellaswag_every: int = 1
+    hellaswag_events: int = 0
     every: int = 1  # the train curves keep train events 0, every, 2 x every, ...
     train_events: int = 0  # seen, kept or not
     val_every: int = 1  # the validation curve keeps evaluations 0, val_every, ... and its pins
@@ -71,6 +80,16 @@ class Curves:
                 self.train_tokens[-1] if self.train_step and self.train_step[-1] == r["step"] else None
             )
             self._add_val(r["step"], r.get("tokens_seen", same_step), r["val_loss"])
+        elif r["event"] == "hellaswag":
+            self.hellaswag_events += 1
+            if (self.hellaswag_events - 1) % self.hellaswag_every == 0:
+                point = (r["step"], r["tokens_seen"], r["acc_norm"], r["acc"])
+                for name, value in zip(HELLASWAG_FIELDS, point, strict=True):
+                    getattr(self, name).append(value)
+            if len(self.hellaswag_step) > MAX_POINTS:
+                for name in HELLASWAG_FIELDS:
+                    setattr(self, name, getattr(self, name)[::2])
+                self.hellaswag_every *= 2
         elif r["event"] in ("rollback", "spike"):
             self.spikes.append((r.get("last_step", r["step"]), r["peak_loss"]))
             if r["event"] == "rollback":
@@ -123,6 +142,10 @@ class Curves:
         kept = [i for i, s in enumerate(self.train_step) if s <= step]
         self.abandoned += [(s, v) for s, v in zip(self.train_step, self.train_loss, strict=True) if s > step]
         for name in TRAIN_FIELDS:
+            values = getattr(self, name)
+            setattr(self, name, [values[i] for i in kept])
+        kept = [i for i, s in enumerate(self.hellaswag_step) if s <= step]
+        for name in HELLASWAG_FIELDS:
             values = getattr(self, name)
             setattr(self, name, [values[i] for i in kept])
         kept = [i for i, s in enumerate(self.val_step) if s <= step]

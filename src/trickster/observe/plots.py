@@ -103,6 +103,46 @@ def training_figure(c: Curves) -> Figure | None:
     return fig
 
 
+def hellaswag_figure(c: Curves) -> Figure | None:
+    """HellaSwag acc_norm and acc against steps (left) and tokens seen (right), chance (0.25) as a
+    reference line; None when the run scored none (training_config.hellaswag_every)."""
+    if not c.hellaswag_step:
+        return None
+    fig = Figure(figsize=(11, 3.4), dpi=100, layout="constrained")
+    by_step, by_tokens = fig.subplots(1, 2)
+    trained = [i for i, t in enumerate(c.hellaswag_tokens) if t]  # step 0 has no place on a log axis
+    panels = (
+        (by_step, range(len(c.hellaswag_step)), c.hellaswag_step, "step"),
+        (by_tokens, trained, c.hellaswag_tokens, "tokens seen"),
+    )
+    for ax, kept, xs, xlabel in panels:
+        x = [xs[i] for i in kept]
+        for values, color, label in (
+            (c.hellaswag_acc_norm, "tab:green", "acc_norm"),
+            (c.hellaswag_acc, "tab:olive", "acc"),
+        ):
+            ax.plot(
+                x,
+                [values[i] for i in kept],
+                color=color,
+                marker="o",
+                markersize=3,
+                linewidth=1.2,
+                label=label,
+            )
+        ax.axhline(0.25, color="grey", linestyle=":", linewidth=1, label="chance: 0.25")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("HellaSwag accuracy")
+        ax.grid(True, alpha=0.3)
+    positive = [t for t in c.hellaswag_tokens if t]
+    if positive and max(positive) / min(positive) > 10:
+        by_tokens.set_xscale("log")
+    by_step.legend(loc="best", fontsize=8)
+    by_step.set_title("HellaSwag by step", fontsize=10)
+    by_tokens.set_title("HellaSwag by tokens seen", fontsize=10)
+    return fig
+
+
 def png_bytes(fig: Figure, dpi: int = 100) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)

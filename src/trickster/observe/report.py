@@ -1,9 +1,10 @@
 """`trickster report RUN_DIR`: one self-contained HTML page about a run, built from its folder.
 
 The page has no external resource (styles inline, figures as base64 PNG), so it can be mailed or
-archived on its own. Sections: a summary, the loss curves, the untrained model next to the
-trained one, the samples at every evaluation, learning rate / gradient norm / throughput, the
-model's parameter breakdown, the config, the run manifest and the checkpoints.
+archived on its own. Sections: a summary, the loss curves (and HellaSwag accuracy, when the run
+scored it), the untrained model next to the trained one, the samples at every evaluation,
+learning rate / gradient norm / throughput, the model's parameter breakdown, the config, the run
+manifest and the checkpoints.
 
 The untrained model is the one evaluated at step 0, before the first update: the same shape and
 seed as the run, i.e. what `trickster generate --untrained` rebuilds.
@@ -59,6 +60,7 @@ def _page(run: Run, run_dir: str | Path) -> str:
     sections = [
         _summary(run),
         _figure_section("Loss curves", "loss", run),
+        _figure_section("HellaSwag accuracy", "hellaswag", run) if run.metrics.curves.hellaswag_step else "",
         _comparison(run),
         _samples(run),
         _throughput(run),
@@ -103,6 +105,7 @@ def _summary(run: Run) -> str:
         ("tokens seen", f"{run.tokens_seen:,}"),
         ("best val loss", f"{best['val_loss']:.4f} (step {best['step']:,})" if best else "n/a"),
         ("untrained val loss", _finite(untrained["val_loss"], 4) if untrained else "n/a"),
+        *_hellaswag_card(run.metrics.last_hellaswag),
         ("wall time", format_duration(run.wall_seconds)),
         ("device", run.start.get("device") or run.manifest.get("device", "?")),
     ]
@@ -124,6 +127,13 @@ def _summary(run: Run) -> str:
     )
 
 
+def _hellaswag_card(last: dict | None) -> list[tuple[str, str]]:
+    """The last HellaSwag scoring during training, when the run scored one."""
+    if last is None:
+        return []
+    return [("HellaSwag acc_norm", f"{last['acc_norm']:.4f} (step {last['step']:,})")]
+
+
 def _data_report_link(data: str) -> str:
     """A link to the data folder's report (`trickster data report DIR --html`), when it has one."""
     page = Path(data) / "report.html" if data != "?" else None
@@ -136,12 +146,14 @@ def _figure_section(title: str, kind: str, run: Run) -> str:
     from trickster.observe import plots
 
     curves = run.metrics.curves  # thinned: a run of any length draws the same number of points
-    fig = plots.loss_figure(curves) if kind == "loss" else plots.training_figure(curves)
+    draw, alt = {
+        "loss": (plots.loss_figure, "train and validation loss against steps and tokens"),
+        "hellaswag": (plots.hellaswag_figure, "HellaSwag acc_norm and acc against steps and tokens"),
+        "training": (plots.training_figure, "lr, grad norm, tokens/s"),
+    }[kind]
+    fig = draw(curves)
     if fig is None:
         return f"<h2>{_e(title)}</h2>\n<p class='muted'>Nothing logged yet.</p>"
-    alt = (
-        "train and validation loss against steps and tokens" if kind == "loss" else "lr, grad norm, tokens/s"
-    )
     return f"<h2>{_e(title)}</h2>\n{_png(plots.png_bytes(fig), alt)}"
 
 

@@ -47,6 +47,7 @@ class Metrics:
     best_eval: dict | None = None  # the first evaluation after step 0 with the lowest val_loss
     last_trained_eval: dict | None = None  # the last evaluation after step 0
     evals: int = 0  # eval events seen
+    last_hellaswag: dict | None = None  # the last HellaSwag scoring (training_config.hellaswag_every)
     # (number, step, tokens_seen, val_loss, sample) of evaluations 0, rows_every, 2 x rows_every, ...
     # and of the last one
     sample_rows: list[tuple] = field(default_factory=list)
@@ -78,6 +79,8 @@ class Metrics:
             self.ms_per_step.append(_number(r.get("ms_per_step")))
         elif r["event"] == "eval":
             self._add_eval(r)
+        elif r["event"] == "hellaswag":
+            self.last_hellaswag = r
         self._add_time(r)
         if self.curves is not None:
             self.curves.add(r)
@@ -298,12 +301,14 @@ def _checkpoints(run_dir: Path) -> list[tuple[Path, int]]:
 
 
 def format_runs(runs: list[Run]) -> list[str]:
-    """The lines of `trickster runs`: one row per run, numbers aligned on the right."""
+    """The lines of `trickster runs`: one row per run, numbers aligned on the right. A `hellaswag`
+    column (the last acc_norm scored during training) is there when a run has one."""
     header = ("run", "preset", "parameters", "steps", "best val loss", "tokens seen", "wall time", "status")
+    scored = any(run.metrics.last_hellaswag for run in runs)
     rows = []
     for run in runs:
         steps = f"{run.step:,}" + (f"/{run.max_steps:,}" if run.max_steps else "")
-        best = run.best_val_loss
+        best, last = run.best_val_loss, run.metrics.last_hellaswag
         rows.append(
             (
                 run.name,
@@ -311,13 +316,15 @@ def format_runs(runs: list[Run]) -> list[str]:
                 f"{run.params:,}" if run.params else "?",
                 steps,
                 f"{best:.4f}" if best is not None else "-",
+                *([f"{last['acc_norm']:.4f}" if last else "-"] if scored else []),
                 f"{run.tokens_seen:,}",
                 format_duration(run.wall_seconds),
                 run.status,
             )
         )
+    header = (*header[:5], "hellaswag", *header[5:]) if scored else header
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    right = {2, 3, 4, 5, 6}  # numbers line up on the right
+    right = set(range(2, len(header) - 1))  # numbers line up on the right
     lines = []
     for row in [header, *rows]:
         cells = [

@@ -21,7 +21,8 @@ from trickster.observe.events import DISK_FIX, MetricsLog, iter_metrics
 
 TRACKING_EXTRA = "pip install nano-trickster[tracking]"
 
-# metrics.csv: one row per train or eval event; an empty cell is a value that event does not carry
+# metrics.csv: one row per train, eval or hellaswag event; an empty cell is a value that event
+# does not carry
 CSV_FIELDS = (
     "event",
     "step",
@@ -36,7 +37,10 @@ CSV_FIELDS = (
     "ms_per_step",
     "mfu",
     "peak_memory_gib",
+    "acc_norm",
+    "acc",
 )
+CSV_EVENTS = ("train", "eval", "hellaswag")
 
 # (tag, metrics.jsonl key) of the train events, shared by TensorBoard and W&B
 TRAIN_SCALARS = (
@@ -49,13 +53,15 @@ TRAIN_SCALARS = (
     ("memory/peak_gib", "peak_memory_gib"),
     ("tokens_seen", "tokens_seen"),
 )
+# (tag, metrics.jsonl key) of the hellaswag events (training_config.hellaswag_every)
+HELLASWAG_SCALARS = (("hellaswag/acc_norm", "acc_norm"), ("hellaswag/acc", "acc"))
 
 
 def csv_rows(records: list[dict]) -> list[dict]:
-    """The train and eval events as CSV rows."""
+    """The train, eval and hellaswag events as CSV rows."""
     rows = []
     for r in records:
-        if r["event"] in ("train", "eval"):
+        if r["event"] in CSV_EVENTS:
             rows.append({k: "" if r.get(k) is None else r[k] for k in CSV_FIELDS})  # None: not measured
     return rows
 
@@ -76,13 +82,14 @@ def require_tracking(cfg: Config) -> None:
 class MetricSinks:
     """Every training event goes to metrics.jsonl first (the record of the run), then to:
 
-    - metrics.csv: the train and eval numbers as a table, rebuilt from metrics.jsonl whenever a
+    - metrics.csv: the train, eval and HellaSwag numbers as a table, rebuilt from metrics.jsonl whenever a
       run starts or resumes (so rows after the resumed checkpoint disappear with the JSON lines);
     - loss.png: redrawn after each evaluation (plots.write_loss_plot), unless
       logging_config.loss_plot is false, from curves read from metrics.jsonl when the run starts
       or resumes and then added to event by event;
     - TensorBoard event files in RUN_DIR/tensorboard (logging_config.tensorboard): train loss,
-      lr, grad norm, tokens/s, ms/step, val loss, perplexity, and the samples as text;
+      lr, grad norm, tokens/s, ms/step, val loss, perplexity, HellaSwag accuracy, and the samples
+      as text;
     - a Weights & Biases run (logging_config.use_wandb) with the same values, its files in
       RUN_DIR/wandb. A resumed run starts a new W&B run in the same group.
 
@@ -193,6 +200,10 @@ class MetricSinks:
             if "sample" in r:
                 tb.add_text("samples", _markdown_code(r["sample"]), step)
             tb.flush()
+        elif r["event"] == "hellaswag":
+            for tag, key in HELLASWAG_SCALARS:
+                tb.add_scalar(tag, r[key], step)
+            tb.flush()
         else:
             tb.flush()
 
@@ -227,6 +238,8 @@ class MetricSinks:
             if "sample" in r:
                 values["samples"] = wandb.Html(f"<pre>{html.escape(r['sample'])}</pre>")
             run.log(values, step=step)
+        elif r["event"] == "hellaswag":
+            run.log({tag: r[key] for tag, key in HELLASWAG_SCALARS}, step=step)
         elif r["event"] == "end":
             run.summary["best_val_loss"] = r.get("best_val_loss")
 
