@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,8 @@ from trickster.train.hellaswag_eval import HellaSwagEval
 from trickster.train.loop import train
 
 from .conftest import EXCERPT, QUIET, events, micro_config
+from .test_dist import config as dist_config
+from .test_dist import forked_job
 from .test_hellaswag import excerpt_examples, write_file
 from .test_resume import CRASH_RUN, assert_same_weights, crash, curve
 from .test_tracking import read_csv, wandb_records
@@ -53,10 +56,10 @@ def scoring(path: Path, every: int = 4, **training) -> dict:
     return {"hellaswag_every": every, "hellaswag_examples": FIRST, "hellaswag_file": str(path), **training}
 
 
-def eval_task(capsys, checkpoint: Path, path: Path) -> dict:
+def eval_task(capsys, checkpoint: Path, path: Path, first: int = FIRST) -> dict:
     capsys.readouterr()
     argv = ["eval", str(checkpoint), "--task", "hellaswag", "--hellaswag-file", str(path)]
-    assert cli.main([*argv, "--max-examples", str(FIRST), "--json", "--device", "cpu"]) == 0
+    assert cli.main([*argv, "--max-examples", str(first), "--json", "--device", "cpu"]) == 0
     return json.loads(capsys.readouterr().out)
 
 
@@ -196,6 +199,32 @@ def test_a_kill_around_a_scoring_resumes_exactly(
     assert scorings(resumed.history) == scorings(reference.history)
     assert curve(resumed.history) == curve(reference.history)
     assert_same_weights(run_dir / "checkpoints" / "final", reference.run_dir / "checkpoints" / "final")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="gloo process groups on POSIX")
+@pytest.mark.parametrize("mode", ["enable_ddp", "enable_fsdp"])
+def test_two_processes_score_a_share_each_and_log_the_sum(
+    mode, shakespeare_dir, full_size_file, tmp_path, capsys
+):
+    """24 examples, 23 scorable (the sixth has a digit): shares of 12 and 11, one example a forward
+    pass (256 tokens a micro-batch, rows of up to 65), 11 passes each; FSDP2 gathers the weights in
+    every pass, so a process with a pass more would hang the job."""
+    cfg = dist_config(shakespeare_dir, tmp_path / "run", batch_size=4, **{mode: True})
+    cfg.training.hellaswag_every, cfg.training.hellaswag_examples = 10, 24
+    cfg.training.hellaswag_file = str(full_size_file)
+    forked_job(cfg, tmp_path)
+
+    run_dir = Path(cfg.logging.output_dir)
+    scored = events(run_dir, "hellaswag")
+    assert [(r["step"], r["scored"], r["examples"]) for r in scored] == [
+        (0, 23, 24),
+        (10, 23, 24),
+        (20, 23, 24),
+    ]
+    for record, name in zip(scored[1:], ["step_000010", "final"], strict=True):
+        by_eval = eval_task(capsys, run_dir / "checkpoints" / name, full_size_file, first=24)
+        keys = ("correct", "correct_norm", "scored", "cut", "skipped")
+        assert {k: record[k] for k in keys} == {k: by_eval[k] for k in keys}, name
 
 
 # --------------------------------------------------------------------------- where the points go
