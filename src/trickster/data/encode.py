@@ -18,7 +18,19 @@ import numpy as np
 from trickster.data import dedup
 from trickster.data.tokenizers import Tokenizer, from_dict
 
-Document = str | tuple[str, str]  # a text, or a (prompt, response) record
+
+@dataclass(frozen=True)
+class Piece:
+    """A piece of one document's text (documents.py reads a single text file in pieces): cut where
+    the tokenizer's ids for the pieces, joined, are the whole text's. Only the first piece of the
+    document gets its start id, only the last one its end-of-text id."""
+
+    text: str
+    first: bool
+    last: bool
+
+
+Document = str | tuple[str, str] | Piece  # a text, a (prompt, response) record, or a piece of a text
 
 
 def in_validation(text: str, val_fraction: float) -> bool:
@@ -53,6 +65,7 @@ class Encoded:
     sizes: list[int]  # UTF-8 bytes
     fingerprints: list[int] | None
     signatures: np.ndarray | None  # (documents, dedup.NUM_PERM)
+    finished: list[bool]  # whether each ends its document (a Piece may not)
 
 
 _worker_tokenizer: Tokenizer | None = None
@@ -78,14 +91,18 @@ def encode_chunk(task: Chunk) -> Encoded:
     tokenizer, docs = _worker_tokenizer, task.documents
     start, end = tokenizer.start_ids(), [] if tokenizer.eot_id is None else [tokenizer.eot_id]
     records = bool(docs) and isinstance(docs[0], tuple)
-    texts = ["".join(d) for d in docs] if records else docs
+    texts = ["".join(d) for d in docs] if records else [text_of(d) for d in docs]
+    bounds = [(d.first, d.last) if isinstance(d, Piece) else (True, True) for d in docs]
     if records:
         prompts = tokenizer.encode_batch([p for p, _ in docs])
         responses = tokenizer.encode_batch([r for _, r in docs])
         heads = [start + p for p in prompts]
         tails = [r + end for r in responses]
     else:
-        heads = [start + ids + end for ids in tokenizer.encode_batch(docs)]
+        heads = [
+            (start if first else []) + ids + (end if last else [])
+            for ids, (first, last) in zip(tokenizer.encode_batch(texts), bounds, strict=True)
+        ]
         tails = [[] for _ in docs]
     lengths = [len(h) + len(t) for h, t in zip(heads, tails, strict=True)]
     pieces = itertools.chain.from_iterable(itertools.chain.from_iterable(zip(heads, tails, strict=True)))
@@ -106,7 +123,15 @@ def encode_chunk(task: Chunk) -> Encoded:
         [len(t.encode("utf-8")) for t in texts],
         [dedup.fingerprint(d) for d in docs] if task.fingerprints else None,
         dedup.signatures(docs) if task.signatures else None,
+        [last for _, last in bounds],
     )
+
+
+def text_of(document: Document) -> str:
+    """The text of a document or a piece of one; a record's prompt and response together."""
+    if isinstance(document, Piece):
+        return document.text
+    return "".join(document) if isinstance(document, tuple) else document
 
 
 def chunks(documents: Iterator[tuple[Document, str | None]], chunk_chars: int) -> Iterator[tuple[list, list]]:
@@ -114,7 +139,7 @@ def chunks(documents: Iterator[tuple[Document, str | None]], chunk_chars: int) -
     for document, split in documents:
         docs.append(document)
         splits.append(split)
-        size += sum(map(len, document)) if isinstance(document, tuple) else len(document)
+        size += len(text_of(document))
         if size >= chunk_chars:
             yield docs, splits
             docs, splits, size = [], [], 0

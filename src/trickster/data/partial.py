@@ -127,9 +127,10 @@ def open_partial(
                 f"{partial} holds an unfinished preparation with other settings ({changed}); run the "
                 f"command that started it to continue, or delete {partial} to start again"
             )
+        pieces = f" and {record.next_piece:,} piece(s) of the next" if record.next_piece else ""
         echo(
             f"continuing the preparation in {partial}: {record.finished_shards()} finished shard(s), "
-            f"{record.next_document:,} document(s) done"
+            f"{record.next_document:,} document(s){pieces} done"
         )
         return record
     # finished, but not one finished_in_partial renames: another command's, or an older version's

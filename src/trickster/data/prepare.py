@@ -13,7 +13,9 @@ Preparation streams: documents come one at a time from the source, are grouped i
 1 MB and tokenized (and fingerprinted, see dedup.py) in worker processes, at most two chunks per
 worker in flight, so memory stays flat however large the corpus. The main process takes the chunks
 in order and decides each document's fate (kept in a split, or dropped as a copy), so the output does
-not depend on the number of workers.
+not depend on the number of workers. One text (a single text file) comes in pieces of about 1 MB
+cut where no tokenizer would split it otherwise (documents.py): its tokens are those of the text
+read whole, and memory stays flat however large the file.
 
 It is built in a visible folder beside the output, `OUT.partial`, with a record of the settings and
 of how far it got (progress.json, shards.Progress): shards are finished by a rename, the shard being
@@ -22,7 +24,8 @@ continues from there; the finished folder is renamed into place only when comple
 OUT survives any failure.
 
 Validation split:
-- one document (Tiny Shakespeare, a single text file): its last `val_fraction` of characters;
+- one document (Tiny Shakespeare, a single text file): its last `val_fraction` of characters
+  (counted in a pass of their own first);
 - a source with its own validation split (TinyStories; prompt/response records: the last ones): that split;
 - otherwise whole documents, chosen by a hash of each document's text (`in_validation`): the same
   choice on every run whatever the order or number of documents or workers;
@@ -32,18 +35,18 @@ Validation split:
 from __future__ import annotations
 
 import io
-import itertools
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from trickster.atomic import held, replace_dir, replace_file
 from trickster.data import dedup
-from trickster.data.encode import Chunk, Document, Encoded, chunks, encoded_in_order, in_validation
+from trickster.data.documents import all_texts, bounded, cuts_safely, documents, unread
+from trickster.data.encode import Chunk, Encoded, chunks, encoded_in_order, in_validation
 from trickster.data.meta import (
     already_prepared,
     moved,
@@ -112,8 +115,8 @@ def prepare(
     revision = source.revision.lookup() if source.revision is not None else None  # a Hub dataset's commit
 
     def build(record: Progress) -> dict:
-        done = record.next_document
-        tokenizer = _tokenizer_for(partial, source, tokenizer_kind, vocab_size, progress, done)
+        started = record.started()
+        tokenizer = _tokenizer_for(partial, source, tokenizer_kind, vocab_size, progress, started)
         job = _Job(partial, source, tokenizer, record, val_fraction, shard_tokens, settings_dedup)
         return job.run(chunk_chars, workers, progress)
 
@@ -165,7 +168,7 @@ def _prepare_in(
                 "command again to continue"
             ) from None
         except BaseException as err:
-            if record.next_document == 0 or record.failed_at_end:
+            if not record.started() or record.failed_at_end:
                 shutil.rmtree(partial, ignore_errors=True)  # nothing worth continuing
             if isinstance(err, DownloadFailed) and (kept := older_kept(out_dir, settings)) is not None:
                 return _keep_older(err, kept, out_dir, echo)
@@ -211,62 +214,32 @@ def _say(
 
 
 def _tokenizer_for(
-    partial: Path, source: Source, kind: str | Tokenizer, vocab_size: int | None, progress: bool, done: int
+    partial: Path,
+    source: Source,
+    kind: str | Tokenizer,
+    vocab_size: int | None,
+    progress: bool,
+    started: bool,
 ) -> Tokenizer:
-    """The saved tokenizer of the run being continued (`done` documents in), else a new one, saved."""
+    """The saved tokenizer of the run being continued (`started`: it tokenized), else a new one, saved."""
     saved = partial / "tokenizer.json"
     if saved.is_file():
         try:
             return load_tokenizer(saved, f"delete {partial} to prepare the data from the start")
         except UserError:  # damaged: made again if nothing was tokenized with it yet
-            if done > 0:  # else its shards cannot be read
+            if started:  # else its shards cannot be read
                 raise
     if isinstance(kind, Tokenizer):
         tokenizer = kind
     else:
-        # char must see every character (a full pass); bpe learns from a sample of the start; the
-        # others read nothing, and as the texts are a lazy generator, nothing is read for them
-        limit = None if kind == "char" else TOKENIZER_SAMPLE_CHARS
-        texts = _bounded(_all_texts(source, progress, f"reading for the {kind} tokenizer"), limit)
+        # char must see every character (a full pass); bpe learns from a sample of the start (all
+        # of one text, as it did when that was read whole); the others read nothing, and as the
+        # texts are a lazy generator, nothing is read for them
+        limit = None if kind == "char" or source.single_document else TOKENIZER_SAMPLE_CHARS
+        texts = bounded(all_texts(source, progress, f"reading for the {kind} tokenizer"), limit)
         tokenizer = build_tokenizer(kind, texts, not source.single_document, vocab_size)
     tokenizer.save(saved)
     return tokenizer
-
-
-def _all_texts(source: Source, progress: bool, what: str) -> Iterator[str]:
-    from tqdm import tqdm
-
-    with tqdm(
-        total=source.total_bytes, unit="B", unit_scale=True, desc=what, disable=None if progress else True
-    ) as bar:
-        for document, _ in _documents(source, 0.0):
-            text = "".join(document) if isinstance(document, tuple) else document
-            bar.update(len(text))
-            yield text
-
-
-def _bounded(texts: Iterable[str], limit: int | None) -> Iterator[str]:
-    seen = 0
-    for text in texts:
-        if limit is not None and seen >= limit:
-            return
-        seen += len(text)
-        yield text
-
-
-def _documents(source: Source, val_fraction: float) -> Iterator[tuple[Document, str | None]]:
-    """(document, split) in a fixed order; split None means: decided by `in_validation`."""
-    if source.single_document:
-        texts = [t for t in source.read() if t.strip()]  # a blank one is no text, as among many
-        text = "".join(texts)
-        cut = int(len(text) * (1 - val_fraction))
-        yield text[:cut], "train"
-        yield text[cut:], "val"
-    elif source.read_val is not None:
-        yield from ((t, "train") for t in source.read())
-        yield from ((t, "val") for t in source.read_val())
-    else:
-        yield from ((t, None) for t in source.read())
 
 
 # --------------------------------------------------------------------------- writing (main process)
@@ -287,11 +260,12 @@ class _Job:
 
         record, source = self.record, self.source
         if record.cutting:  # stopped while rewriting the one distinct document: only that is left to do
-            writers, documents = {}, iter(())
+            writers, documents_left = {}, iter(())
         else:
             writers = {s: self._writer(s) for s in SPLITS}
-            documents = itertools.islice(_documents(source, self.val_fraction), record.next_document, None)
-        tasks = (self._task(docs, splits) for docs, splits in chunks(documents, chunk_chars))
+            read = documents(source, self.val_fraction, cuts_safely(self.tokenizer), progress)
+            documents_left = unread(read, record.next_document, record.next_piece)
+        tasks = (self._task(docs, splits) for docs, splits in chunks(documents_left, chunk_chars))
         bar = tqdm(
             total=source.total_bytes,
             initial=record.input_bytes,
@@ -301,11 +275,9 @@ class _Job:
             disable=None if progress else True,  # None: only on a terminal
         )
         try:
-            for count, encoded in encoded_in_order(
-                tasks, self.tokenizer, self._workers(workers, chunk_chars)
-            ):
+            for _, encoded in encoded_in_order(tasks, self.tokenizer, self._workers(workers, chunk_chars)):
                 self._write(encoded, writers)
-                record.next_document += count
+                record.advance(encoded.finished)
                 record.input_bytes += sum(encoded.sizes)
                 if self.deduper is not None:
                     self.deduper.flush()
@@ -331,8 +303,8 @@ class _Job:
 
     def _workers(self, workers: int | None, chunk_chars: int) -> int:
         workers = max(1, workers or os.cpu_count() or 1)
-        if self.source.single_document:
-            return 1
+        if self.source.single_document and not cuts_safely(self.tokenizer):
+            return 1  # its two splits, each tokenized whole
         if self.source.total_bytes is not None:  # no idle workers for a small corpus
             return min(workers, max(1, self.source.total_bytes // chunk_chars))
         return workers
@@ -361,7 +333,7 @@ class _Job:
             writers[split].add(tokens, mask)
             writers[split].flush()
             state = self.record.splits[split]
-            state.documents += len(rows)
+            state.documents += sum(encoded.finished[i] for i in rows)
             state.chars += sum(encoded.chars[i] for i in rows)
             state.bytes += sum(encoded.sizes[i] for i in rows)
             state.loss_tokens += 0 if mask is None else int(mask.sum())

@@ -64,6 +64,7 @@ class Progress:
 
     settings: dict
     next_document: int = 0  # documents of the source read so far (kept or dropped)
+    next_piece: int = 0  # and pieces of the next one (a text read in pieces, documents.py)
     input_bytes: int = 0
     splits: dict[str, SplitProgress] = field(default_factory=lambda: {s: SplitProgress() for s in SPLITS})
     dedup: dict = field(default_factory=dict)  # Deduper.state_dict()
@@ -79,6 +80,17 @@ class Progress:
     def from_state_dict(cls, state: dict) -> Progress:
         splits = {s: SplitProgress(**state["splits"][s]) for s in SPLITS}
         return cls(**{**state, "splits": splits})
+
+    def advance(self, finished: list[bool]) -> None:
+        """Count a chunk's documents, or pieces of one (`finished`: whether each ends its document)."""
+        for last in finished:
+            self.next_document, self.next_piece = (
+                (self.next_document + 1, 0) if last else (self.next_document, self.next_piece + 1)
+            )
+
+    def started(self) -> bool:
+        """Whether anything of the source was tokenized: a document, or a piece of one."""
+        return self.next_document > 0 or self.next_piece > 0
 
     def finished_shards(self) -> int:
         return sum(len(self.splits[s].shards) for s in SPLITS)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from trickster import untrusted
 from trickster.data.paths import expand_paths
-from trickster.data.textfile import OPENERS, json_lines, read_bytes, text_of, text_size
+from trickster.data.textfile import OPENERS, json_lines, read_bytes, text_blocks, text_of, text_size
 from trickster.errors import UserError
 
 if TYPE_CHECKING:
@@ -50,6 +50,8 @@ class Source:
     read: Callable[[], Iterator[str]]
     read_val: Callable[[], Iterator[str]] | None = None  # the source's own validation split, if any
     single_document: bool = False  # one text: validation is its last characters, not whole documents
+    # that one text in blocks of bounded size, read as they come (a single text file); else read()'s
+    read_blocks: Callable[[], Iterator[str]] | None = None
     total_bytes: int | None = None  # of the input, when known up front (for the progress bar)
     files: list[str] = field(default_factory=list)
     content_sha256: Callable[[], str] | None = None  # of the bytes the last full read() went through
@@ -194,8 +196,8 @@ def corpus_source(corpus: Corpus) -> Source:
 
 
 def text_files(patterns: list[str]) -> Source:
-    """UTF-8 text files, folders and glob patterns; each file is one document, read when its turn
-    comes. One file is one document: its validation split is its last characters."""
+    """UTF-8 text files, folders and glob patterns; each file is one document, read whole when its
+    turn comes. One file is one document, read in blocks: its validation split is its last characters."""
     files = expand_paths(patterns)
     digest = [hashlib.sha256()]
 
@@ -208,11 +210,16 @@ def text_files(patterns: list[str]) -> Source:
             if text:
                 yield text
 
+    def read_blocks() -> Iterator[str]:
+        digest[0] = hashlib.sha256()
+        return text_blocks(files[0], digest[0])
+
     return Source(
         "text",
         {"source": "text", "files": file_identity(files)},
         read,
         single_document=len(files) == 1,
+        read_blocks=read_blocks if len(files) == 1 else None,
         total_bytes=text_size(files),
         files=[str(p) for p in files],
         content_sha256=lambda: digest[0].hexdigest(),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import bz2
 import codecs
 import gzip
+import itertools
 import lzma
 import stat
 from collections.abc import Iterator
@@ -25,23 +26,29 @@ from pathlib import Path
 from trickster.errors import UserError
 
 OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+BLOCK_BYTES = 1 << 20  # text_blocks: about the 1 MB chunks preparation tokenizes at a time
 # compressions read as bytes would be "not UTF-8 (convert it from latin1)": say what they are
 OTHER_COMPRESSION = {b"\x28\xb5\x2f\xfd": "zstd (unzstd FILE)", b"PK\x03\x04": "a zip archive (unzip FILE)"}
 
 
 def read_bytes(path: Path) -> bytes:
     """The bytes of a regular file, decompressed when its name says it is compressed."""
+    return b"".join(raw_blocks(path, -1))  # one block: joined without a copy
+
+
+def raw_blocks(path: Path, size: int) -> Iterator[bytes]:
+    """The bytes of a regular file as read_bytes reads them, `size` at a time (-1: all at once);
+    each block is whole but the last (a buffered read fills it), so the same file always comes in
+    the same blocks. Its errors are read_bytes's, raised when met."""
     try:
         mode = path.stat().st_mode
         if stat.S_ISDIR(mode):
             raise UserError(f"{path} is a folder; pass a text file")
         if not stat.S_ISREG(mode):  # reading a pipe with no writer waits forever
             raise UserError(f"{path} is not a regular file (a pipe or device?); pass a text file")
-        opener = OPENERS.get(path.suffix.lower())
-        if opener is None:
-            return path.read_bytes()
-        with opener(path, "rb") as compressed:
-            return compressed.read()
+        with OPENERS.get(path.suffix.lower(), open)(path, "rb") as file:
+            while block := file.read(size):
+                yield block
     except FileNotFoundError:
         raise UserError(f"{path} not found; pass the path of an existing text file") from None
     except PermissionError:
@@ -72,6 +79,47 @@ def newlines(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
+def text_blocks(path: Path, digest=None, block_bytes: int | None = None) -> Iterator[str]:
+    """The text of `path` as read_text reads it, in blocks of about `block_bytes` bytes
+    (BLOCK_BYTES) read one after another: what is held at a time is one block, whatever the file's
+    size. No character or "\r\n" is cut in two; `digest` (a hashlib object) is fed every byte.
+
+    Its errors are read_text's, in the same order: one of reading when met; one that makes the
+    bytes no text (a mark, another compression, a bad UTF-8 byte at its offset in the whole file, a
+    NUL) only once every byte is read, as read_text reads the whole file before it decodes, and
+    no block is yielded once such a problem is known."""
+    name = str(path)
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    problem: UserError | None = None
+    offset, nul, carry, started = 0, -1, "", False
+    for raw in itertools.chain(raw_blocks(path, max(4, block_bytes or BLOCK_BYTES)), [b""]):
+        if digest is not None:
+            digest.update(raw)
+        if offset == 0 and raw:  # the marks are 4 bytes at most: the first block holds them
+            problem = head_problem(raw, name)
+        if nul < 0 and (found := raw.find(b"\0")) >= 0:
+            nul = offset + found
+        if problem is None:
+            held = len(decoder.getstate()[0])  # bytes of a character the last block cut short
+            try:
+                text = decoder.decode(raw, final=not raw)
+            except UnicodeDecodeError as err:
+                problem = not_utf8(name, offset - held + err.start)
+            else:
+                if text and not started:
+                    text, started = text.removeprefix("\ufeff"), True
+                text, carry = carry + text, ""
+                if raw and text.endswith("\r"):  # its "\n" may start the next block
+                    text, carry = text[:-1], "\r"
+                if text and nul < 0:
+                    yield newlines(text)
+        offset += len(raw)
+    if problem is not None:
+        raise problem
+    if nul >= 0:
+        raise holds_nul(name, nul)
+
+
 # UTF-32's little-endian mark starts with UTF-16's (FF FE): looked for first
 MARKS = (
     ((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE), "UTF-32"),
@@ -92,25 +140,41 @@ def other_encoding(source: str, name: str) -> UserError:
 
 def decode(raw: bytes, source: str) -> str:
     """UTF-8 text, without the byte-order mark some editors write first (no character of the text)."""
-    if (name := marked_encoding(raw)) is not None:
-        raise other_encoding(source, name)
-    for magic, what in OTHER_COMPRESSION.items():
-        if raw.startswith(magic):
-            raise UserError(f"{source} is compressed with {what}; decompress it first")
+    if (problem := head_problem(raw, source)) is not None:
+        raise problem
     try:
         text = raw.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as err:
-        raise UserError(
-            f"{source} is not UTF-8 text (bad byte at offset {err.start}); convert it to UTF-8 "
-            "(for example: iconv -f latin1 -t utf-8)"
-        ) from None
+        raise not_utf8(source, err.start) from None
     nul = raw.find(b"\0")
     if nul >= 0:
-        raise UserError(
-            f"{source} holds a NUL byte (at offset {nul}): a binary file, or UTF-16 text; pass UTF-8 "
-            "text (for example: iconv -f utf-16 -t utf-8), or move the file out of the way"
-        )
+        raise holds_nul(source, nul)
     return text
+
+
+def head_problem(head: bytes, source: str) -> UserError | None:
+    """Why a file whose bytes start with `head` (4 at least, unless it is shorter) is no UTF-8 text
+    that decoding would tell (UTF-16 or UTF-32, told by their marks; another compression), or None."""
+    if (name := marked_encoding(head)) is not None:
+        return other_encoding(source, name)
+    for magic, what in OTHER_COMPRESSION.items():
+        if head.startswith(magic):
+            return UserError(f"{source} is compressed with {what}; decompress it first")
+    return None
+
+
+def not_utf8(source: str, offset: int) -> UserError:
+    return UserError(
+        f"{source} is not UTF-8 text (bad byte at offset {offset}); convert it to UTF-8 "
+        "(for example: iconv -f latin1 -t utf-8)"
+    )
+
+
+def holds_nul(source: str, offset: int) -> UserError:
+    return UserError(
+        f"{source} holds a NUL byte (at offset {offset}): a binary file, or UTF-16 text; pass UTF-8 "
+        "text (for example: iconv -f utf-16 -t utf-8), or move the file out of the way"
+    )
 
 
 def json_lines(path: Path) -> Iterator[tuple[int, str]]:

@@ -1,0 +1,200 @@
+r"""A source's documents in a fixed order, each with its split, as preparation reads them; and the
+one text of a single-document source (a single text file, Tiny Shakespeare) read in pieces.
+
+One text is one document whose last `val_fraction` of characters validate. Read whole, it took
+memory for all of it, and tokenized whole, for all of its ids: a text file of 20 GB did not fit.
+So its text comes in blocks (textfile.text_blocks), is cut into pieces (`cut_pieces`), and its
+characters are counted in a pass of their own first, so that validation starts at the same
+character as before. Each piece is tokenized on its own. Where the tokenizer is known to give the
+whole text's ids that way (`cuts_safely`), the pieces' ids joined are the whole text's, and the
+folder is byte for byte the one that reading it whole gave. Where it is not known (some imported
+Hugging Face tokenizers), the pieces of each split are joined and tokenized whole, as before.
+
+A piece ends before a line break that follows a visible character: a letter, mark, number,
+punctuation or symbol (printable and no space: no blank for Python, Rust's regex or Oniguruma).
+Why such a cut changes no ids:
+- char and byte: one id per character or byte;
+- gpt2 and bpe split text with GPT-2's pattern (tiktoken's r50k_base, Hugging Face's ByteLevel
+  pre-tokenizer), `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`.
+  No alternative holds a visible character and a blank after it, so the match that holds the
+  visible character ends there, in the whole text as at the end of a piece; the next match starts
+  at the line break either way, and none looks behind it. The BPE merges act within the matches.
+  bpe's trainer counts the same matches, and the cuts of its long runs (tokenizers._short_runs)
+  fall where they did: the cut ends a run of visible characters and starts a run of blanks.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator
+
+from trickster.data.encode import Document, Piece, text_of
+from trickster.data.sources import Source
+from trickster.data.textfile import BLOCK_BYTES
+from trickster.data.tokenizers import HFTokenizer, Tokenizer
+
+
+def documents(
+    source: Source, val_fraction: float, apart: bool = True, progress: bool = False
+) -> Iterator[tuple[Document, str | None]]:
+    """(document, split) in a fixed order; split None means: decided by `in_validation`. The one
+    document of a single-document source comes in Pieces (`apart`), or whole per split."""
+    if source.single_document:
+        yield from one_document(source, val_fraction, apart, progress)
+    elif source.read_val is not None:
+        yield from ((t, "train") for t in source.read())
+        yield from ((t, "val") for t in source.read_val())
+    else:
+        yield from ((t, None) for t in source.read())
+
+
+def one_document(
+    source: Source, val_fraction: float, apart: bool, progress: bool
+) -> Iterator[tuple[Document, str]]:
+    """The one text in pieces, its first characters to training and its last `val_fraction` to
+    validation (counted in a first pass); with `apart` False, each split's text whole."""
+    cut = None if not val_fraction else int(_count_characters(source, progress) * (1 - val_fraction))
+    pieces = _split(text_pieces(source), cut)
+    if apart:
+        yield from pieces
+    else:
+        for split, group in itertools.groupby(pieces, key=lambda item: item[1]):
+            yield "".join(piece.text for piece, _ in group), split
+
+
+def text_pieces(source: Source) -> Iterator[str]:
+    """The one text of `source` in pieces (`cut_pieces`); nothing if it is blank (no text, as a
+    blank document among many). Only the last piece can be blank: the others end in a visible
+    character."""
+    if source.read_blocks is not None:
+        blocks = source.read_blocks()
+    else:  # a text held in memory: pieces as small, so that each is tokenized on its own
+        blocks = (t[i : i + BLOCK_BYTES] for t in source.read() for i in range(0, len(t), BLOCK_BYTES))
+    pieces = cut_pieces(blocks)
+    first, second = next(pieces, None), next(pieces, None)
+    if first is None or (second is None and not first.strip()):
+        return
+    yield first
+    if second is not None:
+        yield second
+        yield from pieces
+
+
+def cut_pieces(blocks: Iterable[str]) -> Iterator[str]:
+    """The text of `blocks` cut before the last line break of each block that follows a visible
+    character (see the module's docstring); a block with none is held and joined to the next."""
+    held = ""
+    for block in blocks:
+        text = held + block
+        at, end = None, len(text)
+        # the held text has no such line break: look only where the new block can make one
+        while (found := text.rfind("\n", max(1, len(held)), end)) > 0:
+            if _visible(text[found - 1]):
+                at = found
+                break
+            end = found
+        if at is None:
+            held = text
+        else:
+            yield text[:at]
+            held = text[at:]
+    if held:
+        yield held
+
+
+def _visible(character: str) -> bool:
+    return character.isprintable() and not character.isspace()
+
+
+def _split(pieces: Iterable[str], cut: int | None) -> Iterator[tuple[Piece, str]]:
+    """(piece, split): the first `cut` characters to training (None: all), the rest to validation.
+    An empty piece opens training and another closes validation: each split is one document with
+    its start and end ids, even an empty one, as the text cut in two whole gave."""
+
+    def parts() -> Iterator[tuple[str, str]]:
+        yield "", "train"
+        seen = 0
+        for piece in pieces:
+            head = len(piece) if cut is None else min(max(cut - seen, 0), len(piece))
+            if head:
+                yield piece[:head], "train"
+            if head < len(piece):
+                yield piece[head:], "val"
+            seen += len(piece)
+        yield "", "val"
+
+    previous: tuple[str, str, bool] | None = None  # text, split, first of its split
+    for text, split in parts():
+        if previous is not None:
+            yield Piece(previous[0], previous[2], previous[1] != split), previous[1]
+        previous = (text, split, previous is None or previous[1] != split)
+    yield Piece(previous[0], previous[2], True), previous[1]
+
+
+def _count_characters(source: Source, progress: bool) -> int:
+    """The characters of the one text (0 if blank), read in a pass of their own, with a bar."""
+    from tqdm import tqdm
+
+    count = 0
+    with tqdm(
+        total=source.total_bytes, unit="B", unit_scale=True, desc="counting characters",
+        disable=None if progress else True,
+    ) as bar:  # fmt: skip
+        for piece in text_pieces(source):
+            count += len(piece)
+            if not bar.disable:
+                bar.update(len(piece.encode("utf-8")))
+    return count
+
+
+def cuts_safely(tokenizer: Tokenizer) -> bool:
+    """Whether `tokenizer` gives a text cut into pieces by cut_pieces the ids of the whole text
+    (see the module's docstring): char, byte and gpt2; bpe, and an imported tokenizer of its kind:
+    a byte-level BPE with GPT-2's pattern, no normalizer, no truncation or padding, and no added
+    token that holds a line break or takes the blanks after it (rstrip)."""
+    if not isinstance(tokenizer, HFTokenizer):
+        return tokenizer.kind in ("char", "byte", "gpt2")
+    spec = tokenizer.tokenizer_json
+    split = spec.get("pre_tokenizer") or {}
+    gpt2_pattern = split.get("type") == "ByteLevel" and split.get("use_regex", True)
+    plain = gpt2_pattern and not split.get("add_prefix_space") and spec.get("normalizer") is None
+    added = spec.get("added_tokens") or []
+    whole = all("\n" not in token.get("content", "") and not token.get("rstrip") for token in added)
+    return plain and whole and spec.get("truncation") is None and spec.get("padding") is None
+
+
+def unread(
+    items: Iterable[tuple[Document, str | None]], documents: int, pieces: int
+) -> Iterator[tuple[Document, str | None]]:
+    """`items` after their first `documents` documents and `pieces` pieces of the next (what a
+    continued preparation has tokenized: Progress.next_document and next_piece)."""
+    items = iter(items)
+    while documents > 0:
+        item = next(items, None)
+        if item is None:
+            return
+        if not isinstance(item[0], Piece) or item[0].last:
+            documents -= 1
+    yield from itertools.islice(items, pieces, None)
+
+
+def all_texts(source: Source, progress: bool, what: str) -> Iterator[str]:
+    """Every text of the source in order (the one text in pieces), with a bar saying `what`."""
+    from tqdm import tqdm
+
+    with tqdm(
+        total=source.total_bytes, unit="B", unit_scale=True, desc=what, disable=None if progress else True
+    ) as bar:
+        for document, _ in documents(source, 0.0):
+            text = text_of(document)
+            bar.update(len(text))
+            yield text
+
+
+def bounded(texts: Iterable[str], limit: int | None) -> Iterator[str]:
+    seen = 0
+    for text in texts:
+        if limit is not None and seen >= limit:
+            return
+        seen += len(text)
+        yield text
