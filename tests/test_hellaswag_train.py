@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from trickster import cli
 from trickster.data.tokenizers import CharTokenizer
@@ -21,7 +22,7 @@ from trickster.observe.curves import MAX_POINTS, Curves
 from trickster.observe.report import build_report
 from trickster.observe.runs import format_runs, read_run
 from trickster.train import checkpoint as ckpt
-from trickster.train import hellaswag_eval
+from trickster.train import dist, hellaswag_eval
 from trickster.train.dist import Dist
 from trickster.train.hellaswag_eval import HellaSwagEval
 from trickster.train.loop import train
@@ -150,6 +151,26 @@ def test_passes_are_as_many_on_every_process_and_hold_every_row_once(micro, hell
         rows = [id(row) for share in shares for row in share.rows]
         assert sorted(id(row) for p in passes for batch in p for row in batch) == sorted(rows)
         assert len(rows) == 23
+
+
+def test_compiled_blocks_are_scored_eagerly_without_compiling_anything(micro, hellaswag_file, tmp_path):
+    """Each pass has its own rows and width: compiling for them would stall a run at every scoring."""
+    from torch._dynamo.utils import counters
+
+    from trickster.data.loader import load_data
+    from trickster.model.transformer import Transformer
+    from trickster.model.vocab import resolve_vocab
+
+    cfg = micro(training_config=scoring(hellaswag_file))
+    data = load_data(cfg.data.path)
+    cfg = resolve_vocab(cfg, data.tokenizer)
+    model = Transformer(cfg.model)
+    dist.compile_blocks(model)
+    scorer = HellaSwagEval(cfg, data.tokenizer, Dist())
+    compiled = counters["stats"]["unique_graphs"]
+    accuracy = scorer.score(model.train(), torch.device("cpu"), "float32", 8 * 64)
+    assert counters["stats"]["unique_graphs"] == compiled
+    assert accuracy.scored == 15 and model.training
 
 
 # --------------------------------------------------------------------------- kill and resume

@@ -12,6 +12,7 @@ no random number is drawn and a resumed run stays exact.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -82,8 +83,13 @@ class HellaSwagEval:
         mine = Accuracy(self.counts.examples)
         was_training = model.training
         model.eval()
-        for batch in self.passes(batch_tokens):
-            hellaswag.add_batch(mine, model, batch, self.vocab, device, dtype_name)
+        with contextlib.ExitStack() as stack:
+            # compiled blocks (device_config.compile) run eagerly, as generation runs them: each
+            # pass's rows and width differ, and a new shape would compile them again
+            if hasattr(torch.compiler, "set_stance"):  # torch >= 2.6
+                stack.enter_context(torch.compiler.set_stance("force_eager"))
+            for batch in self.passes(batch_tokens):
+                hellaswag.add_batch(mine, model, batch, self.vocab, device, dtype_name)
         model.train(was_training)
         counts = torch.tensor([mine.correct, mine.correct_norm, mine.scored, mine.cut], device=device)
         correct, correct_norm, scored, cut = (int(n) for n in dist.sum_across(counts, self.job))
