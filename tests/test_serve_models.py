@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import gc
+import json
 import os
 import shutil
 import subprocess
@@ -504,6 +505,46 @@ def test_a_rewritten_info_json_updates_the_card_without_a_reload(trained_run, tm
         ckpt.update_info(run / "checkpoints" / "best", val_loss=1.25)
         assert cards(live)["best"]["val_loss"] == 1.25
         assert live.catalog.offered["best"].model is model
+
+
+def test_the_system_fingerprint_names_the_weights_and_changes_with_them(trained_run, tmp_path):
+    """OpenAI's answers carry a system_fingerprint, which clients read to tell whether the backend
+    changed: every answer and chunk of one model carries the same, a rewritten info.json (a val_loss)
+    keeps it, and a new `best` saved over the one served (step_000006's weights) changes it;
+    checkpoints of the same weights file (best and final at the last step) share one, and each other
+    model has its own."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    template = "{% for m in messages %}{{ m.content }}{% endfor %}"
+    with live_server(run, chat_template=template) as live:
+        client = client_of(live)
+
+        def fingerprints(model: str) -> set[str]:
+            answers = [client.completions.create(model=model, **GREEDY)]
+            answers += list(client.completions.create(model=model, **GREEDY, stream=True))
+            chat = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "A"}])
+            return {answer.system_fingerprint for answer in [*answers, chat]}
+
+        each = {name: fingerprints(name) for name in NAMES}
+        assert all(len(found) == 1 and next(iter(found)).startswith("fp_") for found in each.values())
+        weights = {name: (run / "checkpoints" / name / ckpt.WEIGHTS).read_bytes() for name in NAMES[:3]}
+        assert weights["best"] == weights["final"] != weights["step_000006"]  # best is step 12's
+        assert each["best"] == each["final"] and len(set.union(*each.values())) == 3
+        best = run / "checkpoints" / "best"
+        ckpt.update_info(best, val_loss=1.25)
+        assert fingerprints("best") == each["best"]
+        new = ckpt.load_checkpoint(run / "checkpoints" / "step_000006")
+        ckpt.save_checkpoint(best, new.model, new.cfg, new.tokenizer, new.info)
+        after = fingerprints("best")
+        # the same tensors; safetensors orders the header's metadata differently from one process to
+        # another, so the file is step_000006's byte for byte or not, and the fingerprint follows it
+        same_file = (best / ckpt.WEIGHTS).read_bytes() == weights["step_000006"]
+        assert len(after) == 1 and after != each["best"] and (after == each["step_000006"]) == same_file
+        assert completion(client, model="best", **GREEDY) == completion(client, model="step_000006", **GREEDY)
+    older = run / "checkpoints" / "step_000006"  # as saved before checkpoints recorded their sums
+    info = ckpt.read_info(older)
+    (older / "info.json").write_text(json.dumps({k: v for k, v in info.items() if k != "sha256"}))
+    assert Catalog(older, torch.device("cpu")).get("step_000006").system_fingerprint is None
 
 
 @pytest.mark.slow

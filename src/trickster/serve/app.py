@@ -106,9 +106,7 @@ class Server:
         ]
         use = schemas.usage(generation.prompt_tokens, generation.completion_tokens)
         return JSONResponse(
-            schemas.envelope(
-                "text_completion", schemas.new_id("cmpl"), req.model, choices, use, generation.created
-            )
+            schemas.envelope("text_completion", schemas.new_id("cmpl"), req.model, choices, use, generation)
         )
 
     async def chat_completions(self, request: Request) -> Response:
@@ -160,7 +158,7 @@ class Server:
         use = schemas.usage(generation.prompt_tokens, generation.completion_tokens)
         return JSONResponse(
             schemas.envelope(
-                "chat.completion", schemas.new_id("chatcmpl"), req.model, choices, use, generation.created
+                "chat.completion", schemas.new_id("chatcmpl"), req.model, choices, use, generation
             )
         )
 
@@ -199,7 +197,7 @@ class Server:
     def _chunk(self, kind, request_id, req, choices, generation, last) -> dict:
         with_usage = (choices == []) if _include_usage(req) else last
         use = schemas.usage(generation.prompt_tokens, generation.completion_tokens) if with_usage else None
-        return schemas.envelope(kind, request_id, req.model, choices, use, generation.created)
+        return schemas.envelope(kind, request_id, req.model, choices, use, generation)
 
     # ------------------------------------------------------------------ checks
 

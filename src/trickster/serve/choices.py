@@ -120,6 +120,7 @@ class Generation:
     ):
         self.engine, self.offered = engine, offered
         self.created = int(time.time())  # OpenAI's `created` of every chunk and answer
+        self.system_fingerprint = offered.system_fingerprint  # and their system_fingerprint
         self.queue: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
         tokenizer = offered.tokenizer

@@ -25,7 +25,10 @@ that left it, whose requests under way finish as those of a replaced one do.
 from __future__ import annotations
 
 import bisect
+import functools
+import hashlib
 import itertools
+import json
 import threading
 import time
 from dataclasses import dataclass
@@ -38,10 +41,12 @@ from trickster.config import Config
 from trickster.data.hf_tokens import chat_template_of
 from trickster.data.tokenizers import Tokenizer
 from trickster.errors import UserError
+from trickster.model import lora
 from trickster.model.transformer import Transformer, untrained_like
 from trickster.serve import chat, disk
 from trickster.serve.limits import MAX_LOADED_MODELS
 from trickster.train import checkpoint as ckpt
+from trickster.train import checksums
 
 UNTRAINED = "untrained"
 REPLACE_WAIT = 2.0  # seconds a load waits for a checkpoint being replaced (a moment between two renames)
@@ -69,6 +74,25 @@ class Offered:
     @property
     def context(self) -> int:
         return self.cfg.model.max_seq_len
+
+    @functools.cached_property
+    def system_fingerprint(self) -> str | None:
+        """OpenAI's system_fingerprint: which weights answer, from the SHA-256 sums its info.json
+        records for its weights, adapters and tokenizer (a new save changes it, a rewrite of info.json
+        alone does not, and a new save replaces this Offered); `untrained`'s from its shape, seed and
+        tokenizer. None for a checkpoint saved before the sums."""
+        if self.name == UNTRAINED:
+            identity = [
+                self.cfg.model.model_dump(mode="json"),
+                self.cfg.training.seed,
+                self.tokenizer.fingerprint(),
+            ]
+        else:
+            sums = checksums.recorded(self.path, self.info)
+            identity = [sums.get(name) for name in (ckpt.WEIGHTS, lora.ADAPTERS, "tokenizer.json")]
+            if identity[:2] == [None, None]:
+                return None
+        return "fp_" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
 
     def card(self) -> dict:
         """What GET /v1/models says about it, beyond OpenAI's fields."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Literal
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -318,12 +318,19 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
     }
 
 
+class Answering(Protocol):
+    """What every answer and chunk of one request's generation (choices.Generation) says as OpenAI's do."""
+
+    created: int  # when its generation began, the same in each chunk of a stream
+    system_fingerprint: str | None  # which weights answer (models.Offered.system_fingerprint)
+
+
 def envelope(
-    kind: str, request_id: str, model: str, choices: list[dict], use: dict | None, created: int
+    kind: str, request_id: str, model: str, choices: list[dict], use: dict | None, generation: Answering
 ) -> dict:
-    """kind: text_completion, chat.completion or chat.completion.chunk. `created`: when the request's
-    generation began (Generation.created), the same in each chunk of a stream, as OpenAI's are."""
-    body = {"id": request_id, "object": kind, "created": created, "model": model, "choices": choices}
+    """kind: text_completion, chat.completion or chat.completion.chunk."""
+    body = {"id": request_id, "object": kind, "created": generation.created, "model": model}
+    body |= {"system_fingerprint": generation.system_fingerprint, "choices": choices}
     if use is not None:
         body["usage"] = use
     return body
