@@ -199,7 +199,8 @@ class TrainingConfig(_Section):
     hellaswag_every: int | None = Field(None, gt=0)
     """Steps between HellaSwag scorings (also at step 0 and at the end); empty: none."""
     hellaswag_examples: int = Field(10_042, gt=0, le=10_042)
-    """HellaSwag validation examples each scoring reads: the first N, the same ones every time."""
+    """HellaSwag validation examples each scoring reads: the first N, the same ones every time (all
+    10,042 are forward passes over about 3.6M GPT-2 tokens)."""
     hellaswag_file: str | None = None
     """A local copy of HellaSwag's hellaswag_val.jsonl; empty: `trickster eval`'s cached download."""
     save_every: int = Field(1000, gt=0)
