@@ -2849,6 +2849,11 @@ CASES = [
         "inf",
     ),
     case("seed-beyond-64-bits", _generate("--seed", str(2**64)), "--seed", "less than 9223372036854775808"),
+    case(  # -1 and -2**63 are seeds, as training_config.seed and torch.manual_seed take them
+        "seed-below-minus-2-to-the-63",
+        _generate("--seed", str(-(2**63) - 1)),
+        "--seed: '-9223372036854775809': input should be at least -9223372036854775808 = -2**63",
+    ),
     case(
         "max-new-tokens-negative", _generate("--max-new-tokens", "-5"), "--max-new-tokens must be >= 0", "-5"
     ),

@@ -87,6 +87,20 @@ def test_seed_gives_the_text_of_trickster_generate(client, trained_run, model, c
     assert answer.usage.total_tokens == 6 + answer.usage.completion_tokens
 
 
+def test_a_negative_seed_gives_the_text_of_trickster_generate(client, server, trained_run, capsys):
+    """`generate --seed` takes what training_config.seed and torch.manual_seed take, -2**63 up, as
+    OpenAI's API types `seed`; the server refused a request with any negative seed. Past either
+    end it is a 400 naming the field, as the command line's one line names --seed."""
+    for seed in (-1, -(2**63)):
+        argv = ["generate", str(trained_run), "--prompt", "ROMEO:", "--max-new-tokens", "20"]
+        text = completion(client, model="best", prompt="ROMEO:", max_tokens=20, seed=seed, temperature=0.8)
+        assert "ROMEO:" + text + "\n" == generated([*argv, "--seed", str(seed)], capsys)
+    for seed, bound in ((-(2**63) - 1, "greater than or equal to -9223372036854775808"), (2**63, "less")):
+        answer = httpx.post(server.url + "/v1/completions", json={**GOOD, "seed": seed}, timeout=30)
+        assert answer.status_code == 400 and answer.json()["error"]["param"] == "seed"
+        assert f"seed: Input should be {bound}" in answer.json()["error"]["message"]
+
+
 def test_streaming_gives_the_same_text_and_usage_on_the_last_chunk(client, server):
     fields = dict(model="best", prompt="JULIET:", max_tokens=25, seed=3, temperature=1.0)
     whole = client.completions.create(**fields)

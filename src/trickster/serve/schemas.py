@@ -102,7 +102,7 @@ class Request(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
     top_k: int | None = Field(None, description="an extension (as vLLM has it); 0 or -1 means off")
     stop: str | list[str] | None = Field(None, description="up to 4 strings that end the text")
-    seed: int | None = Field(None, ge=0, lt=2**63)
+    seed: int | None = Field(None, ge=-(2**63), lt=2**63)  # as `generate --seed` and OpenAI's API take it
     n: int = Field(1, ge=1, le=16)
     stream: bool = False
     stream_options: StreamOptions | None = None
