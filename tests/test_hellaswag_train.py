@@ -26,6 +26,7 @@ from trickster.train import dist, hellaswag_eval
 from trickster.train.dist import Dist
 from trickster.train.hellaswag_eval import HellaSwagEval
 from trickster.train.loop import train
+from trickster.train.resume import run_dir_in_use
 
 from .conftest import EXCERPT, QUIET, events, micro_config
 from .test_dist import config as dist_config
@@ -116,7 +117,8 @@ def test_without_the_file_offline_the_run_stops_before_it_starts(
     cfg = micro(training_config={"max_steps": 2, "warmup_steps": 1, "hellaswag_every": 1})
     with pytest.raises(UserError, match=r"pass the local copy with training_config\.hellaswag_file=FILE$"):
         train(cfg, **QUIET)
-    assert not Path(cfg.logging.output_dir).exists()  # nothing trained, no run folder
+    run_dir = Path(cfg.logging.output_dir)
+    assert not run_dir_in_use(run_dir) and not (run_dir / "metrics.jsonl").exists()  # nothing written
 
     # the copy `trickster eval --task hellaswag` cached is read without the network
     cached = tmp_path / "cache" / "hellaswag" / "hellaswag_val.jsonl"
@@ -126,6 +128,12 @@ def test_without_the_file_offline_the_run_stops_before_it_starts(
     result = train(cfg, echo=said.append)
     assert [r["step"] for r in events(result.history, "hellaswag")] == [0, 1, 2]
     assert f"validation examples ({cached})" in "\n".join(said)
+
+    # the run done and the file gone, `resume: auto` (a requeue) says it has finished, as without HellaSwag
+    cached.unlink()
+    said.clear()
+    again = train(cfg, resume="auto", echo=said.append)
+    assert again.finished_before and "already finished at step 2" in "\n".join(said)
 
 
 def test_more_processes_than_scorable_examples_is_refused(micro, hellaswag_file):

@@ -105,9 +105,6 @@ class Trainer:
         check_windows(self.data, cfg.seq_len)
         check_fits(cfg, self.device, job)  # before the run folder is touched
         check_validation_set(cfg, job)
-        self.hellaswag = hellaswag_eval.HellaSwagEval(
-            cfg, self.data.tokenizer, job
-        )  # its file read and checked now
         # 3. the run folder: a new one, or the newest complete checkpoint of an old one
         self.run_dir = Path(cfg.logging.output_dir)
         # jsonl, csv, loss.png, TensorBoard, W&B: checks the optional packages, writes nothing yet
@@ -115,6 +112,8 @@ class Trainer:
         if held is not None:  # rank 0 claims the folder; all processes stop if another one holds it
             setup.on_main(job, lambda: held.enter_context(claimed(self.run_dir)))
         self.resumed_from, repairs, changed = setup.open_run(cfg, self.data, resume, job, self.out)
+        # read and checked before any trial step; not when `resume: auto` finds the run finished
+        self.hellaswag = hellaswag_eval.HellaSwagEval(cfg, self.data.tokenizer, job)
         resolved = setup.on_main(job, resolve_batch, cfg, self.device, job, self.resumed_from, changed)
         cfg, self.batch_note, changed = resolved  # batch_size: auto measured (or kept from the checkpoint)
         self.cfg, t = cfg, cfg.training
