@@ -6,6 +6,7 @@ memory of the whole process tree for two corpus sizes, to show it stays flat as 
     python bench/prepare_throughput.py                          # 8 MB for MB/s; 4 MB and 16 MB for RSS
     python bench/prepare_throughput.py --throughput-mb 200 --sizes-mb 100 1000 --workers 2
     python bench/prepare_throughput.py --only-dedup --dedup-sizes-mb 100 1000   # MB/s per --dedup mode
+    python bench/prepare_throughput.py --only-one-file --one-file-mb 100 1000   # one text file: RSS by size
 
 The corpus is generated in a temporary folder from a seed text (the test excerpt of Tiny
 Shakespeare, or --seed-text) by repetition with variation: documents of 1-8 kB made of seed lines
@@ -18,6 +19,9 @@ scripts/seed_tiktoken_cache.py).
 
 The command's start-up (a few seconds: Python, torch, spawning the workers) is part of its time, so
 MB/s means something from about 100 MB up; at a few MB the table only shows that everything runs.
+
+The one-file table prepares a single text file (`trickster data prepare text FILE`), the seed text
+repeated to each size: one document, read in blocks and tokenized in pieces.
 """
 
 from __future__ import annotations
@@ -199,9 +203,16 @@ def main() -> None:
         "--copies", type=float, default=0.1, help="dedup table: share of exact copies, and of near-copies"
     )
     parser.add_argument("--only-dedup", action="store_true", help="only the --dedup table")
+    parser.add_argument(
+        "--one-file-mb", type=float, nargs="*", default=[], help="sizes of one text file for its table"
+    )
+    parser.add_argument("--only-one-file", action="store_true", help="only the one-file table")
     args = parser.parse_args()
     if args.only_dedup:
         dedup_table(args)
+        return
+    if args.only_one_file:
+        one_file_table(args)
         return
 
     why_not_gpt2 = tiktoken_available()
@@ -271,6 +282,26 @@ def dedup_table(args: argparse.Namespace) -> None:
                 shutil.rmtree(out)
             for file in files:
                 file.unlink()
+
+
+def one_file_table(args: argparse.Namespace) -> None:
+    """MB/s and peak RSS of `data prepare text FILE` on one file of each size: the seed text repeated."""
+    print(f"one text file (the seed text repeated), --tokenizer {args.rss_tokenizer}, {args.workers} workers")
+    print(f"{'file':>8} {'MB/s':>7} {'seconds':>8} {'peak RSS':>10}")
+    seed = args.seed_text.read_bytes()
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        for size in args.one_file_mb:
+            path, out = Path(tmp) / f"one-{size:g}.txt", Path(tmp) / f"one-out-{size:g}"
+            with open(path, "wb") as f:
+                for _ in range(max(1, round(size * 1e6 / len(seed)))):
+                    f.write(seed)
+            argv = [sys.executable, "-m", "trickster", "data", "prepare", "text", str(path)]
+            argv += ["--tokenizer", args.rss_tokenizer, "--workers", str(args.workers)]
+            seconds, peak, _ = run_measured([*argv, "--out", str(out), "--no-progress"], args.workers)
+            rate = input_megabytes(out) / seconds
+            print(f"{size:>6g}MB {rate:>7.2f} {seconds:>8.1f} {peak / 2**20:>6.0f} MiB")
+            shutil.rmtree(out)
+            path.unlink()
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ class Source:
     read_blocks: Callable[[], Iterator[str]] | None = None
     total_bytes: int | None = None  # of the input, when known up front (for the progress bar)
     files: list[str] = field(default_factory=list)
-    content_sha256: Callable[[], str] | None = None  # of the bytes the last full read() went through
+    content_sha256: Callable[[], str] | None = None  # of the bytes the last full read went through
     records: bool = False  # documents are (prompt, response) pairs: a loss mask covers the responses
     revision: Revision | None = None  # a version that changes under the same name (a Hub dataset's)
     # its text files' line endings are read as "\n" (textfile.newlines), which preparation version
