@@ -80,8 +80,12 @@ def bpe_as_hf(prefix_space: bool) -> HFTokenizer:
     return HFTokenizer(spec, {"eos_token": "<|endoftext|>"})
 
 
-@pytest.mark.parametrize("kind", ["char", "byte", "bpe", "gpt2", "hf", "hf-prefix-space"])
-@pytest.mark.parametrize("packed", [False, True], ids=["plain", "gz"])
+KINDS = ["char", "byte", "bpe", "gpt2", "hf", "hf-prefix-space"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "packed"), [*((kind, False) for kind in KINDS), ("char", True)], ids=[*KINDS, "char-gz"]
+)
 def test_a_file_read_in_small_blocks_gives_what_reading_it_whole_gave(kind, packed, tmp_path, monkeypatch):
     if kind == "gpt2":
         gpt2_or_skip()
