@@ -10,15 +10,16 @@ whole text's ids that way (`cuts_safely`), the pieces' ids joined are the whole 
 folder is byte for byte the one that reading it whole gave. Where it is not known (some imported
 Hugging Face tokenizers), the pieces of each split are joined and tokenized whole, as before.
 
-A piece ends before a line break that follows a visible character: a letter, mark, number,
-punctuation or symbol (printable and no space: no blank for Python, Rust's regex or Oniguruma).
-Why such a cut changes no ids:
+A piece ends before a line break that follows a visible character (in a line longer than a block,
+before a space that follows one). A visible character is a letter, mark, number, punctuation or
+symbol: printable and no space, so no blank for Python, Rust's regex or Oniguruma; a line break
+and a space are blanks for all three. Why such a cut changes no ids:
 - char and byte: one id per character or byte;
 - gpt2 and bpe split text with GPT-2's pattern (tiktoken's r50k_base, Hugging Face's ByteLevel
   pre-tokenizer), `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`.
   No alternative holds a visible character and a blank after it, so the match that holds the
   visible character ends there, in the whole text as at the end of a piece; the next match starts
-  at the line break either way, and none looks behind it. The BPE merges act within the matches.
+  at the blank either way, and none looks behind it. The BPE merges act within the matches.
   bpe's trainer counts the same matches, and the cuts of its long runs (tokenizers._short_runs)
   fall where they did: the cut ends a run of visible characters and starts a run of blanks.
 """
@@ -82,17 +83,12 @@ def text_pieces(source: Source) -> Iterator[str]:
 
 def cut_pieces(blocks: Iterable[str]) -> Iterator[str]:
     """The text of `blocks` cut before the last line break of each block that follows a visible
-    character (see the module's docstring); a block with none is held and joined to the next."""
+    character, or else its last such space (see the module's docstring); a block with neither is
+    held and joined to the next."""
     held = ""
     for block in blocks:
         text = held + block
-        at, end = None, len(text)
-        # the held text has no such line break: look only where the new block can make one
-        while (found := text.rfind("\n", max(1, len(held)), end)) > 0:
-            if _visible(text[found - 1]):
-                at = found
-                break
-            end = found
+        at = _last_cut(text, max(1, len(held)))  # the held text has none: look in the new block
         if at is None:
             held = text
         else:
@@ -100,6 +96,17 @@ def cut_pieces(blocks: Iterable[str]) -> Iterator[str]:
             held = text[at:]
     if held:
         yield held
+
+
+def _last_cut(text: str, start: int) -> int | None:
+    """The last index from `start` on of a line break, else a space, after a visible character."""
+    for blank in ("\n", " "):
+        end = len(text)
+        while (found := text.rfind(blank, start, end)) > 0:
+            if _visible(text[found - 1]):
+                return found
+            end = found
+    return None
 
 
 def _visible(character: str) -> bool:
@@ -187,7 +194,8 @@ def all_texts(source: Source, progress: bool, what: str) -> Iterator[str]:
     ) as bar:
         for document, _ in documents(source, 0.0):
             text = text_of(document)
-            bar.update(len(text))
+            if not bar.disable:  # in bytes, as its total and the other bars
+                bar.update(len(text.encode("utf-8")))
             yield text
 
 
