@@ -1034,13 +1034,15 @@ def _import_tokenizer(model: dict) -> Build:
     return build
 
 
-def _data_bpe_tokenizer_with(**model_fields) -> Build:
-    """The data's tokenizer.json replaced by a trained bpe whose BPE model has these fields set."""
+def _data_bpe_tokenizer_with(vocab: dict | None = None, **model_fields) -> Build:
+    """The data's tokenizer.json replaced by a trained bpe whose BPE model has these fields set, and
+    these entries in its vocabulary."""
 
     def build(env: Env) -> list[str]:
         bpe = build_tokenizer("bpe", iter([EXCERPT.read_text()[:2000]]), with_eot=True, vocab_size=300)
-        spec = bpe.tokenizer_json
-        content = {"kind": "bpe", "tokenizer": {**spec, "model": {**spec["model"], **model_fields}}}
+        model = {**bpe.tokenizer_json["model"], **model_fields}
+        model["vocab"] = {**model["vocab"], **(vocab or {})}
+        content = {"kind": "bpe", "tokenizer": {**bpe.tokenizer_json, "model": model}}
         return _data_with("tokenizer.json", json.dumps(content))(env)
 
     return build
@@ -1732,6 +1734,12 @@ CASES = [
         _data_bpe_tokenizer_with(continuing_subword_prefix="##"),
         "data-copy/tokenizer.json is not a valid tokenizer (BPE merge 1 ",
         "the second piece does not start with the model's continuing_subword_prefix '##'); prepare the data",
+    ),
+    case(  # vocab_size counted its entries: a model sized by it had no row for the id, an IndexError
+        "train-data-bpe-tokenizer-id-past-any-model",
+        _data_bpe_tokenizer_with(vocab={"zzzz": 2**32 - 1}),
+        "data-copy/tokenizer.json is not a valid tokenizer (its vocabulary gives 'zzzz' the id ",
+        "4,294,967,295, past the 16,777,216 ids a model is built for); prepare the data again",
     ),
     case(
         "train-data-tokenizer-is-a-folder",

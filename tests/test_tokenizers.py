@@ -270,6 +270,22 @@ def test_a_bpe_merge_cut_inside_a_character_is_one_line_not_an_abort(tmp_path):
     assert "UserError: " in child.stderr and "the second piece does not start with" in child.stderr
 
 
+def test_a_bpe_whose_ids_leave_holes_counts_up_to_its_highest_id(bpe, tmp_path):
+    """A hand-edited tokenizer.json gives "R" an id past the others: the model it sizes has a row for
+    it (its vocab_size said how many entries there were, and training stopped on an IndexError);
+    an id past any model's size is a damaged file, said in one line."""
+    spec = json.loads(json.dumps(bpe.tokenizer_json))
+    spec["model"]["vocab"]["R"] = bpe.vocab_size + 100
+    edited = from_dict({"kind": "bpe", "tokenizer": spec})
+    assert max(edited.encode("ROMEO")) == bpe.vocab_size + 100 < edited.vocab_size
+    assert edited.byte_lengths()[bpe.vocab_size + 100] == 1
+    assert edited.count_bytes(edited.encode("ROMEO")) == 5
+    spec["model"]["vocab"]["R"] = 2**32 - 1
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"kind": "bpe", "tokenizer": spec}))
+    with pytest.raises(UserError, match=r"valid tokenizer \(its vocabulary gives 'R' the id 4,294,967,295"):
+        load_tokenizer(tmp_path / "tokenizer.json")
+
+
 def test_a_panic_the_checks_do_not_foresee_is_still_one_line(monkeypatch):
     """pyo3's PanicException derives from BaseException: `except Exception` let it through."""
     from trickster.data import tokenizer_json

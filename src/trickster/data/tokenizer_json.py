@@ -16,6 +16,8 @@ import json
 
 from trickster.data.hf_tokens import require_tokenizers
 
+LARGEST_VOCABULARY = 2**24  # ids: 64 times Gemma's 262,144 (as tokenizers.LARGEST_BPE_VOCAB)
+
 
 class TokenizerJsonError(ValueError):
     """A tokenizer.json the `tokenizers` package would crash on or refuse; the message says why."""
@@ -35,6 +37,20 @@ def backend_of(spec: dict):
         if type(err).__name__ != "PanicException":
             raise
         raise TokenizerJsonError(f"the tokenizers package cannot read this tokenizer.json ({err})") from None
+
+
+def id_count(backend) -> int:
+    """How many ids a model needs rows for: the vocabulary's size, or one past its highest id where a
+    hand-edited or damaged file leaves holes among them (a token encoded past the rows was an
+    IndexError in the model). An id past LARGEST_VOCABULARY is refused: no model is built that big."""
+    vocab = backend.get_vocab(with_added_tokens=True)
+    token, highest = max(vocab.items(), key=lambda item: item[1], default=("", -1))
+    if highest >= LARGEST_VOCABULARY:
+        raise TokenizerJsonError(
+            f"its vocabulary gives {token!r} the id {highest:,}, past the {LARGEST_VOCABULARY:,} ids a "
+            "model is built for"
+        )
+    return max(backend.get_vocab_size(with_added_tokens=True), highest + 1)
 
 
 def _check_merges(model: dict) -> None:

@@ -31,7 +31,7 @@ import numpy as np
 
 from trickster.atomic import replace_file
 from trickster.data.hf_tokens import require_tokenizers, special_token_text
-from trickster.data.tokenizer_json import TokenizerJsonError, backend_of
+from trickster.data.tokenizer_json import TokenizerJsonError, backend_of, id_count
 from trickster.errors import UserError
 
 EOT_TEXT = "<|endoftext|>"
@@ -204,6 +204,7 @@ class HFTokenizer(Tokenizer):
         self.tokenizer_json = tokenizer_json
         self.config = dict(config or {})  # tokenizer_config.json: special tokens, chat template
         self.backend = backend_of(tokenizer_json)
+        self.id_count = id_count(self.backend)
         # as transformers: special-token text in the input stays text (our own exports set it)
         self.backend.encode_special_tokens = self.config.get("split_special_tokens") is True
         with_special = self.backend.encode("a").ids
@@ -218,7 +219,7 @@ class HFTokenizer(Tokenizer):
 
     @property
     def vocab_size(self) -> int:
-        return self.backend.get_vocab_size(with_added_tokens=True)
+        return self.id_count
 
     def encode(self, text: str) -> list[int]:
         return self.backend.encode(text, add_special_tokens=False).ids
