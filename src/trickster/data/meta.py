@@ -156,7 +156,7 @@ def prepared_meta(source: Source, tokenizer: Tokenizer, record: Progress, index,
     """meta.json of a finished preparation: what was read and how, the tokenizer, the split rule,
     counts per split and the checksum of every token shard (`index`: index.json's shard lists)."""
     splits = record.splits
-    content = source.content_sha256() if source.content_sha256 else None
+    content = record.source_sha256 or (source.content_sha256() if source.content_sha256 else None)
     meta = {
         "format": META_FORMAT,
         "layout": "shards",

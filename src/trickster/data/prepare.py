@@ -261,6 +261,9 @@ class _Job:
         record, source = self.record, self.source
         if record.cutting:  # stopped while rewriting the one distinct document: only that is left to do
             writers, documents_left = {}, iter(())
+            if record.source_sha256 is None and source.content_sha256 is not None:
+                for _ in source.read():  # a record written before it kept the sum: read for it
+                    pass
         else:
             writers = {s: self._writer(s) for s in SPLITS}
             read = documents(source, self.val_fraction, cuts_safely(self.tokenizer), progress)
@@ -353,6 +356,8 @@ class _Job:
             replace_file(self.partial / ONE_DOCUMENT_MASK, _npy(mask))
         replace_file(self.partial / ONE_DOCUMENT, _npy(tokens))
         self.record.cutting = True
+        if self.source.content_sha256 is not None:  # a continued rewrite reads no document to sum
+            self.record.source_sha256 = self.source.content_sha256()
         self.record.save(self.partial)
 
     def _cut_the_one_document(self, writers: dict[str, ShardWriter]) -> dict[str, ShardWriter]:
