@@ -126,7 +126,8 @@ def _add_prepare_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--workers", type=integer, help="tokenizing processes (default: one per CPU)")
     parser.add_argument("--shard-tokens", type=integer, help="tokens per shard file (default 100,000,000)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    shown = "no progress bars, nor lines off a terminal"
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help=shown)
     dedup = "near-copies: group keeps them on their first copy's side of the split (default), near drops "
     dedup += "them, exact does not look for them (fastest); exact copies are dropped in every mode"
     # --dedup, --near-dup-threshold and --keep-duplicates make prepare_data's DedupSettings

@@ -30,6 +30,7 @@ import itertools
 from collections.abc import Iterable, Iterator
 
 from trickster.data.encode import Document, Piece, text_of
+from trickster.data.pass_progress import PassProgress
 from trickster.data.sources import Source
 from trickster.data.textfile import BLOCK_BYTES
 from trickster.data.tokenizers import HFTokenizer, Tokenizer
@@ -39,10 +40,15 @@ def documents(
     source: Source, val_fraction: float, apart: bool = True, progress: bool = False
 ) -> Iterator[tuple[Document, str | None]]:
     """(document, split) in a fixed order; split None means: decided by `in_validation`. The one
-    document of a single-document source comes in Pieces (`apart`), or whole per split."""
+    document of a single-document source comes in Pieces (`apart`), or whole per split; its
+    characters are counted now, so that the counting pass's bar comes before the tokenizing one."""
     if source.single_document:
-        yield from one_document(source, val_fraction, apart, progress)
-    elif source.read_val is not None:
+        return one_document(source, val_fraction, apart, progress)
+    return _many_documents(source)
+
+
+def _many_documents(source: Source) -> Iterator[tuple[str, str | None]]:
+    if source.read_val is not None:
         yield from ((t, "train") for t in source.read())
         yield from ((t, "val") for t in source.read_val())
     else:
@@ -53,14 +59,15 @@ def one_document(
     source: Source, val_fraction: float, apart: bool, progress: bool
 ) -> Iterator[tuple[Document, str]]:
     """The one text in pieces, its first characters to training and its last `val_fraction` to
-    validation (counted in a first pass); with `apart` False, each split's text whole."""
+    validation (counted in a first pass, now); with `apart` False, each split's text whole."""
     cut = None if not val_fraction else int(_count_characters(source, progress) * (1 - val_fraction))
     pieces = _split(text_pieces(source), cut)
     if apart:
-        yield from pieces
-    else:
-        for split, group in itertools.groupby(pieces, key=lambda item: item[1]):
-            yield "".join(piece.text for piece, _ in group), split
+        return pieces
+    return (
+        ("".join(piece.text for piece, _ in group), split)
+        for split, group in itertools.groupby(pieces, key=lambda item: item[1])
+    )
 
 
 def text_pieces(source: Source) -> Iterator[str]:
@@ -139,18 +146,13 @@ def _split(pieces: Iterable[str], cut: int | None) -> Iterator[tuple[Piece, str]
 
 
 def _count_characters(source: Source, progress: bool) -> int:
-    """The characters of the one text (0 if blank), read in a pass of their own, with a bar."""
-    from tqdm import tqdm
-
+    """The characters of the one text (0 if blank), read in a pass of their own, shown."""
     count = 0
-    with tqdm(
-        total=source.total_bytes, unit="B", unit_scale=True, desc="counting characters",
-        disable=None if progress else True,
-    ) as bar:  # fmt: skip
+    with PassProgress("counting characters", source.total_bytes, progress) as shown:
         for piece in text_pieces(source):
             count += len(piece)
-            if not bar.disable:
-                bar.update(len(piece.encode("utf-8")))
+            if shown.shown:  # in bytes, as its total
+                shown.update(len(piece.encode("utf-8")))
     return count
 
 
@@ -186,16 +188,13 @@ def unread(
 
 
 def all_texts(source: Source, progress: bool, what: str) -> Iterator[str]:
-    """Every text of the source in order (the one text in pieces), with a bar saying `what`."""
-    from tqdm import tqdm
-
-    with tqdm(
-        total=source.total_bytes, unit="B", unit_scale=True, desc=what, disable=None if progress else True
-    ) as bar:
-        for document, _ in documents(source, 0.0):
+    """Every text of the source in order (the one text in pieces), shown as `what`."""
+    with PassProgress(what, source.total_bytes, progress) as shown:
+        for count, (document, _) in enumerate(documents(source, 0.0), 1):
             text = text_of(document)
-            if not bar.disable:  # in bytes, as its total and the other bars
-                bar.update(len(text.encode("utf-8")))
+            if shown.shown:  # in bytes, as its total and the other passes
+                counted = {} if source.single_document else {"documents": count}
+                shown.update(len(text.encode("utf-8")), **counted)
             yield text
 
 

@@ -65,6 +65,7 @@ from trickster.data.partial import (
     partial_dir,
     remove_spent,
 )
+from trickster.data.pass_progress import PassProgress
 from trickster.data.records import Records, records_source
 from trickster.data.shards import SPLITS, Progress, ShardWriter, SplitProgress, token_dtype
 from trickster.data.sources import Corpus, DownloadFailed, Source, corpus_source
@@ -256,27 +257,18 @@ class _Job:
         self.deduper = None if source.single_document else dedup.Deduper(settings, partial, record.dedup)
 
     def run(self, chunk_chars: int, workers: int | None, progress: bool) -> dict:
-        from tqdm import tqdm
-
         record, source = self.record, self.source
         if record.cutting:  # stopped while rewriting the one distinct document: only that is left to do
             writers, documents_left = {}, iter(())
             if record.source_sha256 is None and source.content_sha256 is not None:
                 for _ in source.read():  # a record written before it kept the sum: read for it
                     pass
-        else:
-            writers = {s: self._writer(s) for s in SPLITS}
+        else:  # a single text's characters are counted first, their bar above the one below
             read = documents(source, self.val_fraction, cuts_safely(self.tokenizer), progress)
+            writers = {s: self._writer(s) for s in SPLITS}
             documents_left = unread(read, record.next_document, record.next_piece)
         tasks = (self._task(docs, splits) for docs, splits in chunks(documents_left, chunk_chars))
-        bar = tqdm(
-            total=source.total_bytes,
-            initial=record.input_bytes,
-            unit="B",
-            unit_scale=True,
-            desc="tokenizing",
-            disable=None if progress else True,  # None: only on a terminal
-        )
+        bar = PassProgress("tokenizing", source.total_bytes, progress, initial=record.input_bytes)
         try:
             for _, encoded in encoded_in_order(tasks, self.tokenizer, self._workers(workers, chunk_chars)):
                 self._write(encoded, writers)
@@ -286,7 +278,7 @@ class _Job:
                     self.deduper.flush()
                     record.dedup = self.deduper.state_dict()
                 record.save(self.partial)
-                bar.update(sum(encoded.sizes))
+                bar.update(sum(encoded.sizes), **self._done())
             if not record.cutting and self._one_document_on_one_side():
                 self._keep_the_one_document(writers)
             if record.cutting:
@@ -299,6 +291,11 @@ class _Job:
             for writer in writers.values():
                 writer.release()
         return self._finish()
+
+    def _done(self) -> dict[str, int]:
+        """What the tokenizing line counts: documents read (not of one text), tokens written."""
+        documents = {} if self.source.single_document else {"documents": self.record.next_document}
+        return documents | {"tokens": sum(self.record.splits[s].tokens() for s in SPLITS)}
 
     def _writer(self, split: str) -> ShardWriter:
         state, masked = self.record.splits[split], self.source.records
