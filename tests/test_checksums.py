@@ -1,8 +1,9 @@
 """Checkpoint checksums on real small runs: what a save records, what a linked `best` records
 without reading its weights again, a flipped byte in weights shared by hard links, and a checkpoint
 that `trickster serve` reads again after training replaced it, and the checkpoint a loss spike's
-rollback passes over. The one line and exit status of
-each command meeting a changed file are cases in tests/test_cli_errors.py."""
+rollback passes over; a save's sums taken at once while it flushes. The
+one line and exit status of each command meeting a changed file are cases in
+tests/test_cli_errors.py."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
+import torch
 
 from trickster import cli
 from trickster.train import checkpoint as ckpt
@@ -159,3 +162,47 @@ def test_a_sum_info_json_records_for_a_path_outside_the_checkpoint_is_never_read
     monkeypatch.setattr(checksums, "file_sha256", lambda path: read.append(path) or real_sha256(path))
     assert checksums.first_changed(checkpoint, ["optimizer/", str(secret)]) is None
     assert read == [checkpoint / "optimizer" / "0.distcp"]
+
+
+WAIT = 10  # seconds a sum waits for what should run beside it: a test on code without it fails, not hangs
+
+
+def test_a_save_sums_its_files_at_once_while_it_flushes_them_to_disk(trained_run, tmp_path, monkeypatch):
+    """The sums are what a save adds to the wait of a run that stands still while it saves: they
+    are taken in threads, one file beside another, while the main thread flushes the files to
+    disk. Each sum here waits until a second one has begun and a file has been flushed meanwhile;
+    the sums recorded are still hashlib's over the files."""
+    loaded = ckpt.load_checkpoint(trained_run / "checkpoints" / "final")
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)  # threads to spare, on any machine
+    summing, lock = set(), threading.Lock()
+    began, two_at_once, flushed = threading.Event(), threading.Event(), threading.Event()
+    real_sha256, real_fsync = checksums.file_sha256, os.fsync
+
+    def sha256(path: Path) -> str:
+        with lock:
+            summing.add(path.name)
+            began.set()
+            if len(summing) >= 2:
+                two_at_once.set()
+        assert two_at_once.wait(WAIT) and flushed.wait(WAIT), f"{path.name}: {two_at_once}, {flushed}"
+        digest = real_sha256(path)
+        with lock:
+            summing.discard(path.name)
+        return digest
+
+    def fsync(fd: int) -> None:
+        staged = {p.stat().st_ino: p.name for p in tmp_path.glob(".again.tmp-*/*")}  # atomic.staging_dir
+        if staged.get(os.fstat(fd).st_ino) in (ckpt.WEIGHTS, "trainer.pt") and began.wait(WAIT):
+            with lock:
+                if summing:
+                    flushed.set()
+        real_fsync(fd)
+
+    monkeypatch.setattr(checksums, "file_sha256", sha256)
+    monkeypatch.setattr(os, "fsync", fsync)
+    parts = (loaded.model, loaded.cfg, loaded.tokenizer, loaded.info, {"moments": torch.arange(1000.0)})
+    again = ckpt.save_checkpoint(tmp_path / "again", *parts)
+
+    recorded = ckpt.read_info(again)["sha256"]
+    assert recorded == {name: hashlib.sha256((again / name).read_bytes()).hexdigest() for name in recorded}
+    assert sorted(recorded) == ["model.safetensors", "tokenizer.json", "trainer.pt"]

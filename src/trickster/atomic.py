@@ -174,7 +174,7 @@ def being_replaced(target: Path) -> bool:
 
 def replace_dir(new: Path, target: Path) -> None:
     """Move `new` to `target`; an old `target` is deleted only after the new one is in place."""
-    _fsync_tree(new)
+    fsync_tree(new)
     if not target.exists():
         new.rename(target)
     else:
@@ -251,7 +251,8 @@ def _write(f, data: str | bytes | Iterable[str]) -> None:
         f.write(piece.encode("utf-8") if isinstance(piece, str) else piece)
 
 
-def _fsync_tree(folder: Path) -> None:
+def fsync_tree(folder: Path) -> None:
+    """The files of `folder` (not of its subfolders) and the folder itself, flushed to disk."""
     for path in folder.iterdir():
         if path.is_file():
             with open(path, "rb") as f:
@@ -307,7 +308,7 @@ def new_folder(target: Path, flag: str = "--out"):
         remove_leftovers(real.parent, of=real.name)
         staging = staging_dir(real)
         yield staging
-        _fsync_tree(staging)
+        fsync_tree(staging)
         if os.name == "nt" and real.is_dir() and not any(real.iterdir()):
             real.rmdir()  # Windows renames over no folder, not even an empty one
         try:

@@ -19,6 +19,7 @@ unpickled: weights come from safetensors and trainer.pt loads with `weights_only
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pickle
@@ -32,14 +33,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from trickster.atomic import (
-    leftovers,
-    remove_leftovers,
-    replace_dir,
-    replace_file,
-    restore_replaced,
-    staging_dir,
-)
+from trickster import atomic
 from trickster.config import Config, ModelConfig, save_config
 from trickster.config_saved import read_saved
 from trickster.data.tokenizers import Tokenizer, load_tokenizer
@@ -102,7 +96,7 @@ def save_checkpoint(
 
 
 def _write_checkpoint(target, tensors, cfg, tokenizer, info, trainer_state, staging) -> Path:
-    staging = staging or staging_dir(target)
+    staging = staging or atomic.staging_dir(target)
     try:
         if isinstance(tensors, Path):
             _link_tensor_files(tensors, staging)
@@ -115,11 +109,12 @@ def _write_checkpoint(target, tensors, cfg, tokenizer, info, trainer_state, stag
         tokenizer.save(staging / "tokenizer.json")
         if trainer_state is not None:
             _save_trainer_state(trainer_state, staging / "trainer.pt")
-        sums = checksums.record(staging, linked_from=tensors if isinstance(tensors, Path) else None)
+        flushed = functools.partial(atomic.fsync_tree, staging)  # to disk while the sums are taken
+        sums = checksums.record(staging, tensors if isinstance(tensors, Path) else None, meanwhile=flushed)
         info = {**info, "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), checksums.SUMS: sums}
         (staging / "info.json").write_text(json.dumps(info, indent=2))
         (staging / COMPLETE).write_text("ok\n")
-        replace_dir(staging, target)
+        atomic.replace_dir(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -198,7 +193,7 @@ def update_info(path: Path, **values) -> None:
     """Change values in a complete checkpoint's info.json: written aside, then renamed over it."""
     file = path / "info.json"
     with disk_errors(str(file), write_fix(then="continue with --resume (the checkpoint is whole)")):
-        replace_file(file, json.dumps({**json.loads(file.read_text()), **values}, indent=2))
+        atomic.replace_file(file, json.dumps({**json.loads(file.read_text()), **values}, indent=2))
 
 
 def latest(run_dir: str | Path) -> Path | None:
@@ -260,18 +255,18 @@ def recover(run_dir: str | Path) -> list[str]:
     folder = Path(run_dir) / "checkpoints"
     if not folder.is_dir():
         return []
-    replaced = sorted({match["name"] for _, match in leftovers(folder) if match["kind"] == "old"})
+    replaced = sorted({match["name"] for _, match in atomic.leftovers(folder) if match["kind"] == "old"})
     repairs = [
         f"restored checkpoints/{name} from an interrupted replacement"
         for name in replaced
-        if restore_replaced(folder / name, complete=is_complete)
+        if atomic.restore_replaced(folder / name, complete=is_complete)
     ]
-    for hidden, match in leftovers(folder):  # what is left: no checkpoint's only copy
+    for hidden, match in atomic.leftovers(folder):  # what is left: no checkpoint's only copy
         shutil.rmtree(hidden, ignore_errors=True)
         what = "deletion" if match["kind"] == "deleted" else "write"
         repairs.append(f"removed {hidden.name}, left by an interrupted {what}")
     for checkpoint in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for path in remove_leftovers(checkpoint):
+        for path in atomic.remove_leftovers(checkpoint):
             repairs.append(f"removed {checkpoint.name}/{path.name}, left by an interrupted write")
     return repairs
 

@@ -5,7 +5,8 @@ A flipped bit inside model.safetensors, lora.safetensors, trainer.pt or an optim
 (optimizer/*.distcp) still parses: without the sums a resume would continue from wrong weights or
 moments, and generate, serve and export would compute with them. The sums are taken from the
 files of the finished folder just before COMPLETE is written (the files are still in the page
-cache), by the one process that writes it (rank 0 under FSDP2, once every shard is in).
+cache), by the one process that writes it (rank 0 under FSDP2, once every shard is in), in
+threads, one file beside another, while the save flushes them to disk.
 
 Every file is summed but these three:
 - info.json holds the sums, and is rewritten after the checkpoint's evaluation (update_info);
@@ -18,9 +19,11 @@ A checkpoint written before the sums (no `sha256` in its info.json) loads as it 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
 from trickster.data.shards import file_sha256
@@ -30,21 +33,29 @@ SUMS = "sha256"  # info.json's key: {path inside the checkpoint, with "/": hex d
 UNSUMMED = ("info.json", "COMPLETE", "config.yaml")
 
 
-def record(folder: Path, linked_from: Path | None = None) -> dict[str, str]:
-    """The sums of a checkpoint folder's files (all but UNSUMMED), for its info.json. A file
-    hard-linked from the checkpoint `linked_from` (a `best` saved at the step of the checkpoint
-    just written: its weights and optimizer shards) is that very file: it takes the sum recorded
-    there, without reading gigabytes again."""
+def record(
+    folder: Path, linked_from: Path | None = None, meanwhile: Callable[[], object] | None = None
+) -> dict[str, str]:
+    """The sums of a checkpoint folder's files (all but UNSUMMED), for its info.json, taken in
+    threads at once (_summing). A file hard-linked from the checkpoint `linked_from` (a `best`
+    saved at the step of the checkpoint just written: its weights and optimizer shards) is that
+    very file: it takes the sum recorded there, without reading gigabytes again. `meanwhile` (a
+    save flushes the files to disk) runs in this thread while the sums are taken."""
     known = recorded(linked_from) if linked_from is not None else {}
-    sums = {}
+    names, to_read = [], {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         name = path.relative_to(folder).as_posix()
         if name in UNSUMMED:
             continue
+        names.append(name)
         source = linked_from / name if name in known else None
-        same = source is not None and source.is_file() and os.path.samefile(path, source)
-        sums[name] = known[name] if same else file_sha256(path)
-    return sums
+        if source is None or not source.is_file() or not os.path.samefile(path, source):
+            to_read[name] = path
+    with _summing(list(to_read.values())) as sums:
+        if meanwhile is not None:
+            meanwhile()
+        read = {name: digest.result() for name, digest in zip(to_read, sums, strict=True)}
+    return {name: read[name] if name in read else known[name] for name in names}
 
 
 def recorded(checkpoint: Path, info: dict | None = None) -> dict[str, str]:
@@ -64,23 +75,45 @@ def first_changed(checkpoint: Path, names: Iterable[str], info: dict | None = No
     folder) whose bytes no longer have the sum recorded for them; None if all do. A file with no
     sum recorded, missing, or unreadable is not judged here: the loader that reads it says what
     is wrong with it in its own words."""
-    wanted = tuple(names)
+    judged = _judged(checkpoint, names, info)
+    with _summing([checkpoint / name for name in judged]) as sums:
+        return _first_different(judged, sums)
+
+
+def _judged(checkpoint: Path, names: Iterable[str], info: dict | None) -> dict[str, str]:
+    """The recorded sums of the files `names` that are there to judge: {name: hex digest}."""
+    wanted, judged = tuple(names), {}
     for name, digest in recorded(checkpoint, info).items():
         inside = PurePosixPath(name)
         if inside.is_absolute() or ".." in inside.parts:  # an edited info.json: only its own files
             continue
-        if not any(name == w or (w.endswith("/") and name.startswith(w)) for w in wanted):
-            continue
-        path = checkpoint / inside
-        if not path.is_file():
-            continue
+        if any(name == w or (w.endswith("/") and name.startswith(w)) for w in wanted):
+            if (checkpoint / inside).is_file():
+                judged[name] = digest
+    return judged
+
+
+def _first_different(judged: dict[str, str], sums: list[Future[str]]) -> str | None:
+    for (name, digest), actual in zip(judged.items(), sums, strict=True):
         try:
-            actual = file_sha256(path)
-        except OSError:
+            if actual.result() != digest:
+                return name
+        except OSError:  # unreadable: its loader says so
             continue
-        if actual != digest:
-            return name
     return None
+
+
+@contextlib.contextmanager
+def _summing(paths: list[Path]) -> Iterator[list[Future[str]]]:
+    """The SHA-256 of each file, taken in threads (one per file, up to one per CPU) while the
+    block runs: hashlib lets go of the GIL as it hashes a buffer, so on N cores N files take the
+    time of the largest rather than of all, and the block's own work (a flush to disk, a load of
+    the same files) goes on meanwhile. A sum not started when the block ends is not taken."""
+    pool = ThreadPoolExecutor(max_workers=max(1, min(len(paths), os.cpu_count() or 1)))
+    try:
+        yield [pool.submit(file_sha256, path) for path in paths]
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 def changed_line(file: Path, fix: str) -> str:
