@@ -1,7 +1,7 @@
 """Checkpoint checksums on real small runs: what a save records, what a linked `best` records
 without reading its weights again, a flipped byte in weights shared by hard links, and a checkpoint
 that `trickster serve` reads again after training replaced it, and the checkpoint a loss spike's
-rollback passes over; a save's sums taken at once while it flushes. The
+rollback passes over; a save's sums taken at once while it flushes, a load's while it loads. The
 one line and exit status of each command meeting a changed file are cases in
 tests/test_cli_errors.py."""
 
@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from trickster import cli
+from trickster.errors import UserError
 from trickster.train import checkpoint as ckpt
 from trickster.train import checksums, optim
 from trickster.train.loop import train
@@ -206,3 +207,39 @@ def test_a_save_sums_its_files_at_once_while_it_flushes_them_to_disk(trained_run
     recorded = ckpt.read_info(again)["sha256"]
     assert recorded == {name: hashlib.sha256((again / name).read_bytes()).hexdigest() for name in recorded}
     assert sorted(recorded) == ["model.safetensors", "tokenizer.json", "trainer.pt"]
+
+
+@pytest.mark.parametrize("load_fails", [False, True])
+def test_a_load_reads_the_weights_while_their_sum_is_taken_and_still_refuses_a_flipped_byte(
+    trained_run, tmp_path, monkeypatch, load_fails
+):
+    """load_checkpoint (generate, eval, serve, export, init_from) sums the files in other threads
+    while it loads them: the sum of model.safetensors here waits until the weights are being
+    loaded. A flipped byte is still refused in verify's line and no model comes back; a load that
+    fails meanwhile (memory, say) says the file changed, as it did when the sums came first."""
+    checkpoint = shutil.copytree(trained_run / "checkpoints" / "final", tmp_path / "final")
+    flip_byte(checkpoint / ckpt.WEIGHTS)
+    loading, waited = threading.Event(), []
+    real_sha256, real_load = checksums.file_sha256, ckpt.load_weights
+
+    def sha256(path: Path) -> str:
+        if path.name == ckpt.WEIGHTS:
+            waited.append(loading.wait(WAIT))
+        return real_sha256(path)
+
+    def load_weights(model, file: Path) -> None:
+        loading.set()
+        if load_fails:
+            raise UserError(f"loading {checkpoint} on cpu failed to allocate memory")
+        real_load(model, file)
+
+    monkeypatch.setattr(checksums, "file_sha256", sha256)
+    monkeypatch.setattr(ckpt, "load_weights", load_weights)
+    with pytest.raises(UserError) as refused:
+        ckpt.load_checkpoint(checkpoint)
+
+    assert str(refused.value) == (
+        f"{checkpoint / ckpt.WEIGHTS} no longer matches the checksum saved with it (changed or damaged "
+        "on disk since it was written); use another checkpoint"
+    )
+    assert waited == [True]

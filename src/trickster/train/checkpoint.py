@@ -328,8 +328,8 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Loa
             "model; use another checkpoint"
         )
     check_config(cfg, path / WEIGHTS, torch.device(device))
-    checksums.verify(path, (WEIGHTS, lora.ADAPTERS, "tokenizer.json"), "use another checkpoint", info)
-    with loading_refused(path, device):
+    summed = (WEIGHTS, lora.ADAPTERS, "tokenizer.json")  # summed in threads as they load: used after
+    with checksums.verified(path, summed, "use another checkpoint", info), loading_refused(path, device):
         model = empty_model(cfg.model, device)
         if adapted:  # a LoRA run: load base and adapters as trained, then merge them into a plain model
             lora.apply_lora(model, cfg.training.lora)

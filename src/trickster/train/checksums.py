@@ -6,7 +6,8 @@ A flipped bit inside model.safetensors, lora.safetensors, trainer.pt or an optim
 moments, and generate, serve and export would compute with them. The sums are taken from the
 files of the finished folder just before COMPLETE is written (the files are still in the page
 cache), by the one process that writes it (rank 0 under FSDP2, once every shard is in), in
-threads, one file beside another, while the save flushes them to disk.
+threads, one file beside another, while the save flushes them to disk. load_checkpoint sums the
+files it reads while it loads them (`verified`), and nothing it loaded leaves before they match.
 
 Every file is summed but these three:
 - info.json holds the sums, and is rewritten after the checkpoint's evaluation (update_info);
@@ -126,6 +127,25 @@ def changed_line(file: Path, fix: str) -> str:
 def verify(checkpoint: Path, names: Iterable[str], fix: str, info: dict | None = None) -> None:
     """Refuse, in one line ending with `fix`, a checkpoint whose files `names` (see first_changed)
     changed since they were saved."""
-    changed = first_changed(checkpoint, names, info)
+    with verified(checkpoint, names, fix, info):
+        pass
+
+
+@contextlib.contextmanager
+def verified(checkpoint: Path, names: Iterable[str], fix: str, info: dict | None = None) -> Iterator[None]:
+    """verify, done while the block runs: the block loads the files `names` as other threads sum
+    them, and nothing it loaded may be used before it ends. At its end a changed file is refused
+    with verify's line, also in place of an error the block raised: a changed file that fails to
+    load, or a load that fails for another reason, is refused as changed, as when verify came first."""
+    judged = _judged(checkpoint, names, info)
+    with _summing([checkpoint / name for name in judged]) as sums:
+        try:
+            yield
+        except Exception:
+            changed = _first_different(judged, sums)
+            if changed is None:
+                raise
+            raise UserError(changed_line(checkpoint / changed, fix)) from None
+        changed = _first_different(judged, sums)
     if changed is not None:
         raise UserError(changed_line(checkpoint / changed, fix))
