@@ -48,14 +48,21 @@ def test_the_step_profile_splits_a_real_step_and_accounts_for_its_time():
     profile_step = bench_module("profile_step")
     step, flops = profile_step.our_step(layers=1, width=64, heads=2, context=32, batch=4)
     assert flops > 0
-    # the least of three of each: the undisturbed figures on a machine that others share
-    timed = min(profile_step.ms_per_step(step, 5) for _ in range(3))
-    parts = min((profile_step.breakdown(step, 5) for _ in range(3)), key=lambda p: p["total"])
-    assert set(parts) == {"matmul", "attention", "other", "total"}
-    assert parts["matmul"] > 0 and parts["attention"] > 0 and parts["other"] > 0
-    assert parts["total"] == pytest.approx(parts["matmul"] + parts["attention"] + parts["other"])
-    # the profile covers the step: its ops add up to about the step's measured time
-    assert 0.3 * timed < parts["total"] < 3 * timed, (parts, timed)
+    # the profile covers the step: its ops add up to about the step's measured time. Each try
+    # takes the two figures back to back (the least of three of each); on a machine others share,
+    # a burst of load in one of them puts them apart, so up to five tries, one of which must agree
+    tries = []
+    for _ in range(5):
+        timed = min(profile_step.ms_per_step(step, 5) for _ in range(3))
+        parts = min((profile_step.breakdown(step, 5) for _ in range(3)), key=lambda p: p["total"])
+        assert set(parts) == {"matmul", "attention", "other", "total"}
+        assert parts["matmul"] > 0 and parts["attention"] > 0 and parts["other"] > 0
+        assert parts["total"] == pytest.approx(parts["matmul"] + parts["attention"] + parts["other"])
+        tries.append((round(parts["total"], 2), round(timed, 2)))
+        if 0.3 * timed < parts["total"] < 3 * timed:
+            break
+    else:
+        raise AssertionError(f"profiled ms vs timed ms in each try: {tries}")
 
 
 def test_the_checkpoint_benchmark_links_and_writes_what_it_says(tmp_path, monkeypatch, capsys):
