@@ -1577,6 +1577,23 @@ CASES = [
         "training_config.seq_len (128) must be <= model_config.max_seq_len (64)",
     ),
     case(
+        "profile-steps-reversed",
+        lambda env: micro_train(env, "logging_config.profile_steps=[5, 3]"),
+        "logging_config.profile_steps must be [first, last], first <= last (got [5, 3])",
+    ),
+    case(
+        "profile-steps-past-max-steps",
+        lambda env: micro_train(env, "logging_config.profile_steps=[30, 50]"),
+        "logging_config.profile_steps ends at step 50, after training_config.max_steps (40); "
+        "profile steps up to 40",
+    ),
+    case(
+        "profile-steps-from-zero",
+        lambda env: micro_train(env, "logging_config.profile_steps=[0, 2]"),
+        "logging_config.profile_steps",
+        "greater than 0",
+    ),
+    case(
         "override-without-equals",
         lambda env: micro_train(env, "training_config.max_steps"),
         "override 'training_config.max_steps' must look like section.key=value",

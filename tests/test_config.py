@@ -270,6 +270,7 @@ NOT_DEFAULT = {
     "device_config.mesh_shape": ([1, 2], {}),
     "device_config.memory_gib": (12.5, {}),
     "device_config.peak_tflops": (312.0, {}),
+    "logging_config.profile_steps": ([100, 200], {}),
 }
 
 

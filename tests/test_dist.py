@@ -36,6 +36,7 @@ from trickster.train.loop import train
 from . import children
 from .conftest import QUIET, micro_config
 from .test_long_runs import auto_batch
+from .test_profiling import ops_per_step, profiled_steps, read_trace
 from .test_resume import written
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="torchrun with gloo on POSIX")
@@ -123,14 +124,15 @@ def single(shakespeare_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def two_process_job(shakespeare_dir, tmp_path_factory):
     """two_process_job(mode) -> (run folder, stdout) of the 2-process x 4-window job, run once per
-    mode for the tests that only read it (copy before changing)."""
+    mode for the tests that only read it (copy before changing). Steps 2 and 3 are profiled: the
+    comparison with one process shows that changes nothing."""
     done = {}
 
     def job(mode: str) -> tuple[Path, str]:
         if mode not in done:
             folder = tmp_path_factory.mktemp(mode)
             cfg = config(shakespeare_dir, folder / "run", batch_size=4, **{mode: True})
-            done[mode] = (folder / "run", torchrun(cfg, folder).stdout)
+            done[mode] = (folder / "run", torchrun(cfg, folder, "logging_config.profile_steps=[2, 3]").stdout)
         return done[mode]
 
     return job
@@ -153,6 +155,21 @@ def test_two_processes_match_one_with_the_same_global_batch(mode, single, two_pr
     for name, tensor in reference.items():
         torch.testing.assert_close(final[name], tensor, atol=1e-4, rtol=1e-4)
     assert ckpt.load_checkpoint(run_dir).info["step"] == 20
+
+
+@pytest.mark.parametrize("mode", ["enable_ddp", "enable_fsdp"])
+def test_each_process_writes_its_own_profile(mode, two_process_job):
+    run_dir, out = two_process_job(mode)
+    collective = "gloo:all_reduce" if mode == "enable_ddp" else "gloo:all_gather"
+    for rank in (0, 1):
+        trace = read_trace(run_dir, rank)
+        assert trace["distributedInfo"]["rank"] == rank  # written by torch, from the process group
+        spans = profiled_steps(trace["traceEvents"])
+        assert sorted(spans) == [2, 3]
+        assert set(ops_per_step(trace["traceEvents"], spans, "aten::mm")) == {2, 3}
+        assert set(ops_per_step(trace["traceEvents"], spans, collective)) == {2, 3}
+        assert "aten::mm" in (run_dir / "profile" / f"rank{rank}_top_ops.txt").read_text()
+    assert out.count("profile of steps 2 to 3:") == 1 and "(each process's beside it)" in out
 
 
 def test_compare_scores_a_two_process_run_on_its_own_validation_set(two_process_job, capsys):

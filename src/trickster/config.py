@@ -301,6 +301,9 @@ class LoggingConfig(_Section):
     """Also write TensorBoard event files to RUN_DIR/tensorboard (needs nano-trickster[tracking])."""
     use_wandb: StrictBool = False
     """Also log to Weights & Biases (needs nano-trickster[tracking]); WANDB_MODE=offline keeps it local."""
+    profile_steps: tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]] | None = None
+    """[first, last]: record these training steps with torch.profiler into RUN_DIR/profile, a trace
+    per process and a table of the operators that took the time; empty: none."""
     wandb_project: str = "nano-trickster"
     """Weights & Biases project of the run (used with use_wandb): at most 128 characters, none of
     / \\ # ? % : (W&B's rules, checked before the run starts instead of after the model is built)."""

@@ -16,7 +16,7 @@ def check(cfg: Config) -> list[str]:
     """Problems that span several keys, each naming the key to change, said section by section."""
     m, t = cfg.model, cfg.training
     problems = _check_model(m) + _check_schedule(t) + _check_device(cfg.device) + _check_lora(t)
-    return problems + _check_batch_and_time(t) + _check_seq_len(cfg)
+    return problems + _check_batch_and_time(t) + _check_seq_len(cfg) + _check_profile(cfg)
 
 
 def check_model(cfg: Config) -> list[str]:
@@ -29,6 +29,20 @@ def _check_seq_len(cfg: Config) -> list[str]:
     seq_len, most = cfg.training.seq_len, cfg.model.max_seq_len
     if seq_len is not None and seq_len > most:
         return [f"training_config.seq_len ({seq_len}) must be <= model_config.max_seq_len ({most})"]
+    return []
+
+
+def _check_profile(cfg: Config) -> list[str]:
+    if cfg.logging.profile_steps is None:
+        return []
+    (first, last), most = cfg.logging.profile_steps, cfg.training.max_steps
+    if first > last:
+        return [f"logging_config.profile_steps must be [first, last], first <= last (got [{first}, {last}])"]
+    if last > most:
+        return [
+            f"logging_config.profile_steps ends at step {last}, after training_config.max_steps "
+            f"({most}); profile steps up to {most}"
+        ]
     return []
 
 

@@ -27,7 +27,7 @@ from trickster.observe.manifest import run_manifest
 from trickster.observe.sinks import MetricSinks
 from trickster.observe.status import Heartbeat
 from trickster.train import checkpoint as ckpt
-from trickster.train import dist, hellaswag_eval, recovery, setup
+from trickster.train import dist, hellaswag_eval, profiling, recovery, setup
 from trickster.train.batches import DeviceBatches
 from trickster.train.budget import Clock
 from trickster.train.console import Console
@@ -159,7 +159,13 @@ class Trainer:
         self.model.train()
         self.out.start_bar(self.cfg.logging.progress_bar, t.max_steps, state.step)
         self.heartbeat.start(state.step)
-        with self.signals, self.heartbeat, contextlib.closing(self.out), contextlib.closing(self.metrics):
+        with (
+            self.signals,
+            self.heartbeat,
+            contextlib.closing(self.out),
+            contextlib.closing(self.metrics),
+            profiling.steps(self) as profiler,  # logging_config.profile_steps; exits first
+        ):
             # a new run's first evaluation; or the one its checkpoint was saved before, which a kill
             # may have cut short (before `best`): done again, as the run did after saving
             if self.resumed_from is None or self.eval_due:
@@ -170,6 +176,7 @@ class Trainer:
                     hellaswag_eval.score(self)
             self.timer.reset()
             while state.step < t.max_steps:
+                profiler.step()  # ProfilerStep#N: step N and its logging, evaluation and checkpoint
                 began = time.perf_counter()
                 with recovery.guard(self, "a training step", state.step + 1):
                     result = self.step()

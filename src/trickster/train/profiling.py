@@ -1,0 +1,129 @@
+"""logging_config.profile_steps: torch.profiler over a few training steps, once, as torchtitan's
+profiler does (torchtitan/tools/profiler.py): one Chrome trace per process and, beside it, a table
+of the operators that took the time, in RUN_DIR/profile.
+
+The loop enters `steps(trainer)` once and calls its `step()` at the top of each iteration, so the
+trace's `ProfilerStep#N` is the console's step N: its optimizer step with the logging, evaluation
+and checkpoint that follow it. The step before the window warms the profiler up (torch's schedule:
+wait, warmup, active). Nothing here touches the model, the batches or a random generator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import warnings
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch.profiler import ProfilerActivity
+
+from trickster.atomic import replace_file
+from trickster.errors import write_fix
+
+if TYPE_CHECKING:
+    from trickster.train.loop import Trainer
+
+FOLDER = "profile"
+TRACE = "rank{rank}.pt.trace.json.gz"  # *.pt.trace.json.gz: the name TensorBoard's profiler plugin reads
+TABLE = "rank{rank}_top_ops.txt"
+TABLE_ROWS = 30
+VIEWERS = "https://ui.perfetto.dev or chrome://tracing"
+
+
+class _NotProfiling:
+    def step(self) -> None:
+        pass
+
+
+class _Profiling:
+    def __init__(self, profiler: torch.profiler.profile, trainer: Trainer):
+        self.profiler, self.timer = profiler, trainer.timer
+
+    def step(self) -> None:
+        """The next training step begins; writing the trace after the window's last one is not
+        training time."""
+        with self.timer.paused():
+            self.profiler.step()
+
+
+@contextlib.contextmanager
+def steps(trainer: Trainer) -> Iterator[_Profiling | _NotProfiling]:
+    """The profiler of the steps of profile_steps this run has still to take (a run resumed past
+    them takes none); entered before the loop's first step."""
+    window, done = trainer.cfg.logging.profile_steps, trainer.state.step
+    if window is None or window[1] <= done:
+        yield _NotProfiling()
+        return
+    first, last = max(window[0], done + 1), window[1]
+    warmup = 1 if first - 1 > done else 0  # the step before the window, when this run takes it
+    cuda = trainer.device.type == "cuda"
+    with warnings.catch_warnings():  # torch warns that no warmup skews results: a resume or step 1 has none
+        warnings.filterwarnings("ignore", message="Profiler won't be using warmup")
+        schedule = torch.profiler.schedule(
+            skip_first=first - warmup, wait=0, warmup=warmup, active=last - first + 1, repeat=1
+        )
+    profiler = torch.profiler.profile(
+        activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * cuda,
+        schedule=schedule,  # on the console's step numbers: see step_num below
+        on_trace_ready=lambda done_profiler: _write(done_profiler, trainer, first, last),
+        record_shapes=True,
+        profile_memory=cuda,  # allocations per operator on the GPU (untested here: no GPU in CI)
+    )
+    trainer.out.line(f"profiling steps {first} to {last} (they run slower while recorded)")
+    with profiler:
+        # torchtitan's way to number a resumed run's steps: profile.step() counts on from here
+        profiler.step_num = done
+        yield _Profiling(profiler, trainer)
+
+
+def _write(profiler: torch.profiler.profile, trainer: Trainer, first: int, last: int) -> None:
+    """The trace and the table of this process, each replacing an older one in one rename; a file
+    that cannot be written is said in a line and the run goes on."""
+    folder, rank, cuda = trainer.run_dir / FOLDER, trainer.job.rank, trainer.device.type == "cuda"
+    last = min(last, profiler.step_num)  # an earlier end: a stop, max_time, an error in the window
+    trace, table = folder / TRACE.format(rank=rank), folder / TABLE.format(rank=rank)
+    try:
+        folder.mkdir(exist_ok=True)
+        with tempfile.TemporaryDirectory() as scratch:
+            exported = Path(scratch) / "trace.json"
+            profiler.export_chrome_trace(str(exported))
+            replace_file(trace, _gzipped(exported))
+        replace_file(table, _table(profiler, first, last, rank, cuda))
+    except OSError as err:
+        fix = write_fix()(err)  # free disk space, make the folder writable, ...
+        trainer.out.line(
+            f"could not write the profile of steps {first} to {last} ({err.filename or folder}: "
+            f"{err.strerror}){'; ' + fix if fix else ''}; training goes on without it"
+        )
+        return
+    others = " (each process's beside it)" if trainer.job.world_size > 1 else ""
+    trainer.out.line(
+        f"profile of steps {first} to {last}: {trace}{others} (open it in {VIEWERS}); "
+        f"the operators that took the time: {table}"
+    )
+
+
+def _table(profiler: torch.profiler.profile, first: int, last: int, rank: int, cuda: bool) -> str:
+    where = "GPU" if cuda else "CPU"
+    order = "self_device_time_total" if cuda else "self_cpu_time_total"
+    header = (
+        f"Steps {first} to {last} of process {rank} (torch.profiler): the {TABLE_ROWS} operators with the\n"
+        f"most {where} time of their own (Self {where}: not counting the operators they call), summed\n"
+        f"over {last - first + 1} step(s). ProfilerStep* is the steps themselves: its self time is\n"
+        "Python's, between operators.\n"
+    )
+    return header + profiler.key_averages().table(sort_by=order, row_limit=TABLE_ROWS) + "\n"
+
+
+def _gzipped(path: Path, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """The file at `path` gzip-compressed, a chunk at a time (a big model's trace is hundreds of MB;
+    compressed about a tenth)."""
+    squeeze = zlib.compressobj(wbits=31)  # 16 + 15: the gzip format
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            yield squeeze.compress(block)
+    yield squeeze.flush()

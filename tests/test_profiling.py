@@ -1,0 +1,118 @@
+"""logging_config.profile_steps on real micro runs: the trace holds the steps asked and no others,
+the table lists the operators, and a profiled run (fresh or resumed) trains exactly as the same run
+without the profiler (conftest's trained_run, read back from its own config.yaml)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from trickster.config import load_config
+from trickster.observe.events import read_metrics
+from trickster.train import checkpoint as ckpt
+from trickster.train.loop import train
+
+from .test_resume import assert_same_weights, curve
+
+STEP_MARK = re.compile(r"ProfilerStep#(\d+)")
+Spans = dict[int, tuple[float, float]]  # {step: (start, end)}
+
+
+def profiled(run: Path, out: Path, window: list[int]):
+    """The trained run's own config, into `out`, with profile_steps."""
+    overrides = [f"logging_config.output_dir={out}", f"logging_config.profile_steps={window}"]
+    return load_config(run / "config.yaml", overrides=overrides)
+
+
+def read_trace(run: Path, rank: int = 0) -> dict:
+    with gzip.open(run / "profile" / f"rank{rank}.pt.trace.json.gz", "rt") as f:
+        return json.load(f)
+
+
+def profiled_steps(events: list[dict]) -> Spans:
+    """{step: (start, end)} of each ProfilerStep#N annotation, in the trace's microseconds."""
+    spans = {}
+    for event in events:
+        if event.get("ph") == "X" and (mark := STEP_MARK.fullmatch(event.get("name", ""))):
+            assert int(mark[1]) not in spans, f"{event['name']} twice"
+            spans[int(mark[1])] = (event["ts"], event["ts"] + event["dur"])
+    return spans
+
+
+def ops_per_step(events: list[dict], spans: Spans, name: str) -> dict[int | None, int]:
+    """How many `name` operators ran inside each step's span (None: outside every span)."""
+    counts: dict[int | None, int] = {}
+    for event in events:
+        if event.get("name") == name and event.get("ph") == "X":
+            inside = [step for step, (start, end) in spans.items() if start <= event["ts"] < end]
+            key = inside[0] if inside else None
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def test_the_trace_holds_the_steps_asked_and_the_run_trains_as_without_it(trained_run, tmp_path):
+    lines = []
+    result = train(profiled(trained_run, tmp_path / "run", [3, 4]), echo=lines.append)
+
+    assert curve(result.history) == curve(read_metrics(trained_run / "metrics.jsonl"))
+    assert_same_weights(tmp_path / "run" / "checkpoints" / "final", trained_run / "checkpoints" / "final")
+    events = read_trace(tmp_path / "run")["traceEvents"]
+    spans = profiled_steps(events)
+    assert sorted(spans) == [3, 4]
+    # each step's matrix products, forward and backward, and none outside the two steps
+    matmuls = ops_per_step(events, spans, "aten::mm")
+    assert set(matmuls) == {3, 4} and matmuls[3] == matmuls[4] > 0
+    table = (tmp_path / "run" / "profile" / "rank0_top_ops.txt").read_text()
+    assert "Steps 3 to 4" in table and re.search(r"^\s*aten::mm\s", table, re.MULTILINE)
+    said = [line for line in lines if "rank0.pt.trace.json.gz" in line]
+    assert len(said) == 1 and "ui.perfetto.dev" in said[0] and "rank0_top_ops.txt" in said[0]
+
+
+@pytest.mark.parametrize(
+    ("window", "traced"),
+    [
+        pytest.param([8, 9], [8, 9], id="after-the-checkpoint"),
+        pytest.param([5, 7], [7], id="across-the-checkpoint"),
+        pytest.param([2, 4], None, id="before-the-checkpoint"),
+    ],
+)
+def test_a_resumed_run_profiles_only_its_own_steps_of_the_window(window, traced, trained_run, tmp_path):
+    """Resumed from step 6 of trained_run: steps before it are not taken again, so not profiled;
+    the losses and weights are still those of the run that never stopped."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    shutil.rmtree(run / "checkpoints" / "final")
+    assert ckpt.latest(run).name == "step_000006"
+    lines = []
+    result = train(profiled(trained_run, run, window), resume=True, echo=lines.append)
+
+    assert curve(result.history) == curve(read_metrics(trained_run / "metrics.jsonl"))
+    assert_same_weights(run / "checkpoints" / "final", trained_run / "checkpoints" / "final")
+    if traced is None:
+        assert not (run / "profile").exists()
+        assert not [line for line in lines if line.startswith("profil")]
+        return
+    events = read_trace(run)["traceEvents"]
+    spans = profiled_steps(events)
+    assert sorted(spans) == traced
+    assert set(ops_per_step(events, spans, "aten::mm")) == set(traced)
+
+
+def test_a_profile_that_cannot_be_written_is_one_line_and_the_run_goes_on(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    shutil.rmtree(run / "checkpoints" / "final")
+    (run / "profile").write_text("a file where the profile folder goes")
+    lines = []
+    result = train(profiled(trained_run, run, [8, 9]), resume=True, echo=lines.append)
+
+    assert curve(result.history) == curve(read_metrics(trained_run / "metrics.jsonl"))
+    said = [line for line in lines if line.startswith("could not write the profile")]
+    why = f"({run / 'profile'}: File exists)"
+    assert said == [f"could not write the profile of steps 8 to 9 {why}; training goes on without it"]
+    assert (run / "profile").read_text() == "a file where the profile folder goes"
