@@ -177,6 +177,25 @@ def test_a_bad_byte_deep_in_a_later_block_is_named_by_its_offset_in_the_file(pac
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 
+@pytest.mark.parametrize("files", [1, 2], ids=["one-file", "two-files"])
+def test_a_file_that_is_no_text_leaves_nothing_to_continue_after_tokenizing(files, tmp_path, monkeypatch):
+    """Without a validation split nor a vocabulary to learn, tokenizing starts before the NUL near
+    the end is read: the preparation had recorded pieces (or a whole file) when it failed, yet the
+    file must change before it can succeed, and with it the settings DIR.partial was made for."""
+    good = "a line of text\n" * 2000
+    paths = [tmp_path / f"{n}.txt" for n in range(files)]
+    for path in paths[:-1]:
+        path.write_text(good, encoding="utf-8")
+    paths[-1].write_bytes(good.encode() + b"tail \0 NUL\n")
+    small_blocks(monkeypatch, 256)
+    tokenized = counting_chunks(monkeypatch)
+    with pytest.raises(UserError, match="holds a NUL byte"):
+        source = sources.text_files([str(p) for p in paths])
+        prepare(source, "byte", tmp_path / "out", val_fraction=0.0, chunk_chars=1_000, workers=1, **QUIET)
+    assert tokenized, "the NUL was met before anything was tokenized: this test checks nothing"
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
 def test_memory_is_bounded_by_a_block_not_by_the_file(tmp_path, monkeypatch):
     import tqdm  # noqa: F401  (imported before the count: only the preparation's memory is measured)
 

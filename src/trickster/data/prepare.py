@@ -69,6 +69,7 @@ from trickster.data.pass_progress import PassProgress
 from trickster.data.records import Records, records_source
 from trickster.data.shards import SPLITS, Progress, ShardWriter, SplitProgress, token_dtype
 from trickster.data.sources import Corpus, DownloadFailed, Source, corpus_source
+from trickster.data.textfile import NotText
 from trickster.data.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 from trickster.errors import Interrupted, UserError, disk_errors, write_fix
 
@@ -169,8 +170,11 @@ def _prepare_in(
                 "command again to continue"
             ) from None
         except BaseException as err:
-            if not record.started() or record.failed_at_end:
-                shutil.rmtree(partial, ignore_errors=True)  # nothing worth continuing
+            # nothing worth continuing; a file that is no text is met only once it is read to its
+            # end (a single file, read in blocks, may be tokenized by then), and fixing it changes
+            # the settings (its size and time), so that DIR.partial could never be continued
+            if not record.started() or record.failed_at_end or isinstance(err, NotText):
+                shutil.rmtree(partial, ignore_errors=True)
             if isinstance(err, DownloadFailed) and (kept := older_kept(out_dir, settings)) is not None:
                 return _keep_older(err, kept, out_dir, echo)
             raise

@@ -132,8 +132,14 @@ def marked_encoding(head: bytes) -> str | None:
     return next((name for marks, name in MARKS if head.startswith(marks)), None)
 
 
+class NotText(UserError):
+    """The bytes of a file are no UTF-8 text (another encoding or compression, a bad byte, a NUL).
+    Only a change to the file puts it right, and that changes a preparation's settings: a
+    preparation stopped by it has nothing worth continuing."""
+
+
 def other_encoding(source: str, name: str) -> UserError:
-    return UserError(
+    return NotText(
         f"{source} is {name} text; convert it to UTF-8 (for example: iconv -f {name.lower()} -t utf-8)"
     )
 
@@ -159,19 +165,19 @@ def head_problem(head: bytes, source: str) -> UserError | None:
         return other_encoding(source, name)
     for magic, what in OTHER_COMPRESSION.items():
         if head.startswith(magic):
-            return UserError(f"{source} is compressed with {what}; decompress it first")
+            return NotText(f"{source} is compressed with {what}; decompress it first")
     return None
 
 
 def not_utf8(source: str, offset: int) -> UserError:
-    return UserError(
+    return NotText(
         f"{source} is not UTF-8 text (bad byte at offset {offset}); convert it to UTF-8 "
         "(for example: iconv -f latin1 -t utf-8)"
     )
 
 
 def holds_nul(source: str, offset: int) -> UserError:
-    return UserError(
+    return NotText(
         f"{source} holds a NUL byte (at offset {offset}): a binary file, or UTF-16 text; pass UTF-8 "
         "text (for example: iconv -f utf-16 -t utf-8), or move the file out of the way"
     )
@@ -190,7 +196,7 @@ def json_lines(path: Path) -> Iterator[tuple[int, str]]:
             name = marked_encoding(raw.read(4))
         if name is not None:
             raise other_encoding(str(path), name) from None
-        raise UserError(
+        raise NotText(
             f"{path} is not UTF-8 text (bad byte at offset {err.start}); convert it to UTF-8"
         ) from None
     except (OSError, EOFError, lzma.LZMAError) as err:
