@@ -304,9 +304,25 @@ def test_a_tokenizer_that_a_cut_would_change_is_given_each_split_whole():
         {"normalizer": {"type": "NFC"}},
         {"added_tokens": [*spec["added_tokens"], {**ADDED, "content": ".\n"}]},
         {"added_tokens": [*spec["added_tokens"], {**ADDED, "rstrip": True}]},
+        {"added_tokens": [*spec["added_tokens"], {**ADDED, "content": "of the"}]},  # a long line's cut
         {"pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always"}},
     ):
         assert not documents.cuts_safely(HFTokenizer({**spec, **change}, {})), change
+
+
+def test_an_added_token_holding_a_space_keeps_its_ids_where_a_long_line_is_cut_at_its_spaces():
+    """A line longer than a block is cut before a space: an added token "of the" that a cut falls
+    inside is one id in the whole text, and two pieces' ids apart. cuts_safely says so, or the ids
+    of the pieces joined are the whole text's."""
+    spec = bpe_as_hf(False).tokenizer_json
+    tokenizer = HFTokenizer(
+        {**spec, "added_tokens": [*spec["added_tokens"], {**ADDED, "content": "of the"}]}, {}
+    )
+    text = EXCERPT.read_text(encoding="utf-8").replace("\n", " ")[:20_000]
+    for size in (61, 97, 131, 257):
+        pieces = documents.cut_pieces(text[i : i + size] for i in range(0, len(text), size))
+        joined = [i for piece in pieces for i in tokenizer.encode(piece)]
+        assert not documents.cuts_safely(tokenizer) or joined == tokenizer.encode(text), size
 
 
 def test_a_line_longer_than_a_block_is_cut_at_its_spaces_and_a_text_without_blanks_is_held():

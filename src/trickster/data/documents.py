@@ -160,16 +160,25 @@ def cuts_safely(tokenizer: Tokenizer) -> bool:
     """Whether `tokenizer` gives a text cut into pieces by cut_pieces the ids of the whole text
     (see the module's docstring): char, byte and gpt2; bpe, and an imported tokenizer of its kind:
     a byte-level BPE with GPT-2's pattern, no normalizer, no truncation or padding, and no added
-    token that holds a line break or takes the blanks after it (rstrip)."""
+    token that a cut could fall inside (`_cut_could_split`)."""
     if not isinstance(tokenizer, HFTokenizer):
         return tokenizer.kind in ("char", "byte", "gpt2")
     spec = tokenizer.tokenizer_json
     split = spec.get("pre_tokenizer") or {}
     gpt2_pattern = split.get("type") == "ByteLevel" and split.get("use_regex", True)
     plain = gpt2_pattern and not split.get("add_prefix_space") and spec.get("normalizer") is None
-    added = spec.get("added_tokens") or []
-    whole = all("\n" not in token.get("content", "") and not token.get("rstrip") for token in added)
+    whole = not any(_cut_could_split(token) for token in spec.get("added_tokens") or [])
     return plain and whole and spec.get("truncation") is None and spec.get("padding") is None
+
+
+def _cut_could_split(added: dict) -> bool:
+    """Whether an added token, matched in the text before GPT-2's pattern splits it, could hold a
+    place where cut_pieces cuts (a line break; a space after a visible character, where a line
+    longer than a block is cut) or take the blanks after one (rstrip): the whole text would have
+    it where a piece has none."""
+    content = str(added.get("content", ""))
+    space = any(blank == " " and _visible(before) for before, blank in itertools.pairwise(content))
+    return "\n" in content or space or bool(added.get("rstrip"))
 
 
 def unread(
