@@ -95,7 +95,9 @@ def cut_pieces(blocks: Iterable[str]) -> Iterator[str]:
     held = ""
     for block in blocks:
         text = held + block
-        at = _last_cut(text, max(1, len(held)))  # the held text has none: look in the new block
+        # the held text has no line break to cut before (it may have a space, passed over for a
+        # line break after it), so only the new block is looked in
+        at = _last_cut(text, max(1, len(held)))
         if at is None:
             held = text
         else:
@@ -182,18 +184,18 @@ def _cut_could_split(added: dict) -> bool:
 
 
 def unread(
-    items: Iterable[tuple[Document, str | None]], documents: int, pieces: int
+    items: Iterable[tuple[Document, str | None]], done_documents: int, done_pieces: int
 ) -> Iterator[tuple[Document, str | None]]:
-    """`items` after their first `documents` documents and `pieces` pieces of the next (what a
-    continued preparation has tokenized: Progress.next_document and next_piece)."""
+    """`items` after their first `done_documents` documents and `done_pieces` pieces of the next
+    (what a continued preparation has tokenized: Progress.next_document and next_piece)."""
     items = iter(items)
-    while documents > 0:
+    while done_documents > 0:
         item = next(items, None)
         if item is None:
             return
         if not isinstance(item[0], Piece) or item[0].last:
-            documents -= 1
-    yield from itertools.islice(items, pieces, None)
+            done_documents -= 1
+    yield from itertools.islice(items, done_pieces, None)
 
 
 def all_texts(source: Source, progress: bool, what: str) -> Iterator[str]:

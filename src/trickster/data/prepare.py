@@ -298,8 +298,8 @@ class _Job:
 
     def _done(self) -> dict[str, int]:
         """What the tokenizing line counts: documents read (not of one text), tokens written."""
-        documents = {} if self.source.single_document else {"documents": self.record.next_document}
-        return documents | {"tokens": sum(self.record.splits[s].tokens() for s in SPLITS)}
+        read = {} if self.source.single_document else {"documents": self.record.next_document}
+        return read | {"tokens": sum(self.record.splits[s].tokens() for s in SPLITS)}
 
     def _writer(self, split: str) -> ShardWriter:
         state, masked = self.record.splits[split], self.source.records

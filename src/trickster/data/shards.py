@@ -71,8 +71,9 @@ class Progress:
     failed_at_end: bool = False  # these settings can never give a usable folder: start afresh
     cut_one_document: bool = False  # one distinct document was left: cut like a single-document source
     cutting: bool = False  # ... and its tokens are saved in ONE_DOCUMENT: the shards are being rewritten
-    # the source's content_sha256 once every document was read, kept for a continued rewrite (which
-    # reads none); None when not read to the end yet, or in a record written before it was kept
+    # the source's content_sha256, kept as the rewrite of the one distinct document begins (every
+    # document read) for a continued rewrite, which reads none; None before, in any other
+    # preparation (meta.json takes the sum of the reading that ends it), or in an older record
     source_sha256: str | None = None
     source_revision: str | None = None  # the source's revision read from (a Hub dataset's commit), if known
 
