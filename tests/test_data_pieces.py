@@ -179,9 +179,11 @@ def test_a_bad_byte_deep_in_a_later_block_is_named_by_its_offset_in_the_file(pac
 
 @pytest.mark.parametrize("files", [1, 2], ids=["one-file", "two-files"])
 def test_a_file_that_is_no_text_leaves_nothing_to_continue_after_tokenizing(files, tmp_path, monkeypatch):
-    """Without a validation split nor a vocabulary to learn, tokenizing starts before the NUL near
-    the end is read: the preparation had recorded pieces (or a whole file) when it failed, yet the
-    file must change before it can succeed, and with it the settings DIR.partial was made for."""
+    """Tokenizing starts before the NUL near the end is read: among files (a folder holding a
+    binary file), or for one file without a validation split to count first (the library's
+    val_fraction=0; the command refuses it). The preparation had recorded a file or pieces when it
+    failed, yet the file must change before it can succeed, and with it the settings DIR.partial
+    was made for."""
     good = "a line of text\n" * 2000
     paths = [tmp_path / f"{n}.txt" for n in range(files)]
     for path in paths[:-1]:

@@ -170,9 +170,9 @@ def _prepare_in(
                 "command again to continue"
             ) from None
         except BaseException as err:
-            # nothing worth continuing; a file that is no text is met only once it is read to its
-            # end (a single file, read in blocks, may be tokenized by then), and fixing it changes
-            # the settings (its size and time), so that DIR.partial could never be continued
+            # nothing worth continuing; a file that is no text is met when its turn comes (the
+            # files before it tokenized), and fixing or moving it changes the settings (the
+            # files, their sizes and times), so that DIR.partial could never be continued
             if not record.started() or record.failed_at_end or isinstance(err, NotText):
                 shutil.rmtree(partial, ignore_errors=True)
             if isinstance(err, DownloadFailed) and (kept := older_kept(out_dir, settings)) is not None:
