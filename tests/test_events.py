@@ -140,6 +140,42 @@ def test_the_last_event_read_from_the_end_is_the_one_read_from_the_start(tmp_pat
     assert (last_event(path) is None) == (name in ("empty", "a-line-end-alone", "one-long-line-cut-short"))
 
 
+def test_a_last_line_written_whole_but_not_an_event_is_damaged_not_cut_short(tmp_path):
+    """An event is written with its line end at once, so a kill leaves a last line without one; a
+    last line that has it and is no event was changed since. It is said as damaged, and a resume
+    keeps it on the side of the event before it: among the kept events, or left out with those
+    after the checkpoint."""
+    from trickster.train.resume import metrics_cut_back
+
+    path = tmp_path / "metrics.jsonl"
+    log = MetricsLog(path)
+    for step in range(3):
+        log.write("train", step, train_loss=1.0)
+    whole = path.read_text()
+    path.write_text(whole + "{oops\n")
+    problems: list[str] = []
+    assert [r["step"] for r in read_metrics(path, problems)] == [0, 1, 2]
+    assert problems == [
+        "metrics.jsonl line 4 is damaged (not an event) and was skipped; delete it to stop this note"
+    ]
+    resume = {"event": "resume", "step": 2, "time": 0.0}
+    with metrics_cut_back(path, 2, False, resume) as notes:
+        pass
+    assert path.read_text().splitlines()[3:] == ["{oops", json.dumps(resume)]
+    assert notes == [
+        "metrics.jsonl line 4 is damaged (not an event) and was kept as found; report and runs skip it "
+        "(delete it to stop their notes)"
+    ]
+    path.write_text(whole + "{oops\n")
+    with metrics_cut_back(path, 1, False, {**resume, "step": 1}) as notes:
+        pass
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [0, 1, 1]
+    assert notes == [
+        "metrics.jsonl line 4 is damaged (not an event) and was left out; it lay among the events after "
+        "the checkpoint"
+    ]
+
+
 @pytest.mark.parametrize("name", list(_DAMAGED))
 def test_a_damaged_line_after_the_last_event_is_passed_over_from_the_end_too(tmp_path, name):
     """last_event skips what iter_metrics skips, and finds the same last event (line 2's eval)."""

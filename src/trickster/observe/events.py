@@ -122,7 +122,9 @@ class MetricsLine(NamedTuple):
     number: int  # from 1
     text: str  # as read, with its line end
     event: dict | None  # None: the line is not an event
-    cut_short: bool  # not an event, as a kill while it was written leaves it: the last line, not JSON
+    # not an event, as a kill while it was written leaves it: the last line, not JSON, without its
+    # line end (an event is written with its "\n" at once: a line that has one was written whole)
+    cut_short: bool
 
 
 def metrics_lines(path: str | Path) -> Iterator[MetricsLine]:
@@ -182,7 +184,7 @@ def _parsed(number: int, text: str, last: bool) -> Iterator[MetricsLine]:
     try:
         record = json.loads(text)
     except ValueError:
-        yield MetricsLine(number, text, None, cut_short=last)
+        yield MetricsLine(number, text, None, cut_short=last and not text.endswith("\n"))
         return
     yield MetricsLine(number, text, record if _is_event(record) else None, cut_short=False)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import json
 import os
 from pathlib import Path
@@ -381,15 +382,17 @@ def _kept_lines(path: Path, step: int, again: tuple[str, ...], resume_event: dic
     """The lines a resume keeps, then `resume_event`'s. A damaged line (not an event, and not a last
     line cut short by a kill) is no reason to refuse a resume, whose state lies in the checkpoint:
     it stays as it is among the events kept around it (its readers skip it and say so), or goes
-    with the events after the checkpoint when it lies among them; either way `notes` says so."""
+    with the events after the checkpoint when it lies among them (after the last event: on that
+    event's side); either way `notes` says so."""
     held: list[MetricsLine] = []  # damaged lines, until the next event says on which side they lie
     kept, left_out, written = DamagedLines(), DamagedLines(), 0
-    for line in metrics_lines(path):
-        if line.event is None:
+    before = True  # the side of the last event read
+    for line in itertools.chain(metrics_lines(path), [None]):  # None: the end, after the last event
+        if line is not None and line.event is None:
             held += [] if line.cut_short else [line]
             continue
-        record = line.event
-        before = record["step"] <= step
+        record = None if line is None else line.event
+        before = before if record is None else record["step"] <= step
         for damaged in held:
             if before:
                 written += 1
@@ -398,11 +401,11 @@ def _kept_lines(path: Path, step: int, again: tuple[str, ...], resume_event: dic
             else:
                 left_out.add(damaged.number)
         held = []
-        if before and record["event"] != "end" and not (record["step"] == step and record["event"] in again):
+        if record is None or not before or record["event"] == "end":
+            continue
+        if not (record["step"] == step and record["event"] in again):
             written += 1
             yield json.dumps(record, ensure_ascii=False) + "\n"
-    for damaged in held:
-        left_out.add(damaged.number)
     if kept.count:
         notes.append(
             kept.note("kept as found", "report and runs skip {them} (delete {them} to stop their notes)")
