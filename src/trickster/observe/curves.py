@@ -65,15 +65,9 @@ class Curves:
     def add(self, r: dict) -> None:
         if r["event"] == "train":
             self.train_events += 1
-            if (self.train_events - 1) % self.every:
-                return  # thinned out
-            point = (r["step"], r["tokens_seen"], r["train_loss"], r.get("lr"), r.get("grad_norm"))
-            for name, value in zip(TRAIN_FIELDS, (*point, r.get("tokens_per_sec")), strict=True):
-                getattr(self, name).append(value)
-            if len(self.train_step) > MAX_POINTS:
-                for name in TRAIN_FIELDS:
-                    setattr(self, name, getattr(self, name)[::2])
-                self.every *= 2
+            if (self.train_events - 1) % self.every == 0:  # else thinned out
+                point = (r["step"], r["tokens_seen"], r["train_loss"], r.get("lr"), r.get("grad_norm"))
+                self.every = self._append_thinned(TRAIN_FIELDS, (*point, r.get("tokens_per_sec")), self.every)
         elif r["event"] == "eval" and r.get("val_loss") is not None:
             # older runs' eval events lack tokens_seen: the train event logged at that step has it
             same_step = (
@@ -82,18 +76,24 @@ class Curves:
             self._add_val(r["step"], r.get("tokens_seen", same_step), r["val_loss"])
         elif r["event"] == "hellaswag":
             self.hellaswag_events += 1
-            if (self.hellaswag_events - 1) % self.hellaswag_every == 0:
+            if (self.hellaswag_events - 1) % self.hellaswag_every == 0:  # else thinned out
                 point = (r["step"], r["tokens_seen"], r["acc_norm"], r["acc"])
-                for name, value in zip(HELLASWAG_FIELDS, point, strict=True):
-                    getattr(self, name).append(value)
-            if len(self.hellaswag_step) > MAX_POINTS:
-                for name in HELLASWAG_FIELDS:
-                    setattr(self, name, getattr(self, name)[::2])
-                self.hellaswag_every *= 2
+                self.hellaswag_every = self._append_thinned(HELLASWAG_FIELDS, point, self.hellaswag_every)
         elif r["event"] in ("rollback", "spike"):
             self.spikes.append((r.get("last_step", r["step"]), r["peak_loss"]))
             if r["event"] == "rollback":
                 self._drop_after(r["step"])
+
+    def _append_thinned(self, fields: tuple[str, ...], point: tuple, every: int) -> int:
+        """`point` added to the curves `fields` (kept one event in `every`); past MAX_POINTS every
+        other point goes, and the curves keep one event in twice as many: the `every` returned."""
+        for name, value in zip(fields, point, strict=True):
+            getattr(self, name).append(value)
+        if len(getattr(self, fields[0])) <= MAX_POINTS:
+            return every
+        for name in fields:
+            setattr(self, name, getattr(self, name)[::2])
+        return every * 2
 
     def _add_val(self, step: int, tokens: int | None, loss: float) -> None:
         index, self.val_events = self.val_events, self.val_events + 1
@@ -139,19 +139,12 @@ class Curves:
         """A rollback to `step` replays what came after it: those points leave the curves (the
         train losses are kept apart, to be drawn faintly). The best evaluation is then the best of
         the points kept: one thinned out earlier is not brought back."""
-        kept = [i for i, s in enumerate(self.train_step) if s <= step]
         self.abandoned += [(s, v) for s, v in zip(self.train_step, self.train_loss, strict=True) if s > step]
-        for name in TRAIN_FIELDS:
-            values = getattr(self, name)
-            setattr(self, name, [values[i] for i in kept])
-        kept = [i for i, s in enumerate(self.hellaswag_step) if s <= step]
-        for name in HELLASWAG_FIELDS:
-            values = getattr(self, name)
-            setattr(self, name, [values[i] for i in kept])
-        kept = [i for i, s in enumerate(self.val_step) if s <= step]
-        for name in VAL_FIELDS:
-            values = getattr(self, name)
-            setattr(self, name, [values[i] for i in kept])
+        for fields in (TRAIN_FIELDS, HELLASWAG_FIELDS, VAL_FIELDS):  # each one's first field: its steps
+            kept = [i for i, s in enumerate(getattr(self, fields[0])) if s <= step]
+            for name in fields:
+                values = getattr(self, name)
+                setattr(self, name, [values[i] for i in kept])
         self.val_best = self.val_best_loss = None
         for s, loss, index in zip(self.val_step, self.val_loss, self.val_index, strict=True):
             if s > 0 and (self.val_best_loss is None or loss < self.val_best_loss):
