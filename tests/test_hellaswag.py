@@ -192,6 +192,27 @@ def test_a_byte_model_reads_every_example_with_a_context(tmp_path, monkeypatch, 
     assert result["skipped"] == {"unknown_characters": 0, "ending_too_long": 0, "empty": 1}
 
 
+def test_a_scoring_that_fails_leaves_the_model_in_the_mode_it_had(tmp_path, monkeypatch):
+    """Scoring runs in eval mode (no dropout) and puts back the caller's mode, also when a pass
+    fails (out of memory): training's model, or any caller's, is not left in eval mode."""
+    loaded = ckpt.load_checkpoint(save_random_checkpoint(tmp_path / "ckpt", ByteTokenizer()))
+    short = [{"ctx": "A man is on a roof. He", "endings": [" is", " a", " b", " c"], "label": 0}] * 2
+    examples = hellaswag.parse_examples(
+        write_file(tmp_path / "h.jsonl", short, monkeypatch).read_bytes(), "h.jsonl", ""
+    )
+    seen = []
+
+    def failing(model, *args):
+        seen.append(model.training)
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(hellaswag, "ending_losses", failing)
+    model = loaded.model.train()
+    with pytest.raises(RuntimeError, match="out of memory"):
+        hellaswag.score(model, loaded.tokenizer, examples, 16, torch.device("cpu"))
+    assert seen == [False] and model.training
+
+
 # --------------------------------------------------------------------------- the file
 
 

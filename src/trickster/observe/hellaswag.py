@@ -290,15 +290,18 @@ def score(
         raise nothing_to_score(accuracy)
     was_training = model.training
     model.eval()
-    for start in range(0, len(rows), batch_size):
-        add_batch(accuracy, model, rows[start : start + batch_size], tokenizer.vocab_size, device, dtype_name)
-    model.train(was_training)
+    try:
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            add_batch(accuracy, model, batch, tokenizer.vocab_size, device, dtype_name)
+    finally:  # also when a pass fails (out of memory): the caller's model is as it was
+        model.train(was_training)
     return accuracy
 
 
 def nothing_to_score(accuracy: Accuracy, fix: str = "") -> UserError:
     """The line for examples of which none can be scored; `fix`: another way out, appended."""
-    reasons = "; ".join(f"{n:,} {SKIPPED[reason]}" for reason, n in accuracy.skipped.items() if n)
+    reasons = skipped_summary(accuracy)
     return UserError(
         f"none of the {accuracy.examples:,} HellaSwag examples can be scored with this model ({reasons}); "
         "HellaSwag needs a tokenizer that reads any text (byte, bpe or gpt2) and a context that "

@@ -81,16 +81,15 @@ class HellaSwagEval:
         """acc and acc_norm of `model` over every process's share; the model's mode is restored.
         Collective: every process calls it."""
         mine = Accuracy(self.counts.examples)
-        was_training = model.training
-        model.eval()
         with contextlib.ExitStack() as stack:
+            stack.callback(model.train, model.training)  # also when a pass fails
+            model.eval()
             # compiled blocks (device_config.compile) run eagerly, as generation runs them: each
             # pass's rows and width differ, and a new shape would compile them again
             if hasattr(torch.compiler, "set_stance"):  # torch >= 2.6
                 stack.enter_context(torch.compiler.set_stance("force_eager"))
             for batch in self.passes(batch_tokens):
                 hellaswag.add_batch(mine, model, batch, self.vocab, device, dtype_name)
-        model.train(was_training)
         counts = torch.tensor([mine.correct, mine.correct_norm, mine.scored, mine.cut], device=device)
         correct, correct_norm, scored, cut = (int(n) for n in dist.sum_across(counts, self.job))
         return Accuracy(
