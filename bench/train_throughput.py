@@ -40,6 +40,7 @@ import argparse
 import itertools
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -73,7 +74,16 @@ PEER_SHAPES = {  # layers, width, heads, context, batch
 }
 
 
-def measure(preset: str, data_dir: Path, steps: int, interval: int, overrides: list[str]) -> dict:
+def measure(
+    preset: str,
+    data_dir: Path,
+    steps: int,
+    interval: int,
+    overrides: list[str],
+    keep_profile: Path | None = None,
+) -> dict:
+    """One row; with `keep_profile`, the run's profile folder (logging_config.profile_steps in
+    `overrides`) is copied there before the run's temporary folder goes."""
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = load_config(
             preset=preset,
@@ -93,6 +103,8 @@ def measure(preset: str, data_dir: Path, steps: int, interval: int, overrides: l
         )
         result = train(cfg, progress=False, echo=lambda *a: None)
         intervals = [r for r in result.history if r["event"] == "train"][1:]  # read before run_dir goes
+        if keep_profile is not None and (Path(run_dir) / "profile").is_dir():
+            shutil.copytree(Path(run_dir) / "profile", keep_profile, dirs_exist_ok=True)
     ms = statistics.median(r["ms_per_step"] for r in intervals)
     mfu = [r["mfu"] for r in intervals if r.get("mfu") is not None]
     memory = [r["peak_memory_gib"] for r in intervals if r.get("peak_memory_gib") is not None]
@@ -109,7 +121,14 @@ def measure(preset: str, data_dir: Path, steps: int, interval: int, overrides: l
     }
 
 
-def measure_in_process(preset: str, data_dir: Path, steps: int, interval: int, overrides: list[str]) -> dict:
+def measure_in_process(
+    preset: str,
+    data_dir: Path,
+    steps: int,
+    interval: int,
+    overrides: list[str],
+    keep_profile: Path | None = None,
+) -> dict:
     """`measure` in a fresh Python process (this script with --row): nothing carries over from
     one row to the next (see the module docstring)."""
     spec = {
@@ -118,6 +137,7 @@ def measure_in_process(preset: str, data_dir: Path, steps: int, interval: int, o
         "steps": steps,
         "interval": interval,
         "overrides": overrides,
+        "keep_profile": None if keep_profile is None else str(keep_profile),
     }
     result = subprocess.run(
         [sys.executable, __file__, "--row", json.dumps(spec)], capture_output=True, text=True, check=False
@@ -130,7 +150,15 @@ def measure_in_process(preset: str, data_dir: Path, steps: int, interval: int, o
 def _row(spec: str) -> None:
     """The child side of measure_in_process: one row, printed as a JSON line."""
     spec = json.loads(spec)
-    row = measure(spec["preset"], Path(spec["data"]), spec["steps"], spec["interval"], spec["overrides"])
+    keep = spec.get("keep_profile")
+    row = measure(
+        spec["preset"],
+        Path(spec["data"]),
+        spec["steps"],
+        spec["interval"],
+        spec["overrides"],
+        keep and Path(keep),
+    )
     print(json.dumps({**row, "pid": os.getpid()}))
 
 

@@ -38,6 +38,8 @@ Every step runs whatever the others did; the exit status is 1 if any step failed
 command line or no GPU. It installs nothing (see docs/distributed.md for bringing pydantic).
 With --out DIR, each step's result is written there as it ends (results.jsonl, summary.txt, the
 logs in logs.tgz), after versions.txt at the start: a command killed later still leaves them.
+The speed steps gpt2 and tutorial also write there the operators that took their time
+(STEP_top_ops.txt, quoted in their notes; scripts/gpu_profile.py).
 """
 
 from __future__ import annotations
@@ -184,6 +186,7 @@ def run_step(ctx: Context, name: str, echo, left: float | None, cap: float | Non
     allowed = min((t for t in (left, cap) if t is not None), default=None)
     echo(f"[gpu_check] {name} ...", flush=True)
     started = time.perf_counter()
+    ctx.deadline = None if allowed is None else time.monotonic() + allowed
     try:
         with alarm(allowed, spare=steps.children()):
             result = STEP_FUNCTIONS[name](ctx)
@@ -260,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         prepare(sources.shakespeare(args.text), "char", data, progress=False, dedup_settings=exact)
     device = "cpu (dry run)" if args.cpu_dry_run else torch.cuda.get_device_name()
     print(f"gpu_check on {device}, torch {torch.__version__}, runs and logs in {work}", flush=True)
-    context = Context(work, data, args.cpu_dry_run, text=args.text, nanogpt=args.nanogpt)
+    context = Context(work, data, args.cpu_dry_run, text=args.text, nanogpt=args.nanogpt, out=args.out)
     on_gpu = not args.cpu_dry_run  # the planned times and caps are a GPU's
     caps, planned = (CAP_S, PLANNED_S) if on_gpu else (None, None)
     results = run_steps(

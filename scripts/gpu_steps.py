@@ -51,6 +51,12 @@ class Context:
     runs: dict = field(default_factory=dict)  # step -> run folder, for the steps that follow
     text: Path | None = None  # the corpus `data` was prepared from (nanoGPT prepares its own)
     nanogpt: Path | None = None  # a nanoGPT checkout, for the `nanogpt` step
+    out: Path | None = None  # --out: what comes back from a lent GPU (the steps' profiles too)
+    deadline: float | None = None  # time.monotonic() at which the running step is stopped
+
+    def seconds_left(self) -> float | None:
+        """What the running step has left before its cap or the time limit stops it."""
+        return None if self.deadline is None else self.deadline - time.monotonic()
 
     @property
     def device(self) -> str:
@@ -335,8 +341,10 @@ def step_gpt2(ctx: Context) -> Result:
     """`gpt2-small` as shipped (Muon) in bf16, eager then compiled, each in a process of its own
     (bench/train_throughput.py); a dry run: a toy model in float32, eager both times."""
     ctx.require_gpu("gpt2")
+    import gpu_profile  # here: it takes this module's helpers
+
     throughput = load_script(ROOT / "bench", "train_throughput")
-    result, rows = Result("gpt2"), {}
+    result, rows, profile = Result("gpt2"), {}, ctx.work / "gpt2-profile"
     for compiled in (False, True):
         overrides = (
             ["device_config.device=cpu", "device_config.dtype=float32", "device_config.compile=false"]
@@ -348,8 +356,18 @@ def step_gpt2(ctx: Context) -> Result:
                 f"device_config.compile={compiled}",
             ]
         )
-        steps, interval = (4, 1) if ctx.dry_run else (30, 5)
-        rows[compiled] = throughput.measure_in_process("gpt2-small", ctx.data, steps, interval, overrides)
+        steps, interval = (8, 4) if ctx.dry_run else (30, 5)
+        # the compiled row records its last two steps before its first log (step 1 compiles, the one
+        # before the window warms the profiler up): that interval is warm-up, left out of the figure
+        profiled = [f"logging_config.profile_steps=[{interval - 2}, {interval - 1}]"] if compiled else []
+        rows[compiled] = throughput.measure_in_process(
+            "gpt2-small",
+            ctx.data,
+            steps,
+            interval,
+            overrides + profiled,
+            keep_profile=profile if compiled else None,
+        )
     eager, fast = rows[False], rows[True]
     result.tokens_per_sec, result.mfu, result.peak_gib = fast["tokens_per_sec"], fast["mfu"], fast["memory"]
     if not ctx.dry_run:
@@ -359,6 +377,7 @@ def step_gpt2(ctx: Context) -> Result:
         f"(x{fast['tokens_per_sec'] / eager['tokens_per_sec']:.2f}); MFU eager {eager['mfu'] or 0:.1%}, "
         f"compiled {fast['mfu'] or 0:.1%} (target 45%); eager peak {eager['memory']} GiB"
     )
+    result.notes.append(gpu_profile.bring_back(ctx, "gpt2", profile))
     return result
 
 

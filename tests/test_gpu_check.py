@@ -276,3 +276,25 @@ def test_a_later_command_with_the_same_work_folder_finds_the_run_an_earlier_one_
     assert ctx.trained_run("tutorial", "nano") == tmp_path / "nano"  # the tutorial's was cut short
     (tmp_path / "tutorial" / "checkpoints" / "final" / "COMPLETE").write_text("ok\n")
     assert ctx.trained_run("tutorial", "nano") == tmp_path / "tutorial"
+
+
+@pytest.mark.slow
+def test_a_cpu_dry_run_brings_back_where_the_speed_steps_time_goes(tmp_path, capsys):
+    """gpt2 records two warm-up steps of its compiled row; the tutorial, whose figure a dry run
+    counts as missed, an extra short run: each table of operators comes back in --out, the trace in
+    logs.tgz, and the step's notes quote the table's top rows."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    argv = ["--cpu-dry-run", "--steps", "gpt2", "tutorial", "--work", str(work), "--out", str(out)]
+    assert gpu_check.main(argv) == 0, capsys.readouterr().out
+    notes = {json.loads(line)["step"]: json.loads(line)["notes"] for line in open(out / "results.jsonl")}
+    with tarfile.open(out / "logs.tgz") as logs:
+        packed = logs.getnames()
+    for step, trace in (("gpt2", "gpt2-profile"), ("tutorial", "tutorial-profile/profile")):
+        table = (out / f"{step}_top_ops.txt").read_text()
+        # operator rows: a share of the total in percent, and a count of calls at the end
+        ops = [line.split()[0] for line in table.splitlines() if "%" in line and line.split()[-1].isdigit()]
+        assert len(ops) >= 3, table
+        quoted = next(note for note in notes[step] if f"{step}_top_ops.txt" in note)
+        places = [quoted.index(f" {name} ") for name in ops[:3]]
+        assert places == sorted(places), (ops[:3], quoted)
+        assert f"{work.name}/{trace}/rank0.pt.trace.json.gz" in packed
