@@ -86,6 +86,13 @@ def test_a_cut_last_line_and_a_damaged_one_are_skipped_and_said(tmp_path):
             "metrics.jsonl line 2 is damaged (not an event) and was skipped; delete it to stop this note",
             "the last line of metrics.jsonl is cut short (line 5); skipped",
         ]
+    path.write_text("\n".join(["{oops"] * 3 + lines) + "\n")
+    problems = []
+    assert [r["step"] for r in read_metrics(path, problems)] == [0, 1, 2]
+    assert problems == [
+        "metrics.jsonl lines 1, 2 and 3 are damaged (not events) and were skipped; delete them to stop "
+        "this note"
+    ]
     path.write_text("\n".join(["{oops"] * 5 + lines) + "\n")  # said once, whatever their number
     problems = []
     assert [r["step"] for r in read_metrics(path, problems)] == [0, 1, 2]

@@ -253,7 +253,7 @@ def test_runs_table_lists_each_run_with_its_numbers(trained_run, tmp_path, capsy
     assert out[3].split()[0] == "c-damaged" and out[3].split()[-1] == "unreadable"
     assert notes == [
         f"note: b-partial: the last line of metrics.jsonl is cut short (line {len(lines) - 4}); skipped",
-        "note: c-damaged: metrics.jsonl lines 1, 2 are damaged (not events) and were skipped; delete them "
+        "note: c-damaged: metrics.jsonl lines 1 and 2 are damaged (not events) and were skipped; delete them "
         "to stop this note",
     ]
     records = read_metrics(trained_run / "metrics.jsonl")

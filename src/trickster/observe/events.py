@@ -114,7 +114,8 @@ class DamagedLines:
         then = then.format(them="it" if self.count == 1 else "them")
         if self.count == 1:
             return f"metrics.jsonl line {self.first[0]} is damaged (not an event) and was {done}; {then}"
-        shown = ", ".join(map(str, self.first)) + (f" and {self.count - 3:,} more" if self.count > 3 else "")
+        numbers = [str(n) for n in self.first] + ([f"{self.count - 3:,} more"] if self.count > 3 else [])
+        shown = ", ".join(numbers[:-1]) + " and " + numbers[-1]  # "1 and 2", "1, 2, 3 and 4 more"
         return f"metrics.jsonl lines {shown} are damaged (not events) and were {done}; {then}"
 
 
