@@ -40,23 +40,23 @@ def bring_back(ctx: Context, step: str, profile: Path) -> str:
 
 def top_rows(table: str, count: int) -> list[tuple[str, str]]:
     """(name, share of self time) of the first `count` operators of a key_averages table (the
-    rows between its second and third dashed lines, columns two or more spaces apart), in the
-    column it is sorted by."""
+    rows between its second and third dashed lines), in the column it is sorted by. Its columns
+    are fixed-width, as its dashed lines show: a name with spaces or an empty cell cannot shift them."""
     lines = table.splitlines()
     rules = [i for i, line in enumerate(lines) if line.startswith("---")]
     if len(rules) < 3:
         return []
-    header = re.split(r"\s{2,}", lines[rules[0] + 1].strip())
+    spans = [match.span() for match in re.finditer(r"-+", lines[rules[0]])]
+
+    def cells(line: str) -> list[str]:
+        return [line[begin:end].strip() for begin, end in spans]
+
+    header = cells(lines[rules[0] + 1])
     # a GPU's table has Self CPU % then Self CUDA %, and is sorted by the latter
     share = max(
         (i for i, title in enumerate(header) if title.startswith("Self") and title.endswith("%")), default=1
     )
-    rows = []
-    for line in lines[rules[1] + 1 : rules[2]][:count]:
-        cells = re.split(r"\s{2,}", line.strip())
-        if len(cells) > share:
-            rows.append((cells[0], cells[share]))
-    return rows
+    return [(row[0], row[share]) for row in map(cells, lines[rules[1] + 1 : rules[2]][:count])]
 
 
 def extra_run(ctx: Context, step: str, argv: list[str], window: tuple[int, int]) -> str:

@@ -19,6 +19,7 @@ SCRIPTS = Path(__file__).parent.parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 import gpu_check  # noqa: E402
 import gpu_figures  # noqa: E402
+import gpu_profile  # noqa: E402
 import gpu_steps  # noqa: E402
 
 from . import children  # noqa: E402
@@ -298,3 +299,29 @@ def test_a_cpu_dry_run_brings_back_where_the_speed_steps_time_goes(tmp_path, cap
         places = [quoted.index(f" {name} ") for name in ops[:3]]
         assert places == sorted(places), (ops[:3], quoted)
         assert f"{work.name}/{trace}/rank0.pt.trace.json.gz" in packed
+
+
+def test_the_quoted_rows_of_a_gpu_table_are_its_kernels_and_their_share_of_gpu_time():
+    """The table a GPU writes, laid out by torch's own table builder (no GPU here to profile): its
+    rows are quoted with their Self CUDA %, not the Self CPU % before it, and neither a kernel's name
+    with spaces in it nor an empty cell shifts the columns."""
+    from torch.autograd import DeviceType
+    from torch.autograd.profiler_util import EventList, FunctionEventAvg, _build_table
+
+    device_us = {"aten::mm": 500, "void gemm_kernel<128, 64>": 300, "aten::add": 20, "aten::mul": 100}
+    events = []
+    for name, gpu_us in device_us.items():
+        event = FunctionEventAvg()
+        event.key, event.count, event.device_type, event.is_user_annotation = name, 2, DeviceType.CUDA, False
+        event.self_cpu_time_total = event.cpu_time_total = 1000 - gpu_us  # CPU time ranks them the other way
+        event.self_device_time_total = event.device_time_total = gpu_us
+        event.use_device = "cuda"
+        event.overload_name = "out" if name == "aten::mm" else ""  # a column with empty cells
+        events.append(event)
+    table = _build_table(EventList(events), sort_by="self_device_time_total")
+    total = sum(device_us.values())
+    expected = [
+        (name, f"{100 * device_us[name] / total:.2f}%")
+        for name in ("aten::mm", "void gemm_kernel<128, 64>", "aten::mul")
+    ]
+    assert gpu_profile.top_rows(table, 3) == expected
