@@ -106,6 +106,25 @@ def test_playground_streams_two_checkpoints_side_by_side(trained_run, browser, t
         assert shot.stat().st_size > 10_000
 
 
+def test_playground_sends_the_seed_typed_also_past_2_53_and_below_0(trained_run, browser):
+    """A seed above 2**53 is no JavaScript number: sent as one, 2**53 + 1 went as 2**53 and gave
+    that seed's text, not the one `generate --seed` and the API give for the seed typed."""
+    with live_server(trained_run) as live:
+        sent = []
+
+        def completion(request):
+            if request.url.endswith("/v1/completions"):
+                sent.append(json.loads(request.post_data)["seed"])
+
+        page = open_playground(browser, live, completion)
+        for seed in (2**53 + 1, -1):
+            page.uncheck("#picker input[value=untrained]")
+            texts = generate(page, "ROMEO:", max_tokens=12, seed=seed, columns=1)
+            assert_the_api_gives(live, texts, "ROMEO:", max_tokens=12, seed=seed)
+        page.close()
+        assert sent == [2**53 + 1, -1]
+
+
 def test_playground_chat_view_holds_a_conversation(trained_run, browser):
     template = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}assistant:"
     with live_server(trained_run, chat_template=template, checkpoints=["best"]) as live:
