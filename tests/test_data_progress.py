@@ -118,3 +118,20 @@ def test_on_a_terminal_only_the_bars_show_counting_above_tokenizing(tmp_path, mo
     assert "100%" in drawn
     # the counting pass runs first: its bar is drawn before the tokenizing one, not below it at 0%
     assert 0 <= drawn.index("counting characters") < drawn.index("tokenizing")
+
+
+def test_a_pass_over_a_file_with_windows_line_endings_ends_at_its_size(tmp_path, monkeypatch, capsys):
+    """Its text is smaller than the file ("\r\n" read as "\n", the byte-order mark dropped): each
+    pass still ends at 100% of the file's size, not short of it."""
+    every_update(monkeypatch)
+    small_blocks(monkeypatch, 4096)
+    text = "\ufeff" + EXCERPT.read_text(encoding="utf-8").replace("\n", "\r\n")
+    path = tmp_path / "windows.txt"
+    path.write_bytes(text.encode("utf-8"))
+    argv = ["data", "prepare", "text", str(path), "--out", str(tmp_path / "out"), "--tokenizer", "char"]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    total = f"{path.stat().st_size / 1e3:,.1f} kB"
+    for what in ("reading for the char tokenizer", "counting characters", "tokenizing"):
+        last = LINE.fullmatch([line for line in printed.splitlines() if line.startswith(f"{what}:")][-1])
+        assert last and (last["read"], last["total"], last["percent"]) == (total, total, "100"), what

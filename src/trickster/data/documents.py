@@ -155,6 +155,7 @@ def _count_characters(source: Source, progress: bool) -> int:
             count += len(piece)
             if shown.shown:  # in bytes, as its total
                 shown.update(len(piece.encode("utf-8")))
+        shown.finish()
     return count
 
 
@@ -201,12 +202,14 @@ def unread(
 def all_texts(source: Source, progress: bool, what: str) -> Iterator[str]:
     """Every text of the source in order (the one text in pieces), shown as `what`."""
     with PassProgress(what, source.total_bytes, progress) as shown:
+        counted = {}
         for count, (document, _) in enumerate(documents(source, 0.0), 1):
             text = text_of(document)
             if shown.shown:  # in bytes, as its total and the other passes
                 counted = {} if source.single_document else {"documents": count}
                 shown.update(len(text.encode("utf-8")), **counted)
             yield text
+        shown.finish(**counted)
 
 
 def bounded(texts: Iterable[str], limit: int | None) -> Iterator[str]:

@@ -47,6 +47,13 @@ class PassProgress:
             self.said = now
             print(self.line(now - self.started, counts), flush=True)
 
+    def finish(self, **counts: int) -> None:
+        """The pass read all its input: it ends at its total, which counts the files' bytes, where
+        what it read counts the text's (fewer, with "\r\n" read as "\n", a byte-order mark dropped,
+        a file of blanks no document)."""
+        if self.total is not None and self.read < self.total:
+            self.update(self.total - self.read, **counts)
+
     def line(self, elapsed: float, counts: dict[str, int]) -> str:
         parts = [f"{value:,} {name}" for name, value in counts.items()]
         read = _size(self.read)

@@ -283,6 +283,7 @@ class _Job:
                     record.dedup = self.deduper.state_dict()
                 record.save(self.partial)
                 bar.update(sum(encoded.sizes), **self._done())
+            bar.finish(**self._done())
             if not record.cutting and self._one_document_on_one_side():
                 self._keep_the_one_document(writers)
             if record.cutting:
