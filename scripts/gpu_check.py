@@ -83,10 +83,11 @@ if str(ROOT / "scripts") not in sys.path:  # run as a script it is there already
     sys.path.insert(0, str(ROOT / "scripts"))
 import gpu_figures  # noqa: E402  (the siblings with the steps themselves)
 import gpu_out  # noqa: E402
+import gpu_runs  # noqa: E402
 import gpu_serve  # noqa: E402
 import gpu_steps as steps  # noqa: E402
 
-Result, Context, StepFailed = steps.Result, steps.Context, steps.StepFailed
+Result, Context, StepFailed = gpu_runs.Result, gpu_runs.Context, gpu_runs.StepFailed
 STEP_FUNCTIONS = {**steps.STEP_FUNCTIONS, **gpu_figures.STEP_FUNCTIONS, **gpu_serve.STEP_FUNCTIONS}
 assert sorted(ORDER) == sorted(STEPS) == sorted(STEP_FUNCTIONS)
 
@@ -188,7 +189,7 @@ def run_step(ctx: Context, name: str, echo, left: float | None, cap: float | Non
     started = time.perf_counter()
     ctx.deadline = None if allowed is None else time.monotonic() + allowed
     try:
-        with alarm(allowed, spare=steps.children()):
+        with alarm(allowed, spare=gpu_runs.children()):
             result = STEP_FUNCTIONS[name](ctx)
     except OutOfTime:  # subprocess.run kills its child on the way out
         stopped = f"its cap of {cap:.0f} s" if allowed == cap else f"the time limit of {time_limit:.0f} s"
@@ -217,8 +218,8 @@ def alarm(seconds: float | None, spare: set[int]):
         return
 
     def out_of_time(signum, frame):
-        for pid in steps.children() - spare:
-            steps.kill_tree(pid)
+        for pid in gpu_runs.children() - spare:
+            gpu_runs.kill_tree(pid)
         raise OutOfTime
 
     previous = signal.signal(signal.SIGALRM, out_of_time)

@@ -1,11 +1,10 @@
 """The figures issue 14 asks of one GPU, as steps of scripts/gpu_check.py (run by name: see its
-docstring), each a function of a gpu_steps.Context that returns a Result or raises StepFailed."""
+docstring), each a function of a gpu_runs.Context that returns a Result or raises StepFailed."""
 
 from __future__ import annotations
 
 import gpu_profile
-from gpu_steps import (
-    NANO_DRY,
+from gpu_runs import (
     ROOT,
     Context,
     Result,
@@ -16,6 +15,7 @@ from gpu_steps import (
     training_figures,
     trickster,
 )
+from gpu_steps import NANO_DRY
 
 TUTORIAL_TARGET_S = 60  # issue 14: the tutorial's schedule on an H100/H200
 PROFILE_RUN = [  # a missed tutorial figure's extra run: 8 steps, steps 4 and 5 recorded

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from gpu_steps import Context, StepFailed, trickster
+from gpu_runs import Context, StepFailed, trickster
 
 TABLE = "rank0_top_ops.txt"
 TRACE = "rank0.pt.trace.json.gz"

@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-from gpu_steps import ROOT, Context, Result, StepFailed, check, trickster
+from gpu_runs import ROOT, Context, Result, StepFailed, check, trickster
 
 GREEDY, LONG = 8, 4  # concurrent requests: greedy completions of one prompt, overlong prompts
 LONG_PROMPT = "ROMEO: " * 40_000  # 280 KB: seconds of tokenizing for a BPE, refused after it

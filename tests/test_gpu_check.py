@@ -20,6 +20,7 @@ sys.path.insert(0, str(SCRIPTS))
 import gpu_check  # noqa: E402
 import gpu_figures  # noqa: E402
 import gpu_profile  # noqa: E402
+import gpu_runs  # noqa: E402
 import gpu_steps  # noqa: E402
 
 from . import children  # noqa: E402
@@ -46,10 +47,10 @@ def test_the_command_line_chooses_steps():
 
 def test_the_summary_is_one_table_with_a_dash_for_what_a_step_does_not_measure():
     results = [
-        gpu_steps.Result(
+        gpu_runs.Result(
             "nano", val_loss=1.4567, tokens_per_sec=812345.6, mfu=0.3141, peak_gib=1.5, seconds=61
         ),
-        gpu_steps.Result("mega", "FAIL", notes=["out of memory", "plan said 60 GiB"]),
+        gpu_runs.Result("mega", "FAIL", notes=["out of memory", "plan said 60 GiB"]),
     ]
     lines = gpu_check.summary_table(results).splitlines()
     columns = "step status val loss tokens/s MFU peak GiB save s load s time s notes"
@@ -64,7 +65,7 @@ def test_a_failing_step_is_reported_and_the_others_still_run(tmp_path, monkeypat
         raise KeyError("a bug")
 
     def failing(ctx):
-        raise gpu_steps.StepFailed("the loss did not fall")
+        raise gpu_runs.StepFailed("the loss did not fall")
 
     def exits(ctx):  # as bench/nanogpt.py does for a folder that is not a nanoGPT checkout
         sys.exit("error: peers/nanogpt is not a nanoGPT checkout")
@@ -73,10 +74,10 @@ def test_a_failing_step_is_reported_and_the_others_still_run(tmp_path, monkeypat
         "probe": broken,
         "nano": failing,
         "nanogpt": exits,
-        "resume": lambda ctx: gpu_steps.Result("resume"),
+        "resume": lambda ctx: gpu_runs.Result("resume"),
     }
     monkeypatch.setattr(gpu_check, "STEP_FUNCTIONS", fake)
-    ctx = gpu_steps.Context(tmp_path, tmp_path, dry_run=True)
+    ctx = gpu_runs.Context(tmp_path, tmp_path, dry_run=True)
     results = gpu_check.run_steps(ctx, list(fake), echo=lambda *a, **k: None)
     assert [r.status for r in results] == ["FAIL", "FAIL", "FAIL", "PASS"]
     assert "KeyError" in results[0].notes[0] and (tmp_path / "probe.traceback").is_file()
@@ -98,11 +99,11 @@ def test_the_time_limit_stops_the_running_step_and_its_process_and_skips_the_res
 
     def slow(ctx):  # a step waiting on a process, as the training steps do
         subprocess.run([sys.executable, "-c", launcher], timeout=120)
-        return gpu_steps.Result("nano")
+        return gpu_runs.Result("nano")
 
-    fake = {"probe": lambda ctx: gpu_steps.Result("probe"), "nano": slow, "resume": slow}
+    fake = {"probe": lambda ctx: gpu_runs.Result("probe"), "nano": slow, "resume": slow}
     monkeypatch.setattr(gpu_check, "STEP_FUNCTIONS", fake)
-    ctx = gpu_steps.Context(tmp_path, tmp_path, dry_run=True)
+    ctx = gpu_runs.Context(tmp_path, tmp_path, dry_run=True)
     bystander = subprocess.Popen([sys.executable, "-c", worker])  # not the step's: spared
     started = time.monotonic()
     results = gpu_check.run_steps(ctx, list(fake), echo=lambda *a, **k: None, time_limit=2)
@@ -138,14 +139,14 @@ def test_a_step_that_would_overrun_the_time_left_is_not_started_and_one_running_
         (ctx.work / "run" / "checkpoints").mkdir(parents=True, exist_ok=True)
         (ctx.work / "run" / "checkpoints" / "model.safetensors").write_bytes(b"0" * 100)
         (ctx.work / "run" / "metrics.jsonl").write_text("{}\n")
-        return gpu_steps.Result("nano", notes=["fast"])
+        return gpu_runs.Result("nano", notes=["fast"])
 
     def endless(ctx):
         time.sleep(60)
 
     fake = {"probe": quick, "mega": quick, "fsdp": endless, "nano": quick}
     monkeypatch.setattr(gpu_check, "STEP_FUNCTIONS", fake)
-    ctx = gpu_steps.Context(tmp_path / "work", tmp_path, dry_run=True)
+    ctx = gpu_runs.Context(tmp_path / "work", tmp_path, dry_run=True)
     ctx.work.mkdir()
     planned = {"probe": 1, "mega": 1000, "fsdp": 1, "nano": 1}
     started = time.monotonic()
@@ -176,8 +177,8 @@ def test_the_versions_file_names_the_machine_and_the_software():
 @no_gpu
 @pytest.mark.parametrize("step", gpu_check.STEPS)
 def test_every_step_refuses_cleanly_without_a_gpu(step, tmp_path):
-    ctx = gpu_steps.Context(tmp_path, tmp_path, dry_run=False)
-    with pytest.raises(gpu_steps.StepFailed, match=f"^{step} needs a CUDA GPU and none is visible$"):
+    ctx = gpu_runs.Context(tmp_path, tmp_path, dry_run=False)
+    with pytest.raises(gpu_runs.StepFailed, match=f"^{step} needs a CUDA GPU and none is visible$"):
         gpu_check.STEP_FUNCTIONS[step](ctx)
 
 
@@ -199,7 +200,7 @@ def test_a_cpu_dry_run_trains_resumes_and_shards_at_toy_size(tmp_path, capsys, m
             return run(command, cwd=cwd, env=env, timeout=timeout, **capture)
         return children.run("trickster", *command[3:], cwd=cwd, env=env, timeout=timeout)
 
-    monkeypatch.setattr(gpu_steps.subprocess, "run", forked_unless_torchrun)
+    monkeypatch.setattr(gpu_runs.subprocess, "run", forked_unless_torchrun)
     argv = ["--cpu-dry-run", "--steps", "nano", "resume", "fsdp", "mega", "--work", str(tmp_path)]
     assert gpu_check.main(argv) == 0, capsys.readouterr().out
     out = capsys.readouterr().out
@@ -246,7 +247,7 @@ def test_the_probes_cpu_capable_checks_pass_on_this_cpu():
 
 
 def test_the_figure_steps_time_generation_on_a_cpu_and_skip_nanogpt_without_a_checkout(tmp_path):
-    ctx = gpu_steps.Context(tmp_path, tmp_path, dry_run=True)
+    ctx = gpu_runs.Context(tmp_path, tmp_path, dry_run=True)
     assert gpu_figures.step_nanogpt(ctx).status == "SKIP"
     result = gpu_figures.step_generate(ctx)  # `tiny` for 20 tokens on the CPU
     assert result.status == "PASS" and len(result.notes) == 1
@@ -269,7 +270,7 @@ def test_the_largest_batch_search_finds_the_threshold_with_few_trials(threshold)
 def test_a_later_command_with_the_same_work_folder_finds_the_run_an_earlier_one_trained(tmp_path):
     """A lent GPU runs the check over several commands: `resume` and `serve` in the second use the
     tutorial's run the first left in --work, once its final checkpoint is complete."""
-    ctx = gpu_steps.Context(tmp_path, tmp_path, dry_run=True)
+    ctx = gpu_runs.Context(tmp_path, tmp_path, dry_run=True)
     assert ctx.trained_run("tutorial", "nano") is None
     (tmp_path / "nano" / "checkpoints" / "final").mkdir(parents=True)
     (tmp_path / "tutorial" / "checkpoints" / "final").mkdir(parents=True)
