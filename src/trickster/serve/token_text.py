@@ -18,6 +18,7 @@ import re
 from collections.abc import Iterable
 
 from trickster.data.tokenizers import EOT_TEXT, ByteTokenizer, GPT2Tokenizer, HFTokenizer, Tokenizer
+from trickster.export import byte_level
 
 # ids of context: a piece's leading space needs one before it, a character's last byte its 3 others
 WINDOW = 6
@@ -114,11 +115,5 @@ def _decoder_types(decoder: dict | None) -> set[str]:
 
 @functools.cache
 def _byte_level_bytes() -> dict[str, int]:
-    """GPT-2's byte-level alphabet, character -> byte: printable bytes stand for themselves, the
-    others for the characters from U+0100 on, in order."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), 256)]
-    others = [b for b in range(256) if b not in printable]
-    return {
-        **{chr(b): b for b in printable},
-        **{chr(256 + n): b for n, b in enumerate(others)},
-    }
+    """GPT-2's byte-level alphabet read back: character -> byte."""
+    return {char: byte for byte, char in byte_level.bytes_to_unicode().items()}
