@@ -218,6 +218,3 @@ def check_new_folder(out: Path, flag: str) -> None:
         raise UserError(
             f"{out} already exists and is not empty; choose a new folder with {flag} (nothing was changed)"
         )
-
-
-# --------------------------------------------------------------------------- import
