@@ -59,9 +59,7 @@ def loss_figure(c: Curves, title: str = "") -> Figure | None:
         ax.grid(True, which="major", alpha=0.3)
         peaks = [peak for _, peak in c.spikes] if ax is by_step else []
         _loss_scale(ax, [*ty, *vy, *peaks] + ([c.untrained_loss] if c.untrained_loss else []))
-    positive = [t for t in c.train_tokens + vt if t and t > 0]
-    if positive and max(positive) / min(positive) > 10:
-        by_tokens.set_xscale("log")
+    _tokens_scale(by_tokens, [t for t in c.train_tokens + vt if t and t > 0])
     trained = [(v, s) for s, v in zip(c.val_step, c.val_loss, strict=True) if s > 0]
     if trained:
         loss, step = min(trained)
@@ -134,13 +132,17 @@ def hellaswag_figure(c: Curves) -> Figure | None:
         ax.set_xlabel(xlabel)
         ax.set_ylabel("HellaSwag accuracy")
         ax.grid(True, alpha=0.3)
-    positive = [t for t in c.hellaswag_tokens if t]
-    if positive and max(positive) / min(positive) > 10:
-        by_tokens.set_xscale("log")
+    _tokens_scale(by_tokens, [t for t in c.hellaswag_tokens if t])
     by_step.legend(loc="best", fontsize=8)
     by_step.set_title("HellaSwag by step", fontsize=10)
     by_tokens.set_title("HellaSwag by tokens seen", fontsize=10)
     return fig
+
+
+def _tokens_scale(ax, positive: list[int]) -> None:
+    """A log axis for tokens seen that span more than tenfold (`positive`: the nonzero ones)."""
+    if positive and max(positive) / min(positive) > 10:
+        ax.set_xscale("log")
 
 
 def png_bytes(fig: Figure, dpi: int = 100) -> bytes:
