@@ -91,7 +91,7 @@ def encode_chunk(task: Chunk) -> Encoded:
     tokenizer, docs = _worker_tokenizer, task.documents
     start, end = tokenizer.start_ids(), [] if tokenizer.eot_id is None else [tokenizer.eot_id]
     records = bool(docs) and isinstance(docs[0], tuple)
-    texts = ["".join(d) for d in docs] if records else [text_of(d) for d in docs]
+    texts = [text_of(d) for d in docs]
     bounds = [(d.first, d.last) if isinstance(d, Piece) else (True, True) for d in docs]
     if records:
         prompts = tokenizer.encode_batch([p for p, _ in docs])
