@@ -88,9 +88,10 @@ class Progress:
     def advance(self, finished: list[bool]) -> None:
         """Count a chunk's documents, or pieces of one (`finished`: whether each ends its document)."""
         for last in finished:
-            self.next_document, self.next_piece = (
-                (self.next_document + 1, 0) if last else (self.next_document, self.next_piece + 1)
-            )
+            if last:
+                self.next_document, self.next_piece = self.next_document + 1, 0
+            else:
+                self.next_piece += 1
 
     def started(self) -> bool:
         """Whether anything of the source was tokenized: a document, or a piece of one."""
