@@ -249,3 +249,57 @@ def test_a_refused_metrics_write_names_its_own_cause(tmp_path, monkeypatch, code
     assert str(raised.value) == (
         f"could not write {tmp_path / 'metrics.jsonl'} ({reason}); {fix}, then continue with --resume"
     )
+
+
+# JSON objects with an event, a step and a time that no reader can use: each was a traceback in
+# `runs`, `report` and a resume (which read the events back into metrics.csv and the curves)
+_UNUSABLE = {
+    "a-step-as-text": _event("train", "12", train_loss=1.0, tokens_seen=8),
+    "a-time-as-text": json.dumps({"event": "eval", "step": 2, "time": "now", "val_loss": 1.0}),
+    "a-loss-as-text": _event("eval", 2, val_loss="1.5", val_perplexity=4.5, tokens_seen=16),
+    "a-hellaswag-event-without-its-accuracy": _event("hellaswag", 2, tokens_seen=16),
+    "tokens-as-a-number-with-a-point": _event("train", 2, train_loss=1.0, tokens_seen=16.0),
+    "a-step-of-true": _event("train", True, train_loss=1.0, tokens_seen=16),
+    "nested-too-deeply": "[" * 100_000 + "]" * 100_000,
+}
+
+
+def test_events_of_fields_no_reader_can_use_are_damaged_and_runs_report_and_a_resume_go_on(
+    micro, tmp_path, capsys
+):
+    from trickster import cli
+    from trickster.config import save_config
+
+    cfg = micro(training_config={"max_steps": 2, "warmup_steps": 1, "eval_every": 2, "save_every": 2})
+    run_dir, config = cfg.logging.output_dir, tmp_path / "run.yaml"
+    save_config(cfg, config)
+    argv = ["train", "--config", str(config), "--no-progress", "training_config.resume=auto"]
+    assert cli.main(argv) == 0
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    lines = metrics.read_text(encoding="utf-8").splitlines(keepends=True)
+    for name, unusable in _UNUSABLE.items():  # each alone: skipped and said
+        metrics.write_text("".join([lines[0], unusable + "\n", *lines[1:]]), encoding="utf-8")
+        problems: list[str] = []
+        assert [r["event"] for r in read_metrics(metrics, problems)] == [
+            json.loads(x)["event"] for x in lines
+        ], name
+        assert problems == [
+            "metrics.jsonl line 2 is damaged (not an event) and was skipped; delete it to stop this note"
+        ]
+    unusable = "".join(line + "\n" for line in _UNUSABLE.values())
+    metrics.write_text("".join([lines[0], unusable, *lines[1:]]), encoding="utf-8")
+    note = (
+        "metrics.jsonl lines 2, 3, 4 and 4 more are damaged (not events) and were skipped; delete them "
+        "to stop this note"
+    )
+    capsys.readouterr()
+
+    assert cli.main(["runs", str(run_dir)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"note: run: {note}"
+    assert cli.main(["report", str(run_dir)]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == f"note: {note}"
+    assert cli.main([*argv, "training_config.max_steps=4"]) == 0
+    assert "metrics.jsonl lines 2, 3, 4 and 4 more are damaged (not events) and were kept as found" in (
+        capsys.readouterr().out
+    )
+    assert [r["step"] for r in read_metrics(metrics) if r["event"] == "train"] == [2, 4]

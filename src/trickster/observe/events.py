@@ -1,6 +1,7 @@
 """metrics.jsonl: one JSON object per event, appended by the training loop, read by everything else.
 
-Every event has `event`, `step` and `time` (Unix seconds); by kind, it adds:
+Every event has `event`, `step` and `time` (Unix seconds), and the figures readers use of the
+types in FIELD_TYPES (a line otherwise is damaged, not an event); by kind, it adds:
 
     start    params, tokens_per_step, global_batch, world_size, parallel, flops_per_token, init_from
              (a fine-tune's starting checkpoint, else None), device, peak_flops_per_device,
@@ -32,7 +33,47 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
+from trickster import untrusted
 from trickster.errors import disk_errors, write_fix
+
+NUMBER = (int, float)  # a float may be NaN or infinite (json writes NaN and Infinity)
+OR_NONE = (type(None),)
+# The fields the readers compute with or show, and the types they take: a line whose field has
+# another type (edited by hand, or by another program) is damaged, not an event, as is one without
+# a field its kind has had since it was first written (REQUIRED). A reader failed on either with a
+# traceback. (Train and eval events lacked fields in older versions, which the readers allow for.)
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "event": (str,),
+    "step": (int,),
+    "time": NUMBER,
+    "tokens_seen": (int,),
+    "params": (int,),
+    "tokens_per_step": (int,),
+    "flops_per_token": NUMBER + OR_NONE,
+    "device": (str,) + OR_NONE,
+    "init_from": (dict,) + OR_NONE,
+    "train_loss": NUMBER + OR_NONE,
+    "lr": NUMBER + OR_NONE,
+    "grad_norm": NUMBER + OR_NONE,
+    "tokens_per_sec": NUMBER + OR_NONE,
+    "ms_per_step": NUMBER + OR_NONE,
+    "val_loss": NUMBER + OR_NONE,
+    "val_perplexity": NUMBER + OR_NONE,
+    "sample": (str,) + OR_NONE,
+    "acc": NUMBER,
+    "acc_norm": NUMBER,
+    "first_step": (int,),
+    "last_step": (int,),
+    "peak_loss": NUMBER,
+    "signal": (str,) + OR_NONE,
+    "reason": (str,) + OR_NONE,
+}
+COMMON = ("event", "step", "time")
+REQUIRED = {
+    "hellaswag": ("acc", "acc_norm", "tokens_seen"),
+    "rollback": ("peak_loss",),
+    "spike": ("peak_loss",),
+}
 
 # what a failed write of a run's metrics (a full disk, a read-only folder) tells the user to do
 DISK_FIX = write_fix(then="continue with --resume")
@@ -183,21 +224,30 @@ def _parsed(number: int, text: str, last: bool) -> Iterator[MetricsLine]:
     if not text.strip():
         return
     try:
-        record = json.loads(text)
-    except ValueError:
+        record = untrusted.parse(json.loads, text)
+    except (ValueError, untrusted.Unreadable):
         yield MetricsLine(number, text, None, cut_short=last and not text.endswith("\n"))
         return
     yield MetricsLine(number, text, record if _is_event(record) else None, cut_short=False)
 
 
 def _as_event(text: str) -> dict | None:
-    """The event a line holds, or None: not JSON, or JSON without `event`, `step` and `time`."""
+    """The event a line holds, or None: not JSON, or JSON that is no event (`_is_event`)."""
     try:
-        record = json.loads(text)
-    except ValueError:
+        record = untrusted.parse(json.loads, text)
+    except (ValueError, untrusted.Unreadable):
         return None
     return record if _is_event(record) else None
 
 
 def _is_event(record) -> bool:
-    return isinstance(record, dict) and {"event", "step", "time"} <= record.keys()
+    """An object with `event`, `step`, `time` and the fields its kind has (REQUIRED), each field
+    of FIELD_TYPES of its type there."""
+    if not isinstance(record, dict) or not all(name in record for name in COMMON):
+        return False
+    typed = all(
+        isinstance(value, FIELD_TYPES[name]) and not isinstance(value, bool)  # True is an int too
+        for name, value in record.items()
+        if name in FIELD_TYPES
+    )
+    return typed and all(name in record for name in REQUIRED.get(record["event"], ()))
