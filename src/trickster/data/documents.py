@@ -26,33 +26,77 @@ and a space are blanks for all three. Why such a cut changes no ids:
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import itertools
 from collections.abc import Iterable, Iterator
 
-from trickster.data.encode import Document, Piece, text_of
+from trickster.data.encode import Document, Piece, digest_in_validation, text_of
 from trickster.data.pass_progress import PassProgress
 from trickster.data.sources import Source
-from trickster.data.textfile import BLOCK_BYTES
+from trickster.data.textfile import BLOCK_BYTES, LargeText
 from trickster.data.tokenizers import HFTokenizer, Tokenizer
 
 
 def documents(
-    source: Source, val_fraction: float, apart: bool = True, progress: bool = False
+    source: Source, val_fraction: float, apart: bool = True, progress: bool = False, facts: bool = True
 ) -> Iterator[tuple[Document, str | None]]:
     """(document, split) in a fixed order; split None means: decided by `in_validation`. The one
     document of a single-document source comes in Pieces (`apart`), or whole per split; its
-    characters are counted now, so that the counting pass's bar comes before the tokenizing one."""
+    characters are counted now, so that the counting pass's bar comes before the tokenizing one.
+    So does a file among several larger than a block (`apart`; see large_pieces); without `facts`
+    its pieces carry no split or fingerprint (only their texts are wanted)."""
     if source.single_document:
         return one_document(source, val_fraction, apart, progress)
-    return _many_documents(source)
+    return _many_documents(source, val_fraction, apart, facts)
 
 
-def _many_documents(source: Source) -> Iterator[tuple[str, str | None]]:
+def _many_documents(
+    source: Source, val_fraction: float, apart: bool, facts: bool
+) -> Iterator[tuple[Document, str | None]]:
     if source.read_val is not None:
         yield from ((t, "train") for t in source.read())
         yield from ((t, "val") for t in source.read_val())
+    elif apart and source.read_texts is not None:
+        for text in source.read_texts():
+            if isinstance(text, LargeText):
+                yield from large_pieces(text, val_fraction, facts)
+            else:
+                yield text, None
     else:
         yield from ((t, None) for t in source.read())
+
+
+def large_pieces(text: LargeText, val_fraction: float, facts: bool = True) -> Iterator[tuple[Piece, str]]:
+    """A file among several too large to hold whole, as one document in pieces (cut_pieces), read
+    once. What decides its fate needs the whole text: its split (in_validation, a hash of the text)
+    and its fingerprint (dedup.fingerprint, a hash of its words joined by single spaces) are hashed
+    here as the pieces pass, in order, and travel with its last piece; its MinHash signature is the
+    minimum of its pieces' (encode._shingled), each worked out in a worker. Its fate is decided at
+    its last piece (pending.py). No piece is blank but the last; none cuts a word, as a cut falls
+    before a blank. An empty file is no document; one of blanks only is one, dropped as a blank."""
+    validation = hashlib.blake2b(digest_size=8)
+    normalised = hashlib.blake2b(digest_size=8)
+    before: tuple[str, ...] = ()  # the last 5 words so far
+    held: Piece | None = None  # yielded once it is known not to be the last
+    for text_piece in cut_pieces(text.blocks()):
+        if held is not None:
+            yield held, "train"  # the whole text's split is given with its last piece
+        held = Piece(text_piece, held is None, False, before if facts else None)
+        if facts:
+            validation.update(text_piece.encode("utf-8"))
+            words = text_piece.split()
+            if words:
+                normalised.update(((" " if before else "") + " ".join(words)).encode("utf-8"))
+            before = (*before, *words[-5:])[-5:]
+    if held is None:
+        return
+    if not facts:
+        yield dataclasses.replace(held, last=True), "train"
+        return
+    fingerprint = int.from_bytes(normalised.digest(), "big")
+    split = "val" if digest_in_validation(validation, val_fraction) else "train"
+    yield dataclasses.replace(held, last=True, fingerprint=fingerprint), split
 
 
 def one_document(
@@ -200,11 +244,13 @@ def unread(
 
 
 def all_texts(source: Source, progress: bool, what: str) -> Iterator[str]:
-    """Every text of the source in order (the one text in pieces), shown as `what`."""
+    """Every text of the source in order (the one text, and a file among several larger than a
+    block, in pieces), shown as `what`."""
     with PassProgress(what, source.total_bytes, progress) as shown:
-        counted = {}
-        for count, (document, _) in enumerate(documents(source, 0.0), 1):
+        counted, count = {}, 0
+        for document, _ in documents(source, 0.0, facts=False):
             text = text_of(document)
+            count += not isinstance(document, Piece) or document.last
             if shown.shown:  # in bytes, as its total and the other passes
                 counted = {} if source.single_document else {"documents": count}
                 shown.update(len(text.encode("utf-8")), **counted)

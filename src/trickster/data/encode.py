@@ -28,6 +28,11 @@ class Piece:
     text: str
     first: bool
     last: bool
+    # a piece of one document among several (text_pieces.py), whose fate is decided at its last
+    # piece: the last words before it (5 at most; fewer: all there are), so that the MinHash of each
+    # piece covers the shingles across the cut before it; None for a piece of the one text
+    before: tuple[str, ...] | None = None
+    fingerprint: int | None = None  # ... and on its last piece, the whole document's (dedup.fingerprint)
 
 
 Document = str | tuple[str, str] | Piece  # a text, a (prompt, response) record, or a piece of a text
@@ -37,8 +42,12 @@ def in_validation(text: str, val_fraction: float) -> bool:
     """Whether a document belongs to the validation split: a hash of its text, compared with the
     fraction. Hashing the text (not the position) keeps the choice independent of order and of
     sharding, and puts identical texts together."""
-    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") < val_fraction * 2**64
+    return digest_in_validation(hashlib.blake2b(text.encode("utf-8"), digest_size=8), val_fraction)
+
+
+def digest_in_validation(digest, val_fraction: float) -> bool:
+    """in_validation from the blake2b object (digest_size 8) fed a text's UTF-8 bytes."""
+    return int.from_bytes(digest.digest(), "big") < val_fraction * 2**64
 
 
 @dataclass
@@ -121,10 +130,30 @@ def encode_chunk(task: Chunk) -> Encoded:
         ],
         [len(t) for t in texts],
         [len(t.encode("utf-8")) for t in texts],
-        [dedup.fingerprint(d) for d in docs] if task.fingerprints else None,
-        dedup.signatures(docs) if task.signatures else None,
+        [_fingerprint(d) for d in docs] if task.fingerprints else None,
+        dedup.signatures([_shingled(d) for d in docs]) if task.signatures else None,
         [last for _, last in bounds],
     )
+
+
+def _fingerprint(document: Document) -> int:
+    if isinstance(document, Piece):  # only the last piece of a document among several decides
+        return document.fingerprint or 0
+    return dedup.fingerprint(document)
+
+
+def _shingled(document: Document) -> str | tuple[str, str]:
+    """What a document's MinHash signature is computed over. A piece of a document among several:
+    the piece after the 4 words before it, so that the minimum of its pieces' signatures is the
+    whole text's (dedup.py: every 5-word shingle lies in one piece); a window of fewer than 5 words
+    makes a shingle of its own only if it holds every word of the document, as the whole text does."""
+    if not isinstance(document, Piece) or document.before is None:
+        return document
+    words = len(document.before[-4:]) + len(document.text.split(maxsplit=4))
+    whole = document.last and len(document.before) < 5
+    if words < dedup.SHINGLE_WORDS and not whole:
+        return ""
+    return " ".join((*document.before[-4:], document.text))
 
 
 def text_of(document: Document) -> str:

@@ -19,7 +19,8 @@ from trickster.errors import UserError
 
 ONE_DOCUMENT = "one_document.npy"  # the one distinct document's tokens while its shards are rewritten
 ONE_DOCUMENT_MASK = "one_document_mask.npy"  # ... and its loss mask (prompt/response records)
-SCRATCH = ("dedup.bin", ONE_DOCUMENT, ONE_DOCUMENT_MASK)  # in OUT.partial until the end, not in OUT
+# in OUT.partial until the end, not in OUT (pending.bin: pending.PENDING)
+SCRATCH = ("dedup.bin", ONE_DOCUMENT, ONE_DOCUMENT_MASK, "pending.bin")
 
 
 def partial_dir(out_dir: Path) -> Path:

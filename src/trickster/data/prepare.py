@@ -15,7 +15,8 @@ worker in flight, so memory stays flat however large the corpus. The main proces
 in order and decides each document's fate (kept in a split, or dropped as a copy), so the output does
 not depend on the number of workers. One text (a single text file) comes in pieces of about 1 MB
 cut where no tokenizer would split it otherwise (documents.py): its tokens are those of the text
-read whole, and memory stays flat however large the file.
+read whole, and memory stays flat however large the file. So does a file among several larger than
+a block, whose fate (its split, or dropped as a copy) is decided at its last piece (pending.py).
 
 It is built in a visible folder beside the output, `OUT.partial`, with a record of the settings and
 of how far it got (progress.json, shards.Progress): shards are finished by a rename, the shard being
@@ -46,7 +47,7 @@ import numpy as np
 from trickster.atomic import held, replace_dir, replace_file
 from trickster.data import dedup
 from trickster.data.documents import all_texts, bounded, cuts_safely, documents, unread
-from trickster.data.encode import Chunk, Encoded, chunks, encoded_in_order, in_validation
+from trickster.data.encode import Chunk, chunks, encoded_in_order, in_validation
 from trickster.data.meta import (
     already_prepared,
     moved,
@@ -66,6 +67,7 @@ from trickster.data.partial import (
     remove_spent,
 )
 from trickster.data.pass_progress import PassProgress
+from trickster.data.pending import PendingTokens, write_chunk
 from trickster.data.records import Records, records_source
 from trickster.data.shards import SPLITS, Progress, ShardWriter, SplitProgress, token_dtype
 from trickster.data.sources import Corpus, DownloadFailed, Source, corpus_source
@@ -271,11 +273,13 @@ class _Job:
             read = documents(source, self.val_fraction, cuts_safely(self.tokenizer), progress)
             writers = {s: self._writer(s) for s in SPLITS}
             documents_left = unread(read, record.next_document, record.next_piece)
+        # the pieces of a file among several wait there until their last one decides their fate
+        pending = None if self.deduper is None else PendingTokens(self.partial, self.dtype, record.pending)
         tasks = (self._task(docs, splits) for docs, splits in chunks(documents_left, chunk_chars))
         bar = PassProgress("tokenizing", source.total_bytes, progress, initial=record.input_bytes)
         try:
             for _, encoded in encoded_in_order(tasks, self.tokenizer, self._workers(workers, chunk_chars)):
-                self._write(encoded, writers)
+                write_chunk(encoded, writers, record, self.deduper, pending)
                 record.advance(encoded.finished)
                 record.input_bytes += sum(encoded.sizes)
                 if self.deduper is not None:
@@ -295,6 +299,8 @@ class _Job:
             bar.close()
             for writer in writers.values():
                 writer.release()
+            if pending is not None:
+                pending.release()
         return self._finish()
 
     def _done(self) -> dict[str, int]:
@@ -317,31 +323,6 @@ class _Job:
     def _task(self, docs: list, splits: list) -> Chunk:
         near = self.deduper is not None and self.settings.near
         return Chunk(docs, splits, self.val_fraction, self.dtype.name, self.deduper is not None, near)
-
-    def _write(self, encoded: Encoded, writers: dict[str, ShardWriter]) -> None:
-        """Each document of the chunk to its split, or nowhere (a dropped copy)."""
-        taken: dict[str, list[int]] = {s: [] for s in SPLITS}
-        first = self.record.next_document
-        for i, split in enumerate(encoded.splits):
-            if self.deduper is not None:
-                sig = None if encoded.signatures is None else encoded.signatures[i]
-                split = self.deduper.decide(first + i, encoded.fingerprints[i], sig, split)
-            if split is not None:
-                taken[split].append(i)
-        starts = np.concatenate(([0], encoded.ends[:-1]))
-        for split, rows in taken.items():
-            if not rows:
-                continue
-            pieces = [slice(int(starts[i]), int(encoded.ends[i])) for i in rows]
-            tokens = np.concatenate([encoded.tokens[p] for p in pieces])
-            mask = None if encoded.mask is None else np.concatenate([encoded.mask[p] for p in pieces])
-            writers[split].add(tokens, mask)
-            writers[split].flush()
-            state = self.record.splits[split]
-            state.documents += sum(encoded.finished[i] for i in rows)
-            state.chars += sum(encoded.chars[i] for i in rows)
-            state.bytes += sum(encoded.sizes[i] for i in rows)
-            state.loss_tokens += 0 if mask is None else int(mask.sum())
 
     def _one_document_on_one_side(self) -> bool:
         """Copies of one text (or one file among blanks): after dropping them one document is left."""

@@ -59,6 +59,19 @@ class SplitProgress:
 
 
 @dataclass
+class PendingDocument:
+    """A document among several read in pieces, whose fate its last piece decides (pending.py): its
+    tokens so far, in pending.bin from token `start` on, what went into them, and the minimum of its
+    pieces' MinHash signatures (None: near-copies are not looked for)."""
+
+    start: int = 0
+    tokens: int = 0
+    chars: int = 0
+    bytes: int = 0
+    signature: list[int] | None = None
+
+
+@dataclass
 class Progress:
     """How far a preparation got; `settings` must match for a run to continue it."""
 
@@ -76,6 +89,7 @@ class Progress:
     # preparation (meta.json takes the sum of the reading that ends it), or in an older record
     source_sha256: str | None = None
     source_revision: str | None = None  # the source's revision read from (a Hub dataset's commit), if known
+    pending: PendingDocument | None = None  # the document read in pieces under way, if any
 
     def state_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -83,7 +97,8 @@ class Progress:
     @classmethod
     def from_state_dict(cls, state: dict) -> Progress:
         splits = {s: SplitProgress(**state["splits"][s]) for s in SPLITS}
-        return cls(**{**state, "splits": splits})
+        pending = PendingDocument(**state["pending"]) if state.get("pending") else None
+        return cls(**{**state, "splits": splits, "pending": pending})
 
     def advance(self, finished: list[bool]) -> None:
         """Count a chunk's documents, or pieces of one (`finished`: whether each ends its document)."""

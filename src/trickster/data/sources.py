@@ -26,7 +26,16 @@ from typing import TYPE_CHECKING
 
 from trickster import untrusted
 from trickster.data.paths import expand_paths
-from trickster.data.textfile import OPENERS, json_lines, read_bytes, text_blocks, text_of, text_size
+from trickster.data.textfile import (
+    OPENERS,
+    LargeText,
+    json_lines,
+    read_bytes,
+    small_file_bytes,
+    text_blocks,
+    text_of,
+    text_size,
+)
 from trickster.errors import UserError
 
 if TYPE_CHECKING:
@@ -52,6 +61,8 @@ class Source:
     single_document: bool = False  # one text: validation is its last characters, not whole documents
     # that one text in blocks of bounded size, read as they come (a single text file); else read()'s
     read_blocks: Callable[[], Iterator[str]] | None = None
+    # each document, a file too large to hold whole as a LargeText to read in blocks (text files)
+    read_texts: Callable[[], Iterator[str | LargeText]] | None = None
     total_bytes: int | None = None  # of the input, when known up front (for the progress bar)
     files: list[str] = field(default_factory=list)
     content_sha256: Callable[[], str] | None = None  # of the bytes the last full read went through
@@ -196,8 +207,9 @@ def corpus_source(corpus: Corpus) -> Source:
 
 
 def text_files(patterns: list[str]) -> Source:
-    """UTF-8 text files, folders and glob patterns; each file is one document, read whole when its
-    turn comes. One file is one document, read in blocks: its validation split is its last characters."""
+    """UTF-8 text files, folders and glob patterns; each file is one document, read when its turn
+    comes: whole (`read`), or one larger than a block in blocks (`read_texts`). One file is one
+    document, read in blocks: its validation split is its last characters."""
     files = expand_paths(patterns)
     digest = [hashlib.sha256()]
 
@@ -205,6 +217,18 @@ def text_files(patterns: list[str]) -> Source:
         digest[0] = hashlib.sha256()
         for path in files:
             raw = read_bytes(path)
+            text = text_of(raw, str(path))
+            digest[0].update(raw)
+            if text:
+                yield text
+
+    def read_texts() -> Iterator[str | LargeText]:
+        digest[0] = hashlib.sha256()
+        for path in files:
+            raw = small_file_bytes(path)
+            if raw is None:
+                yield LargeText(path, digest[0])
+                continue
             text = text_of(raw, str(path))
             digest[0].update(raw)
             if text:
@@ -220,6 +244,7 @@ def text_files(patterns: list[str]) -> Source:
         read,
         single_document=len(files) == 1,
         read_blocks=read_blocks if len(files) == 1 else None,
+        read_texts=read_texts if len(files) > 1 else None,
         total_bytes=text_size(files),
         files=[str(p) for p in files],
         content_sha256=lambda: digest[0].hexdigest(),

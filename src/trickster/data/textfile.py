@@ -21,6 +21,7 @@ import itertools
 import lzma
 import stat
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from trickster.errors import UserError
@@ -55,6 +56,31 @@ def raw_blocks(path: Path, size: int) -> Iterator[bytes]:
         raise UserError(f"{path} is not readable; check its permissions") from None
     except (OSError, EOFError, lzma.LZMAError) as err:
         raise unreadable(path, err) from None
+
+
+def small_file_bytes(path: Path) -> bytes | None:
+    """The bytes of `path` as read_bytes reads them if they fit in one block (BLOCK_BYTES), else None
+    (and nothing more than that block is read): a file among several larger than that is read in
+    blocks (LargeText), not whole."""
+    blocks = raw_blocks(path, BLOCK_BYTES)
+    try:
+        first, second = next(blocks, b""), next(blocks, None)
+    finally:
+        blocks.close()
+    return first if second is None else None
+
+
+@dataclass(frozen=True)
+class LargeText:
+    """A text file among several too large to hold whole (small_file_bytes): one document whose text
+    is read in blocks when its turn comes; `digest` (a hashlib object, the source's sum) is fed its
+    bytes."""
+
+    path: Path
+    digest: object | None = None
+
+    def blocks(self) -> Iterator[str]:
+        return text_blocks(self.path, self.digest)
 
 
 def text_size(files: list[Path]) -> int | None:
