@@ -1,7 +1,8 @@
 """Several text files, each larger than a block read in blocks and tokenized in pieces
 (documents.large_pieces, pending.py): the folder is the one that reading each file whole gives
 (splits, exact and near copies, blanks, tokens, counts), for every tokenizer; memory stays bounded
-by a block; a preparation stopped inside a file continues to the same folder."""
+by a block; a preparation stopped inside a file continues to the same folder; bpe learns from the
+first characters of a single file as of several."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import pytest
 
 from trickster.data import dedup, documents, sources, textfile
 from trickster.data import encode as encode_module
+from trickster.data import prepare as prepare_module
 from trickster.data.encode import in_validation
 from trickster.data.prepare import prepare
+from trickster.data.tokenizers import BPETokenizer
 from trickster.errors import Interrupted
 
 from .conftest import EXCERPT, QUIET
@@ -191,3 +194,30 @@ def test_a_preparation_stopped_inside_a_file_continues_to_the_same_folder(tmp_pa
     assert meta_without_date(meta) == meta_without_date(whole)
     assert (out / "index.json").read_bytes() == (tmp_path / "whole" / "index.json").read_bytes()
     assert not (out / "pending.bin").exists()
+
+
+@pytest.mark.parametrize("files", [1, 3], ids=["one-file", "several-files"])
+def test_bpe_learns_from_the_first_characters_of_one_file_as_of_several(files, tmp_path, monkeypatch):
+    text = EXCERPT.read_text(encoding="utf-8")
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for n in range(files):
+        (folder / f"{n}.txt").write_text(text, encoding="utf-8")
+    small_blocks(monkeypatch, 4096)
+    monkeypatch.setattr(prepare_module, "TOKENIZER_SAMPLE_CHARS", 30_000)
+    seen = []
+    train = BPETokenizer.train
+
+    def recorded(texts, vocab_size=None):
+        texts = list(texts)
+        seen.append(texts)
+        return train(texts, vocab_size)
+
+    monkeypatch.setattr(BPETokenizer, "train", recorded)
+    prepare(sources.text_files([str(folder)]), "bpe", tmp_path / "out", vocab_size=300, **QUIET)
+    learned = "".join(seen[0])
+    assert text.startswith(learned) and 30_000 <= len(learned) < 30_000 + 2 * 4096
+    if files == 1:  # under the sample's size, all of it, as before
+        monkeypatch.setattr(prepare_module, "TOKENIZER_SAMPLE_CHARS", len(text))
+        prepare(sources.text_files([str(folder)]), "bpe", tmp_path / "all", vocab_size=300, **QUIET)
+        assert "".join(seen[1]) == text

@@ -239,10 +239,11 @@ def _tokenizer_for(
     if isinstance(kind, Tokenizer):
         tokenizer = kind
     else:
-        # char must see every character (a full pass); bpe learns from a sample of the start (all
-        # of one text, as it did when that was read whole); the others read nothing, and as the
-        # texts are a lazy generator, nothing is read for them
-        limit = None if kind == "char" or source.single_document else TOKENIZER_SAMPLE_CHARS
+        # char must see every character (a full pass); bpe learns from a sample of the start, of
+        # one text as of several (pieces of a large file: its time is bounded, not a 20 GB file's
+        # trainer pass of hours); the others read nothing, and as the texts are a lazy generator,
+        # nothing is read for them
+        limit = None if kind == "char" else TOKENIZER_SAMPLE_CHARS
         texts = bounded(all_texts(source, progress, f"reading for the {kind} tokenizer"), limit)
         tokenizer = build_tokenizer(kind, texts, not source.single_document, vocab_size)
     tokenizer.save(saved)
