@@ -29,8 +29,8 @@ def profiled(run: Path, out: Path, window: list[int]):
     return load_config(run / "config.yaml", overrides=overrides)
 
 
-def read_trace(run: Path, rank: int = 0) -> dict:
-    with gzip.open(run / "profile" / f"rank{rank}.pt.trace.json.gz", "rt") as f:
+def read_trace(run: Path, rank: int = 0, part: str = "") -> dict:
+    with gzip.open(run / "profile" / f"rank{rank}{part}.pt.trace.json.gz", "rt") as f:
         return json.load(f)
 
 
@@ -97,10 +97,32 @@ def test_a_resumed_run_profiles_only_its_own_steps_of_the_window(window, traced,
         assert not (run / "profile").exists()
         assert not [line for line in lines if line.startswith("profil")]
         return
-    events = read_trace(run)["traceEvents"]
+    # the rest of a window begun before the checkpoint is named by its steps (see the next test)
+    events = read_trace(run, part="" if window[0] > 6 else f"_steps{traced[0]}-{traced[-1]}")["traceEvents"]
     spans = profiled_steps(events)
     assert sorted(spans) == traced
     assert set(ops_per_step(events, spans, "aten::mm")) == set(traced)
+
+
+def test_a_run_resumed_inside_the_window_keeps_the_profile_of_its_start(trained_run, tmp_path):
+    """Stopped inside the window (a signal, max_time) the run wrote the profile of the window's
+    steps it took; resumed, it profiles the rest beside that one. It replaced it with the rest."""
+    first = tmp_path / "first"
+    train(profiled(trained_run, first, [5, 7]), echo=lambda line: None)
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    shutil.rmtree(run / "checkpoints" / "final")
+    shutil.copytree(first / "profile", run / "profile")  # what the session that took step 5 wrote
+    before = {path.name: path.read_bytes() for path in (run / "profile").iterdir()}
+    lines = []
+    train(profiled(trained_run, run, [5, 7]), resume=True, echo=lines.append)
+
+    assert {name: (run / "profile" / name).read_bytes() for name in before} == before
+    rest = profiled_steps(read_trace(run, part="_steps7-7")["traceEvents"])
+    assert sorted(rest) == [7]
+    assert "Steps 7 to 7" in (run / "profile" / "rank0_steps7-7_top_ops.txt").read_text()
+    said = [line for line in lines if line.startswith("profile of steps 7 to 7")]
+    assert len(said) == 1 and "rank0_steps7-7.pt.trace.json.gz" in said[0]
 
 
 def test_a_profile_that_cannot_be_written_is_one_line_and_the_run_goes_on(trained_run, tmp_path):

@@ -28,8 +28,12 @@ if TYPE_CHECKING:
     from trickster.train.loop import Trainer
 
 FOLDER = "profile"
-TRACE = "rank{rank}.pt.trace.json.gz"  # *.pt.trace.json.gz: the name TensorBoard's profiler plugin reads
-TABLE = "rank{rank}_top_ops.txt"
+# {part}: "" for a window profiled from its first step; "_steps{first}-{last}" for the rest of one a
+# resumed run takes, beside the files of the session that took its start
+TRACE = (
+    "rank{rank}{part}.pt.trace.json.gz"  # *.pt.trace.json.gz: the name TensorBoard's profiler plugin reads
+)
+TABLE = "rank{rank}{part}_top_ops.txt"
 TABLE_ROWS = 30
 VIEWERS = "https://ui.perfetto.dev or chrome://tracing"
 
@@ -69,7 +73,7 @@ def steps(trainer: Trainer) -> Iterator[_Profiling | _NotProfiling]:
     profiler = torch.profiler.profile(
         activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * cuda,
         schedule=schedule,  # on the console's step numbers: see step_num below
-        on_trace_ready=lambda done_profiler: _write(done_profiler, trainer, first, last),
+        on_trace_ready=lambda done_profiler: _write(done_profiler, trainer, first, last, first > window[0]),
         record_shapes=True,
         profile_memory=cuda,  # allocations per operator on the GPU (untested here: no GPU in CI)
     )
@@ -80,12 +84,15 @@ def steps(trainer: Trainer) -> Iterator[_Profiling | _NotProfiling]:
         yield _Profiling(profiler, trainer)
 
 
-def _write(profiler: torch.profiler.profile, trainer: Trainer, first: int, last: int) -> None:
+def _write(profiler: torch.profiler.profile, trainer: Trainer, first: int, last: int, rest: bool) -> None:
     """The trace and the table of this process, each replacing an older one in one rename; a file
-    that cannot be written is said in a line and the run goes on."""
+    that cannot be written is said in a line and the run goes on. `rest`: the steps are the rest
+    of a window that an earlier session began (stopped in it, then resumed): their files are named
+    by their steps, so that the earlier session's stay."""
     folder, rank, cuda = trainer.run_dir / FOLDER, trainer.job.rank, trainer.device.type == "cuda"
     last = min(last, profiler.step_num)  # an earlier end: a stop, max_time, an error in the window
-    trace, table = folder / TRACE.format(rank=rank), folder / TABLE.format(rank=rank)
+    part = f"_steps{first}-{last}" if rest else ""
+    trace, table = folder / TRACE.format(rank=rank, part=part), folder / TABLE.format(rank=rank, part=part)
     try:
         folder.mkdir(exist_ok=True)
         with tempfile.TemporaryDirectory() as scratch:
