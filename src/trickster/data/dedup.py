@@ -6,17 +6,19 @@
 - A near-copy is a document whose estimated Jaccard similarity with an earlier one is at least
   `threshold`, over the sets of 5-word shingles of their lower-cased texts. Each document gets a
   MinHash signature of 128 values (datasketch's `MinHash`, scheme affine32) computed in the worker
-  processes; the main process looks for candidates in datasketch's `MinHashLSH` (bands tuned to the
-  threshold) and keeps those whose signatures agree on at least `threshold` of their values.
+  processes; the main process looks for candidates sharing a band of values with it (near_index.py:
+  datasketch's `MinHashLSH` bands, tuned to the threshold, in numpy tables) and keeps those whose
+  signatures agree on at least `threshold` of their values, as `MinHashLSH` would.
   In mode "group" (the default) a near-copy is kept, in the split of the earliest document it copies:
   a cluster of near-copies lands on one side of the split, so validation never holds a near-copy
   of a training document (one that copies documents on both sides is dropped). In mode "near" it is
   dropped. Mode "exact" skips near-copies (no signatures: the fastest).
 
 State, so that an interrupted preparation continues to the same result: one fixed-size row per
-kept document (fingerprint, split, signature) appended to `dedup.bin`, and counts in progress.json;
-a continued run reads the rows back and rebuilds the index. Memory grows with the number of
-documents (a row, the index's band keys), never with their text.
+kept document (fingerprint, split, signature) appended to `dedup.bin` (dedup_rows.py), and counts
+in progress.json; a continued run reads the rows back and rebuilds the index. The rows stay on disk
+(a copy's own are read back when it is found): memory holds the index's slots, a few hundred bytes
+per kept document, never the text.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from trickster.data.dedup_rows import KeptRows
+from trickster.data.near_index import NearIndex, RowTable
 from trickster.errors import UserError
 
 MODES = ("group", "near", "exact")
@@ -198,110 +202,122 @@ class Deduper:
     """Decides the fate of each document, in order; see the module's docstring."""
 
     def __init__(self, settings: DedupSettings, folder: Path, state: dict):
-        self.settings, self.file = settings, folder / "dedup.bin"
+        self.settings = settings
         self.counts = DedupCounts(**state) if state else DedupCounts()
-        self.first: dict[int, int] = {}  # fingerprint -> row
-        self.splits = bytearray()  # row -> split code
-        self.signatures = np.zeros((0, NUM_PERM), np.uint32)  # row -> signature (grown by doubling)
-        self.document_of: list[int] = []  # row -> document number
-        self.lsh = None
-        if settings.near:
-            from datasketch import MinHashLSH
+        self.copies = RowTable(np.uint64)  # fingerprint -> row of its first copy
+        # bands tuned to miss few near-copies (at 0.8: 95% of pairs at 0.8 found, 99.4% at 0.85,
+        # against 40% and 69% with equal weights); the candidates are checked on their signatures
+        self.index = NearIndex(min(settings.threshold, 0.99), NUM_PERM) if settings.near else None
+        self.rows = KeptRows(folder / "dedup.bin", row_dtype(settings.near), self.counts.kept)
+        start = 0
+        for block in self.rows.blocks():  # a continued preparation: what it kept before
+            self._add(block, np.arange(start, start + len(block)))
+            start += len(block)
 
-            # bands tuned to miss few near-copies (at 0.8: 95% of pairs at 0.8 found, 99.4% at 0.85,
-            # against 40% and 69% with equal weights); the candidates are checked on their signatures
-            weights = (0.05, 0.95)  # (false positives, false negatives)
-            self.lsh = MinHashLSH(min(settings.threshold, 0.99), NUM_PERM, weights=weights)
-        self.row = row_dtype(settings.near)
-        self.pending: list[tuple] = []
-        self._reload()
-
-    def _reload(self) -> None:
-        keep = self.counts.kept * self.row.itemsize
-        if keep and (not self.file.is_file() or self.file.stat().st_size < keep):
-            raise UserError(
-                f"{self.file} is shorter than progress.json says; delete {self.file.parent} to start again"
-            )
-        with open(self.file, "ab") as f:
-            f.truncate(keep)
-        rows = np.fromfile(self.file, self.row, count=self.counts.kept) if keep else []
-        self.counts.kept = 0
-        for row in rows:
-            sig = row["signature"] if self.lsh is not None else None
-            self._index(int(row["document"]), int(row["fingerprint"]), int(row["split"]), sig)
-        self.pending.clear()
+    @property
+    def nbytes(self) -> int:
+        """Memory held for the documents kept (their rows wait on disk)."""
+        return self.copies.nbytes + (self.index.nbytes if self.index is not None else 0)
 
     def decide(self, number: int, fp: int, sig: np.ndarray | None, split: str) -> str | None:
         """The split document `number` goes to (its own `split`, or its first copy's), or None: dropped."""
+        return self.decide_chunk(number, [fp], None if sig is None else sig[None], [split])[0]
+
+    def decide_chunk(
+        self, first: int, fps: list[int], sigs: np.ndarray | None, splits: list[str]
+    ) -> list[str | None]:
+        """decide for documents first, first + 1, ...: the index is searched for the whole chunk at
+        once, and the documents kept in it are looked for one by one in a dict (`_Chunk`)."""
+        which, rows = self.copies.find(np.asarray(fps, np.uint64))
+        chunk = _Chunk(len(self.rows), dict(zip(which.tolist(), rows.tolist(), strict=True)))
+        if self.index is not None:
+            chunk.hashes = self.index.band_hashes(sigs)
+            chunk.earlier = self.index.candidates(chunk.hashes)
+        fates = []
+        for i, (fp, split) in enumerate(zip(fps, splits, strict=True)):
+            fates.append(self._decide(first + i, i, fp, None if sigs is None else sigs[i], split, chunk))
+        kept = np.asarray(chunk.kept, np.int64)
+        self.copies.add(np.asarray(fps, np.uint64)[kept], np.arange(len(kept)) + chunk.start)
+        if self.index is not None:
+            self.index.add(chunk.hashes[kept], np.arange(len(kept)) + chunk.start)
+        return fates
+
+    def _decide(self, number: int, i: int, fp: int, sig, split: str, chunk: _Chunk) -> str | None:
         c = self.counts
         if fp == BLANK:
             c.blank_dropped += 1  # only whitespace: nothing to learn, and all of them are copies
             return None
-        row = self.first.get(fp)
+        row = chunk.copies.get(i, chunk.first_copy.get(fp))
         if row is not None:
             c.exact_found += 1
-            self._example(number, row)
+            (first,) = self.rows.read([row])
+            self._example(number, int(first["document"]))
             if not self.settings.keep_duplicates:
                 c.exact_dropped += 1
                 return None
-            return SPLIT_NAMES[self.splits[row]]
+            return SPLIT_NAMES[int(first["split"])]
         code = SPLIT_CODES[split]
-        if self.lsh is not None:
-            rows = self._near(sig)
-            if rows:
+        if self.index is not None:
+            found = self._near(sig, chunk.candidates(i))
+            if len(found):
                 c.near_found += 1
-                self._example(number, rows[0])
-                sides = {self.splits[r] for r in rows}
+                self._example(number, int(found["document"][0]))
+                sides = set(found["split"].tolist())
                 if self.settings.mode == "near" or len(sides) > 1:
                     c.near_dropped += 1
                     return None
                 if sides != {code}:
                     c.near_moved += 1
                 code = sides.pop()
-        self._index(number, fp, code, sig)
+        chunk.keep(i, fp, len(self.rows))
+        self.rows.append((number, fp, code) + (() if sig is None else (sig,)))
+        c.kept += 1
         return SPLIT_NAMES[code]
 
-    def _near(self, sig: np.ndarray) -> list[int]:
-        """Rows whose signatures agree with `sig` on at least `threshold` of their values, earliest first."""
-        candidates = self.lsh.query(_lean(sig))
-        agree = [r for r in candidates if np.mean(self.signatures[r] == sig) >= self.settings.threshold]
-        return sorted(agree)
+    def _near(self, sig: np.ndarray, candidates: list[int]) -> np.ndarray:
+        """The rows of the candidates that share a whole band with `sig` (the index's hashes may
+        meet by chance) and agree with it on at least `threshold` of their values, earliest first."""
+        found = self.rows.read(candidates)
+        if not len(found):
+            return found
+        agree = np.mean(found["signature"] == sig, axis=1) >= self.settings.threshold
+        return found[agree & self.index.shares_a_band(sig, found["signature"])]
 
-    def _index(self, number: int, fp: int, code: int, sig: np.ndarray | None) -> None:
-        row = self.counts.kept
-        self.first.setdefault(fp, row)
-        self.splits.append(code)
-        self.document_of.append(number)
-        if self.lsh is not None:
-            if row == len(self.signatures):
-                grown = np.zeros((max(1024, 2 * row), NUM_PERM), np.uint32)
-                grown[:row] = self.signatures
-                self.signatures = grown
-            self.signatures[row] = sig
-            self.lsh.insert(row, _lean(sig), check_duplication=False)
-        self.pending.append((number, fp, code) + (() if sig is None else (sig,)))
-        self.counts.kept += 1
+    def _add(self, rows: np.ndarray, numbers: np.ndarray) -> None:
+        self.copies.add(rows["fingerprint"], numbers)
+        if self.index is not None:
+            self.index.add(self.index.band_hashes(rows["signature"]), numbers)
 
-    def _example(self, number: int, row: int) -> None:
+    def _example(self, number: int, copied: int) -> None:
         if len(self.counts.examples) < 5:
-            self.counts.examples.append([number, self.document_of[row]])
+            self.counts.examples.append([number, copied])
 
     def flush(self) -> None:
         """Append the rows kept since the last flush (before progress.json counts them)."""
-        if self.pending:
-            rows = np.zeros(len(self.pending), self.row)
-            for i, values in enumerate(self.pending):
-                rows[i] = values
-            with open(self.file, "ab") as f:
-                rows.tofile(f)
-            self.pending.clear()
+        self.rows.flush()
 
     def state_dict(self) -> dict:
         return asdict(self.counts)
 
 
-def _lean(sig: np.ndarray):
-    """A signature as datasketch's index takes it (a LeanMinHash: no permutations to rebuild)."""
-    from datasketch import LeanMinHash
+class _Chunk:
+    """What decide_chunk knows of a chunk: its documents' earlier copies and candidates in the
+    index, and the documents it kept so far (not yet in the index), by fingerprint and band hash."""
 
-    return LeanMinHash(seed=1, hashvalues=sig, scheme="affine32")
+    def __init__(self, start: int, copies: dict[int, int]):
+        self.start, self.copies = start, copies  # first row it keeps; position -> earlier first copy
+        self.hashes = self.earlier = None
+        self.first_copy: dict[int, int] = {}  # fingerprint -> row, of the documents kept in the chunk
+        self.bands: dict[tuple[int, int], list[int]] = {}  # (band, hash) -> rows kept in the chunk
+        self.kept: list[int] = []  # positions
+
+    def candidates(self, i: int) -> list[int]:
+        recent = {r for key in enumerate(self.hashes[i].tolist()) for r in self.bands.get(key, ())}
+        return self.earlier[i].tolist() + sorted(recent)
+
+    def keep(self, i: int, fp: int, row: int) -> None:
+        self.first_copy[fp] = row
+        if self.hashes is not None:
+            for key in enumerate(self.hashes[i].tolist()):
+                self.bands.setdefault(key, []).append(row)
+        self.kept.append(i)

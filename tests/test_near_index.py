@@ -1,0 +1,183 @@
+"""The deduplicator's own index (data/near_index.py) decides as datasketch's MinHashLSH did, in a
+fraction of the memory; its hash table finds every row stored under a key."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+
+from trickster.data import dedup, near_index
+from trickster.data.dedup import DedupSettings
+
+SPLITS = ("train", "val")
+
+
+class DatasketchDeduper:
+    """The decisions as they were made before near_index: datasketch's MinHashLSH queried and
+    filled document by document, candidates kept where their signatures agree on `threshold`."""
+
+    def __init__(self, settings: DedupSettings):
+        from datasketch import LeanMinHash, MinHashLSH
+
+        self.settings, self.lean = settings, LeanMinHash
+        self.lsh = MinHashLSH(min(settings.threshold, 0.99), dedup.NUM_PERM, weights=(0.05, 0.95))
+        self.first, self.sigs, self.splits, self.numbers = {}, [], [], []
+        self.counts = dedup.DedupCounts()
+
+    def decide(self, number, fp, sig, split):
+        c = self.counts
+        if fp == dedup.BLANK:
+            c.blank_dropped += 1
+            return None
+        if fp in self.first:
+            row = self.first[fp]
+            c.exact_found += 1
+            self._example(number, row)
+            if not self.settings.keep_duplicates:
+                c.exact_dropped += 1
+                return None
+            return self.splits[row]
+        hits = sorted(
+            row
+            for row in self.lsh.query(self.lean(seed=1, hashvalues=sig, scheme="affine32"))
+            if np.mean(self.sigs[row] == sig) >= self.settings.threshold
+        )
+        if hits:
+            c.near_found += 1
+            self._example(number, hits[0])
+            sides = {self.splits[r] for r in hits}
+            if self.settings.mode == "near" or len(sides) > 1:
+                c.near_dropped += 1
+                return None
+            c.near_moved += sides != {split}
+            split = sides.pop()
+        row = len(self.sigs)
+        self.first[fp] = row
+        self.sigs.append(sig)
+        self.splits.append(split)
+        self.numbers.append(number)
+        self.lsh.insert(row, self.lean(seed=1, hashvalues=sig, scheme="affine32"), check_duplication=False)
+        c.kept += 1
+        return split
+
+    def _example(self, number, row):
+        if len(self.counts.examples) < 5:
+            self.counts.examples.append([number, self.numbers[row]])
+
+
+def corpus(rng: np.random.Generator, documents: int):
+    """Fingerprints, signatures and splits: families of near-copies (each member the family's
+    signature, or an earlier member's, with 0 to 50 of its 128 values changed, or one in every 8),
+    exact copies and blank documents among them."""
+    fps, sigs = [], []
+    for _ in range(documents):
+        draw = rng.random()
+        if fps and draw < 0.1:  # an exact copy of an earlier document
+            j = int(rng.integers(len(fps)))
+            fps.append(fps[j])
+            sigs.append(sigs[j])
+            continue
+        if draw < 0.13:
+            fps.append(dedup.BLANK)
+            sigs.append(np.full(dedup.NUM_PERM, np.iinfo(np.uint32).max, np.uint32))
+            continue
+        if sigs and draw < 0.7:  # a near-copy, of a recent document mostly
+            sig = sigs[-int(rng.integers(1, min(len(sigs), 30) + 1))].copy()
+            if draw < 0.25:  # one value changed in every 8: agree on 7/8, share no band of 8 values
+                changed = np.arange(0, dedup.NUM_PERM, 8) + rng.integers(0, 8, size=dedup.NUM_PERM // 8)
+            else:
+                changed = rng.choice(dedup.NUM_PERM, size=int(rng.integers(0, 51)), replace=False)
+            sig[changed] = rng.integers(0, 2**32, size=len(changed), dtype=np.uint32)
+        else:
+            sig = rng.integers(0, 2**32, size=dedup.NUM_PERM, dtype=np.uint32)
+        fps.append(int(rng.integers(0, 2**63)))
+        sigs.append(sig)
+    splits = [SPLITS[int(s)] for s in rng.random(documents) < 0.3]
+    return fps, np.stack(sigs), splits
+
+
+def decided_in_chunks(settings, folder, rng, fps, sigs, splits):
+    """Fates from Deduper.decide_chunk over chunks of random sizes, flushed after most of them, the
+    deduplicator rebuilt from dedup.bin twice along the way (a continued preparation)."""
+    deduper, fates, start = dedup.Deduper(settings, folder, {}), [], 0
+    restarts = set(rng.choice(np.arange(1, 40), size=2, replace=False).tolist())
+    for chunk in range(10**9):
+        if start >= len(fps):
+            break
+        end = start + int(rng.integers(1, 60))
+        fates += deduper.decide_chunk(start, fps[start:end], sigs[start:end], splits[start:end])
+        start = end
+        if chunk in restarts:
+            deduper.flush()
+            deduper = dedup.Deduper(settings, folder, deduper.state_dict())
+        elif rng.random() < 0.8:
+            deduper.flush()
+    return fates, deduper.counts
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        DedupSettings(),
+        DedupSettings(mode="near", threshold=0.5),
+        DedupSettings(threshold=0.9, keep_duplicates=True),
+        DedupSettings(threshold=0.7),
+    ],
+)
+def test_decisions_equal_datasketchs_minhashlsh(tmp_path, settings):
+    rng = np.random.default_rng(7)
+    fps, sigs, splits = corpus(rng, 3000)
+    reference = DatasketchDeduper(settings)
+    expected = [reference.decide(i, *doc) for i, doc in enumerate(zip(fps, sigs, splits, strict=True))]
+    c = reference.counts
+    assert c.near_found > 200 and c.exact_found > 100 and c.blank_dropped > 50  # every case is met
+    assert settings.mode == "near" or c.near_moved > 20
+    fates, counts = decided_in_chunks(settings, tmp_path, rng, fps, sigs, splits)
+    assert fates == expected
+    assert asdict(counts) == asdict(reference.counts)
+
+
+def test_band_hashes_met_by_chance_find_no_extra_near_copies(tmp_path, monkeypatch):
+    """With 4 distinct band hashes, nearly every kept document is a candidate for every other: the
+    signatures themselves must still decide, as datasketch's exact band keys do."""
+    rng = np.random.default_rng(8)
+    fps, sigs, splits = corpus(rng, 600)
+    settings = DedupSettings()
+    reference = DatasketchDeduper(settings)
+    expected = [reference.decide(i, *doc) for i, doc in enumerate(zip(fps, sigs, splits, strict=True))]
+    real = near_index.NearIndex.band_hashes
+    monkeypatch.setattr(near_index.NearIndex, "band_hashes", lambda self, s: real(self, s) % 4)
+    fates, counts = decided_in_chunks(settings, tmp_path, rng, fps, sigs, splits)
+    assert fates == expected and asdict(counts) == asdict(reference.counts)
+
+
+def test_the_index_holds_well_under_a_kilobyte_per_kept_document(tmp_path):
+    """datasketch's index held about 6 KB per document (docs/PERFORMANCE.md)."""
+    rng = np.random.default_rng(9)
+    deduper = dedup.Deduper(DedupSettings(), tmp_path, {})
+    for start in range(0, 40_000, 500):
+        sigs = rng.integers(0, 2**32, size=(500, dedup.NUM_PERM), dtype=np.uint32)
+        fps = rng.integers(0, 2**63, size=500).tolist()
+        deduper.decide_chunk(start, fps, sigs, ["train"] * 500)
+        deduper.flush()
+    assert deduper.counts.kept == 40_000
+    assert deduper.nbytes / deduper.counts.kept < 1024
+
+
+def test_the_row_table_finds_every_row_stored_under_a_key():
+    rng = np.random.default_rng(10)
+    table, stored = near_index.RowTable(np.uint32, capacity=16), {}
+    for start in range(0, 20_000, 2500):  # grown many times over
+        keys = rng.integers(0, 3000, size=2500).astype(np.uint32)  # many rows per key
+        table.add(keys, np.arange(start, start + 2500))
+        for row, key in enumerate(keys.tolist(), start):
+            stored.setdefault(key, []).append(row)
+    queries = np.arange(0, 3100, dtype=np.uint32)
+    which, rows = table.find(queries)
+    found = {}
+    for w, r in zip(which.tolist(), rows.tolist(), strict=True):
+        found.setdefault(int(queries[w]), []).append(r)
+    assert {k: sorted(v) for k, v in found.items()} == stored
+    assert table.count == 20_000 and len(table.rows) <= 2 * 20_000 / near_index.MAX_LOAD
