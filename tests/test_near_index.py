@@ -140,15 +140,16 @@ def test_decisions_equal_datasketchs_minhashlsh(tmp_path, settings):
 
 
 def test_band_hashes_met_by_chance_find_no_extra_near_copies(tmp_path, monkeypatch):
-    """With 4 distinct band hashes, nearly every kept document is a candidate for every other: the
-    signatures themselves must still decide, as datasketch's exact band keys do."""
+    """With 4 distinct hashes per band, nearly every kept document is a candidate for every other:
+    the signatures themselves must still decide, as datasketch's exact band keys do."""
     rng = np.random.default_rng(8)
     fps, sigs, splits = corpus(rng, 600)
     settings = DedupSettings()
     reference = DatasketchDeduper(settings)
     expected = [reference.decide(i, *doc) for i, doc in enumerate(zip(fps, sigs, splits, strict=True))]
-    real = near_index.NearIndex.band_hashes
-    monkeypatch.setattr(near_index.NearIndex, "band_hashes", lambda self, s: real(self, s) % 4)
+    real = near_index.NearIndex.band_keys
+    few = np.uint64(0xFFFFFFFF_00000003)  # the band's number, and 2 bits of the hash
+    monkeypatch.setattr(near_index.NearIndex, "band_keys", lambda self, s: real(self, s) & few)
     fates, counts = decided_in_chunks(settings, tmp_path, rng, fps, sigs, splits)
     assert fates == expected and asdict(counts) == asdict(reference.counts)
 
@@ -166,18 +167,18 @@ def test_the_index_holds_well_under_a_kilobyte_per_kept_document(tmp_path):
     assert deduper.nbytes / deduper.counts.kept < 1024
 
 
-def test_the_row_table_finds_every_row_stored_under_a_key():
+def test_the_row_index_finds_every_row_stored_under_a_key():
     rng = np.random.default_rng(10)
-    table, stored = near_index.RowTable(np.uint32, capacity=16), {}
-    for start in range(0, 20_000, 2500):  # grown many times over
-        keys = rng.integers(0, 3000, size=2500).astype(np.uint32)  # many rows per key
-        table.add(keys, np.arange(start, start + 2500))
+    index, stored = near_index.RowIndex(), {}
+    for start in range(0, 20_000, 500):  # runs merged many times over
+        keys = rng.integers(0, 3000, size=500).astype(np.uint64) << np.uint64(40)  # many rows per key
+        index.add(keys, np.arange(start, start + 500))
         for row, key in enumerate(keys.tolist(), start):
             stored.setdefault(key, []).append(row)
-    queries = np.arange(0, 3100, dtype=np.uint32)
-    which, rows = table.find(queries)
+    queries = np.arange(0, 3100, dtype=np.uint64)[::-1] << np.uint64(40)
+    which, rows = index.find(queries)
     found = {}
     for w, r in zip(which.tolist(), rows.tolist(), strict=True):
         found.setdefault(int(queries[w]), []).append(r)
     assert {k: sorted(v) for k, v in found.items()} == stored
-    assert table.count == 20_000 and len(table.rows) <= 2 * 20_000 / near_index.MAX_LOAD
+    assert len(index) == 20_000 and len(index.runs) <= 10  # few runs to search

@@ -17,8 +17,8 @@
 State, so that an interrupted preparation continues to the same result: one fixed-size row per
 kept document (fingerprint, split, signature) appended to `dedup.bin` (dedup_rows.py), and counts
 in progress.json; a continued run reads the rows back and rebuilds the index. The rows stay on disk
-(a copy's own are read back when it is found): memory holds the index's slots, a few hundred bytes
-per kept document, never the text.
+(a copy's own are read back when it is found): memory holds the index, 12 bytes per band and per
+fingerprint (204 bytes per kept document at the default 16 bands), never the text.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from trickster.data.dedup_rows import KeptRows
-from trickster.data.near_index import NearIndex, RowTable
+from trickster.data.near_index import NearIndex, RowIndex
 from trickster.errors import UserError
 
 MODES = ("group", "near", "exact")
@@ -204,7 +204,7 @@ class Deduper:
     def __init__(self, settings: DedupSettings, folder: Path, state: dict):
         self.settings = settings
         self.counts = DedupCounts(**state) if state else DedupCounts()
-        self.copies = RowTable(np.uint64)  # fingerprint -> row of its first copy
+        self.copies = RowIndex()  # fingerprint -> row of its first copy
         # bands tuned to miss few near-copies (at 0.8: 95% of pairs at 0.8 found, 99.4% at 0.85,
         # against 40% and 69% with equal weights); the candidates are checked on their signatures
         self.index = NearIndex(min(settings.threshold, 0.99), NUM_PERM) if settings.near else None
@@ -231,15 +231,14 @@ class Deduper:
         which, rows = self.copies.find(np.asarray(fps, np.uint64))
         chunk = _Chunk(len(self.rows), dict(zip(which.tolist(), rows.tolist(), strict=True)))
         if self.index is not None:
-            chunk.hashes = self.index.band_hashes(sigs)
-            chunk.earlier = self.index.candidates(chunk.hashes)
+            chunk.search(self.index, sigs)
         fates = []
         for i, (fp, split) in enumerate(zip(fps, splits, strict=True)):
             fates.append(self._decide(first + i, i, fp, None if sigs is None else sigs[i], split, chunk))
         kept = np.asarray(chunk.kept, np.int64)
         self.copies.add(np.asarray(fps, np.uint64)[kept], np.arange(len(kept)) + chunk.start)
         if self.index is not None:
-            self.index.add(chunk.hashes[kept], np.arange(len(kept)) + chunk.start)
+            self.index.add(chunk.keys[kept], np.arange(len(kept)) + chunk.start)
         return fates
 
     def _decide(self, number: int, i: int, fp: int, sig, split: str, chunk: _Chunk) -> str | None:
@@ -277,16 +276,16 @@ class Deduper:
     def _near(self, sig: np.ndarray, candidates: list[int]) -> np.ndarray:
         """The rows of the candidates that share a whole band with `sig` (the index's hashes may
         meet by chance) and agree with it on at least `threshold` of their values, earliest first."""
+        if not candidates:
+            return np.zeros(0, self.rows.dtype)
         found = self.rows.read(candidates)
-        if not len(found):
-            return found
         agree = np.mean(found["signature"] == sig, axis=1) >= self.settings.threshold
         return found[agree & self.index.shares_a_band(sig, found["signature"])]
 
     def _add(self, rows: np.ndarray, numbers: np.ndarray) -> None:
         self.copies.add(rows["fingerprint"], numbers)
         if self.index is not None:
-            self.index.add(self.index.band_hashes(rows["signature"]), numbers)
+            self.index.add(self.index.band_keys(rows["signature"]), numbers)
 
     def _example(self, number: int, copied: int) -> None:
         if len(self.counts.examples) < 5:
@@ -306,18 +305,23 @@ class _Chunk:
 
     def __init__(self, start: int, copies: dict[int, int]):
         self.start, self.copies = start, copies  # first row it keeps; position -> earlier first copy
-        self.hashes = self.earlier = None
+        self.keys = self.earlier = None
+        self.band_keys: list[list[int]] = []  # by position: its keys in the index, as Python ints
         self.first_copy: dict[int, int] = {}  # fingerprint -> row, of the documents kept in the chunk
-        self.bands: dict[tuple[int, int], list[int]] = {}  # (band, hash) -> rows kept in the chunk
+        self.bands: dict[int, list[int]] = {}  # band key -> rows kept in the chunk
         self.kept: list[int] = []  # positions
 
+    def search(self, index: NearIndex, sigs: np.ndarray) -> None:
+        self.keys = index.band_keys(sigs)
+        self.earlier = index.candidates(self.keys)
+        self.band_keys = self.keys.tolist()
+
     def candidates(self, i: int) -> list[int]:
-        recent = {r for key in enumerate(self.hashes[i].tolist()) for r in self.bands.get(key, ())}
-        return self.earlier[i].tolist() + sorted(recent)
+        recent = [r for key in self.band_keys[i] for r in self.bands.get(key, ())]
+        return self.earlier[i].tolist() + sorted(set(recent))
 
     def keep(self, i: int, fp: int, row: int) -> None:
         self.first_copy[fp] = row
-        if self.hashes is not None:
-            for key in enumerate(self.hashes[i].tolist()):
-                self.bands.setdefault(key, []).append(row)
+        for key in self.band_keys[i] if self.keys is not None else ():
+            self.bands.setdefault(key, []).append(row)
         self.kept.append(i)

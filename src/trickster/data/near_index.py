@@ -1,90 +1,78 @@
 """The index behind the search for copies in dedup.py, in numpy arrays instead of Python objects.
 
-- RowTable: rows by key, any number of rows per key. Open addressing with linear probing in two
-  arrays (a key and a row per slot), doubled when more than MAX_LOAD full. datasketch's MinHashLSH
-  keeps a Python set per band key and a table of every document's band keys: about 6 KB per
-  document; a slot here is 8 bytes (12 with 64-bit keys), at most 2/MAX_LOAD slots per row.
-- NearIndex: MinHashLSH's bands (the same number, tuned by datasketch for the threshold), a
-  RowTable per band keyed by a 32-bit hash of the band's values. Two documents that agree on a
-  whole band always share its hash, so no candidate MinHashLSH would find is missed; a hash shared
-  by chance is weeded out by the caller, which compares the signatures themselves (shares_a_band).
-
-Every operation takes a batch of keys (a chunk of documents), so that the probing runs in numpy:
-a round per step along the slots, each round over the keys still looking.
+- RowIndex: rows by 64-bit key, any number of rows per key, as sorted runs of (key, row) pairs:
+  12 bytes a pair. A batch of pairs becomes a run of its own, and runs of like size are merged (a
+  binary counter), so there are about log2(pairs / batch) runs and a pair is moved as many times.
+  Looking keys up is a binary search per run, for a whole batch of keys in one numpy call: no
+  Python work per key, and no slots left empty as in a hash table. datasketch's MinHashLSH, which
+  this replaces, kept a Python set per band key and a table of every document's band keys: about
+  6 KB per document.
+- NearIndex: MinHashLSH's bands (the same number, tuned by datasketch for the threshold); the key of
+  a document's band is the band's number and a 32-bit hash of its values. Two documents that agree
+  on a whole band always share its key, so no candidate MinHashLSH would find is missed; a hash
+  shared by chance is weeded out by the caller, which compares the signatures (shares_a_band).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-MAX_LOAD = 0.7  # linear probing stays short up to here; above, lookups walk long runs of full slots
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: the top bits of key * 2**64/phi
 _P = np.uint64(0x100000001B3)  # FNV prime: combines a band's values into one number
 WEIGHTS = (0.05, 0.95)  # datasketch's band tuning: (false positives, false negatives); see dedup.py
 
 
-class RowTable:
-    """Rows (int32, at least 0) by key: add(keys, rows) stores every pair; find(keys) gives every
-    stored row of each key. Keys are unsigned integers of `key_dtype`."""
+class RowIndex:
+    """add(keys, rows) stores each (key, row) pair; find(keys) gives every stored row of each key."""
 
-    def __init__(self, key_dtype: type = np.uint64, capacity: int = 1024):
-        self.keys = np.zeros(capacity, key_dtype)
-        self.rows = np.full(capacity, -1, np.int32)  # -1: an empty slot
-        self.count = 0
+    def __init__(self):
+        self.runs: list[tuple[np.ndarray, np.ndarray]] = []  # (keys, rows) sorted by key; larger first
 
     @property
     def nbytes(self) -> int:
-        return self.keys.nbytes + self.rows.nbytes
+        return sum(keys.nbytes + rows.nbytes for keys, rows in self.runs)
 
-    def _home(self, keys: np.ndarray) -> np.ndarray:
-        bits = np.uint64(64 - (len(self.rows).bit_length() - 1))
-        with np.errstate(over="ignore"):  # multiplication modulo 2**64 is the point
-            return ((keys.astype(np.uint64) * _GOLDEN) >> bits).astype(np.int64)
+    def __len__(self) -> int:
+        return sum(len(keys) for keys, _ in self.runs)
+
+    def add(self, keys: np.ndarray, rows: np.ndarray) -> None:
+        keys, rows = np.asarray(keys, np.uint64), np.asarray(rows, np.int32)
+        if not len(keys):
+            return
+        order = np.argsort(keys, kind="stable")
+        run = keys[order], rows[order]
+        while self.runs and len(self.runs[-1][0]) <= 2 * len(run[0]):
+            run = _merge(self.runs.pop(), run)
+        self.runs.append(run)
 
     def find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(position in `keys`, row) of every stored pair whose key equals one of `keys`."""
-        keys = np.asarray(keys, self.keys.dtype)
-        which, slot, last = np.arange(len(keys)), self._home(keys), len(self.rows) - 1
-        found_which, found_rows = [], []
-        while len(which):  # a key is absent past the first empty slot from its home
-            rows = self.rows[slot]
-            full = rows >= 0
-            match = full & (self.keys[slot] == keys)
-            found_which.append(which[match])
-            found_rows.append(rows[match])
-            which, keys, slot = which[full], keys[full], (slot[full] + 1) & last
-        if not found_which:
-            return np.zeros(0, np.int64), np.zeros(0, np.int32)
-        return np.concatenate(found_which), np.concatenate(found_rows)
+        keys = np.asarray(keys, np.uint64)
+        order = np.argsort(keys)  # in order, the binary searches reuse the previous one's bounds
+        keys = keys[order]
+        which, rows = [np.zeros(0, np.int64)], [np.zeros(0, np.int32)]
+        for run_keys, run_rows in self.runs:
+            first = np.searchsorted(run_keys, keys)
+            hit = np.flatnonzero(run_keys[np.minimum(first, len(run_keys) - 1)] == keys)
+            first = first[hit]
+            count = np.searchsorted(run_keys, keys[hit], "right") - first
+            owner = np.repeat(np.arange(len(hit)), count)  # a key's pairs lie at first, first + 1, ...
+            step = np.arange(len(owner)) - np.repeat(np.cumsum(count) - count, count)
+            which.append(order[hit[owner]])
+            rows.append(run_rows[first[owner] + step])
+        return np.concatenate(which), np.concatenate(rows)
 
-    def add(self, keys: np.ndarray, rows: np.ndarray) -> None:
-        keys, rows = np.asarray(keys, self.keys.dtype), np.asarray(rows, np.int32)
-        if self.count + len(keys) > MAX_LOAD * len(self.rows):
-            self._grow(self.count + len(keys))
-        self._place(keys, rows)
-        self.count += len(keys)
 
-    def _grow(self, count: int) -> None:
-        capacity = len(self.rows)
-        while count > MAX_LOAD * capacity:
-            capacity *= 2
-        full = self.rows >= 0
-        keys, rows = self.keys[full], self.rows[full]
-        self.keys, self.rows = np.zeros(capacity, self.keys.dtype), np.full(capacity, -1, np.int32)
-        self._place(keys, rows)
-
-    def _place(self, keys: np.ndarray, rows: np.ndarray) -> None:
-        slot, last = self._home(keys), len(self.rows) - 1
-        while len(keys):
-            free = np.flatnonzero(self.rows[slot] < 0)
-            # of the keys whose probe reached the same free slot, the first takes it; the others
-            # (and those at full slots) step on
-            taken, first = np.unique(slot[free], return_index=True)
-            placed = free[first]
-            self.keys[taken], self.rows[taken] = keys[placed], rows[placed]
-            rest = np.ones(len(keys), bool)
-            rest[placed] = False
-            keys, rows, slot = keys[rest], rows[rest], (slot[rest] + 1) & last
+def _merge(older: tuple[np.ndarray, np.ndarray], newer: tuple[np.ndarray, np.ndarray]):
+    """Two sorted runs as one: the newer pairs placed after the older ones of equal key."""
+    (old_keys, old_rows), (new_keys, new_rows) = older, newer
+    at = np.searchsorted(old_keys, new_keys, "right") + np.arange(len(new_keys))
+    keys = np.empty(len(old_keys) + len(new_keys), np.uint64)
+    rows = np.empty(len(keys), np.int32)
+    old = np.ones(len(keys), bool)
+    old[at] = False
+    keys[at], rows[at] = new_keys, new_rows
+    keys[old], rows[old] = old_keys, old_rows
+    return keys, rows
 
 
 class NearIndex:
@@ -95,40 +83,33 @@ class NearIndex:
 
         lsh = MinHashLSH(threshold, num_perm, weights=WEIGHTS)  # only for its tuned bands
         self.bands = [slice(start, end) for start, end in lsh.hashranges]
-        self.tables = [RowTable(np.uint32) for _ in self.bands]
+        self.rows = RowIndex()
 
     @property
     def nbytes(self) -> int:
-        return sum(table.nbytes for table in self.tables)
+        return self.rows.nbytes
 
-    def band_hashes(self, signatures: np.ndarray) -> np.ndarray:
-        """(documents, bands) uint32: a hash of each band's values."""
+    def band_keys(self, signatures: np.ndarray) -> np.ndarray:
+        """(documents, bands) uint64: each band's number (high 32 bits) and a hash of its values."""
         h = np.zeros((len(signatures), len(self.bands)), np.uint64)
-        with np.errstate(over="ignore"):
+        with np.errstate(over="ignore"):  # arithmetic modulo 2**64 is the point
             for band, columns in enumerate(self.bands):
                 for value in signatures[:, columns].T.astype(np.uint64):
                     h[:, band] = h[:, band] * _P + value
             h ^= h >> np.uint64(33)  # murmur's finaliser: every value reaches the top 32 bits
             h *= np.uint64(0xFF51AFD7ED558CCD)
             h ^= h >> np.uint64(33)
-        return (h >> np.uint64(32)).astype(np.uint32)
+        return (h >> np.uint64(32)) | (np.arange(len(self.bands), dtype=np.uint64) << np.uint64(32))
 
-    def candidates(self, hashes: np.ndarray) -> list[np.ndarray]:
-        """For each row of `hashes`, the sorted rows added before that share a band's hash with it."""
-        if not len(hashes):
-            return []
-        which, rows = [], []
-        for band, table in enumerate(self.tables):
-            w, r = table.find(hashes[:, band])
-            which.append(w)
-            rows.append(r)
-        pairs = np.unique(np.concatenate(which).astype(np.int64) << 32 | np.concatenate(rows))
-        cuts = np.searchsorted(pairs >> 32, np.arange(1, len(hashes)))
-        return [(part & 0xFFFFFFFF).astype(np.int64) for part in np.split(pairs, cuts)]
+    def candidates(self, keys: np.ndarray) -> list[np.ndarray]:
+        """For each row of `keys` (band_keys), the sorted rows added before that share one of them."""
+        which, rows = self.rows.find(keys.ravel())
+        pairs = np.unique(which // len(self.bands) << 32 | rows)  # (document, row), each once
+        cuts = np.searchsorted(pairs >> 32, np.arange(1, len(keys)))
+        return [part & 0xFFFFFFFF for part in np.split(pairs, cuts)] if len(keys) else []
 
-    def add(self, hashes: np.ndarray, rows: np.ndarray) -> None:
-        for band, table in enumerate(self.tables):
-            table.add(hashes[:, band], rows)
+    def add(self, keys: np.ndarray, rows: np.ndarray) -> None:
+        self.rows.add(keys.ravel(), np.repeat(rows, len(self.bands)))
 
     def shares_a_band(self, signature: np.ndarray, others: np.ndarray) -> np.ndarray:
         """Whether each of `others` (rows of signatures) equals `signature` on a whole band."""
