@@ -107,7 +107,8 @@ def decided_in_chunks(settings, folder, rng, fps, sigs, splits):
         if start >= len(fps):
             break
         end = start + int(rng.integers(1, 60))
-        fates += deduper.decide_chunk(start, fps[start:end], sigs[start:end], splits[start:end])
+        numbers = list(range(start, min(end, len(fps))))
+        fates += deduper.decide_chunk(numbers, fps[start:end], sigs[start:end], splits[start:end])
         start = end
         if chunk in restarts:
             deduper.flush()
@@ -161,7 +162,7 @@ def test_the_index_holds_well_under_a_kilobyte_per_kept_document(tmp_path):
     for start in range(0, 40_000, 500):
         sigs = rng.integers(0, 2**32, size=(500, dedup.NUM_PERM), dtype=np.uint32)
         fps = rng.integers(0, 2**63, size=500).tolist()
-        deduper.decide_chunk(start, fps, sigs, ["train"] * 500)
+        deduper.decide_chunk(list(range(start, start + 500)), fps, sigs, ["train"] * 500)
         deduper.flush()
     assert deduper.counts.kept == 40_000
     assert deduper.nbytes / deduper.counts.kept < 1024

@@ -221,20 +221,20 @@ class Deduper:
 
     def decide(self, number: int, fp: int, sig: np.ndarray | None, split: str) -> str | None:
         """The split document `number` goes to (its own `split`, or its first copy's), or None: dropped."""
-        return self.decide_chunk(number, [fp], None if sig is None else sig[None], [split])[0]
+        return self.decide_chunk([number], [fp], None if sig is None else sig[None], [split])[0]
 
     def decide_chunk(
-        self, first: int, fps: list[int], sigs: np.ndarray | None, splits: list[str]
+        self, numbers: list[int], fps: list[int], sigs: np.ndarray | None, splits: list[str]
     ) -> list[str | None]:
-        """decide for documents first, first + 1, ...: the index is searched for the whole chunk at
-        once, and the documents kept in it are looked for one by one in a dict (`_Chunk`)."""
+        """decide for each of a chunk's documents, in order: the index is searched for the whole
+        chunk at once, and the documents kept in it are looked for one by one in a dict (`_Chunk`)."""
         which, rows = self.copies.find(np.asarray(fps, np.uint64))
         chunk = _Chunk(len(self.rows), dict(zip(which.tolist(), rows.tolist(), strict=True)))
         if self.index is not None:
             chunk.search(self.index, sigs)
         fates = []
         for i, (fp, split) in enumerate(zip(fps, splits, strict=True)):
-            fates.append(self._decide(first + i, i, fp, None if sigs is None else sigs[i], split, chunk))
+            fates.append(self._decide(numbers[i], i, fp, None if sigs is None else sigs[i], split, chunk))
         kept = np.asarray(chunk.kept, np.int64)
         self.copies.add(np.asarray(fps, np.uint64)[kept], np.arange(len(kept)) + chunk.start)
         if self.index is not None:

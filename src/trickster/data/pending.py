@@ -67,7 +67,7 @@ def write_chunk(
     """Each document of the chunk to its split, or nowhere (a dropped copy), counted in `record`."""
     if record.pending is None and pending is not None:
         pending.empty()
-    taken: dict[str, list[int | PendingDocument]] = {s: [] for s in SPLITS}  # in order
+    decided: list[tuple[int | PendingDocument, int, int, np.ndarray | None, str]] = []  # in order
     number = record.next_document
     starts = np.concatenate(([0], encoded.ends[:-1]))
     for i, split in enumerate(encoded.splits):
@@ -87,9 +87,15 @@ def write_chunk(
                 continue
             record.pending, row = None, waiting
             sig = None if waiting.signature is None else np.asarray(waiting.signature, np.uint32)
-        if deduper is not None:
-            split = deduper.decide(number, encoded.fingerprints[i], sig, split)
+        decided.append((row, number, i, sig, split))
         number += encoded.finished[i]
+    fates = [split for *_, split in decided]
+    if deduper is not None and decided:  # the whole chunk at once: its index searches are batched
+        fps = [encoded.fingerprints[i] for _, _, i, _, _ in decided]
+        sigs = None if encoded.signatures is None else np.stack([sig for *_, sig, _ in decided])
+        fates = deduper.decide_chunk([n for _, n, *_ in decided], fps, sigs, fates)
+    taken: dict[str, list[int | PendingDocument]] = {s: [] for s in SPLITS}  # in order
+    for (row, *_), split in zip(decided, fates, strict=True):
         if split is not None:
             taken[split].append(row)
     for split, rows in taken.items():
