@@ -198,6 +198,33 @@ def test_a_file_that_is_no_text_leaves_nothing_to_continue_after_tokenizing(file
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 
+def test_a_damaged_archive_leaves_nothing_to_continue_and_once_whole_it_prepares(tmp_path, monkeypatch):
+    """A .gz cut short (a download that stopped) among files is met when its end is read, after the
+    files before it were tokenized; it must be downloaded again, which changes the settings
+    DIR.partial was made for: that was kept, and the same command then refused to go on ('holds
+    an unfinished preparation with other settings') until DIR.partial was deleted by hand. (A
+    single file meets it in its counting pass, before tokenizing: nothing is kept.)"""
+    good = [f"line {n} of a text\n" * 500 for n in range(8)]
+    paths = [tmp_path / f"{n}.txt" for n in range(len(good))] + [tmp_path / "last.txt.gz"]
+    for path, text in zip(paths[:-1], good, strict=True):
+        path.write_text(text, encoding="utf-8")
+    whole = gzip.compress(("the last file\n" * 4000).encode())
+    paths[-1].write_bytes(whole[: len(whole) * 3 // 4])
+    tokenized = counting_chunks(monkeypatch)
+
+    def run():
+        source = sources.text_files([str(p) for p in paths])
+        return prepare(source, "byte", tmp_path / "out", chunk_chars=1_000, workers=1, **QUIET)
+
+    with pytest.raises(UserError, match=f"^{paths[-1]} cannot be decompressed"):
+        run()
+    assert tokenized, "the archive's end was met before anything was tokenized: this test checks nothing"
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+    paths[-1].write_bytes(whole)  # downloaded again
+    meta = run()
+    assert meta["train_documents"] + meta["val_documents"] == len(paths)
+
+
 def test_memory_is_bounded_by_a_block_not_by_the_file(tmp_path, monkeypatch):
     import tqdm  # noqa: F401  (imported before the count: only the preparation's memory is measured)
 

@@ -159,7 +159,8 @@ def marked_encoding(head: bytes) -> str | None:
 
 
 class NotText(UserError):
-    """The bytes of a file are no UTF-8 text (another encoding or compression, a bad byte, a NUL).
+    """The bytes of a file are no UTF-8 text (another encoding or compression, a bad byte, a NUL,
+    a damaged or cut-short archive).
     Only a change to the file puts it right, and that changes a preparation's settings: a
     preparation stopped by it has nothing worth continuing."""
 
@@ -232,7 +233,8 @@ def json_lines(path: Path) -> Iterator[tuple[int, str]]:
 def unreadable(path: Path, err: Exception) -> UserError:
     """The line for a file whose reading failed: the system refused (an OSError with its errno: a
     symlink to itself, an I/O error), or its archive is damaged or cut short (gzip, bz2 and lzma
-    raise errors without an errno, or EOFError)."""
+    raise errors without an errno, or EOFError). A damaged archive is NotText: only another copy of
+    it puts it right (the system's refusal may pass: a preparation stopped by it can go on)."""
     if isinstance(err, OSError) and err.errno is not None:
         return UserError(f"{path} cannot be read ({err.strerror}); pass a readable text file")
-    return UserError(f"{path} cannot be decompressed ({err}); check that it is a whole {path.suffix} file")
+    return NotText(f"{path} cannot be decompressed ({err}); check that it is a whole {path.suffix} file")
