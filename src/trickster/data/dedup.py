@@ -194,6 +194,7 @@ def row_dtype(near: bool) -> np.dtype:
     return np.dtype(fields + ([("signature", "<u4", (NUM_PERM,))] if near else []))
 
 
+EXAMPLES = 5  # in meta.json: (document number, document number it copies) of the first copies found
 SPLIT_CODES = {"train": 0, "val": 1}
 SPLIT_NAMES = {v: k for k, v in SPLIT_CODES.items()}
 
@@ -249,18 +250,19 @@ class Deduper:
         row = chunk.copies.get(i, chunk.first_copy.get(fp))
         if row is not None:
             c.exact_found += 1
-            (first,) = self.rows.read([row])
-            self._example(number, int(first["document"]))
+            if len(c.examples) < EXAMPLES:  # its row read only then: a corpus of copies reads none
+                c.examples.append([number, int(self.rows.read([row])["document"][0])])
             if not self.settings.keep_duplicates:
                 c.exact_dropped += 1
                 return None
-            return SPLIT_NAMES[int(first["split"])]
+            return SPLIT_NAMES[int(self.rows.read([row])["split"][0])]
         code = SPLIT_CODES[split]
         if self.index is not None:
             found = self._near(sig, chunk.candidates(i))
             if len(found):
                 c.near_found += 1
-                self._example(number, int(found["document"][0]))
+                if len(c.examples) < EXAMPLES:
+                    c.examples.append([number, int(found["document"][0])])
                 sides = set(found["split"].tolist())
                 if self.settings.mode == "near" or len(sides) > 1:
                     c.near_dropped += 1
@@ -286,10 +288,6 @@ class Deduper:
         self.copies.add(rows["fingerprint"], numbers)
         if self.index is not None:
             self.index.add(self.index.band_keys(rows["signature"]), numbers)
-
-    def _example(self, number: int, copied: int) -> None:
-        if len(self.counts.examples) < 5:
-            self.counts.examples.append([number, copied])
 
     def flush(self) -> None:
         """Append the rows kept since the last flush (before progress.json counts them)."""
