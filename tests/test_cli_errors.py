@@ -594,6 +594,36 @@ def _partial_with_a_damaged_tokenizer(env: Env) -> list[str]:
     return ["data", "prepare", "text", texts, "--out", str(out)]
 
 
+def _partial_with_pending_tokens_cut_short(env: Env) -> list[str]:
+    """A preparation of two files read in pieces (blocks of 256 bytes here), interrupted inside the
+    first, whose pending.bin (the tokens of its pieces so far) then lost its end (a disk fault)."""
+    from trickster.data import documents, textfile
+    from trickster.data import encode as encode_module
+    from trickster.data import prepare as prepare_module
+
+    lines = EXCERPT.read_text(encoding="utf-8").split("\n")
+    for n in range(2):
+        env.write(f"big/{n}.txt", "\n".join(lines[n * 100 : n * 100 + 100]))
+    texts, out = str(env.tmp / "big"), env.tmp / "o"
+    encode_chunk, calls = encode_module.encode_chunk, []
+
+    def interrupted(task):
+        calls.append(task)
+        if len(calls) > 3:
+            raise KeyboardInterrupt
+        return encode_chunk(task)
+
+    for module in (textfile, documents):
+        env.monkeypatch.setattr(module, "BLOCK_BYTES", 256)
+    env.monkeypatch.setattr(encode_module, "encode_chunk", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_module.prepare(sources.text_files([texts]), "byte", out, workers=1, chunk_chars=64, **QUIET)
+    env.monkeypatch.setattr(encode_module, "encode_chunk", encode_chunk)
+    pending = env.tmp / "o.partial" / "pending.bin"
+    pending.write_bytes(pending.read_bytes()[:1])
+    return ["data", "prepare", "text", texts, "--tokenizer", "byte", "--workers", "1", "--out", str(out)]
+
+
 def _blank_documents(env: Env) -> list[str]:
     """Three files of whitespace only: nothing is left once blank documents are dropped."""
     for i, blank in enumerate([" \n", "\n\n", "\t \n"]):
@@ -2397,6 +2427,12 @@ CASES = [
         "prepare-continue-with-a-damaged-tokenizer",
         _partial_with_a_damaged_tokenizer,
         "o.partial/tokenizer.json is not a valid tokenizer",
+        "delete",
+    ),
+    case(
+        "prepare-continue-with-pending-tokens-cut-short",
+        _partial_with_pending_tokens_cut_short,
+        "o.partial/pending.bin is shorter than progress.json says",
         "delete",
     ),
     case("prepare-partial-in-use", _partial_in_use, "o.partial is in use: another preparation", "--out"),
