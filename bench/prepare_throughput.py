@@ -7,6 +7,7 @@ memory of the whole process tree for two corpus sizes, to show it stays flat as 
     python bench/prepare_throughput.py --throughput-mb 200 --sizes-mb 100 1000 --workers 2
     python bench/prepare_throughput.py --only-dedup --dedup-sizes-mb 100 1000   # MB/s per --dedup mode
     python bench/prepare_throughput.py --only-one-file --one-file-mb 100 1000   # one text file: RSS by size
+    python bench/prepare_throughput.py --only-several-files --several-files-mb 100 300  # 3 files of each size
 
 The corpus is generated in a temporary folder from a seed text (the test excerpt of Tiny
 Shakespeare, or --seed-text) by repetition with variation: documents of 1-8 kB made of seed lines
@@ -21,12 +22,17 @@ The command's start-up (a few seconds: Python, torch, spawning the workers) is p
 MB/s means something from about 100 MB up; at a few MB the table only shows that everything runs.
 
 The one-file table prepares a single text file (`trickster data prepare text FILE`), the seed text
-repeated to each size: one document, read in blocks and tokenized in pieces.
+repeated to each size: one document, read in blocks and tokenized in pieces. The several-files
+table prepares --several-files-count text files of each size together (`trickster data prepare text
+FOLDER`), each the seed text's lines drawn at random with its own seed (no file is a near-copy of
+another), with the default --dedup group: each file one document, read in pieces when over 1 MiB.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import itertools
 import json
 import os
 import random
@@ -207,7 +213,15 @@ def main() -> None:
         "--one-file-mb", type=float, nargs="*", default=[], help="sizes of one text file for its table"
     )
     parser.add_argument("--only-one-file", action="store_true", help="only the one-file table")
+    parser.add_argument(
+        "--several-files-mb", type=float, nargs="*", default=[], help="size of each of several text files"
+    )
+    parser.add_argument("--several-files-count", type=int, default=3, help="files of each size together")
+    parser.add_argument("--only-several-files", action="store_true", help="only the several-files table")
     args = parser.parse_args()
+    if args.only_several_files:
+        several_files_table(args)
+        return
     if args.only_dedup:
         dedup_table(args)
         return
@@ -302,6 +316,47 @@ def one_file_table(args: argparse.Namespace) -> None:
             print(f"{size:>6g}MB {rate:>7.2f} {seconds:>8.1f} {peak / 2**20:>6.0f} MiB")
             shutil.rmtree(out)
             path.unlink()
+
+
+def _last_line(digest, validation: bool) -> str:
+    """A line that puts the file on the chosen side of the default 10% validation split (a blake2b
+    hash of a document's text, data prepare's rule): the first file in validation, the others in
+    training, so that every size prepares (3 files drawn by chance all miss validation 73% of the time)."""
+    for n in itertools.count():
+        line = f"{n}\n"
+        trial = digest.copy()
+        trial.update(line.encode("utf-8"))
+        if (int.from_bytes(trial.digest(), "big") < 0.1 * 2**64) == validation:
+            return line
+    raise AssertionError("unreachable")
+
+
+def several_files_table(args: argparse.Namespace) -> None:
+    """MB/s and peak RSS of `data prepare text FOLDER` on --several-files-count files of each size."""
+    count = args.several_files_count
+    print(f"{count} text files of each size, --tokenizer {args.rss_tokenizer}, {args.workers} workers")
+    print(f"{'files':>12} {'MB/s':>7} {'seconds':>8} {'peak RSS':>10}")
+    lines = args.seed_text.read_text(encoding="utf-8").splitlines(keepends=True)
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        for size in args.several_files_mb:
+            folder, out = Path(tmp) / f"several-{size:g}", Path(tmp) / f"several-out-{size:g}"
+            folder.mkdir()
+            for n in range(count):
+                rng, written, digest = random.Random(n), 0, hashlib.blake2b(digest_size=8)
+                with open(folder / f"{n}.txt", "wb") as f:
+                    while written < size * 1e6:
+                        batch = "".join(rng.choices(lines, k=10_000)).encode("utf-8")
+                        f.write(batch)
+                        digest.update(batch)
+                        written += len(batch)
+                    f.write(_last_line(digest, validation=n == 0).encode("utf-8"))
+            argv = [sys.executable, "-m", "trickster", "data", "prepare", "text", str(folder)]
+            argv += ["--tokenizer", args.rss_tokenizer, "--workers", str(args.workers)]
+            seconds, peak, _ = run_measured([*argv, "--out", str(out), "--no-progress"], args.workers)
+            rate = input_megabytes(out) / seconds
+            print(f"{count:>3} x {size:>4g}MB {rate:>7.2f} {seconds:>8.1f} {peak / 2**20:>6.0f} MiB")
+            shutil.rmtree(out)
+            shutil.rmtree(folder)
 
 
 if __name__ == "__main__":
