@@ -10,6 +10,10 @@ MOMENT, counted from 1 with N:
     before-hellaswag      as the N-th HellaSwag scoring during training starts
     after-hellaswag       just after the N-th HellaSwag scoring during training wrote its event
     during-trainer-write  half-way through writing the N-th trainer.pt of a checkpoint
+    during-background-write
+                          half-way through the N-th trainer.pt written by a thread other than the
+                          main one (checkpoint_config.async_save), once the training thread has
+                          drawn a batch since that write began (exit status 3 if it never does)
     before-prune          the N-th time keep_last's rotation is about to delete older checkpoints
                           (the numbered one just saved is in place)
     during-best-replace   the N-th time `best` is replaced: after the old folder is moved aside,
@@ -113,6 +117,8 @@ def install(moment: str, n: int) -> None:
             return save(obj, f, *args, **kwargs)
 
         torch.save = patched_save
+    elif moment == "during-background-write":
+        install_background_kill(on_nth_call(n))
     elif moment == "before-prune":
         from trickster.train import checkpoint
 
@@ -180,6 +186,34 @@ def install(moment: str, n: int) -> None:
         shards.Progress.save = patched_save
     else:
         raise SystemExit(f"unknown moment {moment!r}")
+
+
+def install_background_kill(due) -> None:
+    """during-background-write: the writer thread waits for the training thread's next draw of a
+    batch (a write on the training thread would wait forever: exit status 3 after 60 s)."""
+    import threading
+
+    save, next_rows, drawn = torch.save, loader.BatchSampler.next_rows, threading.Event()
+
+    def patched_next_rows(self, *args, **kwargs):
+        drawn.set()
+        return next_rows(self, *args, **kwargs)
+
+    def patched_save(obj, f, *args, **kwargs):
+        if threading.current_thread() is threading.main_thread() or not due():
+            return save(obj, f, *args, **kwargs)
+        drawn.clear()
+        if not drawn.wait(60):
+            os._exit(3)
+        buffer = io.BytesIO()
+        save(obj, buffer, *args, **kwargs)
+        data = buffer.getvalue()
+        f.write(data[: len(data) // 2])
+        f.flush()
+        die()
+
+    loader.BatchSampler.next_rows = patched_next_rows
+    torch.save = patched_save
 
 
 def hold() -> None:

@@ -32,6 +32,7 @@ import os
 import pickle
 import socket
 import warnings
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -88,6 +89,7 @@ class Dist:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where collectives run
     dtype: str = "float32"  # the run's compute dtype: FSDP2 gathers bfloat16 weights for bfloat16
     local_world_size: int = 1  # the job's processes on this machine (they share its RAM)
+    timeout_s: int = 600  # device_config.timeout_s: how long a collective waits for a silent process
 
     @property
     def is_main(self) -> bool:
@@ -135,7 +137,7 @@ def setup(cfg: DeviceConfig, device_type: str) -> Dist:
     mode = "fsdp" if cfg.enable_fsdp else "ddp"
     dtype = compute_dtype_name(cfg.dtype, device)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun's --nproc-per-node
-    return Dist(rank, world_size, local_rank, mode, mesh, device, dtype, local_world_size=local)
+    return Dist(rank, world_size, local_rank, mode, mesh, device, dtype, local, cfg.timeout_s)
 
 
 def _backend(choice: str, device_type: str) -> str:
@@ -156,8 +158,10 @@ def shutdown() -> None:
     status; seen in 4 of 10 two-process starts that ended with an error). Call it once nothing
     holds the trainer any more (commands.train_command drops an error's traceback for this).
     """
+    global _background_group
     if dist.is_initialized():
-        dist.destroy_process_group()
+        dist.destroy_process_group()  # every group, the background saves' too
+        _background_group = None
         gc.collect()
 
 
@@ -293,21 +297,22 @@ def to_full(value):
     return value.full_tensor() if hasattr(value, "full_tensor") else value
 
 
-def full_optimizer_state(model, optimizer) -> dict:
+def full_optimizer_state(model, optimizer, on_cpu: bool = True) -> dict:
     """The optimizer state keyed by parameter name, not position, gathered on rank 0's CPU: the
     same file loads on any number of processes. Call it after full_weights: under FSDP2, asking
     for the optimizer's state first after an evaluation fails to find the tied embedding by name
-    (KeyError; tests/test_dist.py)."""
+    (KeyError; tests/test_dist.py). `on_cpu` False (not under FSDP2): the live tensors where they
+    are, for a snapshot that copies them once (async_save.py)."""
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-    return get_optimizer_state_dict(model, optimizer_parts(optimizer), options=_gathered_on_cpu())
+    return get_optimizer_state_dict(model, optimizer_parts(optimizer), options=_gathered_on_cpu(on_cpu))
 
 
-def _gathered_on_cpu():
+def _gathered_on_cpu(on_cpu: bool = True):
     """State-dict options: whole tensors, not shards, on the CPU (rank 0 keeps them)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return StateDictOptions(full_state_dict=True, cpu_offload=on_cpu)
 
 
 def optimizer_parts(optimizer):
@@ -323,11 +328,12 @@ def load_full_optimizer_state(model, optimizer, state: dict) -> None:
     set_optimizer_state_dict(model, optimizer_parts(optimizer), state, options=options)
 
 
-def full_weights(model) -> dict:
-    """The gathered, unsharded weights (all ranks call; rank 0 gets the tensors, on the CPU)."""
+def full_weights(model, on_cpu: bool = True) -> dict:
+    """The gathered, unsharded weights (all ranks call; rank 0 gets the tensors, on the CPU);
+    `on_cpu`: as full_optimizer_state's."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    return get_model_state_dict(model, options=_gathered_on_cpu())
+    return get_model_state_dict(model, options=_gathered_on_cpu(on_cpu))
 
 
 def load_full_weights(model, tensors: dict[str, torch.Tensor]) -> None:
@@ -351,6 +357,27 @@ def save_sharded_optimizer(model, optimizer, folder: Path) -> dict:
     state = get_optimizer_state_dict(model, optimizer_parts(optimizer))  # keyed by parameter name
     dcp.save({"state": state["state"]}, checkpoint_id=str(folder))
     return state["param_groups"]
+
+
+def save_sharded_optimizer_async(model, optimizer, folder: Path, timeout_s: int) -> tuple[list, Future]:
+    """save_sharded_optimizer in the background: torch.distributed.checkpoint.async_save copies
+    this process's shard into CPU memory, then writes it from a thread of its own, whose
+    collectives go over a gloo group apart from the training's (two threads must not share one).
+    Returns the parameter groups and the write's future (all ranks call; their futures end
+    together)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    global _background_group
+    if _background_group is None:  # made once, by every process at the same save
+        _background_group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
+    state = get_optimizer_state_dict(model, optimizer_parts(optimizer))
+    shards = {"state": state["state"]}
+    future = dcp.async_save(shards, checkpoint_id=str(folder), process_group=_background_group)
+    return state["param_groups"], future
+
+
+_background_group = None  # save_sharded_optimizer_async's process group
 
 
 def load_sharded_optimizer(model, optimizer, folder: Path, param_groups: list) -> None:

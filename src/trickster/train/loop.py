@@ -28,6 +28,7 @@ from trickster.observe.sinks import MetricSinks
 from trickster.observe.status import Heartbeat
 from trickster.train import checkpoint as ckpt
 from trickster.train import dist, hellaswag_eval, profiling, recovery, setup
+from trickster.train.async_save import Writer
 from trickster.train.batches import DeviceBatches
 from trickster.train.budget import Clock
 from trickster.train.console import Console
@@ -131,6 +132,7 @@ class Trainer:
         self.clock = Clock(t)
         self.heartbeat = Heartbeat(self.run_dir, t.max_steps, enabled=job.is_main)
         self.saved: ckpt.Saved | None = None  # this process's last checkpoint
+        self.writer = Writer(cfg.checkpoint.async_save, job, t.keep_last, self.out.line)
         self.eval_due = False  # resumed from a checkpoint saved before its step's evaluation
         self.hellaswag_due = self.hellaswag.enabled  # at step 0; resumed: as eval_due, for HellaSwag
         if job.rank > 0:  # other dropout masks on each process (rank 0 draws as a single process would)
@@ -164,6 +166,7 @@ class Trainer:
             self.heartbeat,
             contextlib.closing(self.out),
             contextlib.closing(self.metrics),
+            contextlib.closing(self.writer),  # waits for a write in flight on the way out of an error
             profiling.steps(self) as profiler,  # logging_config.profile_steps; exits first
         ):
             # a new run's first evaluation; or the one its checkpoint was saved before, which a kill
@@ -267,6 +270,7 @@ class Trainer:
         )
         if state.nonfinite_streak >= self.cfg.training.max_nonfinite_steps:
             recovery.write_stopped(self, reason="non-finite", skipped_steps=state.skipped_steps)
+            self.writer.drain()  # the checkpoint to go on from is named
             raise diverged(self.run_dir, state)
 
     def log(self, result: StepResult) -> None:
@@ -358,25 +362,28 @@ class Trainer:
         trainer.pt; the optimizer moments are gathered by name too, except under FSDP2, where each
         process writes its own shard of them (torch.distributed.checkpoint) into the same folder.
         A second folder of one step (`best` after `final`) links the first one's weights and shards
-        instead of writing them again (every process knows: they all saved the first).
+        instead of writing them again (every process knows: they all saved the first). With
+        checkpoint_config.async_save a numbered one is written in the background (async_save.py).
         `eval_due`, `hellaswag_due`: an evaluation of these weights follows (a resume from here does
         it again)."""
+        self.writer.settle()  # one write at a time: `reuse` and keep_last's rotation need it done
         target = self.run_dir / "checkpoints" / name
         again = self.saved if self.saved is not None and self.saved.step == self.state.step else None
-        weights = None if again else dist.full_weights(self.model)
+        background = self.writer.enabled and not again and ckpt.STEP_DIR.match(name) is not None
+        on_cpu = not background or self.job.mode == "fsdp"  # else the snapshot copies the live tensors
+        weights = None if again else dist.full_weights(self.model, on_cpu)
         trainer_state, staging, groups = self.state_dict(), None, again.groups if again else None
         trainer_state["eval_due"], trainer_state["hellaswag_due"] = eval_due, hellaswag_due
+        shards = None  # under FSDP2 in the background: this process's shard, still being written
         if self.job.mode == "fsdp":
             if not again:
-                staging, groups = setup.stage_shards(self.job, self.model, self.optimizer, target)
+                staged = setup.stage_shards(self.job, self.model, self.optimizer, target, background)
+                staging, groups, shards = staged
             trainer_state["optimizer"] = {"param_groups": groups}
         else:
-            trainer_state["optimizer"] = dist.full_optimizer_state(self.model, self.optimizer)
+            trainer_state["optimizer"] = dist.full_optimizer_state(self.model, self.optimizer, on_cpu)
         parts = (self.model, self.cfg, self.data.tokenizer, self.info(), trainer_state, weights, staging)
-        # rank 0 writes, the others wait for it: its error (a full disk) ends them all with its line
-        setup.on_main(self.job, ckpt.save_checkpoint, target, *parts, again.path if again else None)
-        if self.job.is_main and ckpt.STEP_DIR.match(name):
-            ckpt.prune(self.run_dir, self.cfg.training.keep_last)
+        self.writer.write(target, parts, again.path if again else None, background, shards)
         self.saved = ckpt.Saved(self.state.step, target, groups)
 
     def load(self, path: Path) -> None:

@@ -39,6 +39,7 @@ def finish(trainer: Trainer) -> TrainResult:
     state, t = trainer.state, trainer.cfg.training
     best = state.best_loss_seen
     final = trainer.run_dir / "checkpoints" / "final"
+    trainer.writer.settle()  # a numbered checkpoint still written in the background (async_save)
     if not ckpt.is_complete(final) or ckpt.checkpoint_step(final) != state.step:
         trainer.save("final")  # resumed at (or past) the last step: no step ran here
     if trainer.job.is_main:  # a kill between a numbered checkpoint and its rotation left one more
@@ -56,6 +57,7 @@ def finish(trainer: Trainer) -> TrainResult:
 def stopped(trainer: Trainer) -> TrainResult:
     """A signal ended the run: the checkpoint of this step is saved; say how to go on."""
     received = trainer.signals.received or signal.SIGTERM  # another process was signalled
+    trainer.writer.settle()  # this step's checkpoint, when written in the background, is whole first
     # the processes exit with 128 + signal, an error to torchrun, which then ends the others:
     # none exits before rank 0 has written how the run stopped, or failed to (disk full: then
     # every process ends with its line)
@@ -80,6 +82,8 @@ def record_evaluation_in_checkpoint(trainer: Trainer) -> None:
     the checkpoint a run resumed from when a kill cut that evaluation short (it is done again on
     resume): `final` would otherwise keep the loss of the evaluation before."""
     state = trainer.state
+    if trainer.saved is not None and trainer.saved.step == state.step:
+        trainer.writer.settle()  # written in the background (async_save): complete first
     path = _saved_at(trainer, state.step) if trainer.job.is_main else None
     if path is not None:
         ckpt.update_info(path, val_loss=state.last_val_loss, best_val_loss=state.best_loss_seen)
@@ -105,6 +109,7 @@ def guard(trainer: Trainer, during: str, step: int):
         yield
     except OUT_OF_MEMORY:
         write_stopped(trainer, reason="out-of-memory", during=during)
+        trainer.writer.drain()  # a checkpoint written in the background may be the one to name
         good = ckpt.latest(trainer.run_dir)
         raise out_of_memory(trainer.cfg, trainer.device, trainer.job, during, step, good) from None
     except (RuntimeError, peers.PeerLost) as err:  # PeerLost: told by setup.on_main, worded here
@@ -112,6 +117,7 @@ def guard(trainer: Trainer, during: str, step: int):
         if reason is None:
             raise
         write_stopped(trainer, reason="lost-process", during=during)
+        trainer.writer.drain()
         raise lost_peer_error(trainer, during, step, reason) from None
 
 
@@ -150,6 +156,7 @@ def roll_back(trainer: Trainer, spike: Spike) -> None:
     once, so a resume continues exactly as this process does."""
     state, t = trainer.state, trainer.cfg.training
     window = spike.first_step - 1
+    trainer.writer.settle()  # a checkpoint written in the background is one to return to
     good, passed_over = setup.on_main(trainer.job, intact_before, trainer.run_dir, window, RESUME_READS)
     if good is None:
         trainer.metrics.write("spike", state.step, first_step=spike.first_step, peak_loss=spike.peak_loss)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -212,12 +213,18 @@ def _main_lost(job: dist.Dist, reason: str) -> peers.PeerLost:
     return peers.PeerLost(f"{lost}: {reason}; see torchrun's summary for which process and why", reason)
 
 
-def stage_shards(job: dist.Dist, model, optimizer, target: Path) -> tuple[Path, list]:
+def stage_shards(
+    job: dist.Dist, model, optimizer, target: Path, background: bool = False
+) -> tuple[Path, list, Future | None]:
     """Under FSDP2: the staging folder of checkpoint `target` (made by rank 0, known to all), with
-    every process's shard of the optimizer moments in it; and the optimizer's param_groups."""
+    every process's shard of the optimizer moments in it; the optimizer's param_groups; and
+    (`background`) the future of this process's shard, still being written (async_save.py)."""
     staging = on_main(job, staging_dir, target)
     try:
-        return staging, dist.save_sharded_optimizer(model, optimizer, staging / ckpt.OPTIMIZER)
+        if background:
+            shards = staging / ckpt.OPTIMIZER
+            return staging, *dist.save_sharded_optimizer_async(model, optimizer, shards, job.timeout_s)
+        return staging, dist.save_sharded_optimizer(model, optimizer, staging / ckpt.OPTIMIZER), None
     except BaseException:
         if job.is_main:
             shutil.rmtree(staging, ignore_errors=True)

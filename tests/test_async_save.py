@@ -1,0 +1,197 @@
+"""checkpoint_config.async_save: numbered checkpoints written by a background thread while the
+run trains on, on real micro runs: the same checkpoints and losses as saves on the training
+thread, a SIGKILL during a background write resumed exactly, a failed write said in one line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from trickster.data import loader
+from trickster.errors import UserError
+from trickster.train import checkpoint as ckpt
+from trickster.train.async_save import snapshot
+from trickster.train.loop import train
+
+from .conftest import QUIET, events, micro_config
+from .test_resume import CRASH_RUN, assert_same_weights, crash, curve
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+
+ASYNC = {"checkpoint_config": {"async_save": True}}
+
+
+@pytest.fixture(scope="module")
+def reference(shakespeare_dir, tmp_path_factory):
+    """CRASH_RUN with every checkpoint written on the training thread."""
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    return train(micro_config(shakespeare_dir, run_dir, **CRASH_RUN), **QUIET)
+
+
+def folders(run_dir: Path) -> list[str]:
+    return sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+
+
+def safetensors_content(file: Path) -> tuple[dict, bytes]:
+    """A safetensors file's header, parsed, and its tensors' bytes: the header's metadata is in the
+    order of a Rust HashMap, which differs between two saves of the same tensors."""
+    data = file.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + size]), data[8 + size :]
+
+
+def same_values(a, b) -> bool:
+    """Two trainer.pt contents, tensor by tensor."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same_values(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return type(a) is type(b) and len(a) == len(b) and all(map(same_values, a, b))
+    return a == b
+
+
+def test_background_saves_write_the_checkpoints_of_saves_on_the_training_thread(
+    reference, shakespeare_dir, tmp_path, monkeypatch
+):
+    """Each numbered write waits, in its thread, until the training thread has drawn another
+    batch: the run only ends if training went on while the checkpoint was written."""
+    writers, drawn, next_rows = [], threading.Event(), loader.BatchSampler.next_rows
+    save_checkpoint = ckpt.save_checkpoint
+
+    def drawing(self, *args, **kwargs):
+        drawn.set()
+        return next_rows(self, *args, **kwargs)
+
+    def waiting(target, *args, **kwargs):
+        if threading.current_thread() is not threading.main_thread():
+            drawn.clear()
+            writers.append((Path(target).name, drawn.wait(60)))
+        return save_checkpoint(target, *args, **kwargs)
+
+    monkeypatch.setattr(loader.BatchSampler, "next_rows", drawing)
+    monkeypatch.setattr(ckpt, "save_checkpoint", waiting)
+    run_dir = tmp_path / "run"
+    result = train(micro_config(shakespeare_dir, run_dir, **CRASH_RUN, **ASYNC), **QUIET)
+
+    assert writers == [("step_000004", True), ("step_000008", True)]  # best and final: on the training thread
+    assert curve(result.history) == curve(reference.history)
+    assert folders(run_dir) == folders(reference.run_dir) == ["best", "final", "step_000004", "step_000008"]
+    for name in folders(run_dir):
+        ours, theirs = run_dir / "checkpoints" / name, reference.run_dir / "checkpoints" / name
+        assert safetensors_content(ours / ckpt.WEIGHTS) == safetensors_content(theirs / ckpt.WEIGHTS), name
+        states = [ckpt.load_trainer_state(p) for p in (ours, theirs)]
+        for state in states:
+            state["train_state"].pop("train_seconds")  # the clock: no two runs take the same time
+        assert same_values(*states), name
+        info, expected = (json.loads((p / "info.json").read_text()) for p in (ours, theirs))
+        for kept in (info, expected):  # the time, and the sums of files compared above
+            kept.pop("saved"), kept["sha256"].pop("trainer.pt"), kept["sha256"].pop(ckpt.WEIGHTS)
+        assert info == expected, name
+
+
+def test_sigkill_during_a_background_write_resumes_as_the_uninterrupted_run(
+    reference, shakespeare_dir, tmp_path
+):
+    """Killed half-way through step 8's trainer.pt, written in the background while step 9 trained:
+    the staging folder is left without COMPLETE, the resume starts from step 4 and ends with the
+    losses and weights of the run never killed."""
+    run_dir = tmp_path / "run"
+    crash(shakespeare_dir, run_dir, "during-background-write", 2, run={**CRASH_RUN, **ASYNC})
+
+    hidden = [p.name for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".")]
+    assert [name.split("-")[0] for name in hidden] == [".step_000008.tmp"], hidden
+    assert not (run_dir / "checkpoints" / hidden[0] / ckpt.COMPLETE).exists()
+    assert ckpt.latest(run_dir).name == "step_000004"
+
+    resumed = train(micro_config(shakespeare_dir, run_dir, **CRASH_RUN, **ASYNC), resume=True, **QUIET)
+
+    assert curve(resumed.history) == curve(reference.history)
+    for name in ("final", "best"):
+        assert_same_weights(run_dir / "checkpoints" / name, reference.run_dir / "checkpoints" / name)
+    [resume_event] = events(resumed.history, "resume")
+    assert (resume_event["checkpoint"], len(resume_event["repairs"])) == ("step_000004", 1)
+    assert not [p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".")]
+
+
+def test_a_failed_background_write_is_one_line_at_the_next_wait(micro, monkeypatch):
+    """The disk fills up during the second numbered checkpoint, written in the background: the run
+    ends with the line a save on the training thread gives, and the first checkpoint is whole."""
+    save_file, calls = ckpt.save_file, []
+
+    def full(tensors, filename, *args, **kwargs):
+        calls.append(threading.current_thread() is threading.main_thread())
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device", str(filename))
+        return save_file(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt, "save_file", full)
+    every_2 = {"max_steps": 8, "warmup_steps": 1, "eval_every": 100, "save_every": 2}
+    cfg = micro(training_config=every_2, **ASYNC)
+    refused = r"could not write checkpoint .*step_000004 \(No space left on device\)"
+    with pytest.raises(UserError, match=refused):
+        train(cfg, **QUIET)
+    assert calls == [False, False]  # both in the background
+    run_dir = Path(cfg.logging.output_dir)
+    assert folders(run_dir) == ["step_000002"]
+    monkeypatch.setattr(ckpt, "save_file", save_file)  # space freed
+    assert train(cfg, resume=True, **QUIET).state.step == 8
+
+
+def test_a_snapshot_shares_no_tensor_with_what_it_copied():
+    weight = torch.ones(3)
+    state = {"weights": {"a": weight, "tied": weight}, "rng": [(1, torch.zeros(2))], "step": 5}
+    copied = snapshot(state)
+    weight.add_(1)
+    state["rng"][0][1].add_(1)
+    assert torch.equal(copied["weights"]["a"], torch.ones(3))
+    assert copied["weights"]["a"] is copied["weights"]["tied"]  # a tied weight stays one tensor
+    assert torch.equal(copied["rng"][0][1], torch.zeros(2)) and copied["step"] == 5
+
+
+def test_fsdp2_writes_its_optimizer_shards_in_the_background_as_in_the_foreground(shakespeare_dir, tmp_path):
+    """2 gloo processes under FSDP2: step 10's checkpoint, its shards written by
+    torch.distributed.checkpoint.async_save while steps 11-20 train, holds what the same job
+    saving on its training threads wrote; the losses are the same."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    from .test_dist import config, forked_job, history, losses
+
+    runs = {}
+    for name, overrides in (("foreground", ()), ("background", ("checkpoint_config.async_save=true",))):
+        (tmp_path / name).mkdir()
+        cfg = config(shakespeare_dir, tmp_path / name / "run", batch_size=4, enable_fsdp=True, timeout_s=120)
+        forked_job(cfg, tmp_path / name, *overrides)
+        runs[name] = tmp_path / name / "run"
+    ours, theirs = runs["background"], runs["foreground"]
+    assert losses(history(ours)) == losses(history(theirs))
+    assert losses(history(ours), "eval", "val_loss") == losses(history(theirs), "eval", "val_loss")
+    assert folders(ours) == folders(theirs) == ["best", "final", "step_000010"]
+    for run in (ours, theirs):
+        step = run / "checkpoints" / "step_000010"
+        dcp_to_torch_save(step / ckpt.OPTIMIZER, run / "moments.pt")
+    moments = [torch.load(run / "moments.pt", weights_only=True) for run in (ours, theirs)]
+    assert moments[0].keys() == moments[1].keys() and same_values(*moments)
+    a, b = (p / "checkpoints" / "step_000010" for p in (ours, theirs))
+    assert safetensors_content(a / ckpt.WEIGHTS) == safetensors_content(b / ckpt.WEIGHTS)
+
+
+def test_a_background_write_that_rank_0_fails_ends_every_process_with_its_line(shakespeare_dir, tmp_path):
+    """DDP, rank 0's first checkpoint (step 10, in the background) meets a full disk
+    (tests/dist_child.py): at the next wait, both processes end with its line, exit status 2."""
+    from .test_dist import config, forked_job
+
+    run_dir = tmp_path / "run"
+    cfg = config(shakespeare_dir, run_dir, batch_size=4, enable_ddp=True, timeout_s=300)
+    cfg.checkpoint.async_save = True
+    result = forked_job(cfg, tmp_path, fault="disk-full-in-save:1", timeout=90, end_others=False)
+    target = run_dir / "checkpoints" / "step_000010"
+    line = f"error: could not write checkpoint {target} (No space left on device)"
+    assert result.returncode == 2 and result.stderr.count(line) == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "another process" not in result.stderr
+    assert ckpt.latest(run_dir) is None
