@@ -3,15 +3,17 @@ and the time of a whole short run that saves every few steps, with and without i
 
     python bench/async_save.py                         # mini's shape, 12 steps, a save every 2
     python bench/async_save.py --preset midi --repeats 3 --dir /fast/disk
+    python bench/async_save.py --steps 8 training_config.optimizer=adamw
 
 Runs alternate (off, on, off, on, ...) in this one process, each a real `trickster.train` run of
 --steps steps on the Shakespeare text, saving a numbered checkpoint every --save-every steps (the
 last step's is `final`, on the training thread in both modes). The stall of a numbered save is the
 time the training thread spends in Trainer.save: the whole write without async_save; with it, the
 snapshot into memory plus any wait for the write before it. The run's time is train()'s, from
-start to end (the last background write waited for). Evaluations are cut to one batch and no
-sample. The medians over --repeats runs of each mode count; compare the two modes as a ratio, on a
-machine others share.
+start to end (the last background write waited for); ms/step is the mean of its steps, saves and
+evaluations not counted (a write in the background competes with them for the cores). Evaluations
+are cut to one batch and no sample. The medians over --repeats runs of each mode count; compare
+the two modes as a ratio, on a machine others share.
 """
 
 from __future__ import annotations
@@ -52,9 +54,11 @@ def timed_run(preset: str, data_dir: Path, out: Path, background: bool, args) ->
         f"training_config.seq_len={args.seq_len}",
         "training_config.warmup_steps=1",
         f"training_config.eval_every={args.steps}",
+        f"training_config.log_every={args.steps}",  # one train event: ms/step over the whole run
         "training_config.eval_batches=1",
         "training_config.sample_every=0",
         f"checkpoint_config.async_save={str(background).lower()}",
+        *args.overrides,
     ]
     cfg = load_config(preset=preset, overrides=overrides)
     stalls, save = [], loop.Trainer.save
@@ -72,8 +76,7 @@ def timed_run(preset: str, data_dir: Path, out: Path, background: bool, args) ->
         seconds = time.perf_counter() - started
     finally:
         loop.Trainer.save = save
-    steps = [r["ms_per_step"] for r in result.history if r["event"] == "train" and r["step"] > 1]
-    ms_per_step = statistics.median(steps)
+    [ms_per_step] = [r["ms_per_step"] for r in result.history if r["event"] == "train"]
     return {"stalls": stalls, "seconds": seconds, "ms_per_step": ms_per_step, "params": result.params}
 
 
@@ -87,6 +90,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--dir", type=Path, default=None, help="where to write (default: a temporary folder)")
     parser.add_argument("--text", type=Path, default=next((p for p in TEXTS if p.exists()), None))
+    parser.add_argument("overrides", nargs="*", help="config overrides applied to every run")
     args = parser.parse_args()
     rows = {False: [], True: []}
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
@@ -96,7 +100,7 @@ def main() -> None:
             for background in (False, True):
                 out = Path(tmp) / f"run-{repeat}-{background}"
                 rows[background].append(timed_run(args.preset, data_dir, out, background, args))
-    cfg, params = load_config(preset=args.preset), rows[False][0]["params"]
+    cfg, params = load_config(preset=args.preset, overrides=args.overrides), rows[False][0]["params"]
     saves = len(rows[False][0]["stalls"])
     print(
         f"{args.preset}: {params:,} parameters, optimizer {cfg.training.optimizer}, torch "

@@ -15,7 +15,7 @@ import torch
 from trickster.data import loader
 from trickster.errors import UserError
 from trickster.train import checkpoint as ckpt
-from trickster.train.async_save import snapshot
+from trickster.train.async_save import by_layout, snapshot
 from trickster.train.loop import train
 
 from .conftest import QUIET, events, micro_config
@@ -152,6 +152,10 @@ def test_a_snapshot_shares_no_tensor_with_what_it_copied():
     assert torch.equal(copied["weights"]["a"], torch.ones(3))
     assert copied["weights"]["a"] is copied["weights"]["tied"]  # a tied weight stays one tensor
     assert torch.equal(copied["rng"][0][1], torch.zeros(2)) and copied["step"] == 5
+
+    again = snapshot(state, by_layout(copied))  # into the first one's memory, no longer read
+    assert again["weights"]["a"] is copied["weights"]["a"] and torch.equal(again["weights"]["a"], weight)
+    assert again["rng"][0][1] is copied["rng"][0][1] and torch.equal(again["rng"][0][1], torch.ones(2))
 
 
 def test_fsdp2_writes_its_optimizer_shards_in_the_background_as_in_the_foreground(shakespeare_dir, tmp_path):

@@ -4,11 +4,13 @@ idea of torchtitan's async checkpointing, as one plain worker thread).
 
 A background save starts with a snapshot on the training thread: the weights, the optimizer
 moments and the trainer state copied into CPU memory (copied over from a GPU, cloned on a CPU),
-so that nothing the next step changes is shared with it. The worker thread then writes the folder
-exactly as a save on the training thread does (checkpoint.save_checkpoint: staging, checksums,
-rename, COMPLETE; then keep_last's rotation). Under FSDP2 every process's optimizer shard goes
-through torch.distributed.checkpoint.async_save (dist.save_sharded_optimizer_async), and rank 0's
-thread writes the rest into the folder once every shard is in.
+so that nothing the next step changes is shared with it; from the second one on, into the memory
+of the one before (kept for the run: one more copy of the state in CPU memory). The worker thread
+then writes the folder exactly as a save on the training thread does (checkpoint.save_checkpoint:
+staging, checksums, rename, COMPLETE; then keep_last's rotation). Under FSDP2 every process's
+optimizer shard goes through torch.distributed.checkpoint.async_save
+(dist.save_sharded_optimizer_async), and rank 0's thread writes the rest into the folder once
+every shard is in.
 
 At most one write is in flight. `settle()` waits for it on every process of the job and raises its
 error (the one line a save on the training thread raises) on all of them: the Trainer settles before
@@ -41,6 +43,7 @@ class Writer:
         self.enabled, self.job, self.keep_last, self.say = enabled, job, keep_last, say
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-write") if enabled else None
         self._pending: Future | None = None
+        self._spare: dict = {}  # the last snapshot's tensors (snapshot's `spare`)
 
     def write(
         self, target: Path, parts: tuple, reuse: Path | None, background: bool, shards: Future | None
@@ -59,7 +62,9 @@ class Writer:
             return
         model, cfg, tokenizer, info, trainer_state, weights, staging = parts
         tensors = {**weights_to_save(model, weights), **lora.adapter_weights(model, weights)}
-        info, trainer_state, tensors = snapshot((info, trainer_state, tensors))
+        info, trainer_state, tensors = snapshot((info, trainer_state, tensors), self._spare)
+        # copied into at the next background save, which comes after settle(): this write is done
+        self._spare = by_layout((trainer_state, tensors))
         written = (target, model, cfg, tokenizer, info, trainer_state, tensors, staging)
         self._pending = self._pool.submit(self._write, *written, shards)
 
@@ -111,17 +116,20 @@ def _error_of(pending: Future | None) -> BaseException | None:
     return None if pending is None else pending.exception()
 
 
-def snapshot(value):
+def snapshot(value, spare: dict | None = None):
     """`value` with every tensor in it copied into CPU memory (from a GPU: copied over; on the
     CPU: cloned) and everything else deep-copied, so that training on changes nothing in it. A
-    tensor found twice (a tied weight) is copied once. Pageable memory, not pinned: pinning as
-    much as a model's optimizer state at every save would cost more than the copy it speeds up."""
+    tensor found twice (a tied weight) is copied once. `spare`: the tensors of an earlier snapshot
+    no one reads any more (by_layout), copied into where one has the layout: memory allocated
+    afresh costs a page fault per page when first written, on this CPU more than the copy itself.
+    Pageable memory, not pinned (on a GPU machine a pinned copy would be faster; not measured)."""
     copies: dict[int, torch.Tensor] = {}
 
     def copy_of(item):
         if isinstance(item, torch.Tensor):
             if id(item) not in copies:
-                copies[id(item)] = item.detach().to("cpu", copy=True)
+                fits, whole = (spare or {}).get(_layout(item)), item.detach()
+                copies[id(item)] = fits.pop().copy_(whole) if fits else whole.to("cpu", copy=True)
             return copies[id(item)]
         if isinstance(item, dict):
             return {key: copy_of(v) for key, v in item.items()}
@@ -132,3 +140,27 @@ def snapshot(value):
         return deepcopy(item)
 
     return copy_of(value)
+
+
+def by_layout(value) -> dict[tuple, list[torch.Tensor]]:
+    """The tensors in a snapshot, by shape, strides and dtype: the `spare` of the next one."""
+    found: dict[tuple, list[torch.Tensor]] = {}
+    seen: set[int] = set()
+
+    def visit(item):
+        if isinstance(item, torch.Tensor) and id(item) not in seen:
+            seen.add(id(item))
+            found.setdefault(_layout(item), []).append(item)
+        elif isinstance(item, dict):
+            for v in item.values():
+                visit(v)
+        elif isinstance(item, list | tuple):
+            for v in item:
+                visit(v)
+
+    visit(value)
+    return found
+
+
+def _layout(tensor: torch.Tensor) -> tuple:
+    return tuple(tensor.shape), tensor.stride(), tensor.dtype
