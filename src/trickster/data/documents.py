@@ -1,5 +1,6 @@
 r"""A source's documents in a fixed order, each with its split, as preparation reads them; and the
-one text of a single-document source (a single text file, Tiny Shakespeare) read in pieces.
+one text of a single-document source (a single text file, Tiny Shakespeare) read in pieces, as is
+a text file larger than a block among several (`large_pieces`: the same cuts, one pass).
 
 One text is one document whose last `val_fraction` of characters validate. Read whole, it took
 memory for all of it, and tokenized whole, for all of its ids: a text file of 20 GB did not fit.
