@@ -185,7 +185,18 @@ def test_a_preparation_stopped_inside_a_file_continues_to_the_same_folder(tmp_pa
         assert record["pending"]["tokens"] > 0 and record["next_piece"] > 0
     rest = Interrupt(after=None)
     monkeypatch.setattr(encode_module, "encode_chunk", rest)
+    hashed, large_pieces = {}, documents.large_pieces
+
+    def recorded(text, val_fraction, facts=True):
+        hashed[text.path.name] = facts
+        return large_pieces(text, val_fraction, facts)
+
+    monkeypatch.setattr(documents, "large_pieces", recorded)
     meta = prepare(sources.text_files(paths), "byte", out, **settings, echo=print)
+    # the files decided before the stop are read again (to skip them) but not hashed
+    later = dict.fromkeys(["d.txt", "e.txt", "f.txt", "h.txt"], True)  # d.txt: stopped inside it
+    assert hashed == {"a.txt": False, "b.txt.gz": False} | later
+    monkeypatch.setattr(documents, "large_pieces", large_pieces)
     assert f"{record['next_piece']:,} piece(s) of the next done" in capsys.readouterr().out
     everything = Interrupt(after=None)
     monkeypatch.setattr(encode_module, "encode_chunk", everything)

@@ -40,30 +40,37 @@ from trickster.data.tokenizers import HFTokenizer, Tokenizer
 
 
 def documents(
-    source: Source, val_fraction: float, apart: bool = True, progress: bool = False, facts: bool = True
-) -> Iterator[tuple[Document, str | None]]:
+    source: Source, val_fraction: float, apart: bool = True, progress: bool = False, facts: bool = True,
+    done: int = 0,
+) -> Iterator[tuple[Document, str | None]]:  # fmt: skip
     """(document, split) in a fixed order; split None means: decided by `in_validation`. The one
     document of a single-document source comes in Pieces (`apart`), or whole per split; its
     characters are counted now, so that the counting pass's bar comes before the tokenizing one.
-    So does a file among several larger than a block (`apart`; see large_pieces); without `facts`
-    its pieces carry no split or fingerprint (only their texts are wanted)."""
+    So does a file among several larger than a block (`apart`; see large_pieces); without `facts`,
+    or among the first `done` documents (a continued preparation skips them), its pieces carry no
+    split or fingerprint, which would take hashing its text for nothing."""
     if source.single_document:
         return one_document(source, val_fraction, apart, progress)
-    return _many_documents(source, val_fraction, apart, facts)
+    return _many_documents(source, val_fraction, apart, facts, done)
 
 
 def _many_documents(
-    source: Source, val_fraction: float, apart: bool, facts: bool
+    source: Source, val_fraction: float, apart: bool, facts: bool, done: int
 ) -> Iterator[tuple[Document, str | None]]:
     if source.read_val is not None:
         yield from ((t, "train") for t in source.read())
         yield from ((t, "val") for t in source.read_val())
     elif apart and source.read_texts is not None:
+        number = 0
         for text in source.read_texts():
             if isinstance(text, LargeText):
-                yield from large_pieces(text, val_fraction, facts)
+                pieces = large_pieces(text, val_fraction, facts and number >= done)
+                for piece in pieces:
+                    yield piece
+                    number += piece[0].last  # an empty file yields none: no document
             else:
                 yield text, None
+                number += 1
     else:
         yield from ((t, None) for t in source.read())
 

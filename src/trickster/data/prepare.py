@@ -271,7 +271,8 @@ class _Job:
                 for _ in source.read():  # a record written before it kept the sum: read for it
                     pass
         else:  # a single text's characters are counted first, their bar above the one below
-            read = documents(source, self.val_fraction, cuts_safely(self.tokenizer), progress)
+            safely, done = cuts_safely(self.tokenizer), record.next_document
+            read = documents(source, self.val_fraction, safely, progress, done=done)
             writers = {s: self._writer(s) for s in SPLITS}
             documents_left = unread(read, record.next_document, record.next_piece)
         # the pieces of a file among several wait there until their last one decides their fate
