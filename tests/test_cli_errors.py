@@ -2618,6 +2618,14 @@ CASES = [
         "training_config.hellaswag_file gone.jsonl not found; pass HellaSwag's hellaswag_val.jsonl",
     ),
     case(
+        "train-hellaswag-file-a-folder",
+        lambda env: micro_train(
+            env, "training_config.hellaswag_every=100", f"training_config.hellaswag_file={env.tmp}"
+        ),
+        "training_config.hellaswag_file",
+        "is a folder; pass HellaSwag's hellaswag_val.jsonl",
+    ),
+    case(
         "train-hellaswag-no-example-a-char-model-reads",
         _train_hellaswag_unreadable,
         "none of the 3 HellaSwag examples can be scored with this model (3 with characters outside",

@@ -113,6 +113,8 @@ def load_examples(
         fix = f"pass HellaSwag's {FILE_NAME} (from {VAL_URL})"
         if not Path(path).exists():  # read_bytes would ask for "an existing text file"
             raise UserError(f"{option} {path} not found; {fix}")
+        if Path(path).is_dir():  # read_bytes would say "pass a text file", naming no option
+            raise UserError(f"{option} {path} is a folder; {fix}")
         return parse_examples(read_bytes(Path(path)), path, fix), path
     cached = cache_file()
     if cached.exists():
