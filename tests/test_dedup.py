@@ -178,6 +178,15 @@ def test_signatures_are_datasketchs_minhash_for_a_chunk_at_once(monkeypatch):
     assert np.array_equal(dedup.signature(long), whole)
 
 
+def test_permutations_are_datasketchs():
+    """The workers draw MinHash's permutations themselves, so as not to import datasketch."""
+    from datasketch import MinHash
+
+    a, b = dedup.permutations()
+    theirs = MinHash(dedup.NUM_PERM, seed=1, scheme="affine32").permutations
+    assert np.array_equal(np.stack([a.ravel(), b.ravel()]), theirs) and a.dtype == theirs.dtype
+
+
 def test_copies_of_one_text_prepare_as_one_document(tmp_path):
     """The issue's 18 copies of Tiny Shakespeare in a folder, at a smaller scale."""
     folder = tmp_path / "copies"

@@ -6,7 +6,8 @@
 - A near-copy is a document whose estimated Jaccard similarity with an earlier one is at least
   `threshold`, over the sets of 5-word shingles of their lower-cased texts. Each document gets a
   MinHash signature of 128 values (datasketch's `MinHash`, scheme affine32) computed in the worker
-  processes; the main process looks for candidates sharing a band of values with it (near_index.py:
+  processes, which draw its permutations themselves and never import datasketch (nor scipy); the
+  main process looks for candidates sharing a band of values with it (near_index.py:
   datasketch's `MinHashLSH` bands, tuned to the threshold, in numpy tables) and keeps those whose
   signatures agree on at least `threshold` of their values, as `MinHashLSH` would.
   In mode "group" (the default) a near-copy is kept, in the split of the earliest document it copies:
@@ -142,21 +143,35 @@ def shingle_hashes(text: str) -> np.ndarray:
     return hashes[np.concatenate(([True], hashes[1:] != hashes[:-1]))] if len(hashes) else hashes
 
 
-_PERMUTATIONS = None  # datasketch's (a, b) for NUM_PERM affine32 permutations, made once per process
+def permutations(seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(a, b), each (NUM_PERM, 1) uint32: the affine32 permutations h -> a * h + b (modulo 2**32)
+    drawn as datasketch's MinHash(NUM_PERM, seed, scheme="affine32") draws them (a test checks they
+    are its values). Drawn here so that the worker processes never import datasketch, which imports
+    scipy: about 80 MiB in each of them."""
+    generator = np.random.RandomState(seed)
+    a = generator.randint(0, 1 << 31, NUM_PERM, dtype=np.uint32) * np.uint32(2) + np.uint32(1)  # odd
+    b = generator.randint(0, 1 << 32, NUM_PERM, dtype=np.uint32)
+    return a.reshape(-1, 1), b.reshape(-1, 1)
+
+
+def _fmix32(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 32-bit finaliser, which datasketch's affine32 applies to each hash first."""
+    with np.errstate(over="ignore"):  # arithmetic modulo 2**32 is the point
+        h = (h ^ (h >> np.uint32(16))) * np.uint32(0x85EBCA6B)
+        h = (h ^ (h >> np.uint32(13))) * np.uint32(0xC2B2AE35)
+        return h ^ (h >> np.uint32(16))
+
+
+_PERMUTATIONS = None  # permutations(), drawn once per process
 
 
 def signatures(documents: list[str | tuple[str, str]]) -> np.ndarray:
     """The documents' MinHash signatures, (documents, NUM_PERM) uint32: datasketch's MinHash (scheme
     affine32, seed 1) over each one's shingles, computed for a whole chunk at once (a MinHash object
     per document costs more than its arithmetic) and checked against datasketch's in the tests."""
-    from datasketch.minhash import _fmix
-
     global _PERMUTATIONS
     if _PERMUTATIONS is None:
-        from datasketch import MinHash
-
-        a, b = MinHash(NUM_PERM, seed=1, scheme="affine32").permutations
-        _PERMUTATIONS = a.reshape(-1, 1), b.reshape(-1, 1)
+        _PERMUTATIONS = permutations()
     a, b = _PERMUTATIONS
     texts = ["\n".join(d) if isinstance(d, tuple) else d for d in documents]
     sig = np.full((len(texts), NUM_PERM), np.iinfo(np.uint32).max, np.uint32)
@@ -165,7 +180,7 @@ def signatures(documents: list[str | tuple[str, str]]) -> np.ndarray:
         for start in range(0, len(hashes), BLOCK):
             block, docs = hashes[start : start + BLOCK], owner[start : start + BLOCK]
             with np.errstate(over="ignore"):
-                permuted = a * _fmix(block, 32) + b  # (NUM_PERM, shingles), modulo 2**32
+                permuted = a * _fmix32(block) + b  # (NUM_PERM, shingles), modulo 2**32
             cuts = np.flatnonzero(np.diff(docs, prepend=-1))
             rows = docs[cuts]
             sig[rows] = np.minimum(sig[rows], np.minimum.reduceat(permuted, cuts, axis=1).T)
