@@ -4,6 +4,10 @@ dropped), prompt/response records too; resumable and independent of the number o
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -185,6 +189,25 @@ def test_permutations_are_datasketchs():
     a, b = dedup.permutations()
     theirs = MinHash(dedup.NUM_PERM, seed=1, scheme="affine32").permutations
     assert np.array_equal(np.stack([a.ravel(), b.ravel()]), theirs) and a.dtype == theirs.dtype
+
+
+WORKER = """
+import sys
+from trickster.data import encode
+encode.start_pool_worker({"kind": "byte", "eot": True})
+chunk = encode.Chunk(["one two three four five six", "seven"], [None, None], 0.1, "uint16", True, True)
+assert encode.encode_chunk(chunk).signatures.shape == (2, 128)
+print(" ".join(name for name in ("datasketch", "scipy") if name in sys.modules))
+"""
+
+
+def test_a_worker_imports_neither_datasketch_nor_scipy():
+    """A pool worker is a fresh interpreter (spawn): each such import is about 80 MiB per worker."""
+    src = str(Path(dedup.__file__).parents[2])  # the trickster these tests import
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", WORKER], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
 
 
 def test_copies_of_one_text_prepare_as_one_document(tmp_path):
