@@ -5,6 +5,8 @@ thread, a SIGKILL during a background write resumed exactly, a failed write said
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -14,6 +16,7 @@ import torch
 
 from trickster.data import loader
 from trickster.errors import UserError
+from trickster.train import async_save, loop
 from trickster.train import checkpoint as ckpt
 from trickster.train.async_save import by_layout, snapshot
 from trickster.train.loop import train
@@ -82,8 +85,13 @@ def test_background_saves_write_the_checkpoints_of_saves_on_the_training_thread(
     assert writers == [("step_000004", True), ("step_000008", True)]  # best and final: on the training thread
     assert curve(result.history) == curve(reference.history)
     assert folders(run_dir) == folders(reference.run_dir) == ["best", "final", "step_000004", "step_000008"]
+    assert_same_checkpoints(run_dir, reference.run_dir)
+
+
+def assert_same_checkpoints(run_dir: Path, reference_dir: Path) -> None:
+    """Every checkpoint of two runs: the same tensors, trainer state and info.json, but the clock."""
     for name in folders(run_dir):
-        ours, theirs = run_dir / "checkpoints" / name, reference.run_dir / "checkpoints" / name
+        ours, theirs = run_dir / "checkpoints" / name, reference_dir / "checkpoints" / name
         assert safetensors_content(ours / ckpt.WEIGHTS) == safetensors_content(theirs / ckpt.WEIGHTS), name
         states = [ckpt.load_trainer_state(p) for p in (ours, theirs)]
         for state in states:
@@ -93,6 +101,49 @@ def test_background_saves_write_the_checkpoints_of_saves_on_the_training_thread(
         for kept in (info, expected):  # the time, and the sums of files compared above
             kept.pop("saved"), kept["sha256"].pop("trainer.pt"), kept["sha256"].pop(ckpt.WEIGHTS)
         assert info == expected, name
+
+
+def held_until_the_next_wait(monkeypatch, names: set[str] | None = None) -> list[bool]:
+    """Background writes of the checkpoints `names` (None: all) wait until the training thread next
+    waits for a write (Writer.settle), or 60 s; the list says for each one whether it was released so."""
+    settling, held = threading.Event(), []
+    settle, save_checkpoint = async_save.Writer.settle, ckpt.save_checkpoint
+
+    def noted_settle(self):
+        settling.set()
+        return settle(self)
+
+    def holding(target, *args, **kwargs):
+        named = names is None or Path(target).name in names
+        if named and threading.current_thread() is not threading.main_thread():
+            settling.clear()  # set by the wait at the start of this very save
+            held.append(settling.wait(60))
+        return save_checkpoint(target, *args, **kwargs)
+
+    monkeypatch.setattr(async_save.Writer, "settle", noted_settle)
+    monkeypatch.setattr(ckpt, "save_checkpoint", holding)
+    return held
+
+
+def test_an_evaluation_at_a_background_checkpoint_records_its_loss_in_it(
+    shakespeare_dir, tmp_path, monkeypatch
+):
+    """Numbered checkpoints at the evaluations' steps (3, 6, 9), each write held until the
+    training thread next waits: the evaluation after it waits for it before it writes its loss
+    into its info.json, and `best` links its files, as in a run saving on the training thread."""
+    meeting = {**CRASH_RUN, "training_config": {**CRASH_RUN["training_config"], "save_every": 3}}
+    foreground = train(micro_config(shakespeare_dir, tmp_path / "foreground", **meeting), **QUIET)
+    held = held_until_the_next_wait(monkeypatch, {"step_000003", "step_000006", "step_000009"})
+    background = train(micro_config(shakespeare_dir, tmp_path / "background", **meeting, **ASYNC), **QUIET)
+
+    assert held == [True, True, True]
+    assert curve(background.history) == curve(foreground.history)
+    assert folders(background.run_dir) == folders(foreground.run_dir)
+    assert_same_checkpoints(background.run_dir, foreground.run_dir)
+    info = json.loads((background.run_dir / "checkpoints" / "step_000006" / "info.json").read_text())
+    assert info["val_loss"] == next(
+        r["val_loss"] for r in events(background.history, "eval") if r["step"] == 6
+    )
 
 
 def test_sigkill_during_a_background_write_resumes_as_the_uninterrupted_run(
@@ -141,6 +192,56 @@ def test_a_failed_background_write_is_one_line_at_the_next_wait(micro, monkeypat
     assert folders(run_dir) == ["step_000002"]
     monkeypatch.setattr(ckpt, "save_file", save_file)  # space freed
     assert train(cfg, resume=True, **QUIET).state.step == 8
+
+
+@pytest.mark.slow
+def test_a_loss_spike_rolls_back_to_the_checkpoint_still_written_in_the_background(micro, monkeypatch):
+    """The micro run's real spike (test_long_runs.py) rolls back to step_000015. Here that
+    checkpoint's background write is held until the training thread next waits for a write: the
+    rollback must wait for it too, or it returns to step_000010 and the run goes on otherwise."""
+    from .test_long_runs import SPIKE, losses, raise_lr_once, weights
+
+    results = {}
+    for background in (False, True):
+        raise_lr_once(monkeypatch)
+        held = held_until_the_next_wait(monkeypatch, {"step_000015"})
+        cfg = micro(training_config=SPIKE, checkpoint_config={"async_save": background})
+        cfg.logging.output_dir += f"-{background}"
+        results[background] = train(cfg, **QUIET)
+        monkeypatch.undo()
+    assert held == [True, True]  # its write, and the rollback's own save of it; both released by a wait
+    rollbacks = [[r for r in results[b].history if r["event"] == "rollback"] for b in (False, True)]
+    assert rollbacks[0][0]["checkpoint"] == "step_000015"
+    assert [{k: r[k] for k in r if k != "time"} for r in rollbacks[1]] == [
+        {k: r[k] for k in r if k != "time"} for r in rollbacks[0]
+    ]
+    assert losses(results[True]) == losses(results[False])
+    a, b = weights(results[True].run_dir), weights(results[False].run_dir)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_stop_by_signal_says_saved_once_its_background_checkpoint_is_whole(micro, monkeypatch):
+    """SIGTERM during step 3: the run saves step_000003 in the background (held until the training
+    thread next waits) and says `saved checkpoints/step_000003` only once that folder is whole."""
+    held, step, steps, whole = held_until_the_next_wait(monkeypatch), loop.Trainer.step, [], []
+
+    def signalled(trainer):
+        steps.append(len(steps))
+        if len(steps) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # its handler notes it; the step then sees it
+        return step(trainer)
+
+    monkeypatch.setattr(loop.Trainer, "step", signalled)
+    cfg = micro(training_config={"save_every": 100, "eval_every": 100}, **ASYNC)
+    checkpoint = Path(cfg.logging.output_dir) / "checkpoints" / "step_000003"
+
+    def echo(line="", *args, **kwargs):
+        if str(line).startswith("stopped by SIGTERM"):
+            whole.append(ckpt.is_complete(checkpoint))
+
+    result = train(cfg, echo=echo)
+    assert (result.exit_signal, result.state.step) == (signal.SIGTERM, 3)
+    assert held == [True] and whole == [True]
 
 
 def test_a_snapshot_shares_no_tensor_with_what_it_copied():
