@@ -3403,6 +3403,21 @@ CASES = [
         "/data-copy/tokenizer.json is a folder, not a file; pass another --tokenizer-from",
     ),
     case(
+        "prepare-tokenizer-from-a-hugging-face-tokenizer-json",
+        lambda env: [
+            *_jsonl(['{"prompt": "a", "response": "b"}', '{"prompt": "c", "response": "d"}'])(env),
+            "--tokenizer-from",
+            env.write(
+                "tokenizer.json",
+                json.dumps(
+                    {"version": "1.0", "model": {"type": "WordLevel", "vocab": {"a": 0}, "unk_token": "a"}}
+                ),
+            ),
+        ],
+        "tokenizer.json is not a valid tokenizer (a Hugging Face tokenizer.json, not trickster's",
+        "import its model with `trickster import hf DIR`); pass another --tokenizer-from",
+    ),
+    case(
         "prepare-tokenizer-from-not-a-tokenizer",
         lambda env: [
             *_jsonl(['{"prompt": "a", "response": "b"}', '{"prompt": "c", "response": "d"}'])(env),

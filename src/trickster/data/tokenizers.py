@@ -406,6 +406,10 @@ def from_dict(data: dict) -> Tokenizer:
         return GPT2Tokenizer()
     if kind == "hf":
         return HFTokenizer(data["tokenizer"], data.get("config"), data.get("eos_ids", ()))
+    if kind is None and "model" in data:  # as the Hub has it
+        raise TokenizerJsonError(
+            "a Hugging Face tokenizer.json, not trickster's: import its model with `trickster import hf DIR`"
+        )
     raise ValueError(f"unknown tokenizer kind {kind!r}; this version reads {', '.join(KINDS)}")
 
 
