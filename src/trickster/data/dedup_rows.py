@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trickster.errors import UserError
+from trickster.data.shards import open_to_append
 
 BLOCK_ROWS = 65_536  # rows read back at once when a preparation continues (34 MB with signatures)
 
@@ -18,11 +18,7 @@ class KeptRows:
     def __init__(self, file: Path, dtype: np.dtype, count: int):
         """The first `count` rows of `file` (what progress.json counts; a longer file is cut there)."""
         self.file, self.dtype = file, dtype
-        size = count * dtype.itemsize
-        if size and (not file.is_file() or file.stat().st_size < size):
-            raise UserError(f"{file} is shorter than progress.json says; delete {file.parent} to start again")
-        with open(file, "ab") as f:
-            f.truncate(size)
+        open_to_append(file, count * dtype.itemsize, file.parent).close()  # appended to by flush
         self.written = count
         self.pending: list[tuple] = []  # appended since the last flush
 

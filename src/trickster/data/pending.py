@@ -14,8 +14,7 @@ import numpy as np
 
 from trickster.data.dedup import Deduper
 from trickster.data.encode import Encoded
-from trickster.data.shards import SPLITS, PendingDocument, Progress, ShardWriter
-from trickster.errors import UserError
+from trickster.data.shards import SPLITS, PendingDocument, Progress, ShardWriter, open_to_append
 
 PENDING = "pending.bin"
 READ_TOKENS = 1 << 18  # tokens copied from PENDING to a shard at a time: memory stays flat
@@ -27,11 +26,7 @@ class PendingTokens:
     def __init__(self, folder: Path, dtype: np.dtype, waiting: PendingDocument | None):
         self.path, self.dtype = folder / PENDING, dtype
         keep = 0 if waiting is None else (waiting.start + waiting.tokens) * dtype.itemsize
-        if keep and (not self.path.is_file() or self.path.stat().st_size < keep):
-            raise UserError(f"{self.path} is shorter than progress.json says; delete {folder} to start again")
-        self.file = open(self.path, "r+b" if self.path.is_file() else "w+b")  # noqa: SIM115 (release)
-        self.file.truncate(keep)
-        self.file.seek(keep)
+        self.file = open_to_append(self.path, keep, folder)  # closed by release
 
     @property
     def end(self) -> int:

@@ -15,6 +15,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -127,18 +128,25 @@ class Progress:
             raise UserError(f"{file} is damaged; delete {folder} to start again") from None
 
 
+def open_to_append(path: Path, keep: int, root: Path) -> BinaryIO:
+    """`path` opened at the end of its first `keep` bytes, what progress.json counts (a continued run
+    cuts back what a stopped one wrote after it), to grow by appends; one line if it holds fewer."""
+    if keep and (not path.is_file() or path.stat().st_size < keep):
+        raise UserError(f"{path} is shorter than progress.json says; delete {root} to start again")
+    file = open(path, "r+b" if path.is_file() else "wb")  # noqa: SIM115 (the caller closes it)
+    file.truncate(keep)
+    file.seek(keep)
+    return file
+
+
 class _Appender:
     """A file grown by appends, of which the first `keep` bytes count (a continued run cuts it back)."""
 
     def __init__(self, path: Path, keep: int, root: Path):
         if keep and not path.is_file() and path.with_suffix("").is_file():
             path.with_suffix("").rename(path)  # renamed, then stopped before the record said so
-        if keep and (not path.is_file() or path.stat().st_size < keep):
-            raise UserError(f"{path} is shorter than progress.json says; delete {root} to start again")
         self.path = path
-        self.file = open(path, "r+b" if path.is_file() else "wb")  # noqa: SIM115 (closed by finish/release)
-        self.file.truncate(keep)
-        self.file.seek(keep)
+        self.file = open_to_append(path, keep, root)  # closed by finish/release
 
     def finish(self) -> tuple[str, str]:
         """fsync, close and rename without `.part`; returns (name, sha256)."""
