@@ -1,5 +1,5 @@
 """The deduplicator's own index (data/near_index.py) decides as datasketch's MinHashLSH did, in a
-fraction of the memory; its hash table finds every row stored under a key."""
+fraction of the memory; its RowIndex finds every row stored under a key."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ class Piece:
     text: str
     first: bool
     last: bool
-    # a piece of one document among several (text_pieces.py), whose fate is decided at its last
+    # a piece of one document among several (documents.large_pieces), whose fate is decided at its last
     # piece: the last words before it (5 at most; fewer: all there are), so that the MinHash of each
     # piece covers the shingles across the cut before it; None for a piece of the one text
     before: tuple[str, ...] | None = None
