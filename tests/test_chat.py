@@ -59,6 +59,15 @@ def test_without_a_template_each_line_is_continued_as_generate_continues_it(monk
     assert out.endswith(f"ROMEO:{continuation(capsys, trained_run, 'ROMEO:')}\n")  # /exit: no JULIET
 
 
+def test_without_a_template_a_line_the_model_cannot_read_is_not_sent_and_the_chat_goes_on(
+    monkeypatch, capsys, trained_run
+):
+    # a character model never saw "é": that line alone is refused, as it is with a template
+    out = chat(monkeypatch, capsys, ["café", "ROMEO:"], str(trained_run), *GREEDY)
+    assert "(not sent: character 'é' is not in this model's character vocabulary" in out
+    assert out.endswith(f"ROMEO:{continuation(capsys, trained_run, 'ROMEO:')}\n")
+
+
 def test_each_reply_continues_the_whole_conversation_through_the_template(
     monkeypatch, capsys, trained_run, tmp_path
 ):

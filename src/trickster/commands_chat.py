@@ -128,7 +128,13 @@ class Talk:
 
 
 def _continue_ids(tokenizer: Tokenizer, line: str) -> list[int] | None:
-    ids = tokenizer.encode(line)
+    """The line's ids after the start ids; None, said why, for a line the model cannot read (one
+    line refused ends no conversation, as with a template)."""
+    try:
+        ids = tokenizer.encode(line)
+    except UserError as err:  # a character a char model never saw
+        print(f"(not sent: {err})")
+        return None
     if not ids:  # a line of characters the tokenizer drops (a char model that never saw them)
         print("(not sent: none of these characters are in the model's vocabulary)")
         return None
