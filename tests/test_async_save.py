@@ -18,7 +18,7 @@ from trickster.data import loader
 from trickster.errors import UserError
 from trickster.train import async_save, loop
 from trickster.train import checkpoint as ckpt
-from trickster.train.async_save import by_layout, snapshot
+from trickster.train.async_save import snapshot
 from trickster.train.loop import train
 
 from .conftest import QUIET, events, micro_config
@@ -247,14 +247,14 @@ def test_a_stop_by_signal_says_saved_once_its_background_checkpoint_is_whole(mic
 def test_a_snapshot_shares_no_tensor_with_what_it_copied():
     weight = torch.ones(3)
     state = {"weights": {"a": weight, "tied": weight}, "rng": [(1, torch.zeros(2))], "step": 5}
-    copied = snapshot(state)
+    copied, spare = snapshot(state)
     weight.add_(1)
     state["rng"][0][1].add_(1)
     assert torch.equal(copied["weights"]["a"], torch.ones(3))
     assert copied["weights"]["a"] is copied["weights"]["tied"]  # a tied weight stays one tensor
     assert torch.equal(copied["rng"][0][1], torch.zeros(2)) and copied["step"] == 5
 
-    again = snapshot(state, by_layout(copied))  # into the first one's memory, no longer read
+    again, _ = snapshot(state, spare)  # into the first one's memory, no longer read
     assert again["weights"]["a"] is copied["weights"]["a"] and torch.equal(again["weights"]["a"], weight)
     assert again["rng"][0][1] is copied["rng"][0][1] and torch.equal(again["rng"][0][1], torch.ones(2))
 

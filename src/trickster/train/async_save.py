@@ -62,9 +62,8 @@ class Writer:
             return
         model, cfg, tokenizer, info, trainer_state, weights, staging = parts
         tensors = {**weights_to_save(model, weights), **lora.adapter_weights(model, weights)}
-        info, trainer_state, tensors = snapshot((info, trainer_state, tensors), self._spare)
-        # copied into at the next background save, which comes after settle(): this write is done
-        self._spare = by_layout((trainer_state, tensors))
+        # the next background save copies into this one's tensors after settle(): this write is done
+        (info, trainer_state, tensors), self._spare = snapshot((info, trainer_state, tensors), self._spare)
         written = (target, model, cfg, tokenizer, info, trainer_state, tensors, staging)
         self._pending = self._pool.submit(self._write, *written, shards)
 
@@ -116,13 +115,14 @@ def _error_of(pending: Future | None) -> BaseException | None:
     return None if pending is None else pending.exception()
 
 
-def snapshot(value, spare: dict | None = None):
+def snapshot(value, spare: dict | None = None) -> tuple:
     """`value` with every tensor in it copied into CPU memory (from a GPU: copied over; on the
     CPU: cloned) and everything else deep-copied, so that training on changes nothing in it. A
     tensor found twice (a tied weight) is copied once. `spare`: the tensors of an earlier snapshot
-    no one reads any more (by_layout), copied into where one has the layout: memory allocated
-    afresh costs a page fault per page when first written, on this CPU more than the copy itself.
-    Pageable memory, not pinned (on a GPU machine a pinned copy would be faster; not measured)."""
+    no one reads any more, by shape, strides and dtype, copied into where one has the layout:
+    memory allocated afresh costs a page fault per page when first written, on this CPU more than
+    the copy itself. Pageable memory, not pinned (on a GPU machine a pinned copy would be faster;
+    not measured). Returns the copy and its own tensors by layout: the `spare` of the next one."""
     copies: dict[int, torch.Tensor] = {}
 
     def copy_of(item):
@@ -139,27 +139,10 @@ def snapshot(value, spare: dict | None = None):
             return tuple(copy_of(v) for v in item)
         return deepcopy(item)
 
-    return copy_of(value)
-
-
-def by_layout(value) -> dict[tuple, list[torch.Tensor]]:
-    """The tensors in a snapshot, by shape, strides and dtype: the `spare` of the next one."""
-    found: dict[tuple, list[torch.Tensor]] = {}
-    seen: set[int] = set()
-
-    def visit(item):
-        if isinstance(item, torch.Tensor) and id(item) not in seen:
-            seen.add(id(item))
-            found.setdefault(_layout(item), []).append(item)
-        elif isinstance(item, dict):
-            for v in item.values():
-                visit(v)
-        elif isinstance(item, list | tuple):
-            for v in item:
-                visit(v)
-
-    visit(value)
-    return found
+    copied, next_spare = copy_of(value), {}
+    for tensor in copies.values():
+        next_spare.setdefault(_layout(tensor), []).append(tensor)
+    return copied, next_spare
 
 
 def _layout(tensor: torch.Tensor) -> tuple:
