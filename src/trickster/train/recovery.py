@@ -39,7 +39,6 @@ def finish(trainer: Trainer) -> TrainResult:
     state, t = trainer.state, trainer.cfg.training
     best = state.best_loss_seen
     final = trainer.run_dir / "checkpoints" / "final"
-    trainer.writer.settle()  # a numbered checkpoint still written in the background (async_save)
     if not ckpt.is_complete(final) or ckpt.checkpoint_step(final) != state.step:
         trainer.save("final")  # resumed at (or past) the last step: no step ran here
     if trainer.job.is_main:  # a kill between a numbered checkpoint and its rotation left one more
