@@ -56,6 +56,18 @@ def die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def write_half_then_die(save, obj, f, *args, **kwargs) -> None:
+    """The first half of what torch.save (`save`) writes of `obj` into `f`, then SIGKILL."""
+    buffer = io.BytesIO()
+    save(obj, buffer, *args, **kwargs)
+    data = buffer.getvalue()
+    if isinstance(f, str | os.PathLike):
+        f = open(f, "wb")
+    f.write(data[: len(data) // 2])  # the file checkpoint.py opened, or the one opened here
+    f.flush()
+    die()
+
+
 def on_nth_call(n: int):
     count = 0
 
@@ -106,19 +118,12 @@ def install(moment: str, n: int) -> None:
 
         def patched_save(obj, f, *args, **kwargs):
             if due():
-                buffer = io.BytesIO()
-                save(obj, buffer, *args, **kwargs)
-                data = buffer.getvalue()
-                if isinstance(f, str | os.PathLike):
-                    f = open(f, "wb")
-                f.write(data[: len(data) // 2])  # the file checkpoint.py opened, or the one opened here
-                f.flush()
-                die()
+                write_half_then_die(save, obj, f, *args, **kwargs)
             return save(obj, f, *args, **kwargs)
 
         torch.save = patched_save
     elif moment == "during-background-write":
-        install_background_kill(on_nth_call(n))
+        install_background_kill(due)
     elif moment == "before-prune":
         from trickster.train import checkpoint
 
@@ -205,12 +210,7 @@ def install_background_kill(due) -> None:
         drawn.clear()
         if not drawn.wait(60):
             os._exit(3)
-        buffer = io.BytesIO()
-        save(obj, buffer, *args, **kwargs)
-        data = buffer.getvalue()
-        f.write(data[: len(data) // 2])
-        f.flush()
-        die()
+        write_half_then_die(save, obj, f, *args, **kwargs)
 
     loader.BatchSampler.next_rows = patched_next_rows
     torch.save = patched_save
