@@ -220,11 +220,11 @@ def stage_shards(
     every process's shard of the optimizer moments in it; the optimizer's param_groups; and
     (`background`) the future of this process's shard, still being written (async_save.py)."""
     staging = on_main(job, staging_dir, target)
+    folder = staging / ckpt.OPTIMIZER
     try:
         if background:
-            shards = staging / ckpt.OPTIMIZER
-            return staging, *dist.save_sharded_optimizer_async(model, optimizer, shards, job.timeout_s)
-        return staging, dist.save_sharded_optimizer(model, optimizer, staging / ckpt.OPTIMIZER), None
+            return staging, *dist.save_sharded_optimizer_async(model, optimizer, folder, job.timeout_s)
+        return staging, dist.save_sharded_optimizer(model, optimizer, folder), None
     except BaseException:
         if job.is_main:
             shutil.rmtree(staging, ignore_errors=True)
