@@ -256,6 +256,9 @@ def test_a_download_of_the_wrong_shape_is_refused_and_not_cached(tmp_path, monke
         ('{"ctx": "a", "endings": ["a", "b", "c"], "label": 0}', "line 2: 3 endings, not a JSON object"),
         ('{"ctx": "a", "endings": ["a", "b", "c", "d"], "label": 4}', "line 2: label 4, not"),
         ('{"ctx": "a", "endings": ["a", "b", "c", "d"], "label": true}', "line 2: label true, not"),
+        ('{"ctx": "a", "endings": ["a", "b", "c", "d"], "label": "4"}', 'line 2: label "4", not'),
+        ('{"ctx": "a", "endings": ["a", "b", "c", "d"], "label": ""}', 'line 2: label "", not'),
+        ('{"ctx": "a", "endings": ["a", "b", "c", "d"], "label": " 1"}', 'line 2: label " 1", not'),
         ('{"ctx": 5, "endings": ["a", "b", "c", "d"], "label": 0}', "line 2: ctx is a number, not"),
         ('{"ctx": "a", "endings": ["a", 2, "c", "d"], "label": 0}', "line 2: an ending that is not text"),
         ('["a", "b"]', "line 2: an array, not"),
@@ -269,6 +272,35 @@ def test_each_line_must_be_a_hellaswag_example(tmp_path, monkeypatch, line, prob
     with pytest.raises(UserError, match="^f.jsonl " + problem.replace("(", r"\(")) as err:
         hellaswag.parse_examples(raw, "f.jsonl", "pass the real file")
     assert str(err.value).endswith("; pass the real file")
+
+
+def test_a_hugging_face_export_scores_as_the_original_file(trained_run, tmp_path, monkeypatch, capsys):
+    """Rowan/hellaswag's validation split written by `.to_json(...)`: the original's columns, in
+    its own order, with the label as text. Its scores are those of the same examples in the
+    original shape."""
+    examples = excerpt_examples(12)
+    for i, example in enumerate(examples):
+        example["label"] = i % 4
+    original_file = write_file(tmp_path / "hellaswag_val.jsonl", examples, monkeypatch)
+    original = run_task(capsys, trained_run, original_file)
+    exported = [
+        {
+            "ind": 24 + i,
+            "activity_label": "Roof shingle removal",
+            "ctx_a": e["ctx"],
+            "ctx_b": "",
+            "ctx": e["ctx"],
+            "endings": e["endings"],
+            "source_id": f"activitynet~v_{i}",
+            "split": "val",
+            "split_type": "indomain",
+            "label": str(e["label"]),
+        }
+        for i, e in enumerate(examples)
+    ]
+    from_hf = run_task(capsys, trained_run, write_file(tmp_path / "validation.jsonl", exported, monkeypatch))
+    assert from_hf["scored"] == 12 and 0 < from_hf["correct_norm"] < 12
+    assert {**from_hf, "source": ""} == {**original, "source": ""}
 
 
 def test_an_imported_llama_tokenizer_reads_each_ending_as_running_text():

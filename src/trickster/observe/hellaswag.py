@@ -15,7 +15,9 @@ than the whole context window, a character a char model's vocabulary lacks, an e
 The file is rowanz/hellaswag's hellaswag_val.jsonl, downloaded once into the cache folder
 ($TRICKSTER_CACHE_DIR, else $XDG_CACHE_HOME/trickster, else ~/.cache/trickster) or passed as a
 local copy. Its SHA-256 is not pinned here: the file is checked by its shape (10,042 lines, each a
-JSON object with ctx, 4 endings and a label 0-3).
+JSON object with ctx, 4 endings and a label 0-3). A copy exported from Hugging Face's
+Rowan/hellaswag (its validation split, `.to_json(...)`) has the same columns, but the label as a
+text ("0".."3", "" in its test split): a digit 0-3 is read as that number.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellas
 VAL_EXAMPLES = 10_042  # lines of hellaswag_val.jsonl, one example each
 FILE_NAME = "hellaswag_val.jsonl"
 ENDINGS = 4
+LABEL_TEXTS = tuple(str(index) for index in range(ENDINGS))  # "0".."3": a Hugging Face export's labels
 SHAPE = "a JSON object with ctx (text), endings (4 texts) and label (0-3)"
 # why an example is left out -> how the summary says it
 SKIPPED = {
@@ -154,7 +157,7 @@ def _example(line: str, where: str, fix: str) -> Example:
     problem = _shape_problem(record)
     if problem:
         raise UserError(f"{where}: {problem}, not {SHAPE}; {fix}")
-    return Example(record["ctx"], tuple(record["endings"]), record["label"])
+    return Example(record["ctx"], tuple(record["endings"]), _label(record.get("label")))
 
 
 def _shape_problem(record) -> str | None:
@@ -171,8 +174,18 @@ def _shape_problem(record) -> str | None:
         return f"{len(endings)} endings"
     if not all(isinstance(ending, str) for ending in endings):
         return "an ending that is not text"
-    if type(label) is not int or not 0 <= label < ENDINGS:
+    if _label(label) is None:
         return "no label" if label is None else f"label {json.dumps(label)}"
+    return None
+
+
+def _label(value) -> int | None:
+    """The right ending's index: a number 0-3, or the same as text, as Hugging Face's
+    Rowan/hellaswag gives it ("0".."3"); None for anything else."""
+    if type(value) is int and 0 <= value < ENDINGS:
+        return value
+    if isinstance(value, str) and value in LABEL_TEXTS:
+        return int(value)
     return None
 
 
