@@ -136,6 +136,37 @@ def test_without_the_file_offline_the_run_stops_before_it_starts(
     assert again.finished_before and "already finished at step 2" in "\n".join(said)
 
 
+@pytest.mark.parametrize(
+    ("training", "waiting"),
+    [
+        ({"hellaswag_examples": FIRST}, "training_config.hellaswag_examples takes"),
+        ({"hellaswag_file": "FILE"}, "training_config.hellaswag_file takes"),
+        (
+            {"hellaswag_file": "FILE", "hellaswag_examples": FIRST},
+            "training_config.hellaswag_file and training_config.hellaswag_examples take",
+        ),
+        ({"hellaswag_file": "FILE", "hellaswag_every": 2}, None),
+    ],
+)
+def test_hellaswag_keys_set_without_hellaswag_every_are_kept_and_said_once(
+    micro, hellaswag_file, training, waiting
+):
+    """A config may hold the file and the count for later: the run trains, scores nothing, and
+    says once at its start why not; with hellaswag_every it scores and says nothing of the kind."""
+    training = {k: str(hellaswag_file) if v == "FILE" else v for k, v in training.items()}
+    said: list[str] = []
+    result = train(micro(training_config={"max_steps": 2, "warmup_steps": 1, **training}), echo=said.append)
+    notes = [line for line in said if "effect only with" in line]
+    scored = [r["step"] for r in events(result.history, "hellaswag")]
+    if waiting is None:
+        assert notes == [] and scored == [0, 2]
+        return
+    expected = f"note: {waiting} effect only with training_config.hellaswag_every, which is not set: "
+    assert notes == [expected + "this run scores no HellaSwag"] and scored == []
+    first_step = next(i for i, line in enumerate(said) if line.startswith("step "))
+    assert said.index(notes[0]) < first_step  # said at the start, before training
+
+
 def test_more_processes_than_scorable_examples_is_refused(micro, hellaswag_file):
     """Every process scores a share, in as many passes as the others: none may be left empty."""
     cfg = micro(training_config=scoring(hellaswag_file, hellaswag_examples=3))

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from trickster.config import Config
+from trickster.config import Config, TrainingConfig
 from trickster.data.tokenizers import Tokenizer
 from trickster.errors import UserError
 from trickster.observe import hellaswag
@@ -45,6 +45,7 @@ class HellaSwagEval:
         self.counts = Accuracy(0)  # what every scoring reads: examples, and those left out
         self.source = ""  # where the file was read
         self.most = self.fewest = self.longest = 1  # rows of a process's share; tokens of a row
+        self.waiting = _waiting(t)  # keys that wait for hellaswag_every
         if self.every is None:
             return
         examples, self.source = on_main(job, _first, t.hellaswag_file, t.hellaswag_examples)
@@ -96,6 +97,17 @@ class HellaSwagEval:
             self.counts.examples, scored, correct, correct_norm, cut, Counter(self.counts.skipped)
         )
 
+    def unused_note(self) -> str | None:
+        """The line for hellaswag_file or hellaswag_examples set without hellaswag_every: kept (a
+        config may hold them for later), but said, as no scoring will come of them."""
+        if not self.waiting:
+            return None
+        keys = " and ".join(f"training_config.{key}" for key in self.waiting)
+        return (
+            f"note: {keys} take{'' if len(self.waiting) > 1 else 's'} effect only with "
+            "training_config.hellaswag_every, which is not set: this run scores no HellaSwag"
+        )
+
     def header(self) -> str:
         """What the run's header says of it: how often, which examples, and those left out."""
         examples = self.counts.examples
@@ -105,6 +117,14 @@ class HellaSwagEval:
         )
         skipped = hellaswag.skipped_summary(self.counts)
         return line + (f"; left out: {skipped}" if skipped else "")
+
+
+def _waiting(t: TrainingConfig) -> list[str]:
+    """The HellaSwag keys set to other than their default while hellaswag_every is not."""
+    if t.hellaswag_every is not None:
+        return []
+    fields = type(t).model_fields
+    return [key for key in ("hellaswag_file", "hellaswag_examples") if getattr(t, key) != fields[key].default]
 
 
 def _first(path: str | None, count: int) -> tuple[list[hellaswag.Example], str]:

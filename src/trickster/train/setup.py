@@ -252,6 +252,8 @@ def announce(trainer: Trainer, resume, changed: dict, repairs: list[str], global
         out.line(trainer.batch_note)
     if trainer.hellaswag.enabled:
         out.line(trainer.hellaswag.header())
+    elif unused := trainer.hellaswag.unused_note():
+        out.line(unused)
     if resuming:
         return
     trainer.metrics.write(
