@@ -1,4 +1,4 @@
-"""What checkpoint_config.async_save gains: the training thread's stall at each numbered checkpoint,
+"""What training_config.async_save gains: the training thread's stall at each numbered checkpoint,
 and the time of a whole short run that saves every few steps, with and without it.
 
     python bench/async_save.py                         # mini's shape, 12 steps, a save every 2
@@ -59,7 +59,7 @@ def timed_run(preset: str, data_dir: Path, out: Path, background: bool, args) ->
         f"training_config.log_every={args.steps}",  # one train event: ms/step over the whole run
         "training_config.eval_batches=1",
         "training_config.sample_every=0",
-        f"checkpoint_config.async_save={str(background).lower()}",
+        f"training_config.async_save={str(background).lower()}",
         *args.overrides,
     ]
     cfg = load_config(preset=preset, overrides=overrides)

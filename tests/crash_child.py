@@ -12,7 +12,7 @@ MOMENT, counted from 1 with N:
     during-trainer-write  half-way through writing the N-th trainer.pt of a checkpoint
     during-background-write
                           half-way through the N-th trainer.pt written by a thread other than the
-                          main one (checkpoint_config.async_save), once the training thread has
+                          main one (training_config.async_save), once the training thread has
                           drawn a batch since that write began (exit status 3 if it never does)
     before-prune          the N-th time keep_last's rotation is about to delete older checkpoints
                           (the numbered one just saved is in place)

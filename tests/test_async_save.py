@@ -1,4 +1,4 @@
-"""checkpoint_config.async_save: numbered checkpoints written by a background thread while the
+"""training_config.async_save: numbered checkpoints written by a background thread while the
 run trains on, on real micro runs: the same checkpoints and losses as saves on the training
 thread, a SIGKILL during a background write resumed exactly, a failed write said in one line."""
 
@@ -26,7 +26,10 @@ from .test_resume import CRASH_RUN, assert_same_weights, crash, curve
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
-ASYNC = {"checkpoint_config": {"async_save": True}}
+
+def in_background(sections: dict) -> dict:
+    """`sections` with training_config.async_save on."""
+    return {**sections, "training_config": {**sections.get("training_config", {}), "async_save": True}}
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +83,7 @@ def test_background_saves_write_the_checkpoints_of_saves_on_the_training_thread(
     monkeypatch.setattr(loader.BatchSampler, "next_rows", drawing)
     monkeypatch.setattr(ckpt, "save_checkpoint", waiting)
     run_dir = tmp_path / "run"
-    result = train(micro_config(shakespeare_dir, run_dir, **CRASH_RUN, **ASYNC), **QUIET)
+    result = train(micro_config(shakespeare_dir, run_dir, **in_background(CRASH_RUN)), **QUIET)
 
     assert writers == [("step_000004", True), ("step_000008", True)]  # best and final: on the training thread
     assert curve(result.history) == curve(reference.history)
@@ -134,7 +137,9 @@ def test_an_evaluation_at_a_background_checkpoint_records_its_loss_in_it(
     meeting = {**CRASH_RUN, "training_config": {**CRASH_RUN["training_config"], "save_every": 3}}
     foreground = train(micro_config(shakespeare_dir, tmp_path / "foreground", **meeting), **QUIET)
     held = held_until_the_next_wait(monkeypatch, {"step_000003", "step_000006", "step_000009"})
-    background = train(micro_config(shakespeare_dir, tmp_path / "background", **meeting, **ASYNC), **QUIET)
+    background = train(
+        micro_config(shakespeare_dir, tmp_path / "background", **in_background(meeting)), **QUIET
+    )
 
     assert held == [True, True, True]
     assert curve(background.history) == curve(foreground.history)
@@ -153,14 +158,14 @@ def test_sigkill_during_a_background_write_resumes_as_the_uninterrupted_run(
     the staging folder is left without COMPLETE, the resume starts from step 4 and ends with the
     losses and weights of the run never killed."""
     run_dir = tmp_path / "run"
-    crash(shakespeare_dir, run_dir, "during-background-write", 2, run={**CRASH_RUN, **ASYNC})
+    crash(shakespeare_dir, run_dir, "during-background-write", 2, run=in_background(CRASH_RUN))
 
     hidden = [p.name for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".")]
     assert [name.split("-")[0] for name in hidden] == [".step_000008.tmp"], hidden
     assert not (run_dir / "checkpoints" / hidden[0] / ckpt.COMPLETE).exists()
     assert ckpt.latest(run_dir).name == "step_000004"
 
-    resumed = train(micro_config(shakespeare_dir, run_dir, **CRASH_RUN, **ASYNC), resume=True, **QUIET)
+    resumed = train(micro_config(shakespeare_dir, run_dir, **in_background(CRASH_RUN)), resume=True, **QUIET)
 
     assert curve(resumed.history) == curve(reference.history)
     for name in ("final", "best"):
@@ -183,7 +188,7 @@ def test_a_failed_background_write_is_one_line_at_the_next_wait(micro, monkeypat
 
     monkeypatch.setattr(ckpt, "save_file", full)
     every_2 = {"max_steps": 8, "warmup_steps": 1, "eval_every": 100, "save_every": 2}
-    cfg = micro(training_config=every_2, **ASYNC)
+    cfg = micro(training_config={**every_2, "async_save": True})
     refused = r"could not write checkpoint .*step_000004 \(No space left on device\)"
     with pytest.raises(UserError, match=refused):
         train(cfg, **QUIET)
@@ -205,7 +210,7 @@ def test_a_loss_spike_rolls_back_to_the_checkpoint_still_written_in_the_backgrou
     for background in (False, True):
         raise_lr_once(monkeypatch)
         held = held_until_the_next_wait(monkeypatch, {"step_000015"})
-        cfg = micro(training_config=SPIKE, checkpoint_config={"async_save": background})
+        cfg = micro(training_config={**SPIKE, "async_save": background})
         cfg.logging.output_dir += f"-{background}"
         results[background] = train(cfg, **QUIET)
         monkeypatch.undo()
@@ -232,7 +237,7 @@ def test_a_stop_by_signal_says_saved_once_its_background_checkpoint_is_whole(mic
         return step(trainer)
 
     monkeypatch.setattr(loop.Trainer, "step", signalled)
-    cfg = micro(training_config={"save_every": 100, "eval_every": 100}, **ASYNC)
+    cfg = micro(training_config={"save_every": 100, "eval_every": 100, "async_save": True})
     checkpoint = Path(cfg.logging.output_dir) / "checkpoints" / "step_000003"
 
     def echo(line="", *args, **kwargs):
@@ -268,7 +273,7 @@ def test_fsdp2_writes_its_optimizer_shards_in_the_background_as_in_the_foregroun
     from .test_dist import config, forked_job, history, losses
 
     runs = {}
-    for name, overrides in (("foreground", ()), ("background", ("checkpoint_config.async_save=true",))):
+    for name, overrides in (("foreground", ()), ("background", ("training_config.async_save=true",))):
         (tmp_path / name).mkdir()
         cfg = config(shakespeare_dir, tmp_path / name / "run", batch_size=4, enable_fsdp=True, timeout_s=120)
         forked_job(cfg, tmp_path / name, *overrides)
@@ -293,7 +298,7 @@ def test_a_background_write_that_rank_0_fails_ends_every_process_with_its_line(s
 
     run_dir = tmp_path / "run"
     cfg = config(shakespeare_dir, run_dir, batch_size=4, enable_ddp=True, timeout_s=300)
-    cfg.checkpoint.async_save = True
+    cfg.training.async_save = True
     result = forked_job(cfg, tmp_path, fault="disk-full-in-save:1", timeout=90, end_others=False)
     target = run_dir / "checkpoints" / "step_000010"
     line = f"error: could not write checkpoint {target} (No space left on device)"

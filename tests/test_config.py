@@ -116,7 +116,6 @@ def test_saved_config_uses_the_tutorials_section_names(tmp_path):
         "training_config",
         "device_config",
         "logging_config",
-        "checkpoint_config",  # ours, after the tutorial's
     ]
 
 

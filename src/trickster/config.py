@@ -1,4 +1,4 @@
-"""Typed run configuration: the tutorial's four YAML sections, `data_config` and `checkpoint_config`.
+"""Typed run configuration: four YAML sections from the tutorial plus `data_config`.
 
 Every field is documented where it is declared; the docstring is also the `--help` text.
 Loading gathers every problem at once and names the key to change, for example
@@ -207,6 +207,8 @@ class TrainingConfig(_Section):
     """Steps between numbered checkpoints."""
     keep_last: int | None = Field(None, gt=0)
     """Numbered checkpoints to keep, newest first; empty keeps all. best and final are never deleted."""
+    async_save: StrictBool = False
+    """Write numbered checkpoints in a background thread as training goes on, from a CPU copy of its state."""
     resume: StrictBool | Literal["auto"] = False
     """Continue from the run folder's newest complete checkpoint: true requires one (like --resume),
     auto resumes when there is one and starts afresh when there is none."""
@@ -325,11 +327,6 @@ class LoggingConfig(_Section):
 WANDB_FORBIDDEN = "/\\#?%:"
 
 
-class CheckpointConfig(_Section):
-    async_save: StrictBool = False
-    """Write numbered checkpoints in a background thread as training goes on, from a CPU copy of its state."""
-
-
 class Config(BaseModel):
     """A whole run. Section names are the tutorial's (`model_config`, `training_config`, ...)."""
 
@@ -340,7 +337,6 @@ class Config(BaseModel):
     training: TrainingConfig = Field(default_factory=TrainingConfig, alias="training_config")
     device: DeviceConfig = Field(default_factory=DeviceConfig, alias="device_config")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, alias="logging_config")
-    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, alias="checkpoint_config")
     # what a saved config.yaml held of the wrong kind, set aside for the default (config_saved):
     # {"training_config.log_every": "often"}; a resume reports a change from these
     _set_aside: dict[str, Any] = PrivateAttr(default_factory=dict)

@@ -1,5 +1,5 @@
 """Where a run's checkpoint folders are written: on the training thread, or, with
-checkpoint_config.async_save, a numbered one by a background thread while training goes on (the
+training_config.async_save, a numbered one by a background thread while training goes on (the
 idea of torchtitan's async checkpointing, as one plain worker thread).
 
 A background save starts with a snapshot on the training thread: the weights, the optimizer

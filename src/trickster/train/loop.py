@@ -132,7 +132,7 @@ class Trainer:
         self.clock = Clock(t)
         self.heartbeat = Heartbeat(self.run_dir, t.max_steps, enabled=job.is_main)
         self.saved: ckpt.Saved | None = None  # this process's last checkpoint
-        self.writer = Writer(cfg.checkpoint.async_save, job, t.keep_last, self.out.line)
+        self.writer = Writer(t.async_save, job, t.keep_last, self.out.line)
         self.eval_due = False  # resumed from a checkpoint saved before its step's evaluation
         self.hellaswag_due = self.hellaswag.enabled  # at step 0; resumed: as eval_due, for HellaSwag
         if job.rank > 0:  # other dropout masks on each process (rank 0 draws as a single process would)
@@ -363,7 +363,7 @@ class Trainer:
         process writes its own shard of them (torch.distributed.checkpoint) into the same folder.
         A second folder of one step (`best` after `final`) links the first one's weights and shards
         instead of writing them again (every process knows: they all saved the first). With
-        checkpoint_config.async_save a numbered one is written in the background (async_save.py).
+        training_config.async_save a numbered one is written in the background (async_save.py).
         `eval_due`, `hellaswag_due`: an evaluation of these weights follows (a resume from here does
         it again)."""
         self.writer.settle()  # one write at a time: `reuse` and keep_last's rotation need it done
