@@ -130,7 +130,7 @@ def micro_config(data_dir: Path, run_dir: Path, **sections) -> Config:
         "logging_config": {"output_dir": str(run_dir), "progress_bar": False, "loss_plot": False},
     }
     for section, values in sections.items():
-        raw.setdefault(section, {}).update(values)
+        raw[section].update(values)
     return config_from_dict(raw, "test config")
 
 
