@@ -1235,6 +1235,17 @@ def _serve_on_taken_port(env: Env) -> list[str]:
     return ["serve", str(env.run), "--device", "cpu", "--port", str(taken.getsockname()[1])]
 
 
+def _serve_run_before_its_first_save(*flags: str) -> Build:
+    """`trickster serve` on a run folder as training leaves it before its first save."""
+
+    def build(env: Env) -> list[str]:
+        run = env.copy_run()
+        shutil.rmtree(run / "checkpoints")
+        return ["serve", str(run), "--device", "cpu", *flags]
+
+    return build
+
+
 def _serve_incomplete_checkpoint(env: Env) -> list[str]:
     ckpt = env.copy_checkpoint()
     (ckpt / "COMPLETE").unlink()
@@ -2968,6 +2979,12 @@ CASES = [
         _serve("--max-loaded-models", "1"),
         "holds only best, which stays loaded",
         "pass 2 or more",
+    ),
+    case(
+        "serve-max-loaded-models-one-before-first-save",
+        _serve_run_before_its_first_save("--max-loaded-models", "1"),
+        "holds only untrained, which stays loaded: the checkpoints",
+        "pass 2 or more (or --checkpoints untrained)",
     ),
     case("serve-port-beyond-65535", _serve("--port", "70000"), "--port must be between 0 and 65535", "70000"),
     case("serve-port-negative", _serve("--port", "-1"), "--port must be between 0 and 65535 (got -1)"),

@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from trickster.data.tokenizers import ByteTokenizer
+from trickster.errors import UserError
 from trickster.model.generate import generate
 from trickster.model.transformer import Transformer
 from trickster.serve import chat, models
@@ -304,6 +305,42 @@ def test_checkpoints_saved_while_serving_are_offered_at_once(trained_run, tmp_pa
         (tmp_path / "step_000012").rename(folder / "step_000012")
         assert list(cards(live)) == ["best", "final", "step_000006", "step_000012", "untrained"]
         assert completion(client, model="step_000012", **GREEDY) == expected
+
+
+def test_a_run_served_before_its_first_save_offers_untrained_then_its_checkpoints(trained_run, tmp_path):
+    """`trickster train` and `trickster serve` started together: the run folder holds its config.yaml
+    and tokenizer.json, no checkpoint yet. The server was refused ('train first'); it now offers
+    `untrained` (the model the checkpoints' own `untrained` is), then each checkpoint as it is saved."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("checkpoints"))
+    with live_server(trained_run) as live:
+        untrained_text = completion(client_of(live), model="untrained", **GREEDY)
+    with live_server(run) as live:
+        client = client_of(live)
+        assert list(cards(live)) == ["untrained"]
+        assert cards(live)["untrained"]["step"] == 0
+        assert completion(client, model="untrained", **GREEDY) == untrained_text
+        (run / "checkpoints").mkdir()
+        shutil.copytree(trained_run / "checkpoints" / "step_000006", tmp_path / "step_000006")
+        (tmp_path / "step_000006").rename(run / "checkpoints" / "step_000006")
+        assert list(cards(live)) == ["step_000006", "untrained"]
+        assert cards(live)["step_000006"]["step"] == 6
+        expected = greedy_text(trained_run / "checkpoints" / "step_000006")
+        assert completion(client, model="step_000006", **GREEDY) == expected
+        shutil.copytree(trained_run / "checkpoints" / "best", tmp_path / "best")
+        (tmp_path / "best").rename(run / "checkpoints" / "best")
+        assert list(cards(live)) == ["best", "step_000006", "untrained"]
+
+
+def test_a_folder_that_is_not_a_run_is_still_refused(trained_run, tmp_path):
+    """Only a run folder (its config.yaml and tokenizer.json) is served before a checkpoint exists."""
+    for kept in ([], ["config.yaml"], ["tokenizer.json"]):
+        folder = tmp_path / f"not-a-run-{len(kept)}-{''.join(kept)}"
+        folder.mkdir()
+        for name in kept:
+            shutil.copy(trained_run / name, folder / name)
+        with pytest.raises(UserError, match="no complete checkpoint in .*; train first"):
+            Catalog(folder, torch.device("cpu"))
 
 
 def test_a_checkpoint_pruned_as_a_stream_decodes_on_it_leaves_the_list_and_the_stream_finishes(

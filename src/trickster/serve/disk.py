@@ -36,9 +36,16 @@ def checkpoints(target: Path) -> dict[str, Path]:
     if ckpt.is_complete(target) or (target / ckpt.WEIGHTS).exists():
         return {target.name: ckpt.resolve(target)}
     found = listing(target / "checkpoints")
-    if not found:
+    if not found and not started_run(target):
         ckpt.resolve(target)  # raises the error that says what is missing
     return found
+
+
+def started_run(target: Path) -> bool:
+    """Whether `target` is a run folder, checkpoints or not: training writes its tokenizer.json and
+    config.yaml before its first save (a checkpoint folder holds them too, beside its weights)."""
+    files = [target / name for name in ("tokenizer.json", "config.yaml")]
+    return all(f.is_file() for f in files) and not (target / ckpt.COMPLETE).exists()
 
 
 def listing(folder: Path) -> dict[str, Path]:

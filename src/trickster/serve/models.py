@@ -1,5 +1,6 @@
 """The models one server offers: the checkpoints of one run (best, final, step_N) and `untrained`, a
-freshly initialised model of the same shape, each named by the folder it lives in.
+freshly initialised model of the same shape, each named by the folder it lives in. A run that has
+saved no checkpoint yet offers `untrained`, shaped by the run's own config.yaml and tokenizer.json.
 
 Configs, tokenizers and info.json of every checkpoint are read at start (so a damaged one is
 reported before serving). The default checkpoint's weights (the run's best, as `trickster generate
@@ -125,7 +126,7 @@ class Catalog:
         self.listing = threading.Lock()  # one rescan at a time
         self.departed: set[str] = set()  # offered once, gone from the disk since
         found = disk.checkpoints(Path(target))
-        default = ckpt.resolve(target)
+        default = ckpt.resolve(target) if found else None  # None: a run that has saved no checkpoint yet
         if names:
             unknown = [n for n in names if n not in found and n != UNTRAINED]
             if unknown:
@@ -138,14 +139,22 @@ class Catalog:
         for name, path in found.items():
             self.offered[name] = _describe(name, path, chat_template)
         if not names or UNTRAINED in names:
-            base = self.offered.get(default.name) or _describe(default.name, default, chat_template)
+            if default is None:  # shaped as the run's checkpoints will be, by the files it starts with
+                base = _describe(UNTRAINED, Path(target), chat_template, info={})
+            else:
+                base = self.offered.get(default.name) or _describe(default.name, default, chat_template)
             self.offered[UNTRAINED] = Offered(
                 UNTRAINED, base.path, base.cfg, base.tokenizer, base.info, base.chat_template, base.created
             )
         # the one loaded at start, and never unloaded: the checkpoint `trickster generate TARGET` would use
-        self.default = default.name if default.name in self.offered else next(iter(self.offered))
+        self.default = default.name if default and default.name in self.offered else next(iter(self.offered))
         if max_loaded < 1:
             raise UserError(f"--max-loaded-models must be at least 1 (got {max_loaded})")
+        if max_loaded == 1 and default is None and not names:
+            raise UserError(
+                f"--max-loaded-models 1 holds only {UNTRAINED}, which stays loaded: the checkpoints "
+                f"{target} saves would never load; pass 2 or more (or --checkpoints {UNTRAINED})"
+            )
         if max_loaded == 1 and len(self.offered) > 1:
             raise UserError(
                 f"--max-loaded-models 1 holds only {self.default}, which stays loaded: the "
@@ -420,9 +429,12 @@ def _load_whole(path: Path, device: torch.device) -> Transformer:
         time.sleep(0.01)
 
 
-def _describe(name: str, path: Path, chat_template: str | None) -> Offered:
+def _describe(name: str, path: Path, chat_template: str | None, info: dict | None = None) -> Offered:
+    """The checkpoint folder at `path` as offered (given `info`: a folder with no info.json, such as
+    a run's own, whose config.yaml and tokenizer.json `untrained` takes before its first save)."""
     version = disk.version(path)  # before reading: a change while read shows as a newer version
-    cfg, tokenizer, info = ckpt.read_config(path), ckpt.read_tokenizer(path), ckpt.read_info(path)
+    cfg, tokenizer = ckpt.read_config(path), ckpt.read_tokenizer(path)
+    info = ckpt.read_info(path) if info is None else info
     source = chat_template or chat_template_of(tokenizer)
     template = chat.Template(source, tokenizer) if source else None
     return Offered(name, path, cfg, tokenizer, info, template, int(path.stat().st_mtime), version=version)
