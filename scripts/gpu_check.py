@@ -45,7 +45,6 @@ The speed steps gpt2 and tutorial also write there the operators that took their
 from __future__ import annotations
 
 import argparse
-import contextlib
 import signal
 import sys
 import tempfile
@@ -188,12 +187,12 @@ def run_step(ctx: Context, name: str, echo, left: float | None, cap: float | Non
     echo(f"[gpu_check] {name} ...", flush=True)
     started = time.perf_counter()
     ctx.deadline = None if allowed is None else time.monotonic() + allowed
+    timer = Alarm(allowed, spare=gpu_runs.children())
     try:
-        with alarm(allowed, spare=gpu_runs.children()):
+        with timer:
             result = STEP_FUNCTIONS[name](ctx)
-    except OutOfTime:  # subprocess.run kills its child on the way out
-        stopped = f"its cap of {cap:.0f} s" if allowed == cap else f"the time limit of {time_limit:.0f} s"
-        result = Result(name, "SKIP", notes=[f"stopped at {stopped}"])
+    except OutOfTime:
+        result = Result(name, "SKIP")
     except StepFailed as failed:
         result = Result(name, "FAIL", notes=[str(failed)])
     except SystemExit as exited:  # a bench script's own command-line error (sys.exit("error: ..."))
@@ -203,32 +202,45 @@ def run_step(ctx: Context, name: str, echo, left: float | None, cap: float | Non
         result = Result(
             name, "FAIL", notes=[f"{type(error).__name__}: {str(error)[:300]} (see {name}.traceback)"]
         )
+    if timer.fired:  # whatever the step made of its killed processes
+        stopped = f"its cap of {cap:.0f} s" if allowed == cap else f"the time limit of {time_limit:.0f} s"
+        result = Result(name, "SKIP", notes=[f"stopped at {stopped}"])
     result.seconds = time.perf_counter() - started
     echo(f"[gpu_check] {name}: {result.status} in {result.seconds:.0f} s", flush=True)
     return result
 
 
-@contextlib.contextmanager
-def alarm(seconds: float | None, spare: set[int]):
-    """OutOfTime in this (the main) thread after `seconds` (None: never), once every process
-    started meanwhile is killed with its descendants (torchrun's workers too, which killing the
-    launcher would leave running); those in `spare` are not this step's."""
-    if seconds is None:
-        yield
-        return
+class Alarm:
+    """Stops the running step after `seconds` (None: never): kills every process started
+    meanwhile with its descendants (torchrun's workers too, which killing the launcher would leave
+    running; those in `spare` are not this step's), and again every half second any it starts
+    after, so that its waits return and the step ends. It raises OutOfTime only when the step runs
+    no process (work in this one): raised inside subprocess's waits, the exception can land between
+    the acquiring of Popen's wait lock and the `try` that releases it, and the wait that
+    subprocess.run then makes on its way out hangs for ever (seen under load, in a test)."""
 
-    def out_of_time(signum, frame):
-        for pid in gpu_runs.children() - spare:
+    def __init__(self, seconds: float | None, spare: set[int]):
+        self.seconds, self.spare, self.fired = seconds, spare, False
+
+    def __enter__(self) -> Alarm:
+        if self.seconds is not None:
+            self.previous = signal.signal(signal.SIGALRM, self.out_of_time)
+            signal.setitimer(signal.ITIMER_REAL, self.seconds)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.seconds is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self.previous)
+
+    def out_of_time(self, signum, frame) -> None:
+        self.fired = True
+        started = gpu_runs.children() - self.spare
+        if not started:
+            raise OutOfTime
+        for pid in started:
             gpu_runs.kill_tree(pid)
-        raise OutOfTime
-
-    previous = signal.signal(signal.SIGALRM, out_of_time)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -123,6 +123,34 @@ def test_the_time_limit_stops_the_running_step_and_its_process_and_skips_the_res
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
+def test_the_time_limit_ends_a_steps_processes_without_raising_inside_its_waits(tmp_path, monkeypatch):
+    """An exception raised inside subprocess's waits can leave Popen's wait lock held, and the wait
+    subprocess.run makes on its way out then hangs for ever (a test of the limit hung so, under
+    load): the limit kills the step's processes, so its waits return normally, and raises only in
+    work done in this process."""
+    returned = []
+
+    def waits_on_processes(ctx):
+        for _ in range(3):  # a process started after the limit is killed too
+            done = subprocess.run([sys.executable, "-c", "import time; time.sleep(60)"], timeout=120)
+            returned.append(done.returncode)
+        return gpu_runs.Result("nano")
+
+    def computes(ctx):
+        while True:
+            sum(range(1000))
+
+    fake = {"nano": waits_on_processes, "plan": computes}
+    monkeypatch.setattr(gpu_check, "STEP_FUNCTIONS", fake)
+    ctx = gpu_runs.Context(tmp_path, tmp_path, dry_run=True)
+    started = time.monotonic()
+    results = gpu_check.run_steps(ctx, list(fake), echo=lambda *a, **k: None, caps={"nano": 1, "plan": 1})
+    assert time.monotonic() - started < 20
+    assert returned == [-signal.SIGKILL] * 3
+    assert [(r.status, r.notes) for r in results] == [("SKIP", ["stopped at its cap of 1 s"])] * 2
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
 def test_a_step_that_would_overrun_the_time_left_is_not_started_and_one_running_long_is_capped(
     tmp_path, monkeypatch
 ):
