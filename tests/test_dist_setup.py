@@ -322,12 +322,18 @@ def test_inside_a_step_s_guard_that_line_names_the_step_and_the_checkpoint(tmp_p
 
     from trickster.observe.events import NoMetrics
     from trickster.train import recovery, setup
+    from trickster.train.async_save import Writer
     from trickster.train.state import TrainState
 
     monkeypatch.setattr(dist, "broadcast", _lost)
     job = dist.Dist(rank=1, world_size=2, mode="ddp")
     trainer = SimpleNamespace(
-        job=job, run_dir=tmp_path, cfg=config(timeout_s=30), metrics=NoMetrics(), state=TrainState()
+        job=job,
+        run_dir=tmp_path,
+        cfg=config(timeout_s=30),
+        metrics=NoMetrics(),
+        state=TrainState(),
+        writer=Writer(False, job, None, print),  # saves on the training thread: none in flight
     )
     with pytest.raises(UserError) as ended, recovery.guard(trainer, "a checkpoint", 10):
         setup.on_main(job, lambda: "saved")
