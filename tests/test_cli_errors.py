@@ -3123,6 +3123,26 @@ CASES = [
         "run folder",
     ),
     case("export-out-not-empty", _export_into("hf", "mine\n"), "hf already exists and is not empty", "--out"),
+    case("export-out-empty", lambda env: ["export", str(env.run), "--out", ""], "--out", "empty path"),
+    case(
+        "export-gguf-out-empty",
+        lambda env: ["export", str(env.run), "--format", "gguf", "--out", ""],
+        "--out",
+        "empty path",
+    ),
+    case("report-out-empty", lambda env: ["report", str(env.run), "--out", ""], "--out", "empty path"),
+    case(
+        "prepare-out-empty",
+        lambda env: ["data", "prepare", "text", env.write("corpus.txt", "some text\n" * 20), "--out", ""],
+        "--out",
+        "empty path",
+    ),
+    case(
+        "import-out-empty",
+        lambda env: ["import", "hf", str(env.tmp / "model"), "--out", ""],
+        "--out",
+        "empty path",
+    ),
     case("export-out-is-file", _export_into("hf", None), "hf is a file", "--out"),
     case(
         "export-unknown-format",

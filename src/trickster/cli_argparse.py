@@ -21,6 +21,14 @@ def integer(text: str) -> int:
     return value
 
 
+def out_path(text: str) -> str:
+    """An --out path: not empty (an unset shell variable, `--out "$DIR"`, gave nothing; the
+    commands read "" as their default folder, or as ".", which is never what was meant)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is an empty path; give the path to write")
+    return text
+
+
 # A negative number in any form float() and `integer` take: -1e3, -1_000, -.5e0, -inf. argparse's
 # own pattern knows only -123 and -1.5, and read the others as unknown options ("--steps: expected
 # one argument"), so the value never reached the check that says what a valid one is.

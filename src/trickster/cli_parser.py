@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from trickster.cli_argparse import Parser, integer
+from trickster.cli_argparse import Parser, integer, out_path
 from trickster.options import Sampling  # dataclasses only
 from trickster.serve import limits  # imports nothing
 
@@ -120,7 +120,7 @@ def _add_prepare_options(parser: argparse.ArgumentParser) -> None:
         metavar="RUN_DIR|CHECKPOINT|FILE",
         help="use a model's tokenizer instead (to fine-tune that model on this data)",
     )
-    parser.add_argument("--out", help="output folder (default data/SOURCE-TOKENIZER)")
+    parser.add_argument("--out", type=out_path, help="output folder (default data/SOURCE-TOKENIZER)")
     parser.add_argument(
         "--val-fraction", type=float, default=0.1, help="the share held out for validation (default 0.1)"
     )
@@ -343,7 +343,7 @@ def _add_eval(commands) -> None:
 def _add_report(commands) -> None:
     report = commands.add_parser("report", help="one self-contained HTML page about a run")
     report.add_argument("run_dir", metavar="RUN_DIR")
-    report.add_argument("--out", help="file to write (default RUN_DIR/report.html)")
+    report.add_argument("--out", type=out_path, help="file to write (default RUN_DIR/report.html)")
     report.set_defaults(run="report_command")
 
 
@@ -363,7 +363,9 @@ def _add_export(commands) -> None:
         default="hf",
         help="hf: a transformers / vLLM folder; gguf: one llama.cpp file",
     )
-    export.add_argument("--out", required=True, help="a new folder (hf) or file (gguf) to write")
+    export.add_argument(
+        "--out", type=out_path, required=True, help="a new folder (hf) or file (gguf) to write"
+    )
     export.add_argument(
         "--dtype",
         choices=("float32", "bfloat16", "float16"),
@@ -388,7 +390,7 @@ def _add_import(commands) -> None:
     import_hf.add_argument(
         "--revision", help="a branch, tag or commit of the Hub repo (default: main); recorded in the run"
     )
-    import_hf.add_argument("--out", required=True, help="the new run folder")
+    import_hf.add_argument("--out", type=out_path, required=True, help="the new run folder")
     import_hf.set_defaults(run="import_command")
 
 
