@@ -1011,6 +1011,13 @@ def _gguf_into_read_only_folder(env: Env) -> list[str]:
     return ["export", str(env.run), "--format", "gguf", "--out", str(folder / "m.gguf")]
 
 
+def _import_under_a_file(env: Env) -> list[str]:
+    """A valid model folder (an export of the run), imported to a path under a file."""
+    model = env.tmp / "model"
+    assert cli.main(["export", str(env.run), "--out", str(model)]) == 0
+    return ["import", "hf", str(model), "--out", env.write("taken", "mine") + "/run"]
+
+
 def _tracking_missing(key: str, module: str) -> Build:
     def build(env: Env) -> list[str]:
         env.monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
@@ -2263,7 +2270,7 @@ CASES = [
         "hidden files, such as .keep, are skipped",
     ),
     case("prepare-out-is-file", _prepare_out_is_file, "taken is a file", "--out"),
-    case("prepare-out-under-a-file", _prepare_out_under_file, "could not write", "--out"),
+    case("prepare-out-under-a-file", _prepare_out_under_file, "taken is a file", "taken/data", "--out"),
     case("prepare-out-is-other-folder", _prepare_out_is_other_folder, "mine", "--out"),
     case(
         "prepare-on-a-full-disk",
@@ -3167,8 +3174,29 @@ CASES = [
             "--out",
             env.write("taken", "mine") + "/m.gguf",
         ],
-        "could not write",
-        "taken/m.gguf",
+        "taken is a file",
+        "taken/m.gguf cannot be made",
+        "--out",
+    ),
+    case(
+        "export-out-under-a-file",
+        lambda env: ["export", str(env.run), "--out", env.write("taken", "mine") + "/hf"],
+        "taken is a file",
+        "taken/hf cannot be made",
+        "--out",
+    ),
+    case(
+        "report-out-under-a-file",
+        lambda env: ["report", str(env.run), "--out", env.write("taken", "mine") + "/pages/r.html"],
+        "taken is a file",
+        "taken/pages/r.html cannot be made",
+        "--out",
+    ),
+    case(
+        "import-out-under-a-file",
+        _import_under_a_file,
+        "taken is a file",
+        "taken/run cannot be made",
         "--out",
     ),
     case(

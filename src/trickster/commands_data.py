@@ -14,6 +14,7 @@ from trickster.data.records import jsonl_prompt_response
 from trickster.data.tokenizers import load_tokenizer
 from trickster.errors import UserError
 from trickster.options import PrepareOptions, SourceSpec
+from trickster.out_path import refuse_path_through_a_file
 from trickster.train import checkpoint as ckpt
 from trickster.train import checksums
 
@@ -26,6 +27,7 @@ def prepare_data(spec: SourceSpec, options: PrepareOptions, dedup: DedupSettings
     chosen = _tokenizer_from(options.tokenizer_from) if options.tokenizer_from else (tokenizer or "char")
     kind = chosen if isinstance(chosen, str) else chosen.kind
     out_dir = Path(options.out or f"data/{source}-{kind}")
+    refuse_path_through_a_file(out_dir)
     if source == "jsonl" and text_field is None and spec.template is None:
         records = jsonl_prompt_response(paths[0])
         prepare_prompt_response(records, chosen, out_dir, options.val_fraction, vocab_size, dedup)

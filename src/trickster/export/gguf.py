@@ -41,6 +41,7 @@ from trickster.data.tokenizers import EOT_TEXT, Tokenizer
 from trickster.errors import UserError, disk_errors, write_error, write_fix
 from trickster.export import byte_level
 from trickster.export.hf import rename
+from trickster.out_path import refuse_path_through_a_file
 from trickster.train import checkpoint as ckpt
 
 TO_GGUF = {
@@ -141,6 +142,7 @@ def export_gguf(target: str | Path, out: str | Path, dtype: str = "float32") -> 
     if dtype not in ("float32", "float16"):
         raise UserError(f"GGUF export writes float32 or float16 weights (got --dtype {dtype})")
     out = Path(out)
+    refuse_path_through_a_file(out)
     if out.exists() or out.is_symlink():  # a link to nothing too: the file would not replace it
         raise UserError(f"{out} already exists; choose a new file with --out (nothing was changed)")
     loaded = ckpt.load_checkpoint(target)  # LoRA adapters arrive merged

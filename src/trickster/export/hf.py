@@ -40,6 +40,7 @@ from trickster.data.hf_tokens import require_tokenizers, special_token_text
 from trickster.data.tokenizers import EOT_TEXT, HFTokenizer, Tokenizer
 from trickster.errors import UserError
 from trickster.export import byte_level
+from trickster.out_path import refuse_path_through_a_file
 from trickster.train import checkpoint as ckpt
 
 TO_HF = {
@@ -211,6 +212,7 @@ def export_hf(target: str | Path, out: str | Path, dtype: str = "float32") -> Pa
 def check_new_folder(out: Path, flag: str) -> None:
     """`out` must be missing or an empty folder. One that an earlier version's kill left hidden
     (`.NAME.old-PID`, moved aside before the new one took its name) is put back first."""
+    refuse_path_through_a_file(out, flag)
     restore_replaced(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file; pass a new folder path to {flag}")

@@ -21,6 +21,7 @@ from trickster.atomic import write_page
 from trickster.errors import UserError
 from trickster.model.flops import flops_per_token, parameter_breakdown
 from trickster.observe.runs import Run, read_run
+from trickster.out_path import refuse_path_through_a_file
 from trickster.units import format_duration
 
 STYLE = """
@@ -87,6 +88,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> tuple[Pa
     path = Path(out) if out else Path(run_dir) / "report.html"
     if path.is_dir():
         path = path / "report.html"
+    refuse_path_through_a_file(path)
     write_page(path, page, "choose another --out")
     return path, run.problem
 
