@@ -3165,6 +3165,21 @@ CASES = [
         "--out",
     ),
     case(
+        "export-gguf-into-a-folder-holding-its-file",
+        lambda env: [
+            "export",
+            str(env.run),
+            "--format",
+            "gguf",
+            "--out",
+            env.write("out/micro-run.gguf", "mine").removesuffix(
+                "micro-run.gguf"
+            ),  # out/, the run's file in it
+        ],
+        "out/micro-run.gguf already exists",
+        "--out",
+    ),
+    case(
         "export-gguf-under-a-file",
         lambda env: [
             "export",

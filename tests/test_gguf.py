@@ -341,3 +341,17 @@ def test_an_out_that_is_a_link_to_nothing_already_exists(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err == f"error: {out} already exists; choose a new file with --out (nothing was changed)\n"
     assert out.is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "m.gguf"]
+
+
+def test_an_out_that_is_a_folder_gets_the_runs_file_in_it(tmp_path, capsys):
+    """`--out export/` (a folder meant, made if missing) or an existing folder: NAME.gguf in it, NAME
+    the run's and its checkpoint's (one file named `export`, or a refusal, before)."""
+    path = char_checkpoint(tmp_path / "runs" / "tiny" / "checkpoints" / "final")
+    folder = tmp_path / "export"
+    assert cli.main(["export", str(path), "--format", "gguf", "--out", f"{folder}/"]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["tiny-final.gguf"]
+    assert read_gguf(folder / "tiny-final.gguf")[0]["general.architecture"] == "llama"
+    assert f"wrote {folder / 'tiny-final.gguf'} " in capsys.readouterr().out
+    other = char_checkpoint(tmp_path / "other")
+    assert cli.main(["export", str(other), "--format", "gguf", "--out", str(folder)]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["other.gguf", "tiny-final.gguf"]

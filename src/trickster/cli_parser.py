@@ -364,7 +364,10 @@ def _add_export(commands) -> None:
         help="hf: a transformers / vLLM folder; gguf: one llama.cpp file",
     )
     export.add_argument(
-        "--out", type=out_path, required=True, help="a new folder (hf) or file (gguf) to write"
+        "--out",
+        type=out_path,
+        required=True,
+        help="a new folder (hf) or file (gguf; in a folder given, RUN.gguf) to write",
     )
     export.add_argument(
         "--dtype",

@@ -141,7 +141,7 @@ def export_gguf(target: str | Path, out: str | Path, dtype: str = "float32") -> 
         raise UserError("GGUF export needs the `gguf` package: pip install 'nano-trickster[gguf]'") from None
     if dtype not in ("float32", "float16"):
         raise UserError(f"GGUF export writes float32 or float16 weights (got --dtype {dtype})")
-    out = Path(out)
+    out = gguf_file(out, target)
     refuse_path_through_a_file(out)
     if out.exists() or out.is_symlink():  # a link to nothing too: the file would not replace it
         raise UserError(f"{out} already exists; choose a new file with --out (nothing was changed)")
@@ -177,6 +177,20 @@ def export_gguf(target: str | Path, out: str | Path, dtype: str = "float32") -> 
             "(that file was kept)"
         )
     return out
+
+
+def gguf_file(out: str | Path, target: str | Path) -> Path:
+    """The file an export writes: `out`, or where `out` is a folder (one that exists, or any path
+    ending in a slash, `--out export/`, made if missing) NAME.gguf in it: NAME the run's, or
+    RUN-CHECKPOINT for one checkpoint of a run, or the checkpoint folder's own name."""
+    path = Path(out)
+    if not (str(out).endswith(("/", os.sep)) or path.is_dir()):
+        return path
+    source = Path(target).resolve()
+    in_run = source.parent.name == "checkpoints"
+    return (
+        path / f"{source.parent.parent.name}-{source.name}.gguf" if in_run else path / f"{source.name}.gguf"
+    )
 
 
 def _add_metadata(writer, name: str, loaded: ckpt.LoadedCheckpoint, vocab: Vocabulary, dtype: str) -> None:
