@@ -62,6 +62,15 @@ class Page(HTMLParser):
             self.headings.append(data)
 
 
+def test_an_out_ending_in_a_slash_is_a_folder_for_the_page(trained_run, tmp_path, capsys):
+    """`--out pages/` means a folder (made if missing): the page is pages/report.html (it was a
+    file named `pages`)."""
+    folder = tmp_path / "pages"
+    assert main(["report", str(trained_run), "--out", f"{folder}/"]) == 0
+    assert [p.name for p in folder.iterdir()] == ["report.html"]
+    assert capsys.readouterr().out.strip() == f"wrote {folder / 'report.html'} (open it in a browser)"
+
+
 def test_report_is_one_self_contained_page_with_the_whole_story(trained_run, tmp_path, capsys):
     out = tmp_path / "page.html"
     assert main(["report", str(trained_run), "--out", str(out)]) == 0

@@ -15,10 +15,11 @@ from __future__ import annotations
 import base64
 import datetime
 import html
+import os
 from pathlib import Path
 
 from trickster.atomic import write_page
-from trickster.errors import UserError
+from trickster.errors import UserError, disk_errors, write_fix
 from trickster.model.flops import flops_per_token, parameter_breakdown
 from trickster.observe.runs import Run, read_run
 from trickster.out_path import refuse_path_through_a_file
@@ -86,9 +87,13 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> tuple[Pa
     run = read_run(run_dir, for_report=True)
     page = _page(run, run_dir)
     path = Path(out) if out else Path(run_dir) / "report.html"
-    if path.is_dir():
+    folder_meant = str(out or "").endswith(("/", os.sep))  # `--out pages/`: made if missing
+    if path.is_dir() or folder_meant:
         path = path / "report.html"
     refuse_path_through_a_file(path)
+    if folder_meant:
+        with disk_errors(str(path), write_fix("choose another --out")):
+            path.parent.mkdir(parents=True, exist_ok=True)
     write_page(path, page, "choose another --out")
     return path, run.problem
 
