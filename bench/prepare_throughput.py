@@ -311,13 +311,18 @@ def one_file_table(args: argparse.Namespace) -> None:
             with open(path, "wb") as f:
                 for _ in range(max(1, round(size * 1e6 / len(seed)))):
                     f.write(seed)
-            argv = [sys.executable, "-m", "trickster", "data", "prepare", "text", str(path)]
-            argv += ["--tokenizer", args.rss_tokenizer, "--workers", str(args.workers)]
-            seconds, peak, _ = run_measured([*argv, "--out", str(out), "--no-progress"], args.workers)
-            rate = input_megabytes(out) / seconds
+            rate, seconds, peak = prepare_text_measured(path, out, args)
             print(f"{size:>6g}MB {rate:>7.2f} {seconds:>8.1f} {peak / 2**20:>6.0f} MiB")
             shutil.rmtree(out)
             path.unlink()
+
+
+def prepare_text_measured(source: Path, out: Path, args: argparse.Namespace) -> tuple[float, float, int]:
+    """MB/s, seconds and peak RSS (bytes) of `data prepare text SOURCE` with --rss-tokenizer."""
+    argv = [sys.executable, "-m", "trickster", "data", "prepare", "text", str(source)]
+    argv += ["--tokenizer", args.rss_tokenizer, "--workers", str(args.workers)]
+    seconds, peak, _ = run_measured([*argv, "--out", str(out), "--no-progress"], args.workers)
+    return input_megabytes(out) / seconds, seconds, peak
 
 
 def _last_line(digest, validation: bool) -> str:
@@ -352,10 +357,7 @@ def several_files_table(args: argparse.Namespace) -> None:
                         digest.update(batch)
                         written += len(batch)
                     f.write(_last_line(digest, validation=n == 0).encode("utf-8"))
-            argv = [sys.executable, "-m", "trickster", "data", "prepare", "text", str(folder)]
-            argv += ["--tokenizer", args.rss_tokenizer, "--workers", str(args.workers)]
-            seconds, peak, _ = run_measured([*argv, "--out", str(out), "--no-progress"], args.workers)
-            rate = input_megabytes(out) / seconds
+            rate, seconds, peak = prepare_text_measured(folder, out, args)
             print(f"{count:>3} x {size:>4g}MB {rate:>7.2f} {seconds:>8.1f} {peak / 2**20:>6.0f} MiB")
             shutil.rmtree(out)
             shutil.rmtree(folder)

@@ -477,13 +477,18 @@ def test_a_stop_that_rank_0_fails_to_record_ends_every_process_at_once(
     assert history(run_dir)[-1]["event"] == "train"  # the `stopped` event was not written
 
 
-def test_a_checkpoint_that_rank_0_fails_to_write_ends_every_process_with_its_line(shakespeare_dir, tmp_path):
+@pytest.mark.parametrize("background", [False, True], ids=["foreground", "async_save"])
+def test_a_checkpoint_that_rank_0_fails_to_write_ends_every_process_with_its_line(
+    shakespeare_dir, tmp_path, background
+):
     """Rank 0's first checkpoint meets a full disk (tests/dist_child.py): every process ends with
     its line, exit status 2, no traceback. The others waited for it at a barrier and heard only
     that a process was lost (gloo, as rank 0 exited; NCCL on another node: after timeout_s).
-    No process is ended for another's error, as on another node of a job."""
+    No process is ended for another's error, as on another node of a job. Written in the
+    background (training_config.async_save), the line comes at the next wait, on both."""
     run_dir = tmp_path / "run"
     cfg = config(shakespeare_dir, run_dir, batch_size=4, enable_ddp=True, timeout_s=300)
+    cfg.training.async_save = background
     result = forked_job(cfg, tmp_path, fault="disk-full-in-save:1", timeout=90, end_others=False)
     target = run_dir / "checkpoints" / "step_000010"
     line = f"error: could not write checkpoint {target} (No space left on device)"
