@@ -4,9 +4,15 @@ directory" after the model was loaded or the corpus read."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from trickster.errors import UserError
+
+
+def names_a_folder(out: str | Path | None) -> bool:
+    """Whether an --out was written as a folder (`--out pages/`), whether it exists or not."""
+    return str(out or "").endswith(("/", os.sep))
 
 
 def refuse_path_through_a_file(path: Path, flag: str = "--out") -> None:

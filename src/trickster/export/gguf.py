@@ -41,7 +41,7 @@ from trickster.data.tokenizers import EOT_TEXT, Tokenizer
 from trickster.errors import UserError, disk_errors, write_error, write_fix
 from trickster.export import byte_level
 from trickster.export.hf import rename
-from trickster.out_path import refuse_path_through_a_file
+from trickster.out_path import names_a_folder, refuse_path_through_a_file
 from trickster.train import checkpoint as ckpt
 
 TO_GGUF = {
@@ -184,7 +184,7 @@ def gguf_file(out: str | Path, target: str | Path) -> Path:
     ending in a slash, `--out export/`, made if missing) NAME.gguf in it: NAME the run's, or
     RUN-CHECKPOINT for one checkpoint of a run, or the checkpoint folder's own name."""
     path = Path(out)
-    if not (str(out).endswith(("/", os.sep)) or path.is_dir()):
+    if not (names_a_folder(out) or path.is_dir()):
         return path
     source = Path(target).resolve()
     in_run = source.parent.name == "checkpoints"

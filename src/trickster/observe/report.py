@@ -15,14 +15,13 @@ from __future__ import annotations
 import base64
 import datetime
 import html
-import os
 from pathlib import Path
 
 from trickster.atomic import write_page
 from trickster.errors import UserError, disk_errors, write_fix
 from trickster.model.flops import flops_per_token, parameter_breakdown
 from trickster.observe.runs import Run, read_run
-from trickster.out_path import refuse_path_through_a_file
+from trickster.out_path import names_a_folder, refuse_path_through_a_file
 from trickster.units import format_duration
 
 STYLE = """
@@ -87,7 +86,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> tuple[Pa
     run = read_run(run_dir, for_report=True)
     page = _page(run, run_dir)
     path = Path(out) if out else Path(run_dir) / "report.html"
-    folder_meant = str(out or "").endswith(("/", os.sep))  # `--out pages/`: made if missing
+    folder_meant = names_a_folder(out)  # `--out pages/`: made if missing
     if path.is_dir() or folder_meant:
         path = path / "report.html"
     refuse_path_through_a_file(path)
