@@ -135,7 +135,7 @@ def _continue_ids(tokenizer: Tokenizer, line: str) -> list[int] | None:
     except UserError as err:  # a character a char model never saw
         print(f"(not sent: {err})")
         return None
-    if not ids:  # a line of characters the tokenizer drops (a char model that never saw them)
+    if not ids:  # a line of characters the tokenizer drops (an imported one without an unknown token)
         print("(not sent: none of these characters are in the model's vocabulary)")
         return None
     return tokenizer.start_ids() + ids
