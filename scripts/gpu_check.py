@@ -271,8 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     from trickster.data.prepare import prepare
 
     data = work / "data"
-    if not (data / "meta.json").is_file():  # exact copies only: the near-copy search needs datasketch
-        exact = DedupSettings(mode="exact")  # and scipy, which GPU images lack
+    if not (data / "meta.json").is_file():  # exact copies only: one text has no copies to look for
+        exact = DedupSettings(mode="exact")
         prepare(sources.shakespeare(args.text), "char", data, progress=False, dedup_settings=exact)
     device = "cpu (dry run)" if args.cpu_dry_run else torch.cuda.get_device_name()
     print(f"gpu_check on {device}, torch {torch.__version__}, runs and logs in {work}", flush=True)

@@ -210,6 +210,30 @@ def test_a_worker_imports_neither_datasketch_nor_scipy():
     assert result.stdout.strip() == ""
 
 
+PREPARE = """
+import sys
+from trickster import cli
+code = cli.main(["data", "prepare", "text", sys.argv[1], "--out", sys.argv[2], "--no-progress"])
+print(code, " ".join(name for name in ("datasketch", "scipy") if name in sys.modules))
+"""
+
+
+def test_preparing_with_near_copy_search_imports_neither_datasketch_nor_scipy(tmp_path):
+    """The main process tunes the bands itself (near_index.tuned_bands): importing datasketch and
+    scipy for that cost it about 40 MiB and a second of start-up."""
+    rng = np.random.default_rng(11)
+    originals = [document(rng) for _ in range(20)]
+    write(tmp_path / "texts", originals + [one_line_changed(text, rng) for text in originals[:5]])
+    src = str(Path(dedup.__file__).parents[2])  # the trickster these tests import
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    argv = [sys.executable, "-c", PREPARE, str(tmp_path / "texts"), str(tmp_path / "out")]
+    result = subprocess.run(argv, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[-2] == "0 "  # prepared (the summary above), nothing imported
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert meta["dedup"]["near_found"] == 5  # near-copies were looked for, and found
+
+
 def test_copies_of_one_text_prepare_as_one_document(tmp_path):
     """The issue's 18 copies of Tiny Shakespeare in a folder, at a smaller scale."""
     folder = tmp_path / "copies"

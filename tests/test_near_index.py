@@ -3,6 +3,7 @@ fraction of the memory; its RowIndex finds every row stored under a key."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict
 
 import numpy as np
@@ -183,3 +184,30 @@ def test_the_row_index_finds_every_row_stored_under_a_key():
         found.setdefault(int(queries[w]), []).append(r)
     assert {k: sorted(v) for k, v in found.items()} == stored
     assert len(index) == 20_000 and len(index.runs) <= 10  # few runs to search
+
+
+# pairs of (false positive, false negative) weights; not 0 and 1, where the sums datasketch compares
+# differ by less than its integrator's tolerance (at threshold 0.525 with (1.0, 0.0): bands (1, 58)
+# against (1, 59), 1e-18 apart), so that which of them it picks is its rounding
+WEIGHT_GRID = [(0.05, 0.95), (0.5, 0.5), (0.95, 0.05), (0.3, 0.7), (0.7, 0.3), (0.01, 0.99), (0.99, 0.01)]
+
+
+def test_the_bands_are_the_ones_datasketch_tunes():
+    """near_index.tuned_bands chooses MinHashLSH's (bands, values per band) without its import of
+    scipy: for preparation's own weights and num_perm at every threshold a preparation can use
+    (--near-dup-threshold in (0, 1], at most 0.99 for the bands), and over a wide grid of others."""
+    from datasketch import MinHashLSH
+    from datasketch.lsh import _optimal_param
+
+    for threshold in [0.001, 0.005, *np.round(np.arange(0.01, 1.0, 0.02), 2), 0.8, 0.99, 0.995]:
+        theirs = _optimal_param(float(threshold), dedup.NUM_PERM, *near_index.WEIGHTS)
+        assert near_index.tuned_bands(float(threshold), dedup.NUM_PERM) == theirs, threshold
+    rng = np.random.default_rng(12)
+    for num_perm, weights in itertools.product([2, 3, 5, 8, 17, 32, 64, 100, 200], WEIGHT_GRID):
+        for threshold in rng.uniform(0.0, 1.0, size=1 if num_perm > 100 else 3).tolist():
+            theirs = _optimal_param(threshold, num_perm, *weights)
+            ours = near_index.tuned_bands(threshold, num_perm, weights)
+            assert ours == theirs, (threshold, num_perm, weights)
+    lsh = MinHashLSH(0.8, dedup.NUM_PERM, weights=near_index.WEIGHTS)  # the default settings' index
+    bands = near_index.NearIndex(0.8, dedup.NUM_PERM).bands
+    assert [(band.start, band.stop) for band in bands] == lsh.hashranges and len(bands) == 16

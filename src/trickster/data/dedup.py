@@ -8,7 +8,8 @@
   MinHash signature of 128 values (datasketch's `MinHash`, scheme affine32) computed in the worker
   processes, which draw its permutations themselves and never import datasketch (nor scipy); the
   main process looks for candidates sharing a band of values with it (near_index.py:
-  datasketch's `MinHashLSH` bands, tuned to the threshold, in numpy tables) and keeps those whose
+  datasketch's `MinHashLSH` bands, tuned to the threshold as it tunes them, in numpy tables; it
+  imports neither datasketch nor scipy either) and keeps those whose
   signatures agree on at least `threshold` of their values, as `MinHashLSH` would.
   In mode "group" (the default) a near-copy is kept, in the split of the earliest document it copies:
   a cluster of near-copies lands on one side of the split, so validation never holds a near-copy

@@ -7,7 +7,8 @@
   Python work per key, and no slots left empty as in a hash table. datasketch's MinHashLSH, which
   this replaces, kept a Python set per band key and a table of every document's band keys: about
   6 KB per document.
-- NearIndex: MinHashLSH's bands (the same number, tuned by datasketch for the threshold); the key of
+- NearIndex: MinHashLSH's bands (the same number and width, tuned to the threshold as datasketch
+  tunes them: tuned_bands, without datasketch's import of scipy); the key of
   a document's band is the band's number and a 32-bit hash of its values. Two documents that agree
   on a whole band always share its key, so no candidate MinHashLSH would find is missed; a hash
   shared by chance is weeded out by the caller, which compares the signatures (shares_a_band).
@@ -75,14 +76,35 @@ def _merge(older: tuple[np.ndarray, np.ndarray], newer: tuple[np.ndarray, np.nda
     return keys, rows
 
 
+def tuned_bands(threshold: float, num_perm: int, weights: tuple[float, float] = WEIGHTS) -> tuple[int, int]:
+    """(bands, values per band) as datasketch's MinHashLSH tunes them (`lsh._optimal_param`): of every
+    pair with bands * values <= num_perm, the first in that order with the least weighted sum of the
+    false-positive probability integrated over similarities below `threshold` and the
+    false-negative probability above it. datasketch integrates with scipy's quad; importing the two
+    cost the preparing process about 40 MiB and a second. Each probability is a polynomial of
+    degree bands * values in the similarity, which Gauss-Legendre with num_perm // 2 + 1 nodes
+    integrates exactly: the sums agree with datasketch's to about 1e-14, and the pairs are its
+    pairs (tested over a grid of thresholds, num_perm and weights). Only sums closer than that could
+    be ordered otherwise: with weights 0 and 1 (whole runs of pairs then differ by less than quad's
+    tolerance), or at a threshold within about 1e-12 of one where the choice changes."""
+    nodes, node_weights = np.polynomial.legendre.leggauss(num_perm // 2 + 1)  # on [-1, 1]
+    pairs = [(b, r) for b in range(1, num_perm + 1) for r in range(1, num_perm // b + 1)]
+    bands, values = (np.asarray(column, np.float64)[:, None] for column in zip(*pairs, strict=True))
+    below = threshold / 2 * (nodes + 1)  # the nodes moved to [0, threshold] ...
+    above = threshold + (1 - threshold) / 2 * (nodes + 1)  # ... and to [threshold, 1]
+    # a pair of similarity s shares a band with probability 1 - (1 - s**values) ** bands
+    false_positive = threshold / 2 * ((1 - (1 - below**values) ** bands) @ node_weights)
+    false_negative = (1 - threshold) / 2 * (((1 - above**values) ** bands) @ node_weights)
+    error = weights[0] * false_positive + weights[1] * false_negative
+    return pairs[int(np.argmin(error))]  # the first of equal ones, as datasketch's strict "<"
+
+
 class NearIndex:
     """Kept documents by the bands of their MinHash signatures: the candidates for near-copies."""
 
     def __init__(self, threshold: float, num_perm: int):
-        from datasketch import MinHashLSH
-
-        lsh = MinHashLSH(threshold, num_perm, weights=WEIGHTS)  # only for its tuned bands
-        self.bands = [slice(start, end) for start, end in lsh.hashranges]
+        bands, values = tuned_bands(threshold, num_perm)
+        self.bands = [slice(band * values, (band + 1) * values) for band in range(bands)]
         self.rows = RowIndex()
 
     @property
