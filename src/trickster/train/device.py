@@ -29,19 +29,32 @@ import torch
 
 from trickster.errors import UserError
 
-# Dense (no sparsity) tensor-core TFLOP/s from NVIDIA's datasheets and architecture whitepapers,
-# by the run's dtype; float32 means TF32. GeForce cards: FP16/BF16 with float32 accumulation.
-# The first name contained in the device's name wins, so the longer names come first.
-DATASHEET_TFLOPS: list[tuple[str, dict[str, float]]] = [
-    ("H100 PCIe", {"bfloat16": 756.0, "float16": 756.0, "float32": 378.0}),
-    ("H100 NVL", {"bfloat16": 835.5, "float16": 835.5, "float32": 417.5}),
-    ("H200 NVL", {"bfloat16": 835.5, "float16": 835.5, "float32": 417.5}),
-    ("H100", {"bfloat16": 989.5, "float16": 989.5, "float32": 494.7}),  # SXM: "H100 80GB HBM3"
-    ("H200", {"bfloat16": 989.5, "float16": 989.5, "float32": 494.7}),
-    ("A100", {"bfloat16": 312.0, "float16": 312.0, "float32": 156.0}),
-    ("L4", {"bfloat16": 121.0, "float16": 121.0, "float32": 60.0}),
-    ("RTX 4090", {"bfloat16": 165.2, "float16": 165.2, "float32": 82.6}),
-    ("RTX 3090", {"bfloat16": 71.0, "float16": 71.0, "float32": 35.6}),
+
+@dataclass(frozen=True)
+class Datasheet:
+    """What NVIDIA's datasheet says of a GPU: the MFU peak, and what `trickster plan --gpu NAME`
+    plans with when that GPU is not here (its memory, and the precision a run on it would use)."""
+
+    name: str  # found in the device's name ("NVIDIA H100 80GB HBM3" is an H100)
+    tflops: dict[str, float]  # dense (no sparsity) tensor-core TFLOP/s by the run's dtype
+    memory_gb: tuple[int, ...]  # the memory sizes it is sold with, as the datasheet gives them
+    capability: tuple[int, int]  # CUDA compute capability: 8.0 and later run bfloat16 (fast_gpu)
+
+
+# Dense tensor-core TFLOP/s from NVIDIA's datasheets and architecture whitepapers, by the run's
+# dtype; float32 means TF32. GeForce cards: FP16/BF16 with float32 accumulation. The first name
+# contained in the device's name wins, so the longer names come first.
+DATASHEETS: list[Datasheet] = [
+    Datasheet("H100 PCIe", {"bfloat16": 756.0, "float16": 756.0, "float32": 378.0}, (80,), (9, 0)),
+    Datasheet("H100 NVL", {"bfloat16": 835.5, "float16": 835.5, "float32": 417.5}, (94,), (9, 0)),
+    Datasheet("H200 NVL", {"bfloat16": 835.5, "float16": 835.5, "float32": 417.5}, (141,), (9, 0)),
+    # SXM, as torch names it "NVIDIA H100 80GB HBM3"
+    Datasheet("H100", {"bfloat16": 989.5, "float16": 989.5, "float32": 494.7}, (80,), (9, 0)),
+    Datasheet("H200", {"bfloat16": 989.5, "float16": 989.5, "float32": 494.7}, (141,), (9, 0)),
+    Datasheet("A100", {"bfloat16": 312.0, "float16": 312.0, "float32": 156.0}, (40, 80), (8, 0)),
+    Datasheet("L4", {"bfloat16": 121.0, "float16": 121.0, "float32": 60.0}, (24,), (8, 9)),
+    Datasheet("RTX 4090", {"bfloat16": 165.2, "float16": 165.2, "float32": 82.6}, (24,), (8, 9)),
+    Datasheet("RTX 3090", {"bfloat16": 71.0, "float16": 71.0, "float32": 35.6}, (24,), (8, 6)),
 ]
 
 
@@ -93,10 +106,10 @@ def time_matmuls(device_type: str, dtype_name: str, device_index: int | None = N
 
 
 def datasheet_flops(device_name: str, dtype_name: str) -> tuple[float, str] | None:
-    """(FLOP/s, the table's name) for a GPU of DATASHEET_TFLOPS, else None."""
-    for name, by_dtype in DATASHEET_TFLOPS:
-        if name.lower() in device_name.lower() and dtype_name in by_dtype:
-            return by_dtype[dtype_name] * 1e12, name
+    """(FLOP/s, the table's name) for a GPU of DATASHEETS, else None."""
+    for sheet in DATASHEETS:
+        if sheet.name.lower() in device_name.lower() and dtype_name in sheet.tflops:
+            return sheet.tflops[dtype_name] * 1e12, sheet.name
     return None
 
 
@@ -146,9 +159,11 @@ def utilisation(
     return (mfu if mfu <= 1 else None), peak
 
 
-def resolve_device(name: str, key: str = "device_config.device") -> torch.device:
-    """`key` is what the user sets, named in the error: a config key or a command-line flag."""
+def resolve_device(name: str, key: str = "device_config.device", without_cuda: str = "") -> torch.device:
+    """`key` is what the user sets, named in the error: a config key or a command-line flag;
+    `without_cuda`: another way out the error offers when cuda is asked for and there is none."""
     fix = f"{key} cpu" if key.startswith("--") else f"{key}=cpu"
+    fix += f", {without_cuda}" if without_cuda and name == "cuda" else ""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -162,31 +177,35 @@ def resolve_device(name: str, key: str = "device_config.device") -> torch.device
     return torch.device(name)
 
 
-def fast_gpu(device: torch.device) -> bool:
+def fast_gpu(device: torch.device, capability: tuple[int, int] | None = None) -> bool:
     """A CUDA GPU with bfloat16 tensor cores (Ampere, compute capability 8.0, and later), where
-    bfloat16 autocast and torch.compile pay off. (`is_bf16_supported` also counts emulation.)"""
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+    bfloat16 autocast and torch.compile pay off. (`is_bf16_supported` also counts emulation.)
+    `capability`: that of a GPU planned for by name (`trickster plan --gpu`), which is not asked of
+    torch: there may be no GPU to ask."""
+    if device.type != "cuda":
+        return False
+    return (capability or torch.cuda.get_device_capability(device)) >= (8, 0)
 
 
-def compute_dtype_name(name: str, device: torch.device) -> str:
+def compute_dtype_name(name: str, device: torch.device, capability: tuple[int, int] | None = None) -> str:
     """device_config.dtype as a run on `device` uses it: `auto` is bfloat16 on a fast GPU, float32
     elsewhere (CPUs keep float32: their bfloat16 matmuls are slower)."""
     if name != "auto":
         return name
-    return "bfloat16" if fast_gpu(device) else "float32"
+    return "bfloat16" if fast_gpu(device, capability) else "float32"
 
 
-def resolve_precision(cfg, device: torch.device):
+def resolve_precision(cfg, device: torch.device, capability: tuple[int, int] | None = None):
     """A copy of the Config with device_config.dtype and compile as the run uses them: `auto`
-    (compile: empty) becomes bfloat16 and compile on a fast GPU (see fast_gpu), float32 and eager
-    elsewhere."""
+    (compile: empty) becomes bfloat16 and compile on a fast GPU (see fast_gpu, and its
+    `capability`), float32 and eager elsewhere."""
     d = cfg.device
     if d.dtype != "auto" and d.compile is not None:
         return cfg
     cfg = cfg.model_copy(deep=True)
-    cfg.device.dtype = compute_dtype_name(d.dtype, device)
+    cfg.device.dtype = compute_dtype_name(d.dtype, device, capability)
     if d.compile is None:
-        cfg.device.compile = fast_gpu(device)
+        cfg.device.compile = fast_gpu(device, capability)
     return cfg
 
 
