@@ -3119,8 +3119,33 @@ CASES = [
         lambda env: ["plan", "--preset", "tiny", "--device", "cuda"],
         "--device is cuda but no CUDA GPU",
         "--device cpu",
+        "--gpu H100",
         skip_if=HAS_CUDA,
         skip_reason="a CUDA GPU is visible",
+    ),
+    case(
+        "plan-unknown-gpu",
+        lambda env: ["plan", "--preset", "tiny", "--gpu", "A100"],
+        "--gpu 'A100' is not a GPU the plan knows",
+        "A100 40GB, A100 80GB",
+    ),
+    case(
+        "plan-gpu-and-device",
+        lambda env: ["plan", "--preset", "tiny", "--gpu", "H100", "--device", "cpu"],
+        "--device",
+        "not allowed with argument --gpu",
+    ),
+    case(
+        "plan-mfu-without-gpu",
+        lambda env: ["plan", "--preset", "tiny", "--mfu", "0.4"],
+        "--mfu is the MFU assumed for a GPU planned by name",
+        "--gpu NAME",
+    ),
+    case(
+        "plan-mfu-not-a-fraction",
+        lambda env: ["plan", "--preset", "tiny", "--gpu", "H100", "--mfu", "40"],
+        "--mfu must be a fraction",
+        "0.4",
     ),
     # ---- Hugging Face export and import
     case(

@@ -490,12 +490,18 @@ def shown_runs(page: Path) -> list[tuple[str, list[str]]]:
     return runs
 
 
-# what prints the same on any machine, from any folder: a preset's counts, a config refused
+# what prints the same on any machine, from any folder: a preset's counts, a config refused, a
+# plan for a GPU named by --gpu (its datasheet, not this machine)
 SHOWN = [
     (page, command, output)
-    for page in (ROOT / "docs" / "training.md", ROOT / "docs" / "troubleshooting.md")
+    for page in (
+        ROOT / "docs" / "training.md",
+        ROOT / "docs" / "troubleshooting.md",
+        ROOT / "docs" / "watching.md",
+    )
     for command, output in shown_runs(page)
-    if re.match(r"trickster (info --preset|train) ", command) and "device=cuda" not in command
+    if re.match(r"trickster (info --preset|train) |trickster plan .*--gpu ", command)
+    and "device=cuda" not in command
 ]
 
 

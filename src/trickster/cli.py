@@ -35,6 +35,7 @@ _BOUNDS: list[tuple[str, Callable[[float], bool], str]] = [
     ("batch_size", lambda v: v >= 1, "--batch-size must be >= 1 (got {})"),
     ("steps", lambda v: v >= 1, "--steps must be at least 1 (got {})"),
     ("processes", lambda v: v >= 1, "--processes must be >= 1 (got {})"),
+    ("mfu", lambda v: 0 < v <= 1, "--mfu must be a fraction above 0 and at most 1, such as 0.4 (got {})"),
 ]
 # What to say when a command that needs a config gets neither --preset nor --config.
 _NEEDS_CONFIG = {
@@ -126,6 +127,11 @@ def _check(args: argparse.Namespace) -> None:
         raise UserError(
             "--checkpoint describes the saved model as it is: drop --preset, --config and KEY=VALUE "
             "overrides, or drop --checkpoint"
+        )
+    if args.command == "plan" and args.mfu is not None and not args.gpu:
+        raise UserError(
+            "--mfu is the MFU assumed for a GPU planned by name: add --gpu NAME, or drop --mfu "
+            "(on a device of this machine the time is measured)"
         )
     if args.command == "data" and args.data_command == "prepare":
         _check_prepare(args)

@@ -218,9 +218,13 @@ def _add_plan(commands) -> None:
     plan = commands.add_parser("plan", help="memory, FLOPs, token budget and a measured time estimate")
     _add_config_args(plan)
     plan.add_argument("--tokens", help="also estimate the time for this many tokens (e.g. 5000000, 5M, 2e9)")
-    plan.add_argument(
+    where = plan.add_mutually_exclusive_group()
+    where.add_argument(
         "--device", choices=DEVICES, help="device to plan and benchmark on (default: device_config.device)"
     )
+    gpu_help = "plan for a GPU by its datasheet, here or not (H100, A100 80GB, RTX 4090...); time assumed"
+    where.add_argument("--gpu", metavar="NAME", help=gpu_help)
+    plan.add_argument("--mfu", type=float, help="with --gpu: the MFU the time assumes (default: 0.3 to 0.5)")
     plan.add_argument(
         "--processes",
         type=integer,

@@ -256,15 +256,26 @@ def plan_command(
     device: str | None = None,
     processes: int = 1,
     bench: bool = True,
+    gpu: str | None = None,
+    mfu: float | None = None,
 ) -> None:
-    from trickster import plan
+    """`gpu`: plan for that GPU by its datasheet, whether or not this machine has one (no benchmark)."""
+    import torch
 
+    from trickster import plan
+    from trickster.plan_gpu import named_gpu
+
+    named = named_gpu(gpu) if gpu is not None else None
     cfg = source.load()
     budget = plan.parse_tokens(tokens) if tokens is not None else None
-    key = "--device" if device else "device_config.device"
-    where = resolve_device(device or cfg.device.device, key)
     name = f"preset {source.preset}" if source.preset else str(source.config)
-    print(plan.format_plan(plan.make_plan(cfg, where, budget, name, bench, processes)))
+    if named is not None:
+        where = torch.device("cuda")
+    else:
+        key = "--device" if device else "device_config.device"
+        where = resolve_device(device or cfg.device.device, key, "or plan for a GPU by name: --gpu H100")
+    made = plan.make_plan(cfg, where, budget, name, bench, processes, named, mfu)
+    print(plan.format_plan(made))
 
 
 def report_command(run_dir: str, out: str | None) -> None:

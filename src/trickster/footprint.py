@@ -196,13 +196,16 @@ def split_global_batch(windows: int, world_size: int, fit: int) -> tuple[int, in
     return math.ceil(share / accumulation), accumulation
 
 
-def memory_limit(cfg: Config, device: torch.device, local_processes: int = 1) -> tuple[int, str]:
+def memory_limit(
+    cfg: Config, device: torch.device, local_processes: int = 1, named: tuple[int, str] | None = None
+) -> tuple[int, str]:
     """device_config.memory_gib in bytes if set, else the device's memory; and what it is. The
     `local_processes` of a job on one machine share its RAM (a CPU's, or an Apple GPU's unified
-    memory): each gets its share; a CUDA process has its GPU to itself."""
+    memory): each gets its share; a CUDA process has its GPU to itself. `named`: the memory of a
+    GPU that is not here (`trickster plan --gpu`), and what it is, instead of the device's."""
     if cfg.device.memory_gib is not None:
         return int(cfg.device.memory_gib * GiB), "device_config.memory_gib"
-    capacity, what = device_memory(device)
+    capacity, what = named or device_memory(device)
     return (capacity, what) if device.type == "cuda" else shared(capacity, what, local_processes)
 
 

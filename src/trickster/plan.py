@@ -3,7 +3,8 @@
 Parameters and FLOPs per token (a LoRA step's, with training_config.lora) come from model/flops.py,
 memory from a formula (footprint.py); the time is an estimate from a micro-benchmark measured on the
 device (plan_benchmark.py: at most about 10 seconds, or skipped with a note; `--no-bench` skips
-it); the token budget follows the compute-optimal rule of about 20 tokens per parameter (Hoffmann
+it), or for a GPU planned by name and not here (plan_gpu.py) its datasheet peak at an assumed MFU;
+the token budget follows the compute-optimal rule of about 20 tokens per parameter (Hoffmann
 et al. 2022, "Chinchilla").
 """
 
@@ -30,6 +31,7 @@ from trickster.footprint import (
 from trickster.model.flops import flops_per_token, parameter_breakdown
 from trickster.model.vocab import assumed_vocab
 from trickster.plan_benchmark import Benchmark, BenchSkipped, benchmark
+from trickster.plan_gpu import AssumedRate, NamedGpu, assumed_rate, time_lines
 from trickster.presets import preset_names
 from trickster.train.device import resolve_precision
 from trickster.units import format_duration
@@ -55,6 +57,7 @@ class Plan:
     vocab_note: str = ""
     processes: int = 1  # training processes (GPUs) the run is planned for
     bench_note: str = "not measured"  # why there is no benchmark, when there is none
+    assumed: AssumedRate | None = None  # a GPU planned by name: its time, assumed
 
     @property
     def fits(self) -> bool:
@@ -74,14 +77,19 @@ def make_plan(
     name: str = "",
     measure: bool = True,
     processes: int = 1,
+    gpu: NamedGpu | None = None,
+    mfu: float | None = None,
 ) -> Plan:
     """`processes`: how many training processes (GPUs) share the run; FSDP shards over them,
     unless device_config.mesh_shape says otherwise. On a CPU they run on this machine and each
-    has its share of the RAM, as in training (footprint.memory_limit); a GPU is each one's own."""
-    cfg, vocab_note = assumed_vocab(resolve_precision(cfg, device))  # device_config.dtype/compile: auto
+    has its share of the RAM, as in training (footprint.memory_limit); a GPU is each one's own.
+    `gpu`: a GPU that is not here (device: cuda), planned by its datasheet and never asked of torch;
+    nothing is measured, its time assumes `mfu` (plan_gpu.ASSUMED_MFU's range when None)."""
+    capability = gpu.sheet.capability if gpu else None
+    cfg, vocab_note = assumed_vocab(resolve_precision(cfg, device, capability))  # dtype/compile: auto
     if cfg.device.mesh_shape:
         processes = cfg.device.mesh_shape[0] * cfg.device.mesh_shape[1]
-    device_bytes, what = memory_limit(cfg, device, processes)
+    device_bytes, what = memory_limit(cfg, device, processes, gpu.memory if gpu else None)
     if cfg.training.batch_size == "auto":  # the formula's choice here; training measures it
         cfg = cfg.model_copy(deep=True)
         fit = fitting_batch(cfg, HEADROOM * device_bytes, processes)
@@ -110,7 +118,9 @@ def make_plan(
         bench_note="not measured (--no-bench)",
     )
     plan.advice = _advice(plan)
-    if measure:
+    if gpu is not None:
+        plan.assumed = assumed_rate(cfg, gpu, mfu)
+    elif measure:
         try:
             plan.bench = benchmark(cfg, device)
         except BenchSkipped as skipped:
@@ -204,8 +214,9 @@ def parse_tokens(text: str) -> int:
 
 def format_plan(plan: Plan) -> str:
     cfg, m, t = plan.cfg, plan.cfg.model, plan.cfg.training
+    where = f"{plan.assumed.gpu} (by its datasheet: no GPU is used)" if plan.assumed else plan.device
     lines = [
-        f"plan for {plan.name} on {plan.device}"
+        f"plan for {plan.name} on {where}"
         + (f", {plan.processes} processes ({_parallel(cfg)})" if plan.processes > 1 else ""),
         f"model: {m.shape()}{plan.vocab_note}",
         f"parameters: {plan.params:,}",
@@ -264,6 +275,8 @@ def _memory_lines(plan: Plan) -> list[str]:
 
 def _time_lines(plan: Plan, budgets: list[tuple[str, int]]) -> list[str]:
     b, m = plan.bench, plan.cfg.model
+    if plan.assumed is not None:
+        return time_lines(plan.assumed, plan.flops_per_token, plan.processes, budgets, plan.fits)
     if b is None:
         return [f"time: {plan.bench_note}"]
     copy = "the model" if b.layers == m.num_layers else f"a {b.layers}-layer copy of the model"

@@ -1,0 +1,202 @@
+"""`trickster plan --gpu NAME`: planning for a GPU this machine does not have. The memory sizes
+written here are the datasheets' (80 GB for an H100, 24 GB for an RTX 4090 ...), and the usable
+share the documented 90%: the test reads neither from the product."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+import torch
+
+from trickster import footprint, plan
+from trickster.cli import main
+from trickster.config import load_config
+from trickster.errors import UserError
+from trickster.plan_gpu import named_gpu
+
+GiB = 1024**3
+CUDA = torch.device("cuda")
+USABLE = 0.9  # of a device's memory (docs/watching.md)
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    """Any question to torch.cuda fails the test: a GPU planned by name is never asked of torch
+    (this machine has none to ask)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.cuda was asked about a GPU planned by name")
+
+    for name in ("is_available", "get_device_capability", "get_device_properties", "get_device_name"):
+        monkeypatch.setattr(torch.cuda, name, refuse)
+    monkeypatch.setattr(footprint, "device_memory", refuse)
+
+
+def planned(capsys, *args: str) -> str:
+    assert main(["plan", "--preset", "mega", *args]) == 0
+    return capsys.readouterr().out
+
+
+def advised_batch(text: str) -> int:
+    return int(text.split("training_config.batch_size=")[1].split()[0])
+
+
+@pytest.mark.parametrize(
+    "written, name",
+    [
+        ("H100", "H100"),
+        ("h100 sxm5 80gb", "H100"),
+        ("H100 PCIe", "H100 PCIe"),
+        ("NVIDIA GeForce RTX 4090", "RTX 4090"),
+        ("rtx4090", "RTX 4090"),
+        ("A100-80GB", "A100 80GB"),
+        ("a100 40GB", "A100 40GB"),
+        ("H200", "H200"),
+        ("L4", "L4"),
+    ],
+)
+def test_a_gpu_is_named_as_people_write_it(written, name):
+    assert named_gpu(written).name == name
+
+
+@pytest.mark.parametrize("written", ["A100", "B200", "H1000", "4090", ""])
+def test_an_unknown_or_ambiguous_gpu_name_lists_the_known_ones(written):
+    with pytest.raises(UserError, match=r"choose one of .*A100 40GB, A100 80GB.*RTX 4090"):
+        named_gpu(written)
+
+
+@pytest.mark.parametrize("gpu, gb", [("H100", 80), ("H200", 141), ("A100 40GB", 40), ("A100 80GB", 80)])
+def test_mega_fits_an_h100_at_its_preset_micro_batch(no_gpu, capsys, gpu, gb):
+    """mega's preset (8 x 2048, FSDP, activation checkpointing) on one large GPU: its step, by
+    footprint.py, fits in 90% of the datasheet's memory, and the plan says so with that memory."""
+    cfg = load_config(preset="mega")
+    assert footprint.memory_estimate(cfg).total <= USABLE * gb * GiB
+    out = planned(capsys, "--gpu", gpu)
+    assert f"plan for preset mega on {gpu} (by its datasheet: no GPU is used)" in out
+    assert "micro-batch 8 x 2048 tokens, bfloat16" in out
+    assert f"fits: {plan._gib(footprint.memory_estimate(cfg).total)} of " in out
+    assert f"(90% of {gb:.2f} GiB {gpu} datasheet memory)" in out
+    assert "DOES NOT FIT" not in out and "to fit" not in out
+
+
+def test_on_a_24_gb_card_mega_without_checkpointing_is_told_a_micro_batch_that_fits(no_gpu, capsys):
+    """Without activation checkpointing mega's 8 x 2048 step keeps every block's activations, far
+    more than an RTX 4090's 24 GB: the advice is the largest micro-batch whose step fits."""
+    out = planned(capsys, "--gpu", "RTX 4090", "device_config.activation_checkpointing=false")
+    assert "DOES NOT FIT" in out and "to fit: lower the micro-batch" in out
+    cfg = load_config(preset="mega", overrides=["device_config.activation_checkpointing=false"])
+    budget = USABLE * 24 * GiB
+    assert footprint.memory_estimate(cfg).total > budget
+    batch = advised_batch(out)
+    assert footprint.memory_estimate(cfg, batch_size=batch).total <= budget
+    assert footprint.memory_estimate(cfg, batch_size=batch + 1).total > budget
+
+
+def test_on_a_24_gb_card_mega_with_accumulation_is_told_to_shard(no_gpu, capsys):
+    """With gradient accumulation FSDP keeps mega's weights gathered and its gradients whole between
+    micro-batches: the state alone passes an RTX 4090's 24 GB. The plan names how many such GPUs
+    FSDP needs; planned over that many, each one's step fits, and over half as many it does not."""
+    accumulate = "training_config.gradient_accumulation_steps=4"
+    out = planned(capsys, "--gpu", "RTX 4090", accumulate)
+    assert "DOES NOT FIT" in out and "weights, gradients and AdamW state alone need" in out
+    gpus = int(re.search(r"torchrun over (\d+) such devices", out).group(1))
+    cfg = load_config(preset="mega", overrides=[accumulate])
+    budget = USABLE * 24 * GiB
+    assert footprint.memory_estimate(cfg, processes=gpus).total <= budget
+    assert footprint.memory_estimate(cfg, processes=gpus // 2).total > budget
+    sharded = planned(capsys, "--gpu", "RTX 4090", accumulate, "--processes", str(gpus))
+    assert f"{gpus} processes (FSDP)" in sharded and "fits: " in sharded and "to fit" not in sharded
+
+
+def test_batch_size_auto_picks_a_micro_batch_whose_step_fits_the_named_gpu(no_gpu):
+    """64 windows per step do not fit at once in an A100 40GB: auto accumulates, and the micro-batch
+    it chooses, counted by footprint.py with the accumulation it chose, fits in 90% of 40 GB."""
+    overrides = ["training_config.batch_size=auto", "training_config.global_batch=64"]
+    cfg = load_config(preset="mega", overrides=overrides)
+    made = plan.make_plan(cfg, CUDA, gpu=named_gpu("A100 40GB"))
+    t = made.cfg.training
+    assert t.batch_size * t.gradient_accumulation_steps == 64 and t.gradient_accumulation_steps > 1
+    chosen = load_config(
+        preset="mega",
+        overrides=[
+            f"training_config.batch_size={t.batch_size}",
+            f"training_config.gradient_accumulation_steps={t.gradient_accumulation_steps}",
+        ],
+    )
+    assert footprint.memory_estimate(chosen).total <= USABLE * 40 * GiB
+    at_once = load_config(preset="mega", overrides=["training_config.batch_size=64"])
+    assert footprint.memory_estimate(at_once).total > USABLE * 40 * GiB
+    assert made.fits
+
+
+def test_a_named_gpu_is_planned_as_the_same_gpu_present(monkeypatch):
+    """`--gpu H100` and `--device cuda` on an H100 (faked: name, compute capability 9.0 and 80 GiB)
+    give the same precision, memory and advice; only the time differs (assumed, not measured)."""
+    cfg = load_config(preset="nano", overrides=["training_config.batch_size=4096"])
+    by_name = plan.make_plan(cfg, CUDA, gpu=named_gpu("H100"))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(footprint, "device_memory", lambda device: (80 * GiB, "GPU memory (NVIDIA H100)"))
+    present = plan.make_plan(cfg, CUDA, measure=False)
+    assert (by_name.cfg.device.dtype, by_name.cfg.device.compile) == ("bfloat16", True)
+    assert by_name.cfg.device == present.cfg.device
+    assert by_name.memory == present.memory and by_name.device_bytes == present.device_bytes
+    assert by_name.advice == present.advice and by_name.advice  # 4096 windows do not fit
+    assert by_name.bench is None and present.bench is None
+
+
+def test_a_gpu_before_ampere_would_train_in_float32(no_gpu):
+    """dtype and compile auto follow the named GPU's compute capability (a 3090 with a V100's 7.0
+    here), not a GPU of this machine; the time then assumes the TF32 peak."""
+    gpu = named_gpu("RTX 3090")
+    before_ampere = dataclasses.replace(gpu, sheet=dataclasses.replace(gpu.sheet, capability=(7, 0)))
+    made = plan.make_plan(load_config(preset="nano"), CUDA, gpu=before_ampere)
+    assert (made.cfg.device.dtype, made.cfg.device.compile) == ("float32", False)
+    ampere = plan.make_plan(load_config(preset="nano"), CUDA, gpu=gpu)
+    assert (ampere.cfg.device.dtype, ampere.cfg.device.compile) == ("bfloat16", True)
+    assert "(RTX 3090 datasheet, dense TF32)" in plan.format_plan(made)
+
+
+def test_memory_gib_still_overrides_the_datasheet(no_gpu, capsys):
+    out = planned(capsys, "--gpu", "H100", "device_config.memory_gib=16")
+    assert "(90% of 16.00 GiB device_config.memory_gib)" in out and "DOES NOT FIT" in out
+
+
+def test_the_time_is_assumed_from_the_datasheet_and_says_so(no_gpu, capsys):
+    """No GPU, no measurement: the time section says it is an assumption and at which MFU; twice
+    the MFU, or twice the GPUs, halves each time, and the rate is that share of the H100's
+    989.5 TFLOP/s (its datasheet's dense bfloat16 figure)."""
+    default = planned(capsys, "--gpu", "H100", "--no-bench")
+    assert "time (assumed, not measured: --gpu H100 times nothing):" in default
+    assert "assumed MFU of 30% to 50% (--mfu F sets your own)" in default
+    assert "989.5 TFLOP/s (H100 datasheet, dense bfloat16)" in default
+    assert "(estimate)" not in default and "median" not in default  # nothing was timed
+
+    def seconds(out: str) -> float:
+        time = out.split("compute-optimal (~20 per parameter)")[-1].split("\n")[0].strip()
+        return float(time.split()[0]) * {"days": 86400, "years": 365.25 * 86400}[time.split()[1]]
+
+    quarter, half = (
+        planned(capsys, "--gpu", "H100", "--mfu", "0.25"),
+        planned(capsys, "--gpu", "H100", "--mfu", "0.5"),
+    )
+    assert "assumed MFU of 25% (given by --mfu)" in quarter
+    assert seconds(quarter) == pytest.approx(2 * seconds(half), rel=0.02)
+    two = planned(capsys, "--gpu", "H100", "--mfu", "0.25", "--processes", "2")
+    assert seconds(quarter) == pytest.approx(2 * seconds(two), rel=0.02)
+    tokens_per_sec = float(
+        re.search(r"the full model trains ([\d,]+) tokens/s", half).group(1).replace(",", "")
+    )
+    flops_per_token = int(
+        re.search(r"FLOPs per token \(context 2048\): ([\d,]+)", half).group(1).replace(",", "")
+    )
+    assert tokens_per_sec * flops_per_token == pytest.approx(0.5 * 989.5e12, rel=1e-4)
+
+
+def test_without_a_gpu_device_cuda_still_refuses_and_points_to_gpu(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible")
+    assert main(["plan", "--preset", "mega", "--device", "cuda", "--no-bench"]) == 2
+    err = capsys.readouterr().err
+    assert "no CUDA GPU is visible" in err and "--gpu H100" in err
