@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from trickster.data.loader import PreparedData, load_data
+from trickster.data.token_meaning import same_ids
 from trickster.data.tokenizers import Tokenizer
 from trickster.errors import UserError
 from trickster.model.generate import mask_unused_rows
@@ -147,7 +148,7 @@ def data_not_here(loaded: LoadedCheckpoint) -> str:
 
 def run_data(loaded: LoadedCheckpoint, path) -> PreparedData:
     """The prepared folder at `path`, checked to hold the checkpoint's tokenizer."""
-    data = load_data(path)  # refused unless prepared with the checkpoint's tokenizer
-    if data.tokenizer.fingerprint() != loaded.tokenizer.fingerprint():
+    data = load_data(path)
+    if not same_ids(data.tokenizer, loaded.tokenizer):
         raise UserError(f"data in {path} uses another tokenizer than {loaded.path}; pass --data DIR")
     return data

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from trickster.config import Config
+from trickster.data.token_meaning import same_ids
 from trickster.data.tokenizers import Tokenizer
 from trickster.errors import UserError
 from trickster.model import lora
@@ -52,7 +53,7 @@ def setup_finetuning(
             f"start from its config: --config {source / 'config.yaml'}"
         )
     loaded = ckpt.load_checkpoint(source)  # a LoRA checkpoint arrives merged
-    if loaded.tokenizer.fingerprint() != tokenizer.fingerprint():
+    if not same_ids(loaded.tokenizer, tokenizer):
         raise UserError(
             f"the data in {cfg.data.path} was prepared with another tokenizer than {source}; prepare it "
             f"with the model's tokenizer: trickster data prepare ... --tokenizer-from {t.init_from}"

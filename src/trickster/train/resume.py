@@ -16,6 +16,7 @@ from trickster.atomic import put_in_place, remove_leftovers, still_at, write_asi
 from trickster.config import Config
 from trickster.config_saved import read_saved
 from trickster.data.loader import PreparedData
+from trickster.data.token_meaning import same_ids
 from trickster.errors import UserError, disk_errors, write_fix
 from trickster.model import lora
 from trickster.observe.events import DISK_FIX, DamagedLines, MetricsLine, last_event, metrics_lines
@@ -302,7 +303,7 @@ def check_resumable(path: Path, cfg: Config, data: PreparedData) -> dict:
             f"training_config.optimizer={saved_cfg.training.optimizer}, or start a new run with another --out"
         )
     info = ckpt.read_info(path)
-    if info.get("tokenizer_fingerprint") != data.tokenizer.fingerprint():
+    if not same_ids(ckpt.read_tokenizer(path), data.tokenizer):
         raise UserError(f"cannot resume from {path}: the tokenizer changed; use the data it was trained on")
     if info.get("data_fingerprint") != data.meta.get("tokens_sha256"):
         raise UserError(
