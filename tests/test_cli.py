@@ -495,3 +495,13 @@ def test_ctrl_c_while_the_command_line_is_parsed_is_one_line(monkeypatch, capsys
         pytest.fail("the Ctrl-C escaped main(): a traceback")
     assert status == 130
     assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_quickstart_refuses_a_bad_setting_before_it_prepares_data(tmp_path, monkeypatch, capsys):
+    """A KEY=VALUE setting the tiny preset refuses is refused first: the quick start neither
+    prepares a corpus (minutes for the standard library offline) nor makes a run folder for it."""
+    monkeypatch.chdir(tmp_path)
+    for setting in ("big", "training_config.batch_size=0"):
+        assert main(["quickstart", "--path", str(EXCERPT), "--steps", "2", setting]) == 2
+        assert "1/3 preparing data" not in capsys.readouterr().out
+        assert list(tmp_path.iterdir()) == []

@@ -2532,6 +2532,40 @@ CASES = [
         lambda env: ["quickstart", "--path", str(env.tmp / "missing.txt")],
         "missing.txt not found",
     ),
+    case(
+        "quickstart-override-not-key-value",
+        lambda env: ["quickstart", "--path", str(EXCERPT), "--steps", "2", "big"],
+        "override 'big' must look like section.key=value",
+    ),
+    # ---- a run, a checkpoint or a file where KEY=VALUE settings stand
+    case(
+        "train-run-folder-as-setting",
+        lambda env: ["train", str(env.run)],
+        "is a run folder, not a KEY=VALUE setting",
+        "--config",
+        "config.yaml --resume",
+    ),
+    case(
+        "train-checkpoint-as-setting",
+        lambda env: ["train", str(env.run / "checkpoints" / "final")],
+        "is a checkpoint, not a KEY=VALUE setting",
+        "training_config.init_from=",
+    ),
+    case(
+        "train-text-file-as-setting",
+        lambda env: ["train", "--preset", "tiny", env.write("story.txt", "Once upon a time.")],
+        "story.txt is a file, not a KEY=VALUE setting",
+        "trickster data prepare text",
+        "--data DIR",
+    ),
+    case("train-config-file-as-setting", lambda env: ["train", env.config()], "pass it with --config"),
+    case(
+        "plan-run-folder-as-setting",
+        lambda env: ["plan", str(env.run)],
+        "is a run folder",
+        "trickster plan --config",
+    ),
+    case("info-run-folder-as-setting", lambda env: ["info", str(env.run)], "trickster info --checkpoint"),
     # ---- tokenizers
     case(
         "prepare-bpe-vocab-too-small",

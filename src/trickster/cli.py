@@ -18,6 +18,7 @@ import io
 import math
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from trickster.cli_parser import build_parser
 from trickster.errors import Interrupted, UserError, did_you_mean, single_line
@@ -119,6 +120,7 @@ def _check(args: argparse.Namespace) -> None:
         value = getattr(args, dest, None)
         if value is not None and not ok(value):
             raise UserError(message.format(value))
+    _check_path_for_override(args)
     if args.command in _NEEDS_CONFIG and not args.preset and not args.config:
         raise UserError(_NEEDS_CONFIG[args.command])
     if args.command == "info" and not (args.checkpoint or args.preset or args.config):
@@ -137,6 +139,39 @@ def _check(args: argparse.Namespace) -> None:
         _check_prepare(args)
     if args.command == "eval":
         _check_eval(args)
+
+
+def _check_path_for_override(args: argparse.Namespace) -> None:
+    """A config file or a run folder where KEY=VALUE overrides stand (`trickster train big.yaml`,
+    `trickster info runs/a`), as generate, eval and serve take a run: name the option for it."""
+    for word in getattr(args, "overrides", None) or []:
+        path = Path(word)
+        if "=" in word or not path.exists():
+            continue
+        if path.is_file() and path.suffix in (".yaml", ".yml") and args.command != "quickstart":
+            raise UserError(f"{word} is a config file: pass it with --config {word}")
+        if path.is_file() and args.command == "train":
+            raise UserError(
+                f"{word} is a file, not a KEY=VALUE setting: to train on it, prepare it with "
+                f"trickster data prepare text {word} --out DIR, then pass --data DIR"
+            )
+        checkpoint = (path / "info.json").is_file()
+        if not checkpoint and not (path / "config.yaml").is_file():
+            continue
+        config = path / "config.yaml"
+        fix = {
+            "info": f"describe it with trickster info --checkpoint {word}",
+            "plan": f"plan with its settings: trickster plan --config {config}",
+            "train": (
+                f"fine-tune from it with training_config.init_from={word} and --preset or --config"
+                if checkpoint
+                else f"continue it with trickster train --config {config} --resume, or train anew "
+                f"from its settings with --config {config} --out NEW_FOLDER"
+            ),
+        }.get(args.command)
+        if fix is not None:
+            kind = "a checkpoint" if checkpoint else "a run folder"
+            raise UserError(f"{word} is {kind}, not a KEY=VALUE setting: {fix}")
 
 
 def _check_prepare(args: argparse.Namespace) -> None:

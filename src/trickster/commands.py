@@ -375,6 +375,13 @@ def quickstart(
     """Prepare data, train the tiny preset, then compare it with an untrained model.
 
     `overrides` change the tiny preset after quickstart's own settings (e.g. a smaller batch)."""
+    schedule = [
+        f"training_config.max_steps={steps}",
+        f"training_config.warmup_steps={min(100, steps // 10)}",
+        f"training_config.eval_every={max(1, steps // 6)}",
+        f"training_config.save_every={max(1, steps // 3)}",
+    ]
+    ConfigSource(preset="tiny", overrides=[*schedule, *overrides]).load()  # a bad override: before the data
     print("1/3 preparing data")
     options = PrepareOptions(tokenizer="char", out="data/shakespeare-char", progress=False)
     try:
@@ -395,10 +402,7 @@ def quickstart(
     settings = [
         f"data_config.path={data_dir}",
         f"logging_config.output_dir={run_dir}",
-        f"training_config.max_steps={steps}",
-        f"training_config.warmup_steps={min(100, steps // 10)}",
-        f"training_config.eval_every={max(1, steps // 6)}",
-        f"training_config.save_every={max(1, steps // 3)}",
+        *schedule,
         f"training_config.sample_prompt={prompt}",
     ]
     code = train_command(ConfigSource(preset="tiny", overrides=[*settings, *overrides]))
