@@ -152,8 +152,8 @@ def _check_path_for_override(args: argparse.Namespace) -> None:
             raise UserError(f"{word} is a config file: pass it with --config {word}")
         if path.is_file() and args.command == "train":
             raise UserError(
-                f"{word} is a file, not a KEY=VALUE setting: to train on it, prepare it with "
-                f"trickster data prepare text {word} --out DIR, then pass --data DIR"
+                f"{word} is a file, not a KEY=VALUE setting: to train on it, pass --data DIR with the folder "
+                f"that trickster data prepare text {word} --out DIR writes"
             )
         checkpoint = (path / "info.json").is_file()
         if not checkpoint and not (path / "config.yaml").is_file():
