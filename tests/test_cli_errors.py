@@ -3209,6 +3209,19 @@ CASES = [
         "--out",
         "empty path",
     ),
+    case("train-out-empty", lambda env: micro_train(env, "--out", ""), "--out", "empty path"),
+    case(
+        "finetune-out-empty",
+        lambda env: micro_train(env, f"training_config.init_from={env.run}", "--out", ""),
+        "--out",
+        "empty path",
+    ),
+    case(
+        "quickstart-out-empty",
+        lambda env: ["quickstart", "--path", str(EXCERPT), "--steps", "2", "--out", ""],
+        "--out",
+        "empty path",
+    ),
     case("export-out-is-file", _export_into("hf", None), "hf is a file", "--out"),
     case(
         "export-unknown-format",

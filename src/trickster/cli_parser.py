@@ -183,7 +183,9 @@ def _add_train(commands) -> None:
     train = commands.add_parser("train", help="train a model from random weights (or fine-tune: init_from)")
     _add_config_args(train)
     train.add_argument("--data", action=_SetsKey, key="data_config.path", metavar="DIR")
-    train.add_argument("--out", action=_SetsKey, key="logging_config.output_dir", metavar="DIR")
+    train.add_argument(
+        "--out", action=_SetsKey, key="logging_config.output_dir", metavar="DIR", type=out_path
+    )
     train.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     train.add_argument(
         "--no-progress", dest="progress", action="store_const", const=False, help="log lines, no bar"
@@ -435,7 +437,9 @@ def _add_quickstart(commands) -> None:
     quick = commands.add_parser("quickstart", help="prepare data, train `tiny`, compare with untrained")
     quick.add_argument("--path", help="a local copy of Tiny Shakespeare")
     quick.add_argument("--steps", type=integer, default=1500, help="training steps (default 1500)")
-    quick.add_argument("--out", default="runs/quickstart", help="run folder (a new one if taken)")
+    quick.add_argument(
+        "--out", type=out_path, default="runs/quickstart", help="run folder (a new one if taken)"
+    )
     quick.add_argument(
         "--max-new-tokens", type=integer, default=250, help="length of the two samples compared (default 250)"
     )
