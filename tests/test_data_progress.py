@@ -22,7 +22,8 @@ from .test_data_streaming import stories, write_texts
 
 SIZE = r"\d[\d,]*\.\d (?:kB|MB|GB)"
 LINE = re.compile(
-    rf"(?P<what>[a-z ]+): (?P<counts>(?:\d[\d,]* [a-z]+, )*)(?P<read>{SIZE}) of (?P<total>{SIZE}) "
+    rf"(?P<what>[a-z ]+): (?P<counts>(?:\d[\d,]* [a-z]+(?: [a-z]+)*, )*)"
+    rf"(?P<read>{SIZE}) of (?P<total>{SIZE}) "
     rf"read \((?P<percent>\d+)%\), {SIZE}/s, [\dhms ]+ left"
 )
 
@@ -41,7 +42,7 @@ def lines_of(out: str, what: str) -> list[dict]:
     assert found and all(found), out
     parsed = []
     for match in found:
-        counts = [c.split(" ") for c in match["counts"].split(", ") if c]
+        counts = [c.split(" ", 1) for c in match["counts"].split(", ") if c]
         parsed.append({name: int(n.replace(",", "")) for n, name in counts} | match.groupdict())
     return parsed
 
@@ -80,6 +81,30 @@ def test_off_a_terminal_each_pass_prints_lines_with_what_it_has_done(tmp_path, m
     argv = ["data", "prepare", "text", *paths, "--out", str(tmp_path / "quiet"), "--no-progress"]
     assert cli.main(argv) == 0
     assert not [line for line in capsys.readouterr().out.splitlines() if "read (" in line]
+
+
+def test_the_line_moves_while_a_file_among_several_waits_for_its_last_piece(tmp_path, monkeypatch, capsys):
+    """A file larger than a block among several is tokenized in pieces, whose tokens wait until its
+    last piece decides where they go (pending.py): meanwhile the documents and tokens written stand
+    still, and the line counts the tokens waiting. With 3 files of 300 MB it said nothing but the
+    bytes read for minutes."""
+    every_update(monkeypatch)
+    small_blocks(monkeypatch, 4096)
+    texts = stories(20, seed=4)
+    write_texts(tmp_path / "texts", [*texts[:10], EXCERPT.read_text(encoding="utf-8"), *texts[10:]])
+    out = tmp_path / "out"
+    source = sources.text_files([str(tmp_path / "texts")])
+    prepare(source, "byte", out, chunk_chars=4_000, workers=1, progress=True, **QUIET)
+    tokenizing = lines_of(capsys.readouterr().out, "tokenizing")
+    waiting = [line for line in tokenizing if "tokens waiting" in line]
+    assert len(waiting) > 20  # a line per chunk: a piece of about 4,096 of its 120,000 characters
+    assert {(line["documents"], line["tokens"]) for line in waiting} == {(10, waiting[0]["tokens"])}
+    counts = [line["tokens waiting"] for line in waiting]
+    assert counts == sorted(set(counts))  # up at every line
+    written = tokenizing[tokenizing.index(waiting[-1]) + 1]  # its last piece: decided and written
+    assert "tokens waiting" not in written and written["documents"] > 10
+    assert written["tokens"] - waiting[-1]["tokens"] > counts[-1]  # they and its last piece's, written
+    assert (tokenizing[-1]["documents"], tokenizing[-1]["tokens"]) == shard_counts(out)
 
 
 def test_the_command_prints_the_lines_of_one_file_counted_then_tokenized(tmp_path, monkeypatch, capsys):

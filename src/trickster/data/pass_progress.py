@@ -7,6 +7,9 @@ instead of a bar, a line says what is done, how much of the input was read (of i
 known), at what rate, and how long is left:
 
     tokenizing: 12,345 documents, 5,678,901 tokens, 1.2 GB of 20.0 GB read (6%), 12.3 MB/s, 26m 40s left
+
+While a file among several is read in pieces, its tokens wait for its last piece (pending.py), and
+the line counts them apart: `12,345 documents, 5,678,901 tokens, 2,345,678 tokens waiting, ...`.
 """
 
 from __future__ import annotations

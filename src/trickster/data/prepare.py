@@ -306,9 +306,15 @@ class _Job:
         return self._finish()
 
     def _done(self) -> dict[str, int]:
-        """What the tokenizing line counts: documents read (not of one text), tokens written."""
+        """What the tokenizing line counts: documents read (not of one text), tokens written, and
+        the tokens of a file among several read so far in pieces: they wait until its last piece
+        decides where they go, and the other two counts stand still until then (minutes for a
+        file of gigabytes)."""
         read = {} if self.source.single_document else {"documents": self.record.next_document}
-        return read | {"tokens": sum(self.record.splits[s].tokens() for s in SPLITS)}
+        done = read | {"tokens": sum(self.record.splits[s].tokens() for s in SPLITS)}
+        if self.record.pending is not None:
+            done["tokens waiting"] = self.record.pending.tokens
+        return done
 
     def _writer(self, split: str) -> ShardWriter:
         state, masked = self.record.splits[split], self.source.records
