@@ -1,9 +1,11 @@
-"""Processes that receive real signals in the middle of long PyTorch calls (test_signals.py).
+"""Processes that receive real signals in the middle of long PyTorch calls (test_signals.py and
+test_profiling.py).
 
     python -m tests.signal_child products N          StopSignals around N matrix products
     python -m tests.signal_child train N ARGS...     `trickster train ARGS`, its N-th step made long
+    python -m tests.signal_child profile N ARGS...   the same, and the profiler's trace export long
 
-Each prints "busy" just before the long part: matrix products of a few seconds each on one
+Each prints "busy" just before each long part: matrix products of a few seconds each on one
 thread, during which no Python code runs in the main thread, as in a training step that takes
 hours. In `products` mode the callbacks print what the watcher thread saw and "finished" means
 the process ran to its end. The slow step is made here, in the test, so the product code
@@ -13,6 +15,7 @@ carries no hooks.
 from __future__ import annotations
 
 import sys
+import tempfile
 
 import torch
 
@@ -49,4 +52,13 @@ if __name__ == "__main__":
             return step(self)
 
         loop.Trainer.step = slow_step
+        if mode == "profile":  # long after torch has written its uncompressed trace, as a big model's
+            export = torch.profiler.profile.export_chrome_trace
+
+            def slow_export(self, path, *args, **kwargs):
+                export(self, path, *args, **kwargs)
+                long_products(5)
+
+            torch.profiler.profile.export_chrome_trace = slow_export
+            tempfile.tempdir = None  # read TMPDIR again: the forkserver's imports may have read it
         sys.exit(cli.main(sys.argv[3:]))

@@ -8,15 +8,19 @@ import gzip
 import json
 import re
 import shutil
+import signal
+import time
 from pathlib import Path
 
 import pytest
 
-from trickster.config import load_config
+from trickster.config import load_config, save_config
 from trickster.observe.events import read_metrics
 from trickster.train import checkpoint as ckpt
 from trickster.train.loop import train
 
+from . import children
+from .conftest import micro_config
 from .test_resume import assert_same_weights, curve
 
 STEP_MARK = re.compile(r"ProfilerStep#(\d+)")
@@ -70,7 +74,9 @@ def test_the_trace_holds_the_steps_asked_and_the_run_trains_as_without_it(traine
     table = (tmp_path / "run" / "profile" / "rank0_top_ops.txt").read_text()
     assert "Steps 3 to 4" in table and re.search(r"^\s*aten::mm\s", table, re.MULTILINE)
     said = [line for line in lines if "rank0.pt.trace.json.gz" in line]
-    assert len(said) == 1 and "ui.perfetto.dev" in said[0] and "rank0_top_ops.txt" in said[0]
+    trace = tmp_path / "run" / "profile" / "rank0.pt.trace.json.gz"
+    assert said[0] == f"writing the profile of steps 3 to 4 to {trace} (a large model's can take a minute)"
+    assert len(said) == 2 and "ui.perfetto.dev" in said[1] and "rank0_top_ops.txt" in said[1]
 
 
 @pytest.mark.parametrize(
@@ -138,3 +144,70 @@ def test_a_profile_that_cannot_be_written_is_one_line_and_the_run_goes_on(traine
     why = f"({run / 'profile'}: File exists)"
     assert said == [f"could not write the profile of steps 8 to 9 {why}; training goes on without it"]
     assert (run / "profile").read_text() == "a file where the profile folder goes"
+
+
+def stopped_in_the_window(shakespeare_dir, tmp_path) -> tuple[children.Child, Path, list[str]]:
+    """A micro run profiling steps 2 to 6 (tests/signal_child.py's profile mode: step 3 and the trace
+    export long), its temporary folder TMP, Ctrl-C in step 3; returns the child, at its export, with
+    the lines it printed until then."""
+    training = {"max_steps": 8, "save_every": 100, "eval_every": 100, "sample_tokens": 0, "log_every": 1}
+    cfg = micro_config(
+        shakespeare_dir, tmp_path / "run", training_config=training, logging_config={"profile_steps": [2, 6]}
+    )
+    save_config(cfg, tmp_path / "run.yaml")
+    (tmp_path / "tmp").mkdir()
+    argv = ["train", "--config", str(tmp_path / "run.yaml"), "--no-progress"]
+    child = children.Child("tests.signal_child", "profile", "3", *argv, env={"TMPDIR": str(tmp_path / "tmp")})
+    while (line := child.stdout.readline()) and line.strip() != "busy":  # the header, then step 3
+        pass
+    time.sleep(0.3)
+    child.send_signal(signal.SIGINT)
+    while (line := child.stderr.readline()) and line.startswith("USDT:"):  # Kineto's own, on stderr
+        pass
+    assert line.startswith("SIGINT received: stopping after this step and saving"), line
+    lines = []
+    while (line := child.stdout.readline()) and line.strip() != "busy":  # step 3's end, then the export
+        lines.append(line.rstrip("\n"))
+    return child, tmp_path / "run" / "profile", lines
+
+
+@pytest.mark.slow
+def test_a_run_stopped_in_the_window_says_it_writes_the_trace_before_it_does(shakespeare_dir, tmp_path):
+    """The stop line came first, then nothing while the trace was written (on a big model, a minute):
+    a user took it for a hang. The line that says to wait comes before torch's export."""
+    child, profile, lines = stopped_in_the_window(shakespeare_dir, tmp_path)
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 130, err
+    trace = profile / "rank0.pt.trace.json.gz"
+    writing = (
+        f"writing the profile of steps 2 to 3 to {trace} (a large model's can take a minute); wait for "
+        "it: a second SIGINT stops at once, without it"
+    )
+    stopped, said = [line for line in lines if not line.startswith("step ")]
+    assert (
+        stopped.startswith("stopped by SIGINT at step 3; saved checkpoints/step_000003") and said == writing
+    )
+    assert out.startswith("profile of steps 2 to 3: ")  # once the export is done
+    assert sorted(profiled_steps(read_trace(profile.parent)["traceEvents"])) == [2, 3]
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_while_the_trace_is_written_leaves_no_trace_to_mistake(shakespeare_dir, tmp_path):
+    """Stopped at once in the export, the run leaves no trace or table under their names, nothing in
+    the system's temporary folder (torch's uncompressed export stayed in /tmp), only hidden
+    temporary files in RUN/profile, which the resumed run's profile deletes."""
+    child, profile, lines = stopped_in_the_window(shakespeare_dir, tmp_path)
+    assert lines[-1].startswith("writing the profile of steps 2 to 3 to ")
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 130 and "second SIGINT: stopped at once" in err, err
+    assert not list((tmp_path / "tmp").iterdir())
+    left = sorted(path.name for path in profile.iterdir())
+    assert left and all(name.startswith(".") and ".tmp-" in name for name in left), left
+
+    cfg = load_config(tmp_path / "run.yaml")
+    train(cfg, resume=True, echo=lambda line: None)  # steps 4 to 8: the rest of the window
+    assert sorted(path.name for path in profile.iterdir()) == [
+        "rank0_steps4-6.pt.trace.json.gz",
+        "rank0_steps4-6_top_ops.txt",
+    ]

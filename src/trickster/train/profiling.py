@@ -11,17 +11,19 @@ wait, warmup, active). Nothing here touches the model, the batches or a random g
 from __future__ import annotations
 
 import contextlib
-import tempfile
+import functools
+import os
+import signal
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from torch.profiler import ProfilerActivity
+from torch.profiler import ProfilerAction, ProfilerActivity
 
-from trickster.atomic import replace_file
+from trickster.atomic import remove_leftovers, replace_file
 from trickster.errors import write_fix
 
 if TYPE_CHECKING:
@@ -36,6 +38,8 @@ TRACE = (
 TABLE = "rank{rank}{part}_top_ops.txt"
 TABLE_ROWS = 30
 VIEWERS = "https://ui.perfetto.dev or chrome://tracing"
+# the profiler's states in which it writes the trace as it stops
+RECORDING = (ProfilerAction.RECORD, ProfilerAction.RECORD_AND_SAVE)
 
 
 class _NotProfiling:
@@ -44,13 +48,15 @@ class _NotProfiling:
 
 
 class _Profiling:
-    def __init__(self, profiler: torch.profiler.profile, trainer: Trainer):
-        self.profiler, self.timer = profiler, trainer.timer
+    def __init__(self, profiler: torch.profiler.profile, trainer: Trainer, say_writing: Callable[[], None]):
+        self.profiler, self.timer, self.say_writing = profiler, trainer.timer, say_writing
 
     def step(self) -> None:
         """The next training step begins; writing the trace after the window's last one is not
         training time."""
         with self.timer.paused():
+            if self.profiler.current_action == ProfilerAction.RECORD_AND_SAVE:  # it writes the trace now
+                self.say_writing()
             self.profiler.step()
 
 
@@ -81,25 +87,58 @@ def steps(trainer: Trainer) -> Iterator[_Profiling | _NotProfiling]:
     with profiler:
         # torchtitan's way to number a resumed run's steps: profile.step() counts on from here
         profiler.step_num = done
-        yield _Profiling(profiler, trainer)
+        say_writing = functools.partial(_say_writing, profiler, trainer, first, last, first > window[0])
+        try:
+            yield _Profiling(profiler, trainer, say_writing)
+        finally:
+            if profiler.current_action in RECORDING:  # stopped in the window: the trace is written on exit
+                say_writing()
+
+
+def _files(trainer: Trainer, first: int, last: int, rest: bool) -> tuple[Path, Path]:
+    """This process's trace and table of steps `first` to `last`. `rest`: the steps are the rest of
+    a window that an earlier session began (stopped in it, then resumed): their files are named by
+    their steps, so that the earlier session's stay."""
+    folder, rank, part = trainer.run_dir / FOLDER, trainer.job.rank, f"_steps{first}-{last}" if rest else ""
+    return folder / TRACE.format(rank=rank, part=part), folder / TABLE.format(rank=rank, part=part)
+
+
+def _say_writing(
+    profiler: torch.profiler.profile, trainer: Trainer, first: int, last: int, rest: bool
+) -> None:
+    """The line before the profiler writes its trace: on a big model that takes a minute or more (a
+    run stopped in the window said its last line already, and seemed to hang)."""
+    last = min(last, profiler.step_num)
+    trace, _ = _files(trainer, first, last, rest)
+    others = " (each process's beside it)" if trainer.job.world_size > 1 else ""
+    line = f"writing the profile of steps {first} to {last} to {trace}{others}"
+    line += " (a large model's can take a minute)"
+    if trainer.signals.received is not None:  # a second one ends the process in the middle of it
+        name = signal.Signals(trainer.signals.received).name
+        line += f"; wait for it: a second {name} stops at once, without it"
+    trainer.out.line(line)
 
 
 def _write(profiler: torch.profiler.profile, trainer: Trainer, first: int, last: int, rest: bool) -> None:
-    """The trace and the table of this process, each replacing an older one in one rename; a file
-    that cannot be written is said in a line and the run goes on. `rest`: the steps are the rest
-    of a window that an earlier session began (stopped in it, then resumed): their files are named
-    by their steps, so that the earlier session's stay."""
-    folder, rank, cuda = trainer.run_dir / FOLDER, trainer.job.rank, trainer.device.type == "cuda"
+    """The trace and the table of this process (`_files`), each replacing an older one in one
+    rename; a file that cannot be written is said in a line and the run goes on.
+
+    Killed while it writes (a second Ctrl-C), it leaves no trace or table under their names, only
+    hidden temporary files (atomic.py's names) beside them, which the next profile there deletes:
+    torch's uncompressed export too is written there, not in /tmp, where it stayed for ever."""
+    folder, cuda = trainer.run_dir / FOLDER, trainer.device.type == "cuda"
     last = min(last, profiler.step_num)  # an earlier end: a stop, max_time, an error in the window
-    part = f"_steps{first}-{last}" if rest else ""
-    trace, table = folder / TRACE.format(rank=rank, part=part), folder / TABLE.format(rank=rank, part=part)
+    trace, table = _files(trainer, first, last, rest)
+    exported = folder / f".{trace.name.removesuffix('.gz')}.tmp-{os.getpid()}"
     try:
         folder.mkdir(exist_ok=True)
-        with tempfile.TemporaryDirectory() as scratch:
-            exported = Path(scratch) / "trace.json"
+        remove_leftovers(folder)  # what a profile's writer stopped at once left
+        try:
             profiler.export_chrome_trace(str(exported))
             replace_file(trace, _gzipped(exported))
-        replace_file(table, _table(profiler, first, last, rank, cuda))
+        finally:
+            exported.unlink(missing_ok=True)
+        replace_file(table, _table(profiler, first, last, trainer.job.rank, cuda))
     except OSError as err:
         fix = write_fix()(err)  # free disk space, make the folder writable, ...
         trainer.out.line(
