@@ -9,6 +9,7 @@ import concurrent.futures
 import functools
 import http.client
 import json
+import logging
 import os
 import re
 import select
@@ -1184,6 +1185,56 @@ def test_a_client_that_hangs_up_stops_its_generation(trained_run, monkeypatch, s
         time.sleep(0.5)
         assert len(steps) == decoded and decoded < 30, f"{len(steps)} steps decoded for a client that left"
         assert httpx.post(live.url + "/v1/completions", json=GOOD).status_code == 200
+
+
+def test_a_client_that_leaves_mid_stream_logs_nothing_and_stops_its_generation(
+    trained_run, monkeypatch, caplog
+):
+    """A stream of n=16 choices (16 tokens a decoding step, 0.02 s a step) whose client leaves
+    while the server's event loop is held up for 0.3 s (as other clients' chunks, or a long prompt,
+    hold it up): the tokens sampled meanwhile were written in a row once it ran again, before
+    uvicorn heard of the loss, and asyncio logged 'socket.send() raised exception.' for each past
+    the fourth. Now nothing is logged, and the engine samples at most two more steps once the loop
+    runs (tokens counted as the engine samples them; the 50 asked of each choice would be 800)."""
+    from trickster.serve.choices import Generation
+    from trickster.serve.engine import Batch
+
+    decode, take, arrive = Batch._decode, Batch._take, Generation._arrive
+    sampled, arrived, held, released = [], [], threading.Event(), []
+
+    def slow_decode(self):
+        time.sleep(0.02)
+        decode(self)
+
+    def counted_take(self, seq, logits):
+        sampled.append(time.monotonic())
+        take(self, seq, logits)
+
+    def held_arrive(self, index, event):
+        arrived.append(index)
+        if len(arrived) == 64:  # the fourth step: the client leaves now
+            held.set()
+            time.sleep(0.3)  # on the event loop: it reads nothing from the sockets meanwhile
+            released.append(time.monotonic())
+        arrive(self, index, event)
+
+    monkeypatch.setattr(Batch, "_decode", slow_decode)
+    monkeypatch.setattr(Batch, "_take", counted_take)
+    monkeypatch.setattr(Generation, "_arrive", held_arrive)
+    caplog.set_level(logging.WARNING)
+    body = json.dumps({"model": "best", "prompt": "ROMEO:", "max_tokens": 50, "n": 16, "stream": True})
+    with live_server(trained_run, checkpoints=["best"]) as live:
+        host, port = live.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as sock:
+            head = f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+            sock.sendall((head + body).encode())
+            assert held.wait(timeout=60), "the stream never reached its fourth step"
+        while not released or time.monotonic() - max(sampled) < 0.3:  # the engine idle a while
+            time.sleep(0.05)
+        after = sum(t > released[0] for t in sampled)
+        assert after <= 32 and len(sampled) < 800, f"{after} tokens sampled after the client left"
+    noise = [r.getMessage() for r in caplog.records if "raised exception" in r.getMessage()]
+    assert not noise, f"{len(noise)} lines logged for a client gone: {noise[0]}"
 
 
 @pytest.mark.slow

@@ -170,6 +170,12 @@ class Generation:
                 if choice.finished:
                     unfinished -= 1
                 yield delta
+                # a turn of the event loop before the next delta, even when more have come: a stream
+                # writes each as a chunk, and a client's hang-up that asyncio has seen reaches uvicorn
+                # only at the loop's next turn; the chunks written in a row before then (the tokens
+                # that came while the loop was busy) each logged 'socket.send() raised exception.'.
+                # Now the stream is cancelled here, or at the next one
+                await asyncio.sleep(0)
         finally:
             self.cancel()
             self.release()
