@@ -1253,6 +1253,18 @@ def _serve_run_before_its_first_save(*flags: str) -> Build:
     return build
 
 
+def _serve_run_with_damaged(name: str, content: bytes) -> Build:
+    """`trickster serve` before the run's first save, with its config.yaml or tokenizer.json damaged."""
+
+    def build(env: Env) -> list[str]:
+        run = env.copy_run()
+        shutil.rmtree(run / "checkpoints")
+        (run / name).write_bytes(content)
+        return ["serve", str(run), "--device", "cpu"]
+
+    return build
+
+
 def _serve_incomplete_checkpoint(env: Env) -> list[str]:
     ckpt = env.copy_checkpoint()
     (ckpt / "COMPLETE").unlink()
@@ -3026,6 +3038,24 @@ CASES = [
         _serve_run_before_its_first_save("--max-loaded-models", "1"),
         "holds only untrained, which stays loaded: the checkpoints",
         "pass 2 or more (or --checkpoints untrained)",
+    ),
+    case(
+        "serve-run-config-damaged-before-first-save",
+        _serve_run_with_damaged("config.yaml", b"model_config: [\n"),
+        "run-copy/config.yaml is missing or damaged",
+        "repair it or put back the one training wrote, or serve the run once it has saved a checkpoint",
+    ),
+    case(
+        "serve-run-config-edited-before-first-save",
+        _serve_run_with_damaged("config.yaml", b"model_config: {vocab_size: 64, hidden_dim: 63}\n"),
+        "run-copy/config.yaml: model_config.hidden_dim (63) must be divisible",
+        "repair it or put back the one training wrote",
+    ),
+    case(
+        "serve-run-tokenizer-damaged-before-first-save",
+        _serve_run_with_damaged("tokenizer.json", b'{"kind'),
+        "run-copy/tokenizer.json is not a valid tokenizer",
+        "copy there the one in the folder of its data (data_config.path)",
     ),
     case("serve-port-beyond-65535", _serve("--port", "70000"), "--port must be between 0 and 65535", "70000"),
     case("serve-port-negative", _serve("--port", "-1"), "--port must be between 0 and 65535 (got -1)"),

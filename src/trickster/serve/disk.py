@@ -1,10 +1,14 @@
 """What the server reads of a run's checkpoints on disk without loading them: which there are, which
-version of each (a checkpoint replaced in place is another), and whether the list may have changed."""
+version of each (a checkpoint replaced in place is another), and whether the list may have changed;
+and the run's own config and tokenizer, which shape `untrained` before the run's first save."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from trickster.config import Config
+from trickster.config_saved import read_saved
+from trickster.data.tokenizers import Tokenizer, load_tokenizer
 from trickster.train import checkpoint as ckpt
 
 
@@ -46,6 +50,16 @@ def started_run(target: Path) -> bool:
     config.yaml before its first save (a checkpoint folder holds them too, beside its weights)."""
     files = [target / name for name in ("tokenizer.json", "config.yaml")]
     return all(f.is_file() for f in files) and not (target / ckpt.COMPLETE).exists()
+
+
+def run_files(run: Path) -> tuple[Config, Tokenizer]:
+    """The config.yaml and tokenizer.json training writes into a run folder before its first save.
+    A damaged one is to be repaired or put back (the config is text a user may edit), or the run
+    served once a checkpoint, with copies of its own, is saved: there is no other checkpoint to use."""
+    later = "or serve the run once it has saved a checkpoint"
+    cfg = read_saved(run / "config.yaml", f"repair it or put back the one training wrote, {later}")
+    fix = f"copy there the one in the folder of its data (data_config.path), {later}"
+    return cfg, load_tokenizer(run / "tokenizer.json", fix=fix)
 
 
 def listing(folder: Path) -> dict[str, Path]:

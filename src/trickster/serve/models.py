@@ -140,7 +140,7 @@ class Catalog:
             self.offered[name] = _describe(name, path, chat_template)
         if not names or UNTRAINED in names:
             if default is None:  # shaped as the run's checkpoints will be, by the files it starts with
-                base = _describe(UNTRAINED, Path(target), chat_template, info={})
+                base = _describe(UNTRAINED, Path(target), chat_template, run_files=True)
             else:
                 base = self.offered.get(default.name) or _describe(default.name, default, chat_template)
             self.offered[UNTRAINED] = Offered(
@@ -429,12 +429,14 @@ def _load_whole(path: Path, device: torch.device) -> Transformer:
         time.sleep(0.01)
 
 
-def _describe(name: str, path: Path, chat_template: str | None, info: dict | None = None) -> Offered:
-    """The checkpoint folder at `path` as offered (given `info`: a folder with no info.json, such as
-    a run's own, whose config.yaml and tokenizer.json `untrained` takes before its first save)."""
+def _describe(name: str, path: Path, chat_template: str | None, run_files: bool = False) -> Offered:
+    """The checkpoint folder at `path` as offered (with `run_files`: a run folder, whose own
+    config.yaml and tokenizer.json `untrained` takes before the run's first save; no info.json)."""
     version = disk.version(path)  # before reading: a change while read shows as a newer version
-    cfg, tokenizer = ckpt.read_config(path), ckpt.read_tokenizer(path)
-    info = ckpt.read_info(path) if info is None else info
+    if run_files:
+        (cfg, tokenizer), info = disk.run_files(path), {}
+    else:
+        cfg, tokenizer, info = ckpt.read_config(path), ckpt.read_tokenizer(path), ckpt.read_info(path)
     source = chat_template or chat_template_of(tokenizer)
     template = chat.Template(source, tokenizer) if source else None
     return Offered(name, path, cfg, tokenizer, info, template, int(path.stat().st_mtime), version=version)
