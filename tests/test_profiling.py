@@ -13,14 +13,18 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from trickster.config import load_config, save_config
 from trickster.observe.events import read_metrics
 from trickster.train import checkpoint as ckpt
+from trickster.train import loop, optim
 from trickster.train.loop import train
 
 from . import children
 from .conftest import micro_config
+from .dist_child import spiking_schedule
+from .test_long_runs import SPIKE
 from .test_resume import assert_same_weights, curve
 
 STEP_MARK = re.compile(r"ProfilerStep#(\d+)")
@@ -211,3 +215,37 @@ def test_a_second_ctrl_c_while_the_trace_is_written_leaves_no_trace_to_mistake(s
         "rank0_steps4-6.pt.trace.json.gz",
         "rank0_steps4-6_top_ops.txt",
     ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("window", [[22, 24], [16, 22]], ids=["after-the-rollback", "across-the-rollback"])
+def test_after_a_rollback_each_profiled_step_is_the_step_of_its_number(window, micro, monkeypatch):
+    """A loss spike at steps 17 to 19 or so rolls the run back to step 15 (test_long_runs' run).
+    The profiler counted on: it profiled the replayed steps 18 to 20 as ProfilerStep#22 to 24, and
+    a window across the rollback held the spike's steps and the replayed ones, numbered 16 to 22.
+    Now a window after the rollback is the steps asked; one across it ends there, with the steps
+    as they ran. Each step runs here inside a mark of its own naming the run's step counter."""
+    monkeypatch.setattr(optim, "lr_at", spiking_schedule(optim.lr_at))
+    step = loop.Trainer.step
+
+    def marked(self):
+        with torch.profiler.record_function(f"console step {self.state.step + 1}"):
+            return step(self)
+
+    monkeypatch.setattr(loop.Trainer, "step", marked)
+    lines = []
+    result = train(micro(training_config=SPIKE, logging_config={"profile_steps": window}), echo=lines.append)
+
+    (rollback,) = [record for record in result.history if record["event"] == "rollback"]
+    assert rollback["step"] == 15 and rollback["last_step"] < 22
+    traced = [22, 23, 24] if window == [22, 24] else list(range(16, rollback["last_step"] + 1))
+    events = read_trace(Path(result.run_dir))["traceEvents"]
+    spans = profiled_steps(events)
+    assert sorted(spans) == traced
+    marks = [e for e in events if e.get("ph") == "X" and e.get("name", "").startswith("console step ")]
+    inside = {
+        step: [m["name"] for m in marks if start <= m["ts"] < end] for step, (start, end) in spans.items()
+    }
+    assert inside == {step: [f"console step {step}"] for step in traced}
+    table = (Path(result.run_dir) / "profile" / "rank0_top_ops.txt").read_text()
+    assert f"Steps {traced[0]} to {traced[-1]} of process 0" in table

@@ -167,7 +167,7 @@ class Trainer:
             contextlib.closing(self.out),
             contextlib.closing(self.metrics),
             contextlib.closing(self.writer),  # waits for a write in flight on the way out of an error
-            profiling.steps(self) as profiler,  # logging_config.profile_steps; exits first
+            profiling.steps(self) as self.profiler,  # logging_config.profile_steps; exits first
         ):
             # a new run's first evaluation; or the one its checkpoint was saved before, which a kill
             # may have cut short (before `best`): done again, as the run did after saving
@@ -179,7 +179,7 @@ class Trainer:
                     hellaswag_eval.score(self)
             self.timer.reset()
             while state.step < t.max_steps:
-                profiler.step()  # ProfilerStep#N: step N and its logging, evaluation and checkpoint
+                self.profiler.step()  # ProfilerStep#N: step N and its logging, evaluation and checkpoint
                 began = time.perf_counter()
                 with recovery.guard(self, "a training step", state.step + 1):
                     result = self.step()

@@ -4,19 +4,19 @@ of the operators that took the time, in RUN_DIR/profile.
 
 The loop enters `steps(trainer)` once and calls its `step()` at the top of each iteration, so the
 trace's `ProfilerStep#N` is the console's step N: its optimizer step with the logging, evaluation
-and checkpoint that follow it. The step before the window warms the profiler up (torch's schedule:
-wait, warmup, active). Nothing here touches the model, the batches or a random generator.
+and checkpoint that follow it (a loss spike's rollback tells it the step the run went back to). The
+step before the window warms the profiler up (torch's schedule: wait, warmup, active). Nothing here
+touches the model, the batches or a random generator.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import signal
 import warnings
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,18 +46,72 @@ class _NotProfiling:
     def step(self) -> None:
         pass
 
+    def rolled_back(self, step: int) -> None:
+        pass
+
 
 class _Profiling:
-    def __init__(self, profiler: torch.profiler.profile, trainer: Trainer, say_writing: Callable[[], None]):
-        self.profiler, self.timer, self.say_writing = profiler, trainer.timer, say_writing
+    """torch.profiler over the steps of the window this run has still to take, counted as the
+    console counts them (ProfilerStep#N is step N), a rollback included."""
+
+    def __init__(self, trainer: Trainer, window: tuple[int, int], done: int):
+        self.trainer, self.window = trainer, window
+        self.profiler: torch.profiler.profile | None = None
+        self._start(done)
+
+    def _start(self, done: int) -> None:
+        """A profiler of the window's steps after step `done`, entered."""
+        self.first = max(self.window[0], done + 1)
+        self.rest = self.first > self.window[0]  # the rest of a window an earlier session began
+        self.profiler = _profiler(self.trainer, self.first, self.window[1], done, self.rest)
+        self.profiler.__enter__()
+        # torchtitan's way to number a resumed run's steps: profile.step() counts on from here
+        self.profiler.step_num = done
 
     def step(self) -> None:
         """The next training step begins; writing the trace after the window's last one is not
         training time."""
-        with self.timer.paused():
+        if self.profiler is None:
+            return
+        with self.trainer.timer.paused():
             if self.profiler.current_action == ProfilerAction.RECORD_AND_SAVE:  # it writes the trace now
                 self.say_writing()
             self.profiler.step()
+
+    def rolled_back(self, step: int) -> None:
+        """A loss spike's rollback took the run back to `step`. Before the window, the profiler goes
+        back with it (it counted on, and profiled other steps than those asked, under their
+        numbers). From the window on, the profile ends there: what it recorded is written as it ran,
+        the spike's steps under their own numbers; the steps trained again are not profiled (their
+        numbers would come twice in one trace, and its table would sum both)."""
+        if self.profiler is None:
+            return
+        begun = self.profiler.current_action in RECORDING or self.profiler.step_num > self.window[1]
+        self.close()
+        if not begun:
+            self._start(step)
+
+    def close(self) -> None:
+        """The profiler stopped (once): a window it is recording is written now."""
+        if self.profiler is None:
+            return
+        if self.profiler.current_action in RECORDING:
+            self.say_writing()
+        profiler, self.profiler = self.profiler, None
+        profiler.__exit__(None, None, None)
+
+    def say_writing(self) -> None:
+        """The line before the profiler writes its trace: on a big model that takes a minute or more (a
+        run stopped in the window said its last line already, and seemed to hang)."""
+        trainer, last = self.trainer, min(self.window[1], self.profiler.step_num)
+        trace, _ = _files(trainer, self.first, last, self.rest)
+        others = " (each process's beside it)" if trainer.job.world_size > 1 else ""
+        line = f"writing the profile of steps {self.first} to {last} to {trace}{others}"
+        line += " (a large model's can take a minute)"
+        if trainer.signals.received is not None:  # a second one ends the process in the middle of it
+            name = signal.Signals(trainer.signals.received).name
+            line += f"; wait for it: a second {name} stops at once, without it"
+        trainer.out.line(line)
 
 
 @contextlib.contextmanager
@@ -68,7 +122,16 @@ def steps(trainer: Trainer) -> Iterator[_Profiling | _NotProfiling]:
     if window is None or window[1] <= done:
         yield _NotProfiling()
         return
-    first, last = max(window[0], done + 1), window[1]
+    profiling = _Profiling(trainer, window, done)
+    trainer.out.line(f"profiling steps {profiling.first} to {window[1]} (they run slower while recorded)")
+    try:
+        yield profiling
+    finally:
+        profiling.close()  # stopped in the window: the trace is written now
+
+
+def _profiler(trainer: Trainer, first: int, last: int, done: int, rest: bool) -> torch.profiler.profile:
+    """A profiler of steps `first` to `last` that writes their files when they are done (`_write`)."""
     warmup = 1 if first - 1 > done else 0  # the step before the window, when this run takes it
     cuda = trainer.device.type == "cuda"
     with warnings.catch_warnings():  # torch warns that no warmup skews results: a resume or step 1 has none
@@ -76,23 +139,13 @@ def steps(trainer: Trainer) -> Iterator[_Profiling | _NotProfiling]:
         schedule = torch.profiler.schedule(
             skip_first=first - warmup, wait=0, warmup=warmup, active=last - first + 1, repeat=1
         )
-    profiler = torch.profiler.profile(
+    return torch.profiler.profile(
         activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * cuda,
-        schedule=schedule,  # on the console's step numbers: see step_num below
-        on_trace_ready=lambda done_profiler: _write(done_profiler, trainer, first, last, first > window[0]),
+        schedule=schedule,  # on the console's step numbers: see step_num in _Profiling._start
+        on_trace_ready=lambda done_profiler: _write(done_profiler, trainer, first, last, rest),
         record_shapes=True,
         profile_memory=cuda,  # allocations per operator on the GPU (untested here: no GPU in CI)
     )
-    trainer.out.line(f"profiling steps {first} to {last} (they run slower while recorded)")
-    with profiler:
-        # torchtitan's way to number a resumed run's steps: profile.step() counts on from here
-        profiler.step_num = done
-        say_writing = functools.partial(_say_writing, profiler, trainer, first, last, first > window[0])
-        try:
-            yield _Profiling(profiler, trainer, say_writing)
-        finally:
-            if profiler.current_action in RECORDING:  # stopped in the window: the trace is written on exit
-                say_writing()
 
 
 def _files(trainer: Trainer, first: int, last: int, rest: bool) -> tuple[Path, Path]:
@@ -101,22 +154,6 @@ def _files(trainer: Trainer, first: int, last: int, rest: bool) -> tuple[Path, P
     their steps, so that the earlier session's stay."""
     folder, rank, part = trainer.run_dir / FOLDER, trainer.job.rank, f"_steps{first}-{last}" if rest else ""
     return folder / TRACE.format(rank=rank, part=part), folder / TABLE.format(rank=rank, part=part)
-
-
-def _say_writing(
-    profiler: torch.profiler.profile, trainer: Trainer, first: int, last: int, rest: bool
-) -> None:
-    """The line before the profiler writes its trace: on a big model that takes a minute or more (a
-    run stopped in the window said its last line already, and seemed to hang)."""
-    last = min(last, profiler.step_num)
-    trace, _ = _files(trainer, first, last, rest)
-    others = " (each process's beside it)" if trainer.job.world_size > 1 else ""
-    line = f"writing the profile of steps {first} to {last} to {trace}{others}"
-    line += " (a large model's can take a minute)"
-    if trainer.signals.received is not None:  # a second one ends the process in the middle of it
-        name = signal.Signals(trainer.signals.received).name
-        line += f"; wait for it: a second {name} stops at once, without it"
-    trainer.out.line(line)
 
 
 def _write(profiler: torch.profiler.profile, trainer: Trainer, first: int, last: int, rest: bool) -> None:

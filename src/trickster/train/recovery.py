@@ -181,6 +181,7 @@ def roll_back(trainer: Trainer, spike: Spike) -> None:
     record = {"first_step": spike.first_step, "last_step": spike.last_step, "checkpoint": good.name}
     trainer.metrics.write("rollback", state.step, **record, peak_loss=spike.peak_loss, median=spike.median)
     trainer.out.line(spike_line(spike, good.name, rollbacks, t.max_rollbacks, passed_over))
+    trainer.profiler.rolled_back(state.step)  # ProfilerStep#N stays the console's step N
     trainer.timer.reset()
 
 
