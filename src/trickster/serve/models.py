@@ -26,86 +26,26 @@ that left it, whose requests under way finish as those of a replaced one do.
 from __future__ import annotations
 
 import bisect
-import functools
-import hashlib
 import itertools
-import json
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from trickster.atomic import being_replaced
-from trickster.config import Config
-from trickster.data.hf_tokens import chat_template_of
-from trickster.data.tokenizers import Tokenizer
 from trickster.errors import UserError
-from trickster.model import lora
 from trickster.model.transformer import Transformer, untrained_like
-from trickster.serve import chat, disk
+from trickster.serve import disk
 from trickster.serve.limits import MAX_LOADED_MODELS
+from trickster.serve.offered import UNTRAINED, Offered, describe
 from trickster.train import checkpoint as ckpt
-from trickster.train import checksums
 
-UNTRAINED = "untrained"
 REPLACE_WAIT = 2.0  # seconds a load waits for a checkpoint being replaced (a moment between two renames)
 # a listing of checkpoints/ made within this many seconds of the folder's last change is made again
 # this long after, even if the folder's mtime says nothing changed: a change in the same tick of a
 # coarse file-system clock leaves the mtime as it was (git's "racy" index entries)
 SETTLE = 1.0
-
-
-@dataclass(eq=False)  # one is its own: a checkpoint replaced on disk is offered by a new one
-class Offered:
-    name: str
-    path: Path  # the checkpoint (for `untrained`: the one whose shape and seed it takes)
-    cfg: Config
-    tokenizer: Tokenizer
-    info: dict
-    chat_template: chat.Template | None
-    created: int = 0  # when its folder was written, as read at start (OpenAI's `created`)
-    model: Transformer | None = None  # its weights, while in memory
-    loading: bool = False  # a thread is reading them
-    holds: int = 0  # requests that need them in memory (Catalog.hold, Catalog.release)
-    used: int = 0  # when it was last asked for (a tick of Catalog.clock)
-    version: tuple | None = None  # the checkpoint on disk when read (disk.version): a new one is another
-
-    @property
-    def context(self) -> int:
-        return self.cfg.model.max_seq_len
-
-    @functools.cached_property
-    def system_fingerprint(self) -> str | None:
-        """OpenAI's system_fingerprint: which weights answer, from the SHA-256 sums its info.json
-        records for its weights, adapters and tokenizer (a new save changes it, a rewrite of info.json
-        alone does not, and a new save replaces this Offered); `untrained`'s from its shape, seed and
-        tokenizer. None for a checkpoint saved before the sums."""
-        if self.name == UNTRAINED:
-            identity = [
-                self.cfg.model.model_dump(mode="json"),
-                self.cfg.training.seed,
-                self.tokenizer.fingerprint(),
-            ]
-        else:
-            sums = checksums.recorded(self.path, self.info)
-            identity = [sums.get(name) for name in (ckpt.WEIGHTS, lora.ADAPTERS, "tokenizer.json")]
-            if identity[:2] == [None, None]:
-                return None
-        return "fp_" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
-
-    def card(self) -> dict:
-        """What GET /v1/models says about it, beyond OpenAI's fields."""
-        trained = self.name != UNTRAINED
-        return {
-            "step": self.info.get("step", 0) if trained else 0,
-            "val_loss": self.info.get("val_loss") if trained else None,
-            "context_length": self.context,
-            "chat": self.chat_template is not None,
-            "tokenizer": self.tokenizer.kind,
-            "loaded": self.model is not None,  # a request for it now needs no load (nor room)
-        }
 
 
 class Catalog:
@@ -137,12 +77,12 @@ class Catalog:
             found = {n: p for n, p in found.items() if n in names}
         self.offered: dict[str, Offered] = {}
         for name, path in found.items():
-            self.offered[name] = _describe(name, path, chat_template)
+            self.offered[name] = describe(name, path, chat_template)
         if not names or UNTRAINED in names:
             if default is None:  # shaped as the run's checkpoints will be, by the files it starts with
-                base = _describe(UNTRAINED, Path(target), chat_template, run_files=True)
+                base = describe(UNTRAINED, Path(target), chat_template, run_files=True)
             else:
-                base = self.offered.get(default.name) or _describe(default.name, default, chat_template)
+                base = self.offered.get(default.name) or describe(default.name, default, chat_template)
             self.offered[UNTRAINED] = Offered(
                 UNTRAINED, base.path, base.cfg, base.tokenizer, base.info, base.chat_template, base.created
             )
@@ -199,7 +139,7 @@ class Catalog:
             for name, path in found.items():
                 if name not in self.offered:
                     try:
-                        fresh[name] = _describe(name, path, self.chat_template)
+                        fresh[name] = describe(name, path, self.chat_template)
                     except UserError:  # damaged, or replaced as it was read: listed again later
                         failed = True
             with self.changed:
@@ -249,7 +189,7 @@ class Catalog:
         if version is None or version == offered.version:
             return offered
         try:
-            fresh = _describe(name, offered.path, self.chat_template)
+            fresh = describe(name, offered.path, self.chat_template)
         except UserError:
             return offered
         if fresh.version != version or disk.version(offered.path) != version:
@@ -427,16 +367,3 @@ def _load_whole(path: Path, device: torch.device) -> Transformer:
             if disk.identity(path) == before or time.monotonic() > deadline:
                 return model
         time.sleep(0.01)
-
-
-def _describe(name: str, path: Path, chat_template: str | None, run_files: bool = False) -> Offered:
-    """The checkpoint folder at `path` as offered (with `run_files`: a run folder, whose own
-    config.yaml and tokenizer.json `untrained` takes before the run's first save; no info.json)."""
-    version = disk.version(path)  # before reading: a change while read shows as a newer version
-    if run_files:
-        (cfg, tokenizer), info = disk.run_files(path), {}
-    else:
-        cfg, tokenizer, info = ckpt.read_config(path), ckpt.read_tokenizer(path), ckpt.read_info(path)
-    source = chat_template or chat_template_of(tokenizer)
-    template = chat.Template(source, tokenizer) if source else None
-    return Offered(name, path, cfg, tokenizer, info, template, int(path.stat().st_mtime), version=version)

@@ -1,0 +1,85 @@
+"""One model a server offers (models.Catalog): a checkpoint as read from its folder, or `untrained`,
+and its weights while they are in memory; and which of those offered is the default."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from trickster.config import Config
+from trickster.data.hf_tokens import chat_template_of
+from trickster.data.tokenizers import Tokenizer
+from trickster.model import lora
+from trickster.model.transformer import Transformer
+from trickster.serve import chat, disk
+from trickster.train import checkpoint as ckpt
+from trickster.train import checksums
+
+UNTRAINED = "untrained"
+
+
+@dataclass(eq=False)  # one is its own: a checkpoint replaced on disk is offered by a new one
+class Offered:
+    name: str
+    path: Path  # the checkpoint (for `untrained`: the one whose shape and seed it takes)
+    cfg: Config
+    tokenizer: Tokenizer
+    info: dict
+    chat_template: chat.Template | None
+    created: int = 0  # when its folder was written, as read at start (OpenAI's `created`)
+    model: Transformer | None = None  # its weights, while in memory
+    loading: bool = False  # a thread is reading them
+    holds: int = 0  # requests that need them in memory (Catalog.hold, Catalog.release)
+    used: int = 0  # when it was last asked for (a tick of Catalog.clock)
+    version: tuple | None = None  # the checkpoint on disk when read (disk.version): a new one is another
+
+    @property
+    def context(self) -> int:
+        return self.cfg.model.max_seq_len
+
+    @functools.cached_property
+    def system_fingerprint(self) -> str | None:
+        """OpenAI's system_fingerprint: which weights answer, from the SHA-256 sums its info.json
+        records for its weights, adapters and tokenizer (a new save changes it, a rewrite of info.json
+        alone does not, and a new save replaces this Offered); `untrained`'s from its shape, seed and
+        tokenizer. None for a checkpoint saved before the sums."""
+        if self.name == UNTRAINED:
+            identity = [
+                self.cfg.model.model_dump(mode="json"),
+                self.cfg.training.seed,
+                self.tokenizer.fingerprint(),
+            ]
+        else:
+            sums = checksums.recorded(self.path, self.info)
+            identity = [sums.get(name) for name in (ckpt.WEIGHTS, lora.ADAPTERS, "tokenizer.json")]
+            if identity[:2] == [None, None]:
+                return None
+        return "fp_" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+
+    def card(self) -> dict:
+        """What GET /v1/models says about it, beyond OpenAI's fields."""
+        trained = self.name != UNTRAINED
+        return {
+            "step": self.info.get("step", 0) if trained else 0,
+            "val_loss": self.info.get("val_loss") if trained else None,
+            "context_length": self.context,
+            "chat": self.chat_template is not None,
+            "tokenizer": self.tokenizer.kind,
+            "loaded": self.model is not None,  # a request for it now needs no load (nor room)
+        }
+
+
+def describe(name: str, path: Path, chat_template: str | None, run_files: bool = False) -> Offered:
+    """The checkpoint folder at `path` as offered (with `run_files`: a run folder, whose own
+    config.yaml and tokenizer.json `untrained` takes before the run's first save; no info.json)."""
+    version = disk.version(path)  # before reading: a change while read shows as a newer version
+    if run_files:
+        (cfg, tokenizer), info = disk.run_files(path), {}
+    else:
+        cfg, tokenizer, info = ckpt.read_config(path), ckpt.read_tokenizer(path), ckpt.read_info(path)
+    source = chat_template or chat_template_of(tokenizer)
+    template = chat.Template(source, tokenizer) if source else None
+    return Offered(name, path, cfg, tokenizer, info, template, int(path.stat().st_mtime), version=version)
