@@ -106,6 +106,19 @@ def test_playground_streams_two_checkpoints_side_by_side(trained_run, browser, t
         assert shot.stat().st_size > 10_000
 
 
+def test_playground_picks_the_servers_default_beside_untrained(trained_run, browser, tmp_path):
+    """A run that has saved no best yet (evaluations off, or not yet reached): the page picked
+    `untrained` alone, as it looked for `best` by name; it now picks the server's default, the
+    newest checkpoint (final, at step 12), as /v1/models marks it."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("best"))
+    with live_server(run) as live:
+        page = open_playground(browser, live)
+        picked = page.eval_on_selector_all("#picker input:checked", "els => els.map(e => e.value)")
+        page.close()
+    assert picked == ["untrained", "final"]
+
+
 def test_playground_sends_the_seed_typed_also_past_2_53_and_below_0(trained_run, browser):
     """A seed above 2**53 is no JavaScript number: sent as one, 2**53 + 1 went as 2**53 and gave
     that seed's text, not the one `generate --seed` and the API give for the seed typed."""

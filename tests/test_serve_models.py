@@ -332,6 +332,43 @@ def test_a_run_served_before_its_first_save_offers_untrained_then_its_checkpoint
         assert list(cards(live)) == ["best", "step_000006", "untrained"]
 
 
+@pytest.mark.parametrize("first", ["untrained", "step_000006"])
+def test_the_default_model_follows_the_newest_checkpoint_as_the_run_saves(trained_run, tmp_path, first):
+    """The default model (kept in memory, `default` in /v1/models, the playground's first pick) was
+    chosen at start for the server's whole life: `untrained` for one started before the run's first
+    save, step_000006 for one started when only that was saved, whatever the run saved later. Now it
+    follows the rule of a server started afterwards, the run's best, else its newest: step_000006,
+    final (step 12), then best, each saved into the run as training renames it in. With
+    --max-loaded-models 2 it stays in memory whichever others requests ask for; untrained still
+    answers when named."""
+    run, saved = tmp_path / "run", trained_run / "checkpoints"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("checkpoints"))
+    (run / "checkpoints").mkdir()
+
+    def save(name: str) -> None:
+        shutil.copytree(saved / name, tmp_path / name)
+        (tmp_path / name).rename(run / "checkpoints" / name)
+
+    def default(live) -> list[str]:
+        return [name for name, card in cards(live).items() if card["default"]]
+
+    if first == "step_000006":
+        save("step_000006")
+    with live_server(run, max_loaded=2) as live:
+        client = client_of(live)
+        untrained_text = completion(client, model="untrained", **GREEDY)
+        assert default(live) == [first] and first in loaded(live)
+        for name in ["step_000006", "final", "best"][["untrained", "step_000006"].index(first) :]:
+            if name != first:
+                save(name)
+            assert default(live) == [name]
+            assert completion(client, model=name, **GREEDY) == greedy_text(saved / name)
+        for name in ["untrained", "step_000006", "final", "untrained", "final"]:  # room for one beside best
+            completion(client, model=name, **GREEDY)
+            assert "best" in loaded(live), f"best, the default, was unloaded for {name}"
+        assert completion(client, model="untrained", **GREEDY) == untrained_text
+
+
 def test_a_folder_that_is_not_a_run_is_still_refused(trained_run, tmp_path):
     """Only a run folder (its config.yaml and tokenizer.json) is served before a checkpoint exists."""
     for kept in ([], ["config.yaml"], ["tokenizer.json"]):

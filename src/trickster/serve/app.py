@@ -324,7 +324,8 @@ class Server:
             raise
 
     def _card(self, offered: Offered) -> dict:
-        return schemas.model_card(offered.name, offered.created, offered.card())
+        default = offered.name == self.catalog.default  # kept in memory; the playground's first pick
+        return schemas.model_card(offered.name, offered.created, {**offered.card(), "default": default})
 
 
 Collected = tuple[list[str], list[list[dict]], list[str | None]]  # texts, logprobs, finish reasons

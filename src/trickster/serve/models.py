@@ -3,15 +3,16 @@ freshly initialised model of the same shape, each named by the folder it lives i
 saved no checkpoint yet offers `untrained`, shaped by the run's own config.yaml and tokenizer.json.
 
 Configs, tokenizers and info.json of every checkpoint are read at start (so a damaged one is
-reported before serving). The default checkpoint's weights (the run's best, as `trickster generate
-RUN` picks) are loaded at start and stay; the others' are loaded on first use and kept while there is
-room: at most `max_loaded` models are in memory at once, the default among them. A request holds its
-model from before its prompt is queued until the engine has finished its last sequence; making room
-unloads the least recently used model that no request holds. When every loaded model is held, a
-request for another one waits for the first to be released (a server with hundreds of checkpoints
-stays within the memory of `max_loaded` models, however many clients ask for different ones), in
-line: room goes to the waiting requests in the order they arrived, while a request for a loaded
-model takes it at once.
+reported before serving). The default model's weights (the run's best, else its newest, as
+`trickster generate RUN` picks; offered.default_of) are loaded at start and stay; a run saving
+checkpoints as it is served moves the default to the newest by the same rule. The others' are
+loaded on first use and kept while there is room: at most `max_loaded` models are in memory at
+once, the default among them. A request holds its model from before its prompt is queued until
+the engine has finished its last sequence; making room unloads the least recently used model that
+no request holds. When every loaded model is held, a request for another one waits for the first to
+be released (a server with hundreds of checkpoints stays within the memory of `max_loaded` models,
+however many clients ask for different ones), in line: room goes to the waiting requests in the
+order they arrived, while a request for a loaded model takes it at once.
 
 A training run served as it trains writes a new `best` (or `final`) into the same name: `current`
 notices (three `stat`s a request: the folder's, its weights' and its info.json's) and offers the
@@ -38,7 +39,7 @@ from trickster.errors import UserError
 from trickster.model.transformer import Transformer, untrained_like
 from trickster.serve import disk
 from trickster.serve.limits import MAX_LOADED_MODELS
-from trickster.serve.offered import UNTRAINED, Offered, describe
+from trickster.serve.offered import UNTRAINED, Offered, default_of, describe
 from trickster.train import checkpoint as ckpt
 
 REPLACE_WAIT = 2.0  # seconds a load waits for a checkpoint being replaced (a moment between two renames)
@@ -66,7 +67,7 @@ class Catalog:
         self.listing = threading.Lock()  # one rescan at a time
         self.departed: set[str] = set()  # offered once, gone from the disk since
         found = disk.checkpoints(Path(target))
-        default = ckpt.resolve(target) if found else None  # None: a run that has saved no checkpoint yet
+        resolved = ckpt.resolve(target) if found else None  # None: a run that has saved no checkpoint yet
         if names:
             unknown = [n for n in names if n not in found and n != UNTRAINED]
             if unknown:
@@ -79,18 +80,18 @@ class Catalog:
         for name, path in found.items():
             self.offered[name] = describe(name, path, chat_template)
         if not names or UNTRAINED in names:
-            if default is None:  # shaped as the run's checkpoints will be, by the files it starts with
+            if resolved is None:  # shaped as the run's checkpoints will be, by the files it starts with
                 base = describe(UNTRAINED, Path(target), chat_template, run_files=True)
             else:
-                base = self.offered.get(default.name) or describe(default.name, default, chat_template)
+                base = self.offered.get(resolved.name) or describe(resolved.name, resolved, chat_template)
             self.offered[UNTRAINED] = Offered(
                 UNTRAINED, base.path, base.cfg, base.tokenizer, base.info, base.chat_template, base.created
             )
-        # the one loaded at start, and never unloaded: the checkpoint `trickster generate TARGET` would use
-        self.default = default.name if default and default.name in self.offered else next(iter(self.offered))
+        # loaded at start and never unloaded; a checkpoint saved since may take its place (_relist)
+        self.default = default_of(self.offered)
         if max_loaded < 1:
             raise UserError(f"--max-loaded-models must be at least 1 (got {max_loaded})")
-        if max_loaded == 1 and default is None and not names:
+        if max_loaded == 1 and resolved is None and not names:
             raise UserError(
                 f"--max-loaded-models 1 holds only {UNTRAINED}, which stays loaded: the checkpoints "
                 f"{target} saves would never load; pass 2 or more (or --checkpoints {UNTRAINED})"
@@ -154,7 +155,9 @@ class Catalog:
     def _relist(self, found: dict[str, Path], fresh: dict[str, Offered]) -> None:
         """The offer as `found` on disk, in its order (under `changed`): each one offered before
         stays as it is (`current` reads a replaced one), `fresh` ones join, the others leave but
-        `untrained` and a best or final between a replace's two renames."""
+        `untrained` and a best or final between a replace's two renames. The default follows
+        (default_of): a run served as it trains is answered by its newest checkpoint, as one served
+        after it."""
         every = {**fresh, **self.offered}
         stay = {n for n, o in self.offered.items() if n == UNTRAINED or being_replaced(o.path)} - set(found)
         order = [*sorted(stay - {UNTRAINED}), *(n for n in found if n in every), *(stay & {UNTRAINED})]
@@ -164,6 +167,9 @@ class Catalog:
                 self._retire(left)
         self.departed -= set(order)
         self.offered = {name: every[name] for name in order}  # a new dict: one being iterated stays whole
+        if default_of(self.offered) != self.default:  # the run's first checkpoint, a newer one, a best
+            self.default = default_of(self.offered)  # the one before may be unloaded from now on
+            threading.Thread(target=self._preload, args=(self.offered[self.default],), daemon=True).start()
 
     def _retire(self, offered: Offered) -> None:
         """No longer offered (under `changed`): its model goes now, or with its last hold."""
@@ -209,8 +215,9 @@ class Catalog:
         return fresh
 
     def _preload(self, offered: Offered) -> None:
-        """Load a replaced model's new weights before a request asks for them, where that takes no
-        other model's room and no request waits for room (else the next request loads them)."""
+        """Load a model's weights before a request asks for them (a replaced one's new weights, a new
+        default), where that takes no other model's room and no request waits for room (else the
+        next request loads them)."""
         with self.changed:
             resident = [
                 o for o in (*self.offered.values(), *self.retired) if o.model is not None or o.loading

@@ -83,3 +83,15 @@ def describe(name: str, path: Path, chat_template: str | None, run_files: bool =
     source = chat_template or chat_template_of(tokenizer)
     template = chat.Template(source, tokenizer) if source else None
     return Offered(name, path, cfg, tokenizer, info, template, int(path.stat().st_mtime), version=version)
+
+
+def default_of(offered: dict[str, Offered]) -> str:
+    """The model kept in memory for good: the checkpoint `trickster generate RUN` picks, among those
+    offered (the run's best, else its newest: the highest step, `final` before a numbered one of its
+    step); `untrained` only while no checkpoint is offered (a run served before its first save)."""
+    if "best" in offered:
+        return "best"
+    trained = [o for o in offered.values() if o.name != UNTRAINED]
+    if not trained:
+        return next(iter(offered))
+    return max(trained, key=lambda o: (o.info.get("step", 0), o.name == "final")).name
