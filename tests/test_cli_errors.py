@@ -915,6 +915,22 @@ def _no_window_fits(env: Env) -> list[str]:
     return micro_train(env, *auto, "model_config.vocab_size=128", f"device_config.memory_gib={gib:.6g}")
 
 
+def _no_window_fits_accumulating(env: Env) -> list[str]:
+    """batch_size: auto under FSDP2 (one process) in a memory_gib that holds the model's state and
+    two windows by plan's formula: a micro-batch of one fits alone, but the 8 windows of a step
+    need accumulation, and FSDP2's whole gradients and gathered weights leave no room for one."""
+    cfg = micro_config(env.data, env.tmp / "run")
+    cfg.model.vocab_size = 128  # the char vocabulary, padded as training pads it
+    one = footprint.memory_estimate(cfg, batch_size=1)
+    gib = (one.state + 2 * (one.activations + one.logits)) / footprint.HEADROOM / 2**30
+    auto = (
+        "training_config.batch_size=auto",
+        "training_config.global_batch=8",
+        "device_config.enable_fsdp=true",
+    )
+    return micro_train(env, *auto, "model_config.vocab_size=128", f"device_config.memory_gib={gib:.6g}")
+
+
 def _lora_too_big(env: Env) -> list[str]:
     return micro_train(env, f"training_config.init_from={env.run}", "training_config.lora={rank: 1e18}")
 
@@ -2083,6 +2099,12 @@ CASES = [
         _no_window_fits,
         "a micro-batch of one window of 64 tokens does not fit",
         "training_config.seq_len",
+    ),
+    case(
+        "train-batch-auto-no-window-fits-with-accumulation",
+        _no_window_fits_accumulating,
+        "a step of 8 windows needs gradient accumulation",
+        "lower training_config.global_batch to 1 window(s) (no accumulation)",
     ),
     case(
         "train-max-time-not-a-duration",

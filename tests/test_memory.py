@@ -57,7 +57,10 @@ def fsdp_config(processes: int, windows: float):
     FSDP2 splits each tensor's first dimension, padded to a multiple of `processes`), the root and
     two blocks gathered in float32 while they compute, the loss's float32 gradient for the output
     matrix, and per window the tensors autograd saves (measured) and the loss's three float32
-    tensors of logits. A context of 64 keeps a window (about 8 MiB) small beside that state."""
+    tensors of logits. The suggested micro-batch accumulates: FSDP2 then also keeps each process's
+    whole float32 gradients until the last micro-batch, and between micro-batches the other blocks
+    gathered (less than the activations they follow here: not counted). A context of 64 keeps a
+    window (about 8 MiB) small beside that state."""
     overrides = ["device_config.enable_fsdp=true", "device_config.device=cpu", "device_config.dtype=float32"]
     overrides += ["training_config.batch_size=72", "training_config.gradient_accumulation_steps=1"]
     cfg = load_config(preset="nano", overrides=[*overrides, "training_config.seq_len=64"])
@@ -65,7 +68,8 @@ def fsdp_config(processes: int, windows: float):
     shard = sum(math.ceil(p.shape[0] / processes) * p[0].numel() for p in model.parameters())
     root = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("layers."))
     gathered = root + 2 * sum(p.numel() for p in model.layers[0].parameters())
-    state = 16 * shard + 4 * gathered + 4 * model.output.weight.numel()
+    whole = sum(p.numel() for p in model.parameters())
+    state = 16 * shard + 4 * gathered + 4 * model.output.weight.numel() + 4 * whole
     saved = saved_activation_bytes(cfg, 2, 64) - saved_activation_bytes(cfg, 1, 64)
     window = saved + 3 * 64 * cfg.model.vocab_size * 4
     budget = state + windows * window

@@ -437,8 +437,10 @@ def test_the_fitting_batch_is_the_largest_whose_whole_step_fits(preset):
     """The micro-batch the plan fits in a budget is the largest whose counted step fits in it. The
     loss's chunk of logits does not grow with the batch once full: mega's vocabulary fills it within
     one window, and dividing the room by a window's activations and logits gave 131 windows on a
-    141 GB H200 where its step's bytes hold 220 (gpu_check's maxbatch would have failed there)."""
-    cfg = load_config(preset=preset, overrides=["device_config.dtype=bfloat16"])
+    141 GB H200 where its step's bytes hold 220 (gpu_check's maxbatch would have failed there).
+    A step of one window: none of these micro-batches accumulates (tests/test_fsdp_memory.py)."""
+    one_window = ["training_config.batch_size=1", "training_config.gradient_accumulation_steps=1"]
+    cfg = load_config(preset=preset, overrides=["device_config.dtype=bfloat16", *one_window])
     for batch in (1, 2, 7, 64, 220):
         step = footprint.memory_estimate(cfg, batch_size=batch).total
         assert footprint.fitting_batch(cfg, step) == batch

@@ -83,13 +83,17 @@ def test_mega_fits_an_h100_at_its_preset_micro_batch(no_gpu, capsys, gpu, gb):
 
 def test_on_a_24_gb_card_mega_without_checkpointing_is_told_a_micro_batch_that_fits(no_gpu, capsys):
     """Without activation checkpointing mega's 8 x 2048 step keeps every block's activations, far
-    more than an RTX 4090's 24 GB: the advice is the largest micro-batch whose step fits."""
+    more than an RTX 4090's 24 GB. A smaller micro-batch with gradient accumulation does not fit
+    either: FSDP2 then keeps whole gradients and gathered weights (tests/test_fsdp_memory.py). The
+    advice is the largest micro-batch whose step fits without accumulation."""
     out = planned(capsys, "--gpu", "RTX 4090", "device_config.activation_checkpointing=false")
-    assert "DOES NOT FIT" in out and "to fit: lower the micro-batch" in out
+    assert "DOES NOT FIT" in out and "to fit: with gradient accumulation FSDP keeps" in out
     cfg = load_config(preset="mega", overrides=["device_config.activation_checkpointing=false"])
     budget = USABLE * 24 * GiB
     assert footprint.memory_estimate(cfg).total > budget
+    assert footprint.memory_estimate(cfg, batch_size=1, accumulating=True).total > budget
     batch = advised_batch(out)
+    assert "training_config.gradient_accumulation_steps=1 " in out
     assert footprint.memory_estimate(cfg, batch_size=batch).total <= budget
     assert footprint.memory_estimate(cfg, batch_size=batch + 1).total > budget
 

@@ -14,8 +14,13 @@ N = the FSDP shard degree, 1 without FSDP):
   bfloat16, whose gathered weights are already bfloat16).
 - FSDP's gathered weights (2 bytes each with bfloat16, else 4): the root (embedding, final norm,
   output) and two blocks (the one computing, the next being gathered). With gradient
-  accumulation the weights stay gathered between the micro-batches of a step and the gradients
-  are kept whole in float32 until the last one: P x 2 (or 4) + 4P.
+  accumulation (train/dist.py micro_batch) the gradients are kept whole in float32 until the
+  last micro-batch: + 4P (4A with LoRA); and the weights stay gathered from the end of one
+  micro-batch's backward pass to the next one's forward, which gathers them once more as it goes
+  (reshard_after_forward) and frees each block after it: at that moment the activations are
+  gone, so the step holds the larger of the activations and the weights outside the root and two
+  blocks, (P - root - 2 blocks) x 2 (or 4). Measured on CPU with 2 processes
+  (tests/test_fsdp_memory.py): the accumulated step's peak is 4P above the single step's.
 - activations saved for the backward pass, per token:
   float32:    L * (6d + 2kv + 4m + nh + 2) * 4
   bf16/fp16:  L * ((2d + nh + 2) * 4 + (7d + 2kv + 4m) * 2)   (RMSNorm keeps float32; autocast
@@ -67,6 +72,19 @@ class Memory:
     gathered: int = 0  # FSDP: weights gathered for computing, and whole gradients between micro-batches
     shards: int = 1  # the FSDP shard degree the state is divided by
     loss_gradient: int = 0  # the loss's float32 gradient for the output matrix, once per step
+    kept: int = 0  # FSDP with accumulation: the weights gathered between micro-batches, but the working ones
+
+    @property
+    def regathered(self) -> int:
+        """What the weights kept between micro-batches add to the step: only what exceeds the
+        activations and logits, which are freed by then."""
+        return max(0, self.kept - self.activations - self.logits)
+
+    @property
+    def least(self) -> int:
+        """What a step needs whatever its micro-batch: the state, and the weights kept between
+        micro-batches."""
+        return self.state + self.kept
 
     @property
     def state(self) -> int:
@@ -76,7 +94,7 @@ class Memory:
 
     @property
     def total(self) -> int:
-        return self.state + self.activations + self.logits
+        return self.state + self.activations + self.logits + self.regathered
 
 
 def activation_bytes_per_token(cfg: Config) -> int:
@@ -109,9 +127,14 @@ def shard_degree(cfg: Config, processes: int) -> int:
 
 
 def memory_estimate(
-    cfg: Config, batch_size: int | None = None, seq_len: int | None = None, processes: int = 1
+    cfg: Config,
+    batch_size: int | None = None,
+    seq_len: int | None = None,
+    processes: int = 1,
+    accumulating: bool | None = None,
 ) -> Memory:
-    """Bytes for one training step on one process at cfg's micro-batch (or the one given)."""
+    """Bytes for one training step on one process at cfg's micro-batch (or the one given), of
+    several micro-batches if `accumulating` (None: as cfg's gradient_accumulation_steps says)."""
     b = parameter_breakdown(cfg.model)
     P, shards = b.total, shard_degree(cfg, processes)
     lora = cfg.training.lora
@@ -121,16 +144,17 @@ def memory_estimate(
     if cfg.training.optimizer == "muon" and lora is None:
         muon = b.blocks - 2 * cfg.model.hidden_dim * cfg.model.num_layers
     tokens = (batch_size or cfg.training.batch_size) * (seq_len or cfg.seq_len)
+    if accumulating is None:
+        accumulating = cfg.training.gradient_accumulation_steps > 1
     half = cfg.device.dtype in ("bfloat16", "float16")
-    gathered, autocast_copy = 0, 2 * P if half else 0
+    gathered, kept, autocast_copy = 0, 0, 2 * P if half else 0
     if cfg.device.enable_fsdp:
         width = 2 if cfg.device.dtype == "bfloat16" else 4  # the MixedPrecisionPolicy's weights
-        working = b.embedding + b.output + b.final_norm + 2 * b.per_block
-        if cfg.training.gradient_accumulation_steps > 1:
-            gathered = P * width + 4 * trained
-        else:
-            gathered = min(working, P) * width
-        autocast_copy = 2 * min(working, P) if half and width == 4 else 0
+        working = min(b.embedding + b.output + b.final_norm + 2 * b.per_block, P)
+        gathered = working * width
+        if accumulating:  # whole float32 gradients; the other weights gathered between micro-batches
+            gathered, kept = gathered + 4 * trained, (P - working) * width
+        autocast_copy = 2 * working if half and width == 4 else 0
     chunk = min(tokens, max(1, transformer.LOSS_CHUNK_ELEMENTS // cfg.model.vocab_size))
     return Memory(
         weights=4 * (P + adapters) // shards,
@@ -142,19 +166,38 @@ def memory_estimate(
         gathered=gathered,
         shards=shards,
         loss_gradient=activation_bytes(cfg, 0) if lora is None else 0,  # LoRA: the output is frozen
+        kept=kept,
     )
 
 
-def fitting_batch(cfg: Config, budget: float, processes: int = 1) -> int:
-    """The largest micro-batch whose step fits in `budget` bytes by the formula (0: not even one),
-    on each of `processes` (FSDP shards the state over them). The loss's working memory stops
-    growing once a chunk of logits is full (LOSS_CHUNK_ELEMENTS: mega's 32000-word vocabulary
-    fills it at 1,048 tokens, less than one window), so a window more adds its activations alone:
-    found by search over memory_estimate, not by dividing by a window's activations and logits."""
+def fitting_batch(
+    cfg: Config, budget: float, processes: int = 1, most: int | None = None, alone: bool = False
+) -> int:
+    """The largest micro-batch (at most `most`) whose step fits in `budget` bytes by the formula
+    (0: not even one), on each of `processes` (FSDP shards the state over them). A micro-batch
+    smaller than a process's share of the step (windows_per_process) accumulates, and under FSDP2
+    an accumulated step holds more than one micro-batch's (memory_estimate): such a micro-batch is
+    fitted with the accumulated step's memory; `alone`: the largest whose step of that one
+    micro-batch fits, with no accumulation (the step's windows lowered to it). The loss's working
+    memory stops growing once a chunk of logits is full (LOSS_CHUNK_ELEMENTS: mega's 32000-word
+    vocabulary fills it at 1,048 tokens, less than one window), so a window more adds its
+    activations alone: found by search over memory_estimate, not by dividing by a window's
+    activations and logits."""
+    share = windows_per_process(cfg, processes)
 
-    def fits(batch: int) -> bool:
-        return memory_estimate(cfg, batch_size=batch, processes=processes).total <= budget
+    def fits(accumulating: bool):
+        return lambda batch: memory_estimate(cfg, batch, None, processes, accumulating).total <= budget
 
+    if alone or most is None or most >= share:
+        single = _largest(fits(accumulating=False))
+        if alone or single >= share:
+            return single if most is None else min(single, most)
+    accumulated = _largest(fits(accumulating=True))  # no more than `single`: below the share
+    return accumulated if most is None else min(accumulated, most)
+
+
+def _largest(fits) -> int:
+    """The largest batch >= 1 that `fits` (0: none), for a `fits` true up to some batch only."""
     fitting, failing = 0, 1
     while fits(failing):  # every window adds activations: ends
         fitting, failing = failing, 2 * failing
@@ -162,6 +205,37 @@ def fitting_batch(cfg: Config, budget: float, processes: int = 1) -> int:
         middle = (fitting + failing) // 2
         fitting, failing = (middle, failing) if fits(middle) else (fitting, middle)
     return fitting
+
+
+def accumulation_cost(cfg: Config, processes: int = 1) -> tuple[int, int]:
+    """(more, kept): what a step of several micro-batches holds beyond one micro-batch's, by the
+    formula: under FSDP2 `more` bytes all along (whole float32 gradients) and, between
+    micro-batches, `kept` bytes of gathered weights where the activations were; (0, 0) otherwise."""
+    single = memory_estimate(cfg, 1, None, processes, accumulating=False)
+    accumulated = memory_estimate(cfg, 1, None, processes, accumulating=True)
+    return accumulated.state - single.state, accumulated.kept
+
+
+def beyond_one_process(cfg: Config, processes: int, accumulating: bool) -> tuple[int, int]:
+    """(more, kept): what a process of the job holds beyond one process training the whole model
+    alone, as batch_size: auto's trial copy does, by the formula: under FSDP2 the weights it
+    gathers and, `accumulating`, whole float32 gradients all along (`more`, never below 0: the
+    sharded state's savings are not counted) and the gathered weights between micro-batches
+    (`kept`, where the activations were)."""
+    alone = cfg.model_copy(deep=True)
+    alone.device.enable_fsdp = alone.device.enable_ddp = False
+    alone.device.mesh_shape = None
+    plain = memory_estimate(alone, 1, None, 1, accumulating=False)
+    step = memory_estimate(cfg, 1, None, processes, accumulating)
+    return max(0, step.state - plain.state), step.kept
+
+
+def windows_per_process(cfg: Config, processes: int = 1) -> int:
+    """The windows each of `processes` computes per optimizer step: its micro-batches together."""
+    t = cfg.training
+    if t.batch_size == "auto":
+        return global_windows(cfg, processes) // processes
+    return t.batch_size * t.gradient_accumulation_steps
 
 
 def global_windows(cfg: Config, world_size: int = 1) -> int:

@@ -22,6 +22,7 @@ from trickster.footprint import (
     HEADROOM,
     GiB,
     Memory,
+    accumulation_cost,
     fitting_batch,
     global_windows,
     memory_estimate,
@@ -134,7 +135,7 @@ def _advice(plan: Plan) -> list[str]:
     if plan.fits:
         return []
     t = cfg.training
-    if mem.state > budget:
+    if mem.least > budget:
         smaller = [
             name
             for name in _presets_by_size()
@@ -146,12 +147,22 @@ def _advice(plan: Plan) -> list[str]:
             fix = (
                 f"choose a smaller model{hint}, a device with more memory, or {_sharding_hint(plan, budget)}"
             )
+        kept = " (with the weights FSDP keeps gathered between micro-batches)" if mem.kept else ""
         return [
-            f"the weights, gradients and AdamW state alone need {_gib(mem.state)}, more than the "
-            f"{_gib(budget)} usable: {fix}"
+            f"the weights, gradients and AdamW state alone need {_gib(mem.least)}{kept}, more than "
+            f"the {_gib(budget)} usable: {fix}"
         ]
     fits_batch = fitting_batch(cfg, budget, plan.processes)
-    if fits_batch >= 1:
+    alone = fitting_batch(cfg, budget, plan.processes, alone=True) if fits_batch < 1 else 0
+    if alone >= 1:  # FSDP2's accumulation is what does not fit
+        more, kept = accumulation_cost(cfg, plan.processes)
+        advice = [
+            f"with gradient accumulation FSDP keeps whole float32 gradients and the gathered weights "
+            f"between micro-batches ({_gib(more + kept)} more), which do not fit: set "
+            f"training_config.batch_size={alone} and training_config.gradient_accumulation_steps=1 "
+            f"({alone * plan.processes:,} window(s) a step), or shard the model over more GPUs"
+        ]
+    elif fits_batch >= 1:
         accumulation = math.ceil(t.batch_size * t.gradient_accumulation_steps / fits_batch)
         advice = [
             f"lower the micro-batch: set training_config.batch_size={fits_batch} and "
@@ -262,8 +273,10 @@ def _memory_lines(plan: Plan) -> list[str]:
     lines += [
         f"  activations{recompute}    {_gib(mem.activations):>10}",
         f"  loss (a chunk of logits)       {_gib(mem.logits + mem.loss_gradient):>10}",
-        f"  total                          {_gib(mem.total):>10}",
     ]
+    if mem.regathered:  # the weights kept between micro-batches outweigh the activations they follow
+        lines.append(f"  FSDP weights kept, beyond these {_gib(mem.regathered):>9}")
+    lines.append(f"  total                          {_gib(mem.total):>10}")
     usable = HEADROOM * plan.device_bytes
     verdict = "fits" if plan.fits else "DOES NOT FIT"
     lines.append(

@@ -6,7 +6,10 @@ AdamW, random tokens; the run's random generators are left untouched) at micro-b
 the difference is the memory of one more window, the rest is what does not depend on the batch.
 The largest micro-batch that fits in footprint.HEADROOM (90%) of the device's memory (or of
 device_config.memory_gib) follows, capped at each process's share of the global batch; on a GPU a
-last trial step at that size confirms it (one smaller on an out-of-memory error). On a GPU a step
+last trial step at that size confirms it (one smaller on an out-of-memory error). What a process
+of an FSDP2 job holds beyond the trial copy (the weights it gathers; with gradient accumulation,
+whole gradients and the weights gathered between micro-batches) is added by the formula
+(footprint.beyond_one_process), so that the step the run takes fits. On a GPU a step
 is measured by the allocator's peak, with activation checkpointing when the run uses it; on a CPU
 by the tensors a step holds: weights, gradients, AdamW state, the activations autograd saves
 (counted as they are saved, every one of them) and the loss's chunk of float32 logits, as plan.py's
@@ -74,20 +77,54 @@ def choose_batch(cfg: Config, device: torch.device, job: Dist, windows: int) -> 
         except torch.OutOfMemoryError:
             one = window = None
         if one is None or one > usable:
-            raise UserError(
-                f"batch_size auto: a micro-batch of one window of {cfg.seq_len} tokens does not fit in "
-                f"the {usable / 2**30:.2f} GiB usable on {device}; lower training_config.seq_len, "
-                "choose a smaller model, or set device_config.activation_checkpointing=true"
-            )
-        fit = min((usable - (one - window)) // window, windows // world_size)
+            raise no_window_fits(cfg, device, usable)
+        fit, room = job_fit(cfg, device, job, windows, (one - window, window), usable)
         micro, accumulation = footprint.split_global_batch(windows, world_size, fit)
         on_gpu = device.type == "cuda"
-        while on_gpu and micro > 1 and not step_fits(model, optimizer, cfg, device, micro, usable):
+        while on_gpu and micro > 1 and not step_fits(model, optimizer, cfg, device, micro, room):
             micro, accumulation = footprint.split_global_batch(windows, world_size, micro - 1)
         del model, optimizer
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return AutoBatch(micro, accumulation, micro * accumulation * world_size, window, usable)
+
+
+def job_fit(
+    cfg: Config, device: torch.device, job: Dist, windows: int, measured: tuple[int, int], usable: int
+) -> tuple[int, int]:
+    """(the largest micro-batch, at most a process's share of `windows`, whose step fits in
+    `usable` bytes on each process of `job`; the room a trial step of it may take), from a trial
+    step's `measured` (fixed bytes, bytes per window). The trial copy is the whole model in one
+    process: what a process of an FSDP2 job holds beyond it (footprint.beyond_one_process: the
+    weights it gathers; with accumulation, which a micro-batch below the share needs, whole float32
+    gradients and the gathered weights between micro-batches) is added by the formula."""
+    fixed, window = measured
+    share = windows // job.world_size
+    computed = resolve_precision(cfg, device)
+    more, _ = footprint.beyond_one_process(computed, job.world_size, accumulating=False)
+    fit = min((usable - fixed - more) // window, share)
+    if fit < 1:
+        raise no_window_fits(cfg, device, usable)
+    if fit == share:
+        return fit, usable - more
+    more, kept = footprint.beyond_one_process(computed, job.world_size, accumulating=True)
+    if fixed + more + max(window, kept) > usable:
+        raise UserError(
+            f"batch_size auto: a step of {windows:,} windows needs gradient accumulation, and with it "
+            f"FSDP2 keeps whole float32 gradients and the gathered weights between micro-batches: not "
+            f"even a micro-batch of one window fits in the {usable / 2**30:.2f} GiB usable on {device}; "
+            f"lower training_config.global_batch to {fit * job.world_size:,} window(s) (no accumulation), "
+            "shard over more processes, or choose a smaller model"
+        )
+    return (usable - fixed - more) // window, usable - more
+
+
+def no_window_fits(cfg: Config, device: torch.device, usable: int) -> UserError:
+    return UserError(
+        f"batch_size auto: a micro-batch of one window of {cfg.seq_len} tokens does not fit in "
+        f"the {usable / 2**30:.2f} GiB usable on {device}; lower training_config.seq_len, "
+        "choose a smaller model, or set device_config.activation_checkpointing=true"
+    )
 
 
 def step_fits(model, optimizer, cfg: Config, device: torch.device, micro: int, usable: float) -> bool:
@@ -147,7 +184,7 @@ def out_of_memory(
     """The one line for an out-of-memory error `during` "a training step" or "an evaluation"."""
     t = cfg.training
     capacity, what = footprint.memory_limit(cfg, device, job.local_world_size)
-    fit = min(footprint.fitting_batch(cfg, footprint.HEADROOM * capacity, job.world_size), t.batch_size // 2)
+    fit = footprint.fitting_batch(cfg, footprint.HEADROOM * capacity, job.world_size, most=t.batch_size // 2)
     where = (
         f"continue from checkpoints/{checkpoint.name} with --resume and that change"
         if checkpoint

@@ -1,0 +1,118 @@
+"""One process of a job whose memory is measured (used by tests/test_fsdp_memory.py):
+
+    python -m tests.peak_child OUT train --config run.yaml    # `trickster train ...`
+    python -m tests.peak_child OUT steps DTYPE CHECKPOINTING  # steps of the nano preset under FSDP2
+
+Each process writes OUT.RANK, a JSON object of the most bytes a part held at once: every training
+step (`train`: {"step": bytes}, the largest), or (`steps`) a step of one micro-batch of 4 windows
+of 64 tokens ("single") and one of two ("accumulated"), after a first step that makes the AdamW
+state. A part's bytes are the tensors the process keeps from step to step (its weights, counted
+from the model's own parameters, and its optimizer state) and what the part adds to the process's
+resident memory at its peak: the kernel's high-water mark (VmHWM, reset before the part through
+/proc/self/clear_refs) less the resident memory just before it. Every allocation of 64 KiB or more
+is its own mapping (mallopt M_MMAP_THRESHOLD), returned to the system when freed, so the resident
+memory follows the tensors alive, whichever thread frees them (gloo's threads free some of the
+collectives' buffers). Nothing the product computes is read.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from trickster import cli
+from trickster.config import load_config
+from trickster.model.transformer import Transformer
+from trickster.train import dist, loop
+from trickster.train.device import autocast_for
+from trickster.train.optim import build_optimizer
+
+CPU = torch.device("cpu")
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def kept_bytes(model, optimizer) -> int:
+    """This process's weights (its shards under FSDP2), gradients and optimizer state."""
+    local = [getattr(p, "_local_tensor", p) for p in model.parameters()]
+    local += [getattr(p.grad, "_local_tensor", p.grad) for p in model.parameters() if p.grad is not None]
+    for state in optimizer.state.values():
+        local += [getattr(v, "_local_tensor", v) for v in state.values() if isinstance(v, torch.Tensor)]
+    return sum(t.numel() * t.element_size() for t in local)
+
+
+def measured(part, model, optimizer) -> int:
+    """The bytes `part()` holds at its peak with the tensors kept from step to step."""
+    gc.collect()
+    kept, before = kept_bytes(model, optimizer), kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM starts again from the resident memory
+    part()
+    return kept + kib("VmHWM") - before
+
+
+def train(argv: list[str]) -> tuple[int, dict[str, int]]:
+    step, most = loop.Trainer.step, {"step": 0}
+
+    def measured_step(self):
+        result = []
+        held = measured(lambda: result.append(step(self)), self.model, self.optimizer)
+        most["step"] = max(most["step"], held)
+        return result[0]
+
+    loop.Trainer.step = measured_step
+    return cli.main(argv), most
+
+
+def steps(dtype: str, checkpointing: str) -> tuple[int, dict[str, int]]:
+    overrides = [
+        "device_config.enable_fsdp=true",
+        "device_config.device=cpu",
+        f"device_config.dtype={dtype}",
+        f"device_config.activation_checkpointing={checkpointing}",
+        "training_config.seq_len=64",
+    ]
+    cfg = load_config(preset="nano", overrides=overrides)
+    job = dist.setup(cfg.device, "cpu")
+    torch.manual_seed(0)
+    model = Transformer(cfg.model)
+    model.checkpoint_activations = cfg.device.activation_checkpointing
+    step_model = dist.parallelize(model, job, CPU)
+    optimizer = build_optimizer(model, cfg.training, CPU)
+
+    def step(micro_batches: int) -> None:
+        for micro in range(micro_batches):
+            tokens = torch.randint(0, cfg.model.vocab_size, (4, 65))
+            with dist.micro_batch(step_model, job, last=micro == micro_batches - 1):
+                with autocast_for(CPU, dtype):
+                    _, loss = step_model(tokens[:, :-1], tokens[:, 1:])
+                (loss / micro_batches).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step(1)  # AdamW's moments are made by the first step
+    found = {
+        name: measured(lambda n=n: step(n), model, optimizer)
+        for name, n in (("single", 1), ("accumulated", 2))
+    }
+    dist.shutdown()
+    return 0, found
+
+
+if __name__ == "__main__":
+    ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 64 * 1024)
+    out, command, *args = sys.argv[1:]
+    status, found = train([command, *args]) if command == "train" else steps(*args)
+    Path(f"{out}.{os.environ.get('RANK', '0')}").write_text(json.dumps(found))
+    sys.exit(status)
