@@ -136,7 +136,7 @@ def test_batch_size_auto_fits_the_measured_accumulated_step(shakespeare_dir, tmp
     model = {"hidden_dim": 256, "num_layers": 2, "num_heads": 4, "mlp_dim": 768, "max_seq_len": 32}
     training = {"batch_size": "auto", "global_batch": 64, "seq_len": 32, "max_steps": 2, "warmup_steps": 1}
     training |= {"eval_batches": 1, "eval_every": 100, "save_every": 100, "sample_tokens": 0}
-    device = {"device": "cpu", "threads": 1, "enable_fsdp": True, "mesh_shape": [2, 1]}
+    device = {"device": "cpu", "threads": 1, "enable_fsdp": True, "mesh_shape": (2, 1)}
     cfg = micro_config(shakespeare_dir, tmp_path / "run", model_config=model, training_config=training)
     cfg.device = cfg.device.model_copy(update=device)
     sized = cfg.model_copy(deep=True)  # the char vocabulary padded as training pads it; no FSDP
