@@ -874,6 +874,15 @@ def _output_dir_with_nul(env: Env) -> list[str]:
     return ["train", "--config", str(config)]
 
 
+def _output_dir_empty_in_yaml(env: Env) -> list[str]:
+    """A micro config whose output_dir is "" (written from an unset shell variable): the current folder."""
+    config = Path(env.config("empty.yaml"))
+    text = config.read_text().replace(f"output_dir: {env.tmp / 'run'}", 'output_dir: ""')
+    assert 'output_dir: ""' in text
+    config.write_text(text)
+    return ["train", "--config", str(config), "--no-progress"]
+
+
 def _resume_in_empty_folder(env: Env) -> list[str]:
     return micro_train(env, "--resume", "--out", str(env.tmp / "fresh"))
 
@@ -1614,6 +1623,18 @@ CASES = [
         lambda env: micro_train(env, "--out", "r" * 300 + "/run"),
         "logging_config.output_dir: a name in the path is 300 bytes long",
         "choose a shorter path",
+    ),
+    case(
+        "override-output-dir-empty",
+        lambda env: micro_train(env, "logging_config.output_dir="),
+        "logging_config.output_dir: an empty path",
+        "leave the key out",
+    ),
+    case(
+        "config-output-dir-empty",
+        _output_dir_empty_in_yaml,
+        "empty.yaml: logging_config.output_dir: an empty path",
+        "leave the key out",
     ),
     case(
         "override-init-from-name-too-long",

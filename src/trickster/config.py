@@ -34,6 +34,7 @@ from trickster.config_errors import (
     override_within_limits,
     section_at,
 )
+from trickster.config_paths import nameable_path
 from trickster.config_yaml import SAVED_MARK, load_yaml, parse_yaml, read_config_file
 from trickster.errors import UserError, did_you_mean
 from trickster.presets import preset_text
@@ -65,25 +66,6 @@ class _Section(BaseModel):
             return value
         numbers = [whole_number(v) if isinstance(v, int | float | str) else v for v in given]
         return numbers if isinstance(value, list | tuple) else numbers[0]
-
-
-NAME_MAX = 255  # bytes in one name of a path, on the file systems people train on (ext4, XFS, APFS)
-
-
-def nameable_path(value: str | None) -> str | None:
-    """A path the file system can name: no NUL character and no name in it longer than NAME_MAX
-    bytes (the OS refuses both, which came out as a traceback when the path was first used)."""
-    if value is None:
-        return value
-    if "\0" in value:
-        raise ValueError("a path cannot hold a NUL character; remove it")
-    longest = max((len(part.encode("utf-8", "surrogateescape")) for part in Path(value).parts), default=0)
-    if longest > NAME_MAX:
-        raise ValueError(
-            f"a name in the path is {longest:,} bytes long, more than the {NAME_MAX} a file system "
-            "allows; choose a shorter path"
-        )
-    return value
 
 
 class ModelConfig(_Section):

@@ -1,0 +1,28 @@
+"""The paths a config names (data_config.path, training_config.init_from and hellaswag_file,
+logging_config.output_dir), checked as the config is read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+NAME_MAX = 255  # bytes in one name of a path, on the file systems people train on (ext4, XFS, APFS)
+
+
+def nameable_path(value: str | None) -> str | None:
+    """A path the file system can name: no NUL character and no name in it longer than NAME_MAX
+    bytes (the OS refuses both, which came out as a traceback when the path was first used). Nor an
+    empty one (an unset shell variable: `logging_config.output_dir=$RUN`), which names the current
+    folder, never what was meant: a run was trained into it."""
+    if value is None:
+        return value
+    if not value.strip():
+        raise ValueError("an empty path (an unset shell variable?); give a path, or leave the key out")
+    if "\0" in value:
+        raise ValueError("a path cannot hold a NUL character; remove it")
+    longest = max((len(part.encode("utf-8", "surrogateescape")) for part in Path(value).parts), default=0)
+    if longest > NAME_MAX:
+        raise ValueError(
+            f"a name in the path is {longest:,} bytes long, more than the {NAME_MAX} a file system "
+            "allows; choose a shorter path"
+        )
+    return value
