@@ -369,6 +369,17 @@ def test_the_default_model_follows_the_newest_checkpoint_as_the_run_saves(traine
         assert completion(client, model="untrained", **GREEDY) == untrained_text
 
 
+def test_a_checkpoint_served_as_dot_or_dot_dot_is_named_as_its_folder(trained_run, monkeypatch):
+    """`trickster serve .` inside a checkpoint folder (or `..` below it) offers the checkpoint by
+    its folder's name, as `serve runs/x/checkpoints/final` does: the name a request gives."""
+    final = trained_run / "checkpoints" / "final"
+    for cwd, target in ((final, "."), (final / "nowhere", ".."), (trained_run, "checkpoints/final/")):
+        cwd.mkdir(exist_ok=True)
+        monkeypatch.chdir(cwd)
+        assert list(Catalog(Path(target), torch.device("cpu")).offered) == ["final", models.UNTRAINED]
+    (final / "nowhere").rmdir()
+
+
 def test_a_folder_that_is_not_a_run_is_still_refused(trained_run, tmp_path):
     """Only a run folder (its config.yaml and tokenizer.json) is served before a checkpoint exists."""
     for kept in ([], ["config.yaml"], ["tokenizer.json"]):

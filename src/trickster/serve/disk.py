@@ -4,6 +4,7 @@ and the run's own config and tokenizer, which shape `untrained` before the run's
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from trickster.config import Config
@@ -38,7 +39,7 @@ def version(path: Path) -> tuple[int, ...] | None:
 def checkpoints(target: Path) -> dict[str, Path]:
     """Complete checkpoints by name: best and final first, then the numbered ones, oldest first."""
     if ckpt.is_complete(target) or (target / ckpt.WEIGHTS).exists():
-        return {target.name: ckpt.resolve(target)}
+        return {Path(os.path.abspath(target)).name: ckpt.resolve(target)}  # `.` is named as its folder
     found = listing(target / "checkpoints")
     if not found and not started_run(target):
         ckpt.resolve(target)  # raises the error that says what is missing
