@@ -141,6 +141,45 @@ def test_decisions_equal_datasketchs_minhashlsh(tmp_path, settings):
     assert asdict(counts) == asdict(reference.counts)
 
 
+def clusters(rng: np.random.Generator, documents: int):
+    """Two large clusters of near-copies (each member its cluster's first signature with up to 15
+    of 128 values changed), interleaved with distinct documents."""
+    bases = rng.integers(0, 2**32, size=(2, dedup.NUM_PERM), dtype=np.uint32)
+    sigs = []
+    for _ in range(documents):
+        if rng.random() < 0.1:
+            sigs.append(rng.integers(0, 2**32, size=dedup.NUM_PERM, dtype=np.uint32))
+            continue
+        sig = bases[int(rng.integers(2))].copy()
+        changed = rng.choice(dedup.NUM_PERM, size=int(rng.integers(0, 16)), replace=False)
+        sig[changed] = rng.integers(0, 2**32, size=len(changed), dtype=np.uint32)
+        sigs.append(sig)
+    fps = rng.integers(0, 2**63, size=documents).tolist()
+    return fps, np.stack(sigs), [SPLITS[int(s)] for s in rng.random(documents) < 0.3]
+
+
+@pytest.mark.parametrize("mode", ["group", "near"])
+def test_a_large_cluster_of_near_copies_costs_each_document_a_few_rows(tmp_path, monkeypatch, mode):
+    """Each member of a cluster shares bands with the members kept before it (group keeps them all),
+    and every one of those was read back from dedup.bin and compared: 282,223 rows for these 1,200
+    documents. A fate needs only which sides hold a near-copy, and the first found on a side
+    settles that side: 16,777 rows. (near drops the members, so its clusters never grew.)"""
+    rng = np.random.default_rng(13)
+    fps, sigs, splits = clusters(rng, 1200)
+    settings = DedupSettings(mode=mode)
+    reference = DatasketchDeduper(settings)
+    expected = [reference.decide(i, *doc) for i, doc in enumerate(zip(fps, sigs, splits, strict=True))]
+    assert reference.counts.near_found > 1000  # nearly every document is a member
+    read = []
+    real_read = dedup.KeptRows.read
+    monkeypatch.setattr(
+        dedup.KeptRows, "read", lambda self, rows: read.append(len(rows)) or real_read(self, rows)
+    )
+    fates, counts = decided_in_chunks(settings, tmp_path, rng, fps, sigs, splits)
+    assert fates == expected and asdict(counts) == asdict(reference.counts)
+    assert sum(read) < 20 * len(fps)
+
+
 def test_band_hashes_met_by_chance_find_no_extra_near_copies(tmp_path, monkeypatch):
     """With 4 distinct hashes per band, nearly every kept document is a candidate for every other:
     the signatures themselves must still decide, as datasketch's exact band keys do."""

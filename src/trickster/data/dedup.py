@@ -10,7 +10,9 @@
   main process looks for candidates sharing a band of values with it (near_index.py:
   datasketch's `MinHashLSH` bands, tuned to the threshold as it tunes them, in numpy tables; it
   imports neither datasketch nor scipy either) and keeps those whose
-  signatures agree on at least `threshold` of their values, as `MinHashLSH` would.
+  signatures agree on at least `threshold` of their values, as `MinHashLSH` would. Only which sides
+  of the split hold such a near-copy decides, so a side's search ends at its first one
+  (near_search.py): a large cluster of near-copies costs each new member a few rows, not all.
   In mode "group" (the default) a near-copy is kept, in the split of the earliest document it copies:
   a cluster of near-copies lands on one side of the split, so validation never holds a near-copy
   of a training document (one that copies documents on both sides is dropped). In mode "near" it is
@@ -34,6 +36,7 @@ import numpy as np
 
 from trickster.data.dedup_rows import KeptRows
 from trickster.data.near_index import NearIndex, RowIndex
+from trickster.data.near_search import ChunkSearch
 from trickster.errors import UserError
 
 MODES = ("group", "near", "exact")
@@ -248,14 +251,14 @@ class Deduper:
         which, rows = self.copies.find(np.asarray(fps, np.uint64))
         chunk = _Chunk(len(self.rows), dict(zip(which.tolist(), rows.tolist(), strict=True)))
         if self.index is not None:
-            chunk.search(self.index, sigs)
+            chunk.near = ChunkSearch(self.index, sigs)
         fates = []
         for i, (fp, split) in enumerate(zip(fps, splits, strict=True)):
             fates.append(self._decide(numbers[i], i, fp, None if sigs is None else sigs[i], split, chunk))
         kept = np.asarray(chunk.kept, np.int64)
         self.copies.add(np.asarray(fps, np.uint64)[kept], np.arange(len(kept)) + chunk.start)
         if self.index is not None:
-            self.index.add(chunk.keys[kept], np.arange(len(kept)) + chunk.start)
+            self.index.add(chunk.near.keys[kept], np.arange(len(kept)) + chunk.start, chunk.sides)
         return fates
 
     def _decide(self, number: int, i: int, fp: int, sig, split: str, chunk: _Chunk) -> str | None:
@@ -274,27 +277,27 @@ class Deduper:
             return SPLIT_NAMES[int(self.rows.read([row])["split"][0])]
         code = SPLIT_CODES[split]
         if self.index is not None:
-            found = self._near(sig, chunk.candidates(i))
-            if len(found):
+            sides = chunk.near.sides(i, lambda rows: self._near(sig, rows), self.settings.mode == "near")
+            if sides:
                 c.near_found += 1
-                if len(c.examples) < EXAMPLES:
-                    c.examples.append([number, int(found["document"][0])])
-                sides = set(found["split"].tolist())
+                if len(c.examples) < EXAMPLES:  # the earliest near-copy: all candidates read, a few times
+                    earliest = self._near(sig, chunk.near.every_candidate(i))["document"][0]
+                    c.examples.append([number, int(earliest)])
                 if self.settings.mode == "near" or len(sides) > 1:
                     c.near_dropped += 1
                     return None
                 if sides != {code}:
                     c.near_moved += 1
                 code = sides.pop()
-        chunk.keep(i, fp, len(self.rows))
+        chunk.keep(i, fp, len(self.rows), code)
         self.rows.append((number, fp, code) + (() if sig is None else (sig,)))
         c.kept += 1
         return SPLIT_NAMES[code]
 
-    def _near(self, sig: np.ndarray, candidates: list[int]) -> np.ndarray:
+    def _near(self, sig: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """The rows of the candidates that share a whole band with `sig` (the index's hashes may
-        meet by chance) and agree with it on at least `threshold` of their values, earliest first."""
-        if not candidates:
+        meet by chance) and agree with it on at least `threshold` of their values, in their order."""
+        if not len(candidates):
             return np.zeros(0, self.rows.dtype)
         found = self.rows.read(candidates)
         agree = np.mean(found["signature"] == sig, axis=1) >= self.settings.threshold
@@ -303,7 +306,7 @@ class Deduper:
     def _add(self, rows: np.ndarray, numbers: np.ndarray) -> None:
         self.copies.add(rows["fingerprint"], numbers)
         if self.index is not None:
-            self.index.add(self.index.band_keys(rows["signature"]), numbers)
+            self.index.add(self.index.band_keys(rows["signature"]), numbers, rows["split"])
 
     def flush(self) -> None:
         """Append the rows kept since the last flush (before progress.json counts them)."""
@@ -314,28 +317,19 @@ class Deduper:
 
 
 class _Chunk:
-    """What decide_chunk knows of a chunk: its documents' earlier copies and candidates in the
-    index, and the documents it kept so far (not yet in the index), by fingerprint and band hash."""
+    """What decide_chunk knows of a chunk: its documents' earlier copies, its search for near-copies,
+    and the documents it kept so far (not yet in the indexes)."""
 
     def __init__(self, start: int, copies: dict[int, int]):
         self.start, self.copies = start, copies  # first row it keeps; position -> earlier first copy
-        self.keys = self.earlier = None
-        self.band_keys: list[list[int]] = []  # by position: its keys in the index, as Python ints
+        self.near: ChunkSearch | None = None
         self.first_copy: dict[int, int] = {}  # fingerprint -> row, of the documents kept in the chunk
-        self.bands: dict[int, list[int]] = {}  # band key -> rows kept in the chunk
         self.kept: list[int] = []  # positions
+        self.sides: list[int] = []  # and their split codes
 
-    def search(self, index: NearIndex, sigs: np.ndarray) -> None:
-        self.keys = index.band_keys(sigs)
-        self.earlier = index.candidates(self.keys)
-        self.band_keys = self.keys.tolist()
-
-    def candidates(self, i: int) -> list[int]:
-        recent = [r for key in self.band_keys[i] for r in self.bands.get(key, ())]
-        return self.earlier[i].tolist() + sorted(set(recent))
-
-    def keep(self, i: int, fp: int, row: int) -> None:
+    def keep(self, i: int, fp: int, row: int, side: int) -> None:
         self.first_copy[fp] = row
-        for key in self.band_keys[i] if self.keys is not None else ():
-            self.bands.setdefault(key, []).append(row)
+        if self.near is not None:
+            self.near.keep(i, row, side)
         self.kept.append(i)
+        self.sides.append(side)

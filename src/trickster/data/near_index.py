@@ -9,7 +9,8 @@
   6 KB per document.
 - NearIndex: MinHashLSH's bands (the same number and width, tuned to the threshold as datasketch
   tunes them: tuned_bands, without datasketch's import of scipy); the key of
-  a document's band is the band's number and a 32-bit hash of its values. Two documents that agree
+  a document's band is the band's number and a 32-bit hash of its values, with the document's side
+  of the split in the top bit (near_search.py looks each side up apart). Two documents that agree
   on a whole band always share its key, so no candidate MinHashLSH would find is missed; a hash
   shared by chance is weeded out by the caller, which compares the signatures (shares_a_band).
 """
@@ -47,20 +48,32 @@ class RowIndex:
 
     def find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(position in `keys`, row) of every stored pair whose key equals one of `keys`."""
+        which, rows, _ = self.find_some(keys, None)
+        return which, rows
+
+    def find_some(self, keys: np.ndarray, limit: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """find, but of each key's pairs only the first `limit` (None: all; the runs are searched
+        oldest first), and for each of `keys`, whether some were left out."""
         keys = np.asarray(keys, np.uint64)
         order = np.argsort(keys)  # in order, the binary searches reuse the previous one's bounds
         keys = keys[order]
         which, rows = [np.zeros(0, np.int64)], [np.zeros(0, np.int32)]
+        left_out = np.zeros(len(keys), bool)
+        room = np.full(len(keys), limit if limit is not None else 0, np.int64)  # by sorted key
         for run_keys, run_rows in self.runs:
             first = np.searchsorted(run_keys, keys)
             hit = np.flatnonzero(run_keys[np.minimum(first, len(run_keys) - 1)] == keys)
             first = first[hit]
             count = np.searchsorted(run_keys, keys[hit], "right") - first
+            if limit is not None:
+                left_out[order[hit[count > room[hit]]]] = True
+                count = np.minimum(count, room[hit])
+                room[hit] -= count
             owner = np.repeat(np.arange(len(hit)), count)  # a key's pairs lie at first, first + 1, ...
             step = np.arange(len(owner)) - np.repeat(np.cumsum(count) - count, count)
             which.append(order[hit[owner]])
             rows.append(run_rows[first[owner] + step])
-        return np.concatenate(which), np.concatenate(rows)
+        return np.concatenate(which), np.concatenate(rows), left_out
 
 
 def _merge(older: tuple[np.ndarray, np.ndarray], newer: tuple[np.ndarray, np.ndarray]):
@@ -123,17 +136,29 @@ class NearIndex:
             h ^= h >> np.uint64(33)
         return (h >> np.uint64(32)) | (np.arange(len(self.bands), dtype=np.uint64) << np.uint64(32))
 
-    def candidates(self, keys: np.ndarray) -> list[np.ndarray]:
-        """For each row of `keys` (band_keys), the sorted rows added before that share one of them."""
-        which, rows = self.rows.find(keys.ravel())
+    def candidates(
+        self, keys: np.ndarray, side: int, limit: int | None = None
+    ) -> tuple[list[np.ndarray], np.ndarray]:
+        """For each row of `keys` (band_keys), the sorted rows of `side` added before that share one
+        of them (of each key, the first `limit`; None: all), and whether some were left out."""
+        which, rows, left_out = self.rows.find_some(on_side(keys, side).ravel(), limit)
         pairs = np.unique(which // len(self.bands) << 32 | rows)  # (document, row), each once
         cuts = np.searchsorted(pairs >> 32, np.arange(1, len(keys)))
-        return [part & 0xFFFFFFFF for part in np.split(pairs, cuts)] if len(keys) else []
+        found = [part & 0xFFFFFFFF for part in np.split(pairs, cuts)] if len(keys) else []
+        return found, left_out.reshape(len(keys), len(self.bands)).any(axis=1)
 
-    def add(self, keys: np.ndarray, rows: np.ndarray) -> None:
-        self.rows.add(keys.ravel(), np.repeat(rows, len(self.bands)))
+    def add(self, keys: np.ndarray, rows: np.ndarray, sides: np.ndarray) -> None:
+        """Rows kept on `sides` (split codes), with their band_keys."""
+        tagged = on_side(keys, np.asarray(sides, np.uint64)[:, None])
+        self.rows.add(tagged.ravel(), np.repeat(rows, len(self.bands)))
 
     def shares_a_band(self, signature: np.ndarray, others: np.ndarray) -> np.ndarray:
         """Whether each of `others` (rows of signatures) equals `signature` on a whole band."""
         equal = others == signature
         return np.any([equal[:, columns].all(axis=1) for columns in self.bands], axis=0)
+
+
+def on_side(keys: np.ndarray, side) -> np.ndarray:
+    """Band keys of one side of the split (its code in the top bit, above the band's number): a
+    side's candidates are looked up apart from the other's."""
+    return np.asarray(keys, np.uint64) | (np.asarray(side, np.uint64) << np.uint64(63))

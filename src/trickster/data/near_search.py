@@ -1,0 +1,96 @@
+"""Which sides of the split hold a near-copy of each document of a chunk, with bounded work where a
+band is shared by a large cluster of near-copies.
+
+A document's fate needs only that (dedup.py): mode group keeps it on the one side that holds its
+near-copies and drops it if both do; mode near drops it if either does (the earliest near-copy is
+looked for only for the few examples meta.json keeps). So the candidates of each side are checked a
+block at a time, a sample first (the first SAMPLE rows of each of the document's band buckets), and
+the check of a side stops at its first near-copy.
+
+Where thousands of near-copies share a band, every new member was read and compared with every kept
+one: quadratic in the cluster's size (bench/dedup_clusters.py's boilerplate: 2.1 million rows read
+for the 800 stories after the first 11,200, 130 CPU seconds per 10,000 and rising; now about 16 rows
+a story, 4 seconds per 10,000 however many). Now the sample holds a near-copy, and a member costs a
+block. Only a side whose sample holds none is searched whole, as it must be: every candidate there
+has to be ruled out, as MinHashLSH's query and the comparison of signatures did. So the work is
+still quadratic where many kept documents share bands with a new one without being its
+near-copies. The decisions are the same (tested against MinHashLSH's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from trickster.data.near_index import NearIndex, on_side
+
+SIDES = (0, 1)  # dedup.SPLIT_CODES: train, val
+SAMPLE = 32  # rows of each band bucket checked first: usually all of them
+BLOCK = 16  # candidates read and compared at once
+_NONE = np.zeros(0, np.int64)
+
+
+class ChunkSearch:
+    """The band keys of a chunk's documents, their sampled candidates among the documents kept
+    before the chunk, and the documents kept in the chunk so far (not yet in the index)."""
+
+    def __init__(self, index: NearIndex, sigs: np.ndarray):
+        self.index = index
+        self.keys = index.band_keys(sigs)  # (documents, bands)
+        self.sampled = {side: index.candidates(self.keys, side, SAMPLE) for side in SIDES}
+        self.side_keys = [on_side(self.keys, side).tolist() for side in SIDES]  # Python ints: dict keys
+        self.recent: dict[int, list[int]] = {}  # a side's band key -> rows kept in the chunk
+
+    def keep(self, i: int, row: int, side: int) -> None:
+        for key in self.side_keys[side][i]:
+            self.recent.setdefault(key, []).append(row)
+
+    def sides(self, i: int, near_copies: Callable[[np.ndarray], np.ndarray], either: bool) -> set[int]:
+        """The sides holding a near-copy of document i (`near_copies`: those of given candidate rows);
+        with `either`, the first side found only."""
+        found = set()
+        for side in SIDES:
+            if self._holds_one(i, side, near_copies):
+                found.add(side)
+                if either:
+                    break
+        return found
+
+    def every_candidate(self, i: int) -> np.ndarray:
+        """Every candidate of document i on both sides, in order (the earliest near-copy is among them)."""
+        parts = [self._recent(i, side, None)[0] for side in SIDES]
+        parts += [self.index.candidates(self.keys[i : i + 1], side)[0][0] for side in SIDES]
+        return np.unique(np.concatenate(parts).astype(np.int64))
+
+    def _holds_one(self, i: int, side: int, near_copies: Callable[[np.ndarray], np.ndarray]) -> bool:
+        earlier, left_out = self.sampled[side][0][i], bool(self.sampled[side][1][i])
+        recent, recent_left_out = self._recent(i, side, SAMPLE)
+        if not len(earlier) and not len(recent):  # most documents: no candidate at all
+            return False
+        sample = np.concatenate([earlier, recent]).astype(np.int64)
+        if _any_in_blocks(sample, near_copies):
+            return True
+        if not (left_out or recent_left_out):
+            return False
+        everything = np.concatenate(
+            [self.index.candidates(self.keys[i : i + 1], side)[0][0], self._recent(i, side, None)[0]]
+        )
+        return _any_in_blocks(np.setdiff1d(everything.astype(np.int64), sample), near_copies)
+
+    def _recent(self, i: int, side: int, limit: int | None) -> tuple[np.ndarray, bool]:
+        """Rows kept in the chunk on `side` that share a band key with document i (of each key, the
+        first `limit`; None: all), and whether some were left out."""
+        rows: list[int] = []
+        left_out = False
+        for key in self.side_keys[side][i] if self.recent else ():
+            bucket = self.recent.get(key)
+            if bucket:  # most are not there
+                if limit is not None and len(bucket) > limit:
+                    bucket, left_out = bucket[:limit], True
+                rows.extend(bucket)
+        return (np.unique(np.asarray(rows, np.int64)) if rows else _NONE), left_out
+
+
+def _any_in_blocks(rows: np.ndarray, near_copies: Callable[[np.ndarray], np.ndarray]) -> bool:
+    return any(len(near_copies(rows[start : start + BLOCK])) for start in range(0, len(rows), BLOCK))
