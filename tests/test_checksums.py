@@ -1,7 +1,8 @@
 """Checkpoint checksums on real small runs: what a save records, what a linked `best` records
 without reading its weights again, a flipped byte in weights shared by hard links, and a checkpoint
 that `trickster serve` reads again after training replaced it, and the checkpoint a loss spike's
-rollback passes over; a save's sums taken at once while it flushes, a load's while it loads. The
+rollback passes over; a save's sums taken at once while it flushes, a load's (and a resume's) while
+it loads. The
 one line and exit status of each command meeting a changed file are cases in
 tests/test_cli_errors.py."""
 
@@ -243,3 +244,56 @@ def test_a_load_reads_the_weights_while_their_sum_is_taken_and_still_refuses_a_f
         "on disk since it was written); use another checkpoint"
     )
     assert waited == [True]
+
+
+@pytest.mark.parametrize("flipped", [False, True])
+def test_a_resume_sums_each_file_it_reads_once_while_it_loads_it(run, shakespeare_dir, monkeypatch, flipped):
+    """A resume reads the weights and trainer.pt it continues from (model and AdamW moments: 13 GB
+    for `mega`) once for their sums, beside their loads: the sum of each file here waits until that
+    file is being loaded (the old code summed both before loading either, then read them again), and
+    each is summed once. A flipped byte in trainer.pt (the middle of the moments: it still loads) is
+    refused once everything is loaded, in the line naming the newest intact checkpoint, before any
+    step: nothing in the run folder changes."""
+    final = run / "checkpoints" / "final"
+    if flipped:
+        flip_byte(final / "trainer.pt")
+    files = written(run)
+    loading = {ckpt.WEIGHTS: threading.Event(), "trainer.pt": threading.Event()}
+    summed, waited = [], {}
+    real_sha256, real_weights, real_trainer = (
+        checksums.file_sha256,
+        ckpt.load_weights,
+        ckpt.load_trainer_state,
+    )
+
+    def sha256(path: Path) -> str:
+        if path.parent == final:  # not the sums of the checkpoints the resumed run saves
+            summed.append(path.name)
+            waited[path.name] = loading[path.name].wait(WAIT)
+        return real_sha256(path)
+
+    def load_weights(model, file: Path) -> None:
+        loading[file.name].set()
+        real_weights(model, file)
+
+    def load_trainer_state(path: Path) -> dict:
+        loading["trainer.pt"].set()
+        return real_trainer(path)
+
+    monkeypatch.setattr(checksums, "file_sha256", sha256)
+    monkeypatch.setattr(ckpt, "load_weights", load_weights)
+    monkeypatch.setattr(ckpt, "load_trainer_state", load_trainer_state)
+    cfg = micro_config(shakespeare_dir, run, training_config={**TWELVE_STEPS, "max_steps": 14})
+    if flipped:
+        with pytest.raises(UserError) as refused:
+            train(cfg, resume=True, **QUIET)
+        assert str(refused.value) == (
+            f"{final / 'trainer.pt'} no longer matches the checksum saved with it (changed or damaged on "
+            f"disk since it was written); move final out of {run / 'checkpoints'} to resume from "
+            "step_000006 (step 6), the newest intact checkpoint (nothing was changed)"
+        )
+        assert written(run) == files
+    else:
+        assert train(cfg, resume=True, **QUIET).state.step == 14
+    assert sorted(summed) == [ckpt.WEIGHTS, "trainer.pt"]
+    assert waited == {ckpt.WEIGHTS: True, "trainer.pt": True}

@@ -6,8 +6,10 @@ A flipped bit inside model.safetensors, lora.safetensors, trainer.pt or an optim
 moments, and generate, serve and export would compute with them. The sums are taken from the
 files of the finished folder just before COMPLETE is written (the files are still in the page
 cache), by the one process that writes it (rank 0 under FSDP2, once every shard is in), in
-threads, one file beside another, while the save flushes them to disk. load_checkpoint sums the
-files it reads while it loads them (`verified`), and nothing it loaded leaves before they match.
+threads, one file beside another, while the save flushes them to disk. load_checkpoint and a
+resume (train/setup.resume_verified) sum the files they read while they load them (`verified`):
+each file is summed once, beside its load rather than before it, and nothing loaded is used before
+the sums match.
 
 Every file is summed but these three:
 - info.json holds the sums, and is rewritten after the checkpoint's evaluation (update_info);
@@ -132,11 +134,14 @@ def verify(checkpoint: Path, names: Iterable[str], fix: str, info: dict | None =
 
 
 @contextlib.contextmanager
-def verified(checkpoint: Path, names: Iterable[str], fix: str, info: dict | None = None) -> Iterator[None]:
+def verified(
+    checkpoint: Path, names: Iterable[str], fix: str | Callable[[], str], info: dict | None = None
+) -> Iterator[None]:
     """verify, done while the block runs: the block loads the files `names` as other threads sum
     them, and nothing it loaded may be used before it ends. At its end a changed file is refused
     with verify's line, also in place of an error the block raised: a changed file that fails to
-    load, or a load that fails for another reason, is refused as changed, as when verify came first."""
+    load, or a load that fails for another reason, is refused as changed, as when verify came first.
+    `fix` may be a function, called only to refuse (a resume's looks for an intact checkpoint)."""
     judged = _judged(checkpoint, names, info)
     with _summing([checkpoint / name for name in judged]) as sums:
         try:
@@ -145,7 +150,11 @@ def verified(checkpoint: Path, names: Iterable[str], fix: str, info: dict | None
             changed = _first_different(judged, sums)
             if changed is None:
                 raise
-            raise UserError(changed_line(checkpoint / changed, fix)) from None
+            raise _refused(checkpoint / changed, fix) from None
         changed = _first_different(judged, sums)
     if changed is not None:
-        raise UserError(changed_line(checkpoint / changed, fix))
+        raise _refused(checkpoint / changed, fix)
+
+
+def _refused(file: Path, fix: str | Callable[[], str]) -> UserError:
+    return UserError(changed_line(file, fix if isinstance(fix, str) else fix()))

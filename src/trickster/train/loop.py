@@ -118,14 +118,12 @@ class Trainer:
         resolved = setup.on_main(job, resolve_batch, cfg, self.device, job, self.resumed_from, changed)
         cfg, self.batch_note, changed = resolved  # batch_size: auto measured (or kept from the checkpoint)
         self.cfg, t = cfg, cfg.training
-        # 4. model, optimizer, batches, counters; then the checkpoint's state, if resuming
-        built = setup.build_model(cfg, self.data, job, self.device, self.resumed_from, self.out)
-        self.model, self.step_model, self.origin = built  # origin: the checkpoint a fine-tune began from
-        self.optimizer = build_optimizer(self.model, t, self.device)
+        # 4. batches, counters, and what works beside the steps; then model and optimizer, and the
+        # checkpoint's state if resuming: its files summed as they load, refused if any changed
         sampler = BatchSampler(self.data.train, cfg.seq_len, t.batch_size, t.seed, job.rank, job.world_size)
         self.batches = DeviceBatches(sampler, self.device)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.device.dtype == "float16")
         self.state = TrainState()
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.device.dtype == "float16")
         self.signals = StopSignals(*announce_signals(self.run_dir, job)) if job.is_main else StopSignals()
         self.timer = StepTimer()
         self.spikes = SpikeDetector(t.spike_factor, t.spike_steps, t.spike_window)
@@ -135,11 +133,15 @@ class Trainer:
         self.writer = Writer(t.async_save, job, t.keep_last, self.out.line)
         self.eval_due = False  # resumed from a checkpoint saved before its step's evaluation
         self.hellaswag_due = self.hellaswag.enabled  # at step 0; resumed: as eval_due, for HellaSwag
-        if job.rank > 0:  # other dropout masks on each process (rank 0 draws as a single process would)
-            torch.manual_seed(t.seed + job.rank)
         self.val_draw_width = t.batch_size * job.world_size  # a resumed run keeps its own
-        if self.resumed_from is not None:
-            self.load(self.resumed_from)
+        with setup.resume_verified(job, self.resumed_from, self.run_dir):
+            built = setup.build_model(cfg, self.data, job, self.device, self.resumed_from, self.out)
+            self.model, self.step_model, self.origin = built  # origin: the checkpoint a fine-tune began from
+            self.optimizer = build_optimizer(self.model, t, self.device)
+            if job.rank > 0:  # other dropout masks on each process (rank 0 draws as a single process would)
+                torch.manual_seed(t.seed + job.rank)
+            if self.resumed_from is not None:
+                self.load(self.resumed_from)
         self.val_batches = validation_batches(self.data, cfg, job, self.val_draw_width)
         self.clock.start(self.state.train_seconds)
         self.clock.check_left(self.state.step, t.max_steps)

@@ -160,22 +160,18 @@ def open_run_dir(run_dir: Path, resume: bool | str, max_steps: int) -> tuple[Pat
             f"nothing to resume in {run_dir}: {none}; set training_config.resume=auto "
             "to start the run afresh there, or drop --resume and choose a new --out"
         )
-    if found is not None:
-        refuse_changed(found, run_dir)
     _make_folder(run_dir / "checkpoints", run_dir)
     return found, repairs, False
 
 
-def refuse_changed(found: Path, run_dir: Path) -> None:
-    """A resume refuses the checkpoint it would continue from if a file it reads no longer has the
-    checksum saved with it, as it refuses one damaged beyond reading: it never falls back to an
-    older one by itself (that would throw away the training since, unasked). The line names the
-    newest intact checkpoint, and every newer one to move out of the way first: `final`, `best` and
-    a numbered checkpoint of one step share their weights (hard links), so one flipped byte
-    changes them all."""
-    changed = checksums.first_changed(found, RESUME_READS)
-    if changed is None:
-        return
+def changed_fix(found: Path, run_dir: Path) -> str:
+    """What the line that refuses to resume from `found` says to do: a resume refuses the checkpoint
+    it would continue from if a file it reads (RESUME_READS) no longer has the checksum saved with
+    it, as it refuses one damaged beyond reading (setup.resume_verified checks them as they load).
+    It never falls back to an older one by itself (that would throw away the training since,
+    unasked): the line names the newest intact checkpoint, and every newer one to move out of the
+    way first. `final`, `best` and a numbered checkpoint of one step share their weights (hard
+    links), so one flipped byte changes them all."""
     in_the_way, intact = [found], None
     for path in _resumable(run_dir):
         if path == found:
@@ -192,7 +188,7 @@ def refuse_changed(found: Path, run_dir: Path) -> None:
             f"move {names} out of {run_dir / 'checkpoints'} to resume from {intact.name} (step "
             f"{ckpt.checkpoint_step(intact)}), the newest intact checkpoint"
         )
-    raise UserError(checksums.changed_line(found / changed, f"{fix} (nothing was changed)"))
+    return f"{fix} (nothing was changed)"
 
 
 def _resumable(run_dir: Path) -> list[Path]:

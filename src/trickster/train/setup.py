@@ -4,9 +4,12 @@ FSDP2 checkpoint starts as. Used by loop.Trainer."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import math
 import shutil
+from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -22,12 +25,14 @@ from trickster.model.transformer import Transformer
 from trickster.model.vocab import vocab_note
 from trickster.observe.events import new_event
 from trickster.train import checkpoint as ckpt
-from trickster.train import dist, peers
+from trickster.train import checksums, dist, peers
 from trickster.train.console import Console
 from trickster.train.finetune import setup_finetuning
 from trickster.train.memory import allocation_refused
 from trickster.train.resume import (
+    RESUME_READS,
     WRITE_FIX,
+    changed_fix,
     check_resumable,
     finished_line,
     metrics_cut_back,
@@ -65,6 +70,42 @@ def open_run(
         out.line(finished_line(resumed_from, run_dir))
         raise Finished(TrainResult(cfg, run_dir, _finished_state(resumed_from), None, _params(cfg), True))
     return resumed_from, repairs, changed
+
+
+@contextlib.contextmanager
+def resume_verified(job: dist.Dist, checkpoint: Path | None, run_dir: Path) -> Iterator[None]:
+    """The block loads the checkpoint the run resumes from (None: a fresh start, nothing to check)
+    on every process, while rank 0 sums the files a resume reads (RESUME_READS) in other threads
+    (checksums.verified): each file is read for its sum beside its load, not summed first and read
+    again. Once the block has loaded everything, every process gets rank 0's verdict: a changed
+    file stops them all with one line naming the newest intact checkpoint (resume.changed_fix)
+    before anything loaded is used. A load that fails on rank 0 meanwhile is refused as changed
+    where a file is (verified), without a meeting (the others may be anywhere in the block: they
+    fail in their own words, or find rank 0 gone)."""
+    if checkpoint is None:
+        yield
+        return
+    refusal = None
+    if job.is_main:
+        loaded = False
+        try:
+            with checksums.verified(
+                checkpoint, RESUME_READS, functools.partial(changed_fix, checkpoint, run_dir)
+            ):
+                yield
+                loaded = True
+        except UserError as refused:
+            if not loaded:  # the block's own error, or the line in its place
+                raise
+            refusal = refused
+    else:
+        yield
+    on_main(job, _raise_refusal, refusal)
+
+
+def _raise_refusal(refusal: UserError | None) -> None:
+    if refusal is not None:
+        raise refusal
 
 
 def _finished_state(checkpoint: Path) -> TrainState:
