@@ -298,7 +298,8 @@ def test_a_flipped_byte_in_another_process_s_optimizer_shard_stops_the_resumed_j
 ):
     """Rank 0 records the checksums of the whole folder once every process's shard is in: rank 1's
     too. One byte flipped in rank 1's shard (the middle of its moments: it still loads) is refused
-    on both processes of the resumed job before any of them reads it, and nothing changes."""
+    on both processes of the resumed job, rank 0 having summed it while they loaded it, before any
+    of them uses it: nothing changes."""
     run_dir = Path(shutil.copytree(two_process_job("enable_fsdp")[0], tmp_path / "run"))
     final = run_dir / "checkpoints" / "final"
     recorded = json.loads((final / "info.json").read_text())["sha256"]
