@@ -208,3 +208,67 @@ def test_the_chooser_says_which_models_are_loaded(trained_run, browser):
         assert in_memory() == {"untrained": False, "step_000006": True, "best": True, "final": False}
         marks_follow(in_memory())
         page.close()
+
+
+PICKED = "els => els.map(e => e.value)"
+
+
+def a_run_saving(trained_run, tmp_path, first: str):
+    """A copy of the run holding only its checkpoint `first`, and a function that saves another
+    of the trained run's checkpoints into it as training does (renamed in whole)."""
+    run, saved = tmp_path / "run", trained_run / "checkpoints"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("checkpoints"))
+    (run / "checkpoints").mkdir()
+
+    def save(name: str) -> None:
+        shutil.copytree(saved / name, tmp_path / name)
+        (tmp_path / name).rename(run / "checkpoints" / name)
+
+    save(first)
+    return run, save
+
+
+def wait_for_rows(page, rows: list[str]) -> None:
+    """Until the picker lists these models, in this order (the page asks the server on its own)."""
+    listed = "[...document.querySelectorAll('#picker .pick')].map(r => r.dataset.model).join()"
+    now = f"{listed} === {json.dumps(','.join(rows))}"
+    page.wait_for_function(now, timeout=15_000)
+
+
+def test_a_checkpoint_saved_after_the_page_loaded_appears_and_becomes_the_pick(
+    trained_run, browser, tmp_path
+):
+    """The page read /v1/models once: a checkpoint the run saved after it loaded was not in the
+    picker until a reload. It now asks every few seconds while shown, with no one touching it: the
+    new checkpoint appears, and the picks follow the server's default (the newest) until the user
+    picks."""
+    run, save = a_run_saving(trained_run, tmp_path, "step_000006")
+    with live_server(run) as live:
+        page = open_playground(browser, live)
+        assert page.eval_on_selector_all("#picker input:checked", PICKED) == ["untrained", "step_000006"]
+        save("final")
+        wait_for_rows(page, ["untrained", "step_000006", "final"])
+        picked = page.eval_on_selector_all("#picker input:checked", PICKED)
+        page.close()
+    assert picked == ["untrained", "final"]
+
+
+def test_the_users_picks_are_kept_and_a_pruned_pick_is_said(trained_run, browser, tmp_path):
+    """Once the user has picked, a new default does not move their picks; a picked checkpoint the
+    run prunes leaves the picker, the status line says so, and the default takes its place."""
+    run, save = a_run_saving(trained_run, tmp_path, "step_000006")
+    with live_server(run) as live:
+        page = open_playground(browser, live)
+        page.uncheck("#picker input[value=untrained]")
+        save("final")
+        page.hover("#picker")  # approaching the picker asks at once
+        wait_for_rows(page, ["untrained", "step_000006", "final"])
+        kept = page.eval_on_selector_all("#picker input:checked", PICKED)
+        shutil.rmtree(run / "checkpoints" / "step_000006")
+        wait_for_rows(page, ["untrained", "final"])
+        after_pruning = page.eval_on_selector_all("#picker input:checked", PICKED)
+        status = page.inner_text("#status")
+        page.close()
+    assert kept == ["step_000006"]
+    assert after_pruning == ["final"]
+    assert "step_000006 no longer offered: picked final" in status
