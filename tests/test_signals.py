@@ -156,3 +156,53 @@ def test_ctrl_c_stops_a_preparation_with_workers_in_one_line(tmp_path):
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert err.count("\n") == 1 and "finished shard(s) kept in" in err, err
     assert (tmp_path / "data.partial" / "progress.json").is_file()
+
+
+SLOW_WORKER_START = """
+import os, sys, time
+if "--multiprocessing-fork" in sys.orig_argv and os.environ.get("SLOW_WORKER_MARK"):
+    open(os.environ["SLOW_WORKER_MARK"] + str(os.getpid()), "w").close()
+    time.sleep(4)
+"""
+
+
+def test_ctrl_c_while_the_workers_start_is_one_line(tmp_path):
+    """A Ctrl-C that reaches a tokenizing worker before it could ignore it (still starting up,
+    here held 4 s by a sitecustomize that only spawned workers run) printed the worker's
+    KeyboardInterrupt traceback above the line that says what was kept."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import trickster
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for n in range(40):  # 2.4 MB: two chunks' worth, or one worker would do it all
+        (corpus / f"{n:02d}.txt").write_text(f"story {n}: " + "the king of naples " * 3200, encoding="utf-8")
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text(SLOW_WORKER_START, encoding="utf-8")
+    mark = tmp_path / "started-"
+    argv = ["data", "prepare", "text", str(corpus), "--tokenizer", "byte", "--workers", "2", "--out",
+            str(tmp_path / "data"), "--no-progress"]  # fmt: skip
+    source = Path(trickster.__file__).parent.parent
+    env = {**os.environ, "PYTHONPATH": f"{slow}{os.pathsep}{source}", "SLOW_WORKER_MARK": str(mark)}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "trickster", *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob("started-*")) and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert child.poll() is None and list(tmp_path.glob("started-*")), child.communicate()
+    os.killpg(child.pid, signal.SIGINT)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert len(err.splitlines()) == 1, err

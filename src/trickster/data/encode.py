@@ -5,11 +5,13 @@ sizes, fingerprint and signature for dedup.py) out, in input order, with a bound
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import itertools
 import multiprocessing
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -92,6 +94,24 @@ def start_pool_worker(tokenizer: dict) -> None:
     line that says what was kept. The pool's exit ends the workers either way."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     start_worker(tokenizer)
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored while the pool starts its workers: they are born ignoring it (an ignored
+    signal stays ignored across exec, and Python then installs no KeyboardInterrupt handler), so a
+    Ctrl-C while a worker is still importing, before start_pool_worker runs, does not print its
+    traceback (seen under load). A Ctrl-C in the few milliseconds of the workers' spawning is lost;
+    blocking it instead is not inherited through multiprocessing's spawn, and the held signal was
+    dropped in a test."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread sets handlers
+        yield
+        return
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
 
 
 def encode_chunk(task: Chunk) -> Encoded:
@@ -187,7 +207,9 @@ def encoded_in_order(
             yield len(task.documents), encode_chunk(task)
         return
     context = multiprocessing.get_context("spawn")  # no fork of a process holding threads
-    with context.Pool(workers, initializer=start_pool_worker, initargs=(tokenizer.to_dict(),)) as pool:
+    with _sigint_ignored():
+        pool = context.Pool(workers, initializer=start_pool_worker, initargs=(tokenizer.to_dict(),))
+    with pool:
         pending: collections.deque = collections.deque()
         for task in tasks:
             pending.append((len(task.documents), pool.apply_async(encode_chunk, (task,))))
