@@ -1257,6 +1257,17 @@ def _serve(*flags: str) -> Build:
     return lambda env: ["serve", str(env.run), "--device", "cpu", *flags]
 
 
+def _serve_training(*flags: str) -> Build:
+    """`trickster serve` on a run before its first save (the trained run's folder without checkpoints)."""
+
+    def build(env: Env) -> list[str]:
+        run = env.tmp / "training"
+        shutil.copytree(env.run, run, ignore=shutil.ignore_patterns("checkpoints"))
+        return ["serve", str(run), "--device", "cpu", *flags]
+
+    return build
+
+
 def _serve_on_taken_port(env: Env) -> list[str]:
     import socket
 
@@ -3058,6 +3069,18 @@ CASES = [
         _serve("--checkpoints", "best,step_000999"),
         "no checkpoint step_000999",
         "--checkpoints takes names from: best, final, step_000006, untrained",
+    ),
+    case(
+        "serve-checkpoint-never-saved-while-training",
+        _serve_training("--checkpoints", "step_6,untrained"),
+        "no checkpoint step_6",
+        "--checkpoints takes names from: untrained; or one the run saves later: best, final or step_NNNNNN",
+    ),
+    case(
+        "serve-checkpoints-none-saved-yet",
+        _serve_training("--checkpoints", "best"),
+        "has saved none of these yet",
+        "add untrained to answer with it meanwhile (--checkpoints best,untrained)",
     ),
     case("serve-port-in-use", _serve_on_taken_port, "is in use", "--port"),
     case("chat-template-missing", _chat_template("chat", None), "--chat-template", "cannot be read"),

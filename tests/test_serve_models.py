@@ -332,6 +332,30 @@ def test_a_run_served_before_its_first_save_offers_untrained_then_its_checkpoint
         assert list(cards(live)) == ["best", "step_000006", "untrained"]
 
 
+def test_checkpoints_named_before_the_run_saves_them_are_offered_once_saved(trained_run, tmp_path):
+    """`--checkpoints best,untrained` on a run before its first save was refused ('no checkpoint
+    best'): a filtered server could not be started ahead of the saves. A name the run will save is
+    now taken; it is offered once saved, and checkpoints not named stay out."""
+    run, saved = tmp_path / "run", trained_run / "checkpoints"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("checkpoints"))
+    (run / "checkpoints").mkdir()
+
+    def save(name: str) -> None:
+        shutil.copytree(saved / name, tmp_path / name)
+        (tmp_path / name).rename(run / "checkpoints" / name)
+
+    with live_server(run, checkpoints=["best", "step_000006", "untrained"]) as live:
+        assert list(cards(live)) == ["untrained"]
+        save("final")
+        assert list(cards(live)) == ["untrained"]  # not named
+        save("step_000006")
+        assert list(cards(live)) == ["step_000006", "untrained"]
+        save("best")
+        assert list(cards(live)) == ["best", "step_000006", "untrained"]
+        expected = greedy_text(saved / "best")
+        assert completion(client_of(live), model="best", **GREEDY) == expected
+
+
 @pytest.mark.parametrize("first", ["untrained", "step_000006"])
 def test_the_default_model_follows_the_newest_checkpoint_as_the_run_saves(trained_run, tmp_path, first):
     """The default model (kept in memory, `default` in /v1/models, the playground's first pick) was

@@ -37,7 +37,7 @@ import torch
 from trickster.atomic import being_replaced
 from trickster.errors import UserError
 from trickster.model.transformer import Transformer, untrained_like
-from trickster.serve import disk
+from trickster.serve import disk, wanted
 from trickster.serve.limits import MAX_LOADED_MODELS
 from trickster.serve.offered import UNTRAINED, Offered, default_of, describe
 from trickster.train import checkpoint as ckpt
@@ -68,13 +68,9 @@ class Catalog:
         self.departed: set[str] = set()  # offered once, gone from the disk since
         found = disk.checkpoints(Path(target))
         resolved = ckpt.resolve(target) if found else None  # None: a run that has saved no checkpoint yet
+        # names the run has yet to save (it trains): offered once saved, by rescan
+        self.awaited = wanted.yet_to_save(names, found, Path(target), whole_run) if names else []
         if names:
-            unknown = [n for n in names if n not in found and n != UNTRAINED]
-            if unknown:
-                have = ", ".join([*found, UNTRAINED])
-                raise UserError(
-                    f"no checkpoint {unknown[0]} in {target}; --checkpoints takes names from: {have}"
-                )
             found = {n: p for n, p in found.items() if n in names}
         self.offered: dict[str, Offered] = {}
         for name, path in found.items():

@@ -126,6 +126,8 @@ def serve(
     app = create_app(catalog, engine, api_key)
     bound = sock.getsockname()[1]
     names = ", ".join(catalog.offered)
+    if catalog.awaited:  # --checkpoints names the run has yet to save
+        names += f" ({', '.join(catalog.awaited)} once saved)"
     url = f"http://{host}:{bound}" if ":" not in host else f"http://[{host}]:{bound}"
     print(f"serving {names} from {target} at {url}/v1 (playground: {url}/); Ctrl-C stops", flush=True)
     try:
