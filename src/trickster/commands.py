@@ -238,7 +238,7 @@ def info_command(source: ConfigSource, checkpoint: str | None = None) -> None:
             print(f"fine-tuned from {origin['checkpoint']} (step {origin['step']}, saved {origin['saved']})")
         if info.get("imported_from"):  # `trickster import hf`: weights from elsewhere, no data here
             print(f"imported from {info['imported_from']}")
-        print(f"tokenizer sha256 {info.get('tokenizer_fingerprint')}")
+        print(f"tokenizer fingerprint {info.get('tokenizer_fingerprint')} (from a SHA-256 of its settings)")
         if info.get("data_fingerprint"):
             print(f"data sha256 {info['data_fingerprint']} ({info.get('data_path')})")
         manifest = info.get("manifest", {})
