@@ -272,3 +272,19 @@ def test_the_users_picks_are_kept_and_a_pruned_pick_is_said(trained_run, browser
     assert kept == ["step_000006"]
     assert after_pruning == ["final"]
     assert "step_000006 no longer offered: picked final" in status
+
+
+def test_a_checkpoint_named_like_markup_is_shown_as_its_name(trained_run, browser, tmp_path):
+    """A checkpoint folder's name is shown as text in its column's heading: one named like an
+    HTML element was parsed as markup (here an image whose error handler ran a script)."""
+    name = "<img src=x onerror=document.title='ran'>"
+    checkpoint = tmp_path / name
+    shutil.copytree(trained_run / "checkpoints" / "final", checkpoint)
+    with live_server(checkpoint) as live:
+        page = open_playground(browser, live)
+        generate(page, "ROMEO:", max_tokens=4, seed=1, columns=2)
+        headings = [h.inner_text() for h in page.query_selector_all(".column h2 .model")]
+        images, title = len(page.query_selector_all(".column img")), page.title()
+        page.close()
+    assert images == 0 and title != "ran"
+    assert sorted(headings) == sorted([name, "untrained"])
