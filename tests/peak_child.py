@@ -1,7 +1,8 @@
 """One process of a job whose memory is measured (used by tests/test_fsdp_memory.py):
 
     python -m tests.peak_child OUT train --config run.yaml    # `trickster train ...`
-    python -m tests.peak_child OUT steps DTYPE CHECKPOINTING  # steps of the nano preset under FSDP2
+    python -m tests.peak_child OUT steps DTYPE CHECKPOINTING MESH  # nano's steps under FSDP2
+                                                                   # (MESH: "2", or "2x1": one shard)
 
 Each process writes OUT.RANK, a JSON object of the most bytes a part held at once: every training
 step (`train`: {"step": bytes}, the largest), or (`steps`) a step of one micro-batch of 4 windows
@@ -75,7 +76,7 @@ def train(argv: list[str]) -> tuple[int, dict[str, int]]:
     return cli.main(argv), most
 
 
-def steps(dtype: str, checkpointing: str) -> tuple[int, dict[str, int]]:
+def steps(dtype: str, checkpointing: str, mesh: str) -> tuple[int, dict[str, int]]:
     overrides = [
         "device_config.enable_fsdp=true",
         "device_config.device=cpu",
@@ -83,6 +84,8 @@ def steps(dtype: str, checkpointing: str) -> tuple[int, dict[str, int]]:
         f"device_config.activation_checkpointing={checkpointing}",
         "training_config.seq_len=64",
     ]
+    if mesh == "2x1":  # replicated over the 2 processes, each holding the whole state
+        overrides.append("device_config.mesh_shape=[2,1]")
     cfg = load_config(preset="nano", overrides=overrides)
     job = dist.setup(cfg.device, "cpu")
     torch.manual_seed(0)

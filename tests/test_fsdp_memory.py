@@ -39,15 +39,22 @@ def measured(tmp_path: Path, *args: str) -> list[dict[str, int]]:
     return [json.loads(Path(f"{out}.{rank}").read_text()) for rank in (0, 1)]
 
 
-@pytest.mark.parametrize(("dtype", "checkpointing"), [("float32", "false"), ("bfloat16", "true")])
+@pytest.mark.parametrize(
+    ("dtype", "checkpointing", "mesh"),
+    [("float32", "false", "2"), ("float32", "false", "2x1"), ("bfloat16", "true", "2")],
+)
 def test_an_accumulated_fsdp_step_holds_the_whole_gradients_and_the_formula_counts_it(
-    tmp_path, dtype, checkpointing
+    tmp_path, dtype, checkpointing, mesh
 ):
-    """The nano preset sharded over 2 processes, 4 windows of 64 tokens a micro-batch. Float32
-    without checkpointing: the step of two micro-batches peaks above the step of one by the whole
-    float32 gradients, 4 bytes a parameter (within 5%), and no more: the weights gathered between
-    the micro-batches are not held with the activations. The formula says the same difference, and
-    at least what each step holds (it was above by the weights too: 13 MiB more)."""
+    """The nano preset over 2 processes, sharded over both (mesh 2) or one shard each (2x1), 4
+    windows of 64 tokens a micro-batch. Float32 without checkpointing: the step of two
+    micro-batches peaks above the step of one by the whole float32 gradients, 4 bytes a parameter
+    (within 5% above, 15% below: with one shard the single step's own peak, in its backward pass,
+    holds some gradients already), and no more: the weights gathered between the micro-batches are
+    not held with the activations. The formula is at least what each step holds, and above the accumulated
+    step's peak by less than half the sharded gradients: those are made block by block in the
+    last backward pass as the whole ones are freed, never all of both at once (it counted both,
+    and was above by 7.3 MiB with 2 shards, 22 MiB with one)."""
     overrides = [
         "device_config.enable_fsdp=true",
         f"device_config.dtype={dtype}",
@@ -55,6 +62,8 @@ def test_an_accumulated_fsdp_step_holds_the_whole_gradients_and_the_formula_coun
         "training_config.seq_len=64",
         "training_config.batch_size=4",
     ]
+    if mesh == "2x1":
+        overrides.append("device_config.mesh_shape=[2,1]")
 
     def step(micro_batches: int) -> int:
         accumulation = f"training_config.gradient_accumulation_steps={micro_batches}"
@@ -64,7 +73,8 @@ def test_an_accumulated_fsdp_step_holds_the_whole_gradients_and_the_formula_coun
 
     single, accumulated = step(1), step(2)
     whole_gradients = 4 * sum(p.numel() for p in Transformer(load_config(preset="nano").model).parameters())
-    for rank, peak in enumerate(measured(tmp_path, "steps", dtype, checkpointing)):
+    sharded_gradients = whole_gradients // (2 if mesh == "2" else 1)
+    for rank, peak in enumerate(measured(tmp_path, "steps", dtype, checkpointing, mesh)):
         assert peak["single"] <= single and peak["accumulated"] <= accumulated, (
             rank,
             peak,
@@ -73,8 +83,9 @@ def test_an_accumulated_fsdp_step_holds_the_whole_gradients_and_the_formula_coun
         )
         if checkpointing == "false":
             grown = peak["accumulated"] - peak["single"]
-            assert abs(grown - whole_gradients) < 0.05 * whole_gradients, (rank, grown, whole_gradients)
-            assert abs((accumulated - single) - grown) < 0.05 * whole_gradients
+            assert 0.85 * whole_gradients < grown < 1.05 * whole_gradients, (rank, grown, whole_gradients)
+            excess = accumulated - peak["accumulated"]
+            assert excess < sharded_gradients / 2, (rank, excess / 2**20, sharded_gradients / 2**20)
 
 
 def mega_fsdp_step(micro: int, accumulating: bool) -> int:
@@ -84,14 +95,17 @@ def mega_fsdp_step(micro: int, accumulating: bool) -> int:
     and two blocks gathered while they compute; footprint's activations per token (checked
     against autograd in test_plan.py) and the loss's three float32 chunks of at most 2^25 logits
     and its float32 gradient for the output matrix. Accumulating: the whole float32 gradients
-    besides, and between micro-batches every weight gathered in bfloat16 where the activations
-    and logits were."""
+    besides, of which the sharded ones are made one block at a time (that block's fresh gradient
+    and its copy reduce-scattered: two blocks' float32 gradients in place of all of them), and
+    between micro-batches every weight gathered in bfloat16 where the activations and logits
+    were."""
     cfg = load_config(preset="mega")
     with torch.device("meta"):
         model = Transformer(cfg.model)
     count = sum(p.numel() for p in model.parameters())
     root = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("layers."))
-    working = root + 2 * sum(p.numel() for p in model.layers[0].parameters())
+    block = sum(p.numel() for p in model.layers[0].parameters())
+    working = root + 2 * block
     vocab, width = cfg.model.vocab_size, cfg.model.hidden_dim
     state = 16 * count + 2 * working + 4 * vocab * width
     tokens = micro * 2048
@@ -100,15 +114,16 @@ def mega_fsdp_step(micro: int, accumulating: bool) -> int:
     )
     if not accumulating:
         return state + computing
-    return state + 4 * count + max(computing, 2 * (count - working))
+    return state - 4 * count + 4 * 2 * block + 4 * count + max(computing, 2 * (count - working))
 
 
-@pytest.mark.parametrize(("memory_gib", "fitting"), [(None, None), (28, (8, 8))])
+@pytest.mark.parametrize(("memory_gib", "fitting"), [(20, None), (None, (8, 8)), (28, (16, 4))])
 def test_batch_size_auto_fits_the_accumulated_fsdp_step_on_one_gpu(memory_gib, fitting):
-    """mega under FSDP2 on one RTX 4090 (24 GB), a global batch of 64 windows: 8 x 8 was chosen
-    from a step of one micro-batch and planned at 25.9 GiB, over the 21.6 usable. No micro-batch
-    fits with the accumulation 64 windows need: the plan says so at micro-batch 1. With 28 GiB
-    (device_config.memory_gib) 8 x 8 fits, and 16 x 4, chosen before, does not."""
+    """mega under FSDP2 on one RTX 4090 (24 GB), a global batch of 64 windows. 8 x 8 fits the
+    21.6 GiB usable, 16 x 4 does not (counted with the sharded gradients on top of the whole
+    ones, no micro-batch fitted). With 28 GiB (device_config.memory_gib) 16 x 4 fits (counted so,
+    8 x 8). With 20 GiB no micro-batch fits with the accumulation 64 windows need: the plan says
+    so at micro-batch 1."""
     overrides = ["training_config.batch_size=auto", "training_config.global_batch=64"]
     gpu = named_gpu("RTX 4090")
     if memory_gib:

@@ -83,13 +83,15 @@ def test_mega_fits_an_h100_at_its_preset_micro_batch(no_gpu, capsys, gpu, gb):
 
 def test_on_a_24_gb_card_mega_without_checkpointing_is_told_a_micro_batch_that_fits(no_gpu, capsys):
     """Without activation checkpointing mega's 8 x 2048 step keeps every block's activations, far
-    more than an RTX 4090's 24 GB. A smaller micro-batch with gradient accumulation does not fit
-    either: FSDP2 then keeps whole gradients and gathered weights (tests/test_fsdp_memory.py). The
-    advice is the largest micro-batch whose step fits without accumulation."""
-    out = planned(capsys, "--gpu", "RTX 4090", "device_config.activation_checkpointing=false")
+    more than an RTX 4090 with 23.2 GiB (device_config.memory_gib). A smaller micro-batch with
+    gradient accumulation does not fit either: FSDP2 then keeps whole gradients and gathered
+    weights (tests/test_fsdp_memory.py). The advice is the largest micro-batch whose step fits
+    without accumulation."""
+    overrides = ["device_config.activation_checkpointing=false", "device_config.memory_gib=23.2"]
+    out = planned(capsys, "--gpu", "RTX 4090", *overrides)
     assert "DOES NOT FIT" in out and "to fit: with gradient accumulation FSDP keeps" in out
-    cfg = load_config(preset="mega", overrides=["device_config.activation_checkpointing=false"])
-    budget = USABLE * 24 * GiB
+    cfg = load_config(preset="mega", overrides=overrides)
+    budget = USABLE * 23.2 * GiB
     assert footprint.memory_estimate(cfg).total > budget
     assert footprint.memory_estimate(cfg, batch_size=1, accumulating=True).total > budget
     batch = advised_batch(out)
@@ -100,17 +102,18 @@ def test_on_a_24_gb_card_mega_without_checkpointing_is_told_a_micro_batch_that_f
 
 def test_on_a_24_gb_card_mega_with_accumulation_is_told_to_shard(no_gpu, capsys):
     """With gradient accumulation FSDP keeps mega's weights gathered and its gradients whole between
-    micro-batches: the state alone passes an RTX 4090's 24 GB. The plan names how many such GPUs
-    FSDP needs; planned over that many, each one's step fits, and over half as many it does not."""
-    accumulate = "training_config.gradient_accumulation_steps=4"
-    out = planned(capsys, "--gpu", "RTX 4090", accumulate)
+    micro-batches: the state alone passes an RTX 4090 with 20 GiB (device_config.memory_gib). The
+    plan names how many such GPUs FSDP needs; planned over that many, each one's step fits, and
+    over half as many it does not."""
+    overrides = ["training_config.gradient_accumulation_steps=4", "device_config.memory_gib=20"]
+    out = planned(capsys, "--gpu", "RTX 4090", *overrides)
     assert "DOES NOT FIT" in out and "weights, gradients and AdamW state alone need" in out
     gpus = int(re.search(r"torchrun over (\d+) such devices", out).group(1))
-    cfg = load_config(preset="mega", overrides=[accumulate])
-    budget = USABLE * 24 * GiB
+    cfg = load_config(preset="mega", overrides=overrides)
+    budget = USABLE * 20 * GiB
     assert footprint.memory_estimate(cfg, processes=gpus).total <= budget
     assert footprint.memory_estimate(cfg, processes=gpus // 2).total > budget
-    sharded = planned(capsys, "--gpu", "RTX 4090", accumulate, "--processes", str(gpus))
+    sharded = planned(capsys, "--gpu", "RTX 4090", *overrides, "--processes", str(gpus))
     assert f"{gpus} processes (FSDP)" in sharded and "fits: " in sharded and "to fit" not in sharded
 
 

@@ -19,8 +19,16 @@ N = the FSDP shard degree, 1 without FSDP):
   micro-batch's backward pass to the next one's forward, which gathers them once more as it goes
   (reshard_after_forward) and frees each block after it: at that moment the activations are
   gone, so the step holds the larger of the activations and the weights outside the root and two
-  blocks, (P - root - 2 blocks) x 2 (or 4). Measured on CPU with 2 processes
-  (tests/test_fsdp_memory.py): the accumulated step's peak is 4P above the single step's.
+  blocks, (P - root - 2 blocks) x 2 (or 4). The sharded gradients 4P/N are then not held beside
+  the whole ones: the last backward pass reduce-scatters them a block at a time and frees that
+  block's whole ones, so they count two blocks' float32 gradients (the block's fresh gradient and
+  its copy being reduce-scattered), if less than 4P/N. Measured on CPU with 2 gloo processes
+  (tests/test_fsdp_memory.py, 2026-11-30, 2-core CPU machine, torch 2.13; nano, float32, 4 x 64
+  tokens): the accumulated step's peak is 4P (19.8 MiB) above the single step's (19.9 MiB with 2
+  shards, 17.7 with one); the formula with both gradients in full was 7.1 MiB (2 shards) and
+  21.9 MiB (one) above the measured peak, and is now 3.9 and 8.7 MiB above it. Without the
+  sharded term at all it would be 2.6 MiB below it with 2 shards (pytest
+  tests/test_fsdp_memory.py -k holds_the_whole).
 - activations saved for the backward pass, per token:
   float32:    L * (6d + 2kv + 4m + nh + 2) * 4
   bf16/fp16:  L * ((2d + nh + 2) * 4 + (7d + 2kv + 4m) * 2)   (RMSNorm keeps float32; autocast
@@ -148,17 +156,20 @@ def memory_estimate(
         accumulating = cfg.training.gradient_accumulation_steps > 1
     half = cfg.device.dtype in ("bfloat16", "float16")
     gathered, kept, autocast_copy = 0, 0, 2 * P if half else 0
+    gradients = 4 * trained // shards
     if cfg.device.enable_fsdp:
         width = 2 if cfg.device.dtype == "bfloat16" else 4  # the MixedPrecisionPolicy's weights
         working = min(b.embedding + b.output + b.final_norm + 2 * b.per_block, P)
         gathered = working * width
         if accumulating:  # whole float32 gradients; the other weights gathered between micro-batches
             gathered, kept = gathered + 4 * trained, (P - working) * width
+            if lora is None:  # the sharded ones are made as the whole ones go, a block at a time
+                gradients = min(gradients, 2 * 4 * b.per_block)
         autocast_copy = 2 * working if half and width == 4 else 0
     chunk = min(tokens, max(1, transformer.LOSS_CHUNK_ELEMENTS // cfg.model.vocab_size))
     return Memory(
         weights=4 * (P + adapters) // shards,
-        gradients=4 * trained // shards,
+        gradients=gradients,
         optimizer=(8 * (trained - muon) + 4 * muon) // shards,
         autocast_copy=autocast_copy,
         activations=tokens * activation_bytes_per_token(cfg),  # no T x T term (fused attention)
