@@ -117,6 +117,32 @@ def test_on_a_24_gb_card_mega_with_accumulation_is_told_to_shard(no_gpu, capsys)
     assert f"{gpus} processes (FSDP)" in sharded and "fits: " in sharded and "to fit" not in sharded
 
 
+def test_when_not_one_accumulated_sequence_fits_the_advice_names_what_dropping_accumulation_allows(
+    no_gpu, capsys
+):
+    """mega without activation checkpointing, accumulating 4 micro-batches under FSDP2, with 21.5
+    GiB: its state fits, one window of 2048 tokens does not, with or without the accumulation. The
+    advice halves the sequence until one accumulated window fits, and says that without the
+    accumulation (which keeps whole gradients and gathered weights) a longer one fits: the
+    longest power-of-two length whose single step fits."""
+    overrides = [
+        "device_config.activation_checkpointing=false",
+        "training_config.gradient_accumulation_steps=4",
+        "device_config.memory_gib=21.5",
+    ]
+    out = planned(capsys, "--gpu", "RTX 4090", *overrides)
+    assert "DOES NOT FIT" in out and "even one sequence of 2048 tokens does not fit" in out
+    cfg = load_config(preset="mega", overrides=overrides)
+    budget = USABLE * 21.5 * GiB
+    accumulated = int(out.split("training_config.seq_len=")[1].split(";")[0].split()[0])
+    assert footprint.memory_estimate(cfg, 1, accumulated, accumulating=True).total <= budget
+    assert "without it (training_config.gradient_accumulation_steps=1) training_config.seq_len=" in out
+    alone = int(out.split("training_config.seq_len=")[2].split()[0])
+    assert alone > accumulated
+    assert footprint.memory_estimate(cfg, 1, alone, accumulating=False).total <= budget
+    assert footprint.memory_estimate(cfg, 1, 2 * alone, accumulating=False).total > budget
+
+
 def test_batch_size_auto_picks_a_micro_batch_whose_step_fits_the_named_gpu(no_gpu):
     """64 windows per step do not fit at once in an A100 40GB: auto accumulates, and the micro-batch
     it chooses, counted by footprint.py with the accumulation it chose, fits in 90% of 40 GB."""

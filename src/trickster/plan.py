@@ -170,15 +170,40 @@ def _advice(plan: Plan) -> list[str]:
             f"(about the same {t.batch_size * t.gradient_accumulation_steps * cfg.seq_len:,} tokens per step)"
         ]
     else:
-        seq_len = cfg.seq_len
-        while seq_len > 16 and memory_estimate(cfg, 1, seq_len, plan.processes).total > budget:
-            seq_len //= 2
-        advice = [
-            f"even one sequence of {cfg.seq_len} tokens does not fit: set training_config.batch_size=1 "
-            f"and training_config.seq_len={seq_len}"
-        ]
+        advice = [_one_sequence_advice(plan, budget)]
     if cfg.device.dtype == "float32" and plan.device.type == "cuda":
         advice.append("device_config.dtype=bfloat16 roughly halves the activations")
+    return advice
+
+
+def _one_sequence_advice(plan: Plan, budget: float) -> str:
+    """A shorter sequence, halved until one fits; when the config accumulates under FSDP2, what
+    giving the accumulation up allows, since it holds whole gradients and gathered weights."""
+    cfg = plan.cfg
+
+    def fitting_seq_len(accumulating: bool | None) -> int:
+        seq_len = cfg.seq_len
+        while seq_len > 16 and memory_estimate(cfg, 1, seq_len, plan.processes, accumulating).total > budget:
+            seq_len //= 2
+        return seq_len
+
+    seq_len = fitting_seq_len(accumulating=None)
+    advice = (
+        f"even one sequence of {cfg.seq_len} tokens does not fit: set training_config.batch_size=1 "
+        f"and training_config.seq_len={seq_len}"
+    )
+    more, kept = accumulation_cost(cfg, plan.processes)
+    alone = (
+        fitting_seq_len(accumulating=False)
+        if more + kept and cfg.training.gradient_accumulation_steps > 1
+        else 0
+    )
+    if alone > seq_len:
+        advice += (
+            f"; with gradient accumulation FSDP keeps whole float32 gradients and the gathered weights "
+            f"between micro-batches ({_gib(more + kept)} more): without it "
+            f"(training_config.gradient_accumulation_steps=1) training_config.seq_len={alone} fits"
+        )
     return advice
 
 
