@@ -282,26 +282,40 @@ def _memory_lines(plan: Plan) -> list[str]:
     cfg, t, mem = plan.cfg, plan.cfg.training, plan.memory
     where = "per process " if plan.processes > 1 or mem.shards > 1 else ""
     share = f", 1/{mem.shards}" if mem.shards > 1 else ""
+    # under FSDP2 with accumulation the whole gradients are in the gathered row; the gradients row
+    # holds the few blocks' sharded ones that the last backward makes as it frees the whole ones
+    accumulating = cfg.device.enable_fsdp and t.gradient_accumulation_steps > 1
+    rows = [
+        (f"weights (float32{share})", mem.weights),
+        (
+            "gradients being sharded (float32)"
+            if accumulating and t.lora is None
+            else f"gradients (float32{share})",
+            mem.gradients,
+        ),
+        (_optimizer_label(t.optimizer, share), mem.optimizer),
+    ]
+    if mem.gathered:
+        rows.append(
+            ("FSDP gathered weights, whole grads" if accumulating else "FSDP gathered weights", mem.gathered)
+        )
+    if mem.autocast_copy:
+        short = {"bfloat16": "bf16", "float16": "fp16"}[cfg.device.dtype]
+        rows.append((f"autocast weight copy ({short})", mem.autocast_copy))
+    recompute = " (checkpointed)" if cfg.device.activation_checkpointing else ""
+    rows += [
+        (f"activations{recompute}", mem.activations),
+        ("loss (a chunk of logits)", mem.logits + mem.loss_gradient),
+    ]
+    if mem.regathered:  # the weights kept between micro-batches outweigh the activations they follow
+        rows.append(("FSDP weights kept, beyond these", mem.regathered))
+    rows.append(("total", mem.total))
+    width = max(len(label) for label, _ in rows)
     lines = [
         f"memory {where}for one step, micro-batch {t.batch_size} x {cfg.seq_len} tokens, {cfg.device.dtype} "
         "(formula in trickster/footprint.py):",
-        f"  weights (float32{share}){'':<{14 - len(share)}} {_gib(mem.weights):>10}",
-        f"  gradients (float32{share}){'':<{12 - len(share)}} {_gib(mem.gradients):>10}",
-        f"  {_optimizer_label(t.optimizer, share):<31} {_gib(mem.optimizer):>10}",
+        *(f"  {label:<{width}} {_gib(size):>10}" for label, size in rows),
     ]
-    if mem.gathered:
-        lines.append(f"  FSDP gathered weights, grads   {_gib(mem.gathered):>10}")
-    if mem.autocast_copy:
-        short = {"bfloat16": "bf16", "float16": "fp16"}[cfg.device.dtype]
-        lines.append(f"  autocast weight copy ({short})    {_gib(mem.autocast_copy):>10}")
-    recompute = " (checkpointed)" if cfg.device.activation_checkpointing else "               "
-    lines += [
-        f"  activations{recompute}    {_gib(mem.activations):>10}",
-        f"  loss (a chunk of logits)       {_gib(mem.logits + mem.loss_gradient):>10}",
-    ]
-    if mem.regathered:  # the weights kept between micro-batches outweigh the activations they follow
-        lines.append(f"  FSDP weights kept, beyond these {_gib(mem.regathered):>9}")
-    lines.append(f"  total                          {_gib(mem.total):>10}")
     usable = HEADROOM * plan.device_bytes
     verdict = "fits" if plan.fits else "DOES NOT FIT"
     lines.append(
