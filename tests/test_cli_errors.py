@@ -1233,6 +1233,14 @@ def _init_from_other_tokenizer(env: Env) -> list[str]:
     return micro_train(env, "--data", data, f"training_config.init_from={env.run}")
 
 
+def _init_from_other_tokenizer_size(env: Env) -> list[str]:
+    # as the guide fine-tunes, from the run's own config (its vocab_size a number by then), on data
+    # prepared with a byte tokenizer: the vocabulary size differs, and the tokenizer is the cause
+    data = env.prepare_text("Who is there? Nay, answer me. " * 30, name="bytes", tokenizer="byte")
+    config = str(env.run / "config.yaml")
+    return ["train", "--config", config, "--data", data, f"training_config.init_from={env.run}"]
+
+
 def _without(package: str, *flags: str) -> Build:
     def build(env: Env) -> list[str]:
         env.monkeypatch.setitem(sys.modules, package, None)  # `import package` raises ImportError
@@ -3721,6 +3729,12 @@ CASES = [
     case(
         "init-from-other-tokenizer",
         _init_from_other_tokenizer,
+        "prepared with another tokenizer",
+        "--tokenizer-from",
+    ),
+    case(
+        "init-from-other-tokenizer-size",
+        _init_from_other_tokenizer_size,
         "prepared with another tokenizer",
         "--tokenizer-from",
     ),

@@ -23,6 +23,7 @@ from trickster.data.tokenizers import Tokenizer
 from trickster.errors import UserError
 from trickster.model import lora
 from trickster.model.transformer import Transformer
+from trickster.model.vocab import resolve_vocab
 from trickster.train import checkpoint as ckpt
 from trickster.train.weights import SAME_FIELDS
 
@@ -40,7 +41,7 @@ def setup_finetuning(
         if t.lora is not None:
             lora.apply_lora(model, t.lora)
         return None
-    source = ckpt.resolve(t.init_from)
+    source = refuse_other_tokenizer(cfg, tokenizer)
     saved = ckpt.read_config(source)
     different = [
         f"{key} {_field(saved, key)} there, {_field(cfg, key)} here"
@@ -53,11 +54,6 @@ def setup_finetuning(
             f"start from its config: --config {source / 'config.yaml'}"
         )
     loaded = ckpt.load_checkpoint(source)  # a LoRA checkpoint arrives merged
-    if not same_ids(loaded.tokenizer, tokenizer):
-        raise UserError(
-            f"the data in {cfg.data.path} was prepared with another tokenizer than {source}; prepare it "
-            f"with the model's tokenizer: trickster data prepare ... --tokenizer-from {t.init_from}"
-        )
     with torch.no_grad():
         for name, tensor in ckpt.weights_to_save(loaded.model).items():
             model.get_parameter(name).copy_(tensor)
@@ -78,6 +74,29 @@ def origin(source: Path, info: dict) -> dict:
     started from: its absolute path (init_from may name a run folder, whose `best` moves on), its
     step, and when it was saved, which tells a later checkpoint written to the same path apart."""
     return {"checkpoint": str(source.resolve()), "step": info["step"], "saved": info.get("saved")}
+
+
+def model_vocab(cfg: Config, tokenizer: Tokenizer, resume: bool | str) -> Config:
+    """`cfg` with vocab_size set from the data's tokenizer; a fresh fine-tune first refuses data
+    prepared with another tokenizer than its model's (a resume's init_from may have moved)."""
+    if cfg.training.init_from is not None and resume is False:
+        refuse_other_tokenizer(cfg, tokenizer)
+    return resolve_vocab(cfg, tokenizer)
+
+
+def refuse_other_tokenizer(cfg: Config, tokenizer: Tokenizer) -> Path:
+    """The init_from checkpoint, once its tokenizer is the data's. Checked before the model's shape
+    (and before vocab_size meets the data's tokenizer), since data prepared with another tokenizer
+    shows first as another vocabulary size, and a message about the size would send the user to
+    change a config that is right."""
+    init_from = cfg.training.init_from
+    source = ckpt.resolve(init_from)
+    if not same_ids(ckpt.read_tokenizer(source), tokenizer):
+        raise UserError(
+            f"the data in {cfg.data.path} was prepared with another tokenizer than {source}; prepare it "
+            f"with the model's tokenizer: trickster data prepare ... --tokenizer-from {init_from}"
+        )
+    return source
 
 
 def _field(cfg: Config, key: str):

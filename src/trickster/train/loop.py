@@ -21,7 +21,6 @@ from trickster.config import Config
 from trickster.data.loader import BatchSampler, check_windows, load_data
 from trickster.errors import UserError
 from trickster.model.flops import flops_per_token, parameter_breakdown
-from trickster.model.vocab import resolve_vocab
 from trickster.observe.events import NoMetrics
 from trickster.observe.manifest import run_manifest
 from trickster.observe.sinks import MetricSinks
@@ -43,6 +42,7 @@ from trickster.train.device import (
     settings_restored,
     utilisation,
 )
+from trickster.train.finetune import model_vocab
 from trickster.train.memory import check_fits, check_validation_set, resolve_batch
 from trickster.train.optim import build_optimizer, set_lr
 from trickster.train.resume import claimed, diverged, older_trainer_state
@@ -102,7 +102,7 @@ class Trainer:
                 "no data: set data_config.path or pass --data DIR (from `trickster data prepare`)"
             )
         self.data = load_data(cfg.data.path)
-        self.cfg = cfg = resolve_vocab(cfg, self.data.tokenizer)
+        self.cfg = cfg = model_vocab(cfg, self.data.tokenizer, resume)
         check_windows(self.data, cfg.seq_len)
         check_fits(cfg, self.device, job)  # before the run folder is touched
         check_validation_set(cfg, job)
