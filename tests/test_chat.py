@@ -59,6 +59,15 @@ def test_without_a_template_each_line_is_continued_as_generate_continues_it(monk
     assert out.endswith(f"ROMEO:{continuation(capsys, trained_run, 'ROMEO:')}\n")  # /exit: no JULIET
 
 
+def test_without_a_template_unknown_commands_name_only_what_is_offered(monkeypatch, capsys, trained_run):
+    # the banner offers /exit alone: each line is its own prompt, so there is no conversation to reset
+    out = chat(monkeypatch, capsys, ["/reset", "/foo", "ROMEO:"], str(trained_run), *GREEDY)
+    assert "unknown command /reset: /exit (or Ctrl-D) ends\n" in out
+    assert "unknown command /foo: /exit (or Ctrl-D) ends\n" in out
+    assert "a new conversation" not in out
+    assert out.endswith(f"ROMEO:{continuation(capsys, trained_run, 'ROMEO:')}\n")
+
+
 def test_without_a_template_a_line_the_model_cannot_read_is_not_sent_and_the_chat_goes_on(
     monkeypatch, capsys, trained_run
 ):

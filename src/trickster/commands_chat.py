@@ -47,13 +47,14 @@ def chat_command(
         print(f"{loaded.path} has no chat template: each line you type is continued on its own.")
     else:
         print(f"chatting with {loaded.path} (context {context} tokens).")
-    print(f"{COMMANDS if template is not None else ENDS}.")
+    offered = COMMANDS if template is not None else ENDS  # without a template there is nothing to reset
+    print(f"{offered}.")
     for line in _lines("you> " if template is not None else "text> "):
         if line.startswith("/"):
             if line.strip() in ("/exit", "/quit"):
                 break
-            if line.strip() != "/reset":
-                print(f"unknown command {line.strip()}: {COMMANDS}")
+            if line.strip() != "/reset" or template is None:
+                print(f"unknown command {line.strip()}: {offered}")
                 continue
             talk.reset()
             print("(a new conversation)")
