@@ -883,6 +883,12 @@ def _output_dir_empty_in_yaml(env: Env) -> list[str]:
     return ["train", "--config", str(config), "--no-progress"]
 
 
+def _resume_copied_run_by_its_config(env: Env) -> list[str]:
+    # the copy's config.yaml still names the original folder: the old code resumed that one instead
+    run = env.copy_run()
+    return ["train", "--config", str(run / "config.yaml"), "--no-progress", "--resume"]
+
+
 def _resume_in_empty_folder(env: Env) -> list[str]:
     return micro_train(env, "--resume", "--out", str(env.tmp / "fresh"))
 
@@ -2000,6 +2006,12 @@ CASES = [
     case("resume-other-data", _resume_other_data, "cannot resume", "prepared data changed"),
     case("resume-resplit-data", _resume_resplit_data, "cannot resume", "prepared data changed"),
     case("resume-with-nothing-to-resume", _resume_in_empty_folder, "nothing to resume", "resume=auto"),
+    case(
+        "resume-copied-run-by-its-config",
+        _resume_copied_run_by_its_config,
+        "was moved or copied",
+        "add --out",
+    ),
     case(
         "override-resume-not-bool-or-auto",
         lambda env: micro_train(env, "training_config.resume=maybe"),

@@ -24,6 +24,7 @@ from trickster.errors import UserError
 from trickster.model.flops import flops_per_token, parameter_breakdown
 from trickster.model.transformer import untrained_like
 from trickster.model.vocab import assumed_vocab
+from trickster.moved_run import check_resumed_folder
 from trickster.observe import evaluation, hellaswag
 from trickster.options import ConfigSource, EvalOptions, PrepareOptions, Sampling, SourceSpec
 from trickster.serve.limits import MAX_BATCH, MAX_LOADED_MODELS
@@ -43,6 +44,7 @@ def train_command(source: ConfigSource, resume: bool = False, progress: bool | N
     leaves it to logging_config.progress_bar."""
     # dtype and compile `auto` as this machine runs them, so the run folder records what ran
     cfg = source.load()
+    check_resumed_folder(source.config, source.overrides, cfg, resume)
     cfg = resolve_precision(cfg, resolve_device(cfg.device.device))
     try:
         result = train(cfg, resume=True if resume else None, progress=progress)
