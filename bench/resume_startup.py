@@ -27,6 +27,7 @@ import collections
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,6 +40,9 @@ from trickster.data.prepare import prepare
 from trickster.train import checksums, loop
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from checksum_cost import evict  # noqa: E402  (sibling script)
+
 TEXTS = [
     ROOT.parent / "shared" / "data" / "tinyshakespeare.txt",
     ROOT / "tests" / "data" / "shakespeare_excerpt.txt",
@@ -72,17 +76,6 @@ def io_counters() -> dict[str, int]:
     """This process's rchar (bytes through read() and the like) and read_bytes (from storage)."""
     fields = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
     return {key: int(fields[key]) for key in ("rchar", "read_bytes")}
-
-
-def evict(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
 
 
 class Built(Exception):
