@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,3 +69,17 @@ def live_server(
         thread.join(timeout=10)
         engine.close()
         sock.close()
+
+
+def run_saving(trained_run: Path, tmp_path: Path) -> tuple[Path, Callable[[str], None]]:
+    """A copy of the trained run without its checkpoints (tmp_path/run), and a function that saves
+    one of the trained run's checkpoints into it as training does (written beside it, renamed in)."""
+    run, saved = tmp_path / "run", trained_run / "checkpoints"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("checkpoints"))
+    (run / "checkpoints").mkdir()
+
+    def save(name: str) -> None:
+        shutil.copytree(saved / name, tmp_path / name)
+        (tmp_path / name).rename(run / "checkpoints" / name)
+
+    return run, save

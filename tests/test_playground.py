@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .live_server import live_server
+from .live_server import live_server, run_saving
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SCREENSHOT = Path(__file__).parent.parent / "docs" / "playground.png"
@@ -216,14 +216,7 @@ PICKED = "els => els.map(e => e.value)"
 def a_run_saving(trained_run, tmp_path, first: str):
     """A copy of the run holding only its checkpoint `first`, and a function that saves another
     of the trained run's checkpoints into it as training does (renamed in whole)."""
-    run, saved = tmp_path / "run", trained_run / "checkpoints"
-    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("checkpoints"))
-    (run / "checkpoints").mkdir()
-
-    def save(name: str) -> None:
-        shutil.copytree(saved / name, tmp_path / name)
-        (tmp_path / name).rename(run / "checkpoints" / name)
-
+    run, save = run_saving(trained_run, tmp_path)
     save(first)
     return run, save
 

@@ -32,7 +32,7 @@ from trickster.serve.engine import Batch, Engine
 from trickster.serve.models import Catalog
 from trickster.train import checkpoint as ckpt
 
-from .live_server import live_server
+from .live_server import live_server, run_saving
 
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
@@ -336,13 +336,8 @@ def test_checkpoints_named_before_the_run_saves_them_are_offered_once_saved(trai
     """`--checkpoints best,untrained` on a run before its first save was refused ('no checkpoint
     best'): a filtered server could not be started ahead of the saves. A name the run will save is
     now taken; it is offered once saved, and checkpoints not named stay out."""
-    run, saved = tmp_path / "run", trained_run / "checkpoints"
-    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("checkpoints"))
-    (run / "checkpoints").mkdir()
-
-    def save(name: str) -> None:
-        shutil.copytree(saved / name, tmp_path / name)
-        (tmp_path / name).rename(run / "checkpoints" / name)
+    run, save = run_saving(trained_run, tmp_path)
+    saved = trained_run / "checkpoints"
 
     with live_server(run, checkpoints=["best", "step_000006", "untrained"]) as live:
         assert list(cards(live)) == ["untrained"]
@@ -365,13 +360,8 @@ def test_the_default_model_follows_the_newest_checkpoint_as_the_run_saves(traine
     final (step 12), then best, each saved into the run as training renames it in. With
     --max-loaded-models 2 it stays in memory whichever others requests ask for; untrained still
     answers when named."""
-    run, saved = tmp_path / "run", trained_run / "checkpoints"
-    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("checkpoints"))
-    (run / "checkpoints").mkdir()
-
-    def save(name: str) -> None:
-        shutil.copytree(saved / name, tmp_path / name)
-        (tmp_path / name).rename(run / "checkpoints" / name)
+    run, save = run_saving(trained_run, tmp_path)
+    saved = trained_run / "checkpoints"
 
     def default(live) -> list[str]:
         return [name for name, card in cards(live).items() if card["default"]]
