@@ -59,9 +59,13 @@ class ChunkSearch:
 
     def every_candidate(self, i: int) -> np.ndarray:
         """Every candidate of document i on both sides, in order (the earliest near-copy is among them)."""
-        parts = [self._recent(i, side, None)[0] for side in SIDES]
-        parts += [self.index.candidates(self.keys[i : i + 1], side)[0][0] for side in SIDES]
-        return np.unique(np.concatenate(parts).astype(np.int64))
+        return np.unique(np.concatenate([self._every(i, side) for side in SIDES]))
+
+    def _every(self, i: int, side: int) -> np.ndarray:
+        """Every candidate of document i on `side`: kept before the chunk, then in it."""
+        return np.concatenate(
+            [self.index.candidates(self.keys[i : i + 1], side)[0][0], self._recent(i, side, None)[0]]
+        ).astype(np.int64)
 
     def _holds_one(self, i: int, side: int, near_copies: Callable[[np.ndarray], np.ndarray]) -> bool:
         earlier, left_out = self.sampled[side][0][i], bool(self.sampled[side][1][i])
@@ -73,10 +77,7 @@ class ChunkSearch:
             return True
         if not (left_out or recent_left_out):
             return False
-        everything = np.concatenate(
-            [self.index.candidates(self.keys[i : i + 1], side)[0][0], self._recent(i, side, None)[0]]
-        )
-        return _any_in_blocks(np.setdiff1d(everything.astype(np.int64), sample), near_copies)
+        return _any_in_blocks(np.setdiff1d(self._every(i, side), sample), near_copies)
 
     def _recent(self, i: int, side: int, limit: int | None) -> tuple[np.ndarray, bool]:
         """Rows kept in the chunk on `side` that share a band key with document i (of each key, the
