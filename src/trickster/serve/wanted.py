@@ -8,9 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from trickster.errors import UserError
+from trickster.serve.offered import UNTRAINED
 from trickster.train import checkpoint as ckpt
 
-UNTRAINED = "untrained"
 LATER = "best, final or step_NNNNNN (the step in six digits or more, as training names it)"
 
 
