@@ -163,8 +163,9 @@ class Catalog:
                 self._retire(left)
         self.departed -= set(order)
         self.offered = {name: every[name] for name in order}  # a new dict: one being iterated stays whole
-        if default_of(self.offered) != self.default:  # the run's first checkpoint, a newer one, a best
-            self.default = default_of(self.offered)  # the one before may be unloaded from now on
+        default = default_of(self.offered)
+        if default != self.default:  # the run's first checkpoint, a newer one, a best
+            self.default = default  # the one before may be unloaded from now on
             threading.Thread(target=self._preload, args=(self.offered[self.default],), daemon=True).start()
 
     def _retire(self, offered: Offered) -> None:
