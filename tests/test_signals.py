@@ -3,11 +3,17 @@ even while one long PyTorch call runs (real processes, real signals)."""
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+import trickster
 from trickster.config import save_config
 from trickster.train import checkpoint as ckpt
 from trickster.train.loop import train
@@ -118,14 +124,7 @@ def test_a_second_signal_in_a_job_of_several_processes_names_torchrun(tmp_path, 
 def test_ctrl_c_stops_a_preparation_with_workers_in_one_line(tmp_path):
     """A terminal's Ctrl-C reaches the whole process group: the tokenizing workers too, and each
     printed a KeyboardInterrupt traceback above the line that says what was kept."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     import numpy as np
-
-    import trickster
 
     words = np.array(["thou", "art", "the", "king", "of", "naples", "and", "milan", "hence", "away"])
     rng = np.random.default_rng(0)
@@ -136,24 +135,8 @@ def test_ctrl_c_stops_a_preparation_with_workers_in_one_line(tmp_path):
     out = tmp_path / "data"
     argv = ["data", "prepare", "text", str(corpus), "--tokenizer", "byte", "--workers", "2",
             "--shard-tokens", "100000", "--dedup", "exact", "--out", str(out), "--no-progress"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(Path(trickster.__file__).parent.parent)}
-    child = subprocess.Popen(
-        [sys.executable, "-m", "trickster", *argv],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own process group, as a terminal gives a command
-    )
     first_shard = tmp_path / "data.partial" / "train" / "000000.bin"
-    deadline = time.monotonic() + 120
-    while not first_shard.exists() and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert child.poll() is None, child.communicate()
-    os.killpg(child.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-    _, err = child.communicate(timeout=60)
-    assert child.returncode == 130, err
-    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    err = ctrl_c_once(in_its_own_group(argv), first_shard.exists, seconds=120)
     assert err.count("\n") == 1 and "finished shard(s) kept in" in err, err
     assert (tmp_path / "data.partial" / "progress.json").is_file()
 
@@ -170,13 +153,6 @@ def test_ctrl_c_while_the_workers_start_is_one_line(tmp_path):
     """A Ctrl-C that reaches a tokenizing worker before it could ignore it (still starting up,
     here held 4 s by a sitecustomize that only spawned workers run) printed the worker's
     KeyboardInterrupt traceback above the line that says what was kept."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import trickster
-
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for n in range(40):  # 2.4 MB: two chunks' worth, or one worker would do it all
@@ -187,22 +163,35 @@ def test_ctrl_c_while_the_workers_start_is_one_line(tmp_path):
     mark = tmp_path / "started-"
     argv = ["data", "prepare", "text", str(corpus), "--tokenizer", "byte", "--workers", "2", "--out",
             str(tmp_path / "data"), "--no-progress"]  # fmt: skip
-    source = Path(trickster.__file__).parent.parent
-    env = {**os.environ, "PYTHONPATH": f"{slow}{os.pathsep}{source}", "SLOW_WORKER_MARK": str(mark)}
-    child = subprocess.Popen(
+    child = in_its_own_group(argv, slow, SLOW_WORKER_MARK=str(mark))
+    err = ctrl_c_once(child, lambda: any(tmp_path.glob("started-*")), seconds=60)
+    assert len(err.splitlines()) == 1, err
+
+
+def in_its_own_group(argv: list[str], first_on_path: Path | None = None, **env: str) -> subprocess.Popen:
+    """`python -m trickster ARGV` in a process group of its own, as a terminal starts a command
+    (Ctrl-C reaches the whole group); `first_on_path` goes before the sources on PYTHONPATH."""
+    source = str(Path(trickster.__file__).parent.parent)
+    path = source if first_on_path is None else f"{first_on_path}{os.pathsep}{source}"
+    return subprocess.Popen(
         [sys.executable, "-m", "trickster", *argv],
-        env=env,
+        env={**os.environ, "PYTHONPATH": path, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
     )
-    deadline = time.monotonic() + 60
-    while not list(tmp_path.glob("started-*")) and child.poll() is None and time.monotonic() < deadline:
+
+
+def ctrl_c_once(child: subprocess.Popen, ready: Callable[[], bool], seconds: float) -> str:
+    """Once `ready()`, what Ctrl-C in a terminal does (SIGINT to the group); the child's stderr,
+    after checking it stopped with status 130 and no traceback."""
+    deadline = time.monotonic() + seconds
+    while not ready() and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert child.poll() is None and list(tmp_path.glob("started-*")), child.communicate()
+    assert child.poll() is None and ready(), child.communicate()
     os.killpg(child.pid, signal.SIGINT)
     _, err = child.communicate(timeout=60)
     assert child.returncode == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
-    assert len(err.splitlines()) == 1, err
+    return err
