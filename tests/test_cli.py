@@ -3,6 +3,7 @@
 import json
 import re
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -407,15 +408,25 @@ def test_train_help_lists_every_config_key_with_its_default_and_docstring(capsys
     assert "\n  training_config.sample_prompt ['\\n']: " in out  # a default of blanks shown quoted
 
 
-@pytest.mark.parametrize("prompt", ["ROMEO:", "def ", 'it\'s "here"', "\n"])
-def test_the_next_command_after_training_gives_generate_the_sample_prompt(prompt, tmp_path):
-    import shlex
+def words_bash_reads(line: str) -> list[str]:
+    """The arguments bash passes to `trickster` when `line` is pasted into it."""
+    shell = 'trickster() { printf "%s\\0" "$@"; }; ' + line
+    out = subprocess.run(["bash", "-c", shell], capture_output=True, check=True).stdout
+    return ["trickster", *out.decode("utf-8").split("\0")[:-1]]
 
+
+@pytest.mark.parametrize(
+    "prompt", ["ROMEO:", "def ", 'it\'s "here"', "\n", "Why?\nWho speaks?", "a\tb\\n'c\x01\x7f é"]
+)
+def test_the_next_command_after_training_gives_generate_the_sample_prompt(prompt, tmp_path):
+    """Pasted into a shell, the line gives generate the prompt exactly, on one line even when the
+    prompt holds line breaks (bash's $'...')."""
     from trickster.cli import build_parser
     from trickster.commands import generate_hint
 
     line = generate_hint(tmp_path / "my run", prompt)
-    words = shlex.split(line)
+    assert "\n" not in line
+    words = words_bash_reads(line)
     assert words[:2] == ["trickster", "generate"]
     args = build_parser().parse_args(words[1:])
     assert args.target == str(tmp_path / "my run")

@@ -131,3 +131,25 @@ def test_records_without_an_end_of_text_id_are_said_to_run_together(trained_run,
     assert NO_SEPARATOR in capsys.readouterr().out
     assert cli.main([*argv, "--tokenizer", "char", "--out", str(tmp_path / "b")]) == 0
     assert NO_SEPARATOR not in capsys.readouterr().out
+
+
+def test_after_a_fine_tune_next_suggests_a_prompt_written_as_the_records_write_theirs(
+    trained_run, chat_data, tmp_path, capsys
+):
+    """The fine-tune's config is the base run's, whose sample prompt (ROMEO:) the records never
+    wrote: `next:` offers a prompt of the validation records (the last 10%), pasteable as it is."""
+    from trickster.config import save_config
+
+    from .test_cli import words_bash_reads
+
+    data, records = chat_data
+    cfg = finetune_config(trained_run, data, tmp_path / "ft", max_steps=2, eval_every=2, save_every=2)
+    assert cfg.training.sample_prompt == "ROMEO:"
+    save_config(cfg, tmp_path / "ft.yaml")
+    assert cli.main(["train", "--config", str(tmp_path / "ft.yaml"), "--no-progress"]) == 0
+    hint = capsys.readouterr().out.splitlines()[-1]
+    assert hint.startswith("next: ")
+    words = words_bash_reads(hint.removeprefix("next: "))
+    assert words[:3] == ["trickster", "generate", str(tmp_path / "ft")]
+    assert words[3] == "--prompt"
+    assert words[4] in [r["prompt"] for r in records[-len(records) // 10 :]]

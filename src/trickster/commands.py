@@ -20,6 +20,8 @@ from trickster.commands_chat import chat_command  # noqa: F401
 from trickster.commands_data import data_overlap, data_report, prepare_data, read_text_option  # noqa: F401
 from trickster.data import sources
 from trickster.data.dedup import DedupSettings
+from trickster.data.loader import load_data
+from trickster.data.record_prompts import record_prompt
 from trickster.errors import UserError
 from trickster.model.flops import flops_per_token, parameter_breakdown
 from trickster.model.transformer import untrained_like
@@ -61,8 +63,18 @@ def train_command(source: ConfigSource, resume: bool = False, progress: bool | N
         return 0
     best = _loss(result.state.best_loss_seen)
     print(f"done: {result.state.step} steps; best val loss {best}; run in {result.run_dir}")
-    print(f"next: {generate_hint(result.run_dir, result.cfg.training.sample_prompt)}")
+    print(f"next: {generate_hint(result.run_dir, _hint_prompt(result.cfg))}")
     return 0
+
+
+def _hint_prompt(cfg) -> str:
+    """The prompt `next:` suggests: on prompt/response records, one of theirs (a fine-tune's config
+    is its base model's, whose sample prompt is not in the records' format), else the sample prompt."""
+    try:
+        prompt = record_prompt(load_data(cfg.data.path))
+    except (UserError, OSError):  # the folder gone or changed since the run read it: a hint only
+        prompt = None
+    return cfg.training.sample_prompt if prompt is None else prompt
 
 
 def _loss(value: float | None) -> str:
@@ -74,7 +86,17 @@ def generate_hint(run_dir: Path, prompt: str) -> str:
     """The `trickster generate` line to paste next, quoted for a shell: the run's sample prompt
     exactly (a trailing space or a quote in it survives), or none when it is only whitespace."""
     line = f"trickster generate {shlex.quote(str(run_dir))}"
-    return f"{line} --prompt {shlex.quote(prompt)}" if prompt.strip() else line
+    return f"{line} --prompt {shell_word(prompt)}" if prompt.strip() else line
+
+
+def shell_word(text: str) -> str:
+    """`text` as one shell word on one line: quoted as shlex quotes it, or, when it holds a line
+    break or another control character, in bash's $'...' with that character escaped."""
+    if not any(ord(c) < 32 or ord(c) == 127 for c in text):
+        return shlex.quote(text)
+    named = {"\\": "\\\\", "'": "\\'", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+    escaped = (named.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 32 or ord(c) == 127 else c) for c in text)
+    return "$'" + "".join(escaped) + "'"
 
 
 def _prompt_ids(tokenizer, prompt: str) -> list[int]:
