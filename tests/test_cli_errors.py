@@ -2494,6 +2494,50 @@ CASES = [
         "--format prompt-response cannot be combined",
     ),
     case(
+        "prepare-jsonl-zstd",  # read as text it was 'not UTF-8 text (bad byte at offset 1)'
+        lambda env: [
+            "data",
+            "prepare",
+            "jsonl",
+            env.write("00.jsonl.zst", b"\x28\xb5\x2f\xfd\x00\x58"),
+            "--text-field",
+            "text",
+            "--out",
+            "o",
+        ],
+        "00.jsonl.zst is compressed with zstd (unzstd FILE); decompress it first",
+    ),
+    case(
+        "prepare-jsonl-not-utf8",  # its offset was in the decoder's buffer, not in the file
+        lambda env: [
+            "data",
+            "prepare",
+            "jsonl",
+            env.write("chat.jsonl", f"{RECORD}\n".encode() + '{"prompt": "caf\xe9"}\n'.encode("latin-1")),
+            "--text-field",
+            "prompt",
+            "--out",
+            "o",
+        ],
+        "chat.jsonl line 2 is not UTF-8 text (bad byte at offset",
+        "iconv -f latin1 -t utf-8",
+    ),
+    case(
+        "prepare-jsonl-utf16-without-its-mark",  # it was 'line 1 is not JSON'
+        lambda env: [
+            "data",
+            "prepare",
+            "jsonl",
+            env.write("u.jsonl", '{"text": "To be"}\n'.encode("utf-16-le")),
+            "--text-field",
+            "text",
+            "--out",
+            "o",
+        ],
+        "u.jsonl line 1 holds a NUL byte (at offset 1)",
+        "iconv -f utf-16 -t utf-8",
+    ),
+    case(
         "prepare-jsonl-lone-surrogate",
         _jsonl([RECORD, '{"prompt": "Who?", "response": "half \\ud83d a pair"}'], "--text-field", "response"),
         'chat.jsonl line 2: "response" holds a lone surrogate (\\ud83d at character 5)',

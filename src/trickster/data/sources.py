@@ -43,9 +43,11 @@ if TYPE_CHECKING:
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
-# what `jsonl FOLDER` reads of a folder, as Hugging Face's json loader: plain or compressed
+# what `jsonl FOLDER` reads of a folder, as Hugging Face's json loader: plain or compressed. Also
+# .zst (The Pile, SlimPajama), which no opener reads: taken to be refused by name (json_lines),
+# where leaving it out dropped it unsaid beside .jsonl files, and alone was "no files found"
 JSON_LINES_NAMES = tuple(
-    f"{name}{packed}" for name in (".jsonl", ".json", ".ndjson") for packed in ("", *OPENERS)
+    f"{name}{packed}" for name in (".jsonl", ".json", ".ndjson") for packed in ("", *OPENERS, ".zst")
 )
 DATASETS_EXTRA = "pip install 'nano-trickster[datasets]'"
 

@@ -213,19 +213,26 @@ def holds_nul(source: str, offset: int) -> UserError:
 def json_lines(path: Path) -> Iterator[tuple[int, str]]:
     r"""(line number, line) of a JSON Lines file, read as it goes. Lines end at "\n" only (with an
     optional "\r" before it): U+2028, NEL or a lone "\r" may stand inside a record. A
-    byte-order mark before the first line is dropped."""
-    opener = OPENERS.get(path.suffix.lower(), open)
+    byte-order mark before the first line is dropped.
+
+    Whatever is no UTF-8 stops it as it stops a text file, by the same words: another compression
+    or UTF-16/32 before the first line (zstd was "not UTF-8 text"), a bad byte or a NUL by its line
+    and its offset in the file (a text stream's decoder gave an offset in its own buffer)."""
+    name, offset = str(path), 0
     try:
-        with opener(path, "rt", encoding="utf-8-sig", newline="\n") as lines:
-            yield from enumerate(lines, start=1)
-    except UnicodeDecodeError as err:
-        with opener(path, "rb") as raw:
-            name = marked_encoding(raw.read(4))
-        if name is not None:
-            raise other_encoding(str(path), name) from None
-        raise NotText(
-            f"{path} is not UTF-8 text (bad byte at offset {err.start}); convert it to UTF-8"
-        ) from None
+        with OPENERS.get(path.suffix.lower(), open)(path, "rb") as file:
+            for number, raw in enumerate(file, start=1):
+                if number == 1 and (problem := head_problem(raw, name)) is not None:
+                    raise problem
+                where = f"{name} line {number}"
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise not_utf8(where, offset + err.start) from None
+                if (nul := raw.find(b"\0")) >= 0:  # never JSON: UTF-16 without its mark, or binary
+                    raise holds_nul(where, offset + nul)
+                yield number, line.removeprefix("\ufeff") if number == 1 else line
+                offset += len(raw)
     except (OSError, EOFError, lzma.LZMAError) as err:
         raise unreadable(path, err) from None
 
