@@ -39,6 +39,16 @@ def fake_gpu(monkeypatch, name: str = "NVIDIA H100 80GB HBM3", capability=(9, 0)
         ("NVIDIA L4", "bfloat16", 121.0),
         ("NVIDIA GeForce RTX 4090", "bfloat16", 165.2),
         ("NVIDIA GeForce RTX 3090", "float16", 71.0),
+        # torch's names for them; the L40S is not the L4, the A10G not the A10, whose names they contain
+        ("NVIDIA L40S", "bfloat16", 362.05),
+        ("NVIDIA A10G", "bfloat16", 70.0),
+        ("NVIDIA A10", "bfloat16", 125.0),
+        ("NVIDIA B200", "bfloat16", 2250.0),
+        ("NVIDIA RTX A6000", "float32", 77.4),
+        ("NVIDIA GeForce RTX 5090", "bfloat16", 209.5),
+        ("Tesla V100-SXM2-16GB", "float16", 125.0),
+        ("Tesla V100-PCIE-32GB", "float32", 15.7),  # no TF32 before Ampere: plain FP32
+        ("Tesla T4", "float32", 8.1),
     ],
 )
 def test_mfu_divides_by_the_datasheet_peak_of_known_gpus(monkeypatch, name, dtype, tflops):
@@ -50,8 +60,8 @@ def test_mfu_divides_by_the_datasheet_peak_of_known_gpus(monkeypatch, name, dtyp
 
 
 def test_unknown_gpus_use_the_configured_peak_or_the_measured_ceiling(monkeypatch):
-    fake_gpu(monkeypatch, "NVIDIA Tesla T4", capability=(7, 5), measured=5e13)
-    assert datasheet_flops("NVIDIA Tesla T4", "float16") is None
+    fake_gpu(monkeypatch, "NVIDIA GeForce GTX 1080 Ti", capability=(6, 1), measured=5e13)
+    assert datasheet_flops("NVIDIA GeForce GTX 1080 Ti", "float16") is None
     measured = mfu_peak(CUDA, "float16")
     assert (measured.flops, measured.source) == (5e13, "measured matmul")
     configured = mfu_peak(CUDA, "float16", peak_tflops=65)
@@ -62,6 +72,16 @@ def test_unknown_gpus_use_the_configured_peak_or_the_measured_ceiling(monkeypatc
     )
     fake_gpu(monkeypatch, "NVIDIA H100 80GB HBM3")  # the configured value wins over the table
     assert mfu_peak(CUDA, "bfloat16", peak_tflops=900).flops == 900e12
+
+
+def test_bfloat16_before_ampere_is_measured_not_given_a_tensor_core_peak(monkeypatch):
+    """A T4 has float16 tensor cores but none for bfloat16, which torch emulates there: MFU in
+    bfloat16 divides by the measured ceiling, and dtype auto never asks for it (float32, eager)."""
+    fake_gpu(monkeypatch, "Tesla T4", capability=(7, 5), measured=2e12)
+    assert datasheet_flops("Tesla T4", "bfloat16") is None
+    assert (mfu_peak(CUDA, "bfloat16").flops, mfu_peak(CUDA, "bfloat16").source) == (2e12, "measured matmul")
+    resolved = resolve_precision(load_config(preset="nano"), CUDA)
+    assert (resolved.device.dtype, resolved.device.compile) == ("float32", False)
 
 
 def test_a_cpu_keeps_the_measured_ceiling():

@@ -32,7 +32,7 @@ from trickster.footprint import (
 from trickster.model.flops import flops_per_token, parameter_breakdown
 from trickster.model.vocab import assumed_vocab
 from trickster.plan_benchmark import Benchmark, BenchSkipped, benchmark
-from trickster.plan_gpu import AssumedRate, NamedGpu, assumed_rate, time_lines
+from trickster.plan_gpu import AssumedRate, NamedGpu, assumed_rate, time_lines, unrated
 from trickster.presets import preset_names
 from trickster.train.device import resolve_precision
 from trickster.units import format_duration
@@ -58,7 +58,8 @@ class Plan:
     vocab_note: str = ""
     processes: int = 1  # training processes (GPUs) the run is planned for
     bench_note: str = "not measured"  # why there is no benchmark, when there is none
-    assumed: AssumedRate | None = None  # a GPU planned by name: its time, assumed
+    gpu: NamedGpu | None = None  # a GPU planned by name, not here
+    assumed: AssumedRate | None = None  # its time, assumed (None: no peak in the run's dtype)
 
     @property
     def fits(self) -> bool:
@@ -120,7 +121,9 @@ def make_plan(
     )
     plan.advice = _advice(plan)
     if gpu is not None:
-        plan.assumed = assumed_rate(cfg, gpu, mfu)
+        plan.gpu, plan.assumed = gpu, assumed_rate(cfg, gpu, mfu)
+        if plan.assumed is None:
+            plan.bench_note = unrated(cfg, gpu)
     elif measure:
         try:
             plan.bench = benchmark(cfg, device)
@@ -250,7 +253,7 @@ def parse_tokens(text: str) -> int:
 
 def format_plan(plan: Plan) -> str:
     cfg, m, t = plan.cfg, plan.cfg.model, plan.cfg.training
-    where = f"{plan.assumed.gpu} (by its datasheet: no GPU is used)" if plan.assumed else plan.device
+    where = f"{plan.gpu.name} (by its datasheet: no GPU is used)" if plan.gpu else plan.device
     lines = [
         f"plan for {plan.name} on {where}"
         + (f", {plan.processes} processes ({_parallel(cfg)})" if plan.processes > 1 else ""),

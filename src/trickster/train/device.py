@@ -3,11 +3,12 @@ multiply matrices, and what share of that a training run achieves (MFU).
 
 MFU is achieved FLOP/s (tokens/s x `model.flops_per_token`) over a peak, chosen in this order:
 1. `device_config.peak_tflops`, when set;
-2. on a GPU of the table below, its datasheet peak for dense matrices in the run's dtype (float32
-   runs use TF32, which training turns on): the figure papers and the field report MFU against;
-3. otherwise (CPUs, other GPUs) the *measured* matmul ceiling: the median of timed square matmuls
-   in the run's dtype, measured once per process, and on a CPU again when a run seems to beat
-   it (utilisation).
+2. on a GPU of train/datasheets.py's table, its datasheet peak for dense matrices in the run's dtype
+   (float32 runs use TF32 from Ampere on, which training turns on; plain FP32 before): the figure
+   papers and the field report MFU against;
+3. otherwise (CPUs, other GPUs, bfloat16 on a GPU without bfloat16 tensor cores) the *measured*
+   matmul ceiling: the median of timed square matmuls in the run's dtype, measured once per
+   process, and on a CPU again when a run seems to beat it (utilisation).
 The measured ceiling is also kept as a second figure on GPUs: it says what a real kernel reaches
 on this machine (on an H100 a good deal below the datasheet).
 """
@@ -28,34 +29,7 @@ import numpy as np
 import torch
 
 from trickster.errors import UserError
-
-
-@dataclass(frozen=True)
-class Datasheet:
-    """What NVIDIA's datasheet says of a GPU: the MFU peak, and what `trickster plan --gpu NAME`
-    plans with when that GPU is not here (its memory, and the precision a run on it would use)."""
-
-    name: str  # found in the device's name ("NVIDIA H100 80GB HBM3" is an H100)
-    tflops: dict[str, float]  # dense (no sparsity) tensor-core TFLOP/s by the run's dtype
-    memory_gb: tuple[int, ...]  # the memory sizes it is sold with, as the datasheet gives them
-    capability: tuple[int, int]  # CUDA compute capability: 8.0 and later run bfloat16 (fast_gpu)
-
-
-# Dense tensor-core TFLOP/s from NVIDIA's datasheets and architecture whitepapers, by the run's
-# dtype; float32 means TF32. GeForce cards: FP16/BF16 with float32 accumulation. The first name
-# contained in the device's name wins, so the longer names come first.
-DATASHEETS: list[Datasheet] = [
-    Datasheet("H100 PCIe", {"bfloat16": 756.0, "float16": 756.0, "float32": 378.0}, (80,), (9, 0)),
-    Datasheet("H100 NVL", {"bfloat16": 835.5, "float16": 835.5, "float32": 417.5}, (94,), (9, 0)),
-    Datasheet("H200 NVL", {"bfloat16": 835.5, "float16": 835.5, "float32": 417.5}, (141,), (9, 0)),
-    # SXM, as torch names it "NVIDIA H100 80GB HBM3"
-    Datasheet("H100", {"bfloat16": 989.5, "float16": 989.5, "float32": 494.7}, (80,), (9, 0)),
-    Datasheet("H200", {"bfloat16": 989.5, "float16": 989.5, "float32": 494.7}, (141,), (9, 0)),
-    Datasheet("A100", {"bfloat16": 312.0, "float16": 312.0, "float32": 156.0}, (40, 80), (8, 0)),
-    Datasheet("L4", {"bfloat16": 121.0, "float16": 121.0, "float32": 60.0}, (24,), (8, 9)),
-    Datasheet("RTX 4090", {"bfloat16": 165.2, "float16": 165.2, "float32": 82.6}, (24,), (8, 9)),
-    Datasheet("RTX 3090", {"bfloat16": 71.0, "float16": 71.0, "float32": 35.6}, (24,), (8, 6)),
-]
+from trickster.train.datasheets import find_datasheet
 
 
 @functools.cache
@@ -106,11 +80,11 @@ def time_matmuls(device_type: str, dtype_name: str, device_index: int | None = N
 
 
 def datasheet_flops(device_name: str, dtype_name: str) -> tuple[float, str] | None:
-    """(FLOP/s, the table's name) for a GPU of DATASHEETS, else None."""
-    for sheet in DATASHEETS:
-        if sheet.name.lower() in device_name.lower() and dtype_name in sheet.tflops:
-            return sheet.tflops[dtype_name] * 1e12, sheet.name
-    return None
+    """(FLOP/s, the table's name) for a GPU of train/datasheets.py with a peak in that dtype, else None."""
+    sheet = find_datasheet(device_name)
+    if sheet is None or dtype_name not in sheet.tflops:
+        return None
+    return sheet.tflops[dtype_name] * 1e12, sheet.name
 
 
 @dataclass(frozen=True)
