@@ -51,3 +51,19 @@ def test_utf16_without_its_mark_is_named_not_called_bad_json(tmp_path, capsys):
     code, err = prepare_jsonl(path, tmp_path, capsys)
     assert code == 2 and err.count("\n") == 1, err
     assert "u16.jsonl line 1 holds a NUL byte (at offset 1)" in err and "iconv -f utf-16" in err, err
+
+
+def test_a_record_cut_short_is_named_with_its_column(tmp_path, capsys):
+    """A download that stopped mid-record: json's reason was cut at its last word, 'Unterminated
+    string starting at'; an error at the line's end was put on a second line, column 1."""
+    cut = '{"text": "half a rec'
+    path = tmp_path / "cut.jsonl"
+    path.write_text(json.dumps({"text": "To be"}) + "\n" + json.dumps({"text": "or not"}) + "\n" + cut)
+    code, err = prepare_jsonl(path, tmp_path, capsys)
+    column = cut.index('"half') + 1  # where the string starts, counted from 1
+    assert code == 2, err
+    assert f"cut.jsonl line 3 is not JSON (Unterminated string starting at column {column})" in err, err
+    path.write_text("{\n")  # a pretty-printed object's first line
+    code, err = prepare_jsonl(path, tmp_path, capsys)
+    assert code == 2, err
+    assert "line 1 is not JSON (Expecting property name enclosed in double quotes at column 2)" in err, err

@@ -42,6 +42,13 @@ def parse(load: Callable[[Any], Any], text: Any, nested: str = "arrays or object
         raise too_many_digits() from None
 
 
+def json_problem(err: ValueError) -> str:
+    """What json.loads's JSONDecodeError says, with the column of a one-line text (a record): its
+    `msg` alone ends some reasons in a dangling 'at' ("Unterminated string starting at")."""
+    column = f"column {err.colno}"
+    return f"{err.msg} {column}" if err.msg.endswith(" at") else f"{err.msg} at {column}"
+
+
 def digit_limit(err: BaseException) -> bool:
     """Whether `err` is int()'s or str()'s refusal of too many digits (in its own words, CPython 3.11+)."""
     return isinstance(err, ValueError) and "integer string conversion" in str(err)

@@ -89,9 +89,11 @@ class Corpus:
 
 def _json_line(line: str, where: str):
     try:
-        return untrusted.parse(json.loads, line)
+        # without its line break, which would put an error at the end on a second line, column 1
+        return untrusted.parse(json.loads, line.rstrip("\r\n"))
     except json.JSONDecodeError as err:
-        raise UserError(f"{where} is not JSON ({err.msg}); write one JSON object per line") from None
+        problem = untrusted.json_problem(err)
+        raise UserError(f"{where} is not JSON ({problem}); write one JSON object per line") from None
     except untrusted.Unreadable as err:
         raise UserError(f"{where} {err.reason}; fix or remove that record") from None
 

@@ -151,7 +151,7 @@ def _example(line: str, where: str, fix: str) -> Example:
     try:
         record = untrusted.parse(json.loads, line)
     except json.JSONDecodeError as err:
-        raise UserError(f"{where} is not JSON ({err.msg}); {fix}") from None
+        raise UserError(f"{where} is not JSON ({untrusted.json_problem(err)}); {fix}") from None
     except untrusted.Unreadable as err:
         raise UserError(f"{where} {err.reason}; {fix}") from None
     problem = _shape_problem(record)
