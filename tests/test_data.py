@@ -105,6 +105,24 @@ def test_a_folder_is_read_without_its_hidden_files_and_each_file_once(tmp_path):
         assert source.files == [str(notes / "one.txt"), str(notes / "sub" / "two.txt")]
 
 
+def test_a_folder_linked_into_the_corpus_is_read_once_like_a_linked_file(tmp_path):
+    """A corpus that links in a shared collection (`books -> /mnt/shared/books`): the folder walk
+    left its files out, without a word, where a '**' glob and a linked file read them."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    for i in range(3):
+        (shared / f"book{i}.txt").write_text(f"book {i}: a shared text of its own\n")
+    corpus = tmp_path / "corpus"
+    (corpus / "own").mkdir(parents=True)
+    (corpus / "own" / "notes.txt").write_text("my own notes\n")
+    (corpus / "books").symlink_to(shared)
+    (corpus / "own" / "again").symlink_to(shared)  # the same folder reached twice: read once
+    (corpus / "own" / "loop").symlink_to("..")  # back up the tree: the walk must end
+    expected = sorted([*(p.read_text() for p in shared.iterdir()), "my own notes\n"])
+    for paths in ([str(corpus)], [str(corpus / "**" / "*.txt")]):
+        assert sorted(sources.text_files(paths).read()) == expected, paths
+
+
 def test_data_prepared_inside_the_folder_is_not_read_back_as_text(tmp_path, monkeypatch):
     """`trickster data prepare text .` writes data/text-char under the folder: run again (another
     tokenizer), it read the first one's shards, meta.json and tokenizer.json as 5 more documents."""

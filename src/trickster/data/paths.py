@@ -51,9 +51,18 @@ def expand_paths(
 def _files_in(folder: Path) -> list[Path]:
     """Every file under `folder` but hidden ones (.git, .DS_Store, .env), which ripgrep and Hugging
     Face datasets skip too: a repository's objects are not its text. Nor data prepared before (by
-    default in data/ under the folder, or a DIR.partial): its shards and meta.json are no corpus."""
-    found = []
-    for root, folders, names in os.walk(folder, onerror=_unreadable):
+    default in data/ under the folder, or a DIR.partial): its shards and meta.json are no corpus.
+
+    A symlink to a folder is followed, as one to a file is and a '**' glob follows both: a corpus
+    that links in a shared collection lost it whole, without a word. Each folder is read once, so
+    a link back up the tree ends."""
+    found, walked = [], set()
+    for root, folders, names in os.walk(folder, onerror=_unreadable, followlinks=True):
+        here = _inode(Path(root))
+        if here in walked:  # reached again through a link: its files are found already
+            folders[:] = []
+            continue
+        walked.add(here)
         folders[:] = [f for f in folders if not f.startswith(".")]
         if _prepared(root, folders, names):
             folders[:] = []
