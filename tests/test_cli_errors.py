@@ -83,11 +83,14 @@ class Env:
 
 
 def snapshot(*roots: Path) -> dict[Path, str]:
+    """Each file's checksum, and each folder (a refusal that makes an empty one leaves it behind)."""
     files = {}
     for root in roots:
         for path in sorted(root.rglob("*")):
             if path.is_file():
                 files[path] = hashlib.sha256(path.read_bytes()).hexdigest()
+            elif path.is_dir():
+                files[path] = "folder"
     return files
 
 
@@ -3877,6 +3880,10 @@ def test_bad_input_is_one_clear_line(
     lost = {p for p in before if p not in after}
     changed = {p for p in before if p in after and before[p] != after[p]}
     assert not lost and not changed, f"lost {sorted(lost)}, changed {sorted(changed)}"
+    # a refused training start leaves no run folder or checkpoints/ of its own (data prepare keeps
+    # its DIR.partial and import hf its download, to continue them)
+    emptied = [p for p in after if p not in before and after[p] == "folder" and not any(p.iterdir())]
+    assert argv[0] != "train" or not emptied, f"new empty folders left behind: {emptied}"
     assert not staging_leftovers(*roots)
     places = {f"{shakespeare_dir}": "data", f"{trained_run}": "run", f"{tmp_path}/": "", f"{tmp_path}": "."}
     places[f"{Path(__file__).parent.parent}/"] = ""

@@ -37,8 +37,8 @@ WRITE_FIX = write_fix("choose another --out")  # the run folder's
 
 def run_dir_in_use(run_dir: Path) -> bool:
     """A run only starts (without --resume) in a folder that is missing or empty. An empty
-    checkpoints/ and the lock file alone are what a start that failed before writing anything
-    leaves (claimed and open_run_dir make them first): the next start may use the folder."""
+    checkpoints/ and the lock file alone are what a start killed before writing anything leaves
+    (claimed and open_run_dir make them first): the next start may use the folder."""
     if not run_dir.is_dir():
         return False
     return any(_written(p) for p in run_dir.iterdir())
@@ -79,10 +79,13 @@ def claimed(run_dir: Path):
     """Train in `run_dir` alone: hold an exclusive lock on RUN_DIR/.lock for the block. A second
     process that tries to train there meanwhile (with or without --resume) is refused with one line
     naming the first one. The kernel drops the lock when its holder ends, however it ends (SIGKILL
-    included), so a dead run never blocks its resume. The file is removed when the block ends."""
+    included), so a dead run never blocks its resume. The file is removed when the block ends, and
+    so are the run folder and its checkpoints/ if this start made them and they are still empty (a
+    start refused before writing anything leaves nothing new; what was there before stays)."""
     _refuse_a_file(run_dir)
     path, created = run_dir / LOCK, not run_dir.exists()
     with _locked(path, run_dir) as lock:
+        checkpoints_made = not (run_dir / "checkpoints").exists()  # seen by the lock's holder
         lock.truncate(0)
         lock.write(f"{os.getpid()}\n")
         lock.flush()
@@ -90,8 +93,10 @@ def claimed(run_dir: Path):
             yield
         finally:
             path.unlink(missing_ok=True)  # still locked: see _locked
-            if created and not any(run_dir.iterdir()):  # a start refused before writing anything
-                run_dir.rmdir()
+            for made, folder in ((checkpoints_made, run_dir / "checkpoints"), (created, run_dir)):
+                if made:
+                    with contextlib.suppress(OSError):  # not empty: rmdir removes only an empty folder
+                        folder.rmdir()
 
 
 @contextlib.contextmanager
