@@ -3,6 +3,12 @@
     python -m tests.peak_child OUT train --config run.yaml    # `trickster train ...`
     python -m tests.peak_child OUT steps DTYPE CHECKPOINTING MESH  # nano's steps under FSDP2
                                                                    # (MESH: "2", or "2x1": one shard)
+    python -m tests.peak_child OUT resume --config run.yaml --resume   # what the load brings in
+
+`resume` (tests/test_dist.py) writes, instead, how many bytes the process brought into memory from
+its files while Trainer.load ran: what it read through read() and the like (/proc/self/io rchar),
+and the file pages it has resident more than before (RssFile), the loaded trainer.pt kept alive
+until then (its mapped pages stay counted).
 
 Each process writes OUT.RANK, a JSON object of the most bytes a part held at once: every training
 step (`train`: {"step": bytes}, the largest), or (`steps`) a step of one micro-batch of 4 windows
@@ -30,6 +36,7 @@ import torch
 from trickster import cli
 from trickster.config import load_config
 from trickster.model.transformer import Transformer
+from trickster.train import checkpoint as ckpt
 from trickster.train import dist, loop
 from trickster.train.device import autocast_for
 from trickster.train.optim import build_optimizer
@@ -76,6 +83,27 @@ def train(argv: list[str]) -> tuple[int, dict[str, int]]:
     return cli.main(argv), most
 
 
+def resume(argv: list[str]) -> tuple[int, dict[str, int]]:
+    load, load_trainer_state, found, kept = loop.Trainer.load, ckpt.load_trainer_state, {}, []
+
+    def kept_alive(path):
+        kept.append(load_trainer_state(path))
+        return kept[-1]
+
+    def measured_load(self, path):
+        before = read_bytes() + kib("RssFile")
+        load(self, path)
+        found["brought_in"] = read_bytes() + kib("RssFile") - before
+
+    loop.Trainer.load, ckpt.load_trainer_state = measured_load, kept_alive
+    return cli.main(["train", *argv]), found
+
+
+def read_bytes() -> int:
+    fields = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+    return int(fields["rchar"])
+
+
 def steps(dtype: str, checkpointing: str, mesh: str) -> tuple[int, dict[str, int]]:
     overrides = [
         "device_config.enable_fsdp=true",
@@ -116,6 +144,7 @@ def steps(dtype: str, checkpointing: str, mesh: str) -> tuple[int, dict[str, int
 if __name__ == "__main__":
     ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 64 * 1024)
     out, command, *args = sys.argv[1:]
-    status, found = train([command, *args]) if command == "train" else steps(*args)
+    run = {"train": lambda: train([command, *args]), "resume": lambda: resume(args)}
+    status, found = run.get(command, lambda: steps(*args))()
     Path(f"{out}.{os.environ.get('RANK', '0')}").write_text(json.dumps(found))
     sys.exit(status)

@@ -350,6 +350,55 @@ def test_a_checkpoint_resumes_in_the_other_mode(
     assert_close_losses(losses(records, "eval", "val_loss"), losses(single.history, "eval", "val_loss"))
 
 
+def test_a_ddp_checkpoint_resumed_by_ddp_goes_on_exactly_as_the_uninterrupted_job(
+    two_process_job, shakespeare_dir, tmp_path
+):
+    """The 2-process DDP job's checkpoint of step 10 (optimizer state gathered in trainer.pt, which
+    rank 0 alone hands to the optimizer, broadcasting it) continued by 2 DDP processes: the same
+    losses, bit for bit, and the same final weights as the job that was never stopped."""
+    source, run_dir = two_process_job("enable_ddp")[0], tmp_path / "run"
+    shutil.copytree(source / "checkpoints" / "step_000010", run_dir / "checkpoints" / "step_000010")
+    (run_dir / "metrics.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in history(source) if r["step"] <= 10)
+    )
+    forked_job(config(shakespeare_dir, run_dir, batch_size=4, enable_ddp=True), tmp_path, "--resume")
+    records = history(run_dir)
+    assert [(r["step"], r["checkpoint"]) for r in records if r["event"] == "resume"] == [(10, "step_000010")]
+    assert losses(records) == losses(history(source))
+    assert losses(records, "eval", "val_loss") == losses(history(source), "eval", "val_loss")
+    resumed, uninterrupted = (
+        load_file(d / "checkpoints" / "final" / ckpt.WEIGHTS) for d in (run_dir, source)
+    )
+    assert resumed.keys() == uninterrupted.keys()
+    assert all(torch.equal(resumed[name], uninterrupted[name]) for name in resumed)
+
+
+def test_only_rank_0_brings_a_ddp_checkpoint_s_optimizer_state_into_memory(shakespeare_dir, tmp_path):
+    """A one-process run of 17 million parameters (trainer.pt: its AdamW moments, 135 MB) resumed
+    by 2 DDP processes: while Trainer.load runs, rank 1 reads (rchar) and maps (RssFile) less
+    than a tenth of trainer.pt's bytes, its optimizer state coming from rank 0; rank 0, which
+    loads and sums the file, brings in all of it. Each process read the whole file before: 8
+    processes on one machine held 8 copies."""
+    model = {"hidden_dim": 512, "num_layers": 4, "num_heads": 8, "mlp_dim": 2048, "max_seq_len": 32}
+    training = {"batch_size": 2, "seq_len": 32, "max_steps": 1, "warmup_steps": 0, "optimizer": "adamw"}
+    training |= {"eval_batches": 2, "eval_every": 100, "save_every": 100, "sample_tokens": 0}
+    cfg = micro_config(shakespeare_dir, tmp_path / "run", model_config=model, training_config=training)
+    cfg.device = cfg.device.model_copy(update={"threads": 1})
+    train(cfg, **QUIET)
+    size = (tmp_path / "run" / "checkpoints" / "final" / "trainer.pt").stat().st_size
+    assert size > 90e6
+    cfg.device = cfg.device.model_copy(update={"enable_ddp": True})
+    cfg.training.max_steps = 2
+    path, out = tmp_path / "resume.yaml", tmp_path / "brought_in"
+    save_config(cfg, path)
+    result = children.job(
+        "tests.peak_child", str(out), "resume", "--config", str(path), "--resume", "--no-progress"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    brought_in = [json.loads(Path(f"{out}.{rank}").read_text())["brought_in"] for rank in (0, 1)]
+    assert brought_in[1] < size / 10 and brought_in[0] > size, (brought_in, size)
+
+
 FSDP = {"batch_size": 4, "enable_fsdp": True, "timeout_s": 120}
 
 

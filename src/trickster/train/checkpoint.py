@@ -429,9 +429,13 @@ def _read_tensors(file: Path, expected: dict[str, torch.Tensor]) -> dict[str, to
 
 
 def load_trainer_state(path: Path) -> dict:
+    """trainer.pt's dict, its tensors mapped from the file rather than read (`mmap`): a tensor's
+    bytes come in from the page cache only when it is used, so a process that uses only the
+    counters (a resumed job's ranks but 0, which get the optimizer state from rank 0: loop.load)
+    holds a few pages of it, not a copy of the moments."""
     file = path / "trainer.pt"
     try:
-        return torch.load(file, map_location="cpu", weights_only=True)
+        return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
     except FileNotFoundError:
         raise UserError(f"{file} is missing: this checkpoint holds weights only and cannot resume") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:  # OSError: a folder, unreadable

@@ -320,12 +320,17 @@ def optimizer_parts(optimizer):
     return getattr(optimizer, "parts", optimizer)
 
 
-def load_full_optimizer_state(model, optimizer, state: dict) -> None:
-    """Every rank passes the full state it read from disk; FSDP2 keeps its own shard."""
+def load_full_optimizer_state(model, optimizer, state: dict, d: Dist) -> None:
+    """The full state (gathered by parameter name, as trainer.pt holds it) into this job's
+    optimizer: rank 0 passes it, and in a job broadcasts it a tensor at a time; the other ranks'
+    `state` is not read, so none of them touches a copy of it in host memory (8 processes on one
+    machine would hold 8 copies of a 1.1B model's AdamW moments, 8.8 GB each). FSDP2 keeps its own
+    shard of each tensor as it arrives."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    options = StateDictOptions(full_state_dict=True)
-    set_optimizer_state_dict(model, optimizer_parts(optimizer), state, options=options)
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=d.active)
+    given = state if d.is_main or not d.active else {}
+    set_optimizer_state_dict(model, optimizer_parts(optimizer), given, options=options)
 
 
 def full_weights(model, on_cpu: bool = True) -> dict:

@@ -394,7 +394,7 @@ class Trainer:
         trainer = older_trainer_state(ckpt.load_trainer_state(path), path)
         optimizer = trainer["optimizer"]
         if "state" in optimizer:  # gathered, by parameter name
-            dist.load_full_optimizer_state(self.model, self.optimizer, optimizer)
+            dist.load_full_optimizer_state(self.model, self.optimizer, optimizer, self.job)
         else:  # sharded by the processes that wrote it
             groups = optimizer["param_groups"]
             dist.load_sharded_optimizer(self.model, self.optimizer, path / ckpt.OPTIMIZER, groups)
