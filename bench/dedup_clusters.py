@@ -16,7 +16,10 @@ signatures are computed first (dedup.signatures, as the workers do) and are not 
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +39,7 @@ WORDS = {
     "f": "happy sad scared excited proud surprised curious angry tired glad".split(),
     "p": "park garden forest yard beach farm meadow pond field hill village school river zoo".split(),
 }
+ALIKE_WORDS = 16  # names after an `alike` story's closing line: about 0.65 similar to each other
 TEMPLATES = [
     "Once upon a time, there was a {a1} {an1} named {n1}. {n1} loved to play in the {p1} with a friend "
     "named {n2}. One day, {n1} found a {a2} {o1} under a big tree. {n1} was very {f1}. {n1} showed the "
@@ -58,17 +62,19 @@ TEMPLATES = [
 ]
 
 
-def story(rng: random.Random, boilerplate: bool) -> str:
+def story(rng: random.Random, boilerplate: bool | str) -> str:
     if boilerplate:  # the same words, and a closing line that differs
         fill = {f"{k}{i}": WORDS[k][i] for k in WORDS for i in (1, 2)} | {"n1": "Lily", "n2": "Tom"}
         readers = " and ".join(rng.choice(NAMES) for _ in range(2))
         closing = f" This story was read by {readers} on day {rng.randrange(1000)}."
+        if boilerplate == "alike":  # and a longer one: alike, and not near-copies
+            closing += " " + " ".join(rng.choice(NAMES) for _ in range(ALIKE_WORDS)) + "."
         return rng.choice(TEMPLATES).format(**fill) + closing
     fill = {f"{k}{i}": w for k in WORDS for i, w in enumerate(rng.sample(WORDS[k], 2), 1)}
     return rng.choice(TEMPLATES).format(**fill | dict(zip(("n1", "n2"), rng.sample(NAMES, 2), strict=True)))
 
 
-def timed(name: str, count: int, boilerplate: bool, chunk: int = 1400) -> None:
+def timed(name: str, count: int, boilerplate: bool | str, chunk: int = 1400) -> None:
     rng = random.Random(0)
     texts = [story(rng, boilerplate) for _ in range(count)]
     sigs = np.concatenate([dedup.signatures(texts[i : i + chunk]) for i in range(0, count, chunk)])
@@ -105,9 +111,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stories", type=int, default=300_000)
     parser.add_argument("--boilerplate", type=int, default=40_000)
+    parser.add_argument("--alike", type=int, default=20_000)
+    parser.add_argument("--sources", nargs="+", type=Path, help="run it from each of these source trees")
     args = parser.parse_args()
-    timed("stories", args.stories, boilerplate=False)
-    timed("boilerplate", args.boilerplate, boilerplate=True)
+    if args.sources:  # the same corpora from each tree, one process each, on PYTHONPATH
+        own = [f"--stories={args.stories}", f"--boilerplate={args.boilerplate}", f"--alike={args.alike}"]
+        for source in args.sources:
+            print(f"\n## {source}", flush=True)
+            env = {**os.environ, "PYTHONPATH": str(source.resolve())}
+            subprocess.run([sys.executable, __file__, *own], env=env, check=True)
+        return
+    for name, count, kind in (
+        ("stories", args.stories, False),
+        ("boilerplate", args.boilerplate, True),
+        ("alike", args.alike, "alike"),
+    ):
+        if count:  # 0: not run
+            timed(name, count, kind)
 
 
 if __name__ == "__main__":

@@ -301,7 +301,8 @@ class Deduper:
             return np.zeros(0, self.rows.dtype)
         found = self.rows.read(candidates)
         agree = np.mean(found["signature"] == sig, axis=1) >= self.settings.threshold
-        return found[agree & self.index.shares_a_band(sig, found["signature"])]
+        found = found[agree]  # most candidates are not near-copies: the bands of the few checked
+        return found[self.index.shares_a_band(sig, found["signature"])]
 
     def _add(self, rows: np.ndarray, numbers: np.ndarray) -> None:
         self.copies.add(rows["fingerprint"], numbers)

@@ -154,8 +154,9 @@ class NearIndex:
 
     def shares_a_band(self, signature: np.ndarray, others: np.ndarray) -> np.ndarray:
         """Whether each of `others` (rows of signatures) equals `signature` on a whole band."""
-        equal = others == signature
-        return np.any([equal[:, columns].all(axis=1) for columns in self.bands], axis=0)
+        width = self.bands[0].stop  # the bands lie side by side from value 0, all this wide
+        banded = others[:, : width * len(self.bands)] == signature[: width * len(self.bands)]
+        return banded.reshape(len(others), len(self.bands), width).all(axis=2).any(axis=1)
 
 
 def on_side(keys: np.ndarray, side) -> np.ndarray:
