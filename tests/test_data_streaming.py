@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -494,3 +495,35 @@ def test_ctrl_c_while_the_replaced_copy_is_deleted_says_the_data_is_prepared(
     (tmp_path / f".out.old-{os.getpid()}").rename(tmp_path / f".out.old-{dead_pid}")
     assert cli.main(args) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "texts"]
+
+
+def test_ctrl_c_says_the_finished_shards_a_continuation_keeps(tmp_path, monkeypatch):
+    """A Ctrl-C after a chunk finished shards but before its record was saved said the shards of
+    the record in memory ('9 finished shard(s) kept'), where the one saved, which the same command
+    continues, held fewer ('continuing ...: 7 finished shard(s)')."""
+    from trickster.data import prepare as prepare_module
+
+    paths = write_texts(tmp_path / "texts", stories(120, seed=1))
+    write_chunk, written, said = prepare_module.write_chunk, [], []
+
+    def run():
+        source = sources.text_files(paths)
+        return prepare(
+            source, "char", tmp_path / "out", shard_tokens=100, chunk_chars=200, workers=1, echo=said.append
+        )
+
+    def written_then_interrupted(*chunk):  # the Ctrl-C lands as the chunk's shards are done
+        write_chunk(*chunk)
+        written.append(chunk)
+        if len(written) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepare_module, "write_chunk", written_then_interrupted)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        run()
+    kept = re.match(r"(\d+) finished shard\(s\) kept", str(stopped.value))
+    monkeypatch.setattr(prepare_module, "write_chunk", write_chunk)
+    run()
+    continued = re.match(r"continuing the preparation in .*: (\d+) finished shard", said[0])
+    assert kept and continued, (str(stopped.value), said[0])
+    assert kept.group(1) == continued.group(1) != "0"

@@ -168,7 +168,7 @@ def _prepare_in(
                     f"{out_dir} is prepared (only deleting the folder it replaced was cut short)"
                 ) from None
             raise Interrupted(
-                f"{record.finished_shards()} finished shard(s) kept in {partial}; run the same "
+                f"{_kept_shards(partial, record)} finished shard(s) kept in {partial}; run the same "
                 "command again to continue"
             ) from None
         except BaseException as err:
@@ -209,6 +209,16 @@ def _keep_older(err: DownloadFailed, meta: dict, out_dir: Path, echo: Callable[[
     echo(f"could not read its source again ({err}): keeping {out_dir} as it was prepared")
     echo(kept_older(meta, out_dir))
     return meta
+
+
+def _kept_shards(partial: Path, record: Progress) -> int:
+    """The finished shards the same command continues from: those of the record saved in
+    `partial`, which the one in memory is ahead of after a Ctrl-C between a chunk's shards and its
+    record; all of them once the preparation finished (its record deleted, the rename to come)."""
+    try:
+        return Progress.load(partial).finished_shards()
+    except (OSError, UserError):
+        return record.finished_shards()
 
 
 def _say(
