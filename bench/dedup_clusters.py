@@ -2,15 +2,19 @@
 deduplicator (`Deduper.decide_chunk`, as `data prepare --dedup group` calls it, chunks of 1,400
 stories: about 1 MB) per 10,000 documents, with the candidates it read back and compared.
 
-    python bench/dedup_clusters.py                            # 300,000 stories, 40,000 boilerplate
-    python bench/dedup_clusters.py --stories 50000 --boilerplate 10000
+    python bench/dedup_clusters.py                  # 300,000 stories, 40,000 boilerplate, 20,000 alike
+    python bench/dedup_clusters.py --stories 50000 --boilerplate 10000 --alike 0   # 0: not run
+    python bench/dedup_clusters.py --sources src /tmp/old/src    # each tree in turn, on PYTHONPATH
 
-Two synthetic corpora, like TinyStories: `stories` fills four story templates with names, animals,
-places, objects and feelings drawn at random (about 470 bytes each; few are near-copies), and
-`boilerplate` fills each template with the same words and adds a closing line of two names and a
-number, so that nearly every story is a near-copy of the first of its template: four clusters that
-grow to thousands, the case where every member was compared with every member kept before it. The
-signatures are computed first (dedup.signatures, as the workers do) and are not timed.
+Three synthetic corpora, like TinyStories: `stories` fills four story templates with names,
+animals, places, objects and feelings drawn at random (about 470 bytes each; few are near-copies),
+and `boilerplate` fills each template with the same words and adds a closing line of two names and
+a number, so that nearly every story is a near-copy of the first of its template: four clusters
+that grow to thousands, the case where every member was compared with every member kept before it.
+`alike` adds 16 more names to that closing line: two stories of a template are about 0.65 similar,
+share a band often and are seldom near-copies, so each is compared with thousands kept before it
+and kept (the search that stays quadratic: near_search.py). The signatures are computed first
+(dedup.signatures, as the workers do) and are not timed.
 """
 
 from __future__ import annotations

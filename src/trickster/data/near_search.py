@@ -15,7 +15,7 @@ block. Only a side whose sample holds none is searched whole, as it must be: eve
 has to be ruled out, as MinHashLSH's query and the comparison of signatures did. So the work is
 still quadratic where many kept documents share bands with a new one without being its
 near-copies (alike, just under the threshold); it is made cheap instead: blocks that double, rows
-gathered from a map of dedup.bin (bench/dedup_clusters.py's `alike`: 3.5 times less CPU).
+gathered from a map of dedup.bin (bench/dedup_clusters.py's `alike`: about 4 times less CPU).
 
 No bound on that search keeps the decisions. A candidate left unread might agree with the document
 on enough values: only its signature can rule it out. Tools that do bound it decide otherwise:
