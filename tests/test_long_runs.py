@@ -144,6 +144,36 @@ def test_spikes_beyond_max_rollbacks_stop_the_run_naming_the_last_good_checkpoin
 
 
 @pytest.mark.slow
+def test_after_a_stop_for_spikes_a_resume_with_new_settings_counts_fresh_rollbacks(
+    micro, monkeypatch, capsys
+):
+    """max_rollbacks 1: the spike after steps 15-17 is rolled back, the one after 20-22 stops the
+    run (from step_000020, saved with 1 rollback counted). The same command again continues the
+    count and stops at the same spike; resumed with more warmup, as the stop's line asks, a person
+    has acted: the run rolls back again and ends, one rollback counted since."""
+
+    def spiking():  # x100 at steps 15-17, x10,000 at 20-22 (the learning rate is lower by then)
+        return spiking_schedule(spiking_schedule(optim_lr_at, (15, 16, 17, 20, 21, 22)), (20, 21, 22))
+
+    optim_lr_at = optim.lr_at
+    cfg = micro(training_config={**SPIKE, "max_rollbacks": 1})
+    stop = r"spike \(steps 22-24\) after 1 rollbacks; the last good checkpoint is checkpoints/step_000020"
+    for resume in (False, True):  # the same command again: the count goes on
+        monkeypatch.setattr(optim, "lr_at", spiking())
+        with pytest.raises(UserError, match=stop):
+            train(cfg, resume=resume, **QUIET)
+
+    monkeypatch.setattr(optim, "lr_at", spiking())
+    cfg.training.warmup_steps = 3
+    capsys.readouterr()
+    resumed = train(cfg, resume=True, echo=print, progress=False)
+    out = capsys.readouterr().out
+    assert resumed.state.step == 30 and resumed.state.rollbacks == 1
+    assert "loss-spike rollbacks counted afresh (the run stopped after 1; " in out
+    assert "rolled back to checkpoints/step_000020" in out and "(rollback 1 of at most 1)" in out
+
+
+@pytest.mark.slow
 def test_checkpoints_are_saved_before_evaluation(shakespeare_dir, tmp_path):
     """A kill during the last evaluation (an out-of-memory kill, say) leaves `final` whole."""
     training = {"max_steps": 8, "eval_every": 4, "save_every": 4, "sample_tokens": 0}

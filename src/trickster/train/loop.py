@@ -155,7 +155,7 @@ class Trainer:
         if job.is_main:  # what MFU divides by (datasheet, configured or measured), by the process that logs
             self.peak = mfu_peak(self.device, cfg.device.dtype, cfg.device.peak_tflops)
         self.manifest = run_manifest(self.device)
-        setup.announce(self, resume, changed, repairs, global_batch)
+        setup.announce(self, resume, changed, repairs + recovery.fresh_rollbacks(self, changed), global_batch)
         recovery.remeasure_best(self)  # resumed on loss-masked data from a checkpoint of an older version
 
     def train(self) -> TrainResult:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trickster.errors import UserError
+from trickster.observe.events import last_event
 from trickster.train import checkpoint as ckpt
 from trickster.train import dist, peers, setup
 from trickster.train.memory import OUT_OF_MEMORY, out_of_memory
@@ -183,6 +184,30 @@ def roll_back(trainer: Trainer, spike: Spike) -> None:
     trainer.out.line(spike_line(spike, good.name, rollbacks, t.max_rollbacks, passed_over))
     trainer.profiler.rolled_back(state.step)  # ProfilerStep#N stays the console's step N
     trainer.timer.reset()
+
+
+def fresh_rollbacks(trainer: Trainer, changed: dict) -> list[str]:
+    """The rollback count of a resumed run starts again at 0 when the run had stopped for spikes
+    beyond max_rollbacks and this resume changes its settings (what that stop's line asks: a lower
+    learning rate, more warmup, a larger max_rollbacks): a person has acted, and the next stretch
+    alone gets max_rollbacks. Any other resume (a kill, a preemption, the same command rerun)
+    continues the count, as the run never stopped: rerun in a loop, a run that keeps spiking stops
+    at its next spike rather than skipping batches without end. The line to log, if any."""
+    state, limit = trainer.state, trainer.cfg.training.max_rollbacks
+    if trainer.resumed_from is None or not changed or state.rollbacks == 0:
+        return []
+    if not setup.on_main(trainer.job, _stopped_for_spikes, trainer.run_dir):
+        return []
+    counted, state.rollbacks = state.rollbacks, 0
+    return [
+        f"loss-spike rollbacks counted afresh (the run stopped after {counted}; this resume changes "
+        f"its settings): at most {limit} again"
+    ]
+
+
+def _stopped_for_spikes(run_dir: Path) -> bool:
+    last = last_event(run_dir / "metrics.jsonl")  # before the resume cuts the file back
+    return last is not None and last["event"] == "stopped" and last.get("reason") == "loss-spikes"
 
 
 def load_run_weights(trainer: Trainer, checkpoint: Path) -> None:
