@@ -206,7 +206,7 @@ def test_a_run_fits_only_with_a_tenth_of_the_memory_to_spare(monkeypatch):
 def test_a_model_whose_state_alone_does_not_fit_is_told_to_shrink(monkeypatch):
     monkeypatch.setattr(footprint, "device_memory", lambda device: (16 * GiB, "RAM"))
     result = plan.make_plan(load_config(preset="mega"), torch.device("cpu"), measure=False)
-    assert result.memory.state > footprint.HEADROOM * 16 * GiB  # 1.1B parameters x 18 bytes
+    assert result.memory.least > footprint.HEADROOM * 16 * GiB  # 1.1B parameters x 16 bytes and more
     (advice,) = result.advice
     assert "weights, gradients and AdamW state alone need" in advice
     suggested = advice.split("such as preset ")[1].split(",")[0]
@@ -362,10 +362,12 @@ def test_a_cpu_times_a_lora_copy_whose_real_training_state_fits(monkeypatch):
 def test_fsdp_divides_the_model_state_by_the_shard_count():
     cfg = load_config(preset="mega", overrides=["training_config.gradient_accumulation_steps=1"])
     one, eight = footprint.memory_estimate(cfg, processes=1), footprint.memory_estimate(cfg, processes=8)
-    for name in ("weights", "gradients", "optimizer"):
+    for name in ("weights", "optimizer"):
         assert getattr(eight, name) == pytest.approx(getattr(one, name) / 8, abs=8)
     assert eight.activations == one.activations  # each process still computes its own micro-batch
     b = parameter_breakdown(cfg.model)
+    # the sharded float32 gradients, held where the activations were once the backward pass is done
+    assert one.kept - eight.kept == pytest.approx(4 * b.total * (1 - 1 / 8), abs=8)
     root_and_two_blocks = b.embedding + b.output + b.final_norm + 2 * b.per_block
     assert eight.gathered == 2 * root_and_two_blocks  # bfloat16 weights gathered while computing
     replicated = load_config(preset="mega", overrides=["device_config.enable_fsdp=false"])

@@ -29,6 +29,15 @@ N = the FSDP shard degree, 1 without FSDP):
   21.9 MiB (one) above the measured peak, and is now 3.9 and 8.7 MiB above it. Without the
   sharded term at all it would be 2.6 MiB below it with 2 shards (pytest
   tests/test_fsdp_memory.py -k holds_the_whole).
+  A step of one micro-batch holds no gradient when its backward pass starts (zero_grad sets
+  them to None); that pass makes the sharded gradients a block at a time as it frees the
+  activations, so what it holds moves from all the activations to all the sharded gradients (and,
+  with activation checkpointing, the first block's activations recomputed at the last): the step
+  counts the larger of the two, kept in the activations' place, and the two blocks' gradients
+  being sharded. Measured the same way (nano, 4 x 64 tokens, float32 and bfloat16, with and
+  without checkpointing, 2 shards and one): 2.8 to 7.0 MiB above each peak; counting both in full
+  was 0.2 MiB below (float32, checkpointing, 2 shards) to 20.0 MiB above (float32, one shard);
+  without the sharded gradients it would be up to 17.4 MiB below.
 - activations saved for the backward pass, per token:
   float32:    L * (6d + 2kv + 4m + nh + 2) * 4
   bf16/fp16:  L * ((2d + nh + 2) * 4 + (7d + 2kv + 4m) * 2)   (RMSNorm keeps float32; autocast
@@ -80,18 +89,22 @@ class Memory:
     gathered: int = 0  # FSDP: weights gathered for computing, and whole gradients between micro-batches
     shards: int = 1  # the FSDP shard degree the state is divided by
     loss_gradient: int = 0  # the loss's float32 gradient for the output matrix, once per step
-    kept: int = 0  # FSDP with accumulation: the weights gathered between micro-batches, but the working ones
+    # FSDP: what the step holds where its activations and logits were, once freed: with
+    # accumulation the weights gathered between micro-batches (but the working ones), else the
+    # sharded gradients, which the backward pass makes as it frees the activations
+    kept: int = 0
+    accumulated: bool = False  # FSDP over several micro-batches: whole gradients, `kept` weights
 
     @property
-    def regathered(self) -> int:
-        """What the weights kept between micro-batches add to the step: only what exceeds the
-        activations and logits, which are freed by then."""
+    def kept_beyond(self) -> int:
+        """What `kept` adds to the step: only what exceeds the activations and logits, which are
+        freed by then."""
         return max(0, self.kept - self.activations - self.logits)
 
     @property
     def least(self) -> int:
-        """What a step needs whatever its micro-batch: the state, and the weights kept between
-        micro-batches."""
+        """What a step needs whatever its micro-batch: the state, and what FSDP keeps where the
+        activations were."""
         return self.state + self.kept
 
     @property
@@ -102,24 +115,36 @@ class Memory:
 
     @property
     def total(self) -> int:
-        return self.state + self.activations + self.logits + self.regathered
+        return self.state + self.activations + self.logits + self.kept_beyond
 
 
 def activation_bytes_per_token(cfg: Config) -> int:
     """Bytes of activations saved for the backward pass per token of the micro-batch (formula above)."""
     m = cfg.model
-    d, L, nh = m.hidden_dim, m.num_layers, m.num_heads
-    kv = m.kv_heads * m.head_dim
-    # FSDP2 with bfloat16 gathers bfloat16 weights: the residual stream is bfloat16, and each
-    # projection's input is already bfloat16 (autocast casts a float32 one anew for every projection)
-    stream = 2 if cfg.device.enable_fsdp and cfg.device.dtype == "bfloat16" else 4
-    if cfg.device.dtype in ("float32", "auto"):
-        per_layer = (6 * d + 2 * kv + 4 * m.mlp_dim + nh + 2) * 4
-    else:
-        per_layer = (2 * d + nh + 2) * 4 + (4 * d + 2 * kv + 4 * m.mlp_dim) * 2
-        per_layer += 3 * d * 2 if stream == 4 else 0  # casts for wk, wv (beside wq's) and w3 (w1's)
+    d, L = m.hidden_dim, m.num_layers
+    stream = _stream_bytes(cfg)
+    per_layer = block_activation_bytes_per_token(cfg)
     blocks = L * d * stream + per_layer if cfg.device.activation_checkpointing else L * per_layer
     return blocks + d * 4 + d * stream + 4 + 8
+
+
+def block_activation_bytes_per_token(cfg: Config) -> int:
+    """One block's activations saved for the backward pass per token (with activation
+    checkpointing: the block being recomputed)."""
+    m = cfg.model
+    d, nh = m.hidden_dim, m.num_heads
+    kv = m.kv_heads * m.head_dim
+    if cfg.device.dtype in ("float32", "auto"):
+        return (6 * d + 2 * kv + 4 * m.mlp_dim + nh + 2) * 4
+    per_layer = (2 * d + nh + 2) * 4 + (4 * d + 2 * kv + 4 * m.mlp_dim) * 2
+    return per_layer + (3 * d * 2 if _stream_bytes(cfg) == 4 else 0)  # casts for wk, wv (beside wq's), w3
+
+
+def _stream_bytes(cfg: Config) -> int:
+    """The residual stream's bytes per value. FSDP2 with bfloat16 gathers bfloat16 weights: the
+    stream is bfloat16, and each projection's input is already bfloat16 (autocast casts a float32
+    one anew for every projection)."""
+    return 2 if cfg.device.enable_fsdp and cfg.device.dtype == "bfloat16" else 4
 
 
 def activation_bytes(cfg: Config, tokens: int) -> int:
@@ -165,6 +190,12 @@ def memory_estimate(
             gathered, kept = gathered + 4 * trained, (P - working) * width
             if lora is None:  # the sharded ones are made as the whole ones go, a block at a time
                 gradients = min(gradients, 2 * 4 * b.per_block)
+        elif lora is None:  # the sharded ones are made a block at a time as the activations go,
+            # but for a block recomputed at the last (activation checkpointing)
+            recomputed = (
+                tokens * block_activation_bytes_per_token(cfg) if cfg.device.activation_checkpointing else 0
+            )
+            gradients, kept = min(gradients, 2 * 4 * b.per_block), gradients + recomputed
         autocast_copy = 2 * working if half and width == 4 else 0
     chunk = min(tokens, max(1, transformer.LOSS_CHUNK_ELEMENTS // cfg.model.vocab_size))
     return Memory(
@@ -178,6 +209,7 @@ def memory_estimate(
         shards=shards,
         loss_gradient=activation_bytes(cfg, 0) if lora is None else 0,  # LoRA: the output is frozen
         kept=kept,
+        accumulated=cfg.device.enable_fsdp and accumulating,
     )
 
 
@@ -232,12 +264,16 @@ def beyond_one_process(cfg: Config, processes: int, accumulating: bool) -> tuple
     alone, as batch_size: auto's trial copy does, by the formula: under FSDP2 the weights it
     gathers and, `accumulating`, whole float32 gradients all along (`more`, never below 0: the
     sharded state's savings are not counted) and the gathered weights between micro-batches
-    (`kept`, where the activations were)."""
+    (`kept`, where the activations were). Without accumulation the sharded gradients, which the
+    formula keeps where the activations were, count in `more`: the trial copy's measured step is
+    its state, its whole gradients included, and its activations, whichever it holds at once."""
     alone = cfg.model_copy(deep=True)
     alone.device.enable_fsdp = alone.device.enable_ddp = False
     alone.device.mesh_shape = None
     plain = memory_estimate(alone, 1, None, 1, accumulating=False)
     step = memory_estimate(cfg, 1, None, processes, accumulating)
+    if not accumulating:
+        return max(0, step.least - plain.state), 0
     return max(0, step.state - plain.state), step.kept
 
 

@@ -150,7 +150,7 @@ def _advice(plan: Plan) -> list[str]:
             fix = (
                 f"choose a smaller model{hint}, a device with more memory, or {_sharding_hint(plan, budget)}"
             )
-        kept = " (with the weights FSDP keeps gathered between micro-batches)" if mem.kept else ""
+        kept = " (with the weights FSDP keeps gathered between micro-batches)" if mem.accumulated else ""
         return [
             f"the weights, gradients and AdamW state alone need {_gib(mem.least)}{kept}, more than "
             f"the {_gib(budget)} usable: {fix}"
@@ -285,23 +285,18 @@ def _memory_lines(plan: Plan) -> list[str]:
     cfg, t, mem = plan.cfg, plan.cfg.training, plan.memory
     where = "per process " if plan.processes > 1 or mem.shards > 1 else ""
     share = f", 1/{mem.shards}" if mem.shards > 1 else ""
-    # under FSDP2 with accumulation the whole gradients are in the gathered row; the gradients row
-    # holds the few blocks' sharded ones that the last backward makes as it frees the whole ones
-    accumulating = cfg.device.enable_fsdp and t.gradient_accumulation_steps > 1
+    # under FSDP2 the gradients row holds the few blocks' gradients that the backward pass is
+    # sharding; the sharded ones take the activations' place (kept), and with accumulation the
+    # whole ones are in the gathered row
+    sharding = cfg.device.enable_fsdp and t.lora is None
     rows = [
         (f"weights (float32{share})", mem.weights),
-        (
-            "gradients being sharded (float32)"
-            if accumulating and t.lora is None
-            else f"gradients (float32{share})",
-            mem.gradients,
-        ),
+        ("gradients being sharded (float32)" if sharding else f"gradients (float32{share})", mem.gradients),
         (_optimizer_label(t.optimizer, share), mem.optimizer),
     ]
     if mem.gathered:
-        rows.append(
-            ("FSDP gathered weights, whole grads" if accumulating else "FSDP gathered weights", mem.gathered)
-        )
+        gathered = "FSDP gathered weights, whole grads" if mem.accumulated else "FSDP gathered weights"
+        rows.append((gathered, mem.gathered))
     if mem.autocast_copy:
         short = {"bfloat16": "bf16", "float16": "fp16"}[cfg.device.dtype]
         rows.append((f"autocast weight copy ({short})", mem.autocast_copy))
@@ -310,8 +305,9 @@ def _memory_lines(plan: Plan) -> list[str]:
         (f"activations{recompute}", mem.activations),
         ("loss (a chunk of logits)", mem.logits + mem.loss_gradient),
     ]
-    if mem.regathered:  # the weights kept between micro-batches outweigh the activations they follow
-        rows.append(("FSDP weights kept, beyond these", mem.regathered))
+    if mem.kept_beyond:  # what FSDP keeps once the activations are gone outweighs them
+        kept = "FSDP weights kept" if mem.accumulated else "sharded gradients"
+        rows.append((f"{kept}, beyond these", mem.kept_beyond))
     rows.append(("total", mem.total))
     width = max(len(label) for label, _ in rows)
     lines = [
