@@ -935,16 +935,22 @@ def _no_window_fits(env: Env) -> list[str]:
 
 def _no_window_fits_accumulating(env: Env) -> list[str]:
     """batch_size: auto under FSDP2 (one process) in a memory_gib that holds the model's state and
-    two windows by plan's formula: a micro-batch of one fits alone, but the 8 windows of a step
-    need accumulation, and FSDP2's whole gradients and gathered weights leave no room for one."""
+    two and a half windows by plan's formula: a micro-batch of one fits alone, but the 8 windows
+    of a step need accumulation, and FSDP2's gathered weights kept between micro-batches leave no
+    room for one. 12 blocks and windows of 16 tokens: the weights kept (all but two blocks)
+    outweigh a window's activations (with 2 blocks a single step's sharded gradients cost as much
+    as the accumulation's whole ones, and no window fits either way)."""
     cfg = micro_config(env.data, env.tmp / "run")
     cfg.model.vocab_size = 128  # the char vocabulary, padded as training pads it
+    cfg.model.num_layers, cfg.training.seq_len = 12, 16
     one = footprint.memory_estimate(cfg, batch_size=1)
-    gib = (one.state + 2 * (one.activations + one.logits)) / footprint.HEADROOM / 2**30
+    gib = (one.state + 2.5 * (one.activations + one.logits)) / footprint.HEADROOM / 2**30
     auto = (
         "training_config.batch_size=auto",
         "training_config.global_batch=8",
         "device_config.enable_fsdp=true",
+        "model_config.num_layers=12",
+        "training_config.seq_len=16",
     )
     return micro_train(env, *auto, "model_config.vocab_size=128", f"device_config.memory_gib={gib:.6g}")
 
