@@ -490,10 +490,10 @@ def _hf_offline(env: Env) -> list[str]:
     return ["data", "prepare", "hf", "no-such-user/no-such-dataset", "--out", str(env.tmp / "o")]
 
 
-def _hf_saved(env: Env, *flags: str) -> list[str]:
+def _hf_saved(env: Env, *flags: str, columns: dict | None = None) -> list[str]:
     datasets = pytest.importorskip("datasets")
     folder = env.tmp / "saved"
-    stories = datasets.Dataset.from_dict({"content": ["one story", "another story"]})
+    stories = datasets.Dataset.from_dict(columns or {"content": ["one story", "another story"]})
     datasets.DatasetDict({"train": stories}).save_to_disk(str(folder))
     return ["data", "prepare", "hf", str(folder), "--out", str(env.tmp / "o"), *flags]
 
@@ -506,12 +506,12 @@ def _stories_without_text(env: Env) -> str:
     return str(folder)
 
 
-def _parquet(env: Env, *flags: str) -> list[str]:
+def _parquet(env: Env, *flags: str, columns: dict | None = None) -> list[str]:
     pytest.importorskip("pyarrow")
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.table({"body": ["one story", "another story"]}), env.tmp / "d.parquet")
+    pq.write_table(pa.table(columns or {"body": ["one story", "another story"]}), env.tmp / "d.parquet")
     return ["data", "prepare", "parquet", str(env.tmp / "d.parquet"), "--out", str(env.tmp / "o"), *flags]
 
 
@@ -2455,6 +2455,18 @@ CASES = [
         "`trickster data prepare jsonl",
     ),
     case("prepare-parquet-no-column", _parquet, "has no column 'text'", "(it has: body)", "--text-field"),
+    case(
+        "prepare-parquet-column-not-text",  # it said what, not what to do
+        lambda env: _parquet(env, columns={"text": [b"one story", b"another story"]}),
+        "d.parquet: column 'text' holds bytes, not text",
+        "pass --text-field COLUMN naming a column of strings",
+    ),
+    case(
+        "prepare-hf-field-not-text",  # a nested record: it said what, not what to do
+        lambda env: _hf_saved(env, "--text-field", "story", columns={"story": [{"a": "b"}, {"a": "c"}]}),
+        "field 'story' holds dict, not text",
+        "pass --text-field FIELD naming a field of strings",
+    ),
     case(
         "prepare-parquet-not-parquet",
         lambda env: ["data", "prepare", "parquet", env.write("d.parquet", "not parquet"), "--out", "o"],

@@ -167,7 +167,8 @@ def _hf_texts(
         text = row[text_field]
         if not isinstance(text, str) and text is not None:
             raise UserError(
-                f"dataset '{dataset}': field '{text_field}' holds {type(text).__name__}, not text"
+                f"dataset '{dataset}': field '{text_field}' holds {type(text).__name__}, not text; "
+                + _fix(name, "pass --text-field FIELD naming a field of strings")
             )
         if text:
             yield text

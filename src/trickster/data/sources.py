@@ -354,7 +354,8 @@ def parquet_documents(patterns: list[str], text_field: str = "text") -> Source:
                 for text in batch.column(0).to_pylist():
                     if not isinstance(text, str) and text is not None:
                         raise UserError(
-                            f"{path}: column '{text_field}' holds {type(text).__name__}, not text"
+                            f"{path}: column '{text_field}' holds {type(text).__name__}, not text; "
+                            "pass --text-field COLUMN naming a column of strings"
                         )
                     if text:
                         yield text
