@@ -2503,6 +2503,7 @@ CASES = [
         "prepare-jsonl-text-field-not-a-string",
         _jsonl([RECORD, '{"prompt": "Who?", "response": ["a"]}'], "--text-field", "response"),
         'chat.jsonl line 2: "response" must be a string (got an array)',
+        "pass --text-field FIELD naming a field of strings, or fix or remove that record",
     ),
     case(
         "prepare-jsonl-text-field-and-template",

@@ -296,7 +296,10 @@ def jsonl_documents(
             if value is None or (isinstance(value, float) and math.isnan(value)):
                 return ""
             if not isinstance(value, str):
-                raise UserError(f'{where}: "{text_field}" must be a string (got {json_type(value)})')
+                raise UserError(
+                    f'{where}: "{text_field}" must be a string (got {json_type(value)}); pass '
+                    "--text-field FIELD naming a field of strings, or fix or remove that record"
+                )
             return checked_text(value, f'{where}: "{text_field}"')
         for name in names:  # format_map would write null as "None", NaN as "nan", an array as "['a', 'b']"
             value = record.get(name, "")  # a missing one: format_map's KeyError names it
