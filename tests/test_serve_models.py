@@ -673,6 +673,35 @@ def test_a_run_trained_further_as_it_is_served_is_served_as_it_is_now(trained_ru
         )
 
 
+@pytest.mark.slow
+def test_a_finished_run_resumed_to_more_steps_takes_the_names_it_will_save(trained_run, tmp_path):
+    """The trained run has its `final` (step 12); resumed towards step 600 it trains again, and
+    `--checkpoints final,step_000018` names a checkpoint it will save, taken as for a run that never
+    finished (it was refused: 'no checkpoint step_000018'); offered once saved. The same name on the
+    finished run, nothing training, is still refused."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    with pytest.raises(UserError, match="no checkpoint step_000018 in "):
+        Catalog(run, torch.device("cpu"), ["final", "step_000018"])
+    resume = [sys.executable, "-m", "trickster", "train", "--config", str(run / "config.yaml")]
+    resume += ["--out", str(run), "--resume", "--no-progress", "training_config.max_steps=600"]
+    training = subprocess.Popen(resume, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "status.json").exists() or json.loads((run / "status.json").read_text())["step"] < 13:
+            assert training.poll() is None and time.monotonic() < deadline, training.stderr.read()
+            time.sleep(0.05)
+        with live_server(run, checkpoints=["final", "step_000018"]) as live:
+            assert list(cards(live)) == ["final"]
+            while "step_000018" not in cards(live):
+                assert training.poll() is None and time.monotonic() < deadline, training.stderr.read()
+                time.sleep(0.05)
+            assert cards(live)["step_000018"]["step"] == 18
+    finally:
+        training.terminate()
+        training.wait(timeout=120)
+
+
 def weights_of(model: torch.nn.Module) -> torch.Tensor:
     return model.tok_embeddings.weight.detach().clone()
 
