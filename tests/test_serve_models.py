@@ -688,7 +688,8 @@ def test_a_finished_run_resumed_to_more_steps_takes_the_names_it_will_save(train
     training = subprocess.Popen(resume, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
-        while not (run / "status.json").exists() or json.loads((run / "status.json").read_text())["step"] < 13:
+        status = run / "status.json"
+        while not status.exists() or json.loads(status.read_text())["step"] < 13:  # the resumed run's
             assert training.poll() is None and time.monotonic() < deadline, training.stderr.read()
             time.sleep(0.05)
         with live_server(run, checkpoints=["final", "step_000018"]) as live:
