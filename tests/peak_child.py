@@ -86,8 +86,8 @@ def train(argv: list[str]) -> tuple[int, dict[str, int]]:
 def resume(argv: list[str]) -> tuple[int, dict[str, int]]:
     load, load_trainer_state, found, kept = loop.Trainer.load, ckpt.load_trainer_state, {}, []
 
-    def kept_alive(path):
-        kept.append(load_trainer_state(path))
+    def kept_alive(path, **options):
+        kept.append(load_trainer_state(path, **options))
         return kept[-1]
 
     def measured_load(self, path):

@@ -276,9 +276,9 @@ def test_a_resume_sums_each_file_it_reads_once_while_it_loads_it(run, shakespear
         loading[file.name].set()
         real_weights(model, file)
 
-    def load_trainer_state(path: Path) -> dict:
+    def load_trainer_state(path: Path, **options) -> dict:
         loading["trainer.pt"].set()
-        return real_trainer(path)
+        return real_trainer(path, **options)
 
     monkeypatch.setattr(checksums, "file_sha256", sha256)
     monkeypatch.setattr(ckpt, "load_weights", load_weights)

@@ -222,6 +222,26 @@ def test_allowed_changes_on_resume_are_recorded(micro, capsys):
     assert again.state.best_loss_seen == result.state.best_loss_seen
 
 
+def test_a_resumed_process_keeps_no_map_of_the_checkpoint_it_continued_from(micro, monkeypatch):
+    """On the CPU the optimizer keeps the tensors it is handed as its state: had one process (or
+    rank 0) mapped trainer.pt, the moments would be the file's pages for the rest of the run, and
+    once keep_last removed that checkpoint its disk space would stay taken until the run ended.
+    After the load, no mapping of this process names the file."""
+    cfg = micro(training_config={"max_steps": 4, "warmup_steps": 1, "eval_every": 2, "save_every": 2})
+    train(cfg, **QUIET)
+    load, mapped = train_module.Trainer.load, []
+
+    def load_then_look(self, path):
+        load(self, path)
+        maps = Path("/proc/self/maps").read_text().splitlines()
+        mapped.extend(line for line in maps if line.endswith(str(path / "trainer.pt")))
+
+    monkeypatch.setattr(train_module.Trainer, "load", load_then_look)
+    cfg.training.max_steps = 6
+    result = train(cfg, resume=True, **QUIET)
+    assert result.state.step == 6 and mapped == []
+
+
 def test_a_setting_of_the_wrong_kind_in_the_checkpoint_is_reported_as_it_was_saved(micro):
     """A checkpoint's config.yaml edited by hand (`log_every: often`) still resumes (the setting is
     set aside for its default where the checkpoint is read); what changed on resume is told from

@@ -428,14 +428,15 @@ def _read_tensors(file: Path, expected: dict[str, torch.Tensor]) -> dict[str, to
     return state
 
 
-def load_trainer_state(path: Path) -> dict:
-    """trainer.pt's dict, its tensors mapped from the file rather than read (`mmap`): a tensor's
-    bytes come in from the page cache only when it is used, so a process that uses only the
-    counters (a resumed job's ranks but 0, which get the optimizer state from rank 0: loop.load)
-    holds a few pages of it, not a copy of the moments."""
+def load_trainer_state(path: Path, mapped: bool = False) -> dict:
+    """trainer.pt's dict. `mapped`: its tensors are pages of the file, brought in only if used, for
+    a process that uses only the counters (a resumed job's ranks but 0, which get the optimizer
+    state from rank 0: loop.load); it holds a few pages, not a copy of the moments. Not for the
+    tensors a process keeps: on the CPU the optimizer would keep the file's pages as its state,
+    and the file, once a newer checkpoint replaces it, would hold its disk space until the run ends."""
     file = path / "trainer.pt"
     try:
-        return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        return torch.load(file, map_location="cpu", weights_only=True, mmap=mapped)
     except FileNotFoundError:
         raise UserError(f"{file} is missing: this checkpoint holds weights only and cannot resume") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:  # OSError: a folder, unreadable

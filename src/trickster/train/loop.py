@@ -391,7 +391,7 @@ class Trainer:
     def load(self, path: Path) -> None:
         """Continue from the checkpoint at `path`, written by this or any other number of processes."""
         self.saved = None  # the weights it had are gone
-        trainer = older_trainer_state(ckpt.load_trainer_state(path), path)
+        trainer = older_trainer_state(ckpt.load_trainer_state(path, mapped=not self.job.is_main), path)
         optimizer = trainer["optimizer"]
         if "state" in optimizer:  # gathered, by parameter name
             dist.load_full_optimizer_state(self.model, self.optimizer, optimizer, self.job)
