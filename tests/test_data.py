@@ -563,6 +563,19 @@ def test_the_summary_gives_a_small_corpus_its_size(tmp_path, capsys):
     assert first.startswith(f"text: {size / 1e3:.1f} KB of text in 20 document(s)"), first
 
 
+def test_the_summary_gives_a_tiny_corpus_its_size_in_bytes(tmp_path, capsys):
+    """A first try on two short notes was '0.0 KB of text', as if nothing had been read."""
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    for i, line in enumerate(["To be, or not to be", "that is the question", "whether 'tis nobler"]):
+        (notes / f"{i}.txt").write_text(line + "\n")
+    size = sum(len(p.read_bytes()) for p in notes.iterdir())
+    argv = ["data", "prepare", "text", str(notes), "--out", str(tmp_path / "d"), "--val-fraction", "0.5"]
+    assert cli.main([*argv, "--workers", "1", "--no-progress"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert size < 100 and first.startswith(f"text: {size} bytes of text in 3 document(s)"), first
+
+
 @pytest.mark.skipif(resource is None, reason="needs RLIMIT_FSIZE")
 def test_a_refused_shard_write_is_one_line_with_its_own_fix(tmp_path, capsys):
     """A real refusal: a file size limit (EFBIG; Python ignores SIGXFSZ) that the first shard

@@ -366,7 +366,10 @@ NO_SEPARATOR_DOCUMENTS = (
 
 
 def _text_size(size: int) -> str:
-    """1.1 MB; a corpus under 0.1 MB in KB, where MB would read 0.0."""
+    """1.1 MB; a corpus under 0.1 MB in KB, and one under 100 bytes in bytes, where MB or KB
+    would read 0.0 (as if nothing were read)."""
+    if size < 100:
+        return f"{size} bytes"
     return f"{size / 1e6:,.1f} MB" if size >= 100_000 else f"{size / 1e3:.1f} KB"
 
 
