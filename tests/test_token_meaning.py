@@ -17,7 +17,7 @@ from trickster.data.tokenizers import CharTokenizer, HFTokenizer
 from trickster.train import checkpoint as ckpt
 from trickster.train.loop import train
 
-from .conftest import EXCERPT, QUIET, events, finetune_config, micro_config
+from .conftest import EXCERPT, QUIET, events, finetune_config, micro_config, write_records
 from .test_tokenizers import gpt2_or_skip
 
 
@@ -122,3 +122,28 @@ def test_a_tokenizer_that_gives_ids_another_meaning_is_refused(imported, trained
     capsys.readouterr()
     assert cli.main(["eval", str(imported), "--data", str(data), "--device", "cpu"]) == 2
     assert "uses another tokenizer" in capsys.readouterr().err
+
+
+def test_data_prepare_keeps_a_folder_prepared_with_a_tokenizer_of_the_same_ids(
+    imported, trained_run, tmp_path, capsys
+):
+    """Records prepared with the char run's tokenizer, then again into the same folder with the
+    imported run's `hf` one (another kind, the same ids): the folder is kept as it is, not a file
+    written again. A tokenizer that gives ids another meaning prepares the folder again."""
+    write_records(tmp_path / "chat.jsonl", count=30)
+    data = tmp_path / "data"
+    argv = ["data", "prepare", "jsonl", str(tmp_path / "chat.jsonl"), "--out", str(data)]
+    assert cli.main([*argv, "--tokenizer-from", str(trained_run)]) == 0
+    written = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in data.rglob("*")}
+    capsys.readouterr()
+
+    assert cli.main([*argv, "--tokenizer-from", str(imported)]) == 0
+    assert capsys.readouterr().out.startswith(f"already prepared: {data} holds jsonl")
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in data.rglob("*")} == written
+
+    ours = ckpt.read_tokenizer(ckpt.resolve(trained_run))
+    reordered = CharTokenizer(ours.chars[1:] + ours.chars[0])  # the same characters under other ids
+    reordered.save(tmp_path / "reordered.json")
+    assert cli.main([*argv, "--tokenizer-from", str(tmp_path / "reordered.json")]) == 0
+    meta = json.loads((data / "meta.json").read_text())
+    assert meta["tokenizer_fingerprint"] == reordered.fingerprint() != ours.fingerprint()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from trickster.data.shards import SPLITS, Progress, tokens_sha256
 from trickster.data.sources import Source
-from trickster.data.tokenizers import Tokenizer
+from trickster.data.tokenizers import Tokenizer, load_tokenizer
 from trickster.errors import UserError
 
 META_FORMAT = 3  # shards with index.json, masks beside the shards, duplicates handled
@@ -50,6 +50,27 @@ def preparation_settings(
         "shard_tokens": shard_tokens,
         "dedup": dedup,
     }
+
+
+def with_folder_tokenizer(out_dir: Path, settings: dict, tokenizer: str | Tokenizer) -> dict:
+    """`settings` with the tokenizer `out_dir` was prepared with in place of `tokenizer` (a model's,
+    --tokenizer-from), when that is all that differs and the two give every id the same meaning
+    (token_meaning.same_ids, the rule training and eval check a model against data by: a char
+    model and its Hugging Face export imported back): its tokens are those this preparation would
+    write, so the folder is kept as prepared rather than written again. Else `settings` as given."""
+    meta = recorded_meta(out_dir)
+    recorded = None if meta is None else meta.get("settings")
+    if not isinstance(tokenizer, Tokenizer) or not isinstance(recorded, dict) or recorded == settings:
+        return settings
+    if {**recorded, "tokenizer": settings["tokenizer"]} != settings:
+        return settings  # other settings besides: prepared again
+    from trickster.data.token_meaning import same_ids  # may read the `tokenizers` package
+
+    try:
+        theirs = load_tokenizer(out_dir / "tokenizer.json")
+    except UserError:  # damaged: already_prepared would not keep the folder either
+        return settings
+    return {**settings, "tokenizer": recorded["tokenizer"]} if same_ids(theirs, tokenizer) else settings
 
 
 def already_prepared(out_dir: Path, settings: dict, revision: str | None = None) -> dict | None:

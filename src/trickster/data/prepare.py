@@ -55,6 +55,7 @@ from trickster.data.meta import (
     preparation_settings,
     prepared_again,
     prepared_meta,
+    with_folder_tokenizer,
 )
 from trickster.data.partial import (
     ONE_DOCUMENT,
@@ -116,6 +117,7 @@ def prepare(
     settings = preparation_settings(
         source, tokenizer_kind, vocab_size, val_fraction, shard_tokens, vars(settings_dedup)
     )
+    settings = with_folder_tokenizer(out_dir, settings, tokenizer_kind)  # another kind of the same ids
     revision = source.revision.lookup() if source.revision is not None else None  # a Hub dataset's commit
 
     def build(record: Progress) -> dict:
