@@ -922,6 +922,20 @@ def _out_of_memory(env: Env, method: str, error: BaseException) -> list[str]:
     return micro_train(env, *steps, "training_config.warmup_steps=1", "training_config.sample_tokens=0")
 
 
+def _cpu_allocator_refuses_the_first_step(env: Env) -> list[str]:
+    """The first training step asks the CPU allocator for 4 EiB, before any checkpoint: it refuses
+    with a plain RuntimeError ("DefaultCPUAllocator: can't allocate memory"), not with
+    torch.OutOfMemoryError, as a CPU short of RAM does."""
+    real = loop.Trainer.step
+
+    def refused(self):
+        torch.empty(2**62, dtype=torch.uint8)
+        return real(self)
+
+    env.monkeypatch.setattr(loop.Trainer, "step", refused)
+    return micro_train(env, "training_config.warmup_steps=1", "training_config.sample_tokens=0")
+
+
 def _no_window_fits(env: Env) -> list[str]:
     """batch_size: auto in a memory_gib that holds the model's state and half a window of 64
     tokens (by plan's formula): the model fits, so the measurement says that no window does."""
@@ -2048,6 +2062,13 @@ CASES = [
         "continue from checkpoints/step_000002 with --resume",
     ),
     case(
+        "train-cpu-allocator-refuses-a-step",
+        _cpu_allocator_refuses_the_first_step,
+        "out of memory (RAM of cpu",
+        "during a training step at step 1 (micro-batch 8 x 64 tokens)",
+        "no checkpoint was saved yet: run the command again with that change and training_config.resume=auto",
+    ),
+    case(
         "train-out-of-memory-in-an-evaluation",
         functools.partial(_out_of_memory, method="evaluate", error=MemoryError()),
         "out of memory",
@@ -2196,6 +2217,8 @@ CASES = [
         _diverging_run,
         "training stopped at step 2: 2 updates in a row had a non-finite loss",
         "training_config.learning_rate",
+        "no checkpoint was saved yet",
+        "then run the command again with training_config.resume=auto",
     ),
     case(
         "disk-full-at-checkpoint",

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from trickster import footprint
+from trickster import cli, footprint
 from trickster.config import MAX_ACCUMULATION, load_config, save_config
 from trickster.errors import UserError
 from trickster.model.transformer import Transformer
+from trickster.train import loop
 from trickster.train.device import allocation_failed
 from trickster.train.dist import Dist
 from trickster.train.loop import train
@@ -305,3 +306,35 @@ def test_a_global_batch_past_the_accumulation_limit_is_one_line_at_once():
     assert footprint.split_global_batch(limit, 1, 1) == (1, limit)
     # 3,999,998 windows, 4 fit: the fewest steps is the limit; the exact 1,999,999 lies past it
     assert footprint.split_global_batch(4 * limit - 2, 1, 4) == (4, limit)
+
+
+def test_a_step_the_cpu_allocator_refuses_is_one_line_whose_advice_runs(micro, tmp_path, monkeypatch, capsys):
+    """A CPU short of RAM refuses a step's tensor with a plain RuntimeError (DefaultCPUAllocator's,
+    made for real here by asking for 4 EiB), not torch.OutOfMemoryError: one line, exit status 2,
+    as a CUDA out-of-memory error is. Before any checkpoint, the command it gives, run as it says
+    (the micro-batch and accumulation suggested, training_config.resume=auto), trains in the same
+    folder; the same command alone is refused there, and --resume finds nothing to resume."""
+    training = {"max_steps": 2, "warmup_steps": 1, "eval_every": 2, "save_every": 2, "sample_tokens": 0}
+    save_config(micro(training_config=training), tmp_path / "micro.yaml")
+    argv = ["train", "--config", str(tmp_path / "micro.yaml"), "--no-progress"]
+    real_step = loop.Trainer.step
+
+    def refused_once(self):
+        monkeypatch.setattr(loop.Trainer, "step", real_step)
+        torch.empty(2**62, dtype=torch.uint8)
+
+    monkeypatch.setattr(loop.Trainer, "step", refused_once)
+    assert cli.main(argv) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("error: out of memory (RAM of cpu") and "\n" not in line, line
+    assert "during a training step at step 1 (micro-batch 8 x 64 tokens)" in line
+    suggested = r"batch_size=(\d+) with gradient_accumulation_steps=(\d+) .*training_config.resume=auto"
+    advice = re.search(suggested, line)
+    micro_batch, accumulation = map(int, advice.groups())
+    assert micro_batch * accumulation == 8  # the 8 windows per step the run was given
+    changed = [f"training_config.batch_size={micro_batch}"]
+    changed += [f"training_config.gradient_accumulation_steps={accumulation}"]
+    assert cli.main([*argv, *changed]) == 2  # the folder is taken: why the line names resume=auto
+    assert cli.main([*argv, *changed, "--resume"]) == 2
+    assert cli.main([*argv, *changed, "training_config.resume=auto"]) == 0
+    assert (tmp_path / "run" / "checkpoints" / "final" / "COMPLETE").exists()

@@ -37,7 +37,6 @@ from trickster.train.optim import build_optimizer
 if TYPE_CHECKING:
     from trickster.train.dist import Dist
 
-OUT_OF_MEMORY = (torch.OutOfMemoryError, MemoryError)
 MAX_ACCUMULATION = 1024  # the most gradient accumulation steps the advice keeps a global batch with
 
 
@@ -188,7 +187,9 @@ def out_of_memory(
     where = (
         f"continue from checkpoints/{checkpoint.name} with --resume and that change"
         if checkpoint
-        else "no checkpoint was saved yet: start again with that change"
+        # the run folder is no longer empty: the same command alone is refused, --resume finds nothing
+        else "no checkpoint was saved yet: run the command again with that change and "
+        "training_config.resume=auto (it starts afresh in the same run folder)"
     )
     return UserError(
         f"out of memory ({what} of {device}, {capacity / 2**30:.1f} GiB) during {during} at step "

@@ -17,7 +17,8 @@ from trickster.errors import UserError
 from trickster.observe.events import last_event
 from trickster.train import checkpoint as ckpt
 from trickster.train import dist, peers, setup
-from trickster.train.memory import OUT_OF_MEMORY, out_of_memory
+from trickster.train.device import allocation_failed
+from trickster.train.memory import out_of_memory
 from trickster.train.resume import RESUME_READS
 from trickster.train.signals import continue_command
 from trickster.train.spikes import Spike, discard_after, intact_before, spike_line, too_many_spikes
@@ -107,12 +108,13 @@ def guard(trainer: Trainer, during: str, step: int):
     Another process of the job dead or silent (a collective failed): one line too."""
     try:
         yield
-    except OUT_OF_MEMORY:
-        write_stopped(trainer, reason="out-of-memory", during=during)
-        trainer.writer.drain()  # a checkpoint written in the background may be the one to name
-        good = ckpt.latest(trainer.run_dir)
-        raise out_of_memory(trainer.cfg, trainer.device, trainer.job, during, step, good) from None
-    except (RuntimeError, peers.PeerLost) as err:  # PeerLost: told by setup.on_main, worded here
+    except (RuntimeError, MemoryError, peers.PeerLost) as err:  # PeerLost: told by setup.on_main, worded here
+        # the CPU allocator refuses with a plain RuntimeError, not torch.OutOfMemoryError
+        if allocation_failed(err):
+            write_stopped(trainer, reason="out-of-memory", during=during)
+            trainer.writer.drain()  # a checkpoint written in the background may be the one to name
+            good = ckpt.latest(trainer.run_dir)
+            raise out_of_memory(trainer.cfg, trainer.device, trainer.job, during, step, good) from None
         reason = peers.lost_peer(err, trainer.job)
         if reason is None:
             raise

@@ -421,9 +421,16 @@ def diverged(run_dir: Path, state) -> UserError:
     """Too many non-finite steps in a row: where to go on from, and what to change first."""
     good = ckpt.latest(run_dir)
     where = f"the last good checkpoint is {good}" if good else ckpt.none_saved(run_dir)
+    # with no checkpoint, --resume answers 'nothing to resume' and the folder is no longer empty
+    again = (
+        "continue with --resume"
+        if good
+        else "run the command again with training_config.resume=auto (it starts afresh in the same run "
+        "folder)"
+    )
     return UserError(
         f"training stopped at step {state.step}: {state.nonfinite_streak} updates in a row had a "
         f"non-finite loss or gradient norm; {where}; lower training_config.learning_rate, keep "
         "training_config.grad_clip on (e.g. 1.0), or use device_config.dtype=bfloat16 instead of "
-        "float16, then continue with --resume"
+        f"float16, then {again}"
     )
