@@ -4,6 +4,8 @@
     python -m tests.peak_child OUT steps DTYPE CHECKPOINTING MESH  # nano's steps under FSDP2
                                                                    # (MESH: "2", or "2x1": one shard)
     python -m tests.peak_child OUT resume --config run.yaml --resume   # what the load brings in
+    python -m tests.peak_child OUT plain DTYPE CHECKPOINTING OPTIMIZER WINDOWS  # one process, no
+                                                                   # FSDP or DDP: nano's steps
 
 `resume` (tests/test_dist.py) writes, instead, how many bytes the process brought into memory from
 its files while Trainer.load ran: what it read through read() and the like (/proc/self/io rchar),
@@ -141,10 +143,47 @@ def steps(dtype: str, checkpointing: str, mesh: str) -> tuple[int, dict[str, int
     return 0, found
 
 
+def plain(dtype: str, checkpointing: str, optimizer_name: str, windows: str) -> tuple[int, dict[str, int]]:
+    """nano's steps in this one process, as the training loop takes them (gradients clipped),
+    micro-batches of WINDOWS windows of 64 tokens: one ("single") and two ("accumulated")."""
+    overrides = [
+        "device_config.device=cpu",
+        f"device_config.dtype={dtype}",
+        f"device_config.activation_checkpointing={checkpointing}",
+        f"training_config.optimizer={optimizer_name}",
+        "training_config.seq_len=64",
+    ]
+    cfg = load_config(preset="nano", overrides=overrides)
+    torch.manual_seed(0)
+    model = Transformer(cfg.model)
+    model.checkpoint_activations = cfg.device.activation_checkpointing
+    optimizer = build_optimizer(model, cfg.training, CPU)
+
+    def step(micro_batches: int) -> None:
+        for _ in range(micro_batches):
+            tokens = torch.randint(0, cfg.model.vocab_size, (int(windows), 65))
+            with autocast_for(CPU, dtype):
+                _, loss = model(tokens[:, :-1], tokens[:, 1:])
+            (loss / micro_batches).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step(1)  # the optimizer's state is made by the first step
+    return 0, {
+        name: measured(lambda n=n: step(n), model, optimizer)
+        for name, n in (("single", 1), ("accumulated", 2))
+    }
+
+
 if __name__ == "__main__":
     ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 64 * 1024)
     out, command, *args = sys.argv[1:]
-    run = {"train": lambda: train([command, *args]), "resume": lambda: resume(args)}
+    run = {
+        "train": lambda: train([command, *args]),
+        "resume": lambda: resume(args),
+        "plain": lambda: plain(*args),
+    }
     status, found = run.get(command, lambda: steps(*args))()
     Path(f"{out}.{os.environ.get('RANK', '0')}").write_text(json.dumps(found))
     sys.exit(status)

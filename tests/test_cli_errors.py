@@ -3364,9 +3364,14 @@ CASES = [
     ),
     case(
         "plan-unknown-gpu",
-        lambda env: ["plan", "--preset", "tiny", "--gpu", "A100"],
-        "--gpu 'A100' is not a GPU the plan knows",
+        lambda env: ["plan", "--preset", "tiny", "--gpu", "B300"],
+        "--gpu 'B300' is not a GPU the plan knows",
         "A100 40GB, A100 80GB",
+    ),
+    case(
+        "plan-gpu-without-its-size",
+        lambda env: ["plan", "--preset", "tiny", "--gpu", "V100"],
+        "--gpu 'V100' comes in 2 memory sizes; choose one of V100 16GB or V100 32GB",
     ),
     case(
         "plan-gpu-and-device",

@@ -143,10 +143,11 @@ def auto_config(shakespeare_dir, tmp_path, windows_fitting: float):
     windows of 64 tokens (the formula matches autograd's saved tensors: test_plan.py)."""
     cfg = micro_config(shakespeare_dir, tmp_path)
     cfg.model.vocab_size = 128
-    one = footprint.memory_estimate(cfg, batch_size=1)
-    budget = one.state + windows_fitting * (one.activations + one.logits)
+    one = footprint.memory_estimate(cfg, batch_size=1, accumulating=True)
+    window = footprint.memory_estimate(cfg, batch_size=2, accumulating=True).total - one.total
+    budget = one.total + (windows_fitting - 1) * window
     cfg.device.memory_gib = budget / footprint.HEADROOM / GiB
-    return cfg, budget, one.activations + one.logits
+    return cfg, budget, window
 
 
 def test_auto_batch_is_the_largest_that_fits_and_keeps_the_global_batch(shakespeare_dir, tmp_path):
@@ -158,9 +159,9 @@ def test_auto_batch_is_the_largest_that_fits_and_keeps_the_global_batch(shakespe
     # 5 windows fit, 6 do not; the 32 windows of a step split exactly: 4 x 8
     assert (chosen.micro_batch, chosen.accumulation, chosen.global_batch) == (4, 8, 32)
     assert (
-        footprint.memory_estimate(cfg, batch_size=5).total
+        footprint.memory_estimate(cfg, batch_size=5, accumulating=True).total
         <= budget
-        < footprint.memory_estimate(cfg, batch_size=6).total
+        < footprint.memory_estimate(cfg, batch_size=6, accumulating=True).total
     )
     roomy, _, _ = auto_config(shakespeare_dir, tmp_path, windows_fitting=100)
     assert choose_batch(roomy, CPU, Dist(), windows=32).micro_batch == 32  # capped at the step's

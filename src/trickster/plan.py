@@ -305,6 +305,10 @@ def _memory_lines(plan: Plan) -> list[str]:
         (f"activations{recompute}", mem.activations),
         ("loss (a chunk of logits)", mem.logits + mem.loss_gradient),
     ]
+    if mem.backward:
+        rows.append(("backward pass working memory", mem.backward))
+    if mem.overlap:  # the gradients, made as the backward pass frees the activations
+        rows.append(("less grads made as activations go", -mem.overlap))
     if mem.kept_beyond:  # what FSDP keeps once the activations are gone outweighs them
         kept = "FSDP weights kept" if mem.accumulated else "sharded gradients"
         rows.append((f"{kept}, beyond these", mem.kept_beyond))

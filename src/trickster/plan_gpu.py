@@ -53,6 +53,13 @@ def named_gpu(text: str) -> NamedGpu:
             aliases |= {_key(name) for name in written}
         if wanted in aliases:
             return gpu
+    sizes = [
+        gpu.name for gpu in known_gpus() if wanted in {_key(n) for n in (gpu.sheet.name, *gpu.sheet.also)}
+    ]
+    if sizes:  # a GPU that comes in several sizes, named without one
+        raise UserError(
+            f"--gpu {text!r} comes in {len(sizes)} memory sizes; choose one of {' or '.join(sizes)}"
+        )
     names = ", ".join(gpu.name for gpu in known_gpus())
     raise UserError(
         f"--gpu {text!r} is not a GPU the plan knows; choose one of {names} (or plan on a GPU of "

@@ -12,8 +12,10 @@ whole gradients and the weights gathered between micro-batches) is added by the 
 (footprint.beyond_one_process), so that the step the run takes fits. On a GPU a step
 is measured by the allocator's peak, with activation checkpointing when the run uses it; on a CPU
 by the tensors a step holds: weights, gradients, AdamW state, the activations autograd saves
-(counted as they are saved, every one of them) and the loss's chunk of float32 logits, as plan.py's
-formula counts it.
+(counted as they are saved, every one of them), the loss's chunk of float32 logits and the
+backward pass's working memory, as footprint.py's formula counts a step of several micro-batches
+(it does not take off the gradients a step of one micro-batch makes as it frees the activations:
+that step holds less, never more).
 """
 
 from __future__ import annotations
@@ -169,8 +171,11 @@ def trial_step_bytes(model, optimizer, cfg: Config, device: torch.device, batch:
     state = sum(_bytes(p) + _bytes(p.grad) for p in model.parameters())
     state += sum(_bytes(v) for s in optimizer.state.values() for v in s.values())
     optimizer.zero_grad(set_to_none=True)
-    loss = footprint.memory_estimate(cfg, batch_size=batch).logits  # a chunk of float32 logits, transient
-    return state + sum(saved.values()) + loss
+    # the loss's chunk of float32 logits and the backward pass's working memory, transient; the
+    # gradients a step of one micro-batch makes as it frees the activations are not taken off
+    # (footprint.Memory.overlap): every micro-batch below a process's share accumulates, and holds both
+    formula = footprint.memory_estimate(cfg, batch_size=batch, accumulating=True)
+    return state + sum(saved.values()) + formula.logits + formula.backward
 
 
 def _bytes(tensor) -> int:
