@@ -36,12 +36,12 @@ def test_the_formula_is_at_least_a_plain_step_s_peak_and_not_a_gradient_s_worth_
 ):
     """A step of one micro-batch starts its backward pass with no gradients (zero_grad set them
     to None) and makes them as it frees the activations: it never holds all of both (the formula
-    counted both and was 17 to 20 MiB above its peak; float32, 4 windows: 18.4 MiB, nearly the
-    19.8 MiB of gradients). A step of two micro-batches holds the first one's gradients beside the
+    counted both and was 5.5 to 18.4 MiB above its peak here, 18.4 nearly the 19.8 MiB of
+    gradients). A step of two micro-batches holds the first one's gradients beside the
     second one's activations, and the backward pass's own working memory (gradients of the
-    activations as they flow back) on top: the formula, without it, was 1.0 to 2.4 MiB below that
+    activations as they flow back) on top: the formula, without it, was 1.0 to 2.1 MiB below that
     peak. The formula is now at least each peak and above it by less than a quarter of the
-    gradients (about 5 MiB; it is 2.4 to 4.4 MiB above in these cases)."""
+    gradients (about 5 MiB; it was 0.7 to 3.8 MiB above in these cases)."""
     out = tmp_path / "peak"
     result = children.run("tests.peak_child", str(out), "plain", dtype, checkpointing, optimizer, windows)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -63,8 +63,9 @@ N = the FSDP shard degree, 1 without FSDP):
   gradients beside the activations. Measured on CPU in one process (tests/test_plain_memory.py,
   2026-11-30, torch 2.13; nano, 4 and 16 x 64 tokens, float32 and bfloat16, checkpointing on and
   off, AdamW and Muon, compile off: 32 steps): counting both in full, the single step was 3.4 to
-  19.9 MiB above its peak and the accumulated one 2.4 MiB below to 9.4 above; now 0.3 MiB below
-  to 4.4 above (bfloat16 with checkpointing: 6.1 to 15.3 above, the autocast copy counted whole).
+  19.9 MiB above its peak and the accumulated one 2.4 MiB below to 9.4 above; now 0.7 to 4.6 MiB
+  above (bfloat16 with checkpointing: 6.2 to 14.4 above, the autocast copy counted whole). CPU
+  peaks (resident memory); not measured on a GPU.
 - the loss's working memory: one chunk of float32 logits (model/transformer.py computes the loss
   a chunk of at most 2^25 logits at a time), about three tensors of that size.
 
