@@ -205,8 +205,9 @@ def auto_batch(micro, windows_fitting: float, **training):
     """batch_size: auto for 32 windows a step, in the memory plan's formula gives `windows_fitting`
     windows of the micro model (test_memory.py checks the measurement against the formula)."""
     sized = micro(model_config={"vocab_size": 128})  # the char vocabulary, padded as training pads it
-    one = footprint.memory_estimate(sized, batch_size=1)
-    memory = (one.state + windows_fitting * (one.activations + one.logits)) / footprint.HEADROOM / 2**30
+    one = footprint.memory_estimate(sized, batch_size=1, accumulating=True)
+    window = footprint.memory_estimate(sized, batch_size=2, accumulating=True).total - one.total
+    memory = (one.total + (windows_fitting - 1) * window) / footprint.HEADROOM / 2**30
     settings = {"batch_size": "auto", "global_batch": 32, "max_steps": 4, "warmup_steps": 1, "save_every": 2}
     return micro(
         training_config={**settings, "sample_tokens": 0, **training}, device_config={"memory_gib": memory}
