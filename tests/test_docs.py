@@ -539,3 +539,43 @@ def test_each_command_of_the_readme_table_is_in_the_guide_it_links():
                 missing.append(f"trickster {command} (linked to {sorted(p.name for p in pages)})")
     assert missing == [], missing
     assert "trickster serve" in readme and len(re.findall(r"^\| `trickster", readme, re.M)) >= 8
+
+
+def folded_plans(page: Path) -> list[tuple[str, list[str]]]:
+    """Each `<details>` plan of the page: the command its summary names and the lines of its block."""
+    found = re.findall(
+        r"<summary><code>(trickster plan [^<]*)</code></summary>\s*```\n(.*?)^```",
+        page.read_text(encoding="utf-8"),
+        re.M | re.S,
+    )
+    return [(command, block.rstrip("\n").splitlines()) for command, block in found]
+
+
+FOLDED = folded_plans(ROOT / "docs" / "watching.md")
+
+
+@pytest.mark.parametrize(("command", "output"), FOLDED, ids=[c[:60] for c, _ in FOLDED])
+def test_each_folded_plan_prints_what_the_guide_shows_above_its_times(
+    command, output, tmp_path, monkeypatch, capsys
+):
+    """watching.md's per-preset plans: everything before the times (the model, its counts, every
+    memory line, the tokens) as the command prints it now. The times are a benchmark of the machine
+    that planned them, so the run skips it (--no-bench), and the RAM is the one the block names."""
+    import shlex
+
+    from trickster import footprint
+    from trickster.cli import main
+
+    ram_gib = float(re.search(r"of ([\d.]+) GiB RAM\)", "\n".join(output)).group(1))
+    monkeypatch.setattr(footprint, "device_memory", lambda device: (int(ram_gib * 2**30), "RAM"))
+    monkeypatch.chdir(tmp_path)
+    main([*shlex.split(command)[1:], "--no-bench"])
+    printed = capsys.readouterr()
+    lines = (printed.out + printed.err).rstrip("\n").splitlines()
+    until_times = next(i for i, line in enumerate(output) if line.startswith("time"))
+    assert lines[: lines.index("time: not measured (--no-bench)")] == output[:until_times]
+
+
+def test_the_folded_plans_are_found():
+    presets = [re.search(r"--preset (\S+)", c).group(1) for c, _ in FOLDED]
+    assert presets == ["tiny", "nano", "mini", "midi", "mega", "gpt2-small"]
