@@ -2225,7 +2225,8 @@ CASES = [
         _disk_full_at_checkpoint,
         "could not write checkpoint",
         "No space left on device",
-        "free disk space",
+        # the run's first checkpoint: --resume would find nothing to resume
+        "free disk space, then run the command again with training_config.resume=auto",
     ),
     case(
         "resume-in-a-read-only-run-folder",

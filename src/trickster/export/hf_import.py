@@ -15,7 +15,7 @@ from safetensors import SafetensorError, safe_open
 from trickster.atomic import new_folder, restore_replaced
 from trickster.config import ModelConfig, config_from_dict, save_config
 from trickster.data.tokenizers import HFTokenizer
-from trickster.errors import UserError
+from trickster.errors import UserError, write_fix
 from trickster.export import hf_hub
 from trickster.export.hf import FROM_HF, HF_IGNORED, TO_HF, check_new_folder, rename
 from trickster.model.transformer import Transformer
@@ -197,7 +197,8 @@ def import_hf(source: str | Path, run_dir: str | Path, revision: str | None = No
         save_config(cfg, staging / "config.yaml", by_run=True)
         tokenizer.save(staging / "tokenizer.json")
         (staging / "manifest.json").write_text(json.dumps(info["manifest"], indent=2))
-        ckpt.save_checkpoint(staging / "checkpoints" / "final", model, cfg, tokenizer, info)
+        again = write_fix(then="run the import again")
+        ckpt.save_checkpoint(staging / "checkpoints" / "final", model, cfg, tokenizer, info, fix=again)
     return run_dir
 
 

@@ -56,6 +56,7 @@ OPTIMIZER = "optimizer"  # the sharded optimizer state of an FSDP2 run
 STEP_DIR = re.compile(r"^step_(\d+)$")
 OS_ERROR = re.compile(r"\(os error (\d+)\)")  # the errno in a SafetensorError's message
 SAVE_FIX = write_fix(then="continue with --resume (earlier checkpoints are untouched)")
+FIRST_SAVE_FIX = write_fix(then="run the command again with training_config.resume=auto (it starts afresh)")
 
 
 def step_name(step: int) -> str:
@@ -81,6 +82,7 @@ def save_checkpoint(
     weights: dict[str, torch.Tensor] | None = None,
     staging: Path | None = None,
     reuse: Path | None = None,
+    fix=None,  # a failed write's fix; before a run's first checkpoint, --resume would find nothing
 ) -> Path:
     """Write a complete checkpoint folder at `target`, replacing any older one atomically.
 
@@ -90,7 +92,8 @@ def save_checkpoint(
     optimizer-shard files are hard-linked (copied where links fail) instead of written again.
     """
     target = Path(target)
-    with disk_errors(f"checkpoint {target}", SAVE_FIX):
+    fix = fix or (SAVE_FIX if latest(target.parent.parent) is not None else FIRST_SAVE_FIX)
+    with disk_errors(f"checkpoint {target}", fix):
         tensors = reuse or (weights_to_save(model, weights), lora.adapter_weights(model, weights))
         return _write_checkpoint(target, tensors, cfg, tokenizer, info, trainer_state, staging)
 
