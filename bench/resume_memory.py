@@ -1,6 +1,6 @@
 """Host memory of each process of a DDP job as it resumes: what loading the checkpoint (the
-weights, trainer.pt with the optimizer state gathered, and handing that state to the optimizer:
-loop.Trainer.load) adds to each process's resident memory at its peak.
+weights, checkpoint.load_weights; then trainer.pt with the optimizer state gathered, and handing
+that state to the optimizer: loop.Trainer.load) adds to each process's resident memory at its peak.
 
     python bench/resume_memory.py                                   # midi's shape, AdamW, 2 processes
     python bench/resume_memory.py --sources src /tmp/old/src        # the same job from other sources
@@ -51,11 +51,30 @@ def read_bytes() -> int:
 
 
 def child(out: str, argv: list[str]) -> int:
-    """One process of the resumed job: `trickster train ARGV`, with Trainer.load measured."""
-    from trickster import cli
-    from trickster.train import loop
+    """One process of the resumed job: `trickster train ARGV`, with Trainer.load and, before it,
+    the weights' load (checkpoint.load_weights, into the model as built) measured."""
+    import torch
 
-    load, found = loop.Trainer.load, {}
+    from trickster import cli
+    from trickster.train import checkpoint, loop
+
+    load, load_weights, found = loop.Trainer.load, checkpoint.load_weights, {}
+
+    def measured_weights(model, file):
+        before, anon, copy = status("VmRSS")["VmRSS"], [status("RssAnon")["RssAnon"]], torch.Tensor.copy_
+
+        def sampled_copy(tensor, *args, **kwargs):  # the process's own memory as each tensor lands
+            anon.append(status("RssAnon")["RssAnon"])
+            return copy(tensor, *args, **kwargs)
+
+        Path("/proc/self/clear_refs").write_text("5")
+        torch.Tensor.copy_ = sampled_copy
+        try:
+            load_weights(model, file)
+        finally:
+            torch.Tensor.copy_ = copy
+        found["weights_before"], found["weights_peak"] = before, status("VmHWM")["VmHWM"]
+        found["weights_anon"] = max(anon) - anon[0]
 
     def measured_load(self, path):
         found["before"], rchar = status("VmRSS")["VmRSS"], read_bytes()
@@ -66,7 +85,7 @@ def child(out: str, argv: list[str]) -> int:
         state = [v for s in self.optimizer.state.values() for v in s.values() if hasattr(v, "nbytes")]
         found["optimizer"] = sum(t.nbytes for t in state)
 
-    loop.Trainer.load = measured_load
+    loop.Trainer.load, checkpoint.load_weights = measured_load, measured_weights
     code = cli.main(argv)
     Path(f"{out}.{os.environ['RANK']}").write_text(json.dumps(found))
     return code
@@ -126,6 +145,22 @@ def main() -> None:
         f"{args.preset} (AdamW): {result.params:,} parameters, trainer.pt {trainer_pt / MB:,.0f} MB; "
         f"2 DDP processes (gloo, CPU), {os.cpu_count()} CPUs; median of {args.repeats}"
     )
+    print("\nThe weights' load (checkpoint.load_weights, model.safetensors into the built model):")
+    print(
+        "| sources | rank | RSS before | peak during the load (VmHWM) | added at the peak | anonymous added |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for source, runs in rows.items():
+        for rank in (0, 1):
+            before, peak, anon = (
+                statistics.median(run[rank][key] for run in runs) / MB
+                for key in ("weights_before", "weights_peak", "weights_anon")
+            )
+            print(
+                f"| {source} | {rank} | {before:,.0f} MB | {peak:,.0f} MB | {peak - before:,.0f} MB "
+                f"| {anon:,.0f} MB |"
+            )
+    print("\nTrainer.load (trainer.pt and the optimizer state):")
     header = ["sources", "rank", "RSS before the load", "peak during the load", "added at the peak"]
     header += ["read() during the load", "RSS after (file pages)", "optimizer state"]
     print("| " + " | ".join(header) + " |")

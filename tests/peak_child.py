@@ -6,11 +6,18 @@
     python -m tests.peak_child OUT resume --config run.yaml --resume   # what the load brings in
     python -m tests.peak_child OUT plain DTYPE CHECKPOINTING OPTIMIZER WINDOWS  # one process, no
                                                                    # FSDP or DDP: nano's steps
+    python -m tests.peak_child OUT load MODEL_CONFIG_JSON WEIGHTS     # ckpt.load_weights alone
 
 `resume` (tests/test_dist.py) writes, instead, how many bytes the process brought into memory from
 its files while Trainer.load ran: what it read through read() and the like (/proc/self/io rchar),
 and the file pages it has resident more than before (RssFile), the loaded trainer.pt kept alive
 until then (its mapped pages stay counted).
+
+`load` (tests/test_checkpoint.py) writes what ckpt.load_weights of the safetensors file WEIGHTS
+into a model of MODEL_CONFIG_JSON (a ModelConfig's fields, in JSON) adds to the process's resident
+memory at its peak ("added", file pages of a mapped file included), and to its anonymous memory,
+its own, as read before each copy into a tensor ("anon_added"), the model's own memory already
+resident before the load; and the SHA-256 of each loaded parameter's bytes.
 
 Each process writes OUT.RANK, a JSON object of the most bytes a part held at once: every training
 step (`train`: {"step": bytes}, the largest), or (`steps`) a step of one micro-batch of 4 windows
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import hashlib
 import json
 import os
 import sys
@@ -36,7 +44,7 @@ from pathlib import Path
 import torch
 
 from trickster import cli
-from trickster.config import load_config
+from trickster.config import ModelConfig, load_config
 from trickster.model.transformer import Transformer
 from trickster.train import checkpoint as ckpt
 from trickster.train import dist, loop
@@ -99,6 +107,35 @@ def resume(argv: list[str]) -> tuple[int, dict[str, int]]:
 
     loop.Trainer.load, ckpt.load_trainer_state = measured_load, kept_alive
     return cli.main(["train", *argv]), found
+
+
+def load(model_config: str, weights: str) -> tuple[int, dict]:
+    model = ckpt.empty_model(ModelConfig(**json.loads(model_config)))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.zero_()  # its pages resident before the load: what the load adds is its own
+    gc.collect()
+    before, anon = kib("VmRSS"), [kib("RssAnon")]
+    copy = torch.Tensor.copy_
+
+    def sampled_copy(tensor, *args, **kwargs):  # what the process holds of its own as each lands
+        anon.append(kib("RssAnon"))
+        return copy(tensor, *args, **kwargs)
+
+    Path("/proc/self/clear_refs").write_text("5")
+    torch.Tensor.copy_ = sampled_copy
+    try:
+        ckpt.load_weights(model, Path(weights))
+    finally:
+        torch.Tensor.copy_ = copy
+    found = {"added": kib("VmHWM") - before, "anon_added": max(anon) - anon[0]}
+    return 0, {**found, "sha256": digests(model)}
+
+
+def digests(model) -> dict[str, str]:
+    """The SHA-256 of each parameter's bytes, by name."""
+    named = model.named_parameters()
+    return {name: hashlib.sha256(p.detach().numpy().tobytes()).hexdigest() for name, p in named}
 
 
 def read_bytes() -> int:
@@ -183,6 +220,7 @@ if __name__ == "__main__":
         "train": lambda: train([command, *args]),
         "resume": lambda: resume(args),
         "plain": lambda: plain(*args),
+        "load": lambda: load(*args),
     }
     status, found = run.get(command, lambda: steps(*args))()
     Path(f"{out}.{os.environ.get('RANK', '0')}").write_text(json.dumps(found))

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from trickster import atomic
@@ -42,10 +42,10 @@ from trickster.model import lora
 from trickster.model.transformer import Transformer
 from trickster.train import checksums
 from trickster.train.device import inference_dtype
+from trickster.train.weight_loading import load_weights
 from trickster.train.weights import (
     check_config,
     loading_refused,
-    some,
     weights_metadata,
     weights_to_save,
 )
@@ -381,54 +381,6 @@ def read_config(path: Path) -> Config:
     """The checkpoint's config.yaml: a training setting saved beyond a limit added since is kept
     as saved (config_saved); what builds the model must pass every check."""
     return read_saved(path / "config.yaml", "use another checkpoint")
-
-
-def load_weights(model: Transformer, file: Path) -> None:
-    """Copy weights into `model` (not sharded), refusing any name, shape or dtype that does not
-    match exactly (read_weights)."""
-    state = read_weights(model, file)
-    with torch.no_grad():
-        for name, tensor in state.items():
-            model.get_parameter(name).copy_(tensor)
-
-
-def read_weights(model: Transformer, file: Path) -> dict[str, torch.Tensor]:
-    """The whole tensors of a checkpoint's weights file that `model` holds, by parameter name,
-    each checked against the model's name, shape and dtype. A model with LoRA adapters (during a
-    LoRA run) also gets its adapters, from lora.safetensors beside the file."""
-    state = _read_tensors(file, weights_to_save(model))
-    adapters = lora.adapter_weights(model)
-    if adapters:
-        state.update(_read_tensors(file.parent / lora.ADAPTERS, adapters))
-    return state
-
-
-def _read_tensors(file: Path, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file, whose names, shapes and dtypes must match `expected`."""
-    try:
-        with safe_open(str(file), framework="pt", device="cpu") as f:
-            names = set(f.keys())
-            missing, unexpected = sorted(set(expected) - names), sorted(names - set(expected))
-            if missing or unexpected:
-                raise UserError(
-                    f"{file} does not match its config: missing {some(missing)}, "
-                    f"unexpected {some(unexpected)}; was it written by another model?"
-                )
-            state = {}
-            for name in expected:
-                tensor = f.get_tensor(name)
-                want = expected[name]
-                if tensor.shape != want.shape or tensor.dtype != want.dtype:
-                    raise UserError(
-                        f"{file}: {name} is {tuple(tensor.shape)} {tensor.dtype}, the config needs "
-                        f"{tuple(want.shape)} {want.dtype}; the checkpoint and its config disagree"
-                    )
-                state[name] = tensor
-    except (SafetensorError, OSError) as err:
-        raise UserError(
-            f"{file} is damaged or not a safetensors file ({err}); use another checkpoint"
-        ) from None
-    return state
 
 
 def load_trainer_state(path: Path, mapped: bool = False) -> dict:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from trickster.errors import UserError
 from trickster.observe.events import last_event
 from trickster.train import checkpoint as ckpt
-from trickster.train import dist, peers, setup
+from trickster.train import dist, peers, setup, weight_loading
 from trickster.train.device import allocation_failed
 from trickster.train.memory import out_of_memory
 from trickster.train.resume import RESUME_READS
@@ -215,7 +215,8 @@ def _stopped_for_spikes(run_dir: Path) -> bool:
 def load_run_weights(trainer: Trainer, checkpoint: Path) -> None:
     """The weights (and LoRA adapters) of `checkpoint` into the run's model, sharded or not."""
     if trainer.job.mode == "fsdp":
-        dist.load_full_weights(trainer.model, ckpt.read_weights(trainer.model, checkpoint / ckpt.WEIGHTS))
+        weights = weight_loading.read_weights(trainer.model, checkpoint / ckpt.WEIGHTS)
+        dist.load_full_weights(trainer.model, weights)
     else:
         ckpt.load_weights(trainer.model, checkpoint / ckpt.WEIGHTS)
 
