@@ -149,7 +149,7 @@ def collectives(device: str = "cuda") -> str:
             ):
                 step_model(x[:, :-1], x[:, 1:])[1].backward()
         optimizer.step()
-        done.append(full_state_round_trip(dist, model, optimizer))
+        done.append(full_state_round_trip(dist, model, optimizer, job))
         tokens = list(generate(model, [1, 2, 3], 8, temperature=0, dtype=job.gathered_dtype))
         assert len(tokens) == 8
     finally:
@@ -175,7 +175,7 @@ def scalar_collectives(dist, job) -> list[str]:
     return present
 
 
-def full_state_round_trip(dist, model, optimizer) -> str:
+def full_state_round_trip(dist, model, optimizer, job) -> str:
     """The gathered state out and back in, through whichever functions dist.py has."""
     if hasattr(dist, "full_state"):
         weights, state = dist.full_state(model, optimizer)
@@ -183,7 +183,7 @@ def full_state_round_trip(dist, model, optimizer) -> str:
         return "full state"
     state = dist.full_optimizer_state(model, optimizer)
     dist.full_weights(model)
-    dist.load_full_optimizer_state(model, optimizer, state)
+    dist.load_full_optimizer_state(model, optimizer, state, job)
     return "full weights and optimizer state"
 
 

@@ -183,13 +183,26 @@ def in_its_own_group(argv: list[str], first_on_path: Path | None = None, **env: 
     )
 
 
+def ignores_sigint(pid: int) -> bool:
+    """Whether the process has SIGINT ignored, from the SigIgn mask Linux shows in /proc."""
+    status = Path(f"/proc/{pid}/status").read_text(encoding="utf-8")
+    ignored = int(next(line for line in status.splitlines() if line.startswith("SigIgn:")).split()[1], 16)
+    return bool(ignored & (1 << (signal.SIGINT - 1)))
+
+
 def ctrl_c_once(child: subprocess.Popen, ready: Callable[[], bool], seconds: float) -> str:
     """Once `ready()`, what Ctrl-C in a terminal does (SIGINT to the group); the child's stderr,
-    after checking it stopped with status 130 and no traceback."""
+    after checking it stopped with status 130 and no traceback. It waits while the child ignores
+    SIGINT: data prepare does so while its pool spawns the workers (encode._sigint_ignored), which
+    on a loaded machine lasted past the first shard and the first worker's start."""
     deadline = time.monotonic() + seconds
-    while not ready() and child.poll() is None and time.monotonic() < deadline:
+
+    def takes_ctrl_c() -> bool:
+        return ready() and not ignores_sigint(child.pid)
+
+    while not takes_ctrl_c() and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert child.poll() is None and ready(), child.communicate()
+    assert child.poll() is None and takes_ctrl_c(), child.communicate()
     os.killpg(child.pid, signal.SIGINT)
     _, err = child.communicate(timeout=60)
     assert child.returncode == 130, err
