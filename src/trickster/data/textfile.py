@@ -224,13 +224,12 @@ def json_lines(path: Path) -> Iterator[tuple[int, str]]:
             for number, raw in enumerate(file, start=1):
                 if number == 1 and (problem := head_problem(raw, name)) is not None:
                     raise problem
-                where = f"{name} line {number}"
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as err:
-                    raise not_utf8(where, offset + err.start) from None
+                    raise not_utf8(f"{name} line {number}", offset + err.start) from None
                 if (nul := raw.find(b"\0")) >= 0:  # never JSON: UTF-16 without its mark, or binary
-                    raise holds_nul(where, offset + nul)
+                    raise holds_nul(f"{name} line {number}", offset + nul)
                 yield number, line.removeprefix("\ufeff") if number == 1 else line
                 offset += len(raw)
     except (OSError, EOFError, lzma.LZMAError) as err:
