@@ -354,3 +354,17 @@ def test_loading_weights_holds_about_one_tensor_beyond_the_model(tmp_path):
     found = json.loads(Path(f"{out}.0").read_text())
     assert found["added"] < size / 8, (found, size)
     assert found["sha256"] == peak_child.digests(model)
+
+
+def test_a_save_goes_through_beside_a_checkpoint_whose_info_is_damaged(tmp_path):
+    """Saving reads no other checkpoint: step_000001's damaged info.json (refused when resuming from
+    it, with its own fix) did not stop the run's next save (it did when the save chose its
+    disk-error fix up front, from the newest checkpoint's step)."""
+    cfg = config_from_dict({"model_config": small().model_dump()})
+    model = Transformer(cfg.model)
+    tokenizer = CharTokenizer("".join(chr(65 + i) for i in range(40)))
+    folder = tmp_path / "run" / "checkpoints"
+    first = ckpt.save_checkpoint(folder / "step_000001", model, cfg, tokenizer, {"step": 1})
+    (first / "info.json").write_text("{ damaged")
+    second = ckpt.save_checkpoint(folder / "step_000002", model, cfg, tokenizer, {"step": 2})
+    assert ckpt.is_complete(second) and ckpt.read_info(second)["step"] == 2

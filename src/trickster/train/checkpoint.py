@@ -92,10 +92,17 @@ def save_checkpoint(
     optimizer-shard files are hard-linked (copied where links fail) instead of written again.
     """
     target = Path(target)
-    fix = fix or (SAVE_FIX if latest(target.parent.parent) is not None else FIRST_SAVE_FIX)
-    with disk_errors(f"checkpoint {target}", fix):
+    with disk_errors(f"checkpoint {target}", fix or functools.partial(_save_fix, target.parent.parent)):
         tensors = reuse or (weights_to_save(model, weights), lora.adapter_weights(model, weights))
         return _write_checkpoint(target, tensors, cfg, tokenizer, info, trainer_state, staging)
+
+
+def _save_fix(run_dir: Path, err: OSError) -> str:
+    """A failed save's fix, looked at only when a save fails: --resume once the run has a checkpoint
+    to continue from (a numbered one or final; their info.json is not read, so one damaged elsewhere
+    neither stops the save nor hides its own error), else the command again with resume=auto."""
+    continuable = numbered(run_dir) or is_complete(run_dir / "checkpoints" / "final")
+    return (SAVE_FIX if continuable else FIRST_SAVE_FIX)(err)
 
 
 def _write_checkpoint(target, tensors, cfg, tokenizer, info, trainer_state, staging) -> Path:
