@@ -23,20 +23,14 @@ def record_prompt(data: PreparedData) -> str | None:
     mask = data.val.loss_mask
     if mask is None:
         return None
-    end = min(len(mask), TOKENS_LOOKED_AT)
-    covered = np.asarray(mask[:end], dtype=np.int8)
-    # where the mask changes: a prompt begins where it falls to 0 (or at 0), ends where it rises
-    changes = np.flatnonzero(np.diff(covered)) + 1
-    starts = [0] if end and covered[0] == 0 else []
-    starts += [int(i) for i in changes if covered[i] == 0]
-    ends = [int(i) for i in changes if covered[i] == 1]
+    # +1 where a run of 0s (a prompt) begins, at 0 too; -1 where the mask rises after it
+    edges = np.diff((np.asarray(mask[:TOKENS_LOOKED_AT]) == 0).astype(np.int8), prepend=0)
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
     start_ids = set(data.tokenizer.start_ids())
     prompts = []
-    for start in starts[:RECORDS_LOOKED_AT]:
-        after = np.searchsorted(ends, start, side="right")
-        if after == len(ends):  # the last one looked at runs past what was read
-            break
-        ids = [int(i) for i in data.val[start : ends[after]] if int(i) not in start_ids]
+    # the k-th prompt ends at the k-th rise; the last one read may have none (it runs past the read)
+    for start, end in zip(starts[:RECORDS_LOOKED_AT], ends, strict=False):
+        ids = [int(i) for i in data.val[start:end] if int(i) not in start_ids]
         text = data.tokenizer.decode(ids)
         if text.strip():
             prompts.append(text)
