@@ -199,6 +199,10 @@ def memory_estimate(
         accumulating = cfg.training.gradient_accumulation_steps > 1
     half = cfg.device.dtype in ("bfloat16", "float16")
     gathered, kept, autocast_copy = 0, 0, 2 * P if half else 0
+    # activation checkpointing ends the backward pass recomputing the first block's activations
+    # (without FSDP, from its float32 input), when (nearly) every gradient is made: a step of one
+    # micro-batch holds those beside them
+    recomputed = tokens * block_activation_bytes_per_token(cfg) if cfg.device.activation_checkpointing else 0
     gradients = 4 * trained // shards
     if cfg.device.enable_fsdp:
         width = 2 if cfg.device.dtype == "bfloat16" else 4  # the MixedPrecisionPolicy's weights
@@ -208,11 +212,7 @@ def memory_estimate(
             gathered, kept = gathered + 4 * trained, (P - working) * width
             if lora is None:  # the sharded ones are made as the whole ones go, a block at a time
                 gradients = min(gradients, 2 * 4 * b.per_block)
-        elif lora is None:  # the sharded ones are made a block at a time as the activations go,
-            # but for a block recomputed at the last (activation checkpointing)
-            recomputed = (
-                tokens * block_activation_bytes_per_token(cfg) if cfg.device.activation_checkpointing else 0
-            )
+        elif lora is None:  # the sharded ones are made a block at a time as the activations go
             gradients, kept = min(gradients, 2 * 4 * b.per_block), gradients + recomputed
         autocast_copy = 2 * working if half and width == 4 else 0
     chunk = min(tokens, max(1, transformer.LOSS_CHUNK_ELEMENTS // cfg.model.vocab_size))
@@ -220,11 +220,9 @@ def memory_estimate(
     backward = overlap = 0
     if not (cfg.device.enable_fsdp or cfg.device.enable_ddp):
         backward = 2 * tokens * cfg.model.hidden_dim * 4 + min(4 * b.per_block, gradients)
-        if not accumulating:  # zero_grad left none: made as the activations go, but a recomputed block's
-            recomputed = 0  # with checkpointing the last block's activations and its input come back
-            if cfg.device.activation_checkpointing:
-                recomputed = tokens * (block_activation_bytes_per_token(cfg) + cfg.model.hidden_dim * 4)
-            overlap = max(0, min(gradients, activations + logits - recomputed))
+        if not accumulating:  # zero_grad left none: made as the activations go
+            block_input = tokens * cfg.model.hidden_dim * 4 if cfg.device.activation_checkpointing else 0
+            overlap = max(0, min(gradients, activations + logits - recomputed - block_input))
     return Memory(
         weights=4 * (P + adapters) // shards,
         gradients=gradients,
