@@ -12,6 +12,7 @@ import gc
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -693,13 +694,18 @@ def test_a_finished_run_resumed_to_more_steps_takes_the_names_it_will_save(train
         while not status.exists() or json.loads(status.read_text())["step"] < 13:  # the resumed run's
             assert training.poll() is None and time.monotonic() < deadline, training.stderr.read()
             time.sleep(0.05)
+        # held while the server starts (seconds on a loaded machine, in which it saved step 18 first)
+        training.send_signal(signal.SIGSTOP)
+        assert not (run / "checkpoints" / "step_000018").exists()
         with live_server(run, checkpoints=["final", "step_000018"]) as live:
             assert list(cards(live)) == ["final"]
+            training.send_signal(signal.SIGCONT)
             while "step_000018" not in cards(live):
                 assert training.poll() is None and time.monotonic() < deadline, training.stderr.read()
                 time.sleep(0.05)
             assert cards(live)["step_000018"]["step"] == 18
     finally:
+        training.send_signal(signal.SIGCONT)
         training.terminate()
         training.wait(timeout=120)
 
