@@ -55,6 +55,13 @@ def liveness(status: dict) -> str:
     return "running" if process_exists(status.get("pid")) else "stopped"
 
 
+def trains_now(run_dir: str | Path) -> bool:
+    """Whether a process trains in `run_dir` now, as its heartbeat says (one on another machine,
+    which cannot be checked from here, counts)."""
+    status = read_status(run_dir)
+    return status is not None and liveness(status) in ("running", "running?")
+
+
 class Heartbeat:
     """What the training process writes to status.json: at every log interval while it runs and
     once when it ends. Used as a context manager, it records an error that ends the run as

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from trickster.errors import UserError
-from trickster.observe.status import liveness, read_status
+from trickster.observe.status import trains_now
 from trickster.serve.offered import UNTRAINED
 from trickster.train import checkpoint as ckpt
 
@@ -23,16 +23,9 @@ def saved_later(name: str) -> bool:
     return name in ("best", "final") or (numbered is not None and ckpt.step_name(int(numbered[1])) == name)
 
 
-def trains_now(run_dir: Path) -> bool:
-    """Whether a process trains in `run_dir` now, as its heartbeat says (one on another machine,
-    which cannot be checked from here, counts): a finished run resumed to more steps keeps its old
-    `final` until it saves a new one."""
-    status = read_status(run_dir)
-    return status is not None and liveness(status) in ("running", "running?")
-
-
 def yet_to_save(names: list[str], found: dict[str, Path], target: Path, whole_run: bool) -> list[str]:
     """The names given that the run has yet to save; raises for one it will never offer."""
+    # a finished run resumed to more steps keeps its old `final` until it saves a new one
     training = whole_run and ("final" not in found or trains_now(target))
     unknown = [n for n in names if n not in found and n != UNTRAINED]
     for name in unknown:

@@ -20,7 +20,7 @@ from trickster.data.token_meaning import same_ids
 from trickster.errors import UserError, disk_errors, write_fix
 from trickster.model import lora
 from trickster.observe.events import DISK_FIX, DamagedLines, MetricsLine, last_event, metrics_lines
-from trickster.observe.status import liveness, read_status
+from trickster.observe.status import trains_now
 from trickster.train import checkpoint as ckpt
 from trickster.train import checksums
 
@@ -58,8 +58,7 @@ def can_continue(run_dir: Path) -> tuple[Path, int] | None:
     trains to. None for a folder without one, a run that has finished (`finished`) or that a
     process trains now (its heartbeat), and one whose config.yaml or metrics cannot be read."""
     found = ckpt.latest(run_dir) if run_dir.is_dir() else None
-    status = read_status(run_dir)
-    if found is None or (status is not None and liveness(status).startswith("running")):
+    if found is None or trains_now(run_dir):
         return None
     try:
         max_steps = read_saved(run_dir / "config.yaml", "").training.max_steps
