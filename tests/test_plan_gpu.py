@@ -288,3 +288,17 @@ def test_without_a_gpu_device_cuda_still_refuses_and_points_to_gpu(capsys):
     assert main(["plan", "--preset", "mega", "--device", "cuda", "--no-bench"]) == 2
     err = capsys.readouterr().err
     assert "no CUDA GPU is visible" in err and "--gpu H100" in err
+
+
+def test_a_step_that_fits_with_fewer_windows_is_told_to_lower_the_micro_batch(no_gpu, capsys):
+    """mega's single FSDP2 step of 8 windows does not fit an RTX 4090 with 20 GiB, but one of fewer
+    does: the plan names that micro-batch, not a smaller model (it counted the 8 windows' recomputed
+    block as state no micro-batch goes below)."""
+    out = planned(capsys, "--gpu", "RTX 4090", "device_config.memory_gib=20")
+    assert "DOES NOT FIT" in out and "choose a smaller model" not in out
+    batch = advised_batch(out)
+    assert 1 <= batch < 8
+    fitted = planned(
+        capsys, "--gpu", "RTX 4090", "device_config.memory_gib=20", f"training_config.batch_size={batch}"
+    )
+    assert "DOES NOT FIT" not in fitted

@@ -138,7 +138,9 @@ def _advice(plan: Plan) -> list[str]:
     if plan.fits:
         return []
     t = cfg.training
-    if mem.least > budget:
+    # what no micro-batch goes below: the state, and what FSDP keeps where one window's activations were
+    least = memory_estimate(cfg, 1, None, plan.processes).least
+    if least > budget:
         smaller = [
             name
             for name in _presets_by_size()
@@ -152,7 +154,7 @@ def _advice(plan: Plan) -> list[str]:
             )
         kept = " (with the weights FSDP keeps gathered between micro-batches)" if mem.accumulated else ""
         return [
-            f"the weights, gradients and AdamW state alone need {_gib(mem.least)}{kept}, more than "
+            f"the weights, gradients and AdamW state alone need {_gib(least)}{kept}, more than "
             f"the {_gib(budget)} usable: {fix}"
         ]
     fits_batch = fitting_batch(cfg, budget, plan.processes)
