@@ -2662,7 +2662,7 @@ CASES = [
     case(
         "prepare-empty-after-deduplication",
         _blank_documents,
-        "holds no text after dropping 3 blank or duplicate document(s)",
+        "holds no text after dropping 3 blank or duplicate documents",
         "contain text",
     ),
     case(

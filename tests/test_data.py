@@ -560,7 +560,7 @@ def test_the_summary_gives_a_small_corpus_its_size(tmp_path, capsys):
     ]
     assert cli.main(argv) == 0
     first = capsys.readouterr().out.splitlines()[0]
-    assert first.startswith(f"text: {size / 1e3:.1f} KB of text in 20 document(s)"), first
+    assert first.startswith(f"text: {size / 1e3:.1f} KB of text in 20 documents"), first
 
 
 def test_the_summary_gives_a_tiny_corpus_its_size_in_bytes(tmp_path, capsys):
@@ -573,7 +573,7 @@ def test_the_summary_gives_a_tiny_corpus_its_size_in_bytes(tmp_path, capsys):
     argv = ["data", "prepare", "text", str(notes), "--out", str(tmp_path / "d"), "--val-fraction", "0.5"]
     assert cli.main([*argv, "--workers", "1", "--no-progress"]) == 0
     first = capsys.readouterr().out.splitlines()[0]
-    assert size < 100 and first.startswith(f"text: {size} bytes of text in 3 document(s)"), first
+    assert size < 100 and first.startswith(f"text: {size} bytes of text in 3 documents"), first
 
 
 @pytest.mark.skipif(resource is None, reason="needs RLIMIT_FSIZE")

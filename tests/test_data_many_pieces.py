@@ -197,7 +197,8 @@ def test_a_preparation_stopped_inside_a_file_continues_to_the_same_folder(tmp_pa
     later = dict.fromkeys(["d.txt", "e.txt", "f.txt", "h.txt"], True)  # d.txt: stopped inside it
     assert hashed == {"a.txt": False, "b.txt.gz": False} | later
     monkeypatch.setattr(documents, "large_pieces", large_pieces)
-    assert f"{record['next_piece']:,} piece(s) of the next done" in capsys.readouterr().out
+    pieces = f"{record['next_piece']:,} piece{'' if record['next_piece'] == 1 else 's'}"
+    assert f"{pieces} of the next done" in capsys.readouterr().out
     everything = Interrupt(after=None)
     monkeypatch.setattr(encode_module, "encode_chunk", everything)
     prepare(sources.text_files(paths), "byte", tmp_path / "again", **settings, **QUIET)

@@ -264,7 +264,8 @@ def test_a_stopped_preparation_of_one_file_continues_from_its_last_piece(tmp_pat
     rest = Interrupt(after=None)
     monkeypatch.setattr(encode_module, "encode_chunk", rest)
     meta = prepare(sources.text_files([str(path)]), "byte", out, **settings, echo=print)
-    assert f"0 document(s) and {record['next_piece']:,} piece(s) of the next done" in capsys.readouterr().out
+    pieces = f"{record['next_piece']:,} piece{'' if record['next_piece'] == 1 else 's'}"
+    assert f"0 documents and {pieces} of the next done" in capsys.readouterr().out
     everything = Interrupt(after=None)
     monkeypatch.setattr(encode_module, "encode_chunk", everything)
     prepare(sources.text_files([str(path)]), "byte", tmp_path / "again", **settings, **QUIET)

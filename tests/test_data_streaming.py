@@ -119,7 +119,7 @@ def test_an_interrupted_preparation_continues_without_redoing_finished_shards(tm
         return prepare(sources.text_files(paths), "char", out, shard_tokens=400, chunk_chars=200, workers=1)
 
     monkeypatch.setattr(encode_module, "encode_chunk", Interrupt(after=12))
-    with pytest.raises(KeyboardInterrupt, match=r"finished shard\(s\) kept in .*; run the same command"):
+    with pytest.raises(KeyboardInterrupt, match=r"finished shards? kept in .*; run the same command"):
         run()
     partial = partial_dir(out)
     assert (out / "meta.json").read_text() == "{}" and sorted(p.name for p in out.iterdir()) == ["meta.json"]
@@ -158,7 +158,7 @@ def test_ctrl_c_on_the_command_line_is_one_line_saying_how_to_go_on(name, tmp_pa
     assert "interrupted" not in captured.out
     kept = str(partial_dir(out)).replace("\n", "\\n")
     assert captured.err.splitlines() == [
-        f"interrupted: 0 finished shard(s) kept in {kept}; run the same command again to continue"
+        f"interrupted: 0 finished shards kept in {kept}; run the same command again to continue"
     ]
 
 
@@ -499,8 +499,8 @@ def test_ctrl_c_while_the_replaced_copy_is_deleted_says_the_data_is_prepared(
 
 def test_ctrl_c_says_the_finished_shards_a_continuation_keeps(tmp_path, monkeypatch):
     """A Ctrl-C after a chunk finished shards but before its record was saved said the shards of
-    the record in memory ('9 finished shard(s) kept'), where the one saved, which the same command
-    continues, held fewer ('continuing ...: 7 finished shard(s)')."""
+    the record in memory ('9 finished shards kept'), where the one saved, which the same command
+    continues, held fewer ('continuing ...: 7 finished shards')."""
     from trickster.data import prepare as prepare_module
 
     paths = write_texts(tmp_path / "texts", stories(120, seed=1))
@@ -521,7 +521,7 @@ def test_ctrl_c_says_the_finished_shards_a_continuation_keeps(tmp_path, monkeypa
     monkeypatch.setattr(prepare_module, "write_chunk", written_then_interrupted)
     with pytest.raises(KeyboardInterrupt) as stopped:
         run()
-    kept = re.match(r"(\d+) finished shard\(s\) kept", str(stopped.value))
+    kept = re.match(r"(\d+) finished shards? kept", str(stopped.value))
     monkeypatch.setattr(prepare_module, "write_chunk", write_chunk)
     run()
     continued = re.match(r"continuing the preparation in .*: (\d+) finished shard", said[0])

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from trickster.data.sources import DownloadFailed, Source, file_identity, one_line, require_package
+from trickster.data.sources import DownloadFailed, NoText, Source, file_identity, one_line, require_package
 from trickster.errors import UserError
 
 TINYSTORIES = "roneneldan/TinyStories"
@@ -75,19 +75,20 @@ def hf_dataset(
     def at() -> str | None:  # the commit prepare pinned before reading (None: the newest one)
         return None if revision is None else revision.pinned
 
+    no_text = NoText()
+
+    def read() -> Iterator[str]:
+        no_text.count = 0  # a pass: its training split, then its validation split
+        return _hf_texts(dataset, config, split, text_field, name, at(), no_text)
+
     read_val = None
     if val_split:
 
         def read_val() -> Iterator[str]:
-            return _hf_texts(dataset, config, val_split, text_field, name, at())
+            return _hf_texts(dataset, config, val_split, text_field, name, at(), no_text)
 
     return Source(
-        name,
-        identity,
-        lambda: _hf_texts(dataset, config, split, text_field, name, at()),
-        read_val=read_val,
-        files=[dataset],
-        revision=revision,
+        name, identity, read, read_val=read_val, files=[dataset], revision=revision, no_text=no_text
     )
 
 
@@ -146,8 +147,9 @@ def _open_hf(dataset: str, config: str | None, split: str, name: str, revision: 
 
 
 def _hf_texts(
-    dataset: str, config: str | None, split: str, text_field: str, name: str, revision: str | None = None
-) -> Iterator[str]:
+    dataset: str, config: str | None, split: str, text_field: str, name: str, revision: str | None,
+    no_text: NoText,
+) -> Iterator[str]:  # fmt: skip
     rows = iter(_open_hf(dataset, config, split, name, revision))
     while True:
         try:
@@ -170,5 +172,6 @@ def _hf_texts(
                 f"dataset '{dataset}': field '{text_field}' holds {type(text).__name__}, not text; "
                 + _fix(name, "pass --text-field FIELD naming a field of strings")
             )
+        no_text.count += not text
         if text:
             yield text

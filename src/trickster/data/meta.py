@@ -198,6 +198,7 @@ def prepared_meta(source: Source, tokenizer: Tokenizer, record: Progress, index,
         "index": "index.json",
         "input_bytes": record.input_bytes,
         "documents_read": record.next_document,
+        "documents_without_text": source.no_text.count,  # null, empty: skipped, no document
         "documents": 1
         if source.single_document or record.cut_one_document
         else splits["train"].documents + splits["val"].documents,

@@ -16,6 +16,7 @@ from trickster.data.meta import already_prepared, moved, other_version, recorded
 from trickster.data.paths import PREPARED_FILES
 from trickster.data.shards import Progress
 from trickster.errors import UserError
+from trickster.plural import counted
 
 ONE_DOCUMENT = "one_document.npy"  # the one distinct document's tokens while its shards are rewritten
 ONE_DOCUMENT_MASK = "one_document_mask.npy"  # ... and its loss mask (prompt/response records)
@@ -128,10 +129,11 @@ def open_partial(
                 f"{partial} holds an unfinished preparation with other settings ({changed}); run the "
                 f"command that started it to continue, or delete {partial} to start again"
             )
-        pieces = f" and {record.next_piece:,} piece(s) of the next" if record.next_piece else ""
+        pieces = f" and {counted(record.next_piece, 'piece')} of the next" if record.next_piece else ""
+        shards = counted(record.finished_shards(), "finished shard")
         echo(
-            f"continuing the preparation in {partial}: {record.finished_shards()} finished shard(s), "
-            f"{record.next_document:,} document(s){pieces} done"
+            f"continuing the preparation in {partial}: {shards}, "
+            f"{counted(record.next_document, 'document')}{pieces} done"
         )
         return record
     # finished, but not one finished_in_partial renames: another command's, or an older version's

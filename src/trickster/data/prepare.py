@@ -75,6 +75,7 @@ from trickster.data.sources import Corpus, DownloadFailed, Source, corpus_source
 from trickster.data.textfile import NotText
 from trickster.data.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 from trickster.errors import Interrupted, UserError, disk_errors, write_fix
+from trickster.plural import counted
 
 SHARD_TOKENS = 100_000_000  # like nanoGPT's FineWeb shards
 CHUNK_CHARS = 1_000_000  # documents per task: big enough to amortise the hand-off to a worker
@@ -170,7 +171,7 @@ def _prepare_in(
                     f"{out_dir} is prepared (only deleting the folder it replaced was cut short)"
                 ) from None
             raise Interrupted(
-                f"{_kept_shards(partial, record)} finished shard(s) kept in {partial}; run the same "
+                f"{counted(_kept_shards(partial, record), 'finished shard')} kept in {partial}; run the same "
                 "command again to continue"
             ) from None
         except BaseException as err:
@@ -395,8 +396,8 @@ class _Job:
         if not train and not val:
             if dropped:
                 raise UserError(
-                    f"corpus '{name}' holds no text after dropping {dropped:,} blank or duplicate "
-                    "document(s); pass files that contain text"
+                    f"corpus '{name}' holds no text after dropping "
+                    f"{counted(dropped, 'blank or duplicate document')}; pass files that contain text"
                 )
             raise UserError(f"corpus '{name}' is empty; pass files that contain text")
         missing = "validation" if not val else "training"

@@ -27,6 +27,7 @@ import numpy as np
 from trickster.atomic import write_page
 from trickster.data.loader import PreparedData, TokenStream, damaged_shards, load_data
 from trickster.errors import UserError
+from trickster.plural import counted
 
 N = 13
 BLOCK = 1 << 24  # tokens read at a time
@@ -270,8 +271,8 @@ def _dedup_lines(meta: dict) -> list[str]:
     if not d:
         return ["duplicates: not looked for (one document, or prepared before deduplication)"]
     lines = [
-        f"duplicates: {d['exact_found']:,} exact copies found, {d['exact_dropped']:,} dropped"
-        + ("" if not d["keep_duplicates"] else " (--keep-duplicates)")
+        f"duplicates: {counted(d['exact_found'], 'exact copy', 'exact copies')} found, "
+        f"{d['exact_dropped']:,} dropped" + ("" if not d["keep_duplicates"] else " (--keep-duplicates)")
     ]
     if d["mode"] == "exact":
         lines.append("near-copies: not looked for (--dedup exact)")
@@ -395,9 +396,13 @@ def prepare_summary(meta: dict, out_dir: Path, kept: bool = False, removed: str 
         )
         read = meta["documents_read"] if meta.get("dedup") else meta["documents"]  # one text cut in two
         lines = [
-            f"{meta['source']}: {_text_size(meta['input_bytes'])} of text in {read:,} "
-            f"document(s) ({counts}validation: {meta['val_split']})"
+            f"{meta['source']}: {_text_size(meta['input_bytes'])} of text in {counted(read, 'document')} "
+            f"({counts}validation: {meta['val_split']})"
         ]
+        if meta.get("documents_without_text"):  # null or empty: no document, so not among those read
+            count, text = meta["documents_without_text"], meta["source"] == "text"
+            what = counted(count, "empty file") if text else f"{counted(count, 'record')} with no text"
+            lines.append(f"skipped {what}" + ("" if text else " (null, empty, or without the text field)"))
     if meta.get("dedup"):
         lines += _dedup_lines(meta)
     kind, padding = meta["tokenizer"], _padding(meta)
@@ -405,10 +410,10 @@ def prepare_summary(meta: dict, out_dir: Path, kept: bool = False, removed: str 
         f"tokenizer: {kind}, vocabulary {meta['vocab_size']} ({meta['dtype']} token shards{padding})"
     )
     masks = " with loss masks (.mask.bin)" if meta.get("loss_mask") else ""
+    shards = {s: counted(meta[f"{s}_shards"], "shard") for s in ("train", "val")}
     lines.append(
-        f"wrote {out_dir}: train {meta['train_tokens']:,} tokens in {meta['train_shards']} shard(s), "
-        f"val {meta['val_tokens']:,} tokens in {meta['val_shards']} shard(s){masks}, index.json, meta.json, "
-        "tokenizer.json"
+        f"wrote {out_dir}: train {meta['train_tokens']:,} tokens in {shards['train']}, "
+        f"val {meta['val_tokens']:,} tokens in {shards['val']}{masks}, index.json, meta.json, tokenizer.json"
     )
     if meta.get("loss_mask"):
         lines.append(f"the loss covers {meta['train_loss_tokens']:,} response tokens of train")

@@ -53,6 +53,13 @@ DATASETS_EXTRA = "pip install 'nano-trickster[datasets]'"
 
 
 @dataclass
+class NoText:
+    """Records or files of a pass with no text (null, empty, no text field): counted, no document."""
+
+    count: int = 0
+
+
+@dataclass
 class Source:
     """Documents read lazily: `read()` starts a fresh pass over them, always in the same order."""
 
@@ -73,6 +80,7 @@ class Source:
     # its text files' line endings are read as "\n" (textfile.newlines), which preparation version
     # 2 brought: what version 1 read of them may differ (meta.preparation_settings)
     newlines: bool = False
+    no_text: NoText = field(default_factory=NoText)  # of the last pass read() started
 
 
 @dataclass
@@ -215,19 +223,20 @@ def text_files(patterns: list[str]) -> Source:
     comes: whole (`read`), or one larger than a block in blocks (`read_texts`). One file is one
     document, read in blocks: its validation split is its last characters."""
     files = expand_paths(patterns)
-    digest = [hashlib.sha256()]
+    digest, no_text = [hashlib.sha256()], NoText()
 
     def read() -> Iterator[str]:
-        digest[0] = hashlib.sha256()
+        digest[0], no_text.count = hashlib.sha256(), 0
         for path in files:
             raw = read_bytes(path)
             text = text_of(raw, str(path))
             digest[0].update(raw)
+            no_text.count += not text
             if text:
                 yield text
 
     def read_texts() -> Iterator[str | LargeText]:
-        digest[0] = hashlib.sha256()
+        digest[0], no_text.count = hashlib.sha256(), 0
         for path in files:
             raw = small_file_bytes(path)
             if raw is None:
@@ -235,6 +244,7 @@ def text_files(patterns: list[str]) -> Source:
                 continue
             text = text_of(raw, str(path))
             digest[0].update(raw)
+            no_text.count += not text
             if text:
                 yield text
 
@@ -253,6 +263,7 @@ def text_files(patterns: list[str]) -> Source:
         files=[str(p) for p in files],
         content_sha256=lambda: digest[0].hexdigest(),
         newlines=True,
+        no_text=no_text,
     )
 
 
@@ -268,29 +279,23 @@ def jsonl_documents(
         )
     if template is not None:
         template = template.replace("\\n", "\n").replace("\\t", "\t")
-        try:
-            names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
-        except ValueError as err:
-            raise UserError(
-                f"--template {template!r} is not a valid template ({err}); "
-                "write it like '{prompt}\\n{response}'"
-            ) from None
-        if not names or any(not n.isidentifier() for n in names):
-            raise UserError(
-                f"--template {template!r} must name record fields in braces, like '{{prompt}}\\n{{response}}'"
-            )
+        names = _template_fields(template)
     files = expand_paths(patterns, JSON_LINES_NAMES, "JSON Lines files (.jsonl)")  # not a README beside them
+    field_seen, no_text = [False], NoText()
 
     def document(record, where: str) -> str:
         if not isinstance(record, dict):
             raise UserError(f"{where} is not a JSON object; write one object per line")
         if text_field is not None:
-            if text_field not in record:
+            # a record without it, once an earlier one had it, is a missing value, as Hugging
+            # Face's json loader reads it (null); before any had it, the field is likely misspelt
+            if text_field not in record and not field_seen[0]:
                 fields = ", ".join(list(record)[:10])
                 raise UserError(
                     f'{where} has no "{text_field}" field (it has: {fields}); pass --text-field FIELD'
                 )
-            value = record[text_field]
+            field_seen[0] = True
+            value = record.get(text_field)
             # a missing value, as Parquet and datasets rows hold it: no document; so is NaN, pandas'
             # missing value, which json.dumps writes where to_json would write null
             if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -317,12 +322,14 @@ def jsonl_documents(
             raise UserError(f"{where} does not fit --template ({err})") from None
 
     def read() -> Iterator[str]:
+        field_seen[0], no_text.count = False, 0
         for path in files:
             for number, line in json_lines(path):
                 if not line.strip():
                     continue
                 where = f"{path} line {number}"
                 text = document(_json_line(line, where), where)
+                no_text.count += not text
                 if text:
                     yield text
 
@@ -333,7 +340,24 @@ def jsonl_documents(
         read,
         total_bytes=text_size(files),
         files=[str(p) for p in files],
+        no_text=no_text,
     )
+
+
+def _template_fields(template: str) -> list[str]:
+    """The record fields `template` names in braces; refused if it names none, or is no template."""
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as err:
+        raise UserError(
+            f"--template {template!r} is not a valid template ({err}); "
+            "write it like '{prompt}\\n{response}'"
+        ) from None
+    if not names or any(not n.isidentifier() for n in names):
+        raise UserError(
+            f"--template {template!r} must name record fields in braces, like '{{prompt}}\\n{{response}}'"
+        )
+    return names
 
 
 def parquet_documents(patterns: list[str], text_field: str = "text") -> Source:
@@ -351,7 +375,10 @@ def parquet_documents(patterns: list[str], text_field: str = "text") -> Source:
                 "pass --text-field COLUMN"
             )
 
+    no_text = NoText()
+
     def read() -> Iterator[str]:
+        no_text.count = 0
         for path in files:
             for batch in pq.ParquetFile(path).iter_batches(batch_size=1024, columns=[text_field]):
                 for text in batch.column(0).to_pylist():
@@ -360,6 +387,7 @@ def parquet_documents(patterns: list[str], text_field: str = "text") -> Source:
                             f"{path}: column '{text_field}' holds {type(text).__name__}, not text; "
                             "pass --text-field COLUMN naming a column of strings"
                         )
+                    no_text.count += not text
                     if text:
                         yield text
 
@@ -369,6 +397,7 @@ def parquet_documents(patterns: list[str], text_field: str = "text") -> Source:
         read,
         total_bytes=None,  # compressed sizes say little about the text inside
         files=[str(p) for p in files],
+        no_text=no_text,
     )
 
 

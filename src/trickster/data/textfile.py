@@ -29,7 +29,10 @@ from trickster.errors import UserError
 OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 BLOCK_BYTES = 1 << 20  # text_blocks: about the 1 MB chunks preparation tokenizes at a time
 # compressions read as bytes would be "not UTF-8 (convert it from latin1)": say what they are
-OTHER_COMPRESSION = {b"\x28\xb5\x2f\xfd": "zstd (unzstd FILE)", b"PK\x03\x04": "a zip archive (unzip FILE)"}
+OTHER_COMPRESSION = {
+    b"\x28\xb5\x2f\xfd": "compressed with zstd (unzstd FILE)",
+    b"PK\x03\x04": "a zip archive (unzip FILE)",
+}
 
 
 def read_bytes(path: Path) -> bytes:
@@ -192,7 +195,7 @@ def head_problem(head: bytes, source: str) -> UserError | None:
         return other_encoding(source, name)
     for magic, what in OTHER_COMPRESSION.items():
         if head.startswith(magic):
-            return NotText(f"{source} is compressed with {what}; decompress it first")
+            return NotText(f"{source} is {what}; decompress it first")
     return None
 
 
