@@ -153,3 +153,35 @@ def test_after_a_fine_tune_next_suggests_a_prompt_written_as_the_records_write_t
     assert words[:3] == ["trickster", "generate", str(tmp_path / "ft")]
     assert words[3] == "--prompt"
     assert words[4] in [r["prompt"] for r in records[-len(records) // 10 :]]
+
+
+def test_a_fine_tunes_samples_continue_a_prompt_of_the_records_unless_the_user_set_one(
+    trained_run, chat_data, tmp_path, capsys
+):
+    """Started from the base run's config.yaml (sample prompt ROMEO:, which the records never
+    wrote), the samples a fine-tune prints and logs continue a prompt of the validation records,
+    and its config.yaml says so; a sample prompt given on the command line still wins."""
+    from trickster.config import load_config
+
+    data, records = chat_data
+    val_prompts = [r["prompt"] for r in records[-len(records) // 10 :]]
+    assert load_config(trained_run / "config.yaml").training.sample_prompt == "ROMEO:"
+    settings = {"max_steps": 2, "warmup_steps": 1, "eval_every": 2, "save_every": 2, "seq_len": 48}
+    argv = ["train", "--config", str(trained_run / "config.yaml"), "--data", str(data), "--no-progress"]
+    argv += [f"training_config.{key}={value}" for key, value in settings.items()]
+    argv += [f"training_config.init_from={trained_run}", "training_config.sample_tokens=3"]
+
+    assert cli.main([*argv, "--out", str(tmp_path / "ft")]) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  sample: ")]
+    samples = [e["sample"] for e in events(tmp_path / "ft", "eval")]
+    assert len(samples) == len(printed) == 2  # steps 0 and 2
+    prompt = load_config(tmp_path / "ft" / "config.yaml").training.sample_prompt
+    assert prompt in val_prompts
+    assert all(sample.startswith(prompt) and len(sample) > len(prompt) for sample in samples)
+    first_line = prompt.split("\n")[0]
+    assert all(line.startswith("  sample: " + first_line) for line in printed)
+
+    assert cli.main([*argv, "--out", str(tmp_path / "mine"), "training_config.sample_prompt=ROMEO:"]) == 0
+    samples = [e["sample"] for e in events(tmp_path / "mine", "eval")]
+    assert len(samples) == 2 and all(sample.startswith("ROMEO:") for sample in samples)
+    assert load_config(tmp_path / "mine" / "config.yaml").training.sample_prompt == "ROMEO:"

@@ -20,8 +20,6 @@ from trickster.commands_chat import chat_command  # noqa: F401
 from trickster.commands_data import data_overlap, data_report, prepare_data, read_text_option  # noqa: F401
 from trickster.data import sources
 from trickster.data.dedup import DedupSettings
-from trickster.data.loader import load_data
-from trickster.data.record_prompts import record_prompt
 from trickster.errors import UserError
 from trickster.model.flops import flops_per_token, parameter_breakdown
 from trickster.model.transformer import untrained_like
@@ -63,18 +61,14 @@ def train_command(source: ConfigSource, resume: bool = False, progress: bool | N
         return 0
     best = _loss(result.state.best_loss_seen)
     print(f"done: {result.state.step} steps; best val loss {best}; run in {result.run_dir}")
-    print(f"next: {generate_hint(result.run_dir, _hint_prompt(result.cfg))}")
+    print(f"next: {generate_hint(result.run_dir, _hint_prompt(result))}")
     return 0
 
 
-def _hint_prompt(cfg) -> str:
+def _hint_prompt(result) -> str:
     """The prompt `next:` suggests: on prompt/response records, one of theirs (a fine-tune's config
     is its base model's, whose sample prompt is not in the records' format), else the sample prompt."""
-    try:
-        prompt = record_prompt(load_data(cfg.data.path))
-    except (UserError, OSError):  # the folder gone or changed since the run read it: a hint only
-        prompt = None
-    return cfg.training.sample_prompt if prompt is None else prompt
+    return result.cfg.training.sample_prompt if result.record_prompt is None else result.record_prompt
 
 
 def _loss(value: float | None) -> str:

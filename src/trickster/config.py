@@ -322,10 +322,16 @@ class Config(BaseModel):
     # what a saved config.yaml held of the wrong kind, set aside for the default (config_saved):
     # {"training_config.log_every": "often"}; a resume reports a change from these
     _set_aside: dict[str, Any] = PrivateAttr(default_factory=dict)
+    # training_config.sample_prompt given by the user (load_config), not a preset's or a saved run's
+    _sample_prompt_set: bool = PrivateAttr(default=False)
 
     @property
     def set_aside(self) -> dict[str, Any]:
         return self._set_aside
+
+    @property
+    def sample_prompt_set(self) -> bool:
+        return self._sample_prompt_set
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="json")
@@ -348,7 +354,13 @@ def load_config(
 ) -> Config:
     """Build a Config from a preset or YAML file, then apply `section.key=value` overrides."""
     raw, source, saved = raw_config(path, preset, overrides)
-    return config_from_dict(raw, source, [o.partition("=")[0].strip() for o in overrides], saved)
+    overridden = [o.partition("=")[0].strip() for o in overrides]
+    cfg = config_from_dict(raw, source, overridden, saved)
+    # a preset's sample prompt, or a saved run's (the base model's, for a fine-tune), is a default:
+    # prompt/response records put one of theirs in its place (finetune.records_sample_prompt)
+    written = path is not None and not saved and "sample_prompt" in (raw.get("training_config") or {})
+    cfg._sample_prompt_set = written or "training_config.sample_prompt" in overridden
+    return cfg
 
 
 def raw_config(

@@ -1,6 +1,7 @@
 """A prompt written as a prompt/response folder's records write theirs, read back from its
-validation split: the prompt to suggest for a model trained on them (a base config's sample prompt,
-ROMEO:, is not in the records' format, and the model would not answer it).
+validation split: the prompt of the samples a run on them writes while it trains, and the one to
+suggest after it (a base config's sample prompt, ROMEO:, is not in the records' format, and the
+model would not answer it).
 
 A record's tokens are [start id] prompt response [end-of-text] with the loss mask 0 over the start
 id and the prompt and 1 after them (records.py), so each run of 0s in the mask is one prompt.

@@ -19,6 +19,7 @@ import torch
 
 from trickster.config import Config
 from trickster.data.loader import BatchSampler, check_windows, load_data
+from trickster.data.record_prompts import record_prompt
 from trickster.errors import UserError
 from trickster.model.flops import flops_per_token, parameter_breakdown
 from trickster.observe.events import NoMetrics
@@ -112,7 +113,7 @@ class Trainer:
         self.metrics = MetricSinks(self.run_dir, cfg) if job.is_main else NoMetrics()
         if held is not None:  # rank 0 claims the folder; all processes stop if another one holds it
             setup.on_main(job, lambda: held.enter_context(claimed(self.run_dir)))
-        self.resumed_from, repairs, changed = setup.open_run(cfg, self.data, resume, job, self.out)
+        cfg, self.resumed_from, repairs, changed = setup.open_run(cfg, self.data, resume, job, self.out)
         # read and checked before any trial step; not when `resume: auto` finds the run finished
         self.hellaswag = hellaswag_eval.HellaSwagEval(cfg, self.data.tokenizer, job)
         resolved = setup.on_main(job, resolve_batch, cfg, self.device, job, self.resumed_from, changed)
@@ -442,4 +443,5 @@ class Trainer:
         }
 
     def result(self, exit_signal: int | None = None) -> TrainResult:
-        return TrainResult(self.cfg, self.run_dir, self.state, exit_signal, self.params)
+        record = record_prompt(self.data)  # for `next:`; None unless the data is prompt/response records
+        return TrainResult(self.cfg, self.run_dir, self.state, exit_signal, self.params, record_prompt=record)

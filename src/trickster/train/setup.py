@@ -19,6 +19,7 @@ import torch
 from trickster.atomic import replace_file, staging_dir
 from trickster.config import Config, save_config
 from trickster.data.loader import PreparedData
+from trickster.data.record_prompts import record_prompt
 from trickster.errors import UserError, disk_errors
 from trickster.model.flops import parameter_breakdown
 from trickster.model.transformer import Transformer
@@ -27,7 +28,7 @@ from trickster.observe.events import new_event
 from trickster.train import checkpoint as ckpt
 from trickster.train import checksums, dist, peers
 from trickster.train.console import Console
-from trickster.train.finetune import setup_finetuning
+from trickster.train.finetune import records_sample_prompt, setup_finetuning
 from trickster.train.memory import allocation_refused
 from trickster.train.resume import (
     RESUME_READS,
@@ -57,10 +58,12 @@ class Finished(Exception):  # not an error: the run has nothing left to do
 
 def open_run(
     cfg: Config, data: PreparedData, resume, job: dist.Dist, out: Console
-) -> tuple[Path | None, list[str], dict]:
-    """The checkpoint to resume from (or None), the repairs made in the folder, and the settings
-    that changed since that checkpoint. Rank 0 looks; every process gets its answer. A run that
-    has done its steps: --resume refuses in one line, `resume: auto` raises Finished."""
+) -> tuple[Config, Path | None, list[str], dict]:
+    """The config to train with (its samples prompted as the records are, on prompt/response data:
+    finetune.records_sample_prompt), the checkpoint to resume from (or None), the repairs made in
+    the folder, and the settings that changed since that checkpoint. Rank 0 looks; every process
+    gets its answer. A run that has done its steps: --resume refuses in one line, `resume: auto`
+    raises Finished."""
     run_dir, max_steps = Path(cfg.logging.output_dir), cfg.training.max_steps
     resumed_from, repairs, done = on_main(job, open_run_dir, run_dir, resume, max_steps)
     changed = check_resumable(resumed_from, cfg, data) if resumed_from is not None else {}
@@ -69,7 +72,8 @@ def open_run(
     if done:  # `auto`, as a requeue script reruns it: the checkpoint is this run's (checked above)
         out.line(finished_line(resumed_from, run_dir))
         raise Finished(TrainResult(cfg, run_dir, _finished_state(resumed_from), None, _params(cfg), True))
-    return resumed_from, repairs, changed
+    cfg = records_sample_prompt(cfg, record_prompt(data), resumed_from is not None)
+    return cfg, resumed_from, repairs, changed
 
 
 @contextlib.contextmanager
