@@ -180,37 +180,58 @@ def steps(dtype: str, checkpointing: str, mesh: str) -> tuple[int, dict[str, int
     return 0, found
 
 
-def plain(dtype: str, checkpointing: str, optimizer_name: str, windows: str) -> tuple[int, dict[str, int]]:
+def plain(
+    dtype: str, checkpointing: str, optimizer_name: str, windows: str, ddp: bool = False
+) -> tuple[int, dict[str, int]]:
     """nano's steps in this one process, as the training loop takes them (gradients clipped),
-    micro-batches of WINDOWS windows of 64 tokens: one ("single") and two ("accumulated")."""
+    micro-batches of WINDOWS windows of 64 tokens: one ("single") and two ("accumulated").
+    `ddp`: each process of the job takes them through DistributedDataParallel, whose all-reduce
+    buckets hold the gradients (gradient_as_bucket_view) from the first backward pass on, whatever
+    zero_grad sets to None: their storages, found from the gradients, count as kept."""
     overrides = [
         "device_config.device=cpu",
         f"device_config.dtype={dtype}",
         f"device_config.activation_checkpointing={checkpointing}",
         f"training_config.optimizer={optimizer_name}",
         "training_config.seq_len=64",
+        f"device_config.enable_ddp={str(ddp).lower()}",
     ]
     cfg = load_config(preset="nano", overrides=overrides)
+    job = dist.setup(cfg.device, "cpu")
     torch.manual_seed(0)
     model = Transformer(cfg.model)
     model.checkpoint_activations = cfg.device.activation_checkpointing
+    step_model = dist.parallelize(model, job, CPU)
     optimizer = build_optimizer(model, cfg.training, CPU)
+    buckets: dict[int, int] = {}
 
     def step(micro_batches: int) -> None:
-        for _ in range(micro_batches):
+        for micro in range(micro_batches):
             tokens = torch.randint(0, cfg.model.vocab_size, (int(windows), 65))
-            with autocast_for(CPU, dtype):
-                _, loss = model(tokens[:, :-1], tokens[:, 1:])
-            (loss / micro_batches).backward()
+            with dist.micro_batch(step_model, job, last=micro == micro_batches - 1):
+                with autocast_for(CPU, dtype):
+                    _, loss = step_model(tokens[:, :-1], tokens[:, 1:])
+                (loss / micro_batches).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        if ddp:  # after a rebuild, only the buckets the last backward pass filled are alive
+            buckets.clear()
+            buckets.update(
+                (p.grad.untyped_storage().data_ptr(), p.grad.untyped_storage().nbytes())
+                for p in model.parameters()
+            )
         optimizer.zero_grad(set_to_none=True)
 
     step(1)  # the optimizer's state is made by the first step
-    return 0, {
-        name: measured(lambda n=n: step(n), model, optimizer)
+    if ddp:  # DDP rebuilds its buckets in the order the first backward pass made the gradients
+        step(1)
+    found = {
+        name: sum(buckets.values()) + measured(lambda n=n: step(n), model, optimizer)
         for name, n in (("single", 1), ("accumulated", 2))
     }
+    if ddp:
+        dist.shutdown()
+    return 0, found
 
 
 if __name__ == "__main__":
@@ -220,6 +241,7 @@ if __name__ == "__main__":
         "train": lambda: train([command, *args]),
         "resume": lambda: resume(args),
         "plain": lambda: plain(*args),
+        "ddp": lambda: plain(*args, ddp=True),
         "load": lambda: load(*args),
     }
     status, found = run.get(command, lambda: steps(*args))()

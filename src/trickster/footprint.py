@@ -53,7 +53,7 @@ N = the FSDP shard degree, 1 without FSDP):
   tests/test_plan.py with saved-tensor hooks; bfloat16 with and without FSDP2, with and without
   checkpointing). The half-precision lines assume fused attention (flash / memory-efficient SDPA)
   that keeps no T x T matrix, as torch's CPU attention in bfloat16 does too.
-- without FSDP or DDP, the backward pass's working memory: two float32 gradients of the residual
+- without FSDP (plain or DDP), the backward pass's working memory: two float32 gradients of the residual
   stream per token (the one flowing back, the one being made: 2 * d * 4) and one block's fresh
   float32 weight gradients (4 bytes a parameter of a block). A step of one micro-batch holds no
   gradient when its backward pass starts (zero_grad sets them to None) and makes them as it frees
@@ -66,6 +66,14 @@ N = the FSDP shard degree, 1 without FSDP):
   19.9 MiB above its peak and the accumulated one 2.4 MiB below to 9.4 above; now 0.7 to 4.6 MiB
   above (bfloat16 with checkpointing: 6.2 to 14.4 above, the autocast copy counted whole). CPU
   peaks (resident memory); not measured on a GPU.
+  Under DDP the gradients live in its all-reduce buckets (gradient_as_bucket_view), which stay
+  allocated whatever zero_grad sets to None: nothing is taken off for overlap; and the micro-batches
+  before the last one (no_sync) make gradients of their own beside the buckets: + 4P (4A with
+  LoRA) with accumulation. Measured with 2 gloo processes (tests/test_ddp_memory.py, 2026-11-30,
+  torch 2.13; nano, 4 and 16 x 64 tokens, float32 and bfloat16, checkpointing on and off, AdamW
+  and Muon): without these terms the formula was 0.7 to 2.1 MiB below the single step's peak and
+  20.7 to 21.5 MiB below the accumulated one's; now 2.7 to 3.8 MiB above each (bfloat16 with
+  checkpointing: 14.5 to 14.9 above, the autocast copy counted whole, as in one process).
 - the loss's working memory: one chunk of float32 logits (model/transformer.py computes the loss
   a chunk of at most 2^25 logits at a time), about three tensors of that size.
 
@@ -107,8 +115,8 @@ class Memory:
     # sharded gradients, which the backward pass makes as it frees the activations
     kept: int = 0
     accumulated: bool = False  # FSDP over several micro-batches: whole gradients, `kept` weights
-    # without FSDP or DDP: the backward pass's working memory (two float32 gradients of the
-    # residual stream per token, one block's fresh weight gradients), and what a step of one
+    # without FSDP: the backward pass's working memory (two float32 gradients of the residual
+    # stream per token, one block's fresh weight gradients); without DDP too, what a step of one
     # micro-batch never holds at once: the gradients it makes as it frees the activations
     backward: int = 0
     overlap: int = 0
@@ -218,9 +226,12 @@ def memory_estimate(
     chunk = min(tokens, max(1, transformer.LOSS_CHUNK_ELEMENTS // cfg.model.vocab_size))
     activations, logits = tokens * activation_bytes_per_token(cfg), 3 * chunk * cfg.model.vocab_size * 4
     backward = overlap = 0
-    if not (cfg.device.enable_fsdp or cfg.device.enable_ddp):
-        backward = 2 * tokens * cfg.model.hidden_dim * 4 + min(4 * b.per_block, gradients)
-        if not accumulating:  # zero_grad left none: made as the activations go
+    if cfg.device.enable_ddp and accumulating:  # no_sync's gradients beside the all-reduce buckets
+        gradients *= 2
+    if not cfg.device.enable_fsdp:
+        backward = 2 * tokens * cfg.model.hidden_dim * 4 + min(4 * b.per_block, 4 * trained)
+        # DDP's buckets hold the gradients from step to step: nothing is made as the activations go
+        if not (accumulating or cfg.device.enable_ddp):  # zero_grad left none: made as they go
             block_input = tokens * cfg.model.hidden_dim * 4 if cfg.device.activation_checkpointing else 0
             overlap = max(0, min(gradients, activations + logits - recomputed - block_input))
     return Memory(
@@ -280,7 +291,8 @@ def _largest(fits) -> int:
 def accumulation_cost(cfg: Config, processes: int = 1) -> tuple[int, int]:
     """(more, kept): what a step of several micro-batches holds beyond one micro-batch's, by the
     formula: under FSDP2 `more` bytes all along (whole float32 gradients) and, between
-    micro-batches, `kept` bytes of gathered weights where the activations were; (0, 0) otherwise."""
+    micro-batches, `kept` bytes of gathered weights where the activations were; under DDP the
+    gradients no_sync makes beside the all-reduce buckets (`more`); (0, 0) otherwise."""
     single = memory_estimate(cfg, 1, None, processes, accumulating=False)
     accumulated = memory_estimate(cfg, 1, None, processes, accumulating=True)
     return accumulated.state - single.state, accumulated.kept
@@ -294,14 +306,19 @@ def beyond_one_process(cfg: Config, processes: int, accumulating: bool) -> tuple
     (`kept`, where the activations were). Without accumulation the sharded gradients, which the
     formula keeps where the activations were, count in `more`: the trial copy's measured step is
     its state, its whole gradients included, and its activations, whichever it holds at once."""
-    alone = cfg.model_copy(deep=True)
-    alone.device.enable_fsdp = alone.device.enable_ddp = False
-    alone.device.mesh_shape = None
-    plain = memory_estimate(alone, 1, None, 1, accumulating=False)
+    plain = memory_estimate(one_process(cfg), 1, None, 1, accumulating=False)
     step = memory_estimate(cfg, 1, None, processes, accumulating)
     if not accumulating:
         return max(0, step.least - plain.state), 0
     return max(0, step.state - plain.state), step.kept
+
+
+def one_process(cfg: Config) -> Config:
+    """cfg for the whole model trained alone in one process, as batch_size: auto's trial copy is."""
+    alone = cfg.model_copy(deep=True)
+    alone.device.enable_fsdp = alone.device.enable_ddp = False
+    alone.device.mesh_shape = None
+    return alone
 
 
 def windows_per_process(cfg: Config, processes: int = 1) -> int:

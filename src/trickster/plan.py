@@ -162,8 +162,8 @@ def _advice(plan: Plan) -> list[str]:
     if alone >= 1:  # FSDP2's accumulation is what does not fit
         more, kept = accumulation_cost(cfg, plan.processes)
         advice = [
-            f"with gradient accumulation FSDP keeps whole float32 gradients and the gathered weights "
-            f"between micro-batches ({_gib(more + kept)} more), which do not fit: set "
+            f"with gradient accumulation {_accumulation_holds(cfg)} ({_gib(more + kept)} more), which "
+            f"do not fit: set "
             f"training_config.batch_size={alone} and training_config.gradient_accumulation_steps=1 "
             f"({alone * plan.processes:,} window(s) a step), or shard the model over more GPUs"
         ]
@@ -205,11 +205,16 @@ def _one_sequence_advice(plan: Plan, budget: float) -> str:
     )
     if alone > seq_len:
         advice += (
-            f"; with gradient accumulation FSDP keeps whole float32 gradients and the gathered weights "
-            f"between micro-batches ({_gib(more + kept)} more): without it "
+            f"; with gradient accumulation {_accumulation_holds(cfg)} ({_gib(more + kept)} more): without it "
             f"(training_config.gradient_accumulation_steps=1) training_config.seq_len={alone} fits"
         )
     return advice
+
+
+def _accumulation_holds(cfg: Config) -> str:
+    if cfg.device.enable_ddp:
+        return "DDP keeps the accumulated gradients beside its all-reduce buckets"
+    return "FSDP keeps whole float32 gradients and the gathered weights between micro-batches"
 
 
 def _sharding_hint(plan: Plan, budget: float) -> str:
@@ -291,9 +296,14 @@ def _memory_lines(plan: Plan) -> list[str]:
     # sharding; the sharded ones take the activations' place (kept), and with accumulation the
     # whole ones are in the gathered row
     sharding = cfg.device.enable_fsdp and t.lora is None
+    gradients = f"gradients (float32{share})"
+    if sharding:
+        gradients = "gradients being sharded (float32)"
+    elif cfg.device.enable_ddp and t.gradient_accumulation_steps > 1:
+        gradients = "gradients (float32, and buckets)"
     rows = [
         (f"weights (float32{share})", mem.weights),
-        ("gradients being sharded (float32)" if sharding else f"gradients (float32{share})", mem.gradients),
+        (gradients, mem.gradients),
         (_optimizer_label(t.optimizer, share), mem.optimizer),
     ]
     if mem.gathered:
