@@ -19,6 +19,11 @@ from trickster.units import format_duration
 
 from .conftest import events
 
+try:
+    import resource
+except ImportError:  # native Windows
+    resource = None
+
 
 def test_every_event_has_its_kind_step_and_time(trained_run):
     records = read_metrics(trained_run / "metrics.jsonl")
@@ -235,7 +240,8 @@ def test_one_duration_format_for_runs_reports_and_plans(seconds, text):
     [(errno.EROFS, "make the folder writable"), (errno.ENOSPC, "free disk space")],
 )
 def test_a_refused_metrics_write_names_its_own_cause(tmp_path, monkeypatch, code, fix):
-    """A run folder that became read-only was told to free disk space (one fix for every cause)."""
+    """A run folder that became read-only was told to free disk space (one fix for every cause).
+    The folder holds no checkpoint: the run goes on with resume=auto (--resume would find nothing)."""
     from trickster.observe import events as events_module
 
     def refused(file, *args, **kwargs):
@@ -247,8 +253,46 @@ def test_a_refused_metrics_write_names_its_own_cause(tmp_path, monkeypatch, code
         log.write("train", 1, loss=2.0)
     reason = os.strerror(code)
     assert str(raised.value) == (
-        f"could not write {tmp_path / 'metrics.jsonl'} ({reason}); {fix}, then continue with --resume"
+        f"could not write {tmp_path / 'metrics.jsonl'} ({reason}); {fix}, then run the command again with "
+        "training_config.resume=auto (it starts afresh in the same run folder)"
     )
+
+
+@pytest.mark.skipif(resource is None, reason="needs RLIMIT_FSIZE")
+def test_a_metrics_write_refused_before_the_first_checkpoint_names_the_command_that_trains(
+    micro, tmp_path, capsys
+):
+    """metrics.jsonl outgrows a real file size limit (EFBIG) before the run's first checkpoint. The
+    line said 'continue with --resume', which there answers 'nothing to resume'; it names
+    training_config.resume=auto, and that command, once the limit is lifted, trains the run."""
+    from trickster import cli
+    from trickster.config import save_config
+
+    settings = {"max_steps": 30, "warmup_steps": 1, "log_every": 1, "eval_every": 100, "save_every": 100}
+    cfg = micro(training_config={**settings, "sample_tokens": 0})
+    run_dir, config = tmp_path / "run", tmp_path / "run.yaml"
+    save_config(cfg, config)
+    argv = ["train", "--config", str(config), "--no-progress"]
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
+    try:
+        code = cli.main(argv)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert code == 2
+    assert not (run_dir / "checkpoints").exists()
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: could not write {run_dir / 'metrics.jsonl'} (File too large); lift the file size limit "
+        "(ulimit -f), then run the command again with training_config.resume=auto (it starts afresh in "
+        "the same run folder)"
+    )
+    assert cli.main([*argv, "--resume"]) == 2  # what the line said before
+    assert "nothing to resume" in capsys.readouterr().err
+    assert cli.main([*argv, "training_config.resume=auto"]) == 0
+    records = read_metrics(run_dir / "metrics.jsonl")
+    assert [r["event"] for r in records].count("start") == 1
+    assert records[-1]["event"] == "end" and records[-1]["step"] == 30
+    assert (run_dir / "checkpoints" / "final").is_dir()
 
 
 # JSON objects with an event, a step and a time that no reader can use: each was a traceback in

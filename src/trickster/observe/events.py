@@ -35,6 +35,7 @@ from typing import NamedTuple
 
 from trickster import untrusted
 from trickster.errors import disk_errors, write_fix
+from trickster.train import checkpoint as ckpt
 
 NUMBER = (int, float)  # a float may be NaN or infinite (json writes NaN and Infinity)
 OR_NONE = (type(None),)
@@ -75,8 +76,14 @@ REQUIRED = {
     "spike": ("peak_loss",),
 }
 
-# what a failed write of a run's metrics (a full disk, a read-only folder) tells the user to do
-DISK_FIX = write_fix(then="continue with --resume")
+# what a failed write of a run's metrics (a full disk, a read-only folder) tells the user to do,
+# once the run has a checkpoint (before, ckpt.FIRST_SAVE_FIX: --resume would find nothing)
+RESUME_FIX = write_fix(then="continue with --resume")
+
+
+def disk_fix(run_dir: Path):
+    """The fix for a failed write of the metrics of the run in `run_dir` (picked when it fails)."""
+    return ckpt.run_write_fix(run_dir, RESUME_FIX)
 
 
 class MetricsLog:
@@ -88,7 +95,8 @@ class MetricsLog:
 
     def write(self, event: str, step: int, **values) -> dict:
         record = new_event(event, step, **values)
-        with disk_errors(str(self.path), DISK_FIX), open(self.path, "a", encoding="utf-8") as f:
+        fix = disk_fix(self.path.parent)
+        with disk_errors(str(self.path), fix), open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
         return record
 

@@ -17,7 +17,7 @@ from trickster.atomic import replace_file
 from trickster.config import Config
 from trickster.errors import UserError, disk_errors
 from trickster.observe.curves import Curves
-from trickster.observe.events import DISK_FIX, MetricsLog, iter_metrics
+from trickster.observe.events import MetricsLog, disk_fix, iter_metrics
 
 TRACKING_EXTRA = "pip install nano-trickster[tracking]"
 
@@ -123,7 +123,7 @@ class MetricSinks:
         # the whole file is read once, when the run starts or resumes: later events are added to
         # what was read, so an event costs the same at step 10 and at step 10 million
         again = not self._read or event in ("start", "resume") or not (self.run_dir / "metrics.csv").is_file()
-        with disk_errors(str(self.run_dir / "metrics.csv"), DISK_FIX):
+        with disk_errors(str(self.run_dir / "metrics.csv"), disk_fix(self.run_dir)):
             if again:
                 self._read_back()
             else:
@@ -132,7 +132,7 @@ class MetricSinks:
         if self._curves is not None and event == "eval":
             from trickster.observe import plots
 
-            with disk_errors(str(self.run_dir / "loss.png"), DISK_FIX):
+            with disk_errors(str(self.run_dir / "loss.png"), disk_fix(self.run_dir)):
                 plots.write_loss_plot(self.run_dir, self._curves)
         if self.cfg.logging.tensorboard:
             self._write_tensorboard(record)

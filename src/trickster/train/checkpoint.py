@@ -26,6 +26,7 @@ import pickle
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,8 +56,12 @@ WEIGHTS = "model.safetensors"
 OPTIMIZER = "optimizer"  # the sharded optimizer state of an FSDP2 run
 STEP_DIR = re.compile(r"^step_(\d+)$")
 OS_ERROR = re.compile(r"\(os error (\d+)\)")  # the errno in a SafetensorError's message
+# how a run goes on before its first checkpoint: --resume finds nothing there, and the same command
+# alone is refused, the run folder being no longer empty
+START_AFRESH = "training_config.resume=auto (it starts afresh in the same run folder)"
+RUN_AGAIN = f"run the command again with {START_AFRESH}"
 SAVE_FIX = write_fix(then="continue with --resume (earlier checkpoints are untouched)")
-FIRST_SAVE_FIX = write_fix(then="run the command again with training_config.resume=auto (it starts afresh)")
+FIRST_SAVE_FIX = write_fix(then=RUN_AGAIN)
 
 
 def step_name(step: int) -> str:
@@ -92,17 +97,22 @@ def save_checkpoint(
     optimizer-shard files are hard-linked (copied where links fail) instead of written again.
     """
     target = Path(target)
-    with disk_errors(f"checkpoint {target}", fix or functools.partial(_save_fix, target.parent.parent)):
+    with disk_errors(f"checkpoint {target}", fix or run_write_fix(target.parent.parent, SAVE_FIX)):
         tensors = reuse or (weights_to_save(model, weights), lora.adapter_weights(model, weights))
         return _write_checkpoint(target, tensors, cfg, tokenizer, info, trainer_state, staging)
 
 
-def _save_fix(run_dir: Path, err: OSError) -> str:
-    """A failed save's fix, looked at only when a save fails: --resume once the run has a checkpoint
-    to continue from (a numbered one or final; their info.json is not read, so one damaged elsewhere
-    neither stops the save nor hides its own error), else the command again with resume=auto."""
-    continuable = numbered(run_dir) or is_complete(run_dir / "checkpoints" / "final")
-    return (SAVE_FIX if continuable else FIRST_SAVE_FIX)(err)
+def run_write_fix(run_dir: Path, resume_fix: Callable[[OSError], str]) -> Callable[[OSError], str]:
+    """The fix for a failed write of the run in `run_dir`, looked at only when a write fails:
+    `resume_fix` (--resume) once the run has a checkpoint to continue from (a numbered one or
+    final; their info.json is not read, so one damaged elsewhere neither stops the write nor hides
+    its own error), else the command again with resume=auto."""
+
+    def fix(err: OSError) -> str:
+        continuable = numbered(run_dir) or is_complete(Path(run_dir) / "checkpoints" / "final")
+        return (resume_fix if continuable else FIRST_SAVE_FIX)(err)
+
+    return fix
 
 
 def _write_checkpoint(target, tensors, cfg, tokenizer, info, trainer_state, staging) -> Path:

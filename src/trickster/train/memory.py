@@ -195,8 +195,7 @@ def out_of_memory(
         f"continue from checkpoints/{checkpoint.name} with --resume and that change"
         if checkpoint
         # the run folder is no longer empty: the same command alone is refused, --resume finds nothing
-        else "no checkpoint was saved yet: run the command again with that change and "
-        "training_config.resume=auto (it starts afresh in the same run folder)"
+        else f"no checkpoint was saved yet: run the command again with that change and {ckpt.START_AFRESH}"
     )
     return UserError(
         f"out of memory ({what} of {device}, {capacity / 2**30:.1f} GiB) during {during} at step "

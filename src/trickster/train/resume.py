@@ -19,7 +19,7 @@ from trickster.data.loader import PreparedData
 from trickster.data.token_meaning import same_ids
 from trickster.errors import UserError, disk_errors, write_fix
 from trickster.model import lora
-from trickster.observe.events import DISK_FIX, DamagedLines, MetricsLine, last_event, metrics_lines
+from trickster.observe.events import DamagedLines, MetricsLine, disk_fix, last_event, metrics_lines
 from trickster.observe.status import trains_now
 from trickster.train import checkpoint as ckpt
 from trickster.train import checksums
@@ -367,7 +367,7 @@ def metrics_cut_back(path: Path, step: int, eval_due: bool, resume_event: dict, 
     again = ("stopped",) + ("eval",) * eval_due + ("hellaswag",) * hellaswag_due
     notes: list[str] = []
     lines = _kept_lines(path, step, again, resume_event, notes)
-    with disk_errors(str(path), DISK_FIX):
+    with disk_errors(str(path), disk_fix(path.parent)):
         staging = write_aside(path, lines)  # one event at a time
     try:
         yield notes
@@ -375,7 +375,7 @@ def metrics_cut_back(path: Path, step: int, eval_due: bool, resume_event: dict, 
         if staging is not None:
             staging.unlink(missing_ok=True)
         raise
-    with disk_errors(str(path), DISK_FIX):
+    with disk_errors(str(path), disk_fix(path.parent)):
         put_in_place(staging, path)
 
 
@@ -421,12 +421,7 @@ def diverged(run_dir: Path, state) -> UserError:
     good = ckpt.latest(run_dir)
     where = f"the last good checkpoint is {good}" if good else ckpt.none_saved(run_dir)
     # with no checkpoint, --resume answers 'nothing to resume' and the folder is no longer empty
-    again = (
-        "continue with --resume"
-        if good
-        else "run the command again with training_config.resume=auto (it starts afresh in the same run "
-        "folder)"
-    )
+    again = "continue with --resume" if good else ckpt.RUN_AGAIN
     return UserError(
         f"training stopped at step {state.step}: {state.nonfinite_streak} updates in a row had a "
         f"non-finite loss or gradient norm; {where}; lower training_config.learning_rate, keep "
