@@ -180,6 +180,9 @@ def in_its_own_group(argv: list[str], first_on_path: Path | None = None, **env: 
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # SIGINT as a terminal leaves it: a suite started in the background by a shell without job
+        # control (`cmd &`: CI, nohup) ignores it, which its children inherit through exec
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
@@ -193,8 +196,7 @@ def ignores_sigint(pid: int) -> bool:
 def ctrl_c_once(child: subprocess.Popen, ready: Callable[[], bool], seconds: float) -> str:
     """Once `ready()`, what Ctrl-C in a terminal does (SIGINT to the group); the child's stderr,
     after checking it stopped with status 130 and no traceback. It waits while the child ignores
-    SIGINT: data prepare does so while its pool spawns the workers (encode._sigint_ignored), which
-    on a loaded machine lasted past the first shard and the first worker's start."""
+    SIGINT: data prepare does so for the moment its pool spawns the workers (encode._sigint_ignored)."""
     deadline = time.monotonic() + seconds
 
     def takes_ctrl_c() -> bool:

@@ -101,11 +101,9 @@ def _sigint_ignored() -> Iterator[None]:
     """SIGINT ignored while the pool starts its workers: they are born ignoring it (an ignored
     signal stays ignored across exec, and Python then installs no KeyboardInterrupt handler), so a
     Ctrl-C while a worker is still importing, before start_pool_worker runs, does not print its
-    traceback (seen under load). A Ctrl-C while the workers are spawned is lost: milliseconds, more
-    on a loaded machine or when a worker's start-up data (the tokenizer) is larger than a pipe holds,
-    as spawning then waits for the worker to read it (the test suite saw it last past the first
-    shard). Blocking the signal instead is not inherited through multiprocessing's spawn, and the
-    held signal was dropped in a test."""
+    traceback (seen under load). A Ctrl-C in the few milliseconds of the workers' spawning is lost;
+    blocking it instead is not inherited through multiprocessing's spawn, and the held signal was
+    dropped in a test."""
     if threading.current_thread() is not threading.main_thread():  # only the main thread sets handlers
         yield
         return
