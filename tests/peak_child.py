@@ -153,13 +153,7 @@ def steps(dtype: str, checkpointing: str, mesh: str) -> tuple[int, dict[str, int
     ]
     if mesh == "2x1":  # replicated over the 2 processes, each holding the whole state
         overrides.append("device_config.mesh_shape=[2,1]")
-    cfg = load_config(preset="nano", overrides=overrides)
-    job = dist.setup(cfg.device, "cpu")
-    torch.manual_seed(0)
-    model = Transformer(cfg.model)
-    model.checkpoint_activations = cfg.device.activation_checkpointing
-    step_model = dist.parallelize(model, job, CPU)
-    optimizer = build_optimizer(model, cfg.training, CPU)
+    cfg, job, model, step_model, optimizer = nano_job(overrides)
 
     def step(micro_batches: int) -> None:
         for micro in range(micro_batches):
@@ -180,6 +174,17 @@ def steps(dtype: str, checkpointing: str, mesh: str) -> tuple[int, dict[str, int
     return 0, found
 
 
+def nano_job(overrides: list[str]):
+    """nano with `overrides` in this process's job: (config, job, model, the model steps are taken
+    through, optimizer), the model's weights the same in each process."""
+    cfg = load_config(preset="nano", overrides=overrides)
+    job = dist.setup(cfg.device, "cpu")
+    torch.manual_seed(0)
+    model = Transformer(cfg.model)
+    model.checkpoint_activations = cfg.device.activation_checkpointing
+    return cfg, job, model, dist.parallelize(model, job, CPU), build_optimizer(model, cfg.training, CPU)
+
+
 def plain(
     dtype: str, checkpointing: str, optimizer_name: str, windows: str, ddp: bool = False
 ) -> tuple[int, dict[str, int]]:
@@ -196,13 +201,7 @@ def plain(
         "training_config.seq_len=64",
         f"device_config.enable_ddp={str(ddp).lower()}",
     ]
-    cfg = load_config(preset="nano", overrides=overrides)
-    job = dist.setup(cfg.device, "cpu")
-    torch.manual_seed(0)
-    model = Transformer(cfg.model)
-    model.checkpoint_activations = cfg.device.activation_checkpointing
-    step_model = dist.parallelize(model, job, CPU)
-    optimizer = build_optimizer(model, cfg.training, CPU)
+    cfg, job, model, step_model, optimizer = nano_job(overrides)
     buckets: dict[int, int] = {}
 
     def step(micro_batches: int) -> None:
