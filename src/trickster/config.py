@@ -333,6 +333,12 @@ class Config(BaseModel):
     def sample_prompt_set(self) -> bool:
         return self._sample_prompt_set
 
+    def __eq__(self, other: object) -> bool:
+        """The same settings: where sample_prompt came from is not one (pydantic compares it too)."""
+        if not isinstance(other, Config):
+            return NotImplemented
+        return self.__dict__ == other.__dict__ and self._set_aside == other._set_aside
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="json")
 
