@@ -185,6 +185,18 @@ def nano_job(overrides: list[str]):
     return cfg, job, model, dist.parallelize(model, job, CPU), build_optimizer(model, cfg.training, CPU)
 
 
+def plain_overrides(dtype: str, checkpointing: str, optimizer_name: str, ddp: bool = False) -> list[str]:
+    """nano's settings in plain's steps: the tests plan the same steps with these."""
+    return [
+        "device_config.device=cpu",
+        f"device_config.dtype={dtype}",
+        f"device_config.activation_checkpointing={checkpointing}",
+        f"training_config.optimizer={optimizer_name}",
+        "training_config.seq_len=64",
+        f"device_config.enable_ddp={str(ddp).lower()}",
+    ]
+
+
 def plain(
     dtype: str, checkpointing: str, optimizer_name: str, windows: str, ddp: bool = False
 ) -> tuple[int, dict[str, int]]:
@@ -193,14 +205,7 @@ def plain(
     `ddp`: each process of the job takes them through DistributedDataParallel, whose all-reduce
     buckets hold the gradients (gradient_as_bucket_view) from the first backward pass on, whatever
     zero_grad sets to None: their storages, found from the gradients, count as kept."""
-    overrides = [
-        "device_config.device=cpu",
-        f"device_config.dtype={dtype}",
-        f"device_config.activation_checkpointing={checkpointing}",
-        f"training_config.optimizer={optimizer_name}",
-        "training_config.seq_len=64",
-        f"device_config.enable_ddp={str(ddp).lower()}",
-    ]
+    overrides = plain_overrides(dtype, checkpointing, optimizer_name, ddp)
     cfg, job, model, step_model, optimizer = nano_job(overrides)
     buckets: dict[int, int] = {}
 

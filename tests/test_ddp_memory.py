@@ -20,7 +20,7 @@ from trickster import footprint
 from trickster.config import load_config
 from trickster.model.transformer import Transformer
 
-from . import children
+from . import children, peak_child
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="reads VmHWM from /proc")
 
@@ -46,12 +46,7 @@ def test_the_formula_is_at_least_a_ddp_step_s_peak_and_not_a_gradient_s_worth_ab
         peaks = json.loads(Path(f"{out}.{rank}").read_text())
         for name, micro_batches in (("single", 1), ("accumulated", 2)):
             overrides = [
-                "device_config.device=cpu",
-                "device_config.enable_ddp=true",
-                f"device_config.dtype={dtype}",
-                f"device_config.activation_checkpointing={checkpointing}",
-                f"training_config.optimizer={optimizer}",
-                "training_config.seq_len=64",
+                *peak_child.plain_overrides(dtype, checkpointing, optimizer, ddp=True),
                 f"training_config.batch_size={windows}",
                 f"training_config.gradient_accumulation_steps={micro_batches}",
             ]
