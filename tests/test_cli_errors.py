@@ -2262,7 +2262,28 @@ CASES = [
     case(
         "prepare-empty-corpus",
         lambda env: ["data", "prepare", "text", env.write("empty.txt", ""), "--out", str(env.tmp / "out")],
-        "corpus 'text' is empty",
+        "corpus 'text' holds no text: ",
+        "empty.txt is empty; pass files that contain text",
+    ),
+    case(
+        "prepare-empty-corpus-bpe",  # an end-of-text id alone was written as a prepared folder
+        lambda env: [
+            "data",
+            "prepare",
+            "text",
+            env.write("empty.txt", ""),
+            "--tokenizer",
+            "bpe",
+            "--out",
+            "o",
+        ],
+        "empty.txt is empty",
+    ),
+    case(
+        "prepare-empty-files-only",
+        lambda env: ["data", "prepare", "text", env.write("a.txt", ""), env.write("b.txt", ""), "--out", "o"],
+        "all 2 of its files are empty (the first: ",
+        "a.txt)",
     ),
     case(
         "prepare-not-utf8",
@@ -2501,6 +2522,26 @@ CASES = [
         _jsonl([RECORD, RECORD], "--text-field", "body"),
         'chat.jsonl line 1 has no "body" field',
         "--text-field",
+    ),
+    case(
+        "prepare-jsonl-no-record-with-text",  # 'empty' said nothing of why
+        _jsonl(
+            ['{"text": null, "body": "a"}', '{"text": "", "body": "b"}', '{"id": 3}'], "--text-field", "text"
+        ),
+        'holds no text: all 3 of its records have no text in field "text" (null, empty or missing)',
+        "they have: text, body, id; pass --text-field FIELD",
+    ),
+    case(
+        "prepare-jsonl-template-gives-no-text",
+        _jsonl(['{"q": "", "a": ""}', '{"q": "", "a": ""}'], "--template", "{q}{a}"),
+        "--template gives all 2 of its records no text",
+        "fill those fields, or name others in --template",
+    ),
+    case(
+        "prepare-parquet-no-row-with-text",
+        lambda env: _parquet(env, columns={"text": [None, ""], "story": ["one", "two"]}),
+        "all 2 of its rows have no text in column 'text'",
+        "they have: text, story; pass --text-field COLUMN",
     ),
     case(
         "prepare-jsonl-template-names-missing-field",

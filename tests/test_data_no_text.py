@@ -123,3 +123,15 @@ def test_a_zip_archive_is_called_one(tmp_path, capsys):
     code, _, err = prepare(capsys, "text", str(tmp_path / "a.txt"), "--out", str(tmp_path / "out"))
     assert code == 2 and err.count("\n") == 1, err
     assert "a.txt is a zip archive (unzip FILE); decompress it first" in err, err
+
+
+def test_a_dataset_of_which_no_record_has_text_says_what_was_found(tmp_path, capsys):
+    """It said only "corpus 'hf' is empty": nothing of the records read, nor of their fields."""
+    pytest.importorskip("datasets")
+    (tmp_path / "set").mkdir()
+    write_jsonl(tmp_path / "set" / "train.jsonl", [{"text": None, "story": t} for t in distinct_texts(4)])
+    code, _, err = prepare(capsys, "hf", str(tmp_path / "set"), "--out", str(tmp_path / "out"))
+    assert code == 2 and err.count("\n") == 1, err
+    assert 'all 4 of its records have no text in field "text" (null, empty or missing)' in err, err
+    assert "they have: text, story; pass --text-field FIELD" in err, err
+    assert not (tmp_path / "out").exists()

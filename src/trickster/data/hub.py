@@ -7,7 +7,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from trickster.data.sources import DownloadFailed, NoText, Source, file_identity, one_line, require_package
+from trickster.data.no_text import NoText
+from trickster.data.sources import DownloadFailed, Source, file_identity, one_line, require_package
 from trickster.errors import UserError
 
 TINYSTORIES = "roneneldan/TinyStories"
@@ -75,10 +76,11 @@ def hf_dataset(
     def at() -> str | None:  # the commit prepare pinned before reading (None: the newest one)
         return None if revision is None else revision.pinned
 
-    no_text = NoText()
+    fix = _fix(name, "pass --text-field FIELD naming the one that holds the text")
+    no_text = NoText("record", text_field, fix)
 
     def read() -> Iterator[str]:
-        no_text.count = 0  # a pass: its training split, then its validation split
+        no_text.restart()  # a pass: its training split, then its validation split
         return _hf_texts(dataset, config, split, text_field, name, at(), no_text)
 
     read_val = None
@@ -172,6 +174,7 @@ def _hf_texts(
                 f"dataset '{dataset}': field '{text_field}' holds {type(text).__name__}, not text; "
                 + _fix(name, "pass --text-field FIELD naming a field of strings")
             )
-        no_text.count += not text
         if text:
             yield text
+        else:
+            no_text.skipped(f"dataset '{dataset}' split '{split}'", row)

@@ -388,18 +388,21 @@ class _Job:
 
     def _check_both_splits(self) -> None:
         train, val = (self.record.splits[s].tokens() for s in SPLITS)
-        if train and val:
+        read = self.record.input_bytes  # an empty text file alone still gives bpe its end-of-text id
+        if train and val and read:
             return
         self.record.failed_at_end = True  # these settings can never give a usable folder: start afresh
         name = self.source.name
         dropped = sum(self.record.dedup.get(k, 0) for k in ("exact_dropped", "near_dropped", "blank_dropped"))
-        if not train and not val:
+        if not read or (not train and not val):
             if dropped:
                 raise UserError(
                     f"corpus '{name}' holds no text after dropping "
                     f"{counted(dropped, 'blank or duplicate document')}; pass files that contain text"
                 )
-            raise UserError(f"corpus '{name}' is empty; pass files that contain text")
+            # records or files without text only: what was found says what to pass instead
+            empty = f"corpus '{name}' is empty; pass files that contain text"
+            raise UserError(self.source.no_text.nothing_read(name) or empty)
         missing = "validation" if not val else "training"
         if self.record.dedup.get("near_found") and self.settings.mode == "group":
             raise UserError(

@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trickster.data.sources import Source, _json_line, checked_text, json_type
+from trickster.data.json_records import checked_text, json_line, json_type
+from trickster.data.sources import Source
 from trickster.data.textfile import decode, read_bytes
 from trickster.errors import UserError
 
@@ -39,7 +40,7 @@ def jsonl_prompt_response(path: str | Path) -> Records:
         if not line.strip():
             continue
         where = f"{path} line {number}"
-        record = _json_line(line, where)
+        record = json_line(line, where)
         if not isinstance(record, dict):
             raise UserError(f'{where} is not a JSON object; write {{"prompt": "...", "response": "..."}}')
         for key in ("prompt", "response"):

@@ -13,7 +13,6 @@ lives in records.py.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import string
 import sysconfig
@@ -24,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from trickster import untrusted
+from trickster.data.json_records import TextField, checked_text, json_line, json_type
+from trickster.data.no_text import NoText
 from trickster.data.paths import expand_paths
 from trickster.data.textfile import (
     OPENERS,
@@ -50,13 +50,6 @@ JSON_LINES_NAMES = tuple(
     f"{name}{packed}" for name in (".jsonl", ".json", ".ndjson") for packed in ("", *OPENERS, ".zst")
 )
 DATASETS_EXTRA = "pip install 'nano-trickster[datasets]'"
-
-
-@dataclass
-class NoText:
-    """Records or files of a pass with no text (null, empty, no text field): counted, no document."""
-
-    count: int = 0
 
 
 @dataclass
@@ -93,43 +86,6 @@ class Corpus:
     @property
     def num_chars(self) -> int:
         return sum(len(d) for d in self.documents)
-
-
-def _json_line(line: str, where: str):
-    try:
-        # without its line break, which would put an error at the end on a second line, column 1
-        return untrusted.parse(json.loads, line.rstrip("\r\n"))
-    except json.JSONDecodeError as err:
-        problem = untrusted.json_problem(err)
-        raise UserError(f"{where} is not JSON ({problem}); write one JSON object per line") from None
-    except untrusted.Unreadable as err:
-        raise UserError(f"{where} {err.reason}; fix or remove that record") from None
-
-
-def json_type(value) -> str:
-    """How JSON names the type of a value json.loads returned (NaN and Infinity, which Python's json
-    reads and writes although JSON has no such values, by their names)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
-    if isinstance(value, int | float):
-        return "a number"
-    return {type(None): "null", str: "a string", list: "an array", dict: "an object"}[type(value)]
-
-
-def checked_text(text: str, what: str, fix: str = "fix or remove that record") -> str:
-    """`text`, unless it holds a lone surrogate (JSON may escape half of a pair, "\\ud800"): no
-    character, which no tokenizer can encode."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:
-        code = f"\\u{ord(text[err.start]):04x}"
-        raise UserError(
-            f"{what} holds a lone surrogate ({code} at character {err.start}), half of a "
-            f"character that is not text; {fix}"
-        ) from None
-    return text
 
 
 def shakespeare(path: str | Path | None = None, url: str = SHAKESPEARE_URL, timeout: float = 30) -> Corpus:
@@ -223,20 +179,23 @@ def text_files(patterns: list[str]) -> Source:
     comes: whole (`read`), or one larger than a block in blocks (`read_texts`). One file is one
     document, read in blocks: its validation split is its last characters."""
     files = expand_paths(patterns)
-    digest, no_text = [hashlib.sha256()], NoText()
+    digest, no_text = [hashlib.sha256()], NoText("file")
 
     def read() -> Iterator[str]:
-        digest[0], no_text.count = hashlib.sha256(), 0
+        digest[0] = hashlib.sha256()
+        no_text.restart()
         for path in files:
             raw = read_bytes(path)
             text = text_of(raw, str(path))
             digest[0].update(raw)
-            no_text.count += not text
             if text:
                 yield text
+            else:
+                no_text.skipped(str(path))
 
     def read_texts() -> Iterator[str | LargeText]:
-        digest[0], no_text.count = hashlib.sha256(), 0
+        digest[0] = hashlib.sha256()
+        no_text.restart()
         for path in files:
             raw = small_file_bytes(path)
             if raw is None:
@@ -244,13 +203,19 @@ def text_files(patterns: list[str]) -> Source:
                 continue
             text = text_of(raw, str(path))
             digest[0].update(raw)
-            no_text.count += not text
             if text:
                 yield text
+            else:
+                no_text.skipped(str(path))
 
     def read_blocks() -> Iterator[str]:
         digest[0] = hashlib.sha256()
-        return text_blocks(files[0], digest[0])
+        no_text.restart()
+        no_text.skipped(str(files[0]))  # until a block holds text: the one file may be empty
+        for block in text_blocks(files[0], digest[0]):
+            if block:
+                no_text.restart()
+            yield block
 
     return Source(
         "text",
@@ -281,31 +246,16 @@ def jsonl_documents(
         template = template.replace("\\n", "\n").replace("\\t", "\t")
         names = _template_fields(template)
     files = expand_paths(patterns, JSON_LINES_NAMES, "JSON Lines files (.jsonl)")  # not a README beside them
-    field_seen, no_text = [False], NoText()
+    fix = "pass --text-field FIELD naming the one that holds the text"
+    if template is not None:
+        fix = "fill those fields, or name others in --template"
+    reader, no_text = None if text_field is None else TextField(text_field), NoText("record", text_field, fix)
 
     def document(record, where: str) -> str:
         if not isinstance(record, dict):
             raise UserError(f"{where} is not a JSON object; write one object per line")
-        if text_field is not None:
-            # a record without it, once an earlier one had it, is a missing value, as Hugging
-            # Face's json loader reads it (null); before any had it, the field is likely misspelt
-            if text_field not in record and not field_seen[0]:
-                fields = ", ".join(list(record)[:10])
-                raise UserError(
-                    f'{where} has no "{text_field}" field (it has: {fields}); pass --text-field FIELD'
-                )
-            field_seen[0] = True
-            value = record.get(text_field)
-            # a missing value, as Parquet and datasets rows hold it: no document; so is NaN, pandas'
-            # missing value, which json.dumps writes where to_json would write null
-            if value is None or (isinstance(value, float) and math.isnan(value)):
-                return ""
-            if not isinstance(value, str):
-                raise UserError(
-                    f'{where}: "{text_field}" must be a string (got {json_type(value)}); pass '
-                    "--text-field FIELD naming a field of strings, or fix or remove that record"
-                )
-            return checked_text(value, f'{where}: "{text_field}"')
+        if reader is not None:
+            return reader.text(record, where)
         for name in names:  # format_map would write null as "None", NaN as "nan", an array as "['a', 'b']"
             value = record.get(name, "")  # a missing one: format_map's KeyError names it
             finite = not isinstance(value, float) or math.isfinite(value)
@@ -322,16 +272,19 @@ def jsonl_documents(
             raise UserError(f"{where} does not fit --template ({err})") from None
 
     def read() -> Iterator[str]:
-        field_seen[0], no_text.count = False, 0
+        if reader is not None:
+            reader.restart()
+        no_text.restart()
         for path in files:
             for number, line in json_lines(path):
                 if not line.strip():
                     continue
                 where = f"{path} line {number}"
-                text = document(_json_line(line, where), where)
-                no_text.count += not text
+                text = document(record := json_line(line, where), where)
                 if text:
                     yield text
+                else:
+                    no_text.skipped(where, record)
 
     how = {"text_field": text_field} if text_field is not None else {"template": template}
     return Source(
@@ -375,21 +328,23 @@ def parquet_documents(patterns: list[str], text_field: str = "text") -> Source:
                 "pass --text-field COLUMN"
             )
 
-    no_text = NoText()
+    no_text = NoText("row", text_field, "pass --text-field COLUMN naming the one that holds the text")
 
     def read() -> Iterator[str]:
-        no_text.count = 0
+        no_text.restart()
         for path in files:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=1024, columns=[text_field]):
+            parquet = pq.ParquetFile(path)
+            for batch in parquet.iter_batches(batch_size=1024, columns=[text_field]):
                 for text in batch.column(0).to_pylist():
                     if not isinstance(text, str) and text is not None:
                         raise UserError(
                             f"{path}: column '{text_field}' holds {type(text).__name__}, not text; "
                             "pass --text-field COLUMN naming a column of strings"
                         )
-                    no_text.count += not text
                     if text:
                         yield text
+                    else:
+                        no_text.skipped(str(path), parquet.schema_arrow.names)
 
     return Source(
         "parquet",

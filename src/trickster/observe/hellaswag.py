@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from trickster import untrusted
 from trickster.atomic import replace_file
-from trickster.data import sources
+from trickster.data import json_records, sources
 from trickster.data.textfile import read_bytes, text_of
 from trickster.data.tokenizers import CharTokenizer, Tokenizer
 from trickster.errors import UserError, disk_errors, write_fix
@@ -162,14 +162,14 @@ def _example(line: str, where: str, fix: str) -> Example:
 
 def _shape_problem(record) -> str | None:
     if not isinstance(record, dict):
-        return sources.json_type(record)
+        return json_records.json_type(record)
     ctx, endings, label = record.get("ctx"), record.get("endings"), record.get("label")
     if not isinstance(ctx, str):
-        return "no ctx text" if ctx is None else f"ctx is {sources.json_type(ctx)}"
+        return "no ctx text" if ctx is None else f"ctx is {json_records.json_type(ctx)}"
     if endings is None:
         return "no endings"
     if not isinstance(endings, list):
-        return f"endings is {sources.json_type(endings)}"
+        return f"endings is {json_records.json_type(endings)}"
     if len(endings) != ENDINGS:
         return f"{len(endings)} endings"
     if not all(isinstance(ending, str) for ending in endings):

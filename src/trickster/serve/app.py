@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from trickster.data.sources import checked_text
+from trickster.data.json_records import checked_text
 from trickster.errors import UserError
 from trickster.serve import chat, schemas
 from trickster.serve.body import BODY_TIMEOUT, MAX_BODY, read_body

@@ -12,7 +12,7 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from trickster.data.hf_tokens import special_token_text
-from trickster.data.sources import checked_text
+from trickster.data.json_records import checked_text
 from trickster.data.tokenizers import Tokenizer
 from trickster.errors import UserError
 
