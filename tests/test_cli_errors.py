@@ -969,6 +969,30 @@ def _no_window_fits_accumulating(env: Env) -> list[str]:
     return micro_train(env, *auto, "model_config.vocab_size=128", f"device_config.memory_gib={gib:.6g}")
 
 
+def _no_window_fits_accumulating_ddp(env: Env) -> list[str]:
+    """batch_size: auto under DDP (one process) in a memory_gib that holds the model's state and
+    two and a half windows by plan's formula: a micro-batch of one fits alone, but the 8 windows of
+    a step need accumulation, whose micro-batches before the last (no_sync) make a second copy of
+    the gradients beside DDP's all-reduce buckets, more than the room left for one window."""
+    cfg = micro_config(env.data, env.tmp / "run")
+    cfg.model.vocab_size, cfg.training.seq_len = 128, 16  # the char vocabulary, padded as training pads it
+    one = footprint.memory_estimate(cfg, batch_size=1)
+    assert one.gradients > 1.5 * (one.activations + one.logits)  # the copy outweighs the room left
+    gib = (one.state + 2.5 * (one.activations + one.logits)) / footprint.HEADROOM / 2**30
+    auto = (
+        "training_config.batch_size=auto",
+        "training_config.global_batch=8",
+        "device_config.enable_ddp=true",
+    )
+    return micro_train(
+        env,
+        *auto,
+        "training_config.seq_len=16",
+        "model_config.vocab_size=128",
+        f"device_config.memory_gib={gib:.6g}",
+    )
+
+
 def _lora_too_big(env: Env) -> list[str]:
     return micro_train(env, f"training_config.init_from={env.run}", "training_config.lora={rank: 1e18}")
 
@@ -2187,6 +2211,14 @@ CASES = [
         _no_window_fits_accumulating,
         "a step of 8 windows needs gradient accumulation",
         "lower training_config.global_batch to 1 window(s) (no accumulation)",
+    ),
+    case(  # said "FSDP2 keeps whole float32 gradients" to DDP jobs too
+        "train-batch-auto-no-window-fits-with-accumulation-under-ddp",
+        _no_window_fits_accumulating_ddp,
+        "a step of 8 windows needs gradient accumulation, and with it DDP keeps a second float32 copy "
+        "of the gradients (no_sync's, beside its all-reduce buckets)",
+        "lower training_config.global_batch to 1 window(s) (no accumulation), shard the model over "
+        "several processes instead (device_config.enable_fsdp=true)",
     ),
     case(
         "train-max-time-not-a-duration",

@@ -98,7 +98,8 @@ def job_fit(
     step's `measured` (fixed bytes, bytes per window). The trial copy is the whole model in one
     process: what a process of an FSDP2 job holds beyond it (footprint.beyond_one_process: the
     weights it gathers; with accumulation, which a micro-batch below the share needs, whole float32
-    gradients and the gathered weights between micro-batches) is added by the formula."""
+    gradients and the gathered weights between micro-batches), or of a DDP job with accumulation
+    (no_sync's gradients beside the all-reduce buckets), is added by the formula."""
     fixed, window = measured
     share = windows // job.world_size
     computed = resolve_precision(cfg, device)
@@ -110,14 +111,28 @@ def job_fit(
         return fit, usable - more
     more, kept = footprint.beyond_one_process(computed, job.world_size, accumulating=True)
     if fixed + more + max(window, kept) > usable:
+        held, fix = ACCUMULATION_HOLDS[job.mode]
         raise UserError(
             f"batch_size auto: a step of {windows:,} windows needs gradient accumulation, and with it "
-            f"FSDP2 keeps whole float32 gradients and the gathered weights between micro-batches: not "
-            f"even a micro-batch of one window fits in the {usable / 2**30:.2f} GiB usable on {device}; "
-            f"lower training_config.global_batch to {fit * job.world_size:,} window(s) (no accumulation), "
-            "shard over more processes, or choose a smaller model"
+            f"{held}: not even a micro-batch of one window fits in the {usable / 2**30:.2f} GiB usable "
+            f"on {device}; lower training_config.global_batch to {fit * job.world_size:,} window(s) "
+            f"(no accumulation), {fix}, or choose a smaller model"
         )
     return (usable - fixed - more) // window, usable - more
+
+
+# what a job's accumulated step holds beyond one micro-batch's (footprint.accumulation_cost), by
+# its parallelism (Dist.mode), and what else makes room; one process holds nothing more
+ACCUMULATION_HOLDS = {
+    "fsdp": (
+        "FSDP2 keeps whole float32 gradients and the gathered weights between micro-batches",
+        "shard over more processes",
+    ),
+    "ddp": (
+        "DDP keeps a second float32 copy of the gradients (no_sync's, beside its all-reduce buckets)",
+        "shard the model over several processes instead (device_config.enable_fsdp=true)",
+    ),
+}
 
 
 def no_window_fits(cfg: Config, device: torch.device, usable: int) -> UserError:
