@@ -20,7 +20,7 @@ from trickster.train import loop
 from trickster.train.device import allocation_failed
 from trickster.train.dist import Dist
 from trickster.train.loop import train
-from trickster.train.memory import check_fits, choose_batch, out_of_memory
+from trickster.train.memory import check_fits, choose_batch, job_fit, out_of_memory
 
 from . import children
 from .conftest import QUIET, micro_config
@@ -242,6 +242,26 @@ def test_the_processes_of_a_cpu_job_each_get_their_share_of_the_ram(shakespeare_
     assert result.returncode == 2, result.stderr[-3000:]
     assert refused in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_torchrun_job_is_fitted_as_ddp_whether_or_not_its_config_asks_for_it(micro):
+    """torchrun's processes train under DDP without device_config.enable_ddp (dist.setup): its
+    accumulated step holds no_sync's copy of the gradients all the same, and a job with room for
+    one window beside the state but not beside that copy is refused naming DDP, as one whose config
+    says enable_ddp is (it was fitted as a single process's, with a micro-batch that did not fit)."""
+    cfg = micro(model_config={"vocab_size": 128}, training_config={"seq_len": 16})
+    one = footprint.memory_estimate(cfg, batch_size=1)
+    fixed, window = one.state, one.activations + one.logits
+    assert one.gradients > 2 * window  # the copy takes more than the room left
+    usable = fixed + 3 * window
+    job = Dist(world_size=2, mode="ddp")
+    for asked in (True, False):
+        cfg.device.enable_ddp = asked
+        with pytest.raises(
+            UserError, match=re.escape("with it DDP keeps a second float32 copy of the gradients")
+        ):
+            job_fit(cfg, CPU, job, 16, (fixed, window), usable)
+    assert job_fit(cfg, CPU, Dist(), 16, (fixed, window), usable) == (3, usable)  # one process: no copy
 
 
 def test_the_allocation_failures_this_torch_raises_are_told_apart():

@@ -103,6 +103,9 @@ def job_fit(
     fixed, window = measured
     share = windows // job.world_size
     computed = resolve_precision(cfg, device)
+    if job.mode == "ddp" and not computed.device.enable_ddp:  # torchrun's processes: DDP unasked
+        computed = computed.model_copy(deep=True)
+        computed.device.enable_ddp = True
     more, _ = footprint.beyond_one_process(computed, job.world_size, accumulating=False)
     fit = min((usable - fixed - more) // window, share)
     if fit < 1:
