@@ -214,7 +214,7 @@ def test_documents_without_an_end_of_text_id_are_said_to_run_together(tmp_path, 
     """--tokenizer-from a tokenizer without end-of-text (a byte model trained on one text) joins
     several documents back to back, with nothing between them: data prepare says so."""
     from trickster import cli
-    from trickster.data.report import NO_SEPARATOR_DOCUMENTS
+    from trickster.data.summary import NO_SEPARATOR_DOCUMENTS
 
     (tmp_path / "docs").mkdir()
     for i in range(40):

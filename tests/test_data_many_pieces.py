@@ -142,7 +142,7 @@ def test_pieces_carry_the_whole_text_s_split_fingerprint_and_signature(tmp_path,
 def test_memory_is_bounded_by_a_block_among_several_files(tmp_path, monkeypatch):
     import tqdm  # noqa: F401  (imported before the count: only the preparation's memory is measured)
 
-    from trickster.data import report  # noqa: F401  (the summary's, imported by prepare at the end)
+    from trickster.data import summary  # noqa: F401  (imported by prepare at the end)
 
     lines = EXCERPT.read_text(encoding="utf-8").split("\n")
     folder = tmp_path / "texts"

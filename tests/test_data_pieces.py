@@ -228,7 +228,7 @@ def test_a_damaged_archive_leaves_nothing_to_continue_and_once_whole_it_prepares
 def test_memory_is_bounded_by_a_block_not_by_the_file(tmp_path, monkeypatch):
     import tqdm  # noqa: F401  (imported before the count: only the preparation's memory is measured)
 
-    from trickster.data import report  # noqa: F401  (the summary's, imported by prepare at the end)
+    from trickster.data import summary  # noqa: F401  (imported by prepare at the end)
 
     text = EXCERPT.read_text(encoding="utf-8")
     path = tmp_path / "big.txt"

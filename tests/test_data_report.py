@@ -4,6 +4,7 @@ here by hand (Python sets and Counters over the texts), never by the product's o
 from __future__ import annotations
 
 import collections
+import json
 
 import numpy as np
 import pytest
@@ -173,3 +174,24 @@ def test_a_split_of_one_document_reads_as_one(tmp_path):
         f"train: 1 document, {facts.splits['train'].tokens:,} tokens",
         f"val: 1 document, {facts.splits['val'].tokens:,} tokens",
     ]
+
+
+def test_the_report_says_how_many_records_had_no_text(tmp_path, capsys):
+    """Preparation records them in meta.json (documents_without_text); the report left them out,
+    so a folder read later hid that a tenth of its records were null."""
+    records = [{"text": None if i % 10 == 3 else doc} for i, doc in enumerate(texts(40, 1))]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    out = tmp_path / "out"
+    args = ["jsonl", str(tmp_path / "rows.jsonl"), "--text-field", "text", "--out", str(out), "--no-progress"]
+    assert cli.main(["data", "prepare", *args]) == 0
+    capsys.readouterr()
+    assert cli.main(["data", "report", str(out)]) == 0
+    said = capsys.readouterr().out.splitlines()
+    nulls = sum(r["text"] is None for r in records)
+    assert f"skipped {nulls} records with no text (null, empty, or without the text field)" in said, said
+
+
+def test_the_report_says_nothing_of_records_without_text_when_there_were_none(corpus, capsys):
+    out, _ = corpus
+    assert cli.main(["data", "report", str(out)]) == 0
+    assert "skipped" not in capsys.readouterr().out

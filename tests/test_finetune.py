@@ -11,7 +11,7 @@ import torch
 from trickster import cli
 from trickster.config import config_from_dict
 from trickster.data.loader import IGNORE_INDEX, BatchSampler, load_data, windows
-from trickster.data.report import NO_SEPARATOR
+from trickster.data.summary import NO_SEPARATOR
 from trickster.model.transformer import Transformer
 from trickster.observe.report import build_report
 from trickster.train import checkpoint as ckpt

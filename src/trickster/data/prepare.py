@@ -72,6 +72,7 @@ from trickster.data.pending import PendingTokens, write_chunk
 from trickster.data.records import Records, records_source
 from trickster.data.shards import SPLITS, Progress, ShardWriter, SplitProgress, token_dtype
 from trickster.data.sources import Corpus, DownloadFailed, Source, corpus_source
+from trickster.data.summary import kept_older, prepare_summary
 from trickster.data.textfile import NotText
 from trickster.data.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 from trickster.errors import Interrupted, UserError, disk_errors, write_fix
@@ -207,8 +208,6 @@ def prepare_prompt_response(
 def _keep_older(err: DownloadFailed, meta: dict, out_dir: Path, echo: Callable[[str], None]) -> dict:
     """`out_dir` as an older version prepared it, when its source cannot be read again (offline):
     training loads it as it is, as it did before the version was recorded."""
-    from trickster.data.report import kept_older  # it reads folders with torch: not for workers
-
     echo(f"could not read its source again ({err}): keeping {out_dir} as it was prepared")
     echo(kept_older(meta, out_dir))
     return meta
@@ -227,8 +226,6 @@ def _kept_shards(partial: Path, record: Progress) -> int:
 def _say(
     echo: Callable[[str], None], meta: dict, out_dir: Path, kept: bool = False, removed: str | None = None
 ) -> None:
-    from trickster.data.report import prepare_summary  # it reads folders with torch: not for workers
-
     for line in prepare_summary(meta, out_dir, kept, removed):
         echo(line)
 
