@@ -281,3 +281,21 @@ def test_a_checkpoint_named_like_markup_is_shown_as_its_name(trained_run, browse
         page.close()
     assert images == 0 and title != "ran"
     assert sorted(headings) == sorted([name, "untrained"])
+
+
+def test_the_first_generate_fits_a_context_below_the_sliders_default(trained_run, browser):
+    """The max-tokens slider starts at 200; on a model whose context is smaller (64 here, 128 for
+    the tiny preset) it is lowered to fit. Lowering the slider's max clamped its value to the
+    context itself before the page compared them, so a first Generate with the page as it loaded
+    asked for 64 tokens after the prompt: a 400 in every column."""
+    with live_server(trained_run) as live:
+        page = open_playground(browser, live)
+        page.click("#generate")
+        page.wait_for_function("document.querySelectorAll('.column[data-done]').length === 2", timeout=60_000)
+        asked = int(page.eval_on_selector("#max_tokens", "e => e.value"))
+        shown = "els => els.map(e => [e.className, e.textContent])"
+        outputs = page.eval_on_selector_all(".column .output", shown)
+        page.close()
+    assert asked == 32  # half the context of 64: room for a prompt
+    for kind, text in outputs:
+        assert "error" not in kind and len(text) == asked, text
