@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -156,13 +157,25 @@ def test_after_a_fine_tune_next_suggests_a_prompt_written_as_the_records_write_t
 
 
 def test_a_fine_tunes_samples_continue_a_prompt_of_the_records_unless_the_user_set_one(
-    trained_run, chat_data, tmp_path, capsys
+    trained_run, chat_data, tmp_path, capsys, monkeypatch
 ):
     """Started from the base run's config.yaml (sample prompt ROMEO:, which the records never
     wrote), the samples a fine-tune prints and logs continue a prompt of the validation records,
-    and its config.yaml says so; a sample prompt given on the command line still wins."""
+    and its config.yaml says so; a sample prompt given on the command line still wins. The prompt
+    is found once a run (each search reads up to 1M mask tokens): the samples and `next:` share it
+    (it was found twice, by setup.open_run and by Trainer.result)."""
     from trickster.config import load_config
+    from trickster.data import record_prompts
 
+    found, real = [], record_prompts.record_prompt
+
+    def counted(data):
+        found.append(real(data))
+        return found[-1]
+
+    for module in list(sys.modules.values()):  # each caller imported it by name, or asks the module
+        if module.__name__.startswith("trickster") and getattr(module, "record_prompt", None) is real:
+            monkeypatch.setattr(module, "record_prompt", counted)
     data, records = chat_data
     val_prompts = [r["prompt"] for r in records[-len(records) // 10 :]]
     assert load_config(trained_run / "config.yaml").training.sample_prompt == "ROMEO:"
@@ -172,11 +185,14 @@ def test_a_fine_tunes_samples_continue_a_prompt_of_the_records_unless_the_user_s
     argv += [f"training_config.init_from={trained_run}", "training_config.sample_tokens=3"]
 
     assert cli.main([*argv, "--out", str(tmp_path / "ft")]) == 0
-    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  sample: ")]
+    out = capsys.readouterr().out
+    printed = [line for line in out.splitlines() if line.startswith("  sample: ")]
     samples = [e["sample"] for e in events(tmp_path / "ft", "eval")]
     assert len(samples) == len(printed) == 2  # steps 0 and 2
     prompt = load_config(tmp_path / "ft" / "config.yaml").training.sample_prompt
     assert prompt in val_prompts
+    assert found == [prompt]  # once, for the samples and the hint
+    assert out.splitlines()[-1].startswith(f"next: trickster generate {tmp_path / 'ft'} --prompt ")
     assert all(sample.startswith(prompt) and len(sample) > len(prompt) for sample in samples)
     first_line = prompt.split("\n")[0]
     assert all(line.startswith("  sample: " + first_line) for line in printed)

@@ -10,6 +10,7 @@ responses only, and the sampler redraws any window that holds no target at all.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from trickster.atomic import restore_replaced
+from trickster.data import record_prompts
 from trickster.data.shards import file_sha256
 from trickster.data.tokenizers import Tokenizer, load_tokenizer
 from trickster.errors import UserError
@@ -119,6 +121,12 @@ class PreparedData:
     tokenizer: Tokenizer
     train: TokenStream  # memory-mapped, one stream
     val: TokenStream
+
+    @functools.cached_property
+    def record_prompt(self) -> str | None:
+        """A prompt written as the folder's records write theirs (record_prompts.py; None unless it
+        holds prompt/response records), read once: a run's samples and its `next:` hint use it."""
+        return record_prompts.record_prompt(self)
 
 
 def load_data(path: str | Path) -> PreparedData:

@@ -9,9 +9,12 @@ id and the prompt and 1 after them (records.py), so each run of 0s in the mask i
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from trickster.data.loader import PreparedData
+if TYPE_CHECKING:  # the loader's PreparedData asks this module, once (its record_prompt)
+    from trickster.data.loader import PreparedData
 
 RECORDS_LOOKED_AT = 50  # the validation records whose prompts are compared: a bounded read
 TOKENS_LOOKED_AT = 1 << 20

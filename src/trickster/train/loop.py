@@ -19,7 +19,6 @@ import torch
 
 from trickster.config import Config
 from trickster.data.loader import BatchSampler, check_windows, load_data
-from trickster.data.record_prompts import record_prompt
 from trickster.errors import UserError
 from trickster.model.flops import flops_per_token, parameter_breakdown
 from trickster.observe.events import NoMetrics
@@ -443,5 +442,5 @@ class Trainer:
         }
 
     def result(self, exit_signal: int | None = None) -> TrainResult:
-        record = record_prompt(self.data)  # for `next:`; None unless the data is prompt/response records
+        record = self.data.record_prompt  # for `next:`; None unless the data is prompt/response records
         return TrainResult(self.cfg, self.run_dir, self.state, exit_signal, self.params, record_prompt=record)

@@ -19,7 +19,6 @@ import torch
 from trickster.atomic import replace_file, staging_dir
 from trickster.config import Config, save_config
 from trickster.data.loader import PreparedData
-from trickster.data.record_prompts import record_prompt
 from trickster.errors import UserError, disk_errors
 from trickster.model.flops import parameter_breakdown
 from trickster.model.transformer import Transformer
@@ -72,7 +71,7 @@ def open_run(
     if done:  # `auto`, as a requeue script reruns it: the checkpoint is this run's (checked above)
         out.line(finished_line(resumed_from, run_dir))
         raise Finished(TrainResult(cfg, run_dir, _finished_state(resumed_from), None, _params(cfg), True))
-    cfg = records_sample_prompt(cfg, record_prompt(data), resumed_from is not None)
+    cfg = records_sample_prompt(cfg, data.record_prompt, resumed_from is not None)
     return cfg, resumed_from, repairs, changed
 
 
