@@ -182,7 +182,6 @@ def prepared_meta(source: Source, tokenizer: Tokenizer, record: Progress, index,
         "format": META_FORMAT,
         "layout": "shards",
         "source": source.name,
-        "source_identity": source.identity,
         "source_files": source.files[:20],
         "source_file_count": len(source.files),
         "source_sha256": content,
@@ -221,6 +220,6 @@ def prepared_meta(source: Source, tokenizer: Tokenizer, record: Progress, index,
             "meaning": "one per token: 1 = the loss covers it (response), 0 = it does not (prompt)",
         }
     meta["tokens_sha256"] = tokens_sha256(index)
-    meta["settings"] = record.settings
+    meta["settings"] = record.settings  # its "source" is the one list of every file read (and their sizes)
     meta["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return meta
