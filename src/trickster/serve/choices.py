@@ -212,11 +212,14 @@ class Generation:
 
 def _logprob_entry(choice: Choice, event: Token) -> dict:
     """`offset`: the characters of text before this token (those of a character it begins come
-    with the token that finishes it)."""
-    texts, top = choice.token_texts, event.top or []
+    with the token that finishes it). The chosen token is named as it is among the alternatives."""
+    texts, top = choice.token_texts, list(event.top or [])
+    # the chosen token is always among them, as OpenAI's and vLLM's list it (so up to logprobs + 1):
+    # one sampled outside the likeliest comes last, as it is no likelier than any of them
+    if all(token != event.id for token, _ in top):
+        top.append((event.id, event.logprob))
     names = texts.names(i for i, _ in top)
-    # the chosen token is named as it is among the alternatives, where it is one
-    chosen = dict(zip((i for i, _ in top), names, strict=True)).get(event.id) or texts.text(event.id)
+    chosen = dict(zip((i for i, _ in top), names, strict=True))[event.id]
     entry = {
         "token": chosen,
         "logprob": event.logprob,
