@@ -5,9 +5,12 @@ TRICKSTER_WRITE_SCREENSHOT=1)."""
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -299,3 +302,37 @@ def test_the_first_generate_fits_a_context_below_the_sliders_default(trained_run
     assert asked == 32  # half the context of 64: room for a prompt
     for kind, text in outputs:
         assert "error" not in kind and len(text) == asked, text
+
+
+POST_FROM_PAGE = """async ([url, body, kind]) => {
+    const data = kind === "text" ? body : new Blob([body]);  // text/plain, or bytes of no type
+    const r = await fetch(url, {method: "POST", mode: "no-cors", body: data});
+    return r.type;
+}"""
+
+
+def test_a_page_of_another_origin_cannot_make_the_server_generate(trained_run, browser, tmp_path):
+    """A browser posts text, or bytes of no type, from any page without a preflight: a page on
+    another port of this machine made the server load a checkpoint and generate for it (reading
+    nothing back). Now it is refused before the body is read; the playground still works."""
+    (tmp_path / "index.html").write_text("<p>another site</p>")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        with live_server(trained_run) as live:
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{other.server_port}/")
+            body = json.dumps({"model": "step_000006", "prompt": "ROMEO:", "max_tokens": 5})
+            for kind in ("text", "blob"):
+                assert page.evaluate(POST_FROM_PAGE, [live.url + "/v1/completions", body, kind]) == "opaque"
+            page.close()
+            assert live.catalog.offered["step_000006"].model is None  # never loaded: nothing generated
+            own = open_playground(browser, live)
+            own.uncheck("#picker input[value=untrained]")
+            own.check("#picker input[value=step_000006]")
+            texts = generate(own, "ROMEO:", max_tokens=5, seed=1, columns=2)
+            own.close()
+        assert set(texts) == {"step_000006", "best"} and all(len(t) == 5 for t in texts.values())
+    finally:
+        other.shutdown()

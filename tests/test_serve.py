@@ -372,6 +372,42 @@ ERRORS = [
         None,
     ),
     ("body-not-object", _post("/v1/completions", b"[1, 2]"), 400, "must be a JSON object", None),
+    # a body declared as something else was read as JSON all the same (curl -d sends a form's type)
+    *(
+        (
+            f"content-type-{kind.partition('/')[2]}",
+            _post(path, body, **{"Content-Type": kind}),
+            415,
+            f"its Content-Type says '{kind}'; send the header 'Content-Type: application/json'",
+            None,
+        )
+        for path, body, kind in [
+            ("/v1/completions", GOOD, "text/plain"),
+            ("/v1/completions", GOOD, "application/x-www-form-urlencoded"),
+            ("/v1/chat/completions", CHAT, "text/plain;charset=UTF-8"),
+        ]
+    ),
+    # a browser's page on another origin, or another port of this machine, posts text without a
+    # preflight: it made the server generate for it
+    *(
+        (
+            f"foreign-page-{name}",
+            _post("/v1/completions", GOOD, **headers),
+            403,
+            f"a web page of another origin ({said}) may not call this API",
+            None,
+        )
+        for name, headers, said in [
+            ("origin", {"Origin": "http://127.0.0.1:1"}, "http://127.0.0.1:1"),
+            ("null-origin", {"Origin": "null"}, "null"),
+            (
+                "cross-site",
+                {"Sec-Fetch-Site": "cross-site", "Origin": "https://a.example"},
+                "https://a.example",
+            ),
+            ("same-site", {"Sec-Fetch-Site": "same-site"}, "same-site"),
+        ]
+    ),
     (
         "body-nested-too-deep",  # json.loads raised RecursionError: a 500
         _post("/v1/completions", b"[" * 100_000 + b"]" * 100_000),
@@ -666,6 +702,22 @@ def test_errors_are_openai_json_and_the_server_goes_on(server, client, case, req
     assert text in error["message"] and error["param"] == param
     assert set(error) == {"message", "type", "param", "code"}
     assert completion(client, **GOOD, seed=0)  # still serving
+
+
+def test_json_bodies_from_programs_and_the_servers_own_page_are_taken(server):
+    """A JSON type with parameters, a body that names no type (as vLLM's FastAPI reads it), and a
+    browser's request from the server's own page (the playground) or a typed address."""
+    host = server.url.removeprefix("http://")
+    for headers in [
+        {"Content-Type": "application/json; charset=utf-8"},
+        {"Content-Type": "application/vnd.example+json"},
+        {},
+        {"Content-Type": "application/json", "Sec-Fetch-Site": "same-origin", "Origin": server.url},
+        {"Content-Type": "application/json", "Sec-Fetch-Site": "none"},
+        {"Content-Type": "application/json", "Origin": server.url, "Host": host},
+    ]:
+        answer = httpx.post(server.url + "/v1/completions", content=json.dumps(GOOD), headers=headers)
+        assert answer.status_code == 200, (headers, answer.text)
 
 
 def test_fields_that_ask_for_nothing_we_lack_are_accepted(client):

@@ -30,6 +30,7 @@ from trickster.serve.body import BODY_TIMEOUT, MAX_BODY, read_body
 from trickster.serve.chat import TemplateRefused
 from trickster.serve.choices import Delta, Generation
 from trickster.serve.engine import Engine
+from trickster.serve.guard import check_post
 from trickster.serve.models import Catalog, Offered
 from trickster.serve.schemas import APIError, ChatRequest, CompletionRequest
 
@@ -217,6 +218,7 @@ class Server:
             )
 
     async def _body(self, request: Request) -> bytes:
+        check_post(request)  # a JSON body, not from another origin's page
         return await read_body(request, self.max_body, self.body_timeout)
 
     async def _offered(self, name: str) -> Offered:
