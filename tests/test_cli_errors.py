@@ -994,7 +994,9 @@ def _no_window_fits_accumulating_ddp(env: Env) -> list[str]:
 
 
 def _lora_too_big(env: Env) -> list[str]:
-    return micro_train(env, f"training_config.init_from={env.run}", "training_config.lora={rank: 1e18}")
+    # the largest rank the micro model's layers take (a larger one is refused before memory is counted)
+    lora = ("training_config.lora={rank: 64}", "device_config.memory_gib=0.0001")
+    return micro_train(env, f"training_config.init_from={env.run}", *lora)
 
 
 def _time_budget_spent(env: Env) -> list[str]:
@@ -2198,7 +2200,7 @@ CASES = [
         _lora_too_big,
         "the model is too big for cpu",
         "in LoRA adapters",
-        "lower training_config.lora.rank (now 1,000,000,000,000,000,000)",
+        "lower training_config.lora.rank (now 64)",
     ),
     case(
         "train-batch-auto-no-window-fits",
@@ -3875,6 +3877,12 @@ CASES = [
         _lora("training_config.lora={rank: 0}"),
         "training_config.lora.rank",
         "greater than 0",
+    ),
+    case(
+        "lora-rank-past-the-layers",
+        _lora("training_config.lora={rank: 65, targets: [q_proj, w2]}"),
+        "training_config.lora.rank must be <= 64, the narrower side of w2, wq (got 65)",
+        "a larger rank adds parameters, not capacity",
     ),
     case(
         "lora-unknown-target",

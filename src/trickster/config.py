@@ -120,7 +120,8 @@ class DataConfig(_Section):
 
 class LoraConfig(_Section):
     rank: int = Field(8, gt=0)
-    """Rank r of each adapter: the update to a weight W is (alpha / r) * B @ A, A (r, in), B (out, r)."""
+    """Rank r of each adapter: the update to a weight W is (alpha / r) * B @ A, A (r, in), B (out, r);
+    at most the narrower side of every layer it adapts."""
     alpha: float = Field(16.0, gt=0)
     """Scale of the update (multiplied by alpha / rank)."""
     targets: list[str] = Field(default_factory=lambda: ["wq", "wv"])

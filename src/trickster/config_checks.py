@@ -16,6 +16,7 @@ def check(cfg: Config) -> list[str]:
     """Problems that span several keys, each naming the key to change, said section by section."""
     m, t = cfg.model, cfg.training
     problems = _check_model(m) + _check_schedule(t) + _check_device(cfg.device) + _check_lora(t)
+    problems += _check_lora_rank(cfg)
     return problems + _check_batch_and_time(t) + _check_seq_len(cfg) + _check_profile(cfg)
 
 
@@ -123,6 +124,30 @@ def _check_lora(t: TrainingConfig) -> list[str]:
             f"choose from {', '.join(TARGETS)} (or {', '.join(HF_NAMES)})"
         )
     return problems
+
+
+def _check_lora_rank(cfg: Config) -> list[str]:
+    """A rank past the narrower side of a layer it adapts adds parameters, not capacity (B @ A has
+    at most that rank). Checked for training only: a checkpoint saved with one still loads."""
+    t, m = cfg.training, cfg.model
+    if t.lora is None or m.hidden_dim % m.num_heads:
+        return []
+    from trickster.model.lora import HF_NAMES
+
+    # every adapted layer has hidden_dim on one side; the other is hidden_dim (wq, wo),
+    # kv_heads x head_dim (wk, wv) or mlp_dim (w1, w3, w2)
+    kv = m.kv_heads * m.head_dim
+    other_side = {"wk": kv, "wv": kv, "w1": m.mlp_dim, "w3": m.mlp_dim, "w2": m.mlp_dim}
+    layers = {HF_NAMES.get(name, name) for name in t.lora.targets}
+    widths = {name: min(m.hidden_dim, other_side.get(name, m.hidden_dim)) for name in layers}
+    most = min(widths.values(), default=t.lora.rank)
+    if t.lora.rank <= most:
+        return []
+    narrowest = ", ".join(sorted(name for name, width in widths.items() if width == most))
+    return [
+        f"training_config.lora.rank must be <= {most}, the narrower side of {narrowest} "
+        f"(got {t.lora.rank}); a larger rank adds parameters, not capacity"
+    ]
 
 
 def _check_batch_and_time(t: TrainingConfig) -> list[str]:
