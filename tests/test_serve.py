@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import gzip
 import http.client
 import json
 import logging
@@ -386,6 +387,15 @@ ERRORS = [
             ("/v1/completions", GOOD, "application/x-www-form-urlencoded"),
             ("/v1/chat/completions", CHAT, "text/plain;charset=UTF-8"),
         ]
+    ),
+    # a gzip body was read as text: "not valid JSON ('utf-8' codec can't decode byte 0x8b ...)"
+    (
+        "content-encoding-gzip",
+        _post("/v1/completions", gzip.compress(json.dumps(GOOD).encode()), **{"Content-Encoding": "gzip"}),
+        415,
+        "the request body is compressed (Content-Encoding: gzip), and this server reads bodies as they "
+        "are; send it uncompressed",
+        None,
     ),
     # a browser's page on another origin, or another port of this machine, posts text without a
     # preflight: it made the server generate for it

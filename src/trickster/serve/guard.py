@@ -1,6 +1,6 @@
 """What a POST must show before its body is read: that the body is JSON (or says nothing of its type,
-as vLLM's FastAPI reads such a body), and, when a browser sends it, that the page sending it is the
-server's own (the playground).
+as vLLM's FastAPI reads such a body), not compressed, and, when a browser sends it, that the page
+sending it is the server's own (the playground).
 
 A browser sends a POST whose body is text, a form or bytes from any page without asking the server
 first (no CORS preflight): a page on another site, or on another port of this machine, could make
@@ -22,7 +22,8 @@ OWN_PAGE = {"same-origin", "none"}  # Sec-Fetch-Site of the server's own page, o
 
 
 def check_post(request: Request) -> None:
-    """A 415 for a body declared as something other than JSON, a 403 for another origin's page."""
+    """A 415 for a body declared as something other than JSON, or compressed; a 403 for another
+    origin's page."""
     headers = request.headers
     declared = headers.get("content-type")
     if declared is not None and not _is_json(declared):
@@ -30,6 +31,13 @@ def check_post(request: Request) -> None:
             415,
             f"the request body must be JSON, and its Content-Type says {declared!r}; send the header "
             "'Content-Type: application/json' (curl: -H 'Content-Type: application/json')",
+        )
+    coding = headers.get("content-encoding", "identity")
+    if coding.strip().lower() != "identity":  # its bytes were read as JSON text: 'not valid JSON'
+        raise APIError(
+            415,
+            f"the request body is compressed (Content-Encoding: {coding}), and this server reads "
+            "bodies as they are; send it uncompressed, without a Content-Encoding header",
         )
     site, origin = headers.get("sec-fetch-site"), headers.get("origin")
     if site is not None:
