@@ -1239,6 +1239,13 @@ def _import_hub_disk_full(env: Env) -> list[str]:
     return _import_hub("org/full", {})(env)
 
 
+def _link(env: Env, name: str, *targets: str) -> str:
+    """The symlink `name` to the first of `targets`, each a symlink to the next (the last to none)."""
+    for link, target in zip((name, *targets), targets, strict=False):
+        (env.tmp / link).symlink_to(target)
+    return str(env.tmp / name)
+
+
 def _jsonl(lines: list[str], *flags: str) -> Build:
     def build(env: Env) -> list[str]:
         path = env.write("chat.jsonl", "\n".join(lines) + "\n")
@@ -2349,6 +2356,21 @@ CASES = [
         "prepare-text-missing-file",
         lambda env: ["data", "prepare", "text", str(env.tmp / "missing.txt"), "--out", str(env.tmp / "out")],
         "missing.txt not found",
+    ),
+    case(
+        "prepare-text-dangling-symlink",  # it said "not found" of a name `ls` shows
+        lambda env: ["data", "prepare", "text", _link(env, "notes.txt", "moved/notes.txt"), "--out", "o"],
+        "notes.txt is a symlink to moved/notes.txt, which does not exist; fix the link or pass",
+    ),
+    case(
+        "prepare-text-symlink-loop",
+        lambda env: ["data", "prepare", "text", _link(env, "a.txt", "b.txt", "a.txt"), "--out", "o"],
+        "a.txt is a symlink loop (following it leads back to itself); fix or remove the link",
+    ),
+    case(
+        "prepare-shakespeare-path-symlink-loop",  # "cannot be read (Too many levels of symbolic links)"
+        lambda env: ["data", "prepare", "shakespeare", "--path", _link(env, "a.txt", "a.txt"), "--out", "o"],
+        "a.txt is a symlink loop",
     ),
     case(
         "prepare-text-from-a-pipe",

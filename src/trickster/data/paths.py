@@ -7,6 +7,7 @@ import glob
 import os
 from pathlib import Path
 
+from trickster.data.links import missing
 from trickster.errors import UserError
 
 # what `data prepare` writes into its folder: never read back as a corpus, nor replaced unless so
@@ -38,7 +39,7 @@ def expand_paths(
                     f"{match} is not a regular file (a pipe or device?); pass text files or folders"
                 )
             else:
-                raise UserError(f"{match} not found; pass existing text files or folders")
+                raise UserError(missing(match, "pass existing text files or folders"))
     if not files:
         raise UserError(
             f"no files found in {', '.join(patterns)}; pass folders that contain {kind} (hidden "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bz2
 import codecs
+import errno
 import gzip
 import itertools
 import lzma
@@ -24,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from trickster.data.links import missing
 from trickster.errors import UserError
 
 OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
@@ -54,7 +56,7 @@ def raw_blocks(path: Path, size: int) -> Iterator[bytes]:
             while block := file.read(size):
                 yield block
     except FileNotFoundError:
-        raise UserError(f"{path} not found; pass the path of an existing text file") from None
+        raise UserError(missing(path, "pass the path of an existing text file")) from None
     except PermissionError:
         raise UserError(f"{path} is not readable; check its permissions") from None
     except (OSError, EOFError, lzma.LZMAError) as err:
@@ -244,6 +246,8 @@ def unreadable(path: Path, err: Exception) -> UserError:
     symlink to itself, an I/O error), or its archive is damaged or cut short (gzip, bz2 and lzma
     raise errors without an errno, or EOFError). A damaged archive is NotText: only another copy of
     it puts it right (the system's refusal may pass: a preparation stopped by it can go on)."""
+    if isinstance(err, OSError) and err.errno == errno.ELOOP:
+        return UserError(missing(path, "pass a readable text file"))
     if isinstance(err, OSError) and err.errno is not None:
         return UserError(f"{path} cannot be read ({err.strerror}); pass a readable text file")
     return NotText(f"{path} cannot be decompressed ({err}); check that it is a whole {path.suffix} file")
