@@ -357,3 +357,25 @@ def test_gpt2_offline_without_cache_is_a_user_error(tmp_path, monkeypatch):
         assert str(tmp_path / "empty-cache") in str(err.value)
     finally:
         tokenizers._gpt2_encoding.cache_clear()
+
+
+def test_bpe_says_the_vocabulary_it_reached_when_the_corpus_allows_fewer_ids_than_asked(tmp_path, capsys):
+    """The `tokenizers` trainer stops without a word once no pair is left to merge: --vocab-size
+    2000 on a small corpus gave a few hundred ids, said only as 'vocabulary N' in passing."""
+    pytest.importorskip("tokenizers")
+    from trickster import cli
+
+    rng = random.Random(5)
+    words = ["river", "stone", "lantern", "orchard", "whisper", "harbour", "meadow", "ember"]
+    (tmp_path / "a.txt").write_text("\n".join(" ".join(rng.choices(words, k=12)) for _ in range(40)))
+    out = tmp_path / "out"
+    flags = ["--tokenizer", "bpe", "--out", str(out), "--no-progress"]
+    assert cli.main(["data", "prepare", "text", str(tmp_path / "a.txt"), "--vocab-size", "2000", *flags]) == 0
+    saved = json.loads((out / "tokenizer.json").read_text())["tokenizer"]
+    reached = len(set(saved["model"]["vocab"].values()) | {t["id"] for t in saved["added_tokens"]})
+    assert 258 < reached < 2000
+    said = capsys.readouterr().out
+    assert f"note: bpe stopped at a vocabulary of {reached:,}, short of the 2,000 asked" in said, said
+
+    assert cli.main(["data", "prepare", "text", str(tmp_path / "a.txt"), "--vocab-size", "260", *flags]) == 0
+    assert "note: bpe" not in capsys.readouterr().out  # the size asked, reached

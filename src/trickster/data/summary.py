@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from trickster.data.tokenizers import DEFAULT_BPE_VOCAB
 from trickster.plural import counted
 
 NO_SEPARATOR = (
@@ -58,6 +59,7 @@ def prepare_summary(meta: dict, out_dir: Path, kept: bool = False, removed: str 
     lines.append(
         f"tokenizer: {kind}, vocabulary {meta['vocab_size']} ({meta['dtype']} token shards{padding})"
     )
+    lines += short_of_asked(meta)
     masks = " with loss masks (.mask.bin)" if meta.get("loss_mask") else ""
     shards = {s: counted(meta[f"{s}_shards"], "shard") for s in ("train", "val")}
     lines.append(
@@ -126,3 +128,21 @@ def dedup_lines(meta: dict) -> list[str]:
     if d.get("blank_dropped"):
         lines.append(f"blank documents dropped: {d['blank_dropped']:,}")
     return lines
+
+
+def short_of_asked(meta: dict) -> list[str]:
+    """A bpe vocabulary smaller than --vocab-size asked (or its default): the `tokenizers` trainer
+    stops without a word once no pair is left to merge, so the size reached is said here."""
+    settings = meta.get("settings") or {}
+    if settings.get("tokenizer") != "bpe":  # not trained here (--tokenizer-from), or another kind
+        return []
+    asked = settings.get("vocab_size")
+    wanted = DEFAULT_BPE_VOCAB if asked is None else asked
+    if meta["vocab_size"] >= wanted:
+        return []
+    flag = "--vocab-size" if asked is not None else "the default --vocab-size"
+    return [
+        f"note: bpe stopped at a vocabulary of {meta['vocab_size']:,}, short of the {wanted:,} asked "
+        f"({flag}): every word of the text it learned from is one token by then; more text makes "
+        "room for more"
+    ]
