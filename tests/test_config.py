@@ -428,10 +428,14 @@ def test_a_bad_value_is_said_to_come_from_where_it_was_written(tmp_path):
         load_config(path, overrides=["training_config.max_steps=1.5"])
     with pytest.raises(UserError, match=r"^command line: unknown key training_config\.max_stepz"):
         load_config(preset="tiny", overrides=["training_config.max_stepz=3"])
+    # the preset's warmup (100) is left for the run to fit to 30 steps (train/fitted.py); given, refused
+    assert load_config(preset="tiny", overrides=["training_config.max_steps=30"]).training.warmup_steps == 100
     with pytest.raises(
         UserError, match=r"^command line: .*\(got 100 >= 30\); set training_config\.warmup_steps=3,"
     ):
-        load_config(preset="tiny", overrides=["training_config.max_steps=30"])
+        load_config(
+            preset="tiny", overrides=["training_config.max_steps=30", "training_config.warmup_steps=100"]
+        )
     # the override's key as a whole name: global_batch is not global_batch_tokens, written in the file
     path.write_text("training_config:\n  global_batch_tokens: 0\n", encoding="utf-8")
     with pytest.raises(UserError, match=rf"^{re.escape(str(path))}: training_config\.global_batch_tokens: "):

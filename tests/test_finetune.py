@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import html
 import json
 import sys
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from trickster import cli
 from trickster.config import config_from_dict
@@ -20,6 +22,7 @@ from trickster.train.loop import train
 from trickster.train.validate import evaluate, validation_batches
 
 from .conftest import QUIET, events, finetune_config, write_records
+from .test_tracking import HAS_TENSORBOARD, HAS_WANDB, wandb_records
 
 
 def test_the_loss_mask_travels_with_the_tokens(chat_data):
@@ -201,3 +204,52 @@ def test_a_fine_tunes_samples_continue_a_prompt_of_the_records_unless_the_user_s
     samples = [e["sample"] for e in events(tmp_path / "mine", "eval")]
     assert len(samples) == 2 and all(sample.startswith("ROMEO:") for sample in samples)
     assert load_config(tmp_path / "mine" / "config.yaml").training.sample_prompt == "ROMEO:"
+
+
+@pytest.mark.skipif(not (HAS_WANDB and HAS_TENSORBOARD), reason="needs wandb and tensorboard")
+def test_what_a_fine_tune_records_of_its_config_is_what_it_samples_with(
+    trained_run, chat_data, tmp_path, capsys, monkeypatch
+):
+    """W&B's run config, TensorBoard's run/config text, config.yaml and the report page all say
+    the sample prompt the fine-tune's samples continue (a prompt of the records): W&B and
+    TensorBoard showed the base model's ROMEO:, the config as given before the run fitted it.
+    Resumed by the command that started it (the base model's config.yaml again), the samples
+    keep that prompt, where they went back to ROMEO:."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from trickster.config import load_config
+
+    for name in ("DIR", "CONFIG_DIR", "CACHE_DIR", "DATA_DIR"):
+        monkeypatch.setenv(f"WANDB_{name}", str(tmp_path / f"wandb-{name.lower()}"))
+    monkeypatch.setenv("WANDB_MODE", "offline")  # nothing is sent
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    data, _ = chat_data
+    run = tmp_path / "ft"
+    argv = ["train", "--config", str(trained_run / "config.yaml"), "--data", str(data), "--no-progress"]
+    argv += ["--out", str(run), f"training_config.init_from={trained_run}", "training_config.sample_tokens=3"]
+    settings = {"warmup_steps": 1, "eval_every": 2, "save_every": 2, "seq_len": 48}
+    argv += [f"training_config.{key}={value}" for key, value in settings.items()]
+    tracked = ["logging_config.use_wandb=true", "logging_config.tensorboard=true"]
+
+    assert cli.main([*argv, *tracked, "training_config.max_steps=2"]) == 0
+    prompt = load_config(run / "config.yaml").training.sample_prompt
+    assert prompt != "ROMEO:" and all(e["sample"].startswith(prompt) for e in events(run, "eval"))
+    (offline,) = run.glob("wandb/offline-run-*/run-*.wandb")
+    config = {}
+    for record in wandb_records(offline):
+        if record.HasField("run") or record.HasField("config"):
+            updates = record.run.config.update if record.HasField("run") else record.config.update
+            config.update({u.key: json.loads(u.value_json) for u in updates})
+    assert config["training_config"]["sample_prompt"] == prompt
+    acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"tensors": 0}).Reload()
+    (text,) = [e.tensor_proto.string_val[0].decode() for e in acc.Tensors("run/config/text_summary")]
+    shown = "\n".join(line.removeprefix("    ") for line in text.splitlines())
+    assert yaml.safe_load(shown)["training_config"]["sample_prompt"] == prompt
+    assert html.escape(prompt.split("\n")[0]) in build_report(run).split("sample_prompt")[1][:200]
+
+    capsys.readouterr()
+    assert cli.main([*argv, "training_config.max_steps=4", "--resume"]) == 0
+    assert "training_config.sample_prompt" not in capsys.readouterr().out  # not said to have changed
+    assert load_config(run / "config.yaml").training.sample_prompt == prompt
+    samples = [e["sample"] for e in events(run, "eval")]
+    assert len(samples) == 3 and all(sample.startswith(prompt) for sample in samples)  # steps 0, 2, 4

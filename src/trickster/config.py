@@ -34,7 +34,7 @@ from trickster.config_errors import (
     override_within_limits,
     section_at,
 )
-from trickster.config_paths import nameable_path
+from trickster.config_paths import nameable_path, wandb_project_name
 from trickster.config_yaml import SAVED_MARK, load_yaml, parse_yaml, read_config_file
 from trickster.errors import UserError, did_you_mean
 from trickster.presets import preset_text
@@ -294,20 +294,7 @@ class LoggingConfig(_Section):
     / \\ # ? % : (W&B's rules, checked before the run starts instead of after the model is built)."""
 
     _nameable = field_validator("output_dir")(nameable_path)
-
-    @field_validator("wandb_project")
-    @classmethod
-    def _wandb_name(cls, value: str, info: ValidationInfo) -> str:
-        if not info.data.get("use_wandb"):  # unused: an older run's config.yaml still loads
-            return value
-        if len(value) > 128:
-            raise ValueError("string should have at most 128 characters")
-        if found := sorted(set(value) & set(WANDB_FORBIDDEN), key=WANDB_FORBIDDEN.index):
-            raise ValueError(f"a W&B project name cannot hold {' '.join(found)}; remove it")
-        return value
-
-
-WANDB_FORBIDDEN = "/\\#?%:"
+    _wandb_name = field_validator("wandb_project")(wandb_project_name)
 
 
 class Config(BaseModel):
@@ -323,19 +310,20 @@ class Config(BaseModel):
     # what a saved config.yaml held of the wrong kind, set aside for the default (config_saved):
     # {"training_config.log_every": "often"}; a resume reports a change from these
     _set_aside: dict[str, Any] = PrivateAttr(default_factory=dict)
-    # training_config.sample_prompt given by the user (load_config), not a preset's or a saved run's
-    _sample_prompt_set: bool = PrivateAttr(default=False)
+    # the keys the user gave ("training_config.warmup_steps"): on the command line, or in a config
+    # file of their own, not a preset's or a saved run's; a run fits the others to itself (train/fitted.py)
+    _given: frozenset[str] = PrivateAttr(default_factory=frozenset)
 
     @property
     def set_aside(self) -> dict[str, Any]:
         return self._set_aside
 
-    @property
-    def sample_prompt_set(self) -> bool:
-        return self._sample_prompt_set
+    def gave(self, key: str) -> bool:
+        """Whether the user gave the dotted `key` (see _given)."""
+        return key in self._given
 
     def __eq__(self, other: object) -> bool:
-        """The same settings: where sample_prompt came from is not one (pydantic compares it too)."""
+        """The same settings: which of them the user gave is not one (pydantic compares it too)."""
         if not isinstance(other, Config):
             return NotImplemented
         return self.__dict__ == other.__dict__ and self._set_aside == other._set_aside
@@ -362,12 +350,17 @@ def load_config(
     """Build a Config from a preset or YAML file, then apply `section.key=value` overrides."""
     raw, source, saved = raw_config(path, preset, overrides)
     overridden = [o.partition("=")[0].strip() for o in overrides]
-    cfg = config_from_dict(raw, source, overridden, saved)
-    # a preset's sample prompt, or a saved run's (the base model's, for a fine-tune), is a default:
-    # prompt/response records put one of theirs in its place (finetune.records_sample_prompt)
-    written = path is not None and not saved and "sample_prompt" in (raw.get("training_config") or {})
-    cfg._sample_prompt_set = written or "training_config.sample_prompt" in overridden
-    return cfg
+    return config_from_dict(
+        raw, source, overridden, saved, given_keys(raw if path and not saved else {}, overridden)
+    )
+
+
+def given_keys(own: dict[str, Any], overridden: Sequence[str]) -> frozenset[str]:
+    """The dotted keys the user gave: those of `own`, a config of their own (not a preset, or a
+    config.yaml a run saved: their keys are defaults), and every override's."""
+    names = {name: alias for alias, name in SECTION_ALIASES.items()}  # `training:` is training_config
+    written = [f"{names.get(s, s)}.{k}" for s, keys in own.items() if isinstance(keys, dict) for k in keys]
+    return frozenset([*written, *overridden])
 
 
 def raw_config(
@@ -389,18 +382,24 @@ def raw_config(
 
 
 def config_from_dict(
-    raw: dict[str, Any], source: str = "config", overridden: Sequence[str] = (), saved: bool = False
+    raw: dict[str, Any],
+    source: str = "config",
+    overridden: Sequence[str] = (),
+    saved: bool = False,
+    given: frozenset[str] | None = None,
 ) -> Config:
     """A validated Config; every problem in one line, said to come from `source`, or from the
     command line when it names an `overridden` key (a user looks for a bad value where we say).
     `saved`: `source` is a config.yaml a run saved, whose training settings beyond a limit added
-    since are named with the overrides that set them within it."""
+    since are named with the overrides that set them within it. `given`: the keys the user gave
+    (given_keys); None: every key, a config written in code being its author's own."""
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as err:
         problems = describe_all(Config, err.errors())
         problems += override_within_limits(Config, err.errors(), overridden) if saved else []
     else:
+        cfg._given = given_keys(raw, overridden) if given is None else given
         problems = check(cfg)
     if not problems:
         return cfg

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 def check(cfg: Config) -> list[str]:
     """Problems that span several keys, each naming the key to change, said section by section."""
     m, t = cfg.model, cfg.training
-    problems = _check_model(m) + _check_schedule(t) + _check_device(cfg.device) + _check_lora(t)
+    problems = _check_model(m) + _check_schedule(cfg) + _check_device(cfg.device) + _check_lora(t)
     problems += _check_lora_rank(cfg)
     return problems + _check_batch_and_time(t) + _check_seq_len(cfg) + _check_profile(cfg)
 
@@ -69,9 +69,10 @@ def _check_model(m: ModelConfig) -> list[str]:
     return problems
 
 
-def _check_schedule(t: TrainingConfig) -> list[str]:
-    problems = []
-    if t.warmup_steps >= t.max_steps and t.warmup_steps > 0:
+def _check_schedule(cfg: Config) -> list[str]:
+    problems, t = [], cfg.training
+    # a warmup the user left to a preset or a default is fitted to the run instead (train/fitted.py)
+    if t.warmup_steps >= t.max_steps and t.warmup_steps > 0 and cfg.gave("training_config.warmup_steps"):
         problems.append(
             "training_config.warmup_steps must be < training_config.max_steps "
             f"(got {t.warmup_steps} >= {t.max_steps}); "

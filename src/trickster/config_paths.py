@@ -1,9 +1,11 @@
 """The paths a config names (data_config.path, training_config.init_from and hellaswag_file,
-logging_config.output_dir), checked as the config is read."""
+logging_config.output_dir), and the W&B project it names, checked as the config is read."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from pydantic import ValidationInfo
 
 NAME_MAX = 255  # bytes in one name of a path, on the file systems people train on (ext4, XFS, APFS)
 
@@ -25,4 +27,19 @@ def nameable_path(value: str | None) -> str | None:
             f"a name in the path is {longest:,} bytes long, more than the {NAME_MAX} a file system "
             "allows; choose a shorter path"
         )
+    return value
+
+
+WANDB_FORBIDDEN = "/\\#?%:"
+
+
+def wandb_project_name(value: str, info: ValidationInfo) -> str:
+    """logging_config.wandb_project as W&B takes it (checked before the run starts instead of after
+    the model is built), when use_wandb uses it: an older run's config.yaml still loads."""
+    if not info.data.get("use_wandb"):
+        return value
+    if len(value) > 128:
+        raise ValueError("string should have at most 128 characters")
+    if found := sorted(set(value) & set(WANDB_FORBIDDEN), key=WANDB_FORBIDDEN.index):
+        raise ValueError(f"a W&B project name cannot hold {' '.join(found)}; remove it")
     return value

@@ -107,6 +107,13 @@ class MetricSinks:
         self._tensorboard = None
         self._wandb = None
 
+    def train_with(self, cfg: Config) -> None:
+        """The config the run trains with, as its config.yaml holds it (setup.write_run_files): the
+        one W&B's run config and TensorBoard's run/config text record. The sinks were made with the
+        config as given, before the run fitted its settings (train/fitted.py) and made batch_size:
+        auto's numbers concrete."""
+        self.cfg = cfg
+
     @property
     def path(self) -> Path:
         return self.run_dir / "metrics.jsonl"

@@ -101,16 +101,3 @@ def refuse_other_tokenizer(cfg: Config, tokenizer: Tokenizer) -> Path:
 
 def _field(cfg: Config, key: str):
     return cfg.model.kv_heads if key == "num_kv_heads" else getattr(cfg.model, key)  # empty = num_heads
-
-
-def records_sample_prompt(cfg: Config, record_prompt: str | None, resumed: bool) -> Config:
-    """The config whose training samples continue `record_prompt` (a prompt of the validation
-    records, record_prompts.py) instead of a sample prompt the user did not set: a fine-tune's
-    config is its base model's, whose prompt (ROMEO:) is not in the records' format, so its samples
-    would say nothing of what the run learns. config.yaml then holds the prompt the samples used,
-    and a `resumed` run keeps the one it was saved with."""
-    if record_prompt is None or cfg.sample_prompt_set or resumed:
-        return cfg
-    cfg = cfg.model_copy(deep=True)
-    cfg.training.sample_prompt = record_prompt
-    return cfg

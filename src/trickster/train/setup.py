@@ -27,7 +27,8 @@ from trickster.observe.events import new_event
 from trickster.train import checkpoint as ckpt
 from trickster.train import checksums, dist, peers
 from trickster.train.console import Console
-from trickster.train.finetune import records_sample_prompt, setup_finetuning
+from trickster.train.finetune import setup_finetuning
+from trickster.train.fitted import fitted_config
 from trickster.train.memory import allocation_refused
 from trickster.train.resume import (
     RESUME_READS,
@@ -58,21 +59,23 @@ class Finished(Exception):  # not an error: the run has nothing left to do
 def open_run(
     cfg: Config, data: PreparedData, resume, job: dist.Dist, out: Console
 ) -> tuple[Config, Path | None, list[str], dict]:
-    """The config to train with (its samples prompted as the records are, on prompt/response data:
-    finetune.records_sample_prompt), the checkpoint to resume from (or None), the repairs made in
-    the folder, and the settings that changed since that checkpoint. Rank 0 looks; every process
-    gets its answer. A run that has done its steps: --resume refuses in one line, `resume: auto`
-    raises Finished."""
+    """The config to train with (the settings the user left to a preset or a saved config fitted
+    to the run, or kept as its checkpoint has them: fitted.py), the checkpoint to resume from (or
+    None), the lines to print after the header (the repairs made in the folder; on a new run, the
+    settings fitted), and the settings that changed since that checkpoint. Rank 0 looks; every
+    process gets its answer. A run that has done its steps: --resume refuses in one line, `resume:
+    auto` raises Finished."""
     run_dir, max_steps = Path(cfg.logging.output_dir), cfg.training.max_steps
     resumed_from, repairs, done = on_main(job, open_run_dir, run_dir, resume, max_steps)
+    saved = ckpt.read_config(resumed_from) if resumed_from is not None else None
+    cfg, fitted = fitted_config(cfg, data, saved)  # before the changes since the checkpoint are found
     changed = check_resumable(resumed_from, cfg, data) if resumed_from is not None else {}
     if resumed_from is not None and resume is True:
         on_main(job, refuse_done, resumed_from, run_dir, max_steps, done)
     if done:  # `auto`, as a requeue script reruns it: the checkpoint is this run's (checked above)
         out.line(finished_line(resumed_from, run_dir))
         raise Finished(TrainResult(cfg, run_dir, _finished_state(resumed_from), None, _params(cfg), True))
-    cfg = records_sample_prompt(cfg, data.record_prompt, resumed_from is not None)
-    return cfg, resumed_from, repairs, changed
+    return cfg, resumed_from, repairs + fitted, changed
 
 
 @contextlib.contextmanager
@@ -165,7 +168,9 @@ def write_run_files(
     place once the others are written: a resume stopped by a failed write (a full disk, a folder
     in a file's place) leaves metrics.jsonl as it was, events after the checkpoint included
     (rank 0 only). config.yaml, which a resume changes, comes after the two it writes again byte
-    for byte on the same machine. Returns the notes on damaged lines of metrics.jsonl to print."""
+    for byte on the same machine; the sinks' copy of config.yaml (W&B, TensorBoard) is the same
+    config. Returns the notes on damaged lines of metrics.jsonl to print."""
+    metrics.train_with(cfg)
     if resumed.checkpoint is None:
         with disk_errors(f"run folder {run_dir}", WRITE_FIX):
             _write_run_files(run_dir, cfg, data, manifest)

@@ -1,0 +1,58 @@
+"""The settings a run fits to itself when the user left them to a preset, a config.yaml a run saved
+or the defaults (Config.gave: not on the command line, not in a config file of their own):
+
+- training_config.sample_prompt: on prompt/response records, a prompt of their validation records
+  (PreparedData.record_prompt). A fine-tune's config is its base model's, whose prompt (ROMEO:) is
+  not in the records' format, so its samples would say nothing of what the run learns.
+- training_config.warmup_steps: one of max_steps or more (a preset's 100 in a 20-step try) becomes
+  a tenth of max_steps, said in one line. torchtitan clamps such a warmup to the run's steps with
+  a warning, litgpt warns and clamps it, nanochat sizes it as a fraction of the run; a warmup the
+  user gave that does not fit is still refused (config_checks).
+
+What a run trains with is what it records: config.yaml, W&B's run config and TensorBoard's
+(setup.write_run_files) hold the fitted values. A resumed run keeps the values its checkpoint
+was trained with, whatever the config passed now says (the preset again, or a base model's
+config.yaml): its schedule and samples go on as they began. A value the user gives wins, then as
+at the start, and the resume reports the change.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trickster.config import Config
+from trickster.data.loader import PreparedData
+from trickster.plural import counted
+
+FITTED = ("sample_prompt", "warmup_steps")  # training_config keys a run may fit to itself
+
+
+def fitted_config(cfg: Config, data: PreparedData, saved: Config | None) -> tuple[Config, list[str]]:
+    """The config to train with and a line for each setting fitted; `saved`: the config of the
+    checkpoint a run resumes from (None: a new run)."""
+    t = cfg.training
+    left = [key for key in FITTED if not cfg.gave(f"training_config.{key}")]
+    if saved is not None:
+        return _with(cfg, {key: getattr(saved.training, key) for key in left}), []
+    values: dict[str, Any] = {}
+    notes = []
+    if "sample_prompt" in left and data.record_prompt is not None:
+        values["sample_prompt"] = data.record_prompt
+    if "warmup_steps" in left and t.warmup_steps >= t.max_steps and t.warmup_steps > 0:
+        values["warmup_steps"] = tenth = t.max_steps // 10
+        notes.append(
+            f"warmup_steps {t.warmup_steps:,} does not fit in {counted(t.max_steps, 'step')}: warming up "
+            f"for {counted(tenth, 'step')}, a tenth of them (set training_config.warmup_steps to choose)"
+        )
+    return _with(cfg, values), notes
+
+
+def _with(cfg: Config, values: dict[str, Any]) -> Config:
+    """cfg, or a copy with these training settings where they differ."""
+    values = {key: value for key, value in values.items() if getattr(cfg.training, key) != value}
+    if not values:
+        return cfg
+    cfg = cfg.model_copy(deep=True)
+    for key, value in values.items():
+        setattr(cfg.training, key, value)
+    return cfg

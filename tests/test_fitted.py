@@ -1,0 +1,71 @@
+"""Settings a run fits to itself when the user left them to a preset (train/fitted.py): a warmup
+longer than a short run. The sample prompt of a fine-tune on prompt/response records is in
+test_finetune.py."""
+
+from __future__ import annotations
+
+from trickster import cli
+from trickster.config import load_config
+
+from .conftest import events
+
+# the tiny preset (learning_rate 0.002, warmup_steps 100) cut down to seconds on a CPU
+SHORT = [
+    "training_config.batch_size=2",
+    "training_config.seq_len=32",
+    "training_config.log_every=1",
+    "training_config.eval_every=10",
+    "training_config.eval_batches=1",
+    "training_config.sample_tokens=0",
+]
+
+
+def test_a_short_run_of_a_preset_fits_its_warmup_and_a_resume_keeps_it(shakespeare_dir, tmp_path, capsys):
+    """`trickster train --preset tiny training_config.max_steps=20` was refused (the preset's warmup
+    of 100 steps). It now warms up for 2 steps, says so in one line and records it: the rate logged
+    after the first update is half the peak, after the second the peak, and it never rises again.
+    Resumed by the
+    same command with more steps (the preset's 100 again, which now fits), it keeps its 2 steps:
+    the rate goes on down from where it was, instead of back into a warmup, and nothing is said to
+    have changed but max_steps."""
+    run = tmp_path / "run"
+    argv = ["train", "--preset", "tiny", "--data", str(shakespeare_dir), "--out", str(run), "--no-progress"]
+    argv += SHORT
+
+    assert cli.main([*argv, "training_config.max_steps=20"]) == 0
+    out = capsys.readouterr().out
+    note = "warmup_steps 100 does not fit in 20 steps: warming up for 2 steps, a tenth of them"
+    assert sum(note in line for line in out.splitlines()) == 1
+    assert "warmup 2 -> cosine" in out  # the header's schedule
+    assert load_config(run / "config.yaml").training.warmup_steps == 2
+    rates = {e["step"]: e["lr"] for e in events(run, "train")}
+    peak = load_config(preset="tiny").training.learning_rate
+    assert rates[1] == peak / 2 and rates[2] == peak and rates[20] < peak
+    assert all(rates[s + 1] <= rates[s] for s in range(2, 20))  # no more warmup after 2 steps
+
+    assert cli.main([*argv, "training_config.max_steps=24", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if "changed on resume" in line] == [
+        "changed on resume: training_config.max_steps 20 -> 24"
+    ]
+    assert note not in out and "warmup 2 -> cosine" in out
+    assert load_config(run / "config.yaml").training.warmup_steps == 2
+    resumed = {e["step"]: e["lr"] for e in events(run, "train") if e["step"] > 20}
+    assert sorted(resumed) == [21, 22, 23, 24]
+    assert resumed[21] < peak / 2 and all(resumed[s + 1] <= resumed[s] for s in range(21, 24))
+
+
+def test_a_warmup_the_user_gives_is_kept_or_refused(shakespeare_dir, tmp_path, capsys):
+    """A warmup given on the command line is the user's: kept when it fits (no note), refused in one
+    line when it does not, before anything is written."""
+    run = tmp_path / "run"
+    argv = ["train", "--preset", "tiny", "--data", str(shakespeare_dir), "--out", str(run), "--no-progress"]
+    argv += [*SHORT, "training_config.max_steps=4"]
+
+    assert cli.main([*argv, "training_config.warmup_steps=4"]) == 2
+    err = capsys.readouterr().err
+    assert "training_config.warmup_steps must be < training_config.max_steps (got 4 >= 4)" in err
+    assert not run.exists()
+    assert cli.main([*argv, "training_config.warmup_steps=3"]) == 0
+    assert "does not fit" not in capsys.readouterr().out
+    assert load_config(run / "config.yaml").training.warmup_steps == 3
