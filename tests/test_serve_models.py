@@ -827,3 +827,25 @@ def test_a_replaced_model_is_not_loaded_ahead_where_it_would_take_room(trained_r
     assert fresh.model is None and not fresh.loading and catalog.offered["step_000006"].model is not None
     catalog.release(held)
     assert held.model is None and catalog.load("best") is fresh and fresh.model is not None
+
+
+def test_a_model_replaced_on_disk_before_its_first_load_answers_under_the_new_card(trained_run, tmp_path):
+    """A request reads `final` (Catalog.current), then training writes a new final before the
+    request's hold loads it, and no other request looks in between: the hold read the new folder's
+    weights into the old Offered, so they answered under the old card and system_fingerprint (seen
+    with four clients while best was replaced: each fingerprint came with both checkpoints' texts).
+    Now the hold gives the model offered as `final` now, its card and its weights one checkpoint."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    folder = run / "checkpoints"
+    catalog = Catalog(run, torch.device("cpu"), max_loaded=2)
+    read_first = catalog.current("final")
+    assert read_first.model is None
+    new = ckpt.load_checkpoint(folder / "step_000006")
+    ckpt.save_checkpoint(folder / "final", new.model, new.cfg, new.tokenizer, new.info)
+    held = catalog.hold(read_first)
+    assert held.info["step"] == new.info["step"] == 6
+    assert held.system_fingerprint != read_first.system_fingerprint
+    torch.testing.assert_close(weights_of(held.model), weights_of(new.model))
+    catalog.release(held)
+    assert held is catalog.offered["final"] and read_first.model is None

@@ -282,15 +282,31 @@ class Catalog:
                 return offered
         try:
             model = self._read(offered)
-        except BaseException:
+        except BaseException as err:
             with self.changed:
                 offered.loading = False
                 self._let_go(offered)
+            if isinstance(err, Replaced):  # the request holds what the folder holds now, card and all
+                return self.hold(self._replacement(offered), load)
             raise
         with self.changed:
             offered.model, offered.loading = model, False
             self.changed.notify_all()
         return offered
+
+    def _replacement(self, offered: Offered) -> Offered:
+        """The model offered in place of `offered`, whose folder held another checkpoint when its
+        weights were read (`current` reads it anew; a moment after a replace's second rename)."""
+        deadline = time.monotonic() + REPLACE_WAIT
+        while True:
+            now = self.current(offered.name)
+            if now is None:
+                raise LookupError(f"{offered.name} has left the disk")  # gone(): a 404
+            if now is not offered:
+                return now
+            if time.monotonic() > deadline:
+                raise UserError(f"{offered.path} kept changing on disk as it was read; ask again")
+            time.sleep(0.01)
 
     def release(self, name: str | Offered) -> None:
         """One hold fewer. The model stays in memory until another one needs its room (one replaced
@@ -350,14 +366,21 @@ class Catalog:
     def _read(self, offered: Offered) -> Transformer:
         if offered.name == UNTRAINED:
             return untrained_like(offered.cfg).to(self.device).eval()
-        return _load_whole(offered.path, self.device)
+        return _load_whole(offered.path, self.device, offered.version)
 
 
-def _load_whole(path: Path, device: torch.device) -> Transformer:
+class Replaced(Exception):
+    """The folder held another checkpoint than the one its Offered describes when its weights were
+    read (replaced since it was described): they are not that Offered's."""
+
+
+def _load_whole(path: Path, device: torch.device, version: tuple | None = None) -> Transformer:
     """The model of the checkpoint folder at `path`, all read from one checkpoint, though a training
     run may replace it meanwhile (a new `best`, by atomic.replace_dir's two renames): a load that
     found it missing between the renames, or that read part of the old folder and part of the new,
-    is made again once the new one is in place, for up to REPLACE_WAIT seconds."""
+    is made again once the new one is in place, for up to REPLACE_WAIT seconds. Weights read from
+    another checkpoint than the `version` described (disk.version) raise Replaced: they would have
+    answered under the old card and system_fingerprint."""
     deadline = time.monotonic() + REPLACE_WAIT
     while True:
         before = disk.identity(path)
@@ -368,6 +391,9 @@ def _load_whole(path: Path, device: torch.device) -> Transformer:
             if not replaced or time.monotonic() > deadline:
                 raise
         else:
-            if disk.identity(path) == before or time.monotonic() > deadline:
+            read = disk.identity(path)
+            if read == before or time.monotonic() > deadline:
+                if version is not None and read != version[:4]:
+                    raise Replaced(path)
                 return model
         time.sleep(0.01)
