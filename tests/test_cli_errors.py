@@ -1323,6 +1323,18 @@ def _export_into(name: str, content: str | None) -> Build:
     return build
 
 
+def _export_hf_disk_full(env: Env) -> list[str]:
+    """safetensors' own report of a full disk, as a 1 MiB tmpfs gives it (a SafetensorError)."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def no_space(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    env.monkeypatch.setattr(safetensors.torch, "serialize_file", no_space)
+    return ["export", str(env.run), "--out", str(env.tmp / "hf")]
+
+
 def _serve(*flags: str) -> Build:
     return lambda env: ["serve", str(env.run), "--device", "cpu", *flags]
 
@@ -3531,6 +3543,12 @@ CASES = [
         "empty path",
     ),
     case("export-out-is-file", _export_into("hf", None), "hf is a file", "--out"),
+    case(
+        "export-hf-disk-full",
+        _export_hf_disk_full,
+        "could not write",
+        "hf (No space left on device); free disk space, or choose another --out",
+    ),
     case(
         "export-unknown-format",
         lambda env: ["export", str(env.run), "--format", "onnx", "--out", str(env.tmp / "x")],

@@ -7,6 +7,8 @@ no downloads. transformers is imported inside the tests that need it (it takes s
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -489,3 +491,24 @@ def test_an_imported_model_fine_tunes_with_lora_and_exports(tmp_path, capsys):
     with torch.no_grad():
         torch.testing.assert_close(theirs(idx).logits, tuned(idx)[0])
         assert not torch.allclose(ckpt.load_checkpoint(run).model(idx)[0], tuned(idx)[0], atol=1e-4)
+
+
+@pytest.mark.skipif(not hasattr(os, "umask") or os.name == "nt", reason="POSIX file modes")
+def test_an_export_and_its_checkpoint_are_readable_as_the_umask_allows(trained_run, tmp_path):
+    """Every file of an export, model.safetensors too, has the mode the umask gives a new file:
+    safetensors 0.8 writes 0o600 (safetensors#782), which a vLLM container running as another user
+    could not read; the checkpoint it came from likewise."""
+    old = os.umask(0o022)
+    try:
+        assert cli.main(["export", str(trained_run), "--out", str(tmp_path / "hf")]) == 0
+        source = ckpt.save_checkpoint(tmp_path / "ck", *_plain_model_and_tokenizer(trained_run), {"step": 0})
+    finally:
+        os.umask(old)
+    for folder in (tmp_path / "hf", source):
+        modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in folder.iterdir() if path.is_file()}
+        assert "model.safetensors" in modes and set(modes.values()) == {0o644}, modes
+
+
+def _plain_model_and_tokenizer(run):
+    loaded = ckpt.load_checkpoint(run)
+    return loaded.model, loaded.cfg, loaded.tokenizer

@@ -32,7 +32,6 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from trickster.atomic import new_folder, restore_replaced
 from trickster.config import ModelConfig
@@ -202,7 +201,7 @@ def export_hf(target: str | Path, out: str | Path, dtype: str = "float32") -> Pa
         **files,
     }
     with new_folder(out) as staging:
-        save_file(state, staging / "model.safetensors", metadata={"format": "pt"})
+        ckpt.save_tensors(state, staging / "model.safetensors", metadata={"format": "pt"})
         for name, content in json_files.items():
             text = json.dumps(content, indent=2, ensure_ascii=False) + "\n"
             (staging / name).write_text(text, encoding="utf-8")

@@ -122,9 +122,9 @@ def _write_checkpoint(target, tensors, cfg, tokenizer, info, trainer_state, stag
             _link_tensor_files(tensors, staging)
         else:
             weights, adapters = tensors
-            _save_tensors(weights, staging / WEIGHTS, weights_metadata(cfg))
+            save_tensors(weights, staging / WEIGHTS, weights_metadata(cfg))
             if adapters:
-                _save_tensors(adapters, staging / lora.ADAPTERS, weights_metadata(cfg))
+                save_tensors(adapters, staging / lora.ADAPTERS, weights_metadata(cfg))
         save_config(cfg, staging / "config.yaml", by_run=True)
         tokenizer.save(staging / "tokenizer.json")
         if trainer_state is not None:
@@ -141,10 +141,13 @@ def _write_checkpoint(target, tensors, cfg, tokenizer, info, trainer_state, stag
     return target
 
 
-def _save_tensors(tensors: dict[str, torch.Tensor], file: Path, metadata: dict[str, str]) -> None:
+def save_tensors(tensors: dict[str, torch.Tensor], file: Path, metadata: dict[str, str]) -> None:
     """safetensors' save_file, whose failed writes become the OSError they are: it reports a full
     disk as SafetensorError("Error while serializing: I/O error: No space left on device (os
-    error 28)"), which disk_errors would not turn into one line."""
+    error 28)"), which disk_errors would not turn into one line. The file gets the mode the other
+    files of its folder get: safetensors 0.8 writes 0o600 whatever the umask (safetensors#782),
+    which left model.safetensors the one file of an export that another user (a container's)
+    could not read."""
     try:
         save_file(tensors, file, metadata=metadata)
     except SafetensorError as err:
@@ -152,6 +155,20 @@ def _save_tensors(tensors: dict[str, torch.Tensor], file: Path, metadata: dict[s
         if code is None:
             raise
         raise OSError(int(code[1]), os.strerror(int(code[1])), str(file)) from None
+    umask = _umask()
+    if umask is not None:
+        os.chmod(file, 0o666 & ~umask)
+
+
+def _umask() -> int | None:
+    """This process's umask, read where Linux shows it: os.umask can only read it by setting it,
+    which would change it for files other threads create meanwhile (async_save writes from one)."""
+    try:
+        status = Path("/proc/self/status").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    found = re.search(r"^Umask:\s+([0-7]+)$", status, re.M)
+    return int(found[1], 8) if found else None
 
 
 def _save_trainer_state(state: dict, file: Path) -> None:
