@@ -3836,7 +3836,26 @@ CASES = [
         "already exists and is not empty",
     ),
     # ---- fine-tuning data and config
-    case("jsonl-missing-field", _jsonl([RECORD, '{"prompt": "Who?"}']), 'line 2 has no "response" field'),
+    case(
+        "jsonl-missing-field",
+        _jsonl([RECORD, '{"prompt": "Who?"}']),
+        'line 2 has no "response" field (it has: prompt)',
+    ),
+    case(
+        "jsonl-other-field-names",
+        _jsonl(['{"instruction": "Who?", "output": "Nay."}', RECORD]),
+        'line 1 has no "prompt" field (it has: instruction, output)',
+        'each record needs "prompt" and "response"',
+    ),
+    case(
+        "jsonl-chat-records",
+        _jsonl(
+            ['{"messages": [{"role": "user", "content": "Who?"}, {"role": "assistant", "content": "Nay."}]}']
+        ),
+        'chat.jsonl line 1 is a chat record ("messages"); data prepare reads prompt/response records',
+        "write one per reply, the conversation before it rendered as the prompt",
+        "(docs/finetune-export.md, Chat records)",
+    ),
     case("jsonl-not-json", _jsonl([RECORD, "prompt: Who?"]), "chat.jsonl line 2 is not JSON"),
     case("jsonl-not-an-object", _jsonl([RECORD, '["Who?", "Me."]']), "line 2 is not a JSON object"),
     case(

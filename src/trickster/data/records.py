@@ -45,7 +45,7 @@ def jsonl_prompt_response(path: str | Path) -> Records:
             raise UserError(f'{where} is not a JSON object; write {{"prompt": "...", "response": "..."}}')
         for key in ("prompt", "response"):
             if key not in record:
-                raise UserError(f'{where} has no "{key}" field; each record needs "prompt" and "response"')
+                raise UserError(_missing(record, key, where))
             if not isinstance(record[key], str):
                 raise UserError(f'{where}: "{key}" must be a string (got {json_type(record[key])})')
             checked_text(record[key], f'{where}: "{key}"')
@@ -57,6 +57,19 @@ def jsonl_prompt_response(path: str | Path) -> Records:
             f"{path} holds {len(pairs)} record(s); at least 2 are needed (one for training, one to validate)"
         )
     return Records("jsonl", pairs, [str(path)], hashlib.sha256(raw).hexdigest())
+
+
+def _missing(record: dict, key: str, where: str) -> str:
+    """The line for a record without `key`: its own fields named, and a chat record ("messages",
+    as OpenAI's and Hugging Face's fine-tuning sets write them) sent to how to turn it into pairs."""
+    if "messages" in record and "prompt" not in record:
+        return (
+            f'{where} is a chat record ("messages"); data prepare reads prompt/response records: '
+            "write one per reply, the conversation before it rendered as the prompt "
+            "(docs/finetune-export.md, Chat records)"
+        )
+    fields = f"it has: {', '.join(list(record)[:10])}" if record else "it has no fields"
+    return f'{where} has no "{key}" field ({fields}); each record needs "prompt" and "response"'
 
 
 def records_source(records: Records, val_fraction: float) -> Source:
