@@ -1272,6 +1272,8 @@ def _wandb_not_logged_in(env: Env) -> list[str]:
 
 
 RECORD = '{"prompt": "Who is there?", "response": "Nay, answer me."}'
+NESTED = '{"id": 1, "content": {"title": "Hamlet", "body": "Who is there?"}}'
+NESTED_COLUMNS = {"content": [{"title": "Hamlet", "body": "Who is there?"}, {"title": "Lear", "body": "No."}]}
 
 
 def _lora(*overrides: str) -> Build:
@@ -2577,8 +2579,20 @@ CASES = [
     case(
         "prepare-hf-field-not-text",  # a nested record: it said what, not what to do
         lambda env: _hf_saved(env, "--text-field", "story", columns={"story": [{"a": "b"}, {"a": "c"}]}),
-        "field 'story' holds dict, not text",
+        "field 'story' is an object (it has: a)",
+        "as --text-field story.FIELD",
+    ),
+    case(
+        "prepare-hf-field-not-text-at-all",
+        lambda env: _hf_saved(env, "--text-field", "story", columns={"story": [1, 2]}),
+        "field 'story' holds int, not text",
         "pass --text-field FIELD naming a field of strings",
+    ),
+    case(
+        "prepare-hf-nested-field-missing",
+        lambda env: _hf_saved(env, "--text-field", "story.text", columns={"story": [{"a": "b"}, {"a": "c"}]}),
+        "has no field 'story.text' ('story' has: a)",
+        "pass --text-field FIELD (a nested one as OUTER.INNER)",
     ),
     case(
         "prepare-parquet-not-parquet",
@@ -2610,6 +2624,35 @@ CASES = [
         lambda env: _parquet(env, columns={"text": [None, ""], "story": ["one", "two"]}),
         "all 2 of its rows have no text in column 'text'",
         "they have: text, story; pass --text-field COLUMN",
+    ),
+    case(
+        "prepare-jsonl-nested-field-missing",  # names the keys where the path stopped
+        _jsonl([NESTED, NESTED], "--text-field", "content.text"),
+        'chat.jsonl line 1 has no "content.text" field ("content" has: title, body)',
+        "pass --text-field FIELD (a nested one as OUTER.INNER)",
+    ),
+    case(
+        "prepare-jsonl-nested-field-through-a-string",
+        _jsonl([NESTED, NESTED], "--text-field", "content.title.text"),
+        'chat.jsonl line 1: "content.title" is a string, not an object holding "text"',
+    ),
+    case(
+        "prepare-jsonl-text-field-is-an-object",  # it said 'must be a string (got an object)'
+        _jsonl([NESTED, NESTED], "--text-field", "content"),
+        '"content" is an object (it has: title, body)',
+        "as --text-field content.FIELD",
+    ),
+    case(
+        "prepare-parquet-nested-column-missing",
+        lambda env: _parquet(env, "--text-field", "content.text", columns=NESTED_COLUMNS),
+        "d.parquet has no column 'content.text' ('content' has: title, body)",
+        "pass --text-field COLUMN (a nested one as OUTER.INNER)",
+    ),
+    case(
+        "prepare-parquet-struct-column",  # it said 'holds dict, not text'
+        lambda env: _parquet(env, "--text-field", "content", columns=NESTED_COLUMNS),
+        "d.parquet: column 'content' is a struct (it has: title, body)",
+        "as --text-field content.FIELD",
     ),
     case(
         "prepare-jsonl-template-names-missing-field",

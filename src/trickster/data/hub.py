@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from trickster.data.json_records import walk
 from trickster.data.no_text import NoText
 from trickster.data.sources import DownloadFailed, Source, file_identity, one_line, require_package
 from trickster.errors import UserError
@@ -163,18 +164,33 @@ def _hf_texts(
                 f"reading dataset '{dataset}' failed ({one_line(err)}); check your connection and run the "
                 "same command again to continue"
             ) from None
-        if text_field not in row:
-            raise UserError(
-                f"dataset '{dataset}' has no field '{text_field}' (it has: {', '.join(list(row)[:10])}); "
-                + _fix(name, "pass --text-field FIELD")
-            )
-        text = row[text_field]
-        if not isinstance(text, str) and text is not None:
-            raise UserError(
-                f"dataset '{dataset}': field '{text_field}' holds {type(text).__name__}, not text; "
-                + _fix(name, "pass --text-field FIELD naming a field of strings")
-            )
+        text = _row_text(row, dataset, text_field, name)
         if text:
             yield text
         else:
             no_text.skipped(f"dataset '{dataset}' split '{split}'", row)
+
+
+def _row_text(row: dict, dataset: str, text_field: str, name: str) -> str | None:
+    """The text of a row in `text_field`, a field or a dotted path into nested ones (content.body);
+    refused in one line where there is none, naming the fields where the path stopped."""
+    text, walked, stopped = walk(row, text_field, f"dataset '{dataset}'")
+    if stopped is not None:
+        there = "it has" if not walked else f"'{'.'.join(walked)}' has"
+        keys = ", ".join(list(stopped)[:10])
+        raise UserError(
+            f"dataset '{dataset}' has no field '{text_field}' ({there}: {keys}); "
+            + _fix(name, "pass --text-field FIELD (a nested one as OUTER.INNER)")
+        )
+    if isinstance(text, dict):  # a nested record: the text is a field inside it
+        fix = f"name the field inside it that holds the text, as --text-field {text_field}.FIELD"
+        raise UserError(
+            f"dataset '{dataset}': field '{text_field}' is an object (it has: {', '.join(list(text)[:10])}); "
+            + _fix(name, fix)
+        )
+    if not isinstance(text, str) and text is not None:
+        raise UserError(
+            f"dataset '{dataset}': field '{text_field}' holds {type(text).__name__}, not text; "
+            + _fix(name, "pass --text-field FIELD naming a field of strings")
+        )
+    return text

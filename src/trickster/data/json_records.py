@@ -48,10 +48,16 @@ def checked_text(text: str, what: str, fix: str = "fix or remove that record") -
     return text
 
 
+FIX = "pass --text-field FIELD (a nested one as OUTER.INNER)"
+
+
 class TextField:
-    """The text of each record of a pass in its field `name`. A record without it, once an earlier
-    one had it, is a missing value, as Hugging Face's json loader reads it (null); before any had it,
-    the field is likely misspelt, and refused."""
+    """The text of each record of a pass in its field `name`: a key, or a dotted path into nested
+    objects (`content.body`), as Hugging Face datasets' flatten() names a nested column and Spark's
+    col() reaches one; a key holding the dots itself is taken first. A record without the field,
+    once an earlier one had it, is a missing value, as Hugging Face's json loader reads it (null);
+    before any had it, the field is likely misspelt, and refused, naming the keys where the path
+    stopped. A null object on the way is a missing value too, as flatten() reads it."""
 
     def __init__(self, name: str):
         self.name, self.seen = name, False
@@ -62,18 +68,49 @@ class TextField:
 
     def text(self, record: dict, where: str) -> str:
         """The record's text; "" for a missing value (null, NaN, the field absent after others had it)."""
-        if self.name not in record and not self.seen:
-            fields = ", ".join(list(record)[:10])
-            raise UserError(f'{where} has no "{self.name}" field (it has: {fields}); pass --text-field FIELD')
+        value, walked, stopped = walk(record, self.name, where)
+        if stopped is not None:
+            if not self.seen:
+                there = "it has" if not walked else f'"{".".join(walked)}" has'
+                keys = ", ".join(list(stopped)[:10])
+                raise UserError(f'{where} has no "{self.name}" field ({there}: {keys}); {FIX}')
+            value = None
         self.seen = True
-        value = record.get(self.name)
         # a missing value, as Parquet and datasets rows hold it: no document; so is NaN, pandas'
         # missing value, which json.dumps writes where to_json would write null
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return ""
+        if isinstance(value, dict):  # a nested object: the text is a field inside it
+            keys = ", ".join(list(value)[:10])
+            raise UserError(
+                f'{where}: "{self.name}" is an object (it has: {keys}); name the field inside it that '
+                f"holds the text, as --text-field {self.name}.FIELD"
+            )
         if not isinstance(value, str):
             raise UserError(
                 f'{where}: "{self.name}" must be a string (got {json_type(value)}); pass '
                 "--text-field FIELD naming a field of strings, or fix or remove that record"
             )
         return checked_text(value, f'{where}: "{self.name}"')
+
+
+def walk(record: dict, name: str, where: str) -> tuple[object, list[str], dict | None]:
+    """The value of `record`'s field `name` (a key, else a dotted path into nested objects) as
+    (the value, the keys walked, None); or, where the path stopped at an object without its next
+    key, (None, the keys walked to it, that object). A null object on the way gives a null value;
+    any other value that is not an object is refused (`where` names the record)."""
+    if name in record or "." not in name:
+        return record.get(name), [], None if name in record else record
+    value, walked = record, []
+    for key in name.split("."):
+        if value is None:  # a null object on the way: a missing value, as datasets' flatten() reads it
+            return None, walked, None
+        if not isinstance(value, dict):
+            raise UserError(
+                f'{where}: "{".".join(walked)}" is {json_type(value)}, not an object holding '
+                f'"{key}"; pass --text-field FIELD naming a field of strings'
+            )
+        if key not in value:
+            return None, walked, value
+        value, walked = value[key], [*walked, key]
+    return value, walked, None

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from trickster.data.json_records import TextField, checked_text, json_line, json_type
 from trickster.data.no_text import NoText
+from trickster.data.parquet_column import column_path, leaf_values, not_text
 from trickster.data.paths import expand_paths
 from trickster.data.textfile import (
     OPENERS,
@@ -319,14 +320,10 @@ def parquet_documents(patterns: list[str], text_field: str = "text") -> Source:
     pq = require_package("pyarrow.parquet", "Parquet files need the `pyarrow` package")
     for path in files:
         try:
-            columns = pq.ParquetFile(path).schema_arrow.names
+            schema = pq.ParquetFile(path).schema_arrow
         except Exception as err:  # pyarrow raises ArrowInvalid (a ValueError) or OSError
             raise UserError(f"{path} is not a Parquet file ({one_line(err)}); pass .parquet files") from None
-        if text_field not in columns:
-            raise UserError(
-                f"{path} has no column '{text_field}' (it has: {', '.join(columns[:10])}); "
-                "pass --text-field COLUMN"
-            )
+        column_path(schema, text_field, path)  # refused before any file is read
 
     no_text = NoText("row", text_field, "pass --text-field COLUMN naming the one that holds the text")
 
@@ -334,13 +331,11 @@ def parquet_documents(patterns: list[str], text_field: str = "text") -> Source:
         no_text.restart()
         for path in files:
             parquet = pq.ParquetFile(path)
+            parts = column_path(parquet.schema_arrow, text_field, path)
             for batch in parquet.iter_batches(batch_size=1024, columns=[text_field]):
-                for text in batch.column(0).to_pylist():
+                for text in leaf_values(batch.column(0), parts):
                     if not isinstance(text, str) and text is not None:
-                        raise UserError(
-                            f"{path}: column '{text_field}' holds {type(text).__name__}, not text; "
-                            "pass --text-field COLUMN naming a column of strings"
-                        )
+                        raise not_text(text, text_field, path)
                     if text:
                         yield text
                     else:

@@ -1,0 +1,87 @@
+"""--text-field into nested records: `content.body` reaches the field `body` of the object (JSON
+Lines) or struct column (Parquet) `content`, as Hugging Face datasets' flatten() names it. The
+token counts here are made from the texts written, with a char tokenizer (one id per character,
+one end-of-text per document)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from trickster import cli
+from trickster.data.loader import load_data
+
+WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron".split()
+
+
+def bodies(count: int) -> list[str]:
+    rng = random.Random(count)
+    return [f"{i}: " + " ".join(rng.choice(WORDS) for _ in range(25)) for i in range(count)]
+
+
+def prepare(capsys, *args: str) -> tuple[int, list[str], str]:
+    code = cli.main(["data", "prepare", *args, "--no-progress", "--workers", "1"])
+    captured = capsys.readouterr()
+    return code, captured.out.splitlines(), captured.err
+
+
+def tokens_of(out) -> int:
+    meta = load_data(out).meta
+    return meta["train_tokens"] + meta["val_tokens"]
+
+
+def test_jsonl_reads_a_field_inside_a_nested_object(tmp_path, capsys):
+    """It said 'line 1 has no "content.body" field (it has: id, content)': dots were part of a name."""
+    texts = bodies(40)
+    records = [{"id": i, "content": {"title": "t", "body": text}} for i, text in enumerate(texts)]
+    records[7:7] = [{"id": "a", "content": None}, {"id": "b", "content": {"title": "no body"}}]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "out"
+    code, lines, err = prepare(capsys, "jsonl", str(tmp_path / "a.jsonl"), "--text-field", "content.body",
+                               "--out", str(out))  # fmt: skip
+    assert code == 0, err
+    assert tokens_of(out) == sum(len(t) + 1 for t in texts)
+    assert "skipped 2 records with no text (null, empty, or without the text field)" in lines, lines
+
+
+def test_jsonl_a_key_holding_the_dots_itself_is_read_first(tmp_path, capsys):
+    texts = bodies(30)
+    records = [{"content.body": text, "content": {"body": "not this"}} for text in texts]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "out"
+    code, _, err = prepare(capsys, "jsonl", str(tmp_path / "a.jsonl"), "--text-field", "content.body",
+                           "--out", str(out))  # fmt: skip
+    assert code == 0, err
+    assert tokens_of(out) == sum(len(t) + 1 for t in texts)
+
+
+def test_parquet_reads_a_field_of_a_struct_column(tmp_path, capsys):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    texts = bodies(40)
+    content = [{"title": "t", "body": text} for text in texts] + [None, {"title": "x", "body": None}]
+    pq.write_table(pa.table({"id": list(range(42)), "content": content}), tmp_path / "rows.parquet")
+    out = tmp_path / "out"
+    flags = ["--text-field", "content.body", "--out", str(out)]
+    code, lines, err = prepare(capsys, "parquet", str(tmp_path / "rows.parquet"), *flags)
+    assert code == 0, err
+    assert tokens_of(out) == sum(len(t) + 1 for t in texts)
+    assert "skipped 2 records with no text (null, empty, or without the text field)" in lines, lines
+
+
+def test_a_hub_dataset_reads_a_field_of_a_nested_column(tmp_path, capsys):
+    """A local dataset folder with a nested feature, as `datasets` streams its rows (dicts)."""
+    datasets = pytest.importorskip("datasets")
+    texts = bodies(40)
+    content = [{"title": "t", "body": text} for text in texts] + [{"title": "x", "body": None}]
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"content": content})}).save_to_disk(
+        str(tmp_path / "set")
+    )
+    out = tmp_path / "out"
+    flags = ["--text-field", "content.body", "--out", str(out)]
+    code, lines, err = prepare(capsys, "hf", str(tmp_path / "set"), *flags)
+    assert code == 0, err
+    assert tokens_of(out) == sum(len(t) + 1 for t in texts)
+    assert "skipped 1 record with no text (null, empty, or without the text field)" in lines, lines
