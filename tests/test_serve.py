@@ -388,6 +388,21 @@ ERRORS = [
             ("/v1/chat/completions", CHAT, "text/plain;charset=UTF-8"),
         ]
     ),
+    (
+        "body-not-utf-8",
+        _post("/v1/completions", b'{"model": "best", "prompt": "caf\xe9"}'),
+        400,
+        "the request body is not UTF-8 (byte 0xe9 at offset 32 is not valid UTF-8); send JSON text "
+        "encoded as UTF-8",
+        None,
+    ),
+    (
+        "no-messages",
+        _post("/v1/chat/completions", {**CHAT, "messages": []}),
+        400,
+        'messages: give at least one message, such as {"role": "user", "content": "Hello"} (got [])',
+        "messages",
+    ),
     # a gzip body was read as text: "not valid JSON ('utf-8' codec can't decode byte 0x8b ...)"
     (
         "content-encoding-gzip",

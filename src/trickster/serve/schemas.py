@@ -221,6 +221,13 @@ class ChatRequest(Request):
     max_tokens: int | None = Field(None, ge=1, description="default: the rest of the context")
     max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name for max_tokens")
 
+    @field_validator("messages", mode="before")
+    @classmethod
+    def _some(cls, value):
+        if value == []:  # pydantic's words: "List should have at least 1 item after validation"
+            raise ValueError('give at least one message, such as {"role": "user", "content": "Hello"}')
+        return value
+
     @model_validator(mode="before")
     @classmethod
     def _no_message_field_ignored(cls, data):
@@ -290,7 +297,13 @@ def parse(kind: type[BaseModel], raw: bytes) -> BaseModel:
     """The request body as `kind`, or an APIError naming the first field that is wrong."""
     try:
         data = untrusted.parse(json.loads, raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError as err:
+        raise APIError(
+            400,
+            f"the request body is not UTF-8 (byte 0x{err.object[err.start]:02x} at offset {err.start:,} is "
+            "not valid UTF-8); send JSON text encoded as UTF-8",
+        ) from None
+    except json.JSONDecodeError as err:
         raise APIError(400, f"the request body is not valid JSON ({err}); send a JSON object") from None
     except untrusted.Unreadable as err:
         raise APIError(400, f"the request body {err.reason}") from None
