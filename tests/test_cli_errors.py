@@ -4007,6 +4007,7 @@ CASES = [
     case(
         "init-from-missing-run",
         lambda env: micro_train(env, f"training_config.init_from={env.tmp / 'nope'}"),
+        "error: training_config.init_from: ",
         "nope not found",
     ),
     case(

@@ -12,7 +12,8 @@ the target -100, which the loss ignores.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -42,7 +43,8 @@ def setup_finetuning(
             lora.apply_lora(model, t.lora)
         return None
     source = refuse_other_tokenizer(cfg, tokenizer)
-    saved = ckpt.read_config(source)
+    with _named_init_from():
+        saved = ckpt.read_config(source)
     different = [
         f"{key} {_field(saved, key)} there, {_field(cfg, key)} here"
         for key in SAME_FIELDS
@@ -53,7 +55,8 @@ def setup_finetuning(
             f"training_config.init_from {source} has another model_config ({'; '.join(different)}); "
             f"start from its config: --config {source / 'config.yaml'}"
         )
-    loaded = ckpt.load_checkpoint(source)  # a LoRA checkpoint arrives merged
+    with _named_init_from():
+        loaded = ckpt.load_checkpoint(source)  # a LoRA checkpoint arrives merged
     with torch.no_grad():
         for name, tensor in ckpt.weights_to_save(loaded.model).items():
             model.get_parameter(name).copy_(tensor)
@@ -90,13 +93,25 @@ def refuse_other_tokenizer(cfg: Config, tokenizer: Tokenizer) -> Path:
     shows first as another vocabulary size, and a message about the size would send the user to
     change a config that is right."""
     init_from = cfg.training.init_from
-    source = ckpt.resolve(init_from)
-    if not same_ids(ckpt.read_tokenizer(source), tokenizer):
+    with _named_init_from():
+        source = ckpt.resolve(init_from)
+        theirs = ckpt.read_tokenizer(source)
+    if not same_ids(theirs, tokenizer):
         raise UserError(
             f"the data in {cfg.data.path} was prepared with another tokenizer than {source}; prepare it "
             f"with the model's tokenizer: trickster data prepare ... --tokenizer-from {init_from}"
         )
     return source
+
+
+@contextmanager
+def _named_init_from() -> Iterator[None]:
+    """The init_from checkpoint refused (missing, a data folder, damaged) in a line that names the
+    setting to change: the command line of a fine-tune names several paths (--config, --data)."""
+    try:
+        yield
+    except UserError as err:
+        raise UserError(f"training_config.init_from: {err}") from None
 
 
 def _field(cfg: Config, key: str):
