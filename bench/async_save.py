@@ -31,7 +31,7 @@ import torch
 from trickster.config import load_config
 from trickster.data import sources
 from trickster.data.prepare import prepare
-from trickster.train import checkpoint as ckpt
+from trickster.run_checkpoints import STEP_DIR
 from trickster.train import loop
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ def timed_run(preset: str, data_dir: Path, out: Path, background: bool, args) ->
     def timed_save(trainer, name, *rest, **kwargs):
         started = time.perf_counter()
         save(trainer, name, *rest, **kwargs)
-        if ckpt.STEP_DIR.match(name):
+        if STEP_DIR.match(name):
             stalls.append(time.perf_counter() - started)
 
     loop.Trainer.save = timed_save

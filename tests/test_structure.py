@@ -99,3 +99,21 @@ def test_no_function_over_80_lines():
 
 def test_no_module_over_450_lines():
     assert not long_modules()
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module `start` imports, directly or through others."""
+    seen, stack = set(), [start]
+    while stack:
+        for target in graph[stack.pop()] - seen:
+            seen.add(target)
+            stack.append(target)
+    return seen
+
+
+def test_the_metrics_schema_imports_nothing_of_training():
+    """train/ writes its events through observe/events.py, which every reader imports: events.py
+    reaching back into train/ (once for the failed-write advice of train/checkpoint.py) would load
+    the trainer's modules into each reader and tie the schema to the trainer's files."""
+    reached = reachable(import_graph(), "trickster.observe.events")
+    assert sorted(name for name in reached if name.startswith("trickster.train")) == []

@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 from trickster import untrusted
 from trickster.errors import disk_errors, write_fix
-from trickster.train import checkpoint as ckpt
+from trickster.run_checkpoints import run_write_fix
 
 NUMBER = (int, float)  # a float may be NaN or infinite (json writes NaN and Infinity)
 OR_NONE = (type(None),)
@@ -77,13 +77,13 @@ REQUIRED = {
 }
 
 # what a failed write of a run's metrics (a full disk, a read-only folder) tells the user to do,
-# once the run has a checkpoint (before, ckpt.FIRST_SAVE_FIX: --resume would find nothing)
+# once the run has a checkpoint (before, run_checkpoints.FIRST_SAVE_FIX: --resume would find nothing)
 RESUME_FIX = write_fix(then="continue with --resume")
 
 
 def disk_fix(run_dir: Path):
     """The fix for a failed write of the metrics of the run in `run_dir` (picked when it fails)."""
-    return ckpt.run_write_fix(run_dir, RESUME_FIX)
+    return run_write_fix(run_dir, RESUME_FIX)
 
 
 class MetricsLog:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from trickster.errors import UserError
 from trickster.observe.status import trains_now
+from trickster.run_checkpoints import STEP_DIR
 from trickster.serve.offered import UNTRAINED
 from trickster.train import checkpoint as ckpt
 
@@ -19,7 +20,7 @@ LATER = "best, final or step_NNNNNN (the step in six digits or more, as training
 def saved_later(name: str) -> bool:
     """Whether training writes a checkpoint by this name: best, final, or a step as step_name spells
     it (a run stopped early saves the step it stopped at, so any step may come)."""
-    numbered = ckpt.STEP_DIR.match(name)
+    numbered = STEP_DIR.match(name)
     return name in ("best", "final") or (numbered is not None and ckpt.step_name(int(numbered[1])) == name)
 
 

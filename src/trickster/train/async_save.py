@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from trickster.model import lora
+from trickster.run_checkpoints import STEP_DIR
 from trickster.train import checkpoint as ckpt
 from trickster.train import dist, setup
 from trickster.train.weights import weights_to_save
@@ -51,7 +52,7 @@ class Writer:
         """Checkpoint `target` from `parts` (save_checkpoint's model, cfg, tokenizer, info,
         trainer_state, weights, staging), now or (`background`) from a snapshot of them; `shards`:
         this process's optimizer shard still being written (FSDP2). Every process calls it."""
-        numbered = ckpt.STEP_DIR.match(target.name) is not None
+        numbered = STEP_DIR.match(target.name) is not None
         if not background:  # rank 0 writes, the others wait: its error (a full disk) ends them all
             setup.on_main(self.job, ckpt.save_checkpoint, target, *parts, reuse)
             if self.job.is_main and numbered:

@@ -26,7 +26,6 @@ import pickle
 import re
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from trickster.data.tokenizers import Tokenizer, load_tokenizer
 from trickster.errors import UserError, disk_errors, write_fix
 from trickster.model import lora
 from trickster.model.transformer import Transformer
+from trickster.run_checkpoints import COMPLETE, WEIGHTS, is_complete, numbered, run_write_fix
 from trickster.train import checksums
 from trickster.train.device import inference_dtype
 from trickster.train.weight_loading import load_weights
@@ -51,17 +51,9 @@ from trickster.train.weights import (
     weights_to_save,
 )
 
-COMPLETE = "COMPLETE"
-WEIGHTS = "model.safetensors"
 OPTIMIZER = "optimizer"  # the sharded optimizer state of an FSDP2 run
-STEP_DIR = re.compile(r"^step_(\d+)$")
 OS_ERROR = re.compile(r"\(os error (\d+)\)")  # the errno in a SafetensorError's message
-# how a run goes on before its first checkpoint: --resume finds nothing there, and the same command
-# alone is refused, the run folder being no longer empty
-START_AFRESH = "training_config.resume=auto (it starts afresh in the same run folder)"
-RUN_AGAIN = f"run the command again with {START_AFRESH}"
 SAVE_FIX = write_fix(then="continue with --resume (earlier checkpoints are untouched)")
-FIRST_SAVE_FIX = write_fix(then=RUN_AGAIN)
 
 
 def step_name(step: int) -> str:
@@ -100,19 +92,6 @@ def save_checkpoint(
     with disk_errors(f"checkpoint {target}", fix or run_write_fix(target.parent.parent, SAVE_FIX)):
         tensors = reuse or (weights_to_save(model, weights), lora.adapter_weights(model, weights))
         return _write_checkpoint(target, tensors, cfg, tokenizer, info, trainer_state, staging)
-
-
-def run_write_fix(run_dir: Path, resume_fix: Callable[[OSError], str]) -> Callable[[OSError], str]:
-    """The fix for a failed write of the run in `run_dir`, looked at only when a write fails:
-    `resume_fix` (--resume) once the run has a checkpoint to continue from (a numbered one or
-    final; their info.json is not read, so one damaged elsewhere neither stops the write nor hides
-    its own error), else the command again with resume=auto."""
-
-    def fix(err: OSError) -> str:
-        continuable = numbered(run_dir) or is_complete(Path(run_dir) / "checkpoints" / "final")
-        return (resume_fix if continuable else FIRST_SAVE_FIX)(err)
-
-    return fix
 
 
 def _write_checkpoint(target, tensors, cfg, tokenizer, info, trainer_state, staging) -> Path:
@@ -217,10 +196,6 @@ def _link_tensor_files(source: Path, staging: Path) -> None:
             shutil.copy2(path, copy)
 
 
-def is_complete(path: Path) -> bool:
-    return (path / COMPLETE).is_file() and (path / WEIGHTS).is_file()
-
-
 def checkpoint_step(path: Path) -> int:
     """The step of one of a run's checkpoints (to pick the newest, to list them)."""
     return read_info(path, fix=f"move {path} out of {path.parent} to use the run's others")["step"]
@@ -250,15 +225,6 @@ def none_saved(run_dir: str | Path, otherwise: str = "no checkpoint was saved ye
             "so far, for generate)"
         )
     return otherwise
-
-
-def numbered(run_dir: str | Path) -> list[Path]:
-    """Complete numbered checkpoints, oldest first."""
-    folder = Path(run_dir) / "checkpoints"
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.iterdir() if STEP_DIR.match(p.name) and is_complete(p)]
-    return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
 
 
 def prune(run_dir: str | Path, keep_last: int | None) -> list[Path]:

@@ -25,6 +25,7 @@ from trickster.observe.events import NoMetrics
 from trickster.observe.manifest import run_manifest
 from trickster.observe.sinks import MetricSinks
 from trickster.observe.status import Heartbeat
+from trickster.run_checkpoints import STEP_DIR
 from trickster.train import checkpoint as ckpt
 from trickster.train import dist, hellaswag_eval, profiling, recovery, setup
 from trickster.train.async_save import Writer
@@ -371,7 +372,7 @@ class Trainer:
         self.writer.settle()  # one write at a time: `reuse` and keep_last's rotation need it done
         target = self.run_dir / "checkpoints" / name
         again = self.saved if self.saved is not None and self.saved.step == self.state.step else None
-        background = self.writer.enabled and not again and ckpt.STEP_DIR.match(name) is not None
+        background = self.writer.enabled and not again and STEP_DIR.match(name) is not None
         on_cpu = not background or self.job.mode == "fsdp"  # else the snapshot copies the live tensors
         weights = None if again else dist.full_weights(self.model, on_cpu)
         trainer_state, staging, groups = self.state_dict(), None, again.groups if again else None

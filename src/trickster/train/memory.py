@@ -32,6 +32,7 @@ from trickster.config import Config
 from trickster.errors import UserError
 from trickster.model.flops import adapter_parameters, parameter_breakdown
 from trickster.model.transformer import Transformer
+from trickster.run_checkpoints import START_AFRESH
 from trickster.train import checkpoint as ckpt
 from trickster.train.device import allocation_failed, autocast_for, resolve_precision
 from trickster.train.optim import build_optimizer
@@ -213,7 +214,7 @@ def out_of_memory(
         f"continue from checkpoints/{checkpoint.name} with --resume and that change"
         if checkpoint
         # the run folder is no longer empty: the same command alone is refused, --resume finds nothing
-        else f"no checkpoint was saved yet: run the command again with that change and {ckpt.START_AFRESH}"
+        else f"no checkpoint was saved yet: run the command again with that change and {START_AFRESH}"
     )
     return UserError(
         f"out of memory ({what} of {device}, {capacity / 2**30:.1f} GiB) during {during} at step "

@@ -21,6 +21,7 @@ from trickster.errors import UserError, disk_errors, write_fix
 from trickster.model import lora
 from trickster.observe.events import DamagedLines, MetricsLine, disk_fix, last_event, metrics_lines
 from trickster.observe.status import trains_now
+from trickster.run_checkpoints import RUN_AGAIN
 from trickster.train import checkpoint as ckpt
 from trickster.train import checksums
 
@@ -421,7 +422,7 @@ def diverged(run_dir: Path, state) -> UserError:
     good = ckpt.latest(run_dir)
     where = f"the last good checkpoint is {good}" if good else ckpt.none_saved(run_dir)
     # with no checkpoint, --resume answers 'nothing to resume' and the folder is no longer empty
-    again = "continue with --resume" if good else ckpt.RUN_AGAIN
+    again = "continue with --resume" if good else RUN_AGAIN
     return UserError(
         f"training stopped at step {state.step}: {state.nonfinite_streak} updates in a row had a "
         f"non-finite loss or gradient norm; {where}; lower training_config.learning_rate, keep "
