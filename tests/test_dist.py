@@ -686,6 +686,21 @@ def test_a_start_that_fails_after_joining_frees_its_process_groups(micro, capsys
     assert _gloo_threads() == before
 
 
+def test_a_finished_fsdp2_run_frees_its_process_groups(micro, capsys):
+    """FSDP2's parameters are DTensors, whose sharding cache keeps their device mesh, and with it
+    the mesh's process groups; torch.distributed.nn.functional, imported once a group exists, keeps
+    that group as its functions' default. `trickster train` frees them as it leaves the job: their
+    gloo threads, left running into the interpreter's exit, aborted a two-process test now and then
+    (SIGABRT, "terminate called without an active exception")."""
+    cfg = micro(training_config={"max_steps": 2, "warmup_steps": 1}, device_config={"enable_fsdp": True})
+    path = Path(cfg.logging.output_dir).parent / "run.yaml"
+    save_config(cfg, path)
+    before = _gloo_threads()
+    assert cli.main(["train", "--config", str(path), "--no-progress"]) == 0
+    assert "processes: 1 (fsdp" in capsys.readouterr().out
+    assert _gloo_threads() == before
+
+
 def _gloo_threads() -> int:
     return sum("gloo" in _read(task / "comm") for task in Path("/proc/self/task").glob("*"))
 

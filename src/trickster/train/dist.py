@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional  # noqa: F401  first: its defaults hold the group there is on import
 from torch.distributed.device_mesh import init_device_mesh
 from torch.nn.parallel import DistributedDataParallel
 
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
 
 from trickster.config import DeviceConfig
 from trickster.errors import UserError
-from trickster.train import peers
+from trickster.train import dtensor_caches, peers
 from trickster.train.device import compute_dtype_name
 
 
@@ -149,19 +150,17 @@ def _backend(choice: str, device_type: str) -> str:
 
 
 def shutdown() -> None:
-    """Leave the process group, if this process joined one, and free its groups now.
-
-    A group lives on, with gloo's threads, until the objects that hold it (the trainer, its
-    mesh) are collected. Left to the interpreter's last collection, as it exits, a gloo thread
-    that drops a finished collective's tensors needs the GIL, which it can no longer take: the
-    process aborts ("terminate called without an active exception", SIGABRT instead of its exit
-    status; seen in 4 of 10 two-process starts that ended with an error). Call it once nothing
-    holds the trainer any more (commands.train_command drops an error's traceback for this).
-    """
+    """Leave the process group, if this process joined one, and free its groups now: a group lives
+    on, with gloo's threads, until what holds it is collected (the trainer, its mesh, DTensor's
+    caches of FSDP2's meshes: dtensor_caches). Left to the interpreter's exit, a gloo thread that
+    needs the GIL can no longer take it: the process aborts ("terminate called without an active
+    exception", SIGABRT instead of its exit status). Call it once nothing holds the trainer any more
+    (commands.train_command drops an error's traceback for this)."""
     global _background_group
     if dist.is_initialized():
         dist.destroy_process_group()  # every group, the background saves' too
         _background_group = None
+        dtensor_caches.empty()
         gc.collect()
 
 
