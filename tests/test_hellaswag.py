@@ -263,6 +263,7 @@ def test_a_download_of_the_wrong_shape_is_refused_and_not_cached(tmp_path, monke
         ('{"ctx": "a", "endings": ["a", 2, "c", "d"], "label": 0}', "line 2: an ending that is not text"),
         ('["a", "b"]', "line 2: an array, not"),
         ("{not json", "line 2 is not JSON"),
+        ("[" * 100_000 + "]" * 100_000, "line 2 nests arrays or objects too deeply to read"),
     ],
 )
 def test_each_line_must_be_a_hellaswag_example(tmp_path, monkeypatch, line, problem):

@@ -117,3 +117,32 @@ def test_the_metrics_schema_imports_nothing_of_training():
     the trainer's modules into each reader and tie the schema to the trainer's files."""
     reached = reachable(import_graph(), "trickster.observe.events")
     assert sorted(name for name in reached if name.startswith("trickster.train")) == []
+
+
+def private_names_used_elsewhere() -> list[str]:
+    """`from trickster.m import _name` and `m._name` (m a trickster module) outside m itself."""
+    found = []
+    for name, path in MODULES.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        modules = {}  # the names this module binds to trickster modules
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("trickster"):
+                for alias in node.names:
+                    if f"{node.module}.{alias.name}" in MODULES:
+                        modules[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+                    elif alias.name.startswith("_") and not alias.name.startswith("__"):
+                        found.append(f"{name} imports {node.module}.{alias.name}")
+            elif isinstance(node, ast.Import):
+                modules.update({a.asname: a.name for a in node.names if a.asname and a.name in MODULES})
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                private = node.attr.startswith("_") and not node.attr.startswith("__")
+                if private and node.value.id in modules:
+                    found.append(f"{name} uses {modules[node.value.id]}.{node.attr}")
+    return found
+
+
+def test_no_module_uses_another_s_private_names():
+    """A name with a leading underscore is its module's own: one another module needs gets a
+    public home (records.py imported sources._json_line, until data/json_records.py)."""
+    assert private_names_used_elsewhere() == []

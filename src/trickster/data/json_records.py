@@ -11,15 +11,20 @@ from trickster import untrusted
 from trickster.errors import UserError
 
 
-def json_line(line: str, where: str):
+def json_line(line: str, where: str, fix: str | None = None):
+    """One line of a JSON Lines file, parsed; one that is no JSON, or that Python cannot hold, is
+    one line naming `where` (its file and line) and `fix`: what to do about a file the user did not
+    write (HellaSwag's). Without it, the user's own records: write JSON, or fix that record."""
     try:
         # without its line break, which would put an error at the end on a second line, column 1
         return untrusted.parse(json.loads, line.rstrip("\r\n"))
     except json.JSONDecodeError as err:
         problem = untrusted.json_problem(err)
-        raise UserError(f"{where} is not JSON ({problem}); write one JSON object per line") from None
+        raise UserError(
+            f"{where} is not JSON ({problem}); {fix or 'write one JSON object per line'}"
+        ) from None
     except untrusted.Unreadable as err:
-        raise UserError(f"{where} {err.reason}; fix or remove that record") from None
+        raise UserError(f"{where} {err.reason}; {fix or 'fix or remove that record'}") from None
 
 
 def json_type(value) -> str:

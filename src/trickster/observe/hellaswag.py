@@ -32,7 +32,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trickster import untrusted
 from trickster.atomic import replace_file
 from trickster.data import json_records, sources
 from trickster.data.textfile import read_bytes, text_of
@@ -148,12 +147,7 @@ def parse_examples(raw: bytes, name: str, fix: str) -> list[Example]:
 
 
 def _example(line: str, where: str, fix: str) -> Example:
-    try:
-        record = untrusted.parse(json.loads, line)
-    except json.JSONDecodeError as err:
-        raise UserError(f"{where} is not JSON ({untrusted.json_problem(err)}); {fix}") from None
-    except untrusted.Unreadable as err:
-        raise UserError(f"{where} {err.reason}; {fix}") from None
+    record = json_records.json_line(line, where, fix)
     problem = _shape_problem(record)
     if problem:
         raise UserError(f"{where}: {problem}, not {SHAPE}; {fix}")
