@@ -3364,8 +3364,13 @@ CASES = [
     case(
         "serve-max-loaded-models-one-before-first-save",
         _serve_run_before_its_first_save("--max-loaded-models", "1"),
-        "holds only untrained, which stays loaded: the checkpoints",
+        "holds only the default model, which stays loaded (untrained until",
         "pass 2 or more (or --checkpoints untrained)",
+    ),
+    case(
+        "serve-max-loaded-models-one-with-checkpoints-yet-to-save",
+        _serve_run_before_its_first_save("--checkpoints", "untrained,best", "--max-loaded-models", "1"),
+        "holds only untrained, which stays loaded: the 1 other model offered would never load",
     ),
     case(
         "serve-run-config-damaged-before-first-save",

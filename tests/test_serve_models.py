@@ -308,6 +308,20 @@ def test_checkpoints_saved_while_serving_are_offered_at_once(trained_run, tmp_pa
         assert completion(client, model="step_000012", **GREEDY) == expected
 
 
+def test_room_for_one_model_is_refused_where_the_run_will_save_a_second(trained_run, tmp_path):
+    """With --max-loaded-models 1 the default stays loaded, so a request for any other model waits
+    for room forever, and the requests in line behind it too (the default following the run does
+    not help: the model it replaces is one more that never loads again). A server with room for one
+    is refused where it offers more than one, counting the names given to --checkpoints that the
+    run has yet to save: `untrained,best` before the first save started, then hung once `best`
+    came."""
+    run, _ = run_saving(trained_run, tmp_path)
+    refused = "holds only untrained, which stays loaded: the 1 other model offered would never load"
+    with pytest.raises(UserError, match=refused):
+        Catalog(run, torch.device("cpu"), ["untrained", "best"], max_loaded=1)
+    assert list(Catalog(run, torch.device("cpu"), ["untrained"], max_loaded=1).offered) == ["untrained"]
+
+
 def test_a_run_served_before_its_first_save_offers_untrained_then_its_checkpoints(trained_run, tmp_path):
     """`trickster train` and `trickster serve` started together: the run folder holds its config.yaml
     and tokenizer.json, no checkpoint yet. The server was refused ('train first'); it now offers

@@ -37,6 +37,7 @@ import torch
 from trickster.atomic import being_replaced
 from trickster.errors import UserError
 from trickster.model.transformer import Transformer, untrained_like
+from trickster.plural import counted
 from trickster.serve import disk, wanted
 from trickster.serve.limits import MAX_LOADED_MODELS
 from trickster.serve.offered import UNTRAINED, Offered, default_of, describe
@@ -87,16 +88,19 @@ class Catalog:
         self.default = default_of(self.offered)
         if max_loaded < 1:
             raise UserError(f"--max-loaded-models must be at least 1 (got {max_loaded})")
+        # the default stays loaded: with room for one model, a request for another waits forever (and
+        # the requests in line behind it), so one model at most, counting those the run will save
         if max_loaded == 1 and resolved is None and not names:
             raise UserError(
-                f"--max-loaded-models 1 holds only {UNTRAINED}, which stays loaded: the checkpoints "
-                f"{target} saves would never load; pass 2 or more (or --checkpoints {UNTRAINED})"
+                f"--max-loaded-models 1 holds only the default model, which stays loaded ({UNTRAINED} until "
+                f"{target} saves a checkpoint, then its best or newest): the others it offers would never "
+                f"load; pass 2 or more (or --checkpoints {UNTRAINED})"
             )
-        if max_loaded == 1 and len(self.offered) > 1:
+        if max_loaded == 1 and len(self.offered) + len(self.awaited) > 1:
+            others = counted(len(self.offered) + len(self.awaited) - 1, "other model")
             raise UserError(
-                f"--max-loaded-models 1 holds only {self.default}, which stays loaded: the "
-                f"{len(self.offered) - 1} other models offered would never load; pass 2 or more "
-                f"(or --checkpoints {self.default})"
+                f"--max-loaded-models 1 holds only {self.default}, which stays loaded: the {others} "
+                f"offered would never load; pass 2 or more (or --checkpoints {self.default})"
             )
         self.changed = threading.Condition()  # guards line and every Offered's model, loading, holds, used
         self.clock = itertools.count(1)
