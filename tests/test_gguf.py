@@ -15,9 +15,11 @@ import torch
 import torch.nn.functional as F
 
 from trickster import cli
+from trickster.config import config_from_dict
 from trickster.data.tokenizers import ByteTokenizer, CharTokenizer, HFTokenizer, build_tokenizer
 from trickster.errors import UserError
 from trickster.export.gguf import gguf_vocabulary
+from trickster.model.transformer import Transformer
 from trickster.model.vocab import padded_vocab
 from trickster.train import checkpoint as ckpt
 
@@ -355,3 +357,20 @@ def test_an_out_that_is_a_folder_gets_the_runs_file_in_it(tmp_path, capsys):
     other = char_checkpoint(tmp_path / "other")
     assert cli.main(["export", str(other), "--format", "gguf", "--out", str(folder)]) == 0
     assert sorted(p.name for p in folder.iterdir()) == ["other.gguf", "tiny-final.gguf"]
+
+
+def test_the_llama_cpp_line_continues_the_models_own_sample_prompt(tmp_path, capsys):
+    """A fine-tune on records samples a prompt of its records: the line printed after the export
+    continues that one (its line break as bash's $'...'), with the completion tool of llama.cpp."""
+    tokenizer = CharTokenizer.from_texts([TEXT])
+    shape = dict(hidden_dim=32, num_layers=2, num_heads=4, mlp_dim=64, max_seq_len=96)
+    cfg = config_from_dict(
+        {
+            "model_config": {**shape, "vocab_size": tokenizer.vocab_size},
+            "training_config": {"sample_prompt": "Who?\nA:"},
+        }
+    )
+    path = ckpt.save_checkpoint(tmp_path / "ck", Transformer(cfg.model), cfg, tokenizer, {"step": 0})
+    out = tmp_path / "m.gguf"
+    assert cli.main(["export", str(path), "--format", "gguf", "--out", str(out)]) == 0
+    assert f"llama-completion -m {out} -p $'Who?\\nA:' -n 100" in capsys.readouterr().out

@@ -319,12 +319,23 @@ def runs_command(folder: str) -> None:
             print(f"note: {run.name}: {run.problem}")
 
 
+def llama_cpp_hint(target: str, path: Path) -> str:
+    """The llama.cpp line that continues the model's own sample prompt (a fine-tune's is one of its
+    records, never the base's ROMEO:). llama-completion: a recent llama.cpp's llama-cli only chats,
+    and waits at its prompt instead of continuing the text."""
+    from trickster.train import checkpoint as ckpt
+
+    prompt = ckpt.read_config(ckpt.resolve(target)).training.sample_prompt
+    line = f"llama-completion -m {shlex.quote(str(path))}"
+    return f"{line} -p {shell_word(prompt)} -n 100" if prompt.strip() else f"{line} -n 100"
+
+
 def export_command(target: str, fmt: str, out: str, dtype: str = "float32") -> Path:
     from trickster.export import gguf, hf
 
     if fmt == "gguf":
         path = gguf.export_gguf(target, out, dtype)
-        print(f"wrote {path} ({dtype}); run it with llama.cpp: llama-cli -m {path} -p 'ROMEO:' -n 100")
+        print(f"wrote {path} ({dtype}); run it with llama.cpp: {llama_cpp_hint(target, path)}")
         return path
     if fmt != "hf":
         raise UserError(f"unknown export format '{fmt}'; choose hf or gguf")
