@@ -27,7 +27,7 @@ from trickster.observe.sinks import MetricSinks
 from trickster.observe.status import Heartbeat
 from trickster.run_checkpoints import STEP_DIR
 from trickster.train import checkpoint as ckpt
-from trickster.train import dist, hellaswag_eval, profiling, recovery, setup
+from trickster.train import dist, hellaswag_eval, lost_output, profiling, recovery, setup
 from trickster.train.async_save import Writer
 from trickster.train.batches import DeviceBatches
 from trickster.train.budget import Clock
@@ -66,7 +66,7 @@ def train(
     """`resume`: True (continue, a checkpoint must exist), "auto", False; None takes
     training_config.resume. Threads, TF32 flags and random generators are restored on return; the
     run folder is this process's alone until then (resume.claimed)."""
-    with settings_restored(), contextlib.ExitStack() as held:
+    with settings_restored(), lost_output.tolerated(), contextlib.ExitStack() as held:
         try:
             trainer = Trainer(cfg, resume, progress, echo, held)
         except setup.Finished as done:  # resume: auto in a run that has done its steps
