@@ -336,3 +336,43 @@ def test_a_page_of_another_origin_cannot_make_the_server_generate(trained_run, b
         assert set(texts) == {"step_000006", "best"} and all(len(t) == 5 for t in texts.values())
     finally:
         other.shutdown()
+
+
+def test_a_chat_message_refused_is_no_turn_of_the_conversation(trained_run, browser):
+    """A message the server refuses (here one that leaves no room in the context for the tokens
+    asked) went into the conversation with the error's text as the model's reply, sent back with
+    every later message: on a char model its '[' then made each of them a 400 too. Now the error
+    is shown beside the conversation, the message goes back in the box, and the next message is
+    sent with the conversation as it was."""
+    template = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}assistant:"
+    with live_server(trained_run, chat_template=template, checkpoints=["best"]) as live:
+        sent = []
+
+        def chat(request):
+            if request.url.endswith("/v1/chat/completions"):
+                sent.append(json.loads(request.post_data)["messages"])
+
+        page = open_playground(browser, live, chat)
+        page.click("#tab-chat")
+        page.fill("#max_tokens", "8")
+        page.dispatch_event("#max_tokens", "input")
+        too_long = "ROMEO: " * 8  # 56 characters: with the template's and 8 tokens, past 64
+        for message in ["Hi", too_long, "Hi"]:
+            before = page.eval_on_selector("#messages", "e => e.dataset.turns || '0'")
+            page.fill("#chat-input", message)
+            page.click("#send")  # clears a shown error at once
+            answered = "([m, before]) => m.dataset.turns !== before || m.querySelector('.msg.error') !== null"
+            page.wait_for_function(answered, arg=[page.query_selector("#messages"), before])
+            if message == too_long:
+                error = page.query_selector("#messages .msg.error")
+                assert error is not None and "context of 64 tokens" in error.inner_text()
+                assert page.eval_on_selector("#chat-input", "e => e.value") == too_long.strip()
+                assert page.eval_on_selector("#messages", "e => e.dataset.turns") == "2"
+                page.fill("#chat-input", "")
+        turns = page.eval_on_selector("#messages", "e => e.dataset.turns")
+        errors = page.query_selector_all("#messages .msg.error")
+        page.close()
+    first_reply = sent[2][1]
+    assert sent[2] == [{"role": "user", "content": "Hi"}, first_reply, {"role": "user", "content": "Hi"}]
+    assert first_reply["role"] == "assistant" and "[" not in first_reply["content"]
+    assert turns == "4" and not errors
