@@ -57,7 +57,7 @@ def test_a_short_run_of_a_preset_fits_its_warmup_and_a_resume_keeps_it(shakespea
 
 def test_a_warmup_the_user_gives_is_kept_or_refused(shakespeare_dir, tmp_path, capsys):
     """A warmup given on the command line is the user's: kept when it fits (no note), refused in one
-    line when it does not, before anything is written."""
+    line when it does not, before anything is written. Left to the preset, 4 steps get none."""
     run = tmp_path / "run"
     argv = ["train", "--preset", "tiny", "--data", str(shakespeare_dir), "--out", str(run), "--no-progress"]
     argv += [*SHORT, "training_config.max_steps=4"]
@@ -69,3 +69,8 @@ def test_a_warmup_the_user_gives_is_kept_or_refused(shakespeare_dir, tmp_path, c
     assert cli.main([*argv, "training_config.warmup_steps=3"]) == 0
     assert "does not fit" not in capsys.readouterr().out
     assert load_config(run / "config.yaml").training.warmup_steps == 3
+
+    # left to the preset in a run under 10 steps: a tenth of them is no step at all
+    assert cli.main([*argv, "--out", str(tmp_path / "unset")]) == 0
+    assert "warmup_steps 100 does not fit in 4 steps: no warmup (set " in capsys.readouterr().out
+    assert load_config(tmp_path / "unset" / "config.yaml").training.warmup_steps == 0

@@ -40,9 +40,10 @@ def fitted_config(cfg: Config, data: PreparedData, saved: Config | None) -> tupl
         values["sample_prompt"] = data.record_prompt
     if "warmup_steps" in left and t.warmup_steps >= t.max_steps and t.warmup_steps > 0:
         values["warmup_steps"] = tenth = t.max_steps // 10
+        fitted = f"warming up for {counted(tenth, 'step')}, a tenth of them" if tenth else "no warmup"
         notes.append(
-            f"warmup_steps {t.warmup_steps:,} does not fit in {counted(t.max_steps, 'step')}: warming up "
-            f"for {counted(tenth, 'step')}, a tenth of them (set training_config.warmup_steps to choose)"
+            f"warmup_steps {t.warmup_steps:,} does not fit in {counted(t.max_steps, 'step')}: {fitted} "
+            "(set training_config.warmup_steps to choose)"
         )
     return _with(cfg, values), notes
 
