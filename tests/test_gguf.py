@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import math
 
+try:
+    import resource
+except ImportError:  # Windows
+    resource = None
+
 import numpy as np
 import pytest
 import torch
@@ -374,3 +379,23 @@ def test_the_llama_cpp_line_continues_the_models_own_sample_prompt(tmp_path, cap
     out = tmp_path / "m.gguf"
     assert cli.main(["export", str(path), "--format", "gguf", "--out", str(out)]) == 0
     assert f"llama-completion -m {out} -p $'Who?\\nA:' -n 100" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(resource is None, reason="needs RLIMIT_FSIZE")
+def test_a_refused_write_says_why_and_leaves_nothing(tmp_path, capsys):
+    """A real refusal part way through the tensors: a file size limit (EFBIG; Python ignores
+    SIGXFSZ), which reaches the writer as a full disk does, a short write. numpy's tofile dropped
+    its cause ("16384 requested and 14568 written"); the line now says it, with its fix."""
+    path = char_checkpoint(tmp_path / "ck")
+    out = tmp_path / "m.gguf"
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16 << 10, hard))
+    try:
+        assert cli.main(["export", str(path), "--format", "gguf", "--out", str(out)]) == 2
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert capsys.readouterr().err == (
+        f"error: could not write {out} (File too large); lift the file size limit (ulimit -f), "
+        "or choose another --out\n"
+    )
+    assert list(tmp_path.iterdir()) == [tmp_path / "ck"]

@@ -242,4 +242,13 @@ def _add_tensors(writer, loaded: ckpt.LoadedCheckpoint, dtype: str) -> None:
         array = tensor.float().numpy()
         if dtype == "float16" and array.ndim > 1:  # norms stay float32, as llama.cpp expects
             array = array.astype(np.float16)
-        writer.add_tensor(rename(name, TO_GGUF), np.ascontiguousarray(array))
+        writer.add_tensor(rename(name, TO_GGUF), np.ascontiguousarray(array).view(_Tensor))
+
+
+class _Tensor(np.ndarray):
+    """An array the GGUF writer writes through the file's own write: numpy's tofile, which it
+    calls, reports a short write without its errno ("16384 requested and 14568 written"), so a
+    full disk was told no cause and no fix; file.write raises the OSError the kernel gave."""
+
+    def tofile(self, fid, *args, **kwargs) -> None:
+        fid.write(memoryview(np.ascontiguousarray(self).view(np.uint8).reshape(-1)))
