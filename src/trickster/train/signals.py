@@ -1,5 +1,5 @@
-"""SIGINT and SIGTERM during training: the first stops the run after the current step and saves;
-a second one ends the process at once.
+"""SIGINT, SIGTERM and SIGHUP during training: the first stops the run after the current step and
+saves; a second one ends the process at once.
 
 A Python signal handler only runs between bytecodes, so while one long step runs inside
 PyTorch (hours, with a context that does not fit the machine) it would not run at all. The
@@ -28,6 +28,15 @@ if TYPE_CHECKING:
     from trickster.train.dist import Dist
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# A closed terminal (an ssh session ended) sends SIGHUP, whose default ends the process without
+# a checkpoint; under `nohup` it is ignored, as the user asked, and stays so.
+HANGUP = getattr(signal, "SIGHUP", None)
+
+
+def watched() -> tuple[int, ...]:
+    """The signals that stop a run: SIGINT, SIGTERM, and SIGHUP unless the process ignores it."""
+    hangup_ignored = HANGUP is None or signal.getsignal(HANGUP) is signal.SIG_IGN
+    return SIGNALS if hangup_ignored else (*SIGNALS, HANGUP)
 
 
 class StopSignals:
@@ -43,6 +52,7 @@ class StopSignals:
         self.on_first, self.on_second = on_first, on_second
         self._previous: dict = {}
         self._previous_fd = -1
+        self._signals: tuple[int, ...] = SIGNALS
         self._reader = self._writer = None
         self._thread: threading.Thread | None = None
 
@@ -51,7 +61,8 @@ class StopSignals:
             return self  # signals are only delivered to the main thread's handlers: keep the defaults
         self._reader, self._writer = socket.socketpair()
         self._writer.setblocking(False)
-        for sig in SIGNALS:
+        self._signals = watched()
+        for sig in self._signals:
             self._previous[sig] = signal.signal(sig, self._handle)
         self._previous_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
         self._thread = threading.Thread(target=self._watch, name="stop-signals", daemon=True)
@@ -72,7 +83,7 @@ class StopSignals:
             if not data:  # closed by __exit__
                 return
             for signum in data:
-                if signum not in SIGNALS:
+                if signum not in self._signals:
                     continue
                 seen += 1
                 if seen == 1:
