@@ -359,3 +359,31 @@ def test_a_step_the_cpu_allocator_refuses_is_one_line_whose_advice_runs(micro, t
     assert cli.main([*argv, *changed, "--resume"]) == 2
     assert cli.main([*argv, *changed, "training_config.resume=auto"]) == 0
     assert (tmp_path / "run" / "checkpoints" / "final" / "COMPLETE").exists()
+
+
+@pytest.mark.parametrize("memory_mib", [4, 6, 8.1])
+def test_a_torchrun_job_is_checked_and_advised_as_ddp_whether_or_not_its_config_asks_for_it(
+    micro, memory_mib
+):
+    """check_fits and the out-of-memory line size a torchrun job without device_config.enable_ddp
+    as the DDP job it is (no gradients made as the activations go: the buckets hold them), as they
+    size one whose config asks for it. They sized it as one process: 8.1 MiB let its step of 16
+    windows through that DDP's does not fit, and 4 or 6 MiB advised a micro-batch twice the one
+    that fits under DDP."""
+    unasked = micro(model_config={"vocab_size": 128}, training_config={"batch_size": 16})
+    unasked.device.memory_gib = memory_mib / 1024
+    asked = unasked.model_copy(deep=True)
+    asked.device.enable_ddp = True
+    job = Dist(world_size=2, mode="ddp")
+
+    def lines(cfg) -> tuple[str, str]:
+        oom = str(out_of_memory(cfg, CPU, job, "a training step", 3, None))
+        try:
+            check_fits(cfg, CPU, job)
+        except UserError as refused:
+            return oom, str(refused)
+        return oom, "fits"
+
+    ddp = lines(asked)
+    assert "suggests training_config.batch_size=" in ddp[0] and "does not fit" in ddp[1]
+    assert lines(unasked) == ddp

@@ -425,6 +425,25 @@ def test_the_processes_of_a_cpu_plan_share_its_ram_as_training_does(monkeypatch)
     assert "shard" not in advice and advice.endswith(", or a device with more memory"), advice
 
 
+def test_a_plan_of_several_processes_counts_them_as_ddp_whether_or_not_the_config_asks(monkeypatch):
+    """`trickster plan --processes 2` plans the torchrun job the config makes: without
+    device_config.enable_fsdp it trains under DDP (dist.setup), asked or not, and DDP's buckets
+    hold the gradients from step to step. The plan counted a config that does not ask as one
+    process's step, taking off the gradients made as the activations go, which DDP never does:
+    its rows and its advice were those of another job than the one torchrun runs."""
+    unasked = load_config(preset="nano")
+    asked = load_config(preset="nano", overrides=["device_config.enable_ddp=true"])
+    ram = int(0.8 * 2 * footprint.memory_estimate(asked, processes=2).total)  # nano needs accumulation
+    monkeypatch.setattr(footprint, "device_memory", lambda device: (ram, "RAM"))
+    for n in (1, 2):
+        plans = [
+            plan.format_plan(plan.make_plan(c, CPU_DEVICE, measure=False, processes=n))
+            for c in (asked, unasked)
+        ]
+        assert (plans[0] == plans[1]) == (n == 2), plans  # one process without asking: no DDP
+    assert "less grads made as activations go" not in plans[0]
+
+
 def test_activation_checkpointing_keeps_only_the_block_inputs():
     cfg = load_config(preset="midi", overrides=["device_config.activation_checkpointing=false"])
     recomputed = load_config(preset="midi", overrides=["device_config.activation_checkpointing=true"])

@@ -89,7 +89,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trickster.config import MAX_ACCUMULATION, Config
+from trickster.config import MAX_ACCUMULATION, Config, DeviceConfig
 from trickster.errors import UserError
 from trickster.model import transformer
 from trickster.model.flops import adapter_parameters, parameter_breakdown
@@ -311,6 +311,24 @@ def beyond_one_process(cfg: Config, processes: int, accumulating: bool) -> tuple
     if not accumulating:
         return max(0, step.least - plain.state), 0
     return max(0, step.state - plain.state), step.kept
+
+
+def parallel_mode(device: DeviceConfig, processes: int) -> str:
+    """How a job of `processes` trains: "fsdp" when asked; "ddp" when asked, or when torchrun
+    launched several processes (it needs no asking there); else "single". The one rule that
+    dist.setup joins the job by and that every memory check sizes the job by."""
+    if device.enable_fsdp:
+        return "fsdp"
+    return "ddp" if device.enable_ddp or processes > 1 else "single"
+
+
+def as_job(cfg: Config, processes: int) -> Config:
+    """cfg as a job of `processes` runs it: enable_ddp set where DDP was left unasked."""
+    if parallel_mode(cfg.device, processes) != "ddp" or cfg.device.enable_ddp:
+        return cfg
+    job = cfg.model_copy(deep=True)
+    job.device.enable_ddp = True
+    return job
 
 
 def one_process(cfg: Config) -> Config:

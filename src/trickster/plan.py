@@ -23,6 +23,7 @@ from trickster.footprint import (
     GiB,
     Memory,
     accumulation_cost,
+    as_job,
     fitting_batch,
     global_windows,
     memory_estimate,
@@ -91,6 +92,7 @@ def make_plan(
     cfg, vocab_note = assumed_vocab(resolve_precision(cfg, device, capability))  # dtype/compile: auto
     if cfg.device.mesh_shape:
         processes = cfg.device.mesh_shape[0] * cfg.device.mesh_shape[1]
+    cfg = as_job(cfg, processes)  # torchrun's processes train under DDP unasked
     device_bytes, what = memory_limit(cfg, device, processes, gpu.memory if gpu else None)
     if cfg.training.batch_size == "auto":  # the formula's choice here; training measures it
         cfg = cfg.model_copy(deep=True)

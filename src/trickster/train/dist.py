@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from torch.distributed.device_mesh import DeviceMesh
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
+from trickster import footprint
 from trickster.config import DeviceConfig
 from trickster.errors import UserError
 from trickster.train import dtensor_caches, peers
@@ -111,7 +112,8 @@ class Dist:
 def setup(cfg: DeviceConfig, device_type: str) -> Dist:
     """Join the process group when launched by torchrun or when DDP/FSDP is asked for."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1 and not (cfg.enable_ddp or cfg.enable_fsdp):
+    mode = footprint.parallel_mode(cfg, world_size)
+    if mode == "single":
         return Dist()
     shape = MeshShape.choose(cfg, world_size)  # before joining: a bad mesh leaves nothing behind
     launched = "RANK" in os.environ  # by torchrun; otherwise a group of one, to exercise the path
@@ -135,7 +137,6 @@ def setup(cfg: DeviceConfig, device_type: str) -> Dist:
         mesh = init_device_mesh(
             device_type, (shape.replicate, shape.shard), mesh_dim_names=("replicate", "shard")
         )
-    mode = "fsdp" if cfg.enable_fsdp else "ddp"
     dtype = compute_dtype_name(cfg.dtype, device)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun's --nproc-per-node
     return Dist(rank, world_size, local_rank, mode, mesh, device, dtype, local, cfg.timeout_s)
