@@ -17,6 +17,7 @@ import trickster
 from trickster.config import save_config
 from trickster.train import checkpoint as ckpt
 from trickster.train.loop import train
+from trickster.train.signals import REPEAT_WINDOW_S
 
 from . import children
 from .conftest import QUIET, micro_config
@@ -34,6 +35,7 @@ def test_a_second_signal_ends_the_process_in_the_middle_of_a_pytorch_call(sig):
     child = start_child(products=3)
     child.send_signal(sig)
     assert child.stdout.readline().strip() == f"first {sig.value}"  # seen while the product runs
+    time.sleep(REPEAT_WINDOW_S)  # a second one sooner is taken as the same (a scheduler's and torchrun's)
     sent = time.monotonic()
     child.send_signal(sig)
     out, err = child.communicate(timeout=60)
@@ -63,6 +65,7 @@ def test_a_second_ctrl_c_ends_a_run_stuck_in_a_long_step(shakespeare_dir, tmp_pa
     time.sleep(0.3)
     child.send_signal(signal.SIGINT)
     assert child.stderr.readline().startswith("SIGINT received: stopping after this step and saving")
+    time.sleep(REPEAT_WINDOW_S)
     sent = time.monotonic()
     child.send_signal(signal.SIGINT)
     out, err = child.communicate(timeout=60)
@@ -75,6 +78,27 @@ def test_a_second_ctrl_c_ends_a_run_stuck_in_a_long_step(shakespeare_dir, tmp_pa
     cfg.training.max_steps = 4
     resumed = train(cfg, resume=True, **QUIET)  # the newest checkpoint is whole
     assert resumed.state.step == 4 and ckpt.checkpoint_step(run / "checkpoints" / "final") == 4
+
+
+def test_a_signal_sent_to_every_process_of_a_job_still_saves(shakespeare_dir, tmp_path):
+    """SLURM (scancel, preemption) signals every process of a job step: a torchrun worker gets
+    SIGTERM from it and again from torchrun, which forwards its own, within milliseconds. Taken as
+    a second signal, it ended the worker at once, with no checkpoint of the steps since the last."""
+    training = {"max_steps": 50, "save_every": 100, "eval_every": 100, "sample_tokens": 0}
+    cfg = micro_config(shakespeare_dir, tmp_path / "run", training_config=training)
+    save_config(cfg, tmp_path / "run.yaml")
+    argv = ["train", "3", "train", "--config", str(tmp_path / "run.yaml")]
+    child = children.Child("tests.signal_child", *argv)
+    while (line := child.stdout.readline()) and line.strip() != "busy":  # the header, then step 3
+        pass
+    child.send_signal(signal.SIGTERM)  # the scheduler's
+    assert child.stderr.readline().startswith("SIGTERM received: stopping after this step and saving")
+    child.send_signal(signal.SIGTERM)  # torchrun's (sent together, the kernel would merge the two)
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 143, err
+    assert err.startswith("SIGTERM again within 2 s: taken as the same request"), err
+    assert "stopped by SIGTERM at step 3; saved checkpoints/step_000003" in out, out
+    assert ckpt.latest(tmp_path / "run") == tmp_path / "run" / "checkpoints" / "step_000003"
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,12 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 HANGUP = getattr(signal, "SIGHUP", None)
 
 
+# A job scheduler (SLURM's scancel or preemption) signals every process of a job step: torchrun's
+# workers get its SIGTERM and then the one torchrun forwards, within milliseconds. Counted as two,
+# they ended the processes at once, without the checkpoint the first one asks for.
+REPEAT_WINDOW_S = 2.0
+
+
 def watched() -> tuple[int, ...]:
     """The signals that stop a run: SIGINT, SIGTERM, and SIGHUP unless the process ignores it."""
     hangup_ignored = HANGUP is None or signal.getsignal(HANGUP) is signal.SIG_IGN
@@ -43,13 +50,14 @@ class StopSignals:
     """`received`: the first SIGINT/SIGTERM, which the loop checks after each step.
 
     `on_first(signum)` runs on the watcher thread when the first signal arrives (a log line);
-    `on_second(signum)` runs just before the process exits with 128 + signum, as a shell would
-    report a process killed by that signal.
+    `on_repeat(signum)` when another comes within REPEAT_WINDOW_S of it, which is taken as the same
+    request; `on_second(signum)` runs just before the process exits with 128 + signum, as a shell
+    would report a process killed by that signal.
     """
 
-    def __init__(self, on_first=None, on_second=None):
+    def __init__(self, on_first=None, on_second=None, on_repeat=None):
         self.received: int | None = None
-        self.on_first, self.on_second = on_first, on_second
+        self.on_first, self.on_second, self.on_repeat = on_first, on_second, on_repeat
         self._previous: dict = {}
         self._previous_fd = -1
         self._signals: tuple[int, ...] = SIGNALS
@@ -74,7 +82,7 @@ class StopSignals:
             self.received = signum
 
     def _watch(self) -> None:
-        seen = 0
+        seen, first_at = 0, 0.0
         while True:
             try:
                 data = self._reader.recv(64)
@@ -85,8 +93,13 @@ class StopSignals:
             for signum in data:
                 if signum not in self._signals:
                     continue
+                if seen and time.monotonic() - first_at < REPEAT_WINDOW_S:
+                    if self.on_repeat:
+                        self.on_repeat(signum)
+                    continue
                 seen += 1
                 if seen == 1:
+                    first_at = time.monotonic()
                     self.received = self.received or signum
                     if self.on_first:
                         self.on_first(signum)
@@ -124,13 +137,23 @@ def continue_command(run_dir: Path, job: Dist | None = None, how: str = "--resum
 
 
 def announce_signals(run_dir: Path, job: Dist | None = None) -> tuple:
-    """(on_first, on_second) callbacks for a training run: a line on stderr for each signal."""
+    """(on_first, on_second, on_repeat) callbacks for a training run: a line on stderr for each
+    signal."""
 
     def first(signum: int) -> None:
         name = signal.Signals(signum).name
         print(
             f"{name} received: stopping after this step and saving a checkpoint; send it again to "
             "stop at once",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def repeat(signum: int) -> None:
+        name = signal.Signals(signum).name
+        print(
+            f"{name} again within {REPEAT_WINDOW_S:g} s: taken as the same request (a job scheduler "
+            "signals every process, torchrun forwards its own); send it again to stop at once",
             file=sys.stderr,
             flush=True,
         )
@@ -143,4 +166,4 @@ def announce_signals(run_dir: Path, job: Dist | None = None) -> tuple:
         again = continue_command(run_dir, job, "--resume" if newest else "training_config.resume=auto")
         print(f"second {name}: stopped at once; {where}; continue with: {again}", file=sys.stderr, flush=True)
 
-    return first, second
+    return first, second, repeat
