@@ -6,6 +6,7 @@ getting what they get alone."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import gzip
 import http.client
@@ -1126,33 +1127,27 @@ def test_a_prompt_the_model_cannot_take_fails_alone():
 # ----------------------------------------------------------------------------- the real command
 
 
-@pytest.mark.slow
-def test_trickster_serve_process_answers_and_stops_on_ctrl_c(trained_run, tmp_path):
+def serve_process(run: Path, cwd: Path, *flags: str) -> tuple[subprocess.Popen, str]:
+    """`trickster serve RUN --checkpoints best,untrained` in a process of its own, and its URL."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent / "src")}
+    argv = [sys.executable, "-m", "trickster", "serve", str(run), "--port", "0", "--device", "cpu"]
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "trickster",
-            "serve",
-            str(trained_run),
-            "--port",
-            "0",
-            "--device",
-            "cpu",
-            "--checkpoints",
-            "best,untrained",
-        ],
+        [*argv, "--checkpoints", "best,untrained", *flags],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
-        cwd=tmp_path,
+        cwd=cwd,
     )
+    line = process.stdout.readline()
+    assert line.startswith("serving best, untrained from"), line + process.stderr.read()
+    return process, line.split(" at ")[1].split("/v1")[0]
+
+
+@pytest.mark.slow
+def test_trickster_serve_process_answers_and_stops_on_ctrl_c(trained_run, tmp_path):
+    process, url = serve_process(trained_run, tmp_path)
     try:
-        line = process.stdout.readline()
-        assert line.startswith("serving best, untrained from"), line + process.stderr.read()
-        url = line.split(" at ")[1].split("/v1")[0]
         assert url.startswith("http://127.0.0.1:")  # loopback unless told otherwise
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
         assert len(completion(client, **GOOD)) == 2
@@ -1161,6 +1156,37 @@ def test_trickster_serve_process_answers_and_stops_on_ctrl_c(trained_run, tmp_pa
         assert "Traceback" not in process.stderr.read()
     finally:
         process.kill()
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_the_streams_under_way_with_an_error_event_at_once(trained_run, tmp_path):
+    """Ctrl-C while streams decode: uvicorn gave them 3 s, then cancelled them, each cut off
+    mid-stream and logged as a traceback ('Exception in ASGI application', then the decoding
+    thread's 'Event loop is closed'). Now each stream gets an error event saying the server stops,
+    then [DONE], at once, and the server ends without a traceback. One sequence at a time
+    (--max-batch 1) and 2 x 128 of them keep these streams going for far longer than 3 s."""
+    process, url = serve_process(trained_run, tmp_path, "--max-batch", "1")
+    fields = {"model": "best", "prompt": ["ROMEO:"] * 8, "n": 16, "max_tokens": 50, "stream": True}
+    try:
+        with contextlib.ExitStack() as streams:
+            lines = []
+            for _ in range(2):  # the second one's sequences wait behind the first one's
+                answer = httpx.stream("POST", url + "/v1/completions", json=fields, timeout=30)
+                lines.append(streams.enter_context(answer).iter_lines())
+            assert next(lines[0]).startswith("data: {")  # it decodes
+            process.send_signal(signal.SIGINT)
+            start = time.monotonic()
+            ends = [[line for line in stream if line.startswith("data: ")][-2:] for stream in lines]
+            waited = time.monotonic() - start
+        assert process.wait(timeout=30) == 0
+        assert "Traceback" not in process.stderr.read()
+    finally:
+        process.kill()
+    for error, done in ends:
+        message = json.loads(error.removeprefix("data: "))["error"]["message"]
+        assert message.startswith("the server is stopping")
+        assert done == "data: [DONE]"
+    assert waited < 2.5  # before uvicorn's grace of 3 s ran out
 
 
 def test_a_slow_forward_pass_does_not_hold_up_other_requests(trained_run, monkeypatch):

@@ -395,7 +395,8 @@ def _sse(chunks: AsyncIterator[dict]) -> StreamingResponse:
             async for chunk in chunks:
                 yield f"data: {json.dumps(chunk)}\n\n"
         except Exception as err:  # headers are gone: the error travels as an event, as OpenAI's does
-            yield f"data: {json.dumps(APIError(500, f'generation failed: {err}').body())}\n\n"
+            error = err if isinstance(err, APIError) else APIError(500, f"generation failed: {err}")
+            yield f"data: {json.dumps(error.body())}\n\n"
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -133,7 +133,10 @@ class Generation:
                 choice_seed = seed + k if seed is not None else secrets.randbits(63)
 
                 def emit(event, index=index):  # called from the engine's thread
-                    loop.call_soon_threadsafe(self._arrive, index, event)
+                    try:
+                        loop.call_soon_threadsafe(self._arrive, index, event)
+                    except RuntimeError:  # the event loop has closed (the server stopped): no reader
+                        self.cancel()
 
                 sequence = Sequence(
                     ids, Sampling(**sampling, seed=choice_seed), emit, stop_ids=tokenizer.stop_ids

@@ -205,17 +205,33 @@ class Engine:
         self.batches: dict[Transformer, Batch] = {}
         self.wake = threading.Condition()
         self.closed = False
+        self.stopped: Exception | None = None  # the error of every sequence once the server stops
         self.largest_batch = 0  # the most rows decoded in one step (the tests check batching happened)
         self.thread = threading.Thread(target=self._run, name="trickster-decode", daemon=True)
         self.thread.start()
 
     def submit(self, model: Transformer, vocab_limit: int, seq: Sequence) -> None:
         with self.wake:
+            if self.stopped is not None:
+                seq.cancelled = True
+                seq.emit(Failed(self.stopped))
+                return
             batch = self.batches.get(model)
             if batch is None:
                 batch = self.batches[model] = Batch(model, vocab_limit, self.capacity)
             batch.waiting.append(seq)
             self.wake.notify()
+
+    def stop(self, error: Exception) -> None:
+        """Fail every sequence, decoding or waiting, and each one submitted from now on, with
+        `error`: the server stops, and its clients are told now rather than cut off at the end of
+        uvicorn's grace period (which logged the cancelled answers' tracebacks)."""
+        with self.wake:
+            self.stopped = error
+            for batch in self.batches.values():
+                for seq in [*batch.rows, *list(batch.waiting)]:  # list(): one copy, under the GIL
+                    seq.cancelled = True
+                    seq.emit(Failed(error))
 
     def close(self) -> None:
         with self.wake:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import errno
+import functools
 import socket
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from trickster.errors import UserError
@@ -13,6 +16,8 @@ from trickster.serve.limits import MAX_BATCH, MAX_LOADED_MODELS
 if TYPE_CHECKING:  # both imported when serving starts, so that a missing extra is one clear line
     import uvicorn
     from starlette.applications import Starlette
+
+    from trickster.serve.engine import Engine
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -57,6 +62,15 @@ def uvicorn_config(
         SEND_TIMEOUT if send_timeout is None else send_timeout,
     )
     return uvicorn.Config(app, http=http, log_level="warning", access_log=False, timeout_graceful_shutdown=3)
+
+
+def stop_then_exit(engine: Engine, handle_exit: Callable, signum: int, frame: FrameType | None) -> None:
+    """uvicorn's handler of Ctrl-C and SIGTERM, after the generations under way are ended with a 503
+    (a stream: an error event, then [DONE]), so that their answers end within uvicorn's grace period."""
+    from trickster.serve.schemas import APIError
+
+    engine.stop(APIError(503, "the server is stopping (Ctrl-C or SIGTERM); ask again once it is back"))
+    handle_exit(signum, frame)
 
 
 def check_api_key(key: str | None) -> None:
@@ -130,8 +144,10 @@ def serve(
         names += f" ({', '.join(catalog.awaited)} once saved)"
     url = f"http://{host}:{bound}" if ":" not in host else f"http://[{host}]:{bound}"
     print(f"serving {names} from {target} at {url}/v1 (playground: {url}/); Ctrl-C stops", flush=True)
+    server = uvicorn.Server(uvicorn_config(app))
+    server.handle_exit = functools.partial(stop_then_exit, engine, server.handle_exit)
     try:
-        uvicorn.Server(uvicorn_config(app)).run(sockets=[sock])
+        server.run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it shut down for: for a server, a normal end
         pass
     finally:
