@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 from trickster.observe.status import STATUS, liveness, read_status, write_status
 
@@ -37,3 +38,17 @@ def test_missing_or_damaged_status_reads_as_none(tmp_path):
     assert read_status(tmp_path) is None
     (tmp_path / STATUS).write_text(json.dumps([1, 2]))
     assert read_status(tmp_path) is None
+
+
+def test_a_dead_runs_id_given_to_a_newer_process_is_not_the_run(tmp_path):
+    """Process ids are reused: a container restarted numbers its processes from 1 again, so the id
+    of a run killed there (an out-of-memory kill) soon names another process, and the old check,
+    that a process of that id exists, showed the dead run as running for good."""
+    heartbeat = {**write_status(tmp_path, "running", step=7), "updated": time.time() - 60}
+    newer = subprocess.Popen(["sleep", "30"])  # started after the run's last heartbeat
+    try:
+        assert liveness({**heartbeat, "pid": newer.pid}) == "stopped"
+    finally:
+        newer.kill()
+        newer.wait()
+    assert liveness(write_status(tmp_path, "running", step=8)) == "running"  # its writer started before

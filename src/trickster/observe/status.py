@@ -6,7 +6,8 @@
 `state` is running while the process trains, then finished, stopped (a signal, the time budget,
 too many rollbacks) or failed (an error). A process that dies without a word (SIGKILL, a power
 cut, the out-of-memory killer) leaves "running" behind: `liveness` tells it apart by checking
-that the process still exists, so `trickster runs` shows it as stopped.
+that the process still exists and started before the heartbeat (not one given the same id since),
+so `trickster runs` shows it as stopped.
 """
 
 from __future__ import annotations
@@ -52,7 +53,25 @@ def liveness(status: dict) -> str:
         return str(status.get("state"))
     if status.get("host") != socket.gethostname():
         return "running?"
-    return "running" if process_exists(status.get("pid")) else "stopped"
+    pid = status.get("pid")
+    alive = process_exists(pid) and not started_after(pid, status.get("updated"))
+    return "running" if alive else "stopped"
+
+
+def started_after(pid, moment) -> bool:
+    """Whether process `pid` started after `moment` (seconds since the epoch): then it is not the
+    run that wrote the heartbeat at that moment, but one given its id since (ids are reused: a
+    container restarted, whose processes are numbered from 1 again; a reboot). Linux only, from
+    /proc; False where that cannot be told."""
+    if not isinstance(moment, (int, float)) or not isinstance(pid, int):
+        return False
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").open() if line.startswith("btime "))
+        started = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime, in ticks
+    except (OSError, ValueError, IndexError, StopIteration):
+        return False
+    return started > moment + 2  # btime is whole seconds
 
 
 def trains_now(run_dir: str | Path) -> bool:
