@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -213,6 +214,27 @@ def _resummed(checkpoint: Path) -> None:
     info = json.loads((checkpoint / "info.json").read_text())
     info[checksums.SUMS] = checksums.record(checkpoint)
     (checkpoint / "info.json").write_text(json.dumps(info))
+
+
+def _world_size_without_rank(env: Env) -> list[str]:
+    env.monkeypatch.setenv("WORLD_SIZE", "2")  # exported by hand, or left from another job
+    env.monkeypatch.delenv("RANK", raising=False)
+    return micro_train(env)
+
+
+def _master_port_in_use(env: Env) -> list[str]:
+    """A process given RANK 0 by hand keeps the job's store, on a MASTER_PORT another program holds."""
+    holder = socket.socket()
+    try:
+        holder.bind(("127.0.0.1", 29519))  # a fixed port keeps docs/ERRORS.md's row as it is
+    except OSError:
+        holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    env.monkeypatch.setattr(env, "port_holder", holder, raising=False)  # open until the case ends
+    variables = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+    for name, value in {**variables, "MASTER_PORT": str(holder.getsockname()[1])}.items():
+        env.monkeypatch.setenv(name, value)
+    return micro_train(env, "device_config.enable_ddp=true", "device_config.timeout_s=20")
 
 
 def _truncated_train_bin(env: Env) -> list[str]:
@@ -2312,6 +2334,24 @@ CASES = [
         "ddp-and-fsdp-together",
         lambda env: micro_train(env, "device_config.enable_ddp=true", "device_config.enable_fsdp=true"),
         "set device_config.enable_ddp or enable_fsdp, not both",
+    ),
+    case(  # torch: "Distributed package doesn't have NCCL built in", a traceback
+        "nccl-on-a-cpu",
+        lambda env: micro_train(env, "device_config.enable_ddp=true", "device_config.backend=nccl"),
+        "device_config.backend=nccl runs on CUDA GPUs only, and this job runs on cpu; set "
+        "device_config.backend=auto (gloo off CUDA) or gloo",
+    ),
+    case(  # a group of one, then the device mesh's traceback ("Mesh should not be bigger than ...")
+        "world-size-without-rank",
+        _world_size_without_rank,
+        "the environment says WORLD_SIZE=2 but sets no RANK: torchrun sets both for each process it "
+        "starts; launch the job with torchrun --nproc-per-node 2, or unset WORLD_SIZE",
+    ),
+    case(  # said the torchrun launcher had ended, and to start the job again with torchrun
+        "master-port-in-use",
+        _master_port_in_use,
+        "the job's store cannot listen on MASTER_ADDR=127.0.0.1 MASTER_PORT=",
+        "another program, or a job still running, holds that port; set MASTER_PORT to a free one",
     ),
     # ---- data prepare
     case(

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 from trickster import footprint
 from trickster.config import DeviceConfig
 from trickster.errors import UserError
-from trickster.train import dtensor_caches, peers
+from trickster.train import dtensor_caches, launch_env, peers
 from trickster.train.device import compute_dtype_name
 
 
@@ -111,14 +111,14 @@ class Dist:
 
 def setup(cfg: DeviceConfig, device_type: str) -> Dist:
     """Join the process group when launched by torchrun or when DDP/FSDP is asked for."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = launch_env.world_size()
     mode = footprint.parallel_mode(cfg, world_size)
     if mode == "single":
         return Dist()
-    shape = MeshShape.choose(cfg, world_size)  # before joining: a bad mesh leaves nothing behind
+    # before joining: a bad mesh or backend leaves nothing behind
+    shape, backend = MeshShape.choose(cfg, world_size), launch_env.backend(cfg.backend, device_type)
     launched = "RANK" in os.environ  # by torchrun; otherwise a group of one, to exercise the path
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    backend = _backend(cfg.backend, device_type)
     device = torch.device(device_type, local_rank) if device_type == "cuda" else torch.device(device_type)
     if device_type == "cuda":
         torch.cuda.set_device(local_rank)
@@ -140,14 +140,6 @@ def setup(cfg: DeviceConfig, device_type: str) -> Dist:
     dtype = compute_dtype_name(cfg.dtype, device)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun's --nproc-per-node
     return Dist(rank, world_size, local_rank, mode, mesh, device, dtype, local, cfg.timeout_s)
-
-
-def _backend(choice: str, device_type: str) -> str:
-    """nccl has no CPU tensors ("No backend type associated with device type cpu"): a CUDA job
-    pairs it with gloo for whatever collective still runs on the CPU."""
-    if choice == "gloo" or (choice == "auto" and device_type != "cuda"):
-        return "gloo"
-    return "cpu:gloo,cuda:nccl"
 
 
 def shutdown() -> None:

@@ -18,6 +18,7 @@ Only the error types of torch.distributed are read here; dist.py runs it.
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import TYPE_CHECKING
 
 import torch.distributed as dist
@@ -84,6 +85,13 @@ def joining(timeout_s: float, launched: bool):
         store = isinstance(err, (dist.DistNetworkError, dist.DistStoreError))
         if not launched or not text or not (store or "gloo/transport" in text):
             raise
+        if "EADDRINUSE" in text:  # this process keeps the store: RANK 0 set by hand, not torchrun
+            raise UserError(
+                f"the job's store cannot listen on MASTER_ADDR={os.environ.get('MASTER_ADDR')} "
+                f"MASTER_PORT={os.environ.get('MASTER_PORT')}: another program, or a job still "
+                "running, holds that port; set MASTER_PORT to a free one (or launch with torchrun "
+                "--standalone, which chooses one); nothing was trained or written"
+            ) from None
         raise UserError(
             f"the job's torchrun launcher or another of its processes ended or stopped answering "
             f"(within device_config.timeout_s={timeout_s:g} s) while this process joined the job: "

@@ -1,0 +1,46 @@
+"""A job's launch checked before its process joins it (dist.setup): torchrun's variables as a job
+needs them, and a collective backend the device can run. Each mistake is one line, before the run
+folder is touched; left to torch, each was a traceback from inside init_process_group or the
+device mesh."""
+
+from __future__ import annotations
+
+import os
+
+from trickster.errors import UserError
+
+
+def world_size() -> int:
+    """The job's processes, from the WORLD_SIZE torchrun gives each (1 when unset). torchrun sets
+    RANK beside it: a WORLD_SIZE above 1 without RANK was exported by hand or left from another job,
+    and made a group of one that the device mesh then refused ("Mesh should not be bigger than
+    default world size 1, but found 2 ranks!")."""
+    text = os.environ.get("WORLD_SIZE", "1")
+    if not text.strip().isdigit() or int(text) < 1:
+        raise UserError(
+            f"the environment's WORLD_SIZE={text!r} is not a number of processes; launch the job "
+            "with torchrun, which sets it, or unset WORLD_SIZE to train in one process"
+        )
+    size = int(text)
+    if size > 1 and "RANK" not in os.environ:
+        raise UserError(
+            f"the environment says WORLD_SIZE={size} but sets no RANK: torchrun sets both for each "
+            f"process it starts; launch the job with torchrun --nproc-per-node {size}, or unset "
+            "WORLD_SIZE to train in one process"
+        )
+    return size
+
+
+def backend(choice: str, device_type: str) -> str:
+    """The process group's backend for device_config.backend `choice` on `device_type`. nccl has
+    no CPU tensors ("No backend type associated with device type cpu"): a CUDA job pairs it with
+    gloo for whatever collective still runs on the CPU. Asked for off CUDA, nccl is refused: torch
+    raised "Distributed package doesn't have NCCL built in" (a CPU build) or failed later."""
+    if choice == "nccl" and device_type != "cuda":
+        raise UserError(
+            f"device_config.backend=nccl runs on CUDA GPUs only, and this job runs on {device_type}; "
+            "set device_config.backend=auto (gloo off CUDA) or gloo"
+        )
+    if choice == "gloo" or (choice == "auto" and device_type != "cuda"):
+        return "gloo"
+    return "cpu:gloo,cuda:nccl"
