@@ -331,7 +331,8 @@ def parquet_documents(patterns: list[str], text_field: str = "text") -> Source:
         no_text.restart()
         for path in files:
             parquet = pq.ParquetFile(path)
-            parts = column_path(parquet.schema_arrow, text_field, path)
+            schema = parquet.schema_arrow  # pyarrow converts the file's schema anew at each call
+            parts, columns = column_path(schema, text_field, path), schema.names
             for batch in parquet.iter_batches(batch_size=1024, columns=[text_field]):
                 for text in leaf_values(batch.column(0), parts):
                     if not isinstance(text, str) and text is not None:
@@ -339,7 +340,7 @@ def parquet_documents(patterns: list[str], text_field: str = "text") -> Source:
                     if text:
                         yield text
                     else:
-                        no_text.skipped(str(path), parquet.schema_arrow.names)
+                        no_text.skipped(str(path), columns)
 
     return Source(
         "parquet",
