@@ -302,6 +302,10 @@ def _resume_with_another_optimizer(env: Env) -> list[str]:
     return _trained_run_copy_with(env, "--resume", "training_config.optimizer=muon")
 
 
+def _resume_with_another_seed(env: Env) -> list[str]:
+    return _trained_run_copy_with(env, "--resume", "training_config.seed=8", "training_config.max_steps=80")
+
+
 def _resume_damaged_trainer_state(env: Env, checksums: bool = True) -> list[str]:
     argv = _trained_run_copy_with(env, "--resume")
     final = env.tmp / "run-copy" / "checkpoints" / "final"
@@ -2027,6 +2031,12 @@ CASES = [
         _resume_with_another_optimizer,
         "cannot resume",
         "training_config.optimizer=adamw",
+    ),
+    case(  # the seed drew the validation windows; the data order continues from the checkpoint
+        "resume-with-another-seed",
+        _resume_with_another_seed,
+        "it was trained with training_config.seed=7",
+        "set training_config.seed=7",
     ),
     case(  # cut short: no longer the bytes whose checksum was saved
         "resume-damaged-trainer-state",

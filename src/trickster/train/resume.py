@@ -303,6 +303,13 @@ def check_resumable(path: Path, cfg: Config, data: PreparedData) -> dict:
             f"{saved_cfg.training.optimizer} and holds that optimizer's state; set "
             f"training_config.optimizer={saved_cfg.training.optimizer}, or start a new run with another --out"
         )
+    if saved_cfg.training.seed != cfg.training.seed:  # it changed only the validation set and the samples
+        raise UserError(
+            f"cannot resume from {path}: it was trained with training_config.seed={saved_cfg.training.seed}, "
+            "and a resume continues its data order and random generators and evaluates on the validation "
+            f"windows that seed drew; set training_config.seed={saved_cfg.training.seed}, or start a new run "
+            "with another --out for another seed"
+        )
     info = ckpt.read_info(path)
     if not same_ids(ckpt.read_tokenizer(path), data.tokenizer):
         raise UserError(f"cannot resume from {path}: the tokenizer changed; use the data it was trained on")
