@@ -5,6 +5,7 @@ one end-of-text per document)."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import random
 
@@ -85,3 +86,17 @@ def test_a_hub_dataset_reads_a_field_of_a_nested_column(tmp_path, capsys):
     assert code == 0, err
     assert tokens_of(out) == sum(len(t) + 1 for t in texts)
     assert "skipped 1 record with no text (null, empty, or without the text field)" in lines, lines
+
+
+def test_a_hub_path_through_a_value_that_is_no_object_is_one_line(tmp_path, capsys):
+    """A dotted --text-field through a timestamp column (no JSON type) names it, no traceback."""
+    datasets = pytest.importorskip("datasets")
+    when = [datetime.datetime(2026, 1, day) for day in range(1, 4)]
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"created": when})}).save_to_disk(
+        str(tmp_path / "set")
+    )
+    flags = ["--text-field", "created.year", "--out", str(tmp_path / "out")]
+    code, lines, err = prepare(capsys, "hf", str(tmp_path / "set"), *flags)
+    assert code == 2
+    assert '"created" is a value of type datetime, not an object holding "year"' in err, err
+    assert not (tmp_path / "out").exists()

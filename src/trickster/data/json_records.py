@@ -29,14 +29,17 @@ def json_line(line: str, where: str, fix: str | None = None):
 
 def json_type(value) -> str:
     """How JSON names the type of a value json.loads returned (NaN and Infinity, which Python's json
-    reads and writes although JSON has no such values, by their names)."""
+    reads and writes although JSON has no such values, by their names); any other value by its
+    Python type."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
     if isinstance(value, int | float):
         return "a number"
-    return {type(None): "null", str: "a string", list: "an array", dict: "an object"}[type(value)]
+    named = {type(None): "null", str: "a string", list: "an array", dict: "an object"}
+    # a Hub dataset's row holds Python values too (a timestamp, bytes, an image)
+    return named.get(type(value), f"a value of type {type(value).__name__}")
 
 
 def checked_text(text: str, what: str, fix: str = "fix or remove that record") -> str:
