@@ -231,7 +231,8 @@ def _add_plan(commands) -> None:
         "--processes",
         type=integer,
         default=1,
-        help="training processes (GPUs) under torchrun; FSDP shards over them; on a CPU they share its RAM",
+        help="training processes (GPUs) under torchrun: DDP replicas, or FSDP shards with "
+        "device_config.enable_fsdp=true; on a CPU they share its RAM",
     )
     plan.add_argument(
         "--no-bench", dest="bench", action="store_false", help="the formulas only: time no steps"
