@@ -133,14 +133,10 @@ def _check_lora_rank(cfg: Config) -> list[str]:
     t, m = cfg.training, cfg.model
     if t.lora is None or m.hidden_dim % m.num_heads:
         return []
-    from trickster.model.lora import HF_NAMES
+    from trickster.model.lora import linear_shapes, target_names
 
-    # every adapted layer has hidden_dim on one side; the other is hidden_dim (wq, wo),
-    # kv_heads x head_dim (wk, wv) or mlp_dim (w1, w3, w2)
-    kv = m.kv_heads * m.head_dim
-    other_side = {"wk": kv, "wv": kv, "w1": m.mlp_dim, "w3": m.mlp_dim, "w2": m.mlp_dim}
-    layers = {HF_NAMES.get(name, name) for name in t.lora.targets}
-    widths = {name: min(m.hidden_dim, other_side.get(name, m.hidden_dim)) for name in layers}
+    shapes = linear_shapes(m)  # a target not among them (_check_lora names it) counts hidden_dim wide
+    widths = {name: min(shapes.get(name, (m.hidden_dim,))) for name in target_names(t.lora)}
     most = min(widths.values(), default=t.lora.rank)
     if t.lora.rank <= most:
         return []

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from trickster.config import LoraConfig, ModelConfig
-from trickster.model.lora import target_names
+from trickster.model.lora import linear_shapes, target_names
 
 
 @dataclass
@@ -34,23 +34,8 @@ def parameter_breakdown(cfg: ModelConfig) -> ParameterBreakdown:
 
 def adapter_parameters(cfg: ModelConfig, lora: LoraConfig) -> int:
     """LoRA's trainable parameters: rank x (inputs + outputs) of each target layer of every block."""
-    shapes = _linear_shapes(cfg)
+    shapes = linear_shapes(cfg)
     return cfg.num_layers * lora.rank * sum(sum(shapes[name]) for name in target_names(lora))
-
-
-def _linear_shapes(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
-    """(inputs, outputs) of each linear layer of a block."""
-    d, m = cfg.hidden_dim, cfg.mlp_dim
-    kv = cfg.kv_heads * cfg.head_dim
-    return {
-        "wq": (d, d),
-        "wk": (d, kv),
-        "wv": (d, kv),
-        "wo": (d, d),
-        "w1": (d, m),
-        "w3": (d, m),
-        "w2": (m, d),
-    }
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int, lora: LoraConfig | None = None) -> int:
@@ -82,7 +67,7 @@ def lora_flops_per_token(cfg: ModelConfig, seq_len: int, lora: LoraConfig) -> in
     only when it depends on an adapter (as autograd and the math kernel compute them; a fused
     kernel may compute all of them in the first block).
     """
-    shapes, adapted, rank = _linear_shapes(cfg), set(target_names(lora)), lora.rank
+    shapes, adapted, rank = linear_shapes(cfg), set(target_names(lora)), lora.rank
     scores = 2 * cfg.hidden_dim * seq_len  # one of attention's T x T multiplies, over all heads
 
     def linear(name: str, input_grad: bool) -> tuple[int, bool]:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 if TYPE_CHECKING:
-    from trickster.config import LoraConfig
+    from trickster.config import LoraConfig, ModelConfig
 
 ADAPTERS = "lora.safetensors"
 ADAPTER_SUFFIXES = (".lora_a", ".lora_b")
@@ -56,6 +56,21 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight) + F.linear(F.linear(x, self.lora_a), self.lora_b) * self.scale
+
+
+def linear_shapes(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
+    """(inputs, outputs) of each linear layer of a block (each of TARGETS)."""
+    d, m = cfg.hidden_dim, cfg.mlp_dim
+    kv = cfg.kv_heads * cfg.head_dim
+    return {
+        "wq": (d, d),
+        "wk": (d, kv),
+        "wv": (d, kv),
+        "wo": (d, d),
+        "w1": (d, m),
+        "w3": (d, m),
+        "w2": (m, d),
+    }
 
 
 def target_names(cfg: LoraConfig) -> list[str]:
