@@ -282,13 +282,13 @@ def _make_folder(folder: Path, run_dir: Path) -> None:
 UNREPORTED_ON_RESUME = {"data_config.path", "logging_config.output_dir", "training_config.resume"}
 
 
-def check_resumable(path: Path, cfg: Config, data: PreparedData) -> dict:
+def check_resumable(path: Path, saved_cfg: Config, cfg: Config, data: PreparedData) -> dict:
     """Refuse a checkpoint of another model, tokenizer or data; return the settings that changed.
+    `saved_cfg`: the checkpoint's config (ckpt.read_config(path)).
 
     Other settings (max_steps, learning rate, intervals, ...) may change: they come back as
     {key: [old, new]} to be logged.
     """
-    saved_cfg = ckpt.read_config(path)
     if saved_cfg.model != cfg.model:
         changed = [
             k for k in type(cfg.model).model_fields if getattr(saved_cfg.model, k) != getattr(cfg.model, k)
