@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import statistics
+import time
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,16 @@ def test_what_a_run_holds_does_not_grow_with_its_metrics(tmp_path, monkeypatch):
             metrics.best_eval,
             metrics.sample_rows,
         )
+
+
+def test_a_running_heartbeat_gone_quiet_says_for_how_long(resumed_run, tmp_path):
+    """A process that still exists but no longer trains (stuck in a collective, a hung network file
+    system) kept its run `running` in the table for good, however old its last heartbeat."""
+    run = Path(shutil.copytree(resumed_run, tmp_path / "run"))
+    lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (run / "metrics.jsonl").write_text("".join(line for line in lines if '"event": "end"' not in line))
+    beat = {"state": "running", "pid": 4242, "host": "another-machine", "step": 10, "max_steps": 14}
+    for quiet, shown in [(5, "running?"), (3 * 3600 + 5, "running? (no heartbeat for 3h 00m)")]:
+        heartbeat = {**beat, "eta_seconds": 4.0, "updated": time.time() - quiet}
+        (run / "status.json").write_text(json.dumps(heartbeat))
+        assert read_run(run).status == shown

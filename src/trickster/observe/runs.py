@@ -20,7 +20,7 @@ from trickster.config_saved import read_saved
 from trickster.errors import UserError
 from trickster.observe.curves import Curves
 from trickster.observe.events import iter_metrics
-from trickster.observe.status import liveness, read_status
+from trickster.observe.status import liveness, read_status, silent_for
 from trickster.presets import preset_names
 from trickster.train import checkpoint as ckpt
 from trickster.units import format_duration
@@ -168,7 +168,8 @@ class Run:
             return f"stopped ({last.get('signal') or last.get('reason', 'signal')})"
         live = liveness(self.heartbeat) if self.heartbeat else None
         if live in ("running", "running?"):
-            return live
+            quiet = silent_for(self.heartbeat, self.cfg.training.log_every if self.cfg else None)
+            return live if quiet is None else f"{live} (no heartbeat for {format_duration(quiet)})"
         if live == "stopped":
             return "stopped (process died)"
         return "incomplete"  # killed without a chance to log it, by a version without status.json

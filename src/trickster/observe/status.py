@@ -58,6 +58,25 @@ def liveness(status: dict) -> str:
     return "running" if alive else "stopped"
 
 
+SILENT_AFTER_S = 600  # the least quiet that counts: an evaluation or a large checkpoint takes minutes
+
+
+def silent_for(status: dict, log_every: int | None, now: float | None = None) -> float | None:
+    """How long a running heartbeat has been quiet, when that is far longer than its pace leads
+    one to expect (3 log intervals, at least SILENT_AFTER_S): a process that still exists but no
+    longer trains (stuck in a collective, a hung file system, stopped with SIGSTOP). Else None."""
+    updated, step, max_steps = status.get("updated"), status.get("step"), status.get("max_steps")
+    if not isinstance(updated, (int, float)):
+        return None
+    quiet = (time.time() if now is None else now) - updated
+    per_step, eta = None, status.get("eta_seconds")
+    steps_left = max_steps - step if isinstance(step, int) and isinstance(max_steps, int) else 0
+    if isinstance(eta, (int, float)) and steps_left > 0:
+        per_step = eta / steps_left
+    expected = 3 * per_step * (log_every or 1) if per_step else 0.0
+    return quiet if quiet > max(SILENT_AFTER_S, expected) else None
+
+
 def started_after(pid, moment) -> bool:
     """Whether process `pid` started after `moment` (seconds since the epoch): then it is not the
     run that wrote the heartbeat at that moment, but one given its id since (ids are reused: a
