@@ -76,6 +76,11 @@ class Sequence:
         """Positions of this sequence in the KV cache, which is where `last` goes next."""
         return len(self.prompt_ids) + self.generated - 1
 
+    def fail(self, error: BaseException) -> None:
+        """End it with `error`, which its request raises."""
+        self.cancelled = True
+        self.emit(Failed(error))
+
 
 class Batch:
     """The sequences decoding one model, in the first rows of a KV cache of `capacity` rows."""
@@ -126,8 +131,7 @@ class Batch:
         except Exception as err:
             if seq in self.rows:
                 self.rows.remove(seq)  # the last row: no live row moves
-            seq.cancelled = True
-            seq.emit(Failed(err))
+            seq.fail(err)
 
     def _prefill(self, seq: Sequence) -> None:
         """The prompt alone, as `generate` runs it, into the next free row of the cache."""
@@ -213,8 +217,7 @@ class Engine:
     def submit(self, model: Transformer, vocab_limit: int, seq: Sequence) -> None:
         with self.wake:
             if self.stopped is not None:
-                seq.cancelled = True
-                seq.emit(Failed(self.stopped))
+                seq.fail(self.stopped)
                 return
             batch = self.batches.get(model)
             if batch is None:
@@ -230,8 +233,7 @@ class Engine:
             self.stopped = error
             for batch in self.batches.values():
                 for seq in [*batch.rows, *list(batch.waiting)]:  # list(): one copy, under the GIL
-                    seq.cancelled = True
-                    seq.emit(Failed(error))
+                    seq.fail(error)
 
     def close(self) -> None:
         with self.wake:
@@ -270,5 +272,4 @@ class Engine:
             while batch.waiting:
                 failed.append(batch.waiting.popleft())
             for seq in failed:
-                seq.cancelled = True
-                seq.emit(Failed(err))
+                seq.fail(err)
