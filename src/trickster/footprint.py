@@ -193,8 +193,10 @@ def memory_estimate(
     accumulating: bool | None = None,
 ) -> Memory:
     """Bytes for one training step on one process at cfg's micro-batch (or the one given), of
-    several micro-batches if `accumulating` (None: as cfg's gradient_accumulation_steps says)."""
+    several micro-batches if `accumulating` (None: as cfg's gradient_accumulation_steps says), in
+    a job of `processes` trained as parallel_mode says (several without FSDP: DDP, asked or not)."""
     b = parameter_breakdown(cfg.model)
+    ddp = parallel_mode(cfg.device, processes) == "ddp"
     P, shards = b.total, shard_degree(cfg, processes)
     lora = cfg.training.lora
     adapters = 0 if lora is None else adapter_parameters(cfg.model, lora)
@@ -226,12 +228,12 @@ def memory_estimate(
     chunk = min(tokens, max(1, transformer.LOSS_CHUNK_ELEMENTS // cfg.model.vocab_size))
     activations, logits = tokens * activation_bytes_per_token(cfg), 3 * chunk * cfg.model.vocab_size * 4
     backward = overlap = 0
-    if cfg.device.enable_ddp and accumulating:  # no_sync's gradients beside the all-reduce buckets
+    if ddp and accumulating:  # no_sync's gradients beside the all-reduce buckets
         gradients *= 2
     if not cfg.device.enable_fsdp:
         backward = 2 * tokens * cfg.model.hidden_dim * 4 + min(4 * b.per_block, 4 * trained)
         # DDP's buckets hold the gradients from step to step: nothing is made as the activations go
-        if not (accumulating or cfg.device.enable_ddp):  # zero_grad left none: made as they go
+        if not (accumulating or ddp):  # zero_grad left none: made as they go
             block_input = tokens * cfg.model.hidden_dim * 4 if cfg.device.activation_checkpointing else 0
             overlap = max(0, min(gradients, activations + logits - recomputed - block_input))
     return Memory(
@@ -323,7 +325,8 @@ def parallel_mode(device: DeviceConfig, processes: int) -> str:
 
 
 def as_job(cfg: Config, processes: int) -> Config:
-    """cfg as a job of `processes` runs it: enable_ddp set where DDP was left unasked."""
+    """cfg as a job of `processes` runs it: enable_ddp set where DDP was left unasked (for what
+    reads the config, as plan's labels do; memory_estimate sizes the job by parallel_mode itself)."""
     if parallel_mode(cfg.device, processes) != "ddp" or cfg.device.enable_ddp:
         return cfg
     job = cfg.model_copy(deep=True)

@@ -103,7 +103,7 @@ def job_fit(
     (no_sync's gradients beside the all-reduce buckets), is added by the formula."""
     fixed, window = measured
     share = windows // job.world_size
-    computed = footprint.as_job(resolve_precision(cfg, device), job.world_size)
+    computed = resolve_precision(cfg, device)
     more, _ = footprint.beyond_one_process(computed, job.world_size, accumulating=False)
     fit = min((usable - fixed - more) // window, share)
     if fit < 1:
@@ -206,10 +206,7 @@ def out_of_memory(
     """The one line for an out-of-memory error `during` "a training step" or "an evaluation"."""
     t = cfg.training
     capacity, what = footprint.memory_limit(cfg, device, job.local_world_size)
-    sized = footprint.as_job(cfg, job.world_size)
-    fit = footprint.fitting_batch(
-        sized, footprint.HEADROOM * capacity, job.world_size, most=t.batch_size // 2
-    )
+    fit = footprint.fitting_batch(cfg, footprint.HEADROOM * capacity, job.world_size, most=t.batch_size // 2)
     where = (
         f"continue from checkpoints/{checkpoint.name} with --resume and that change"
         if checkpoint
@@ -252,7 +249,7 @@ def check_fits(cfg: Config, device: torch.device, job: Dist) -> None:
     t = cfg.training
     batch = 1 if t.batch_size == "auto" else t.batch_size  # auto: at least one window must fit
     # dtype auto counted as the run computes (bfloat16 on a fast GPU: half the activations)
-    computed = footprint.as_job(resolve_precision(cfg, device), job.world_size)
+    computed = resolve_precision(cfg, device)
     mem = footprint.memory_estimate(computed, batch_size=batch, processes=job.world_size)
     capacity, what = footprint.memory_limit(cfg, device, job.local_world_size)
     if mem.state > capacity:  # counted exactly: bytes per parameter
