@@ -222,6 +222,11 @@ def _world_size_without_rank(env: Env) -> list[str]:
     return micro_train(env)
 
 
+def _world_size_not_a_number(env: Env) -> list[str]:
+    env.monkeypatch.setenv("WORLD_SIZE", "two")
+    return micro_train(env)
+
+
 def _master_port_in_use(env: Env) -> list[str]:
     """A process given RANK 0 by hand keeps the job's store, on a MASTER_PORT another program holds."""
     holder = socket.socket()
@@ -2356,6 +2361,12 @@ CASES = [
         _world_size_without_rank,
         "the environment says WORLD_SIZE=2 but sets no RANK: torchrun sets both for each process it "
         "starts; launch the job with torchrun --nproc-per-node 2, or unset WORLD_SIZE",
+    ),
+    case(  # int()'s ValueError, a traceback
+        "world-size-not-a-number",
+        _world_size_not_a_number,
+        "the environment's WORLD_SIZE='two' is not a number of processes; launch the job with "
+        "torchrun, which sets it, or unset WORLD_SIZE",
     ),
     case(  # said the torchrun launcher had ended, and to start the job again with torchrun
         "master-port-in-use",
