@@ -82,7 +82,7 @@ class StopSignals:
             self.received = signum
 
     def _watch(self) -> None:
-        seen, first_at = 0, 0.0
+        first_at: float | None = None  # the first signal's; one within REPEAT_WINDOW_S of it is a repeat
         while True:
             try:
                 data = self._reader.recv(64)
@@ -93,16 +93,14 @@ class StopSignals:
             for signum in data:
                 if signum not in self._signals:
                     continue
-                if seen and time.monotonic() - first_at < REPEAT_WINDOW_S:
-                    if self.on_repeat:
-                        self.on_repeat(signum)
-                    continue
-                seen += 1
-                if seen == 1:
+                if first_at is None:
                     first_at = time.monotonic()
                     self.received = self.received or signum
                     if self.on_first:
                         self.on_first(signum)
+                elif time.monotonic() - first_at < REPEAT_WINDOW_S:
+                    if self.on_repeat:
+                        self.on_repeat(signum)
                 else:
                     if self.on_second:
                         self.on_second(signum)
