@@ -34,7 +34,7 @@ def test_a_run_whose_output_pipe_closes_trains_to_its_end(shakespeare_dir, tmp_p
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
 
 
-def hangup_after_first_step(argv: list[str], child) -> tuple[int, str]:
+def hangup_after_first_step(child) -> tuple[int, str]:
     """SIGHUP, as a closed terminal sends it, once the run has logged step 1: (exit status, what
     the run printed after that on stdout and stderr)."""
     while (line := child.stdout.readline()) and not line.startswith("step      1:"):
@@ -50,7 +50,7 @@ def test_a_closed_terminal_stops_the_run_with_a_checkpoint(shakespeare_dir, tmp_
     cfg = micro_config(shakespeare_dir, tmp_path / "run", training_config=training)
     save_config(cfg, tmp_path / "run.yaml")
     argv = ["train", "--config", str(tmp_path / "run.yaml")]
-    status, err = hangup_after_first_step(argv, children.Child("trickster", *argv))
+    status, err = hangup_after_first_step(children.Child("trickster", *argv))
     assert status == 128 + signal.SIGHUP, err
     saved = ckpt.latest(tmp_path / "run")
     assert saved is not None and f"stopped by SIGHUP at step {ckpt.checkpoint_step(saved)}; saved" in err, err
@@ -69,6 +69,6 @@ def test_a_run_under_nohup_ignores_the_hangup(shakespeare_dir, tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    status, err = hangup_after_first_step(argv, child)
+    status, err = hangup_after_first_step(child)
     assert status == 0, err
     assert ckpt.checkpoint_step(tmp_path / "run" / "checkpoints" / "final") == 6
