@@ -69,11 +69,10 @@ def silent_for(status: dict, log_every: int | None, now: float | None = None) ->
     if not isinstance(updated, (int, float)):
         return None
     quiet = (time.time() if now is None else now) - updated
-    per_step, eta = None, status.get("eta_seconds")
+    eta, expected = status.get("eta_seconds"), 0.0
     steps_left = max_steps - step if isinstance(step, int) and isinstance(max_steps, int) else 0
-    if isinstance(eta, (int, float)) and steps_left > 0:
-        per_step = eta / steps_left
-    expected = 3 * per_step * (log_every or 1) if per_step else 0.0
+    if isinstance(eta, (int, float)) and steps_left > 0:  # eta / steps_left: its pace, per step
+        expected = 3 * (eta / steps_left) * (log_every or 1)
     return quiet if quiet > max(SILENT_AFTER_S, expected) else None
 
 
