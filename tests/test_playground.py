@@ -357,11 +357,15 @@ def test_a_chat_message_refused_is_no_turn_of_the_conversation(trained_run, brow
         page.fill("#max_tokens", "8")
         page.dispatch_event("#max_tokens", "input")
         too_long = "ROMEO: " * 8  # 56 characters: with the template's and 8 tokens, past 64
+        # no turns yet reads '0' on both sides: `undefined !== '0'` ended the first wait at once, and
+        # under load the next message went out while the first one was still being answered
+        answered = (
+            "([m, before]) => (m.dataset.turns || '0') !== before || m.querySelector('.msg.error') !== null"
+        )
         for message in ["Hi", too_long, "Hi"]:
             before = page.eval_on_selector("#messages", "e => e.dataset.turns || '0'")
             page.fill("#chat-input", message)
             page.click("#send")  # clears a shown error at once
-            answered = "([m, before]) => m.dataset.turns !== before || m.querySelector('.msg.error') !== null"
             page.wait_for_function(answered, arg=[page.query_selector("#messages"), before])
             if message == too_long:
                 error = page.query_selector("#messages .msg.error")
