@@ -324,16 +324,6 @@ def parallel_mode(device: DeviceConfig, processes: int) -> str:
     return "ddp" if device.enable_ddp or processes > 1 else "single"
 
 
-def as_job(cfg: Config, processes: int) -> Config:
-    """cfg as a job of `processes` runs it: enable_ddp set where DDP was left unasked (for what
-    reads the config, as plan's labels do; memory_estimate sizes the job by parallel_mode itself)."""
-    if parallel_mode(cfg.device, processes) != "ddp" or cfg.device.enable_ddp:
-        return cfg
-    job = cfg.model_copy(deep=True)
-    job.device.enable_ddp = True
-    return job
-
-
 def one_process(cfg: Config) -> Config:
     """cfg for the whole model trained alone in one process, as batch_size: auto's trial copy is."""
     alone = cfg.model_copy(deep=True)

@@ -23,11 +23,11 @@ from trickster.footprint import (
     GiB,
     Memory,
     accumulation_cost,
-    as_job,
     fitting_batch,
     global_windows,
     memory_estimate,
     memory_limit,
+    parallel_mode,
     split_global_batch,
 )
 from trickster.model.flops import flops_per_token, parameter_breakdown
@@ -92,7 +92,6 @@ def make_plan(
     cfg, vocab_note = assumed_vocab(resolve_precision(cfg, device, capability))  # dtype/compile: auto
     if cfg.device.mesh_shape:
         processes = cfg.device.mesh_shape[0] * cfg.device.mesh_shape[1]
-    cfg = as_job(cfg, processes)  # torchrun's processes train under DDP unasked
     device_bytes, what = memory_limit(cfg, device, processes, gpu.memory if gpu else None)
     if cfg.training.batch_size == "auto":  # the formula's choice here; training measures it
         cfg = cfg.model_copy(deep=True)
@@ -164,7 +163,7 @@ def _advice(plan: Plan) -> list[str]:
     if alone >= 1:  # FSDP2's accumulation is what does not fit
         more, kept = accumulation_cost(cfg, plan.processes)
         advice = [
-            f"with gradient accumulation {_accumulation_holds(cfg)} ({_gib(more + kept)} more), which "
+            f"with gradient accumulation {_accumulation_holds(plan)} ({_gib(more + kept)} more), which "
             f"do not fit: set "
             f"training_config.batch_size={alone} and training_config.gradient_accumulation_steps=1 "
             f"({alone * plan.processes:,} window(s) a step), or shard the model over more GPUs"
@@ -207,16 +206,22 @@ def _one_sequence_advice(plan: Plan, budget: float) -> str:
     )
     if alone > seq_len:
         advice += (
-            f"; with gradient accumulation {_accumulation_holds(cfg)} ({_gib(more + kept)} more): without it "
-            f"(training_config.gradient_accumulation_steps=1) training_config.seq_len={alone} fits"
+            f"; with gradient accumulation {_accumulation_holds(plan)} ({_gib(more + kept)} more): "
+            "without it (training_config.gradient_accumulation_steps=1) "
+            f"training_config.seq_len={alone} fits"
         )
     return advice
 
 
-def _accumulation_holds(cfg: Config) -> str:
-    if cfg.device.enable_ddp:
+def _accumulation_holds(plan: Plan) -> str:
+    if _ddp(plan):
         return "DDP keeps the accumulated gradients beside its all-reduce buckets"
     return "FSDP keeps whole float32 gradients and the gathered weights between micro-batches"
+
+
+def _ddp(plan: Plan) -> bool:
+    """Whether the planned job trains under DDP: asked for, or torchrun's processes without FSDP."""
+    return parallel_mode(plan.cfg.device, plan.processes) == "ddp"
 
 
 def _sharding_hint(plan: Plan, budget: float) -> str:
@@ -301,7 +306,7 @@ def _memory_lines(plan: Plan) -> list[str]:
     gradients = f"gradients (float32{share})"
     if sharding:
         gradients = "gradients being sharded (float32)"
-    elif cfg.device.enable_ddp and t.gradient_accumulation_steps > 1:
+    elif _ddp(plan) and t.gradient_accumulation_steps > 1:
         gradients = "gradients (float32, and buckets)"
     rows = [
         (f"weights (float32{share})", mem.weights),
