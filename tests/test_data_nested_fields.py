@@ -64,12 +64,7 @@ def test_parquet_reads_a_field_of_a_struct_column(tmp_path, capsys):
     texts = bodies(40)
     content = [{"title": "t", "body": text} for text in texts] + [None, {"title": "x", "body": None}]
     pq.write_table(pa.table({"id": list(range(42)), "content": content}), tmp_path / "rows.parquet")
-    out = tmp_path / "out"
-    flags = ["--text-field", "content.body", "--out", str(out)]
-    code, lines, err = prepare(capsys, "parquet", str(tmp_path / "rows.parquet"), *flags)
-    assert code == 0, err
-    assert tokens_of(out) == sum(len(t) + 1 for t in texts)
-    assert "skipped 2 records with no text (null, empty, or without the text field)" in lines, lines
+    reads_bodies(capsys, tmp_path, "parquet", tmp_path / "rows.parquet", texts, "2 records")
 
 
 def test_a_hub_dataset_reads_a_field_of_a_nested_column(tmp_path, capsys):
@@ -80,12 +75,17 @@ def test_a_hub_dataset_reads_a_field_of_a_nested_column(tmp_path, capsys):
     datasets.DatasetDict({"train": datasets.Dataset.from_dict({"content": content})}).save_to_disk(
         str(tmp_path / "set")
     )
+    reads_bodies(capsys, tmp_path, "hf", tmp_path / "set", texts, "1 record")
+
+
+def reads_bodies(capsys, tmp_path, kind: str, source, texts: list[str], skipped: str) -> None:
+    """`data prepare KIND SOURCE --text-field content.body` keeps exactly `texts` and says how many
+    records it skipped."""
     out = tmp_path / "out"
-    flags = ["--text-field", "content.body", "--out", str(out)]
-    code, lines, err = prepare(capsys, "hf", str(tmp_path / "set"), *flags)
+    code, lines, err = prepare(capsys, kind, str(source), "--text-field", "content.body", "--out", str(out))
     assert code == 0, err
     assert tokens_of(out) == sum(len(t) + 1 for t in texts)
-    assert "skipped 1 record with no text (null, empty, or without the text field)" in lines, lines
+    assert f"skipped {skipped} with no text (null, empty, or without the text field)" in lines, lines
 
 
 def test_a_hub_path_through_a_value_that_is_no_object_is_one_line(tmp_path, capsys):

@@ -30,6 +30,18 @@ def start_child(products: int) -> children.Child:
     return child
 
 
+def training_child(shakespeare_dir, tmp_path, save_every: int):
+    """(its config, a child training a micro model for 50 steps, busy in its step 3)."""
+    training = {"max_steps": 50, "save_every": save_every, "eval_every": 100, "sample_tokens": 0}
+    cfg = micro_config(shakespeare_dir, tmp_path / "run", training_config=training)
+    save_config(cfg, tmp_path / "run.yaml")
+    argv = ["train", "3", "train", "--config", str(tmp_path / "run.yaml")]
+    child = children.Child("tests.signal_child", *argv)
+    while (line := child.stdout.readline()) and line.strip() != "busy":  # the header, then step 3
+        pass
+    return cfg, child
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_second_signal_ends_the_process_in_the_middle_of_a_pytorch_call(sig):
     child = start_child(products=3)
@@ -55,13 +67,7 @@ def test_one_signal_lets_the_work_finish():
 
 @pytest.mark.slow
 def test_a_second_ctrl_c_ends_a_run_stuck_in_a_long_step(shakespeare_dir, tmp_path):
-    training = {"max_steps": 50, "save_every": 2, "eval_every": 100, "sample_tokens": 0}
-    cfg = micro_config(shakespeare_dir, tmp_path / "run", training_config=training)
-    save_config(cfg, tmp_path / "run.yaml")
-    argv = ["train", "3", "train", "--config", str(tmp_path / "run.yaml")]
-    child = children.Child("tests.signal_child", *argv)
-    while (line := child.stdout.readline()) and line.strip() != "busy":  # the header, then step 3
-        pass
+    cfg, child = training_child(shakespeare_dir, tmp_path, save_every=2)
     time.sleep(0.3)
     child.send_signal(signal.SIGINT)
     assert child.stderr.readline().startswith("SIGINT received: stopping after this step and saving")
@@ -84,13 +90,7 @@ def test_a_signal_sent_to_every_process_of_a_job_still_saves(shakespeare_dir, tm
     """SLURM (scancel, preemption) signals every process of a job step: a torchrun worker gets
     SIGTERM from it and again from torchrun, which forwards its own, within milliseconds. Taken as
     a second signal, it ended the worker at once, with no checkpoint of the steps since the last."""
-    training = {"max_steps": 50, "save_every": 100, "eval_every": 100, "sample_tokens": 0}
-    cfg = micro_config(shakespeare_dir, tmp_path / "run", training_config=training)
-    save_config(cfg, tmp_path / "run.yaml")
-    argv = ["train", "3", "train", "--config", str(tmp_path / "run.yaml")]
-    child = children.Child("tests.signal_child", *argv)
-    while (line := child.stdout.readline()) and line.strip() != "busy":  # the header, then step 3
-        pass
+    _, child = training_child(shakespeare_dir, tmp_path, save_every=100)
     child.send_signal(signal.SIGTERM)  # the scheduler's
     assert child.stderr.readline().startswith("SIGTERM received: stopping after this step and saving")
     child.send_signal(signal.SIGTERM)  # torchrun's (sent together, the kernel would merge the two)
