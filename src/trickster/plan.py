@@ -83,9 +83,10 @@ def make_plan(
     gpu: NamedGpu | None = None,
     mfu: float | None = None,
 ) -> Plan:
-    """`processes`: how many training processes (GPUs) share the run; FSDP shards over them,
-    unless device_config.mesh_shape says otherwise. On a CPU they run on this machine and each
-    has its share of the RAM, as in training (footprint.memory_limit); a GPU is each one's own.
+    """`processes`: how many training processes (GPUs) share the run: DDP replicas, or FSDP
+    shards with device_config.enable_fsdp (as device_config.mesh_shape says, when set). On a CPU
+    they run on this machine and each has its share of the RAM, as in training
+    (footprint.memory_limit); a GPU is each one's own.
     `gpu`: a GPU that is not here (device: cuda), planned by its datasheet and never asked of torch;
     nothing is measured, its time assumes `mfu` (plan_gpu.ASSUMED_MFU's range when None)."""
     capability = gpu.sheet.capability if gpu else None
