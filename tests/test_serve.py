@@ -1368,3 +1368,38 @@ def test_an_imported_hugging_face_chat_model_answers_as_transformers_does(tmp_pa
     prompt_text = hf_tok.decode(ids, skip_special_tokens=True)
     whole = hf_tok.decode(ids + expected, skip_special_tokens=True)
     assert whole.startswith(prompt_text) and answer.choices[0].message.content == whole[len(prompt_text) :]
+
+
+def test_a_stop_while_a_prompt_is_admitted_fails_that_sequence_too(monkeypatch):
+    """Engine.stop fails the rows and the waiting; a sequence the worker had taken from `waiting`
+    and not yet put in a row (its prefill) was in neither, and decoded to its end after the stop."""
+    from trickster.serve import engine as engine_module
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=64, hidden_dim=32, num_layers=1, num_heads=2, num_kv_heads=2, mlp_dim=64,
+                      max_seq_len=64)  # fmt: skip
+    model = Transformer(cfg).eval()
+    engine = Engine(capacity=2)
+    prefill = engine_module.Batch._prefill
+    stopping = RuntimeError("the server is stopping")
+
+    def stopped_during_prefill(batch, seq):
+        engine.stop(stopping)  # from the server's thread, in the gap
+        prefill(batch, seq)
+
+    monkeypatch.setattr(engine_module.Batch, "_prefill", stopped_during_prefill)
+    events, done = [], threading.Event()
+
+    def emit(event):
+        events.append(event)
+        if not isinstance(event, Token):
+            done.set()
+
+    try:
+        engine.submit(model, 60, Sequence([1, 2, 3], Sampling(max_tokens=40, temperature=0.0), emit))
+        assert done.wait(60)
+    finally:
+        engine.close()
+    assert isinstance(events[-1], engine_module.Failed) and events[-1].error is stopping, events[-1:]
+    # the prompt's token and the one the same step decodes, then the failure (not 40 tokens)
+    assert len(events) <= 3, events

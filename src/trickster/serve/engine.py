@@ -273,3 +273,7 @@ class Engine:
                 failed.append(batch.waiting.popleft())
             for seq in failed:
                 seq.fail(err)
+        if self.stopped is not None:  # a sequence this step took from `waiting` while stop() ran
+            for seq in batch.rows:
+                if not seq.cancelled:
+                    seq.fail(self.stopped)
