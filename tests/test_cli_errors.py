@@ -227,6 +227,12 @@ def _world_size_not_a_number(env: Env) -> list[str]:
     return micro_train(env)
 
 
+def _rank_not_a_number(env: Env) -> list[str]:
+    for name, value in {"RANK": "²", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}.items():
+        env.monkeypatch.setenv(name, value)
+    return micro_train(env, "device_config.enable_ddp=true")
+
+
 def _master_port_in_use(env: Env) -> list[str]:
     """A process given RANK 0 by hand keeps the job's store, on a MASTER_PORT another program holds."""
     holder = socket.socket()
@@ -2367,6 +2373,12 @@ CASES = [
         _world_size_not_a_number,
         "the environment's WORLD_SIZE='two' is not a number of processes; launch the job with "
         "torchrun, which sets it, or unset WORLD_SIZE",
+    ),
+    case(  # a ValueError traceback from int()
+        "rank-not-a-number",
+        _rank_not_a_number,
+        "the environment's RANK='²' is not a process number; launch the job with torchrun, which "
+        "sets it, or unset RANK",
     ),
     case(  # said the torchrun launcher had ended, and to start the job again with torchrun
         "master-port-in-use",

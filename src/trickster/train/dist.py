@@ -118,7 +118,7 @@ def setup(cfg: DeviceConfig, device_type: str) -> Dist:
     # before joining: a bad mesh or backend leaves nothing behind
     shape, backend = MeshShape.choose(cfg, world_size), launch_env.backend(cfg.backend, device_type)
     launched = "RANK" in os.environ  # by torchrun; otherwise a group of one, to exercise the path
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local_rank = launch_env.number("RANK", 0), launch_env.number("LOCAL_RANK", 0)
     device = torch.device(device_type, local_rank) if device_type == "cuda" else torch.device(device_type)
     if device_type == "cuda":
         torch.cuda.set_device(local_rank)
@@ -138,7 +138,7 @@ def setup(cfg: DeviceConfig, device_type: str) -> Dist:
             device_type, (shape.replicate, shape.shard), mesh_dim_names=("replicate", "shard")
         )
     dtype = compute_dtype_name(cfg.dtype, device)
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun's --nproc-per-node
+    local = launch_env.number("LOCAL_WORLD_SIZE", 1, least=1)  # torchrun's --nproc-per-node
     return Dist(rank, world_size, local_rank, mode, mesh, device, dtype, local, cfg.timeout_s)
 
 

@@ -15,13 +15,7 @@ def world_size() -> int:
     RANK beside it: a WORLD_SIZE above 1 without RANK was exported by hand or left from another job,
     and made a group of one that the device mesh then refused ("Mesh should not be bigger than
     default world size 1, but found 2 ranks!")."""
-    text = os.environ.get("WORLD_SIZE", "1")
-    if not text.strip().isdigit() or int(text) < 1:
-        raise UserError(
-            f"the environment's WORLD_SIZE={text!r} is not a number of processes; launch the job "
-            "with torchrun, which sets it, or unset WORLD_SIZE to train in one process"
-        )
-    size = int(text)
+    size = number("WORLD_SIZE", 1, least=1)
     if size > 1 and "RANK" not in os.environ:
         raise UserError(
             f"the environment says WORLD_SIZE={size} but sets no RANK: torchrun sets both for each "
@@ -29,6 +23,21 @@ def world_size() -> int:
             "WORLD_SIZE to train in one process"
         )
     return size
+
+
+def number(name: str, default: int, least: int = 0) -> int:
+    """The integer torchrun sets in the environment variable `name` (`default` when unset). Any
+    other text, exported by hand or left from another job, is one line (ASCII digits only:
+    str.isdigit passes "²", which int() refused with a traceback)."""
+    text = os.environ.get(name, str(default))
+    digits = text.strip()
+    if not (digits.isascii() and digits.isdigit()) or int(digits) < least:
+        what = "a number of processes" if least else "a process number"
+        raise UserError(
+            f"the environment's {name}={text!r} is not {what}; launch the job with torchrun, which "
+            f"sets it, or unset {name} to train in one process"
+        )
+    return int(text)
 
 
 def backend(choice: str, device_type: str) -> str:
