@@ -190,7 +190,7 @@ def trial_step_bytes(model, optimizer, cfg: Config, device: torch.device, batch:
     # the loss's chunk of float32 logits and the backward pass's working memory, transient; the
     # gradients a step of one micro-batch makes as it frees the activations are not taken off
     # (footprint.Memory.overlap): every micro-batch below a process's share accumulates, and holds both.
-    # Asked of the formula for this one plain process (under DDP it counted no backward pass's
+    # Asked of the formula for this one plain process (under FSDP it counts no backward pass's
     # working memory); what the job's processes hold beyond it is job_fit's
     formula = footprint.memory_estimate(footprint.one_process(cfg), batch_size=batch, accumulating=True)
     return state + sum(saved.values()) + formula.logits + formula.backward
