@@ -19,6 +19,7 @@ import multiprocessing
 import multiprocessing.reduction
 import os
 import runpy
+import signal
 import subprocess
 import sys
 import threading
@@ -34,6 +35,10 @@ _context.set_forkserver_preload(PRELOAD)
 
 
 def _main(module: str, args: list[str], cwd: str, env: dict[str, str], stdout, stderr) -> None:
+    # as from a terminal, whatever the suite was started under: a test process started by nohup or
+    # in the background without job control ignores SIGHUP or SIGINT, and its children inherit that
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     os.chdir(cwd)
     os.environ.update(env)
     for fd, pipe in ((1, stdout), (2, stderr)):
