@@ -39,12 +39,7 @@ def test_jsonl_reads_a_field_inside_a_nested_object(tmp_path, capsys):
     records = [{"id": i, "content": {"title": "t", "body": text}} for i, text in enumerate(texts)]
     records[7:7] = [{"id": "a", "content": None}, {"id": "b", "content": {"title": "no body"}}]
     (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    out = tmp_path / "out"
-    code, lines, err = prepare(capsys, "jsonl", str(tmp_path / "a.jsonl"), "--text-field", "content.body",
-                               "--out", str(out))  # fmt: skip
-    assert code == 0, err
-    assert tokens_of(out) == sum(len(t) + 1 for t in texts)
-    assert "skipped 2 records with no text (null, empty, or without the text field)" in lines, lines
+    reads_bodies(capsys, tmp_path, "jsonl", tmp_path / "a.jsonl", texts, "2 records")
 
 
 def test_jsonl_a_key_holding_the_dots_itself_is_read_first(tmp_path, capsys):

@@ -68,11 +68,7 @@ def test_parquet_null_and_empty_rows_are_counted(tmp_path, capsys):
     pq = pytest.importorskip("pyarrow.parquet")
     column = [*distinct_texts(30), None, "", None]
     pq.write_table(pa.table({"text": column}), tmp_path / "rows.parquet")
-    out = tmp_path / "out"
-    code, lines, err = prepare(capsys, "parquet", str(tmp_path / "rows.parquet"), "--out", str(out))
-    assert code == 0, err
-    assert "skipped 3 records with no text (null, empty, or without the text field)" in lines, lines
-    assert load_data(out).meta["documents_without_text"] == 3
+    skips_three_records(capsys, tmp_path, "parquet", tmp_path / "rows.parquet")
 
 
 def test_hf_null_empty_and_missing_fields_are_counted(tmp_path, capsys):
@@ -82,8 +78,13 @@ def test_hf_null_empty_and_missing_fields_are_counted(tmp_path, capsys):
     records = [{"text": t} for t in distinct_texts(30)]
     records[4:4] = [{"text": None}, {"text": ""}, {"other": "no text field"}]
     write_jsonl(tmp_path / "set" / "train.jsonl", records)
+    skips_three_records(capsys, tmp_path, "hf", tmp_path / "set")
+
+
+def skips_three_records(capsys, tmp_path, kind: str, source) -> None:
+    """`data prepare KIND SOURCE` prepares, says it skipped 3 records and records that in meta.json."""
     out = tmp_path / "out"
-    code, lines, err = prepare(capsys, "hf", str(tmp_path / "set"), "--out", str(out))
+    code, lines, err = prepare(capsys, kind, str(source), "--out", str(out))
     assert code == 0, err
     assert "skipped 3 records with no text (null, empty, or without the text field)" in lines, lines
     assert load_data(out).meta["documents_without_text"] == 3
