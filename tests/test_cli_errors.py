@@ -2282,7 +2282,7 @@ CASES = [
         "train-batch-auto-no-window-fits-with-accumulation-under-ddp",
         _no_window_fits_accumulating_ddp,
         "a step of 8 windows needs gradient accumulation, and with it DDP keeps a second float32 copy "
-        "of the gradients (no_sync's, beside its all-reduce buckets)",
+        "of the gradients beside its all-reduce buckets:",
         "lower training_config.global_batch to 1 window(s) (no accumulation), shard the model over "
         "several processes instead (device_config.enable_fsdp=true)",
     ),

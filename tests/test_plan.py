@@ -544,3 +544,24 @@ def test_plan_answers_within_20_seconds_even_for_the_largest_presets(preset, cap
     assert main(["plan", "--preset", preset, "--no-bench", "--processes", "8"]) == 0
     out = capsys.readouterr().out
     assert "time: not measured (--no-bench)" in out and "8 processes" in out
+
+
+def test_one_process_whose_accumulation_does_not_fit_is_told_what_it_holds():
+    """In one process a step of one micro-batch makes its gradients as it frees the activations; a
+    step of several keeps the earlier micro-batches' gradients beside them. With room for one
+    window alone but not accumulated, the advice named FSDP2's whole gradients and gathered weights
+    ("0.0 MiB more") to a job with no FSDP; it names the gradients kept, nano's float32 gradients
+    (4 bytes a parameter of the model built), and no sharding, which divides no one process's step."""
+    nano = load_config(preset="nano")
+    single = footprint.memory_estimate(nano, 1, accumulating=False).total
+    accumulated = footprint.memory_estimate(nano, 1, accumulating=True).total
+    room = (single + accumulated) / 2 / footprint.HEADROOM / GiB
+    cfg = load_config(preset="nano", overrides=[f"device_config.memory_gib={room}"])
+    (advice,) = plan.make_plan(cfg, CPU_DEVICE, measure=False).advice
+    gradients = 4 * sum(p.numel() for p in Transformer(cfg.model).parameters())
+    assert advice.startswith(
+        "with gradient accumulation the earlier micro-batches' gradients are kept beside the "
+        f"activations ({footprint.size_text(gradients)} more), which do not fit: set "
+        "training_config.batch_size=1 and training_config.gradient_accumulation_steps=1 "
+    ), advice
+    assert "FSDP" not in advice and "shard" not in advice

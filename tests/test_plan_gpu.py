@@ -119,7 +119,7 @@ def test_on_a_24_gb_card_mega_without_checkpointing_is_told_a_micro_batch_that_f
     without accumulation."""
     overrides = ["device_config.activation_checkpointing=false", "device_config.memory_gib=23.2"]
     out = planned(capsys, "--gpu", "RTX 4090", *overrides)
-    assert "DOES NOT FIT" in out and "to fit: with gradient accumulation FSDP keeps" in out
+    assert "DOES NOT FIT" in out and "to fit: with gradient accumulation FSDP2 keeps" in out
     cfg = load_config(preset="mega", overrides=overrides)
     budget = USABLE * 23.2 * GiB
     assert footprint.memory_estimate(cfg).total > budget

@@ -89,10 +89,11 @@ from dataclasses import dataclass
 
 import torch
 
-from trickster.config import MAX_ACCUMULATION, Config, DeviceConfig
+from trickster.config import MAX_ACCUMULATION, Config
 from trickster.errors import UserError
 from trickster.model import transformer
 from trickster.model.flops import adapter_parameters, parameter_breakdown
+from trickster.train import launch_env
 
 HEADROOM = 0.9  # use at most this fraction of the device's memory
 
@@ -194,9 +195,10 @@ def memory_estimate(
 ) -> Memory:
     """Bytes for one training step on one process at cfg's micro-batch (or the one given), of
     several micro-batches if `accumulating` (None: as cfg's gradient_accumulation_steps says), in
-    a job of `processes` trained as parallel_mode says (several without FSDP: DDP, asked or not)."""
+    a job of `processes` trained as launch_env.parallel_mode says (several without FSDP: DDP, asked
+    or not)."""
     b = parameter_breakdown(cfg.model)
-    ddp = parallel_mode(cfg.device, processes) == "ddp"
+    ddp = launch_env.parallel_mode(cfg.device, processes) == "ddp"
     P, shards = b.total, shard_degree(cfg, processes)
     lora = cfg.training.lora
     adapters = 0 if lora is None else adapter_parameters(cfg.model, lora)
@@ -290,14 +292,33 @@ def _largest(fits) -> int:
     return fitting
 
 
+# what a job's step of several micro-batches holds beyond one micro-batch's (accumulation_cost), by
+# how it trains (launch_env.parallel_mode), and what else makes room for it ("": nothing but
+# giving the accumulation up)
+ACCUMULATION_HOLDS = {
+    "fsdp": (
+        "FSDP2 keeps whole float32 gradients and the gathered weights between micro-batches",
+        "shard over more processes",
+    ),
+    "ddp": (
+        "DDP keeps a second float32 copy of the gradients beside its all-reduce buckets",
+        "shard the model over several processes instead (device_config.enable_fsdp=true)",
+    ),
+    "single": ("the earlier micro-batches' gradients are kept beside the activations", ""),
+}
+
+
 def accumulation_cost(cfg: Config, processes: int = 1) -> tuple[int, int]:
-    """(more, kept): what a step of several micro-batches holds beyond one micro-batch's, by the
-    formula: under FSDP2 `more` bytes all along (whole float32 gradients) and, between
-    micro-batches, `kept` bytes of gathered weights where the activations were; under DDP the
-    gradients no_sync makes beside the all-reduce buckets (`more`); (0, 0) otherwise."""
+    """(more, kept): what a step of several micro-batches of one window holds beyond a step of that
+    one micro-batch, by the formula: under FSDP2 `more` bytes all along (whole float32 gradients)
+    and, between micro-batches, `kept` bytes of gathered weights where the activations were; under
+    DDP the gradients no_sync makes beside the all-reduce buckets (`more`); in one process the
+    gradients that a step of one micro-batch makes only as it frees the activations (`more`)."""
     single = memory_estimate(cfg, 1, None, processes, accumulating=False)
     accumulated = memory_estimate(cfg, 1, None, processes, accumulating=True)
-    return accumulated.state - single.state, accumulated.kept
+    if cfg.device.enable_fsdp:
+        return accumulated.state - single.state, accumulated.kept
+    return accumulated.total - single.total, 0
 
 
 def beyond_one_process(cfg: Config, processes: int, accumulating: bool) -> tuple[int, int]:
@@ -313,15 +334,6 @@ def beyond_one_process(cfg: Config, processes: int, accumulating: bool) -> tuple
     if not accumulating:
         return max(0, step.least - plain.state), 0
     return max(0, step.state - plain.state), step.kept
-
-
-def parallel_mode(device: DeviceConfig, processes: int) -> str:
-    """How a job of `processes` trains: "fsdp" when asked; "ddp" when asked, or when torchrun
-    launched several processes (it needs no asking there); else "single". The one rule that
-    dist.setup joins the job by and that every memory check sizes the job by."""
-    if device.enable_fsdp:
-        return "fsdp"
-    return "ddp" if device.enable_ddp or processes > 1 else "single"
 
 
 def one_process(cfg: Config) -> Config:

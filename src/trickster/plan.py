@@ -19,6 +19,7 @@ import torch
 from trickster.config import Config, load_config
 from trickster.errors import UserError
 from trickster.footprint import (
+    ACCUMULATION_HOLDS,
     HEADROOM,
     GiB,
     Memory,
@@ -27,7 +28,6 @@ from trickster.footprint import (
     global_windows,
     memory_estimate,
     memory_limit,
-    parallel_mode,
     split_global_batch,
 )
 from trickster.model.flops import flops_per_token, parameter_breakdown
@@ -36,6 +36,7 @@ from trickster.plan_benchmark import Benchmark, BenchSkipped, benchmark
 from trickster.plan_gpu import AssumedRate, NamedGpu, assumed_rate, time_lines, unrated
 from trickster.presets import preset_names
 from trickster.train.device import resolve_precision
+from trickster.train.launch_env import parallel_mode
 from trickster.units import format_duration
 
 TOKENS_PER_PARAMETER = 20  # compute-optimal training tokens per parameter (Chinchilla)
@@ -161,13 +162,13 @@ def _advice(plan: Plan) -> list[str]:
         ]
     fits_batch = fitting_batch(cfg, budget, plan.processes)
     alone = fitting_batch(cfg, budget, plan.processes, alone=True) if fits_batch < 1 else 0
-    if alone >= 1:  # FSDP2's accumulation is what does not fit
+    if alone >= 1:  # what the accumulation holds is what does not fit
         more, kept = accumulation_cost(cfg, plan.processes)
+        held, fix = _accumulation_holds(plan)
         advice = [
-            f"with gradient accumulation {_accumulation_holds(plan)} ({_gib(more + kept)} more), which "
-            f"do not fit: set "
+            f"with gradient accumulation {held} ({_gib(more + kept)} more), which do not fit: set "
             f"training_config.batch_size={alone} and training_config.gradient_accumulation_steps=1 "
-            f"({alone * plan.processes:,} window(s) a step), or shard the model over more GPUs"
+            f"({alone * plan.processes:,} window(s) a step){f', or {fix}' if fix else ''}"
         ]
     elif fits_batch >= 1:
         accumulation = math.ceil(t.batch_size * t.gradient_accumulation_steps / fits_batch)
@@ -207,17 +208,16 @@ def _one_sequence_advice(plan: Plan, budget: float) -> str:
     )
     if alone > seq_len:
         advice += (
-            f"; with gradient accumulation {_accumulation_holds(plan)} ({_gib(more + kept)} more): "
+            f"; with gradient accumulation {_accumulation_holds(plan)[0]} ({_gib(more + kept)} more): "
             "without it (training_config.gradient_accumulation_steps=1) "
             f"training_config.seq_len={alone} fits"
         )
     return advice
 
 
-def _accumulation_holds(plan: Plan) -> str:
-    if _ddp(plan):
-        return "DDP keeps the accumulated gradients beside its all-reduce buckets"
-    return "FSDP keeps whole float32 gradients and the gathered weights between micro-batches"
+def _accumulation_holds(plan: Plan) -> tuple[str, str]:
+    """What the planned job's gradient accumulation holds, and what else makes room for it."""
+    return ACCUMULATION_HOLDS[parallel_mode(plan.cfg.device, plan.processes)]
 
 
 def _ddp(plan: Plan) -> bool:

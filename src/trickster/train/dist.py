@@ -49,7 +49,6 @@ if TYPE_CHECKING:
     from torch.distributed.device_mesh import DeviceMesh
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
-from trickster import footprint
 from trickster.config import DeviceConfig
 from trickster.errors import UserError
 from trickster.train import dtensor_caches, launch_env, peers
@@ -112,7 +111,7 @@ class Dist:
 def setup(cfg: DeviceConfig, device_type: str) -> Dist:
     """Join the process group when launched by torchrun or when DDP/FSDP is asked for."""
     world_size = launch_env.world_size()
-    mode = footprint.parallel_mode(cfg, world_size)
+    mode = launch_env.parallel_mode(cfg, world_size)
     if mode == "single":
         return Dist()
     # before joining: a bad mesh or backend leaves nothing behind

@@ -1,13 +1,17 @@
 """A job's launch checked before its process joins it (dist.setup): torchrun's variables as a job
-needs them, and a collective backend the device can run. Each mistake is one line, before the run
-folder is touched; left to torch, each was a traceback from inside init_process_group or the
-device mesh."""
+needs them, how the job trains in parallel (parallel_mode), and a collective backend the device
+can run. Each mistake is one line, before the run folder is touched; left to torch, each was a
+traceback from inside init_process_group or the device mesh."""
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from trickster.errors import UserError
+
+if TYPE_CHECKING:
+    from trickster.config import DeviceConfig
 
 
 def world_size() -> int:
@@ -38,6 +42,15 @@ def number(name: str, default: int, least: int = 0) -> int:
             f"sets it, or unset {name} to train in one process"
         )
     return int(text)
+
+
+def parallel_mode(device: DeviceConfig, processes: int) -> str:
+    """How a job of `processes` trains: "fsdp" when asked; "ddp" when asked, or when torchrun
+    launched several processes (it needs no asking there); else "single". The one rule that
+    dist.setup joins the job by and that every memory check (footprint.py) sizes the job by."""
+    if device.enable_fsdp:
+        return "fsdp"
+    return "ddp" if device.enable_ddp or processes > 1 else "single"
 
 
 def backend(choice: str, device_type: str) -> str:

@@ -112,7 +112,7 @@ def job_fit(
         return fit, usable - more
     more, kept = footprint.beyond_one_process(computed, job.world_size, accumulating=True)
     if fixed + more + max(window, kept) > usable:
-        held, fix = ACCUMULATION_HOLDS[job.mode]
+        held, fix = footprint.ACCUMULATION_HOLDS[job.mode]
         raise UserError(
             f"batch_size auto: a step of {windows:,} windows needs gradient accumulation, and with it "
             f"{held}: not even a micro-batch of one window fits in the {usable / 2**30:.2f} GiB usable "
@@ -120,20 +120,6 @@ def job_fit(
             f"(no accumulation), {fix}, or choose a smaller model"
         )
     return (usable - fixed - more) // window, usable - more
-
-
-# what a job's accumulated step holds beyond one micro-batch's (footprint.accumulation_cost), by
-# its parallelism (Dist.mode), and what else makes room; one process holds nothing more
-ACCUMULATION_HOLDS = {
-    "fsdp": (
-        "FSDP2 keeps whole float32 gradients and the gathered weights between micro-batches",
-        "shard over more processes",
-    ),
-    "ddp": (
-        "DDP keeps a second float32 copy of the gradients (no_sync's, beside its all-reduce buckets)",
-        "shard the model over several processes instead (device_config.enable_fsdp=true)",
-    ),
-}
 
 
 def no_window_fits(cfg: Config, device: torch.device, usable: int) -> UserError:
