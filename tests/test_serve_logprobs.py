@@ -98,6 +98,26 @@ def test_random_bytes_are_named_so_that_they_decode_back_to_the_text(tmp_path):
     assert offsets == logprobs["text_offset"] and offsets[-1] <= len(choice["text"])
 
 
+def test_a_stream_chunk_without_a_token_carries_no_logprobs(tmp_path):
+    """The chunk that only ends a choice (finish_reason, no token) carried logprobs of four empty
+    lists; OpenAI's client types it Optional, and OpenAI (its chat chunks without a token, the
+    last among them) sends null there. Every token's chunk still has its own."""
+    byte_model(tmp_path / "byte")
+    fields = {"model": "byte", "prompt": "ab", "max_tokens": 5, "seed": 1, "logprobs": 2, "n": 2}
+    with live_server(tmp_path / "byte") as live:
+        stream = httpx.post(live.url + "/v1/completions", json={**fields, "stream": True}, timeout=60).text
+    chunks = [
+        httpx.Response(200, content=event.removeprefix("data: ")).json()["choices"][0]
+        for event in stream.split("\n\n")
+        if event.startswith("data: {")
+    ]
+    ends = [chunk for chunk in chunks if chunk["finish_reason"] is not None]
+    assert [end["finish_reason"] for end in ends] == ["length", "length"]
+    assert all(end["logprobs"] is None for end in ends), ends
+    listed = [chunk["logprobs"] for chunk in chunks if chunk["logprobs"] is not None]
+    assert len(listed) == 10 and all(len(logprobs["tokens"]) == 1 for logprobs in listed)
+
+
 def test_an_imported_sentencepiece_model_joins_its_tokens_into_its_text(tmp_path):
     """Llama's "▁the" is " the" after a word: decoded alone it lost its space."""
     pytest.importorskip("transformers")

@@ -168,10 +168,14 @@ class Server:
     async def _completion_chunks(self, generation: Generation, req: CompletionRequest) -> AsyncIterator[dict]:
         request_id = schemas.new_id("cmpl")
         async for delta, last in _with_last(generation):
+            # a chunk without a token (the end's, or text a stop string held back) has null, not
+            # four empty lists: as OpenAI's chat chunks without a token (its last); the client's
+            # CompletionChoice.logprobs is Optional
+            listed = req.logprobs is not None and delta.logprobs
             choice = {
                 "index": delta.index,
                 "text": delta.text,
-                "logprobs": _openai_logprobs(delta.logprobs) if req.logprobs is not None else None,
+                "logprobs": _openai_logprobs(delta.logprobs) if listed else None,
                 "finish_reason": delta.finish_reason,
             }
             yield self._chunk("text_completion", request_id, req, [choice], generation, last)
