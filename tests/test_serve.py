@@ -538,6 +538,22 @@ ERRORS = [
         "exceed this model's context of 64 tokens; ask for at most 58",
         "max_tokens",
     ),
+    # the message said 16 with nothing to tell a client that never sent it where the number came from
+    *(
+        (
+            f"max-tokens-{name}-beyond-context",
+            _post("/v1/completions", {**fields, "prompt": "A" * 54}),
+            400,
+            "max_tokens: 16 new tokens (the default, as the request gives no max_tokens) after a prompt "
+            "of 54 exceed this model's context of 64 tokens; send max_tokens of at most 10",
+            "max_tokens",
+        )
+        for name, fields in [
+            ("left-out", {"model": "best"}),
+            ("null", {"model": "best", "max_tokens": None}),
+            ("left-out-in-a-stream", {"model": "best", "stream": True}),
+        ]
+    ),
     (
         "prompt-fills-context",
         _post("/v1/completions", {**GOOD, "prompt": "A" * 64}),

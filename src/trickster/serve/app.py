@@ -29,6 +29,7 @@ from trickster.serve import chat, schemas
 from trickster.serve.body import BODY_TIMEOUT, MAX_BODY, read_body
 from trickster.serve.chat import TemplateRefused
 from trickster.serve.choices import Delta, Generation
+from trickster.serve.context_room import check_room
 from trickster.serve.engine import Engine
 from trickster.serve.guard import check_post
 from trickster.serve.models import Catalog, Offered
@@ -88,8 +89,9 @@ class Server:
 
         def prepare(offered: Offered) -> tuple[list[list[int]], int]:
             ids = self._encode(offered, prompts, params)
+            given = "max_tokens" in req.model_fields_set  # left out, or null: the default
             for one, param in zip(ids, params, strict=True):
-                self._check_room(offered, len(one), req.max_tokens, param)
+                check_room(offered.context, len(one), req.max_tokens, param, given=given)
             return ids, req.max_tokens
 
         generation = await self._generation(offered, req, prepare, req.logprobs)
@@ -140,7 +142,7 @@ class Server:
                 )
             max_tokens = req.max_completion_tokens or req.max_tokens or max(1, offered.context - len(ids))
             asked = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
-            self._check_room(offered, len(ids), max_tokens, "messages", asked)
+            check_room(offered.context, len(ids), max_tokens, "messages", asked)
             return [ids], max_tokens
 
         generation = await self._generation(offered, req, prepare, None)
@@ -275,33 +277,6 @@ class Server:
                 raise APIError(400, f"{param} is empty; give some text to continue", param=param)
             encoded.append(offered.tokenizer.start_ids() + ids)
         return encoded
-
-    def _check_room(
-        self,
-        offered: Offered,
-        prompt_tokens: int,
-        max_tokens: int,
-        prompt_param: str = "prompt",
-        max_param: str = "max_tokens",
-    ) -> None:
-        """The prompt and the tokens asked for fit the context; an error names the request's fields."""
-        room = offered.context - prompt_tokens
-        if room < 1:
-            raise APIError(
-                400,
-                f"{prompt_param}: {prompt_tokens} tokens fill this model's context of {offered.context} "
-                "tokens; send a shorter prompt",
-                param=prompt_param,
-                code="context_length_exceeded",
-            )
-        if max_tokens > room:
-            raise APIError(
-                400,
-                f"{max_param}: {max_tokens} new tokens after a prompt of {prompt_tokens} exceed this "
-                f"model's context of {offered.context} tokens; ask for at most {room}",
-                param=max_param,
-                code="context_length_exceeded",
-            )
 
     async def _generation(self, offered, req, prepare, logprobs) -> Generation:
         """The request's choices, with its model held (after `prepare` has tokenized its prompts and
