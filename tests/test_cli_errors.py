@@ -3478,6 +3478,18 @@ CASES = [
         "--api-key starts or ends with a space",
         "pass it without",
     ),
+    case(  # a URL is never a Host header's name: the server would have refused every request by it
+        "serve-allowed-host-not-a-name",
+        _serve("--allowed-host", "https://llm.example.com/"),
+        "--allowed-host takes a host name as a browser sends it, such as llm.example.com",
+        "not 'https://llm.example.com/'",
+    ),
+    case(  # with a key no Host is checked: the option would have done nothing, silently
+        "serve-allowed-host-with-api-key",
+        _serve("--api-key", "k", "--allowed-host", "llm.example.com"),
+        "--allowed-host does nothing with --api-key",
+        "leave out one of the two",
+    ),
     # ---- tracking, reports, runs and plans
     case(
         "train-tensorboard-not-installed",

@@ -762,6 +762,35 @@ def test_json_bodies_from_programs_and_the_servers_own_page_are_taken(server):
         assert answer.status_code == 200, (headers, answer.text)
 
 
+REBOUND = ["rebind.example", "rebind.example:8000", "127.0.0.1.nip.io", "localhost.rebind.example"]
+LOCAL = ["localhost", "LocalHost.:8000", "app.localhost", "127.0.0.1", "127.8.9.10:80", "[::1]:8000"]
+
+
+def test_a_name_another_site_pointed_here_is_refused_without_an_api_key(trained_run):
+    """DNS rebinding: a page of another site points a name of its own at 127.0.0.1 and reads every
+    answer as its own origin's (its Sec-Fetch-Site says same-origin). Refused on every route but
+    /health; localhost, its subdomains, any address and the names allowed are served."""
+    named = ["llm.example.com", "LLM.example.com.:443"]  # --allowed-host llm.example.com
+    with live_server(trained_run, checkpoints=["best"], allowed_hosts=("llm.example.com",)) as live:
+        for host in REBOUND:
+            for method, path in [("GET", "/v1/models"), ("POST", "/v1/completions"), ("GET", "/")]:
+                headers = {"Host": host, "Sec-Fetch-Site": "same-origin"}
+                answer = httpx.request(method, live.url + path, json=GOOD, headers=headers, timeout=30)
+                assert answer.status_code == 403, (host, path, answer.text)
+                error = answer.json()["error"]
+                assert set(error) == {"message", "type", "param", "code"}
+                assert f"Host '{host}' is not a name of this server" in error["message"]
+                assert f"--allowed-host {host.partition(':')[0]} if that name is yours" in error["message"]
+            assert httpx.get(live.url + "/health", headers={"Host": host}).status_code == 200
+        for host in [*LOCAL, "192.168.1.5:8000", "[fe80::1]", *named]:
+            answer = httpx.post(live.url + "/v1/completions", json=GOOD, headers={"Host": host}, timeout=30)
+            assert answer.status_code == 200, (host, answer.text)
+    with live_server(trained_run, api_key="s3cret", checkpoints=["best"]) as live:
+        for key, status in [(None, 401), ("s3cret", 200)]:  # a key guards it: a page cannot send it
+            headers = {"Host": REBOUND[0], **({"Authorization": f"Bearer {key}"} if key else {})}
+            assert httpx.get(live.url + "/v1/models", headers=headers).status_code == status
+
+
 def test_fields_that_ask_for_nothing_we_lack_are_accepted(client):
     """OpenAI's fields that change nothing in the text (user, metadata, ...), and those we do not
     do sent with the value that asks for nothing (as clients send their defaults), or null: the
@@ -880,7 +909,7 @@ def test_a_body_not_all_in_by_the_deadline_is_answered_408(trained_run, framing,
     with live_server(trained_run, checkpoints=["best"], body_timeout=0.8) as live:
         host, port = live.url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port)), timeout=10) as sock:
-            head = f"POST /v1/completions HTTP/1.1\r\nHost: x\r\n{framing}\r\n\r\n"
+            head = f"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n{framing}\r\n\r\n"
             part = b'{"model": "b'
             start = time.monotonic()
             sock.sendall(head.encode() + (part if "Length" in framing else b"c\r\n" + part + b"\r\n"))
@@ -920,7 +949,7 @@ def test_a_body_far_over_the_limit_gets_its_413_in_a_client_that_reads_after_wri
 def _chunked(sock: socket.socket, *chunks: bytes, size: str | None = None) -> None:
     """A chunked POST to /v1/completions: each chunk whole, then a chunk that declares `size`
     (hex) and sends 12 bytes of it, or the last chunk (size 0) when no size is given."""
-    head = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    head = b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
     framed = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for chunk in chunks)
     sock.sendall(head + framed + (b"0\r\n\r\n" if size is None else size.encode() + b'\r\n{"model": "b'))
 
@@ -1175,6 +1204,26 @@ def test_trickster_serve_process_answers_and_stops_on_ctrl_c(trained_run, tmp_pa
 
 
 @pytest.mark.slow
+def test_the_name_it_listens_on_and_allowed_hosts_are_served_without_a_key(trained_run, tmp_path):
+    """`--host NAME` (this machine's name) and `--allowed-host` are names a browser may ask by; a
+    name pointed here by another site is not."""
+    name = socket.gethostname()
+    try:
+        socket.getaddrinfo(name, 0)
+    except OSError:
+        pytest.skip(f"this machine's name {name!r} does not resolve")
+    process, url = serve_process(trained_run, tmp_path, "--host", name, "--allowed-host", "llm.example.com")
+    try:
+        port = url.rpartition(":")[2]
+        served = [(f"{name}:{port}", 200), ("llm.example.com", 200), (f"rebind.example:{port}", 403)]
+        for host, status in served:
+            answer = httpx.get(url + "/v1/models", headers={"Host": host}, timeout=30)
+            assert answer.status_code == status, (host, answer.text)
+    finally:
+        process.kill()
+
+
+@pytest.mark.slow
 def test_ctrl_c_ends_the_streams_under_way_with_an_error_event_at_once(trained_run, tmp_path):
     """Ctrl-C while streams decode: uvicorn gave them 3 s, then cancelled them, each cut off
     mid-stream and logged as a traceback ('Exception in ASGI application', then the decoding
@@ -1302,7 +1351,7 @@ def test_a_client_that_hangs_up_stops_its_generation(trained_run, monkeypatch, s
         host, port = live.url.removeprefix("http://").split(":")
         body = json.dumps({"model": "best", "prompt": "ROMEO:", "max_tokens": 50, "stream": stream})
         with socket.create_connection((host, int(port))) as sock:
-            head = f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+            head = f"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(body)}\r\n\r\n"
             sock.sendall((head + body).encode())
             time.sleep(0.3)
         time.sleep(0.5)  # a step or two to notice, then nothing left to decode
@@ -1351,7 +1400,7 @@ def test_a_client_that_leaves_mid_stream_logs_nothing_and_stops_its_generation(
     with live_server(trained_run, checkpoints=["best"]) as live:
         host, port = live.url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port))) as sock:
-            head = f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+            head = f"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(body)}\r\n\r\n"
             sock.sendall((head + body).encode())
             assert held.wait(timeout=60), "the stream never reached its fourth step"
         while not released or time.monotonic() - max(sampled) < 0.3:  # the engine idle a while

@@ -17,7 +17,7 @@ from .live_server import live_server
 httpx = pytest.importorskip("httpx")
 
 HEADER_TIMEOUT = 1.0
-MODELS = b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"
+MODELS = b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\n\r\n"
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_headers_trickling_in_do_not_push_the_deadline_back(server):
     not 1 s after the last byte (slowloris keeps sending, so an idle timer never fires)."""
     start = time.monotonic()
     with connect(server) as sock:
-        sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n")
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\n")
         for _ in range(3):
             time.sleep(0.25)
             sock.sendall(b"X-Slow: 1\r\n")
@@ -74,7 +74,7 @@ def test_a_slow_client_within_the_deadline_is_served_and_keeps_its_connection(se
     """Headers in three parts over 0.6 s: served; the deadline starts again after each answer, so the
     same connection serves a second request 1.3 s after it opened, and a third, half sent, gets 408."""
     with connect(server) as sock:
-        for part in (b"GET /v1/models HTTP/1.1\r\n", b"Host: x\r\n", b"\r\n"):
+        for part in (b"GET /v1/models HTTP/1.1\r\n", b"Host: localhost\r\n", b"\r\n"):
             sock.sendall(part)
             time.sleep(0.3)
         status, _, models = answer(sock)
@@ -99,7 +99,7 @@ def test_an_answer_longer_than_the_deadline_is_not_cut(server, monkeypatch):
     body = json.dumps({"model": "best", "prompt": "ROMEO:", "max_tokens": 10, "temperature": 0})
     start = time.monotonic()
     with connect(server) as sock:
-        head = f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+        head = f"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(body)}\r\n\r\n"
         sock.sendall(head.encode() + body.encode())
         status, _, completion = answer(sock)
         assert status == 200 and completion["usage"]["completion_tokens"] == 10
@@ -112,10 +112,11 @@ def test_an_answer_longer_than_the_deadline_is_not_cut(server, monkeypatch):
     "request_",
     [
         b"GARBAGE\r\n\r\n",
-        b"GET /v1/models HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n",
+        b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\nno colon here\r\n\r\n",
         b"GET /v1/models HTTP/1.1\r\n\r\n",  # HTTP/1.1 without Host
-        b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000,  # over h11's 16 KiB, unfinished
-        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        # over h11's 16 KiB, unfinished
+        b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 20_000,
+        b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
     ],
     ids=["request-line", "header-line", "no-host", "headers-too-long", "bad-chunk"],
 )
@@ -134,7 +135,7 @@ def test_a_client_gone_mid_body_is_no_server_error(server, caplog):
     """A client that hangs up after part of its body (or whose chunk framing is broken, above) is no
     bug of the server: nothing is logged as an exception."""
     with connect(server) as sock:
-        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{")
         time.sleep(0.2)
     time.sleep(0.3)
     assert "Exception in ASGI application" not in caplog.text
@@ -177,7 +178,7 @@ def test_an_answer_left_unread_is_dropped_and_its_generation_stopped(trained_run
         with socket.socket() as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             sock.connect((host, int(port)))
-            head = f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+            head = f"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(body)}\r\n\r\n"
             sock.sendall(head.encode() + body.encode())
             time.sleep(3 if stream else 1.5)  # a stream takes 2.3 s to decode, if not stopped
             decoded = len(steps)

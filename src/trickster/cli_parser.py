@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from trickster.cli_argparse import Parser, integer, out_path
+from trickster.cli_serve import add_access
 from trickster.options import Sampling  # dataclasses only
 from trickster.serve import limits  # imports nothing
 
@@ -410,10 +411,8 @@ def _add_import(commands) -> None:
 def _add_serve(commands) -> None:
     serve = commands.add_parser("serve", help="an OpenAI-compatible API and a playground page for a run")
     serve.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=integer, default=8000, help="default 8000; 0 picks a free one")
+    add_access(serve)  # --host, --port, --api-key, --allowed-host
     serve.add_argument("--device", default="auto", choices=DEVICES, help=AUTO_DEVICE)
-    serve.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on /v1")
     serve.add_argument(
         "--checkpoints",
         metavar="NAMES",

@@ -369,12 +369,14 @@ def serve_command(
     chat_template: str | None = None,
     max_batch: int = MAX_BATCH,
     max_loaded_models: int = MAX_LOADED_MODELS,
+    allowed_host: list[str] | None = None,
 ) -> int:
     """`trickster serve`: the OpenAI-compatible API and the playground over a run's checkpoints."""
     from trickster.serve.server import serve
 
     names = [n.strip() for n in checkpoints.split(",") if n.strip()] if checkpoints else None
-    return serve(target, host, port, device, api_key, names, chat_template, max_batch, max_loaded_models)
+    limits = (max_batch, max_loaded_models)
+    return serve(target, host, port, device, api_key, names, chat_template, *limits, allowed_host)
 
 
 def _stopped_run_passed_over(out: Path, run_dir: Path) -> str | None:

@@ -19,6 +19,7 @@ from importlib import resources
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -31,7 +32,7 @@ from trickster.serve.chat import TemplateRefused
 from trickster.serve.choices import Delta, Generation
 from trickster.serve.context_room import check_room
 from trickster.serve.engine import Engine
-from trickster.serve.guard import check_post
+from trickster.serve.guard import HostGuard, check_post
 from trickster.serve.models import Catalog, Offered
 from trickster.serve.schemas import APIError, ChatRequest, CompletionRequest
 
@@ -410,6 +411,7 @@ def create_app(
     api_key: str | None = None,
     max_body: int = MAX_BODY,
     body_timeout: float = BODY_TIMEOUT,
+    allowed_hosts: tuple[str, ...] = (),  # besides localhost, without an API key (guard.HostGuard)
 ) -> Starlette:
     server = Server(catalog, engine, api_key, max_body, body_timeout)
     routes = [
@@ -421,4 +423,5 @@ def create_app(
         Route("/v1/chat/completions", server.chat_completions, methods=["POST"]),
     ]
     handlers = {APIError: _api_error, HTTPException: _http_error, Exception: _bug}
-    return Starlette(routes=routes, exception_handlers=handlers)
+    guards = [] if api_key is not None else [Middleware(HostGuard, names=allowed_hosts)]
+    return Starlette(routes=routes, exception_handlers=handlers, middleware=guards)

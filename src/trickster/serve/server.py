@@ -115,6 +115,7 @@ def serve(
     chat_template: str | None = None,
     max_batch: int = MAX_BATCH,
     max_loaded_models: int = MAX_LOADED_MODELS,
+    allowed_host: list[str] | None = None,
 ) -> int:
     try:
         import jinja2  # noqa: F401
@@ -124,6 +125,7 @@ def serve(
         raise UserError(f"serving needs {err.name}: pip install 'nano-trickster[serve]'") from None
     from trickster.serve.app import create_app
     from trickster.serve.engine import Engine
+    from trickster.serve.guard import allowed_hosts
     from trickster.serve.models import Catalog
     from trickster.train.device import resolve_device
 
@@ -132,12 +134,13 @@ def serve(
     if not 0 <= port <= 65535:  # the socket takes 70000 as 70000 % 65536 and -1 as no service at all
         raise UserError(f"--port must be between 0 and 65535 (got {port}); 0 picks a free one")
     check_api_key(api_key)
+    hosts = (host, *allowed_hosts(allowed_host, api_key))  # --host too: a browser may ask by that name
     template = read_template(chat_template)
     catalog = Catalog(target, resolve_device(device, "--device"), checkpoints, template, max_loaded_models)
     sock = bind(host, port)
     catalog.load(catalog.default)
     engine = Engine(max_batch)
-    app = create_app(catalog, engine, api_key)
+    app = create_app(catalog, engine, api_key, allowed_hosts=hosts)
     bound = sock.getsockname()[1]
     names = ", ".join(catalog.offered)
     if catalog.awaited:  # --checkpoints names the run has yet to save
