@@ -2465,9 +2465,28 @@ CASES = [
         "pipe is not a regular file",
     ),
     case(
-        "prepare-blank-file",  # one document of blanks: dropped like a blank one among many
+        "prepare-blank-file",  # one document of blanks: dropped like a blank one among many; said "is empty"
         lambda env: ["data", "prepare", "text", env.write("blank.txt", " \n\t\n  "), "--out", "o"],
-        "corpus 'text' is empty",
+        "corpus 'text' holds no text: ",
+        "blank.txt holds only whitespace; pass files that contain text",
+    ),
+    case(
+        "prepare-empty-and-blank-files",  # said "after dropping 1 blank or duplicate document"
+        lambda env: ["data", "prepare", "text", env.write("e.txt", ""), env.write("b.txt", " "), "--out=o"],
+        "corpus 'text' holds no text: all 2 of its files are empty or hold only whitespace (1 empty, the "
+        "first: ",
+        "e.txt; 1 of whitespace only); pass files that contain text",
+    ),
+    case(
+        "prepare-shakespeare-path-blank",  # said "corpus 'shakespeare' is empty"
+        lambda env: ["data", "prepare", "shakespeare", "--path", env.write("input.txt", "\n"), "--out", "o"],
+        "input.txt holds only whitespace; pass --path a copy of Tiny Shakespeare (input.txt)",
+    ),
+    case(
+        "prepare-jsonl-null-and-blank-records",  # said "after dropping 1 blank or duplicate document"
+        _jsonl(['{"text": null, "body": "Who?"}', '{"text": " ", "body": "Nay."}'], "--text-field", "text"),
+        "corpus 'jsonl' holds no text: all 2 of its records have no text in field \"text\" (null, empty, "
+        "missing or whitespace only); they have: text, body; pass --text-field FIELD",
     ),
     case(
         "prepare-text-with-a-nul-byte",  # valid UTF-8, but a binary file or UTF-16 without its mark
@@ -2886,9 +2905,8 @@ CASES = [
     ),
     case(
         "prepare-empty-after-deduplication",
-        _blank_documents,
-        "holds no text after dropping 3 blank or duplicate documents",
-        "contain text",
+        _blank_documents,  # said "after dropping 3 blank or duplicate documents": none was a copy
+        "corpus 'text' holds no text: all 3 of its files hold only whitespace; pass files that contain text",
     ),
     case(
         "data-overlap-not-a-data-folder",

@@ -1,6 +1,7 @@
 """Records, rows or files that hold no text (null, empty, without the text field): counted as a pass
 reads them, none a document; and, when not one of a corpus's holds text, the line that says what
-was found and what to pass instead of a bare "empty"."""
+was found (those, and the documents of whitespace only dropped beside them) and what to pass
+instead of a bare "empty"."""
 
 from __future__ import annotations
 
@@ -20,12 +21,13 @@ class NoText:
     text_field: str | None = None
     fix: str = "pass files that contain text"
     count: int = 0
+    blank: int = 0  # the one text file, when it holds whitespace only (several: deduplication drops them)
     first: str = ""  # where the first one was: a file, or FILE line N
     names: dict[str, None] = field(default_factory=dict)  # the fields those records have, in order
 
     def restart(self) -> None:
         """A new pass: nothing met yet."""
-        self.count, self.first = 0, ""
+        self.count, self.blank, self.first = 0, 0, ""
         self.names.clear()
 
     def skipped(self, where: str = "", names: Iterable = ()) -> None:
@@ -37,21 +39,48 @@ class NoText:
                 break
             self.names.setdefault(str(name))
 
-    def nothing_read(self, corpus: str) -> str | None:
-        """The line for a corpus of which nothing held text; None when nothing was met either."""
-        if not self.count:
+    def skipped_blank(self, where: str) -> None:
+        """One more of whitespace only, met at `where`."""
+        self.blank += 1
+        self.first = self.first or where
+
+    def nothing_read(self, corpus: str, dropped_blank: int = 0) -> str | None:
+        """The line for a corpus of which nothing held text: what was met without text, and the
+        documents of whitespace only (`dropped_blank` of them by deduplication); None when nothing
+        was met either."""
+        blank = self.blank + dropped_blank
+        if not self.count and not blank:
             return None
-        every = "its one" if self.count == 1 else f"all {self.count:,} of its"
+        total = self.count + blank
+        every = "its one" if total == 1 else f"all {total:,} of its"
         if self.unit == "file":
-            what = f"{self.first} is empty" if self.count == 1 else f"{every} files are empty"
-            first = "" if self.count == 1 else f" (the first: {self.first})"
-            return f"corpus '{corpus}' holds no text: {what}{first}; {self.fix}"
-        units = self.unit if self.count == 1 else f"{self.unit}s"
+            return f"corpus '{corpus}' holds no text: {self._files(every, blank)}; {self.fix}"
+        units = self.unit if total == 1 else f"{self.unit}s"
         if self.text_field is None:
-            found = f"--template gives {every} {units} no text (the fields it names are empty)"
+            found = f"--template gives {every} {units} no text (the fields it names are "
+            found += "empty)" if not blank else "empty or whitespace only)"
         else:
             where = f"column '{self.text_field}'" if self.unit == "row" else f'field "{self.text_field}"'
-            have = "has" if self.count == 1 else "have"
-            found = f"{every} {units} {have} no text in {where} (null, empty or missing)"
+            have = "has" if total == 1 else "have"
+            kinds = "null, empty or missing" if not blank else "null, empty, missing or whitespace only"
+            found = f"{every} {units} {have} no text in {where} ({kinds})"
         fields = f"; they have: {', '.join(self.names)}" if self.names else ""
         return f"corpus '{corpus}' holds no text: {found}{fields}; {self.fix}"
+
+    def _files(self, every: str, blank: int) -> str:
+        """What the files held: empty ones (the first named) and ones of whitespace only (named when
+        it is the one text file; deduplication drops those among several unnamed)."""
+        if not blank:
+            return (
+                f"{self.first} is empty"
+                if self.count == 1
+                else f"{every} files are empty (the first: {self.first})"
+            )
+        if not self.count:
+            return (
+                f"{self.first} holds only whitespace" if self.first else f"{every} files hold only whitespace"
+            )
+        return (
+            f"{every} files are empty or hold only whitespace ({self.count:,} empty, the first: "
+            f"{self.first}; {blank:,} of whitespace only)"
+        )

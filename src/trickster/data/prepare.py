@@ -390,16 +390,12 @@ class _Job:
             return
         self.record.failed_at_end = True  # these settings can never give a usable folder: start afresh
         name = self.source.name
-        dropped = sum(self.record.dedup.get(k, 0) for k in ("exact_dropped", "near_dropped", "blank_dropped"))
         if not read or (not train and not val):
-            if dropped:
-                raise UserError(
-                    f"corpus '{name}' holds no text after dropping "
-                    f"{counted(dropped, 'blank or duplicate document')}; pass files that contain text"
-                )
-            # records or files without text only: what was found says what to pass instead
+            # nothing kept: no copy was dropped (the first of each is kept), only documents of
+            # whitespace; with records or files without text, what was found says what to pass instead
             empty = f"corpus '{name}' is empty; pass files that contain text"
-            raise UserError(self.source.no_text.nothing_read(name) or empty)
+            blank = self.record.dedup.get("blank_dropped", 0)
+            raise UserError(self.source.no_text.nothing_read(name, blank) or empty)
         missing = "validation" if not val else "training"
         if self.record.dedup.get("near_found") and self.settings.mode == "group":
             raise UserError(

@@ -104,6 +104,9 @@ def shakespeare(path: str | Path | None = None, url: str = SHAKESPEARE_URL, time
             )
         source = url
     text = text_of(raw, source)
+    if not text.strip():  # said "corpus 'shakespeare' is empty" of a file of blank lines
+        held = "is empty" if not text else "holds only whitespace"
+        raise UserError(f"{source} {held}; pass --path a copy of Tiny Shakespeare (input.txt)")
     return Corpus("shakespeare", [text], [source], hashlib.sha256(raw).hexdigest())
 
 
@@ -214,8 +217,11 @@ def text_files(patterns: list[str]) -> Source:
         no_text.restart()
         no_text.skipped(str(files[0]))  # until a block holds text: the one file may be empty
         for block in text_blocks(files[0], digest[0]):
-            if block:
+            if block.strip():
                 no_text.restart()
+            elif block and no_text.count:  # whitespace so far: a blank file, unless text follows
+                no_text.restart()
+                no_text.skipped_blank(str(files[0]))
             yield block
 
     return Source(
