@@ -1,9 +1,11 @@
 """Shared fixtures and helpers: a Shakespeare excerpt shipped with the tests, prepared once; a micro
 config; one trained micro run for every test that only reads one; QUIET and events(); the ids of
-a dead and a live process, for what writers killed mid-write leave behind."""
+a dead and a live process, for what writers killed mid-write leave behind; the threads of process
+groups still running in this process."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -40,6 +42,16 @@ def events(source, kind: str) -> list[dict]:
     else:
         records = getattr(source, "history", source)
     return [r for r in records if r["event"] == kind]
+
+
+def collective_threads() -> list[str]:
+    """The threads gloo and the store run in this process, by name (pt_gloo_runloop, gloo_tcp_loop,
+    pt_tcpstore_uv): those still running when the interpreter exits can abort it."""
+    names = []
+    for task in Path("/proc/self/task").glob("*"):
+        with contextlib.suppress(OSError):  # the thread ended meanwhile
+            names.append((task / "comm").read_text().strip())
+    return sorted(name for name in names if "gloo" in name or name.startswith("pt_"))
 
 
 @pytest.fixture

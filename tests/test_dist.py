@@ -34,7 +34,7 @@ from trickster.train.dist import MeshShape
 from trickster.train.loop import train
 
 from . import children
-from .conftest import QUIET, micro_config
+from .conftest import QUIET, collective_threads, micro_config
 from .test_long_runs import auto_batch
 from .test_profiling import ops_per_step, profiled_steps, read_trace
 from .test_resume import written
@@ -680,10 +680,10 @@ def test_a_start_that_fails_after_joining_frees_its_process_groups(micro, capsys
     cfg = micro(device_config={"enable_ddp": True})
     path = Path(cfg.logging.output_dir).parent / "run.yaml"
     save_config(cfg, path)
-    before = _gloo_threads()
+    before = collective_threads()
     assert cli.main(["train", "--config", str(path), "--no-progress", "--resume"]) == 2
     assert "error: nothing to resume in" in capsys.readouterr().err
-    assert _gloo_threads() == before
+    assert collective_threads() == before
 
 
 def test_a_finished_fsdp2_run_frees_its_process_groups(micro, capsys):
@@ -695,14 +695,10 @@ def test_a_finished_fsdp2_run_frees_its_process_groups(micro, capsys):
     cfg = micro(training_config={"max_steps": 2, "warmup_steps": 1}, device_config={"enable_fsdp": True})
     path = Path(cfg.logging.output_dir).parent / "run.yaml"
     save_config(cfg, path)
-    before = _gloo_threads()
+    before = collective_threads()
     assert cli.main(["train", "--config", str(path), "--no-progress"]) == 0
     assert "processes: 1 (fsdp" in capsys.readouterr().out
-    assert _gloo_threads() == before
-
-
-def _gloo_threads() -> int:
-    return sum("gloo" in _read(task / "comm") for task in Path("/proc/self/task").glob("*"))
+    assert collective_threads() == before
 
 
 def test_activation_checkpointing_gives_the_same_losses(micro):

@@ -22,6 +22,8 @@ from trickster.model.generate import generate
 from trickster.model.transformer import Transformer
 from trickster.train import dist, peers
 
+from .conftest import collective_threads
+
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="gloo process groups on POSIX")
 CPU = torch.device("cpu")
 MODEL = {
@@ -212,7 +214,7 @@ def _two_process_worker(rank: int, port: int, out: str) -> None:
         td.barrier()  # neither process leaves while the other still talks to it (gloo aborts then)
     finally:
         dist.shutdown()  # as `trickster train` leaves a job
-    result["threads_left"] = _torch_threads()
+    result["threads_left"] = collective_threads()
     Path(out, f"{rank}.json").write_text(json.dumps(result))
 
 
@@ -243,13 +245,6 @@ def _gather_shards_and_sync_replicas(rank: int) -> dict:
         "ranks": dist.gather(rank, job),
         "broadcasts": len(broadcasts),
     }
-
-
-def _torch_threads() -> list[str]:
-    """The threads gloo and the store run in this process, by name (pt_gloo_runloop, gloo_tcp_loop,
-    pt_tcpstore_uv): those still running when the interpreter exits can abort it."""
-    names = [(task / "comm").read_text().strip() for task in Path("/proc/self/task").glob("*")]
-    return sorted(name for name in names if "gloo" in name or name.startswith("pt_"))
 
 
 @pytest.mark.slow
