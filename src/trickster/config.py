@@ -349,10 +349,14 @@ def load_config(
 ) -> Config:
     """Build a Config from a preset or YAML file, then apply `section.key=value` overrides."""
     raw, source, saved = raw_config(path, preset, overrides)
+    return validated(raw, source, saved, overrides, own=bool(path) and not saved)
+
+
+def validated(raw: dict, source: str, saved: bool, overrides: Sequence[str], own: bool) -> Config:
+    """raw_config's answer validated as load_config validates it; `own`: a config file of the
+    user's, whose keys they gave (given_keys), not a preset or a config.yaml a run saved."""
     overridden = [o.partition("=")[0].strip() for o in overrides]
-    return config_from_dict(
-        raw, source, overridden, saved, given_keys(raw if path and not saved else {}, overridden)
-    )
+    return config_from_dict(raw, source, overridden, saved, given_keys(raw if own else {}, overridden))
 
 
 def given_keys(own: dict[str, Any], overridden: Sequence[str]) -> frozenset[str]:

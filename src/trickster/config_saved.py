@@ -21,7 +21,7 @@ import yaml
 from pydantic import ValidationError
 
 from trickster import untrusted
-from trickster.config import SECTION_ALIASES, Config, config_from_dict, given_keys, raw_config
+from trickster.config import SECTION_ALIASES, Config, raw_config, validated
 from trickster.config_checks import check_model
 from trickster.config_errors import KEPT_AS_SAVED, annotated_kinds, describe_all, waived
 from trickster.config_yaml import load_yaml
@@ -51,10 +51,7 @@ def described(path: str | None, preset: str | None, overrides: list[str]) -> tup
     not used to describe the model); with the problems waived in it, to be shown as a note."""
     raw, source, saved = raw_config(path, preset, overrides)
     if not saved:
-        overridden = [o.partition("=")[0].strip() for o in overrides]
-        return config_from_dict(
-            raw, source, overridden, given=given_keys(raw if path else {}, overridden)
-        ), []
+        return validated(raw, source, saved, overrides, own=bool(path)), []
     problems: list[str] = []
     return saved_config(raw, source, "", problems), problems
 
