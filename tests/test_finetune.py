@@ -107,6 +107,25 @@ def test_init_from_starts_from_the_trained_weights(trained_run, chat_data, tmp_p
     ) > (expected + 0.5)
 
 
+def test_a_fine_tune_reads_its_init_from_checkpoint_once(trained_run, chat_data, tmp_path, monkeypatch):
+    """A fresh fine-tune reads the init_from checkpoint's config.yaml and tokenizer.json once each
+    (by the checkpoint's readers), and records the checkpoint it read them in. The tokenizer was
+    read three times (twice to compare it with the data's, once more to load the weights) and the
+    config twice: init_from names a run folder, resolved to its `best` anew each time, which the
+    base run's own training may have replaced in between."""
+    cfg = finetune_config(trained_run, chat_data[0], tmp_path / "ft", max_steps=2, eval_every=2, save_every=2)
+    reads = []
+    for name in ("read_config", "read_tokenizer"):
+        real = getattr(ckpt, name)
+        monkeypatch.setattr(
+            ckpt, name, lambda path, real=real, name=name: reads.append((name, path)) or real(path)
+        )
+    result = train(cfg, **QUIET)
+    best = trained_run / "checkpoints" / "best"
+    assert sorted(name for name, path in reads if path == best) == ["read_config", "read_tokenizer"], reads
+    assert events(result, "start")[0]["init_from"]["checkpoint"] == str(best.resolve())
+
+
 def test_a_fine_tune_records_the_checkpoint_it_started_from(trained_run, chat_data, tmp_path, capsys):
     """init_from names a run folder; the run records what it resolved to (that run's `best`, which
     later training may replace): its absolute path, step and save time, read here from its info.json."""

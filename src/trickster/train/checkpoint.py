@@ -319,11 +319,33 @@ class LoadedCheckpoint:
     dtype: str = "float32"  # compute dtype for generate/eval/compare on this device (inference_dtype)
 
 
+@dataclass
+class CheckpointFiles:
+    """What a checkpoint's weights are loaded by, read once: its folder (resolved), config.yaml,
+    tokenizer.json and info.json."""
+
+    path: Path
+    cfg: Config
+    tokenizer: Tokenizer
+    info: dict
+
+
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> LoadedCheckpoint:
     """generate, serve, export, info and init_from load a checkpoint here: its config.yaml is
     checked against the shapes its weight files hold before anything is allocated."""
+    return with_weights(read_files(path), device)
+
+
+def read_files(path: str | Path) -> CheckpointFiles:
+    """The checkpoint `path` names (resolve), its config.yaml, tokenizer.json and info.json read."""
     path = resolve(path)
-    cfg, tokenizer, info = read_config(path), read_tokenizer(path), read_info(path)
+    return CheckpointFiles(path, read_config(path), read_tokenizer(path), read_info(path))
+
+
+def with_weights(files: CheckpointFiles, device: torch.device | str = "cpu") -> LoadedCheckpoint:
+    """The checkpoint whose `files` were read, its weights loaded (a LoRA checkpoint's adapters
+    merged): a fine-tune reads its init_from's files when it starts, and loads them later."""
+    path, cfg, tokenizer, info = files.path, files.cfg, files.tokenizer, files.info
     adapted = cfg.training.lora is not None
     if adapted and not (path / lora.ADAPTERS).is_file():
         raise UserError(

@@ -30,10 +30,16 @@ from trickster.train.weights import SAME_FIELDS
 
 
 def setup_finetuning(
-    model: Transformer, cfg: Config, tokenizer: Tokenizer, echo: Callable = print, resuming: bool = False
+    model: Transformer,
+    cfg: Config,
+    tokenizer: Tokenizer,
+    base: ckpt.CheckpointFiles | None = None,
+    echo: Callable = print,
+    resuming: bool = False,
 ) -> dict | None:
     """Copy the init_from weights into `model`, then add LoRA adapters if configured; when
-    `resuming`, only add the adapters (the checkpoint's weights are loaded next). Returns the
+    `resuming`, only add the adapters (the checkpoint's weights are loaded next). `base`: the
+    init_from checkpoint's files as model_vocab read them (None: read here, once). Returns the
     checkpoint the weights came from (`origin`), None when not fine-tuning or when resuming."""
     t = cfg.training
     if t.init_from is None:
@@ -42,25 +48,23 @@ def setup_finetuning(
         if t.lora is not None:
             lora.apply_lora(model, t.lora)
         return None
-    source = refuse_other_tokenizer(cfg, tokenizer)
-    with _named_init_from():
-        saved = ckpt.read_config(source)
+    base = base or read_base(cfg, tokenizer)
     different = [
-        f"{key} {_field(saved, key)} there, {_field(cfg, key)} here"
+        f"{key} {_field(base.cfg, key)} there, {_field(cfg, key)} here"
         for key in SAME_FIELDS
-        if _field(saved, key) != _field(cfg, key)
+        if _field(base.cfg, key) != _field(cfg, key)
     ]
     if different:
         raise UserError(
-            f"training_config.init_from {source} has another model_config ({'; '.join(different)}); "
-            f"start from its config: --config {source / 'config.yaml'}"
+            f"training_config.init_from {base.path} has another model_config ({'; '.join(different)}); "
+            f"start from its config: --config {base.path / 'config.yaml'}"
         )
     with _named_init_from():
-        loaded = ckpt.load_checkpoint(source)  # a LoRA checkpoint arrives merged
+        loaded = ckpt.with_weights(base)  # a LoRA checkpoint arrives merged
     with torch.no_grad():
         for name, tensor in ckpt.weights_to_save(loaded.model).items():
             model.get_parameter(name).copy_(tensor)
-    message = f"fine-tuning from {source} (step {loaded.info.get('step')})"
+    message = f"fine-tuning from {base.path} (step {base.info.get('step')})"
     if t.lora is not None:
         trainable = lora.apply_lora(model, t.lora)
         total = sum(p.numel() for p in model.parameters())
@@ -69,7 +73,7 @@ def setup_finetuning(
             f"{trainable:,} trainable parameters of {total:,}"
         )
     echo(message)
-    return origin(source, loaded.info)
+    return origin(base.path, base.info)
 
 
 def origin(source: Path, info: dict) -> dict:
@@ -79,29 +83,31 @@ def origin(source: Path, info: dict) -> dict:
     return {"checkpoint": str(source.resolve()), "step": info["step"], "saved": info.get("saved")}
 
 
-def model_vocab(cfg: Config, tokenizer: Tokenizer, resume: bool | str) -> Config:
-    """`cfg` with vocab_size set from the data's tokenizer; a fresh fine-tune first refuses data
-    prepared with another tokenizer than its model's (a resume's init_from may have moved)."""
-    if cfg.training.init_from is not None and resume is False:
-        refuse_other_tokenizer(cfg, tokenizer)
-    return resolve_vocab(cfg, tokenizer)
+def model_vocab(
+    cfg: Config, tokenizer: Tokenizer, resume: bool | str
+) -> tuple[Config, ckpt.CheckpointFiles | None]:
+    """`cfg` with vocab_size set from the data's tokenizer, and a fresh fine-tune's init_from
+    checkpoint read (read_base: data prepared with another tokenizer than its model's refused
+    first); None for it otherwise (a resume's init_from may have moved: setup_finetuning reads it
+    if `resume: auto` finds nothing to resume)."""
+    base = read_base(cfg, tokenizer) if cfg.training.init_from is not None and resume is False else None
+    return resolve_vocab(cfg, tokenizer), base
 
 
-def refuse_other_tokenizer(cfg: Config, tokenizer: Tokenizer) -> Path:
-    """The init_from checkpoint, once its tokenizer is the data's. Checked before the model's shape
-    (and before vocab_size meets the data's tokenizer), since data prepared with another tokenizer
-    shows first as another vocabulary size, and a message about the size would send the user to
-    change a config that is right."""
+def read_base(cfg: Config, tokenizer: Tokenizer) -> ckpt.CheckpointFiles:
+    """The init_from checkpoint's files, once its tokenizer is the data's. Checked before the
+    model's shape (and before vocab_size meets the data's tokenizer), since data prepared with
+    another tokenizer shows first as another vocabulary size, and a message about the size would
+    send the user to change a config that is right."""
     init_from = cfg.training.init_from
     with _named_init_from():
-        source = ckpt.resolve(init_from)
-        theirs = ckpt.read_tokenizer(source)
-    if not same_ids(theirs, tokenizer):
+        base = ckpt.read_files(init_from)
+    if not same_ids(base.tokenizer, tokenizer):
         raise UserError(
-            f"the data in {cfg.data.path} was prepared with another tokenizer than {source}; prepare it "
-            f"with the model's tokenizer: trickster data prepare ... --tokenizer-from {init_from}"
+            f"the data in {cfg.data.path} was prepared with another tokenizer than {base.path}; prepare "
+            f"it with the model's tokenizer: trickster data prepare ... --tokenizer-from {init_from}"
         )
-    return source
+    return base
 
 
 @contextmanager

@@ -103,7 +103,7 @@ class Trainer:
                 "no data: set data_config.path or pass --data DIR (from `trickster data prepare`)"
             )
         self.data = load_data(cfg.data.path)
-        self.cfg = cfg = model_vocab(cfg, self.data.tokenizer, resume)
+        cfg, base = model_vocab(cfg, self.data.tokenizer, resume)  # base: init_from's files, read once
         check_windows(self.data, cfg.seq_len)
         check_fits(cfg, self.device, job)  # before the run folder is touched
         check_validation_set(cfg, job)
@@ -136,7 +136,7 @@ class Trainer:
         self.hellaswag_due = self.hellaswag.enabled  # at step 0; resumed: as eval_due, for HellaSwag
         self.val_draw_width = t.batch_size * job.world_size  # a resumed run keeps its own
         with setup.resume_verified(job, self.resumed_from, self.run_dir):
-            built = setup.build_model(cfg, self.data, job, self.device, self.resumed_from, self.out)
+            built = setup.build_model(cfg, self.data, job, self.device, self.resumed_from, self.out, base)
             self.model, self.step_model, self.origin = built  # origin: the checkpoint a fine-tune began from
             self.optimizer = build_optimizer(self.model, t, self.device)
             if job.rank > 0:  # other dropout masks on each process (rank 0 draws as a single process would)

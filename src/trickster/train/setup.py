@@ -131,14 +131,22 @@ def _params(cfg: Config) -> int:
 
 
 def build_model(
-    cfg: Config, data: PreparedData, job: dist.Dist, device: torch.device, resumed_from, out: Console
+    cfg: Config,
+    data: PreparedData,
+    job: dist.Dist,
+    device: torch.device,
+    resumed_from,
+    out: Console,
+    base: ckpt.CheckpointFiles | None = None,
 ) -> tuple[Transformer, torch.nn.Module, dict | None]:
     """The plain model (weights restored before it is wrapped), the module a step calls, and
-    the checkpoint a fine-tune started from (finetune.origin; None from scratch)."""
+    the checkpoint a fine-tune started from (finetune.origin; None from scratch). `base`: the
+    init_from checkpoint's files, if read already (finetune.model_vocab)."""
     with allocation_refused(cfg, device, job):
         model = Transformer(cfg.model).to(device)
         # init_from weights (not on resume: the checkpoint has them), LoRA adapters; else nothing
-        origin = setup_finetuning(model, cfg, data.tokenizer, out.line, resuming=resumed_from is not None)
+        resuming = resumed_from is not None
+        origin = setup_finetuning(model, cfg, data.tokenizer, base, out.line, resuming)
     if resumed_from is not None:
         ckpt.load_weights(model, resumed_from / ckpt.WEIGHTS)
         origin = ckpt.read_info(resumed_from).get("init_from")  # recorded when the run began
