@@ -61,14 +61,10 @@ def train_command(source: ConfigSource, resume: bool = False, progress: bool | N
         return 0
     best = _loss(result.state.best_loss_seen)
     print(f"done: {result.state.step} steps; best val loss {best}; run in {result.run_dir}")
-    print(f"next: {generate_hint(result.run_dir, _hint_prompt(result))}")
+    # the prompt the run's samples continued (on prompt/response records one of theirs unless the
+    # user gave one: train/fitted.py), as the llama.cpp line after an export does
+    print(f"next: {generate_hint(result.run_dir, result.cfg.training.sample_prompt)}")
     return 0
-
-
-def _hint_prompt(result) -> str:
-    """The prompt `next:` suggests: on prompt/response records, one of theirs (a fine-tune's config
-    is its base model's, whose sample prompt is not in the records' format), else the sample prompt."""
-    return result.cfg.training.sample_prompt if result.record_prompt is None else result.record_prompt
 
 
 def _loss(value: float | None) -> str:
@@ -319,13 +315,11 @@ def runs_command(folder: str) -> None:
             print(f"note: {run.name}: {run.problem}")
 
 
-def llama_cpp_hint(target: str, path: Path) -> str:
-    """The llama.cpp line that continues the model's own sample prompt (a fine-tune's is one of its
-    records, never the base's ROMEO:). llama-completion: a recent llama.cpp's llama-cli only chats,
-    and waits at its prompt instead of continuing the text."""
-    from trickster.train import checkpoint as ckpt
-
-    prompt = ckpt.read_config(ckpt.resolve(target)).training.sample_prompt
+def llama_cpp_hint(path: Path, prompt: str) -> str:
+    """The llama.cpp line that continues the model's own sample prompt (as `next:` after training:
+    a fine-tune's is one of its records unless the user gave one, never the base's ROMEO:).
+    llama-completion: a recent llama.cpp's llama-cli only chats, and waits at its prompt instead of
+    continuing the text."""
     line = f"llama-completion -m {shlex.quote(str(path))}"
     return f"{line} -p {shell_word(prompt)} -n 100" if prompt.strip() else f"{line} -n 100"
 
@@ -334,8 +328,9 @@ def export_command(target: str, fmt: str, out: str, dtype: str = "float32") -> P
     from trickster.export import gguf, hf
 
     if fmt == "gguf":
-        path = gguf.export_gguf(target, out, dtype)
-        print(f"wrote {path} ({dtype}); run it with llama.cpp: {llama_cpp_hint(target, path)}")
+        path, cfg = gguf.export_gguf(target, out, dtype)
+        hint = llama_cpp_hint(path, cfg.training.sample_prompt)
+        print(f"wrote {path} ({dtype}); run it with llama.cpp: {hint}")
         return path
     if fmt != "hf":
         raise UserError(f"unknown export format '{fmt}'; choose hf or gguf")

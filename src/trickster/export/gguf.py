@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from trickster.atomic import place_file, remove_leftovers
-from trickster.config import ModelConfig
+from trickster.config import Config, ModelConfig
 from trickster.data.tokenizers import EOT_TEXT, Tokenizer
 from trickster.errors import UserError, disk_errors, write_error, write_fix
 from trickster.export import byte_level
@@ -133,8 +133,9 @@ def gguf_vocabulary(tokenizer: Tokenizer, rows: int) -> Vocabulary:
     return Vocabulary(model, tokens, [int(t) for t in types], merges)
 
 
-def export_gguf(target: str | Path, out: str | Path, dtype: str = "float32") -> Path:
-    """Write one .gguf file: hyperparameters, vocabulary and (permuted, renamed) weights."""
+def export_gguf(target: str | Path, out: str | Path, dtype: str = "float32") -> tuple[Path, Config]:
+    """Write one .gguf file: hyperparameters, vocabulary and (permuted, renamed) weights. The file,
+    and the config of the checkpoint it holds (its sample prompt for the line printed after)."""
     try:
         import gguf
     except ImportError:
@@ -176,7 +177,7 @@ def export_gguf(target: str | Path, out: str | Path, dtype: str = "float32") -> 
             f"{out} was written by another process while this export ran; choose a new file with --out "
             "(that file was kept)"
         )
-    return out
+    return out, loaded.cfg
 
 
 def gguf_file(out: str | Path, target: str | Path) -> Path:

@@ -443,5 +443,4 @@ class Trainer:
         }
 
     def result(self, exit_signal: int | None = None) -> TrainResult:
-        record = self.data.record_prompt  # for `next:`; None unless the data is prompt/response records
-        return TrainResult(self.cfg, self.run_dir, self.state, exit_signal, self.params, record_prompt=record)
+        return TrainResult(self.cfg, self.run_dir, self.state, exit_signal, self.params)

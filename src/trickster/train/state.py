@@ -116,7 +116,6 @@ class TrainResult:
     exit_signal: int | None = None  # SIGINT / SIGTERM if the run was stopped early
     params: int = 0
     finished_before: bool = False  # resume: auto in a run that had done its steps: nothing ran
-    record_prompt: str | None = None  # a prompt of the validation records, on prompt/response data
 
     @functools.cached_property
     def history(self) -> list[dict]:
