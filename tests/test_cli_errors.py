@@ -2627,7 +2627,12 @@ CASES = [
         "could not open dataset 'roneneldan/TinyStories'",
         "pass its folder with --dataset FOLDER",
     ),
-    case("prepare-hf-no-text-field", _hf_saved, "has no field 'text'", "(it has: content)", "--text-field"),
+    case(  # the hub's rows in JSON Lines' words: it said "has no field 'text'"
+        "prepare-hf-no-text-field",
+        _hf_saved,
+        'saved\' has no "text" field (it has: content); pass --text-field FIELD (a nested one as ',
+        "OUTER.INNER)",
+    ),
     case(
         "prepare-hf-no-such-split",
         lambda env: _hf_saved(env, "--split", "test"),
@@ -2652,7 +2657,7 @@ CASES = [
     case(
         "prepare-tinystories-without-text-field",
         lambda env: ["data", "prepare", "tinystories", "--dataset", _stories_without_text(env), "--out", "o"],
-        "has no field 'text' (it has: story)",
+        "stories' has no \"text\" field (it has: story); tinystories reads the 'text' field",
         "trickster data prepare hf DATASET",
     ),
     case(
@@ -2671,20 +2676,20 @@ CASES = [
     case(
         "prepare-hf-field-not-text",  # a nested record: it said what, not what to do
         lambda env: _hf_saved(env, "--text-field", "story", columns={"story": [{"a": "b"}, {"a": "c"}]}),
-        "field 'story' is an object (it has: a)",
-        "as --text-field story.FIELD",
+        'saved\': "story" is an object (it has: a); name the field inside it that holds the text, as '
+        "--text-field story.FIELD",
     ),
     case(
         "prepare-hf-field-not-text-at-all",
         lambda env: _hf_saved(env, "--text-field", "story", columns={"story": [1, 2]}),
-        "field 'story' holds int, not text",
-        "pass --text-field FIELD naming a field of strings",
+        'saved\': "story" must be a string (got a number); pass --text-field FIELD naming a field of ',
+        "strings",
     ),
     case(
         "prepare-hf-nested-field-missing",
         lambda env: _hf_saved(env, "--text-field", "story.text", columns={"story": [{"a": "b"}, {"a": "c"}]}),
-        "has no field 'story.text' ('story' has: a)",
-        "pass --text-field FIELD (a nested one as OUTER.INNER)",
+        'saved\' has no "story.text" field ("story" has: a); pass --text-field FIELD (a nested one as '
+        "OUTER.INNER)",
     ),
     case(
         "prepare-parquet-not-parquet",

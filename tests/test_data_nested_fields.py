@@ -95,3 +95,25 @@ def test_a_hub_path_through_a_value_that_is_no_object_is_one_line(tmp_path, caps
     assert code == 2
     assert '"created" is a value of type datetime, not an object holding "year"' in err, err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("field", ["txt", "content.text", "content", "id", "id.year"])
+def test_a_wrong_text_field_is_told_alike_of_json_lines_and_of_a_hub_dataset(tmp_path, capsys, field):
+    """The same records as a JSON Lines file and as a Hub dataset, the same wrong --text-field: the
+    same line but for where it was read (the Hub's said "has no field 'txt'" where JSON Lines said
+    'has no "txt" field', "holds int, not text" where it said "must be a string (got a number)").
+    A Hub dataset's column has one type for every row, so its line does not ask to fix one record."""
+    datasets = pytest.importorskip("datasets")
+    records = [{"id": i, "content": {"title": "t", "body": text}} for i, text in enumerate(bodies(12))]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    columns = {"id": [r["id"] for r in records], "content": [r["content"] for r in records]}
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(columns)}).save_to_disk(str(tmp_path / "set"))
+    capsys.readouterr()  # the save's progress bar
+    told = {}
+    for kind, source in (("jsonl", tmp_path / "a.jsonl"), ("hf", tmp_path / "set")):
+        code, _, err = prepare(capsys, kind, str(source), "--text-field", field, "--out", str(tmp_path / "o"))
+        assert code == 2 and err.count("\n") == 1, err
+        told[kind] = err
+    jsonl_line = told["jsonl"].replace(f"{tmp_path / 'a.jsonl'} line 1", f"dataset '{tmp_path / 'set'}'")
+    assert told["hf"] == jsonl_line.replace(", or fix or remove that record", ""), told
+    assert "--text-field" in told["hf"], told

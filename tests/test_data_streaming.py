@@ -198,7 +198,7 @@ def test_hf_reads_a_dataset_saved_to_disk_with_another_text_field(tmp_path):
     data = load_data(out)
     assert sorted(split_documents(data, data.train) + split_documents(data, data.val)) == sorted(docs)
     assert split_documents(data, data.val) == [d for d in docs if in_validation(d, 0.1)]
-    with pytest.raises(UserError, match="no field 'text'.*--text-field"):
+    with pytest.raises(UserError, match='no "text" field.*--text-field'):
         prepare(hub.hf_dataset(str(tmp_path / "saved")), "byte", tmp_path / "other")
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from trickster.data.json_records import walk
+from trickster.data.json_records import TextField
 from trickster.data.no_text import NoText
 from trickster.data.sources import DownloadFailed, Source, file_identity, one_line, require_package
 from trickster.errors import UserError
@@ -79,16 +79,19 @@ def hf_dataset(
 
     fix = _fix(name, "pass --text-field FIELD naming the one that holds the text")
     no_text = NoText("record", text_field, fix)
+    # a row's text as a JSON record's, in the same words; tinystories takes no --text-field
+    field = TextField(text_field, one_schema=True, fix=TINYSTORIES_LAYOUT if name == "tinystories" else None)
 
     def read() -> Iterator[str]:
         no_text.restart()  # a pass: its training split, then its validation split
-        return _hf_texts(dataset, config, split, text_field, name, at(), no_text)
+        field.restart()
+        return _hf_texts(dataset, config, split, name, at(), field, no_text)
 
     read_val = None
     if val_split:
 
         def read_val() -> Iterator[str]:
-            return _hf_texts(dataset, config, val_split, text_field, name, at(), no_text)
+            return _hf_texts(dataset, config, val_split, name, at(), field, no_text)
 
     return Source(
         name, identity, read, read_val=read_val, files=[dataset], revision=revision, no_text=no_text
@@ -150,7 +153,7 @@ def _open_hf(dataset: str, config: str | None, split: str, name: str, revision: 
 
 
 def _hf_texts(
-    dataset: str, config: str | None, split: str, text_field: str, name: str, revision: str | None,
+    dataset: str, config: str | None, split: str, name: str, revision: str | None, field: TextField,
     no_text: NoText,
 ) -> Iterator[str]:  # fmt: skip
     rows = iter(_open_hf(dataset, config, split, name, revision))
@@ -164,33 +167,8 @@ def _hf_texts(
                 f"reading dataset '{dataset}' failed ({one_line(err)}); check your connection and run the "
                 "same command again to continue"
             ) from None
-        text = _row_text(row, dataset, text_field, name)
+        text = field.text(row, f"dataset '{dataset}'")
         if text:
             yield text
         else:
             no_text.skipped(f"dataset '{dataset}' split '{split}'", row)
-
-
-def _row_text(row: dict, dataset: str, text_field: str, name: str) -> str | None:
-    """The text of a row in `text_field`, a field or a dotted path into nested ones (content.body);
-    refused in one line where there is none, naming the fields where the path stopped."""
-    text, walked, stopped = walk(row, text_field, f"dataset '{dataset}'")
-    if stopped is not None:
-        there = "it has" if not walked else f"'{'.'.join(walked)}' has"
-        keys = ", ".join(list(stopped)[:10])
-        raise UserError(
-            f"dataset '{dataset}' has no field '{text_field}' ({there}: {keys}); "
-            + _fix(name, "pass --text-field FIELD (a nested one as OUTER.INNER)")
-        )
-    if isinstance(text, dict):  # a nested record: the text is a field inside it
-        fix = f"name the field inside it that holds the text, as --text-field {text_field}.FIELD"
-        raise UserError(
-            f"dataset '{dataset}': field '{text_field}' is an object (it has: {', '.join(list(text)[:10])}); "
-            + _fix(name, fix)
-        )
-    if not isinstance(text, str) and text is not None:
-        raise UserError(
-            f"dataset '{dataset}': field '{text_field}' holds {type(text).__name__}, not text; "
-            + _fix(name, "pass --text-field FIELD naming a field of strings")
-        )
-    return text

@@ -65,10 +65,15 @@ class TextField:
     col() reaches one; a key holding the dots itself is taken first. A record without the field,
     once an earlier one had it, is a missing value, as Hugging Face's json loader reads it (null);
     before any had it, the field is likely misspelt, and refused, naming the keys where the path
-    stopped. A null object on the way is a missing value too, as flatten() reads it."""
+    stopped. A null object on the way is a missing value too, as flatten() reads it.
 
-    def __init__(self, name: str):
+    JSON Lines records and a Hugging Face dataset's rows are read alike. A dataset's rows share one
+    schema (`one_schema`), so a value that is no string is the field's, not one record's to fix;
+    `fix` replaces every line's advice where the source takes no --text-field (tinystories)."""
+
+    def __init__(self, name: str, one_schema: bool = False, fix: str | None = None):
         self.name, self.seen = name, False
+        self.one_schema, self.fix = one_schema, fix
 
     def restart(self) -> None:
         """A new pass: no record has had the field yet."""
@@ -81,7 +86,7 @@ class TextField:
             if not self.seen:
                 there = "it has" if not walked else f'"{".".join(walked)}" has'
                 keys = ", ".join(list(stopped)[:10])
-                raise UserError(f'{where} has no "{self.name}" field ({there}: {keys}); {FIX}')
+                raise UserError(f'{where} has no "{self.name}" field ({there}: {keys}); {self.fix or FIX}')
             value = None
         self.seen = True
         # a missing value, as Parquet and datasets rows hold it: no document; so is NaN, pandas'
@@ -90,14 +95,13 @@ class TextField:
             return ""
         if isinstance(value, dict):  # a nested object: the text is a field inside it
             keys = ", ".join(list(value)[:10])
-            raise UserError(
-                f'{where}: "{self.name}" is an object (it has: {keys}); name the field inside it that '
-                f"holds the text, as --text-field {self.name}.FIELD"
-            )
+            inside = f"name the field inside it that holds the text, as --text-field {self.name}.FIELD"
+            raise UserError(f'{where}: "{self.name}" is an object (it has: {keys}); {self.fix or inside}')
         if not isinstance(value, str):
+            strings = "pass --text-field FIELD naming a field of strings"
+            strings += "" if self.one_schema else ", or fix or remove that record"
             raise UserError(
-                f'{where}: "{self.name}" must be a string (got {json_type(value)}); pass '
-                "--text-field FIELD naming a field of strings, or fix or remove that record"
+                f'{where}: "{self.name}" must be a string (got {json_type(value)}); {self.fix or strings}'
             )
         return checked_text(value, f'{where}: "{self.name}"')
 
