@@ -13,7 +13,7 @@ from trickster.cli import main
 from trickster.train import checkpoint as ckpt
 from trickster.train.resume import fresh_run_dir
 
-from .conftest import EXCERPT
+from .conftest import EXCERPT, events
 
 
 def test_quickstart_prepares_trains_and_compares(tmp_path, monkeypatch, capsys):
@@ -49,6 +49,23 @@ def test_quickstart_prepares_trains_and_compares(tmp_path, monkeypatch, capsys):
     assert [p.name for p in (tmp_path / "runs/qs").iterdir()] == ["notes.txt"]
     saved = (tmp_path / "runs/qs-2/config.yaml").read_text()
     assert "batch_size: 8" in saved and "max_steps: 30" in saved  # the overrides reached the preset
+
+
+def test_quickstart_takes_its_length_from_a_max_steps_setting(tmp_path, monkeypatch, capsys):
+    """`training_config.max_steps=6` given as a KEY=VALUE setting instead of --steps: the run is 6
+    steps long with a schedule fitted to them, not refused for a warmup of 100 that the quick start
+    had set itself for its 1,500 steps."""
+    monkeypatch.chdir(tmp_path)
+    fast = ["training_config.batch_size=4", "training_config.seq_len=32", "training_config.eval_batches=1"]
+    fast += ["training_config.sample_every=0", "logging_config.loss_plot=false"]
+    argv = ["quickstart", "--path", str(EXCERPT), "--max-new-tokens", "5", "training_config.max_steps=6"]
+    assert main([*argv, *fast]) == 0
+    out = capsys.readouterr().out
+    assert "2/3 training the tiny preset for 6 steps" in out
+    evaluated = [r["step"] for r in events(tmp_path / "runs/quickstart", "eval")]
+    assert evaluated == [0, 1, 2, 3, 4, 5, 6]  # every step of 6, as --steps 6 evaluates
+    saved = (tmp_path / "runs/quickstart/config.yaml").read_text()
+    assert "max_steps: 6\n" in saved and "warmup_steps: 0\n" in saved
 
 
 def _stopped_at(step: int, monkeypatch) -> None:
