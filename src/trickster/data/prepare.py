@@ -36,7 +36,6 @@ Validation split:
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 from collections.abc import Callable
@@ -48,6 +47,7 @@ from trickster.atomic import held, replace_dir, replace_file
 from trickster.data import dedup
 from trickster.data.documents import all_texts, bounded, cuts_safely, documents, unread
 from trickster.data.encode import Chunk, chunks, encoded_in_order, in_validation
+from trickster.data.json_text import json_text
 from trickster.data.meta import (
     already_prepared,
     moved,
@@ -412,8 +412,8 @@ class _Job:
         self.record.save(self.partial)
         index = {s: self.record.splits[s].shards for s in SPLITS}
         meta = prepared_meta(self.source, self.tokenizer, self.record, index, self.val_fraction, self.dtype)
-        (self.partial / "index.json").write_text(json.dumps(index, indent=1), encoding="utf-8")
-        (self.partial / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        (self.partial / "index.json").write_text(json_text(index), encoding="utf-8")
+        (self.partial / "meta.json").write_text(json_text(meta), encoding="utf-8")
         (self.partial / "progress.json").unlink()
         for name in SCRATCH:
             (self.partial / name).unlink(missing_ok=True)

@@ -20,6 +20,7 @@ from typing import BinaryIO
 import numpy as np
 
 from trickster.atomic import replace_file
+from trickster.data.json_text import json_text
 from trickster.errors import UserError
 
 SPLITS = ("train", "val")
@@ -117,7 +118,7 @@ class Progress:
         return sum(len(self.splits[s].shards) for s in SPLITS)
 
     def save(self, folder: Path) -> None:
-        replace_file(folder / "progress.json", json.dumps(self.state_dict(), indent=1))
+        replace_file(folder / "progress.json", json_text(self.state_dict()))
 
     @classmethod
     def load(cls, folder: Path) -> Progress:
