@@ -2754,7 +2754,15 @@ CASES = [
     case(
         "prepare-jsonl-template-names-missing-field",
         _jsonl([RECORD, RECORD], "--template", "{question} {response}"),
-        "has no 'question' field, which --template names",
+        # it named no field the record has, nor what to do
+        'chat.jsonl line 1 has no "question" field, which --template names (it has: prompt, response); '
+        "name the records' fields in --template",
+    ),
+    case(  # said it "must name record fields in braces", which it did
+        "prepare-jsonl-template-names-a-nested-field",
+        _jsonl([NESTED, NESTED], "--template", "{content.title}: {content.body}"),
+        "--template names {content.title}, a field inside another, which a template cannot reach; read "
+        "that field alone with --text-field content.title, or name fields at the top of each record",
     ),
     case(
         "prepare-jsonl-nested-too-deep",  # json.loads raised RecursionError: a traceback

@@ -274,7 +274,11 @@ def jsonl_documents(
         try:
             return checked_text(template.format_map(record), f"{where}: the text --template makes")
         except KeyError as err:
-            raise UserError(f"{where} has no {err.args[0]!r} field, which --template names") from None
+            fields = f"it has: {', '.join(list(record)[:10])}" if record else "it has no fields"
+            raise UserError(
+                f'{where} has no "{err.args[0]}" field, which --template names ({fields}); name '
+                "the records' fields in --template"
+            ) from None
         except (ValueError, IndexError, AttributeError) as err:
             raise UserError(f"{where} does not fit --template ({err})") from None
 
@@ -313,6 +317,12 @@ def _template_fields(template: str) -> list[str]:
             f"--template {template!r} is not a valid template ({err}); "
             "write it like '{prompt}\\n{response}'"
         ) from None
+    nested = next((n for n in names if "." in n and all(k.isidentifier() for k in n.split("."))), None)
+    if nested:  # format_map would look for an attribute of the outer object
+        raise UserError(
+            f"--template names {{{nested}}}, a field inside another, which a template cannot reach; "
+            f"read that field alone with --text-field {nested}, or name fields at the top of each record"
+        )
     if not names or any(not n.isidentifier() for n in names):
         raise UserError(
             f"--template {template!r} must name record fields in braces, like '{{prompt}}\\n{{response}}'"
