@@ -9,7 +9,7 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
-from trickster.data import dedup, near_index
+from trickster.data import dedup, near_index, near_sketch
 from trickster.data.dedup import DedupSettings
 
 SPLITS = ("train", "val")
@@ -180,13 +180,13 @@ def test_a_large_cluster_of_near_copies_costs_each_document_a_few_rows(tmp_path,
     assert sum(read) < 20 * len(fps)
 
 
-def test_candidates_that_are_not_near_copies_are_ruled_out_in_a_few_reads(tmp_path, monkeypatch):
+def test_candidates_that_are_not_near_copies_are_ruled_out_without_reading_them_back(tmp_path, monkeypatch):
     """With 4 distinct hashes per band, every kept document is a candidate of every new one, and
     nearly none is its near-copy: each must be ruled out on its signature, as MinHashLSH's query
     and the comparison did (band hashes met by chance find no extra near-copies: the signatures
-    decide, as datasketch's exact band keys do). They were read 16 at a time (600 documents: 8,689
-    reads of dedup.bin for 128,493 rows); now in blocks that double (4,158 reads, the same
-    decisions)."""
+    decide, as datasketch's exact band keys do). Every one was read back from dedup.bin (600
+    documents: 128,954 rows, in 4,158 reads); now the low bits of each value, held in memory, rule
+    out nearly all of them, and 1,429 rows are read (the same decisions)."""
     rng = np.random.default_rng(8)
     fps, sigs, splits = corpus(rng, 600)
     settings = DedupSettings()
@@ -199,10 +199,82 @@ def test_candidates_that_are_not_near_copies_are_ruled_out_in_a_few_reads(tmp_pa
     monkeypatch.setattr(
         dedup.KeptRows, "read", lambda self, rows: reads.append(len(rows)) or real_read(self, rows)
     )
+    compared, real_agreeing = [], near_sketch.Sketches.agreeing
+    monkeypatch.setattr(
+        near_sketch.Sketches,
+        "agreeing",
+        lambda self, words, rows: compared.append(len(rows)) or real_agreeing(self, words, rows),
+    )
     fates, counts = decided_in_chunks(settings, tmp_path, rng, fps, sigs, splits)
     assert fates == expected and asdict(counts) == asdict(reference.counts)
-    assert sum(reads) > 100 * len(fps)  # the candidates: most of the documents kept before
-    assert len(reads) < 8 * len(fps), (len(reads), sum(reads))
+    assert sum(compared) > 100 * len(fps)  # the candidates: most of the documents kept before
+    assert sum(reads) < 5 * len(fps), (len(reads), sum(reads))
+
+
+def test_a_chain_of_near_copies_among_alike_documents(tmp_path):
+    """A chain: each link is the one before with 20 of its 128 values changed (one in each band but
+    the first, and 5 more; none the one before changed), so it agrees with the link before on 108
+    values (0.84: a near-copy) and with the one before that on 88 (0.69: not one). Before each
+    link, 60 alike documents: the first link with 40 values changed outside the first band, so that
+    all of them and every link share that band and none is a near-copy of another; half of them
+    keep the low 4 bits of the values they change, so that only the whole values rule them out. A
+    link shares no other band with the link before: the band it shares holds hundreds of rows,
+    and the link before lies past the first ones.
+
+    Counted from that alone: with group, every link after the first is found and follows the first
+    link's side of the split; with near, link 1 is dropped, so link 2 copies no kept document and
+    is kept, link 3 is dropped, and so on. (Union-find over shared bands, as datatrove and
+    text-dedup join documents, would make the whole bucket one cluster; a search that stopped at a
+    bucket's first rows would miss every link after the second.)"""
+    rng = np.random.default_rng(14)
+    links, alike_per_link = 10, 60
+    bands = near_index.NearIndex(0.8, dedup.NUM_PERM).bands
+    chain, changed_before = [rng.integers(0, 2**32, size=dedup.NUM_PERM, dtype=np.uint32)], set()
+    for _ in range(links - 1):
+        changed = [int(rng.choice(sorted(set(range(b.start, b.stop)) - changed_before))) for b in bands[1:]]
+        free = sorted(set(range(bands[1].start, dedup.NUM_PERM)) - changed_before - set(changed))
+        changed += rng.choice(free, size=20 - len(changed), replace=False).tolist()
+        link = chain[-1].copy()
+        link[changed] += rng.integers(1, 2**31, size=len(changed), dtype=np.uint32)
+        chain.append(link)
+        changed_before = set(changed)
+    sigs, is_link = [], []
+    for link in chain:
+        for k in range(alike_per_link):
+            alike = chain[0].copy()
+            at = rng.choice(np.arange(bands[1].start, dedup.NUM_PERM), size=40, replace=False)
+            step = 16 if k % 2 else 1  # a multiple of 16 keeps the low 4 bits
+            alike[at] += step * rng.integers(1, 2**27, size=40, dtype=np.uint32)
+            sigs.append(alike)
+            is_link.append(False)
+        sigs.append(link)
+        is_link.append(True)
+    sigs = np.stack(sigs)
+    for a, b in itertools.pairwise(chain):
+        assert np.sum(a == b) == 108 and np.sum(a[: bands[0].stop] == b[: bands[0].stop]) == 8
+        assert not any(np.array_equal(a[band], b[band]) for band in bands[1:])
+    for a, b in zip(chain, chain[2:], strict=False):
+        assert np.sum(a == b) == 88
+    others = sigs[~np.asarray(is_link)]
+    assert (np.mean(others[:, None] == sigs[None], axis=2) >= 0.8).sum() == len(others)  # only itself
+    fps = rng.integers(0, 2**63, size=len(sigs)).tolist()
+    splits = [SPLITS[int(s)] for s in rng.random(len(sigs)) < 0.3]
+    link_splits = [split for split, link in zip(splits, is_link, strict=True) if link]
+
+    (tmp_path / "group").mkdir()
+    fates, counts = decided_in_chunks(DedupSettings(), tmp_path / "group", rng, fps, sigs, splits)
+    assert [f for f, link in zip(fates, is_link, strict=True) if link] == [link_splits[0]] * links
+    assert [f for f, link in zip(fates, is_link, strict=True) if not link] == [
+        s for s, link in zip(splits, is_link, strict=True) if not link
+    ]
+    moved = sum(split != link_splits[0] for split in link_splits[1:])
+    assert (counts.near_found, counts.near_dropped, counts.near_moved) == (links - 1, 0, moved) and moved
+
+    (tmp_path / "near").mkdir()
+    fates, counts = decided_in_chunks(DedupSettings(mode="near"), tmp_path / "near", rng, fps, sigs, splits)
+    kept_links = [f for f, link in zip(fates, is_link, strict=True) if link]
+    assert kept_links == [None if i % 2 else split for i, split in enumerate(link_splits)]
+    assert counts.near_found == counts.near_dropped == links // 2 and counts.kept == len(sigs) - links // 2
 
 
 def test_the_index_holds_well_under_a_kilobyte_per_kept_document(tmp_path):

@@ -37,6 +37,7 @@ import numpy as np
 from trickster.data.dedup_rows import KeptRows
 from trickster.data.near_index import NearIndex, RowIndex
 from trickster.data.near_search import ChunkSearch
+from trickster.data.near_sketch import Sketches, low_bits
 from trickster.errors import UserError
 
 MODES = ("group", "near", "exact")
@@ -45,6 +46,7 @@ SHINGLE_WORDS = 5
 BLOCK = 16_384  # shingles per MinHash update: bounds the (shingles x NUM_PERM) temporary to 8 MB
 _P = np.uint64(0x100000001B3)  # FNV prime: odd, so invertible modulo 2**64
 _P_INV = np.uint64(pow(0x100000001B3, -1, 2**64))
+FIRST_READ = 16  # rows read back at once, at first, to find a near-copy among the likely (_any_near)
 PIECE_CHARS = 4_000_000  # text hashed at once: bounds the temporaries (about 50 bytes per character)
 
 
@@ -228,6 +230,7 @@ class Deduper:
         # bands tuned to miss few near-copies (at 0.8: 95% of pairs at 0.8 found, 99.4% at 0.85,
         # against 40% and 69% with equal weights); the candidates are checked on their signatures
         self.index = NearIndex(min(settings.threshold, 0.99), NUM_PERM) if settings.near else None
+        self.sketches = Sketches(NUM_PERM) if settings.near else None  # rules most candidates out
         self.rows = KeptRows(folder / "dedup.bin", row_dtype(settings.near), self.counts.kept)
         start = 0
         for block in self.rows.blocks():  # a continued preparation: what it kept before
@@ -237,7 +240,8 @@ class Deduper:
     @property
     def nbytes(self) -> int:
         """Memory held for the documents kept (their rows wait on disk)."""
-        return self.copies.nbytes + (self.index.nbytes if self.index is not None else 0)
+        near = self.index.nbytes + self.sketches.nbytes if self.index is not None else 0
+        return self.copies.nbytes + near
 
     def decide(self, number: int, fp: int, sig: np.ndarray | None, split: str) -> str | None:
         """The split document `number` goes to (its own `split`, or its first copy's), or None: dropped."""
@@ -252,6 +256,7 @@ class Deduper:
         chunk = _Chunk(len(self.rows), dict(zip(which.tolist(), rows.tolist(), strict=True)))
         if self.index is not None:
             chunk.near = ChunkSearch(self.index, sigs)
+            chunk.low_bits = low_bits(sigs)
         fates = []
         for i, (fp, split) in enumerate(zip(fps, splits, strict=True)):
             fates.append(self._decide(numbers[i], i, fp, None if sigs is None else sigs[i], split, chunk))
@@ -277,11 +282,12 @@ class Deduper:
             return SPLIT_NAMES[int(self.rows.read([row])["split"][0])]
         code = SPLIT_CODES[split]
         if self.index is not None:
-            sides = chunk.near.sides(i, lambda rows: self._near(sig, rows), self.settings.mode == "near")
+            low, either = chunk.low_bits[i], self.settings.mode == "near"
+            sides = chunk.near.sides(i, lambda rows: self._any_near(sig, low, rows), either)
             if sides:
                 c.near_found += 1
                 if len(c.examples) < EXAMPLES:  # the earliest near-copy: all candidates read, a few times
-                    earliest = self._near(sig, chunk.near.every_candidate(i))["document"][0]
+                    earliest = self._near(sig, low, chunk.near.every_candidate(i))["document"][0]
                     c.examples.append([number, int(earliest)])
                 if self.settings.mode == "near" or len(sides) > 1:
                     c.near_dropped += 1
@@ -291,23 +297,49 @@ class Deduper:
                 code = sides.pop()
         chunk.keep(i, fp, len(self.rows), code)
         self.rows.append((number, fp, code) + (() if sig is None else (sig,)))
+        if self.sketches is not None:
+            self.sketches.add(chunk.low_bits[i : i + 1])
         c.kept += 1
         return SPLIT_NAMES[code]
 
-    def _near(self, sig: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    def _near(self, sig: np.ndarray, low: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """The rows of the candidates that share a whole band with `sig` (the index's hashes may
-        meet by chance) and agree with it on at least `threshold` of their values, in their order."""
+        meet by chance) and agree with it on at least `threshold` of their values, in their order
+        (`low`: low_bits of sig)."""
+        return self._read_near(sig, self._likely(low, candidates))
+
+    def _any_near(self, sig: np.ndarray, low: np.ndarray, candidates: np.ndarray) -> bool:
+        """Whether one of the candidates is a near-copy (_near's test). Those that can be are read
+        in blocks that double: in a cluster of near-copies the first block holds one."""
+        likely = self._likely(low, candidates)
+        start, size = 0, FIRST_READ
+        while start < len(likely):
+            if len(self._read_near(sig, likely[start : start + size])):
+                return True
+            start, size = start + size, 2 * size
+        return False
+
+    def _likely(self, low: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """The candidates whose low bits agree with `low` on at least `threshold` of their values:
+        only they can agree that often whole (near_sketch), and only they are read back."""
+        if not len(candidates):
+            return candidates
+        agreeing = self.sketches.agreeing(low, candidates)
+        return candidates[agreeing / NUM_PERM >= self.settings.threshold]
+
+    def _read_near(self, sig: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         if not len(candidates):
             return np.zeros(0, self.rows.dtype)
         found = self.rows.read(candidates)
         agree = np.mean(found["signature"] == sig, axis=1) >= self.settings.threshold
-        found = found[agree]  # most candidates are not near-copies: the bands of the few checked
+        found = found[agree]  # the low bits rule out most of the others: the bands of the few left
         return found[self.index.shares_a_band(sig, found["signature"])]
 
     def _add(self, rows: np.ndarray, numbers: np.ndarray) -> None:
         self.copies.add(rows["fingerprint"], numbers)
         if self.index is not None:
             self.index.add(self.index.band_keys(rows["signature"]), numbers, rows["split"])
+            self.sketches.add(low_bits(rows["signature"]))
 
     def flush(self) -> None:
         """Append the rows kept since the last flush (before progress.json counts them)."""
@@ -324,6 +356,7 @@ class _Chunk:
     def __init__(self, start: int, copies: dict[int, int]):
         self.start, self.copies = start, copies  # first row it keeps; position -> earlier first copy
         self.near: ChunkSearch | None = None
+        self.low_bits: np.ndarray | None = None  # of each document's signature (near_sketch)
         self.first_copy: dict[int, int] = {}  # fingerprint -> row, of the documents kept in the chunk
         self.kept: list[int] = []  # positions
         self.sides: list[int] = []  # and their split codes

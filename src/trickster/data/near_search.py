@@ -39,8 +39,7 @@ from trickster.data.near_index import NearIndex, on_side
 
 SIDES = (0, 1)  # dedup.SPLIT_CODES: train, val
 SAMPLE = 32  # rows of each band bucket checked first: usually all of them
-BLOCK = 16  # candidates read and compared at once, at first (_any_in_blocks)
-LARGEST_BLOCK = 4096  # and at most: 2 MB of rows
+BLOCK = 65_536  # candidates compared at once past the sample: 4 MB of near_sketch's words
 _NONE = np.zeros(0, np.int64)
 
 
@@ -59,12 +58,12 @@ class ChunkSearch:
         for key in self.side_keys[side][i]:
             self.recent.setdefault(key, []).append(row)
 
-    def sides(self, i: int, near_copies: Callable[[np.ndarray], np.ndarray], either: bool) -> set[int]:
-        """The sides holding a near-copy of document i (`near_copies`: those of given candidate rows);
-        with `either`, the first side found only."""
+    def sides(self, i: int, holds_near_copy: Callable[[np.ndarray], bool], either: bool) -> set[int]:
+        """The sides holding a near-copy of document i (`holds_near_copy`: whether some of the given
+        candidate rows is one); with `either`, the first side found only."""
         found = set()
         for side in SIDES:
-            if self._holds_one(i, side, near_copies):
+            if self._holds_one(i, side, holds_near_copy):
                 found.add(side)
                 if either:
                     break
@@ -75,26 +74,27 @@ class ChunkSearch:
         return np.unique(np.concatenate([self._every(i, side) for side in SIDES]))
 
     def _every(self, i: int, side: int) -> np.ndarray:
-        """Every candidate of document i on `side`: kept before the chunk, then in it."""
-        return np.concatenate(
-            [self.index.candidates(self.keys[i : i + 1], side)[0][0], self._recent(i, side, None)[0]]
-        ).astype(np.int64)
+        """Every candidate of document i on `side`, kept before the chunk, then in it; a candidate
+        that shares several bands with it is there as many times."""
+        _, earlier = self.index.rows.find(on_side(self.keys[i], side))
+        return np.concatenate([earlier, self._recent(i, side, None)[0]]).astype(np.int64)
 
-    def _holds_one(self, i: int, side: int, near_copies: Callable[[np.ndarray], np.ndarray]) -> bool:
+    def _holds_one(self, i: int, side: int, holds_near_copy: Callable[[np.ndarray], bool]) -> bool:
         earlier, left_out = self.sampled[side][0][i], bool(self.sampled[side][1][i])
         recent, recent_left_out = self._recent(i, side, SAMPLE)
         if not len(earlier) and not len(recent):  # most documents: no candidate at all
             return False
-        sample = np.concatenate([earlier, recent]).astype(np.int64)
-        if _any_in_blocks(sample, near_copies):
+        if holds_near_copy(np.concatenate([earlier, recent]).astype(np.int64)):
             return True
         if not (left_out or recent_left_out):
             return False
-        return _any_in_blocks(np.setdiff1d(self._every(i, side), sample), near_copies)
+        every = self._every(i, side)  # the sample again among them: cheaper than taking it out
+        return any(holds_near_copy(every[start : start + BLOCK]) for start in range(0, len(every), BLOCK))
 
     def _recent(self, i: int, side: int, limit: int | None) -> tuple[np.ndarray, bool]:
         """Rows kept in the chunk on `side` that share a band key with document i (of each key, the
-        first `limit`; None: all), and whether some were left out."""
+        first `limit`; None: all; a row sharing several keys is there as many times), and whether
+        some were left out."""
         rows: list[int] = []
         left_out = False
         for key in self.side_keys[side][i] if self.recent else ():
@@ -103,16 +103,4 @@ class ChunkSearch:
                 if limit is not None and len(bucket) > limit:
                     bucket, left_out = bucket[:limit], True
                 rows.extend(bucket)
-        return (np.unique(np.asarray(rows, np.int64)) if rows else _NONE), left_out
-
-
-def _any_in_blocks(rows: np.ndarray, near_copies: Callable[[np.ndarray], np.ndarray]) -> bool:
-    """Whether some of `rows` is a near-copy, checked a block at a time, each block twice the one
-    before (up to LARGEST_BLOCK): a near-copy among the first rows is found after reading few,
-    and rows holding none cost a few numpy calls, not one per BLOCK rows."""
-    start, size = 0, BLOCK
-    while start < len(rows):
-        if len(near_copies(rows[start : start + size])):
-            return True
-        start, size = start + size, min(2 * size, LARGEST_BLOCK)
-    return False
+        return (np.asarray(rows, np.int64) if rows else _NONE), left_out
