@@ -192,9 +192,11 @@ def test_permutations_are_datasketchs():
 
 
 WORKER = """
-import sys
+import json, sys, tempfile
 from trickster.data import encode
-encode.start_pool_worker({"kind": "byte", "eot": True})
+with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+    json.dump({"kind": "byte", "eot": True}, f)
+encode.start_pool_worker(f.name)
 chunk = encode.Chunk(["one two three four five six", "seven"], [None, None], 0.1, "uint16", True, True)
 assert encode.encode_chunk(chunk).signatures.shape == (2, 128)
 print(" ".join(name for name in ("datasketch", "scipy") if name in sys.modules))

@@ -192,6 +192,35 @@ def test_ctrl_c_while_the_workers_start_is_one_line(tmp_path):
     assert len(err.splitlines()) == 1, err
 
 
+def test_ctrl_c_while_the_pool_spawns_its_workers_stops_the_preparation(tmp_path):
+    """Spawning a worker writes its start-up data into a pipe and, past the 64 KiB a pipe holds,
+    waits for the worker to read it, once its interpreter has started (held 4 s here, as a loaded
+    machine can). The preparing process ignored SIGINT all that time, so that the workers are born
+    ignoring it, and a Ctrl-C then was lost: the preparation went on to its end (exit 0). The bulk
+    of that data is the tokenizer (here a `char` vocabulary of 38,000 characters; a Hugging Face
+    tokenizer.json is megabytes), which now goes through a file."""
+    many = [*range(0x3400, 0x4DC0), *range(0x4E00, 0xA000), *range(0xAC00, 0xD7A4)]  # CJK, Hangul
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "chars.txt").write_text("".join(map(chr, many)), encoding="utf-8")
+    for n in range(40):  # 2.4 MB: two chunks' worth, or one worker would do it all
+        (corpus / f"{n:02d}.txt").write_text(f"story {n}: " + "the king of naples " * 3200, encoding="utf-8")
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text(SLOW_WORKER_START, encoding="utf-8")
+    argv = ["data", "prepare", "text", str(corpus), "--tokenizer", "char", "--workers", "2", "--out",
+            str(tmp_path / "data"), "--no-progress"]  # fmt: skip
+    child = in_its_own_group(argv, slow, SLOW_WORKER_MARK=str(tmp_path / "started-"))
+    deadline = time.monotonic() + 60
+    while not any(tmp_path.glob("started-*")) and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert child.poll() is None, child.communicate()
+    os.killpg(child.pid, signal.SIGINT)  # not waiting until it takes SIGINT, as ctrl_c_once does
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 130, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+
+
 def in_its_own_group(argv: list[str], first_on_path: Path | None = None, **env: str) -> subprocess.Popen:
     """`python -m trickster ARGV` in a process group of its own, as a terminal starts a command
     (Ctrl-C reaches the whole group); `first_on_path` goes before the sources on PYTHONPATH."""
