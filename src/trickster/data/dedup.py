@@ -22,7 +22,9 @@ State, so that an interrupted preparation continues to the same result: one fixe
 kept document (fingerprint, split, signature) appended to `dedup.bin` (dedup_rows.py), and counts
 in progress.json; a continued run reads the rows back and rebuilds the index. The rows stay on disk
 (a copy's own are read back when it is found): memory holds the index, 12 bytes per band and per
-fingerprint (204 bytes per kept document at the default 16 bands), never the text.
+fingerprint (204 bytes per kept document at the default 16 bands), and the low 4 bits of each
+signature value (64 bytes: near_sketch.py, which rules out most candidates that are not
+near-copies without reading their rows), never the text.
 """
 
 from __future__ import annotations

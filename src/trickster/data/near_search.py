@@ -4,29 +4,34 @@ band is shared by a large cluster of near-copies.
 A document's fate needs only that (dedup.py): mode group keeps it on the one side that holds its
 near-copies and drops it if both do; mode near drops it if either does (the earliest near-copy is
 looked for only for the few examples meta.json keeps). So the candidates of each side are checked a
-block at a time, a sample first (the first SAMPLE rows of each of the document's band buckets), and
-the check of a side stops at its first near-copy.
+sample first (the first SAMPLE rows of each of the document's band buckets), and the check of a
+side stops at its first near-copy.
 
 Where thousands of near-copies share a band, every new member was read and compared with every kept
 one: quadratic in the cluster's size (bench/dedup_clusters.py's boilerplate: 2.1 million rows read
 for the 800 stories after the first 11,200, 130 CPU seconds per 10,000 and rising; now about 16 rows
-a story, 4 seconds per 10,000 however many). Now the sample holds a near-copy, and a member costs a
-block. Only a side whose sample holds none is searched whole, as it must be: every candidate there
-has to be ruled out, as MinHashLSH's query and the comparison of signatures did. So the work is
-still quadratic where many kept documents share bands with a new one without being its
-near-copies (alike, just under the threshold); it is made cheap instead: blocks that double, rows
-gathered from a map of dedup.bin (bench/dedup_clusters.py's `alike`: about 4 times less CPU).
+a story, 4 seconds per 10,000 however many). Now the sample holds a near-copy, and a member costs
+the few rows read before it (dedup.py's `_any_near`). Only a side whose sample holds none is
+searched whole, as it must be: every candidate there has to be ruled out, as MinHashLSH's query and
+the comparison of signatures did. So the work is still quadratic where many kept documents share
+bands with a new one without being their near-copies (alike, just under the threshold); it is made
+cheap instead: each candidate is ruled out on the low bits of its values, held in memory
+(near_sketch.py), a few word operations, and only the few left are read back from dedup.bin
+(bench/dedup_growth.py's `alike`: 32,000 stories cost the command's main process 55 CPU seconds, now
+14; docs/PERFORMANCE.md).
 
 No bound on that search keeps the decisions. A candidate left unread might agree with the document
 on enough values: only its signature can rule it out. Tools that do bound it decide otherwise:
 text-dedup (by default) and datatrove join every document that shares a bucket with another, by
 union-find, without comparing signatures (a shared band is a duplicate; a chain of them, one
-cluster), and a cap on a bucket's rows misses the near-copies beyond it. An exact pruning exists:
+cluster), and a cap on a bucket's rows misses the near-copies beyond it (on `alike`, a search that
+stops at the sample finds 797 of the 935 near-copies of 8,000 stories). An exact pruning exists:
 the fraction of values two signatures differ in is a distance (Hamming's), so a candidate whose
 distance to a pivot differs from the document's by more than 1 - threshold cannot be a near-copy.
 But where the search is quadratic, the candidates lie at about the same distance from any pivot
 as from the document (`alike`: 45 of 128 values apart, 37 to 53, the radius 25): it rules out none.
-The decisions are the same (tested against MinHashLSH's).
+The decisions are the same (tested against MinHashLSH's, and on a chain of near-copies among alike
+documents counted by hand: tests/test_near_index.py).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from trickster.data.near_index import NearIndex, on_side
+from trickster.data.near_index import NearIndex, distinct, on_side
 
 SIDES = (0, 1)  # dedup.SPLIT_CODES: train, val
 SAMPLE = 32  # rows of each band bucket checked first: usually all of them
@@ -71,7 +76,7 @@ class ChunkSearch:
 
     def every_candidate(self, i: int) -> np.ndarray:
         """Every candidate of document i on both sides, in order (the earliest near-copy is among them)."""
-        return np.unique(np.concatenate([self._every(i, side) for side in SIDES]))
+        return distinct(np.concatenate([self._every(i, side) for side in SIDES]))
 
     def _every(self, i: int, side: int) -> np.ndarray:
         """Every candidate of document i on `side`, kept before the chunk, then in it; a candidate
