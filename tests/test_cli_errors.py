@@ -2933,6 +2933,12 @@ CASES = [
         "--text",
         "gone.txt not found",
     ),
+    case(  # said "the text is 0 tokens long, too short for a 13-token overlap check"
+        "data-overlap-text-blank",
+        lambda env: ["data", "overlap", str(env.data), "--text", env.write("eval.txt", "\n\n")],
+        "--text ",
+        "eval.txt holds only whitespace; pass the file of the text to look for",
+    ),
     case(
         "data-overlap-text-too-short",
         lambda env: ["data", "overlap", str(env.data), "--text", env.write("short.txt", "ROMEO:")],

@@ -94,6 +94,27 @@ def test_the_overlap_check_finds_a_planted_passage(corpus, tmp_path):
     assert cli.main(["data", "overlap", str(out), "--text", str(text)]) == 0
 
 
+def test_overlap_counts_characters_the_char_vocabulary_lacks_as_found_nowhere(corpus, tmp_path, capsys):
+    """An evaluation text with one character no training text has (a tab, an accent) stopped the
+    check: "character '\\t' is not in this model's character vocabulary". The 13-grams holding one
+    cannot occur in train; the others are counted as ever."""
+    out, distinct = corpus
+    train = [d for d in distinct if not in_validation(d, 0.25)]
+    text = train[7][20:120] + "\tZ" + train[3][:80] + "Z"
+    (tmp_path / "eval.txt").write_text(text)
+    assert cli.main(["data", "overlap", str(out), "--text", str(tmp_path / "eval.txt")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    grams = [text[i : i + 13] for i in range(len(text) - 12)]
+    in_train = {d[i : i + 13] for d in train for i in range(len(d) - 12)}
+    seen = sum(g in in_train for g in grams)
+    assert 0 < seen < len(grams) and not any(("\t" in g or "Z" in g) and g in in_train for g in grams)
+    assert lines[0].startswith(f"{seen / len(grams):.1%} of the text's 13-grams ({seen:,} of {len(grams):,})")
+    assert lines[1] == (
+        "  2 characters of the text are in no training text (not in the char vocabulary): '\\t', 'Z'; "
+        "no 13-gram holding one occurs in train"
+    )
+
+
 def test_overlap_reads_the_text_as_preparation_does_so_line_endings_do_not_matter(tmp_path, capsys):
     """--text was read with Python's newline translation while training text kept its "\\r\\n": a
     CRLF passage copied from CRLF training text lost every 13-gram holding a line end (74%). Both

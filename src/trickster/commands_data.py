@@ -52,6 +52,9 @@ def data_overlap(folder: str, text_file: str) -> None:
     from trickster.data import report
 
     text = read_text_option(Path(text_file))
+    if not text.strip():  # it said "the text is 0 tokens long"
+        held = "is empty" if not text else "holds only whitespace"
+        raise UserError(f"--text {text_file} {held}; pass the file of the text to look for")
     for line in report.format_overlap(report.overlap(folder, text), folder):
         print(line)
 

@@ -27,7 +27,9 @@ import numpy as np
 from trickster.atomic import write_page
 from trickster.data.loader import PreparedData, TokenStream, damaged_shards, load_data
 from trickster.data.summary import dedup_lines, skipped
+from trickster.data.tokenizers import CharTokenizer
 from trickster.errors import UserError
+from trickster.plural import counted
 
 N = 13
 BLOCK = 1 << 24  # tokens read at a time
@@ -136,6 +138,7 @@ class Overlap:
     # whole split, its excerpt taken where that run starts
     undivided: str | None = None
     longest: tuple[int, int] = (0, 0)
+    unseen: str = ""  # the text's characters that a char vocabulary lacks, each once
 
     @property
     def fraction(self) -> float:
@@ -144,7 +147,7 @@ class Overlap:
 
 def overlap(folder: str | Path, text: str, top: int = 5) -> Overlap:
     data = load_data(folder)
-    tokens = np.asarray(data.tokenizer.encode(text), dtype=np.int64)
+    tokens, unseen = _text_ids(data, text)
     hashes, starts = ngram_hashes(tokens, _specials(data))
     if not len(hashes):
         raise UserError(
@@ -158,7 +161,7 @@ def overlap(folder: str | Path, text: str, top: int = 5) -> Overlap:
     np.add.at(covered, starts[hit], 1)
     np.add.at(covered, starts[hit] + N, -1)
     tokens_covered = int((np.cumsum(covered)[:-1] > 0).sum())
-    result = Overlap(len(hashes), int(hit.sum()), len(tokens), tokens_covered, [])
+    result = Overlap(len(hashes), int(hit.sum()), len(tokens), tokens_covered, [], unseen=unseen)
     if data.tokenizer.eot_id is None:
         one = data.meta.get("documents") == 1
         result.undivided = "one document" if one else UNDIVIDED
@@ -178,12 +181,32 @@ UNDIVIDED = (
 )
 
 
+def _text_ids(data: PreparedData, text: str) -> tuple[np.ndarray, str]:
+    """The ids of `text`, and the characters of it a char vocabulary lacks. Those were in no
+    training text, so each takes an id no token has: no n-gram holding one occurs in train (the
+    tokenizer's encode refused the whole text)."""
+    tokenizer = data.tokenizer
+    if not isinstance(tokenizer, CharTokenizer):
+        return np.asarray(tokenizer.encode(text), dtype=np.int64), ""
+    unseen = "".join(dict.fromkeys(c for c in text if c not in tokenizer.char_to_id))
+    absent = tokenizer.vocab_size
+    return np.array([tokenizer.char_to_id.get(c, absent) for c in text], dtype=np.int64), unseen
+
+
 def format_overlap(result: Overlap, folder: str | Path) -> list[str]:
     lines = [
         f"{result.fraction:.1%} of the text's {N}-grams ({result.seen:,} of {result.ngrams:,}) occur in"
         f" the training split of {folder}; {result.tokens_covered:,} of its {result.tokens:,} tokens are"
         " inside one"
     ]
+    if result.unseen:
+        shown = ", ".join(repr(c) for c in result.unseen[:10]) + (", ..." if len(result.unseen) > 10 else "")
+        one = len(result.unseen) == 1
+        lines.append(
+            f"  {counted(len(result.unseen), 'character')} of the text {'is' if one else 'are'} in no "
+            f"training text (not in the char vocabulary): {shown}; no {N}-gram holding "
+            f"{'it' if one else 'one'} occurs in train"
+        )
     if result.undivided is not None:  # no documents to name: where in the split the text was copied
         start, length = result.longest
         for _, count, excerpt in result.documents:
