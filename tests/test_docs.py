@@ -358,10 +358,41 @@ def python_name_exists(dotted: str) -> bool:
     return len(parts) == 2 and re.search(rf"^(?:def |class )?{parts[1]}\b", text, re.M) is not None
 
 
+SUBPACKAGES = "|".join(sorted(p.parent.name for p in SRC.glob("*/__init__.py")))
+# `train/dist.py` anywhere; `data/loader.load_data` where a code span starts with it (elsewhere a
+# dotted name after a folder is a file, `export/tiny.gguf`, or a folder, `data/stdlib.partial`)
+MODULE = rf"(?:{SUBPACKAGES})/[A-Za-z_]\w*"  # a module of a subpackage: not `train/000000.bin`
+MODULE_PATH = re.compile(rf"(?<![\w/.-])({MODULE})\.py\b|`({MODULE})\.(\w+)")
+
+
+def missing_modules(text: str) -> list[str]:
+    """The modules of src/trickster a text names by their path in the package (`train/dist.py`,
+    as docs/ARCHITECTURE.md does) that do not exist, and the names it gives in one
+    (`data/loader.load_data`) that the module does not define."""
+    wrong = []
+    for path, module, name in MODULE_PATH.findall(text):
+        if path and not (SRC / f"{path}.py").is_file():
+            wrong.append(f"{path}.py")
+        if module and not python_name_exists(
+            "trickster." + module.replace("/", ".") + ("" if name == "py" else f".{name}")
+        ):
+            wrong.append(f"{module}.{name}")
+    return wrong
+
+
+def test_the_module_path_finder_sees_missing_modules_and_names():
+    text = (
+        "`train/loop.py` and train/dist.py, (train/nowhere.py; `data/loader.load_data`, "
+        "`data/loader.no_such_name` and `serve/gone.route`; not export/tiny.gguf, data/stdlib.partial, "
+        "runs/x/train/ghost.py or `train.py`"
+    )
+    assert missing_modules(text) == ["train/nowhere.py", "data/loader.no_such_name", "serve/gone.route"]
+
+
 @pytest.mark.parametrize("page", PAGES, ids=[p.relative_to(ROOT).as_posix() for p in PAGES])
 def test_files_and_python_names_the_docs_point_at_exist(page):
     text = page.read_text(encoding="utf-8")
-    wrong = []
+    wrong = missing_modules(text)
     for path in set(re.findall(r"(?<![\w/.-])((?:src/trickster|tests|bench|scripts)/[\w./-]*\w)", text)):
         if not (ROOT / path).exists():
             wrong.append(path)
