@@ -233,9 +233,12 @@ def test_a_two_process_checkpoint_resumes_in_one_process(single, two_process_job
     shutil.copytree(run_dir, again_dir)
 
     alone = config(shakespeare_dir, run_dir, batch_size=8)
-    resumed = train(alone, resume=True, **QUIET)
+    said = []
+    resumed = train(alone, resume=True, echo=said.append)
     (resume,) = [r for r in resumed.history if r["event"] == "resume"]
     assert resume["step"] == 10 and resume["changed"]["training_config.batch_size"] == [4, 8]
+    assert resume["changed"]["processes"] == [2, 1]  # the job's size, said beside the settings
+    assert "changed on resume: processes 2 -> 1" in said
     assert_close_losses(losses(resumed.history), losses(single.history))
     assert_close_losses(
         losses(resumed.history, "eval", "val_loss"), losses(single.history, "eval", "val_loss")
@@ -245,6 +248,8 @@ def test_a_two_process_checkpoint_resumes_in_one_process(single, two_process_job
     forked_job(config(shakespeare_dir, again_dir, batch_size=4, enable_fsdp=True), tmp_path, "--resume")
     records = history(again_dir)
     assert [(r["step"], r["checkpoint"]) for r in records if r["event"] == "resume"] == [(10, "step_000010")]
+    (resume,) = [r for r in records if r["event"] == "resume"]
+    assert "processes" not in resume["changed"]  # 2, as saved
     assert_close_losses(losses(records), losses(single.history))
 
 
