@@ -3592,6 +3592,13 @@ CASES = [
         "metrics.jsonl already exists and is not an .html page",
         "--out",
     ),
+    case(  # told after the whole report was printed: "(No such file or directory)"
+        "data-report-html-in-a-missing-folder",
+        lambda env: ["data", "report", str(env.data), "--html", str(env.tmp / "pages" / "r.html")],
+        "could not write ",
+        "pages/r.html (",
+        "pages does not exist); pass another --html FILE",
+    ),
     case(
         "data-report-html-over-meta-json",
         lambda env: [

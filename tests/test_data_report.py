@@ -76,6 +76,25 @@ def test_the_html_report_has_the_numbers_and_a_histogram(corpus, tmp_path):
     assert "data:image/png;base64," in html and "exact copies found" in html
 
 
+def test_an_html_page_that_cannot_be_written_is_told_before_the_report(corpus, tmp_path, capsys):
+    """The whole report was printed (every shard hashed first: minutes on a large folder), then
+    the page was refused; a folder named got "Is a directory". A folder now gets report.html
+    inside, as `trickster report --out` does."""
+    out, _ = corpus
+    capsys.readouterr()
+    assert cli.main(["data", "report", str(out), "--html", str(tmp_path / "missing" / "r.html")]) == 2
+    printed = capsys.readouterr()
+    assert printed.out == "", printed.out
+    assert printed.err == (
+        f"error: could not write {tmp_path / 'missing' / 'r.html'} ({tmp_path / 'missing'} does not "
+        "exist); pass another --html FILE\n"
+    )
+    (tmp_path / "pages").mkdir()
+    assert cli.main(["data", "report", str(out), "--html", str(tmp_path / "pages")]) == 0
+    assert capsys.readouterr().out.endswith(f"wrote {tmp_path / 'pages' / 'report.html'}\n")
+    assert "exact copies found" in (tmp_path / "pages" / "report.html").read_text()
+
+
 def test_the_overlap_check_finds_a_planted_passage(corpus, tmp_path):
     out, distinct = corpus
     train = [d for d in distinct if not in_validation(d, 0.25)]

@@ -329,11 +329,16 @@ def new_folder(target: Path, flag: str = "--out"):
         raise
 
 
+def check_page(path: Path, fix: str) -> None:
+    """Refuse `path` for a page if it is a file that is no page (see write_page)."""
+    if path.is_file() and path.suffix.lower() not in (".html", ".htm"):
+        raise UserError(f"{path} already exists and is not an .html page; {fix} (nothing was changed)")
+
+
 def write_page(path: Path, page: str, fix: str) -> None:
     """Write an HTML page in one rename. An existing file is replaced only if it is a page too (a
     report written before): never a run's metrics, a config or a corpus named by mistake.
     `fix`: what to do instead, e.g. "choose another --out"."""
-    if path.is_file() and path.suffix.lower() not in (".html", ".htm"):
-        raise UserError(f"{path} already exists and is not an .html page; {fix} (nothing was changed)")
+    check_page(path, fix)
     with disk_errors(str(path), write_fix(fix)):
         replace_file(path, page)

@@ -63,11 +63,12 @@ def data_report(folder: str, html: str | None) -> None:
     """`trickster data report DIR [--html [FILE]]`."""
     from trickster.data import report
 
+    page = None if html is None else report.page_path(folder, html or None)
     facts = report.data_report(folder)
     for line in report.format_report(facts):
         print(line)
-    if html is not None:
-        print(f"wrote {report.write_html(facts, html or None)}")
+    if page is not None:
+        print(f"wrote {report.write_html(facts, page)}")
 
 
 def _text_source(spec: SourceSpec) -> sources.Source | sources.Corpus:

@@ -24,11 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from trickster.atomic import write_page
+from trickster.atomic import check_page, write_page
 from trickster.data.loader import PreparedData, TokenStream, damaged_shards, load_data
 from trickster.data.summary import dedup_lines, skipped
 from trickster.data.tokenizers import CharTokenizer
 from trickster.errors import UserError
+from trickster.out_path import refuse_path_through_a_file
 from trickster.plural import counted
 
 N = 13
@@ -339,9 +340,24 @@ def _histogram_png(report: DataReport) -> bytes:
     return buffer.getvalue()
 
 
-def write_html(report: DataReport, out: str | Path | None = None) -> Path:
-    """The report as one self-contained page (the histogram inline); default DIR/report.html."""
-    path = Path(out) if out else report.path / "report.html"
+def page_path(folder: str | Path, out: str | None) -> Path:
+    """Where --html writes (default DIR/report.html; a folder named gets report.html inside, as
+    `trickster report --out` does), checked before the shards are hashed, which takes minutes on a
+    large folder: the report printed whole, then refused, told the user late."""
+    if not out:  # inside DIR, which reading it checks
+        return Path(folder) / "report.html"
+    path = Path(out)
+    if path.is_dir():
+        path = path / "report.html"
+    refuse_path_through_a_file(path, "--html FILE")
+    if not path.parent.is_dir():
+        raise UserError(f"could not write {path} ({path.parent} does not exist); pass another --html FILE")
+    check_page(path, "pass another --html FILE")
+    return path
+
+
+def write_html(report: DataReport, path: Path) -> Path:
+    """The report as one self-contained page (the histogram inline), at `path` (page_path's)."""
     png = base64.b64encode(_histogram_png(report)).decode()
     items = "".join(f"<li>{html.escape(line)}</li>\n" for line in format_report(report)[1:])
     page = (
