@@ -372,7 +372,7 @@ def test_an_option_with_a_line_break_is_refused_in_one_line(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["runs", "a", "--x\ny"])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err == "error: unrecognized arguments: --x\\ny (see `trickster --help`)\n"
+    assert capsys.readouterr().err == "error: unrecognized arguments: --x\\ny (see `trickster runs --help`)\n"
 
 
 def test_info_reads_overrides_on_both_sides_of_an_option(capsys):
@@ -384,7 +384,7 @@ def test_a_stray_word_for_a_command_without_overrides_is_refused(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["runs", "a", "b"])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err == "error: unrecognized arguments: b (see `trickster --help`)\n"
+    assert capsys.readouterr().err == "error: unrecognized arguments: b (see `trickster runs --help`)\n"
 
 
 def test_help_imports_neither_torch_nor_the_commands():

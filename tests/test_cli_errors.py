@@ -2910,6 +2910,12 @@ CASES = [
         _prepare_with("--near-dup-threshold", "1.5"),
         "--near-dup-threshold must be in (0, 1] (got 1.5)",
     ),
+    case(  # it sent the user to `trickster --help`, which lists commands, not prepare's options
+        "prepare-option-misspelt",
+        _prepare_with("--tokenzier", "bpe"),
+        "unrecognized arguments: --tokenzier bpe (did you mean --tokenizer?) (see `trickster data "
+        "prepare text --help`)",
+    ),
     case(
         "prepare-keep-duplicates-with-dedup-near",
         _prepare_with("--dedup", "near", "--keep-duplicates"),

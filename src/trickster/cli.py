@@ -70,6 +70,9 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> arg
     args, rest = parser.parse_known_args(argv)
     # argparse gives a positional list only its first run of values: the runs after an option come back here
     if rest and (not hasattr(args, "overrides") or any(a.startswith("-") for a in rest)):
+        # the command's own parser, whose --help lists its options (the top one's lists commands)
+        while (sub := _subcommand(parser, args)) is not None:
+            parser = sub
         parser.error(f"unrecognized arguments: {' '.join(rest)}{_hint(parser, args, rest, argv)}")
     if hasattr(args, "overrides"):
         args.overrides = [*args.overrides, *rest, *args.flag_overrides]  # --data, --fp16, ... win
@@ -77,14 +80,12 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> arg
 
 
 def _hint(parser: argparse.ArgumentParser, args, rest: list[str], argv: list[str] | None) -> str:
-    """For the first unknown `--option`: the command's own option it is close to (`--max_new_tokens`
+    """For the first unknown `--option`: `parser`'s own option it is close to (`--max_new_tokens`
     for --max-new-tokens), else the config override it stands for (nanoGPT's `--max_iters=100`,
     a guessed `--max-steps 100`: training_config.max_steps=100)."""
     option = next((a for a in rest if a.startswith("--")), None)
     if option is None:
         return ""
-    while (sub := _subcommand(parser, args)) is not None:
-        parser = sub
     name, _, value = option[2:].partition("=")
     own = [s for a in parser._actions for s in a.option_strings if s.startswith("--")]
     if close := did_you_mean(f"--{name.replace('_', '-')}", own, cutoff=0.75):
