@@ -477,6 +477,21 @@ def _resume_other_data(env: Env) -> list[str]:
     return _trained_run_copy_with(env, "--resume", "--data", data)
 
 
+def _resume_other_tokenizer(env: Env) -> list[str]:
+    # as many characters (the same model), one of them another: the same text's ids mean others
+    text = EXCERPT.read_text(encoding="utf-8").replace("z", "~")
+    return _trained_run_copy_with(env, "--resume", "--data", env.prepare_text(text, name="tilde"))
+
+
+def _resume_data_prepared_again(env: Env) -> list[str]:
+    # the run trained on a folder (info.json's data_path) whose data is now other: prepared again
+    data = env.prepare_text("".join(reversed(EXCERPT.read_text(encoding="utf-8").splitlines(True))))
+    args = _trained_run_copy_with(env, "--resume", "--data", data)
+    info = env.tmp / "run-copy" / "checkpoints" / "final" / "info.json"
+    info.write_text(json.dumps({**json.loads(info.read_text()), "data_path": data}))
+    return args
+
+
 def _resume_resplit_data(env: Env) -> list[str]:
     # the same text with another --val-fraction: train and val overlap what the run trained on
     data = str(env.tmp / "resplit")
@@ -2116,8 +2131,10 @@ CASES = [
         "cannot resume",
         "training_config.init_from=",
     ),
-    case("resume-other-data", _resume_other_data, "cannot resume", "prepared data changed"),
-    case("resume-resplit-data", _resume_resplit_data, "cannot resume", "prepared data changed"),
+    case("resume-other-data", _resume_other_data, "prepared data changed", "trained on", "pass --data"),
+    case("resume-resplit-data", _resume_resplit_data, "prepared data changed", "pass --data"),
+    case("resume-other-tokenizer", _resume_other_tokenizer, "tokenizer changed", "pass --data"),
+    case("resume-data-prepared-again", _resume_data_prepared_again, "data changed", "was prepared again"),
     case("resume-with-nothing-to-resume", _resume_in_empty_folder, "nothing to resume", "resume=auto"),
     case(
         "resume-copied-run-by-its-config",

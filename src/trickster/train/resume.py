@@ -312,12 +312,20 @@ def check_resumable(path: Path, saved_cfg: Config, cfg: Config, data: PreparedDa
         )
     info = ckpt.read_info(path)
     if not same_ids(ckpt.read_tokenizer(path), data.tokenizer):
-        raise UserError(f"cannot resume from {path}: the tokenizer changed; use the data it was trained on")
+        raise UserError(f"cannot resume from {path}: the tokenizer changed; {_data_fix(info, data)}")
     if info.get("data_fingerprint") != data.meta.get("tokens_sha256"):
-        raise UserError(
-            f"cannot resume from {path}: the prepared data changed; use the data it was trained on"
-        )
+        raise UserError(f"cannot resume from {path}: the prepared data changed; {_data_fix(info, data)}")
     return _changed_settings(saved_cfg, cfg)
+
+
+def _data_fix(info: dict, data: PreparedData) -> str:
+    """The fix: the data folder the checkpoint's run named (info.json, relative to where it trained)."""
+    trained_on, new_run = info.get("data_path"), "or start a new run with another --out"
+    if trained_on is None:
+        return "use the data it was trained on"
+    if Path(trained_on).resolve() != Path(data.path).resolve():
+        return f"it was trained on {trained_on}: pass --data {trained_on}, {new_run}"
+    return f"{trained_on} was prepared again since the run trained on it: prepare it as it was, {new_run}"
 
 
 def older_trainer_state(trainer: dict, path: Path) -> dict:
