@@ -12,7 +12,6 @@ import json
 import multiprocessing
 import os
 import signal
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -94,25 +93,31 @@ def start_worker(tokenizer: dict) -> None:
 def start_pool_worker(tokenizer_file: str) -> None:
     """A pool worker leaves Ctrl-C to the preparing process: a terminal sends SIGINT to the whole
     process group, and each worker it reached printed a KeyboardInterrupt traceback above the one
-    line that says what was kept. The pool's exit ends the workers either way. The tokenizer comes
-    in a file (_sigint_ignored says why)."""
+    line that says what was kept. The pool's exit ends the workers either way. The tokenizer is
+    read from the file the preparation saved it in, not sent (_sigint_ignored says why)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    start_worker(json.loads(Path(tokenizer_file).read_text(encoding="utf-8")))
+    start_worker(_read(tokenizer_file))
+
+
+def _read(tokenizer_file: str | Path) -> dict:
+    """The tokenizer as the preparation saved it (DIR.partial/tokenizer.json: Tokenizer.save)."""
+    return json.loads(Path(tokenizer_file).read_text(encoding="utf-8"))
 
 
 @contextlib.contextmanager
 def _sigint_ignored() -> Iterator[None]:
-    """SIGINT ignored while the pool starts its workers: they are born ignoring it (an ignored
-    signal stays ignored across exec, and Python then installs no KeyboardInterrupt handler), so a
-    Ctrl-C while a worker is still importing, before start_pool_worker runs, does not print its
-    traceback (seen under load). A Ctrl-C in the milliseconds of the spawns is lost. It was lost for
-    much longer: the spawn writes a worker's start-up data into a pipe and, past the 64 KiB a pipe
-    holds, waits for the worker to read it once its interpreter has started, a second or more per
-    worker under load (the test suite saw it last past the first shard). Hence the tokenizer, the
-    bulk of that data (a char vocabulary or a Hugging Face tokenizer.json is that large), goes in a
-    file. Blocking the signal instead of ignoring it is not inherited through multiprocessing's
-    spawn, which resets the mask, and would not hold a Ctrl-C for later either: the kernel hands a
-    signal the main thread blocks to a thread that does not (tqdm's monitor), which ignores it."""
+    """SIGINT ignored while the pool starts its workers: they are born ignoring it (an ignored signal
+    stays ignored across exec, and Python then installs no KeyboardInterrupt handler), so a Ctrl-C
+    while a worker is still importing, before start_pool_worker runs, does not print its traceback
+    (seen under load). A Ctrl-C in the milliseconds of the spawns is lost. It was lost for much
+    longer: the spawn writes a worker's start-up data into a pipe and, past the 64 KiB a pipe holds,
+    waits for the worker to read it once its interpreter has started, a second or more per worker
+    under load (the test suite saw it last past the first shard). Hence the tokenizer, the bulk of
+    that data (a char vocabulary or a Hugging Face tokenizer.json is that large), is read by each
+    worker from DIR.partial/tokenizer.json. Blocking the signal instead of ignoring it is not
+    inherited through multiprocessing's spawn, which resets the mask, and would not hold a Ctrl-C
+    for later either: the kernel hands a signal the main thread blocks to a thread that does not
+    (tqdm's monitor), which ignores it."""
     if threading.current_thread() is not threading.main_thread():  # only the main thread sets handlers
         yield
         return
@@ -206,28 +211,25 @@ def chunks(documents: Iterator[tuple[Document, str | None]], chunk_chars: int) -
 
 
 def encoded_in_order(
-    tasks: Iterator[Chunk], tokenizer: Tokenizer, workers: int
+    tasks: Iterator[Chunk], tokenizer_file: Path, workers: int
 ) -> Iterator[tuple[int, Encoded]]:
     """(documents in the chunk, encoded chunk), in input order, with at most 2 x workers chunks in
     flight (Pool.imap would read the whole input ahead and hold it in memory)."""
     if workers <= 1:
-        start_worker(tokenizer.to_dict())
+        start_worker(_read(tokenizer_file))
         for task in tasks:
             yield len(task.documents), encode_chunk(task)
         return
     context = multiprocessing.get_context("spawn")  # no fork of a process holding threads
-    with tempfile.TemporaryDirectory(prefix="trickster-tokenizer-") as folder:
-        tokenizer_file = Path(folder) / "tokenizer.json"
-        tokenizer_file.write_text(json.dumps(tokenizer.to_dict()), encoding="utf-8")
-        with _sigint_ignored():
-            pool = context.Pool(workers, initializer=start_pool_worker, initargs=(str(tokenizer_file),))
-        with pool:
-            pending: collections.deque = collections.deque()
-            for task in tasks:
-                pending.append((len(task.documents), pool.apply_async(encode_chunk, (task,))))
-                if len(pending) >= 2 * workers:
-                    count, result = pending.popleft()
-                    yield count, result.get()
-            while pending:
+    with _sigint_ignored():
+        pool = context.Pool(workers, initializer=start_pool_worker, initargs=(str(tokenizer_file),))
+    with pool:
+        pending: collections.deque = collections.deque()
+        for task in tasks:
+            pending.append((len(task.documents), pool.apply_async(encode_chunk, (task,))))
+            if len(pending) >= 2 * workers:
                 count, result = pending.popleft()
                 yield count, result.get()
+        while pending:
+            count, result = pending.popleft()
+            yield count, result.get()

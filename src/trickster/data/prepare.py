@@ -290,7 +290,8 @@ class _Job:
         tasks = (self._task(docs, splits) for docs, splits in chunks(documents_left, chunk_chars))
         bar = PassProgress("tokenizing", source.total_bytes, progress, initial=record.input_bytes)
         try:
-            for _, encoded in encoded_in_order(tasks, self.tokenizer, self._workers(workers, chunk_chars)):
+            saved = self.partial / "tokenizer.json"  # _tokenizer_for saved it: the workers read it
+            for _, encoded in encoded_in_order(tasks, saved, self._workers(workers, chunk_chars)):
                 write_chunk(encoded, writers, record, self.deduper, pending)
                 record.advance(encoded.finished)
                 record.input_bytes += sum(encoded.sizes)
