@@ -4,7 +4,7 @@ from dedup.bin.
 
 Two values that are equal are equal on their low 4 bits, so the values two signatures agree on are
 at most those their low bits agree on: a candidate whose low bits agree on fewer than the threshold's
-share cannot be a near-copy, and only the others are read and compared whole (dedup.py's `_near`).
+share cannot be a near-copy, and only the others are read and compared whole (dedup.py's `_likely`).
 The decisions are unchanged. A candidate that is not a near-copy agrees on about
 `s + (1 - s) / 16` of its low bits, s its similarity: a story about 0.65 similar to the document
 (bench/dedup_growth.py's `alike`) agrees on about 0.67 of them, well under 0.8, and is ruled out in
