@@ -4058,15 +4058,23 @@ CASES = [
     ),
     case("jsonl-not-json", _jsonl([RECORD, "prompt: Who?"]), "chat.jsonl line 2 is not JSON"),
     case("jsonl-not-an-object", _jsonl([RECORD, '["Who?", "Me."]']), "line 2 is not a JSON object"),
-    case(
+    case(  # it named no fix
         "jsonl-response-not-a-string",
         _jsonl([RECORD, '{"prompt": "Who?", "response": 5}']),
-        '"response" must be a string',
+        'chat.jsonl line 2: "response" must be a string (got a number); fix or remove that record',
     ),
-    case(
-        "jsonl-empty-response", _jsonl([RECORD, '{"prompt": "Who?", "response": ""}']), '"response" is empty'
+    case(  # it named no fix
+        "jsonl-empty-response",
+        _jsonl([RECORD, '{"prompt": "Who?", "response": ""}']),
+        'chat.jsonl line 2: "response" is empty, so the loss would have nothing to learn from; write the '
+        "response, or remove that record",
     ),
-    case("jsonl-one-record", _jsonl([RECORD]), "holds 1 record(s)", "at least 2"),
+    case("jsonl-one-record", _jsonl([RECORD]), "chat.jsonl holds 1 record; at least 2", "(one for training"),
+    case(  # it said "holds 0 record(s)"
+        "jsonl-records-file-empty",
+        lambda env: ["data", "prepare", "jsonl", env.write("chat.jsonl", ""), "--out", str(env.tmp / "o")],
+        "chat.jsonl is empty; at least 2 are needed (one for training, one to validate)",
+    ),
     case(
         "jsonl-missing-file",
         lambda env: ["data", "prepare", "jsonl", str(env.tmp / "nope.jsonl"), "--out", str(env.tmp / "o")],

@@ -18,6 +18,7 @@ from trickster.data.json_records import checked_text, json_line, json_type
 from trickster.data.sources import Source
 from trickster.data.textfile import decode, read_bytes
 from trickster.errors import UserError
+from trickster.plural import counted
 
 
 @dataclass
@@ -47,15 +48,18 @@ def jsonl_prompt_response(path: str | Path) -> Records:
             if key not in record:
                 raise UserError(_missing(record, key, where))
             if not isinstance(record[key], str):
-                raise UserError(f'{where}: "{key}" must be a string (got {json_type(record[key])})')
+                got = json_type(record[key])
+                raise UserError(f'{where}: "{key}" must be a string (got {got}); fix or remove that record')
             checked_text(record[key], f'{where}: "{key}"')
         if not record["response"]:
-            raise UserError(f'{where}: "response" is empty; the loss would have nothing to learn from')
+            raise UserError(
+                f'{where}: "response" is empty, so the loss would have nothing to learn from; write the '
+                "response, or remove that record"
+            )
         pairs.append((record["prompt"], record["response"]))
     if len(pairs) < 2:
-        raise UserError(
-            f"{path} holds {len(pairs)} record(s); at least 2 are needed (one for training, one to validate)"
-        )
+        held = f"holds {counted(len(pairs), 'record')}" if raw.strip() else "is empty"
+        raise UserError(f"{path} {held}; at least 2 are needed (one for training, one to validate)")
     return Records("jsonl", pairs, [str(path)], hashlib.sha256(raw).hexdigest())
 
 
