@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import shutil
 import socket
 import subprocess
@@ -986,6 +987,17 @@ def _cpu_allocator_refuses_the_first_step(env: Env) -> list[str]:
 
     env.monkeypatch.setattr(loop.Trainer, "step", refused)
     return micro_train(env, "training_config.warmup_steps=1", "training_config.sample_tokens=0")
+
+
+def _step_past_a_ulimit(env: Env) -> list[str]:
+    """A process whose `ulimit -v` is 1 GiB on a machine with more RAM: the step is measured
+    against the limit, which it was not (it said `RAM of cpu` and the machine's size)."""
+    real = resource.getrlimit
+    limited = (2**30, resource.RLIM_INFINITY)
+    env.monkeypatch.setattr(
+        resource, "getrlimit", lambda which: limited if which == resource.RLIMIT_AS else real(which)
+    )
+    return micro_train(env, "training_config.batch_size=16384")
 
 
 def _no_window_fits(env: Env) -> list[str]:
@@ -2263,6 +2275,12 @@ CASES = [
         "one training step does not fit in memory (RAM of cpu",
         "micro-batch of 1,000,000,000,000,000,000 x 64 tokens",
         "lower training_config.batch_size to ",
+    ),
+    case(
+        "train-micro-batch-past-a-ulimit",
+        _step_past_a_ulimit,
+        "one training step does not fit in memory (RAM allowed by ulimit -v of cpu, 1.0 GiB)",
+        "micro-batch of 16,384 x 64 tokens",
     ),
     case(
         "train-micro-batch-too-big-for-memory-gib",

@@ -248,8 +248,8 @@ class DeviceConfig(_Section):
     """CPU threads for PyTorch (at most 4096); empty leaves PyTorch's default."""
     memory_gib: float | None = Field(None, gt=0, le=1e18)  # 1e300 GiB is inf bytes, which int() refuses
     """Memory the run may use on its device, in GiB (batch_size: auto, `trickster plan` and the
-    out-of-memory advice plan within it); empty means all of it: GPU memory, or RAM on a CPU (the
-    processes of a torchrun job on one CPU machine each get their share of its RAM)."""
+    out-of-memory advice plan within it); empty means all of it: GPU memory, or on a CPU the RAM or
+    a cgroup's or ulimit's limit below it (a torchrun job's processes on one machine share it)."""
     peak_tflops: float | None = Field(None, gt=0)
     """Peak TFLOP/s per device that MFU divides by; empty measures this device's matmul ceiling."""
     enable_ddp: StrictBool = False

@@ -84,12 +84,12 @@ temporary buffers of individual kernels and of the collectives; the plan asks fo
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch
 
 from trickster.config import MAX_ACCUMULATION, Config
+from trickster.cpu_memory import cpu_memory
 from trickster.errors import UserError
 from trickster.model import transformer
 from trickster.model.flops import adapter_parameters, parameter_breakdown
@@ -412,7 +412,7 @@ def device_memory(device: torch.device) -> tuple[int, str]:
         return props.total_memory, f"GPU memory ({props.name})"
     if device.type == "mps":
         return torch.mps.recommended_max_memory(), "Metal recommended working set"
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "RAM"
+    return cpu_memory()  # RAM, or the cgroup's or ulimit's limit below it
 
 
 def size_text(n: float) -> str:
