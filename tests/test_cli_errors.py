@@ -1850,6 +1850,16 @@ CASES = [
         "greater than 0",
     ),
     case(
+        "profile-steps-not-a-list",
+        lambda env: micro_train(env, "logging_config.profile_steps=[2, 3"),
+        "logging_config.profile_steps: input should be a list of 2 in brackets, [first, last] (got '[2, 3')",
+    ),
+    case(
+        "override-betas-of-three-values",
+        lambda env: micro_train(env, "training_config.betas=[0.9, 0.95, 0.99]"),
+        "training_config.betas: input should be a list of 2 in brackets, such as [0.9, 0.95]",
+    ),
+    case(
         "override-without-equals",
         lambda env: micro_train(env, "training_config.max_steps"),
         "override 'training_config.max_steps' must look like section.key=value",

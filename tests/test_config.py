@@ -253,6 +253,23 @@ def test_betas_lie_in_zero_to_one():
     assert config_from_dict({"training_config": {"betas": [0.0, 0.999]}}).training.betas == (0.0, 0.999)
 
 
+def test_a_setting_of_two_values_given_another_shape_is_one_line_in_yaml_s_words():
+    """pydantic says "a valid tuple", "tuple should have at most 2 items" and "field required" at
+    each place missing: Python's words, and two problems for `profile_steps: []`."""
+    for section, key, value, shape, got in [
+        ("training_config", "betas", 0.9, "such as [0.9, 0.95]", "0.9"),
+        ("training_config", "betas", [0.9], "such as [0.9, 0.95]", "[0.9]"),
+        ("training_config", "betas", [0.9, 0.95, 0.99], "such as [0.9, 0.95]", "[0.9, 0.95, 0.99]"),
+        ("logging_config", "profile_steps", [], "[first, last]", "[]"),
+        ("logging_config", "profile_steps", "[2, 3", "[first, last]", "'[2, 3'"),
+        ("device_config", "mesh_shape", 2, "[replicate, shard]", "2"),
+    ]:
+        with pytest.raises(UserError) as refused:
+            config_from_dict({section: {key: value}})
+        line = f"config: {section}.{key}: input should be a list of 2 in brackets, {shape} (got {got})"
+        assert str(refused.value) == line
+
+
 INTEGERS = _settings(lambda types: int in types and not types & {float, bool})
 FLOATS = _settings(lambda types: float in types and bool not in types)
 # a valid value, and what else it needs, for each setting whose default is not a number

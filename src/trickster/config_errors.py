@@ -61,19 +61,49 @@ def describe_all(root: type[BaseModel], errors: list[dict[str, Any]]) -> list[st
     """pydantic's validation errors of `root` (the Config class) as one problem per key, each
     naming the key to change; a value that fails every member of a union is reported once."""
     by_key: dict[tuple, list[dict[str, Any]]] = {}
+    pairs: dict[tuple, str] = {}  # a list setting of the wrong shape: one line, however many errors
     for error in errors:
+        if (pair := _list_problem(root, error)) is not None:
+            by_key.setdefault(pair[0], [])
+            pairs.setdefault(pair[0], pair[1])
+            continue
         # an unknown key is its own problem: two in one section read "expected foo or bar" as one
         own = error["type"] in ("extra_forbidden", "invalid_key")
         by_key.setdefault(tuple(error["loc"]) if own else _field_path(root, error["loc"]), []).append(error)
     problems = []
     for key, group in by_key.items():
-        if len(group) == 1:
+        if key in pairs:
+            problems.append(pairs[key])
+        elif len(group) == 1:
             problems.append(_describe(root, group[0]))
         else:
             kinds = " or ".join(_KINDS.get(str(e["loc"][-1]), str(e["loc"][-1])) for e in group)
             given = group[0].get("input")
             problems.append(f"{_dotted(key)}: expected {kinds} (got {shown(given)}){_quoted_switch(given)}")
     return problems
+
+
+def _list_problem(root: type[BaseModel], error: dict[str, Any]) -> tuple[tuple, str] | None:
+    """A setting of a fixed number of values (`betas: [0.9, 0.95]`) given as something else or
+    with another count: (its key, its line), where pydantic says "a valid tuple", "tuple should
+    have at most 2 items" or "field required" at each place missing. None for other errors."""
+    if error["type"] not in ("tuple_type", "too_long", "too_short", "missing"):
+        return None
+    key = _field_path(root, error["loc"])
+    key = key[:-1] if isinstance(key[-1], int) else key
+    names = [str(part) for part in key]
+    section = section_at(root, names[:-1]) if len(names) > 1 else None
+    field = section.model_fields.get(names[-1]) if section else None
+    kinds = (field.annotation, *typing.get_args(field.annotation)) if field else ()
+    count = next((len(typing.get_args(k)) for k in kinds if typing.get_origin(k) is tuple), None)
+    if count is None:
+        return None
+    written = re.match(r"\[[^\]]+\]", field.description or "")  # `[first, last]: record ...`
+    example = (
+        f", such as {shown(field.default)}" if field.default else f", {written.group()}" if written else ""
+    )
+    given = shown(error.get("input"))
+    return key, f"{_dotted(key)}: input should be a list of {count} in brackets{example} (got {given})"
 
 
 def _describe(root: type[BaseModel], error: dict[str, Any]) -> str:
