@@ -631,6 +631,14 @@ def _partial_with_other_settings(env: Env) -> list[str]:
     return ["data", "prepare", "text", texts, "--tokenizer", "byte", "--out", str(out)]
 
 
+def _partial_of_edited_input(env: Env) -> list[str]:
+    """An interrupted preparation, continued after one of its files was edited."""
+    texts, out = _interrupted_preparation(env)
+    with (Path(texts) / "001.txt").open("a") as edited:
+        edited.write("one more line\n")
+    return ["data", "prepare", "text", texts, "--out", str(out)]
+
+
 def _partial_of_an_older_version(env: Env) -> list[str]:
     """An interrupted preparation started by a version of trickster that recorded no version."""
     texts, out = _interrupted_preparation(env)
@@ -2906,6 +2914,12 @@ CASES = [
         "prepare-bad-shard-tokens",
         lambda env: ["data", "prepare", "text", _texts(env, 2), "--shard-tokens", "0", "--out", "o"],
         "--shard-tokens must be at least 1",
+    ),
+    case(  # it said "other settings (source)", and to run the command that started it: this one
+        "prepare-continue-after-an-input-file-changed",
+        _partial_of_edited_input,
+        "o.partial holds an unfinished preparation of other input (",
+        "001.txt changed); it continues only the same input: put the input back as it was, or delete ",
     ),
     case(
         "prepare-continue-with-other-settings",

@@ -173,6 +173,30 @@ def test_continuing_with_other_settings_is_one_clear_error(tmp_path, monkeypatch
     assert (partial_dir(tmp_path / "out") / "progress.json").is_file()  # kept for the right command
 
 
+def test_continuing_after_input_files_changed_names_them(tmp_path, monkeypatch):
+    """It said "other settings (source)" and to run the command that started it, which was the
+    same command: the files it read had changed since."""
+    paths = write_texts(tmp_path / "texts", stories(60, seed=2))
+    monkeypatch.setattr(encode_module, "encode_chunk", Interrupt(after=3))
+    with pytest.raises(KeyboardInterrupt):
+        prepare(sources.text_files(paths), "char", tmp_path / "out", chunk_chars=200, workers=1, echo=print)
+    monkeypatch.undo()
+    texts = tmp_path / "texts"
+    with (texts / "0007.txt").open("a") as edited:
+        edited.write("one more line\n")
+    (texts / "0007b.txt").write_text("a new story.\n")
+    (texts / "0042.txt").unlink()
+    partial = partial_dir(tmp_path / "out")
+    with pytest.raises(UserError) as refused:
+        prepare(sources.text_files(paths), "char", tmp_path / "out", chunk_chars=200)
+    assert str(refused.value) == (
+        f"{partial} holds an unfinished preparation of other input ({texts / '0007.txt'} changed, "
+        f"{texts / '0007b.txt'} added, {texts / '0042.txt'} gone); it continues only the same input: put "
+        f"the input back as it was, or delete {partial} to start again"
+    )
+    assert (partial / "progress.json").is_file()
+
+
 def test_a_source_with_its_own_validation_split_keeps_it(tmp_path):
     datasets = pytest.importorskip("datasets")
     train, val = stories(50, seed=3), stories(8, seed=4)

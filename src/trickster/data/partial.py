@@ -124,10 +124,16 @@ def open_partial(
                 f"cannot continue; delete {partial} to start again"
             )
         if record.settings != settings:
-            changed = ", ".join(k for k in settings if record.settings.get(k) != settings[k])
+            changed = [k for k in settings if record.settings.get(k) != settings[k]]
+            files = _files_changed(record.settings.get("source") or {}, settings.get("source") or {})
+            if changed == ["source"] and files:  # an input file edited, added or gone since
+                raise UserError(
+                    f"{partial} holds an unfinished preparation of other input ({files}); it continues "
+                    f"only the same input: put the input back as it was, or delete {partial} to start again"
+                )
             raise UserError(
-                f"{partial} holds an unfinished preparation with other settings ({changed}); run the "
-                f"command that started it to continue, or delete {partial} to start again"
+                f"{partial} holds an unfinished preparation with other settings ({', '.join(changed)}); "
+                f"run the command that started it to continue, or delete {partial} to start again"
             )
         pieces = f" and {counted(record.next_piece, 'piece')} of the next" if record.next_piece else ""
         shards = counted(record.finished_shards(), "finished shard")
@@ -150,3 +156,18 @@ def open_partial(
     record = Progress(settings, source_revision=revision)
     record.save(partial)
     return record
+
+
+def _files_changed(recorded: dict, source: dict, shown: int = 3) -> str:
+    """The input files that differ between two records of a source, in words (`a.txt changed, b.txt
+    added`); "" when its files (each [name, size, time]) are the same, or not so recorded, or
+    something else of it differs (--text-field's field, a dataset's name)."""
+    rows = [{f[0]: f[1:] for f in s.get("files") or () if isinstance(f, list)} for s in (recorded, source)]
+    others = {k for k in {*recorded, *source} - {"files"} if recorded.get(k) != source.get(k)}
+    if not all(rows) or others:
+        return ""
+    before, now = rows
+    words = [f"{n} changed" for n in now if n in before and before[n] != now[n]]  # its size or time
+    words += [f"{n} added" for n in now if n not in before] + [f"{n} gone" for n in before if n not in now]
+    more = f" and {len(words) - shown:,} more" if len(words) > shown else ""
+    return ", ".join(words[:shown]) + more
