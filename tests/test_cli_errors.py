@@ -273,6 +273,12 @@ def _corpus_shorter_than_window(env: Env) -> list[str]:
     return micro_train(env, "--data", data, "model_config.max_seq_len=256", "training_config.seq_len=200")
 
 
+def _val_split_shorter_than_window(env: Env) -> list[str]:
+    """The train split holds windows of 201 tokens, the validation split (a tenth) does not."""
+    data = env.prepare_text("to be or not to be, that is the question.\n" * 30)
+    return micro_train(env, "--data", data, "model_config.max_seq_len=256", "training_config.seq_len=200")
+
+
 def _run_dir_is_file(env: Env) -> list[str]:
     return micro_train(env, "--out", env.write("taken", "my notes\n"))
 
@@ -2050,6 +2056,13 @@ CASES = [
         _corpus_shorter_than_window,
         "fewer than one window of 201",
         "training_config.seq_len",
+    ),
+    case(
+        "corpus-val-split-shorter-than-window",
+        _val_split_shorter_than_window,
+        "the val split of ",
+        "fewer than one window of 201; use a larger corpus, prepare it again with a larger --val-fraction",
+        "or lower training_config.seq_len",
     ),
     case("train-run-dir-is-file", _run_dir_is_file, "logging_config.output_dir", "taken is a file"),
     case(

@@ -215,13 +215,15 @@ def _read_split(
 
 
 def check_windows(data: PreparedData, seq_len: int) -> None:
-    """Both splits must hold at least one window of seq_len inputs plus its shifted target."""
+    """Both splits must hold at least one window of seq_len inputs plus its shifted target. A
+    validation split alone too short can also grow by a larger share of the same corpus."""
     for split in ("train", "val"):
         tokens = len(getattr(data, split))
         if tokens < seq_len + 1:
+            share = ", prepare it again with a larger --val-fraction" if split == "val" else ""
             raise UserError(
                 f"the {split} split of {data.path} has {tokens} tokens, fewer than one window of "
-                f"{seq_len + 1}; use a larger corpus or lower training_config.seq_len"
+                f"{seq_len + 1}; use a larger corpus{share} or lower training_config.seq_len"
             )
 
 
