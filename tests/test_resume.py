@@ -32,7 +32,8 @@ from trickster.observe.runs import read_run
 from trickster.train import checkpoint as ckpt
 from trickster.train import loop as train_module
 from trickster.train import resume
-from trickster.train.loop import train
+from trickster.train.device import settings_restored
+from trickster.train.loop import Trainer, train
 
 from . import children
 from .conftest import QUIET, events, micro_config
@@ -220,6 +221,30 @@ def test_allowed_changes_on_resume_are_recorded(micro, capsys):
     assert written(result.run_dir) == files
     assert again.finished_before and again.state.step == 9
     assert again.state.best_loss_seen == result.state.best_loss_seen
+
+
+def test_a_resume_on_another_validation_set_measures_best_on_it(micro, tmp_path):
+    """A resume with a shorter seq_len draws other validation windows: best's loss on the old ones
+    does not compare with the evaluations to come (kept, it could outlast every better model, or
+    give way to a worse one). It is measured again on the new set: what a run started from best's
+    weights (init_from) evaluates at its step 0 on that set (3.66 there, 3.80 on the old windows)."""
+    cfg = micro(training_config={"max_steps": 4, "warmup_steps": 1, "eval_every": 2, "save_every": 2})
+    train(cfg, **QUIET)
+    shorter = cfg.model_copy(deep=True)
+    shorter.training.max_steps, shorter.training.seq_len = 6, 16
+    lines = []
+    with settings_restored():
+        trainer = Trainer(shorter, resume=True, echo=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    best = tmp_path / "run" / "checkpoints" / "best"
+    started = shorter.model_copy(deep=True)
+    started.logging.output_dir, started.training.init_from = str(tmp_path / "from-best"), str(best)
+    started.training.max_steps = 1
+    (on_the_new_set, *_) = events(train(started, **QUIET).history, "eval")
+    assert trainer.state.best_val_loss == pytest.approx(on_the_new_set["val_loss"], rel=1e-5)
+    said = [
+        line for line in lines if line.startswith(f"best (step {ckpt.checkpoint_step(best)}) evaluated again")
+    ]
+    assert said and "training_config.seq_len" in said[0], lines
 
 
 def test_a_resumed_process_keeps_no_map_of_the_checkpoint_it_continued_from(micro, monkeypatch):

@@ -221,22 +221,33 @@ def load_run_weights(trainer: Trainer, checkpoint: Path) -> None:
         ckpt.load_weights(trainer.model, checkpoint / ckpt.WEIGHTS)
 
 
-def remeasure_best(trainer: Trainer) -> None:
-    """Before 2026-11-29 14:30 (a checkpoint whose info.json has no val_draw_width) a validation
-    loss was the mean of per-batch means; on loss-masked data that reads differently from the
-    pooled mean over every response token used since. A run resumed from such a checkpoint
-    evaluates `best` again, so that no later evaluation replaces it by comparing the two."""
+VALIDATION_SET = ("training_config.seq_len", "training_config.eval_batches")  # what draws its windows
+
+
+def remeasure_best(trainer: Trainer, changed: dict) -> None:
+    """`best` evaluated again on resume where its loss was measured on another validation set, so
+    that no later evaluation replaces it, or fails to, by comparing the two:
+
+    - a resume that changes seq_len or eval_batches (validate.validation_batches draws the windows
+      by them): `best` kept its loss on the old windows, which a better model could fail to beat
+      for good, or a worse one beat;
+    - before 2026-11-29 14:30 (a checkpoint whose info.json has no val_draw_width) a validation
+      loss was the mean of per-batch means; on loss-masked data that reads differently from the
+      pooled mean over every response token used since."""
     best, resumed, state = trainer.run_dir / "checkpoints" / "best", trainer.resumed_from, trainer.state
-    if resumed is None or trainer.data.val.loss_mask is None or not ckpt.is_complete(best):
+    if resumed is None or not ckpt.is_complete(best):
         return
-    if "val_draw_width" in ckpt.read_info(resumed):
+    redrawn = [key for key in VALIDATION_SET if key in changed]
+    older = trainer.data.val.loss_mask is not None and "val_draw_width" not in ckpt.read_info(resumed)
+    if not (redrawn or older):
         return
     load_run_weights(trainer, best)
     local = evaluate(trainer.step_model, trainer.val_batches, trainer.device, trainer.cfg.device.dtype)
     loss, healthy = pooled_loss(local, trainer.val_batches, trainer.model, trainer.device, trainer.job)
     load_run_weights(trainer, resumed)
     before, state.best_val_loss = state.best_val_loss, loss if healthy else math.inf
-    trainer.out.line(
-        f"best (step {ckpt.checkpoint_step(best)}) evaluated again: val loss {loss:.4f} as every response "
-        f"token counts now ({before:.4f} as older versions averaged the batches)"
-    )
+    if redrawn:
+        why = f"on the validation set {' and '.join(redrawn)} draw now ({before:.4f} on the one before)"
+    else:
+        why = f"as every response token counts now ({before:.4f} as older versions averaged the batches)"
+    trainer.out.line(f"best (step {ckpt.checkpoint_step(best)}) evaluated again: val loss {loss:.4f} {why}")
