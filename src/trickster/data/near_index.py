@@ -162,7 +162,8 @@ class NearIndex:
 def distinct(values: np.ndarray) -> np.ndarray:
     """np.unique of integers, sorted then each kept once: numpy 2.4's np.unique hashes them first,
     50 times slower on a chunk's 700,000 (document, row) pairs (0.57 s against 0.01 s here) and
-    about 2 ms on a thousand (bench/dedup_growth.py's `records`: a fifth of the deduplicator's time)."""
+    about 2 ms on a thousand (bench/dedup_growth.py's `records`: a fifth of the deduplicator's time);
+    `trickster data report` takes it for a split's 13-gram hashes (1.35 s against 0.04 s on 3,000,000)."""
     values = np.sort(values)
     return values[np.concatenate(([True], values[1:] != values[:-1]))] if len(values) else values
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from trickster.atomic import check_page, write_page
 from trickster.data.loader import PreparedData, TokenStream, damaged_shards, load_data
+from trickster.data.near_index import distinct
 from trickster.data.summary import dedup_lines, skipped
 from trickster.data.tokenizers import CharTokenizer
 from trickster.errors import UserError
@@ -155,7 +156,7 @@ def overlap(folder: str | Path, text: str, top: int = 5) -> Overlap:
             f"the text is {len(tokens)} tokens long, too short for a {N}-token overlap check; "
             f"pass a text of at least {N} tokens"
         )
-    query = np.unique(hashes)
+    query = distinct(hashes)
     found = _find(data, data.train, query)
     hit = found.seen[np.searchsorted(query, hashes)]
     covered = np.zeros(len(tokens) + 1, np.int64)
@@ -276,7 +277,7 @@ def data_report(folder: str | Path, top: int = 10) -> DataReport:
     ]
     text_bytes = meta.get("train_bytes", meta.get("train_chars", 0))
     val_hashes, _ = ngram_hashes(np.asarray(data.val), _specials(data))
-    query = np.unique(val_hashes)
+    query = distinct(val_hashes)
     seen = _find(data, data.train, query).seen
     in_train = int(seen[np.searchsorted(query, val_hashes)].sum()) if len(query) else 0
     return DataReport(
