@@ -2757,6 +2757,16 @@ CASES = [
         'saved\' has no "story.text" field ("story" has: a); pass --text-field FIELD (a nested one as '
         "OUTER.INNER)",
     ),
+    case(  # `--text-field "$FIELD"`, FIELD unset: it read the column 'text' without a word
+        "prepare-parquet-text-field-empty",
+        lambda env: _parquet(env, "--text-field", "", columns={"text": ["one story", "another"]}),
+        "argument --text-field: '' is empty (an unset shell variable?); give the field that holds the text",
+    ),
+    case(  # `--dataset "$DIR"`, DIR unset: it read TinyStories from the Hub
+        "prepare-tinystories-dataset-empty",
+        lambda env: ["data", "prepare", "tinystories", "--dataset", "", "--out", "o"],
+        "argument --dataset: '' is empty (an unset shell variable?); give a dataset name or folder",
+    ),
     case(
         "prepare-parquet-not-parquet",
         lambda env: ["data", "prepare", "parquet", env.write("d.parquet", "not parquet"), "--out", "o"],

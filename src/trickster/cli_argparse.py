@@ -29,6 +29,18 @@ def out_path(text: str) -> str:
     return text
 
 
+def given(what: str):
+    """A value that may not be empty: `--text-field "$FIELD"` with FIELD unset gave "", which read as
+    the option left out (Parquet's field `text`, TinyStories from the Hub) without a word."""
+
+    def check(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"{text!r} is empty (an unset shell variable?); give {what}")
+        return text
+
+    return check
+
+
 # A negative number in any form float() and `integer` take: -1e3, -1_000, -.5e0, -inf. argparse's
 # own pattern knows only -123 and -1.5, and read the others as unknown options ("--steps: expected
 # one argument"), so the value never reached the check that says what a valid one is.

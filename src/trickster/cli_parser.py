@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from trickster.cli_argparse import Parser, integer, out_path
+from trickster.cli_argparse import Parser, given, integer, out_path
 from trickster.cli_serve import add_access
 from trickster.options import Sampling  # dataclasses only
 from trickster.serve import limits  # imports nothing
@@ -17,6 +17,7 @@ from trickster.serve import limits  # imports nothing
 TOKENIZER_CHOICES = ("char", "byte", "bpe", "gpt2")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 AUTO_DEVICE = "default auto: CUDA, then MPS, then the CPU"
+FIELD, DATASET = given("the field that holds the text"), given("a dataset name or folder")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +78,7 @@ def _add_data_prepare(data_commands) -> None:
     tinystories = sources.add_parser("tinystories", help="TinyStories from Hugging Face (streamed)")
     tinystories.add_argument(
         "--dataset",
+        type=DATASET,
         help="another name or a local folder with train and validation splits (default: the hub's)",
     )
     hf = sources.add_parser("hf", help="any Hugging Face dataset (streamed), or a local copy of one")
@@ -103,9 +105,9 @@ def _add_data_prepare(data_commands) -> None:
     parquet = sources.add_parser("parquet", help="local Parquet files (streamed by record batch)")
     parquet.add_argument("paths", nargs="+", metavar="FILE")
     for source in (hf, parquet):
-        source.add_argument("--text-field", help="the field holding the text (default text)")
+        source.add_argument("--text-field", type=FIELD, help="the field holding the text (default text)")
     # jsonl has no default field: without one (or --template) it reads prompt/response records
-    jsonl.add_argument("--text-field", help="the field holding each record's text")
+    jsonl.add_argument("--text-field", type=FIELD, help="the field holding each record's text")
     for source in sources.choices.values():
         _add_prepare_options(source)
         source.set_defaults(run="prepare_data", text_field=None, template=None)
