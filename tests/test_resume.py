@@ -197,6 +197,7 @@ def test_allowed_changes_on_resume_are_recorded(micro, capsys):
     assert f"Training from scratch -> {cfg.logging.output_dir}" in first
     longer = cfg.model_copy(deep=True)
     longer.training.max_steps, longer.training.learning_rate, longer.training.log_every = 9, 1e-3, 3
+    longer.training.keep_last = 2
     lines = []
     result = train(longer, resume=True, echo=lines.append)
     (resume,) = events(result.history, "resume")
@@ -205,8 +206,10 @@ def test_allowed_changes_on_resume_are_recorded(micro, capsys):
         "training_config.max_steps": [6, 9],
         "training_config.learning_rate": [3e-3, 1e-3],
         "training_config.log_every": [2, 3],
+        "training_config.keep_last": [None, 2],
     }
     assert "changed on resume: training_config.max_steps 6 -> 9" in lines
+    assert "changed on resume: training_config.keep_last null -> 2" in lines  # as YAML spells it
     assert f"Resuming -> {cfg.logging.output_dir}" in lines  # the header no longer says "from scratch"
     assert not any(line.startswith("Training from scratch") for line in lines)
     assert ckpt.checkpoint_step(result.run_dir / "checkpoints" / "final") == 9

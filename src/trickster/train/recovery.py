@@ -247,7 +247,7 @@ def remeasure_best(trainer: Trainer, changed: dict) -> None:
     load_run_weights(trainer, resumed)
     before, state.best_val_loss = state.best_val_loss, loss if healthy else math.inf
     if redrawn:
-        why = f"on the validation set {' and '.join(redrawn)} draw now ({before:.4f} on the one before)"
+        why = f"on the validation windows of the new {' and '.join(redrawn)} ({before:.4f} on the old ones)"
     else:
         why = f"as every response token counts now ({before:.4f} as older versions averaged the batches)"
     trainer.out.line(f"best (step {ckpt.checkpoint_step(best)}) evaluated again: val loss {loss:.4f} {why}")

@@ -305,7 +305,8 @@ def announce(trainer: Trainer, resume, changed: dict, repairs: list[str], global
     print_header(out, cfg, data, trainer.params, trainer.device, trainer.tokens_per_step, job, resuming)
     if resuming:
         out.line(f"resuming from {resumed_from}")
-    for line in repairs + notes + [f"changed on resume: {k} {a} -> {b}" for k, (a, b) in changed.items()]:
+    changes = [f"changed on resume: {key} {_spelled(a)} -> {_spelled(b)}" for key, (a, b) in changed.items()]
+    for line in repairs + notes + changes:
         out.line(line)
     if trainer.batch_note:
         out.line(trainer.batch_note)
@@ -330,3 +331,10 @@ def announce(trainer: Trainer, resume, changed: dict, repairs: list[str], global
         peak_source=trainer.peak.source,
         measured_flops_per_device=trainer.peak.measured,  # the matmul ceiling, beside a datasheet peak
     )
+
+
+def _spelled(value) -> str:
+    """A setting's value as a config file spells it (null, true, false), not as Python prints it."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return str(value)
