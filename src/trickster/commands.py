@@ -402,8 +402,10 @@ def quickstart(
 
     `overrides` change the tiny preset after quickstart's own settings (e.g. a smaller batch); a
     training_config.max_steps among them sets the run's length as --steps does."""
+    # a bad override is refused here, before the data; the schedule below, fitted to the steps,
+    # passes whatever passes this (its warmup is below them, its intervals at least 1)
     length = ConfigSource(preset="tiny", overrides=[f"training_config.max_steps={steps}", *overrides])
-    steps = length.load().training.max_steps  # a bad override: refused here, before the data
+    steps = length.load().training.max_steps
     # a tenth of a short run; fitted.py keeps tiny's 100 past 100 steps (PERFORMANCE.md: worse at 120)
     schedule = [
         f"training_config.max_steps={steps}",
@@ -411,7 +413,6 @@ def quickstart(
         f"training_config.eval_every={max(1, steps // 6)}",
         f"training_config.save_every={max(1, steps // 3)}",
     ]
-    ConfigSource(preset="tiny", overrides=[*schedule, *overrides]).load()  # with the schedule's values
     print("1/3 preparing data")
     options = PrepareOptions(tokenizer="char", out="data/shakespeare-char", progress=False)
     try:
