@@ -370,8 +370,9 @@ def serve_command(
     from trickster.serve.server import serve
 
     names = [n.strip() for n in checkpoints.split(",") if n.strip()] if checkpoints else None
-    limits = (max_batch, max_loaded_models)
-    return serve(target, host, port, device, api_key, names, chat_template, *limits, allowed_host)
+    return serve(
+        target, host, port, device, api_key, names, chat_template, max_batch, max_loaded_models, allowed_host
+    )
 
 
 def _stopped_run_passed_over(out: Path, run_dir: Path) -> str | None:
