@@ -3009,6 +3009,17 @@ CASES = [
         _blank_documents,  # said "after dropping 3 blank or duplicate documents": none was a copy
         "corpus 'text' holds no text: all 3 of its files hold only whitespace; pass files that contain text",
     ),
+    case(  # it said "no prepared data in input.txt (meta.json missing)" of the corpus itself
+        "data-report-on-the-corpus-file",
+        lambda env: ["data", "report", env.write("input.txt", "To be, or not to be.\n")],
+        "input.txt is a file, not a prepared data folder; prepare it first (`trickster data prepare text ",
+        "input.txt`) and give the folder that writes",
+    ),
+    case(
+        "train-data-is-a-jsonl-file",
+        lambda env: micro_train(env, "--data", env.write("chat.jsonl", RECORD + "\n")),
+        "chat.jsonl is a file, not a prepared data folder; prepare it first (`trickster data prepare jsonl ",
+    ),
     case(
         "data-overlap-not-a-data-folder",
         lambda env: ["data", "overlap", str(env.tmp), "--text", env.write("eval.txt", "some text\n")],

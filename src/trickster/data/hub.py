@@ -9,6 +9,7 @@ from pathlib import Path
 
 from trickster.data.json_records import TextField
 from trickster.data.no_text import NoText
+from trickster.data.paths import source_of
 from trickster.data.sources import DownloadFailed, Source, file_identity, one_line, require_package
 from trickster.errors import UserError
 
@@ -67,10 +68,9 @@ def hf_dataset(
     if local.is_dir():
         identity["files"] = file_identity(sorted(p for p in local.rglob("*") if p.is_file()))
     elif local.exists():
-        command = "parquet" if local.suffix == ".parquet" else "jsonl" if ".json" in local.name else "text"
         raise UserError(
             f"{dataset} is a file; pass a dataset name or a folder (or read this file with "
-            f"`trickster data prepare {command} {dataset}`)"
+            f"`trickster data prepare {source_of(local)} {dataset}`)"
         )
     revision = None if local.is_dir() else Revision(lambda: hub_revision(dataset))
 

@@ -90,3 +90,8 @@ def _unreadable(err: OSError) -> None:
 def _inode(path: Path) -> tuple[int, int]:
     info = path.stat()
     return info.st_dev, info.st_ino
+
+
+def source_of(path: Path) -> str:
+    """The `data prepare` source that reads the file `path`, by its name: parquet, jsonl or text."""
+    return "parquet" if path.suffix == ".parquet" else "jsonl" if ".json" in path.name else "text"
