@@ -161,9 +161,9 @@ def test_requests_waiting_for_room_get_it_in_arrival_order(trained_run, tmp_path
         assert gate.wait(60)
         decode(self)
 
-    def recorded(path, device):
+    def recorded(path, device, **options):
         loads.append(path.name)
-        return read(path, device)
+        return read(path, device, **options)
 
     monkeypatch.setattr(Batch, "_decode", gated)
     monkeypatch.setattr(models.ckpt, "load_checkpoint", recorded)
@@ -198,10 +198,10 @@ def test_requests_waiting_for_room_get_it_in_arrival_order(trained_run, tmp_path
 def test_concurrent_first_requests_load_a_model_once(trained_run, monkeypatch):
     loads, read = [], models.ckpt.load_checkpoint
 
-    def slow_load(path, device):
+    def slow_load(path, device, **options):
         loads.append(path.name)
         time.sleep(0.5)  # long enough for every request to arrive while it loads
-        return read(path, device)
+        return read(path, device, **options)
 
     monkeypatch.setattr(models.ckpt, "load_checkpoint", slow_load)
     with live_server(trained_run, max_loaded=2) as live:

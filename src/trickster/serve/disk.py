@@ -11,18 +11,7 @@ from trickster.config import Config
 from trickster.config_saved import read_saved
 from trickster.data.tokenizers import Tokenizer, load_tokenizer
 from trickster.train import checkpoint as ckpt
-
-
-def identity(path: Path) -> tuple[int, ...] | None:
-    """Which checkpoint is at `path`, told apart without reading it: the folder's and its weights'
-    identity (a new checkpoint is a new folder renamed into place, with new files: the folder's inode
-    alone is not enough, as ext4 gives the inode of the folder a save deleted to the next one it
-    makes). None when either is missing."""
-    try:
-        folder, weights = path.stat(), (path / ckpt.WEIGHTS).stat()
-    except OSError:
-        return None
-    return folder.st_dev, folder.st_ino, weights.st_ino, weights.st_mtime_ns
+from trickster.train.settled import identity  # noqa: F401  (serve's models.py reads disk.identity)
 
 
 def version(path: Path) -> tuple[int, ...] | None:

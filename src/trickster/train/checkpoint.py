@@ -41,7 +41,7 @@ from trickster.errors import UserError, disk_errors, write_fix
 from trickster.model import lora
 from trickster.model.transformer import Transformer
 from trickster.run_checkpoints import COMPLETE, WEIGHTS, is_complete, numbered, run_write_fix
-from trickster.train import checksums
+from trickster.train import checksums, settled
 from trickster.train.device import inference_dtype
 from trickster.train.weight_loading import load_weights
 from trickster.train.weights import (
@@ -330,10 +330,15 @@ class CheckpointFiles:
     info: dict
 
 
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> LoadedCheckpoint:
+def load_checkpoint(
+    path: str | Path, device: torch.device | str = "cpu", wait: float = settled.WAIT
+) -> LoadedCheckpoint:
     """generate, serve, export, info and init_from load a checkpoint here: its config.yaml is
-    checked against the shapes its weight files hold before anything is allocated."""
-    return with_weights(read_files(path), device)
+    checked against the shapes its weight files hold before anything is allocated. All of it comes
+    from one checkpoint though a run may replace `best` meanwhile: read again for up to `wait` s."""
+    return settled.read_settled(
+        Path(path), resolve, lambda found: with_weights(read_files(found), device), wait
+    )
 
 
 def read_files(path: str | Path) -> CheckpointFiles:

@@ -1,0 +1,65 @@
+"""A checkpoint read whole while a training run may replace it.
+
+A run writes a new `best` (and `final`) by atomic.replace_dir's two renames. A reader that resolved
+`runs/x` to `runs/x/checkpoints/best` and read its info.json before the swap, and its weights after,
+saw two checkpoints: their checksums disagree, and it said the file was damaged on disk. A read is
+made again while the folder it read was replaced meanwhile, for up to WAIT seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from trickster.atomic import being_replaced
+
+WAIT = 2.0  # seconds: a replace is a moment between two renames; a writer that stops there is dead
+Loaded = TypeVar("Loaded")
+
+
+def identity(path: Path, weights: str = "model.safetensors") -> tuple[int, ...] | None:
+    """Which checkpoint is at `path`, told apart without reading it: the folder's and its weights'
+    identity (a new checkpoint is a new folder renamed into place, with new files: the folder's inode
+    alone is not enough, as ext4 gives the inode of the folder a save deleted to the next one it
+    makes). None when either is missing."""
+    try:
+        folder, weights_file = path.stat(), (path / weights).stat()
+    except OSError:
+        return None
+    return folder.st_dev, folder.st_ino, weights_file.st_ino, weights_file.st_mtime_ns
+
+
+def read_settled(
+    target: Path, resolve: Callable[[Path], Path], read: Callable[[Path], Loaded], wait: float = WAIT
+) -> Loaded:
+    """read(resolve(target)), all of it from one checkpoint. Made again when the folder read was
+    replaced while it was read (its read failed, or succeeded on parts of two checkpoints), until
+    `wait` seconds have passed; a failure of a folder nobody replaces is raised at once."""
+    deadline = time.monotonic() + wait
+    while True:
+        _wait_for(target, deadline)
+        path = resolve(target)
+        before = identity(path)
+        try:
+            loaded = read(path)
+        except Exception:
+            if not _replaced(path, before) or time.monotonic() > deadline:
+                raise
+        else:
+            if not _replaced(path, before) or time.monotonic() > deadline:
+                return loaded
+        time.sleep(0.01)
+
+
+def _replaced(path: Path, before: tuple[int, ...] | None) -> bool:
+    return being_replaced(path) or identity(path) != before
+
+
+def _wait_for(target: Path, deadline: float) -> None:
+    """While `target` (a checkpoint) or its run's `best` is between a replace's two renames: a run
+    folder would otherwise resolve to its newest numbered checkpoint, a checkpoint to 'not found'."""
+    best = target / "checkpoints" / "best"
+    while (being_replaced(target) or being_replaced(best)) and time.monotonic() < deadline:
+        time.sleep(0.01)
