@@ -235,3 +235,34 @@ def test_a_reply_ends_where_the_model_writes_its_end_of_text(monkeypatch, capsys
     out = chat(monkeypatch, capsys, ["The king is"], str(tmp_path / "ends"), *GREEDY)
     stopped = continuation(capsys, tmp_path / "ends", "The king is")
     assert out.endswith(f"The king is{stopped}\n") and len(out) < len(unstopped)
+
+
+def test_lines_piped_from_a_windows_file_are_read_without_their_carriage_returns(
+    monkeypatch, capsys, trained_run
+):
+    out = chat(monkeypatch, capsys, ["ROMEO:\r", "JULIET:\r"], str(trained_run), *GREEDY)
+    assert "not sent" not in out  # it refused every line: character '\r' is not in the vocabulary
+    romeo, juliet = (continuation(capsys, trained_run, name) for name in ("ROMEO:", "JULIET:"))
+    assert out.endswith(f"ROMEO:{romeo}\nJULIET:{juliet}\n")
+
+
+def test_a_closed_stdin_is_a_chat_without_lines(monkeypatch, capsys, trained_run):
+    monkeypatch.setattr(sys, "stdin", None)  # what Python gives for `trickster chat RUN <&-`
+    capsys.readouterr()
+    assert cli.main(["chat", str(trained_run), *GREEDY]) == 0  # an AttributeError's traceback
+    assert capsys.readouterr().out.endswith("/exit (or Ctrl-D) ends.\n")
+
+
+def test_ctrl_c_in_generate_ends_the_text_s_line_before_it_says_interrupted(monkeypatch, capsys, trained_run):
+    real = generation.generate
+
+    def interrupted(*args, **kwargs):
+        for count, token in enumerate(real(*args, **kwargs)):
+            if count == 3:
+                raise KeyboardInterrupt
+            yield token
+
+    romeo = continuation(capsys, trained_run, "ROMEO:")
+    monkeypatch.setattr(streaming, "generate", interrupted)
+    assert cli.main(["generate", str(trained_run), "--prompt", "ROMEO:", *GREEDY]) == 130
+    assert capsys.readouterr() == (f"ROMEO:{romeo[:3]}\n", "interrupted\n")  # the text had no line end

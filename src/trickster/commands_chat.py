@@ -144,10 +144,13 @@ def _continue_ids(tokenizer: Tokenizer, line: str) -> list[int] | None:
 
 def _lines(prompt: str) -> Iterator[str]:
     """Lines typed at a terminal (with `prompt`, line editing and Ctrl-C ending the chat), or read
-    from a pipe (without prompts)."""
+    from a pipe (without prompts; none when stdin is closed, `<&-`). A piped line ends at "\n" or
+    "\r\n": a file written on Windows gave every line a "\r", which a char model never saw."""
+    if sys.stdin is None:
+        return
     if not sys.stdin.isatty():
         for line in sys.stdin:
-            yield line.rstrip("\n")
+            yield line.removesuffix("\n").removesuffix("\r")
         return
     while True:
         try:

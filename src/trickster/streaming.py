@@ -41,6 +41,7 @@ def stream(
             sys.stdout.flush()
     except KeyboardInterrupt:
         if not stoppable:
+            sys.stdout.write("\n")  # "interrupted" on a line of its own, not after the text
             raise
         sys.stdout.write(" [stopped]")
     written.append(decode_next(None))
