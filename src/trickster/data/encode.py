@@ -8,7 +8,6 @@ import collections
 import contextlib
 import hashlib
 import itertools
-import json
 import multiprocessing
 import os
 import signal
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from trickster.data import dedup
-from trickster.data.tokenizers import Tokenizer, from_dict
+from trickster.data.tokenizers import Tokenizer, load_tokenizer
 
 
 @dataclass(frozen=True)
@@ -84,10 +83,11 @@ class Encoded:
 _worker_tokenizer: Tokenizer | None = None
 
 
-def start_worker(tokenizer: dict) -> None:
+def start_worker(tokenizer_file: str | Path) -> None:
+    """The tokenizer as the preparation saved it (DIR.partial/tokenizer.json), for encode_chunk."""
     global _worker_tokenizer
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker: the pool is the parallelism
-    _worker_tokenizer = from_dict(tokenizer)
+    _worker_tokenizer = load_tokenizer(tokenizer_file)
 
 
 def start_pool_worker(tokenizer_file: str) -> None:
@@ -96,12 +96,7 @@ def start_pool_worker(tokenizer_file: str) -> None:
     line that says what was kept. The pool's exit ends the workers either way. The tokenizer is
     read from the file the preparation saved it in, not sent (_sigint_ignored says why)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    start_worker(_read(tokenizer_file))
-
-
-def _read(tokenizer_file: str | Path) -> dict:
-    """The tokenizer as the preparation saved it (DIR.partial/tokenizer.json: Tokenizer.save)."""
-    return json.loads(Path(tokenizer_file).read_text(encoding="utf-8"))
+    start_worker(tokenizer_file)
 
 
 @contextlib.contextmanager
@@ -216,7 +211,7 @@ def encoded_in_order(
     """(documents in the chunk, encoded chunk), in input order, with at most 2 x workers chunks in
     flight (Pool.imap would read the whole input ahead and hold it in memory)."""
     if workers <= 1:
-        start_worker(_read(tokenizer_file))
+        start_worker(tokenizer_file)
         for task in tasks:
             yield len(task.documents), encode_chunk(task)
         return
