@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from trickster.data.dedup_rows import KeptRows
-from trickster.data.near_index import NearIndex, RowIndex
+from trickster.data.near_index import NearIndex, RowIndex, distinct
 from trickster.data.near_search import ChunkSearch
 from trickster.data.near_sketch import Sketches, low_bits
 from trickster.errors import UserError
@@ -140,15 +140,13 @@ def _shingles(owners: list[int], pieces: list[str]) -> tuple[np.ndarray, np.ndar
         h ^= h >> np.uint64(33)  # murmur's finaliser: every input bit reaches the top bits
         h *= np.uint64(0xFF51AFD7ED558CCD)
         h ^= h >> np.uint64(33)
-    keys = np.sort((owner << np.uint64(32)) | (h >> np.uint64(32)))
-    keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))] if len(keys) else keys  # distinct
+    keys = distinct((owner << np.uint64(32)) | (h >> np.uint64(32)))
     return (keys >> np.uint64(32)).astype(np.int64), (keys & np.uint64(0xFFFFFFFF)).astype(np.uint32)
 
 
 def shingle_hashes(text: str) -> np.ndarray:
     """The distinct shingle hashes of one text (see _shingles)."""
-    hashes = np.sort(np.concatenate([_shingles(*batch)[1] for batch in _pieces([text])]))
-    return hashes[np.concatenate(([True], hashes[1:] != hashes[:-1]))] if len(hashes) else hashes
+    return distinct(np.concatenate([_shingles(*batch)[1] for batch in _pieces([text])]))
 
 
 def permutations(seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
