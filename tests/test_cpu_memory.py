@@ -34,6 +34,20 @@ def test_plan_measures_against_a_ulimit_below_the_ram(tmp_path):
     assert "fits: 98.0 MiB of 2.70 GiB usable (90% of 3.00 GiB RAM allowed by ulimit -v)" in done.stdout
 
 
+def test_a_ulimit_is_not_divided_among_the_processes_of_a_job(tmp_path):
+    """The processes of a CPU job share the RAM, but a ulimit caps each of them on its own: two
+    processes under `ulimit -v 3G` were each planned with 1.5 GiB ("RAM allowed by ulimit -v / 2
+    processes"), and under a ulimit above their share of the RAM, with half the ulimit."""
+    argv = ["plan", "--preset", "tiny", "--no-bench", "--processes", "2"]
+    done = trickster_under(3 * GiB, *argv, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "of 2.70 GiB usable (90% of 3.00 GiB RAM allowed by ulimit -v)" in done.stdout
+    ram, what = cpu_memory.machine_memory()  # RAM, or a cgroup's limit below it
+    done = trickster_under(ram * 3 // 4, *argv, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"of {ram // 2 / GiB:.2f} GiB {what} / 2 processes)" in done.stdout
+
+
 def test_a_step_past_the_ulimit_is_refused_before_the_run_folder_is_made(tmp_path, shakespeare_dir):
     """The tiny model's micro-batch of 2,048 windows needs about 11 GiB by the formula: within the
     RAM of the machines the tests run on, past a 3 GiB ulimit. It was let through, and the step
@@ -68,4 +82,4 @@ def test_a_cgroup_limit_is_read_where_the_process_is_and_above_it(tmp_path, monk
         (6 * GiB, "RAM allowed by its cgroup (memory.max)"),
         (9223372036854771712, "RAM allowed by its cgroup (memory.limit_in_bytes)"),
     ]
-    assert cpu_memory.cpu_memory()[0] <= 6 * GiB  # whatever the machine's RAM
+    assert cpu_memory.machine_memory()[0] <= 6 * GiB  # whatever the machine's RAM

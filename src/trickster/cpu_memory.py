@@ -6,8 +6,10 @@ no line of its own (`Killed`); `ulimit -v` (address space) and `ulimit -d` (data
 process, whose allocations past them fail. Measured against the whole RAM, a run under such a cap
 passed the memory check before its first step and died, or ended with `out of memory (RAM of cpu,
 23.5 GiB)` in a process allowed 4, and `trickster plan` and `batch_size: auto` sized it for the
-machine. The smallest of them is what a process can have (`ulimit -v` counts the address space
-the libraries map as well, torch alone about 0.6 GiB: a run holds somewhat less than it).
+machine. Each of a job's processes on the machine has its share of the smaller of the RAM and the
+cgroup's limit, or its own ulimit if less: a ulimit is not divided among them (`ulimit -v` counts
+the address space the libraries map as well, torch alone about 0.6 GiB: a run holds somewhat less
+than it).
 """
 
 from __future__ import annotations
@@ -22,11 +24,19 @@ OWN_CGROUPS = Path("/proc/self/cgroup")  # `0::/PATH` (v2), `N:memory:/PATH` (v1
 RLIMITS = ((resource.RLIMIT_AS, "ulimit -v"), (resource.RLIMIT_DATA, "ulimit -d"))
 
 
-def cpu_memory() -> tuple[int, str]:
-    """The bytes of memory this process may use, and what says so ("RAM", or the limit below it)."""
+def machine_memory() -> tuple[int, str]:
+    """The bytes of memory all of the processes on this machine share, and what says so ("RAM", or
+    a cgroup's limit below it)."""
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    caps = [(ram, "RAM"), *cgroup_limits(), *process_limits()]
-    return min(caps, key=lambda cap: cap[0])  # RAM on a tie: no limit below it
+    return min([(ram, "RAM"), *cgroup_limits()], key=lambda cap: cap[0])  # RAM on a tie
+
+
+def process_share(capacity: int, what: str, processes: int = 1) -> tuple[int, str]:
+    """The bytes one of `processes` on this machine may use, and what says so: its share of the
+    `capacity` they share ("RAM / 2 processes"), or a ulimit below that share, which caps each
+    process on its own and so is not divided."""
+    share = (capacity, what) if processes <= 1 else (capacity // processes, f"{what} / {processes} processes")
+    return min([share, *process_limits()], key=lambda cap: cap[0])  # the share on a tie
 
 
 def process_limits() -> Iterator[tuple[int, str]]:

@@ -89,7 +89,7 @@ from dataclasses import dataclass
 import torch
 
 from trickster.config import MAX_ACCUMULATION, Config
-from trickster.cpu_memory import cpu_memory
+from trickster.cpu_memory import machine_memory, process_share
 from trickster.errors import UserError
 from trickster.model import transformer
 from trickster.model.flops import adapter_parameters, parameter_breakdown
@@ -387,32 +387,33 @@ def split_global_batch(windows: int, world_size: int, fit: int) -> tuple[int, in
 def memory_limit(
     cfg: Config, device: torch.device, local_processes: int = 1, named: tuple[int, str] | None = None
 ) -> tuple[int, str]:
-    """device_config.memory_gib in bytes if set, else the device's memory; and what it is. The
-    `local_processes` of a job on one machine share its RAM (a CPU's, or an Apple GPU's unified
-    memory): each gets its share; a CUDA process has its GPU to itself. `named`: the memory of a
-    GPU that is not here (`trickster plan --gpu`), and what it is, instead of the device's."""
+    """device_config.memory_gib in bytes if set, else process_memory's; and what it is."""
     if cfg.device.memory_gib is not None:
         return int(cfg.device.memory_gib * GiB), "device_config.memory_gib"
+    return process_memory(device, local_processes, named)
+
+
+def process_memory(
+    device: torch.device, local_processes: int = 1, named: tuple[int, str] | None = None
+) -> tuple[int, str]:
+    """The memory one of a job's `local_processes` on this machine has, and what it is: a CUDA
+    process has its GPU to itself; the others share the RAM (a CPU's, or an Apple GPU's unified
+    memory) and a cgroup's limit, and each has its share, or its own ulimit if less. `named`: the
+    memory of a GPU that is not here (`trickster plan --gpu`), and what it is, instead of the
+    device's."""
     capacity, what = named or device_memory(device)
-    return (capacity, what) if device.type == "cuda" else shared(capacity, what, local_processes)
-
-
-def shared(capacity: int, what: str, local_processes: int) -> tuple[int, str]:
-    """One process's share of memory that the job's `local_processes` on one machine share, and
-    what it is ("RAM / 2 processes")."""
-    if local_processes <= 1:
-        return capacity, what
-    return capacity // local_processes, f"{what} / {local_processes} processes"
+    return (capacity, what) if device.type == "cuda" else process_share(capacity, what, local_processes)
 
 
 def device_memory(device: torch.device) -> tuple[int, str]:
-    """Total memory of the device in bytes, and what it is."""
+    """Total memory of the device in bytes, and what it is (on a CPU, what all of its processes
+    share: no ulimit, which process_memory applies to each)."""
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         return props.total_memory, f"GPU memory ({props.name})"
     if device.type == "mps":
         return torch.mps.recommended_max_memory(), "Metal recommended working set"
-    return cpu_memory()  # RAM, or the cgroup's or ulimit's limit below it
+    return machine_memory()  # RAM, or the cgroup's limit below it
 
 
 def size_text(n: float) -> str:

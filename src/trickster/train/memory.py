@@ -263,7 +263,7 @@ def check_validation_set(cfg: Config, job: Dist) -> None:
     windows = t.eval_batches * (1 if t.batch_size == "auto" else t.batch_size) * job.world_size
     need = 24 * windows * cfg.seq_len
     # in RAM whatever the device; each of the job's processes here holds the whole set in its share
-    capacity, what = footprint.shared(*footprint.device_memory(torch.device("cpu")), job.local_world_size)
+    capacity, what = footprint.process_memory(torch.device("cpu"), job.local_world_size)
     if need > capacity:
         raise UserError(
             f"training_config.eval_batches {t.eval_batches:,} makes a validation set of {windows:,} "

@@ -166,7 +166,7 @@ def _check_memory(cfg: Config, config: Path, parameters: int, device: torch.devi
     """Refuse a model whose float32 weights and rotary tables (model_config.max_seq_len rows of
     head_dim each, cos and sin: not in the weight files) are more than the device's memory."""
     weights, rotary = 4 * parameters, 2 * 4 * cfg.model.max_seq_len * cfg.model.head_dim
-    capacity, what = footprint.device_memory(device)
+    capacity, what = footprint.process_memory(device)
     if weights + rotary > capacity:
         size = footprint.size_text
         raise UserError(
