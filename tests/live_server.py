@@ -54,7 +54,7 @@ def live_server(
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
     extra = {"max_body": max_body, "body_timeout": body_timeout}
     extra = {key: value for key, value in extra.items() if value is not None}
-    app = create_app(catalog, engine, api_key, **extra, allowed_hosts=("127.0.0.1", *allowed_hosts))
+    app = create_app(catalog, engine, api_key, **extra, allowed_hosts=allowed_hosts)
     timeouts = {"send_timeout": send_timeout} if send_timeout is not None else {}
     server = uvicorn.Server(uvicorn_config(app, header_timeout, **timeouts))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

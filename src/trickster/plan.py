@@ -185,8 +185,11 @@ def _advice(plan: Plan) -> list[str]:
 
 
 def _one_sequence_advice(plan: Plan, budget: float) -> str:
-    """A shorter sequence, halved until one fits; when the config accumulates under FSDP2, what
-    giving the accumulation up allows, since it holds whole gradients and gathered weights."""
+    """A shorter sequence, halved until one fits; when the config accumulates, what giving the
+    accumulation up allows, since a step of several micro-batches holds more than a step of one
+    (accumulation_cost: under FSDP2 whole gradients and gathered weights, under DDP no_sync's
+    gradients beside the all-reduce buckets, in one process the earlier micro-batches' gradients
+    beside the activations)."""
     cfg = plan.cfg
 
     def fitting_seq_len(accumulating: bool | None) -> int:

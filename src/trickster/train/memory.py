@@ -113,11 +113,12 @@ def job_fit(
     more, kept = footprint.beyond_one_process(computed, job.world_size, accumulating=True)
     if fixed + more + max(window, kept) > usable:
         held, fix = footprint.ACCUMULATION_HOLDS[job.mode]
+        other = f"{fix}, " if fix else ""  # one process: nothing but giving the accumulation up
         raise UserError(
             f"batch_size auto: a step of {windows:,} windows needs gradient accumulation, and with it "
             f"{held}: not even a micro-batch of one window fits in the {usable / 2**30:.2f} GiB usable "
             f"on {device}; lower training_config.global_batch to {fit * job.world_size:,} window(s) "
-            f"(no accumulation), {fix}, or choose a smaller model"
+            f"(no accumulation), {other}or choose a smaller model"
         )
     return (usable - fixed - more) // window, usable - more
 
