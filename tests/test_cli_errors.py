@@ -4145,6 +4145,13 @@ CASES = [
         'chat.jsonl line 2: "response" is empty, so the loss would have nothing to learn from; write the '
         "response, or remove that record",
     ),
+    case(  # it said the corpus was "too small" and to change --val-fraction: neither was why
+        "jsonl-validation-record-a-copy",
+        _jsonl([RECORD, '{"prompt": "Who?", "response": "Me."}', RECORD]),
+        "corpus 'jsonl' has no validation left: each document of its validation split copies a training "
+        "one, and a copy goes to its first copy's side; add validation documents (records at the end of "
+        "the file) that are not copies",
+    ),
     case("jsonl-one-record", _jsonl([RECORD]), "chat.jsonl holds 1 record; at least 2", "(one for training"),
     case(  # it said "holds 0 record(s)"
         "jsonl-records-file-empty",

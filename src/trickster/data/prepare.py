@@ -404,6 +404,13 @@ class _Job:
                 f"{self.record.dedup['near_found']:,} near-copies follow their first copy's side of the "
                 "split; pass --dedup near to keep one of each, or add documents"
             )
+        if not val and self.source.read_val is not None and self.record.dedup.get("exact_found"):
+            where = " (records at the end of the file)" if self.source.records else ""
+            raise UserError(  # its own split (the last records): --val-fraction and size were not why
+                f"corpus '{name}' has no validation left: each document of its validation split copies "
+                f"a training one, and a copy goes to its first copy's side; add validation documents{where} "
+                "that are not copies"
+            )
         raise UserError(
             f"corpus '{name}' is too small to hold out a validation split (no document fell into "
             f"{missing}); add documents or change --val-fraction"
