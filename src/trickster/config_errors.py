@@ -146,7 +146,7 @@ def shown(value: Any) -> str:
     """A value as the user wrote it in YAML: true, false and null, not Python's True and None;
     a long one cut (a 10,000-character value filled the terminal with the one error line)."""
     if isinstance(value, bool) or value is None:
-        return {True: "true", False: "false", None: "null"}[value]
+        return spelled(value)
     if isinstance(value, str) and len(value) > SHOWN:
         return f"{value[: SHOWN - 20]!r}... ({len(value):,} characters)"
     if isinstance(value, list | tuple):
@@ -155,6 +155,14 @@ def shown(value: Any) -> str:
 
 
 SHOWN = 80  # characters of a value an error line shows
+
+
+def spelled(value: Any) -> str:
+    """A setting's value as a config file spells it (null, true, false), not as Python prints it:
+    what `shown` gives an error line, less its quotes around text and its cut of a long value."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return str(value)
 
 
 def elided(text: str) -> str:

@@ -18,6 +18,7 @@ import torch
 
 from trickster.atomic import replace_file, staging_dir
 from trickster.config import Config, save_config
+from trickster.config_errors import spelled
 from trickster.data.loader import PreparedData
 from trickster.errors import UserError, disk_errors
 from trickster.model.flops import parameter_breakdown
@@ -305,7 +306,7 @@ def announce(trainer: Trainer, resume, changed: dict, repairs: list[str], global
     print_header(out, cfg, data, trainer.params, trainer.device, trainer.tokens_per_step, job, resuming)
     if resuming:
         out.line(f"resuming from {resumed_from}")
-    changes = [f"changed on resume: {key} {_spelled(a)} -> {_spelled(b)}" for key, (a, b) in changed.items()]
+    changes = [f"changed on resume: {key} {spelled(a)} -> {spelled(b)}" for key, (a, b) in changed.items()]
     for line in repairs + notes + changes:
         out.line(line)
     if trainer.batch_note:
@@ -331,10 +332,3 @@ def announce(trainer: Trainer, resume, changed: dict, repairs: list[str], global
         peak_source=trainer.peak.source,
         measured_flops_per_device=trainer.peak.measured,  # the matmul ceiling, beside a datasheet peak
     )
-
-
-def _spelled(value) -> str:
-    """A setting's value as a config file spells it (null, true, false), not as Python prints it."""
-    if value is None or isinstance(value, bool):
-        return {None: "null", True: "true", False: "false"}[value]
-    return str(value)
