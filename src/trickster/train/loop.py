@@ -424,7 +424,7 @@ class Trainer:
         if self.scaler.is_enabled() and trainer["scaler"]:
             self.scaler.load_state_dict(trainer["scaler"])
         self.saved_processes = len(trainer["rng"])  # one entry per process of the job that saved it
-        if self.job.rank < len(trainer["rng"]):  # a process the saving job lacked keeps its seed
+        if self.job.rank < self.saved_processes:  # a process the saving job lacked keeps its seed
             set_rng_state(trainer["rng"][self.job.rank], self.device)
 
     def info(self) -> dict:
