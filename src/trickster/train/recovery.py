@@ -1,7 +1,8 @@
 """What a long run does for itself: it rolls back after a loss spike, warns after its first step
 when it will take far longer than its settings suggest, turns an out-of-memory error or a lost
 process into one line, gives a checkpoint saved before its evaluation that evaluation's loss,
-evaluates `best` again when resumed from an older version's checkpoint, and ends at its last step,
+evaluates `best` again on a resume where its loss does not compare with the evaluations to come
+(a new seq_len or eval_batches, or an older version's average), and ends at its last step,
 at its time budget or at a stop signal. Used by loop.Trainer (these read and change its state).
 """
 
