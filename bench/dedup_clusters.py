@@ -111,6 +111,15 @@ def timed(name: str, count: int, boilerplate: bool | str, chunk: int = 1400) -> 
     dedup.KeptRows.read = real_read
 
 
+def from_each_source(sources: list[Path], script: str, argv: list[str]) -> None:
+    """`script` with `argv` (the same corpora) from each source tree in turn, one process each, the
+    tree first on PYTHONPATH (--sources)."""
+    for source in sources:
+        print(f"\n## {source}", flush=True)
+        env = {**os.environ, "PYTHONPATH": str(source.resolve())}
+        subprocess.run([sys.executable, script, *argv], env=env, check=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stories", type=int, default=300_000)
@@ -118,12 +127,9 @@ def main() -> None:
     parser.add_argument("--alike", type=int, default=20_000)
     parser.add_argument("--sources", nargs="+", type=Path, help="run it from each of these source trees")
     args = parser.parse_args()
-    if args.sources:  # the same corpora from each tree, one process each, on PYTHONPATH
+    if args.sources:
         own = [f"--stories={args.stories}", f"--boilerplate={args.boilerplate}", f"--alike={args.alike}"]
-        for source in args.sources:
-            print(f"\n## {source}", flush=True)
-            env = {**os.environ, "PYTHONPATH": str(source.resolve())}
-            subprocess.run([sys.executable, __file__, *own], env=env, check=True)
+        from_each_source(args.sources, __file__, own)
         return
     for name, count, kind in (
         ("stories", args.stories, False),

@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dedup_clusters import NAMES, story
+from dedup_clusters import NAMES, from_each_source, story
 from prepare_throughput import prepare_argv
 
 import trickster
@@ -111,12 +111,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--sources", nargs="+", type=Path, help="run it from each of these source trees")
     args = parser.parse_args()
-    if args.sources:  # the same corpora from each tree, one process each, on PYTHONPATH
+    if args.sources:
         own = ["--counts", *map(str, args.counts), "--corpora", *args.corpora, f"--workers={args.workers}"]
-        for source in args.sources:
-            print(f"\n## {source}", flush=True)
-            env = {**os.environ, "PYTHONPATH": str(source.resolve())}
-            subprocess.run([sys.executable, __file__, *own], env=env, check=True)
+        from_each_source(args.sources, __file__, own)
         return
     print(
         "| corpus | documents | MB | `exact`: wall s (main CPU s) | `group`: wall s (main CPU s) | growth |",
