@@ -42,9 +42,6 @@ class Sketches:
     def nbytes(self) -> int:
         return self.words.nbytes
 
-    def __len__(self) -> int:
-        return self.count
-
     def add(self, words: np.ndarray) -> None:
         """Append rows of low_bits."""
         end = self.count + len(words)
