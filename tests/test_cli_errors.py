@@ -814,6 +814,12 @@ def _compare_other_tokenizer(env: Env) -> list[str]:
     return ["compare", str(env.run), "--data", data, "--max-new-tokens", "2"]
 
 
+def _folder_of_runs(env: Env) -> list[str]:
+    """runs/ itself, where `trickster train` puts every run folder (it said 'train first')."""
+    shutil.copytree(env.run, env.tmp / "runs" / "shakespeare")
+    return ["generate", str(env.tmp / "runs"), "--max-new-tokens", "2"]
+
+
 def _ckpt_without(name: str) -> Build:
     def build(env: Env) -> list[str]:
         ckpt = env.copy_checkpoint()
@@ -3264,6 +3270,18 @@ CASES = [
         lambda env: ["generate", str(env.run / "checkpoints" / "final" / "model.safetensors")],
         "model.safetensors is a file",
         "pass the folder that holds it",
+    ),
+    case(
+        "generate-folder-of-runs",
+        _folder_of_runs,
+        "holds runs, not checkpoints",
+        "pass one of them, such as",
+    ),
+    case(
+        "generate-file-outside-a-run",
+        lambda env: ["generate", env.write("corpus.txt", "ROMEO:\n"), "--max-new-tokens", "2"],
+        "corpus.txt is a file, not a run or checkpoint",
+        "pass a run folder",
     ),
     case(
         "generate-data-folder",

@@ -300,12 +300,21 @@ def resolve(path: str | Path) -> Path:
 def _no_checkpoint(path: Path) -> str:
     """Why `path` gives no checkpoint, for what a user passes instead of a run or checkpoint folder."""
     if path.is_file():
-        return f"{path} is a file; pass the folder that holds it ({path.parent}) or its run folder"
+        holder = path.parent
+        if (holder / WEIGHTS).exists() or (holder / COMPLETE).exists() or (holder / "checkpoints").is_dir():
+            return f"{path} is a file; pass the folder that holds it ({holder}) or its run folder"
+        return (
+            f"{path} is a file, not a run or checkpoint; pass a run folder (runs/NAME) or a checkpoint folder"
+        )
     if path.name == "checkpoints" and (path.parent / "config.yaml").is_file():
         one = latest(path.parent) or path / "best"
         return f"{path} holds checkpoints: pass the run folder {path.parent} or one of them, such as {one}"
     if (path / "meta.json").is_file():
         return f"{path} is a prepared data folder, not a run; pass a run folder (runs/NAME) or a checkpoint"
+    runs = [p for p in path.iterdir() if (p / "checkpoints").is_dir()] if path.is_dir() else []
+    if runs:  # runs/ itself, the folder of run folders: one with a checkpoint named first
+        one = min(runs, key=lambda run: (latest(run) is None, run.name))
+        return f"{path} holds runs, not checkpoints: pass one of them, such as {one}"
     return f"no complete checkpoint in {path}; train first, or pass a checkpoint folder"
 
 
