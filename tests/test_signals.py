@@ -4,6 +4,7 @@ even while one long PyTorch call runs (real processes, real signals)."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -160,7 +161,12 @@ def test_ctrl_c_stops_a_preparation_with_workers_in_one_line(tmp_path):
     argv = ["data", "prepare", "text", str(corpus), "--tokenizer", "byte", "--workers", "2",
             "--shard-tokens", "100000", "--dedup", "exact", "--out", str(out), "--no-progress"]  # fmt: skip
     first_shard = tmp_path / "data.partial" / "train" / "000000.bin"
-    err = ctrl_c_once(in_its_own_group(argv), first_shard.exists, seconds=120)
+
+    def start() -> subprocess.Popen:
+        shutil.rmtree(out, ignore_errors=True)  # prepared whole by a try this test woke too late for
+        return in_its_own_group(argv)
+
+    err = ctrl_c_once(start, first_shard.exists, seconds=120)
     assert err.count("\n") == 1 and " kept in " in err and "finished shard" in err, err
     assert (tmp_path / "data.partial" / "progress.json").is_file()
 
@@ -187,8 +193,14 @@ def test_ctrl_c_while_the_workers_start_is_one_line(tmp_path):
     mark = tmp_path / "started-"
     argv = ["data", "prepare", "text", str(corpus), "--tokenizer", "byte", "--workers", "2", "--out",
             str(tmp_path / "data"), "--no-progress"]  # fmt: skip
-    child = in_its_own_group(argv, slow, SLOW_WORKER_MARK=str(mark))
-    err = ctrl_c_once(child, lambda: any(tmp_path.glob("started-*")), seconds=60)
+
+    def start() -> subprocess.Popen:
+        shutil.rmtree(tmp_path / "data", ignore_errors=True)  # as in the test above
+        for started in tmp_path.glob("started-*"):
+            started.unlink()
+        return in_its_own_group(argv, slow, SLOW_WORKER_MARK=str(mark))
+
+    err = ctrl_c_once(start, lambda: any(tmp_path.glob("started-*")), seconds=60)
     assert len(err.splitlines()) == 1, err
 
 
@@ -251,20 +263,48 @@ def ignores_sigint(pid: int) -> bool:
     return bool(ignored & (1 << (signal.SIGINT - 1)))
 
 
-def ctrl_c_once(child: subprocess.Popen, ready: Callable[[], bool], seconds: float) -> str:
-    """Once `ready()`, what Ctrl-C in a terminal does (SIGINT to the group); the child's stderr,
-    after checking it stopped with status 130 and no traceback. It waits while the child ignores
-    SIGINT: data prepare does so for the moment its pool spawns the workers (encode._sigint_ignored)."""
-    deadline = time.monotonic() + seconds
+def _state(pid: int) -> str:
+    """The process's state letter from /proc (R running, S sleeping, T stopped, Z exited)."""
+    status = Path(f"/proc/{pid}/status").read_text(encoding="utf-8")
+    return next(line for line in status.splitlines() if line.startswith("State:")).split()[1]
 
-    def takes_ctrl_c() -> bool:
-        return ready() and not ignores_sigint(child.pid)
 
-    while not takes_ctrl_c() and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert child.poll() is None and takes_ctrl_c(), child.communicate()
-    os.killpg(child.pid, signal.SIGINT)
-    _, err = child.communicate(timeout=60)
-    assert child.returncode == 130, err
-    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
-    return err
+def ctrl_c_once(start: Callable[[], subprocess.Popen], ready: Callable[[], bool], seconds: float) -> str:
+    """Once `ready()`, what Ctrl-C in a terminal does (SIGINT to the group) to the child `start()`
+    gives; its stderr, after checking it stopped with status 130 and no traceback. It waits while
+    the child ignores SIGINT: data prepare does so for the moment its pool spawns the workers
+    (encode._sigint_ignored). The group is held (SIGSTOP) while ready() and that are checked and
+    until the Ctrl-C is sent, so it lands where they were seen: a preparation ends about 2 s after
+    its first shard at load 10, and this process, held that long on a loaded machine between its
+    look and its kill, sent the Ctrl-C to one exiting (status -2 or 0, nothing said) or ended. A
+    child that ended on its own before it was seen ready is started again (twice at most), after
+    checking that it ended well."""
+    for _ in range(3):
+        child, deadline = start(), time.monotonic() + seconds
+        while child.poll() is None and time.monotonic() < deadline:
+            if ready() and _held_ctrl_c(child, ready):
+                _, err = child.communicate(timeout=60)
+                assert child.returncode == 130, err
+                assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+                return err
+            time.sleep(0.02)
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            raise AssertionError(f"not ready in {seconds} s: {child.communicate()}")
+        out, err = child.communicate()
+        assert child.returncode == 0 and not err, (out, err)  # ended its work before it was seen ready
+    raise AssertionError("the child ended its work three times before this test saw it ready")
+
+
+def _held_ctrl_c(child: subprocess.Popen, ready: Callable[[], bool]) -> bool:
+    """SIGINT to the group if, held still, the child is ready and takes it; whether it was sent."""
+    os.killpg(child.pid, signal.SIGSTOP)
+    try:
+        while (state := _state(child.pid)) not in ("T", "Z"):  # the stop is delivered asynchronously
+            time.sleep(0.001)
+        takes = state == "T" and ready() and not ignores_sigint(child.pid)
+        if takes:
+            os.killpg(child.pid, signal.SIGINT)  # pending until the group runs again
+        return takes
+    finally:
+        os.killpg(child.pid, signal.SIGCONT)
