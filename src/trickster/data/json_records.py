@@ -1,6 +1,6 @@
 """A JSON record as corpora read it: one line parsed (`json_line`), the JSON type of a value named
-(`json_type`), a string checked to be text (`checked_text`), and a record's text by --text-field
-(`TextField`)."""
+(`json_type`), its fields named (`its_fields`), a string checked to be text (`checked_text`), and a
+record's text by --text-field (`TextField`)."""
 
 from __future__ import annotations
 
@@ -40,6 +40,11 @@ def json_type(value) -> str:
     named = {type(None): "null", str: "a string", list: "an array", dict: "an object"}
     # a Hub dataset's row holds Python values too (a timestamp, bytes, an image)
     return named.get(type(value), f"a value of type {type(value).__name__}")
+
+
+def its_fields(record: dict) -> str:
+    """The fields a record has, for a line saying one it lacks: its first ten, or that it has none."""
+    return f"it has: {', '.join(list(record)[:10])}" if record else "it has no fields"
 
 
 def checked_text(text: str, what: str, fix: str = "fix or remove that record") -> str:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trickster.data.json_records import checked_text, json_line, json_type
+from trickster.data.json_records import checked_text, its_fields, json_line, json_type
 from trickster.data.sources import Source
 from trickster.data.textfile import decode, read_bytes
 from trickster.errors import UserError
@@ -72,8 +72,7 @@ def _missing(record: dict, key: str, where: str) -> str:
             "write one per reply, the conversation before it rendered as the prompt "
             "(docs/finetune-export.md, Chat records)"
         )
-    fields = f"it has: {', '.join(list(record)[:10])}" if record else "it has no fields"
-    return f'{where} has no "{key}" field ({fields}); each record needs "prompt" and "response"'
+    return f'{where} has no "{key}" field ({its_fields(record)}); each record needs "prompt" and "response"'
 
 
 def records_source(records: Records, val_fraction: float) -> Source:

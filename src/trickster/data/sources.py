@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from trickster.data.json_records import TextField, checked_text, json_line, json_type
+from trickster.data.json_records import TextField, checked_text, its_fields, json_line, json_type
 from trickster.data.no_text import NoText
 from trickster.data.parquet_column import column_path, leaf_values, not_text
 from trickster.data.paths import expand_paths
@@ -274,9 +274,8 @@ def jsonl_documents(
         try:
             return checked_text(template.format_map(record), f"{where}: the text --template makes")
         except KeyError as err:
-            fields = f"it has: {', '.join(list(record)[:10])}" if record else "it has no fields"
             raise UserError(
-                f'{where} has no "{err.args[0]}" field, which --template names ({fields}); name '
+                f'{where} has no "{err.args[0]}" field, which --template names ({its_fields(record)}); name '
                 "the records' fields in --template"
             ) from None
         except (ValueError, IndexError, AttributeError) as err:
