@@ -79,8 +79,8 @@ def hf_dataset(
 
     fix = _fix(name, "pass --text-field FIELD naming the one that holds the text")
     no_text = NoText("record", text_field, fix)
-    # a row's text as a JSON record's, in the same words; tinystories takes no --text-field
-    field = TextField(text_field, one_schema=True, fix=TINYSTORIES_LAYOUT if name == "tinystories" else None)
+    # a row's text as a JSON record's, in the same words (None: TextField's own advice of the flags)
+    field = TextField(text_field, one_schema=True, fix=_fix(name, None))
 
     def read() -> Iterator[str]:
         no_text.restart()  # a pass: its training split, then its validation split
@@ -109,7 +109,7 @@ TINYSTORIES_LAYOUT = (
 )
 
 
-def _fix(name: str, flags: str) -> str:
+def _fix(name: str, flags: str | None) -> str | None:
     """What to change: `hf` has the flags to name fields and splits; `tinystories` has none."""
     return TINYSTORIES_LAYOUT if name == "tinystories" else flags
 
