@@ -13,6 +13,7 @@ import errno
 import functools
 import gzip
 import hashlib
+import io
 import json
 import os
 import re
@@ -812,6 +813,24 @@ def _compare_other_tokenizer(env: Env) -> list[str]:
         "some unrelated text with its own characters 0123456789\n" * 40, name="other", tokenizer="byte"
     )
     return ["compare", str(env.run), "--data", data, "--max-new-tokens", "2"]
+
+
+def _stdout_closed(env: Env) -> list[str]:
+    """`trickster generate RUN >&-`: Python's sys.stdout is None (an AttributeError's traceback)."""
+    env.monkeypatch.setattr(sys, "stdout", None)
+    return ["generate", str(env.run), "--max-new-tokens", "2"]
+
+
+class _FullDisk(io.StringIO):
+    """A stdout sent to a file on a full disk (`> /dev/full`): every write fails."""
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _stdout_on_a_full_disk(env: Env) -> list[str]:
+    env.monkeypatch.setattr(sys, "stdout", _FullDisk())
+    return ["chat", str(env.run), "--max-new-tokens", "2"]
 
 
 def _folder_of_runs(env: Env) -> list[str]:
@@ -3282,6 +3301,18 @@ CASES = [
         lambda env: ["generate", env.write("corpus.txt", "ROMEO:\n"), "--max-new-tokens", "2"],
         "corpus.txt is a file, not a run or checkpoint",
         "pass a run folder",
+    ),
+    case(
+        "generate-stdout-closed",
+        _stdout_closed,
+        "standard output is closed (>&-), so generate has nowhere to write its text",
+        "send it to a file",
+    ),
+    case(
+        "chat-stdout-on-a-full-disk",
+        _stdout_on_a_full_disk,
+        "chat could not write its text to standard output (No space left on device)",
+        "free space where it goes",
     ),
     case(
         "generate-data-folder",

@@ -29,6 +29,7 @@ from trickster.observe import evaluation, hellaswag
 from trickster.options import ConfigSource, EvalOptions, PrepareOptions, Sampling, SourceSpec
 from trickster.serve.limits import MAX_BATCH, MAX_LOADED_MODELS
 from trickster.streaming import stream
+from trickster.text_out import text_written
 from trickster.train import checkpoint as ckpt
 from trickster.train import dist
 from trickster.train.console import QUIET_LEVELS
@@ -114,8 +115,9 @@ def generate_command(
     model = untrained_like(loaded.cfg) if untrained else loaded.model
     model = model.to(where)
     ids = _prompt_ids(loaded.tokenizer, sampling.prompt)
-    sys.stdout.write(sampling.prompt)
-    stream(model, loaded.tokenizer, ids, sampling, use_cache)
+    with text_written("generate"):
+        sys.stdout.write(sampling.prompt)
+        stream(model, loaded.tokenizer, ids, sampling, use_cache)
 
 
 def compare_command(target: str, sampling: Sampling, device: str = "cpu", data: str | None = None) -> None:

@@ -22,6 +22,7 @@ from trickster.errors import UserError
 from trickster.options import Sampling
 from trickster.serve.server import read_template
 from trickster.streaming import stream
+from trickster.text_out import text_written
 from trickster.train import checkpoint as ckpt
 from trickster.train.device import resolve_device
 
@@ -36,6 +37,11 @@ def chat_command(
     chat_template: str | None = None,
     system: str | None = None,
 ) -> int:
+    with text_written("chat"):
+        return _chat(target, sampling, device, chat_template, system)
+
+
+def _chat(target: str, sampling: Sampling, device: str, chat_template: str | None, system: str | None) -> int:
     where = resolve_device(device, "--device")
     loaded = ckpt.load_checkpoint(target, where)
     template = _template(loaded.tokenizer, chat_template)
