@@ -230,9 +230,11 @@ def test_a_resume_on_another_validation_set_measures_best_on_it(micro, tmp_path)
     """A resume with a shorter seq_len draws other validation windows: best's loss on the old ones
     does not compare with the evaluations to come (kept, it could outlast every better model, or
     give way to a worse one). It is measured again on the new set: what a run started from best's
-    weights (init_from) evaluates at its step 0 on that set (3.66 there, 3.80 on the old windows)."""
+    weights (init_from) evaluates at its step 0 on that set (3.66 there). The line gives best's own
+    loss on the old windows, its step's eval event (3.69), not the best the resumed checkpoint held:
+    saved before step 4's evaluation, that is step 2's (3.80)."""
     cfg = micro(training_config={"max_steps": 4, "warmup_steps": 1, "eval_every": 2, "save_every": 2})
-    train(cfg, **QUIET)
+    evaluated = {e["step"]: e["val_loss"] for e in events(train(cfg, **QUIET), "eval")}
     shorter = cfg.model_copy(deep=True)
     shorter.training.max_steps, shorter.training.seq_len = 6, 16
     lines = []
@@ -244,10 +246,26 @@ def test_a_resume_on_another_validation_set_measures_best_on_it(micro, tmp_path)
     started.training.max_steps = 1
     (on_the_new_set, *_) = events(train(started, **QUIET).history, "eval")
     assert trainer.state.best_val_loss == pytest.approx(on_the_new_set["val_loss"], rel=1e-5)
-    said = [
-        line for line in lines if line.startswith(f"best (step {ckpt.checkpoint_step(best)}) evaluated again")
-    ]
+    best_step = ckpt.checkpoint_step(best)
+    said = [line for line in lines if line.startswith(f"best (step {best_step}) evaluated again")]
     assert said and "training_config.seq_len" in said[0], lines
+    assert f"({evaluated[best_step]:.4f} on the old ones)" in said[0], lines
+
+
+def test_a_resume_that_names_the_seq_len_it_had_keeps_best(micro):
+    """training_config.seq_len null means model_config.max_seq_len: a resume that gives that number
+    draws the same validation windows, so best keeps its loss: it is not evaluated again, nor said to
+    be on new windows (the setting is still reported as changed)."""
+    cfg = micro(training_config={"max_steps": 4, "warmup_steps": 1, "eval_every": 2, "save_every": 2})
+    cfg.training.seq_len = None
+    train(cfg, **QUIET)
+    named = cfg.model_copy(deep=True)
+    named.training.max_steps, named.training.seq_len = 6, cfg.model.max_seq_len
+    lines = []
+    with settings_restored():
+        Trainer(named, resume=True, echo=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    assert any("training_config.seq_len" in line for line in lines), lines
+    assert not [line for line in lines if "evaluated again" in line], lines
 
 
 def test_a_resumed_process_keeps_no_map_of_the_checkpoint_it_continued_from(micro, monkeypatch):

@@ -195,6 +195,34 @@ def test_a_fine_tune_on_masked_data_measures_its_best_again(trained_run, chat_da
     assert any(line.startswith("best (step ") and "evaluated again" in line for line in lines)
 
 
+def test_a_fine_tune_resumed_before_its_evaluation_names_best_own_older_loss(
+    trained_run, chat_data, tmp_path
+):
+    """From 05:24 to 13:03 on 2026-11-29 the checkpoint of an evaluation's step was saved before that
+    evaluation (`final` at the last step still is), so its best_val_loss is the best up to the
+    evaluation before. Resumed from one, the line of `best` evaluated again gives best's own older
+    loss (its step's eval event), not that."""
+    lora_cfg = {"rank": 2, "alpha": 4, "targets": ["wq", "w2"]}
+    cfg = finetune_config(
+        trained_run, chat_data[0], tmp_path / "ft", max_steps=4, eval_every=2, save_every=2, lora=lora_cfg
+    )
+    evaluated = {e["step"]: e["val_loss"] for e in events(train(cfg, **QUIET), "eval")}
+    checkpoints = tmp_path / "ft" / "checkpoints"
+    assert ckpt.checkpoint_step(checkpoints / "best") == 4 and evaluated[4] < evaluated[2]
+    for name, keys in (("final", ("eval_due", "val_draw_width")), ("best", ("val_draw_width",))):
+        older(
+            checkpoints / name,
+            lambda trainer, keys=keys: [trainer.pop(key) for key in keys],
+            ("val_draw_width",),
+        )
+    lines = []
+    cfg.training.max_steps = 6
+    with settings_restored():
+        Trainer(cfg, resume=True, echo=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    said = [line for line in lines if line.startswith("best (step 4) evaluated again")]
+    assert said and f"({evaluated[4]:.4f} as older versions averaged the batches)" in said[0], lines
+
+
 # ------------------------------------------------------------------ info.json before 2026-11-30
 
 

@@ -157,7 +157,7 @@ class Trainer:
             self.peak = mfu_peak(self.device, cfg.device.dtype, cfg.device.peak_tflops)
         self.manifest = run_manifest(self.device)
         setup.announce(self, resume, changed, repairs + recovery.fresh_rollbacks(self, changed), global_batch)
-        recovery.remeasure_best(self, changed)  # resumed on another validation set than best's loss
+        recovery.remeasure_best(self)  # resumed on another validation set than best's loss
 
     def train(self) -> TrainResult:
         t, state = self.cfg.training, self.state

@@ -14,6 +14,7 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from trickster.config import Config
 from trickster.errors import UserError
 from trickster.observe.events import last_event
 from trickster.train import checkpoint as ckpt
@@ -222,23 +223,27 @@ def load_run_weights(trainer: Trainer, checkpoint: Path) -> None:
         ckpt.load_weights(trainer.model, checkpoint / ckpt.WEIGHTS)
 
 
-VALIDATION_SET = ("training_config.seq_len", "training_config.eval_batches")  # what draws its windows
+def validation_set(cfg: Config) -> dict:
+    """What draws the validation windows (validate.validation_batches), seq_len as the run uses it
+    (null: model_config.max_seq_len)."""
+    return {"training_config.seq_len": cfg.seq_len, "training_config.eval_batches": cfg.training.eval_batches}
 
 
-def remeasure_best(trainer: Trainer, changed: dict) -> None:
+def remeasure_best(trainer: Trainer) -> None:
     """`best` evaluated again on resume where its loss was measured on another validation set, so
     that no later evaluation replaces it, or fails to, by comparing the two:
 
-    - a resume that changes seq_len or eval_batches (validate.validation_batches draws the windows
-      by them): `best` kept its loss on the old windows, which a better model could fail to beat
-      for good, or a worse one beat;
+    - a resume whose seq_len or eval_batches, as used, differ from the checkpoint's (validate.
+      validation_batches draws the windows by them): `best` kept its loss on the old windows, which
+      a better model could fail to beat for good, or a worse one beat;
     - before 2026-11-29 14:30 (a checkpoint whose info.json has no val_draw_width) a validation
       loss was the mean of per-batch means; on loss-masked data that reads differently from the
       pooled mean over every response token used since."""
     best, resumed, state = trainer.run_dir / "checkpoints" / "best", trainer.resumed_from, trainer.state
     if resumed is None or not ckpt.is_complete(best):
         return
-    redrawn = [key for key in VALIDATION_SET if key in changed]
+    now, before = validation_set(trainer.cfg), validation_set(ckpt.read_config(resumed))
+    redrawn = [key for key, value in now.items() if before[key] != value]
     older = trainer.data.val.loss_mask is not None and "val_draw_width" not in ckpt.read_info(resumed)
     if not (redrawn or older):
         return
@@ -246,9 +251,25 @@ def remeasure_best(trainer: Trainer, changed: dict) -> None:
     local = evaluate(trainer.step_model, trainer.val_batches, trainer.device, trainer.cfg.device.dtype)
     loss, healthy = pooled_loss(local, trainer.val_batches, trainer.model, trainer.device, trainer.job)
     load_run_weights(trainer, resumed)
-    before, state.best_val_loss = state.best_val_loss, loss if healthy else math.inf
+    state.best_val_loss = loss if healthy else math.inf
+    recorded = _recorded_loss(best, before if redrawn else None)
     if redrawn:
-        why = f"on the validation windows of the new {' and '.join(redrawn)} ({before:.4f} on the old ones)"
+        was = "" if recorded is None else f" ({recorded:.4f} on the old ones)"
+        why = f"on the validation windows of the new {' and '.join(redrawn)}{was}"
     else:
-        why = f"as every response token counts now ({before:.4f} as older versions averaged the batches)"
+        was = "" if recorded is None else f" ({recorded:.4f} as older versions averaged the batches)"
+        why = f"as every response token counts now{was}"
     trainer.out.line(f"best (step {ckpt.checkpoint_step(best)}) evaluated again: val loss {loss:.4f} {why}")
+
+
+def _recorded_loss(best: Path, old_set: dict | None) -> float | None:
+    """`best`'s own loss as its info.json records it (the evaluation that saved it), where that was
+    measured as the line says: on the `old_set` of windows, or (None) by an older version's average.
+    The resumed state's best_val_loss is not it: saved before its step's evaluation, a checkpoint
+    holds the best up to then. None where best was measured otherwise (an earlier resume's set)."""
+    info = ckpt.read_info(best)
+    if old_set is None:
+        measured_as_said = "val_draw_width" not in info
+    else:
+        measured_as_said = validation_set(ckpt.read_config(best)) == old_set
+    return info.get("val_loss") if measured_as_said else None
