@@ -815,10 +815,10 @@ def _compare_other_tokenizer(env: Env) -> list[str]:
     return ["compare", str(env.run), "--data", data, "--max-new-tokens", "2"]
 
 
-def _stdout_closed(env: Env) -> list[str]:
+def _stdout_closed(env: Env, command: str = "generate") -> list[str]:
     """`trickster generate RUN >&-`: Python's sys.stdout is None (an AttributeError's traceback)."""
     env.monkeypatch.setattr(sys, "stdout", None)
-    return ["generate", str(env.run), "--max-new-tokens", "2"]
+    return [command, str(env.run), "--max-new-tokens", "2"]
 
 
 class _FullDisk(io.StringIO):
@@ -3313,6 +3313,11 @@ CASES = [
         _stdout_on_a_full_disk,
         "chat could not write its text to standard output (No space left on device)",
         "free space where it goes",
+    ),
+    case(
+        "compare-stdout-closed",
+        functools.partial(_stdout_closed, command="compare"),
+        "standard output is closed (>&-), so compare has nowhere to write its text",
     ),
     case(
         "generate-data-folder",

@@ -130,14 +130,15 @@ def compare_command(target: str, sampling: Sampling, device: str = "cpu", data: 
         f"trained ({loaded.path.name}, step {loaded.info['step']})": loaded.model,
     }
     losses = _val_losses(loaded, list(models.values()), data, where)
-    if data is None and None in losses and loaded.info.get("data_path"):
-        print(f"no validation losses: {evaluation.data_not_here(loaded)}")
-    for (title, model), loss in zip(models.items(), losses, strict=True):
-        loss_text = f"val loss {loss:.4f}" if loss is not None else "val loss n/a (no data)"
-        print(f"--- {title}: {loss_text} ---")
-        print(sampling.prompt, end="")
-        stream(model, loaded.tokenizer, ids, sampling)
-        print()
+    with text_written("compare"):
+        if data is None and None in losses and loaded.info.get("data_path"):
+            print(f"no validation losses: {evaluation.data_not_here(loaded)}")
+        for (title, model), loss in zip(models.items(), losses, strict=True):
+            loss_text = f"val loss {loss:.4f}" if loss is not None else "val loss n/a (no data)"
+            print(f"--- {title}: {loss_text} ---")
+            print(sampling.prompt, end="")
+            stream(model, loaded.tokenizer, ids, sampling)
+            print()
 
 
 def _val_losses(loaded, models, data_path, device) -> list[float | None]:
