@@ -135,8 +135,7 @@ def compare_command(target: str, sampling: Sampling, device: str = "cpu", data: 
             print(f"no validation losses: {evaluation.data_not_here(loaded)}")
         for (title, model), loss in zip(models.items(), losses, strict=True):
             loss_text = f"val loss {loss:.4f}" if loss is not None else "val loss n/a (no data)"
-            print(f"--- {title}: {loss_text} ---")
-            print(sampling.prompt, end="")
+            print(f"--- {title}: {loss_text} ---\n{sampling.prompt}", end="")
             stream(model, loaded.tokenizer, ids, sampling)
             print()
 
