@@ -3327,6 +3327,12 @@ CASES = [
     ),
     case("generate-incomplete-checkpoint", _ckpt_without("COMPLETE"), "is incomplete", "use another one"),
     case(
+        "generate-checkpoint-without-its-weights",  # it said the write was interrupted; it was complete
+        _ckpt_without("model.safetensors"),
+        "has no model.safetensors (moved or deleted)",
+        "use another checkpoint",
+    ),
+    case(
         "generate-truncated-weights",
         _ckpt_with_corrupt("model.safetensors", keep_fraction=0.5),
         "model.safetensors is damaged",

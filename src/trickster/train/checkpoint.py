@@ -285,8 +285,10 @@ def resolve(path: str | Path) -> Path:
             f"trickster import hf {path} --out runs/NAME"
         )
     if (path / WEIGHTS).exists() or (path / COMPLETE).exists():
-        if not is_complete(path):
+        if not (path / COMPLETE).is_file():
             raise UserError(f"checkpoint {path} is incomplete (its write was interrupted); use another one")
+        if not is_complete(path):  # marked complete, then its weights were moved or deleted
+            raise UserError(f"checkpoint {path} has no {WEIGHTS} (moved or deleted); use another checkpoint")
         return path
     best = path / "checkpoints" / "best"
     if is_complete(best):
