@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 
 from trickster.errors import UserError
+from trickster.train.lost_output import to_devnull
 
 
 @contextlib.contextmanager
@@ -28,15 +29,8 @@ def text_written(command: str) -> Iterator[None]:
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG):
             raise
-        _to_devnull()  # the flush at exit would fail again (status 120, a second message)
+        to_devnull(sys.stdout)  # the flush at exit would fail again (status 120, a second message)
         raise UserError(
             f"{command} could not write its text to standard output ({os.strerror(err.errno)}); "
             "free space where it goes, or send it elsewhere"
         ) from None
-
-
-def _to_devnull() -> None:
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)

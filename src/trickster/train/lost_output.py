@@ -45,12 +45,17 @@ class Guarded:
             self._to_devnull()
 
     def _to_devnull(self) -> None:
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, self._stream.fileno())
-            os.close(devnull)
+        to_devnull(self._stream)
         with contextlib.suppress(OSError, ValueError):
             self._stream.flush()  # the buffered rest, now into /dev/null
+
+
+def to_devnull(stream) -> None:
+    """`stream`'s file descriptor pointed at /dev/null (where it has one)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
 
 
 @contextlib.contextmanager
