@@ -14,21 +14,22 @@ from pathlib import Path
 from typing import TypeVar
 
 from trickster.atomic import being_replaced
+from trickster.run_checkpoints import WEIGHTS
 
 WAIT = 2.0  # seconds: a replace is a moment between two renames; a writer that stops there is dead
 Loaded = TypeVar("Loaded")
 
 
-def identity(path: Path, weights: str = "model.safetensors") -> tuple[int, ...] | None:
+def identity(path: Path) -> tuple[int, ...] | None:
     """Which checkpoint is at `path`, told apart without reading it: the folder's and its weights'
     identity (a new checkpoint is a new folder renamed into place, with new files: the folder's inode
     alone is not enough, as ext4 gives the inode of the folder a save deleted to the next one it
     makes). None when either is missing."""
     try:
-        folder, weights_file = path.stat(), (path / weights).stat()
+        folder, weights = path.stat(), (path / WEIGHTS).stat()
     except OSError:
         return None
-    return folder.st_dev, folder.st_ino, weights_file.st_ino, weights_file.st_mtime_ns
+    return folder.st_dev, folder.st_ino, weights.st_ino, weights.st_mtime_ns
 
 
 def read_settled(
