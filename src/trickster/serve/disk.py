@@ -11,7 +11,7 @@ from trickster.config import Config
 from trickster.config_saved import read_saved
 from trickster.data.tokenizers import Tokenizer, load_tokenizer
 from trickster.train import checkpoint as ckpt
-from trickster.train.settled import identity  # noqa: F401  (serve's models.py reads disk.identity)
+from trickster.train.settled import identity
 
 
 def version(path: Path) -> tuple[int, ...] | None:
