@@ -389,7 +389,7 @@ def _load_whole(path: Path, device: torch.device, version: tuple | None = None) 
     while True:
         before = disk.identity(path)
         try:
-            model = ckpt.load_checkpoint(path, device, wait=0).model  # the wait is this loop's
+            model = ckpt.load_checkpoint(path, device, settle=False).model  # the wait is this loop's
         except Exception:
             replaced = being_replaced(path) or disk.identity(path) != before
             if not replaced or time.monotonic() > deadline:

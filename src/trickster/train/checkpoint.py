@@ -342,14 +342,19 @@ class CheckpointFiles:
 
 
 def load_checkpoint(
-    path: str | Path, device: torch.device | str = "cpu", wait: float = settled.WAIT
+    path: str | Path, device: torch.device | str = "cpu", settle: bool = True
 ) -> LoadedCheckpoint:
     """generate, serve, export, info and init_from load a checkpoint here: its config.yaml is
     checked against the shapes its weight files hold before anything is allocated. All of it comes
-    from one checkpoint though a run may replace `best` meanwhile: read again for up to `wait` s."""
-    return settled.read_settled(
-        Path(path), resolve, lambda found: with_weights(read_files(found), device), wait
-    )
+    from one checkpoint though a run may replace `best` meanwhile: read again (settled.read_settled)
+    unless `settle` is False, for a caller that waits out replaces itself."""
+
+    def read(found: Path) -> LoadedCheckpoint:
+        return with_weights(read_files(found), device)
+
+    if not settle:
+        return read(resolve(Path(path)))
+    return settled.read_settled(Path(path), resolve, read)
 
 
 def read_files(path: str | Path) -> CheckpointFiles:

@@ -3,7 +3,7 @@
 A run writes a new `best` (and `final`) by atomic.replace_dir's two renames. A reader that resolved
 `runs/x` to `runs/x/checkpoints/best` and read its info.json before the swap, and its weights after,
 saw two checkpoints: their checksums disagree, and it said the file was damaged on disk. A read is
-made again while the folder it read was replaced meanwhile, for up to WAIT seconds.
+made again while the folder it read was replaced meanwhile, up to TRIES reads.
 """
 
 from __future__ import annotations
@@ -17,6 +17,10 @@ from trickster.atomic import being_replaced
 from trickster.run_checkpoints import WEIGHTS
 
 WAIT = 2.0  # seconds: a replace is a moment between two renames; a writer that stops there is dead
+# reads, not seconds: a large model read from a slow disk takes longer than any time limit, and is
+# as likely to meet a save as a small one; a run that replaces best during five reads in a row
+# saves faster than the checkpoint can be read
+TRIES = 5
 Loaded = TypeVar("Loaded")
 
 
@@ -33,25 +37,25 @@ def identity(path: Path) -> tuple[int, ...] | None:
 
 
 def read_settled(
-    target: Path, resolve: Callable[[Path], Path], read: Callable[[Path], Loaded], wait: float = WAIT
+    target: Path, resolve: Callable[[Path], Path], read: Callable[[Path], Loaded], tries: int = TRIES
 ) -> Loaded:
     """read(resolve(target)), all of it from one checkpoint. Made again when the folder read was
-    replaced while it was read (its read failed, or succeeded on parts of two checkpoints), until
-    `wait` seconds have passed; a failure of a folder nobody replaces is raised at once."""
-    deadline = time.monotonic() + wait
-    while True:
-        _wait_for(target, deadline)
+    replaced while it was read (its read failed, or succeeded on parts of two checkpoints), up to
+    `tries` reads however long each takes; a failure of a folder nobody replaces is raised at once."""
+    for tried in range(1, tries + 1):
+        _wait_for(target, time.monotonic() + WAIT)
         path = resolve(target)
         before = identity(path)
         try:
             loaded = read(path)
         except Exception:
-            if not _replaced(path, before) or time.monotonic() > deadline:
+            if not _replaced(path, before) or tried == tries:
                 raise
         else:
-            if not _replaced(path, before) or time.monotonic() > deadline:
+            if not _replaced(path, before) or tried == tries:
                 return loaded
         time.sleep(0.01)
+    raise ValueError(f"tries must be at least 1, not {tries}")
 
 
 def _replaced(path: Path, before: tuple[int, ...] | None) -> bool:
