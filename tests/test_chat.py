@@ -266,3 +266,20 @@ def test_ctrl_c_in_generate_ends_the_text_s_line_before_it_says_interrupted(monk
     monkeypatch.setattr(streaming, "generate", interrupted)
     assert cli.main(["generate", str(trained_run), "--prompt", "ROMEO:", *GREEDY]) == 130
     assert capsys.readouterr() == (f"ROMEO:{romeo[:3]}\n", "interrupted\n")  # the text had no line end
+
+
+@pytest.mark.parametrize("model", ["char", "imported"])
+def test_a_line_that_is_not_utf8_is_not_sent_and_says_so(monkeypatch, capsys, trained_run, tmp_path, model):
+    """A line piped from a Latin-1 file (Python keeps its byte 0xe9 as U+DCE9): a char model called
+    it a character not in its vocabulary ('\\udce9'); an imported tokenizer could not encode it."""
+    run = trained_run
+    if model == "imported":
+        pytest.importorskip("transformers")
+        from .test_hf import tiny_llama
+
+        run = tmp_path / "run"
+        assert cli.main(["import", "hf", str(tiny_llama(tmp_path)[0]), "--out", str(run)]) == 0
+        monkeypatch.setattr(commands_chat, "chat_template_of", lambda tokenizer: None)  # a base model's
+    out = chat(monkeypatch, capsys, ["caf\udce9", "ROMEO:"], str(run), *GREEDY)
+    assert "(not sent: this line is not UTF-8 text (byte 0xe9 at character 3); set your terminal" in out
+    assert out.endswith(f"ROMEO:{continuation(capsys, run, 'ROMEO:')}\n")

@@ -29,6 +29,7 @@ from trickster.observe import evaluation, hellaswag
 from trickster.options import ConfigSource, EvalOptions, PrepareOptions, Sampling, SourceSpec
 from trickster.serve.limits import MAX_BATCH, MAX_LOADED_MODELS
 from trickster.streaming import stream
+from trickster.text_in import UTF8_FIX, not_utf8
 from trickster.text_out import text_written
 from trickster.train import checkpoint as ckpt
 from trickster.train import dist
@@ -91,16 +92,8 @@ def shell_word(text: str) -> str:
 
 
 def _prompt_ids(tokenizer, prompt: str) -> list[int]:
-    try:
-        prompt.encode("utf-8")
-    except UnicodeEncodeError as err:
-        # Python keeps each byte of a command-line argument that was not UTF-8 as U+DC80..U+DCFF
-        code = ord(prompt[err.start])
-        what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
-        raise UserError(
-            f"--prompt is not UTF-8 text ({what} at character {err.start}); set your "
-            "terminal to UTF-8, or convert the text (iconv -t utf-8)"
-        ) from None
+    if where := not_utf8(prompt):
+        raise UserError(f"--prompt is not UTF-8 text ({where}); {UTF8_FIX}")
     ids = tokenizer.encode(prompt)
     if not ids:
         raise UserError("--prompt is empty; give some text to continue, e.g. --prompt 'ROMEO:'")

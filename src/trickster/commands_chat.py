@@ -22,6 +22,7 @@ from trickster.errors import UserError
 from trickster.options import Sampling
 from trickster.serve.server import read_template
 from trickster.streaming import stream
+from trickster.text_in import UTF8_FIX, not_utf8
 from trickster.text_out import text_written
 from trickster.train import checkpoint as ckpt
 from trickster.train.device import resolve_device
@@ -84,6 +85,9 @@ class Talk:
 
     def answer(self, line: str) -> None:
         """Print the model's reply to `line` as it is written (and keep it, with a template)."""
+        if where := not_utf8(line):
+            print(f"(not sent: this line is not UTF-8 text ({where}); {UTF8_FIX})")
+            return
         if self.template is None:
             ids = _continue_ids(self.tokenizer, line)
             if ids is not None:
