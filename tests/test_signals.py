@@ -45,7 +45,9 @@ def training_child(shakespeare_dir, tmp_path, save_every: int):
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_second_signal_ends_the_process_in_the_middle_of_a_pytorch_call(sig):
-    child = start_child(products=3)
+    # products of about 0.8 s each on an idle core: 3 ended within the repeat window's 2 s wait
+    # (0.3 s in), and the second signal found no process; the second signal ends these 8 early
+    child = start_child(products=8)
     child.send_signal(sig)
     assert child.stdout.readline().strip() == f"first {sig.value}"  # seen while the product runs
     time.sleep(REPEAT_WINDOW_S)  # a second one sooner is taken as the same (a scheduler's and torchrun's)
