@@ -138,22 +138,20 @@ def announce_signals(run_dir: Path, job: Dist | None = None) -> tuple:
     """(on_first, on_second, on_repeat) callbacks for a training run: a line on stderr for each
     signal."""
 
+    def say(signum: int, what: str) -> None:
+        print(f"{signal.Signals(signum).name} {what}", file=sys.stderr, flush=True)
+
     def first(signum: int) -> None:
-        name = signal.Signals(signum).name
-        print(
-            f"{name} received: stopping after this step and saving a checkpoint; send it again to "
-            "stop at once",
-            file=sys.stderr,
-            flush=True,
+        say(
+            signum,
+            "received: stopping after this step and saving a checkpoint; send it again to stop at once",
         )
 
     def repeat(signum: int) -> None:
-        name = signal.Signals(signum).name
-        print(
-            f"{name} again within {REPEAT_WINDOW_S:g} s: taken as the same request (a job scheduler "
-            "signals every process, torchrun forwards its own); send it again to stop at once",
-            file=sys.stderr,
-            flush=True,
+        say(
+            signum,
+            f"again within {REPEAT_WINDOW_S:g} s: taken as the same request (a job scheduler signals "
+            "every process, torchrun forwards its own); send it again to stop at once",
         )
 
     def second(signum: int) -> None:
