@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Iterator
 
-from trickster.errors import UserError
+from trickster.errors import FULL, UserError
 from trickster.train.lost_output import to_devnull
 
 
@@ -27,7 +27,7 @@ def text_written(command: str) -> Iterator[None]:
     except BrokenPipeError:
         raise
     except OSError as err:
-        if err.errno not in (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG):
+        if err.errno not in (*FULL, errno.EFBIG, errno.EIO):  # a disk full, or failing
             raise
         to_devnull(sys.stdout)  # the flush at exit would fail again (status 120, a second message)
         raise UserError(
