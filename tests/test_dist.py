@@ -555,7 +555,7 @@ def test_a_checkpoint_that_rank_0_fails_to_write_ends_every_process_with_its_lin
 @pytest.mark.slow
 def test_a_rank_0_killed_while_the_others_wait_for_its_answer_leaves_them_one_line(shakespeare_dir, tmp_path):
     """Rank 0 is killed (SIGKILL: it says nothing) while it opens the run folder for the job
-    (setup.on_main, outside any step's guard; tests/dist_child.py): rank 1, waiting in the
+    (rank0.on_main, outside any step's guard; tests/dist_child.py): rank 1, waiting in the
     broadcast of its answer, ends with one line, not gloo's traceback. It is not ended for rank
     0's death, as on another node of a job."""
     cfg = config(shakespeare_dir, tmp_path / "run", batch_size=4, enable_ddp=True, timeout_s=300)

@@ -273,7 +273,7 @@ def test_two_processes_gather_bfloat16_shards_and_keep_them_between_micro_batche
 def test_what_rank_0_tells_the_others_when_it_fails_outside_a_user_error(error, told, monkeypatch):
     """rank 0 raises its own error and hands the others one line: a traceback to look for only when
     it printed one (an interrupt prints none)."""
-    from trickster.train import setup
+    from trickster.train import rank0
 
     sent = []
     monkeypatch.setattr(dist, "broadcast", lambda obj, job: sent.append(obj) or obj)
@@ -282,7 +282,7 @@ def test_what_rank_0_tells_the_others_when_it_fails_outside_a_user_error(error, 
         raise error
 
     with pytest.raises(type(error)):
-        setup.on_main(dist.Dist(), fails)  # rank 0 of a single process; broadcast recorded
+        rank0.on_main(dist.Dist(), fails)  # rank 0 of a single process; broadcast recorded
     assert [str(e) for e in sent] == [told]
 
 
@@ -313,14 +313,14 @@ def _lost(obj, job):
     ],
 )
 def test_a_process_that_ends_without_a_word_while_rank_0_answers_leaves_one_line(rank, who, monkeypatch):
-    """A process killed (SIGKILL) while rank 0 hands out what it did for the job (setup.on_main):
+    """A process killed (SIGKILL) while rank 0 hands out what it did for the job (rank0.on_main):
     gloo's error becomes one line, on rank 0 (whose answer no longer reaches it) and on the
     others (tests/test_dist.py kills rank 0 for real)."""
-    from trickster.train import setup
+    from trickster.train import rank0
 
     monkeypatch.setattr(dist, "broadcast", _lost)
     with pytest.raises(peers.PeerLost) as ended:
-        setup.on_main(dist.Dist(rank=rank, world_size=2, mode="ddp"), lambda: "the answer")
+        rank0.on_main(dist.Dist(rank=rank, world_size=2, mode="ddp"), lambda: "the answer")
     reason = "Read error [127.0.0.1]:50907: Connection reset by peer"
     assert str(ended.value) == f"{who}: {reason}; see torchrun's summary for which process and why"
 
@@ -331,7 +331,7 @@ def test_inside_a_step_s_guard_that_line_names_the_step_and_the_checkpoint(tmp_p
     from types import SimpleNamespace
 
     from trickster.observe.events import NoMetrics
-    from trickster.train import recovery, setup
+    from trickster.train import rank0, recovery
     from trickster.train.async_save import Writer
     from trickster.train.state import TrainState
 
@@ -346,7 +346,7 @@ def test_inside_a_step_s_guard_that_line_names_the_step_and_the_checkpoint(tmp_p
         writer=Writer(False, job, None, print),  # saves on the training thread: none in flight
     )
     with pytest.raises(UserError) as ended, recovery.guard(trainer, "a checkpoint", 10):
-        setup.on_main(job, lambda: "saved")
+        rank0.on_main(job, lambda: "saved")
     assert str(ended.value) == (
         "another process of the job ended or stopped answering (within device_config.timeout_s=30 s) during "
         "a checkpoint at step 10: Read error [127.0.0.1]:50907: Connection reset by peer; see torchrun's "

@@ -33,7 +33,8 @@ import torch
 from trickster.model import lora
 from trickster.run_checkpoints import STEP_DIR
 from trickster.train import checkpoint as ckpt
-from trickster.train import dist, setup
+from trickster.train import dist
+from trickster.train.rank0 import on_main
 from trickster.train.weights import weights_to_save
 
 
@@ -54,7 +55,7 @@ class Writer:
         this process's optimizer shard still being written (FSDP2). Every process calls it."""
         numbered = STEP_DIR.match(target.name) is not None
         if not background:  # rank 0 writes, the others wait: its error (a full disk) ends them all
-            setup.on_main(self.job, ckpt.save_checkpoint, target, *parts, reuse)
+            on_main(self.job, ckpt.save_checkpoint, target, *parts, reuse)
             if self.job.is_main and numbered:
                 ckpt.prune(target.parent.parent, self.keep_last)
             return
@@ -85,7 +86,7 @@ class Writer:
             return
         pending, self._pending = self._pending, None
         own = None if self.job.is_main else _error_of(pending)  # rank 0 meets it too, and tells all
-        setup.on_main(self.job, _finished, pending)
+        on_main(self.job, _finished, pending)
         if own is not None:
             raise own
 

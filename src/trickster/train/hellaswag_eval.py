@@ -24,7 +24,7 @@ from trickster.errors import UserError
 from trickster.observe import hellaswag
 from trickster.observe.hellaswag import Accuracy, Rows
 from trickster.train import dist
-from trickster.train.setup import on_main
+from trickster.train.rank0 import on_main
 
 if TYPE_CHECKING:  # loop imports this module
     from trickster.train.loop import Trainer

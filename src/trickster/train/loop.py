@@ -46,6 +46,7 @@ from trickster.train.device import (
 from trickster.train.finetune import model_vocab
 from trickster.train.memory import check_fits, check_validation_set, resolve_batch
 from trickster.train.optim import build_optimizer, set_lr
+from trickster.train.rank0 import on_main
 from trickster.train.resume import claimed, diverged, older_trainer_state
 from trickster.train.signals import StopSignals, announce_signals
 from trickster.train.spikes import SpikeDetector
@@ -112,11 +113,11 @@ class Trainer:
         # jsonl, csv, loss.png, TensorBoard, W&B: checks the optional packages, writes nothing yet
         self.metrics = MetricSinks(self.run_dir, cfg) if job.is_main else NoMetrics()
         if held is not None:  # rank 0 claims the folder; all processes stop if another one holds it
-            setup.on_main(job, lambda: held.enter_context(claimed(self.run_dir)))
+            on_main(job, lambda: held.enter_context(claimed(self.run_dir)))
         cfg, self.resumed_from, repairs, changed = setup.open_run(cfg, self.data, resume, job, self.out)
         # read and checked before any trial step; not when `resume: auto` finds the run finished
         self.hellaswag = hellaswag_eval.HellaSwagEval(cfg, self.data.tokenizer, job)
-        resolved = setup.on_main(job, resolve_batch, cfg, self.device, job, self.resumed_from, changed)
+        resolved = on_main(job, resolve_batch, cfg, self.device, job, self.resumed_from, changed)
         cfg, self.batch_note, changed = resolved  # batch_size: auto measured (or kept from the checkpoint)
         self.cfg, t = cfg, cfg.training
         # 4. batches, counters, and what works beside the steps; then model and optimizer, and the

@@ -2,7 +2,7 @@
 torch.distributed's traceback:
 
     lost_peer, PeerLost   a collective failed because another process of the job ended or went
-                          silent (recovery.guard and setup.on_main word the line)
+                          silent (recovery.guard and rank0.on_main word the line)
     joining               while this process joins the job (dist.setup), the torchrun launcher,
                           which keeps the job's store, or another process is gone
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 class PeerLost(UserError):
     """The one line of a process whose collective outside recovery.guard failed because another
-    process of the job ended or went silent (setup.on_main); a guard words it with its step, from
+    process of the job ended or went silent (rank0.on_main); a guard words it with its step, from
     `reason` (lost_peer's)."""
 
     def __init__(self, line: str, reason: str):

@@ -18,9 +18,10 @@ from trickster.config import Config
 from trickster.errors import UserError
 from trickster.observe.events import last_event
 from trickster.train import checkpoint as ckpt
-from trickster.train import dist, peers, setup, weight_loading
+from trickster.train import dist, peers, weight_loading
 from trickster.train.device import allocation_failed
 from trickster.train.memory import out_of_memory
+from trickster.train.rank0 import on_main
 from trickster.train.resume import RESUME_READS
 from trickster.train.signals import continue_command
 from trickster.train.spikes import Spike, discard_after, intact_before, spike_line, too_many_spikes
@@ -64,7 +65,7 @@ def stopped(trainer: Trainer) -> TrainResult:
     # the processes exit with 128 + signal, an error to torchrun, which then ends the others:
     # none exits before rank 0 has written how the run stopped, or failed to (disk full: then
     # every process ends with its line)
-    setup.on_main(trainer.job, say_stopped, trainer, signal.Signals(received).name)
+    on_main(trainer.job, say_stopped, trainer, signal.Signals(received).name)
     return trainer.result(received)
 
 
@@ -110,7 +111,7 @@ def guard(trainer: Trainer, during: str, step: int):
     Another process of the job dead or silent (a collective failed): one line too."""
     try:
         yield
-    except (RuntimeError, MemoryError, peers.PeerLost) as err:  # PeerLost: told by setup.on_main, worded here
+    except (RuntimeError, MemoryError, peers.PeerLost) as err:  # PeerLost: told by rank0.on_main, worded here
         # the CPU allocator refuses with a plain RuntimeError, not torch.OutOfMemoryError
         if allocation_failed(err):
             write_stopped(trainer, reason="out-of-memory", during=during)
@@ -161,7 +162,7 @@ def roll_back(trainer: Trainer, spike: Spike) -> None:
     state, t = trainer.state, trainer.cfg.training
     window = spike.first_step - 1
     trainer.writer.settle()  # a checkpoint written in the background is one to return to
-    good, passed_over = setup.on_main(trainer.job, intact_before, trainer.run_dir, window, RESUME_READS)
+    good, passed_over = on_main(trainer.job, intact_before, trainer.run_dir, window, RESUME_READS)
     if good is None:
         trainer.metrics.write("spike", state.step, first_step=spike.first_step, peak_loss=spike.peak_loss)
         trainer.out.line(spike_line(spike, None, state.rollbacks, t.max_rollbacks, passed_over))
@@ -200,7 +201,7 @@ def fresh_rollbacks(trainer: Trainer, changed: dict) -> list[str]:
     state, limit = trainer.state, trainer.cfg.training.max_rollbacks
     if trainer.resumed_from is None or not changed or state.rollbacks == 0:
         return []
-    if not setup.on_main(trainer.job, _stopped_for_spikes, trainer.run_dir):
+    if not on_main(trainer.job, _stopped_for_spikes, trainer.run_dir):
         return []
     counted, state.rollbacks = state.rollbacks, 0
     return [

@@ -26,11 +26,12 @@ from trickster.model.transformer import Transformer
 from trickster.model.vocab import vocab_note
 from trickster.observe.events import new_event
 from trickster.train import checkpoint as ckpt
-from trickster.train import checksums, dist, peers
+from trickster.train import checksums, dist
 from trickster.train.console import Console
 from trickster.train.finetune import setup_finetuning
 from trickster.train.fitted import fitted_config
 from trickster.train.memory import allocation_refused
+from trickster.train.rank0 import on_main
 from trickster.train.resume import (
     RESUME_READS,
     WRITE_FIX,
@@ -227,48 +228,6 @@ def print_header(
         f"{job.world_size} process(es) x accumulation {t.gradient_accumulation_steps}, x {cfg.seq_len} "
         f"tokens); lr {t.learning_rate} warmup {t.warmup_steps} -> cosine -> {t.min_lr}"
     )
-
-
-def on_main(job: dist.Dist, fn, *args):
-    """Run `fn` on rank 0 only and hand its result, or its UserError, to every process. Any other
-    error reaches the others as a UserError naming it (rank 0 raises its own, with its traceback):
-    whatever happens, rank 0 meets them, so none waits for it until device_config.timeout_s (on
-    another node, whose torchrun does not end its processes when one here fails). Only a process
-    that ends without a word (SIGKILL, the out-of-memory killer) misses the meeting: the others
-    then end with peers.PeerLost's one line, not gloo's traceback."""
-    outcome = None
-    if job.is_main:
-        try:
-            outcome = fn(*args)
-        except UserError as err:
-            outcome = err
-        except BaseException as err:
-            what = f"{type(err).__name__}: {err}".splitlines()[0] if str(err) else type(err).__name__
-            if isinstance(err, Exception):
-                said = f"failed ({what}); see its traceback"
-            else:  # an interrupt (Ctrl-C, SystemExit): rank 0 prints no traceback to point to
-                said = f"was stopped ({what})"
-            dist.broadcast(UserError(f"process 0 {said}"), job)
-            raise
-    try:
-        outcome = dist.broadcast(outcome, job)
-    except RuntimeError as err:
-        reason = peers.lost_peer(err, job)
-        if reason is None:
-            raise
-        raise _main_lost(job, reason) from None
-    if isinstance(outcome, UserError):
-        raise outcome
-    return outcome
-
-
-def _main_lost(job: dist.Dist, reason: str) -> peers.PeerLost:
-    """on_main's line for a process that ended (or went silent) while rank 0 handed out its answer."""
-    who, waiting = (
-        ("another process", "process 0 gave it") if job.is_main else ("process 0", "the others waited for")
-    )
-    lost = f"{who} of the job ended without a word (killed?) or stopped answering while {waiting} its answer"
-    return peers.PeerLost(f"{lost}: {reason}; see torchrun's summary for which process and why", reason)
 
 
 def stage_shards(
