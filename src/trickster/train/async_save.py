@@ -1,6 +1,7 @@
 """Where a run's checkpoint folders are written: on the training thread, or, with
 training_config.async_save, a numbered one by a background thread while training goes on (the
-idea of torchtitan's async checkpointing, as one plain worker thread).
+idea of torchtitan's async checkpointing, as one plain worker thread). Under FSDP2 each process
+first writes its shard of the optimizer moments into the folder being built (stage_shards).
 
 A background save starts with a snapshot on the training thread: the weights, the optimizer
 moments and the trainer state copied into CPU memory (copied over from a GPU, cloned on a CPU),
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from trickster.atomic import staging_dir
 from trickster.model import lora
 from trickster.run_checkpoints import STEP_DIR
 from trickster.train import checkpoint as ckpt
@@ -106,6 +108,24 @@ class Writer:
         self.drain()
         if self._pool is not None:
             self._pool.shutdown()
+
+
+def stage_shards(
+    job: dist.Dist, model, optimizer, target: Path, background: bool = False
+) -> tuple[Path, list, Future | None]:
+    """Under FSDP2: the staging folder of checkpoint `target` (made by rank 0, known to all), with
+    every process's shard of the optimizer moments in it; the optimizer's param_groups; and
+    (`background`) the future of this process's shard, still being written (Writer.write waits for it)."""
+    staging = on_main(job, staging_dir, target)
+    folder = staging / ckpt.OPTIMIZER
+    try:
+        if background:
+            return staging, *dist.save_sharded_optimizer_async(model, optimizer, folder, job.timeout_s)
+        return staging, dist.save_sharded_optimizer(model, optimizer, folder), None
+    except BaseException:
+        if job.is_main:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def _finished(pending: Future | None) -> None:

@@ -28,7 +28,7 @@ from trickster.observe.status import Heartbeat
 from trickster.run_checkpoints import STEP_DIR
 from trickster.train import checkpoint as ckpt
 from trickster.train import dist, hellaswag_eval, lost_output, profiling, recovery, setup
-from trickster.train.async_save import Writer
+from trickster.train.async_save import Writer, stage_shards
 from trickster.train.batches import DeviceBatches
 from trickster.train.budget import Clock
 from trickster.train.console import Console
@@ -381,7 +381,7 @@ class Trainer:
         shards = None  # under FSDP2 in the background: this process's shard, still being written
         if self.job.mode == "fsdp":
             if not again:
-                staged = setup.stage_shards(self.job, self.model, self.optimizer, target, background)
+                staged = stage_shards(self.job, self.model, self.optimizer, target, background)
                 staging, groups, shards = staged
             trainer_state["optimizer"] = {"param_groups": groups}
         else:

@@ -1,6 +1,5 @@
 """What a training run builds before its first step: the run folder (new, or resumed), the model
-wrapped for the job, the run's own files and the header it prints (announce); and the folder each
-FSDP2 checkpoint starts as. Used by loop.Trainer."""
+wrapped for the job, the run's own files and the header it prints (announce). Used by loop.Trainer."""
 
 from __future__ import annotations
 
@@ -8,15 +7,13 @@ import contextlib
 import functools
 import json
 import math
-import shutil
 from collections.abc import Iterator
-from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
-from trickster.atomic import replace_file, staging_dir
+from trickster.atomic import replace_file
 from trickster.config import Config, save_config
 from trickster.config_errors import spelled
 from trickster.data.loader import PreparedData
@@ -228,24 +225,6 @@ def print_header(
         f"{job.world_size} process(es) x accumulation {t.gradient_accumulation_steps}, x {cfg.seq_len} "
         f"tokens); lr {t.learning_rate} warmup {t.warmup_steps} -> cosine -> {t.min_lr}"
     )
-
-
-def stage_shards(
-    job: dist.Dist, model, optimizer, target: Path, background: bool = False
-) -> tuple[Path, list, Future | None]:
-    """Under FSDP2: the staging folder of checkpoint `target` (made by rank 0, known to all), with
-    every process's shard of the optimizer moments in it; the optimizer's param_groups; and
-    (`background`) the future of this process's shard, still being written (async_save.py)."""
-    staging = on_main(job, staging_dir, target)
-    folder = staging / ckpt.OPTIMIZER
-    try:
-        if background:
-            return staging, *dist.save_sharded_optimizer_async(model, optimizer, folder, job.timeout_s)
-        return staging, dist.save_sharded_optimizer(model, optimizer, folder), None
-    except BaseException:
-        if job.is_main:
-            shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def announce(trainer: Trainer, resume, changed: dict, repairs: list[str], global_batch: int) -> None:
