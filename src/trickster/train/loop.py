@@ -152,7 +152,6 @@ class Trainer:
         self.tokens_per_step = global_batch * cfg.seq_len
         self.params = parameter_breakdown(cfg.model).total
         self.token_flops = flops_per_token(cfg.model, cfg.seq_len, t.lora)
-        self.step_flops = self.token_flops * self.tokens_per_step
         self.peak = Peak(None, "")
         if job.is_main:  # what MFU divides by (datasheet, configured or measured), by the process that logs
             self.peak = mfu_peak(self.device, cfg.device.dtype, cfg.device.peak_tflops)
@@ -285,7 +284,7 @@ class Trainer:
         ms_per_step = 1000 * elapsed / self.timer.steps
         # model FLOPs utilisation: the job's achieved FLOP/s over all devices' ceilings
         memory = peak_memory_gib(self.device)  # the steps' own, before any matmul timed again
-        achieved = self.step_flops / (ms_per_step / 1000) / job.world_size
+        achieved = self.token_flops * self.tokens_per_step / (ms_per_step / 1000) / job.world_size
         mfu, self.peak = utilisation(self.peak, achieved, self.device, self.cfg.device.dtype)
         grad_norm = result.grad_norm if math.isfinite(result.grad_norm) else None
         self.metrics.write(
