@@ -136,6 +136,7 @@ class Trainer:
         self.eval_due = False  # resumed from a checkpoint saved before its step's evaluation
         self.hellaswag_due = self.hellaswag.enabled  # at step 0; resumed: as eval_due, for HellaSwag
         self.val_draw_width = t.batch_size * job.world_size  # a resumed run keeps its own
+        self.saved_processes = job.world_size  # resumed: the processes of the job that saved it
         with setup.resume_verified(job, self.resumed_from, self.run_dir):
             built = setup.build_model(cfg, self.data, job, self.device, self.resumed_from, self.out, base)
             self.model, self.step_model, self.origin = built  # origin: the checkpoint a fine-tune began from

@@ -232,7 +232,7 @@ def announce(trainer: Trainer, resume, changed: dict, repairs: list[str], global
     event: what a Trainer says once it is built."""
     cfg, job, out, data = trainer.cfg, trainer.job, trainer.out, trainer.data
     resumed_from = trainer.resumed_from
-    if resumed_from is not None and trainer.saved_processes != job.world_size:  # set by Trainer.load
+    if trainer.saved_processes != job.world_size:
         changed = {**changed, "processes": [trainer.saved_processes, job.world_size]}
     notes = []  # on damaged lines of metrics.jsonl
     if job.is_main:
