@@ -44,9 +44,9 @@ from trickster.train.validate import evaluate, validation_batches
 def train_command(source: ConfigSource, resume: bool = False, progress: bool | None = None) -> int:
     """`resume`: the --resume flag; without it training_config.resume decides. `progress`: None
     leaves it to logging_config.progress_bar."""
-    # dtype and compile `auto` as this machine runs them, so the run folder records what ran
     cfg = source.load()
     check_resumed_folder(source.config, source.overrides, cfg, resume)
+    # dtype and compile `auto` as this machine runs them, so the run folder records what ran
     cfg = resolve_precision(cfg, resolve_device(cfg.device.device))
     try:
         result = train(cfg, resume=True if resume else None, progress=progress)
