@@ -1,5 +1,6 @@
-"""`trickster generate` on a run that is still training: a new `best` saved while the command reads
-the old one is read again, whole (train/settled.py), not refused as damaged."""
+"""`trickster generate`, and a fine-tune's init_from, on a run that is still training: a new `best`
+saved while the command reads the old one is read again, whole (train/settled.py), not refused as
+damaged."""
 
 from __future__ import annotations
 
@@ -9,10 +10,16 @@ import time
 import types
 
 import pytest
+import torch
 
 from trickster import atomic, cli
+from trickster.data.loader import load_data
 from trickster.train import checkpoint as ckpt
 from trickster.train import settled
+from trickster.train.loop import train
+from trickster.train.validate import evaluate, validation_batches
+
+from .conftest import QUIET, events, finetune_config
 
 GREEDY = ["--prompt", "ROMEO:", "--max-new-tokens", "8", "--temperature", "0"]
 
@@ -53,3 +60,50 @@ def test_a_best_replaced_while_generate_reads_it_is_read_again_whole(
     assert (code, err) == (0, "")  # it said model.safetensors no longer matched its checksum
     assert saves == [best]
     assert out == expected  # the new best's text: its weights with its own files
+
+
+@pytest.mark.parametrize("moment", ["read_files", "with_weights"])
+def test_a_best_replaced_while_a_fine_tune_reads_its_init_from_is_read_again_whole(
+    trained_run, chat_data, tmp_path, monkeypatch, moment
+):
+    """A fine-tune whose init_from is a run still training reads that run's `best` files when it
+    starts (to check the data's tokenizer) and its weights later, once the model is built. A new
+    `best` saved right after the files were read, or right before the weights are, was refused:
+    'model.safetensors no longer matches its checksum'. It starts from the new best, whole."""
+    run = tmp_path / "base"
+    shutil.copytree(trained_run, run)
+    best, newer = run / "checkpoints" / "best", run / "checkpoints" / "step_000006"
+    newer_info = json.loads((newer / "info.json").read_text())
+    assert json.loads((best / "info.json").read_text())["step"] != newer_info["step"]
+    real, saves = getattr(ckpt, moment), []
+
+    def a_save_then(path_or_files, *args, **kwargs):
+        """the base run saves a new best (replace_dir): after the files' read, or before the weights'"""
+        if moment == "with_weights" and not saves:
+            _save_as_best(newer, best, saves)
+        loaded = real(path_or_files, *args, **kwargs)
+        if moment == "read_files" and not saves:
+            _save_as_best(newer, best, saves)
+        return loaded
+
+    monkeypatch.setattr(ckpt, moment, a_save_then)
+    cfg = finetune_config(run, chat_data[0], tmp_path / "ft", max_steps=2, eval_every=2, save_every=2)
+    result = train(cfg, **QUIET)  # it raised a UserError: model.safetensors no longer matched its checksum
+    assert saves == [best]
+    started = events(result, "start")[0]["init_from"]
+    assert (started["step"], started["saved"]) == (newer_info["step"], newer_info["saved"])
+    monkeypatch.undo()
+    data = load_data(chat_data[0])
+    newer_loss = evaluate(
+        ckpt.load_checkpoint(newer).model, validation_batches(data, cfg), torch.device("cpu"), "float32"
+    )
+    first_eval = events(result, "eval")[0]
+    assert first_eval["step"] == 0 and first_eval["val_loss"] == pytest.approx(newer_loss, rel=1e-6)
+
+
+def _save_as_best(checkpoint, best, saves) -> None:
+    staging = atomic.staging_dir(best)
+    for file in checkpoint.iterdir():
+        shutil.copy(file, staging / file.name)
+    atomic.replace_dir(staging, best)
+    saves.append(best)

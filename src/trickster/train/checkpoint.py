@@ -333,12 +333,14 @@ class LoadedCheckpoint:
 @dataclass
 class CheckpointFiles:
     """What a checkpoint's weights are loaded by, read once: its folder (resolved), config.yaml,
-    tokenizer.json and info.json."""
+    tokenizer.json and info.json; `identity`, which checkpoint they came from (settled.identity,
+    taken first): the files still describe the folder while it is unchanged."""
 
     path: Path
     cfg: Config
     tokenizer: Tokenizer
     info: dict
+    identity: tuple[int, ...] | None = None
 
 
 def load_checkpoint(
@@ -360,7 +362,8 @@ def load_checkpoint(
 def read_files(path: str | Path) -> CheckpointFiles:
     """The checkpoint `path` names (resolve), its config.yaml, tokenizer.json and info.json read."""
     path = resolve(path)
-    return CheckpointFiles(path, read_config(path), read_tokenizer(path), read_info(path))
+    seen = settled.identity(path)
+    return CheckpointFiles(path, read_config(path), read_tokenizer(path), read_info(path), seen)
 
 
 def with_weights(files: CheckpointFiles, device: torch.device | str = "cpu") -> LoadedCheckpoint:

@@ -26,6 +26,7 @@ from trickster.model import lora
 from trickster.model.transformer import Transformer
 from trickster.model.vocab import resolve_vocab
 from trickster.train import checkpoint as ckpt
+from trickster.train import settled
 from trickster.train.weights import SAME_FIELDS
 
 
@@ -49,6 +50,35 @@ def setup_finetuning(
             lora.apply_lora(model, t.lora)
         return None
     base = base or read_base(cfg, tokenizer)
+    # the run init_from names may still be training: a `best` it saved since base was read, or saves
+    # while its weights are read, is read again, whole (settled), as generate reads it
+    loaded = settled.read_settled(
+        Path(t.init_from), _resolve, lambda path: _weights(path, base, cfg, tokenizer)
+    )
+    with torch.no_grad():
+        for name, tensor in ckpt.weights_to_save(loaded.model).items():
+            model.get_parameter(name).copy_(tensor)
+    message = f"fine-tuning from {loaded.path} (step {loaded.info.get('step')})"
+    if t.lora is not None:
+        trainable = lora.apply_lora(model, t.lora)
+        total = sum(p.numel() for p in model.parameters())
+        message += (
+            f" with LoRA rank {t.lora.rank} on {', '.join(lora.target_names(t.lora))}: "
+            f"{trainable:,} trainable parameters of {total:,}"
+        )
+    echo(message)
+    return origin(loaded.path, loaded.info)
+
+
+def _weights(
+    path: Path, base: ckpt.CheckpointFiles, cfg: Config, tokenizer: Tokenizer
+) -> ckpt.LoadedCheckpoint:
+    """The checkpoint at `path` loaded (a LoRA checkpoint arrives merged): with `base`, the files
+    read when the run began, while it is still theirs; else its own files, read and checked anew."""
+    if base.identity is None or settled.identity(path) != base.identity:
+        with _named_init_from():
+            base = ckpt.read_files(path)
+        _check_tokenizer(base, cfg, tokenizer)
     different = [
         f"{key} {_field(base.cfg, key)} there, {_field(cfg, key)} here"
         for key in SAME_FIELDS
@@ -60,20 +90,7 @@ def setup_finetuning(
             f"start from its config: --config {base.path / 'config.yaml'}"
         )
     with _named_init_from():
-        loaded = ckpt.with_weights(base)  # a LoRA checkpoint arrives merged
-    with torch.no_grad():
-        for name, tensor in ckpt.weights_to_save(loaded.model).items():
-            model.get_parameter(name).copy_(tensor)
-    message = f"fine-tuning from {base.path} (step {base.info.get('step')})"
-    if t.lora is not None:
-        trainable = lora.apply_lora(model, t.lora)
-        total = sum(p.numel() for p in model.parameters())
-        message += (
-            f" with LoRA rank {t.lora.rank} on {', '.join(lora.target_names(t.lora))}: "
-            f"{trainable:,} trainable parameters of {total:,}"
-        )
-    echo(message)
-    return origin(base.path, base.info)
+        return ckpt.with_weights(base)
 
 
 def origin(source: Path, info: dict) -> dict:
@@ -99,15 +116,24 @@ def read_base(cfg: Config, tokenizer: Tokenizer) -> ckpt.CheckpointFiles:
     model's shape (and before vocab_size meets the data's tokenizer), since data prepared with
     another tokenizer shows first as another vocabulary size, and a message about the size would
     send the user to change a config that is right."""
-    init_from = cfg.training.init_from
     with _named_init_from():
-        base = ckpt.read_files(init_from)
+        base = settled.read_settled(Path(cfg.training.init_from), ckpt.resolve, ckpt.read_files)
+    _check_tokenizer(base, cfg, tokenizer)
+    return base
+
+
+def _resolve(init_from: Path) -> Path:
+    with _named_init_from():
+        return ckpt.resolve(init_from)
+
+
+def _check_tokenizer(base: ckpt.CheckpointFiles, cfg: Config, tokenizer: Tokenizer) -> None:
     if not same_ids(base.tokenizer, tokenizer):
+        init_from = cfg.training.init_from
         raise UserError(
             f"the data in {cfg.data.path} was prepared with another tokenizer than {base.path}; prepare "
             f"it with the model's tokenizer: trickster data prepare ... --tokenizer-from {init_from}"
         )
-    return base
 
 
 @contextmanager
