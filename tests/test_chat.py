@@ -59,10 +59,13 @@ def test_without_a_template_each_line_is_continued_as_generate_continues_it(monk
     assert out.endswith(f"ROMEO:{continuation(capsys, trained_run, 'ROMEO:')}\n")  # /exit: no JULIET
 
 
-def test_without_a_template_unknown_commands_name_only_what_is_offered(monkeypatch, capsys, trained_run):
-    # the banner offers /exit alone: each line is its own prompt, so there is no conversation to reset
+def test_without_a_template_reset_says_there_is_nothing_to_reset(monkeypatch, capsys, trained_run):
+    """/reset, the command the chat guide names, was 'unknown command /reset' here: each line is
+    its own prompt, so it has nothing to forget, and says so; an unknown command names what is
+    offered."""
     out = chat(monkeypatch, capsys, ["/reset", "/foo", "ROMEO:"], str(trained_run), *GREEDY)
-    assert "unknown command /reset: /exit (or Ctrl-D) ends\n" in out
+    assert "(nothing to reset: without a chat template each line is continued on its own)\n" in out
+    assert "unknown command /reset" not in out
     assert "unknown command /foo: /exit (or Ctrl-D) ends\n" in out
     assert "a new conversation" not in out
     assert out.endswith(f"ROMEO:{continuation(capsys, trained_run, 'ROMEO:')}\n")

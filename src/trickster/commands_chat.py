@@ -60,11 +60,13 @@ def _chat(target: str, sampling: Sampling, device: str, chat_template: str | Non
         if line.startswith("/"):
             if line.strip() in ("/exit", "/quit"):
                 break
-            if line.strip() != "/reset" or template is None:
+            if line.strip() != "/reset":
                 print(f"unknown command {line.strip()}: {offered}")
-                continue
-            talk.reset()
-            print("(a new conversation)")
+            elif template is None:  # what /reset would do is done already: no line is kept
+                print("(nothing to reset: without a chat template each line is continued on its own)")
+            else:
+                talk.reset()
+                print("(a new conversation)")
         elif line.strip():
             talk.answer(line)
     return 0
