@@ -52,6 +52,7 @@ class Env:
 
     def __init__(self, tmp: Path, data: Path, run: Path, monkeypatch: pytest.MonkeyPatch):
         self.tmp, self.data, self.run, self.monkeypatch = tmp, data, run, monkeypatch
+        self.redirection = ""  # the shell's part of how the case is run (`>&-`), shown in docs/ERRORS.md
 
     def write(self, name: str, content: str | bytes) -> str:
         path = self.tmp / name
@@ -818,6 +819,7 @@ def _compare_other_tokenizer(env: Env) -> list[str]:
 def _stdout_closed(env: Env, command: str = "generate") -> list[str]:
     """`trickster generate RUN >&-`: Python's sys.stdout is None (an AttributeError's traceback)."""
     env.monkeypatch.setattr(sys, "stdout", None)
+    env.redirection = ">&-"
     return [command, str(env.run), "--max-new-tokens", "2"]
 
 
@@ -830,6 +832,7 @@ class _FullDisk(io.StringIO):
 
 def _stdout_on_a_full_disk(env: Env) -> list[str]:
     env.monkeypatch.setattr(sys, "stdout", _FullDisk())
+    env.redirection = "> /dev/full"
     return ["chat", str(env.run), "--max-new-tokens", "2"]
 
 
@@ -2761,7 +2764,7 @@ CASES = [
     case(
         "prepare-parquet-column-not-text",  # it said what, not what to do
         lambda env: _parquet(env, columns={"text": [b"one story", b"another story"]}),
-        "d.parquet: column 'text' holds bytes, not text",
+        "d.parquet: column 'text' holds binary, not text",
         "pass --text-field COLUMN naming a column of strings",
     ),
     case(
@@ -4429,7 +4432,8 @@ def test_bad_input_is_one_clear_line(
     places[f"{Path(__file__).parent.parent}/"] = ""
     shown = [_shown(a if _plain(a) else repr(a), places) for a in argv]
     shown = [a if len(a) <= 120 else f"{a[:100]}...({len(a):,} characters)" for a in shown]  # 10,000
-    SEEN[request.node.callspec.id] = ("trickster " + " ".join(shown), _shown(lines[0], places))
+    command = " ".join(["trickster", *shown, *([env.redirection] if env.redirection else [])])
+    SEEN[request.node.callspec.id] = (command, _shown(lines[0], places))
 
 
 def test_every_case_is_distinct_names_its_problem_and_is_documented():

@@ -117,3 +117,30 @@ def test_a_wrong_text_field_is_told_alike_of_json_lines_and_of_a_hub_dataset(tmp
     jsonl_line = told["jsonl"].replace(f"{tmp_path / 'a.jsonl'} line 1", f"dataset '{tmp_path / 'set'}'")
     assert told["hf"] == jsonl_line.replace(", or fix or remove that record", ""), told
     assert "--text-field" in told["hf"], told
+
+
+@pytest.mark.parametrize("field", ["id", "id.year"])
+def test_parquet_names_a_column_type_as_its_schema_does(tmp_path, capsys, field):
+    """A Parquet column of the wrong type is named by its schema's type, whether --text-field ends
+    there or goes on into it: it said "holds int" of the one (from a value read) and "holds int64"
+    of the other (from the schema)."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    pq.write_table(pa.table({"id": list(range(12)), "text": bodies(12)}), tmp_path / "rows.parquet")
+    code, _, err = prepare(capsys, "parquet", str(tmp_path / "rows.parquet"), "--text-field", field,
+                           "--out", str(tmp_path / "o"))  # fmt: skip
+    assert code == 2 and err.count("\n") == 1, err
+    assert "column 'id' holds int64, not " in err, err
+
+
+def test_parquet_refuses_a_column_that_is_no_text_before_reading_any_file(tmp_path, capsys):
+    """The type is the schema's, so a later file's column of bytes is refused before the files
+    before it are tokenized (it was found at its first row, after them)."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    pq.write_table(pa.table({"text": bodies(200)}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"text": [b"raw bytes"] * 3}), tmp_path / "b.parquet")
+    code, lines, err = prepare(capsys, "parquet", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert code == 2 and err.count("\n") == 1, err
+    assert "b.parquet: column 'text' holds binary, not text" in err, err
+    assert lines == [] and not (tmp_path / "o.partial").exists()

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from trickster.data.json_records import TextField, checked_text, its_fields, json_line, json_type
 from trickster.data.no_text import NoText
-from trickster.data.parquet_column import column_path, leaf_values, not_text
+from trickster.data.parquet_column import column_path, leaf_values
 from trickster.data.paths import expand_paths
 from trickster.data.textfile import (
     OPENERS,
@@ -333,12 +333,12 @@ def parquet_documents(patterns: list[str], text_field: str = "text") -> Source:
     """One document per row of `text_field`, read one record batch at a time (pyarrow)."""
     files = expand_paths(patterns, (".parquet",), "Parquet files")  # not Spark's _SUCCESS beside them
     pq = require_package("pyarrow.parquet", "Parquet files need the `pyarrow` package")
-    for path in files:
+    for path in files:  # every file's column refused, by its type, before any file is read
         try:
             schema = pq.ParquetFile(path).schema_arrow
         except Exception as err:  # pyarrow raises ArrowInvalid (a ValueError) or OSError
             raise UserError(f"{path} is not a Parquet file ({one_line(err)}); pass .parquet files") from None
-        column_path(schema, text_field, path)  # refused before any file is read
+        column_path(schema, text_field, path)
 
     no_text = NoText("row", text_field, "pass --text-field COLUMN naming the one that holds the text")
 
@@ -349,9 +349,7 @@ def parquet_documents(patterns: list[str], text_field: str = "text") -> Source:
             schema = parquet.schema_arrow  # pyarrow converts the file's schema anew at each call
             parts, columns = column_path(schema, text_field, path), schema.names
             for batch in parquet.iter_batches(batch_size=1024, columns=[text_field]):
-                for text in leaf_values(batch.column(0), parts):
-                    if not isinstance(text, str) and text is not None:
-                        raise not_text(text, text_field, path)
+                for text in leaf_values(batch.column(0), parts):  # str or None: column_path said
                     if text:
                         yield text
                     else:
