@@ -468,8 +468,8 @@ def test_generate_without_sampling_options_gets_the_sampling_defaults(monkeypatc
     monkeypatch.setattr(commands, "generate_command", generate_command)
     assert main(["generate", "some-run"]) == 0
     assert main(["generate", "some-run", "--temperature", "0", "--top-k", "5"]) == 0
-    assert seen[0] == Sampling(prompt="\n", max_new_tokens=300, temperature=0.8)
-    assert seen[1] == Sampling(prompt="\n", max_new_tokens=300, temperature=0.0, top_k=5)
+    assert seen[0] == Sampling(prompt=None, max_new_tokens=300, temperature=0.8)  # None: prompts.py chooses
+    assert seen[1] == Sampling(prompt=None, max_new_tokens=300, temperature=0.0, top_k=5)
 
 
 def test_every_option_says_in_its_help_what_it_does():

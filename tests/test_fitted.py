@@ -74,3 +74,39 @@ def test_a_warmup_the_user_gives_is_kept_or_refused(shakespeare_dir, tmp_path, c
     assert cli.main([*argv, "--out", str(tmp_path / "unset")]) == 0
     assert "warmup_steps 100 does not fit in 4 steps: no warmup (set " in capsys.readouterr().out
     assert load_config(tmp_path / "unset" / "config.yaml").training.warmup_steps == 0
+
+
+def test_a_preset_prompt_the_tokenizer_cannot_encode_starts_a_document_and_next_works(tmp_path, capsys):
+    """Stories in JSON Lines hold no 'R', ':' or line break, so a char tokenizer of them cannot
+    encode tiny's sample prompt "ROMEO:". The samples dropped it without a word, and the run ended
+    with `next: trickster generate RUN --prompt ROMEO:`, which was refused ("character 'R' is not in
+    this model's character vocabulary"); so was `trickster generate RUN` with no prompt (its
+    default, a line break). Now the run says in one line that its samples start a new document, its
+    next line works as printed, and so does generate without --prompt."""
+    stories = [f"once upon a time a cat named tom {i} found a ball and played all day." for i in range(60)]
+    (tmp_path / "s.jsonl").write_text("".join(f'{{"text": "{s}"}}\n' for s in stories))
+    data, run = tmp_path / "data", tmp_path / "run"
+    prepare = [
+        "data",
+        "prepare",
+        "jsonl",
+        str(tmp_path / "s.jsonl"),
+        "--text-field",
+        "text",
+        "--out",
+        str(data),
+    ]
+    assert cli.main([*prepare, "--no-progress", "--workers", "1"]) == 0
+    capsys.readouterr()
+    argv = ["train", "--preset", "tiny", "--data", str(data), "--out", str(run), "--no-progress", *SHORT]
+    assert cli.main([*argv, "training_config.max_steps=2", "training_config.sample_tokens=8"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    note = "sample_prompt 'ROMEO:' holds characters the char vocabulary lacks ('R', 'O', 'M', 'E', ':')"
+    assert sum(line.startswith(note) for line in out) == 1, out
+    assert out[-1] == f"next: trickster generate {run}", out
+    assert load_config(run / "config.yaml").training.sample_prompt == ""
+
+    for prompt in ([], ["--prompt", "once"]):
+        assert cli.main(["generate", str(run), "--max-new-tokens", "8", "--seed", "1", *prompt]) == 0
+        printed = capsys.readouterr().out
+        assert printed.startswith("".join(prompt[1:])) and len(printed) > len("".join(prompt[1:])), printed

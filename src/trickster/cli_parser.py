@@ -252,7 +252,8 @@ def _add_sampling_args(parser: argparse.ArgumentParser, prompt: bool = True) -> 
     unset, default = argparse.SUPPRESS, Sampling()
     parser.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
     if prompt:
-        parser.add_argument("--prompt", default=unset, help=f"text to continue (default: {default.prompt!r})")
+        help = "text to continue (default: a line break, or a new document where the vocabulary has none)"
+        parser.add_argument("--prompt", default=unset, help=help)
     parser.add_argument(
         "--max-new-tokens",
         type=integer,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,9 +26,9 @@ from trickster.model.vocab import assumed_vocab
 from trickster.moved_run import check_resumed_folder
 from trickster.observe import evaluation, hellaswag
 from trickster.options import ConfigSource, EvalOptions, PrepareOptions, Sampling, SourceSpec
+from trickster.prompts import generate_hint, llama_cpp_hint, prompt_ids
 from trickster.serve.limits import MAX_BATCH, MAX_LOADED_MODELS
 from trickster.streaming import stream
-from trickster.text_in import UTF8_FIX, not_utf8
 from trickster.text_out import text_written
 from trickster.train import checkpoint as ckpt
 from trickster.train import dist
@@ -74,32 +73,6 @@ def _loss(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def generate_hint(run_dir: Path, prompt: str) -> str:
-    """The `trickster generate` line to paste next, quoted for a shell: the run's sample prompt
-    exactly (a trailing space or a quote in it survives), or none when it is only whitespace."""
-    line = f"trickster generate {shlex.quote(str(run_dir))}"
-    return f"{line} --prompt {shell_word(prompt)}" if prompt.strip() else line
-
-
-def shell_word(text: str) -> str:
-    """`text` as one shell word on one line: quoted as shlex quotes it, or, when it holds a line
-    break or another control character, in bash's $'...' with that character escaped."""
-    if not any(ord(c) < 32 or ord(c) == 127 for c in text):
-        return shlex.quote(text)
-    named = {"\\": "\\\\", "'": "\\'", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
-    escaped = (named.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 32 or ord(c) == 127 else c) for c in text)
-    return "$'" + "".join(escaped) + "'"
-
-
-def _prompt_ids(tokenizer, prompt: str) -> list[int]:
-    if where := not_utf8(prompt):
-        raise UserError(f"--prompt is not UTF-8 text ({where}); {UTF8_FIX}")
-    ids = tokenizer.encode(prompt)
-    if not ids:
-        raise UserError("--prompt is empty; give some text to continue, e.g. --prompt 'ROMEO:'")
-    return tokenizer.start_ids() + ids  # Llama-style tokenizers start every sequence with <s>
-
-
 def generate_command(
     target: str, sampling: Sampling, device: str = "cpu", untrained: bool = False, use_cache: bool = True
 ) -> None:
@@ -107,16 +80,16 @@ def generate_command(
     loaded = ckpt.load_checkpoint(target, where)
     model = untrained_like(loaded.cfg) if untrained else loaded.model
     model = model.to(where)
-    ids = _prompt_ids(loaded.tokenizer, sampling.prompt)
+    prompt, ids = prompt_ids(loaded.tokenizer, sampling.prompt)
     with text_written("generate"):
-        sys.stdout.write(sampling.prompt)
+        sys.stdout.write(prompt)
         stream(model, loaded.tokenizer, ids, sampling, use_cache)
 
 
 def compare_command(target: str, sampling: Sampling, device: str = "cpu", data: str | None = None) -> None:
     where = resolve_device(device, "--device")
     loaded = ckpt.load_checkpoint(target, where)
-    ids = _prompt_ids(loaded.tokenizer, sampling.prompt)
+    prompt, ids = prompt_ids(loaded.tokenizer, sampling.prompt)
     untrained = untrained_like(loaded.cfg).to(where)
     models = {
         "untrained (random weights)": untrained,
@@ -128,7 +101,7 @@ def compare_command(target: str, sampling: Sampling, device: str = "cpu", data: 
             print(f"no validation losses: {evaluation.data_not_here(loaded)}")
         for (title, model), loss in zip(models.items(), losses, strict=True):
             loss_text = f"val loss {loss:.4f}" if loss is not None else "val loss n/a (no data)"
-            print(f"--- {title}: {loss_text} ---\n{sampling.prompt}", end="")
+            print(f"--- {title}: {loss_text} ---\n{prompt}", end="")
             stream(model, loaded.tokenizer, ids, sampling)
             print()
 
@@ -308,15 +281,6 @@ def runs_command(folder: str) -> None:
     for run in runs:  # what its row leaves out: a damaged line of metrics.jsonl, a missing config.yaml
         if run.problem:
             print(f"note: {run.name}: {run.problem}")
-
-
-def llama_cpp_hint(path: Path, prompt: str) -> str:
-    """The llama.cpp line that continues the model's own sample prompt (as `next:` after training:
-    a fine-tune's is one of its records unless the user gave one, never the base's ROMEO:).
-    llama-completion: a recent llama.cpp's llama-cli only chats, and waits at its prompt instead of
-    continuing the text."""
-    line = f"llama-completion -m {shlex.quote(str(path))}"
-    return f"{line} -p {shell_word(prompt)} -n 100" if prompt.strip() else f"{line} -n 100"
 
 
 def export_command(target: str, fmt: str, out: str, dtype: str = "float32") -> Path:

@@ -67,7 +67,7 @@ class ConfigSource:
 class Sampling:
     """What `generate` and `compare` continue, and how they sample."""
 
-    prompt: str = "\n"
+    prompt: str | None = None  # None: a line break, or a new document where the vocabulary has none
     max_new_tokens: int = 300
     temperature: float = 0.8  # 0 means greedy
     top_k: int | None = None

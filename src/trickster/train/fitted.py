@@ -4,6 +4,9 @@ or the defaults (Config.gave: not on the command line, not in a config file of t
 - training_config.sample_prompt: on prompt/response records, a prompt of their validation records
   (PreparedData.record_prompt). A fine-tune's config is its base model's, whose prompt (ROMEO:) is
   not in the records' format, so its samples would say nothing of what the run learns.
+- training_config.sample_prompt, on other text: one the data's tokenizer cannot encode (tiny's
+  "ROMEO:" in a char vocabulary of stories without 'R' or ':') becomes "", a new document, said in
+  one line. The samples dropped it silently, and `next:` printed a generate line that was refused.
 - training_config.warmup_steps: one of max_steps or more (a preset's 100 in a 20-step try) becomes
   a tenth of max_steps, said in one line. torchtitan clamps such a warmup to the run's steps with
   a warning, litgpt warns and clamps it, nanochat sizes it as a fraction of the run; a warmup the
@@ -22,6 +25,8 @@ from typing import Any
 
 from trickster.config import Config
 from trickster.data.loader import PreparedData
+from trickster.data.tokenizers import Tokenizer
+from trickster.errors import UserError
 from trickster.plural import counted
 
 FITTED = ("sample_prompt", "warmup_steps")  # training_config keys a run may fit to itself
@@ -38,6 +43,13 @@ def fitted_config(cfg: Config, data: PreparedData, saved: Config | None) -> tupl
     notes = []
     if "sample_prompt" in left and data.record_prompt is not None:
         values["sample_prompt"] = data.record_prompt
+    elif "sample_prompt" in left and (lacking := _not_encoded(data.tokenizer, t.sample_prompt)):
+        values["sample_prompt"] = ""
+        notes.append(
+            f"sample_prompt {t.sample_prompt!r} holds characters the {data.tokenizer.kind} vocabulary "
+            f"lacks ({', '.join(map(repr, lacking))}): samples start a new document instead "
+            "(set training_config.sample_prompt to choose)"
+        )
     if "warmup_steps" in left and t.warmup_steps >= t.max_steps and t.warmup_steps > 0:
         values["warmup_steps"] = tenth = t.max_steps // 10
         fitted = f"warming up for {counted(tenth, 'step')}, a tenth of them" if tenth else "no warmup"
@@ -46,6 +58,24 @@ def fitted_config(cfg: Config, data: PreparedData, saved: Config | None) -> tupl
             "(set training_config.warmup_steps to choose)"
         )
     return _with(cfg, values), notes
+
+
+def _not_encoded(tokenizer: Tokenizer, prompt: str) -> list[str]:
+    """The characters of `prompt` that `tokenizer` cannot encode (a char vocabulary's missing ones),
+    in order; none when it encodes the whole prompt."""
+    try:
+        tokenizer.encode(prompt)
+        return []
+    except UserError:
+        return [c for c in dict.fromkeys(prompt) if not _encodes(tokenizer, c)]
+
+
+def _encodes(tokenizer: Tokenizer, text: str) -> bool:
+    try:
+        tokenizer.encode(text)
+        return True
+    except UserError:
+        return False
 
 
 def _with(cfg: Config, values: dict[str, Any]) -> Config:

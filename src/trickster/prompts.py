@@ -1,0 +1,56 @@
+"""The prompt `generate` and `compare` continue, and the lines that suggest one to paste into a
+shell (`next:` after training, the llama.cpp line after an export)."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from trickster.data.tokenizers import Tokenizer
+from trickster.errors import UserError
+from trickster.text_in import UTF8_FIX, not_utf8
+
+
+def generate_hint(run_dir: Path, prompt: str) -> str:
+    """The `trickster generate` line to paste next, quoted for a shell: the run's sample prompt
+    exactly (a trailing space or a quote in it survives), or none when it is only whitespace."""
+    line = f"trickster generate {shlex.quote(str(run_dir))}"
+    return f"{line} --prompt {shell_word(prompt)}" if prompt.strip() else line
+
+
+def shell_word(text: str) -> str:
+    """`text` as one shell word on one line: quoted as shlex quotes it, or, when it holds a line
+    break or another control character, in bash's $'...' with that character escaped."""
+    if not any(ord(c) < 32 or ord(c) == 127 for c in text):
+        return shlex.quote(text)
+    named = {"\\": "\\\\", "'": "\\'", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+    escaped = (named.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 32 or ord(c) == 127 else c) for c in text)
+    return "$'" + "".join(escaped) + "'"
+
+
+def prompt_ids(tokenizer: Tokenizer, prompt: str | None) -> tuple[str, list[int]]:
+    """The prompt's text as printed and its ids. Without --prompt: a line break, or where the
+    vocabulary has none (a char model of text without one) the start of a new document, as the
+    run's samples start when their prompt cannot be encoded (train/fitted.py, validate.sample_text)."""
+    if prompt is None:
+        try:
+            return "\n", tokenizer.start_ids() + tokenizer.encode("\n")
+        except UserError:
+            if tokenizer.eot_id is None:  # one text without a line break: its first symbol, as samples
+                return tokenizer.decode([0]), tokenizer.start_ids() + [0]
+            return "", tokenizer.start_ids() + [tokenizer.eot_id]
+    if where := not_utf8(prompt):
+        raise UserError(f"--prompt is not UTF-8 text ({where}); {UTF8_FIX}")
+    ids = tokenizer.encode(prompt)
+    if not ids:
+        raise UserError("--prompt is empty; give some text to continue, e.g. --prompt 'ROMEO:'")
+    return prompt, tokenizer.start_ids() + ids  # Llama-style tokenizers start every sequence with <s>
+
+
+def llama_cpp_hint(path: Path, prompt: str) -> str:
+    """The llama.cpp line that continues the model's own sample prompt (as `next:` after training:
+    a fine-tune's is one of its records unless the user gave one, never the base's ROMEO:).
+    llama-completion: a recent llama.cpp's llama-cli only chats, and waits at its prompt instead of
+    continuing the text."""
+    line = f"llama-completion -m {shlex.quote(str(path))}"
+    return f"{line} -p {shell_word(prompt)} -n 100" if prompt.strip() else f"{line} -n 100"
