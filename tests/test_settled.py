@@ -4,10 +4,12 @@ damaged."""
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,3 +109,44 @@ def _save_as_best(checkpoint, best, saves) -> None:
         shutil.copy(file, staging / file.name)
     atomic.replace_dir(staging, best)
     saves.append(best)
+
+
+def test_a_checkpoint_replaced_while_serve_loads_it_slowly_is_loaded_again_whole(
+    trained_run, tmp_path, monkeypatch
+):
+    """`trickster serve` loads `final` as the run saves a new one (replace_dir) while the load is
+    under way, and the load takes 3 s (of the server's clock, passed without sleeping: a large model
+    from a slow disk). Its files were the old final's, its weights the new one's: the request got a
+    500, 'model.safetensors no longer matches the checksum saved with it', as the server gave up
+    reading again 2 s after the load began. It is answered from the new final, whole."""
+    httpx = pytest.importorskip("httpx")
+    from trickster.serve import models
+
+    from .live_server import live_server
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    final, newer = run / "checkpoints" / "final", run / "checkpoints" / "step_000006"
+    greedy = {"prompt": "ROMEO:", "max_tokens": 8, "temperature": 0}
+    real, saves, late = ckpt.read_files, [], [0.0]
+    clock = types.SimpleNamespace(
+        monotonic=lambda: time.monotonic() + late[0], sleep=time.sleep, time_ns=time.time_ns
+    )
+    monkeypatch.setattr(models, "time", clock)
+    monkeypatch.setattr(settled, "time", clock)
+
+    def read_then_a_save(path):
+        files = real(path)
+        if Path(path) == final and not saves:
+            _save_as_best(newer, final, saves)
+            late[0] += 3.0
+        return files
+
+    with live_server(run, max_loaded=2) as live:
+        post = functools.partial(httpx.post, live.url + "/v1/completions", timeout=30)
+        expected = post(json={"model": "step_000006", **greedy}).json()["choices"][0]["text"]
+        monkeypatch.setattr(ckpt, "read_files", read_then_a_save)
+        answer = post(json={"model": "final", **greedy})
+        assert answer.status_code == 200, answer.text
+        assert saves == [final]
+        assert answer.json()["choices"][0]["text"] == expected

@@ -79,7 +79,8 @@ def describe(name: str, path: Path, chat_template: str | None, run_files: bool =
     if run_files:
         (cfg, tokenizer), info = disk.run_files(path), {}
     else:
-        cfg, tokenizer, info = ckpt.read_config(path), ckpt.read_tokenizer(path), ckpt.read_info(path)
+        files = ckpt.files_at(path)
+        cfg, tokenizer, info = files.cfg, files.tokenizer, files.info
     source = chat_template or chat_template_of(tokenizer)
     template = chat.Template(source, tokenizer) if source else None
     return Offered(name, path, cfg, tokenizer, info, template, int(path.stat().st_mtime), version=version)

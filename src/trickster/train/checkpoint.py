@@ -349,19 +349,21 @@ def load_checkpoint(
     """generate, serve, export, info and init_from load a checkpoint here: its config.yaml is
     checked against the shapes its weight files hold before anything is allocated. All of it comes
     from one checkpoint though a run may replace `best` meanwhile: read again (settled.read_settled)
-    unless `settle` is False, for a caller that waits out replaces itself."""
+    unless `settle` is False, for a read within a caller's own read_settled (serve's)."""
 
     def read(found: Path) -> LoadedCheckpoint:
         return with_weights(read_files(found), device)
 
-    if not settle:
-        return read(resolve(Path(path)))
-    return settled.read_settled(Path(path), resolve, read)
+    return settled.read_settled(Path(path), resolve, read) if settle else read(Path(path))  # read resolves
 
 
 def read_files(path: str | Path) -> CheckpointFiles:
     """The checkpoint `path` names (resolve), its config.yaml, tokenizer.json and info.json read."""
-    path = resolve(path)
+    return files_at(resolve(path))
+
+
+def files_at(path: Path) -> CheckpointFiles:
+    """The files of the checkpoint folder `path`, not resolved (serve's listing found it complete)."""
     seen = settled.identity(path)
     return CheckpointFiles(path, read_config(path), read_tokenizer(path), read_info(path), seen)
 

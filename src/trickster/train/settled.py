@@ -3,7 +3,8 @@
 A run writes a new `best` (and `final`) by atomic.replace_dir's two renames. A reader that resolved
 `runs/x` to `runs/x/checkpoints/best` and read its info.json before the swap, and its weights after,
 saw two checkpoints: their checksums disagree, and it said the file was damaged on disk. A read is
-made again while the folder it read was replaced meanwhile, up to TRIES reads.
+made again while the folder it read was replaced meanwhile, up to TRIES reads: `generate` and the
+other commands, a fine-tune's init_from, and each load of `trickster serve` read this way.
 """
 
 from __future__ import annotations
@@ -37,19 +38,28 @@ def identity(path: Path) -> tuple[int, ...] | None:
 
 
 def read_settled(
-    target: Path, resolve: Callable[[Path], Path], read: Callable[[Path], Loaded], tries: int = TRIES
+    target: Path,
+    resolve: Callable[[Path], Path],
+    read: Callable[[Path], Loaded],
+    tries: int = TRIES,
+    wait: float = WAIT,
 ) -> Loaded:
     """read(resolve(target)), all of it from one checkpoint. Made again when the folder read was
-    replaced while it was read (its read failed, or succeeded on parts of two checkpoints), up to
-    `tries` reads however long each takes; a failure of a folder nobody replaces is raised at once."""
+    replaced while it was read (its read failed, or succeeded on parts of two checkpoints), or was
+    missing as a replace began after the wait for one, up to `tries` reads however long each takes;
+    a failure of a folder nobody replaces is raised at once. A replace under way is waited for up
+    to `wait` seconds: a writer that stays between its renames longer is stopped (or dead)."""
     for tried in range(1, tries + 1):
-        _wait_for(target, time.monotonic() + WAIT)
-        path = resolve(target)
-        before = identity(path)
+        whole = _wait_for(target, time.monotonic() + wait)
+        path, before = None, None
         try:
+            path = resolve(target)
+            before = identity(path)
             loaded = read(path)
         except Exception:
-            if not _replaced(path, before) or tried == tries:
+            # resolve failed: retried only for a replace that began after the wait found none
+            moved = _replaced(path, before) if path is not None else whole and _in_replace(target)
+            if not moved or tried == tries:
                 raise
         else:
             if not _replaced(path, before) or tried == tries:
@@ -62,9 +72,16 @@ def _replaced(path: Path, before: tuple[int, ...] | None) -> bool:
     return being_replaced(path) or identity(path) != before
 
 
-def _wait_for(target: Path, deadline: float) -> None:
-    """While `target` (a checkpoint) or its run's `best` is between a replace's two renames: a run
+def _in_replace(target: Path) -> bool:
+    """Whether `target` (a checkpoint) or its run's `best` is between a replace's two renames: a run
     folder would otherwise resolve to its newest numbered checkpoint, a checkpoint to 'not found'."""
-    best = target / "checkpoints" / "best"
-    while (being_replaced(target) or being_replaced(best)) and time.monotonic() < deadline:
+    return being_replaced(target) or being_replaced(target / "checkpoints" / "best")
+
+
+def _wait_for(target: Path, deadline: float) -> bool:
+    """Wait while `target` is in a replace (_in_replace), until `deadline`. Whether it is whole."""
+    while _in_replace(target):
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(0.01)
+    return True
