@@ -987,6 +987,16 @@ def _resume_copied_run_by_its_config(env: Env) -> list[str]:
     return ["train", "--config", str(run / "config.yaml"), "--no-progress", "--resume"]
 
 
+def _resume_run_from_another_folder(env: Env) -> list[str]:
+    """`cd /tmp && trickster train --config ~/stories/runs/s1/config.yaml --resume`: its output_dir
+    (runs/s1) and data path are relative to ~/stories. The line said the folder might have been
+    moved and to add --out, after which the data was not found either."""
+    run = Path(shutil.copytree(env.run, env.tmp / "stories" / "runs" / "s1"))
+    config = run / "config.yaml"
+    config.write_text(re.sub(r"(?m)^  output_dir: .*$", "  output_dir: runs/s1", config.read_text()))
+    return ["train", "--config", str(config), "--no-progress", "--resume"]
+
+
 def _resume_in_empty_folder(env: Env) -> list[str]:
     return micro_train(env, "--resume", "--out", str(env.tmp / "fresh"))
 
@@ -2212,6 +2222,13 @@ CASES = [
         _resume_copied_run_by_its_config,
         "was moved or copied",
         "add --out",
+    ),
+    case(
+        "resume-run-from-another-folder",
+        _resume_run_from_another_folder,
+        "output_dir runs/s1 is relative to ",
+        "stories, where the run started",
+        "run the command from there (cd ",
     ),
     case(
         "override-resume-not-bool-or-auto",
