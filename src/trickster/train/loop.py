@@ -372,22 +372,24 @@ class Trainer:
         it again)."""
         self.writer.settle()  # one write at a time: `reuse` and keep_last's rotation need it done
         target = self.run_dir / "checkpoints" / name
-        again = self.saved if self.saved is not None and self.saved.step == self.state.step else None
-        background = self.writer.enabled and not again and STEP_DIR.match(name) is not None
+        # the checkpoint this process saved at this very step, whose files the new one links
+        reuse = self.saved if self.saved is not None and self.saved.step == self.state.step else None
+        background = self.writer.enabled and not reuse and STEP_DIR.match(name) is not None
         on_cpu = not background or self.job.mode == "fsdp"  # else the snapshot copies the live tensors
-        weights = None if again else dist.full_weights(self.model, on_cpu)
-        trainer_state, staging, groups = self.state_dict(), None, again.groups if again else None
+        weights = None if reuse else dist.full_weights(self.model, on_cpu)
+        trainer_state = self.state_dict()
         trainer_state["eval_due"], trainer_state["hellaswag_due"] = eval_due, hellaswag_due
+        staging, groups = None, reuse.groups if reuse else None
         shards = None  # under FSDP2 in the background: this process's shard, still being written
         if self.job.mode == "fsdp":
-            if not again:
+            if not reuse:
                 staged = stage_shards(self.job, self.model, self.optimizer, target, background)
                 staging, groups, shards = staged
             trainer_state["optimizer"] = {"param_groups": groups}
         else:
             trainer_state["optimizer"] = dist.full_optimizer_state(self.model, self.optimizer, on_cpu)
         parts = (self.model, self.cfg, self.data.tokenizer, self.info(), trainer_state, weights, staging)
-        self.writer.write(target, parts, again.path if again else None, background, shards)
+        self.writer.write(target, parts, reuse.path if reuse else None, background, shards)
         self.saved = ckpt.Saved(self.state.step, target, groups)
 
     def load(self, path: Path) -> None:
