@@ -1,5 +1,5 @@
 """The training loop. `train(cfg)` builds a `Trainer` and runs `Trainer.train`, which reads top to
-bottom: evaluate, then step, log, evaluate and save until the last step or a stop signal.
+bottom: evaluate, then step, log, save and evaluate until the last step or a stop signal.
 
 One optimizer step = `gradient_accumulation_steps` micro-batches. Steps are counted from 0; after
 the update at index i, `state.step == i + 1`. Logging, evaluation and checkpoints happen when
