@@ -50,7 +50,7 @@ from trickster import cli, footprint
 from trickster.data import loader
 from trickster.model import generate as generate_module
 from trickster.observe import events
-from trickster.train import checkpoint, dist, loop, optim, setup
+from trickster.train import checkpoint, dist, loop, optim, setup, validate
 
 # step indices whose learning rate the "spike" fault multiplies by 100, once. Three, not two: after
 # two, the third high loss (step 19) fell just under 2x the median on one CPU and over it on another
@@ -90,7 +90,7 @@ def install(fault: str) -> None:
 
         loop.evaluate = patched_evaluate
     elif fault.startswith("stop-token:") and rank1:
-        sample, sample_text, stop = generate_module.sample, loop.sample_text, []
+        sample, sample_text, stop = generate_module.sample, validate.sample_text, []
         log = fault.split(":", 1)[1]
 
         def patched_sample_text(model, tokenizer, *args, **kwargs):
@@ -102,7 +102,7 @@ def install(fault: str) -> None:
         def patched_sample(logits, *args, **kwargs):
             return torch.full_like(sample(logits, *args, **kwargs), stop[0])
 
-        loop.sample_text = patched_sample_text
+        validate.sample_text = patched_sample_text
         generate_module.sample = patched_sample
     elif fault == "spike":
         optim.lr_at = spiking_schedule(optim.lr_at)

@@ -10,7 +10,6 @@ everything at the last step.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import time
 from pathlib import Path
@@ -58,7 +57,7 @@ from trickster.train.state import (
     rng_state,
     set_rng_state,
 )
-from trickster.train.validate import evaluate, pooled_loss, sample_due, sample_text, validation_batches
+from trickster.train.validate import evaluate, logged_sample, pooled_loss, sample_due, validation_batches
 
 
 def train(
@@ -331,7 +330,7 @@ class Trainer:
             "tokens_seen": state.tokens_seen,
         }
         if healthy and sample_due(self.cfg.training, state.step):
-            sample = self.sample()
+            sample = logged_sample(self.model, self.data.tokenizer, self.cfg.training, self.job)
             if sample is not None:
                 record["sample"] = sample
         self.metrics.write("eval", state.step, **record)
@@ -346,20 +345,6 @@ class Trainer:
         recovery.record_evaluation_in_checkpoint(self)  # one saved at this step, before this evaluation
         if improved:
             self.save("best")
-
-    def sample(self) -> str | None:
-        """A sample of the current model for rank 0 to log. Under DDP rank 0 holds the whole model
-        and samples alone; under FSDP2 every forward gathers the layers from all ranks, so all of
-        them sample, each taking rank 0's token, and stay in step to the same stop token."""
-        t, job = self.cfg.training, self.job
-        if job.mode == "fsdp":
-            agree = functools.partial(dist.from_rank0, d=job)
-        elif job.is_main:
-            agree = None
-        else:
-            return None
-        tokenizer, dtype = self.data.tokenizer, job.gathered_dtype
-        return sample_text(self.model, tokenizer, t.sample_prompt, t.sample_tokens, t.seed, agree, dtype)
 
     def save(self, name: str, eval_due: bool = False, hellaswag_due: bool = False) -> None:
         """A checkpoint folder. Every process takes part: rank 0 writes the gathered weights and

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -85,6 +86,19 @@ def sample_due(t: TrainingConfig, step: int) -> bool:
     if t.sample_tokens == 0 or t.sample_every == 0:
         return False
     return t.sample_every is None or step % t.sample_every == 0 or step == t.max_steps
+
+
+def logged_sample(model, tokenizer: Tokenizer, t: TrainingConfig, job: dist.Dist) -> str | None:
+    """The sample an evaluation logs, on rank 0 (None on the others). Under DDP rank 0 holds the
+    whole model and samples alone; under FSDP2 every forward gathers the layers from all ranks, so
+    all of them sample, each taking rank 0's token, and stay in step to the same stop token."""
+    if job.mode == "fsdp":
+        agree = functools.partial(dist.from_rank0, d=job)
+    elif job.is_main:
+        agree = None
+    else:
+        return None
+    return sample_text(model, tokenizer, t.sample_prompt, t.sample_tokens, t.seed, agree, job.gathered_dtype)
 
 
 def sample_text(
