@@ -148,15 +148,14 @@ class Trainer:
         self.clock.start(self.state.train_seconds)
         self.clock.check_left(self.state.step, t.max_steps)
         # 5. the figures every step shares; the run's files, its header and its first event
-        global_batch = t.batch_size * job.world_size * t.gradient_accumulation_steps  # windows per step
-        self.tokens_per_step = global_batch * cfg.seq_len
+        self.tokens_per_step = t.batch_size * job.world_size * t.gradient_accumulation_steps * cfg.seq_len
         self.params = parameter_breakdown(cfg.model).total
         self.token_flops = flops_per_token(cfg.model, cfg.seq_len, t.lora)
         self.peak = Peak(None, "")
         if job.is_main:  # what MFU divides by (datasheet, configured or measured), by the process that logs
             self.peak = mfu_peak(self.device, cfg.device.dtype, cfg.device.peak_tflops)
         self.manifest = run_manifest(self.device)
-        setup.announce(self, resume, changed, repairs + recovery.fresh_rollbacks(self, changed), global_batch)
+        setup.announce(self, resume, changed, repairs + recovery.fresh_rollbacks(self, changed))
         recovery.remeasure_best(self)  # resumed on another validation set than best's loss
 
     def train(self) -> TrainResult:

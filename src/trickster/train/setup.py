@@ -227,7 +227,7 @@ def print_header(
     )
 
 
-def announce(trainer: Trainer, resume, changed: dict, repairs: list[str], global_batch: int) -> None:
+def announce(trainer: Trainer, resume, changed: dict, repairs: list[str]) -> None:
     """The run's files and header, what a resume changed or repaired, and (a new run) its `start`
     event: what a Trainer says once it is built."""
     cfg, job, out, data = trainer.cfg, trainer.job, trainer.out, trainer.data
@@ -260,7 +260,7 @@ def announce(trainer: Trainer, resume, changed: dict, repairs: list[str], global
         0,
         params=trainer.params,
         tokens_per_step=trainer.tokens_per_step,
-        global_batch=global_batch,
+        global_batch=trainer.tokens_per_step // cfg.seq_len,
         world_size=job.world_size,
         parallel=job.mode,
         flops_per_token=trainer.token_flops,
