@@ -79,7 +79,8 @@ def target_names(cfg: LoraConfig) -> list[str]:
 
 
 def apply_lora(model: nn.Module, cfg: LoraConfig) -> int:
-    """Freeze every parameter, then add adapters to the target layers; returns the adapter count."""
+    """Freeze every parameter, then add adapters to the target layers; returns the parameters that
+    train now (the adapters' elements), which the fine-tune line reports."""
     for param in model.parameters():
         param.requires_grad_(False)
     wanted = set(target_names(cfg))
