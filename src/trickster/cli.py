@@ -20,6 +20,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from trickster import starting
 from trickster.cli_parser import build_parser
 from trickster.errors import Interrupted, UserError, did_you_mean, single_line
 
@@ -50,10 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     # train.log` showed nothing for ~100 step lines, and a process ended by a signal lost its last ones
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(line_buffering=True)
-    try:  # Ctrl-C while the parser is built (a tenth of a second on a busy machine) is one line too
-        args = parse(build_parser(), argv)
-        _check(args)
-        return _call(args)
+    try:  # a Ctrl-C while the command loads (its parser, then torch: seconds) ends it at once in one line
+        with starting.while_loading():
+            args = parse(build_parser(), argv)
+            _check(args)
+            function = _command(args.run)
+        return _call(function, args)
     except UserError as err:
         print(f"error: {single_line(str(err))}", file=sys.stderr)
         return 2
@@ -200,11 +203,15 @@ def _check_eval(args: argparse.Namespace) -> None:
         )
 
 
-def _call(args: argparse.Namespace) -> int:
-    """Run commands.<args.run> with each parameter taken from the parsed option of the same name."""
+def _command(name: str) -> Callable[..., object]:
+    """commands.<name>; commands.py loads torch and the library, a few seconds on a busy machine."""
     from trickster import commands
 
-    function = getattr(commands, args.run)
+    return getattr(commands, name)
+
+
+def _call(function: Callable[..., object], args: argparse.Namespace) -> int:
+    """Run `function` with each parameter taken from the parsed option of the same name."""
     kwargs = {}
     for name, parameter in inspect.signature(function, eval_str=True).parameters.items():
         kind = parameter.annotation
