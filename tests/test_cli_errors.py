@@ -3622,6 +3622,13 @@ CASES = [
         "--checkpoints takes names from: best, final, step_000006, untrained",
     ),
     case(
+        "serve-checkpoints-empty",
+        _serve("--checkpoints", " , "),
+        "--checkpoints names no checkpoint",
+        "give some of best, final, step_000006, untrained",
+        "leave --checkpoints out",
+    ),
+    case(
         "serve-checkpoint-never-saved-while-training",
         _serve_training("--checkpoints", "step_6,untrained"),
         "no checkpoint step_6",

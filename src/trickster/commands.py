@@ -328,7 +328,7 @@ def serve_command(
     """`trickster serve`: the OpenAI-compatible API and the playground over a run's checkpoints."""
     from trickster.serve.server import serve
 
-    names = [n.strip() for n in checkpoints.split(",") if n.strip()] if checkpoints else None
+    names = [n.strip() for n in checkpoints.split(",") if n.strip()] if checkpoints is not None else None
     return serve(
         target, host, port, device, api_key, names, chat_template, max_batch, max_loaded_models, allowed_host
     )

@@ -71,7 +71,7 @@ class Catalog:
         found = disk.checkpoints(Path(target))
         resolved = ckpt.resolve(target) if found else None  # None: a run that has saved no checkpoint yet
         # names the run has yet to save (it trains): offered once saved, by rescan
-        self.awaited = wanted.yet_to_save(names, found, Path(target), whole_run) if names else []
+        self.awaited = wanted.yet_to_save(names, found, Path(target), whole_run) if names is not None else []
         if names:
             found = {n: p for n, p in found.items() if n in names}
         self.offered: dict[str, Offered] = {}

@@ -25,7 +25,14 @@ def saved_later(name: str) -> bool:
 
 
 def yet_to_save(names: list[str], found: dict[str, Path], target: Path, whole_run: bool) -> list[str]:
-    """The names given that the run has yet to save; raises for one it will never offer."""
+    """The names given that the run has yet to save; raises for one it will never offer, and for
+    none at all (an empty variable in a script would otherwise have offered every checkpoint)."""
+    if not names:
+        have = ", ".join([*found, UNTRAINED])
+        raise UserError(
+            f"--checkpoints names no checkpoint; give some of {have} (comma-separated), "
+            "or leave --checkpoints out to offer them all"
+        )
     # a finished run resumed to more steps keeps its old `final` until it saves a new one
     training = whole_run and ("final" not in found or trains_now(target))
     unknown = [n for n in names if n not in found and n != UNTRAINED]
