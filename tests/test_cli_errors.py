@@ -997,6 +997,12 @@ def _resume_run_from_another_folder(env: Env) -> list[str]:
     return ["train", "--config", str(config), "--no-progress", "--resume"]
 
 
+def _data_preparation_unfinished(env: Env) -> list[str]:
+    (env.tmp / "stopped.partial").mkdir()
+    env.write("stopped.partial/progress.json", "{}")
+    return micro_train(env, "--data", str(env.tmp / "stopped"))
+
+
 def _resume_in_empty_folder(env: Env) -> list[str]:
     return micro_train(env, "--resume", "--out", str(env.tmp / "fresh"))
 
@@ -2012,9 +2018,33 @@ CASES = [
     case(
         "train-no-data-folder",
         lambda env: micro_train(env, "--data", str(env.tmp / "missing-data")),
-        "missing-data",
-        "meta.json missing",
+        "missing-data: it does not exist",
         "trickster data prepare",
+    ),
+    case(  # it said "(meta.json missing)" of a folder that is not there
+        "train-data-folder-misspelt",
+        lambda env: micro_train(env, "--data", str(env.copy_data())[:-1]),
+        "data-cop: it does not exist (did you mean ",
+        "data-copy?)",
+        "give a folder written by `trickster data prepare`",
+    ),
+    case(  # it said "(meta.json missing)" of the folder of stories itself
+        "train-data-is-a-folder-of-text",
+        lambda env: micro_train(env, "--data", str(Path(env.write("stories/a.txt", "Once.\n")).parent)),
+        "stories: it holds text files, not prepared data; prepare it first (`trickster data prepare text ",
+        "stories`) and give the folder that writes",
+    ),
+    case(  # it said "(meta.json missing)"
+        "train-data-is-a-run-folder",
+        lambda env: micro_train(env, "--data", str(env.run)),
+        "micro-run: it is a run or checkpoint folder",
+    ),
+    case(  # a preparation stopped by Ctrl-C, then train: it said "(meta.json missing)"
+        "train-data-preparation-unfinished",
+        _data_preparation_unfinished,
+        "stopped: ",
+        "stopped.partial holds its unfinished preparation; run the same `trickster data prepare` command "
+        "again to finish it",
     ),
     case(
         "train-data-path-unset",

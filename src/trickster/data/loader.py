@@ -20,6 +20,7 @@ import torch
 
 from trickster.atomic import restore_replaced
 from trickster.data import record_prompts
+from trickster.data.not_prepared import not_prepared
 from trickster.data.paths import source_of
 from trickster.data.shards import file_sha256
 from trickster.data.tokenizers import Tokenizer, load_tokenizer
@@ -140,10 +141,7 @@ def load_data(path: str | Path) -> PreparedData:
             f"{source_of(path)} {path}`) and give the folder that writes"
         )
     if not meta_file.exists():  # a folder in its place is damaged, below
-        raise UserError(
-            f"no prepared data in {path} (meta.json missing); give a folder written by `trickster "
-            "data prepare` (for example `trickster data prepare shakespeare --out DIR`)"
-        )
+        raise not_prepared(path)
     try:
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
         dtype = np.dtype(meta["dtype"])
