@@ -4,6 +4,8 @@ test_finetune.py."""
 
 from __future__ import annotations
 
+import json
+
 from trickster import cli
 from trickster.config import load_config
 
@@ -110,3 +112,40 @@ def test_a_preset_prompt_the_tokenizer_cannot_encode_starts_a_document_and_next_
         assert cli.main(["generate", str(run), "--max-new-tokens", "8", "--seed", "1", *prompt]) == 0
         printed = capsys.readouterr().out
         assert printed.startswith("".join(prompt[1:])) and len(printed) > len("".join(prompt[1:])), printed
+
+
+def test_a_preset_prompt_the_training_text_never_holds_gives_way_to_a_new_document(tmp_path, capsys):
+    """Stories prepared with the byte tokenizer encode "ROMEO:", but never hold it: a model of them
+    answered tiny's prompt with '.' and the end of the text, so every sample at every evaluation
+    (the log, the report page) read "ROMEO:." and showed nothing of what it learned. Now the samples
+    start a new document, said in one line. A prompt the text holds is kept (test_train: ROMEO: in
+    Shakespeare's)."""
+    stories = [f"Once upon a time a cat named Tom {i} found a ball.\nThe end." for i in range(60)]
+    (tmp_path / "s.jsonl").write_text("".join(json.dumps({"text": s}) + "\n" for s in stories))
+    data, run = tmp_path / "data", tmp_path / "run"
+    prepare = ["data", "prepare", "jsonl", str(tmp_path / "s.jsonl"), "--text-field", "text"]
+    assert (
+        cli.main([*prepare, "--tokenizer", "byte", "--out", str(data), "--no-progress", "--workers", "1"])
+        == 0
+    )
+    capsys.readouterr()
+    argv = ["train", "--preset", "tiny", "--data", str(data), "--out", str(run), "--no-progress", *SHORT]
+    assert cli.main([*argv, "training_config.max_steps=2", "training_config.sample_tokens=8"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    note = "sample_prompt 'ROMEO:' occurs nowhere in the training text: samples start a new document instead"
+    assert sum(line.startswith(note) for line in out) == 1, out
+    assert out[-1] == f"next: trickster generate {run}", out
+    assert not any("ROMEO" in e["sample"] for e in events(run, "eval"))
+
+    kept = tmp_path / "kept"  # given by the user: theirs, held or not
+    given = [
+        *argv[:6],
+        str(kept),
+        *argv[7:],
+        "training_config.max_steps=2",
+        "training_config.sample_tokens=8",
+        "training_config.sample_prompt=ROMEO:",
+    ]
+    assert cli.main(given) == 0
+    assert not any(line.startswith("sample_prompt") for line in capsys.readouterr().out.splitlines())
+    assert all(e["sample"].startswith("ROMEO:") for e in events(kept, "eval"))

@@ -5,8 +5,10 @@ or the defaults (Config.gave: not on the command line, not in a config file of t
   (PreparedData.record_prompt). A fine-tune's config is its base model's, whose prompt (ROMEO:) is
   not in the records' format, so its samples would say nothing of what the run learns.
 - training_config.sample_prompt, on other text: one the data's tokenizer cannot encode (tiny's
-  "ROMEO:" in a char vocabulary of stories without 'R' or ':') becomes "", a new document, said in
-  one line. The samples dropped it silently, and `next:` printed a generate line that was refused.
+  "ROMEO:" in a char vocabulary of stories without 'R' or ':'), or whose tokens the training text
+  never holds (in its first SEARCHED tokens), becomes "", a new document, said in one line. The
+  samples dropped the first silently, and `next:` printed a generate line that was refused; a model
+  of stories answered the second with '.' and the end of the text, at every evaluation.
 - training_config.warmup_steps: one of max_steps or more (a preset's 100 in a 20-step try) becomes
   a tenth of max_steps, said in one line. torchtitan clamps such a warmup to the run's steps with
   a warning, litgpt warns and clamps it, nanochat sizes it as a fraction of the run; a warmup the
@@ -23,6 +25,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from trickster.config import Config
 from trickster.data.loader import PreparedData
 from trickster.data.tokenizers import Tokenizer
@@ -30,6 +34,7 @@ from trickster.errors import UserError
 from trickster.plural import counted
 
 FITTED = ("sample_prompt", "warmup_steps")  # training_config keys a run may fit to itself
+SEARCHED = 1 << 24  # tokens of the train split looked through for a preset's sample prompt
 
 
 def fitted_config(cfg: Config, data: PreparedData, saved: Config | None) -> tuple[Config, list[str]]:
@@ -43,11 +48,10 @@ def fitted_config(cfg: Config, data: PreparedData, saved: Config | None) -> tupl
     notes = []
     if "sample_prompt" in left and data.record_prompt is not None:
         values["sample_prompt"] = data.record_prompt
-    elif "sample_prompt" in left and (lacking := _not_encoded(data.tokenizer, t.sample_prompt)):
+    elif "sample_prompt" in left and t.sample_prompt and (why := _not_in_text(data, t.sample_prompt)):
         values["sample_prompt"] = ""
         notes.append(
-            f"sample_prompt {t.sample_prompt!r} holds characters the {data.tokenizer.kind} vocabulary "
-            f"lacks ({', '.join(map(repr, lacking))}): samples start a new document instead "
+            f"sample_prompt {t.sample_prompt!r} {why}: samples start a new document instead "
             "(set training_config.sample_prompt to choose)"
         )
     if "warmup_steps" in left and t.warmup_steps >= t.max_steps and t.warmup_steps > 0:
@@ -60,14 +64,19 @@ def fitted_config(cfg: Config, data: PreparedData, saved: Config | None) -> tupl
     return _with(cfg, values), notes
 
 
-def _not_encoded(tokenizer: Tokenizer, prompt: str) -> list[str]:
-    """The characters of `prompt` that `tokenizer` cannot encode (a char vocabulary's missing ones),
-    in order; none when it encodes the whole prompt."""
+def _not_in_text(data: PreparedData, prompt: str) -> str | None:
+    """Why the training text cannot have taught a model to continue `prompt`: characters its
+    vocabulary lacks, or its tokens found nowhere in the first SEARCHED tokens; None when found."""
     try:
-        tokenizer.encode(prompt)
-        return []
+        ids = np.asarray(data.tokenizer.encode(prompt))
     except UserError:
-        return [c for c in dict.fromkeys(prompt) if not _encodes(tokenizer, c)]
+        lacking = ", ".join(repr(c) for c in dict.fromkeys(prompt) if not _encodes(data.tokenizer, c))
+        return f"holds characters the {data.tokenizer.kind} vocabulary lacks ({lacking})"
+    tokens = np.asarray(data.train[:SEARCHED])
+    starts = np.flatnonzero(tokens[: max(len(tokens) - len(ids) + 1, 0)] == ids[0])
+    for offset, token in enumerate(ids[1:], start=1):  # the starts the next token also matches
+        starts = starts[tokens[starts + offset] == token]
+    return None if starts.size else "occurs nowhere in the training text"
 
 
 def _encodes(tokenizer: Tokenizer, text: str) -> bool:
