@@ -1859,6 +1859,12 @@ CASES = [
         "training_config.init_from: a name in the path is 300 bytes long",
         "choose a shorter path",
     ),
+    case(  # read as null: it trained from scratch, the fine-tune asked for silently dropped
+        "override-init-from-empty",
+        lambda env: micro_train(env, "training_config.init_from="),
+        "training_config.init_from: an empty path (an unset shell variable?)",
+        "leave the key out",
+    ),
     case(
         "config-output-dir-holds-nul",
         _output_dir_with_nul,

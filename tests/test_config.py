@@ -231,12 +231,18 @@ def test_numbers_still_come_from_text_and_whole_floats():
         load_config(overrides=["training_config.max_steps=1.5"])
 
 
-def test_an_empty_override_is_null_except_for_text():
-    """As in a file, where `keep_last:` is null (keep all); a text setting keeps the empty text."""
+def test_an_empty_override_is_null_except_for_text_and_paths():
+    """As in a file, where `keep_last:` is null (keep all); a text setting keeps the empty text. A
+    path that may be none is refused: `init_from=$BASE` with BASE unset trained from scratch."""
     empty = ["training_config.keep_last=", "training_config.sample_prompt="]
     cfg = load_config(preset="tiny", overrides=["training_config.keep_last=3", *empty])
     assert cfg.training.keep_last is None and cfg.training.sample_prompt == ""
     assert load_config(overrides=["training_config.max_time="]).training.max_time is None
+    for key in ("training_config.init_from", "training_config.hellaswag_file", "data_config.path"):
+        for value in ("", " "):
+            with pytest.raises(UserError, match=f"{key}: an empty path"):
+                load_config(preset="tiny", overrides=[f"{key}={value}"])
+    assert load_config(overrides=["training_config.init_from=null"]).training.init_from is None
 
 
 def test_betas_lie_in_zero_to_one():

@@ -34,7 +34,7 @@ from trickster.config_errors import (
     override_within_limits,
     section_at,
 )
-from trickster.config_paths import nameable_path, wandb_project_name
+from trickster.config_paths import nameable_path, typed_as_text, wandb_project_name
 from trickster.config_yaml import SAVED_MARK, load_yaml, parse_yaml, read_config_file
 from trickster.errors import UserError, did_you_mean
 from trickster.presets import preset_text
@@ -430,7 +430,7 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
         raise UserError(f"override '{elided(override)}': unknown section '{elided(parts[0])}'{hint}")
     parent = section_at(Config, parts[:-1])
     field = parent.model_fields.get(parts[-1]) if parent else None
-    if field is not None and field.annotation is str:
+    if field is not None and typed_as_text(field.annotation, value):
         parsed = value  # text fields keep the text as typed ("ROMEO:" is not a YAML mapping here)
     else:
         try:

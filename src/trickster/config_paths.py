@@ -10,6 +10,14 @@ from pydantic import ValidationInfo
 NAME_MAX = 255  # bytes in one name of a path, on the file systems people train on (ext4, XFS, APFS)
 
 
+def typed_as_text(annotation: object, value: str) -> bool:
+    """Whether an override's value is kept as typed, not read as YAML: a text setting's, and an
+    empty one of a path that may be none (init_from, hellaswag_file, data_config.path). An unset
+    shell variable (`training_config.init_from=$BASE`) read as null trained from scratch, the
+    fine-tune asked for silently dropped; kept, nameable_path refuses it as an empty path."""
+    return annotation is str or (annotation == (str | None) and not value.strip())
+
+
 def nameable_path(value: str | None) -> str | None:
     """A path the file system can name: no NUL character and no name in it longer than NAME_MAX
     bytes (the OS refuses both, which came out as a traceback when the path was first used). Nor an
