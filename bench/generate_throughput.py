@@ -27,8 +27,9 @@ from trickster.data.tokenizers import ByteTokenizer
 from trickster.export.hf import export_hf
 from trickster.model.generate import generate
 from trickster.model.transformer import Transformer
+from trickster.precision import inference_dtype
 from trickster.train import checkpoint as ckpt
-from trickster.train.device import inference_dtype, resolve_device
+from trickster.train.device import resolve_device
 
 
 def interleaved(fns: dict, repeats: int) -> dict:

@@ -20,9 +20,9 @@ from trickster.model import generate as generation
 from trickster.model import lora
 from trickster.model.generate import generate
 from trickster.model.transformer import KVCache, Transformer
+from trickster.precision import inference_dtype
 from trickster.train import checkpoint as ckpt
 from trickster.train import checksums
-from trickster.train import device as dev
 from trickster.train.weights import weights_to_save
 
 MODEL = {
@@ -78,9 +78,9 @@ def test_the_compute_dtype_is_bfloat16_on_ampere_gpus_and_float32_elsewhere(
     _, target = saved_model(shakespeare_dir, tmp_path)
     assert ckpt.load_checkpoint(target).dtype == "float32"
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
-    assert dev.inference_dtype(torch.device("cuda")) == "bfloat16"
+    assert inference_dtype(torch.device("cuda")) == "bfloat16"
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
-    assert dev.inference_dtype(torch.device("cuda")) == "float32"
+    assert inference_dtype(torch.device("cuda")) == "float32"
 
 
 def test_generation_keeps_its_kv_cache_in_the_compute_dtype(monkeypatch):

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from trickster.config import load_config
+from trickster.precision import compute_dtype_name
 from trickster.train import device as dev
 from trickster.train.device import (
     autocast_for,
-    compute_dtype_name,
     datasheet_flops,
     mfu_peak,
     resolve_precision,

@@ -1096,7 +1096,7 @@ def test_engine_batch_matches_lone_generation():
 
 def test_on_a_gpu_the_engine_computes_as_generate_does_there_in_bfloat16(monkeypatch):
     """On a GPU of Ampere or later `generate` decodes under bfloat16 autocast with a bfloat16 KV
-    cache (train.device.inference_dtype). The engine must too, or a seed served there gives other
+    cache (precision.inference_dtype). The engine must too, or a seed served there gives other
     tokens than `trickster generate` with it (and its cache takes twice the memory): it decoded
     the float32 weights in float32. Shown on the CPU, whose autocast takes bfloat16, with the
     dtype a GPU would choose."""

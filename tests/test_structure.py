@@ -119,6 +119,15 @@ def test_the_metrics_schema_imports_nothing_of_training():
     assert sorted(name for name in reached if name.startswith("trickster.train")) == []
 
 
+def test_the_model_imports_nothing_of_training():
+    """model/ is what generate, serve, export and eval load; train/ builds on it. The model's code
+    reaching into train/ (generate.py once took the inference dtype from train/device.py) would
+    load the trainer's modules into each of them and make the two packages one."""
+    graph = import_graph()
+    for module in (name for name in graph if name.startswith("trickster.model")):
+        assert sorted(name for name in reachable(graph, module) if name.startswith("trickster.train")) == []
+
+
 def private_names_used_elsewhere() -> list[str]:
     """`from trickster.m import _name` and `m._name` (m a trickster module) outside m itself."""
     found = []

@@ -8,7 +8,7 @@ from collections.abc import Callable, Collection, Iterator
 import torch
 
 from trickster.model.transformer import KVCache, Transformer
-from trickster.train.device import inference_dtype
+from trickster.precision import inference_dtype
 
 # logits / 1e-40 overflow float32 (1e-300 even rounds to a divisor of 0); a temperature below
 # vLLM's threshold is greedy in effect
@@ -74,7 +74,7 @@ def generate(
     corpus). With the cache, each step feeds one token; without it, the whole window is re-run.
     Once the context is full, generation continues over the last max_seq_len tokens (uncached).
     `dtype`: compute in it under autocast, the KV cache too; None: bfloat16 on a CUDA GPU of
-    Ampere or later (train.device.inference_dtype), the weights' own dtype elsewhere. A model
+    Ampere or later (precision.inference_dtype), the weights' own dtype elsewhere. A model
     sharded by FSDP2 computes in the dtype it gathers its weights in: pass that
     (train.dist.Dist.gathered_dtype), or its KV cache takes the float32 of the shards.
     """

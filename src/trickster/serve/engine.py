@@ -22,8 +22,8 @@ import torch
 
 from trickster.model.generate import mask_unused_rows, sample
 from trickster.model.transformer import KVCache, Transformer
+from trickster.precision import inference_dtype
 from trickster.serve.limits import MAX_BATCH
-from trickster.train.device import inference_dtype
 
 
 @dataclass

@@ -40,9 +40,9 @@ from trickster.data.tokenizers import Tokenizer, load_tokenizer
 from trickster.errors import UserError, disk_errors, write_fix
 from trickster.model import lora
 from trickster.model.transformer import Transformer
+from trickster.precision import inference_dtype
 from trickster.run_checkpoints import COMPLETE, WEIGHTS, is_complete, numbered, run_write_fix
 from trickster.train import checksums, settled
-from trickster.train.device import inference_dtype
 from trickster.train.weight_loading import load_weights
 from trickster.train.weights import (
     check_config,

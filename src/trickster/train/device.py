@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from trickster.errors import UserError
+from trickster.precision import compute_dtype_name, fast_gpu
 from trickster.train.datasheets import find_datasheet
 
 
@@ -151,24 +152,6 @@ def resolve_device(name: str, key: str = "device_config.device", without_cuda: s
     return torch.device(name)
 
 
-def fast_gpu(device: torch.device, capability: tuple[int, int] | None = None) -> bool:
-    """A CUDA GPU with bfloat16 tensor cores (Ampere, compute capability 8.0, and later), where
-    bfloat16 autocast and torch.compile pay off. (`is_bf16_supported` also counts emulation.)
-    `capability`: that of a GPU planned for by name (`trickster plan --gpu`), which is not asked of
-    torch: there may be no GPU to ask."""
-    if device.type != "cuda":
-        return False
-    return (capability or torch.cuda.get_device_capability(device)) >= (8, 0)
-
-
-def compute_dtype_name(name: str, device: torch.device, capability: tuple[int, int] | None = None) -> str:
-    """device_config.dtype as a run on `device` uses it: `auto` is bfloat16 on a fast GPU, float32
-    elsewhere (CPUs keep float32: their bfloat16 matmuls are slower)."""
-    if name != "auto":
-        return name
-    return "bfloat16" if fast_gpu(device, capability) else "float32"
-
-
 def resolve_precision(cfg, device: torch.device, capability: tuple[int, int] | None = None):
     """A copy of the Config with device_config.dtype and compile as the run uses them: `auto`
     (compile: empty) becomes bfloat16 and compile on a fast GPU (see fast_gpu, and its
@@ -181,12 +164,6 @@ def resolve_precision(cfg, device: torch.device, capability: tuple[int, int] | N
     if d.compile is None:
         cfg.device.compile = fast_gpu(device, capability)
     return cfg
-
-
-def inference_dtype(device: torch.device) -> str:
-    """The compute dtype of generate, eval and compare: bfloat16 autocast on a fast GPU (fused
-    attention kernels, grouped-query attention included, need half precision), else float32."""
-    return compute_dtype_name("auto", device)
 
 
 def autocast_for(device: torch.device, dtype_name: str):

@@ -51,8 +51,8 @@ if TYPE_CHECKING:
 
 from trickster.config import DeviceConfig
 from trickster.errors import UserError
+from trickster.precision import compute_dtype_name
 from trickster.train import dtensor_caches, launch_env, peers
-from trickster.train.device import compute_dtype_name
 
 
 @dataclass(frozen=True)
