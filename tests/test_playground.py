@@ -142,9 +142,15 @@ def test_playground_sends_the_seed_typed_also_past_2_53_and_below_0(trained_run,
 
 
 def test_playground_chat_view_holds_a_conversation(trained_run, browser):
+    """With the picks the page starts with, untrained and best, the chat is with best (it took the
+    first picked, untrained, whose replies are noise)."""
     template = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}assistant:"
-    with live_server(trained_run, chat_template=template, checkpoints=["best"]) as live:
+    with live_server(trained_run, chat_template=template) as live:
         page = open_playground(browser, live)
+        assert page.eval_on_selector_all("#picker input:checked", "es => es.map(e => e.value)") == [
+            "untrained",
+            "best",
+        ]
         page.click("#tab-chat")
         page.fill("#max_tokens", "12")
         page.dispatch_event("#max_tokens", "input")
@@ -380,3 +386,19 @@ def test_a_chat_message_refused_is_no_turn_of_the_conversation(trained_run, brow
     assert sent[2] == [{"role": "user", "content": "Hi"}, first_reply, {"role": "user", "content": "Hi"}]
     assert first_reply["role"] == "assistant" and "[" not in first_reply["content"]
     assert turns == "4" and not errors
+
+
+def test_the_page_asks_for_the_api_key_and_says_when_it_is_wrong(trained_run, browser):
+    """A wrong key was met with 'this server wants an API key', as if none had been typed."""
+    status = "document.querySelector('#status').textContent"
+    with live_server(trained_run, api_key="sesame", checkpoints=["best"]) as live:
+        page = browser.new_page()
+        page.goto(live.url + "/")
+        page.wait_for_function(f"{status}.startsWith('no API key given')", timeout=10_000)
+        assert page.is_visible("#api-key")
+        for key, shown in [("open", "the API key is wrong"), ("sesame", "1 checkpoint")]:
+            page.fill("#api-key", key)
+            page.dispatch_event("#api-key", "change")
+            page.wait_for_function(f"{status}.startsWith({shown!r})", timeout=10_000)
+        assert page.inner_text("#status") == "1 checkpoint"  # not '1 checkpoints'
+        page.close()
