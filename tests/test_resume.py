@@ -252,6 +252,30 @@ def test_a_resume_on_another_validation_set_measures_best_on_it(micro, tmp_path)
     assert f"({evaluated[best_step]:.4f} on the old ones)" in said[0], lines
 
 
+@pytest.mark.parametrize("batch", [{"batch_size": 8}, {"batch_size": "auto", "global_batch": 8}])
+def test_a_resume_reads_the_config_of_its_checkpoint_once(micro, monkeypatch, batch):
+    """The checkpoint's config.yaml is read once per resume, however many parts of it compare with
+    it: the resume's checks, best measured again on another validation set (this one's), the
+    trainer state's fields (this version writes them all), batch_size: auto's numbers kept."""
+    training = {"max_steps": 4, "warmup_steps": 1, "eval_every": 2, "save_every": 2, **batch}
+    cfg = micro(training_config=training)
+    train(cfg, **QUIET)
+    shorter = cfg.model_copy(deep=True)
+    shorter.training.max_steps, shorter.training.seq_len = 6, 16
+    reads, read_text = [], Path.read_text
+
+    def counted(path, *args, **kwargs):
+        reads.append(path)
+        return read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", counted)
+    lines = []
+    with settings_restored():
+        trainer = Trainer(shorter, resume=True, echo=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    assert [line for line in lines if "evaluated again" in line], lines  # best was measured again
+    assert reads.count(trainer.resumed_from / "config.yaml") == 1
+
+
 def test_a_resume_that_names_the_seq_len_it_had_keeps_best(micro):
     """training_config.seq_len null means model_config.max_seq_len: a resume that gives that number
     draws the same validation windows, so best keeps its loss: it is not evaluated again, nor said to

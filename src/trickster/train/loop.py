@@ -113,10 +113,11 @@ class Trainer:
         self.metrics = MetricSinks(self.run_dir, cfg) if job.is_main else NoMetrics()
         if held is not None:  # rank 0 claims the folder; all processes stop if another one holds it
             on_main(job, lambda: held.enter_context(claimed(self.run_dir)))
-        cfg, self.resumed_from, repairs, changed = setup.open_run(cfg, self.data, resume, job, self.out)
+        opened = setup.open_run(cfg, self.data, resume, job, self.out)
+        cfg, self.resumed_from, saved, repairs, changed = opened  # saved: the checkpoint's config
         # read and checked before any trial step; not when `resume: auto` finds the run finished
         self.hellaswag = hellaswag_eval.HellaSwagEval(cfg, self.data.tokenizer, job)
-        resolved = on_main(job, resolve_batch, cfg, self.device, job, self.resumed_from, changed)
+        resolved = on_main(job, resolve_batch, cfg, self.device, job, self.resumed_from, saved, changed)
         cfg, self.batch_note, changed = resolved  # batch_size: auto measured (or kept from the checkpoint)
         self.cfg, t = cfg, cfg.training
         # 4. batches, counters, and what works beside the steps; then model and optimizer, and the
@@ -156,7 +157,7 @@ class Trainer:
             self.peak = mfu_peak(self.device, cfg.device.dtype, cfg.device.peak_tflops)
         self.manifest = run_manifest(self.device)
         setup.announce(self, resume, changed, repairs + recovery.fresh_rollbacks(self, changed))
-        recovery.remeasure_best(self)  # resumed on another validation set than best's loss
+        recovery.remeasure_best(self, saved)  # resumed on another validation set than best's loss
 
     def train(self) -> TrainResult:
         t, state = self.cfg.training, self.state

@@ -33,7 +33,6 @@ from trickster.errors import UserError
 from trickster.model.flops import adapter_parameters, parameter_breakdown
 from trickster.model.transformer import Transformer
 from trickster.run_checkpoints import START_AFRESH
-from trickster.train import checkpoint as ckpt
 from trickster.train.device import allocation_failed, autocast_for, resolve_precision
 from trickster.train.optim import build_optimizer
 
@@ -313,17 +312,23 @@ BATCH_KEYS = ("batch_size", "gradient_accumulation_steps", "global_batch", "glob
 
 
 def resolve_batch(
-    cfg: Config, device: torch.device, job: Dist, resumed_from: Path | None, changed: dict
+    cfg: Config,
+    device: torch.device,
+    job: Dist,
+    resumed_from: Path | None,
+    resumed: Config | None,
+    changed: dict,
 ) -> tuple[Config, str | None, dict]:
     """batch_size: auto made concrete: (the config with the chosen micro-batch and accumulation, a
     line for the header, the changes on resume). A resumed run keeps the numbers its checkpoint
-    was trained with while they still make the global batch asked for; otherwise they are
-    measured again. The config written to the run folder holds the numbers (and no global_batch)."""
+    (`resumed_from`, whose config.yaml is `resumed`) was trained with while they still make the
+    global batch asked for; otherwise they are measured again. The config written to the run folder
+    holds the numbers (and no global_batch)."""
     if cfg.training.batch_size != "auto":
         return cfg, None, changed
     world_size = job.world_size
     windows = footprint.global_windows(cfg, world_size)
-    saved = ckpt.read_config(resumed_from).training if resumed_from is not None else None
+    saved = resumed.training if resumed is not None else None
     if saved is not None and saved.batch_size * saved.gradient_accumulation_steps * world_size == windows:
         micro, accumulation = saved.batch_size, saved.gradient_accumulation_steps
         note = (

@@ -230,9 +230,10 @@ def validation_set(cfg: Config) -> dict:
     return {"training_config.seq_len": cfg.seq_len, "training_config.eval_batches": cfg.training.eval_batches}
 
 
-def remeasure_best(trainer: Trainer) -> None:
+def remeasure_best(trainer: Trainer, resumed_config: Config | None) -> None:
     """`best` evaluated again on resume where its loss was measured on another validation set, so
-    that no later evaluation replaces it, or fails to, by comparing the two:
+    that no later evaluation replaces it, or fails to, by comparing the two (`resumed_config`: the
+    config.yaml of the checkpoint resumed from, as setup.open_run read it):
 
     - a resume whose seq_len or eval_batches, as used, differ from the checkpoint's (validate.
       validation_batches draws the windows by them): `best` kept its loss on the old windows, which
@@ -243,7 +244,7 @@ def remeasure_best(trainer: Trainer) -> None:
     best, resumed, state = trainer.run_dir / "checkpoints" / "best", trainer.resumed_from, trainer.state
     if resumed is None or not ckpt.is_complete(best):
         return
-    now, before = validation_set(trainer.cfg), validation_set(ckpt.read_config(resumed))
+    now, before = validation_set(trainer.cfg), validation_set(resumed_config)
     redrawn = [key for key, value in now.items() if before[key] != value]
     older = trainer.data.val.loss_mask is not None and "val_draw_width" not in ckpt.read_info(resumed)
     if not (redrawn or older):

@@ -348,10 +348,12 @@ def older_trainer_state(trainer: dict, path: Path) -> dict:
             f"state by position, which this version cannot continue; start a new run from its weights "
             f"with training_config.init_from={path} and another --out"
         )
+    trainer.setdefault("hellaswag_due", False)
+    if "eval_due" in trainer and "val_draw_width" in trainer:
+        return trainer  # this version's: its config.yaml need not be read again (open_run read it)
     saved = ckpt.read_config(path).training
     evaluated_here = path.name == "final" or trainer["train_state"]["step"] % saved.eval_every == 0
     trainer.setdefault("eval_due", "spikes" in trainer and evaluated_here)
-    trainer.setdefault("hellaswag_due", False)
     trainer.setdefault("val_draw_width", saved.batch_size * len(trainer["rng"]))
     return trainer
 

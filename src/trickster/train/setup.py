@@ -57,13 +57,13 @@ class Finished(Exception):  # not an error: the run has nothing left to do
 
 def open_run(
     cfg: Config, data: PreparedData, resume, job: dist.Dist, out: Console
-) -> tuple[Config, Path | None, list[str], dict]:
+) -> tuple[Config, Path | None, Config | None, list[str], dict]:
     """The config to train with (the settings the user left to a preset or a saved config fitted
     to the run, or kept as its checkpoint has them: fitted.py), the checkpoint to resume from (or
-    None), the lines to print after the header (the repairs made in the folder; on a new run, the
-    settings fitted), and the settings that changed since that checkpoint. Rank 0 looks; every
-    process gets its answer. A run that has done its steps: --resume refuses in one line, `resume:
-    auto` raises Finished."""
+    None) and its config.yaml as read (ckpt.read_config, once per resume), the lines to print after
+    the header (the repairs made in the folder; on a new run, the settings fitted), and the settings
+    that changed since that checkpoint. Rank 0 looks; every process gets its answer. A run that has
+    done its steps: --resume refuses in one line, `resume: auto` raises Finished."""
     run_dir, max_steps = Path(cfg.logging.output_dir), cfg.training.max_steps
     resumed_from, repairs, done = on_main(job, open_run_dir, run_dir, resume, max_steps)
     saved = ckpt.read_config(resumed_from) if resumed_from is not None else None
@@ -74,7 +74,7 @@ def open_run(
     if done:  # `auto`, as a requeue script reruns it: the checkpoint is this run's (checked above)
         out.line(finished_line(resumed_from, run_dir))
         raise Finished(TrainResult(cfg, run_dir, _finished_state(resumed_from), None, _params(cfg), True))
-    return cfg, resumed_from, repairs + fitted, changed
+    return cfg, resumed_from, saved, repairs + fitted, changed
 
 
 @contextlib.contextmanager
