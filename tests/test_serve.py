@@ -995,8 +995,14 @@ def test_a_body_in_chunks_near_the_limit_is_served(server):
 
 def test_api_key_is_required_when_set(trained_run):
     with live_server(trained_run, api_key="s3cret", checkpoints=["best"]) as live:
-        for key, text in ((None, "no API key"), ("wrong", "the API key is wrong")):
-            headers = {} if key is None else {"Authorization": f"Bearer {key}"}
+        # a key in another scheme (Basic, or none) was 'no API key given', with the header right there
+        given = ((None, "no API key given"), ("Bearer wrong", "the API key is wrong"))
+        other = (
+            ("Basic czNjcmV0", "is 'Basic ...', not 'Bearer KEY'"),
+            ("s3cret", "does not start with 'Bearer '"),
+        )
+        for key, text in (*given, *other):
+            headers = {} if key is None else {"Authorization": key}
             for path in ("/v1/models", "/v1/completions"):
                 answer = (
                     httpx.post(live.url + path, json=GOOD, headers=headers)

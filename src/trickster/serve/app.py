@@ -216,9 +216,7 @@ class Server:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         token = token.lstrip(" ") if scheme.lower() == "bearer" else ""
         if not token:
-            raise APIError(
-                401, "no API key given; send the header 'Authorization: Bearer KEY'", code="invalid_api_key"
-            )
+            raise APIError(401, _no_key(request.headers.get("authorization", "")), code="invalid_api_key")
         if not hmac.compare_digest(token.encode(), self.api_key.encode()):
             raise APIError(
                 401, "the API key is wrong; use the key the server was started with", code="invalid_api_key"
@@ -425,3 +423,18 @@ def create_app(
     handlers = {APIError: _api_error, HTTPException: _http_error, Exception: _bug}
     guards = [] if api_key is not None else [Middleware(HostGuard, names=allowed_hosts)]
     return Starlette(routes=routes, exception_handlers=handlers, middleware=guards)
+
+
+def _no_key(header: str) -> str:
+    """A 401's words for an Authorization `header` with no Bearer key in it (blank when none came).
+    Only a scheme is named, never what follows it, which may be a secret."""
+    scheme, space, _ = header.strip(" ").partition(" ")
+    if not scheme:
+        given = "no API key given"
+    elif scheme.lower() == "bearer":
+        given = "the Authorization header has no key after 'Bearer'"
+    elif space:
+        given = f"the Authorization header is '{scheme} ...', not 'Bearer KEY'"
+    else:
+        given = "the Authorization header does not start with 'Bearer '"
+    return f"{given}; send the header 'Authorization: Bearer KEY'"
