@@ -72,7 +72,7 @@ def test_a_folder_an_older_version_prepared_is_prepared_again_and_still_trains(t
 
     _set_version(out, None)  # with other settings as well: prepared again as any change is
     assert cli.main([*_argv(text, out), "--val-fraction", "0.2"]) == 0
-    assert capsys.readouterr().out.startswith("text: ")
+    assert capsys.readouterr().out.startswith(f"{out} holds data prepared with other settings (val_fraction")
 
 
 def test_text_folders_version_1_prepared_are_prepared_again_and_json_lines_ones_kept(tmp_path, capsys):
@@ -416,3 +416,29 @@ def test_meta_json_lists_the_corpus_files_once_and_older_folders_listing_them_tw
     assert cli.main(_argv(corpus, out)) == 0
     assert capsys.readouterr().out.startswith(f"already prepared: {out} holds text with the same settings")
     assert load_data(out).meta["source_identity"] == meta["settings"]["source"]
+
+
+def test_a_folder_of_other_settings_or_input_is_told_it_is_replaced(tmp_path, capsys):
+    """A second `data prepare` into the same --out with another tokenizer, or after a corpus file
+    was edited, replaced the folder without a word: a run trained on it then refused --resume,
+    and nothing had said the data changed. Now one line says what differs, before the work."""
+    out, text = tmp_path / "data", tmp_path / "corpus.txt"
+    shutil.copy(EXCERPT, text)
+    assert cli.main(_argv(text, out)) == 0
+    capsys.readouterr()
+
+    assert cli.main([*_argv(text, out), "--tokenizer", "byte"]) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert said[0] == (
+        f"{out} holds data prepared with other settings (tokenizer char, now byte): preparing it "
+        "again; it is replaced once this preparation is done"
+    )
+    assert load_data(out).meta["tokenizer"] == "byte"
+
+    with text.open("a") as edited:
+        edited.write("One more line.\n")
+    assert cli.main([*_argv(text, out), "--tokenizer", "byte"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"{out} holds data prepared from other input ({text} changed): preparing it again; it is "
+        "replaced once this preparation is done"
+    )

@@ -125,7 +125,7 @@ def open_partial(
             )
         if record.settings != settings:
             changed = [k for k in settings if record.settings.get(k) != settings[k]]
-            files = _files_changed(record.settings.get("source") or {}, settings.get("source") or {})
+            files = files_changed(record.settings.get("source") or {}, settings.get("source") or {})
             if changed == ["source"] and files:  # an input file edited, added or gone since
                 raise UserError(
                     f"{partial} holds an unfinished preparation of other input ({files}); it continues "
@@ -158,7 +158,7 @@ def open_partial(
     return record
 
 
-def _files_changed(recorded: dict, source: dict, shown: int = 3) -> str:
+def files_changed(recorded: dict, source: dict, shown: int = 3) -> str:
     """The input files that differ between two records of a source, in words (`a.txt changed, b.txt
     added`); "" when its files (each [name, size, time]) are the same, or not so recorded, or
     something else of it differs (--text-field's field, a dataset's name)."""
