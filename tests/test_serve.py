@@ -432,6 +432,13 @@ ERRORS = [
                 "https://a.example",
             ),
             ("same-site", {"Sec-Fetch-Site": "same-site"}, "same-site"),
+            # text, as a page posts it without a preflight: it was a 415 asking for JSON
+            ("text", {"Origin": "http://127.0.0.1:1", "Content-Type": "text/plain"}, "http://127.0.0.1:1"),
+            (
+                "form",
+                {"Sec-Fetch-Site": "cross-site", "Content-Type": "application/x-www-form-urlencoded"},
+                "cross-site",
+            ),
         ]
     ),
     (

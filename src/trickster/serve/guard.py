@@ -38,9 +38,21 @@ HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?\.?", re.IGNORECASE)  
 
 
 def check_post(request: Request) -> None:
-    """A 415 for a body declared as something other than JSON, or compressed; a 403 for another
-    origin's page."""
+    """A 403 for another origin's page; a 415 for a body declared as something other than JSON, or
+    compressed. The 403 first: a page posts text or a form without a preflight, and is to be told it
+    may not call the API, not to send JSON, which it cannot without the preflight that fails."""
     headers = request.headers
+    site, origin = headers.get("sec-fetch-site"), headers.get("origin")
+    if site is not None:
+        foreign = site.lower() not in OWN_PAGE
+    else:
+        foreign = origin is not None and urlsplit(origin).netloc.lower() != headers.get("host", "").lower()
+    if foreign:
+        raise APIError(
+            403,
+            f"a web page of another origin ({origin or site}) may not call this API; call it from a "
+            "program (curl, the openai package) or from the playground this server serves",
+        )
     declared = headers.get("content-type")
     if declared is not None and not _is_json(declared):
         raise APIError(
@@ -54,17 +66,6 @@ def check_post(request: Request) -> None:
             415,
             f"the request body is compressed (Content-Encoding: {coding}), and this server reads "
             "bodies as they are; send it uncompressed, without a Content-Encoding header",
-        )
-    site, origin = headers.get("sec-fetch-site"), headers.get("origin")
-    if site is not None:
-        foreign = site.lower() not in OWN_PAGE
-    else:
-        foreign = origin is not None and urlsplit(origin).netloc.lower() != headers.get("host", "").lower()
-    if foreign:
-        raise APIError(
-            403,
-            f"a web page of another origin ({origin or site}) may not call this API; call it from a "
-            "program (curl, the openai package) or from the playground this server serves",
         )
 
 
