@@ -129,7 +129,7 @@ def collectives(device: str = "cuda") -> str:
     from trickster.config import config_from_dict
     from trickster.model.generate import generate
     from trickster.model.transformer import Transformer
-    from trickster.train import dist
+    from trickster.train import dist, dist_checkpoint
     from trickster.train.optim import build_optimizer
 
     model_cfg = {"vocab_size": 128, "hidden_dim": 128, "num_layers": 2, "num_heads": 4, "max_seq_len": 64}
@@ -149,7 +149,7 @@ def collectives(device: str = "cuda") -> str:
             ):
                 step_model(x[:, :-1], x[:, 1:])[1].backward()
         optimizer.step()
-        done.append(full_state_round_trip(dist, model, optimizer, job))
+        done.append(full_state_round_trip(dist_checkpoint, model, optimizer, job))
         tokens = list(generate(model, [1, 2, 3], 8, temperature=0, dtype=job.gathered_dtype))
         assert len(tokens) == 8
     finally:
@@ -175,15 +175,11 @@ def scalar_collectives(dist, job) -> list[str]:
     return present
 
 
-def full_state_round_trip(dist, model, optimizer, job) -> str:
-    """The gathered state out and back in, through whichever functions dist.py has."""
-    if hasattr(dist, "full_state"):
-        weights, state = dist.full_state(model, optimizer)
-        dist.load_full_state(model, optimizer, weights, state)
-        return "full state"
-    state = dist.full_optimizer_state(model, optimizer)
-    dist.full_weights(model)
-    dist.load_full_optimizer_state(model, optimizer, state, job)
+def full_state_round_trip(dist_checkpoint, model, optimizer, job) -> str:
+    """The gathered state out and back in (train/dist_checkpoint.py)."""
+    state = dist_checkpoint.full_optimizer_state(model, optimizer)
+    dist_checkpoint.full_weights(model)
+    dist_checkpoint.load_full_optimizer_state(model, optimizer, state, job)
     return "full weights and optimizer state"
 
 

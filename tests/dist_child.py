@@ -50,7 +50,7 @@ from trickster import cli, footprint
 from trickster.data import loader
 from trickster.model import generate as generate_module
 from trickster.observe import events
-from trickster.train import checkpoint, dist, loop, optim, setup, validate
+from trickster.train import checkpoint, dist_checkpoint, loop, optim, setup, validate
 
 # step indices whose learning rate the "spike" fault multiplies by 100, once. Three, not two: after
 # two, the third high loss (step 19) fell just under 2x the median on one CPU and over it on another
@@ -139,7 +139,7 @@ def install(fault: str) -> None:
 
 def _die_in_save(n: int) -> None:
     """Rank 1 kills itself (SIGKILL: no handler, no cleanup) as its Nth checkpoint begins."""
-    original, calls = dist.save_sharded_optimizer, 0
+    original, calls = dist_checkpoint.save_sharded_optimizer, 0
 
     def dying(*args, **kwargs):
         nonlocal calls
@@ -148,7 +148,7 @@ def _die_in_save(n: int) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         return original(*args, **kwargs)
 
-    dist.save_sharded_optimizer = dying
+    dist_checkpoint.save_sharded_optimizer = dying
 
 
 def _disk_full_in_save(n: int) -> None:

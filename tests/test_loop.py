@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from trickster.data.loader import BatchSampler
 from trickster.errors import UserError
-from trickster.train import dist
+from trickster.train import dist, dist_checkpoint
 from trickster.train import loop as loop_module
 from trickster.train.device import settings_restored
 from trickster.train.loop import Trainer, train
@@ -187,8 +187,8 @@ def test_a_sharded_optimizer_index_that_would_run_code_is_refused(tmp_path):
     model(torch.ones(1, 4)).sum().backward()
     optimizer.step()
     folder = tmp_path / "optimizer"
-    groups = dist.save_sharded_optimizer(model, optimizer, folder)
-    dist.load_sharded_optimizer(model, optimizer, folder, groups)  # a genuine index loads
+    groups = dist_checkpoint.save_sharded_optimizer(model, optimizer, folder)
+    dist_checkpoint.load_sharded_optimizer(model, optimizer, folder, groups)  # a genuine index loads
 
     marker = tmp_path / "ran"
 
@@ -198,7 +198,7 @@ def test_a_sharded_optimizer_index_that_would_run_code_is_refused(tmp_path):
 
     (folder / ".metadata").write_bytes(pickle.dumps(Payload()))
     with pytest.raises(UserError, match="refused or damaged .* resume from another checkpoint"):
-        dist.load_sharded_optimizer(model, optimizer, folder, groups)
+        dist_checkpoint.load_sharded_optimizer(model, optimizer, folder, groups)
     assert not marker.exists()
 
 

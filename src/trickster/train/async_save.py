@@ -10,7 +10,7 @@ of the one before (kept for the run: one more copy of the state in CPU memory). 
 then writes the folder exactly as a save on the training thread does (checkpoint.save_checkpoint:
 staging, checksums, rename, COMPLETE; then keep_last's rotation). Under FSDP2 every process's
 optimizer shard goes through torch.distributed.checkpoint.async_save
-(dist.save_sharded_optimizer_async), and rank 0's thread writes the rest into the folder once
+(dist_checkpoint.save_sharded_optimizer_async), and rank 0's thread writes the rest into the folder once
 every shard is in.
 
 At most one write is in flight. `settle()` waits for it on every process of the job and raises its
@@ -35,7 +35,7 @@ from trickster.atomic import staging_dir
 from trickster.model import lora
 from trickster.run_checkpoints import STEP_DIR
 from trickster.train import checkpoint as ckpt
-from trickster.train import dist
+from trickster.train import dist, dist_checkpoint
 from trickster.train.rank0 import on_main
 from trickster.train.weights import weights_to_save
 
@@ -120,8 +120,9 @@ def stage_shards(
     folder = staging / ckpt.OPTIMIZER
     try:
         if background:
-            return staging, *dist.save_sharded_optimizer_async(model, optimizer, folder, job.timeout_s)
-        return staging, dist.save_sharded_optimizer(model, optimizer, folder), None
+            shards = dist_checkpoint.save_sharded_optimizer_async(model, optimizer, folder, job.timeout_s)
+            return staging, *shards
+        return staging, dist_checkpoint.save_sharded_optimizer(model, optimizer, folder), None
     except BaseException:
         if job.is_main:
             shutil.rmtree(staging, ignore_errors=True)

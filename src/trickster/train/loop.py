@@ -26,7 +26,7 @@ from trickster.observe.sinks import MetricSinks
 from trickster.observe.status import Heartbeat
 from trickster.run_checkpoints import STEP_DIR
 from trickster.train import checkpoint as ckpt
-from trickster.train import dist, hellaswag_eval, lost_output, profiling, recovery, setup
+from trickster.train import dist, dist_checkpoint, hellaswag_eval, lost_output, profiling, recovery, setup
 from trickster.train.async_save import Writer, stage_shards
 from trickster.train.batches import DeviceBatches
 from trickster.train.budget import Clock
@@ -361,7 +361,7 @@ class Trainer:
         reuse = self.saved if self.saved is not None and self.saved.step == self.state.step else None
         background = self.writer.enabled and not reuse and STEP_DIR.match(name) is not None
         on_cpu = not background or self.job.mode == "fsdp"  # else the snapshot copies the live tensors
-        weights = None if reuse else dist.full_weights(self.model, on_cpu)
+        weights = None if reuse else dist_checkpoint.full_weights(self.model, on_cpu)
         trainer_state = self.state_dict()
         trainer_state["eval_due"], trainer_state["hellaswag_due"] = eval_due, hellaswag_due
         staging, groups = None, reuse.groups if reuse else None
@@ -372,7 +372,8 @@ class Trainer:
                 staging, groups, shards = staged
             trainer_state["optimizer"] = {"param_groups": groups}
         else:
-            trainer_state["optimizer"] = dist.full_optimizer_state(self.model, self.optimizer, on_cpu)
+            optimizer = dist_checkpoint.full_optimizer_state(self.model, self.optimizer, on_cpu)
+            trainer_state["optimizer"] = optimizer
         parts = (self.model, self.cfg, self.data.tokenizer, self.info(), trainer_state, weights, staging)
         self.writer.write(target, parts, reuse.path if reuse else None, background, shards)
         self.saved = ckpt.Saved(self.state.step, target, groups)
@@ -383,10 +384,10 @@ class Trainer:
         trainer = older_trainer_state(ckpt.load_trainer_state(path, mapped=not self.job.is_main), path)
         optimizer = trainer["optimizer"]
         if "state" in optimizer:  # gathered, by parameter name
-            dist.load_full_optimizer_state(self.model, self.optimizer, optimizer, self.job)
+            dist_checkpoint.load_full_optimizer_state(self.model, self.optimizer, optimizer, self.job)
         else:  # sharded by the processes that wrote it
             groups = optimizer["param_groups"]
-            dist.load_sharded_optimizer(self.model, self.optimizer, path / ckpt.OPTIMIZER, groups)
+            dist_checkpoint.load_sharded_optimizer(self.model, self.optimizer, path / ckpt.OPTIMIZER, groups)
         self.load_state_dict(trainer)
 
     def state_dict(self) -> dict:

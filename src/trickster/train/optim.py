@@ -56,7 +56,7 @@ class MuonAdamW:
 
     Enough of torch.optim.Optimizer for the training loop, the GradScaler and
     torch.distributed.checkpoint (which saves and loads the state of `parts` keyed by parameter
-    name: train/dist.py full_optimizer_state).
+    name: train/dist_checkpoint.py full_optimizer_state).
     """
 
     def __init__(self, muon: torch.optim.Muon, adamw: torch.optim.AdamW):
@@ -79,7 +79,7 @@ class MuonAdamW:
             part.zero_grad(set_to_none=set_to_none)
 
     def state_dict(self) -> dict:
-        """By position, per part; checkpoints use train/dist.py full_optimizer_state (by name) instead."""
+        """By position, per part; checkpoints use dist_checkpoint.full_optimizer_state (by name) instead."""
         return {"parts": [part.state_dict() for part in self.parts]}
 
     def load_state_dict(self, state: dict) -> None:

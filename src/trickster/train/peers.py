@@ -12,7 +12,7 @@ then ends here. Workers that have joined go on training (a collective needs the 
 not the store; seen with gloo on CPU, DDP and FSDP2) and end as the run does; meanwhile they hold
 the run folder's lock, so a new job started there is refused in one line naming the process.
 
-Only the error types of torch.distributed are read here; dist.py runs it.
+Only the error types of torch.distributed are read here; dist.py and dist_checkpoint.py run it.
 """
 
 from __future__ import annotations

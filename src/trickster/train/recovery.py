@@ -18,7 +18,7 @@ from trickster.config import Config
 from trickster.errors import UserError
 from trickster.observe.events import last_event
 from trickster.train import checkpoint as ckpt
-from trickster.train import dist, peers, weight_loading
+from trickster.train import dist_checkpoint, peers, weight_loading
 from trickster.train.device import allocation_failed
 from trickster.train.memory import out_of_memory
 from trickster.train.rank0 import on_main
@@ -219,7 +219,7 @@ def load_run_weights(trainer: Trainer, checkpoint: Path) -> None:
     """The weights (and LoRA adapters) of `checkpoint` into the run's model, sharded or not."""
     if trainer.job.mode == "fsdp":
         weights = weight_loading.read_weights(trainer.model, checkpoint / ckpt.WEIGHTS)
-        dist.load_full_weights(trainer.model, weights)
+        dist_checkpoint.load_full_weights(trainer.model, weights)
     else:
         ckpt.load_weights(trainer.model, checkpoint / ckpt.WEIGHTS)
 
