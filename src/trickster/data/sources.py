@@ -157,12 +157,6 @@ def download(url: str, timeout: float = 30, local_copy: str = "--path FILE") -> 
         ) from None
 
 
-def local_text(patterns: list[str]) -> Corpus:
-    """UTF-8 text files, folders (every file inside, recursively) and glob patterns, read whole."""
-    files = expand_paths(patterns)
-    return _corpus_from_files("text", files)
-
-
 def corpus_source(corpus: Corpus) -> Source:
     """An in-memory corpus as a Source (one document: validation is its last characters), of text
     files read with their line endings as "\n"."""
@@ -392,10 +386,11 @@ def python_stdlib() -> Corpus:
     files = sorted(
         p for p in root.rglob("*.py") if not any(part in skip for part in p.relative_to(root).parts)
     )
-    return _corpus_from_files("python-stdlib", files, skip_undecodable=True)
+    return _corpus_from_files("python-stdlib", files)
 
 
-def _corpus_from_files(name: str, files: list[Path], skip_undecodable: bool = False) -> Corpus:
+def _corpus_from_files(name: str, files: list[Path]) -> Corpus:
+    """The files read whole; one that is no text (text_of refuses it) is passed over."""
     digest = hashlib.sha256()
     documents, used = [], []
     for path in files:
@@ -403,9 +398,7 @@ def _corpus_from_files(name: str, files: list[Path], skip_undecodable: bool = Fa
         try:
             text = text_of(raw, str(path))
         except UserError:
-            if skip_undecodable:
-                continue
-            raise
+            continue
         digest.update(raw)
         if text:
             documents.append(text)
