@@ -14,7 +14,7 @@ import torch
 from trickster import cli
 from trickster.data import encode as encode_module
 from trickster.data import hub, sources, textfile
-from trickster.data.loader import BatchSampler, TokenStream, load_data, windows
+from trickster.data.loader import BatchSampler, TokenStream, load_data, split_rows, window_rows
 from trickster.data.prepare import in_validation, partial_dir, prepare
 from trickster.errors import UserError
 
@@ -70,8 +70,8 @@ def test_shards_read_as_one_stream_with_windows_across_boundaries(small_shards):
     assert sharded.train[64] == whole[64] and sharded.train[-1] == whole[-1]
     starts = torch.tensor([0, 50, 60, 127, len(whole) - 17])  # windows of 16 crossing boundaries
     one = TokenStream([whole])  # the same tokens in one piece
-    for got, want in zip(windows(sharded.train, starts, 16), windows(one, starts, 16), strict=True):
-        assert torch.equal(got, want)
+    got, want = (split_rows(window_rows(tokens, starts, 16), 16) for tokens in (sharded.train, one))
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     ends = starts.numpy() + 17  # each window of 16 with its target, read by plain slices
     expected = np.stack([whole[a:b] for a, b in zip(starts.numpy(), ends, strict=True)])
     assert np.array_equal(sharded.train.windows(starts.numpy(), 17), expected)

@@ -13,7 +13,7 @@ import yaml
 
 from trickster import cli
 from trickster.config import config_from_dict
-from trickster.data.loader import IGNORE_INDEX, BatchSampler, load_data, windows
+from trickster.data.loader import IGNORE_INDEX, BatchSampler, load_data, split_rows, window_rows
 from trickster.data.summary import NO_SEPARATOR
 from trickster.model.transformer import Transformer
 from trickster.observe.report import build_report
@@ -45,7 +45,7 @@ def test_the_loss_mask_travels_with_the_tokens(chat_data):
 
     # windows: the targets of prompt tokens are IGNORE_INDEX, every other target is the next token
     starts = torch.tensor([0, 7, 100, len(tokens) - 33])
-    x, y = windows(data.train, starts, 32)
+    x, y = split_rows(window_rows(data.train, starts, 32), 32)
     for row, s in enumerate(starts.tolist()):
         assert x[row].tolist() == tokens[s : s + 32].tolist()
         want = [

@@ -257,11 +257,6 @@ def split_rows(rows: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Te
     return inputs, targets
 
 
-def windows(tokens: TokenStream, starts: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and targets of the windows starting at `starts`, (B, T) each."""
-    return split_rows(window_rows(tokens, starts, seq_len), seq_len)
-
-
 class BatchSampler:
     """Random windows over one flat token stream, reproducible from its state_dict.
 
