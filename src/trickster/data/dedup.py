@@ -145,7 +145,9 @@ def _shingles(owners: list[int], pieces: list[str]) -> tuple[np.ndarray, np.ndar
 
 
 def shingle_hashes(text: str) -> np.ndarray:
-    """The distinct shingle hashes of one text (see _shingles)."""
+    """The distinct shingle hashes of one text (see _shingles). The product hashes whole chunks
+    (signatures); the tests take one text's set to measure its Jaccard similarity and to feed
+    datasketch's own MinHash, which signatures must equal."""
     return distinct(np.concatenate([_shingles(*batch)[1] for batch in _pieces([text])]))
 
 
