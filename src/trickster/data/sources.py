@@ -179,36 +179,37 @@ def text_files(patterns: list[str]) -> Source:
     files = expand_paths(patterns)
     digest, no_text = [hashlib.sha256()], NoText("file")
 
-    def read() -> Iterator[str]:
+    def restart() -> None:
+        """A new pass over the files: their digest and what held no text, from nothing."""
         digest[0] = hashlib.sha256()
         no_text.restart()
+
+    def file_text(path: Path, raw: bytes) -> str:
+        """The text of a file read whole, its bytes added to the digest; a file without text is
+        counted in no_text (and its empty text is no document)."""
+        text = text_of(raw, str(path))
+        digest[0].update(raw)
+        if not text:
+            no_text.skipped(str(path))
+        return text
+
+    def read() -> Iterator[str]:
+        restart()
         for path in files:
-            raw = read_bytes(path)
-            text = text_of(raw, str(path))
-            digest[0].update(raw)
-            if text:
+            if text := file_text(path, read_bytes(path)):
                 yield text
-            else:
-                no_text.skipped(str(path))
 
     def read_texts() -> Iterator[str | LargeText]:
-        digest[0] = hashlib.sha256()
-        no_text.restart()
+        restart()
         for path in files:
             raw = small_file_bytes(path)
             if raw is None:
                 yield LargeText(path, digest[0])
-                continue
-            text = text_of(raw, str(path))
-            digest[0].update(raw)
-            if text:
+            elif text := file_text(path, raw):
                 yield text
-            else:
-                no_text.skipped(str(path))
 
     def read_blocks() -> Iterator[str]:
-        digest[0] = hashlib.sha256()
-        no_text.restart()
+        restart()
         no_text.skipped(str(files[0]))  # until a block holds text: the one file may be empty
         for block in text_blocks(files[0], digest[0]):
             if block.strip():
