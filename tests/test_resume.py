@@ -382,6 +382,32 @@ def test_resume_auto_in_a_finished_run_says_so_and_changes_nothing(micro, tmp_pa
     assert written(run_dir) == files
 
 
+def test_resume_auto_past_a_lowered_max_steps_is_refused_as_resume_is(micro, tmp_path, capsys):
+    """A run stopped at step 8 (killed after step_000008), rerun with max_steps lowered to 6, has
+    not ended and is past its steps: `resume: auto` refuses it in --resume's line, exit status 2,
+    nothing changed. It trained nothing and ended the run without its last evaluation: a `final` at
+    step 8 whose info.json gave an earlier evaluation's loss as its own, an `end` event, and `runs`
+    showing 8/6 finished."""
+    cfg = micro(training_config={"max_steps": 12, "warmup_steps": 1, "eval_every": 4, "save_every": 4})
+    run_dir, config = Path(cfg.logging.output_dir), tmp_path / "run.yaml"
+    save_config(cfg, config)
+    train(cfg, **QUIET)
+    shutil.rmtree(run_dir / "checkpoints" / "final")  # as a kill after step_000008 leaves the run
+    metrics = run_dir / "metrics.jsonl"
+    kept = [line for line in metrics.read_text().splitlines(keepends=True) if json.loads(line)["step"] < 8]
+    metrics.write_text("".join(kept))
+    files = written(run_dir)
+    argv = ["train", "--config", str(config), "--no-progress", "training_config.resume=auto"]
+    assert cli.main([*argv, "training_config.max_steps=6"]) == 2
+    out, err = capsys.readouterr()
+    assert err == (
+        f"error: {run_dir} has done its steps: its newest checkpoint (step_000008) is at step 8 and "
+        "training_config.max_steps is 6; to train further, pass --resume with a larger "
+        "training_config.max_steps, e.g. training_config.max_steps=16 (nothing was changed)\n"
+    )
+    assert written(run_dir) == files
+
+
 def test_can_continue_lists_the_checkpoints_once(micro, monkeypatch):
     """quickstart asks it of every folder it passes over: the newest checkpoint is found once (each
     search lists checkpoints/ and checks each folder's COMPLETE), for the answer and for whether the

@@ -237,9 +237,11 @@ def finished_line(checkpoint: Path, run_dir: Path) -> str:
 def refuse_done(checkpoint: Path, run_dir: Path, max_steps: int, done: bool) -> None:
     """--resume of a run that has done its training_config.max_steps: nothing is left to train, so
     one line says how to train further, before anything in the folder changes (resume: auto, which
-    a requeue script reruns until the job is done, says so and ends with status 0: finished_line).
-    `done`: open_run_dir's answer. A run whose last evaluation was cut short is not done (see
-    `finished`), one whose checkpoint is past max_steps is."""
+    a requeue script reruns until the job is done, says so of a run that ended and ends with status
+    0: finished_line). `done`: open_run_dir's answer. A run whose last evaluation was cut short is
+    not done (see `finished`), one whose checkpoint is past max_steps is: with `resume: auto` too,
+    a run that had not ended (stopped, killed) before max_steps was lowered below its step, which
+    would otherwise end with no step trained and no evaluation at its last one."""
     step = ckpt.checkpoint_step(checkpoint)
     if step <= max_steps and not done:
         return

@@ -69,7 +69,7 @@ def open_run(
     saved = ckpt.read_config(resumed_from) if resumed_from is not None else None
     cfg, fitted = fitted_config(cfg, data, saved)  # before the changes since the checkpoint are found
     changed = check_resumable(resumed_from, saved, cfg, data) if resumed_from is not None else {}
-    if resumed_from is not None and resume is True:
+    if resumed_from is not None and (resume is True or not done):  # auto: past a max_steps lowered since
         on_main(job, refuse_done, resumed_from, run_dir, max_steps, done)
     if done:  # `auto`, as a requeue script reruns it: the checkpoint is this run's (checked above)
         out.line(finished_line(resumed_from, run_dir))
