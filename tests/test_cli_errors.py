@@ -1003,6 +1003,14 @@ def _data_preparation_unfinished(env: Env) -> list[str]:
     return micro_train(env, "--data", str(env.tmp / "stopped"))
 
 
+def _start_where_a_run_saved_no_checkpoint(env: Env) -> list[str]:
+    """What a run killed before its first save leaves: its files, an empty checkpoints/."""
+    run = env.copy_run()
+    shutil.rmtree(run / "checkpoints")
+    (run / "checkpoints").mkdir()
+    return micro_train(env, "--out", str(run))
+
+
 def _resume_in_empty_folder(env: Env) -> list[str]:
     return micro_train(env, "--resume", "--out", str(env.tmp / "fresh"))
 
@@ -2253,6 +2261,17 @@ CASES = [
     case("resume-other-tokenizer", _resume_other_tokenizer, "tokenizer changed", "pass --data"),
     case("resume-data-prepared-again", _resume_data_prepared_again, "data changed", "was prepared again"),
     case("resume-with-nothing-to-resume", _resume_in_empty_folder, "nothing to resume", "resume=auto"),
+    case(  # it said to pass --resume, which found nothing to resume
+        "train-where-a-run-saved-no-checkpoint",
+        _start_where_a_run_saved_no_checkpoint,
+        "run-copy already exists and is not empty; it holds a run that saved no checkpoint",
+        "training_config.resume=auto",
+    ),
+    case(
+        "train-out-not-empty",
+        lambda env: micro_train(env, "--out", str(Path(env.write("notes/todo.txt", "read\n")).parent)),
+        "notes already exists and is not empty; choose a new folder with --out",
+    ),
     case(
         "resume-copied-run-by-its-config",
         _resume_copied_run_by_its_config,

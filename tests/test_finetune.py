@@ -21,6 +21,7 @@ from trickster.train import checkpoint as ckpt
 from trickster.train.loop import train
 from trickster.train.validate import evaluate, validation_batches
 
+from . import children
 from .conftest import QUIET, events, finetune_config, write_records
 from .test_tracking import HAS_TENSORBOARD, HAS_WANDB, wandb_records
 
@@ -256,3 +257,28 @@ def test_what_a_fine_tune_records_of_its_config_is_what_it_samples_with(
     assert load_config(run / "config.yaml").training.sample_prompt == prompt
     samples = [e["sample"] for e in events(run, "eval")]
     assert len(samples) == 3 and all(sample.startswith(prompt) for sample in samples)  # steps 0, 2, 4
+
+
+def test_a_fine_tune_killed_before_its_first_checkpoint_is_sent_to_the_command_that_starts_it_again(
+    trained_run, chat_data, tmp_path, capsys
+):
+    """A fine-tune shorter than save_every (the guide's: 300 steps, tiny's save_every 500) saves
+    only at its end; killed before, it leaves a run folder without a checkpoint. The same command
+    again was refused with 'pass --resume to continue a run there', and --resume then found nothing
+    to resume: the line names resume=auto, which starts it afresh there."""
+    out = tmp_path / "ft"
+    settings = {"max_steps": 6, "warmup_steps": 1, "eval_every": 3, "save_every": 100, "seq_len": 48}
+    argv = ["train", "--config", str(trained_run / "config.yaml"), "--data", str(chat_data[0])]
+    argv += [f"training_config.{key}={value}" for key, value in settings.items()]
+    argv += [f"training_config.init_from={trained_run}", "--out", str(out), "--no-progress"]
+    killed = children.run("tests.crash_child", "before-batch", "5", *argv)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert events(out, "start") and not list((out / "checkpoints").iterdir())
+
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "saved no checkpoint to continue from" in err and "training_config.resume=auto" in err
+    assert cli.main([*argv, "--resume"]) == 2  # nothing to resume, as the old line's fix met
+    assert cli.main([*argv, "training_config.resume=auto"]) == 0
+    assert ckpt.read_info(out / "checkpoints" / "final")["step"] == 6
+    assert len(events(out, "start")) == 1  # afresh: the killed start's events are gone

@@ -21,6 +21,17 @@ RUN_AGAIN = f"run the command again with {START_AFRESH}"
 FIRST_SAVE_FIX = write_fix(then=RUN_AGAIN)
 
 
+def not_empty_fix(run_dir: Path) -> str:
+    """What a start without --resume, refused in a folder that is not empty and holds no checkpoint
+    to continue, says to do. A run stopped before its first save (killed, or a fine-tune shorter
+    than save_every, which saves only at its end) has written its metrics.jsonl: --resume finds
+    nothing there, and resume=auto starts it afresh (or continues it, if tidying the folder puts
+    back a checkpoint a kill left aside). Another folder is not one to train in."""
+    if (run_dir / "metrics.jsonl").is_file():
+        return f"it holds a run that saved no checkpoint to continue from; {RUN_AGAIN}, or choose a new --out"
+    return "choose a new folder with --out"
+
+
 def is_complete(path: Path) -> bool:
     return (path / COMPLETE).is_file() and (path / WEIGHTS).is_file()
 

@@ -21,7 +21,7 @@ from trickster.errors import UserError, disk_errors, write_fix
 from trickster.model import lora
 from trickster.observe.events import DamagedLines, MetricsLine, disk_fix, last_event, metrics_lines
 from trickster.observe.status import trains_now
-from trickster.run_checkpoints import RUN_AGAIN
+from trickster.run_checkpoints import RUN_AGAIN, not_empty_fix
 from trickster.train import checkpoint as ckpt
 from trickster.train import checksums
 
@@ -156,8 +156,7 @@ def open_run_dir(run_dir: Path, resume: bool | str, max_steps: int) -> tuple[Pat
         )
     if not resume and run_dir_in_use(run_dir):
         raise UserError(
-            f"{run_dir} already exists and is not empty; choose a new folder with --out, or pass "
-            "--resume to continue a run there (nothing was overwritten)"
+            f"{run_dir} already exists and is not empty; {not_empty_fix(run_dir)} (nothing was overwritten)"
         )
     if resume is True and found is None:
         none = ckpt.none_saved(run_dir, "no complete checkpoint")
