@@ -16,6 +16,7 @@ import torch
 
 from trickster import atomic, cli
 from trickster.data.loader import load_data
+from trickster.errors import UserError
 from trickster.train import checkpoint as ckpt
 from trickster.train import settled
 from trickster.train.loop import train
@@ -150,3 +151,27 @@ def test_a_checkpoint_replaced_while_serve_loads_it_slowly_is_loaded_again_whole
         assert answer.status_code == 200, answer.text
         assert saves == [final]
         assert answer.json()["choices"][0]["text"] == expected
+
+
+def test_a_checkpoint_replaced_as_it_is_resolved_is_read_again(trained_run, tmp_path, monkeypatch, capsys):
+    """`generate runs/x/checkpoints/best` looks for the folder between a save's two renames (a
+    moment: both are done by the time the failure is looked at): it is read again, from the new best,
+    as serve's own loop read it before it read through settled.read_settled."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    best, newer = run / "checkpoints" / "best", run / "checkpoints" / "step_000006"
+    assert cli.main(["generate", str(newer), *GREEDY]) == 0
+    expected = capsys.readouterr().out
+    real, saves = ckpt.resolve, []
+
+    def found_between_the_renames(path):
+        if Path(path) == best and not saves:
+            _save_as_best(newer, best, saves)
+            raise UserError(f"{path} not found; pass a run folder (runs/NAME) or a checkpoint folder")
+        return real(path)
+
+    monkeypatch.setattr(ckpt, "resolve", found_between_the_renames)
+    code = cli.main(["generate", str(best), *GREEDY])
+    out, err = capsys.readouterr()
+    assert (code, err) == (0, "")
+    assert saves == [best] and out == expected

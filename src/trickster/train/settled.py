@@ -51,14 +51,16 @@ def read_settled(
     to `wait` seconds: a writer that stays between its renames longer is stopped (or dead)."""
     for tried in range(1, tries + 1):
         whole = _wait_for(target, time.monotonic() + wait)
-        path, before = None, None
+        path, seen = None, identity(target)  # a checkpoint's own (a run folder's is None)
         try:
             path = resolve(target)
             before = identity(path)
             loaded = read(path)
         except Exception:
-            # resolve failed: retried only for a replace that began after the wait found none
-            moved = _replaced(path, before) if path is not None else whole and _in_replace(target)
+            if path is None:  # resolve failed: in a replace that began after the wait found none?
+                moved = whole and (_in_replace(target) or identity(target) != seen)
+            else:
+                moved = _replaced(path, before)
             if not moved or tried == tries:
                 raise
         else:
