@@ -576,6 +576,12 @@ def _parquet(env: Env, *flags: str, columns: dict | None = None) -> list[str]:
     return ["data", "prepare", "parquet", str(env.tmp / "d.parquet"), "--out", str(env.tmp / "o"), *flags]
 
 
+def _parquet_read_as(env: Env, source: str, *flags: str) -> list[str]:
+    """A Parquet file given to another source (jsonl, text)."""
+    argv = _parquet(env)
+    return [*argv[:2], source, *argv[3:], *flags]
+
+
 def _partial_in_use(env: Env) -> list[str]:
     """The same preparation started while another process still works in o.partial (stood for by
     this process holding the folder's lock until the case ends)."""
@@ -4264,6 +4270,29 @@ CASES = [
         _jsonl(['{"instruction": "Who?", "output": "Nay."}', RECORD]),
         'line 1 has no "prompt" field (it has: instruction, output)',
         'each record needs "prompt" and "response"',
+    ),
+    case(  # stories as {"text": ...}: it said each record needs "prompt" and "response"
+        "jsonl-text-records-without-text-field",
+        _jsonl(['{"text": "Once upon a time."}', '{"text": "The end."}']),
+        'line 1 has no "prompt" field (it has: text); without --text-field or --template, jsonl reads '
+        "prompt/response records (for fine-tuning); pass --text-field text to read each record's text",
+    ),
+    case(  # it said the file was not UTF-8 text and to convert it with iconv
+        "prepare-jsonl-on-a-parquet-file",
+        lambda env: _parquet_read_as(env, "jsonl", "--text-field", "body"),
+        "d.parquet is a Parquet file, not text; read it with `trickster data prepare parquet ",
+    ),
+    case(  # it said "pass .parquet files" only
+        "prepare-parquet-on-a-jsonl-file",
+        lambda env: ["data", "prepare", "parquet", env.write("stories.jsonl", '{"text": "a"}\n')],
+        "stories.jsonl is not a Parquet file (",
+        "read it with `trickster data prepare jsonl ",
+        "stories.jsonl --text-field FIELD`, or pass .parquet files",
+    ),
+    case(  # it said the file was not UTF-8 text and to convert it with iconv
+        "prepare-text-on-a-parquet-file",
+        lambda env: _parquet_read_as(env, "text"),
+        "d.parquet is a Parquet file, not text; read it with `trickster data prepare parquet ",
     ),
     case(
         "jsonl-chat-records",

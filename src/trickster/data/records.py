@@ -72,6 +72,12 @@ def _missing(record: dict, key: str, where: str) -> str:
             "write one per reply, the conversation before it rendered as the prompt "
             "(docs/finetune-export.md, Chat records)"
         )
+    if isinstance(record.get("text"), str) and "prompt" not in record and "response" not in record:
+        return (  # a corpus of {"text": ...} records, such as Hugging Face datasets write
+            f'{where} has no "{key}" field ({its_fields(record)}); without --text-field or --template, '
+            "jsonl reads prompt/response records (for fine-tuning); pass --text-field text to read each "
+            "record's text"
+        )
     return f'{where} has no "{key}" field ({its_fields(record)}); each record needs "prompt" and "response"'
 
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from trickster.data.json_records import TextField, checked_text, its_fields, json_line, json_type
 from trickster.data.no_text import NoText
 from trickster.data.parquet_column import column_path, leaf_values
-from trickster.data.paths import expand_paths
+from trickster.data.paths import expand_paths, source_of
 from trickster.data.textfile import (
     OPENERS,
     LargeText,
@@ -332,7 +332,8 @@ def parquet_documents(patterns: list[str], text_field: str = "text") -> Source:
         try:
             schema = pq.ParquetFile(path).schema_arrow
         except Exception as err:  # pyarrow raises ArrowInvalid (a ValueError) or OSError
-            raise UserError(f"{path} is not a Parquet file ({one_line(err)}); pass .parquet files") from None
+            fix = _other_source(path)
+            raise UserError(f"{path} is not a Parquet file ({one_line(err)}); {fix}") from None
         column_path(schema, text_field, path)
 
     no_text = NoText("row", text_field, "pass --text-field COLUMN naming the one that holds the text")
@@ -358,6 +359,15 @@ def parquet_documents(patterns: list[str], text_field: str = "text") -> Source:
         files=[str(p) for p in files],
         no_text=no_text,
     )
+
+
+def _other_source(path: Path) -> str:
+    """What to do with a file given to `parquet` that is none: JSON Lines or text read as such."""
+    kind = source_of(path)
+    if kind == "parquet":
+        return "pass .parquet files"
+    field = " --text-field FIELD" if kind == "jsonl" else ""
+    return f"read it with `trickster data prepare {kind} {path}{field}`, or pass .parquet files"
 
 
 def require_package(module: str, why: str):

@@ -36,6 +36,8 @@ OTHER_COMPRESSION = {
     b"PK\x03\x04": "a zip archive (unzip FILE)",
 }
 
+PARQUET_MAGIC = b"PAR1"  # a Parquet file's first (and last) four bytes
+
 
 def read_bytes(path: Path) -> bytes:
     """The bytes of a regular file, decompressed when its name says it is compressed."""
@@ -198,6 +200,10 @@ def head_problem(head: bytes, source: str) -> UserError | None:
     for magic, what in OTHER_COMPRESSION.items():
         if head.startswith(magic):
             return NotText(f"{source} is {what}; decompress it first")
+    if head.startswith(PARQUET_MAGIC):  # it was "not UTF-8 text", with iconv to convert it
+        return NotText(
+            f"{source} is a Parquet file, not text; read it with `trickster data prepare parquet {source}`"
+        )
     return None
 
 
