@@ -16,7 +16,7 @@ import torch
 
 from trickster.data import loader
 from trickster.errors import UserError
-from trickster.train import async_save, loop
+from trickster.train import async_save, loop, tensor_files
 from trickster.train import checkpoint as ckpt
 from trickster.train.async_save import snapshot
 from trickster.train.loop import train
@@ -178,7 +178,7 @@ def test_sigkill_during_a_background_write_resumes_as_the_uninterrupted_run(
 def test_a_failed_background_write_is_one_line_at_the_next_wait(micro, monkeypatch):
     """The disk fills up during the second numbered checkpoint, written in the background: the run
     ends with the line a save on the training thread gives, and the first checkpoint is whole."""
-    save_file, calls = ckpt.save_file, []
+    save_file, calls = tensor_files.save_file, []
 
     def full(tensors, filename, *args, **kwargs):
         calls.append(threading.current_thread() is threading.main_thread())
@@ -186,7 +186,7 @@ def test_a_failed_background_write_is_one_line_at_the_next_wait(micro, monkeypat
             raise OSError(28, "No space left on device", str(filename))
         return save_file(tensors, filename, *args, **kwargs)
 
-    monkeypatch.setattr(ckpt, "save_file", full)
+    monkeypatch.setattr(tensor_files, "save_file", full)
     every_2 = {"max_steps": 8, "warmup_steps": 1, "eval_every": 100, "save_every": 2}
     cfg = micro(training_config={**every_2, "async_save": True})
     refused = r"could not write checkpoint .*step_000004 \(No space left on device\)"
@@ -195,7 +195,7 @@ def test_a_failed_background_write_is_one_line_at_the_next_wait(micro, monkeypat
     assert calls == [False, False]  # both in the background
     run_dir = Path(cfg.logging.output_dir)
     assert folders(run_dir) == ["step_000002"]
-    monkeypatch.setattr(ckpt, "save_file", save_file)  # space freed
+    monkeypatch.setattr(tensor_files, "save_file", save_file)  # space freed
     assert train(cfg, resume=True, **QUIET).state.step == 8
 
 

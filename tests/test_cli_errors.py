@@ -1156,7 +1156,7 @@ def _disk_full_at_checkpoint(env: Env) -> list[str]:
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    env.monkeypatch.setattr("trickster.train.checkpoint.save_file", no_space)
+    env.monkeypatch.setattr("trickster.train.tensor_files.save_file", no_space)
     return micro_train(env, "training_config.max_steps=4", "training_config.warmup_steps=1")
 
 

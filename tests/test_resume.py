@@ -652,9 +652,9 @@ def test_non_finite_weights_never_become_best(micro, monkeypatch):
 def test_a_failed_checkpoint_write_leaves_earlier_checkpoints_intact(micro, monkeypatch, code, reason, fix):
     """One line with the cause's own fix (errors.write_fix): a read-only folder was told to free
     disk space too."""
-    from trickster.train import checkpoint
+    from trickster.train import tensor_files
 
-    save_file = checkpoint.save_file
+    save_file = tensor_files.save_file
     calls = 0
 
     def failing(tensors, filename, *args, **kwargs):
@@ -664,7 +664,7 @@ def test_a_failed_checkpoint_write_leaves_earlier_checkpoints_intact(micro, monk
             raise OSError(code, __import__("os").strerror(code), str(filename))
         return save_file(tensors, filename, *args, **kwargs)
 
-    monkeypatch.setattr(checkpoint, "save_file", failing)
+    monkeypatch.setattr(tensor_files, "save_file", failing)
     cfg = micro(training_config={"max_steps": 8, "warmup_steps": 1, "eval_every": 100, "save_every": 2})
     with pytest.raises(UserError, match=f"could not write checkpoint .*step_000004 \\({reason}") as caught:
         train(cfg, **QUIET)
@@ -828,9 +828,9 @@ def test_a_full_disk_under_safetensors_is_one_clear_error(micro, monkeypatch):
     used to end the run with a traceback."""
     from safetensors import SafetensorError
 
-    from trickster.train import checkpoint
+    from trickster.train import tensor_files
 
-    save_file, calls = checkpoint.save_file, []
+    save_file, calls = tensor_files.save_file, []
 
     def full(tensors, filename, *args, **kwargs):
         calls.append(filename)
@@ -838,9 +838,9 @@ def test_a_full_disk_under_safetensors_is_one_clear_error(micro, monkeypatch):
             raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
         return save_file(tensors, filename, *args, **kwargs)
 
-    monkeypatch.setattr(checkpoint, "save_file", full)
+    monkeypatch.setattr(tensor_files, "save_file", full)
     cfg = _refused_at_the_second_checkpoint(micro)
-    monkeypatch.setattr(checkpoint, "save_file", save_file)  # space freed
+    monkeypatch.setattr(tensor_files, "save_file", save_file)  # space freed
     assert train(cfg, resume=True, **QUIET).state.step == 8
 
 

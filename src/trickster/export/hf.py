@@ -41,6 +41,7 @@ from trickster.errors import UserError
 from trickster.export import byte_level
 from trickster.out_path import refuse_path_through_a_file
 from trickster.train import checkpoint as ckpt
+from trickster.train.tensor_files import save_tensors
 
 TO_HF = {
     "tok_embeddings.weight": "model.embed_tokens.weight",
@@ -201,7 +202,7 @@ def export_hf(target: str | Path, out: str | Path, dtype: str = "float32") -> Pa
         **files,
     }
     with new_folder(out) as staging:
-        ckpt.save_tensors(state, staging / "model.safetensors", metadata={"format": "pt"})
+        save_tensors(state, staging / "model.safetensors", metadata={"format": "pt"})
         for name, content in json_files.items():
             text = json.dumps(content, indent=2, ensure_ascii=False) + "\n"
             (staging / name).write_text(text, encoding="utf-8")
