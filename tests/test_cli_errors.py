@@ -299,6 +299,14 @@ def _resume_changed_model(env: Env) -> list[str]:
     return _trained_run_copy_with(env, "--resume", "model_config.hidden_dim=32")
 
 
+def _resume_with_init_from(env: Env) -> list[str]:
+    """A run trained from scratch, continued with init_from: its checkpoint is what a resume reads."""
+    base = "run-copy/checkpoints/step_000006"
+    return _trained_run_copy_with(
+        env, "--resume", "training_config.max_steps=16", "training_config.init_from=" + base
+    )
+
+
 def _resume_saved_before_a_limit(env: Env) -> list[str]:
     """A run whose config.yaml (and its checkpoints') holds what an older version allowed."""
     run = env.copy_run()
@@ -2169,6 +2177,14 @@ CASES = [
         "--resume with a larger training_config.max_steps, e.g. training_config.max_steps=24",
     ),
     case("resume-changed-model", _resume_changed_model, "cannot resume", "model_config changed (hidden_dim)"),
+    case(
+        "resume-from-scratch-run-with-init-from",
+        _resume_with_init_from,
+        "cannot resume from ",
+        "run-copy/checkpoints/final: the run was trained from scratch",
+        "never from training_config.init_from (run-copy/checkpoints/step_000006); drop init_from",
+        "or start a fine-tune of run-copy/checkpoints/step_000006 with another --out",
+    ),
     case(
         "resume-run-saved-before-a-training-limit",  # sample_tokens <= 100,000 since 2026-11-29 22:40
         _resume_saved_before_a_limit,

@@ -74,7 +74,23 @@ def open_run(
     if done:  # `auto`, as a requeue script reruns it: the checkpoint is this run's (checked above)
         out.line(finished_line(resumed_from, run_dir))
         raise Finished(TrainResult(cfg, run_dir, _finished_state(resumed_from), None, _params(cfg), True))
+    if resumed_from is not None:
+        _refuse_init_from_on_scratch(resumed_from, saved, cfg)
     return cfg, resumed_from, saved, repairs + fitted, changed
+
+
+def _refuse_init_from_on_scratch(checkpoint: Path, saved: Config, cfg: Config) -> None:
+    """A run trained from scratch resumed with training_config.init_from: a resume continues from
+    its checkpoint and never reads init_from, which the run would yet record as where it began (its
+    config.yaml, 'Resuming the fine-tune', 'changed on resume'). A fine-tune may name its base
+    anew (moved since: its checkpoint holds every weight)."""
+    wanted = cfg.training.init_from
+    if saved.training.init_from is None and wanted is not None:
+        raise UserError(
+            f"cannot resume from {checkpoint}: the run was trained from scratch, and a resume continues "
+            f"from its checkpoint, never from training_config.init_from ({wanted}); drop init_from to "
+            f"continue the run, or start a fine-tune of {wanted} with another --out (nothing was changed)"
+        )
 
 
 @contextlib.contextmanager
