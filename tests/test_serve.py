@@ -605,7 +605,15 @@ ERRORS = [
         "prompt: 9 prompts with n=16 ask for 144 completions; one request asks for at most 128",
         "prompt",
     ),
-    ("unknown-route", ("/v1/embeddings", b"{}", {}), 404, "no route", None),
+    # it said 'the API is under /v1', of a path under /v1
+    (
+        "unknown-route",
+        ("/v1/embeddings", b"{}", {}),
+        404,
+        "no route /v1/embeddings; this server answers GET /v1/models, POST /v1/completions and POST "
+        "/v1/chat/completions (and the playground at /)",
+        None,
+    ),
     # fields this server does not take were accepted and ignored: the answer silently was another
     (
         "field-misspelt",

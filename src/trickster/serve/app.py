@@ -389,10 +389,14 @@ async def _api_error(request: Request, err: APIError) -> Response:
     return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
 
+# what a client that asked for another route (/v1/embeddings, /v1/responses, /completions) can have
+ROUTES = "GET /v1/models, POST /v1/completions and POST /v1/chat/completions"
+
+
 async def _http_error(request: Request, err: HTTPException) -> Response:
     """Starlette's own errors (no route, wrong method) in OpenAI's shape, with their headers (Allow)."""
     message = {
-        404: f"no route {request.url.path}; the API is under /v1",
+        404: f"no route {request.url.path}; this server answers {ROUTES} (and the playground at /)",
         405: f"{request.method} is not allowed on {request.url.path}; use {(err.headers or {}).get('Allow')}",
     }
     error = APIError(err.status_code, message.get(err.status_code, str(err.detail)))
