@@ -3949,6 +3949,12 @@ CASES = [
         "run folder",
     ),
     case("export-out-not-empty", _export_into("hf", "mine\n"), "hf already exists and is not empty", "--out"),
+    case(  # it wrote a Hugging Face folder named hf.gguf
+        "export-hf-named-as-gguf",
+        lambda env: ["export", str(env.run), "--format", "hf", "--out", str(env.tmp / "hf.gguf")],
+        "is named as a GGUF file, and --format hf writes a folder",
+        "pass --format gguf",
+    ),
     case("export-out-empty", lambda env: ["export", str(env.run), "--out", ""], "--out", "empty path"),
     case(
         "export-gguf-out-empty",

@@ -364,6 +364,22 @@ def test_an_out_that_is_a_folder_gets_the_runs_file_in_it(tmp_path, capsys):
     assert sorted(p.name for p in folder.iterdir()) == ["other.gguf", "tiny-final.gguf"]
 
 
+def test_an_out_named_gguf_is_a_gguf_file_without_format_and_refused_with_format_hf(tmp_path, capsys):
+    """`--format` left out took hf: `--out model.gguf` wrote a Hugging Face folder of that name,
+    which llama.cpp cannot read. An --out ending .gguf now chooses GGUF; with --format hf, which
+    writes a folder, it is refused (exit 2, nothing written)."""
+    path = char_checkpoint(tmp_path / "ck")
+    assert cli.main(["export", str(path), "--out", str(tmp_path / "model.gguf")]) == 0
+    assert (tmp_path / "model.gguf").is_file()
+    assert read_gguf(tmp_path / "model.gguf")[0]["general.architecture"] == "llama"
+    capsys.readouterr()
+    assert cli.main(["export", str(path), "--format", "hf", "--out", str(tmp_path / "other.GGUF")]) == 2
+    assert "--format hf writes a folder; pass --format gguf" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "model.gguf"]
+    assert cli.main(["export", str(path), "--out", str(tmp_path / "hf")]) == 0  # else still hf
+    assert (tmp_path / "hf" / "config.json").is_file()
+
+
 def test_the_llama_cpp_line_continues_the_models_own_sample_prompt(tmp_path, capsys):
     """A fine-tune on records samples a prompt of its records: the line printed after the export
     continues that one (its line break as bash's $'...'), with the completion tool of llama.cpp."""

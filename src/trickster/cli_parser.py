@@ -371,8 +371,7 @@ def _add_export(commands) -> None:
         "--format",
         dest="fmt",
         choices=("hf", "gguf"),
-        default="hf",
-        help="hf: a transformers / vLLM folder; gguf: one llama.cpp file",
+        help="hf: a transformers / vLLM folder; gguf: one llama.cpp file (default: gguf if --out ends .gguf)",
     )
     export.add_argument(
         "--out",

@@ -283,9 +283,16 @@ def runs_command(folder: str) -> None:
             print(f"note: {run.name}: {run.problem}")
 
 
-def export_command(target: str, fmt: str, out: str, dtype: str = "float32") -> Path:
+def export_command(target: str, fmt: str | None, out: str, dtype: str = "float32") -> Path:
     from trickster.export import gguf, hf
 
+    named_gguf = Path(out).suffix.lower() == ".gguf"
+    fmt = fmt or ("gguf" if named_gguf else "hf")  # `--out model.gguf` wrote a folder of that name
+    if fmt == "hf" and named_gguf:
+        raise UserError(
+            f"--out {out} is named as a GGUF file, and --format hf writes a folder; pass --format gguf "
+            "(or leave --format out), or an --out without .gguf for a Hugging Face folder"
+        )
     if fmt == "gguf":
         path, cfg = gguf.export_gguf(target, out, dtype)
         hint = llama_cpp_hint(path, cfg.training.sample_prompt)
