@@ -2665,6 +2665,18 @@ CASES = [
         "first: ",
         "e.txt; 1 of whitespace only); pass files that contain text",
     ),
+    case(  # it said "corpus 'jsonl' is empty", naming no file
+        "prepare-jsonl-empty-file",
+        lambda env: ["data", "prepare", "jsonl", env.write("stories.jsonl", "\n\n"), "--text-field", "text"],
+        "corpus 'jsonl' holds no text: ",
+        "stories.jsonl holds no records; pass files that contain text",
+    ),
+    case(  # it said "corpus 'parquet' is empty", naming no file
+        "prepare-parquet-without-rows",
+        lambda env: _parquet(env, columns={"text": []}),
+        "corpus 'parquet' holds no text: ",
+        "d.parquet holds no rows; pass files that contain text",
+    ),
     case(
         "prepare-shakespeare-path-blank",  # said "corpus 'shakespeare' is empty"
         lambda env: ["data", "prepare", "shakespeare", "--path", env.write("input.txt", "\n"), "--out", "o"],

@@ -84,3 +84,14 @@ class NoText:
             f"{every} files are empty or hold only whitespace ({self.count:,} empty, the first: "
             f"{self.first}; {blank:,} of whitespace only)"
         )
+
+
+def none_held(source) -> str:
+    """What a corpus of records or rows that met none at all holds, its files named ("holds no text:
+    a.jsonl holds no records"); "is empty" where it has no files to name (a Hub dataset)."""
+    files, unit = source.files, source.no_text.unit
+    if not files or unit == "file":
+        return "is empty"
+    if len(files) == 1:
+        return f"holds no text: {files[0]} holds no {unit}s"
+    return f"holds no text: none of its {len(files):,} files holds a {unit} (the first: {files[0]})"

@@ -57,6 +57,7 @@ from trickster.data.meta import (
     prepared_meta,
     with_folder_tokenizer,
 )
+from trickster.data.no_text import none_held
 from trickster.data.partial import (
     ONE_DOCUMENT,
     ONE_DOCUMENT_MASK,
@@ -396,7 +397,7 @@ class _Job:
         if not read or (not train and not val):
             # nothing kept: no copy was dropped (the first of each is kept), only documents of
             # whitespace; with records or files without text, what was found says what to pass instead
-            empty = f"corpus '{name}' is empty; pass files that contain text"
+            empty = f"corpus '{name}' {none_held(self.source)}; pass files that contain text"
             blank = self.record.dedup.get("blank_dropped", 0)
             raise UserError(self.source.no_text.nothing_read(name, blank) or empty)
         missing = "validation" if not val else "training"
