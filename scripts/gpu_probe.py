@@ -125,7 +125,8 @@ def kv_cache(device: str = "cuda") -> str:
 
 def collectives(device: str = "cuda") -> str:
     """Every collective of train/dist.py on a one-process group (nccl, with gloo for CPU objects,
-    on a GPU), FSDP2 with bf16 weights and micro-batches, full state out and back, sampling."""
+    on a GPU), FSDP2 with bf16 weights and micro-batches, full state out and back (train/dist_checkpoint.py),
+    sampling."""
     from trickster.config import config_from_dict
     from trickster.model.generate import generate
     from trickster.model.transformer import Transformer
