@@ -32,8 +32,15 @@ Spans = dict[int, tuple[float, float]]  # {step: (start, end)}
 
 
 def profiled(run: Path, out: Path, window: list[int]):
-    """The trained run's own config, into `out`, with profile_steps."""
-    overrides = [f"logging_config.output_dir={out}", f"logging_config.profile_steps={window}"]
+    """The trained run's own config, into `out`, with profile_steps, and its sample prompt given as
+    the run's was: a prompt that a run's saved config.yaml holds is fitted anew (train/fitted.py),
+    and the excerpt holds no 'ROMEO:'."""
+    prompt = load_config(run / "config.yaml").training.sample_prompt
+    overrides = [
+        f"logging_config.output_dir={out}",
+        f"logging_config.profile_steps={window}",
+        f"training_config.sample_prompt={prompt}",
+    ]
     return load_config(run / "config.yaml", overrides=overrides)
 
 

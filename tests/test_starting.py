@@ -42,6 +42,14 @@ CHILD = textwrap.dedent(
 )
 
 
+@pytest.fixture
+def sigint_restored():
+    """The test process's own SIGINT handler back after the test."""
+    previous = signal.getsignal(signal.SIGINT)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("entry", ["-m", "script"])
 @pytest.mark.parametrize("trigger", ["argparse", "torch"])
 def test_a_ctrl_c_while_the_command_loads_ends_it_at_once_in_one_line(tmp_path, entry, trigger):
@@ -54,12 +62,14 @@ def test_a_ctrl_c_while_the_command_loads_ends_it_at_once_in_one_line(tmp_path, 
     assert done.stdout == "" and not run.exists()
 
 
-def test_the_command_itself_and_its_caller_get_python_s_handler_back(monkeypatch, tmp_path):
+def test_the_command_itself_and_its_caller_get_python_s_handler_back(monkeypatch, tmp_path, sigint_restored):
     """Past loading, a Ctrl-C is the command's to handle (training stops after its step, a
     preparation keeps its partial folder): it must raise KeyboardInterrupt again, there and in a
     caller of cli.main in the same process."""
     from trickster import cli, commands
 
+    # as from a terminal: a pytest-xdist worker starts with SIGINT ignored, which the command keeps
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     during = []
     monkeypatch.setattr(
         commands, "runs_command", lambda folder: during.append(signal.getsignal(signal.SIGINT))
