@@ -470,6 +470,10 @@ def test_a_bad_value_is_said_to_come_from_where_it_was_written(tmp_path):
             UserError, match=r"^command line: training_config\.global_batch and global_batch_tokens "
         ):
             load_config(preset="tiny", overrides=[f"training_config.global_batch_tokens={value}"])
+    # a problem of the group a deeper override sets (LoRA without init_from): a preset or a run's
+    # config.yaml never set lora, and was blamed
+    with pytest.raises(UserError, match=r"^command line: training_config\.lora adapts existing weights"):
+        load_config(preset="tiny", overrides=["training_config.lora.rank=4"])
 
 
 def test_max_time_with_a_fraction_of_seconds_says_what_to_write(tmp_path):

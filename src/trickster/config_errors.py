@@ -186,12 +186,15 @@ def blamed(source: str, problems: list[str], overridden: Sequence[str]) -> str:
 
 
 def _names(problem: str, key: str) -> bool:
-    """Whether `problem` is about the override `key`: it names the key in full, or by its last
-    name after naming the key's section ("training_config.global_batch and global_batch_tokens").
+    """Whether `problem` is about the override `key`: it names the key in full, or a group the key
+    is in below its section (training_config.lora for training_config.lora.rank=4), or the key by
+    its last name after naming its section ("training_config.global_batch and global_batch_tokens").
     A name counts whole: training_config.global_batch is not in ...global_batch_tokens."""
     section, _, _ = key.partition(".")
     field = key.rpartition(".")[2]
-    whole = [elided(key)] + ([field] if f"{section}." in problem else [])
+    parts = elided(key).split(".")
+    groups = [".".join(parts[:depth]) for depth in range(2, len(parts))]
+    whole = [elided(key), *groups] + ([field] if f"{section}." in problem else [])
     return any(re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", problem) for name in whole)
 
 
