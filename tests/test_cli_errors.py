@@ -4311,6 +4311,29 @@ CASES = [
         'line 1 has no "prompt" field (it has: text); without --text-field or --template, jsonl reads '
         "prompt/response records (for fine-tuning); pass --text-field text to read each record's text",
     ),
+    case(  # a pretty-printed JSON array of stories: it said line 1 was "not JSON (Expecting value)"
+        "prepare-jsonl-on-a-json-array",
+        lambda env: [
+            "data",
+            "prepare",
+            "jsonl",
+            env.write("stories.json", '[\n  {"text": "Once."}\n]\n'),
+            "--text-field",
+            "text",
+        ],  # fmt: skip
+        "stories.json holds a JSON array, not JSON Lines (one object a line); convert it, for example "
+        "with jq -c '.[]' ",
+    ),
+    case(  # the same array on one line: it said line 1 was "not a JSON object"
+        "prepare-records-on-a-json-array",
+        lambda env: [
+            "data",
+            "prepare",
+            "jsonl",
+            env.write("chat.json", '[{"prompt": "Who?", "response": "I"}]'),
+        ],
+        "chat.json holds a JSON array, not JSON Lines",
+    ),
     case(  # it said the file was not UTF-8 text and to convert it with iconv
         "prepare-jsonl-on-a-parquet-file",
         lambda env: _parquet_read_as(env, "jsonl", "--text-field", "body"),

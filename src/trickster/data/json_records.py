@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 from trickster import untrusted
 from trickster.errors import UserError
@@ -25,6 +26,17 @@ def json_line(line: str, where: str, fix: str | None = None):
         ) from None
     except untrusted.Unreadable as err:
         raise UserError(f"{where} {err.reason}; {fix or 'fix or remove that record'}") from None
+
+
+def check_not_an_array(line: str, path) -> None:
+    """Refuse a file whose first line opens a JSON array: a .json file of records (pandas'
+    to_json(orient="records"), json.dump of a list) is no JSON Lines, and its first line read as one
+    was "not JSON" (pretty-printed) or "not a JSON object" (on one line)."""
+    if line.lstrip().startswith("["):
+        raise UserError(
+            f"{path} holds a JSON array, not JSON Lines (one object a line); convert it, for example "
+            f"with jq -c '.[]' {path} > {Path(path).stem}.jsonl"
+        )
 
 
 def json_type(value) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trickster.data.json_records import checked_text, its_fields, json_line, json_type
+from trickster.data.json_records import check_not_an_array, checked_text, its_fields, json_line, json_type
 from trickster.data.sources import Source
 from trickster.data.textfile import decode, read_bytes
 from trickster.errors import UserError
@@ -40,6 +40,8 @@ def jsonl_prompt_response(path: str | Path) -> Records:
     for number, line in enumerate(decode(raw, str(path)).split("\n"), start=1):
         if not line.strip():
             continue
+        if number == 1:
+            check_not_an_array(line, path)
         where = f"{path} line {number}"
         record = json_line(line, where)
         if not isinstance(record, dict):

@@ -23,7 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from trickster.data.json_records import TextField, checked_text, its_fields, json_line, json_type
+from trickster.data.json_records import (
+    TextField,
+    check_not_an_array,
+    checked_text,
+    its_fields,
+    json_line,
+    json_type,
+)
 from trickster.data.no_text import NoText
 from trickster.data.parquet_column import column_path, leaf_values
 from trickster.data.paths import expand_paths, source_of
@@ -284,6 +291,8 @@ def jsonl_documents(
             for number, line in json_lines(path):
                 if not line.strip():
                     continue
+                if number == 1:
+                    check_not_an_array(line, path)
                 where = f"{path} line {number}"
                 text = document(record := json_line(line, where), where)
                 if text:
