@@ -4468,6 +4468,11 @@ CASES = [
         "training_config.lora.targets: unknown layer 'qkv'",
         "q_proj",
     ),
+    case(  # it said: input should be a valid dictionary or instance of LoraConfig
+        "lora-not-a-mapping",
+        lambda env: micro_train(env, "training_config.lora=true", f"training_config.init_from={env.run}"),
+        "training_config.lora must be a mapping of keys to values, {rank: ..., alpha: ..., targets: ...}",
+    ),
     case(
         "lora-without-init-from",
         lambda env: micro_train(env, "training_config.lora={rank: 4}"),

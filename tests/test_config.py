@@ -470,6 +470,14 @@ def test_a_bad_value_is_said_to_come_from_where_it_was_written(tmp_path):
             UserError, match=r"^command line: training_config\.global_batch and global_batch_tokens "
         ):
             load_config(preset="tiny", overrides=[f"training_config.global_batch_tokens={value}"])
+    # a group given a value: its keys, not pydantic's "a valid dictionary or instance of LoraConfig"
+    for value in ("true", "8", "[wq, wv]"):
+        with pytest.raises(
+            UserError,
+            match=r"^command line: training_config\.lora must be a mapping of keys to values, "
+            r"\{rank: \.\.\., alpha: \.\.\., targets: \.\.\.\} \(got ",
+        ):
+            load_config(preset="tiny", overrides=[f"training_config.lora={value}"])
     # a problem of the group a deeper override sets (LoRA without init_from): a preset or a run's
     # config.yaml never set lora, and was blamed
     with pytest.raises(UserError, match=r"^command line: training_config\.lora adapts existing weights"):

@@ -124,6 +124,10 @@ def _describe(root: type[BaseModel], error: dict[str, Any]) -> str:
         return f"{where}key {shown(error.get('input'))} is not a name; keys are words, such as {example}"
     if error["type"] in ("model_type", "dict_type") and len(loc) == 1:
         return f"{dotted} must be a mapping of keys to values"
+    group = section_at(root, loc) if error["type"] == "model_type" else None
+    if group is not None:  # pydantic: "a valid dictionary or instance of LoraConfig", a class's name
+        keys = ", ".join(f"{name}: ..." for name in group.model_fields)
+        return f"{dotted} must be a mapping of keys to values, {{{keys}}} (got {shown(error.get('input'))})"
     hint = ""
     if error["type"] == "value_error":  # raised by a validator here: its own words
         message = str(error["ctx"]["error"])
