@@ -29,17 +29,14 @@ def _end_at_once(signum, frame) -> None:
     os._exit(INTERRUPTED_EXIT)
 
 
-def end_at_once() -> bool:
-    """Ctrl-C ends the process at once from here on; False (nothing changed) where SIGINT is not
-    Python's default: ignored (a job started with `&` by a script, which asked for that), or an
-    embedding program's own handler, or off the main thread, where no handler can be set."""
+def end_at_once() -> None:
+    """Ctrl-C ends the process at once from here on; nothing changes where SIGINT is not Python's
+    default: ignored (a job started with `&` by a script, which asked for that), or an embedding
+    program's own handler, or off the main thread, where no handler can be set."""
     if signal.getsignal(signal.SIGINT) not in (signal.default_int_handler, _end_at_once):
-        return False
-    try:
+        return
+    with contextlib.suppress(ValueError):  # not the main thread
         signal.signal(signal.SIGINT, _end_at_once)
-    except ValueError:  # not the main thread
-        return False
-    return True
 
 
 @contextlib.contextmanager
