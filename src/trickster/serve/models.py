@@ -42,7 +42,6 @@ from trickster.serve import disk, wanted
 from trickster.serve.limits import MAX_LOADED_MODELS
 from trickster.serve.offered import UNTRAINED, Offered, default_of, describe
 from trickster.train import checkpoint as ckpt
-from trickster.train import settled
 
 REPLACE_WAIT = 2.0  # seconds a load waits for a checkpoint being replaced (a moment between two renames)
 # a listing of checkpoints/ made within this many seconds of the folder's last change is made again
@@ -382,16 +381,11 @@ class Replaced(Exception):
 def _load_whole(path: Path, device: torch.device, version: tuple | None = None) -> Transformer:
     """The model of the checkpoint folder at `path`, all read from one checkpoint, though a training
     run may replace it meanwhile (a new `best`, by atomic.replace_dir's two renames): read as
-    `trickster generate` reads one (settled.read_settled), waiting up to REPLACE_WAIT seconds for a
-    replace under way. Weights read from another checkpoint than the `version` described
-    (disk.version) raise Replaced: they would have answered under the old card and
-    system_fingerprint."""
-
-    def read(found: Path) -> tuple[tuple | None, Transformer]:
-        seen = settled.identity(found)  # taken first: read_settled reads again if it changes meanwhile
-        return seen, ckpt.load_checkpoint(found, device, settle=False).model
-
-    seen, model = settled.read_settled(path, ckpt.resolve, read, wait=REPLACE_WAIT)
-    if version is not None and seen != version[:4]:
+    `trickster generate` reads one (ckpt.load_checkpoint, through settled.read_settled), waiting up
+    to REPLACE_WAIT seconds for a replace under way. Weights read from another checkpoint than the
+    `version` described (disk.version) raise Replaced: they would have answered under the old card
+    and system_fingerprint."""
+    loaded = ckpt.load_checkpoint(path, device, wait=REPLACE_WAIT)
+    if version is not None and loaded.identity != version[:4]:
         raise Replaced(path)
-    return model
+    return loaded.model

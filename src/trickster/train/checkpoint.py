@@ -264,6 +264,7 @@ class LoadedCheckpoint:
     model: Transformer
     info: dict
     dtype: str = "float32"  # compute dtype for generate/eval/compare on this device (inference_dtype)
+    identity: tuple[int, ...] | None = None  # which checkpoint it was read from (CheckpointFiles')
 
 
 @dataclass
@@ -280,17 +281,17 @@ class CheckpointFiles:
 
 
 def load_checkpoint(
-    path: str | Path, device: torch.device | str = "cpu", settle: bool = True
+    path: str | Path, device: torch.device | str = "cpu", wait: float = settled.WAIT
 ) -> LoadedCheckpoint:
     """generate, serve, export, info and init_from load a checkpoint here: its config.yaml is
     checked against the shapes its weight files hold before anything is allocated. All of it comes
-    from one checkpoint though a run may replace `best` meanwhile: read again (settled.read_settled)
-    unless `settle` is False, for a read within a caller's own read_settled (serve's)."""
+    from one checkpoint though a run may replace `best` meanwhile: read again (settled.read_settled,
+    which waits up to `wait` seconds for a replace under way)."""
 
     def read(found: Path) -> LoadedCheckpoint:
         return with_weights(read_files(found), device)
 
-    return settled.read_settled(Path(path), resolve, read) if settle else read(Path(path))  # read resolves
+    return settled.read_settled(Path(path), resolve, read, wait=wait)
 
 
 def read_files(path: str | Path) -> CheckpointFiles:
@@ -324,7 +325,8 @@ def with_weights(files: CheckpointFiles, device: torch.device | str = "cpu") -> 
         if adapted:
             lora.merge_lora(model)
     model.eval()
-    return LoadedCheckpoint(path, cfg, tokenizer, model, info, inference_dtype(torch.device(device)))
+    dtype = inference_dtype(torch.device(device))
+    return LoadedCheckpoint(path, cfg, tokenizer, model, info, dtype, files.identity)
 
 
 def empty_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> Transformer:
