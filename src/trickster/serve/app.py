@@ -213,10 +213,11 @@ class Server:
         if self.api_key is None:
             return
         # 'Bearer KEY', the scheme in any case and one space or more (RFC 9110 11.4)
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
         token = token.lstrip(" ") if scheme.lower() == "bearer" else ""
         if not token:
-            raise APIError(401, _no_key(request.headers.get("authorization", "")), code="invalid_api_key")
+            raise APIError(401, _no_key(header), code="invalid_api_key")
         if not hmac.compare_digest(token.encode(), self.api_key.encode()):
             raise APIError(
                 401, "the API key is wrong; use the key the server was started with", code="invalid_api_key"
