@@ -4468,6 +4468,12 @@ CASES = [
         "training_config.lora.targets: unknown layer 'qkv'",
         "q_proj",
     ),
+    case(  # it said to pass --resume, which resumes the base run
+        "finetune-into-its-base-run",
+        lambda env: micro_train(env, f"training_config.init_from={env.run}", "--out", str(env.run)),
+        "the folder this fine-tune would write",
+        "--out runs/NAME",
+    ),
     case(  # it said: input should be a valid dictionary or instance of LoraConfig
         "lora-not-a-mapping",
         lambda env: micro_train(env, "training_config.lora=true", f"training_config.init_from={env.run}"),

@@ -282,3 +282,15 @@ def test_a_fine_tune_killed_before_its_first_checkpoint_is_sent_to_the_command_t
     assert cli.main([*argv, "training_config.resume=auto"]) == 0
     assert ckpt.read_info(out / "checkpoints" / "final")["step"] == 6
     assert len(events(out, "start")) == 1  # afresh: the killed start's events are gone
+
+
+def test_a_fine_tune_without_out_is_sent_to_a_folder_of_its_own(trained_run, chat_data, capsys):
+    """Started from the base run's config.yaml, whose output_dir is the base run itself, a fine-tune
+    without --out was told 'pass --resume to continue it': that resumes the base run instead."""
+    before = sorted(p.name for p in (trained_run / "checkpoints").iterdir())
+    argv = ["train", "--config", str(trained_run / "config.yaml"), "--data", str(chat_data[0])]
+    assert cli.main([*argv, f"training_config.init_from={trained_run}", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"is in {trained_run}, the folder this fine-tune would write" in err and "--out runs/NAME" in err
+    assert "--resume" not in err
+    assert sorted(p.name for p in (trained_run / "checkpoints").iterdir()) == before

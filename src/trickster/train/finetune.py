@@ -119,6 +119,12 @@ def read_base(cfg: Config, tokenizer: Tokenizer) -> ckpt.CheckpointFiles:
     with _named_init_from():
         base = settled.read_settled(Path(cfg.training.init_from), ckpt.resolve, ckpt.read_files)
     _check_tokenizer(base, cfg, tokenizer)
+    out = Path(cfg.logging.output_dir)
+    if out.resolve() in base.path.resolve().parents:  # --out forgotten: the base run's config names it
+        raise UserError(
+            f"training_config.init_from {base.path} is in {out}, the folder this fine-tune would "
+            "write (logging_config.output_dir); give the fine-tune a folder of its own: --out runs/NAME"
+        )
     return base
 
 
