@@ -5,6 +5,7 @@ test_finetune.py."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from trickster import cli
 from trickster.config import load_config
@@ -78,6 +79,25 @@ def test_a_warmup_the_user_gives_is_kept_or_refused(shakespeare_dir, tmp_path, c
     assert load_config(tmp_path / "unset" / "config.yaml").training.warmup_steps == 0
 
 
+def _prepared_stories(tmp_path, stories: list[str], *flags: str) -> Path:
+    """`stories` as JSON Lines of {"text": ...} records, prepared (with the char tokenizer unless
+    `flags` give another) into tmp_path/data."""
+    (tmp_path / "s.jsonl").write_text("".join(json.dumps({"text": s}) + "\n" for s in stories))
+    data = tmp_path / "data"
+    prepare = ["data", "prepare", "jsonl", str(tmp_path / "s.jsonl"), "--text-field", "text", *flags]
+    assert cli.main([*prepare, "--out", str(data), "--no-progress", "--workers", "1"]) == 0
+    return data
+
+
+def _train_tiny(capsys, data: Path, run: Path, *overrides: str) -> list[str]:
+    """Two steps of the tiny preset on `data` into `run`, sampling 8 tokens: the lines it printed."""
+    capsys.readouterr()
+    argv = ["train", "--preset", "tiny", "--data", str(data), "--out", str(run), "--no-progress", *SHORT]
+    steps = ["training_config.max_steps=2", "training_config.sample_tokens=8"]
+    assert cli.main([*argv, *steps, *overrides]) == 0
+    return capsys.readouterr().out.splitlines()
+
+
 def test_a_preset_prompt_the_tokenizer_cannot_encode_starts_a_document_and_next_works(tmp_path, capsys):
     """Stories in JSON Lines hold no 'R', ':' or line break, so a char tokenizer of them cannot
     encode tiny's sample prompt "ROMEO:". The samples dropped it without a word, and the run ended
@@ -86,23 +106,8 @@ def test_a_preset_prompt_the_tokenizer_cannot_encode_starts_a_document_and_next_
     default, a line break). Now the run says in one line that its samples start a new document, its
     next line works as printed, and so does generate without --prompt."""
     stories = [f"once upon a time a cat named tom {i} found a ball and played all day." for i in range(60)]
-    (tmp_path / "s.jsonl").write_text("".join(f'{{"text": "{s}"}}\n' for s in stories))
-    data, run = tmp_path / "data", tmp_path / "run"
-    prepare = [
-        "data",
-        "prepare",
-        "jsonl",
-        str(tmp_path / "s.jsonl"),
-        "--text-field",
-        "text",
-        "--out",
-        str(data),
-    ]
-    assert cli.main([*prepare, "--no-progress", "--workers", "1"]) == 0
-    capsys.readouterr()
-    argv = ["train", "--preset", "tiny", "--data", str(data), "--out", str(run), "--no-progress", *SHORT]
-    assert cli.main([*argv, "training_config.max_steps=2", "training_config.sample_tokens=8"]) == 0
-    out = capsys.readouterr().out.splitlines()
+    data, run = _prepared_stories(tmp_path, stories), tmp_path / "run"
+    out = _train_tiny(capsys, data, run)
     note = "sample_prompt 'ROMEO:' holds characters the char vocabulary lacks ('R', 'O', 'M', 'E', ':')"
     assert sum(line.startswith(note) for line in out) == 1, out
     assert out[-1] == f"next: trickster generate {run}", out
@@ -121,31 +126,14 @@ def test_a_preset_prompt_the_training_text_never_holds_gives_way_to_a_new_docume
     start a new document, said in one line. A prompt the text holds is kept (test_train: ROMEO: in
     Shakespeare's)."""
     stories = [f"Once upon a time a cat named Tom {i} found a ball.\nThe end." for i in range(60)]
-    (tmp_path / "s.jsonl").write_text("".join(json.dumps({"text": s}) + "\n" for s in stories))
-    data, run = tmp_path / "data", tmp_path / "run"
-    prepare = ["data", "prepare", "jsonl", str(tmp_path / "s.jsonl"), "--text-field", "text"]
-    assert (
-        cli.main([*prepare, "--tokenizer", "byte", "--out", str(data), "--no-progress", "--workers", "1"])
-        == 0
-    )
-    capsys.readouterr()
-    argv = ["train", "--preset", "tiny", "--data", str(data), "--out", str(run), "--no-progress", *SHORT]
-    assert cli.main([*argv, "training_config.max_steps=2", "training_config.sample_tokens=8"]) == 0
-    out = capsys.readouterr().out.splitlines()
+    data, run = _prepared_stories(tmp_path, stories, "--tokenizer", "byte"), tmp_path / "run"
+    out = _train_tiny(capsys, data, run)
     note = "sample_prompt 'ROMEO:' occurs nowhere in the training text: samples start a new document instead"
     assert sum(line.startswith(note) for line in out) == 1, out
     assert out[-1] == f"next: trickster generate {run}", out
     assert not any("ROMEO" in e["sample"] for e in events(run, "eval"))
 
     kept = tmp_path / "kept"  # given by the user: theirs, held or not
-    given = [
-        *argv[:6],
-        str(kept),
-        *argv[7:],
-        "training_config.max_steps=2",
-        "training_config.sample_tokens=8",
-        "training_config.sample_prompt=ROMEO:",
-    ]
-    assert cli.main(given) == 0
-    assert not any(line.startswith("sample_prompt") for line in capsys.readouterr().out.splitlines())
+    out = _train_tiny(capsys, data, kept, "training_config.sample_prompt=ROMEO:")
+    assert not any(line.startswith("sample_prompt") for line in out), out
     assert all(e["sample"].startswith("ROMEO:") for e in events(kept, "eval"))
