@@ -29,8 +29,7 @@ import numpy as np
 
 from trickster.config import Config
 from trickster.data.loader import PreparedData
-from trickster.data.tokenizers import Tokenizer
-from trickster.errors import UserError
+from trickster.data.tokenizers import CharTokenizer
 from trickster.plural import counted
 
 FITTED = ("sample_prompt", "warmup_steps")  # training_config keys a run may fit to itself
@@ -66,25 +65,18 @@ def fitted_config(cfg: Config, data: PreparedData, saved: Config | None) -> tupl
 
 def _not_in_text(data: PreparedData, prompt: str) -> str | None:
     """Why the training text cannot have taught a model to continue `prompt`: characters its
-    vocabulary lacks, or its tokens found nowhere in the first SEARCHED tokens; None when found."""
-    try:
-        ids = np.asarray(data.tokenizer.encode(prompt))
-    except UserError:
-        lacking = ", ".join(repr(c) for c in dict.fromkeys(prompt) if not _encodes(data.tokenizer, c))
-        return f"holds characters the {data.tokenizer.kind} vocabulary lacks ({lacking})"
+    vocabulary lacks (a char one's: the only kind whose encode refuses text), or its tokens found
+    nowhere in the first SEARCHED tokens; None when found."""
+    tokenizer = data.tokenizer
+    if isinstance(tokenizer, CharTokenizer):  # its lacking characters as `data report` finds them
+        if lacking := [c for c in dict.fromkeys(prompt) if c not in tokenizer.char_to_id]:
+            return f"holds characters the char vocabulary lacks ({', '.join(map(repr, lacking))})"
+    ids = np.asarray(tokenizer.encode(prompt))
     tokens = np.asarray(data.train[:SEARCHED])
     starts = np.flatnonzero(tokens[: max(len(tokens) - len(ids) + 1, 0)] == ids[0])
     for offset, token in enumerate(ids[1:], start=1):  # the starts the next token also matches
         starts = starts[tokens[starts + offset] == token]
     return None if starts.size else "occurs nowhere in the training text"
-
-
-def _encodes(tokenizer: Tokenizer, text: str) -> bool:
-    try:
-        tokenizer.encode(text)
-        return True
-    except UserError:
-        return False
 
 
 def _with(cfg: Config, values: dict[str, Any]) -> Config:
