@@ -21,7 +21,6 @@ import torch
 from trickster.atomic import restore_replaced
 from trickster.data import record_prompts
 from trickster.data.not_prepared import not_prepared
-from trickster.data.paths import source_of
 from trickster.data.shards import file_sha256
 from trickster.data.tokenizers import Tokenizer, load_tokenizer
 from trickster.errors import UserError
@@ -135,11 +134,6 @@ def load_data(path: str | Path) -> PreparedData:
     path = Path(path)
     meta_file = path / "meta.json"
     restore_replaced(path)  # a preparation into an existing folder killed between its two renames
-    if path.is_file():  # the corpus itself (`data report input.txt`, `train --data input.txt`)
-        raise UserError(
-            f"{path} is a file, not a prepared data folder; prepare it first (`trickster data prepare "
-            f"{source_of(path)} {path}`) and give the folder that writes"
-        )
     if not meta_file.exists():  # a folder in its place is damaged, below
         raise not_prepared(path)
     try:

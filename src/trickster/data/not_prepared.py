@@ -23,8 +23,11 @@ FINISH = "run the same `trickster data prepare` command again to finish it"
 
 
 def not_prepared(path: Path) -> UserError:
-    """The one line for `path`, a folder (or no file at all) without meta.json."""
+    """The one line for `path`, a file, a folder without meta.json, or nothing at all."""
     partial = Path(f"{path}.partial")  # not with_name: `--data .` has no name
+    if path.is_file():  # the corpus itself (`data report input.txt`, `train --data input.txt`)
+        first = _prepare_first(source_of(path), path)
+        return UserError(f"{path} is a file, not a prepared data folder; {first}")
     if path.name.endswith(".partial") and path.is_dir():
         finished = path.with_name(path.name.removesuffix(".partial"))
         return UserError(
@@ -39,11 +42,14 @@ def not_prepared(path: Path) -> UserError:
     if any((path / name).exists() for name in RUN_FILES):  # its metrics.jsonl is no corpus
         return UserError(f"no prepared data in {path}: it is a run or checkpoint folder; {GIVE} {EXAMPLE}")
     if source := _corpus_source(path):
-        return UserError(
-            f"no prepared data in {path}: it holds {source} files, not prepared data; prepare it first "
-            f"(`trickster data prepare {source} {path}`) and give the folder that writes"
-        )
+        first = _prepare_first(source, path)
+        return UserError(f"no prepared data in {path}: it holds {source} files, not prepared data; {first}")
     return UserError(f"no prepared data in {path} (meta.json missing); {GIVE} {EXAMPLE}")
+
+
+def _prepare_first(source: str, path: Path) -> str:
+    """The fix for a corpus given where its prepared folder belongs."""
+    return f"prepare it first (`trickster data prepare {source} {path}`) and give the folder that writes"
 
 
 def _prepared_near(path: Path) -> Path | None:
