@@ -95,13 +95,17 @@ def already_prepared(out_dir: Path, settings: dict, revision: str | None = None)
 
 
 def prepared_again(out_dir: Path, settings: dict, revision: str | None = None) -> str | None:
-    """Why `out_dir` is prepared again, in one line, when it holds these settings but another version
-    of the code wrote it (a folder from before versions were recorded counts as older), or the
-    source has another revision since (a dataset updated on the Hub); None for any other reason."""
+    """Why `out_dir` is prepared again, in one line, when it holds other settings or other input (a
+    corpus file edited since: the folder is replaced once the new one is done, and a run trained on
+    it then refuses --resume, so the change is said, not silent), or these settings but another
+    version of the code wrote it (a folder from before versions were recorded counts as older), or
+    the source has another revision since (a dataset updated on the Hub); None for any other reason."""
     meta = recorded_meta(out_dir)
     recorded = None if meta is None else meta.get("settings")
-    if not isinstance(recorded, dict) or not same_but_version(recorded, settings):
-        return None  # other settings: prepared again as any change is, without a word
+    if not isinstance(recorded, dict):
+        return None
+    if not same_but_version(recorded, settings):
+        return _replaced(out_dir, recorded, settings)
     if recorded.get("version") != settings["version"]:
         return f"{out_dir} was prepared by {other_version(recorded, settings)}: preparing it again"
     if moved(meta, revision):
@@ -110,6 +114,40 @@ def prepared_again(out_dir: Path, settings: dict, revision: str | None = None) -
             f"Hub has revision {revision[:12]} since: preparing it again"
         )
     return None
+
+
+REPLACED = "preparing it again; it is replaced once this preparation is done"
+
+
+def _replaced(out_dir: Path, recorded: dict, settings: dict) -> str:
+    """What differs between the settings `out_dir` was prepared with and `settings`, in one line."""
+    changed = [key for key in settings if key != "version" and recorded.get(key) != settings[key]]
+    files = files_changed(recorded.get("source") or {}, settings.get("source") or {})
+    if changed == ["source"] and files:
+        return f"{out_dir} holds data prepared from other input ({files}): {REPLACED}"
+    told = ", ".join(_told(key, recorded.get(key), settings[key]) for key in changed)
+    return f"{out_dir} holds data prepared with other settings ({told}): {REPLACED}"
+
+
+def _told(key: str, before, now) -> str:
+    """A setting by its name, with both values when they are one word or number each."""
+    plain = (str, int, float, type(None))
+    return f"{key} {before}, now {now}" if isinstance(before, plain) and isinstance(now, plain) else key
+
+
+def files_changed(recorded: dict, source: dict, shown: int = 3) -> str:
+    """The input files that differ between two records of a source, in words (`a.txt changed, b.txt
+    added`); "" when its files (each [name, size, time]) are the same, or not so recorded, or
+    something else of it differs (--text-field's field, a dataset's name)."""
+    rows = [{f[0]: f[1:] for f in s.get("files") or () if isinstance(f, list)} for s in (recorded, source)]
+    others = {k for k in {*recorded, *source} - {"files"} if recorded.get(k) != source.get(k)}
+    if not all(rows) or others:
+        return ""
+    before, now = rows
+    words = [f"{n} changed" for n in now if n in before and before[n] != now[n]]  # its size or time
+    words += [f"{n} added" for n in now if n not in before] + [f"{n} gone" for n in before if n not in now]
+    more = f" and {len(words) - shown:,} more" if len(words) > shown else ""
+    return ", ".join(words[:shown]) + more
 
 
 def older_kept(out_dir: Path, settings: dict) -> dict | None:

@@ -12,7 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from trickster.atomic import held, leftovers, remove_leftovers, replace_dir, restore_replaced
-from trickster.data.meta import already_prepared, moved, other_version, recorded_meta, same_but_version
+from trickster.data.meta import (
+    already_prepared,
+    files_changed,
+    moved,
+    other_version,
+    recorded_meta,
+    same_but_version,
+)
 from trickster.data.paths import PREPARED_FILES
 from trickster.data.shards import Progress
 from trickster.errors import UserError
@@ -156,18 +163,3 @@ def open_partial(
     record = Progress(settings, source_revision=revision)
     record.save(partial)
     return record
-
-
-def files_changed(recorded: dict, source: dict, shown: int = 3) -> str:
-    """The input files that differ between two records of a source, in words (`a.txt changed, b.txt
-    added`); "" when its files (each [name, size, time]) are the same, or not so recorded, or
-    something else of it differs (--text-field's field, a dataset's name)."""
-    rows = [{f[0]: f[1:] for f in s.get("files") or () if isinstance(f, list)} for s in (recorded, source)]
-    others = {k for k in {*recorded, *source} - {"files"} if recorded.get(k) != source.get(k)}
-    if not all(rows) or others:
-        return ""
-    before, now = rows
-    words = [f"{n} changed" for n in now if n in before and before[n] != now[n]]  # its size or time
-    words += [f"{n} added" for n in now if n not in before] + [f"{n} gone" for n in before if n not in now]
-    more = f" and {len(words) - shown:,} more" if len(words) > shown else ""
-    return ", ".join(words[:shown]) + more

@@ -71,7 +71,6 @@ from trickster.data.partial import (
 from trickster.data.pass_progress import PassProgress
 from trickster.data.pending import PendingTokens, write_chunk
 from trickster.data.records import Records, records_source
-from trickster.data.replaced import replaced_line
 from trickster.data.shards import SPLITS, Progress, ShardWriter, SplitProgress, token_dtype
 from trickster.data.sources import Corpus, DownloadFailed, Source, corpus_source
 from trickster.data.summary import kept_older, prepare_summary
@@ -160,9 +159,8 @@ def _prepare_in(
     with disk_errors(str(partial), again, within=(partial, out_dir)), held(partial, busy, fix):
         if (meta := finished_in_partial(partial, out_dir, settings, echo, revision)) is not None:
             return None if moved(meta, revision) else meta
-        # said only now: a finished DIR.partial of these settings prepares nothing again
-        if why := prepared_again(out_dir, settings, revision) or replaced_line(out_dir, settings):
-            echo(why)
+        if (why := prepared_again(out_dir, settings, revision)) is not None:
+            echo(why)  # said only now: a finished DIR.partial of these settings prepares nothing again
         record = open_partial(partial, settings, echo, revision)
         if source.revision is not None:  # all of it from one revision: a continued one's, if known
             source.revision.pinned = record.source_revision
