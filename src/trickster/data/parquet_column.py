@@ -19,22 +19,22 @@ def column_path(schema, name: str, path: Path) -> list[str]:
     import pyarrow as pa
 
     if name in schema.names:
-        parts, kind = [name], schema.field(name).type
-    else:
-        parts, kind = name.split("."), None
-        names, walked = schema.names, []
-        for key in parts:
-            if kind is not None and not pa.types.is_struct(kind):
-                raise UserError(
-                    f"{path}: column '{'.'.join(walked)}' holds {kind}, not a struct with '{key}'; "
-                    "pass --text-field COLUMN naming a column of strings"
-                )
-            if key not in names:
-                there = "it has" if not walked else f"'{'.'.join(walked)}' has"
-                raise UserError(f"{path} has no column '{name}' ({there}: {', '.join(names[:10])}); {FIX}")
-            kind = schema.field(key).type if kind is None else kind.field(key).type
-            names = [kind.field(i).name for i in range(kind.num_fields)] if pa.types.is_struct(kind) else []
-            walked.append(key)
+        _check_holds_text(schema.field(name).type, name, path)
+        return [name]
+    parts = name.split(".")
+    names, walked, kind = schema.names, [], None
+    for key in parts:
+        if kind is not None and not pa.types.is_struct(kind):
+            raise UserError(
+                f"{path}: column '{'.'.join(walked)}' holds {kind}, not a struct with '{key}'; "
+                "pass --text-field COLUMN naming a column of strings"
+            )
+        if key not in names:
+            there = "it has" if not walked else f"'{'.'.join(walked)}' has"
+            raise UserError(f"{path} has no column '{name}' ({there}: {', '.join(names[:10])}); {FIX}")
+        kind = schema.field(key).type if kind is None else kind.field(key).type
+        names = [kind.field(i).name for i in range(kind.num_fields)] if pa.types.is_struct(kind) else []
+        walked.append(key)
     _check_holds_text(kind, name, path)
     return parts
 
