@@ -185,3 +185,20 @@ def test_a_lora_run_resumes_after_its_init_from_source_is_gone(trained_run, chat
         want = load_file(tmp_path / "full" / "checkpoints" / "final" / file)
         got = load_file(partial / "checkpoints" / "final" / file)
         assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_a_lora_run_counts_its_parameters_once_those_of_the_model_it_trains(trained_run, chat_data, tmp_path):
+    """The header's `parameters:`, the fine-tune line's total and the start event's params all
+    count the model as trained: the base weights and the adapters."""
+    lora_cfg = {"rank": 2, "alpha": 4, "targets": ["wq", "w2"]}
+    cfg = finetune_config(trained_run, chat_data[0], tmp_path / "lora", max_steps=2, lora=lora_cfg)
+    lines = []
+    result = train(cfg, echo=lambda *args, **kwargs: lines.append(" ".join(map(str, args))))
+    model = Transformer(cfg.model)
+    lora.apply_lora(model, cfg.training.lora)
+    counted = sum(p.numel() for p in model.parameters())
+    header = next(line for line in lines if "parameters: " in line)
+    assert header.endswith(f"parameters: {counted:,}"), header
+    finetune_line = next(line for line in lines if "trainable parameters of" in line)
+    assert finetune_line.endswith(f"of {counted:,}"), finetune_line
+    assert events(result, "start")[0]["params"] == counted

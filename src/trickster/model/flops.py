@@ -38,6 +38,12 @@ def adapter_parameters(cfg: ModelConfig, lora: LoraConfig) -> int:
     return cfg.num_layers * lora.rank * sum(sum(shapes[name]) for name in target_names(lora))
 
 
+def trained_parameters(cfg: ModelConfig, lora: LoraConfig | None = None) -> int:
+    """The parameters of the model a run trains: the config's, and with `lora` its adapters too
+    (a LoRA fine-tune's model holds both; merged, it is the config's again)."""
+    return parameter_breakdown(cfg).total + (0 if lora is None else adapter_parameters(cfg, lora))
+
+
 def flops_per_token(cfg: ModelConfig, seq_len: int, lora: LoraConfig | None = None) -> int:
     """Training FLOPs per token (forward + backward); with `lora`, those of a LoRA fine-tune
     (lora_flops_per_token). Without, the PaLM / nanoGPT estimate:

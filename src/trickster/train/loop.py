@@ -19,7 +19,7 @@ import torch
 from trickster.config import Config
 from trickster.data.loader import BatchSampler, check_windows, load_data
 from trickster.errors import UserError
-from trickster.model.flops import flops_per_token, parameter_breakdown
+from trickster.model.flops import flops_per_token, trained_parameters
 from trickster.observe.events import NoMetrics
 from trickster.observe.manifest import run_manifest
 from trickster.observe.sinks import MetricSinks
@@ -150,7 +150,7 @@ class Trainer:
         self.clock.check_left(self.state.step, t.max_steps)
         # 5. the figures every step shares; the run's files, its header and its first event
         self.tokens_per_step = t.batch_size * job.world_size * t.gradient_accumulation_steps * cfg.seq_len
-        self.params = parameter_breakdown(cfg.model).total
+        self.params = trained_parameters(cfg.model, t.lora)
         self.token_flops = flops_per_token(cfg.model, cfg.seq_len, t.lora)
         self.peak = Peak(None, "")
         if job.is_main:  # what MFU divides by (datasheet, configured or measured), by the process that logs

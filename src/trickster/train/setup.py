@@ -18,7 +18,7 @@ from trickster.config import Config, save_config
 from trickster.config_errors import spelled
 from trickster.data.loader import PreparedData
 from trickster.errors import UserError, disk_errors
-from trickster.model.flops import parameter_breakdown
+from trickster.model.flops import trained_parameters
 from trickster.model.transformer import Transformer
 from trickster.model.vocab import vocab_note
 from trickster.observe.events import new_event
@@ -142,7 +142,7 @@ def _finished_state(checkpoint: Path) -> TrainState:
 
 
 def _params(cfg: Config) -> int:
-    return parameter_breakdown(cfg.model).total
+    return trained_parameters(cfg.model, cfg.training.lora)
 
 
 def build_model(

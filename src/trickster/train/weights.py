@@ -31,7 +31,7 @@ from trickster import footprint
 from trickster.config import Config
 from trickster.errors import UserError
 from trickster.model import lora
-from trickster.model.flops import adapter_parameters, parameter_breakdown
+from trickster.model.flops import trained_parameters
 from trickster.model.transformer import Transformer
 from trickster.train.device import allocation_failed
 
@@ -90,9 +90,10 @@ def check_config(cfg: Config, weights: Path, device: torch.device) -> None:
     block = _one_block(cfg)
     if block is None:
         held = sum(math.prod(shape) for shape, _ in saved.values())
+        parameters = trained_parameters(cfg.model, cfg.training.lora)
         raise UserError(
             f"{config} does not match the weights saved with it: it makes a model of "
-            f"{_parameters(cfg):.3g} parameters, too big to build, and they hold {held:,}; {FIX}"
+            f"{parameters:.3g} parameters, too big to build, and they hold {held:,}; {FIX}"
         )
     kinds, held_kinds = {_kind(n) for n in block}, {_kind(n) for n in saved}
     layers = {int(found.group(1)) for name in saved if (found := BLOCK.match(name))}
@@ -189,12 +190,6 @@ def loading_refused(path: Path, device: torch.device):
             f"loading {path} on {device} failed to allocate memory (other programs hold it?); free "
             "some, or load it on another device"
         ) from None
-
-
-def _parameters(cfg: Config) -> int:
-    lora_cfg = cfg.training.lora
-    adapters = 0 if lora_cfg is None else adapter_parameters(cfg.model, lora_cfg)
-    return parameter_breakdown(cfg.model).total + adapters
 
 
 def _kind(name: str) -> str:
