@@ -50,11 +50,7 @@ def test_a_best_replaced_while_generate_reads_it_is_read_again_whole(
         files = real(path)
         clock[0] += read_seconds
         if not saves:
-            staging = atomic.staging_dir(best)
-            for file in newer.iterdir():
-                shutil.copy(file, staging / file.name)
-            atomic.replace_dir(staging, best)
-            saves.append(path)
+            _save_as_best(newer, best, saves)
         return files
 
     monkeypatch.setattr(ckpt, "read_files", read_then_a_save)
