@@ -2034,6 +2034,18 @@ CASES = [
         "unrecognized arguments: --max_new_tokens",
         "did you mean --max-new-tokens?",
     ),
+    case(  # export merges a LoRA run's adapters itself (ELSEWHERE in cli_argparse)
+        "merge-is-not-a-command",
+        lambda env: ["merge", str(env.run)],
+        "there is no `trickster merge`",
+        "trickster export RUN --out DIR` merges a LoRA run's adapters",
+    ),
+    case(
+        "export-has-no-merge-option",
+        lambda env: ["export", str(env.run), "--merge"],
+        "unrecognized arguments: --merge (export merges a LoRA run's adapters into the weights it "
+        "writes, always); drop --merge",
+    ),
     case("no-subcommand", lambda env: [], "required: COMMAND"),
     case("prepare-without-source", lambda env: ["data", "prepare"], "required: SOURCE"),
     case(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 
 from trickster.errors import did_you_mean, single_line  # imports nothing heavy
 from trickster.units import whole_number
@@ -49,17 +50,46 @@ _NEGATIVE_NUMBER = re.compile(
 )
 
 
+# A command or option people reach for that trickster does not have, (parser prog, word) -> the
+# line that says which one does its job; it stands for argparse's own line (an unknown option,
+# an invalid command, or the --out that `export RUN --merge` also leaves out).
+ELSEWHERE = {
+    ("trickster", "merge"): (
+        "there is no `trickster merge`: `trickster export RUN --out DIR` merges a LoRA run's "
+        "adapters into the weights it writes"
+    ),
+    ("trickster export", "--merge"): (
+        "unrecognized arguments: --merge (export merges a LoRA run's adapters into the weights it "
+        "writes, always); drop --merge"
+    ),
+}
+
+
 class Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._negative_number_matcher = _FullMatch(_NEGATIVE_NUMBER)
         self.help_more = None  # what --help prints after the options (train: every config key)
+        self.words: list[str] = []  # what the last parse read, for ELSEWHERE
 
     def format_help(self) -> str:
         return super().format_help() + ("\n" + self.help_more() if self.help_more else "")
 
+    def parse_known_args(self, args=None, namespace=None):
+        self.words = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str):  # one line instead of usage + message
-        self.exit(2, f"error: {single_line(message)}{_close_choice(message)} (see `{self.prog} --help`)\n")
+        line = _elsewhere(self.prog, message, self.words) or f"{single_line(message)}{_close_choice(message)}"
+        self.exit(2, f"error: {line} (see `{self.prog} --help`)\n")
+
+
+def _elsewhere(prog: str, message: str, words: list[str]) -> str | None:
+    """ELSEWHERE's line for the command named in an invalid choice, or an option among `words`."""
+    chosen = re.search(r"invalid choice: '([^']*)'", message)
+    options = [word.partition("=")[0] for word in words if word.startswith("--")]
+    names = [chosen[1]] if chosen else options
+    return next((ELSEWHERE[prog, name] for name in names if (prog, name) in ELSEWHERE), None)
 
 
 def _close_choice(message: str) -> str:
