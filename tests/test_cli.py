@@ -494,6 +494,30 @@ def test_every_option_says_in_its_help_what_it_does():
     assert bare(build_parser(), ["trickster"]) == []
 
 
+def test_every_option_with_a_default_shows_it_in_its_help():
+    """`trickster serve --help` showed --max-batch MAX_BATCH without its 16 (and quickstart's --out
+    without runs/quickstart), while --port, --max-loaded-models and the others show theirs."""
+    import argparse
+
+    from trickster.cli import build_parser
+
+    def unshown(parser, path):
+        found = [
+            f"{' '.join(path)} {a.option_strings[-1]}"
+            for a in parser._actions
+            if a.option_strings
+            and a.default not in (None, argparse.SUPPRESS, True, False, [])
+            and str(a.default) not in parser._get_formatter()._expand_help(a)  # %(default)s as shown
+        ]
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    found += unshown(child, [*path, name])
+        return found
+
+    assert unshown(build_parser(), ["trickster"]) == []
+
+
 def test_jsonl_help_gives_text_field_no_default(capsys):
     """jsonl reads prompt/response records when neither --text-field nor --template is given, yet its
     --help said `--text-field ... (default text)`, as hf's and parquet's do."""

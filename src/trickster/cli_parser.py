@@ -10,9 +10,8 @@ from __future__ import annotations
 import argparse
 
 from trickster.cli_argparse import Parser, given, integer, out_path
-from trickster.cli_serve import add_access
+from trickster.cli_serve import add_access, add_limits
 from trickster.options import Sampling  # dataclasses only
-from trickster.serve import limits  # imports nothing
 
 TOKENIZER_CHOICES = ("char", "byte", "bpe", "gpt2")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -421,17 +420,11 @@ def _add_serve(commands) -> None:
         help="comma-separated, e.g. best,step_000500,untrained (default: all of the run's and untrained)",
     )
     serve.add_argument(
-        "--chat-template", metavar="FILE", help="a Jinja chat template for /v1/chat/completions"
+        "--chat-template",
+        metavar="FILE",
+        help="a Jinja chat template for /v1/chat/completions (default: each model's own)",
     )
-    serve.add_argument(
-        "--max-batch", type=integer, default=limits.MAX_BATCH, help="sequences decoded together per model"
-    )
-    serve.add_argument(
-        "--max-loaded-models",
-        type=integer,
-        default=limits.MAX_LOADED_MODELS,
-        help=f"models held in memory (default {limits.MAX_LOADED_MODELS})",
-    )
+    add_limits(serve)  # --max-batch, --max-loaded-models
     serve.set_defaults(run="serve_command")
 
 
@@ -440,7 +433,10 @@ def _add_quickstart(commands) -> None:
     quick.add_argument("--path", help="a local copy of Tiny Shakespeare")
     quick.add_argument("--steps", type=integer, default=1500, help="training steps (default 1500)")
     quick.add_argument(
-        "--out", type=out_path, default="runs/quickstart", help="run folder (a new one if taken)"
+        "--out",
+        type=out_path,
+        default="runs/quickstart",
+        help="run folder (default %(default)s; a new one if taken)",
     )
     quick.add_argument(
         "--max-new-tokens", type=integer, default=250, help="length of the two samples compared (default 250)"
