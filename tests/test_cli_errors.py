@@ -2644,6 +2644,11 @@ CASES = [
         lambda env: ["data", "prepare", "text", str(env.tmp / "missing.txt"), "--out", str(env.tmp / "out")],
         "missing.txt not found",
     ),
+    case(  # Path("storie/") is storie: the line named another path than the one typed
+        "prepare-text-missing-folder-as-typed",
+        lambda env: ["data", "prepare", "text", f"{env.tmp / 'storie'}/", "--out", str(env.tmp / "out")],
+        "storie/ not found; pass existing text files or folders",
+    ),
     case(
         "prepare-text-dangling-symlink",  # it said "not found" of a name `ls` shows
         lambda env: ["data", "prepare", "text", _link(env, "notes.txt", "moved/notes.txt"), "--out", "o"],

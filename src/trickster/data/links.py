@@ -9,16 +9,18 @@ import os
 from pathlib import Path
 
 
-def missing(path: Path, fix: str) -> str:
-    """The line for `path`, which exists as a name but not as a file or folder (or not at all)."""
+def missing(path: Path, fix: str, typed: str | None = None) -> str:
+    """The line for `path`, which exists as a name but not as a file or folder (or not at all),
+    named as the user `typed` it when given (Path drops the slash of `stories/`)."""
+    name = typed or path
     if not path.is_symlink():
-        return f"{path} not found; {fix}"
+        return f"{name} not found; {fix}"
     if in_a_loop(path):
-        return f"{path} is a symlink loop (following it leads back to itself); fix or remove the link"
+        return f"{name} is a symlink loop (following it leads back to itself); fix or remove the link"
     target = os.readlink(path)
     chained = (path.parent / target).is_symlink()  # a link to a link: where the chain breaks
     through = f" (which leads to {os.path.realpath(path)})" if chained else ""
-    return f"{path} is a symlink to {target}{through}, which does not exist; fix the link or {fix}"
+    return f"{name} is a symlink to {target}{through}, which does not exist; fix the link or {fix}"
 
 
 def in_a_loop(path: Path) -> bool:

@@ -39,7 +39,8 @@ def expand_paths(
                     f"{match} is not a regular file (a pipe or device?); pass text files or folders"
                 )
             else:
-                raise UserError(missing(match, "pass existing text files or folders"))
+                typed = None if magic else pattern
+                raise UserError(missing(match, "pass existing text files or folders", typed))
     if not files:
         raise UserError(
             f"no files found in {', '.join(patterns)}; pass folders that contain {kind} (hidden "
