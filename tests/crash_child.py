@@ -13,7 +13,8 @@ MOMENT, counted from 1 with N:
     during-background-write
                           half-way through the N-th trainer.pt written by a thread other than the
                           main one (training_config.async_save), once the training thread has
-                          drawn a batch since that write began (exit status 3 if it never does)
+                          drawn a batch since it handed that checkpoint over (exit status 3 if it
+                          never does)
     before-prune          the N-th time keep_last's rotation is about to delete older checkpoints
                           (the numbered one just saved is in place)
     during-best-replace   the N-th time `best` is replaced: after the old folder is moved aside,
@@ -194,25 +195,43 @@ def install(moment: str, n: int) -> None:
 
 
 def install_background_kill(due) -> None:
-    """during-background-write: the writer thread waits for the training thread's next draw of a
-    batch (a write on the training thread would wait forever: exit status 3 after 60 s)."""
+    """during-background-write: the writer thread waits until the training thread has drawn a batch
+    since it handed over that checkpoint (a write on the training thread would wait forever: exit
+    status 3 after 60 s). Counted from the hand-over, not from the write's start: on a busy machine
+    the training thread drew the next step's batch before the writer reached trainer.pt, then
+    waited for that write at its next save, and drew nothing more (exit status 3 on a clean clone)."""
     import threading
 
-    save, next_rows, drawn = torch.save, loader.BatchSampler.next_rows, threading.Event()
+    from trickster.train import async_save
+
+    save, next_rows, write = torch.save, loader.BatchSampler.next_rows, async_save.Writer.write
+    drawn = threading.Condition()
+    draws, handed_at, written = [0], [], []  # batches drawn; draws at each hand-over; writes begun
 
     def patched_next_rows(self, *args, **kwargs):
-        drawn.set()
+        with drawn:
+            draws[0] += 1
+            drawn.notify_all()
         return next_rows(self, *args, **kwargs)
 
+    def patched_write(self, target, parts, reuse, background, shards):
+        if background:
+            handed_at.append(draws[0])
+        return write(self, target, parts, reuse, background, shards)
+
     def patched_save(obj, f, *args, **kwargs):
-        if threading.current_thread() is threading.main_thread() or not due():
+        if threading.current_thread() is threading.main_thread():
             return save(obj, f, *args, **kwargs)
-        drawn.clear()
-        if not drawn.wait(60):
-            os._exit(3)
+        written.append(obj)  # the writer thread writes one trainer.pt a checkpoint, in hand-over order
+        if not due():
+            return save(obj, f, *args, **kwargs)
+        with drawn:
+            if not drawn.wait_for(lambda: draws[0] > handed_at[len(written) - 1], timeout=60):
+                os._exit(3)
         write_half_then_die(save, obj, f, *args, **kwargs)
 
     loader.BatchSampler.next_rows = patched_next_rows
+    async_save.Writer.write = patched_write
     torch.save = patched_save
 
 
