@@ -104,6 +104,32 @@ def test_a_system_message_opens_every_conversation(monkeypatch, capsys, trained_
     assert asked == ["KING:\nROMEO:\n", "KING:\nROMEO:\n"]
 
 
+def test_a_template_that_declines_a_lone_user_message_still_starts(
+    monkeypatch, capsys, trained_run, tmp_path
+):
+    """--chat-template is rendered once at start on one user message; one its template refuses
+    through raise_exception (here: a system message first) is the template's choice, not an error
+    in it, so the chat starts and takes the conversations it accepts."""
+    template = tmp_path / "chat.jinja"
+    template.write_text(
+        "{% if messages[0].role != 'system' %}{{ raise_exception('a system message comes first') }}"
+        "{% endif %}{% for m in messages %}{{ m.content }}\n{% endfor %}"
+    )
+    asked = read_by_model(monkeypatch, trained_run)
+    chat(
+        monkeypatch,
+        capsys,
+        ["ROMEO:"],
+        str(trained_run),
+        "--chat-template",
+        str(template),
+        "--system",
+        "KING:",
+        *GREEDY,
+    )
+    assert asked == ["KING:\nROMEO:\n"]
+
+
 def test_the_oldest_turns_make_way_when_the_context_is_full(monkeypatch, capsys, trained_run, tmp_path):
     """The micro model reads 64 tokens (characters), and a reply of 12 needs room. A turn is a
     message and its reply: the template refuses roles that do not alternate, as Llama-2's does, so

@@ -3749,11 +3749,23 @@ CASES = [
     case("serve-port-in-use", _serve_on_taken_port, "is in use", "--port"),
     case("chat-template-missing", _chat_template("chat", None), "--chat-template", "cannot be read"),
     case("chat-template-broken", _chat_template("chat", "{% for %}"), "chat template does not compile"),
+    case(  # `message` outside a loop over messages: every conversation failed, one message at a time
+        "chat-template-fails-on-every-conversation",
+        _chat_template("chat", "{{ message.content }}"),
+        "--chat-template",
+        "chat.jinja fails on a conversation of one user message ('message' is undefined)",
+    ),
     case("chat-system-without-template", _chat("--system", "Be brief."), "--system needs a chat template"),
     case("chat-missing-run-dir", lambda env: ["chat", str(env.tmp / "nope")], "nope not found", "run folder"),
     case("serve-chat-template-missing", _chat_template("serve", None), "--chat-template", "cannot be read"),
     case(
         "serve-chat-template-broken", _chat_template("serve", "{% for %}"), "chat template does not compile"
+    ),
+    case(  # it started, then answered each chat request with a 400
+        "serve-chat-template-fails-on-every-conversation",
+        _chat_template("serve", "{{ message.content }}"),
+        "--chat-template",
+        "chat.jinja fails on a conversation of one user message ('message' is undefined)",
     ),
     case("serve-max-batch-zero", _serve("--max-batch", "0"), "--max-batch must be >= 1"),
     case("serve-max-loaded-models-zero", _serve("--max-loaded-models", "0"), "must be at least 1 (got 0)"),

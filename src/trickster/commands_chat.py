@@ -182,4 +182,7 @@ def _template(tokenizer: Tokenizer, path: str | None):
         from trickster.serve.chat import Template
     except ImportError:
         raise UserError("a chat template needs jinja2: pip install 'nano-trickster[serve]'") from None
-    return Template(source, tokenizer)
+    template = Template(source, tokenizer)
+    if path is not None:
+        template.check(f"--chat-template {path}")
+    return template

@@ -41,11 +41,27 @@ class Template:
 
     def render(self, messages: list[dict]) -> str:
         try:
-            return self.template.render(messages=messages, add_generation_prompt=True, **self.specials)
+            return self._render(messages)
         except TemplateRefused:
             raise
         except jinja2.TemplateError as err:
             raise TemplateRefused(f"the model's chat template failed on these messages ({err})") from None
+
+    def check(self, named: str) -> None:
+        """Refuse, at start, a template that fails on the smallest conversation, one user message:
+        an error in the template itself, which every chat request would meet. One that declines it
+        through raise_exception (a template that wants a system message first) may take others."""
+        try:
+            self._render([{"role": "user", "content": "Hello"}])
+        except TemplateRefused:
+            pass
+        except jinja2.TemplateError as err:
+            raise UserError(
+                f"{named} fails on a conversation of one user message ({err}); fix it or pass another"
+            ) from None
+
+    def _render(self, messages: list[dict]) -> str:
+        return self.template.render(messages=messages, add_generation_prompt=True, **self.specials)
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
         """The conversation's token ids: the rendered text as it is, with no start id added (a
