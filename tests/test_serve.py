@@ -316,6 +316,24 @@ def test_a_chat_that_renders_to_nothing_is_400(trained_run):
         assert httpx.post(url, json=fields).status_code == 200
 
 
+def test_an_empty_chat_template_file_starts_the_server_as_before(trained_run, tmp_path, monkeypatch):
+    """An empty --chat-template file leaves each model its own template (a run of ours has none):
+    the start-time check of a given template met no template there and ended in AttributeError."""
+    from trickster.serve import server
+
+    class Binding(Exception):
+        """serve got past its checks to opening its socket."""
+
+    def bind(host: str, port: int):
+        raise Binding
+
+    monkeypatch.setattr(server, "bind", bind)
+    empty = tmp_path / "empty.jinja"
+    empty.write_text("", encoding="utf-8")
+    with pytest.raises(Binding):
+        cli.main(["serve", str(trained_run), "--device", "cpu", "--chat-template", str(empty)])
+
+
 def test_a_lone_surrogate_is_400_whatever_the_tokenizer(tmp_path):
     """JSON may escape half of a surrogate pair ("\\ud800"): no character. The byte tokenizer
     failed on it with a UnicodeEncodeError, a 500, in a prompt and in a chat message alike."""

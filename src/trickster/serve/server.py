@@ -137,7 +137,9 @@ def serve(
     hosts = (host, *allowed_hosts(allowed_host, api_key))  # --host too: a browser may ask by that name
     template = read_template(chat_template)
     catalog = Catalog(target, resolve_device(device, "--device"), checkpoints, template, max_loaded_models)
-    if template is not None:  # each model offered renders it; one render says whether it renders at all
+    # each model offered renders it; one render says whether it renders at all. An empty file
+    # leaves each model its own, as describe reads it (`or`): there is none of ours to check
+    if template:
         catalog.offered[catalog.default].chat_template.check(f"--chat-template {chat_template}")
     sock = bind(host, port)
     catalog.load(catalog.default)
