@@ -2463,7 +2463,7 @@ CASES = [
         "lora-rank-too-big-for-memory",
         _lora_too_big,
         "the model is too big for cpu",
-        "in LoRA adapters",
+        "parameters and 32,768 more in LoRA adapters",  # the base's count, then the adapters'
         "lower training_config.lora.rank (now 64)",
     ),
     case(

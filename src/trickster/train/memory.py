@@ -283,7 +283,7 @@ def model_too_big(cfg: Config, device: torch.device, job: Dist, need: str, end: 
         size = f"{params:,} parameters"
         fix = "choose a smaller model (lower model_config.hidden_dim, mlp_dim, num_layers or vocab_size)"
     else:
-        size = f"{params:,} parameters with {adapter_parameters(cfg.model, lora):,} in LoRA adapters"
+        size = f"{params:,} parameters and {adapter_parameters(cfg.model, lora):,} more in LoRA adapters"
         fix = f"lower training_config.lora.rank (now {lora.rank:,}), fine-tune a smaller model"
     return UserError(
         f"the model is too big for {device} ({what}, {_size(capacity)}): {size}, and {need}; {fix}, "
