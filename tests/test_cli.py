@@ -475,23 +475,7 @@ def test_generate_without_sampling_options_gets_the_sampling_defaults(monkeypatc
 def test_every_option_says_in_its_help_what_it_does():
     """`trickster generate --help` listed `--top-k TOP_K`, `--top-p TOP_P` and `--seed SEED` with nothing
     after them: a reader could not tell what they do or what they default to."""
-    import argparse
-
-    from trickster.cli import build_parser
-
-    def bare(parser, path):
-        found = [
-            f"{' '.join(path)} {a.option_strings[-1]}"
-            for a in parser._actions
-            if a.option_strings and not a.help
-        ]
-        for action in parser._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                for name, child in action.choices.items():
-                    found += bare(child, [*path, name])
-        return found
-
-    assert bare(build_parser(), ["trickster"]) == []
+    assert options_where(lambda parser, a: not a.help) == []
 
 
 def test_every_option_with_a_default_shows_it_in_its_help():
@@ -499,23 +483,32 @@ def test_every_option_with_a_default_shows_it_in_its_help():
     without runs/quickstart), while --port, --max-loaded-models and the others show theirs."""
     import argparse
 
+    def unshown(parser, a):
+        if a.default in (None, argparse.SUPPRESS, True, False, []):
+            return False
+        return str(a.default) not in parser._get_formatter()._expand_help(a)  # %(default)s as shown
+
+    assert options_where(unshown) == []
+
+
+def options_where(wanted, parser=None, path=("trickster",)) -> list[str]:
+    """'trickster COMMAND --option' for each option of every command (subcommands included) for
+    which wanted(its parser, its action) holds."""
+    import argparse
+
     from trickster.cli import build_parser
 
-    def unshown(parser, path):
-        found = [
-            f"{' '.join(path)} {a.option_strings[-1]}"
-            for a in parser._actions
-            if a.option_strings
-            and a.default not in (None, argparse.SUPPRESS, True, False, [])
-            and str(a.default) not in parser._get_formatter()._expand_help(a)  # %(default)s as shown
-        ]
-        for action in parser._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                for name, child in action.choices.items():
-                    found += unshown(child, [*path, name])
-        return found
-
-    assert unshown(build_parser(), ["trickster"]) == []
+    parser = parser or build_parser()
+    found = [
+        f"{' '.join(path)} {a.option_strings[-1]}"
+        for a in parser._actions
+        if a.option_strings and wanted(parser, a)
+    ]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                found += options_where(wanted, child, (*path, name))
+    return found
 
 
 def test_jsonl_help_gives_text_field_no_default(capsys):
