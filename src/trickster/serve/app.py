@@ -35,6 +35,7 @@ from trickster.serve.engine import Engine
 from trickster.serve.guard import HostGuard, check_post
 from trickster.serve.models import Catalog, Offered
 from trickster.serve.schemas import APIError, ChatRequest, CompletionRequest
+from trickster.serve.slashes import TrailingSlash
 
 MAX_CHOICES = 128  # completions in one request (prompts x n): one client cannot queue thousands
 
@@ -427,7 +428,9 @@ def create_app(
     ]
     handlers = {APIError: _api_error, HTTPException: _http_error, Exception: _bug}
     guards = [] if api_key is not None else [Middleware(HostGuard, names=allowed_hosts)]
-    return Starlette(routes=routes, exception_handlers=handlers, middleware=guards)
+    return Starlette(
+        routes=routes, exception_handlers=handlers, middleware=[Middleware(TrailingSlash), *guards]
+    )
 
 
 def _no_key(header: str) -> str:

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from trickster import untrusted
 from trickster.errors import did_you_mean, single_line
+from trickster.serve.ignored import HARMLESS, MESSAGE_HARMLESS, STREAM_OPTIONS_HARMLESS, Check
 
 
 class APIError(Exception):
@@ -33,16 +34,6 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-# OpenAI's fields that change nothing in the text: accepted, whatever they say, and ignored
-HARMLESS = {
-    "user",
-    "metadata",
-    "store",
-    "service_tier",
-    "safety_identifier",
-    "prompt_cache_key",
-    "parallel_tool_calls",
-}
 TOOLS = "this model does not call tools (it answers with text only)"
 # OpenAI's fields that would change the answer in a way this server does not: accepted only with the
 # value that asks for nothing (as clients send by default), else a 400 naming the field, never an
@@ -76,7 +67,6 @@ UNSUPPORTED = {
 # fields, since Python's True == 1 and False == 0 (`best_of: true` passed as 1)
 NUMBERS = {"frequency_penalty": float, "presence_penalty": float, "best_of": int, "top_logprobs": int}
 # the same rules inside a chat message (OpenAI's fields of messages, an answer's sent back included)
-MESSAGE_HARMLESS = {"name", "annotations"}  # a participant's name; the sources an answer cited
 MESSAGE_UNSUPPORTED = {
     "tool_calls": (lambda v: v == [], TOOLS, "leave it out"),
     "function_call": (lambda v: False, TOOLS, "leave it out"),
@@ -84,9 +74,6 @@ MESSAGE_UNSUPPORTED = {
     "refusal": (lambda v: v == "", "the chat template renders content only", "put the text in content"),
     "audio": (lambda v: False, "this model reads and answers text only", "leave it out"),
 }
-# and inside stream_options: include_obfuscation pads chunks with a field of random characters,
-# which this server's chunks do without; the text is the same
-STREAM_OPTIONS_HARMLESS = {"include_obfuscation"}
 
 
 class Request(BaseModel):
@@ -252,13 +239,20 @@ class ChatRequest(Request):
         return data
 
 
-def refuse_ignored(extra: dict, known: set[str], harmless: set[str], unsupported: dict, at: str = "") -> None:
+def refuse_ignored(
+    extra: dict, known: set[str], harmless: dict[str, Check], unsupported: dict, at: str = ""
+) -> None:
     """A 400 for the first field in `extra` (those the model does not declare) that would be ignored
-    while it changes the answer: each of `harmless` passes, whatever it says; one of `unsupported`
-    passes only with the value that asks for nothing; any other name is unrecognized, with the
-    nearest known one. `at` prefixes the names in the message and param ("messages.2.")."""
+    while it changes the answer, or is not of the type OpenAI takes: each of `harmless` passes,
+    whatever it says, if of its type (ignored.py); one of `unsupported` passes only with the value
+    that asks for nothing; any other name is unrecognized, with the nearest known one. `at`
+    prefixes the names in the message and param ("messages.2.")."""
     for name, value in extra.items():
-        if value is None or name in harmless:  # null: OpenAI's "not given"
+        if value is None:  # null: OpenAI's "not given"
+            continue
+        if name in harmless:
+            if wrong := harmless[name](value):
+                raise APIError(400, f"{at}{name}: {wrong} (got {json.dumps(value)[:80]})", at + name)
             continue
         if name in unsupported:
             if name in NUMBERS and not _number(value, NUMBERS[name]):

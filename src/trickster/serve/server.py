@@ -1,9 +1,11 @@
-"""`trickster serve`: load the run's checkpoints, bind the port, serve until interrupted."""
+"""`trickster serve`: load the run's checkpoints, bind the port, serve until interrupted (Ctrl-C:
+exit status 130, as other commands)."""
 
 from __future__ import annotations
 
 import errno
 import functools
+import signal
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -64,11 +66,15 @@ def uvicorn_config(
     return uvicorn.Config(app, http=http, log_level="warning", access_log=False, timeout_graceful_shutdown=3)
 
 
-def stop_then_exit(engine: Engine, handle_exit: Callable, signum: int, frame: FrameType | None) -> None:
+def stop_then_exit(
+    engine: Engine, handle_exit: Callable, received: list[int], signum: int, frame: FrameType | None
+) -> None:
     """uvicorn's handler of Ctrl-C and SIGTERM, after the generations under way are ended with a 503
-    (a stream: an error event, then [DONE]), so that their answers end within uvicorn's grace period."""
+    (a stream: an error event, then [DONE]), so that their answers end within uvicorn's grace period.
+    The signal is noted in `received`."""
     from trickster.serve.schemas import APIError
 
+    received.append(signum)
     engine.stop(APIError(503, "the server is stopping (Ctrl-C or SIGTERM); ask again once it is back"))
     handle_exit(signum, frame)
 
@@ -152,11 +158,16 @@ def serve(
     url = f"http://{host}:{bound}" if ":" not in host else f"http://[{host}]:{bound}"
     print(f"serving {names} from {target} at {url}/v1 (playground: {url}/); Ctrl-C stops", flush=True)
     server = uvicorn.Server(uvicorn_config(app))
-    server.handle_exit = functools.partial(stop_then_exit, engine, server.handle_exit)
+    received: list[int] = []
+    server.handle_exit = functools.partial(stop_then_exit, engine, server.handle_exit, received)
     try:
+        # a Ctrl-C ends it as it ends every command: cli.main says `interrupted`, exit status 130.
+        # uvicorn raises the signal it stopped for again once stopped, but where SIGINT is ignored
+        # (a job a script started with `&`, then `kill -INT`), its handler still stopped the
+        # server, and nothing is raised. SIGTERM, raised again, ends the process as SIGTERM does.
         server.run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it shut down for: for a server, a normal end
-        pass
+        if signal.SIGINT in received:
+            raise KeyboardInterrupt
     finally:
         engine.close()
         sock.close()
