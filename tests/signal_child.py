@@ -4,6 +4,8 @@ test_profiling.py).
     python -m tests.signal_child products N          StopSignals around N matrix products
     python -m tests.signal_child train N ARGS...     `trickster train ARGS`, its N-th step made long
     python -m tests.signal_child profile N ARGS...   the same, and the profiler's trace export long
+    python -m tests.signal_child starting N ARGS...  `trickster train ARGS`, the batch size chosen
+                                                     (batch_size: auto's trial steps) long, N products
 
 Each prints "busy" just before each long part: matrix products of a few seconds each on one
 thread, during which no Python code runs in the main thread, as in a training step that takes
@@ -42,6 +44,15 @@ if __name__ == "__main__":
         ) as stop:
             long_products(n)
             print(f"finished, received {stop.received}", flush=True)
+    elif mode == "starting":  # once the run folder is claimed and its checkpoints/ made
+        resolve_batch = loop.resolve_batch
+
+        def slow_resolve(*args, **kwargs):
+            long_products(n)
+            return resolve_batch(*args, **kwargs)
+
+        loop.resolve_batch = slow_resolve
+        sys.exit(cli.main(sys.argv[3:]))
     else:
         step, calls = loop.Trainer.step, []
 

@@ -310,3 +310,59 @@ def _held_ctrl_c(child: subprocess.Popen, ready: Callable[[], bool]) -> bool:
         return takes
     finally:
         os.killpg(child.pid, signal.SIGCONT)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_signal_while_the_run_starts_stops_it_in_one_line_and_leaves_nothing(
+    shakespeare_dir, tmp_path, sig
+):
+    """SIGTERM or SIGHUP while a run was still starting (here while it chose its batch size, after
+    it had claimed its folder and made checkpoints/) ended it at once, by their default: the
+    folder kept `.lock` and an empty checkpoints/. Now it stops as Ctrl-C does, in one line."""
+    cfg = micro_config(shakespeare_dir, tmp_path / "run", training_config={"max_steps": 4, "warmup_steps": 0})
+    save_config(cfg, tmp_path / "run.yaml")
+    child = children.Child(
+        "tests.signal_child", "starting", "20", "train", "--config", str(tmp_path / "run.yaml")
+    )
+    assert child.stdout.readline().strip() == "busy"
+    time.sleep(0.3)  # inside the first matrix product
+    assert (tmp_path / "run" / ".lock").is_file() and (tmp_path / "run" / "checkpoints").is_dir()
+    child.send_signal(sig)
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 128 + sig.value, err
+    assert (
+        err
+        == f"interrupted: {sig.name} before the first step; nothing was written; run the same command again\n"
+    )
+    assert not (tmp_path / "run").exists()  # this start made it: removed with its lock and checkpoints/
+
+
+def test_a_signal_while_a_resume_starts_names_the_command_that_continues(shakespeare_dir, tmp_path):
+    cfg = micro_config(
+        shakespeare_dir,
+        tmp_path / "run",
+        training_config={"max_steps": 2, "warmup_steps": 0, "eval_every": 2},
+    )
+    train(cfg, **QUIET)
+    run = tmp_path / "run"
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    child = children.Child(
+        "tests.signal_child",
+        "starting",
+        "20",
+        "train",
+        "--config",
+        str(run / "config.yaml"),
+        "--resume",
+        "training_config.max_steps=4",
+    )
+    assert child.stdout.readline().strip() == "busy"
+    time.sleep(0.3)
+    child.send_signal(signal.SIGTERM)
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 143, err
+    assert err == (
+        f"interrupted: SIGTERM before the first step; the checkpoints are as they were; continue with: "
+        f"trickster train --config {run / 'config.yaml'} --resume\n"
+    )
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # no .lock left

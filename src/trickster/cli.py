@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as err:
         said = f"interrupted: {single_line(str(err))}" if isinstance(err, Interrupted) else "interrupted"
         print(said, file=sys.stderr)
-        return starting.INTERRUPTED_EXIT
+        return getattr(err, "exit_status", starting.INTERRUPTED_EXIT)
     except BrokenPipeError:
         return 0
 

@@ -17,7 +17,10 @@ class UserError(Exception):
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C, with what it left behind and how to go on: the one line `interrupted: ...`."""
+    """Ctrl-C, with what it left behind and how to go on: the one line `interrupted: ...`.
+    `exit_status`: 128 + the signal, as a shell reports a process that signal ended (130: SIGINT)."""
+
+    exit_status = 130
 
 
 @contextlib.contextmanager

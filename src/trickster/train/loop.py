@@ -47,7 +47,7 @@ from trickster.train.memory import check_fits, check_validation_set, resolve_bat
 from trickster.train.optim import build_optimizer, set_lr
 from trickster.train.rank0 import on_main
 from trickster.train.resume import claimed, diverged, older_trainer_state
-from trickster.train.signals import StopSignals, announce_signals
+from trickster.train.signals import StopSignals, announce_signals, while_starting
 from trickster.train.spikes import SpikeDetector
 from trickster.train.state import (
     StepResult,
@@ -65,13 +65,15 @@ def train(
 ) -> TrainResult:
     """`resume`: True (continue, a checkpoint must exist), "auto", False; None takes
     training_config.resume. Threads, TF32 flags and random generators are restored on return; the
-    run folder is this process's alone until then (resume.claimed)."""
-    with settings_restored(), lost_output.tolerated(), contextlib.ExitStack() as held:
-        try:
-            trainer = Trainer(cfg, resume, progress, echo, held)
-        except setup.Finished as done:  # resume: auto in a run that has done its steps
-            return done.result
-        return trainer.train()
+    run folder is this process's alone until then (resume.claimed). A stop signal before the
+    training loop takes it over ends the run in one line, its folder tidied (signals.while_starting)."""
+    with while_starting(Path(cfg.logging.output_dir)):
+        with settings_restored(), lost_output.tolerated(), contextlib.ExitStack() as held:
+            try:
+                trainer = Trainer(cfg, resume, progress, echo, held)
+            except setup.Finished as done:  # resume: auto in a run that has done its steps
+                return done.result
+            return trainer.train()
 
 
 class Trainer:

@@ -20,10 +20,14 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from trickster.errors import Interrupted
+from trickster.run_checkpoints import RUN_AGAIN
 from trickster.train import checkpoint as ckpt
+from trickster.train.resume import run_dir_in_use
 
 if TYPE_CHECKING:
     from trickster.train.dist import Dist
@@ -163,3 +167,72 @@ def announce_signals(run_dir: Path, job: Dist | None = None) -> tuple:
         print(f"second {name}: stopped at once; {where}; continue with: {again}", file=sys.stderr, flush=True)
 
     return first, second, repeat
+
+
+class _StopSignal(KeyboardInterrupt):
+    """SIGTERM or SIGHUP while the run starts, raised where the main thread is, as Ctrl-C's
+    KeyboardInterrupt is: the blocks around it (the run folder's claim) tidy on the way out."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class StoppedStarting(Interrupted):
+    """The one line of a run stopped by a signal before it trained (`interrupted: ...`), with the
+    exit status a shell gives a process that signal ended."""
+
+    def __init__(self, signum: int, run_dir: Path):
+        super().__init__(f"{signal.Signals(signum).name} before the first step; {_go_on(run_dir)}")
+        self.exit_status = 128 + signum
+
+
+def _go_on(run_dir: Path) -> str:
+    """What the run folder holds once the stopped start has tidied, and the command that goes on."""
+    if ckpt.latest(run_dir) is not None:
+        return f"the checkpoints are as they were; continue with: {continue_command(run_dir)}"
+    if not run_dir_in_use(run_dir):
+        return "nothing was written; run the same command again"
+    if (run_dir / "config.yaml").is_file():  # the run's files are written: the same command is refused
+        return f"no checkpoint was saved yet; continue with: {continue_command(run_dir, how=START)}"
+    return f"no checkpoint was saved yet; {RUN_AGAIN}"
+
+
+START = "training_config.resume=auto"
+
+
+@contextlib.contextmanager
+def while_starting(run_dir: Path) -> Iterator[None]:
+    """SIGTERM and SIGHUP in the block (loading the data, batch_size: auto's trial steps, building
+    the model, loading a checkpoint) stop the run as Ctrl-C does: an exception where the main thread
+    is, so the run folder's lock and an empty checkpoints/ it made are removed on the way out;
+    their default ended the process at once and left both. Then the one line StoppedStarting.
+    StopSignals takes the signals over while the run trains, and gives them back to this. A signal
+    within REPEAT_WINDOW_S of the first is the same request (a scheduler's and torchrun's); a later
+    one ends the process at once. A signal the process ignores (SIGHUP under nohup) stays ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    first_at: list[float] = []
+
+    def stop(signum, frame) -> None:
+        if not first_at:
+            first_at.append(time.monotonic())
+            raise _StopSignal(signum)
+        if time.monotonic() - first_at[0] >= REPEAT_WINDOW_S:
+            os._exit(128 + signum)
+
+    previous = {sig: signal.getsignal(sig) for sig in watched()}
+    defaults = (signal.SIG_DFL, signal.default_int_handler)
+    taken = [sig for sig, handler in previous.items() if handler in defaults]
+    for sig in taken:
+        signal.signal(sig, stop)
+    try:
+        yield
+    except KeyboardInterrupt as stopped:
+        if isinstance(stopped, Interrupted):  # worded already
+            raise
+        raise StoppedStarting(getattr(stopped, "signum", signal.SIGINT), run_dir) from None
+    finally:
+        for sig in taken:
+            signal.signal(sig, previous[sig])
