@@ -137,3 +137,23 @@ def test_a_preset_prompt_the_training_text_never_holds_gives_way_to_a_new_docume
     out = _train_tiny(capsys, data, kept, "training_config.sample_prompt=ROMEO:")
     assert not any(line.startswith("sample_prompt") for line in out), out
     assert all(e["sample"].startswith("ROMEO:") for e in events(kept, "eval"))
+
+
+def test_samples_without_a_prompt_print_the_text_generate_prints(tmp_path, capsys):
+    """One text without a line break: its char vocabulary has neither a line break nor an
+    end-of-text token, so a new document starts from its first symbol (' '). generate printed that
+    symbol before its continuation; the run's samples left it out ('hdnb...' for ' hdnb...'). Both
+    start a new document by one rule now: the last sample is what generate prints from the final
+    checkpoint with the run's seed and as many tokens."""
+    words = "the cat sat on a mat and ran to see the dog by the old tree".split()
+    (tmp_path / "one.txt").write_text(" ".join(words[(i * 7) % len(words)] for i in range(3000)))
+    data, run = tmp_path / "data", tmp_path / "run"
+    prepare = ["data", "prepare", "text", str(tmp_path / "one.txt"), "--out", str(data), "--no-progress"]
+    assert cli.main(prepare) == 0
+    _train_tiny(capsys, data, run)
+    sample = events(run, "eval")[-1]["sample"]
+    seed = str(load_config(run / "config.yaml").training.seed)
+    argv = ["generate", str(run / "checkpoints" / "final"), "--seed", seed, "--max-new-tokens", "8"]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed == sample + "\n" and sample.startswith(" "), (printed, sample)

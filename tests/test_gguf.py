@@ -383,7 +383,7 @@ def test_an_out_named_gguf_is_a_gguf_file_without_format_and_refused_with_format
 def test_the_llama_cpp_line_continues_the_models_own_sample_prompt(tmp_path, capsys):
     """A fine-tune on records samples a prompt of its records: the line printed after the export
     continues that one (its line break as bash's $'...'), with the completion tool of llama.cpp."""
-    tokenizer = CharTokenizer.from_texts([TEXT])
+    tokenizer = CharTokenizer.from_texts([TEXT, "Who?\nA:"])  # records of that shape were its text
     shape = dict(hidden_dim=32, num_layers=2, num_heads=4, mlp_dim=64, max_seq_len=96)
     cfg = config_from_dict(
         {
@@ -415,3 +415,23 @@ def test_a_refused_write_says_why_and_leaves_nothing(tmp_path, capsys):
         "or choose another --out\n"
     )
     assert list(tmp_path.iterdir()) == [tmp_path / "ck"]
+
+
+def test_the_llama_cpp_line_leaves_out_a_sample_prompt_the_vocabulary_cannot_encode(tmp_path, capsys):
+    """A run trained before its sample prompt was fitted to its data kept tiny's ROMEO: in a char
+    vocabulary without 'R' or ':' in its config.yaml, and the line printed after the export said
+    `-p ROMEO:`, which llama.cpp aborts on (a character outside a char vocabulary). It gives no
+    prompt, as `trickster generate` without --prompt, and the run's own prompt where it encodes."""
+    tokenizer = CharTokenizer.from_texts(["once upon a time\n"])
+    shape = dict(hidden_dim=32, num_layers=2, num_heads=4, mlp_dim=64, max_seq_len=96)
+    for prompt, flag in [("ROMEO:", ""), ("once", " -p once")]:
+        cfg = config_from_dict(
+            {
+                "model_config": {**shape, "vocab_size": tokenizer.vocab_size},
+                "training_config": {"sample_prompt": prompt},
+            }
+        )
+        path = ckpt.save_checkpoint(tmp_path / prompt, Transformer(cfg.model), cfg, tokenizer, {"step": 0})
+        out = tmp_path / f"{prompt}.gguf"
+        assert cli.main(["export", str(path), "--format", "gguf", "--out", str(out)]) == 0
+        assert capsys.readouterr().out.endswith(f"llama-completion -m {out}{flag} -n 100\n")

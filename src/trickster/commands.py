@@ -26,7 +26,7 @@ from trickster.model.vocab import assumed_vocab
 from trickster.moved_run import check_resumed_folder
 from trickster.observe import evaluation, hellaswag
 from trickster.options import ConfigSource, EvalOptions, PrepareOptions, Sampling, SourceSpec
-from trickster.prompts import generate_hint, llama_cpp_hint, prompt_ids
+from trickster.prompts import generate_hint, hinted_prompt, llama_cpp_hint, prompt_ids
 from trickster.serve.limits import MAX_BATCH, MAX_LOADED_MODELS
 from trickster.streaming import stream
 from trickster.text_out import text_written
@@ -294,8 +294,8 @@ def export_command(target: str, fmt: str | None, out: str, dtype: str = "float32
             "(or leave --format out), or an --out without .gguf for a Hugging Face folder"
         )
     if fmt == "gguf":
-        path, cfg = gguf.export_gguf(target, out, dtype)
-        hint = llama_cpp_hint(path, cfg.training.sample_prompt)
+        path, cfg, tokenizer = gguf.export_gguf(target, out, dtype)
+        hint = llama_cpp_hint(path, hinted_prompt(tokenizer, cfg.training.sample_prompt))
         print(f"wrote {path} ({dtype}); run it with llama.cpp: {hint}")
         return path
     if fmt != "hf":

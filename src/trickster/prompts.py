@@ -11,9 +11,22 @@ from trickster.errors import UserError
 from trickster.text_in import UTF8_FIX, not_utf8
 
 
+def hinted_prompt(tokenizer: Tokenizer, prompt: str) -> str:
+    """The sample prompt a line to paste continues: the run's own where its tokenizer encodes it,
+    else none, so that the line leaves the prompt to the tool, as `trickster generate` without
+    --prompt does (a line break, or a new document). A run trained before its sample prompt was fitted
+    to the data (train/fitted.py) kept tiny's ROMEO: in a char vocabulary without 'R': generate
+    refused the line printed, and llama.cpp aborts on a character outside a char vocabulary."""
+    try:
+        return prompt if tokenizer.encode(prompt) else ""
+    except UserError:
+        return ""
+
+
 def generate_hint(run_dir: Path, prompt: str) -> str:
     """The `trickster generate` line to paste next, quoted for a shell: the run's sample prompt
-    exactly (a trailing space or a quote in it survives), or none when it is only whitespace."""
+    exactly (a trailing space or a quote in it survives), or none when it is only whitespace
+    (or one the run's tokenizer cannot encode: hinted_prompt)."""
     line = f"trickster generate {shlex.quote(str(run_dir))}"
     return f"{line} --prompt {shell_word(prompt)}" if prompt.strip() else line
 
@@ -28,17 +41,26 @@ def shell_word(text: str) -> str:
     return "$'" + "".join(escaped) + "'"
 
 
+def new_document(tokenizer: Tokenizer) -> tuple[str, list[int]]:
+    """The start of a new document, as text to print and its ids: the end-of-text token that stands
+    between the training text's documents, printed as nothing; where the vocabulary has none (one
+    text), its first symbol, printed. Generate starts there without --prompt on a vocabulary without
+    a line break, and so do a run's samples without a prompt they can encode
+    (validate.sample_text): one rule, so the two print the same text."""
+    if tokenizer.eot_id is None:
+        return tokenizer.decode([0]), [0]
+    return "", [tokenizer.eot_id]
+
+
 def prompt_ids(tokenizer: Tokenizer, prompt: str | None) -> tuple[str, list[int]]:
     """The prompt's text as printed and its ids. Without --prompt: a line break, or where the
-    vocabulary has none (a char model of text without one) the start of a new document, as the
-    run's samples start when their prompt cannot be encoded (train/fitted.py, validate.sample_text)."""
+    vocabulary has none (a char model of text without one) a new document (new_document)."""
     if prompt is None:
         try:
             return "\n", tokenizer.start_ids() + tokenizer.encode("\n")
         except UserError:
-            if tokenizer.eot_id is None:  # one text without a line break: its first symbol, as samples
-                return tokenizer.decode([0]), tokenizer.start_ids() + [0]
-            return "", tokenizer.start_ids() + [tokenizer.eot_id]
+            text, ids = new_document(tokenizer)
+            return text, tokenizer.start_ids() + ids
     if where := not_utf8(prompt):
         raise UserError(f"--prompt is not UTF-8 text ({where}); {UTF8_FIX}")
     ids = tokenizer.encode(prompt)

@@ -133,9 +133,12 @@ def gguf_vocabulary(tokenizer: Tokenizer, rows: int) -> Vocabulary:
     return Vocabulary(model, tokens, [int(t) for t in types], merges)
 
 
-def export_gguf(target: str | Path, out: str | Path, dtype: str = "float32") -> tuple[Path, Config]:
+def export_gguf(
+    target: str | Path, out: str | Path, dtype: str = "float32"
+) -> tuple[Path, Config, Tokenizer]:
     """Write one .gguf file: hyperparameters, vocabulary and (permuted, renamed) weights. The file,
-    and the config of the checkpoint it holds (its sample prompt for the line printed after)."""
+    and the config and tokenizer of the checkpoint it holds (its sample prompt, and whether the
+    tokenizer encodes it, for the line printed after)."""
     try:
         import gguf
     except ImportError:
@@ -177,7 +180,7 @@ def export_gguf(target: str | Path, out: str | Path, dtype: str = "float32") -> 
             f"{out} was written by another process while this export ran; choose a new file with --out "
             "(that file was kept)"
         )
-    return out, loaded.cfg
+    return out, loaded.cfg, loaded.tokenizer
 
 
 def gguf_file(out: str | Path, target: str | Path) -> Path:

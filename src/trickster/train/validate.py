@@ -13,6 +13,7 @@ from trickster.data.tokenizers import Tokenizer
 from trickster.errors import UserError
 from trickster.model.generate import generate
 from trickster.model.transformer import Transformer
+from trickster.prompts import new_document
 from trickster.train import dist
 from trickster.train.device import autocast_for
 from trickster.train.state import nonfinite_weights
@@ -107,18 +108,19 @@ def sample_text(
     """A reproducible sample that does not touch the training RNG. `agree` and `dtype`: as
     model.generate's.
 
-    A prompt the tokenizer cannot encode (a character the corpus lacks) is dropped, not fatal:
-    the sample then starts from end-of-text, or from the first symbol.
+    A prompt the tokenizer cannot encode (a character the corpus lacks), or none, is not fatal:
+    the sample starts a new document, as `trickster generate` does (prompts.new_document). Its ids
+    start as generate's and the training documents' do (an imported Llama tokenizer's <s>).
     """
     try:
         ids = tokenizer.encode(prompt)
     except UserError:
-        ids, prompt = [], ""
+        ids = []
     if not ids:
-        ids = [tokenizer.eot_id] if tokenizer.eot_id is not None else [0]
+        prompt, ids = new_document(tokenizer)
     out = generate(
         model,
-        ids,
+        tokenizer.start_ids() + ids,
         tokens,
         temperature=0.8,
         seed=seed,
