@@ -270,6 +270,99 @@ def test_the_option_value_check_sees_wrong_values():
     ]
 
 
+# what stands for a value in a synopsis (`[--port 8000]`, `RUN_DIR|CHECKPOINT`, `PATH...`), outside quotes
+SYNOPSIS = re.compile(r"\[|\.\.\.|\b[A-Z][A-Z_]*\|")
+
+
+def code_block_commands(page: Path) -> list[tuple[int, list[str]]]:
+    """Each `trickster ...` a code block of the page runs, as the shell hands it over: after a `$ `
+    prompt, a pipe, `&&` or `-m` (`torchrun ... -m trickster train ...`), up to a pipe, a redirection
+    or a comment; a line continued with a backslash read whole. A synopsis is no command."""
+    found, fenced, pending = [], False, None
+    for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
+        if re.match(r"\s*(```|~~~)", line):
+            fenced, pending = not fenced, None
+            continue
+        if not fenced:
+            continue
+        if pending is not None:
+            number, line = pending[0], pending[1] + " " + line.strip()
+        if line.endswith("\\"):
+            pending = (number, line[:-1])
+            continue
+        pending = None
+        words = _shell_words(re.sub(r"^\s*\$\s+", "", line))
+        after = ("|", "&&", ";", "-m")
+        starts = [i for i, w in enumerate(words) if w == "trickster" and (i == 0 or words[i - 1] in after)]
+        if not starts or SYNOPSIS.search(re.sub(r"'[^']*'|\"[^\"]*\"", "''", line)):
+            continue
+        command = words[starts[0] + 1 :]
+        ends = [i for i, w in enumerate(command) if re.fullmatch(r"[|&;<>()]+", w)]
+        found.append((number, command[: ends[0]] if ends else command))
+    return found
+
+
+def _shell_words(line: str) -> list[str]:
+    import shlex
+
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True  # `--out export/tiny.gguf` one word; `|`, `>&` words of their own
+    try:
+        return list(lexer)
+    except ValueError:  # an open quote: prose in a block, not a command
+        return []
+
+
+def parse_error(words: list[str]) -> str | None:
+    """What `trickster WORDS` says when its command line does not parse (a required argument
+    missing, two options that exclude each other, an option without its value); None when it does."""
+    import contextlib
+    import io
+
+    from trickster.cli import parse
+
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said), contextlib.redirect_stdout(io.StringIO()):
+            parse(parser_of(), words)
+    except SystemExit as end:
+        return (said.getvalue().strip() or f"exit {end.code}") if end.code else None
+    return None
+
+
+# ERRORS.md shows command lines the parser refuses, on purpose
+@pytest.mark.parametrize("page", [p for p in PAGES if p.name != "ERRORS.md"], ids=lambda p: p.name)
+def test_every_command_in_a_code_block_parses(page):
+    """`trickster export runs/tiny --format gguf` without the --out it requires, or `--preset` and
+    `--config` together, fails for whoever copies it, though each option exists."""
+    wrong = []
+    for number, words in code_block_commands(page):
+        if (error := parse_error(words)) is not None:
+            wrong.append(f"line {number}: trickster {' '.join(words)}: {error}")
+    assert not wrong, f"{page.name}: " + "; ".join(wrong)
+
+
+def test_the_command_finder_reads_code_blocks_as_the_shell_does(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text(
+        "`trickster export run` in prose\n```bash\ntrickster export runs/tiny --format gguf   # a comment\n"
+        "$ printf 'hi\\n' | trickster chat runs/tiny \\\n  --seed 1 > out.txt\n"
+        "torchrun --nproc-per-node 2 -m trickster train --preset tiny 'a.b=[1, 2]'\n"
+        "trickster serve RUN_DIR|CHECKPOINT [--port 8000]\ntrickster data prepare text PATH...\n```\n",
+        encoding="utf-8",
+    )
+    assert code_block_commands(page) == [
+        (3, ["export", "runs/tiny", "--format", "gguf"]),
+        (4, ["chat", "runs/tiny", "--seed", "1"]),
+        (6, ["train", "--preset", "tiny", "a.b=[1, 2]"]),
+    ]
+    assert "--out" in parse_error(["export", "runs/tiny", "--format", "gguf"])
+    assert "not allowed" in parse_error(["train", "--preset", "tiny", "--config", "my.yaml"])
+    assert "expected one argument" in parse_error(["generate", "runs/tiny", "--prompt"])
+    assert parse_error(["chat", "runs/tiny", "--seed", "1"]) is None
+    assert parse_error(["--help"]) is None
+
+
 def config_key_exists(dotted: str) -> bool:
     from trickster.config import Config
     from trickster.config_errors import section_at
