@@ -2042,9 +2042,19 @@ CASES = [
     ),
     case(
         "export-has-no-merge-option",
-        lambda env: ["export", str(env.run), "--merge"],
+        lambda env: ["export", str(env.run), "--merge", "--out", str(env.tmp / "out")],
         "unrecognized arguments: --merge (export merges a LoRA run's adapters into the weights it "
         "writes, always); drop --merge",
+    ),
+    case(  # the whole fix at once: not --merge now and --out on the next try
+        "export-merge-without-out",
+        lambda env: ["export", str(env.run), "--merge"],
+        "drop --merge; also, the following arguments are required: --out",
+    ),
+    case(
+        "export-merge-beside-another-unknown-option",
+        lambda env: ["export", str(env.run), "--merge", "--lora-only", "--out", str(env.tmp / "out")],
+        "drop --merge; also, unrecognized arguments: --lora-only",
     ),
     case("no-subcommand", lambda env: [], "required: COMMAND"),
     case("prepare-without-source", lambda env: ["data", "prepare"], "required: SOURCE"),

@@ -51,8 +51,8 @@ _NEGATIVE_NUMBER = re.compile(
 
 
 # A command or option people reach for that trickster does not have, (parser prog, word) -> the
-# line that says which one does its job; it stands for argparse's own line (an unknown option,
-# an invalid command, or the --out that `export RUN --merge` also leaves out).
+# line that says which one does its job; it stands for argparse's own line (an unknown option or
+# an invalid command), followed by anything else that line found wrong (_besides).
 ELSEWHERE = {
     ("trickster", "merge"): (
         "there is no `trickster merge`: `trickster export RUN --out DIR` merges a LoRA run's "
@@ -85,11 +85,27 @@ class Parser(argparse.ArgumentParser):
 
 
 def _elsewhere(prog: str, message: str, words: list[str]) -> str | None:
-    """ELSEWHERE's line for the command named in an invalid choice, or an option among `words`."""
+    """ELSEWHERE's line for the command named in an invalid choice, or an option among `words`,
+    followed by what else argparse found wrong (`export RUN --merge` also lacks --out: argparse
+    names only that, and the user would learn of it only after dropping --merge)."""
     chosen = re.search(r"invalid choice: '([^']*)'", message)
     options = [word.partition("=")[0] for word in words if word.startswith("--")]
     names = [chosen[1]] if chosen else options
-    return next((ELSEWHERE[prog, name] for name in names if (prog, name) in ELSEWHERE), None)
+    name = next((name for name in names if (prog, name) in ELSEWHERE), None)
+    if name is None:
+        return None
+    rest = _besides(message, name) if not chosen else None
+    return ELSEWHERE[prog, name] + (f"; also, {single_line(rest)}" if rest else "")
+
+
+def _besides(message: str, name: str) -> str | None:
+    """argparse's `message` less the option ELSEWHERE answers: the other unrecognized arguments, or
+    a problem of its own (the required arguments missing); None when it was about that option only."""
+    unknown = re.fullmatch(r"unrecognized arguments: (.*)", message, re.DOTALL)
+    if unknown is None:
+        return message
+    others = [word for word in unknown[1].split(" ") if word.partition("=")[0] != name]
+    return f"unrecognized arguments: {' '.join(others)}" if others else None
 
 
 def _close_choice(message: str) -> str:
