@@ -830,6 +830,19 @@ def _compare_other_tokenizer(env: Env) -> list[str]:
     return ["compare", str(env.run), "--data", data, "--max-new-tokens", "2"]
 
 
+def _compare_base_of_another_shape(env: Env) -> list[str]:
+    """A checkpoint with the run's tokenizer and a narrower model: its weights cannot stand in."""
+    from trickster.train import checkpoint as ckpt
+
+    run = ckpt.read_files(env.run)
+    raw = run.cfg.to_dict()
+    raw["model_config"]["hidden_dim"] = 32
+    cfg = config_from_dict(raw)
+    path = env.tmp / "narrow"
+    save_checkpoint(path, Transformer(cfg.model), cfg, run.tokenizer, {"step": 0})
+    return ["compare", str(env.run), "--base", str(path), "--max-new-tokens", "2"]
+
+
 def _stdout_closed(env: Env, command: str = "generate") -> list[str]:
     """`trickster generate RUN >&-`: Python's sys.stdout is None (an AttributeError's traceback)."""
     env.monkeypatch.setattr(sys, "stdout", None)
@@ -3675,6 +3688,29 @@ CASES = [
     ),
     case("compare-missing-run-dir", lambda env: ["compare", str(env.tmp / "nope")], "nope not found"),
     case("compare-other-tokenizer", _compare_other_tokenizer, "uses another tokenizer", "--data DIR"),
+    case(
+        "compare-base-missing",
+        lambda env: ["compare", str(env.run), "--base", str(env.tmp / "nope"), "--max-new-tokens", "2"],
+        "--base: ",
+        "nope not found",
+    ),
+    case(
+        "compare-base-of-another-shape",
+        _compare_base_of_another_shape,
+        "narrow is another model (model_config hidden_dim 32 there, 64 here)",
+        "pass a checkpoint of the same model",
+    ),
+    case(
+        "compare-base-with-another-tokenizer",
+        lambda env: ["compare", str(env.run), "--base", _byte_model(env), "--max-new-tokens", "2"],
+        "byte-model has another tokenizer than",
+        "pass a checkpoint of the same model",
+    ),
+    case(
+        "compare-base-and-untrained",
+        lambda env: ["compare", str(env.run), "--base", str(env.run), "--untrained"],
+        "--untrained: not allowed with argument --base",
+    ),
     # ---- prompts and sampling flags
     case(
         "prompt-outside-vocabulary",

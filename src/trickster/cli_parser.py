@@ -308,9 +308,14 @@ def _add_chat(commands) -> None:
 
 
 def _add_compare(commands) -> None:
-    compare = commands.add_parser("compare", help="trained and untrained samples side by side")
+    help = "samples and val losses beside a fine-tune's base model, or an untrained one"
+    compare = commands.add_parser("compare", help=help)
     _add_sampling_args(compare)
     compare.add_argument("--data", help="data folder for the validation losses (default: the run's)")
+    against = compare.add_mutually_exclusive_group()
+    help = "compare with this run or checkpoint (default: the one a fine-tune started from, else untrained)"
+    against.add_argument("--base", metavar="RUN_DIR|CHECKPOINT", help=help)
+    against.add_argument("--untrained", action="store_true", help="compare with random weights")
     compare.set_defaults(run="compare_command")
 
 

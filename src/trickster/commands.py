@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 # cli.py runs every command from here: `trickster data ...` is written in commands_data.py, `chat`
-# in commands_chat.py
+# in commands_chat.py, `compare` in commands_compare.py
 from trickster.commands_chat import chat_command  # noqa: F401
+from trickster.commands_compare import compare_command  # noqa: F401
 from trickster.commands_data import data_overlap, data_report, prepare_data, read_text_option  # noqa: F401
 from trickster.data import sources
 from trickster.data.dedup import DedupSettings
@@ -37,7 +38,6 @@ from trickster.train.device import resolve_device, resolve_precision
 from trickster.train.loop import train
 from trickster.train.resume import can_continue, fresh_run_dir
 from trickster.train.signals import continue_command
-from trickster.train.validate import evaluate, validation_batches
 
 
 def train_command(source: ConfigSource, resume: bool = False, progress: bool | None = None) -> int:
@@ -84,36 +84,6 @@ def generate_command(
     with text_written("generate"):
         sys.stdout.write(prompt)
         stream(model, loaded.tokenizer, ids, sampling, use_cache)
-
-
-def compare_command(target: str, sampling: Sampling, device: str = "cpu", data: str | None = None) -> None:
-    where = resolve_device(device, "--device")
-    loaded = ckpt.load_checkpoint(target, where)
-    prompt, ids = prompt_ids(loaded.tokenizer, sampling.prompt)
-    untrained = untrained_like(loaded.cfg).to(where)
-    models = {
-        "untrained (random weights)": untrained,
-        f"trained ({loaded.path.name}, step {loaded.info['step']})": loaded.model,
-    }
-    losses = _val_losses(loaded, list(models.values()), data, where)
-    with text_written("compare"):
-        if data is None and None in losses and loaded.info.get("data_path"):
-            print(f"no validation losses: {evaluation.data_not_here(loaded)}")
-        for (title, model), loss in zip(models.items(), losses, strict=True):
-            loss_text = f"val loss {loss:.4f}" if loss is not None else "val loss n/a (no data)"
-            print(f"--- {title}: {loss_text} ---\n{prompt}", end="")
-            stream(model, loaded.tokenizer, ids, sampling)
-            print()
-
-
-def _val_losses(loaded, models, data_path, device) -> list[float | None]:
-    """None for each model when the run's own data is gone; a --data folder must be prepared data."""
-    path = data_path or loaded.info.get("data_path")
-    if data_path is None and (not path or not (Path(path) / "meta.json").is_file()):
-        return [None] * len(models)
-    data = evaluation.run_data(loaded, path)
-    batches = validation_batches(data, loaded.cfg, draw_width=loaded.info.get("val_draw_width"))
-    return [evaluate(m, batches, device, loaded.dtype) for m in models]
 
 
 def eval_command(opts: EvalOptions) -> None:

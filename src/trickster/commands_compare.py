@@ -1,0 +1,147 @@
+"""`trickster compare`: a run's sample and validation loss beside those of the model it is measured
+against: the one a fine-tune started from (its recorded init_from, so before and after), `--base`
+another checkpoint of the same shape, and otherwise (or `--untrained`) random weights."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from trickster.config import ModelConfig
+from trickster.data.token_meaning import same_ids
+from trickster.errors import UserError
+from trickster.model.transformer import Transformer, untrained_like
+from trickster.observe import evaluation
+from trickster.options import Sampling
+from trickster.prompts import prompt_ids
+from trickster.streaming import stream
+from trickster.text_out import text_written
+from trickster.train import checkpoint as ckpt
+from trickster.train.device import resolve_device
+from trickster.train.validate import evaluate, validation_batches
+from trickster.train.weights import SAME_FIELDS, weights_to_save
+
+UNTRAINED = "untrained (random weights)"
+
+
+@dataclass
+class Reference:
+    """The model set beside the run's, the title its sample is printed under, and a note said first
+    when a fine-tune is not compared with the model it started from (gone, or of other ids)."""
+
+    title: str
+    model: Transformer
+    note: str | None = None
+
+
+def compare_command(
+    target: str,
+    sampling: Sampling,
+    device: str = "cpu",
+    data: str | None = None,
+    base: str | None = None,
+    untrained: bool = False,
+) -> None:
+    where = resolve_device(device, "--device")
+    loaded = ckpt.load_checkpoint(target, where)
+    prompt, ids = prompt_ids(loaded.tokenizer, sampling.prompt)
+    reference = reference_model(loaded, where, base, untrained)
+    trained = "fine-tuned" if loaded.info.get("init_from") else "trained"
+    models = {
+        reference.title: reference.model,
+        f"{trained} ({loaded.path.name}, step {loaded.info['step']})": loaded.model,
+    }
+    losses = _val_losses(loaded, list(models.values()), data, where)
+    with text_written("compare"):
+        if reference.note:
+            print(f"note: {reference.note}")
+        if data is None and None in losses and loaded.info.get("data_path"):
+            print(f"no validation losses: {evaluation.data_not_here(loaded)}")
+        for (title, model), loss in zip(models.items(), losses, strict=True):
+            loss_text = f"val loss {loss:.4f}" if loss is not None else "val loss n/a (no data)"
+            print(f"--- {title}: {loss_text} ---\n{prompt}", end="")
+            stream(model, loaded.tokenizer, ids, sampling)
+            print()
+
+
+def reference_model(
+    loaded: ckpt.LoadedCheckpoint, device: torch.device, base: str | None = None, untrained: bool = False
+) -> Reference:
+    """What `loaded` is compared with: `base` (a run or checkpoint, refused when it cannot stand in
+    for this model), random weights when `untrained`, else a fine-tune's recorded starting point
+    (when still there with the same ids; random weights otherwise, with a note saying why)."""
+    origin = loaded.info.get("init_from")
+    if untrained or (base is None and not origin):
+        return Reference(UNTRAINED, untrained_like(loaded.cfg).to(device))
+    if base is not None:
+        try:
+            other = ckpt.load_checkpoint(base, device)
+        except UserError as err:
+            raise UserError(f"--base: {err}") from None
+        if problem := _cannot_stand_in(other, loaded):
+            raise UserError(f"--base {base} {problem}; pass a checkpoint of the same model")
+        return Reference(f"base ({_shown(other.path)}, step {other.info['step']})", _as_run(other, loaded))
+    started, instead = Path(origin["checkpoint"]), "comparing with random weights"
+    instead += "; --base DIR names the base where it is now"
+    try:
+        other = ckpt.load_checkpoint(started, device)
+        problem = _cannot_stand_in(other, loaded)
+    except UserError as err:  # moved, deleted or damaged since the fine-tune read it
+        problem = f"cannot be read ({err})"
+    if problem:
+        note = f"{_shown(started)}, the base this run was fine-tuned from, {problem}: {instead}"
+        return Reference(UNTRAINED, untrained_like(loaded.cfg).to(device), note)
+    since = ""
+    if (other.info["step"], other.info.get("saved")) != (origin["step"], origin.get("saved")):
+        since = f", since replaced: it was step {origin['step']} then"  # the base run trained further
+    title = f"base ({_shown(other.path)}, step {other.info['step']}; fine-tuned from it{since})"
+    return Reference(title, _as_run(other, loaded))
+
+
+def _cannot_stand_in(other: ckpt.LoadedCheckpoint, loaded: ckpt.LoadedCheckpoint) -> str | None:
+    """Why `other`'s weights cannot be put in `loaded`'s model (other ids, another model), or None."""
+    if not same_ids(other.tokenizer, loaded.tokenizer):
+        return f"has another tokenizer than {loaded.path}"
+    theirs, mine = other.cfg.model, loaded.cfg.model
+    different = [
+        f"{key} {_field(theirs, key)} there, {_field(mine, key)} here"
+        for key in SAME_FIELDS
+        if _field(theirs, key) != _field(mine, key)
+    ]
+    return f"is another model (model_config {'; '.join(different)})" if different else None
+
+
+def _field(model: ModelConfig, key: str):
+    return model.kv_heads if key == "num_kv_heads" else getattr(model, key)  # empty = num_heads
+
+
+def _as_run(other: ckpt.LoadedCheckpoint, loaded: ckpt.LoadedCheckpoint) -> Transformer:
+    """`other`'s weights in a model built as `loaded`'s: a fine-tune may have a longer context than
+    its base (max_seq_len may differ), and its validation windows and samples need it, as they did
+    at the fine-tune's first step."""
+    if other.cfg.model == loaded.cfg.model:
+        return other.model
+    model = ckpt.empty_model(loaded.cfg.model, next(loaded.model.parameters()).device)
+    with torch.no_grad():  # every weight: the same model_config but for max_seq_len and dropout
+        for name, tensor in weights_to_save(other.model).items():
+            model.get_parameter(name).copy_(tensor)
+    return model.eval()
+
+
+def _shown(path: Path) -> str:
+    """A recorded absolute path as the user would type it from here, when it lies below here."""
+    relative = os.path.relpath(path)
+    return path.as_posix() if relative.startswith("..") else relative
+
+
+def _val_losses(loaded, models, data_path, device) -> list[float | None]:
+    """None for each model when the run's own data is gone; a --data folder must be prepared data."""
+    path = data_path or loaded.info.get("data_path")
+    if data_path is None and (not path or not (Path(path) / "meta.json").is_file()):
+        return [None] * len(models)
+    data = evaluation.run_data(loaded, path)
+    batches = validation_batches(data, loaded.cfg, draw_width=loaded.info.get("val_draw_width"))
+    return [evaluate(m, batches, device, loaded.dtype) for m in models]

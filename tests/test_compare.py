@@ -1,0 +1,103 @@
+"""`trickster compare`: a fine-tune beside the model it started from, any run beside another
+checkpoint of it (--base) or beside random weights."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from trickster import cli
+from trickster.config import config_from_dict
+from trickster.train import checkpoint as ckpt
+from trickster.train.loop import train
+
+from .conftest import QUIET, events, finetune_config
+
+LORA = {"rank": 2, "alpha": 4, "targets": ["wq", "w2"]}
+
+
+def _first_val_loss(run) -> float:
+    """The fine-tune's step-0 evaluation: the base model on the run's own validation windows."""
+    first = events(run, "eval")[0]
+    assert first["step"] == 0
+    return first["val_loss"]
+
+
+def _headers(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith("--- ")]
+
+
+@pytest.mark.parametrize("lora", [None, LORA], ids=["full", "lora"])
+def test_a_fine_tune_is_compared_with_the_model_it_started_from(
+    trained_run, chat_data, tmp_path, capsys, monkeypatch, lora
+):
+    """compare set a fine-tune beside random weights, which says nothing of what the fine-tune
+    changed; the base's loss is the one the fine-tune measured at its step 0 (counted by the run)."""
+    cfg = finetune_config(trained_run, chat_data[0], tmp_path / "ft", max_steps=4, eval_every=2, lora=lora)
+    result = train(cfg, **QUIET)
+    monkeypatch.chdir(tmp_path)  # the base is shown as recorded, an absolute path, not below here
+    assert cli.main(["compare", str(result.run_dir), "--max-new-tokens", "3", "--seed", "0"]) == 0
+    base, tuned = _headers(capsys.readouterr().out)
+    best = (trained_run / "checkpoints" / "best").resolve()
+    step = ckpt.read_info(best)["step"]
+    loss = _first_val_loss(result.run_dir)
+    assert base == f"--- base ({best}, step {step}; fine-tuned from it): val loss {loss:.4f} ---"
+    assert tuned.startswith("--- fine-tuned (") and "untrained" not in base
+
+
+def test_a_fine_tune_with_a_longer_context_than_its_base_scores_the_base_on_its_windows(
+    trained_run, chat_data, tmp_path, capsys
+):
+    """max_seq_len may differ from the base's: its windows are longer than the base's own context."""
+    cfg = finetune_config(trained_run, chat_data[0], tmp_path / "ft", max_steps=2, eval_every=2)
+    raw = cfg.to_dict()
+    raw["model_config"]["max_seq_len"] = raw["training_config"]["seq_len"] = 96  # the base's is 64
+    result = train(config_from_dict(raw), **QUIET)
+    assert cli.main(["compare", str(result.run_dir), "--max-new-tokens", "3", "--seed", "0"]) == 0
+    base = _headers(capsys.readouterr().out)[0]
+    assert base.endswith(f"val loss {_first_val_loss(result.run_dir):.4f} ---"), base
+
+
+def test_a_fine_tune_whose_base_is_gone_is_compared_with_random_weights_and_says_so(
+    trained_run, chat_data, tmp_path, capsys
+):
+    source = tmp_path / "base"
+    shutil.copytree(trained_run, source)
+    cfg = finetune_config(source, chat_data[0], tmp_path / "ft", max_steps=2, eval_every=2)
+    result = train(cfg, **QUIET)
+    shutil.rmtree(source)
+    assert cli.main(["compare", str(result.run_dir), "--max-new-tokens", "3", "--seed", "0"]) == 0
+    out = capsys.readouterr().out
+    note = out.splitlines()[0]
+    assert note.startswith(
+        f"note: {source.resolve() / 'checkpoints' / 'best'}, the base this run was fine-tuned from"
+    )
+    assert "comparing with random weights" in note and "--base DIR" in note
+    assert _headers(out)[0].startswith("--- untrained (random weights): val loss ")
+    # named where it is now, it is the base again
+    assert (
+        cli.main(["compare", str(result.run_dir), "--base", str(trained_run), "--max-new-tokens", "3"]) == 0
+    )
+    base = _headers(capsys.readouterr().out)[0]
+    assert base.startswith("--- base (") and base.endswith(
+        f"val loss {_first_val_loss(result.run_dir):.4f} ---"
+    )
+
+
+def test_untrained_and_base_choose_what_a_run_is_compared_with(
+    trained_run, chat_data, tmp_path, capsys, monkeypatch
+):
+    cfg = finetune_config(trained_run, chat_data[0], tmp_path / "ft", max_steps=2, eval_every=2)
+    result = train(cfg, **QUIET)
+    assert cli.main(["compare", str(result.run_dir), "--untrained", "--max-new-tokens", "3"]) == 0
+    untrained = _headers(capsys.readouterr().out)[0]
+    assert untrained.startswith("--- untrained (random weights): val loss ")
+    # a run trained from scratch beside an earlier checkpoint of its own
+    monkeypatch.chdir(tmp_path)
+    early = trained_run / "checkpoints" / "step_000006"
+    assert cli.main(["compare", str(trained_run), "--base", str(early), "--max-new-tokens", "3"]) == 0
+    earlier, later = _headers(capsys.readouterr().out)
+    six = next(e for e in events(trained_run, "eval") if e["step"] == 6)["val_loss"]
+    assert earlier == f"--- base ({early}, step 6): val loss {six:.4f} ---", earlier
+    assert later.startswith("--- trained (best, step 12)"), later
