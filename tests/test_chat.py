@@ -282,6 +282,21 @@ def test_a_closed_stdin_is_a_chat_without_lines(monkeypatch, capsys, trained_run
     assert capsys.readouterr().out.endswith("/exit (or Ctrl-D) ends.\n")
 
 
+def test_a_latin_1_line_piped_under_a_strict_locale_is_not_sent_and_the_chat_goes_on(
+    monkeypatch, capsys, trained_run
+):
+    """Under en_US.UTF-8 Python reads stdin with the strict error handler (under C.UTF-8 it keeps
+    bad bytes): a Latin-1 line piped in ended the chat in a UnicodeDecodeError's traceback before
+    the line's check could say it is not UTF-8."""
+    piped = io.TextIOWrapper(io.BytesIO(b"caf\xe9\nROMEO:\n"), encoding="utf-8", errors="strict")
+    monkeypatch.setattr(sys, "stdin", piped)
+    capsys.readouterr()
+    assert cli.main(["chat", str(trained_run), *GREEDY]) == 0
+    out = capsys.readouterr().out
+    assert "(not sent: this line is not UTF-8 text (byte 0xe9 at character 3)" in out
+    assert out.endswith(f"ROMEO:{continuation(capsys, trained_run, 'ROMEO:')}\n")
+
+
 def test_ctrl_c_in_generate_ends_the_text_s_line_before_it_says_interrupted(monkeypatch, capsys, trained_run):
     real = generation.generate
 

@@ -863,6 +863,15 @@ def _stdout_on_a_full_disk(env: Env) -> list[str]:
     return ["chat", str(env.run), "--max-new-tokens", "2"]
 
 
+def _stdin_write_only(env: Env) -> list[str]:
+    """`trickster chat RUN 0> FILE`: stdin opened for writing only; reading it failed with EBADF in
+    an OSError's traceback."""
+    descriptor = os.open(env.tmp / "typed.txt", os.O_WRONLY | os.O_CREAT)
+    env.monkeypatch.setattr(sys, "stdin", open(descriptor, encoding="utf-8"))  # noqa: SIM115
+    env.redirection = "0> typed.txt"
+    return ["chat", str(env.run), "--max-new-tokens", "2"]
+
+
 def _folder_of_runs(env: Env) -> list[str]:
     """runs/ itself, where `trickster train` puts every run folder (it said 'train first')."""
     shutil.copytree(env.run, env.tmp / "runs" / "shakespeare")
@@ -3462,6 +3471,12 @@ CASES = [
         _stdout_on_a_full_disk,
         "chat could not write its text to standard output (No space left on device)",
         "free space where it goes",
+    ),
+    case(
+        "chat-stdin-write-only",
+        _stdin_write_only,
+        "standard input cannot be read (Bad file descriptor)",
+        "type at a terminal, or give lines in a file or a pipe (trickster chat RUN < lines.txt)",
     ),
     case(
         "compare-stdout-closed",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Iterator
 
 from trickster.data.hf_tokens import chat_template_of
 from trickster.data.tokenizers import Tokenizer
@@ -22,7 +21,7 @@ from trickster.errors import UserError
 from trickster.options import Sampling
 from trickster.serve.server import read_template
 from trickster.streaming import stream
-from trickster.text_in import UTF8_FIX, not_utf8
+from trickster.text_in import UTF8_FIX, not_utf8, typed_lines
 from trickster.text_out import text_written
 from trickster.train import checkpoint as ckpt
 from trickster.train.device import resolve_device
@@ -56,7 +55,7 @@ def _chat(target: str, sampling: Sampling, device: str, chat_template: str | Non
         print(f"chatting with {loaded.path} (context {context} tokens).")
     offered = COMMANDS if template is not None else ENDS  # without a template there is nothing to reset
     print(f"{offered}.")
-    for line in _lines("you> " if template is not None else "text> "):
+    for line in typed_lines("you> " if template is not None else "text> "):
         if line.startswith("/"):
             if line.strip() in ("/exit", "/quit"):
                 break
@@ -152,24 +151,6 @@ def _continue_ids(tokenizer: Tokenizer, line: str) -> list[int] | None:
         print("(not sent: none of these characters are in the model's vocabulary)")
         return None
     return tokenizer.start_ids() + ids
-
-
-def _lines(prompt: str) -> Iterator[str]:
-    """Lines typed at a terminal (with `prompt`, line editing and Ctrl-C ending the chat), or read
-    from a pipe (without prompts; none when stdin is closed, `<&-`). A piped line ends at "\n" or
-    "\r\n": a file written on Windows gave every line a "\r", which a char model never saw."""
-    if sys.stdin is None:
-        return
-    if not sys.stdin.isatty():
-        for line in sys.stdin:
-            yield line.removesuffix("\n").removesuffix("\r")
-        return
-    while True:
-        try:
-            yield input(prompt)
-        except (EOFError, KeyboardInterrupt):
-            print()
-            return
 
 
 def _template(tokenizer: Tokenizer, path: str | None):
