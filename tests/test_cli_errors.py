@@ -2553,7 +2553,7 @@ CASES = [
     case(
         "disk-full-at-checkpoint",
         _disk_full_at_checkpoint,
-        "could not write checkpoint",
+        "the disk is full at step 4: could not write checkpoint",
         "No space left on device",
         # the run's first checkpoint: --resume would find nothing to resume
         "free disk space, then run the command again with training_config.resume=auto",

@@ -506,7 +506,10 @@ def test_sigterm_to_one_process_stops_every_process_after_the_same_step(shakespe
 @pytest.mark.parametrize(
     ("fault", "line"),
     [
-        ("disk-full", "could not write {} (No space left on device); free disk space"),
+        (
+            "disk-full",
+            "the disk is full at step 5: could not write {} (No space left on device); free disk space",
+        ),
         ("bug", "process 0 failed (RuntimeError: planted); see its traceback"),
     ],
 )
@@ -546,8 +549,9 @@ def test_a_checkpoint_that_rank_0_fails_to_write_ends_every_process_with_its_lin
     cfg.training.async_save = background
     result = forked_job(cfg, tmp_path, fault="disk-full-in-save:1", timeout=90, end_others=False)
     target = run_dir / "checkpoints" / "step_000010"
-    line = f"error: could not write checkpoint {target} (No space left on device)"
+    line = f": could not write checkpoint {target} (No space left on device)"  # at the step it was found
     assert result.returncode == 2 and result.stderr.count(line) == 2, result.stderr[-3000:]
+    assert result.stderr.count("error: the disk is full at step ") == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr and "another process" not in result.stderr
     assert ckpt.latest(run_dir) is None
 

@@ -45,7 +45,21 @@ def write_error(what: str, err: OSError, fix: str | Callable[[OSError], str]) ->
     if err.errno in IN_THE_WAY and name not in what:  # which file: `what` may be its folder
         reason = f"{reason}: {name}"
     fix = fix if isinstance(fix, str) else fix(err)
-    return UserError(f"could not write {what} ({reason}); {fix}")
+    line = f"could not write {what} ({reason}); {fix}"
+    return DiskFull(line, what, reason) if err.errno in FULL else UserError(line)
+
+
+class DiskFull(UserError):
+    """A write refused for want of room (the disk, or the user's quota on it): `what` could not be
+    written (a file, or "checkpoint PATH"), for `reason`, the system's words. A training run words
+    it anew (train/disk_full.py), with the checkpoint it kept."""
+
+    def __init__(self, message: str, what: str, reason: str):
+        super().__init__(message)
+        self.what, self.reason = what, reason
+
+    def __reduce__(self):  # handed to every process of a job (rank0.on_main) whole
+        return (DiskFull, (str(self), self.what, self.reason))
 
 
 FULL = (errno.ENOSPC, errno.EDQUOT)  # the disk, or the user's quota on it

@@ -127,6 +127,11 @@ class Metrics:
         return float(np.median(logged, overwrite_input=True)) if len(logged) else None
 
 
+def _brief(reason: str, most: int = 60) -> str:
+    """A stop's reason for the table: a word (disk-full), or an error's line cut short."""
+    return reason if len(reason) <= most else reason[: most - 3] + "..."
+
+
 def _number(value) -> float:
     return float("nan") if value is None else value
 
@@ -170,6 +175,8 @@ class Run:
         if live in ("running", "running?"):
             quiet = silent_for(self.heartbeat, self.cfg.training.log_every if self.cfg else None)
             return live if quiet is None else f"{live} (no heartbeat for {format_duration(quiet)})"
+        if live == "stopped" and self.heartbeat.get("state") == "stopped":  # its last word: why
+            return f"stopped ({_brief(str(self.heartbeat.get('reason') or 'an error'))})"
         if live == "stopped":
             return "stopped (process died)"
         return "incomplete"  # killed without a chance to log it, by a version without status.json

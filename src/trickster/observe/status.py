@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from trickster.atomic import process_exists, replace_file
+from trickster.errors import FULL
 
 STATUS = "status.json"
 
@@ -33,8 +34,24 @@ def write_status(run_dir: str | Path, state: str, **fields) -> dict:
         **fields,
         "updated": round(time.time(), 3),
     }
-    replace_file(Path(run_dir) / STATUS, json.dumps(record) + "\n", durable=False)  # a heartbeat
+    text = json.dumps(record) + "\n"
+    try:
+        replace_file(Path(run_dir) / STATUS, text, durable=False)  # a heartbeat
+    except OSError as err:
+        if err.errno not in FULL:
+            raise
+        _rewrite_in_place(Path(run_dir) / STATUS, text.encode())
     return record
+
+
+def _rewrite_in_place(path: Path, data: bytes) -> None:
+    """status.json rewritten over its own bytes, on a full disk, where its new copy found no room
+    (its last word, `stopped`, would be lost and the run read as still running): a file of a few
+    hundred bytes keeps the block it has (ext4, XFS, tmpfs), so the write needs none. A reader
+    may meet it half-written for that moment (read_status: no heartbeat)."""
+    with open(path, "r+b") as f:
+        f.write(data)
+        f.truncate()
 
 
 def read_status(run_dir: str | Path) -> dict | None:
@@ -129,6 +146,9 @@ class Heartbeat:
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
-        if error is not None:
-            reason = (str(error).splitlines() or [kind.__name__])[0]
-            self.beat("stopped", self.step, reason=reason[:300])
+        if error is None:
+            return
+        line = (str(error).splitlines() or [kind.__name__])[0][:300]
+        reason = getattr(error, "stop_reason", None)  # a word for `trickster runs`, the line beside it
+        fields = {"reason": line} if reason is None else {"reason": reason, "error": line}
+        self.beat("stopped", self.step, **fields)

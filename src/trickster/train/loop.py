@@ -42,6 +42,7 @@ from trickster.train.device import (
     settings_restored,
     utilisation,
 )
+from trickster.train.disk_full import ends_run
 from trickster.train.finetune import model_vocab
 from trickster.train.memory import check_fits, check_validation_set, resolve_batch
 from trickster.train.optim import build_optimizer, set_lr
@@ -169,6 +170,7 @@ class Trainer:
         with (
             self.signals,
             self.heartbeat,
+            ends_run(self),  # the line and event of a full disk, once what follows has closed
             contextlib.closing(self.out),
             contextlib.closing(self.metrics),
             contextlib.closing(self.writer),  # waits for a write in flight on the way out of an error

@@ -1,0 +1,112 @@
+"""A disk that fills while a run trains: the run ends in one line that says the disk is full, where,
+and how to go on from the checkpoint it kept; status.json says `stopped` (disk-full), so `trickster
+runs` does not take it for a dead process; the run then resumes to its end."""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from trickster import cli
+from trickster.config import save_config
+from trickster.train import checkpoint as ckpt
+from trickster.train import loop, tensor_files
+
+from .conftest import micro_config
+
+FULL = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def fill_disk(monkeypatch, folder: Path) -> None:
+    """From now on no file under `folder` can be created or grown, as on a full disk: opening one
+    to write, append or create fails (here at once, on a real disk at the first write), and so do
+    safetensors' writes. A file opened to be rewritten over its own bytes (r+) needs no new block,
+    and is let through."""
+    real_open = builtins.open
+
+    def full_open(file, mode="r", *args, **kwargs):
+        path = os.path.abspath(os.fspath(file)) if isinstance(file, (str, os.PathLike)) else ""
+        if path.startswith(str(folder)) and any(c in mode for c in "wax"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        return real_open(file, mode, *args, **kwargs)
+
+    def full_save(tensors, file, metadata=None):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(file))
+
+    monkeypatch.setattr(builtins, "open", full_open)
+    monkeypatch.setattr(io, "open", full_open)
+    monkeypatch.setattr(tensor_files, "save_file", full_save)
+
+
+@pytest.fixture
+def run_filling(shakespeare_dir, tmp_path, monkeypatch, capsys):
+    """run(after_step=S or before_save=NAME) -> (exit status, stderr) of a 40-step micro run
+    (checkpoints every 20) whose disk fills once step S is trained, or as checkpoint NAME is saved."""
+
+    def run(after_step: int | None = None, before_save: str | None = None) -> tuple[int, str]:
+        training = {"max_steps": 40, "warmup_steps": 0, "sample_tokens": 0}
+        cfg = micro_config(shakespeare_dir, tmp_path / "run", training_config=training)
+        save_config(cfg, tmp_path / "run.yaml")
+        real_step, real_save = loop.Trainer.step, loop.Trainer.save
+
+        def step_then_fill(self):
+            result = real_step(self)
+            if self.state.step + 1 == after_step:
+                fill_disk(monkeypatch, tmp_path / "run")
+            return result
+
+        def fill_then_save(self, name, *args, **kwargs):
+            if name == before_save:
+                fill_disk(monkeypatch, tmp_path / "run")
+            return real_save(self, name, *args, **kwargs)
+
+        monkeypatch.setattr(loop.Trainer, "step", step_then_fill)
+        monkeypatch.setattr(loop.Trainer, "save", fill_then_save)
+        status = cli.main(["train", "--config", str(tmp_path / "run.yaml"), "--no-progress"])
+        monkeypatch.undo()  # room again
+        return status, capsys.readouterr().err
+
+    return run
+
+
+def test_a_full_disk_ends_the_run_in_one_line_with_the_checkpoint_it_kept(run_filling, tmp_path, capsys):
+    status, err = run_filling(after_step=23)
+    run = tmp_path / "run"
+    assert status == 2
+    assert err == (
+        f"error: the disk is full at step 24: could not write {run / 'metrics.jsonl'} (No space left on "
+        f"device); free disk space, then continue from checkpoints/step_000020 (step 20, kept whole) with: "
+        f"trickster train --config {run / 'config.yaml'} --resume\n"
+    )
+    heartbeat = json.loads((run / "status.json").read_text())
+    assert (heartbeat["state"], heartbeat["reason"], heartbeat["step"]) == ("stopped", "disk-full", 24)
+    assert heartbeat["error"] == err.removeprefix("error: ")[:300]  # the line, as far as status.json keeps
+    assert ckpt.latest(run) == run / "checkpoints" / "step_000020"
+    assert cli.main(["runs", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[1].endswith("stopped (disk-full)"), table  # not "(process died)"
+    assert cli.main(["train", "--config", str(run / "config.yaml"), "--resume", "--no-progress"]) == 0
+    assert ckpt.checkpoint_step(ckpt.latest(run)) == 40
+
+
+def test_a_full_disk_while_a_checkpoint_is_written_keeps_the_one_before(run_filling, tmp_path, capsys):
+    """Full as `final` is written: the line names it and the checkpoint of step 20, which stays
+    whole; the half-written `final` is gone, and the run resumes from step 20 to its end."""
+    status, err = run_filling(before_save="final")
+    run = tmp_path / "run"
+    assert status == 2
+    assert err == (
+        f"error: the disk is full at step 40: could not write checkpoint {run / 'checkpoints' / 'final'} (No "
+        f"space left on device); free disk space, then continue from checkpoints/step_000020 (step 20, kept "
+        f"whole) with: trickster train --config {run / 'config.yaml'} --resume\n"
+    )
+    assert json.loads((run / "status.json").read_text())["reason"] == "disk-full"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best", "step_000020"]
+    assert cli.main(["train", "--config", str(run / "config.yaml"), "--resume", "--no-progress"]) == 0
+    assert ckpt.checkpoint_step(run / "checkpoints" / "final") == 40
