@@ -1557,6 +1557,16 @@ def _serve_incomplete_checkpoint(env: Env) -> list[str]:
     return ["serve", str(ckpt), "--device", "cpu"]
 
 
+def _export_chat_template(content: str | None, out: str = "hf") -> Build:
+    """`trickster export RUN --chat-template FILE` (None: a file that does not exist)."""
+
+    def build(env: Env) -> list[str]:
+        path = env.tmp / "missing.jinja" if content is None else env.write("chat.jinja", content)
+        return ["export", str(env.run), "--out", str(env.tmp / out), "--chat-template", str(path)]
+
+    return build
+
+
 def _chat_template(command: str, content: str | None) -> Build:
     """`trickster serve` or `chat` with --chat-template FILE (None: a file that does not exist)."""
 
@@ -3814,6 +3824,23 @@ CASES = [
         "chat-template-fails-on-every-conversation",
         _chat_template("chat", "{{ message.content }}"),
         "--chat-template",
+        "chat.jinja fails on a conversation of one user message ('message' is undefined)",
+    ),
+    case(
+        "export-chat-template-missing",
+        _export_chat_template(None),
+        "--chat-template",
+        "missing.jinja cannot be read",
+    ),
+    case("export-chat-template-broken", _export_chat_template("{% for %}"), "chat template does not compile"),
+    case(  # before anything is written: the folder stays new
+        "export-chat-template-fails-on-every-conversation",
+        _export_chat_template("{{ message.content }}"),
+        "chat.jinja fails on a conversation of one user message ('message' is undefined)",
+    ),
+    case(
+        "export-gguf-chat-template-fails-on-every-conversation",
+        _export_chat_template("{{ message.content }}", "model.gguf"),
         "chat.jinja fails on a conversation of one user message ('message' is undefined)",
     ),
     case("chat-system-without-template", _chat("--system", "Be brief."), "--system needs a chat template"),

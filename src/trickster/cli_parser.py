@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from trickster.cli_argparse import Parser, given, integer, out_path
+from trickster.cli_export import add_export, add_import
 from trickster.cli_serve import add_access, add_limits
 from trickster.options import Sampling  # dataclasses only
 
@@ -35,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_plan,
         _add_report,
         _add_runs,
-        _add_export,
-        _add_import,
+        add_export,
+        add_import,
         _add_serve,
         _add_quickstart,
     ):
@@ -352,7 +353,7 @@ def _add_eval(commands) -> None:
     ev.set_defaults(run="eval_command")
 
 
-# --------------------------------------------------------------------------- runs, export, import
+# --------------------------------------------------------------------------- report, runs
 
 
 def _add_report(commands) -> None:
@@ -366,49 +367,6 @@ def _add_runs(commands) -> None:
     runs = commands.add_parser("runs", help="a table of the runs in a folder")
     runs.add_argument("folder", nargs="?", default="runs", metavar="DIR", help="default: runs")
     runs.set_defaults(run="runs_command")
-
-
-def _add_export(commands) -> None:
-    export = commands.add_parser("export", help="a run or checkpoint as a Hugging Face folder or GGUF file")
-    export.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
-    export.add_argument(
-        "--format",
-        dest="fmt",
-        choices=("hf", "gguf"),
-        help="hf: a transformers / vLLM folder; gguf: one llama.cpp file (default: gguf if --out ends .gguf)",
-    )
-    export.add_argument(
-        "--out",
-        type=out_path,
-        required=True,
-        help="a new folder (hf) or file (gguf; in a folder given, RUN.gguf) to write",
-    )
-    export.add_argument(
-        "--dtype",
-        choices=("float32", "bfloat16", "float16"),
-        default="float32",
-        help="weights dtype (default float32; gguf takes float32 or float16)",
-    )
-    export.set_defaults(run="export_command")
-
-
-def _add_import(commands) -> None:
-    imp = commands.add_parser("import", help="turn a Hugging Face Llama (a folder or a Hub repo) into a run")
-    import_sources = imp.add_subparsers(dest="source", metavar="SOURCE", required=True, parser_class=Parser)
-    import_hf = import_sources.add_parser(
-        "hf", help="a folder written by save_pretrained(), or a Hub repo id ORG/NAME (downloaded)"
-    )
-    import_hf.add_argument(
-        "path",
-        metavar="MODEL",
-        help="a local folder (config.json, model.safetensors, tokenizer.json), or ORG/NAME on the Hugging "
-        "Face Hub when no such path exists (./ORG/NAME is always the folder)",
-    )
-    import_hf.add_argument(
-        "--revision", help="a branch, tag or commit of the Hub repo (default: main); recorded in the run"
-    )
-    import_hf.add_argument("--out", type=out_path, required=True, help="the new run folder")
-    import_hf.set_defaults(run="import_command")
 
 
 # --------------------------------------------------------------------------- serve, quickstart

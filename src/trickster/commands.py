@@ -253,7 +253,10 @@ def runs_command(folder: str) -> None:
             print(f"note: {run.name}: {run.problem}")
 
 
-def export_command(target: str, fmt: str | None, out: str, dtype: str = "float32") -> Path:
+def export_command(
+    target: str, fmt: str | None, out: str, dtype: str = "float32", chat_template: str | None = None
+) -> Path:
+    """`chat_template`: --chat-template's file, shipped with the model."""
     from trickster.export import gguf, hf
 
     named_gguf = Path(out).suffix.lower() == ".gguf"
@@ -264,15 +267,17 @@ def export_command(target: str, fmt: str | None, out: str, dtype: str = "float32
             "(or leave --format out), or an --out without .gguf for a Hugging Face folder"
         )
     if fmt == "gguf":
-        path, cfg, tokenizer = gguf.export_gguf(target, out, dtype)
+        path, cfg, tokenizer = gguf.export_gguf(target, out, dtype, chat_template)
         hint = llama_cpp_hint(path, hinted_prompt(tokenizer, cfg.training.sample_prompt))
         print(f"wrote {path} ({dtype}); run it with llama.cpp: {hint}")
         return path
     if fmt != "hf":
         raise UserError(f"unknown export format '{fmt}'; choose hf or gguf")
-    path = hf.export_hf(target, out, dtype)
+    path = hf.export_hf(target, out, dtype, chat_template)
     print(f"wrote {path}: config.json, model.safetensors ({dtype}), generation_config.json, tokenizer files")
     print(f"load it with transformers.AutoModelForCausalLM.from_pretrained('{path}'), or: vllm serve {path}")
+    if chat_template and json.loads((path / "tokenizer_config.json").read_text()).get("chat_template"):
+        print(f"chat template: {chat_template}, which tokenizer.apply_chat_template(messages) renders")
     return path
 
 

@@ -40,6 +40,7 @@ from trickster.config import Config, ModelConfig
 from trickster.data.tokenizers import EOT_TEXT, Tokenizer
 from trickster.errors import UserError, disk_errors, write_error, write_fix
 from trickster.export import byte_level
+from trickster.export.chat_template import read_checked
 from trickster.export.hf import rename
 from trickster.out_path import names_a_folder, refuse_path_through_a_file
 from trickster.train import checkpoint as ckpt
@@ -134,11 +135,12 @@ def gguf_vocabulary(tokenizer: Tokenizer, rows: int) -> Vocabulary:
 
 
 def export_gguf(
-    target: str | Path, out: str | Path, dtype: str = "float32"
+    target: str | Path, out: str | Path, dtype: str = "float32", chat_template: str | None = None
 ) -> tuple[Path, Config, Tokenizer]:
-    """Write one .gguf file: hyperparameters, vocabulary and (permuted, renamed) weights. The file,
-    and the config and tokenizer of the checkpoint it holds (its sample prompt, and whether the
-    tokenizer encodes it, for the line printed after)."""
+    """Write one .gguf file: hyperparameters, vocabulary, (permuted, renamed) weights, and the
+    template in `chat_template` (--chat-template's file) if given. The file, and the config and
+    tokenizer of the checkpoint it holds (its sample prompt, and whether the tokenizer encodes it,
+    for the line printed after)."""
     try:
         import gguf
     except ImportError:
@@ -151,6 +153,7 @@ def export_gguf(
         raise UserError(f"{out} already exists; choose a new file with --out (nothing was changed)")
     loaded = ckpt.load_checkpoint(target)  # LoRA adapters arrive merged
     vocab = gguf_vocabulary(loaded.tokenizer, loaded.cfg.model.vocab_size)
+    template = read_checked(chat_template, loaded.tokenizer)
 
     with disk_errors(str(out), WRITE_FIX):  # a file where a folder of the path should be, a read-only one
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -159,6 +162,8 @@ def export_gguf(
     writer = gguf.GGUFWriter(staging, "llama")
     name = loaded.path.parent.parent.name if loaded.path.parent.name == "checkpoints" else out.stem
     _add_metadata(writer, name, loaded, vocab, dtype)
+    if template:
+        writer.add_chat_template(template)  # tokenizer.chat_template, which llama.cpp's chat reads
     _add_tensors(writer, loaded, dtype)
     try:
         writer.write_header_to_file()

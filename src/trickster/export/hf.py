@@ -39,6 +39,7 @@ from trickster.data.hf_tokens import require_tokenizers, special_token_text
 from trickster.data.tokenizers import EOT_TEXT, HFTokenizer, Tokenizer
 from trickster.errors import UserError
 from trickster.export import byte_level
+from trickster.export.chat_template import read_checked
 from trickster.out_path import refuse_path_through_a_file
 from trickster.train import checkpoint as ckpt
 from trickster.train.tensor_files import save_tensors
@@ -186,13 +187,18 @@ def _special_tokens(config: dict) -> dict:
     return {name: config[name] for name in names if special_token_text(config.get(name))}
 
 
-def export_hf(target: str | Path, out: str | Path, dtype: str = "float32") -> Path:
-    """Write a Hugging Face Llama folder from a run (its best checkpoint) or a checkpoint."""
+def export_hf(
+    target: str | Path, out: str | Path, dtype: str = "float32", chat_template: str | None = None
+) -> Path:
+    """Write a Hugging Face Llama folder from a run (its best checkpoint) or a checkpoint;
+    `chat_template`, --chat-template's file: its template in place of the tokenizer's own (if any)."""
     out = Path(out)
     check_new_folder(out, "--out")
     loaded = ckpt.load_checkpoint(target)
     m, tokenizer = loaded.cfg.model, loaded.tokenizer
     files = hf_tokenizer_files(tokenizer, m.max_seq_len)
+    if template := read_checked(chat_template, tokenizer):
+        files["tokenizer_config.json"]["chat_template"] = template  # where transformers 4 and 5 read it
     state = {}
     for name, tensor in ckpt.weights_to_save(loaded.model).items():
         state[rename(name, TO_HF)] = tensor.to(DTYPES[dtype]).contiguous()
