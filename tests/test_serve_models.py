@@ -863,3 +863,27 @@ def test_a_model_replaced_on_disk_before_its_first_load_answers_under_the_new_ca
     torch.testing.assert_close(weights_of(held.model), weights_of(new.model))
     catalog.release(held)
     assert held is catalog.offered["final"] and read_first.model is None
+
+
+@pytest.mark.parametrize("damaged", ["step_000006", "best"])
+def test_a_damaged_checkpoint_among_others_is_left_out_and_the_rest_served(trained_run, tmp_path, damaged):
+    """One checkpoint folder with a config.yaml edited wrong refused the whole run at start ('...
+    is missing or damaged; use another checkpoint'), though its other checkpoints were whole. It is
+    left out now, with a line serve prints, and the others serve (the newest in place of a damaged
+    best). Named with --checkpoints, or served alone, it is refused as before."""
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    (run / "checkpoints" / damaged / "config.yaml").write_text("model_config: [\n")
+    catalog = Catalog(run, torch.device("cpu"))
+    assert set(catalog.offered) == set(NAMES) - {damaged}
+    assert catalog.default == ("final" if damaged == "best" else "best")
+    [line] = catalog.left_out
+    assert line.startswith(f"{damaged} is not offered: ") and f"{damaged}/config.yaml" in line
+    with live_server(run) as live:
+        client = client_of(live)
+        assert [m.id for m in client.models.list().data] == [n for n in NAMES if n != damaged]
+        assert completion(client, model="untrained", **GREEDY)
+        with pytest.raises(openai.NotFoundError):
+            client.completions.create(model=damaged, **GREEDY)
+    for target, names in [(run, [damaged, "final"]), (run / "checkpoints" / damaged, None)]:
+        with pytest.raises(UserError, match=f"{damaged}/config.yaml"):
+            Catalog(target, torch.device("cpu"), names)

@@ -3,7 +3,8 @@ freshly initialised model of the same shape, each named by the folder it lives i
 saved no checkpoint yet offers `untrained`, shaped by the run's own config.yaml and tokenizer.json.
 
 Configs, tokenizers and info.json of every checkpoint are read at start (so a damaged one is
-reported before serving). The default model's weights (the run's best, else its newest, as
+reported before serving: left out, said in a line, while others serve). The default model's
+weights (the run's best, else its newest, as
 `trickster generate RUN` picks; offered.default_of) are loaded at start and stay; a run saving
 checkpoints as it is served moves the default to the newest by the same rule. The others' are
 loaded on first use and kept while there is room: at most `max_loaded` models are in memory at
@@ -74,13 +75,13 @@ class Catalog:
         if names:
             found = {n: p for n, p in found.items() if n in names}
         self.offered: dict[str, Offered] = {}
-        for name, path in found.items():
-            self.offered[name] = describe(name, path, chat_template)
+        self.left_out = self._describe_each(found, refuse=bool(names))
         if not names or UNTRAINED in names:
             if resolved is None:  # shaped as the run's checkpoints will be, by the files it starts with
                 base = describe(UNTRAINED, Path(target), chat_template, run_files=True)
-            else:
-                base = self.offered.get(resolved.name) or describe(resolved.name, resolved, chat_template)
+            else:  # a run's checkpoints share their shape: another one's if it is left out
+                ready = self.offered.get(resolved.name) or next(iter(self.offered.values()), None)
+                base = ready or describe(resolved.name, resolved, chat_template)
             self.offered[UNTRAINED] = Offered(
                 UNTRAINED, base.path, base.cfg, base.tokenizer, base.info, base.chat_template, base.created
             )
@@ -110,6 +111,24 @@ class Catalog:
         self.line: list[int] = []
         # replaced on disk but still held by requests decoding with them: in memory until let go
         self.retired: list[Offered] = []
+
+    def _describe_each(self, found: dict[str, Path], refuse: bool) -> list[str]:
+        """Offer each checkpoint `found` at start; a line for each left out as damaged (a config.yaml
+        edited wrong, a tokenizer.json cut short), which serve says: one such folder among a run's
+        checkpoints refused the whole run, whose others serve. Refused still (`refuse`) when
+        --checkpoints named it, and when none is left (a checkpoint folder served alone)."""
+        left_out, first = [], None
+        for name, path in found.items():
+            try:
+                self.offered[name] = describe(name, path, self.chat_template)
+            except UserError as err:
+                if refuse:
+                    raise
+                first = first or err
+                left_out.append(f"{name} is not offered: {err}")
+        if first is not None and not self.offered:
+            raise first
+        return left_out
 
     def get(self, name: str) -> Offered | None:
         return self.offered.get(name)

@@ -7,6 +7,7 @@ import errno
 import functools
 import signal
 import socket
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -148,6 +149,8 @@ def serve(
     if template:
         catalog.offered[catalog.default].chat_template.check(f"--chat-template {chat_template}")
     sock = bind(host, port)
+    for line in catalog.left_out:  # damaged checkpoints among others that serve
+        print(f"note: {line}", file=sys.stderr, flush=True)
     catalog.load(catalog.default)
     engine = Engine(max_batch)
     app = create_app(catalog, engine, api_key, allowed_hosts=hosts)
