@@ -27,11 +27,12 @@ from pathlib import Path
 
 import torch
 
+from trickster import run_checkpoints
 from trickster.config import load_config
 from trickster.data.tokenizers import ByteTokenizer
 from trickster.model.transformer import Transformer
 from trickster.train import checkpoint as ckpt
-from trickster.train import checksums
+from trickster.train import checkpoint_load, checksums
 from trickster.train.resume import RESUME_READS
 
 
@@ -107,15 +108,18 @@ def main() -> None:
         save_unsummed = timed(saved, args.repeats, before=fresh)
         checksums.file_sha256 = real_sha256
         save = timed(saved, args.repeats, before=fresh)
-        weights, trainer = (final / ckpt.WEIGHTS).stat().st_size, (final / "trainer.pt").stat().st_size
+        weights, trainer = (
+            (final / run_checkpoints.WEIGHTS).stat().st_size,
+            (final / "trainer.pt").stat().st_size,
+        )
         summing = timed(lambda: checksums.record(final), args.repeats)
         hash_weights = lambda clock: seconds(  # noqa: E731
-            lambda: checksums.file_sha256(final / ckpt.WEIGHTS), args.repeats, clock=clock
+            lambda: checksums.file_sha256(final / run_checkpoints.WEIGHTS), args.repeats, clock=clock
         )
         per_gb, cpu_per_gb = (
             hash_weights(clock) / (weights / 1e9) for clock in (time.perf_counter, time.process_time)
         )
-        load = lambda: ckpt.load_checkpoint(final)  # noqa: E731
+        load = lambda: checkpoint_load.load_checkpoint(final)  # noqa: E731
         load()  # its first call imports what loading needs: not timed
         checked_warm = timed(load, args.repeats)
         checked_cold = seconds(load, args.repeats, before=lambda: evict(final))

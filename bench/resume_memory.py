@@ -1,5 +1,5 @@
 """Host memory of each process of a DDP job as it resumes: what loading the checkpoint (the
-weights, checkpoint.load_weights; then trainer.pt with the optimizer state gathered, and handing
+weights, weight_loading.load_weights; then trainer.pt with the optimizer state gathered, and handing
 that state to the optimizer: loop.Trainer.load) adds to each process's resident memory at its peak.
 
     python bench/resume_memory.py                                   # midi's shape, AdamW, 2 processes
@@ -52,13 +52,13 @@ def read_bytes() -> int:
 
 def child(out: str, argv: list[str]) -> int:
     """One process of the resumed job: `trickster train ARGV`, with Trainer.load and, before it,
-    the weights' load (checkpoint.load_weights, into the model as built) measured."""
+    the weights' load (weight_loading.load_weights, into the model as built) measured."""
     import torch
 
     from trickster import cli
-    from trickster.train import checkpoint, loop
+    from trickster.train import loop, weight_loading
 
-    load, load_weights, found = loop.Trainer.load, checkpoint.load_weights, {}
+    load, load_weights, found = loop.Trainer.load, weight_loading.load_weights, {}
 
     def measured_weights(model, file):
         before, anon, copy = status("VmRSS")["VmRSS"], [status("RssAnon")["RssAnon"]], torch.Tensor.copy_
@@ -85,7 +85,7 @@ def child(out: str, argv: list[str]) -> int:
         state = [v for s in self.optimizer.state.values() for v in s.values() if hasattr(v, "nbytes")]
         found["optimizer"] = sum(t.nbytes for t in state)
 
-    loop.Trainer.load, checkpoint.load_weights = measured_load, measured_weights
+    loop.Trainer.load, weight_loading.load_weights = measured_load, measured_weights
     code = cli.main(argv)
     Path(f"{out}.{os.environ['RANK']}").write_text(json.dumps(found))
     return code
@@ -145,7 +145,7 @@ def main() -> None:
         f"{args.preset} (AdamW): {result.params:,} parameters, trainer.pt {trainer_pt / MB:,.0f} MB; "
         f"2 DDP processes (gloo, CPU), {os.cpu_count()} CPUs; median of {args.repeats}"
     )
-    print("\nThe weights' load (checkpoint.load_weights, model.safetensors into the built model):")
+    print("\nThe weights' load (weight_loading.load_weights, model.safetensors into the built model):")
     print(
         "| sources | rank | RSS before | peak during the load (VmHWM) | added at the peak | anonymous added |"
     )

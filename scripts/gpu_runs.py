@@ -208,10 +208,10 @@ def save_and_load_times(result: Result, run: Path, device: str) -> None:
     saves at its last step (best and final), from the times of its events."""
     import torch
 
-    from trickster.train import checkpoint as ckpt
+    from trickster.train import checkpoint_load
 
     started = time.perf_counter()
-    loaded = ckpt.load_checkpoint(run / "checkpoints" / "final", device)
+    loaded = checkpoint_load.load_checkpoint(run / "checkpoints" / "final", device)
     if device == "cuda":
         torch.cuda.synchronize()
     result.load_s = time.perf_counter() - started

@@ -190,9 +190,9 @@ def chat_data(trained_run, tmp_path_factory) -> tuple[Path, list[dict]]:
 
 def finetune_config(base_run: Path, data_dir: Path, run_dir: Path, **training) -> Config:
     """The base run's own config (same model), pointed at new data, a new folder and init_from."""
-    from trickster.train import checkpoint as ckpt
+    from trickster.train import checkpoint_load, checkpoint_path
 
-    cfg = ckpt.read_config(ckpt.resolve(base_run))
+    cfg = checkpoint_load.read_config(checkpoint_path.resolve(base_run))
     cfg.data.path = str(data_dir)
     cfg.logging.output_dir = str(run_dir)
     values = {"max_steps": 10, "warmup_steps": 1, "eval_every": 10, "save_every": 5, "log_every": 1}

@@ -126,16 +126,16 @@ def install(moment: str, n: int) -> None:
     elif moment == "during-background-write":
         install_background_kill(due)
     elif moment == "before-prune":
-        from trickster.train import checkpoint
+        from trickster import run_checkpoints
 
-        prune = checkpoint.prune
+        prune = run_checkpoints.prune
 
         def patched_prune(*args, **kwargs):
             if due():
                 die()
             return prune(*args, **kwargs)
 
-        checkpoint.prune = patched_prune
+        run_checkpoints.prune = patched_prune
     elif moment == "during-best-replace":
         rename = pathlib.Path.rename
 

@@ -6,14 +6,14 @@
     python -m tests.peak_child OUT resume --config run.yaml --resume   # what the load brings in
     python -m tests.peak_child OUT plain DTYPE CHECKPOINTING OPTIMIZER WINDOWS  # one process, no
                                                                    # FSDP or DDP: nano's steps
-    python -m tests.peak_child OUT load MODEL_CONFIG_JSON WEIGHTS     # ckpt.load_weights alone
+    python -m tests.peak_child OUT load MODEL_CONFIG_JSON WEIGHTS     # weight_loading.load_weights alone
 
 `resume` (tests/test_dist.py) writes, instead, how many bytes the process brought into memory from
 its files while Trainer.load ran: what it read through read() and the like (/proc/self/io rchar),
 and the file pages it has resident more than before (RssFile), the loaded trainer.pt kept alive
 until then (its mapped pages stay counted).
 
-`load` (tests/test_checkpoint.py) writes what ckpt.load_weights of the safetensors file WEIGHTS
+`load` (tests/test_checkpoint.py) writes what weight_loading.load_weights of the safetensors file WEIGHTS
 into a model of MODEL_CONFIG_JSON (a ModelConfig's fields, in JSON) adds to the process's resident
 memory at its peak ("added", file pages of a mapped file included), and to its anonymous memory,
 its own, as read before each copy into a tensor ("anon_added"), the model's own memory already
@@ -46,8 +46,7 @@ import torch
 from trickster import cli
 from trickster.config import ModelConfig, load_config
 from trickster.model.transformer import Transformer
-from trickster.train import checkpoint as ckpt
-from trickster.train import dist, loop
+from trickster.train import checkpoint_load, dist, loop, weight_loading
 from trickster.train.device import autocast_for
 from trickster.train.optim import build_optimizer
 
@@ -94,7 +93,7 @@ def train(argv: list[str]) -> tuple[int, dict[str, int]]:
 
 
 def resume(argv: list[str]) -> tuple[int, dict[str, int]]:
-    load, load_trainer_state, found, kept = loop.Trainer.load, ckpt.load_trainer_state, {}, []
+    load, load_trainer_state, found, kept = loop.Trainer.load, checkpoint_load.load_trainer_state, {}, []
 
     def kept_alive(path, **options):
         kept.append(load_trainer_state(path, **options))
@@ -105,12 +104,12 @@ def resume(argv: list[str]) -> tuple[int, dict[str, int]]:
         load(self, path)
         found["brought_in"] = read_bytes() + kib("RssFile") - before
 
-    loop.Trainer.load, ckpt.load_trainer_state = measured_load, kept_alive
+    loop.Trainer.load, checkpoint_load.load_trainer_state = measured_load, kept_alive
     return cli.main(["train", *argv]), found
 
 
 def load(model_config: str, weights: str) -> tuple[int, dict]:
-    model = ckpt.empty_model(ModelConfig(**json.loads(model_config)))
+    model = checkpoint_load.empty_model(ModelConfig(**json.loads(model_config)))
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.zero_()  # its pages resident before the load: what the load adds is its own
@@ -125,7 +124,7 @@ def load(model_config: str, weights: str) -> tuple[int, dict]:
     Path("/proc/self/clear_refs").write_text("5")
     torch.Tensor.copy_ = sampled_copy
     try:
-        ckpt.load_weights(model, Path(weights))
+        weight_loading.load_weights(model, Path(weights))
     finally:
         torch.Tensor.copy_ = copy
     found = {"added": kib("VmHWM") - before, "anon_added": max(anon) - anon[0]}

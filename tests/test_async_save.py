@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from trickster import run_checkpoints
 from trickster.data import loader
 from trickster.errors import UserError
-from trickster.train import async_save, loop, tensor_files
+from trickster.train import async_save, checkpoint_load, loop, tensor_files
 from trickster.train import checkpoint as ckpt
 from trickster.train.async_save import snapshot
 from trickster.train.loop import train
@@ -95,14 +96,16 @@ def assert_same_checkpoints(run_dir: Path, reference_dir: Path) -> None:
     """Every checkpoint of two runs: the same tensors, trainer state and info.json, but the clock."""
     for name in folders(run_dir):
         ours, theirs = run_dir / "checkpoints" / name, reference_dir / "checkpoints" / name
-        assert safetensors_content(ours / ckpt.WEIGHTS) == safetensors_content(theirs / ckpt.WEIGHTS), name
-        states = [ckpt.load_trainer_state(p) for p in (ours, theirs)]
+        assert safetensors_content(ours / run_checkpoints.WEIGHTS) == safetensors_content(
+            theirs / run_checkpoints.WEIGHTS
+        ), name
+        states = [checkpoint_load.load_trainer_state(p) for p in (ours, theirs)]
         for state in states:
             state["train_state"].pop("train_seconds")  # the clock: no two runs take the same time
         assert same_values(*states), name
         info, expected = (json.loads((p / "info.json").read_text()) for p in (ours, theirs))
         for kept in (info, expected):  # the time, and the sums of files compared above
-            kept.pop("saved"), kept["sha256"].pop("trainer.pt"), kept["sha256"].pop(ckpt.WEIGHTS)
+            kept.pop("saved"), kept["sha256"].pop("trainer.pt"), kept["sha256"].pop(run_checkpoints.WEIGHTS)
         assert info == expected, name
 
 
@@ -162,8 +165,8 @@ def test_sigkill_during_a_background_write_resumes_as_the_uninterrupted_run(
 
     hidden = [p.name for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".")]
     assert [name.split("-")[0] for name in hidden] == [".step_000008.tmp"], hidden
-    assert not (run_dir / "checkpoints" / hidden[0] / ckpt.COMPLETE).exists()
-    assert ckpt.latest(run_dir).name == "step_000004"
+    assert not (run_dir / "checkpoints" / hidden[0] / run_checkpoints.COMPLETE).exists()
+    assert run_checkpoints.latest(run_dir).name == "step_000004"
 
     resumed = train(micro_config(shakespeare_dir, run_dir, **in_background(CRASH_RUN)), resume=True, **QUIET)
 
@@ -242,7 +245,7 @@ def test_a_stop_by_signal_says_saved_once_its_background_checkpoint_is_whole(mic
 
     def echo(line="", *args, **kwargs):
         if str(line).startswith("stopped by SIGTERM"):
-            whole.append(ckpt.is_complete(checkpoint))
+            whole.append(run_checkpoints.is_complete(checkpoint))
 
     result = train(cfg, echo=echo)
     assert (result.exit_signal, result.state.step) == (signal.SIGTERM, 3)
@@ -288,4 +291,6 @@ def test_fsdp2_writes_its_optimizer_shards_in_the_background_as_in_the_foregroun
     moments = [torch.load(run / "moments.pt", weights_only=True) for run in (ours, theirs)]
     assert moments[0].keys() == moments[1].keys() and same_values(*moments)
     a, b = (p / "checkpoints" / "step_000010" for p in (ours, theirs))
-    assert safetensors_content(a / ckpt.WEIGHTS) == safetensors_content(b / ckpt.WEIGHTS)
+    assert safetensors_content(a / run_checkpoints.WEIGHTS) == safetensors_content(
+        b / run_checkpoints.WEIGHTS
+    )

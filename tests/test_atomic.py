@@ -102,7 +102,7 @@ def test_a_link_to_a_device_or_a_pipe_is_written_into_never_replaced(tmp_path):
 
 def test_a_folder_being_replaced_is_never_deleted_before_its_successor_is_in_place(tmp_path, monkeypatch):
     """replace_dir moves the old folder aside, then the new one in: a writer killed between the two
-    renames leaves the old one whole under `.NAME.old-PID`, for checkpoint.recover to put back. The
+    renames leaves the old one whole under `.NAME.old-PID`, for run_checkpoints.recover to put back. The
     kill is a rename of the new folder that never happens."""
     old, new = tmp_path / "best", tmp_path / ".best.tmp-1"
     for folder, text in [(old, "old"), (new, "new")]:

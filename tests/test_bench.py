@@ -67,6 +67,7 @@ def test_the_step_profile_splits_a_real_step_and_accounts_for_its_time():
 
 def test_the_checkpoint_benchmark_links_and_writes_what_it_says(tmp_path, monkeypatch, capsys):
     """Its linked saves must really link (the same file as final's), else it times a copy."""
+    from trickster import run_checkpoints
     from trickster.train import checkpoint as ckpt
 
     bench = bench_module("checkpoint_save")
@@ -76,7 +77,10 @@ def test_the_checkpoint_benchmark_links_and_writes_what_it_says(tmp_path, monkey
     def spy(target, *args, reuse=None, **kwargs):
         folder = real(target, *args, reuse=reuse, **kwargs)
         if reuse is not None:
-            reused.append((folder / ckpt.WEIGHTS).stat().st_ino == (reuse / ckpt.WEIGHTS).stat().st_ino)
+            reused.append(
+                (folder / run_checkpoints.WEIGHTS).stat().st_ino
+                == (reuse / run_checkpoints.WEIGHTS).stat().st_ino
+            )
         return folder
 
     monkeypatch.setattr(ckpt, "save_checkpoint", spy)

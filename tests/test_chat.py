@@ -35,9 +35,9 @@ def continuation(capsys, run, prompt: str) -> str:
 
 def read_by_model(monkeypatch, trained_run) -> list[str]:
     """Every text the model is asked to continue, as it reads it (its ids decoded), in order."""
-    from trickster.train import checkpoint as ckpt
+    from trickster.train import checkpoint_load, checkpoint_path
 
-    tokenizer, asked = ckpt.read_tokenizer(ckpt.resolve(trained_run)), []
+    tokenizer, asked = checkpoint_load.read_tokenizer(checkpoint_path.resolve(trained_run)), []
     real = commands_chat.stream  # chat's own calls: `generate` (continuation) streams too
 
     def recording(model, tokenizer_, ids, *args, **kwargs):

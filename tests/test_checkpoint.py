@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests import children, peak_child
+from trickster import run_checkpoints
 from trickster.config import ModelConfig, config_from_dict
 from trickster.data.loader import load_data
 from trickster.data.tokenizers import CharTokenizer
@@ -22,7 +23,7 @@ from trickster.model.generate import generate
 from trickster.model.transformer import KVCache, Transformer
 from trickster.precision import inference_dtype
 from trickster.train import checkpoint as ckpt
-from trickster.train import checksums
+from trickster.train import checkpoint_load, checksums
 from trickster.train.weights import weights_to_save
 
 MODEL = {
@@ -58,10 +59,10 @@ def test_loading_gives_the_saved_weights_without_drawing_random_ones(
 
     monkeypatch.setattr(Transformer, "init_weights", spy)
     rng = torch.get_rng_state()
-    loaded = ckpt.load_checkpoint(target).model
+    loaded = checkpoint_load.load_checkpoint(target).model
     assert set(initialised) == {"meta"}  # the random initialisation touched no real tensor
     assert torch.equal(torch.get_rng_state(), rng)  # ... and drew nothing from the global RNG
-    saved = load_file(target / ckpt.WEIGHTS)
+    saved = load_file(target / run_checkpoints.WEIGHTS)
     for name, tensor in loaded.state_dict().items():
         torch.testing.assert_close(tensor, model.state_dict()[name], rtol=0, atol=0)
         assert name in saved or (tie and name == "output.weight")
@@ -76,7 +77,7 @@ def test_the_compute_dtype_is_bfloat16_on_ampere_gpus_and_float32_elsewhere(
     shakespeare_dir, tmp_path, monkeypatch
 ):
     _, target = saved_model(shakespeare_dir, tmp_path)
-    assert ckpt.load_checkpoint(target).dtype == "float32"
+    assert checkpoint_load.load_checkpoint(target).dtype == "float32"
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     assert inference_dtype(torch.device("cuda")) == "bfloat16"
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
@@ -123,7 +124,7 @@ def without_checksums(path) -> None:
 
 def test_save_and_reload_give_identical_logits_and_generations(tmp_path):
     model, path = _saved(tmp_path)
-    loaded = ckpt.load_checkpoint(path)
+    loaded = checkpoint_load.load_checkpoint(path)
     idx = torch.randint(0, 40, (2, 10))
     model.eval()
     with torch.no_grad():
@@ -147,7 +148,7 @@ def test_reload_catches_weights_that_disagree_with_the_config(tmp_path, saved_te
     config = path / "config.yaml"
     config.write_text(config.read_text().replace(saved_text, edited_text))
     with pytest.raises(UserError, match=message):
-        ckpt.load_checkpoint(path)
+        checkpoint_load.load_checkpoint(path)
 
 
 @pytest.mark.parametrize(
@@ -181,9 +182,9 @@ def test_an_edited_config_is_refused_before_the_model_is_allocated(
     _, path = _saved(tmp_path)
     config = path / "config.yaml"
     config.write_text(config.read_text().replace(saved_text, edited_text))
-    monkeypatch.setattr(ckpt, "empty_model", lambda *args: pytest.fail("the model was allocated"))
+    monkeypatch.setattr(checkpoint_load, "empty_model", lambda *args: pytest.fail("the model was allocated"))
     with pytest.raises(UserError, match=message) as refused:
-        ckpt.load_checkpoint(path)
+        checkpoint_load.load_checkpoint(path)
     assert str(refused.value).startswith(f"{config} does not match") or "does not fit" in str(refused.value)
 
 
@@ -216,7 +217,7 @@ def test_an_edited_config_that_keeps_every_shape_is_refused(tmp_path, model, edi
         text = text.replace(saved, edited)
     config.write_text(text)
     with pytest.raises(UserError, match=message) as refused:
-        ckpt.load_checkpoint(path)
+        checkpoint_load.load_checkpoint(path)
     assert "put back its model_config" in str(refused.value)
 
 
@@ -224,10 +225,10 @@ def test_weights_saved_without_a_recorded_config_still_load(tmp_path):
     """Checkpoints written before the model_config was recorded in the weights' header load as
     they did, checked by their shapes alone."""
     model, path = _saved(tmp_path)
-    weights = path / ckpt.WEIGHTS
+    weights = path / run_checkpoints.WEIGHTS
     without_checksums(path)  # also written before 2026-11-30
     save_file(load_file(weights), weights, metadata={"format": "pt"})  # the old header
-    loaded = ckpt.load_checkpoint(path)
+    loaded = checkpoint_load.load_checkpoint(path)
     idx = torch.randint(0, 40, (2, 10))
     model.eval()
     with torch.no_grad():
@@ -252,12 +253,12 @@ def test_an_edited_lora_rank_is_refused_before_the_model_is_allocated(tmp_path, 
     lora.apply_lora(model, cfg.training.lora)
     tokenizer = CharTokenizer("".join(chr(65 + i) for i in range(40)))
     path = ckpt.save_checkpoint(tmp_path / "ck", model, cfg, tokenizer, {"step": 0})
-    assert ckpt.load_checkpoint(path).model.cfg == cfg.model  # as saved, it loads
+    assert checkpoint_load.load_checkpoint(path).model.cfg == cfg.model  # as saved, it loads
     config = path / "config.yaml"
     config.write_text(config.read_text().replace("rank: 4", f"rank: {rank}"))
-    monkeypatch.setattr(ckpt, "empty_model", lambda *args: pytest.fail("the model was allocated"))
+    monkeypatch.setattr(checkpoint_load, "empty_model", lambda *args: pytest.fail("the model was allocated"))
     with pytest.raises(UserError, match=message):
-        ckpt.load_checkpoint(path)
+        checkpoint_load.load_checkpoint(path)
 
 
 def test_memory_the_device_refuses_while_loading_is_one_line(tmp_path, monkeypatch):
@@ -268,9 +269,9 @@ def test_memory_the_device_refuses_while_loading_is_one_line(tmp_path, monkeypat
     def full(*args):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
 
-    monkeypatch.setattr(ckpt, "empty_model", full)
+    monkeypatch.setattr(checkpoint_load, "empty_model", full)
     with pytest.raises(UserError, match=f"loading {path} on cpu failed to allocate memory"):
-        ckpt.load_checkpoint(path)
+        checkpoint_load.load_checkpoint(path)
 
 
 def test_reload_catches_dtype_drift(tmp_path):
@@ -279,14 +280,14 @@ def test_reload_catches_dtype_drift(tmp_path):
     weights = load_file(path / "model.safetensors")
     save_file({k: v.half() for k, v in weights.items()}, path / "model.safetensors")
     with pytest.raises(UserError, match="torch.float16, the config needs .* torch.float32"):
-        ckpt.load_checkpoint(path)
+        checkpoint_load.load_checkpoint(path)
 
 
 def test_incomplete_checkpoint_is_never_loaded(tmp_path):
     _, path = _saved(tmp_path)
     (path / "COMPLETE").unlink()
     with pytest.raises(UserError, match="incomplete"):
-        ckpt.load_checkpoint(path)
+        checkpoint_load.load_checkpoint(path)
 
 
 def test_loading_never_unpickles_code(tmp_path):
@@ -300,7 +301,7 @@ def test_loading_never_unpickles_code(tmp_path):
 
     torch.save({"payload": Exploit()}, path / "trainer.pt")
     with pytest.raises(UserError, match="refused or damaged"):
-        ckpt.load_trainer_state(path)
+        checkpoint_load.load_trainer_state(path)
     assert not marker.exists()
 
 
@@ -312,9 +313,9 @@ def test_recover_puts_back_only_a_complete_copy_and_deletes_the_rest(tmp_path, d
 
     def plant(name: str, complete: bool) -> None:
         (folder / name).mkdir(parents=True)
-        (folder / name / ckpt.WEIGHTS).write_bytes(b"w")
+        (folder / name / run_checkpoints.WEIGHTS).write_bytes(b"w")
         if complete:
-            (folder / name / ckpt.COMPLETE).write_text("")
+            (folder / name / run_checkpoints.COMPLETE).write_text("")
 
     plant(f".best.old-{dead_pid}", complete=True)  # best is missing: its only copy
     plant(f".final.old-{dead_pid}", complete=False)  # final is missing, and this copy is half
@@ -322,7 +323,7 @@ def test_recover_puts_back_only_a_complete_copy_and_deletes_the_rest(tmp_path, d
     plant(f".step_000002.old-{dead_pid}", complete=True)  # step_000002 is in place: a stale copy
     plant(f".step_000004.tmp-{dead_pid}", complete=False)
     plant(f".step_000006.tmp-{live_pid}", complete=False)
-    repairs = ckpt.recover(tmp_path)
+    repairs = run_checkpoints.recover(tmp_path)
     assert sorted(repairs) == [
         f"removed .final.old-{dead_pid}, left by an interrupted write",
         f"removed .step_000002.old-{dead_pid}, left by an interrupted write",
@@ -330,7 +331,7 @@ def test_recover_puts_back_only_a_complete_copy_and_deletes_the_rest(tmp_path, d
         "restored checkpoints/best from an interrupted replacement",
     ]
     assert sorted(p.name for p in folder.iterdir()) == [f".step_000006.tmp-{live_pid}", "best", "step_000002"]
-    assert ckpt.is_complete(folder / "best")
+    assert run_checkpoints.is_complete(folder / "best")
 
 
 def test_loading_weights_holds_about_one_tensor_beyond_the_model(tmp_path):
@@ -343,7 +344,7 @@ def test_loading_weights_holds_about_one_tensor_beyond_the_model(tmp_path):
     shape["max_seq_len"] = 32
     torch.manual_seed(0)
     model = Transformer(ModelConfig(**shape))
-    file, out = tmp_path / ckpt.WEIGHTS, tmp_path / "peak"
+    file, out = tmp_path / run_checkpoints.WEIGHTS, tmp_path / "peak"
     save_file(weights_to_save(model), file)
     size = file.stat().st_size
     assert size > 200e6
@@ -367,4 +368,4 @@ def test_a_save_goes_through_beside_a_checkpoint_whose_info_is_damaged(tmp_path)
     first = ckpt.save_checkpoint(folder / "step_000001", model, cfg, tokenizer, {"step": 1})
     (first / "info.json").write_text("{ damaged")
     second = ckpt.save_checkpoint(folder / "step_000002", model, cfg, tokenizer, {"step": 2})
-    assert ckpt.is_complete(second) and ckpt.read_info(second)["step"] == 2
+    assert run_checkpoints.is_complete(second) and run_checkpoints.read_info(second)["step"] == 2

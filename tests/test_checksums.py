@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from trickster import cli
+from trickster import cli, run_checkpoints
 from trickster.errors import UserError
+from trickster.run_checkpoints import WEIGHTS
 from trickster.train import checkpoint as ckpt
-from trickster.train import checksums, optim
+from trickster.train import checkpoint_load, checksums, optim, weight_loading
 from trickster.train.loop import train
 
 from .conftest import QUIET, micro_config
@@ -64,17 +65,17 @@ def test_a_best_linked_to_the_checkpoint_just_saved_takes_its_sums_without_readi
     """`best` saved at the step of `final` hard-links its weights: their sum is final's, not read
     again (gigabytes for a big model); the files it writes itself are read."""
     final, best = run / "checkpoints" / "final", run / "checkpoints" / "best"
-    assert os.path.samefile(final / ckpt.WEIGHTS, best / ckpt.WEIGHTS), "the test needs a linked best"
+    assert os.path.samefile(final / WEIGHTS, best / WEIGHTS), "the test needs a linked best"
     read = []
     hashed = checksums.file_sha256
     monkeypatch.setattr(checksums, "file_sha256", lambda path: read.append(path.name) or hashed(path))
-    loaded = ckpt.load_checkpoint(final)
+    loaded = checkpoint_load.load_checkpoint(final)
     read.clear()
     again = run / "checkpoints" / "again"
     ckpt.save_checkpoint(again, loaded.model, loaded.cfg, loaded.tokenizer, loaded.info, {}, reuse=final)
     assert sorted(read) == ["tokenizer.json", "trainer.pt"]
-    recorded = ckpt.read_info(again)["sha256"]
-    assert recorded["model.safetensors"] == hashlib.sha256((final / ckpt.WEIGHTS).read_bytes()).hexdigest()
+    recorded = run_checkpoints.read_info(again)["sha256"]
+    assert recorded["model.safetensors"] == hashlib.sha256((final / WEIGHTS).read_bytes()).hexdigest()
 
 
 def test_weights_shared_by_hard_links_are_changed_in_every_checkpoint_that_links_them(run, capsys):
@@ -83,14 +84,14 @@ def test_weights_shared_by_hard_links_are_changed_in_every_checkpoint_that_links
     newest intact one; nothing is changed."""
     folder = run / "checkpoints"
     shutil.copytree(folder / "final", folder / "step_000012", copy_function=os.link)
-    flip_byte(folder / "final" / ckpt.WEIGHTS)
+    flip_byte(folder / "final" / WEIGHTS)
     files = written(run)
     argv = ["train", "--config", str(run / "config.yaml"), "--no-progress", "--resume"]
     argv.append("training_config.max_steps=20")  # past the 12 it has done
 
     assert cli.main(argv) == 2
     assert capsys.readouterr().err == (
-        f"error: {folder / 'final' / ckpt.WEIGHTS} no longer matches the checksum saved with it (changed "
+        f"error: {folder / 'final' / WEIGHTS} no longer matches the checksum saved with it (changed "
         f"or damaged on disk since it was written); move final and step_000012 out of {folder} to resume "
         "from step_000006 (step 6), the newest intact checkpoint (nothing was changed)\n"
     )
@@ -103,17 +104,17 @@ def test_a_checkpoint_replaced_while_served_is_checked_when_it_is_read_again(run
     httpx = pytest.importorskip("httpx")
     with live_server(run) as live:
         assert live.catalog.load("best").info["step"] == 12
-        earlier = ckpt.load_checkpoint(run / "checkpoints" / "step_000006")
+        earlier = checkpoint_load.load_checkpoint(run / "checkpoints" / "step_000006")
         parts = (earlier.model, earlier.cfg, earlier.tokenizer, earlier.info)
         best = ckpt.save_checkpoint(run / "checkpoints" / "best", *parts)
-        flip_byte(best / ckpt.WEIGHTS)
+        flip_byte(best / WEIGHTS)
         request = {"model": "best", "prompt": "ROMEO:", "max_tokens": 2}
         answer = httpx.post(f"{live.url}/v1/completions", json=request, timeout=60)
 
         assert live.catalog.current("best").info["step"] == 6  # the new card: read again
     assert answer.status_code == 500
     assert answer.json()["error"]["message"] == (
-        f"model 'best' could not be loaded: {best / ckpt.WEIGHTS} no longer matches the checksum saved "
+        f"model 'best' could not be loaded: {best / WEIGHTS} no longer matches the checksum saved "
         "with it (changed or damaged on disk since it was written); use another checkpoint"
     )
 
@@ -174,7 +175,7 @@ def test_a_save_sums_its_files_at_once_while_it_flushes_them_to_disk(trained_run
     are taken in threads, one file beside another, while the main thread flushes the files to
     disk. Each sum here waits until a second one has begun and a file has been flushed meanwhile;
     the sums recorded are still hashlib's over the files."""
-    loaded = ckpt.load_checkpoint(trained_run / "checkpoints" / "final")
+    loaded = checkpoint_load.load_checkpoint(trained_run / "checkpoints" / "final")
     monkeypatch.setattr(os, "cpu_count", lambda: 4)  # threads to spare, on any machine
     summing, lock = set(), threading.Lock()
     began, two_at_once, flushed = threading.Event(), threading.Event(), threading.Event()
@@ -194,7 +195,7 @@ def test_a_save_sums_its_files_at_once_while_it_flushes_them_to_disk(trained_run
 
     def fsync(fd: int) -> None:
         staged = {p.stat().st_ino: p.name for p in tmp_path.glob(".again.tmp-*/*")}  # atomic.staging_dir
-        if staged.get(os.fstat(fd).st_ino) in (ckpt.WEIGHTS, "trainer.pt") and began.wait(WAIT):
+        if staged.get(os.fstat(fd).st_ino) in (WEIGHTS, "trainer.pt") and began.wait(WAIT):
             with lock:
                 if summing:
                     flushed.set()
@@ -205,7 +206,7 @@ def test_a_save_sums_its_files_at_once_while_it_flushes_them_to_disk(trained_run
     parts = (loaded.model, loaded.cfg, loaded.tokenizer, loaded.info, {"moments": torch.arange(1000.0)})
     again = ckpt.save_checkpoint(tmp_path / "again", *parts)
 
-    recorded = ckpt.read_info(again)["sha256"]
+    recorded = run_checkpoints.read_info(again)["sha256"]
     assert recorded == {name: hashlib.sha256((again / name).read_bytes()).hexdigest() for name in recorded}
     assert sorted(recorded) == ["model.safetensors", "tokenizer.json", "trainer.pt"]
 
@@ -219,12 +220,12 @@ def test_a_load_reads_the_weights_while_their_sum_is_taken_and_still_refuses_a_f
     loaded. A flipped byte is still refused in verify's line and no model comes back; a load that
     fails meanwhile (memory, say) says the file changed, as it did when the sums came first."""
     checkpoint = shutil.copytree(trained_run / "checkpoints" / "final", tmp_path / "final")
-    flip_byte(checkpoint / ckpt.WEIGHTS)
+    flip_byte(checkpoint / WEIGHTS)
     loading, waited = threading.Event(), []
-    real_sha256, real_load = checksums.file_sha256, ckpt.load_weights
+    real_sha256, real_load = checksums.file_sha256, weight_loading.load_weights
 
     def sha256(path: Path) -> str:
-        if path.name == ckpt.WEIGHTS:
+        if path.name == WEIGHTS:
             waited.append(loading.wait(WAIT))
         return real_sha256(path)
 
@@ -235,12 +236,12 @@ def test_a_load_reads_the_weights_while_their_sum_is_taken_and_still_refuses_a_f
         real_load(model, file)
 
     monkeypatch.setattr(checksums, "file_sha256", sha256)
-    monkeypatch.setattr(ckpt, "load_weights", load_weights)
+    monkeypatch.setattr(weight_loading, "load_weights", load_weights)
     with pytest.raises(UserError) as refused:
-        ckpt.load_checkpoint(checkpoint)
+        checkpoint_load.load_checkpoint(checkpoint)
 
     assert str(refused.value) == (
-        f"{checkpoint / ckpt.WEIGHTS} no longer matches the checksum saved with it (changed or damaged "
+        f"{checkpoint / WEIGHTS} no longer matches the checksum saved with it (changed or damaged "
         "on disk since it was written); use another checkpoint"
     )
     assert waited == [True]
@@ -258,12 +259,12 @@ def test_a_resume_sums_each_file_it_reads_once_while_it_loads_it(run, shakespear
     if flipped:
         flip_byte(final / "trainer.pt")
     files = written(run)
-    loading = {ckpt.WEIGHTS: threading.Event(), "trainer.pt": threading.Event()}
+    loading = {WEIGHTS: threading.Event(), "trainer.pt": threading.Event()}
     summed, waited = [], {}
     real_sha256, real_weights, real_trainer = (
         checksums.file_sha256,
-        ckpt.load_weights,
-        ckpt.load_trainer_state,
+        weight_loading.load_weights,
+        checkpoint_load.load_trainer_state,
     )
 
     def sha256(path: Path) -> str:
@@ -281,8 +282,8 @@ def test_a_resume_sums_each_file_it_reads_once_while_it_loads_it(run, shakespear
         return real_trainer(path, **options)
 
     monkeypatch.setattr(checksums, "file_sha256", sha256)
-    monkeypatch.setattr(ckpt, "load_weights", load_weights)
-    monkeypatch.setattr(ckpt, "load_trainer_state", load_trainer_state)
+    monkeypatch.setattr(weight_loading, "load_weights", load_weights)
+    monkeypatch.setattr(checkpoint_load, "load_trainer_state", load_trainer_state)
     cfg = micro_config(shakespeare_dir, run, training_config={**TWELVE_STEPS, "max_steps": 14})
     if flipped:
         with pytest.raises(UserError) as refused:
@@ -295,5 +296,5 @@ def test_a_resume_sums_each_file_it_reads_once_while_it_loads_it(run, shakespear
         assert written(run) == files
     else:
         assert train(cfg, resume=True, **QUIET).state.step == 14
-    assert sorted(summed) == [ckpt.WEIGHTS, "trainer.pt"]
-    assert waited == {ckpt.WEIGHTS: True, "trainer.pt": True}
+    assert sorted(summed) == [WEIGHTS, "trainer.pt"]
+    assert waited == {WEIGHTS: True, "trainer.pt": True}

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from trickster import run_checkpoints
 from trickster.cli import main
-from trickster.train import checkpoint as ckpt
 from trickster.train.resume import fresh_run_dir
 
 from .conftest import EXCERPT, events
@@ -113,7 +113,7 @@ def test_quickstart_again_names_the_stopped_run_it_does_not_continue(tmp_path, m
         "  runs/qs holds a stopped run (checkpoints/step_000002, step 2 of 6); this starts a new run in "
         f"runs/qs-2. To continue that one instead: {ctrl_c.group(1)}\n"
     ) in before_training
-    assert ckpt.checkpoint_step(tmp_path / "runs/qs/checkpoints/step_000002") == 2  # untouched
+    assert run_checkpoints.checkpoint_step(tmp_path / "runs/qs/checkpoints/step_000002") == 2  # untouched
     assert not (tmp_path / "runs/qs/checkpoints/final").exists()
 
     # a finished run is never named (runs/qs-2, continued to its end: the line names runs/qs); of

@@ -99,7 +99,11 @@ def snapshot(*roots: Path) -> dict[Path, str]:
 
 
 def staging_leftovers(*roots: Path) -> list[Path]:
-    kinds = (".tmp-", ".old-", ".deleted-")  # atomic.py's staged and replaced folders, checkpoint.remove's
+    kinds = (
+        ".tmp-",
+        ".old-",
+        ".deleted-",
+    )  # atomic.py's staged and replaced folders, run_checkpoints.remove's
     return [p for root in roots for p in root.rglob(".*") if any(kind in p.name for kind in kinds)]
 
 
@@ -832,9 +836,9 @@ def _compare_other_tokenizer(env: Env) -> list[str]:
 
 def _compare_base_of_another_shape(env: Env) -> list[str]:
     """A checkpoint with the run's tokenizer and a narrower model: its weights cannot stand in."""
-    from trickster.train import checkpoint as ckpt
+    from trickster.train import checkpoint_load
 
-    run = ckpt.read_files(env.run)
+    run = checkpoint_load.read_files(env.run)
     raw = run.cfg.to_dict()
     raw["model_config"]["hidden_dim"] = 32
     cfg = config_from_dict(raw)

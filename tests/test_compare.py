@@ -7,9 +7,8 @@ import shutil
 
 import pytest
 
-from trickster import cli
+from trickster import cli, run_checkpoints
 from trickster.config import config_from_dict
-from trickster.train import checkpoint as ckpt
 from trickster.train.loop import train
 
 from .conftest import QUIET, events, finetune_config
@@ -40,7 +39,7 @@ def test_a_fine_tune_is_compared_with_the_model_it_started_from(
     assert cli.main(["compare", str(result.run_dir), "--max-new-tokens", "3", "--seed", "0"]) == 0
     base, tuned = _headers(capsys.readouterr().out)
     best = (trained_run / "checkpoints" / "best").resolve()
-    step = ckpt.read_info(best)["step"]
+    step = run_checkpoints.read_info(best)["step"]
     loss = _first_val_loss(result.run_dir)
     assert base == f"--- base ({best}, step {step}; fine-tuned from it): val loss {loss:.4f} ---"
     assert tuned.startswith("--- fine-tuned (") and "untrained" not in base

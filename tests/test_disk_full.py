@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from trickster import cli
+from trickster import cli, run_checkpoints
 from trickster.config import save_config
-from trickster.train import checkpoint as ckpt
 from trickster.train import loop, tensor_files
 
 from .conftest import micro_config
@@ -87,12 +86,12 @@ def test_a_full_disk_ends_the_run_in_one_line_with_the_checkpoint_it_kept(run_fi
     heartbeat = json.loads((run / "status.json").read_text())
     assert (heartbeat["state"], heartbeat["reason"], heartbeat["step"]) == ("stopped", "disk-full", 24)
     assert heartbeat["error"] == err.removeprefix("error: ")[:300]  # the line, as far as status.json keeps
-    assert ckpt.latest(run) == run / "checkpoints" / "step_000020"
+    assert run_checkpoints.latest(run) == run / "checkpoints" / "step_000020"
     assert cli.main(["runs", str(tmp_path)]) == 0
     table = capsys.readouterr().out
     assert table.splitlines()[1].endswith("stopped (disk-full)"), table  # not "(process died)"
     assert cli.main(["train", "--config", str(run / "config.yaml"), "--resume", "--no-progress"]) == 0
-    assert ckpt.checkpoint_step(ckpt.latest(run)) == 40
+    assert run_checkpoints.checkpoint_step(run_checkpoints.latest(run)) == 40
 
 
 def test_a_full_disk_while_a_checkpoint_is_written_keeps_the_one_before(run_filling, tmp_path, capsys):
@@ -109,4 +108,4 @@ def test_a_full_disk_while_a_checkpoint_is_written_keeps_the_one_before(run_fill
     assert json.loads((run / "status.json").read_text())["reason"] == "disk-full"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best", "step_000020"]
     assert cli.main(["train", "--config", str(run / "config.yaml"), "--resume", "--no-progress"]) == 0
-    assert ckpt.checkpoint_step(run / "checkpoints" / "final") == 40
+    assert run_checkpoints.checkpoint_step(run / "checkpoints" / "final") == 40

@@ -25,11 +25,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from trickster import cli
+from trickster import cli, run_checkpoints
 from trickster.config import load_config, save_config
 from trickster.errors import UserError
 from trickster.observe.events import read_metrics
 from trickster.train import checkpoint as ckpt
+from trickster.train import checkpoint_load
 from trickster.train.dist import MeshShape
 from trickster.train.loop import train
 
@@ -150,11 +151,11 @@ def test_two_processes_match_one_with_the_same_global_batch(mode, single, two_pr
     assert_close_losses(losses(records, "eval", "val_loss"), losses(single.history, "eval", "val_loss"))
     # one writer: every event once, and a checkpoint that one process loads
     assert len(losses(records)) == 20
-    final = load_file(run_dir / "checkpoints" / "final" / ckpt.WEIGHTS)
-    reference = load_file(single.run_dir / "checkpoints" / "final" / ckpt.WEIGHTS)
+    final = load_file(run_dir / "checkpoints" / "final" / run_checkpoints.WEIGHTS)
+    reference = load_file(single.run_dir / "checkpoints" / "final" / run_checkpoints.WEIGHTS)
     for name, tensor in reference.items():
         torch.testing.assert_close(final[name], tensor, atol=1e-4, rtol=1e-4)
-    assert ckpt.load_checkpoint(run_dir).info["step"] == 20
+    assert checkpoint_load.load_checkpoint(run_dir).info["step"] == 20
 
 
 @pytest.mark.parametrize("mode", ["enable_ddp", "enable_fsdp"])
@@ -228,7 +229,7 @@ def test_a_two_process_checkpoint_resumes_in_one_process(single, two_process_job
     saved = run_dir / "checkpoints" / "step_000010"
     shards = sorted(p.name for p in (saved / ckpt.OPTIMIZER).iterdir())
     assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp"], shards
-    assert set(ckpt.load_trainer_state(saved)["optimizer"]) == {"param_groups"}
+    assert set(checkpoint_load.load_trainer_state(saved)["optimizer"]) == {"param_groups"}
     again_dir = tmp_path / "again"
     shutil.copytree(run_dir, again_dir)
 
@@ -372,7 +373,7 @@ def test_a_ddp_checkpoint_resumed_by_ddp_goes_on_exactly_as_the_uninterrupted_jo
     assert losses(records) == losses(history(source))
     assert losses(records, "eval", "val_loss") == losses(history(source), "eval", "val_loss")
     resumed, uninterrupted = (
-        load_file(d / "checkpoints" / "final" / ckpt.WEIGHTS) for d in (run_dir, source)
+        load_file(d / "checkpoints" / "final" / run_checkpoints.WEIGHTS) for d in (run_dir, source)
     )
     assert resumed.keys() == uninterrupted.keys()
     assert all(torch.equal(resumed[name], uninterrupted[name]) for name in resumed)
@@ -434,7 +435,7 @@ def test_fsdp2_rolls_back_a_loss_spike_as_if_its_batches_were_never_drawn(shakes
     result = forked_job(spiking(config(shakespeare_dir, clean_dir, **FSDP)), tmp_path, fault=skip)
     assert result.returncode == 0, result.stderr[-3000:]
     assert replayed == [(step, loss) for step, loss in losses(history(clean_dir)) if step > 15]
-    a, b = (load_file(d / "checkpoints" / "final" / ckpt.WEIGHTS) for d in (spiked_dir, clean_dir))
+    a, b = (load_file(d / "checkpoints" / "final" / run_checkpoints.WEIGHTS) for d in (spiked_dir, clean_dir))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -494,8 +495,10 @@ def test_sigterm_to_one_process_stops_every_process_after_the_same_step(shakespe
     again = f"continue with: torchrun --nproc-per-node 2 -m trickster train --config {config_file} --resume"
     assert again in result.stdout, result.stdout[-2000:]
     assert history(run_dir)[-1]["event"] == "stopped" and history(run_dir)[-1]["step"] == 5
-    saved = ckpt.latest(run_dir)
-    assert saved.name == "step_000005" and ckpt.load_trainer_state(saved)["train_state"]["step"] == 5
+    saved = run_checkpoints.latest(run_dir)
+    assert (
+        saved.name == "step_000005" and checkpoint_load.load_trainer_state(saved)["train_state"]["step"] == 5
+    )
     assert sorted(p.name for p in (saved / ckpt.OPTIMIZER).iterdir()) == [
         ".metadata",
         "__0_0.distcp",
@@ -531,7 +534,7 @@ def test_a_stop_that_rank_0_fails_to_record_ends_every_process_at_once(
     assert f"error: {line.format(run_dir / 'metrics.jsonl')}" in result.stderr
     if fault == "disk-full":
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
-    assert ckpt.latest(run_dir).name == "step_000005"
+    assert run_checkpoints.latest(run_dir).name == "step_000005"
     assert history(run_dir)[-1]["event"] == "train"  # the `stopped` event was not written
 
 
@@ -553,7 +556,7 @@ def test_a_checkpoint_that_rank_0_fails_to_write_ends_every_process_with_its_lin
     assert result.returncode == 2 and result.stderr.count(line) == 2, result.stderr[-3000:]
     assert result.stderr.count("error: the disk is full at step ") == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr and "another process" not in result.stderr
-    assert ckpt.latest(run_dir) is None
+    assert run_checkpoints.latest(run_dir) is None
 
 
 @pytest.mark.slow
@@ -635,7 +638,7 @@ def test_a_process_dead_in_a_sharded_checkpoint_leaves_the_one_before_to_resume(
     result = forked_job(cfg, tmp_path, fault="die-in-save:2")
     assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
     assert not (run_dir / "checkpoints" / "final").exists()
-    assert ckpt.latest(run_dir).name == "step_000010"
+    assert run_checkpoints.latest(run_dir).name == "step_000010"
     forked_job(cfg, tmp_path, "--resume")
     records = history(run_dir)
     assert [(r["step"], r["checkpoint"]) for r in records if r["event"] == "resume"] == [(10, "step_000010")]
@@ -735,7 +738,7 @@ def test_mega_shape_under_fsdp2_with_recompute_and_bf16(shakespeare_dir, tmp_pat
     forked_job(cfg, tmp_path, "training_config.max_steps=8", "training_config.eval_every=8")
     train_losses = [loss for _, loss in losses(history(run_dir))]
     assert all(math.isfinite(x) for x in train_losses) and train_losses[-1] < train_losses[0]
-    loaded = ckpt.load_checkpoint(run_dir)
+    loaded = checkpoint_load.load_checkpoint(run_dir)
     assert loaded.model.output.weight is not loaded.model.tok_embeddings.weight
     assert loaded.model.cfg.num_kv_heads == 2
     # `best`, saved right after `final` at step 8, links its weights and optimizer shards
@@ -743,8 +746,11 @@ def test_mega_shape_under_fsdp2_with_recompute_and_bf16(shakespeare_dir, tmp_pat
     files = sorted(p.relative_to(final) for p in final.rglob("*") if p.is_file())
     shared = [f for f in files if (best / f).stat().st_ino == (final / f).stat().st_ino]
     shards = [f for f in files if f.parts[0] == ckpt.OPTIMIZER]
-    assert len(shards) >= 2 and sorted(shared) == sorted([Path(ckpt.WEIGHTS), *shards])
-    assert ckpt.load_trainer_state(best)["optimizer"] == ckpt.load_trainer_state(final)["optimizer"]
+    assert len(shards) >= 2 and sorted(shared) == sorted([Path(run_checkpoints.WEIGHTS), *shards])
+    assert (
+        checkpoint_load.load_trainer_state(best)["optimizer"]
+        == checkpoint_load.load_trainer_state(final)["optimizer"]
+    )
 
 
 def test_a_nan_in_one_ranks_shard_is_seen_by_every_rank(shakespeare_dir, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,7 +45,7 @@ def random_model(vocab_size: int, max_seq_len: int = 16, seed: int = 0) -> Trans
     return model.eval()
 
 
-def save_random_checkpoint(path, tokenizer, data_path=None, **training) -> ckpt.Path:
+def save_random_checkpoint(path, tokenizer, data_path=None, **training) -> Path:
     rows = padded_vocab(tokenizer.vocab_size)
     cfg = config_from_dict(
         {

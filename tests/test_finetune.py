@@ -11,13 +11,13 @@ import pytest
 import torch
 import yaml
 
-from trickster import cli
+from trickster import cli, run_checkpoints
 from trickster.config import config_from_dict
 from trickster.data.loader import IGNORE_INDEX, BatchSampler, load_data, split_rows, window_rows
 from trickster.data.summary import NO_SEPARATOR
 from trickster.model.transformer import Transformer
 from trickster.observe.report import build_report
-from trickster.train import checkpoint as ckpt
+from trickster.train import checkpoint_load
 from trickster.train.loop import train
 from trickster.train.validate import evaluate, validation_batches
 
@@ -95,7 +95,7 @@ def test_init_from_starts_from_the_trained_weights(trained_run, chat_data, tmp_p
         trained_run, chat_data[0], tmp_path / "full", max_steps=2, eval_every=2, save_every=2
     )
     result = train(cfg, **QUIET)
-    base = ckpt.load_checkpoint(trained_run).model
+    base = checkpoint_load.load_checkpoint(trained_run).model
     first_eval = [r for r in result.history if r["event"] == "eval"][0]
     assert first_eval["step"] == 0
     expected = evaluate(
@@ -117,9 +117,9 @@ def test_a_fine_tune_reads_its_init_from_checkpoint_once(trained_run, chat_data,
     cfg = finetune_config(trained_run, chat_data[0], tmp_path / "ft", max_steps=2, eval_every=2, save_every=2)
     reads = []
     for name in ("read_config", "read_tokenizer"):
-        real = getattr(ckpt, name)
+        real = getattr(checkpoint_load, name)
         monkeypatch.setattr(
-            ckpt, name, lambda path, real=real, name=name: reads.append((name, path)) or real(path)
+            checkpoint_load, name, lambda path, real=real, name=name: reads.append((name, path)) or real(path)
         )
     result = train(cfg, **QUIET)
     best = trained_run / "checkpoints" / "best"
@@ -139,7 +139,7 @@ def test_a_fine_tune_records_the_checkpoint_it_started_from(trained_run, chat_da
     final_info = json.loads((result.run_dir / "checkpoints" / "final" / "info.json").read_text())
     assert final_info["init_from"] == want
     assert events(trained_run, "start")[0]["init_from"] is None  # trained from scratch
-    assert ckpt.read_info(trained_run / "checkpoints" / "final").get("init_from") is None
+    assert run_checkpoints.read_info(trained_run / "checkpoints" / "final").get("init_from") is None
 
     assert cli.main(["info", "--checkpoint", str(result.run_dir)]) == 0
     assert f"fine-tuned from {best} (step {want['step']}, saved {want['saved']})" in capsys.readouterr().out
@@ -280,7 +280,7 @@ def test_a_fine_tune_killed_before_its_first_checkpoint_is_sent_to_the_command_t
     assert "saved no checkpoint to continue from" in err and "training_config.resume=auto" in err
     assert cli.main([*argv, "--resume"]) == 2  # nothing to resume, as the old line's fix met
     assert cli.main([*argv, "training_config.resume=auto"]) == 0
-    assert ckpt.read_info(out / "checkpoints" / "final")["step"] == 6
+    assert run_checkpoints.read_info(out / "checkpoints" / "final")["step"] == 6
     assert len(events(out, "start")) == 1  # afresh: the killed start's events are gone
 
 

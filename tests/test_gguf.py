@@ -27,6 +27,7 @@ from trickster.export.gguf import gguf_vocabulary
 from trickster.model.transformer import Transformer
 from trickster.model.vocab import padded_vocab
 from trickster.train import checkpoint as ckpt
+from trickster.train import checkpoint_load
 
 from . import children
 from .conftest import EXCERPT
@@ -130,7 +131,7 @@ def test_gguf_export_reads_back_and_computes_our_logits(tmp_path, tokenizer, mod
     out = tmp_path / "model.gguf"
     assert cli.main(["export", str(path), "--format", "gguf", "--out", str(out)]) == 0
     fields, tensors = read_gguf(out)
-    loaded = ckpt.load_checkpoint(path)
+    loaded = checkpoint_load.load_checkpoint(path)
     m = loaded.cfg.model
     assert fields["general.architecture"] == "llama" and fields["tokenizer.ggml.model"] == "llama"
     assert fields["llama.block_count"] == m.num_layers and fields["llama.embedding_length"] == m.hidden_dim
@@ -227,7 +228,7 @@ def test_a_byte_level_bpe_goes_to_gguf_as_llama_cpps_gpt2_tokenizer(tmp_path, ki
     for text in [VARIED, *VARIED.splitlines(keepends=True), " ", "  x", "<|endoftext|>"]:
         assert encode(text) == tokenizer.encode(text), text
     ids = tokenizer.encode(VARIED)
-    loaded = ckpt.load_checkpoint(path)
+    loaded = checkpoint_load.load_checkpoint(path)
     with torch.no_grad():
         ours = loaded.model(torch.tensor([ids]))[0][0]
     torch.testing.assert_close(
@@ -284,7 +285,7 @@ def test_a_float16_gguf_keeps_its_norms_in_float32_and_computes_our_logits(tmp_p
     assert types == {name: f32 if name.endswith("norm.weight") else f16 for name in tensors}
     ids = tokenizer.encode(TEXT)
     with torch.no_grad():
-        ours = ckpt.load_checkpoint(path).model(torch.tensor([ids]))[0][0]
+        ours = checkpoint_load.load_checkpoint(path).model(torch.tensor([ids]))[0][0]
     torch.testing.assert_close(
         reference_logits(fields, tensors, torch.tensor(ids)), ours, rtol=0.02, atol=0.02
     )

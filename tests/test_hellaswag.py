@@ -17,7 +17,7 @@ from trickster.data import sources
 from trickster.data.tokenizers import ByteTokenizer
 from trickster.errors import UserError
 from trickster.observe import hellaswag
-from trickster.train import checkpoint as ckpt
+from trickster.train import checkpoint_load
 
 from .conftest import EXCERPT
 from .test_evaluation import save_random_checkpoint
@@ -99,7 +99,7 @@ def run_task(capsys, run, path: Path, *flags: str) -> dict:
 def test_accuracy_counts_the_examples_whose_right_ending_has_the_lowest_loss(
     trained_run, tmp_path, monkeypatch, capsys
 ):
-    loaded = ckpt.load_checkpoint(trained_run, CPU)
+    loaded = checkpoint_load.load_checkpoint(trained_run, CPU)
     examples = excerpt_examples(16)
     right_each, right_norm_each = label_and_expect(loaded, examples)
     right, right_norm = sum(right_each), sum(right_norm_each)
@@ -127,7 +127,7 @@ def test_accuracy_counts_the_examples_whose_right_ending_has_the_lowest_loss(
 def test_a_long_context_keeps_its_end(trained_run, tmp_path, monkeypatch, capsys):
     """Contexts of 3 lines (over 64 characters, the micro model's context) lose their start: the
     accuracies follow the losses of the last 65 tokens, and another start changes nothing."""
-    loaded = ckpt.load_checkpoint(trained_run, CPU)
+    loaded = checkpoint_load.load_checkpoint(trained_run, CPU)
     examples = excerpt_examples(12, context_lines=3, seed=1)
     right, right_norm = map(sum, label_and_expect(loaded, examples))
     path = write_file(tmp_path / "hellaswag_val.jsonl", examples, monkeypatch)
@@ -154,7 +154,7 @@ def test_a_long_context_keeps_its_end(trained_run, tmp_path, monkeypatch, capsys
 def test_examples_a_char_model_cannot_read_are_counted_and_left_out(
     trained_run, tmp_path, monkeypatch, capsys
 ):
-    loaded = ckpt.load_checkpoint(trained_run, CPU)
+    loaded = checkpoint_load.load_checkpoint(trained_run, CPU)
     examples = excerpt_examples(10, seed=2)
     examples[1]["endings"][2] += " 1984"  # digits: not in the excerpt
     examples[4]["ctx"] = "[header] " + examples[4]["ctx"]
@@ -195,7 +195,7 @@ def test_a_byte_model_reads_every_example_with_a_context(tmp_path, monkeypatch, 
 def test_a_scoring_that_fails_leaves_the_model_in_the_mode_it_had(tmp_path, monkeypatch):
     """Scoring runs in eval mode (no dropout) and puts back the caller's mode, also when a pass
     fails (out of memory): training's model, or any caller's, is not left in eval mode."""
-    loaded = ckpt.load_checkpoint(save_random_checkpoint(tmp_path / "ckpt", ByteTokenizer()))
+    loaded = checkpoint_load.load_checkpoint(save_random_checkpoint(tmp_path / "ckpt", ByteTokenizer()))
     short = [{"ctx": "A man is on a roof. He", "endings": [" is", " a", " b", " c"], "label": 0}] * 2
     examples = hellaswag.parse_examples(
         write_file(tmp_path / "h.jsonl", short, monkeypatch).read_bytes(), "h.jsonl", ""
@@ -336,7 +336,7 @@ def test_an_imported_llama_tokenizer_reads_each_ending_as_running_text():
 def test_an_ending_that_fills_the_window_is_scored_after_one_context_token(trained_run):
     """The micro model reads 64 characters: " " + 63 letters is scored after the context's last
     character; " " + 64 letters leaves nothing to predict its first from, and is left out."""
-    loaded = ckpt.load_checkpoint(trained_run, CPU)
+    loaded = checkpoint_load.load_checkpoint(trained_run, CPU)
     fits = hellaswag.Example("And so", ("e" * 63, "a", "b", "c"), 0)
     rows = hellaswag.render(loaded.tokenizer, fits, 64)
     assert rows.tokens[0] == loaded.tokenizer.encode("o " + "e" * 63) and rows.ending_lengths[0] == 64
@@ -349,7 +349,7 @@ def test_an_ending_that_fills_the_window_is_scored_after_one_context_token(train
 def test_a_row_one_token_longer_than_the_window_is_counted_as_cut(trained_run):
     """63 characters of context, then " e": 65 tokens, the 64 inputs and their targets, whole; a
     64th character of context makes 66, and its first is cut off."""
-    tokenizer = ckpt.load_checkpoint(trained_run, CPU).tokenizer
+    tokenizer = checkpoint_load.load_checkpoint(trained_run, CPU).tokenizer
     whole = hellaswag.render(tokenizer, hellaswag.Example("a" * 63, ("e", "a", "b", "c"), 0), 64)
     cut = hellaswag.render(tokenizer, hellaswag.Example("b" + "a" * 63, ("e", "a", "b", "c"), 0), 64)
     assert not whole.cut and whole.tokens[0] == tokenizer.encode("a" * 63 + " e")

@@ -14,14 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from trickster import cli
+from trickster import cli, run_checkpoints
 from trickster.data.tokenizers import CharTokenizer
 from trickster.errors import UserError
 from trickster.observe import hellaswag, plots
 from trickster.observe.curves import MAX_POINTS, Curves
 from trickster.observe.report import build_report
 from trickster.observe.runs import format_runs, read_run
-from trickster.train import checkpoint as ckpt
 from trickster.train import dist, hellaswag_eval
 from trickster.train.dist import Dist
 from trickster.train.hellaswag_eval import HellaSwagEval
@@ -246,7 +245,7 @@ def test_a_kill_around_a_scoring_resumes_exactly(
     from step_000008 (saved before it), scores step 8 again and logs it once."""
     run, reference, run_dir = scoring_run, scoring_reference, tmp_path / "run"
     crash(shakespeare_dir, run_dir, moment, 3, run=run)
-    assert ckpt.latest(run_dir).name == "step_000008"
+    assert run_checkpoints.latest(run_dir).name == "step_000008"
 
     resumed = train(micro_config(shakespeare_dir, run_dir, **run), resume=True, **QUIET)
 

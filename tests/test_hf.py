@@ -13,7 +13,7 @@ import stat
 import pytest
 import torch
 
-from trickster import cli
+from trickster import cli, run_checkpoints
 from trickster.config import config_from_dict
 from trickster.data.tokenizers import (
     ByteTokenizer,
@@ -27,6 +27,7 @@ from trickster.model.generate import generate
 from trickster.model.transformer import Transformer
 from trickster.model.vocab import padded_vocab
 from trickster.train import checkpoint as ckpt
+from trickster.train import checkpoint_load, checkpoint_path
 
 from . import children
 from .conftest import EXCERPT
@@ -70,7 +71,7 @@ def assert_export_matches(checkpoint_path, out, text):
     assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json"} <= {
         p.name for p in out.iterdir()
     }
-    loaded = ckpt.load_checkpoint(checkpoint_path)
+    loaded = checkpoint_load.load_checkpoint(checkpoint_path)
     ours, tokenizer = loaded.model, loaded.tokenizer
     theirs = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     hf_tok = AutoTokenizer.from_pretrained(out)
@@ -145,7 +146,7 @@ def test_a_bfloat16_export_holds_bfloat16_weights_that_compute_our_rounded_logit
     with safe_open(str(out / "model.safetensors"), framework="pt") as f:
         assert {f.get_tensor(name).dtype for name in f.keys()} == {torch.bfloat16}
     assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
-    ours = ckpt.load_checkpoint(path).model
+    ours = checkpoint_load.load_checkpoint(path).model
     with torch.no_grad():
         for p in ours.parameters():
             p.copy_(p.to(torch.bfloat16).float())  # what the file holds
@@ -238,7 +239,7 @@ def test_an_export_killed_as_it_takes_its_folder_loses_nothing(trained_run, tmp_
     assert out.is_dir() and not any(out.iterdir())
     assert cli.main(argv) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
-    assert ckpt.resolve(trained_run)  # still there: nothing of the run was touched
+    assert checkpoint_path.resolve(trained_run)  # still there: nothing of the run was touched
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in out.iterdir()}
 
 
@@ -281,7 +282,7 @@ def test_an_import_killed_half_way_leaves_no_half_run_folder(trained_run, tmp_pa
     assert not run.exists()
     assert cli.main(argv) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "run"]
-    assert ckpt.is_complete(run / "checkpoints" / "final")
+    assert run_checkpoints.is_complete(run / "checkpoints" / "final")
 
 
 # --------------------------------------------------------------------------- import
@@ -337,7 +338,7 @@ def test_import_of_a_hugging_face_llama_gives_the_same_logits(tmp_path, capsys, 
     run = tmp_path / "run"
     assert (src / "model.safetensors.index.json").is_file() == tie
     assert cli.main(["import", "hf", str(src), "--out", str(run)]) == 0
-    loaded = ckpt.load_checkpoint(run)
+    loaded = checkpoint_load.load_checkpoint(run)
     assert loaded.cfg.model.num_kv_heads == 2 and loaded.cfg.model.tie_embeddings == tie
     assert loaded.cfg.model.rope_theta == 2000.0
 
@@ -485,12 +486,14 @@ def test_an_imported_model_fine_tunes_with_lora_and_exports(tmp_path, capsys):
     assert cli.main([*argv, *overrides]) == 0
     assert "with LoRA rank 2 on wq, wv" in capsys.readouterr().out
     assert cli.main(["export", str(out), "--out", str(tmp_path / "hf")]) == 0
-    tuned = ckpt.load_checkpoint(out).model
+    tuned = checkpoint_load.load_checkpoint(out).model
     theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
     idx = torch.tensor([hf_tok(TEXT)["input_ids"]])
     with torch.no_grad():
         torch.testing.assert_close(theirs(idx).logits, tuned(idx)[0])
-        assert not torch.allclose(ckpt.load_checkpoint(run).model(idx)[0], tuned(idx)[0], atol=1e-4)
+        assert not torch.allclose(
+            checkpoint_load.load_checkpoint(run).model(idx)[0], tuned(idx)[0], atol=1e-4
+        )
 
 
 @pytest.mark.skipif(not hasattr(os, "umask") or os.name == "nt", reason="POSIX file modes")
@@ -510,5 +513,5 @@ def test_an_export_and_its_checkpoint_are_readable_as_the_umask_allows(trained_r
 
 
 def _plain_model_and_tokenizer(run):
-    loaded = ckpt.load_checkpoint(run)
+    loaded = checkpoint_load.load_checkpoint(run)
     return loaded.model, loaded.cfg, loaded.tokenizer

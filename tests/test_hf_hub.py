@@ -21,9 +21,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import trickster
-from trickster import cli
+from trickster import cli, run_checkpoints
 from trickster.export import hf_hub
-from trickster.train import checkpoint as ckpt
+from trickster.train import checkpoint_load
 
 from . import fake_hub
 from .test_hf import tiny_llama
@@ -36,7 +36,7 @@ TEXT = "ROMEO: Is it so? then I defy you, stars!"
 
 def logits(run: Path, ids: list[int]) -> torch.Tensor:
     with torch.no_grad():
-        return ckpt.load_checkpoint(run).model(torch.tensor([ids]))[0]
+        return checkpoint_load.load_checkpoint(run).model(torch.tensor([ids]))[0]
 
 
 def cache_layout(cache: Path, repo_id: str, commit: str, src: Path) -> Path:
@@ -87,7 +87,7 @@ def test_a_cached_hub_repo_imports_offline_as_its_local_folder_does(tmp_path):
     assert torch.equal(from_hub, logits(tmp_path / "from-folder", ids))
     with torch.no_grad():
         torch.testing.assert_close(from_hub, theirs(torch.tensor([ids])).logits)
-    info = ckpt.read_info(tmp_path / "from-hub" / "checkpoints" / "final")
+    info = run_checkpoints.read_info(tmp_path / "from-hub" / "checkpoints" / "final")
     assert info["hub"] == {"repo_id": "org/tiny", "revision": "main", "commit": commit}
 
 
@@ -121,7 +121,7 @@ def test_import_downloads_only_what_it_reads_once_and_the_revision_asked(tmp_pat
     ids = hf_tok(TEXT)["input_ids"]
     with torch.no_grad():
         torch.testing.assert_close(logits(tmp_path / "main", ids), theirs(torch.tensor([ids])).logits)
-    info = ckpt.read_info(tmp_path / "main" / "checkpoints" / "final")
+    info = run_checkpoints.read_info(tmp_path / "main" / "checkpoints" / "final")
     assert info["hub"] == {"repo_id": "org/versions", "revision": "main", "commit": new}
 
     # the second import reads the cache: nothing downloaded again
@@ -132,9 +132,9 @@ def test_import_downloads_only_what_it_reads_once_and_the_revision_asked(tmp_pat
 
     # --revision: the tag's commit, whose weights are the halved ones, named in info
     assert cli.main(["import", "hf", "org/versions", "--revision", "v1", "--out", str(tmp_path / "v1")]) == 0
-    info = ckpt.read_info(tmp_path / "v1" / "checkpoints" / "final")
+    info = run_checkpoints.read_info(tmp_path / "v1" / "checkpoints" / "final")
     assert info["hub"] == {"repo_id": "org/versions", "revision": "v1", "commit": old}
-    halved_norm = ckpt.load_checkpoint(tmp_path / "v1").model.norm.weight
+    halved_norm = checkpoint_load.load_checkpoint(tmp_path / "v1").model.norm.weight
     assert torch.equal(halved_norm, theirs.model.norm.weight.detach() * 0.5)
     capsys.readouterr()
     assert cli.main(["info", "--checkpoint", str(tmp_path / "v1")]) == 0
@@ -200,7 +200,7 @@ def test_the_weights_are_those_of_the_commit_whose_config_was_checked(tmp_path, 
 
     monkeypatch.setattr(hf_hub, "_snapshot", pushed_after_the_config)
     assert cli.main(["import", "hf", "org/moving", "--out", str(tmp_path / "run")]) == 0
-    assert ckpt.read_info(tmp_path / "run" / "checkpoints" / "final")["hub"]["commit"] == first
+    assert run_checkpoints.read_info(tmp_path / "run" / "checkpoints" / "final")["hub"]["commit"] == first
     ids = hf_tok(TEXT)["input_ids"]
     with torch.no_grad():
         torch.testing.assert_close(logits(tmp_path / "run", ids), theirs(torch.tensor([ids])).logits)

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from trickster import footprint
+from trickster import footprint, run_checkpoints
 from trickster.cli import main
 from trickster.config import load_config, save_config
 from trickster.data import loader
@@ -24,7 +24,6 @@ from trickster.observe.curves import Curves
 from trickster.observe.plots import loss_figure
 from trickster.observe.status import read_status
 from trickster.train import budget, loop, optim
-from trickster.train import checkpoint as ckpt
 from trickster.train.loop import train
 
 from . import children
@@ -184,8 +183,8 @@ def test_checkpoints_are_saved_before_evaluation(shakespeare_dir, tmp_path):
     killed = children.run("tests.crash_child", *argv)
     assert killed.returncode == -signal.SIGKILL, killed.stderr  # in the evaluation at step 8
     final = tmp_path / "run" / "checkpoints" / "final"
-    assert ckpt.is_complete(final) and ckpt.checkpoint_step(final) == 8
-    assert ckpt.is_complete(tmp_path / "run" / "checkpoints" / "step_000004")
+    assert run_checkpoints.is_complete(final) and run_checkpoints.checkpoint_step(final) == 8
+    assert run_checkpoints.is_complete(tmp_path / "run" / "checkpoints" / "step_000004")
 
 
 def test_a_checkpoint_saved_before_its_evaluation_records_that_evaluation(micro):
@@ -260,7 +259,7 @@ def test_max_time_ends_the_run_cleanly_and_a_larger_budget_continues_it(micro, m
     events = [r["event"] for r in stopped.history if r["step"] == step]
     assert events[-2:] == ["eval", "stopped"] and stopped.history[-1]["reason"] == "max_time"
     final = tmp_path / "budget" / "checkpoints" / "final"
-    assert ckpt.checkpoint_step(final) == step
+    assert run_checkpoints.checkpoint_step(final) == step
     assert (
         f"reached at step {step} of 20 ({step / 20:.0%} of the schedule); saved checkpoints/final" in said[-1]
     )

@@ -8,13 +8,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from trickster import cli
+from trickster import cli, run_checkpoints
 from trickster.config import LoraConfig, ModelConfig
 from trickster.data.loader import load_data
 from trickster.model import lora
 from trickster.model.flops import flops_per_token
 from trickster.model.transformer import Transformer
-from trickster.train import checkpoint as ckpt
+from trickster.train import checkpoint_load, checkpoint_path, weight_loading
 from trickster.train.loop import train
 
 from .conftest import QUIET, counted_flops_per_token, events, finetune_config
@@ -117,8 +117,8 @@ def test_lora_trains_only_adapters_and_the_merged_export_equals_the_adapted_mode
     final = result.run_dir / "checkpoints" / "final"
 
     # the base weights did not move; the adapters did
-    base = load_file(ckpt.resolve(trained_run) / ckpt.WEIGHTS)
-    after = load_file(final / ckpt.WEIGHTS)
+    base = load_file(checkpoint_path.resolve(trained_run) / run_checkpoints.WEIGHTS)
+    after = load_file(final / run_checkpoints.WEIGHTS)
     assert base.keys() == after.keys() and all(torch.equal(base[k], after[k]) for k in base)
     adapters = load_file(final / lora.ADAPTERS)
     assert len(adapters) == 2 * 3 * cfg.model.num_layers
@@ -134,15 +134,15 @@ def test_lora_trains_only_adapters_and_the_merged_export_equals_the_adapted_mode
     # the adapted model as trained: base weights + adapters
     adapted = Transformer(cfg.model)
     lora.apply_lora(adapted, cfg.training.lora)
-    ckpt.load_weights(adapted, final / ckpt.WEIGHTS)
+    weight_loading.load_weights(adapted, final / run_checkpoints.WEIGHTS)
     adapted.eval()
-    merged = ckpt.load_checkpoint(final).model  # load_checkpoint merges
+    merged = checkpoint_load.load_checkpoint(final).model  # load_checkpoint merges
     assert not any(isinstance(m, lora.LoRALinear) for m in merged.modules())
     idx = torch.tensor([load_data(chat_data[0]).tokenizer.encode("ROMEO:\nIs it so?")])
     with torch.no_grad():
         want = adapted(idx)[0]
         torch.testing.assert_close(merged(idx)[0], want)
-        assert not torch.allclose(ckpt.load_checkpoint(trained_run).model(idx)[0], want, atol=1e-3)
+        assert not torch.allclose(checkpoint_load.load_checkpoint(trained_run).model(idx)[0], want, atol=1e-3)
 
     # ... and so is the Hugging Face export
     from transformers import AutoModelForCausalLM
@@ -179,9 +179,9 @@ def test_a_lora_run_resumes_after_its_init_from_source_is_gone(trained_run, chat
     resumed_cfg.logging.output_dir = str(partial)
     train(resumed_cfg, resume=True, **QUIET)
     # the resumed run still knows where its weights first came from
-    origin = ckpt.read_info(partial / "checkpoints" / "final")["init_from"]
+    origin = run_checkpoints.read_info(partial / "checkpoints" / "final")["init_from"]
     assert origin["checkpoint"] == str(source.resolve() / "checkpoints" / "best")
-    for file in (ckpt.WEIGHTS, lora.ADAPTERS):
+    for file in (run_checkpoints.WEIGHTS, lora.ADAPTERS):
         want = load_file(tmp_path / "full" / "checkpoints" / "final" / file)
         got = load_file(partial / "checkpoints" / "final" / file)
         assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)

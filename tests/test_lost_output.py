@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import trickster
+from trickster import run_checkpoints
 from trickster.config import save_config
-from trickster.train import checkpoint as ckpt
 
 from . import children
 from .conftest import micro_config
@@ -28,7 +28,9 @@ def test_a_run_whose_output_pipe_closes_trains_to_its_end(shakespeare_dir, tmp_p
     child.stderr.close()
     assert child.wait(timeout=300) == 0
     run = tmp_path / "run"
-    assert ckpt.checkpoint_step(run / "checkpoints" / "final") == 6  # the old code stopped at step 0
+    assert (
+        run_checkpoints.checkpoint_step(run / "checkpoints" / "final") == 6
+    )  # the old code stopped at step 0
     steps = [e["step"] for e in map(json.loads, (run / "metrics.jsonl").open()) if e["event"] == "train"]
     assert steps == [1, 2, 3, 4, 5, 6]
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
@@ -52,8 +54,11 @@ def test_a_closed_terminal_stops_the_run_with_a_checkpoint(shakespeare_dir, tmp_
     argv = ["train", "--config", str(tmp_path / "run.yaml")]
     status, err = hangup_after_first_step(children.Child("trickster", *argv))
     assert status == 128 + signal.SIGHUP, err
-    saved = ckpt.latest(tmp_path / "run")
-    assert saved is not None and f"stopped by SIGHUP at step {ckpt.checkpoint_step(saved)}; saved" in err, err
+    saved = run_checkpoints.latest(tmp_path / "run")
+    assert (
+        saved is not None
+        and f"stopped by SIGHUP at step {run_checkpoints.checkpoint_step(saved)}; saved" in err
+    ), err
 
 
 def test_a_run_under_nohup_ignores_the_hangup(shakespeare_dir, tmp_path):
@@ -71,4 +76,4 @@ def test_a_run_under_nohup_ignores_the_hangup(shakespeare_dir, tmp_path):
     )
     status, err = hangup_after_first_step(child)
     assert status == 0, err
-    assert ckpt.checkpoint_step(tmp_path / "run" / "checkpoints" / "final") == 6
+    assert run_checkpoints.checkpoint_step(tmp_path / "run" / "checkpoints" / "final") == 6

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from trickster import run_checkpoints
 from trickster.config import load_config, save_config
 from trickster.observe.events import read_metrics
-from trickster.train import checkpoint as ckpt
 from trickster.train import loop, optim
 from trickster.train.loop import train
 
@@ -104,7 +104,7 @@ def test_a_resumed_run_profiles_only_its_own_steps_of_the_window(window, traced,
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     shutil.rmtree(run / "checkpoints" / "final")
-    assert ckpt.latest(run).name == "step_000006"
+    assert run_checkpoints.latest(run).name == "step_000006"
     lines = []
     result = train(profiled(trained_run, run, window), resume=True, echo=lines.append)
 

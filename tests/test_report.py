@@ -17,12 +17,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from trickster import run_checkpoints
 from trickster.cli import main
 from trickster.config import load_config
 from trickster.observe.events import read_metrics
 from trickster.observe.runs import Metrics, Run, guess_preset, read_run
 from trickster.observe.status import write_status
-from trickster.train import checkpoint as ckpt
+from trickster.train import checkpoint_load
 from trickster.units import format_duration
 
 SECTIONS = [
@@ -101,7 +102,7 @@ def test_report_is_one_self_contained_page_with_the_whole_story(trained_run, tmp
     )
     assert "untrained (step 0" in comparison and "trained (step 12)" in comparison
 
-    loaded = ckpt.load_checkpoint(trained_run / "checkpoints" / "final")
+    loaded = checkpoint_load.load_checkpoint(trained_run / "checkpoints" / "final")
     total = sum(p.numel() for p in loaded.model.parameters())
     assert f"<th>total</th><td>{total:,}</td>" in text
     assert "max_steps: 12" in text  # the config
@@ -333,21 +334,21 @@ def test_report_on_a_live_run_whose_checkpoint_is_rotated_away_meanwhile(
     shutil.copytree(trained_run, run)
     doomed = run / "checkpoints" / "step_000006"
     if moment == "while-listing":
-        is_complete = ckpt.is_complete
+        is_complete = run_checkpoints.is_complete
 
         def rotated(path):
             complete = is_complete(path)
             if path == doomed:
-                ckpt.remove(path)  # what keep_last rotation does meanwhile (checkpoint.prune)
+                run_checkpoints.remove(path)  # what keep_last rotation does meanwhile (run_checkpoints.prune)
             return complete
 
-        monkeypatch.setattr(ckpt, "is_complete", rotated)
+        monkeypatch.setattr(run_checkpoints, "is_complete", rotated)
     else:
         figure = report._figure_section
 
         def drawn(*args):
             if doomed.exists():
-                ckpt.remove(doomed)
+                run_checkpoints.remove(doomed)
             return figure(*args)
 
         monkeypatch.setattr(report, "_figure_section", drawn)

@@ -22,16 +22,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from trickster import cli
+from trickster import cli, run_checkpoints
 from trickster.config import save_config
 from trickster.errors import UserError, write_fix
 from trickster.model.transformer import Transformer
 from trickster.observe import plots
 from trickster.observe.events import read_metrics
 from trickster.observe.runs import read_run
-from trickster.train import checkpoint as ckpt
+from trickster.train import checkpoint_load, resume
 from trickster.train import loop as train_module
-from trickster.train import resume
 from trickster.train.device import settings_restored
 from trickster.train.loop import Trainer, train
 
@@ -70,7 +69,7 @@ def curve(history):
 
 
 def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
-    return load_file(checkpoint / ckpt.WEIGHTS)
+    return load_file(checkpoint / run_checkpoints.WEIGHTS)
 
 
 def assert_same_weights(a: Path, b: Path) -> None:
@@ -127,9 +126,9 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(
     crash(shakespeare_dir, run_dir, moment, n)
 
     # what the kill left: the newest complete checkpoint is intact and loadable
-    found = ckpt.latest(run_dir)
+    found = run_checkpoints.latest(run_dir)
     assert found is not None and found.name == resume_point
-    assert ckpt.load_checkpoint(found).info["step"] == 4
+    assert checkpoint_load.load_checkpoint(found).info["step"] == 4
     hidden = [p.name for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".")]
     if leftover:
         assert any(name.startswith(leftover) for name in hidden), hidden
@@ -167,7 +166,7 @@ def test_sigkill_then_resume_with_muon_matches_the_uninterrupted_run(
 def test_kill_before_the_first_checkpoint_resume_auto_starts_afresh(reference, shakespeare_dir, tmp_path):
     run_dir = tmp_path / "run"
     crash(shakespeare_dir, run_dir, "before-batch", 5)  # end of step 2: nothing saved yet
-    assert ckpt.latest(run_dir) is None and (run_dir / "metrics.jsonl").exists()
+    assert run_checkpoints.latest(run_dir) is None and (run_dir / "metrics.jsonl").exists()
     cfg = micro_config(shakespeare_dir, run_dir, **CRASH_RUN)
 
     with pytest.raises(UserError, match="nothing to resume .* training_config.resume=auto"):
@@ -212,7 +211,7 @@ def test_allowed_changes_on_resume_are_recorded(micro, capsys):
     assert "changed on resume: training_config.keep_last null -> 2" in lines  # as YAML spells it
     assert f"Resuming -> {cfg.logging.output_dir}" in lines  # the header no longer says "from scratch"
     assert not any(line.startswith("Training from scratch") for line in lines)
-    assert ckpt.checkpoint_step(result.run_dir / "checkpoints" / "final") == 9
+    assert run_checkpoints.checkpoint_step(result.run_dir / "checkpoints" / "final") == 9
     # done: --resume says so and changes nothing; so does resume: auto (a requeue loop), which ends
     # with the run's result
     files = written(result.run_dir)
@@ -246,7 +245,7 @@ def test_a_resume_on_another_validation_set_measures_best_on_it(micro, tmp_path)
     started.training.max_steps = 1
     (on_the_new_set, *_) = events(train(started, **QUIET).history, "eval")
     assert trainer.state.best_val_loss == pytest.approx(on_the_new_set["val_loss"], rel=1e-5)
-    best_step = ckpt.checkpoint_step(best)
+    best_step = run_checkpoints.checkpoint_step(best)
     said = [line for line in lines if line.startswith(f"best (step {best_step}) evaluated again")]
     assert said and "training_config.seq_len" in said[0], lines
     assert f"({evaluated[best_step]:.4f} on the old ones)" in said[0], lines
@@ -375,7 +374,7 @@ def test_resume_auto_in_a_finished_run_says_so_and_changes_nothing(micro, tmp_pa
     assert "resuming from" in capsys.readouterr().out
     assert [(r["step"], r["checkpoint"]) for r in events(run_dir, "resume")] == [(4, "final")]
     assert events(run_dir, "end")[-1]["step"] == 6
-    assert ckpt.checkpoint_step(run_dir / "checkpoints" / "final") == 6
+    assert run_checkpoints.checkpoint_step(run_dir / "checkpoints" / "final") == 6
     files = written(run_dir)
     assert cli.main([*argv, "training_config.max_steps=6"]) == 0
     assert capsys.readouterr().out.startswith(f"{run_dir} already finished at step 6 (checkpoints/final)")
@@ -415,8 +414,10 @@ def test_can_continue_lists_the_checkpoints_once(micro, monkeypatch):
     cfg = micro(training_config={"max_steps": 4, "warmup_steps": 1, "eval_every": 2, "save_every": 2})
     run_dir = train(cfg, **QUIET).run_dir
     listings = []
-    numbered = ckpt.numbered
-    monkeypatch.setattr(ckpt, "numbered", lambda folder: listings.append(folder) or numbered(folder))
+    numbered = run_checkpoints.numbered
+    monkeypatch.setattr(
+        run_checkpoints, "numbered", lambda folder: listings.append(folder) or numbered(folder)
+    )
     assert resume.can_continue(run_dir) is None and len(listings) == 1
     config = run_dir / "config.yaml"
     config.write_text(config.read_text().replace("max_steps: 4\n", "max_steps: 6\n"))
@@ -493,7 +494,7 @@ def test_resume_removes_what_dead_writers_left_and_keeps_what_live_ones_write(mi
     for path in dead + live:
         if path.name.startswith(".step_"):
             path.mkdir()
-            (path / ckpt.WEIGHTS).write_bytes(b"half")
+            (path / run_checkpoints.WEIGHTS).write_bytes(b"half")
         else:
             path.write_text("half", encoding="utf-8")
 
@@ -503,7 +504,7 @@ def test_resume_removes_what_dead_writers_left_and_keeps_what_live_ones_write(mi
 
     assert [p for p in dead if p.exists()] == []
     assert all(p.exists() for p in live)
-    assert (live[1] / ckpt.WEIGHTS).read_bytes() == b"half"
+    assert (live[1] / run_checkpoints.WEIGHTS).read_bytes() == b"half"
     (resume,) = events(result.history, "resume")
     repairs = " ".join(resume["repairs"])
     for path in dead:
@@ -520,9 +521,9 @@ def test_keep_last_rotation_never_deletes_best(micro, monkeypatch):
     )
     result = train(cfg, **QUIET)
     folder = result.run_dir / "checkpoints"
-    assert [p.name for p in ckpt.numbered(result.run_dir)] == ["step_000008", "step_000010"]
+    assert [p.name for p in run_checkpoints.numbered(result.run_dir)] == ["step_000008", "step_000010"]
     assert sorted(p.name for p in folder.iterdir()) == ["best", "final", "step_000008", "step_000010"]
-    best = ckpt.load_checkpoint(folder / "best")
+    best = checkpoint_load.load_checkpoint(folder / "best")
     assert best.info["step"] == 2 and best.info["best_val_loss"] == 1.0
 
 
@@ -533,10 +534,10 @@ def test_a_kill_before_the_rotation_leaves_keep_last_checkpoints_once_resumed(sh
     run = {"training_config": {"max_steps": 12, "warmup_steps": 1, "eval_every": 100, "save_every": 4}}
     run["training_config"] |= {"keep_last": 1, "sample_tokens": 0}
     crash(shakespeare_dir, tmp_path / "run", "before-prune", 2, run=run)
-    assert [p.name for p in ckpt.numbered(tmp_path / "run")] == ["step_000004", "step_000008"]
+    assert [p.name for p in run_checkpoints.numbered(tmp_path / "run")] == ["step_000004", "step_000008"]
 
     train(micro_config(shakespeare_dir, tmp_path / "run", **run), resume=True, **QUIET)
-    assert [p.name for p in ckpt.numbered(tmp_path / "run")] == ["step_000008"]
+    assert [p.name for p in run_checkpoints.numbered(tmp_path / "run")] == ["step_000008"]
 
 
 def test_best_at_the_step_just_saved_links_its_weights_instead_of_writing_them(micro, monkeypatch):
@@ -549,14 +550,14 @@ def test_best_at_the_step_just_saved_links_its_weights_instead_of_writing_them(m
     result = train(cfg, **QUIET)
     folder = result.run_dir / "checkpoints"
 
-    def inode(name: str, file: str = ckpt.WEIGHTS) -> int:
+    def inode(name: str, file: str = run_checkpoints.WEIGHTS) -> int:
         return (folder / name / file).stat().st_ino
 
     assert inode("best") == inode("final") != inode("step_000004")
     assert inode("best", "trainer.pt") != inode("final", "trainer.pt")
-    best = ckpt.load_checkpoint(folder / "best")
+    best = checkpoint_load.load_checkpoint(folder / "best")
     assert best.info["step"] == 6 and best.info["val_loss"] == best.info["best_val_loss"] == 1.0
-    assert ckpt.load_trainer_state(folder / "best")["train_state"]["best_val_loss"] == 1.0
+    assert checkpoint_load.load_trainer_state(folder / "best")["train_state"]["best_val_loss"] == 1.0
 
 
 def _nan_loss_at(monkeypatch, bad_calls) -> None:
@@ -590,7 +591,7 @@ def test_non_finite_steps_are_skipped_and_counted(micro, monkeypatch):
     final = result.run_dir / "checkpoints" / "final"
     assert all(torch.isfinite(t).all() for t in weights(final).values())
     # the optimizer took 10 updates in 12 steps
-    trainer = ckpt.load_trainer_state(final)
+    trainer = checkpoint_load.load_trainer_state(final)
     assert {int(s["step"]) for s in trainer["optimizer"]["state"].values()} == {10}
 
 
@@ -672,8 +673,8 @@ def test_a_failed_checkpoint_write_leaves_earlier_checkpoints_intact(micro, monk
         f"({reason}); {fix}, then continue with --resume (earlier checkpoints are untouched)"
     )
     run_dir = Path(cfg.logging.output_dir)
-    assert ckpt.latest(run_dir).name == "step_000002"
-    assert ckpt.load_checkpoint(run_dir / "checkpoints" / "step_000002").info["step"] == 2
+    assert run_checkpoints.latest(run_dir).name == "step_000002"
+    assert checkpoint_load.load_checkpoint(run_dir / "checkpoints" / "step_000002").info["step"] == 2
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_000002"]
 
 
@@ -774,7 +775,7 @@ def test_a_second_process_training_in_the_same_folder_is_refused(shakespeare_dir
     child = children.Child("trickster", "train", "--config", str(tmp_path / "run.yaml"))
     try:
         deadline = time.monotonic() + 120
-        while ckpt.latest(run_dir) is None and time.monotonic() < deadline:
+        while run_checkpoints.latest(run_dir) is None and time.monotonic() < deadline:
             time.sleep(0.1)
         for flags in ([], ["--resume"]):
             assert cli.main(["train", "--config", str(tmp_path / "run.yaml"), *flags]) == 2
@@ -787,7 +788,7 @@ def test_a_second_process_training_in_the_same_folder_is_refused(shakespeare_dir
         child.wait(timeout=60)
     history = read_metrics(run_dir / "metrics.jsonl")
     assert [r["event"] for r in history].count("start") == 1 and not events(history, "resume")
-    step = ckpt.checkpoint_step(ckpt.latest(run_dir))
+    step = run_checkpoints.checkpoint_step(run_checkpoints.latest(run_dir))
     cfg.training.max_steps = step + 2
     resumed = train(cfg, resume=True, **QUIET)
     assert resumed.state.step == step + 2
@@ -872,7 +873,7 @@ def test_a_write_refused_under_torch_save_is_one_clear_error(micro):
         return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
     before = files()
-    weights, trainer = len(before[f"final/{ckpt.WEIGHTS}"]), len(before["final/trainer.pt"])
+    weights, trainer = len(before[f"final/{run_checkpoints.WEIGHTS}"]), len(before["final/trainer.pt"])
     limit = (weights + trainer) // 2
     assert weights < limit < trainer
 
@@ -918,7 +919,7 @@ def test_a_full_disk_for_the_csv_or_the_plot_is_one_clear_error(micro, monkeypat
         match=rf"/{file} \(No space left on device\); free disk space, then continue with --resume$",
     ):
         train(cfg, resume=True, **QUIET)
-    assert ckpt.load_checkpoint(ckpt.latest(run_dir)).info["step"] >= 4
+    assert checkpoint_load.load_checkpoint(run_checkpoints.latest(run_dir)).info["step"] >= 4
     assert file == "metrics.csv" or not full.is_symlink()  # the plot removes its own staging file
     full.unlink(missing_ok=True)  # space freed
     monkeypatch.undo()
@@ -954,7 +955,7 @@ def test_a_kill_after_a_checkpoint_before_its_evaluation_ends_is_resumed_exactly
     curve, or an older `best` (seen in a random-kill loop). It is done again on resume."""
     run_dir = tmp_path / "run"
     crash(shakespeare_dir, run_dir, moment, n, run=EVAL_AT_SAVES)
-    assert ckpt.latest(run_dir).name == resume_point
+    assert run_checkpoints.latest(run_dir).name == resume_point
 
     resumed = train(micro_config(shakespeare_dir, run_dir, **EVAL_AT_SAVES), resume=resume, **QUIET)
     assert not resumed.finished_before
@@ -966,8 +967,13 @@ def test_a_kill_after_a_checkpoint_before_its_evaluation_ends_is_resumed_exactly
     # what `info`, `runs` and `serve` show: the losses of every checkpoint's own step, as the
     # uninterrupted run recorded them (the resumed-from one got its evaluation's loss again)
     losses = ("step", "val_loss", "best_val_loss", "tokens_seen")
-    for folder in ckpt.numbered(run_dir) + [run_dir / "checkpoints" / n for n in ("best", "final")]:
-        info, twin = ckpt.read_info(folder), ckpt.read_info(reference.run_dir / "checkpoints" / folder.name)
+    for folder in run_checkpoints.numbered(run_dir) + [
+        run_dir / "checkpoints" / n for n in ("best", "final")
+    ]:
+        info, twin = (
+            run_checkpoints.read_info(folder),
+            run_checkpoints.read_info(reference.run_dir / "checkpoints" / folder.name),
+        )
         assert [info[k] for k in losses] == [twin[k] for k in losses], folder.name
 
 
@@ -998,7 +1004,7 @@ def test_a_run_with_only_its_best_says_best_is_no_checkpoint_to_continue_from(
     cfg = micro_config(shakespeare_dir, run, training_config=training)
     train(cfg, **QUIET)
     shutil.rmtree(run / "checkpoints" / "final")  # as a kill before the end of the run leaves it
-    assert ckpt.latest(run) is None and ckpt.is_complete(run / "checkpoints" / "best")
+    assert run_checkpoints.latest(run) is None and run_checkpoints.is_complete(run / "checkpoints" / "best")
 
     only_best = r"nothing to resume .*: no checkpoint to continue from .*checkpoints/best"
     with pytest.raises(UserError, match=only_best):

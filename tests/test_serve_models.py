@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from trickster import run_checkpoints
 from trickster.data.tokenizers import ByteTokenizer
 from trickster.errors import UserError
 from trickster.model.generate import generate
@@ -32,6 +33,7 @@ from trickster.serve.choices import Generation
 from trickster.serve.engine import Batch, Engine
 from trickster.serve.models import Catalog
 from trickster.train import checkpoint as ckpt
+from trickster.train import checkpoint_load, weight_loading
 
 from .live_server import live_server, run_saving
 
@@ -155,7 +157,7 @@ def test_requests_waiting_for_room_get_it_in_arrival_order(trained_run, tmp_path
     arrival = [f"step_{step:06d}" for step in (11, 6, 14, 8, 12, 7, 13, 9, 10)]
     for name in [n for n in arrival if n != "step_000006"]:
         shutil.copytree(run / "checkpoints/step_000006", run / "checkpoints" / name)
-    gate, decode, loads, read = threading.Event(), Batch._decode, [], models.ckpt.load_checkpoint
+    gate, decode, loads, read = threading.Event(), Batch._decode, [], checkpoint_load.load_checkpoint
 
     def gated(self):
         assert gate.wait(60)
@@ -166,7 +168,7 @@ def test_requests_waiting_for_room_get_it_in_arrival_order(trained_run, tmp_path
         return read(path, device, **options)
 
     monkeypatch.setattr(Batch, "_decode", gated)
-    monkeypatch.setattr(models.ckpt, "load_checkpoint", recorded)
+    monkeypatch.setattr(checkpoint_load, "load_checkpoint", recorded)
     with live_server(run, checkpoints=["best", "final", *arrival], max_loaded=2) as live:
         client, catalog = client_of(live), live.catalog
         stream = iter(client.completions.create(model="final", **GREEDY, stream=True))
@@ -196,14 +198,14 @@ def test_requests_waiting_for_room_get_it_in_arrival_order(trained_run, tmp_path
 
 
 def test_concurrent_first_requests_load_a_model_once(trained_run, monkeypatch):
-    loads, read = [], models.ckpt.load_checkpoint
+    loads, read = [], checkpoint_load.load_checkpoint
 
     def slow_load(path, device, **options):
         loads.append(path.name)
         time.sleep(0.5)  # long enough for every request to arrive while it loads
         return read(path, device, **options)
 
-    monkeypatch.setattr(models.ckpt, "load_checkpoint", slow_load)
+    monkeypatch.setattr(checkpoint_load, "load_checkpoint", slow_load)
     with live_server(trained_run, max_loaded=2) as live:
         loads.clear()  # the default's, at start
         client = client_of(live)
@@ -257,7 +259,7 @@ def test_a_checkpoint_pruned_while_serving_is_404_and_the_list_goes_on(trained_r
         assert completion(client, model="final", **GREEDY)
         refs = [weakref.ref(live.catalog.offered["final"].model)]
         for name in ("step_000006", "final"):
-            ckpt.remove(run / "checkpoints" / name)  # as prune deletes one
+            run_checkpoints.remove(run / "checkpoints" / name)  # as prune deletes one
         listed = httpx.get(live.url + "/v1/models")
         assert listed.status_code == 200, listed.text
         assert [card["id"] for card in listed.json()["data"]] == ["best", "untrained"]
@@ -273,7 +275,7 @@ def test_a_checkpoint_pruned_while_serving_is_404_and_the_list_goes_on(trained_r
 
 def greedy_text(checkpoint: Path, prompt: str = "ROMEO:", tokens: int = 20) -> str:
     """What `trickster generate CHECKPOINT --temperature 0` writes after the prompt."""
-    loaded = ckpt.load_checkpoint(checkpoint)
+    loaded = checkpoint_load.load_checkpoint(checkpoint)
     tokenizer = loaded.tokenizer
     ids = tokenizer.start_ids() + tokenizer.encode(prompt)
     out = generate(
@@ -442,7 +444,7 @@ def test_a_checkpoint_pruned_as_a_stream_decodes_on_it_leaves_the_list_and_the_s
         streamed = [next(stream).choices[0].text]  # the prompt's token; the next step waits on the gate
         refs = [weakref.ref(catalog.offered["step_000006"].model)]
         try:
-            ckpt.remove(run / "checkpoints" / "step_000006")
+            run_checkpoints.remove(run / "checkpoints" / "step_000006")
             assert "step_000006" not in cards(live)
             assert [o.model for o in catalog.retired] == [refs[0]()]
             with pytest.raises(openai.NotFoundError, match="deleted from disk after the server started"):
@@ -463,16 +465,17 @@ def test_a_checkpoint_deleted_as_it_is_loaded_is_the_same_404(
     or '... is damaged or not a safetensors file'), where one deleted a moment earlier gets a 404."""
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
-    original = getattr(ckpt, moment)
+    owner = {"load_checkpoint": checkpoint_load, "load_weights": weight_loading}[moment]
+    original = getattr(owner, moment)
 
     def deleted_first(path, *args, **kwargs):
         folder = run / "checkpoints" / "step_000006"
         if folder.exists():
-            ckpt.remove(folder)  # as a training run's prune deletes it
+            run_checkpoints.remove(folder)  # as a training run's prune deletes it
         return original(path, *args, **kwargs)
 
     with live_server(run) as live:
-        monkeypatch.setattr(ckpt, moment, deleted_first)  # after best was loaded at start
+        monkeypatch.setattr(owner, moment, deleted_first)  # after best was loaded at start
         answer = httpx.post(live.url + "/v1/completions", json={"model": "step_000006", **GREEDY})
         assert answer.status_code == 404, answer.text
         error = answer.json()["error"]
@@ -513,7 +516,7 @@ def test_a_checkpoint_replaced_as_it_is_asked_for_answers_from_the_new_one(
         if moment == "before-request":
             replace_dir_renames()
         else:
-            load, loads = ckpt.load_checkpoint, []
+            load, loads = checkpoint_load.load_checkpoint, []
 
             def replaced_first(path, *args, **kwargs):
                 if Path(path) == folder / "final" and not loads:  # the first load of final begins
@@ -521,7 +524,7 @@ def test_a_checkpoint_replaced_as_it_is_asked_for_answers_from_the_new_one(
                     replace_dir_renames()
                 return load(path, *args, **kwargs)
 
-            monkeypatch.setattr(ckpt, "load_checkpoint", replaced_first)
+            monkeypatch.setattr(checkpoint_load, "load_checkpoint", replaced_first)
         start = time.monotonic()
         answer = httpx.post(live.url + "/v1/completions", json={"model": "final", **GREEDY}, timeout=30)
         assert answer.status_code == 200, answer.text
@@ -591,11 +594,11 @@ def test_a_best_replaced_as_it_is_served_answers_from_the_new_one_and_a_stream_f
         held_back.append(old_model)
         stream = iter(client.completions.create(model="best", **GREEDY, stream=True))
         streamed = [next(stream).choices[0].text]  # the prompt's token; its next step waits on the gate
-        new = ckpt.load_checkpoint(folder / "step_000006")
+        new = checkpoint_load.load_checkpoint(folder / "step_000006")
         try:
             ckpt.save_checkpoint(folder / "best", new.model, new.cfg, new.tokenizer, new.info)
             assert completion(client, model="best", **GREEDY) == new_text
-            card, info = cards(live)["best"], ckpt.read_info(folder / "best")
+            card, info = cards(live)["best"], run_checkpoints.read_info(folder / "best")
             assert (card["step"], card["val_loss"]) == (6, new.info["val_loss"]) == (6, info["val_loss"])
             assert card["loaded"] and catalog.offered["best"].model is not old_model
             assert [o.model for o in catalog.retired] == [old_model]  # still decoding the stream
@@ -642,22 +645,24 @@ def test_the_system_fingerprint_names_the_weights_and_changes_with_them(trained_
 
         each = {name: fingerprints(name) for name in NAMES}
         assert all(len(found) == 1 and next(iter(found)).startswith("fp_") for found in each.values())
-        weights = {name: (run / "checkpoints" / name / ckpt.WEIGHTS).read_bytes() for name in NAMES[:3]}
+        weights = {
+            name: (run / "checkpoints" / name / run_checkpoints.WEIGHTS).read_bytes() for name in NAMES[:3]
+        }
         assert weights["best"] == weights["final"] != weights["step_000006"]  # best is step 12's
         assert each["best"] == each["final"] and len(set.union(*each.values())) == 3
         best = run / "checkpoints" / "best"
         ckpt.update_info(best, val_loss=1.25)
         assert fingerprints("best") == each["best"]
-        new = ckpt.load_checkpoint(run / "checkpoints" / "step_000006")
+        new = checkpoint_load.load_checkpoint(run / "checkpoints" / "step_000006")
         ckpt.save_checkpoint(best, new.model, new.cfg, new.tokenizer, new.info)
         after = fingerprints("best")
         # the same tensors; safetensors orders the header's metadata differently from one process to
         # another, so the file is step_000006's byte for byte or not, and the fingerprint follows it
-        same_file = (best / ckpt.WEIGHTS).read_bytes() == weights["step_000006"]
+        same_file = (best / run_checkpoints.WEIGHTS).read_bytes() == weights["step_000006"]
         assert len(after) == 1 and after != each["best"] and (after == each["step_000006"]) == same_file
         assert completion(client, model="best", **GREEDY) == completion(client, model="step_000006", **GREEDY)
     older = run / "checkpoints" / "step_000006"  # as saved before checkpoints recorded their sums
-    info = ckpt.read_info(older)
+    info = run_checkpoints.read_info(older)
     (older / "info.json").write_text(json.dumps({k: v for k, v in info.items() if k != "sha256"}))
     assert Catalog(older, torch.device("cpu")).get("step_000006").system_fingerprint is None
 
@@ -679,7 +684,7 @@ def test_a_run_trained_further_as_it_is_served_is_served_as_it_is_now(trained_ru
     with live_server(run) as fresh:
         started_now = {n: (completion(client_of(fresh), model=n, **GREEDY), cards(fresh)[n]) for n in after}
     for name in ("best", "final"):
-        info, (text, card) = ckpt.read_info(run / "checkpoints" / name), after[name]
+        info, (text, card) = run_checkpoints.read_info(run / "checkpoints" / name), after[name]
         assert (card["step"], card["val_loss"]) == (info["step"], info["val_loss"])
         assert info["step"] > before[name][1]["step"] and text != before[name][0]
         assert (text, card["step"], card["val_loss"]) == (
@@ -736,7 +741,10 @@ def test_a_best_replaced_in_a_folder_of_the_same_inode_is_served_as_the_new_one(
     served folder, which keeps its inode whatever the file system."""
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
-    best, new = run / "checkpoints" / "best", ckpt.load_checkpoint(run / "checkpoints" / "step_000006")
+    best, new = (
+        run / "checkpoints" / "best",
+        checkpoint_load.load_checkpoint(run / "checkpoints" / "step_000006"),
+    )
     catalog = Catalog(run, torch.device("cpu"))
     assert catalog.load("best").info["step"] != new.info["step"]
     ckpt.save_checkpoint(tmp_path / "new", new.model, new.cfg, new.tokenizer, new.info)
@@ -757,7 +765,7 @@ def test_a_request_that_read_a_model_replaced_before_it_held_it_holds_the_new_on
     catalog = Catalog(run, torch.device("cpu"), max_loaded=2)
     catalog.load("best")
     read_first = catalog.current("final")
-    new = ckpt.load_checkpoint(folder / "step_000006")
+    new = checkpoint_load.load_checkpoint(folder / "step_000006")
     ckpt.save_checkpoint(folder / "final", new.model, new.cfg, new.tokenizer, new.info)
     assert catalog.current("final") is not read_first
     held = catalog.hold(read_first)
@@ -775,7 +783,7 @@ def test_a_request_tokenizes_with_the_model_it_decodes_with(trained_run, tmp_pat
     answers what a request sent afterwards answers."""
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
-    old = ckpt.load_checkpoint(run / "checkpoints" / "final")
+    old = checkpoint_load.load_checkpoint(run / "checkpoints" / "final")
     cfg = old.cfg.model_copy(deep=True)
     cfg.model.vocab_size = 256
     torch.manual_seed(0)
@@ -807,7 +815,7 @@ def test_a_replaced_model_that_was_loaded_is_loaded_again_before_it_is_asked_for
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     folder = run / "checkpoints"
-    new = ckpt.load_checkpoint(folder / "step_000006")
+    new = checkpoint_load.load_checkpoint(folder / "step_000006")
     with live_server(run) as live:
         catalog = live.catalog
         assert catalog.offered["best"].model is not None
@@ -833,7 +841,7 @@ def test_a_replaced_model_is_not_loaded_ahead_where_it_would_take_room(trained_r
     catalog = Catalog(run, torch.device("cpu"), max_loaded=2)
     held = catalog.hold("best")
     catalog.load("step_000006")
-    new = ckpt.load_checkpoint(folder / "step_000006")
+    new = checkpoint_load.load_checkpoint(folder / "step_000006")
     ckpt.save_checkpoint(folder / "best", new.model, new.cfg, new.tokenizer, new.info)
     fresh = catalog.current("best")
     assert fresh is not held and catalog.retired == [held]
@@ -855,7 +863,7 @@ def test_a_model_replaced_on_disk_before_its_first_load_answers_under_the_new_ca
     catalog = Catalog(run, torch.device("cpu"), max_loaded=2)
     read_first = catalog.current("final")
     assert read_first.model is None
-    new = ckpt.load_checkpoint(folder / "step_000006")
+    new = checkpoint_load.load_checkpoint(folder / "step_000006")
     ckpt.save_checkpoint(folder / "final", new.model, new.cfg, new.tokenizer, new.info)
     held = catalog.hold(read_first)
     assert held.info["step"] == new.info["step"] == 6

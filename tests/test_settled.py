@@ -17,8 +17,7 @@ import torch
 from trickster import atomic, cli
 from trickster.data.loader import load_data
 from trickster.errors import UserError
-from trickster.train import checkpoint as ckpt
-from trickster.train import settled
+from trickster.train import checkpoint_load, checkpoint_path, settled
 from trickster.train.loop import train
 from trickster.train.validate import evaluate, validation_batches
 
@@ -41,7 +40,7 @@ def test_a_best_replaced_while_generate_reads_it_is_read_again_whole(
     assert sums[0] != sums[1]  # else the two checkpoints could not be told apart
     assert cli.main(["generate", str(newer), *GREEDY]) == 0
     expected = capsys.readouterr().out
-    real, saves = ckpt.read_files, []
+    real, saves = checkpoint_load.read_files, []
     clock = [time.monotonic()]
     monkeypatch.setattr(settled, "time", types.SimpleNamespace(monotonic=lambda: clock[0], sleep=time.sleep))
 
@@ -53,7 +52,7 @@ def test_a_best_replaced_while_generate_reads_it_is_read_again_whole(
             _save_as_best(newer, best, saves)
         return files
 
-    monkeypatch.setattr(ckpt, "read_files", read_then_a_save)
+    monkeypatch.setattr(checkpoint_load, "read_files", read_then_a_save)
     code = cli.main(["generate", str(run), *GREEDY])
     out, err = capsys.readouterr()
     assert (code, err) == (0, "")  # it said model.safetensors no longer matched its checksum
@@ -74,7 +73,7 @@ def test_a_best_replaced_while_a_fine_tune_reads_its_init_from_is_read_again_who
     best, newer = run / "checkpoints" / "best", run / "checkpoints" / "step_000006"
     newer_info = json.loads((newer / "info.json").read_text())
     assert json.loads((best / "info.json").read_text())["step"] != newer_info["step"]
-    real, saves = getattr(ckpt, moment), []
+    real, saves = getattr(checkpoint_load, moment), []
 
     def a_save_then(path_or_files, *args, **kwargs):
         """the base run saves a new best (replace_dir): after the files' read, or before the weights'"""
@@ -85,7 +84,7 @@ def test_a_best_replaced_while_a_fine_tune_reads_its_init_from_is_read_again_who
             _save_as_best(newer, best, saves)
         return loaded
 
-    monkeypatch.setattr(ckpt, moment, a_save_then)
+    monkeypatch.setattr(checkpoint_load, moment, a_save_then)
     cfg = finetune_config(run, chat_data[0], tmp_path / "ft", max_steps=2, eval_every=2, save_every=2)
     result = train(cfg, **QUIET)  # it raised a UserError: model.safetensors no longer matched its checksum
     assert saves == [best]
@@ -94,7 +93,10 @@ def test_a_best_replaced_while_a_fine_tune_reads_its_init_from_is_read_again_who
     monkeypatch.undo()
     data = load_data(chat_data[0])
     newer_loss = evaluate(
-        ckpt.load_checkpoint(newer).model, validation_batches(data, cfg), torch.device("cpu"), "float32"
+        checkpoint_load.load_checkpoint(newer).model,
+        validation_batches(data, cfg),
+        torch.device("cpu"),
+        "float32",
     )
     first_eval = events(result, "eval")[0]
     assert first_eval["step"] == 0 and first_eval["val_loss"] == pytest.approx(newer_loss, rel=1e-6)
@@ -125,7 +127,7 @@ def test_a_checkpoint_replaced_while_serve_loads_it_slowly_is_loaded_again_whole
     shutil.copytree(trained_run, run)
     final, newer = run / "checkpoints" / "final", run / "checkpoints" / "step_000006"
     greedy = {"prompt": "ROMEO:", "max_tokens": 8, "temperature": 0}
-    real, saves, late = ckpt.read_files, [], [0.0]
+    real, saves, late = checkpoint_load.read_files, [], [0.0]
     clock = types.SimpleNamespace(
         monotonic=lambda: time.monotonic() + late[0], sleep=time.sleep, time_ns=time.time_ns
     )
@@ -142,7 +144,7 @@ def test_a_checkpoint_replaced_while_serve_loads_it_slowly_is_loaded_again_whole
     with live_server(run, max_loaded=2) as live:
         post = functools.partial(httpx.post, live.url + "/v1/completions", timeout=30)
         expected = post(json={"model": "step_000006", **greedy}).json()["choices"][0]["text"]
-        monkeypatch.setattr(ckpt, "read_files", read_then_a_save)
+        monkeypatch.setattr(checkpoint_load, "read_files", read_then_a_save)
         answer = post(json={"model": "final", **greedy})
         assert answer.status_code == 200, answer.text
         assert saves == [final]
@@ -158,7 +160,7 @@ def test_a_checkpoint_replaced_as_it_is_resolved_is_read_again(trained_run, tmp_
     best, newer = run / "checkpoints" / "best", run / "checkpoints" / "step_000006"
     assert cli.main(["generate", str(newer), *GREEDY]) == 0
     expected = capsys.readouterr().out
-    real, saves = ckpt.resolve, []
+    real, saves = checkpoint_path.resolve, []
 
     def found_between_the_renames(path):
         if Path(path) == best and not saves:
@@ -166,7 +168,7 @@ def test_a_checkpoint_replaced_as_it_is_resolved_is_read_again(trained_run, tmp_
             raise UserError(f"{path} not found; pass a run folder (runs/NAME) or a checkpoint folder")
         return real(path)
 
-    monkeypatch.setattr(ckpt, "resolve", found_between_the_renames)
+    monkeypatch.setattr(checkpoint_path, "resolve", found_between_the_renames)
     code = cli.main(["generate", str(best), *GREEDY])
     out, err = capsys.readouterr()
     assert (code, err) == (0, "")

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 import trickster
+from trickster import run_checkpoints
 from trickster.config import save_config
-from trickster.train import checkpoint as ckpt
 from trickster.train.loop import train
 from trickster.train.signals import REPEAT_WINDOW_S
 
@@ -83,10 +83,10 @@ def test_a_second_ctrl_c_ends_a_run_stuck_in_a_long_step(shakespeare_dir, tmp_pa
     assert "second SIGINT: stopped at once; checkpoints/step_000002 is the newest checkpoint" in err
     run = tmp_path / "run"
     assert f"continue with: trickster train --config {run / 'config.yaml'} --resume" in err, err
-    assert ckpt.latest(run) == run / "checkpoints" / "step_000002"
+    assert run_checkpoints.latest(run) == run / "checkpoints" / "step_000002"
     cfg.training.max_steps = 4
     resumed = train(cfg, resume=True, **QUIET)  # the newest checkpoint is whole
-    assert resumed.state.step == 4 and ckpt.checkpoint_step(run / "checkpoints" / "final") == 4
+    assert resumed.state.step == 4 and run_checkpoints.checkpoint_step(run / "checkpoints" / "final") == 4
 
 
 def test_a_signal_sent_to_every_process_of_a_job_still_saves(shakespeare_dir, tmp_path):
@@ -101,7 +101,7 @@ def test_a_signal_sent_to_every_process_of_a_job_still_saves(shakespeare_dir, tm
     assert child.returncode == 143, err
     assert err.startswith("SIGTERM again within 2 s: taken as the same request"), err
     assert "stopped by SIGTERM at step 3; saved checkpoints/step_000003" in out, out
-    assert ckpt.latest(tmp_path / "run") == tmp_path / "run" / "checkpoints" / "step_000003"
+    assert run_checkpoints.latest(tmp_path / "run") == tmp_path / "run" / "checkpoints" / "step_000003"
 
 
 @pytest.mark.slow
@@ -128,7 +128,7 @@ def test_a_second_signal_before_any_checkpoint_says_a_command_that_works(shakesp
     command = shlex.split(err.split("continue with: ")[1])
     assert command[:2] == ["trickster", "train"]
     assert main([*command[1:], "--no-progress"]) == 0
-    assert ckpt.latest(run) is not None
+    assert run_checkpoints.latest(run) is not None
 
 
 def test_a_second_signal_in_a_job_of_several_processes_names_torchrun(tmp_path, capsys):

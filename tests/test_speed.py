@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from trickster import run_checkpoints
 from trickster.cli import main
 from trickster.model.transformer import RMSNormFunction, Transformer
-from trickster.train import checkpoint as ckpt
-from trickster.train import device
+from trickster.train import device, weight_loading
 from trickster.train.loop import train
 
 from .conftest import QUIET, events
@@ -76,10 +76,12 @@ def test_compiled_training_tracks_eager_and_saves_a_plain_model(micro, tmp_path)
     weights = load_file(run / "checkpoints" / "final" / "model.safetensors")
     assert not any("_orig_mod" in name for name in weights)
     plain = Transformer(compiled.cfg.model)
-    ckpt.load_weights(plain, run / "checkpoints" / "final" / ckpt.WEIGHTS)
+    weight_loading.load_weights(plain, run / "checkpoints" / "final" / run_checkpoints.WEIGHTS)
     x = torch.randint(0, 60, (1, 16))
     eager_model = Transformer(eager.cfg.model)
-    ckpt.load_weights(eager_model, eager.run_dir / "checkpoints" / "final" / ckpt.WEIGHTS)
+    weight_loading.load_weights(
+        eager_model, eager.run_dir / "checkpoints" / "final" / run_checkpoints.WEIGHTS
+    )
     torch.testing.assert_close(plain(x)[0], eager_model(x)[0], rtol=1e-3, atol=1e-4)
 
 

@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 
+from trickster import run_checkpoints
 from trickster.config import TrainingConfig
 from trickster.train import checkpoint as ckpt
 from trickster.train.spikes import SpikeDetector, checkpoint_before, discard_after
@@ -98,7 +99,7 @@ def fake_checkpoint(run_dir, name: str, step: int) -> None:
     folder = run_dir / "checkpoints" / name
     folder.mkdir(parents=True)
     (folder / "info.json").write_text(json.dumps({"step": step}))
-    for file in (ckpt.WEIGHTS, ckpt.COMPLETE):
+    for file in (run_checkpoints.WEIGHTS, run_checkpoints.COMPLETE):
         (folder / file).write_text("")
 
 
@@ -129,7 +130,7 @@ def test_a_checkpoint_a_rollback_was_deleting_when_killed_is_never_taken_back(tm
         folder = tmp_path / "checkpoints" / ckpt.step_name(step)
         folder.mkdir(parents=True)
         (folder / "info.json").write_text(json.dumps({"step": step}))
-        for name in (ckpt.WEIGHTS, ckpt.COMPLETE):
+        for name in (run_checkpoints.WEIGHTS, run_checkpoints.COMPLETE):
             (folder / name).write_text("")
 
     def killed(path, *args, **kwargs):
@@ -139,6 +140,6 @@ def test_a_checkpoint_a_rollback_was_deleting_when_killed_is_never_taken_back(tm
     with pytest.raises(KeyboardInterrupt):
         discard_after(tmp_path, 2)
     monkeypatch.undo()
-    repairs = ckpt.recover(tmp_path)  # as --resume starts (the pid is this process's: not alive)
-    assert ckpt.latest(tmp_path).name == "step_000002" and len(repairs) == 1
+    repairs = run_checkpoints.recover(tmp_path)  # as --resume starts (the pid is this process's: not alive)
+    assert run_checkpoints.latest(tmp_path).name == "step_000002" and len(repairs) == 1
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_000002"]

@@ -14,7 +14,7 @@ from trickster.data import sources
 from trickster.data.prepare import prepare
 from trickster.data.token_meaning import same_ids
 from trickster.data.tokenizers import CharTokenizer, HFTokenizer
-from trickster.train import checkpoint as ckpt
+from trickster.train import checkpoint_load, checkpoint_path
 from trickster.train.loop import train
 
 from .conftest import EXCERPT, QUIET, events, finetune_config, micro_config, write_records
@@ -32,7 +32,7 @@ def round_trip(run, folder):
 def imported(trained_run, tmp_path_factory):
     """The char trained_run through Hugging Face and back: its tokenizer is an `hf` one now."""
     run = round_trip(trained_run, tmp_path_factory.mktemp("round-trip"))
-    assert ckpt.read_tokenizer(ckpt.resolve(run)).kind == "hf"
+    assert checkpoint_load.read_tokenizer(checkpoint_path.resolve(run)).kind == "hf"
     return run
 
 
@@ -69,7 +69,7 @@ def test_a_run_resumes_on_its_data_prepared_with_the_imported_tokenizer(
     data = tmp_path / "data"
     prepare(
         sources.shakespeare(EXCERPT),
-        ckpt.read_tokenizer(ckpt.resolve(imported)),
+        checkpoint_load.read_tokenizer(checkpoint_path.resolve(imported)),
         data,
         echo=lambda line: None,
     )
@@ -99,8 +99,8 @@ def test_the_other_kinds_come_back_from_hugging_face_with_the_same_ids(kind, tmp
 
 
 def test_a_tokenizer_that_gives_ids_another_meaning_is_refused(imported, trained_run, tmp_path, capsys):
-    theirs = ckpt.read_tokenizer(ckpt.resolve(imported))
-    ours = ckpt.read_tokenizer(ckpt.resolve(trained_run))
+    theirs = checkpoint_load.read_tokenizer(checkpoint_path.resolve(imported))
+    ours = checkpoint_load.read_tokenizer(checkpoint_path.resolve(trained_run))
     assert same_ids(ours, theirs) and same_ids(theirs, ours)
     swapped = CharTokenizer(ours.chars.replace("z", "#"))  # as many characters, one of them another
     assert len(swapped.chars) == len(ours.chars) and not same_ids(swapped, theirs)
@@ -141,7 +141,7 @@ def test_data_prepare_keeps_a_folder_prepared_with_a_tokenizer_of_the_same_ids(
     assert capsys.readouterr().out.startswith(f"already prepared: {data} holds jsonl")
     assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in data.rglob("*")} == written
 
-    ours = ckpt.read_tokenizer(ckpt.resolve(trained_run))
+    ours = checkpoint_load.read_tokenizer(checkpoint_path.resolve(trained_run))
     reordered = CharTokenizer(ours.chars[1:] + ours.chars[0])  # the same characters under other ids
     reordered.save(tmp_path / "reordered.json")
     assert cli.main([*argv, "--tokenizer-from", str(tmp_path / "reordered.json")]) == 0

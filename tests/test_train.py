@@ -11,6 +11,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from trickster import run_checkpoints
 from trickster.config import config_from_dict, load_config
 from trickster.data import sources
 from trickster.data.prepare import prepare
@@ -19,7 +20,7 @@ from trickster.errors import UserError
 from trickster.model.generate import generate
 from trickster.model.transformer import Transformer
 from trickster.model.vocab import padded_vocab
-from trickster.train import checkpoint as ckpt
+from trickster.train import checkpoint_load, weight_loading
 from trickster.train.loop import train
 from trickster.train.optim import lr_at
 
@@ -58,10 +59,10 @@ def test_tutorial_checks_on_a_short_cpu_run(shakespeare_dir, tmp_path):
     assert letters / len(sample) >= 0.6, sample
 
     # round trip: a freshly constructed model from the saved files gives identical logits and text
-    loaded = ckpt.load_checkpoint(result.run_dir / "checkpoints" / "final")
+    loaded = checkpoint_load.load_checkpoint(result.run_dir / "checkpoints" / "final")
     idx = torch.tensor([loaded.tokenizer.encode("ROMEO: Is it so?")])
     reference = Transformer(loaded.cfg.model)
-    ckpt.load_weights(reference, loaded.path / ckpt.WEIGHTS)
+    weight_loading.load_weights(reference, loaded.path / run_checkpoints.WEIGHTS)
     reference.eval()
     with torch.no_grad():
         assert torch.equal(loaded.model(idx)[0], reference(idx)[0])
@@ -79,7 +80,7 @@ def test_run_folder_holds_config_tokenizer_metrics_and_checkpoints(micro):
     assert names == ["best", "final", "step_000020"]
     for name in names:
         folder = run / "checkpoints" / name
-        assert ckpt.is_complete(folder)
+        assert run_checkpoints.is_complete(folder)
         assert {"model.safetensors", "config.yaml", "tokenizer.json", "trainer.pt", "info.json"} <= {
             p.name for p in folder.iterdir()
         }
@@ -153,7 +154,7 @@ def test_the_model_learns_the_next_token_not_the_one_after(tmp_path):
         },
     )
     result = train(cfg, **QUIET)
-    loaded = ckpt.load_checkpoint(result.run_dir)
+    loaded = checkpoint_load.load_checkpoint(result.run_dir)
     ids = loaded.tokenizer.encode("ghij")
     out = loaded.tokenizer.decode(generate(loaded.model, ids, 6, temperature=0))
     assert out == "klmnop"
@@ -201,9 +202,9 @@ def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(shakespeare_dir, tmp_path
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
-    saved = ckpt.latest(run)
+    saved = run_checkpoints.latest(run)
     assert saved is not None and saved.name.startswith("step_")
-    step = ckpt.checkpoint_step(saved)
+    step = run_checkpoints.checkpoint_step(saved)
     assert "stopped by SIGINT" in out
     # the line says how to go on: '--resume' alone did not say to what (a quick start has none)
     said = re.search(r"continue with: trickster (train --config \S+ --resume)$", out, re.M)
@@ -211,7 +212,7 @@ def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(shakespeare_dir, tmp_path
     more = [*shlex.split(said.group(1)), f"training_config.max_steps={step + 3}"]
     done = children.run("trickster", *more, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert ckpt.checkpoint_step(run / "checkpoints" / "final") == step + 3
+    assert run_checkpoints.checkpoint_step(run / "checkpoints" / "final") == step + 3
 
 
 def _read(path):

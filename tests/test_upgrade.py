@@ -12,15 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from trickster import cli
+from trickster import cli, run_checkpoints
 from trickster.config import Config, TrainingConfig, config_from_dict, load_config
 from trickster.config_yaml import SAVED_MARK
 from trickster.data.loader import load_data
 from trickster.errors import UserError
 from trickster.observe.curves import Curves
 from trickster.observe.events import read_metrics
-from trickster.train import checkpoint as ckpt
-from trickster.train import checksums
+from trickster.train import checkpoint_load, checksums
 from trickster.train.device import settings_restored
 from trickster.train.loop import Trainer, train
 
@@ -55,7 +54,7 @@ def unended(run: Path) -> Path:
 
 def resumed(run: Path, **training) -> Config:
     """The run's own config, continuing in `run` with `training` changed."""
-    raw = ckpt.read_config(run / "checkpoints" / "final").to_dict()
+    raw = checkpoint_load.read_config(run / "checkpoints" / "final").to_dict()
     raw["training_config"].update(training)
     raw["logging_config"]["output_dir"] = str(run)
     return config_from_dict(raw, "resumed config")
@@ -181,7 +180,7 @@ def test_a_fine_tune_on_masked_data_measures_its_best_again(trained_run, chat_da
         trained_run, chat_data[0], tmp_path / "ft", max_steps=4, eval_every=2, save_every=2, lora=lora_cfg
     )
     train(cfg, **QUIET)
-    best = ckpt.read_info(tmp_path / "ft" / "checkpoints" / "best")["best_val_loss"]
+    best = run_checkpoints.read_info(tmp_path / "ft" / "checkpoints" / "best")["best_val_loss"]
 
     def per_batch_measure(trainer: dict) -> None:
         trainer.pop("val_draw_width")
@@ -208,7 +207,7 @@ def test_a_fine_tune_resumed_before_its_evaluation_names_best_own_older_loss(
     )
     evaluated = {e["step"]: e["val_loss"] for e in events(train(cfg, **QUIET), "eval")}
     checkpoints = tmp_path / "ft" / "checkpoints"
-    assert ckpt.checkpoint_step(checkpoints / "best") == 4 and evaluated[4] < evaluated[2]
+    assert run_checkpoints.checkpoint_step(checkpoints / "best") == 4 and evaluated[4] < evaluated[2]
     for name, keys in (("final", ("eval_due", "val_draw_width")), ("best", ("val_draw_width",))):
         older(
             checkpoints / name,
@@ -233,7 +232,7 @@ def test_checkpoints_saved_without_checksums_load_and_resume_as_they_did(trained
     now, then = copy_run(trained_run, tmp_path, "now"), copy_run(trained_run, tmp_path, "then")
     for checkpoint in (then / "checkpoints").iterdir():
         older(checkpoint, lambda trainer: None)  # drops the checksums
-        assert checksums.SUMS not in ckpt.read_info(checkpoint)
+        assert checksums.SUMS not in run_checkpoints.read_info(checkpoint)
     capsys.readouterr()
 
     assert cli.main(["generate", str(then), "--max-new-tokens", "3", "--device", "cpu"]) == 0
@@ -242,7 +241,9 @@ def test_checkpoints_saved_without_checksums_load_and_resume_as_they_did(trained
     result = train(resumed(then, max_steps=14), resume=True, **QUIET)
     losses = [[r["train_loss"] for r in events(run, "train")] for run in (result, expected)]
     assert losses[0] == losses[1]
-    assert checksums.SUMS in ckpt.read_info(then / "checkpoints" / "final")  # saved by this version
+    assert checksums.SUMS in run_checkpoints.read_info(
+        then / "checkpoints" / "final"
+    )  # saved by this version
 
 
 # ------------------------------------------------------------------ config.yaml before newer limits
@@ -284,7 +285,7 @@ def test_a_checkpoint_saved_before_a_training_limit_still_loads_for_inference(tr
     assert cli.main(["export", str(run), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
     assert cli.main(["runs", str(tmp_path)]) == 0
     assert "finished" in capsys.readouterr().out.splitlines()[-1]
-    cfg = ckpt.read_config(run / "checkpoints" / "final")
+    cfg = checkpoint_load.read_config(run / "checkpoints" / "final")
     assert (cfg.training.learning_rate, cfg.training.sample_tokens) == (2.0, 200000)
 
 
@@ -294,7 +295,7 @@ def test_a_checkpoint_whose_model_field_breaks_a_newer_limit_is_refused_in_one_l
     run = copy_run(trained_run, tmp_path)
     saved_with(run, ("norm_eps: 1.0e-05", "norm_eps: 1.0"))
     with pytest.raises(UserError) as raised:
-        ckpt.load_checkpoint(run)
+        checkpoint_load.load_checkpoint(run)
     assert str(raised.value) == (
         f"{run / 'checkpoints' / 'best' / 'config.yaml'}: model_config.norm_eps: input should be less "
         "than 1 (got 1.0); use another checkpoint"
@@ -309,10 +310,10 @@ def test_a_saved_config_with_sections_by_their_python_names_keeps_the_same_rules
     saved = run / "checkpoints" / "best" / "config.yaml"
     text = saved.read_text().replace("training_config:", "training:").replace("model_config:", "model:")
     saved.write_text(text.replace("learning_rate: 0.003", "learning_rate: 2.0"))
-    assert ckpt.read_config(saved.parent).training.learning_rate == 2.0
+    assert checkpoint_load.read_config(saved.parent).training.learning_rate == 2.0
     saved.write_text(text.replace("norm_eps: 1.0e-05", "norm_eps: 1.0"))
     with pytest.raises(UserError, match=r"model_config.norm_eps: input should be less than 1 \(got 1.0\)"):
-        ckpt.read_config(saved.parent)
+        checkpoint_load.read_config(saved.parent)
 
 
 def test_resuming_a_run_saved_before_a_training_limit_says_which_overrides_continue_it(
@@ -366,13 +367,13 @@ def test_a_checkpoint_with_a_training_setting_of_the_wrong_kind_still_loads_for_
     assert cli.main(["export", str(run), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
     assert cli.main(["runs", str(tmp_path)]) == 0
     assert "finished" in capsys.readouterr().out.splitlines()[-1]
-    cfg = ckpt.read_config(run / "checkpoints" / "final")
+    cfg = checkpoint_load.read_config(run / "checkpoints" / "final")
     defaults = TrainingConfig()
     assert (cfg.training.learning_rate, cfg.training.seed) == (defaults.learning_rate, defaults.seed)
 
     saved_with(run, ("hidden_dim: 64", "hidden_dim: abc"))
     with pytest.raises(UserError, match=r"model_config.hidden_dim: .*\(got 'abc'\); use another checkpoint"):
-        ckpt.load_checkpoint(run)
+        checkpoint_load.load_checkpoint(run)
 
 
 @pytest.mark.parametrize("edits", [BEFORE_LIMITS, WRONG_KIND], ids=["past-a-limit", "wrong-kind"])

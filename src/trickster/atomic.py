@@ -56,7 +56,7 @@ def leftovers(folder: Path, of: str | None = None) -> list[tuple[Path, re.Match]
 
 def remove_leftovers(folder: Path, of: str | None = None) -> list[Path]:
     """Delete what `leftovers` finds (in `folder`, of the target `of` or of any); returns what
-    went. An old copy whose target is missing is kept: it is the only copy (checkpoint.recover
+    went. An old copy whose target is missing is kept: it is the only copy (run_checkpoints.recover
     puts such a checkpoint back). One that cannot be deleted stays, without an error."""
     removed = []
     for path, match in leftovers(folder, of):

@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from trickster import run_checkpoints
+
 # cli.py runs every command from here: `trickster data ...` is written in commands_data.py, `chat`
 # in commands_chat.py, `compare` in commands_compare.py
 from trickster.commands_chat import chat_command  # noqa: F401
@@ -31,8 +33,7 @@ from trickster.prompts import generate_hint, hinted_prompt, llama_cpp_hint, prom
 from trickster.serve.limits import MAX_BATCH, MAX_LOADED_MODELS
 from trickster.streaming import stream
 from trickster.text_out import text_written
-from trickster.train import checkpoint as ckpt
-from trickster.train import dist
+from trickster.train import checkpoint_load, dist
 from trickster.train.console import QUIET_LEVELS
 from trickster.train.device import resolve_device, resolve_precision
 from trickster.train.loop import train
@@ -77,7 +78,7 @@ def generate_command(
     target: str, sampling: Sampling, device: str = "cpu", untrained: bool = False, use_cache: bool = True
 ) -> None:
     where = resolve_device(device, "--device")
-    loaded = ckpt.load_checkpoint(target, where)
+    loaded = checkpoint_load.load_checkpoint(target, where)
     model = untrained_like(loaded.cfg) if untrained else loaded.model
     model = model.to(where)
     prompt, ids = prompt_ids(loaded.tokenizer, sampling.prompt)
@@ -89,7 +90,7 @@ def generate_command(
 def eval_command(opts: EvalOptions) -> None:
     """Score a run on its val split, another prepared folder's, or a text file (see evaluation.py)."""
     device = resolve_device(opts.device, "--device")
-    loaded = ckpt.load_checkpoint(opts.target, device)
+    loaded = checkpoint_load.load_checkpoint(opts.target, device)
     if opts.task == "hellaswag":
         return _hellaswag(opts, loaded, device)
     tokenizer = loaded.tokenizer
@@ -160,7 +161,7 @@ def _hellaswag(opts: EvalOptions, loaded, device) -> None:
 def info_command(source: ConfigSource, checkpoint: str | None = None) -> None:
     """The model a config or checkpoint describes; a checkpoint adds its provenance and config."""
     if checkpoint:
-        loaded = ckpt.load_checkpoint(checkpoint)
+        loaded = checkpoint_load.load_checkpoint(checkpoint)
         cfg, info, waived = loaded.cfg, loaded.info, []
     else:
         (cfg, waived), info = source.described(), None
@@ -288,8 +289,8 @@ def import_command(source: str, path: str, out: str, revision: str | None = None
         raise UserError(f"unknown import source '{source}'; choose hf")
     run = import_hf(path, out, revision)
     final = run / "checkpoints" / "final"
-    m = ckpt.read_config(final).model
-    origin = ckpt.read_info(final)["imported_from"]  # a Hub repo: with the commit it resolved to
+    m = checkpoint_load.read_config(final).model
+    origin = run_checkpoints.read_info(final)["imported_from"]  # a Hub repo: with the commit it resolved to
     print(f"imported {origin}: {parameter_breakdown(m).total:,} parameters, {m.shape()}")
     print(f"wrote {run}/checkpoints/final; try: trickster generate {run} --prompt 'Hello'")
     return run
@@ -325,9 +326,10 @@ def _stopped_run_passed_over(out: Path, run_dir: Path) -> str | None:
         found = can_continue(folder)
         if found is not None:
             checkpoint, max_steps = found
+            step = run_checkpoints.checkpoint_step(checkpoint)
             return (
                 f"{folder} holds a stopped run (checkpoints/{checkpoint.name}, step "
-                f"{ckpt.checkpoint_step(checkpoint):,} of {max_steps:,}); this starts a new run in "
+                f"{step:,} of {max_steps:,}); this starts a new run in "
                 f"{run_dir}. To continue that one instead: {continue_command(folder)}"
             )
     return None

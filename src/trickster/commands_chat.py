@@ -23,7 +23,7 @@ from trickster.serve.server import read_template
 from trickster.streaming import stream
 from trickster.text_in import UTF8_FIX, not_utf8, typed_lines
 from trickster.text_out import text_written
-from trickster.train import checkpoint as ckpt
+from trickster.train import checkpoint_load
 from trickster.train.device import resolve_device
 
 ENDS = "/exit (or Ctrl-D) ends"
@@ -43,7 +43,7 @@ def chat_command(
 
 def _chat(target: str, sampling: Sampling, device: str, chat_template: str | None, system: str | None) -> int:
     where = resolve_device(device, "--device")
-    loaded = ckpt.load_checkpoint(target, where)
+    loaded = checkpoint_load.load_checkpoint(target, where)
     template = _template(loaded.tokenizer, chat_template)
     if template is None and system is not None:
         raise UserError("--system needs a chat template; pass --chat-template FILE, or leave --system out")

@@ -19,7 +19,7 @@ from trickster.options import Sampling
 from trickster.prompts import prompt_ids
 from trickster.streaming import stream
 from trickster.text_out import text_written
-from trickster.train import checkpoint as ckpt
+from trickster.train import checkpoint_load
 from trickster.train.device import resolve_device
 from trickster.train.validate import evaluate, validation_batches
 from trickster.train.weights import SAME_FIELDS, weights_to_save
@@ -46,7 +46,7 @@ def compare_command(
     untrained: bool = False,
 ) -> None:
     where = resolve_device(device, "--device")
-    loaded = ckpt.load_checkpoint(target, where)
+    loaded = checkpoint_load.load_checkpoint(target, where)
     prompt, ids = prompt_ids(loaded.tokenizer, sampling.prompt)
     reference = reference_model(loaded, where, base, untrained)
     trained = "fine-tuned" if loaded.info.get("init_from") else "trained"
@@ -68,7 +68,10 @@ def compare_command(
 
 
 def reference_model(
-    loaded: ckpt.LoadedCheckpoint, device: torch.device, base: str | None = None, untrained: bool = False
+    loaded: checkpoint_load.LoadedCheckpoint,
+    device: torch.device,
+    base: str | None = None,
+    untrained: bool = False,
 ) -> Reference:
     """What `loaded` is compared with: `base` (a run or checkpoint, refused when it cannot stand in
     for this model), random weights when `untrained`, else a fine-tune's recorded starting point
@@ -78,7 +81,7 @@ def reference_model(
         return Reference(UNTRAINED, untrained_like(loaded.cfg).to(device))
     if base is not None:
         try:
-            other = ckpt.load_checkpoint(base, device)
+            other = checkpoint_load.load_checkpoint(base, device)
         except UserError as err:
             raise UserError(f"--base: {err}") from None
         if problem := _cannot_stand_in(other, loaded):
@@ -87,7 +90,7 @@ def reference_model(
     started, instead = Path(origin["checkpoint"]), "comparing with random weights"
     instead += "; --base DIR names the base where it is now"
     try:
-        other = ckpt.load_checkpoint(started, device)
+        other = checkpoint_load.load_checkpoint(started, device)
         problem = _cannot_stand_in(other, loaded)
     except UserError as err:  # moved, deleted or damaged since the fine-tune read it
         problem = f"cannot be read ({err})"
@@ -101,7 +104,9 @@ def reference_model(
     return Reference(title, _as_run(other, loaded))
 
 
-def _cannot_stand_in(other: ckpt.LoadedCheckpoint, loaded: ckpt.LoadedCheckpoint) -> str | None:
+def _cannot_stand_in(
+    other: checkpoint_load.LoadedCheckpoint, loaded: checkpoint_load.LoadedCheckpoint
+) -> str | None:
     """Why `other`'s weights cannot be put in `loaded`'s model (other ids, another model), or None."""
     if not same_ids(other.tokenizer, loaded.tokenizer):
         return f"has another tokenizer than {loaded.path}"
@@ -118,13 +123,13 @@ def _field(model: ModelConfig, key: str):
     return model.kv_heads if key == "num_kv_heads" else getattr(model, key)  # empty = num_heads
 
 
-def _as_run(other: ckpt.LoadedCheckpoint, loaded: ckpt.LoadedCheckpoint) -> Transformer:
+def _as_run(other: checkpoint_load.LoadedCheckpoint, loaded: checkpoint_load.LoadedCheckpoint) -> Transformer:
     """`other`'s weights in a model built as `loaded`'s: a fine-tune may have a longer context than
     its base (max_seq_len may differ), and its validation windows and samples need it, as they did
     at the fine-tune's first step."""
     if other.cfg.model == loaded.cfg.model:
         return other.model
-    model = ckpt.empty_model(loaded.cfg.model, next(loaded.model.parameters()).device)
+    model = checkpoint_load.empty_model(loaded.cfg.model, next(loaded.model.parameters()).device)
     with torch.no_grad():  # every weight: the same model_config but for max_seq_len and dropout
         for name, tensor in weights_to_save(other.model).items():
             model.get_parameter(name).copy_(tensor)

@@ -15,8 +15,7 @@ from trickster.data.tokenizers import load_tokenizer
 from trickster.errors import UserError
 from trickster.options import PrepareOptions, SourceSpec
 from trickster.out_path import refuse_path_through_a_file
-from trickster.train import checkpoint as ckpt
-from trickster.train import checksums
+from trickster.train import checkpoint_path, checksums
 
 
 def prepare_data(spec: SourceSpec, options: PrepareOptions, dedup: DedupSettings) -> Path:
@@ -96,7 +95,7 @@ def _tokenizer_from(path: str):
         return load_tokenizer(target, fix)
     saved = target / "tokenizer.json"  # a folder by that name is refused as one, below
     if not (saved.is_file() or saved.is_dir()) or (target / "checkpoints").is_dir():
-        target = ckpt.resolve(target)  # a run folder: its best or newest checkpoint
+        target = checkpoint_path.resolve(target)  # a run folder: its best or newest checkpoint
     tokenizer = load_tokenizer(target / "tokenizer.json", fix)  # a checkpoint's or a data folder's
     checksums.verify(target, ["tokenizer.json"], fix)  # a data folder records none
     return tokenizer

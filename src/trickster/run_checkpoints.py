@@ -1,15 +1,21 @@
-"""Which complete checkpoints a run folder holds, by their files alone, and what a failed write of
-the run tells the user to do: continue with --resume once there is one, else run the command again
-with resume=auto. The training loop (train/checkpoint.py) and the metrics it writes
-(observe/events.py) say the same, and observe/ imports nothing of train/: both take it from here."""
+"""A run folder's checkpoints/ as a list: which checkpoints are complete (by their files), the step
+each was saved at (its info.json), the newest, the oldest pruned, and what a killed writer left tidied.
+Also what a failed write of the run tells the user to do: continue with --resume once there is a
+checkpoint, else run the command again with resume=auto. The trainer (train/) and the metrics it
+writes (observe/events.py) both take these from here: observe/ imports nothing of train/.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from trickster.errors import write_fix
+from trickster import atomic
+from trickster.errors import UserError, write_fix
 
 COMPLETE = "COMPLETE"
 WEIGHTS = "model.safetensors"
@@ -43,6 +49,88 @@ def numbered(run_dir: str | Path) -> list[Path]:
         return []
     found = [p for p in folder.iterdir() if STEP_DIR.match(p.name) and is_complete(p)]
     return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
+
+
+def read_info(path: Path, fix: str = "use another checkpoint") -> dict:
+    """info.json: a JSON object with at least the integer `step` it was saved at."""
+    try:
+        info = json.loads((path / "info.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        info = None  # missing, a folder, not UTF-8, not JSON
+    if not isinstance(info, dict) or type(info.get("step")) is not int:
+        raise UserError(f"{path / 'info.json'} is missing or damaged; {fix}")
+    return info
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step of one of a run's checkpoints (to pick the newest, to list them)."""
+    return read_info(path, fix=f"move {path} out of {path.parent} to use the run's others")["step"]
+
+
+def latest(run_dir: str | Path) -> Path | None:
+    """The complete checkpoint with the highest step (numbered ones and `final`, which wins a tie)."""
+    final = Path(run_dir) / "checkpoints" / "final"
+    candidates = numbered(run_dir) + ([final] if is_complete(final) else [])
+    return max(candidates, key=lambda p: (checkpoint_step(p), p.name == "final"), default=None)
+
+
+def none_saved(run_dir: str | Path, otherwise: str = "no checkpoint was saved yet") -> str:
+    """Why a run folder has no checkpoint to continue from, for the lines that say so: a `best`
+    saved before the first numbered checkpoint (eval_every below save_every) is named, as a run
+    never continues from `best` (an evaluation's weights; a spike's rollback must go back further)."""
+    if is_complete(Path(run_dir) / "checkpoints" / "best"):
+        return (
+            "no checkpoint to continue from was saved yet (checkpoints/best holds the best weights "
+            "so far, for generate)"
+        )
+    return otherwise
+
+
+def prune(run_dir: str | Path, keep_last: int | None) -> list[Path]:
+    """Delete all but the newest `keep_last` numbered checkpoints. `best` and `final` are separate
+    folders, never touched here, so rotation cannot remove the best weights."""
+    if keep_last is None:
+        return []
+    doomed = numbered(run_dir)[:-keep_last]
+    for path in doomed:
+        remove(path)
+    return doomed
+
+
+def remove(path: Path) -> None:
+    """Delete a checkpoint folder. It is renamed first, to a hidden name that `recover` deletes: a
+    kill halfway through leaves neither a half checkpoint nor one that would be put back (as a
+    replaced folder, `.old-`, is)."""
+    trash = path.parent / f".{path.name}.deleted-{os.getpid()}"
+    path.rename(trash)
+    shutil.rmtree(trash)
+
+
+def recover(run_dir: str | Path) -> list[str]:
+    """Tidy what a killed writer left in checkpoints/, before a run continues there.
+
+    A kill between the two renames of `replace_dir` leaves `best` (or `final`) only under its old
+    hidden name: put it back. Half-written staging folders and half-deleted checkpoints of dead
+    processes are deleted, and so are the files a killed `update_info` left inside a checkpoint.
+    Returns a line for each repair, for the log.
+    """
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    replaced = sorted({match["name"] for _, match in atomic.leftovers(folder) if match["kind"] == "old"})
+    repairs = [
+        f"restored checkpoints/{name} from an interrupted replacement"
+        for name in replaced
+        if atomic.restore_replaced(folder / name, complete=is_complete)
+    ]
+    for hidden, match in atomic.leftovers(folder):  # what is left: no checkpoint's only copy
+        shutil.rmtree(hidden, ignore_errors=True)
+        what = "deletion" if match["kind"] == "deleted" else "write"
+        repairs.append(f"removed {hidden.name}, left by an interrupted {what}")
+    for checkpoint in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for path in atomic.remove_leftovers(checkpoint):
+            repairs.append(f"removed {checkpoint.name}/{path.name}, left by an interrupted write")
+    return repairs
 
 
 def run_write_fix(run_dir: Path, resume_fix: Callable[[OSError], str]) -> Callable[[OSError], str]:

@@ -43,7 +43,8 @@ from trickster.export import byte_level
 from trickster.export.chat_template import read_checked
 from trickster.export.hf import rename
 from trickster.out_path import names_a_folder, refuse_path_through_a_file
-from trickster.train import checkpoint as ckpt
+from trickster.train import checkpoint_load
+from trickster.train.weights import weights_to_save
 
 TO_GGUF = {
     "tok_embeddings.weight": "token_embd.weight",
@@ -151,7 +152,7 @@ def export_gguf(
     refuse_path_through_a_file(out)
     if out.exists() or out.is_symlink():  # a link to nothing too: the file would not replace it
         raise UserError(f"{out} already exists; choose a new file with --out (nothing was changed)")
-    loaded = ckpt.load_checkpoint(target)  # LoRA adapters arrive merged
+    loaded = checkpoint_load.load_checkpoint(target)  # LoRA adapters arrive merged
     vocab = gguf_vocabulary(loaded.tokenizer, loaded.cfg.model.vocab_size)
     template = read_checked(chat_template, loaded.tokenizer)
 
@@ -202,7 +203,9 @@ def gguf_file(out: str | Path, target: str | Path) -> Path:
     )
 
 
-def _add_metadata(writer, name: str, loaded: ckpt.LoadedCheckpoint, vocab: Vocabulary, dtype: str) -> None:
+def _add_metadata(
+    writer, name: str, loaded: checkpoint_load.LoadedCheckpoint, vocab: Vocabulary, dtype: str
+) -> None:
     """The hyperparameters llama.cpp's Llama reads, and the vocabulary with its end token."""
     import gguf
 
@@ -241,10 +244,10 @@ def _add_metadata(writer, name: str, loaded: ckpt.LoadedCheckpoint, vocab: Vocab
         writer.add_pad_token_id(pad)
 
 
-def _add_tensors(writer, loaded: ckpt.LoadedCheckpoint, dtype: str) -> None:
+def _add_tensors(writer, loaded: checkpoint_load.LoadedCheckpoint, dtype: str) -> None:
     """Every weight under its GGUF name, wq and wk permuted to interleaved pairs (module docstring)."""
     m: ModelConfig = loaded.cfg.model
-    for name, tensor in ckpt.weights_to_save(loaded.model).items():
+    for name, tensor in weights_to_save(loaded.model).items():
         if name.endswith(("wq.weight", "wk.weight")):
             heads = m.num_heads if name.endswith("wq.weight") else m.kv_heads
             tensor = permute_for_interleaved(tensor, heads)

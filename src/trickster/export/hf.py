@@ -41,8 +41,9 @@ from trickster.errors import UserError
 from trickster.export import byte_level
 from trickster.export.chat_template import read_checked
 from trickster.out_path import refuse_path_through_a_file
-from trickster.train import checkpoint as ckpt
+from trickster.train import checkpoint_load
 from trickster.train.tensor_files import save_tensors
+from trickster.train.weights import weights_to_save
 
 TO_HF = {
     "tok_embeddings.weight": "model.embed_tokens.weight",
@@ -194,13 +195,13 @@ def export_hf(
     `chat_template`, --chat-template's file: its template in place of the tokenizer's own (if any)."""
     out = Path(out)
     check_new_folder(out, "--out")
-    loaded = ckpt.load_checkpoint(target)
+    loaded = checkpoint_load.load_checkpoint(target)
     m, tokenizer = loaded.cfg.model, loaded.tokenizer
     files = hf_tokenizer_files(tokenizer, m.max_seq_len)
     if template := read_checked(chat_template, tokenizer):
         files["tokenizer_config.json"]["chat_template"] = template  # where transformers 4 and 5 read it
     state = {}
-    for name, tensor in ckpt.weights_to_save(loaded.model).items():
+    for name, tensor in weights_to_save(loaded.model).items():
         state[rename(name, TO_HF)] = tensor.to(DTYPES[dtype]).contiguous()
     json_files = {
         "config.json": hf_config(m, tokenizer, dtype),

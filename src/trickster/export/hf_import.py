@@ -21,6 +21,7 @@ from trickster.export.hf import FROM_HF, HF_IGNORED, TO_HF, check_new_folder, re
 from trickster.model.transformer import Transformer
 from trickster.observe.manifest import run_manifest
 from trickster.train import checkpoint as ckpt
+from trickster.train.weights import weights_to_save
 
 
 def model_config_from_hf(hf: dict, source: str) -> ModelConfig:
@@ -217,7 +218,7 @@ def _read_model(src: Path, label: str) -> tuple[ModelConfig, HFTokenizer]:
 
 def _load_hf_weights(model: Transformer, files: list[Path]) -> None:
     """Copy every Hugging Face tensor into its renamed parameter (as float32), one at a time."""
-    expected = set(ckpt.weights_to_save(model))
+    expected = set(weights_to_save(model))
     seen = set()
     tied = model.cfg.tie_embeddings
     for file in files:

@@ -35,7 +35,7 @@ from trickster.model.transformer import IGNORE_INDEX
 from trickster.train.device import autocast_for
 
 if TYPE_CHECKING:
-    from trickster.train.checkpoint import LoadedCheckpoint
+    from trickster.train.checkpoint_load import LoadedCheckpoint
 
 
 @dataclass

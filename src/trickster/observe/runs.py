@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trickster import run_checkpoints
 from trickster.config import Config, load_config
 from trickster.config_saved import read_saved
 from trickster.errors import UserError
@@ -22,7 +23,6 @@ from trickster.observe.curves import Curves
 from trickster.observe.events import iter_metrics
 from trickster.observe.status import liveness, read_status, silent_for
 from trickster.presets import preset_names
-from trickster.train import checkpoint as ckpt
 from trickster.units import format_duration
 
 # evaluations the report's sample table keeps at most (evenly spaced; the first and last stay)
@@ -300,8 +300,8 @@ def _checkpoints(run_dir: Path) -> list[tuple[Path, int]]:
     found = []
     for path in (run_dir / "checkpoints").glob("*"):
         try:
-            if ckpt.is_complete(path):
-                found.append((path, ckpt.checkpoint_step(path)))
+            if run_checkpoints.is_complete(path):
+                found.append((path, run_checkpoints.checkpoint_step(path)))
         except UserError:
             if path.exists():  # damaged, not deleted
                 raise

@@ -7,10 +7,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from trickster import run_checkpoints
 from trickster.config import Config
 from trickster.config_saved import read_saved
 from trickster.data.tokenizers import Tokenizer, load_tokenizer
-from trickster.train import checkpoint as ckpt
+from trickster.train import checkpoint_path
 from trickster.train.settled import identity
 
 
@@ -27,11 +28,13 @@ def version(path: Path) -> tuple[int, ...] | None:
 
 def checkpoints(target: Path) -> dict[str, Path]:
     """Complete checkpoints by name: best and final first, then the numbered ones, oldest first."""
-    if ckpt.is_complete(target) or (target / ckpt.WEIGHTS).exists():
-        return {Path(os.path.abspath(target)).name: ckpt.resolve(target)}  # `.` is named as its folder
+    if run_checkpoints.is_complete(target) or (target / run_checkpoints.WEIGHTS).exists():
+        return {
+            Path(os.path.abspath(target)).name: checkpoint_path.resolve(target)
+        }  # `.` is named as its folder
     found = listing(target / "checkpoints")
     if not found and not started_run(target):
-        ckpt.resolve(target)  # raises the error that says what is missing
+        checkpoint_path.resolve(target)  # raises the error that says what is missing
     return found
 
 
@@ -39,7 +42,7 @@ def started_run(target: Path) -> bool:
     """Whether `target` is a run folder, checkpoints or not: training writes its tokenizer.json and
     config.yaml before its first save (a checkpoint folder holds them too, beside its weights)."""
     files = [target / name for name in ("tokenizer.json", "config.yaml")]
-    return all(f.is_file() for f in files) and not (target / ckpt.COMPLETE).exists()
+    return all(f.is_file() for f in files) and not (target / run_checkpoints.COMPLETE).exists()
 
 
 def run_files(run: Path) -> tuple[Config, Tokenizer]:
@@ -54,8 +57,8 @@ def run_files(run: Path) -> tuple[Config, Tokenizer]:
 
 def listing(folder: Path) -> dict[str, Path]:
     """The complete checkpoints in a run's checkpoints/ folder, in the order of `checkpoints`."""
-    named = [folder / n for n in ("best", "final") if ckpt.is_complete(folder / n)]
-    return {p.name: p for p in [*named, *ckpt.numbered(folder.parent)]}
+    named = [folder / n for n in ("best", "final") if run_checkpoints.is_complete(folder / n)]
+    return {p.name: p for p in [*named, *run_checkpoints.numbered(folder.parent)]}
 
 
 def stamp(folder: Path | None) -> tuple[int, int] | None:

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from trickster import run_checkpoints
 from trickster.atomic import being_replaced
 from trickster.errors import UserError
 from trickster.model.transformer import Transformer, untrained_like
@@ -42,7 +43,7 @@ from trickster.plural import counted
 from trickster.serve import disk, wanted
 from trickster.serve.limits import MAX_LOADED_MODELS
 from trickster.serve.offered import UNTRAINED, Offered, default_of, describe
-from trickster.train import checkpoint as ckpt
+from trickster.train import checkpoint_load, checkpoint_path
 
 REPLACE_WAIT = 2.0  # seconds a load waits for a checkpoint being replaced (a moment between two renames)
 # a listing of checkpoints/ made within this many seconds of the folder's last change is made again
@@ -63,13 +64,17 @@ class Catalog:
         self.device, self.max_loaded, self.chat_template = device, max_loaded, chat_template
         self.names = names
         # a run's checkpoints/, listed anew when it changes (None: one checkpoint folder is served)
-        whole_run = not (ckpt.is_complete(Path(target)) or (Path(target) / ckpt.WEIGHTS).exists())
+        whole_run = not (
+            run_checkpoints.is_complete(Path(target)) or (Path(target) / run_checkpoints.WEIGHTS).exists()
+        )
         self.folder = Path(target) / "checkpoints" if whole_run else None
         self.listed, self.relist_at = disk.stamp(self.folder), 0.0  # taken before listing it
         self.listing = threading.Lock()  # one rescan at a time
         self.departed: set[str] = set()  # offered once, gone from the disk since
         found = disk.checkpoints(Path(target))
-        resolved = ckpt.resolve(target) if found else None  # None: a run that has saved no checkpoint yet
+        resolved = (
+            checkpoint_path.resolve(target) if found else None
+        )  # None: a run that has saved no checkpoint yet
         # names the run has yet to save (it trains): offered once saved, by rescan
         self.awaited = wanted.yet_to_save(names, found, Path(target), whole_run) if names is not None else []
         if names:
@@ -264,7 +269,7 @@ class Catalog:
         offered = self.offered.get(name)
         if offered is None:
             return name in self.departed
-        if name == UNTRAINED or (offered.path / ckpt.WEIGHTS).is_file():
+        if name == UNTRAINED or (offered.path / run_checkpoints.WEIGHTS).is_file():
             return False
         return not being_replaced(offered.path)  # a run writing a new `best` is not deleting it
 
@@ -400,11 +405,11 @@ class Replaced(Exception):
 def _load_whole(path: Path, device: torch.device, version: tuple | None = None) -> Transformer:
     """The model of the checkpoint folder at `path`, all read from one checkpoint, though a training
     run may replace it meanwhile (a new `best`, by atomic.replace_dir's two renames): read as
-    `trickster generate` reads one (ckpt.load_checkpoint, through settled.read_settled), waiting up
+    `trickster generate` reads one (checkpoint_load.load_checkpoint, through settled.read_settled), waiting up
     to REPLACE_WAIT seconds for a replace under way. Weights read from another checkpoint than the
     `version` described (disk.version) raise Replaced: they would have answered under the old card
     and system_fingerprint."""
-    loaded = ckpt.load_checkpoint(path, device, wait=REPLACE_WAIT)
+    loaded = checkpoint_load.load_checkpoint(path, device, wait=REPLACE_WAIT)
     if version is not None and loaded.identity != version[:4]:
         raise Replaced(path)
     return loaded.model

@@ -9,14 +9,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from trickster import run_checkpoints
 from trickster.config import Config
 from trickster.data.hf_tokens import chat_template_of
 from trickster.data.tokenizers import Tokenizer
 from trickster.model import lora
 from trickster.model.transformer import Transformer
 from trickster.serve import chat, disk
-from trickster.train import checkpoint as ckpt
-from trickster.train import checksums
+from trickster.train import checkpoint_load, checksums
 
 UNTRAINED = "untrained"
 
@@ -54,7 +54,7 @@ class Offered:
             ]
         else:
             sums = checksums.recorded(self.path, self.info)
-            identity = [sums.get(name) for name in (ckpt.WEIGHTS, lora.ADAPTERS, "tokenizer.json")]
+            identity = [sums.get(name) for name in (run_checkpoints.WEIGHTS, lora.ADAPTERS, "tokenizer.json")]
             if identity[:2] == [None, None]:
                 return None
         return "fp_" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
@@ -79,7 +79,7 @@ def describe(name: str, path: Path, chat_template: str | None, run_files: bool =
     if run_files:
         (cfg, tokenizer), info = disk.run_files(path), {}
     else:
-        files = ckpt.files_at(path)
+        files = checkpoint_load.files_at(path)
         cfg, tokenizer, info = files.cfg, files.tokenizer, files.info
     source = chat_template or chat_template_of(tokenizer)
     template = chat.Template(source, tokenizer) if source else None

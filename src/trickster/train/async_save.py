@@ -18,7 +18,7 @@ error (the one line a save on the training thread raises) on all of them: the Tr
 any save, before a rollback looks for its checkpoint, before an evaluation records its loss in the
 checkpoint of its step, and when the run ends or stops. `drain()` waits on this process alone, for
 the way out of an error, where the job may be broken. A kill during a write leaves a staging folder
-without COMPLETE, which latest() ignores and the next resume removes (checkpoint.recover).
+without COMPLETE, which latest() ignores and the next resume removes (run_checkpoints.recover).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from trickster import run_checkpoints
 from trickster.atomic import staging_dir
 from trickster.model import lora
 from trickster.run_checkpoints import STEP_DIR
@@ -59,7 +60,7 @@ class Writer:
         if not background:  # rank 0 writes, the others wait: its error (a full disk) ends them all
             on_main(self.job, ckpt.save_checkpoint, target, *parts, reuse)
             if self.job.is_main and numbered:
-                ckpt.prune(target.parent.parent, self.keep_last)
+                run_checkpoints.prune(target.parent.parent, self.keep_last)
             return
         if not self.job.is_main:
             self._pending = shards  # its own shard's write, waited for at the next settle()
@@ -79,7 +80,7 @@ class Writer:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
         ckpt.save_checkpoint(target, model, cfg, tokenizer, info, trainer_state, tensors, staging)
-        ckpt.prune(target.parent.parent, self.keep_last)
+        run_checkpoints.prune(target.parent.parent, self.keep_last)
 
     def settle(self) -> None:
         """Wait for the write in flight, on every process (all call it at the same point); a

@@ -14,9 +14,9 @@ import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from trickster import run_checkpoints
 from trickster.errors import DiskFull, UserError
 from trickster.run_checkpoints import RUN_AGAIN
-from trickster.train import checkpoint as ckpt
 from trickster.train.recovery import write_stopped
 from trickster.train.signals import continue_command
 
@@ -46,12 +46,12 @@ def out_of_disk(trainer: Trainer, full: DiskFull) -> RunOutOfDisk:
     trainer.heartbeat.step = trainer.state.step  # its last beat was the last log line's
     with contextlib.suppress(UserError, OSError):  # the event needs room too
         write_stopped(trainer, reason=REASON, file=full.what)
-    good = ckpt.latest(run_dir)
+    good = run_checkpoints.latest(run_dir)
     full_what = "the disk quota is used up" if "quota" in full.reason.lower() else "the disk is full"
     head = f"{full_what} at step {trainer.state.step}: could not write {full.what} ({full.reason})"
     if good is None:
         return RunOutOfDisk(f"{head}; no checkpoint was saved yet: free disk space, then {RUN_AGAIN}")
     return RunOutOfDisk(
         f"{head}; free disk space, then continue from checkpoints/{good.name} (step "
-        f"{ckpt.checkpoint_step(good)}, kept whole) with: {continue_command(run_dir, trainer.job)}"
+        f"{run_checkpoints.checkpoint_step(good)}, kept whole) with: {continue_command(run_dir, trainer.job)}"
     )

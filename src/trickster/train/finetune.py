@@ -25,16 +25,15 @@ from trickster.errors import UserError
 from trickster.model import lora
 from trickster.model.transformer import Transformer
 from trickster.model.vocab import resolve_vocab
-from trickster.train import checkpoint as ckpt
-from trickster.train import settled
-from trickster.train.weights import SAME_FIELDS
+from trickster.train import checkpoint_load, checkpoint_path, settled
+from trickster.train.weights import SAME_FIELDS, weights_to_save
 
 
 def setup_finetuning(
     model: Transformer,
     cfg: Config,
     tokenizer: Tokenizer,
-    base: ckpt.CheckpointFiles | None = None,
+    base: checkpoint_load.CheckpointFiles | None = None,
     echo: Callable = print,
     resuming: bool = False,
 ) -> dict | None:
@@ -56,7 +55,7 @@ def setup_finetuning(
         Path(t.init_from), _resolve, lambda path: _weights(path, base, cfg, tokenizer)
     )
     with torch.no_grad():
-        for name, tensor in ckpt.weights_to_save(loaded.model).items():
+        for name, tensor in weights_to_save(loaded.model).items():
             model.get_parameter(name).copy_(tensor)
     message = f"fine-tuning from {loaded.path} (step {loaded.info.get('step')})"
     if t.lora is not None:
@@ -71,13 +70,13 @@ def setup_finetuning(
 
 
 def _weights(
-    path: Path, base: ckpt.CheckpointFiles, cfg: Config, tokenizer: Tokenizer
-) -> ckpt.LoadedCheckpoint:
+    path: Path, base: checkpoint_load.CheckpointFiles, cfg: Config, tokenizer: Tokenizer
+) -> checkpoint_load.LoadedCheckpoint:
     """The checkpoint at `path` loaded (a LoRA checkpoint arrives merged): with `base`, the files
     read when the run began, while it is still theirs; else its own files, read and checked anew."""
     if base.identity is None or settled.identity(path) != base.identity:
         with _named_init_from():
-            base = ckpt.read_files(path)
+            base = checkpoint_load.read_files(path)
         _check_tokenizer(base, cfg, tokenizer)
     different = [
         f"{key} {_field(base.cfg, key)} there, {_field(cfg, key)} here"
@@ -90,7 +89,7 @@ def _weights(
             f"start from its config: --config {base.path / 'config.yaml'}"
         )
     with _named_init_from():
-        return ckpt.with_weights(base)
+        return checkpoint_load.with_weights(base)
 
 
 def origin(source: Path, info: dict) -> dict:
@@ -102,7 +101,7 @@ def origin(source: Path, info: dict) -> dict:
 
 def model_vocab(
     cfg: Config, tokenizer: Tokenizer, resume: bool | str
-) -> tuple[Config, ckpt.CheckpointFiles | None]:
+) -> tuple[Config, checkpoint_load.CheckpointFiles | None]:
     """`cfg` with vocab_size set from the data's tokenizer, and a fresh fine-tune's init_from
     checkpoint read (read_base: data prepared with another tokenizer than its model's refused
     first); None for it otherwise (a resume's init_from may have moved: setup_finetuning reads it
@@ -111,13 +110,15 @@ def model_vocab(
     return resolve_vocab(cfg, tokenizer), base
 
 
-def read_base(cfg: Config, tokenizer: Tokenizer) -> ckpt.CheckpointFiles:
+def read_base(cfg: Config, tokenizer: Tokenizer) -> checkpoint_load.CheckpointFiles:
     """The init_from checkpoint's files, once its tokenizer is the data's. Checked before the
     model's shape (and before vocab_size meets the data's tokenizer), since data prepared with
     another tokenizer shows first as another vocabulary size, and a message about the size would
     send the user to change a config that is right."""
     with _named_init_from():
-        base = settled.read_settled(Path(cfg.training.init_from), ckpt.resolve, ckpt.read_files)
+        base = settled.read_settled(
+            Path(cfg.training.init_from), checkpoint_path.resolve, checkpoint_load.read_files
+        )
     _check_tokenizer(base, cfg, tokenizer)
     out = Path(cfg.logging.output_dir)
     if out.resolve() in base.path.resolve().parents:  # --out forgotten: the base run's config names it
@@ -130,10 +131,10 @@ def read_base(cfg: Config, tokenizer: Tokenizer) -> ckpt.CheckpointFiles:
 
 def _resolve(init_from: Path) -> Path:
     with _named_init_from():
-        return ckpt.resolve(init_from)
+        return checkpoint_path.resolve(init_from)
 
 
-def _check_tokenizer(base: ckpt.CheckpointFiles, cfg: Config, tokenizer: Tokenizer) -> None:
+def _check_tokenizer(base: checkpoint_load.CheckpointFiles, cfg: Config, tokenizer: Tokenizer) -> None:
     if not same_ids(base.tokenizer, tokenizer):
         init_from = cfg.training.init_from
         raise UserError(

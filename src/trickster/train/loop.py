@@ -26,7 +26,16 @@ from trickster.observe.sinks import MetricSinks
 from trickster.observe.status import Heartbeat
 from trickster.run_checkpoints import STEP_DIR
 from trickster.train import checkpoint as ckpt
-from trickster.train import dist, dist_checkpoint, hellaswag_eval, lost_output, profiling, recovery, setup
+from trickster.train import (
+    checkpoint_load,
+    dist,
+    dist_checkpoint,
+    hellaswag_eval,
+    lost_output,
+    profiling,
+    recovery,
+    setup,
+)
 from trickster.train.async_save import Writer, stage_shards
 from trickster.train.batches import DeviceBatches
 from trickster.train.budget import Clock
@@ -385,7 +394,8 @@ class Trainer:
     def load(self, path: Path) -> None:
         """Continue from the checkpoint at `path`, written by this or any other number of processes."""
         self.saved = None  # the weights it had are gone
-        trainer = older_trainer_state(ckpt.load_trainer_state(path, mapped=not self.job.is_main), path)
+        stored = checkpoint_load.load_trainer_state(path, mapped=not self.job.is_main)
+        trainer = older_trainer_state(stored, path)
         optimizer = trainer["optimizer"]
         if "state" in optimizer:  # gathered, by parameter name
             dist_checkpoint.load_full_optimizer_state(self.model, self.optimizer, optimizer, self.job)

@@ -14,11 +14,12 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from trickster import run_checkpoints
 from trickster.config import Config
 from trickster.errors import UserError
 from trickster.observe.events import last_event
 from trickster.train import checkpoint as ckpt
-from trickster.train import dist_checkpoint, peers, weight_loading
+from trickster.train import checkpoint_load, dist_checkpoint, peers, weight_loading
 from trickster.train.device import allocation_failed
 from trickster.train.memory import out_of_memory
 from trickster.train.rank0 import on_main
@@ -44,10 +45,10 @@ def finish(trainer: Trainer) -> TrainResult:
     state, t = trainer.state, trainer.cfg.training
     best = state.best_loss_seen
     final = trainer.run_dir / "checkpoints" / "final"
-    if not ckpt.is_complete(final) or ckpt.checkpoint_step(final) != state.step:
+    if not run_checkpoints.is_complete(final) or run_checkpoints.checkpoint_step(final) != state.step:
         trainer.save("final")  # resumed at (or past) the last step: no step ran here
     if trainer.job.is_main:  # a kill between a numbered checkpoint and its rotation left one more
-        ckpt.prune(trainer.run_dir, t.keep_last)
+        run_checkpoints.prune(trainer.run_dir, t.keep_last)
     if state.step < t.max_steps:
         write_stopped(trainer, reason="max_time", train_seconds=state.train_seconds)
         trainer.out.line(trainer.clock.end_line(state.step, t.max_steps))
@@ -98,10 +99,10 @@ def _saved_at(trainer: Trainer, step: int) -> Path | None:
     wrote, or the one it resumed from (unless a rollback or keep_last deleted it since)."""
     saved, resumed = trainer.saved, trainer.resumed_from
     if saved is not None and saved.step == step:
-        return saved.path if ckpt.is_complete(saved.path) else None
-    if not trainer.eval_due or resumed is None or not ckpt.is_complete(resumed):
+        return saved.path if run_checkpoints.is_complete(saved.path) else None
+    if not trainer.eval_due or resumed is None or not run_checkpoints.is_complete(resumed):
         return None
-    return resumed if ckpt.checkpoint_step(resumed) == step else None
+    return resumed if run_checkpoints.checkpoint_step(resumed) == step else None
 
 
 @contextlib.contextmanager
@@ -116,7 +117,7 @@ def guard(trainer: Trainer, during: str, step: int):
         if allocation_failed(err):
             write_stopped(trainer, reason="out-of-memory", during=during)
             trainer.writer.drain()  # a checkpoint written in the background may be the one to name
-            good = ckpt.latest(trainer.run_dir)
+            good = run_checkpoints.latest(trainer.run_dir)
             raise out_of_memory(trainer.cfg, trainer.device, trainer.job, during, step, good) from None
         reason = peers.lost_peer(err, trainer.job)
         if reason is None:
@@ -129,8 +130,8 @@ def guard(trainer: Trainer, during: str, step: int):
 def lost_peer_error(trainer: Trainer, during: str, step: int, reason: str) -> UserError:
     """The one line for a collective that failed `during` "a training step", "an evaluation" or
     "a checkpoint" because another process died or went silent (peers.lost_peer's `reason`)."""
-    good = ckpt.latest(trainer.run_dir)
-    where = ckpt.none_saved(trainer.run_dir)
+    good = run_checkpoints.latest(trainer.run_dir)
+    where = run_checkpoints.none_saved(trainer.run_dir)
     where = f"continue from checkpoints/{good.name} with --resume" if good else where
     return UserError(
         f"another process of the job ended or stopped answering (within device_config.timeout_s="
@@ -169,7 +170,7 @@ def roll_back(trainer: Trainer, spike: Spike) -> None:
         return
     if state.rollbacks >= t.max_rollbacks:
         if trainer.job.is_main:
-            discard_after(trainer.run_dir, ckpt.checkpoint_step(good))
+            discard_after(trainer.run_dir, run_checkpoints.checkpoint_step(good))
         write_stopped(trainer, reason="loss-spikes", checkpoint=good.name)
         raise too_many_spikes(spike, good, t.max_rollbacks)
     sampler = trainer.batches.sampler
@@ -218,10 +219,10 @@ def _stopped_for_spikes(run_dir: Path) -> bool:
 def load_run_weights(trainer: Trainer, checkpoint: Path) -> None:
     """The weights (and LoRA adapters) of `checkpoint` into the run's model, sharded or not."""
     if trainer.job.mode == "fsdp":
-        weights = weight_loading.read_weights(trainer.model, checkpoint / ckpt.WEIGHTS)
+        weights = weight_loading.read_weights(trainer.model, checkpoint / run_checkpoints.WEIGHTS)
         dist_checkpoint.load_full_weights(trainer.model, weights)
     else:
-        ckpt.load_weights(trainer.model, checkpoint / ckpt.WEIGHTS)
+        weight_loading.load_weights(trainer.model, checkpoint / run_checkpoints.WEIGHTS)
 
 
 def validation_set(cfg: Config) -> dict:
@@ -242,11 +243,13 @@ def remeasure_best(trainer: Trainer, resumed_config: Config | None) -> None:
       loss was the mean of per-batch means; on loss-masked data that reads differently from the
       pooled mean over every response token used since."""
     best, resumed, state = trainer.run_dir / "checkpoints" / "best", trainer.resumed_from, trainer.state
-    if resumed is None or not ckpt.is_complete(best):
+    if resumed is None or not run_checkpoints.is_complete(best):
         return
     now, before = validation_set(trainer.cfg), validation_set(resumed_config)
     redrawn = [key for key, value in now.items() if before[key] != value]
-    older = trainer.data.val.loss_mask is not None and "val_draw_width" not in ckpt.read_info(resumed)
+    older = trainer.data.val.loss_mask is not None and "val_draw_width" not in run_checkpoints.read_info(
+        resumed
+    )
     if not (redrawn or older):
         return
     load_run_weights(trainer, best)
@@ -261,7 +264,9 @@ def remeasure_best(trainer: Trainer, resumed_config: Config | None) -> None:
     else:
         was = "" if recorded is None else f" ({recorded:.4f} as older versions averaged the batches)"
         why = f"as every response token counts now{was}"
-    trainer.out.line(f"best (step {ckpt.checkpoint_step(best)}) evaluated again: val loss {loss:.4f} {why}")
+    trainer.out.line(
+        f"best (step {run_checkpoints.checkpoint_step(best)}) evaluated again: val loss {loss:.4f} {why}"
+    )
 
 
 def _recorded_loss(best: Path, old_set: dict | None) -> float | None:
@@ -269,9 +274,9 @@ def _recorded_loss(best: Path, old_set: dict | None) -> float | None:
     measured as the line says: on the `old_set` of windows, or (None) by an older version's average.
     The resumed state's best_val_loss is not it: saved before its step's evaluation, a checkpoint
     holds the best up to then. None where best was measured otherwise (an earlier resume's set)."""
-    info = ckpt.read_info(best)
+    info = run_checkpoints.read_info(best)
     if old_set is None:
         measured_as_said = "val_draw_width" not in info
     else:
-        measured_as_said = validation_set(ckpt.read_config(best)) == old_set
+        measured_as_said = validation_set(checkpoint_load.read_config(best)) == old_set
     return info.get("val_loss") if measured_as_said else None

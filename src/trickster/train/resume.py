@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+from trickster import run_checkpoints
 from trickster.atomic import put_in_place, remove_leftovers, still_at, write_aside
 from trickster.config import Config
 from trickster.config_saved import read_saved
@@ -23,7 +24,7 @@ from trickster.observe.events import DamagedLines, MetricsLine, disk_fix, last_e
 from trickster.observe.status import trains_now
 from trickster.run_checkpoints import RUN_AGAIN, not_empty_fix
 from trickster.train import checkpoint as ckpt
-from trickster.train import checksums
+from trickster.train import checkpoint_load, checksums
 
 try:
     import fcntl
@@ -32,7 +33,7 @@ except ImportError:  # native Windows has no flock; WSL2 has
 
 LOCK = ".lock"  # RUN_DIR/.lock: held by the process that trains there (claimed)
 # the files of a checkpoint a resume reads (its tokenizer.json is the data's; config.yaml is checked)
-RESUME_READS = (ckpt.WEIGHTS, lora.ADAPTERS, "trainer.pt", f"{ckpt.OPTIMIZER}/")
+RESUME_READS = (run_checkpoints.WEIGHTS, lora.ADAPTERS, "trainer.pt", f"{ckpt.OPTIMIZER}/")
 WRITE_FIX = write_fix("choose another --out")  # the run folder's
 
 
@@ -58,7 +59,7 @@ def can_continue(run_dir: Path) -> tuple[Path, int] | None:
     `trickster train --config RUN/config.yaml --resume` continues, and the max_steps that config
     trains to. None for a folder without one, a run that has finished (`finished`) or that a
     process trains now (its heartbeat), and one whose config.yaml or metrics cannot be read."""
-    found = ckpt.latest(run_dir) if run_dir.is_dir() else None
+    found = run_checkpoints.latest(run_dir) if run_dir.is_dir() else None
     if found is None or trains_now(run_dir):
         return None
     try:
@@ -146,11 +147,11 @@ def open_run_dir(run_dir: Path, resume: bool | str, max_steps: int) -> tuple[Pat
     if done is not None:
         return done, [], True
     repairs = _tidy(run_dir) if resume else []
-    found = ckpt.latest(run_dir)
+    found = run_checkpoints.latest(run_dir)
     if not resume and found is not None:
         raise UserError(
             f"{run_dir} already holds a trained run (its newest checkpoint: {found.name}, step "
-            f"{ckpt.checkpoint_step(found)}); pass --resume to continue it (with a larger "
+            f"{run_checkpoints.checkpoint_step(found)}); pass --resume to continue it (with a larger "
             "training_config.max_steps once it has done its steps), or choose a new folder with --out "
             "(nothing was overwritten)"
         )
@@ -159,7 +160,7 @@ def open_run_dir(run_dir: Path, resume: bool | str, max_steps: int) -> tuple[Pat
             f"{run_dir} already exists and is not empty; {not_empty_fix(run_dir)} (nothing was overwritten)"
         )
     if resume is True and found is None:
-        none = ckpt.none_saved(run_dir, "no complete checkpoint")
+        none = run_checkpoints.none_saved(run_dir, "no complete checkpoint")
         raise UserError(
             f"nothing to resume in {run_dir}: {none}; set training_config.resume=auto "
             "to start the run afresh there, or drop --resume and choose a new --out"
@@ -190,19 +191,19 @@ def changed_fix(found: Path, run_dir: Path) -> str:
         names = " and ".join(path.name for path in in_the_way)
         fix = (
             f"move {names} out of {run_dir / 'checkpoints'} to resume from {intact.name} (step "
-            f"{ckpt.checkpoint_step(intact)}), the newest intact checkpoint"
+            f"{run_checkpoints.checkpoint_step(intact)}), the newest intact checkpoint"
         )
     return f"{fix} (nothing was changed)"
 
 
 def _resumable(run_dir: Path) -> list[Path]:
-    """The checkpoints a resume takes (numbered ones and `final`), newest first, as ckpt.latest
+    """The checkpoints a resume takes (numbered ones and `final`), newest first, as run_checkpoints.latest
     orders them; one whose info.json is damaged too is left out."""
     found = []
-    for path in [*ckpt.numbered(run_dir), run_dir / "checkpoints" / "final"]:
+    for path in [*run_checkpoints.numbered(run_dir), run_dir / "checkpoints" / "final"]:
         with contextlib.suppress(UserError):
-            if ckpt.is_complete(path):
-                found.append((ckpt.checkpoint_step(path), path.name == "final", path))
+            if run_checkpoints.is_complete(path):
+                found.append((run_checkpoints.checkpoint_step(path), path.name == "final", path))
     return [path for *_, path in sorted(found, key=lambda item: item[:2], reverse=True)]
 
 
@@ -212,20 +213,20 @@ def finished(run_dir: Path, max_steps: int) -> Path | None:
     was cut short (killed after `final` was saved, before its `end` event: a resume evaluates again
     and ends it), one a time budget or a spike's rollback stopped (short of max_steps, a `stopped`
     event last), one given a larger max_steps since (it continues)."""
-    found = ckpt.latest(run_dir)
+    found = run_checkpoints.latest(run_dir)
     return found if found is not None and has_ended(run_dir, found, max_steps) else None
 
 
 def has_ended(run_dir: Path, checkpoint: Path, max_steps: int) -> bool:
-    """Whether `checkpoint`, the run's newest (ckpt.latest), finished it: see `finished`."""
-    step = ckpt.checkpoint_step(checkpoint)
+    """Whether `checkpoint`, the run's newest (run_checkpoints.latest), finished it: see `finished`."""
+    step = run_checkpoints.checkpoint_step(checkpoint)
     return step >= max_steps and _ended(run_dir / "metrics.jsonl", step)
 
 
 def finished_line(checkpoint: Path, run_dir: Path) -> str:
     """What `resume: auto` in a finished run says before it exits with status 0, having changed
     nothing: a requeue script that reruns the same command costs no checkpoint write."""
-    step = ckpt.checkpoint_step(checkpoint)
+    step = run_checkpoints.checkpoint_step(checkpoint)
     return (
         f"{run_dir} already finished at step {step:,} (checkpoints/{checkpoint.name}); nothing to do. To "
         f"train further, resume with a larger training_config.max_steps (e.g. training_config.max_steps="
@@ -241,7 +242,7 @@ def refuse_done(checkpoint: Path, run_dir: Path, max_steps: int, done: bool) -> 
     not done (see `finished`), one whose checkpoint is past max_steps is: with `resume: auto` too,
     a run that had not ended (stopped, killed) before max_steps was lowered below its step, which
     would otherwise end with no step trained and no evaluation at its last one."""
-    step = ckpt.checkpoint_step(checkpoint)
+    step = run_checkpoints.checkpoint_step(checkpoint)
     if step <= max_steps and not done:
         return
     raise UserError(
@@ -263,7 +264,7 @@ def _tidy(run_dir: Path) -> list[str]:
     folders of processes that no longer run, see atomic.leftovers); a line for each, for the log.
     Safe here: the folder is claimed, so no other training process writes in it."""
     removed = [f"removed {path.name}, left by an interrupted write" for path in remove_leftovers(run_dir)]
-    return removed + ckpt.recover(run_dir)
+    return removed + run_checkpoints.recover(run_dir)
 
 
 def _refuse_a_file(run_dir: Path) -> None:
@@ -285,7 +286,7 @@ UNREPORTED_ON_RESUME = {"data_config.path", "logging_config.output_dir", "traini
 
 def check_resumable(path: Path, saved_cfg: Config, cfg: Config, data: PreparedData) -> dict:
     """Refuse a checkpoint of another model, tokenizer or data; return the settings that changed.
-    `saved_cfg`: the checkpoint's config (ckpt.read_config(path)).
+    `saved_cfg`: the checkpoint's config (checkpoint_load.read_config(path)).
 
     Other settings (max_steps, learning rate, intervals, ...) may change: they come back as
     {key: [old, new]} to be logged.
@@ -311,8 +312,8 @@ def check_resumable(path: Path, saved_cfg: Config, cfg: Config, data: PreparedDa
             f"windows that seed drew; set training_config.seed={saved_cfg.training.seed}, or start a new run "
             "with another --out for another seed"
         )
-    info = ckpt.read_info(path)
-    if not same_ids(ckpt.read_tokenizer(path), data.tokenizer):
+    info = run_checkpoints.read_info(path)
+    if not same_ids(checkpoint_load.read_tokenizer(path), data.tokenizer):
         raise UserError(f"cannot resume from {path}: the tokenizer changed; {_data_fix(info, data)}")
     if info.get("data_fingerprint") != data.meta.get("tokens_sha256"):
         raise UserError(f"cannot resume from {path}: the prepared data changed; {_data_fix(info, data)}")
@@ -352,7 +353,7 @@ def older_trainer_state(trainer: dict, path: Path) -> dict:
     trainer.setdefault("hellaswag_due", False)
     if "eval_due" in trainer and "val_draw_width" in trainer:
         return trainer  # this version's: its config.yaml need not be read again (open_run read it)
-    saved = ckpt.read_config(path).training
+    saved = checkpoint_load.read_config(path).training
     evaluated_here = path.name == "final" or trainer["train_state"]["step"] % saved.eval_every == 0
     trainer.setdefault("eval_due", "spikes" in trainer and evaluated_here)
     trainer.setdefault("val_draw_width", saved.batch_size * len(trainer["rng"]))
@@ -437,8 +438,8 @@ def _kept_lines(path: Path, step: int, again: tuple[str, ...], resume_event: dic
 
 def diverged(run_dir: Path, state) -> UserError:
     """Too many non-finite steps in a row: where to go on from, and what to change first."""
-    good = ckpt.latest(run_dir)
-    where = f"the last good checkpoint is {good}" if good else ckpt.none_saved(run_dir)
+    good = run_checkpoints.latest(run_dir)
+    where = f"the last good checkpoint is {good}" if good else run_checkpoints.none_saved(run_dir)
     # with no checkpoint, --resume answers 'nothing to resume' and the folder is no longer empty
     again = "continue with --resume" if good else RUN_AGAIN
     return UserError(

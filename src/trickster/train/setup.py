@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
+from trickster import run_checkpoints
 from trickster.atomic import replace_file
 from trickster.config import Config, save_config
 from trickster.config_errors import spelled
@@ -22,8 +23,7 @@ from trickster.model.flops import trained_parameters
 from trickster.model.transformer import Transformer
 from trickster.model.vocab import vocab_note
 from trickster.observe.events import new_event
-from trickster.train import checkpoint as ckpt
-from trickster.train import checksums, dist
+from trickster.train import checkpoint_load, checksums, dist, weight_loading
 from trickster.train.console import Console
 from trickster.train.finetune import setup_finetuning
 from trickster.train.fitted import fitted_config
@@ -60,13 +60,13 @@ def open_run(
 ) -> tuple[Config, Path | None, Config | None, list[str], dict]:
     """The config to train with (the settings the user left to a preset or a saved config fitted
     to the run, or kept as its checkpoint has them: fitted.py), the checkpoint to resume from (or
-    None) and its config.yaml as read (ckpt.read_config, once per resume), the lines to print after
+    None) and its config.yaml as read (checkpoint_load.read_config, once per resume), the lines to print after
     the header (the repairs made in the folder; on a new run, the settings fitted), and the settings
     that changed since that checkpoint. Rank 0 looks; every process gets its answer. A run that has
     done its steps: --resume refuses in one line, `resume: auto` raises Finished."""
     run_dir, max_steps = Path(cfg.logging.output_dir), cfg.training.max_steps
     resumed_from, repairs, done = on_main(job, open_run_dir, run_dir, resume, max_steps)
-    saved = ckpt.read_config(resumed_from) if resumed_from is not None else None
+    saved = checkpoint_load.read_config(resumed_from) if resumed_from is not None else None
     cfg, fitted = fitted_config(cfg, data, saved)  # before the changes since the checkpoint are found
     changed = check_resumable(resumed_from, saved, cfg, data) if resumed_from is not None else {}
     if resumed_from is not None and (resume is True or not done):  # auto: past a max_steps lowered since
@@ -131,7 +131,7 @@ def _raise_refusal(refusal: UserError | None) -> None:
 
 def _finished_state(checkpoint: Path) -> TrainState:
     """Where a finished run stands, from its checkpoint's info.json (trainer.pt is not read)."""
-    info = ckpt.read_info(checkpoint)
+    info = run_checkpoints.read_info(checkpoint)
     best = info.get("best_val_loss")
     return TrainState(
         step=info["step"],
@@ -152,7 +152,7 @@ def build_model(
     device: torch.device,
     resumed_from,
     out: Console,
-    base: ckpt.CheckpointFiles | None = None,
+    base: checkpoint_load.CheckpointFiles | None = None,
 ) -> tuple[Transformer, torch.nn.Module, dict | None]:
     """The plain model (weights restored before it is wrapped), the module a step calls, and
     the checkpoint a fine-tune started from (finetune.origin; None from scratch). `base`: the
@@ -163,8 +163,8 @@ def build_model(
         resuming = resumed_from is not None
         origin = setup_finetuning(model, cfg, data.tokenizer, base, out.line, resuming)
     if resumed_from is not None:
-        ckpt.load_weights(model, resumed_from / ckpt.WEIGHTS)
-        origin = ckpt.read_info(resumed_from).get("init_from")  # recorded when the run began
+        weight_loading.load_weights(model, resumed_from / run_checkpoints.WEIGHTS)
+        origin = run_checkpoints.read_info(resumed_from).get("init_from")  # recorded when the run began
     model.checkpoint_activations = cfg.device.activation_checkpointing
     # None (auto) was resolved for the machine by the train command; a library call compiles only
     # when asked

@@ -24,9 +24,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from trickster import run_checkpoints
 from trickster.errors import Interrupted
 from trickster.run_checkpoints import RUN_AGAIN
-from trickster.train import checkpoint as ckpt
 from trickster.train.resume import run_dir_in_use
 
 if TYPE_CHECKING:
@@ -159,8 +159,12 @@ def announce_signals(run_dir: Path, job: Dist | None = None) -> tuple:
         )
 
     def second(signum: int) -> None:
-        newest = ckpt.latest(run_dir)
-        where = f"checkpoints/{newest.name} is the newest checkpoint" if newest else ckpt.none_saved(run_dir)
+        newest = run_checkpoints.latest(run_dir)
+        where = (
+            f"checkpoints/{newest.name} is the newest checkpoint"
+            if newest
+            else run_checkpoints.none_saved(run_dir)
+        )
         name = signal.Signals(signum).name
         # with no checkpoint, --resume answers 'nothing to resume': resume=auto starts afresh there
         again = continue_command(run_dir, job, "--resume" if newest else "training_config.resume=auto")
@@ -189,7 +193,7 @@ class StoppedStarting(Interrupted):
 
 def _go_on(run_dir: Path) -> str:
     """What the run folder holds once the stopped start has tidied, and the command that goes on."""
-    if ckpt.latest(run_dir) is not None:
+    if run_checkpoints.latest(run_dir) is not None:
         return f"the checkpoints are as they were; continue with: {continue_command(run_dir)}"
     if not run_dir_in_use(run_dir):
         return "nothing was written; run the same command again"

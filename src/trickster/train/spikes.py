@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from trickster import run_checkpoints
 from trickster.errors import UserError
-from trickster.train import checkpoint as ckpt
 from trickster.train import checksums
 
 # why a rollback passed over a checkpoint (intact_before)
@@ -67,7 +67,7 @@ class SpikeDetector:
 
 def checkpoint_before(run_dir: Path, step: int) -> Path | None:
     """The newest complete numbered checkpoint saved before `step`."""
-    found = [p for p in ckpt.numbered(run_dir) if ckpt.checkpoint_step(p) < step]
+    found = [p for p in run_checkpoints.numbered(run_dir) if run_checkpoints.checkpoint_step(p) < step]
     return found[-1] if found else None
 
 
@@ -78,7 +78,7 @@ def intact_before(run_dir: Path, step: int, files: tuple[str, ...]) -> tuple[Pat
     passed_over, good = [], checkpoint_before(run_dir, step)
     while good is not None and checksums.first_changed(good, files) is not None:
         passed_over.append(good.name)
-        good = checkpoint_before(run_dir, ckpt.checkpoint_step(good))
+        good = checkpoint_before(run_dir, run_checkpoints.checkpoint_step(good))
     return good, passed_over
 
 
@@ -87,10 +87,12 @@ def discard_after(run_dir: Path, step: int) -> list[str]:
     weights, or a later point of the schedule that is about to be replayed, and a resume must
     never pick them. `best` stays: it was chosen by validation loss."""
     folder = run_dir / "checkpoints"
-    doomed = [p for p in [*ckpt.numbered(run_dir), folder / "final"] if ckpt.is_complete(p)]
-    doomed = [p for p in doomed if ckpt.checkpoint_step(p) > step]
+    doomed = [
+        p for p in [*run_checkpoints.numbered(run_dir), folder / "final"] if run_checkpoints.is_complete(p)
+    ]
+    doomed = [p for p in doomed if run_checkpoints.checkpoint_step(p) > step]
     for path in doomed:
-        ckpt.remove(path)
+        run_checkpoints.remove(path)
     return [p.name for p in doomed]
 
 
