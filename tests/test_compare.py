@@ -9,6 +9,7 @@ import pytest
 
 from trickster import cli, run_checkpoints
 from trickster.config import config_from_dict
+from trickster.train import checkpoint_load
 from trickster.train.loop import train
 
 from .conftest import QUIET, events, finetune_config
@@ -100,3 +101,28 @@ def test_untrained_and_base_choose_what_a_run_is_compared_with(
     six = next(e for e in events(trained_run, "eval") if e["step"] == 6)["val_loss"]
     assert earlier == f"--- base ({early}, step 6): val loss {six:.4f} ---", earlier
     assert later.startswith("--- trained (best, step 12)"), later
+
+
+def test_a_fine_tune_is_compared_on_the_prompt_its_samples_continued(
+    trained_run, chat_data, tmp_path, capsys
+):
+    """Without --prompt both models continued a line break, which shows nothing of what a fine-tune
+    on records learned; they continue the prompt its samples did (on records, one of theirs unless
+    set: train/fitted.py; set here, to a validation record's)."""
+    prompt = chat_data[1][-1]["prompt"]
+    cfg = finetune_config(
+        trained_run, chat_data[0], tmp_path / "ft", max_steps=2, eval_every=2, sample_prompt=prompt
+    )
+    result = train(cfg, **QUIET)
+    assert (
+        checkpoint_load.read_config(result.run_dir / "checkpoints" / "final").training.sample_prompt == prompt
+    )
+    assert cli.main(["compare", str(result.run_dir), "--max-new-tokens", "3", "--seed", "0"]) == 0
+    out = capsys.readouterr().out
+    samples = out.split("--- ")[1:]
+    assert len(samples) == 2 and all(sample.split("---\n", 1)[1].startswith(prompt) for sample in samples), (
+        out
+    )
+    assert cli.main(["compare", str(trained_run), "--max-new-tokens", "3", "--seed", "0"]) == 0
+    samples = capsys.readouterr().out.split("--- ")[1:]  # a run from scratch: a line break, as before
+    assert all(sample.split("---\n", 1)[1].startswith("\n") for sample in samples)

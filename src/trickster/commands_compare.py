@@ -16,7 +16,7 @@ from trickster.errors import UserError
 from trickster.model.transformer import Transformer, untrained_like
 from trickster.observe import evaluation
 from trickster.options import Sampling
-from trickster.prompts import prompt_ids
+from trickster.prompts import hinted_prompt, prompt_ids
 from trickster.streaming import stream
 from trickster.text_out import text_written
 from trickster.train import checkpoint_load
@@ -47,7 +47,7 @@ def compare_command(
 ) -> None:
     where = resolve_device(device, "--device")
     loaded = checkpoint_load.load_checkpoint(target, where)
-    prompt, ids = prompt_ids(loaded.tokenizer, sampling.prompt)
+    prompt, ids = prompt_ids(loaded.tokenizer, _prompt(loaded, sampling.prompt))
     reference = reference_model(loaded, where, base, untrained)
     trained = "fine-tuned" if loaded.info.get("init_from") else "trained"
     models = {
@@ -65,6 +65,15 @@ def compare_command(
             print(f"--- {title}: {loss_text} ---\n{prompt}", end="")
             stream(model, loaded.tokenizer, ids, sampling)
             print()
+
+
+def _prompt(loaded: checkpoint_load.LoadedCheckpoint, given: str | None) -> str | None:
+    """--prompt, or for a fine-tune the prompt its samples continued (on prompt/response records one
+    of theirs: train/fitted.py), which shows what it learned where a line break shows nothing;
+    None leaves it to prompt_ids (a line break, or a new document)."""
+    if given is not None or not loaded.info.get("init_from"):
+        return given
+    return hinted_prompt(loaded.tokenizer, loaded.cfg.training.sample_prompt) or None
 
 
 def reference_model(
