@@ -7,7 +7,7 @@ import json
 
 from trickster import cli
 from trickster.serve.chat import Template
-from trickster.train import checkpoint as ckpt
+from trickster.train import checkpoint_load
 
 from .test_gguf import read_gguf
 
@@ -33,7 +33,7 @@ def test_a_hugging_face_export_renders_conversations_as_chat_and_serve_do(traine
     assert f"chat template: {template}" in capsys.readouterr().out
     tokenizer = AutoTokenizer.from_pretrained(out)
     rendered = tokenizer.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=True)
-    ours = ckpt.load_checkpoint(trained_run).tokenizer
+    ours = checkpoint_load.load_checkpoint(trained_run).tokenizer
     assert rendered == Template(TEMPLATE, ours).render(CONVERSATION)
     assert rendered.endswith("user: You are all resolved rather to die than to famish?\nassistant:"), rendered
     # transformers 5 answers a BatchEncoding unless told otherwise, 4 a list
