@@ -669,9 +669,14 @@ def test_a_failed_checkpoint_write_leaves_earlier_checkpoints_intact(micro, monk
     cfg = micro(training_config={"max_steps": 8, "warmup_steps": 1, "eval_every": 100, "save_every": 2})
     with pytest.raises(UserError, match=f"could not write checkpoint .*step_000004 \\({reason}") as caught:
         train(cfg, **QUIET)
-    assert str(caught.value).endswith(
-        f"({reason}); {fix}, then continue with --resume (earlier checkpoints are untouched)"
+    run_dir = Path(cfg.logging.output_dir)
+    continues = (  # a full disk: the run's own line (train/disk_full.py), naming the checkpoint kept
+        f"continue from checkpoints/step_000002 (step 2, kept whole) with: trickster train --config "
+        f"{run_dir / 'config.yaml'} --resume"
+        if code == errno.ENOSPC
+        else "continue with --resume (earlier checkpoints are untouched)"
     )
+    assert str(caught.value).endswith(f"({reason}); {fix}, then {continues}")
     run_dir = Path(cfg.logging.output_dir)
     assert run_checkpoints.latest(run_dir).name == "step_000002"
     assert checkpoint_load.load_checkpoint(run_dir / "checkpoints" / "step_000002").info["step"] == 2
@@ -916,7 +921,10 @@ def test_a_full_disk_for_the_csv_or_the_plot_is_one_clear_error(micro, monkeypat
     cfg.training.max_steps = 6
     with pytest.raises(
         UserError,
-        match=rf"/{file} \(No space left on device\); free disk space, then continue with --resume$",
+        # metrics.csv is written as the resume starts (its own line); loss.png as the run trains,
+        # whose line names the checkpoint it kept (train/disk_full.py)
+        match=rf"/{file} \(No space left on device\); free disk space, then continue "
+        + ("with --resume$" if file == "metrics.csv" else "from checkpoints/"),
     ):
         train(cfg, resume=True, **QUIET)
     assert checkpoint_load.load_checkpoint(run_checkpoints.latest(run_dir)).info["step"] >= 4
