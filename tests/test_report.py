@@ -21,12 +21,14 @@ from trickster import run_checkpoints
 from trickster.cli import main
 from trickster.config import load_config
 from trickster.observe.events import read_metrics
+from trickster.observe.report import build_report
 from trickster.observe.runs import Metrics, Run, guess_preset, read_run
 from trickster.observe.status import write_status
 from trickster.train import checkpoint_load
 from trickster.units import format_duration
 
 SECTIONS = [
+    "Stops and resumes",
     "Loss curves",
     "Trained versus untrained",
     "Samples at every evaluation",
@@ -355,3 +357,52 @@ def test_report_on_a_live_run_whose_checkpoint_is_rotated_away_meanwhile(
     assert main(["report", str(run)]) == 0
     page = (run / "report.html").read_text()
     assert "<tr><th>final</th><td>step 12</td></tr>" in page
+
+
+def test_report_says_when_the_run_stopped_and_was_resumed(shakespeare_dir, tmp_path, monkeypatch):
+    """Stopped by SIGTERM at step 3, resumed; then its process ended without a word after step 8
+    (a bug here, as a kill or a power cut would), resumed from step 6 and finished. The report said
+    none of it: the resumes' events were in metrics.jsonl, and the stops were cut from it by them."""
+    import os
+    import signal
+
+    from trickster.train import loop
+    from trickster.train.loop import train
+
+    from .conftest import QUIET, micro_config
+
+    training = {"max_steps": 12, "warmup_steps": 0, "save_every": 6, "eval_every": 6, "sample_tokens": 0}
+    cfg = micro_config(shakespeare_dir, tmp_path / "run", training_config=training)
+    real_step = loop.Trainer.step
+
+    def stopping(trainer):
+        if trainer.state.step == 2:  # during step 3
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step(trainer)
+
+    def dying(trainer):
+        if trainer.state.step == 8:
+            raise SystemExit("the process ends here")  # no stopped event, as after a kill
+        return real_step(trainer)
+
+    monkeypatch.setattr(loop.Trainer, "step", stopping)
+    assert train(cfg, **QUIET).exit_signal == signal.SIGTERM
+    monkeypatch.setattr(loop.Trainer, "step", dying)
+    with pytest.raises(SystemExit):
+        train(cfg, resume=True, **QUIET)
+    monkeypatch.setattr(loop.Trainer, "step", real_step)
+    assert train(cfg, resume=True, **QUIET).state.step == 12
+
+    page = build_report(tmp_path / "run")
+    section = page.split("<h2>Stops and resumes</h2>")[1].split("<h2>")[0]
+    rows = re.findall(r"<tr><td class='n'>[^<]+</td><td class='n'>(\d+)</td><td>([^<]+)</td></tr>", section)
+    said = [
+        (int(step), re.sub(r", [^,]+ after its last", ", D after its last", html.unescape(what)))
+        for step, what in rows
+    ]
+    assert said == [
+        (3, "stopped by SIGTERM (a checkpoint of this step saved)"),
+        (3, "resumed from checkpoints/step_000003, D after its last event"),
+        (8, "the process ended after this train event, with no word (killed, or the machine stopped)"),
+        (6, "resumed from checkpoints/step_000006, D after its last event (steps 7 to 8 trained again)"),
+    ], section

@@ -11,7 +11,8 @@ types in FIELD_TYPES (a line otherwise is damaged, not an event); by kind, it ad
     eval     val_loss, val_perplexity (None for non-finite weights), tokens_seen, sample (if due)
     hellaswag acc, acc_norm, correct, correct_norm, scored, examples, cut, skipped (by reason),
              tokens_seen: HellaSwag during training (training_config.hellaswag_every)
-    resume   checkpoint, changed, repairs
+    resume   checkpoint, changed, repairs, after (the last event before it: event, step, time and a
+             stopped event's signal or reason and details; since 2026-12-01)
     rollback first_step, last_step, checkpoint, peak_loss, median (its step is the checkpoint's)
     spike    first_step, peak_loss (no checkpoint to roll back to)
     stopped  tokens_seen; signal, or reason (non-finite, out-of-memory, lost-process, loss-spikes,
@@ -68,6 +69,7 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "peak_loss": NUMBER,
     "signal": (str,) + OR_NONE,
     "reason": (str,) + OR_NONE,
+    "after": (dict,) + OR_NONE,
 }
 COMMON = ("event", "step", "time")
 REQUIRED = {

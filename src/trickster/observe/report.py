@@ -60,6 +60,7 @@ def _page(run: Run, run_dir: str | Path) -> str:
         raise UserError(f"{run_dir}/metrics.jsonl holds no events yet; report once training has started")
     sections = [
         _summary(run),
+        _stops(run),
         _figure_section("Loss curves", "loss", run),
         _figure_section("HellaSwag accuracy", "hellaswag", run) if run.metrics.curves.hellaswag_step else "",
         _comparison(run),
@@ -131,6 +132,29 @@ def _summary(run: Run) -> str:
         )
         + "</div>"
     )
+
+
+def _stops(run: Run) -> str:
+    """When the run stopped and was resumed (observe/stops.py), and how its last stretch ended."""
+    rows = list(run.metrics.stops.rows)
+    last = run.metrics.last
+    status = run.status
+    if last is not None and last["event"] not in ("stopped", "end") and status.startswith("stopped"):
+        rows.append((last["time"], last["step"], f"{status}: its last event"))
+    if not rows:
+        return "<h2>Stops and resumes</h2>\n<p class='muted'>Trained in one go: never stopped or resumed.</p>"
+    body = "".join(
+        f"<tr><td class='n'>{_e(_when(time))}</td><td class='n'>{step:,}</td><td>{_e(what)}</td></tr>"
+        for time, step, what in rows
+    )
+    return (
+        "<h2>Stops and resumes</h2>\n<table><tr><th class='n'>time</th><th class='n'>step</th><th>what "
+        f"happened</th></tr>{body}</table>"
+    )
+
+
+def _when(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
 def _hellaswag_card(last: dict | None) -> list[tuple[str, str]]:

@@ -22,6 +22,7 @@ from trickster.errors import UserError
 from trickster.observe.curves import Curves
 from trickster.observe.events import iter_metrics
 from trickster.observe.status import liveness, read_status, silent_for
+from trickster.observe.stops import Stops
 from trickster.presets import preset_names
 from trickster.units import format_duration
 
@@ -57,6 +58,7 @@ class Metrics:
     ended_segments: float = 0.0  # seconds of the segments before the last resume, summed
     _segment: tuple[float, float] | None = None  # (first, last) time of the current segment
     curves: Curves | None = None  # the figures' points, for the report
+    stops: Stops = field(default_factory=Stops)  # when the run stopped and was resumed
 
     @classmethod
     def from_records(cls, records: Iterable[dict], for_report: bool = False) -> Metrics:
@@ -82,6 +84,7 @@ class Metrics:
         elif r["event"] == "hellaswag":
             self.last_hellaswag = r
         self._add_time(r)
+        self.stops.add(r)
         if self.curves is not None:
             self.curves.add(r)
 

@@ -22,7 +22,7 @@ from trickster.errors import UserError, disk_errors
 from trickster.model.flops import trained_parameters
 from trickster.model.transformer import Transformer
 from trickster.model.vocab import vocab_note
-from trickster.observe.events import new_event
+from trickster.observe.events import last_event, new_event
 from trickster.train import checkpoint_load, checksums, dist, weight_loading
 from trickster.train.console import Console
 from trickster.train.finetune import setup_finetuning
@@ -201,7 +201,10 @@ def write_run_files(
                 (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         return []
     checkpoint, changed, repairs = resumed.checkpoint.name, resumed.changed, resumed.repairs
-    event = new_event("resume", resumed.step, checkpoint=checkpoint, changed=changed, repairs=repairs)
+    after = _how_it_stopped(run_dir / "metrics.jsonl")  # read before the resume cuts the file back
+    event = new_event(
+        "resume", resumed.step, checkpoint=checkpoint, changed=changed, repairs=repairs, after=after
+    )
     with metrics_cut_back(
         run_dir / "metrics.jsonl", resumed.step, resumed.eval_due, event, resumed.hellaswag_due
     ) as notes:
@@ -209,6 +212,19 @@ def write_run_files(
             _write_run_files(run_dir, cfg, data, manifest)
     metrics.copy(event)  # to metrics.csv, TensorBoard, W&B
     return notes
+
+
+def _how_it_stopped(metrics: Path) -> dict | None:
+    """The run's last event before a resume, whose step and time say where and when it stopped
+    (and a `stopped` event, why), for the `resume` event's `after`: the resume cuts the events
+    after its checkpoint (the stop's own included) from metrics.jsonl."""
+    last = last_event(metrics)
+    if last is None:
+        return None
+    return {key: last[key] for key in ("event", "step", "time", *AFTER_DETAILS) if key in last}
+
+
+AFTER_DETAILS = ("signal", "reason", "during", "file", "checkpoint")  # a stopped event's
 
 
 def _write_run_files(run_dir: Path, cfg: Config, data: PreparedData, manifest: dict) -> None:
