@@ -402,3 +402,24 @@ def test_the_page_asks_for_the_api_key_and_says_when_it_is_wrong(trained_run, br
             page.wait_for_function(f"{status}.startsWith({shown!r})", timeout=10_000)
         assert page.inner_text("#status") == "1 checkpoint"  # not '1 checkpoints'
         page.close()
+
+
+def test_a_failed_column_says_so_and_generate_with_nothing_picked_says_what_to_do(trained_run, browser):
+    """A column refused by the server (a character outside a char vocabulary) showed the error
+    with its footer still '…', as if the model still wrote; Generate with every checkpoint
+    unticked did nothing, without a word."""
+    with live_server(trained_run, checkpoints=["best", "untrained"]) as live:
+        page = open_playground(browser, live)
+        page.fill("#prompt", "ROMEO: \u00e9")
+        page.click("#generate")
+        page.wait_for_function("document.querySelectorAll('.column[data-done]').length === 2", timeout=60_000)
+        footers = page.eval_on_selector_all(".column footer", "els => els.map(e => e.textContent)")
+        errors = page.eval_on_selector_all(".column .output.error", "els => els.map(e => e.textContent)")
+        for box in page.query_selector_all("#picker input:checked"):
+            box.click()
+        page.click("#generate")
+        said = page.inner_text("#columns")
+        page.close()
+    assert footers == ["failed", "failed"]
+    assert len(errors) == 2 and all("is not in this model's character vocabulary" in e for e in errors)
+    assert said == "Tick a checkpoint (up to three) to generate."

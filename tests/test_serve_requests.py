@@ -127,3 +127,14 @@ def test_ignored_fields_of_the_right_type_change_nothing(server):
         _post(server, "/v1/chat/completions", named).json()["choices"]
         == (_post(server, "/v1/chat/completions", CHAT).json()["choices"])
     )
+
+
+def test_a_chat_that_fills_the_context_asks_for_shorter_messages(server):
+    """A chat has no prompt its client wrote: it was told to 'send a shorter prompt'."""
+    long = {**CHAT, "messages": [{"role": "user", "content": "a" * 200}]}
+    del long["max_tokens"]
+    error = _post(server, "/v1/chat/completions", long).json()["error"]
+    assert error["message"].endswith(
+        "tokens fill this model's context of 64 tokens; send shorter or fewer messages"
+    )
+    assert error["param"] == "messages" and error["code"] == "context_length_exceeded"

@@ -18,10 +18,12 @@ def check_room(
     says so (a client that never sent 16 would not know where it came from)."""
     room = context - prompt_tokens
     if room < 1:
+        # a chat's messages as the chat template renders them, which its client never sees as a prompt
+        shorter = "send shorter or fewer messages" if prompt_param == "messages" else "send a shorter prompt"
         raise APIError(
             400,
             f"{prompt_param}: {prompt_tokens} tokens fill this model's context of {context} tokens; "
-            "send a shorter prompt",
+            + shorter,
             param=prompt_param,
             code="context_length_exceeded",
         )
