@@ -278,10 +278,16 @@ def code_block_commands(page: Path) -> list[tuple[int, list[str]]]:
     """Each `trickster ...` a code block of the page runs, as the shell hands it over: after a `$ `
     prompt, a pipe, `&&` or `-m` (`torchrun ... -m trickster train ...`), up to a pipe, a redirection
     or a comment; a line continued with a backslash read whole. A synopsis is no command."""
-    found, fenced, pending = [], False, None
+    return [command for block in commands_by_block(page) for command in block]
+
+
+def commands_by_block(page: Path) -> list[list[tuple[int, list[str]]]]:
+    """code_block_commands, a list for each code block."""
+    blocks, fenced, pending = [], False, None
     for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
         if re.match(r"\s*(```|~~~)", line):
             fenced, pending = not fenced, None
+            blocks += [[]] if fenced else []
             continue
         if not fenced:
             continue
@@ -298,8 +304,8 @@ def code_block_commands(page: Path) -> list[tuple[int, list[str]]]:
             continue
         command = words[starts[0] + 1 :]
         ends = [i for i, w in enumerate(command) if re.fullmatch(r"[|&;<>()]+", w)]
-        found.append((number, command[: ends[0]] if ends else command))
-    return found
+        blocks[-1].append((number, command[: ends[0]] if ends else command))
+    return blocks
 
 
 def _shell_words(line: str) -> list[str]:
@@ -361,6 +367,57 @@ def test_the_command_finder_reads_code_blocks_as_the_shell_does(tmp_path):
     assert "expected one argument" in parse_error(["generate", "runs/tiny", "--prompt"])
     assert parse_error(["chat", "runs/tiny", "--seed", "1"]) is None
     assert parse_error(["--help"]) is None
+
+
+def data_folders(words: list[str]) -> tuple[str | None, str | None]:
+    """(the folder `trickster WORDS` prepares, the data folder it reads): `data prepare` writes --out,
+    else data/SOURCE-TOKENIZER (unknown with --tokenizer-from: the model's tokenizer names it);
+    `train --data DIR` (a data_config.path override), `eval`/`compare --data`, `data report DIR`
+    read one."""
+    from trickster.cli import parse
+
+    args = parse(parser_of(), words)
+    if getattr(args, "data_command", None) == "prepare":
+        kind = None if args.tokenizer_from else args.tokenizer or "char"
+        return args.out or (kind and f"data/{args.source}-{kind}"), None
+    paths = [o.partition("=")[2] for o in getattr(args, "overrides", []) if o.startswith("data_config.path=")]
+    read = getattr(args, "folder", None) or getattr(args, "data", None) or (paths[-1] if paths else None)
+    return None, read and read.rstrip("/")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.relative_to(ROOT).as_posix() for p in PAGES])
+def test_a_block_that_prepares_data_uses_the_folder_it_writes(page):
+    """A recipe prepared `hf` (into data/hf-gpt2, the default data/SOURCE-TOKENIZER) and trained on
+    data/fineweb-gpt2, which nothing wrote: whoever runs the block meets `no prepared data`."""
+    wrong = []
+    for block in commands_by_block(page) if page.name != "ERRORS.md" else []:
+        written: set[str | None] = set()
+        for number, words in block:
+            if "--help" in words:
+                continue
+            prepared, read = data_folders(words)
+            if prepared is not None or words[:2] == ["data", "prepare"]:
+                written.add(prepared)
+            elif read and not read.isupper() and written and None not in written and read not in written:
+                command = "trickster " + " ".join(words)
+                wrong.append(f"line {number}: {command} reads {read}; the block prepares {sorted(written)}")
+    assert not wrong, f"{page.name}: " + "; ".join(wrong)
+
+
+def test_the_data_folders_of_a_command_are_found():
+    assert data_folders(["data", "prepare", "hf", "HuggingFaceFW/fineweb", "--tokenizer", "gpt2"]) == (
+        "data/hf-gpt2",
+        None,
+    )
+    assert data_folders(["data", "prepare", "shakespeare"]) == ("data/shakespeare-char", None)
+    assert data_folders(["data", "prepare", "jsonl", "c.jsonl", "--tokenizer-from", "runs/x"]) == (None, None)
+    assert data_folders(["train", "--preset", "nano", "--data", "data/a/", "data_config.path=data/b"]) == (
+        None,
+        "data/a",
+    )
+    assert data_folders(["eval", "runs/x", "--data", "data/c"]) == (None, "data/c")
+    assert data_folders(["data", "report", "data/d"]) == (None, "data/d")
+    assert data_folders(["generate", "runs/x"]) == (None, None)
 
 
 def config_key_exists(dotted: str) -> bool:
