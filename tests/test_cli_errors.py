@@ -836,9 +836,9 @@ def _compare_other_tokenizer(env: Env) -> list[str]:
 
 def _compare_base_of_another_shape(env: Env) -> list[str]:
     """A checkpoint with the run's tokenizer and a narrower model: its weights cannot stand in."""
-    from trickster.train import checkpoint_load
+    from trickster.train import checkpoint_load, checkpoint_path
 
-    run = checkpoint_load.read_files(env.run)
+    run = checkpoint_load.files_at(checkpoint_path.resolve(env.run))
     raw = run.cfg.to_dict()
     raw["model_config"]["hidden_dim"] = 32
     cfg = config_from_dict(raw)

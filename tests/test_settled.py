@@ -40,7 +40,7 @@ def test_a_best_replaced_while_generate_reads_it_is_read_again_whole(
     assert sums[0] != sums[1]  # else the two checkpoints could not be told apart
     assert cli.main(["generate", str(newer), *GREEDY]) == 0
     expected = capsys.readouterr().out
-    real, saves = checkpoint_load.read_files, []
+    real, saves = checkpoint_load.files_at, []
     clock = [time.monotonic()]
     monkeypatch.setattr(settled, "time", types.SimpleNamespace(monotonic=lambda: clock[0], sleep=time.sleep))
 
@@ -52,7 +52,7 @@ def test_a_best_replaced_while_generate_reads_it_is_read_again_whole(
             _save_as_best(newer, best, saves)
         return files
 
-    monkeypatch.setattr(checkpoint_load, "read_files", read_then_a_save)
+    monkeypatch.setattr(checkpoint_load, "files_at", read_then_a_save)
     code = cli.main(["generate", str(run), *GREEDY])
     out, err = capsys.readouterr()
     assert (code, err) == (0, "")  # it said model.safetensors no longer matched its checksum
@@ -60,7 +60,7 @@ def test_a_best_replaced_while_generate_reads_it_is_read_again_whole(
     assert out == expected  # the new best's text: its weights with its own files
 
 
-@pytest.mark.parametrize("moment", ["read_files", "with_weights"])
+@pytest.mark.parametrize("moment", ["files_at", "with_weights"])
 def test_a_best_replaced_while_a_fine_tune_reads_its_init_from_is_read_again_whole(
     trained_run, chat_data, tmp_path, monkeypatch, moment
 ):
@@ -80,7 +80,7 @@ def test_a_best_replaced_while_a_fine_tune_reads_its_init_from_is_read_again_who
         if moment == "with_weights" and not saves:
             _save_as_best(newer, best, saves)
         loaded = real(path_or_files, *args, **kwargs)
-        if moment == "read_files" and not saves:
+        if moment == "files_at" and not saves:
             _save_as_best(newer, best, saves)
         return loaded
 
@@ -127,7 +127,7 @@ def test_a_checkpoint_replaced_while_serve_loads_it_slowly_is_loaded_again_whole
     shutil.copytree(trained_run, run)
     final, newer = run / "checkpoints" / "final", run / "checkpoints" / "step_000006"
     greedy = {"prompt": "ROMEO:", "max_tokens": 8, "temperature": 0}
-    real, saves, late = checkpoint_load.read_files, [], [0.0]
+    real, saves, late = checkpoint_load.files_at, [], [0.0]
     clock = types.SimpleNamespace(
         monotonic=lambda: time.monotonic() + late[0], sleep=time.sleep, time_ns=time.time_ns
     )
@@ -144,7 +144,7 @@ def test_a_checkpoint_replaced_while_serve_loads_it_slowly_is_loaded_again_whole
     with live_server(run, max_loaded=2) as live:
         post = functools.partial(httpx.post, live.url + "/v1/completions", timeout=30)
         expected = post(json={"model": "step_000006", **greedy}).json()["choices"][0]["text"]
-        monkeypatch.setattr(checkpoint_load, "read_files", read_then_a_save)
+        monkeypatch.setattr(checkpoint_load, "files_at", read_then_a_save)
         answer = post(json={"model": "final", **greedy})
         assert answer.status_code == 200, answer.text
         assert saves == [final]
@@ -173,3 +173,18 @@ def test_a_checkpoint_replaced_as_it_is_resolved_is_read_again(trained_run, tmp_
     out, err = capsys.readouterr()
     assert (code, err) == (0, "")
     assert saves == [best] and out == expected
+
+
+def test_each_read_resolves_the_path_it_was_given_once(trained_run, chat_data, tmp_path, monkeypatch):
+    """A path a user gives (a run folder: its `best`) is resolved once per read: generate's load
+    once; a fine-tune's init_from once for its files when the run starts and once for its weights
+    once the model is built (a new best may be saved between the two). Each read resolved again
+    the folder it had just been given, resolved: twice for a load, three times for a fine-tune."""
+    cfg = finetune_config(trained_run, chat_data[0], tmp_path / "ft", max_steps=2, eval_every=2, save_every=2)
+    resolved, real = [], checkpoint_path.resolve
+    monkeypatch.setattr(checkpoint_path, "resolve", lambda path: resolved.append(Path(path)) or real(path))
+    checkpoint_load.load_checkpoint(trained_run)
+    assert resolved == [trained_run]
+    resolved.clear()
+    train(cfg, **QUIET)
+    assert resolved == [trained_run, trained_run]

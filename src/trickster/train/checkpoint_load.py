@@ -57,18 +57,14 @@ def load_checkpoint(
     which waits up to `wait` seconds for a replace under way)."""
 
     def read(found: Path) -> LoadedCheckpoint:
-        return with_weights(read_files(found), device)
+        return with_weights(files_at(found), device)
 
     return settled.read_settled(Path(path), checkpoint_path.resolve, read, wait=wait)
 
 
-def read_files(path: str | Path) -> CheckpointFiles:
-    """The checkpoint `path` names (resolve), its config.yaml, tokenizer.json and info.json read."""
-    return files_at(checkpoint_path.resolve(path))
-
-
 def files_at(path: Path) -> CheckpointFiles:
-    """The files of the checkpoint folder `path`, not resolved (serve's listing found it complete)."""
+    """The files of the checkpoint folder `path`, as found: resolved already (by read_settled, which
+    resolves the path a user gave once per read), or listed complete (serve's listing)."""
     seen = settled.identity(path)
     return CheckpointFiles(path, read_config(path), read_tokenizer(path), read_info(path), seen)
 

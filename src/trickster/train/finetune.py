@@ -76,7 +76,7 @@ def _weights(
     read when the run began, while it is still theirs; else its own files, read and checked anew."""
     if base.identity is None or settled.identity(path) != base.identity:
         with _named_init_from():
-            base = checkpoint_load.read_files(path)
+            base = checkpoint_load.files_at(path)
         _check_tokenizer(base, cfg, tokenizer)
     different = [
         f"{key} {_field(base.cfg, key)} there, {_field(cfg, key)} here"
@@ -117,7 +117,7 @@ def read_base(cfg: Config, tokenizer: Tokenizer) -> checkpoint_load.CheckpointFi
     send the user to change a config that is right."""
     with _named_init_from():
         base = settled.read_settled(
-            Path(cfg.training.init_from), checkpoint_path.resolve, checkpoint_load.read_files
+            Path(cfg.training.init_from), checkpoint_path.resolve, checkpoint_load.files_at
         )
     _check_tokenizer(base, cfg, tokenizer)
     out = Path(cfg.logging.output_dir)

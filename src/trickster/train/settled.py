@@ -41,15 +41,15 @@ def read_settled(
     target: Path,
     resolve: Callable[[Path], Path],
     read: Callable[[Path], Loaded],
-    tries: int = TRIES,
     wait: float = WAIT,
 ) -> Loaded:
     """read(resolve(target)), all of it from one checkpoint. Made again when the folder read was
     replaced while it was read (its read failed, or succeeded on parts of two checkpoints), or was
-    missing as a replace began after the wait for one, up to `tries` reads however long each takes;
+    missing as a replace began after the wait for one, up to TRIES reads however long each takes;
     a failure of a folder nobody replaces is raised at once. A replace under way is waited for up
     to `wait` seconds: a writer that stays between its renames longer is stopped (or dead)."""
-    for tried in range(1, tries + 1):
+    for tried in range(1, TRIES + 1):
+        last = tried == TRIES
         whole = _wait_for(target, time.monotonic() + wait)
         path, seen = None, identity(target)  # a checkpoint's own (a run folder's is None)
         try:
@@ -61,13 +61,13 @@ def read_settled(
                 moved = whole and (_in_replace(target) or identity(target) != seen)
             else:
                 moved = _replaced(path, before)
-            if not moved or tried == tries:
+            if not moved or last:
                 raise
         else:
-            if not _replaced(path, before) or tried == tries:
+            if not _replaced(path, before) or last:
                 return loaded
         time.sleep(0.01)
-    raise ValueError(f"tries must be at least 1, not {tries}")
+    raise AssertionError("unreachable: the last read returns or raises")
 
 
 def _replaced(path: Path, before: tuple[int, ...] | None) -> bool:
