@@ -4422,9 +4422,15 @@ CASES = [
     ),
     case(
         "jsonl-other-field-names",
-        _jsonl(['{"instruction": "Who?", "output": "Nay."}', RECORD]),
-        'line 1 has no "prompt" field (it has: instruction, output)',
+        _jsonl(['{"question": "Who?", "answer": "Nay."}', RECORD]),
+        'line 1 has no "prompt" field (it has: question, answer)',
         'each record needs "prompt" and "response"',
+    ),
+    case(  # Alpaca's records: it said only that each record needs "prompt" and "response"
+        "jsonl-instruction-records",
+        _jsonl(['{"instruction": "Who?", "input": "", "output": "Nay."}', RECORD]),
+        "line 1 is an instruction record (it has: instruction, input, output)",
+        'the output as "response" (docs/finetune-export.md, Instruction records)',
     ),
     case(  # stories as {"text": ...}: it said each record needs "prompt" and "response"
         "jsonl-text-records-without-text-field",

@@ -67,7 +67,8 @@ def jsonl_prompt_response(path: str | Path) -> Records:
 
 def _missing(record: dict, key: str, where: str) -> str:
     """The line for a record without `key`: its own fields named, and a chat record ("messages",
-    as OpenAI's and Hugging Face's fine-tuning sets write them) sent to how to turn it into pairs."""
+    as OpenAI's and Hugging Face's fine-tuning sets write them) or an instruction record (Alpaca's
+    instruction, input, output) sent to how to turn it into pairs."""
     if "messages" in record and "prompt" not in record:
         return (
             f'{where} is a chat record ("messages"); data prepare reads prompt/response records: '
@@ -79,6 +80,12 @@ def _missing(record: dict, key: str, where: str) -> str:
             f'{where} has no "{key}" field ({its_fields(record)}); without --text-field or --template, '
             "jsonl reads prompt/response records (for fine-tuning); pass --text-field text to read each "
             "record's text"
+        )
+    if "instruction" in record and "output" in record and "prompt" not in record:
+        return (  # Alpaca's shape, the commonest instruction set: the prompt is the user's to write
+            f"{where} is an instruction record ({its_fields(record)}); data prepare reads prompt/response "
+            "records: write the instruction (and its input) with the cue the model answers after as "
+            '"prompt", the output as "response" (docs/finetune-export.md, Instruction records)'
         )
     return f'{where} has no "{key}" field ({its_fields(record)}); each record needs "prompt" and "response"'
 
