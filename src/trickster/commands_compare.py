@@ -102,7 +102,7 @@ def reference_model(
         other = checkpoint_load.load_checkpoint(started, device)
         problem = _cannot_stand_in(other, loaded)
     except UserError as err:  # moved, deleted or damaged since the fine-tune read it
-        problem = f"cannot be read ({err})"
+        problem = f"cannot be read ({err})" if started.exists() else "is gone (moved or deleted)"
     if problem:
         note = f"{_shown(started)}, the base this run was fine-tuned from, {problem}: {instead}"
         return Reference(UNTRAINED, untrained_like(loaded.cfg).to(device), note)
