@@ -118,6 +118,13 @@ def test_a_preset_prompt_the_tokenizer_cannot_encode_starts_a_document_and_next_
         printed = capsys.readouterr().out
         assert printed.startswith("".join(prompt[1:])) and len(printed) > len("".join(prompt[1:])), printed
 
+    # given by the user: kept (its samples start a new document), and next: was
+    # `trickster generate RUN --prompt ROMEO:`, which generate refused
+    given = tmp_path / "given"
+    out = _train_tiny(capsys, data, given, "training_config.sample_prompt=ROMEO:")
+    assert load_config(given / "config.yaml").training.sample_prompt == "ROMEO:"
+    assert out[-1] == f"next: trickster generate {given}", out
+
 
 def test_a_preset_prompt_the_training_text_never_holds_gives_way_to_a_new_document(tmp_path, capsys):
     """Stories prepared with the byte tokenizer encode "ROMEO:", but never hold it: a model of them

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from trickster.data.tokenizers import Tokenizer
+from trickster.data.tokenizers import Tokenizer, load_tokenizer
 from trickster.errors import UserError
 from trickster.text_in import UTF8_FIX, not_utf8
 
@@ -25,8 +25,13 @@ def hinted_prompt(tokenizer: Tokenizer, prompt: str) -> str:
 
 def generate_hint(run_dir: Path, prompt: str) -> str:
     """The `trickster generate` line to paste next, quoted for a shell: the run's sample prompt
-    exactly (a trailing space or a quote in it survives), or none when it is only whitespace
-    (or one the run's tokenizer cannot encode: hinted_prompt)."""
+    exactly (a trailing space or a quote in it survives), or none when it is only whitespace or
+    one the run's tokenizer (its tokenizer.json) cannot encode (hinted_prompt): a prompt the user
+    gave is kept as given, and `--prompt ROMEO:` in a char vocabulary without 'R' was refused."""
+    try:
+        prompt = hinted_prompt(load_tokenizer(run_dir / "tokenizer.json"), prompt)
+    except UserError:  # not there to read: the prompt as the config gives it
+        pass
     line = f"trickster generate {shlex.quote(str(run_dir))}"
     return f"{line} --prompt {shell_word(prompt)}" if prompt.strip() else line
 
