@@ -138,3 +138,16 @@ def test_a_chat_that_fills_the_context_asks_for_shorter_messages(server):
         "tokens fill this model's context of 64 tokens; send shorter or fewer messages"
     )
     assert error["param"] == "messages" and error["code"] == "context_length_exceeded"
+
+
+def test_a_route_without_its_v1_says_where_the_base_url_goes_wrong(server):
+    """A client given http://HOST:PORT as its base URL asks for /completions: the 404 listed the
+    routes, and left the user to spot the missing /v1."""
+    for method, path in [("POST", "/completions"), ("POST", "/chat/completions"), ("GET", "/models/best")]:
+        answer = httpx.request(method, server.url + path, json=GOOD)
+        assert answer.status_code == 404
+        said = (
+            f"no route {path} (did you mean /v1{path}? a client's base URL ends in /v1: http://HOST:PORT/v1)"
+        )
+        assert answer.json()["error"]["message"].startswith(said)
+    assert "did you mean" not in httpx.get(server.url + "/v1/embeddings").json()["error"]["message"]

@@ -35,7 +35,7 @@ from trickster.serve.engine import Engine
 from trickster.serve.guard import HostGuard, check_post
 from trickster.serve.models import Catalog, Offered
 from trickster.serve.schemas import APIError, ChatRequest, CompletionRequest
-from trickster.serve.slashes import TrailingSlash
+from trickster.serve.slashes import TrailingSlash, without_v1
 
 MAX_CHOICES = 128  # completions in one request (prompts x n): one client cannot queue thousands
 
@@ -398,7 +398,8 @@ ROUTES = "GET /v1/models, POST /v1/completions and POST /v1/chat/completions"
 async def _http_error(request: Request, err: HTTPException) -> Response:
     """Starlette's own errors (no route, wrong method) in OpenAI's shape, with their headers (Allow)."""
     message = {
-        404: f"no route {request.url.path}; this server answers {ROUTES} (and the playground at /)",
+        404: f"no route {request.url.path}{without_v1(request.url.path)}; this server answers {ROUTES} "
+        "(and the playground at /)",
         405: f"{request.method} is not allowed on {request.url.path}; use {(err.headers or {}).get('Allow')}",
     }
     error = APIError(err.status_code, message.get(err.status_code, str(err.detail)))

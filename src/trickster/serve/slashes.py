@@ -1,5 +1,6 @@
-"""A path with a trailing slash is served as the path without it: `POST /v1/completions/` is a
-completion, `GET /v1/models/` the list.
+"""Paths that name a route another way. A path with a trailing slash is served as the path without
+it: `POST /v1/completions/` is a completion, `GET /v1/models/` the list. A route's path without its
+`/v1` (a client given the base URL `http://host:8000`) gets a 404 that says so.
 
 Starlette, like FastAPI under vLLM, answers such a path with a bare 307 to the path without the
 slash: an empty body that a client not following redirects (curl without -L, the `openai` package,
@@ -28,3 +29,10 @@ class TrailingSlash:
             if raw is not None:  # its query is not in it (ASGI): only the path's own slashes go
                 scope["raw_path"] = raw.rstrip(b"/") or b"/"
         await self.app(scope, receive, send)
+
+
+def without_v1(path: str) -> str:
+    """For a 404: where `path` is a route's without its /v1 (`/completions`), the words that say so."""
+    if path in ("/models", "/completions", "/chat/completions") or path.startswith("/models/"):
+        return f" (did you mean /v1{path}? a client's base URL ends in /v1: http://HOST:PORT/v1)"
+    return ""
