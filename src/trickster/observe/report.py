@@ -110,7 +110,7 @@ def _summary(run: Run) -> str:
         ("parameters", f"{run.params:,}" if run.params else "?"),
         ("steps", steps),
         ("tokens seen", f"{run.tokens_seen:,}"),
-        ("best val loss", f"{best['val_loss']:.4f} (step {best['step']:,})" if best else "n/a"),
+        ("best val loss", f"{best['val_loss']:.4f} (step {best['step']:,})" if best else run.no_best),
         ("untrained val loss", _finite(untrained["val_loss"], 4) if untrained else "n/a"),
         *_hellaswag_card(run.metrics.last_hellaswag),
         ("wall time", format_duration(run.wall_seconds)),

@@ -211,6 +211,17 @@ class Run:
         return best["val_loss"] if best else None
 
     @property
+    def no_best(self) -> str:
+        """Why the run has no best validation loss: no evaluation after step 0 yet (a run stopped
+        before its first: when that comes), or every one had non-finite weights."""
+        if self.metrics.last_trained_eval is not None:
+            return "not finite"
+        if self.cfg is None:
+            return "none yet"
+        t = self.cfg.training
+        return f"none yet (first at step {min(t.eval_every, t.max_steps):,})"
+
+    @property
     def wall_seconds(self) -> float:
         """Time from the first to the last event, summed over the segments a resume separates."""
         return self.metrics.wall_seconds
@@ -326,7 +337,7 @@ def format_runs(runs: list[Run]) -> list[str]:
                 run.preset,
                 f"{run.params:,}" if run.params else "?",
                 steps,
-                f"{best:.4f}" if best is not None else "-",
+                f"{best:.4f}" if best is not None else run.no_best,
                 *([f"{last['acc_norm']:.4f}" if last else "-"] if scored else []),
                 f"{run.tokens_seen:,}",
                 format_duration(run.wall_seconds),

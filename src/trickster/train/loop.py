@@ -185,14 +185,7 @@ class Trainer:
             contextlib.closing(self.writer),  # waits for a write in flight on the way out of an error
             profiling.steps(self) as self.profiler,  # logging_config.profile_steps; exits first
         ):
-            # a new run's first evaluation; or the one its checkpoint was saved before, which a kill
-            # may have cut short (before `best`): done again, as the run did after saving
-            if self.resumed_from is None or self.eval_due:
-                with recovery.guard(self, "an evaluation", state.step):
-                    self.evaluate()
-            if self.hellaswag_due:
-                with recovery.guard(self, "a HellaSwag evaluation", state.step):
-                    hellaswag_eval.score(self)
+            recovery.evaluations_before_the_first_step(self)
             self.timer.reset()
             while state.step < t.max_steps:
                 self.profiler.step()  # ProfilerStep#N: step N and its logging, evaluation and checkpoint

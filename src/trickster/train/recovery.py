@@ -19,7 +19,7 @@ from trickster.config import Config
 from trickster.errors import UserError
 from trickster.observe.events import last_event
 from trickster.train import checkpoint as ckpt
-from trickster.train import checkpoint_load, dist_checkpoint, peers, weight_loading
+from trickster.train import checkpoint_load, dist_checkpoint, hellaswag_eval, peers, weight_loading
 from trickster.train.device import allocation_failed
 from trickster.train.memory import out_of_memory
 from trickster.train.rank0 import on_main
@@ -79,6 +79,33 @@ def say_stopped(trainer: Trainer, name: str) -> None:
         f"checkpoints/{ckpt.step_name(trainer.state.step)}; continue with: "
         f"{continue_command(trainer.run_dir, trainer.job)}"
     )
+
+
+def evaluations_before_the_first_step(trainer: Trainer) -> None:
+    """A new run's first evaluation; or the one its checkpoint was saved before, which a kill may
+    have cut short (before `best`): done again, as the run did after saving. And the evaluation of
+    a run resumed at its last step (stopped at step S between evaluations, resumed with
+    max_steps=S): no step is left to reach it, and the run ended with `final` and no evaluation of
+    it, its `best` none if it had not evaluated since step 0. HellaSwag scoring alike."""
+    state = trainer.state
+    at_the_end = _unevaluated_end(trainer)
+    if trainer.resumed_from is None or trainer.eval_due or at_the_end:
+        with guard(trainer, "an evaluation", state.step):
+            trainer.evaluate()
+    if trainer.hellaswag_due or (at_the_end and trainer.hellaswag.enabled):
+        with guard(trainer, "a HellaSwag evaluation", state.step):
+            hellaswag_eval.score(trainer)
+
+
+def _unevaluated_end(trainer: Trainer) -> bool:
+    """Resumed at (or past) its last step from a checkpoint of a step that no evaluation was due at
+    as it saved: a numbered one off its eval_every, as a stop by signal saves (one at an evaluation's
+    step, and `final`, are evaluated or say eval_due; so were older versions', saved after it)."""
+    resumed = trainer.resumed_from
+    if resumed is None or trainer.eval_due or trainer.state.step < trainer.cfg.training.max_steps:
+        return False
+    every = checkpoint_load.read_config(resumed).training.eval_every
+    return resumed.name != "final" and trainer.state.step % every != 0
 
 
 def record_evaluation_in_checkpoint(trainer: Trainer) -> None:
