@@ -2040,6 +2040,16 @@ CASES = [
         "model_config.hiden_dim",
         "did you mean model_config.hidden_dim",
     ),
+    case(  # a run's config.yaml is read as saved; the override's problem is still the command line's
+        "info-run-config-with-a-bad-override",
+        lambda env: ["info", "--config", str(env.run / "config.yaml"), "training_config.lora.rank=4"],
+        "error: command line: training_config.lora adapts existing weights",
+    ),
+    case(  # a setting of the wrong kind a run saved is waived for info: one typed now is refused
+        "info-run-config-with-an-override-of-the-wrong-kind",
+        lambda env: ["info", "--config", str(env.run / "config.yaml"), "training_config.learning_rate=abc"],
+        "error: command line: training_config.learning_rate: input should be a valid number",
+    ),
     case(
         "unknown-subcommand",
         lambda env: ["trian"],

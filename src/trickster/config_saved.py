@@ -14,6 +14,7 @@ a resume makes still read the checkpoint. Training itself validates its own conf
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from pydantic import ValidationError
 from trickster import untrusted
 from trickster.config import SECTION_ALIASES, Config, raw_config, validated
 from trickster.config_checks import check_model
-from trickster.config_errors import KEPT_AS_SAVED, annotated_kinds, describe_all, waived
+from trickster.config_errors import KEPT_AS_SAVED, annotated_kinds, blamed, describe_all, waived
 from trickster.config_yaml import load_yaml
 from trickster.errors import UserError
 
@@ -48,33 +49,40 @@ def read_saved(file: Path, fix: str) -> Config:
 def described(path: str | None, preset: str | None, overrides: list[str]) -> tuple[Config, list[str]]:
     """A config to describe (`trickster info --config`): a preset or a file read as load_config
     reads it, except that one a run saved is read as a checkpoint's is (its training settings are
-    not used to describe the model); with the problems waived in it, to be shown as a note."""
+    not used to describe the model); with the problems waived in it, to be shown as a note. A
+    problem in an override is the command line's, never waived: the user gave it just now."""
     raw, source, saved = raw_config(path, preset, overrides)
     if not saved:
         return validated(raw, source, saved, overrides, own=bool(path)), []
     problems: list[str] = []
-    return saved_config(raw, source, "", problems), problems
+    overridden = [o.partition("=")[0].strip() for o in overrides]
+    return saved_config(raw, source, "", problems, overridden), problems
 
 
 def saved_config(
-    raw: dict[str, Any], source: str, fix: str, waived_problems: list[str] | None = None
+    raw: dict[str, Any],
+    source: str,
+    fix: str,
+    waived_problems: list[str] | None = None,
+    overridden: Sequence[str] = (),
 ) -> Config:
     """`raw` as a Config, the settings that do not build the model taken as saved even where a
     limit refuses them, or set aside for their defaults when of the wrong kind (see the module's
     docstring); a problem in what builds it, in one line ending with `fix`. The problems waived are
-    added to `waived_problems`, when given."""
+    added to `waived_problems`, when given. `overridden`: the keys set on the command line, whose
+    problems are not waived and are said to come from there."""
     # sections by the names YAML gives them (a config also takes Python's, `training:`): the rules
     # below, and pydantic's error locations, name them so
     aliases = {name: alias for alias, name in SECTION_ALIASES.items()}
     renamed = {aliases.get(key, key): value for key, value in raw.items()}
     raw = renamed if len(renamed) == len(raw) else raw  # both names of one section: validation says so
     try:
-        return _checked(Config.model_validate(raw), source, fix)
+        return _checked(Config.model_validate(raw), source, fix, overridden)
     except ValidationError as err:
         errors = err.errors()
-    kept = [e for e in errors if not waived(e)]
+    kept = [e for e in errors if not waived(e) or _overridden(e["loc"], overridden)]
     if kept:
-        raise UserError(f"{source}: {'; '.join(describe_all(Config, kept))}{_then(fix)}") from None
+        _refuse(describe_all(Config, kept), source, fix, overridden)
     if waived_problems is not None:
         waived_problems += describe_all(Config, errors)
     saved = {(e["loc"][0], e["loc"][1]) for e in errors}
@@ -82,14 +90,21 @@ def saved_config(
     try:
         cfg = Config.model_validate(rest)  # the keys set aside take their defaults here
     except ValidationError as err:  # a key that checks another (use_wandb) was set aside: none now
-        problems = describe_all(Config, err.errors())
-        raise UserError(f"{source}: {'; '.join(problems)}{_then(fix)}") from None
+        _refuse(describe_all(Config, err.errors()), source, fix, overridden)
     wrong_kind = {(e["loc"][0], e["loc"][1]) for e in errors if e["type"] not in KEPT_AS_SAVED}
     for section, key in saved - wrong_kind:
         if key in type(getattr(cfg, SECTION_ALIASES[section])).model_fields:  # not a dropped key
             _put_back(getattr(cfg, SECTION_ALIASES[section]), key, raw[section][key])
     cfg.set_aside.update({f"{section}.{key}": _as_json(raw[section][key]) for section, key in wrong_kind})
-    return _checked(cfg, source, fix)
+    return _checked(cfg, source, fix, overridden)
+
+
+def _overridden(loc: tuple, overridden: Sequence[str]) -> bool:
+    """Whether a validation error at `loc` is about an override's key, or a key within it."""
+    where = ".".join(str(part) for part in loc)
+    return any(
+        where == key or where.startswith(f"{key}.") or key.startswith(f"{where}.") for key in overridden
+    )
 
 
 def _put_back(section, key: str, value: Any) -> None:
@@ -106,11 +121,16 @@ def _as_json(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _checked(cfg: Config, source: str, fix: str) -> Config:
+def _checked(cfg: Config, source: str, fix: str, overridden: Sequence[str]) -> Config:
     problems = check_model(cfg)
     if problems:
-        raise UserError(f"{source}: {'; '.join(problems)}{_then(fix)}")
+        _refuse(problems, source, fix, overridden)
     return cfg
+
+
+def _refuse(problems: list[str], source: str, fix: str, overridden: Sequence[str]) -> None:
+    """`problems` in one line, said to come from `source`, the command line, or both (blamed)."""
+    raise UserError(f"{blamed(source, problems, overridden)}: {'; '.join(problems)}{_then(fix)}") from None
 
 
 def _then(fix: str) -> str:
