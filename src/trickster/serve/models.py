@@ -4,9 +4,9 @@ saved no checkpoint yet offers `untrained`, shaped by the run's own config.yaml 
 
 Configs, tokenizers and info.json of every checkpoint are read at start (so a damaged one is
 reported before serving: left out, said in a line, while others serve). The default model's
-weights (the run's best, else its newest, as
-`trickster generate RUN` picks; offered.default_of) are loaded at start and stay; a run saving
-checkpoints as it is served moves the default to the newest by the same rule. The others' are
+weights (the run's best, else its newest, as `trickster generate RUN` picks; offered.default_of)
+are loaded at start and stay; a run saving checkpoints as it is served moves the default to the
+newest by the same rule. The others' are
 loaded on first use and kept while there is room: at most `max_loaded` models are in memory at
 once, the default among them. A request holds its model from before its prompt is queued until
 the engine has finished its last sequence; making room unloads the least recently used model that
