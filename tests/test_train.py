@@ -263,3 +263,15 @@ def test_quiet_log_level_prints_nothing(micro, capsys, tmp_path):
     assert main(["train", "--config", str(tmp_path / "quiet.yaml")]) == 0
     assert capsys.readouterr() == ("", "")
     assert (tmp_path / "run" / "checkpoints" / "final" / "COMPLETE").is_file()  # it did train
+
+
+def test_the_closing_line_says_1_step_not_1_steps(micro, capsys, tmp_path):
+    """A run of one step (as a max_time spent during the first one leaves) ends `done: 1 step;`."""
+    from trickster.cli import main
+    from trickster.config import save_config
+
+    cfg = micro(training_config={"max_steps": 1, "eval_every": 1, "warmup_steps": 0})
+    save_config(cfg, tmp_path / "one.yaml")
+    assert main(["train", "--config", str(tmp_path / "one.yaml"), "--no-progress"]) == 0
+    closing = [line for line in capsys.readouterr().out.splitlines() if line.startswith("done:")]
+    assert len(closing) == 1 and closing[0].startswith("done: 1 step; best val loss "), closing
