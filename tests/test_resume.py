@@ -275,6 +275,28 @@ def test_a_resume_reads_the_config_of_its_checkpoint_once(micro, monkeypatch, ba
     assert reads.count(trainer.resumed_from / "config.yaml") == 1
 
 
+def test_a_resume_reads_its_checkpoint_s_info_json_once(micro, monkeypatch):
+    """The info.json of the checkpoint a run resumes from is read once, by the listing that finds it
+    the newest, and handed on: to whether the run has done its steps, the tokenizer and data checks,
+    the origin a fine-tune recorded, the sums its files are checked against. Each of them read it
+    again: seven reads of it in a resume of a tidy run folder."""
+    cfg = micro(training_config={"max_steps": 4, "warmup_steps": 1, "eval_every": 2, "save_every": 2})
+    train(cfg, **QUIET)
+    longer = cfg.model_copy(deep=True)
+    longer.training.max_steps = 6
+    reads, read_text = [], Path.read_text
+
+    def counted(path, *args, **kwargs):
+        reads.append(path)
+        return read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", counted)
+    with settings_restored():
+        trainer = Trainer(longer, resume=True, **QUIET)
+    assert trainer.resumed_from.name == "final"
+    assert reads.count(trainer.resumed_from / "info.json") == 1
+
+
 def test_a_resume_that_names_the_seq_len_it_had_keeps_best(micro):
     """training_config.seq_len null means model_config.max_seq_len: a resume that gives that number
     draws the same validation windows, so best keeps its loss: it is not evaluated again, nor said to

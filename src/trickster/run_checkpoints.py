@@ -64,14 +64,27 @@ def read_info(path: Path, fix: str = "use another checkpoint") -> dict:
 
 def checkpoint_step(path: Path) -> int:
     """The step of one of a run's checkpoints (to pick the newest, to list them)."""
-    return read_info(path, fix=f"move {path} out of {path.parent} to use the run's others")["step"]
+    return _listed_info(path)["step"]
+
+
+def _listed_info(path: Path) -> dict:
+    """The info.json of one of a run's checkpoints as a listing reads it: damaged, it is named as
+    the one to move aside."""
+    return read_info(path, fix=f"move {path} out of {path.parent} to use the run's others")
 
 
 def latest(run_dir: str | Path) -> Path | None:
     """The complete checkpoint with the highest step (numbered ones and `final`, which wins a tie)."""
+    found = newest(run_dir)
+    return None if found is None else found[0]
+
+
+def newest(run_dir: str | Path) -> tuple[Path, dict] | None:
+    """`latest` and its info.json, each candidate's read once (as checkpoint_step reads it)."""
     final = Path(run_dir) / "checkpoints" / "final"
     candidates = numbered(run_dir) + ([final] if is_complete(final) else [])
-    return max(candidates, key=lambda p: (checkpoint_step(p), p.name == "final"), default=None)
+    read = [(path, _listed_info(path)) for path in candidates]
+    return max(read, key=lambda found: (found[1]["step"], found[0].name == "final"), default=None)
 
 
 def none_saved(run_dir: str | Path, otherwise: str = "no checkpoint was saved yet") -> str:

@@ -26,16 +26,7 @@ from trickster.observe.sinks import MetricSinks
 from trickster.observe.status import Heartbeat
 from trickster.run_checkpoints import STEP_DIR
 from trickster.train import checkpoint as ckpt
-from trickster.train import (
-    checkpoint_load,
-    dist,
-    dist_checkpoint,
-    hellaswag_eval,
-    lost_output,
-    profiling,
-    recovery,
-    setup,
-)
+from trickster.train import dist, dist_checkpoint, hellaswag_eval, lost_output, profiling, recovery, setup
 from trickster.train.async_save import Writer, stage_shards
 from trickster.train.batches import DeviceBatches
 from trickster.train.budget import Clock
@@ -56,7 +47,7 @@ from trickster.train.finetune import model_vocab
 from trickster.train.memory import check_fits, check_validation_set, resolve_batch
 from trickster.train.optim import build_optimizer, set_lr
 from trickster.train.rank0 import on_main
-from trickster.train.resume import claimed, diverged, older_trainer_state
+from trickster.train.resume import claimed, diverged, trainer_state
 from trickster.train.signals import StopSignals, announce_signals, while_starting
 from trickster.train.spikes import SpikeDetector
 from trickster.train.state import (
@@ -126,7 +117,7 @@ class Trainer:
         if held is not None:  # rank 0 claims the folder; all processes stop if another one holds it
             on_main(job, lambda: held.enter_context(claimed(self.run_dir)))
         opened = setup.open_run(cfg, self.data, resume, job, self.out)
-        cfg, self.resumed_from, saved, repairs, changed = opened  # saved: the checkpoint's config
+        cfg, self.resumed_from, saved, info, notes, changed = opened  # saved, info: its config, info.json
         # read and checked before any trial step; not when `resume: auto` finds the run finished
         self.hellaswag = hellaswag_eval.HellaSwagEval(cfg, self.data.tokenizer, job)
         resolved = on_main(job, resolve_batch, cfg, self.device, job, self.resumed_from, saved, changed)
@@ -136,10 +127,9 @@ class Trainer:
         # checkpoint's state if resuming: its files summed as they load, refused if any changed
         sampler = BatchSampler(self.data.train, cfg.seq_len, t.batch_size, t.seed, job.rank, job.world_size)
         self.batches = DeviceBatches(sampler, self.device)
-        self.state = TrainState()
+        self.state, self.timer = TrainState(), StepTimer()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.device.dtype == "float16")
         self.signals = StopSignals(*announce_signals(self.run_dir, job)) if job.is_main else StopSignals()
-        self.timer = StepTimer()
         self.spikes = SpikeDetector(t.spike_factor, t.spike_steps, t.spike_window)
         self.clock = Clock(t)
         self.heartbeat = Heartbeat(self.run_dir, t.max_steps, enabled=job.is_main)
@@ -149,9 +139,10 @@ class Trainer:
         self.hellaswag_due = self.hellaswag.enabled  # at step 0; resumed: as eval_due, for HellaSwag
         self.val_draw_width = t.batch_size * job.world_size  # a resumed run keeps its own
         self.saved_processes = job.world_size  # resumed: the processes of the job that saved it
-        with setup.resume_verified(job, self.resumed_from, self.run_dir):
-            built = setup.build_model(cfg, self.data, job, self.device, self.resumed_from, self.out, base)
-            self.model, self.step_model, self.origin = built  # origin: the checkpoint a fine-tune began from
+        with setup.resume_verified(job, self.resumed_from, self.run_dir, info):
+            self.model, self.step_model, self.origin = setup.build_model(  # origin: where a fine-tune began
+                cfg, self.data, job, self.device, self.resumed_from, self.out, base, info
+            )
             self.optimizer = build_optimizer(self.model, t, self.device)
             if job.rank > 0:  # other dropout masks on each process (rank 0 draws as a single process would)
                 torch.manual_seed(t.seed + job.rank)
@@ -168,8 +159,8 @@ class Trainer:
         if job.is_main:  # what MFU divides by (datasheet, configured or measured), by the process that logs
             self.peak = mfu_peak(self.device, cfg.device.dtype, cfg.device.peak_tflops)
         self.manifest = run_manifest(self.device)
-        setup.announce(self, resume, changed, repairs + recovery.fresh_rollbacks(self, changed))
-        recovery.remeasure_best(self, saved)  # resumed on another validation set than best's loss
+        setup.announce(self, resume, changed, notes + recovery.fresh_rollbacks(self, changed))
+        recovery.remeasure_best(self, saved, info)  # resumed on another validation set than best's loss
 
     def train(self) -> TrainResult:
         t, state = self.cfg.training, self.state
@@ -387,8 +378,7 @@ class Trainer:
     def load(self, path: Path) -> None:
         """Continue from the checkpoint at `path`, written by this or any other number of processes."""
         self.saved = None  # the weights it had are gone
-        stored = checkpoint_load.load_trainer_state(path, mapped=not self.job.is_main)
-        trainer = older_trainer_state(stored, path)
+        trainer = trainer_state(path, mapped=not self.job.is_main)
         optimizer = trainer["optimizer"]
         if "state" in optimizer:  # gathered, by parameter name
             dist_checkpoint.load_full_optimizer_state(self.model, self.optimizer, optimizer, self.job)

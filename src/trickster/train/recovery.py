@@ -258,10 +258,10 @@ def validation_set(cfg: Config) -> dict:
     return {"training_config.seq_len": cfg.seq_len, "training_config.eval_batches": cfg.training.eval_batches}
 
 
-def remeasure_best(trainer: Trainer, resumed_config: Config | None) -> None:
+def remeasure_best(trainer: Trainer, resumed_config: Config | None, resumed_info: dict | None) -> None:
     """`best` evaluated again on resume where its loss was measured on another validation set, so
     that no later evaluation replaces it, or fails to, by comparing the two (`resumed_config`: the
-    config.yaml of the checkpoint resumed from, as setup.open_run read it):
+    config.yaml and info.json of the checkpoint resumed from, as setup.open_run read them):
 
     - a resume whose seq_len or eval_batches, as used, differ from the checkpoint's (validate.
       validation_batches draws the windows by them): `best` kept its loss on the old windows, which
@@ -274,9 +274,7 @@ def remeasure_best(trainer: Trainer, resumed_config: Config | None) -> None:
         return
     now, before = validation_set(trainer.cfg), validation_set(resumed_config)
     redrawn = [key for key, value in now.items() if before[key] != value]
-    older = trainer.data.val.loss_mask is not None and "val_draw_width" not in run_checkpoints.read_info(
-        resumed
-    )
+    older = trainer.data.val.loss_mask is not None and "val_draw_width" not in resumed_info
     if not (redrawn or older):
         return
     load_run_weights(trainer, best)

@@ -14,10 +14,7 @@ from pathlib import Path
 
 from trickster import run_checkpoints
 from trickster.atomic import put_in_place, remove_leftovers, still_at, write_aside
-from trickster.config import Config
 from trickster.config_saved import read_saved
-from trickster.data.loader import PreparedData
-from trickster.data.token_meaning import same_ids
 from trickster.errors import UserError, disk_errors, write_fix
 from trickster.model import lora
 from trickster.observe.events import DamagedLines, MetricsLine, disk_fix, last_event, metrics_lines
@@ -59,12 +56,13 @@ def can_continue(run_dir: Path) -> tuple[Path, int] | None:
     `trickster train --config RUN/config.yaml --resume` continues, and the max_steps that config
     trains to. None for a folder without one, a run that has finished (`finished`) or that a
     process trains now (its heartbeat), and one whose config.yaml or metrics cannot be read."""
-    found = run_checkpoints.latest(run_dir) if run_dir.is_dir() else None
-    if found is None or trains_now(run_dir):
+    newest = run_checkpoints.newest(run_dir) if run_dir.is_dir() else None
+    if newest is None or trains_now(run_dir):
         return None
+    found, info = newest
     try:
         max_steps = read_saved(run_dir / "config.yaml", "").training.max_steps
-        return None if has_ended(run_dir, found, max_steps) else (found, max_steps)
+        return None if has_ended(run_dir, info["step"], max_steps) else (found, max_steps)
     except UserError:
         return None
 
@@ -138,20 +136,24 @@ def _lock(lock, run_dir: Path) -> None:
         ) from None
 
 
-def open_run_dir(run_dir: Path, resume: bool | str, max_steps: int) -> tuple[Path | None, list[str], bool]:
-    """Make sure the run may start here; returns the checkpoint to resume from, any repairs, and
-    whether that checkpoint ends a run that has done its max_steps (`finished`: then the folder
-    is left as it is, not even tidied)."""
+def open_run_dir(
+    run_dir: Path, resume: bool | str, max_steps: int
+) -> tuple[Path | None, dict | None, list[str], bool]:
+    """Make sure the run may start here; returns the checkpoint to resume from and its info.json
+    (read once, by the listing that found it), any repairs, and whether that checkpoint ends a run
+    that has done its max_steps (has_ended: then the folder is left as it is, not even tidied)."""
     _refuse_a_file(run_dir)
-    done = finished(run_dir, max_steps) if resume else None
-    if done is not None:
-        return done, [], True
+    newest = run_checkpoints.newest(run_dir)
+    if resume and newest is not None and has_ended(run_dir, newest[1]["step"], max_steps):
+        return *newest, [], True
     repairs = _tidy(run_dir) if resume else []
-    found = run_checkpoints.latest(run_dir)
+    if repairs:  # tidying may have put back a checkpoint that a kill left aside (recover)
+        newest = run_checkpoints.newest(run_dir)
+    found, info = newest or (None, None)
     if not resume and found is not None:
         raise UserError(
             f"{run_dir} already holds a trained run (its newest checkpoint: {found.name}, step "
-            f"{run_checkpoints.checkpoint_step(found)}); pass --resume to continue it (with a larger "
+            f"{info['step']}); pass --resume to continue it (with a larger "
             "training_config.max_steps once it has done its steps), or choose a new folder with --out "
             "(nothing was overwritten)"
         )
@@ -166,7 +168,7 @@ def open_run_dir(run_dir: Path, resume: bool | str, max_steps: int) -> tuple[Pat
             "to start the run afresh there, or drop --resume and choose a new --out"
         )
     _make_folder(run_dir / "checkpoints", run_dir)
-    return found, repairs, False
+    return found, info, repairs, False
 
 
 def changed_fix(found: Path, run_dir: Path) -> str:
@@ -207,26 +209,18 @@ def _resumable(run_dir: Path) -> list[Path]:
     return [path for *_, path in sorted(found, key=lambda item: item[:2], reverse=True)]
 
 
-def finished(run_dir: Path, max_steps: int) -> Path | None:
-    """The newest checkpoint of a run that has nothing left to do: saved at (or past) max_steps,
-    and the run's last event is its `end` at that step. Not finished: a run whose last evaluation
-    was cut short (killed after `final` was saved, before its `end` event: a resume evaluates again
-    and ends it), one a time budget or a spike's rollback stopped (short of max_steps, a `stopped`
-    event last), one given a larger max_steps since (it continues)."""
-    found = run_checkpoints.latest(run_dir)
-    return found if found is not None and has_ended(run_dir, found, max_steps) else None
-
-
-def has_ended(run_dir: Path, checkpoint: Path, max_steps: int) -> bool:
-    """Whether `checkpoint`, the run's newest (run_checkpoints.latest), finished it: see `finished`."""
-    step = run_checkpoints.checkpoint_step(checkpoint)
+def has_ended(run_dir: Path, step: int, max_steps: int) -> bool:
+    """Whether the run's newest checkpoint, saved at `step`, finished it: a run that has nothing left
+    to do saved it at (or past) max_steps, and its last event is its `end` at that step. Not
+    finished: a run whose last evaluation was cut short (killed after `final` was saved, before its
+    `end` event: a resume evaluates again and ends it), one a time budget or a spike's rollback
+    stopped (short of max_steps, a `stopped` event last), one given a larger max_steps since."""
     return step >= max_steps and _ended(run_dir / "metrics.jsonl", step)
 
 
-def finished_line(checkpoint: Path, run_dir: Path) -> str:
+def finished_line(checkpoint: Path, step: int, run_dir: Path) -> str:
     """What `resume: auto` in a finished run says before it exits with status 0, having changed
     nothing: a requeue script that reruns the same command costs no checkpoint write."""
-    step = run_checkpoints.checkpoint_step(checkpoint)
     return (
         f"{run_dir} already finished at step {step:,} (checkpoints/{checkpoint.name}); nothing to do. To "
         f"train further, resume with a larger training_config.max_steps (e.g. training_config.max_steps="
@@ -234,15 +228,14 @@ def finished_line(checkpoint: Path, run_dir: Path) -> str:
     )
 
 
-def refuse_done(checkpoint: Path, run_dir: Path, max_steps: int, done: bool) -> None:
+def refuse_done(checkpoint: Path, step: int, run_dir: Path, max_steps: int, done: bool) -> None:
     """--resume of a run that has done its training_config.max_steps: nothing is left to train, so
     one line says how to train further, before anything in the folder changes (resume: auto, which
     a requeue script reruns until the job is done, says so of a run that ended and ends with status
     0: finished_line). `done`: open_run_dir's answer. A run whose last evaluation was cut short is
-    not done (see `finished`), one whose checkpoint is past max_steps is: with `resume: auto` too,
+    not done (see has_ended), one whose checkpoint is past max_steps is: with `resume: auto` too,
     a run that had not ended (stopped, killed) before max_steps was lowered below its step, which
     would otherwise end with no step trained and no evaluation at its last one."""
-    step = run_checkpoints.checkpoint_step(checkpoint)
     if step <= max_steps and not done:
         return
     raise UserError(
@@ -280,54 +273,10 @@ def _make_folder(folder: Path, run_dir: Path) -> None:
         raise UserError(f"cannot create run folder {run_dir} ({err.strerror}); {WRITE_FIX(err)}") from None
 
 
-# May differ between the checkpoint and the resumed run without being reported as a change
-UNREPORTED_ON_RESUME = {"data_config.path", "logging_config.output_dir", "training_config.resume"}
-
-
-def check_resumable(path: Path, saved_cfg: Config, cfg: Config, data: PreparedData) -> dict:
-    """Refuse a checkpoint of another model, tokenizer or data; return the settings that changed.
-    `saved_cfg`: the checkpoint's config (checkpoint_load.read_config(path)).
-
-    Other settings (max_steps, learning rate, intervals, ...) may change: they come back as
-    {key: [old, new]} to be logged.
-    """
-    if saved_cfg.model != cfg.model:
-        changed = [
-            k for k in type(cfg.model).model_fields if getattr(saved_cfg.model, k) != getattr(cfg.model, k)
-        ]
-        raise UserError(
-            f"cannot resume from {path}: model_config changed ({', '.join(changed)}); "
-            "restore those values or start a new run with another --out"
-        )
-    if saved_cfg.training.optimizer != cfg.training.optimizer:
-        raise UserError(
-            f"cannot resume from {path}: it was trained with training_config.optimizer="
-            f"{saved_cfg.training.optimizer} and holds that optimizer's state; set "
-            f"training_config.optimizer={saved_cfg.training.optimizer}, or start a new run with another --out"
-        )
-    if saved_cfg.training.seed != cfg.training.seed:  # it changed only the validation set and the samples
-        raise UserError(
-            f"cannot resume from {path}: it was trained with training_config.seed={saved_cfg.training.seed}, "
-            "and a resume continues its data order and random generators and evaluates on the validation "
-            f"windows that seed drew; set training_config.seed={saved_cfg.training.seed}, or start a new run "
-            "with another --out for another seed"
-        )
-    info = run_checkpoints.read_info(path)
-    if not same_ids(checkpoint_load.read_tokenizer(path), data.tokenizer):
-        raise UserError(f"cannot resume from {path}: the tokenizer changed; {_data_fix(info, data)}")
-    if info.get("data_fingerprint") != data.meta.get("tokens_sha256"):
-        raise UserError(f"cannot resume from {path}: the prepared data changed; {_data_fix(info, data)}")
-    return _changed_settings(saved_cfg, cfg)
-
-
-def _data_fix(info: dict, data: PreparedData) -> str:
-    """The fix: the data folder the checkpoint's run named (info.json, relative to where it trained)."""
-    trained_on, new_run = info.get("data_path"), "or start a new run with another --out"
-    if trained_on is None:
-        return "use the data it was trained on"
-    if Path(trained_on).resolve() != Path(data.path).resolve():
-        return f"it was trained on {trained_on}: pass --data {trained_on}, {new_run}"
-    return f"{trained_on} was prepared again since the run trained on it: prepare it as it was, {new_run}"
+def trainer_state(path: Path, mapped: bool = False) -> dict:
+    """trainer.pt of the checkpoint at `path` (checkpoint_load.load_trainer_state; `mapped` as
+    there), with what older versions did not write filled in (older_trainer_state)."""
+    return older_trainer_state(checkpoint_load.load_trainer_state(path, mapped=mapped), path)
 
 
 def older_trainer_state(trainer: dict, path: Path) -> dict:
@@ -358,20 +307,6 @@ def older_trainer_state(trainer: dict, path: Path) -> dict:
     trainer.setdefault("eval_due", "spikes" in trainer and evaluated_here)
     trainer.setdefault("val_draw_width", saved.batch_size * len(trainer["rng"]))
     return trainer
-
-
-def _changed_settings(old: Config, new: Config) -> dict[str, list]:
-    """{key: [old, new]}; a setting the checkpoint's config.yaml held of the wrong kind is compared
-    as the file held it (its default took its place in `old`)."""
-    before, after = old.to_dict(), new.to_dict()
-    changed = {}
-    for section, values in after.items():
-        for key, value in values.items():
-            dotted = f"{section}.{key}"
-            previous = old.set_aside.get(dotted, before.get(section, {}).get(key))
-            if previous != value and dotted not in UNREPORTED_ON_RESUME:
-                changed[dotted] = [previous, value]
-    return changed
 
 
 @contextlib.contextmanager

@@ -33,12 +33,12 @@ from trickster.train.resume import (
     RESUME_READS,
     WRITE_FIX,
     changed_fix,
-    check_resumable,
     finished_line,
     metrics_cut_back,
     open_run_dir,
     refuse_done,
 )
+from trickster.train.resume_checks import check_resumable, refuse_init_from_on_scratch
 from trickster.train.state import TrainResult, TrainState
 
 if TYPE_CHECKING:  # loop imports this module
@@ -46,7 +46,7 @@ if TYPE_CHECKING:  # loop imports this module
 
 
 class Finished(Exception):  # not an error: the run has nothing left to do
-    """`resume: auto` in a run folder whose run has done its max_steps and ended (resume.finished):
+    """`resume: auto` in a run folder whose run has done its max_steps and ended (resume.has_ended):
     its line is printed, nothing in the folder changes, and train() returns `result` (the command
     exits with status 0), on every process of a job alike."""
 
@@ -57,44 +57,33 @@ class Finished(Exception):  # not an error: the run has nothing left to do
 
 def open_run(
     cfg: Config, data: PreparedData, resume, job: dist.Dist, out: Console
-) -> tuple[Config, Path | None, Config | None, list[str], dict]:
+) -> tuple[Config, Path | None, Config | None, dict | None, list[str], dict]:
     """The config to train with (the settings the user left to a preset or a saved config fitted
     to the run, or kept as its checkpoint has them: fitted.py), the checkpoint to resume from (or
-    None) and its config.yaml as read (checkpoint_load.read_config, once per resume), the lines to print after
-    the header (the repairs made in the folder; on a new run, the settings fitted), and the settings
-    that changed since that checkpoint. Rank 0 looks; every process gets its answer. A run that has
-    done its steps: --resume refuses in one line, `resume: auto` raises Finished."""
+    None) with its config.yaml and info.json as read (once per resume: passed on to what needs
+    them), the lines to print after the header (the repairs made in the folder; on a new run, the
+    settings fitted), and the settings that changed since that checkpoint. Rank 0 looks; every
+    process gets its answer. A run that has done its steps: --resume refuses in one line,
+    `resume: auto` raises Finished."""
     run_dir, max_steps = Path(cfg.logging.output_dir), cfg.training.max_steps
-    resumed_from, repairs, done = on_main(job, open_run_dir, run_dir, resume, max_steps)
+    resumed_from, info, repairs, done = on_main(job, open_run_dir, run_dir, resume, max_steps)
     saved = checkpoint_load.read_config(resumed_from) if resumed_from is not None else None
     cfg, fitted = fitted_config(cfg, data, saved)  # before the changes since the checkpoint are found
-    changed = check_resumable(resumed_from, saved, cfg, data) if resumed_from is not None else {}
+    changed = check_resumable(resumed_from, saved, info, cfg, data) if resumed_from is not None else {}
     if resumed_from is not None and (resume is True or not done):  # auto: past a max_steps lowered since
-        on_main(job, refuse_done, resumed_from, run_dir, max_steps, done)
+        refuse_done(resumed_from, info["step"], run_dir, max_steps, done)
     if done:  # `auto`, as a requeue script reruns it: the checkpoint is this run's (checked above)
-        out.line(finished_line(resumed_from, run_dir))
-        raise Finished(TrainResult(cfg, run_dir, _finished_state(resumed_from), None, _params(cfg), True))
-    if resumed_from is not None:
-        _refuse_init_from_on_scratch(resumed_from, saved, cfg)
-    return cfg, resumed_from, saved, repairs + fitted, changed
-
-
-def _refuse_init_from_on_scratch(checkpoint: Path, saved: Config, cfg: Config) -> None:
-    """A run trained from scratch resumed with training_config.init_from: a resume continues from
-    its checkpoint and never reads init_from, which the run would yet record as where it began (its
-    config.yaml, 'Resuming the fine-tune', 'changed on resume'). A fine-tune may name its base
-    anew (moved since: its checkpoint holds every weight)."""
-    wanted = cfg.training.init_from
-    if saved.training.init_from is None and wanted is not None:
-        raise UserError(
-            f"cannot resume from {checkpoint}: the run was trained from scratch, and a resume continues "
-            f"from its checkpoint, never from training_config.init_from ({wanted}); drop init_from to "
-            f"continue the run, or start a fine-tune of {wanted} with another --out (nothing was changed)"
-        )
+        out.line(finished_line(resumed_from, info["step"], run_dir))
+        raise Finished(TrainResult(cfg, run_dir, _finished_state(info), None, _params(cfg), True))
+    if resumed_from is not None:  # after refuse_done and Finished: a run done says so first
+        refuse_init_from_on_scratch(resumed_from, saved, cfg)
+    return cfg, resumed_from, saved, info, repairs + fitted, changed
 
 
 @contextlib.contextmanager
-def resume_verified(job: dist.Dist, checkpoint: Path | None, run_dir: Path) -> Iterator[None]:
+def resume_verified(
+    job: dist.Dist, checkpoint: Path | None, run_dir: Path, info: dict | None
+) -> Iterator[None]:
     """The block loads the checkpoint the run resumes from (None: a fresh start, nothing to check)
     on every process, while rank 0 sums the files a resume reads (RESUME_READS) in other threads
     (checksums.verified): each file is read for its sum beside its load, not summed first and read
@@ -111,7 +100,7 @@ def resume_verified(job: dist.Dist, checkpoint: Path | None, run_dir: Path) -> I
         loaded = False
         try:
             with checksums.verified(
-                checkpoint, RESUME_READS, functools.partial(changed_fix, checkpoint, run_dir)
+                checkpoint, RESUME_READS, functools.partial(changed_fix, checkpoint, run_dir), info
             ):
                 yield
                 loaded = True
@@ -129,9 +118,8 @@ def _raise_refusal(refusal: UserError | None) -> None:
         raise refusal
 
 
-def _finished_state(checkpoint: Path) -> TrainState:
+def _finished_state(info: dict) -> TrainState:
     """Where a finished run stands, from its checkpoint's info.json (trainer.pt is not read)."""
-    info = run_checkpoints.read_info(checkpoint)
     best = info.get("best_val_loss")
     return TrainState(
         step=info["step"],
@@ -153,10 +141,12 @@ def build_model(
     resumed_from,
     out: Console,
     base: checkpoint_load.CheckpointFiles | None = None,
+    resumed_info: dict | None = None,
 ) -> tuple[Transformer, torch.nn.Module, dict | None]:
     """The plain model (weights restored before it is wrapped), the module a step calls, and
     the checkpoint a fine-tune started from (finetune.origin; None from scratch). `base`: the
-    init_from checkpoint's files, if read already (finetune.model_vocab)."""
+    init_from checkpoint's files, if read already (finetune.model_vocab); `resumed_info`: the
+    info.json of `resumed_from`, as open_run read it."""
     with allocation_refused(cfg, device, job):
         model = Transformer(cfg.model).to(device)
         # init_from weights (not on resume: the checkpoint has them), LoRA adapters; else nothing
@@ -164,7 +154,7 @@ def build_model(
         origin = setup_finetuning(model, cfg, data.tokenizer, base, out.line, resuming)
     if resumed_from is not None:
         weight_loading.load_weights(model, resumed_from / run_checkpoints.WEIGHTS)
-        origin = run_checkpoints.read_info(resumed_from).get("init_from")  # recorded when the run began
+        origin = resumed_info.get("init_from")  # recorded when the run began
     model.checkpoint_activations = cfg.device.activation_checkpointing
     # None (auto) was resolved for the machine by the train command; a library call compiles only
     # when asked

@@ -1,0 +1,90 @@
+"""A checkpoint checked to fit the run that resumes from it, before anything of it is loaded: the
+same model, optimizer, seed, tokenizer and data (check_resumable, which returns the settings changed
+since, to log), and a run trained from scratch not resumed as a fine-tune (refuse_init_from_on_scratch,
+after resume.refuse_done: a run that has done its steps says so first)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from trickster.config import Config
+from trickster.data.loader import PreparedData
+from trickster.data.token_meaning import same_ids
+from trickster.errors import UserError
+from trickster.train import checkpoint_load
+
+# May differ between the checkpoint and the resumed run without being reported as a change
+UNREPORTED_ON_RESUME = {"data_config.path", "logging_config.output_dir", "training_config.resume"}
+
+
+def check_resumable(path: Path, saved_cfg: Config, info: dict, cfg: Config, data: PreparedData) -> dict:
+    """Refuse a checkpoint of another model, tokenizer or data; return the settings that changed.
+    `saved_cfg` and `info`: the checkpoint's config.yaml and info.json, as open_run read them.
+
+    Other settings (max_steps, learning rate, intervals, ...) may change: they come back as
+    {key: [old, new]} to be logged.
+    """
+    if saved_cfg.model != cfg.model:
+        changed = [
+            k for k in type(cfg.model).model_fields if getattr(saved_cfg.model, k) != getattr(cfg.model, k)
+        ]
+        raise UserError(
+            f"cannot resume from {path}: model_config changed ({', '.join(changed)}); "
+            "restore those values or start a new run with another --out"
+        )
+    if saved_cfg.training.optimizer != cfg.training.optimizer:
+        raise UserError(
+            f"cannot resume from {path}: it was trained with training_config.optimizer="
+            f"{saved_cfg.training.optimizer} and holds that optimizer's state; set "
+            f"training_config.optimizer={saved_cfg.training.optimizer}, or start a new run with another --out"
+        )
+    if saved_cfg.training.seed != cfg.training.seed:  # it changed only the validation set and the samples
+        raise UserError(
+            f"cannot resume from {path}: it was trained with training_config.seed={saved_cfg.training.seed}, "
+            "and a resume continues its data order and random generators and evaluates on the validation "
+            f"windows that seed drew; set training_config.seed={saved_cfg.training.seed}, or start a new run "
+            "with another --out for another seed"
+        )
+    if not same_ids(checkpoint_load.read_tokenizer(path), data.tokenizer):
+        raise UserError(f"cannot resume from {path}: the tokenizer changed; {_data_fix(info, data)}")
+    if info.get("data_fingerprint") != data.meta.get("tokens_sha256"):
+        raise UserError(f"cannot resume from {path}: the prepared data changed; {_data_fix(info, data)}")
+    return _changed_settings(saved_cfg, cfg)
+
+
+def _data_fix(info: dict, data: PreparedData) -> str:
+    """The fix: the data folder the checkpoint's run named (info.json, relative to where it trained)."""
+    trained_on, new_run = info.get("data_path"), "or start a new run with another --out"
+    if trained_on is None:
+        return "use the data it was trained on"
+    if Path(trained_on).resolve() != Path(data.path).resolve():
+        return f"it was trained on {trained_on}: pass --data {trained_on}, {new_run}"
+    return f"{trained_on} was prepared again since the run trained on it: prepare it as it was, {new_run}"
+
+
+def _changed_settings(old: Config, new: Config) -> dict[str, list]:
+    """{key: [old, new]}; a setting the checkpoint's config.yaml held of the wrong kind is compared
+    as the file held it (its default took its place in `old`)."""
+    before, after = old.to_dict(), new.to_dict()
+    changed = {}
+    for section, values in after.items():
+        for key, value in values.items():
+            dotted = f"{section}.{key}"
+            previous = old.set_aside.get(dotted, before.get(section, {}).get(key))
+            if previous != value and dotted not in UNREPORTED_ON_RESUME:
+                changed[dotted] = [previous, value]
+    return changed
+
+
+def refuse_init_from_on_scratch(checkpoint: Path, saved: Config, cfg: Config) -> None:
+    """A run trained from scratch resumed with training_config.init_from: a resume continues from
+    its checkpoint and never reads init_from, which the run would yet record as where it began (its
+    config.yaml, 'Resuming the fine-tune', 'changed on resume'). A fine-tune may name its base
+    anew (moved since: its checkpoint holds every weight)."""
+    wanted = cfg.training.init_from
+    if saved.training.init_from is None and wanted is not None:
+        raise UserError(
+            f"cannot resume from {checkpoint}: the run was trained from scratch, and a resume continues "
+            f"from its checkpoint, never from training_config.init_from ({wanted}); drop init_from to "
+            f"continue the run, or start a fine-tune of {wanted} with another --out (nothing was changed)"
+        )
