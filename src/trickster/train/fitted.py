@@ -13,6 +13,10 @@ or the defaults (Config.gave: not on the command line, not in a config file of t
   a tenth of max_steps, said in one line. torchtitan clamps such a warmup to the run's steps with
   a warning, litgpt warns and clamps it, nanochat sizes it as a fraction of the run; a warmup the
   user gave that does not fit is still refused (config_checks).
+- training_config.eval_every and save_every: one of max_steps or more (tiny's 250 and 500 in a
+  60-step fine-tune) becomes a fifth of max_steps, said in one line: the run is evaluated and
+  saved a handful of times, not only at its start and end. A run too short for an interval of
+  MIN_FITTED_INTERVAL steps (a try of a few steps) keeps them.
 
 What a run trains with is what it records: config.yaml, W&B's run config and TensorBoard's
 (setup.write_run_files) hold the fitted values. A resumed run keeps the values its checkpoint
@@ -32,7 +36,10 @@ from trickster.data.loader import PreparedData
 from trickster.data.tokenizers import CharTokenizer
 from trickster.plural import counted
 
-FITTED = ("sample_prompt", "warmup_steps")  # training_config keys a run may fit to itself
+# training_config keys a run may fit to itself
+FITTED = ("sample_prompt", "warmup_steps", "eval_every", "save_every")
+INTERVALS = 5  # evaluations (and saves) a run fits its intervals to, its end's among them
+MIN_FITTED_INTERVAL = 10  # steps; a shorter run (a try) is evaluated at its start and end only
 SEARCHED = 1 << 24  # tokens of the train split looked through for a preset's sample prompt
 
 
@@ -60,7 +67,25 @@ def fitted_config(cfg: Config, data: PreparedData, saved: Config | None) -> tupl
             f"warmup_steps {t.warmup_steps:,} does not fit in {counted(t.max_steps, 'step')}: {fitted} "
             "(set training_config.warmup_steps to choose)"
         )
+    intervals = _intervals(cfg, [key for key in ("eval_every", "save_every") if key in left])
+    if intervals:
+        values.update(intervals)
+        said = ", ".join(f"{key} {getattr(t, key):,}" for key in intervals)
+        notes.append(
+            f"{said} past {counted(t.max_steps, 'step')}: every {counted(t.max_steps // INTERVALS, 'step')} "
+            f"instead, a fifth of them (set training_config.{' or '.join(intervals)} to choose)"
+        )
     return _with(cfg, values), notes
+
+
+def _intervals(cfg: Config, left: list[str]) -> dict[str, int]:
+    """The intervals among `left` that no step of the run reaches before its last, fitted to a fifth
+    of it; none for a run too short to fit them to MIN_FITTED_INTERVAL steps."""
+    t = cfg.training
+    fifth = t.max_steps // INTERVALS
+    if fifth < MIN_FITTED_INTERVAL:
+        return {}
+    return {key: fifth for key in left if getattr(t, key) >= t.max_steps}
 
 
 def _not_in_text(data: PreparedData, prompt: str) -> str | None:
