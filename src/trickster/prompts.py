@@ -17,10 +17,16 @@ def hinted_prompt(tokenizer: Tokenizer, prompt: str) -> str:
     --prompt does (a line break, or a new document). A run trained before its sample prompt was fitted
     to the data (train/fitted.py) kept tiny's ROMEO: in a char vocabulary without 'R': generate
     refused the line printed, and llama.cpp aborts on a character outside a char vocabulary."""
+    return prompt if encodable_ids(tokenizer, prompt) else ""
+
+
+def encodable_ids(tokenizer: Tokenizer, text: str) -> list[int]:
+    """`text`'s ids, or none where the tokenizer cannot encode it (a character a char vocabulary
+    lacks): a sample prompt, which the run fitted to its data or not, is then left out, not fatal."""
     try:
-        return prompt if tokenizer.encode(prompt) else ""
+        return tokenizer.encode(text)
     except UserError:
-        return ""
+        return []
 
 
 def generate_hint(run_dir: Path, prompt: str) -> str:

@@ -13,7 +13,7 @@ from trickster.data.tokenizers import Tokenizer
 from trickster.errors import UserError
 from trickster.model.generate import generate
 from trickster.model.transformer import Transformer
-from trickster.prompts import new_document
+from trickster.prompts import encodable_ids, new_document
 from trickster.train import dist
 from trickster.train.device import autocast_for
 from trickster.train.state import nonfinite_weights
@@ -112,10 +112,7 @@ def sample_text(
     the sample starts a new document, as `trickster generate` does (prompts.new_document). Its ids
     start as generate's and the training documents' do (an imported Llama tokenizer's <s>).
     """
-    try:
-        ids = tokenizer.encode(prompt)
-    except UserError:
-        ids = []
+    ids = encodable_ids(tokenizer, prompt)
     if not ids:
         prompt, ids = new_document(tokenizer)
     out = generate(
