@@ -28,14 +28,19 @@ def version(path: Path) -> tuple[int, ...] | None:
 
 def checkpoints(target: Path) -> dict[str, Path]:
     """Complete checkpoints by name: best and final first, then the numbered ones, oldest first."""
-    if run_checkpoints.is_complete(target) or (target / run_checkpoints.WEIGHTS).exists():
-        return {
-            Path(os.path.abspath(target)).name: checkpoint_path.resolve(target)
-        }  # `.` is named as its folder
+    if one_checkpoint(target):
+        # `.` is named as its folder
+        return {Path(os.path.abspath(target)).name: checkpoint_path.resolve(target)}
     found = listing(target / "checkpoints")
     if not found and not started_run(target):
         checkpoint_path.resolve(target)  # raises the error that says what is missing
     return found
+
+
+def one_checkpoint(target: Path) -> bool:
+    """Whether `target` is a checkpoint folder (complete, or with weights), served alone, rather than
+    a run whose checkpoints/ is listed."""
+    return run_checkpoints.is_complete(target) or (target / run_checkpoints.WEIGHTS).exists()
 
 
 def started_run(target: Path) -> bool:

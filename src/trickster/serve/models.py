@@ -64,17 +64,14 @@ class Catalog:
         self.device, self.max_loaded, self.chat_template = device, max_loaded, chat_template
         self.names = names
         # a run's checkpoints/, listed anew when it changes (None: one checkpoint folder is served)
-        whole_run = not (
-            run_checkpoints.is_complete(Path(target)) or (Path(target) / run_checkpoints.WEIGHTS).exists()
-        )
+        whole_run = not disk.one_checkpoint(Path(target))
         self.folder = Path(target) / "checkpoints" if whole_run else None
         self.listed, self.relist_at = disk.stamp(self.folder), 0.0  # taken before listing it
         self.listing = threading.Lock()  # one rescan at a time
         self.departed: set[str] = set()  # offered once, gone from the disk since
         found = disk.checkpoints(Path(target))
-        resolved = (
-            checkpoint_path.resolve(target) if found else None
-        )  # None: a run that has saved no checkpoint yet
+        # None: a run that has saved no checkpoint yet
+        resolved = checkpoint_path.resolve(target) if found else None
         # names the run has yet to save (it trains): offered once saved, by rescan
         self.awaited = wanted.yet_to_save(names, found, Path(target), whole_run) if names is not None else []
         if names:
