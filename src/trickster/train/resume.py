@@ -54,7 +54,7 @@ def fresh_run_dir(out: Path) -> Path:
 def can_continue(run_dir: Path) -> tuple[Path, int] | None:
     """The newest checkpoint of a run that stopped short of its end (Ctrl-C, a kill, max_time), which
     `trickster train --config RUN/config.yaml --resume` continues, and the max_steps that config
-    trains to. None for a folder without one, a run that has finished (`finished`) or that a
+    trains to. None for a folder without one, a run that has finished (has_ended) or that a
     process trains now (its heartbeat), and one whose config.yaml or metrics cannot be read."""
     newest = run_checkpoints.newest(run_dir) if run_dir.is_dir() else None
     if newest is None or trains_now(run_dir):
