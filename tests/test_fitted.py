@@ -120,3 +120,67 @@ def test_a_preset_prompt_the_tokenizer_cannot_encode_starts_a_document_and_next_
 
     # given by the user: kept (its samples start a new document), and next: was
     # `trickster generate RUN --prompt ROMEO:`, which generate refused
+    given = tmp_path / "given"
+    out = _train_tiny(capsys, data, given, "training_config.sample_prompt=ROMEO:")
+    assert load_config(given / "config.yaml").training.sample_prompt == "ROMEO:"
+    assert out[-1] == f"next: trickster generate {given}", out
+
+
+def test_a_preset_prompt_the_training_text_never_holds_gives_way_to_a_new_document(tmp_path, capsys):
+    """Stories prepared with the byte tokenizer encode "ROMEO:", but never hold it: a model of them
+    answered tiny's prompt with '.' and the end of the text, so every sample at every evaluation
+    (the log, the report page) read "ROMEO:." and showed nothing of what it learned. Now the samples
+    start a new document, said in one line. A prompt the text holds is kept (test_train: ROMEO: in
+    Shakespeare's)."""
+    stories = [f"Once upon a time a cat named Tom {i} found a ball.\nThe end." for i in range(60)]
+    data, run = _prepared_stories(tmp_path, stories, "--tokenizer", "byte"), tmp_path / "run"
+    out = _train_tiny(capsys, data, run)
+    note = "sample_prompt 'ROMEO:' occurs nowhere in the training text: samples start a new document instead"
+    assert sum(line.startswith(note) for line in out) == 1, out
+    assert out[-1] == f"next: trickster generate {run}", out
+    assert not any("ROMEO" in e["sample"] for e in events(run, "eval"))
+
+    kept = tmp_path / "kept"  # given by the user: theirs, held or not
+    out = _train_tiny(capsys, data, kept, "training_config.sample_prompt=ROMEO:")
+    assert not any(line.startswith("sample_prompt") for line in out), out
+    assert all(e["sample"].startswith("ROMEO:") for e in events(kept, "eval"))
+
+
+def test_samples_without_a_prompt_print_the_text_generate_prints(tmp_path, capsys):
+    """One text without a line break: its char vocabulary has neither a line break nor an
+    end-of-text token, so a new document starts from its first symbol (' '). generate printed that
+    symbol before its continuation; the run's samples left it out ('hdnb...' for ' hdnb...'). Both
+    start a new document by one rule now: the last sample is what generate prints from the final
+    checkpoint with the run's seed and as many tokens."""
+    words = "the cat sat on a mat and ran to see the dog by the old tree".split()
+    (tmp_path / "one.txt").write_text(" ".join(words[(i * 7) % len(words)] for i in range(3000)))
+    data, run = tmp_path / "data", tmp_path / "run"
+    prepare = ["data", "prepare", "text", str(tmp_path / "one.txt"), "--out", str(data), "--no-progress"]
+    assert cli.main(prepare) == 0
+    _train_tiny(capsys, data, run)
+    sample = events(run, "eval")[-1]["sample"]
+    seed = str(load_config(run / "config.yaml").training.seed)
+    argv = ["generate", str(run / "checkpoints" / "final"), "--seed", seed, "--max-new-tokens", "8"]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed == sample + "\n" and sample.startswith(" "), (printed, sample)
+
+
+def test_a_short_run_of_a_preset_fits_its_eval_and_save_intervals(shakespeare_dir, tmp_path, capsys):
+    """tiny's eval_every 250 and save_every 500 in a 50-step fine-tune-sized run: it was evaluated
+    at its start and end only, with no checkpoint before its end. Left to the preset, both become
+    10 steps, said in one line and recorded (an interval the user gives is kept: Config.gave, as
+    for warmup)."""
+    run = tmp_path / "run"
+    argv = ["train", "--preset", "tiny", "--data", str(shakespeare_dir), "--out", str(run), "--no-progress"]
+    argv += [*[o for o in SHORT if "eval_every" not in o], "training_config.max_steps=50"]
+
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    note = "eval_every 250, save_every 500 past 50 steps: every 10 steps instead, a fifth of them"
+    assert sum(note in line for line in out.splitlines()) == 1
+    assert [e["step"] for e in events(run, "eval")] == [0, 10, 20, 30, 40, 50]
+    numbered = sorted(p.name for p in (run / "checkpoints").glob("step_*"))
+    assert numbered == ["step_000010", "step_000020", "step_000030", "step_000040"]
+    saved = load_config(run / "config.yaml").training
+    assert (saved.eval_every, saved.save_every) == (10, 10)
