@@ -10,7 +10,6 @@ from pathlib import Path
 
 import torch
 
-from trickster.config import ModelConfig
 from trickster.data.token_meaning import same_ids
 from trickster.errors import UserError
 from trickster.model.transformer import Transformer, untrained_like
@@ -22,7 +21,7 @@ from trickster.text_out import text_written
 from trickster.train import checkpoint_load
 from trickster.train.device import resolve_device
 from trickster.train.validate import evaluate, validation_batches
-from trickster.train.weights import SAME_FIELDS, weights_to_save
+from trickster.train.weights import differences, weights_to_save
 
 UNTRAINED = "untrained (random weights)"
 
@@ -119,17 +118,8 @@ def _cannot_stand_in(
     """Why `other`'s weights cannot be put in `loaded`'s model (other ids, another model), or None."""
     if not same_ids(other.tokenizer, loaded.tokenizer):
         return f"has another tokenizer than {loaded.path}"
-    theirs, mine = other.cfg.model, loaded.cfg.model
-    different = [
-        f"{key} {_field(theirs, key)} there, {_field(mine, key)} here"
-        for key in SAME_FIELDS
-        if _field(theirs, key) != _field(mine, key)
-    ]
+    different = differences(other.cfg.model, loaded.cfg.model)
     return f"is another model (model_config {'; '.join(different)})" if different else None
-
-
-def _field(model: ModelConfig, key: str):
-    return model.kv_heads if key == "num_kv_heads" else getattr(model, key)  # empty = num_heads
 
 
 def _as_run(other: checkpoint_load.LoadedCheckpoint, loaded: checkpoint_load.LoadedCheckpoint) -> Transformer:

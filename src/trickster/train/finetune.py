@@ -26,7 +26,7 @@ from trickster.model import lora
 from trickster.model.transformer import Transformer
 from trickster.model.vocab import resolve_vocab
 from trickster.train import checkpoint_load, checkpoint_path, settled
-from trickster.train.weights import SAME_FIELDS, weights_to_save
+from trickster.train.weights import differences, weights_to_save
 
 
 def setup_finetuning(
@@ -78,11 +78,7 @@ def _weights(
         with _named_init_from():
             base = checkpoint_load.files_at(path)
         _check_tokenizer(base, cfg, tokenizer)
-    different = [
-        f"{key} {_field(base.cfg, key)} there, {_field(cfg, key)} here"
-        for key in SAME_FIELDS
-        if _field(base.cfg, key) != _field(cfg, key)
-    ]
+    different = differences(base.cfg.model, cfg.model)
     if different:
         raise UserError(
             f"training_config.init_from {base.path} has another model_config ({'; '.join(different)}); "
@@ -151,7 +147,3 @@ def _named_init_from() -> Iterator[None]:
         yield
     except UserError as err:
         raise UserError(f"training_config.init_from: {err}") from None
-
-
-def _field(cfg: Config, key: str):
-    return cfg.model.kv_heads if key == "num_kv_heads" else getattr(cfg.model, key)  # empty = num_heads

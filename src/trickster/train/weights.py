@@ -28,7 +28,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from trickster import footprint
-from trickster.config import Config
+from trickster.config import Config, ModelConfig
 from trickster.errors import UserError
 from trickster.model import lora
 from trickster.model.flops import trained_parameters
@@ -50,6 +50,20 @@ SAME_FIELDS = (
     "norm_eps",
 )
 FIX = "put back its model_config (and training_config.lora) as saved, or use another checkpoint"
+
+
+def differences(theirs: ModelConfig, mine: ModelConfig) -> list[str]:
+    """The SAME_FIELDS in which `theirs` differs from `mine`, each as "KEY THEIRS there, MINE here":
+    why weights of one cannot be put in the other's model."""
+    return [
+        f"{key} {_field(theirs, key)} there, {_field(mine, key)} here"
+        for key in SAME_FIELDS
+        if _field(theirs, key) != _field(mine, key)
+    ]
+
+
+def _field(model: ModelConfig, key: str):
+    return model.kv_heads if key == "num_kv_heads" else getattr(model, key)  # empty = num_heads
 
 
 def weights_to_save(
