@@ -21,7 +21,7 @@ from trickster.text_out import text_written
 from trickster.train import checkpoint_load
 from trickster.train.device import resolve_device
 from trickster.train.validate import evaluate, validation_batches
-from trickster.train.weights import differences, weights_to_save
+from trickster.train.weights import copy_weights, differences
 
 UNTRAINED = "untrained (random weights)"
 
@@ -129,9 +129,7 @@ def _as_run(other: checkpoint_load.LoadedCheckpoint, loaded: checkpoint_load.Loa
     if other.cfg.model == loaded.cfg.model:
         return other.model
     model = checkpoint_load.empty_model(loaded.cfg.model, next(loaded.model.parameters()).device)
-    with torch.no_grad():  # every weight: the same model_config but for max_seq_len and dropout
-        for name, tensor in weights_to_save(other.model).items():
-            model.get_parameter(name).copy_(tensor)
+    copy_weights(model, other.model)  # the same model_config but for max_seq_len and dropout
     return model.eval()
 
 

@@ -16,8 +16,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-
 from trickster.config import Config
 from trickster.data.token_meaning import same_ids
 from trickster.data.tokenizers import Tokenizer
@@ -26,7 +24,7 @@ from trickster.model import lora
 from trickster.model.transformer import Transformer
 from trickster.model.vocab import resolve_vocab
 from trickster.train import checkpoint_load, checkpoint_path, settled
-from trickster.train.weights import differences, weights_to_save
+from trickster.train.weights import copy_weights, differences
 
 
 def setup_finetuning(
@@ -54,9 +52,7 @@ def setup_finetuning(
     loaded = settled.read_settled(
         Path(t.init_from), _resolve, lambda path: _weights(path, base, cfg, tokenizer)
     )
-    with torch.no_grad():
-        for name, tensor in weights_to_save(loaded.model).items():
-            model.get_parameter(name).copy_(tensor)
+    copy_weights(model, loaded.model)
     message = f"fine-tuning from {loaded.path} (step {loaded.info.get('step')})"
     if t.lora is not None:
         trainable = lora.apply_lora(model, t.lora)

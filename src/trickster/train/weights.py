@@ -78,6 +78,14 @@ def weights_to_save(
     return {name: t.detach().contiguous() for name, t in state.items()}
 
 
+def copy_weights(model: Transformer, source: Transformer) -> None:
+    """Every weight of `source` into `model`'s parameter of the same name: a model of the same
+    SAME_FIELDS (max_seq_len and dropout may differ)."""
+    with torch.no_grad():
+        for name, tensor in weights_to_save(source).items():
+            model.get_parameter(name).copy_(tensor)
+
+
 def weights_metadata(cfg: Config) -> dict[str, str]:
     """The str -> str metadata of a checkpoint's weight files: the model_config they were saved with."""
     return {"format": "pt", RECORDED: json.dumps(cfg.model.model_dump(mode="json"))}
