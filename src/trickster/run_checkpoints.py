@@ -51,6 +51,13 @@ def numbered(run_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
 
 
+def continuable(run_dir: str | Path) -> list[Path]:
+    """The checkpoints a run continues from: the complete numbered ones, oldest first, then `final`
+    if complete; never `best` (an evaluation's weights, see none_saved)."""
+    final = Path(run_dir) / "checkpoints" / "final"
+    return numbered(run_dir) + ([final] if is_complete(final) else [])
+
+
 def read_info(path: Path, fix: str = "use another checkpoint") -> dict:
     """info.json: a JSON object with at least the integer `step` it was saved at."""
     try:
@@ -81,9 +88,7 @@ def latest(run_dir: str | Path) -> Path | None:
 
 def newest(run_dir: str | Path) -> tuple[Path, dict] | None:
     """`latest` and its info.json, each candidate's read once (as checkpoint_step reads it)."""
-    final = Path(run_dir) / "checkpoints" / "final"
-    candidates = numbered(run_dir) + ([final] if is_complete(final) else [])
-    read = [(path, _listed_info(path)) for path in candidates]
+    read = [(path, _listed_info(path)) for path in continuable(run_dir)]
     return max(read, key=lambda found: (found[1]["step"], found[0].name == "final"), default=None)
 
 
@@ -153,7 +158,6 @@ def run_write_fix(run_dir: Path, resume_fix: Callable[[OSError], str]) -> Callab
     its own error), else the command again with resume=auto."""
 
     def fix(err: OSError) -> str:
-        continuable = numbered(run_dir) or is_complete(Path(run_dir) / "checkpoints" / "final")
-        return (resume_fix if continuable else FIRST_SAVE_FIX)(err)
+        return (resume_fix if continuable(run_dir) else FIRST_SAVE_FIX)(err)
 
     return fix

@@ -199,13 +199,12 @@ def changed_fix(found: Path, run_dir: Path) -> str:
 
 
 def _resumable(run_dir: Path) -> list[Path]:
-    """The checkpoints a resume takes (numbered ones and `final`), newest first, as run_checkpoints.latest
+    """The checkpoints a resume takes (run_checkpoints.continuable), newest first, as run_checkpoints.latest
     orders them; one whose info.json is damaged too is left out."""
     found = []
-    for path in [*run_checkpoints.numbered(run_dir), run_dir / "checkpoints" / "final"]:
+    for path in run_checkpoints.continuable(run_dir):
         with contextlib.suppress(UserError):
-            if run_checkpoints.is_complete(path):
-                found.append((run_checkpoints.checkpoint_step(path), path.name == "final", path))
+            found.append((run_checkpoints.checkpoint_step(path), path.name == "final", path))
     return [path for *_, path in sorted(found, key=lambda item: item[:2], reverse=True)]
 
 

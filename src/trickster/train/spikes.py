@@ -86,11 +86,7 @@ def discard_after(run_dir: Path, step: int) -> list[str]:
     """Delete the numbered checkpoints (and `final`) saved after `step`: they hold the spike's
     weights, or a later point of the schedule that is about to be replayed, and a resume must
     never pick them. `best` stays: it was chosen by validation loss."""
-    folder = run_dir / "checkpoints"
-    doomed = [
-        p for p in [*run_checkpoints.numbered(run_dir), folder / "final"] if run_checkpoints.is_complete(p)
-    ]
-    doomed = [p for p in doomed if run_checkpoints.checkpoint_step(p) > step]
+    doomed = [p for p in run_checkpoints.continuable(run_dir) if run_checkpoints.checkpoint_step(p) > step]
     for path in doomed:
         run_checkpoints.remove(path)
     return [p.name for p in doomed]
