@@ -42,6 +42,8 @@ HANGUP = getattr(signal, "SIGHUP", None)
 # workers get its SIGTERM and then the one torchrun forwards, within milliseconds. Counted as two,
 # they ended the processes at once, without the checkpoint the first one asks for.
 REPEAT_WINDOW_S = 2.0
+# how a run with no checkpoint goes on: --resume answers 'nothing to resume', resume=auto starts afresh
+START = "training_config.resume=auto"
 
 
 def watched() -> tuple[int, ...]:
@@ -166,8 +168,7 @@ def announce_signals(run_dir: Path, job: Dist | None = None) -> tuple:
             else run_checkpoints.none_saved(run_dir)
         )
         name = signal.Signals(signum).name
-        # with no checkpoint, --resume answers 'nothing to resume': resume=auto starts afresh there
-        again = continue_command(run_dir, job, "--resume" if newest else "training_config.resume=auto")
+        again = continue_command(run_dir, job, "--resume" if newest else START)
         print(f"second {name}: stopped at once; {where}; continue with: {again}", file=sys.stderr, flush=True)
 
     return first, second, repeat
@@ -200,9 +201,6 @@ def _go_on(run_dir: Path) -> str:
     if (run_dir / "config.yaml").is_file():  # the run's files are written: the same command is refused
         return f"no checkpoint was saved yet; continue with: {continue_command(run_dir, how=START)}"
     return f"no checkpoint was saved yet; {RUN_AGAIN}"
-
-
-START = "training_config.resume=auto"
 
 
 @contextlib.contextmanager
