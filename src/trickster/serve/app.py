@@ -33,7 +33,8 @@ from trickster.serve.choices import Delta, Generation
 from trickster.serve.context_room import check_room
 from trickster.serve.engine import Engine
 from trickster.serve.guard import HostGuard, check_post
-from trickster.serve.models import Catalog, Offered
+from trickster.serve.models import Catalog
+from trickster.serve.offered import Offered
 from trickster.serve.schemas import APIError, ChatRequest, CompletionRequest
 from trickster.serve.slashes import TrailingSlash, without_v1
 

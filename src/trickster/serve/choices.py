@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from trickster.serve.engine import Engine, Event, Failed, Finished, Sampling, Sequence, Token
-from trickster.serve.models import Offered
+from trickster.serve.offered import Offered
 from trickster.serve.token_text import TokenTexts
 
 

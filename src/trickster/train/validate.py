@@ -8,11 +8,11 @@ import math
 import torch
 
 from trickster.config import Config, TrainingConfig
-from trickster.data.loader import IGNORE_INDEX, PreparedData, fixed_batches
+from trickster.data.loader import PreparedData, fixed_batches
 from trickster.data.tokenizers import Tokenizer
 from trickster.errors import UserError
 from trickster.model.generate import generate
-from trickster.model.transformer import Transformer
+from trickster.model.transformer import IGNORE_INDEX, Transformer
 from trickster.prompts import encodable_ids, new_document
 from trickster.train import dist
 from trickster.train.device import autocast_for
