@@ -315,7 +315,8 @@ def test_generate_streams_a_continuation_of_the_prompt(tmp_path, shakespeare_dir
 
 
 def test_overrides_stand_anywhere_on_the_line_and_flags_win():
-    from trickster.cli import build_parser, parse
+    from trickster.cli import parse
+    from trickster.cli_parser import build_parser
 
     line = "train --preset tiny --data d training_config.max_steps=3 --out o training_config.batch_size=8"
     args = parse(build_parser(), line.split())
@@ -337,7 +338,8 @@ def test_overrides_stand_anywhere_on_the_line_and_flags_win():
 
 def test_integer_options_take_big_numbers_as_people_write_them(capsys):
     """As integer config settings do (units.whole_number): 1e4 on the command line is 10000."""
-    from trickster.cli import build_parser, parse
+    from trickster.cli import parse
+    from trickster.cli_parser import build_parser
 
     line = "serve run --port 8e3 --max-batch 3.2e1 --max-loaded-models 4.0"
     args = parse(build_parser(), line.split())
@@ -357,7 +359,8 @@ def test_integer_options_take_big_numbers_as_people_write_them(capsys):
 
 def test_negative_numbers_in_every_form_are_values_not_options():
     """argparse alone takes only -123 and -1.5 for numbers: -1e3 was an unknown option."""
-    from trickster.cli import build_parser, parse
+    from trickster.cli import parse
+    from trickster.cli_parser import build_parser
 
     args = parse(build_parser(), "generate run --seed -1_000 --top-p -.5E0 --temperature -inf".split())
     assert (args.seed, args.top_p, args.temperature) == (-1000, -0.5, float("-inf"))
@@ -438,8 +441,8 @@ def words_bash_reads(line: str) -> list[str]:
 def test_the_next_command_after_training_gives_generate_the_sample_prompt(prompt, tmp_path):
     """Pasted into a shell, the line gives generate the prompt exactly, on one line even when the
     prompt holds line breaks (bash's $'...')."""
-    from trickster.cli import build_parser
-    from trickster.commands import generate_hint
+    from trickster.cli_parser import build_parser
+    from trickster.prompts import generate_hint
 
     line = generate_hint(tmp_path / "my run", prompt)
     assert "\n" not in line
@@ -496,7 +499,7 @@ def options_where(wanted, parser=None, path=("trickster",)) -> list[str]:
     which wanted(its parser, its action) holds."""
     import argparse
 
-    from trickster.cli import build_parser
+    from trickster.cli_parser import build_parser
 
     parser = parser or build_parser()
     found = [

@@ -114,7 +114,7 @@ def doc_lines(page: Path) -> list[tuple[int, str]]:
 @functools.cache
 def parser_of() -> argparse.ArgumentParser:
     """trickster's own parser (read, never changed)."""
-    from trickster.cli import build_parser
+    from trickster.cli_parser import build_parser
 
     return build_parser()
 

@@ -13,9 +13,9 @@ import yaml
 
 from trickster import cli, run_checkpoints
 from trickster.config import config_from_dict
-from trickster.data.loader import IGNORE_INDEX, BatchSampler, load_data, split_rows, window_rows
+from trickster.data.loader import BatchSampler, load_data, split_rows, window_rows
 from trickster.data.summary import NO_SEPARATOR
-from trickster.model.transformer import Transformer
+from trickster.model.transformer import IGNORE_INDEX, Transformer
 from trickster.observe.report import build_report
 from trickster.train import checkpoint_load
 from trickster.train.loop import train

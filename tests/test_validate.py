@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trickster.data.loader import IGNORE_INDEX, load_data
+from trickster.data.loader import load_data
 from trickster.errors import UserError
-from trickster.model.transformer import Transformer
+from trickster.model.transformer import IGNORE_INDEX, Transformer
 from trickster.observe.events import read_metrics
 from trickster.train import dist
 from trickster.train.loop import train
