@@ -10,6 +10,7 @@ from trickster.serve.chat import Template
 from trickster.train import checkpoint_load
 
 from .test_gguf import read_gguf
+from .test_hf import tiny_llama
 
 # written the way fine-tune-export.md's chat records are: role, content, then the reply's cue
 TEMPLATE = (
@@ -61,3 +62,19 @@ def test_a_gguf_export_carries_the_template_for_llama_cpp(trained_run, tmp_path)
     assert fields["tokenizer.chat_template"] == TEMPLATE
     assert cli.main(["export", str(trained_run), "--out", str(tmp_path / "plain.gguf")]) == 0
     assert "tokenizer.chat_template" not in read_gguf(tmp_path / "plain.gguf")[0]
+
+
+def test_an_empty_file_on_an_imported_tokenizer_keeps_its_template_and_names_no_file(tmp_path, capsys):
+    """An empty --chat-template leaves an imported tokenizer's own template in place. export read
+    tokenizer_config.json back, found that template there, and printed the empty file as the
+    template it shipped."""
+    src, _, hf_tok = tiny_llama(tmp_path)
+    run, empty, out = tmp_path / "run", tmp_path / "empty.jinja", tmp_path / "hf"
+    assert cli.main(["import", "hf", str(src), "--out", str(run)]) == 0
+    empty.write_text("", encoding="utf-8")
+    capsys.readouterr()
+    assert cli.main(["export", str(run), "--out", str(out), "--chat-template", str(empty)]) == 0
+    printed = capsys.readouterr().out
+    assert "chat template:" not in printed, printed
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    assert config["chat_template"] == hf_tok.chat_template

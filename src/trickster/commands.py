@@ -275,10 +275,10 @@ def export_command(
         return path
     if fmt != "hf":
         raise UserError(f"unknown export format '{fmt}'; choose hf or gguf")
-    path = hf.export_hf(target, out, dtype, chat_template)
+    path, shipped = hf.export_hf(target, out, dtype, chat_template)
     print(f"wrote {path}: config.json, model.safetensors ({dtype}), generation_config.json, tokenizer files")
     print(f"load it with transformers.AutoModelForCausalLM.from_pretrained('{path}'), or: vllm serve {path}")
-    if chat_template and json.loads((path / "tokenizer_config.json").read_text()).get("chat_template"):
+    if shipped:  # not an empty file, which leaves an imported tokenizer's own template in place
         print(f"chat template: {chat_template}, which tokenizer.apply_chat_template(messages) renders")
     return path
 

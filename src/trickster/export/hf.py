@@ -190,9 +190,11 @@ def _special_tokens(config: dict) -> dict:
 
 def export_hf(
     target: str | Path, out: str | Path, dtype: str = "float32", chat_template: str | None = None
-) -> Path:
+) -> tuple[Path, str | None]:
     """Write a Hugging Face Llama folder from a run (its best checkpoint) or a checkpoint;
-    `chat_template`, --chat-template's file: its template in place of the tokenizer's own (if any)."""
+    `chat_template`, --chat-template's file: its template in place of the tokenizer's own (if any).
+    The folder, and the file's template where it was written (None for no file or an empty one,
+    which leaves an imported tokenizer's own template in place)."""
     out = Path(out)
     check_new_folder(out, "--out")
     loaded = checkpoint_load.load_checkpoint(target)
@@ -213,7 +215,7 @@ def export_hf(
         for name, content in json_files.items():
             text = json.dumps(content, indent=2, ensure_ascii=False) + "\n"
             (staging / name).write_text(text, encoding="utf-8")
-    return out
+    return out, template
 
 
 def check_new_folder(out: Path, flag: str) -> None:
