@@ -177,25 +177,40 @@ def test_ctrl_c_stops_a_reply_and_the_chat_goes_on(monkeypatch, capsys, trained_
     assert out.endswith(f"ROMEO:{romeo[:3]} [stopped]\nROMEO:{romeo}\n")
 
 
-def test_at_a_terminal_it_prompts_and_ctrl_c_at_the_prompt_ends_it(monkeypatch, capsys, trained_run):
-    typed = iter(["ROMEO:"])
-    asked = []
+def at_terminal(monkeypatch, typed: list) -> list[str]:
+    """stdin a terminal where `typed` is typed: a line, or the exception input() raises for it (after
+    the last, Ctrl-D); the prompts input() was called with."""
+    asked, lines = [], iter(typed)
 
     def terminal_input(prompt: str) -> str:
         asked.append(prompt)
-        try:
-            return next(typed)
-        except StopIteration:
-            raise KeyboardInterrupt from None
+        line = next(lines, EOFError())
+        if isinstance(line, BaseException):
+            raise line
+        return line
 
     monkeypatch.setattr(sys, "stdin", io.StringIO())
     monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
     monkeypatch.setattr("builtins.input", terminal_input)
+    return asked
+
+
+@pytest.mark.parametrize(
+    ("key", "status", "said"), [(EOFError(), 0, ""), (KeyboardInterrupt(), 130, "interrupted\n")]
+)
+def test_at_a_terminal_it_prompts_and_ctrl_d_or_ctrl_c_at_the_prompt_ends_it(
+    monkeypatch, capsys, trained_run, key, status, said
+):
+    """Ctrl-C at the prompt ended the chat with exit status 0, as Ctrl-D does; every other command
+    (generate, train, serve) says `interrupted` and exits 130 on Ctrl-C, and so does chat now."""
+    asked = at_terminal(monkeypatch, ["ROMEO:", key])
     capsys.readouterr()
-    assert cli.main(["chat", str(trained_run), *GREEDY]) == 0
-    out = capsys.readouterr().out
+    assert cli.main(["chat", str(trained_run), *GREEDY]) == status
+    out, err = capsys.readouterr()
     assert asked == ["text> ", "text> "]
-    assert f"ROMEO:{continuation(capsys, trained_run, 'ROMEO:')}" in out
+    romeo = continuation(capsys, trained_run, "ROMEO:")
+    assert out.endswith(f"ROMEO:{romeo}\n\n")  # the prompt's line ended: `interrupted` on its own
+    assert err == said
 
 
 def test_each_reply_samples_with_the_next_seed(monkeypatch, capsys, trained_run):
@@ -310,6 +325,30 @@ def test_ctrl_c_in_generate_ends_the_text_s_line_before_it_says_interrupted(monk
     monkeypatch.setattr(streaming, "generate", interrupted)
     assert cli.main(["generate", str(trained_run), "--prompt", "ROMEO:", *GREEDY]) == 130
     assert capsys.readouterr() == (f"ROMEO:{romeo[:3]}\n", "interrupted\n")  # the text had no line end
+
+
+def test_a_typed_line_that_is_not_utf8_is_refused_in_the_words_of_a_piped_one(
+    monkeypatch, capsys, trained_run
+):
+    """A terminal whose encoding's error handler is strict (en_US.UTF-8) raises in input() for a
+    Latin-1 byte typed: chat said '(byte 0xe9)' there, '(byte 0xe9 at character 3)' for the same
+    line piped in, and generate's --prompt said it a third way. One sentence, where it is."""
+    at_terminal(
+        monkeypatch, [UnicodeDecodeError("utf-8", b"caf\xe9", 3, 4, "invalid continuation byte"), "ROMEO:"]
+    )
+    capsys.readouterr()
+    assert cli.main(["chat", str(trained_run), *GREEDY]) == 0
+    typed = capsys.readouterr().out
+    piped = chat(monkeypatch, capsys, ["caf\udce9", "ROMEO:"], str(trained_run), *GREEDY)
+    assert cli.main(["generate", str(trained_run), "--prompt", "caf\udce9", *GREEDY]) == 2
+    problem = (
+        "is not UTF-8 text (byte 0xe9 at character 3); set your terminal to UTF-8, or convert the "
+        "text (iconv -t utf-8)"
+    )
+    assert capsys.readouterr().err == f"error: --prompt {problem}\n"
+    romeo = f"ROMEO:{continuation(capsys, trained_run, 'ROMEO:')}\n"
+    assert typed.endswith(f"(not sent: this line {problem})\n{romeo}\n")  # Ctrl-D's line end last
+    assert piped.endswith(f"(not sent: this line {problem})\n{romeo}")
 
 
 @pytest.mark.parametrize("model", ["char", "imported"])

@@ -7,7 +7,8 @@ model's context. Without one, the model continues text: each line typed is a pro
 continued as `trickster generate --prompt LINE` continues it.
 
 `/reset` starts a new conversation; `/exit` or Ctrl-D ends. Ctrl-C while the model writes stops
-that reply; at the prompt, it ends the chat. Lines read from a pipe work the same, without prompts.
+that reply; at the prompt, it ends the chat as it ends every command (`interrupted`, exit status
+130). Lines read from a pipe work the same, without prompts.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from trickster.errors import UserError
 from trickster.options import Sampling
 from trickster.serve.server import read_template
 from trickster.streaming import stream
-from trickster.text_in import UTF8_FIX, not_utf8, typed_lines
+from trickster.text_in import not_utf8, typed_lines
 from trickster.text_out import text_written
 from trickster.train import checkpoint_load
 from trickster.train.device import resolve_device
@@ -86,8 +87,8 @@ class Talk:
 
     def answer(self, line: str) -> None:
         """Print the model's reply to `line` as it is written (and keep it, with a template)."""
-        if where := not_utf8(line):
-            print(f"(not sent: this line is not UTF-8 text ({where}); {UTF8_FIX})")
+        if problem := not_utf8(line, "this line"):
+            print(f"(not sent: {problem})")
             return
         if self.template is None:
             ids = _continue_ids(self.tokenizer, line)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from trickster.data.tokenizers import Tokenizer, load_tokenizer
 from trickster.errors import UserError
-from trickster.text_in import UTF8_FIX, not_utf8
+from trickster.text_in import not_utf8
 
 
 def hinted_prompt(tokenizer: Tokenizer, prompt: str) -> str:
@@ -72,8 +72,8 @@ def prompt_ids(tokenizer: Tokenizer, prompt: str | None) -> tuple[str, list[int]
         except UserError:
             text, ids = new_document(tokenizer)
             return text, tokenizer.start_ids() + ids
-    if where := not_utf8(prompt):
-        raise UserError(f"--prompt is not UTF-8 text ({where}); {UTF8_FIX}")
+    if problem := not_utf8(prompt, "--prompt"):
+        raise UserError(problem)
     ids = tokenizer.encode(prompt)
     if not ids:
         raise UserError("--prompt is empty; give some text to continue, e.g. --prompt 'ROMEO:'")

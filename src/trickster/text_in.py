@@ -8,30 +8,34 @@ from collections.abc import Iterator
 
 from trickster.errors import UserError
 
-UTF8_FIX = "set your terminal to UTF-8, or convert the text (iconv -t utf-8)"
 
-
-def not_utf8(text: str) -> str | None:
-    """Where `text` is not UTF-8 ('byte 0xff at character 3'); None when it is all UTF-8."""
+def not_utf8(text: str, what: str) -> str | None:
+    """What is wrong with `text` (`what`: '--prompt', 'this line') where it is not UTF-8, and the
+    fix, in the words every command uses; None when it is all UTF-8."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as err:
         # Python keeps each byte of an argument or a piped line that was not UTF-8 as U+DC80..U+DCFF
         code = ord(text[err.start])
-        what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
-        return f"{what} at character {err.start}"
+        bad = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+        return (
+            f"{what} is not UTF-8 text ({bad} at character {err.start}); set your terminal to UTF-8, "
+            "or convert the text (iconv -t utf-8)"
+        )
     return None
 
 
 def typed_lines(prompt: str) -> Iterator[str]:
-    """Lines typed at a terminal (with `prompt`, line editing, Ctrl-C or Ctrl-D ending them), or
+    """Lines typed at a terminal (with `prompt` and line editing; Ctrl-D ends them, Ctrl-C raises
+    KeyboardInterrupt on a line of its own: `interrupted`, exit status 130, as every command), or
     read from a pipe or a file (without prompts; none when stdin is closed, `<&-`). A piped line
     ends at "\n" or "\r\n" (a file written on Windows gave every line a "\r"). Its bytes are
     decoded here, those that are not UTF-8 kept as U+DC80..U+DCFF for not_utf8 to name, whatever
-    error handler the locale gives stdin (en_US.UTF-8's is strict: a Latin-1 line was a
-    UnicodeDecodeError's traceback). A stdin that cannot be read (`0> FILE`, opened for writing
-    only) is one line. A folder (`< /tmp`) never gets here: Python itself stops before any code
-    runs ('Fatal Python error: init_sys_streams: <stdin> is a directory, cannot continue', exit 1)."""
+    error handler the locale gives stdin, at a terminal too (en_US.UTF-8's is strict: a Latin-1 line
+    was a UnicodeDecodeError's traceback, and at a terminal a line said without its position). A
+    stdin that cannot be read (`0> FILE`, opened for writing only) is one line. A folder (`< /tmp`)
+    never gets here: Python itself stops before any code runs ('Fatal Python error:
+    init_sys_streams: <stdin> is a directory, cannot continue', exit 1)."""
     stdin = sys.stdin
     if stdin is None:
         return
@@ -55,8 +59,11 @@ def _at_terminal(prompt: str) -> Iterator[str]:
     while True:
         try:
             yield input(prompt)
-        except (EOFError, KeyboardInterrupt):
+        except EOFError:
             print()
             return
-        except UnicodeDecodeError as err:  # a terminal set to another encoding: this line only
-            print(f"(not sent: this line is not UTF-8 text (byte 0x{err.object[err.start]:02x}); {UTF8_FIX})")
+        except KeyboardInterrupt:
+            print()  # `interrupted` on a line of its own, not after the prompt
+            raise
+        except UnicodeDecodeError as err:  # a terminal set to another encoding: the line as a pipe gives it
+            yield err.object.decode("utf-8", "surrogateescape").removesuffix("\n").removesuffix("\r")
