@@ -895,3 +895,33 @@ def test_a_damaged_checkpoint_among_others_is_left_out_and_the_rest_served(train
     for target, names in [(run, [damaged, "final"]), (run / "checkpoints" / damaged, None)]:
         with pytest.raises(UserError, match=f"{damaged}/config.yaml"):
             Catalog(target, torch.device("cpu"), names)
+
+
+def test_a_damaged_checkpoint_is_read_once_until_its_files_change(trained_run, tmp_path, monkeypatch):
+    """A checkpoint left out as damaged was read again (config, tokenizer, info.json) at every
+    rescan, each second a run is served while it stays damaged. It is read once now, and again once
+    its files change: repaired, it is offered at the next rescan."""
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    config = run / "checkpoints" / "step_000006" / "config.yaml"
+    whole = config.read_text()
+    config.write_text("model_config: [\n")
+    monkeypatch.setattr(models, "SETTLE", 0.05)  # a rescan lists checkpoints/ again 0.05 s after
+    time.sleep(0.1)  # the damage settled: older than SETTLE
+    reads, listings = [], []
+    real_read, real_listing = checkpoint_load.read_config, models.disk.listing
+    monkeypatch.setattr(checkpoint_load, "read_config", lambda path: reads.append(path) or real_read(path))
+    monkeypatch.setattr(
+        models.disk, "listing", lambda folder: listings.append(folder) or real_listing(folder)
+    )
+    catalog = Catalog(run, torch.device("cpu"))
+    assert "step_000006" not in catalog.offered and catalog.left_out
+    listings.clear()  # those of the start
+    for _ in range(4):
+        time.sleep(0.1)
+        catalog.rescan()
+    assert len(listings) == 4  # each rescan looked at the folder
+    assert reads.count(config.parent) == 1
+    config.write_text(whole)
+    time.sleep(0.1)
+    catalog.rescan()
+    assert reads.count(config.parent) == 2 and "step_000006" in catalog.offered

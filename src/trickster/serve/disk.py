@@ -76,3 +76,17 @@ def stamp(folder: Path | None) -> tuple[int, int] | None:
     except OSError:
         return None
     return found.st_ino, found.st_mtime_ns
+
+
+def contents(path: Path) -> tuple[tuple, ...] | None:
+    """What tells a checkpoint folder's files changed without reading them: the folder's and each
+    file's name, inode, size and modification time (an edit in place, a file renamed over another,
+    one added or removed). None when the folder cannot be listed."""
+    try:
+        folder = path.stat()
+        with os.scandir(path) as entries:
+            files = [(e.name, e.stat()) for e in entries]
+    except OSError:
+        return None
+    every = [(".", folder), *sorted(files, key=lambda named: named[0])]
+    return tuple((name, s.st_ino, s.st_size, s.st_mtime_ns) for name, s in every)

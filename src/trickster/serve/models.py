@@ -22,7 +22,9 @@ there is room, else by the next request for it. The requests that hold the old o
 (each decodes with one whole model, never a mix), and it is unloaded when the last lets go. Such a
 run also saves new checkpoints and prunes old ones: `rescan`, at every request (one `stat` of
 checkpoints/ when nothing changed), offers the folders that appeared there and stops offering those
-that left it, whose requests under way finish as those of a replaced one do.
+that left it, whose requests under way finish as those of a replaced one do. A checkpoint left out
+as damaged is read again only once its files change (a repair): while they stay as they were, a
+rescan costs a `stat` of each, not a reread of its config and tokenizer every second.
 """
 
 from __future__ import annotations
@@ -77,6 +79,8 @@ class Catalog:
         if names:
             found = {n: p for n, p in found.items() if n in names}
         self.offered: dict[str, Offered] = {}
+        # checkpoints found damaged, by their files as they were when read (disk.contents)
+        self.damaged: dict[Path, tuple] = {}
         self.left_out = self._describe_each(found, refuse=bool(names))
         if not names or UNTRAINED in names:
             if resolved is None:  # shaped as the run's checkpoints will be, by the files it starts with
@@ -122,7 +126,7 @@ class Catalog:
         left_out, first = [], None
         for name, path in found.items():
             try:
-                self.offered[name] = describe(name, path, self.chat_template)
+                self.offered[name] = self._describe(name, path)
             except UserError as err:
                 if refuse:
                     raise
@@ -131,6 +135,20 @@ class Catalog:
         if first is not None and not self.offered:
             raise first
         return left_out
+
+    def _describe(self, name: str, path: Path) -> Offered:
+        """describe(), a checkpoint found damaged remembered by its files as they were before the
+        read; not where they changed within SETTLE of it (an edit in the same tick of a coarse
+        clock would leave them looking as read)."""
+        before = disk.contents(path)
+        try:
+            offered = describe(name, path, self.chat_template)
+        except UserError:
+            if before is not None and time.time_ns() - max(mtime for *_, mtime in before) >= SETTLE * 1e9:
+                self.damaged[path] = before
+            raise
+        self.damaged.pop(path, None)
+        return offered
 
     def get(self, name: str) -> Offered | None:
         return self.offered.get(name)
@@ -145,8 +163,8 @@ class Catalog:
         """Offer the checkpoints that appeared in the run's checkpoints/ since it was last listed (a
         later step_N, the first best), and no longer those that left it (pruned or deleted; not one
         between a replace's two renames): requests holding one finish on it. One `stat` when the
-        folder has not changed; a new checkpoint's config and tokenizer are read here, and the
-        models in memory are looked at (`current`)."""
+        folder has not changed; a new checkpoint's config and tokenizer are read here (a damaged
+        one's again only once its files change), and the models in memory are looked at (`current`)."""
         if self.folder is None or (
             disk.stamp(self.folder) == self.listed and time.monotonic() < self.relist_at
         ):
@@ -158,12 +176,15 @@ class Catalog:
             racy = stamp is not None and time.time_ns() - stamp[1] < SETTLE * 1e9
             found = {n: p for n, p in disk.listing(self.folder).items() if not self.names or n in self.names}
             fresh, failed = {}, False
-            for name, path in found.items():
-                if name not in self.offered:
-                    try:
-                        fresh[name] = describe(name, path, self.chat_template)
-                    except UserError:  # damaged, or replaced as it was read: listed again later
-                        failed = True
+            self.damaged = {p: files for p, files in self.damaged.items() if p in found.values()}
+            for name, path in [(n, p) for n, p in found.items() if n not in self.offered]:
+                if path in self.damaged and self.damaged[path] == disk.contents(path):
+                    failed = True  # damaged as it was: looked at again later, read once it changes
+                    continue
+                try:
+                    fresh[name] = self._describe(name, path)
+                except UserError:  # damaged, or replaced as it was read: listed again later
+                    failed = True
             with self.changed:
                 self._relist(found, fresh)
             self.listed = stamp
