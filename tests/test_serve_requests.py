@@ -4,6 +4,7 @@ trailing slash), and OpenAI's fields it ignores, checked to be of the type OpenA
 from __future__ import annotations
 
 import pytest
+import torch
 
 from .live_server import live_server
 
@@ -151,3 +152,31 @@ def test_a_route_without_its_v1_says_where_the_base_url_goes_wrong(server):
         )
         assert answer.json()["error"]["message"].startswith(said)
     assert "did you mean" not in httpx.get(server.url + "/v1/embeddings").json()["error"]["message"]
+
+
+def test_a_route_added_to_the_app_is_named_when_asked_for_without_its_v1(trained_run):
+    """The 404's 'did you mean /v1...' kept its own list of routes beside the app's: a route added
+    to the app, as /v1/embeddings would be, got no hint until someone remembered that list too."""
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from trickster.serve.app import create_app
+    from trickster.serve.engine import Engine
+    from trickster.serve.models import Catalog
+
+    engine = Engine(1)
+    try:
+        app = create_app(Catalog(trained_run, torch.device("cpu"), ["best"]), engine, api_key="k")
+        app.router.routes.append(Route("/v1/embeddings", lambda request: JSONResponse({}), methods=["POST"]))
+        client = TestClient(app, headers={"Authorization": "Bearer k"})
+        for method, path in [("POST", "/embeddings"), ("GET", "/embeddings"), ("POST", "/completions")]:
+            answer = client.request(method, path, json=GOOD)
+            assert answer.status_code == 404
+            assert (
+                f"(did you mean /v1{path}? a client's base URL ends in /v1"
+                in answer.json()["error"]["message"]
+            )
+        assert "did you mean" not in client.get("/v1/embeddings/x").json()["error"]["message"]
+    finally:
+        engine.close()

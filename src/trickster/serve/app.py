@@ -399,7 +399,7 @@ ROUTES = "GET /v1/models, POST /v1/completions and POST /v1/chat/completions"
 async def _http_error(request: Request, err: HTTPException) -> Response:
     """Starlette's own errors (no route, wrong method) in OpenAI's shape, with their headers (Allow)."""
     message = {
-        404: f"no route {request.url.path}{without_v1(request.url.path)}; this server answers {ROUTES} "
+        404: f"no route {request.url.path}{without_v1(request)}; this server answers {ROUTES} "
         "(and the playground at /)",
         405: f"{request.method} is not allowed on {request.url.path}; use {(err.headers or {}).get('Allow')}",
     }

@@ -11,6 +11,8 @@ route joined onto it by hand give such paths.
 
 from __future__ import annotations
 
+from starlette.requests import Request
+from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 
@@ -31,8 +33,12 @@ class TrailingSlash:
         await self.app(scope, receive, send)
 
 
-def without_v1(path: str) -> str:
-    """For a 404: where `path` is a route's without its /v1 (`/completions`), the words that say so."""
-    if path in ("/models", "/completions", "/chat/completions") or path.startswith("/models/"):
+def without_v1(request: Request) -> str:
+    """For a 404: where the request's path is one of its app's routes without the /v1
+    (`/completions`), the words that say so."""
+    path = request.url.path
+    # any method: a route asked with another one is a partial match, and still the route meant
+    asked = {"type": "http", "path": f"/v1{path}", "root_path": "", "method": "GET"}
+    if any(route.matches(asked)[0] is not Match.NONE for route in request.app.routes):
         return f" (did you mean /v1{path}? a client's base URL ends in /v1: http://HOST:PORT/v1)"
     return ""
