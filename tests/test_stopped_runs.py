@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 from trickster import cli, run_checkpoints
 from trickster.train import loop
@@ -48,6 +49,26 @@ def test_a_run_resumed_to_end_at_the_step_it_stopped_at_is_evaluated_there(
     final = run_checkpoints.read_info(run / "checkpoints" / "final")
     assert final["val_loss"] == events(run, "eval")[1]["val_loss"]
     assert (run / "checkpoints" / "best").is_dir()
+
+
+def test_a_run_resumed_at_its_last_step_reads_its_checkpoint_s_config_once(
+    shakespeare_dir, tmp_path, monkeypatch
+):
+    """Whether the checkpoint was saved off its eval_every (so the last step is evaluated on
+    resume) is told by the checkpoint's config.yaml as the resume read it: it was read again."""
+    cfg = stopped_at(shakespeare_dir, tmp_path, monkeypatch, 5)
+    cfg.training.max_steps = 5
+    reads, read_text = [], Path.read_text
+
+    def counted(path, *args, **kwargs):
+        reads.append(path)
+        return read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", counted)
+    train(cfg, resume=True, **QUIET)
+    monkeypatch.undo()
+    assert [e["step"] for e in events(tmp_path / "run", "eval")] == [0, 5]  # the last step evaluated
+    assert reads.count(tmp_path / "run" / "checkpoints" / "step_000005" / "config.yaml") == 1
 
 
 def test_runs_says_why_a_run_stopped_before_its_first_evaluation_has_no_best(

@@ -17,8 +17,7 @@ from pathlib import Path
 import torch
 
 from trickster.config import Config
-from trickster.data.loader import BatchSampler, check_windows, load_data
-from trickster.errors import UserError
+from trickster.data.loader import BatchSampler
 from trickster.model.flops import flops_per_token, trained_parameters
 from trickster.observe.events import NoMetrics
 from trickster.observe.manifest import run_manifest
@@ -43,8 +42,7 @@ from trickster.train.device import (
     utilisation,
 )
 from trickster.train.disk_full import ends_run
-from trickster.train.finetune import model_vocab
-from trickster.train.memory import check_fits, check_validation_set, resolve_batch
+from trickster.train.memory import resolve_batch
 from trickster.train.optim import build_optimizer, set_lr
 from trickster.train.rank0 import on_main
 from trickster.train.resume import claimed, diverged, trainer_state
@@ -100,16 +98,8 @@ class Trainer:
             self.device = torch.device("cuda", job.local_rank)
         self.out = Console(echo, cfg.logging.log_level, job.is_main, progress)  # rank 0 speaks
         apply_process_settings(cfg.device.threads, self.device, t.seed)
-        # 2. data and tokenizer; the model's vocabulary follows the tokenizer
-        if cfg.data.path is None:
-            raise UserError(
-                "no data: set data_config.path or pass --data DIR (from `trickster data prepare`)"
-            )
-        self.data = load_data(cfg.data.path)
-        cfg, base = model_vocab(cfg, self.data.tokenizer, resume)  # base: init_from's files, read once
-        check_windows(self.data, cfg.seq_len)
-        check_fits(cfg, self.device, job)  # before the run folder is touched
-        check_validation_set(cfg, job)
+        # 2. data and tokenizer (the model's vocabulary follows it), checked before the run folder is touched
+        cfg, self.data, base = setup.prepared_data(cfg, resume, self.device, job)  # base: init_from's files
         # 3. the run folder: a new one, or the newest complete checkpoint of an old one
         self.run_dir = Path(cfg.logging.output_dir)
         # jsonl, csv, loss.png, TensorBoard, W&B: checks the optional packages, writes nothing yet
@@ -118,6 +108,7 @@ class Trainer:
             on_main(job, lambda: held.enter_context(claimed(self.run_dir)))
         opened = setup.open_run(cfg, self.data, resume, job, self.out)
         cfg, self.resumed_from, saved, info, notes, changed = opened  # saved, info: its config, info.json
+        self.resumed_config: Config | None = saved  # read once, for what recovery checks on resume
         # read and checked before any trial step; not when `resume: auto` finds the run finished
         self.hellaswag = hellaswag_eval.HellaSwagEval(cfg, self.data.tokenizer, job)
         resolved = on_main(job, resolve_batch, cfg, self.device, job, self.resumed_from, saved, changed)
@@ -160,7 +151,7 @@ class Trainer:
             self.peak = mfu_peak(self.device, cfg.device.dtype, cfg.device.peak_tflops)
         self.manifest = run_manifest(self.device)
         setup.announce(self, resume, changed, notes + recovery.fresh_rollbacks(self, changed))
-        recovery.remeasure_best(self, saved, info)  # resumed on another validation set than best's loss
+        recovery.remeasure_best(self, info)  # resumed on another validation set than best's loss
 
     def train(self) -> TrainResult:
         t, state = self.cfg.training, self.state

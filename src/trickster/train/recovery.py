@@ -104,7 +104,7 @@ def _unevaluated_end(trainer: Trainer) -> bool:
     resumed = trainer.resumed_from
     if resumed is None or trainer.eval_due or trainer.state.step < trainer.cfg.training.max_steps:
         return False
-    every = checkpoint_load.read_config(resumed).training.eval_every
+    every = trainer.resumed_config.training.eval_every  # as open_run read it
     return resumed.name != "final" and trainer.state.step % every != 0
 
 
@@ -258,10 +258,11 @@ def validation_set(cfg: Config) -> dict:
     return {"training_config.seq_len": cfg.seq_len, "training_config.eval_batches": cfg.training.eval_batches}
 
 
-def remeasure_best(trainer: Trainer, resumed_config: Config | None, resumed_info: dict | None) -> None:
+def remeasure_best(trainer: Trainer, resumed_info: dict | None) -> None:
     """`best` evaluated again on resume where its loss was measured on another validation set, so
-    that no later evaluation replaces it, or fails to, by comparing the two (`resumed_config`: the
-    config.yaml and info.json of the checkpoint resumed from, as setup.open_run read them):
+    that no later evaluation replaces it, or fails to, by comparing the two (`resumed_info` and
+    trainer.resumed_config: the info.json and config.yaml of the checkpoint resumed from, as
+    setup.open_run read them):
 
     - a resume whose seq_len or eval_batches, as used, differ from the checkpoint's (validate.
       validation_batches draws the windows by them): `best` kept its loss on the old windows, which
@@ -272,7 +273,7 @@ def remeasure_best(trainer: Trainer, resumed_config: Config | None, resumed_info
     best, resumed, state = trainer.run_dir / "checkpoints" / "best", trainer.resumed_from, trainer.state
     if resumed is None or not run_checkpoints.is_complete(best):
         return
-    now, before = validation_set(trainer.cfg), validation_set(resumed_config)
+    now, before = validation_set(trainer.cfg), validation_set(trainer.resumed_config)
     redrawn = [key for key, value in now.items() if before[key] != value]
     older = trainer.data.val.loss_mask is not None and "val_draw_width" not in resumed_info
     if not (redrawn or older):

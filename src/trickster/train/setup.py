@@ -1,5 +1,6 @@
-"""What a training run builds before its first step: the run folder (new, or resumed), the model
-wrapped for the job, the run's own files and the header it prints (announce). Used by loop.Trainer."""
+"""What a training run builds before its first step: its data, checked (prepared_data), the run
+folder (new, or resumed), the model wrapped for the job, the run's own files and the header it
+prints (announce). Used by loop.Trainer."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from trickster import run_checkpoints
 from trickster.atomic import replace_file
 from trickster.config import Config, save_config
 from trickster.config_errors import spelled
-from trickster.data.loader import PreparedData
+from trickster.data.loader import PreparedData, check_windows, load_data
 from trickster.errors import UserError, disk_errors
 from trickster.model.flops import trained_parameters
 from trickster.model.transformer import Transformer
@@ -25,9 +26,9 @@ from trickster.model.vocab import vocab_note
 from trickster.observe.events import last_event, new_event
 from trickster.train import checkpoint_load, checksums, dist, weight_loading
 from trickster.train.console import Console
-from trickster.train.finetune import setup_finetuning
+from trickster.train.finetune import model_vocab, setup_finetuning
 from trickster.train.fitted import fitted_config
-from trickster.train.memory import allocation_refused
+from trickster.train.memory import allocation_refused, check_fits, check_validation_set
 from trickster.train.rank0 import on_main
 from trickster.train.resume import (
     RESUME_READS,
@@ -53,6 +54,23 @@ class Finished(Exception):  # not an error: the run has nothing left to do
     def __init__(self, result: TrainResult):
         super().__init__(str(result.run_dir))
         self.result = result
+
+
+def prepared_data(
+    cfg: Config, resume, device: torch.device, job: dist.Dist
+) -> tuple[Config, PreparedData, checkpoint_load.CheckpointFiles | None]:
+    """`cfg` with the model's vocabulary set from the data's tokenizer, the prepared data, and a
+    fresh fine-tune's init_from files, read once (finetune.model_vocab). Checked before the run
+    folder is touched: windows of seq_len tokens, a model that fits the device's memory, and a
+    validation set that fits the RAM."""
+    if cfg.data.path is None:
+        raise UserError("no data: set data_config.path or pass --data DIR (from `trickster data prepare`)")
+    data = load_data(cfg.data.path)
+    cfg, base = model_vocab(cfg, data.tokenizer, resume)
+    check_windows(data, cfg.seq_len)
+    check_fits(cfg, device, job)
+    check_validation_set(cfg, job)
+    return cfg, data, base
 
 
 def open_run(
