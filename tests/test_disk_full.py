@@ -45,11 +45,12 @@ def fill_disk(monkeypatch, folder: Path) -> None:
 
 @pytest.fixture
 def run_filling(shakespeare_dir, tmp_path, monkeypatch, capsys):
-    """run(after_step=S or before_save=NAME) -> (exit status, stderr) of a 40-step micro run
-    (checkpoints every 20) whose disk fills once step S is trained, or as checkpoint NAME is saved."""
+    """run(after_step=S or before_save=NAME, **training) -> (exit status, stderr) of a 40-step micro
+    run (checkpoints every 20) whose disk fills once step S is trained, or as checkpoint NAME is
+    saved; `training`: other training_config values."""
 
-    def run(after_step: int | None = None, before_save: str | None = None) -> tuple[int, str]:
-        training = {"max_steps": 40, "warmup_steps": 0, "sample_tokens": 0}
+    def run(after_step: int | None = None, before_save: str | None = None, **more) -> tuple[int, str]:
+        training = {"max_steps": 40, "warmup_steps": 0, "sample_tokens": 0, **more}
         cfg = micro_config(shakespeare_dir, tmp_path / "run", training_config=training)
         save_config(cfg, tmp_path / "run.yaml")
         real_step, real_save = loop.Trainer.step, loop.Trainer.save
@@ -109,3 +110,19 @@ def test_a_full_disk_while_a_checkpoint_is_written_keeps_the_one_before(run_fill
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best", "step_000020"]
     assert cli.main(["train", "--config", str(run / "config.yaml"), "--resume", "--no-progress"]) == 0
     assert run_checkpoints.checkpoint_step(run / "checkpoints" / "final") == 40
+
+
+def test_a_full_disk_before_the_first_checkpoint_names_best_as_none_to_continue_from(run_filling, tmp_path):
+    """Full at step 14, `best` saved at step 10 (evaluations every 10), no numbered checkpoint yet:
+    the line said 'no checkpoint was saved yet' beside a complete best, which a run never
+    continues from."""
+    status, err = run_filling(after_step=14, eval_every=10)
+    run = tmp_path / "run"
+    assert status == 2
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best"]
+    assert err == (
+        f"error: the disk is full at step 14: could not write {run / 'metrics.jsonl'} (No space left on "
+        "device); no checkpoint to continue from was saved yet (checkpoints/best holds the best weights "
+        "so far, for generate): free disk space, then run the command again with "
+        "training_config.resume=auto (it starts afresh in the same run folder)\n"
+    )

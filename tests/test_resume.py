@@ -29,9 +29,10 @@ from trickster.model.transformer import Transformer
 from trickster.observe import plots
 from trickster.observe.events import read_metrics
 from trickster.observe.runs import read_run
-from trickster.train import checkpoint_load, resume
+from trickster.train import checkpoint_load, memory, resume, signals
 from trickster.train import loop as train_module
 from trickster.train.device import settings_restored
+from trickster.train.dist import Dist
 from trickster.train.loop import Trainer, train
 
 from . import children
@@ -1042,6 +1043,14 @@ def test_a_run_with_only_its_best_says_best_is_no_checkpoint_to_continue_from(
     capsys.readouterr()
     announce_signals(run)[1](signal.SIGTERM)
     assert "checkpoints/best holds the best weights so far" in capsys.readouterr().err
+    # the lines of an out-of-memory error and of a signal before the first step said 'no checkpoint
+    # was saved yet' beside it
+    sized = cfg.model_copy(deep=True)
+    sized.model.vocab_size = 65  # as the run resolved "auto" for the data's tokenizer
+    out_of_memory = memory.out_of_memory(sized, torch.device("cpu"), Dist(), "a training step", 3, None)
+    starting = signals.StoppedStarting(signal.SIGTERM, run)
+    for line in (str(out_of_memory), str(starting)):
+        assert "; no checkpoint to continue from was saved yet (checkpoints/best holds the best" in line
     shutil.rmtree(run / "checkpoints" / "best")
     with pytest.raises(UserError, match="nothing to resume .*: no complete checkpoint; "):
         train(cfg, resume=True, **QUIET)

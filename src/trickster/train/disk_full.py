@@ -50,7 +50,8 @@ def out_of_disk(trainer: Trainer, full: DiskFull) -> RunOutOfDisk:
     full_what = "the disk quota is used up" if "quota" in full.reason.lower() else "the disk is full"
     head = f"{full_what} at step {trainer.state.step}: could not write {full.what} ({full.reason})"
     if good is None:
-        return RunOutOfDisk(f"{head}; no checkpoint was saved yet: free disk space, then {RUN_AGAIN}")
+        none = run_checkpoints.none_saved(run_dir)
+        return RunOutOfDisk(f"{head}; {none}: free disk space, then {RUN_AGAIN}")
     return RunOutOfDisk(
         f"{head}; free disk space, then continue from checkpoints/{good.name} (step "
         f"{run_checkpoints.checkpoint_step(good)}, kept whole) with: {continue_command(run_dir, trainer.job)}"

@@ -32,7 +32,7 @@ from trickster.config import Config
 from trickster.errors import UserError
 from trickster.model.flops import adapter_parameters, parameter_breakdown
 from trickster.model.transformer import Transformer
-from trickster.run_checkpoints import START_AFRESH
+from trickster.run_checkpoints import START_AFRESH, none_saved
 from trickster.train.device import allocation_failed, autocast_for, resolve_precision
 from trickster.train.optim import build_optimizer
 
@@ -193,12 +193,11 @@ def out_of_memory(
     t = cfg.training
     capacity, what = footprint.memory_limit(cfg, device, job.local_world_size)
     fit = footprint.fitting_batch(cfg, footprint.HEADROOM * capacity, job.world_size, most=t.batch_size // 2)
-    where = (
-        f"continue from checkpoints/{checkpoint.name} with --resume and that change"
-        if checkpoint
-        # the run folder is no longer empty: the same command alone is refused, --resume finds nothing
-        else f"no checkpoint was saved yet: run the command again with that change and {START_AFRESH}"
-    )
+    if checkpoint is None:  # the run folder is no longer empty: the same command alone is refused
+        again = f"run the command again with that change and {START_AFRESH}"  # --resume finds nothing
+        where = f"{none_saved(cfg.logging.output_dir)}: {again}"
+    else:
+        where = f"continue from checkpoints/{checkpoint.name} with --resume and that change"
     return UserError(
         f"out of memory ({what} of {device}, {capacity / 2**30:.1f} GiB) during {during} at step "
         f"{step} (micro-batch {t.batch_size} x {cfg.seq_len} tokens); "

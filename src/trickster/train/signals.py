@@ -198,9 +198,10 @@ def _go_on(run_dir: Path) -> str:
         return f"the checkpoints are as they were; continue with: {continue_command(run_dir)}"
     if not run_dir_in_use(run_dir):
         return "nothing was written; run the same command again"
+    none = run_checkpoints.none_saved(run_dir)
     if (run_dir / "config.yaml").is_file():  # the run's files are written: the same command is refused
-        return f"no checkpoint was saved yet; continue with: {continue_command(run_dir, how=START)}"
-    return f"no checkpoint was saved yet; {RUN_AGAIN}"
+        return f"{none}; continue with: {continue_command(run_dir, how=START)}"
+    return f"{none}; {RUN_AGAIN}"
 
 
 @contextlib.contextmanager
