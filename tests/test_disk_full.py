@@ -22,21 +22,22 @@ from .conftest import micro_config
 FULL = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
-def fill_disk(monkeypatch, folder: Path) -> None:
+def fill_disk(monkeypatch, folder: Path, code: int = errno.ENOSPC, words: str | None = None) -> None:
     """From now on no file under `folder` can be created or grown, as on a full disk: opening one
     to write, append or create fails (here at once, on a real disk at the first write), and so do
     safetensors' writes. A file opened to be rewritten over its own bytes (r+) needs no new block,
-    and is let through."""
+    and is let through. `code`: ENOSPC, or EDQUOT (a quota); `words`: the system's (os.strerror's)."""
     real_open = builtins.open
+    words = os.strerror(code) if words is None else words
 
     def full_open(file, mode="r", *args, **kwargs):
         path = os.path.abspath(os.fspath(file)) if isinstance(file, (str, os.PathLike)) else ""
         if path.startswith(str(folder)) and any(c in mode for c in "wax"):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+            raise OSError(code, words, path)
         return real_open(file, mode, *args, **kwargs)
 
     def full_save(tensors, file, metadata=None):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(file))
+        raise OSError(code, words, str(file))
 
     monkeypatch.setattr(builtins, "open", full_open)
     monkeypatch.setattr(io, "open", full_open)
@@ -47,9 +48,11 @@ def fill_disk(monkeypatch, folder: Path) -> None:
 def run_filling(shakespeare_dir, tmp_path, monkeypatch, capsys):
     """run(after_step=S or before_save=NAME, **training) -> (exit status, stderr) of a 40-step micro
     run (checkpoints every 20) whose disk fills once step S is trained, or as checkpoint NAME is
-    saved; `training`: other training_config values."""
+    saved; `refusal`: fill_disk's code and words; `training`: other training_config values."""
 
-    def run(after_step: int | None = None, before_save: str | None = None, **more) -> tuple[int, str]:
+    def run(
+        after_step: int | None = None, before_save: str | None = None, refusal: tuple = (), **more
+    ) -> tuple[int, str]:
         training = {"max_steps": 40, "warmup_steps": 0, "sample_tokens": 0, **more}
         cfg = micro_config(shakespeare_dir, tmp_path / "run", training_config=training)
         save_config(cfg, tmp_path / "run.yaml")
@@ -58,12 +61,12 @@ def run_filling(shakespeare_dir, tmp_path, monkeypatch, capsys):
         def step_then_fill(self):
             result = real_step(self)
             if self.state.step + 1 == after_step:
-                fill_disk(monkeypatch, tmp_path / "run")
+                fill_disk(monkeypatch, tmp_path / "run", *refusal)
             return result
 
         def fill_then_save(self, name, *args, **kwargs):
             if name == before_save:
-                fill_disk(monkeypatch, tmp_path / "run")
+                fill_disk(monkeypatch, tmp_path / "run", *refusal)
             return real_save(self, name, *args, **kwargs)
 
         monkeypatch.setattr(loop.Trainer, "step", step_then_fill)
@@ -125,4 +128,16 @@ def test_a_full_disk_before_the_first_checkpoint_names_best_as_none_to_continue_
         "device); no checkpoint to continue from was saved yet (checkpoints/best holds the best weights "
         "so far, for generate): free disk space, then run the command again with "
         "training_config.resume=auto (it starts afresh in the same run folder)\n"
+    )
+
+
+@pytest.mark.parametrize("words", ["Disk quota exceeded", "Se ha excedido la cuota de disco"])
+def test_a_used_up_quota_is_told_by_its_errno(run_filling, tmp_path, words):
+    """The line says a quota was used up by the errno (EDQUOT), not by 'quota' in the system's
+    words: in another language (LC_MESSAGES; glibc's Spanish here) it said the disk was full."""
+    status, err = run_filling(after_step=3, refusal=(errno.EDQUOT, words))
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    assert status == 2
+    assert err.startswith(
+        f"error: the disk quota is used up at step 4: could not write {metrics} ({words}); "
     )

@@ -46,20 +46,21 @@ def write_error(what: str, err: OSError, fix: str | Callable[[OSError], str]) ->
         reason = f"{reason}: {name}"
     fix = fix if isinstance(fix, str) else fix(err)
     line = f"could not write {what} ({reason}); {fix}"
-    return DiskFull(line, what, reason) if err.errno in FULL else UserError(line)
+    return DiskFull(line, what, reason, err.errno) if err.errno in FULL else UserError(line)
 
 
 class DiskFull(UserError):
     """A write refused for want of room (the disk, or the user's quota on it): `what` could not be
-    written (a file, or "checkpoint PATH"), for `reason`, the system's words. A training run words
-    it anew (train/disk_full.py), with the checkpoint it kept."""
+    written (a file, or "checkpoint PATH"), for `reason`, the system's words, and `errno`, which of
+    FULL it was (the words may be another language's). A training run words it anew
+    (train/disk_full.py), with the checkpoint it kept."""
 
-    def __init__(self, message: str, what: str, reason: str):
+    def __init__(self, message: str, what: str, reason: str, errno: int):
         super().__init__(message)
-        self.what, self.reason = what, reason
+        self.what, self.reason, self.errno = what, reason, errno
 
     def __reduce__(self):  # handed to every process of a job (rank0.on_main) whole
-        return (DiskFull, (str(self), self.what, self.reason))
+        return (DiskFull, (str(self), self.what, self.reason, self.errno))
 
 
 FULL = (errno.ENOSPC, errno.EDQUOT)  # the disk, or the user's quota on it

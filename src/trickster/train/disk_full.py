@@ -4,13 +4,17 @@ there once there is room; `stopped` with the reason `disk-full` goes to status.j
 place if need be: observe/status.py) and, if there is room for it, to metrics.jsonl.
 
 Each write of the run (metrics.jsonl and its copies, a checkpoint, status.json) turns a full disk
-into errors.DiskFull where it fails; this words it for the run. Before, the line was the failed
-write's own, and status.json, whose new copy found no room either, kept saying `running`: `trickster
-runs` showed the run as `stopped (process died)`."""
+into errors.DiskFull where it fails, with its errno: a full disk or a quota is told by that, not by
+the system's words (another language's, maybe). The one text read for it is safetensors' message,
+which holds the errno as "(os error N)" (tensor_files; torch.save's RuntimeError has none, so
+tensor_files keeps the OSError of the write itself). This words it for the run. Before, the line
+was the failed write's own, and status.json, whose new copy found no room either, kept saying
+`running`: `trickster runs` showed the run as `stopped (process died)`."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -47,7 +51,7 @@ def out_of_disk(trainer: Trainer, full: DiskFull) -> RunOutOfDisk:
     with contextlib.suppress(UserError, OSError):  # the event needs room too
         write_stopped(trainer, reason=REASON, file=full.what)
     good = run_checkpoints.latest(run_dir)
-    full_what = "the disk quota is used up" if "quota" in full.reason.lower() else "the disk is full"
+    full_what = "the disk quota is used up" if full.errno == errno.EDQUOT else "the disk is full"
     head = f"{full_what} at step {trainer.state.step}: could not write {full.what} ({full.reason})"
     if good is None:
         none = run_checkpoints.none_saved(run_dir)
