@@ -78,18 +78,33 @@ def test_a_best_linked_to_the_checkpoint_just_saved_takes_its_sums_without_readi
     assert recorded["model.safetensors"] == hashlib.sha256((final / WEIGHTS).read_bytes()).hexdigest()
 
 
-def test_weights_shared_by_hard_links_are_changed_in_every_checkpoint_that_links_them(run, capsys):
+def test_weights_shared_by_hard_links_are_changed_in_every_checkpoint_that_links_them(
+    run, capsys, monkeypatch
+):
     """A numbered checkpoint and `final` of one step share their files (the save links them): one
     flipped byte changes both, so the line names both to move aside and the one before them as the
-    newest intact one; nothing is changed."""
+    newest intact one; nothing is changed. The line reads each checkpoint's info.json once, for
+    its step and its sums, and not the refused one's, which the resume has read."""
     folder = run / "checkpoints"
     shutil.copytree(folder / "final", folder / "step_000012", copy_function=os.link)
     flip_byte(folder / "final" / WEIGHTS)
     files = written(run)
     argv = ["train", "--config", str(run / "config.yaml"), "--no-progress", "--resume"]
     argv.append("training_config.max_steps=20")  # past the 12 it has done
+    reads, read_text = [], Path.read_text
 
+    def counted(path, *args, **kwargs):
+        reads.append(path)
+        return read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", counted)
     assert cli.main(argv) == 2
+    monkeypatch.setattr(Path, "read_text", read_text)
+    # each once by the listing that finds the newest, once by the line's (final: the first only)
+    info = {
+        name: reads.count(folder / name / "info.json") for name in ("final", "step_000012", "step_000006")
+    }
+    assert info == {"final": 1, "step_000012": 2, "step_000006": 2}, info  # were 2, 3 and 4 reads
     assert capsys.readouterr().err == (
         f"error: {folder / 'final' / WEIGHTS} no longer matches the checksum saved with it (changed "
         f"or damaged on disk since it was written); move final and step_000012 out of {folder} to resume "
@@ -122,7 +137,8 @@ def test_a_checkpoint_replaced_while_served_is_checked_when_it_is_read_again(run
 def test_a_rollback_passes_over_a_checkpoint_changed_on_disk_to_the_newest_intact_one(micro, monkeypatch):
     """A real loss spike at steps 17-19 rolls the run back to step_000015 (tests/test_long_runs.py);
     with a byte of its trainer.pt flipped just after it was saved, to step_000010, and the line says
-    which checkpoint it passed over and why."""
+    which checkpoint it passed over and why. The rollback reads each checkpoint's info.json once,
+    for its step and its sums (a run evaluated only at steps 0 and 30 reads them for nothing else)."""
     monkeypatch.setattr(optim, "lr_at", spiking_schedule(optim.lr_at))
     save = ckpt.save_checkpoint
 
@@ -133,11 +149,22 @@ def test_a_rollback_passes_over_a_checkpoint_changed_on_disk_to_the_newest_intac
         return saved
 
     monkeypatch.setattr(ckpt, "save_checkpoint", save_then_flip)
+    reads, read_text = [], Path.read_text
+
+    def counted(path, *args, **kwargs):
+        reads.append(path)
+        return read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", counted)
     said = []
     result = train(micro(training_config=SPIKE), echo=said.append)
+    monkeypatch.setattr(Path, "read_text", read_text)
 
     (rollback,) = [r for r in result.history if r["event"] == "rollback"]
     assert rollback["checkpoint"] == "step_000010"
+    folder = result.run_dir / "checkpoints"
+    for checkpoint in ("step_000005", "step_000010", "step_000015"):  # 3, 4 and 5 reads
+        assert reads.count(folder / checkpoint / "info.json") == 1, checkpoint
     (line,) = [line for line in said if "loss spike at steps" in line]
     assert (
         "; passed over checkpoints/step_000015: its files no longer match the checksums saved with them "

@@ -11,7 +11,7 @@ import pytest
 from trickster import run_checkpoints
 from trickster.config import TrainingConfig
 from trickster.train import checkpoint as ckpt
-from trickster.train.spikes import SpikeDetector, checkpoint_before, discard_after
+from trickster.train.spikes import SpikeDetector, discard, rollback_to
 
 
 def noisy(steps: int, level: float = 2.0, seed: int = 0) -> list[float]:
@@ -108,9 +108,9 @@ def test_a_rollback_returns_to_the_newest_checkpoint_strictly_before_the_spike(t
     for step in (5, 10, 15):
         fake_checkpoint(tmp_path, ckpt.step_name(step), step)
     fake_checkpoint(tmp_path, "best", 15)
-    assert checkpoint_before(tmp_path, 15).name == ckpt.step_name(10)
-    assert checkpoint_before(tmp_path, 16).name == ckpt.step_name(15)
-    assert checkpoint_before(tmp_path, 5) is None
+    assert rollback_to(tmp_path, 15, ()).checkpoint.name == ckpt.step_name(10)
+    assert rollback_to(tmp_path, 16, ()).checkpoint.name == ckpt.step_name(15)
+    assert rollback_to(tmp_path, 5, ()).checkpoint is None
 
 
 def test_a_rollback_deletes_the_checkpoints_after_it_and_final_but_keeps_best(tmp_path):
@@ -118,12 +118,14 @@ def test_a_rollback_deletes_the_checkpoints_after_it_and_final_but_keeps_best(tm
         fake_checkpoint(tmp_path, ckpt.step_name(step), step)
     fake_checkpoint(tmp_path, "final", 12)  # a finished run continued with a larger max_steps
     fake_checkpoint(tmp_path, "best", 8)
-    assert sorted(discard_after(tmp_path, 4)) == sorted([ckpt.step_name(8), ckpt.step_name(12), "final"])
+    later = rollback_to(tmp_path, 5, ()).later
+    assert sorted(p.name for p in later) == sorted([ckpt.step_name(8), ckpt.step_name(12), "final"])
+    discard(later)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best", ckpt.step_name(4)]
 
 
 def test_a_checkpoint_a_rollback_was_deleting_when_killed_is_never_taken_back(tmp_path, monkeypatch):
-    """discard_after renames a post-spike checkpoint to a hidden name, then deletes it. Killed in
+    """discard renames a post-spike checkpoint to a hidden name, then deletes it. Killed in
     between, the hidden folder may still look complete: the next --resume must delete it, not put
     it back (it holds the spike's weights, and the newest step would be resumed from it)."""
     for step in (2, 4):
@@ -138,7 +140,7 @@ def test_a_checkpoint_a_rollback_was_deleting_when_killed_is_never_taken_back(tm
 
     monkeypatch.setattr(shutil, "rmtree", killed)
     with pytest.raises(KeyboardInterrupt):
-        discard_after(tmp_path, 2)
+        discard(rollback_to(tmp_path, 3, ()).later)
     monkeypatch.undo()
     repairs = run_checkpoints.recover(tmp_path)  # as --resume starts (the pid is this process's: not alive)
     assert run_checkpoints.latest(tmp_path).name == "step_000002" and len(repairs) == 1

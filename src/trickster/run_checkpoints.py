@@ -88,8 +88,30 @@ def latest(run_dir: str | Path) -> Path | None:
 
 def newest(run_dir: str | Path) -> tuple[Path, dict] | None:
     """`latest` and its info.json, each candidate's read once (as checkpoint_step reads it)."""
-    read = [(path, _listed_info(path)) for path in continuable(run_dir)]
-    return max(read, key=lambda found: (found[1]["step"], found[0].name == "final"), default=None)
+    return max(with_info(continuable(run_dir)), key=_recency, default=None)
+
+
+def with_info(checkpoints: list[Path], damaged_left_out: bool = False) -> list[tuple[Path, dict]]:
+    """Each of a run's `checkpoints` with its info.json, read once for all that a listing needs of
+    it (its step, the sums saved with it): damaged, it is named as the one to move aside, or with
+    `damaged_left_out`, left out."""
+    listed = []
+    for path in checkpoints:
+        try:
+            listed.append((path, _listed_info(path)))
+        except UserError:
+            if not damaged_left_out:
+                raise
+    return listed
+
+
+def newest_first(listed: list[tuple[Path, dict]]) -> list[tuple[Path, dict]]:
+    """with_info's checkpoints by step, newest first; `final` before a numbered one of its step."""
+    return sorted(listed, key=_recency, reverse=True)
+
+
+def _recency(found: tuple[Path, dict]) -> tuple[int, bool]:
+    return found[1]["step"], found[0].name == "final"
 
 
 def none_saved(run_dir: str | Path, otherwise: str = "no checkpoint was saved yet") -> str:

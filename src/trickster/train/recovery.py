@@ -25,7 +25,7 @@ from trickster.train.memory import out_of_memory
 from trickster.train.rank0 import on_main
 from trickster.train.resume import RESUME_READS
 from trickster.train.signals import continue_command
-from trickster.train.spikes import Spike, discard_after, intact_before, spike_line, too_many_spikes
+from trickster.train.spikes import Spike, discard, rollback_to, spike_line, too_many_spikes
 from trickster.train.state import TrainResult
 from trickster.train.validate import evaluate, pooled_loss
 
@@ -190,14 +190,15 @@ def roll_back(trainer: Trainer, spike: Spike) -> None:
     state, t = trainer.state, trainer.cfg.training
     window = spike.first_step - 1
     trainer.writer.settle()  # a checkpoint written in the background is one to return to
-    good, passed_over = on_main(trainer.job, intact_before, trainer.run_dir, window, RESUME_READS)
+    target = on_main(trainer.job, rollback_to, trainer.run_dir, window, RESUME_READS)
+    good, passed_over = target.checkpoint, target.passed_over
     if good is None:
         trainer.metrics.write("spike", state.step, first_step=spike.first_step, peak_loss=spike.peak_loss)
         trainer.out.line(spike_line(spike, None, state.rollbacks, t.max_rollbacks, passed_over))
         return
     if state.rollbacks >= t.max_rollbacks:
         if trainer.job.is_main:
-            discard_after(trainer.run_dir, run_checkpoints.checkpoint_step(good))
+            discard(target.later)
         write_stopped(trainer, reason="loss-spikes", checkpoint=good.name)
         raise too_many_spikes(spike, good, t.max_rollbacks)
     sampler = trainer.batches.sampler
@@ -210,7 +211,7 @@ def roll_back(trainer: Trainer, spike: Spike) -> None:
     sampler.skip(first, used)
     trainer.batches.load_state_dict(sampler.state_dict())
     if trainer.job.is_main:
-        discard_after(trainer.run_dir, state.step)
+        discard(target.later)
     trainer.save(good.name)
     record = {"first_step": spike.first_step, "last_step": spike.last_step, "checkpoint": good.name}
     trainer.metrics.write("rollback", state.step, **record, peak_loss=spike.peak_loss, median=spike.median)

@@ -180,11 +180,9 @@ def changed_fix(found: Path, run_dir: Path) -> str:
     way first. `final`, `best` and a numbered checkpoint of one step share their weights (hard
     links), so one flipped byte changes them all."""
     in_the_way, intact = [found], None
-    for path in _resumable(run_dir):
-        if path == found:
-            continue
-        if checksums.first_changed(path, RESUME_READS) is None:
-            intact = path
+    for path, info in _resumable(run_dir, found):
+        if checksums.first_changed(path, RESUME_READS, info) is None:
+            intact = path, info["step"]
             break
         in_the_way.append(path)
     if intact is None:
@@ -192,20 +190,18 @@ def changed_fix(found: Path, run_dir: Path) -> str:
     else:
         names = " and ".join(path.name for path in in_the_way)
         fix = (
-            f"move {names} out of {run_dir / 'checkpoints'} to resume from {intact.name} (step "
-            f"{run_checkpoints.checkpoint_step(intact)}), the newest intact checkpoint"
+            f"move {names} out of {run_dir / 'checkpoints'} to resume from {intact[0].name} (step "
+            f"{intact[1]}), the newest intact checkpoint"
         )
     return f"{fix} (nothing was changed)"
 
 
-def _resumable(run_dir: Path) -> list[Path]:
-    """The checkpoints a resume takes (run_checkpoints.continuable), newest first, as run_checkpoints.latest
-    orders them; one whose info.json is damaged too is left out."""
-    found = []
-    for path in run_checkpoints.continuable(run_dir):
-        with contextlib.suppress(UserError):
-            found.append((run_checkpoints.checkpoint_step(path), path.name == "final", path))
-    return [path for *_, path in sorted(found, key=lambda item: item[:2], reverse=True)]
+def _resumable(run_dir: Path, found: Path) -> list[tuple[Path, dict]]:
+    """The checkpoints a resume takes (run_checkpoints.continuable) but `found`, the one refused,
+    newest first as run_checkpoints.latest orders them, each with its info.json (read once, for
+    its step and sums); one whose info.json is damaged too is left out."""
+    others = [path for path in run_checkpoints.continuable(run_dir) if path != found]
+    return run_checkpoints.newest_first(run_checkpoints.with_info(others, damaged_left_out=True))
 
 
 def has_ended(run_dir: Path, step: int, max_steps: int) -> bool:

@@ -16,12 +16,13 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from trickster import run_checkpoints
 from trickster.errors import UserError
 from trickster.train import checksums
 
-# why a rollback passed over a checkpoint (intact_before)
+# why a rollback passed over a checkpoint (rollback_to)
 PASSED_OVER = "its files no longer match the checksums saved with them (changed or damaged on disk)"
 
 
@@ -65,31 +66,37 @@ class SpikeDetector:
         self.high = [(int(step), float(loss)) for step, loss in state.get("high", [])]
 
 
-def checkpoint_before(run_dir: Path, step: int) -> Path | None:
-    """The newest complete numbered checkpoint saved before `step`."""
-    found = [p for p in run_checkpoints.numbered(run_dir) if run_checkpoints.checkpoint_step(p) < step]
-    return found[-1] if found else None
+class Rollback(NamedTuple):
+    """Where a rollback returns to, from one listing of the run's checkpoints (rollback_to)."""
+
+    checkpoint: Path | None  # the newest numbered one before the spike whose files are intact
+    passed_over: list[str]  # the newer ones whose files changed on disk since they were written
+    later: list[Path]  # the numbered ones and `final` saved after `checkpoint`: to be discarded
 
 
-def intact_before(run_dir: Path, step: int, files: tuple[str, ...]) -> tuple[Path | None, list[str]]:
-    """The checkpoint a rollback returns to: the newest before `step` whose `files` (those a
-    resume reads) still match the checksums saved with them, and the names of the newer ones it
-    passes over because theirs do not (changed on disk since they were written)."""
-    passed_over, good = [], checkpoint_before(run_dir, step)
-    while good is not None and checksums.first_changed(good, files) is not None:
-        passed_over.append(good.name)
-        good = checkpoint_before(run_dir, run_checkpoints.checkpoint_step(good))
-    return good, passed_over
+def rollback_to(run_dir: Path, step: int, files: tuple[str, ...]) -> Rollback:
+    """The checkpoint a rollback returns to: the newest numbered one saved before `step` whose
+    `files` (those a resume reads) still match the checksums saved with them; the names of the
+    newer ones it passes over because theirs do not (changed on disk since they were written); and
+    the checkpoints a resume would take that were saved after it (discard). Each one's info.json is
+    read once, for its step and its sums."""
+    listed = run_checkpoints.with_info(run_checkpoints.continuable(run_dir))  # oldest first, then final
+    passed_over = []
+    for path, info in reversed(listed):
+        if path.name == "final" or info["step"] >= step:
+            continue
+        if checksums.first_changed(path, files, info) is None:
+            return Rollback(path, passed_over, [p for p, saved in listed if saved["step"] > info["step"]])
+        passed_over.append(path.name)
+    return Rollback(None, passed_over, [])
 
 
-def discard_after(run_dir: Path, step: int) -> list[str]:
-    """Delete the numbered checkpoints (and `final`) saved after `step`: they hold the spike's
-    weights, or a later point of the schedule that is about to be replayed, and a resume must
-    never pick them. `best` stays: it was chosen by validation loss."""
-    doomed = [p for p in run_checkpoints.continuable(run_dir) if run_checkpoints.checkpoint_step(p) > step]
-    for path in doomed:
+def discard(checkpoints: list[Path]) -> None:
+    """Delete the checkpoints saved after the one a rollback returns to (Rollback.later): they hold
+    the spike's weights, or a later point of the schedule that is about to be replayed, and a
+    resume must never pick them. `best` is never among them: it was chosen by validation loss."""
+    for path in checkpoints:
         run_checkpoints.remove(path)
-    return [p.name for p in doomed]
 
 
 def spike_line(
@@ -99,7 +106,7 @@ def spike_line(
         f"step {spike.last_step:>6}: loss spike at steps {spike.first_step}-{spike.last_step} (up to "
         f"{spike.peak_loss:.4f}, {spike.peak_loss / spike.median:.1f}x the running median {spike.median:.4f})"
     )
-    if passed_over:  # the rollback's own check (intact_before)
+    if passed_over:  # the rollback's own check (rollback_to)
         what += f"; passed over checkpoints/{' and '.join(passed_over)}: {PASSED_OVER}"
     if rolled_back_to is None:
         return f"{what}; no checkpoint before it to return to, training on"
