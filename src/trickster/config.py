@@ -35,7 +35,7 @@ from trickster.config_errors import (
     section_at,
 )
 from trickster.config_paths import nameable_path, typed_as_text, wandb_project_name
-from trickster.config_yaml import SAVED_MARK, load_yaml, parse_yaml, read_config_file
+from trickster.config_yaml import SAVED_MARK, load_yaml, overridden_keys, parse_yaml, read_config_file
 from trickster.errors import UserError, did_you_mean
 from trickster.presets import preset_text
 from trickster.units import whole_number, whole_seconds
@@ -355,7 +355,7 @@ def load_config(
 def validated(raw: dict, source: str, saved: bool, overrides: Sequence[str], own: bool) -> Config:
     """raw_config's answer validated as load_config validates it; `own`: a config file of the
     user's, whose keys they gave (given_keys), not a preset or a config.yaml a run saved."""
-    overridden = [o.partition("=")[0].strip() for o in overrides]
+    overridden = overridden_keys(overrides)
     return config_from_dict(raw, source, overridden, saved, given_keys(raw if own else {}, overridden))
 
 

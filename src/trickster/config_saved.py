@@ -25,7 +25,7 @@ from trickster import untrusted
 from trickster.config import SECTION_ALIASES, Config, raw_config, validated
 from trickster.config_checks import check_model
 from trickster.config_errors import KEPT_AS_SAVED, annotated_kinds, blamed, describe_all, waived
-from trickster.config_yaml import load_yaml
+from trickster.config_yaml import load_yaml, overridden_keys
 from trickster.errors import UserError
 
 
@@ -55,8 +55,7 @@ def described(path: str | None, preset: str | None, overrides: list[str]) -> tup
     if not saved:
         return validated(raw, source, saved, overrides, own=bool(path)), []
     problems: list[str] = []
-    overridden = [o.partition("=")[0].strip() for o in overrides]
-    return saved_config(raw, source, "", problems, overridden), problems
+    return saved_config(raw, source, "", problems, overridden_keys(overrides)), problems
 
 
 def saved_config(

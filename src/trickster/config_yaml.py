@@ -6,6 +6,7 @@ one line naming where."""
 from __future__ import annotations
 
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,12 @@ def load_yaml(text: str) -> Any:
         text,
         "lists or mappings",
     )
+
+
+def overridden_keys(overrides: Sequence[str]) -> list[str]:
+    """The dotted keys that `section.key=value` overrides set: a problem with one of them is the
+    command line's (config_errors.blamed), and a saved config never waives it (config_saved)."""
+    return [override.partition("=")[0].strip() for override in overrides]
 
 
 def parse_yaml(text: str, source: str) -> dict[str, Any]:
