@@ -21,6 +21,9 @@ REASONS = {
     "loss-spikes": "another loss spike after max_rollbacks rollbacks",
     "disk-full": "the disk was full",
 }
+DETAILS = ("during", "file", "checkpoint")  # a stopped event's, named after its reason
+# what how_it_stopped reads of an event: all that a `resume` event's `after` keeps of the last one
+AFTER = ("event", "step", "time", "signal", "reason", *DETAILS)
 
 
 @dataclass
@@ -65,7 +68,7 @@ def how_it_stopped(r: dict) -> str:
             return f"stopped by {r['signal']} (a checkpoint of this step saved)"
         reason = r.get("reason")
         said = REASONS.get(reason, str(reason))
-        details = [f"{key} {r[key]}" for key in ("during", "file", "checkpoint") if r.get(key)]
+        details = [f"{key} {r[key]}" for key in DETAILS if r.get(key)]
         return f"stopped: {said}" + (f" ({', '.join(details)})" if details else "")
     if kind == "end":
         return "finished its steps"

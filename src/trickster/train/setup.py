@@ -23,6 +23,7 @@ from trickster.errors import UserError, disk_errors
 from trickster.model.flops import trained_parameters
 from trickster.model.transformer import Transformer
 from trickster.model.vocab import vocab_note
+from trickster.observe import stops
 from trickster.observe.events import last_event, new_event
 from trickster.train import checkpoint_load, checksums, dist, weight_loading
 from trickster.train.console import Console
@@ -229,10 +230,7 @@ def _how_it_stopped(metrics: Path) -> dict | None:
     last = last_event(metrics)
     if last is None:
         return None
-    return {key: last[key] for key in ("event", "step", "time", *AFTER_DETAILS) if key in last}
-
-
-AFTER_DETAILS = ("signal", "reason", "during", "file", "checkpoint")  # a stopped event's
+    return {key: last[key] for key in stops.AFTER if key in last}  # what `trickster report` reads of it
 
 
 def _write_run_files(run_dir: Path, cfg: Config, data: PreparedData, manifest: dict) -> None:
