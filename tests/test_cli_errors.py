@@ -32,7 +32,8 @@ from safetensors.torch import save_file
 from trickster import cli, footprint
 from trickster.config import config_from_dict, save_config
 from trickster.data import sources
-from trickster.data.tokenizers import BPETokenizer, HFTokenizer, build_tokenizer, load_tokenizer
+from trickster.data.new_tokenizer import build_tokenizer
+from trickster.data.tokenizers import BPETokenizer, HFTokenizer, load_tokenizer
 from trickster.model.transformer import Transformer
 from trickster.train import loop, optim
 from trickster.train.checkpoint import save_checkpoint
@@ -1442,6 +1443,8 @@ def _wandb_not_logged_in(env: Env) -> list[str]:
 
 
 RECORD = '{"prompt": "Who is there?", "response": "Nay, answer me."}'
+INSTRUCTION = '{"instruction": "Who?", "input": "", "output": "Nay."}'
+CONVERSATION = '{"messages": [{"role": "user", "content": "Who?"}, {"role": "assistant", "content": "Nay."}]}'
 NESTED = '{"id": 1, "content": {"title": "Hamlet", "body": "Who is there?"}}'
 NESTED_COLUMNS = {"content": [{"title": "Hamlet", "body": "Who is there?"}, {"title": "Lear", "body": "No."}]}
 
@@ -4438,9 +4441,9 @@ CASES = [
     ),
     case(  # Alpaca's records: it said only that each record needs "prompt" and "response"
         "jsonl-instruction-records",
-        _jsonl(['{"instruction": "Who?", "input": "", "output": "Nay."}', RECORD]),
-        "line 1 is an instruction record (it has: instruction, input, output)",
-        'the output as "response" (docs/finetune-export.md, Instruction records)',
+        _jsonl([INSTRUCTION, RECORD]),
+        "line 1 is an instruction record (it has: instruction, input, output); read such records with "
+        "--format alpaca",
     ),
     case(  # stories as {"text": ...}: it said each record needs "prompt" and "response"
         "jsonl-text-records-without-text-field",
@@ -4490,12 +4493,117 @@ CASES = [
     ),
     case(
         "jsonl-chat-records",
+        _jsonl([CONVERSATION]),
+        'chat.jsonl line 1 is a chat record ("messages"); read such records with --format messages',
+    ),
+    case(  # the formats that read records of one shape name the one a record of another needs
+        "jsonl-alpaca-on-prompt-response-records",
+        _jsonl([RECORD, RECORD], "--format", "alpaca"),
+        "chat.jsonl line 1 is a prompt/response record (it has: prompt, response); read such records "
+        "with --format prompt-response",
+    ),
+    case(
+        "jsonl-alpaca-missing-output",
+        _jsonl([INSTRUCTION, '{"instruction": "Who?", "response": "Nay."}'], "--format", "alpaca"),
+        'chat.jsonl line 2 has no "output" field (it has: instruction, response); each instruction '
+        'record needs "instruction" and "output" ("input" may be left out)',
+    ),
+    case(
+        "jsonl-alpaca-instruction-not-a-string",
+        _jsonl([INSTRUCTION, '{"instruction": ["Who?"], "output": "Nay."}'], "--format", "alpaca"),
+        'chat.jsonl line 2: "instruction" must be a string (got an array); fix or remove that record',
+    ),
+    case(
+        "jsonl-alpaca-input-not-a-string",
+        _jsonl([INSTRUCTION, '{"instruction": "Who?", "input": 3, "output": "Nay."}'], "--format", "alpaca"),
+        'chat.jsonl line 2: "input" must be a string (got a number); write "" or leave it out for none',
+    ),
+    case(
+        "jsonl-alpaca-empty-instruction",
+        _jsonl([INSTRUCTION, '{"instruction": " ", "output": "Nay."}'], "--format", "alpaca"),
+        'chat.jsonl line 2: "instruction" is empty, so there is nothing to answer; write the '
+        "instruction, or remove that record",
+    ),
+    case(
+        "jsonl-alpaca-empty-output",
+        _jsonl([INSTRUCTION, '{"instruction": "Who?", "input": "", "output": ""}'], "--format", "alpaca"),
+        'chat.jsonl line 2: "output" is empty, so the loss would have nothing to learn from; write the '
+        "output, or remove that record",
+    ),
+    case(  # it said only that '#' is not in the vocabulary, which the records' own text may not hold
+        "jsonl-alpaca-with-a-char-model-without-its-markup",
+        lambda env: _jsonl(
+            [INSTRUCTION, INSTRUCTION], "--format", "alpaca", "--tokenizer-from", str(env.run)
+        )(env),
+        "--format alpaca writes '### Instruction: ### Input: ### Response:' around each record, which this "
+        "tokenizer cannot encode (character '#' is not in this model's character vocabulary); fine-tune a "
+        "model whose tokenizer can",
+    ),
+    case(
+        "jsonl-messages-on-instruction-records",
+        _jsonl([INSTRUCTION, INSTRUCTION], "--format", "messages"),
+        "chat.jsonl line 1 is an instruction record (it has: instruction, input, output); read such records "
+        "with --format alpaca",
+    ),
+    case(
+        "jsonl-messages-missing",
+        _jsonl([CONVERSATION, '{"conversation": []}'], "--format", "messages"),
+        'chat.jsonl line 2 has no "messages" field (it has: conversation); each chat record needs '
+        '"messages", a list of {"role", "content"}',
+    ),
+    case(
+        "jsonl-messages-not-a-list",
+        _jsonl([CONVERSATION, '{"messages": "Who?"}'], "--format", "messages"),
+        'chat.jsonl line 2: "messages" must be a list of {"role", "content"} messages (got a string); '
+        "fix or remove that record",
+    ),
+    case(
+        "jsonl-messages-empty-conversation",
+        _jsonl([CONVERSATION, '{"messages": []}'], "--format", "messages"),
+        'chat.jsonl line 2: the conversation is empty ("messages": []); remove that record',
+    ),
+    case(
+        "jsonl-messages-message-not-an-object",
+        _jsonl([CONVERSATION, '{"messages": ["Who?"]}'], "--format", "messages"),
+        'chat.jsonl line 2: message 1 is a string, not an object; write each message as {"role": "...", '
+        '"content": "..."}',
+    ),
+    case(
+        "jsonl-messages-message-without-content",
+        _jsonl([CONVERSATION, '{"messages": [{"role": "user"}]}'], "--format", "messages"),
+        'chat.jsonl line 2: message 1 has no "content" field (it has: role); each message needs "role" '
+        'and "content"',
+    ),
+    case(  # OpenAI's assistant message calling a tool has a null content
+        "jsonl-messages-content-not-a-string",
         _jsonl(
-            ['{"messages": [{"role": "user", "content": "Who?"}, {"role": "assistant", "content": "Nay."}]}']
+            [CONVERSATION, '{"messages": [{"role": "assistant", "content": null}]}'], "--format", "messages"
         ),
-        'chat.jsonl line 1 is a chat record ("messages"); data prepare reads prompt/response records',
-        "write one per reply, the conversation before it rendered as the prompt",
-        "(docs/finetune-export.md, Chat records)",
+        'chat.jsonl line 2: message 1: "content" must be a string (got null); fix or remove that record',
+    ),
+    case(
+        "jsonl-messages-unknown-role",
+        _jsonl(
+            [
+                CONVERSATION,
+                '{"messages": [{"role": "user", "content": "Who?"}, {"role": "tool", "content": "1"}]}',
+            ],
+            "--format",
+            "messages",
+        ),
+        'chat.jsonl line 2: message 2 has the role "tool"; chat records take system, user and assistant '
+        "messages: remove that message, or the record",
+    ),
+    case(
+        "jsonl-messages-no-assistant-turn",
+        _jsonl([CONVERSATION, '{"messages": [{"role": "user", "content": "Who?"}]}'], "--format", "messages"),
+        "chat.jsonl line 2: the conversation has no assistant message, so the loss would have nothing to "
+        "learn from; add the reply, or remove that record",
+    ),
+    case(
+        "jsonl-messages-with-text-field",
+        _jsonl([CONVERSATION, CONVERSATION], "--format", "messages", "--text-field", "messages"),
+        "--format messages cannot be combined with --text-field or --template",
     ),
     case("jsonl-not-json", _jsonl([RECORD, "prompt: Who?"]), "chat.jsonl line 2 is not JSON"),
     case("jsonl-not-an-object", _jsonl([RECORD, '["Who?", "Me."]']), "line 2 is not a JSON object"),

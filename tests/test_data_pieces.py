@@ -18,8 +18,9 @@ import pytest
 from trickster.data import documents, sources, textfile
 from trickster.data import encode as encode_module
 from trickster.data.loader import load_data
+from trickster.data.new_tokenizer import build_tokenizer
 from trickster.data.prepare import prepare
-from trickster.data.tokenizers import BPETokenizer, HFTokenizer, build_tokenizer
+from trickster.data.tokenizers import BPETokenizer, HFTokenizer
 from trickster.errors import Interrupted, UserError
 
 from .conftest import EXCERPT, QUIET

@@ -270,7 +270,7 @@ def test_bpe_is_trained_on_the_stream_and_encodes_the_same_in_worker_processes(s
 def test_jsonl_lines_end_only_at_a_newline(tmp_path):
     """JSON Lines ends a line at "\\n" (or "\\r\\n"): U+2028, NEL and a lone carriage return, which
     JSON allows inside strings or between tokens, belong to the record they are in."""
-    from trickster.data.records import jsonl_prompt_response
+    from trickster.data.records import jsonl_records
 
     texts = ["one\u2028two", "three\x85four", "five\u2029six"]
     lines = [json.dumps({"text": t, "prompt": t, "response": t}, ensure_ascii=False) for t in texts]
@@ -278,7 +278,7 @@ def test_jsonl_lines_end_only_at_a_newline(tmp_path):
     path = tmp_path / "r.jsonl"
     path.write_text("\r\n".join(lines) + "\r\n", encoding="utf-8", newline="")
     assert list(sources.jsonl_documents([str(path)], text_field="text").read()) == [*texts, "seven"]
-    assert jsonl_prompt_response(path).pairs == [*((t, t) for t in texts), ("p", "r")]
+    assert jsonl_records(path).documents == [*((t, t) for t in texts), ("p", "r")]
 
 
 def test_a_folder_of_parquet_files_is_read_without_what_spark_writes_beside_them(tmp_path):
@@ -324,7 +324,7 @@ def test_compressed_text_and_json_lines_are_read_as_the_plain_files(tmp_path):
     import gzip
     import lzma
 
-    from trickster.data.records import jsonl_prompt_response
+    from trickster.data.records import jsonl_records
 
     texts = stories(6, seed=3)
     lines = "".join(json.dumps({"text": t, "prompt": t, "response": t}) + "\n" for t in texts)
@@ -338,7 +338,7 @@ def test_compressed_text_and_json_lines_are_read_as_the_plain_files(tmp_path):
             f.write(lines)
         assert list(sources.text_files([str(folder)]).read()) == texts
         assert list(sources.jsonl_documents([str(tmp_path / f"r.jsonl{suffix}")], "text").read()) == texts
-        assert jsonl_prompt_response(tmp_path / f"r.jsonl{suffix}").pairs == [(t, t) for t in texts]
+        assert jsonl_records(tmp_path / f"r.jsonl{suffix}").documents == [(t, t) for t in texts]
 
 
 def test_text_files_line_endings_are_read_as_newlines_and_json_strings_as_written(tmp_path):
@@ -417,7 +417,7 @@ def test_nan_is_a_missing_value_like_null_and_never_text(tmp_path):
     """Python's json writes a float NaN (pandas' missing value, where to_json writes null) as NaN,
     and Infinity, neither of which JSON has; --template wrote them into the text as "nan" and "inf".
     They go as null goes: a NaN text is no document, a template refuses them, naming the line."""
-    from trickster.data.records import jsonl_prompt_response
+    from trickster.data.records import jsonl_records
 
     path = tmp_path / "r.jsonl"
     path.write_text('{"text": "one", "q": "Who?", "n": "1"}\n{"text": NaN, "q": NaN, "n": -Infinity}\n')
@@ -430,14 +430,14 @@ def test_nan_is_a_missing_value_like_null_and_never_text(tmp_path):
         list(sources.jsonl_documents([str(path)], text_field="n").read())
     path.write_text('{"prompt": "p", "response": "r"}\n{"prompt": NaN, "response": "r"}\n')
     with pytest.raises(UserError, match=r'r.jsonl line 2: "prompt" must be a string \(got NaN\)'):
-        jsonl_prompt_response(path)
+        jsonl_records(path)
 
 
 @pytest.mark.parametrize("encoding", ["utf-32-le", "utf-32-be", "utf-16-le", "utf-16-be"])
 def test_utf16_and_utf32_are_named_by_their_mark(tmp_path, encoding):
     """UTF-32's little-endian mark (FF FE 00 00) starts with UTF-16's (FF FE): a UTF-32 file was
     called UTF-16 text, and told to convert with iconv -f utf-16; a big-endian one, latin1."""
-    from trickster.data.records import jsonl_prompt_response
+    from trickster.data.records import jsonl_records
 
     name = encoding[:6].upper()
     text = '{"text": "To be", "prompt": "p", "response": "r"}\n' * 2
@@ -449,14 +449,14 @@ def test_utf16_and_utf32_are_named_by_their_mark(tmp_path, encoding):
     with pytest.raises(UserError, match=fix):
         list(sources.jsonl_documents([str(path)], text_field="text").read())
     with pytest.raises(UserError, match=fix):
-        jsonl_prompt_response(path)
+        jsonl_records(path)
 
 
 @pytest.mark.parametrize("field", ["text", "prompt"])
 def test_a_lone_surrogate_in_jsonl_is_named_with_its_line(tmp_path, field):
     """JSON can escape half of a surrogate pair ("\\ud800"), which is no character: one line that
     names the record, not a traceback from the tokenizer."""
-    from trickster.data.records import jsonl_prompt_response
+    from trickster.data.records import jsonl_records
 
     path = tmp_path / "r.jsonl"
     good = '{"text": "fine", "prompt": "p", "response": "r"}'
@@ -466,14 +466,14 @@ def test_a_lone_surrogate_in_jsonl_is_named_with_its_line(tmp_path, field):
         if field == "text":
             list(sources.jsonl_documents([str(path)], text_field="text").read())
         else:
-            jsonl_prompt_response(path)
+            jsonl_records(path)
 
 
 def test_a_byte_order_mark_is_not_part_of_the_text(tmp_path):
     """Windows editors start UTF-8 files with a byte-order mark (EF BB BF): it is no character of
     the document (a char vocabulary would gain U+FEFF, every document would start with it), and
     json.loads refuses a line that starts with it."""
-    from trickster.data.records import jsonl_prompt_response
+    from trickster.data.records import jsonl_records
 
     bom = b"\xef\xbb\xbf"
     (tmp_path / "t").mkdir()
@@ -483,7 +483,7 @@ def test_a_byte_order_mark_is_not_part_of_the_text(tmp_path):
     lines = b'{"text": "a", "prompt": "p", "response": "r"}\n{"text": "b", "prompt": "q", "response": "s"}\n'
     (tmp_path / "r.jsonl").write_bytes(bom + lines)
     assert list(sources.jsonl_documents([str(tmp_path / "r.jsonl")], text_field="text").read()) == ["a", "b"]
-    assert jsonl_prompt_response(tmp_path / "r.jsonl").pairs == [("p", "r"), ("q", "s")]
+    assert jsonl_records(tmp_path / "r.jsonl").documents == [("p", "r"), ("q", "s")]
 
 
 def test_ctrl_c_while_the_replaced_copy_is_deleted_says_the_data_is_prepared(

@@ -17,7 +17,7 @@ from trickster.data import dedup, sources
 from trickster.data import encode as encode_module
 from trickster.data.dedup import DedupSettings
 from trickster.data.loader import load_data
-from trickster.data.prepare import in_validation, partial_dir, prepare, prepare_prompt_response
+from trickster.data.prepare import in_validation, partial_dir, prepare, prepare_records
 from trickster.data.records import Records
 from trickster.data.shards import ShardWriter
 from trickster.data.sources import text_files
@@ -297,7 +297,7 @@ def test_an_interrupted_cut_of_the_one_distinct_document_continues(tmp_path, mon
 def test_prompt_response_records_are_deduplicated(tmp_path):
     pairs = [(f"question {i}?\n", f"answer {i}.\n") for i in range(30)]
     pairs += [pairs[3], pairs[7], ("question 3?\n", "another answer.\n")]  # 2 copies, 1 new response
-    meta = prepare_prompt_response(Records("jsonl", pairs), "char", tmp_path / "out", 0.1)
+    meta = prepare_records(Records("jsonl", pairs), "char", tmp_path / "out", 0.1)
     assert meta["dedup"]["exact_dropped"] == 2 and meta["documents"] == 31
     assert meta["train_records"] + meta["val_records"] == 31
 
@@ -346,7 +346,7 @@ def test_records_whose_prompt_and_response_join_to_one_text_are_not_copies(tmp_p
     responses, though their texts run together alike."""
     pairs = [(f"question {i}?\n", f"answer {i}.\n") for i in range(20)]
     pairs += [("Is it s", "o?"), ("Is it so", "?"), ("Is it s", "o?")]  # the third is a copy
-    meta = prepare_prompt_response(Records("jsonl", pairs), "char", tmp_path / "out", 0.1)
+    meta = prepare_records(Records("jsonl", pairs), "char", tmp_path / "out", 0.1)
     assert meta["dedup"]["exact_found"] == meta["dedup"]["exact_dropped"] == 1
     assert meta["documents"] == 22
 

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from trickster import cli
 from trickster.config import config_from_dict
-from trickster.data.tokenizers import ByteTokenizer, CharTokenizer, HFTokenizer, build_tokenizer
+from trickster.data.new_tokenizer import build_tokenizer
+from trickster.data.tokenizers import ByteTokenizer, CharTokenizer, HFTokenizer
 from trickster.errors import UserError
 from trickster.export.gguf import gguf_vocabulary
 from trickster.model.transformer import Transformer

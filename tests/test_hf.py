@@ -15,11 +15,11 @@ import torch
 
 from trickster import cli, run_checkpoints
 from trickster.config import config_from_dict
+from trickster.data.new_tokenizer import build_tokenizer
 from trickster.data.tokenizers import (
     ByteTokenizer,
     CharTokenizer,
     HFTokenizer,
-    build_tokenizer,
     load_tokenizer,
 )
 from trickster.export.hf import FROM_HF, TO_HF, rename

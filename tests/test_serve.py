@@ -1353,7 +1353,7 @@ def test_tokenizing_a_long_prompt_lets_other_threads_run(route):
     """Off the event loop is not enough: a Hugging Face tokenizer's encode holds the GIL throughout,
     so the loop stood still all the same. The main thread ticks every 1 ms while another thread
     tokenizes 256 KiB of prompt with a trained bpe (0.4 s or more), as each route does."""
-    from trickster.data.tokenizers import build_tokenizer
+    from trickster.data.new_tokenizer import build_tokenizer
     from trickster.serve import chat
 
     bpe = build_tokenizer("bpe", ["To be, or not to be, that is the question"] * 50, False, 300)

@@ -167,7 +167,7 @@ def byte_fallback_llama():
 
 
 def tokenizer_of(kind: str):
-    from trickster.data.tokenizers import build_tokenizer
+    from trickster.data.new_tokenizer import build_tokenizer
 
     from .test_tokenizers import LINES, gpt2_or_skip
 

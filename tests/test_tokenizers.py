@@ -7,11 +7,11 @@ import time
 import pytest
 
 from trickster.data import tokenizers
+from trickster.data.new_tokenizer import build_tokenizer
 from trickster.data.tokenizers import (
     EOT_TEXT,
     ByteTokenizer,
     CharTokenizer,
-    build_tokenizer,
     from_dict,
     load_tokenizer,
     tiktoken_cache_file,

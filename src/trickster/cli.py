@@ -185,11 +185,14 @@ def _check_prepare(args: argparse.Namespace) -> None:
         raise UserError(
             f"--vocab-size applies to --tokenizer bpe only (got --tokenizer {args.tokenizer or 'char'})"
         )
+    records = getattr(args, "record_format", None)
     if args.source == "jsonl" and args.text_field is None and args.template is None:
         if len(args.paths) != 1:
-            raise UserError("--format prompt-response reads one file; pass one FILE (or use --text-field)")
-    elif getattr(args, "record_format", None) is not None:
-        raise UserError("--format prompt-response cannot be combined with --text-field or --template")
+            raise UserError(
+                f"--format {records or 'prompt-response'} reads one file; pass one FILE (or use --text-field)"
+            )
+    elif records is not None:
+        raise UserError(f"--format {records} cannot be combined with --text-field or --template")
 
 
 def _check_eval(args: argparse.Namespace) -> None:

@@ -12,6 +12,7 @@ import argparse
 from trickster.cli_argparse import Parser, given, integer, out_path
 from trickster.cli_export import add_export, add_import
 from trickster.cli_serve import add_access, add_limits
+from trickster.data.record_layouts import FORMATS as RECORD_FORMATS  # no numpy
 from trickster.options import Sampling  # dataclasses only
 
 TOKENIZER_CHOICES = ("char", "byte", "bpe", "gpt2")
@@ -91,15 +92,16 @@ def _add_data_prepare(data_commands) -> None:
     text.add_argument("paths", nargs="+", metavar="PATH")
     sources.add_parser("python-stdlib", help="the running Python's standard library (always offline)")
     jsonl = sources.add_parser(
-        "jsonl", help="JSON lines: a text field, records joined by a template, or prompt/response records"
+        "jsonl", help="JSON lines: a text field, records joined by a template, or fine-tuning records"
     )
     jsonl.add_argument("paths", nargs="+", metavar="FILE")
     jsonl.add_argument(
         "--format",
         dest="record_format",
-        choices=("prompt-response",),
-        help="prompt-response (the default without --text-field/--template): the loss covers each "
-        "response, never its prompt",
+        choices=RECORD_FORMATS,
+        help="fine-tuning records, the loss over each response only: prompt-response (the default "
+        "without --text-field/--template), alpaca (instruction, input, output) or messages (chat: "
+        "every assistant turn); alpaca and messages give the model their chat template",
     )
     jsonl.add_argument("--template", help='join each record into one document, e.g. "{prompt}\\n{response}"')
     parquet = sources.add_parser("parquet", help="local Parquet files (streamed by record batch)")

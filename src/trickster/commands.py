@@ -41,6 +41,8 @@ from trickster.train.loop import train
 from trickster.train.resume import can_continue, fresh_run_dir
 from trickster.train.signals import continue_command
 
+OWN_TEMPLATE = "the layout of the records it was fine-tuned on (data prepare --format)"
+
 
 def train_command(source: ConfigSource, resume: bool = False, progress: bool | None = None) -> int:
     """`resume`: the --resume flag; without it training_config.resume decides. `progress`: None
@@ -272,14 +274,18 @@ def export_command(
         path, cfg, tokenizer = gguf.export_gguf(target, out, dtype, chat_template)
         hint = llama_cpp_hint(path, hinted_prompt(tokenizer, cfg.training.sample_prompt))
         print(f"wrote {path} ({dtype}); run it with llama.cpp: {hint}")
+        if tokenizer.chat_template is not None and chat_template is None:
+            print(f"chat template: {OWN_TEMPLATE}, which llama.cpp's chat tools read")
         return path
     if fmt != "hf":
         raise UserError(f"unknown export format '{fmt}'; choose hf or gguf")
-    path, shipped = hf.export_hf(target, out, dtype, chat_template)
+    path, shipped, tokenizer = hf.export_hf(target, out, dtype, chat_template)
     print(f"wrote {path}: config.json, model.safetensors ({dtype}), generation_config.json, tokenizer files")
     print(f"load it with transformers.AutoModelForCausalLM.from_pretrained('{path}'), or: vllm serve {path}")
-    if shipped:  # not an empty file, which leaves an imported tokenizer's own template in place
-        print(f"chat template: {chat_template}, which tokenizer.apply_chat_template(messages) renders")
+    # an empty file leaves the tokenizer's own template in place, unsaid (an imported one's always)
+    own = OWN_TEMPLATE if tokenizer.chat_template is not None and chat_template is None else None
+    if named := (chat_template if shipped else own):
+        print(f"chat template: {named}, which tokenizer.apply_chat_template(messages) renders")
     return path
 
 

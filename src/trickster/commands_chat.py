@@ -1,8 +1,9 @@
 """`trickster chat`: talk to a model in the terminal, with the model loaded once for the whole talk.
 
-With a chat template (an imported model's own, or `--chat-template FILE` for a model fine-tuned on
-prompt/response records) every reply is written for the whole conversation so far, rendered as
-`/v1/chat/completions` renders it; the oldest turns make way when the conversation outgrows the
+With a chat template (an imported model's own, the layout of the alpaca or messages records a model
+was fine-tuned on, or `--chat-template FILE` for a model fine-tuned on prompt/response records)
+every reply is written for the whole conversation so far, rendered as `/v1/chat/completions`
+renders it; the oldest turns make way when the conversation outgrows the
 model's context. Without one, the model continues text: each line typed is a prompt of its own,
 continued as `trickster generate --prompt LINE` continues it.
 

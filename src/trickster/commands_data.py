@@ -9,8 +9,8 @@ from pathlib import Path
 
 from trickster.data import hub, sources, textfile
 from trickster.data.dedup import DedupSettings
-from trickster.data.prepare import prepare, prepare_prompt_response
-from trickster.data.records import jsonl_prompt_response
+from trickster.data.prepare import prepare, prepare_records
+from trickster.data.records import jsonl_records
 from trickster.data.tokenizers import load_tokenizer
 from trickster.errors import UserError
 from trickster.options import PrepareOptions, SourceSpec
@@ -28,8 +28,8 @@ def prepare_data(spec: SourceSpec, options: PrepareOptions, dedup: DedupSettings
     out_dir = Path(options.out or f"data/{source}-{kind}")
     refuse_path_through_a_file(out_dir)
     if source == "jsonl" and text_field is None and spec.template is None:
-        records = jsonl_prompt_response(paths[0])
-        prepare_prompt_response(records, chosen, out_dir, options.val_fraction, vocab_size, dedup)
+        records = jsonl_records(paths[0], spec.record_format or "prompt-response")
+        prepare_records(records, chosen, out_dir, options.val_fraction, vocab_size, dedup)
     else:
         extra = {} if options.shard_tokens is None else {"shard_tokens": options.shard_tokens}
         prepare(

@@ -77,7 +77,7 @@ def normalise(text: str) -> str:
     return " ".join(text.split())
 
 
-def fingerprint(document: str | tuple[str, str]) -> int:
+def fingerprint(document: str | tuple[str, ...]) -> int:
     if isinstance(document, tuple):
         text = "\x00".join(normalise(part) for part in document)
     else:
@@ -173,7 +173,7 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
 _PERMUTATIONS = None  # permutations(), drawn once per process
 
 
-def signatures(documents: list[str | tuple[str, str]]) -> np.ndarray:
+def signatures(documents: list[str | tuple[str, ...]]) -> np.ndarray:
     """The documents' MinHash signatures, (documents, NUM_PERM) uint32: datasketch's MinHash (scheme
     affine32, seed 1) over each one's shingles, computed for a whole chunk at once (a MinHash object
     per document costs more than its arithmetic) and checked against datasketch's in the tests."""
@@ -195,7 +195,7 @@ def signatures(documents: list[str | tuple[str, str]]) -> np.ndarray:
     return sig
 
 
-def signature(document: str | tuple[str, str]) -> np.ndarray:
+def signature(document: str | tuple[str, ...]) -> np.ndarray:
     return signatures([document])[0]
 
 

@@ -38,7 +38,7 @@ class Piece:
     fingerprint: int | None = None  # ... and on its last piece, the whole document's (dedup.fingerprint)
 
 
-Document = str | tuple[str, str] | Piece  # a text, a (prompt, response) record, or a piece of a text
+Document = str | tuple[str, ...] | Piece  # a text, a record (context, reply, ...), or a piece of a text
 
 
 def in_validation(text: str, val_fraction: float) -> bool:
@@ -124,30 +124,30 @@ def _sigint_ignored() -> Iterator[None]:
 
 
 def encode_chunk(task: Chunk) -> Encoded:
-    """Each document -> [start] text [end-of-text] (a record: [start] prompt response [end-of-text],
-    its mask 0 up to the response), with its split, sizes and, if asked, fingerprint and signature."""
+    """Each document -> [start] text [end-of-text] (a record: [start] context reply [context reply
+    ...] [end-of-text], its mask 1 over each reply and the end-of-text, 0 elsewhere), with its split,
+    sizes and, if asked, fingerprint and signature."""
     tokenizer, docs = _worker_tokenizer, task.documents
     start, end = tokenizer.start_ids(), [] if tokenizer.eot_id is None else [tokenizer.eot_id]
     records = bool(docs) and isinstance(docs[0], tuple)
     texts = [text_of(d) for d in docs]
     bounds = [(d.first, d.last) if isinstance(d, Piece) else (True, True) for d in docs]
-    if records:
-        prompts = tokenizer.encode_batch([p for p, _ in docs])
-        responses = tokenizer.encode_batch([r for _, r in docs])
-        heads = [start + p for p in prompts]
-        tails = [r + end for r in responses]
+    if records:  # each segment encoded on its own: no token spans a context and a reply
+        encoded, parts = iter(tokenizer.encode_batch([segment for d in docs for segment in d])), []
+        for d in docs:  # (context, reply, ...): start ids before the first, end-of-text after the last
+            ids = [next(encoded) for _ in d]
+            parts.append([start + ids[0], *ids[1:-1], ids[-1] + end])
     else:
-        heads = [
-            (start if first else []) + ids + (end if last else [])
+        parts = [
+            [(start if first else []) + ids + (end if last else [])]
             for ids, (first, last) in zip(tokenizer.encode_batch(texts), bounds, strict=True)
         ]
-        tails = [[] for _ in docs]
-    lengths = [len(h) + len(t) for h, t in zip(heads, tails, strict=True)]
-    pieces = itertools.chain.from_iterable(itertools.chain.from_iterable(zip(heads, tails, strict=True)))
+    lengths = [sum(len(part) for part in p) for p in parts]
+    pieces = itertools.chain.from_iterable(itertools.chain.from_iterable(parts))
     tokens = np.fromiter(pieces, dtype=task.dtype, count=sum(lengths))
     mask = None
-    if records:
-        flags = ([0] * len(h) + [1] * len(t) for h, t in zip(heads, tails, strict=True))
+    if records:  # segments alternate context (0) and reply (1)
+        flags = ([i % 2] * len(part) for p in parts for i, part in enumerate(p))
         mask = np.fromiter(itertools.chain.from_iterable(flags), dtype=np.uint8, count=sum(lengths))
     return Encoded(
         tokens,
@@ -171,7 +171,7 @@ def _fingerprint(document: Document) -> int:
     return dedup.fingerprint(document)
 
 
-def _shingled(document: Document) -> str | tuple[str, str]:
+def _shingled(document: Document) -> str | tuple[str, ...]:
     """What a document's MinHash signature is computed over. A piece of a document among several:
     the piece after the 4 words before it, so that the minimum of its pieces' signatures is the
     whole text's (dedup.py: every 5-word shingle lies in one piece); a window of fewer than 5 words
@@ -186,7 +186,7 @@ def _shingled(document: Document) -> str | tuple[str, str]:
 
 
 def text_of(document: Document) -> str:
-    """The text of a document or a piece of one; a record's prompt and response together."""
+    """The text of a document or a piece of one; a record's segments together."""
     if isinstance(document, Piece):
         return document.text
     return "".join(document) if isinstance(document, tuple) else document

@@ -1,6 +1,6 @@
 """What every use of a Hugging Face tokenizer needs (data, chat templates, export): the `tokenizers`
 package, or one line saying how to install it, special tokens and the chat template read as
-tokenizer_config.json writes them."""
+tokenizer_config.json writes them (or as records' layout put one in tokenizer.json)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,11 @@ def require_tokenizers():
 
 
 def chat_template_of(tokenizer) -> str | None:
-    """An imported Hugging Face tokenizer's chat template (the default one, if it names several)."""
+    """The chat template a model is asked through unless one is given: that of the records it was
+    fine-tuned on (data prepare --format alpaca or messages saved it in tokenizer.json), else an
+    imported Hugging Face tokenizer's own (the default one, if it names several)."""
+    if tokenizer.chat_template is not None:
+        return tokenizer.chat_template
     template = getattr(tokenizer, "config", {}).get("chat_template")
     if isinstance(template, list):  # [{"name": "default", "template": "..."}, ...]
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}

@@ -250,6 +250,7 @@ def prepared_meta(source: Source, tokenizer: Tokenizer, record: Progress, index,
             f"{s}_shards": len(index[s]),
         }
     if source.records:
+        meta["records"] = source.records  # their layout (--format); tokenizer.json holds its chat template
         meta |= {f"{s}_records": splits[s].documents for s in SPLITS}
         meta |= {f"{s}_loss_tokens": splits[s].loss_tokens for s in SPLITS}
         meta["loss_mask"] = {

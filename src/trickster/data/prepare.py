@@ -6,7 +6,7 @@
 
 Every shard but the last of a split holds exactly `shard_tokens` tokens; documents run on across
 shard boundaries, so a split's shards read in order are one token stream. Documents are separated by
-the tokenizer's end-of-text token. Prompt/response records (records.py) take the same path and add a
+the tokenizer's end-of-text token. Fine-tuning records (records.py) take the same path and add a
 loss mask beside each shard (`train/000000.mask.bin`, named in index.json under "mask").
 
 Preparation streams: documents come one at a time from the source, are grouped into chunks of about
@@ -27,7 +27,7 @@ OUT survives any failure.
 Validation split:
 - one document (Tiny Shakespeare, a single text file): its last `val_fraction` of characters
   (counted in a pass of their own first);
-- a source with its own validation split (TinyStories; prompt/response records: the last ones): that split;
+- a source with its own validation split (TinyStories; fine-tuning records: the last ones): that split;
 - otherwise whole documents, chosen by a hash of each document's text (`in_validation`): the same
   choice on every run whatever the order or number of documents or workers;
 - and near-copies follow the first document of their cluster (dedup.py): never on both sides.
@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from trickster.atomic import held, replace_dir, replace_file
-from trickster.data import dedup
+from trickster.data import dedup, record_layouts
 from trickster.data.documents import all_texts, bounded, cuts_safely, documents, unread
 from trickster.data.encode import Chunk, chunks, encoded_in_order, in_validation
 from trickster.data.json_text import json_text
@@ -57,6 +57,7 @@ from trickster.data.meta import (
     prepared_meta,
     with_folder_tokenizer,
 )
+from trickster.data.new_tokenizer import build_tokenizer
 from trickster.data.no_text import none_held
 from trickster.data.partial import (
     ONE_DOCUMENT,
@@ -75,7 +76,7 @@ from trickster.data.shards import SPLITS, Progress, ShardWriter, SplitProgress, 
 from trickster.data.sources import Corpus, DownloadFailed, Source, corpus_source
 from trickster.data.summary import kept_older, prepare_summary
 from trickster.data.textfile import NotText
-from trickster.data.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
+from trickster.data.tokenizers import Tokenizer, load_tokenizer
 from trickster.errors import Interrupted, UserError, disk_errors, write_fix
 from trickster.plural import counted
 
@@ -83,7 +84,7 @@ SHARD_TOKENS = 100_000_000  # like nanoGPT's FineWeb shards
 CHUNK_CHARS = 1_000_000  # documents per task: big enough to amortise the hand-off to a worker
 TOKENIZER_SAMPLE_CHARS = 200_000_000  # bpe learns its merges from at most this much text
 
-__all__ = ["in_validation", "partial_dir", "prepare", "prepare_prompt_response", "token_dtype"]
+__all__ = ["in_validation", "partial_dir", "prepare", "prepare_records", "token_dtype"]
 
 
 def prepare(
@@ -189,7 +190,7 @@ def _prepare_in(
     return meta
 
 
-def prepare_prompt_response(
+def prepare_records(
     records: Records,
     tokenizer_kind: str | Tokenizer,
     out_dir: str | Path,
@@ -198,7 +199,7 @@ def prepare_prompt_response(
     dedup_settings: dedup.DedupSettings | None = None,
     echo: Callable[[str], None] = print,
 ) -> dict:
-    """Prompt/response records into shards with a loss mask (see records.py); returns meta.json's contents."""
+    """Fine-tuning records into shards with a loss mask (see records.py); returns meta.json's contents."""
     source = records_source(records, val_fraction)
     return prepare(
         source, tokenizer_kind, out_dir, val_fraction, vocab_size=vocab_size, workers=1,
@@ -257,6 +258,11 @@ def _tokenizer_for(
         limit = None if kind == "char" else TOKENIZER_SAMPLE_CHARS
         texts = bounded(all_texts(source, progress, f"reading for the {kind} tokenizer"), limit)
         tokenizer = build_tokenizer(kind, texts, not source.single_document, vocab_size)
+    # the records' layout goes with the tokenizer to every run and checkpoint, so chat, serve and
+    # export ask the model as the records were written; text, or records of the user's own layout,
+    # take none (a --tokenizer-from model's, of other records, is not theirs)
+    record_layouts.check_markup(source.records, tokenizer)
+    tokenizer.chat_template = record_layouts.chat_template(source.records, tokenizer)
     tokenizer.save(saved)
     return tokenizer
 

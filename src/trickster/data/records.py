@@ -1,10 +1,11 @@
-"""Prompt/response records for fine-tuning: read from JSON lines, prepared like any corpus (token
+"""Fine-tuning records (prompt/response, Alpaca's instructions, chat conversations): read from JSON
+lines, laid out as text by their --format (record_layouts.py), prepared like any corpus (token
 shards, one pipeline) with a loss mask beside each shard.
 
-Each record becomes [start id] prompt response [end-of-text]; its mask is 0 over the start id and
-the prompt, 1 over the response and the end-of-text (what the model must learn to produce, and to
-stop). The last `val_fraction` of the records (at least one) are the validation split, in the
-file's order; exact copies (same prompt, same response) are kept once, like documents.
+Each record becomes [start id] context reply [context reply ...] [end-of-text]; its mask is 0 over
+the start id and each context, 1 over each reply and the end-of-text (what the model must learn to
+produce, and to stop). The last `val_fraction` of the records (at least one) are the validation
+split, in the file's order; exact copies (same segments) are kept once, like documents.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trickster.data.json_records import check_not_an_array, checked_text, its_fields, json_line, json_type
+from trickster.data.json_records import check_not_an_array, json_line
+from trickster.data.record_layouts import EXAMPLE, segments
 from trickster.data.sources import Source
 from trickster.data.textfile import decode, read_bytes
 from trickster.errors import UserError
@@ -23,19 +25,21 @@ from trickster.plural import counted
 
 @dataclass
 class Records:
-    """Prompt/response pairs: the loss will cover each response, never its prompt."""
+    """Fine-tuning records as segments, context and reply in turn: the loss will cover each reply,
+    never its context. `layout` is their --format (record_layouts.py)."""
 
     name: str
-    pairs: list[tuple[str, str]]
+    documents: list[tuple[str, ...]]
+    layout: str = "prompt-response"
     files: list[str] = field(default_factory=list)
     sha256: str = ""
 
 
-def jsonl_prompt_response(path: str | Path) -> Records:
-    """One JSON object per line with "prompt" and "response" strings (blank lines are skipped)."""
+def jsonl_records(path: str | Path, layout: str = "prompt-response") -> Records:
+    """One JSON object per line, a record of `layout` (blank lines are skipped)."""
     path = Path(path)
     raw = read_bytes(path)
-    pairs = []
+    documents = []
     # JSON Lines ends a line at "\n" only: str.splitlines would also cut at U+2028 or NEL in a string
     for number, line in enumerate(decode(raw, str(path)).split("\n"), start=1):
         if not line.strip():
@@ -45,75 +49,39 @@ def jsonl_prompt_response(path: str | Path) -> Records:
         where = f"{path} line {number}"
         record = json_line(line, where)
         if not isinstance(record, dict):
-            raise UserError(f'{where} is not a JSON object; write {{"prompt": "...", "response": "..."}}')
-        for key in ("prompt", "response"):
-            if key not in record:
-                raise UserError(_missing(record, key, where))
-            if not isinstance(record[key], str):
-                got = json_type(record[key])
-                raise UserError(f'{where}: "{key}" must be a string (got {got}); fix or remove that record')
-            checked_text(record[key], f'{where}: "{key}"')
-        if not record["response"]:
-            raise UserError(
-                f'{where}: "response" is empty, so the loss would have nothing to learn from; write the '
-                "response, or remove that record"
-            )
-        pairs.append((record["prompt"], record["response"]))
-    if len(pairs) < 2:
-        held = f"holds {counted(len(pairs), 'record')}" if raw.strip() else "is empty"
+            raise UserError(f"{where} is not a JSON object; write {EXAMPLE[layout]}")
+        documents.append(segments(record, where, layout))
+    if len(documents) < 2:
+        held = f"holds {counted(len(documents), 'record')}" if raw.strip() else "is empty"
         raise UserError(f"{path} {held}; at least 2 are needed (one for training, one to validate)")
-    return Records("jsonl", pairs, [str(path)], hashlib.sha256(raw).hexdigest())
-
-
-def _missing(record: dict, key: str, where: str) -> str:
-    """The line for a record without `key`: its own fields named, and a chat record ("messages",
-    as OpenAI's and Hugging Face's fine-tuning sets write them) or an instruction record (Alpaca's
-    instruction, input, output) sent to how to turn it into pairs."""
-    if "messages" in record and "prompt" not in record:
-        return (
-            f'{where} is a chat record ("messages"); data prepare reads prompt/response records: '
-            "write one per reply, the conversation before it rendered as the prompt "
-            "(docs/finetune-export.md, Chat records)"
-        )
-    if isinstance(record.get("text"), str) and "prompt" not in record and "response" not in record:
-        return (  # a corpus of {"text": ...} records, such as Hugging Face datasets write
-            f'{where} has no "{key}" field ({its_fields(record)}); without --text-field or --template, '
-            "jsonl reads prompt/response records (for fine-tuning); pass --text-field text to read each "
-            "record's text"
-        )
-    if "instruction" in record and "output" in record and "prompt" not in record:
-        return (  # Alpaca's shape, the commonest instruction set: the prompt is the user's to write
-            f"{where} is an instruction record ({its_fields(record)}); data prepare reads prompt/response "
-            "records: write the instruction (and its input) with the cue the model answers after as "
-            '"prompt", the output as "response" (docs/finetune-export.md, Instruction records)'
-        )
-    return f'{where} has no "{key}" field ({its_fields(record)}); each record needs "prompt" and "response"'
+    return Records("jsonl", documents, layout, [str(path)], hashlib.sha256(raw).hexdigest())
 
 
 def records_source(records: Records, val_fraction: float) -> Source:
-    """The records as a source of (prompt, response) documents with its own validation split: the
+    """The records as a source of documents (their segments) with its own validation split: the
     last `val_fraction` of them, at least one, at most all but one."""
-    n_val = min(max(1, round(len(records.pairs) * val_fraction)), len(records.pairs) - 1)
-    train, val = records.pairs[:-n_val], records.pairs[-n_val:]
+    documents = records.documents
+    n_val = min(max(1, round(len(documents) * val_fraction)), len(documents) - 1)
+    train, val = documents[:-n_val], documents[-n_val:]
 
-    def read() -> Iterator[tuple[str, str]]:
+    def read() -> Iterator[tuple[str, ...]]:
         return iter(train)
 
-    def read_val() -> Iterator[tuple[str, str]]:
+    def read_val() -> Iterator[tuple[str, ...]]:
         return iter(val)
 
     return Source(
         records.name,
         {
             "source": records.name,
-            "records": "prompt-response",
+            "records": records.layout,
             "sha256": records.sha256,
             "files": records.files,
         },
         read,
         read_val=read_val,
-        total_bytes=sum(len(p.encode("utf-8")) + len(r.encode("utf-8")) for p, r in records.pairs),
+        total_bytes=sum(len(part.encode("utf-8")) for document in documents for part in document),
         files=records.files,
         content_sha256=lambda: records.sha256,
-        records=True,
+        records=records.layout,
     )

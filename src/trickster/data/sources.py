@@ -1,13 +1,13 @@
 """Where text comes from: Tiny Shakespeare (downloaded and checked), local files, Python's stdlib,
-JSONL (a text field, a template over each record, or prompt/response pairs for fine-tuning),
+JSONL (a text field, a template over each record, or fine-tuning records),
 and Parquet files; Hugging Face datasets (TinyStories, FineWeb, any other, or a local copy) are
 in hub.py.
 
 A `Source` reads its documents lazily, one at a time and in a fixed order, so that a corpus larger
 than memory streams through `prepare`; its `identity` says exactly what was read, for meta.json and
 for checking that an interrupted preparation is continued on the same input. Tiny Shakespeare and
-Python's stdlib are small enough to be read whole (`Corpus`); the JSONL prompt/response mode
-lives in records.py.
+Python's stdlib are small enough to be read whole (`Corpus`); JSONL's fine-tuning records
+(prompt/response, alpaca, messages) live in records.py.
 """
 
 from __future__ import annotations
@@ -76,7 +76,9 @@ class Source:
     total_bytes: int | None = None  # of the input, when known up front (for the progress bar)
     files: list[str] = field(default_factory=list)
     content_sha256: Callable[[], str] | None = None  # of the bytes the last full read went through
-    records: bool = False  # documents are (prompt, response) pairs: a loss mask covers the responses
+    # fine-tuning records, by their layout (record_layouts.FORMATS): documents are tuples of context
+    # and reply in turn, and a loss mask covers the replies
+    records: str | None = None
     revision: Revision | None = None  # a version that changes under the same name (a Hub dataset's)
     # its text files' line endings are read as "\n" (textfile.newlines), which preparation version
     # 2 brought: what version 1 read of them may differ (meta.preparation_settings)

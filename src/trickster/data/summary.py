@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from trickster.data.record_layouts import TEMPLATES
 from trickster.data.tokenizers import DEFAULT_BPE_VOCAB
 from trickster.plural import counted
 
@@ -13,6 +14,12 @@ NO_SEPARATOR = (
     "note: this tokenizer has no end-of-text id, so the records follow each other without a separator "
     "and a model cannot learn where a response ends"
 )
+# what `data prepare` read, by --format
+RECORDS = {
+    "prompt-response": "prompt/response records",
+    "alpaca": "instruction records",
+    "messages": "conversations",
+}
 NO_SEPARATOR_DOCUMENTS = (
     "note: this tokenizer has no end-of-text id, so the documents follow each other without a "
     "separator and a model cannot learn where one ends"
@@ -36,8 +43,9 @@ def prepare_summary(meta: dict, out_dir: Path, kept: bool = False, removed: str 
             "nothing was rewritten (delete it to prepare it again)" + (f"; {removed}" if removed else "")
         ]
     if meta.get("loss_mask"):
+        records = RECORDS[meta.get("records", "prompt-response")]  # a folder of 0.1 has no "records"
         lines = [
-            f"{meta['source']}: {meta['documents_read']:,} prompt/response records read "
+            f"{meta['source']}: {meta['documents_read']:,} {records} read "
             f"({meta['train_records']:,} train, {meta['val_records']:,} val kept; "
             f"validation: {meta['val_split']})"
         ]
@@ -67,7 +75,13 @@ def prepare_summary(meta: dict, out_dir: Path, kept: bool = False, removed: str 
         f"val {meta['val_tokens']:,} tokens in {shards['val']}{masks}, index.json, meta.json, tokenizer.json"
     )
     if meta.get("loss_mask"):
-        lines.append(f"the loss covers {meta['train_loss_tokens']:,} response tokens of train")
+        replies = "reply" if meta.get("records") == "messages" else "response"
+        lines.append(f"the loss covers {meta['train_loss_tokens']:,} {replies} tokens of train")
+        if meta.get("records") in TEMPLATES:
+            lines.append(
+                f"chat template: the {meta['records']} layout, in tokenizer.json: a model fine-tuned on "
+                f"{out_dir} is asked this way by trickster chat, serve and export"
+            )
         if meta.get("eot_id") is None:
             lines.append(NO_SEPARATOR)
     elif meta.get("eot_id") is None and meta["documents"] > 1:  # --tokenizer-from a one-text model

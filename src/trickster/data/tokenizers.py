@@ -53,6 +53,7 @@ class Tokenizer:
     eot_id: int | None  # end-of-text separator between documents, if this tokenizer has one
     bos_id: int | None = None  # start of every sequence, if this tokenizer has one
     eos_ids: tuple[int, ...] = ()  # other ids that end a generated text (HFTokenizer's)
+    chat_template: str | None = None  # the layout of the records prepared with it (record_layouts.py)
 
     def start_ids(self) -> list[int]:
         """What a document or a prompt starts with: [bos_id], or nothing."""
@@ -104,8 +105,10 @@ class Tokenizer:
         raise NotImplementedError
 
     def save(self, path: str | Path) -> None:
-        """tokenizer.json, replaced in one rename: a kill while it is written leaves the old one."""
-        replace_file(Path(path), json.dumps(self.to_dict(), ensure_ascii=False))
+        """tokenizer.json, replaced in one rename: a kill while it is written leaves the old one.
+        The chat template goes in beside to_dict's keys: it decides no id (fingerprint ignores it)."""
+        template = {} if self.chat_template is None else {"chat_template": self.chat_template}
+        replace_file(Path(path), json.dumps(self.to_dict() | template, ensure_ascii=False))
 
     def fingerprint(self) -> str:
         """A short hash that changes whenever the id <-> text mapping changes."""
@@ -417,7 +420,11 @@ def load_tokenizer(path: str | Path, fix: str = "prepare the data again") -> Tok
     """The tokenizer saved at `path`; `fix` is the advice when it cannot be read."""
     path = Path(path)
     try:
-        return from_dict(json.loads(path.read_text(encoding="utf-8")))
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        tokenizer = from_dict(saved)
+        tokenizer.chat_template = saved.get("chat_template")
+        if not isinstance(tokenizer.chat_template, str | None):
+            raise TypeError("chat_template is not text")
     except FileNotFoundError:
         raise UserError(f"tokenizer file {path} not found; {fix}") from None
     except OSError as err:  # a folder by that name, an unreadable file
@@ -427,24 +434,4 @@ def load_tokenizer(path: str | Path, fix: str = "prepare the data again") -> Tok
         named = "tokenizer kind" in str(err) or isinstance(err, TokenizerJsonError)  # `{}`: 'kind None'
         why = f" ({err})" if named else ""
         raise UserError(f"tokenizer file {path} is not a valid tokenizer{why}; {fix}") from None
-
-
-def build_tokenizer(
-    kind: str, texts: Iterable[str], with_eot: bool, vocab_size: int | None = None
-) -> Tokenizer:
-    """A new tokenizer for a corpus. `texts` is read at most once (a generator will do).
-
-    `with_eot` applies to char and byte; bpe and gpt2 always have end-of-text. `vocab_size` is
-    the size bpe trains up to (default 4096); the other kinds have a fixed or corpus-given size.
-    """
-    if vocab_size is not None and kind != "bpe":
-        raise UserError(f"--vocab-size applies to the bpe tokenizer only (got --tokenizer {kind})")
-    if kind == "char":
-        return CharTokenizer.from_texts(texts, with_eot)
-    if kind == "byte":
-        return ByteTokenizer(with_eot)
-    if kind == "bpe":
-        return BPETokenizer.train(texts, vocab_size)
-    if kind == "gpt2":
-        return GPT2Tokenizer()
-    raise UserError(f"unknown tokenizer '{kind}'; choose char, byte, bpe or gpt2")
+    return tokenizer

@@ -139,7 +139,8 @@ def export_gguf(
     target: str | Path, out: str | Path, dtype: str = "float32", chat_template: str | None = None
 ) -> tuple[Path, Config, Tokenizer]:
     """Write one .gguf file: hyperparameters, vocabulary, (permuted, renamed) weights, and the
-    template in `chat_template` (--chat-template's file) if given. The file, and the config and
+    template in `chat_template` (--chat-template's file) if given, else that of the records the model
+    was fine-tuned on (record_layouts.py), if any. The file, and the config and
     tokenizer of the checkpoint it holds (its sample prompt, and whether the tokenizer encodes it,
     for the line printed after)."""
     try:
@@ -154,7 +155,8 @@ def export_gguf(
         raise UserError(f"{out} already exists; choose a new file with --out (nothing was changed)")
     loaded = checkpoint_load.load_checkpoint(target)  # LoRA adapters arrive merged
     vocab = gguf_vocabulary(loaded.tokenizer, loaded.cfg.model.vocab_size)
-    template = read_checked(chat_template, loaded.tokenizer)
+    # else the layout of the records it was fine-tuned on, if any
+    template = read_checked(chat_template, loaded.tokenizer) or loaded.tokenizer.chat_template
 
     with disk_errors(str(out), WRITE_FIX):  # a file where a folder of the path should be, a read-only one
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -190,18 +190,20 @@ def _special_tokens(config: dict) -> dict:
 
 def export_hf(
     target: str | Path, out: str | Path, dtype: str = "float32", chat_template: str | None = None
-) -> tuple[Path, str | None]:
+) -> tuple[Path, str | None, Tokenizer]:
     """Write a Hugging Face Llama folder from a run (its best checkpoint) or a checkpoint;
-    `chat_template`, --chat-template's file: its template in place of the tokenizer's own (if any).
-    The folder, and the file's template where it was written (None for no file or an empty one,
-    which leaves an imported tokenizer's own template in place)."""
+    `chat_template`, --chat-template's file: its template in place of the tokenizer's own (if any:
+    the layout of the records the model was fine-tuned on, or an imported tokenizer's). The folder,
+    the file's template where it was written (None for no file or an empty one, which leaves the
+    tokenizer's own template in place), and the tokenizer."""
     out = Path(out)
     check_new_folder(out, "--out")
     loaded = checkpoint_load.load_checkpoint(target)
     m, tokenizer = loaded.cfg.model, loaded.tokenizer
     files = hf_tokenizer_files(tokenizer, m.max_seq_len)
-    if template := read_checked(chat_template, tokenizer):
-        files["tokenizer_config.json"]["chat_template"] = template  # where transformers 4 and 5 read it
+    template = read_checked(chat_template, tokenizer)
+    if shipped := template or tokenizer.chat_template:
+        files["tokenizer_config.json"]["chat_template"] = shipped  # where transformers 4 and 5 read it
     state = {}
     for name, tensor in weights_to_save(loaded.model).items():
         state[rename(name, TO_HF)] = tensor.to(DTYPES[dtype]).contiguous()
@@ -215,7 +217,7 @@ def export_hf(
         for name, content in json_files.items():
             text = json.dumps(content, indent=2, ensure_ascii=False) + "\n"
             (staging / name).write_text(text, encoding="utf-8")
-    return out, template
+    return out, template, tokenizer
 
 
 def check_new_folder(out: Path, flag: str) -> None:

@@ -1,6 +1,7 @@
 """Chat messages into one prompt, through a Jinja chat template as Hugging Face models ship them.
 
-A model has one when its tokenizer came with it (`trickster import hf`), or when the person serving
+A model has one when its tokenizer came with it (`trickster import hf`) or with the records it was
+fine-tuned on (data prepare --format alpaca or messages, record_layouts.py), or when the person serving
 it passes `--chat-template FILE` (for a model fine-tuned on prompt/response records: the template
 writes the conversation the way the records were written). Rendered as transformers renders
 templates: a sandboxed environment, `trim_blocks` and `lstrip_blocks`, `raise_exception`.

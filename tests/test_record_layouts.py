@@ -1,0 +1,227 @@
+"""`data prepare jsonl --format alpaca | messages`: instruction records and chat conversations laid
+out as documented (docs/finetune-export.md), the loss mask over exactly the outputs and assistant
+turns, and the chat template a run fine-tuned on them is asked through (chat, serve, export)
+rendering a conversation to the ids the records were prepared into."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import urllib.request
+
+import numpy as np
+import pytest
+
+from trickster import cli
+from trickster.data.loader import load_data
+from trickster.serve.chat import Template
+
+from .conftest import EXCERPT, QUIET, finetune_config
+from .test_gguf import read_gguf
+
+# each line once: records made of them are no copies of each other (data prepare keeps one of each)
+LINES = list(dict.fromkeys(line.strip() for line in EXCERPT.read_text().splitlines() if line.strip()))
+ROLES = ("user", "assistant", "user", "assistant")
+
+
+def alpaca_records(count: int = 20) -> list[dict]:
+    """Every third record without an input ("" or left out), as Alpaca's own set has them."""
+    records = []
+    for i in range(count):
+        record = {"instruction": LINES[i], "input": LINES[i + 1], "output": LINES[i + 2]}
+        if i % 3 == 1:
+            record["input"] = ""
+        elif i % 3 == 2:
+            del record["input"]
+        records.append(record)
+    return records
+
+
+def conversations(count: int = 20) -> list[dict]:
+    """Two exchanges each, with a system message first in every other one (the even ones) and a user
+    message after the last reply (which teaches nothing: left out)."""
+    result = []
+    for i in range(count):
+        user, reply, again, last = LINES[i : i + 4]
+        messages = [] if i % 2 else [{"role": "system", "content": "Speak as a king."}]
+        messages += [
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": f"  {reply} "},  # trimmed, as the template trims it
+            {"role": "user", "content": again},
+            {"role": "assistant", "content": last},
+            {"role": "user", "content": "And then?"},
+        ]
+        result.append({"messages": messages})
+    return result
+
+
+def laid_out(layout: str, record: dict) -> list[tuple[str, int]]:
+    """The record's text in the documented layout, written here by hand: (text, 1 where the loss
+    covers it)."""
+    if layout == "alpaca":
+        prompt = f"### Instruction:\n{record['instruction']}\n\n"
+        if record.get("input"):
+            prompt += f"### Input:\n{record['input']}\n\n"
+        return [(prompt + "### Response:\n", 0), (record["output"], 1)]
+    parts, context = [], ""
+    for message in record["messages"]:
+        if message["role"] == "assistant":
+            parts += [(context + "assistant:", 0), (" " + message["content"].strip() + "\n", 1)]
+            context = ""
+        else:
+            context += f"{message['role']}: {message['content']}\n"
+    return parts
+
+
+def prepare(tmp_path, layout: str, records: list[dict], *flags: str):
+    path = tmp_path / f"{layout}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    out = tmp_path / f"data-{layout}"
+    argv = ["data", "prepare", "jsonl", str(path), "--format", layout, "--out", str(out), "--workers", "1"]
+    # near-copies (records sharing a line) stay where they are: the last records validate
+    assert cli.main([*argv, "--dedup", "exact", "--no-progress", *flags]) == 0
+    return load_data(out)
+
+
+@pytest.mark.parametrize("layout", ["alpaca", "messages"])
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_the_loss_covers_exactly_the_outputs_and_every_assistant_turn(tmp_path, capsys, layout, kind):
+    records = alpaca_records() if layout == "alpaca" else conversations()
+    flags = ["--tokenizer", kind] + (["--vocab-size", "300"] if kind == "bpe" else [])
+    data = prepare(tmp_path, layout, records, *flags)
+    tokenizer, n_val = data.tokenizer, 2  # the last 10% of 20 records
+    assert tokenizer.eot_id is not None  # built from several records: they are told apart
+    for split, kept in ((data.train, records[:-n_val]), (data.val, records[-n_val:])):
+        tokens, mask = np.asarray(split), np.asarray(split.loss_mask)
+        expected_tokens, expected_mask = [], []
+        for record in kept:
+            parts = laid_out(layout, record)
+            for n, (text, covered) in enumerate(parts):
+                ids = tokenizer.encode(text) + ([tokenizer.eot_id] if n == len(parts) - 1 else [])
+                expected_tokens += ids
+                expected_mask += [covered] * len(ids)
+        assert tokens.tolist() == expected_tokens
+        assert mask.tolist() == expected_mask
+    replies = [text for r in records[:-n_val] for text, covered in laid_out(layout, r) if covered]
+    if layout == "messages":
+        assert len(replies) == 2 * len(records[:-n_val])  # both turns of each, not only the last
+    if kind == "char":  # one token a character, and the end-of-text after each record's last reply
+        covered = sum(len(text) for text in replies) + len(records[:-n_val])
+        assert data.meta["train_loss_tokens"] == covered
+    out = capsys.readouterr().out
+    assert f"{len(records)} {'conversations' if layout == 'messages' else 'instruction records'} read" in out
+    assert f"chat template: the {layout} layout, in tokenizer.json" in out
+
+
+@pytest.mark.parametrize("layout", ["alpaca", "messages"])
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_the_data_s_chat_template_renders_a_conversation_as_its_records_were_prepared(tmp_path, layout, kind):
+    """The ids chat and serve would send (the data folder's tokenizer.json template, rendered as
+    they render it) are those the model was trained on: for bpe too, whose words start with their
+    space, so the space after "assistant:" must go with the reply."""
+    records = alpaca_records() if layout == "alpaca" else conversations()
+    records[-2].pop("input", None)  # the first validation record; a chat asks without an input
+    flags = ["--tokenizer", kind] + (["--vocab-size", "300"] if kind == "bpe" else [])
+    data = prepare(tmp_path, layout, records, *flags)
+    template = Template(
+        json.loads((data.path / "tokenizer.json").read_text())["chat_template"], data.tokenizer
+    )
+    val, mask = np.asarray(data.val).tolist(), np.asarray(data.val.loss_mask).tolist()
+    if layout == "alpaca":
+        asked = [[{"role": "user", "content": records[-2]["instruction"]}]]
+    else:  # before the first reply (after a system message), and before the second
+        messages = records[-2]["messages"]
+        assert messages[0]["role"] == "system"
+        asked = [messages[:-4], messages[:-2]]
+    for conversation in asked:
+        ids = template.prompt_ids(conversation)
+        assert val[: len(ids)] == ids
+        assert mask[len(ids) - 1] == 0 and mask[len(ids)] == 1  # the reply starts right after
+
+
+SHORT = sorted({line for line in LINES if len(line) <= 7})  # conversations that fit a 64-token context
+
+
+def occurs(ids: list[int], tokens: list[int]) -> bool:
+    return any(tokens[i : i + len(ids)] == ids for i in range(len(tokens) - len(ids) + 1))
+
+
+@pytest.mark.slow
+def test_a_run_fine_tuned_on_conversations_is_asked_by_chat_serve_and_export_as_it_learned(
+    trained_run, tmp_path, capsys, monkeypatch
+):
+    from transformers import AutoTokenizer
+
+    from trickster import commands_chat
+    from trickster.train.loop import train
+
+    from .live_server import live_server
+
+    turns = [[SHORT[(i + k) % len(SHORT)] for k in range(4)] for i in range(len(SHORT))]
+    records = [
+        {"messages": [{"role": r, "content": c} for r, c in zip(ROLES, t, strict=True)]} for t in turns
+    ]
+    records[-2]["messages"].insert(0, {"role": "system", "content": "Be brief."})
+    path, data_dir, run = tmp_path / "talk.jsonl", tmp_path / "talk", tmp_path / "ft"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    argv = [
+        "data",
+        "prepare",
+        "jsonl",
+        str(path),
+        "--format",
+        "messages",
+        "--tokenizer-from",
+        str(trained_run),
+    ]
+    assert cli.main([*argv, "--out", str(data_dir), "--dedup", "exact", "--no-progress"]) == 0
+    train(finetune_config(trained_run, data_dir, run), **QUIET)
+    data = load_data(data_dir)
+    val, tokenizer = np.asarray(data.val).tolist(), data.tokenizer  # the last 3 conversations
+    user, reply, again, _ = turns[-3]
+    second = tokenizer.encode(f"user: {user}\nassistant: {reply}\nuser: {again}\nassistant:")
+    first = tokenizer.encode(f"system: Be brief.\nuser: {turns[-2][0]}\nassistant:")
+    assert val[: len(second)] == second and occurs(first, val)
+
+    # trickster chat: the run's own template, without --chat-template
+    asked, stream = [], commands_chat.stream
+    monkeypatch.setattr(
+        commands_chat, "stream", lambda m, t, ids, *a, **k: asked.append(ids) or stream(m, t, ids, *a, **k)
+    )
+    monkeypatch.setattr(sys, "stdin", io.StringIO(turns[-2][0] + "\n"))
+    capsys.readouterr()
+    assert cli.main(["chat", str(run), "--system", "Be brief.", "--max-new-tokens", "2"]) == 0
+    assert "chatting with" in capsys.readouterr().out
+    assert asked == [first]
+    mine = tmp_path / "mine.jinja"  # an explicit --chat-template still wins
+    mine.write_text("{% for m in messages %}{{ m.content }}\n{% endfor %}", encoding="utf-8")
+    monkeypatch.setattr(sys, "stdin", io.StringIO(user + "\n"))
+    assert cli.main(["chat", str(run), "--chat-template", str(mine), "--max-new-tokens", "2"]) == 0
+    assert asked[-1] == tokenizer.encode(user + "\n")
+
+    # trickster serve: /v1/chat/completions, the conversation up to the second reply
+    conversation = [{"role": r, "content": c} for r, c in zip(ROLES, (user, reply, again), strict=False)]
+    with live_server(run) as live:
+        sent, submit = [], live.engine.submit
+        monkeypatch.setattr(live.engine, "submit", lambda *a: sent.append(a[2].prompt_ids) or submit(*a))
+        body = json.dumps({"model": "best", "messages": conversation, "max_tokens": 1}).encode()
+        request = urllib.request.Request(
+            live.url + "/v1/chat/completions", body, {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            assert json.load(answer)["usage"]["prompt_tokens"] == len(second)
+    assert sent == [second]
+
+    # export: transformers' apply_chat_template, and the GGUF file for llama.cpp
+    capsys.readouterr()
+    assert cli.main(["export", str(run), "--out", str(tmp_path / "hf")]) == 0
+    assert "chat template: the layout of the records it was fine-tuned on" in capsys.readouterr().out
+    theirs = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert (
+        list(theirs.apply_chat_template(conversation, add_generation_prompt=True, return_dict=False))
+        == second
+    )
+    assert cli.main(["export", str(run), "--out", str(tmp_path / "ft.gguf")]) == 0
+    template = json.loads((run / "tokenizer.json").read_text())["chat_template"]
+    assert read_gguf(tmp_path / "ft.gguf")[0]["tokenizer.chat_template"] == template
