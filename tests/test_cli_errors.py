@@ -2301,21 +2301,21 @@ CASES = [
         _resume_run_file_is_a_folder("manifest.json"),
         "could not write run folder",
         "(Is a directory:",
-        "run-copy/manifest.json); move that folder away",
+        "run-copy/manifest.json); move that folder away, then continue with --resume",
     ),
     case(
         "resume-run-tokenizer-is-a-folder",
         _resume_run_file_is_a_folder("tokenizer.json"),
         "could not write run folder",
         "(Is a directory:",
-        "run-copy/tokenizer.json); move that folder away",
+        "run-copy/tokenizer.json); move that folder away, then continue with --resume",
     ),
     case(
         "resume-run-config-is-a-folder",
         _resume_run_file_is_a_folder("config.yaml"),
         "could not write run folder",
         "(Is a directory:",
-        "run-copy/config.yaml); move that folder away",
+        "run-copy/config.yaml); move that folder away, then continue with --resume",
     ),
     case(
         "resume-weights-with-a-flipped-byte",
@@ -2589,13 +2589,14 @@ CASES = [
         "resume-in-a-read-only-run-folder",
         _resume_in_read_only_run,
         "could not write run folder",
-        "(Read-only file system); make the folder writable, or choose another --out",
+        # not 'or choose another --out': a resume continues the checkpoints of this folder
+        "(Read-only file system); make the folder writable, then continue with --resume",
     ),
     case(
         "resume-on-a-full-disk",
         _resume_on_a_full_disk,
         "could not write run folder",
-        "(No space left on device); free disk space, or choose another --out",
+        "(No space left on device); free disk space, then continue with --resume",
     ),
     case(
         "train-into-a-system-folder",

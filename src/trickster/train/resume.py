@@ -10,6 +10,7 @@ import errno
 import itertools
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from trickster import run_checkpoints
@@ -17,7 +18,14 @@ from trickster.atomic import put_in_place, remove_leftovers, still_at, write_asi
 from trickster.config_saved import read_saved
 from trickster.errors import UserError, disk_errors, write_fix
 from trickster.model import lora
-from trickster.observe.events import DamagedLines, MetricsLine, disk_fix, last_event, metrics_lines
+from trickster.observe.events import (
+    RESUME_FIX,
+    DamagedLines,
+    MetricsLine,
+    disk_fix,
+    last_event,
+    metrics_lines,
+)
 from trickster.observe.status import trains_now
 from trickster.run_checkpoints import RUN_AGAIN, not_empty_fix
 from trickster.train import checkpoint as ckpt
@@ -31,7 +39,23 @@ except ImportError:  # native Windows has no flock; WSL2 has
 LOCK = ".lock"  # RUN_DIR/.lock: held by the process that trains there (claimed)
 # the files of a checkpoint a resume reads (its tokenizer.json is the data's; config.yaml is checked)
 RESUME_READS = (run_checkpoints.WEIGHTS, lora.ADAPTERS, "trainer.pt", f"{ckpt.OPTIMIZER}/")
-WRITE_FIX = write_fix("choose another --out")  # the run folder's
+WRITE_FIX = write_fix("choose another --out")  # a new run's folder (run_folder_fix)
+
+
+def run_folder_fix(run_dir: Path) -> Callable[[OSError], str]:
+    """The fix for a failed write in the run folder (its lock, its files), picked when one fails:
+    once the folder holds a checkpoint to continue from, continue with --resume after the fix, as
+    the run's metrics and checkpoints say (observe.events.RESUME_FIX); another --out would hold
+    none of its checkpoints. Before its first, or another --out (WRITE_FIX)."""
+
+    def fix(err: OSError) -> str:
+        try:
+            resumable = bool(run_checkpoints.continuable(run_dir))
+        except OSError:  # a folder that cannot even be listed holds nothing to resume from here
+            resumable = False
+        return (RESUME_FIX if resumable else WRITE_FIX)(err)
+
+    return fix
 
 
 def run_dir_in_use(run_dir: Path) -> bool:
@@ -105,7 +129,7 @@ def _locked(path: Path, run_dir: Path):
     # not atomic.held (a lock on a folder, taken unguarded where none can be): the file names its holder
     _make_folder(run_dir, run_dir)
     while True:
-        with disk_errors(f"run folder {run_dir}", WRITE_FIX):
+        with disk_errors(f"run folder {run_dir}", run_folder_fix(run_dir)):
             lock = open(path, "a+", encoding="utf-8")
         with lock:
             _lock(lock, run_dir)
@@ -265,7 +289,8 @@ def _make_folder(folder: Path, run_dir: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise UserError(f"cannot create run folder {run_dir} ({err.strerror}); {WRITE_FIX(err)}") from None
+        fix = run_folder_fix(run_dir)(err)
+        raise UserError(f"cannot create run folder {run_dir} ({err.strerror}); {fix}") from None
 
 
 def trainer_state(path: Path, mapped: bool = False) -> dict:

@@ -33,12 +33,12 @@ from trickster.train.memory import allocation_refused, check_fits, check_validat
 from trickster.train.rank0 import on_main
 from trickster.train.resume import (
     RESUME_READS,
-    WRITE_FIX,
     changed_fix,
     finished_line,
     metrics_cut_back,
     open_run_dir,
     refuse_done,
+    run_folder_fix,
 )
 from trickster.train.resume_checks import check_resumable, refuse_init_from_on_scratch
 from trickster.train.state import TrainResult, TrainState
@@ -204,7 +204,7 @@ def write_run_files(
     config. Returns the notes on damaged lines of metrics.jsonl to print."""
     metrics.train_with(cfg)
     if resumed.checkpoint is None:
-        with disk_errors(f"run folder {run_dir}", WRITE_FIX):
+        with disk_errors(f"run folder {run_dir}", run_folder_fix(run_dir)):
             _write_run_files(run_dir, cfg, data, manifest)
             if resume:  # nothing to resume: events of an attempt that saved no checkpoint are dropped
                 (run_dir / "metrics.jsonl").unlink(missing_ok=True)
@@ -217,7 +217,7 @@ def write_run_files(
     with metrics_cut_back(
         run_dir / "metrics.jsonl", resumed.step, resumed.eval_due, event, resumed.hellaswag_due
     ) as notes:
-        with disk_errors(f"run folder {run_dir}", WRITE_FIX):
+        with disk_errors(f"run folder {run_dir}", run_folder_fix(run_dir)):
             _write_run_files(run_dir, cfg, data, manifest)
     metrics.copy(event)  # to metrics.csv, TensorBoard, W&B
     return notes
