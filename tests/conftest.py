@@ -90,6 +90,19 @@ def count_reads(monkeypatch) -> list[int]:
     return counts
 
 
+def text_reads(monkeypatch) -> list[Path]:
+    """From now on, each file Path.read_text reads (a run's info.json, config.yaml), in order: one
+    read twice is there twice."""
+    reads, read_text = [], Path.read_text
+
+    def counted(path, *args, **kwargs):
+        reads.append(path)
+        return read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", counted)
+    return reads
+
+
 @pytest.fixture(scope="session")
 def shakespeare_dir(tmp_path_factory) -> Path:
     """The excerpt prepared with the char tokenizer (read-only for tests: copy before changing)."""

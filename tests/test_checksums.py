@@ -25,7 +25,7 @@ from trickster.train import checkpoint as ckpt
 from trickster.train import checkpoint_load, checksums, optim, weight_loading
 from trickster.train.loop import train
 
-from .conftest import QUIET, micro_config
+from .conftest import QUIET, micro_config, text_reads
 from .dist_child import spiking_schedule
 from .live_server import live_server
 from .test_long_runs import SPIKE
@@ -91,15 +91,8 @@ def test_weights_shared_by_hard_links_are_changed_in_every_checkpoint_that_links
     files = written(run)
     argv = ["train", "--config", str(run / "config.yaml"), "--no-progress", "--resume"]
     argv.append("training_config.max_steps=20")  # past the 12 it has done
-    reads, read_text = [], Path.read_text
-
-    def counted(path, *args, **kwargs):
-        reads.append(path)
-        return read_text(path, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "read_text", counted)
+    reads = text_reads(monkeypatch)
     assert cli.main(argv) == 2
-    monkeypatch.setattr(Path, "read_text", read_text)
     # each once by the listing that finds the newest, once by the line's (final: the first only)
     info = {
         name: reads.count(folder / name / "info.json") for name in ("final", "step_000012", "step_000006")
@@ -149,16 +142,9 @@ def test_a_rollback_passes_over_a_checkpoint_changed_on_disk_to_the_newest_intac
         return saved
 
     monkeypatch.setattr(ckpt, "save_checkpoint", save_then_flip)
-    reads, read_text = [], Path.read_text
-
-    def counted(path, *args, **kwargs):
-        reads.append(path)
-        return read_text(path, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "read_text", counted)
+    reads = text_reads(monkeypatch)
     said = []
     result = train(micro(training_config=SPIKE), echo=said.append)
-    monkeypatch.setattr(Path, "read_text", read_text)
 
     (rollback,) = [r for r in result.history if r["event"] == "rollback"]
     assert rollback["checkpoint"] == "step_000010"

@@ -36,7 +36,7 @@ from trickster.train.dist import Dist
 from trickster.train.loop import Trainer, train
 
 from . import children
-from .conftest import QUIET, events, micro_config
+from .conftest import QUIET, events, micro_config, text_reads
 
 try:
     import resource
@@ -262,13 +262,7 @@ def test_a_resume_reads_the_config_of_its_checkpoint_once(micro, monkeypatch, ba
     train(cfg, **QUIET)
     shorter = cfg.model_copy(deep=True)
     shorter.training.max_steps, shorter.training.seq_len = 6, 16
-    reads, read_text = [], Path.read_text
-
-    def counted(path, *args, **kwargs):
-        reads.append(path)
-        return read_text(path, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "read_text", counted)
+    reads = text_reads(monkeypatch)
     lines = []
     with settings_restored():
         trainer = Trainer(shorter, resume=True, echo=lambda *a, **k: lines.append(" ".join(map(str, a))))
@@ -285,13 +279,7 @@ def test_a_resume_reads_its_checkpoint_s_info_json_once(micro, monkeypatch):
     train(cfg, **QUIET)
     longer = cfg.model_copy(deep=True)
     longer.training.max_steps = 6
-    reads, read_text = [], Path.read_text
-
-    def counted(path, *args, **kwargs):
-        reads.append(path)
-        return read_text(path, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "read_text", counted)
+    reads = text_reads(monkeypatch)
     with settings_restored():
         trainer = Trainer(longer, resume=True, **QUIET)
     assert trainer.resumed_from.name == "final"

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
 
 from trickster import cli, run_checkpoints
 from trickster.train import loop
 from trickster.train.loop import train
 
-from .conftest import QUIET, events, micro_config
+from .conftest import QUIET, events, micro_config, text_reads
 
 
 def stopped_at(shakespeare_dir, tmp_path, monkeypatch, step: int, **training):
@@ -58,15 +57,8 @@ def test_a_run_resumed_at_its_last_step_reads_its_checkpoint_s_config_once(
     resume) is told by the checkpoint's config.yaml as the resume read it: it was read again."""
     cfg = stopped_at(shakespeare_dir, tmp_path, monkeypatch, 5)
     cfg.training.max_steps = 5
-    reads, read_text = [], Path.read_text
-
-    def counted(path, *args, **kwargs):
-        reads.append(path)
-        return read_text(path, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "read_text", counted)
+    reads = text_reads(monkeypatch)
     train(cfg, resume=True, **QUIET)
-    monkeypatch.undo()
     assert [e["step"] for e in events(tmp_path / "run", "eval")] == [0, 5]  # the last step evaluated
     assert reads.count(tmp_path / "run" / "checkpoints" / "step_000005" / "config.yaml") == 1
 
