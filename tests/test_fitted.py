@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+import yaml
+
 from trickster import cli
 from trickster.config import load_config
 
@@ -184,3 +187,144 @@ def test_a_short_run_of_a_preset_fits_its_eval_and_save_intervals(shakespeare_di
     assert numbered == ["step_000010", "step_000020", "step_000030", "step_000040"]
     saved = load_config(run / "config.yaml").training
     assert (saved.eval_every, saved.save_every) == (10, 10)
+
+
+# A run started from the config.yaml of a run that fitted its settings to itself (config_fitted):
+# the 12 that tiny's eval_every and save_every became in a 60-step run fitted 300 steps as well, so
+# a 300-step fine-tune from that file (docs/finetune-export.md) was evaluated and saved every 12
+# steps; a 20-step try's warmup of 2 held for 10,000.
+UNFITTED = [o for o in SHORT if "eval_every" not in o]  # the preset's 250 and 500 left to fit
+
+
+def _evaluated_at(run: Path) -> list[int]:
+    """The steps of the run's evaluations, counted in its metrics.jsonl line by line."""
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [record["step"] for record in map(json.loads, lines) if record["event"] == "eval"]
+
+
+def _saved_at(run: Path) -> list[int]:
+    """The steps of the run's numbered checkpoints, as their folders on disk name them."""
+    return sorted(int(p.name.removeprefix("step_")) for p in (run / "checkpoints").glob("step_*"))
+
+
+def _peak_lr_at(run: Path) -> int:
+    """The step whose logged learning rate is the highest (log_every 1): where the warmup ends."""
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    rates = {r["step"]: r["lr"] for r in map(json.loads, lines) if r["event"] == "train"}
+    return max(rates, key=lambda step: (rates[step], -step))
+
+
+@pytest.fixture(scope="module")
+def fitted_run(shakespeare_dir, tmp_path_factory) -> Path:
+    """50 steps of the tiny preset, its warmup (100) and intervals (250, 500) left to it: fitted to
+    5 and 10 steps, as its config.yaml records (and its ROMEO:, which the excerpt never holds, to "")."""
+    run = tmp_path_factory.mktemp("fitted") / "short"
+    argv = ["train", "--preset", "tiny", "--data", str(shakespeare_dir), "--out", str(run), "--no-progress"]
+    assert cli.main([*argv, *UNFITTED, "training_config.max_steps=50"]) == 0
+    assert _evaluated_at(run) == [0, 10, 20, 30, 40, 50] and _peak_lr_at(run) == 5
+    saved = yaml.safe_load((run / "config.yaml").read_text())["training_config"]
+    assert (saved["eval_every"], saved["save_every"], saved["warmup_steps"]) == (10, 10, 5)
+    return run
+
+
+def _from_config(fitted_run: Path, out: Path, *overrides: str) -> None:
+    """`trickster train --config` the fitted run's config.yaml into `out`, cut down as SHORT is."""
+    argv = ["train", "--config", str(fitted_run / "config.yaml"), "--out", str(out), "--no-progress"]
+    assert cli.main([*argv, *UNFITTED, *overrides]) == 0
+
+
+@pytest.mark.slow
+def test_a_run_from_a_fitted_runs_config_yaml_fits_its_settings_afresh(fitted_run, tmp_path, capsys):
+    """300 steps from the 50-step run's config.yaml were evaluated and saved every 10 steps (31
+    evaluations, 29 checkpoints) and warmed up for 5. Now they take the preset's values again and
+    fit them as a run of the preset does: an evaluation at 250 (it fits), a checkpoint every fifth
+    of the run (500 does not), a warmup of 100 steps. The new run records its own fitting."""
+    run = tmp_path / "longer"
+    _from_config(fitted_run, run, "training_config.max_steps=300")
+    out = capsys.readouterr().out
+    assert "save_every 500 past 300 steps: every 60 steps instead, a fifth of them" in out
+    assert _evaluated_at(run) == [0, 250, 300]
+    assert _saved_at(run) == [60, 120, 180, 240]
+    assert _peak_lr_at(run) == 100
+    text = (run / "config.yaml").read_text()
+    assert yaml.safe_load(text)["training_config"]["save_every"] == 60
+    record = text.splitlines()[1]  # the excerpt never holds ROMEO: (test_train's holds it)
+    assert json.loads(record[record.index("{") :]) == {
+        "training_config.sample_prompt": ["ROMEO:", ""],
+        "training_config.save_every": [500, 60],
+    }
+
+
+@pytest.mark.slow
+def test_a_setting_the_user_gives_a_run_from_a_config_yaml_is_kept(fitted_run, tmp_path):
+    """An interval given on the command line is the user's, whatever the config.yaml's record says
+    of it: kept, and recorded as nobody's fitting. The other, left to the file, is fitted afresh: the
+    preset's 500 to a fifth of 100 steps (it was the 10 of the fitted run)."""
+    run = tmp_path / "given"
+    _from_config(fitted_run, run, "training_config.max_steps=100", "training_config.eval_every=10")
+    assert _evaluated_at(run) == [0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
+    assert _saved_at(run) == [20, 40, 60, 80]
+    assert "eval_every" not in (run / "config.yaml").read_text().splitlines()[1]
+
+
+@pytest.mark.slow
+def test_a_resume_of_a_run_from_a_config_yaml_keeps_what_it_fitted(fitted_run, tmp_path, capsys):
+    """A run from the fitted run's config.yaml fits its intervals to its 100 steps (20). Resumed by
+    the same command with 140, it keeps them (not a fifth of 140, nor the file's 10): its checkpoint
+    trained with them, and its config.yaml still records their values before."""
+    run = tmp_path / "resumed"
+    _from_config(fitted_run, run, "training_config.max_steps=100")
+    record = (run / "config.yaml").read_text().splitlines()[1]
+    assert _evaluated_at(run) == [0, 20, 40, 60, 80, 100]
+    _from_config(fitted_run, run, "training_config.max_steps=140", "--resume")
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if "changed on resume" in line] == [
+        "changed on resume: training_config.max_steps 100 -> 140"
+    ]
+    assert _evaluated_at(run) == [0, 20, 40, 60, 80, 100, 120, 140]
+    assert _saved_at(run) == [20, 40, 60, 80, 120]  # 100 was the end's: final
+    assert (run / "config.yaml").read_text().splitlines()[1] == record
+
+
+@pytest.mark.slow
+def test_a_prompt_fitted_to_a_text_gives_way_to_the_presets_in_a_run_from_its_config(tmp_path, capsys):
+    """A run of stories whose char vocabulary lacks 'R' and ':' fits tiny's ROMEO: to a new document
+    (""). A run from its config.yaml on a play that holds ROMEO: took that "" as its prompt: its
+    samples started a new document. Now they continue the preset's ROMEO: again."""
+    stories = [f"once upon a time a cat named tom {i} found a ball and played all day." for i in range(60)]
+    _train_tiny(capsys, _prepared_stories(tmp_path, stories), tmp_path / "stories")
+    lines = ["ROMEO:", "But soft, what light through yonder window breaks?", "JULIET:", "Ay me."]
+    (tmp_path / "play.txt").write_text("\n".join(lines * 300) + "\n")
+    play, run = tmp_path / "play", tmp_path / "from-stories"
+    prepare = ["data", "prepare", "text", str(tmp_path / "play.txt"), "--out", str(play), "--no-progress"]
+    assert cli.main(prepare) == 0
+    argv = ["train", "--config", str(tmp_path / "stories" / "config.yaml"), "--data", str(play)]
+    argv += ["--out", str(run), "--no-progress", *SHORT, "model_config.vocab_size=auto"]
+    assert cli.main([*argv, "training_config.max_steps=2", "training_config.sample_tokens=8"]) == 0
+    samples = [e["sample"] for e in events(run, "eval")]
+    assert len(samples) == 2 and all(sample.startswith("ROMEO:") for sample in samples), samples
+
+
+@pytest.mark.slow
+def test_a_record_the_file_no_longer_matches_is_set_aside(fitted_run, tmp_path):
+    """The record is a comment: YAML, and so a reader of an earlier version, reads the file as if it
+    were not there. A setting edited by hand since its run fitted it is the file's (its entry is set
+    aside), and a damaged record is no record: the file loads, every setting as written."""
+    text = (fitted_run / "config.yaml").read_text()
+    mark, record, *rest = text.splitlines(keepends=True)
+    assert record.startswith("# fitted to this run, [before, fitted]"), record
+    assert yaml.safe_load(text) == yaml.safe_load(mark + "".join(rest))
+    before = {"training_config.sample_prompt": "ROMEO:", "training_config.warmup_steps": 100}
+    before["training_config.eval_every"] = 250
+    assert load_config(fitted_run / "config.yaml").fitted_from == {
+        **before,
+        "training_config.save_every": 500,
+    }
+
+    edited = tmp_path / "edited" / "config.yaml"
+    edited.parent.mkdir()
+    edited.write_text(text.replace("save_every: 10\n", "save_every: 30\n"))
+    assert load_config(edited).fitted_from == before
+    assert load_config(edited).training.save_every == 30
+    edited.write_text(mark + record.replace("[100, 5]", "[100, 5") + "".join(rest))
+    assert load_config(edited).fitted_from == {}

@@ -19,7 +19,6 @@ from pydantic import (
     PrivateAttr,
     StrictBool,
     ValidationError,
-    ValidationInfo,
     field_validator,
 )
 
@@ -27,48 +26,22 @@ from trickster import untrusted
 from trickster.atomic import replace_file
 from trickster.config_checks import check
 from trickster.config_errors import (
-    annotated_kinds,
     blamed,
     describe_all,
     elided,
     override_within_limits,
     section_at,
 )
+from trickster.config_fitted import fitted_line, recorded_fitted
 from trickster.config_paths import nameable_path, typed_as_text, wandb_project_name
+from trickster.config_section import Section
 from trickster.config_yaml import SAVED_MARK, load_yaml, overridden_keys, parse_yaml, read_config_file
 from trickster.errors import UserError, did_you_mean
 from trickster.presets import preset_text
-from trickster.units import whole_number, whole_seconds
+from trickster.units import whole_seconds
 
 
-class _Section(BaseModel):
-    """A config section. Switches are StrictBool: they take YAML's booleans (true/false, yes/no,
-    on/off) and nothing else, where pydantic alone would also take 1, 0 or the text "yes"."""
-
-    # inf and nan are refused: `learning_rate: .inf` would only show as non-finite losses later
-    model_config = ConfigDict(
-        extra="forbid", use_attribute_docstrings=True, validate_assignment=True, allow_inf_nan=False
-    )
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _numbers_as_people_write_them(cls, value: Any, info: ValidationInfo) -> Any:
-        """Refuse true/false where a number is expected: pydantic reads `max_steps: true` as 1.
-        Numbers given as text stay accepted (YAML reads `3e-4` as text, and overrides are text);
-        an integer setting also takes a whole number written as 1e4, 1.5e3 or 10000.0 (so
-        `max_steps: 1e4` is 10000), and refuses 1.5e0 or one past int64 in one line."""
-        kinds = annotated_kinds(cls.model_fields[info.field_name].annotation)
-        given = value if isinstance(value, list | tuple) else [value]
-        if bool not in kinds and kinds & {int, float} and any(isinstance(v, bool) for v in given):
-            number = "an integer" if not kinds & {float, str} else "a number"
-            raise ValueError(f"input should be {number}, not true or false")
-        if int not in kinds or float in kinds:
-            return value
-        numbers = [whole_number(v) if isinstance(v, int | float | str) else v for v in given]
-        return numbers if isinstance(value, list | tuple) else numbers[0]
-
-
-class ModelConfig(_Section):
+class ModelConfig(Section):
     vocab_size: int | Literal["auto"] = "auto"
     """Rows of the embedding table; `auto` takes the tokenizer's vocabulary size at training time."""
     hidden_dim: int = Field(256, gt=0)
@@ -111,14 +84,14 @@ class ModelConfig(_Section):
         )
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     path: str | None = None
     """Folder written by `trickster data prepare` (token shards, index.json, meta.json, tokenizer.json)."""
 
     _nameable = field_validator("path")(nameable_path)
 
 
-class LoraConfig(_Section):
+class LoraConfig(Section):
     rank: int = Field(8, gt=0)
     """Rank r of each adapter: the update to a weight W is (alpha / r) * B @ A, A (r, in), B (out, r);
     at most the narrower side of every layer it adapts."""
@@ -132,7 +105,7 @@ class LoraConfig(_Section):
 MAX_ACCUMULATION = 1_000_000  # gradient_accumulation_steps, as set or as batch_size: auto chooses it
 
 
-class TrainingConfig(_Section):
+class TrainingConfig(Section):
     batch_size: Annotated[int, Field(gt=0)] | Literal["auto"] = 16
     """Sequences per micro-batch, or auto: the largest micro-batch that fits the device (measured
     by a few trial steps, within device_config.memory_gib) and the gradient accumulation that keeps
@@ -234,7 +207,7 @@ class TrainingConfig(_Section):
     _nameable = field_validator("init_from", "hellaswag_file")(nameable_path)
 
 
-class DeviceConfig(_Section):
+class DeviceConfig(Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     """Where to train: auto picks cuda, then mps, then cpu."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -273,7 +246,7 @@ class DeviceConfig(_Section):
         return None if value == "auto" else value  # `auto` reads like dtype's and device's
 
 
-class LoggingConfig(_Section):
+class LoggingConfig(Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """How much to print."""
     output_dir: str = "runs/nano"
@@ -313,17 +286,25 @@ class Config(BaseModel):
     # the keys the user gave ("training_config.warmup_steps"): on the command line, or in a config
     # file of their own, not a preset's or a saved run's; a run fits the others to itself (train/fitted.py)
     _given: frozenset[str] = PrivateAttr(default_factory=frozenset)
+    # the settings a run fitted to itself (train/fitted.py), each with its value before, as the
+    # config.yaml it saves records them (config_fitted): {"training_config.eval_every": 250}
+    _fitted_from: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     @property
     def set_aside(self) -> dict[str, Any]:
         return self._set_aside
+
+    @property
+    def fitted_from(self) -> dict[str, Any]:
+        return self._fitted_from
 
     def gave(self, key: str) -> bool:
         """Whether the user gave the dotted `key` (see _given)."""
         return key in self._given
 
     def __eq__(self, other: object) -> bool:
-        """The same settings: which of them the user gave is not one (pydantic compares it too)."""
+        """The same settings: which of them the user gave or a run fitted is not one (pydantic
+        compares it too)."""
         if not isinstance(other, Config):
             return NotImplemented
         return self.__dict__ == other.__dict__ and self._set_aside == other._set_aside
@@ -348,8 +329,10 @@ def load_config(
     path: str | Path | None = None, preset: str | None = None, overrides: list[str] = ()
 ) -> Config:
     """Build a Config from a preset or YAML file, then apply `section.key=value` overrides."""
-    raw, source, saved = raw_config(path, preset, overrides)
-    return validated(raw, source, saved, overrides, own=bool(path) and not saved)
+    raw, source, saved, fitted = raw_config(path, preset, overrides)
+    cfg = validated(raw, source, saved, overrides, own=bool(path) and not saved)
+    cfg.fitted_from.update(recorded_fitted(fitted, cfg))  # which a run from the file fits afresh
+    return cfg
 
 
 def validated(raw: dict, source: str, saved: bool, overrides: Sequence[str], own: bool) -> Config:
@@ -369,20 +352,21 @@ def given_keys(own: dict[str, Any], overridden: Sequence[str]) -> frozenset[str]
 
 def raw_config(
     path: str | Path | None = None, preset: str | None = None, overrides: Sequence[str] = ()
-) -> tuple[dict[str, Any], str, bool]:
-    """The sections of a preset or YAML file with the overrides applied, what they came from, and
-    whether a run saved them (its config.yaml may hold a value saved before a limit)."""
+) -> tuple[dict[str, Any], str, bool, dict[str, Any]]:
+    """The sections of a preset or YAML file with the overrides applied, what they came from,
+    whether a run saved them (its config.yaml may hold a value saved before a limit), and its
+    record of the settings it fitted ({} unless it saved them: config_fitted)."""
     if path is not None and preset is not None:
         raise UserError("give either --preset or --config, not both")
     raw: dict[str, Any] = {}
-    source, saved = "defaults", False
+    source, saved, fitted = "defaults", False, {}
     if preset is not None:
         raw, source = parse_yaml(preset_text(preset), f"preset {preset}"), f"preset {preset}"
     elif path is not None:
-        (raw, saved), source = read_config_file(Path(path)), str(path)
+        (raw, saved, fitted), source = read_config_file(Path(path)), str(path)
     for override in overrides:
         _apply_override(raw, override)
-    return raw, source, saved
+    return raw, source, saved, fitted
 
 
 def config_from_dict(
@@ -412,8 +396,9 @@ def config_from_dict(
 
 def save_config(cfg: Config, path: str | Path, by_run: bool = False) -> None:
     """config.yaml, replaced in one rename: a resume killed while it writes leaves the old one.
-    `by_run`: a run's own (or its checkpoint's), marked as such (config_yaml.SAVED_MARK)."""
-    replace_file(Path(path), (SAVED_MARK if by_run else "") + cfg.to_yaml())
+    `by_run`: a run's own (or its checkpoint's), marked as such (config_yaml.SAVED_MARK), with the
+    record of the settings it fitted (config_fitted.fitted_line)."""
+    replace_file(Path(path), (SAVED_MARK + fitted_line(cfg) if by_run else "") + cfg.to_yaml())
 
 
 def _apply_override(raw: dict[str, Any], override: str) -> None:

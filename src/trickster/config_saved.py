@@ -25,6 +25,7 @@ from trickster import untrusted
 from trickster.config import SECTION_ALIASES, Config, raw_config, validated
 from trickster.config_checks import check_model
 from trickster.config_errors import KEPT_AS_SAVED, annotated_kinds, blamed, describe_all, waived
+from trickster.config_fitted import fitted_record, recorded_fitted
 from trickster.config_yaml import load_yaml, overridden_keys
 from trickster.errors import UserError
 
@@ -32,8 +33,9 @@ from trickster.errors import UserError
 def read_saved(file: Path, fix: str) -> Config:
     """The config.yaml `file` of a run or checkpoint; `fix` ends the line when it cannot be read or
     the model it describes cannot be built."""
+    text = ""
     try:  # as every config is read (dates as text, a key given twice refused, Python's limits named)
-        raw = load_yaml(file.read_text(encoding="utf-8"))
+        raw = load_yaml(text := file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError, untrusted.Unreadable):
         raw = None  # missing, a folder, not UTF-8, not YAML, nested too deeply
     if not isinstance(raw, dict):  # also an empty file, a list or a lone value
@@ -43,7 +45,9 @@ def read_saved(file: Path, fix: str) -> Config:
     # built from defaults, a ValueError traceback, or a run's page showed them as its own
     if not isinstance(model, dict) or model.get("vocab_size", "auto") == "auto":
         raise UserError(f"{file} is missing or damaged (no model_config.vocab_size); {fix}")
-    return saved_config(raw, str(file), fix)
+    cfg = saved_config(raw, str(file), fix)
+    cfg.fitted_from.update(recorded_fitted(fitted_record(text), cfg))  # a resume keeps them
+    return cfg
 
 
 def described(path: str | None, preset: str | None, overrides: list[str]) -> tuple[Config, list[str]]:
@@ -51,7 +55,7 @@ def described(path: str | None, preset: str | None, overrides: list[str]) -> tup
     reads it, except that one a run saved is read as a checkpoint's is (its training settings are
     not used to describe the model); with the problems waived in it, to be shown as a note. A
     problem in an override is the command line's, never waived: the user gave it just now."""
-    raw, source, saved = raw_config(path, preset, overrides)
+    raw, source, saved, _ = raw_config(path, preset, overrides)
     if not saved:
         return validated(raw, source, saved, overrides, own=bool(path)), []
     problems: list[str] = []

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from trickster import untrusted
+from trickster.config_fitted import fitted_record
 from trickster.errors import UserError
 
 
@@ -124,10 +125,12 @@ MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB of YAML; presets are under 2 
 SAVED_MARK = "# saved by trickster with a run: the settings it trains with\n"
 
 
-def read_config_file(path: Path) -> tuple[dict[str, Any], bool]:
-    """The sections of the config file `path`, and whether a run saved it (SAVED_MARK, or, written
+def read_config_file(path: Path) -> tuple[dict[str, Any], bool, dict[str, Any]]:
+    """The sections of the config file `path`, whether a run saved it (SAVED_MARK, or, written
     before the mark, where a run keeps it: beside its manifest.json and checkpoints/, or in a
-    checkpoint beside info.json). A file that is not one, or too big to be one, is one line."""
+    checkpoint beside info.json), and in one a run saved its record of the settings it fitted
+    (config_fitted.fitted_record; {} in any other). A file that is not one, or too big to be one,
+    is one line."""
     if path.is_dir():
         raise UserError(f"config file {path} is a folder; pass a YAML file to --config")
     if path.exists() and not path.is_file():  # a FIFO or a device: reading may never end
@@ -150,4 +153,5 @@ def read_config_file(path: Path) -> tuple[dict[str, Any], bool]:
     unmarked_checkpoint = (folder / "info.json").is_file() and folder.parent.name == "checkpoints"
     marked = text.lstrip("\ufeff").startswith(SAVED_MARK.rstrip("\n"))  # an editor's BOM or CRLF too
     unmarked = path.name == "config.yaml" and (unmarked_run or unmarked_checkpoint)
-    return parse_yaml(text, str(path)), marked or unmarked
+    saved = marked or unmarked
+    return parse_yaml(text, str(path)), saved, fitted_record(text) if saved else {}

@@ -19,10 +19,15 @@ or the defaults (Config.gave: not on the command line, not in a config file of t
   MIN_FITTED_INTERVAL steps (a try of a few steps) keeps them.
 
 What a run trains with is what it records: config.yaml, W&B's run config and TensorBoard's
-(setup.write_run_files) hold the fitted values. A resumed run keeps the values its checkpoint
-was trained with, whatever the config passed now says (the preset again, or a base model's
-config.yaml): its schedule and samples go on as they began. A value the user gives wins, then as
-at the start, and the resume reports the change.
+(setup.write_run_files) hold the fitted values, and config.yaml a comment with what each was
+fitted from (Config.fitted_from, config_fitted). A new run started from that config.yaml fits
+these settings afresh from those values, the preset's or the defaults: the 12 that tiny's
+eval_every became in a 60-step run fits 300 steps too, and was taken as a setting (a 300-step
+fine-tune from the file was evaluated and saved 25 times; a 20-step try's warmup of 2 held for
+10,000). A resumed run keeps the values its checkpoint was trained with, and their record,
+whatever the config passed now says (the preset again, or a base model's config.yaml): its
+schedule and samples go on as they began. A value the user gives wins, then as at the start, and
+the resume reports the change.
 """
 
 from __future__ import annotations
@@ -46,10 +51,14 @@ SEARCHED = 1 << 24  # tokens of the train split looked through for a preset's sa
 def fitted_config(cfg: Config, data: PreparedData, saved: Config | None) -> tuple[Config, list[str]]:
     """The config to train with and a line for each setting fitted; `saved`: the config of the
     checkpoint a run resumes from (None: a new run)."""
-    t = cfg.training
     left = [key for key in FITTED if not cfg.gave(f"training_config.{key}")]
-    if saved is not None:
-        return _with(cfg, {key: getattr(saved.training, key) for key in left}), []
+    if saved is not None:  # the values its checkpoint trained with, and the record of their fitting
+        kept = {key: getattr(saved.training, key) for key in left}
+        return _with(cfg, kept, _recorded(saved, left)), []
+    # a setting a saved config.yaml holds as its run fitted it is fitted afresh, from its value
+    # before (config_fitted), not taken as a preset's: 12 steps fitted to 60 fit 300 too
+    cfg = _with(cfg, _recorded(cfg, left), {})
+    t = cfg.training
     values: dict[str, Any] = {}
     notes = []
     if "sample_prompt" in left and data.record_prompt is not None:
@@ -75,7 +84,8 @@ def fitted_config(cfg: Config, data: PreparedData, saved: Config | None) -> tupl
             f"{said} past {counted(t.max_steps, 'step')}: every {counted(t.max_steps // INTERVALS, 'step')} "
             f"instead, a fifth of them (set training_config.{' or '.join(intervals)} to choose)"
         )
-    return _with(cfg, values), notes
+    values = {key: value for key, value in values.items() if getattr(t, key) != value}
+    return _with(cfg, values, {key: getattr(t, key) for key in values}), notes
 
 
 def _intervals(cfg: Config, left: list[str]) -> dict[str, int]:
@@ -104,12 +114,18 @@ def _not_in_text(data: PreparedData, prompt: str) -> str | None:
     return None if starts.size else "occurs nowhere in the training text"
 
 
-def _with(cfg: Config, values: dict[str, Any]) -> Config:
-    """cfg, or a copy with these training settings where they differ."""
-    values = {key: value for key, value in values.items() if getattr(cfg.training, key) != value}
-    if not values:
-        return cfg
+def _recorded(cfg: Config, left: list[str]) -> dict[str, Any]:
+    """The settings among `left` that cfg's config.yaml records its run fitted, with their values before."""
+    recorded = {key: f"training_config.{key}" for key in left}
+    return {key: cfg.fitted_from[dotted] for key, dotted in recorded.items() if dotted in cfg.fitted_from}
+
+
+def _with(cfg: Config, values: dict[str, Any], fitted: dict[str, Any]) -> Config:
+    """A copy of cfg with these training settings, whose config.yaml records the settings `fitted`
+    with their values before (Config.fitted_from)."""
     cfg = cfg.model_copy(deep=True)
     for key, value in values.items():
         setattr(cfg.training, key, value)
+    cfg.fitted_from.clear()
+    cfg.fitted_from.update({f"training_config.{key}": before for key, before in fitted.items()})
     return cfg
