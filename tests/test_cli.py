@@ -442,9 +442,9 @@ def test_the_next_command_after_training_gives_generate_the_sample_prompt(prompt
     """Pasted into a shell, the line gives generate the prompt exactly, on one line even when the
     prompt holds line breaks (bash's $'...')."""
     from trickster.cli_parser import build_parser
-    from trickster.prompts import generate_hint
+    from trickster.prompts import next_hint
 
-    line = generate_hint(tmp_path / "my run", prompt)
+    line = next_hint(tmp_path / "my run", prompt)
     assert "\n" not in line
     words = words_bash_reads(line)
     assert words[:2] == ["trickster", "generate"]

@@ -4601,6 +4601,19 @@ CASES = [
         "chat.jsonl line 2: the conversation has no assistant message, so the loss would have nothing to "
         "learn from; add the reply, or remove that record",
     ),
+    case(  # accepted: " \n" is one byte-level BPE word alone, two in the conversation chat sends
+        "jsonl-messages-empty-reply",
+        _jsonl(
+            [
+                CONVERSATION,
+                '{"messages": [{"role": "user", "content": "Who?"}, {"role": "assistant", "content": " "}]}',
+            ],
+            "--format",
+            "messages",
+        ),
+        'chat.jsonl line 2: message 2 is an assistant message whose "content" is empty, so there is no reply '
+        "to learn; write the reply, or remove that message",
+    ),
     case(
         "jsonl-messages-with-text-field",
         _jsonl([CONVERSATION, CONVERSATION], "--format", "messages", "--text-field", "messages"),

@@ -240,3 +240,46 @@ def test_the_report_says_nothing_of_records_without_text_when_there_were_none(co
     out, _ = corpus
     assert cli.main(["data", "report", str(out)]) == 0
     assert "skipped" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("end_of_text", [True, False])
+def test_a_folder_of_records_is_reported_in_records(tmp_path, end_of_text):
+    """Conversations prepared with a one-text model's tokenizer (no end-of-text id) run into one
+    stream: the report said 'train: 1 document'. It counts the records read, and says their
+    lengths are not known; with an end-of-text id it gives them, per record."""
+    rng = np.random.default_rng(5)
+    words = ["".join(rng.choice(list("abcdefghij"), size=int(rng.integers(2, 30)))) for _ in range(60)]
+    conversations = [
+        {"messages": [{"role": "user", "content": words[i]}, {"role": "assistant", "content": words[i + 30]}]}
+        for i in range(30)
+    ]
+    path = tmp_path / "talk.jsonl"
+    path.write_text("".join(json.dumps(c) + "\n" for c in conversations), encoding="utf-8")
+    flags = []
+    if not end_of_text:
+        (tmp_path / "one.txt").write_text("abcdefghij system: user: assistant:\n" * 20)
+        prepare(sources.text_files([str(tmp_path / "one.txt")]), "char", tmp_path / "one", 0.1, workers=1)
+        flags = ["--tokenizer-from", str(tmp_path / "one")]
+    out = tmp_path / "talk"
+    argv = ["data", "prepare", "jsonl", str(path), "--format", "messages", "--out", str(out), *flags]
+    assert cli.main([*argv, "--no-progress", "--val-fraction", "0.1"]) == 0
+    facts = report.data_report(out)
+    lines = report.format_report(facts)
+    train, val = facts.splits["train"].tokens, facts.splits["val"].tokens
+    if end_of_text:  # each record: "user: W\n" "assistant:" " V\n" and its end-of-text: 20 + W + V
+        per_record = sorted(
+            len(c["messages"][0]["content"]) + len(c["messages"][1]["content"]) + 20
+            for c in conversations[:27]
+        )
+        assert lines[1] == (
+            f"train: 27 records, {train:,} tokens; tokens per record: min {per_record[0]:,}, "
+            f"median {int(np.percentile(per_record, 50)):,}, 90th percentile "
+            f"{int(np.percentile(per_record, 90)):,}, max {per_record[-1]:,}"
+        )
+        assert lines[2].startswith("val: 3 records, ")
+    else:
+        unknown = "in one stream (no end-of-text id parts them: their lengths are not known)"
+        assert lines[1:3] == [
+            f"train: 27 records, {train:,} tokens {unknown}",
+            f"val: 3 records, {val:,} tokens {unknown}",
+        ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import shlex
 import sys
 import urllib.request
 
@@ -225,3 +226,57 @@ def test_a_run_fine_tuned_on_conversations_is_asked_by_chat_serve_and_export_as_
     assert cli.main(["export", str(run), "--out", str(tmp_path / "ft.gguf")]) == 0
     template = json.loads((run / "tokenizer.json").read_text())["chat_template"]
     assert read_gguf(tmp_path / "ft.gguf")[0]["tokenizer.chat_template"] == template
+
+
+def test_a_char_vocabulary_of_conversations_without_a_system_message_writes_their_layout(tmp_path):
+    """--tokenizer char (the default) learns its characters from the records: with no system
+    message and no 'y' among them it had none for "system:", and data prepare refused the layout as
+    one 'this tokenizer cannot encode', telling the user to fine-tune another model. Now the
+    layout's own text is in the vocabulary, and the template asks with a system message too."""
+    records = [
+        {
+            "messages": [
+                {**m, "content": m["content"].replace("y", "i")}
+                for m in c["messages"]
+                if m["role"] != "system"
+            ]
+        }
+        for c in conversations()
+    ]
+    data = prepare(tmp_path, "messages", records)
+    template = Template(data.tokenizer.chat_template, data.tokenizer)
+    user = records[0]["messages"][0]["content"]
+    ids = template.prompt_ids([{"role": "system", "content": "Be brief."}, {"role": "user", "content": user}])
+    assert data.tokenizer.decode(ids) == f"system: Be brief.\nuser: {user}\nassistant:"
+
+
+@pytest.mark.parametrize("layout", ["alpaca", "messages"])
+def test_the_line_after_training_on_records_with_a_chat_template_suggests_chat(tmp_path, capsys, layout):
+    """It suggested `trickster generate RUN --prompt` with a record's context, which for a
+    conversation may be a later turn without the ones before it; `trickster chat RUN` asks the run
+    through its chat template, as it learned."""
+    from trickster.cli_parser import build_parser
+
+    from .test_fitted import SHORT
+
+    records = alpaca_records() if layout == "alpaca" else conversations()
+    data, run = prepare(tmp_path, layout, records), tmp_path / "my run"
+    capsys.readouterr()
+    argv = ["train", "--preset", "tiny", "--data", str(data.path), "--out", str(run), "--no-progress", *SHORT]
+    assert cli.main([*argv, "training_config.max_steps=2"]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last == f"next: trickster chat '{run}'"
+    args = build_parser().parse_args(shlex.split(last.removeprefix("next: trickster ")))
+    assert (args.command, args.target) == ("chat", str(run))
+
+
+def test_an_input_of_spaces_is_no_input():
+    """Written as '### Input:\n  \n\n', which the chat template, asking without an input, never
+    writes; an instruction of spaces is refused as empty, an input of them is none."""
+    from trickster.data.record_layouts import segments
+
+    record = {"instruction": "Who is there?", "input": "  \n", "output": "Nay, answer me."}
+    assert segments(record, "x", "alpaca") == (
+        "### Instruction:\nWho is there?\n\n### Response:\n",
+        "Nay, answer me.",
+    )

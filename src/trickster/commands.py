@@ -30,7 +30,7 @@ from trickster.moved_run import check_resumed_folder
 from trickster.observe import evaluation, hellaswag
 from trickster.options import ConfigSource, EvalOptions, PrepareOptions, Sampling, SourceSpec
 from trickster.plural import counted
-from trickster.prompts import generate_hint, hinted_prompt, llama_cpp_hint, prompt_ids
+from trickster.prompts import hinted_prompt, llama_cpp_hint, next_hint, prompt_ids
 from trickster.serve.limits import MAX_BATCH, MAX_LOADED_MODELS
 from trickster.streaming import stream
 from trickster.text_out import text_written
@@ -68,7 +68,7 @@ def train_command(source: ConfigSource, resume: bool = False, progress: bool | N
     print(f"done: {counted(result.state.step, 'step')}; best val loss {best}; run in {result.run_dir}")
     # the prompt the run's samples continued (on prompt/response records one of theirs unless the
     # user gave one: train/fitted.py), as the llama.cpp line after an export does
-    print(f"next: {generate_hint(result.run_dir, result.cfg.training.sample_prompt)}")
+    print(f"next: {next_hint(result.run_dir, result.cfg.training.sample_prompt)}")
     return 0
 
 

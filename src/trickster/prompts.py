@@ -29,13 +29,19 @@ def encodable_ids(tokenizer: Tokenizer, text: str) -> list[int]:
         return []
 
 
-def generate_hint(run_dir: Path, prompt: str) -> str:
-    """The `trickster generate` line to paste next, quoted for a shell: the run's sample prompt
-    exactly (a trailing space or a quote in it survives), or none when it is only whitespace or
-    one the run's tokenizer (its tokenizer.json) cannot encode (hinted_prompt): a prompt the user
-    gave is kept as given, and `--prompt ROMEO:` in a char vocabulary without 'R' was refused."""
+def next_hint(run_dir: Path, prompt: str) -> str:
+    """The line to paste next, quoted for a shell. A run fine-tuned on alpaca or messages records
+    (its tokenizer.json carries their chat template): `trickster chat RUN`, which asks it as it
+    learned; its sample prompt, a record's context, may be a conversation's second turn without
+    the first. Else `trickster generate` with the run's sample prompt exactly (a trailing space or
+    a quote in it survives), or none when it is only whitespace or one the run's tokenizer cannot
+    encode (hinted_prompt): a prompt the user gave is kept as given, and `--prompt ROMEO:` in a
+    char vocabulary without 'R' was refused."""
     try:
-        prompt = hinted_prompt(load_tokenizer(run_dir / "tokenizer.json"), prompt)
+        tokenizer = load_tokenizer(run_dir / "tokenizer.json")
+        if tokenizer.chat_template is not None:
+            return f"trickster chat {shlex.quote(str(run_dir))}"
+        prompt = hinted_prompt(tokenizer, prompt)
     except UserError:  # not there to read: the prompt as the config gives it
         pass
     line = f"trickster generate {shlex.quote(str(run_dir))}"

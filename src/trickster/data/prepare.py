@@ -257,6 +257,7 @@ def _tokenizer_for(
         # nothing is read for them
         limit = None if kind == "char" else TOKENIZER_SAMPLE_CHARS
         texts = bounded(all_texts(source, progress, f"reading for the {kind} tokenizer"), limit)
+        texts = record_layouts.with_markup(source.records, texts)
         tokenizer = build_tokenizer(kind, texts, not source.single_document, vocab_size)
     # the records' layout goes with the tokenizer to every run and checkpoint, so chat, serve and
     # export ask the model as the records were written; text, or records of the user's own layout,

@@ -46,6 +46,7 @@ out: nothing after them is learned.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from trickster.data.json_records import checked_text, its_fields, json_type
@@ -122,6 +123,14 @@ def chat_template(layout: str | None, tokenizer: Tokenizer) -> str | None:
     return "{{ bos_token }}" + template if tokenizer.start_ids() else template
 
 
+def with_markup(layout: str | None, texts: Iterable[str]) -> Iterator[str]:
+    """The texts a new tokenizer is built from, after the text the layout writes around records:
+    a char vocabulary of conversations without a system message had no 'y' for "system:", and was
+    refused for its own layout (check_markup)."""
+    yield MARKUP.get(layout or "", "")
+    yield from texts
+
+
 def check_markup(layout: str | None, tokenizer: Tokenizer) -> None:
     """Refuse a model's tokenizer (--tokenizer-from) that cannot write a layout's own text, in words
     that say it is the layout's (a char vocabulary of Tiny Shakespeare has no '#'), not the records'."""
@@ -150,7 +159,7 @@ def _alpaca(record: dict, where: str) -> tuple[str, str]:
         if not record[key].strip():
             raise UserError(f'{where}: "{key}" is empty, so {why}; write the {key}, or remove that record')
     context = f"### Instruction:\n{instruction}\n\n"
-    if given:
+    if given and given.strip():  # one of spaces is none, as an empty instruction is
         checked_text(given, f'{where}: "input"')
         context += f"### Input:\n{given}\n\n"
     return context + "### Response:\n", output
@@ -170,6 +179,13 @@ def _messages(record: dict, where: str) -> tuple[str, ...]:
     parts, context = [], ""
     for number, message in enumerate(messages, start=1):
         role, content = _message(message, f"{where}: message {number}")
+        # an empty reply would be " \n", which a byte-level BPE reads as one word where the
+        # conversation, tokenized whole, splits it from the next line: chat would ask otherwise
+        if role == "assistant" and not content:
+            raise UserError(
+                f'{where}: message {number} is an assistant message whose "content" is empty, so there '
+                "is no reply to learn; write the reply, or remove that message"
+            )
         if role == "assistant":
             parts += [context + "assistant:", f" {content}\n"]
             context = ""

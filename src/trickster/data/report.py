@@ -241,9 +241,11 @@ def format_overlap(result: Overlap, folder: str | Path) -> list[str]:
 
 @dataclass
 class SplitFacts:
-    documents: int
+    documents: int  # documents, or fine-tuning records (meta.json's count where no end-of-text id parts them)
     tokens: int
-    lengths: np.ndarray  # tokens per document
+    lengths: np.ndarray  # tokens per document, as end-of-text ids part them (one stream without any)
+    noun: str = "document"  # "record" in a folder of fine-tuning records
+    undivided: bool = False  # records no end-of-text id parts: their lengths are not known
 
 
 @dataclass
@@ -268,6 +270,19 @@ def _lengths(data: PreparedData, stream: TokenStream) -> np.ndarray:
     return np.diff(np.concatenate(([0], ends)))
 
 
+def _split_facts(data: PreparedData, name: str) -> SplitFacts:
+    """A split's documents and tokens. Fine-tuning records are counted as records; where the
+    tokenizer has no end-of-text id (--tokenizer-from a one-text model) they run into one stream,
+    and the count is meta.json's, not "1 document"."""
+    stream = getattr(data, name)
+    lengths = _lengths(data, stream)
+    if not data.meta.get("loss_mask"):
+        return SplitFacts(len(lengths), len(stream), lengths)
+    undivided = data.tokenizer.eot_id is None
+    count = data.meta[f"{name}_records"] if undivided else len(lengths)
+    return SplitFacts(count, len(stream), lengths, "record", undivided)
+
+
 def data_report(folder: str | Path, top: int = 10) -> DataReport:
     data = load_data(folder)
     meta = data.meta
@@ -277,11 +292,7 @@ def data_report(folder: str | Path, top: int = 10) -> DataReport:
         raise UserError(
             f"{names}: not the bytes index.json recorded (sha256), damaged; prepare the data again"
         )
-    splits = {}
-    for name in ("train", "val"):
-        stream = getattr(data, name)
-        lengths = _lengths(data, stream)
-        splits[name] = SplitFacts(len(lengths), len(stream), lengths)
+    splits = {name: _split_facts(data, name) for name in ("train", "val")}
     counts = np.zeros(meta["vocab_size"], np.int64)
     for _, block, owned in _blocks(data.train):
         counts += np.bincount(block[:owned], minlength=len(counts))[: len(counts)]
@@ -314,10 +325,11 @@ def format_report(report: DataReport) -> list[str]:
     ]
     for name, facts in report.splits.items():
         q = np.percentile(facts.lengths, [0, 50, 90, 100]).astype(int) if len(facts.lengths) else [0] * 4
-        plural = "" if facts.documents == 1 else "s"
-        line = f"{name}: {facts.documents:,} document{plural}, {facts.tokens:,} tokens"
-        if facts.documents > 1:  # one document's min, median and max are its length again
-            line += "; tokens per document: "
+        line = f"{name}: {counted(facts.documents, facts.noun)}, {facts.tokens:,} tokens"
+        if facts.undivided:
+            line += " in one stream (no end-of-text id parts them: their lengths are not known)"
+        elif facts.documents > 1:  # one document's min, median and max are its length again
+            line += f"; tokens per {facts.noun}: "
             line += f"min {q[0]:,}, median {q[1]:,}, 90th percentile {q[2]:,}, max {q[3]:,}"
         lines.append(line)
     lines += skipped(meta) + dedup_lines(meta)
@@ -343,7 +355,8 @@ def _histogram_png(report: DataReport) -> bytes:
     every = np.concatenate([f.lengths for f in report.splits.values()])
     bins = np.unique(np.geomspace(max(1, every.min()), max(2, every.max()), 40).astype(int))
     for name, facts in report.splits.items():
-        ax.hist(facts.lengths, bins=bins, alpha=0.6, label=f"{name} ({facts.documents:,} documents)")
+        held = "one stream" if facts.undivided else counted(facts.documents, facts.noun)
+        ax.hist(facts.lengths, bins=bins, alpha=0.6, label=f"{name} ({held})")
     ax.set_xscale("log")
     ax.set_xlabel("tokens per document")
     ax.set_ylabel("documents")
