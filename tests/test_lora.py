@@ -187,9 +187,12 @@ def test_a_lora_run_resumes_after_its_init_from_source_is_gone(trained_run, chat
         assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
 
 
-def test_a_lora_run_counts_its_parameters_once_those_of_the_model_it_trains(trained_run, chat_data, tmp_path):
+def test_a_lora_run_counts_its_parameters_once_those_of_the_model_it_trains(
+    trained_run, chat_data, tmp_path, capsys
+):
     """The header's `parameters:`, the fine-tune line's total and the start event's params all
-    count the model as trained: the base weights and the adapters."""
+    count the model as trained: the base weights and the adapters; `info` and `plan` name the
+    adapters beside the base model's count (they gave the base count alone, with a LoRA step's FLOPs)."""
     lora_cfg = {"rank": 2, "alpha": 4, "targets": ["wq", "w2"]}
     cfg = finetune_config(trained_run, chat_data[0], tmp_path / "lora", max_steps=2, lora=lora_cfg)
     lines = []
@@ -202,3 +205,13 @@ def test_a_lora_run_counts_its_parameters_once_those_of_the_model_it_trains(trai
     finetune_line = next(line for line in lines if "trainable parameters of" in line)
     assert finetune_line.endswith(f"of {counted:,}"), finetune_line
     assert events(result, "start")[0]["params"] == counted
+    base = sum(p.numel() for p in Transformer(cfg.model).parameters())
+    capsys.readouterr()
+    assert cli.main(["info", "--checkpoint", str(tmp_path / "lora")]) == 0
+    described = capsys.readouterr().out.splitlines()
+    assert f"{counted - base:,}" in next(line for line in described if "LoRA adapters" in line)
+    assert f"{counted:,}" in next(line for line in described if "with adapters" in line)
+    run_config = str(tmp_path / "lora" / "config.yaml")
+    assert cli.main(["plan", "--no-bench", "--device", "cpu", "--config", run_config]) == 0
+    planned = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("parameters:"))
+    assert planned.startswith(f"parameters: {base:,} and {counted - base:,} in LoRA adapters"), planned

@@ -23,7 +23,8 @@ from trickster.commands_data import data_overlap, data_report, prepare_data, rea
 from trickster.data import sources
 from trickster.data.dedup import DedupSettings
 from trickster.errors import UserError
-from trickster.model.flops import flops_per_token, parameter_breakdown
+from trickster.model import lora
+from trickster.model.flops import adapter_parameters, flops_per_token, parameter_breakdown
 from trickster.model.transformer import untrained_like
 from trickster.model.vocab import assumed_vocab
 from trickster.moved_run import check_resumed_folder
@@ -180,6 +181,12 @@ def info_command(source: ConfigSource, checkpoint: str | None = None) -> None:
     output = "tied to the embedding (0 extra)" if b.tied else f"{b.output:,}"
     print(f"  output          {output:>14}")
     print(f"  total           {b.total:>14,}")
+    adapted = cfg.training.lora
+    if adapted is not None:  # what a LoRA run trains, and the count its header and `runs` give
+        adapters = adapter_parameters(m, adapted)
+        where = f"rank {adapted.rank} on {', '.join(lora.target_names(adapted))}"
+        print(f"  LoRA adapters   {adapters:>14,}  ({where}: the only weights trained)")
+        print(f"  with adapters   {b.total + adapters:>14,}  (an export merges them: the total above)")
     fpt = flops_per_token(m, cfg.seq_len, cfg.training.lora)  # a LoRA run's: no frozen weights' gradients
     print(f"training FLOPs per token (context {cfg.seq_len}): {fpt:,}")
     if waived:  # a run's config.yaml: what training with it must set, which the model does not use

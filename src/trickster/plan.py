@@ -30,7 +30,8 @@ from trickster.footprint import (
     memory_limit,
     split_global_batch,
 )
-from trickster.model.flops import flops_per_token, parameter_breakdown
+from trickster.model import lora
+from trickster.model.flops import adapter_parameters, flops_per_token, parameter_breakdown
 from trickster.model.vocab import assumed_vocab
 from trickster.plan_benchmark import Benchmark, BenchSkipped, benchmark
 from trickster.plan_gpu import AssumedRate, NamedGpu, assumed_rate, time_lines, unrated
@@ -269,6 +270,15 @@ def parse_tokens(text: str) -> int:
     return int(tokens)
 
 
+def _adapters(cfg: Config) -> str:
+    """A LoRA fine-tune's adapters beside the model's count, as its run header counts them."""
+    adapted = cfg.training.lora
+    if adapted is None:
+        return ""
+    adapters, targets = adapter_parameters(cfg.model, adapted), ", ".join(lora.target_names(adapted))
+    return f" and {adapters:,} in LoRA adapters (rank {adapted.rank} on {targets}: the only weights trained)"
+
+
 def format_plan(plan: Plan) -> str:
     cfg, m, t = plan.cfg, plan.cfg.model, plan.cfg.training
     where = f"{plan.gpu.name} (by its datasheet: no GPU is used)" if plan.gpu else plan.device
@@ -276,7 +286,7 @@ def format_plan(plan: Plan) -> str:
         f"plan for {plan.name} on {where}"
         + (f", {plan.processes} processes ({_parallel(cfg)})" if plan.processes > 1 else ""),
         f"model: {m.shape()}{plan.vocab_note}",
-        f"parameters: {plan.params:,}",
+        f"parameters: {plan.params:,}{_adapters(cfg)}",
         f"training FLOPs per token (context {cfg.seq_len}): {plan.flops_per_token:,}",
         "",
         *_memory_lines(plan),
