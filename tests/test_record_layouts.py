@@ -280,3 +280,41 @@ def test_an_input_of_spaces_is_no_input():
         "### Instruction:\nWho is there?\n\n### Response:\n",
         "Nay, answer me.",
     )
+
+
+@pytest.mark.slow
+def test_an_imported_llama_s_conversations_are_prepared_as_its_chat_template_asks(
+    tmp_path,
+):
+    """SentencePiece starts each text it encodes with '▁': conversations encoded segment by segment
+    read '▁system' after <s> and '▁user' after a reply, where the conversation the template
+    renders, which chat, serve and transformers encode whole, reads 'system' and 'user'."""
+    pytest.importorskip("transformers")
+    from .test_hf import tiny_llama
+
+    src, _, hf_tok = tiny_llama(tmp_path)
+    assert cli.main(["import", "hf", str(src), "--out", str(tmp_path / "llama")]) == 0
+    records = conversations()
+    data = prepare(tmp_path, "messages", records, "--tokenizer-from", str(tmp_path / "llama"))
+    val, mask = np.asarray(data.val).tolist(), np.asarray(data.val.loss_mask).tolist()
+    system, user, reply, again, last, _ = (m["content"].strip() for m in records[-2]["messages"])
+    first = f"<s>system: {system}\nuser: {user}\nassistant:"
+    second = f"{first} {reply}\nuser: {again}\nassistant:"
+    template = Template(data.tokenizer.chat_template, data.tokenizer)
+    for text, asked in (
+        (first, records[-2]["messages"][:2]),
+        (second, records[-2]["messages"][:4]),
+    ):
+        ids = hf_tok.encode(text, add_special_tokens=False)
+        assert template.prompt_ids(asked) == ids == val[: len(ids)]
+        assert mask[len(ids) - 1] == 0 and mask[len(ids)] == 1
+    # the loss covers the replies (with their line breaks) and the end-of-text, counted on the whole text
+    ends = [first, f"{first} {reply}\n", second, f"{second} {last}\n"]
+    lengths = [len(hf_tok.encode(text, add_special_tokens=False)) for text in ends]
+    record = val.index(data.tokenizer.eot_id) + 1
+    covered = [i for i in range(record) if mask[i]]
+    assert covered == [
+        *range(lengths[0], lengths[1]),
+        *range(lengths[2], lengths[3]),
+        lengths[3],
+    ]

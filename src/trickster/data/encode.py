@@ -4,6 +4,7 @@ sizes, fingerprint and signature for dedup.py) out, in input order, with a bound
 
 from __future__ import annotations
 
+import bisect
 import collections
 import contextlib
 import hashlib
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from trickster.data import dedup
+from trickster.data.hf_tokens import special_token_text
 from trickster.data.tokenizers import Tokenizer, load_tokenizer
 
 
@@ -132,11 +134,8 @@ def encode_chunk(task: Chunk) -> Encoded:
     records = bool(docs) and isinstance(docs[0], tuple)
     texts = [text_of(d) for d in docs]
     bounds = [(d.first, d.last) if isinstance(d, Piece) else (True, True) for d in docs]
-    if records:  # each segment encoded on its own: no token spans a context and a reply
-        encoded, parts = iter(tokenizer.encode_batch([segment for d in docs for segment in d])), []
-        for d in docs:  # (context, reply, ...): start ids before the first, end-of-text after the last
-            ids = [next(encoded) for _ in d]
-            parts.append([start + ids[0], *ids[1:-1], ids[-1] + end])
+    if records:
+        parts = _record_parts(tokenizer, docs)
     else:
         parts = [
             [(start if first else []) + ids + (end if last else [])]
@@ -183,6 +182,37 @@ def _shingled(document: Document) -> str | tuple[str, ...]:
     if words < dedup.SHINGLE_WORDS and not whole:
         return ""
     return " ".join((*document.before[-4:], document.text))
+
+
+def _record_parts(tokenizer: Tokenizer, records: list[tuple[str, ...]]) -> list[list[list[int]]]:
+    """Each record's ids by segment (context, reply, ...): its start ids in the first, its
+    end-of-text in the last. Each segment is encoded on its own, so that no token spans a context
+    and a reply: for char, byte and the byte-level BPEs (bpe, gpt2) those are the ids of the whole
+    record, as chat and serve encode the conversation their template renders. An imported tokenizer
+    encodes otherwise: SentencePiece's starts each text it is given with '▁', so a context after
+    a reply read '▁user' where the conversation reads 'user'. Its records are encoded whole, after
+    the start token's text, as the template renders them, each token going to the segment its first
+    character is in (prompt/response records, which no template of ours renders, as the others)."""
+    start, end = tokenizer.start_ids(), [] if tokenizer.eot_id is None else [tokenizer.eot_id]
+    if tokenizer.kind != "hf" or tokenizer.chat_template is None:
+        encoded, parts = iter(tokenizer.encode_batch([segment for r in records for segment in r])), []
+        for record in records:
+            ids = [next(encoded) for _ in record]
+            parts.append([start + ids[0], *ids[1:-1], ids[-1] + end])
+        return parts
+    head = (special_token_text(tokenizer.config.get("bos_token")) or "") if start else ""
+    encodings = tokenizer.backend.encode_batch([head + "".join(r) for r in records], add_special_tokens=False)
+    parts = []
+    for record, encoding in zip(records, encodings, strict=True):
+        ends = list(itertools.accumulate((len(segment) for segment in record), initial=len(head)))[1:-1]
+        segments = [[] for _ in record]
+        for token, (first, _) in zip(encoding.ids, encoding.offsets, strict=True):
+            segments[bisect.bisect_right(ends, first)].append(token)
+        if encoding.ids[: len(start)] != start:  # a config without the start token's text
+            segments[0][:0] = start
+        segments[-1] += end
+        parts.append(segments)
+    return parts
 
 
 def text_of(document: Document) -> str:
