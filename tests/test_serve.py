@@ -640,6 +640,21 @@ ERRORS = [
         "temprature: unrecognized request argument (did you mean temperature?); fix its name or leave it out",
         "temprature",
     ),
+    # a required field misspelt was told as missing ('prompt: Field required'), hiding the typo
+    (
+        "required-field-misspelt",
+        _post("/v1/completions", {"model": "best", "promt": "ROMEO:", "max_tokens": 2}),
+        400,
+        "promt: unrecognized request argument (did you mean prompt?); fix its name",
+        "promt",
+    ),
+    (
+        "chat-required-field-misspelt",
+        _post("/v1/chat/completions", {"model": "best", "mesages": CHAT["messages"]}),
+        400,
+        "mesages: unrecognized request argument (did you mean messages?); fix its name",
+        "mesages",
+    ),
     (
         "field-unknown",
         _post("/v1/completions", {**GOOD, "repetition_penalty": 1.3}),

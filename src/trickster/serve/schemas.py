@@ -3,6 +3,7 @@ the answers it gives, and OpenAI's error object."""
 
 from __future__ import annotations
 
+import difflib
 import json
 import uuid
 from typing import Literal, Protocol
@@ -307,10 +308,34 @@ def parse(kind: type[BaseModel], raw: bytes) -> BaseModel:
         return kind.model_validate(data)
     except ValidationError as err:
         first = err.errors()[0]
+        if first["type"] == "missing":
+            _refuse_misspelt(kind, data, first["loc"])
         param = ".".join(str(part) for part in first["loc"]) or None
         got = "" if first["type"] == "missing" else f" (got {json.dumps(first.get('input'))[:80]})"
         message = first["msg"].removeprefix("Value error, ")
         raise APIError(400, f"{param}: {message}{got}", param=param) from None
+
+
+def _refuse_misspelt(kind: type[BaseModel], data: dict, loc: tuple) -> None:
+    """A 400 naming a field beside the missing one at `loc` that is its name misspelt (`promt` for
+    prompt), as refuse_ignored names it: 'prompt: Field required' hid the typo to fix."""
+    *outer, missing = loc
+    record = data
+    for part in outer:
+        record = record[part] if isinstance(record, (dict, list)) else None
+    if not isinstance(record, dict) or not isinstance(missing, str):
+        return
+    known = set(kind.model_fields) if not outer else set()
+    unknown = [name for name in record if name not in known and name != missing]
+    close = difflib.get_close_matches(missing, unknown, n=1, cutoff=0.6)
+    if close:
+        at = "".join(f"{part}." for part in outer)
+        raise APIError(
+            400,
+            f"{at}{close[0]}: unrecognized request argument (did you mean {at}{missing}?); fix its name",
+            at + close[0],
+            "unknown_parameter",
+        )
 
 
 def new_id(prefix: str) -> str:
