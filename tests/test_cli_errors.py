@@ -3352,7 +3352,13 @@ CASES = [
     case("eval-text-too-short", _eval_text("a"), "too short", "at least 2"),
     case("eval-unknown-character", _eval_text("ROMEO: \u00a7\n"), "not in this model's character vocabulary"),
     case("eval-max-tokens-zero", _eval_text("ROMEO: hi\n", "--max-tokens", "0"), "--max-tokens must be >= 1"),
-    case("eval-data-other-tokenizer", _eval_other_tokenizer, "uses another tokenizer", "--data"),
+    case(
+        "eval-data-other-tokenizer",
+        _eval_other_tokenizer,
+        "uses another tokenizer",
+        "(the data it trained on)",
+        "--tokenizer-from",
+    ),
     case(
         "eval-hellaswag-missing-file",
         lambda env: [
@@ -3730,7 +3736,13 @@ CASES = [
         "KEY=VALUE",
     ),
     case("compare-missing-run-dir", lambda env: ["compare", str(env.tmp / "nope")], "nope not found"),
-    case("compare-other-tokenizer", _compare_other_tokenizer, "uses another tokenizer", "--data DIR"),
+    case(
+        "compare-other-tokenizer",
+        _compare_other_tokenizer,
+        "uses another tokenizer",
+        "(the data it trained on)",
+        "--tokenizer-from",
+    ),
     case(
         "compare-base-missing",
         lambda env: ["compare", str(env.run), "--base", str(env.tmp / "nope"), "--max-new-tokens", "2"],

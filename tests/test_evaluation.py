@@ -222,3 +222,27 @@ def test_a_run_whose_data_was_moved_away_says_it_is_gone(trained_run, tmp_path, 
     assert cli.main(["compare", str(run), "--max-new-tokens", "5", "--seed", "0"]) == 0
     out = capsys.readouterr().out
     assert f"{gone}, is not there" in out and "run from that folder" not in out, out
+
+
+def test_data_of_another_tokenizer_names_what_to_pass(trained_run, tmp_path, capsys):
+    """eval on data of another tokenizer said only 'pass --data DIR'. The run's own folder prepared
+    again since with another tokenizer (its path recorded, its tokens not the model's) is told so,
+    with the --tokenizer-from that prepares text for the model."""
+    import shutil
+
+    text = tmp_path / "notes.txt"
+    text.write_text("some unrelated text with its own characters 0123456789\n" * 40, encoding="utf-8")
+    other = tmp_path / "other"
+    argv = ["data", "prepare", "text", str(text), "--tokenizer", "byte", "--out", str(other), "--no-progress"]
+    assert cli.main(argv) == 0
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    info = run / "checkpoints" / "best" / "info.json"
+    info.write_text(json.dumps({**json.loads(info.read_text()), "data_path": str(other)}))
+    capsys.readouterr()
+    assert cli.main(["eval", str(run), "--max-tokens", "50"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"data in {other} uses another tokenizer than {run}/checkpoints/best; it was prepared again" in err
+    assert f"trickster data prepare ... --tokenizer-from {run}/checkpoints/best" in err, err
+    assert "pass --data" not in err

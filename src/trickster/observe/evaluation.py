@@ -150,5 +150,19 @@ def run_data(loaded: LoadedCheckpoint, path) -> PreparedData:
     """The prepared folder at `path`, checked to hold the checkpoint's tokenizer."""
     data = load_data(path)
     if not same_ids(data.tokenizer, loaded.tokenizer):
-        raise UserError(f"data in {path} uses another tokenizer than {loaded.path}; pass --data DIR")
+        raise UserError(
+            f"data in {path} uses another tokenizer than {loaded.path}; {_data_to_pass(loaded, path)}"
+        )
     return data
+
+
+def _data_to_pass(loaded: LoadedCheckpoint, path) -> str:
+    """What to pass instead of a data folder of another tokenizer: the one the run trained on
+    (`pass --data DIR` named none), or text prepared with the model's own tokenizer."""
+    own = f"prepare your text with its tokenizer: trickster data prepare ... --tokenizer-from {loaded.path}"
+    trained_on = loaded.info.get("data_path")
+    if not trained_on:
+        return own
+    if Path(trained_on).resolve() == Path(path).resolve():
+        return f"it was prepared again since the model trained on it; {own}"
+    return f"pass --data {trained_on} (the data it trained on), or {own}"
