@@ -418,6 +418,21 @@ def test_meta_json_lists_the_corpus_files_once_and_older_folders_listing_them_tw
     assert load_data(out).meta["source_identity"] == meta["settings"]["source"]
 
 
+def test_a_vocab_size_bpe_cannot_learn_is_refused_before_the_folder_is_looked_at(tmp_path, capsys):
+    """--vocab-size 100 into a prepared folder said 'holds data prepared with other settings ...:
+    preparing it again' and only then refused the size (after reading the corpus): nothing was
+    prepared again. Now the size is refused first, alone, and the folder is kept."""
+    out, text = tmp_path / "data", tmp_path / "corpus.txt"
+    shutil.copy(EXCERPT, text)
+    assert cli.main(_argv(text, out)) == 0
+    meta = (out / "meta.json").read_bytes()
+    capsys.readouterr()
+    assert cli.main([*_argv(text, out), "--tokenizer", "bpe", "--vocab-size", "100"]) == 2
+    said = capsys.readouterr()
+    assert said.out == "" and said.err.startswith("error: --vocab-size 100 is too small for bpe"), said
+    assert (out / "meta.json").read_bytes() == meta and not partial_dir(out).exists()
+
+
 def test_a_folder_of_other_settings_or_input_is_told_it_is_replaced(tmp_path, capsys):
     """A second `data prepare` into the same --out with another tokenizer, or after a corpus file
     was edited, replaced the folder without a word: a run trained on it then refused --resume,

@@ -185,6 +185,10 @@ def _check_prepare(args: argparse.Namespace) -> None:
         raise UserError(
             f"--vocab-size applies to --tokenizer bpe only (got --tokenizer {args.tokenizer or 'char'})"
         )
+    if args.vocab_size is not None:
+        from trickster.data.tokenizers import check_bpe_vocab  # numpy: for this command only
+
+        check_bpe_vocab(args.vocab_size)
     records = getattr(args, "record_format", None)
     if args.source == "jsonl" and args.text_field is None and args.template is None:
         if len(args.paths) != 1:

@@ -39,6 +39,7 @@ PAD_TEXT = "<|pad|>"
 KINDS = ("char", "byte", "bpe", "gpt2", "hf")
 DEFAULT_BPE_VOCAB = 4096
 LARGEST_BPE_VOCAB = 2**24  # 64 times Gemma's 262,144
+SMALLEST_BPE_VOCAB = 258  # the 256 bytes of its alphabet, end-of-text and pad
 LONGEST_RUN = 1000  # characters of a run the BPE trainer sees: 300,000 letters took 54 s, 2 MB hung
 _LONG_RUN = re.compile(rf"\S{{{LONGEST_RUN},}}|\s{{{LONGEST_RUN},}}")
 # GPT-2's BPE: tiktoken's r50k_base holds exactly GPT-2's ranks, pattern and <|endoftext|> = 50256,
@@ -256,6 +257,15 @@ class HFTokenizer(Tokenizer):
         return {"kind": "hf", "tokenizer": self.tokenizer_json, "config": self.config, **extra}
 
 
+def check_bpe_vocab(vocab_size: int) -> None:
+    """Refuse a --vocab-size bpe cannot learn: past 2**31 the trainer aborts Python. Checked again
+    by `data prepare` before it reads anything (cli.py), so that no line about the folder comes first."""
+    if not SMALLEST_BPE_VOCAB <= vocab_size <= LARGEST_BPE_VOCAB:
+        small = f"small for bpe: it needs at least {SMALLEST_BPE_VOCAB} (256 bytes, end-of-text and pad)"
+        size = small if vocab_size < SMALLEST_BPE_VOCAB else f"large for bpe: at most {LARGEST_BPE_VOCAB:,}"
+        raise UserError(f"--vocab-size {vocab_size} is too {size}; try --vocab-size 4096")
+
+
 class BPETokenizer(HFTokenizer):
     """A byte-level BPE trained on the corpus: GPT-2's pre-tokenizer and byte alphabet (every text
     encodes, nothing is unknown) and two special tokens, `<|endoftext|>` (0) and `<|pad|>` (1).
@@ -279,12 +289,8 @@ class BPETokenizer(HFTokenizer):
         """Learn merges from `texts` (read once, so a generator will do) up to vocab_size ids."""
         tokenizers = require_tokenizers()
         vocab_size = DEFAULT_BPE_VOCAB if vocab_size is None else vocab_size
+        check_bpe_vocab(vocab_size)
         alphabet = tokenizers.pre_tokenizers.ByteLevel.alphabet()
-        smallest = len(alphabet) + 2
-        if not smallest <= vocab_size <= LARGEST_BPE_VOCAB:  # past 2**31 the trainer aborts Python
-            small = f"small for bpe: it needs at least {smallest} (256 bytes, end-of-text and pad)"
-            size = small if vocab_size < smallest else f"large for bpe: at most {LARGEST_BPE_VOCAB:,}"
-            raise UserError(f"--vocab-size {vocab_size} is too {size}; try --vocab-size 4096")
         backend = tokenizers.Tokenizer(tokenizers.models.BPE())
         backend.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
         backend.decoder = tokenizers.decoders.ByteLevel()
