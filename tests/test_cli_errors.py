@@ -3136,8 +3136,14 @@ CASES = [
     case(
         "prepare-no-document-in-validation",
         lambda env: ["data", "prepare", "text", _texts(env, 2), "--out", str(env.tmp / "o")],
-        "too small to hold out a validation split",
-        "--val-fraction",
+        "too small to hold out a validation split: none of its 2 documents fell into validation",
+        "pass a larger --val-fraction",
+    ),
+    case(
+        "prepare-no-document-in-training",
+        lambda env: ["data", "prepare", "text", _texts(env, 2), "--val-fraction", "0.99", "--out", "o"],
+        "all 2 of its documents fell into validation",
+        "pass a smaller --val-fraction",
     ),
     case(
         "prepare-bad-workers",

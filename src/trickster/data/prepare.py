@@ -419,6 +419,14 @@ class _Job:
                 f"a training one, and a copy goes to its first copy's side; add validation documents{where} "
                 "that are not copies"
             )
+        kept = sum(self.record.splits[split].documents for split in SPLITS)
+        if kept > 1 and self.source.read_val is None and not self.source.records:  # split by a hash
+            fell, fix = (f"all {kept:,} of its", "smaller") if val else (f"none of its {kept:,}", "larger")
+            raise UserError(
+                f"corpus '{name}' is too small to hold out a validation split: {fell} documents fell into "
+                f"validation (each by a hash of its text, with a chance of --val-fraction "
+                f"{self.val_fraction:g}); pass a {fix} --val-fraction, or add documents"
+            )
         raise UserError(
             f"corpus '{name}' is too small to hold out a validation split (no document fell into "
             f"{missing}); add documents or change --val-fraction"
