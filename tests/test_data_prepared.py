@@ -433,6 +433,50 @@ def test_a_vocab_size_bpe_cannot_learn_is_refused_before_the_folder_is_looked_at
     assert (out / "meta.json").read_bytes() == meta and not partial_dir(out).exists()
 
 
+def test_bpes_default_size_given_or_left_out_is_the_same_setting(tmp_path, capsys):
+    """--vocab-size 4096, bpe's default, given to a folder prepared without it (or the reverse) was
+    'other settings (vocab_size None, now 4096)': the folder was prepared again into the same
+    tokens. Now it is already prepared; a size that differs is told with the default's number."""
+    out, text = tmp_path / "data", tmp_path / "corpus.txt"
+    shutil.copy(EXCERPT, text)
+    bpe = [*_argv(text, out), "--tokenizer", "bpe"]
+    assert cli.main(bpe) == 0
+    stamps = _stamps(out)
+    capsys.readouterr()
+    assert cli.main([*bpe, "--vocab-size", "4096"]) == 0
+    assert capsys.readouterr().out.startswith(f"already prepared: {out}")
+    assert _stamps(out) == stamps
+
+    assert cli.main([*bpe, "--vocab-size", "300"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"{out} holds data prepared with other settings (vocab_size 4096 (the default), now 300): "
+        "preparing it again; it is replaced once this preparation is done"
+    )
+    shutil.rmtree(out)
+    assert cli.main([*bpe, "--vocab-size", "4096"]) == 0
+    stamps = _stamps(out)
+    capsys.readouterr()
+    assert cli.main(bpe) == 0
+    assert capsys.readouterr().out.startswith(f"already prepared: {out}")
+    assert _stamps(out) == stamps
+
+
+def test_an_unfinished_bpe_preparation_continues_with_its_default_size_given(tmp_path, monkeypatch):
+    """The same for DIR.partial: stopped without --vocab-size, the command with --vocab-size 4096
+    continues it (it said 'holds an unfinished preparation with other settings (vocab_size)')."""
+    paths, out = _texts(tmp_path / "texts"), tmp_path / "out"
+    monkeypatch.setattr(encode_module, "encode_chunk", Interrupt(after=2))
+    with pytest.raises(KeyboardInterrupt):
+        prepare(sources.text_files(paths), "bpe", out, chunk_chars=200, workers=1, **QUIET)
+    monkeypatch.undo()
+    said = []
+    prepare(
+        sources.text_files(paths), "bpe", out, vocab_size=4096, chunk_chars=200, workers=1, echo=said.append
+    )
+    assert said[0].startswith(f"continuing the preparation in {partial_dir(out)}: "), said
+    assert load_data(out).meta["settings"]["vocab_size"] is None
+
+
 def test_a_folder_of_other_settings_or_input_is_told_it_is_replaced(tmp_path, capsys):
     """A second `data prepare` into the same --out with another tokenizer, or after a corpus file
     was edited, replaced the folder without a word: a run trained on it then refused --resume,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from trickster.data.shards import SPLITS, Progress, tokens_sha256
 from trickster.data.sources import Source
-from trickster.data.tokenizers import Tokenizer, load_tokenizer
+from trickster.data.tokenizers import DEFAULT_BPE_VOCAB, Tokenizer, load_tokenizer
 from trickster.errors import UserError
 
 META_FORMAT = 3  # shards with index.json, masks beside the shards, duplicates handled
@@ -52,6 +52,12 @@ def preparation_settings(
     }
 
 
+def with_folder_spellings(out_dir: Path, partial: Path, settings: dict, tokenizer: str | Tokenizer) -> dict:
+    """`settings` as `out_dir` recorded them where they say the same another way: a tokenizer of
+    the same ids (with_folder_tokenizer), bpe's default size (with_folder_vocab_size)."""
+    return with_folder_vocab_size(out_dir, partial, with_folder_tokenizer(out_dir, settings, tokenizer))
+
+
 def with_folder_tokenizer(out_dir: Path, settings: dict, tokenizer: str | Tokenizer) -> dict:
     """`settings` with the tokenizer `out_dir` was prepared with in place of `tokenizer` (a model's,
     --tokenizer-from), when that is all that differs and the two give every id the same meaning
@@ -71,6 +77,23 @@ def with_folder_tokenizer(out_dir: Path, settings: dict, tokenizer: str | Tokeni
     except UserError:  # damaged: already_prepared would not keep the folder either
         return settings
     return {**settings, "tokenizer": recorded["tokenizer"]} if same_ids(theirs, tokenizer) else settings
+
+
+def with_folder_vocab_size(out_dir: Path, partial: Path, settings: dict) -> dict:
+    """`settings` with bpe's vocab_size as `out_dir` (else its `partial`, unfinished) recorded it,
+    when that is the same size written the other way: --vocab-size 4096 given where it was left
+    out (recorded as null), or the reverse. The merges are the same, so the folder is kept (or
+    continued) rather than prepared again after 'vocab_size None, now 4096'."""
+    default = (None, DEFAULT_BPE_VOCAB)
+    if settings["tokenizer"] != "bpe" or settings["vocab_size"] not in default:
+        return settings
+    for recorded in (recorded_meta(out_dir), recorded_meta(partial, "progress.json")):
+        kept = (recorded or {}).get("settings")
+        if isinstance(kept, dict) and kept.get("tokenizer") == "bpe" and "vocab_size" in kept:
+            size = kept["vocab_size"]
+            same = size in default and type(size) is not bool  # True == 1 is no size
+            return {**settings, "vocab_size": size} if same else settings
+    return settings
 
 
 def already_prepared(out_dir: Path, settings: dict, revision: str | None = None) -> dict | None:
@@ -125,8 +148,16 @@ def _replaced(out_dir: Path, recorded: dict, settings: dict) -> str:
     files = files_changed(recorded.get("source") or {}, settings.get("source") or {})
     if changed == ["source"] and files:
         return f"{out_dir} holds data prepared from other input ({files}): {REPLACED}"
+    recorded, settings = _sized(recorded), _sized(settings)
     told = ", ".join(_told(key, recorded.get(key), settings[key]) for key in changed)
     return f"{out_dir} holds data prepared with other settings ({told}): {REPLACED}"
+
+
+def _sized(settings: dict) -> dict:
+    """bpe's vocab_size left out (null) as the size it stands for, to be told ('None, now 2000')."""
+    if settings.get("tokenizer") != "bpe" or settings.get("vocab_size") is not None:
+        return settings
+    return {**settings, "vocab_size": f"{DEFAULT_BPE_VOCAB} (the default)"}
 
 
 def _told(key: str, before, now) -> str:
@@ -169,10 +200,11 @@ def same_but_version(recorded: dict, settings: dict) -> bool:
     return {**recorded, "version": settings["version"]} == settings
 
 
-def recorded_meta(out_dir: Path) -> dict | None:
-    """The meta.json of `out_dir` as a dict; None when it is missing, unreadable or not a mapping."""
+def recorded_meta(out_dir: Path, name: str = "meta.json") -> dict | None:
+    """The meta.json (or another JSON `name`) of `out_dir` as a dict; None when it is missing,
+    unreadable or not a mapping."""
     try:
-        meta = json.loads((out_dir / "meta.json").read_text(encoding="utf-8"))
+        meta = json.loads((out_dir / name).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return meta if isinstance(meta, dict) else None

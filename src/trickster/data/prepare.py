@@ -55,7 +55,7 @@ from trickster.data.meta import (
     preparation_settings,
     prepared_again,
     prepared_meta,
-    with_folder_tokenizer,
+    with_folder_spellings,
 )
 from trickster.data.new_tokenizer import build_tokenizer
 from trickster.data.no_text import none_held
@@ -121,7 +121,7 @@ def prepare(
     settings = preparation_settings(
         source, tokenizer_kind, vocab_size, val_fraction, shard_tokens, vars(settings_dedup)
     )
-    settings = with_folder_tokenizer(out_dir, settings, tokenizer_kind)  # another kind of the same ids
+    settings = with_folder_spellings(out_dir, partial, settings, tokenizer_kind)  # the same, said otherwise
     revision = source.revision.lookup() if source.revision is not None else None  # a Hub dataset's commit
 
     def build(record: Progress) -> dict:
