@@ -3470,6 +3470,20 @@ CASES = [
         "nope not found",
         "run folder",
     ),
+    # a checkpoint named as the step (step_6) or a run misspelt said only 'not found'
+    case(
+        "generate-checkpoint-misnamed",
+        lambda env: ["generate", str(env.run / "checkpoints" / "step_6")],
+        "step_6 not found (did you mean ",
+        "/checkpoints/step_000006?); ",
+        "/checkpoints holds best, final, step_000006: pass one of them, or the run folder ",
+    ),
+    case(
+        "generate-run-misspelt",
+        lambda env: ["generate", str(env.copy_run().with_name("run-cpy"))],
+        "run-cpy not found (did you mean",
+        "run-copy?); pass a run folder",
+    ),
     case(
         "generate-run-without-complete-checkpoint",
         _run_without_complete,

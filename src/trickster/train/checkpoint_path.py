@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from trickster import run_checkpoints
-from trickster.errors import UserError
+from trickster.errors import UserError, did_you_mean
 from trickster.run_checkpoints import COMPLETE, WEIGHTS
 
 
@@ -16,7 +16,7 @@ def resolve(path: str | Path) -> Path:
     """A checkpoint folder, or a run folder (its `best`, else its newest complete checkpoint)."""
     path = Path(path)
     if not path.exists():
-        raise UserError(f"{path} not found; pass a run folder (runs/NAME) or a checkpoint folder")
+        raise UserError(_not_found(path))
     if (path / "config.json").is_file() and not (path / COMPLETE).exists():  # save_pretrained()'s
         raise UserError(
             f"{path} is a Hugging Face model folder, not a run or checkpoint; bring it in first: "
@@ -56,3 +56,23 @@ def _no_checkpoint(path: Path) -> str:
         one = min(runs, key=lambda run: (run_checkpoints.latest(run) is None, run.name))
         return f"{path} holds runs, not checkpoints: pass one of them, such as {one}"
     return f"no complete checkpoint in {path}; train first, or pass a checkpoint folder"
+
+
+def _not_found(path: Path) -> str:
+    """`path` is not there: in a run's checkpoints/ (`step_60` for step_000060), the checkpoints
+    saved there; else the closest run or checkpoint beside it, if one is close (`runs/tny`)."""
+    folder = path.parent
+    try:
+        beside = sorted(folder.iterdir()) if folder.is_dir() else []
+    except OSError:  # a folder this user may not list
+        beside = []
+    saved = [p.name for p in beside if run_checkpoints.is_complete(p)]
+    prefix = "" if path.parent == Path(path.name).parent else f"{folder}/"  # as typed: no ./ added
+    if folder.name == "checkpoints" and saved:
+        return (
+            f"{path} not found{did_you_mean(path.name, saved, prefix=prefix)}; {folder} holds "
+            f"{', '.join(saved)}: pass one of them, or the run folder {folder.parent} (its best)"
+        )
+    runs = [p.name for p in beside if (p / "checkpoints").is_dir()] + saved
+    hint = did_you_mean(path.name, runs, prefix=prefix)
+    return f"{path} not found{hint}; pass a run folder (runs/NAME) or a checkpoint folder"
