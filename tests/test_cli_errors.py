@@ -4697,7 +4697,8 @@ CASES = [
     case(
         "prepare-tokenizer-from-missing",
         _jsonl([RECORD, RECORD], "--tokenizer-from", "/nonexistent/run"),
-        "/nonexistent/run not found",
+        "--tokenizer-from /nonexistent/run not found",
+        "a prepared data folder, or a tokenizer.json",
     ),
     case(  # it said 'data-copy is a prepared data folder, not a run'
         "prepare-tokenizer-from-data-whose-tokenizer-is-a-folder",

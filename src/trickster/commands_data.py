@@ -91,6 +91,11 @@ def _text_source(spec: SourceSpec) -> sources.Source | sources.Corpus:
 def _tokenizer_from(path: str):
     """The tokenizer of a run, checkpoint or data folder, or a tokenizer.json file."""
     target, fix = Path(path), "pass another --tokenizer-from"
+    if not target.exists():  # resolve() below would say 'pass a run folder or a checkpoint folder'
+        raise UserError(
+            f"--tokenizer-from {path} not found; pass a run or checkpoint folder, a prepared data "
+            "folder, or a tokenizer.json that trickster wrote"
+        )
     if target.is_file():
         return load_tokenizer(target, fix)
     saved = target / "tokenizer.json"  # a folder by that name is refused as one, below
