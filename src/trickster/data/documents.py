@@ -107,6 +107,17 @@ def large_pieces(text: LargeText, val_fraction: float, facts: bool = True) -> It
     yield dataclasses.replace(held, last=True, fingerprint=fingerprint), split
 
 
+def one_side_by_hash(name: str, kept: int, in_validation: bool, val_fraction: float) -> str:
+    """Why a corpus of `kept` documents, each put on its side by a hash of its text, has one side
+    empty (all of them `in_validation`, or none), and which way --val-fraction must go."""
+    fell, fix = (f"all {kept:,} of its", "smaller") if in_validation else (f"none of its {kept:,}", "larger")
+    return (
+        f"corpus '{name}' is too small to hold out a validation split: {fell} documents fell into "
+        f"validation (each by a hash of its text, with a chance of --val-fraction {val_fraction:g}); "
+        f"pass a {fix} --val-fraction, or add documents"
+    )
+
+
 def one_document(
     source: Source, val_fraction: float, apart: bool, progress: bool
 ) -> Iterator[tuple[Document, str]]:

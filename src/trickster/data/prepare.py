@@ -45,7 +45,7 @@ import numpy as np
 
 from trickster.atomic import held, replace_dir, replace_file
 from trickster.data import dedup, record_layouts
-from trickster.data.documents import all_texts, bounded, cuts_safely, documents, unread
+from trickster.data.documents import all_texts, bounded, cuts_safely, documents, one_side_by_hash, unread
 from trickster.data.encode import Chunk, chunks, encoded_in_order, in_validation
 from trickster.data.json_text import json_text
 from trickster.data.meta import (
@@ -421,12 +421,7 @@ class _Job:
             )
         kept = sum(self.record.splits[split].documents for split in SPLITS)
         if kept > 1 and self.source.read_val is None and not self.source.records:  # split by a hash
-            fell, fix = (f"all {kept:,} of its", "smaller") if val else (f"none of its {kept:,}", "larger")
-            raise UserError(
-                f"corpus '{name}' is too small to hold out a validation split: {fell} documents fell into "
-                f"validation (each by a hash of its text, with a chance of --val-fraction "
-                f"{self.val_fraction:g}); pass a {fix} --val-fraction, or add documents"
-            )
+            raise UserError(one_side_by_hash(name, kept, bool(val), self.val_fraction))
         raise UserError(
             f"corpus '{name}' is too small to hold out a validation split (no document fell into "
             f"{missing}); add documents or change --val-fraction"
