@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from trickster.config import LoraConfig, TrainingConfig
+from trickster.config_help import config_keys_help
 from trickster.model import lora
 from trickster.model.transformer import Transformer
 from trickster.train.optim import build_optimizer, lr_at, set_lr
@@ -140,3 +141,15 @@ def test_muon_scales_each_update_by_sqrt_of_rows_over_cols_as_keller_jordan_and_
     # what stays whatever the iteration does: both matrices have 64 singular values alike
     ratio = (before[w1] - w1.detach()).norm() / (before[w2] - w2.detach()).norm()
     assert ratio.item() == pytest.approx(3**0.5, rel=0.02)
+
+
+def test_train_help_describes_the_warmup_and_the_accumulation_the_loop_runs():
+    """`trickster train --help` said the warmup starts from 0 and accumulated gradients are summed;
+    the first step runs at learning_rate / warmup_steps (nanoGPT's shape), and the loop divides each
+    micro-batch's loss by their number: the mean gradient, so the learning rate needs no rescaling."""
+    t = TrainingConfig(learning_rate=0.01, min_lr=0.001, warmup_steps=4, max_steps=14)
+    assert lr_at(0, t) == pytest.approx(0.01 / 4)
+    listed = " ".join(config_keys_help(width=10_000).split())
+    assert "linear warmup, from learning_rate / warmup_steps at the first step to learning_rate" in listed
+    assert "Micro-batches whose gradients are averaged before each optimizer step" in listed
+    assert "training_config.batch_size [16]: Windows per micro-batch in each process" in listed

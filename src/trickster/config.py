@@ -107,8 +107,8 @@ MAX_ACCUMULATION = 1_000_000  # gradient_accumulation_steps, as set or as batch_
 
 class TrainingConfig(Section):
     batch_size: Annotated[int, Field(gt=0)] | Literal["auto"] = 16
-    """Sequences per micro-batch, or auto: the largest micro-batch that fits the device (measured
-    by a few trial steps, within device_config.memory_gib) and the gradient accumulation that keeps
+    """Windows per micro-batch in each process, or auto: the largest micro-batch that fits (measured
+    on the device by trial steps, within device_config.memory_gib) and the gradient accumulation that keeps
     global_batch (or global_batch_tokens). The numbers chosen are stored in the run's config.yaml."""
     global_batch: int | None = Field(None, gt=0)
     """With batch_size: auto, windows per optimizer step over all processes."""
@@ -124,7 +124,7 @@ class TrainingConfig(Section):
     min_lr: float = Field(3e-5, ge=0)
     """Floor of the cosine decay."""
     warmup_steps: int = Field(1000, ge=0)
-    """Steps of linear warmup from 0 to learning_rate."""
+    """Steps of linear warmup, from learning_rate / warmup_steps at the first step to learning_rate."""
     weight_decay: float = Field(0.1, ge=0)
     """AdamW weight decay, applied to weight matrices only (not norms)."""
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.95)
@@ -143,7 +143,7 @@ class TrainingConfig(Section):
     grad_clip: float = Field(1.0, ge=0)
     """Clip the global gradient norm to this value; 0 disables clipping."""
     gradient_accumulation_steps: int = Field(1, gt=0, le=MAX_ACCUMULATION)
-    """Micro-batches whose gradients are summed before each optimizer step, at most 1,000,000
+    """Micro-batches whose gradients are averaged before each optimizer step, at most 1,000,000
     (each is a forward and backward pass: 1e18 made a first step that never ended)."""
     log_every: int = Field(50, gt=0)
     """Steps between train-loss log lines."""
