@@ -2611,6 +2611,11 @@ CASES = [
         lambda env: micro_train(env, "device_config.enable_fsdp=true", "device_config.mesh_shape=[1, 2]"),
         "device_config.mesh_shape [1, 2] multiplies to 1 x 2 = 2, but the job has 1 process(es)",
     ),
+    case(  # a grid for two replicas, run without torchrun: it trained one process, the mesh ignored
+        "mesh-shape-without-torchrun",
+        lambda env: micro_train(env, "device_config.mesh_shape=[2, 1]"),
+        "device_config.mesh_shape [2, 1] multiplies to 2 x 1 = 2, but the job has 1 process(es)",
+    ),
     case(
         "ddp-and-fsdp-together",
         lambda env: micro_train(env, "device_config.enable_ddp=true", "device_config.enable_fsdp=true"),

@@ -106,6 +106,8 @@ def setup(cfg: DeviceConfig, device_type: str) -> Dist:
     world_size = launch_env.world_size()
     mode = launch_env.parallel_mode(cfg, world_size)
     if mode == "single":
+        if cfg.mesh_shape is not None:  # a grid for several processes, run without torchrun: not ignored
+            MeshShape.choose(cfg, world_size)
         return Dist()
     # before joining: a bad mesh or backend leaves nothing behind
     shape, backend = MeshShape.choose(cfg, world_size), launch_env.backend(cfg.backend, device_type)
