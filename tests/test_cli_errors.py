@@ -35,7 +35,7 @@ from trickster.data import sources
 from trickster.data.new_tokenizer import build_tokenizer
 from trickster.data.tokenizers import BPETokenizer, HFTokenizer, load_tokenizer
 from trickster.model.transformer import Transformer
-from trickster.train import loop, optim
+from trickster.train import loop, optim, resume
 from trickster.train.checkpoint import save_checkpoint
 
 from . import fake_hub
@@ -1231,6 +1231,26 @@ def _resume_in_read_only_run(env: Env) -> list[str]:
 def _resume_on_a_full_disk(env: Env) -> list[str]:
     run = env.copy_run()
     _read_only(env, run, errno.ENOSPC)
+    return ["train", "--config", env.config(), "--out", str(run), "--no-progress", "--resume"]
+
+
+def _unlockable(env: Env) -> None:
+    """Run folders on a file system that refuses locks (NFS without its lock service): flock fails."""
+
+    def flock(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    env.monkeypatch.setattr(resume.fcntl, "flock", flock)
+
+
+def _train_where_locks_fail(env: Env) -> list[str]:
+    _unlockable(env)
+    return micro_train(env, "--out", str(env.tmp / "nfs-run"))
+
+
+def _resume_where_locks_fail(env: Env) -> list[str]:
+    run = env.copy_run()
+    _unlockable(env)
     return ["train", "--config", env.config(), "--out", str(run), "--no-progress", "--resume"]
 
 
@@ -2597,6 +2617,19 @@ CASES = [
         _resume_on_a_full_disk,
         "could not write run folder",
         "(No space left on device); free disk space, then continue with --resume",
+    ),
+    case(
+        "train-where-the-file-system-cannot-lock",
+        _train_where_locks_fail,
+        "cannot lock run folder",
+        "(No locks available); choose another --out, on a file system that locks files (a local disk)",
+    ),
+    case(  # it said 'choose another --out', where a resume finds none of the run's checkpoints
+        "resume-where-the-file-system-cannot-lock",
+        _resume_where_locks_fail,
+        "cannot lock run folder",
+        "(No locks available); copy the folder to a file system that locks files (a local disk), then "
+        "continue the copy with --resume --out COPY (nothing was changed)",
     ),
     case(
         "train-into-a-system-folder",

@@ -238,11 +238,18 @@ def test_a_run_from_a_fitted_runs_config_yaml_fits_its_settings_afresh(fitted_ru
     """300 steps from the 50-step run's config.yaml were evaluated and saved every 10 steps (31
     evaluations, 29 checkpoints) and warmed up for 5. Now they take the preset's values again and
     fit them as a run of the preset does: an evaluation at 250 (it fits), a checkpoint every fifth
-    of the run (500 does not), a warmup of 100 steps. The new run records its own fitting."""
+    of the run (500 does not), a warmup of 100 steps. The new run records its own fitting. The
+    warmup and eval_every taken back and not fitted again are said in a line too: the file holds
+    5 and 10, and nothing else said why the run warmed up for 100 steps and was evaluated at 250."""
     run = tmp_path / "longer"
     _from_config(fitted_run, run, "training_config.max_steps=300")
     out = capsys.readouterr().out
     assert "save_every 500 past 300 steps: every 60 steps instead, a fifth of them" in out
+    restored = [line for line in out.splitlines() if "fitted to the run that saved" in line]
+    assert restored == [
+        "warmup_steps 5, eval_every 10 were fitted to the run that saved the config file: 100, 250 "
+        "instead, their values before (set training_config.warmup_steps or eval_every to choose)"
+    ]
     assert _evaluated_at(run) == [0, 250, 300]
     assert _saved_at(run) == [60, 120, 180, 240]
     assert _peak_lr_at(run) == 100

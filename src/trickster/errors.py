@@ -55,9 +55,9 @@ class DiskFull(UserError):
     FULL it was (the words may be another language's). A training run words it anew
     (train/disk_full.py), with the checkpoint it kept."""
 
-    def __init__(self, message: str, what: str, reason: str, errno: int):
+    def __init__(self, message: str, what: str, reason: str, code: int):  # `errno` would hide the module
         super().__init__(message)
-        self.what, self.reason, self.errno = what, reason, errno
+        self.what, self.reason, self.errno = what, reason, code
 
     def __reduce__(self):  # handed to every process of a job (rank0.on_main) whole
         return (DiskFull, (str(self), self.what, self.reason, self.errno))

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from trickster.config import Config
+from trickster.config import Config, TrainingConfig
 from trickster.data.loader import PreparedData
 from trickster.data.tokenizers import CharTokenizer
 from trickster.plural import counted
@@ -57,7 +57,8 @@ def fitted_config(cfg: Config, data: PreparedData, saved: Config | None) -> tupl
         return _with(cfg, kept, _recorded(saved, left)), []
     # a setting a saved config.yaml holds as its run fitted it is fitted afresh, from its value
     # before (config_fitted), not taken as a preset's: 12 steps fitted to 60 fit 300 too
-    cfg = _with(cfg, _recorded(cfg, left), {})
+    restored, as_saved = _recorded(cfg, left), cfg.training
+    cfg = _with(cfg, restored, {})
     t = cfg.training
     values: dict[str, Any] = {}
     notes = []
@@ -84,8 +85,29 @@ def fitted_config(cfg: Config, data: PreparedData, saved: Config | None) -> tupl
             f"{said} past {counted(t.max_steps, 'step')}: every {counted(t.max_steps // INTERVALS, 'step')} "
             f"instead, a fifth of them (set training_config.{' or '.join(intervals)} to choose)"
         )
+    # one kept at its value before changes the run as much as one fitted anew, and the file says otherwise
+    if kept := {k: v for k, v in restored.items() if k not in values and v != getattr(as_saved, k)}:
+        notes.insert(0, _restored_line(kept, as_saved))
     values = {key: value for key, value in values.items() if getattr(t, key) != value}
     return _with(cfg, values, {key: getattr(t, key) for key in values}), notes
+
+
+def _restored_line(kept: dict[str, Any], as_saved: TrainingConfig) -> str:
+    """The line for the settings a saved config.yaml records its run fitted that this run takes at
+    their values before and does not fit again (tiny's eval_every 250 in a 300-step run from the
+    config.yaml of a 60-step one, which holds 12): nothing else says the run differs from the file."""
+    said = ", ".join(f"{key} {_shown(getattr(as_saved, key))}" for key in kept)
+    before = ", ".join(_shown(value) for value in kept.values())
+    return (
+        f"{said} {'was' if len(kept) == 1 else 'were'} fitted to the run that saved the config file: "
+        f"{before} instead, {'its value' if len(kept) == 1 else 'their values'} before (set "
+        f"training_config.{' or '.join(kept)} to choose)"
+    )
+
+
+def _shown(value: Any) -> str:
+    """A setting's value as the fitting lines show it: 1,000 steps, 'ROMEO:'."""
+    return f"{value:,}" if isinstance(value, int) else repr(value)
 
 
 def _intervals(cfg: Config, left: list[str]) -> dict[str, int]:

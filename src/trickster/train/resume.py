@@ -49,13 +49,18 @@ def run_folder_fix(run_dir: Path) -> Callable[[OSError], str]:
     none of its checkpoints. Before its first, or another --out (WRITE_FIX)."""
 
     def fix(err: OSError) -> str:
-        try:
-            resumable = bool(run_checkpoints.continuable(run_dir))
-        except OSError:  # a folder that cannot even be listed holds nothing to resume from here
-            resumable = False
-        return (RESUME_FIX if resumable else WRITE_FIX)(err)
+        return (RESUME_FIX if _holds_a_checkpoint(run_dir) else WRITE_FIX)(err)
 
     return fix
+
+
+def _holds_a_checkpoint(run_dir: Path) -> bool:
+    """Whether `run_dir` holds a checkpoint to continue from: a failed write or lock there is then
+    fixed in place and the run continued with --resume, not moved to another --out."""
+    try:
+        return bool(run_checkpoints.continuable(run_dir))
+    except OSError:  # a folder that cannot even be listed holds nothing to resume from here
+        return False
 
 
 def run_dir_in_use(run_dir: Path) -> bool:
@@ -147,9 +152,9 @@ def _lock(lock, run_dir: Path) -> None:
     try:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:
-        if err.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+        if err.errno not in (errno.EWOULDBLOCK, errno.EACCES):  # ENOLCK: NFS without its lock service
             raise UserError(
-                f"cannot lock run folder {run_dir} ({err.strerror}); choose another --out"
+                f"cannot lock run folder {run_dir} ({err.strerror}); {_unlockable_fix(run_dir)}"
             ) from None
         lock.seek(0)
         pid = lock.read().strip()
@@ -158,6 +163,17 @@ def _lock(lock, run_dir: Path) -> None:
             f"{run_dir} is in use: {holder} is training there; wait for it to end (or stop it), "
             "or choose another --out (nothing was changed)"
         ) from None
+
+
+def _unlockable_fix(run_dir: Path) -> str:
+    """What to do where the run folder's file system refuses the lock: another --out holds none of
+    the checkpoints of a run to continue, so the folder itself goes where locks work."""
+    where = "a file system that locks files (a local disk)"
+    if not _holds_a_checkpoint(run_dir):
+        return f"choose another --out, on {where}"
+    return (
+        f"copy the folder to {where}, then continue the copy with --resume --out COPY (nothing was changed)"
+    )
 
 
 def open_run_dir(
