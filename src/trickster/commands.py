@@ -184,8 +184,8 @@ def info_command(source: ConfigSource, checkpoint: str | None = None) -> None:
     adapted = cfg.training.lora
     if adapted is not None:  # what a LoRA run trains, and the count its header and `runs` give
         adapters = adapter_parameters(m, adapted)
-        where = f"rank {adapted.rank} on {', '.join(lora.target_names(adapted))}"
-        print(f"  LoRA adapters   {adapters:>14,}  ({where}: the only weights trained)")
+        trained = f"{lora.adapted_layers(adapted)}: the only weights trained"
+        print(f"  LoRA adapters   {adapters:>14,}  ({trained})")
         print(f"  with adapters   {b.total + adapters:>14,}  (an export merges them: the total above)")
     fpt = flops_per_token(m, cfg.seq_len, cfg.training.lora)  # a LoRA run's: no frozen weights' gradients
     print(f"training FLOPs per token (context {cfg.seq_len}): {fpt:,}")

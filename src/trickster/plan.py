@@ -275,8 +275,8 @@ def _adapters(cfg: Config) -> str:
     adapted = cfg.training.lora
     if adapted is None:
         return ""
-    adapters, targets = adapter_parameters(cfg.model, adapted), ", ".join(lora.target_names(adapted))
-    return f" and {adapters:,} in LoRA adapters (rank {adapted.rank} on {targets}: the only weights trained)"
+    adapters = adapter_parameters(cfg.model, adapted)
+    return f" and {adapters:,} in LoRA adapters ({lora.adapted_layers(adapted)}: the only weights trained)"
 
 
 def format_plan(plan: Plan) -> str:

@@ -78,6 +78,11 @@ def target_names(cfg: LoraConfig) -> list[str]:
     return sorted({HF_NAMES.get(name, name) for name in cfg.targets})
 
 
+def adapted_layers(cfg: LoraConfig) -> str:
+    """The adapters' rank and layers as the fine-tune line, `info` and `plan` say them: 'rank 8 on wq, wv'."""
+    return f"rank {cfg.rank} on {', '.join(target_names(cfg))}"
+
+
 def apply_lora(model: nn.Module, cfg: LoraConfig) -> int:
     """Freeze every parameter, then add adapters to the target layers; returns the parameters that
     train now (the adapters' elements), which the fine-tune line reports."""

@@ -58,8 +58,7 @@ def setup_finetuning(
         trainable = lora.apply_lora(model, t.lora)
         total = sum(p.numel() for p in model.parameters())
         message += (
-            f" with LoRA rank {t.lora.rank} on {', '.join(lora.target_names(t.lora))}: "
-            f"{trainable:,} trainable parameters of {total:,}"
+            f" with LoRA {lora.adapted_layers(t.lora)}: {trainable:,} trainable parameters of {total:,}"
         )
     echo(message)
     return origin(loaded.path, loaded.info)
