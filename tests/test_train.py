@@ -275,3 +275,46 @@ def test_the_closing_line_says_1_step_not_1_steps(micro, capsys, tmp_path):
     assert main(["train", "--config", str(tmp_path / "one.yaml"), "--no-progress"]) == 0
     closing = [line for line in capsys.readouterr().out.splitlines() if line.startswith("done:")]
     assert len(closing) == 1 and closing[0].startswith("done: 1 step; best val loss "), closing
+
+
+def test_the_header_says_what_each_evaluation_measures(micro, monkeypatch):
+    """The windows the header names are the ones each evaluation runs the model over."""
+    from trickster.train import loop
+
+    seen = []
+
+    def counting(model, batches, *args, **kwargs):
+        seen.append(sum(len(x) for x, _ in batches) * batches[0][0].shape[1])
+        return evaluate(model, batches, *args, **kwargs)
+
+    evaluate = loop.evaluate
+    monkeypatch.setattr(loop, "evaluate", counting)
+    lines = []
+    train(micro(training_config={"max_steps": 40, "eval_every": 20}), echo=lines.append, progress=False)
+    header = [line for line in lines if line.startswith("evaluation:")]
+    assert header == [
+        "evaluation: at step 0, every 20 steps and at the end, on the same 32 windows of 64 tokens "
+        "of the val split (2,048 tokens)"
+    ]
+    assert seen == [2048, 2048, 2048]  # steps 0, 20 and 40
+
+
+def test_a_slow_evaluation_says_how_far_it_got_once(micro, monkeypatch):
+    """A first evaluation that runs long (a large model on a CPU) is not a minute of silence; a
+    fast one says nothing, and neither do the evaluations after the first slow one."""
+    from trickster.train.console import SlowPass
+
+    short = {"max_steps": 4, "eval_every": 2, "warmup_steps": 1}
+    lines = []
+    train(micro(training_config=short), echo=lines.append, progress=False)
+    assert not [line for line in lines if "evaluating" in line]
+
+    monkeypatch.setattr(SlowPass, "AFTER_SECONDS", 0.0)
+    lines = []
+    cfg = micro(training_config=short)
+    cfg.logging.output_dir = cfg.logging.output_dir + "-slow"
+    train(cfg, echo=lines.append, progress=False)
+    said = [i for i, line in enumerate(lines) if "evaluating" in line]
+    assert len(said) == 1, lines
+    assert re.fullmatch(r"step {6}0: evaluating: 1 of 4 batches in \d+ s, about \d+ s to go", lines[said[0]])
+    assert lines[said[0] + 1].startswith("step      0: val loss ")

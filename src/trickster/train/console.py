@@ -8,6 +8,7 @@ postfix and every other line is written above the bar, so the two never tear eac
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 
 from tqdm import tqdm
@@ -52,3 +53,29 @@ class Console:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+class SlowPass:
+    """One line, the first time a pass over batches (an evaluation) runs long, with how far it got
+    and its pace: a large model's first evaluation on a CPU takes a minute, during which the run
+    would otherwise print nothing. Said once per process: later passes take as long."""
+
+    AFTER_SECONDS = 5.0
+
+    def __init__(self, line: Callable[[str], None]):
+        self._line = line
+        self._said = False
+        self._what, self._began = "", 0.0
+
+    def start(self, what: str) -> None:
+        self._what, self._began = what, time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._said or done == total:
+            return
+        elapsed = time.perf_counter() - self._began
+        if elapsed < self.AFTER_SECONDS:
+            return
+        self._said = True
+        left = elapsed / done * (total - done)
+        self._line(f"{self._what}: {done} of {total} batches in {elapsed:.0f} s, about {left:.0f} s to go")

@@ -29,7 +29,7 @@ from trickster.train import dist, dist_checkpoint, hellaswag_eval, lost_output, 
 from trickster.train.async_save import Writer, stage_shards
 from trickster.train.batches import DeviceBatches
 from trickster.train.budget import Clock
-from trickster.train.console import Console
+from trickster.train.console import Console, SlowPass
 from trickster.train.device import (
     Peak,
     apply_process_settings,
@@ -97,6 +97,7 @@ class Trainer:
         if self.device.type == "cuda" and job.active:
             self.device = torch.device("cuda", job.local_rank)
         self.out = Console(echo, cfg.logging.log_level, job.is_main, progress)  # rank 0 speaks
+        self.slow_pass = SlowPass(self.out.line)
         apply_process_settings(cfg.device.threads, self.device, t.seed)
         # 2. data and tokenizer (the model's vocabulary follows it), checked before the run folder is touched
         cfg, self.data, base = setup.prepared_data(cfg, resume, self.device, job)  # base: init_from's files
@@ -307,8 +308,9 @@ class Trainer:
         Non-finite weights are neither sampled nor saved as `best`, whatever loss they report; the
         processes agree on that verdict (under FSDP2 each one sees only its own shard).
         """
-        state = self.state
-        local = evaluate(self.step_model, self.val_batches, self.device, self.cfg.device.dtype)
+        state, dtype = self.state, self.cfg.device.dtype
+        self.slow_pass.start(f"step {state.step:>6}: evaluating")
+        local = evaluate(self.step_model, self.val_batches, self.device, dtype, self.slow_pass)
         val_loss, healthy = pooled_loss(local, self.val_batches, self.model, self.device, self.job)
         state.last_val_loss = val_loss if healthy else None
         perplexity = math.exp(min(val_loss, 50.0)) if healthy else None

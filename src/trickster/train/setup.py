@@ -25,6 +25,7 @@ from trickster.model.transformer import Transformer
 from trickster.model.vocab import vocab_note
 from trickster.observe import stops
 from trickster.observe.events import last_event, new_event
+from trickster.plural import counted
 from trickster.train import checkpoint_load, checksums, dist, weight_loading
 from trickster.train.console import Console
 from trickster.train.finetune import model_vocab, setup_finetuning
@@ -265,6 +266,22 @@ def print_header(
     )
 
 
+def _evaluations(cfg: Config, draw_width: int, resuming: bool) -> str:
+    """When the run evaluates and on what: the first evaluation of a large model on a CPU takes a
+    minute before the first step, and what a val loss is measured over says how far to trust it."""
+    t = cfg.training
+    when = [] if resuming else ["at step 0"]
+    if t.eval_every < t.max_steps:
+        when.append(f"every {counted(t.eval_every, 'step')}")
+    when.append("at the end")
+    windows = draw_width * t.eval_batches  # every process's share together
+    said = f"{', '.join(when[:-1])} and {when[-1]}" if len(when) > 1 else when[0]
+    return (
+        f"evaluation: {said}, on the same {windows:,} windows of {cfg.seq_len:,} tokens of the val "
+        f"split ({windows * cfg.seq_len:,} tokens)"
+    )
+
+
 def announce(trainer: Trainer, resume, changed: dict, repairs: list[str]) -> None:
     """The run's files and header, what a resume changed or repaired, and (a new run) its `start`
     event: what a Trainer says once it is built."""
@@ -280,6 +297,7 @@ def announce(trainer: Trainer, resume, changed: dict, repairs: list[str]) -> Non
         notes = write_run_files(*run_files, resume, resumed)
     resuming = resumed_from is not None
     print_header(out, cfg, data, trainer.params, trainer.device, trainer.tokens_per_step, job, resuming)
+    out.line(_evaluations(cfg, trainer.val_draw_width, resuming))
     if resuming:
         out.line(f"resuming from {resumed_from}")
     changes = [f"changed on resume: {key} {spelled(a)} -> {spelled(b)}" for key, (a, b) in changed.items()]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -48,18 +49,23 @@ def validation_batches(
 
 
 @torch.no_grad()
-def evaluate(model, batches, device: torch.device, dtype_name: str) -> float:
+def evaluate(
+    model, batches, device: torch.device, dtype_name: str, progress: Callable[[int, int], None] | None = None
+) -> float:
     """Mean cross-entropy over every target of `batches`, whatever their sizes, with one host
-    sync: the model's loss is a batch's mean over its targets (a loss mask's prompt tokens are none)."""
+    sync: the model's loss is a batch's mean over its targets (a loss mask's prompt tokens are none).
+    `progress(done, total)` is called after each batch is queued."""
     was_training = model.training
     model.eval()
     sums = torch.zeros(2, device=device)  # summed loss, targets
-    for x, y in batches:
+    for done, (x, y) in enumerate(batches, 1):
         y = y.to(device)
         with autocast_for(device, dtype_name):
             _, loss = model(x.to(device), y)
         targets = (y != IGNORE_INDEX).sum()
         sums += torch.stack([loss.float() * targets, targets.float()])
+        if progress is not None:
+            progress(done, len(batches))
     model.train(was_training)
     total, targets = sums.tolist()
     return total / targets
