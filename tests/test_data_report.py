@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ import pytest
 from trickster import cli
 from trickster.data import report, sources
 from trickster.data.prepare import in_validation, prepare
+
+from .conftest import EXCERPT
 
 ALPHABET = "abcdefghij klmnop\n"
 
@@ -283,3 +286,22 @@ def test_a_folder_of_records_is_reported_in_records(tmp_path, end_of_text):
             f"train: 27 records, {train:,} tokens {unknown}",
             f"val: 3 records, {val:,} tokens {unknown}",
         ]
+
+
+def test_prepare_and_report_write_every_count_with_thousands_separators(tmp_path, capsys):
+    """`data prepare` said "vocabulary 1100" where `data report` says "vocabulary 1,100" of the
+    same folder: every count either prints has its separators (the folder's path aside)."""
+    out = tmp_path / "excerpt-bpe"
+    argv = ["data", "prepare", "text", str(EXCERPT), "--tokenizer", "bpe", "--vocab-size", "1100"]
+    argv += ["--out", str(out)]
+    printed = []
+    for command in (argv, argv, ["data", "report", str(out)]):  # prepared, already prepared, reported
+        capsys.readouterr()
+        assert cli.main(command) == 0
+        printed.append(capsys.readouterr().out.replace(str(out), "DIR"))
+    vocab = json.loads((out / "meta.json").read_text())["vocab_size"]
+    assert vocab >= 1000
+    for said in printed:
+        assert f"vocabulary {vocab:,}" in said, said
+        assert not re.findall(r"(?<![\d,.])\d{4,}", said), said
+    assert "auto pads it to 1,152" in printed[0]

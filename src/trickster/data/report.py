@@ -167,7 +167,7 @@ def overlap(folder: str | Path, text: str, top: int = 5) -> Overlap:
     hashes, starts = ngram_hashes(tokens, _specials(data))
     if not len(hashes):
         raise UserError(
-            f"the text is {len(tokens)} tokens long, too short for a {N}-token overlap check; "
+            f"the text is {len(tokens):,} tokens long, too short for a {N}-token overlap check; "
             f"pass a text of at least {N} tokens"
         )
     query = distinct(hashes)

@@ -65,7 +65,7 @@ def prepare_summary(meta: dict, out_dir: Path, kept: bool = False, removed: str 
         lines += dedup_lines(meta)
     kind, padding = meta["tokenizer"], _padding(meta)
     lines.append(
-        f"tokenizer: {kind}, vocabulary {meta['vocab_size']} ({meta['dtype']} token shards{padding})"
+        f"tokenizer: {kind}, vocabulary {meta['vocab_size']:,} ({meta['dtype']} token shards{padding})"
     )
     lines += short_of_asked(meta)
     masks = " with loss masks (.mask.bin)" if meta.get("loss_mask") else ""
@@ -101,7 +101,7 @@ def kept_older(meta: dict, out_dir: Path) -> str:
 def _holding(meta: dict) -> str:
     return (
         f"train {meta['train_tokens']:,} tokens, val {meta['val_tokens']:,}, {meta['tokenizer']} "
-        f"vocabulary {meta['vocab_size']}"
+        f"vocabulary {meta['vocab_size']:,}"
     )
 
 
@@ -109,7 +109,7 @@ def _padding(meta: dict) -> str:
     from trickster.model.vocab import padded_vocab
 
     rows = padded_vocab(meta["vocab_size"])
-    return f"; a model's vocab_size: auto pads it to {rows}" if rows != meta["vocab_size"] else ""
+    return f"; a model's vocab_size: auto pads it to {rows:,}" if rows != meta["vocab_size"] else ""
 
 
 def skipped(meta: dict) -> list[str]:
