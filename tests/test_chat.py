@@ -195,14 +195,22 @@ def at_terminal(monkeypatch, typed: list) -> list[str]:
     return asked
 
 
+def checkpoint_said(capsys, run) -> str:
+    """The line `trickster info --checkpoint RUN` names the checkpoint a run folder gives with."""
+    capsys.readouterr()
+    assert cli.main(["info", "--checkpoint", str(run)]) == 0
+    return next(line for line in capsys.readouterr().out.splitlines() if line.startswith("checkpoint: "))
+
+
 @pytest.mark.parametrize(
-    ("key", "status", "said"), [(EOFError(), 0, ""), (KeyboardInterrupt(), 130, "interrupted\n")]
+    ("key", "status", "said"), [(EOFError(), 0, None), (KeyboardInterrupt(), 130, "interrupted\n")]
 )
 def test_at_a_terminal_it_prompts_and_ctrl_d_or_ctrl_c_at_the_prompt_ends_it(
     monkeypatch, capsys, trained_run, key, status, said
 ):
     """Ctrl-C at the prompt ended the chat with exit status 0, as Ctrl-D does; every other command
-    (generate, train, serve) says `interrupted` and exits 130 on Ctrl-C, and so does chat now."""
+    (generate, train, serve) says `interrupted` and exits 130 on Ctrl-C, and so does chat now.
+    Ctrl-D ends it as done: the checkpoint the run folder gave is named (None: that line)."""
     asked = at_terminal(monkeypatch, ["ROMEO:", key])
     capsys.readouterr()
     assert cli.main(["chat", str(trained_run), *GREEDY]) == status
@@ -210,7 +218,20 @@ def test_at_a_terminal_it_prompts_and_ctrl_d_or_ctrl_c_at_the_prompt_ends_it(
     assert asked == ["text> ", "text> "]
     romeo = continuation(capsys, trained_run, "ROMEO:")
     assert out.endswith(f"ROMEO:{romeo}\n\n")  # the prompt's line ended: `interrupted` on its own
-    assert err == said
+    assert err == (said or checkpoint_said(capsys, trained_run) + "\n")
+
+
+def test_a_run_folder_s_checkpoint_is_named_on_stderr_once_the_chat_is_done(monkeypatch, capsys, trained_run):
+    """chat picks a run folder's best (else its newest) checkpoint, and says which on stderr in
+    `trickster info`'s words; a checkpoint folder given is the one used: nothing is said."""
+    line = checkpoint_said(capsys, trained_run)
+    best = trained_run / "checkpoints" / "best"
+    assert line.startswith(f"checkpoint: {best} (step ")
+    for target, said in ((trained_run, line + "\n"), (best, "")):
+        monkeypatch.setattr(sys, "stdin", io.StringIO("ROMEO:\n"))
+        assert cli.main(["chat", str(target), *GREEDY]) == 0
+        out, err = capsys.readouterr()
+        assert "ROMEO:" in out and "checkpoint:" not in out and err == said
 
 
 def test_each_reply_samples_with_the_next_seed(monkeypatch, capsys, trained_run):

@@ -1,8 +1,10 @@
+import json
 import math
 
 import pytest
 import torch
 
+from trickster import cli
 from trickster.config import ModelConfig
 from trickster.model.generate import generate, sample
 from trickster.model.transformer import KVCache, Transformer
@@ -196,3 +198,37 @@ def test_sampled_frequencies_follow_the_tempered_and_filtered_distribution():
     assert frequencies(temperature=1.0, top_p=0.8) == pytest.approx(two_kept, abs=0.015)
     three_kept = normalised([0.0, math.exp(1), math.exp(2), math.exp(3)])  # top_k one below the vocabulary
     assert frequencies(temperature=1.0, top_k=3) == pytest.approx(three_kept, abs=0.015)
+
+
+RUN_COMMANDS = {
+    "generate": lambda target, out: ["generate", target, "--prompt", "ROMEO:", "--max-new-tokens", "5"],
+    "export-hf": lambda target, out: ["export", target, "--out", str(out / "hf")],
+    "export-gguf": lambda target, out: ["export", target, "--out", str(out / "m.gguf")],
+}
+
+
+@pytest.mark.parametrize("command", list(RUN_COMMANDS))
+def test_a_run_folder_s_checkpoint_is_named_on_stderr_as_info_names_it(
+    command, trained_run, tmp_path, capsys
+):
+    """Given a run folder, the command picks one of its checkpoints (best, else the newest) and says
+    which on stderr, in `trickster info`'s words; stdout holds only its own output (generate's text,
+    which users pipe). A checkpoint folder given is the one used: nothing is said."""
+    if command == "export-gguf":
+        pytest.importorskip("gguf")
+    best = trained_run / "checkpoints" / "best"
+    info = json.loads((best / "info.json").read_text())
+    line = (
+        f"checkpoint: {best} (step {info['step']}, val loss {info['val_loss']:.4f}, "
+        f"best {info['best_val_loss']:.4f})"
+    )
+    capsys.readouterr()
+    assert cli.main(["info", "--checkpoint", str(trained_run)]) == 0
+    assert line in capsys.readouterr().out.splitlines()  # the same words
+    assert cli.main(RUN_COMMANDS[command](str(trained_run), tmp_path / "run")) == 0
+    out, err = capsys.readouterr()
+    assert err == line + "\n" and "checkpoint:" not in out
+    if command == "generate":
+        assert out.startswith("ROMEO:") and len(out) > len("ROMEO:")
+    assert cli.main(RUN_COMMANDS[command](str(best), tmp_path / "checkpoint")) == 0
+    assert capsys.readouterr().err == ""

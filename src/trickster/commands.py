@@ -65,17 +65,12 @@ def train_command(source: ConfigSource, resume: bool = False, progress: bool | N
         return 0
     if not speaks or result.cfg.logging.log_level in QUIET_LEVELS:  # warning/error: errors only
         return 0
-    best = _loss(result.state.best_loss_seen)
+    best = checkpoint_load.loss_text(result.state.best_loss_seen)
     print(f"done: {counted(result.state.step, 'step')}; best val loss {best}; run in {result.run_dir}")
     # the prompt the run's samples continued (on prompt/response records one of theirs unless the
     # user gave one: train/fitted.py), as the llama.cpp line after an export does
     print(f"next: {next_hint(result.run_dir, result.cfg.training.sample_prompt)}")
     return 0
-
-
-def _loss(value: float | None) -> str:
-    """A loss as the training log prints it (4 decimals), or n/a before any evaluation."""
-    return "n/a" if value is None else f"{value:.4f}"
 
 
 def generate_command(
@@ -89,6 +84,7 @@ def generate_command(
     with text_written("generate"):
         sys.stdout.write(prompt)
         stream(model, loaded.tokenizer, ids, sampling, use_cache)
+    checkpoint_load.say_picked(target, loaded)
 
 
 def eval_command(opts: EvalOptions) -> None:
@@ -192,10 +188,7 @@ def info_command(source: ConfigSource, checkpoint: str | None = None) -> None:
     if waived:  # a run's config.yaml: what training with it must set, which the model does not use
         print(f"note: to train with {source.config}, set these on the command line: {'; '.join(waived)}")
     if info:
-        print(
-            f"checkpoint: {loaded.path} (step {info['step']}, val loss {_loss(info.get('val_loss'))}, "
-            f"best {_loss(info.get('best_val_loss'))})"
-        )
+        print(checkpoint_load.checkpoint_line(loaded))
         if info.get("init_from"):  # a fine-tune: the checkpoint it started from
             origin = info["init_from"]
             print(f"fine-tuned from {origin['checkpoint']} (step {origin['step']}, saved {origin['saved']})")
@@ -278,21 +271,25 @@ def export_command(
             "(or leave --format out), or an --out without .gguf for a Hugging Face folder"
         )
     if fmt == "gguf":
-        path, cfg, tokenizer = gguf.export_gguf(target, out, dtype, chat_template)
-        hint = llama_cpp_hint(path, hinted_prompt(tokenizer, cfg.training.sample_prompt))
+        path, loaded = gguf.export_gguf(target, out, dtype, chat_template)
+        tokenizer = loaded.tokenizer
+        hint = llama_cpp_hint(path, hinted_prompt(tokenizer, loaded.cfg.training.sample_prompt))
         print(f"wrote {path} ({dtype}); run it with llama.cpp: {hint}")
         if tokenizer.chat_template is not None and chat_template is None:
             print(f"chat template: {OWN_TEMPLATE}, which llama.cpp's chat tools read")
+        checkpoint_load.say_picked(target, loaded)
         return path
     if fmt != "hf":
         raise UserError(f"unknown export format '{fmt}'; choose hf or gguf")
-    path, shipped, tokenizer = hf.export_hf(target, out, dtype, chat_template)
+    path, shipped, loaded = hf.export_hf(target, out, dtype, chat_template)
+    tokenizer = loaded.tokenizer
     print(f"wrote {path}: config.json, model.safetensors ({dtype}), generation_config.json, tokenizer files")
     print(f"load it with transformers.AutoModelForCausalLM.from_pretrained('{path}'), or: vllm serve {path}")
     # an empty file leaves the tokenizer's own template in place, unsaid (an imported one's always)
     own = OWN_TEMPLATE if tokenizer.chat_template is not None and chat_template is None else None
     if named := (chat_template if shipped else own):
         print(f"chat template: {named}, which tokenizer.apply_chat_template(messages) renders")
+    checkpoint_load.say_picked(target, loaded)
     return path
 
 

@@ -70,6 +70,7 @@ def _chat(target: str, sampling: Sampling, device: str, chat_template: str | Non
                 print("(a new conversation)")
         elif line.strip():
             talk.answer(line)
+    checkpoint_load.say_picked(target, loaded)
     return 0
 
 

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from trickster.atomic import place_file, remove_leftovers
-from trickster.config import Config, ModelConfig
+from trickster.config import ModelConfig
 from trickster.data.tokenizers import EOT_TEXT, Tokenizer
 from trickster.errors import UserError, disk_errors, write_error, write_fix
 from trickster.export import byte_level
@@ -137,12 +137,12 @@ def gguf_vocabulary(tokenizer: Tokenizer, rows: int) -> Vocabulary:
 
 def export_gguf(
     target: str | Path, out: str | Path, dtype: str = "float32", chat_template: str | None = None
-) -> tuple[Path, Config, Tokenizer]:
+) -> tuple[Path, checkpoint_load.LoadedCheckpoint]:
     """Write one .gguf file: hyperparameters, vocabulary, (permuted, renamed) weights, and the
     template in `chat_template` (--chat-template's file) if given, else that of the records the model
-    was fine-tuned on (record_layouts.py), if any. The file, and the config and
-    tokenizer of the checkpoint it holds (its sample prompt, and whether the tokenizer encodes it,
-    for the line printed after)."""
+    was fine-tuned on (record_layouts.py), if any. The file, and the checkpoint it holds (its
+    sample prompt, and whether the tokenizer encodes it, for the line printed after; which one a
+    run folder gave)."""
     try:
         import gguf
     except ImportError:
@@ -188,7 +188,7 @@ def export_gguf(
             f"{out} was written by another process while this export ran; choose a new file with --out "
             "(that file was kept)"
         )
-    return out, loaded.cfg, loaded.tokenizer
+    return out, loaded
 
 
 def gguf_file(out: str | Path, target: str | Path) -> Path:

@@ -190,12 +190,13 @@ def _special_tokens(config: dict) -> dict:
 
 def export_hf(
     target: str | Path, out: str | Path, dtype: str = "float32", chat_template: str | None = None
-) -> tuple[Path, str | None, Tokenizer]:
+) -> tuple[Path, str | None, checkpoint_load.LoadedCheckpoint]:
     """Write a Hugging Face Llama folder from a run (its best checkpoint) or a checkpoint;
     `chat_template`, --chat-template's file: its template in place of the tokenizer's own (if any:
     the layout of the records the model was fine-tuned on, or an imported tokenizer's). The folder,
     the file's template where it was written (None for no file or an empty one, which leaves the
-    tokenizer's own template in place), and the tokenizer."""
+    tokenizer's own template in place), and the checkpoint exported (its tokenizer; which one a run
+    folder gave)."""
     out = Path(out)
     check_new_folder(out, "--out")
     loaded = checkpoint_load.load_checkpoint(target)
@@ -217,7 +218,7 @@ def export_hf(
         for name, content in json_files.items():
             text = json.dumps(content, indent=2, ensure_ascii=False) + "\n"
             (staging / name).write_text(text, encoding="utf-8")
-    return out, template, tokenizer
+    return out, template, loaded
 
 
 def check_new_folder(out: Path, flag: str) -> None:

@@ -7,6 +7,7 @@ a fine-tune's init_from load here; checkpoint.py writes what this reads.
 from __future__ import annotations
 
 import pickle
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,30 @@ class LoadedCheckpoint:
     info: dict
     dtype: str = "float32"  # compute dtype for generate/eval/compare on this device (inference_dtype)
     identity: tuple[int, ...] | None = None  # which checkpoint it was read from (CheckpointFiles')
+
+
+def loss_text(value: float | None) -> str:
+    """A loss as the training log prints it (4 decimals), or n/a before any evaluation."""
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def checkpoint_line(loaded: LoadedCheckpoint) -> str:
+    """Which checkpoint a command read, in the one wording `info --checkpoint` prints and generate,
+    chat and export print on stderr when a run folder was given (say_picked)."""
+    info = loaded.info
+    return (
+        f"checkpoint: {loaded.path} (step {info['step']}, val loss {loss_text(info.get('val_loss'))}, "
+        f"best {loss_text(info.get('best_val_loss'))})"
+    )
+
+
+def say_picked(target: str | Path, loaded: LoadedCheckpoint) -> None:
+    """checkpoint_line on stderr where `target` is a run folder of which checkpoint_path.resolve
+    picked a checkpoint (its best, else its newest); nothing for a checkpoint folder given, which is
+    the one read. Said once the command is done: stdout holds only its own output (generate's text
+    is piped), and a command refused after the load still says one line."""
+    if loaded.path != Path(target):
+        print(checkpoint_line(loaded), file=sys.stderr, flush=True)
 
 
 @dataclass
