@@ -4152,6 +4152,12 @@ CASES = [
         "--mfu is the MFU assumed for a GPU planned by name",
         "--gpu NAME",
     ),
+    case(  # the line `train --data` gives: a plan counts that folder's vocabulary and tokens
+        "plan-data-not-prepared",
+        lambda env: ["plan", "--preset", "tiny", "--no-bench", "--data", str(env.tmp / "stories")],
+        "no prepared data in",
+        "stories: it does not exist",
+    ),
     case(
         "plan-mfu-not-a-fraction",
         lambda env: ["plan", "--preset", "tiny", "--gpu", "H100", "--mfu", "40"],

@@ -255,9 +255,10 @@ def test_plan_command_prints_the_figures(shakespeare_dir, tmp_path, capsys, monk
     assert main(["plan", "--config", str(config), "--tokens", "2.5M", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     cfg = micro_config(shakespeare_dir, tmp_path / "run")
-    cfg.model.vocab_size = 256  # auto counts as 256, and says so
+    # auto: its data's vocabulary (data_config.path is prepared; test_plan_data checks the figure)
+    cfg.model.vocab_size = int(re.search(r"^model: .*, vocab (\d+)$", out, re.M).group(1))
     params = parameter_breakdown(cfg.model).total
-    assert f"parameters: {params:,}" in out and "counted here as 256" in out
+    assert f"parameters: {params:,}" in out and f"data: {shakespeare_dir} (data_config.path)" in out
     assert "compute-optimal (~20 per parameter)" in out and f"{20 * params:,}" in out
     assert "--tokens" in out and "2,500,000" in out
     assert "fits:" in out and "time (estimate): the model, batch 8 x 64, " in out
@@ -335,6 +336,27 @@ def test_a_lora_run_is_counted_and_timed_as_a_lora_step(micro, monkeypatch):
             counted_flops_per_token(model, 1, bench.seq_len), rel=1e-9
         )
         assert estimate.seconds(10**6) == pytest.approx(10**6 * counted / bench.flops_per_sec)
+
+
+@pytest.mark.parametrize("adapted", [True, False], ids=["lora", "full"])
+def test_a_fine_tune_is_planned_without_a_compute_optimal_budget(micro, adapted):
+    """~20 tokens per parameter is the budget of a model trained from scratch: a fine-tune's model
+    is trained already. Its plan says instead what the fine-tune trains (the adapters: as many as
+    the parameters that still take gradients once the adapters are on)."""
+    training = {"init_from": "runs/base"}
+    if adapted:
+        training["lora"] = {"rank": 4, "targets": ["wq", "wv"]}
+    estimate = plan.make_plan(micro(training_config=training), CPU_DEVICE, measure=False)
+    text = plan.format_plan(estimate)
+    model = Transformer(estimate.cfg.model)
+    if adapted:
+        lora.apply_lora(model, estimate.cfg.training.lora)
+        trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        assert f"trains {trained:,} parameters, its LoRA adapters (rank 4 on wq, wv)" in text, text
+    else:
+        assert f"trains all {sum(p.numel() for p in model.parameters()):,} parameters" in text, text
+    assert "compute-optimal (" not in text and not re.search(r"\([0-9.,]+ per parameter", text), text
+    assert "this config (40 steps x 512)" in text
 
 
 def test_a_cpu_times_a_lora_copy_whose_real_training_state_fits(monkeypatch):

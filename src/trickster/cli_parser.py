@@ -225,6 +225,12 @@ def _add_plan(commands) -> None:
     plan = commands.add_parser("plan", help="memory, FLOPs, token budget and a measured time estimate")
     _add_config_args(plan)
     plan.add_argument("--tokens", help="also estimate the time for this many tokens (e.g. 5000000, 5M, 2e9)")
+    plan.add_argument(
+        "--data",
+        metavar="DIR",
+        help="a prepared data folder: its vocabulary and tokens (epochs) counted "
+        "(default: data_config.path's, once prepared)",
+    )
     where = plan.add_mutually_exclusive_group()
     where.add_argument(
         "--device", choices=DEVICES, help="device to plan and benchmark on (default: device_config.device)"

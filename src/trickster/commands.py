@@ -214,8 +214,10 @@ def plan_command(
     bench: bool = True,
     gpu: str | None = None,
     mfu: float | None = None,
+    data: str | None = None,
 ) -> None:
-    """`gpu`: plan for that GPU by its datasheet, whether or not this machine has one (no benchmark)."""
+    """`gpu`: plan for that GPU by its datasheet, whether or not this machine has one (no benchmark).
+    `data`: --data, a prepared folder whose vocabulary and tokens the plan counts."""
     import torch
 
     from trickster import plan
@@ -230,7 +232,7 @@ def plan_command(
     else:
         key = "--device" if device else "device_config.device"
         where = resolve_device(device or cfg.device.device, key, "or plan for a GPU by name: --gpu H100")
-    made = plan.make_plan(cfg, where, budget, name, bench, processes, named, mfu)
+    made = plan.make_plan(cfg, where, budget, name, bench, processes, named, mfu, data)
     print(plan.format_plan(made))
 
 

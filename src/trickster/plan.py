@@ -5,7 +5,9 @@ memory from a formula (footprint.py); the time is an estimate from a micro-bench
 device (plan_benchmark.py: at most about 10 seconds, or skipped with a note; `--no-bench` skips
 it), or for a GPU planned by name and not here (plan_gpu.py) its datasheet peak at an assumed MFU;
 the token budget follows the compute-optimal rule of about 20 tokens per parameter (Hoffmann
-et al. 2022, "Chinchilla").
+et al. 2022, "Chinchilla"), except for a fine-tune (training_config.init_from), whose model is
+trained already. Prepared data (--data, or data_config.path once prepared: plan_data.py) gives the
+vocabulary and the epochs of each budget.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from trickster.model import lora
 from trickster.model.flops import adapter_parameters, flops_per_token, parameter_breakdown
 from trickster.model.vocab import assumed_vocab
 from trickster.plan_benchmark import Benchmark, BenchSkipped, benchmark
+from trickster.plan_data import PlannedData, data_line, planned_data
 from trickster.plan_gpu import AssumedRate, NamedGpu, assumed_rate, time_lines, unrated
 from trickster.presets import preset_names
 from trickster.train.device import resolve_precision
@@ -63,6 +66,7 @@ class Plan:
     bench_note: str = "not measured"  # why there is no benchmark, when there is none
     gpu: NamedGpu | None = None  # a GPU planned by name, not here
     assumed: AssumedRate | None = None  # its time, assumed (None: no peak in the run's dtype)
+    data: PlannedData | None = None  # the prepared data counted with (vocabulary, epochs)
 
     @property
     def fits(self) -> bool:
@@ -84,14 +88,18 @@ def make_plan(
     processes: int = 1,
     gpu: NamedGpu | None = None,
     mfu: float | None = None,
+    data: str | None = None,
 ) -> Plan:
     """`processes`: how many training processes (GPUs) share the run: DDP replicas, or FSDP
     shards with device_config.enable_fsdp (as device_config.mesh_shape says, when set). On a CPU
     they run on this machine and each has its share of the RAM, as in training
     (footprint.memory_limit); a GPU is each one's own.
     `gpu`: a GPU that is not here (device: cuda), planned by its datasheet and never asked of torch;
-    nothing is measured, its time assumes `mfu` (plan_gpu.ASSUMED_MFU's range when None)."""
+    nothing is measured, its time assumes `mfu` (plan_gpu.ASSUMED_MFU's range when None).
+    `data`: --data, a prepared folder (else data_config.path's, once prepared): its vocabulary and
+    tokens are counted (plan_data.planned_data)."""
     capability = gpu.sheet.capability if gpu else None
+    cfg, prepared = planned_data(cfg, data)
     cfg, vocab_note = assumed_vocab(resolve_precision(cfg, device, capability))  # dtype/compile: auto
     if cfg.device.mesh_shape:
         processes = cfg.device.mesh_shape[0] * cfg.device.mesh_shape[1]
@@ -122,6 +130,7 @@ def make_plan(
         vocab_note=vocab_note,
         processes=processes,
         bench_note="not measured (--no-bench)",
+        data=prepared,
     )
     plan.advice = _advice(plan)
     if gpu is not None:
@@ -285,6 +294,7 @@ def format_plan(plan: Plan) -> str:
     lines = [
         f"plan for {plan.name} on {where}"
         + (f", {plan.processes} processes ({_parallel(cfg)})" if plan.processes > 1 else ""),
+        *([data_line(plan.data, cfg)] if plan.data else []),
         f"model: {m.shape()}{plan.vocab_note}",
         f"parameters: {plan.params:,}{_adapters(cfg)}",
         f"training FLOPs per token (context {cfg.seq_len}): {plan.flops_per_token:,}",
@@ -293,16 +303,44 @@ def format_plan(plan: Plan) -> str:
         "",
         "tokens:",
     ]
+    budgets = _budgets(plan)
+    for label, tokens in budgets:
+        # a fine-tune's model is trained already: tokens per parameter measure nothing there
+        per = [] if t.init_from else [f"{tokens / plan.params:,.1f} per parameter"]
+        per += [plan.data.epochs(tokens)] if plan.data else []
+        lines.append(f"  {label:<44} {tokens:>16,}" + (f"  ({', '.join(per)})" if per else ""))
+    if t.init_from:
+        lines.append(f"  {_fine_tuned(plan)}")
+    return "\n".join([*lines, "", *_time_lines(plan, budgets)])
+
+
+def _budgets(plan: Plan) -> list[tuple[str, int]]:
+    """The token budgets the plan counts and times: the config's, the compute-optimal one (not for
+    a fine-tune), --tokens, one epoch of the data."""
+    cfg, t = plan.cfg, plan.cfg.training
     per_step = t.batch_size * cfg.seq_len * t.gradient_accumulation_steps * plan.processes
-    budgets = [
-        (f"this config ({t.max_steps:,} steps x {per_step:,})", plan.run_tokens),
-        (f"compute-optimal (~{TOKENS_PER_PARAMETER} per parameter)", plan.optimal_tokens),
-    ]
+    budgets = [(f"this config ({t.max_steps:,} steps x {per_step:,})", plan.run_tokens)]
+    if not t.init_from:
+        budgets.append((f"compute-optimal (~{TOKENS_PER_PARAMETER} per parameter)", plan.optimal_tokens))
     if plan.tokens:
         budgets.append(("--tokens", plan.tokens))
-    for label, tokens in budgets:
-        lines.append(f"  {label:<44} {tokens:>16,}  ({tokens / plan.params:,.1f} per parameter)")
-    return "\n".join([*lines, "", *_time_lines(plan, budgets)])
+    if plan.data:
+        budgets.append((f"one epoch of the data ({plan.data.given})", plan.data.train_tokens))
+    return budgets
+
+
+def _fine_tuned(plan: Plan) -> str:
+    """What a fine-tune trains, said where a run from scratch has its compute-optimal budget."""
+    adapted = plan.cfg.training.lora
+    if adapted is None:
+        trained = f"all {plan.params:,} parameters of the model it starts from"
+    else:
+        adapters = adapter_parameters(plan.cfg.model, adapted)
+        trained = f"{adapters:,} parameters, its LoRA adapters ({lora.adapted_layers(adapted)})"
+    return (
+        f"a fine-tune (training_config.init_from) trains {trained}: no compute-optimal budget "
+        f"(~{TOKENS_PER_PARAMETER} tokens per parameter is for a model trained from scratch)"
+    )
 
 
 def _parallel(cfg: Config) -> str:
