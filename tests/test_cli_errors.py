@@ -1464,6 +1464,9 @@ def _wandb_not_logged_in(env: Env) -> list[str]:
 
 RECORD = '{"prompt": "Who is there?", "response": "Nay, answer me."}'
 INSTRUCTION = '{"instruction": "Who?", "input": "", "output": "Nay."}'
+CHAT_ROW = [{"role": "user", "content": "Who?"}, {"role": "assistant", "content": "Nay."}]
+NULL_REPLY = {"role": "assistant", "content": None}
+INSTRUCTION_COLUMNS = {"instruction": ["Who?", "Stand."], "input": ["", ""], "output": ["Nay.", "I."]}
 CONVERSATION = '{"messages": [{"role": "user", "content": "Who?"}, {"role": "assistant", "content": "Nay."}]}'
 NESTED = '{"id": 1, "content": {"title": "Hamlet", "body": "Who is there?"}}'
 NESTED_COLUMNS = {"content": [{"title": "Hamlet", "body": "Who is there?"}, {"title": "Lear", "body": "No."}]}
@@ -4694,6 +4697,61 @@ CASES = [
         "jsonl-messages-with-text-field",
         _jsonl([CONVERSATION, CONVERSATION], "--format", "messages", "--text-field", "messages"),
         "--format messages cannot be combined with --text-field or --template",
+    ),
+    # Parquet files and Hub datasets of records (they took no --format: converted to JSON Lines by hand)
+    case(
+        "prepare-parquet-format-with-text-field",
+        lambda env: _parquet(env, "--format", "alpaca", "--text-field", "body"),
+        "--format alpaca cannot be combined with --text-field",
+    ),
+    case(
+        "prepare-parquet-records-of-another-format",
+        lambda env: _parquet(env, "--format", "alpaca", columns={"messages": [CHAT_ROW, CHAT_ROW]}),
+        'd.parquet row 1 is a chat record ("messages"); read such records with --format messages',
+    ),
+    case(
+        "prepare-parquet-alpaca-null-output",
+        lambda env: _parquet(
+            env, "--format", "alpaca", columns={"instruction": ["Who?", "Stand."], "output": ["Nay.", None]}
+        ),
+        'd.parquet row 2: "output" must be a string (got null); fix or remove that record',
+    ),
+    case(  # a list of structs, one field null
+        "prepare-parquet-messages-null-content",
+        lambda env: _parquet(
+            env, "--format", "messages", columns={"messages": [CHAT_ROW, [*CHAT_ROW[:1], NULL_REPLY]]}
+        ),
+        'd.parquet row 2: message 2: "content" must be a string (got null); fix or remove that record',
+    ),
+    case(
+        "prepare-parquet-text-rows-with-format",
+        lambda env: _parquet(env, "--format", "prompt-response", columns={"text": ["one story", "another"]}),
+        'd.parquet row 1 has no "prompt" field (it has: text); it is a record of text, which parquet reads '
+        "without --format: drop --format prompt-response",
+    ),
+    case(
+        "prepare-parquet-one-record",
+        lambda env: _parquet(
+            env, "--format", "prompt-response", columns={"prompt": ["Who?"], "response": ["I."]}
+        ),
+        "d.parquet holds 1 record; at least 2 are needed (one for training, one to validate)",
+    ),
+    case(
+        "prepare-hf-records-of-another-format",
+        lambda env: _hf_saved(env, "--format", "messages", columns=INSTRUCTION_COLUMNS),
+        "split 'train' row 1 is an instruction record (it has: instruction, input, output); read such "
+        "records with --format alpaca",
+    ),
+    case(
+        "prepare-hf-text-rows-with-format",
+        lambda env: _hf_saved(env, "--format", "alpaca", columns={"text": ["one story", "another"]}),
+        "split 'train' row 1 has no \"instruction\" field (it has: text); it is a record of text, which hf "
+        "reads without --format: drop --format alpaca",
+    ),
+    case(
+        "prepare-hf-format-with-text-field",
+        lambda env: _hf_saved(env, "--format", "messages", "--text-field", "content"),
+        "--format messages cannot be combined with --text-field",
     ),
     case("jsonl-not-json", _jsonl([RECORD, "prompt: Who?"]), "chat.jsonl line 2 is not JSON"),
     case("jsonl-not-an-object", _jsonl([RECORD, '["Who?", "Me."]']), "line 2 is not a JSON object"),

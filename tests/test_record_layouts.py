@@ -318,3 +318,76 @@ def test_an_imported_llama_s_conversations_are_prepared_as_its_chat_template_ask
         *range(lengths[2], lengths[3]),
         lengths[3],
     ]
+
+
+def test_a_run_on_conversations_samples_their_first_turn(tmp_path):
+    """The sample prompt a fine-tune takes from its validation records (record_prompt) is a
+    conversation's first turn, up to and including its first "assistant:": it was the shortest
+    context of any turn, a later one ("user: Go on.\nassistant:") without the turns it follows."""
+    records = conversations()
+    for record in records:
+        record["messages"][-3]["content"] = "Go on."  # each conversation's second user message
+    data = prepare(tmp_path, "messages", records)
+    firsts = []
+    for record in records[-2:]:  # the validation conversations, one with a system message
+        before = record["messages"][
+            : next(i for i, m in enumerate(record["messages"]) if m["role"] == "assistant")
+        ]
+        firsts.append("".join(f"{m['role']}: {m['content']}\n" for m in before) + "assistant:")
+    assert data.record_prompt in firsts
+    assert data.record_prompt == min(firsts, key=len)
+
+
+def llama_style_bpe(texts: list[str]):
+    """A throwaway SentencePiece-like BPE, as Llama 2's tokenizer.json: spaces read as '▁', one put
+    before the text, no pre-tokenizer (merges cross spaces and line breaks), byte fallback, <s> first."""
+    hf = pytest.importorskip("tokenizers")
+    from trickster.data.tokenizers import HFTokenizer
+
+    backend = hf.Tokenizer(hf.models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    backend.normalizer = hf.normalizers.Sequence(
+        [hf.normalizers.Prepend("▁"), hf.normalizers.Replace(" ", "▁")]
+    )
+    backend.decoder = hf.decoders.Sequence(
+        [
+            hf.decoders.Replace("▁", " "),
+            hf.decoders.ByteFallback(),
+            hf.decoders.Fuse(),
+            hf.decoders.Strip(" ", 1, 0),
+        ]
+    )
+    trainer = hf.trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False
+    )
+    backend.train_from_iterator(texts, trainer)
+    backend.post_processor = hf.processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return HFTokenizer(json.loads(backend.to_str()), {"bos_token": "<s>", "eos_token": "</s>"}), backend
+
+
+def test_a_token_spanning_the_alpaca_cue_and_the_output_is_the_output_s(tmp_path):
+    """An imported Llama-style tokenizer encodes a record whole, as its chat template renders it, and
+    merges across "### Response:\\n" into the output ('.\\n\\n###▁Response:\\nYes,▁'). That token went
+    to the context, where its first character is: the loss never covered "Yes, ". As transformers'
+    assistant mask (TRL's assistant-only loss) counts it, it is the output's: every output character
+    is in a token the loss covers, and every token of the context alone is not."""
+    records = alpaca_records()
+    for record in records:
+        record["output"] = "Yes, " + record["output"]
+    texts = ["".join(text for text, _ in laid_out("alpaca", r)) for r in records]
+    tokenizer, backend = llama_style_bpe(texts)
+    tokenizer.save(tmp_path / "tokenizer.json")
+    data = prepare(tmp_path, "alpaca", records, "--tokenizer-from", str(tmp_path / "tokenizer.json"))
+    eot, spans = data.tokenizer.eot_id, 0
+    ids = np.asarray(data.train).tolist() + np.asarray(data.val).tolist()
+    mask = np.asarray(data.train.loss_mask).tolist() + np.asarray(data.val.loss_mask).tolist()
+    ends = [i + 1 for i, token in enumerate(ids) if token == eot]
+    for record, start, end in zip(records, [0, *ends[:-1]], ends, strict=True):
+        (prompt, _), (output, _) = laid_out("alpaca", record)
+        encoding = backend.encode(prompt + output)  # with <s>, offsets into the text
+        assert ids[start : end - 1] == encoding.ids and mask[end - 1] == 1
+        for (first, after), covered, special in zip(
+            encoding.offsets, mask[start : end - 1], encoding.special_tokens_mask, strict=True
+        ):
+            spans += first < len(prompt) < after
+            assert covered == (not special and after > len(prompt)), (first, after, len(prompt))
+    assert spans >= len(records) // 2  # the case at hand: most records merge across the cue

@@ -195,8 +195,9 @@ def _check_prepare(args: argparse.Namespace) -> None:
             raise UserError(
                 f"--format {records or 'prompt-response'} reads one file; pass one FILE (or use --text-field)"
             )
-    elif records is not None:
-        raise UserError(f"--format {records} cannot be combined with --text-field or --template")
+    elif records is not None and (args.text_field is not None or args.template is not None):
+        flags = "--text-field or --template" if args.source == "jsonl" else "--text-field"
+        raise UserError(f"--format {records} cannot be combined with {flags}")
 
 
 def _check_eval(args: argparse.Namespace) -> None:

@@ -108,6 +108,13 @@ def _add_data_prepare(data_commands) -> None:
     parquet.add_argument("paths", nargs="+", metavar="FILE")
     for source in (hf, parquet):
         source.add_argument("--text-field", type=FIELD, help="the field holding the text (default text)")
+        source.add_argument(
+            "--format",
+            dest="record_format",
+            choices=RECORD_FORMATS,
+            help="fine-tuning records, as jsonl reads them (the loss over each response only): "
+            "prompt-response, alpaca or messages (default: the text field, no records)",
+        )
     # jsonl has no default field: without one (or --template) it reads prompt/response records
     jsonl.add_argument("--text-field", type=FIELD, help="the field holding each record's text")
     for source in sources.choices.values():

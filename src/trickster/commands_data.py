@@ -10,7 +10,7 @@ from pathlib import Path
 from trickster.data import hub, sources, textfile
 from trickster.data.dedup import DedupSettings
 from trickster.data.prepare import prepare, prepare_records
-from trickster.data.records import jsonl_records
+from trickster.data.records import Records, hf_records, jsonl_records, parquet_records
 from trickster.data.tokenizers import load_tokenizer
 from trickster.errors import UserError
 from trickster.options import PrepareOptions, SourceSpec
@@ -21,15 +21,14 @@ from trickster.train import checkpoint_path, checksums
 def prepare_data(spec: SourceSpec, options: PrepareOptions, dedup: DedupSettings) -> Path:
     """`trickster data prepare`: read a corpus, tokenize it and write a prepared data folder (or
     keep the one already there from the same source and settings); prepare() prints what it did."""
-    source, paths, text_field = spec.source, spec.paths, spec.text_field
+    source, text_field = spec.source, spec.text_field
     tokenizer, vocab_size = options.tokenizer, options.vocab_size
     chosen = _tokenizer_from(options.tokenizer_from) if options.tokenizer_from else (tokenizer or "char")
     kind = chosen if isinstance(chosen, str) else chosen.kind
     out_dir = Path(options.out or f"data/{source}-{kind}")
     refuse_path_through_a_file(out_dir)
-    if source == "jsonl" and text_field is None and spec.template is None:
-        records = jsonl_records(paths[0], spec.record_format or "prompt-response")
-        prepare_records(records, chosen, out_dir, options.val_fraction, vocab_size, dedup)
+    if spec.record_format or (source == "jsonl" and text_field is None and spec.template is None):
+        prepare_records(_records(spec), chosen, out_dir, options.val_fraction, vocab_size, dedup)
     else:
         extra = {} if options.shard_tokens is None else {"shard_tokens": options.shard_tokens}
         prepare(
@@ -68,6 +67,16 @@ def data_report(folder: str, html: str | None) -> None:
         print(line)
     if page is not None:
         print(f"wrote {report.write_html(facts, page)}")
+
+
+def _records(spec: SourceSpec) -> Records:
+    """The fine-tuning records of jsonl (one file), parquet or hf, by --format."""
+    layout = spec.record_format or "prompt-response"
+    if spec.source == "parquet":
+        return parquet_records(spec.paths, layout)
+    if spec.source == "hf":
+        return hf_records(spec.dataset, spec.config, spec.split, layout)
+    return jsonl_records(spec.paths[0], layout)
 
 
 def _text_source(spec: SourceSpec) -> sources.Source | sources.Corpus:

@@ -25,7 +25,8 @@ class SourceSpec:
     split: str = "train"  # hf: the split to read
     text_field: str | None = None  # hf, jsonl, parquet: the field holding the text
     template: str | None = None  # jsonl: join each record into one document
-    record_format: str | None = None  # jsonl: prompt-response (the default without the two above)
+    # fine-tuning records: jsonl's default without the two above (prompt-response); parquet, hf
+    record_format: str | None = None
 
 
 @dataclass

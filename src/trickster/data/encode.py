@@ -1,5 +1,14 @@
 """Tokenizing in worker processes: chunks of documents in, token arrays (and each document's split,
 sizes, fingerprint and signature for dedup.py) out, in input order, with a bounded number in flight.
+
+A fine-tuning record's loss mask is 1 over every token that holds a character of a reply (and over
+the end-of-text), 0 elsewhere. With char, byte and the byte-level BPEs (bpe, gpt2) each segment is
+tokenized on its own, so no token spans a context and its reply. An imported tokenizer with a chat
+template (a Llama's SentencePiece-like BPE, whose merges may cross "### Response:\n" into the
+output: '.\n\n###▁Response:\nYes,▁') tokenizes the record whole, as the template renders it, and a
+token spanning the boundary counts as the reply's: as transformers' assistant mask (and TRL's
+assistant-only loss, which uses it) covers from the token holding a reply's first character to the
+token holding its last, so that the loss covers every character of every reply.
 """
 
 from __future__ import annotations
@@ -192,7 +201,8 @@ def _record_parts(tokenizer: Tokenizer, records: list[tuple[str, ...]]) -> list[
     encodes otherwise: SentencePiece's starts each text it is given with '▁', so a context after
     a reply read '▁user' where the conversation reads 'user'. Its records are encoded whole, after
     the start token's text, as the template renders them, each token going to the segment its first
-    character is in (prompt/response records, which no template of ours renders, as the others)."""
+    character is in, or to a reply it reaches into (the module's docstring says why); prompt/response
+    records, which no template of ours renders, as the others."""
     start, end = tokenizer.start_ids(), [] if tokenizer.eot_id is None else [tokenizer.eot_id]
     if tokenizer.kind != "hf" or tokenizer.chat_template is None:
         encoded, parts = iter(tokenizer.encode_batch([segment for r in records for segment in r])), []
@@ -206,8 +216,10 @@ def _record_parts(tokenizer: Tokenizer, records: list[tuple[str, ...]]) -> list[
     for record, encoding in zip(records, encodings, strict=True):
         ends = list(itertools.accumulate((len(segment) for segment in record), initial=len(head)))[1:-1]
         segments = [[] for _ in record]
-        for token, (first, _) in zip(encoding.ids, encoding.offsets, strict=True):
-            segments[bisect.bisect_right(ends, first)].append(token)
+        for token, (first, after) in zip(encoding.ids, encoding.offsets, strict=True):
+            at, last = bisect.bisect_right(ends, first), bisect.bisect_right(ends, max(first, after - 1))
+            # segments alternate context (even) and reply (odd): one spanning two reaches a reply
+            segments[at + 1 if at < last and at % 2 == 0 else at].append(token)
         if encoding.ids[: len(start)] != start:  # a config without the start token's text
             segments[0][:0] = start
         segments[-1] += end

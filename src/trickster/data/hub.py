@@ -65,13 +65,9 @@ def hf_dataset(
     }
     if val_split:
         identity["val_split"] = val_split
+    check_not_a_file(dataset)
     if local.is_dir():
         identity["files"] = file_identity(sorted(p for p in local.rglob("*") if p.is_file()))
-    elif local.exists():
-        raise UserError(
-            f"{dataset} is a file; pass a dataset name or a folder (or read this file with "
-            f"`trickster data prepare {source_of(local)} {dataset}`)"
-        )
     revision = None if local.is_dir() else Revision(lambda: hub_revision(dataset))
 
     def at() -> str | None:  # the commit prepare pinned before reading (None: the newest one)
@@ -96,6 +92,16 @@ def hf_dataset(
     return Source(
         name, identity, read, read_val=read_val, files=[dataset], revision=revision, no_text=no_text
     )
+
+
+def check_not_a_file(dataset: str) -> None:
+    """Refuse a file named as a dataset (a hub name or a folder), saying which source reads it."""
+    local = Path(dataset)
+    if local.exists() and not local.is_dir():
+        raise UserError(
+            f"{dataset} is a file; pass a dataset name or a folder (or read this file with "
+            f"`trickster data prepare {source_of(local)} {dataset}`)"
+        )
 
 
 def tinystories(dataset: str = TINYSTORIES) -> Source:
@@ -152,10 +158,15 @@ def _open_hf(dataset: str, config: str | None, split: str, name: str, revision: 
         raise failed(f"could not open dataset '{dataset}' split '{split}' ({one_line(err)}); {fix}") from None
 
 
-def _hf_texts(
-    dataset: str, config: str | None, split: str, name: str, revision: str | None, field: TextField,
-    no_text: NoText,
-) -> Iterator[str]:  # fmt: skip
+def hf_rows(
+    dataset: str,
+    config: str | None = None,
+    split: str = "train",
+    name: str = "hf",
+    revision: str | None = None,
+) -> Iterator[dict]:
+    """The rows of a dataset's split (a hub name or a local folder, as hf_dataset reads it), streamed,
+    each a dict of Python values; a failure to open it or to go on reading it is one line."""
     rows = iter(_open_hf(dataset, config, split, name, revision))
     while True:
         try:
@@ -167,6 +178,14 @@ def _hf_texts(
                 f"reading dataset '{dataset}' failed ({one_line(err)}); check your connection and run the "
                 "same command again to continue"
             ) from None
+        yield row
+
+
+def _hf_texts(
+    dataset: str, config: str | None, split: str, name: str, revision: str | None, field: TextField,
+    no_text: NoText,
+) -> Iterator[str]:  # fmt: skip
+    for row in hf_rows(dataset, config, split, name, revision):
         text = field.text(row, f"dataset '{dataset}'")
         if text:
             yield text

@@ -237,7 +237,7 @@ def split_rule(source: Source, val_fraction: float, record: Progress) -> str:
     if source.single_document:
         return f"the last {val_fraction * 100:g}% of the characters of the one document"
     if source.records:
-        return "the last records of the file"
+        return "the last records of the file" if source.name == "jsonl" else "the last records read"
     if source.read_val is not None:
         return "the source's own validation split"
     return f"whole documents, {val_fraction * 100:g}% chosen by a blake2b hash of their text"

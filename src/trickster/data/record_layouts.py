@@ -63,6 +63,12 @@ EXAMPLE = {  # what a record of each format looks like, for a line that is not o
     "alpaca": '{"instruction": "...", "input": "...", "output": "..."}',
     "messages": '{"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}',
 }
+# the fields each layout reads ("input" may be left out): a Parquet file's columns read for it
+FIELDS = {
+    "prompt-response": ("prompt", "response"),
+    "alpaca": ("instruction", "input", "output"),
+    "messages": ("messages",),
+}
 NEEDS = {
     "prompt-response": 'each record needs "prompt" and "response"',
     "alpaca": 'each instruction record needs "instruction" and "output" ("input" may be left out)',
@@ -98,9 +104,16 @@ MARKUP = {
 }
 
 
-def segments(record: dict, where: str, layout: str) -> tuple[str, ...]:
+def segments(record: dict, where: str, layout: str, source: str = "jsonl") -> tuple[str, ...]:
     """A record's context and replies in turn, in `layout`; one line, naming `where` (the file and
-    line), for a record that is not one of its kind."""
+    line, or row), for a record that is not one of its kind. `source` reads it (jsonl, parquet, hf):
+    what it reads without --format differs."""
+    lacks = next((key for key in FIELDS[layout] if key != "input" and key not in record), None)
+    if lacks is not None and source != "jsonl" and _format_of(record) == "text":
+        raise UserError(  # jsonl's default is prompt/response records (_missing); theirs is text
+            f'{where} has no "{lacks}" field ({its_fields(record)}); it is a record of text, which '
+            f"{source} reads without --format: drop --format {layout}"
+        )
     if layout == "alpaca":
         return _alpaca(record, where)
     if layout == "messages":

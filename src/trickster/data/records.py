@@ -1,6 +1,7 @@
 """Fine-tuning records (prompt/response, Alpaca's instructions, chat conversations): read from JSON
-lines, laid out as text by their --format (record_layouts.py), prepared like any corpus (token
-shards, one pipeline) with a loss mask beside each shard.
+lines, the rows of Parquet files or of a Hugging Face dataset, laid out as text by their --format
+(record_layouts.py, the same fields checked in the same words: a row is named as a line is),
+prepared like any corpus (token shards, one pipeline) with a loss mask beside each shard.
 
 Each record becomes [start id] context reply [context reply ...] [end-of-text]; its mask is 0 over
 the start id and each context, 1 over each reply and the end-of-text (what the model must learn to
@@ -11,13 +12,16 @@ split, in the file's order; exact copies (same segments) are kept once, like doc
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trickster.data import hub
 from trickster.data.json_records import check_not_an_array, json_line
-from trickster.data.record_layouts import EXAMPLE, segments
-from trickster.data.sources import Source
+from trickster.data.paths import expand_paths
+from trickster.data.record_layouts import EXAMPLE, FIELDS, segments
+from trickster.data.sources import Source, parquet_file, require_package
 from trickster.data.textfile import decode, read_bytes
 from trickster.errors import UserError
 from trickster.plural import counted
@@ -51,10 +55,60 @@ def jsonl_records(path: str | Path, layout: str = "prompt-response") -> Records:
         if not isinstance(record, dict):
             raise UserError(f"{where} is not a JSON object; write {EXAMPLE[layout]}")
         documents.append(segments(record, where, layout))
-    if len(documents) < 2:
-        held = f"holds {counted(len(documents), 'record')}" if raw.strip() else "is empty"
-        raise UserError(f"{path} {held}; at least 2 are needed (one for training, one to validate)")
+    _check_enough(documents, str(path), "" if raw.strip() else "is empty")
     return Records("jsonl", documents, layout, [str(path)], hashlib.sha256(raw).hexdigest())
+
+
+def parquet_records(patterns: list[str], layout: str) -> Records:
+    """Each row of Parquet files (in order), a record of `layout`: its columns as a JSON record's
+    fields, a "messages" column (a list of structs) as a list of objects. Only the layout's columns
+    are read, unless a file lacks one: then all, so the first row's line names what it holds."""
+    files = expand_paths(patterns, (".parquet",), "Parquet files")  # not Spark's _SUCCESS beside them
+    pq = require_package("pyarrow.parquet", "Parquet files need the `pyarrow` package")
+    opened = [parquet_file(pq, path) for path in files]  # each refused, if it is none, before reading
+
+    def rows() -> Iterator[tuple[dict, str]]:
+        for path, parquet in zip(files, opened, strict=True):
+            names = parquet.schema_arrow.names
+            needed = [key for key in FIELDS[layout] if key in names]
+            whole = any(key != "input" and key not in names for key in FIELDS[layout])
+            number = 0
+            for batch in parquet.iter_batches(batch_size=1024, columns=None if whole else needed):
+                for row in batch.to_pylist():
+                    number += 1
+                    yield row, f"{path} row {number}"
+
+    where = str(files[0]) if len(files) == 1 else f"the {len(files)} Parquet files"
+    return _read("parquet", rows(), layout, where, [str(p) for p in files])
+
+
+def hf_records(dataset: str, config: str | None, split: str, layout: str) -> Records:
+    """Each row of a Hugging Face dataset's split (a hub name or a local folder), a record of `layout`."""
+    hub.check_not_a_file(dataset)
+
+    def rows() -> Iterator[tuple[dict, str]]:
+        for number, row in enumerate(hub.hf_rows(dataset, config, split), start=1):
+            yield row, f"dataset '{dataset}' split '{split}' row {number}"
+
+    return _read("hf", rows(), layout, f"dataset '{dataset}' split '{split}'", [dataset])
+
+
+def _read(name: str, rows: Iterable[tuple[dict, str]], layout: str, what: str, files: list[str]) -> Records:
+    """Records of rows read as dicts (each with the words naming it); their sha256 is of the records
+    as laid out, in order (a row's other columns, unread, are not in it)."""
+    documents, digest = [], hashlib.sha256()
+    for row, where in rows:
+        documents.append(segments(row, where, layout, name))
+        digest.update(json.dumps(documents[-1], ensure_ascii=False).encode("utf-8") + b"\n")
+    _check_enough(documents, what)
+    return Records(name, documents, layout, files, digest.hexdigest())
+
+
+def _check_enough(documents: list, what: str, held: str = "") -> None:
+    """At least 2 records: one for training, one to validate."""
+    if len(documents) < 2:
+        held = held or f"holds {counted(len(documents), 'record')}"
+        raise UserError(f"{what} {held}; at least 2 are needed (one for training, one to validate)")
 
 
 def records_source(records: Records, val_fraction: float) -> Source:

@@ -340,12 +340,7 @@ def parquet_documents(patterns: list[str], text_field: str = "text") -> Source:
     files = expand_paths(patterns, (".parquet",), "Parquet files")  # not Spark's _SUCCESS beside them
     pq = require_package("pyarrow.parquet", "Parquet files need the `pyarrow` package")
     for path in files:  # every file's column refused, by its type, before any file is read
-        try:
-            schema = pq.ParquetFile(path).schema_arrow
-        except Exception as err:  # pyarrow raises ArrowInvalid (a ValueError) or OSError
-            fix = _other_source(path)
-            raise UserError(f"{path} is not a Parquet file ({one_line(err)}); {fix}") from None
-        column_path(schema, text_field, path)
+        column_path(parquet_file(pq, path).schema_arrow, text_field, path)
 
     no_text = NoText("row", text_field, "pass --text-field COLUMN naming the one that holds the text")
 
@@ -370,6 +365,14 @@ def parquet_documents(patterns: list[str], text_field: str = "text") -> Source:
         files=[str(p) for p in files],
         no_text=no_text,
     )
+
+
+def parquet_file(pq, path: Path):
+    """`path` opened by pyarrow.parquet (`pq`); a file that is none refused in one line."""
+    try:
+        return pq.ParquetFile(path)
+    except Exception as err:  # pyarrow raises ArrowInvalid (a ValueError) or OSError
+        raise UserError(f"{path} is not a Parquet file ({one_line(err)}); {_other_source(path)}") from None
 
 
 def _other_source(path: Path) -> str:
