@@ -312,6 +312,9 @@ def test_generate_streams_a_continuation_of_the_prompt(tmp_path, shakespeare_dir
     assert f"data sha256 {info['data_fingerprint']}" in shown
     assert f"torch {torch.__version__}" in shown and f"git: {info['manifest']['git_sha']}" in shown
     assert "  training_config:" in shown and "    max_steps: 4" in shown
+    # a run folder alone is described as generate reads it, without --checkpoint
+    assert main(["info", str(run)]) == 0
+    assert capsys.readouterr().out == shown
 
 
 def test_overrides_stand_anywhere_on_the_line_and_flags_win():

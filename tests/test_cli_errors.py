@@ -3360,7 +3360,11 @@ CASES = [
         "is a run folder",
         "trickster plan --config",
     ),
-    case("info-run-folder-as-setting", lambda env: ["info", str(env.run)], "trickster info --checkpoint"),
+    case(
+        "info-run-folder-with-a-setting",
+        lambda env: ["info", str(env.run), "model_config.hidden_dim=32"],
+        "describe it as saved with trickster info",
+    ),
     # ---- tokenizers
     case(
         "prepare-bpe-vocab-too-small",

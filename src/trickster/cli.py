@@ -147,8 +147,14 @@ def _check(args: argparse.Namespace) -> None:
 
 def _check_path_for_override(args: argparse.Namespace) -> None:
     """A config file or a run folder where KEY=VALUE overrides stand (`trickster train big.yaml`,
-    `trickster info runs/a`), as generate, eval and serve take a run: name the option for it."""
-    for word in getattr(args, "overrides", None) or []:
+    `trickster plan runs/a`), as generate, eval and serve take a run: name the option for it.
+    `trickster info RUN` alone is taken as `--checkpoint RUN`, as generate takes a RUN."""
+    words = getattr(args, "overrides", None) or []
+    if args.command == "info" and len(words) == 1 and not (args.checkpoint or args.preset or args.config):
+        if (Path(words[0]) / "info.json").is_file() or (Path(words[0]) / "config.yaml").is_file():
+            args.checkpoint, args.overrides = words[0], []
+            return
+    for word in words:
         path = Path(word)
         if "=" in word or not path.exists():
             continue
@@ -164,7 +170,7 @@ def _check_path_for_override(args: argparse.Namespace) -> None:
             continue
         config = path / "config.yaml"
         fix = {
-            "info": f"describe it with trickster info --checkpoint {word}",
+            "info": f"describe it as saved with trickster info {word}, without settings",
             "plan": f"plan with its settings: trickster plan --config {config}",
             "train": (
                 f"fine-tune from it with training_config.init_from={word} and --preset or --config"
