@@ -505,6 +505,69 @@ def _resume_other_tokenizer(env: Env) -> list[str]:
     return _trained_run_copy_with(env, "--resume", "--data", env.prepare_text(text, name="tilde"))
 
 
+def _resume_own_config(run: Path, *overrides: str) -> list[str]:
+    """--resume of `run` from its own config.yaml (its warmup and max_steps not the user's)."""
+    return ["train", "--config", run / "config.yaml", "--out", run, "--no-progress", "--resume", *overrides]
+
+
+def _stopped_run_copy(env: Env) -> Path:
+    """The trained run as a stop after step 6 leaves it: step_000006 (and best), no `final`."""
+    run = env.copy_run()
+    shutil.rmtree(run / "checkpoints" / "final")
+    return run
+
+
+def _resume_below_its_checkpoint(env: Env) -> list[str]:
+    """A stopped 12-step run resumed with max_steps lowered below its checkpoint's step (6)."""
+    return _resume_own_config(_stopped_run_copy(env), "training_config.max_steps=4")
+
+
+def _resume_below_a_given_warmup(env: Env) -> list[str]:
+    """A lowered max_steps with a warmup the user gives that no longer fits (one left to the run
+    is fitted again: tests/test_fitted.py)."""
+    overrides = ("training_config.max_steps=10", "training_config.warmup_steps=20")
+    return _resume_own_config(_stopped_run_copy(env), *overrides)
+
+
+def _resume_on_small_bytes(env: Env) -> list[str]:
+    """Data of another tokenizer (bytes), its val split shorter than a window: 'the val split ... has
+    60 tokens, fewer than one window' came first, and sent the user to prepare it again."""
+    data = env.prepare_text(EXCERPT.read_text(encoding="utf-8")[:600], name="bytes", tokenizer="byte")
+    return _trained_run_copy_with(env, "--resume", "--data", data)
+
+
+def _resume_on_bytes(env: Env) -> list[str]:
+    """Data of another tokenizer (bytes: 256 ids) for a run whose config.yaml has the 64 rows its
+    char vocabulary needed: 'set model_config.vocab_size=256' came first, which the run refuses."""
+    data = env.prepare_text(EXCERPT.read_text(encoding="utf-8"), name="bytes", tokenizer="byte")
+    return _resume_own_config(env.copy_run(), "--data", data)
+
+
+def _run_folder_held(env: Env, run: Path) -> None:
+    """`run` held by process 4242, as its lock file records it: stood for by this process holding
+    the lock until the case ends."""
+    import fcntl
+    import weakref
+
+    (run / ".lock").write_text("4242\n")
+    fd = os.open(run / ".lock", os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    weakref.finalize(env, os.close, fd)
+
+
+def _resume_while_held(env: Env) -> list[str]:
+    run = _stopped_run_copy(env)
+    _run_folder_held(env, run)
+    return _resume_own_config(run)
+
+
+def _train_while_held(env: Env) -> list[str]:
+    run = env.tmp / "busy"
+    run.mkdir()
+    _run_folder_held(env, run)
+    return micro_train(env, "--out", str(run))
+
+
 def _resume_data_prepared_again(env: Env) -> list[str]:
     # the run trained on a folder (info.json's data_path) whose data is now other: prepared again
     data = env.prepare_text("".join(reversed(EXCERPT.read_text(encoding="utf-8").splitlines(True))))
@@ -2375,6 +2438,46 @@ CASES = [
     case("resume-other-data", _resume_other_data, "prepared data changed", "trained on", "pass --data"),
     case("resume-resplit-data", _resume_resplit_data, "prepared data changed", "pass --data"),
     case("resume-other-tokenizer", _resume_other_tokenizer, "tokenizer changed", "pass --data"),
+    case(  # the val split came first; its fix (prepare it again) was no fix
+        "resume-on-data-of-another-tokenizer-too-small-for-a-window",
+        _resume_on_small_bytes,
+        "run-copy/checkpoints/final: the tokenizer changed; it was trained on ",
+        "pass --data ",
+    ),
+    case(  # the model's vocabulary came first; its fix (vocab_size=256) the resume refuses
+        "resume-on-data-of-another-tokenizer-with-more-ids",
+        _resume_on_bytes,
+        "run-copy/checkpoints/final: the tokenizer changed; it was trained on ",
+        "pass --data ",
+    ),
+    case(  # it said 'has done its steps' of a run stopped halfway, and to train to 12 (twice step 6)
+        "resume-with-max-steps-below-its-checkpoint",
+        _resume_below_its_checkpoint,
+        "cannot resume ",
+        "run-copy with training_config.max_steps=4: its newest checkpoint (step_000006) is at step 6 "
+        "already, and a resume cannot go back; set training_config.max_steps above 6, e.g. "
+        "training_config.max_steps=12 (as the run was started), or start a new run of 4 steps with "
+        "another --out (nothing was changed)",
+    ),
+    case(
+        "resume-with-max-steps-below-a-given-warmup",
+        _resume_below_a_given_warmup,
+        "training_config.warmup_steps must be < training_config.max_steps (got 20 >= 10); set "
+        "training_config.warmup_steps=1, a tenth of the steps",
+    ),
+    case(
+        "train-in-a-run-folder-another-process-holds",
+        _train_while_held,
+        "busy is in use: process 4242 is training there; wait for it to end (or stop it), or choose "
+        "another --out (nothing was changed)",
+    ),
+    case(  # it said 'or choose another --out', which holds none of the run's checkpoints
+        "resume-in-a-run-folder-another-process-holds",
+        _resume_while_held,
+        "run-copy is in use: process 4242 is training there; a resume continues the run in this folder, "
+        "so wait for it to end, or stop it with kill 4242 (it saves a checkpoint as it stops), then "
+        "resume again (nothing was changed)",
+    ),
     case("resume-data-prepared-again", _resume_data_prepared_again, "data changed", "was prepared again"),
     case("resume-with-nothing-to-resume", _resume_in_empty_folder, "nothing to resume", "resume=auto"),
     case(  # it said to pass --resume, which found nothing to resume

@@ -5,6 +5,8 @@ test_finetune.py."""
 from __future__ import annotations
 
 import json
+import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,6 +82,75 @@ def test_a_warmup_the_user_gives_is_kept_or_refused(shakespeare_dir, tmp_path, c
     assert cli.main([*argv, "--out", str(tmp_path / "unset")]) == 0
     assert "warmup_steps 100 does not fit in 4 steps: no warmup (set " in capsys.readouterr().out
     assert load_config(tmp_path / "unset" / "config.yaml").training.warmup_steps == 0
+
+
+def _stopped_after(step: int, monkeypatch) -> None:
+    """A real SIGINT (Ctrl-C) in the update that makes `step` of the next run in this process: the
+    run stops after that update with a checkpoint, as a person stops a long run to shorten it."""
+    from trickster.train import optim
+
+    schedule, sent = optim.lr_at, []
+
+    def lr_at(done, training):
+        if done == step - 1 and not sent:
+            sent.append(done)
+            signal.raise_signal(signal.SIGINT)
+        return schedule(done, training)
+
+    monkeypatch.setattr(optim, "lr_at", lr_at)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_a_resume_with_fewer_steps_than_its_warmup_fits_it_again_and_the_rate_decays(
+    shakespeare_dir, tmp_path, monkeypatch, capsys
+):
+    """A 200-step run of tiny (its warmup of 100 kept: it fits) stopped at step 4, resumed with
+    max_steps=12: the kept warmup went on rising to the end (a sixth of the peak at step 12) and
+    never decayed. Now the warmup, which the user left to the preset, is fitted again (1 step), one
+    line says what became of the schedule, and the rate falls from step 5 to the floor at step 12.
+    A warmup given on the command line that does not fit is refused, nothing changed. One the run
+    was started with that still fits (6) is kept, and the line says so."""
+    argv = ["train", "--preset", "tiny", "--data", str(shakespeare_dir), "--no-progress", *SHORT]
+    tiny = load_config(preset="tiny").training
+    for run, given in ((tmp_path / "preset", []), (tmp_path / "given", ["training_config.warmup_steps=6"])):
+        _stopped_after(4, monkeypatch)
+        assert cli.main([*argv, "--out", str(run), "training_config.max_steps=200", *given]) == 130
+        monkeypatch.undo()
+    capsys.readouterr()
+
+    run = tmp_path / "preset"
+    files = {path: path.read_bytes() for path in sorted(run.rglob("*")) if path.is_file()}
+    again = [*argv, "--out", str(run), "--resume", "training_config.max_steps=12"]
+    assert cli.main([*again, "training_config.warmup_steps=50"]) == 2
+    assert capsys.readouterr().err == (
+        "error: command line: training_config.warmup_steps must be < training_config.max_steps (got 50 >= "
+        "12); set training_config.warmup_steps=1, a tenth of the steps\n"
+    )
+    assert {path: path.read_bytes() for path in sorted(run.rglob("*")) if path.is_file()} == files
+
+    assert cli.main(again) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert (
+        "max_steps 200 -> 12: the cosine decay now ends at step 12; warmup_steps 100 does not fit in 12 "
+        "steps: warming up for 1 step, a tenth of them (set training_config.warmup_steps to choose)"
+    ) in out
+    assert "changed on resume: training_config.warmup_steps 100 -> 1" in out
+    rates = {e["step"]: e["lr"] for e in events(run, "train")}
+    assert rates[4] < rates[3] * 2 < tiny.learning_rate  # it was warming up, on its way to 100
+    assert all(rates[s + 1] < rates[s] for s in range(5, 12))  # down from the first step resumed
+    near_the_floor = tiny.min_lr + (tiny.learning_rate - tiny.min_lr) / 20
+    assert rates[12] < near_the_floor  # down to the floor by its last step
+    assert load_config(run / "config.yaml").training.warmup_steps == 1
+    assert '"training_config.warmup_steps": [100, 1]' in (run / "config.yaml").read_text()  # the fit
+
+    run = tmp_path / "given"
+    assert cli.main([*argv, "--out", str(run), "--resume", "training_config.max_steps=12"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "max_steps 200 -> 12: the cosine decay now ends at step 12; warmup 6 kept" in out
+    rates = {e["step"]: e["lr"] for e in events(run, "train")}
+    assert all(rates[s + 1] > rates[s] for s in range(1, 6))  # the warmup goes on to its 6th step
+    assert all(rates[s + 1] < rates[s] for s in range(7, 12))  # then a cosine of 6 steps
 
 
 def _prepared_stories(tmp_path, stories: list[str], *flags: str) -> Path:

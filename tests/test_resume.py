@@ -410,10 +410,11 @@ def test_resume_auto_past_a_lowered_max_steps_is_refused_as_resume_is(micro, tmp
     argv = ["train", "--config", str(config), "--no-progress", "training_config.resume=auto"]
     assert cli.main([*argv, "training_config.max_steps=6"]) == 2
     out, err = capsys.readouterr()
-    assert err == (
-        f"error: {run_dir} has done its steps: its newest checkpoint (step_000008) is at step 8 and "
-        "training_config.max_steps is 6; to train further, pass --resume with a larger "
-        "training_config.max_steps, e.g. training_config.max_steps=16 (nothing was changed)\n"
+    assert err == (  # not 'has done its steps' (it was stopped at 8 of 12), nor 16 (twice 8) for 12
+        f"error: cannot resume {run_dir} with training_config.max_steps=6: its newest checkpoint "
+        "(step_000008) is at step 8 already, and a resume cannot go back; set training_config.max_steps "
+        "above 8, e.g. training_config.max_steps=12 (as the run was started), or start a new run of 6 "
+        "steps with another --out (nothing was changed)\n"
     )
     assert written(run_dir) == files
 
@@ -776,8 +777,9 @@ def test_a_damaged_line_inside_the_metrics_is_kept_and_said_and_the_run_resumes(
 
 def test_a_second_process_training_in_the_same_folder_is_refused(shakespeare_dir, tmp_path, capsys):
     """Two `trickster train` into one --out, with or without --resume: the second is one line, exit
-    status 2, and writes nothing (before, both trained and appended to one metrics.jsonl). The
-    claim dies with its process: after a SIGKILL the run resumes."""
+    status 2, and writes nothing (before, both trained and appended to one metrics.jsonl); the
+    resume is not told to choose another --out (it was), which holds none of the run's checkpoints.
+    The claim dies with its process: after a SIGKILL the run resumes."""
     training = {
         "max_steps": 100000,
         "log_every": 1,
@@ -793,11 +795,14 @@ def test_a_second_process_training_in_the_same_folder_is_refused(shakespeare_dir
         deadline = time.monotonic() + 120
         while run_checkpoints.latest(run_dir) is None and time.monotonic() < deadline:
             time.sleep(0.1)
-        for flags in ([], ["--resume"]):
-            assert cli.main(["train", "--config", str(tmp_path / "run.yaml"), *flags]) == 2
+        # a new run may go elsewhere; a resume continues this folder's checkpoints, so it waits
+        fixes = {"": "or choose another --out", "--resume": f"or stop it with kill {child.pid} (it saves"}
+        for flag, fix in fixes.items():
+            assert cli.main(["train", "--config", str(tmp_path / "run.yaml"), *flag.split()]) == 2
             err = capsys.readouterr().err
             assert err.startswith(f"error: {run_dir} is in use: process {child.pid} is training there")
             assert "Traceback" not in err and len(err.splitlines()) == 1
+            assert fix in err and (flag == "" or "--out" not in err), err
         assert child.poll() is None  # the first run trains on, alone
     finally:
         child.kill()

@@ -27,7 +27,11 @@ fine-tune from the file was evaluated and saved 25 times; a 20-step try's warmup
 10,000). A resumed run keeps the values its checkpoint was trained with, and their record,
 whatever the config passed now says (the preset again, or a base model's config.yaml): its
 schedule and samples go on as they began. A value the user gives wins, then as at the start, and
-the resume reports the change.
+the resume reports the change. One exception: a warmup kept that a lowered max_steps leaves no room
+after (the run would end warming up, never decayed) is fitted again as a new run's is, and
+schedule_on_resume says what became of the schedule. A config.yaml cannot tell a preset's warmup
+from one the user typed when the run began: one given now is theirs (and refused if it does not
+fit: config_checks), any other is fitted, as torchtitan and litgpt clamp theirs.
 """
 
 from __future__ import annotations
@@ -53,8 +57,13 @@ def fitted_config(cfg: Config, data: PreparedData, saved: Config | None) -> tupl
     checkpoint a run resumes from (None: a new run)."""
     left = [key for key in FITTED if not cfg.gave(f"training_config.{key}")]
     if saved is not None:  # the values its checkpoint trained with, and the record of their fitting
-        kept = {key: getattr(saved.training, key) for key in left}
-        return _with(cfg, kept, _recorded(saved, left)), []
+        kept, recorded = {key: getattr(saved.training, key) for key in left}, _recorded(saved, left)
+        if "warmup_steps" in kept and not _fits(kept["warmup_steps"], cfg.training.max_steps):
+            # max_steps lowered to the warmup or below: kept, the run would end warming up, never
+            # decayed (a warmup given now that does not fit is refused: config_checks)
+            recorded.setdefault("warmup_steps", kept["warmup_steps"])
+            kept["warmup_steps"] = cfg.training.max_steps // 10
+        return _with(cfg, kept, recorded), []
     # a setting a saved config.yaml holds as its run fitted it is fitted afresh, from its value
     # before (config_fitted), not taken as a preset's: 12 steps fitted to 60 fit 300 too
     restored, as_saved = _recorded(cfg, left), cfg.training
@@ -70,12 +79,10 @@ def fitted_config(cfg: Config, data: PreparedData, saved: Config | None) -> tupl
             f"sample_prompt {t.sample_prompt!r} {why}: samples start a new document instead "
             "(set training_config.sample_prompt to choose)"
         )
-    if "warmup_steps" in left and t.warmup_steps >= t.max_steps and t.warmup_steps > 0:
-        values["warmup_steps"] = tenth = t.max_steps // 10
-        fitted = f"warming up for {counted(tenth, 'step')}, a tenth of them" if tenth else "no warmup"
+    if "warmup_steps" in left and not _fits(t.warmup_steps, t.max_steps):
+        values["warmup_steps"] = t.max_steps // 10
         notes.append(
-            f"warmup_steps {t.warmup_steps:,} does not fit in {counted(t.max_steps, 'step')}: {fitted} "
-            "(set training_config.warmup_steps to choose)"
+            f"{_warmup_refitted(t.warmup_steps, t.max_steps)} (set training_config.warmup_steps to choose)"
         )
     intervals = _intervals(cfg, [key for key in ("eval_every", "save_every") if key in left])
     if intervals:
@@ -90,6 +97,36 @@ def fitted_config(cfg: Config, data: PreparedData, saved: Config | None) -> tupl
         notes.insert(0, _restored_line(kept, as_saved))
     values = {key: value for key, value in values.items() if getattr(t, key) != value}
     return _with(cfg, values, {key: getattr(t, key) for key in values}), notes
+
+
+def _fits(warmup: int, max_steps: int) -> bool:
+    """Whether a warmup of `warmup` steps leaves a run of `max_steps` steps any cosine to decay."""
+    return warmup < max_steps or warmup == 0
+
+
+def _warmup_refitted(warmup: int, max_steps: int) -> str:
+    tenth = max_steps // 10
+    fitted = f"warming up for {counted(tenth, 'step')}, a tenth of them" if tenth else "no warmup"
+    return f"warmup_steps {warmup:,} does not fit in {counted(max_steps, 'step')}: {fitted}"
+
+
+def schedule_on_resume(changed: dict[str, list], cfg: Config) -> str | None:
+    """What became of the learning-rate schedule on a resume that lowered max_steps (`changed`:
+    check_resumable's {key: [old, new]}): where the cosine now ends, and whether the warmup was kept,
+    fitted again (it no longer fit) or given anew. None for any other resume: a larger max_steps
+    stretches the cosine (docs/training.md), as "changed on resume" says."""
+    before, after = changed.get("training_config.max_steps", (None, None))
+    if not (isinstance(before, int) and isinstance(after, int) and after < before):
+        return None
+    warmup = cfg.training.warmup_steps
+    if "training_config.warmup_steps" not in changed:
+        kept = f"warmup {warmup:,} kept"
+    elif cfg.gave("training_config.warmup_steps"):
+        kept = f"warmup {changed['training_config.warmup_steps'][0]:,} -> {warmup:,} as given"
+    else:
+        refitted = _warmup_refitted(changed["training_config.warmup_steps"][0], after)
+        kept = f"{refitted} (set training_config.warmup_steps to choose)"
+    return f"max_steps {before:,} -> {after:,}: the cosine decay now ends at step {after:,}; {kept}"
 
 
 def _restored_line(kept: dict[str, Any], as_saved: TrainingConfig) -> str:

@@ -106,7 +106,7 @@ class Trainer:
         # jsonl, csv, loss.png, TensorBoard, W&B: checks the optional packages, writes nothing yet
         self.metrics = MetricSinks(self.run_dir, cfg) if job.is_main else NoMetrics()
         if held is not None:  # rank 0 claims the folder; all processes stop if another one holds it
-            on_main(job, lambda: held.enter_context(claimed(self.run_dir)))
+            on_main(job, lambda: held.enter_context(claimed(self.run_dir, resume)))
         opened = setup.open_run(cfg, self.data, resume, job, self.out)
         cfg, self.resumed_from, saved, info, notes, changed = opened  # saved, info: its config, info.json
         self.resumed_config: Config | None = saved  # read once, for what recovery checks on resume

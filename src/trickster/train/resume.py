@@ -103,16 +103,17 @@ def _written(path: Path) -> bool:
 
 
 @contextlib.contextmanager
-def claimed(run_dir: Path):
+def claimed(run_dir: Path, resume: bool | str = False):
     """Train in `run_dir` alone: hold an exclusive lock on RUN_DIR/.lock for the block. A second
     process that tries to train there meanwhile (with or without --resume) is refused with one line
-    naming the first one. The kernel drops the lock when its holder ends, however it ends (SIGKILL
-    included), so a dead run never blocks its resume. The file is removed when the block ends, and
-    so are the run folder and its checkpoints/ if this start made them and they are still empty (a
-    start refused before writing anything leaves nothing new; what was there before stays)."""
+    naming the first one (`resume`: the start is one, which must continue here: _in_use). The
+    kernel drops the lock when its holder ends, however it ends (SIGKILL included), so a dead run
+    never blocks its resume. The file is removed when the block ends, and so are the run folder
+    and its checkpoints/ if this start made them and they are still empty (a start refused before
+    writing anything leaves nothing new; what was there before stays)."""
     _refuse_a_file(run_dir)
     path, created = run_dir / LOCK, not run_dir.exists()
-    with _locked(path, run_dir) as lock:
+    with _locked(path, run_dir, resume) as lock:
         checkpoints_made = not (run_dir / "checkpoints").exists()  # seen by the lock's holder
         lock.truncate(0)
         lock.write(f"{os.getpid()}\n")
@@ -128,7 +129,7 @@ def claimed(run_dir: Path):
 
 
 @contextlib.contextmanager
-def _locked(path: Path, run_dir: Path):
+def _locked(path: Path, run_dir: Path, resume: bool | str):
     """RUN_DIR/.lock, open and locked. Its holder removes it before it lets go, so a process that
     locks a file no longer at `path` (removed while it waited) tries again with the new one."""
     # not atomic.held (a lock on a folder, taken unguarded where none can be): the file names its holder
@@ -137,13 +138,13 @@ def _locked(path: Path, run_dir: Path):
         with disk_errors(f"run folder {run_dir}", run_folder_fix(run_dir)):
             lock = open(path, "a+", encoding="utf-8")
         with lock:
-            _lock(lock, run_dir)
+            _lock(lock, run_dir, resume)
             if still_at(lock.fileno(), path):
                 yield lock
                 return
 
 
-def _lock(lock, run_dir: Path) -> None:
+def _lock(lock, run_dir: Path, resume: bool | str) -> None:
     if fcntl is None:
         raise UserError(
             "training needs a POSIX system to lock its run folder (Linux, macOS, or WSL2 on "
@@ -157,12 +158,25 @@ def _lock(lock, run_dir: Path) -> None:
                 f"cannot lock run folder {run_dir} ({err.strerror}); {_unlockable_fix(run_dir)}"
             ) from None
         lock.seek(0)
-        pid = lock.read().strip()
-        holder = f"process {pid}" if pid.isdigit() else "another process"
-        raise UserError(
+        raise UserError(_in_use(run_dir, lock.read().strip(), resume)) from None
+
+
+def _in_use(run_dir: Path, pid: str, resume: bool | str) -> str:
+    """The line that refuses to train in `run_dir` while the process `pid` (as its lock file records
+    it; anything else: unknown) holds it. A new run may go to another --out; a resume may not (its
+    checkpoints are here, and a copy of the folder would fork the run), so it waits for the holder."""
+    holder = f"process {pid}" if pid.isdigit() else "another process"
+    if not resume:
+        return (
             f"{run_dir} is in use: {holder} is training there; wait for it to end (or stop it), "
             "or choose another --out (nothing was changed)"
-        ) from None
+        )
+    # SIGTERM stops a trickster run after its step, with a checkpoint saved (signals.py)
+    stop = f"stop it with kill {pid} (it saves a checkpoint as it stops)" if pid.isdigit() else "stop it"
+    return (
+        f"{run_dir} is in use: {holder} is training there; a resume continues the run in this folder, "
+        f"so wait for it to end, or {stop}, then resume again (nothing was changed)"
+    )
 
 
 def _unlockable_fix(run_dir: Path) -> str:
@@ -263,16 +277,29 @@ def finished_line(checkpoint: Path, step: int, run_dir: Path) -> str:
     )
 
 
-def refuse_done(checkpoint: Path, step: int, run_dir: Path, max_steps: int, done: bool) -> None:
+def refuse_done(
+    checkpoint: Path, step: int, run_dir: Path, max_steps: int, done: bool, started_with: int | None = None
+) -> None:
     """--resume of a run that has done its training_config.max_steps: nothing is left to train, so
     one line says how to train further, before anything in the folder changes (resume: auto, which
     a requeue script reruns until the job is done, says so of a run that ended and ends with status
     0: finished_line). `done`: open_run_dir's answer. A run whose last evaluation was cut short is
     not done (see has_ended), one whose checkpoint is past max_steps is: with `resume: auto` too,
     a run that had not ended (stopped, killed) before max_steps was lowered below its step, which
-    would otherwise end with no step trained and no evaluation at its last one."""
+    would otherwise end with no step trained and no evaluation at its last one. A max_steps below the
+    checkpoint's step is said as such (a resume cannot go back), with the max_steps the run was
+    `started_with` (its checkpoint's config.yaml) when that is still ahead of it."""
     if step <= max_steps and not done:
         return
+    if step > max_steps:
+        again = started_with if started_with is not None and started_with > step else 2 * step
+        raise UserError(
+            f"cannot resume {run_dir} with training_config.max_steps={max_steps}: its newest checkpoint "
+            f"({checkpoint.name}) is at step {step:,} already, and a resume cannot go back; set "
+            f"training_config.max_steps above {step}, e.g. training_config.max_steps={again}"
+            f"{' (as the run was started)' if again == started_with else ''}, or start a new run of "
+            f"{max_steps:,} steps with another --out (nothing was changed)"
+        )
     raise UserError(
         f"{run_dir} has done its steps: its newest checkpoint ({checkpoint.name}) is at step {step:,} "
         f"and training_config.max_steps is {max_steps:,}; to train further, pass --resume with a larger "

@@ -1,12 +1,14 @@
 """A checkpoint checked to fit the run that resumes from it, before anything of it is loaded: the
 same model, optimizer, seed, tokenizer and data (check_resumable, which returns the settings changed
-since, to log), and a run trained from scratch not resumed as a fine-tune (refuse_init_from_on_scratch,
-after resume.refuse_done: a run that has done its steps says so first)."""
+since, to log; the tokenizer also before the data's size is judged, check_data_first), and a run
+trained from scratch not resumed as a fine-tune (refuse_init_from_on_scratch, after resume.refuse_done: a run
+that has done its steps says so first)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from trickster import run_checkpoints
 from trickster.config import Config
 from trickster.data.loader import PreparedData
 from trickster.data.token_meaning import same_ids
@@ -45,11 +47,37 @@ def check_resumable(path: Path, saved_cfg: Config, info: dict, cfg: Config, data
             f"windows that seed drew; set training_config.seed={saved_cfg.training.seed}, or start a new run "
             "with another --out for another seed"
         )
+    _check_same_data(path, info, data)
+    return _changed_settings(saved_cfg, cfg)
+
+
+def check_data_first(run_dir: Path, resume: bool | str, data: PreparedData) -> None:
+    """On a resume, refuse data prepared with another tokenizer than the run's before the data is
+    judged against the config: it showed first as a val split too small for a window, or a
+    vocabulary larger than model_config.vocab_size, whose fixes send the user to change data or a
+    config that are right. Looked at before the run folder is claimed, in the last checkpoint
+    listed (every checkpoint of a run holds its one tokenizer), whose info.json is read only if
+    the tokenizer differs, to name the newest as check_resumable does (the resume reads the one it
+    continues from once: test_resume); check_resumable checks that one again under the lock. A
+    folder with none, or whose checkpoint cannot be read, is left to open_run_dir to say so."""
+    if not resume or not run_dir.is_dir():
+        return
+    try:
+        listed = run_checkpoints.continuable(run_dir)
+        if not listed or same_ids(checkpoint_load.read_tokenizer(listed[-1]), data.tokenizer):
+            return
+        newest = run_checkpoints.newest(run_dir)
+    except (UserError, OSError):  # said under the lock, with its fix
+        return
+    if newest is not None:
+        _check_same_data(*newest, data)
+
+
+def _check_same_data(path: Path, info: dict, data: PreparedData) -> None:
     if not same_ids(checkpoint_load.read_tokenizer(path), data.tokenizer):
         raise UserError(f"cannot resume from {path}: the tokenizer changed; {_data_fix(info, data)}")
     if info.get("data_fingerprint") != data.meta.get("tokens_sha256"):
         raise UserError(f"cannot resume from {path}: the prepared data changed; {_data_fix(info, data)}")
-    return _changed_settings(saved_cfg, cfg)
 
 
 def _data_fix(info: dict, data: PreparedData) -> str:

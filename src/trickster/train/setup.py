@@ -29,7 +29,7 @@ from trickster.plural import counted
 from trickster.train import checkpoint_load, checksums, dist, weight_loading
 from trickster.train.console import Console
 from trickster.train.finetune import model_vocab, setup_finetuning
-from trickster.train.fitted import fitted_config
+from trickster.train.fitted import fitted_config, schedule_on_resume
 from trickster.train.memory import allocation_refused, check_fits, check_validation_set
 from trickster.train.rank0 import on_main
 from trickster.train.resume import (
@@ -41,7 +41,7 @@ from trickster.train.resume import (
     refuse_done,
     run_folder_fix,
 )
-from trickster.train.resume_checks import check_resumable, refuse_init_from_on_scratch
+from trickster.train.resume_checks import check_data_first, check_resumable, refuse_init_from_on_scratch
 from trickster.train.state import TrainResult, TrainState
 
 if TYPE_CHECKING:  # loop imports this module
@@ -63,11 +63,12 @@ def prepared_data(
 ) -> tuple[Config, PreparedData, checkpoint_load.CheckpointFiles | None]:
     """`cfg` with the model's vocabulary set from the data's tokenizer, the prepared data, and a
     fresh fine-tune's init_from files, read once (finetune.model_vocab). Checked before the run
-    folder is touched: windows of seq_len tokens, a model that fits the device's memory, and a
-    validation set that fits the RAM."""
+    folder is touched: on a resume, the run's tokenizer first; then windows of seq_len tokens, a
+    model that fits the device's memory, and a validation set that fits the RAM."""
     if cfg.data.path is None:
         raise UserError("no data: set data_config.path or pass --data DIR (from `trickster data prepare`)")
     data = load_data(cfg.data.path)
+    on_main(job, check_data_first, Path(cfg.logging.output_dir), resume, data)
     cfg, base = model_vocab(cfg, data.tokenizer, resume)
     check_windows(data, cfg.seq_len)
     check_fits(cfg, device, job)
@@ -91,7 +92,7 @@ def open_run(
     cfg, fitted = fitted_config(cfg, data, saved)  # before the changes since the checkpoint are found
     changed = check_resumable(resumed_from, saved, info, cfg, data) if resumed_from is not None else {}
     if resumed_from is not None and (resume is True or not done):  # auto: past a max_steps lowered since
-        refuse_done(resumed_from, info["step"], run_dir, max_steps, done)
+        refuse_done(resumed_from, info["step"], run_dir, max_steps, done, saved.training.max_steps)
     if done:  # `auto`, as a requeue script reruns it: the checkpoint is this run's (checked above)
         out.line(finished_line(resumed_from, info["step"], run_dir))
         raise Finished(TrainResult(cfg, run_dir, _finished_state(info), None, _params(cfg), True))
@@ -301,7 +302,8 @@ def announce(trainer: Trainer, resume, changed: dict, repairs: list[str]) -> Non
     if resuming:
         out.line(f"resuming from {resumed_from}")
     changes = [f"changed on resume: {key} {spelled(a)} -> {spelled(b)}" for key, (a, b) in changed.items()]
-    for line in repairs + notes + changes:
+    schedule = [line for line in [schedule_on_resume(changed, cfg)] if line]  # max_steps lowered
+    for line in repairs + notes + changes + schedule:
         out.line(line)
     if trainer.batch_note:
         out.line(trainer.batch_note)
