@@ -94,11 +94,11 @@ def install(moment: str, n: int) -> None:
     elif moment == "during-eval":
         evaluate = train_module.evaluate
 
-        def patched_evaluate(model, batches, device, dtype_name):
+        def patched_evaluate(model, batches, *args):
             if due():
-                evaluate(model, batches[:1], device, dtype_name)
+                evaluate(model, batches[:1], *args)
                 die()
-            return evaluate(model, batches, device, dtype_name)
+            return evaluate(model, batches, *args)
 
         train_module.evaluate = patched_evaluate
     elif moment in ("before-hellaswag", "after-hellaswag"):
