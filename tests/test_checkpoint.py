@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests import children, peak_child
-from trickster import run_checkpoints
+from trickster import cli, run_checkpoints
 from trickster.config import ModelConfig, config_from_dict
 from trickster.data.loader import load_data
 from trickster.data.tokenizers import CharTokenizer
@@ -21,10 +21,15 @@ from trickster.model import generate as generation
 from trickster.model import lora
 from trickster.model.generate import generate
 from trickster.model.transformer import KVCache, Transformer
+from trickster.observe.runs import read_run
 from trickster.precision import inference_dtype
+from trickster.serve import offered
 from trickster.train import checkpoint as ckpt
 from trickster.train import checkpoint_load, checksums
+from trickster.train.loop import train
 from trickster.train.weights import weights_to_save
+
+from .conftest import QUIET, events, micro_config
 
 MODEL = {
     "vocab_size": 65,
@@ -369,3 +374,56 @@ def test_a_save_goes_through_beside_a_checkpoint_whose_info_is_damaged(tmp_path)
     (first / "info.json").write_text("{ damaged")
     second = ckpt.save_checkpoint(folder / "step_000002", model, cfg, tokenizer, {"step": 2})
     assert run_checkpoints.is_complete(second) and run_checkpoints.read_info(second)["step"] == 2
+
+
+# ------------------------------------------------------------------ the val loss a checkpoint records
+
+
+@pytest.fixture(scope="module")
+def off_step_run(shakespeare_dir, tmp_path_factory) -> Path:
+    """An 8-step micro run evaluated at steps 0, 4 and 8 and saved at 6: step_000006 is saved
+    between two evaluations; best and final at step 8, its last evaluation's."""
+    run = tmp_path_factory.mktemp("off-step") / "run"
+    training = {"max_steps": 8, "warmup_steps": 1, "eval_every": 4, "save_every": 6, "sample_tokens": 0}
+    train(micro_config(shakespeare_dir, run, training_config=training), **QUIET)
+    return run
+
+
+def measured_losses(run: Path) -> dict[int, float]:
+    return {r["step"]: r["val_loss"] for r in events(run, "eval")}
+
+
+def test_a_checkpoint_saved_between_evaluations_records_the_step_its_loss_was_measured_at(off_step_run):
+    """step_000006's info.json held `val_loss` = step 4's loss, as if measured at step 6: `trickster
+    info`, serve and the report showed it as the checkpoint's own."""
+    losses = measured_losses(off_step_run)
+    assert sorted(losses) == [0, 4, 8]
+    between = run_checkpoints.read_info(off_step_run / "checkpoints" / "step_000006")
+    assert (between["step"], between["val_loss"], between["val_loss_step"]) == (6, losses[4], 4)
+    for name in ("best", "final"):
+        info = run_checkpoints.read_info(off_step_run / "checkpoints" / name)
+        assert (info["step"], info["val_loss"], info["val_loss_step"]) == (8, losses[8], 8)
+
+
+def test_trickster_info_says_when_a_checkpoints_loss_was_measured(off_step_run, capsys):
+    losses = measured_losses(off_step_run)
+    lines = {}
+    for name in ("step_000006", "final"):
+        assert cli.main(["info", "--checkpoint", str(off_step_run / "checkpoints" / name)]) == 0
+        lines[name] = next(
+            line for line in capsys.readouterr().out.splitlines() if line.startswith("checkpoint:")
+        )
+    assert f"(step 6, val loss {losses[4]:.4f} measured at step 4, best " in lines["step_000006"]
+    assert f"(step 8, val loss {losses[8]:.4f}, best {losses[8]:.4f})" in lines["final"]
+
+
+def test_the_report_and_the_models_card_say_when_a_checkpoints_loss_was_measured(off_step_run):
+    losses = measured_losses(off_step_run)
+    shown = {path.name: (m.step, m.shown()) for path, m in read_run(off_step_run).checkpoints}
+    assert shown["step_000006"] == (6, f"{losses[4]:.4f} measured at step 4")
+    assert shown["final"] == shown["best"] == (8, f"{losses[8]:.4f}")
+    assert cli.main(["report", str(off_step_run)]) == 0
+    page = (off_step_run / "report.html").read_text()
+    assert f"step 6, val loss {losses[4]:.4f} measured at step 4" in page
+    card = offered.describe("step_000006", off_step_run / "checkpoints" / "step_000006", None).card()
+    assert (card["step"], card["val_loss"], card["val_loss_step"]) == (6, losses[4], 4)

@@ -96,6 +96,21 @@ def test_a_loss_spike_rolls_back_and_goes_on_as_if_its_batches_were_never_drawn(
 
 
 @pytest.mark.slow
+def test_the_checkpoint_a_rollback_returns_to_keeps_the_loss_of_its_own_step(micro, monkeypatch):
+    """step_000015 is saved before step 15's evaluation, whose loss its info.json then gets. The
+    rollback to it saved it again from its trainer.pt, which holds step 10's loss: its info.json
+    then gave step 10's loss as step 15's."""
+    raise_lr_once(monkeypatch)
+    spiked = train(micro(training_config={**SPIKE, "eval_every": 5}), **QUIET)
+    rollback = next(r for r in spiked.history if r["event"] == "rollback")
+    assert rollback["checkpoint"] == "step_000015"
+    measured = {r["step"]: r["val_loss"] for r in spiked.history if r["event"] == "eval"}
+    info = run_checkpoints.read_info(spiked.run_dir / "checkpoints" / "step_000015")
+    assert info["val_loss"] == measured[15] != measured[10]
+    assert info["val_loss_step"] == 15
+
+
+@pytest.mark.slow
 def test_a_rolled_back_run_resumes_exactly(micro, monkeypatch, tmp_path):
     raise_lr_once(monkeypatch)
     whole = train(micro(training_config=SPIKE), **QUIET)

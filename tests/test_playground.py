@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from trickster.train import checkpoint as ckpt
+
+from .conftest import events
 from .live_server import live_server, run_saving
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -120,6 +123,23 @@ def test_playground_picks_the_servers_default_beside_untrained(trained_run, brow
         picked = page.eval_on_selector_all("#picker input:checked", "els => els.map(e => e.value)")
         page.close()
     assert picked == ["untrained", "final"]
+
+
+def test_a_loss_measured_at_an_earlier_step_is_shown_with_that_step(trained_run, browser, tmp_path):
+    """A checkpoint saved between evaluations records the earlier one's loss and its step
+    (val_loss_step, as its card gives them): the chooser showed that loss as the checkpoint's own."""
+    losses = {r["step"]: r["val_loss"] for r in events(trained_run, "eval")}
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    ckpt.update_info(run / "checkpoints" / "step_000006", val_loss=losses[0], val_loss_step=0)
+    with live_server(run) as live:
+        page = open_playground(browser, live)
+        notes = (
+            "els => Object.fromEntries(els.map(e => [e.dataset.model, e.querySelector('small').textContent]))"
+        )
+        shown = page.eval_on_selector_all("#picker .pick", notes)
+        page.close()
+    assert shown["step_000006"] == f"step 6, val {losses[0]:.3f} (measured at step 0)"
+    assert shown["final"] == f"step 12, val {losses[12]:.3f}"
 
 
 def test_playground_sends_the_seed_typed_also_past_2_53_and_below_0(trained_run, browser):

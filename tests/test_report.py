@@ -356,7 +356,7 @@ def test_report_on_a_live_run_whose_checkpoint_is_rotated_away_meanwhile(
         monkeypatch.setattr(report, "_figure_section", drawn)
     assert main(["report", str(run)]) == 0
     page = (run / "report.html").read_text()
-    assert "<tr><th>final</th><td>step 12</td></tr>" in page
+    assert "<tr><th>final</th><td>step 12, val loss " in page
 
 
 def test_report_says_when_the_run_stopped_and_was_resumed(shakespeare_dir, tmp_path, monkeypatch):

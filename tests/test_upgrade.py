@@ -22,6 +22,7 @@ from trickster.observe.events import read_metrics
 from trickster.train import checkpoint_load, checksums
 from trickster.train.device import settings_restored
 from trickster.train.loop import Trainer, train
+from trickster.train.resume import trainer_state
 
 from .conftest import QUIET, events, finetune_config
 
@@ -244,6 +245,39 @@ def test_checkpoints_saved_without_checksums_load_and_resume_as_they_did(trained
     assert checksums.SUMS in run_checkpoints.read_info(
         then / "checkpoints" / "final"
     )  # saved by this version
+
+
+# ------------------------------------------------------------- info.json and trainer.pt before 2026-12-02
+
+
+def test_a_checkpoint_that_does_not_say_when_its_loss_was_measured_reads_as_its_version_saved_it(
+    trained_run, tmp_path, capsys
+):
+    """info.json records val_loss_step, trainer.pt last_val_step, since 2026-12-02. An older
+    checkpoint's loss is its own step's where that version evaluated there (best, final, a multiple
+    of eval_every); any other's is an earlier evaluation's, of a step it does not say. Resumed, the
+    run records the step of each loss it measures from then on."""
+    evals = {r["step"]: r["val_loss"] for r in events(trained_run, "eval")}
+    run = copy_run(trained_run, tmp_path)
+    for checkpoint in (run / "checkpoints").iterdir():
+        older(checkpoint, lambda trainer: trainer["train_state"].pop("last_val_step"), ("val_loss_step",))
+    step_6 = run / "checkpoints" / "step_000006"
+    info = run_checkpoints.read_info(step_6)
+    assert "val_loss_step" not in info
+    assert run_checkpoints.recorded_loss(step_6, info, eval_every=6).shown() == f"{evals[6]:.4f}"
+    # the same info.json in a run evaluated every 4 steps: step 6 holds step 4's loss
+    assert run_checkpoints.recorded_loss(step_6, info, eval_every=4).shown() == (
+        f"{evals[6]:.4f} measured at an earlier step"
+    )
+    capsys.readouterr()
+    assert cli.main(["info", "--checkpoint", str(run / "checkpoints" / "final")]) == 0
+    assert f"(step 12, val loss {evals[12]:.4f}, best {evals[12]:.4f})" in capsys.readouterr().out
+    assert trainer_state(run / "checkpoints" / "best")["train_state"]["last_val_step"] == 12
+
+    train(resumed(run, max_steps=14, save_every=13), resume=True, **QUIET)  # final's evaluation again
+
+    between = run_checkpoints.read_info(run / "checkpoints" / "step_000013")
+    assert (between["val_loss"], between["val_loss_step"]) == (pytest.approx(evals[12], rel=1e-6), 12)
 
 
 # ------------------------------------------------------------------ config.yaml before newer limits

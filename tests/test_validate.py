@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from trickster import run_checkpoints
 from trickster.data.loader import load_data
 from trickster.errors import UserError
 from trickster.model.transformer import IGNORE_INDEX, Transformer
@@ -97,3 +98,22 @@ def test_a_resume_with_another_micro_batch_split_evaluates_the_same_set(shakespe
     assert [s for s, _ in resumed] == [s for s, _ in after] == [10, 15, 20]
     for (_, a), (_, b) in zip(resumed, after, strict=True):
         assert a == pytest.approx(b, abs=1e-5)
+
+
+def test_a_new_run_evaluates_the_same_set_however_its_global_batch_is_split(shakespeare_dir, tmp_path):
+    """8 windows x 1 micro-batch and 4 x 2: the same global batch and eval_batches, the same seed,
+    so the same untrained model must score the same validation set at step 0. The set was drawn
+    batch_size x processes wide: 32 windows against 16 others (4.1916 against 4.1973). The two
+    differ now only in how the micro-batches' sums are rounded."""
+    losses, widths = [], []
+    for batch_size, accumulation in ((8, 1), (4, 2)):
+        training = {"max_steps": 1, "warmup_steps": 0, "sample_tokens": 0}
+        training |= {"batch_size": batch_size, "gradient_accumulation_steps": accumulation}
+        run_dir = tmp_path / f"{batch_size}x{accumulation}"
+        result = train(micro_config(shakespeare_dir, run_dir, training_config=training), **QUIET)
+        first = [r for r in result.history if r["event"] == "eval"][0]
+        assert first["step"] == 0
+        losses.append(first["val_loss"])
+        widths.append(run_checkpoints.read_info(result.run_dir / "checkpoints" / "final")["val_draw_width"])
+    assert widths == [8, 8]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6, abs=0)

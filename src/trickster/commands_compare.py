@@ -145,5 +145,7 @@ def _val_losses(loaded, models, data_path, device) -> list[float | None]:
     if data_path is None and (not path or not (Path(path) / "meta.json").is_file()):
         return [None] * len(models)
     data = evaluation.run_data(loaded, path)
-    batches = validation_batches(data, loaded.cfg, draw_width=loaded.info.get("val_draw_width"))
+    # an info.json from before 2026-11-29 14:30 has none: the run drew batch_size wide on one process
+    width = loaded.info.get("val_draw_width") or loaded.cfg.training.batch_size
+    batches = validation_batches(data, loaded.cfg, draw_width=width)
     return [evaluate(m, batches, device, loaded.dtype) for m in models]

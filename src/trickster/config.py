@@ -150,8 +150,9 @@ class TrainingConfig(Section):
     eval_every: int = Field(500, gt=0)
     """Steps between validation passes (also at step 0 and at the end)."""
     eval_batches: int = Field(20, gt=0)
-    """Validation batches per evaluation (of batch_size x processes windows when the run began);
-    the same windows every time, however a resume splits them."""
+    """Validation batches per evaluation, each of the global batch's windows (batch_size x
+    gradient_accumulation_steps x processes) when the run began; the same windows every time,
+    however the batch is split into micro-batches and processes, then or on a resume."""
     hellaswag_every: int | None = Field(None, gt=0)
     """Steps between HellaSwag scorings (also at step 0 and at the end); empty: none."""
     hellaswag_examples: int = Field(10_042, gt=0, le=10_042)

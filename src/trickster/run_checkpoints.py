@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from trickster import atomic
@@ -67,6 +68,45 @@ def read_info(path: Path, fix: str = "use another checkpoint") -> dict:
     if not isinstance(info, dict) or type(info.get("step")) is not int:
         raise UserError(f"{path / 'info.json'} is missing or damaged; {fix}")
     return info
+
+
+@dataclass(frozen=True)
+class RecordedLoss:
+    """A checkpoint's validation loss as its info.json records it, and when it was measured: a
+    checkpoint saved between evaluations holds the loss of the one before (state.last_val_loss),
+    which is never to be shown as its own."""
+
+    loss: float | None  # None: no evaluation yet, or one of non-finite weights
+    step: int  # the checkpoint's
+    measured_at: int | None  # the step of the evaluation; None: never, or an older version's unknown one
+
+    @property
+    def at_this_step(self) -> bool:
+        return self.measured_at == self.step
+
+    def shown(self, digits: int = 4) -> str:
+        """'1.8312' measured at this step; '1.9020 measured at step 20' before; 'not measured at this
+        step' when no earlier loss is known either; 'n/a' before any evaluation or for weights that
+        were not finite."""
+        if self.at_this_step or (self.loss is None and self.measured_at is None):
+            return "n/a" if self.loss is None else f"{self.loss:.{digits}f}"
+        if self.loss is None:
+            return "not measured at this step"
+        when = "an earlier step" if self.measured_at is None else f"step {self.measured_at}"
+        return f"{self.loss:.{digits}f} measured at {when}"
+
+
+def recorded_loss(path: Path, info: dict, eval_every: int | None = None) -> RecordedLoss:
+    """The validation loss of the checkpoint at `path` whose info.json is `info` (read_info), for
+    every reader that shows or uses it. info.json records the step it was measured at (val_loss_step)
+    since 2026-12-02; for an older one it is inferred: `best` is saved after its evaluation, `final`
+    and one at a multiple of `eval_every` (the checkpoint's config, when the caller has it) were
+    evaluated at their step; any other holds an earlier evaluation's loss, of a step not recorded."""
+    step, loss = info["step"], info.get("val_loss")
+    if "val_loss_step" in info:
+        return RecordedLoss(loss, step, info["val_loss_step"])
+    evaluated = path.name in ("best", "final") or (eval_every is not None and step % eval_every == 0)
+    return RecordedLoss(loss, step, step if evaluated and loss is not None else None)
 
 
 def checkpoint_step(path: Path) -> int:

@@ -187,6 +187,7 @@ def import_hf(source: str | Path, run_dir: str | Path, revision: str | None = No
         "step": 0,
         **origin,
         "val_loss": None,
+        "val_loss_step": None,
         "best_val_loss": None,
         "tokenizer_fingerprint": tokenizer.fingerprint(),
         "data_fingerprint": None,

@@ -293,7 +293,8 @@ def _manifest(run: Run) -> str:
 def _checkpoints(run: Run) -> str:
     if not run.checkpoints:
         return "<h2>Checkpoints</h2>\n<p class='muted'>No complete checkpoint.</p>"
-    rows = [(path.name, f"step {step:,}") for path, step in run.checkpoints]
+    # a checkpoint saved between evaluations says which step its loss is from (recorded_loss)
+    rows = [(path.name, f"step {m.step:,}, val loss {m.shown()}") for path, m in run.checkpoints]
     return "<h2>Checkpoints</h2>\n" + _table(rows)
 
 

@@ -145,7 +145,8 @@ class Run:
     cfg: Config | None  # None when config.yaml is missing or damaged
     metrics: Metrics = field(default_factory=Metrics)  # what metrics.jsonl says, in brief
     manifest: dict = field(default_factory=dict)
-    checkpoints: list[tuple[Path, int]] = field(default_factory=list)  # complete ones, and their steps
+    # complete ones, each with its step and val loss (run_checkpoints.recorded_loss), oldest first
+    checkpoints: list[tuple[Path, run_checkpoints.RecordedLoss]] = field(default_factory=list)
     problem: str | None = None  # why part of the folder could not be read
     heartbeat: dict | None = None  # status.json, written by the training process while it runs
 
@@ -305,21 +306,24 @@ def _read(path: Path, for_report: bool = False) -> Run:
     except (OSError, ValueError):
         manifest = {}
     problem = "; ".join(problems) or None
-    return Run(path, cfg, metrics, manifest, _checkpoints(path), problem, read_status(path))
+    every = cfg.training.eval_every if cfg else None
+    return Run(path, cfg, metrics, manifest, _checkpoints(path, every), problem, read_status(path))
 
 
-def _checkpoints(run_dir: Path) -> list[tuple[Path, int]]:
-    """The complete checkpoints and their steps, read once, oldest first. One that a live run
-    deletes while they are read (keep_last rotation, a rollback) is left out."""
+def _checkpoints(run_dir: Path, eval_every: int | None) -> list[tuple[Path, run_checkpoints.RecordedLoss]]:
+    """The complete checkpoints with their steps and val losses, their info.json read once, oldest
+    first. One that a live run deletes while they are read (keep_last rotation, a rollback) is left
+    out. `eval_every`: the run's, for an older info.json that does not say when it measured its loss."""
     found = []
     for path in (run_dir / "checkpoints").glob("*"):
         try:
             if run_checkpoints.is_complete(path):
-                found.append((path, run_checkpoints.checkpoint_step(path)))
+                [(_, info)] = run_checkpoints.with_info([path])
+                found.append((path, run_checkpoints.recorded_loss(path, info, eval_every)))
         except UserError:
             if path.exists():  # damaged, not deleted
                 raise
-    return sorted(found, key=lambda entry: (entry[1], entry[0].name))  # by step, then name
+    return sorted(found, key=lambda entry: (entry[1].step, entry[0].name))  # by step, then name
 
 
 def format_runs(runs: list[Run]) -> list[str]:

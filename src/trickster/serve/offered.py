@@ -60,11 +60,17 @@ class Offered:
         return "fp_" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
 
     def card(self) -> dict:
-        """What GET /v1/models says about it, beyond OpenAI's fields."""
-        trained = self.name != UNTRAINED
+        """What GET /v1/models says about it, beyond OpenAI's fields: its validation loss with the
+        step it was measured at (an earlier evaluation's, for a checkpoint saved between two; null
+        where not known: an older checkpoint's, saved between evaluations)."""
+        trained = self.name != UNTRAINED  # untrained's info: its checkpoint's, or none yet ({})
+        measured = None
+        if trained:
+            measured = run_checkpoints.recorded_loss(self.path, self.info, self.cfg.training.eval_every)
         return {
-            "step": self.info.get("step", 0) if trained else 0,
-            "val_loss": self.info.get("val_loss") if trained else None,
+            "step": measured.step if measured else 0,
+            "val_loss": measured.loss if measured else None,
+            "val_loss_step": measured.measured_at if measured else None,
             "context_length": self.context,
             "chat": self.chat_template is not None,
             "tokenizer": self.tokenizer.kind,

@@ -20,7 +20,7 @@ from trickster.errors import UserError
 from trickster.model import lora
 from trickster.model.transformer import Transformer
 from trickster.precision import inference_dtype
-from trickster.run_checkpoints import WEIGHTS, read_info
+from trickster.run_checkpoints import WEIGHTS, read_info, recorded_loss
 from trickster.train import checkpoint_path, checksums, settled, weight_loading
 from trickster.train.weights import check_config, loading_refused
 
@@ -45,8 +45,10 @@ def checkpoint_line(loaded: LoadedCheckpoint) -> str:
     """Which checkpoint a command read, in the one wording `info --checkpoint` prints and generate,
     chat and export print on stderr when a run folder was given (say_picked)."""
     info = loaded.info
+    # a checkpoint saved between evaluations: the earlier one's loss, with its step (recorded_loss)
+    measured = recorded_loss(loaded.path, info, loaded.cfg.training.eval_every)
     return (
-        f"checkpoint: {loaded.path} (step {info['step']}, val loss {loss_text(info.get('val_loss'))}, "
+        f"checkpoint: {loaded.path} (step {info['step']}, val loss {measured.shown()}, "
         f"best {loss_text(info.get('best_val_loss'))})"
     )
 

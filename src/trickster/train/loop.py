@@ -56,7 +56,14 @@ from trickster.train.state import (
     rng_state,
     set_rng_state,
 )
-from trickster.train.validate import evaluate, logged_sample, pooled_loss, sample_due, validation_batches
+from trickster.train.validate import (
+    draw_width_of,
+    evaluate,
+    logged_sample,
+    pooled_loss,
+    sample_due,
+    validation_batches,
+)
 
 
 def train(
@@ -129,7 +136,7 @@ class Trainer:
         self.writer = Writer(t.async_save, job, t.keep_last, self.out.line)
         self.eval_due = False  # resumed from a checkpoint saved before its step's evaluation
         self.hellaswag_due = self.hellaswag.enabled  # at step 0; resumed: as eval_due, for HellaSwag
-        self.val_draw_width = t.batch_size * job.world_size  # a resumed run keeps its own
+        self.val_draw_width = draw_width_of(t, job.world_size)  # a resumed run keeps its own
         self.saved_processes = job.world_size  # resumed: the processes of the job that saved it
         with setup.resume_verified(job, self.resumed_from, self.run_dir, info):
             self.model, self.step_model, self.origin = setup.build_model(  # origin: where a fine-tune began
@@ -312,7 +319,7 @@ class Trainer:
         self.slow_pass.start(f"step {state.step:>6}: evaluating")
         local = evaluate(self.step_model, self.val_batches, self.device, dtype, self.slow_pass)
         val_loss, healthy = pooled_loss(local, self.val_batches, self.model, self.device, self.job)
-        state.last_val_loss = val_loss if healthy else None
+        state.last_val_loss, state.last_val_step = (val_loss if healthy else None), state.step
         perplexity = math.exp(min(val_loss, 50.0)) if healthy else None
         record = {
             "val_loss": state.last_val_loss,
@@ -412,6 +419,7 @@ class Trainer:
         return {
             "step": state.step,
             "val_loss": state.last_val_loss,
+            "val_loss_step": state.last_val_step,  # an earlier one's between evaluations (recorded_loss)
             "best_val_loss": state.best_loss_seen,
             "tokens_seen": state.tokens_seen,
             "tokenizer_fingerprint": data.tokenizer.fingerprint(),

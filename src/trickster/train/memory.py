@@ -259,7 +259,12 @@ def check_validation_set(cfg: Config, job: Dist) -> None:
     inputs and targets: 24 bytes a token) bigger than a process of `job`'s share of the RAM: drawn
     batch by batch, eval_batches: 1e18 ran for ever before the first step, growing a list."""
     t = cfg.training
-    windows = t.eval_batches * (1 if t.batch_size == "auto" else t.batch_size) * job.world_size
+    # each draw is a global batch (validate.draw_width_of); batch_size: auto's is the one asked for
+    if t.batch_size == "auto":
+        batch = footprint.global_windows(cfg, job.world_size)
+    else:
+        batch = t.batch_size * t.gradient_accumulation_steps * job.world_size
+    windows = t.eval_batches * batch
     need = 24 * windows * cfg.seq_len
     # in RAM whatever the device; each of the job's processes here holds the whole set in its share
     capacity, what = footprint.process_memory(torch.device("cpu"), job.local_world_size)

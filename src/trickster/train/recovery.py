@@ -118,7 +118,8 @@ def record_evaluation_in_checkpoint(trainer: Trainer) -> None:
         trainer.writer.settle()  # written in the background (async_save): complete first
     path = _saved_at(trainer, state.step) if trainer.job.is_main else None
     if path is not None:
-        ckpt.update_info(path, val_loss=state.last_val_loss, best_val_loss=state.best_loss_seen)
+        measured = {"val_loss": state.last_val_loss, "val_loss_step": state.last_val_step}
+        ckpt.update_info(path, **measured, best_val_loss=state.best_loss_seen)
 
 
 def _saved_at(trainer: Trainer, step: int) -> Path | None:
@@ -208,6 +209,10 @@ def roll_back(trainer: Trainer, spike: Spike) -> None:
     load_run_weights(trainer, good)
     trainer.load(good)
     state.rollbacks, state.train_seconds = rollbacks, seconds
+    # saved before its step's evaluation, its trainer.pt holds the loss before; its info.json that one
+    measured = on_main(trainer.job, _own_loss, good)
+    if measured is not None:
+        state.last_val_loss, state.last_val_step = measured.loss, measured.measured_at
     sampler.skip(first, used)
     trainer.batches.load_state_dict(sampler.state_dict())
     if trainer.job.is_main:
@@ -218,6 +223,13 @@ def roll_back(trainer: Trainer, spike: Spike) -> None:
     trainer.out.line(spike_line(spike, good.name, rollbacks, t.max_rollbacks, passed_over))
     trainer.profiler.rolled_back(state.step)  # ProfilerStep#N stays the console's step N
     trainer.timer.reset()
+
+
+def _own_loss(checkpoint: Path) -> run_checkpoints.RecordedLoss | None:
+    """The loss `checkpoint`'s info.json records as measured at its own step, if any."""
+    info, saved = run_checkpoints.read_info(checkpoint), checkpoint_load.read_config(checkpoint)
+    measured = run_checkpoints.recorded_loss(checkpoint, info, saved.training.eval_every)
+    return measured if measured.at_this_step else None
 
 
 def fresh_rollbacks(trainer: Trainer, changed: dict) -> list[str]:
@@ -300,10 +312,12 @@ def _recorded_loss(best: Path, old_set: dict | None) -> float | None:
     """`best`'s own loss as its info.json records it (the evaluation that saved it), where that was
     measured as the line says: on the `old_set` of windows, or (None) by an older version's average.
     The resumed state's best_val_loss is not it: saved before its step's evaluation, a checkpoint
-    holds the best up to then. None where best was measured otherwise (an earlier resume's set)."""
-    info = run_checkpoints.read_info(best)
+    holds the best up to then. None where best was measured otherwise (an earlier resume's set), or
+    its info.json records no loss of its own step (recorded_loss)."""
+    info, saved = run_checkpoints.read_info(best), checkpoint_load.read_config(best)
+    measured = run_checkpoints.recorded_loss(best, info, saved.training.eval_every)
     if old_set is None:
         measured_as_said = "val_draw_width" not in info
     else:
-        measured_as_said = validation_set(checkpoint_load.read_config(best)) == old_set
-    return info.get("val_loss") if measured_as_said else None
+        measured_as_said = validation_set(saved) == old_set
+    return measured.loss if measured_as_said and measured.at_this_step else None

@@ -350,8 +350,8 @@ def older_trainer_state(trainer: dict, path: Path) -> dict:
     - `eval_due`: written since 2026-11-29 13:03. From 05:24 that day (when `spikes` came) the
       checkpoint of an evaluation's step was saved before that evaluation; the resume does it again.
     - `hellaswag_due`: written since 2026-11-30, when HellaSwag during training came; none before.
-    - `val_draw_width`: written since 2026-11-29 14:30. Before, the validation windows were drawn
-      batch_size x processes wide as the run that saved it had them (its config, its RNG states).
+    - `val_draw_width`: since 2026-11-29 14:30; before, batch_size x processes of the run that saved it.
+    - `train_state.last_val_step`, since 2026-12-02: the step, if evaluated before the save; else None.
     - The optimizer state by position (until 2026-11-22 07:16) names no parameter: refused.
     """
     if "rng_per_rank" in trainer:
@@ -363,12 +363,14 @@ def older_trainer_state(trainer: dict, path: Path) -> dict:
             f"with training_config.init_from={path} and another --out"
         )
     trainer.setdefault("hellaswag_due", False)
-    if "eval_due" in trainer and "val_draw_width" in trainer:
+    state = trainer["train_state"]
+    if all(key in trainer for key in ("eval_due", "val_draw_width")) and "last_val_step" in state:
         return trainer  # this version's: its config.yaml need not be read again (open_run read it)
     saved = checkpoint_load.read_config(path).training
-    evaluated_here = path.name == "final" or trainer["train_state"]["step"] % saved.eval_every == 0
+    evaluated_here = path.name == "final" or state["step"] % saved.eval_every == 0
     trainer.setdefault("eval_due", "spikes" in trainer and evaluated_here)
     trainer.setdefault("val_draw_width", saved.batch_size * len(trainer["rng"]))
+    state.setdefault("last_val_step", state["step"] if evaluated_here and not trainer["eval_due"] else None)
     return trainer
 
 

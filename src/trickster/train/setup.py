@@ -95,7 +95,8 @@ def open_run(
         refuse_done(resumed_from, info["step"], run_dir, max_steps, done, saved.training.max_steps)
     if done:  # `auto`, as a requeue script reruns it: the checkpoint is this run's (checked above)
         out.line(finished_line(resumed_from, info["step"], run_dir))
-        raise Finished(TrainResult(cfg, run_dir, _finished_state(info), None, _params(cfg), True))
+        state = _finished_state(resumed_from, info, saved)
+        raise Finished(TrainResult(cfg, run_dir, state, None, _params(cfg), True))
     if resumed_from is not None:  # after refuse_done and Finished: a run done says so first
         refuse_init_from_on_scratch(resumed_from, saved, cfg)
     return cfg, resumed_from, saved, info, repairs + fitted, changed
@@ -139,14 +140,17 @@ def _raise_refusal(refusal: UserError | None) -> None:
         raise refusal
 
 
-def _finished_state(info: dict) -> TrainState:
-    """Where a finished run stands, from its checkpoint's info.json (trainer.pt is not read)."""
+def _finished_state(checkpoint: Path, info: dict, saved: Config) -> TrainState:
+    """Where a finished run stands, from its checkpoint's info.json and config.yaml (`saved`;
+    trainer.pt is not read)."""
     best = info.get("best_val_loss")
+    measured = run_checkpoints.recorded_loss(checkpoint, info, saved.training.eval_every)
     return TrainState(
         step=info["step"],
         tokens_seen=info.get("tokens_seen") or 0,
         best_val_loss=math.inf if best is None else best,
-        last_val_loss=info.get("val_loss"),
+        last_val_loss=measured.loss,
+        last_val_step=measured.measured_at,
     )
 
 

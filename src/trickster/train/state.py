@@ -26,6 +26,7 @@ class TrainState:
     tokens_seen: int = 0
     best_val_loss: float = math.inf
     last_val_loss: float | None = None
+    last_val_step: int | None = None  # the step last_val_loss was measured at
     interval_loss_sum: float = 0.0  # finite train losses since the last log line
     interval_steps: int = 0
     skipped_steps: int = 0  # updates skipped for a non-finite loss or gradient norm, in all

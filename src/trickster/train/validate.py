@@ -20,6 +20,13 @@ from trickster.train.device import autocast_for
 from trickster.train.state import nonfinite_weights
 
 
+def draw_width_of(t: TrainingConfig, world_size: int = 1) -> int:
+    """The windows of one validation draw for a new run: its global batch, batch_size x
+    gradient_accumulation_steps x processes, so that the set does not depend on how a global batch
+    is split into micro-batches or processes (8 x 1 and 4 x 2 evaluate the same windows)."""
+    return t.batch_size * t.gradient_accumulation_steps * world_size
+
+
 def validation_batches(
     data: PreparedData, cfg: Config, job: dist.Dist | None = None, draw_width: int | None = None
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -27,14 +34,15 @@ def validation_batches(
     compare`) uses the same set, however many processes share it and however they split a batch.
 
     The set is eval_batches draws of `draw_width` windows from the val split's own generator;
-    `draw_width` is batch_size x world_size when the run began (its checkpoints record it: a resume
-    with other processes or micro-batches keeps the set). Each process takes an equal slice (give or
+    `draw_width` is the global batch when the run began (draw_width_of; its checkpoints record it: a
+    resume with other processes or micro-batches keeps the set; before 2026-12-02 it was
+    batch_size x processes). Each process takes an equal slice (give or
     take a window), in as many micro-batches as every other process (FSDP2 gathers weights in every
     forward), each of at most about batch_size windows. `evaluate` and `target_count` give each
     process's mean and its weight in the mean over all the set's targets, whatever the slices.
     """
     t, job = cfg.training, job or dist.Dist()
-    width = draw_width or t.batch_size * job.world_size
+    width = draw_width or draw_width_of(t, job.world_size)
     drawn = fixed_batches(data.val, cfg.seq_len, width, t.eval_batches, seed=t.seed + 1)
     inputs, targets = torch.cat([x for x, _ in drawn]), torch.cat([y for _, y in drawn])
     slices = torch.arange(len(inputs)).tensor_split(job.world_size)
