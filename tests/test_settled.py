@@ -38,6 +38,7 @@ def test_a_best_replaced_while_generate_reads_it_is_read_again_whole(
     best, newer = run / "checkpoints" / "best", run / "checkpoints" / "step_000006"
     sums = [json.loads((p / "info.json").read_text())["sha256"]["model.safetensors"] for p in (best, newer)]
     assert sums[0] != sums[1]  # else the two checkpoints could not be told apart
+    newer_step = json.loads((newer / "info.json").read_text())["step"]
     assert cli.main(["generate", str(newer), *GREEDY]) == 0
     expected = capsys.readouterr().out
     real, saves = checkpoint_load.files_at, []
@@ -55,7 +56,9 @@ def test_a_best_replaced_while_generate_reads_it_is_read_again_whole(
     monkeypatch.setattr(checkpoint_load, "files_at", read_then_a_save)
     code = cli.main(["generate", str(run), *GREEDY])
     out, err = capsys.readouterr()
-    assert (code, err) == (0, "")  # it said model.safetensors no longer matched its checksum
+    # no line that model.safetensors no longer matched its checksum: only the checkpoint read, the new best
+    assert code == 0 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"checkpoint: {best} (step {newer_step}, "), err
     assert saves == [best]
     assert out == expected  # the new best's text: its weights with its own files
 
