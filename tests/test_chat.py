@@ -210,7 +210,7 @@ def test_at_a_terminal_it_prompts_and_ctrl_d_or_ctrl_c_at_the_prompt_ends_it(
 ):
     """Ctrl-C at the prompt ended the chat with exit status 0, as Ctrl-D does; every other command
     (generate, train, serve) says `interrupted` and exits 130 on Ctrl-C, and so does chat now.
-    Ctrl-D ends it as done: the checkpoint the run folder gave is named (None: that line)."""
+    The banner names the checkpoint the run folder gave, as `trickster info` does."""
     asked = at_terminal(monkeypatch, ["ROMEO:", key])
     capsys.readouterr()
     assert cli.main(["chat", str(trained_run), *GREEDY]) == status
@@ -218,20 +218,23 @@ def test_at_a_terminal_it_prompts_and_ctrl_d_or_ctrl_c_at_the_prompt_ends_it(
     assert asked == ["text> ", "text> "]
     romeo = continuation(capsys, trained_run, "ROMEO:")
     assert out.endswith(f"ROMEO:{romeo}\n\n")  # the prompt's line ended: `interrupted` on its own
-    assert err == (said or checkpoint_said(capsys, trained_run) + "\n")
+    assert out.startswith(checkpoint_said(capsys, trained_run) + "\n")
+    assert err == (said or "")
 
 
-def test_a_run_folder_s_checkpoint_is_named_on_stderr_once_the_chat_is_done(monkeypatch, capsys, trained_run):
-    """chat picks a run folder's best (else its newest) checkpoint, and says which on stderr in
-    `trickster info`'s words; a checkpoint folder given is the one used: nothing is said."""
+def test_a_run_folder_s_checkpoint_is_named_first(monkeypatch, capsys, trained_run):
+    """chat picks a run folder's best (else its newest) checkpoint, and its banner says which in
+    `trickster info`'s words before the first reply; a checkpoint folder given is the one used and
+    named by the banner already: nothing more is said."""
     line = checkpoint_said(capsys, trained_run)
     best = trained_run / "checkpoints" / "best"
     assert line.startswith(f"checkpoint: {best} (step ")
-    for target, said in ((trained_run, line + "\n"), (best, "")):
+    for target, first in ((trained_run, line), (best, f"{best} has no chat template")):
         monkeypatch.setattr(sys, "stdin", io.StringIO("ROMEO:\n"))
         assert cli.main(["chat", str(target), *GREEDY]) == 0
         out, err = capsys.readouterr()
-        assert "ROMEO:" in out and "checkpoint:" not in out and err == said
+        assert out.startswith(first) and out.count("checkpoint: ") == (target == trained_run), out
+        assert "ROMEO:" in out and err == ""
 
 
 def test_each_reply_samples_with_the_next_seed(monkeypatch, capsys, trained_run):

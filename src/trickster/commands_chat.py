@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from pathlib import Path
 
 from trickster.data.hf_tokens import chat_template_of
 from trickster.data.tokenizers import Tokenizer
@@ -51,6 +52,8 @@ def _chat(target: str, sampling: Sampling, device: str, chat_template: str | Non
         raise UserError("--system needs a chat template; pass --chat-template FILE, or leave --system out")
     talk = Talk(loaded.model.to(where), loaded.tokenizer, template, sampling, system)
     context = loaded.cfg.model.max_seq_len
+    if loaded.path != Path(target):  # a run folder: which of its checkpoints, in info's words, first
+        print(checkpoint_load.checkpoint_line(loaded))
     if template is None:
         print(f"{loaded.path} has no chat template: each line you type is continued on its own.")
     else:
@@ -70,7 +73,6 @@ def _chat(target: str, sampling: Sampling, device: str, chat_template: str | Non
                 print("(a new conversation)")
         elif line.strip():
             talk.answer(line)
-    checkpoint_load.say_picked(target, loaded)
     return 0
 
 

@@ -42,8 +42,8 @@ def loss_text(value: float | None) -> str:
 
 
 def checkpoint_line(loaded: LoadedCheckpoint) -> str:
-    """Which checkpoint a command read, in the one wording `info --checkpoint` prints and generate,
-    chat and export print on stderr when a run folder was given (say_picked)."""
+    """Which checkpoint a command read, in the one wording `info --checkpoint` prints, generate and
+    export print on stderr when a run folder was given (say_picked), and chat's banner begins with."""
     info = loaded.info
     # a checkpoint saved between evaluations: the earlier one's loss, with its step (recorded_loss)
     measured = recorded_loss(loaded.path, info, loaded.cfg.training.eval_every)
