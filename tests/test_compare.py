@@ -3,6 +3,7 @@ checkpoint of it (--base) or beside random weights."""
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -127,3 +128,21 @@ def test_a_fine_tune_is_compared_on_the_prompt_its_samples_continued(
     assert cli.main(["compare", str(trained_run), "--max-new-tokens", "3", "--seed", "0"]) == 0
     samples = capsys.readouterr().out.split("--- ")[1:]  # a run from scratch: a line break, as before
     assert all(sample.split("---\n", 1)[1].startswith("\n") for sample in samples)
+
+
+def test_a_slow_validation_loss_says_how_far_it_got_on_stderr(trained_run, capsys, monkeypatch):
+    """compare scores each model on the run's validation windows before it prints anything: a
+    large model on a CPU took minutes in silence. A fast one says nothing; a slow one, once."""
+    from trickster.train.console import SlowPass
+
+    command = ["compare", str(trained_run), "--max-new-tokens", "3", "--seed", "0"]
+    assert cli.main(command) == 0
+    quick = capsys.readouterr()
+    assert quick.err == ""
+    monkeypatch.setattr(SlowPass, "AFTER_SECONDS", 0.0)
+    assert cli.main(command) == 0
+    slow = capsys.readouterr()
+    assert slow.out == quick.out  # stdout holds the comparison alone
+    micro_batches = 4  # the trained run's eval_batches (micro_config), one batch_size-wide draw each
+    shown = rf"val loss of the untrained model: 1 of {micro_batches} batches in \d+ s, about \d+ s to go\n"
+    assert re.fullmatch(shown, slow.err), slow.err

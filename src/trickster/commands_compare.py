@@ -5,6 +5,7 @@ another checkpoint of the same shape, and otherwise (or `--untrained`) random we
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from trickster.prompts import hinted_prompt, prompt_ids
 from trickster.streaming import stream
 from trickster.text_out import text_written
 from trickster.train import checkpoint_load
+from trickster.train.console import SlowPass
 from trickster.train.device import resolve_device
 from trickster.train.validate import evaluate, validation_batches
 from trickster.train.weights import copy_weights, differences
@@ -53,7 +55,7 @@ def compare_command(
         reference.title: reference.model,
         f"{trained} ({loaded.path.name}, step {loaded.info['step']})": loaded.model,
     }
-    losses = _val_losses(loaded, list(models.values()), data, where)
+    losses = _val_losses(loaded, models, data, where)
     with text_written("compare"):
         if reference.note:
             print(f"note: {reference.note}")
@@ -139,8 +141,9 @@ def _shown(path: Path) -> str:
     return path.as_posix() if relative.startswith("..") else relative
 
 
-def _val_losses(loaded, models, data_path, device) -> list[float | None]:
-    """None for each model when the run's own data is gone; a --data folder must be prepared data."""
+def _val_losses(loaded, models: dict[str, Transformer], data_path, device) -> list[float | None]:
+    """None for each model when the run's own data is gone; a --data folder must be prepared data.
+    A slow one (a large model on a CPU) says how far it got on stderr, as training's do."""
     path = data_path or loaded.info.get("data_path")
     if data_path is None and (not path or not (Path(path) / "meta.json").is_file()):
         return [None] * len(models)
@@ -148,4 +151,9 @@ def _val_losses(loaded, models, data_path, device) -> list[float | None]:
     # an info.json from before 2026-11-29 14:30 has none: the run drew batch_size wide on one process
     width = loaded.info.get("val_draw_width") or loaded.cfg.training.batch_size
     batches = validation_batches(data, loaded.cfg, draw_width=width)
-    return [evaluate(m, batches, device, loaded.dtype) for m in models]
+    slow = SlowPass(lambda text: print(text, file=sys.stderr, flush=True))
+    losses = []
+    for title, model in models.items():
+        slow.start(f"val loss of the {title.split(' (')[0]} model")
+        losses.append(evaluate(model, batches, device, loaded.dtype, slow))
+    return losses
