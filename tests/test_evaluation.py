@@ -246,3 +246,26 @@ def test_data_of_another_tokenizer_names_what_to_pass(trained_run, tmp_path, cap
     assert f"data in {other} uses another tokenizer than {run}/checkpoints/best; it was prepared again" in err
     assert f"trickster data prepare ... --tokenizer-from {run}/checkpoints/best" in err, err
     assert "pass --data" not in err
+
+
+def test_a_slow_eval_says_how_far_it_got_on_stderr(trained_run, shakespeare_dir, capsys, monkeypatch):
+    """`trickster eval --max-tokens 10000000` of a large model scores thousands of windows before
+    it prints a line; once it has taken a while it says how far it got (stderr: --json's stdout is
+    read by programs). A fast one says nothing."""
+    import re
+
+    from trickster.train.console import SlowPass
+
+    command = ["eval", str(trained_run), "--data", str(shakespeare_dir), "--max-tokens", "640", "--json"]
+    assert cli.main(command) == 0
+    quick = capsys.readouterr()
+    assert quick.err == ""
+    monkeypatch.setattr(SlowPass, "AFTER_SECONDS", 0.0)
+    assert cli.main([*command, "--batch-size", "2"]) == 0
+    slow = capsys.readouterr()
+    assert json.loads(slow.out)["loss"] == pytest.approx(json.loads(quick.out)["loss"], rel=1e-5)
+    windows = 640 // 64  # --max-tokens over the run's context (micro_config: max_seq_len 64)
+    shown = (
+        rf"scoring {shakespeare_dir} \(val split\): 1 of {windows // 2} batches in \d+ s, about \d+ s to go\n"
+    )
+    assert re.fullmatch(shown, slow.err), slow.err

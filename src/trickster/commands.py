@@ -36,7 +36,7 @@ from trickster.serve.limits import MAX_BATCH, MAX_LOADED_MODELS
 from trickster.streaming import stream
 from trickster.text_out import text_written
 from trickster.train import checkpoint_load, dist
-from trickster.train.console import QUIET_LEVELS
+from trickster.train.console import QUIET_LEVELS, SlowPass
 from trickster.train.device import resolve_device, resolve_precision
 from trickster.train.loop import train
 from trickster.train.resume import can_continue, fresh_run_dir
@@ -115,8 +115,10 @@ def eval_command(opts: EvalOptions) -> None:
         mask = None if mask is None else mask[: opts.max_tokens + 1]
         exact_bytes = None
     dtype = loaded.dtype  # bfloat16 autocast on GPUs of Ampere and later, else float32
+    slow = SlowPass(lambda text: print(text, file=sys.stderr, flush=True))  # 10M tokens take a while
+    slow.start(f"scoring {what}")
     score = evaluation.score_sequence(
-        loaded.model, tokens, tokenizer, loaded.cfg.seq_len, device, dtype, opts.batch_size, mask
+        loaded.model, tokens, tokenizer, loaded.cfg.seq_len, device, dtype, opts.batch_size, mask, slow
     )
     if exact_bytes is not None:
         score.bytes = exact_bytes

@@ -18,6 +18,7 @@ training's val loss (which softmaxes over the pad rows too).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -93,11 +94,13 @@ def score_sequence(
     dtype_name: str = "float32",
     batch_size: int = 8,
     loss_mask=None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Score:
     """Score `tokens` (a 1-D sliceable sequence) in windows of seq_len; see the module docstring.
 
     `loss_mask` (same length, 1 = scored) leaves out tokens the data marks as not scored (the
-    prompts of prompt/response records); their bytes are left out too.
+    prompts of prompt/response records); their bytes are left out too. `progress(done, total)` is
+    called after each batch of windows.
     """
 
     n = len(tokens)
@@ -130,6 +133,8 @@ def score_sequence(
         nats += F.cross_entropy(
             logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=IGNORE_INDEX, reduction="sum"
         ).item()
+        if progress is not None:
+            progress(first // batch_size + 1, -(-len(starts) // batch_size))
     if scored == 0:
         raise UserError("nothing to score: the loss mask covers none of these tokens")
     return Score(nats, scored, n_bytes)

@@ -78,4 +78,6 @@ class SlowPass:
             return
         self._said = True
         left = elapsed / done * (total - done)
-        self._line(f"{self._what}: {done} of {total} batches in {elapsed:.0f} s, about {left:.0f} s to go")
+        self._line(
+            f"{self._what}: {done:,} of {total:,} batches in {elapsed:,.0f} s, about {left:,.0f} s to go"
+        )
