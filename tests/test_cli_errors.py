@@ -2117,6 +2117,16 @@ CASES = [
         "--config",
     ),
     case("info-without-target", lambda env: ["info"], "choose what to describe", "--checkpoint"),
+    case(  # a run folder alone is described as saved: a typo in it is told as generate tells it
+        "info-missing-run-dir",
+        lambda env: ["info", "runs/nope"],
+        "error: runs/nope not found; pass a run folder",
+    ),
+    case(
+        "info-data-folder",
+        lambda env: ["info", str(env.data)],
+        "is a prepared data folder, not a run",
+    ),
     case(
         "info-vocab-size-not-int",
         lambda env: ["info", "--preset", "tiny", "model_config.vocab_size=big"],

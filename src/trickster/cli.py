@@ -148,10 +148,13 @@ def _check(args: argparse.Namespace) -> None:
 def _check_path_for_override(args: argparse.Namespace) -> None:
     """A config file or a run folder where KEY=VALUE overrides stand (`trickster train big.yaml`,
     `trickster plan runs/a`), as generate, eval and serve take a run: name the option for it.
-    `trickster info RUN` alone is taken as `--checkpoint RUN`, as generate takes a RUN."""
+    `trickster info RUN` alone is taken as `--checkpoint RUN`, as generate takes a RUN: so is any
+    one word that is no setting and no config file, for a misspelt or missing run to be told as
+    generate tells it (`runs/tny not found (did you mean runs/tiny?)`), not as no target at all."""
     words = getattr(args, "overrides", None) or []
     if args.command == "info" and len(words) == 1 and not (args.checkpoint or args.preset or args.config):
-        if (Path(words[0]) / "info.json").is_file() or (Path(words[0]) / "config.yaml").is_file():
+        path = Path(words[0])
+        if "=" not in words[0] and not (path.is_file() and path.suffix in (".yaml", ".yml")):
             args.checkpoint, args.overrides = words[0], []
             return
     for word in words:
