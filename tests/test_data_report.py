@@ -305,3 +305,22 @@ def test_prepare_and_report_write_every_count_with_thousands_separators(tmp_path
         assert f"vocabulary {vocab:,}" in said, said
         assert not re.findall(r"(?<![\d,.])\d{4,}", said), said
     assert "auto pads it to 1,152" in printed[0]
+
+
+def test_a_split_of_one_token_is_said_in_the_singular(tmp_path, capsys):
+    """A 6-character text keeps 1 token for validation: `data prepare` and `data report` said
+    "val 1 tokens" and "1 document, 1 tokens"."""
+    (tmp_path / "a.txt").write_text("hello\n")
+    out = tmp_path / "out"
+    printed = []
+    for command in (
+        ["data", "prepare", "text", str(tmp_path / "a.txt"), "--out", str(out)],
+        ["data", "report", str(out)],
+    ):
+        capsys.readouterr()
+        assert cli.main(command) == 0
+        printed.append(capsys.readouterr().out)
+    assert json.loads((out / "meta.json").read_text())["val_tokens"] == 1
+    assert "val 1 token in 1 shard" in printed[0], printed[0]
+    assert "val: 1 document, 1 token\n" in printed[1], printed[1]
+    assert "1 tokens" not in "".join(printed)

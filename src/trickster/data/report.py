@@ -325,7 +325,7 @@ def format_report(report: DataReport) -> list[str]:
     ]
     for name, facts in report.splits.items():
         q = np.percentile(facts.lengths, [0, 50, 90, 100]).astype(int) if len(facts.lengths) else [0] * 4
-        line = f"{name}: {counted(facts.documents, facts.noun)}, {facts.tokens:,} tokens"
+        line = f"{name}: {counted(facts.documents, facts.noun)}, {counted(facts.tokens, 'token')}"
         if facts.undivided:
             line += " in one stream (no end-of-text id parts them: their lengths are not known)"
         elif facts.documents > 1:  # one document's min, median and max are its length again

@@ -69,10 +69,13 @@ def prepare_summary(meta: dict, out_dir: Path, kept: bool = False, removed: str 
     )
     lines += short_of_asked(meta)
     masks = " with loss masks (.mask.bin)" if meta.get("loss_mask") else ""
-    shards = {s: counted(meta[f"{s}_shards"], "shard") for s in ("train", "val")}
+    split = {
+        s: f"{counted(meta[f'{s}_tokens'], 'token')} in {counted(meta[f'{s}_shards'], 'shard')}"
+        for s in ("train", "val")
+    }
     lines.append(
-        f"wrote {out_dir}: train {meta['train_tokens']:,} tokens in {shards['train']}, "
-        f"val {meta['val_tokens']:,} tokens in {shards['val']}{masks}, index.json, meta.json, tokenizer.json"
+        f"wrote {out_dir}: train {split['train']}, val {split['val']}{masks}, "
+        "index.json, meta.json, tokenizer.json"
     )
     if meta.get("loss_mask"):
         replies = "reply" if meta.get("records") == "messages" else "response"
