@@ -52,3 +52,16 @@ def test_the_first_step_warns_only_when_the_schedule_outruns_a_day_or_the_budget
         "more than training_config.max_time (1h 00m) allows: it will stop the run near step 6 of 100" in note
     )
     assert budgeted.first_step_note(1, step=1, max_steps=100) is None
+
+
+def test_a_step_under_a_second_is_not_said_to_take_0s():
+    # a fast step with very many steps left: the warning named a step of 0.4 s "0s"
+    note = Clock(TrainingConfig()).first_step_note(0.4, step=1, max_steps=300_001)
+    assert note.startswith("the first step took 0.4s: the 300,000 steps left need about 33h 20m")
+    budgeted = Clock(TrainingConfig(max_time="3s")).first_step_note(0.47, step=1, max_steps=400)
+    assert budgeted.startswith("the first step took 0.47s: the 399 steps left need about 3m 08s")
+    assert (
+        Clock(TrainingConfig())
+        .first_step_note(3.2, step=1, max_steps=30_000)
+        .startswith("the first step took 3.2s:")
+    )

@@ -53,9 +53,7 @@ class Clock:
         suggest (more than max_time, or more than a day without one); None otherwise."""
         steps_left = max_steps - step
         left = step_seconds * steps_left
-        start = (
-            f"the first step took {format_duration(step_seconds)}: the {steps_left:,} steps left need about"
-        )
+        start = f"the first step took {_step_time(step_seconds)}: the {steps_left:,} steps left need about"
         if self.budget is not None and self.seconds() + left > self.budget:
             reach = step + int(max(self.budget - self.seconds(), 0) / step_seconds)
             return (
@@ -70,3 +68,9 @@ class Clock:
                 "max_steps (`trickster plan` estimates a config), or set training_config.max_time"
             )
         return None
+
+
+def _step_time(seconds: float) -> str:
+    """A step's time: whole seconds would say a step of 0.4 s took "0s", while its many steps left
+    are what the warning is about; under 10 s it keeps two significant figures (0.47s, 3.2s)."""
+    return f"{seconds:.2g}s" if seconds < 9.5 else format_duration(seconds)
