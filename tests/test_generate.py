@@ -232,3 +232,13 @@ def test_a_run_folder_s_checkpoint_is_named_on_stderr_as_info_names_it(
         assert out.startswith("ROMEO:") and len(out) > len("ROMEO:")
     assert cli.main(RUN_COMMANDS[command](str(best), tmp_path / "checkpoint")) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_generate_untrained_names_no_checkpoint_it_did_not_read(trained_run, capsys):
+    """`generate RUN --untrained` wrote random weights' text, yet said on stderr `checkpoint:
+    RUN/checkpoints/best (step N, val loss ...)` as if the text were that checkpoint's."""
+    argv = ["generate", str(trained_run), "--max-new-tokens", "3", "--seed", "1", "--untrained"]
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    out, err = capsys.readouterr()
+    assert len(out) > 1 and err == ""

@@ -84,7 +84,8 @@ def generate_command(
     with text_written("generate"):
         sys.stdout.write(prompt)
         stream(model, loaded.tokenizer, ids, sampling, use_cache)
-    checkpoint_load.say_picked(target, loaded)
+    if not untrained:  # random weights: the checkpoint picked lent its shape and tokenizer, no text
+        checkpoint_load.say_picked(target, loaded)
 
 
 def eval_command(opts: EvalOptions) -> None:
