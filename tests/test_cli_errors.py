@@ -2571,12 +2571,15 @@ CASES = [
         "gradient_accumulation_steps is chosen by batch_size: auto",
     ),
     case(
-        "train-batch-auto-past-the-accumulation-limit",  # it searched 1e18 / 30,692 divisors: a hang
+        # it searched 1e18 / 30,692 divisors: a hang; its validation draws (a global batch each)
+        # are too big first (the accumulation limit past them: test_memory)
+        "train-batch-auto-global-batch-past-memory",
         lambda env: micro_train(
             env, "training_config.batch_size=auto", "training_config.global_batch_tokens=1e18"
         ),
-        "batch_size auto: a global batch of 15,625,000,000,000,000 windows takes",
-        "more than the 1,000,000 gradient_accumulation_steps allows; lower training_config.global_batch",
+        "batch_size auto: a global batch of 15,625,000,000,000,000 windows of 64 tokens makes each "
+        "validation draw",
+        "lower training_config.global_batch (or global_batch_tokens)",
     ),
     case(
         "train-global-batch-without-auto",

@@ -268,6 +268,13 @@ def check_validation_set(cfg: Config, job: Dist) -> None:
     need = 24 * windows * cfg.seq_len
     # in RAM whatever the device; each of the job's processes here holds the whole set in its share
     capacity, what = footprint.process_memory(torch.device("cpu"), job.local_world_size)
+    if need > capacity and t.batch_size == "auto" and need // t.eval_batches > capacity:
+        # not eval_batches: one draw of the global batch asked for is already too big
+        raise UserError(
+            f"batch_size auto: a global batch of {batch:,} windows of {cfg.seq_len} tokens makes each "
+            f"validation draw {_size(need // t.eval_batches)} held in memory, more than the {what} "
+            f"({_size(capacity)}); lower training_config.global_batch (or global_batch_tokens)"
+        )
     if need > capacity:
         raise UserError(
             f"training_config.eval_batches {t.eval_batches:,} makes a validation set of {windows:,} "

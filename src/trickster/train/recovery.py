@@ -210,7 +210,7 @@ def roll_back(trainer: Trainer, spike: Spike) -> None:
     trainer.load(good)
     state.rollbacks, state.train_seconds = rollbacks, seconds
     # saved before its step's evaluation, its trainer.pt holds the loss before; its info.json that one
-    measured = on_main(trainer.job, _own_loss, good)
+    measured = on_main(trainer.job, _own_loss, good, target.info)
     if measured is not None:
         state.last_val_loss, state.last_val_step = measured.loss, measured.measured_at
     sampler.skip(first, used)
@@ -225,9 +225,10 @@ def roll_back(trainer: Trainer, spike: Spike) -> None:
     trainer.timer.reset()
 
 
-def _own_loss(checkpoint: Path) -> run_checkpoints.RecordedLoss | None:
-    """The loss `checkpoint`'s info.json records as measured at its own step, if any."""
-    info, saved = run_checkpoints.read_info(checkpoint), checkpoint_load.read_config(checkpoint)
+def _own_loss(checkpoint: Path, info: dict) -> run_checkpoints.RecordedLoss | None:
+    """The loss `checkpoint`'s `info` (its info.json, read once by rollback_to) records as measured
+    at its own step, if any."""
+    saved = checkpoint_load.read_config(checkpoint)
     measured = run_checkpoints.recorded_loss(checkpoint, info, saved.training.eval_every)
     return measured if measured.at_this_step else None
 

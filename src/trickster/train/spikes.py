@@ -72,6 +72,7 @@ class Rollback(NamedTuple):
     checkpoint: Path | None  # the newest numbered one before the spike whose files are intact
     passed_over: list[str]  # the newer ones whose files changed on disk since they were written
     later: list[Path]  # the numbered ones and `final` saved after `checkpoint`: to be discarded
+    info: dict | None = None  # checkpoint's info.json, as read for its sums (its own val loss)
 
 
 def rollback_to(run_dir: Path, step: int, files: tuple[str, ...]) -> Rollback:
@@ -86,7 +87,8 @@ def rollback_to(run_dir: Path, step: int, files: tuple[str, ...]) -> Rollback:
         if path.name == "final" or info["step"] >= step:
             continue
         if checksums.first_changed(path, files, info) is None:
-            return Rollback(path, passed_over, [p for p, saved in listed if saved["step"] > info["step"]])
+            later = [p for p, saved in listed if saved["step"] > info["step"]]
+            return Rollback(path, passed_over, later, info)
         passed_over.append(path.name)
     return Rollback(None, passed_over, [])
 
