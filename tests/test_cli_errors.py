@@ -401,6 +401,27 @@ def _lora_adapters_flipped(env: Env) -> list[str]:
     return ["generate", str(out / "checkpoints" / "final"), "--max-new-tokens", "2"]
 
 
+def _resume_lora_changed(lora: str) -> Build:
+    """A LoRA fine-tune (rank 2 on wq, wv) resumed with another training_config.lora: `null` ended
+    in a traceback as its optimizer state was loaded, another rank in a line that blamed the
+    checkpoint ("the checkpoint and its config disagree")."""
+
+    def build(env: Env) -> list[str]:
+        steps = ("max_steps=4", "warmup_steps=1", "eval_every=4", "save_every=4", "sample_tokens=0")
+        out = env.tmp / "lora-run"
+        lora_run = (
+            f"training_config.init_from={env.run}",
+            "training_config.lora={rank: 2}",
+            "--out",
+            str(out),
+        )
+        assert cli.main(micro_train(env, *lora_run, *(f"training_config.{s}" for s in steps))) == 0
+        again = (f"training_config.init_from={env.run}", "--out", str(out), "--resume")
+        return micro_train(env, *again, "training_config.max_steps=8", f"training_config.lora={lora}")
+
+    return build
+
+
 def _resume_trainer_state_is_a_folder(env: Env) -> list[str]:
     argv = _trained_run_copy_with(env, "--resume")
     state = env.tmp / "run-copy" / "checkpoints" / "final" / "trainer.pt"
@@ -2344,6 +2365,17 @@ CASES = [
         "--resume with a larger training_config.max_steps, e.g. training_config.max_steps=24",
     ),
     case("resume-changed-model", _resume_changed_model, "cannot resume", "model_config changed (hidden_dim)"),
+    case(
+        "resume-lora-dropped",
+        _resume_lora_changed("null"),
+        "training_config.lora changed (rank 2 on wq, wv there, none here)",
+        "restore it with training_config.lora={rank: 2, alpha: 16, targets: [wq, wv]}",
+    ),
+    case(
+        "resume-lora-other-rank",
+        _resume_lora_changed("{rank: 4}"),
+        "training_config.lora changed (rank 2 on wq, wv there, rank 4 on wq, wv here)",
+    ),
     case(
         "resume-from-scratch-run-with-init-from",
         _resume_with_init_from,

@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from trickster import run_checkpoints
-from trickster.config import Config
+from trickster.config import Config, LoraConfig
 from trickster.data.loader import PreparedData
 from trickster.data.token_meaning import same_ids
 from trickster.errors import UserError
+from trickster.model.lora import adapted_layers, target_names
 from trickster.train import checkpoint_load
 
 # May differ between the checkpoint and the resumed run without being reported as a change
@@ -34,6 +35,7 @@ def check_resumable(path: Path, saved_cfg: Config, info: dict, cfg: Config, data
             f"cannot resume from {path}: model_config changed ({', '.join(changed)}); "
             "restore those values or start a new run with another --out"
         )
+    _check_same_adapters(path, saved_cfg.training.lora, cfg.training.lora)
     if saved_cfg.training.optimizer != cfg.training.optimizer:
         raise UserError(
             f"cannot resume from {path}: it was trained with training_config.optimizer="
@@ -49,6 +51,31 @@ def check_resumable(path: Path, saved_cfg: Config, info: dict, cfg: Config, data
         )
     _check_same_data(path, info, data)
     return _changed_settings(saved_cfg, cfg)
+
+
+def _check_same_adapters(path: Path, saved: LoraConfig | None, wanted: LoraConfig | None) -> None:
+    """LoRA added, dropped, or with another rank or layers: the checkpoint's adapters (or their
+    absence) no longer fit the model the run builds, which failed as it loaded them, with a
+    traceback (lora=null) or a line that blamed the checkpoint. alpha alone may change (a setting)."""
+
+    def shape(lora: LoraConfig | None) -> tuple | None:
+        return None if lora is None else (lora.rank, target_names(lora))
+
+    if shape(saved) == shape(wanted):
+        return
+    before = "none (every weight trained)" if saved is None else adapted_layers(saved)
+    after = "none" if wanted is None else adapted_layers(wanted)
+    restore = (
+        "null"
+        if saved is None
+        else f"{{rank: {saved.rank}, alpha: {saved.alpha:g}, targets: [{', '.join(saved.targets)}]}} "
+        "(a lora value replaces the whole setting)"
+    )
+    raise UserError(
+        f"cannot resume from {path}: training_config.lora changed ({before} there, {after} here); "
+        f"restore it with training_config.lora={restore}, or start a new run with another --out "
+        "(nothing was changed)"
+    )
 
 
 def check_data_first(run_dir: Path, resume: bool | str, data: PreparedData) -> None:
