@@ -3353,7 +3353,8 @@ CASES = [
     case(
         "prepare-continue-with-other-settings",
         _partial_with_other_settings,
-        "o.partial holds an unfinished preparation with other settings (tokenizer)",
+        # it named the setting alone: its value then tells which command started it
+        "o.partial holds an unfinished preparation with other settings (tokenizer char, now byte)",
         "delete",
     ),
     case(

@@ -168,7 +168,7 @@ def test_continuing_with_other_settings_is_one_clear_error(tmp_path, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         prepare(sources.text_files(paths), "char", tmp_path / "out", chunk_chars=200, workers=1, echo=print)
     monkeypatch.undo()
-    with pytest.raises(UserError, match=r"other settings \(tokenizer\).*delete .*out.partial"):
+    with pytest.raises(UserError, match=r"other settings \(tokenizer char, now byte\).*delete .*out.partial"):
         prepare(sources.text_files(paths), "byte", tmp_path / "out", chunk_chars=200)
     assert (partial_dir(tmp_path / "out") / "progress.json").is_file()  # kept for the right command
 

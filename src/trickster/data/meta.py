@@ -148,9 +148,15 @@ def _replaced(out_dir: Path, recorded: dict, settings: dict) -> str:
     files = files_changed(recorded.get("source") or {}, settings.get("source") or {})
     if changed == ["source"] and files:
         return f"{out_dir} holds data prepared from other input ({files}): {REPLACED}"
-    recorded, settings = _sized(recorded), _sized(settings)
-    told = ", ".join(_told(key, recorded.get(key), settings[key]) for key in changed)
+    told = settings_told(recorded, settings, changed)
     return f"{out_dir} holds data prepared with other settings ({told}): {REPLACED}"
+
+
+def settings_told(recorded: dict, settings: dict, changed: list[str]) -> str:
+    """The `changed` settings in words, each with its value then and now where both are one word or
+    number (`tokenizer char, now byte`): what a user needs to tell which command was run before."""
+    recorded, settings = _sized(recorded), _sized(settings)
+    return ", ".join(_told(key, recorded.get(key), settings[key]) for key in changed)
 
 
 def _sized(settings: dict) -> dict:

@@ -19,6 +19,7 @@ from trickster.data.meta import (
     other_version,
     recorded_meta,
     same_but_version,
+    settings_told,
 )
 from trickster.data.paths import PREPARED_FILES
 from trickster.data.shards import Progress
@@ -139,7 +140,8 @@ def open_partial(
                     f"only the same input: put the input back as it was, or delete {partial} to start again"
                 )
             raise UserError(
-                f"{partial} holds an unfinished preparation with other settings ({', '.join(changed)}); "
+                f"{partial} holds an unfinished preparation with other settings "
+                f"({settings_told(record.settings, settings, changed)}); "
                 f"run the command that started it to continue, or delete {partial} to start again"
             )
         pieces = f" and {counted(record.next_piece, 'piece')} of the next" if record.next_piece else ""
