@@ -461,6 +461,20 @@ def test_bpes_default_size_given_or_left_out_is_the_same_setting(tmp_path, capsy
     assert _stamps(out) == stamps
 
 
+def test_a_bpe_folder_prepared_again_with_another_tokenizer_is_told_no_size_of_none(tmp_path, capsys):
+    """bpe of 300 ids, then byte into the same folder said '(tokenizer bpe, now byte, vocab_size 300,
+    now None)': byte has no --vocab-size, and None is no word a user typed."""
+    out, text = tmp_path / "data", tmp_path / "corpus.txt"
+    shutil.copy(EXCERPT, text)
+    assert cli.main([*_argv(text, out), "--tokenizer", "bpe", "--vocab-size", "300"]) == 0
+    capsys.readouterr()
+    assert cli.main([*_argv(text, out), "--tokenizer", "byte"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"{out} holds data prepared with other settings (tokenizer bpe, now byte): "
+        "preparing it again; it is replaced once this preparation is done"
+    )
+
+
 def test_an_unfinished_bpe_preparation_continues_with_its_default_size_given(tmp_path, monkeypatch):
     """The same for DIR.partial: stopped without --vocab-size, the command with --vocab-size 4096
     continues it (it said 'holds an unfinished preparation with other settings (vocab_size)')."""

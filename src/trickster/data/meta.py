@@ -155,6 +155,8 @@ def _replaced(out_dir: Path, recorded: dict, settings: dict) -> str:
 def settings_told(recorded: dict, settings: dict, changed: list[str]) -> str:
     """The `changed` settings in words, each with its value then and now where both are one word or
     number (`tokenizer char, now byte`): what a user needs to tell which command was run before."""
+    if "tokenizer" in changed:  # bpe's size goes with bpe: "vocab_size 300, now None" told nothing
+        changed = [key for key in changed if key != "vocab_size"]
     recorded, settings = _sized(recorded), _sized(settings)
     return ", ".join(_told(key, recorded.get(key), settings[key]) for key in changed)
 
