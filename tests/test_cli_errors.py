@@ -1128,12 +1128,16 @@ def _data_preparation_unfinished(env: Env) -> list[str]:
     return micro_train(env, "--data", str(env.tmp / "stopped"))
 
 
-def _start_where_a_run_saved_no_checkpoint(env: Env) -> list[str]:
+def _run_without_checkpoint(env: Env) -> Path:
     """What a run killed before its first save leaves: its files, an empty checkpoints/."""
     run = env.copy_run()
     shutil.rmtree(run / "checkpoints")
     (run / "checkpoints").mkdir()
-    return micro_train(env, "--out", str(run))
+    return run
+
+
+def _start_where_a_run_saved_no_checkpoint(env: Env) -> list[str]:
+    return micro_train(env, "--out", str(_run_without_checkpoint(env)))
 
 
 def _resume_in_empty_folder(env: Env) -> list[str]:
@@ -2521,7 +2525,20 @@ CASES = [
         "resume again (nothing was changed)",
     ),
     case("resume-data-prepared-again", _resume_data_prepared_again, "data changed", "was prepared again"),
-    case("resume-with-nothing-to-resume", _resume_in_empty_folder, "nothing to resume", "resume=auto"),
+    case(  # it said to choose a new --out, though nothing was in the way of a run starting there
+        "resume-with-nothing-to-resume",
+        _resume_in_empty_folder,
+        "nothing to resume in",
+        "fresh: it holds no run; set training_config.resume=auto",
+        "or drop --resume and start a run there",
+    ),
+    case(
+        "resume-where-a-run-saved-no-checkpoint",
+        lambda env: micro_train(env, "--resume", "--out", str(_run_without_checkpoint(env))),
+        "nothing to resume in",
+        "no complete checkpoint; set training_config.resume=auto",
+        "or drop --resume and choose a new --out",
+    ),
     case(  # it said to pass --resume, which found nothing to resume
         "train-where-a-run-saved-no-checkpoint",
         _start_where_a_run_saved_no_checkpoint,

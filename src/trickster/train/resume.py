@@ -215,11 +215,12 @@ def open_run_dir(
         raise UserError(
             f"{run_dir} already exists and is not empty; {not_empty_fix(run_dir)} (nothing was overwritten)"
         )
-    if resume is True and found is None:
-        none = run_checkpoints.none_saved(run_dir, "no complete checkpoint")
+    if resume is True and found is None:  # a folder not there yet, or empty, needs no other --out
+        held = run_dir_in_use(run_dir)
+        none = run_checkpoints.none_saved(run_dir, "no complete checkpoint") if held else "it holds no run"
         raise UserError(
-            f"nothing to resume in {run_dir}: {none}; set training_config.resume=auto "
-            "to start the run afresh there, or drop --resume and choose a new --out"
+            f"nothing to resume in {run_dir}: {none}; set training_config.resume=auto to start the run "
+            f"afresh there, or drop --resume and {'choose a new --out' if held else 'start a run there'}"
         )
     _make_folder(run_dir / "checkpoints", run_dir)
     return found, info, repairs, False
@@ -308,8 +309,7 @@ def refuse_done(
 
 
 def _ended(metrics: Path, step: int) -> bool:
-    """Whether the run's last event is its `end` at `step` (a cut-short last line is skipped); the
-    file's last lines are read, not all of it."""
+    """Whether the run's last event (its last lines read) is its `end` at `step`."""
     last = last_event(metrics)
     return last is not None and last["event"] == "end" and last["step"] == step
 
