@@ -4056,8 +4056,14 @@ CASES = [
     case(
         "serve-unknown-checkpoint",
         _serve("--checkpoints", "best,step_000999"),
-        "no checkpoint step_000999",
-        "--checkpoints takes names from: best, final, step_000006, untrained",
+        "no checkpoint step_000999 in ",  # not 'did you mean step_000006': another step, no typo
+        "run; --checkpoints takes names from: best, final, step_000006, untrained",
+    ),
+    case(
+        "serve-misspelt-checkpoint",
+        _serve("--checkpoints", "bset"),
+        "no checkpoint bset in ",
+        "run (did you mean best?); --checkpoints takes names from: best, final, step_000006, untrained",
     ),
     case(
         "serve-checkpoints-empty",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trickster.errors import UserError
+from trickster.errors import UserError, did_you_mean
 from trickster.observe.status import trains_now
 from trickster.run_checkpoints import STEP_DIR
 from trickster.serve.offered import UNTRAINED
@@ -40,8 +40,12 @@ def yet_to_save(names: list[str], found: dict[str, Path], target: Path, whole_ru
         if not (training and saved_later(name)):
             have = ", ".join([*found, UNTRAINED])
             later = f"; or one the run saves later: {LATER}" if training else ""
+            # 0.75: step_000999 is no typo of step_000006 (0.73); bset is one of best
+            mean = did_you_mean(
+                name, [*found, UNTRAINED, *(("best", "final") if training else ())], cutoff=0.75
+            )
             raise UserError(
-                f"no checkpoint {name} in {target}; --checkpoints takes names from: {have}{later}"
+                f"no checkpoint {name} in {target}{mean}; --checkpoints takes names from: {have}{later}"
             )
     if unknown and not any(n in found or n == UNTRAINED for n in names):
         given = ",".join(names)
