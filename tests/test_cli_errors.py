@@ -3474,6 +3474,12 @@ CASES = [
         "data-copy/train/000000.bin: not the bytes index.json recorded (sha256), damaged",
         "prepare the data again",
     ),
+    case(  # it said meta.json was missing, and to prepare data: the folder above was prepared
+        "train-data-is-a-split-of-a-prepared-folder",
+        lambda env: micro_train(env, "--data", str(env.data / "train")),
+        "train: it is inside the prepared folder ",
+        "shakespeare-char; give ",
+    ),
     case(
         "data-report-not-a-data-folder",
         lambda env: ["data", "report", str(env.tmp / "nothing-here")],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import os
 from pathlib import Path
 
 from trickster.data.paths import source_of
@@ -41,6 +42,10 @@ def not_prepared(path: Path) -> UserError:
         return UserError(f"no prepared data in {path}: it does not exist{told}; {GIVE} {EXAMPLE}")
     if any((path / name).exists() for name in RUN_FILES):  # its metrics.jsonl is no corpus
         return UserError(f"no prepared data in {path}: it is a run or checkpoint folder; {GIVE} {EXAMPLE}")
+    if (path.absolute().parent / "meta.json").is_file():  # a split's folder (`--data data/sh/train`)
+        above = Path(os.path.relpath(path.absolute().parent)) if not path.is_absolute() else path.parent
+        inside = f"it is inside the prepared folder {above}"
+        return UserError(f"no prepared data in {path}: {inside}; give {above}")
     if source := _corpus_source(path):
         first = _prepare_first(source, path)
         return UserError(f"no prepared data in {path}: it holds {source} files, not prepared data; {first}")
