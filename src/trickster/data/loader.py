@@ -25,6 +25,7 @@ from trickster.data.shards import file_sha256
 from trickster.data.tokenizers import Tokenizer, load_tokenizer
 from trickster.errors import UserError
 from trickster.model.transformer import IGNORE_INDEX  # a target the loss skips
+from trickster.plural import counted
 
 
 class TokenStream:
@@ -220,8 +221,8 @@ def check_windows(data: PreparedData, seq_len: int) -> None:
         if tokens < seq_len + 1:
             share = ", prepare it again with a larger --val-fraction" if split == "val" else ""
             raise UserError(
-                f"the {split} split of {data.path} has {tokens} tokens, fewer than one window of "
-                f"{seq_len + 1}; use a larger corpus{share} or lower training_config.seq_len"
+                f"the {split} split of {data.path} has {counted(tokens, 'token')}, fewer than one window of "
+                f"{seq_len + 1:,}; use a larger corpus{share} or lower training_config.seq_len"
             )
 
 
