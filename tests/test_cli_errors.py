@@ -1609,6 +1609,11 @@ def _export_into(name: str, content: str | None) -> Build:
     return build
 
 
+def _export_inside_a_checkpoint(env: Env) -> list[str]:
+    run = env.copy_run()
+    return ["export", str(run), "--out", str(run / "checkpoints" / "final" / "hf")]
+
+
 def _export_hf_disk_full(env: Env) -> list[str]:
     """safetensors' own report of a full disk, as a 1 MiB tmpfs gives it (a SafetensorError)."""
     import safetensors.torch
@@ -4357,6 +4362,12 @@ CASES = [
         "run folder",
     ),
     case("export-out-not-empty", _export_into("hf", "mine\n"), "hf already exists and is not empty", "--out"),
+    case(  # it was written there, and deleted with the folder when training next replaced it
+        "export-out-inside-a-checkpoint",
+        _export_inside_a_checkpoint,
+        "run-copy/checkpoints/final/hf lies inside the checkpoint folder ",
+        "run-copy/checkpoints/final, which training replaces or deletes whole",
+    ),
     case(  # it wrote a Hugging Face folder named hf.gguf
         "export-hf-named-as-gguf",
         lambda env: ["export", str(env.run), "--format", "hf", "--out", str(env.tmp / "hf.gguf")],

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from trickster.errors import UserError
+from trickster.run_checkpoints import is_complete
 
 
 def names_a_folder(out: str | Path | None) -> bool:
@@ -17,6 +18,7 @@ def names_a_folder(out: str | Path | None) -> bool:
 
 def refuse_path_through_a_file(path: Path, flag: str = "--out") -> None:
     """One line naming the file that stands where a folder of `path` should be, if one does."""
+    refuse_inside_a_checkpoint(path, flag)
     for above in path.parents:
         if above.is_dir():  # the nearest folder that exists: everything below it can be made
             return
@@ -24,5 +26,17 @@ def refuse_path_through_a_file(path: Path, flag: str = "--out") -> None:
             what = "a file" if above.exists() else "a link to nothing"
             raise UserError(
                 f"{above} is {what}, so {path} cannot be made under it; choose another {flag} "
+                "(nothing was changed)"
+            )
+
+
+def refuse_inside_a_checkpoint(path: Path, flag: str = "--out") -> None:
+    """A checkpoint folder is training's own: a new `best`, `keep_last` or a rollback replaces or
+    deletes it whole, and what a user wrote inside (`--out runs/x/checkpoints/best/hf`) went with it."""
+    for above in path.parents:
+        if above.is_dir() and is_complete(above):
+            raise UserError(
+                f"{flag} {path} lies inside the checkpoint folder {above}, which training replaces or "
+                f"deletes whole (a new best, keep_last, a rollback); choose another {flag} outside it "
                 "(nothing was changed)"
             )
