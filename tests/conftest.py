@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -213,3 +214,20 @@ def finetune_config(base_run: Path, data_dir: Path, run_dir: Path, **training) -
     return config_from_dict(
         {**cfg.to_dict(), "training_config": {**cfg.to_dict()["training_config"], **values}}
     )
+
+
+def stopped_at(step: int, monkeypatch) -> None:
+    """Ctrl-C in the update that makes `step` of the next run in this process (the learning rate
+    is set at its start, for the steps done before it): a real SIGINT, which the run answers by
+    stopping after that update with a checkpoint, as a person stops a long run."""
+    from trickster.train import optim
+
+    schedule, sent = optim.lr_at, []
+
+    def lr_at(done, training):
+        if done == step - 1 and not sent:
+            sent.append(done)
+            signal.raise_signal(signal.SIGINT)
+        return schedule(done, training)
+
+    monkeypatch.setattr(optim, "lr_at", lr_at)

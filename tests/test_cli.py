@@ -2,7 +2,6 @@
 
 import json
 import re
-import signal
 import subprocess
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from trickster import run_checkpoints
 from trickster.cli import main
 from trickster.train.resume import fresh_run_dir
 
-from .conftest import EXCERPT, events
+from .conftest import EXCERPT, events, stopped_at
 
 
 def test_quickstart_prepares_trains_and_compares(tmp_path, monkeypatch, capsys):
@@ -68,23 +67,6 @@ def test_quickstart_takes_its_length_from_a_max_steps_setting(tmp_path, monkeypa
     assert "max_steps: 6\n" in saved and "warmup_steps: 0\n" in saved
 
 
-def _stopped_at(step: int, monkeypatch) -> None:
-    """Ctrl-C in the update that makes `step` of the next run in this process (the learning rate
-    is set at its start, for the steps done before it): a real SIGINT, which the run answers by
-    stopping after that update with a checkpoint, as a person's Ctrl-C in the quick start."""
-    from trickster.train import optim
-
-    schedule, sent = optim.lr_at, []
-
-    def lr_at(done, training):
-        if done == step - 1 and not sent:
-            sent.append(done)
-            signal.raise_signal(signal.SIGINT)
-        return schedule(done, training)
-
-    monkeypatch.setattr(optim, "lr_at", lr_at)
-
-
 def test_quickstart_again_names_the_stopped_run_it_does_not_continue(tmp_path, monkeypatch, capsys):
     """Running the quick start again starts a new run (runs/qs-2), as the README says; when the
     folder it passes over holds a stopped run, one line before training says so, with the command
@@ -97,7 +79,7 @@ def test_quickstart_again_names_the_stopped_run_it_does_not_continue(tmp_path, m
         "logging_config.loss_plot=false",
     ]
     argv = ["quickstart", "--path", str(EXCERPT), "--steps", "6", "--out", "runs/qs", *fast]
-    _stopped_at(2, monkeypatch)
+    stopped_at(2, monkeypatch)
     assert main(argv) == 130
     out = capsys.readouterr().out
     ctrl_c = re.search(
@@ -105,7 +87,7 @@ def test_quickstart_again_names_the_stopped_run_it_does_not_continue(tmp_path, m
     )
     assert ctrl_c and ctrl_c.group(1) == "trickster train --config runs/qs/config.yaml --resume", out
 
-    _stopped_at(1, monkeypatch)
+    stopped_at(1, monkeypatch)
     assert main(argv) == 130
     out = capsys.readouterr().out
     before_training = out[: out.index("Training from scratch -> runs/qs-2")]
@@ -122,7 +104,7 @@ def test_quickstart_again_names_the_stopped_run_it_does_not_continue(tmp_path, m
     assert (tmp_path / "runs/qs-2/checkpoints/final").is_dir()
     capsys.readouterr()
     for named, starts in (("runs/qs", "runs/qs-3"), ("runs/qs-3", "runs/qs-4")):
-        _stopped_at(1, monkeypatch)
+        stopped_at(1, monkeypatch)
         assert main(argv) == 130
         notes = [line for line in capsys.readouterr().out.splitlines() if "holds a stopped run" in line]
         step = 2 if named == "runs/qs" else 1

@@ -5,7 +5,6 @@ test_finetune.py."""
 from __future__ import annotations
 
 import json
-import signal
 import sys
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import yaml
 from trickster import cli
 from trickster.config import load_config
 
-from .conftest import events
+from .conftest import events, stopped_at
 
 # the tiny preset (learning_rate 0.002, warmup_steps 100) cut down to seconds on a CPU
 SHORT = [
@@ -84,22 +83,6 @@ def test_a_warmup_the_user_gives_is_kept_or_refused(shakespeare_dir, tmp_path, c
     assert load_config(tmp_path / "unset" / "config.yaml").training.warmup_steps == 0
 
 
-def _stopped_after(step: int, monkeypatch) -> None:
-    """A real SIGINT (Ctrl-C) in the update that makes `step` of the next run in this process: the
-    run stops after that update with a checkpoint, as a person stops a long run to shorten it."""
-    from trickster.train import optim
-
-    schedule, sent = optim.lr_at, []
-
-    def lr_at(done, training):
-        if done == step - 1 and not sent:
-            sent.append(done)
-            signal.raise_signal(signal.SIGINT)
-        return schedule(done, training)
-
-    monkeypatch.setattr(optim, "lr_at", lr_at)
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_a_resume_with_fewer_steps_than_its_warmup_fits_it_again_and_the_rate_decays(
@@ -114,7 +97,7 @@ def test_a_resume_with_fewer_steps_than_its_warmup_fits_it_again_and_the_rate_de
     argv = ["train", "--preset", "tiny", "--data", str(shakespeare_dir), "--no-progress", *SHORT]
     tiny = load_config(preset="tiny").training
     for run, given in ((tmp_path / "preset", []), (tmp_path / "given", ["training_config.warmup_steps=6"])):
-        _stopped_after(4, monkeypatch)
+        stopped_at(4, monkeypatch)
         assert cli.main([*argv, "--out", str(run), "training_config.max_steps=200", *given]) == 130
         monkeypatch.undo()
     capsys.readouterr()
