@@ -11,7 +11,7 @@ import pytest
 from trickster import run_checkpoints
 from trickster.config import TrainingConfig
 from trickster.train import checkpoint as ckpt
-from trickster.train.spikes import SpikeDetector, discard, rollback_to
+from trickster.train.spikes import Spike, SpikeDetector, discard, rollback_to, spike_line
 
 
 def noisy(steps: int, level: float = 2.0, seed: int = 0) -> list[float]:
@@ -145,3 +145,14 @@ def test_a_checkpoint_a_rollback_was_deleting_when_killed_is_never_taken_back(tm
     repairs = run_checkpoints.recover(tmp_path)  # as --resume starts (the pid is this process's: not alive)
     assert run_checkpoints.latest(tmp_path).name == "step_000002" and len(repairs) == 1
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_000002"]
+
+
+def test_the_spike_line_names_one_step_as_one_and_a_ratio_near_the_factor_exactly():
+    """A spike of one step read 'steps 10-10', and one of 1.04x the median (spike_factor 1.03)
+    read '1.0x', as if it were none."""
+    line = spike_line(Spike(10, 10, 3.6334, 3.4963), None, 0, 3)
+    assert line.startswith(
+        "step     10: loss spike at step 10 (up to 3.6334, 1.04x the running median 3.4963)"
+    )
+    line = spike_line(Spike(18, 20, 8.5907, 3.4534), "step_000015", 1, 3)
+    assert "loss spike at steps 18-20 (up to 8.5907, 2.49x the running median 3.4534)" in line

@@ -104,9 +104,15 @@ def discard(checkpoints: list[Path]) -> None:
 def spike_line(
     spike: Spike, rolled_back_to: str | None, rollbacks: int, limit: int, passed_over: Sequence[str] = ()
 ) -> str:
+    at = (
+        f"step {spike.first_step}"
+        if spike.first_step == spike.last_step
+        else f"steps {spike.first_step}-{spike.last_step}"
+    )
+    # two decimals: with spike_factor 1.05 a spike of 1.04x read '1.0x', below the factor it passed
     what = (
-        f"step {spike.last_step:>6}: loss spike at steps {spike.first_step}-{spike.last_step} (up to "
-        f"{spike.peak_loss:.4f}, {spike.peak_loss / spike.median:.1f}x the running median {spike.median:.4f})"
+        f"step {spike.last_step:>6}: loss spike at {at} (up to {spike.peak_loss:.4f}, "
+        f"{spike.peak_loss / spike.median:.2f}x the running median {spike.median:.4f})"
     )
     if passed_over:  # the rollback's own check (rollback_to)
         what += f"; passed over checkpoints/{' and '.join(passed_over)}: {PASSED_OVER}"
