@@ -1499,6 +1499,14 @@ def _import_hub_unreachable(env: Env) -> list[str]:
     return ["import", "hf", "org/tiny", "--out", str(env.tmp / "imported")]
 
 
+def _import_mistyped_local_folder(env: Env) -> list[str]:
+    """`import hf export/tny` for the folder export/tiny, offline: ORG/NAME reads as a Hub id."""
+    (env.tmp / "export" / "tiny").mkdir(parents=True)
+    env.monkeypatch.chdir(env.tmp)
+    _fake_hub().use(env.monkeypatch, env.tmp / "hub-cache", offline=True)
+    return ["import", "hf", "export/tny", "--out", str(env.tmp / "imported")]
+
+
 def _import_hub_partly_cached(env: Env) -> list[str]:
     """Offline, a cached snapshot whose download stopped after config.json and tokenizer.json."""
     from .test_hf_hub import cache_layout
@@ -4571,6 +4579,12 @@ CASES = [
         _import_hub("org/offline", offline=True),
         "org/offline is not (wholly) in the Hugging Face cache",
         "HF_HUB_OFFLINE=1 forbids downloading it",
+        "or pass a local folder",
+    ),
+    case(  # it spoke of the Hub's cache alone
+        "import-mistyped-local-folder",
+        _import_mistyped_local_folder,
+        "no folder export/tny here (did you mean export/tiny?), and export/tny is not (wholly) in the",
         "or pass a local folder",
     ),
     case(

@@ -22,7 +22,7 @@ from typing import TypeVar
 
 from trickster.data.hf_tokens import HF_EXTRA
 from trickster.data.sources import one_line
-from trickster.errors import UserError
+from trickster.errors import UserError, did_you_mean
 
 # ORG/NAME as the Hub spells a repo id. Any other SOURCE (./x, /abs, ~/x, a/b/c, a name without a
 # slash) is a local path, and so is an ORG/NAME that exists on disk.
@@ -150,7 +150,7 @@ def _failure(err: Exception, repo_id: str, revision: str | None) -> UserError:
         return UserError(f"'{repo_id}' is not a Hub repo id ({one_line(err)}); pass ORG/NAME or a folder")
     if isinstance(err, errors.LocalEntryNotFoundError):
         asked = f"{repo_id} at {revision}" if revision else repo_id
-        where = f"{asked} is not (wholly) in the Hugging Face cache ({cache})"
+        where = f"{_not_a_folder_here(repo_id)}{asked} is not (wholly) in the Hugging Face cache ({cache})"
         if _offline():
             return UserError(
                 f"{where} and HF_HUB_OFFLINE=1 forbids downloading it; connect and run again without "
@@ -170,6 +170,20 @@ def _failure(err: Exception, repo_id: str, revision: str | None) -> UserError:
         f"downloading {repo_id} from the Hugging Face Hub failed ({one_line(err)}); check your "
         f"connection and the cache folder ({cache}), and run again, or pass a local folder"
     )
+
+
+def _not_a_folder_here(repo_id: str) -> str:
+    """Where ORG/NAME's ORG is a folder here (`export/tny` for `export/tiny`), the words that say
+    NAME is not in it, with the closest folder that is: a mistyped local path reads as a Hub id, and
+    offline its only line was about the Hub and its cache."""
+    parent = Path(repo_id).parent
+    if str(parent) == "." or not parent.is_dir():
+        return ""
+    try:
+        names = [p.name for p in parent.iterdir() if p.is_dir()]
+    except OSError:
+        return ""
+    return f"no folder {repo_id} here{did_you_mean(Path(repo_id).name, names, f'{parent}/')}, and "
 
 
 def _network_reason(err: BaseException) -> str:
