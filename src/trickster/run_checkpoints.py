@@ -84,16 +84,16 @@ class RecordedLoss:
     def at_this_step(self) -> bool:
         return self.measured_at == self.step
 
-    def shown(self, digits: int = 4) -> str:
+    def shown(self) -> str:
         """'1.8312' measured at this step; '1.9020 measured at step 20' before; 'not measured at this
         step' when no earlier loss is known either; 'n/a' before any evaluation or for weights that
         were not finite."""
         if self.at_this_step or (self.loss is None and self.measured_at is None):
-            return "n/a" if self.loss is None else f"{self.loss:.{digits}f}"
+            return "n/a" if self.loss is None else f"{self.loss:.4f}"
         if self.loss is None:
             return "not measured at this step"
         when = "an earlier step" if self.measured_at is None else f"step {self.measured_at}"
-        return f"{self.loss:.{digits}f} measured at {when}"
+        return f"{self.loss:.4f} measured at {when}"
 
 
 def recorded_loss(path: Path, info: dict, eval_every: int | None = None) -> RecordedLoss:

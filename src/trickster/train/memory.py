@@ -35,6 +35,7 @@ from trickster.model.transformer import Transformer
 from trickster.run_checkpoints import START_AFRESH, none_saved
 from trickster.train.device import allocation_failed, autocast_for, resolve_precision
 from trickster.train.optim import build_optimizer
+from trickster.train.validate import draw_width_of
 
 if TYPE_CHECKING:
     from trickster.train.dist import Dist
@@ -259,11 +260,9 @@ def check_validation_set(cfg: Config, job: Dist) -> None:
     inputs and targets: 24 bytes a token) bigger than a process of `job`'s share of the RAM: drawn
     batch by batch, eval_batches: 1e18 ran for ever before the first step, growing a list."""
     t = cfg.training
-    # each draw is a global batch (validate.draw_width_of); batch_size: auto's is the one asked for
-    if t.batch_size == "auto":
-        batch = footprint.global_windows(cfg, job.world_size)
-    else:
-        batch = t.batch_size * t.gradient_accumulation_steps * job.world_size
+    # each draw is a global batch; batch_size: auto's is the one asked for
+    auto = t.batch_size == "auto"
+    batch = footprint.global_windows(cfg, job.world_size) if auto else draw_width_of(t, job.world_size)
     windows = t.eval_batches * batch
     need = 24 * windows * cfg.seq_len
     # in RAM whatever the device; each of the job's processes here holds the whole set in its share
