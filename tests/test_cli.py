@@ -10,7 +10,7 @@ import torch
 
 from trickster import run_checkpoints
 from trickster.cli import main
-from trickster.train.resume import fresh_run_dir
+from trickster.train.run_lock import fresh_run_dir
 
 from .conftest import EXCERPT, events, stopped_at
 

@@ -35,7 +35,7 @@ from trickster.data import sources
 from trickster.data.new_tokenizer import build_tokenizer
 from trickster.data.tokenizers import BPETokenizer, HFTokenizer, load_tokenizer
 from trickster.model.transformer import Transformer
-from trickster.train import loop, optim, resume
+from trickster.train import loop, optim, run_lock
 from trickster.train.checkpoint import save_checkpoint
 
 from . import fake_hub
@@ -1328,7 +1328,7 @@ def _unlockable(env: Env) -> None:
     def flock(fd: int, operation: int) -> None:
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
 
-    env.monkeypatch.setattr(resume.fcntl, "flock", flock)
+    env.monkeypatch.setattr(run_lock.fcntl, "flock", flock)
 
 
 def _train_where_locks_fail(env: Env) -> list[str]:

@@ -25,7 +25,7 @@ from trickster.train import dist, hellaswag_eval
 from trickster.train.dist import Dist
 from trickster.train.hellaswag_eval import HellaSwagEval
 from trickster.train.loop import train
-from trickster.train.resume import run_dir_in_use
+from trickster.train.run_lock import run_dir_in_use
 
 from .conftest import EXCERPT, QUIET, events, micro_config
 from .test_dist import config as dist_config

@@ -1003,9 +1003,9 @@ def test_a_kill_after_a_checkpoint_before_its_evaluation_ends_is_resumed_exactly
 
 def test_without_flock_training_is_refused_in_one_line_before_writing(micro, monkeypatch, capsys):
     """Native Windows has no fcntl: one line naming the systems that work, before any training."""
-    from trickster.train import resume
+    from trickster.train import run_lock
 
-    monkeypatch.setattr(resume, "fcntl", None)
+    monkeypatch.setattr(run_lock, "fcntl", None)
     cfg = micro(training_config={"max_steps": 2, "warmup_steps": 1})
     config_path = Path(cfg.logging.output_dir).parent / "run.yaml"
     save_config(cfg, config_path)

@@ -99,7 +99,7 @@ def held(folder: Path, busy: str, fix: str, create: bool = True):
     when it holds the lock, False when it runs unguarded (or, without `create`, the folder is gone):
     only a holder may take for certain that nobody else writes the folder.
     A folder this user cannot make or open (another user's) is one line ending with `fix`."""
-    # not resume._locked's lock file holding the PID: a file in the folder would be renamed with it
+    # not run_lock.claimed's lock file holding the PID: a file in the folder would be renamed with it
     while True:
         try:
             if create:

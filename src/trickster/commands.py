@@ -39,7 +39,8 @@ from trickster.train import checkpoint_load, dist
 from trickster.train.console import QUIET_LEVELS, SlowPass
 from trickster.train.device import resolve_device, resolve_precision
 from trickster.train.loop import train
-from trickster.train.resume import can_continue, fresh_run_dir
+from trickster.train.resume import can_continue
+from trickster.train.run_lock import fresh_run_dir
 from trickster.train.signals import continue_command
 
 OWN_TEMPLATE = "the layout of the records it was fine-tuned on (data prepare --format)"

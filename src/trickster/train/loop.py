@@ -45,7 +45,8 @@ from trickster.train.disk_full import ends_run
 from trickster.train.memory import resolve_batch
 from trickster.train.optim import build_optimizer, set_lr
 from trickster.train.rank0 import on_main
-from trickster.train.resume import claimed, diverged, trainer_state
+from trickster.train.resume import diverged, trainer_state
+from trickster.train.run_lock import claimed
 from trickster.train.signals import StopSignals, announce_signals, while_starting
 from trickster.train.spikes import SpikeDetector
 from trickster.train.state import (
@@ -71,7 +72,7 @@ def train(
 ) -> TrainResult:
     """`resume`: True (continue, a checkpoint must exist), "auto", False; None takes
     training_config.resume. Threads, TF32 flags and random generators are restored on return; the
-    run folder is this process's alone until then (resume.claimed). A stop signal before the
+    run folder is this process's alone until then (run_lock.claimed). A stop signal before the
     training loop takes it over ends the run in one line, its folder tidied (signals.while_starting)."""
     with while_starting(Path(cfg.logging.output_dir)):
         with settings_restored(), lost_output.tolerated(), contextlib.ExitStack() as held:

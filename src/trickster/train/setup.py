@@ -39,9 +39,9 @@ from trickster.train.resume import (
     metrics_cut_back,
     open_run_dir,
     refuse_done,
-    run_folder_fix,
 )
 from trickster.train.resume_checks import check_data_first, check_resumable, refuse_init_from_on_scratch
+from trickster.train.run_lock import run_folder_fix
 from trickster.train.state import TrainResult, TrainState
 
 if TYPE_CHECKING:  # loop imports this module

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from trickster import run_checkpoints
 from trickster.errors import Interrupted
 from trickster.run_checkpoints import RUN_AGAIN
-from trickster.train.resume import run_dir_in_use
+from trickster.train.run_lock import run_dir_in_use
 
 if TYPE_CHECKING:
     from trickster.train.dist import Dist
