@@ -4633,6 +4633,32 @@ CASES = [
         "what was downloaded is kept",
     ),
     case("import-folder-without-config", _import(None), "has no config.json", "save_pretrained"),
+    case(  # it said "run has no config.json", as of any folder: look for a file the run never needed
+        "import-a-trickster-run",
+        lambda env: ["import", "hf", str(env.run), "--out", str(env.tmp / "imported")],
+        "micro-run is a nano-trickster run, not a Hugging Face model, so there is nothing to import; ",
+        "micro-run as it is (trickster generate /",
+        "micro-run, or chat or serve), or write a Hugging Face folder from it with `trickster export /",
+        "micro-run --format hf --out DIR`",
+    ),
+    case(
+        "import-a-trickster-checkpoint",
+        lambda env: ["import", "hf", str(env.run / "checkpoints" / "final"), "--out", "imported"],
+        "final is a nano-trickster checkpoint, not a Hugging Face model",
+        "/checkpoints/final --format hf --out DIR`",
+    ),
+    case(
+        "import-a-trickster-runs-checkpoints-folder",
+        lambda env: ["import", "hf", str(env.run / "checkpoints"), "--out", "imported"],
+        "checkpoints is the checkpoints folder of the nano-trickster run /",
+        "micro-run, not a Hugging Face model",
+        "micro-run as it is",
+    ),
+    case(
+        "import-a-prepared-data-folder",
+        lambda env: ["import", "hf", str(env.data), "--out", "imported"],
+        "shakespeare-char is a prepared data folder, not a model; train on it (trickster train --preset tiny",
+    ),
     case("import-damaged-config", _import("{not json"), "config.json is missing or damaged"),
     case(
         "import-unsupported-architecture",

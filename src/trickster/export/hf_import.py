@@ -7,6 +7,7 @@ accept. The weights are renamed by hf.py's table, never permuted; the tokenizer 
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ from trickster.export import hf_hub
 from trickster.export.hf import FROM_HF, HF_IGNORED, TO_HF, check_new_folder, rename
 from trickster.model.transformer import Transformer
 from trickster.observe.manifest import run_manifest
+from trickster.run_checkpoints import COMPLETE, WEIGHTS
 from trickster.train import checkpoint as ckpt
 from trickster.train.weights import weights_to_save
 
@@ -159,6 +161,32 @@ def _eos_ids(src: Path, hf: dict) -> list[int]:
     return [i for i in ids if type(i) is int]
 
 
+def _no_config(src: Path) -> str:
+    """Why a folder without config.json is not imported. A run of ours, one of its checkpoints or
+    its checkpoints/ (config.yaml beside them) is a run already, and prepared data is for training:
+    said so, with what to do instead, where "has no config.json" sent the user looking for a file."""
+    run = src.parent if src.name == "checkpoints" and (src.parent / "config.yaml").is_file() else src
+    if (src / "meta.json").is_file() and not (run / "config.yaml").is_file():
+        return (
+            f"{src} is a prepared data folder, not a model; train on it (trickster train --preset tiny "
+            f"--data {shlex.quote(str(src))}), or pass a folder written by save_pretrained()"
+        )
+    if not (run / "config.yaml").is_file():
+        return f"{src} has no config.json; pass a folder written by save_pretrained()"
+    if run is not src:
+        what = f"the checkpoints folder of the nano-trickster run {run}"
+    elif (src / WEIGHTS).exists() or (src / COMPLETE).exists():
+        what = "a nano-trickster checkpoint"
+    else:
+        what = "a nano-trickster run"
+    name = shlex.quote(str(run))
+    return (
+        f"{src} is {what}, not a Hugging Face model, so there is nothing to import; use {name} as it "
+        f"is (trickster generate {name}, or chat or serve), or write a Hugging Face folder from it with "
+        f"`trickster export {name} --format hf --out DIR`"
+    )
+
+
 def import_hf(source: str | Path, run_dir: str | Path, revision: str | None = None) -> Path:
     """Turn a Hugging Face Llama into a run folder with one checkpoint, `final`: a local folder, or a
     Hub repo id ORG/NAME (text that is no existing path) downloaded at `revision` (`hf_hub`)."""
@@ -175,7 +203,7 @@ def import_hf(source: str | Path, run_dir: str | Path, revision: str | None = No
         if revision is not None:
             raise UserError(f"--revision picks a version of a Hub repo, and {src} is a local folder; drop it")
         if not (src / "config.json").is_file():
-            raise UserError(f"{src} has no config.json; pass a folder written by save_pretrained()")
+            raise UserError(_no_config(src))
         check_new_folder(run_dir, "--out")
         model_cfg, tokenizer = _read_model(src, str(src))
     model = Transformer(model_cfg)
