@@ -76,7 +76,7 @@ def test_without_a_template_a_line_the_model_cannot_read_is_not_sent_and_the_cha
 ):
     # a character model never saw "é": that line alone is refused, as it is with a template
     out = chat(monkeypatch, capsys, ["café", "ROMEO:"], str(trained_run), *GREEDY)
-    assert "(not sent: character 'é' is not in this model's character vocabulary" in out
+    assert "(not sent: character 'é' (U+00E9) at column 4 is not in this model's character vocabulary" in out
     assert out.endswith(f"ROMEO:{continuation(capsys, trained_run, 'ROMEO:')}\n")
 
 

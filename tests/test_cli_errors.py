@@ -3586,7 +3586,20 @@ CASES = [
         "pipe is not a regular file",
     ),
     case("eval-text-too-short", _eval_text("a"), "too short", "at least 2"),
-    case("eval-unknown-character", _eval_text("ROMEO: \u00a7\n"), "not in this model's character vocabulary"),
+    case(  # it named neither the file nor where in it, nor what to do but "use only characters from
+        # the training corpus" (the user may not know which those are)
+        "eval-unknown-character",
+        _eval_text("ROMEO: \u00a7\n"),
+        "held-out.txt line 1, column 8: character '\u00a7' (U+00A7) is not in this model's character "
+        "vocabulary (only the 61 characters of its training text); remove it from the file, or score the "
+        "file with a model whose tokenizer reads any text (byte, bpe or gpt2)",
+    ),
+    case(  # the first unknown character of several, on a later line: each fix met the next one
+        "eval-unknown-characters-on-a-later-line",
+        _eval_text("ROMEO: hi\nJULIET: 2 + 2\tis 4\n"),
+        "held-out.txt line 2, column 9: character '2' is not in this model's character vocabulary",
+        ", nor are 3 more of the file's characters ('+', '\\t', '4'); remove them from the file",
+    ),
     case("eval-max-tokens-zero", _eval_text("ROMEO: hi\n", "--max-tokens", "0"), "--max-tokens must be >= 1"),
     case(
         "eval-data-other-tokenizer",
@@ -4016,11 +4029,27 @@ CASES = [
         lambda env: ["compare", str(env.run), "--base", str(env.run), "--untrained"],
         "--untrained: not allowed with argument --base",
     ),
+    case(  # a Cyrillic 'а' prints as a Latin 'a', which the vocabulary holds: the code point tells them apart
+        "compare-prompt-outside-vocabulary",
+        lambda env: [
+            "compare",
+            str(env.run),
+            "--untrained",
+            "--prompt",
+            "Rom\u0430",
+            "--max-new-tokens",
+            "2",
+        ],
+        "--prompt: character '\u0430' (U+0430) at column 4 is not in this model's character vocabulary",
+        "; remove it, or use a model whose tokenizer reads any text",
+    ),
     # ---- prompts and sampling flags
     case(
-        "prompt-outside-vocabulary",
+        "prompt-outside-vocabulary",  # it named no place, nor the other missing character
         _generate("--prompt", "ROMEO: 42"),
-        "character '4' is not in this model's character vocabulary",
+        "--prompt: character '4' at column 8 is not in this model's character vocabulary (only the 61 "
+        "characters of its training text), nor is 1 more of the prompt's characters ('2'); remove them, or "
+        "use a model whose tokenizer reads any text (byte, bpe or gpt2)",
     ),
     case("prompt-empty", _generate("--prompt", ""), "--prompt is empty"),
     case(

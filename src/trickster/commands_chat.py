@@ -20,6 +20,7 @@ from pathlib import Path
 
 from trickster.data.hf_tokens import chat_template_of
 from trickster.data.tokenizers import Tokenizer
+from trickster.data.unknown_character import UnknownCharacter
 from trickster.errors import UserError
 from trickster.options import Sampling
 from trickster.serve.server import read_template
@@ -149,7 +150,10 @@ def _continue_ids(tokenizer: Tokenizer, line: str) -> list[int] | None:
     line refused ends no conversation, as with a template)."""
     try:
         ids = tokenizer.encode(line)
-    except UserError as err:  # a character a char model never saw
+    except UnknownCharacter as err:  # a character a char model never saw
+        print(f"(not sent: {err.in_prompt()})")
+        return None
+    except UserError as err:
         print(f"(not sent: {err})")
         return None
     if not ids:  # a line of characters the tokenizer drops (an imported one without an unknown token)

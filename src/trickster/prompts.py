@@ -7,6 +7,7 @@ import shlex
 from pathlib import Path
 
 from trickster.data.tokenizers import Tokenizer, load_tokenizer
+from trickster.data.unknown_character import UnknownCharacter
 from trickster.errors import UserError
 from trickster.text_in import not_utf8
 
@@ -80,7 +81,10 @@ def prompt_ids(tokenizer: Tokenizer, prompt: str | None) -> tuple[str, list[int]
             return text, tokenizer.start_ids() + ids
     if problem := not_utf8(prompt, "--prompt"):
         raise UserError(problem)
-    ids = tokenizer.encode(prompt)
+    try:
+        ids = tokenizer.encode(prompt)
+    except UnknownCharacter as err:
+        raise UserError(err.in_prompt("--prompt: ")) from None
     if not ids:
         raise UserError("--prompt is empty; give some text to continue, e.g. --prompt 'ROMEO:'")
     return prompt, tokenizer.start_ids() + ids  # Llama-style tokenizers start every sequence with <s>

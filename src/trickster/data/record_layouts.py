@@ -50,6 +50,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from trickster.data.json_records import checked_text, its_fields, json_type
+from trickster.data.unknown_character import UnknownCharacter
 from trickster.errors import UserError
 
 if TYPE_CHECKING:  # cli_parser reads FORMATS for --help, before numpy is needed
@@ -151,7 +152,8 @@ def check_markup(layout: str | None, tokenizer: Tokenizer) -> None:
     try:
         tokenizer.encode(markup)
     except UserError as err:
-        why, shown = str(err).split(";")[0], " ".join(markup.split())
+        why = err.missing() if isinstance(err, UnknownCharacter) else str(err).split(";")[0]
+        shown = " ".join(markup.split())
         raise UserError(
             f"--format {layout} writes '{shown}' around each record, which this tokenizer cannot "
             f"encode ({why}); fine-tune a model whose tokenizer can (bpe, gpt2, byte, an imported one), "

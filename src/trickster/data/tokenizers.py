@@ -32,6 +32,7 @@ import numpy as np
 from trickster.atomic import replace_file
 from trickster.data.hf_tokens import require_tokenizers, special_token_text
 from trickster.data.tokenizer_json import TokenizerJsonError, backend_of, id_count
+from trickster.data.unknown_character import UnknownCharacter
 from trickster.errors import UserError
 
 EOT_TEXT = "<|endoftext|>"
@@ -140,10 +141,7 @@ class CharTokenizer(Tokenizer):
         try:
             return [self.char_to_id[c] for c in text]
         except KeyError as err:
-            raise UserError(
-                f"character {err.args[0]!r} is not in this model's character vocabulary; "
-                "use only characters from the training corpus (or a byte tokenizer)"
-            ) from None
+            raise UnknownCharacter(text, err.args[0], self.chars) from None
 
     def stream_decoder(self, context: Iterable[int] = ()) -> Callable[[int | None], str]:
         def decode_next(token: int | None) -> str:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from trickster.data.loader import PreparedData, load_data
 from trickster.data.token_meaning import same_ids
 from trickster.data.tokenizers import Tokenizer
+from trickster.data.unknown_character import UnknownCharacter
 from trickster.errors import UserError
 from trickster.model.generate import mask_unused_rows
 from trickster.model.transformer import IGNORE_INDEX
@@ -76,7 +77,10 @@ def text_sequence(tokenizer: Tokenizer, text: str, source: str) -> tuple[np.ndar
     """
     if not text:
         raise UserError(f"{source} is empty; pass a file that contains text")
-    ids = tokenizer.encode(text)  # a char tokenizer raises a UserError for an unknown character
+    try:
+        ids = tokenizer.encode(text)
+    except UnknownCharacter as err:  # named no file, line or column: a needle in a haystack
+        raise err.in_file(source) from None
     start = tokenizer.start_ids() or ([] if tokenizer.eot_id is None else [tokenizer.eot_id])
     sequence = np.asarray(start + ids, dtype=np.int64)
     if len(sequence) < 2:
