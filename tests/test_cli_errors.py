@@ -4170,6 +4170,23 @@ CASES = [
         "--chat-template",
         "chat.jinja fails on a conversation of one user message ('message' is undefined)",
     ),
+    # each of these started, then answered every chat request with a 400
+    case(
+        "serve-chat-template-refuses-every-conversation",
+        _chat_template("serve", "{{ raise_exception('Only Llama conversations are supported.') }}"),
+        "chat.jinja refuses every conversation tried (one user message; ",
+        "user) with 'Only Llama conversations are supported.'; fix it",
+    ),
+    case(  # `m.text` for `m.content`: Jinja writes an undefined attribute as nothing
+        "serve-chat-template-renders-no-text",
+        _chat_template("serve", "{% for m in messages %}{{ m.text }}{% endfor %}"),
+        "chat.jinja renders every conversation tried as no text",
+    ),
+    case(  # Tiny Shakespeare has no '<' or '|': the model's character vocabulary lacks them
+        "serve-chat-template-writes-a-character-the-model-lacks",
+        _chat_template("serve", "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"),
+        "chat.jinja writes '<' into every conversation, a character the model's vocabulary lacks",
+    ),
     case("serve-max-batch-zero", _serve("--max-batch", "0"), "--max-batch must be >= 1"),
     case("serve-max-loaded-models-zero", _serve("--max-loaded-models", "0"), "must be at least 1 (got 0)"),
     case(

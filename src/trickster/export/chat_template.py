@@ -1,6 +1,6 @@
 """The chat template an export ships (`export --chat-template FILE`), so that transformers'
 apply_chat_template, vLLM's chat endpoint and llama.cpp ask the model the way it was fine-tuned:
-read and checked as `chat` and `serve` check theirs, by one render of a user message, before
+read and checked as `chat` and `serve` check theirs, by rendering sample conversations, before
 anything is written."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from trickster.serve.server import read_template  # imports nothing heavy
 
 
 def read_checked(path: str | None, tokenizer: Tokenizer) -> str | None:
-    """The text of the template file at `path` once it renders a conversation of one user message;
+    """The text of the template file at `path` once it gives a prompt (chat.Template.check);
     None for no file or an empty one (an imported tokenizer's own template stays, as `serve
     --chat-template` reads an empty file)."""
     source = read_template(path)

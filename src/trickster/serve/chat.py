@@ -17,6 +17,23 @@ from trickster.data.json_records import checked_text
 from trickster.data.tokenizers import Tokenizer
 from trickster.errors import UserError
 
+# conversations a template is tried on at start: those every template meant for chat takes one of
+SAMPLES = (
+    ("one user message", [{"role": "user", "content": "Hello"}]),
+    (
+        "a system message and a user message",
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}],
+    ),
+    (
+        "user, assistant, user",
+        [
+            {"role": "user", "content": "Hello"},
+            {"role": "assistant", "content": "Hi."},
+            {"role": "user", "content": "Who are you?"},
+        ],
+    ),
+)
+
 
 class TemplateRefused(Exception):
     """The template itself rejected the conversation (e.g. roles that do not alternate)."""
@@ -49,17 +66,44 @@ class Template:
             raise TemplateRefused(f"the model's chat template failed on these messages ({err})") from None
 
     def check(self, named: str) -> None:
-        """Refuse, at start, a template that fails on the smallest conversation, one user message:
-        an error in the template itself, which every chat request would meet. One that declines it
-        through raise_exception (a template that wants a system message first) may take others."""
-        try:
-            self._render([{"role": "user", "content": "Hello"}])
-        except TemplateRefused:
-            pass
-        except jinja2.TemplateError as err:
-            raise UserError(
-                f"{named} fails on a conversation of one user message ({err}); fix it or pass another"
-            ) from None
+        """Refuse, at start, a template that fails on every conversation, which every chat request
+        would meet: one that errors on the smallest (one user message: an error in the template
+        itself), or that gives no prompt the model can take for any of SAMPLES (it declines each
+        through raise_exception, renders them as no text, or writes a character the tokenizer lacks
+        into each). One that declines some (a template that wants a system message first) may take
+        others."""
+        problems, tried = [], "; ".join(described for described, _ in SAMPLES)
+        for index, (described, messages) in enumerate(SAMPLES):
+            try:
+                problem = self._unusable(self._render(messages), messages)
+            except TemplateRefused as err:
+                problem = f"refuses every conversation tried ({tried}) with {str(err)!r}"
+            except jinja2.TemplateError as err:
+                problem = f"fails on a conversation of {described} ({err})"
+                if index == 0:  # an error in the template itself, which the smallest conversation meets
+                    raise UserError(f"{named} {problem}; fix it or pass another") from None
+            if problem is None:
+                return
+            problems.append(problem)
+        worst = next((p for p in problems if not p.startswith("refuses")), problems[0])
+        raise UserError(f"{named} {worst}; fix it or pass another")
+
+    def _unusable(self, text: str, messages: list[dict]) -> str | None:
+        """What keeps the rendered `text` of `messages` from being a prompt, else None: no text, or a
+        character the tokenizer lacks in the template's own text (not in the messages' contents)."""
+        if not text:
+            return "renders every conversation tried as no text (does it write each message's content?)"
+        own = text
+        for message in messages:
+            own = own.replace(message["content"], "")
+        for character in dict.fromkeys(own):
+            try:
+                encode(self.tokenizer, character)
+            except UserError:
+                return (
+                    f"writes {character!r} into every conversation, a character the model's vocabulary lacks"
+                )
+        return None
 
     def _render(self, messages: list[dict]) -> str:
         return self.template.render(messages=messages, add_generation_prompt=True, **self.specials)
