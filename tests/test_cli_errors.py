@@ -828,6 +828,11 @@ def _gpt2_offline(env: Env) -> list[str]:
     return ["data", "prepare", "text", corpus, "--tokenizer", "gpt2", "--out", str(env.tmp / "gpt2")]
 
 
+def _records_from_a_folder(env: Env) -> list[str]:
+    env.write("chats/a.jsonl", '{"messages": []}\n')
+    return ["data", "prepare", "jsonl", str(env.tmp / "chats"), "--format", "messages", "--out", "o"]
+
+
 def _empty_path(env: Env) -> list[str]:
     """`trickster data prepare text "$CORPUS"` with CORPUS unset, in a folder (the case's working
     folder) that holds other files."""
@@ -2923,6 +2928,31 @@ CASES = [
         lambda env: ["data", "prepare", "text", str(env.tmp / "missing.txt"), "--out", str(env.tmp / "out")],
         "missing.txt not found",
     ),
+    case(  # each format's missing file said "pass existing text files or folders"
+        "prepare-jsonl-missing-file",
+        lambda env: ["data", "prepare", "jsonl", "nope.jsonl", "--text-field", "text", "--out", "o"],
+        "nope.jsonl not found; pass existing JSON Lines files (.jsonl) or folders",
+    ),
+    case(
+        "prepare-parquet-missing-file",
+        lambda env: ["data", "prepare", "parquet", "nope.parquet", "--text-field", "text", "--out", "o"],
+        "nope.parquet not found; pass existing Parquet files or folders",
+    ),
+    case(
+        "prepare-parquet-records-missing-file",
+        lambda env: ["data", "prepare", "parquet", "nope.parquet", "--format", "alpaca", "--out", "o"],
+        "nope.parquet not found; pass existing Parquet files or folders",
+    ),
+    case(  # "pass a text file"
+        "prepare-jsonl-records-from-a-folder",
+        _records_from_a_folder,
+        "chats is a folder; pass a JSON Lines file (.jsonl)",
+    ),
+    case(
+        "prepare-parquet-empty-path",
+        lambda env: ["data", "prepare", "parquet", "", "--text-field", "text", "--out", "o"],
+        "a path is empty (an unset shell variable?); pass Parquet files or folders",
+    ),
     case(  # Path("storie/") is storie: the line named another path than the one typed
         "prepare-text-missing-folder-as-typed",
         lambda env: ["data", "prepare", "text", f"{env.tmp / 'storie'}/", "--out", str(env.tmp / "out")],
@@ -3052,7 +3082,7 @@ CASES = [
     case(
         "prepare-records-from-a-pipe",
         lambda env: ["data", "prepare", "jsonl", _fifo(env.tmp / "pipe"), "--format", "prompt-response"],
-        "pipe is not a regular file",
+        "pipe is not a regular file (a pipe or device?); pass a JSON Lines file (.jsonl)",
     ),
     case(
         "prepare-empty-folder",
@@ -5059,9 +5089,9 @@ CASES = [
         "chat.jsonl is empty; at least 2 are needed (one for training, one to validate)",
     ),
     case(
-        "jsonl-missing-file",
+        "jsonl-missing-file",  # records by default: it said "pass the path of an existing text file"
         lambda env: ["data", "prepare", "jsonl", str(env.tmp / "nope.jsonl"), "--out", str(env.tmp / "o")],
-        "nope.jsonl not found",
+        "nope.jsonl not found; pass the path of an existing JSON Lines file (.jsonl)",
     ),
     case(
         "jsonl-unknown-format",

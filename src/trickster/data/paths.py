@@ -20,11 +20,12 @@ def expand_paths(
 ) -> list[Path]:
     """The files that `patterns` name, each once however it is reached (a symlink loop under a
     '**' glob, a file named twice); a path that exists is taken as it is, brackets and all. From a
-    folder, only the files whose names end in one of `suffixes` (`kind` names them to the user)."""
+    folder, only the files whose names end in one of `suffixes`. `kind` names them to the user: a
+    missing JSON Lines file said "pass existing text files"."""
     files: list[Path] = []
     for pattern in patterns:
         if not pattern.strip():  # Path("") is the current folder: all of it would be read
-            raise UserError("a path is empty (an unset shell variable?); pass text files or folders")
+            raise UserError(f"a path is empty (an unset shell variable?); pass {kind} or folders")
         magic = glob.has_magic(pattern) and not os.path.lexists(pattern)
         matches = sorted(glob.glob(pattern, recursive=True)) if magic else [pattern]
         if not matches:
@@ -35,12 +36,10 @@ def expand_paths(
             elif match.is_file():
                 files.append(match)
             elif match.exists():  # a pipe, socket or device: its text cannot be read twice
-                raise UserError(
-                    f"{match} is not a regular file (a pipe or device?); pass text files or folders"
-                )
+                raise UserError(f"{match} is not a regular file (a pipe or device?); pass {kind} or folders")
             else:
                 typed = None if magic else pattern
-                raise UserError(missing(match, "pass existing text files or folders", typed))
+                raise UserError(missing(match, f"pass existing {kind} or folders", typed))
     if not files:
         raise UserError(
             f"no files found in {', '.join(patterns)}; pass folders that contain {kind} (hidden "

@@ -42,7 +42,7 @@ class Records:
 def jsonl_records(path: str | Path, layout: str = "prompt-response") -> Records:
     """One JSON object per line, a record of `layout` (blank lines are skipped)."""
     path = Path(path)
-    raw = read_bytes(path)
+    raw = read_bytes(path, "JSON Lines file (.jsonl)")
     documents = []
     # JSON Lines ends a line at "\n" only: str.splitlines would also cut at U+2028 or NEL in a string
     for number, line in enumerate(decode(raw, str(path)).split("\n"), start=1):

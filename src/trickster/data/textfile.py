@@ -39,26 +39,27 @@ OTHER_COMPRESSION = {
 PARQUET_MAGIC = b"PAR1"  # a Parquet file's first (and last) four bytes
 
 
-def read_bytes(path: Path) -> bytes:
-    """The bytes of a regular file, decompressed when its name says it is compressed."""
-    return b"".join(raw_blocks(path, -1))  # one block: joined without a copy
+def read_bytes(path: Path, kind: str = "text file") -> bytes:
+    """The bytes of a regular file, decompressed when its name says it is compressed. `kind` names
+    the file the user was to pass where it is not one ("JSON Lines file (.jsonl)")."""
+    return b"".join(raw_blocks(path, -1, kind))  # one block: joined without a copy
 
 
-def raw_blocks(path: Path, size: int) -> Iterator[bytes]:
+def raw_blocks(path: Path, size: int, kind: str = "text file") -> Iterator[bytes]:
     """The bytes of a regular file as read_bytes reads them, `size` at a time (-1: all at once);
     each block is whole but the last (a buffered read fills it), so the same file always comes in
     the same blocks. Its errors are read_bytes's, raised when met."""
     try:
         mode = path.stat().st_mode
         if stat.S_ISDIR(mode):
-            raise UserError(f"{path} is a folder; pass a text file")
+            raise UserError(f"{path} is a folder; pass a {kind}")
         if not stat.S_ISREG(mode):  # reading a pipe with no writer waits forever
-            raise UserError(f"{path} is not a regular file (a pipe or device?); pass a text file")
+            raise UserError(f"{path} is not a regular file (a pipe or device?); pass a {kind}")
         with OPENERS.get(path.suffix.lower(), open)(path, "rb") as file:
             while block := file.read(size):
                 yield block
     except FileNotFoundError:
-        raise UserError(missing(path, "pass the path of an existing text file")) from None
+        raise UserError(missing(path, f"pass the path of an existing {kind}")) from None
     except PermissionError:
         raise UserError(f"{path} is not readable; check its permissions") from None
     except (OSError, EOFError, lzma.LZMAError) as err:
