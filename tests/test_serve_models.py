@@ -925,3 +925,72 @@ def test_a_damaged_checkpoint_is_read_once_until_its_files_change(trained_run, t
     time.sleep(0.1)
     catalog.rescan()
     assert reads.count(config.parent) == 2 and "step_000006" in catalog.offered
+
+
+@pytest.mark.parametrize("damaged", [run_checkpoints.WEIGHTS, "info.json"])
+def test_a_best_replaced_by_a_damaged_one_is_read_once_and_the_one_in_memory_answers(
+    trained_run, tmp_path, monkeypatch, capsys, damaged
+):
+    """A served best's weights (or info.json) replaced by a file cut short: the weights were read
+    at every request, each answered 500, the model in memory dropped; a damaged info.json was read
+    at every request too, in silence. Now the one in memory answers, one warning line names the file,
+    and the checkpoint is read again only once its files change (put back: served as before)."""
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    file = run / "checkpoints" / "best" / damaged
+    whole = file.read_bytes()
+    monkeypatch.setattr(models, "SETTLE", 0.05)
+    reads, real_read = [], checkpoint_load.read_config
+    monkeypatch.setattr(checkpoint_load, "read_config", lambda path: reads.append(path) or real_read(path))
+
+    def put(content: bytes) -> None:  # renamed in, as a save renames its files: a new inode
+        file.with_suffix(".new").write_bytes(content)
+        file.with_suffix(".new").replace(file)
+        time.sleep(0.1)  # older than SETTLE
+
+    with live_server(run) as live:
+        client = client_of(live)
+        before = completion(client, model="best", **GREEDY)
+        capsys.readouterr()
+        reads.clear()
+        put(whole[: len(whole) // 2])
+        answers = [completion(client, model="best", **GREEDY) for _ in range(5)]
+        assert cards(live)["best"]["loaded"]
+        assert answers == [before] * 5
+        assert reads.count(file.parent) == 1
+        warnings = capsys.readouterr().err.splitlines()
+        assert len(warnings) == 1 and warnings[0].startswith("warning: best was replaced by a damaged ")
+        assert str(file) in warnings[0]
+        put(whole)
+        assert completion(client, model="best", **GREEDY) == before
+        assert reads.count(file.parent) >= 2 and not capsys.readouterr().err
+
+
+def test_weights_only_their_checksum_finds_damaged_are_read_once_for_every_500(
+    trained_run, tmp_path, monkeypatch, capsys
+):
+    """A new best whose weights keep a whole header but not the bytes saved (their checksum no
+    longer matches): each request read them again for its 500. Now they are read once, a warning
+    line names the file, and every request gets the same 500 until the file changes."""
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    weights = run / "checkpoints" / "best" / run_checkpoints.WEIGHTS
+    whole = weights.read_bytes()
+    monkeypatch.setattr(models, "SETTLE", 0.05)
+    reads, real_read = [], checkpoint_load.read_config
+    monkeypatch.setattr(checkpoint_load, "read_config", lambda path: reads.append(path) or real_read(path))
+    with live_server(run) as live:
+        client = client_of(live)
+        capsys.readouterr()
+        flipped = weights.with_suffix(".new")
+        flipped.write_bytes(whole[:-4] + bytes(b ^ 0xFF for b in whole[-4:]))  # the last weight's bytes
+        flipped.replace(weights)
+        time.sleep(0.1)  # older than SETTLE
+        for _ in range(3):
+            with pytest.raises(openai.InternalServerError, match="no longer matches the checksum"):
+                client.completions.create(model="best", **GREEDY)
+        read_then = len(reads)
+        for _ in range(3):
+            with pytest.raises(openai.InternalServerError, match="no longer matches the checksum"):
+                client.completions.create(model="best", **GREEDY)
+        assert len(reads) == read_then
+        warnings = capsys.readouterr().err.splitlines()
+        assert len(warnings) == 1 and str(weights) in warnings[0] and "checksum" in warnings[0]

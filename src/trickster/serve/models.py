@@ -43,9 +43,11 @@ from trickster.errors import UserError
 from trickster.model.transformer import Transformer, untrained_like
 from trickster.plural import counted
 from trickster.serve import disk, wanted
+from trickster.serve.damaged import Damaged
 from trickster.serve.limits import MAX_LOADED_MODELS
-from trickster.serve.offered import UNTRAINED, Offered, default_of, describe
-from trickster.train import checkpoint_load, checkpoint_path
+from trickster.serve.offered import UNTRAINED, Offered, Replaced, default_of, describe, load_whole
+from trickster.train import checkpoint_path
+from trickster.train.weights import check_config
 
 REPLACE_WAIT = 2.0  # seconds a load waits for a checkpoint being replaced (a moment between two renames)
 # a listing of checkpoints/ made within this many seconds of the folder's last change is made again
@@ -79,8 +81,7 @@ class Catalog:
         if names:
             found = {n: p for n, p in found.items() if n in names}
         self.offered: dict[str, Offered] = {}
-        # checkpoints found damaged, by their files as they were when read (disk.contents)
-        self.damaged: dict[Path, tuple] = {}
+        self.damaged = Damaged()  # read again only once their files change
         self.left_out = self._describe_each(found, refuse=bool(names))
         if not names or UNTRAINED in names:
             if resolved is None:  # shaped as the run's checkpoints will be, by the files it starts with
@@ -136,18 +137,18 @@ class Catalog:
             raise first
         return left_out
 
-    def _describe(self, name: str, path: Path) -> Offered:
-        """describe(), a checkpoint found damaged remembered by its files as they were before the
-        read; not where they changed within SETTLE of it (an edit in the same tick of a coarse
-        clock would leave them looking as read)."""
+    def _describe(self, name: str, path: Path, weights: bool = False) -> Offered:
+        """describe() (and with `weights`, their header checked against the config: weights cut
+        short), a checkpoint found damaged remembered by its files as they were before the read."""
         before = disk.contents(path)
         try:
             offered = describe(name, path, self.chat_template)
-        except UserError:
-            if before is not None and time.time_ns() - max(mtime for *_, mtime in before) >= SETTLE * 1e9:
-                self.damaged[path] = before
+            if weights:
+                check_config(offered.cfg, path / run_checkpoints.WEIGHTS, self.device)
+        except UserError as err:
+            self.damaged.remember(path, before, str(err), SETTLE)
             raise
-        self.damaged.pop(path, None)
+        self.damaged.forget(path)
         return offered
 
     def get(self, name: str) -> Offered | None:
@@ -176,9 +177,9 @@ class Catalog:
             racy = stamp is not None and time.time_ns() - stamp[1] < SETTLE * 1e9
             found = {n: p for n, p in disk.listing(self.folder).items() if not self.names or n in self.names}
             fresh, failed = {}, False
-            self.damaged = {p: files for p, files in self.damaged.items() if p in found.values()}
+            self.damaged.keep_only(set(found.values()))
             for name, path in [(n, p) for n, p in found.items() if n not in self.offered]:
-                if path in self.damaged and self.damaged[path] == disk.contents(path):
+                if self.damaged.unchanged(path) is not None:
                     failed = True  # damaged as it was: looked at again later, read once it changes
                     continue
                 try:
@@ -224,22 +225,30 @@ class Catalog:
 
     def current(self, name: str) -> Offered | None:
         """The model offered as `name`, as its checkpoint is on disk now. A folder replaced since it
-        was read (a training run's new best or final) is read anew (not its weights: the next hold
-        loads them) and offered from now on; requests holding the old one finish on it. A rewritten
-        info.json alone (training updates a val_loss) updates the card. Costs three `stat`s when
-        nothing changed; a folder missing (deleted, or between a replace's two renames) or
-        unreadable (damaged, or being replaced again) leaves the one read before. A name not offered
-        is looked for on disk, and so are those gone from it (`rescan`)."""
+        was read (a training run's new best or final) is read anew (not its weights, but their
+        header: the next hold loads them) and offered from now on; requests holding the old one
+        finish on it. A rewritten info.json alone (training updates a val_loss) updates the card.
+        Costs three `stat`s when nothing changed; a folder missing (deleted, or between a replace's
+        two renames) or unreadable (damaged, or being replaced again) leaves the one read before: a
+        damaged one is said in a warning line, and read again only once its files change. A name
+        not offered is looked for on disk, and so are those gone from it (`rescan`)."""
         self.rescan()
         offered = self.offered.get(name)
         if offered is None or name == UNTRAINED:
             return offered
         version = disk.version(offered.path)
-        if version is None or version == offered.version:
-            return offered
+        if version is None or version == offered.version or self.damaged.unchanged(offered.path):
+            return offered  # a damaged replacement is read again once its files change
+        before = disk.contents(offered.path)
         try:
-            fresh = describe(name, offered.path, self.chat_template)
-        except UserError:
+            fresh = self._describe(name, offered.path, weights=True)
+        except UserError as err:
+            kept = "the one in memory answers" if offered.model is not None else "it is read again"
+            self.damaged.warn(
+                offered.path,
+                before,
+                f"{name} was replaced by a damaged checkpoint ({err}); {kept} until its files change",
+            )
             return offered
         if fresh.version != version or disk.version(offered.path) != version:
             return offered  # replaced again while it was read: the next request reads it
@@ -350,6 +359,8 @@ class Catalog:
                 raise LookupError(f"{offered.name} has left the disk")  # gone(): a 404
             if now is not offered:
                 return now
+            if problem := self.damaged.unchanged(offered.path):  # replaced by a damaged one
+                raise UserError(problem)
             if time.monotonic() > deadline:
                 raise UserError(f"{offered.path} kept changing on disk as it was read; ask again")
             time.sleep(0.01)
@@ -410,24 +421,15 @@ class Catalog:
         return True
 
     def _read(self, offered: Offered) -> Transformer:
+        """Its weights; a damaged checkpoint's error again, without a read, until its files change."""
         if offered.name == UNTRAINED:
             return untrained_like(offered.cfg).to(self.device).eval()
-        return _load_whole(offered.path, self.device, offered.version)
-
-
-class Replaced(Exception):
-    """The folder held another checkpoint than the one its Offered describes when its weights were
-    read (replaced since it was described): they are not that Offered's."""
-
-
-def _load_whole(path: Path, device: torch.device, version: tuple | None = None) -> Transformer:
-    """The model of the checkpoint folder at `path`, all read from one checkpoint, though a training
-    run may replace it meanwhile (a new `best`, by atomic.replace_dir's two renames): read as
-    `trickster generate` reads one (checkpoint_load.load_checkpoint, through settled.read_settled), waiting up
-    to REPLACE_WAIT seconds for a replace under way. Weights read from another checkpoint than the
-    `version` described (disk.version) raise Replaced: they would have answered under the old card
-    and system_fingerprint."""
-    loaded = checkpoint_load.load_checkpoint(path, device, wait=REPLACE_WAIT)
-    if version is not None and loaded.identity != version[:4]:
-        raise Replaced(path)
-    return loaded.model
+        if problem := self.damaged.unchanged(offered.path):
+            raise UserError(problem)
+        before = disk.contents(offered.path)
+        try:
+            return load_whole(offered.path, self.device, offered.version, REPLACE_WAIT)
+        except UserError as err:
+            self.damaged.remember(offered.path, before, str(err), SETTLE)
+            self.damaged.warn(offered.path, before, f"{offered.name} cannot be loaded ({err})")
+            raise

@@ -9,6 +9,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from trickster import run_checkpoints
 from trickster.config import Config
 from trickster.data.hf_tokens import chat_template_of
@@ -102,3 +104,21 @@ def default_of(offered: dict[str, Offered]) -> str:
     if not trained:
         return next(iter(offered))
     return max(trained, key=lambda o: (o.info.get("step", 0), o.name == "final")).name
+
+
+class Replaced(Exception):
+    """The folder held another checkpoint than the one its Offered describes when its weights were
+    read (replaced since it was described): they are not that Offered's."""
+
+
+def load_whole(path: Path, device: torch.device, version: tuple | None, wait: float) -> Transformer:
+    """The model of the checkpoint folder at `path`, all read from one checkpoint, though a training
+    run may replace it meanwhile (a new `best`, by atomic.replace_dir's two renames): read as
+    `trickster generate` reads one (checkpoint_load.load_checkpoint, through settled.read_settled), waiting up
+    to `wait` seconds for a replace under way. Weights read from another checkpoint than the
+    `version` described (disk.version) raise Replaced: they would have answered under the old card
+    and system_fingerprint."""
+    loaded = checkpoint_load.load_checkpoint(path, device, wait=wait)
+    if version is not None and loaded.identity != version[:4]:
+        raise Replaced(path)
+    return loaded.model
