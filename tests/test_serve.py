@@ -794,6 +794,30 @@ def test_errors_are_openai_json_and_the_server_goes_on(server, client, case, req
     assert completion(client, **GOOD, seed=0)  # still serving
 
 
+def test_an_unknown_route_is_answered_with_the_routes_the_app_has(trained_run):
+    """The routes a 404 lists were a sentence written by hand beside the route table, and a route
+    added to the table was missing from it: they are the app's own now."""
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from trickster.serve.app import create_app
+    from trickster.serve.models import Catalog
+
+    engine = Engine(1)
+    try:
+        app = create_app(Catalog(trained_run, torch.device("cpu"), ["best"]), engine)
+        app.router.routes.append(Route("/v1/embeddings", lambda request: JSONResponse({}), methods=["POST"]))
+        answer = TestClient(app, base_url="http://localhost").get("/v1/responses")
+    finally:
+        engine.close()
+    assert answer.status_code == 404
+    assert answer.json()["error"]["message"] == (
+        "no route /v1/responses; this server answers GET /v1/models, POST /v1/completions, POST "
+        "/v1/chat/completions and POST /v1/embeddings (and the playground at /)"
+    )
+
+
 def test_json_bodies_from_programs_and_the_servers_own_page_are_taken(server):
     """A JSON type with parameters, a body that names no type (as vLLM's FastAPI reads it), and a
     browser's request from the server's own page (the playground) or a typed address."""

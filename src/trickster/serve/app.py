@@ -2,9 +2,8 @@
 and /health for a load balancer's or container's probe.
 
 Every error is OpenAI's error JSON with its status, and the server goes on serving after it.
-Streams are server-sent events in OpenAI's chunk format, ending with `data: [DONE]`; `usage`
-comes with every answer (in a stream: on the last chunk, or on a chunk of its own with
-`stream_options.include_usage`, as OpenAI sends it).
+`usage` comes with every answer; streams.py shapes the answers streamed (OpenAI's server-sent
+events) or collected whole.
 """
 
 from __future__ import annotations
@@ -12,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hmac
-import json
-from collections.abc import AsyncIterator
 from importlib import resources
 
 from starlette.applications import Starlette
@@ -21,15 +18,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from trickster.data.json_records import checked_text
 from trickster.errors import UserError
-from trickster.serve import chat, schemas
+from trickster.serve import chat, schemas, streams
 from trickster.serve.body import BODY_TIMEOUT, MAX_BODY, read_body
 from trickster.serve.chat import TemplateRefused
-from trickster.serve.choices import Delta, Generation
+from trickster.serve.choices import Generation
 from trickster.serve.context_room import check_room
 from trickster.serve.engine import Engine
 from trickster.serve.guard import HostGuard, check_post
@@ -99,13 +96,13 @@ class Server:
 
         generation = await self._generation(offered, req, prepare, req.logprobs)
         if req.stream:
-            return _sse(self._completion_chunks(generation, req))
-        texts, logprobs, reasons = await _collect_unless_gone(request, generation)
+            return streams.sse(streams.completion_chunks(generation, req))
+        texts, logprobs, reasons = await streams.collect_unless_gone(request, generation)
         choices = [
             {
                 "index": i,
                 "text": texts[i],
-                "logprobs": _openai_logprobs(logprobs[i]) if req.logprobs is not None else None,
+                "logprobs": streams.openai_logprobs(logprobs[i]) if req.logprobs is not None else None,
                 "finish_reason": reasons[i],
             }
             for i in range(len(texts))
@@ -150,8 +147,8 @@ class Server:
 
         generation = await self._generation(offered, req, prepare, None)
         if req.stream:
-            return _sse(self._chat_chunks(generation, req))
-        texts, _, reasons = await _collect_unless_gone(request, generation)
+            return streams.sse(streams.chat_chunks(generation, req))
+        texts, _, reasons = await streams.collect_unless_gone(request, generation)
         choices = [
             {
                 "index": i,
@@ -167,47 +164,6 @@ class Server:
                 "chat.completion", schemas.new_id("chatcmpl"), req.model, choices, use, generation
             )
         )
-
-    # ------------------------------------------------------------------ streams
-
-    async def _completion_chunks(self, generation: Generation, req: CompletionRequest) -> AsyncIterator[dict]:
-        request_id = schemas.new_id("cmpl")
-        async for delta, last in _with_last(generation):
-            # a chunk without a token (the end's, or text a stop string held back) has null, not
-            # four empty lists: as OpenAI's chat chunks without a token (its last); the client's
-            # CompletionChoice.logprobs is Optional
-            listed = req.logprobs is not None and delta.logprobs
-            choice = {
-                "index": delta.index,
-                "text": delta.text,
-                "logprobs": _openai_logprobs(delta.logprobs) if listed else None,
-                "finish_reason": delta.finish_reason,
-            }
-            yield self._chunk("text_completion", request_id, req, [choice], generation, last)
-        if _include_usage(req):
-            yield self._chunk("text_completion", request_id, req, [], generation, True)
-
-    async def _chat_chunks(self, generation: Generation, req: ChatRequest) -> AsyncIterator[dict]:
-        request_id, greeted = schemas.new_id("chatcmpl"), set()
-        async for delta, last in _with_last(generation):
-            message = {"content": delta.text} if delta.text or delta.finish_reason is None else {}
-            if delta.index not in greeted:  # the first chunk of each choice names the role
-                message = {"role": "assistant", **message}
-                greeted.add(delta.index)
-            choice = {
-                "index": delta.index,
-                "delta": message,
-                "logprobs": None,
-                "finish_reason": delta.finish_reason,
-            }
-            yield self._chunk("chat.completion.chunk", request_id, req, [choice], generation, last)
-        if _include_usage(req):
-            yield self._chunk("chat.completion.chunk", request_id, req, [], generation, True)
-
-    def _chunk(self, kind, request_id, req, choices, generation, last) -> dict:
-        with_usage = (choices == []) if _include_usage(req) else last
-        use = schemas.usage(generation.prompt_tokens, generation.completion_tokens) if with_usage else None
-        return schemas.envelope(kind, request_id, req.model, choices, use, generation)
 
     # ------------------------------------------------------------------ checks
 
@@ -311,78 +267,6 @@ class Server:
         return schemas.model_card(offered.name, offered.created, {**offered.card(), "default": default})
 
 
-Collected = tuple[list[str], list[list[dict]], list[str | None]]  # texts, logprobs, finish reasons
-
-
-async def _collect(generation: Generation) -> Collected:
-    count = len(generation.choices)
-    texts, logprobs, reasons = [""] * count, [[] for _ in range(count)], [None] * count
-    async for delta in generation.deltas():
-        texts[delta.index] += delta.text
-        logprobs[delta.index] += delta.logprobs
-        reasons[delta.index] = delta.finish_reason or reasons[delta.index]
-    return texts, logprobs, reasons
-
-
-async def _collect_unless_gone(request: Request, generation: Generation) -> Collected:
-    """`_collect`, or a 499 (nginx's 'client closed request', which no one reads) when the client
-    hangs up first: its sequences then leave the batch (a stream notices by itself, as Starlette
-    stops iterating it)."""
-    collecting = asyncio.ensure_future(_collect(generation))
-    hung_up = asyncio.ensure_future(_disconnect(request))
-    try:
-        await asyncio.wait({collecting, hung_up}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        hung_up.cancel()
-        collecting.cancel()  # a no-op once it is done; otherwise `deltas` cancels the sequences
-    if not collecting.done() or collecting.cancelled():
-        raise APIError(499, "the client closed the connection before its answer was ready")
-    return collecting.result()
-
-
-async def _disconnect(request: Request) -> None:
-    """Returns when the client has gone (the body is read by now: nothing else can arrive)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _with_last(generation: Generation) -> AsyncIterator[tuple[Delta, bool]]:
-    """Each delta, and whether it finishes the last unfinished choice (the usage goes there)."""
-    open_choices = len(generation.choices)
-    async for delta in generation.deltas():
-        open_choices -= delta.finish_reason is not None
-        if delta.text or delta.logprobs or delta.finish_reason:
-            yield delta, open_choices == 0
-
-
-def _include_usage(req) -> bool:
-    return req.stream_options is not None and req.stream_options.include_usage
-
-
-def _openai_logprobs(entries: list[dict]) -> dict:
-    """OpenAI's legacy completions shape: parallel lists, text offsets into the whole completion
-    (a stream's chunks too)."""
-    return {
-        "tokens": [e["token"] for e in entries],
-        "token_logprobs": [e["logprob"] for e in entries],
-        "top_logprobs": [e["top"] for e in entries],
-        "text_offset": [e["offset"] for e in entries],
-    }
-
-
-def _sse(chunks: AsyncIterator[dict]) -> StreamingResponse:
-    async def events():
-        try:
-            async for chunk in chunks:
-                yield f"data: {json.dumps(chunk)}\n\n"
-        except Exception as err:  # headers are gone: the error travels as an event, as OpenAI's does
-            error = err if isinstance(err, APIError) else APIError(500, f"generation failed: {err}")
-            yield f"data: {json.dumps(error.body())}\n\n"
-        yield "data: [DONE]\n\n"
-
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-
 async def _api_error(request: Request, err: APIError) -> Response:
     # a 408 closes the connection (RFC 9110 asks it), as the rest of a slow body is not worth waiting
     # for. A 413 does not: a client writing a big body at full speed reads its answer only once it
@@ -392,19 +276,26 @@ async def _api_error(request: Request, err: APIError) -> Response:
     return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
 
-# what a client that asked for another route (/v1/embeddings, /v1/responses, /completions) can have
-ROUTES = "GET /v1/models, POST /v1/completions and POST /v1/chat/completions"
-
-
 async def _http_error(request: Request, err: HTTPException) -> Response:
     """Starlette's own errors (no route, wrong method) in OpenAI's shape, with their headers (Allow)."""
     message = {
-        404: f"no route {request.url.path}{without_v1(request)}; this server answers {ROUTES} "
-        "(and the playground at /)",
+        404: f"no route {request.url.path}{without_v1(request)}; this server answers "
+        f"{_api_routes(request.app.routes)} (and the playground at /)",
         405: f"{request.method} is not allowed on {request.url.path}; use {(err.headers or {}).get('Allow')}",
     }
     error = APIError(err.status_code, message.get(err.status_code, str(err.detail)))
     return JSONResponse(error.body(), status_code=error.status, headers=err.headers)
+
+
+def _api_routes(routes: list) -> str:
+    """What a client that asked for another route (/v1/embeddings, /v1/responses, /completions) can
+    have: the app's /v1 routes but those with a parameter, each with its method ('GET /v1/models')."""
+    named = [
+        f"{'GET' if 'GET' in route.methods else min(route.methods)} {route.path}"
+        for route in routes
+        if isinstance(route, Route) and route.path.startswith("/v1/") and "{" not in route.path
+    ]
+    return f"{', '.join(named[:-1])} and {named[-1]}" if len(named) > 1 else "".join(named)
 
 
 async def _bug(request: Request, err: Exception) -> Response:
