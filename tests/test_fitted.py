@@ -136,6 +136,59 @@ def test_a_resume_with_fewer_steps_than_its_warmup_fits_it_again_and_the_rate_de
     assert all(rates[s + 1] < rates[s] for s in range(7, 12))  # then a cosine of 6 steps
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_a_resume_with_fewer_steps_fits_its_intervals_again(shakespeare_dir, tmp_path, monkeypatch, capsys):
+    """tiny's 1,000 steps stopped at step 4 and resumed with max_steps=50 kept eval_every 250 and
+    save_every 500: no evaluation and no checkpoint until its last step. Left to the preset, both are
+    now fitted as a new 50-step run fits them (every 10 steps), said in the schedule's line and
+    recorded. A 300-step run's save_every fitted to 60 was kept by a resume to 100 steps (one
+    checkpoint, at 60): now 20. An interval given on the command line is kept, and when no step left
+    reaches it before the last one line says so."""
+    argv = ["train", "--preset", "tiny", "--data", str(shakespeare_dir), "--no-progress", *UNFITTED]
+    argv += ["model_config.hidden_dim=32", "model_config.num_layers=1", "model_config.mlp_dim=96"]  # seconds
+    for run, steps in ((tmp_path / "long", 1000), (tmp_path / "fitted", 300)):
+        stopped_at(4, monkeypatch)
+        assert cli.main([*argv, "--out", str(run), f"training_config.max_steps={steps}"]) == 130
+        monkeypatch.undo()
+    capsys.readouterr()
+
+    run = tmp_path / "long"
+    assert cli.main([*argv, "--out", str(run), "--resume", "training_config.max_steps=50"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "changed on resume: training_config.eval_every 250 -> 10" in out
+    assert "changed on resume: training_config.save_every 500 -> 10" in out
+    assert (
+        "max_steps 1,000 -> 50: the cosine decay now ends at step 50; warmup_steps 100 does not fit in 50 "
+        "steps: warming up for 5 steps, a tenth of them (set training_config.warmup_steps to choose); "
+        "eval_every 250 -> 10 and save_every 500 -> 10 fitted again, as a new run of 50 steps fits them "
+        "(set training_config.eval_every or save_every to choose)"
+    ) in out
+    assert _evaluated_at(run) == [0, 10, 20, 30, 40, 50]
+    assert _saved_at(run) == [4, 10, 20, 30, 40]  # 4: the stop's
+    record = (run / "config.yaml").read_text().splitlines()[1]
+    assert json.loads(record[record.index("{") :]) == {
+        "training_config.sample_prompt": ["ROMEO:", ""],  # the excerpt never holds it
+        "training_config.warmup_steps": [100, 5],
+        "training_config.eval_every": [250, 10],
+        "training_config.save_every": [500, 10],
+    }
+
+    run = tmp_path / "fitted"
+    given = ["--resume", "training_config.max_steps=100", "training_config.eval_every=150"]
+    assert cli.main([*argv, "--out", str(run), *given]) == 0
+    out = capsys.readouterr().out.splitlines()
+    unreached = "eval_every 150 as given: none of the 96 steps left (to step 100) evaluates before the last"
+    assert "changed on resume: training_config.save_every 60 -> 20" in out
+    assert out[out.index(unreached) - 1].endswith(
+        "; save_every 60 -> 20 fitted again, as a new run of 100 steps fits it (set "
+        "training_config.save_every to choose)"
+    )
+    assert [line for line in out if "as given" in line] == [unreached]
+    assert _evaluated_at(run) == [0, 100]
+    assert _saved_at(run) == [4, 20, 40, 60, 80]
+
+
 def _prepared_stories(tmp_path, stories: list[str], *flags: str) -> Path:
     """`stories` as JSON Lines of {"text": ...} records, prepared (with the char tokenizer unless
     `flags` give another) into tmp_path/data."""

@@ -18,7 +18,8 @@ A setting the file no longer holds as fitted (edited since) is taken as the file
 the user gives on the command line is theirs (Config.gave); an entry that does not read as a value
 of its setting is ignored, and so is a record that is not JSON. A file without the record (saved
 before it, or a config of one's own) is read as it always was. A resume keeps the values its
-checkpoint trained with (fitted.py), and the record of its checkpoint's config.yaml with them.
+checkpoint trained with (fitted.py), and the record of its checkpoint's config.yaml with them, but
+for those a lowered max_steps fits again.
 """
 
 from __future__ import annotations

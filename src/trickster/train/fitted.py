@@ -27,11 +27,14 @@ fine-tune from the file was evaluated and saved 25 times; a 20-step try's warmup
 10,000). A resumed run keeps the values its checkpoint was trained with, and their record,
 whatever the config passed now says (the preset again, or a base model's config.yaml): its
 schedule and samples go on as they began. A value the user gives wins, then as at the start, and
-the resume reports the change. One exception: a warmup kept that a lowered max_steps leaves no room
-after (the run would end warming up, never decayed) is fitted again as a new run's is, and
-schedule_on_resume says what became of the schedule. A config.yaml cannot tell a preset's warmup
-from one the user typed when the run began: one given now is theirs (and refused if it does not
-fit: config_checks), any other is fitted, as torchtitan and litgpt clamp theirs.
+the resume reports the change. The exceptions come with a lowered max_steps: a warmup kept that
+leaves no room after it (the run would end warming up, never decayed) is fitted again as a new
+run's is, and so are eval_every and save_every, from their values before any fitting (tiny's 250
+and 500 kept in a resume from 2,000 steps to 100 evaluated and saved nothing until the last step);
+schedule_on_resume says what became of the schedule, and of an interval given now that no step
+left reaches before the last. A config.yaml cannot tell a preset's warmup or interval from one the
+user typed when the run began: one given now is theirs (a warmup refused if it does not fit:
+config_checks), any other is fitted, as torchtitan and litgpt clamp theirs.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from trickster.plural import counted
 
 # training_config keys a run may fit to itself
 FITTED = ("sample_prompt", "warmup_steps", "eval_every", "save_every")
+INTERVAL_KEYS = ("eval_every", "save_every")
 INTERVALS = 5  # evaluations (and saves) a run fits its intervals to, its end's among them
 MIN_FITTED_INTERVAL = 10  # steps; a shorter run (a try) is evaluated at its start and end only
 SEARCHED = 1 << 24  # tokens of the train split looked through for a preset's sample prompt
@@ -63,6 +67,8 @@ def fitted_config(cfg: Config, data: PreparedData, saved: Config | None) -> tupl
             # decayed (a warmup given now that does not fit is refused: config_checks)
             recorded.setdefault("warmup_steps", kept["warmup_steps"])
             kept["warmup_steps"] = cfg.training.max_steps // 10
+        if cfg.training.max_steps < saved.training.max_steps:
+            _refit_intervals(kept, recorded, cfg.training.max_steps)
         return _with(cfg, kept, recorded), []
     # a setting a saved config.yaml holds as its run fitted it is fitted afresh, from its value
     # before (config_fitted), not taken as a preset's: 12 steps fitted to 60 fit 300 too
@@ -84,7 +90,7 @@ def fitted_config(cfg: Config, data: PreparedData, saved: Config | None) -> tupl
         notes.append(
             f"{_warmup_refitted(t.warmup_steps, t.max_steps)} (set training_config.warmup_steps to choose)"
         )
-    intervals = _intervals(cfg, [key for key in ("eval_every", "save_every") if key in left])
+    intervals = _intervals({key: getattr(t, key) for key in INTERVAL_KEYS if key in left}, t.max_steps)
     if intervals:
         values.update(intervals)
         said = ", ".join(f"{key} {getattr(t, key):,}" for key in intervals)
@@ -110,14 +116,15 @@ def _warmup_refitted(warmup: int, max_steps: int) -> str:
     return f"warmup_steps {warmup:,} does not fit in {counted(max_steps, 'step')}: {fitted}"
 
 
-def schedule_on_resume(changed: dict[str, list], cfg: Config) -> str | None:
-    """What became of the learning-rate schedule on a resume that lowered max_steps (`changed`:
-    check_resumable's {key: [old, new]}): where the cosine now ends, and whether the warmup was kept,
-    fitted again (it no longer fit) or given anew. None for any other resume: a larger max_steps
-    stretches the cosine (docs/training.md), as "changed on resume" says."""
+def schedule_on_resume(changed: dict[str, list], cfg: Config, step: int) -> list[str]:
+    """What became of the schedule on a resume from `step` that lowered max_steps (`changed`:
+    check_resumable's {key: [old, new]}): where the cosine now ends, whether the warmup was kept,
+    fitted again (it no longer fit) or given anew, and the intervals fitted again; then a line for
+    an interval given now that no step reaches before the last. Nothing for any other resume: a
+    larger max_steps stretches the cosine (docs/training.md), as "changed on resume" says."""
     before, after = changed.get("training_config.max_steps", (None, None))
     if not (isinstance(before, int) and isinstance(after, int) and after < before):
-        return None
+        return []
     warmup = cfg.training.warmup_steps
     if "training_config.warmup_steps" not in changed:
         kept = f"warmup {warmup:,} kept"
@@ -126,7 +133,35 @@ def schedule_on_resume(changed: dict[str, list], cfg: Config) -> str | None:
     else:
         refitted = _warmup_refitted(changed["training_config.warmup_steps"][0], after)
         kept = f"{refitted} (set training_config.warmup_steps to choose)"
-    return f"max_steps {before:,} -> {after:,}: the cosine decay now ends at step {after:,}; {kept}"
+    lines = [f"max_steps {before:,} -> {after:,}: the cosine decay now ends at step {after:,}; {kept}"]
+    given = [key for key in INTERVAL_KEYS if cfg.gave(f"training_config.{key}")]
+    if refitted := [key for key in INTERVAL_KEYS if f"training_config.{key}" in changed and key not in given]:
+        said = " and ".join(
+            f"{key} {changed[f'training_config.{key}'][0]:,} -> {getattr(cfg.training, key):,}"
+            for key in refitted
+        )
+        them = "it" if len(refitted) == 1 else "them"
+        lines[0] += (
+            f"; {said} fitted again, as a new run of {counted(after, 'step')} fits {them} (set "
+            f"training_config.{' or '.join(refitted)} to choose)"
+        )
+    return lines + [line for line in [_unreached(cfg, given, step)] if line]
+
+
+def _unreached(cfg: Config, given: list[str], step: int) -> str | None:
+    """The line for the intervals among `given` (on this command line, kept as given) that no step
+    after `step` reaches before the last: evaluations and checkpoints come at multiples of them."""
+    t = cfg.training
+    unreached = [key for key in given if (step // getattr(t, key) + 1) * getattr(t, key) >= t.max_steps]
+    if not unreached:
+        return None
+    said = " and ".join(f"{key} {getattr(t, key):,}" for key in unreached)
+    does = {"eval_every": "evaluates", "save_every": "saves a checkpoint"}
+    what = does[unreached[0]] if len(unreached) == 1 else "evaluates or saves"
+    return (
+        f"{said} as given: none of the {counted(t.max_steps - step, 'step')} left (to step "
+        f"{t.max_steps:,}) {what} before the last"
+    )
 
 
 def _restored_line(kept: dict[str, Any], as_saved: TrainingConfig) -> str:
@@ -147,14 +182,31 @@ def _shown(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else repr(value)
 
 
-def _intervals(cfg: Config, left: list[str]) -> dict[str, int]:
-    """The intervals among `left` that no step of the run reaches before its last, fitted to a fifth
-    of it; none for a run too short to fit them to MIN_FITTED_INTERVAL steps."""
-    t = cfg.training
-    fifth = t.max_steps // INTERVALS
+def _intervals(values: dict[str, int], max_steps: int) -> dict[str, int]:
+    """The intervals among `values` that no step of a run of `max_steps` reaches before its last,
+    fitted to a fifth of it; none for a run too short to fit them to MIN_FITTED_INTERVAL steps."""
+    fifth = max_steps // INTERVALS
     if fifth < MIN_FITTED_INTERVAL:
         return {}
-    return {key: fifth for key in left if getattr(t, key) >= t.max_steps}
+    return {key: fifth for key, value in values.items() if value >= max_steps}
+
+
+def _refit_intervals(kept: dict[str, Any], recorded: dict[str, Any], max_steps: int) -> None:
+    """On a resume that lowered max_steps, the intervals among `kept` (the checkpoint's, the user
+    gave none now) fitted again as a new run of `max_steps` fits them, from their values before
+    any fitting (`recorded`): tiny's 250 kept in a resume from 2,000 steps to 100 evaluated nothing
+    until the last step, and the save_every of 60 a 300-step run fitted saved once where a new run
+    of 100 steps saves four times. A run too short to fit them (a try) keeps the checkpoint's, as a
+    new one keeps the preset's."""
+    if max_steps // INTERVALS < MIN_FITTED_INTERVAL:
+        return
+    before = {key: recorded.get(key, kept[key]) for key in INTERVAL_KEYS if key in kept}
+    for key, value in {**before, **_intervals(before, max_steps)}.items():
+        kept[key] = value
+        if value == before[key]:
+            recorded.pop(key, None)
+        else:
+            recorded[key] = before[key]
 
 
 def _not_in_text(data: PreparedData, prompt: str) -> str | None:
