@@ -3227,6 +3227,55 @@ CASES = [
         lambda env: ["data", "prepare", "tinystories", "--dataset", "", "--out", "o"],
         "argument --dataset: '' is empty (an unset shell variable?); give a dataset name or folder",
     ),
+    # ---- a path argument given as "" ("$RUN", "$FILE" with the variable unset): "" read as the current
+    # folder, or as the option left out, without a word
+    case(  # it scored the run's own validation data
+        "eval-text-empty-path",
+        lambda env: ["eval", str(env.run), "--text", "", "--device", "cpu", "--max-tokens", "64"],
+        "argument --text: '' is empty (an unset shell variable?); give the path of a text file",
+    ),
+    case(  # it scored the run's own validation data
+        "eval-data-empty-path",
+        lambda env: ["eval", str(env.run), "--data", "", "--device", "cpu", "--max-tokens", "64"],
+        "argument --data: '' is empty (an unset shell variable?); give a prepared data folder",
+    ),
+    case(  # "no complete checkpoint in ."
+        "eval-run-empty-path",
+        lambda env: ["eval", "", "--device", "cpu"],
+        "argument RUN_DIR|CHECKPOINT: '' is empty (an unset shell variable?); give a run folder",
+    ),
+    case(  # "--hellaswag-file  is a folder"
+        "eval-hellaswag-file-empty-path",
+        lambda env: ["eval", str(env.run), "--task", "hellaswag", "--hellaswag-file", ""],
+        "argument --hellaswag-file: '' is empty (an unset shell variable?); give the path of hellaswag_val",
+    ),
+    case(  # it built a new tokenizer: data a fine-tune of the run then refused, or misread
+        "prepare-tokenizer-from-empty-path",
+        lambda env: [
+            "data",
+            "prepare",
+            "text",
+            env.write("t.txt", "ROMEO: hi\n" * 20),
+            "--tokenizer-from",
+            "",
+        ],
+        "argument --tokenizer-from: '' is empty (an unset shell variable?); give a run folder, a checkpoint",
+    ),
+    case(  # "could not open dataset '' split 'train' (list index out of range)"
+        "prepare-hf-dataset-empty-path",
+        lambda env: ["data", "prepare", "hf", "", "--out", "o"],
+        "argument DATASET: '' is empty (an unset shell variable?); give a dataset name or folder",
+    ),
+    case(  # ". is a folder; pass a text file"
+        "prepare-shakespeare-path-empty",
+        lambda env: ["data", "prepare", "shakespeare", "--path", "", "--out", "o"],
+        "argument --path: '' is empty (an unset shell variable?); give the path of a text file",
+    ),
+    case(  # ". has no config.json"
+        "import-model-empty-path",
+        lambda env: ["import", "hf", "", "--out", "imported"],
+        "argument MODEL: '' is empty (an unset shell variable?); give a model folder or a Hub repo id",
+    ),
     case(
         "prepare-parquet-not-parquet",
         lambda env: ["data", "prepare", "parquet", env.write("d.parquet", "not parquet"), "--out", "o"],

@@ -3,12 +3,14 @@ Hugging Face Llama in. Imports nothing heavy (--help)."""
 
 from __future__ import annotations
 
-from trickster.cli_argparse import Parser, out_path
+from trickster.cli_argparse import Parser, given, out_path
 
 
 def add_export(commands) -> None:
     export = commands.add_parser("export", help="a run or checkpoint as a Hugging Face folder or GGUF file")
-    export.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
+    export.add_argument(
+        "target", type=given("a run folder (runs/NAME) or a checkpoint folder"), metavar="RUN_DIR|CHECKPOINT"
+    )
     export.add_argument(
         "--format",
         dest="fmt",
@@ -43,6 +45,7 @@ def add_import(commands) -> None:
     )
     import_hf.add_argument(
         "path",
+        type=given("a model folder or a Hub repo id ORG/NAME"),
         metavar="MODEL",
         help="a local folder (config.json, model.safetensors, tokenizer.json), or ORG/NAME on the Hugging "
         "Face Hub when no such path exists (./ORG/NAME is always the folder)",

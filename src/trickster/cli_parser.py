@@ -19,6 +19,10 @@ TOKENIZER_CHOICES = ("char", "byte", "bpe", "gpt2")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 AUTO_DEVICE = "default auto: CUDA, then MPS, then the CPU"
 FIELD, DATASET = given("the field that holds the text"), given("a dataset name or folder")
+# "$RUN" or --text "$FILE" with the variable unset: "" read as the current folder, or as the option
+# left out (eval scored the run's own data; --tokenizer-from built a new tokenizer), without a word
+TARGET = given("a run folder (runs/NAME) or a checkpoint folder")
+TEXT_FILE, DATA_DIR = given("the path of a text file"), given("a prepared data folder")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,7 +79,7 @@ def _add_data_prepare(data_commands) -> None:
     prepare = data_commands.add_parser("prepare", help="tokenize a corpus into token shards")
     sources = prepare.add_subparsers(dest="source", metavar="SOURCE", required=True, parser_class=Parser)
     shakespeare = sources.add_parser("shakespeare", help="Tiny Shakespeare (downloaded, SHA-256 checked)")
-    shakespeare.add_argument("--path", help="a local copy instead of downloading")
+    shakespeare.add_argument("--path", type=TEXT_FILE, help="a local copy instead of downloading")
     tinystories = sources.add_parser("tinystories", help="TinyStories from Hugging Face (streamed)")
     tinystories.add_argument(
         "--dataset",
@@ -84,7 +88,10 @@ def _add_data_prepare(data_commands) -> None:
     )
     hf = sources.add_parser("hf", help="any Hugging Face dataset (streamed), or a local copy of one")
     hf.add_argument(
-        "dataset", metavar="DATASET", help="hub name (HuggingFaceFW/fineweb-edu) or a local folder"
+        "dataset",
+        type=DATASET,
+        metavar="DATASET",
+        help="hub name (HuggingFaceFW/fineweb-edu) or a local folder",
     )
     hf.add_argument("--config", help="the dataset's configuration (subset), e.g. sample-10BT")
     hf.add_argument("--split", default="train", help="split to read (default train)")
@@ -129,6 +136,7 @@ def _add_prepare_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--tokenizer-from",
+        type=given("a run folder, a checkpoint folder or a tokenizer.json"),
         metavar="RUN_DIR|CHECKPOINT|FILE",
         help="use a model's tokenizer instead (to fine-tune that model on this data)",
     )
@@ -265,7 +273,7 @@ def _add_sampling_args(parser: argparse.ArgumentParser, prompt: bool = True) -> 
     # options.Sampling holds the defaults: an option not given is left out of the namespace, and
     # cli._call builds Sampling from those given
     unset, default = argparse.SUPPRESS, Sampling()
-    parser.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
+    parser.add_argument("target", type=TARGET, metavar="RUN_DIR|CHECKPOINT")
     if prompt:
         help = "text to continue (default: a line break, or a new document where the vocabulary has none)"
         parser.add_argument("--prompt", default=unset, help=help)
@@ -327,10 +335,12 @@ def _add_compare(commands) -> None:
     help = "samples and val losses beside a fine-tune's base model, or an untrained one"
     compare = commands.add_parser("compare", help=help)
     _add_sampling_args(compare)
-    compare.add_argument("--data", help="data folder for the validation losses (default: the run's)")
+    compare.add_argument(
+        "--data", type=DATA_DIR, help="data folder for the validation losses (default: the run's)"
+    )
     against = compare.add_mutually_exclusive_group()
     help = "compare with this run or checkpoint (default: the one a fine-tune started from, else untrained)"
-    against.add_argument("--base", metavar="RUN_DIR|CHECKPOINT", help=help)
+    against.add_argument("--base", type=TARGET, metavar="RUN_DIR|CHECKPOINT", help=help)
     against.add_argument("--untrained", action="store_true", help="compare with random weights")
     compare.set_defaults(run="compare_command")
 
@@ -339,17 +349,23 @@ def _add_eval(commands) -> None:
     ev = commands.add_parser(
         "eval", help="loss, perplexity and bits per byte on held-out text; HellaSwag accuracy"
     )
-    ev.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
+    ev.add_argument("target", type=TARGET, metavar="RUN_DIR|CHECKPOINT")
     source = ev.add_mutually_exclusive_group()
     source.add_argument(
-        "--data", metavar="DIR", help="a prepared data folder: its val split (default: the run's)"
+        "--data",
+        type=DATA_DIR,
+        metavar="DIR",
+        help="a prepared data folder: its val split (default: the run's)",
     )
-    source.add_argument("--text", metavar="FILE", help="a UTF-8 text file, scored as one document")
+    source.add_argument(
+        "--text", type=TEXT_FILE, metavar="FILE", help="a UTF-8 text file, scored as one document"
+    )
     source.add_argument(
         "--task", choices=["hellaswag"], help="hellaswag: accuracy on its 10,042 validation examples"
     )
     ev.add_argument(
         "--hellaswag-file",
+        type=given("the path of hellaswag_val.jsonl"),
         metavar="FILE",
         help="a local copy of hellaswag_val.jsonl (default: downloaded once, then cached)",
     )
@@ -389,7 +405,7 @@ def _add_runs(commands) -> None:
 
 def _add_serve(commands) -> None:
     serve = commands.add_parser("serve", help="an OpenAI-compatible API and a playground page for a run")
-    serve.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
+    serve.add_argument("target", type=TARGET, metavar="RUN_DIR|CHECKPOINT")
     add_access(serve)  # --host, --port, --api-key, --allowed-host
     serve.add_argument("--device", default="auto", choices=DEVICES, help=AUTO_DEVICE)
     serve.add_argument(
@@ -408,7 +424,7 @@ def _add_serve(commands) -> None:
 
 def _add_quickstart(commands) -> None:
     quick = commands.add_parser("quickstart", help="prepare data, train `tiny`, compare with untrained")
-    quick.add_argument("--path", help="a local copy of Tiny Shakespeare")
+    quick.add_argument("--path", type=TEXT_FILE, help="a local copy of Tiny Shakespeare")
     quick.add_argument("--steps", type=integer, default=1500, help="training steps (default 1500)")
     quick.add_argument(
         "--out",
