@@ -3192,6 +3192,30 @@ CASES = [
         "rows.jsonl is a file",
         "`trickster data prepare jsonl",
     ),
+    case(  # the Hub's words: "Repo id must use alphanumeric chars, '-', '_' or '.'"
+        "prepare-hf-missing-local-folder",
+        lambda env: ["data", "prepare", "hf", "./stories", "--out", "o"],
+        "error: ./stories not found; pass an existing folder, or a dataset name on the Hub (ORG/NAME)",
+    ),
+    case(  # "notes.txt line 1 is not JSON (Expecting value at column 1); write one JSON object per line"
+        "prepare-jsonl-plain-text-file",
+        lambda env: [
+            "data",
+            "prepare",
+            "jsonl",
+            env.write("notes.txt", "To be, or not\n"),
+            "--text-field",
+            "t",
+        ],
+        "notes.txt line 1 is not JSON: the file holds plain text, not JSON Lines (one object a line); "
+        "read it as text with `trickster data prepare text /",
+        "notes.txt`, or write one JSON object per line",
+    ),
+    case(
+        "prepare-jsonl-records-plain-text-file",
+        lambda env: ["data", "prepare", "jsonl", env.write("notes.txt", "To be, or not\n"), "--out", "o"],
+        "notes.txt line 1 is not JSON: the file holds plain text, not JSON Lines",
+    ),
     case("prepare-parquet-no-column", _parquet, "has no column 'text'", "(it has: body)", "--text-field"),
     case(
         "prepare-parquet-column-not-text",  # it said what, not what to do
@@ -4666,6 +4690,12 @@ CASES = [
         lambda env: ["import", "hf", str(env.tmp / "nope"), "--out", str(env.tmp / "imported")],
         "nope is not a folder",
     ),
+    case(  # "config.json is not a folder", as of a path to nothing
+        "import-a-file-of-the-model",
+        lambda env: ["import", "hf", str(Path(_hf_folder(env, {})) / "config.json"), "--out", "imported"],
+        "hf-model/config.json is a file; pass the folder that holds it (/",
+        "hf-model), or a Hub repo id ORG/NAME",
+    ),
     case(
         "import-missing-relative-folder",
         lambda env: ["import", "hf", "./org/name", "--out", str(env.tmp / "imported")],
@@ -5092,7 +5122,7 @@ CASES = [
         lambda env: _parquet(
             env, "--format", "prompt-response", columns={"prompt": ["Who?"], "response": ["I."]}
         ),
-        "d.parquet holds 1 record; at least 2 are needed (one for training, one to validate)",
+        "d.parquet holds 1 record; at least 2 records are needed (one for training, one to validate)",
     ),
     case(
         "prepare-hf-records-of-another-format",
@@ -5132,10 +5162,10 @@ CASES = [
         "the file) that are not copies",
     ),
     case("jsonl-one-record", _jsonl([RECORD]), "chat.jsonl holds 1 record; at least 2", "(one for training"),
-    case(  # it said "holds 0 record(s)"
+    case(  # it said "holds 0 record(s)", then "is empty; at least 2 are needed" (2 what?)
         "jsonl-records-file-empty",
         lambda env: ["data", "prepare", "jsonl", env.write("chat.jsonl", ""), "--out", str(env.tmp / "o")],
-        "chat.jsonl is empty; at least 2 are needed (one for training, one to validate)",
+        "chat.jsonl is empty; at least 2 records are needed (one for training, one to validate)",
     ),
     case(
         "jsonl-missing-file",  # records by default: it said "pass the path of an existing text file"

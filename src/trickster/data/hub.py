@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trickster.data.json_records import TextField
+from trickster.data.links import missing
 from trickster.data.no_text import NoText
 from trickster.data.paths import source_of
 from trickster.data.sources import DownloadFailed, Source, file_identity, one_line, require_package
@@ -95,8 +96,14 @@ def hf_dataset(
 
 
 def check_not_a_file(dataset: str) -> None:
-    """Refuse a file named as a dataset (a hub name or a folder), saying which source reads it."""
+    """Refuse a file named as a dataset (a hub name or a folder), saying which source reads it, and
+    a path to nothing (./stories: no Hub name starts with '.', '/' or '~', and the Hub's words were
+    "Repo id must use alphanumeric chars")."""
     local = Path(dataset)
+    if dataset.startswith((".", "/", "~")) and not local.exists():
+        raise UserError(
+            missing(local, "pass an existing folder, or a dataset name on the Hub (ORG/NAME)", dataset)
+        )
     if local.exists() and not local.is_dir():
         raise UserError(
             f"{dataset} is a file; pass a dataset name or a folder (or read this file with "

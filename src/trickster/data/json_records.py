@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 from pathlib import Path
 
 from trickster import untrusted
@@ -28,15 +29,27 @@ def json_line(line: str, where: str, fix: str | None = None):
         raise UserError(f"{where} {err.reason}; {fix or 'fix or remove that record'}") from None
 
 
-def check_not_an_array(line: str, path) -> None:
+def check_first_line(line: str, path) -> None:
     """Refuse a file whose first line opens a JSON array: a .json file of records (pandas'
     to_json(orient="records"), json.dump of a list) is no JSON Lines, and its first line read as one
-    was "not JSON" (pretty-printed) or "not a JSON object" (on one line)."""
+    was "not JSON" (pretty-printed) or "not a JSON object" (on one line). And a file of plain text
+    (a .txt given to jsonl): a first line that opens no object and is no JSON said only "line 1 is
+    not JSON; write one JSON object per line", not that `data prepare text` reads it as it is."""
     if line.lstrip().startswith("["):
         raise UserError(
             f"{path} holds a JSON array, not JSON Lines (one object a line); convert it, for example "
             f"with jq -c '.[]' {path} > {Path(path).stem}.jsonl"
         )
+    if line.lstrip().startswith("{"):
+        return
+    try:
+        untrusted.parse(json.loads, line.rstrip("\r\n"))
+    except (json.JSONDecodeError, untrusted.Unreadable):
+        raise UserError(
+            f"{path} line 1 is not JSON: the file holds plain text, not JSON Lines (one object a line); "
+            f"read it as text with `trickster data prepare text {shlex.quote(str(path))}`, or write "
+            "one JSON object per line"
+        ) from None
 
 
 def json_type(value) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trickster.data import hub
-from trickster.data.json_records import check_not_an_array, json_line
+from trickster.data.json_records import check_first_line, json_line
 from trickster.data.paths import expand_paths
 from trickster.data.record_layouts import EXAMPLE, FIELDS, segments
 from trickster.data.sources import Source, parquet_file, require_package
@@ -49,7 +49,7 @@ def jsonl_records(path: str | Path, layout: str = "prompt-response") -> Records:
         if not line.strip():
             continue
         if number == 1:
-            check_not_an_array(line, path)
+            check_first_line(line, path)
         where = f"{path} line {number}"
         record = json_line(line, where)
         if not isinstance(record, dict):
@@ -108,7 +108,7 @@ def _check_enough(documents: list, what: str, held: str = "") -> None:
     """At least 2 records: one for training, one to validate."""
     if len(documents) < 2:
         held = held or f"holds {counted(len(documents), 'record')}"
-        raise UserError(f"{what} {held}; at least 2 are needed (one for training, one to validate)")
+        raise UserError(f"{what} {held}; at least 2 records are needed (one for training, one to validate)")
 
 
 def records_source(records: Records, val_fraction: float) -> Source:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from trickster.data.json_records import (
     TextField,
-    check_not_an_array,
+    check_first_line,
     checked_text,
     its_fields,
     json_line,
@@ -294,7 +294,7 @@ def jsonl_documents(
                 if not line.strip():
                     continue
                 if number == 1:
-                    check_not_an_array(line, path)
+                    check_first_line(line, path)
                 where = f"{path} line {number}"
                 text = document(record := json_line(line, where), where)
                 if text:

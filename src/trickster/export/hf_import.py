@@ -198,6 +198,13 @@ def import_hf(source: str | Path, run_dir: str | Path, revision: str | None = No
         src, origin = hub_model.folder, hub_model.origin()
     else:
         src = Path(source)
+        if src.is_file():  # model.safetensors or config.json itself: "is not a folder" said not which
+            holder = (
+                f"the folder that holds it ({src.parent})"
+                if (src.parent / "config.json").is_file()
+                else "a model folder"
+            )
+            raise UserError(f"{source} is a file; pass {holder}, or a Hub repo id ORG/NAME")
         if not src.is_dir():
             raise UserError(f"{source} is not a folder; pass a model folder or a Hub repo id ORG/NAME")
         if revision is not None:
