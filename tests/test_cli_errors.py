@@ -5226,11 +5226,26 @@ CASES = [
         "pass another --tokenizer-from",
     ),
     case(
-        "jsonl-character-outside-the-model-vocabulary",
+        "jsonl-character-outside-the-model-vocabulary",  # it named no file, nor which record of thousands
         lambda env: _jsonl(
             [RECORD, '{"prompt": "2 + 2?", "response": "4"}'], "--tokenizer-from", str(env.run)
         )(env),
-        "character '2' is not in this model's character vocabulary",
+        "chat.jsonl line 2: character '2' is not in this model's character vocabulary (only the 61 "
+        "characters of its training text), nor are 2 more of the record's characters ('+', '4'); remove "
+        "them from that record, or fine-tune a model whose tokenizer reads any text (byte, bpe or gpt2)",
+    ),
+    case(
+        "parquet-character-outside-the-model-vocabulary",
+        lambda env: _parquet(
+            env,
+            "--format",
+            "prompt-response",
+            "--tokenizer-from",
+            str(env.run),
+            columns={"prompt": ["ROMEO: who?", "JULIET: why?"], "response": ["I.", "Thou \u00e9"]},
+        ),
+        "d.parquet row 2: character '\u00e9' (U+00E9) is not in this model's character vocabulary",
+        "remove it from that record",
     ),
     case(
         "lora-bad-rank",

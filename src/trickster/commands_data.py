@@ -10,7 +10,7 @@ from pathlib import Path
 from trickster.data import hub, sources, textfile
 from trickster.data.dedup import DedupSettings
 from trickster.data.prepare import prepare, prepare_records
-from trickster.data.records import Records, hf_records, jsonl_records, parquet_records
+from trickster.data.records import Records, check_characters, hf_records, jsonl_records, parquet_records
 from trickster.data.tokenizers import load_tokenizer
 from trickster.errors import UserError
 from trickster.options import PrepareOptions, SourceSpec
@@ -28,7 +28,10 @@ def prepare_data(spec: SourceSpec, options: PrepareOptions, dedup: DedupSettings
     out_dir = Path(options.out or f"data/{source}-{kind}")
     refuse_path_through_a_file(out_dir)
     if spec.record_format or (source == "jsonl" and text_field is None and spec.template is None):
-        prepare_records(_records(spec), chosen, out_dir, options.val_fraction, vocab_size, dedup)
+        records = _records(spec)
+        if not isinstance(chosen, str):
+            check_characters(records, chosen)
+        prepare_records(records, chosen, out_dir, options.val_fraction, vocab_size, dedup)
     else:
         extra = {} if options.shard_tokens is None else {"shard_tokens": options.shard_tokens}
         prepare(

@@ -20,9 +20,11 @@ from pathlib import Path
 from trickster.data import hub
 from trickster.data.json_records import check_first_line, json_line
 from trickster.data.paths import expand_paths
-from trickster.data.record_layouts import EXAMPLE, FIELDS, segments
+from trickster.data.record_layouts import EXAMPLE, FIELDS, check_markup, segments
 from trickster.data.sources import Source, parquet_file, require_package
 from trickster.data.textfile import decode, read_bytes
+from trickster.data.tokenizers import CharTokenizer, Tokenizer
+from trickster.data.unknown_character import ANY_TEXT, UnknownCharacter
 from trickster.errors import UserError
 from trickster.plural import counted
 
@@ -37,13 +39,14 @@ class Records:
     layout: str = "prompt-response"
     files: list[str] = field(default_factory=list)
     sha256: str = ""
+    places: list[str] = field(default_factory=list)  # each record's file and line (or row), as lines name it
 
 
 def jsonl_records(path: str | Path, layout: str = "prompt-response") -> Records:
     """One JSON object per line, a record of `layout` (blank lines are skipped)."""
     path = Path(path)
     raw = read_bytes(path, "JSON Lines file (.jsonl)")
-    documents = []
+    documents, places = [], []
     # JSON Lines ends a line at "\n" only: str.splitlines would also cut at U+2028 or NEL in a string
     for number, line in enumerate(decode(raw, str(path)).split("\n"), start=1):
         if not line.strip():
@@ -55,8 +58,9 @@ def jsonl_records(path: str | Path, layout: str = "prompt-response") -> Records:
         if not isinstance(record, dict):
             raise UserError(f"{where} is not a JSON object; write {EXAMPLE[layout]}")
         documents.append(segments(record, where, layout))
+        places.append(where)
     _check_enough(documents, str(path), "" if raw.strip() else "is empty")
-    return Records("jsonl", documents, layout, [str(path)], hashlib.sha256(raw).hexdigest())
+    return Records("jsonl", documents, layout, [str(path)], hashlib.sha256(raw).hexdigest(), places)
 
 
 def parquet_records(patterns: list[str], layout: str) -> Records:
@@ -96,12 +100,28 @@ def hf_records(dataset: str, config: str | None, split: str, layout: str) -> Rec
 def _read(name: str, rows: Iterable[tuple[dict, str]], layout: str, what: str, files: list[str]) -> Records:
     """Records of rows read as dicts (each with the words naming it); their sha256 is of the records
     as laid out, in order (a row's other columns, unread, are not in it)."""
-    documents, digest = [], hashlib.sha256()
+    documents, places, digest = [], [], hashlib.sha256()
     for row, where in rows:
         documents.append(segments(row, where, layout, name))
+        places.append(where)
         digest.update(json.dumps(documents[-1], ensure_ascii=False).encode("utf-8") + b"\n")
     _check_enough(documents, what)
-    return Records(name, documents, layout, files, digest.hexdigest())
+    return Records(name, documents, layout, files, digest.hexdigest(), places)
+
+
+def check_characters(records: Records, tokenizer: Tokenizer) -> None:
+    """Every record's text in a char vocabulary (--tokenizer-from a char model), checked before any
+    is tokenized: a tokenizing worker's refusal named no file or line of the record among thousands."""
+    if not isinstance(tokenizer, CharTokenizer):
+        return
+    check_markup(records.layout, tokenizer)  # the layout's own text first: no record's fault
+    fix = "remove {them} from that record, or fine-tune " + ANY_TEXT
+    for number, document in enumerate(records.documents):
+        try:
+            tokenizer.encode("".join(document))
+        except UnknownCharacter as err:
+            place = records.places[number] if number < len(records.places) else f"record {number + 1}"
+            raise UserError(f"{place}: {err.line(fix=fix, holder='the record')}") from None
 
 
 def _check_enough(documents: list, what: str, held: str = "") -> None:
