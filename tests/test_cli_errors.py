@@ -9,6 +9,7 @@ changed. One subprocess test proves the same for the real process.
 from __future__ import annotations
 
 import builtins
+import bz2
 import errno
 import functools
 import gzip
@@ -3419,6 +3420,31 @@ CASES = [
         ],
         "00.jsonl.zst is compressed with zstd (unzstd FILE); decompress it first",
     ),
+    case(  # "not UTF-8 text (bad byte at offset 1); convert it to UTF-8 (for example: iconv -f latin1"
+        "prepare-jsonl-gzip-named-jsonl",
+        lambda env: [
+            "data",
+            "prepare",
+            "jsonl",
+            env.write("rows.jsonl", gzip.compress(b'{"text": "To be"}\n{"text": "or not"}\n')),
+            "--text-field",
+            "text",
+        ],
+        "rows.jsonl is compressed with gzip, which is read only from a name ending in .gz; rename it "
+        "rows.jsonl.gz, or decompress it first",
+    ),
+    case(
+        "prepare-text-bzip2-named-txt",
+        lambda env: [
+            "data",
+            "prepare",
+            "text",
+            env.write("t.txt", bz2.compress(b"To be\n" * 9)),
+            "--out",
+            "o",
+        ],
+        "t.txt is compressed with bzip2, which is read only from a name ending in .bz2; rename it t.txt.bz2",
+    ),
     case(
         "prepare-jsonl-not-utf8",  # its offset was in the decoder's buffer, not in the file
         lambda env: [
@@ -3681,6 +3707,13 @@ CASES = [
         "not found",
     ),
     case("eval-text-not-utf8", _eval_text("caf\xe9\n".encode("latin-1")), "not UTF-8", "convert"),
+    case(
+        "eval-text-gzip-named-txt",  # "not UTF-8 text (bad byte at offset 1); convert it to UTF-8"
+        _eval_text(gzip.compress(b"ROMEO: hi\n")),
+        "--text ",
+        "held-out.txt is compressed with gzip, which is read only from a name ending in .gz; rename it "
+        "held-out.txt.gz, or decompress it first",
+    ),
     case("eval-empty-text", _eval_text(""), "is empty"),
     case(
         "eval-text-from-a-pipe",

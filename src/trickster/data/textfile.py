@@ -36,6 +36,9 @@ OTHER_COMPRESSION = {
     b"PK\x03\x04": "a zip archive (unzip FILE)",
 }
 
+# what OPENERS read, in a file whose name does not say so: was "not UTF-8 text; convert it from latin1"
+MISNAMED = {b"\x1f\x8b": ("gzip", ".gz"), b"\xfd7zXZ\x00": ("xz", ".xz"), b"BZh": ("bzip2", ".bz2")}
+
 PARQUET_MAGIC = b"PAR1"  # a Parquet file's first (and last) four bytes
 
 
@@ -201,6 +204,12 @@ def head_problem(head: bytes, source: str) -> UserError | None:
     for magic, what in OTHER_COMPRESSION.items():
         if head.startswith(magic):
             return NotText(f"{source} is {what}; decompress it first")
+    for magic, (what, suffix) in MISNAMED.items():
+        if head.startswith(magic) and (what != "bzip2" or head[4:10] == b"1AY&SY"):  # "BZh" may be text
+            return NotText(
+                f"{source} is compressed with {what}, which is read only from a name ending in {suffix}; "
+                f"rename it {Path(source).name}{suffix}, or decompress it first"
+            )
     if head.startswith(PARQUET_MAGIC):  # it was "not UTF-8 text", with iconv to convert it
         return NotText(
             f"{source} is a Parquet file, not text; read it with `trickster data prepare parquet {source}`"
