@@ -135,6 +135,12 @@ def micro_train(env: Env, *overrides: str, **sections) -> list[str]:
 # --------------------------------------------------------------------------- case builders
 
 
+def _report_on_the_folder_of_runs(env: Env) -> list[str]:
+    for name in ("tiny", "nano"):
+        env.write(f"runs/{name}/metrics.jsonl", "")
+    return ["report", str(env.tmp / "runs")]
+
+
 def _malformed_yaml(env: Env) -> list[str]:
     path = env.write("broken.yaml", "model_config:\n  hidden_dim: [64\ntraining_config: {\n")
     return ["train", "--config", path]
@@ -4419,6 +4425,20 @@ CASES = [
         "report-not-a-run-folder",
         lambda env: ["report", str(Path(env.write("photos/a.txt", "x")).parent)],
         "photos is not a run folder (no metrics.jsonl)",
+    ),
+    case(  # the folder `trickster runs` takes: the line named no run to pass instead
+        "report-on-the-folder-of-runs",
+        _report_on_the_folder_of_runs,
+        "runs is not a run folder",
+        "it holds runs (nano, tiny): pass one of them, such as",
+        "runs/nano",
+    ),
+    case(  # a checkpoint folder, as `generate` takes: the line did not say where its run is
+        "report-on-a-checkpoint-folder",
+        lambda env: ["report", env.run / "checkpoints" / "final"],
+        "final is not a run folder",
+        "it lies inside the run folder",
+        "pass that one",
     ),
     case(
         "report-out-in-missing-folder",

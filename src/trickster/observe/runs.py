@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -249,10 +250,22 @@ def read_run(path: str | Path, for_report: bool = False) -> Run:
     if not path.is_dir():
         raise UserError(f"{path} is a file, not a run folder; pass a folder written by `trickster train`")
     if not (path / "metrics.jsonl").is_file():
-        raise UserError(
-            f"{path} is not a run folder (no metrics.jsonl); pass a folder written by `trickster train`"
-        )
+        raise UserError(f"{path} is not a run folder (no metrics.jsonl); {_what_to_pass(path)}")
     return _read(path, for_report)
+
+
+def _what_to_pass(path: Path) -> str:
+    """The run folder a user meant: `trickster report runs` is the folder of runs `trickster runs`
+    takes, and a checkpoint folder lies inside its run."""
+    runs = sorted(p.name for p in path.iterdir() if p.is_dir() and (p / "metrics.jsonl").is_file())
+    if runs:
+        shown = ", ".join(runs[:5]) + (f" and {len(runs) - 5} more" if len(runs) > 5 else "")
+        return f"it holds runs ({shown}): pass one of them, such as {path / runs[0]}"
+    for up in ("..", "../.."):  # a checkpoint folder, or checkpoints/
+        parent = Path(os.path.normpath(path / up))
+        if (parent / "metrics.jsonl").is_file():
+            return f"it lies inside the run folder {parent}: pass that one"
+    return "pass a folder written by `trickster train`"
 
 
 def find_runs(root: str | Path) -> list[Run]:
