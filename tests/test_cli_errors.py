@@ -634,6 +634,12 @@ def _prepare_out_is_other_folder(env: Env) -> list[str]:
     return ["data", "prepare", "text", corpus, "--out", str(env.tmp / "mine")]
 
 
+def _prepare_again_beside_the_users_notes(env: Env) -> list[str]:
+    data = env.prepare_text("some text to tokenize\n" * 20)
+    env.write("tiny-data/NOTES.md", "where the corpus came from\n")
+    return ["data", "prepare", "text", str(env.tmp / "tiny.txt"), "--tokenizer", "byte", "--out", data]
+
+
 def _offline_download(env: Env) -> list[str]:
     closed_port = functools.partial(sources.shakespeare, url="http://127.0.0.1:9/x", timeout=2)
     env.monkeypatch.setattr("trickster.commands.sources.shakespeare", closed_port)
@@ -3107,6 +3113,13 @@ CASES = [
     case("prepare-out-is-file", _prepare_out_is_file, "taken is a file", "--out"),
     case("prepare-out-under-a-file", _prepare_out_under_file, "taken is a file", "taken/data", "--out"),
     case("prepare-out-is-other-folder", _prepare_out_is_other_folder, "mine", "--out"),
+    case(
+        "prepare-again-beside-the-users-notes",
+        _prepare_again_beside_the_users_notes,
+        "tokenizer char, now byte",
+        "it holds NOTES.md, which data prepare did not write",
+        "move it out of",
+    ),
     case(
         "prepare-on-a-full-disk",
         lambda env: _prepare_into(env, errno.ENOSPC),

@@ -294,7 +294,7 @@ def test_a_killed_page_write_does_not_make_a_prepared_folder_foreign(tmp_path, d
     prepare(sources.shakespeare(EXCERPT), "char", out)
     writing = out / f".report.html.tmp-{live_pid}"
     writing.write_text("<p>half", encoding="utf-8")
-    with pytest.raises(UserError, match="is not a prepared data folder"):
+    with pytest.raises(UserError, match=rf"holds \.report\.html\.tmp-{live_pid}, which data prepare did not"):
         prepare(sources.shakespeare(EXCERPT), "byte", out)
     assert writing.exists() and load_tokenizer(out / "tokenizer.json").kind == "char"
 

@@ -515,3 +515,33 @@ def test_a_folder_of_other_settings_or_input_is_told_it_is_replaced(tmp_path, ca
         f"{out} holds data prepared from other input ({text} changed): preparing it again; it is "
         "replaced once this preparation is done"
     )
+
+
+def test_a_prepared_folder_with_the_users_files_beside_is_kept_and_never_replaced(tmp_path, capsys):
+    """A README put into a prepared folder made it 'not a prepared data folder': the same command
+    (a second quick start) stopped with exit status 2 where it keeps the folder as it is. Prepared
+    again (other settings), the folder is replaced whole: the user's file would go with it, so that
+    is refused naming it, and Finder's .DS_Store alone goes with the folder."""
+    out, text = tmp_path / "data", tmp_path / "corpus.txt"
+    shutil.copy(EXCERPT, text)
+    assert cli.main(_argv(text, out)) == 0
+    (out / "NOTES.md").write_text("where this corpus came from\n")
+    (out / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    tokens = (out / "train" / "000000.bin").read_bytes()
+    capsys.readouterr()
+
+    assert cli.main(_argv(text, out)) == 0
+    assert capsys.readouterr().out.startswith(f"already prepared: {out} holds text with the same settings")
+
+    assert cli.main([*_argv(text, out), "--tokenizer", "byte"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {out} holds data prepared with other settings (tokenizer char, now byte); beside the "
+        "data it holds NOTES.md, which data prepare did not write and would delete with the folder it "
+        f"replaces: move it out of {out}, or choose another --out (nothing was changed)\n"
+    )
+    assert (out / "NOTES.md").read_text() == "where this corpus came from\n"
+    assert (out / "train" / "000000.bin").read_bytes() == tokens and not partial_dir(out).exists()
+
+    (out / "NOTES.md").unlink()
+    assert cli.main([*_argv(text, out), "--tokenizer", "byte"]) == 0
+    assert load_data(out).meta["tokenizer"] == "byte" and not (out / ".DS_Store").exists()

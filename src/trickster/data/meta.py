@@ -118,28 +118,37 @@ def already_prepared(out_dir: Path, settings: dict, revision: str | None = None)
 
 
 def prepared_again(out_dir: Path, settings: dict, revision: str | None = None) -> str | None:
-    """Why `out_dir` is prepared again, in one line, when it holds other settings or other input (a
-    corpus file edited since: the folder is replaced once the new one is done, and a run trained on
-    it then refuses --resume, so the change is said, not silent), or these settings but another
-    version of the code wrote it (a folder from before versions were recorded counts as older), or
-    the source has another revision since (a dataset updated on the Hub); None for any other reason."""
+    """Why `out_dir` is prepared again, in one line (why_prepared_again, and what happens); None when
+    nothing says why."""
+    why = why_prepared_again(out_dir, settings, revision)
+    return None if why is None else f"{why[0]}: {why[1]}"
+
+
+def why_prepared_again(out_dir: Path, settings: dict, revision: str | None = None) -> tuple[str, str] | None:
+    """Why `out_dir` is prepared again, and what is done about it, when it holds other settings or
+    other input (a corpus file edited since: the folder is replaced once the new one is done, and a
+    run trained on it then refuses --resume, so the change is said, not silent), or these settings
+    but another version of the code wrote it (a folder from before versions were recorded counts as
+    older), or the source has another revision since (a dataset updated on the Hub); None for any
+    other reason."""
     meta = recorded_meta(out_dir)
     recorded = None if meta is None else meta.get("settings")
     if not isinstance(recorded, dict):
         return None
     if not same_but_version(recorded, settings):
-        return _replaced(out_dir, recorded, settings)
+        return _replaced(out_dir, recorded, settings), REPLACED
     if recorded.get("version") != settings["version"]:
-        return f"{out_dir} was prepared by {other_version(recorded, settings)}: preparing it again"
+        return f"{out_dir} was prepared by {other_version(recorded, settings)}", AGAIN
     if moved(meta, revision):
         return (
             f"{out_dir} was prepared from revision {meta['source_revision'][:12]} of the dataset; the "
-            f"Hub has revision {revision[:12]} since: preparing it again"
-        )
+            f"Hub has revision {revision[:12]} since"
+        ), AGAIN
     return None
 
 
-REPLACED = "preparing it again; it is replaced once this preparation is done"
+AGAIN = "preparing it again"
+REPLACED = f"{AGAIN}; it is replaced once this preparation is done"
 
 
 def _replaced(out_dir: Path, recorded: dict, settings: dict) -> str:
@@ -147,9 +156,9 @@ def _replaced(out_dir: Path, recorded: dict, settings: dict) -> str:
     changed = [key for key in settings if key != "version" and recorded.get(key) != settings[key]]
     files = files_changed(recorded.get("source") or {}, settings.get("source") or {})
     if changed == ["source"] and files:
-        return f"{out_dir} holds data prepared from other input ({files}): {REPLACED}"
+        return f"{out_dir} holds data prepared from other input ({files})"
     told = settings_told(recorded, settings, changed)
-    return f"{out_dir} holds data prepared with other settings ({told}): {REPLACED}"
+    return f"{out_dir} holds data prepared with other settings ({told})"
 
 
 def settings_told(recorded: dict, settings: dict, changed: list[str]) -> str:

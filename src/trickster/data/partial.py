@@ -20,6 +20,7 @@ from trickster.data.meta import (
     recorded_meta,
     same_but_version,
     settings_told,
+    why_prepared_again,
 )
 from trickster.data.paths import PREPARED_FILES
 from trickster.data.shards import Progress
@@ -30,6 +31,7 @@ ONE_DOCUMENT = "one_document.npy"  # the one distinct document's tokens while it
 ONE_DOCUMENT_MASK = "one_document_mask.npy"  # ... and its loss mask (prompt/response records)
 # in OUT.partial until the end, not in OUT (pending.bin: pending.PENDING)
 SCRATCH = ("dedup.bin", ONE_DOCUMENT, ONE_DOCUMENT_MASK, "pending.bin")
+FILE_MANAGERS = {".DS_Store", "Thumbs.db"}
 
 
 def partial_dir(out_dir: Path) -> Path:
@@ -43,13 +45,43 @@ def check_out_dir(out_dir: Path) -> None:
     remove_leftovers(out_dir.parent, of=partial_dir(out_dir).name)  # a half-deleted spent DIR.partial
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"output {out_dir} is a file; pass a folder path to --out")
-    # what a killed `data report --html` left there goes with the folder it replaces
-    dead = {path.name for path, _ in leftovers(out_dir)} if out_dir.is_dir() else set()
-    if out_dir.is_dir() and not {p.name for p in out_dir.iterdir()} - dead <= PREPARED_FILES:
+    if out_dir.is_dir() and _others(out_dir) and not _holds_prepared(out_dir):
         raise UserError(
             f"{out_dir} already exists and is not a prepared data folder; choose another --out "
             "(nothing was changed)"
         )
+
+
+def refuse_others(out_dir: Path, settings: dict, revision: str | None) -> None:
+    """Before a prepared `out_dir` is prepared again with `settings`: refuse it while it holds what
+    data prepare did not write (a README, the user's notes), which the new folder replacing it
+    would delete, saying why it is prepared again. Kept as it is, it is only read: such files are
+    no reason to refuse it then."""
+    others = _others(out_dir) if out_dir.is_dir() else []
+    if not others:
+        return
+    why = why_prepared_again(out_dir, settings, revision)
+    reason = f"{out_dir} is to be prepared again" if why is None else why[0]
+    shown = ", ".join(others[:3]) + (f" and {len(others) - 3:,} more" if len(others) > 3 else "")
+    them = "it" if len(others) == 1 else "them"
+    raise UserError(
+        f"{reason}; beside the data it holds {shown}, which data prepare did not write and would "
+        f"delete with the folder it replaces: move {them} out of {out_dir}, or choose another --out "
+        "(nothing was changed)"
+    )
+
+
+def _others(out_dir: Path) -> list[str]:
+    """The names in `out_dir` that are not a prepared folder's, in name order. What a killed `data
+    report --html` left there, and a file manager's record of how it showed the folder (macOS
+    Finder's .DS_Store, Windows' Thumbs.db), go with the folder they lie in."""
+    dead = {path.name for path, _ in leftovers(out_dir)}
+    return sorted({p.name for p in out_dir.iterdir()} - dead - PREPARED_FILES - FILE_MANAGERS)
+
+
+def _holds_prepared(out_dir: Path) -> bool:
+    """Whether `out_dir` holds a preparation's meta.json and tokenizer.json, whatever lies beside."""
+    return (out_dir / "tokenizer.json").is_file() and recorded_meta(out_dir) is not None
 
 
 def finished_in_partial(

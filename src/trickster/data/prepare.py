@@ -67,6 +67,7 @@ from trickster.data.partial import (
     finished_in_partial,
     open_partial,
     partial_dir,
+    refuse_others,
     remove_spent,
 )
 from trickster.data.pass_progress import PassProgress
@@ -133,6 +134,7 @@ def prepare(
     # twice at most: a finished DIR.partial of a revision the Hub has moved from takes DIR's place,
     # which is then prepared again like any DIR of that revision
     while (meta := already_prepared(out_dir, settings, revision)) is None:  # like nanochat's finished shards
+        refuse_others(out_dir, settings, revision)  # what replacing it would delete
         meta = _prepare_in(partial, out_dir, source, settings, revision, build, echo)
         if meta is not None:
             return meta
