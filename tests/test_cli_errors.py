@@ -5300,6 +5300,46 @@ CASES = [
         "characters of its training text), nor are 2 more of the record's characters ('+', '4'); remove "
         "them from that record, or fine-tune a model whose tokenizer reads any text (byte, bpe or gpt2)",
     ),
+    case(  # the character alone, without its file: a tokenizing worker met it in a document
+        "prepare-text-character-outside-the-model-vocabulary",
+        lambda env: [
+            "data",
+            "prepare",
+            "text",
+            env.write("more.txt", "ROMEO: hi\nJULIET: 2 + 2\n"),
+            "--tokenizer-from",
+            str(env.run),
+            "--out",
+            "o",
+        ],
+        "more.txt line 2, column 9: character '2' is not in this model's character vocabulary (only the 61 "
+        "characters of its training text), nor is 1 more of the file's characters ('+'); remove them from "
+        "the file, or fine-tune a model whose tokenizer reads any text (byte, bpe or gpt2)",
+    ),
+    case(
+        "jsonl-text-field-character-outside-the-model-vocabulary",
+        lambda env: _jsonl(
+            [RECORD, '{"prompt": "2 + 2?", "response": "4"}'],
+            "--text-field",
+            "prompt",
+            "--tokenizer-from",
+            str(env.run),
+        )(env),
+        "chat.jsonl line 2: character '2' is not in this model's character vocabulary",
+        "nor is 1 more of the record's characters ('+'); remove them from that record",
+    ),
+    case(  # the template's own text: no record's fault
+        "jsonl-template-character-outside-the-model-vocabulary",
+        lambda env: _jsonl(
+            [RECORD, RECORD.replace("Who", "Why")],
+            "--template",
+            "{prompt} / {response}",
+            "--tokenizer-from",
+            str(env.run),
+        )(env),
+        "character '/' in --template is not in this model's character vocabulary",
+        "take it out of --template, or fine-tune",
+    ),
     case(
         "parquet-character-outside-the-model-vocabulary",
         lambda env: _parquet(

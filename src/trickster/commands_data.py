@@ -8,10 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from trickster.data import hub, sources, textfile
+from trickster.data.character_place import placed
 from trickster.data.dedup import DedupSettings
 from trickster.data.prepare import prepare, prepare_records
 from trickster.data.records import Records, check_characters, hf_records, jsonl_records, parquet_records
 from trickster.data.tokenizers import load_tokenizer
+from trickster.data.unknown_character import UnknownCharacter
 from trickster.errors import UserError
 from trickster.options import PrepareOptions, SourceSpec
 from trickster.out_path import refuse_path_through_a_file
@@ -34,17 +36,20 @@ def prepare_data(spec: SourceSpec, options: PrepareOptions, dedup: DedupSettings
         prepare_records(records, chosen, out_dir, options.val_fraction, vocab_size, dedup)
     else:
         extra = {} if options.shard_tokens is None else {"shard_tokens": options.shard_tokens}
-        prepare(
-            _text_source(spec),
-            chosen,
-            out_dir,
-            options.val_fraction,
-            vocab_size=vocab_size,
-            workers=options.workers,
-            progress=options.progress,
-            dedup_settings=dedup,
-            **extra,
-        )
+        try:
+            prepare(
+                _text_source(spec),
+                chosen,
+                out_dir,
+                options.val_fraction,
+                vocab_size=vocab_size,
+                workers=options.workers,
+                progress=options.progress,
+                dedup_settings=dedup,
+                **extra,
+            )
+        except UnknownCharacter as err:  # met by a worker, in a document without its file
+            raise placed(err, source, spec.paths or [spec.path or ""], spec.template) from None
     return out_dir
 
 

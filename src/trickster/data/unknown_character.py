@@ -47,10 +47,11 @@ class UnknownCharacter(UserError):
         """The character's column on its line, from 1."""
         return self.index - (self.text.rfind("\n", 0, self.index) + 1) + 1
 
-    def in_file(self, path: str | Path) -> UserError:
+    def in_file(
+        self, path: str | Path, fix: str = "remove {them} from the file, or score the file with " + ANY_TEXT
+    ) -> UserError:
         """The error for a text file: the line and column to look at, as an editor counts them."""
         line = self.text.count("\n", 0, self.index) + 1
-        fix = "remove {them} from the file, or score the file with " + ANY_TEXT
         where = f"{path} line {line}, column {self.column()}"
         return UserError(f"{where}: {self.line(fix=fix, holder='the file')}")
 
