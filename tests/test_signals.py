@@ -17,6 +17,7 @@ import pytest
 import trickster
 from trickster import run_checkpoints
 from trickster.config import save_config
+from trickster.observe.runs import find_runs
 from trickster.train.loop import train
 from trickster.train.signals import REPEAT_WINDOW_S
 
@@ -84,6 +85,8 @@ def test_a_second_ctrl_c_ends_a_run_stuck_in_a_long_step(shakespeare_dir, tmp_pa
     run = tmp_path / "run"
     assert f"continue with: trickster train --config {run / 'config.yaml'} --resume" in err, err
     assert run_checkpoints.latest(run) == run / "checkpoints" / "step_000002"
+    # its heartbeat said `running` to the end, so the table read the stop as a process that died
+    assert find_runs(tmp_path)[0].status == "stopped (second SIGINT, stopped at once)"
     cfg.training.max_steps = 4
     resumed = train(cfg, resume=True, **QUIET)  # the newest checkpoint is whole
     assert resumed.state.step == 4 and run_checkpoints.checkpoint_step(run / "checkpoints" / "final") == 4

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from trickster import run_checkpoints
 from trickster.errors import Interrupted
+from trickster.observe.status import read_status, write_status
 from trickster.run_checkpoints import RUN_AGAIN
 from trickster.train.run_lock import run_dir_in_use
 
@@ -170,8 +171,19 @@ def announce_signals(run_dir: Path, job: Dist | None = None) -> tuple:
         name = signal.Signals(signum).name
         again = continue_command(run_dir, job, "--resume" if newest else START)
         print(f"second {name}: stopped at once; {where}; continue with: {again}", file=sys.stderr, flush=True)
+        _last_word(run_dir, f"second {name}, stopped at once")
 
     return first, second, repeat
+
+
+def _last_word(run_dir: Path, reason: str) -> None:
+    """status.json says why the process ended: left `running`, `trickster runs` and the report
+    called a run stopped by a second Ctrl-C one whose process died without a word."""
+    last = read_status(run_dir) or {}
+    with contextlib.suppress(OSError):  # the process ends now whatever becomes of its heartbeat
+        write_status(
+            run_dir, "stopped", step=last.get("step"), max_steps=last.get("max_steps"), reason=reason
+        )
 
 
 class _StopSignal(KeyboardInterrupt):
