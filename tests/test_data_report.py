@@ -324,3 +324,23 @@ def test_a_split_of_one_token_is_said_in_the_singular(tmp_path, capsys):
     assert "val 1 token in 1 shard" in printed[0], printed[0]
     assert "val: 1 document, 1 token\n" in printed[1], printed[1]
     assert "1 tokens" not in "".join(printed)
+
+
+def test_a_validation_split_too_short_for_any_13_gram_is_not_called_clean(tmp_path, capsys):
+    """Short records (one line each, fewer than 13 tokens) left validation no 13-gram to look for,
+    and the report said 'overlap: 0.0% of the validation split's 13-grams (0 of 0) occur in train',
+    which reads as a validation split checked and found to share nothing with train."""
+    rng = np.random.default_rng(5)
+    lines = ["".join(rng.choice(list("abcdefgh"), size=int(rng.integers(4, 12)))) for _ in range(60)]
+    assert max(map(len, lines)) < 13 and len(set(lines)) == len(lines)
+    (tmp_path / "short.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in lines))
+    out = tmp_path / "out"
+    argv = ["data", "prepare", "jsonl", str(tmp_path / "short.jsonl"), "--text-field", "text"]
+    assert cli.main([*argv, "--out", str(out), "--val-fraction", "0.3", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert cli.main(["data", "report", str(out)]) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert said[-1] == (
+        "validation/train overlap: not measured: the validation split holds no 13-gram (13 tokens in "
+        "a row within one document) to look for in train"
+    )

@@ -337,7 +337,13 @@ def format_report(report: DataReport) -> list[str]:
     total = max(1, report.splits["train"].tokens)
     shown = ", ".join(f"{t!r} {c / total:.1%}" for t, c in report.top_tokens)
     lines.append(f"most frequent train tokens: {shown}")
-    share = report.val_ngrams_in_train / report.val_ngrams if report.val_ngrams else 0.0
+    if not report.val_ngrams:  # "0.0% (0 of 0)" read as a validation split found clean of train's text
+        lines.append(
+            f"validation/train overlap: not measured: the validation split holds no {N}-gram ({N} "
+            "tokens in a row within one document) to look for in train"
+        )
+        return lines
+    share = report.val_ngrams_in_train / report.val_ngrams
     lines.append(
         f"validation/train overlap: {share:.1%} of the validation split's {N}-grams "
         f"({report.val_ngrams_in_train:,} of {report.val_ngrams:,}) occur in train"
