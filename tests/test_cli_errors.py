@@ -34,6 +34,7 @@ from trickster import cli, footprint
 from trickster.config import config_from_dict, save_config
 from trickster.data import sources
 from trickster.data.new_tokenizer import build_tokenizer
+from trickster.data.prepare import in_validation
 from trickster.data.tokenizers import BPETokenizer, HFTokenizer, load_tokenizer
 from trickster.model.transformer import Transformer
 from trickster.train import loop, optim, run_lock
@@ -650,6 +651,17 @@ def _texts(env: Env, count: int, name: str = "texts") -> str:
     for i in range(count):
         env.write(f"{name}/{i:03d}.txt", f"document number {i} about nothing in particular\n")
     return str(env.tmp / name)
+
+
+def _texts_beside_a_near_copy(env: Env) -> str:
+    """Six documents whose hashes all chose training, and a near-copy of one that chose it too."""
+    texts = (" ".join(f"word{i}x{j}" for j in range(60)) + "\n" for i in range(100))
+    chosen = [text for text in texts if not in_validation(text, 0.1)][:6]
+    near = chosen[0].replace("x59", "y59")  # one word of 60
+    assert not in_validation(near, 0.1)
+    for i, text in enumerate([*chosen, near]):
+        env.write(f"texts/{i:03d}.txt", text)
+    return str(env.tmp / "texts")
 
 
 def _hf_offline(env: Env) -> list[str]:
@@ -3504,6 +3516,12 @@ CASES = [
         "prepare-no-document-in-validation",
         lambda env: ["data", "prepare", "text", _texts(env, 2), "--out", str(env.tmp / "o")],
         "too small to hold out a validation split: none of its 2 documents fell into validation",
+        "pass a larger --val-fraction",
+    ),
+    case(
+        "prepare-no-document-in-validation-beside-a-near-copy",
+        lambda env: ["data", "prepare", "text", _texts_beside_a_near_copy(env), "--out", str(env.tmp / "o")],
+        "none of its 7 documents fell into validation",
         "pass a larger --val-fraction",
     ),
     case(

@@ -410,3 +410,37 @@ def test_a_preparation_with_dedup_interrupted_twice_continues_to_the_same_result
     resumed = run(tmp_path / "out")
     assert resumed["tokens_sha256"] == reference["tokens_sha256"]
     assert resumed["dedup"] == reference["dedup"]
+
+
+def test_near_copies_are_blamed_for_an_empty_validation_only_when_they_emptied_it(tmp_path, capsys):
+    """Twelve documents whose hashes all chose training, one with a near-copy that chose training too:
+    the error said 'no document fell into validation, because 1 near-copies follow their first
+    copy's side; pass --dedup near', which then failed the same way. Grouping moved nothing: the
+    fraction is why. Near-copies of a single document are why (--dedup near keeps one to cut)."""
+    rng = np.random.default_rng(7)
+    train_side: list[str] = []
+    while len(train_side) < 12:
+        text = document(rng)
+        train_side += [] if in_validation(text, 0.1) else [text]
+    near = one_line_changed(train_side[0], rng)
+    assert not in_validation(near, 0.1)
+
+    def prepare_cli(name: str, texts: list[str], *options: str) -> str:
+        write(tmp_path / name, texts)
+        argv = ["data", "prepare", "text", str(tmp_path / name), "--out", str(tmp_path / f"{name}-out")]
+        assert cli.main([*argv, "--no-progress", "--workers", "1", *options]) == 2
+        return capsys.readouterr().err
+
+    assert prepare_cli("many", [*train_side, near]) == (
+        "error: corpus 'text' is too small to hold out a validation split: none of its 13 documents "
+        "fell into validation (each by a hash of its text, with a chance of --val-fraction 0.1); pass "
+        "a larger --val-fraction, or add documents\n"
+    )
+    copies = [train_side[0], near, paragraphs_reordered(train_side[0])]
+    assert not any(in_validation(text, 0.1) for text in copies)
+    assert prepare_cli("one", copies) == (
+        "error: corpus 'text': no document fell into validation, because 2 near-copies follow their "
+        "first copy's side of the split; pass --dedup near to keep one of each, or add documents\n"
+    )
+    assert cli.main(["data", "prepare", "text", str(tmp_path / "one"), "--out", str(tmp_path / "near"),
+                     "--dedup", "near", "--no-progress"]) == 0  # fmt: skip

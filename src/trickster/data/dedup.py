@@ -369,3 +369,19 @@ class _Chunk:
             self.near.keep(i, row, side)
         self.kept.append(i)
         self.sides.append(side)
+
+
+def emptied_by_grouping(name: str, missing: str, counts: dict, kept: int, mode: str) -> str | None:
+    """Why the `missing` side of corpus `name`'s split is empty, when grouping near-copies is why
+    (`counts`: its preparation's, of `kept` documents): one of them had its hash put it there, or
+    all but one document are near-copies (--dedup near keeps one, cut like a single text). None
+    otherwise: near-copies that stayed on the side their hash chose are not why none fell on the
+    other, and --dedup near would not help."""
+    near = counts.get("near_found", 0)
+    if not (near and mode == "group" and (counts.get("near_moved") or kept - near == 1)):
+        return None
+    follow = "near-copy follows its" if near == 1 else "near-copies follow their"
+    return (
+        f"corpus '{name}': no document fell into {missing}, because {near:,} {follow} first copy's "
+        "side of the split; pass --dedup near to keep one of each, or add documents"
+    )

@@ -408,12 +408,9 @@ class _Job:
             blank = self.record.dedup.get("blank_dropped", 0)
             raise UserError(self.source.no_text.nothing_read(name, blank) or empty)
         missing = "validation" if not val else "training"
-        if self.record.dedup.get("near_found") and self.settings.mode == "group":
-            raise UserError(
-                f"corpus '{name}': no document fell into {missing}, because "
-                f"{self.record.dedup['near_found']:,} near-copies follow their first copy's side of the "
-                "split; pass --dedup near to keep one of each, or add documents"
-            )
+        kept = sum(self.record.splits[split].documents for split in SPLITS)
+        if why := dedup.emptied_by_grouping(name, missing, self.record.dedup, kept, self.settings.mode):
+            raise UserError(why)
         if not val and self.source.read_val is not None and self.record.dedup.get("exact_found"):
             where = " (records at the end of the file)" if self.source.records else ""
             raise UserError(  # its own split (the last records): --val-fraction and size were not why
@@ -421,7 +418,6 @@ class _Job:
                 f"a training one, and a copy goes to its first copy's side; add validation documents{where} "
                 "that are not copies"
             )
-        kept = sum(self.record.splits[split].documents for split in SPLITS)
         if kept > 1 and self.source.read_val is None and not self.source.records:  # split by a hash
             raise UserError(one_side_by_hash(name, kept, bool(val), self.val_fraction))
         raise UserError(
