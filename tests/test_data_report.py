@@ -344,3 +344,19 @@ def test_a_validation_split_too_short_for_any_13_gram_is_not_called_clean(tmp_pa
         "validation/train overlap: not measured: the validation split holds no 13-gram (13 tokens in "
         "a row within one document) to look for in train"
     )
+
+
+def test_the_end_of_text_id_is_named_among_the_most_frequent_tokens(tmp_path, capsys):
+    """Short records make the end-of-text id a frequent token: char, byte and bpe decode it to
+    nothing, and the report listed it as '<6>', an id the reader cannot look up."""
+    letters = "abcdefghijklmnopqrstuvwxyz0123456789"
+    docs = [letters[i : i + 3] for i in range(0, 36, 3)]
+    (tmp_path / "short.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    out = tmp_path / "out"
+    argv = ["data", "prepare", "jsonl", str(tmp_path / "short.jsonl"), "--text-field", "text"]
+    assert cli.main([*argv, "--out", str(out), "--val-fraction", "0.3", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert cli.main(["data", "report", str(out)]) == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("most frequent")][0]
+    # every training document is 3 distinct characters and its end-of-text: a quarter of the tokens
+    assert line.startswith("most frequent train tokens: '<|endoftext|>' 25.0%, "), line

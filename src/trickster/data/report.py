@@ -297,9 +297,7 @@ def data_report(folder: str | Path, top: int = 10) -> DataReport:
     for _, block, owned in _blocks(data.train):
         counts += np.bincount(block[:owned], minlength=len(counts))[: len(counts)]
     order = np.argsort(-counts, kind="stable")[:top]
-    top_tokens = [
-        (data.tokenizer.decode([int(t)]) or f"<{int(t)}>", int(counts[t])) for t in order if counts[t]
-    ]
+    top_tokens = [(_token_shown(data.tokenizer, int(t)), int(counts[t])) for t in order if counts[t]]
     text_bytes = meta.get("train_bytes", meta.get("train_chars", 0))
     val_hashes, _ = ngram_hashes(np.asarray(data.val), _specials(data))
     query = distinct(val_hashes)
@@ -314,6 +312,14 @@ def data_report(folder: str | Path, top: int = 10) -> DataReport:
         len(val_hashes),
         in_train,
     )
+
+
+def _token_shown(tokenizer, token: int) -> str:
+    """A token's text; the end-of-text id by the name GPT-2's tokenizer gives it (char, byte and
+    bpe decode it to nothing, and '<6>' told a reader of short records nothing)."""
+    if token == tokenizer.eot_id:
+        return "<|endoftext|>"
+    return tokenizer.decode([token]) or f"<{token}>"
 
 
 def format_report(report: DataReport) -> list[str]:
