@@ -3525,6 +3525,26 @@ CASES = [
         "pass a larger --val-fraction",
     ),
     case(
+        "prepare-text-of-one-character",
+        lambda env: ["data", "prepare", "text", env.write("x.txt", "x"), "--out", str(env.tmp / "o")],
+        "its one document is 1 character long, which validation takes whole; add text",
+    ),
+    case(
+        "prepare-one-text-with-no-character-left-for-training",
+        lambda env: [
+            "data",
+            "prepare",
+            "text",
+            env.write("xy.txt", "xy"),
+            "--val-fraction",
+            "0.6",
+            "--out",
+            "o",
+        ],
+        "its one document is 2 characters long, and its last --val-fraction 0.6 leaves training none",
+        "pass a smaller --val-fraction",
+    ),
+    case(
         "prepare-no-document-in-training",
         lambda env: ["data", "prepare", "text", _texts(env, 2), "--val-fraction", "0.99", "--out", "o"],
         "all 2 of its documents fell into validation",

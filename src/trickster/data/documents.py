@@ -107,6 +107,15 @@ def large_pieces(text: LargeText, val_fraction: float, facts: bool = True) -> It
     yield dataclasses.replace(held, last=True, fingerprint=fingerprint), split
 
 
+def one_side_empty(name: str, kept: int, chars: int | None, in_validation: bool, val_fraction: float) -> str:
+    """Why corpus `name` has one side of its split empty (all `in_validation`, or none): its one text
+    of `chars` characters, cut by characters (the empty part is a document too), or its `kept`
+    documents, each put on its side by a hash (chars None)."""
+    if chars is not None:
+        return one_text_too_short(name, chars, in_validation, val_fraction)
+    return one_side_by_hash(name, kept, in_validation, val_fraction)
+
+
 def one_side_by_hash(name: str, kept: int, in_validation: bool, val_fraction: float) -> str:
     """Why a corpus of `kept` documents, each put on its side by a hash of its text, has one side
     empty (all of them `in_validation`, or none), and which way --val-fraction must go."""
@@ -115,6 +124,24 @@ def one_side_by_hash(name: str, kept: int, in_validation: bool, val_fraction: fl
         f"corpus '{name}' is too small to hold out a validation split: {fell} documents fell into "
         f"validation (each by a hash of its text, with a chance of --val-fraction {val_fraction:g}); "
         f"pass a {fix} --val-fraction, or add documents"
+    )
+
+
+def one_text_too_short(name: str, chars: int, in_validation: bool, val_fraction: float) -> str:
+    """Why the one text of a corpus, `chars` characters long, cut by characters (its last
+    `val_fraction` to validation), left training empty (all of it `in_validation`) or validation."""
+    start = f"corpus '{name}' is too small to hold out a validation split: its one document is {chars:,} "
+    start += "character long" if chars == 1 else "characters long"
+    if in_validation and chars == 1:
+        return f"{start}, which validation takes whole; add text"
+    if in_validation:
+        return (
+            f"{start}, and its last --val-fraction {val_fraction:g} leaves training none; pass a smaller "
+            "--val-fraction, or add text"
+        )
+    return (
+        f"{start}, and its last --val-fraction {val_fraction:g} is less than a character; pass a larger "
+        "--val-fraction"
     )
 
 

@@ -45,7 +45,7 @@ import numpy as np
 
 from trickster.atomic import held, replace_dir, replace_file
 from trickster.data import dedup, record_layouts
-from trickster.data.documents import all_texts, bounded, cuts_safely, documents, one_side_by_hash, unread
+from trickster.data.documents import all_texts, bounded, cuts_safely, documents, one_side_empty, unread
 from trickster.data.encode import Chunk, chunks, encoded_in_order, in_validation
 from trickster.data.json_text import json_text
 from trickster.data.meta import (
@@ -418,8 +418,13 @@ class _Job:
                 f"a training one, and a copy goes to its first copy's side; add validation documents{where} "
                 "that are not copies"
             )
-        if kept > 1 and self.source.read_val is None and not self.source.records:  # split by a hash
-            raise UserError(one_side_by_hash(name, kept, bool(val), self.val_fraction))
+        single, by_hash = (
+            self.source.single_document,
+            self.source.read_val is None and not self.source.records,
+        )
+        if single or (kept > 1 and by_hash):  # a single text is cut by characters: its empty part counts
+            chars = sum(self.record.splits[s].chars for s in SPLITS) if single else None
+            raise UserError(one_side_empty(name, kept, chars, bool(val), self.val_fraction))
         raise UserError(
             f"corpus '{name}' is too small to hold out a validation split (no document fell into "
             f"{missing}); add documents or change --val-fraction"
