@@ -142,6 +142,13 @@ def _report_on_the_folder_of_runs(env: Env) -> list[str]:
     return ["report", str(env.tmp / "runs")]
 
 
+def _generate_on_an_imported_char_model(env: Env) -> list[str]:
+    hf, imported = env.tmp / "hf", env.tmp / "imported"
+    assert cli.main(["export", str(env.run), "--out", str(hf)]) == 0
+    assert cli.main(["import", "hf", str(hf), "--out", str(imported)]) == 0
+    return ["generate", str(imported), "--prompt", "ROMEO§"]
+
+
 def _malformed_yaml(env: Env) -> list[str]:
     path = env.write("broken.yaml", "model_config:\n  hidden_dim: [64\ntraining_config: {\n")
     return ["train", "--config", path]
@@ -3900,6 +3907,11 @@ CASES = [
         "--max-examples must be >= 1 (got 0)",
     ),
     # ---- checkpoints
+    case(  # its tokenizer (BPE, no unknown token) dropped the character, and generate went on
+        "generate-imported-char-model-character-it-lacks",
+        _generate_on_an_imported_char_model,
+        "--prompt: character '§' (U+00A7) at column 6 is not in this model's character vocabulary",
+    ),
     case(
         "generate-missing-run-dir",
         lambda env: ["generate", str(env.tmp / "runs" / "nope")],

@@ -28,9 +28,10 @@ from trickster.model.transformer import Transformer
 from trickster.model.vocab import padded_vocab
 from trickster.train import checkpoint as ckpt
 from trickster.train import checkpoint_load, checkpoint_path
+from trickster.train.loop import train
 
 from . import children
-from .conftest import EXCERPT
+from .conftest import EXCERPT, QUIET, micro_config
 from .test_tokenizers import gpt2_or_skip
 
 TEXT = "ROMEO:\nIs it so?  Then,\tI defy you, stars!\n\n"
@@ -269,6 +270,29 @@ def test_an_export_into_a_link_to_an_empty_folder_fills_that_folder(trained_run,
     assert (tmp_path / "hf").is_symlink() and (disk / "model.safetensors").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big-disk", "hf"]
     assert sorted(p.name for p in disk.parent.iterdir()) == ["model"]
+
+
+def test_an_exported_char_model_imported_back_refuses_characters_it_lacks(tmp_path, capsys):
+    """A char run on lowercase text, exported and imported back: its tokenizer (BPE, no unknown
+    token) dropped the 'H' of 'Hello' without a word, where the char model refuses it; the import
+    suggested that very `--prompt 'Hello'`, and generate continued 'ello'."""
+    (tmp_path / "quiet.txt").write_text("the cat sat on the mat and then it slept all day.\n" * 400)
+    data, hf, run = tmp_path / "data", tmp_path / "hf", tmp_path / "run"
+    assert cli.main(["data", "prepare", "text", str(tmp_path / "quiet.txt"), "--out", str(data)]) == 0
+    training = {"max_steps": 2, "warmup_steps": 0, "eval_every": 2, "save_every": 2, "sample_tokens": 0}
+    train(micro_config(data, tmp_path / "lower", training_config=training), **QUIET)
+    assert cli.main(["export", str(tmp_path / "lower"), "--out", str(hf)]) == 0
+    capsys.readouterr()
+    assert cli.main(["import", "hf", str(hf), "--out", str(run)]) == 0
+    suggested = capsys.readouterr().out.split("try: ")[1].strip()
+    assert suggested == f"trickster generate {run}"
+    assert cli.main([*suggested.split()[1:], "--max-new-tokens", "4"]) == 0
+    capsys.readouterr()
+    assert cli.main(["generate", str(run), "--prompt", "Hello", "--max-new-tokens", "4"]) == 2
+    assert "character 'H' at column 1 is not in this model's character vocabulary" in capsys.readouterr().err
+    assert load_tokenizer(run / "tokenizer.json").encode("hello the mat") == load_tokenizer(
+        data / "tokenizer.json"
+    ).encode("hello the mat")
 
 
 def test_an_import_killed_half_way_leaves_no_half_run_folder(trained_run, tmp_path):

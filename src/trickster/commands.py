@@ -309,7 +309,8 @@ def import_command(source: str, path: str, out: str, revision: str | None = None
     m = checkpoint_load.read_config(final).model
     origin = run_checkpoints.read_info(final)["imported_from"]  # a Hub repo: with the commit it resolved to
     print(f"imported {origin}: {parameter_breakdown(m).total:,} parameters, {m.shape()}")
-    print(f"wrote {run}/checkpoints/final; try: trickster generate {run} --prompt 'Hello'")
+    # 'Hello' where the tokenizer encodes it: an exported char model of lowercase text lacks 'H'
+    print(f"wrote {run}/checkpoints/final; try: {next_hint(run, 'Hello')}")
     return run
 
 

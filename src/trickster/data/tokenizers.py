@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from trickster.atomic import replace_file
+from trickster.data.hf_coverage import check_covered, dropping_vocabulary
 from trickster.data.hf_tokens import require_tokenizers, special_token_text
 from trickster.data.tokenizer_json import TokenizerJsonError, backend_of, id_count
 from trickster.data.unknown_character import UnknownCharacter
@@ -206,6 +207,7 @@ class HFTokenizer(Tokenizer):
         self.tokenizer_json = tokenizer_json
         self.config = dict(config or {})  # tokenizer_config.json: special tokens, chat template
         self.backend = backend_of(tokenizer_json)
+        self.drops_from = dropping_vocabulary(tokenizer_json)
         self.id_count = id_count(self.backend)
         # as transformers: special-token text in the input stays text (our own exports set it)
         self.backend.encode_special_tokens = self.config.get("split_special_tokens") is True
@@ -224,6 +226,8 @@ class HFTokenizer(Tokenizer):
         return self.id_count
 
     def encode(self, text: str) -> list[int]:
+        if self.drops_from is not None:  # an exported char model: refuse what it lacks, as char does
+            check_covered(text, self.drops_from)
         return self.backend.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
