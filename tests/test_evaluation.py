@@ -269,3 +269,16 @@ def test_a_slow_eval_says_how_far_it_got_on_stderr(trained_run, shakespeare_dir,
         rf"scoring {shakespeare_dir} \(val split\): 1 of {windows // 2} batches in \d+ s, about \d+ s to go\n"
     )
     assert re.fullmatch(shown, slow.err), slow.err
+
+
+def test_one_scored_token_is_said_in_the_singular(tmp_path, capsys):
+    """A two-character text scores one token of one byte (the first character is context only):
+    the summary said '1 tokens, 1 bytes'."""
+    run = save_random_checkpoint(tmp_path / "ckpt", CharTokenizer("ab"))
+    (tmp_path / "t.txt").write_text("ab", encoding="utf-8")
+    assert cli.main(["eval", str(run), "--text", str(tmp_path / "t.txt"), "--device", "cpu"]) == 0
+    summary = capsys.readouterr().out.splitlines()[-1]
+    assert summary.startswith("1 token, 1 byte (1.00 bytes per token); "), summary
+    (tmp_path / "t.txt").write_text("abba", encoding="utf-8")
+    assert cli.main(["eval", str(run), "--text", str(tmp_path / "t.txt"), "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("3 tokens, 3 bytes (1.00 bytes per token); ")

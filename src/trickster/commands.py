@@ -133,7 +133,8 @@ def eval_command(opts: EvalOptions) -> None:
         f"loss {score.loss:.4f}   perplexity {score.perplexity:.3f}   bits per byte {score.bits_per_byte:.4f}"
     )
     print(
-        f"{score.tokens:,} tokens, {score.bytes:,} bytes ({score.bytes / score.tokens:.2f} bytes per token); "
+        f"{counted(score.tokens, 'token')}, {counted(score.bytes, 'byte')} "
+        f"({score.bytes / score.tokens:.2f} bytes per token); "
         f"windows of {loaded.cfg.seq_len} tokens, each token predicted once"
     )
 
