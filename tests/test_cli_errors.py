@@ -3285,6 +3285,12 @@ CASES = [
         lambda env: _parquet(env, "--text-field", "", columns={"text": ["one story", "another"]}),
         "argument --text-field: '' is empty (an unset shell variable?); give the field that holds the text",
     ),
+    case(  # it was read, then not used: the dataset's own validation split was kept whole
+        "prepare-tinystories-val-fraction",
+        lambda env: ["data", "prepare", "tinystories", "--dataset", "stories", "--val-fraction", "0.05"],
+        "--val-fraction does not apply to tinystories: its validation split is the dataset's own, whole",
+        "drop --val-fraction",
+    ),
     case(  # `--dataset "$DIR"`, DIR unset: it read TinyStories from the Hub
         "prepare-tinystories-dataset-empty",
         lambda env: ["data", "prepare", "tinystories", "--dataset", "", "--out", "o"],

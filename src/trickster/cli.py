@@ -188,6 +188,12 @@ def _check_path_for_override(args: argparse.Namespace) -> None:
 
 
 def _check_prepare(args: argparse.Namespace) -> None:
+    if args.source == "tinystories" and getattr(args, "val_fraction_given", False):  # read, then not used
+        raise UserError(
+            "--val-fraction does not apply to tinystories: its validation split is the dataset's own, "
+            "whole; drop --val-fraction (trickster data prepare hf DATASET holds out a share of the train "
+            "split instead)"
+        )
     if args.tokenizer and args.tokenizer_from:
         raise UserError("give either --tokenizer (a new one) or --tokenizer-from (a model's), not both")
     if args.vocab_size is not None and args.tokenizer != "bpe":

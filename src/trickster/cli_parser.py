@@ -62,6 +62,14 @@ class _SetsKey(argparse.Action):
         namespace.flag_overrides = [*namespace.flag_overrides, f"{self.key}={self.value or values}"]
 
 
+class _Given(argparse.Action):
+    """An option whose value is noted as given (DEST_given), which its default cannot tell."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"{self.dest}_given", True)
+
+
 # --------------------------------------------------------------------------- data
 
 
@@ -141,9 +149,8 @@ def _add_prepare_options(parser: argparse.ArgumentParser) -> None:
         help="use a model's tokenizer instead (to fine-tune that model on this data)",
     )
     parser.add_argument("--out", type=out_path, help="output folder (default data/SOURCE-TOKENIZER)")
-    parser.add_argument(
-        "--val-fraction", type=float, default=0.1, help="the share held out for validation (default 0.1)"
-    )
+    held_out = "the share held out for validation (default 0.1)"
+    parser.add_argument("--val-fraction", type=float, default=0.1, action=_Given, help=held_out)
     parser.add_argument("--workers", type=integer, help="tokenizing processes (default: one per CPU)")
     parser.add_argument("--shard-tokens", type=integer, help="tokens per shard file (default 100,000,000)")
     shown = "no progress bars, nor lines off a terminal"
