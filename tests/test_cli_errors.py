@@ -3563,6 +3563,20 @@ CASES = [
         "all 2 of its documents fell into validation",
         "pass a smaller --val-fraction",
     ),
+    case(  # read, then not used: near-copies were not looked for
+        "prepare-near-dup-threshold-with-dedup-exact",
+        lambda env: [
+            "data",
+            "prepare",
+            "text",
+            _texts(env, 2),
+            "--dedup",
+            "exact",
+            "--near-dup-threshold",
+            "0.5",
+        ],
+        "--near-dup-threshold applies to near-copies, which --dedup exact does not look for",
+    ),
     case(
         "prepare-bad-workers",
         lambda env: ["data", "prepare", "text", _texts(env, 2), "--workers", "0", "--out", "o"],

@@ -194,6 +194,11 @@ def _check_prepare(args: argparse.Namespace) -> None:
             "whole; drop --val-fraction (trickster data prepare hf DATASET holds out a share of the train "
             "split instead)"
         )
+    if args.mode == "exact" and getattr(args, "threshold_given", False):  # read, then not used
+        raise UserError(
+            "--near-dup-threshold applies to near-copies, which --dedup exact does not look for; drop "
+            "--near-dup-threshold, or pass --dedup group (the default) or --dedup near"
+        )
     if args.tokenizer and args.tokenizer_from:
         raise UserError("give either --tokenizer (a new one) or --tokenizer-from (a model's), not both")
     if args.vocab_size is not None and args.tokenizer != "bpe":

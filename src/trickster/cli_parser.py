@@ -162,9 +162,8 @@ def _add_prepare_options(parser: argparse.ArgumentParser) -> None:
         "--dedup", dest="mode", choices=("group", "near", "exact"), default="group", help=dedup
     )
     similar = "Jaccard similarity of 5-word shingles from which documents are near-copies, in (0, 1] (0.8)"
-    parser.add_argument(
-        "--near-dup-threshold", dest="threshold", type=float, default=0.8, metavar="J", help=similar
-    )
+    threshold = {"dest": "threshold", "type": float, "default": 0.8, "metavar": "J", "action": _Given}
+    parser.add_argument("--near-dup-threshold", **threshold, help=similar)
     parser.add_argument(
         "--keep-duplicates", action="store_true", help="keep exact copies (on their first copy's side)"
     )
