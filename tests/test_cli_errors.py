@@ -56,6 +56,7 @@ class Env:
     def __init__(self, tmp: Path, data: Path, run: Path, monkeypatch: pytest.MonkeyPatch):
         self.tmp, self.data, self.run, self.monkeypatch = tmp, data, run, monkeypatch
         self.redirection = ""  # the shell's part of how the case is run (`>&-`), shown in docs/ERRORS.md
+        self.environment = ""  # variables set for the command (`PYTHONIOENCODING=ascii`), shown before it
 
     def write(self, name: str, content: str | bytes) -> str:
         path = self.tmp / name
@@ -987,6 +988,20 @@ def _stdout_on_a_full_disk(env: Env) -> list[str]:
     env.monkeypatch.setattr(sys, "stdout", _FullDisk())
     env.redirection = "> /dev/full"
     return ["chat", str(env.run), "--max-new-tokens", "2"]
+
+
+def _stdout_in_ascii(env: Env) -> list[str]:
+    """`PYTHONIOENCODING=ascii trickster generate` of a model that writes 'é' (so would a latin-1
+    locale or cp1252 on Windows with a byte model's U+FFFD): a UnicodeEncodeError's traceback."""
+    from trickster.data.tokenizers import CharTokenizer
+
+    shape = dict(vocab_size=64, hidden_dim=16, num_layers=1, num_heads=2, mlp_dim=32, max_seq_len=16)
+    cfg = config_from_dict({"model_config": shape})
+    torch.manual_seed(0)
+    save_checkpoint(env.tmp / "accents", Transformer(cfg.model), cfg, CharTokenizer("aé"), {"step": 0})
+    env.monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(io.BytesIO(), encoding="ascii"))
+    env.environment = "PYTHONIOENCODING=ascii"
+    return ["generate", str(env.tmp / "accents"), "--prompt", "a", "--max-new-tokens", "20", "--seed", "0"]
 
 
 def _stdin_write_only(env: Env) -> list[str]:
@@ -3995,6 +4010,12 @@ CASES = [
         "free space where it goes",
     ),
     case(
+        "generate-stdout-in-ascii",
+        _stdout_in_ascii,
+        "generate could not write 'é' (U+00E9) to standard output, whose encoding is ascii",
+        "set PYTHONIOENCODING=utf-8 (or a UTF-8 locale) and run it again",
+    ),
+    case(
         "chat-stdin-write-only",
         _stdin_write_only,
         "standard input cannot be read (Bad file descriptor)",
@@ -5581,7 +5602,8 @@ def test_bad_input_is_one_clear_line(
     places[f"{Path(__file__).parent.parent}/"] = ""
     shown = [_shown(a if _plain(a) else repr(a), places) for a in argv]
     shown = [a if len(a) <= 120 else f"{a[:100]}...({len(a):,} characters)" for a in shown]  # 10,000
-    command = " ".join(["trickster", *shown, *([env.redirection] if env.redirection else [])])
+    shell = [*([env.environment] if env.environment else []), "trickster", *shown]
+    command = " ".join([*shell, *([env.redirection] if env.redirection else [])])
     SEEN[request.node.callspec.id] = (command, _shown(lines[0], places))
 
 

@@ -1,6 +1,7 @@
-"""Where generate, compare and chat write their text: stdout, which a user may have closed (`>&-`)
-or sent to a file on a full disk. Either was a traceback (an AttributeError on None, an OSError at
-the first write); a pipe that ended (`| head`) is still a quiet success (cli.main)."""
+"""Where generate, compare and chat write their text: stdout, which a user may have closed (`>&-`),
+sent to a file on a full disk, or set to an encoding that lacks a character of the text. Each was a
+traceback (an AttributeError on None, an OSError at the first write, a UnicodeEncodeError); a pipe
+that ended (`| head`) is still a quiet success (cli.main)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ def text_written(command: str) -> Iterator[None]:
         )
     try:
         yield
+    except UnicodeEncodeError as err:  # a locale or PYTHONIOENCODING of ascii, latin-1, cp1252
+        sys.stdout.write("\n")  # the message on a line of its own, not after the text
+        raise UserError(unencodable(command, err)) from None
     except BrokenPipeError:
         raise
     except OSError as err:
@@ -34,3 +38,14 @@ def text_written(command: str) -> Iterator[None]:
             f"{command} could not write its text to standard output ({os.strerror(err.errno)}); "
             "free space where it goes, or send it elsewhere"
         ) from None
+
+
+def unencodable(command: str, err: UnicodeEncodeError) -> str:
+    """The line for a character of the text that stdout's encoding lacks (a byte model's U+FFFD, a
+    curly quote where PYTHONIOENCODING is ascii, the locale latin-1, or a file is written in cp1252 on
+    Windows): the character, its code point and the encoding, and how to write UTF-8 instead."""
+    character = err.object[err.start]
+    return (
+        f"{command} could not write {character!r} (U+{ord(character):04X}) to standard output, whose "
+        f"encoding is {err.encoding}; set PYTHONIOENCODING=utf-8 (or a UTF-8 locale) and run it again"
+    )
