@@ -189,6 +189,33 @@ def test_a_resume_with_fewer_steps_fits_its_intervals_again(shakespeare_dir, tmp
     assert _saved_at(run) == [4, 20, 40, 60, 80]
 
 
+@pytest.mark.slow
+def test_a_resume_with_more_steps_fits_its_intervals_again(shakespeare_dir, tmp_path, capsys):
+    """A 50-step run of tiny fits save_every (500) to 10 steps; resumed with max_steps=100 it kept
+    10, where a new run of 100 steps saves every 20 (the 12 of a 60-step run kept over 2,000 steps
+    meant 160 evaluations). Now it is fitted again, said in one line and recorded; eval_every, given
+    on the first run's command line, was the user's and stays 10."""
+    run = tmp_path / "run"
+    argv = ["train", "--preset", "tiny", "--data", str(shakespeare_dir), "--out", str(run), "--no-progress"]
+    argv += [*UNFITTED, "model_config.hidden_dim=32", "model_config.num_layers=1", "model_config.mlp_dim=96"]
+    assert cli.main([*argv, "training_config.max_steps=50", "training_config.eval_every=10"]) == 0
+    assert _saved_at(run) == [10, 20, 30, 40]
+    capsys.readouterr()
+
+    assert cli.main([*argv, "--resume", "training_config.max_steps=100"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "changed on resume: training_config.save_every 10 -> 20" in out
+    assert (
+        "max_steps 50 -> 100: save_every 10 -> 20 fitted again, as a new run of 100 steps fits it "
+        "(set training_config.save_every to choose)"
+    ) in out
+    assert not any("eval_every" in line for line in out)
+    assert _saved_at(run) == [10, 20, 30, 40, 60, 80]
+    assert _evaluated_at(run)[-6:] == [50, 60, 70, 80, 90, 100]
+    record = (run / "config.yaml").read_text().splitlines()[1]
+    assert json.loads(record[record.index("{") :])["training_config.save_every"] == [500, 20]
+
+
 def _prepared_stories(tmp_path, stories: list[str], *flags: str) -> Path:
     """`stories` as JSON Lines of {"text": ...} records, prepared (with the char tokenizer unless
     `flags` give another) into tmp_path/data."""
@@ -382,22 +409,35 @@ def test_a_setting_the_user_gives_a_run_from_a_config_yaml_is_kept(fitted_run, t
 
 
 @pytest.mark.slow
-def test_a_resume_of_a_run_from_a_config_yaml_keeps_what_it_fitted(fitted_run, tmp_path, capsys):
+def test_a_resume_of_a_run_from_a_config_yaml_fits_its_intervals_to_the_new_length(
+    fitted_run, tmp_path, capsys
+):
     """A run from the fitted run's config.yaml fits its intervals to its 100 steps (20). Resumed by
-    the same command with 140, it keeps them (not a fifth of 140, nor the file's 10): its checkpoint
-    trained with them, and its config.yaml still records their values before."""
+    the same command with 140, it fits them as a new run of 140 steps from that file does (28, a
+    fifth of 140, from the preset's 250 and 500 its config.yaml records; not the file's 10), and
+    its config.yaml records their values before as it did."""
     run = tmp_path / "resumed"
     _from_config(fitted_run, run, "training_config.max_steps=100")
-    record = (run / "config.yaml").read_text().splitlines()[1]
+    record = _fitted_record(run)
     assert _evaluated_at(run) == [0, 20, 40, 60, 80, 100]
     _from_config(fitted_run, run, "training_config.max_steps=140", "--resume")
     out = capsys.readouterr().out
     assert [line for line in out.splitlines() if "changed on resume" in line] == [
-        "changed on resume: training_config.max_steps 100 -> 140"
+        "changed on resume: training_config.max_steps 100 -> 140",
+        "changed on resume: training_config.eval_every 20 -> 28",
+        "changed on resume: training_config.save_every 20 -> 28",
     ]
-    assert _evaluated_at(run) == [0, 20, 40, 60, 80, 100, 120, 140]
-    assert _saved_at(run) == [20, 40, 60, 80, 120]  # 100 was the end's: final
-    assert (run / "config.yaml").read_text().splitlines()[1] == record
+    assert _evaluated_at(run) == [0, 20, 40, 60, 80, 100, 112, 140]
+    assert _saved_at(run) == [20, 40, 60, 80, 112]  # 100 was the end's: final
+    record["training_config.eval_every"] = [250, 28]
+    record["training_config.save_every"] = [500, 28]
+    assert _fitted_record(run) == record
+
+
+def _fitted_record(run: Path) -> dict:
+    """The record of what the run fitted, [before, fitted], under its config.yaml's first line."""
+    line = (run / "config.yaml").read_text().splitlines()[1]
+    return json.loads(line[line.index("{") :])
 
 
 @pytest.mark.slow

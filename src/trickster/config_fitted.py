@@ -19,7 +19,7 @@ the user gives on the command line is theirs (Config.gave); an entry that does n
 of its setting is ignored, and so is a record that is not JSON. A file without the record (saved
 before it, or a config of one's own) is read as it always was. A resume keeps the values its
 checkpoint trained with (fitted.py), and the record of its checkpoint's config.yaml with them, but
-for those a lowered max_steps fits again.
+for those a changed max_steps fits again.
 """
 
 from __future__ import annotations

@@ -27,14 +27,16 @@ fine-tune from the file was evaluated and saved 25 times; a 20-step try's warmup
 10,000). A resumed run keeps the values its checkpoint was trained with, and their record,
 whatever the config passed now says (the preset again, or a base model's config.yaml): its
 schedule and samples go on as they began. A value the user gives wins, then as at the start, and
-the resume reports the change. The exceptions come with a lowered max_steps: a warmup kept that
-leaves no room after it (the run would end warming up, never decayed) is fitted again as a new
-run's is, and so are eval_every and save_every, from their values before any fitting (tiny's 250
-and 500 kept in a resume from 2,000 steps to 100 evaluated and saved nothing until the last step);
-schedule_on_resume says what became of the schedule, and of an interval given now that no step
-left reaches before the last. A config.yaml cannot tell a preset's warmup or interval from one the
-user typed when the run began: one given now is theirs (a warmup refused if it does not fit:
-config_checks), any other is fitted, as torchtitan and litgpt clamp theirs.
+the resume reports the change. The exceptions come with a changed max_steps: eval_every and
+save_every are fitted again as a new run of that many steps fits them, from their values before any
+fitting (tiny's 250 and 500 kept in a resume from 2,000 steps to 100 evaluated and saved nothing
+until the last step; the 12 a 60-step run fitted, kept over 2,000 steps, evaluated 160 times); and
+a warmup kept that a lowered max_steps leaves no room after (the run would end warming up, never
+decayed) is fitted again as a new run's is. schedule_on_resume says what became of the schedule,
+and of an interval given now that no step left reaches before the last. A config.yaml cannot tell
+a preset's warmup or interval from one the user typed when the run began: one given now is theirs
+(a warmup refused if it does not fit: config_checks), any other is fitted, as torchtitan and litgpt
+clamp theirs; an interval the record does not hold as fitted stays while it fits.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def fitted_config(cfg: Config, data: PreparedData, saved: Config | None) -> tupl
             # decayed (a warmup given now that does not fit is refused: config_checks)
             recorded.setdefault("warmup_steps", kept["warmup_steps"])
             kept["warmup_steps"] = cfg.training.max_steps // 10
-        if cfg.training.max_steps < saved.training.max_steps:
+        if cfg.training.max_steps != saved.training.max_steps:
             _refit_intervals(kept, recorded, cfg.training.max_steps)
         return _with(cfg, kept, recorded), []
     # a setting a saved config.yaml holds as its run fitted it is fitted afresh, from its value
@@ -117,23 +119,18 @@ def _warmup_refitted(warmup: int, max_steps: int) -> str:
 
 
 def schedule_on_resume(changed: dict[str, list], cfg: Config, step: int) -> list[str]:
-    """What became of the schedule on a resume from `step` that lowered max_steps (`changed`:
-    check_resumable's {key: [old, new]}): where the cosine now ends, whether the warmup was kept,
-    fitted again (it no longer fit) or given anew, and the intervals fitted again; then a line for
-    an interval given now that no step reaches before the last. Nothing for any other resume: a
-    larger max_steps stretches the cosine (docs/training.md), as "changed on resume" says."""
+    """What became of the schedule on a resume from `step` that changed max_steps (`changed`:
+    check_resumable's {key: [old, new]}). Lowered: where the cosine now ends, whether the warmup was
+    kept, fitted again (it no longer fit) or given anew, and the intervals fitted again. Raised: the
+    intervals fitted again, if any (a larger max_steps stretches the cosine, docs/training.md, as
+    "changed on resume" says). Then a line for an interval given now that no step reaches before
+    the last. Nothing for a resume that kept max_steps."""
     before, after = changed.get("training_config.max_steps", (None, None))
-    if not (isinstance(before, int) and isinstance(after, int) and after < before):
+    if not (isinstance(before, int) and isinstance(after, int) and after != before):
         return []
-    warmup = cfg.training.warmup_steps
-    if "training_config.warmup_steps" not in changed:
-        kept = f"warmup {warmup:,} kept"
-    elif cfg.gave("training_config.warmup_steps"):
-        kept = f"warmup {changed['training_config.warmup_steps'][0]:,} -> {warmup:,} as given"
-    else:
-        refitted = _warmup_refitted(changed["training_config.warmup_steps"][0], after)
-        kept = f"{refitted} (set training_config.warmup_steps to choose)"
-    lines = [f"max_steps {before:,} -> {after:,}: the cosine decay now ends at step {after:,}; {kept}"]
+    clauses = []
+    if after < before:
+        clauses.append(f"the cosine decay now ends at step {after:,}; {_warmup_kept(changed, cfg)}")
     given = [key for key in INTERVAL_KEYS if cfg.gave(f"training_config.{key}")]
     if refitted := [key for key in INTERVAL_KEYS if f"training_config.{key}" in changed and key not in given]:
         said = " and ".join(
@@ -141,11 +138,24 @@ def schedule_on_resume(changed: dict[str, list], cfg: Config, step: int) -> list
             for key in refitted
         )
         them = "it" if len(refitted) == 1 else "them"
-        lines[0] += (
-            f"; {said} fitted again, as a new run of {counted(after, 'step')} fits {them} (set "
+        clauses.append(
+            f"{said} fitted again, as a new run of {counted(after, 'step')} fits {them} (set "
             f"training_config.{' or '.join(refitted)} to choose)"
         )
+    lines = [f"max_steps {before:,} -> {after:,}: {'; '.join(clauses)}"] if clauses else []
     return lines + [line for line in [_unreached(cfg, given, step)] if line]
+
+
+def _warmup_kept(changed: dict[str, list], cfg: Config) -> str:
+    """What became of the warmup on a resume that lowered max_steps: kept, given anew, or fitted
+    again (it no longer fit)."""
+    warmup = cfg.training.warmup_steps
+    if "training_config.warmup_steps" not in changed:
+        return f"warmup {warmup:,} kept"
+    if cfg.gave("training_config.warmup_steps"):
+        return f"warmup {changed['training_config.warmup_steps'][0]:,} -> {warmup:,} as given"
+    refitted = _warmup_refitted(changed["training_config.warmup_steps"][0], cfg.training.max_steps)
+    return f"{refitted} (set training_config.warmup_steps to choose)"
 
 
 def _unreached(cfg: Config, given: list[str], step: int) -> str | None:
@@ -192,12 +202,14 @@ def _intervals(values: dict[str, int], max_steps: int) -> dict[str, int]:
 
 
 def _refit_intervals(kept: dict[str, Any], recorded: dict[str, Any], max_steps: int) -> None:
-    """On a resume that lowered max_steps, the intervals among `kept` (the checkpoint's, the user
+    """On a resume that changed max_steps, the intervals among `kept` (the checkpoint's, the user
     gave none now) fitted again as a new run of `max_steps` fits them, from their values before
     any fitting (`recorded`): tiny's 250 kept in a resume from 2,000 steps to 100 evaluated nothing
-    until the last step, and the save_every of 60 a 300-step run fitted saved once where a new run
-    of 100 steps saves four times. A run too short to fit them (a try) keeps the checkpoint's, as a
-    new one keeps the preset's."""
+    until the last step, the save_every of 60 a 300-step run fitted saved once where a new run
+    of 100 steps saves four times, and the 12 a 60-step run fitted, kept over 2,000 steps, meant 160
+    evaluations (a new run of 2,000 takes the preset's 250). One the run was given (not recorded as
+    fitted) stays, unless it no longer fits. A run too short to fit them (a try) keeps the
+    checkpoint's, as a new one keeps the preset's."""
     if max_steps // INTERVALS < MIN_FITTED_INTERVAL:
         return
     before = {key: recorded.get(key, kept[key]) for key in INTERVAL_KEYS if key in kept}

@@ -306,7 +306,7 @@ def announce(trainer: Trainer, resume, changed: dict, repairs: list[str]) -> Non
     if resuming:
         out.line(f"resuming from {resumed_from}")
     changes = [f"changed on resume: {key} {spelled(a)} -> {spelled(b)}" for key, (a, b) in changed.items()]
-    schedule = schedule_on_resume(changed, cfg, trainer.state.step)  # max_steps lowered
+    schedule = schedule_on_resume(changed, cfg, trainer.state.step)  # max_steps changed
     for line in repairs + notes + changes + schedule:
         out.line(line)
     if trainer.batch_note:
