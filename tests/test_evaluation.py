@@ -282,3 +282,13 @@ def test_one_scored_token_is_said_in_the_singular(tmp_path, capsys):
     (tmp_path / "t.txt").write_text("abba", encoding="utf-8")
     assert cli.main(["eval", str(run), "--text", str(tmp_path / "t.txt"), "--device", "cpu"]) == 0
     assert capsys.readouterr().out.splitlines()[-1].startswith("3 tokens, 3 bytes (1.00 bytes per token); ")
+
+
+def test_windows_of_one_token_are_said_in_the_singular(tmp_path, capsys):
+    """A checkpoint trained on windows of one token (training_config.seq_len 1): the summary said
+    'windows of 1 tokens'."""
+    run = save_random_checkpoint(tmp_path / "ckpt", CharTokenizer("ab"), seq_len=1)
+    (tmp_path / "t.txt").write_text("abba", encoding="utf-8")
+    assert cli.main(["eval", str(run), "--text", str(tmp_path / "t.txt"), "--device", "cpu"]) == 0
+    summary = capsys.readouterr().out.splitlines()[-1]
+    assert summary.endswith("; windows of 1 token, each token predicted once"), summary

@@ -587,3 +587,10 @@ def test_one_process_whose_accumulation_does_not_fit_is_told_what_it_holds():
         "training_config.batch_size=1 and training_config.gradient_accumulation_steps=1 "
     ), advice
     assert "FSDP" not in advice and "shard" not in advice
+
+
+def test_a_one_step_plan_says_one_step(capsys):
+    """`trickster plan` of a one-step config said 'this config (1 steps x ...)'."""
+    argv = ["plan", "--preset", "tiny", "--no-bench", "--device", "cpu", "training_config.max_steps=1"]
+    assert main(argv) == 0
+    assert "this config (1 step x " in capsys.readouterr().out

@@ -135,7 +135,7 @@ def eval_command(opts: EvalOptions) -> None:
     print(
         f"{counted(score.tokens, 'token')}, {counted(score.bytes, 'byte')} "
         f"({score.bytes / score.tokens:.2f} bytes per token); "
-        f"windows of {loaded.cfg.seq_len} tokens, each token predicted once"
+        f"windows of {counted(loaded.cfg.seq_len, 'token')}, each token predicted once"
     )
 
 
@@ -157,7 +157,8 @@ def _hellaswag(opts: EvalOptions, loaded, device) -> None:
         f"acc_norm {accuracy.acc_norm:.4f} ({accuracy.correct_norm:,} of {scored})   "
         f"acc {accuracy.acc:.4f} ({accuracy.correct:,} of {scored})   chance 0.25"
     )
-    notes = [f"{accuracy.cut:,} contexts cut from their start to fit {window} tokens"]
+    its = "its" if accuracy.cut == 1 else "their"
+    notes = [f"{counted(accuracy.cut, 'context')} cut from {its} start to fit {counted(window, 'token')}"]
     if skipped := hellaswag.skipped_summary(accuracy):
         notes.append(f"left out of {accuracy.examples:,}: {skipped}")
     print("; ".join(notes))

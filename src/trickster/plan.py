@@ -38,6 +38,7 @@ from trickster.model.vocab import assumed_vocab
 from trickster.plan_benchmark import Benchmark, BenchSkipped, benchmark
 from trickster.plan_data import PlannedData, data_line, planned_data
 from trickster.plan_gpu import AssumedRate, NamedGpu, assumed_rate, time_lines, unrated
+from trickster.plural import counted
 from trickster.presets import preset_names
 from trickster.train.device import resolve_precision
 from trickster.train.launch_env import parallel_mode
@@ -319,7 +320,7 @@ def _budgets(plan: Plan) -> list[tuple[str, int]]:
     a fine-tune), --tokens, one epoch of the data."""
     cfg, t = plan.cfg, plan.cfg.training
     per_step = t.batch_size * cfg.seq_len * t.gradient_accumulation_steps * plan.processes
-    budgets = [(f"this config ({t.max_steps:,} steps x {per_step:,})", plan.run_tokens)]
+    budgets = [(f"this config ({counted(t.max_steps, 'step')} x {per_step:,})", plan.run_tokens)]
     if not t.init_from:
         budgets.append((f"compute-optimal (~{TOKENS_PER_PARAMETER} per parameter)", plan.optimal_tokens))
     if plan.tokens:
