@@ -5,11 +5,13 @@ every command from, takes them from here.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from trickster.data import hub, sources, textfile
 from trickster.data.character_place import placed
 from trickster.data.dedup import DedupSettings
+from trickster.data.json_as_text import json_lines_note
 from trickster.data.prepare import prepare, prepare_records
 from trickster.data.records import Records, check_characters, hf_records, jsonl_records, parquet_records
 from trickster.data.tokenizers import load_tokenizer
@@ -35,6 +37,8 @@ def prepare_data(spec: SourceSpec, options: PrepareOptions, dedup: DedupSettings
             check_characters(records, chosen)
         prepare_records(records, chosen, out_dir, options.val_fraction, vocab_size, dedup)
     else:
+        if source == "text" and (note := json_lines_note(spec.paths)):
+            print(note, file=sys.stderr, flush=True)
         extra = {} if options.shard_tokens is None else {"shard_tokens": options.shard_tokens}
         try:
             prepare(
