@@ -626,6 +626,11 @@ def _resume_resplit_data(env: Env) -> list[str]:
     return _trained_run_copy_with(env, "--resume", "--data", data)
 
 
+def _empty_folder(env: Env) -> Path:
+    (env.tmp / "empty").mkdir()
+    return env.tmp / "empty"
+
+
 def _prepare_out_is_file(env: Env) -> list[str]:
     corpus = env.write("corpus.txt", "some text to tokenize\n" * 20)
     return ["data", "prepare", "text", corpus, "--out", env.write("taken", "my notes\n")]
@@ -5345,6 +5350,13 @@ CASES = [
         "prepare-tokenizer-from-missing",
         _jsonl([RECORD, RECORD], "--tokenizer-from", "/nonexistent/run"),
         "--tokenizer-from /nonexistent/run not found",
+        "a prepared data folder, or a tokenizer.json",
+    ),
+    case(  # it said 'no complete checkpoint in empty; train first, or pass a checkpoint folder'
+        "prepare-tokenizer-from-an-empty-folder",
+        lambda env: [*_jsonl([RECORD, RECORD])(env), "--tokenizer-from", str(_empty_folder(env))],
+        "--tokenizer-from ",
+        "/empty holds no tokenizer (no tokenizer.json, no checkpoints); pass a run or checkpoint folder, "
         "a prepared data folder, or a tokenizer.json",
     ),
     case(  # it said 'data-copy is a prepared data folder, not a run'

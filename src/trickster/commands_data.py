@@ -113,18 +113,35 @@ def _tokenizer_from(path: str):
     """The tokenizer of a run, checkpoint or data folder, or a tokenizer.json file."""
     target, fix = Path(path), "pass another --tokenizer-from"
     if not target.exists():  # resolve() below would say 'pass a run folder or a checkpoint folder'
-        raise UserError(
-            f"--tokenizer-from {path} not found; pass a run or checkpoint folder, a prepared data "
-            "folder, or a tokenizer.json that trickster wrote"
-        )
+        raise UserError(f"--tokenizer-from {path} not found; {PASS_TOKENIZER_FROM}")
     if target.is_file():
         return load_tokenizer(target, fix)
     saved = target / "tokenizer.json"  # a folder by that name is refused as one, below
     if not (saved.is_file() or saved.is_dir()) or (target / "checkpoints").is_dir():
-        target = checkpoint_path.resolve(target)  # a run folder: its best or newest checkpoint
+        target = _run_checkpoint(target)
     tokenizer = load_tokenizer(target / "tokenizer.json", fix)  # a checkpoint's or a data folder's
     checksums.verify(target, ["tokenizer.json"], fix)  # a data folder records none
     return tokenizer
+
+
+PASS_TOKENIZER_FROM = (
+    "pass a run or checkpoint folder, a prepared data folder, or a tokenizer.json that trickster wrote"
+)
+
+
+def _run_checkpoint(folder: Path) -> Path:
+    """The checkpoint whose tokenizer --tokenizer-from `folder` (a run folder) means: its best or
+    newest. A folder that holds no tokenizer.json and is no run (an empty one) is said to be so
+    under the option's name, not as a run without a checkpoint ('train first')."""
+    try:
+        return checkpoint_path.resolve(folder)
+    except UserError as err:
+        if (folder / "checkpoints").is_dir() or any((p / "checkpoints").is_dir() for p in folder.iterdir()):
+            raise UserError(f"--tokenizer-from: {err}") from None  # a run, or runs: the checkpoint to pass
+        raise UserError(
+            f"--tokenizer-from {folder} holds no tokenizer (no tokenizer.json, no checkpoints); "
+            f"{PASS_TOKENIZER_FROM}"
+        ) from None
 
 
 def read_text_option(path: Path) -> str:
