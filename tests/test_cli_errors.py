@@ -4850,7 +4850,13 @@ CASES = [
     case(
         "import-missing-folder",
         lambda env: ["import", "hf", str(env.tmp / "nope"), "--out", str(env.tmp / "imported")],
-        "nope is not a folder",
+        "nope: no such folder; pass a model folder",  # it said 'is not a folder', as of something there
+    ),
+    case(
+        "import-misspelled-folder",
+        lambda env: ["import", "hf", f"{_hf_folder(env, {})}le", "--out", str(env.tmp / "imported")],
+        "hf-modelle: no such folder (did you mean /",
+        "/hf-model?); pass a model folder or a Hub repo id ORG/NAME",
     ),
     case(  # "config.json is not a folder", as of a path to nothing
         "import-a-file-of-the-model",
@@ -4861,7 +4867,7 @@ CASES = [
     case(
         "import-missing-relative-folder",
         lambda env: ["import", "hf", "./org/name", "--out", str(env.tmp / "imported")],
-        "./org/name is not a folder",
+        "./org/name: no such folder;",
         "or a Hub repo id ORG/NAME",
     ),
     case(

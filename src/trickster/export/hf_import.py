@@ -16,7 +16,7 @@ from safetensors import SafetensorError, safe_open
 from trickster.atomic import new_folder, restore_replaced
 from trickster.config import ModelConfig, config_from_dict, save_config
 from trickster.data.tokenizers import HFTokenizer
-from trickster.errors import UserError, write_fix
+from trickster.errors import UserError, did_you_mean, write_fix
 from trickster.export import hf_hub
 from trickster.export.hf import FROM_HF, HF_IGNORED, TO_HF, check_new_folder, rename
 from trickster.model.transformer import Transformer
@@ -187,6 +187,20 @@ def _no_config(src: Path) -> str:
     )
 
 
+PASS_SOURCE = "pass a model folder or a Hub repo id ORG/NAME"
+
+
+def _closest_folder(path: Path) -> str:
+    """` (did you mean hf-model?)` for the folder beside a missing `path` whose name is closest to
+    its own (`hf-modle`), written as the path was typed; "" when none is close."""
+    try:
+        beside = [p.name for p in path.parent.iterdir() if p.is_dir()] if path.parent.is_dir() else []
+    except OSError:  # a folder this user may not list
+        beside = []
+    prefix = "" if path.parent == Path(path.name).parent else f"{path.parent}/"
+    return did_you_mean(path.name, beside, prefix=prefix)
+
+
 def import_hf(source: str | Path, run_dir: str | Path, revision: str | None = None) -> Path:
     """Turn a Hugging Face Llama into a run folder with one checkpoint, `final`: a local folder, or a
     Hub repo id ORG/NAME (text that is no existing path) downloaded at `revision` (`hf_hub`)."""
@@ -205,8 +219,10 @@ def import_hf(source: str | Path, run_dir: str | Path, revision: str | None = No
                 else "a model folder"
             )
             raise UserError(f"{source} is a file; pass {holder}, or a Hub repo id ORG/NAME")
+        if not src.exists():  # a path to nothing: "is not a folder" read as if something were there
+            raise UserError(f"{source}: no such folder{_closest_folder(src)}; {PASS_SOURCE}")
         if not src.is_dir():
-            raise UserError(f"{source} is not a folder; pass a model folder or a Hub repo id ORG/NAME")
+            raise UserError(f"{source} is not a folder; {PASS_SOURCE}")
         if revision is not None:
             raise UserError(f"--revision picks a version of a Hub repo, and {src} is a local folder; drop it")
         if not (src / "config.json").is_file():
