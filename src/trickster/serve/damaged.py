@@ -1,7 +1,8 @@
 """The checkpoints a server found damaged (a config.yaml edited wrong, weights cut short), each
 remembered by its files as they were when read (disk.contents): one is read again only once they
 change (a repair, a new save), not at every request or rescan, and a served checkpoint replaced by
-a damaged one gets one warning line on stderr for each change of its files, not one a request."""
+a damaged one, or a damaged checkpoint a rescan finds, gets one warning line on stderr for each
+change of its files, not one a request or rescan."""
 
 from __future__ import annotations
 
@@ -37,6 +38,11 @@ class Damaged:
     def keep_only(self, paths: set[Path]) -> None:
         """Forget the folders that left the disk (a folder made again there is another)."""
         self.found = {path: seen for path, seen in self.found.items() if path in paths}
+
+    def said(self, path: Path, files: tuple | None) -> None:
+        """A line about `path`, its files as they were `files` when read, was said elsewhere (serve's
+        lines for the checkpoints left out at its start): warn() says nothing more of them."""
+        self.warned[path] = files
 
     def warn(self, path: Path, before: tuple | None, line: str) -> None:
         """Say `line` on stderr, once for the files `before` the read that failed; not where they

@@ -24,7 +24,9 @@ run also saves new checkpoints and prunes old ones: `rescan`, at every request (
 checkpoints/ when nothing changed), offers the folders that appeared there and stops offering those
 that left it, whose requests under way finish as those of a replaced one do. A checkpoint left out
 as damaged is read again only once its files change (a repair): while they stay as they were, a
-rescan costs a `stat` of each, not a reread of its config and tokenizer every second.
+rescan costs a `stat` of each, not a reread of its config and tokenizer every second. One found
+damaged by a rescan (a checkpoint saved wrong since the start) gets one warning line on stderr, as
+one at the start gets serve's line, not one a rescan.
 """
 
 from __future__ import annotations
@@ -126,6 +128,7 @@ class Catalog:
         --checkpoints named it, and when none is left (a checkpoint folder served alone)."""
         left_out, first = [], None
         for name, path in found.items():
+            before = disk.contents(path)
             try:
                 self.offered[name] = self._describe(name, path)
             except UserError as err:
@@ -133,6 +136,7 @@ class Catalog:
                     raise
                 first = first or err
                 left_out.append(f"{name} is not offered: {err}")
+                self.damaged.said(path, before)  # serve says these lines: no warning for them again
         if first is not None and not self.offered:
             raise first
         return left_out
@@ -182,10 +186,13 @@ class Catalog:
                 if self.damaged.unchanged(path) is not None:
                     failed = True  # damaged as it was: looked at again later, read once it changes
                     continue
+                before = disk.contents(path)
                 try:
                     fresh[name] = self._describe(name, path)
-                except UserError:  # damaged, or replaced as it was read: listed again later
+                except UserError as err:  # damaged, or replaced as it was read: listed again later
                     failed = True
+                    line = f"{name} is not offered: {err}; it is read again once its files change"
+                    self.damaged.warn(path, before, line)  # once, not at every rescan
             with self.changed:
                 self._relist(found, fresh)
             self.listed = stamp
