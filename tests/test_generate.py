@@ -56,6 +56,22 @@ def test_past_the_context_each_token_comes_from_the_last_max_seq_len_tokens():
     assert short_differs  # else this model could not tell a wrong window from the right one
 
 
+def test_a_prompt_longer_than_the_context_is_continued_from_its_last_max_seq_len_tokens():
+    """docs/finetune-export.md says so: whatever comes before the prompt's last 24 tokens changes
+    nothing, and its first token is the one a forward pass over exactly those 24 predicts (whose
+    logits a window one token shorter does not give)."""
+    torch.manual_seed(0)
+    model = lively(Transformer(small())).eval()
+    prompt = torch.randint(0, 40, (60,)).tolist()  # 2.5 windows of 24
+    other_start = torch.randint(0, 40, (36,)).tolist() + prompt[-24:]
+    out = list(generate(model, prompt, 8, temperature=0))
+    assert out == list(generate(model, other_start, 8, temperature=0))
+    with torch.no_grad():
+        last = model(torch.tensor([prompt[-24:]]))[0][0, -1]
+        shorter = model(torch.tensor([prompt[-23:]]))[0][0, -1]
+    assert out[0] == int(last.argmax()) and not torch.allclose(last, shorter)
+
+
 def test_generation_ends_before_the_stop_token():
     torch.manual_seed(0)
     model = lively(Transformer(small())).eval()
