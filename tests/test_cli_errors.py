@@ -1765,6 +1765,13 @@ def _chat_template(command: str, content: str | None) -> Build:
     return build
 
 
+def _chat_with_a_system_message_too_long(env: Env) -> list[str]:
+    """The micro model reads 64 characters: a --system of 60 and a two-character message leave a
+    reply of 12 no room, so every line typed was refused as 'your message is 66 tokens'."""
+    argv = _chat_template("chat", "{% for m in messages %}{{ m.content }}\n{% endfor %}")(env)
+    return [*argv, "--max-new-tokens", "12", "--system", "a" * 60]
+
+
 def _chat(*flags: str) -> Build:
     return lambda env: ["chat", str(env.run), "--max-new-tokens", "2", *flags]
 
@@ -4386,6 +4393,12 @@ CASES = [
     case("serve-port-in-use", _serve_on_taken_port, "is in use", "--port"),
     case("chat-template-missing", _chat_template("chat", None), "--chat-template", "cannot be read"),
     case("chat-template-broken", _chat_template("chat", "{% for %}"), "chat template does not compile"),
+    case(
+        "chat-system-message-leaves-no-room",
+        _chat_with_a_system_message_too_long,
+        "--system: with the chat template, it and a two-character message are 64 tokens",
+        "a reply needs 12 more of the model's 64; shorten --system (or lower --max-new-tokens)",
+    ),
     case(  # `message` outside a loop over messages: every conversation failed, one message at a time
         "chat-template-fails-on-every-conversation",
         _chat_template("chat", "{{ message.content }}"),

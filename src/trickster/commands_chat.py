@@ -52,6 +52,7 @@ def _chat(target: str, sampling: Sampling, device: str, chat_template: str | Non
     if template is None and system is not None:
         raise UserError("--system needs a chat template; pass --chat-template FILE, or leave --system out")
     talk = Talk(loaded.model.to(where), loaded.tokenizer, template, sampling, system)
+    talk.check_opening()
     context = loaded.cfg.model.max_seq_len
     if loaded.path != Path(target):  # a run folder: which of its checkpoints, in info's words, first
         print(checkpoint_load.checkpoint_line(loaded))
@@ -90,6 +91,29 @@ class Talk:
     def reset(self) -> None:
         self.messages = list(self.opening)
 
+    @property
+    def room(self) -> int:
+        """The tokens a reply is given room for: --max-new-tokens, at most half the context."""
+        return min(self.sampling.max_new_tokens, self.context // 2)
+
+    def check_opening(self) -> None:
+        """Refuse a --system message that leaves a reply no room even after a message of two
+        characters: each line typed was refused, however short, as 'your message is 140 tokens'."""
+        if not self.opening:
+            return
+        from trickster.serve.chat import TemplateRefused
+
+        try:
+            ids = self.template.prompt_ids([*self.opening, {"role": "user", "content": "hi"}])
+        except (TemplateRefused, UserError):  # said of each message typed, as without --system
+            return
+        if len(ids) + self.room > self.context:
+            raise UserError(
+                f"--system: with the chat template, it and a two-character message are {len(ids)} "
+                f"tokens, and a reply needs {self.room} more of the model's {self.context}; "
+                "shorten --system (or lower --max-new-tokens)"
+            )
+
     def answer(self, line: str) -> None:
         """Print the model's reply to `line` as it is written (and keep it, with a template)."""
         if problem := not_utf8(line, "this line"):
@@ -113,7 +137,7 @@ class Talk:
         is too long; the conversation then stays as it was."""
         from trickster.serve.chat import TemplateRefused
 
-        room = min(self.sampling.max_new_tokens, self.context // 2)
+        room = self.room
         kept, dropped = len(self.opening), 0
         while True:
             try:
