@@ -575,6 +575,19 @@ def test_the_summary_gives_a_tiny_corpus_its_size_in_bytes(tmp_path, capsys):
     assert size < 100 and first.startswith(f"text: {size} bytes of text in 3 documents"), first
 
 
+def test_the_summary_says_one_byte_of_text_in_the_singular(tmp_path, capsys):
+    """A folder of a one-character file and an empty one (skipped) read one byte: the summary
+    said '1 bytes of text'."""
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.txt").write_text("a")
+    (notes / "empty.txt").write_text("")
+    argv = ["data", "prepare", "text", str(notes), "--out", str(tmp_path / "d"), "--tokenizer", "byte"]
+    assert cli.main([*argv, "--workers", "1", "--no-progress"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("text: 1 byte of text in 1 document "), first
+
+
 @pytest.mark.skipif(resource is None, reason="needs RLIMIT_FSIZE")
 def test_a_refused_shard_write_is_one_line_with_its_own_fix(tmp_path, capsys):
     """A real refusal: a file size limit (EFBIG; Python ignores SIGXFSZ) that the first shard

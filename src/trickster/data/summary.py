@@ -30,7 +30,7 @@ def _text_size(size: int) -> str:
     """1.1 MB; a corpus under 0.1 MB in KB, and one under 100 bytes in bytes, where MB or KB
     would read 0.0 (as if nothing were read)."""
     if size < 100:
-        return f"{size} bytes"
+        return counted(size, "byte")
     return f"{size / 1e6:,.1f} MB" if size >= 100_000 else f"{size / 1e3:.1f} KB"
 
 
@@ -79,7 +79,7 @@ def prepare_summary(meta: dict, out_dir: Path, kept: bool = False, removed: str 
     )
     if meta.get("loss_mask"):
         replies = "reply" if meta.get("records") == "messages" else "response"
-        lines.append(f"the loss covers {meta['train_loss_tokens']:,} {replies} tokens of train")
+        lines.append(f"the loss covers {counted(meta['train_loss_tokens'], f'{replies} token')} of train")
         if meta.get("records") in TEMPLATES:
             lines.append(
                 f"chat template: the {meta['records']} layout, in tokenizer.json: a model fine-tuned on "
@@ -103,7 +103,7 @@ def kept_older(meta: dict, out_dir: Path) -> str:
 
 def _holding(meta: dict) -> str:
     return (
-        f"train {meta['train_tokens']:,} tokens, val {meta['val_tokens']:,}, {meta['tokenizer']} "
+        f"train {counted(meta['train_tokens'], 'token')}, val {meta['val_tokens']:,}, {meta['tokenizer']} "
         f"vocabulary {meta['vocab_size']:,}"
     )
 
