@@ -614,6 +614,16 @@ def _resume_data_prepared_again(env: Env) -> list[str]:
     return args
 
 
+def _resume_data_prepared_again_with_bytes(env: Env) -> list[str]:
+    """The run's folder (info.json's data_path) prepared again with the byte tokenizer: 'prepare it as
+    it was' named neither the run's tokenizer (char) nor the folder's now."""
+    data = env.prepare_text(EXCERPT.read_text(encoding="utf-8"), name="bytes", tokenizer="byte")
+    args = _trained_run_copy_with(env, "--resume", "--data", data)
+    info = env.tmp / "run-copy" / "checkpoints" / "final" / "info.json"
+    info.write_text(json.dumps({**json.loads(info.read_text()), "data_path": data}))
+    return args
+
+
 def _resume_resplit_data(env: Env) -> list[str]:
     # the same text with another --val-fraction: train and val overlap what the run trained on
     data = str(env.tmp / "resplit")
@@ -2602,6 +2612,14 @@ CASES = [
         "resume again (nothing was changed)",
     ),
     case("resume-data-prepared-again", _resume_data_prepared_again, "data changed", "was prepared again"),
+    case(  # it said 'prepare it as it was', naming neither tokenizer
+        "resume-data-prepared-again-with-another-tokenizer",
+        _resume_data_prepared_again_with_bytes,
+        "the tokenizer changed; ",
+        "bytes-data was prepared again since the run trained on it (the run trained with char, "
+        "vocabulary 61; it holds byte, vocabulary 256 now): prepare it as it was, or start a new run "
+        "with another --out",
+    ),
     case(  # it said to choose a new --out, though nothing was in the way of a run starting there
         "resume-with-nothing-to-resume",
         _resume_in_empty_folder,

@@ -12,6 +12,7 @@ from trickster import run_checkpoints
 from trickster.config import Config, LoraConfig
 from trickster.data.loader import PreparedData
 from trickster.data.token_meaning import same_ids
+from trickster.data.tokenizers import Tokenizer
 from trickster.errors import UserError
 from trickster.model.lora import adapted_layers, target_names
 from trickster.train import checkpoint_load
@@ -101,20 +102,34 @@ def check_data_first(run_dir: Path, resume: bool | str, data: PreparedData) -> N
 
 
 def _check_same_data(path: Path, info: dict, data: PreparedData) -> None:
-    if not same_ids(checkpoint_load.read_tokenizer(path), data.tokenizer):
-        raise UserError(f"cannot resume from {path}: the tokenizer changed; {_data_fix(info, data)}")
+    trained = checkpoint_load.read_tokenizer(path)
+    if not same_ids(trained, data.tokenizer):
+        fix = _data_fix(info, data, trained)
+        raise UserError(f"cannot resume from {path}: the tokenizer changed; {fix}")
     if info.get("data_fingerprint") != data.meta.get("tokens_sha256"):
         raise UserError(f"cannot resume from {path}: the prepared data changed; {_data_fix(info, data)}")
 
 
-def _data_fix(info: dict, data: PreparedData) -> str:
-    """The fix: the data folder the checkpoint's run named (info.json, relative to where it trained)."""
+def _data_fix(info: dict, data: PreparedData, trained: Tokenizer | None = None) -> str:
+    """The fix: the data folder the checkpoint's run named (info.json, relative to where it trained);
+    prepared again with another tokenizer than `trained` (the checkpoint's), both named, so that
+    'as it was' says how."""
     trained_on, new_run = info.get("data_path"), "or start a new run with another --out"
     if trained_on is None:
         return "use the data it was trained on"
     if Path(trained_on).resolve() != Path(data.path).resolve():
         return f"it was trained on {trained_on}: pass --data {trained_on}, {new_run}"
-    return f"{trained_on} was prepared again since the run trained on it: prepare it as it was, {new_run}"
+    again = f"{trained_on} was prepared again since the run trained on it"
+    if trained is not None:
+        again += f" ({_tokenizers_named(trained, data.tokenizer)})"
+    return f"{again}: prepare it as it was, {new_run}"
+
+
+def _tokenizers_named(trained: Tokenizer, now: Tokenizer) -> str:
+    before, after = (f"{t.kind}, vocabulary {t.vocab_size:,}" for t in (trained, now))
+    if before == after:  # as many ids of the same kind, meaning others (other characters, merges)
+        return f"the run trained with {before}; it holds {after} too, of other ids, now"
+    return f"the run trained with {before}; it holds {after} now"
 
 
 def _changed_settings(old: Config, new: Config) -> dict[str, list]:
