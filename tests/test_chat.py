@@ -104,6 +104,17 @@ def test_a_system_message_opens_every_conversation(monkeypatch, capsys, trained_
     assert asked == ["KING:\nROMEO:\n", "KING:\nROMEO:\n"]
 
 
+def test_a_message_too_long_beside_the_system_one_says_both_count(monkeypatch, capsys, trained_run, tmp_path):
+    """A --system of 30 characters and a message of 30 leave a reply of 12 no room in the micro
+    model's 64: the line said 'your message is 62 tokens' of a message of 30."""
+    template = tmp_path / "chat.jinja"
+    template.write_text(TEMPLATE)
+    flags = [str(trained_run), "--chat-template", str(template), "--system", "a" * 30, *GREEDY]
+    out = chat(monkeypatch, capsys, ["b" * 30, "ROMEO:"], *flags)
+    assert "(not sent: with the chat template your message and the --system one are 62 tokens, and a" in out
+    assert len(replies(out)) == 1  # the next line, short enough, is answered
+
+
 def test_a_template_that_declines_a_lone_user_message_still_starts(
     monkeypatch, capsys, trained_run, tmp_path
 ):

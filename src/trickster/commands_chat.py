@@ -147,9 +147,10 @@ class Talk:
                 return None
             if len(ids) + room <= self.context:
                 break
-            if len(asked) - kept <= 1:  # only the new message is left
+            if len(asked) - kept <= 1:  # only the new message is left (after --system's, if given)
+                counted = "your message and the --system one are" if self.opening else "your message is"
                 print(
-                    f"(not sent: with the chat template your message is {len(ids)} tokens, and a "
+                    f"(not sent: with the chat template {counted} {len(ids)} tokens, and a "
                     f"reply needs {room} more of the model's {self.context}; write a shorter one)"
                 )
                 return None
