@@ -146,3 +146,37 @@ def test_a_slow_validation_loss_says_how_far_it_got_on_stderr(trained_run, capsy
     micro_batches = 4  # the trained run's eval_batches (micro_config), one batch_size-wide draw each
     shown = rf"val loss of the untrained model: 1 of {micro_batches} batches in \d+ s, about \d+ s to go\n"
     assert re.fullmatch(shown, slow.err), slow.err
+
+
+def test_an_imported_run_says_where_it_came_from_and_how_to_get_its_val_loss(
+    trained_run, shakespeare_dir, tmp_path, capsys
+):
+    """A run of `import hf` (one checkpoint, `final`, at step 0, no data) was called "trained
+    (final, step 0)" with "val loss n/a (no data)" and no word of how to get one."""
+    hf, run = tmp_path / "hf", tmp_path / "imported"
+    assert cli.main(["export", str(trained_run), "--out", str(hf)]) == 0
+    assert cli.main(["import", "hf", str(hf), "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert cli.main(["compare", str(run), "--max-new-tokens", "3", "--seed", "0"]) == 0
+    out = capsys.readouterr().out
+    assert _headers(out) == [
+        "--- untrained (random weights): val loss n/a (no data) ---",
+        f"--- imported (final, from {hf.resolve()}): val loss n/a (no data) ---",
+    ]
+    final = run / "checkpoints" / "final"
+    assert out.splitlines()[0] == (
+        "no validation losses: an imported model has no data of its own; pass --data DIR (a folder "
+        f"prepared with its tokenizer: trickster data prepare ... --tokenizer-from {final}), or score "
+        f"a text file: trickster eval {run} --text FILE"
+    )
+    # both ways it names give a loss: the data the exported run trained on, and a text file, which
+    # scores the same as the run the model came from
+    assert cli.main(["compare", str(run), "--data", str(shakespeare_dir), "--max-new-tokens", "3"]) == 0
+    assert all(re.search(r": val loss \d+\.\d{4} ---$", h) for h in _headers(capsys.readouterr().out))
+    text = tmp_path / "lines.txt"
+    text.write_text("ROMEO:\nWhat light through yonder window breaks?\n" * 4, encoding="utf-8")
+    losses = []
+    for scored in (run, trained_run / "checkpoints" / "best"):
+        assert cli.main(["eval", str(scored), "--text", str(text)]) == 0
+        losses.append(re.search(r"loss (\d+\.\d{4})", capsys.readouterr().out).group(1))
+    assert losses[0] == losses[1], losses

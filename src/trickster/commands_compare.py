@@ -50,22 +50,42 @@ def compare_command(
     loaded = checkpoint_load.load_checkpoint(target, where)
     prompt, ids = prompt_ids(loaded.tokenizer, _prompt(loaded, sampling.prompt))
     reference = reference_model(loaded, where, base, untrained)
-    trained = "fine-tuned" if loaded.info.get("init_from") else "trained"
-    models = {
-        reference.title: reference.model,
-        f"{trained} ({loaded.path.name}, step {loaded.info['step']})": loaded.model,
-    }
+    models = {reference.title: reference.model, _title(loaded): loaded.model}
     losses = _val_losses(loaded, models, data, where)
     with text_written("compare"):
         if reference.note:
             print(f"note: {reference.note}")
-        if data is None and None in losses and loaded.info.get("data_path"):
-            print(f"no validation losses: {evaluation.data_not_here(loaded)}")
+        if data is None and None in losses:
+            print(f"no validation losses: {_no_losses(loaded, target)}")
         for (title, model), loss in zip(models.items(), losses, strict=True):
             loss_text = f"val loss {loss:.4f}" if loss is not None else "val loss n/a (no data)"
             print(f"--- {title}: {loss_text} ---\n{prompt}", end="")
             stream(model, loaded.tokenizer, ids, sampling)
             print()
+
+
+def _title(loaded: checkpoint_load.LoadedCheckpoint) -> str:
+    """What the run's model is: an imported one's step 0 counts no training (it read it as
+    "trained ... step 0"), so it says where its weights came from, as `info` does."""
+    info, name = loaded.info, loaded.path.name
+    if info.get("init_from"):
+        return f"fine-tuned ({name}, step {info['step']})"
+    if info.get("imported_from"):
+        return f"imported ({name}, from {info['imported_from']})"
+    return f"trained ({name}, step {info['step']})"
+
+
+def _no_losses(loaded: checkpoint_load.LoadedCheckpoint, target: str) -> str:
+    """Why no validation loss was measured, and how to get one: the run's data from here, other
+    data of its tokenizer, or a text file scored by `eval`."""
+    if loaded.info.get("data_path"):
+        return evaluation.data_not_here(loaded)
+    what = "an imported model" if loaded.info.get("imported_from") else f"{loaded.path}"
+    return (
+        f"{what} has no data of its own; pass --data DIR (a folder prepared with its tokenizer: "
+        f"trickster data prepare ... --tokenizer-from {loaded.path}), or score a text file: "
+        f"trickster eval {target} --text FILE"
+    )
 
 
 def _prompt(loaded: checkpoint_load.LoadedCheckpoint, given: str | None) -> str | None:
