@@ -86,6 +86,14 @@ def test_quickstart_again_names_the_stopped_run_it_does_not_continue(tmp_path, m
         r"stopped by SIGINT at step 2; saved checkpoints/step_000002; continue with: (.+)$", out, re.M
     )
     assert ctrl_c and ctrl_c.group(1) == "trickster train --config runs/qs/config.yaml --resume", out
+    # the README's next step, compare, is named too (it was left unsaid), and works on what was saved
+    compare = "trickster compare runs/qs --prompt ROMEO:"
+    last = out.splitlines()[-2:]
+    assert last[0].endswith(f"continue with: {ctrl_c.group(1)}"), out
+    assert last[1] == f"or see what it has learned so far (the quick start's third part): {compare}"
+    assert main([*compare.split()[1:], "--max-new-tokens", "3"]) == 0
+    headers = [line for line in capsys.readouterr().out.splitlines() if line.startswith("--- ")]
+    assert headers[1].startswith("--- trained (step_000002, step 2): "), headers
 
     stopped_at(1, monkeypatch)
     assert main(argv) == 130

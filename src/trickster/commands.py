@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -401,7 +402,8 @@ def quickstart(
         f"training_config.sample_prompt={prompt}",
     ]
     code = train_command(ConfigSource(preset="tiny", overrides=[*settings, *overrides]))
-    if code:
+    if code:  # stopped by a signal (128 + its number), its line saying how to resume
+        _compare_so_far(run_dir, prompt)
         return code
     print("\n3/3 the same prompt, untrained versus trained")
     compare_command(str(run_dir), Sampling(prompt=prompt, max_new_tokens=max_new_tokens, seed=0))
@@ -409,3 +411,11 @@ def quickstart(
     print(f'Try: trickster generate {run_dir} --prompt "{prompt}" --max-new-tokens 500')
     print(f"     trickster report {run_dir}   (an HTML page: curves, samples, trained vs untrained)")
     return 0
+
+
+def _compare_so_far(run_dir: Path, prompt: str) -> None:
+    """After a stopped quick start's resume line: its third part works on the checkpoint saved so
+    far, which that line left unsaid (the README names it as the next step)."""
+    if run_checkpoints.latest(run_dir) is not None:  # a second Ctrl-C may stop it before any
+        command = f"trickster compare {shlex.quote(str(run_dir))} --prompt {shlex.quote(prompt)}"
+        print(f"or see what it has learned so far (the quick start's third part): {command}")
