@@ -34,7 +34,6 @@ from trickster import cli, footprint
 from trickster.config import config_from_dict, save_config
 from trickster.data import sources
 from trickster.data.new_tokenizer import build_tokenizer
-from trickster.data.prepare import in_validation
 from trickster.data.tokenizers import BPETokenizer, HFTokenizer, load_tokenizer
 from trickster.model.transformer import Transformer
 from trickster.train import loop, optim, run_lock
@@ -676,15 +675,11 @@ def _texts(env: Env, count: int, name: str = "texts") -> str:
     return str(env.tmp / name)
 
 
-def _texts_beside_a_near_copy(env: Env) -> str:
-    """Six documents whose hashes all chose training, and a near-copy of one that chose it too."""
-    texts = (" ".join(f"word{i}x{j}" for j in range(60)) + "\n" for i in range(100))
-    chosen = [text for text in texts if not in_validation(text, 0.1)][:6]
-    near = chosen[0].replace("x59", "y59")  # one word of 60
-    assert not in_validation(near, 0.1)
-    for i, text in enumerate([*chosen, near]):
-        env.write(f"texts/{i:03d}.txt", text)
-    return str(env.tmp / "texts")
+def _copies(env: Env, count: int) -> str:
+    """`count` files of one text (whose hash puts it on training's side at --val-fraction 0.1)."""
+    for i in range(count):
+        env.write(f"copies/{i:03d}.txt", "document number 0 about nothing in particular\n")
+    return str(env.tmp / "copies")
 
 
 def _hf_offline(env: Env) -> list[str]:
@@ -3570,17 +3565,12 @@ CASES = [
         'chat.jsonl line 2: "response" holds a lone surrogate (\\ud83d at character 5)',
         "fix or remove that record",
     ),
-    case(
-        "prepare-no-document-in-validation",
-        lambda env: ["data", "prepare", "text", _texts(env, 2), "--out", str(env.tmp / "o")],
-        "too small to hold out a validation split: none of its 2 documents fell into validation",
-        "pass a larger --val-fraction",
-    ),
-    case(
-        "prepare-no-document-in-validation-beside-a-near-copy",
-        lambda env: ["data", "prepare", "text", _texts_beside_a_near_copy(env), "--out", str(env.tmp / "o")],
-        "none of its 7 documents fell into validation",
-        "pass a larger --val-fraction",
+    case(  # a larger --val-fraction, which it said to pass, leaves training empty instead
+        "prepare-copies-of-one-text-with-keep-duplicates",
+        lambda env: ["data", "prepare", "text", _copies(env, 2), "--keep-duplicates", "--out", "o"],
+        "corpus 'text' is too small to hold out a validation split: its 2 documents are copies of one "
+        "text, which keep to one side of the split (none fell into validation); drop --keep-duplicates "
+        "to keep one, which is cut in two, or add documents",
     ),
     case(
         "prepare-text-of-one-character",
@@ -3600,12 +3590,6 @@ CASES = [
             "o",
         ],
         "its one document is 2 characters long, and its last --val-fraction 0.6 leaves training none",
-        "pass a smaller --val-fraction",
-    ),
-    case(
-        "prepare-no-document-in-training",
-        lambda env: ["data", "prepare", "text", _texts(env, 2), "--val-fraction", "0.99", "--out", "o"],
-        "all 2 of its documents fell into validation",
         "pass a smaller --val-fraction",
     ),
     case(  # read, then not used: near-copies were not looked for

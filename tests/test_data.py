@@ -637,3 +637,99 @@ def test_a_damaged_tokenizer_of_a_preparation_stopped_before_its_first_chunk_is_
     prepare(sources.text_files([str(texts)]), "char", tmp_path / "fresh", workers=1, progress=False)
     for name in ("tokenizer.json", "train/000000.bin", "val/000000.bin"):
         assert (tmp_path / "o" / name).read_bytes() == (tmp_path / "fresh" / name).read_bytes(), name
+
+
+def _rank(text: str) -> int:
+    """The 64-bit blake2b hash of a text, by which its split is chosen (docs/data.md), computed here."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
+
+
+def _split_texts(out: Path) -> dict[str, str]:
+    """Each split's text, decoded from its shards, documents joined by the end-of-text token's text."""
+    tokenizer = load_tokenizer(out / "tokenizer.json")
+    return {
+        s: tokenizer.decode(
+            np.concatenate([np.fromfile(p, np.uint8) for p in sorted((out / s).glob("*.bin"))]).tolist()
+        )
+        for s in ("train", "val")
+    }
+
+
+def test_ten_files_none_of_which_falls_into_validation_by_hash_move_the_nearest(tmp_path, capsys):
+    """Ten notes whose hashes all fall on training's side at --val-fraction 0.1 (a third of such
+    folders): preparation refused ('none of its 10 documents fell into validation'). The one whose
+    hash is lowest goes to validation, the same one whatever the files are named."""
+    text = EXCERPT.read_text(encoding="utf-8")
+    notes = [text[i * 300 : (i + 1) * 300] for i in range(10)]
+    assert all(_rank(note) >= 0.1 * 2**64 for note in notes)  # none falls into validation by hash
+    nearest = min(notes, key=_rank)
+    for name in ("a", "b"):
+        folder = tmp_path / f"notes-{name}"
+        folder.mkdir()
+        for i, note in enumerate(notes):
+            (folder / f"{name}{(i * 7) % 10 if name == 'b' else i}.txt").write_text(note, encoding="utf-8")
+        out = tmp_path / f"d-{name}"
+        assert cli.main(["data", "prepare", "text", str(folder), "--out", str(out), "--no-progress"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[1] == (
+            "validation: 1 of 10 documents (none fell there by hash at --val-fraction 0.1; the nearest was "
+            "moved)"
+        )
+        split = _split_texts(out)
+        assert nearest in split["val"] and nearest not in split["train"]
+        assert all(note in split["train"] for note in notes if note != nearest)
+        meta = json.loads((out / "meta.json").read_text())
+        assert (meta["train_documents"], meta["val_documents"]) == (9, 1)
+
+
+def test_two_files_that_both_fall_into_validation_by_hash_move_the_nearest_to_training(tmp_path, capsys):
+    """At --val-fraction 0.99 two notes whose hashes both fall on validation's side: preparation was
+    refused ('all 2 of its documents fell into validation'). The one whose hash is highest goes to
+    training."""
+    notes = [f"note number {i} about nothing in particular\n" for i in range(2)]
+    assert all(_rank(note) < 0.99 * 2**64 for note in notes)  # both fall into validation by hash
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    for i, note in enumerate(notes):
+        (folder / f"{i}.txt").write_text(note, encoding="utf-8")
+    argv = ["data", "prepare", "text", str(folder), "--val-fraction", "0.99", "--out", str(tmp_path / "d")]
+    assert cli.main([*argv, "--no-progress"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == (
+        "training: 1 of 2 documents (all fell into validation by hash at --val-fraction 0.99; the nearest "
+        "was moved)"
+    )
+    split = _split_texts(tmp_path / "d")
+    highest = max(notes, key=_rank)
+    assert highest in split["train"] and highest not in split["val"]
+    assert min(notes, key=_rank) in split["val"]
+
+
+def test_a_preparation_stopped_after_moving_the_nearest_continues_to_the_same_folder(tmp_path, monkeypatch):
+    """Stopped while the ten notes are read again with the nearest moved (a note a chunk: chunks 11
+    to 20), the same command continues to the folder an unstopped one writes."""
+    from trickster.data import encode as encode_module
+
+    from .test_data_streaming import Interrupt
+
+    text = EXCERPT.read_text(encoding="utf-8")
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    for i in range(10):
+        (folder / f"{i}.txt").write_text(text[i * 300 : (i + 1) * 300], encoding="utf-8")
+
+    def run(out):
+        texts = sources.text_files([str(folder)])
+        return prepare(
+            texts, "char", tmp_path / out, chunk_chars=300, shard_tokens=500, workers=1, echo=print
+        )
+
+    reference = run("ref")
+    assert (reference["train_documents"], reference["val_documents"]) == (9, 1)
+    monkeypatch.setattr(encode_module, "encode_chunk", Interrupt(after=13))
+    with pytest.raises(KeyboardInterrupt):
+        run("out")
+    monkeypatch.undo()
+    record = json.loads((tmp_path / "out.partial" / "progress.json").read_text())
+    assert record["moved"]["to"] == "val" and record["next_document"] == 3
+    assert run("out")["tokens_sha256"] == reference["tokens_sha256"]

@@ -125,7 +125,7 @@ def test_pieces_carry_the_whole_text_s_split_fingerprint_and_signature(tmp_path,
         text = rng.choice(["", " ", "\n"]) + text + rng.choice(["", "\n\n  "])
         path.write_text(text, encoding="utf-8", newline="")
         small_blocks(monkeypatch, rng.choice([4, 7, 16, 33]))
-        pieces = list(documents.large_pieces(textfile.LargeText(path), 0.5))
+        pieces = list(documents.large_pieces(textfile.LargeText(path)))
         read = textfile.read_text(path)
         if not read:
             assert pieces == []
@@ -133,7 +133,7 @@ def test_pieces_carry_the_whole_text_s_split_fingerprint_and_signature(tmp_path,
         assert "".join(p.text for p, _ in pieces) == read
         last, split = pieces[-1]
         assert last.last and all(not p.last for p, _ in pieces[:-1]) and pieces[0][0].first
-        assert split == ("val" if in_validation(read, 0.5) else "train")
+        assert split is None and (last.rank < 2**63) == in_validation(read, 0.5)  # decided with the others
         assert last.fingerprint == dedup.fingerprint(read)
         signed = dedup.signatures([encode_module._shingled(p) for p, _ in pieces]).min(axis=0)
         assert (signed == dedup.signature(read)).all(), (trial, text)
@@ -187,9 +187,9 @@ def test_a_preparation_stopped_inside_a_file_continues_to_the_same_folder(tmp_pa
     monkeypatch.setattr(encode_module, "encode_chunk", rest)
     hashed, large_pieces = {}, documents.large_pieces
 
-    def recorded(text, val_fraction, facts=True):
+    def recorded(text, facts=True):
         hashed[text.path.name] = facts
-        return large_pieces(text, val_fraction, facts)
+        return large_pieces(text, facts)
 
     monkeypatch.setattr(documents, "large_pieces", recorded)
     meta = prepare(sources.text_files(paths), "byte", out, **settings, echo=print)

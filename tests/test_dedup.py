@@ -64,6 +64,13 @@ def write(folder, texts):
     return sources.text_files([str(folder)])
 
 
+def rank(text: str) -> int:
+    """The 64-bit blake2b hash by which a text's split is chosen (docs/data.md), computed here."""
+    import hashlib
+
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
+
+
 def split_documents(data, stream) -> list[str]:
     ids = np.asarray(stream).astype(np.int64)
     ends = np.flatnonzero(ids == data.tokenizer.eot_id) + 1
@@ -416,7 +423,8 @@ def test_near_copies_are_blamed_for_an_empty_validation_only_when_they_emptied_i
     """Twelve documents whose hashes all chose training, one with a near-copy that chose training too:
     the error said 'no document fell into validation, because 1 near-copies follow their first
     copy's side; pass --dedup near', which then failed the same way. Grouping moved nothing: the
-    fraction is why. Near-copies of a single document are why (--dedup near keeps one to cut)."""
+    fraction is why, and the document nearest validation's side is moved there (with its near-copy,
+    if it has one). Near-copies of a single document are why (--dedup near keeps one to cut)."""
     rng = np.random.default_rng(7)
     train_side: list[str] = []
     while len(train_side) < 12:
@@ -425,17 +433,24 @@ def test_near_copies_are_blamed_for_an_empty_validation_only_when_they_emptied_i
     near = one_line_changed(train_side[0], rng)
     assert not in_validation(near, 0.1)
 
-    def prepare_cli(name: str, texts: list[str], *options: str) -> str:
+    def prepare_cli(name: str, texts: list[str], *options: str, status: int = 2) -> str:
         write(tmp_path / name, texts)
         argv = ["data", "prepare", "text", str(tmp_path / name), "--out", str(tmp_path / f"{name}-out")]
-        assert cli.main([*argv, "--no-progress", "--workers", "1", *options]) == 2
+        assert cli.main([*argv, "--no-progress", "--workers", "1", *options]) == status
         return capsys.readouterr().err
 
-    assert prepare_cli("many", [*train_side, near]) == (
-        "error: corpus 'text' is too small to hold out a validation split: none of its 13 documents "
-        "fell into validation (each by a hash of its text, with a chance of --val-fraction 0.1); pass "
-        "a larger --val-fraction, or add documents\n"
-    )
+    assert prepare_cli("many", [*train_side, near], status=0) == ""
+    data = load_data(tmp_path / "many-out")
+    nearest = min(train_side, key=rank)  # of those that chose their side themselves (not `near`)
+    assert nearest != train_side[0] and split_documents(data, data.val) == [nearest]
+    assert len(split_documents(data, data.train)) == 12
+    # the nearest with a near-copy of its own: the two move together, the copy never chosen itself
+    its_near = one_line_changed(nearest, rng)
+    assert not in_validation(its_near, 0.1)
+    assert prepare_cli("group", [*train_side, its_near], status=0) == ""
+    data = load_data(tmp_path / "group-out")
+    assert split_documents(data, data.val) == [nearest, its_near]
+    assert len(split_documents(data, data.train)) == 11
     copies = [train_side[0], near, paragraphs_reordered(train_side[0])]
     assert not any(in_validation(text, 0.1) for text in copies)
     assert prepare_cli("one", copies) == (

@@ -234,6 +234,9 @@ class Deduper:
         self.index = NearIndex(min(settings.threshold, 0.99), NUM_PERM) if settings.near else None
         self.sketches = Sketches(NUM_PERM) if settings.near else None  # rules most candidates out
         self.rows = KeptRows(folder / "dedup.bin", row_dtype(settings.near), self.counts.kept)
+        # of the last decide_chunk's documents: whether each went where its own split sent it (no
+        # copy of another, which follows its first copy's side); nearest.py moves only such a one
+        self.own_side: list[bool] = []
         start = 0
         for block in self.rows.blocks():  # a continued preparation: what it kept before
             self._add(block, np.arange(start, start + len(block)))
@@ -259,9 +262,10 @@ class Deduper:
         if self.index is not None:
             chunk.near = ChunkSearch(self.index, sigs)
             chunk.low_bits = low_bits(sigs)
-        fates = []
+        fates, chunk.own = [], [True] * len(fps)
         for i, (fp, split) in enumerate(zip(fps, splits, strict=True)):
             fates.append(self._decide(numbers[i], i, fp, None if sigs is None else sigs[i], split, chunk))
+        self.own_side = chunk.own
         kept = np.asarray(chunk.kept, np.int64)
         self.copies.add(np.asarray(fps, np.uint64)[kept], np.arange(len(kept)) + chunk.start)
         if self.index is not None:
@@ -281,6 +285,7 @@ class Deduper:
             if not self.settings.keep_duplicates:
                 c.exact_dropped += 1
                 return None
+            chunk.own[i] = False
             return SPLIT_NAMES[int(self.rows.read([row])["split"][0])]
         code = SPLIT_CODES[split]
         if self.index is not None:
@@ -296,7 +301,7 @@ class Deduper:
                     return None
                 if sides != {code}:
                     c.near_moved += 1
-                code = sides.pop()
+                code, chunk.own[i] = sides.pop(), False
         chunk.keep(i, fp, len(self.rows), code)
         self.rows.append((number, fp, code) + (() if sig is None else (sig,)))
         if self.sketches is not None:
@@ -362,6 +367,7 @@ class _Chunk:
         self.first_copy: dict[int, int] = {}  # fingerprint -> row, of the documents kept in the chunk
         self.kept: list[int] = []  # positions
         self.sides: list[int] = []  # and their split codes
+        self.own: list[bool] = []  # of each document: Deduper.own_side
 
     def keep(self, i: int, fp: int, row: int, side: int) -> None:
         self.first_copy[fp] = row

@@ -32,7 +32,7 @@ import hashlib
 import itertools
 from collections.abc import Iterable, Iterator
 
-from trickster.data.encode import Document, Piece, digest_in_validation, text_of
+from trickster.data.encode import Document, Piece, text_of
 from trickster.data.pass_progress import PassProgress
 from trickster.data.sources import Source
 from trickster.data.textfile import BLOCK_BYTES, LargeText
@@ -43,19 +43,20 @@ def documents(
     source: Source, val_fraction: float, apart: bool = True, progress: bool = False, facts: bool = True,
     done: int = 0,
 ) -> Iterator[tuple[Document, str | None]]:  # fmt: skip
-    """(document, split) in a fixed order; split None means: decided by `in_validation`. The one
-    document of a single-document source comes in Pieces (`apart`), or whole per split; its
-    characters are counted now, so that the counting pass's bar comes before the tokenizing one.
-    So does a file among several larger than a block (`apart`; see large_pieces); without `facts`,
-    or among the first `done` documents (a continued preparation skips them), its pieces carry no
-    split or fingerprint, which would take hashing its text for nothing."""
+    """(document, split) in a fixed order; split None means: decided by a hash of its text
+    (encode.side). The one document of a single-document source comes in Pieces (`apart`), or
+    whole per split; its characters are counted now, so that the counting pass's bar comes before
+    the tokenizing one. So does a file among several larger than a block (`apart`; see
+    large_pieces); without `facts`, or among the first `done` documents (a continued preparation
+    skips them), its pieces carry no split or fingerprint, which would take hashing its text for
+    nothing."""
     if source.single_document:
         return one_document(source, val_fraction, apart, progress)
-    return _many_documents(source, val_fraction, apart, facts, done)
+    return _many_documents(source, apart, facts, done)
 
 
 def _many_documents(
-    source: Source, val_fraction: float, apart: bool, facts: bool, done: int
+    source: Source, apart: bool, facts: bool, done: int
 ) -> Iterator[tuple[Document, str | None]]:
     if source.read_val is not None:
         yield from ((t, "train") for t in source.read())
@@ -64,7 +65,7 @@ def _many_documents(
         number = 0
         for text in source.read_texts():
             if isinstance(text, LargeText):
-                pieces = large_pieces(text, val_fraction, facts and number >= done)
+                pieces = large_pieces(text, facts and number >= done)
                 for piece in pieces:
                     yield piece
                     number += piece[0].last  # an empty file yields none: no document
@@ -75,9 +76,10 @@ def _many_documents(
         yield from ((t, None) for t in source.read())
 
 
-def large_pieces(text: LargeText, val_fraction: float, facts: bool = True) -> Iterator[tuple[Piece, str]]:
+def large_pieces(text: LargeText, facts: bool = True) -> Iterator[tuple[Piece, str | None]]:
     """A file among several too large to hold whole, as one document in pieces (cut_pieces), read
-    once. What decides its fate needs the whole text: its split (in_validation, a hash of the text)
+    once. What decides its fate needs the whole text: its split (encode.side of a hash of the text,
+    its `rank`, decided in the worker with the other documents')
     and its fingerprint (dedup.fingerprint, a hash of its words joined by single spaces) are hashed
     here as the pieces pass, in order, and travel with its last piece; its MinHash signature is the
     minimum of its pieces' (encode._shingled), each worked out in a worker. Its fate is decided at
@@ -103,28 +105,8 @@ def large_pieces(text: LargeText, val_fraction: float, facts: bool = True) -> It
         yield dataclasses.replace(held, last=True), "train"
         return
     fingerprint = int.from_bytes(normalised.digest(), "big")
-    split = "val" if digest_in_validation(validation, val_fraction) else "train"
-    yield dataclasses.replace(held, last=True, fingerprint=fingerprint), split
-
-
-def one_side_empty(name: str, kept: int, chars: int | None, in_validation: bool, val_fraction: float) -> str:
-    """Why corpus `name` has one side of its split empty (all `in_validation`, or none): its one text
-    of `chars` characters, cut by characters (the empty part is a document too), or its `kept`
-    documents, each put on its side by a hash (chars None)."""
-    if chars is not None:
-        return one_text_too_short(name, chars, in_validation, val_fraction)
-    return one_side_by_hash(name, kept, in_validation, val_fraction)
-
-
-def one_side_by_hash(name: str, kept: int, in_validation: bool, val_fraction: float) -> str:
-    """Why a corpus of `kept` documents, each put on its side by a hash of its text, has one side
-    empty (all of them `in_validation`, or none), and which way --val-fraction must go."""
-    fell, fix = (f"all {kept:,} of its", "smaller") if in_validation else (f"none of its {kept:,}", "larger")
-    return (
-        f"corpus '{name}' is too small to hold out a validation split: {fell} documents fell into "
-        f"validation (each by a hash of its text, with a chance of --val-fraction {val_fraction:g}); "
-        f"pass a {fix} --val-fraction, or add documents"
-    )
+    rank = int.from_bytes(validation.digest(), "big")  # its split, decided with the others' (encode.side)
+    yield dataclasses.replace(held, last=True, fingerprint=fingerprint, rank=rank), None
 
 
 def one_text_too_short(name: str, chars: int, in_validation: bool, val_fraction: float) -> str:

@@ -47,6 +47,7 @@ class Piece:
     # piece covers the shingles across the cut before it; None for a piece of the one text
     before: tuple[str, ...] | None = None
     fingerprint: int | None = None  # ... and on its last piece, the whole document's (dedup.fingerprint)
+    rank: int | None = None  # ... and the hash of its whole text that decides its split (text_rank)
 
 
 Document = str | tuple[str, ...] | Piece  # a text, a record (context, reply, ...), or a piece of a text
@@ -56,12 +57,21 @@ def in_validation(text: str, val_fraction: float) -> bool:
     """Whether a document belongs to the validation split: a hash of its text, compared with the
     fraction. Hashing the text (not the position) keeps the choice independent of order and of
     sharding, and puts identical texts together."""
-    return digest_in_validation(hashlib.blake2b(text.encode("utf-8"), digest_size=8), val_fraction)
+    return side(text_rank(text), val_fraction) == "val"
 
 
-def digest_in_validation(digest, val_fraction: float) -> bool:
-    """in_validation from the blake2b object (digest_size 8) fed a text's UTF-8 bytes."""
-    return int.from_bytes(digest.digest(), "big") < val_fraction * 2**64
+def text_rank(text: str) -> int:
+    """The 64-bit blake2b hash of a text's UTF-8 bytes that decides its split (`side`)."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
+
+
+def side(rank: int, val_fraction: float, moved: int | None = None) -> str:
+    """The split of a document whose text has the hash `rank`: validation below `val_fraction` of
+    the hashes; the one document `moved` (its rank) goes to the other side (nearest.py says why)."""
+    by_hash = "val" if rank < val_fraction * 2**64 else "train"
+    if rank == moved:
+        return "train" if by_hash == "val" else "val"
+    return by_hash
 
 
 @dataclass
@@ -74,6 +84,7 @@ class Chunk:
     dtype: str
     fingerprints: bool  # exact-copy fingerprints (dedup.fingerprint)
     signatures: bool  # MinHash signatures (dedup.signature)
+    moved: int | None = None  # the rank of the one document moved to the other side (nearest.py)
 
 
 @dataclass
@@ -89,6 +100,7 @@ class Encoded:
     fingerprints: list[int] | None
     signatures: np.ndarray | None  # (documents, dedup.NUM_PERM)
     finished: list[bool]  # whether each ends its document (a Piece may not)
+    ranks: list[int | None]  # the hash that chose each one's split (text_rank); None: its split was given
 
 
 _worker_tokenizer: Tokenizer | None = None
@@ -142,6 +154,7 @@ def encode_chunk(task: Chunk) -> Encoded:
     start, end = tokenizer.start_ids(), [] if tokenizer.eot_id is None else [tokenizer.eot_id]
     records = bool(docs) and isinstance(docs[0], tuple)
     texts = [text_of(d) for d in docs]
+    ranks = [_rank(d, t, s) for d, t, s in zip(docs, texts, task.splits, strict=True)]
     bounds = [(d.first, d.last) if isinstance(d, Piece) else (True, True) for d in docs]
     if records:
         parts = _record_parts(tokenizer, docs)
@@ -161,16 +174,22 @@ def encode_chunk(task: Chunk) -> Encoded:
         tokens,
         mask,
         np.cumsum(lengths, dtype=np.int64),
-        [
-            s or ("val" if in_validation(t, task.val_fraction) else "train")
-            for t, s in zip(texts, task.splits, strict=True)
-        ],
+        [s or side(r, task.val_fraction, task.moved) for r, s in zip(ranks, task.splits, strict=True)],
         [len(t) for t in texts],
         [len(t.encode("utf-8")) for t in texts],
         [_fingerprint(d) for d in docs] if task.fingerprints else None,
         dedup.signatures([_shingled(d) for d in docs]) if task.signatures else None,
         [last for _, last in bounds],
+        ranks,
     )
+
+
+def _rank(document: Document, text: str, split: str | None) -> int | None:
+    """The hash that chooses the document's split (None: its split is given): the last piece of a
+    document read in pieces brings its whole text's."""
+    if split is not None:
+        return None
+    return document.rank if isinstance(document, Piece) else text_rank(text)
 
 
 def _fingerprint(document: Document) -> int:

@@ -280,6 +280,7 @@ def prepared_meta(source: Source, tokenizer: Tokenizer, record: Progress, index,
         "dtype": dtype.name,
         "val_fraction": val_fraction,
         "val_split": split_rule(source, val_fraction, record),
+        "moved_nearest": None if record.moved is None else record.moved["to"],  # nearest.py
         "shard_tokens": record.settings["shard_tokens"],
         "index": "index.json",
         "input_bytes": record.input_bytes,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trickster.data import nearest
 from trickster.data.dedup import Deduper
 from trickster.data.encode import Encoded
 from trickster.data.shards import SPLITS, PendingDocument, Progress, ShardWriter, open_to_append
@@ -90,9 +91,12 @@ def write_chunk(
         sigs = None if encoded.signatures is None else np.stack([sig for *_, sig, _ in decided])
         fates = deduper.decide_chunk([n for _, n, *_ in decided], fps, sigs, fates)
     taken: dict[str, list[int | PendingDocument]] = {s: [] for s in SPLITS}  # in order
-    for (row, *_), split in zip(decided, fates, strict=True):
+    own = deduper.own_side if deduper is not None and decided else [True] * len(decided)
+    for (row, _, i, _, _), split, mine in zip(decided, fates, own, strict=True):
         if split is not None:
             taken[split].append(row)
+            if mine and encoded.ranks[i] is not None:  # it went where its own hash sent it
+                nearest.note(record, split, encoded.ranks[i])
     for split, rows in taken.items():
         if rows:
             _write_rows(encoded, starts, rows, writers[split], record.splits[split], pending)

@@ -29,7 +29,8 @@ Validation split:
   (counted in a pass of their own first);
 - a source with its own validation split (TinyStories; fine-tuning records: the last ones): that split;
 - otherwise whole documents, chosen by a hash of each document's text (`in_validation`): the same
-  choice on every run whatever the order or number of documents or workers;
+  choice on every run whatever the order or number of documents or workers; a side the hashes
+  left empty gets the one document nearest it, and the documents are read again (nearest.py);
 - and near-copies follow the first document of their cluster (dedup.py): never on both sides.
 """
 
@@ -44,8 +45,9 @@ from pathlib import Path
 import numpy as np
 
 from trickster.atomic import held, replace_dir, replace_file
-from trickster.data import dedup, record_layouts
-from trickster.data.documents import all_texts, bounded, cuts_safely, documents, one_side_empty, unread
+from trickster.data import dedup, nearest, record_layouts
+from trickster.data.documents import all_texts, bounded, cuts_safely, documents, unread
+from trickster.data.empty_side import check_both_splits
 from trickster.data.encode import Chunk, chunks, encoded_in_order, in_validation
 from trickster.data.json_text import json_text
 from trickster.data.meta import (
@@ -58,7 +60,6 @@ from trickster.data.meta import (
     with_folder_spellings,
 )
 from trickster.data.new_tokenizer import build_tokenizer
-from trickster.data.no_text import none_held
 from trickster.data.partial import (
     ONE_DOCUMENT,
     ONE_DOCUMENT_MASK,
@@ -71,7 +72,7 @@ from trickster.data.partial import (
     remove_spent,
 )
 from trickster.data.pass_progress import PassProgress
-from trickster.data.pending import PendingTokens, write_chunk
+from trickster.data.pending import PENDING, PendingTokens, write_chunk
 from trickster.data.records import Records, records_source
 from trickster.data.shards import SPLITS, Progress, ShardWriter, SplitProgress, token_dtype
 from trickster.data.sources import Corpus, DownloadFailed, Source, corpus_source
@@ -311,20 +312,40 @@ class _Job:
                 record.save(self.partial)
                 bar.update(sum(encoded.sizes), **self._done())
             bar.finish(**self._done())
-            if not record.cutting and self._one_document_on_one_side():
-                self._keep_the_one_document(writers)
-            if record.cutting:
-                writers = self._cut_the_one_document(writers)
-            self._check_both_splits()
-            for writer in writers.values():
-                writer.close()
+            move = None if record.cutting else nearest.to_move(record)
+            if move is None:
+                self._end_splits(writers)
         finally:
             bar.close()
             for writer in writers.values():
                 writer.release()
             if pending is not None:
                 pending.release()
+        if move is not None:
+            self._start_again(move)
+            return self.run(chunk_chars, workers, progress)
         return self._finish()
+
+    def _end_splits(self, writers: dict[str, ShardWriter]) -> None:
+        if not self.record.cutting and self._one_document_on_one_side():
+            self._keep_the_one_document(writers)
+        if self.record.cutting:
+            writers = self._cut_the_one_document(writers)
+        check_both_splits(self.record, self.source, self.settings, self.val_fraction)
+        for writer in writers.values():
+            writer.close()
+
+    def _start_again(self, move: dict) -> None:
+        """From the first document, with the one document nearest the empty side moved (nearest.py):
+        its near-copies follow it, as they would have followed it there by its hash."""
+        for split in SPLITS:
+            for path in (self.partial / split).glob("*"):
+                path.unlink()
+        for name in ("dedup.bin", PENDING):
+            (self.partial / name).unlink(missing_ok=True)
+        self.record.start_again(move)
+        self.record.save(self.partial)
+        self.deduper = dedup.Deduper(self.settings, self.partial, {})
 
     def _done(self) -> dict[str, int]:
         """What the tokenizing line counts: documents read (not of one text), tokens written, and
@@ -351,7 +372,8 @@ class _Job:
 
     def _task(self, docs: list, splits: list) -> Chunk:
         near = self.deduper is not None and self.settings.near
-        return Chunk(docs, splits, self.val_fraction, self.dtype.name, self.deduper is not None, near)
+        moved = None if self.record.moved is None else self.record.moved["rank"]
+        return Chunk(docs, splits, self.val_fraction, self.dtype.name, self.deduper is not None, near, moved)
 
     def _one_document_on_one_side(self) -> bool:
         """Copies of one text (or one file among blanks): after dropping them one document is left."""
@@ -393,42 +415,6 @@ class _Job:
             state.loss_tokens = 0 if mask is None else int(mask[part].sum())
         self.record.cut_one_document = True
         return writers
-
-    def _check_both_splits(self) -> None:
-        train, val = (self.record.splits[s].tokens() for s in SPLITS)
-        read = self.record.input_bytes  # an empty text file alone still gives bpe its end-of-text id
-        if train and val and read:
-            return
-        self.record.failed_at_end = True  # these settings can never give a usable folder: start afresh
-        name = self.source.name
-        if not read or (not train and not val):
-            # nothing kept: no copy was dropped (the first of each is kept), only documents of
-            # whitespace; with records or files without text, what was found says what to pass instead
-            empty = f"corpus '{name}' {none_held(self.source)}; pass files that contain text"
-            blank = self.record.dedup.get("blank_dropped", 0)
-            raise UserError(self.source.no_text.nothing_read(name, blank) or empty)
-        missing = "validation" if not val else "training"
-        kept = sum(self.record.splits[split].documents for split in SPLITS)
-        if why := dedup.emptied_by_grouping(name, missing, self.record.dedup, kept, self.settings.mode):
-            raise UserError(why)
-        if not val and self.source.read_val is not None and self.record.dedup.get("exact_found"):
-            where = " (records at the end of the file)" if self.source.records else ""
-            raise UserError(  # its own split (the last records): --val-fraction and size were not why
-                f"corpus '{name}' has no validation left: each document of its validation split copies "
-                f"a training one, and a copy goes to its first copy's side; add validation documents{where} "
-                "that are not copies"
-            )
-        single, by_hash = (
-            self.source.single_document,
-            self.source.read_val is None and not self.source.records,
-        )
-        if single or (kept > 1 and by_hash):  # a single text is cut by characters: its empty part counts
-            chars = sum(self.record.splits[s].chars for s in SPLITS) if single else None
-            raise UserError(one_side_empty(name, kept, chars, bool(val), self.val_fraction))
-        raise UserError(
-            f"corpus '{name}' is too small to hold out a validation split (no document fell into "
-            f"{missing}); add documents or change --val-fraction"
-        )
 
     def _finish(self) -> dict:
         self.record.save(self.partial)

@@ -92,6 +92,9 @@ class Progress:
     source_sha256: str | None = None
     source_revision: str | None = None  # the source's revision read from (a Hub dataset's commit), if known
     pending: PendingDocument | None = None  # the document read in pieces under way, if any
+    # nearest.py: {split: [documents kept there by their own hash, the hash nearest the other side]}
+    by_hash: dict = field(default_factory=dict)
+    moved: dict | None = None  # {"to": split, "rank": hash}: the one document moved, prepared again since
 
     def state_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -109,6 +112,12 @@ class Progress:
                 self.next_document, self.next_piece = self.next_document + 1, 0
             else:
                 self.next_piece += 1
+
+    def start_again(self, moved: dict) -> None:
+        """Back to the first document, nothing written, with the one document `moved` (nearest.py)."""
+        fresh = Progress(self.settings, source_revision=self.source_revision, moved=moved)
+        for name in (f.name for f in dataclasses.fields(self)):
+            setattr(self, name, getattr(fresh, name))
 
     def started(self) -> bool:
         """Whether anything of the source was tokenized: a document, or a piece of one."""

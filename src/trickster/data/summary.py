@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from trickster.data.nearest import moved_line
 from trickster.data.record_layouts import TEMPLATES
 from trickster.data.tokenizers import DEFAULT_BPE_VOCAB
 from trickster.plural import counted
@@ -60,6 +61,7 @@ def prepare_summary(meta: dict, out_dir: Path, kept: bool = False, removed: str 
             f"{meta['source']}: {_text_size(meta['input_bytes'])} of text in {counted(read, 'document')} "
             f"({counts}validation: {meta['val_split']})"
         ]
+        lines += [line] if (line := moved_line(meta)) else []
         lines += skipped(meta)
     if meta.get("dedup"):
         lines += dedup_lines(meta)
