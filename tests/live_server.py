@@ -47,7 +47,7 @@ def live_server(
     import uvicorn
 
     catalog = Catalog(target, torch.device("cpu"), checkpoints, chat_template, max_loaded)
-    catalog.load(catalog.default)
+    catalog.start()
     engine = Engine(max_batch)
     sock = bind("127.0.0.1", 0)
     if send_buffer is not None:

@@ -84,6 +84,7 @@ class Catalog:
             found = {n: p for n, p in found.items() if n in names}
         self.offered: dict[str, Offered] = {}
         self.damaged = Damaged()  # read again only once their files change
+        self.serving = False  # until start(): a failure of its load is serve's error, not a warning
         self.left_out = self._describe_each(found, refuse=bool(names))
         if not names or UNTRAINED in names:
             if resolved is None:  # shaped as the run's checkpoints will be, by the files it starts with
@@ -378,6 +379,12 @@ class Catalog:
         with self.changed:
             self._let_go(self.offered[name] if isinstance(name, str) else name)
 
+    def start(self) -> Offered:
+        """The default in memory as serve starts; from then on a damaged checkpoint is warned of."""
+        offered = self.load(self.default)
+        self.serving = True
+        return offered
+
     def load(self, name: str) -> Offered:
         """The model with its weights in memory, held by no one (blocking: call it off the event loop)."""
         offered = self.hold(name)
@@ -438,5 +445,6 @@ class Catalog:
             return load_whole(offered.path, self.device, offered.version, REPLACE_WAIT)
         except UserError as err:
             self.damaged.remember(offered.path, before, str(err), SETTLE)
-            self.damaged.warn(offered.path, before, f"{offered.name} cannot be loaded ({err})")
+            if self.serving:
+                self.damaged.warn(offered.path, before, f"{offered.name} cannot be loaded ({err})")
             raise

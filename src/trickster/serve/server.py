@@ -151,7 +151,7 @@ def serve(
     sock = bind(host, port)
     for line in catalog.left_out:  # damaged checkpoints among others that serve
         print(f"note: {line}", file=sys.stderr, flush=True)
-    catalog.load(catalog.default)
+    catalog.start()
     engine = Engine(max_batch)
     app = create_app(catalog, engine, api_key, allowed_hosts=hosts)
     bound = sock.getsockname()[1]
