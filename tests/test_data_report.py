@@ -326,6 +326,17 @@ def test_a_split_of_one_token_is_said_in_the_singular(tmp_path, capsys):
     assert "1 tokens" not in "".join(printed)
 
 
+def reported_records(texts: list[str], tmp_path, capsys) -> list[str]:
+    """The lines `data report` prints for `texts` prepared as JSONL records, 30% held out."""
+    (tmp_path / "short.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    out = tmp_path / "out"
+    argv = ["data", "prepare", "jsonl", str(tmp_path / "short.jsonl"), "--text-field", "text"]
+    assert cli.main([*argv, "--out", str(out), "--val-fraction", "0.3", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert cli.main(["data", "report", str(out)]) == 0
+    return capsys.readouterr().out.splitlines()
+
+
 def test_a_validation_split_too_short_for_any_13_gram_is_not_called_clean(tmp_path, capsys):
     """Short records (one line each, fewer than 13 tokens) left validation no 13-gram to look for,
     and the report said 'overlap: 0.0% of the validation split's 13-grams (0 of 0) occur in train',
@@ -333,13 +344,7 @@ def test_a_validation_split_too_short_for_any_13_gram_is_not_called_clean(tmp_pa
     rng = np.random.default_rng(5)
     lines = ["".join(rng.choice(list("abcdefgh"), size=int(rng.integers(4, 12)))) for _ in range(60)]
     assert max(map(len, lines)) < 13 and len(set(lines)) == len(lines)
-    (tmp_path / "short.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in lines))
-    out = tmp_path / "out"
-    argv = ["data", "prepare", "jsonl", str(tmp_path / "short.jsonl"), "--text-field", "text"]
-    assert cli.main([*argv, "--out", str(out), "--val-fraction", "0.3", "--no-progress"]) == 0
-    capsys.readouterr()
-    assert cli.main(["data", "report", str(out)]) == 0
-    said = capsys.readouterr().out.splitlines()
+    said = reported_records(lines, tmp_path, capsys)
     assert said[-1] == (
         "validation/train overlap: not measured: the validation split holds no 13-gram (13 tokens in "
         "a row within one document) to look for in train"
@@ -351,12 +356,6 @@ def test_the_end_of_text_id_is_named_among_the_most_frequent_tokens(tmp_path, ca
     nothing, and the report listed it as '<6>', an id the reader cannot look up."""
     letters = "abcdefghijklmnopqrstuvwxyz0123456789"
     docs = [letters[i : i + 3] for i in range(0, 36, 3)]
-    (tmp_path / "short.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-    out = tmp_path / "out"
-    argv = ["data", "prepare", "jsonl", str(tmp_path / "short.jsonl"), "--text-field", "text"]
-    assert cli.main([*argv, "--out", str(out), "--val-fraction", "0.3", "--no-progress"]) == 0
-    capsys.readouterr()
-    assert cli.main(["data", "report", str(out)]) == 0
-    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("most frequent")][0]
+    line = [x for x in reported_records(docs, tmp_path, capsys) if x.startswith("most frequent")][0]
     # every training document is 3 distinct characters and its end-of-text: a quarter of the tokens
     assert line.startswith("most frequent train tokens: '<|endoftext|>' 25.0%, "), line
