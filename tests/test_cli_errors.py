@@ -142,11 +142,16 @@ def _report_on_the_folder_of_runs(env: Env) -> list[str]:
     return ["report", str(env.tmp / "runs")]
 
 
-def _generate_on_an_imported_char_model(env: Env) -> list[str]:
+def _imported_char_model(env: Env) -> str:
+    """The char run exported and imported back: a BPE tokenizer with no unknown token."""
     hf, imported = env.tmp / "hf", env.tmp / "imported"
     assert cli.main(["export", str(env.run), "--out", str(hf)]) == 0
     assert cli.main(["import", "hf", str(hf), "--out", str(imported)]) == 0
-    return ["generate", str(imported), "--prompt", "ROMEO§"]
+    return str(imported)
+
+
+def _generate_on_an_imported_char_model(env: Env) -> list[str]:
+    return ["generate", _imported_char_model(env), "--prompt", "ROMEO§"]
 
 
 def _malformed_yaml(env: Env) -> list[str]:
@@ -5439,6 +5444,29 @@ CASES = [
         "more.txt line 2, column 9: character '2' is not in this model's character vocabulary (only the 61 "
         "characters of its training text), nor is 1 more of the file's characters ('+'); remove them from "
         "the file, or fine-tune a model whose tokenizer reads any text (byte, bpe or gpt2)",
+    ),
+    case(  # its tokenizer (BPE, no unknown token) dropped the characters, and the data lacked them
+        "prepare-text-imported-char-model-character-it-lacks",
+        lambda env: [
+            "data",
+            "prepare",
+            "text",
+            env.write("more.txt", "ROMEO: hi\nJULIET: 2 + 2\n"),
+            "--tokenizer-from",
+            _imported_char_model(env),
+            "--out",
+            "o",
+        ],
+        "more.txt line 2, column 9: character '2' is not in this model's character vocabulary",
+        "nor is 1 more of the file's characters ('+'); remove them from the file, or fine-tune",
+    ),
+    case(
+        "jsonl-imported-char-model-character-it-lacks",
+        lambda env: _jsonl(
+            [RECORD, '{"prompt": "2 + 2?", "response": "4"}'], "--tokenizer-from", _imported_char_model(env)
+        )(env),
+        "chat.jsonl line 2: character '2' is not in this model's character vocabulary",
+        "nor are 2 more of the record's characters ('+', '4'); remove them from that record",
     ),
     case(
         "jsonl-text-field-character-outside-the-model-vocabulary",

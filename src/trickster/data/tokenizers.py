@@ -231,6 +231,9 @@ class HFTokenizer(Tokenizer):
         return self.backend.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        if self.drops_from is not None:  # data prepare's path: its data lacked what was dropped
+            for text in texts:
+                check_covered(text, self.drops_from)
         return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
 
     def decode(self, ids: Iterable[int]) -> str:
