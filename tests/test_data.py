@@ -588,6 +588,25 @@ def test_the_summary_says_one_byte_of_text_in_the_singular(tmp_path, capsys):
     assert first.startswith("text: 1 byte of text in 1 document "), first
 
 
+def test_one_text_file_beside_empty_ones_is_cut_and_the_summary_says_they_were_empty(tmp_path, capsys):
+    """A folder of one text file and two empty ones (skipped): the one document is cut, and the
+    summary said 'one distinct document (the others were copies)', where none was a copy."""
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.txt").write_text(EXCERPT.read_text()[:5000])
+    (notes / "b.txt").write_text("")
+    (notes / "c.txt").write_text("")
+    argv = ["data", "prepare", "text", str(notes), "--workers", "1", "--no-progress", "--out"]
+    assert cli.main([*argv, str(tmp_path / "d")]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "copies" not in first, first
+    assert "(validation: one document (2 empty files skipped): the last 10% of its tokens)" in first, first
+    (notes / "d.txt").write_text(EXCERPT.read_text()[:5000])  # a copy beside them: both are said
+    assert cli.main([*argv, str(tmp_path / "d2")]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "one distinct document (the others were copies; 2 empty files skipped)" in first, first
+
+
 @pytest.mark.skipif(resource is None, reason="needs RLIMIT_FSIZE")
 def test_a_refused_shard_write_is_one_line_with_its_own_fix(tmp_path, capsys):
     """A real refusal: a file size limit (EFBIG; Python ignores SIGXFSZ) that the first shard

@@ -12,6 +12,7 @@ from trickster.data.shards import SPLITS, Progress, tokens_sha256
 from trickster.data.sources import Source
 from trickster.data.tokenizers import DEFAULT_BPE_VOCAB, Tokenizer, load_tokenizer
 from trickster.errors import UserError
+from trickster.plural import counted
 
 META_FORMAT = 3  # shards with index.json, masks beside the shards, duplicates handled
 # The version of the code that prepares: bump it whenever the same settings would give other tokens
@@ -248,9 +249,7 @@ def other_version(recorded: dict, settings: dict) -> str:
 def split_rule(source: Source, val_fraction: float, record: Progress) -> str:
     """How documents were sent to validation, in words (meta.json's val_split)."""
     if record.cut_one_document:
-        return (
-            f"one distinct document (the others were copies): the last {val_fraction * 100:g}% of its tokens"
-        )
+        return f"{_the_one_document(source, record)}: the last {val_fraction * 100:g}% of its tokens"
     if source.single_document:
         return f"the last {val_fraction * 100:g}% of the characters of the one document"
     if source.records:
@@ -258,6 +257,19 @@ def split_rule(source: Source, val_fraction: float, record: Progress) -> str:
     if source.read_val is not None:
         return "the source's own validation split"
     return f"whole documents, {val_fraction * 100:g}% chosen by a blake2b hash of their text"
+
+
+def _the_one_document(source: Source, record: Progress) -> str:
+    """The one document left, and why it was one: copies of it dropped, empty files skipped (no
+    document), or both."""
+    why = ["the others were copies"] if record.next_document > 1 else []
+    unit = source.no_text.unit
+    if source.no_text.count:  # a Hub dataset's or JSON Lines' records without text, as summary.skipped
+        empty = ("empty file",) if unit == "file" else (f"{unit} with no text", f"{unit}s with no text")
+        why.append(f"{counted(source.no_text.count, *empty)} skipped")
+    if not why:
+        return "one document"
+    return f"one {'distinct ' if record.next_document > 1 else ''}document ({'; '.join(why)})"
 
 
 def prepared_meta(source: Source, tokenizer: Tokenizer, record: Progress, index, val_fraction, dtype) -> dict:
