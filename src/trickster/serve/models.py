@@ -31,8 +31,6 @@ one at the start gets serve's line, not one a rescan.
 
 from __future__ import annotations
 
-import bisect
-import itertools
 import threading
 import time
 from pathlib import Path
@@ -43,11 +41,11 @@ from trickster import run_checkpoints
 from trickster.atomic import being_replaced
 from trickster.errors import UserError
 from trickster.model.transformer import Transformer, untrained_like
-from trickster.plural import counted
 from trickster.serve import disk, wanted
 from trickster.serve.damaged import Damaged
 from trickster.serve.limits import MAX_LOADED_MODELS
 from trickster.serve.offered import UNTRAINED, Offered, Replaced, default_of, describe, load_whole
+from trickster.serve.room import Room, check_max_loaded
 from trickster.train import checkpoint_path
 from trickster.train.weights import check_config
 
@@ -67,7 +65,7 @@ class Catalog:
         chat_template: str | None = None,
         max_loaded: int = MAX_LOADED_MODELS,
     ):
-        self.device, self.max_loaded, self.chat_template = device, max_loaded, chat_template
+        self.device, self.chat_template = device, chat_template
         self.names = names
         # a run's checkpoints/, listed anew when it changes (None: one checkpoint folder is served)
         whole_run = not disk.one_checkpoint(Path(target))
@@ -97,28 +95,10 @@ class Catalog:
             )
         # loaded at start and never unloaded; a checkpoint saved since may take its place (_relist)
         self.default = default_of(self.offered)
-        if max_loaded < 1:
-            raise UserError(f"--max-loaded-models must be at least 1 (got {max_loaded})")
-        # the default stays loaded: with room for one model, a request for another waits forever (and
-        # the requests in line behind it), so one model at most, counting those the run will save
-        if max_loaded == 1 and resolved is None and not names:
-            raise UserError(
-                f"--max-loaded-models 1 holds only the default model, which stays loaded ({UNTRAINED} until "
-                f"{target} saves a checkpoint, then its best or newest): the others it offers would never "
-                f"load; pass 2 or more (or --checkpoints {UNTRAINED})"
-            )
-        if max_loaded == 1 and len(self.offered) + len(self.awaited) > 1:
-            others = counted(len(self.offered) + len(self.awaited) - 1, "other model")
-            raise UserError(
-                f"--max-loaded-models 1 holds only {self.default}, which stays loaded: the {others} "
-                f"offered would never load; pass 2 or more (or --checkpoints {self.default})"
-            )
-        self.changed = threading.Condition()  # guards line and every Offered's model, loading, holds, used
-        self.clock = itertools.count(1)
-        # the holds waiting for room to load their model, by arrival (their tick of `clock`): room goes
-        # to the first, so none waits behind later ones (the threads a Condition wakes take its lock
-        # in no set order)
-        self.line: list[int] = []
+        models = len(self.offered) + len(self.awaited)
+        check_max_loaded(max_loaded, self.default, models, target, resolved is None and not names)
+        self.changed = threading.Condition()  # guards room and every Offered's model, loading, holds, used
+        self.room = Room(max_loaded, self.changed)
         # replaced on disk but still held by requests decoding with them: in memory until let go
         self.retired: list[Offered] = []
 
@@ -279,10 +259,7 @@ class Catalog:
         default), where that takes no other model's room and no request waits for room (else the
         next request loads them)."""
         with self.changed:
-            resident = [
-                o for o in (*self.offered.values(), *self.retired) if o.model is not None or o.loading
-            ]
-            if offered.model is not None or offered.loading or self.line or len(resident) >= self.max_loaded:
+            if offered.model is not None or offered.loading or self.room.full(self._every()):
                 return
             if self.offered.get(offered.name) is not offered:
                 return  # replaced again (or gone) meanwhile
@@ -335,12 +312,14 @@ class Catalog:
             if not load and offered.model is None:
                 return None
             offered.holds += 1  # from now on it is not unloaded
-            offered.used = turn = next(self.clock)
+            offered.used = turn = self.room.tick()
             try:
-                while offered.model is None and not self._claim(offered, turn):
+                while offered.model is None and not self.room.claim(
+                    offered, turn, self._every(), self.default
+                ):
                     self.changed.wait()  # for its load by another request, or for its turn and room
             finally:
-                self._leave_line(turn)
+                self.room.leave(turn)
             if offered.model is not None:
                 return offered
         try:
@@ -399,40 +378,9 @@ class Catalog:
             offered.model = None
         self.changed.notify_all()
 
-    def _claim(self, offered: Offered, turn: int) -> bool:
-        """Whether this thread is to load `offered` (under `changed`): no other is, the hold that
-        arrived at `turn` is first in line for room, and there is room."""
-        if offered.loading:  # it waits for that load, not for room
-            self._leave_line(turn)
-            return False
-        if turn not in self.line:
-            bisect.insort(self.line, turn)  # arrival order, also for one back in line after a failed load
-        if self.line[0] != turn or not self._make_room():
-            return False
-        offered.loading = True
-        self._leave_line(turn)
-        return True
-
-    def _leave_line(self, turn: int) -> None:
-        """Out of the line for room (under `changed`); the next one in line may find room already."""
-        if turn in self.line:
-            first = self.line[0] == turn
-            self.line.remove(turn)
-            if first:
-                self.changed.notify_all()
-
-    def _make_room(self) -> bool:
-        """Unload the least recently used models no request holds until one more fits (under
-        `changed`); False, unloading nothing, when held ones and the default fill the room."""
-        every = [*self.offered.values(), *self.retired]  # a retired one is held: it counts, and stays
-        resident = [o for o in every if o.model is not None or o.loading]
-        idle = [o for o in resident if o.model is not None and not o.holds and o.name != self.default]
-        excess = len(resident) + 1 - self.max_loaded
-        if excess > len(idle):
-            return False
-        for offered in sorted(idle, key=lambda o: o.used)[: max(excess, 0)]:
-            offered.model = None  # the engine drops its batch when idle: nothing else refers to it
-        return True
+    def _every(self) -> list[Offered]:
+        """Every model that may be in memory: those offered, and the retired ones still held."""
+        return [*self.offered.values(), *self.retired]
 
     def _read(self, offered: Offered) -> Transformer:
         """Its weights; a damaged checkpoint's error again, without a read, until its files change."""
