@@ -95,6 +95,18 @@ def test_each_reply_continues_the_whole_conversation_through_the_template(
     assert "(a new conversation)" in out
 
 
+def test_a_command_after_spaces_is_the_command_not_a_message(monkeypatch, capsys, trained_run, tmp_path):
+    """ " /exit" (a space typed first) was sent to the model as a message, "/exit" ended the chat."""
+    template = tmp_path / "chat.jinja"
+    template.write_text(TEMPLATE)
+    asked = read_by_model(monkeypatch, trained_run)
+    flags = [str(trained_run), "--chat-template", str(template), *GREEDY]
+    out = chat(monkeypatch, capsys, ["ROMEO:", "  /reset", " /foo", "\t/exit  ", "KING:"], *flags)
+    assert asked == ["ROMEO:\n"]  # reset, no message sent, and the chat ended before KING:
+    assert "(a new conversation)" in out
+    assert "unknown command /foo: /reset starts a new conversation, /exit (or Ctrl-D) ends\n" in out
+
+
 def test_a_system_message_opens_every_conversation(monkeypatch, capsys, trained_run, tmp_path):
     template = tmp_path / "chat.jinja"
     template.write_text(TEMPLATE)

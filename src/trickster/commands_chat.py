@@ -63,11 +63,12 @@ def _chat(target: str, sampling: Sampling, device: str, chat_template: str | Non
     offered = COMMANDS if template is not None else ENDS  # without a template there is nothing to reset
     print(f"{offered}.")
     for line in typed_lines("you> " if template is not None else "text> "):
-        if line.startswith("/"):
-            if line.strip() in ("/exit", "/quit"):
+        command = line.strip()  # " /exit": a space typed first is still the command, not a message
+        if command.startswith("/"):
+            if command in ("/exit", "/quit"):
                 break
-            if line.strip() != "/reset":
-                print(f"unknown command {line.strip()}: {offered}")
+            if command != "/reset":
+                print(f"unknown command {command}: {offered}")
             elif template is None:  # what /reset would do is done already: no line is kept
                 print("(nothing to reset: without a chat template each line is continued on its own)")
             else:
