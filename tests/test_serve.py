@@ -305,6 +305,25 @@ def test_chat_context_errors_name_the_chat_fields(trained_run):
         assert httpx.post(url, json={**short, "max_tokens": 2}).status_code == 200
 
 
+def test_max_tokens_and_max_completion_tokens_that_differ_are_400_and_equal_ones_are_one_limit(trained_run):
+    """Both given with different values: max_completion_tokens was used, max_tokens dropped unsaid."""
+    with live_server(trained_run, chat_template=CHAT_TEMPLATE, checkpoints=["best"]) as live:
+        url = live.url + "/v1/chat/completions"
+        short = {"model": "best", "messages": [{"role": "user", "content": "Who?"}], "temperature": 0}
+        for stream in (False, True):
+            answer = httpx.post(
+                url, json={**short, "max_tokens": 3, "max_completion_tokens": 5, "stream": stream}
+            )
+            error = answer.json()["error"]
+            assert answer.status_code == 400 and error["param"] == "max_tokens"
+            assert "max_tokens (3) and max_completion_tokens (5)" in error["message"]
+            assert "send one of them (max_completion_tokens is the current name)" in error["message"]
+        both = httpx.post(url, json={**short, "max_tokens": 3, "max_completion_tokens": 3})
+        assert both.status_code == 200 and both.json()["usage"]["completion_tokens"] == 3
+        one = httpx.post(url, json={**short, "max_tokens": None, "max_completion_tokens": 4})
+        assert one.status_code == 200 and one.json()["usage"]["completion_tokens"] == 4
+
+
 def test_a_chat_that_renders_to_nothing_is_400(trained_run):
     with live_server(trained_run, chat_template="{% for m in messages %}{{ m.content }}{% endfor %}") as live:
         url = live.url + "/v1/chat/completions"

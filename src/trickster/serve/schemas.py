@@ -209,6 +209,21 @@ class ChatRequest(Request):
     max_tokens: int | None = Field(None, ge=1, description="default: the rest of the context")
     max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name for max_tokens")
 
+    @model_validator(mode="after")
+    def _one_limit(self):
+        """Both names of the limit, with different values: OpenAI deprecates max_tokens for
+        max_completion_tokens, and vLLM takes max_completion_tokens over it unsaid; which the client
+        meant is not known, so it is asked to send one (equal values say one thing)."""
+        old, new = self.max_tokens, self.max_completion_tokens
+        if old is not None and new is not None and old != new:
+            raise APIError(
+                400,
+                f"max_tokens ({old}) and max_completion_tokens ({new}) differ: send one of them "
+                "(max_completion_tokens is the current name)",
+                "max_tokens",
+            )
+        return self
+
     @field_validator("messages", mode="before")
     @classmethod
     def _some(cls, value):
