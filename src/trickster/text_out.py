@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Iterator
 
+from trickster.data.unknown_character import shown
 from trickster.errors import FULL, UserError
 from trickster.train.lost_output import to_devnull
 
@@ -43,9 +44,10 @@ def text_written(command: str) -> Iterator[None]:
 def unencodable(command: str, err: UnicodeEncodeError) -> str:
     """The line for a character of the text that stdout's encoding lacks (a byte model's U+FFFD, a
     curly quote where PYTHONIOENCODING is ascii, the locale latin-1, or a file is written in cp1252 on
-    Windows): the character, its code point and the encoding, and how to write UTF-8 instead."""
+    Windows): the character (with its code point: one the encoding lacks is not ASCII), the
+    encoding, and how to write UTF-8 instead."""
     character = err.object[err.start]
     return (
-        f"{command} could not write {character!r} (U+{ord(character):04X}) to standard output, whose "
+        f"{command} could not write {shown(character)} to standard output, whose "
         f"encoding is {err.encoding}; set PYTHONIOENCODING=utf-8 (or a UTF-8 locale) and run it again"
     )
